@@ -1,0 +1,26 @@
+/* stats.h — the single exit: turn (action, reason) into a verdict and count it per CPU. */
+#ifndef XDPGUARD_STATS_H
+#define XDPGUARD_STATS_H
+
+static __always_inline int record_verdict(struct xdp_md *ctx, struct xg_config *cfg,
+                                          int action, __u32 reason)
+{
+    __u32 kind = action == XDP_DROP ? XG_KIND_DROP : XG_KIND_PASS;
+
+    /* Monitor mode: a drop whose reason is monitored is counted as would_drop and passed. */
+    if (action == XDP_DROP && cfg && reason < XG_REASON_MAX &&
+        (cfg->monitor_mask & (1ULL << reason))) {
+        kind = XG_KIND_WOULD_DROP;
+        action = XDP_PASS;
+    }
+
+    __u32 slot = kind * XG_REASON_MAX + (reason & (XG_REASON_MAX - 1));
+    struct xg_counter *cnt = xg_stats_pcpu.lookup(&slot);
+    if (cnt) {
+        cnt->packets += 1;
+        cnt->bytes += (__u64)(ctx->data_end - ctx->data);
+    }
+    return action;
+}
+
+#endif /* XDPGUARD_STATS_H */

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up the machine (idempotent), then run pytest from the repo root with .venv first on PATH.
+# Usage: scripts/test.sh [pytest args...]   (default: tests/)
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+bash scripts/setup.sh
+
+export PATH="$REPO_ROOT/.venv/bin:$PATH"
+if (($# == 0)); then
+    set -- tests/
+fi
+
+echo "==> pytest $*"
+status=0
+.venv/bin/python -m pytest -ra "$@" || status=$?
+if ((status == 5)); then
+    echo "test.sh: pytest collected no tests; treating that as a failure" >&2
+    exit 1
+fi
+exit "$status"

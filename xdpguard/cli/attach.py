@@ -1,0 +1,37 @@
+"""`xdpguard attach`: compile, load and attach the XDP program to an interface."""
+
+from __future__ import annotations
+
+import click
+
+from xdpguard.core import dataplane, protection
+
+from .output import console, emit_json
+from .params import IFACE
+
+
+@click.command()
+@click.argument("iface", type=IFACE)
+@click.option("--protect", "protect", multiple=True, required=True, metavar="ADDR[,ADDR…]",
+              help="Protected destination address(es), IPv4 or IPv6. Other destinations pass untouched.")
+@click.option("--mode", type=click.Choice(["auto", "native", "skb"]), default="auto", show_default=True,
+              help="XDP mode; auto tries native and says so when it falls back to generic (skb).")
+@click.option("--monitor", is_flag=True, help="Count drops as would_drop and pass everything.")
+@click.option("--force", is_flag=True, help="Replace a foreign XDP program already on IFACE.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--ebpf", is_flag=True, hidden=True, help="Print the final C program and exit.")
+def attach(iface, protect, mode, monitor, force, as_json, ebpf):
+    """Put the XDP filter on IFACE, protecting the given addresses."""
+    if ebpf:
+        click.echo(dataplane.render_source())
+        return
+    res = protection.attach(iface, list(protect), mode=mode, monitor=monitor, force=force)
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    c.print(f"[green]attached[/] xdpguard to [bold]{res.iface}[/] (ifindex {res.ifindex}): "
+            f"prog id {res.prog_id}, mode [bold]{res.mode}[/]{', MONITOR' if res.monitor else ''}")
+    c.print(f"protecting {', '.join(res.protected)}; maps pinned under {res.pin_dir}")
+    for n in res.notes:
+        c.print(f"[yellow]note:[/] {n}")

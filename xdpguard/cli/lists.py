@@ -1,0 +1,89 @@
+"""`xdpguard block …` and `xdpguard allow …`: one factory, two groups of the same shape."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from xdpguard.core import protection
+
+from .output import console, emit_json
+from .params import CIDR, IFACE
+
+_HELP = {
+    "block": "Drop traffic from these sources to the protected addresses.",
+    "allow": "Always pass traffic from these sources, skipping every later check.",
+}
+
+
+def _report(res: protection.ListChangeResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    for n in res.normalised:
+        c.print(f"note: normalised {n}" if "->" in n else f"note: {n}")
+    if res.action == "del":
+        c.print(f"{res.list}list on {res.iface}: removed {res.removed}")
+        for m in res.missing:
+            c.print(f"note: {m} was not in the {res.list}list")
+    else:
+        c.print(f"{res.list}list on {res.iface}: added {res.added}, refreshed {res.updated}")
+
+
+def make_group(which: str) -> click.Group:
+    iface_opt = click.option("--iface", "-i", type=IFACE, default=None,
+                             help="Interface; may be omitted when exactly one is protected.")
+    json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+    @click.group(name=which, help=_HELP[which])
+    def group():
+        pass
+
+    @group.command("add")
+    @click.argument("cidrs", nargs=-1, required=True, type=CIDR)
+    @click.option("--ttl", type=float, default=None, metavar="SECONDS", help="Expire the entries after SECONDS.")
+    @iface_opt
+    @json_opt
+    def add(cidrs, ttl, iface, as_json):
+        """Add CIDRs (IPv4 and IPv6) to the list; existing entries keep their hit counts."""
+        _report(protection.list_add(which, iface, list(cidrs), ttl), as_json)
+
+    @group.command("del")
+    @click.argument("cidrs", nargs=-1, required=True, type=CIDR)
+    @iface_opt
+    @json_opt
+    def delete(cidrs, iface, as_json):
+        """Remove CIDRs from the list."""
+        _report(protection.list_del(which, iface, list(cidrs)), as_json)
+
+    @group.command("load")
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @click.option("--ttl", type=float, default=None, metavar="SECONDS", help="Expire the entries after SECONDS.")
+    @iface_opt
+    @json_opt
+    def load(file, ttl, iface, as_json):
+        """Load FILE: one CIDR per line, '#' comments, v4 and v6 mixed. All or nothing."""
+        _report(protection.list_load(which, iface, file, ttl), as_json)
+
+    @group.command("list")
+    @iface_opt
+    @json_opt
+    def list_(iface, as_json):
+        """Show the entries with their hit counts and expiry."""
+        res = protection.list_show(which, iface)
+        if as_json:
+            emit_json(res)
+            return
+        c = console()
+        t = Table(box=None, pad_edge=False)
+        t.add_column("prefix")
+        t.add_column("hits", justify="right")
+        t.add_column("expires in", justify="right")
+        for e in res.entries:
+            t.add_row(e.prefix, str(e.hits), "never" if e.expires_in_s is None else f"{e.expires_in_s:.0f} s")
+        c.print(f"{which}list on {res.iface}: {len(res.entries)} entries")
+        if res.entries:
+            c.print(t)
+
+    return group

@@ -1,0 +1,71 @@
+"""The `xdpguard` command: root group, error handling, exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from xdpguard import __version__
+from xdpguard.core.errors import UserError
+from xdpguard.core.libbpf import BpfError
+
+from .exitcodes import ExitCode
+
+
+class Ctx:
+    """The one context object every command receives."""
+
+    def __init__(self, json_default: bool = False):
+        self.json_default = json_default
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "XDPGUARD"})
+@click.version_option(__version__, "--version", prog_name="xdpguard")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """xdpguard: a DDoS protective IP. XDP drops attack traffic at line rate; clean traffic
+    goes on to the protected addresses (and, with forwarding, to hidden real servers)."""
+    ctx.obj = Ctx()
+
+
+def _register() -> None:
+    from . import attach, detach, lists, status
+
+    cli.add_command(attach.attach)
+    cli.add_command(detach.detach)
+    cli.add_command(status.status)
+    cli.add_command(lists.make_group("block"))
+    cli.add_command(lists.make_group("allow"))
+
+
+_register()
+
+
+def _fail(msg: str, code: ExitCode) -> int:
+    click.echo(f"xdpguard: error: {msg}", err=True)
+    return int(code)
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="xdpguard", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        return _fail("aborted", ExitCode.INTERRUPTED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", ExitCode.INTERRUPTED)
+    except click.UsageError as exc:
+        return _fail(exc.format_message().replace("\n", " "), ExitCode.BAD_INPUT)
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), ExitCode.BAD_INPUT)
+    except UserError as exc:
+        return _fail(exc.message, ExitCode.BAD_INPUT)
+    except BpfError as exc:
+        return _fail(str(exc.strerror or exc), ExitCode.ERROR)
+    return int(ExitCode.OK)
+
+
+def main() -> None:
+    sys.exit(run())

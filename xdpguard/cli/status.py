@@ -1,0 +1,44 @@
+"""`xdpguard status`: what is really attached, read from the kernel."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from xdpguard.core import protection
+
+from .output import console, emit_json, human_bytes
+from .params import IFACE
+
+
+def render_status(c, res: protection.StatusResult) -> None:
+    c.print(f"[bold]{res.iface}[/] (ifindex {res.ifindex}): xdpguard prog id {res.prog_id}, "
+            f"mode {res.mode}{', [yellow]MONITOR[/]' if res.monitor else ''}"
+            f"{'' if res.pinned else ' (maps not pinned)'}")
+    c.print(f"  protected: {', '.join(res.protected) or '-'}")
+    c.print(f"  blocklist: {res.list_sizes['block']} entries, allowlist: {res.list_sizes['allow']} entries")
+    t = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("action", "reason", "packets", "bytes"):
+        t.add_column(col, justify="right" if col in ("packets", "bytes") else "left")
+    for cv in res.counters:
+        t.add_row(cv.kind, cv.reason, f"{cv.packets}", human_bytes(cv.bytes))
+    if res.counters:
+        c.print(t)
+    else:
+        c.print("  no packets seen yet")
+
+
+@click.command()
+@click.argument("iface", type=IFACE, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(iface, as_json):
+    """Show attached program, mode, protected addresses, list sizes and counters."""
+    results = protection.status(iface)
+    if as_json:
+        emit_json([r.to_dict() for r in results])
+        return
+    c = console()
+    if not results:
+        c.print("no interface is protected by xdpguard in this network namespace")
+    for r in results:
+        render_status(c, r)

@@ -1,0 +1,177 @@
+"""Compile, load and attach the XDP program (bcc); find a running program's maps again.
+
+Only `attach` compiles. Everything else works from the kernel: the program attached to an
+interface (bpf_xdp_query) leads to its maps (prog id → map ids), so state is always
+rediscoverable even when pins are gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import libbpf
+from .abi import BPF_DIR, PROGRAM_FUNC, PROGRAM_SOURCE, MapName
+from .errors import UserError
+
+PROGRAM_KERNEL_NAME = PROGRAM_FUNC[:15]  # kernel program names are 15 chars at most
+
+_INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+
+
+def render_source(defines: dict[str, int] | None = None) -> str:
+    """The final C text: our quoted includes inlined (bcc only rewrites map calls in the
+    main file), preceded by the -D style defines. What `attach --ebpf` prints."""
+    seen: set[Path] = set()
+
+    def inline(path: Path) -> str:
+        if path in seen:
+            return ""
+        seen.add(path)
+        text = path.read_text()
+
+        def repl(m: re.Match) -> str:
+            inc = BPF_DIR / "include" / m.group(1)
+            return f"/* ---- {m.group(1)} ---- */\n" + inline(inc)
+
+        return _INCLUDE_RE.sub(repl, text)
+
+    head = "".join(f"#define {k} {v}\n" for k, v in sorted((defines or {}).items()))
+    return head + inline(PROGRAM_SOURCE)
+
+
+def _import_bcc():
+    try:
+        import bcc  # Debian's python3-bpfcc, seen through --system-site-packages
+    except ImportError:
+        raise UserError("bcc (python3-bpfcc) is not importable; run scripts/setup.sh") from None
+    return bcc
+
+
+def kernel_headers_hint() -> str | None:
+    build = Path("/lib/modules") / os.uname().release / "build"
+    if os.environ.get("BCC_KERNEL_SOURCE") or build.exists():
+        return None
+    return f"no kernel headers for {os.uname().release} (/lib/modules/.../build missing); run scripts/setup.sh"
+
+
+@dataclass
+class LoadedProgram:
+    """A freshly compiled program: the bcc object keeps the fds alive."""
+
+    bpf: object
+    prog_fd: int
+    map_fds: dict[MapName, int] = field(default_factory=dict)
+
+    def close(self) -> None:
+        try:
+            self.bpf.cleanup()  # closes fds; does NOT detach XDP (we own that)
+        except Exception:
+            pass
+
+
+def compile_program(defines: dict[str, int] | None = None) -> LoadedProgram:
+    bcc = _import_bcc()
+    hint = kernel_headers_hint()
+    if hint:
+        raise UserError(hint)
+    text = render_source(defines)
+    try:
+        b = bcc.BPF(text=text, cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
+        fn = b.load_func(PROGRAM_FUNC, bcc.BPF.XDP)
+    except Exception as exc:
+        raise UserError(f"compiling/loading the XDP program failed: {str(exc).strip().splitlines()[-1]}") from None
+    fds = {name: b.get_table(name.value).map_fd for name in MapName}
+    return LoadedProgram(bpf=b, prog_fd=fn.fd, map_fds=fds)
+
+
+# ---- attach / detach / query ----
+
+MODE_FLAGS = {"native": libbpf.XDP_FLAGS_DRV_MODE, "skb": libbpf.XDP_FLAGS_SKB_MODE}
+ATTACHED_MODE_NAMES = {
+    libbpf.XDP_ATTACHED_DRV: "native",
+    libbpf.XDP_ATTACHED_SKB: "skb",
+    libbpf.XDP_ATTACHED_HW: "offload",
+    libbpf.XDP_ATTACHED_MULTI: "multi",
+}
+
+
+@dataclass(frozen=True)
+class XdpAttachment:
+    prog_id: int
+    mode: str  # native | skb | offload | multi
+    prog_name: str
+
+
+def query(ifindex: int) -> XdpAttachment | None:
+    q = libbpf.xdp_query(ifindex)
+    if q["attach_mode"] == libbpf.XDP_ATTACHED_NONE:
+        return None
+    prog_id = q["prog_id"] or q["drv_prog_id"] or q["skb_prog_id"] or q["hw_prog_id"]
+    name = ""
+    try:
+        fd = libbpf.prog_get_fd_by_id(prog_id)
+        try:
+            info, _ = libbpf.prog_info(fd)
+            name = info.name.decode(errors="replace")
+        finally:
+            os.close(fd)
+    except libbpf.BpfError:
+        pass
+    return XdpAttachment(prog_id, ATTACHED_MODE_NAMES.get(q["attach_mode"], "unknown"), name)
+
+
+def is_ours(att: XdpAttachment | None) -> bool:
+    return att is not None and att.prog_name == PROGRAM_KERNEL_NAME
+
+
+def attach(ifname: str, ifindex: int, prog_fd: int, mode: str, replace: XdpAttachment | None = None) -> tuple[str, str | None]:
+    """Attach prog_fd; returns (mode that took, note). Never replaces a program silently:
+    without `replace` the kernel refuses when anything is attached (UPDATE_IF_NOEXIST)."""
+    if replace is not None:
+        # Different modes cannot coexist; remove the old program first (--force only).
+        libbpf.xdp_detach(ifindex, MODE_FLAGS.get(replace.mode, 0))
+    candidates = ["native", "skb"] if mode == "auto" else [mode]
+    note = None
+    for i, m in enumerate(candidates):
+        try:
+            libbpf.xdp_attach(ifindex, prog_fd, MODE_FLAGS[m] | libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST)
+            return m, note
+        except libbpf.BpfError as exc:
+            if exc.errno == errno.EBUSY or exc.errno == errno.EEXIST:
+                raise UserError(f"{ifname}: another XDP program is already attached (use --force to replace it)") from None
+            if m == "native" and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTSUP) and i + 1 < len(candidates):
+                note = f"native XDP is not supported by {ifname}'s driver ({exc.strerror}); attached in generic (skb) mode"
+                continue
+            raise UserError(f"{ifname}: XDP attach in {m} mode failed: {exc.strerror}") from None
+    raise AssertionError("unreachable")
+
+
+def detach(ifindex: int, att: XdpAttachment) -> None:
+    fd = libbpf.prog_get_fd_by_id(att.prog_id)
+    try:
+        libbpf.xdp_detach(ifindex, MODE_FLAGS.get(att.mode, 0), expected_prog_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def map_fds_of_prog(prog_id: int) -> dict[MapName, int]:
+    """Open the maps a running program uses, by kernel name. Caller closes the fds."""
+    wanted = {m.value: m for m in MapName}
+    out: dict[MapName, int] = {}
+    pfd = libbpf.prog_get_fd_by_id(prog_id)
+    try:
+        _, map_ids = libbpf.prog_info(pfd)
+    finally:
+        os.close(pfd)
+    for mid in map_ids:
+        fd = libbpf.map_get_fd_by_id(mid)
+        name = libbpf.map_info(fd).name.decode(errors="replace")
+        if name in wanted and wanted[name] not in out:
+            out[wanted[name]] = fd
+        else:
+            os.close(fd)
+    return out

@@ -1,0 +1,82 @@
+"""Typed access to the program's maps by file descriptor (pinned or found through the program).
+
+No compiler involved: a BpfMap wraps an fd plus the ctypes layout from abi.MAP_LAYOUTS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+
+from . import libbpf
+from .abi import MAP_LAYOUTS, MapName
+
+
+class BpfMap:
+    def __init__(self, name: MapName, fd: int):
+        self.name = name
+        self.fd = fd
+        self.key_type, self.value_type, self.percpu = MAP_LAYOUTS[name]
+        info = libbpf.map_info(fd)
+        self.id = info.id
+        self.max_entries = info.max_entries
+        if info.key_size != ctypes.sizeof(self.key_type) or info.value_size != ctypes.sizeof(self.value_type):
+            raise libbpf.BpfError(
+                0,
+                f"map {name.value}: kernel layout key={info.key_size}/value={info.value_size} bytes "
+                f"does not match this xdpguard's ABI; detach and re-attach",
+            )
+        if self.percpu:
+            self.ncpu = libbpf.num_possible_cpus()
+            self._value_array_type = self.value_type * self.ncpu
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> BpfMap:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _value_buf(self):
+        return self._value_array_type() if self.percpu else self.value_type()
+
+    def get(self, key):
+        """The value (a list of per-CPU values for per-CPU maps), or None."""
+        val = self._value_buf()
+        if not libbpf.map_lookup(self.fd, key, val):
+            return None
+        return list(val) if self.percpu else val
+
+    def set(self, key, value, flags: int = libbpf.BPF_ANY) -> None:
+        if self.percpu and not isinstance(value, ctypes.Array):
+            arr = self._value_array_type()
+            for i in range(self.ncpu):
+                arr[i] = value
+            value = arr
+        libbpf.map_update(self.fd, key, value, flags)
+
+    def delete(self, key) -> bool:
+        return libbpf.map_delete(self.fd, key)
+
+    def keys(self) -> Iterator:
+        cur = None
+        while True:
+            nxt = self.key_type()
+            if not libbpf.map_next_key(self.fd, cur, nxt):
+                return
+            yield nxt
+            cur = nxt
+
+    def items(self) -> Iterator[tuple]:
+        for k in self.keys():
+            v = self.get(k)
+            if v is not None:  # deleted between next_key and lookup
+                yield k, v
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())

@@ -1,0 +1,538 @@
+"""The controller's verbs: attach, detach, status, allow/block list changes.
+
+Each verb returns a frozen result object (rendered by the CLI as text or --json). Policy
+verbs work from any later process: they find the program attached to the interface and open
+its maps through the kernel, re-pinning them if the pins went missing. No compile.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import dataplane, libbpf, state
+from .abi import (
+    CFG_ENABLED,
+    REASON_MAX,
+    Addr4,
+    Addr6,
+    Config,
+    Kind,
+    ListEntry,
+    Lpm4Key,
+    Lpm6Key,
+    MapName,
+    Protected,
+    Reason,
+    stats_slot,
+)
+from .errors import UserError
+from .maps import BpfMap
+from .prefixes import Prefix, parse_address, parse_prefix, read_prefix_file
+
+LISTS = ("block", "allow")
+LIST_MAPS = {
+    ("block", 4): MapName.BLOCK4,
+    ("block", 6): MapName.BLOCK6,
+    ("allow", 4): MapName.ALLOW4,
+    ("allow", 6): MapName.ALLOW6,
+}
+ALL_REASONS_MASK = sum(1 << r for r in Reason if r.is_drop)
+
+
+def _now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # same clock as bpf_ktime_get_ns
+
+
+def _as_dict(obj) -> dict:
+    return asdict(obj)
+
+
+# ---- results ----
+
+
+@dataclass(frozen=True)
+class AttachResult:
+    iface: str
+    ifindex: int
+    prog_id: int
+    mode: str
+    protected: list[str]
+    monitor: bool
+    pin_dir: str
+    notes: list[str] = field(default_factory=list)
+    to_dict = _as_dict
+
+
+@dataclass(frozen=True)
+class DetachResult:
+    iface: str
+    prog_id: int | None
+    notes: list[str] = field(default_factory=list)
+    to_dict = _as_dict
+
+
+@dataclass(frozen=True)
+class CounterView:
+    kind: str
+    reason: str
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    iface: str
+    ifindex: int
+    prog_id: int
+    mode: str
+    protected: list[str]
+    monitor: bool
+    list_sizes: dict[str, int]
+    counters: list[CounterView]
+    totals: dict[str, dict[str, int]]
+    pinned: bool
+    to_dict = _as_dict
+
+
+@dataclass(frozen=True)
+class ListChangeResult:
+    iface: str
+    list: str
+    action: str  # add | del | load
+    added: int
+    updated: int
+    removed: int
+    missing: list[str]
+    normalised: list[str]  # "given -> stored"
+    to_dict = _as_dict
+
+
+@dataclass(frozen=True)
+class ListEntryView:
+    prefix: str
+    hits: int
+    expires_in_s: float | None
+
+
+@dataclass(frozen=True)
+class ListResult:
+    iface: str
+    list: str
+    entries: list[ListEntryView]
+    to_dict = _as_dict
+
+
+# ---- keys ----
+
+
+def _lpm_key(p: Prefix):
+    k = Lpm4Key() if p.family == 4 else Lpm6Key()
+    k.prefixlen = p.plen
+    ctypes.memmove(ctypes.addressof(k) + 4, p.addr, len(p.addr))
+    return k
+
+
+def _key_prefix(k, family: int) -> Prefix:
+    return Prefix(family, bytes(k.addr), k.prefixlen)
+
+
+def _prot_key(addr: ipaddress.IPv4Address | ipaddress.IPv6Address):
+    k = Addr4() if addr.version == 4 else Addr6()
+    ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
+    return k
+
+
+# ---- the guard of one interface ----
+
+
+class Guard:
+    """An interface protected by xdpguard, with its maps opened through the kernel."""
+
+    def __init__(self, iface: state.Iface, att: dataplane.XdpAttachment, maps: dict[MapName, BpfMap]):
+        self.iface = iface
+        self.att = att
+        self.maps = maps
+
+    @classmethod
+    def open(cls, iface: state.Iface) -> Guard:
+        att = dataplane.query(iface.index)
+        if not dataplane.is_ours(att):
+            what = "no XDP program" if att is None else f"a foreign XDP program ({att.prog_name or att.prog_id})"
+            raise UserError(f"{iface.name} is not protected by xdpguard ({what} attached); run 'xdpguard attach {iface.name}' first")
+        fds = dataplane.map_fds_of_prog(att.prog_id)
+        missing = [m.value for m in MapName if m not in fds]
+        if missing:
+            for fd in fds.values():
+                os.close(fd)
+            raise UserError(f"{iface.name}: attached xdpguard program lacks maps {missing}; detach and re-attach")
+        g = cls(iface, att, {name: BpfMap(name, fd) for name, fd in fds.items()})
+        g._repin_if_missing()
+        return g
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _repin_if_missing(self) -> None:
+        """Pins are a convenience (bpftool, other tools); restore them if a bpffs went away."""
+        d = self.iface.pin_dir
+        if all((d / m.value).exists() for m in MapName):
+            return
+        try:
+            state.ensure_bpffs()
+            pin_maps(self.iface, {n: m.fd for n, m in self.maps.items()})
+        except (UserError, OSError):
+            pass
+
+    def pinned(self) -> bool:
+        return all((self.iface.pin_dir / m.value).exists() for m in MapName)
+
+    # -- config --
+
+    def config(self) -> Config:
+        cfg = self.maps[MapName.CONFIG].get(ctypes.c_uint32(0))
+        return cfg if cfg is not None else Config()
+
+    def protected(self) -> list[str]:
+        out = []
+        for k in self.maps[MapName.PROT4].keys():
+            out.append(str(ipaddress.IPv4Address(bytes(k.addr))))
+        for k in self.maps[MapName.PROT6].keys():
+            out.append(str(ipaddress.IPv6Address(bytes(k.addr))))
+        return out
+
+    # -- counters --
+
+    def counters(self) -> list[CounterView]:
+        stats = self.maps[MapName.STATS]
+        out = []
+        for kind in Kind:
+            for reason in Reason:
+                per_cpu = stats.get(ctypes.c_uint32(stats_slot(kind, reason))) or []
+                pk = sum(c.packets for c in per_cpu)
+                by = sum(c.bytes for c in per_cpu)
+                if pk:
+                    out.append(CounterView(kind.label, reason.label, pk, by))
+        return out
+
+    # -- lists --
+
+    def list_map(self, which: str, family: int) -> BpfMap:
+        return self.maps[LIST_MAPS[(which, family)]]
+
+    def list_entries(self, which: str) -> list[ListEntryView]:
+        now = _now_ns()
+        out = []
+        for fam in (4, 6):
+            for k, v in self.list_map(which, fam).items():
+                if v.expires_ns and v.expires_ns <= now:
+                    continue
+                exp = round((v.expires_ns - now) / 1e9, 1) if v.expires_ns else None
+                out.append((_key_prefix(k, fam), ListEntryView(str(_key_prefix(k, fam)), v.hits, exp)))
+        out.sort(key=lambda t: t[0])
+        return [e for _, e in out]
+
+    def list_size(self, which: str) -> int:
+        return sum(len(self.list_map(which, fam)) for fam in (4, 6))
+
+    def sweep_expired(self, which: str) -> int:
+        now = _now_ns()
+        n = 0
+        for fam in (4, 6):
+            m = self.list_map(which, fam)
+            dead = [k for k, v in m.items() if v.expires_ns and v.expires_ns <= now]
+            for k in dead:
+                n += m.delete(k)
+        return n
+
+    def upsert(self, which: str, prefixes: list[Prefix], expires_ns: int) -> tuple[int, int]:
+        """Insert or refresh entries, all or nothing. An existing entry keeps its hit count and
+        takes the new expiry. Returns (added, updated)."""
+        added = updated = 0
+        prefixes = list(dict.fromkeys(prefixes))  # duplicates in the input count once
+        done: list[tuple[BpfMap, bytes, int, int]] = []  # for rollback: (map, keys blob, start, count)
+        restored: list[tuple[BpfMap, object, ListEntry]] = []
+        try:
+            for fam in (4, 6):
+                group = [p for p in prefixes if p.family == fam]
+                if not group:
+                    continue
+                m = self.list_map(which, fam)
+                a, u = _bulk_upsert(m, group, expires_ns, done, restored)
+                added += a
+                updated += u
+        except BaseException:
+            for m, k, old in reversed(restored):
+                libbpf.map_update(m.fd, k, old)
+            for m, blob, start, count in done:
+                ks = ctypes.sizeof(m.key_type)
+                for i in range(start, start + count):
+                    k = m.key_type.from_buffer_copy(blob, i * ks)
+                    m.delete(k)
+            raise
+        return added, updated
+
+    def delete(self, which: str, prefixes: list[Prefix]) -> tuple[int, list[str]]:
+        removed, missing = 0, []
+        for p in prefixes:
+            if self.list_map(which, p.family).delete(_lpm_key(p)):
+                removed += 1
+            else:
+                missing.append(str(p))
+        return removed, missing
+
+
+def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, restored: list) -> tuple[int, int]:
+    ks = ctypes.sizeof(m.key_type)
+    alen = 4 if ks == 8 else 16
+    n = len(group)
+    fmt = struct.Struct(f"<I{alen}s")
+    keys = bytearray(ks * n)
+    for i, p in enumerate(group):
+        fmt.pack_into(keys, i * ks, p.plen, p.addr)
+    vals = struct.pack("<QQ", 0, expires_ns) * n
+    kbuf = (ctypes.c_char * len(keys)).from_buffer(keys)
+    vbuf = ctypes.create_string_buffer(vals, len(vals))
+    kaddr, vaddr = ctypes.addressof(kbuf), ctypes.addressof(vbuf)
+    blob = bytes(keys)
+    added = updated = 0
+    if not _map_empty(m):
+        # Exact-key existence needs per-element BPF_NOEXIST (the batch call takes no element
+        # flags but BPF_F_LOCK). An existing entry keeps its hits; for an LPM trie a lookup of
+        # an existing exact key returns that very entry (it is the longest match).
+        for i in range(n):
+            rc = libbpf.map_update_raw(m.fd, kaddr + i * ks, vaddr + i * 16, libbpf.BPF_NOEXIST)
+            if rc == 0:
+                done.append((m, blob, i, 1))
+                added += 1
+            elif rc == -errno.EEXIST:
+                k = m.key_type.from_buffer_copy(blob, i * ks)
+                old = m.get(k)
+                if old is not None:
+                    restored.append((m, k, ListEntry(old.hits, old.expires_ns)))
+                    libbpf.map_update(m.fd, k, ListEntry(old.hits, expires_ns), libbpf.BPF_EXIST)
+                    updated += 1
+            else:
+                _raise_update(m, rc)
+        return added, updated
+    # Empty map: nothing to preserve, so one batch syscall (keys are unique here).
+    pos = 0
+    while pos < n:
+        rc, cnt = libbpf.map_update_batch(m.fd, kaddr + pos * ks, vaddr + pos * 16, n - pos)
+        if cnt:
+            done.append((m, blob, pos, cnt))
+            pos += cnt
+        if rc == 0:
+            break
+        _raise_update(m, rc)
+    return n, 0
+
+
+def _map_empty(m: BpfMap) -> bool:
+    for _ in m.keys():
+        return False
+    return True
+
+
+def _raise_update(m: BpfMap, rc: int):
+    if rc in (-errno.E2BIG, -errno.ENOSPC, -errno.ENOMEM):
+        raise UserError(f"list {m.name.value} is full ({m.max_entries} entries); nothing was changed")
+    raise libbpf.BpfError(-rc, f"map update on {m.name.value}: {os.strerror(-rc)}")
+
+
+def pin_maps(iface: state.Iface, fds: dict[MapName, int]) -> None:
+    d = iface.pin_dir
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name, fd in fds.items():
+        p = d / name.value
+        if p.exists():
+            p.unlink()
+        libbpf.obj_pin(fd, str(p))
+
+
+# ---- verbs ----
+
+
+def parse_protect(addrs: list[str]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    out = []
+    for a in addrs:
+        for part in a.split(","):
+            if part.strip():
+                out.append(parse_address(part, "protected address"))
+    if not out:
+        raise UserError("--protect needs at least one address")
+    return list(dict.fromkeys(out))
+
+
+def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
+           defines: dict[str, int] | None = None) -> AttachResult:
+    if mode not in ("auto", "native", "skb"):
+        raise UserError(f"invalid mode '{mode}': use auto, native or skb")
+    addrs = parse_protect(protect)
+    state.require_root()
+    iface = state.resolve_iface(ifname)
+    notes: list[str] = []
+    with state.iface_lock(iface):
+        att = dataplane.query(iface.index)
+        if dataplane.is_ours(att):
+            raise UserError(f"{ifname} is already protected by xdpguard (prog id {att.prog_id}); detach it first")
+        if att is not None and not force:
+            raise UserError(f"{ifname} has a foreign XDP program attached (id {att.prog_id}, '{att.prog_name}'); "
+                            f"use --force to replace it")
+        if att is not None:
+            notes.append(f"replaced foreign XDP program id {att.prog_id} ('{att.prog_name}')")
+        # Leftovers of an earlier attach whose program is gone.
+        state.remove_pins(iface)
+        state.remove_state(iface)
+        state.ensure_bpffs()
+
+        lp = dataplane.compile_program(defines)
+        try:
+            maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
+            maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED, ALL_REASONS_MASK if monitor else 0))
+            for a in addrs:
+                maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(_prot_key(a), Protected(0))
+            pin_maps(iface, lp.map_fds)
+            try:
+                took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att)
+            except BaseException:
+                state.remove_pins(iface)
+                raise
+            if note:
+                notes.append(note)
+            new = dataplane.query(iface.index)
+            prog_id = new.prog_id if new else 0
+            state.write_state(iface, {
+                "iface": ifname,
+                "ifindex": iface.index,
+                "netns": iface.nskey,
+                "prog_id": prog_id,
+                "mode": took,
+                "protected": [str(a) for a in addrs],
+                "monitor": monitor,
+                "attached_at": time.time(),
+            })
+        finally:
+            lp.close()
+    return AttachResult(ifname, iface.index, prog_id, took, [str(a) for a in addrs], monitor,
+                        str(iface.pin_dir), notes)
+
+
+def detach(ifname: str) -> DetachResult:
+    state.require_root()
+    iface = state.resolve_iface(ifname)
+    with state.iface_lock(iface):
+        att = dataplane.query(iface.index)
+        had_state = iface.state_file.exists() or iface.pin_dir.exists()
+        if not dataplane.is_ours(att):
+            if had_state:
+                state.remove_pins(iface)
+                state.remove_state(iface)
+                return DetachResult(ifname, None, ["no xdpguard program was attached; removed leftover pins and state"])
+            what = "nothing is attached" if att is None else f"the attached program '{att.prog_name}' is not ours"
+            raise UserError(f"{ifname} is not protected by xdpguard ({what})")
+        dataplane.detach(iface.index, att)
+        state.remove_pins(iface)
+        state.remove_state(iface)
+    return DetachResult(ifname, att.prog_id, [])
+
+
+def pick_iface(ifname: str | None) -> str:
+    """--iface may be omitted when exactly one interface of this namespace is protected."""
+    if ifname:
+        return ifname
+    ifs = state.protected_ifaces()
+    if len(ifs) == 1:
+        return ifs[0]
+    if not ifs:
+        raise UserError("no interface is protected in this network namespace; give --iface")
+    raise UserError(f"several interfaces are protected ({', '.join(ifs)}); give --iface")
+
+
+def open_guard(ifname: str | None) -> Guard:
+    state.require_root()
+    return Guard.open(state.resolve_iface(pick_iface(ifname)))
+
+
+def status(ifname: str | None) -> list[StatusResult]:
+    state.require_root()
+    names = [ifname] if ifname else state.protected_ifaces()
+    out = []
+    for name in names:
+        with Guard.open(state.resolve_iface(name)) as g:
+            cfg = g.config()
+            counters = g.counters()
+            totals: dict[str, dict[str, int]] = {}
+            for c in counters:
+                t = totals.setdefault(c.kind, {"packets": 0, "bytes": 0})
+                t["packets"] += c.packets
+                t["bytes"] += c.bytes
+            out.append(StatusResult(
+                iface=name, ifindex=g.iface.index, prog_id=g.att.prog_id, mode=g.att.mode,
+                protected=g.protected(), monitor=bool(cfg.monitor_mask),
+                list_sizes={w: g.list_size(w) for w in LISTS}, counters=counters, totals=totals,
+                pinned=g.pinned(),
+            ))
+    return out
+
+
+def _parse_many(cidrs: list[str]) -> tuple[list[Prefix], list[str]]:
+    prefixes, normalised = [], []
+    for c in cidrs:
+        p = parse_prefix(c)
+        if p.normalised_from is not None:
+            normalised.append(f"{p.normalised_from} -> {p.prefix}")
+        prefixes.append(p.prefix)
+    return prefixes, normalised
+
+
+def _check_ttl(ttl: float | None) -> int:
+    if ttl is None:
+        return 0
+    if ttl <= 0 or ttl > 10 * 365 * 86400:
+        raise UserError(f"invalid --ttl {ttl:g}: must be between 1 s and 10 years")
+    return _now_ns() + int(ttl * 1e9)
+
+
+def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None) -> ListChangeResult:
+    prefixes, normalised = _parse_many(cidrs)
+    expires = _check_ttl(ttl)
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        g.sweep_expired(which)
+        added, updated = g.upsert(which, prefixes, expires)
+    return ListChangeResult(g.iface.name, which, "add", added, updated, 0, [], normalised)
+
+
+def list_del(which: str, ifname: str | None, cidrs: list[str]) -> ListChangeResult:
+    prefixes, normalised = _parse_many(cidrs)
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        removed, missing = g.delete(which, prefixes)
+        g.sweep_expired(which)
+    return ListChangeResult(g.iface.name, which, "del", 0, 0, removed, missing, normalised)
+
+
+def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None) -> ListChangeResult:
+    pf = read_prefix_file(path)
+    expires = _check_ttl(ttl)
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        added, updated = g.upsert(which, pf.prefixes, expires)
+    note = [f"{pf.normalised} prefixes had host bits set and were normalised"] if pf.normalised else []
+    return ListChangeResult(g.iface.name, which, "load", added, updated, 0, [], note)
+
+
+def list_show(which: str, ifname: str | None) -> ListResult:
+    with open_guard(ifname) as g:
+        return ListResult(g.iface.name, which, g.list_entries(which))

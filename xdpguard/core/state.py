@@ -1,0 +1,189 @@
+"""Where xdpguard keeps things, keyed by network namespace and interface; locking.
+
+- pins:  $XDPGUARD_BPFFS (default /run/xdpguard/bpffs) / net-<ino> / <ifname> / <map name>
+  A bpffs outside /sys: `ip netns exec` remounts /sys, so a bpffs there would be a fresh
+  instance that dies with the command. Pins are a convenience; the kernel is the truth
+  (program on the interface → its maps).
+- state: $XDPGUARD_STATE_DIR (default /var/lib/xdpguard) / net-<ino> / <ifname>.json, root-only.
+- locks: $XDPGUARD_RUN_DIR (default /run/xdpguard) / locks / net-<ino>.<ifname>.lock
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+def bpffs_root() -> Path:
+    return Path(os.environ.get("XDPGUARD_BPFFS", "/run/xdpguard/bpffs"))
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("XDPGUARD_STATE_DIR", "/var/lib/xdpguard"))
+
+
+def run_root() -> Path:
+    return Path(os.environ.get("XDPGUARD_RUN_DIR", "/run/xdpguard"))
+
+
+def netns_key() -> str:
+    """Identifies the network namespace this process is in (inode of /proc/self/ns/net)."""
+    st = os.stat("/proc/self/ns/net")
+    return f"net-{st.st_ino}"
+
+
+@dataclass(frozen=True)
+class Iface:
+    name: str
+    index: int
+    nskey: str
+
+    @property
+    def pin_dir(self) -> Path:
+        return bpffs_root() / self.nskey / self.name
+
+    @property
+    def state_file(self) -> Path:
+        return state_root() / self.nskey / f"{self.name}.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return run_root() / "locks" / f"{self.nskey}.{self.name}.lock"
+
+
+def resolve_iface(name: str) -> Iface:
+    if not name or len(name) > 15 or "/" in name:
+        raise UserError(f"invalid interface name '{name}'")
+    try:
+        index = socket.if_nametoindex(name)
+    except OSError:
+        raise UserError(f"unknown interface '{name}' in this network namespace") from None
+    return Iface(name, index, netns_key())
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError("xdpguard needs root (CAP_BPF, CAP_NET_ADMIN); run it with sudo")
+
+
+def _fstype(path: Path) -> str:
+    best, fstype = "", ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                mnt = parts[1].replace("\\040", " ")
+                if (str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                    best, fstype = mnt, parts[2]
+    return fstype
+
+
+def ensure_bpffs() -> Path:
+    """Make sure a bpffs is mounted at bpffs_root(); mount one if not."""
+    root = bpffs_root()
+    if _fstype(root) == "bpf":
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    rc = subprocess.run(["mount", "-t", "bpf", "bpf", str(root)], capture_output=True, text=True)
+    if rc.returncode != 0 or _fstype(root) != "bpf":
+        raise UserError(f"cannot mount bpffs at {root}: {rc.stderr.strip() or 'unknown error'}")
+    return root
+
+
+def remove_pins(iface: Iface) -> None:
+    d = iface.pin_dir
+    if d.exists():
+        shutil.rmtree(d, ignore_errors=True)
+        for parent in (d.parent,):
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
+
+
+# ---- state file ----
+
+
+def read_state(iface: Iface) -> dict | None:
+    try:
+        return json.loads(iface.state_file.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"state file {iface.state_file} is unreadable: {exc}") from None
+
+
+def write_state(iface: Iface, state: dict) -> None:
+    path = iface.state_file
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_root(), 0o700) if state_root().exists() else None
+    tmp = path.with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def remove_state(iface: Iface) -> None:
+    try:
+        iface.state_file.unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        iface.state_file.parent.rmdir()
+    except OSError:
+        pass
+
+
+def protected_ifaces() -> list[str]:
+    """Interfaces of this network namespace that have a state file."""
+    d = state_root() / netns_key()
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.json"))
+
+
+# ---- lock ----
+
+
+@contextmanager
+def iface_lock(iface: Iface, timeout_s: float | None = None):
+    """Serialize mutating commands on one interface. Waits up to timeout_s (default
+    $XDPGUARD_LOCK_TIMEOUT or 30 s), then fails with a one-line error."""
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("XDPGUARD_LOCK_TIMEOUT", "30"))
+    path = iface.lock_file
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise UserError(
+                        f"{iface.name}: another xdpguard command (pid {holder}) holds the lock; "
+                        f"gave up after {timeout_s:g} s"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
