@@ -1,0 +1,103 @@
+"""Run the real XDP program on packets through BPF_PROG_TEST_RUN (tests and benchmarks).
+
+A TestBed compiles and loads the program once, without attaching it anywhere, and gives
+typed access to its maps. `verdict(packet)` runs one packet and reports the action and the
+reason, found from the per-CPU counter slot that moved.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from dataclasses import dataclass
+
+from . import dataplane, libbpf
+from .abi import CFG_ENABLED, KIND_MAX, REASON_MAX, Config, Kind, MapName, Protected, Reason
+from .maps import BpfMap
+from .prefixes import parse_prefix
+
+XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # drop | pass | …
+    kind: Kind
+    reason: Reason
+
+
+class TestBed:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, defines: dict[str, int] | None = None):
+        self.prog = dataplane.compile_program(defines)
+        self.maps = {n: BpfMap(n, fd) for n, fd in self.prog.map_fds.items()}
+        self.configure()
+
+    def close(self) -> None:
+        self.prog.close()
+
+    def __enter__(self) -> TestBed:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- policy setup --
+
+    def configure(self, enabled: bool = True, monitor_mask: int = 0) -> None:
+        self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED if enabled else 0, monitor_mask))
+
+    def protect(self, *addrs: str) -> None:
+        from .protection import _prot_key
+
+        for a in addrs:
+            ip = ipaddress.ip_address(a)
+            self.maps[MapName.PROT4 if ip.version == 4 else MapName.PROT6].set(_prot_key(ip), Protected(0))
+
+    def add(self, which: str, cidr: str, expires_ns: int = 0) -> None:
+        from .protection import LIST_MAPS, _lpm_key
+        from .abi import ListEntry
+
+        p = parse_prefix(cidr).prefix
+        self.maps[LIST_MAPS[(which, p.family)]].set(_lpm_key(p), ListEntry(0, expires_ns))
+
+    def entry_hits(self, which: str, cidr: str) -> int | None:
+        from .protection import LIST_MAPS, _lpm_key
+
+        p = parse_prefix(cidr).prefix
+        v = self.maps[LIST_MAPS[(which, p.family)]].get(_lpm_key(p))
+        return None if v is None else v.hits
+
+    # -- counters and runs --
+
+    def counters(self) -> dict[tuple[Kind, Reason], tuple[int, int]]:
+        out = {}
+        stats = self.maps[MapName.STATS]
+        for kind in Kind:
+            for reason in Reason:
+                per_cpu = stats.get(ctypes.c_uint32(int(kind) * REASON_MAX + int(reason))) or []
+                out[(kind, reason)] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
+        return out
+
+    def run(self, packet: bytes, repeat: int = 1) -> tuple[int, int]:
+        """(XDP return code, mean ns per run)."""
+        rv, _, dur = libbpf.prog_test_run(self.prog.prog_fd, packet, repeat=repeat)
+        return rv, dur
+
+    def verdict(self, packet: bytes) -> Verdict:
+        before = self.counters()
+        rv, _ = self.run(bytes(packet))
+        after = self.counters()
+        moved = [k for k in after if after[k][0] != before[k][0]]
+        if len(moved) != 1:
+            raise AssertionError(f"expected exactly one counter slot to move, got {moved}")
+        kind, reason = moved[0]
+        pk = after[moved[0]][0] - before[moved[0]][0]
+        by = after[moved[0]][1] - before[moved[0]][1]
+        if pk != 1 or by != len(packet):
+            raise AssertionError(f"counter moved by {pk} packets / {by} bytes for one {len(packet)}-byte packet")
+        return Verdict(XDP_ACTIONS.get(rv, str(rv)), kind, reason)
+
+
+assert KIND_MAX == len(Kind)
