@@ -21,9 +21,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Proto = Literal["tcp", "udp"]
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp")
@@ -165,7 +165,9 @@ class ForwardRule:
         if not 0 <= self.persist_s <= PERSIST_MAX_S:
             raise ValueError(f"persistence {self.persist_s}s is out of range 0-{PERSIST_MAX_S}")
         if not isinstance(self.preserve_client_ip, bool):
-            raise ValueError(f"preserve_client_ip must be true or false, got {self.preserve_client_ip!r}")
+            raise ValueError(
+                f"preserve_client_ip must be true or false, got {self.preserve_client_ip!r}"
+            )
 
     @property
     def key(self) -> str:
@@ -179,7 +181,9 @@ class ForwardRule:
 
     @property
     def ports(self) -> str:
-        return str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
+        return (
+            str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
+        )
 
     @property
     def primaries(self) -> tuple[Backend, ...]:
@@ -285,6 +289,7 @@ def parse_backend(text: str, *, weight: int = 1, backup: bool = False) -> Backen
         raise ValueError(f"backend {text!r} is empty")
     spec = text.strip()
     port: int | None = None
+    host: IPAddress
     if spec.startswith("["):
         host_text, bracket, rest = spec[1:].partition("]")
         if not bracket:
@@ -359,7 +364,7 @@ def parse_backends(
                 f"{len(weight_values)} weight(s) given for {len(specs)} backend(s); "
                 "give one weight per backend"
             )
-    result = [parse_backend(s, weight=w) for s, w in zip(specs, weight_values)]
+    result = [parse_backend(s, weight=w) for s, w in zip(specs, weight_values, strict=True)]
     if backups is not None:
         result += [parse_backend(s, backup=True) for s in _split_list(backups, "backup list")]
     return tuple(result)
