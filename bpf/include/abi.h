@@ -45,6 +45,10 @@
 #define XG_LIST_MAX 2097152          /* entries per allow/block trie, per address family */
 #endif
 
+#ifndef XG_PORTS_MAX
+#define XG_PORTS_MAX 262144          /* open (protected address, proto, port) entries */
+#endif
+
 /* xg_config_arr[0].flags */
 #define XG_CFG_ENABLED (1ULL << 0)    /* program filters at all (else everything is bypass) */
 
@@ -67,9 +71,25 @@ struct xg_config {
     __u64 monitor_mask;   /* bit r set: drop reason r is counted as would_drop and passed */
 };
 
+/* xg_protected.flags */
+#define XG_PROT_PORT_POLICY (1ULL << 0)  /* only TCP/UDP ports in xg_ports_hash are reachable */
+
 /* xg_prot4_hash / xg_prot6_hash value: one per protected address. */
 struct xg_protected {
-    __u64 flags;          /* reserved for per-address policy, 0 today */
+    __u64 flags;          /* XG_PROT_* */
+};
+
+/* xg_ports_hash key: an open port of a protected address (v4 uses addr[0..3], rest zero). */
+struct xg_port_key {
+    __u8 addr[16];        /* protected address, network byte order */
+    __u16 port;           /* destination port, host byte order */
+    __u8 proto;           /* IPPROTO_TCP or IPPROTO_UDP */
+    __u8 family;          /* 4 or 6 */
+};
+
+/* xg_ports_hash value. */
+struct xg_port_value {
+    __u64 flags;          /* reserved, 0 */
 };
 
 /* Key of xg_prot6_hash (xg_prot4_hash is keyed by a __u32, network byte order). */

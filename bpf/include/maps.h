@@ -12,6 +12,9 @@ BPF_PERCPU_ARRAY(xg_stats_pcpu, struct xg_counter, XG_STATS_SLOTS);
 BPF_HASH(xg_prot4_hash, __u32, struct xg_protected, XG_PROTECTED_MAX);
 BPF_HASH(xg_prot6_hash, struct xg_addr6, struct xg_protected, XG_PROTECTED_MAX);
 
+/* xg_ports_hash: open (protected address, proto, port) → struct xg_port_value (port policy). */
+BPF_HASH(xg_ports_hash, struct xg_port_key, struct xg_port_value, XG_PORTS_MAX);
+
 /* Allowlist and blocklist: source prefix → struct xg_list_entry (hit count, expiry ns). */
 BPF_LPM_TRIE(xg_allow4_lpm, struct xg_lpm4_key, struct xg_list_entry, XG_LIST_MAX);
 BPF_LPM_TRIE(xg_allow6_lpm, struct xg_lpm6_key, struct xg_list_entry, XG_LIST_MAX);

@@ -288,3 +288,25 @@ def test_concurrent_mutations_serialize(topo: Topo):
 def _netns_key(topo: Topo) -> str:
     out = topo.lab.run(topo.prot, PY, "-c", "from xdpguard.core.state import netns_key; print(netns_key())")
     return out.stdout.strip()
+
+
+def test_port_policy(topo: Topo):
+    topo.attach()
+    assert topo.reaches(PROT4)
+    out = topo.xg("port", "open", "tcp", "7", "--protected", PROT4).stdout
+    assert "tcp 7" in out
+    assert topo.probe("tcp", PROT4) and not topo.probe("udp", PROT4)  # udp/7 not open
+    assert topo.counter("drop", "port") >= 1
+    assert topo.reaches(PROT6)  # no policy on the v6 address yet
+    assert topo.reaches(OPEN4)  # the operator's own address is untouched
+    topo.xg("port", "open", "udp", "1-100")
+    assert topo.probe("udp", PROT4) and topo.probe("udp", PROT6) and not topo.probe("tcp", PROT6)
+    ports = json.loads(topo.xg("port", "list", "--json").stdout)["ports"]
+    assert {(p["protected"], p["proto"], p["lo"], p["hi"]) for p in ports} == {
+        (PROT4, "tcp", 7, 7), (PROT4, "udp", 1, 100), (PROT6, "udp", 1, 100)}
+    _one_line_error(topo.xg("port", "open", "tcp", "0", check=False), "outside 1-65535")
+    _one_line_error(topo.xg("port", "open", "tcp", "90-80", check=False), "reversed")
+    _one_line_error(topo.xg("port", "open", "tcp", "80", "--protected", OPEN4, check=False), "not a protected address")
+    topo.xg("port", "close", "udp", "1-100")
+    topo.xg("port", "close", "tcp", "7")
+    assert topo.reaches(PROT4) and topo.reaches(PROT6)  # no open port left: policy off again

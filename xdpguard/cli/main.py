@@ -30,13 +30,14 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from . import attach, detach, lists, status
+    from . import attach, detach, lists, port, status
 
     cli.add_command(attach.attach)
     cli.add_command(detach.detach)
     cli.add_command(status.status)
     cli.add_command(lists.make_group("block"))
     cli.add_command(lists.make_group("allow"))
+    cli.add_command(port.port)
 
 
 _register()

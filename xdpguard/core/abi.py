@@ -61,6 +61,13 @@ CFG_ENABLED = 1 << 0
 
 PROTECTED_MAX = 1024
 LIST_MAX = 2097152
+PORTS_MAX = 262144
+
+PROT_PORT_POLICY = 1 << 0  # xg_protected.flags: only open TCP/UDP ports are reachable
+
+# xg_port_value.flags bits are ours (the data path only tests presence): who opened the port.
+PORT_BY_OPERATOR = 1 << 0  # `xdpguard port open`
+PORT_BY_FORWARD = 1 << 1  # a forwarding rule
 
 
 def stats_slot(kind: Kind, reason: Reason) -> int:
@@ -95,6 +102,19 @@ class ListEntry(ctypes.Structure):
     _fields_ = [("hits", ctypes.c_uint64), ("expires_ns", ctypes.c_uint64)]
 
 
+class PortKey(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_uint8 * 16),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+    ]
+
+
+class PortValue(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64)]
+
+
 class MapName(str, enum.Enum):
     """Kernel names of the maps (≤ 15 chars); also the file names of their pins."""
 
@@ -102,6 +122,7 @@ class MapName(str, enum.Enum):
     STATS = "xg_stats_pcpu"
     PROT4 = "xg_prot4_hash"
     PROT6 = "xg_prot6_hash"
+    PORTS = "xg_ports_hash"
     ALLOW4 = "xg_allow4_lpm"
     ALLOW6 = "xg_allow6_lpm"
     BLOCK4 = "xg_block4_lpm"
@@ -119,6 +140,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.STATS: (ctypes.c_uint32, Counter, True),
     MapName.PROT4: (Addr4, Protected, False),
     MapName.PROT6: (Addr6, Protected, False),
+    MapName.PORTS: (PortKey, PortValue, False),
     MapName.ALLOW4: (Lpm4Key, ListEntry, False),
     MapName.ALLOW6: (Lpm6Key, ListEntry, False),
     MapName.BLOCK4: (Lpm4Key, ListEntry, False),
@@ -134,4 +156,6 @@ C_STRUCTS: dict[str, type] = {
     "xg_lpm4_key": Lpm4Key,
     "xg_lpm6_key": Lpm6Key,
     "xg_list_entry": ListEntry,
+    "xg_port_key": PortKey,
+    "xg_port_value": PortValue,
 }

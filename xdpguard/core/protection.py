@@ -28,6 +28,11 @@ from .abi import (
     Lpm4Key,
     Lpm6Key,
     MapName,
+    PORT_BY_FORWARD,
+    PORT_BY_OPERATOR,
+    PROT_PORT_POLICY,
+    PortKey,
+    PortValue,
     Protected,
     Reason,
     stats_slot,
@@ -146,6 +151,19 @@ def _key_prefix(k, family: int) -> Prefix:
 def _prot_key(addr: ipaddress.IPv4Address | ipaddress.IPv6Address):
     k = Addr4() if addr.version == 4 else Addr6()
     ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
+    return k
+
+
+PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
+
+
+def _port_key(addr, proto: int, port: int) -> PortKey:
+    k = PortKey()
+    ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
+    k.port = port
+    k.proto = proto
+    k.family = addr.version
     return k
 
 
@@ -284,6 +302,65 @@ class Guard:
                     m.delete(k)
             raise
         return added, updated
+
+    # -- port policy --
+
+    def protected_addrs(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [ipaddress.ip_address(a) for a in self.protected()]
+
+    def open_ports(self) -> dict[tuple[str, str], list[tuple[int, int, int]]]:
+        """(protected address, proto) → sorted (lo, hi, flags) runs of open ports."""
+        runs: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+        by: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for k, v in self.maps[MapName.PORTS].items():
+            raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
+            key = (str(ipaddress.ip_address(raw)), PROTO_NAMES.get(k.proto, str(k.proto)))
+            by.setdefault(key, []).append((k.port, v.flags))
+        for key, ports in by.items():
+            ports.sort()
+            out: list[tuple[int, int, int]] = []
+            for port, flags in ports:
+                if out and out[-1][1] == port - 1 and out[-1][2] == flags:
+                    out[-1] = (out[-1][0], port, flags)
+                else:
+                    out.append((port, port, flags))
+            runs[key] = out
+        return dict(sorted(runs.items()))
+
+    def change_ports(self, addrs, proto: str, lo: int, hi: int, by_bit: int, add: bool) -> int:
+        """Open (add) or close ports lo..hi for `by_bit`'s owner on each address; keeps the
+        address's port-policy flag in step (on while any port of it is open). Returns entries changed."""
+        m = self.maps[MapName.PORTS]
+        pnum = PROTO_NUMBERS[proto]
+        changed = 0
+        for a in addrs:
+            for port in range(lo, hi + 1):
+                k = _port_key(a, pnum, port)
+                old = m.get(k)
+                flags = old.flags if old is not None else 0
+                new = flags | by_bit if add else flags & ~by_bit
+                if new == flags:
+                    continue
+                changed += 1
+                if new:
+                    m.set(k, PortValue(new))
+                else:
+                    m.delete(k)
+            self._sync_port_policy(a)
+        return changed
+
+    def _sync_port_policy(self, addr) -> None:
+        fam = addr.version
+        raw = addr.packed
+        on = any(k.family == fam and bytes(k.addr)[: len(raw)] == raw for k in self.maps[MapName.PORTS].keys())
+        pm = self.maps[MapName.PROT4 if fam == 4 else MapName.PROT6]
+        pk = _prot_key(addr)
+        cur = pm.get(pk)
+        if cur is None:
+            return
+        flags = (cur.flags | PROT_PORT_POLICY) if on else (cur.flags & ~PROT_PORT_POLICY)
+        if flags != cur.flags:
+            pm.set(pk, Protected(flags), libbpf.BPF_EXIST)
 
     def delete(self, which: str, prefixes: list[Prefix]) -> tuple[int, list[str]]:
         removed, missing = 0, []
@@ -536,3 +613,74 @@ def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | Non
 def list_show(which: str, ifname: str | None) -> ListResult:
     with open_guard(ifname) as g:
         return ListResult(g.iface.name, which, g.list_entries(which))
+
+
+# ---- port policy verbs ----
+
+
+@dataclass(frozen=True)
+class PortRun:
+    protected: str
+    proto: str
+    lo: int
+    hi: int
+    by: list[str]  # operator | forward
+
+
+@dataclass(frozen=True)
+class PortResult:
+    iface: str
+    action: str  # open | close | list
+    changed: int
+    ports: list[PortRun]
+    to_dict = _as_dict
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    lo_s, dash, hi_s = text.strip().partition("-")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if dash else lo
+    except ValueError:
+        raise UserError(f"invalid port range '{text}': use PORT or PORT-PORT") from None
+    for p in (lo, hi):
+        if not 1 <= p <= 65535:
+            raise UserError(f"invalid port range '{text}': port {p} is outside 1-65535")
+    if hi < lo:
+        raise UserError(f"invalid port range '{text}': {lo}-{hi} is reversed")
+    return lo, hi
+
+
+def _port_runs(g: Guard) -> list[PortRun]:
+    out = []
+    for (addr, proto), runs in g.open_ports().items():
+        for lo, hi, flags in runs:
+            by = [n for bit, n in ((PORT_BY_OPERATOR, "operator"), (PORT_BY_FORWARD, "forward")) if flags & bit]
+            out.append(PortRun(addr, proto, lo, hi, by))
+    return out
+
+
+def _select_protected(g: Guard, protected: str | None):
+    addrs = g.protected_addrs()
+    if protected is None:
+        return addrs
+    a = parse_address(protected, "protected address")
+    if a not in addrs:
+        raise UserError(f"{a} is not a protected address of {g.iface.name} (protected: {', '.join(map(str, addrs))})")
+    return [a]
+
+
+def ports_change(ifname: str | None, proto: str, port_range: str, protected: str | None, open_: bool,
+                 by_bit: int = PORT_BY_OPERATOR) -> PortResult:
+    if proto not in PROTO_NUMBERS:
+        raise UserError(f"unknown protocol '{proto}': use tcp or udp")
+    lo, hi = parse_port_range(port_range)
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        addrs = _select_protected(g, protected)
+        changed = g.change_ports(addrs, proto, lo, hi, by_bit, open_)
+        return PortResult(g.iface.name, "open" if open_ else "close", changed, _port_runs(g))
+
+
+def ports_list(ifname: str | None) -> PortResult:
+    with open_guard(ifname) as g:
+        return PortResult(g.iface.name, "list", 0, _port_runs(g))

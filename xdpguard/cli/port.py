@@ -1,0 +1,71 @@
+"""`xdpguard port open|close|list`: the port policy of protected addresses.
+
+Once any port of a protected address is open (here or by a forwarding rule), only its open
+TCP/UDP ports are reachable; everything else to it is dropped in XDP with reason `port`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from xdpguard.core import protection
+
+from .output import console, emit_json
+from .params import IFACE
+
+_iface = click.option("--iface", "-i", type=IFACE, default=None,
+                      help="Interface; may be omitted when exactly one is protected.")
+_protected = click.option("--protected", default=None, metavar="ADDR",
+                          help="Only this protected address (default: all of the interface's).")
+_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+_proto = click.argument("proto", type=click.Choice(["tcp", "udp"]))
+_range = click.argument("ports", metavar="PORT[-PORT]")
+
+
+def _render(res: protection.PortResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    if res.action != "list":
+        c.print(f"ports on {res.iface}: {res.action} changed {res.changed} entries")
+    if not res.ports:
+        c.print(f"no port policy on {res.iface}: every port of the protected addresses is reachable")
+    for r in res.ports:
+        rng = str(r.lo) if r.lo == r.hi else f"{r.lo}-{r.hi}"
+        c.print(f"  {r.protected} {r.proto} {rng}  (by {', '.join(r.by)})")
+
+
+@click.group()
+def port():
+    """Open and close ports of the protected addresses (the XDP port policy)."""
+
+
+@port.command("open")
+@_proto
+@_range
+@_protected
+@_iface
+@_json
+def open_(proto, ports, protected, iface, as_json):
+    """Open PROTO PORT[-PORT] on the protected address(es)."""
+    _render(protection.ports_change(iface, proto, ports, protected, True), as_json)
+
+
+@port.command("close")
+@_proto
+@_range
+@_protected
+@_iface
+@_json
+def close(proto, ports, protected, iface, as_json):
+    """Close ports opened with `port open` (ports of forwarding rules stay open)."""
+    _render(protection.ports_change(iface, proto, ports, protected, False), as_json)
+
+
+@port.command("list")
+@_iface
+@_json
+def list_(iface, as_json):
+    """Show the open ports."""
+    _render(protection.ports_list(iface), as_json)
