@@ -112,6 +112,13 @@ struct xg_lpm6_key {
 struct xg_list_entry {
     __u64 hits;           /* packets that matched this entry (atomic add) */
     __u64 expires_ns;     /* CLOCK_MONOTONIC ns (bpf_ktime_get_ns), 0 = never */
+    __u32 prefixlen;      /* the entry's own prefix length: lets the data path delete it */
+    __u32 reserved;       /* 0 */
 };
+
+/* How many expired entries one lookup may delete before giving up (each retry is a lookup). */
+#ifndef XG_EXPIRED_RETRY
+#define XG_EXPIRED_RETRY 4
+#endif
 
 #endif /* XDPGUARD_ABI_H */

@@ -53,8 +53,8 @@ def run(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="xdpguard", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.Abort:
-        return _fail("aborted", ExitCode.INTERRUPTED)
+    except click.Abort:  # click turns Ctrl-C inside a command into Abort
+        return _fail("interrupted", ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
         return _fail("interrupted", ExitCode.INTERRUPTED)
     except click.UsageError as exc:

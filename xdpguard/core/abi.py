@@ -99,7 +99,12 @@ class Lpm6Key(ctypes.Structure):
 
 
 class ListEntry(ctypes.Structure):
-    _fields_ = [("hits", ctypes.c_uint64), ("expires_ns", ctypes.c_uint64)]
+    _fields_ = [
+        ("hits", ctypes.c_uint64),
+        ("expires_ns", ctypes.c_uint64),
+        ("prefixlen", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
 
 
 class PortKey(ctypes.Structure):

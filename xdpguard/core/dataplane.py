@@ -80,11 +80,11 @@ def compile_program(defines: dict[str, int] | None = None) -> LoadedProgram:
         raise UserError(hint)
     text = render_source(defines)
     try:
-        b = bcc.BPF(text=text, cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
-        fn = b.load_func(PROGRAM_FUNC, bcc.BPF.XDP)
+        b = bcc.BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
+        fn = b.load_func(PROGRAM_FUNC.encode(), bcc.BPF.XDP)
     except Exception as exc:
         raise UserError(f"compiling/loading the XDP program failed: {str(exc).strip().splitlines()[-1]}") from None
-    fds = {name: b.get_table(name.value).map_fd for name in MapName}
+    fds = {name: b.get_table(name.value.encode()).map_fd for name in MapName}
     return LoadedProgram(bpf=b, prog_fd=fn.fd, map_fds=fds)
 
 

@@ -54,7 +54,7 @@ def parse_prefix(text: str) -> Parsed:
     except OSError:
         raise UserError(f"invalid CIDR '{text}': '{addr_s}' is not an IPv{fam} address") from None
     if slash:
-        if not plen_s.isdigit() or len(plen_s) > 3:
+        if not (plen_s.isascii() and plen_s.isdigit()) or len(plen_s) > 3:
             raise UserError(f"invalid CIDR '{text}': prefix length '{plen_s}' is not a number")
         plen = int(plen_s)
         if plen > bits:
@@ -86,30 +86,30 @@ class PrefixFile:
 def read_prefix_file(path: str | Path) -> PrefixFile:
     """One CIDR per line, '#' comments, blank lines; v4 and v6 mixed. All or nothing: the
     first bad line raises UserError with its line number."""
-    p = Path(path)
     try:
-        fh = open(p, encoding="utf-8", errors="strict")
+        fh = open(Path(path), "rb")
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
     out: list[Prefix] = []
     normalised = 0
     lineno = 0
     with fh:
-        try:
-            for lineno, line in enumerate(fh, 1):
-                hash_at = line.find("#")
-                if hash_at >= 0:
-                    line = line[:hash_at]
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    parsed = parse_prefix(line)
-                except UserError as exc:
-                    raise UserError(f"{path}:{lineno}: {exc.message}; nothing was loaded") from None
-                if parsed.normalised_from is not None:
-                    normalised += 1
-                out.append(parsed.prefix)
-        except UnicodeDecodeError:
-            raise UserError(f"{path}:{lineno + 1}: not UTF-8 text; nothing was loaded") from None
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text; nothing was loaded") from None
+            hash_at = line.find("#")
+            if hash_at >= 0:
+                line = line[:hash_at]
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                parsed = parse_prefix(line)
+            except UserError as exc:
+                raise UserError(f"{path}:{lineno}: {exc.message}; nothing was loaded") from None
+            if parsed.normalised_from is not None:
+                normalised += 1
+            out.append(parsed.prefix)
     return PrefixFile(out, normalised, lineno)

@@ -380,9 +380,13 @@ def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, re
     keys = bytearray(ks * n)
     for i, p in enumerate(group):
         fmt.pack_into(keys, i * ks, p.plen, p.addr)
-    vals = struct.pack("<QQ", 0, expires_ns) * n
+    vs = ctypes.sizeof(ListEntry)
+    vfmt = struct.Struct("<QQII")
+    vals = bytearray(vs * n)
+    for i, p in enumerate(group):
+        vfmt.pack_into(vals, i * vs, 0, expires_ns, p.plen, 0)
     kbuf = (ctypes.c_char * len(keys)).from_buffer(keys)
-    vbuf = ctypes.create_string_buffer(vals, len(vals))
+    vbuf = (ctypes.c_char * len(vals)).from_buffer(vals)
     kaddr, vaddr = ctypes.addressof(kbuf), ctypes.addressof(vbuf)
     blob = bytes(keys)
     added = updated = 0
@@ -391,7 +395,7 @@ def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, re
         # flags but BPF_F_LOCK). An existing entry keeps its hits; for an LPM trie a lookup of
         # an existing exact key returns that very entry (it is the longest match).
         for i in range(n):
-            rc = libbpf.map_update_raw(m.fd, kaddr + i * ks, vaddr + i * 16, libbpf.BPF_NOEXIST)
+            rc = libbpf.map_update_raw(m.fd, kaddr + i * ks, vaddr + i * vs, libbpf.BPF_NOEXIST)
             if rc == 0:
                 done.append((m, blob, i, 1))
                 added += 1
@@ -399,8 +403,8 @@ def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, re
                 k = m.key_type.from_buffer_copy(blob, i * ks)
                 old = m.get(k)
                 if old is not None:
-                    restored.append((m, k, ListEntry(old.hits, old.expires_ns)))
-                    libbpf.map_update(m.fd, k, ListEntry(old.hits, expires_ns), libbpf.BPF_EXIST)
+                    restored.append((m, k, ListEntry(old.hits, old.expires_ns, old.prefixlen)))
+                    libbpf.map_update(m.fd, k, ListEntry(old.hits, expires_ns, k.prefixlen), libbpf.BPF_EXIST)
                     updated += 1
             else:
                 _raise_update(m, rc)
@@ -408,7 +412,7 @@ def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, re
     # Empty map: nothing to preserve, so one batch syscall (keys are unique here).
     pos = 0
     while pos < n:
-        rc, cnt = libbpf.map_update_batch(m.fd, kaddr + pos * ks, vaddr + pos * 16, n - pos)
+        rc, cnt = libbpf.map_update_batch(m.fd, kaddr + pos * ks, vaddr + pos * vs, n - pos)
         if cnt:
             done.append((m, blob, pos, cnt))
             pos += cnt

@@ -60,7 +60,7 @@ class TestBed:
         from .abi import ListEntry
 
         p = parse_prefix(cidr).prefix
-        self.maps[LIST_MAPS[(which, p.family)]].set(_lpm_key(p), ListEntry(0, expires_ns))
+        self.maps[LIST_MAPS[(which, p.family)]].set(_lpm_key(p), ListEntry(0, expires_ns, p.plen))
 
     def entry_hits(self, which: str, cidr: str) -> int | None:
         from .protection import LIST_MAPS, _lpm_key

@@ -1,0 +1,159 @@
+"""bpf/include/abi.h and maps.h against their Python mirror in xdpguard/core/abi.py.
+
+The C side is read with regexes (no compiler): #defines, `struct xg_* {…}` layouts with
+natural alignment, and the BPF_*(name, …) map declarations.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from xdpguard.core import abi
+
+INCLUDE = abi.BPF_DIR / "include"
+C_TYPE_SIZES = {"__u8": 1, "__u16": 2, "__be16": 2, "__u32": 4, "__be32": 4, "__u64": 8, "__be64": 8}
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
+
+
+ABI_H = _strip_comments(abi.ABI_HEADER.read_text())
+MAPS_H = _strip_comments((INCLUDE / "maps.h").read_text())
+
+
+def defines(prefix: str) -> dict[str, str]:
+    """`#define <prefix>NAME value` → {NAME: value}."""
+    return {m[1]: m[2].strip() for m in re.finditer(rf"^\s*#define\s+{prefix}(\w+)\s+(.+?)\s*$", ABI_H, re.M)}
+
+
+def c_structs() -> dict[str, list[tuple[str, str, int]]]:
+    """struct name → [(field, C type, array length or 1)]."""
+    out = {}
+    for m in re.finditer(r"struct\s+(xg_\w+)\s*\{(.*?)\}\s*;", ABI_H, re.S):
+        fields = []
+        for decl in filter(None, (d.strip() for d in m[2].split(";"))):
+            f = re.fullmatch(r"(\w+)\s+(\w+)\s*(?:\[\s*(\d+)\s*\])?", decl)
+            assert f, f"struct {m[1]}: cannot parse field '{decl}'"
+            assert f[1] in C_TYPE_SIZES, f"struct {m[1]}: unknown type {f[1]}"
+            fields.append((f[2], f[1], int(f[3] or 1)))
+        out[m[1]] = fields
+    return out
+
+
+def c_layout(fields: list[tuple[str, str, int]]) -> tuple[list[int], int]:
+    """(field offsets, sizeof) with natural alignment."""
+    offsets, pos, align = [], 0, 1
+    for _, ctype, n in fields:
+        size = C_TYPE_SIZES[ctype]
+        pos = (pos + size - 1) // size * size
+        offsets.append(pos)
+        pos += size * n
+        align = max(align, size)
+    return offsets, (pos + align - 1) // align * align
+
+
+def c_maps() -> dict[str, tuple[str, list[str]]]:
+    """map name → (BPF_* macro, remaining arguments)."""
+    out = {}
+    for m in re.finditer(r"\b(BPF_\w+)\s*\(([^;]*?)\)\s*;", MAPS_H, re.S):
+        name, *args = [a.strip() for a in m[2].split(",")]
+        assert name not in out, f"map {name} declared twice"
+        out[name] = (m[1], args)
+    return out
+
+
+def test_header_parses_to_something():
+    assert len(defines("XG_REASON_")) > 5 and len(c_structs()) >= 5 and len(c_maps()) >= 5
+
+
+def test_reasons_match():
+    c = defines("XG_REASON_")
+    assert int(c.pop("MAX")) == abi.REASON_MAX
+    assert {k: int(v) for k, v in c.items()} == {r.name: r.value for r in abi.Reason}
+    assert max(abi.Reason) < abi.REASON_MAX
+    assert abi.REASON_MAX & (abi.REASON_MAX - 1) == 0, "stats.h masks the reason with XG_REASON_MAX - 1"
+
+
+def test_kinds_match():
+    c = defines("XG_KIND_")
+    assert int(c.pop("MAX")) == abi.KIND_MAX
+    assert {k: int(v) for k, v in c.items()} == {k.name: k.value for k in abi.Kind}
+
+
+def test_scalar_constants_match():
+    assert int(defines("XG_")["ABI_VERSION"]) == abi.ABI_VERSION
+    m = re.fullmatch(r"\(\s*1ULL\s*<<\s*(\d+)\s*\)", defines("XG_CFG_")["ENABLED"])
+    assert m and 1 << int(m[1]) == abi.CFG_ENABLED
+    assert int(defines("XG_")["PROTECTED_MAX"]) == abi.PROTECTED_MAX
+    assert int(defines("XG_")["LIST_MAX"]) == abi.LIST_MAX
+    assert defines("XG_")["STATS_SLOTS"] == "(XG_KIND_MAX * XG_REASON_MAX)"
+    assert abi.STATS_SLOTS == abi.KIND_MAX * abi.REASON_MAX
+
+
+def test_every_c_struct_has_a_ctypes_mirror():
+    assert set(c_structs()) == set(abi.C_STRUCTS)
+
+
+@pytest.mark.parametrize("struct_name", sorted(c_structs()))
+def test_struct_layout_matches(struct_name):
+    fields = c_structs()[struct_name]
+    mirror = abi.C_STRUCTS[struct_name]
+    assert [f[0] for f in fields] == [f[0] for f in mirror._fields_]
+    offsets, size = c_layout(fields)
+    assert [getattr(mirror, f[0]).offset for f in fields] == offsets
+    assert [getattr(mirror, f[0]).size for f in fields] == [C_TYPE_SIZES[t] * n for _, t, n in fields]
+    assert ctypes.sizeof(mirror) == size
+
+
+def test_map_names_match():
+    assert set(c_maps()) == {m.value for m in abi.MapName}
+    assert set(abi.MAP_LAYOUTS) == set(abi.MapName)
+
+
+@pytest.mark.parametrize("name", sorted(m.value for m in abi.MapName))
+def test_map_name_fits_the_kernel(name):
+    assert len(name) <= 15, "BPF_OBJ_NAME_LEN is 16 including the NUL"
+
+
+def _c_size(ctype: str) -> int:
+    if ctype.startswith("struct "):
+        return c_layout(c_structs()[ctype.removeprefix("struct ")])[1]
+    return C_TYPE_SIZES[ctype]
+
+
+@pytest.mark.parametrize("name", sorted(m.value for m in abi.MapName))
+def test_map_layout_matches(name):
+    macro, args = c_maps()[name]
+    key_t, value_t, percpu = abi.MAP_LAYOUTS[abi.MapName(name)]
+    if macro in ("BPF_ARRAY", "BPF_PERCPU_ARRAY"):  # (name, leaf, size): the key is a u32 index
+        c_key, c_value = "__u32", args[0]
+    else:  # BPF_HASH / BPF_LPM_TRIE (name, key, leaf, size)
+        c_key, c_value = args[0], args[1]
+    assert ctypes.sizeof(key_t) == _c_size(c_key)
+    assert ctypes.sizeof(value_t) == _c_size(c_value)
+    if c_value.startswith("struct "):
+        assert abi.C_STRUCTS[c_value.removeprefix("struct ")] is value_t
+    assert percpu == ("PERCPU" in macro)
+
+
+def test_core_imports_neither_click_nor_rich():
+    """Every module of xdpguard.core, imported in a fresh interpreter, leaves click and rich out."""
+    code = (
+        "import importlib, json, pkgutil, sys\n"
+        "import xdpguard.core as core\n"
+        "mods = sorted(m.name for m in pkgutil.iter_modules(core.__path__))\n"
+        "for m in mods: importlib.import_module('xdpguard.core.' + m)\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('click', 'rich'))\n"
+        "print(json.dumps({'modules': mods, 'bad': bad}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert {"abi", "dataplane", "maps", "prefixes", "protection", "state", "testrun"} <= set(result["modules"])
+    assert result["bad"] == []
