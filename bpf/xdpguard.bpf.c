@@ -82,11 +82,11 @@ int xdpguard_main(struct xdp_md *ctx)
             goto out;
 
         struct xg_lpm4_key k4 = { .prefixlen = 32, .addr = iph->saddr };
-        if (list4_hit(XG_LIST_ALLOW, &k4)) {
+        if (list4_hit(XG_LIST_ALLOW, cfg->lists_mask, &k4)) {
             reason = XG_REASON_ALLOWLIST;
             goto out;
         }
-        if (list4_hit(XG_LIST_BLOCK, &k4)) {
+        if (list4_hit(XG_LIST_BLOCK, cfg->lists_mask, &k4)) {
             action = XDP_DROP;
             reason = XG_REASON_BLOCKLIST;
             goto out;
@@ -129,11 +129,11 @@ int xdpguard_main(struct xdp_md *ctx)
 
         struct xg_lpm6_key k6 = { .prefixlen = 128 };
         __builtin_memcpy(k6.addr, ip6h->saddr.s6_addr, 16);
-        if (list6_hit(XG_LIST_ALLOW, &k6)) {
+        if (list6_hit(XG_LIST_ALLOW, cfg->lists_mask, &k6)) {
             reason = XG_REASON_ALLOWLIST;
             goto out;
         }
-        if (list6_hit(XG_LIST_BLOCK, &k6)) {
+        if (list6_hit(XG_LIST_BLOCK, cfg->lists_mask, &k6)) {
             action = XDP_DROP;
             reason = XG_REASON_BLOCKLIST;
             goto out;

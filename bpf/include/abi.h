@@ -65,10 +65,21 @@ struct xg_counter {
     __u64 bytes;
 };
 
+/* xg_config.lists_mask: which list maps hold entries (the data path skips empty ones). */
+#define XG_LM_ALLOW4_HASH (1ULL << 0)
+#define XG_LM_ALLOW4_LPM  (1ULL << 1)
+#define XG_LM_ALLOW6_HASH (1ULL << 2)
+#define XG_LM_ALLOW6_LPM  (1ULL << 3)
+#define XG_LM_BLOCK4_HASH (1ULL << 4)
+#define XG_LM_BLOCK4_LPM  (1ULL << 5)
+#define XG_LM_BLOCK6_HASH (1ULL << 6)
+#define XG_LM_BLOCK6_LPM  (1ULL << 7)
+
 /* xg_config_arr[0]: run-time switches. */
 struct xg_config {
     __u64 flags;          /* XG_CFG_* */
     __u64 monitor_mask;   /* bit r set: drop reason r is counted as would_drop and passed */
+    __u64 lists_mask;     /* XG_LM_*: set by the controller after every list change */
 };
 
 /* xg_protected.flags */

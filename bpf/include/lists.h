@@ -49,10 +49,46 @@ static __always_inline void list6_delete(int list, struct xg_lpm6_key *k)
         xg_allow6_lpm.delete(k);
 }
 
-/* 1 on a live match of the source in k (k->prefixlen is the full length on entry). An expired
- * match is deleted (by its own prefix length) and the lookup repeated. */
-static __always_inline int list4_hit(int list, struct xg_lpm4_key *k)
+/* Exact (host) entries: 1 on a live hit; an expired one is deleted. */
+static __always_inline int host4_hit(int list, __u32 *addr)
 {
+    struct xg_list_entry *e = list == XG_LIST_BLOCK ? xg_block4_hash.lookup(addr) : xg_allow4_hash.lookup(addr);
+    if (!e)
+        return 0;
+    if (xg_entry_live(e))
+        return 1;
+    if (list == XG_LIST_BLOCK)
+        xg_block4_hash.delete(addr);
+    else
+        xg_allow4_hash.delete(addr);
+    return 0;
+}
+
+static __always_inline int host6_hit(int list, struct xg_addr6 *addr)
+{
+    struct xg_list_entry *e = list == XG_LIST_BLOCK ? xg_block6_hash.lookup(addr) : xg_allow6_hash.lookup(addr);
+    if (!e)
+        return 0;
+    if (xg_entry_live(e))
+        return 1;
+    if (list == XG_LIST_BLOCK)
+        xg_block6_hash.delete(addr);
+    else
+        xg_allow6_hash.delete(addr);
+    return 0;
+}
+
+/* 1 when the source (k, prefixlen 32) is on the list: exact hash first, then the trie. Maps the
+ * controller marked empty in lists_mask are not looked at. An expired trie match is deleted (by
+ * its own prefix length) and the lookup repeated, so it cannot shadow a live covering prefix. */
+static __always_inline int list4_hit(int list, __u64 lists_mask, struct xg_lpm4_key *k)
+{
+    __u64 hbit = list == XG_LIST_BLOCK ? XG_LM_BLOCK4_HASH : XG_LM_ALLOW4_HASH;
+    __u64 lbit = list == XG_LIST_BLOCK ? XG_LM_BLOCK4_LPM : XG_LM_ALLOW4_LPM;
+    if ((lists_mask & hbit) && host4_hit(list, &k->addr))
+        return 1;
+    if (!(lists_mask & lbit))
+        return 0;
     __u32 full = k->prefixlen;
 #pragma unroll
     for (int i = 0; i < XG_EXPIRED_RETRY; i++) {
@@ -68,8 +104,18 @@ static __always_inline int list4_hit(int list, struct xg_lpm4_key *k)
     return 0;
 }
 
-static __always_inline int list6_hit(int list, struct xg_lpm6_key *k)
+static __always_inline int list6_hit(int list, __u64 lists_mask, struct xg_lpm6_key *k)
 {
+    __u64 hbit = list == XG_LIST_BLOCK ? XG_LM_BLOCK6_HASH : XG_LM_ALLOW6_HASH;
+    __u64 lbit = list == XG_LIST_BLOCK ? XG_LM_BLOCK6_LPM : XG_LM_ALLOW6_LPM;
+    if (lists_mask & hbit) {
+        struct xg_addr6 a;
+        __builtin_memcpy(a.addr, k->addr, 16);
+        if (host6_hit(list, &a))
+            return 1;
+    }
+    if (!(lists_mask & lbit))
+        return 0;
     __u32 full = k->prefixlen;
 #pragma unroll
     for (int i = 0; i < XG_EXPIRED_RETRY; i++) {

@@ -15,7 +15,14 @@ BPF_HASH(xg_prot6_hash, struct xg_addr6, struct xg_protected, XG_PROTECTED_MAX);
 /* xg_ports_hash: open (protected address, proto, port) → struct xg_port_value (port policy). */
 BPF_HASH(xg_ports_hash, struct xg_port_key, struct xg_port_value, XG_PORTS_MAX);
 
-/* Allowlist and blocklist: source prefix → struct xg_list_entry (hit count, expiry ns). */
+/* Allowlist and blocklist, host entries (/32, /128): exact source → struct xg_list_entry.
+ * A hash lookup stays flat as the list grows; the trie's depth does not. */
+BPF_F_TABLE("hash", __u32, struct xg_list_entry, xg_allow4_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct xg_addr6, struct xg_list_entry, xg_allow6_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", __u32, struct xg_list_entry, xg_block4_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct xg_addr6, struct xg_list_entry, xg_block6_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+
+/* Allowlist and blocklist, other prefixes: source prefix → struct xg_list_entry. */
 BPF_LPM_TRIE(xg_allow4_lpm, struct xg_lpm4_key, struct xg_list_entry, XG_LIST_MAX);
 BPF_LPM_TRIE(xg_allow6_lpm, struct xg_lpm6_key, struct xg_list_entry, XG_LIST_MAX);
 BPF_LPM_TRIE(xg_block4_lpm, struct xg_lpm4_key, struct xg_list_entry, XG_LIST_MAX);

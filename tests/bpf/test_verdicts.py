@@ -21,7 +21,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from xdpguard.core.abi import Kind, MapName, Reason
+from xdpguard.core.abi import LISTS_MASK_BITS, Kind, MapName, Reason
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel
@@ -34,7 +34,7 @@ ATTACKER4, ATTACKER6 = "203.0.113.7", "2001:db8:bad::7"
 ETH_LEN, IP4_LEN, IP6_LEN = 14, 20, 40
 L4_AT_V4, L4_AT_V6 = ETH_LEN + IP4_LEN, ETH_LEN + IP6_LEN  # offset of the L4 header
 ALL_DROP_REASONS = sum(1 << r for r in Reason if r.is_drop)
-LIST_MAP_NAMES = (MapName.ALLOW4, MapName.ALLOW6, MapName.BLOCK4, MapName.BLOCK6)
+LIST_MAP_NAMES = tuple(LISTS_MASK_BITS)
 
 
 # ---- packet builders ----
@@ -375,3 +375,22 @@ def test_expired_exact_entry_does_not_shadow_live_covering_entry(bed):
     install(bed, (Entry("block", "203.0.113.0/24"), Entry("block", f"{ATTACKER4}/32", -60)))
     got = bed.verdict(v4(src=ATTACKER4))
     assert (got.action, got.reason) == (DROP, Reason.BLOCKLIST)
+
+
+@pytest.mark.parametrize("shadow", ["/28", "/30"])
+def test_expired_trie_prefix_does_not_shadow_live_covering_prefix(bed, shadow):
+    """Non-host entries live in the LPM trie: an expired /28 must not hide the live /24; the data
+    path deletes the expired one it met (so the next lookup is direct)."""
+    install(bed, (Entry("block", "203.0.113.0/24"), Entry("block", f"203.0.113.0{shadow}", -60)))
+    got = bed.verdict(v4(src=ATTACKER4))
+    assert (got.action, got.reason) == (DROP, Reason.BLOCKLIST)
+    left = [k.prefixlen for k in bed.maps[MapName.BLOCK4].keys()]
+    assert left == [24]  # the expired entry was deleted by XDP (an LPM lookup would find the /24)
+    assert bed.entry_hits("block", "203.0.113.0/24") == 1
+
+
+def test_allowlist_exact_and_prefix_maps_both_count(bed):
+    install(bed, (Entry("block", "203.0.113.0/24"), Entry("allow", f"{ATTACKER4}/32")))
+    got = bed.verdict(v4(src=ATTACKER4))
+    assert (got.action, got.reason) == (PASS, Reason.ALLOWLIST)
+    assert bed.entry_hits("allow", f"{ATTACKER4}/32") == 1 and bed.entry_hits("block", "203.0.113.0/24") == 0

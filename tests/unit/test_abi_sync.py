@@ -63,9 +63,14 @@ def c_maps() -> dict[str, tuple[str, list[str]]]:
     """map name → (BPF_* macro, remaining arguments)."""
     out = {}
     for m in re.finditer(r"\b(BPF_\w+)\s*\(([^;]*?)\)\s*;", MAPS_H, re.S):
-        name, *args = [a.strip() for a in m[2].split(",")]
+        parts = [a.strip() for a in m[2].split(",")]
+        macro = m[1]
+        if macro in ("BPF_TABLE", "BPF_F_TABLE"):  # ("type", key, leaf, name, size[, flags])
+            kind, key, leaf, name, *rest = parts
+            macro, parts = "BPF_" + kind.strip('"').upper(), [name, key, leaf, *rest]
+        name, *args = parts
         assert name not in out, f"map {name} declared twice"
-        out[name] = (m[1], args)
+        out[name] = (macro, args)
     return out
 
 

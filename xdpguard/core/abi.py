@@ -79,7 +79,7 @@ class Counter(ctypes.Structure):
 
 
 class Config(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("monitor_mask", ctypes.c_uint64)]
+    _fields_ = [("flags", ctypes.c_uint64), ("monitor_mask", ctypes.c_uint64), ("lists_mask", ctypes.c_uint64)]
 
 
 class Protected(ctypes.Structure):
@@ -128,6 +128,10 @@ class MapName(str, enum.Enum):
     PROT4 = "xg_prot4_hash"
     PROT6 = "xg_prot6_hash"
     PORTS = "xg_ports_hash"
+    ALLOW4H = "xg_allow4_hash"
+    ALLOW6H = "xg_allow6_hash"
+    BLOCK4H = "xg_block4_hash"
+    BLOCK6H = "xg_block6_hash"
     ALLOW4 = "xg_allow4_lpm"
     ALLOW6 = "xg_allow6_lpm"
     BLOCK4 = "xg_block4_lpm"
@@ -146,10 +150,26 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.PROT4: (Addr4, Protected, False),
     MapName.PROT6: (Addr6, Protected, False),
     MapName.PORTS: (PortKey, PortValue, False),
+    MapName.ALLOW4H: (Addr4, ListEntry, False),
+    MapName.ALLOW6H: (Addr6, ListEntry, False),
+    MapName.BLOCK4H: (Addr4, ListEntry, False),
+    MapName.BLOCK6H: (Addr6, ListEntry, False),
     MapName.ALLOW4: (Lpm4Key, ListEntry, False),
     MapName.ALLOW6: (Lpm6Key, ListEntry, False),
     MapName.BLOCK4: (Lpm4Key, ListEntry, False),
     MapName.BLOCK6: (Lpm6Key, ListEntry, False),
+}
+
+# xg_config.lists_mask bit of each list map (XG_LM_* in abi.h).
+LISTS_MASK_BITS: dict[MapName, int] = {
+    MapName.ALLOW4H: 1 << 0,
+    MapName.ALLOW4: 1 << 1,
+    MapName.ALLOW6H: 1 << 2,
+    MapName.ALLOW6: 1 << 3,
+    MapName.BLOCK4H: 1 << 4,
+    MapName.BLOCK4: 1 << 5,
+    MapName.BLOCK6H: 1 << 6,
+    MapName.BLOCK6: 1 << 7,
 }
 
 # C struct name in abi.h → ctypes mirror, for the sync test.

@@ -19,6 +19,7 @@ from pathlib import Path
 from . import dataplane, libbpf, state
 from .abi import (
     CFG_ENABLED,
+    LISTS_MASK_BITS,
     REASON_MAX,
     Addr4,
     Addr6,
@@ -42,12 +43,33 @@ from .maps import BpfMap
 from .prefixes import Prefix, parse_address, parse_prefix, read_prefix_file
 
 LISTS = ("block", "allow")
+# (list, family, host entry?) → map. Host entries (/32, /128) live in exact hashes, which stay
+# flat as a list grows; other prefixes in LPM tries.
 LIST_MAPS = {
-    ("block", 4): MapName.BLOCK4,
-    ("block", 6): MapName.BLOCK6,
-    ("allow", 4): MapName.ALLOW4,
-    ("allow", 6): MapName.ALLOW6,
+    ("block", 4, True): MapName.BLOCK4H,
+    ("block", 6, True): MapName.BLOCK6H,
+    ("allow", 4, True): MapName.ALLOW4H,
+    ("allow", 6, True): MapName.ALLOW6H,
+    ("block", 4, False): MapName.BLOCK4,
+    ("block", 6, False): MapName.BLOCK6,
+    ("allow", 4, False): MapName.ALLOW4,
+    ("allow", 6, False): MapName.ALLOW6,
 }
+HOST_MAPS = {MapName.BLOCK4H, MapName.BLOCK6H, MapName.ALLOW4H, MapName.ALLOW6H}
+
+
+def _is_host(p: Prefix) -> bool:
+    return p.plen == (32 if p.family == 4 else 128)
+
+
+def list_target(which: str, p: Prefix) -> tuple[MapName, object]:
+    """The map a prefix belongs in and its key there."""
+    name = LIST_MAPS[(which, p.family, _is_host(p))]
+    if name in HOST_MAPS:
+        k = Addr4() if p.family == 4 else Addr6()
+        ctypes.memmove(ctypes.addressof(k), p.addr, len(p.addr))
+        return name, k
+    return name, _lpm_key(p)
 ALL_REASONS_MASK = sum(1 << r for r in Reason if r.is_drop)
 
 
@@ -145,7 +167,8 @@ def _lpm_key(p: Prefix):
 
 
 def _key_prefix(k, family: int) -> Prefix:
-    return Prefix(family, bytes(k.addr), k.prefixlen)
+    plen = getattr(k, "prefixlen", 32 if family == 4 else 128)
+    return Prefix(family, bytes(k.addr), plen)
 
 
 def _prot_key(addr: ipaddress.IPv4Address | ipaddress.IPv6Address):
@@ -248,33 +271,45 @@ class Guard:
 
     # -- lists --
 
-    def list_map(self, which: str, family: int) -> BpfMap:
-        return self.maps[LIST_MAPS[(which, family)]]
+    def list_maps(self, which: str) -> list[tuple[int, BpfMap]]:
+        return [(fam, self.maps[LIST_MAPS[(which, fam, host)]]) for fam in (4, 6) for host in (True, False)]
 
     def list_entries(self, which: str) -> list[ListEntryView]:
         now = _now_ns()
         out = []
-        for fam in (4, 6):
-            for k, v in self.list_map(which, fam).items():
+        for fam, m in self.list_maps(which):
+            for k, v in m.items():
                 if v.expires_ns and v.expires_ns <= now:
                     continue
                 exp = round((v.expires_ns - now) / 1e9, 1) if v.expires_ns else None
-                out.append((_key_prefix(k, fam), ListEntryView(str(_key_prefix(k, fam)), v.hits, exp)))
+                p = _key_prefix(k, fam)
+                out.append((p, ListEntryView(str(p), v.hits, exp)))
         out.sort(key=lambda t: t[0])
         return [e for _, e in out]
 
     def list_size(self, which: str) -> int:
-        return sum(len(self.list_map(which, fam)) for fam in (4, 6))
+        return sum(len(m) for _, m in self.list_maps(which))
 
     def sweep_expired(self, which: str) -> int:
         now = _now_ns()
         n = 0
-        for fam in (4, 6):
-            m = self.list_map(which, fam)
+        for _, m in self.list_maps(which):
             dead = [k for k, v in m.items() if v.expires_ns and v.expires_ns <= now]
             for k in dead:
                 n += m.delete(k)
         return n
+
+    def sync_lists_mask(self) -> None:
+        """Tell the data path which list maps hold entries, so it skips the empty ones."""
+        mask = 0
+        for name, bit in LISTS_MASK_BITS.items():
+            for _ in self.maps[name].keys():
+                mask |= bit
+                break
+        cfg = self.config()
+        if cfg.lists_mask != mask:
+            cfg.lists_mask = mask
+            self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
 
     def upsert(self, which: str, prefixes: list[Prefix], expires_ns: int) -> tuple[int, int]:
         """Insert or refresh entries, all or nothing. An existing entry keeps its hit count and
@@ -283,13 +318,12 @@ class Guard:
         prefixes = list(dict.fromkeys(prefixes))  # duplicates in the input count once
         done: list[tuple[BpfMap, bytes, int, int]] = []  # for rollback: (map, keys blob, start, count)
         restored: list[tuple[BpfMap, object, ListEntry]] = []
+        groups: dict[MapName, list[Prefix]] = {}
+        for p in prefixes:
+            groups.setdefault(LIST_MAPS[(which, p.family, _is_host(p))], []).append(p)
         try:
-            for fam in (4, 6):
-                group = [p for p in prefixes if p.family == fam]
-                if not group:
-                    continue
-                m = self.list_map(which, fam)
-                a, u = _bulk_upsert(m, group, expires_ns, done, restored)
+            for name, group in groups.items():
+                a, u = _bulk_upsert(self.maps[name], group, expires_ns, done, restored)
                 added += a
                 updated += u
         except BaseException:
@@ -298,9 +332,10 @@ class Guard:
             for m, blob, start, count in done:
                 ks = ctypes.sizeof(m.key_type)
                 for i in range(start, start + count):
-                    k = m.key_type.from_buffer_copy(blob, i * ks)
-                    m.delete(k)
+                    m.delete(m.key_type.from_buffer_copy(blob, i * ks))
             raise
+        finally:
+            self.sync_lists_mask()
         return added, updated
 
     # -- port policy --
@@ -365,21 +400,25 @@ class Guard:
     def delete(self, which: str, prefixes: list[Prefix]) -> tuple[int, list[str]]:
         removed, missing = 0, []
         for p in prefixes:
-            if self.list_map(which, p.family).delete(_lpm_key(p)):
+            name, key = list_target(which, p)
+            if self.maps[name].delete(key):
                 removed += 1
             else:
                 missing.append(str(p))
+        self.sync_lists_mask()
         return removed, missing
 
 
 def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, restored: list) -> tuple[int, int]:
     ks = ctypes.sizeof(m.key_type)
-    alen = 4 if ks == 8 else 16
     n = len(group)
-    fmt = struct.Struct(f"<I{alen}s")
-    keys = bytearray(ks * n)
-    for i, p in enumerate(group):
-        fmt.pack_into(keys, i * ks, p.plen, p.addr)
+    if m.name in HOST_MAPS:
+        keys = bytearray(b"".join(p.addr for p in group))
+    else:
+        fmt = struct.Struct(f"<I{ks - 4}s")
+        keys = bytearray(ks * n)
+        for i, p in enumerate(group):
+            fmt.pack_into(keys, i * ks, p.plen, p.addr)
     vs = ctypes.sizeof(ListEntry)
     vfmt = struct.Struct("<QQII")
     vals = bytearray(vs * n)
@@ -394,6 +433,7 @@ def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, re
         # Exact-key existence needs per-element BPF_NOEXIST (the batch call takes no element
         # flags but BPF_F_LOCK). An existing entry keeps its hits; for an LPM trie a lookup of
         # an existing exact key returns that very entry (it is the longest match).
+        # XXX: 2-3 syscalls per element; a refresh of 1M entries is ~4x slower than an empty load.
         for i in range(n):
             rc = libbpf.map_update_raw(m.fd, kaddr + i * ks, vaddr + i * vs, libbpf.BPF_NOEXIST)
             if rc == 0:
@@ -404,7 +444,7 @@ def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, re
                 old = m.get(k)
                 if old is not None:
                     restored.append((m, k, ListEntry(old.hits, old.expires_ns, old.prefixlen)))
-                    libbpf.map_update(m.fd, k, ListEntry(old.hits, expires_ns, k.prefixlen), libbpf.BPF_EXIST)
+                    libbpf.map_update(m.fd, k, ListEntry(old.hits, expires_ns, old.prefixlen), libbpf.BPF_EXIST)
                     updated += 1
             else:
                 _raise_update(m, rc)
@@ -513,22 +553,25 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
 
 
 def detach(ifname: str) -> DetachResult:
+    from . import forward  # the forwarding rules of this interface go with it
+
     state.require_root()
     iface = state.resolve_iface(ifname)
     with state.iface_lock(iface):
         att = dataplane.query(iface.index)
         had_state = iface.state_file.exists() or iface.pin_dir.exists()
+        notes = forward.teardown(iface)
         if not dataplane.is_ours(att):
             if had_state:
                 state.remove_pins(iface)
                 state.remove_state(iface)
-                return DetachResult(ifname, None, ["no xdpguard program was attached; removed leftover pins and state"])
+                return DetachResult(ifname, None, ["no xdpguard program was attached; removed leftover pins and state", *notes])
             what = "nothing is attached" if att is None else f"the attached program '{att.prog_name}' is not ours"
             raise UserError(f"{ifname} is not protected by xdpguard ({what})")
         dataplane.detach(iface.index, att)
         state.remove_pins(iface)
         state.remove_state(iface)
-    return DetachResult(ifname, att.prog_id, [])
+    return DetachResult(ifname, att.prog_id, notes)
 
 
 def pick_iface(ifname: str | None) -> str:

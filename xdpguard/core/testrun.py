@@ -46,7 +46,11 @@ class TestBed:
     # -- policy setup --
 
     def configure(self, enabled: bool = True, monitor_mask: int = 0) -> None:
-        self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED if enabled else 0, monitor_mask))
+        """Set the switches; the lists mask follows what the list maps hold."""
+        from .protection import Guard
+
+        self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED if enabled else 0, monitor_mask, 0))
+        Guard(None, None, self.maps).sync_lists_mask()
 
     def protect(self, *addrs: str) -> None:
         from .protection import _prot_key
@@ -56,17 +60,20 @@ class TestBed:
             self.maps[MapName.PROT4 if ip.version == 4 else MapName.PROT6].set(_prot_key(ip), Protected(0))
 
     def add(self, which: str, cidr: str, expires_ns: int = 0) -> None:
-        from .protection import LIST_MAPS, _lpm_key
         from .abi import ListEntry
+        from .protection import Guard, list_target
 
         p = parse_prefix(cidr).prefix
-        self.maps[LIST_MAPS[(which, p.family)]].set(_lpm_key(p), ListEntry(0, expires_ns, p.plen))
+        name, key = list_target(which, p)
+        self.maps[name].set(key, ListEntry(0, expires_ns, p.plen))
+        Guard(None, None, self.maps).sync_lists_mask()
 
     def entry_hits(self, which: str, cidr: str) -> int | None:
-        from .protection import LIST_MAPS, _lpm_key
+        from .protection import list_target
 
         p = parse_prefix(cidr).prefix
-        v = self.maps[LIST_MAPS[(which, p.family)]].get(_lpm_key(p))
+        name, key = list_target(which, p)
+        v = self.maps[name].get(key)
         return None if v is None else v.hits
 
     # -- counters and runs --
