@@ -377,7 +377,7 @@ def test_expired_exact_entry_does_not_shadow_live_covering_entry(bed):
     assert (got.action, got.reason) == (DROP, Reason.BLOCKLIST)
 
 
-@pytest.mark.parametrize("shadow", ["/28", "/30"])
+@pytest.mark.parametrize("shadow", ["/28", "/29"])
 def test_expired_trie_prefix_does_not_shadow_live_covering_prefix(bed, shadow):
     """Non-host entries live in the LPM trie: an expired /28 must not hide the live /24; the data
     path deletes the expired one it met (so the next lookup is direct)."""
