@@ -316,23 +316,17 @@ class Guard:
         takes the new expiry. Returns (added, updated)."""
         added = updated = 0
         prefixes = list(dict.fromkeys(prefixes))  # duplicates in the input count once
-        done: list[tuple[BpfMap, bytes, int, int]] = []  # for rollback: (map, keys blob, start, count)
-        restored: list[tuple[BpfMap, object, ListEntry]] = []
+        undo: list = []
         groups: dict[MapName, list[Prefix]] = {}
         for p in prefixes:
             groups.setdefault(LIST_MAPS[(which, p.family, _is_host(p))], []).append(p)
         try:
             for name, group in groups.items():
-                a, u = _bulk_upsert(self.maps[name], group, expires_ns, done, restored)
+                a, u = _bulk_upsert(self.maps[name], group, expires_ns, undo)
                 added += a
                 updated += u
         except BaseException:
-            for m, k, old in reversed(restored):
-                libbpf.map_update(m.fd, k, old)
-            for m, blob, start, count in done:
-                ks = ctypes.sizeof(m.key_type)
-                for i in range(start, start + count):
-                    m.delete(m.key_type.from_buffer_copy(blob, i * ks))
+            _undo_upsert(undo)
             raise
         finally:
             self.sync_lists_mask()
@@ -409,17 +403,22 @@ class Guard:
         return removed, missing
 
 
-def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, restored: list) -> tuple[int, int]:
+def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, undo: list) -> tuple[int, int]:
+    """Write unique prefixes of one map with one batch syscall per chunk. Existing entries keep
+    their hit counts (read first, one lookup each; the map's own values tell an exact match,
+    since every entry carries its prefix length). Registers its undo before writing.
+    XXX: hits counted between that read and the batch write are lost (a refresh of 1M
+    entries takes seconds)."""
     ks = ctypes.sizeof(m.key_type)
+    vs = ctypes.sizeof(ListEntry)
     n = len(group)
     if m.name in HOST_MAPS:
         keys = bytearray(b"".join(p.addr for p in group))
     else:
-        fmt = struct.Struct(f"<I{ks - 4}s")
+        kfmt = struct.Struct(f"<I{ks - 4}s")
         keys = bytearray(ks * n)
         for i, p in enumerate(group):
-            fmt.pack_into(keys, i * ks, p.plen, p.addr)
-    vs = ctypes.sizeof(ListEntry)
+            kfmt.pack_into(keys, i * ks, p.plen, p.addr)
     vfmt = struct.Struct("<QQII")
     vals = bytearray(vs * n)
     for i, p in enumerate(group):
@@ -427,39 +426,38 @@ def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, done: list, re
     kbuf = (ctypes.c_char * len(keys)).from_buffer(keys)
     vbuf = (ctypes.c_char * len(vals)).from_buffer(vals)
     kaddr, vaddr = ctypes.addressof(kbuf), ctypes.addressof(vbuf)
-    blob = bytes(keys)
-    added = updated = 0
+
+    existing: dict[int, ListEntry] = {}
     if not _map_empty(m):
-        # Exact-key existence needs per-element BPF_NOEXIST (the batch call takes no element
-        # flags but BPF_F_LOCK). An existing entry keeps its hits; for an LPM trie a lookup of
-        # an existing exact key returns that very entry (it is the longest match).
-        # XXX: 2-3 syscalls per element; a refresh of 1M entries is ~4x slower than an empty load.
-        for i in range(n):
-            rc = libbpf.map_update_raw(m.fd, kaddr + i * ks, vaddr + i * vs, libbpf.BPF_NOEXIST)
-            if rc == 0:
-                done.append((m, blob, i, 1))
-                added += 1
-            elif rc == -errno.EEXIST:
-                k = m.key_type.from_buffer_copy(blob, i * ks)
-                old = m.get(k)
-                if old is not None:
-                    restored.append((m, k, ListEntry(old.hits, old.expires_ns, old.prefixlen)))
-                    libbpf.map_update(m.fd, k, ListEntry(old.hits, expires_ns, old.prefixlen), libbpf.BPF_EXIST)
-                    updated += 1
-            else:
-                _raise_update(m, rc)
-        return added, updated
-    # Empty map: nothing to preserve, so one batch syscall (keys are unique here).
+        lookup = libbpf.lib().bpf_map_lookup_elem
+        tmp = ListEntry()
+        taddr = ctypes.addressof(tmp)
+        host = m.name in HOST_MAPS
+        for i, p in enumerate(group):
+            if lookup(m.fd, kaddr + i * ks, taddr) == 0 and (host or tmp.prefixlen == p.plen):
+                existing[i] = ListEntry(tmp.hits, tmp.expires_ns, tmp.prefixlen)
+                vfmt.pack_into(vals, i * vs, tmp.hits, expires_ns, p.plen, 0)
+    undo.append((m, bytes(keys), existing, n))
     pos = 0
     while pos < n:
         rc, cnt = libbpf.map_update_batch(m.fd, kaddr + pos * ks, vaddr + pos * vs, n - pos)
-        if cnt:
-            done.append((m, blob, pos, cnt))
-            pos += cnt
+        pos += cnt
         if rc == 0:
             break
         _raise_update(m, rc)
-    return n, 0
+    return n - len(existing), len(existing)
+
+
+def _undo_upsert(undo: list) -> None:
+    for m, blob, existing, n in reversed(undo):
+        ks = ctypes.sizeof(m.key_type)
+        for i in range(n):
+            k = m.key_type.from_buffer_copy(blob, i * ks)
+            old = existing.get(i)
+            if old is not None:
+                libbpf.map_update(m.fd, k, old)
+            else:
+                m.delete(k)
 
 
 def _map_empty(m: BpfMap) -> bool:
