@@ -30,7 +30,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from . import attach, detach, lists, port, status
+    from . import attach, detach, forward, lists, port, run, status
 
     cli.add_command(attach.attach)
     cli.add_command(detach.detach)
@@ -38,6 +38,8 @@ def _register() -> None:
     cli.add_command(lists.make_group("block"))
     cli.add_command(lists.make_group("allow"))
     cli.add_command(port.port)
+    cli.add_command(forward.forward)
+    cli.add_command(run.run)
 
 
 _register()

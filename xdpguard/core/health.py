@@ -61,6 +61,7 @@ class Target:
     rule: ForwardRule
     backend: Backend
     payload: bytes
+    stored: str = "unknown"  # the health the state file holds (from an earlier run)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -95,9 +96,12 @@ class HealthChecker:
 
     def targets(self) -> list[Target]:
         out = []
-        for sr in forward.all_rules():
+        states = forward._iface_states()
+        for sr in forward.all_rules(states):
+            health = states[sr.iface].get(forward.HEALTH_KEY, {}).get(sr.rule.key, {})
             for b in sr.rule.backends:
-                out.append(Target(sr.iface, sr.rule, b, sr.probe_payload))
+                stored = health.get(forward.endpoint(sr.rule, b), "unknown")
+                out.append(Target(sr.iface, sr.rule, b, sr.probe_payload, stored))
         return out
 
     def round(self) -> list[Transition]:
@@ -112,7 +116,7 @@ class HealthChecker:
         for t, ok in zip(targets, results):
             k = (t.iface, *t.key)
             live.add(k)
-            tr = self.tracks.setdefault(k, _Track())
+            tr = self.tracks.setdefault(k, _Track(health=t.stored))
             if ok:
                 tr.ok_run, tr.fail_run = tr.ok_run + 1, 0
                 new = "up" if tr.ok_run >= self.params.rise else tr.health
@@ -155,6 +159,8 @@ def run(params: HealthParams, once: bool = False, duration_s: float | None = Non
     Returns the number of rounds."""
     params.check()
     state.require_root()
+    if once:  # one round decides: a single success is up, a single failure is down
+        params = HealthParams(params.interval_s, params.timeout_s, 1, 1)
     checker = HealthChecker(params)
     deadline = None if duration_s is None else time.monotonic() + duration_s
     rounds = 0

@@ -1,0 +1,94 @@
+"""`xdpguard forward add|del|list`: forward ports of a protective IP to hidden real servers.
+
+A rule opens its ports in the XDP port policy (other TCP/UDP ports of that address are then
+dropped with reason `port`) and DNATs new connections to its backends through the nftables
+table `inet xdpguard`, rebuilt atomically on every change.
+"""
+
+from __future__ import annotations
+
+import click
+
+from xdpguard.core import forward as core
+
+from .output import console, emit_json, human_bytes
+from .params import IFACE
+
+_iface = click.option("--iface", "-i", type=IFACE, default=None,
+                      help="Interface; may be omitted when exactly one is protected.")
+_protected = click.option("--protected", default=None, metavar="ADDR",
+                          help="Protected address (default: the interface's only one of the backends' family).")
+_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+_proto = click.argument("proto", type=click.Choice(["tcp", "udp"]))
+_range = click.argument("ports", metavar="PORT[-PORT]")
+
+
+def _report(res: core.ForwardChangeResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    verb = {"add": "added", "del": "removed"}[res.action]
+    c.print(f"forward on {res.iface}: {verb} {res.key}" if res.changed else f"forward on {res.iface}: {res.key}")
+    for n in res.notes:
+        c.print(f"note: {n}")
+
+
+@click.group()
+def forward():
+    """Forward ports of the protective IP to hidden real servers (NAT)."""
+
+
+@forward.command("add")
+@_proto
+@_range
+@click.option("--to", "to", required=True, metavar="HOST:PORT[,HOST:PORT…]",
+              help="Backends; IPv6 as [ADDR]:PORT; without a port the destination port is kept.")
+@click.option("--weight", "weights", default=None, metavar="W[,W…]", help="One weight per backend (default 1).")
+@click.option("--backup", default=None, metavar="HOST:PORT[,…]", help="Used only when every backend is down.")
+@click.option("--persist", "persist_s", type=click.IntRange(0, None), default=0, metavar="SECONDS",
+              help="Keep a client on its backend for SECONDS after its last new connection.")
+@click.option("--preserve-client-ip", is_flag=True,
+              help="Routed mode: no SNAT; backends see the client address and must route back via us.")
+@click.option("--udp-probe", default=None, metavar="HEX", help="Health-check payload of a udp rule (default 'ping').")
+@_protected
+@_iface
+@_json
+def add(proto, ports, to, weights, backup, persist_s, preserve_client_ip, udp_probe, protected, iface, as_json):
+    """Forward PROTO PORT[-PORT] of the protected address to --to backends."""
+    _report(core.add(proto, ports, to, ifname=iface, protected=protected, weights=weights, backup=backup,
+                     persist_s=persist_s, preserve_client_ip=preserve_client_ip, udp_probe=udp_probe), as_json)
+
+
+@forward.command("del")
+@_proto
+@_range
+@_protected
+@_iface
+@_json
+def delete(proto, ports, protected, iface, as_json):
+    """Remove the forwarding rule PROTO PORT[-PORT]."""
+    _report(core.delete(proto, ports, ifname=iface, protected=protected), as_json)
+
+
+@forward.command("list")
+@_iface
+@_json
+def list_(iface, as_json):
+    """Show the rules, their backends' health and traffic counters."""
+    res = core.show(iface)
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    if not res.rules:
+        c.print("no forwarding rules")
+        return
+    for r in res.rules:
+        opts = [o for o in (f"persist {r.persist_s}s" if r.persist_s else "",
+                            "client ip kept" if r.preserve_client_ip else "",
+                            f"udp probe {r.udp_probe}" if r.udp_probe else "") if o]
+        c.print(f"{r.key} on {r.iface}: {r.packets} packets, {human_bytes(r.bytes)}"
+                + (f"  ({', '.join(opts)})" if opts else ""))
+        for b in r.backends:
+            c.print(f"  {b.endpoint}  weight {b.weight}{'  backup' if b.backup else ''}  {b.health}")
