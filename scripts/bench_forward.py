@@ -12,7 +12,9 @@ masquerade and no XDP. Per round and variant (interleaved):
 - latency: --requests sequential requests, each a NEW TCP connection (connect, send, echo back,
   close), so every one goes through conntrack + DNAT; median and p99 in ms.
 
-A third topology, `xdp-pass`, is the plain one plus a bare `XDP_PASS` program attached natively
+A fourth, `xg-nft-only`, is xdpguard's own NAT table with its XDP program taken off: the
+difference to `plain` is what our nft ruleset (per-rule traffic counters in a forward chain)
+costs. A third topology, `xdp-pass`, is the plain one plus a bare `XDP_PASS` program attached natively
 to the same interface: it separates what native XDP on a veth costs by itself (the veth then
 hands XDP one linear buffer per packet instead of GSO super-packets) from what xdpguard's
 program adds.
@@ -122,21 +124,31 @@ def main() -> int:
         xc, xp = build(lab, "bx", budget)
         pc, pp = build(lab, "bp", budget)
         ac, ap_ = build(lab, "ba", budget)
+        nc, np_ = build(lab, "bn", budget)
         xg = ["ip", "netns", "exec", xp, str(REPO / ".venv/bin/xdpguard")]
         subprocess.run([*xg, "attach", "xgp0", "--protect", PROT], check=True, capture_output=True)
         lab.defer("detach", subprocess.run, [*xg, "detach", "xgp0"], capture_output=True)
         for port in ("5001", "7"):
             subprocess.run([*xg, "forward", "add", "tcp", port, "--to", f"{BACKEND}:{port}"], check=True,
                            capture_output=True)
+        # xg-nft-only: xdpguard's NAT table with the XDP program taken off again by hand.
+        xgn = ["ip", "netns", "exec", np_, str(REPO / ".venv/bin/xdpguard")]
+        subprocess.run([*xgn, "attach", "xgp0", "--protect", PROT], check=True, capture_output=True)
+        lab.defer("detach", subprocess.run, [*xgn, "detach", "xgp0"], capture_output=True)
+        for port in ("5001", "7"):
+            subprocess.run([*xgn, "forward", "add", "tcp", port, "--to", f"{BACKEND}:{port}"], check=True,
+                           capture_output=True)
+        lab.run(np_, "ip", "link", "set", "xgp0", "xdp", "off")
         for ns in (pp, ap_):
             lab.sysctl(ns, "net.ipv4.ip_forward", 1)
             lab.run(ns, "nft", "-f", "-", input=PLAIN_NFT)
         lab.run(ap_, PY, "-c", XDP_PASS_LOADER, "xgp0", timeout=60)
-        lab.defer("xdp off", lab.run, ap_, "ip", "link", "set", "xgp0", "xdp", "off", check=False)
-        variants = [("xdpguard", xc), ("plain", pc), ("xdp-pass", ac)]
+        lab.defer("xdp off", subprocess.run, ["ip", "-n", ap_, "link", "set", "xgp0", "xdp", "off"],
+                  capture_output=True)
+        variants = [("xdpguard", xc), ("plain", pc), ("xdp-pass", ac), ("xg-nft-only", nc)]
         results: dict[str, dict[str, list[float]]] = {v: {"bps": [], "p50": [], "p99": []} for v, _ in variants}
         for r in range(a.rounds):
-            for variant, client in variants[r % 3:] + variants[: r % 3]:
+            for variant, client in variants[r % len(variants):] + variants[: r % len(variants)]:
                 bps = float(lab.run(client, PY, "-c", STREAM, PROT, str(a.seconds), timeout=a.seconds + 30).stdout)
                 lat = sorted(json.loads(lab.run(client, PY, "-c", REQUESTS, PROT, str(a.requests), timeout=120).stdout))
                 results[variant]["bps"].append(bps)
