@@ -14,45 +14,62 @@
 #include "abi.h"
 #include "parsing.h"
 #include "maps.h"
+#include "sample.h"
 #include "stats.h"
 #include "lists.h"
+#include "policy.h"
 
 #define XG_IP_MF     0x2000
 #define XG_IP_OFFSET 0x1FFF
+#define XG_NEXTHDR_FRAGMENT 44
 
-/* Parse and check the L4 header of a protected packet; -1 means malformed/truncated.
- * For TCP and UDP the destination port (host order) is returned, else 0. */
-static __always_inline int check_l4(struct xg_cursor *c, void *data_end, int l4proto)
+struct xg_frag6_hdr {
+    __u8 nexthdr;
+    __u8 reserved;
+    __be16 frag_off;           /* offset (13 bits, in 8-byte units) << 3 | M flag */
+    __be32 identification;
+};
+
+/* Parse the L4 header at the cursor into p (ports, flags, payload). -1: truncated/malformed. */
+static __always_inline int parse_l4(struct xg_cursor *c, void *data, void *data_end, struct xg_pkt *p)
 {
     struct tcphdr *tcph;
     struct udphdr *udph;
     struct xg_icmp_prefix *icmph;
 
-    switch (l4proto) {
+    p->has_l4 = 1;
+    p->l4_off = c->pos - data;
+    switch (p->l4proto) {
     case IPPROTO_TCP:
-        return parse_tcphdr(c, data_end, &tcph) < 0 ? -1 : bpf_ntohs(tcph->dest);
+        if (parse_tcphdr(c, data_end, &tcph) < 0)
+            return -1;
+        p->sport = bpf_ntohs(tcph->source);
+        p->dport = bpf_ntohs(tcph->dest);
+        p->tcp_flags = ((__u8 *)tcph)[13];
+        break;
     case IPPROTO_UDP:
-        return parse_udphdr(c, data_end, &udph) < 0 ? -1 : bpf_ntohs(udph->dest);
+        if (parse_udphdr(c, data_end, &udph) < 0)
+            return -1;
+        p->sport = bpf_ntohs(udph->source);
+        p->dport = bpf_ntohs(udph->dest);
+        break;
     case IPPROTO_ICMP:
     case IPPROTO_ICMPV6:
-        return parse_icmp(c, data_end, &icmph) < 0 ? -1 : 0;
+        if (parse_icmp(c, data_end, &icmph) < 0)
+            return -1;
+        /* the rest of the 8-byte ICMP header (id/sequence, unused, mtu…) precedes the payload */
+        if (c->pos + 4 > data_end)
+            return -1;
+        c->pos += 4;
+        break;
     default:
+        p->payload_off = c->pos - data;
         return 0;
     }
-}
-
-/* Port policy: with XG_PROT_PORT_POLICY on the protected address, TCP/UDP must go to an open
- * port. Returns 1 when the packet may pass this step. */
-static __always_inline int port_open(struct xg_protected *prot, struct xg_port_key *pk,
-                                     int l4proto, int dport)
-{
-    if (!(prot->flags & XG_PROT_PORT_POLICY))
-        return 1;
-    if (l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP)
-        return 1;
-    pk->port = dport;
-    pk->proto = l4proto;
-    return xg_ports_hash.lookup(pk) != 0;
+    p->payload_off = c->pos - data;
+    p->dst.port = p->dport;
+    p->dst.proto = p->l4proto;
+    return 0;
 }
 
 int xdpguard_main(struct xdp_md *ctx)
@@ -63,13 +80,17 @@ int xdpguard_main(struct xdp_md *ctx)
     int action = XDP_PASS;
     __u32 reason = XG_REASON_BYPASS;
     __u32 zero = 0;
+    __u64 now = 0;
     struct ethhdr *eth;
+    struct xg_protected *prot;
+    struct xg_pkt p = {};
 
     struct xg_config *cfg = xg_config_arr.lookup(&zero);
     if (!cfg || !(cfg->flags & XG_CFG_ENABLED))
         goto out;
 
     int proto = parse_ethhdr(&c, data_end, &eth);
+    p.len = data_end - data;
 
     if (proto == bpf_htons(ETH_P_IP)) {
         struct iphdr *iph = c.pos;
@@ -77,7 +98,7 @@ int xdpguard_main(struct xdp_md *ctx)
         if ((void *)(iph + 1) > data_end)
             goto out;
         __u32 daddr = iph->daddr;
-        struct xg_protected *prot = xg_prot4_hash.lookup(&daddr);
+        prot = xg_prot4_hash.lookup(&daddr);
         if (!prot)
             goto out;
 
@@ -91,31 +112,32 @@ int xdpguard_main(struct xdp_md *ctx)
             reason = XG_REASON_BLOCKLIST;
             goto out;
         }
+        p.src.family = 4;
+        __builtin_memcpy(p.src.addr, &iph->saddr, 4);
+        p.dst.family = 4;
+        __builtin_memcpy(p.dst.addr, &daddr, 4);
+        reason = step_banned(&p, &now);
+        if (reason != XG_CONTINUE) {
+            action = XDP_DROP;
+            goto out;
+        }
 
+        p.l3_off = (void *)iph - data;
         int l4proto = parse_iphdr(&c, data_end, &iph);
         if (l4proto < 0 || iph->version != 4 || bpf_ntohs(iph->tot_len) < iph->ihl * 4) {
             action = XDP_DROP;
             reason = XG_REASON_MALFORMED;
             goto out;
         }
-        /* Non-first fragments carry no L4 header to check. XXX: the fragment policy step
-         * (issue: cleansing) decides about them; today they pass as clean. */
-        if (!(iph->frag_off & bpf_htons(XG_IP_OFFSET))) {
-            int dport = check_l4(&c, data_end, l4proto);
-            if (dport < 0) {
-                action = XDP_DROP;
-                reason = XG_REASON_MALFORMED;
-                goto out;
-            }
-            struct xg_port_key pk = { .family = 4 };
-            __builtin_memcpy(pk.addr, &daddr, 4);
-            if (!port_open(prot, &pk, l4proto, dport)) {
-                action = XDP_DROP;
-                reason = XG_REASON_PORT;
-                goto out;
-            }
+        p.l4proto = l4proto;
+        p.ttl = iph->ttl;
+        p.is_frag = (iph->frag_off & bpf_htons(XG_IP_MF | XG_IP_OFFSET)) != 0;
+        /* Non-first fragments carry no L4 header: the steps that need one skip them. */
+        if (!(iph->frag_off & bpf_htons(XG_IP_OFFSET)) && parse_l4(&c, data, data_end, &p) < 0) {
+            action = XDP_DROP;
+            reason = XG_REASON_MALFORMED;
+            goto out;
         }
-        reason = XG_REASON_CLEAN;
     } else if (proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6h;
         int l4proto = parse_ip6hdr(&c, data_end, &ip6h);
@@ -123,7 +145,7 @@ int xdpguard_main(struct xdp_md *ctx)
             goto out;
         struct xg_addr6 d6;
         __builtin_memcpy(d6.addr, ip6h->daddr.s6_addr, 16);
-        struct xg_protected *prot = xg_prot6_hash.lookup(&d6);
+        prot = xg_prot6_hash.lookup(&d6);
         if (!prot)
             goto out;
 
@@ -138,20 +160,51 @@ int xdpguard_main(struct xdp_md *ctx)
             reason = XG_REASON_BLOCKLIST;
             goto out;
         }
-        int dport = ip6h->version == 6 ? check_l4(&c, data_end, l4proto) : -1;
-        if (dport < 0) {
+        p.src.family = 6;
+        __builtin_memcpy(p.src.addr, ip6h->saddr.s6_addr, 16);
+        p.dst.family = 6;
+        __builtin_memcpy(p.dst.addr, d6.addr, 16);
+        reason = step_banned(&p, &now);
+        if (reason != XG_CONTINUE) {
+            action = XDP_DROP;
+            goto out;
+        }
+
+        p.l3_off = (void *)ip6h - data;
+        if (ip6h->version != 6) {
             action = XDP_DROP;
             reason = XG_REASON_MALFORMED;
             goto out;
         }
-        struct xg_port_key pk = { .family = 6 };
-        __builtin_memcpy(pk.addr, d6.addr, 16);
-        if (!port_open(prot, &pk, l4proto, dport)) {
+        p.ttl = ip6h->hop_limit;
+        int first = 1;
+        if (l4proto == XG_NEXTHDR_FRAGMENT) {
+            struct xg_frag6_hdr *fh = c.pos;
+            if ((void *)(fh + 1) > data_end) {
+                action = XDP_DROP;
+                reason = XG_REASON_MALFORMED;
+                goto out;
+            }
+            c.pos = fh + 1;
+            l4proto = fh->nexthdr;
+            p.is_frag = 1;
+            first = (fh->frag_off & bpf_htons(0xFFF8)) == 0;
+        }
+        p.l4proto = l4proto;
+        if (first && parse_l4(&c, data, data_end, &p) < 0) {
             action = XDP_DROP;
-            reason = XG_REASON_PORT;
+            reason = XG_REASON_MALFORMED;
             goto out;
         }
+    } else {
+        goto out;
+    }
+
+    reason = policy_steps(ctx, cfg, prot, &p, &now);
+    if (reason == XG_CONTINUE) {
         reason = XG_REASON_CLEAN;
+    } else {
+        action = XDP_DROP;
     }
 
 out:

@@ -45,12 +45,30 @@
 #define XG_LIST_MAX 2097152          /* entries per allow/block trie, per address family */
 #endif
 
+#ifndef XG_SOURCES_MAX
+#define XG_SOURCES_MAX 1048576       /* LRU entries for per-source buckets and first-SYN state */
+#endif
+#ifndef XG_BANS_MAX
+#define XG_BANS_MAX 262144           /* dynamic bans (LRU) */
+#endif
+#ifndef XG_SYNAUTH_MAX
+#define XG_SYNAUTH_MAX 262144        /* authenticated sources (plain hash: never evicted) */
+#endif
+
 #ifndef XG_PORTS_MAX
 #define XG_PORTS_MAX 262144          /* open (protected address, proto, port) entries */
 #endif
 
 /* xg_config_arr[0].flags */
-#define XG_CFG_ENABLED (1ULL << 0)    /* program filters at all (else everything is bypass) */
+#define XG_CFG_ENABLED        (1ULL << 0)  /* program filters at all (else everything is bypass) */
+#define XG_CFG_DROP_FRAGMENTS (1ULL << 1)  /* fragment policy: drop IP fragments (else pass) */
+#define XG_CFG_REFLECTION     (1ULL << 2)  /* drop UDP from ports marked in xg_reflect_arr */
+
+#ifndef XG_FILTERS_MAX
+#define XG_FILTERS_MAX 64                  /* feature filter slots */
+#endif
+#define XG_PAYLOAD_MATCH_MAX 16            /* bytes one filter compares */
+#define XG_PAYLOAD_OFF_MAX   1024          /* highest offset a filter may compare at */
 
 /* Parsing bounds. */
 #ifndef XG_VLAN_MAX
@@ -80,14 +98,135 @@ struct xg_config {
     __u64 flags;          /* XG_CFG_* */
     __u64 monitor_mask;   /* bit r set: drop reason r is counted as would_drop and passed */
     __u64 lists_mask;     /* XG_LM_*: set by the controller after every list change */
+    __u32 filters_count;  /* feature filters in use, 0..XG_FILTERS_MAX, evaluated in order */
+    __u32 reserved;       /* 0 */
 };
 
 /* xg_protected.flags */
 #define XG_PROT_PORT_POLICY (1ULL << 0)  /* only TCP/UDP ports in xg_ports_hash are reachable */
+#define XG_PROT_BLOCK_TCP   (1ULL << 1)  /* protocol blocking */
+#define XG_PROT_BLOCK_UDP   (1ULL << 2)
+#define XG_PROT_BLOCK_ICMP  (1ULL << 3)  /* ICMP and ICMPv6 */
+#define XG_PROT_BLOCK_OTHER (1ULL << 4)  /* anything else (incl. IPv6 extension headers) */
+#define XG_PROT_PORT_LIMITS (1ULL << 5)  /* xg_portlim_hash holds per-port limit overrides */
+
+/* Per-source limits (token buckets) and the SYN defence, per protected address or port.
+ * 0 in a rate means "no limit". */
+struct xg_limits {
+    __u64 src_pps;        /* packets/s per source */
+    __u64 src_burst_pkts; /* bucket depth, packets */
+    __u64 src_bps;        /* bytes/s per source (frame bytes as XDP sees them) */
+    __u64 src_burst_bytes;
+    __u64 dst_pps;        /* packets/s to this protected address:port from all sources */
+    __u64 dst_burst_pkts;
+    __u64 syn_src_pps;    /* TCP SYNs/s per source */
+    __u64 syn_src_burst;
+    __u32 ban_s;          /* exceeding src_pps/src_bps/syn_src_pps bans the source for ban_s s */
+    __u32 reserved;
+};
+
+/* SYN flood defence of one protected address. Above syn_threshold_pps SYNs/s to the address,
+ * a source must authenticate: its first SYN is dropped and a retransmission arriving between
+ * auth_min_ms and auth_max_ms later admits it for auth_keep_s seconds. */
+struct xg_syn_policy {
+    __u64 syn_threshold_pps;  /* 0 = source authentication off */
+    __u32 auth_min_ms;
+    __u32 auth_max_ms;
+    __u32 auth_keep_s;
+    __u32 slot;               /* index into xg_synwin_arr, assigned by the controller */
+};
 
 /* xg_prot4_hash / xg_prot6_hash value: one per protected address. */
 struct xg_protected {
-    __u64 flags;          /* XG_PROT_* */
+    __u64 flags;              /* XG_PROT_* */
+    struct xg_limits lim;     /* defaults for every port of the address */
+    struct xg_syn_policy syn;
+};
+
+/* Source key of the rate, ban and SYN-authentication maps (v4 uses addr[0..3], rest zero). */
+struct xg_src_key {
+    __u8 addr[16];
+    __u32 family;             /* 4 or 6 */
+};
+
+/* xg_bucket_lru value: a source's token buckets, in nano-units (1 packet = 1e9 tokens) so
+ * refills need no division. */
+struct xg_bucket {
+    __u64 last_ns;
+    __u64 pkt_tokens;
+    __u64 byte_tokens;
+    __u64 syn_last_ns;
+    __u64 syn_tokens;
+};
+
+/* xg_dstbkt_hash value (per protected address:port, all sources): a packet bucket. */
+struct xg_dst_bucket {
+    __u64 last_ns;
+    __u64 pkt_tokens;
+};
+
+/* xg_ban_lru value: a dynamic ban written by the data path (or by `xdpguard ban`). */
+struct xg_ban {
+    __u64 expires_ns;         /* CLOCK_MONOTONIC ns */
+    __u64 hits;               /* packets dropped by this ban */
+    __u32 reason;             /* the XG_REASON_* that caused it */
+    __u32 reserved;
+};
+
+/* xg_synwin_arr value: SYNs seen in the current 1 s window, per protected address slot. */
+struct xg_synwin {
+    __u64 window_start_ns;
+    __u64 count;
+};
+
+/* xg_synseen_lru value: when an unauthenticated source's first SYN was dropped. */
+struct xg_synseen {
+    __u64 first_ns;
+};
+
+/* xg_synauth_hash value: an authenticated source (not an LRU: a spoofed flood cannot evict it). */
+struct xg_synauth {
+    __u64 until_ns;
+};
+
+/* xg_dpstate_arr[0]: state only the data path sets (the controller never rewrites it, so an
+ * update of xg_config cannot lose it); the controller clears bits when their cause is gone. */
+#define XG_DP_HAS_BANS (1ULL << 0)  /* xg_ban_lru may hold entries */
+
+struct xg_dpstate {
+    __u64 flags;              /* XG_DP_* */
+};
+
+/* Feature filter actions. */
+#define XG_FA_DROP     1
+#define XG_FA_PASS     2   /* pass, skipping the later steps (rate limits, SYN defence) */
+#define XG_FA_DROP_BAN 3   /* drop and ban the source for ban_s seconds */
+
+/* Where a filter's payload offset counts from. */
+#define XG_FB_L3      0
+#define XG_FB_L4      1
+#define XG_FB_PAYLOAD 2    /* after the TCP header (doff), UDP header (8) or ICMP header (8) */
+
+/* xg_filters_arr value: one packet feature filter; all given conditions must hold. */
+struct xg_filter {
+    __u8 proto;               /* 0 = any, else IPPROTO_* (ICMP matches ICMPv6 too) */
+    __u8 action;              /* XG_FA_* */
+    __u8 tcp_flags_mask;      /* match (flags & mask) == value; mask 0 = any */
+    __u8 tcp_flags_value;
+    __u8 ttl_min;             /* TTL / hop limit range, inclusive */
+    __u8 ttl_max;
+    __u8 payload_len;         /* 0..16 bytes to compare */
+    __u8 payload_base;        /* XG_FB_* */
+    __u16 sport_min;          /* inclusive ranges; ports match only TCP/UDP with an L4 header */
+    __u16 sport_max;
+    __u16 dport_min;
+    __u16 dport_max;
+    __u16 len_min;            /* frame length range (bytes as XDP sees them), inclusive */
+    __u16 len_max;
+    __u16 payload_off;        /* 0..XG_PAYLOAD_OFF_MAX */
+    __u16 ban_s;              /* XG_FA_DROP_BAN */
+    __u8 payload[16];
+    __u8 payload_mask[16];
 };
 
 /* xg_ports_hash key: an open port of a protected address (v4 uses addr[0..3], rest zero). */
@@ -131,5 +270,45 @@ struct xg_list_entry {
 #ifndef XG_EXPIRED_RETRY
 #define XG_EXPIRED_RETRY 4
 #endif
+
+/* ---- sampling (sample.h): 1 in N verdicts per CPU into the xg_samples ring buffer ---- */
+
+#ifndef XG_SAMPLE_SNAPLEN
+#define XG_SAMPLE_SNAPLEN 128        /* packet bytes copied into a sample, at most (a power of 2) */
+#endif
+#ifndef XG_SAMPLE_RING_PAGES
+#define XG_SAMPLE_RING_PAGES 128     /* xg_samples size in pages (a power of 2) */
+#endif
+
+/* xg_sample_cfg[0]: run-time sampling switch. */
+struct xg_sample_config {
+    __u32 sample_every;   /* sample 1 in N non-bypass verdicts per CPU; 0 = off */
+    __u32 reserved;       /* 0 */
+};
+
+/* xg_sample_pcpu[0] value, per CPU. */
+struct xg_sample_state {
+    __u64 countdown;      /* verdicts since the last sample */
+    __u64 taken;          /* samples written to the ring */
+    __u64 lost;           /* samples dropped: the ring was full */
+};
+
+/* One xg_samples record. */
+struct xg_sample {
+    __u64 ts_ns;          /* bpf_ktime_get_ns() when sampled */
+    __u32 sample_every;   /* N in force: this sample stands for N verdicts */
+    __u32 pkt_len;        /* packet length in bytes */
+    __u32 cap_len;        /* bytes of the packet in data[] */
+    __u32 reserved;       /* 0 */
+    __u8 src[16];         /* source address, network byte order (v4 in src[0..3]) */
+    __u8 dst[16];         /* destination address, same */
+    __u16 sport;          /* TCP/UDP source port, host byte order; 0 otherwise */
+    __u16 dport;          /* TCP/UDP destination port, host byte order; 0 otherwise */
+    __u8 kind;            /* XG_KIND_* */
+    __u8 reason;          /* XG_REASON_* */
+    __u8 proto;           /* IP protocol / IPv6 next header */
+    __u8 family;          /* 4, 6, or 0 when the L3 header did not parse */
+    __u8 data[XG_SAMPLE_SNAPLEN]; /* the first cap_len bytes of the packet */
+};
 
 #endif /* XDPGUARD_ABI_H */

@@ -15,6 +15,36 @@ BPF_HASH(xg_prot6_hash, struct xg_addr6, struct xg_protected, XG_PROTECTED_MAX);
 /* xg_ports_hash: open (protected address, proto, port) → struct xg_port_value (port policy). */
 BPF_HASH(xg_ports_hash, struct xg_port_key, struct xg_port_value, XG_PORTS_MAX);
 
+/* xg_portlim_hash: (protected address, proto, port) → struct xg_limits overriding the address's. */
+BPF_HASH(xg_portlim_hash, struct xg_port_key, struct xg_limits, XG_PORTS_MAX);
+
+/* xg_bucket_lru: source → struct xg_bucket (token buckets; an evicted source starts full). */
+BPF_TABLE("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX);
+
+/* xg_dstbkt_hash: (protected address, proto, port) → struct xg_dst_bucket (all sources). */
+BPF_HASH(xg_dstbkt_hash, struct xg_port_key, struct xg_dst_bucket, XG_PORTS_MAX);
+
+/* xg_ban_lru: source → struct xg_ban (dynamic bans with expiry, written by the data path). */
+BPF_TABLE("lru_hash", struct xg_src_key, struct xg_ban, xg_ban_lru, XG_BANS_MAX);
+
+/* xg_dpstate_arr: key 0 → struct xg_dpstate (flags the data path sets). */
+BPF_ARRAY(xg_dpstate_arr, struct xg_dpstate, 1);
+
+/* xg_reflect_arr: UDP source port → 1 when traffic from it is treated as reflection. */
+BPF_ARRAY(xg_reflect_arr, __u8, 65536);
+
+/* xg_filters_arr: slot → struct xg_filter, evaluated in order up to config.filters_count. */
+BPF_ARRAY(xg_filters_arr, struct xg_filter, XG_FILTERS_MAX);
+
+/* xg_synwin_arr: protected address slot → struct xg_synwin (SYN count in the current second). */
+BPF_ARRAY(xg_synwin_arr, struct xg_synwin, XG_PROTECTED_MAX);
+
+/* xg_synseen_lru: source → struct xg_synseen (first SYN dropped at, ns). */
+BPF_TABLE("lru_hash", struct xg_src_key, struct xg_synseen, xg_synseen_lru, XG_SOURCES_MAX);
+
+/* xg_synauth_hash: source → struct xg_synauth (authenticated until, ns). */
+BPF_F_TABLE("hash", struct xg_src_key, struct xg_synauth, xg_synauth_hash, XG_SYNAUTH_MAX, BPF_F_NO_PREALLOC);
+
 /* Allowlist and blocklist, host entries (/32, /128): exact source → struct xg_list_entry.
  * A hash lookup stays flat as the list grows; the trie's depth does not. */
 BPF_F_TABLE("hash", __u32, struct xg_list_entry, xg_allow4_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);

@@ -20,6 +20,7 @@ static __always_inline int record_verdict(struct xdp_md *ctx, struct xg_config *
         cnt->packets += 1;
         cnt->bytes += (__u64)(ctx->data_end - ctx->data);
     }
+    xg_sample_verdict(ctx, kind, reason);  /* sample.h: 1 in N, for top talkers and capture */
     return action;
 }
 

@@ -25,7 +25,7 @@ def _strip_comments(text: str) -> str:
 
 
 ABI_H = _strip_comments(abi.ABI_HEADER.read_text())
-MAPS_H = _strip_comments((INCLUDE / "maps.h").read_text())
+MAPS_H = _strip_comments((INCLUDE / "maps.h").read_text() + (INCLUDE / "sample.h").read_text())
 
 
 def defines(prefix: str) -> dict[str, str]:
@@ -39,23 +39,34 @@ def c_structs() -> dict[str, list[tuple[str, str, int]]]:
     for m in re.finditer(r"struct\s+(xg_\w+)\s*\{(.*?)\}\s*;", ABI_H, re.S):
         fields = []
         for decl in filter(None, (d.strip() for d in m[2].split(";"))):
-            f = re.fullmatch(r"(\w+)\s+(\w+)\s*(?:\[\s*(\d+)\s*\])?", decl)
+            f = re.fullmatch(r"((?:struct\s+)?\w+)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?", decl)
             assert f, f"struct {m[1]}: cannot parse field '{decl}'"
-            assert f[1] in C_TYPE_SIZES, f"struct {m[1]}: unknown type {f[1]}"
-            fields.append((f[2], f[1], int(f[3] or 1)))
+            assert f[1] in C_TYPE_SIZES or f[1].removeprefix("struct ").strip() in out, \
+                f"struct {m[1]}: unknown type {f[1]}"
+            n = f[3] or "1"  # an array length may be a macro of abi.h (XG_SAMPLE_SNAPLEN)
+            fields.append((f[2], f[1], int(n) if n.isdigit() else int(defines("")[n])))
         out[m[1]] = fields
     return out
+
+
+def _size_align(ctype: str) -> tuple[int, int]:
+    """sizeof and alignment of a scalar type or of a struct xg_* declared earlier in abi.h."""
+    if ctype in C_TYPE_SIZES:
+        return C_TYPE_SIZES[ctype], C_TYPE_SIZES[ctype]
+    fields = c_structs()[ctype.removeprefix("struct").strip()]
+    _, size = c_layout(fields)
+    return size, max(_size_align(t)[1] for _, t, _ in fields)
 
 
 def c_layout(fields: list[tuple[str, str, int]]) -> tuple[list[int], int]:
     """(field offsets, sizeof) with natural alignment."""
     offsets, pos, align = [], 0, 1
     for _, ctype, n in fields:
-        size = C_TYPE_SIZES[ctype]
-        pos = (pos + size - 1) // size * size
+        size, falign = _size_align(ctype)
+        pos = (pos + falign - 1) // falign * falign
         offsets.append(pos)
         pos += size * n
-        align = max(align, size)
+        align = max(align, falign)
     return offsets, (pos + align - 1) // align * align
 
 
@@ -113,7 +124,7 @@ def test_struct_layout_matches(struct_name):
     assert [f[0] for f in fields] == [f[0] for f in mirror._fields_]
     offsets, size = c_layout(fields)
     assert [getattr(mirror, f[0]).offset for f in fields] == offsets
-    assert [getattr(mirror, f[0]).size for f in fields] == [C_TYPE_SIZES[t] * n for _, t, n in fields]
+    assert [getattr(mirror, f[0]).size for f in fields] == [_size_align(t)[0] * n for _, t, n in fields]
     assert ctypes.sizeof(mirror) == size
 
 
@@ -137,6 +148,10 @@ def _c_size(ctype: str) -> int:
 def test_map_layout_matches(name):
     macro, args = c_maps()[name]
     key_t, value_t, percpu = abi.MAP_LAYOUTS[abi.MapName(name)]
+    if macro in ("BPF_RINGBUF_OUTPUT", "BPF_PERF_OUTPUT"):  # (name[, pages]): no key, no value
+        c_key = c_value = None
+        assert ctypes.sizeof(key_t) == ctypes.sizeof(value_t) == 0
+        return
     if macro in ("BPF_ARRAY", "BPF_PERCPU_ARRAY"):  # (name, leaf, size): the key is a u32 index
         c_key, c_value = "__u32", args[0]
     else:  # BPF_HASH / BPF_LPM_TRIE (name, key, leaf, size)

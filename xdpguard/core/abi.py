@@ -58,6 +58,26 @@ KIND_MAX = 3
 STATS_SLOTS = KIND_MAX * REASON_MAX
 
 CFG_ENABLED = 1 << 0
+CFG_DROP_FRAGMENTS = 1 << 1
+CFG_REFLECTION = 1 << 2
+
+FILTERS_MAX = 64
+PAYLOAD_MATCH_MAX = 16
+PAYLOAD_OFF_MAX = 1024
+SOURCES_MAX = 1048576
+BANS_MAX = 262144
+SYNAUTH_MAX = 262144
+
+PROT_BLOCK_TCP = 1 << 1
+PROT_BLOCK_UDP = 1 << 2
+PROT_BLOCK_ICMP = 1 << 3
+PROT_BLOCK_OTHER = 1 << 4
+PROT_PORT_LIMITS = 1 << 5
+
+DP_HAS_BANS = 1 << 0
+
+FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
+FB_L3, FB_L4, FB_PAYLOAD = 0, 1, 2
 
 PROTECTED_MAX = 1024
 LIST_MAX = 2097152
@@ -79,11 +99,74 @@ class Counter(ctypes.Structure):
 
 
 class Config(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("monitor_mask", ctypes.c_uint64), ("lists_mask", ctypes.c_uint64)]
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("monitor_mask", ctypes.c_uint64),
+        ("lists_mask", ctypes.c_uint64),
+        ("filters_count", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class Limits(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in (
+        "src_pps", "src_burst_pkts", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst_pkts",
+        "syn_src_pps", "syn_src_burst")] + [("ban_s", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class SynPolicy(ctypes.Structure):
+    _fields_ = [
+        ("syn_threshold_pps", ctypes.c_uint64),
+        ("auth_min_ms", ctypes.c_uint32),
+        ("auth_max_ms", ctypes.c_uint32),
+        ("auth_keep_s", ctypes.c_uint32),
+        ("slot", ctypes.c_uint32),
+    ]
 
 
 class Protected(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("lim", Limits), ("syn", SynPolicy)]
+
+
+class SrcKey(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint8 * 16), ("family", ctypes.c_uint32)]
+
+
+class Bucket(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("last_ns", "pkt_tokens", "byte_tokens", "syn_last_ns", "syn_tokens")]
+
+
+class DstBucket(ctypes.Structure):
+    _fields_ = [("last_ns", ctypes.c_uint64), ("pkt_tokens", ctypes.c_uint64)]
+
+
+class Ban(ctypes.Structure):
+    _fields_ = [("expires_ns", ctypes.c_uint64), ("hits", ctypes.c_uint64), ("reason", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
+
+
+class SynWin(ctypes.Structure):
+    _fields_ = [("window_start_ns", ctypes.c_uint64), ("count", ctypes.c_uint64)]
+
+
+class SynSeen(ctypes.Structure):
+    _fields_ = [("first_ns", ctypes.c_uint64)]
+
+
+class SynAuth(ctypes.Structure):
+    _fields_ = [("until_ns", ctypes.c_uint64)]
+
+
+class DpState(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64)]
+
+
+class Filter(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint8) for n in (
+        "proto", "action", "tcp_flags_mask", "tcp_flags_value", "ttl_min", "ttl_max", "payload_len",
+        "payload_base")] + [(n, ctypes.c_uint16) for n in (
+        "sport_min", "sport_max", "dport_min", "dport_max", "len_min", "len_max", "payload_off", "ban_s")] + [
+        ("payload", ctypes.c_uint8 * 16), ("payload_mask", ctypes.c_uint8 * 16)]
 
 
 class Addr6(ctypes.Structure):
@@ -136,6 +219,19 @@ class MapName(str, enum.Enum):
     ALLOW6 = "xg_allow6_lpm"
     BLOCK4 = "xg_block4_lpm"
     BLOCK6 = "xg_block6_lpm"
+    PORTLIM = "xg_portlim_hash"
+    BUCKETS = "xg_bucket_lru"
+    DSTBKT = "xg_dstbkt_hash"
+    BANS = "xg_ban_lru"
+    DPSTATE = "xg_dpstate_arr"
+    REFLECT = "xg_reflect_arr"
+    FILTERS = "xg_filters_arr"
+    SYNWIN = "xg_synwin_arr"
+    SYNSEEN = "xg_synseen_lru"
+    SYNAUTH = "xg_synauth_hash"
+    SAMPLE_CFG = "xg_sample_cfg"  # sample.h
+    SAMPLE_STATE = "xg_sample_pcpu"
+    SAMPLES = "xg_samples"  # ring buffer: no key, no value (BpfMap sees sizes 0/0)
 
 
 # Map name → (key type, value type, per-CPU). Key u32 maps use c_uint32 (array index, or a
@@ -158,6 +254,19 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.ALLOW6: (Lpm6Key, ListEntry, False),
     MapName.BLOCK4: (Lpm4Key, ListEntry, False),
     MapName.BLOCK6: (Lpm6Key, ListEntry, False),
+    MapName.PORTLIM: (PortKey, Limits, False),
+    MapName.BUCKETS: (SrcKey, Bucket, False),
+    MapName.DSTBKT: (PortKey, DstBucket, False),
+    MapName.BANS: (SrcKey, Ban, False),
+    MapName.DPSTATE: (ctypes.c_uint32, DpState, False),
+    MapName.REFLECT: (ctypes.c_uint32, ctypes.c_uint8, False),
+    MapName.FILTERS: (ctypes.c_uint32, Filter, False),
+    MapName.SYNWIN: (ctypes.c_uint32, SynWin, False),
+    MapName.SYNSEEN: (SrcKey, SynSeen, False),
+    MapName.SYNAUTH: (SrcKey, SynAuth, False),
+    MapName.SAMPLE_CFG: (ctypes.c_uint32, "SampleConfig", False),
+    MapName.SAMPLE_STATE: (ctypes.c_uint32, "SampleState", True),
+    MapName.SAMPLES: ("NoData", "NoData", False),
 }
 
 # xg_config.lists_mask bit of each list map (XG_LM_* in abi.h).
@@ -183,4 +292,59 @@ C_STRUCTS: dict[str, type] = {
     "xg_list_entry": ListEntry,
     "xg_port_key": PortKey,
     "xg_port_value": PortValue,
+    "xg_limits": Limits,
+    "xg_syn_policy": SynPolicy,
+    "xg_src_key": SrcKey,
+    "xg_bucket": Bucket,
+    "xg_dst_bucket": DstBucket,
+    "xg_ban": Ban,
+    "xg_synwin": SynWin,
+    "xg_synseen": SynSeen,
+    "xg_synauth": SynAuth,
+    "xg_dpstate": DpState,
+    "xg_filter": Filter,
 }
+
+
+# ---- sampling (sample.h; the block at the end of abi.h) ----
+
+SAMPLE_SNAPLEN = 128
+SAMPLE_RING_PAGES = 128
+
+
+class SampleConfig(ctypes.Structure):
+    _fields_ = [("sample_every", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class SampleState(ctypes.Structure):
+    _fields_ = [("countdown", ctypes.c_uint64), ("taken", ctypes.c_uint64), ("lost", ctypes.c_uint64)]
+
+
+class Sample(ctypes.Structure):
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("sample_every", ctypes.c_uint32),
+        ("pkt_len", ctypes.c_uint32),
+        ("cap_len", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("src", ctypes.c_uint8 * 16),
+        ("dst", ctypes.c_uint8 * 16),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("kind", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("data", ctypes.c_uint8 * SAMPLE_SNAPLEN),
+    ]
+
+
+class NoData(ctypes.Structure):
+    """Key and value of a ring buffer map: none (size 0)."""
+
+    _fields_ = []
+
+
+C_STRUCTS.update({"xg_sample_config": SampleConfig, "xg_sample_state": SampleState, "xg_sample": Sample})
+for _name, (_k, _v, _pc) in list(MAP_LAYOUTS.items()):  # resolve the forward references above
+    MAP_LAYOUTS[_name] = (globals()[_k] if isinstance(_k, str) else _k, globals()[_v] if isinstance(_v, str) else _v, _pc)

@@ -16,9 +16,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataplane, libbpf, state
+from . import dataplane, libbpf, policy, state
 from .abi import (
     CFG_ENABLED,
+    PROTECTED_MAX,
     LISTS_MASK_BITS,
     REASON_MAX,
     Addr4,
@@ -389,7 +390,8 @@ class Guard:
             return
         flags = (cur.flags | PROT_PORT_POLICY) if on else (cur.flags & ~PROT_PORT_POLICY)
         if flags != cur.flags:
-            pm.set(pk, Protected(flags), libbpf.BPF_EXIST)
+            cur.flags = flags  # the rest of the entry (limits, SYN policy) stays
+            pm.set(pk, cur, libbpf.BPF_EXIST)
 
     def delete(self, which: str, prefixes: list[Prefix]) -> tuple[int, list[str]]:
         removed, missing = 0, []
@@ -493,7 +495,10 @@ def parse_protect(addrs: list[str]) -> list[ipaddress.IPv4Address | ipaddress.IP
                 out.append(parse_address(part, "protected address"))
     if not out:
         raise UserError("--protect needs at least one address")
-    return list(dict.fromkeys(out))
+    out = list(dict.fromkeys(out))
+    if len(out) > PROTECTED_MAX:
+        raise UserError(f"too many protected addresses: {len(out)}, at most {PROTECTED_MAX}")
+    return out
 
 
 def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
@@ -521,9 +526,10 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
         lp = dataplane.compile_program(defines)
         try:
             maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
-            maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED, ALL_REASONS_MASK if monitor else 0))
-            for a in addrs:
-                maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(_prot_key(a), Protected(0))
+            maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED, 0))
+            policy.write_global_policy(maps, policy.GlobalPolicy(monitor_mask=ALL_REASONS_MASK if monitor else 0))
+            for slot, a in enumerate(addrs):
+                maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(_prot_key(a), policy.new_protected(slot))
             pin_maps(iface, lp.map_fds)
             try:
                 took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att)

@@ -32,6 +32,7 @@ class TestBed:
     def __init__(self, defines: dict[str, int] | None = None):
         self.prog = dataplane.compile_program(defines)
         self.maps = {n: BpfMap(n, fd) for n, fd in self.prog.map_fds.items()}
+        self._next_slot = 0  # SYN-window slot of the next protected address
         self.configure()
 
     def close(self) -> None:
@@ -55,9 +56,14 @@ class TestBed:
     def protect(self, *addrs: str) -> None:
         from .protection import _prot_key
 
+        from .policy import new_protected
+
         for a in addrs:
             ip = ipaddress.ip_address(a)
-            self.maps[MapName.PROT4 if ip.version == 4 else MapName.PROT6].set(_prot_key(ip), Protected(0))
+            m = self.maps[MapName.PROT4 if ip.version == 4 else MapName.PROT6]
+            if m.get(_prot_key(ip)) is None:
+                m.set(_prot_key(ip), new_protected(self._next_slot))
+                self._next_slot += 1
 
     def add(self, which: str, cidr: str, expires_ns: int = 0) -> None:
         from .abi import ListEntry

@@ -1,0 +1,429 @@
+"""Cleansing policy: typed, validated objects and their place in the maps (no recompile).
+
+The same objects feed the data path (`apply_*` write the maps of a Guard or TestBed) and the
+reference model (`model.py`). Every constructor validates and raises UserError naming the
+problem, so a bad request never reaches a map.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from dataclasses import asdict, dataclass, field, replace
+
+from . import abi
+from .errors import UserError
+
+MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absurd for one box
+MAX_BPS = 4_000_000_000  # bytes/s (32 Gbit/s); the bucket arithmetic holds up to 4e9
+MAX_BURST = 10_000_000_000
+MAX_BAN_S = 7 * 86400
+
+DEFAULT_REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 161, 389, 1194, 1900, 3389, 3702, 11211)
+
+PROTOCOLS = {"tcp": abi.PROT_BLOCK_TCP, "udp": abi.PROT_BLOCK_UDP, "icmp": abi.PROT_BLOCK_ICMP,
+             "other": abi.PROT_BLOCK_OTHER}
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
+ACTIONS = {"drop": abi.FA_DROP, "pass": abi.FA_PASS, "drop-ban": abi.FA_DROP_BAN}
+BASES = {"l3": abi.FB_L3, "l4": abi.FB_L4, "payload": abi.FB_PAYLOAD}
+TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
+
+
+def _check_rate(name: str, value: int, limit: int) -> None:
+    if not isinstance(value, int) or value < 0:
+        raise UserError(f"invalid {name} {value!r}: must be a whole number ≥ 0")
+    if value > limit:
+        raise UserError(f"invalid {name} {value}: above the limit of {limit:,}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-source (and per-destination) token buckets. 0 = no limit. A burst of 0 means one
+    second's worth of the rate."""
+
+    src_pps: int = 0
+    src_burst_pkts: int = 0
+    src_bps: int = 0
+    src_burst_bytes: int = 0
+    dst_pps: int = 0
+    dst_burst_pkts: int = 0
+    syn_src_pps: int = 0
+    syn_src_burst: int = 0
+    ban_s: int = 0
+
+    def __post_init__(self):
+        for n in ("src_pps", "dst_pps", "syn_src_pps"):
+            _check_rate(n.replace("_", "-"), getattr(self, n), MAX_PPS)
+        _check_rate("src-bps", self.src_bps, MAX_BPS)
+        for n in ("src_burst_pkts", "src_burst_bytes", "dst_burst_pkts", "syn_src_burst"):
+            _check_rate(n.replace("_", "-"), getattr(self, n), MAX_BURST)
+        _check_rate("ban", self.ban_s, MAX_BAN_S)
+
+    def effective(self) -> Limits:
+        """Bursts filled in (one second of the rate when not given)."""
+        return replace(
+            self,
+            src_burst_pkts=self.src_burst_pkts or self.src_pps,
+            src_burst_bytes=self.src_burst_bytes or self.src_bps,
+            dst_burst_pkts=self.dst_burst_pkts or self.dst_pps,
+            syn_src_burst=self.syn_src_burst or self.syn_src_pps,
+        )
+
+    def to_c(self) -> abi.Limits:
+        e = self.effective()
+        return abi.Limits(e.src_pps, e.src_burst_pkts, e.src_bps, e.src_burst_bytes, e.dst_pps, e.dst_burst_pkts,
+                          e.syn_src_pps, e.syn_src_burst, e.ban_s, 0)
+
+    @classmethod
+    def from_c(cls, c: abi.Limits) -> Limits:
+        return cls(c.src_pps, c.src_burst_pkts, c.src_bps, c.src_burst_bytes, c.dst_pps, c.dst_burst_pkts,
+                   c.syn_src_pps, c.syn_src_burst, c.ban_s)
+
+    def active(self) -> bool:
+        return bool(self.src_pps or self.src_bps or self.dst_pps or self.syn_src_pps)
+
+
+@dataclass(frozen=True)
+class SynPolicy:
+    """Above threshold_pps SYNs/s to a protected address, sources must authenticate: the first
+    SYN is dropped and a retransmission auth_min_ms..auth_max_ms later admits the source for
+    auth_keep_s. Linux and Windows retransmit a SYN after about 1 s (then 3 s)."""
+
+    threshold_pps: int = 0
+    auth_min_ms: int = 200
+    auth_max_ms: int = 10_000
+    auth_keep_s: int = 600
+
+    def __post_init__(self):
+        _check_rate("syn threshold", self.threshold_pps, MAX_PPS)
+        if not 0 < self.auth_min_ms < self.auth_max_ms <= 120_000:
+            raise UserError(f"invalid SYN authentication window {self.auth_min_ms}-{self.auth_max_ms} ms: "
+                            "need 0 < min < max ≤ 120000")
+        if not 1 <= self.auth_keep_s <= MAX_BAN_S:
+            raise UserError(f"invalid SYN authentication keep {self.auth_keep_s} s: 1 s to 7 days")
+
+    def to_c(self, slot: int) -> abi.SynPolicy:
+        return abi.SynPolicy(self.threshold_pps, self.auth_min_ms, self.auth_max_ms, self.auth_keep_s, slot)
+
+    @classmethod
+    def from_c(cls, c: abi.SynPolicy) -> SynPolicy:
+        if not c.auth_max_ms:  # never configured
+            return cls(c.syn_threshold_pps)
+        return cls(c.syn_threshold_pps, c.auth_min_ms, c.auth_max_ms, c.auth_keep_s)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One packet feature filter; every given condition must hold. Ranges are inclusive."""
+
+    action: str = "drop"  # drop | pass | drop-ban
+    proto: str | None = None  # tcp | udp | icmp | None (any)
+    sport: tuple[int, int] = (0, 65535)
+    dport: tuple[int, int] = (0, 65535)
+    length: tuple[int, int] = (0, 65535)  # frame bytes as XDP sees them
+    ttl: tuple[int, int] = (0, 255)
+    tcp_flags: tuple[int, int] = (0, 0)  # (mask, value)
+    payload: bytes = b""
+    payload_mask: bytes = b""  # defaults to all ones
+    payload_base: str = "payload"  # l3 | l4 | payload
+    payload_off: int = 0
+    ban_s: int = 0
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise UserError(f"invalid filter action '{self.action}': use drop, pass or drop-ban")
+        if self.proto is not None and self.proto not in PROTO_NUMBERS:
+            raise UserError(f"unknown protocol '{self.proto}': use tcp, udp or icmp")
+        for name, (lo, hi), top in (("sport", self.sport, 65535), ("dport", self.dport, 65535),
+                                    ("length", self.length, 65535), ("ttl", self.ttl, 255)):
+            if not (0 <= lo <= hi <= top):
+                raise UserError(f"invalid filter {name} range {lo}-{hi}: need 0 ≤ lo ≤ hi ≤ {top}")
+        mask, value = self.tcp_flags
+        if not (0 <= mask <= 255 and 0 <= value <= 255) or value & ~mask:
+            raise UserError(f"invalid filter tcp flags {value:#x}/{mask:#x}: value bits outside the mask")
+        if len(self.payload) > abi.PAYLOAD_MATCH_MAX:
+            raise UserError(f"invalid filter payload: {len(self.payload)} bytes, at most {abi.PAYLOAD_MATCH_MAX}")
+        if self.payload_mask and len(self.payload_mask) != len(self.payload):
+            raise UserError("invalid filter payload mask: must be as long as the payload")
+        if self.payload_base not in BASES:
+            raise UserError(f"invalid filter payload base '{self.payload_base}': use l3, l4 or payload")
+        if not 0 <= self.payload_off or self.payload_off + len(self.payload) > abi.PAYLOAD_OFF_MAX + abi.PAYLOAD_MATCH_MAX:
+            raise UserError(f"invalid filter offset {self.payload_off}: past the packet limit "
+                            f"({abi.PAYLOAD_OFF_MAX} + {abi.PAYLOAD_MATCH_MAX} bytes)")
+        if self.payload_off > abi.PAYLOAD_OFF_MAX:
+            raise UserError(f"invalid filter offset {self.payload_off}: past the packet limit ({abi.PAYLOAD_OFF_MAX})")
+        if self.action == "drop-ban" and not 1 <= self.ban_s <= MAX_BAN_S:
+            raise UserError("a drop-ban filter needs --ban SECONDS (1 s to 7 days)")
+
+    def mask_bytes(self) -> bytes:
+        return self.payload_mask or b"\xff" * len(self.payload)
+
+    def to_c(self) -> abi.Filter:
+        f = abi.Filter()
+        f.proto = PROTO_NUMBERS.get(self.proto, 0) if self.proto else 0
+        f.action = ACTIONS[self.action]
+        f.tcp_flags_mask, f.tcp_flags_value = self.tcp_flags
+        f.ttl_min, f.ttl_max = self.ttl
+        f.payload_len = len(self.payload)
+        f.payload_base = BASES[self.payload_base]
+        f.sport_min, f.sport_max = self.sport
+        f.dport_min, f.dport_max = self.dport
+        f.len_min, f.len_max = self.length
+        f.payload_off = self.payload_off
+        f.ban_s = self.ban_s
+        mask = self.mask_bytes()
+        for i, (b, m) in enumerate(zip(self.payload, mask)):
+            f.payload[i] = b & m  # the data path compares (byte & mask) == value
+            f.payload_mask[i] = m
+        return f
+
+    @classmethod
+    def from_c(cls, f: abi.Filter) -> Filter:
+        n = f.payload_len
+        names = {v: k for k, v in ACTIONS.items()}
+        protos = {v: k for k, v in PROTO_NUMBERS.items()}
+        return cls(
+            action=names.get(f.action, "drop"), proto=protos.get(f.proto) if f.proto else None,
+            sport=(f.sport_min, f.sport_max), dport=(f.dport_min, f.dport_max), length=(f.len_min, f.len_max),
+            ttl=(f.ttl_min, f.ttl_max), tcp_flags=(f.tcp_flags_mask, f.tcp_flags_value),
+            payload=bytes(f.payload[:n]), payload_mask=bytes(f.payload_mask[:n]),
+            payload_base={v: k for k, v in BASES.items()}[f.payload_base], payload_off=f.payload_off, ban_s=f.ban_s)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["payload"] = self.payload.hex()
+        d["payload_mask"] = self.mask_bytes().hex() if self.payload else ""
+        return d
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """What applies to one protected address."""
+
+    blocked: frozenset[str] = frozenset()  # of PROTOCOLS
+    limits: Limits = Limits()
+    syn: SynPolicy = SynPolicy()
+
+    def __post_init__(self):
+        bad = set(self.blocked) - set(PROTOCOLS)
+        if bad:
+            raise UserError(f"unknown protocol '{sorted(bad)[0]}': use tcp, udp, icmp or other")
+
+
+@dataclass(frozen=True)
+class GlobalPolicy:
+    """Interface-wide steps."""
+
+    drop_fragments: bool = False
+    reflection: bool = True
+    reflection_ports: frozenset[int] = frozenset(DEFAULT_REFLECTION_PORTS)
+    filters: tuple[Filter, ...] = ()
+    monitor_mask: int = 0
+
+    def __post_init__(self):
+        if len(self.filters) > abi.FILTERS_MAX:
+            raise UserError(f"too many filters: {len(self.filters)}, the table holds {abi.FILTERS_MAX}")
+        for p in self.reflection_ports:
+            if not 1 <= p <= 65535:
+                raise UserError(f"invalid reflection port {p}: outside 1-65535")
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    lo_s, dash, hi_s = str(text).strip().partition("-")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if dash else lo
+    except ValueError:
+        raise UserError(f"invalid port range '{text}': use PORT or PORT-PORT") from None
+    if not (0 <= lo <= hi <= 65535):
+        raise UserError(f"invalid port range '{text}': need 0 ≤ lo ≤ hi ≤ 65535")
+    return lo, hi
+
+
+def parse_tcp_flags(text: str) -> tuple[int, int]:
+    """'syn' (SYN set, others any), 'syn,!ack' (SYN set, ACK clear) → (mask, value)."""
+    mask = value = 0
+    for part in filter(None, (p.strip().lower() for p in text.split(","))):
+        neg = part.startswith("!")
+        name = part.lstrip("!")
+        if name not in TCP_FLAGS:
+            raise UserError(f"unknown TCP flag '{name}': use {', '.join(TCP_FLAGS)}")
+        mask |= TCP_FLAGS[name]
+        if not neg:
+            value |= TCP_FLAGS[name]
+    return mask, value
+
+
+# ---- reading and writing the maps (any object with a .maps dict of BpfMap) ----
+
+
+def _prot_map(maps, addr):
+    return maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
+
+
+def _prot_key(addr):
+    k = abi.Addr4() if addr.version == 4 else abi.Addr6()
+    ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
+    return k
+
+
+def read_address_policy(maps, addr) -> AddressPolicy:
+    v = _prot_map(maps, addr).get(_prot_key(addr))
+    if v is None:
+        raise UserError(f"{addr} is not a protected address")
+    blocked = frozenset(n for n, bit in PROTOCOLS.items() if v.flags & bit)
+    return AddressPolicy(blocked, Limits.from_c(v.lim), SynPolicy.from_c(v.syn))
+
+
+def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
+    """Rewrite the address's entry, keeping what other features own (port-policy flag, slot)."""
+    m, k = _prot_map(maps, addr), _prot_key(addr)
+    cur = m.get(k)
+    if cur is None:
+        raise UserError(f"{addr} is not a protected address")
+    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS)
+    flags = keep | sum(PROTOCOLS[p] for p in pol.blocked)
+    m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
+
+
+def new_protected(slot: int) -> abi.Protected:
+    """The entry `attach` writes: nothing blocked, no limits, SYN authentication off."""
+    return abi.Protected(0, Limits().to_c(), SynPolicy().to_c(slot))
+
+
+def port_key(addr, proto: str, port: int) -> abi.PortKey:
+    k = abi.PortKey()
+    ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
+    k.port = port
+    k.proto = PROTO_NUMBERS[proto]
+    k.family = addr.version
+    return k
+
+
+def read_port_limits(maps) -> dict[tuple[str, str, int], Limits]:
+    out = {}
+    names = {v: k for k, v in PROTO_NUMBERS.items()}
+    for k, v in maps[abi.MapName.PORTLIM].items():
+        raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
+        out[(str(ipaddress.ip_address(raw)), names.get(k.proto, str(k.proto)), k.port)] = Limits.from_c(v)
+    return dict(sorted(out.items()))
+
+
+def write_port_limits(maps, addr, proto: str, lo: int, hi: int, lim: Limits | None) -> None:
+    """Override (or with lim None, remove the override of) the limits of addr's ports lo..hi."""
+    m = maps[abi.MapName.PORTLIM]
+    for port in range(lo, hi + 1):
+        k = port_key(addr, proto, port)
+        if lim is None:
+            m.delete(k)
+        else:
+            m.set(k, lim.to_c())
+    _sync_port_limits_flag(maps, addr)
+
+
+def _sync_port_limits_flag(maps, addr) -> None:
+    raw = addr.packed
+    on = any(k.family == addr.version and bytes(k.addr)[: len(raw)] == raw for k in maps[abi.MapName.PORTLIM].keys())
+    pm, pk = _prot_map(maps, addr), _prot_key(addr)
+    cur = pm.get(pk)
+    if cur is None:
+        return
+    flags = (cur.flags | abi.PROT_PORT_LIMITS) if on else (cur.flags & ~abi.PROT_PORT_LIMITS)
+    if flags != cur.flags:
+        cur.flags = flags
+        pm.set(pk, cur)
+
+
+def read_global_policy(maps) -> GlobalPolicy:
+    cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
+    refl = maps[abi.MapName.REFLECT]
+    ports = frozenset(int(k.value) for k, v in refl.items() if v.value) if hasattr(refl, "items") else frozenset()
+    filters = []
+    fm = maps[abi.MapName.FILTERS]
+    for i in range(cfg.filters_count):
+        f = fm.get(ctypes.c_uint32(i))
+        if f is not None:
+            filters.append(Filter.from_c(f))
+    return GlobalPolicy(bool(cfg.flags & abi.CFG_DROP_FRAGMENTS), bool(cfg.flags & abi.CFG_REFLECTION),
+                        ports, tuple(filters), cfg.monitor_mask)
+
+
+def write_global_policy(maps, pol: GlobalPolicy, old: GlobalPolicy | None = None) -> None:
+    """Filters are written before the count grows and after it shrinks, so the data path never
+    reads a half-written table."""
+    cm = maps[abi.MapName.CONFIG]
+    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
+    refl = maps[abi.MapName.REFLECT]
+    old_ports = old.reflection_ports if old is not None else frozenset()  # None: a fresh (zeroed) map
+    for p in old_ports - pol.reflection_ports:
+        refl.set(ctypes.c_uint32(p), ctypes.c_uint8(0))
+    for p in pol.reflection_ports - old_ports:
+        refl.set(ctypes.c_uint32(p), ctypes.c_uint8(1))
+    fm = maps[abi.MapName.FILTERS]
+    n_new = len(pol.filters)
+    if n_new < cfg.filters_count:
+        cfg.filters_count = n_new
+        cm.set(ctypes.c_uint32(0), cfg)
+    for i, f in enumerate(pol.filters):
+        fm.set(ctypes.c_uint32(i), f.to_c())
+    flags = cfg.flags & ~(abi.CFG_DROP_FRAGMENTS | abi.CFG_REFLECTION)
+    flags |= (abi.CFG_DROP_FRAGMENTS if pol.drop_fragments else 0) | (abi.CFG_REFLECTION if pol.reflection else 0)
+    cfg.flags = flags
+    cfg.monitor_mask = pol.monitor_mask
+    cfg.filters_count = n_new
+    cm.set(ctypes.c_uint32(0), cfg)
+
+
+# ---- dynamic bans ----
+
+
+@dataclass(frozen=True)
+class BanView:
+    source: str
+    expires_in_s: float
+    hits: int
+    reason: str
+
+
+def src_key(addr) -> abi.SrcKey:
+    k = abi.SrcKey()
+    ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
+    k.family = addr.version
+    return k
+
+
+def read_bans(maps, now_ns: int) -> list[BanView]:
+    out = []
+    for k, v in maps[abi.MapName.BANS].items():
+        if v.expires_ns <= now_ns:
+            continue
+        raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
+        try:
+            reason = abi.Reason(v.reason).label
+        except ValueError:
+            reason = str(v.reason)
+        out.append(BanView(str(ipaddress.ip_address(raw)), round((v.expires_ns - now_ns) / 1e9, 1), v.hits, reason))
+    return sorted(out, key=lambda b: (-b.hits, b.source))
+
+
+def sweep_bans(maps, now_ns: int) -> int:
+    """Delete expired bans; clear the data path's has-bans flag when none is left."""
+    m = maps[abi.MapName.BANS]
+    dead = [k for k, v in m.items() if v.expires_ns <= now_ns]
+    for k in dead:
+        m.delete(k)
+    if not any(True for _ in m.keys()):
+        st = maps[abi.MapName.DPSTATE]
+        cur = st.get(ctypes.c_uint32(0))
+        if cur is not None and cur.flags & abi.DP_HAS_BANS:
+            st.set(ctypes.c_uint32(0), abi.DpState(cur.flags & ~abi.DP_HAS_BANS))
+    return len(dead)
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """Everything the cleansing steps use, for `show` commands and the model."""
+
+    global_: GlobalPolicy
+    addresses: dict[str, AddressPolicy] = field(default_factory=dict)
+    port_limits: dict[tuple[str, str, int], Limits] = field(default_factory=dict)
