@@ -304,7 +304,7 @@ def test_port_policy(topo: Topo):
     ports = json.loads(topo.xg("port", "list", "--json").stdout)["ports"]
     assert {(p["protected"], p["proto"], p["lo"], p["hi"]) for p in ports} == {
         (PROT4, "tcp", 7, 7), (PROT4, "udp", 1, 100), (PROT6, "udp", 1, 100)}
-    _one_line_error(topo.xg("port", "open", "tcp", "0", check=False), "outside 1-65535")
+    _one_line_error(topo.xg("port", "open", "tcp", "0", check=False), "out of range 1-65535")
     _one_line_error(topo.xg("port", "open", "tcp", "90-80", check=False), "reversed")
     _one_line_error(topo.xg("port", "open", "tcp", "80", "--protected", OPEN4, check=False), "not a protected address")
     topo.xg("port", "close", "udp", "1-100")

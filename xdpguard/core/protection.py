@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataplane, libbpf, policy, state
+from . import dataplane, forwarding, libbpf, policy, state
 from .abi import (
     CFG_ENABLED,
     PROTECTED_MAX,
@@ -688,18 +688,11 @@ class PortResult:
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
-    lo_s, dash, hi_s = text.strip().partition("-")
+    """PORT or PORT-PORT, 1..65535 (the forwarding parser), as a one-line UserError."""
     try:
-        lo = int(lo_s)
-        hi = int(hi_s) if dash else lo
-    except ValueError:
-        raise UserError(f"invalid port range '{text}': use PORT or PORT-PORT") from None
-    for p in (lo, hi):
-        if not 1 <= p <= 65535:
-            raise UserError(f"invalid port range '{text}': port {p} is outside 1-65535")
-    if hi < lo:
-        raise UserError(f"invalid port range '{text}': {lo}-{hi} is reversed")
-    return lo, hi
+        return forwarding.parse_port_range(text)
+    except ValueError as exc:
+        raise UserError(f"invalid port range '{text}': {exc}") from None
 
 
 def _port_runs(g: Guard) -> list[PortRun]:
