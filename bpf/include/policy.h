@@ -131,7 +131,11 @@ static __always_inline int filter_payload(struct xdp_md *ctx, struct xg_filter *
     if (off > 0xffff || len > XG_PAYLOAD_MATCH_MAX)
         return 0;
     __u64 w[2] = {};
-    if (bpf_xdp_load_bytes(ctx, off, w, len) != 0)
+    void *data = (void *)(long)ctx->data;
+    void *at = data + (off & 0x7ff);
+    if (off <= 0x7ff && at + XG_PAYLOAD_MATCH_MAX <= (void *)(long)ctx->data_end)
+        __builtin_memcpy(w, at, XG_PAYLOAD_MATCH_MAX);  /* direct read (bytes past len are masked off) */
+    else if (bpf_xdp_load_bytes(ctx, off, w, len) != 0)  /* near the end: exactly len bytes, or none */
         return 0;
     __u64 *m = (__u64 *)f->payload_mask;
     __u64 *v = (__u64 *)f->payload;
@@ -196,12 +200,11 @@ static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u64 now,
                                        __u64 cost)
 {
     __u64 cap = burst * XG_TOKEN;
-    __u64 elapsed = now - *last_ns;
+    __u64 elapsed = now > *last_ns ? now - *last_ns : 0;  /* another CPU may have stamped a later now */
     if (elapsed > ONE_SEC_NS * 4)
         elapsed = ONE_SEC_NS * 4;          /* idle longer than 4 s refills at most 4 s worth */
-    __u64 t = *tokens + elapsed * rate;    /* rate <= 4e9/s (validated): no overflow */
-    if (t > cap)
-        t = cap;
+    __u64 add = elapsed * rate;            /* rate <= 4e9/s (validated): no overflow */
+    __u64 t = (*tokens >= cap || add >= cap - *tokens) ? cap : *tokens + add;  /* saturating: the sum may pass 2^64 */
     *last_ns = now;
     if (t < cost) {
         *tokens = t;
@@ -254,13 +257,15 @@ static __always_inline __u32 step_ratelimit(struct xg_limits *lim, struct xg_pkt
             return XG_CONTINUE;
     }
     __u64 t = xg_now(now);
+    __u64 byte_last = b->last_ns;          /* both buckets refill from the one shared last_ns */
     __u32 reason = XG_CONTINUE;
     if (lim->src_pps && !bucket_take(&b->pkt_tokens, &b->last_ns, t, lim->src_pps, lim->src_burst_pkts, XG_TOKEN))
         reason = XG_REASON_RATELIMIT;
-    else if (lim->src_bps && !bucket_take(&b->byte_tokens, &b->last_ns, t, lim->src_bps, lim->src_burst_bytes,
-                                          (__u64)p->len * XG_TOKEN))
-        reason = XG_REASON_RATELIMIT;
-    else if (is_syn && lim->syn_src_pps &&
+    if (lim->src_bps && !bucket_take(&b->byte_tokens, &byte_last, t, lim->src_bps, lim->src_burst_bytes,
+                                     reason == XG_CONTINUE ? (__u64)p->len * XG_TOKEN : 0))
+        reason = XG_REASON_RATELIMIT;      /* (cost 0 after a packet-bucket drop: refill only) */
+    b->last_ns = t;
+    if (reason == XG_CONTINUE && is_syn && lim->syn_src_pps &&
              !bucket_take(&b->syn_tokens, &b->syn_last_ns, t, lim->syn_src_pps, lim->syn_src_burst, XG_TOKEN))
         reason = XG_REASON_SYN;
     if (reason != XG_CONTINUE && lim->ban_s)

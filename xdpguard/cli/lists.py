@@ -66,11 +66,23 @@ def make_group(which: str) -> click.Group:
         """Load FILE: one CIDR per line, '#' comments, v4 and v6 mixed. All or nothing."""
         _report(protection.list_load(which, iface, file, ttl), as_json)
 
+    dynamic_opt = click.option("--dynamic", is_flag=True, hidden=which != "block",
+                               help="Show the dynamic bans instead (as `xdpguard ban list`).")
+
     @group.command("list")
     @iface_opt
     @json_opt
-    def list_(iface, as_json):
+    @dynamic_opt
+    def list_(iface, as_json, dynamic):
         """Show the entries with their hit counts and expiry."""
+        if dynamic:
+            if which != "block":
+                raise click.UsageError("--dynamic only applies to the blocklist")
+            from xdpguard.core import cleansing
+
+            from .ban import render as render_bans
+            render_bans(cleansing.ban_list(iface), as_json)
+            return
         res = protection.list_show(which, iface)
         if as_json:
             emit_json(res)

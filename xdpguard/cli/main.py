@@ -31,6 +31,7 @@ def cli(ctx: click.Context) -> None:
 
 def _register() -> None:
     from . import attach, detach, forward, lists, port, run, status
+    from . import doctor, lab
 
     cli.add_command(attach.attach)
     cli.add_command(detach.detach)
@@ -40,6 +41,17 @@ def _register() -> None:
     cli.add_command(port.port)
     cli.add_command(forward.forward)
     cli.add_command(run.run)
+    from . import capture, events, stats, top  # observability (issue 5)
+    cli.add_command(top.top)
+    cli.add_command(stats.stats)
+    cli.add_command(events.events)
+    cli.add_command(capture.capture)
+    cli.add_command(lab.lab)
+    cli.add_command(doctor.doctor)
+    from . import ban, filter, fragments, limit, monitor, proto, reflection, syn  # cleansing (issue 4)
+    for group in (limit.limit, proto.proto, reflection.reflection, filter.filter_, syn.syn, monitor.monitor,
+                  fragments.fragments, ban.ban):
+        cli.add_command(group)
 
 
 _register()

@@ -1,12 +1,13 @@
-"""`xdpguard run`: the long-running part (backend health checks)."""
+"""`xdpguard run`: the long-running part (backend health checks, attack detection, metrics)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import click
 
-from xdpguard.core import health
+from xdpguard.core import events, health
 
 from .output import console
 
@@ -20,16 +21,66 @@ from .output import console
 @click.option("--fall", type=int, default=3, show_default=True, help="Failures in a row that make a backend down.")
 @click.option("--once", is_flag=True, help="One round (rise = fall = 1), then exit.")
 @click.option("--duration", type=float, default=None, metavar="SECONDS", help="Exit after SECONDS (tests, demos).")
-def run(interval, timeout, rise, fall, once, duration):
-    """Check backend health and keep the NAT choice in step with it."""
+@click.option("--metrics", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9477; ':PORT' is loopback).")
+@click.option("--detect/--no-detect", default=True, show_default=True, help="Attack detection and events.")
+@click.option("--detect-interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,
+              metavar="SECONDS", help="Seconds between two detection rounds.")
+@click.option("--attack-pps", default=None, help="Override the thresholds: all packets/s to an address.")
+@click.option("--attack-bps", default=None, help="Override: all bits/s to an address.")
+@click.option("--attack-drop-pps", default=None, help="Override: dropped packets/s.")
+@click.option("--attack-drop-bps", default=None, help="Override: dropped bits/s.")
+@click.option("--hold", type=click.FloatRange(0, 86400), default=None, metavar="SECONDS",
+              help="Override: an event closes after SECONDS below every threshold.")
+@click.option("--hook", default=None, metavar="COMMAND",
+              help="Override: run COMMAND on event start/end with the event JSON on stdin.")
+def run(interval, timeout, rise, fall, once, duration, metrics, detect, detect_interval, attack_pps, attack_bps,
+        attack_drop_pps, attack_drop_bps, hold, hook):
+    """Check backend health, detect attacks (events log, hook) and serve metrics."""
     c = console()
 
     def report(t: health.Transition) -> None:
         c.print(f"{time.strftime('%H:%M:%S')} {t.rule} backend {t.backend}: {t.old} -> {t.new}")
 
+    def report_event(phase: str, ev: events.AttackEvent) -> None:
+        c.print(f"{time.strftime('%H:%M:%S')} attack {phase} on {ev.iface} {ev.protected}: "
+                f"peak {ev.peak_pps:.0f} pps, {ev.peak_bps / 1e6:.1f} Mb/s ({', '.join(ev.triggers)})")
+
     params = health.HealthParams(interval, timeout, rise, fall)
     if duration is not None and duration <= 0:
         raise click.BadParameter("must be positive", param_hint="--duration")
-    c.print(f"health checks every {interval:g} s (timeout {timeout:g} s, rise {rise}, fall {fall})")
-    rounds = health.run(params, once=once, duration_s=duration, report=report)
+    overrides = None
+    if any(v is not None for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)):
+        rate = lambda v, n: events.parse_rate(v, n) if v is not None else 0.0  # noqa: E731
+        overrides = events.Thresholds(rate(attack_pps, "--attack-pps"), rate(attack_bps, "--attack-bps"),
+                                      rate(attack_drop_pps, "--attack-drop-pps"),
+                                      rate(attack_drop_bps, "--attack-drop-bps"))
+    loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event) if detect else None
+    stop = threading.Event()
+    threads = []
+    if loop is not None and not once:
+        def detect_forever() -> None:
+            while not stop.is_set():
+                loop.tick()
+        threads.append(threading.Thread(target=detect_forever, name="detect", daemon=True))
+    server = None
+    if metrics:
+        from xdpguard.core import metrics as prom
+
+        server = prom.serve(metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE))
+        c.print(f"metrics on http://{metrics if not metrics.startswith(':') else '127.0.0.1' + metrics}/metrics")
+    for t in threads:
+        t.start()
+    c.print(f"health checks every {interval:g} s (timeout {timeout:g} s, rise {rise}, fall {fall})"
+            + (f"; attack detection every {detect_interval:g} s" if loop and not once else ""))
+    try:
+        rounds = health.run(params, once=once, duration_s=duration, report=report)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=detect_interval * 4 + 5)
+        if loop is not None:
+            loop.close()
+        if server is not None:
+            server[0].shutdown()
     c.print(f"stopped after {rounds} round(s)")

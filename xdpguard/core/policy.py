@@ -18,6 +18,7 @@ MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absu
 MAX_BPS = 4_000_000_000  # bytes/s (32 Gbit/s); the bucket arithmetic holds up to 4e9
 MAX_BURST = 10_000_000_000
 MAX_BAN_S = 7 * 86400
+FILTER_MAX_BAN_S = 65535  # xg_filter.ban_s is a __u16: a longer ban would be stored truncated
 
 DEFAULT_REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 161, 389, 1194, 1900, 3389, 3702, 11211)
 
@@ -152,8 +153,8 @@ class Filter:
                             f"({abi.PAYLOAD_OFF_MAX} + {abi.PAYLOAD_MATCH_MAX} bytes)")
         if self.payload_off > abi.PAYLOAD_OFF_MAX:
             raise UserError(f"invalid filter offset {self.payload_off}: past the packet limit ({abi.PAYLOAD_OFF_MAX})")
-        if self.action == "drop-ban" and not 1 <= self.ban_s <= MAX_BAN_S:
-            raise UserError("a drop-ban filter needs --ban SECONDS (1 s to 7 days)")
+        if self.action == "drop-ban" and not 1 <= self.ban_s <= FILTER_MAX_BAN_S:
+            raise UserError(f"a drop-ban filter needs --ban SECONDS (1 to {FILTER_MAX_BAN_S} s)")
 
     def mask_bytes(self) -> bytes:
         return self.payload_mask or b"\xff" * len(self.payload)

@@ -1,130 +1,195 @@
-"""The demo: a namespace lab where xdpguard protects a service from an attacker.
+"""The demo: a protective IP under attack, with and without xdpguard, side by side.
 
-    python -m xdpguard.lab.demo
+    python -m xdpguard.lab.demo [--duration S] [--unprotected-duration S] [--kinds K,K] [--quick]
 
-Builds client, attacker and protector namespaces (198.18.0.0/15, 2001:db8::/32, no route off
-the machine), runs a bounded echo service on the protected address, attaches xdpguard with the
-real CLI, sends a bounded UDP flood from the attacker, blocks the attacker, shows the counters,
-and tears everything down. Every step prints the command it runs.
+Brings the namespace lab up (`xdpguard lab up`: client, attacker, the "internet" bridge, the
+protector and a hidden backend; 198.18.0.0/15 and 2001:db8::/32, no route off the machine),
+blocks the attacker's own address (today's policy stops non-spoofed floods with the blocklist and
+spoofed floods to closed ports with the port policy), then for each attack kind runs a bounded
+trafgen attack while the legitimate client requests the web service through the protective IP.
+A second, shorter run does the same with XDP in monitor mode (it drops nothing and counts what it
+would have dropped; the NAT stays the same). Prints the client's success rate and p50/p99
+latency for both runs, the attack pps and XDP's drops per reason, and always removes the lab
+(also on Ctrl-C or failure).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import shutil
-import socket
+import signal
 import subprocess
 import sys
+import threading
 import time
 
-from .echo import probe  # noqa: F401  (documented entry point of the same package)
-from .netns import Lab
+from . import attack, probe, topology
 
-PY = sys.executable
-PROT4, PROT6 = "198.18.0.2", "2001:db8:0:1::2"
-CLIENT4, ATTACK4 = "198.18.0.1", "198.18.0.9"
+PROBE_TIMEOUT_S = 1.0
 
 
-def _xg_quiet(ns: str, *args: str) -> None:
-    """Cleanup: run a command whose failure (already done) does not matter."""
-    subprocess.run(["ip", "netns", "exec", ns, _xdpguard(), *args], capture_output=True, timeout=60,
-                   stdin=subprocess.DEVNULL)
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
 
 
-def _xg(ns: str, *args: str, show: bool = True) -> subprocess.CompletedProcess:
-    argv = ["ip", "netns", "exec", ns, _xdpguard(), *args]
-    if show:
-        print(f"\n$ xdpguard {' '.join(args)}", flush=True)
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    if show:
-        sys.stdout.write(p.stdout)
-        sys.stdout.write(p.stderr)
-    if p.returncode != 0:
-        raise SystemExit(f"demo: 'xdpguard {' '.join(args)}' failed with exit {p.returncode}")
-    return p
+def counters() -> dict[tuple[str, str], int]:
+    p = topology.xg(topology.ns_name("prot"), "status", topology.PROT_IFACE, "--json")
+    st = json.loads(p.stdout)
+    return {(c["kind"], c["reason"]): c["packets"] for c in (st[0]["counters"] if st else [])}
 
 
-def _xdpguard() -> str:
-    return shutil.which("xdpguard") or "xdpguard"
+def delta(after: dict, before: dict) -> dict[tuple[str, str], int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
-def _success_rate(lab: Lab, ns: str, n: int = 20) -> tuple[float, float]:
-    """Legitimate client: n TCP echo requests; (success %, median latency ms)."""
-    code = (
-        "import time,statistics\n"
-        "from xdpguard.lab.echo import probe\n"
-        f"ok=0; lat=[]\n"
-        f"for i in range({n}):\n"
-        f"    t=time.perf_counter(); r,_=probe('tcp','{PROT4}',7,'{CLIENT4}',0.5); d=(time.perf_counter()-t)*1000\n"
-        "    ok+=r; lat.append(d) if r else None\n"
-        f"print(ok*100/{n}, statistics.median(lat) if lat else 0)\n"
-    )
-    out = lab.run(ns, PY, "-c", code, timeout=60).stdout.split()
-    return float(out[0]), float(out[1])
+def top_available() -> bool:
+    try:
+        p = subprocess.run([*topology.xdpguard_argv(), "top", "--help"], capture_output=True, timeout=20,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0
 
 
-FLOOD = (
-    "import socket,sys,time\n"
-    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind((sys.argv[1],0))\n"
-    "end=time.monotonic()+float(sys.argv[3]); n=0; payload=b'x'*512\n"
-    "while n<int(sys.argv[4]) and time.monotonic()<end:\n"
-    "    s.sendto(payload,(sys.argv[2],7)); n+=1\n"
-    "print(n)\n"
-)
+def _show_top_until(done: threading.Event) -> None:
+    """`xdpguard top --once` snapshots, once a second, while the attack runs (TTY only)."""
+    while not done.wait(1.0):
+        p = topology.xg(topology.ns_name("prot"), "top", "--once", check=False, timeout=20)
+        if p.returncode != 0:
+            return
+        sys.stdout.write("\x1b[2J\x1b[H" + p.stdout)
+        sys.stdout.flush()
 
 
-def main() -> int:
-    print("xdpguard demo: a protective IP in a namespace lab (nothing touches this machine's own interfaces)")
-    with Lab() as lab:
-        client = lab.netns("demo-cli")
-        attacker = lab.netns("demo-atk")
-        prot = lab.netns("demo-prot")
-        lab.run(prot, "ip", "link", "add", "br0", "type", "bridge")
-        lab.run(prot, "ip", "link", "set", "br0", "up")
-        # client and attacker reach the protector over their own veth pairs (one NIC each side)
-        lab.veth(client, "eth0", prot, "xgin0")
-        lab.veth(attacker, "eth0", prot, "xgin1")
-        for ifn in ("xgin0", "xgin1"):
-            lab.run(prot, "ip", "link", "set", ifn, "master", "br0")
-        lab.addr(client, "eth0", "198.18.0.1/24")
-        lab.addr(attacker, "eth0", "198.18.0.9/24")
-        lab.addr(prot, "br0", "198.18.0.2/24")
-        lab.addr(client, "eth0", "2001:db8:0:1::1/64")
-        lab.addr(prot, "br0", "2001:db8:0:1::2/64")
-        srv = lab.popen(prot, PY, "-m", "xdpguard.lab.echo", "serve", "--port", "7", "--duration", "300",
-                        stdout=subprocess.PIPE, text=True)
-        srv.stdout.readline()
-        print(f"lab: client {CLIENT4}, attacker {ATTACK4}, protected service {PROT4} / {PROT6} port 7 (tcp+udp)")
+def one_round(kind: str, duration: float, show_top: bool) -> dict:
+    """One bounded attack with the legitimate client probing through it; returns the numbers."""
+    before = counters()
+    results: dict = {}
 
-        # XDP sits on the protector's uplink port facing the attacker and one facing the client;
-        # here we protect the port the attacker uses and the one the client uses.
-        for ifn in ("xgin0", "xgin1"):
-            _xg(prot, "attach", ifn, "--protect", f"{PROT4},{PROT6}")
-            lab.defer(f"detach {ifn}", _xg_quiet, prot, "detach", ifn)
+    def run_attack() -> None:
+        try:
+            results["attack"] = attack.run(kind, duration=duration)
+        except Exception as exc:  # reported below, never hangs the demo
+            results["attack_error"] = str(exc)
 
-        rate, lat = _success_rate(lab, client)
-        print(f"\nlegitimate client before the attack: {rate:.0f}% of requests answered, median {lat:.2f} ms")
+    t = threading.Thread(target=run_attack, daemon=True)
+    t.start()
+    time.sleep(min(0.5, duration / 4))  # let the flood ramp up
+    done = threading.Event()
+    top = threading.Thread(target=_show_top_until, args=(done,), daemon=True) if show_top else None
+    if top:
+        top.start()
+    probe_s = max(0.5, duration - min(0.5, duration / 4) - 0.3)
+    results["probe"] = probe.in_lab("http", 100_000, timeout=PROBE_TIMEOUT_S, interval=0.005, duration=probe_s)
+    t.join(timeout=duration + 30)
+    done.set()
+    if top:
+        top.join(timeout=5)
+    results["drops"] = delta(counters(), before)
+    return results
 
-        print(f"\nattacker {ATTACK4} floods UDP (bounded: 200000 packets or 3 s)...")
-        flood = lab.popen(attacker, PY, "-c", FLOOD, ATTACK4, PROT4, "3", "200000", stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)
-        _xg(prot, "block", "add", ATTACK4, "--iface", "xgin1")
-        rate, lat = _success_rate(lab, client)
-        sent = flood.stdout.readline().strip()
-        flood.wait(timeout=10)
-        print(f"attacker sent {sent} packets")
-        print(f"legitimate client during the attack, attacker blocked: {rate:.0f}% answered, median {lat:.2f} ms")
-        _xg(prot, "status", "xgin1")
-        _xg(prot, "block", "list", "--iface", "xgin1")
-        st = json.loads(_xg(prot, "status", "xgin1", "--json", show=False).stdout)[0]
-        dropped = sum(c["packets"] for c in st["counters"] if c["kind"] == "drop")
-        print(f"\nsummary: XDP dropped {dropped} attack packets at the NIC; the client kept {rate:.0f}% success")
-        _xg(prot, "detach", "xgin0")
-        _xg(prot, "detach", "xgin1")
-    print("\nlab removed; nothing left behind")
+
+def _fmt_probe(r: probe.ProbeResult | None) -> str:
+    if r is None:
+        return "-"
+    lat = f"{r.p50_ms:6.2f} {r.p99_ms:7.2f}" if r.p50_ms is not None else f"{'-':>6} {'-':>7}"
+    return f"{r.success_pct:6.1f}% {lat}"
+
+
+def _fmt_pps(res: dict) -> str:
+    a = res.get("attack")
+    return f"{a.pps:>9,.0f}" if a else f"{'error':>9}"
+
+
+def _fmt_drops(drops: dict) -> str:
+    parts = [f"{reason} {n}" for (kind, reason), n in sorted(drops.items()) if kind in ("drop", "would_drop")]
+    return ", ".join(parts) or "none"
+
+
+def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> int:
+    show_top = sys.stdout.isatty() and top_available()
+    _say("xdpguard demo: a protective IP under attack, in a namespace lab (this machine's own interfaces "
+         "are never touched)")
+    _say("\n== lab up: client, attacker, internet bridge, protector (XDP on xgp0), hidden backend")
+    up = topology.up(protected=True)
+    for n in up.notes:
+        _say(f"note: {n}")
+    _say(f"protective IP {topology.PROT4} / {topology.PROT6}; XDP mode {up.xdp_mode}; forwarding tcp 80, tcp 7, "
+         f"udp 7 to the hidden backend {topology.BACKEND4}")
+    prot = topology.ns_name("prot")
+    _say(f"$ xdpguard block add {topology.ATTACKER4} {topology.ATTACKER6}   # the attacker's own address")
+    topology.xg(prot, "block", "add", topology.ATTACKER4, topology.ATTACKER6)
+    base = probe.in_lab("http", 200, timeout=PROBE_TIMEOUT_S)
+    _say(f"legitimate client before any attack: {probe.describe(base)}")
+
+    rows: dict[str, dict] = {}
+    _say(f"\n== with protection: each attack for {duration:g} s while the client keeps requesting "
+         f"http://{topology.PROT4}/")
+    for kind in kinds:
+        res = one_round(kind, duration, show_top)
+        rows[kind] = {"with": res}
+        a = res.get("attack")
+        _say(f"{kind:<12} {attack.describe(a) if a else 'attack failed: ' + res.get('attack_error', '?')}")
+        _say(f"{'':<12} client: {probe.describe(res['probe'])}")
+        _say(f"{'':<12} XDP drops: {_fmt_drops(res['drops'])}")
+
+    _say(f"\n== without protection: XDP in monitor mode (drops nothing, counts would_drop), "
+         f"{unprotected_duration:g} s per attack")
+    topology.unprotect()
+    topology.protect(monitor=True, block_attacker=True)
+    for kind in kinds:
+        res = one_round(kind, unprotected_duration, show_top)
+        rows[kind]["without"] = res
+        _say(f"{kind:<12} {_fmt_pps(res).strip()} pps; client: {probe.describe(res['probe'])}")
+
+    _say("\n== summary: legitimate client (http through the protective IP), success and latency in ms")
+    _say(f"{'attack':<12} | {'with xdpguard':^33} | {'without (monitor mode)':^33} | XDP drops (with)")
+    _say(f"{'':<12} | {'pps':>9} {'ok':>7} {'p50':>6} {'p99':>7} | {'pps':>9} {'ok':>7} {'p50':>6} {'p99':>7} |")
+    for kind in kinds:
+        w, wo = rows[kind]["with"], rows[kind].get("without", {})
+        _say(f"{kind:<12} | {_fmt_pps(w)} {_fmt_probe(w['probe'])} | "
+             f"{_fmt_pps(wo) if wo else '-':>9} {_fmt_probe(wo.get('probe'))} | {_fmt_drops(w['drops'])}")
+    _say(f"\nbaseline without attack: {_fmt_probe(base).strip()}")
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="xdpguard.lab.demo")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per attack with protection")
+    ap.add_argument("--unprotected-duration", type=float, default=3.0, help="seconds per attack without")
+    ap.add_argument("--kinds", default=",".join(attack.KINDS), help="comma-separated attack kinds")
+    ap.add_argument("--quick", action="store_true", help="2 s and 1.5 s per attack (tests)")
+    a = ap.parse_args(argv)
+    kinds = [k for k in a.kinds.split(",") if k]
+    bad = [k for k in kinds if k not in attack.KINDS]
+    if bad:
+        ap.error(f"unknown attack kinds: {', '.join(bad)}")
+    duration, unprot = (2.0, 1.5) if a.quick else (a.duration, a.unprotected_duration)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    signal.signal(signal.SIGTERM, _interrupt)
+    status = 1
+    try:
+        status = run_demo(kinds, min(duration, 60.0), min(unprot, 60.0))
+    except KeyboardInterrupt:
+        _say("\ndemo: interrupted")
+        status = 130
+    except Exception as exc:
+        _say(f"\ndemo: failed: {exc}")
+        status = 1
+    finally:
+        _say("\n== lab down")
+        try:
+            res = topology.down()
+            _say(f"removed {len(res.removed_namespaces)} namespaces, stopped {len(res.killed_pids)} processes; "
+                 "nothing left behind")
+        except KeyboardInterrupt:
+            topology.down()
+    return status
+
+
 if __name__ == "__main__":
-    socket.setdefaulttimeout(5)
     sys.exit(main())

@@ -1,0 +1,40 @@
+"""`xdpguard capture`: sampled dropped packets into a pcapng file (tcpdump -r reads it)."""
+
+from __future__ import annotations
+
+import click
+
+from xdpguard.core import capture as core
+from xdpguard.core.abi import SAMPLE_SNAPLEN, Reason
+
+from .output import console, emit_json
+from .params import IFACE
+
+
+@click.command()
+@click.argument("iface", type=IFACE)
+@click.option("-w", "--write", "path", required=True, type=click.Path(dir_okay=False), help="pcapng file to write.")
+@click.option("--count", type=click.IntRange(1, 10_000_000), default=100, show_default=True,
+              help="Stop after N packets.")
+@click.option("--reason", type=click.Choice([r.label for r in Reason if r.is_drop]), default=None,
+              help="Only packets dropped for this reason.")
+@click.option("--snaplen", type=click.IntRange(1, SAMPLE_SNAPLEN), default=SAMPLE_SNAPLEN, show_default=True,
+              help="Bytes kept of each packet.")
+@click.option("--timeout", type=click.FloatRange(0.1, 86400), default=10.0, show_default=True, metavar="SECONDS",
+              help="Stop after SECONDS.")
+@click.option("--sample-every", type=click.IntRange(1, 1 << 24), default=None, metavar="N",
+              help="Sample 1 in N while capturing (restored afterwards). Default: current, 64 when off.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def capture(iface, path, count, reason, snaplen, timeout, sample_every, as_json):
+    """Write sampled DROPPED packets of IFACE to a pcapng file, each with its drop reason as a comment."""
+    res = core.capture(iface, path, count=count, reason=reason, snaplen=snaplen, timeout_s=timeout,
+                       sample_every=sample_every)
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    c.print(f"wrote {res.packets} sampled dropped packets (1 in {res.sample_every}) from {res.iface} to {res.file}"
+            + (" (timed out)" if res.timed_out else ""))
+    if res.reasons:
+        c.print("  reasons: " + ", ".join(f"{r} {n}" for r, n in res.reasons.items()))
+        c.print("  sources: " + ", ".join(f"{s} {n}" for s, n in list(res.sources.items())[:10]))

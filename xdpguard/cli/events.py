@@ -1,0 +1,140 @@
+"""`xdpguard events`: the attack event log, and the thresholds that open events."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.table import Table
+
+from xdpguard.core import events as core
+from xdpguard.core import protection, state
+from xdpguard.core.abi import Reason
+
+from .output import console, emit_json, human_bytes
+from .params import IFACE
+
+_iface = click.option("--iface", "-i", type=IFACE, default=None,
+                      help="Interface; may be omitted when exactly one is protected.")
+_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--iface", "-i", "iface_filter", type=IFACE, default=None, help="Only events of this interface.")
+@click.option("--limit", type=click.IntRange(1, None), default=50, show_default=True, help="Most recent N events.")
+@_json
+@click.pass_context
+def events(ctx, iface_filter, limit, as_json):
+    """List attack events (opened by `xdpguard run` when a threshold is crossed)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    evs = core.read_log(iface=iface_filter)[-limit:]
+    if as_json:
+        emit_json(evs)
+        return
+    c = console()
+    if not evs:
+        c.print(f"no attack events in {core.log_path()}")
+        return
+    t = Table(box=None, pad_edge=False)
+    for col in ("start", "end", "iface", "protected", "peak pps", "peak bps", "reasons", "sources"):
+        t.add_column(col, no_wrap=col not in ("reasons", "sources"))
+    for e in evs:
+        fmt = lambda ts: "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))  # noqa: E731
+        t.add_row(fmt(e.get("start")), "open" if e.get("end") is None else fmt(e.get("end")), e.get("iface", ""),
+                  e.get("protected", ""), f"{e.get('peak_pps', 0):.0f}", human_bytes(e.get("peak_bps", 0) / 8) + "/s",
+                  ", ".join(f"{r} {n}" for r, n in e.get("top_reasons", [])[:3]),
+                  ", ".join(s for s, _ in e.get("top_sources", [])[:3]))
+    c.print(t)
+
+
+@events.group()
+def threshold():
+    """Attack thresholds of an interface (kept in its state file)."""
+
+
+def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    out = {}
+    drops = {r.label for r in Reason if r.is_drop}
+    for v in values:
+        name, _, rest = v.partition("=")
+        if name not in drops or not rest:
+            raise click.BadParameter(f"'{v}': use REASON=PPS[/BPS] with a drop reason ({', '.join(sorted(drops))})",
+                                     param_hint="--reason")
+        pps, _, bps = rest.partition("/")
+        out[name] = (core.parse_rate(pps, "--reason pps"), core.parse_rate(bps or "0", "--reason bps"))
+    return out
+
+
+@threshold.command("set")
+@click.option("--protected", default=None, metavar="ADDR", help="Only this protected address (default: all).")
+@click.option("--pps", default=None, help="All packets/s to the address (k, M, G suffixes; 0 = off).")
+@click.option("--bps", default=None, help="All bits/s to the address.")
+@click.option("--drop-pps", default=None, help="Dropped packets/s.")
+@click.option("--drop-bps", default=None, help="Dropped bits/s.")
+@click.option("--reason", "reasons", multiple=True, metavar="REASON=PPS[/BPS]", help="Per drop reason (repeatable).")
+@click.option("--hold", type=click.FloatRange(0, 86400), default=None, metavar="SECONDS",
+              help="An event closes after SECONDS below every threshold.")
+@click.option("--hook", default=None, metavar="COMMAND",
+              help="Run COMMAND (no shell) on event start and end, with the event JSON on stdin ('' = none).")
+@_iface
+@_json
+def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, iface, as_json):
+    """Set thresholds; unspecified values keep their current setting."""
+    st_iface = state.resolve_iface(protection.pick_iface(iface))
+    state.require_root()
+    if protected is not None:
+        from xdpguard.core.prefixes import parse_address
+
+        protected = str(parse_address(protected, "protected address"))
+    extra = _reason_opt(reasons)
+
+    def update(cfg: core.EventConfig) -> core.EventConfig:
+        cur = cfg.addresses.get(protected, cfg.default) if protected else cfg.default
+        new = core.Thresholds(
+            core.parse_rate(pps, "--pps") if pps is not None else cur.pps,
+            core.parse_rate(bps, "--bps") if bps is not None else cur.bps,
+            core.parse_rate(drop_pps, "--drop-pps") if drop_pps is not None else cur.drop_pps,
+            core.parse_rate(drop_bps, "--drop-bps") if drop_bps is not None else cur.drop_bps,
+            {**cur.reasons, **extra})
+        addrs = dict(cfg.addresses)
+        default = cfg.default
+        if protected:
+            addrs[protected] = new
+        else:
+            default = new
+        return core.EventConfig(default, addrs, cfg.hold_s if hold is None else hold,
+                                cfg.hook if hook is None else (hook or None))
+
+    _show(core.set_config(st_iface, update), st_iface.name, as_json)
+
+
+@threshold.command("show")
+@_iface
+@_json
+def threshold_show(iface, as_json):
+    """Show the thresholds in force."""
+    st_iface = state.resolve_iface(protection.pick_iface(iface))
+    _show(core.load_config(st_iface), st_iface.name, as_json)
+
+
+@threshold.command("clear")
+@_iface
+@_json
+def threshold_clear(iface, as_json):
+    """Back to the defaults."""
+    st_iface = state.resolve_iface(protection.pick_iface(iface))
+    state.require_root()
+    _show(core.set_config(st_iface, lambda cfg: core.EventConfig()), st_iface.name, as_json)
+
+
+def _show(cfg: core.EventConfig, name: str, as_json: bool) -> None:
+    if as_json:
+        emit_json({"iface": name, **cfg.to_json()})
+        return
+    c = console()
+    c.print(f"attack thresholds of {name} (0 = off), hold {cfg.hold_s:g} s, hook {cfg.hook or '-'}")
+    for who, t in [("default", cfg.default), *sorted(cfg.addresses.items())]:
+        rs = ", ".join(f"{r} {p:g} pps/{b:g} bps" for r, (p, b) in sorted(t.reasons.items()))
+        c.print(f"  {who}: pps {t.pps:g}, bps {t.bps:g}, drop pps {t.drop_pps:g}, drop bps {t.drop_bps:g}"
+                + (f"; {rs}" if rs else ""))

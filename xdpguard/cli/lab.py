@@ -1,0 +1,128 @@
+"""`xdpguard lab up|down|status|attack|probe`: a namespace lab with an attacker, a client, the
+protector and a hidden backend, plus bounded attacks and a legitimate client's measurements."""
+
+from __future__ import annotations
+
+import click
+
+from xdpguard.lab import attack as lab_attack
+from xdpguard.lab import probe as lab_probe
+from xdpguard.lab import topology
+
+from .output import console, emit_json
+
+_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group()
+def lab():
+    """A self-contained namespace lab (198.18.0.0/15, 2001:db8::/32; no route off the machine)."""
+
+
+@lab.command()
+@click.option("--no-protect", is_flag=True, help="Do not attach xdpguard (no forwarding either).")
+@click.option("--lifetime", type=click.IntRange(10, 86400), default=topology.SERVER_LIFETIME_S, metavar="SECONDS",
+              help="The backend servers exit by themselves after SECONDS.")
+@_json
+def up(no_protect, lifetime, as_json):
+    """Build the lab (removing a previous one first) and protect it with xdpguard."""
+    res = topology.up(protected=not no_protect, lifetime_s=lifetime)
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    for n in res.notes:
+        c.print(f"note: {n}")
+    c.print(f"lab '{res.name}' is up: {', '.join(res.namespaces.values())}")
+    c.print(f"  protective IP {topology.PROT4}, {topology.PROT6} on {res.namespaces['prot']}:{topology.PROT_IFACE}"
+            + (f" (xdpguard attached, mode {res.xdp_mode}; forwarding tcp 80, tcp 7, udp 7 to the backend)"
+               if res.protected else " (NOT protected)"))
+    c.print(f"  client {topology.CLIENT4}, attacker {topology.ATTACKER4}, backend {topology.BACKEND4} (hidden)")
+    c.print(f"  servers: " + ", ".join(f"{s.name} pid {s.pid}" for s in res.servers))
+    c.print(f"  state: {res.state_file}; remove everything with 'xdpguard lab down'")
+
+
+@lab.command()
+@_json
+def down(as_json):
+    """Remove the lab: detach xdpguard, stop servers, delete namespaces and state."""
+    res = topology.down()
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    for n in res.notes:
+        c.print(f"note: {n}")
+    if res.removed_namespaces:
+        c.print(f"lab '{res.name}' removed: {len(res.removed_namespaces)} namespaces, "
+                f"{len(res.killed_pids)} processes stopped")
+    else:
+        c.print(f"lab '{res.name}' was not up; nothing to remove")
+
+
+@lab.command()
+@_json
+def status(as_json):
+    """Show which namespaces, servers and XDP program of the lab exist."""
+    res = topology.status()
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    c.print(f"lab '{res.name}': {'[green]up[/]' if res.up else '[yellow]not (fully) up[/]'}")
+    for ns, exists in res.namespaces.items():
+        c.print(f"  netns {ns}: {'present' if exists else 'absent'}")
+    for s in res.servers:
+        c.print(f"  server {s['name']} pid {s['pid']}: {'running' if s['alive'] else 'gone'}")
+    if res.xdp:
+        drops = {cv["reason"]: cv["packets"] for cv in res.xdp["counters"] if cv["kind"] in ("drop", "would_drop")}
+        c.print(f"  xdpguard on {topology.PROT_IFACE}: prog id {res.xdp['prog_id']}, mode {res.xdp['mode']}"
+                f"{' MONITOR' if res.xdp['monitor'] else ''}; drops "
+                + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
+    elif any(res.namespaces.values()):
+        c.print("  xdpguard: not attached")
+    if any(res.namespaces.values()):
+        for role, addr in res.addresses.items():
+            c.print(f"  {role}: {addr}")
+
+
+@lab.command()
+@click.argument("kind", type=click.Choice(lab_attack.KINDS))
+@click.option("--pps", type=click.IntRange(1, None), default=None, help="Rate limit (default: as fast as possible).")
+@click.option("--duration", type=click.FloatRange(0.1, lab_attack.MAX_DURATION_S), default=5.0, show_default=True,
+              help="Stop after this many seconds.")
+@click.option("--sources", type=click.IntRange(1, lab_attack.MAX_SOURCES), default=None,
+              help="Distinct source addresses (1 = the attacker's own for udp-flood/icmp-flood; default 256 spoofed).")
+@click.option("--count", type=click.IntRange(1, lab_attack.MAX_COUNT), default=None,
+              help="Stop after this many packets (default: pps × duration, or 20 million).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Destination port (default per kind).")
+@click.option("--cpus", type=click.IntRange(1, 64), default=1, show_default=True, help="trafgen processes.")
+@_json
+def attack(kind, pps, duration, sources, count, port, cpus, as_json):
+    """Send a bounded attack of KIND from the attacker namespace to the protective IP."""
+    res = lab_attack.run(kind, pps=pps, duration=duration, sources=sources, count=count, port=port, cpus=cpus)
+    if as_json:
+        emit_json(res)
+    else:
+        console().print(lab_attack.describe(res))
+
+
+@lab.command()
+@click.option("--count", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--proto", type=click.Choice(["tcp", "udp", "http"]), default="http", show_default=True)
+@click.option("--ipv6", is_flag=True, help="Use the IPv6 protective address.")
+@click.option("--timeout", type=click.FloatRange(0.01, 30), default=1.0, show_default=True, help="Per request, seconds.")
+@click.option("--interval", type=click.FloatRange(0, 10), default=0.0, help="Pause between requests, seconds.")
+@click.option("--duration", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True,
+              help="Stop after this many seconds.")
+@_json
+def probe(count, proto, ipv6, timeout, interval, duration, as_json):
+    """A legitimate client's success rate and latency through the protective IP."""
+    if proto == "tcp" and ipv6:
+        raise click.UsageError("tcp echo is forwarded on IPv4 only; use --proto http or udp with --ipv6")
+    res = lab_probe.in_lab(proto, count, family=6 if ipv6 else 4, timeout=timeout, interval=interval,
+                           duration=duration)
+    if as_json:
+        emit_json(res)
+    else:
+        console().print(lab_probe.describe(res))

@@ -1,0 +1,126 @@
+"""`xdpguard limit set|clear|show`: per-source and per-destination token buckets, auto-ban.
+
+Limits apply per protected address (default: every one of the interface) or, with --port
+PROTO:PORT[-PORT], to those ports only (overriding the address's limits there). `limit set`
+replaces the limits of its scope with exactly the rates given.
+"""
+
+from __future__ import annotations
+
+import click
+
+from xdpguard.core import cleansing, policy
+from xdpguard.core.errors import UserError
+
+from .output import console, emit_json, human_bytes
+from .params import IFACE
+
+_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
+
+
+class RateType(click.ParamType):
+    """A whole number ≥ 0, optionally with a k/M/G suffix (decimal): 10k, 1.5M."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        mult = _SUFFIX.get(text[-1:].lower(), 1)
+        num = text[:-1] if mult > 1 else text
+        try:
+            f = float(num)
+        except ValueError:
+            self.fail(f"'{value}' is not a number (e.g. 1000, 10k, 1.5M)", param, ctx)
+        if f < 0 or f != f or f * mult != int(f * mult):
+            self.fail(f"'{value}' must be a whole number ≥ 0", param, ctx)
+        return int(f * mult)
+
+
+RATE = RateType()
+
+iface_option = click.option("--iface", "-i", type=IFACE, default=None,
+                            help="Interface; may be omitted when exactly one is protected.")
+protected_option = click.option("--protected", default=None, metavar="ADDR",
+                                help="Only this protected address (default: all of the interface's).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+_port = click.option("--port", default=None, metavar="PROTO:PORT[-PORT]",
+                     help="Only these ports (tcp:80, udp:27015-27020): per-port limits.")
+
+
+def describe_limits(d: dict) -> str:
+    parts = []
+    if d["src_pps"]:
+        parts.append(f"src {d['src_pps']:,} pps (burst {d['src_burst_pkts']:,})")
+    if d["src_bps"]:
+        parts.append(f"src {human_bytes(d['src_bps'])}/s (burst {human_bytes(d['src_burst_bytes'])})")
+    if d["dst_pps"]:
+        parts.append(f"dst {d['dst_pps']:,} pps (burst {d['dst_burst_pkts']:,})")
+    if d["syn_src_pps"]:
+        parts.append(f"syn/src {d['syn_src_pps']:,} pps (burst {d['syn_src_burst']:,})")
+    if d["ban_s"]:
+        parts.append(f"ban {d['ban_s']} s")
+    return ", ".join(parts) or "no limit"
+
+
+def render(res: cleansing.LimitResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    if res.action != "show":
+        c.print(f"limits on {res.iface}: {res.action} {res.changed} entries")
+    if not res.limits:
+        c.print(f"no rate limits on {res.iface}")
+    for v in res.limits:
+        c.print(f"  {v.protected} {v.scope}: {describe_limits(v.limits)}")
+
+
+@click.group()
+def limit():
+    """Per-source pps/bps and per-destination pps limits (drop reason `ratelimit`)."""
+
+
+@limit.command("set")
+@protected_option
+@_port
+@click.option("--src-pps", type=RATE, default=0, help="Packets/s per source.")
+@click.option("--src-burst", type=RATE, default=0, help="Bucket depth, packets (default: one second's worth).")
+@click.option("--src-bps", type=RATE, default=0, help="Bytes/s per source (frame bytes).")
+@click.option("--src-burst-bytes", type=RATE, default=0, help="Bucket depth, bytes (default: one second's worth).")
+@click.option("--dst-pps", type=RATE, default=0, help="Packets/s to each protected address:port from all sources.")
+@click.option("--dst-burst", type=RATE, default=0, help="Its bucket depth, packets.")
+@click.option("--syn-src-pps", type=RATE, default=0, help="TCP SYNs/s per source (drop reason `syn`).")
+@click.option("--syn-src-burst", type=RATE, default=0, help="Its bucket depth, SYNs.")
+@click.option("--ban", "ban_s", type=RATE, default=0, metavar="SECONDS",
+              help="Ban a source exceeding a per-source rate for SECONDS (drop reason `banned`).")
+@iface_option
+@json_option
+def set_(protected, port, src_pps, src_burst, src_bps, src_burst_bytes, dst_pps, dst_burst, syn_src_pps,
+         syn_src_burst, ban_s, iface, as_json):
+    """Replace the limits of the protected address(es), or of their --port, with these rates."""
+    lim = policy.Limits(src_pps, src_burst, src_bps, src_burst_bytes, dst_pps, dst_burst, syn_src_pps,
+                        syn_src_burst, ban_s)
+    render(cleansing.limit_set(iface, lim, protected, port), as_json)
+
+
+@limit.command("clear")
+@protected_option
+@_port
+@click.option("--all-ports", is_flag=True, help="Also remove every per-port limit of the address(es).")
+@iface_option
+@json_option
+def clear(protected, port, all_ports, iface, as_json):
+    """Remove the limits of the protected address(es), or of their --port."""
+    if port and all_ports:
+        raise UserError("give --port or --all-ports, not both")
+    render(cleansing.limit_clear(iface, protected, port, all_ports), as_json)
+
+
+@limit.command("show")
+@iface_option
+@json_option
+def show(iface, as_json):
+    """Show the limits in force."""
+    render(cleansing.limit_show(iface), as_json)

@@ -1,0 +1,108 @@
+"""`xdpguard capture`: sampled dropped packets into a pcapng file that tcpdump opens.
+
+Each packet block carries a comment `xdpguard <kind> <reason> 1/<N>` (pcapng opt_comment), so
+Wireshark shows why the packet was dropped; the result also tallies reasons and sources.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import Counter as Tally
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import protection, sampling
+from .abi import SAMPLE_SNAPLEN, MapName, Reason
+from .errors import UserError
+
+LINKTYPE_ETHERNET = 1
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    n = 12 + len(body)
+    return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+class PcapngWriter:
+    def __init__(self, path: str | Path, snaplen: int, comment: str = ""):
+        self.f = open(path, "wb")
+        opts = (_option(1, comment.encode()) if comment else b"") + _option(0, b"")
+        self.f.write(_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + opts))
+        idb_opts = _option(9, bytes([6])) + _option(0, b"")  # if_tsresol: microseconds
+        self.f.write(_block(0x00000001, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + idb_opts))
+
+    def write(self, ts_us: int, data: bytes, orig_len: int, comment: str = "") -> None:
+        opts = (_option(1, comment.encode()) + _option(0, b"")) if comment else b""
+        pad = data + b"\0" * (-len(data) % 4)
+        body = struct.pack("<IIIII", 0, ts_us >> 32, ts_us & 0xFFFFFFFF, len(data), orig_len) + pad + opts
+        self.f.write(_block(0x00000006, body))
+
+    def close(self) -> None:
+        self.f.close()
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    iface: str
+    file: str
+    packets: int
+    sample_every: int
+    reasons: dict[str, int]
+    sources: dict[str, int]
+    timed_out: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def capture(ifname: str | None, path: str, count: int = 100, reason: str | None = None, snaplen: int = SAMPLE_SNAPLEN,
+            timeout_s: float = 10.0, sample_every: int | None = None) -> CaptureResult:
+    """Write up to `count` sampled dropped packets (of `reason`, if given) within `timeout_s`."""
+    if reason is not None and reason not in {r.label for r in Reason if r.is_drop}:
+        raise UserError(f"unknown drop reason '{reason}': use one of "
+                        f"{', '.join(r.label for r in Reason if r.is_drop)}")
+    if not 1 <= snaplen <= SAMPLE_SNAPLEN:
+        raise UserError(f"--snaplen {snaplen} must be between 1 and {SAMPLE_SNAPLEN} (what the data path copies)")
+    if count < 1 or timeout_s <= 0:
+        raise UserError("--count and --timeout must be positive")
+    with protection.open_guard(ifname) as g:
+        old = sampling.get_sample_every(g.maps)
+        want = sample_every if sample_every is not None else (old or sampling.DEFAULT_SAMPLE_EVERY)
+        if want != old:
+            sampling.set_sample_every(g.maps, want)
+        reasons: Tally[str] = Tally()
+        sources: Tally[str] = Tally()
+        n = 0
+        # monotonic (the samples' clock) → wall clock for the pcap timestamps
+        offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        w = PcapngWriter(path, snaplen, comment=f"xdpguard capture on {g.iface.name}, 1 in {want} sampled drops")
+        try:
+            with sampling.SampleReader(g.maps[MapName.SAMPLES].fd, g.iface) as reader:
+                try:
+                    with reader.exclusive(wait_s=min(timeout_s, 5.0)):
+                        reader.discard_old()
+                        deadline = time.monotonic() + timeout_s
+                        while n < count and time.monotonic() < deadline:
+                            for s in reader.drain(timeout_ms=50):
+                                if not s.dropped or (reason is not None and s.reason != reason) or n >= count:
+                                    continue
+                                w.write((s.ts_ns + offset_ns) // 1000, s.data[:snaplen], s.pkt_len,
+                                        comment=f"xdpguard {s.kind} {s.reason} 1/{s.sample_every}")
+                                n += 1
+                                reasons[s.reason] += 1
+                                sources[s.src] += 1
+                except sampling.SamplerBusy:
+                    raise UserError("another xdpguard process is reading the samples of "
+                                    f"{g.iface.name}; try again") from None
+        finally:
+            w.close()
+            if want != old:
+                sampling.set_sample_every(g.maps, old)
+        return CaptureResult(g.iface.name, str(path), n, want, dict(reasons.most_common()),
+                             dict(sources.most_common(20)), n < count)

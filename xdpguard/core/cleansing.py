@@ -1,0 +1,514 @@
+"""Cleansing verbs: rate limits, protocol blocking, reflection ports, feature filters, the SYN
+defence, monitor mode, the fragment policy and dynamic bans (DESIGN.md pipeline, steps 5–12).
+
+Each verb validates everything first (the typed objects of policy.py raise UserError), then
+opens the interface's maps, takes its lock once, writes, and returns a frozen result object
+(`to_dict()` for --json). Bad input changes nothing. No click, no rich.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+from . import abi, policy, state
+from .errors import UserError
+from .prefixes import parse_address
+from .protection import _select_protected, open_guard, parse_port_range
+
+PORT_PROTOS = ("tcp", "udp")
+DROP_REASONS = tuple(r.label for r in abi.Reason if r.is_drop)
+ALL_DROP_MASK = sum(1 << r for r in abi.Reason if r.is_drop)
+MAX_BAN_TTL_S = policy.MAX_BAN_S
+
+
+def _as_dict(obj) -> dict:
+    return asdict(obj)
+
+
+def _now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # bpf_ktime_get_ns()
+
+
+def _check_count(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise UserError(f"invalid {name} {value!r}: must be a whole number in {lo}-{hi:,}")
+    return value
+
+
+# ---- rate limits ----
+
+
+@dataclass(frozen=True)
+class LimitView:
+    protected: str
+    scope: str  # "address" or "tcp:80" / "udp:1000-2000"
+    limits: dict  # policy.Limits fields, bursts as stored (filled in)
+
+
+@dataclass(frozen=True)
+class LimitResult:
+    iface: str
+    action: str  # set | clear | show
+    changed: int  # entries written (addresses, or ports x addresses)
+    limits: list[LimitView]
+    to_dict = _as_dict
+
+
+def parse_port_spec(text: str) -> tuple[str, int, int]:
+    """'udp:53' or 'tcp:1000-2000' → (proto, lo, hi)."""
+    proto, colon, ports = str(text).strip().partition(":")
+    proto = proto.lower()
+    if not colon or proto not in PORT_PROTOS:
+        raise UserError(f"invalid port '{text}': use PROTO:PORT[-PORT] with PROTO tcp or udp (e.g. udp:53)")
+    lo, hi = parse_port_range(ports)
+    return proto, lo, hi
+
+
+def _limit_views(g, only=None) -> list[LimitView]:
+    out = []
+    for a in g.protected_addrs():
+        lim = policy.read_address_policy(g.maps, a).limits
+        if lim.active():
+            out.append(LimitView(str(a), "address", asdict(lim)))
+    runs: list[list] = []  # [addr, proto, lo, hi, Limits]
+    for (addr, proto, port), lim in policy.read_port_limits(g.maps).items():
+        if runs and runs[-1][0] == addr and runs[-1][1] == proto and runs[-1][3] == port - 1 and runs[-1][4] == lim:
+            runs[-1][3] = port
+        else:
+            runs.append([addr, proto, port, port, lim])
+    for addr, proto, lo, hi, lim in runs:
+        rng = str(lo) if lo == hi else f"{lo}-{hi}"
+        out.append(LimitView(addr, f"{proto}:{rng}", asdict(lim)))
+    return out
+
+
+def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None = None,
+              port: str | None = None) -> LimitResult:
+    """Replace the limits of every selected address (or of its ports PROTO:LO-HI) by `limits`."""
+    if not limits.active():
+        raise UserError("limit set needs a rate: --src-pps, --src-bps, --dst-pps or --syn-src-pps")
+    if limits.ban_s and not (limits.src_pps or limits.src_bps or limits.syn_src_pps):
+        raise UserError("--ban needs a per-source rate (--src-pps, --src-bps or --syn-src-pps)")
+    spec = parse_port_spec(port) if port else None
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        addrs = _select_protected(g, protected)
+        if spec is None:
+            for a in addrs:
+                cur = policy.read_address_policy(g.maps, a)
+                policy.write_address_policy(g.maps, a, replace(cur, limits=limits))
+            changed = len(addrs)
+        else:
+            proto, lo, hi = spec
+            changed = _write_port_limits(g, addrs, proto, lo, hi, limits)
+        return LimitResult(g.iface.name, "set", changed, _limit_views(g))
+
+
+def _write_port_limits(g, addrs, proto: str, lo: int, hi: int, lim: policy.Limits | None) -> int:
+    m = g.maps[abi.MapName.PORTLIM]
+    if lim is not None:
+        have = {(bytes(k.addr), k.family, k.proto, k.port) for k in m.keys()}
+        new = sum(1 for a in addrs for p in range(lo, hi + 1)
+                  if (a.packed.ljust(16, b"\0"), a.version, policy.PROTO_NUMBERS[proto], p) not in have)
+        if len(have) + new > m.max_entries:
+            raise UserError(f"too many per-port limits: {len(have) + new:,} entries, the table holds {m.max_entries:,}")
+    changed = 0
+    for a in addrs:
+        if lim is None:
+            changed += sum(1 for p in range(lo, hi + 1) if m.get(policy.port_key(a, proto, p)) is not None)
+        else:
+            changed += hi - lo + 1
+        policy.write_port_limits(g.maps, a, proto, lo, hi, lim)
+    return changed
+
+
+def limit_clear(ifname: str | None, protected: str | None = None, port: str | None = None,
+                all_ports: bool = False) -> LimitResult:
+    """Remove the limits of the selected addresses (or of their ports PROTO:LO-HI; with all_ports
+    every per-port override as well)."""
+    spec = parse_port_spec(port) if port else None
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        addrs = _select_protected(g, protected)
+        changed = 0
+        if spec is None:
+            for a in addrs:
+                cur = policy.read_address_policy(g.maps, a)
+                changed += cur.limits != policy.Limits()
+                policy.write_address_policy(g.maps, a, replace(cur, limits=policy.Limits()))
+        else:
+            proto, lo, hi = spec
+            changed += _write_port_limits(g, addrs, proto, lo, hi, None)
+        if all_ports:
+            wanted = set(addrs)
+            for addr, proto, p in list(policy.read_port_limits(g.maps)):
+                a = ipaddress.ip_address(addr)
+                if a in wanted:
+                    policy.write_port_limits(g.maps, a, proto, p, p, None)
+                    changed += 1
+        return LimitResult(g.iface.name, "clear", changed, _limit_views(g))
+
+
+def limit_show(ifname: str | None) -> LimitResult:
+    with open_guard(ifname) as g:
+        return LimitResult(g.iface.name, "show", 0, _limit_views(g))
+
+
+# ---- protocol blocking ----
+
+
+@dataclass(frozen=True)
+class ProtoResult:
+    iface: str
+    action: str  # block | unblock | show
+    changed: int
+    blocked: dict[str, list[str]]  # protected address → blocked protocols
+    to_dict = _as_dict
+
+
+def _blocked(g) -> dict[str, list[str]]:
+    order = list(policy.PROTOCOLS)
+    return {str(a): sorted(policy.read_address_policy(g.maps, a).blocked, key=order.index) for a in g.protected_addrs()}
+
+
+def proto_change(ifname: str | None, proto: str, block: bool, protected: str | None = None) -> ProtoResult:
+    proto = str(proto).lower()
+    if proto not in policy.PROTOCOLS:
+        raise UserError(f"unknown protocol '{proto}': use tcp, udp, icmp or other")
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        changed = 0
+        for a in _select_protected(g, protected):
+            cur = policy.read_address_policy(g.maps, a)
+            new = cur.blocked | {proto} if block else cur.blocked - {proto}
+            if new != cur.blocked:
+                policy.write_address_policy(g.maps, a, replace(cur, blocked=frozenset(new)))
+                changed += 1
+        return ProtoResult(g.iface.name, "block" if block else "unblock", changed, _blocked(g))
+
+
+def proto_show(ifname: str | None) -> ProtoResult:
+    with open_guard(ifname) as g:
+        return ProtoResult(g.iface.name, "show", 0, _blocked(g))
+
+
+# ---- interface-wide policy (reflection, filters, monitor, fragments) ----
+
+
+def _change_global(ifname: str | None, change) -> tuple[str, policy.GlobalPolicy, policy.GlobalPolicy]:
+    """Read the global policy, apply change(old) → new (which validates), write it; one lock."""
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        old = policy.read_global_policy(g.maps)
+        new = change(old)
+        if new != old:
+            policy.write_global_policy(g.maps, new, old)
+        return g.iface.name, old, new
+
+
+def _read_global(ifname: str | None) -> tuple[str, policy.GlobalPolicy]:
+    with open_guard(ifname) as g:
+        return g.iface.name, policy.read_global_policy(g.maps)
+
+
+@dataclass(frozen=True)
+class ReflectionResult:
+    iface: str
+    action: str  # add | del | on | off | list
+    enabled: bool
+    ports: list[int]
+    changed: list[int] = field(default_factory=list)
+    to_dict = _as_dict
+
+
+def _check_ports(ports) -> frozenset[int]:
+    out = set()
+    for p in ports:
+        try:
+            n = int(str(p).strip())
+        except ValueError:
+            raise UserError(f"invalid reflection port '{p}': not a number") from None
+        if not 1 <= n <= 65535:
+            raise UserError(f"invalid reflection port {n}: outside 1-65535")
+        out.add(n)
+    if not out:
+        raise UserError("give at least one port")
+    return frozenset(out)
+
+
+def reflection_change(ifname: str | None, action: str, ports=()) -> ReflectionResult:
+    if action not in ("add", "del", "on", "off"):
+        raise UserError(f"invalid reflection action '{action}': use add, del, on or off")
+    wanted = _check_ports(ports) if action in ("add", "del") else frozenset()
+
+    def change(old: policy.GlobalPolicy) -> policy.GlobalPolicy:
+        if action == "add":
+            return replace(old, reflection_ports=old.reflection_ports | wanted)
+        if action == "del":
+            return replace(old, reflection_ports=old.reflection_ports - wanted)
+        return replace(old, reflection=action == "on")
+
+    name, old, new = _change_global(ifname, change)
+    changed = sorted(old.reflection_ports ^ new.reflection_ports)
+    return ReflectionResult(name, action, new.reflection, sorted(new.reflection_ports), changed)
+
+
+def reflection_list(ifname: str | None) -> ReflectionResult:
+    name, pol = _read_global(ifname)
+    return ReflectionResult(name, "list", pol.reflection, sorted(pol.reflection_ports))
+
+
+@dataclass(frozen=True)
+class FilterView:
+    index: int  # 1-based, the order of evaluation
+    filter: dict  # policy.Filter.to_dict()
+    summary: str
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    iface: str
+    action: str  # add | del | list
+    index: int | None  # the filter added or deleted
+    filters: list[FilterView]
+    capacity: int = abi.FILTERS_MAX
+    to_dict = _as_dict
+
+
+def describe_filter(f: policy.Filter) -> str:
+    parts = [f.proto or "any"]
+    for name, (lo, hi), full in (("sport", f.sport, (0, 65535)), ("dport", f.dport, (0, 65535)),
+                                 ("len", f.length, (0, 65535)), ("ttl", f.ttl, (0, 255))):
+        if (lo, hi) != full:
+            parts.append(f"{name} {lo}" if lo == hi else f"{name} {lo}-{hi}")
+    mask, value = f.tcp_flags
+    if mask:
+        parts.append("flags " + ",".join(("" if value & bit else "!") + n
+                                         for n, bit in policy.TCP_FLAGS.items() if mask & bit))
+    if f.payload:
+        m = f.mask_bytes()
+        parts.append(f"{f.payload_base}+{f.payload_off} {f.payload.hex()}"
+                     + ("" if m == b"\xff" * len(m) else f"/{m.hex()}"))
+    act = f.action + (f" {f.ban_s} s" if f.action == "drop-ban" else "")
+    return " ".join(parts) + f" -> {act}"
+
+
+def _filter_views(pol: policy.GlobalPolicy) -> list[FilterView]:
+    return [FilterView(i + 1, f.to_dict(), describe_filter(f)) for i, f in enumerate(pol.filters)]
+
+
+def filter_add(ifname: str | None, flt: policy.Filter, position: int | None = None) -> FilterResult:
+    """Insert flt at 1-based `position` (default: last)."""
+    if position is not None:
+        _check_count("--position", position, 1, abi.FILTERS_MAX)
+    where: list[int] = []
+
+    def change(old: policy.GlobalPolicy) -> policy.GlobalPolicy:
+        if len(old.filters) >= abi.FILTERS_MAX:
+            raise UserError(f"too many filters: the table holds {abi.FILTERS_MAX}; delete one first")
+        i = len(old.filters) if position is None else min(position - 1, len(old.filters))
+        where.append(i + 1)
+        return replace(old, filters=old.filters[:i] + (flt,) + old.filters[i:])
+
+    name, _, new = _change_global(ifname, change)
+    return FilterResult(name, "add", where[0], _filter_views(new))
+
+
+def filter_del(ifname: str | None, index: int) -> FilterResult:
+    _check_count("filter index", index, 1, abi.FILTERS_MAX)
+
+    def change(old: policy.GlobalPolicy) -> policy.GlobalPolicy:
+        if index > len(old.filters):
+            raise UserError(f"no filter {index}: there are {len(old.filters)}")
+        return replace(old, filters=old.filters[: index - 1] + old.filters[index:])
+
+    name, _, new = _change_global(ifname, change)
+    return FilterResult(name, "del", index, _filter_views(new))
+
+
+def filter_list(ifname: str | None) -> FilterResult:
+    name, pol = _read_global(ifname)
+    return FilterResult(name, "list", None, _filter_views(pol))
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    iface: str
+    action: str  # on | off | show
+    reasons: list[str]  # drop reasons counted as would_drop and passed
+    all: bool
+    to_dict = _as_dict
+
+
+def _reason_mask(reasons) -> int:
+    if not reasons:
+        return ALL_DROP_MASK
+    mask = 0
+    for r in reasons:
+        name = str(r).strip().lower()
+        if name not in DROP_REASONS:
+            raise UserError(f"unknown reason '{r}': use {', '.join(DROP_REASONS)}")
+        mask |= 1 << abi.Reason[name.upper()]
+    return mask
+
+
+def _monitor_view(name: str, action: str, mask: int) -> MonitorResult:
+    reasons = [r.label for r in abi.Reason if r.is_drop and mask & (1 << r)]
+    return MonitorResult(name, action, reasons, mask & ALL_DROP_MASK == ALL_DROP_MASK)
+
+
+def monitor_change(ifname: str | None, on: bool, reasons=()) -> MonitorResult:
+    """Monitor (count as would_drop and pass) the given drop reasons, default all; off: stop."""
+    bits = _reason_mask(reasons)
+    name, _, new = _change_global(
+        ifname, lambda old: replace(old, monitor_mask=(old.monitor_mask | bits) if on else (old.monitor_mask & ~bits)))
+    return _monitor_view(name, "on" if on else "off", new.monitor_mask)
+
+
+def monitor_show(ifname: str | None) -> MonitorResult:
+    name, pol = _read_global(ifname)
+    return _monitor_view(name, "show", pol.monitor_mask)
+
+
+@dataclass(frozen=True)
+class FragmentsResult:
+    iface: str
+    action: str  # drop | pass | show
+    drop: bool
+    to_dict = _as_dict
+
+
+def fragments_set(ifname: str | None, drop: bool) -> FragmentsResult:
+    name, _, new = _change_global(ifname, lambda old: replace(old, drop_fragments=drop))
+    return FragmentsResult(name, "drop" if drop else "pass", new.drop_fragments)
+
+
+def fragments_show(ifname: str | None) -> FragmentsResult:
+    name, pol = _read_global(ifname)
+    return FragmentsResult(name, "show", pol.drop_fragments)
+
+
+# ---- SYN defence ----
+
+
+@dataclass(frozen=True)
+class SynView:
+    protected: str
+    threshold_pps: int
+    auth_min_ms: int
+    auth_max_ms: int
+    auth_keep_s: int
+    syn_src_pps: int  # the per-source SYN limit (limit set --syn-src-pps)
+
+
+@dataclass(frozen=True)
+class SynResult:
+    iface: str
+    action: str  # set | show
+    changed: int
+    policies: list[SynView]
+    to_dict = _as_dict
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    lo_s, dash, hi_s = str(text).strip().partition("-")
+    try:
+        lo, hi = int(lo_s), int(hi_s)
+    except ValueError:
+        raise UserError(f"invalid --auth-window '{text}': use MIN_MS-MAX_MS, e.g. 200-10000") from None
+    if not dash:
+        raise UserError(f"invalid --auth-window '{text}': use MIN_MS-MAX_MS, e.g. 200-10000")
+    return lo, hi
+
+
+def _syn_views(g) -> list[SynView]:
+    out = []
+    for a in g.protected_addrs():
+        p = policy.read_address_policy(g.maps, a)
+        out.append(SynView(str(a), p.syn.threshold_pps, p.syn.auth_min_ms, p.syn.auth_max_ms, p.syn.auth_keep_s,
+                           p.limits.syn_src_pps))
+    return out
+
+
+def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
+            protected: str | None = None) -> SynResult:
+    """Above threshold_pps SYNs/s (0: off) to an address, sources must retransmit to get in."""
+    d = policy.SynPolicy()
+    lo, hi = parse_window(auth_window) if auth_window else (d.auth_min_ms, d.auth_max_ms)
+    syn = policy.SynPolicy(threshold_pps, lo, hi, d.auth_keep_s if keep_s is None else keep_s)
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        addrs = _select_protected(g, protected)
+        for a in addrs:
+            cur = policy.read_address_policy(g.maps, a)
+            policy.write_address_policy(g.maps, a, replace(cur, syn=syn))
+        return SynResult(g.iface.name, "set", len(addrs), _syn_views(g))
+
+
+def syn_show(ifname: str | None) -> SynResult:
+    with open_guard(ifname) as g:
+        return SynResult(g.iface.name, "show", 0, _syn_views(g))
+
+
+# ---- dynamic bans ----
+
+
+@dataclass(frozen=True)
+class BanResult:
+    iface: str
+    action: str  # add | del | list
+    changed: int
+    bans: list[policy.BanView]
+    missing: list[str] = field(default_factory=list)
+    to_dict = _as_dict
+
+
+def _bans(g) -> list[policy.BanView]:
+    # an operator's ban carries reason `banned`; say so
+    return [replace(b, reason="operator") if b.reason == abi.Reason.BANNED.label else b
+            for b in policy.read_bans(g.maps, _now_ns())]
+
+
+def _check_ttl(ttl) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= MAX_BAN_TTL_S:
+        raise UserError(f"invalid --ttl {ttl!r}: must be between 1 s and {MAX_BAN_TTL_S} s (7 days)")
+    return float(ttl)
+
+
+def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:
+    ttl = _check_ttl(ttl_s)
+    parsed = list(dict.fromkeys(parse_address(a, "source address") for a in addrs))
+    if not parsed:
+        raise UserError("give at least one address")
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        now = _now_ns()
+        policy.sweep_bans(g.maps, now)
+        m = g.maps[abi.MapName.BANS]
+        for a in parsed:
+            k = policy.src_key(a)
+            old = m.get(k)
+            m.set(k, abi.Ban(now + int(ttl * 1e9), old.hits if old is not None else 0, abi.Reason.BANNED, 0))
+        st = g.maps[abi.MapName.DPSTATE]
+        cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+        if not cur.flags & abi.DP_HAS_BANS:
+            st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_HAS_BANS))
+        return BanResult(g.iface.name, "add", len(parsed), _bans(g))
+
+
+def ban_del(ifname: str | None, addrs: list[str]) -> BanResult:
+    parsed = list(dict.fromkeys(parse_address(a, "source address") for a in addrs))
+    if not parsed:
+        raise UserError("give at least one address")
+    with open_guard(ifname) as g, state.iface_lock(g.iface):
+        m = g.maps[abi.MapName.BANS]
+        removed, missing = 0, []
+        for a in parsed:
+            if m.delete(policy.src_key(a)):
+                removed += 1
+            else:
+                missing.append(str(a))
+        policy.sweep_bans(g.maps, _now_ns())
+        return BanResult(g.iface.name, "del", removed, _bans(g), missing)
+
+
+def ban_list(ifname: str | None) -> BanResult:
+    with open_guard(ifname) as g:
+        return BanResult(g.iface.name, "list", 0, _bans(g))

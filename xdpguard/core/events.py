@@ -1,0 +1,477 @@
+"""Attack detection: thresholds per protected address, attack events, their log and hook.
+
+Thresholds (packets/s and bits/s, overall and per drop reason; 0 = none) live in the
+interface's state file under "attack". A protected address whose measured rates cross any
+threshold opens an attack event; the event closes once every rate stayed below for `hold_s`.
+Each event keeps start, end, peak pps/bps, top reasons, sources and ports; its start and end
+are appended to $XDPGUARD_STATE_DIR/events.jsonl (one JSON object a line, the later line of an
+id wins), and an optional hook command gets the event JSON on stdin at start and end.
+
+Per-address rates: with one protected address the interface's exact counters are its own;
+with several, each address gets its share of the sampled packets (an estimate at 1 in N).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+import uuid
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import state
+from .errors import UserError
+
+STATE_KEY = "attack"
+DEFAULT_HOLD_S = 10.0
+HOOK_TIMEOUT_S = 30.0
+
+
+# ---- thresholds ----
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    pps: float = 0  # all packets to the address (dropped or not)
+    bps: float = 0
+    drop_pps: float = 0  # dropped (and would-drop) packets
+    drop_bps: float = 0
+    reasons: dict[str, tuple[float, float]] = field(default_factory=dict)  # reason → (pps, bps)
+
+    def to_json(self) -> dict:
+        return {"pps": self.pps, "bps": self.bps, "drop_pps": self.drop_pps, "drop_bps": self.drop_bps,
+                "reasons": {r: list(v) for r, v in sorted(self.reasons.items())}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Thresholds:
+        return cls(float(d.get("pps", 0)), float(d.get("bps", 0)), float(d.get("drop_pps", 0)),
+                   float(d.get("drop_bps", 0)), {r: (float(v[0]), float(v[1])) for r, v in d.get("reasons", {}).items()})
+
+    def is_empty(self) -> bool:
+        return not (self.pps or self.bps or self.drop_pps or self.drop_bps or any(p or b for p, b in self.reasons.values()))
+
+
+DEFAULT_THRESHOLDS = Thresholds(drop_pps=1000)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Rates to one protected address over one interval."""
+
+    pps: float = 0.0
+    bps: float = 0.0
+    drop_pps: float = 0.0
+    drop_bps: float = 0.0
+    reasons: dict[str, tuple[float, float]] = field(default_factory=dict)  # drop reason → (pps, bps)
+    sources: dict[str, float] = field(default_factory=dict)  # source → pps estimate
+    ports: dict[str, float] = field(default_factory=dict)  # proto/port → pps estimate
+
+
+def exceeded(t: Thresholds, m: Measure) -> list[str]:
+    """Which thresholds m crosses, as short labels ('pps', 'drop_bps', 'blocklist pps', …)."""
+    out = [name for name in ("pps", "bps", "drop_pps", "drop_bps")
+           if getattr(t, name) and getattr(m, name) > getattr(t, name)]
+    for r, (tp, tb) in sorted(t.reasons.items()):
+        mp, mb = m.reasons.get(r, (0.0, 0.0))
+        if tp and mp > tp:
+            out.append(f"{r} pps")
+        if tb and mb > tb:
+            out.append(f"{r} bps")
+    return out
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    default: Thresholds = DEFAULT_THRESHOLDS
+    addresses: dict[str, Thresholds] = field(default_factory=dict)
+    hold_s: float = DEFAULT_HOLD_S
+    hook: str | None = None
+
+    def for_address(self, addr: str) -> Thresholds:
+        return self.addresses.get(addr, self.default)
+
+    def to_json(self) -> dict:
+        return {"default": self.default.to_json(), "addresses": {a: t.to_json() for a, t in sorted(self.addresses.items())},
+                "hold_s": self.hold_s, "hook": self.hook}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> EventConfig:
+        if not d:
+            return cls()
+        return cls(Thresholds.from_json(d.get("default", {})) if "default" in d else DEFAULT_THRESHOLDS,
+                   {a: Thresholds.from_json(t) for a, t in d.get("addresses", {}).items()},
+                   float(d.get("hold_s", DEFAULT_HOLD_S)), d.get("hook"))
+
+
+def load_config(iface: state.Iface) -> EventConfig:
+    try:
+        return EventConfig.from_json((state.read_state(iface) or {}).get(STATE_KEY))
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise UserError(f"state of {iface.name}: bad attack thresholds: {exc}") from None
+
+
+def set_config(iface: state.Iface, update: Callable[[EventConfig], EventConfig]) -> EventConfig:
+    with state.iface_lock(iface):
+        st = state.read_state(iface)
+        if st is None:
+            raise UserError(f"{iface.name} is not protected by xdpguard; run 'xdpguard attach {iface.name}' first")
+        cfg = update(EventConfig.from_json(st.get(STATE_KEY)))
+        st[STATE_KEY] = cfg.to_json()
+        state.write_state(iface, st)
+    return cfg
+
+
+def parse_rate(text: str, what: str) -> float:
+    """'1000', '10k', '1.5M', '2G' → a number (0 switches the threshold off)."""
+    t = str(text).strip()
+    mult = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:].lower(), 1)
+    try:
+        v = float(t[:-1] if mult != 1 else t) * mult
+    except ValueError:
+        raise UserError(f"invalid {what} '{text}': use a number, optionally with k, M or G") from None
+    if v < 0:
+        raise UserError(f"invalid {what} '{text}': must not be negative")
+    return v
+
+
+# ---- events ----
+
+
+@dataclass
+class AttackEvent:
+    id: str
+    iface: str
+    protected: str
+    start: float  # wall clock
+    end: float | None = None
+    state: str = "open"  # open | closed
+    peak_pps: float = 0.0
+    peak_bps: float = 0.0
+    peak_drop_pps: float = 0.0
+    peak_drop_bps: float = 0.0
+    triggers: list[str] = field(default_factory=list)
+    top_reasons: list[list] = field(default_factory=list)  # [reason, estimated packets]
+    top_sources: list[list] = field(default_factory=list)  # [address, peak pps]
+    top_ports: list[list] = field(default_factory=list)  # [proto/port, peak pps]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["duration_s"] = round((self.end if self.end is not None else time.time()) - self.start, 3)
+        return d
+
+
+@dataclass
+class _Open:
+    event: AttackEvent
+    last_above: float  # detector clock
+    reasons: Tally = field(default_factory=Tally)
+    sources: dict[str, float] = field(default_factory=dict)
+    ports: dict[str, float] = field(default_factory=dict)
+
+
+class Detector:
+    """Turns per-interval measures into attack events. `clock` is monotonic seconds (a fake in
+    tests); `wall` stamps the events; `sink(phase, event)` receives 'start' and 'end'."""
+
+    def __init__(self, iface: str, config: EventConfig, sink: Callable[[str, AttackEvent], None] = lambda p, e: None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+        self.iface = iface
+        self.config = config
+        self.sink = sink
+        self.clock = clock
+        self.wall = wall
+        self.open: dict[str, _Open] = {}
+
+    def active(self) -> list[AttackEvent]:
+        return [o.event for o in self.open.values()]
+
+    def update(self, measures: dict[str, Measure], interval_s: float) -> list[tuple[str, AttackEvent]]:
+        now = self.clock()
+        out: list[tuple[str, AttackEvent]] = []
+        for addr in sorted(set(measures) | set(self.open)):
+            m = measures.get(addr, Measure())
+            hit = exceeded(self.config.for_address(addr), m)
+            o = self.open.get(addr)
+            if hit and o is None:
+                ev = AttackEvent(uuid.uuid4().hex[:12], self.iface, addr, self.wall(), triggers=hit)
+                o = self.open[addr] = _Open(ev, now)
+                out.append(("start", ev))
+            if o is None:
+                continue
+            ev = o.event
+            if hit:
+                o.last_above = now
+                ev.triggers = sorted(set(ev.triggers) | set(hit))
+            ev.peak_pps = max(ev.peak_pps, m.pps)
+            ev.peak_bps = max(ev.peak_bps, m.bps)
+            ev.peak_drop_pps = max(ev.peak_drop_pps, m.drop_pps)
+            ev.peak_drop_bps = max(ev.peak_drop_bps, m.drop_bps)
+            for r, (p, _) in m.reasons.items():
+                o.reasons[r] += p * interval_s
+            for s, p in m.sources.items():
+                o.sources[s] = max(o.sources.get(s, 0.0), p)
+            for s, p in m.ports.items():
+                o.ports[s] = max(o.ports.get(s, 0.0), p)
+            ev.top_reasons = [[r, round(n)] for r, n in o.reasons.most_common(5) if n > 0]
+            ev.top_sources = [[s, round(p, 1)] for s, p in sorted(o.sources.items(), key=lambda kv: -kv[1])[:10]]
+            ev.top_ports = [[s, round(p, 1)] for s, p in sorted(o.ports.items(), key=lambda kv: -kv[1])[:10]]
+            if not hit and now - o.last_above >= self.config.hold_s:
+                ev.end = self.wall()
+                ev.state = "closed"
+                del self.open[addr]
+                out.append(("end", ev))
+        for phase, ev in out:
+            self.sink(phase, ev)
+        return out
+
+    def close_all(self) -> list[tuple[str, AttackEvent]]:
+        """On shutdown: close what is open (so the log never keeps a dangling event)."""
+        out = []
+        for addr, o in list(self.open.items()):
+            o.event.end = self.wall()
+            o.event.state = "closed"
+            o.event.triggers = sorted(set(o.event.triggers) | {"controller stopped"})
+            del self.open[addr]
+            out.append(("end", o.event))
+            self.sink("end", o.event)
+        return out
+
+
+def measures_from_snapshot(snap) -> dict[str, Measure]:
+    """Per protected address rates from a stats.Snapshot (exact for a single address)."""
+    rates = snap.rates
+    drop_p, drop_b = rates["dropped"].pps, rates["dropped"].bps
+    # would_drop (monitor mode) is an attack too: it would have been dropped.
+    wd = [r for r in snap.reasons if r.kind == "would_drop"]
+    drop_p += sum(r.pps for r in wd)
+    drop_b += sum(r.bps for r in wd)
+    tot_p = rates["dropped"].pps + rates["forwarded"].pps
+    tot_b = rates["dropped"].bps + rates["forwarded"].bps
+    reasons: dict[str, tuple[float, float]] = {}
+    for r in snap.reasons:
+        p, b = reasons.get(r.reason, (0.0, 0.0))
+        reasons[r.reason] = (p + r.pps, b + r.bps)
+    full = Measure(tot_p, tot_b, drop_p, drop_b, reasons, {t.key: t.pps for t in snap.sources},
+                   {t.key: t.pps for t in snap.ports})
+    if len(snap.protected) <= 1:
+        return {a: full for a in snap.protected}
+    shares = getattr(snap, "dst_shares", None) or {}
+    if not shares:
+        return {a: full for a in snap.protected}  # no samples: every address sees the whole
+    return {a: Measure(tot_p * shares.get(a, 0.0), tot_b * shares.get(a, 0.0), drop_p * shares.get(a, 0.0),
+                       drop_b * shares.get(a, 0.0), {r: (p * shares.get(a, 0.0), b * shares.get(a, 0.0))
+                                                      for r, (p, b) in reasons.items()},
+                       full.sources, full.ports) for a in snap.protected}
+
+
+# ---- the log and the hook ----
+
+
+def log_path() -> Path:
+    return state.state_root() / "events.jsonl"
+
+
+def append_log(ev: AttackEvent, path: Path | None = None) -> None:
+    path = path or log_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    line = json.dumps({**ev.to_dict(), "netns": state.netns_key()}, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_log(path: Path | None = None, iface: str | None = None, this_netns: bool = True) -> list[dict]:
+    """Events, oldest first; the last line of each id wins."""
+    path = path or log_path()
+    events: dict[str, dict] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    ns = state.netns_key()
+    for line in lines:
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of a crashed writer
+        if not isinstance(d, dict) or "id" not in d:
+            continue
+        if this_netns and d.get("netns") not in (None, ns):
+            continue
+        if iface is not None and d.get("iface") != iface:
+            continue
+        events[d["id"]] = d
+    return sorted(events.values(), key=lambda d: d.get("start", 0))
+
+
+class HookRunner:
+    """Runs the hook command (no shell: split like a shell would) with the event on stdin."""
+
+    def __init__(self, command: str | None):
+        self.argv = shlex.split(command) if command else None
+        self.running: list[subprocess.Popen] = []
+
+    def __call__(self, phase: str, ev: AttackEvent) -> None:
+        self.reap()
+        if not self.argv:
+            return
+        env = {**os.environ, "XDPGUARD_EVENT_PHASE": phase, "XDPGUARD_EVENT_ID": ev.id}
+        try:
+            p = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        except OSError:
+            return
+        try:
+            p.stdin.write(json.dumps({"phase": phase, **ev.to_dict()}).encode())
+            p.stdin.close()
+        except OSError:
+            pass
+        p._xg_deadline = time.monotonic() + HOOK_TIMEOUT_S  # type: ignore[attr-defined]
+        self.running.append(p)
+
+    def reap(self, wait: bool = False) -> None:
+        keep = []
+        for p in self.running:
+            if wait:
+                try:
+                    p.wait(timeout=max(0.0, p._xg_deadline - time.monotonic()))  # type: ignore[attr-defined]
+                except subprocess.TimeoutExpired:
+                    pass
+            if p.poll() is None:
+                if time.monotonic() > p._xg_deadline:  # type: ignore[attr-defined]
+                    p.kill()
+                    p.wait()
+                else:
+                    keep.append(p)
+        self.running = keep
+
+
+def open_events_in_log(iface: str) -> list[dict]:
+    return [d for d in read_log(iface=iface) if d.get("state") == "open"]
+
+
+# ---- what `top` and `run` use ----
+
+
+def _row(d: dict):
+    from .stats import AttackRow
+
+    return AttackRow(d.get("id", "?"), d.get("protected", "?"), float(d.get("start", 0)),
+                     None if d.get("end") is None else float(d["end"]), float(d.get("peak_pps", 0)),
+                     float(d.get("peak_bps", 0)), [r[0] for r in d.get("top_reasons", [])],
+                     [s[0] for s in d.get("top_sources", [])])
+
+
+class AttackTracker:
+    """For a dashboard: attack state from the event log (written by `xdpguard run`) and from a
+    detector of its own over the same snapshots (no log, no hook), so the state shows without
+    `run` too. Called with each Snapshot; returns (active, since, attacked addresses, events)."""
+
+    def __init__(self, iface: state.Iface, recent: int = 10):
+        self.iface = iface
+        self.detector = Detector(iface.name, load_config(iface))
+        self.recent = recent
+
+    def __call__(self, snap):
+        self.detector.update(measures_from_snapshot(snap), snap.interval_s)
+        logged = read_log(iface=snap.iface)
+        open_logged = [d for d in logged if d.get("state") == "open"]
+        mine = self.detector.active()
+        rows = [_row(d) for d in logged[-self.recent:]]
+        if not open_logged:
+            rows += [_row(e.to_dict()) for e in mine]
+        starts = [float(d["start"]) for d in open_logged] + [e.start for e in mine]
+        attacked = sorted({d.get("protected", "?") for d in open_logged} | {e.protected for e in mine})
+        return bool(starts), (min(starts) if starts else None), attacked, rows
+
+
+class DetectionLoop:
+    """Attack detection for every protected interface of this network namespace (run's thread)."""
+
+    def __init__(self, interval_s: float = 1.0, overrides: Thresholds | None = None, hold_s: float | None = None,
+                 hook: str | None = None, report: Callable[[str, AttackEvent], None] = lambda p, e: None):
+        self.interval_s = interval_s
+        self.overrides = overrides
+        self.hold_s = hold_s
+        self.hook = hook
+        self.report = report
+        self.detectors: dict[str, Detector] = {}
+        self.collectors: dict[str, object] = {}
+        self.hooks: dict[str, HookRunner] = {}
+        self.errors: dict[str, str] = {}
+
+    def active(self) -> dict[tuple[str, str], bool]:
+        return {(d.iface, e.protected): True for d in list(self.detectors.values()) for e in d.active()}
+
+    def _config(self, iface: state.Iface) -> EventConfig:
+        cfg = load_config(iface)
+        if self.overrides is not None and not self.overrides.is_empty():
+            cfg = EventConfig(self.overrides, {}, cfg.hold_s, cfg.hook)
+        if self.hold_s is not None:
+            cfg = EventConfig(cfg.default, cfg.addresses, self.hold_s, cfg.hook)
+        if self.hook is not None:
+            cfg = EventConfig(cfg.default, cfg.addresses, cfg.hold_s, self.hook)
+        return cfg
+
+    def _sink(self, name: str):
+        def sink(phase: str, ev: AttackEvent) -> None:
+            append_log(ev)
+            self.hooks[name](phase, ev)
+            self.report(phase, ev)
+        return sink
+
+    def _ensure(self, name: str) -> None:
+        from .stats import Collector
+
+        if name in self.collectors:
+            return
+        iface = state.resolve_iface(name)
+        cfg = self._config(iface)
+        self.hooks[name] = HookRunner(cfg.hook)
+        col = Collector(name)
+        col.prime()
+        self.collectors[name] = col
+        self.detectors[name] = Detector(name, cfg, sink=self._sink(name))
+
+    def _drop(self, name: str) -> None:
+        col = self.collectors.pop(name, None)
+        if col is not None:
+            col.close()
+        det = self.detectors.pop(name, None)
+        if det is not None:
+            det.close_all()
+        h = self.hooks.pop(name, None)
+        if h is not None:
+            h.reap(wait=True)
+
+    def tick(self) -> None:
+        """One detection round over every interface (each collect waits interval_s)."""
+        names = state.protected_ifaces()
+        for gone in set(self.collectors) - set(names):
+            self._drop(gone)
+        if not names:
+            time.sleep(self.interval_s)
+            return
+        per = self.interval_s / len(names)
+        for name in names:
+            try:
+                self._ensure(name)
+                snap = self.collectors[name].collect(per, sample_window_s=per / 2)
+                self.detectors[name].update(measures_from_snapshot(snap), snap.interval_s)
+                self.hooks[name].reap()
+                self.errors.pop(name, None)
+            except (UserError, OSError) as exc:
+                self.errors[name] = str(getattr(exc, "message", exc))
+                self._drop(name)
+                time.sleep(per)
+
+    def close(self) -> None:
+        for name in list(self.collectors):
+            self._drop(name)

@@ -1,0 +1,205 @@
+"""Packet samples from the data path (bpf/include/sample.h): switch, counters, ring reader.
+
+The XDP program writes 1 in N non-bypass verdicts per CPU (N = `sample_every`, 0 = off) into
+the `xg_samples` ring buffer. A ring buffer has one consumer position, so readers take turns:
+`SampleReader.window()` holds a per-interface flock while it drains, and drops records older
+than the window's start (whatever piled up while nobody was reading).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import ipaddress
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from . import libbpf, state
+from .abi import Kind, MapName, Reason, Sample, SampleConfig
+
+DEFAULT_SAMPLE_EVERY = 64
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+def _ring_lib() -> ctypes.CDLL:
+    so = libbpf.lib()
+    if not getattr(so, "_xg_ring_ready", False):
+        so.ring_buffer__new.argtypes = [ctypes.c_int, _SAMPLE_FN, ctypes.c_void_p, ctypes.c_void_p]
+        so.ring_buffer__new.restype = ctypes.c_void_p
+        so.ring_buffer__poll.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        so.ring_buffer__poll.restype = ctypes.c_int
+        so.ring_buffer__consume.argtypes = [ctypes.c_void_p]
+        so.ring_buffer__consume.restype = ctypes.c_int
+        so.ring_buffer__free.argtypes = [ctypes.c_void_p]
+        so.ring_buffer__free.restype = None
+        so._xg_ring_ready = True
+    return so
+
+
+@dataclass(frozen=True)
+class PacketSample:
+    """One decoded xg_samples record."""
+
+    ts_ns: int
+    sample_every: int
+    kind: str
+    reason: str
+    family: int
+    proto: str
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    pkt_len: int
+    data: bytes  # the first cap_len bytes of the packet
+
+    @classmethod
+    def from_record(cls, s: Sample) -> PacketSample:
+        fam = s.family
+        if fam == 4:
+            src, dst = str(ipaddress.IPv4Address(bytes(s.src[:4]))), str(ipaddress.IPv4Address(bytes(s.dst[:4])))
+        elif fam == 6:
+            src, dst = str(ipaddress.IPv6Address(bytes(s.src))), str(ipaddress.IPv6Address(bytes(s.dst)))
+        else:
+            src = dst = "-"
+        try:
+            kind = Kind(s.kind).label
+        except ValueError:
+            kind = str(s.kind)
+        try:
+            reason = Reason(s.reason).label
+        except ValueError:
+            reason = f"reason{s.reason}"
+        cap = min(s.cap_len, len(s.data))
+        return cls(s.ts_ns, s.sample_every, kind, reason, fam, PROTO_NAMES.get(s.proto, str(s.proto)),
+                   src, dst, s.sport, s.dport, s.pkt_len, bytes(s.data[:cap]))
+
+    @property
+    def dropped(self) -> bool:
+        return self.kind in ("drop", "would_drop")
+
+
+# ---- the switch and the per-CPU counters ----
+
+
+def get_sample_every(maps) -> int:
+    v = maps[MapName.SAMPLE_CFG].get(ctypes.c_uint32(0))
+    return 0 if v is None else v.sample_every
+
+
+def set_sample_every(maps, n: int) -> None:
+    if not 0 <= n <= 1 << 24:
+        raise ValueError(f"sample_every {n} must be between 0 (off) and {1 << 24}")
+    maps[MapName.SAMPLE_CFG].set(ctypes.c_uint32(0), SampleConfig(n, 0))
+
+
+def sample_counters(maps) -> tuple[int, int]:
+    """(samples taken, samples lost because the ring was full), summed over CPUs."""
+    per_cpu = maps[MapName.SAMPLE_STATE].get(ctypes.c_uint32(0)) or []
+    return sum(s.taken for s in per_cpu), sum(s.lost for s in per_cpu)
+
+
+# ---- the reader ----
+
+
+class SamplerBusy(RuntimeError):
+    """Another process holds the sample stream of this interface."""
+
+
+def _lock_path(iface: state.Iface | None):
+    name = f"{iface.nskey}.{iface.name}" if iface is not None else f"pid{os.getpid()}"
+    return state.run_root() / "locks" / f"{name}.samples.lock"
+
+
+class SampleReader:
+    """Drains xg_samples of one program (by the ring map's fd; not owned)."""
+
+    def __init__(self, ring_fd: int, iface: state.Iface | None = None):
+        self.iface = iface
+        self._got: list[PacketSample] = []
+        self._min_ts = 0
+        self._cb = _SAMPLE_FN(self._on_sample)  # keep a reference: libbpf calls it
+        so = _ring_lib()
+        rb = so.ring_buffer__new(ring_fd, self._cb, None, None)
+        if not rb:
+            err = ctypes.get_errno() or errno.EINVAL
+            raise libbpf.BpfError(err, f"ring_buffer__new on xg_samples: {os.strerror(err)}")
+        self._rb = rb
+
+    def close(self) -> None:
+        if self._rb:
+            _ring_lib().ring_buffer__free(self._rb)
+            self._rb = None
+
+    def __enter__(self) -> SampleReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _on_sample(self, _ctx, data, size) -> int:
+        if size >= ctypes.sizeof(Sample):
+            s = Sample.from_address(data)
+            if s.ts_ns >= self._min_ts:
+                self._got.append(PacketSample.from_record(s))
+        return 0
+
+    def drain(self, timeout_ms: int = 0) -> list[PacketSample]:
+        """What is in the ring now (waiting up to timeout_ms for the first record)."""
+        so = _ring_lib()
+        if timeout_ms > 0:
+            so.ring_buffer__poll(self._rb, timeout_ms)
+        so.ring_buffer__consume(self._rb)
+        out, self._got = self._got, []
+        return out
+
+    def discard_old(self) -> None:
+        """Throw away what piled up before now."""
+        self._min_ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.drain()
+
+    @contextmanager
+    def exclusive(self, wait_s: float = 1.0) -> Iterator[None]:
+        """Hold the interface's sample stream (a flock) for a drain window."""
+        path = _lock_path(self.iface)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise SamplerBusy("another xdpguard process is reading the samples") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)
+
+    def window(self, seconds: float, wait_s: float = 1.0) -> list[PacketSample]:
+        """Samples taken during the next `seconds` (exclusive; [] when another reader holds
+        the stream for longer than wait_s)."""
+        try:
+            with self.exclusive(wait_s):
+                self.discard_old()
+                out: list[PacketSample] = []
+                end = time.monotonic() + seconds
+                while True:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    out.extend(self.drain(timeout_ms=max(1, int(min(left, 0.05) * 1000))))
+                out.extend(self.drain())
+                return out
+        except SamplerBusy:
+            return []
