@@ -124,6 +124,7 @@ def lib() -> ctypes.CDLL:
         "bpf_map_get_next_key": ([ctypes.c_int, vp, vp], ctypes.c_int),
         "bpf_map_update_batch": ([ctypes.c_int, vp, vp, u32p, ctypes.POINTER(_BatchOpts)], ctypes.c_int),
         "bpf_map_delete_batch": ([ctypes.c_int, vp, u32p, ctypes.POINTER(_BatchOpts)], ctypes.c_int),
+        "bpf_map_lookup_batch": ([ctypes.c_int, vp, vp, vp, vp, u32p, ctypes.POINTER(_BatchOpts)], ctypes.c_int),
         "bpf_prog_test_run_opts": ([ctypes.c_int, ctypes.POINTER(_TestRunOpts)], ctypes.c_int),
         "bpf_xdp_attach": ([ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(_XdpAttachOpts)], ctypes.c_int),
         "bpf_xdp_detach": ([ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(_XdpAttachOpts)], ctypes.c_int),
@@ -199,6 +200,16 @@ def map_update_batch(fd: int, keys_ptr: int, values_ptr: int, count: int, elem_f
     n = ctypes.c_uint32(count)
     opts = _BatchOpts(ctypes.sizeof(_BatchOpts), elem_flags, 0)
     rc = lib().bpf_map_update_batch(fd, keys_ptr, values_ptr, ctypes.byref(n), ctypes.byref(opts))
+    return rc, n.value
+
+
+def map_lookup_batch(fd: int, keys_ptr: int, values_ptr: int, count: int, in_batch: int | None,
+                     out_batch_ptr: int) -> tuple[int, int]:
+    """One BPF_MAP_LOOKUP_BATCH call: (rc, elements returned). rc is -ENOENT at the end."""
+    n = ctypes.c_uint32(count)
+    opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
+    rc = lib().bpf_map_lookup_batch(fd, in_batch, out_batch_ptr, keys_ptr, values_ptr, ctypes.byref(n),
+                                    ctypes.byref(opts))
     return rc, n.value
 
 

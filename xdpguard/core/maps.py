@@ -6,6 +6,7 @@ No compiler involved: a BpfMap wraps an fd plus the ctypes layout from abi.MAP_L
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Iterator
 
@@ -77,6 +78,27 @@ class BpfMap:
             v = self.get(k)
             if v is not None:  # deleted between next_key and lookup
                 yield k, v
+
+    def array_values(self) -> list:
+        """Every value of an array map, by index, in few BPF_MAP_LOOKUP_BATCH calls (a 65536-entry
+        array read one key at a time costs 131k syscalls)."""
+        n = self.max_entries
+        keys = (self.key_type * n)()
+        values = (self.value_type * n)()
+        token = ctypes.c_uint32()
+        got = 0
+        in_batch = None
+        while got < n:
+            rc, cnt = libbpf.map_lookup_batch(self.fd, ctypes.addressof(keys) + got * ctypes.sizeof(self.key_type),
+                                              ctypes.addressof(values) + got * ctypes.sizeof(self.value_type),
+                                              n - got, in_batch, ctypes.addressof(token))
+            got += cnt
+            if rc == -errno.ENOENT or (rc == 0 and cnt == 0):
+                break
+            if rc < 0:
+                raise libbpf.BpfError(-rc, f"map lookup batch on {self.name.value}: {os.strerror(-rc)}")
+            in_batch = ctypes.addressof(token)
+        return list(values[:got])
 
     def __len__(self) -> int:
         return sum(1 for _ in self.keys())

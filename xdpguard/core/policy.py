@@ -337,8 +337,7 @@ def _sync_port_limits_flag(maps, addr) -> None:
 
 def read_global_policy(maps) -> GlobalPolicy:
     cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
-    refl = maps[abi.MapName.REFLECT]
-    ports = frozenset(int(k.value) for k, v in refl.items() if v.value) if hasattr(refl, "items") else frozenset()
+    ports = frozenset(i for i, on in enumerate(maps[abi.MapName.REFLECT].array_values()) if on)
     filters = []
     fm = maps[abi.MapName.FILTERS]
     for i in range(cfg.filters_count):
