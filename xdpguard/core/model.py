@@ -1,0 +1,343 @@
+"""Reference model: the verdict of the whole XDP pipeline, computed in pure Python.
+
+`Model(setup).verdict(frame)` returns what bpf/xdpguard.bpf.c returns for the same policy and
+the same raw frame (bytes from the Ethernet header on): the action, the verdict kind and the
+reason. It is written from the C, step by step, so the differential test
+(tests/bpf/test_differential.py) can hold the two against each other on random policies and
+random (also malformed and truncated) packets.
+
+What the model does not do: time. Rate limits and the SYN defence are modelled as "buckets
+full, threshold not reached" — they never drop. Policies fed to the model must use limits that
+are 0 (off) or so high that the traffic of a test cannot reach them; the time-dependent steps
+have their own targeted tests (tests/bpf/test_cleansing_steps.py). Bans written by drop-ban
+filters are remembered (they never expire within a model's life).
+
+The model is stateful where the data path is: a drop-ban filter creates a ban, and an expired
+allow/block trie entry met by a lookup is deleted (which matters for the retry bound,
+XG_EXPIRED_RETRY, of lists.h).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .abi import FILTERS_MAX, REASON_MAX, Kind, Reason
+from .policy import PROTO_NUMBERS, AddressPolicy, Filter, GlobalPolicy, Limits
+from .prefixes import Prefix
+
+ETH_HLEN = 14
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+ETH_P_8021Q, ETH_P_8021AD = 0x8100, 0x88A8
+VLAN_MAX = 2  # XG_VLAN_MAX
+EXPIRED_RETRY = 4  # XG_EXPIRED_RETRY: trie lookups per list per packet
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
+NEXTHDR_FRAGMENT = 44
+IP_MF, IP_OFFSET = 0x2000, 0x1FFF
+TCP_SYN, TCP_ACK = 0x02, 0x10
+BLOCK_BITS = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp", IPPROTO_ICMPV6: "icmp"}
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# ---- inputs ----
+
+
+@dataclass(frozen=True)
+class Listed:
+    """An allow/block list entry; an expired one is inert (the data path deletes it on sight)."""
+
+    prefix: Prefix
+    expired: bool = False
+
+
+@dataclass(frozen=True)
+class Protected:
+    """One protected address: its policy, its open ports (the port policy is on while any port
+    of the address is open, as Guard.change_ports keeps it) and per-port limit overrides."""
+
+    policy: AddressPolicy = AddressPolicy()
+    open_ports: frozenset[tuple[str, int]] = frozenset()  # ("tcp" | "udp", port)
+    port_limits: Mapping[tuple[str, int], Limits] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the pipeline reads from its maps."""
+
+    global_: GlobalPolicy = GlobalPolicy()
+    protected: Mapping[IPAddress, Protected] = field(default_factory=dict)
+    allow: tuple[Listed | Prefix, ...] = ()
+    block: tuple[Listed | Prefix, ...] = ()
+    banned: frozenset[IPAddress] = frozenset()  # sources under a live dynamic ban
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ModelVerdict:
+    action: str  # pass | drop
+    kind: Kind
+    reason: Reason
+
+
+# ---- parsing (parsing.h and the entry point) ----
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """What the fixed L3 header gives before any check: enough to judge whether it is ours."""
+
+    family: int
+    src: bytes
+    dst: bytes
+    l3_off: int
+
+
+@dataclass(frozen=True)
+class Headers:
+    """struct xg_pkt: what the cleansing steps know about a packet (offsets 0 = absent)."""
+
+    l4proto: int
+    ttl: int
+    is_frag: bool
+    has_l4: bool = False
+    l4_off: int = 0
+    payload_off: int = 0
+    sport: int = 0
+    dport: int = 0
+    tcp_flags: int = 0
+
+
+def _u16(b: bytes, at: int) -> int:
+    return (b[at] << 8) | b[at + 1]
+
+
+def parse_addresses(frame: bytes) -> Addresses | None:
+    """Ethernet, up to VLAN_MAX tags (0x8100 or 0x88a8), then the fixed IPv4/IPv6 header.
+    None: not IP, or too short to hold both addresses (the packet is not ours: bypass)."""
+    n = len(frame)
+    if n < ETH_HLEN:
+        return None
+    pos = ETH_HLEN
+    proto = _u16(frame, 12)
+    for _ in range(VLAN_MAX):
+        if proto not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        if pos + 4 > n:
+            return None
+        proto = _u16(frame, pos + 2)
+        pos += 4
+    if proto == ETH_P_IP:
+        if pos + 20 > n:
+            return None
+        return Addresses(4, bytes(frame[pos + 12:pos + 16]), bytes(frame[pos + 16:pos + 20]), pos)
+    if proto == ETH_P_IPV6:
+        if pos + 40 > n:
+            return None
+        return Addresses(6, bytes(frame[pos + 8:pos + 24]), bytes(frame[pos + 24:pos + 40]), pos)
+    return None
+
+
+def _parse_l4(frame: bytes, pos: int, l4proto: int, ttl: int, is_frag: bool) -> Headers | None:
+    """parse_l4(): None when the L4 header is truncated or malformed."""
+    n = len(frame)
+    if l4proto == IPPROTO_TCP:
+        if pos + 20 > n:
+            return None
+        hlen = (frame[pos + 12] >> 4) * 4
+        if hlen < 20 or pos + hlen > n:
+            return None
+        return Headers(l4proto, ttl, is_frag, True, pos, pos + hlen, _u16(frame, pos), _u16(frame, pos + 2),
+                       frame[pos + 13])
+    if l4proto == IPPROTO_UDP:
+        if pos + 8 > n:
+            return None
+        return Headers(l4proto, ttl, is_frag, True, pos, pos + 8, _u16(frame, pos), _u16(frame, pos + 2))
+    if l4proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):  # either one, in either family
+        if pos + 8 > n:
+            return None
+        return Headers(l4proto, ttl, is_frag, True, pos, pos + 8)
+    return Headers(l4proto, ttl, is_frag, True, pos, pos)  # "other": the payload starts at L4
+
+
+def parse_headers(frame: bytes, a: Addresses) -> Headers | None:
+    """The header checks after the lists and bans. None: malformed (drop)."""
+    n = len(frame)
+    pos = a.l3_off
+    if a.family == 4:
+        hlen = (frame[pos] & 0x0F) * 4
+        if hlen < 20 or pos + hlen > n:
+            return None
+        if frame[pos] >> 4 != 4 or _u16(frame, pos + 2) < hlen:
+            return None
+        frag = _u16(frame, pos + 6)
+        l4proto, ttl = frame[pos + 9], frame[pos + 8]
+        is_frag = bool(frag & (IP_MF | IP_OFFSET))
+        if frag & IP_OFFSET:  # non-first fragment: no L4 header
+            return Headers(l4proto, ttl, is_frag)
+        return _parse_l4(frame, pos + hlen, l4proto, ttl, is_frag)
+    if frame[pos] >> 4 != 6:
+        return None
+    l4proto, ttl = frame[pos + 6], frame[pos + 7]
+    pos += 40
+    if l4proto != NEXTHDR_FRAGMENT:
+        return _parse_l4(frame, pos, l4proto, ttl, False)
+    if pos + 8 > n:
+        return None
+    l4proto = frame[pos]
+    if _u16(frame, pos + 2) & 0xFFF8:
+        return Headers(l4proto, ttl, True)
+    return _parse_l4(frame, pos + 8, l4proto, ttl, True)
+
+
+# ---- the pipeline ----
+
+
+class _List:
+    """One allow or block list: exact host entries and (LPM) trie entries, each live or expired."""
+
+    def __init__(self, entries: Iterable[Listed | Prefix]):
+        self.hosts: dict[tuple[int, bytes], bool] = {}  # (family, addr) → expired
+        self.trie: dict[Prefix, bool] = {}  # prefix → expired
+        for e in entries:
+            if isinstance(e, Prefix):
+                e = Listed(e)
+            p = e.prefix
+            if p.plen == (32 if p.family == 4 else 128):
+                self.hosts[(p.family, p.addr)] = e.expired
+            else:
+                self.trie[p] = e.expired
+
+    def hit(self, family: int, src: bytes) -> bool:
+        """list4_hit/list6_hit: the host hash, then up to EXPIRED_RETRY trie lookups, deleting
+        each expired longest match met on the way."""
+        k = (family, src)
+        if k in self.hosts:
+            if not self.hosts[k]:
+                return True
+            del self.hosts[k]
+        host = Prefix(family, src, 32 if family == 4 else 128)
+        for _ in range(EXPIRED_RETRY):
+            best = max((p for p in self.trie if p.contains(host)), key=lambda p: p.plen, default=None)
+            if best is None:
+                return False
+            if not self.trie[best]:
+                return True
+            del self.trie[best]
+        return False
+
+
+def _filter_matches(f: Filter, frame: bytes, h: Headers, l3_off: int) -> bool:
+    """filter_matches() of policy.h."""
+    if f.proto:
+        num = PROTO_NUMBERS[f.proto]
+        if num == IPPROTO_ICMP:
+            if h.l4proto not in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+                return False
+        elif num != h.l4proto:
+            return False
+    n = len(frame)
+    if not f.length[0] <= n <= f.length[1] or not f.ttl[0] <= h.ttl <= f.ttl[1]:
+        return False
+    ports = h.has_l4 and h.l4proto in (IPPROTO_TCP, IPPROTO_UDP)
+    for (lo, hi), port in ((f.sport, h.sport), (f.dport, h.dport)):
+        if (lo > 0 or hi < 65535) and (not ports or not lo <= port <= hi):
+            return False
+    mask, value = f.tcp_flags
+    if mask and (h.l4proto != IPPROTO_TCP or not h.has_l4 or h.tcp_flags & mask != value):
+        return False
+    if not f.payload:
+        return True
+    base = {"l3": l3_off, "l4": h.l4_off, "payload": h.payload_off}[f.payload_base]
+    if not base:
+        return False
+    off = base + f.payload_off
+    if off + len(f.payload) > n:
+        return False
+    return all(frame[off + i] & m == b & m for i, (b, m) in enumerate(zip(f.payload, f.mask_bytes())))
+
+
+class Model:
+    """The pipeline of one interface. Stateful like the data path: see the module docstring."""
+
+    def __init__(self, setup: Setup):
+        if len(setup.global_.filters) > FILTERS_MAX:
+            raise ValueError("more filters than the table holds")
+        self.setup = setup
+        self.protected = {(a.version, a.packed): p for a, p in setup.protected.items()}
+        self.allow = _List(setup.allow)
+        self.block = _List(setup.block)
+        self.bans: set[tuple[int, bytes]] = {(a.version, a.packed) for a in setup.banned}
+
+    def verdict(self, frame: bytes) -> ModelVerdict:
+        action, reason = self._decide(bytes(frame))
+        if action == "drop" and reason < REASON_MAX and self.setup.global_.monitor_mask >> reason & 1:
+            return ModelVerdict("pass", Kind.WOULD_DROP, reason)
+        return ModelVerdict(action, Kind.DROP if action == "drop" else Kind.PASS, reason)
+
+    def _decide(self, frame: bytes) -> tuple[str, Reason]:
+        if not self.setup.enabled:
+            return "pass", Reason.BYPASS
+        a = parse_addresses(frame)
+        if a is None:
+            return "pass", Reason.BYPASS
+        prot = self.protected.get((a.family, a.dst))
+        if prot is None:
+            return "pass", Reason.BYPASS
+        if self.allow.hit(a.family, a.src):
+            return "pass", Reason.ALLOWLIST
+        if self.block.hit(a.family, a.src):
+            return "drop", Reason.BLOCKLIST
+        src = (a.family, a.src)
+        if src in self.bans:
+            return "drop", Reason.BANNED
+        h = parse_headers(frame, a)
+        if h is None:
+            return "drop", Reason.MALFORMED
+        r = self._steps(frame, a, h, prot, src)
+        return ("pass", Reason.CLEAN) if r is None else ("drop", r)
+
+    def _steps(self, frame: bytes, a: Addresses, h: Headers, prot: Protected, src) -> Reason | None:
+        """policy_steps(): fragments, protocol, port, reflection, feature filters; rate limits
+        and the SYN defence never drop in the model."""
+        g = self.setup.global_
+        if h.is_frag and g.drop_fragments:
+            return Reason.FRAGMENT
+        if BLOCK_BITS.get(h.l4proto, "other") in prot.policy.blocked:
+            return Reason.PROTOCOL
+        tcp_udp = h.has_l4 and h.l4proto in (IPPROTO_TCP, IPPROTO_UDP)
+        if prot.open_ports and tcp_udp:
+            name = "tcp" if h.l4proto == IPPROTO_TCP else "udp"
+            if (name, h.dport) not in prot.open_ports:
+                return Reason.PORT
+        if g.reflection and h.has_l4 and h.l4proto == IPPROTO_UDP and h.sport in g.reflection_ports:
+            return Reason.REFLECTION
+        for f in g.filters:
+            if not _filter_matches(f, frame, h, a.l3_off):
+                continue
+            if f.action == "pass":
+                return None  # skips the rate limits and the SYN defence
+            if f.action == "drop-ban" and f.ban_s:
+                self.bans.add(src)
+            return Reason.FEATURE
+        return None
+
+
+def limits_for(prot: Protected, proto: str | None, dport: int | None) -> Limits:
+    """limits_for(): the per-port override of a TCP/UDP packet with an L4 header, else the
+    address's limits (for the targeted rate-limit tests)."""
+    if proto in ("tcp", "udp") and dport is not None:
+        lim = prot.port_limits.get((proto, dport))
+        if lim is not None:
+            return lim
+    return prot.policy.limits
+
+
+def is_syn(h: Headers) -> bool:
+    return h.has_l4 and h.l4proto == IPPROTO_TCP and h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+
+
+def verdict(setup: Setup, frame: bytes) -> ModelVerdict:
+    """One packet against a fresh model of setup."""
+    return Model(setup).verdict(frame)
