@@ -46,6 +46,7 @@ static __always_inline int parse_l4(struct xg_cursor *c, void *data, void *data_
         p->sport = bpf_ntohs(tcph->source);
         p->dport = bpf_ntohs(tcph->dest);
         p->tcp_flags = ((__u8 *)tcph)[13];
+        p->tcp_seq = tcph->seq;
         break;
     case IPPROTO_UDP:
         if (parse_udphdr(c, data_end, &udph) < 0)

@@ -179,9 +179,14 @@ struct xg_synwin {
     __u64 count;
 };
 
-/* xg_synseen_lru value: when an unauthenticated source's first SYN was dropped. */
+/* xg_synseen_lru value: an unauthenticated source's first dropped SYN. Only a retransmission
+ * of that very SYN (same source port and sequence number) authenticates the source, so a
+ * spoofed flood that reuses sources with fresh ports or sequence numbers never does. */
 struct xg_synseen {
     __u64 first_ns;
+    __u32 seq;                /* TCP sequence number, as on the wire */
+    __u16 sport;
+    __u16 reserved;
 };
 
 /* xg_synauth_hash value: an authenticated source (not an LRU: a spoofed flood cannot evict it). */

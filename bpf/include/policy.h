@@ -31,6 +31,7 @@ struct xg_pkt {
     __u8 tcp_flags;
     __u8 is_frag;
     __u8 has_l4;               /* an L4 header was parsed (not for non-first fragments) */
+    __u32 tcp_seq;             /* TCP sequence number as on the wire (SYN authentication) */
 };
 
 static __always_inline __u64 xg_now(__u64 *now)
@@ -302,6 +303,16 @@ static __always_inline __u32 step_syn_auth(struct xg_protected *prot, struct xg_
     struct xg_synseen *s = xg_synseen_lru.lookup(&p->src);
     if (s) {
         __u64 age = t - s->first_ns;
+        int same = s->seq == p->tcp_seq && s->sport == p->sport;
+        if (!same) {
+            /* Another attempt: it replaces the remembered one only once that one is stale. */
+            if (age > (__u64)sp->auth_max_ms * 1000000ULL) {
+                s->first_ns = t;
+                s->seq = p->tcp_seq;
+                s->sport = p->sport;
+            }
+            return XG_REASON_SYN;
+        }
         if (age >= (__u64)sp->auth_min_ms * 1000000ULL && age <= (__u64)sp->auth_max_ms * 1000000ULL) {
             struct xg_synauth ok = { .until_ns = t + (__u64)sp->auth_keep_s * ONE_SEC_NS };
             xg_synauth_hash.update(&p->src, &ok);
@@ -312,7 +323,7 @@ static __always_inline __u32 step_syn_auth(struct xg_protected *prot, struct xg_
             s->first_ns = t;   /* too late: this SYN starts a new attempt */
         return XG_REASON_SYN;
     }
-    struct xg_synseen first = { .first_ns = t };
+    struct xg_synseen first = { .first_ns = t, .seq = p->tcp_seq, .sport = p->sport };
     xg_synseen_lru.update(&p->src, &first);
     return XG_REASON_SYN;
 }

@@ -460,6 +460,19 @@ def test_syn_auth_too_late_restarts(bed):
     assert bed.verdict(syn()) == (PASS, Kind.PASS, Reason.CLEAN)
 
 
+def test_syn_auth_needs_a_real_retransmission(bed):
+    """A second SYN with another port or sequence number (a spoofer reusing the source) does not
+    authenticate; only the remembered SYN, retransmitted inside the window, does."""
+    bed.apply(addr=AddressPolicy(syn=AUTH))
+    bed.saturate_syn_window()
+    assert bed.verdict(v4(TCP(sport=40000, dport=80, flags="S", seq=1111))) == (DROP, Kind.DROP, Reason.SYN)
+    time.sleep(0.3)
+    bed.saturate_syn_window()
+    assert bed.verdict(v4(TCP(sport=40001, dport=80, flags="S", seq=1111))) == (DROP, Kind.DROP, Reason.SYN)
+    assert bed.verdict(v4(TCP(sport=40000, dport=80, flags="S", seq=2222))) == (DROP, Kind.DROP, Reason.SYN)
+    assert bed.verdict(v4(TCP(sport=40000, dport=80, flags="S", seq=1111))) == (PASS, Kind.PASS, Reason.CLEAN)
+
+
 def test_syn_auth_expiry_requires_a_new_authentication(bed):
     bed.apply(addr=AddressPolicy(syn=AUTH))
     bed.saturate_syn_window()

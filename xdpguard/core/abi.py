@@ -150,7 +150,8 @@ class SynWin(ctypes.Structure):
 
 
 class SynSeen(ctypes.Structure):
-    _fields_ = [("first_ns", ctypes.c_uint64)]
+    _fields_ = [("first_ns", ctypes.c_uint64), ("seq", ctypes.c_uint32), ("sport", ctypes.c_uint16),
+                ("reserved", ctypes.c_uint16)]
 
 
 class SynAuth(ctypes.Structure):
