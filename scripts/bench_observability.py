@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What observability costs: the data path with sampling off / 1 in 64 / 1 in 1, and the
+"""What observability costs: the data path with sampling off / 1 in 256 / 1 in 64 / 1 in 1, and the
 dashboard's own CPU during an attack.
 
   sudo .venv/bin/python scripts/bench_observability.py [--rounds 30] [--top-seconds 10] [--json]
@@ -38,7 +38,7 @@ from xdpguard.core.abi import MapName  # noqa: E402
 from xdpguard.core.testrun import TestBed  # noqa: E402
 
 PROT, ATTACKER, CLIENT = "198.18.0.2", "198.18.0.5", "198.18.0.1"
-MODES = (0, 64, 1)
+MODES = (0, 256, 64, 1)
 
 
 def bench_datapath(rounds: int, repeat: int) -> dict:
@@ -165,7 +165,8 @@ def main() -> None:
     for name in ("blocklist_drop", "clean_pass"):
         v = dp[name]
         base = v["sample_every_0"] or 1
-        print(f"  {name:15s} off {v['sample_every_0']:6.1f}   1/64 {v['sample_every_64']:6.1f} "
+        print(f"  {name:15s} off {v['sample_every_0']:6.1f}   1/256 {v['sample_every_256']:6.1f} "
+              f"({v['sample_every_256'] / base:.2f}x)   1/64 {v['sample_every_64']:6.1f} "
               f"({v['sample_every_64'] / base:.2f}x)   1/1 {v['sample_every_1']:6.1f} ({v['sample_every_1'] / base:.2f}x)")
     print(f"  samples taken {dp['samples_taken']}, lost {dp['samples_lost']}")
     print(f"top --interval 1 for {top['top_wall_s']} s during a {top['flood_pps']} pps flood: "

@@ -293,7 +293,7 @@ struct xg_sample_config {
 
 /* xg_sample_pcpu[0] value, per CPU. */
 struct xg_sample_state {
-    __u64 countdown;      /* verdicts since the last sample */
+    __u64 countdown;      /* unused since sampling keys off the stats counters; kept for layout */
     __u64 taken;          /* samples written to the ring */
     __u64 lost;           /* samples dropped: the ring was full */
 };

@@ -57,21 +57,21 @@ static __always_inline void xg_sample_parse(struct xdp_md *ctx, struct xg_sample
     }
 }
 
-/* Called from record_verdict() with the final kind and reason of every verdict. */
-static __always_inline void xg_sample_verdict(struct xdp_md *ctx, __u32 kind, __u32 reason)
+/* Called from record_verdict() with the final kind and reason of every verdict and the per-CPU
+ * packet count of that (kind, reason) slot, just incremented. sample_every is a power of two
+ * (the controller enforces it), so "every N-th packet of the slot" is a mask test on a counter
+ * the program keeps anyway: no extra store on the unsampled path. */
+static __always_inline void xg_sample_verdict(struct xdp_md *ctx, __u32 kind, __u32 reason, __u64 seen)
 {
     __u32 zero = 0;
     if (reason == XG_REASON_BYPASS)
         return;
     struct xg_sample_config *sc = xg_sample_cfg.lookup(&zero);
-    if (!sc || !sc->sample_every)
+    if (!sc || !sc->sample_every || (seen & (sc->sample_every - 1)))
         return;
     struct xg_sample_state *st = xg_sample_pcpu.lookup(&zero);
     if (!st)
         return;
-    if (++st->countdown < sc->sample_every)
-        return;
-    st->countdown = 0;
 
     struct xg_sample *s = xg_samples.ringbuf_reserve(sizeof(struct xg_sample));
     if (!s) {

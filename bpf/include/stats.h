@@ -19,8 +19,8 @@ static __always_inline int record_verdict(struct xdp_md *ctx, struct xg_config *
     if (cnt) {
         cnt->packets += 1;
         cnt->bytes += (__u64)(ctx->data_end - ctx->data);
+        xg_sample_verdict(ctx, kind, reason, cnt->packets);  /* sample.h: 1 in N, top talkers, capture */
     }
-    xg_sample_verdict(ctx, kind, reason);  /* sample.h: 1 in N, for top talkers and capture */
     return action;
 }
 

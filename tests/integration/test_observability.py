@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from xdpguard.core import sampling
 from xdpguard.lab.netns import Lab
 
 pytestmark = pytest.mark.kernel
@@ -115,7 +116,7 @@ def test_top_events_metrics_capture_under_attack(env: Env, tmp_path: Path):
     env.xg("events", "threshold", "set", "--drop-pps", "2k", "--hold", "2", "--hook", f"{PY} {hook_py}")
     env.xg("block", "add", ATTACKER)
     stats0 = json.loads(env.xg("stats", IFACE, "--json", "--interval", "0.3").stdout)
-    assert stats0["under_attack"] is False and stats0["sample_every"] == 64
+    assert stats0["under_attack"] is False and stats0["sample_every"] == sampling.DEFAULT_SAMPLE_EVERY
 
     run = env.xg_popen("run", "--metrics", f"127.0.0.1:{METRICS_PORT}", "--detect-interval", "0.5",
                        "--duration", "60", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
