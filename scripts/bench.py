@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from xdpguard.core import libbpf  # noqa: E402
 from xdpguard.core.prefixes import read_prefix_file  # noqa: E402
 from xdpguard.core.protection import Guard  # noqa: E402
-from xdpguard.core.testrun import TestBed  # noqa: E402
+from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 
 # Addresses: blocklist entries from 198.18.0.0/15 and 2001:db8::/32; packet destinations and
 # clean sources from TEST-NETs / a reserved 2001:db8 /64 that no entry covers.
@@ -110,13 +110,6 @@ def udp_packet(src: str, dst: str) -> bytes:
     l3 = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst, ttl=64)
     pkt = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / UDP(sport=40000, dport=53))
     return pkt + b"\x00" * max(0, 64 - len(pkt))  # 64-byte frames (without FCS)
-
-
-def bare_drop_prog():
-    import bcc
-
-    b = bcc.BPF(text="int bare_drop(struct xdp_md *ctx) { return XDP_DROP; }")
-    return b, b.load_func("bare_drop", bcc.BPF.XDP).fd
 
 
 def new_bed() -> TestBed:
@@ -258,24 +251,6 @@ def ipset_round(ns: Netns, ipset_file: Path, expect: int) -> dict:
 # ---------------------------------------------------------------- part 1: per-packet cost
 
 
-def testrun_rounds(variants: dict[str, tuple[int, bytes, int]], rounds: int, repeat: int) -> dict[str, list[float]]:
-    """variants: name -> (prog fd, packet, expected XDP action). Interleaved, order rotated."""
-    names = list(variants)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        k = r % len(names)
-        order = names[k:] + names[:k]
-        if r % 2:
-            order.reverse()
-        for n in order:
-            fd, pkt, want = variants[n]
-            rv, _, dur = libbpf.prog_test_run(fd, pkt, repeat=repeat)
-            if rv != want:
-                raise SystemExit(f"bench: {n} returned XDP action {rv}, expected {want}")
-            samples[n].append(float(dur))
-    return samples
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -378,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             f"block hit v6 /128, {n:,} entries": (big.prog.prog_fd, pk["v6_hit"], DROP),
             f"block hit v6 in /64, {n:,} entries": (big.prog.prog_fd, pk["v6_in64"], DROP),
         }
-        samples = testrun_rounds(variants, rounds, repeat)
+        samples = interleaved_rounds(variants, rounds, repeat)
         bare_bpf.cleanup()
     finally:
         for b in [big, *beds]:

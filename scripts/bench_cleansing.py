@@ -44,7 +44,7 @@ from xdpguard.core.abi import MapName  # noqa: E402
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy  # noqa: E402
 from xdpguard.core.prefixes import Prefix  # noqa: E402
 from xdpguard.core.protection import Guard  # noqa: E402
-from xdpguard.core.testrun import TestBed  # noqa: E402
+from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 
 DST4, DST6 = "198.51.100.10", "2001:db8:ffff:fffe::10"
 SRC4, SRC6 = "192.0.2.7", "2001:db8:f100::1"
@@ -66,13 +66,6 @@ def frame(src: str, dst: str, l4: str = "udp") -> bytes:
     l4h = UDP(sport=40000, dport=53) if l4 == "udp" else TCP(sport=40000, dport=80, flags="S")
     pkt = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / l4h)
     return pkt + b"\x00" * max(0, 64 - len(pkt))  # 64-byte frames (without FCS)
-
-
-def bare_drop_prog():
-    import bcc
-
-    b = bcc.BPF(text="int bare_drop(struct xdp_md *ctx) { return XDP_DROP; }")
-    return b, b.load_func("bare_drop", bcc.BPF.XDP).fd
 
 
 def all_steps_bed() -> TestBed:
@@ -108,23 +101,6 @@ def all_steps_bed() -> TestBed:
 
 
 # ---------------------------------------------------------------- part 1
-
-
-def rounds(variants: dict[str, tuple[int, bytes, int]], n_rounds: int, repeat: int) -> dict[str, list[float]]:
-    names = list(variants)
-    out: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(n_rounds):
-        k = r % len(names)
-        order = names[k:] + names[:k]
-        if r % 2:
-            order.reverse()
-        for n in order:
-            fd, pkt, want = variants[n]
-            rv, _, dur = libbpf.prog_test_run(fd, pkt, repeat=repeat)
-            if rv != want:
-                raise SystemExit(f"bench: {n} returned XDP action {rv}, expected {want}")
-            out[n].append(float(dur))
-    return out
 
 
 # ---------------------------------------------------------------- part 2
@@ -222,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             "all steps, UDP v6 clean": (fd, frame(SRC6, DST6), XDP_PASS),
             "all steps, TCP SYN v4 clean": (fd, frame(SRC4, DST4, "tcp"), XDP_PASS),
         }
-        rounds(variants, 1, repeat // 10)  # warm-up
-        samples = rounds(variants, n_rounds, repeat)
+        interleaved_rounds(variants, 1, repeat // 10)  # warm-up
+        samples = interleaved_rounds(variants, n_rounds, repeat)
         med = {n: statistics.median(v) for n, v in samples.items()}
         base = med["bare XDP_DROP"]
         print(f"1. ns/packet, median of {n_rounds} interleaved rounds of {repeat:,} runs")

@@ -38,7 +38,7 @@ def up(no_protect, lifetime, as_json):
             + (f" (xdpguard attached, mode {res.xdp_mode}; forwarding tcp 80, tcp 7, udp 7 to the backend)"
                if res.protected else " (NOT protected)"))
     c.print(f"  client {topology.CLIENT4}, attacker {topology.ATTACKER4}, backend {topology.BACKEND4} (hidden)")
-    c.print(f"  servers: " + ", ".join(f"{s.name} pid {s.pid}" for s in res.servers))
+    c.print("  servers: " + ", ".join(f"{s.name} pid {s.pid}" for s in res.servers))
     c.print(f"  state: {res.state_file}; remove everything with 'xdpguard lab down'")
 
 

@@ -21,7 +21,6 @@ from .abi import (
     CFG_ENABLED,
     PROTECTED_MAX,
     LISTS_MASK_BITS,
-    REASON_MAX,
     Addr4,
     Addr6,
     Config,
@@ -35,7 +34,6 @@ from .abi import (
     PROT_PORT_POLICY,
     PortKey,
     PortValue,
-    Protected,
     Reason,
     stats_slot,
 )

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from . import dataplane, libbpf
-from .abi import CFG_ENABLED, KIND_MAX, REASON_MAX, Config, Kind, MapName, Protected, Reason
+from .abi import CFG_ENABLED, KIND_MAX, REASON_MAX, Config, Kind, MapName, Reason
 from .maps import BpfMap
 from .prefixes import parse_prefix
 
@@ -111,6 +111,35 @@ class TestBed:
         if pk != 1 or by != len(packet):
             raise AssertionError(f"counter moved by {pk} packets / {by} bytes for one {len(packet)}-byte packet")
         return Verdict(XDP_ACTIONS.get(rv, str(rv)), kind, reason)
+
+
+def bare_drop_prog() -> tuple[object, int]:
+    """A bare `return XDP_DROP` program, compiled in the same run: the benchmarks' yardstick.
+    Returns (bcc object to keep alive, prog fd)."""
+    import bcc
+
+    b = bcc.BPF(text=b"int bare_drop(struct xdp_md *ctx) { return XDP_DROP; }")
+    return b, b.load_func(b"bare_drop", bcc.BPF.XDP).fd
+
+
+def interleaved_rounds(variants: dict[str, tuple[int, bytes, int]], rounds: int, repeat: int) -> dict[str, list[float]]:
+    """variants: name → (prog fd, packet, expected XDP action). Each round runs every variant once,
+    in an order rotated (and every other round reversed) so drift on a noisy machine spreads
+    evenly. Returns the kernel's mean ns per run, per variant and round."""
+    names = list(variants)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        order = names[k:] + names[:k]
+        if r % 2:
+            order.reverse()
+        for n in order:
+            fd, pkt, want = variants[n]
+            rv, _, dur = libbpf.prog_test_run(fd, pkt, repeat=repeat)
+            if rv != want:
+                raise RuntimeError(f"{n} returned XDP action {rv}, expected {want}")
+            samples[n].append(float(dur))
+    return samples
 
 
 assert KIND_MAX == len(Kind)
