@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from xdpguard.lab.netns import NETNS_DIR, Lab
+from cli_assert import one_line_error as _one_line_error
 
 pytestmark = pytest.mark.kernel
 
@@ -114,14 +115,6 @@ def _result(p: subprocess.Popen, duration: float) -> dict:
 
 def _delta(before: dict, after: dict, kind: str, reason: str) -> int:
     return after.get((kind, reason), 0) - before.get((kind, reason), 0)
-
-
-def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xdpguard: error:"), p.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.fixture(scope="module")

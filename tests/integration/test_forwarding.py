@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from xdpguard.lab.netns import Lab
+from cli_assert import one_line_error as _one_line_error
 
 pytestmark = pytest.mark.kernel
 
@@ -58,14 +59,6 @@ for i in range(n):
         s.close()
 print(json.dumps(out))
 """
-
-
-def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xdpguard: error:"), p.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from xdpguard.lab.netns import Lab
+from cli_assert import one_line_error as _one_line_error
 
 pytestmark = pytest.mark.kernel
 
@@ -187,14 +188,6 @@ def test_two_namespaces_same_ifname_do_not_collide(lab: Lab):
     t1.xg("detach", t1.iface)
     assert t2.status()["prog_id"] > 0  # the other namespace's protection is untouched
     assert t2.reaches(PROT4)
-
-
-def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xdpguard: error:"), p.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(topo: Topo, tmp_path: Path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import ipaddress
 import os
 import time
@@ -169,21 +168,10 @@ class SampleReader:
     @contextmanager
     def exclusive(self, wait_s: float = 1.0) -> Iterator[None]:
         """Hold the interface's sample stream (a flock) for a drain window."""
-        path = _lock_path(self.iface)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = state.flock_wait(_lock_path(self.iface), wait_s, poll_s=0.02)
+        if fd is None:
+            raise SamplerBusy("another xdpguard process is reading the samples")
         try:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise SamplerBusy("another xdpguard process is reading the samples") from None
-                    time.sleep(0.02)
             yield
         finally:
             os.close(fd)

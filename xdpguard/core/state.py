@@ -157,31 +157,41 @@ def protected_ifaces() -> list[str]:
 # ---- lock ----
 
 
+def flock_wait(path: Path, timeout_s: float, poll_s: float = 0.05) -> int | None:
+    """Open (create) path and take an exclusive flock on it, waiting up to timeout_s. Returns
+    the fd (the caller closes it to release), or None when the wait ran out (fd closed)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(poll_s)
+
+
 @contextmanager
 def iface_lock(iface: Iface, timeout_s: float | None = None):
     """Serialize mutating commands on one interface. Waits up to timeout_s (default
     $XDPGUARD_LOCK_TIMEOUT or 30 s), then fails with a one-line error."""
     if timeout_s is None:
         timeout_s = float(os.environ.get("XDPGUARD_LOCK_TIMEOUT", "30"))
-    path = iface.lock_file
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout_s
+    fd = flock_wait(iface.lock_file, timeout_s)
+    if fd is None:
+        try:
+            holder = iface.lock_file.read_text().strip() or "?"
+        except OSError:
+            holder = "?"
+        raise UserError(f"{iface.name}: another xdpguard command (pid {holder}) holds the lock; "
+                        f"gave up after {timeout_s:g} s")
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    raise UserError(
-                        f"{iface.name}: another xdpguard command (pid {holder}) holds the lock; "
-                        f"gave up after {timeout_s:g} s"
-                    ) from None
-                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
