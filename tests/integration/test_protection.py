@@ -303,3 +303,15 @@ def test_port_policy(topo: Topo):
     topo.xg("port", "close", "udp", "1-100")
     topo.xg("port", "close", "tcp", "7")
     assert topo.reaches(PROT4) and topo.reaches(PROT6)  # no open port left: policy off again
+
+
+def test_run_sweeps_expired_entries_and_bans(topo: Topo):
+    topo.attach()
+    topo.xg("block", "add", "198.18.77.0/24", "198.18.78.1", "--ttl", "1")
+    topo.xg("block", "add", "198.18.79.1")  # no expiry: stays
+    topo.xg("ban", "add", "198.18.80.1", "--ttl", "1")
+    time.sleep(1.2)
+    out = topo.xg("run", "--once", "--no-detect").stdout
+    assert "removed 2 expired list entries, 1 expired bans" in out
+    assert topo.status()["list_sizes"]["block"] == 1
+    assert json.loads(topo.xg("ban", "list", "--json").stdout)["bans"] == []

@@ -1,4 +1,5 @@
-"""`xdpguard run`: the long-running part (backend health checks, attack detection, metrics)."""
+"""`xdpguard run`: the long-running part (backend health checks, attack detection, metrics,
+expiry sweeps)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import time
 
 import click
 
-from xdpguard.core import events, health
+from xdpguard.core import events, health, protection
+from xdpguard.core.errors import UserError
 
 from .output import console
 
@@ -32,10 +34,12 @@ from .output import console
 @click.option("--attack-drop-bps", default=None, help="Override: dropped bits/s.")
 @click.option("--hold", type=click.FloatRange(0, 86400), default=None, metavar="SECONDS",
               help="Override: an event closes after SECONDS below every threshold.")
+@click.option("--sweep-interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True,
+              metavar="SECONDS", help="Seconds between two sweeps of expired list entries and bans.")
 @click.option("--hook", default=None, metavar="COMMAND",
               help="Override: run COMMAND on event start/end with the event JSON on stdin.")
 def run(interval, timeout, rise, fall, once, duration, metrics, detect, detect_interval, attack_pps, attack_bps,
-        attack_drop_pps, attack_drop_bps, hold, hook):
+        attack_drop_pps, attack_drop_bps, hold, sweep_interval, hook):
     """Check backend health, detect attacks (events log, hook) and serve metrics."""
     c = console()
 
@@ -69,6 +73,22 @@ def run(interval, timeout, rise, fall, once, duration, metrics, detect, detect_i
 
         server = prom.serve(metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE))
         c.print(f"metrics on http://{metrics if not metrics.startswith(':') else '127.0.0.1' + metrics}/metrics")
+    def sweep_once() -> None:
+        try:
+            for r in protection.sweep_expired():
+                if r.list_entries or r.bans:
+                    c.print(f"{time.strftime('%H:%M:%S')} {r.iface}: removed {r.list_entries} expired list "
+                            f"entries, {r.bans} expired bans")
+        except UserError as exc:  # an interface went away between listing and opening
+            c.print(f"sweep: {exc.message}")
+
+    def sweep_forever() -> None:
+        while not stop.wait(sweep_interval):
+            sweep_once()
+
+    sweep_once()
+    if not once:
+        threads.append(threading.Thread(target=sweep_forever, name="sweep", daemon=True))
     for t in threads:
         t.start()
     c.print(f"health checks every {interval:g} s (timeout {timeout:g} s, rise {rise}, fall {fall})"

@@ -726,3 +726,30 @@ def ports_change(ifname: str | None, proto: str, port_range: str, protected: str
 def ports_list(ifname: str | None) -> PortResult:
     with open_guard(ifname) as g:
         return PortResult(g.iface.name, "list", 0, _port_runs(g))
+
+
+# ---- expiry sweep (run by `xdpguard run`; the data path enforces expiry without it) ----
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    iface: str
+    list_entries: int  # expired allow/block entries removed
+    bans: int  # expired dynamic bans removed
+    to_dict = _as_dict
+
+
+def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
+    """Remove expired list entries and bans on one interface (or every protected one of this
+    network namespace), under each interface's lock. Keeps `block list` sizes and the data
+    path's has-bans flag honest between list commands."""
+    state.require_root()
+    out = []
+    for name in [ifname] if ifname else state.protected_ifaces():
+        with open_guard(name) as g, state.iface_lock(g.iface):
+            entries = g.sweep_expired("block") + g.sweep_expired("allow")
+            if entries:
+                g.sync_lists_mask()
+            bans = policy.sweep_bans(g.maps, _now_ns())
+            out.append(SweepResult(name, entries, bans))
+    return out
