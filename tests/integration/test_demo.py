@@ -24,13 +24,15 @@ def test_demo_end_to_end(tmp_path):
     assert p.returncode == 0, out + p.stderr
     assert "== with protection" in out and "== without protection" in out and "== summary" in out
     summary = out.split("== summary", 1)[1]
-    for kind in ("udp-flood", "spoofed-udp", "syn-flood", "reflection", "icmp-flood", "mixed"):
-        line = next(ln for ln in summary.splitlines() if ln.startswith(kind))
+    expected = {"udp-flood": "blocklist", "spoofed-udp": "port", "syn-flood": "port", "reflection": "port",
+                "icmp-flood": "blocklist", "mixed": "blocklist|port", "syn-flood:80": "syn"}
+    for kind, reasons in expected.items():
+        line = next(ln for ln in summary.splitlines() if ln.split("|")[0].strip() == kind)
         with_part = line.split("|")[1]
         pps, ok = with_part.split()[:2]
         assert int(pps.replace(",", "")) > 1000, line
         assert float(ok.rstrip("%")) >= 99.0, line  # the legitimate client with protection
-        assert re.search(r"(blocklist|port) \d+", line.split("|")[3]), line
+        assert re.search(rf"({reasons}) \d+", line.split("|")[3]), line
     assert "nothing left behind" in out
     assert not [r for r in topology.ROLES if os.path.exists(f"/run/netns/xg-{name}-{r}")]
     assert not (tmp_path / "run" / f"lab-{name}.json").exists()

@@ -25,7 +25,11 @@ import time
 
 from . import attack, probe, topology
 
-PROBE_TIMEOUT_S = 1.0
+PROBE_TIMEOUT_S = 3.0  # ≥ one SYN retransmission (1 s): SYN authentication admits real clients
+SYN_THRESHOLD = 2000  # SYNs/s to the protective IP before source authentication starts
+# Every kind once, plus a spoofed SYN flood at the forwarded web port (stopped by SYN
+# authentication rather than by the port policy).
+DEFAULT_KINDS = (*attack.KINDS, "syn-flood:80")
 
 
 def _say(msg: str = "") -> None:
@@ -61,14 +65,21 @@ def _show_top_until(done: threading.Event) -> None:
         sys.stdout.flush()
 
 
+def _kind_port(kind: str) -> tuple[str, int | None]:
+    """'syn-flood:80' → ('syn-flood', 80): an attack aimed at a forwarded service port."""
+    name, _, port = kind.partition(":")
+    return name, int(port) if port else None
+
+
 def one_round(kind: str, duration: float, show_top: bool) -> dict:
     """One bounded attack with the legitimate client probing through it; returns the numbers."""
     before = counters()
     results: dict = {}
+    name, port = _kind_port(kind)
 
     def run_attack() -> None:
         try:
-            results["attack"] = attack.run(kind, duration=duration)
+            results["attack"] = attack.run(name, duration=duration, port=port)
         except Exception as exc:  # reported below, never hangs the demo
             results["attack_error"] = str(exc)
 
@@ -119,6 +130,8 @@ def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> 
     prot = topology.ns_name("prot")
     _say(f"$ xdpguard block add {topology.ATTACKER4} {topology.ATTACKER6}   # the attacker's own address")
     topology.xg(prot, "block", "add", topology.ATTACKER4, topology.ATTACKER6)
+    _say(f"$ xdpguard syn set --threshold {SYN_THRESHOLD}   # above it, SYN sources must retransmit once")
+    topology.xg(prot, "syn", "set", "--threshold", str(SYN_THRESHOLD))
     base = probe.in_lab("http", 200, timeout=PROBE_TIMEOUT_S)
     _say(f"legitimate client before any attack: {probe.describe(base)}")
 
@@ -161,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="xdpguard.lab.demo")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per attack with protection")
     ap.add_argument("--unprotected-duration", type=float, default=3.0, help="seconds per attack without")
-    ap.add_argument("--kinds", default=",".join(attack.KINDS), help="comma-separated attack kinds")
+    ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
+                    help="comma-separated attack kinds, KIND[:PORT] to aim at one port")
     ap.add_argument("--quick", action="store_true", help="2 s and 1.5 s per attack (tests)")
     a = ap.parse_args(argv)
     kinds = [k for k in a.kinds.split(",") if k]
-    bad = [k for k in kinds if k not in attack.KINDS]
+    bad = [k for k in kinds if _kind_port(k)[0] not in attack.KINDS or not k.partition(":")[2].isdigit() and ":" in k]
     if bad:
         ap.error(f"unknown attack kinds: {', '.join(bad)}")
     duration, unprot = (2.0, 1.5) if a.quick else (a.duration, a.unprotected_duration)
