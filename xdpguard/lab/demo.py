@@ -4,8 +4,9 @@
 
 Brings the namespace lab up (`xdpguard lab up`: client, attacker, the "internet" bridge, the
 protector and a hidden backend; 198.18.0.0/15 and 2001:db8::/32, no route off the machine),
-blocks the attacker's own address (today's policy stops non-spoofed floods with the blocklist and
-spoofed floods to closed ports with the port policy), then for each attack kind runs a bounded
+blocks the attacker's own address and turns SYN authentication on (non-spoofed floods stop at the
+blocklist, spoofed floods to closed ports at the port policy, a spoofed SYN flood at the web port
+at SYN authentication), then for each attack kind runs a bounded
 trafgen attack while the legitimate client requests the web service through the protective IP.
 A second, shorter run does the same with XDP in monitor mode (it drops nothing and counts what it
 would have dropped; the NAT stays the same). Prints the client's success rate and p50/p99
