@@ -8,7 +8,8 @@ from rich.table import Table
 
 from xdpguard.core import cleansing
 
-from .limit import RATE, iface_option, json_option
+from .limit import RATE
+from .params import iface_option, json_option
 from .output import console, emit_json
 
 

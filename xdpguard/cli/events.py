@@ -12,11 +12,8 @@ from xdpguard.core import protection, state
 from xdpguard.core.abi import Reason
 
 from .output import console, emit_json, human_bytes
-from .params import IFACE
+from .params import IFACE, iface_option as _iface, json_option as _json
 
-_iface = click.option("--iface", "-i", type=IFACE, default=None,
-                      help="Interface; may be omitted when exactly one is protected.")
-_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @click.group(invoke_without_command=True)

@@ -12,7 +12,7 @@ import click
 from xdpguard.core import abi, cleansing, policy
 from xdpguard.core.errors import UserError
 
-from .limit import iface_option, json_option
+from .params import iface_option, json_option
 from .output import console, emit_json
 
 

@@ -12,13 +12,10 @@ import click
 from xdpguard.core import forward as core
 
 from .output import console, emit_json, human_bytes
-from .params import IFACE
+from .params import iface_option as _iface, json_option as _json
 
-_iface = click.option("--iface", "-i", type=IFACE, default=None,
-                      help="Interface; may be omitted when exactly one is protected.")
 _protected = click.option("--protected", default=None, metavar="ADDR",
                           help="Protected address (default: the interface's only one of the backends' family).")
-_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _proto = click.argument("proto", type=click.Choice(["tcp", "udp"]))
 _range = click.argument("ports", metavar="PORT[-PORT]")
 

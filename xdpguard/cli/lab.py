@@ -10,8 +10,8 @@ from xdpguard.lab import probe as lab_probe
 from xdpguard.lab import topology
 
 from .output import console, emit_json
+from .params import json_option as _json
 
-_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @click.group()

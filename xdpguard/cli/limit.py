@@ -13,7 +13,7 @@ from xdpguard.core import cleansing, policy
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json, human_bytes
-from .params import IFACE
+from .params import iface_option, json_option, protected_option
 
 _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -40,11 +40,6 @@ class RateType(click.ParamType):
 
 RATE = RateType()
 
-iface_option = click.option("--iface", "-i", type=IFACE, default=None,
-                            help="Interface; may be omitted when exactly one is protected.")
-protected_option = click.option("--protected", default=None, metavar="ADDR",
-                                help="Only this protected address (default: all of the interface's).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _port = click.option("--port", default=None, metavar="PROTO:PORT[-PORT]",
                      help="Only these ports (tcp:80, udp:27015-27020): per-port limits.")
 

@@ -8,7 +8,7 @@ from rich.table import Table
 from xdpguard.core import protection
 
 from .output import console, emit_json
-from .params import CIDR, IFACE
+from .params import CIDR, iface_option, json_option
 
 _HELP = {
     "block": "Drop traffic from these sources to the protected addresses.",
@@ -32,9 +32,7 @@ def _report(res: protection.ListChangeResult, as_json: bool) -> None:
 
 
 def make_group(which: str) -> click.Group:
-    iface_opt = click.option("--iface", "-i", type=IFACE, default=None,
-                             help="Interface; may be omitted when exactly one is protected.")
-    json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    iface_opt, json_opt = iface_option, json_option
 
     @click.group(name=which, help=_HELP[which])
     def group():

@@ -6,7 +6,7 @@ import click
 
 from xdpguard.core import cleansing
 
-from .limit import iface_option, json_option
+from .params import iface_option, json_option
 from .output import console, emit_json
 
 _reason = click.option("--reason", "reasons", multiple=True, metavar="REASON",

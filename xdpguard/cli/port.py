@@ -11,13 +11,8 @@ import click
 from xdpguard.core import protection
 
 from .output import console, emit_json
-from .params import IFACE
+from .params import iface_option as _iface, json_option as _json, protected_option as _protected
 
-_iface = click.option("--iface", "-i", type=IFACE, default=None,
-                      help="Interface; may be omitted when exactly one is protected.")
-_protected = click.option("--protected", default=None, metavar="ADDR",
-                          help="Only this protected address (default: all of the interface's).")
-_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _proto = click.argument("proto", type=click.Choice(["tcp", "udp"]))
 _range = click.argument("ports", metavar="PORT[-PORT]")
 
