@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from xdpguard.cli.main import cli, run
+from xdpguard.cli.main import run
 from xdpguard.core import cleansing, policy
 from xdpguard.core.errors import UserError
+from cli_helpers import invoke, one_line_error
 
 IF = "veth-xg0"
 LIMITS = cleansing.LimitResult(IF, "set", 2, [
@@ -49,18 +49,6 @@ def calls(monkeypatch) -> Calls:
     for verb in VERBS:
         c.fake(verb, AssertionError(f"cleansing.{verb} was not expected to be called"))
     return c
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def one_line_error(capsys) -> str:
-    cap = capsys.readouterr()
-    lines = cap.err.splitlines()
-    assert len(lines) == 1, cap.err
-    assert lines[0].startswith("xdpguard: error: ")
-    return lines[0]
 
 
 # ---- limit ----

@@ -11,10 +11,9 @@ import errno
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from xdpguard import __version__
-from xdpguard.cli.main import cli, run
+from xdpguard.cli.main import run
 from xdpguard.core import protection
 from xdpguard.core.errors import UserError
 from xdpguard.core.libbpf import BpfError
@@ -27,6 +26,7 @@ from xdpguard.core.protection import (
     ListResult,
     StatusResult,
 )
+from cli_helpers import invoke, one_line_error
 
 ATTACHED = AttachResult("veth-xg0", 7, 4242, "native", ["198.18.0.1", "2001:db8::1"], False,
                         "/run/xdpguard/bpffs/net-1/veth-xg0", ["replaced foreign XDP program id 12 ('other')"])
@@ -66,19 +66,6 @@ def calls(monkeypatch) -> Calls:
     for verb in ("attach", "detach", "status", "list_add", "list_del", "list_load", "list_show"):
         c.fake(verb, AssertionError(f"protection.{verb} was not expected to be called"))
     return c
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result
-
-
-def one_line_error(capsys) -> str:
-    cap = capsys.readouterr()
-    lines = cap.err.splitlines()
-    assert len(lines) == 1, cap.err
-    assert lines[0].startswith("xdpguard: error: ")
-    return lines[0]
 
 
 # ---- exit codes and the one-line error contract ----

@@ -13,6 +13,7 @@ from xdpguard.cli.main import cli, run
 from xdpguard.core import forward, health, nat, state
 from xdpguard.core.errors import UserError
 from xdpguard.core.forward import BackendView, ForwardChangeResult, ForwardListResult, RuleView
+from cli_helpers import one_line_error
 
 LISTING = ForwardListResult(
     rules=[RuleView("tcp/198.18.0.2/80", "xgp0", "tcp", "198.18.0.2", "80",
@@ -44,13 +45,6 @@ def calls(monkeypatch) -> Calls:
         c.fake(forward, verb, AssertionError(f"forward.{verb} was not expected"))
     c.fake(health, "run", AssertionError("health.run was not expected"))
     return c
-
-
-def one_line_error(capsys) -> str:
-    cap = capsys.readouterr()
-    lines = cap.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xdpguard: error: "), cap.err
-    return lines[0]
 
 
 def test_add_passes_every_option(calls):
