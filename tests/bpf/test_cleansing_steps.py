@@ -94,7 +94,7 @@ class Bed:
         self.maps[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(0))
         for a in ADDRS.values():  # no port policy, no port limits (their maps were emptied above)
             m = self.maps[MapName.PROT4 if a.version == 4 else MapName.PROT6]
-            m.set(policy._prot_key(a), policy.new_protected(m.get(policy._prot_key(a)).syn.slot))
+            m.set(policy.prot_key(a), policy.new_protected(m.get(policy.prot_key(a)).syn.slot))
         self.apply(NO_REFLECTION)
 
     def apply(self, g: GlobalPolicy = NO_REFLECTION, addr: AddressPolicy = AddressPolicy(), ports=(),

@@ -300,7 +300,7 @@ class AppliedBed:
         for a, p in setup.protected.items():
             old = self.protected.get(a)
             if old is None:
-                m[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy._prot_key(a), policy.new_protected(SLOTS[a]))
+                m[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(SLOTS[a]))
             if old is None or old.policy != p.policy:
                 policy.write_address_policy(m, a, p.policy)
             self._ports(a, old.open_ports if old else frozenset(), p.open_ports)
@@ -309,7 +309,7 @@ class AppliedBed:
             old = self.protected[a]
             self._ports(a, old.open_ports, frozenset())
             self._port_limits(a, old.port_limits, {})
-            m[MapName.PROT4 if a.version == 4 else MapName.PROT6].delete(policy._prot_key(a))
+            m[MapName.PROT4 if a.version == 4 else MapName.PROT6].delete(policy.prot_key(a))
         self.protected = dict(setup.protected)
 
         for which in ("allow", "block"):

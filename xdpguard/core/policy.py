@@ -262,14 +262,15 @@ def _prot_map(maps, addr):
     return maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
 
 
-def _prot_key(addr):
+def prot_key(addr):
+    """Key of xg_prot4_hash / xg_prot6_hash: the address's raw bytes."""
     k = abi.Addr4() if addr.version == 4 else abi.Addr6()
     ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
     return k
 
 
 def read_address_policy(maps, addr) -> AddressPolicy:
-    v = _prot_map(maps, addr).get(_prot_key(addr))
+    v = _prot_map(maps, addr).get(prot_key(addr))
     if v is None:
         raise UserError(f"{addr} is not a protected address")
     blocked = frozenset(n for n, bit in PROTOCOLS.items() if v.flags & bit)
@@ -278,7 +279,7 @@ def read_address_policy(maps, addr) -> AddressPolicy:
 
 def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
     """Rewrite the address's entry, keeping what other features own (port-policy flag, slot)."""
-    m, k = _prot_map(maps, addr), _prot_key(addr)
+    m, k = _prot_map(maps, addr), prot_key(addr)
     cur = m.get(k)
     if cur is None:
         raise UserError(f"{addr} is not a protected address")
@@ -325,7 +326,7 @@ def write_port_limits(maps, addr, proto: str, lo: int, hi: int, lim: Limits | No
 def _sync_port_limits_flag(maps, addr) -> None:
     raw = addr.packed
     on = any(k.family == addr.version and bytes(k.addr)[: len(raw)] == raw for k in maps[abi.MapName.PORTLIM].keys())
-    pm, pk = _prot_map(maps, addr), _prot_key(addr)
+    pm, pk = _prot_map(maps, addr), prot_key(addr)
     cur = pm.get(pk)
     if cur is None:
         return

@@ -32,7 +32,6 @@ from .abi import (
     PORT_BY_FORWARD,
     PORT_BY_OPERATOR,
     PROT_PORT_POLICY,
-    PortKey,
     PortValue,
     Reason,
     stats_slot,
@@ -170,23 +169,8 @@ def _key_prefix(k, family: int) -> Prefix:
     return Prefix(family, bytes(k.addr), plen)
 
 
-def _prot_key(addr: ipaddress.IPv4Address | ipaddress.IPv6Address):
-    k = Addr4() if addr.version == 4 else Addr6()
-    ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
-    return k
-
-
 PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
-
-
-def _port_key(addr, proto: int, port: int) -> PortKey:
-    k = PortKey()
-    ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
-    k.port = port
-    k.proto = proto
-    k.family = addr.version
-    return k
 
 
 # ---- the guard of one interface ----
@@ -359,11 +343,10 @@ class Guard:
         """Open (add) or close ports lo..hi for `by_bit`'s owner on each address; keeps the
         address's port-policy flag in step (on while any port of it is open). Returns entries changed."""
         m = self.maps[MapName.PORTS]
-        pnum = PROTO_NUMBERS[proto]
         changed = 0
         for a in addrs:
             for port in range(lo, hi + 1):
-                k = _port_key(a, pnum, port)
+                k = policy.port_key(a, proto, port)
                 old = m.get(k)
                 flags = old.flags if old is not None else 0
                 new = flags | by_bit if add else flags & ~by_bit
@@ -382,7 +365,7 @@ class Guard:
         raw = addr.packed
         on = any(k.family == fam and bytes(k.addr)[: len(raw)] == raw for k in self.maps[MapName.PORTS].keys())
         pm = self.maps[MapName.PROT4 if fam == 4 else MapName.PROT6]
-        pk = _prot_key(addr)
+        pk = policy.prot_key(addr)
         cur = pm.get(pk)
         if cur is None:
             return
@@ -527,7 +510,7 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
             maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED, 0))
             policy.write_global_policy(maps, policy.GlobalPolicy(monitor_mask=ALL_REASONS_MASK if monitor else 0))
             for slot, a in enumerate(addrs):
-                maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(_prot_key(a), policy.new_protected(slot))
+                maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(slot))
             pin_maps(iface, lp.map_fds)
             try:
                 took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att)

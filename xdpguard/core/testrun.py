@@ -54,15 +54,14 @@ class TestBed:
         Guard(None, None, self.maps).sync_lists_mask()
 
     def protect(self, *addrs: str) -> None:
-        from .protection import _prot_key
 
-        from .policy import new_protected
+        from .policy import new_protected, prot_key
 
         for a in addrs:
             ip = ipaddress.ip_address(a)
             m = self.maps[MapName.PROT4 if ip.version == 4 else MapName.PROT6]
-            if m.get(_prot_key(ip)) is None:
-                m.set(_prot_key(ip), new_protected(self._next_slot))
+            if m.get(prot_key(ip)) is None:
+                m.set(prot_key(ip), new_protected(self._next_slot))
                 self._next_slot += 1
 
     def add(self, which: str, cidr: str, expires_ns: int = 0) -> None:
