@@ -128,9 +128,15 @@ static __always_inline int filter_payload(struct xdp_md *ctx, struct xg_filter *
     if (!base)
         return 0;
     __u32 off = base + f->payload_off;
-    __u32 len = f->payload_len;
-    if (off > 0xffff || len > XG_PAYLOAD_MATCH_MAX)
+    if (off > 0xffff || f->payload_len > XG_PAYLOAD_MATCH_MAX)
         return 0;
+    /* bpf_xdp_load_bytes takes a length the verifier must prove non-zero. Older verifiers
+     * (Debian 12's 6.1) learn nothing from the `!payload_len` test above and reject the call
+     * with "invalid zero-sized read", so the length goes through a volatile slot (clang would
+     * fold a plain re-check away) and comes back as ((len - 1) & 15) + 1: 1..16 for every
+     * kernel, equal to payload_len for the 1..16 the controller writes. */
+    volatile __u32 len_m1 = f->payload_len - 1;
+    __u32 len = (len_m1 & (XG_PAYLOAD_MATCH_MAX - 1)) + 1;
     __u64 w[2] = {};
     void *data = (void *)(long)ctx->data;
     void *at = data + (off & 0x7ff);
