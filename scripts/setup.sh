@@ -124,18 +124,20 @@ then
 fi
 
 # --- bpffs mounts ---------------------------------------------------------------------------
-mount_bpffs() {
-    local dir="$1"
+mount_bpffs() {  # mount_bpffs DIR [MODE]
+    local dir="$1" mode="${2:-}"
     mkdir -p "$dir"
     if [[ "$(findmnt -n -o FSTYPE --mountpoint "$dir" 2>/dev/null || true)" == "bpf" ]]; then
         step "bpffs already mounted at $dir"
     else
         step "mounting bpffs at $dir"
-        mount -t bpf bpf "$dir"
+        mount -t bpf ${mode:+-o mode=$mode} bpf "$dir"
     fi
+    if [[ -n "$mode" ]]; then chmod "$mode" "$dir"; fi
 }
 mount_bpffs /sys/fs/bpf
-mount_bpffs "$BPFFS_DIR"
+mount_bpffs "$BPFFS_DIR" 0700   # root-only: nobody else may pre-create or unlink our pins
+chmod 0700 "$(dirname "$BPFFS_DIR")"
 
 # --- virtualenv -----------------------------------------------------------------------------
 venv_ok() {

@@ -7,6 +7,7 @@ import sys
 import click
 
 from xdpguard import __version__
+from xdpguard.core.config import ConfigError
 from xdpguard.core.errors import UserError
 from xdpguard.core.libbpf import BpfError
 
@@ -31,7 +32,7 @@ def cli(ctx: click.Context) -> None:
 
 def _register() -> None:
     from . import attach, detach, forward, lists, port, run, status
-    from . import doctor, lab
+    from . import desired, doctor, lab
 
     cli.add_command(attach.attach)
     cli.add_command(detach.detach)
@@ -41,6 +42,10 @@ def _register() -> None:
     cli.add_command(port.port)
     cli.add_command(forward.forward)
     cli.add_command(run.run)
+    cli.add_command(desired.apply)
+    cli.add_command(desired.diff)
+    cli.add_command(desired.export)
+    cli.add_command(desired.upgrade)
     from . import capture, events, stats, top  # observability (issue 5)
     cli.add_command(top.top)
     cli.add_command(stats.stats)
@@ -75,6 +80,10 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(exc.format_message().replace("\n", " "), ExitCode.BAD_INPUT)
     except click.ClickException as exc:
         return _fail(exc.format_message(), ExitCode.BAD_INPUT)
+    except ConfigError as exc:  # one line per problem, each naming file, line and field
+        for problem in exc.problems[:-1]:
+            click.echo(f"xdpguard: error: {problem}", err=True)
+        return _fail(exc.problems[-1], ExitCode.BAD_INPUT)
     except UserError as exc:
         return _fail(exc.message, ExitCode.BAD_INPUT)
     except BpfError as exc:
