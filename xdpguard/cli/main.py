@@ -14,20 +14,11 @@ from xdpguard.core.libbpf import BpfError
 from .exitcodes import ExitCode
 
 
-class Ctx:
-    """The one context object every command receives."""
-
-    def __init__(self, json_default: bool = False):
-        self.json_default = json_default
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "XDPGUARD"})
 @click.version_option(__version__, "--version", prog_name="xdpguard")
-@click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli() -> None:
     """xdpguard: a DDoS protective IP. XDP drops attack traffic at line rate; clean traffic
     goes on to the protected addresses (and, with forwarding, to hidden real servers)."""
-    ctx.obj = Ctx()
 
 
 def _register() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from . import abi
 from .errors import UserError
@@ -412,12 +412,3 @@ def sweep_bans(maps, now_ns: int) -> int:
         if cur is not None and cur.flags & abi.DP_HAS_BANS:
             st.set(ctypes.c_uint32(0), abi.DpState(cur.flags & ~abi.DP_HAS_BANS))
     return len(dead)
-
-
-@dataclass(frozen=True)
-class PolicySnapshot:
-    """Everything the cleansing steps use, for `show` commands and the model."""
-
-    global_: GlobalPolicy
-    addresses: dict[str, AddressPolicy] = field(default_factory=dict)
-    port_limits: dict[tuple[str, str, int], Limits] = field(default_factory=dict)
