@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytest.importorskip("prometheus_client")
@@ -9,6 +11,7 @@ pytest.importorskip("prometheus_client")
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from xdpguard import __version__  # noqa: E402
 from xdpguard.core import forward, metrics, protection, state  # noqa: E402
 from xdpguard.core.forward import BackendView, ForwardListResult, RuleView  # noqa: E402
 from xdpguard.core.protection import CounterView  # noqa: E402
@@ -40,18 +43,38 @@ def scrape(monkeypatch):
     from xdpguard.core import sampling
 
     monkeypatch.setattr(sampling, "get_sample_every", lambda maps: 64)
+    monkeypatch.setattr(sampling, "sample_counters", lambda maps: (1000, 7))
     rules = [RuleView("198.18.0.2 tcp 80", "xgp0", "tcp", "198.18.0.2", "80",
                       [BackendView("198.51.100.10:8080", 1, False, "up"), BackendView("198.51.100.11:8080", 1, False, "down"),
                        BackendView("198.51.100.12:8080", 1, True, "unknown")], 0, False, None, 5, 500)]
     monkeypatch.setattr(forward, "show", lambda ifname=None: ForwardListResult(rules, {}, True))
 
     def do(active=None):
-        reg = CollectorRegistry(auto_describe=False)
-        reg.register(metrics.XdpguardCollector(attacks=lambda: active or {}, ifaces=lambda: ["xgp0"]))
-        text = generate_latest(reg).decode()
+        text = scrape_text(active)
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for fam in text_string_to_metric_families(text) for s in fam.samples}, text
     return do
+
+
+def scrape_text(active=None) -> str:
+    """One scrape of the real collector (over the fakes the `scrape` fixture installs)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(metrics.XdpguardCollector(attacks=lambda: active or {}, ifaces=lambda: ["xgp0"]))
+    return generate_latest(reg).decode()
+
+
+def exported(text: str) -> dict[str, tuple[str, set[str]]]:
+    """Sample name → (family type, label names) of a scrape's text."""
+    out: dict[str, tuple[str, set[str]]] = {}
+    for fam in text_string_to_metric_families(text):
+        names = {fam.name + "_total"} if fam.type == "counter" else {fam.name}
+        for n in names:
+            out.setdefault(n, (fam.type, set()))
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            out.setdefault(s.name, (fam.type, set()))[1].update(s.labels)
+    return out
 
 
 def test_names_labels_values(scrape):
@@ -61,11 +84,17 @@ def test_names_labels_values(scrape):
     assert got[("xdpguard_packets_total", (("action", "pass"), ("iface", "xgp0"), ("reason", "clean")))] == 20
     assert got[("xdpguard_list_entries", (("iface", "xgp0"), ("list", "block")))] == 3
     assert got[("xdpguard_list_entries", (("iface", "xgp0"), ("list", "allow")))] == 1
-    assert got[("xdpguard_backend_up", (("backend", "198.51.100.10:8080"), ("rule", "198.18.0.2 tcp 80")))] == 1
-    assert got[("xdpguard_backend_up", (("backend", "198.51.100.11:8080"), ("rule", "198.18.0.2 tcp 80")))] == 0
+    rule = ("rule", "198.18.0.2 tcp 80")
+    assert got[("xdpguard_backend_up", (("backend", "198.51.100.10:8080"), ("iface", "xgp0"), rule))] == 1
+    assert got[("xdpguard_backend_up", (("backend", "198.51.100.11:8080"), ("iface", "xgp0"), rule))] == 0
     assert not any(k[0] == "xdpguard_backend_up" and ("backend", "198.51.100.12:8080") in k[1] for k in got)
+    assert got[("xdpguard_forward_packets_total", (("iface", "xgp0"), rule))] == 5
+    assert got[("xdpguard_forward_bytes_total", (("iface", "xgp0"), rule))] == 500
     assert got[("xdpguard_attack_active", (("iface", "xgp0"), ("protected", "198.18.0.2")))] == 1
-    assert got[("xdpguard_sample_every", (("iface", "xgp0"),))] == 64
+    assert got[("xdpguard_sample_ratio", (("iface", "xgp0"),))] == 1 / 64
+    assert got[("xdpguard_samples_total", (("iface", "xgp0"),))] == 1000
+    assert got[("xdpguard_samples_lost_total", (("iface", "xgp0"),))] == 7
+    assert got[("xdpguard_build_info", (("version", __version__),))] == 1
     assert "# TYPE xdpguard_packets_total counter" in text
 
 
@@ -84,3 +113,29 @@ def test_parse_listen(text, out):
 def test_parse_listen_rejects(bad):
     with pytest.raises(metrics.UserError if hasattr(metrics, "UserError") else Exception):
         metrics.parse_listen(bad)
+
+
+def test_every_declared_family_is_served_with_its_type_and_labels(scrape):
+    got = exported(scrape_text({("xgp0", "198.18.0.2"): True}))
+    for m in metrics.METRICS:
+        assert m.name in got, m.name
+        kind, labels = got[m.name]
+        assert kind == m.kind and labels == set(m.labels), (m.name, kind, labels)
+    assert {n for n in got if n.startswith("xdpguard_")} == {m.name for m in metrics.METRICS}
+
+
+NAME = re.compile(r"^xdpguard_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+LABEL = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+UNIT_WORDS = {"seconds", "bytes", "ratio", "packets", "entries", "samples", "info", "up", "active"}
+
+
+@pytest.mark.parametrize("m", metrics.METRICS, ids=lambda m: m.name)
+def test_names_follow_prometheus_conventions(m):
+    """https://prometheus.io/docs/practices/naming/: snake_case, `_total` exactly on counters,
+    base units in the name (bytes, seconds; no bits, ms or kb), a unitless fraction is `_ratio`."""
+    assert NAME.match(m.name) and all(LABEL.match(la) and not la.startswith("__") for la in m.labels)
+    assert m.name.endswith("_total") == (m.kind == "counter")
+    words = m.name.removesuffix("_total").split("_")
+    assert not {"bits", "bps", "pps", "ms", "kb", "mb", "percent", "every"} & set(words), m.name
+    assert UNIT_WORDS & set(words), f"{m.name}: the name should say what it counts or measures (unit)"
+    assert m.labels == tuple(dict.fromkeys(m.labels)) and "le" not in m.labels and "quantile" not in m.labels
