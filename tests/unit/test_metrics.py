@@ -8,73 +8,20 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prom_helpers import exported, install_fakes, samples, scrape_text  # noqa: E402  (tests/unit is on sys.path)
 
 from xdpguard import __version__  # noqa: E402
-from xdpguard.core import forward, metrics, protection, state  # noqa: E402
-from xdpguard.core.forward import BackendView, ForwardListResult, RuleView  # noqa: E402
-from xdpguard.core.protection import CounterView  # noqa: E402
-
-
-class FakeGuard:
-    maps: dict = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def counters(self):
-        return [CounterView("drop", "blocklist", 1500, 96000), CounterView("pass", "clean", 20, 1400)]
-
-    def list_size(self, which):
-        return {"block": 3, "allow": 1}[which]
-
-    def protected(self):
-        return ["198.18.0.2"]
+from xdpguard.core import metrics  # noqa: E402
 
 
 @pytest.fixture
 def scrape(monkeypatch):
-    monkeypatch.setattr(protection.Guard, "open", classmethod(lambda cls, iface: FakeGuard()))
-    monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 1, "net-1"))
-    from xdpguard.core import sampling
-
-    monkeypatch.setattr(sampling, "get_sample_every", lambda maps: 64)
-    monkeypatch.setattr(sampling, "sample_counters", lambda maps: (1000, 7))
-    rules = [RuleView("198.18.0.2 tcp 80", "xgp0", "tcp", "198.18.0.2", "80",
-                      [BackendView("198.51.100.10:8080", 1, False, "up"), BackendView("198.51.100.11:8080", 1, False, "down"),
-                       BackendView("198.51.100.12:8080", 1, True, "unknown")], 0, False, None, 5, 500)]
-    monkeypatch.setattr(forward, "show", lambda ifname=None: ForwardListResult(rules, {}, True))
+    install_fakes(monkeypatch)
 
     def do(active=None):
         text = scrape_text(active)
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}, text
+        return {(name, tuple(sorted(labels.items()))): value for name, labels, value, _ in samples(text)}, text
     return do
-
-
-def scrape_text(active=None) -> str:
-    """One scrape of the real collector (over the fakes the `scrape` fixture installs)."""
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(metrics.XdpguardCollector(attacks=lambda: active or {}, ifaces=lambda: ["xgp0"]))
-    return generate_latest(reg).decode()
-
-
-def exported(text: str) -> dict[str, tuple[str, set[str]]]:
-    """Sample name → (family type, label names) of a scrape's text."""
-    out: dict[str, tuple[str, set[str]]] = {}
-    for fam in text_string_to_metric_families(text):
-        names = {fam.name + "_total"} if fam.type == "counter" else {fam.name}
-        for n in names:
-            out.setdefault(n, (fam.type, set()))
-        for s in fam.samples:
-            if s.name.endswith("_created"):
-                continue
-            out.setdefault(s.name, (fam.type, set()))[1].update(s.labels)
-    return out
 
 
 def test_names_labels_values(scrape):
