@@ -1,7 +1,8 @@
 """A real Prometheus (Debian's) scraping a real `xdpguard run --metrics` in a namespace lab:
 the shipped rules load and evaluate without error, the target is up, the recording rules give
 the blocklist drop rate, and during a bounded IPv4-only flood the attack alert fires for the
-IPv4 address only — never for the interface's idle IPv6 address.
+IPv4 address only — never for the interface's idle IPv6 address, even with sampling so sparse
+that most detection intervals have no sample to split the interface's rate by.
 
 Topology (one veth pair):
     atk ns   xga0  198.18.0.1/29 (attacker)
@@ -32,7 +33,8 @@ PY = sys.executable
 PROT4, PROT6, ATTACKER = "198.18.0.2", "2001:db8::2", "198.18.0.1"
 IFACE = "xgp0"
 METRICS_PORT, PROM_PORT = 9477, 9090
-FLOOD_PPS, FLOOD_S = 20_000, 8
+FLOOD_PPS, FLOOD_S = 20_000, 10
+SPARSE_SAMPLING = 16384
 
 
 def _prometheus() -> str:
@@ -94,6 +96,10 @@ def test_real_prometheus_loads_the_rules_and_alerts_on_the_attacked_address_only
     lab.defer("detach xdpguard", xg, "detach", IFACE, check=False)
     xg("block", "add", ATTACKER)
     xg("events", "threshold", "set", "--drop-pps", "2k", "--hold", "3")
+    # Sparse sampling (1 in SPARSE_SAMPLING per CPU and reason: about one sample a second at
+    # FLOOD_PPS), so most detection intervals see no sample at all: the case where the whole
+    # interface's rate used to be handed to every protected address, the idle IPv6 one included.
+    xg("stats", IFACE, "--sample-every", str(SPARSE_SAMPLING), "--interval", "0.2")
 
     run = lab.popen(prot, "env", f"XDPGUARD_STATE_DIR={env['XDPGUARD_STATE_DIR']}", "xdpguard", "run",
                     "--metrics", f"127.0.0.1:{METRICS_PORT}", "--detect-interval", "0.5", "--duration", "120",
@@ -124,8 +130,11 @@ def test_real_prometheus_loads_the_rules_and_alerts_on_the_attacked_address_only
     rules = _wait_for(rules_ok, timeout=40, step=1)
     assert rules, prom.get("/api/v1/rules")
     assert {r["name"] for r in rules} == shipped
-    targets = prom.get("/api/v1/targets")["data"]["activeTargets"]
-    assert [(t["labels"]["job"], t["health"]) for t in targets] == [("xdpguard", "up")], targets
+    def targets():
+        active = prom.get("/api/v1/targets").get("data", {}).get("activeTargets", [])
+        return [(t["labels"]["job"], t["health"]) for t in active]
+
+    assert _wait_for(lambda: targets() == [("xdpguard", "up")], timeout=15), targets()
 
     # A bounded IPv4-only flood (blocklisted source): the alert fires for PROT4, never for PROT6.
     mac = json.loads(lab.run(prot, "ip", "-j", "link", "show", IFACE).stdout)[0]["address"]
