@@ -79,3 +79,9 @@ def test_metric_names_tokenizer():
         {"xdpguard_packets_total"}
     assert metric_names('a:b:c > 1 and on (instance) up{job="x"} unless absent(foo) or vector(0)') == {"a:b:c", "up", "foo"}
     assert metric_names("count(x offset 5m) / ignoring (le) group_left (a) y * 1e3") == {"x", "y"}
+
+
+def test_example_config_checks():
+    p = run_promtool("check", "config", str(RULES.parent / "prometheus.example.yml"))
+    assert p.returncode == 0 and "SUCCESS" in p.stdout, p.stdout + p.stderr
+    assert str(RULES.name) in p.stdout  # it loaded and checked our rules too
