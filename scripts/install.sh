@@ -88,9 +88,6 @@ for page in "$work"/man/*.1; do
 done
 mkdir -p "$(dirname "$MANIFEST")"
 printf '%s\n' "${installed[@]}" >"$MANIFEST"
-if [[ -z "$DESTDIR" ]] && command -v mandb >/dev/null; then
-    mandb -q "$PREFIX/share/man" 2>/dev/null || true
-fi
 step "installed $BIN -> $XDPGUARD"
 step "completion: bash ($BASH_FILE), zsh ($ZSH_FILE), fish ($FISH_FILE)"
 step "man pages: $MAN_DIR/xdpguard.1 and $(( ${#installed[@]} - 5 )) command pages (man xdpguard)"
