@@ -106,7 +106,7 @@ ENVIRONMENT = [
 EXIT = [("0", "Success."), ("1", "An unexpected failure."),
         ("2", "Bad input, or a state that forbids the request; nothing was changed. "
               "The error is one line starting with 'xdpguard: error:'."),
-        ("130", "Interrupted (Ctrl\\-C).")]
+        ("130", "Interrupted (Ctrl-C).")]
 
 
 def root_page(root: click.Context, commands) -> str:
@@ -118,7 +118,7 @@ def root_page(root: click.Context, commands) -> str:
     page.append(".SH ENVIRONMENT")
     page += [f".TP\n\\fB{esc(k)}\\fR\n{esc(v)}" for k, v in ENVIRONMENT]
     page.append(".SH EXIT STATUS")
-    page += [f".TP\n\\fB{k}\\fR\n{v if k == '130' else esc(v)}" for k, v in EXIT]
+    page += [f".TP\n\\fB{k}\\fR\n{esc(v)}" for k, v in EXIT]
     page += [".SH SEE ALSO", ",\n".join(f"\\fBxdpguard\\-{esc(n)}\\fR(1)" for n, _ in commands)]
     return "\n".join(page) + "\n"
 

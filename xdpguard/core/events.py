@@ -8,7 +8,9 @@ are appended to $XDPGUARD_STATE_DIR/events.jsonl (one JSON object a line, the la
 id wins), and an optional hook command gets the event JSON on stdin at start and end.
 
 Per-address rates: with one protected address the interface's exact counters are its own;
-with several, each address gets its share of the sampled packets (an estimate at 1 in N).
+with several, each address gets its share of the sampled packets (an estimate at 1 in N); an
+interval without samples keeps the last sampled split, and an address never sampled gets
+nothing (it is not "under attack" just because its interface is).
 """
 
 from __future__ import annotations
