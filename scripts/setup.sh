@@ -13,7 +13,7 @@ MODULES_DIR="/lib/modules/$KERNEL_RELEASE"
 
 APT_PACKAGES=(
     python3-bpfcc bpfcc-tools nftables python3-nftables iproute2 python3-venv
-    ipset tcpdump tmux netsniff-ng ethtool iputils-ping
+    ipset tcpdump tmux netsniff-ng ethtool iputils-ping prometheus python3-yaml
     vagrant
 )
 
@@ -55,6 +55,18 @@ if ((${#missing[@]})); then
     apt_install "${missing[@]}"
 else
     step "system packages already installed"
+fi
+# promtool (for the rules tests) comes with Debian's prometheus package, whose postinst enables
+# and starts a Prometheus server. xdpguard needs only the tool: a server this run installed is
+# stopped and disabled (one the operator had installed before is left alone).
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    step "stopping and disabling the prometheus service (only promtool is needed)"
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+        update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
 fi
 
 # --- kernel headers for bcc -----------------------------------------------------------------
