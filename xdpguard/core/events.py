@@ -384,10 +384,6 @@ class HookRunner:
         self.running = keep
 
 
-def open_events_in_log(iface: str) -> list[dict]:
-    return [d for d in read_log(iface=iface) if d.get("state") == "open"]
-
-
 # ---- what `top` and `run` use ----
 
 
