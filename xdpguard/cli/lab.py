@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from xdpguard.lab import attack as lab_attack
+from xdpguard.lab import cluster as lab_cluster
 from xdpguard.lab import probe as lab_probe
 from xdpguard.lab import topology
 
@@ -23,9 +24,16 @@ def lab():
 @click.option("--no-protect", is_flag=True, help="Do not attach xdpguard (no forwarding either).")
 @click.option("--lifetime", type=click.IntRange(10, 86400), default=topology.SERVER_LIFETIME_S, metavar="SECONDS",
               help="The backend servers exit by themselves after SECONDS.")
+@click.option("--nodes", type=click.IntRange(1, lab_cluster.MAX_NODES), default=None, metavar="N",
+              help="Build the cluster lab instead: a BGP router, N protector nodes, etcd.")
 @_json
-def up(no_protect, lifetime, as_json):
+def up(no_protect, lifetime, nodes, as_json):
     """Build the lab (removing a previous one first) and protect it with xdpguard."""
+    if nodes is not None:
+        _cluster_up(nodes, lifetime, as_json)
+        return
+    if lab_cluster.exists():
+        lab_cluster.down()
     res = topology.up(protected=not no_protect, lifetime_s=lifetime)
     if as_json:
         emit_json(res)
@@ -46,6 +54,14 @@ def up(no_protect, lifetime, as_json):
 @_json
 def down(as_json):
     """Remove the lab: detach xdpguard, stop servers, delete namespaces and state."""
+    if lab_cluster.exists():
+        cres = lab_cluster.down()
+        if as_json:
+            emit_json(cres)
+            return
+        console().print(f"cluster lab '{cres['name']}' removed: {len(cres['removed_namespaces'])} namespaces, "
+                        f"{len(cres['killed_pids'])} processes stopped")
+        return
     res = topology.down()
     if as_json:
         emit_json(res)
@@ -64,6 +80,9 @@ def down(as_json):
 @_json
 def status(as_json):
     """Show which namespaces, servers and XDP program of the lab exist."""
+    if lab_cluster.exists():
+        _cluster_status(as_json)
+        return
     res = topology.status()
     if as_json:
         emit_json(res)
@@ -126,3 +145,33 @@ def probe(count, proto, ipv6, timeout, interval, duration, as_json):
         emit_json(res)
     else:
         console().print(lab_probe.describe(res))
+
+
+def _cluster_up(nodes, lifetime, as_json):
+    res = lab_cluster.up(nodes, lifetime_s=lifetime)
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    for n in res.notes:
+        c.print(f"note: {n}")
+    c.print(f"cluster lab '{res.name}' is up: {res.nodes} node(s), {len(res.namespaces)} namespaces")
+    for dst, hops in res.next_hops.items():
+        c.print(f"  router: {dst} via {', '.join(hops) or 'nothing'} ({len(hops)} next hop(s))")
+    c.print(f"  client {lab_cluster.CLIENT4}, attacker {lab_cluster.ATTACKER4}, etcd {lab_cluster.ETCD_URL}")
+    c.print(f"  node configs, BIRD configs, logs: {res.run_dir}; remove everything with 'xdpguard lab down'")
+
+
+def _cluster_status(as_json):
+    res = lab_cluster.status()
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    c.print(f"cluster lab '{res.name}' ({res.nodes} nodes): {'[green]up[/]' if res.up else '[yellow]not (fully) up[/]'}")
+    for ns, present in res.namespaces.items():
+        c.print(f"  netns {ns}: {'present' if present else 'absent'}")
+    for s in res.servers:
+        c.print(f"  {s['name']} pid {s['pid']}: {'running' if s['alive'] else 'gone'}")
+    for dst, hops in res.next_hops.items():
+        c.print(f"  router: {dst} via {', '.join(hops) or 'nothing'}")

@@ -44,6 +44,8 @@ def _register() -> None:
     cli.add_command(capture.capture)
     cli.add_command(lab.lab)
     cli.add_command(doctor.doctor)
+    from . import cluster  # many nodes, one protective IP (issue 12)
+    cli.add_command(cluster.cluster)
     from . import ban, filter, fragments, limit, monitor, proto, reflection, syn  # cleansing (issue 4)
     for group in (limit.limit, proto.proto, reflection.reflection, filter.filter_, syn.syn, monitor.monitor,
                   fragments.fragments, ban.ban):

@@ -105,9 +105,47 @@ class DaemonSpec:
 
 
 @dataclass(frozen=True)
+class ClusterSpec:
+    """`[cluster]`: this node's membership of a cluster whose desired state lives in etcd."""
+
+    name: str = "xdpguard"  # the key prefix /xdpguard/<name>/
+    node: str = "node"  # this node's name, unique in the cluster
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)  # etcd client URLs
+    node_ttl_s: int = 3  # the node key's lease: a dead node vanishes from `cluster status` after it
+    resync_interval_s: float = 60.0  # full read of the store even without a reconnect
+
+
+@dataclass(frozen=True)
+class BgpNeighbor:
+    address: IPAddress
+    asn: int
+
+
+@dataclass(frozen=True)
+class BgpSpec:
+    """`[bgp]`: the node's BIRD speaker announcing the protective addresses to its router(s)."""
+
+    local_as: int
+    router_id: ipaddress.IPv4Address
+    neighbors: tuple[BgpNeighbor, ...]
+    announce: tuple[IPAddress, ...] = ()  # empty: every protected address of the cluster
+    bfd: bool = True
+    bfd_interval_ms: int = 20
+    bfd_multiplier: int = 3
+    hold_s: int = 3
+    min_nodes: int = 1  # never withdraw for ill health when it would leave fewer nodes announcing
+    bird_config: str = "/run/xdpguard/cluster/bird.conf"
+    bird_socket: str = "/run/bird/bird.ctl"
+    liveness_iface: str = "xgvip0"  # the TUN device held by `cluster run`; routes point at it
+
+
+@dataclass(frozen=True)
 class Desired:
     interfaces: tuple[InterfaceSpec, ...] = ()  # sorted by name
     daemon: DaemonSpec = DaemonSpec()
+    # node-local settings read by `xdpguard cluster run`; `apply` neither realises nor diffs them
+    cluster: ClusterSpec | None = None
+    bgp: BgpSpec | None = None
 
     def interface(self, name: str) -> InterfaceSpec | None:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -325,6 +363,107 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
                       pos("health_timeout", base.health_timeout_s, 60), count("rise", base.rise),
                       count("fall", base.fall), pos("sweep_interval", base.sweep_interval_s, 3600),
                       ld.get(d, "detect", p, "bool", True), pos("detect_interval", base.detect_interval_s, 60))
+
+
+_CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval"}
+_BGP_KEYS = {"local_as", "router_id", "neighbors", "announce", "bfd", "bfd_interval", "bfd_multiplier", "hold",
+             "min_nodes", "bird_config", "bird_socket", "liveness_interface"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def _int_in(ld: _Loader, d: dict, key: str, path: tuple, default: int, lo: int, hi: int) -> int:
+    v = ld.get(d, key, path, "int", default)
+    if not lo <= v <= hi:
+        ld.fail(path + (key,), f"must be {lo} to {hi}, got {v!r}")
+        return default
+    return v
+
+
+def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
+    p = ("cluster",)
+    d = ld.table(d, p, _CLUSTER_KEYS)
+    base = ClusterSpec()
+    out = {}
+    for key in ("name", "node"):
+        v = ld.get(d, key, p, "str", getattr(base, key))
+        if not _NAME_RE.match(v):
+            ld.fail(p + (key,), f"must be 1-63 letters, digits, '_', '.' or '-', got {v!r}")
+            v = getattr(base, key)
+        out[key] = v
+    eps = ld.strs(d, "endpoints", p) if "endpoints" in d else list(base.endpoints)
+    good = []
+    for i, e in enumerate(eps):
+        if not re.match(r"^https?://[^/\s]+(:\d+)?/?$", e):
+            ld.fail(p + ("endpoints", i), f"must be an http(s)://HOST:PORT URL, got {e!r}")
+        else:
+            good.append(e.rstrip("/"))
+    if not good:
+        ld.fail(p + ("endpoints",), "needs at least one etcd URL")
+        good = list(base.endpoints)
+    ttl = _int_in(ld, d, "node_ttl", p, base.node_ttl_s, 2, 3600)
+    resync = ld.get(d, "resync_interval", p, "num", base.resync_interval_s)
+    if not 1 <= resync <= 86400:
+        ld.fail(p + ("resync_interval",), f"must be 1 to 86400 seconds, got {resync!r}")
+        resync = base.resync_interval_s
+    return ClusterSpec(out["name"], out["node"], tuple(good), ttl, float(resync))
+
+
+def _ip(ld: _Loader, v, path: tuple, version: int | None = None):
+    try:
+        a = ipaddress.ip_address(v) if isinstance(v, str) else None
+    except ValueError:
+        a = None
+    if a is None or (version is not None and a.version != version):
+        ld.fail(path, f"must be an IPv{version or '4 or IPv6'} address, got {v!r}")
+        return None
+    return a
+
+
+def _bgp(ld: _Loader, d: dict) -> BgpSpec | None:
+    p = ("bgp",)
+    d = ld.table(d, p, _BGP_KEYS)
+    for key in ("local_as", "router_id", "neighbors"):
+        if key not in d:
+            ld.fail(p + (key,), "is required")
+    local_as = _int_in(ld, d, "local_as", p, 1, 1, 4294967295)
+    rid = _ip(ld, ld.get(d, "router_id", p, "str", "0.0.0.1"), p + ("router_id",), 4)
+    neighbors = []
+    for i, n in enumerate(ld.get(d, "neighbors", p, "list", [])):
+        np_ = p + ("neighbors", i)
+        n = ld.table(n, np_, {"address", "as"})
+        if "address" not in n or "as" not in n:
+            ld.fail(np_, "needs address and as")
+            continue
+        a = _ip(ld, n["address"], np_ + ("address",))
+        asn = _int_in(ld, n, "as", np_, 1, 1, 4294967295)
+        if a is not None:
+            neighbors.append(BgpNeighbor(a, asn))
+    if "neighbors" in d and not neighbors:
+        ld.fail(p + ("neighbors",), "needs at least one neighbor")
+    announce = []
+    for i, v in enumerate(ld.strs(d, "announce", p)):
+        a = _ip(ld, v, p + ("announce", i))
+        if a is not None and a not in announce:
+            announce.append(a)
+    files = {}
+    for key, default in (("bird_config", BgpSpec.bird_config), ("bird_socket", BgpSpec.bird_socket)):
+        v = ld.get(d, key, p, "str", default)
+        if not v.startswith("/") or "\n" in v or '"' in v:
+            ld.fail(p + (key,), f"must be an absolute path, got {v!r}")
+            v = default
+        files[key] = v
+    live = ld.get(d, "liveness_interface", p, "str", BgpSpec.liveness_iface)
+    if not _IFNAME_RE.match(live):
+        ld.fail(p + ("liveness_interface",), f"must be an interface name (1-15 characters), got {live!r}")
+        live = BgpSpec.liveness_iface
+    return BgpSpec(local_as, rid or ipaddress.IPv4Address("0.0.0.1"), tuple(neighbors),
+                   tuple(sorted(announce, key=addr_order)), ld.get(d, "bfd", p, "bool", True),
+                   _int_in(ld, d, "bfd_interval", p, BgpSpec.bfd_interval_ms, 10, 10000),
+                   _int_in(ld, d, "bfd_multiplier", p, BgpSpec.bfd_multiplier, 2, 255),
+                   _int_in(ld, d, "hold", p, BgpSpec.hold_s, 3, 65535),
+                   _int_in(ld, d, "min_nodes", p, BgpSpec.min_nodes, 0, 1000),
+                   files["bird_config"], files["bird_socket"], live)
 
 
 def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limits:
@@ -637,8 +776,10 @@ def loads(text: str, source: str = "<config>") -> tuple[Desired, list[str]]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
     ld = _Loader(source, text)
-    ld.table(data, (), {"daemon", "interface"})
+    ld.table(data, (), {"daemon", "interface", "cluster", "bgp"})
     daemon = _daemon(ld, ld.get(data, "daemon", (), "table", {}))
+    cluster = _cluster(ld, ld.get(data, "cluster", (), "table", {})) if "cluster" in data else None
+    bgp = _bgp(ld, ld.get(data, "bgp", (), "table", {})) if "bgp" in data else None
     indexed: list[tuple[int, InterfaceSpec]] = []  # (index in the file, spec)
     for i, d in enumerate(ld.get(data, "interface", (), "list", [])):
         spec = _interface(ld, d, ("interface", i))
@@ -664,7 +805,7 @@ def loads(text: str, source: str = "<config>") -> tuple[Desired, list[str]]:
                 ld.fail(("interface", i, "forward", j), str(exc))
     if ld.problems:
         raise ConfigError(ld.problems)
-    return Desired(tuple(sorted(ifaces, key=lambda s: s.name)), daemon), ld.warnings
+    return Desired(tuple(sorted(ifaces, key=lambda s: s.name)), daemon, cluster, bgp), ld.warnings
 
 
 def load(path: str | Path) -> tuple[Desired, list[str]]:
@@ -742,6 +883,19 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
     L += [f"health_interval = {ds.health_interval_s!r}", f"health_timeout = {ds.health_timeout_s!r}",
           f"rise = {ds.rise}", f"fall = {ds.fall}", f"sweep_interval = {ds.sweep_interval_s!r}",
           f"detect = {'true' if ds.detect else 'false'}", f"detect_interval = {ds.detect_interval_s!r}", ""]
+    if d.cluster is not None:
+        c = d.cluster
+        L += ["[cluster]", f"name = {_q(c.name)}", f"node = {_q(c.node)}",
+              "endpoints = " + _arr(_q(e) for e in c.endpoints), f"node_ttl = {c.node_ttl_s}",
+              f"resync_interval = {c.resync_interval_s!r}", ""]
+    if d.bgp is not None:
+        b = d.bgp
+        L += ["[bgp]", f"local_as = {b.local_as}", f"router_id = {_q(str(b.router_id))}",
+              "neighbors = [" + ", ".join(f"{{ address = {_q(str(n.address))}, as = {n.asn} }}" for n in b.neighbors) + "]",
+              "announce = " + _arr(_q(str(a)) for a in b.announce), f"bfd = {'true' if b.bfd else 'false'}",
+              f"bfd_interval = {b.bfd_interval_ms}", f"bfd_multiplier = {b.bfd_multiplier}", f"hold = {b.hold_s}",
+              f"min_nodes = {b.min_nodes}", f"bird_config = {_q(b.bird_config)}", f"bird_socket = {_q(b.bird_socket)}",
+              f"liveness_interface = {_q(b.liveness_iface)}", ""]
     for s in d.interfaces:
         g = s.global_
         L += ["[[interface]]", f"name = {_q(s.name)}", f"mode = {_q(s.mode)}",

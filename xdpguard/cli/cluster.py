@@ -1,0 +1,132 @@
+"""`xdpguard cluster run|status|ban|unban|apply|bird-config`: many nodes, one protective IP."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import click
+from rich.table import Table
+
+from xdpguard.core import config
+from xdpguard.core.cluster import bgp
+from xdpguard.core.cluster import node as cnode
+from xdpguard.core.cluster import ops
+
+from .limit import RATE
+from .output import console, emit_json
+from .params import json_option
+
+config_option = click.option("--config", "config_path", default=str(config.DEFAULT_PATH), show_default=True,
+                             metavar="FILE", help="The node's config file with its [cluster] (and [bgp]) section.")
+
+
+@click.group()
+def cluster():
+    """A cluster of protector nodes: desired state and bans in etcd, the protective IP over BGP."""
+
+
+@cluster.command()
+@config_option
+@click.option("--duration", type=click.FloatRange(0.1, None), default=None, metavar="SECONDS",
+              help="Exit after SECONDS (tests, the lab).")
+def run(config_path, duration):
+    """Run this node: realise the store's desired state, apply and spread bans, announce when healthy."""
+    desired = ops.load(config_path)
+    c = console()
+    agent = cnode.NodeAgent(desired, report=lambda m: (c.print(m), sys.stdout.flush()))
+    stop = threading.Event()
+
+    def on_term(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    c.print(f"node {desired.cluster.node} of cluster {desired.cluster.name}: store {', '.join(desired.cluster.endpoints)}")
+    agent.run(stop, duration)
+    c.print("stopped (the kernel keeps enforcing what is realised)")
+
+
+@cluster.command()
+@config_option
+@json_option
+def status(config_path, as_json):
+    """Every node: applied revision, in sync or not, health, BGP sessions, announcing or not."""
+    res = ops.status(ops.load(config_path))
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    c.print(f"cluster {res.cluster}: store revision {res.revision}, desired state at {res.state_revision}; "
+            f"interfaces {', '.join(res.interfaces) or 'none'}; {res.bans} ban(s); "
+            f"{res.announcing} of {len(res.nodes)} node(s) announcing")
+    t = Table(box=None, pad_edge=False)
+    for col in ("node", "applied", "sync", "health", "announce", "bgp", "bans"):
+        t.add_column(col)
+    for n in res.nodes:
+        bgp = ", ".join(f"{k} {v.get('state', '?')}" for k, v in sorted(n.bgp.items())) or "-"
+        t.add_row(n.node, str(n.applied_revision), "yes" if n.in_sync else "[yellow]behind[/]",
+                  "ready" if n.ready else "[red]not ready[/]: " + "; ".join(n.reasons),
+                  "yes" if n.announcing else "no", bgp, str(n.bans))
+    c.print(t)
+
+
+@cluster.command("ban")
+@click.argument("addrs", nargs=-1, required=True, metavar="ADDR...")
+@click.option("--ttl", type=RATE, required=True, metavar="SECONDS", help="Ban for SECONDS, cluster-wide.")
+@config_option
+@json_option
+def ban_(addrs, ttl, config_path, as_json):
+    """Ban source ADDRs on every node (through the store; on this node at once)."""
+    res = ops.ban(ops.load(config_path), list(addrs), ttl)
+    if as_json:
+        emit_json(res)
+        return
+    console().print(f"banned {', '.join(res.addresses)} for {ttl:g} s cluster-wide (store revision {res.revision})"
+                    + (f"; here on {', '.join(res.local)} at once" if res.local else ""))
+
+
+@cluster.command()
+@click.argument("addrs", nargs=-1, required=True, metavar="ADDR...")
+@config_option
+@json_option
+def unban(addrs, config_path, as_json):
+    """Lift the bans of ADDRs on every node."""
+    res = ops.unban(ops.load(config_path), list(addrs))
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    c.print(f"lifted {len(res.addresses) - len(res.missing)} ban(s) cluster-wide (store revision {res.revision})")
+    for m in res.missing:
+        c.print(f"note: {m} was not banned in the store")
+
+
+@cluster.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--prune", is_flag=True, help="Also remove interfaces the store holds and FILE does not.")
+@config_option
+@json_option
+def apply(file, prune, config_path, as_json):
+    """Make FILE's [[interface]] sections the cluster's desired state (every node realises them)."""
+    res = ops.apply(ops.load(config_path), file, prune)
+    if as_json:
+        emit_json(res)
+        return
+    console().print(f"stored {', '.join(res.interfaces)}" + (f", removed {', '.join(res.removed)}" if res.removed else "")
+                    + f" (store revision {res.revision})")
+
+
+@cluster.command("bird-config")
+@config_option
+@click.option("--withdrawn/--announced", default=True, show_default=True,
+              help="Render with the protective addresses withdrawn (as `cluster run` starts) or announced.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to FILE instead of stdout.")
+def bird_config(config_path, withdrawn, output):
+    """Print the BIRD config `cluster run` manages (to start BIRD with)."""
+    text = ops.bird_config(ops.load(config_path), withdrawn)
+    if output:
+        bgp.write_config(output, text)
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,441 @@
+"""`xdpguard cluster run`: one protector node of a cluster.
+
+The loop, level-triggered like `run --config`, with etcd in place of the file:
+
+1. full read of the store (desired interfaces, bans) at revision R → `reconcile.realise` of every
+   interface (idempotent: writes only differences) → bans applied to the local ban map;
+2. watch state/ from R + 1: each change is applied as it comes (a ban within milliseconds);
+3. the watch ends (etcd gone, compaction, `resync_interval`): back to 1 once etcd answers. While
+   it does not, nothing is undone: the kernel keeps enforcing what it has, local bans keep
+   working, and bans this node finds are queued (one per address) until the store returns.
+
+Besides, every few hundred milliseconds: bans the data path (or an operator) put into a local
+ban map are spread through the store; the node key is kept alive with the node's status and
+applied revision; the node's health decides whether BIRD announces the protective addresses
+(see bgp.py for what happens when this process dies).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import cleansing, dataplane, forward, reconcile, state
+from ..config import Desired, InterfaceSpec
+from ..errors import UserError
+from . import bgp as bgpmod
+from .store import Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Watch, parse_desired
+
+OK_ACTIONS = ("attached", "updated", "unchanged")
+LOCAL_BAN_POLL_S = 0.25
+HEALTH_EVERY_S = 0.5
+DRIFT_EVERY_S = 5.0
+PROBE_TIMEOUT_S = 0.3
+
+
+@dataclass
+class Health:
+    ready: bool = False
+    reasons: list[str] = field(default_factory=list)
+    ok_run: int = 0
+    fail_run: int = 0
+
+
+class NodeAgent:
+    def __init__(self, desired: Desired, report: Callable[[str], None] = lambda m: None):
+        if desired.cluster is None:
+            raise UserError("the config has no [cluster] section: `cluster run` needs one (name, node, endpoints)")
+        self.cluster = desired.cluster
+        self.bgp = desired.bgp
+        self.daemon = desired.daemon
+        self.node = self.cluster.node
+        self.report = report
+        self.store = ClusterStore(self.cluster)
+        self.specs: dict[str, InterfaceSpec] = {}
+        self.results: dict[str, str] = {}
+        self.store_bans: dict[str, Ban] = {}
+        self.from_store: set[str] = set()  # bans this node applied because the store holds them
+        self.forgotten: dict[str, float] = {}  # address → when its store key went away
+        self.applied_revision = 0
+        self.state_revision = 0
+        self.synced = False
+        self.store_up = False
+        self.watch: Watch | None = None
+        self.lease: int | None = None
+        self.nodes: dict[str, dict] = {}
+        self.pending = PendingWrites()
+        self.health = Health()
+        self.announcing = False
+        self.announce_note = ""
+        self.liveness: bgpmod.LivenessDevice | None = None
+        self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0}
+        self._said: dict[str, str] = {}
+
+    def say(self, topic: str, msg: str) -> None:
+        if self._said.get(topic) != msg:
+            self._said[topic] = msg
+            self.report(msg)
+
+    # ---- store → kernel ----
+
+    def _realise(self, spec: InterfaceSpec, lists: bool = True) -> None:
+        try:
+            r = reconcile.realise(spec, lists=lists)
+        except UserError as exc:
+            self.results[spec.name] = "failed"
+            self.say(f"realise {spec.name}", f"{spec.name}: realise failed: {exc.message}")
+            return
+        self.results[spec.name] = r.action
+        if r.action not in OK_ACTIONS:
+            self.say(f"realise {spec.name}", f"{spec.name}: {r.action}: {'; '.join(r.notes)}")
+        elif r.action != "unchanged":
+            self.say(f"realise {spec.name}", f"{spec.name}: {r.action}")
+
+    def _drop_interface(self, name: str) -> None:
+        self.specs.pop(name, None)
+        self.results.pop(name, None)
+        try:
+            reconcile.detach(name)
+            self.report(f"{name}: removed from the cluster's desired state; detached")
+        except UserError as exc:
+            self.report(f"{name}: detach: {exc.message}")
+
+    def _ifaces(self) -> list[str]:
+        return [n for n, a in self.results.items() if a in OK_ACTIONS]
+
+    def _apply_ban(self, b: Ban) -> None:
+        left = b.remaining_s() + 1.0  # the lease ends it; the map's own expiry is the backstop
+        if left < 1:
+            return
+        for name in self._ifaces():
+            try:
+                cleansing.ban_add(name, [b.address], min(left, cleansing.MAX_BAN_TTL_S))
+            except UserError as exc:
+                self.say(f"ban {name}", f"{name}: ban {b.address}: {exc.message}")
+        self.from_store.add(b.address)
+        self.counts["bans_applied"] += 1
+
+    def _lift_ban(self, address: str) -> None:
+        for name in self._ifaces():
+            try:
+                cleansing.ban_del(name, [address])
+            except UserError:
+                pass
+        self.from_store.discard(address)
+        self.forgotten[address] = time.monotonic()
+
+    def full_sync(self) -> None:
+        """Read everything, realise it, start a watch from the next revision."""
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+        snap = self.store.read()
+        for name in list(self.specs):
+            if name not in snap.desired:
+                self._drop_interface(name)
+        for name, spec in snap.desired.items():
+            self.specs[name] = spec
+            self._realise(spec)
+        for address in list(self.from_store):
+            if address not in snap.bans:
+                self._lift_ban(address)
+        self.store_bans = dict(snap.bans)
+        for b in snap.bans.values():
+            self._apply_ban(b)
+        self.nodes = snap.nodes
+        self.applied_revision = snap.revision
+        self.state_revision = snap.state_revision
+        self.watch = self.store.watch(snap.revision + 1)
+        self.synced = True
+        self.store_up = True
+        self.counts["resyncs"] += 1
+        flushed = self.pending.flush(self.store, self.node)
+        if flushed:
+            self.report(f"store is back: spread {flushed} ban(s) queued while it was down")
+
+    def handle(self, ev: Event) -> None:
+        kind, name = self.store.classify(ev.key)
+        self.counts["events"] += 1
+        if kind == "desired":
+            if ev.kind == "delete":
+                self._drop_interface(name)
+            else:
+                try:
+                    spec = parse_desired(ev.key, ev.value)
+                except UserError as exc:
+                    self.say(f"desired {name}", f"store: {exc.message} (keeping what is realised)")
+                else:
+                    self.specs[name] = spec
+                    self._realise(spec)
+        elif kind == "ban":
+            if ev.kind == "delete":
+                self.store_bans.pop(name, None)
+                self._lift_ban(name)
+            else:
+                b = self.store.parse_ban(name, ev.value)
+                if b is not None:
+                    self.store_bans[name] = b
+                    self._apply_ban(b)
+        self.applied_revision = max(self.applied_revision, ev.revision)
+        self.state_revision = max(self.state_revision, ev.revision)
+
+    # ---- kernel → store: bans found here ----
+
+    def spread_local_bans(self) -> None:
+        now = time.monotonic()
+        self.forgotten = {a: t for a, t in self.forgotten.items() if now - t < 3.0}
+        seen: dict[str, tuple[float, str]] = {}
+        for name in self._ifaces():
+            try:
+                for b in cleansing.ban_list(name).bans:
+                    seen.setdefault(b.source, (b.expires_in_s, b.reason))
+            except UserError:
+                continue
+        for address, (left, reason) in seen.items():
+            if address in self.store_bans or address in self.from_store or address in self.forgotten:
+                continue
+            if left < 1:
+                continue
+            if self.store_up:
+                try:
+                    self.store.put_ban(address, left, reason, self.node)
+                    self.from_store.add(address)  # the watch brings it back; do not spread it twice
+                    self.counts["bans_spread"] += 1
+                    continue
+                except StoreUnavailable:
+                    self._store_lost("spreading a ban failed")
+            if address not in self.pending.bans:
+                self.pending.add_ban(address, left, reason)
+
+    # ---- health and BGP ----
+
+    def _backend_ok(self, spec: InterfaceSpec) -> list[str]:
+        bad = []
+        for fs in spec.forwards:
+            r = fs.rule
+            ok = False
+            for b in r.backends:
+                fam = socket.AF_INET6 if b.host.version == 6 else socket.AF_INET
+                kind = socket.SOCK_STREAM if r.proto == "tcp" else socket.SOCK_DGRAM
+                s = socket.socket(fam, kind)
+                s.settimeout(PROBE_TIMEOUT_S)
+                try:
+                    s.connect((str(b.host), r.target_port(b, r.port_lo)))
+                    if kind == socket.SOCK_DGRAM:
+                        s.send(fs.udp_probe if fs.udp_probe is not None else forward.DEFAULT_UDP_PROBE)
+                        s.recv(65535)
+                    ok = True
+                except OSError:
+                    pass
+                finally:
+                    s.close()
+                if ok:
+                    break
+            if not ok:
+                bad.append(f"{spec.name}: no backend of {r.proto} {r.protected} {r.ports} answers")
+        return bad
+
+    def check_health(self) -> list[str]:
+        reasons = []
+        if not self.synced:
+            reasons.append("not synced with the store yet")
+        if not self.specs:
+            reasons.append("the store holds no desired interface")
+        for name, spec in self.specs.items():
+            if self.results.get(name) not in OK_ACTIONS:
+                reasons.append(f"{name}: not realised ({self.results.get(name, 'pending')})")
+                continue
+            try:
+                iface = state.resolve_iface(name)
+            except UserError as exc:
+                reasons.append(exc.message)
+                continue
+            if not dataplane.is_ours(dataplane.query(iface.index)):
+                reasons.append(f"{name}: xdpguard is not attached")
+                continue
+            reasons += self._backend_ok(spec)
+        return reasons
+
+    def protected(self) -> list:
+        return [a for s in self.specs.values() for a in s.protected]
+
+    def update_health_and_bgp(self) -> None:
+        reasons = self.check_health()
+        h = self.health
+        if reasons:
+            h.fail_run += 1
+            h.ok_run = 0
+        else:
+            h.ok_run += 1
+            h.fail_run = 0
+        h.reasons = reasons
+        if not h.ready and h.ok_run >= self.daemon.rise:
+            h.ready = True
+        elif h.ready and h.fail_run >= self.daemon.fall:
+            h.ready = False
+        want = h.ready
+        note = ""
+        if not want and self.announcing and self.bgp is not None:
+            others = sum(1 for n, st in self.nodes.items() if n != self.node and st.get("announcing"))
+            if others < self.bgp.min_nodes and self._can_serve():
+                want = True
+                note = (f"unhealthy ({'; '.join(reasons) or 'recovering'}) but kept announcing: "
+                        f"{others} other node(s) announce, min_nodes is {self.bgp.min_nodes}")
+        self.announce_note = note
+        if note:
+            self.say("announce", note)
+        self.set_announce(want)
+
+    def _can_serve(self) -> bool:
+        """Announcing makes sense at all: our program is attached on every desired interface."""
+        for name in self.specs:
+            try:
+                if not dataplane.is_ours(dataplane.query(state.resolve_iface(name).index)):
+                    return False
+            except UserError:
+                return False
+        return bool(self.specs)
+
+    def set_announce(self, on: bool) -> None:
+        if self.bgp is None:
+            self.announcing = on
+            return
+        addrs = bgpmod.announce_set(self.bgp, self.protected()) if on else []
+        try:
+            changed = bgpmod.configure(self.bgp, bgpmod.render(self.bgp, addrs, self.node))
+        except UserError as exc:
+            self.say("bird", f"BIRD: {exc.message}")
+            return
+        if changed or on != self.announcing:
+            self.report(("announcing " + ", ".join(map(str, addrs))) if on else
+                        ("withdrawn: " + ("; ".join(self.health.reasons) or "stopping")))
+        self.announcing = on
+
+    def bgp_state(self) -> dict:
+        if self.bgp is None:
+            return {}
+        try:
+            return {p.name: {"state": p.state, "info": p.info} for p in bgpmod.protocols(self.bgp.bird_socket)
+                    if p.proto == "BGP"}
+        except UserError as exc:
+            return {"error": {"state": "unknown", "info": exc.message}}
+
+    # ---- the node key ----
+
+    def status(self) -> dict:
+        return {"node": self.node, "pid": os.getpid(), "updated": time.time(),
+                "applied_revision": self.applied_revision, "state_revision": self.state_revision,
+                "synced": self.synced, "ready": self.health.ready, "reasons": self.health.reasons,
+                "announcing": self.announcing, "announce_note": self.announce_note,
+                "interfaces": dict(self.results), "bans": len(self.store_bans),
+                "pending_writes": len(self.pending.bans), "bgp": self.bgp_state(), **self.counts}
+
+    def heartbeat(self) -> None:
+        if self.lease is None or not self.store.keepalive(self.lease):
+            self.lease = self.store.grant(self.cluster.node_ttl_s)
+        self.store.put_node(self.node, self.status(), self.lease)
+        self.nodes = self.store.read_nodes()
+
+    # ---- the loop ----
+
+    def _store_lost(self, why: str) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+        if self.store_up:
+            self.report(f"store unreachable ({why}): enforcing what is realised, queueing writes")
+        self.store_up = False
+        self.lease = None
+
+    def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
+        state.require_root()
+        end = None if duration_s is None else time.monotonic() + duration_s
+        if self.bgp is not None:
+            self.liveness = bgpmod.LivenessDevice(self.bgp.liveness_iface).open()
+            try:
+                bgpmod.configure(self.bgp, bgpmod.render(self.bgp, [], self.node))
+            except UserError as exc:
+                self.say("bird", f"BIRD: {exc.message}")
+        try:
+            self._loop(stop, end)
+        finally:
+            self.close()
+
+    def _loop(self, stop: threading.Event, end: float | None) -> None:
+        next_connect = next_health = next_beat = next_poll = next_drift = 0.0
+        next_resync = time.monotonic() + self.cluster.resync_interval_s
+        beat_every = max(0.5, self.cluster.node_ttl_s / 3)
+        while not stop.is_set() and (end is None or time.monotonic() < end):
+            now = time.monotonic()
+            if self.watch is None and now >= next_connect:
+                try:
+                    self.full_sync()
+                    next_resync = now + self.cluster.resync_interval_s
+                    self.report(f"synced with the store at revision {self.applied_revision}")
+                except StoreUnavailable as exc:
+                    self._store_lost(exc.message)
+                    next_connect = now + 1.0
+            if self.watch is not None:
+                try:
+                    ev = self.watch.events.get(timeout=0.05)
+                except Exception:  # queue.Empty
+                    ev = None
+                while ev is not None:
+                    if ev.kind == "resync":
+                        self._store_lost(ev.reason)
+                        next_connect = time.monotonic()
+                        break
+                    self.handle(ev)
+                    try:
+                        ev = self.watch.events.get_nowait()
+                    except Exception:
+                        ev = None
+            else:
+                stop.wait(0.05)
+            now = time.monotonic()
+            if self.watch is not None and now >= next_resync:
+                self.watch.stop()
+                self.watch = None
+                next_connect = now
+            if now >= next_poll:
+                next_poll = now + LOCAL_BAN_POLL_S
+                self.spread_local_bans()
+            if now >= next_drift and self.specs:
+                next_drift = now + DRIFT_EVERY_S
+                for spec in self.specs.values():
+                    self._realise(spec, lists=False)
+            if now >= next_health:
+                next_health = now + min(HEALTH_EVERY_S, self.daemon.health_interval_s)
+                self.update_health_and_bgp()
+            if now >= next_beat and self.store_up:
+                next_beat = now + beat_every
+                try:
+                    self.heartbeat()
+                except StoreUnavailable as exc:
+                    self._store_lost(exc.message)
+                    next_connect = now + 1.0
+
+    def close(self) -> None:
+        """Stop: withdraw (on purpose, before the liveness device goes), leave the cluster view.
+        The kernel keeps enforcing: nothing is detached."""
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+        if self.bgp is not None:
+            try:
+                bgpmod.configure(self.bgp, bgpmod.render(self.bgp, [], self.node))
+            except UserError:
+                pass
+        if self.liveness is not None:
+            self.liveness.close()
+            self.liveness = None
+        if self.store_up and self.lease is not None:
+            try:
+                self.store.delete_node(self.node)
+                self.store.revoke(self.lease)
+            except StoreUnavailable:
+                pass

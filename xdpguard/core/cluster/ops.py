@@ -1,0 +1,161 @@
+"""The `xdpguard cluster` verbs: what the CLI calls (status, ban, unban, apply, BIRD config)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from .. import cleansing, config, state
+from ..config import Desired
+from ..errors import UserError
+from . import bgp as bgpmod
+from .store import ClusterStore, StoreUnavailable, parse_address
+
+
+def _as_dict(obj) -> dict:
+    return asdict(obj)
+
+
+def load(path: str) -> Desired:
+    desired, _ = config.load(path)
+    if desired.cluster is None:
+        raise UserError(f"{path}: no [cluster] section (name, node, endpoints)")
+    return desired
+
+
+@dataclass(frozen=True)
+class NodeView:
+    node: str
+    alive: bool  # its lease holds its key: `cluster run` is up and reaches the store
+    age_s: float
+    applied_revision: int
+    in_sync: bool  # has applied every change of the desired state and bans
+    ready: bool
+    announcing: bool
+    reasons: list[str]
+    bgp: dict
+    interfaces: dict
+    bans: int
+    pending_writes: int
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    cluster: str
+    revision: int
+    state_revision: int
+    interfaces: list[str]
+    bans: int
+    nodes: list[NodeView]
+    announcing: int
+    to_dict = _as_dict
+
+
+def status(desired: Desired) -> ClusterStatus:
+    st = ClusterStore(desired.cluster)
+    snap = st.read()
+    now = time.time()
+    views = []
+    for name, s in sorted(snap.nodes.items()):
+        applied = int(s.get("applied_revision", 0))
+        views.append(NodeView(name, True, round(now - float(s.get("updated", now)), 1), applied,
+                              applied >= snap.state_revision, bool(s.get("ready")), bool(s.get("announcing")),
+                              list(s.get("reasons", [])), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
+                              int(s.get("bans", 0)), int(s.get("pending_writes", 0))))
+    return ClusterStatus(desired.cluster.name, snap.revision, snap.state_revision, sorted(snap.desired),
+                         len(snap.bans), views, sum(1 for v in views if v.announcing))
+
+
+@dataclass(frozen=True)
+class BanChange:
+    action: str  # ban | unban
+    addresses: list[str]
+    revision: int
+    local: list[str]  # interfaces of this namespace changed at once
+    missing: list[str] = field(default_factory=list)
+    to_dict = _as_dict
+
+
+def _local_ifaces() -> list[str]:
+    try:
+        return state.protected_ifaces()
+    except UserError:
+        return []
+
+
+def ban(desired: Desired, addrs: list[str], ttl_s: float, reason: str = "operator") -> BanChange:
+    """Ban through the store (every node within a second); on this node at once as well."""
+    parsed = list(dict.fromkeys(parse_address(a) for a in addrs))
+    if not parsed:
+        raise UserError("give at least one address")
+    cleansing._check_ttl(ttl_s)
+    st = ClusterStore(desired.cluster)
+    rev = 0
+    try:
+        for a in parsed:
+            rev = st.put_ban(a, ttl_s, reason, desired.cluster.node)
+    finally:
+        local = []
+        for name in _local_ifaces():
+            try:
+                cleansing.ban_add(name, parsed, ttl_s)
+                local.append(name)
+            except UserError:
+                pass
+    return BanChange("ban", parsed, rev, local)
+
+
+def unban(desired: Desired, addrs: list[str]) -> BanChange:
+    parsed = list(dict.fromkeys(parse_address(a) for a in addrs))
+    if not parsed:
+        raise UserError("give at least one address")
+    st = ClusterStore(desired.cluster)
+    rev, missing = 0, []
+    for a in parsed:
+        rev, found = st.delete_ban(a)
+        if not found:
+            missing.append(a)
+    local = []
+    for name in _local_ifaces():
+        try:
+            cleansing.ban_del(name, parsed)
+            local.append(name)
+        except UserError:
+            pass
+    return BanChange("unban", parsed, rev, local, missing)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    interfaces: list[str]
+    removed: list[str]
+    revision: int
+    to_dict = _as_dict
+
+
+def apply(desired: Desired, path: str, prune: bool = False) -> ApplyResult:
+    """Put every [[interface]] of the file at `path` into the store (the cluster's desired state)."""
+    new, _ = config.load(path)
+    if not new.interfaces:
+        raise UserError(f"{path}: no [[interface]] to put into the cluster's desired state")
+    st = ClusterStore(desired.cluster)
+    rev = 0
+    for spec in new.interfaces:
+        rev = st.put_desired(spec)
+    removed = []
+    if prune:
+        for name in st.read().desired:
+            if new.interface(name) is None:
+                rev = st.delete_desired(name)
+                removed.append(name)
+    return ApplyResult([s.name for s in new.interfaces], removed, rev)
+
+
+def bird_config(desired: Desired, withdrawn: bool = True) -> str:
+    if desired.bgp is None:
+        raise UserError("the config has no [bgp] section")
+    addrs = [] if withdrawn else list(desired.bgp.announce)
+    return bgpmod.render(desired.bgp, addrs, desired.cluster.node)
+
+
+__all__ = ["StoreUnavailable", "apply", "ban", "bird_config", "load", "status", "unban"]

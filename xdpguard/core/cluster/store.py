@@ -1,0 +1,325 @@
+"""The cluster store: desired policy and bans in etcd (v3 API over its HTTP gateway, `etcd3gw`).
+
+Keys, under /xdpguard/<cluster>/ :
+
+    state/desired/<iface>   durable: the TOML of one interface's desired state (config.to_toml of
+                            a Desired holding only that interface); every node realises it
+    state/bans/<address>    on a lease of the ban's TTL: {"reason", "node", "ttl", "expires"}; etcd
+                            deletes it when the lease ends, so expiry is cluster-wide
+    nodes/<node>            on the node's lease (kept alive by `cluster run`): its status and the
+                            revision of state/ it has applied
+
+Nodes watch state/ only, so node chatter does not move anyone's applied revision. A node that
+has applied revision R has applied every change of state/ up to R: a full read answers with the
+store's revision R, a watch event carries its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .. import config
+from ..config import ClusterSpec, Desired, InterfaceSpec
+from ..errors import UserError
+
+try:  # a dependency of the package (pyproject), imported at module level like the rest
+    import etcd3gw
+    import requests
+except ImportError:  # pragma: no cover - a broken install; say how to fix it when used
+    etcd3gw = None
+    requests = None
+
+REQUEST_TIMEOUT_S = 2.0
+MAX_BAN_TTL_S = 7 * 24 * 3600
+
+
+class StoreUnavailable(UserError):
+    """No etcd endpoint of the cluster answers."""
+
+
+def _b64(s: str | bytes) -> str:
+    return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s)
+
+
+def _prefix_end(prefix: str) -> str:
+    b = bytearray(prefix.encode())
+    b[-1] += 1
+    return bytes(b).decode()
+
+
+@dataclass(frozen=True)
+class Ban:
+    address: str
+    ttl_s: int
+    reason: str
+    node: str
+    expires: float  # unix time; the lease is the authority, this is for the local map's TTL
+
+    def remaining_s(self, now: float | None = None) -> float:
+        return self.expires - (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent read of the store."""
+
+    revision: int
+    desired: dict[str, InterfaceSpec]
+    bans: dict[str, Ban]
+    nodes: dict[str, dict]
+    state_revision: int  # the newest mod revision under state/ (0: empty)
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # put | delete | resync (the watch ended: read everything again)
+    key: str = ""
+    value: bytes = b""
+    revision: int = 0
+    reason: str = ""
+
+
+def parse_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UserError(f"invalid address {text!r}: give one IPv4 or IPv6 source address") from None
+
+
+def desired_text(spec: InterfaceSpec) -> str:
+    return config.to_toml(Desired((spec,)))
+
+
+def parse_desired(key: str, value: bytes) -> InterfaceSpec:
+    d, _ = config.loads(value.decode(), f"etcd:{key}")
+    if len(d.interfaces) != 1:
+        raise UserError(f"etcd:{key}: must hold exactly one [[interface]]")
+    return d.interfaces[0]
+
+
+class ClusterStore:
+    def __init__(self, spec: ClusterSpec, timeout_s: float = REQUEST_TIMEOUT_S):
+        if etcd3gw is None:
+            raise UserError("the etcd client etcd3gw is missing: run scripts/setup.sh (pip install -e .)")
+        self.spec = spec
+        self.timeout_s = timeout_s
+        self.root = f"/xdpguard/{spec.name}/"
+        self.state = self.root + "state/"
+        self._clients = []
+        for url in spec.endpoints:
+            u = urlsplit(url)
+            self._clients.append(etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
+                                                     timeout=timeout_s, api_path="/v3/"))
+        self._current = 0
+
+    # ---- transport: the first endpoint that answers ----
+
+    @property
+    def client(self):
+        return self._clients[self._current]
+
+    def _post(self, path: str, body: dict) -> dict:
+        last = None
+        for i in range(len(self._clients)):
+            idx = (self._current + i) % len(self._clients)
+            c = self._clients[idx]
+            try:
+                out = c.post(c.get_url(path), json=body)
+                self._current = idx
+                return out
+            except etcd3gw.exceptions.Etcd3Exception as exc:
+                last = exc
+            except requests.RequestException as exc:
+                last = exc
+        detail = getattr(last, "detail_text", None) or str(last) or type(last).__name__
+        raise StoreUnavailable(f"etcd ({', '.join(self.spec.endpoints)}) does not answer: {detail[:200]}")
+
+    def _range(self, prefix: str) -> tuple[int, list[dict]]:
+        out = self._post("/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+        return int(out["header"]["revision"]), out.get("kvs", [])
+
+    def _put(self, key: str, value: str, lease: int | None = None) -> int:
+        body = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = lease
+        return int(self._post("/kv/put", body)["header"]["revision"])
+
+    def _delete(self, key: str) -> tuple[int, int]:
+        out = self._post("/kv/deleterange", {"key": _b64(key)})
+        return int(out["header"]["revision"]), int(out.get("deleted", 0))
+
+    def grant(self, ttl_s: int) -> int:
+        return int(self._post("/lease/grant", {"TTL": int(ttl_s), "ID": 0})["ID"])
+
+    def keepalive(self, lease: int) -> bool:
+        """False when the lease is gone (expired while we could not reach etcd)."""
+        out = self._post("/lease/keepalive", {"ID": lease})
+        return int(out.get("result", {}).get("TTL", 0)) > 0
+
+    def revoke(self, lease: int) -> None:
+        try:
+            self._post("/kv/lease/revoke", {"ID": lease})
+        except (StoreUnavailable, KeyError):
+            pass
+
+    # ---- the keys ----
+
+    def read(self) -> Snapshot:
+        rev, kvs = self._range(self.root)
+        desired, bans, nodes = {}, {}, {}
+        state_rev = 0
+        for kv in kvs:
+            key = _unb64(kv["key"]).decode()
+            value = _unb64(kv.get("value", ""))
+            if key.startswith(self.state):
+                state_rev = max(state_rev, int(kv.get("mod_revision", 0)))
+            kind, name = self.classify(key)
+            if kind == "desired":
+                desired[name] = parse_desired(key, value)
+            elif kind == "ban":
+                b = self.parse_ban(name, value)
+                if b is not None:
+                    bans[name] = b
+            elif kind == "node":
+                try:
+                    nodes[name] = json.loads(value)
+                except ValueError:
+                    nodes[name] = {"error": "unreadable status"}
+        return Snapshot(rev, desired, bans, nodes, state_rev)
+
+    def classify(self, key: str) -> tuple[str, str]:
+        for kind, sub in (("desired", "state/desired/"), ("ban", "state/bans/"), ("node", "nodes/")):
+            if key.startswith(self.root + sub):
+                return kind, key[len(self.root + sub):]
+        return "other", key
+
+    @staticmethod
+    def parse_ban(address: str, value: bytes) -> Ban | None:
+        try:
+            d = json.loads(value)
+            return Ban(address, int(d["ttl"]), str(d.get("reason", "operator")), str(d.get("node", "?")),
+                       float(d["expires"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def read_nodes(self) -> dict[str, dict]:
+        _, kvs = self._range(self.root + "nodes/")
+        out = {}
+        for kv in kvs:
+            name = _unb64(kv["key"]).decode()[len(self.root + "nodes/"):]
+            try:
+                out[name] = json.loads(_unb64(kv.get("value", "")))
+            except ValueError:
+                out[name] = {"error": "unreadable status"}
+        return out
+
+    def put_desired(self, spec: InterfaceSpec) -> int:
+        return self._put(f"{self.state}desired/{spec.name}", desired_text(spec))
+
+    def delete_desired(self, name: str) -> int:
+        return self._delete(f"{self.state}desired/{name}")[0]
+
+    def put_ban(self, address: str, ttl_s: float, reason: str = "operator", node: str = "") -> int:
+        address = parse_address(address)
+        ttl = int(round(ttl_s))
+        if not 1 <= ttl <= MAX_BAN_TTL_S:
+            raise UserError(f"invalid ban TTL {ttl_s!r}: must be 1 s to {MAX_BAN_TTL_S} s (7 days)")
+        lease = self.grant(ttl)
+        value = json.dumps({"reason": reason, "node": node, "ttl": ttl, "expires": time.time() + ttl})
+        return self._put(f"{self.state}bans/{address}", value, lease)
+
+    def delete_ban(self, address: str) -> tuple[int, bool]:
+        rev, n = self._delete(f"{self.state}bans/{parse_address(address)}")
+        return rev, n > 0
+
+    def put_node(self, node: str, status: dict, lease: int) -> int:
+        return self._put(f"{self.root}nodes/{node}", json.dumps(status, sort_keys=True), lease)
+
+    def delete_node(self, node: str) -> None:
+        self._delete(f"{self.root}nodes/{node}")
+
+    def watch(self, start_revision: int) -> Watch:
+        return Watch(self, start_revision)
+
+
+class Watch:
+    """A watch on state/ from `start_revision`, read by a thread into a queue. When the stream
+    ends for any reason (etcd gone, compaction, cancel) a `resync` event is queued and the watch
+    is over: the node reads everything again and starts a new one."""
+
+    def __init__(self, store: ClusterStore, start_revision: int):
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._stop = threading.Event()
+        c = store.client
+        body = {"create_request": {"key": _b64(store.state), "range_end": _b64(_prefix_end(store.state)),
+                                   "start_revision": start_revision}}
+        try:
+            self._resp = c.session.post(c.get_url("/watch"), json=body, stream=True,
+                                        timeout=(store.timeout_s, None))
+        except requests.RequestException as exc:
+            raise StoreUnavailable(f"etcd watch: {exc}") from None
+        self._thread = threading.Thread(target=self._read, name="etcd-watch", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        reason = "the watch stream ended"
+        try:
+            buf = b""
+            for chunk in self._resp.iter_content(chunk_size=None):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    res = json.loads(line).get("result", {})
+                    if res.get("canceled") or int(res.get("compact_revision", 0) or 0):
+                        reason = f"the watch was cancelled (compacted to {res.get('compact_revision', '?')})"
+                        return
+                    for ev in res.get("events", []):
+                        kv = ev["kv"]
+                        self.events.put(Event("delete" if ev.get("type") == "DELETE" else "put",
+                                              _unb64(kv["key"]).decode(), _unb64(kv.get("value", "")),
+                                              int(kv["mod_revision"])))
+        except Exception as exc:  # the stream broke: etcd went away
+            reason = f"the watch stream broke: {type(exc).__name__}"
+        finally:
+            if not self._stop.is_set():
+                self.events.put(Event("resync", reason=reason))
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self._resp.close()
+        except Exception:
+            pass
+
+
+@dataclass
+class PendingWrites:
+    """Writes the node could not make while the store was down: one per key, the newest wins."""
+
+    bans: dict[str, tuple[float, str, float]] = field(default_factory=dict)  # address → (ttl, reason, queued at)
+
+    def add_ban(self, address: str, ttl_s: float, reason: str) -> None:
+        self.bans[address] = (ttl_s, reason, time.time())
+
+    def flush(self, store: ClusterStore, node: str) -> int:
+        done = 0
+        for address, (ttl, reason, at) in list(self.bans.items()):
+            left = ttl - (time.time() - at)
+            if left >= 1:
+                store.put_ban(address, left, reason, node)
+                done += 1
+            del self.bans[address]
+        return done
