@@ -130,7 +130,7 @@ class BgpSpec:
     neighbors: tuple[BgpNeighbor, ...]
     announce: tuple[IPAddress, ...] = ()  # empty: every protected address of the cluster
     bfd: bool = True
-    bfd_interval_ms: int = 20
+    bfd_interval_ms: int = 50
     bfd_multiplier: int = 3
     hold_s: int = 3
     min_nodes: int = 1  # never withdraw for ill health when it would leave fewer nodes announcing

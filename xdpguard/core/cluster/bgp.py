@@ -75,7 +75,7 @@ def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "") -> str:
               f"  local as {bgp.local_as};",
               f"  neighbor {n.address} as {n.asn};",
               f"  hold time {bgp.hold_s}; connect retry time 1; error wait time 1, 5;",
-              f"  bfd {'on' if bgp.bfd else 'off'};",
+              f"  bfd {'on' if bgp.bfd else 'off'}; check link on;",
               f'  {ch} {{ import none; export where proto = "{static}"; }};',
               "}"]
     return "\n".join(L) + "\n"

@@ -31,7 +31,7 @@ from . import bgp as bgpmod
 from .store import Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Watch, parse_desired
 
 OK_ACTIONS = ("attached", "updated", "unchanged")
-LOCAL_BAN_POLL_S = 0.25
+LOCAL_BAN_POLL_S = 0.5
 HEALTH_EVERY_S = 0.5
 DRIFT_EVERY_S = 5.0
 PROBE_TIMEOUT_S = 0.3

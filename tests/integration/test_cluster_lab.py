@@ -1,0 +1,404 @@
+"""The cluster lab (`xdpguard lab up --nodes 3`) with real BIRD, real etcd and real XDP:
+
+- the router's route to the protective IP has one next hop per node, and clients get through;
+- a node whose BIRD dies, whose link goes down, whose `cluster run` dies (the TUN liveness
+  device) or whose backends become unreachable is gone from the router; times are measured;
+- a ban on node 1 is in every node's ban map within 1 s (p50/p99 over 50 bans);
+- with etcd stopped, nodes keep enforcing and announcing, a ban found meanwhile is queued; after
+  etcd returns the nodes converge within 5 s;
+- `lab down` leaves nothing: no namespace, no BIRD, no etcd, no agent, no file.
+
+Measured numbers are printed (run with -s to see them); asserts are the issue's bounds with the
+margin this shared machine needs, never speed claims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from xdpguard.lab import cluster as lc
+from xdpguard.lab import topology
+
+pytestmark = pytest.mark.kernel
+
+NODES = 3
+
+
+@dataclass
+class Cluster:
+    name: str
+    env: dict[str, str]
+    run_dir: Path
+    started: list[subprocess.Popen]
+
+    def ns(self, role: str) -> str:
+        return f"xg-{self.name}-{role}"
+
+    def xg(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def xg_in(self, role: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        p = subprocess.run(["ip", "netns", "exec", self.ns(role), *topology.xdpguard_argv(), *args],
+                           capture_output=True, text=True, env=self.env, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{role}: xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def run_in(self, role: str, *argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], capture_output=True, text=True,
+                           env=self.env, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{role}: {' '.join(argv)} exited {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def start_in(self, role: str, *argv: str) -> subprocess.Popen:
+        log = open(self.run_dir / f"cluster-{self.name}" / "logs" / f"test-{role}-{len(self.started)}.log", "wb")
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        log.close()
+        self.started.append(p)
+        return p
+
+    def config(self, i: int) -> str:
+        return str(self.run_dir / f"cluster-{self.name}" / f"node{i}.toml")
+
+    def file(self, name: str) -> Path:
+        return self.run_dir / f"cluster-{self.name}" / name
+
+    def hops(self) -> dict[str, list[str]]:
+        return lc.router_next_hops(self.name)
+
+    def hops4(self) -> list[str]:
+        return self.hops()[lc.PROT4]
+
+    def wait_hops(self, n: int, timeout_s: float = 30.0) -> dict[str, list[str]]:
+        end = time.monotonic() + timeout_s
+        while True:
+            h = self.hops()
+            if all(len(v) == n for v in h.values()):
+                return h
+            if time.monotonic() > end:
+                raise AssertionError(f"router next hops after {timeout_s:g} s: {h}, want {n} each")
+            time.sleep(0.1)
+
+    def status(self) -> dict:
+        return json.loads(self.xg_in("node1", "cluster", "status", "--json", "--config", self.config(1)).stdout)
+
+    def pid_of(self, role: str, needle: str) -> int:
+        pids = subprocess.run(["ip", "netns", "pids", self.ns(role)], capture_output=True, text=True, timeout=10).stdout
+        for pid in pids.split():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except FileNotFoundError:
+                continue
+            if needle in cmd and not cmd.startswith("timeout"):
+                return int(pid)
+        raise AssertionError(f"no process matching {needle!r} in {self.ns(role)}")
+
+
+def time_until(cond, timeout_s: float, poll_s: float = 0.002) -> float:
+    """Seconds until cond() is true (polled); raises after timeout_s."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"not within {timeout_s:g} s")
+        time.sleep(poll_s)
+    return time.monotonic() - t0
+
+
+def _leftovers(name: str, run_dir: Path) -> list[str]:
+    out = [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")] if os.path.isdir(
+        "/run/netns") else []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"cluster-{name}" in cmd and str(os.getpid()) != pid:
+            out.append(f"process {pid}: {cmd[:120]}")
+    if (run_dir / f"cluster-{name}").exists():
+        out.append(f"directory {run_dir / f'cluster-{name}'}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    run_dir = tmp_path_factory.mktemp("clusterrun")
+    name = f"c{os.getpid() % 1_000_000}"
+    env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_RUN_DIR": str(run_dir)}
+    c = Cluster(name, env, run_dir, [])
+    try:
+        c.xg("lab", "up", "--nodes", str(NODES), "--lifetime", "1800")
+        yield c
+    finally:
+        c.xg("lab", "down", check=False)
+        for p in c.started:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    left = _leftovers(name, run_dir)
+    assert not left, f"lab down left things behind: {left}"
+
+
+def _healthy(c: Cluster) -> None:
+    c.wait_hops(NODES, 60)
+
+
+# ---- the tests, in the order they run (each leaves the cluster as it found it) ----
+
+
+def test_router_has_one_next_hop_per_node_and_clients_get_through(cluster):
+    c = cluster
+    hops = c.wait_hops(NODES)
+    assert hops[lc.PROT4] == sorted(lc.node_links(i)["node4"] for i in range(1, NODES + 1))
+    assert hops[lc.PROT6] == sorted(lc.node_links(i)["node6"] for i in range(1, NODES + 1))
+    for url in ("http://198.18.0.1/", "http://[2001:db8:0:1::1]/"):
+        p = c.run_in("client", "curl", "-s", "-g", "-m", "3", url)
+        assert "cluster lab backend" in p.stdout
+    st = c.status()
+    assert [n["node"] for n in st["nodes"]] == [f"node{i}" for i in range(1, NODES + 1)]
+    assert all(n["announcing"] and n["ready"] and n["in_sync"] for n in st["nodes"]), st
+    assert st["announcing"] == NODES
+    # identical path attributes: the router merged them into one ECMP route (it would not otherwise)
+    out = subprocess.run(["birdc", "-s", str(c.file("bird-router.ctl")), "show", "route", "all", f"{lc.PROT4}/32"],
+                         capture_output=True, text=True, timeout=10).stdout
+    assert out.count("BGP.as_path: 65001") == NODES
+
+
+def test_killed_bird_is_gone_from_the_router(cluster):
+    c = cluster
+    _healthy(c)
+    victim = lc.node_links(3)["node4"]
+    pid = int(c.file("bird-node3.pid").read_text().split()[0])
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    gone = time_until(lambda: victim not in c.hops4(), 5)
+    print(f"\nBIRD of node3 killed: gone from the router after {gone * 1000:.1f} ms")
+    assert gone < 1.0  # the TCP session closes at once; the issue's target is 100 ms
+    assert len(c.hops4()) == NODES - 1
+    conf = c.file("bird-node3.conf")
+    c.start_in("node3", "bird", "-f", "-c", str(conf), "-s", str(c.file("bird-node3.ctl")),
+               "-P", str(c.file("bird-node3.pid")))
+    back = time_until(lambda: victim in c.hops4(), 30, 0.05)
+    print(f"BIRD of node3 restarted: back at the router after {back:.2f} s (agent reconfigures it)")
+    del t0
+
+
+def test_link_down_is_gone_from_the_router(cluster):
+    c = cluster
+    _healthy(c)
+    victim = lc.node_links(2)["node4"]
+    t0 = time.monotonic()
+    c.run_in("node2", "ip", "link", "set", lc.NODE_IFACE, "down")
+    try:
+        gone = time_until(lambda: victim not in c.hops4(), 5)
+        print(f"\nnode2's link down: gone from the router after {gone * 1000:.1f} ms")
+        assert gone < 1.0
+        p = c.run_in("client", "curl", "-s", "-m", "3", "http://198.18.0.1/")
+        assert "cluster lab backend" in p.stdout
+    finally:
+        c.run_in("node2", "ip", "link", "set", lc.NODE_IFACE, "up")
+    back = time_until(lambda: victim in c.hops4(), 30, 0.05)
+    print(f"node2's link up: back after {back:.2f} s")
+    del t0
+
+
+def test_dead_agent_stops_attracting_traffic(cluster):
+    """SIGKILL of `cluster run`: the kernel deletes its TUN device, BIRD drops the static routes
+    via it, the router loses the node; a restarted agent adopts the attached program."""
+    c = cluster
+    _healthy(c)
+    victim = lc.node_links(3)["node4"]
+    pid = c.pid_of("node3", "cluster run")
+    os.kill(pid, signal.SIGKILL)
+    gone = time_until(lambda: victim not in c.hops4(), 5)
+    print(f"\nagent of node3 SIGKILLed: gone from the router after {gone * 1000:.1f} ms")
+    assert gone < 1.0
+    # the data path does not depend on the agent: node3 still filters (its program is attached)
+    st = json.loads(c.xg_in("node3", "status", lc.NODE_IFACE, "--json").stdout)
+    assert st and st[0]["prog_id"]
+    c.start_in("node3", *topology.xdpguard_argv(), "cluster", "run", "--config", c.config(3), "--duration", "900")
+    back = time_until(lambda: victim in c.hops4(), 30, 0.05)
+    print(f"agent of node3 restarted: announced again after {back:.2f} s")
+
+
+def test_unhealthy_backends_withdraw_the_node(cluster):
+    c = cluster
+    _healthy(c)
+    victim = lc.node_links(2)["node4"]
+    c.run_in("node2", "ip", "link", "set", "xgb0", "down")
+    try:
+        gone = time_until(lambda: victim not in c.hops4(), 10, 0.02)
+        print(f"\nnode2's backends unreachable: withdrawn after {gone:.2f} s (probes every 0.5 s, fall 2)")
+        st = {n["node"]: n for n in c.status()["nodes"]}
+        assert not st["node2"]["announcing"] and st["node2"]["reasons"], st["node2"]
+        assert st["node1"]["announcing"]
+    finally:
+        c.run_in("node2", "ip", "link", "set", "xgb0", "up")
+    time_until(lambda: victim in c.hops4(), 30, 0.05)
+
+
+POLLER = r"""
+import json, sys, time, ipaddress
+from xdpguard.core import abi, policy, protection, state
+addrs = json.loads(sys.argv[1]); out = sys.argv[2]; end = time.monotonic() + float(sys.argv[3])
+g = protection.Guard.open(state.resolve_iface("xgp0"))
+m = g.maps[abi.MapName.BANS]
+seen = {}
+keys = {a: policy.src_key(ipaddress.ip_address(a)) for a in addrs}
+open(out + ".ready", "w").close()
+while len(seen) < len(addrs) and time.monotonic() < end:
+    for a, k in keys.items():
+        if a not in seen and m.get(k) is not None:
+            seen[a] = time.time()
+    time.sleep(0.001)
+json.dump(seen, open(out, "w"))
+"""
+
+PUBLISHER = r"""
+import json, sys, time
+from xdpguard.core import config
+from xdpguard.core.cluster.store import ClusterStore
+d, _ = config.load(sys.argv[1]); addrs = json.loads(sys.argv[2]); out = sys.argv[3]
+st = ClusterStore(d.cluster)
+sent = {}
+for a in addrs:
+    sent[a] = time.time()
+    st.put_ban(a, 60, "test", "node1")
+    time.sleep(0.02)
+json.dump(sent, open(out, "w"))
+"""
+
+
+def test_ban_on_node1_reaches_every_node_within_a_second(cluster):
+    c = cluster
+    _healthy(c)
+    addrs = [f"198.18.9.{i}" for i in range(1, 51)]
+    outs = {i: c.file(f"seen-node{i}.json") for i in range(1, NODES + 1)}
+    pollers = [c.start_in(f"node{i}", sys.executable, "-c", POLLER, json.dumps(addrs), str(outs[i]), "30")
+               for i in range(1, NODES + 1)]
+    time_until(lambda: all(Path(str(o) + ".ready").exists() for o in outs.values()), 30, 0.05)
+    sent_file = c.file("sent.json")
+    c.run_in("node1", sys.executable, "-c", PUBLISHER, c.config(1), json.dumps(addrs), str(sent_file))
+    for p in pollers:
+        p.wait(timeout=40)
+    sent = json.loads(sent_file.read_text())
+    lat = []
+    for i, o in outs.items():
+        seen = json.loads(o.read_text())
+        missing = [a for a in addrs if a not in seen]
+        assert not missing, f"node{i} never got bans {missing[:5]}"
+        lat += [seen[a] - sent[a] for a in addrs]
+    lat.sort()
+    p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    print(f"\nban propagation over {len(addrs)} bans x {NODES} nodes: p50 {p50 * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
+    assert p99 < 1.0
+    # and unban through the CLI lifts them everywhere
+    c.xg_in("node1", "cluster", "unban", *addrs, "--config", c.config(1))
+    for i in range(1, NODES + 1):
+        def clear(i=i):
+            bans = json.loads(c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]
+            return not any(b["source"] in addrs for b in bans)
+        time_until(clear, 10, 0.2)
+
+
+EXPIRY_POLLER = r"""
+import json, sys, time, ipaddress
+from xdpguard.core import abi, policy, protection, state
+addr, out, end = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+g = protection.Guard.open(state.resolve_iface("xgp0"))
+m, k = g.maps[abi.MapName.BANS], policy.src_key(ipaddress.ip_address(addr))
+seen = gone = None
+open(out + ".ready", "w").close()
+while gone is None and time.monotonic() < end:
+    now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    v = m.get(k)
+    present = v is not None and v.expires_ns > now_ns  # an expired entry no longer drops
+    if present and seen is None:
+        seen = time.time()
+    elif not present and seen is not None:
+        gone = time.time()
+    time.sleep(0.002)
+json.dump({"seen": seen, "gone": gone}, open(out, "w"))
+"""
+
+
+def test_ban_expiry_is_cluster_wide(cluster):
+    """A ban's lease ends in etcd; every node lifts it within TTL + 1 s of the ban."""
+    c = cluster
+    ttl = 3
+    addr = "198.18.9.200"
+    outs = {i: c.file(f"expiry-node{i}.json") for i in range(1, NODES + 1)}
+    pollers = [c.start_in(f"node{i}", sys.executable, "-c", EXPIRY_POLLER, addr, str(outs[i]), "20")
+               for i in range(1, NODES + 1)]
+    time_until(lambda: all(Path(str(o) + ".ready").exists() for o in outs.values()), 30, 0.05)
+    sent = time.time()
+    c.xg_in("node2", "cluster", "ban", addr, "--ttl", str(ttl), "--config", c.config(2))
+    for p in pollers:
+        p.wait(timeout=30)
+    res = {i: json.loads(o.read_text()) for i, o in outs.items()}
+    assert all(r["seen"] and r["gone"] for r in res.values()), res
+    worst = max(r["gone"] for r in res.values()) - sent
+    per_node = ", ".join(f"{r['gone'] - sent:.2f}" for r in res.values())
+    print(f"\n{ttl} s ban: lifted on every node {worst:.2f} s after the ban command started (per node: {per_node})")
+    # TTL + 1 s, from the start of a CLI command that itself takes a good part of a second here
+    assert worst <= ttl + 1 + 1.0
+
+
+def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
+    c = cluster
+    _healthy(c)
+    c.xg_in("node1", "cluster", "ban", lc.ATTACKER4, "--ttl", "120", "--config", c.config(1))
+    time_until(lambda: c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/",
+                                check=False).returncode != 0, 5, 0.1)
+    data = json.loads(c.file("lab.json").read_text())
+    etcd_argv = next(s["argv"] for s in data["servers"] if s["name"] == "etcd1")
+    os.kill(c.pid_of("etcd1", "etcd --name"), signal.SIGKILL)
+    time.sleep(2)
+    # enforcing and announcing with what they have
+    assert len(c.hops4()) == NODES
+    assert c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", check=False).returncode != 0
+    assert "cluster lab backend" in c.run_in("client", "curl", "-s", "-m", "3", "http://198.18.0.1/").stdout
+    # a ban found on node2 while the store is down: local at once, queued for the others
+    c.xg_in("node2", "ban", "add", "198.18.9.77", "--ttl", "120")
+    assert c.xg_in("node1", "cluster", "status", "--config", c.config(1), check=False).returncode == 2
+    time.sleep(1)
+    c.start_in("etcd1", *etcd_argv)
+    t0 = time.monotonic()
+
+    def converged():
+        try:
+            st = c.status()
+        except AssertionError:
+            return False
+        nodes = st["nodes"]
+        return (len(nodes) == NODES and all(n["in_sync"] and n["pending_writes"] == 0 for n in nodes)
+                and st["bans"] >= 2)
+
+    t = time_until(converged, 20, 0.2)
+    for i in (1, 3):
+        time_until(lambda i=i: any(b["source"] == "198.18.9.77" for b in json.loads(
+            c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]), 5, 0.2)
+    print(f"\netcd back: nodes converged after {time.monotonic() - t0:.2f} s (status answered in sync at {t:.2f} s)")
+    assert time.monotonic() - t0 < 10
+    c.xg_in("node1", "cluster", "unban", lc.ATTACKER4, "198.18.9.77", "--config", c.config(1))
