@@ -1,0 +1,241 @@
+"""The cluster's pure parts: [cluster]/[bgp] schema (errors with file:line:field, round trip),
+BIRD config rendering (identical attributes on every node, the liveness device), the store's key
+layout and value codecs, the lab's addressing, and the CLI's bad input (one line, exit 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+
+import pytest
+from cli_helpers import invoke, one_line_error
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xdpguard.cli.main import run
+from xdpguard.core import config
+from xdpguard.core.cluster import bgp, store
+from xdpguard.core.config import BgpNeighbor, BgpSpec, ClusterSpec, Desired, InterfaceSpec
+from xdpguard.lab import cluster as lc
+
+GOOD = """
+[cluster]
+name = "edge"
+node = "fra-1"
+endpoints = ["http://198.18.4.2:2379", "http://198.18.4.3:2379/"]
+node_ttl = 5
+
+[bgp]
+local_as = 65001
+router_id = "198.18.17.2"
+neighbors = [{ address = "198.18.17.1", as = 65000 }, { address = "2001:db8:101::1", as = 65000 }]
+min_nodes = 2
+"""
+
+
+def test_good_sections_load_with_defaults():
+    d, warnings = config.loads(GOOD, "n.toml")
+    assert warnings == []
+    assert d.cluster == ClusterSpec("edge", "fra-1", ("http://198.18.4.2:2379", "http://198.18.4.3:2379"), 5, 60.0)
+    assert d.bgp.local_as == 65001 and d.bgp.min_nodes == 2 and d.bgp.bfd
+    assert d.bgp.neighbors[1] == BgpNeighbor(ipaddress.ip_address("2001:db8:101::1"), 65000)
+    assert config.loads(config.to_toml(d))[0] == d
+
+
+def test_a_config_without_the_sections_is_unchanged():
+    d, _ = config.loads('[[interface]]\nname = "eth1"\nprotect = ["198.18.0.1"]\n')
+    assert d.cluster is None and d.bgp is None
+    assert "[cluster]" not in config.to_toml(d) and "[bgp]" not in config.to_toml(d)
+
+
+@pytest.mark.parametrize("snippet, needle", [
+    ('[cluster]\nnode = "a b"\n', "n.toml:2: cluster.node: must be 1-63 letters"),
+    ('[cluster]\nendpoints = ["etcd:2379"]\n', "n.toml:2: cluster.endpoints[0]: must be an http(s)://HOST:PORT URL"),
+    ('[cluster]\nnode_ttl = 1\n', "n.toml:2: cluster.node_ttl: must be 2 to 3600"),
+    ('[cluster]\nbogus = 1\n', "n.toml:2: cluster.bogus: unknown key"),
+    ('[bgp]\nrouter_id = "2001:db8::1"\nlocal_as = 1\nneighbors = [{ address = "198.18.17.1", as = 2 }]\n',
+     "n.toml:2: bgp.router_id: must be an IPv4 address"),
+    ('[bgp]\nrouter_id = "198.18.0.9"\nneighbors = [{ address = "198.18.17.1", as = 2 }]\n',
+     "n.toml:1: bgp.local_as: is required"),
+    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "nope", as = 2 }]\n',
+     "n.toml:4: bgp.neighbors[0].address: must be an IPv4 or IPv6 address"),
+    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = []\n', "bgp.neighbors: needs at least one neighbor"),
+    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+     'bird_socket = "relative.ctl"\n', "n.toml:5: bgp.bird_socket: must be an absolute path"),
+    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+     'liveness_interface = "much-too-long-name"\n', "bgp.liveness_interface: must be an interface name"),
+])
+def test_bad_sections_name_file_line_and_field(snippet, needle):
+    with pytest.raises(config.ConfigError) as ei:
+        config.loads(snippet, "n.toml")
+    assert any(needle in p for p in ei.value.problems), ei.value.problems
+
+
+ADDR = st.one_of(st.integers(1, 250).map(lambda i: ipaddress.ip_address(f"198.18.{i}.1")),
+                 st.integers(1, 0xFFFF).map(lambda i: ipaddress.ip_address(f"2001:db8:{i:x}::1")))
+
+
+@st.composite
+def clustered(draw):
+    c = ClusterSpec(draw(st.sampled_from(["xdpguard", "lab", "edge.eu-1"])), draw(st.sampled_from(["n1", "fra_2"])),
+                    tuple(draw(st.lists(st.sampled_from(["http://198.18.4.2:2379", "https://[2001:db8::2]:2379"]),
+                                        min_size=1, max_size=2, unique=True))),
+                    draw(st.integers(2, 3600)), draw(st.sampled_from([1.0, 60.0, 2.5])))
+    b = None
+    if draw(st.booleans()):
+        announce = draw(st.lists(ADDR, max_size=3, unique=True))
+        b = BgpSpec(draw(st.integers(1, 2**32 - 1)), ipaddress.IPv4Address(draw(st.integers(1, 2**32 - 1))),
+                    tuple(BgpNeighbor(a, draw(st.integers(1, 2**32 - 1)))
+                          for a in draw(st.lists(ADDR, min_size=1, max_size=3))),
+                    tuple(sorted(announce, key=config.addr_order)), draw(st.booleans()),
+                    draw(st.integers(10, 10000)), draw(st.integers(2, 255)), draw(st.integers(3, 65535)),
+                    draw(st.integers(0, 1000)), "/run/x/bird.conf", "/run/x/bird.ctl",
+                    draw(st.sampled_from(["xgvip0", "vip.1"])))
+    return Desired((), config.DaemonSpec(), c, b)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clustered())
+def test_load_of_to_toml_is_identity_with_cluster_sections(d):
+    back, _ = config.loads(config.to_toml(d), "export.toml")
+    assert back == d
+
+
+# ---- BIRD config ----
+
+
+def _node_bgp(i: int) -> BgpSpec:
+    d, _ = config.loads(lc.node_toml(i, "lab"))
+    return d.bgp
+
+
+def test_every_node_renders_the_same_path_attributes():
+    """Only the router id and the neighbor lines may differ between nodes: same AS, same routes,
+    same export filter, no per-node attribute; so the router sees equal-cost paths."""
+    addrs = [ipaddress.ip_address(lc.PROT4), ipaddress.ip_address(lc.PROT6)]
+    texts = [bgp.render(_node_bgp(i), addrs, f"node{i}") for i in (1, 2, 3)]
+    strip = [re.sub(r"(router id|neighbor) \S+|node\d", "X", t) for t in texts]
+    assert strip[0] == strip[1] == strip[2]
+    t = texts[0]
+    assert 'route 198.18.0.1/32 via "xgvip0";' in t and 'route 2001:db8:0:1::1/128 via "xgvip0";' in t
+    assert t.count("check link;") == 2  # the routes live only while the liveness device is up
+    assert "local as 65001;" in t and "bfd on;" in t
+    assert 'export where proto = "xg_vip4"' in t and 'export where proto = "xg_vip6"' in t
+    assert "bgp_path.prepend" not in t and "bgp_med" not in t and "bgp_community" not in t
+
+
+def test_withdrawn_config_has_no_route_but_keeps_the_sessions():
+    t = bgp.render(_node_bgp(1), [], "node1")
+    assert not re.search(r"^\s*route ", t, re.M)
+    assert t.count("protocol bgp ") == 2
+
+
+def test_ipv4_routes_go_only_to_ipv4_sessions():
+    t = bgp.render(_node_bgp(2), [ipaddress.ip_address(lc.PROT4)], "node2")
+    v4 = t[t.index("protocol bgp xg_up0v4"):t.index("protocol bgp xg_up1v6")]
+    v6 = t[t.index("protocol bgp xg_up1v6"):]
+    assert "ipv4 {" in v4 and "ipv6 {" not in v4 and "neighbor 198.18.18.1 as 65000" in v4
+    assert "ipv6 {" in v6 and "neighbor 2001:db8:102::1 as 65000" in v6
+
+
+def test_write_config_is_atomic_and_says_when_nothing_changed(tmp_path):
+    p = tmp_path / "b" / "bird.conf"
+    assert bgp.write_config(str(p), "a\n")
+    assert not bgp.write_config(str(p), "a\n")
+    assert bgp.write_config(str(p), "b\n") and p.read_text() == "b\n"
+    assert [x.name for x in p.parent.iterdir()] == ["bird.conf"]
+
+
+def test_announce_set_defaults_to_the_protected_addresses():
+    b = _node_bgp(1)
+    b2 = dataclasses.replace(b, announce=())
+    prot = [ipaddress.ip_address("2001:db8:0:1::1"), ipaddress.ip_address("198.18.0.1")]
+    assert bgp.announce_set(b2, prot) == sorted(prot, key=lambda a: a.version)
+    assert bgp.announce_set(b, []) == list(b.announce)
+
+
+# ---- store codecs and layout ----
+
+
+def test_desired_value_round_trips_one_interface():
+    d, _ = config.loads(lc.desired_toml())
+    spec = d.interfaces[0]
+    assert store.parse_desired("k", store.desired_text(spec).encode()) == spec
+    two = config.to_toml(Desired((spec, InterfaceSpec("eth9"))))
+    with pytest.raises(config.UserError):
+        store.parse_desired("k", two.encode())
+
+
+def test_bad_store_values_are_rejected_not_crashing():
+    with pytest.raises(config.ConfigError) as ei:
+        store.parse_desired("/xdpguard/x/state/desired/eth0", b"[[interface]]\nname = 1\n")
+    assert "etcd:/xdpguard/x/state/desired/eth0:2" in ei.value.problems[0]
+    assert store.ClusterStore.parse_ban("198.18.9.1", b"not json") is None
+    assert store.ClusterStore.parse_ban("198.18.9.1", b'{"ttl": 5}') is None
+    b = store.ClusterStore.parse_ban("198.18.9.1", b'{"ttl": 5, "expires": 100.0, "node": "n1"}')
+    assert b.reason == "operator" and b.remaining_s(now=99.0) == 1.0
+
+
+def test_key_layout():
+    s = store.ClusterStore(ClusterSpec("lab", "node1"))
+    assert s.classify("/xdpguard/lab/state/desired/xgp0") == ("desired", "xgp0")
+    assert s.classify("/xdpguard/lab/state/bans/2001:db8::1") == ("ban", "2001:db8::1")
+    assert s.classify("/xdpguard/lab/nodes/node2") == ("node", "node2")
+    assert s.classify("/xdpguard/labx/nodes/node2")[0] == "other"
+    assert store._prefix_end("/xdpguard/lab/state/") == "/xdpguard/lab/state0"
+
+
+def test_unreachable_store_is_one_user_error():
+    s = store.ClusterStore(ClusterSpec("lab", "n1", ("http://127.0.0.1:9",)), timeout_s=0.5)
+    with pytest.raises(store.StoreUnavailable, match="does not answer"):
+        s.read()
+
+
+def test_pending_writes_keep_one_per_address():
+    p = store.PendingWrites()
+    p.add_ban("198.18.9.1", 60, "operator")
+    p.add_ban("198.18.9.1", 30, "rate")
+    assert list(p.bans) == ["198.18.9.1"] and p.bans["198.18.9.1"][:2] == (30, "rate")
+
+
+# ---- the lab's addressing ----
+
+
+def test_lab_addresses_stay_in_the_lab_ranges():
+    nets = [ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("2001:db8::/32")]
+    addrs = [lc.PROT4, lc.PROT6, lc.CLIENT4, lc.CLIENT6, lc.ATTACKER4, lc.ATTACKER6, lc.ETCD4,
+             *[a for i in range(1, lc.MAX_NODES + 1) for a in lc.node_links(i).values()]]
+    for a in addrs:
+        assert any(ipaddress.ip_address(a) in n for n in nets), a
+    assert len(set(addrs)) == len(addrs)
+    assert "default" not in lc.router_bird_conf(3)
+    assert lc.router_bird_conf(3).count("protocol bgp node") == 6 and "merge paths on" in lc.router_bird_conf(3)
+
+
+# ---- CLI: bad input is one line, exit 2 ----
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["cluster", "status", "--config", "/nonexistent/x.toml"], "cannot read config /nonexistent/x.toml"),
+    (["cluster", "ban", "198.18.9.1", "--ttl", "10", "--config", "{cfg}"], "does not answer"),
+    (["cluster", "ban", "not-an-ip", "--ttl", "10", "--config", "{cfg}"], "invalid address 'not-an-ip'"),
+    (["cluster", "ban", "198.18.9.1", "--ttl", "0", "--config", "{cfg}"], "invalid --ttl"),
+    (["cluster", "status", "--config", "{nocluster}"], "no [cluster] section"),
+    (["cluster", "bird-config", "--config", "{cfg}"], "no [bgp] section"),
+])
+def test_cluster_cli_bad_input(tmp_path, capsys, args, needle):
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('[cluster]\nname = "t"\nnode = "n1"\nendpoints = ["http://127.0.0.1:9"]\n')
+    nocluster = tmp_path / "plain.toml"
+    nocluster.write_text("[daemon]\n")
+    rc = run([a.format(cfg=cfg, nocluster=nocluster) for a in args])
+    assert rc == 2
+    assert needle in one_line_error(capsys)
+
+
+def test_cluster_help_lists_the_verbs():
+    out = invoke("cluster", "--help").output
+    for verb in ("run", "status", "ban", "unban", "apply", "bird-config"):
+        assert verb in out
+    assert "--nodes" in invoke("lab", "up", "--help").output
