@@ -402,3 +402,71 @@ def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
     print(f"\netcd back: nodes converged after {time.monotonic() - t0:.2f} s (status answered in sync at {t:.2f} s)")
     assert time.monotonic() - t0 < 10
     c.xg_in("node1", "cluster", "unban", lc.ATTACKER4, "198.18.9.77", "--config", c.config(1))
+
+
+BURST = r"""
+import json, random, sys, time
+from xdpguard.core import config
+from xdpguard.core.cluster.store import ClusterStore, parse_desired
+from xdpguard.lab import cluster as lc
+d, _ = config.load(sys.argv[1]); n = int(sys.argv[2]); out = sys.argv[3]
+st = ClusterStore(d.cluster)
+rnd = random.Random(12)
+base = lc.desired_toml()
+for i in range(n):
+    block = sorted({f"198.18.{rnd.randrange(200, 250)}.{rnd.randrange(1, 255)}/32" for _ in range(rnd.randrange(0, 20))})
+    lim = rnd.choice(["", "src_pps = 1000", "src_pps = 5000, dst_pps = 100000"])
+    text = base.replace("\n\n", "\nblock = " + json.dumps(block) + "\n\n", 1)
+    if lim:
+        text += f'[[interface.address]]\naddress = "{lc.PROT4}"\nlimits = {{ {lim} }}\n'
+    spec = parse_desired("burst", text.encode())
+    rev = st.put_desired(spec)
+json.dump({"revision": rev, "sent": time.time(), "text": text}, open(out, "w"))
+"""
+
+CONSISTENT = r"""
+import json, sys, time
+from xdpguard.core import reconcile
+from xdpguard.core.cluster.store import parse_desired
+src, out, end = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+import os
+while not os.path.exists(src) and time.monotonic() < end:
+    time.sleep(0.05)
+want = parse_desired("burst", json.load(open(src))["text"].encode())
+ok = None
+while time.monotonic() < end:
+    if reconcile.export_iface("xgp0") == want:
+        ok = time.time()
+        break
+    time.sleep(0.02)
+json.dump({"consistent": ok}, open(out, "w"))
+"""
+
+
+def test_burst_of_200_policy_changes_converges_on_every_node(cluster):
+    c = cluster
+    _healthy(c)
+    src = c.file("burst.json")
+    outs = {i: c.file(f"burst-node{i}.json") for i in range(1, NODES + 1)}
+    pollers = [c.start_in(f"node{i}", sys.executable, "-c", CONSISTENT, str(src), str(outs[i]), "120")
+               for i in range(1, NODES + 1)]
+    t0 = time.time()
+    c.run_in("node1", sys.executable, "-c", BURST, c.config(1), "200", str(src), timeout=120)
+    sent = json.loads(src.read_text())
+    for p in pollers:
+        p.wait(timeout=150)
+    res = {i: json.loads(o.read_text())["consistent"] for i, o in outs.items()}
+    assert all(res.values()), res
+    worst = max(res.values()) - sent["sent"]
+    print(f"\n200 policy changes in {sent['sent'] - t0:.2f} s; every node's maps equal the last one "
+          f"{max(worst, 0):.2f} s after it was written")
+
+    def same_revision():
+        nodes = c.status()["nodes"]
+        return all(n["applied_revision"] >= sent["revision"] for n in nodes)
+
+    t = time_until(same_revision, 10, 0.2)
+    print(f"every node reports applied revision >= {sent['revision']} (status polled {t:.2f} s later)")
+    assert worst < 2.0
+    # back to the lab's own policy
+    c.xg_in("node1", "cluster", "apply", str(c.file("desired.toml")), "--config", c.config(1))

@@ -18,6 +18,7 @@ applied revision; the node's health decides whether BIRD announces the protectiv
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import threading
 import time
@@ -182,6 +183,34 @@ class NodeAgent:
                     self._apply_ban(b)
         self.applied_revision = max(self.applied_revision, ev.revision)
         self.state_revision = max(self.state_revision, ev.revision)
+
+    @staticmethod
+    def _drain(w: Watch, wait_s: float = 0.05) -> list[Event]:
+        """Every event queued now (waiting up to wait_s for the first)."""
+        try:
+            out = [w.events.get(timeout=wait_s)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                out.append(w.events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def handle_batch(self, events: list[Event]) -> None:
+        """Level-triggered: of several changes of one interface's desired state only the newest is
+        realised (a burst of 200 changes costs one realise per interface, not 200); bans and
+        deletes are applied in order."""
+        last_desired = {}
+        for i, ev in enumerate(events):
+            if self.store.classify(ev.key)[0] == "desired":
+                last_desired[ev.key] = i
+        for i, ev in enumerate(events):
+            if self.store.classify(ev.key)[0] == "desired" and last_desired[ev.key] != i:
+                self.applied_revision = max(self.applied_revision, ev.revision)
+                self.counts["events"] += 1
+                continue
+            self.handle(ev)
 
     # ---- kernel → store: bans found here ----
 
@@ -380,20 +409,12 @@ class NodeAgent:
                     self._store_lost(exc.message)
                     next_connect = now + 1.0
             if self.watch is not None:
-                try:
-                    ev = self.watch.events.get(timeout=0.05)
-                except Exception:  # queue.Empty
-                    ev = None
-                while ev is not None:
-                    if ev.kind == "resync":
-                        self._store_lost(ev.reason)
-                        next_connect = time.monotonic()
-                        break
-                    self.handle(ev)
-                    try:
-                        ev = self.watch.events.get_nowait()
-                    except Exception:
-                        ev = None
+                batch = self._drain(self.watch)
+                resync = next((e for e in batch if e.kind == "resync"), None)
+                self.handle_batch([e for e in batch if e.kind != "resync"])
+                if resync is not None:
+                    self._store_lost(resync.reason)
+                    next_connect = time.monotonic()
             else:
                 stop.wait(0.05)
             now = time.monotonic()
