@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -43,6 +44,7 @@ def run(config_path, duration):
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where is it stuck?
     c.print(f"node {desired.cluster.node} of cluster {desired.cluster.name}: store {', '.join(desired.cluster.endpoints)}")
     agent.run(stop, duration)
     c.print("stopped (the kernel keeps enforcing what is realised)")

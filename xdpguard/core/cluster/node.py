@@ -72,6 +72,9 @@ class NodeAgent:
         self.health = Health()
         self.announcing = False
         self.announce_note = ""
+        self._announce_key: int | None = None  # the lease our announce/ key is on
+        self.backend_reasons: list[str] = []  # written by the probe thread
+        self.backend_rounds = 0
         self.liveness: bgpmod.LivenessDevice | None = None
         self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0}
         self._said: dict[str, str] = {}
@@ -268,6 +271,20 @@ class NodeAgent:
                 bad.append(f"{spec.name}: no backend of {r.proto} {r.protected} {r.ports} answers")
         return bad
 
+    def _probe_loop(self, stop: threading.Event) -> None:
+        """Backend probes, in their own thread: a dead backend's timeouts never hold up bans."""
+        while not stop.is_set():
+            try:
+                specs = list(self.specs.values())  # the main thread may be changing it
+            except RuntimeError:
+                continue
+            bad = []
+            for spec in specs:
+                bad += self._backend_ok(spec)
+            self.backend_reasons = bad
+            self.backend_rounds += 1
+            stop.wait(min(HEALTH_EVERY_S, self.daemon.health_interval_s))
+
     def check_health(self) -> list[str]:
         reasons = []
         if not self.synced:
@@ -286,8 +303,9 @@ class NodeAgent:
             if not dataplane.is_ours(dataplane.query(iface.index)):
                 reasons.append(f"{name}: xdpguard is not attached")
                 continue
-            reasons += self._backend_ok(spec)
-        return reasons
+        if self.backend_rounds == 0:
+            reasons.append("backends not probed yet")
+        return reasons + [r for r in self.backend_reasons if r.split(":")[0] in self.specs]
 
     def protected(self) -> list:
         return [a for s in self.specs.values() for a in s.protected]
@@ -308,9 +326,9 @@ class NodeAgent:
             h.ready = False
         want = h.ready
         note = ""
-        if not want and self.announcing and self.bgp is not None:
-            others = sum(1 for n, st in self.nodes.items() if n != self.node and st.get("announcing"))
-            if others < self.bgp.min_nodes and self._can_serve():
+        if not want and self.announcing and self.bgp is not None and self._can_serve():
+            others = self._may_withdraw()
+            if others is not None:
                 want = True
                 note = (f"unhealthy ({'; '.join(reasons) or 'recovering'}) but kept announcing: "
                         f"{others} other node(s) announce, min_nodes is {self.bgp.min_nodes}")
@@ -318,6 +336,39 @@ class NodeAgent:
         if note:
             self.say("announce", note)
         self.set_announce(want)
+        if not want:
+            self._announce_key = None
+        elif self.store_up and self.lease is not None and self.bgp is not None and self._announce_key != self.lease:
+            try:
+                self.store.set_announcer(self.node, True, self.lease)
+                self._announce_key = self.lease
+            except StoreUnavailable as exc:
+                self._store_lost(exc.message)
+
+    def _may_withdraw(self) -> int | None:
+        """None when this node may withdraw; else how many others announce (fewer than min_nodes,
+        or unknown because another node is deciding right now). With the store up, the count is
+        taken under the cluster's withdraw lock and our announce key goes before the lock does, so
+        two nodes cannot both withdraw on the strength of each other. With the store down, the
+        last known statuses decide."""
+        assert self.bgp is not None
+        if not self.store_up or self.lease is None:
+            others = sum(1 for n, st in self.nodes.items() if n != self.node and st.get("announcing"))
+            return None if others >= self.bgp.min_nodes else others
+        try:
+            if not self.store.try_lock("withdraw", self.node, self.lease):
+                return 0  # someone else is withdrawing: ask again at the next round
+            try:
+                others = len(self.store.announcers() - {self.node})
+                if others < self.bgp.min_nodes:
+                    return others
+                self.store.set_announcer(self.node, False, self.lease)
+                return None
+            finally:
+                self.store.unlock("withdraw")
+        except StoreUnavailable as exc:
+            self._store_lost(exc.message)
+            return 0
 
     def _can_serve(self) -> bool:
         """Announcing makes sense at all: our program is attached on every desired interface."""
@@ -389,9 +440,13 @@ class NodeAgent:
                 bgpmod.configure(self.bgp, bgpmod.render(self.bgp, [], self.node))
             except UserError as exc:
                 self.say("bird", f"BIRD: {exc.message}")
+        prober_stop = threading.Event()
+        prober = threading.Thread(target=self._probe_loop, args=(prober_stop,), name="probes", daemon=True)
+        prober.start()
         try:
             self._loop(stop, end)
         finally:
+            prober_stop.set()
             self.close()
 
     def _loop(self, stop: threading.Event, end: float | None) -> None:

@@ -33,6 +33,7 @@ class NodeView:
     ready: bool
     announcing: bool
     reasons: list[str]
+    announce_note: str
     bgp: dict
     interfaces: dict
     bans: int
@@ -60,7 +61,7 @@ def status(desired: Desired) -> ClusterStatus:
         applied = int(s.get("applied_revision", 0))
         views.append(NodeView(name, True, round(now - float(s.get("updated", now)), 1), applied,
                               applied >= snap.state_revision, bool(s.get("ready")), bool(s.get("announcing")),
-                              list(s.get("reasons", [])), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
+                              list(s.get("reasons", [])), str(s.get("announce_note", "")), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
                               int(s.get("bans", 0)), int(s.get("pending_writes", 0))))
     return ClusterStatus(desired.cluster.name, snap.revision, snap.state_revision, sorted(snap.desired),
                          len(snap.bans), views, sum(1 for v in views if v.announcing))

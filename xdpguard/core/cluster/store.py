@@ -8,6 +8,9 @@ Keys, under /xdpguard/<cluster>/ :
                             deletes it when the lease ends, so expiry is cluster-wide
     nodes/<node>            on the node's lease (kept alive by `cluster run`): its status and the
                             revision of state/ it has applied
+    announce/<node>         on the node's lease: present while the node announces the protective IP
+    locks/withdraw          on the holder's lease: a node withdraws only while holding it, after
+                            counting announce/ (so concurrent withdrawals cannot go below min_nodes)
 
 Nodes watch state/ only, so node chatter does not move anyone's applied revision. A node that
 has applied revision R has applied every change of state/ up to R: a full read answers with the
@@ -19,7 +22,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -249,6 +254,30 @@ class ClusterStore:
     def delete_node(self, node: str) -> None:
         self._delete(f"{self.root}nodes/{node}")
 
+    # ---- who announces: one key per announcing node, on its lease; withdrawals under a lock ----
+
+    def announcers(self) -> set[str]:
+        _, kvs = self._range(self.root + "announce/")
+        return {_unb64(kv["key"]).decode()[len(self.root + "announce/"):] for kv in kvs}
+
+    def set_announcer(self, node: str, on: bool, lease: int) -> None:
+        if on:
+            self._put(f"{self.root}announce/{node}", "1", lease)
+        else:
+            self._delete(f"{self.root}announce/{node}")
+
+    def try_lock(self, name: str, owner: str, lease: int) -> bool:
+        """Take lock `name` (a key on `lease`, created only if absent); False when someone holds it."""
+        key = _b64(f"{self.root}locks/{name}")
+        out = self._post("/kv/txn", {"compare": [{"key": key, "result": "EQUAL", "target": "CREATE",
+                                                  "create_revision": "0"}],
+                                     "success": [{"request_put": {"key": key, "value": _b64(owner), "lease": lease}}],
+                                     "failure": []})
+        return bool(out.get("succeeded"))
+
+    def unlock(self, name: str) -> None:
+        self._delete(f"{self.root}locks/{name}")
+
     def watch(self, start_revision: int) -> Watch:
         return Watch(self, start_revision)
 
@@ -296,12 +325,24 @@ class Watch:
         finally:
             if not self._stop.is_set():
                 self.events.put(Event("resync", reason=reason))
+            try:
+                self._resp.close()  # here, in the reading thread: closing it from another one can deadlock
+            except Exception:
+                pass
 
     def stop(self) -> None:
+        """End the watch without waiting: shut the socket down under the reading thread, which
+        then closes the response itself."""
         self._stop.set()
         try:
-            self._resp.close()
-        except Exception:
+            raw = self._resp.raw._fp  # http.client.HTTPResponse
+            fd = raw.fileno()
+            s = socket.socket(fileno=os.dup(fd))
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            finally:
+                s.close()
+        except Exception:  # already closed
             pass
 
 
