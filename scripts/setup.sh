@@ -69,6 +69,22 @@ if [[ " ${missing[*]} " == *" prometheus "* ]]; then
     fi
 fi
 
+# bird2 and etcd-server come with services their postinst enables (and, under systemd, starts) in
+# the host's own namespace. xdpguard runs BIRD and etcd only inside namespaces it made (the cluster
+# lab, the tests): a service this run installed is stopped and disabled, as for prometheus.
+for svc in bird etcd; do
+    pkg=$([[ "$svc" == bird ]] && echo bird2 || echo etcd-server)
+    if [[ " ${missing[*]} " == *" $pkg "* ]]; then
+        step "stopping and disabling the $svc service (xdpguard runs $svc only inside lab namespaces)"
+        if [[ -d /run/systemd/system ]]; then
+            systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
+        else
+            "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+            update-rc.d "$svc" disable >/dev/null 2>&1 || true
+        fi
+    fi
+done
+
 # --- kernel headers for bcc -----------------------------------------------------------------
 headers_usable() {
     [[ -d "$MODULES_DIR/build/include/linux" || -f "$MODULES_DIR/build/Makefile" ]]
