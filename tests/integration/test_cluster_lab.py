@@ -379,6 +379,15 @@ def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
     assert len(c.hops4()) == NODES
     assert c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", check=False).returncode != 0
     assert "cluster lab backend" in c.run_in("client", "curl", "-s", "-m", "3", "http://198.18.0.1/").stdout
+    # a node restarted while the store is down enforces and announces its local snapshot
+    victim = lc.node_links(3)["node4"]
+    os.kill(c.pid_of("node3", "cluster run"), signal.SIGKILL)
+    time_until(lambda: victim not in c.hops4(), 5)
+    c.start_in("node3", *topology.xdpguard_argv(), "cluster", "run", "--config", c.config(3), "--duration", "900")
+    back = time_until(lambda: victim in c.hops4(), 30, 0.05)
+    print(f"\nnode3's agent restarted with etcd down: announcing its snapshot after {back:.2f} s")
+    assert c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", "--local-port", "45000-45100",
+                    check=False).returncode != 0
     # a ban found on node2 while the store is down: local at once, queued for the others
     c.xg_in("node2", "ban", "add", "198.18.9.77", "--ttl", "120")
     assert c.xg_in("node1", "cluster", "status", "--config", c.config(1), check=False).returncode == 2

@@ -9,6 +9,9 @@ The loop, level-triggered like `run --config`, with etcd in place of the file:
    it does not, nothing is undone: the kernel keeps enforcing what it has, local bans keep
    working, and bans this node finds are queued (one per address) until the store returns.
 
+The applied state is saved (fsynced, at most once a second) as a local snapshot with its revision:
+a node started while the store is unreachable enforces, and when healthy announces, that.
+
 Besides, every few hundred milliseconds: bans the data path (or an operator) put into a local
 ban map are spread through the store; the node key is kept alive with the node's status and
 applied revision; the node's health decides whether BIRD announces the protective addresses
@@ -17,6 +20,7 @@ applied revision; the node's health decides whether BIRD announces the protectiv
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -29,7 +33,7 @@ from .. import cleansing, dataplane, forward, reconcile, state
 from ..config import Desired, InterfaceSpec
 from ..errors import UserError
 from . import bgp as bgpmod
-from .store import Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Watch, parse_desired
+from .store import Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Watch, desired_text, parse_desired
 
 OK_ACTIONS = ("attached", "updated", "unchanged")
 LOCAL_BAN_POLL_S = 0.5
@@ -75,6 +79,7 @@ class NodeAgent:
         self._announce_key: int | None = None  # the lease our announce/ key is on
         self.backend_reasons: list[str] = []  # written by the probe thread
         self.backend_rounds = 0
+        self._snapshot_saved = -1
         self.liveness: bgpmod.LivenessDevice | None = None
         self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0}
         self._said: dict[str, str] = {}
@@ -160,6 +165,45 @@ class NodeAgent:
         flushed = self.pending.flush(self.store, self.node)
         if flushed:
             self.report(f"store is back: spread {flushed} ban(s) queued while it was down")
+
+    # ---- the local snapshot: what a node restarted while the store is down enforces ----
+
+    def snapshot_path(self):
+        # not *.json: that suffix is an interface record (state.protected_ifaces)
+        return state.state_root() / state.netns_key() / f"cluster-{self.cluster.name}.snapshot"
+
+    def save_snapshot(self) -> None:
+        """The store's state as this node has applied it, with its revision (fsynced)."""
+        data = {"revision": self.applied_revision,
+                "desired": {n: desired_text(s) for n, s in sorted(self.specs.items())},
+                "bans": {a: {"ttl": b.ttl_s, "reason": b.reason, "node": b.node, "expires": b.expires}
+                         for a, b in sorted(self.store_bans.items())}}
+        path = self.snapshot_path()
+        state.private_dir(state.state_root())
+        state.private_dir(path.parent)
+        state.write_durably(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        self._snapshot_saved = self.applied_revision
+
+    def load_snapshot(self) -> bool:
+        """At start with the store unreachable: realise the last snapshot (False when none)."""
+        try:
+            data = json.loads(self.snapshot_path().read_text())
+            specs = {n: parse_desired(f"snapshot:{n}", t.encode()) for n, t in data["desired"].items()}
+        except (OSError, ValueError, KeyError, UserError):
+            return False
+        for spec in specs.values():
+            self.specs[spec.name] = spec
+            self._realise(spec)
+        for a, b in data.get("bans", {}).items():
+            ban = self.store.parse_ban(a, json.dumps(b).encode())
+            if ban is not None and ban.remaining_s() > 0:
+                self.store_bans[a] = ban
+                self._apply_ban(ban)
+        self.applied_revision = int(data.get("revision", 0))
+        self._snapshot_saved = self.applied_revision
+        self.synced = True
+        self.report(f"store unreachable at start: enforcing the local snapshot of revision {self.applied_revision}")
+        return True
 
     def handle(self, ev: Event) -> None:
         kind, name = self.store.classify(ev.key)
@@ -450,7 +494,7 @@ class NodeAgent:
             self.close()
 
     def _loop(self, stop: threading.Event, end: float | None) -> None:
-        next_connect = next_health = next_beat = next_poll = next_drift = 0.0
+        next_connect = next_health = next_beat = next_poll = next_drift = next_snapshot = 0.0
         next_resync = time.monotonic() + self.cluster.resync_interval_s
         beat_every = max(0.5, self.cluster.node_ttl_s / 3)
         while not stop.is_set() and (end is None or time.monotonic() < end):
@@ -463,6 +507,8 @@ class NodeAgent:
                 except StoreUnavailable as exc:
                     self._store_lost(exc.message)
                     next_connect = now + 1.0
+                    if not self.synced:
+                        self.load_snapshot()
             if self.watch is not None:
                 batch = self._drain(self.watch)
                 resync = next((e for e in batch if e.kind == "resync"), None)
@@ -484,6 +530,12 @@ class NodeAgent:
                 next_drift = now + DRIFT_EVERY_S
                 for spec in self.specs.values():
                     self._realise(spec, lists=False)
+            if now >= next_snapshot and self.store_up and self.applied_revision != self._snapshot_saved:
+                next_snapshot = now + 1.0
+                try:
+                    self.save_snapshot()
+                except OSError as exc:
+                    self.say("snapshot", f"cannot save the local snapshot: {exc.strerror}")
             if now >= next_health:
                 next_health = now + min(HEALTH_EVERY_S, self.daemon.health_interval_s)
                 self.update_health_and_bgp()
