@@ -70,7 +70,7 @@ def status(config_path, as_json):
         bgp = ", ".join(f"{k} {v.get('state', '?')}" for k, v in sorted(n.bgp.items())) or "-"
         t.add_row(n.node, str(n.applied_revision), "yes" if n.in_sync else "[yellow]behind[/]",
                   "ready" if n.ready else "[red]not ready[/]: " + "; ".join(n.reasons),
-                  "yes" if n.announcing else "no", bgp, str(n.bans))
+                  ", ".join(n.announced) if n.announcing else "no", bgp, str(n.bans))
     c.print(t)
 
 

@@ -26,11 +26,13 @@ def lab():
               help="The backend servers exit by themselves after SECONDS.")
 @click.option("--nodes", type=click.IntRange(1, lab_cluster.MAX_NODES), default=None, metavar="N",
               help="Build the cluster lab instead: a BGP router, N protector nodes, etcd.")
+@click.option("--etcd", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="With --nodes: etcd members (3 for the fault tests).")
 @_json
-def up(no_protect, lifetime, nodes, as_json):
+def up(no_protect, lifetime, nodes, etcd, as_json):
     """Build the lab (removing a previous one first) and protect it with xdpguard."""
     if nodes is not None:
-        _cluster_up(nodes, lifetime, as_json)
+        _cluster_up(nodes, lifetime, int(etcd), as_json)
         return
     if lab_cluster.exists():
         lab_cluster.down()
@@ -147,8 +149,8 @@ def probe(count, proto, ipv6, timeout, interval, duration, as_json):
         console().print(lab_probe.describe(res))
 
 
-def _cluster_up(nodes, lifetime, as_json):
-    res = lab_cluster.up(nodes, lifetime_s=lifetime)
+def _cluster_up(nodes, lifetime, etcd, as_json):
+    res = lab_cluster.up(nodes, lifetime_s=lifetime, etcd=etcd)
     if as_json:
         emit_json(res)
         return
@@ -158,7 +160,8 @@ def _cluster_up(nodes, lifetime, as_json):
     c.print(f"cluster lab '{res.name}' is up: {res.nodes} node(s), {len(res.namespaces)} namespaces")
     for dst, hops in res.next_hops.items():
         c.print(f"  router: {dst} via {', '.join(hops) or 'nothing'} ({len(hops)} next hop(s))")
-    c.print(f"  client {lab_cluster.CLIENT4}, attacker {lab_cluster.ATTACKER4}, etcd {lab_cluster.ETCD_URL}")
+    etcd_urls = lab_cluster.etcd_urls(sum(1 for r in res.namespaces if r.startswith("etcd")))
+    c.print(f"  client {lab_cluster.CLIENT4}, attacker {lab_cluster.ATTACKER4}, etcd {', '.join(etcd_urls)}")
     c.print(f"  node configs, BIRD configs, logs: {res.run_dir}; remove everything with 'xdpguard lab down'")
 
 

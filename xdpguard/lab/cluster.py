@@ -40,15 +40,24 @@ CLIENT4, CLIENT6 = "198.18.8.10", "2001:db8:8::10"
 ATTACKER4, ATTACKER6 = "198.18.8.66", "2001:db8:8::66"
 ROUTER_UP4, ROUTER_UP6 = "198.18.8.1", "2001:db8:8::1"
 BACKEND4, BACKEND6 = topo.BACKEND4, topo.BACKEND6
-ETCD4 = "198.18.4.2"
+ETCD4 = "198.18.4.2"  # etcd1; etcd<k> is 198.18.4.<1+k>
 ETCD_URL = f"http://{ETCD4}:2379"
+MAX_ETCD = 3
+
+
+def etcd_addr(k: int) -> str:
+    return f"198.18.4.{1 + k}"
+
+
+def etcd_urls(members: int) -> list[str]:
+    return [f"http://{etcd_addr(k)}:2379" for k in range(1, members + 1)]
 NODE_IFACE = topo.PROT_IFACE  # "xgp0": the node's uplink, where XDP sits
 # BFD: 50 ms x 6 = 300 ms to notice a frozen node. 20 ms x 3 flapped here: BIRD's BFD is a user
 # process, and on a shared 2-core machine a 60 ms scheduling stall is not rare.
 BFD_INTERVAL_MS, BFD_MULTIPLIER = 50, 6
 AGENT_LIFETIME_S = topo.SERVER_LIFETIME_S
 
-FIXED_ROLES = ("router", "etcd1", "client", "attacker", "backend")
+FIXED_ROLES = ("router", "etcd1", "etcd2", "etcd3", "client", "attacker", "backend")
 
 
 def node_links(i: int) -> dict[str, str]:
@@ -58,8 +67,9 @@ def node_links(i: int) -> dict[str, str]:
             "back4": f"198.18.1.{10 + i}", "back6": f"2001:db8:0:2::{10 + i:x}", "mgmt4": f"198.18.4.{10 + i}"}
 
 
-def roles(nodes: int) -> list[str]:
-    return ["router", "etcd1", "client", "attacker", "backend", *[f"node{i}" for i in range(1, nodes + 1)]]
+def roles(nodes: int, etcd: int = 1) -> list[str]:
+    return ["router", *[f"etcd{k}" for k in range(1, etcd + 1)], "client", "attacker", "backend",
+            *[f"node{i}" for i in range(1, nodes + 1)]]
 
 
 def run_dir(name: str | None = None) -> Path:
@@ -105,12 +115,12 @@ def desired_toml() -> str:
     return f'[[interface]]\nname = "{NODE_IFACE}"\nprotect = ["{PROT4}", "{PROT6}"]\n\n' + fwd
 
 
-def node_toml(i: int, name: str, min_nodes: int = 1) -> str:
+def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1) -> str:
     d = run_dir(name)
     ln = node_links(i)
     return (f"# node{i} of cluster lab '{name}' (written by xdpguard lab up --nodes)\n"
             "[daemon]\nhealth_interval = 0.5\nhealth_timeout = 0.3\nrise = 2\nfall = 2\n\n"
-            f'[cluster]\nname = "{name}"\nnode = "node{i}"\nendpoints = ["{ETCD_URL}"]\nnode_ttl = 3\n'
+            f'[cluster]\nname = "{name}"\nnode = "node{i}"\nendpoints = {json.dumps(etcd_urls(etcd))}\nnode_ttl = 3\n'
             "resync_interval = 300\n\n"
             f'[bgp]\nlocal_as = {NODE_AS}\nrouter_id = "{ln["node4"]}"\n'
             f'neighbors = [{{ address = "{ln["router4"]}", as = {ROUTER_AS} }}, '
@@ -210,18 +220,18 @@ def wait_next_hops(n: int, name: str | None = None, timeout_s: float = 60.0) -> 
         time.sleep(0.2)
 
 
-def _wait_etcd(ns: str, timeout_s: float = 30.0) -> None:
+def _wait_etcd(ns: str, url: str = ETCD_URL, timeout_s: float = 30.0) -> None:
     code = ("import json,sys,time,urllib.request\n"
             f"end=time.monotonic()+{timeout_s}\n"
             "while True:\n"
             "    try:\n"
-            f"        r=urllib.request.urlopen(urllib.request.Request('{ETCD_URL}/v3/maintenance/status',"
+            f"        r=urllib.request.urlopen(urllib.request.Request('{url}/v3/maintenance/status',"
             "data=b'{}',method='POST'),timeout=1); json.load(r); sys.exit(0)\n"
             "    except Exception:\n"
             "        if time.monotonic()>end: sys.exit(1)\n"
             "        time.sleep(0.2)\n")
     if topo.in_ns(ns, sys.executable, "-c", code, check=False, timeout=timeout_s + 5).returncode != 0:
-        raise UserError(f"lab: etcd in {ns} does not answer on {ETCD_URL} after {timeout_s:g} s")
+        raise UserError(f"lab: etcd in {ns} does not answer on {url} after {timeout_s:g} s")
 
 
 def _require_tools() -> None:
@@ -239,11 +249,23 @@ def exists(name: str | None = None) -> bool:
 # ---- up / down / status ----
 
 
-def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1,
+def etcd_argv(k: int, members: int, data_dir: Path, life: str) -> list[str]:
+    a = etcd_addr(k)
+    cluster = ",".join(f"etcd{j}=http://{etcd_addr(j)}:2380" for j in range(1, members + 1))
+    return ["timeout", life, "etcd", "--name", f"etcd{k}", "--data-dir", str(data_dir / f"etcd{k}"),
+            "--listen-client-urls", f"http://{a}:2379,http://127.0.0.1:2379", "--advertise-client-urls",
+            f"http://{a}:2379", "--listen-peer-urls", f"http://{a}:2380", "--initial-advertise-peer-urls",
+            f"http://{a}:2380", "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"xg-{data_dir.name}", "--log-level", "warn", "--logger", "zap"]
+
+
+def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, etcd: int = 1,
        wait_s: float = 60.0) -> ClusterUpResult:
     xgstate.require_root()
     if not 1 <= nodes <= MAX_NODES:
         raise UserError(f"--nodes must be 1 to {MAX_NODES}, got {nodes}")
+    if etcd not in (1, MAX_ETCD):
+        raise UserError(f"--etcd must be 1 or {MAX_ETCD} members, got {etcd}")
     _require_tools()
     name = topo.lab_name()
     notes: list[str] = []
@@ -253,13 +275,13 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1,
     if topo.read_state(name) is not None or topo.ns_exists(topo.ns_name("prot", name)):
         topo.down()
         notes.append("removed the single-node lab of the same name first")
-    ns = {r: topo.ns_name(r, name) for r in roles(nodes)}
+    ns = {r: topo.ns_name(r, name) for r in roles(nodes, etcd)}
     d = run_dir(name)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     logs = d / "logs"
     logs.mkdir(exist_ok=True)
-    data: dict = {"name": name, "nodes": nodes, "namespaces": ns, "servers": [], "created_at": time.time()}
+    data: dict = {"name": name, "nodes": nodes, "etcd": etcd, "namespaces": ns, "servers": [], "created_at": time.time()}
     _write_state(data)  # from here on `down` finds everything, even if we die half-way
     try:
         for r in ns.values():
@@ -286,9 +308,10 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1,
             topo._addr(ns[role], "eth0", f"{v6}/64")
             topo._run(["ip", "-n", ns[role], "route", "add", "198.18.0.0/24", "via", ROUTER_UP4])
             topo._run(["ip", "-6", "-n", ns[role], "route", "add", "2001:db8:0:1::/64", "via", ROUTER_UP6])
-        topo._veth(router, "xgm-etcd1", ns["etcd1"], "eth0")
-        topo._run(["ip", "-n", router, "link", "set", "xgm-etcd1", "master", "br-mgmt"])
-        topo._addr(ns["etcd1"], "eth0", f"{ETCD4}/24")
+        for k in range(1, etcd + 1):
+            topo._veth(router, f"xgm-etcd{k}", ns[f"etcd{k}"], "eth0")
+            topo._run(["ip", "-n", router, "link", "set", f"xgm-etcd{k}", "master", "br-mgmt"])
+            topo._addr(ns[f"etcd{k}"], "eth0", f"{etcd_addr(k)}/24")
         topo._addr(ns["backend"], "br0", f"{BACKEND4}/24")
         topo._addr(ns["backend"], "br0", f"{BACKEND6}/64")
         for i in range(1, nodes + 1):
@@ -309,21 +332,14 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1,
             topo._veth(n, "xgm0", router, f"xgm-n{i}")
             topo._run(["ip", "-n", router, "link", "set", f"xgm-n{i}", "master", "br-mgmt"])
             topo._addr(n, "xgm0", f"{ln['mgmt4']}/24")
-            node_config_path(i, name).write_text(node_toml(i, name, min_nodes))
+            node_config_path(i, name).write_text(node_toml(i, name, min_nodes, etcd))
 
         life = str(int(lifetime_s))
         www = d / "www"
         www.mkdir(exist_ok=True)
         (www / "index.html").write_text("<h1>xdpguard cluster lab backend</h1>\n")
         servers = [
-            _start(ns["etcd1"], "etcd1", ["timeout", life, "etcd", "--name", "etcd1", "--data-dir", str(d / "etcd1"),
-                                          "--listen-client-urls", f"{ETCD_URL},http://127.0.0.1:2379",
-                                          "--advertise-client-urls", ETCD_URL,
-                                          "--listen-peer-urls", f"http://{ETCD4}:2380",
-                                          "--initial-advertise-peer-urls", f"http://{ETCD4}:2380",
-                                          "--initial-cluster", f"etcd1=http://{ETCD4}:2380",
-                                          "--initial-cluster-state", "new",
-                                          "--log-level", "warn", "--logger", "zap"], logs),
+            *[_start(ns[f"etcd{k}"], f"etcd{k}", etcd_argv(k, etcd, d, life), logs) for k in range(1, etcd + 1)],
             _start(ns["backend"], "http", ["timeout", life, sys.executable, "-m", "http.server", str(topo.HTTP_PORT),
                                            "--bind", "::", "--directory", str(www)], logs),
             _start(ns["backend"], "echo", [sys.executable, "-m", "xdpguard.lab.echo", "serve", "--port",
@@ -336,7 +352,8 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1,
         servers.append(_start(router, "bird-router", ["timeout", life, "bird", "-f", "-c", str(rconf),
                                                        "-s", str(d / "bird-router.ctl"), "-P", str(d / "bird-router.pid")],
                               logs))
-        _wait_etcd(ns["etcd1"])
+        for k in range(1, etcd + 1):
+            _wait_etcd(ns[f"etcd{k}"], f"http://{etcd_addr(k)}:2379")
         topo._wait_ready(ns["backend"], BACKEND4, topo.HTTP_PORT)
         topo._wait_ready(ns["backend"], BACKEND4, topo.ECHO_PORT)
         (d / "desired.toml").write_text(desired_toml())
@@ -418,7 +435,7 @@ def status() -> ClusterStatusResult:
     data = read_state(name)
     nodes = (data or {}).get("nodes", 0)
     present = set(_lab_namespaces(name))
-    want = [topo.ns_name(r, name) for r in roles(nodes)] if nodes else sorted(present)
+    want = [topo.ns_name(r, name) for r in roles(nodes, (data or {}).get("etcd", 1))] if nodes else sorted(present)
     servers = [{**s, "alive": topo._alive(s["pid"])} for s in (data or {}).get("servers", [])]
     hops = router_next_hops(name) if topo.ns_name("router", name) in present else {}
     up_ = bool(data) and all(n in present for n in want) and all(s["alive"] for s in servers)

@@ -80,6 +80,7 @@ class NodeAgent:
         self.backend_reasons: list[str] = []  # written by the probe thread
         self.backend_rounds = 0
         self._snapshot_saved = -1
+        self.announced: list[str] = []  # the routes in BIRD's config now
         self.liveness: bgpmod.LivenessDevice | None = None
         self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0}
         self._said: dict[str, str] = {}
@@ -434,6 +435,7 @@ class NodeAgent:
         except UserError as exc:
             self.say("bird", f"BIRD: {exc.message}")
             return
+        self.announced = [str(a) for a in addrs]
         if changed or on != self.announcing:
             self.report(("announcing " + ", ".join(map(str, addrs))) if on else
                         ("withdrawn: " + ("; ".join(self.health.reasons) or "stopping")))
@@ -454,7 +456,7 @@ class NodeAgent:
         return {"node": self.node, "pid": os.getpid(), "updated": time.time(),
                 "applied_revision": self.applied_revision, "state_revision": self.state_revision,
                 "synced": self.synced, "ready": self.health.ready, "reasons": self.health.reasons,
-                "announcing": self.announcing, "announce_note": self.announce_note,
+                "announcing": self.announcing, "announced": self.announced, "announce_note": self.announce_note,
                 "interfaces": dict(self.results), "bans": len(self.store_bans),
                 "pending_writes": len(self.pending.bans), "bgp": self.bgp_state(), **self.counts}
 

@@ -32,6 +32,7 @@ class NodeView:
     in_sync: bool  # has applied every change of the desired state and bans
     ready: bool
     announcing: bool
+    announced: list[str]  # the routes this node's BIRD is configured to announce
     reasons: list[str]
     announce_note: str
     bgp: dict
@@ -61,6 +62,7 @@ def status(desired: Desired) -> ClusterStatus:
         applied = int(s.get("applied_revision", 0))
         views.append(NodeView(name, True, round(now - float(s.get("updated", now)), 1), applied,
                               applied >= snap.state_revision, bool(s.get("ready")), bool(s.get("announcing")),
+                              list(s.get("announced", [])),
                               list(s.get("reasons", [])), str(s.get("announce_note", "")), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
                               int(s.get("bans", 0)), int(s.get("pending_writes", 0))))
     return ClusterStatus(desired.cluster.name, snap.revision, snap.state_revision, sorted(snap.desired),
