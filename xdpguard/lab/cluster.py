@@ -220,6 +220,14 @@ def wait_next_hops(n: int, name: str | None = None, timeout_s: float = 60.0) -> 
         time.sleep(0.2)
 
 
+def restore_node_routes(i: int, name: str | None = None) -> None:
+    """Node i's routes back to the clients' segment. The kernel deletes a route through an
+    interface that goes down; after `ip link set xgp0 up` call this again (the tests do)."""
+    n, ln = topo.ns_name(f"node{i}", name), node_links(i)
+    topo._run(["ip", "-n", n, "route", "replace", "198.18.8.0/24", "via", ln["router4"]])
+    topo._run(["ip", "-6", "-n", n, "route", "replace", "2001:db8:8::/64", "via", ln["router6"]])
+
+
 def _wait_etcd(ns: str, url: str = ETCD_URL, timeout_s: float = 30.0) -> None:
     code = ("import json,sys,time,urllib.request\n"
             f"end=time.monotonic()+{timeout_s}\n"
@@ -323,8 +331,7 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, 
             topo._addr(n, NODE_IFACE, f"{ln['node6']}/64")
             topo._addr(n, "lo", f"{PROT4}/32")
             topo._addr(n, "lo", f"{PROT6}/128")
-            topo._run(["ip", "-n", n, "route", "add", "198.18.8.0/24", "via", ln["router4"]])
-            topo._run(["ip", "-6", "-n", n, "route", "add", "2001:db8:8::/64", "via", ln["router6"]])
+            restore_node_routes(i, name)
             topo._veth(n, "xgb0", ns["backend"], f"xgb-n{i}")
             topo._run(["ip", "-n", ns["backend"], "link", "set", f"xgb-n{i}", "master", "br0"])
             topo._addr(n, "xgb0", f"{ln['back4']}/24")
