@@ -13,7 +13,7 @@ MODULES_DIR="/lib/modules/$KERNEL_RELEASE"
 
 APT_PACKAGES=(
     python3-bpfcc bpfcc-tools nftables python3-nftables iproute2 python3-venv
-    ipset tcpdump tmux netsniff-ng ethtool iputils-ping
+    ipset tcpdump tmux netsniff-ng ethtool iputils-ping hping3
     vagrant
 )
 

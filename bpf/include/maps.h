@@ -45,6 +45,19 @@ BPF_TABLE("lru_hash", struct xg_src_key, struct xg_synseen, xg_synseen_lru, XG_S
 /* xg_synauth_hash: source → struct xg_synauth (authenticated until, ns). */
 BPF_F_TABLE("hash", struct xg_src_key, struct xg_synauth, xg_synauth_hash, XG_SYNAUTH_MAX, BPF_F_NO_PREALLOC);
 
+/* xg_flow_lru: struct xg_flow_key → struct xg_flow, connections the protected side has sent on
+ * (ACK/data/FIN/RST). Written only by the tc egress program: a spoofed packet cannot insert, so
+ * a flood cannot evict. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): no shared lock on insert. */
+BPF_F_TABLE("lru_hash", struct xg_flow_key, struct xg_flow, xg_flow_lru, XG_FLOWS_MAX, BPF_F_NO_COMMON_LRU);
+
+/* xg_embryo_lru: struct xg_flow_key → struct xg_flow, half-open connections (the protected side
+ * sent a SYN or SYN-ACK). Separate from xg_flow_lru: SYN-ACKs answering a spoofed SYN flood
+ * churn this table only, never the established connections. */
+BPF_F_TABLE("lru_hash", struct xg_flow_key, struct xg_flow, xg_embryo_lru, XG_EMBRYOS_MAX, BPF_F_NO_COMMON_LRU);
+
+/* xg_tcpcfg_arr: key 0 → struct xg_tcpstate_config (grace period, timeouts in s). */
+BPF_ARRAY(xg_tcpcfg_arr, struct xg_tcpstate_config, 1);
+
 /* Allowlist and blocklist, host entries (/32, /128): exact source → struct xg_list_entry.
  * A hash lookup stays flat as the list grows; the trie's depth does not. */
 BPF_F_TABLE("hash", __u32, struct xg_list_entry, xg_allow4_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
