@@ -283,7 +283,7 @@ def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
     cur = m.get(k)
     if cur is None:
         raise UserError(f"{addr} is not a protected address")
-    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS)
+    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF)
     flags = keep | sum(PROTOCOLS[p] for p in pol.blocked)
     m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
 
