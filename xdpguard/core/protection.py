@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataplane, forwarding, libbpf, policy, state
+from . import dataplane, forwarding, libbpf, policy, state, tcpstate
 from .abi import (
     CFG_ENABLED,
     PROTECTED_MAX,
@@ -519,6 +519,7 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
                 raise
             if note:
                 notes.append(note)
+            notes += tcpstate.start(iface.index, lp.egress_fd, maps)
             new = dataplane.query(iface.index)
             prog_id = new.prog_id if new else 0
             state.write_state(iface, {
@@ -545,7 +546,7 @@ def detach(ifname: str) -> DetachResult:
     with state.iface_lock(iface):
         att = dataplane.query(iface.index)
         had_state = iface.state_file.exists() or iface.pin_dir.exists()
-        notes = forward.teardown(iface)
+        notes = forward.teardown(iface) + tcpstate.stop(iface.index)
         if not dataplane.is_ours(att):
             if had_state:
                 state.remove_pins(iface)
