@@ -48,8 +48,13 @@ static __always_inline struct xg_dpstate *xg_dpstate(void)
     return xg_dpstate_arr.lookup(&zero);
 }
 
-static __always_inline void xg_ban_source(struct xg_src_key *src, __u32 ban_s, __u32 reason, __u64 *now)
+/* Ban a source for ban_s seconds because of `reason` — unless that reason is monitored: monitor
+ * mode has no side effects, so a would-drop never bans (a ban would then really drop). */
+static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_src_key *src, __u32 ban_s, __u32 reason,
+                                          __u64 *now)
 {
+    if (cfg->monitor_mask & (1ULL << (reason & 63)))
+        return;
     struct xg_ban b = {};
     b.expires_ns = xg_now(now) + (__u64)ban_s * ONE_SEC_NS;
     b.reason = reason;
@@ -197,7 +202,7 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
             return XG_CONTINUE;
         }
         if (f->action == XG_FA_DROP_BAN && f->ban_s)
-            xg_ban_source(&p->src, f->ban_s, XG_REASON_FEATURE, now);
+            xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
         return XG_REASON_FEATURE;
     }
     return XG_CONTINUE;
@@ -236,7 +241,7 @@ static __always_inline struct xg_limits *limits_for(struct xg_protected *prot, s
 
 /* Step 11: per-source pps/bps buckets, per-destination pps; step 12a: per-source SYN rate.
  * XXX: buckets are updated without locks; concurrent CPUs may lose a refill or a take. */
-static __always_inline __u32 step_ratelimit(struct xg_limits *lim, struct xg_pkt *p,
+static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_limits *lim, struct xg_pkt *p,
                                             int is_syn, __u64 *now)
 {
     int per_src = lim->src_pps || lim->src_bps || (is_syn && lim->syn_src_pps);
@@ -277,7 +282,7 @@ static __always_inline __u32 step_ratelimit(struct xg_limits *lim, struct xg_pkt
              !bucket_take(&b->syn_tokens, &b->syn_last_ns, t, lim->syn_src_pps, lim->syn_src_burst, XG_TOKEN))
         reason = XG_REASON_SYN;
     if (reason != XG_CONTINUE && lim->ban_s)
-        xg_ban_source(&p->src, lim->ban_s, reason, now);
+        xg_ban_source(cfg, &p->src, lim->ban_s, reason, now);
     return reason;
 }
 
@@ -363,7 +368,7 @@ static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *
     if (r != XG_CONTINUE)
         return r;
     int is_syn = p->has_l4 && p->l4proto == IPPROTO_TCP && (p->tcp_flags & (XG_TCP_SYN | XG_TCP_ACK)) == XG_TCP_SYN;
-    r = step_ratelimit(limits_for(prot, p), p, is_syn, now);
+    r = step_ratelimit(cfg, limits_for(prot, p), p, is_syn, now);
     if (r != XG_CONTINUE)
         return r;
     if (is_syn)

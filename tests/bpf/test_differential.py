@@ -154,7 +154,9 @@ BANNED = st.sets(st.sampled_from(SOURCES[4] + SOURCES[6]), min_size=1, max_size=
 @st.composite
 def protected_entries(draw) -> Protected:
     pol = AddressPolicy(frozenset(draw(PROTOCOL_SETS)) if draw(RARE[3]) else frozenset(), draw(LIMITS), draw(SYNS))
-    ports = frozenset(draw(PORT_SETS)) if draw(RARE[3]) else frozenset()
+    ports = frozenset()
+    if draw(BOOL):  # open ports (port policy on, and with it the TCP state step), often the connections' ports
+        ports = frozenset(draw(PORT_SETS)) | (frozenset({("tcp", 80), ("tcp", 443)}) if draw(BOOL) else frozenset())
     limits = {k: HUGE for k in draw(LIMIT_PORT_SETS)} if draw(RARE[4]) else {}
     return Protected(pol, ports, limits, tcpstate=not draw(RARE[6]))
 
