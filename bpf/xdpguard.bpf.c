@@ -172,25 +172,18 @@ int xdpguard_main(struct xdp_md *ctx)
             goto out;
         }
         p.ttl = ip6h->hop_limit;
-        l4proto = parse_ip6_ext(&c, data_end, l4proto);
-        if (l4proto < 0) {             /* truncated option header, or a chain too long to walk */
+        __u32 frag = 0;
+        int frag_nh = 0;
+        l4proto = parse_ip6_chain(&c, data_end, l4proto, &frag, &frag_nh);
+        if (l4proto < 0) {
             action = XDP_DROP;
             reason = XG_REASON_MALFORMED;
             goto out;
         }
-        int first = 1;
-        if (l4proto == XG_NEXTHDR_FRAGMENT) {
-            struct xg_frag6_hdr *fh = c.pos;
-            if ((void *)(fh + 1) > data_end) {
-                action = XDP_DROP;
-                reason = XG_REASON_MALFORMED;
-                goto out;
-            }
-            c.pos = fh + 1;
-            l4proto = fh->nexthdr;
-            p.is_frag = 1;
-            first = (fh->frag_off & bpf_htons(0xFFF8)) == 0;
-        }
+        int first = !(frag & 0xFFF8);
+        p.is_frag = frag != 0;
+        if (!first)
+            l4proto = frag_nh;
         p.l4proto = l4proto;
         if (first && parse_l4(&c, data, data_end, &p) < 0) {
             action = XDP_DROP;

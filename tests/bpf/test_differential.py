@@ -156,7 +156,7 @@ def protected_entries(draw) -> Protected:
     pol = AddressPolicy(frozenset(draw(PROTOCOL_SETS)) if draw(RARE[3]) else frozenset(), draw(LIMITS), draw(SYNS))
     ports = frozenset()
     if draw(BOOL):  # open ports (port policy on, and with it the TCP state step), often the connections' ports
-        ports = frozenset(draw(PORT_SETS)) | (frozenset({("tcp", 80), ("tcp", 443)}) if draw(BOOL) else frozenset())
+        ports = frozenset(draw(PORT_SETS)) | (frozenset({("tcp", 80), ("tcp", 443)}) if not draw(RARE[4]) else frozenset())
     limits = {k: HUGE for k in draw(LIMIT_PORT_SETS)} if draw(RARE[4]) else {}
     return Protected(pol, ports, limits, tcpstate=not draw(RARE[6]))
 
@@ -165,7 +165,7 @@ PROTECTED = protected_entries()
 
 
 FLOW_STATES = {"est": abi.FLOW_EST, "fin": abi.FLOW_FIN, "rst": abi.FLOW_RST, "syn": abi.FLOW_SYN}
-FLOW_PORTS = [22, 80, 443, 8080]  # protected-side ports of drawn connections (some open, some not)
+FLOW_PORTS = [80, 80, 443, 22, 8080]  # protected-side ports of drawn connections (mostly open ones)
 CLIENT_PORTS = [1024, 40000, 65535]
 
 
@@ -267,8 +267,10 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts, hints=None) -
     src = draw(SRC_POOL[family]) if not draw(RARE[6]) else draw(SRC_RANDOM[family])
     proto = draw(L4PROTOS[family])
     ports = None
-    if hints is not None and draw(BOOL):
+    if hints is not None and not draw(RARE[3]):
         fam, client, cport, prot, pport = draw(hints)
+        if draw(RARE[3]):  # a spoofed packet next to a real connection: another client port
+            cport ^= 1
         family, src, dst, proto, ports = fam, client, ipaddress.ip_address(prot), 6, (cport, pport)
     frag = draw(FRAGS)
     l4, l4_len = _l4(draw, proto, refl, ports) if frag != "later" or draw(RARE[4]) else (b"", 0)
@@ -277,8 +279,13 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts, hints=None) -
 
     l3_off = 14 + 4 * ntags
     ihl = 5 if family == 6 or not draw(RARE[6]) else draw(IHL)
+    # IPv6 extension headers: options before the fragment header (or the upper layer), and
+    # options after the fragment header.
+    after, after_nh = _ip6_options(draw, proto) if family == 6 and frag != "none" and draw(RARE[4]) else (b"", proto)
     opts, first_nh = _ip6_options(draw, 44 if frag != "none" else proto) if family == 6 and draw(RARE[4]) else (b"", None)
-    l3_len = (ihl * 4 if ihl >= 5 else 20) if family == 4 else 40 + len(opts) + (8 if frag != "none" else 0)
+    if frag == "later":
+        after, after_nh = b"", proto  # fragment data, not headers
+    l3_len = (ihl * 4 if ihl >= 5 else 20) if family == 4 else 40 + len(opts) + (8 if frag != "none" else 0) + len(after)
     l4_off = l3_off + l3_len
     payload_off = l4_off + l4_len
     # Often put a filter's bytes at its offset, so that filters match.
@@ -306,7 +313,7 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts, hints=None) -
         if frag != "none":
             nh = 44
             off = 0 if frag == "first" else draw(OFF13)
-            fh = struct.pack("!BBHI", proto, 0, off << 3 | draw(M6), 7)
+            fh = struct.pack("!BBHI", after_nh, 0, off << 3 | draw(M6), 7) + after
         if first_nh is not None:
             nh = first_nh
         l3 = struct.pack("!IHBB16s16s", version << 28, len(opts) + len(fh) + len(body), nh, ttl, src,
@@ -511,7 +518,7 @@ def examples(draw):
     families = st.sampled_from([a.version for a in setup.protected] * 3 + [4, 6])
     egress = draw(st.lists(egress_frames(setup), max_size=4))
     keys = [k for f in egress if (k := egress_key(f, setup)) is not None] + list(setup.flows)
-    hints = st.sampled_from(keys) if keys else None
+    hints = st.sampled_from(keys) if keys else None  # (every key: a TCP connection of a protected address)
     packets = draw(st.lists(frames(setup, families, refl, st.sampled_from(with_payload) if with_payload else None, dsts,
                                    hints), min_size=1, max_size=6))
     return setup, expiry, egress, packets

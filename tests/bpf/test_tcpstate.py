@@ -13,7 +13,7 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 from scapy.layers.l2 import Ether
 
 from xdpguard.core import abi
@@ -164,12 +164,19 @@ def v6(*ext, dport=81, flags="S") -> bytes:
 
 
 @pytest.mark.parametrize("ext", [(IPv6ExtHdrDestOpt(),), (IPv6ExtHdrHopByHop(),), (IPv6ExtHdrRouting(),),
-                                 (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(), IPv6ExtHdrDestOpt())],
-                         ids=["dest", "hbh", "routing", "chain4"])
+                                 (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(), IPv6ExtHdrDestOpt()),
+                                 (IPv6ExtHdrHopByHop(), IPv6ExtHdrFragment(offset=0, m=1), IPv6ExtHdrDestOpt()),
+                                 (IPv6ExtHdrFragment(offset=0, m=0),)],
+                         ids=["dest", "hbh", "routing", "chain4", "hbh-frag-dest", "atomic-frag"])
 def test_ipv6_options_walked(fresh, ext):
     assert fresh.verdict(v6(*ext, dport=81)).reason == Reason.PORT  # a SYN to a closed port: dropped
     assert fresh.verdict(v6(*ext, dport=80)).reason == Reason.CLEAN
     assert fresh.verdict(v6(*ext, dport=80, flags="A")).reason == Reason.TCPSTATE
+
+
+def test_ipv6_later_fragment_behind_options(fresh):
+    later = v6(IPv6ExtHdrHopByHop(), IPv6ExtHdrFragment(offset=100, m=0, nh=6), dport=81)
+    assert fresh.verdict(later).reason == Reason.CLEAN  # no L4 header: port policy and TCP state skip it
 
 
 def test_ipv6_chain_too_long_is_malformed(fresh):

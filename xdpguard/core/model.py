@@ -199,18 +199,13 @@ def parse_headers(frame: bytes, a: Addresses) -> Headers | None:
         return None
     l4proto, ttl = frame[pos + 6], frame[pos + 7]
     pos += 40
-    walked = _walk_ip6_options(frame, pos, l4proto)
+    walked = _walk_ip6_chain(frame, pos, l4proto)
     if walked is None:
         return None
-    pos, l4proto = walked
-    if l4proto != NEXTHDR_FRAGMENT:
-        return _parse_l4(frame, pos, l4proto, ttl, False)
-    if pos + 8 > n:
-        return None
-    l4proto = frame[pos]
-    if _u16(frame, pos + 2) & 0xFFF8:
-        return Headers(l4proto, ttl, True)
-    return _parse_l4(frame, pos + 8, l4proto, ttl, True)
+    pos, l4proto, frag, frag_nh = walked
+    if frag & 0xFFF8:  # non-first fragment: no L4 header; the protocol is the fragment header's
+        return Headers(frag_nh, ttl, True)
+    return _parse_l4(frame, pos, l4proto, ttl, frag != 0)
 
 
 def _walk_ip6_options(frame: bytes, pos: int, nh: int) -> tuple[int, int] | None:
@@ -228,6 +223,32 @@ def _walk_ip6_options(frame: bytes, pos: int, nh: int) -> tuple[int, int] | None
         nh = frame[pos]
         pos += ln
     return None if nh in NEXTHDR_OPTIONS else (pos, nh)
+
+
+def _walk_ip6_chain(frame: bytes, pos: int, nh: int) -> tuple[int, int, int, int] | None:
+    """parse_ip6_chain(): up to IPV6_EXT_MAX extension headers in any order. (position after
+    them, next header, fragment word (0x10000 | offset/flags, 0 without a fragment header),
+    the fragment header's next header), or None: truncated or too long a chain."""
+    n = len(frame)
+    frag = frag_nh = 0
+    for _ in range(IPV6_EXT_MAX):
+        if nh == NEXTHDR_FRAGMENT:
+            if pos + 8 > n:
+                return None
+            frag, frag_nh = 0x10000 | _u16(frame, pos + 2), frame[pos]
+            pos += 8
+            nh = 59 if frag & 0xFFF8 else frag_nh
+            continue
+        if nh not in NEXTHDR_OPTIONS:
+            return pos, nh, frag, frag_nh
+        if pos + 2 > n:
+            return None
+        ln = (frame[pos + 1] + 1) * 8
+        if pos + ln > n:
+            return None
+        nh = frame[pos]
+        pos += ln
+    return None if nh in NEXTHDR_OPTIONS or nh == NEXTHDR_FRAGMENT else (pos, nh, frag, frag_nh)
 
 
 def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
