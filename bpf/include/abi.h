@@ -52,6 +52,9 @@
 #ifndef XG_BANS_MAX
 #define XG_BANS_MAX 262144           /* dynamic bans (LRU) */
 #endif
+#ifndef XG_OPBANS_MAX
+#define XG_OPBANS_MAX 65536          /* operator bans (`xdpguard ban add`; plain hash: never evicted) */
+#endif
 #ifndef XG_SYNAUTH_MAX
 #define XG_SYNAUTH_MAX 262144        /* authenticated sources (plain hash: never evicted) */
 #endif
@@ -178,7 +181,8 @@ struct xg_dst_bucket {
     __u64 pkt_tokens;
 };
 
-/* xg_ban_lru value: a dynamic ban written by the data path (or by `xdpguard ban`). */
+/* xg_ban_lru value: a dynamic ban written by the data path; xg_opban_hash value: an operator's
+ * ban (`xdpguard ban add`), in a plain hash the data path's LRU churn cannot evict. */
 struct xg_ban {
     __u64 expires_ns;         /* CLOCK_MONOTONIC ns */
     __u64 hits;               /* packets dropped by this ban */
@@ -209,7 +213,7 @@ struct xg_synauth {
 
 /* xg_dpstate_arr[0]: state only the data path sets (the controller never rewrites it, so an
  * update of xg_config cannot lose it); the controller clears bits when their cause is gone. */
-#define XG_DP_HAS_BANS (1ULL << 0)  /* xg_ban_lru may hold entries */
+#define XG_DP_HAS_BANS (1ULL << 0)  /* xg_ban_lru or xg_opban_hash may hold entries */
 
 struct xg_dpstate {
     __u64 flags;              /* XG_DP_* */

@@ -27,6 +27,10 @@ BPF_HASH(xg_dstbkt_hash, struct xg_port_key, struct xg_dst_bucket, XG_PORTS_MAX)
 /* xg_ban_lru: source → struct xg_ban (dynamic bans with expiry, written by the data path). */
 BPF_TABLE("lru_hash", struct xg_src_key, struct xg_ban, xg_ban_lru, XG_BANS_MAX);
 
+/* xg_opban_hash: source → struct xg_ban (operator bans; a hash, so a flood of data-path bans
+ * filling xg_ban_lru cannot evict them). */
+BPF_F_TABLE("hash", struct xg_src_key, struct xg_ban, xg_opban_hash, XG_OPBANS_MAX, BPF_F_NO_PREALLOC);
+
 /* xg_dpstate_arr: key 0 → struct xg_dpstate (flags the data path sets). */
 BPF_ARRAY(xg_dpstate_arr, struct xg_dpstate, 1);
 

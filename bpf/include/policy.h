@@ -64,12 +64,20 @@ static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_src_k
         __sync_fetch_and_or(&st->flags, XG_DP_HAS_BANS);
 }
 
-/* Step 5: dynamic bans. */
+/* Step 5: dynamic bans: the operator's (never evicted), then the data path's (LRU). */
 static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
 {
     struct xg_dpstate *st = xg_dpstate();
     if (!st || !(st->flags & XG_DP_HAS_BANS))
         return XG_CONTINUE;
+    struct xg_ban *ob = xg_opban_hash.lookup(&p->src);
+    if (ob) {
+        if (ob->expires_ns > xg_now(now)) {
+            __sync_fetch_and_add(&ob->hits, 1);
+            return XG_REASON_BANNED;
+        }
+        xg_opban_hash.delete(&p->src);
+    }
     struct xg_ban *b = xg_ban_lru.lookup(&p->src);
     if (!b)
         return XG_CONTINUE;

@@ -85,7 +85,7 @@ class Bed:
 
     def reset(self) -> None:
         for name in (MapName.PORTS, MapName.PORTLIM, MapName.BUCKETS, MapName.DSTBKT, MapName.BANS,
-                     MapName.SYNSEEN, MapName.SYNAUTH):
+                     MapName.OPBANS, MapName.SYNSEEN, MapName.SYNAUTH):
             m = self.maps[name]
             for k in list(m.keys()):
                 m.delete(k)

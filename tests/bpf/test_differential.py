@@ -79,7 +79,8 @@ DROP_REASONS = [r for r in Reason if r.is_drop]
 # Small maps: iterating an (almost) empty hash costs a scan of all its buckets, and the list
 # writers iterate (Guard.sync_lists_mask, change_ports). Map sizes do not change any verdict.
 SMALL_MAPS = {"XG_LIST_MAX": 1024, "XG_PORTS_MAX": 1024, "XG_BANS_MAX": 1024, "XG_SOURCES_MAX": 4096,
-              "XG_SYNAUTH_MAX": 1024, "XG_FLOWS_MAX": 1024, "XG_EMBRYOS_MAX": 1024}
+              "XG_SYNAUTH_MAX": 1024, "XG_FLOWS_MAX": 1024, "XG_EMBRYOS_MAX": 1024,
+              "XG_OPBANS_MAX": 1024}
 
 
 # ---- policy strategies (module-level constants: building strategies per draw is slow) ----
@@ -482,14 +483,16 @@ class AppliedBed:
         st_map = self.maps[MapName.DPSTATE]
         st = st_map.get(ctypes.c_uint32(0))
         if st.flags & abi.DP_HAS_BANS:
-            bans = self.maps[MapName.BANS]
-            for k in list(bans.keys()):
-                bans.delete(k)
+            for name in (MapName.BANS, MapName.OPBANS):
+                bans = self.maps[name]
+                for k in list(bans.keys()):
+                    bans.delete(k)
             st_map.set(ctypes.c_uint32(0), abi.DpState(0))
         if banned:
             until = _now_ns() + 3600 * 10**9
-            for a in banned:
-                self.maps[MapName.BANS].set(policy.src_key(a), abi.Ban(until, 0, int(Reason.FEATURE), 0))
+            for a in banned:  # data-path bans (LRU) and operator bans (hash) by address parity
+                name = MapName.OPBANS if a.packed[-1] & 1 else MapName.BANS
+                self.maps[name].set(policy.src_key(a), abi.Ban(until, 0, int(Reason.FEATURE), 0))
             st_map.set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
 
 

@@ -70,6 +70,7 @@ PAYLOAD_OFF_MAX = 1024
 SOURCES_MAX = 1048576
 BANS_MAX = 262144
 SYNAUTH_MAX = 262144
+OPBANS_MAX = 65536
 
 PROT_BLOCK_TCP = 1 << 1
 PROT_BLOCK_UDP = 1 << 2
@@ -255,6 +256,7 @@ class MapName(str, enum.Enum):
     BUCKETS = "xg_bucket_lru"
     DSTBKT = "xg_dstbkt_hash"
     BANS = "xg_ban_lru"
+    OPBANS = "xg_opban_hash"  # operator bans (`ban add`): a plain hash, never evicted
     DPSTATE = "xg_dpstate_arr"
     REFLECT = "xg_reflect_arr"
     FILTERS = "xg_filters_arr"
@@ -293,6 +295,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.BUCKETS: (SrcKey, Bucket, False),
     MapName.DSTBKT: (PortKey, DstBucket, False),
     MapName.BANS: (SrcKey, Ban, False),
+    MapName.OPBANS: (SrcKey, Ban, False),
     MapName.DPSTATE: (ctypes.c_uint32, DpState, False),
     MapName.REFLECT: (ctypes.c_uint32, ctypes.c_uint8, False),
     MapName.FILTERS: (ctypes.c_uint32, Filter, False),

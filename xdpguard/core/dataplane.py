@@ -213,6 +213,10 @@ def _tc_lib():
                        ("bpf_tc_detach", [hp, op]), ("bpf_tc_query", [hp, op])):
         fn = getattr(so, name)
         fn.argtypes, fn.restype = args, ctypes.c_int
+    # libbpf prints netlink errors to stderr ("Parent Qdisc doesn't exists" on a query of an
+    # interface without clsact); we turn every error into one message of our own instead.
+    so.libbpf_set_print.argtypes, so.libbpf_set_print.restype = [ctypes.c_void_p], ctypes.c_void_p
+    so.libbpf_set_print(None)
     return so
 
 
