@@ -256,11 +256,24 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
     if (lim->dst_pps && p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP)) {
         struct xg_dst_bucket *db = xg_dstbkt_hash.lookup(&p->dst);
         if (!db) {
+            /* A new port. Its address's overflow bucket (port 0, proto 0) is made first, so that
+             * once the map is full (a flood over random ports) the ports without a bucket of
+             * their own share that one: a full map never lifts the limit. Without even that
+             * bucket (the map filled up before this address's first port) the packet is dropped. */
+            struct xg_port_key ak = p->dst;
+            ak.port = 0;
+            ak.proto = 0;
             struct xg_dst_bucket fresh = { .last_ns = xg_now(now), .pkt_tokens = lim->dst_burst_pkts * XG_TOKEN };
+            if (!xg_dstbkt_hash.lookup(&ak))
+                xg_dstbkt_hash.update(&ak, &fresh);
             xg_dstbkt_hash.update(&p->dst, &fresh);
             db = xg_dstbkt_hash.lookup(&p->dst);
+            if (!db)
+                db = xg_dstbkt_hash.lookup(&ak);
+            if (!db)
+                return XG_REASON_RATELIMIT;
         }
-        if (db && !bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts, XG_TOKEN))
+        if (!bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts, XG_TOKEN))
             return XG_REASON_RATELIMIT;
     }
     if (!per_src)

@@ -1,8 +1,9 @@
-"""Operator bans (`xdpguard ban add`) live in xg_opban_hash, a plain hash: a flood of data-path
-bans that fills xg_ban_lru (drop-ban filters hit by spoofed sources) cannot evict them.
+"""Bans and the per-destination bucket under floods that fill their maps.
 
-A small LRU (XG_BANS_MAX=1024) is flooded through the real data path (BPF_PROG_TEST_RUN), then
-the operator's ban must still be there and still drop."""
+Operator bans (`xdpguard ban add`) live in xg_opban_hash, a plain hash: a flood of data-path bans
+that fills xg_ban_lru (drop-ban filters hit by spoofed sources) cannot evict them. A flood over
+random ports that fills xg_dstbkt_hash cannot lift the per-destination limit. Both maps are small
+here (1024) and are filled through the real data path (BPF_PROG_TEST_RUN)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from scapy.packet import Raw
 
 from xdpguard.core import abi, policy
 from xdpguard.core.abi import MapName, Reason
-from xdpguard.core.policy import Filter, GlobalPolicy
+from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel
@@ -69,3 +70,29 @@ def test_expired_operator_ban_is_deleted(bed):
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
     assert bed.verdict(udp("203.0.113.67")).reason != Reason.BANNED
     assert m[MapName.OPBANS].get(k) is None
+
+
+# ---- the per-destination bucket never fails open (same small bed: XG_PORTS_MAX=1024) ----
+
+
+def test_dst_limit_holds_when_the_bucket_map_is_full(bed):
+    """A flood over random ports fills xg_dstbkt_hash; ports without a bucket of their own then
+    share their address's overflow bucket instead of going unlimited."""
+
+    m = bed.maps
+    policy.write_global_policy(m, GlobalPolicy(reflection=False))
+    m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(0))
+    addr = ipaddress.ip_address(PROT)
+    policy.write_address_policy(m, addr, AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=1)))
+    frame = bytearray(udp("203.0.113.5"))
+    dport_at = 14 + 20 + 2
+    for port in range(1, 1200):  # past XG_PORTS_MAX buckets
+        struct.pack_into("!H", frame, dport_at, port)
+        bed.run(bytes(frame))
+    assert len(m[MapName.DSTBKT]) == 1024  # full
+    passed = 0
+    for port in range(2000, 2020):  # 20 ports that cannot get a bucket: one shared bucket of depth 1
+        struct.pack_into("!H", frame, dport_at, port)
+        passed += bed.run(bytes(frame))[0] == 2
+    assert passed <= 2, passed  # before: all 20 passed (no bucket, no limit)
+    policy.write_address_policy(m, addr, AddressPolicy())
