@@ -143,3 +143,61 @@ def test_client_rate_with_and_without_the_step(lab):
     print(f"ACK flood, step off: {off['ok'] / off['elapsed_s']:.0f} req/s p99 {off['p99_ms']} ms, backend saw {back_off}")
     assert moved_off.get("tcpstate", 0) == 0 and moved_on.get("tcpstate", 0) >= 5000
     assert on["success_pct"] >= 95 and off["sent"] > 0
+
+
+SERVER = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("198.18.0.1", 2222)); s.listen(1); s.settimeout(60)
+c, _ = s.accept(); c.settimeout(60)
+print("accepted", flush=True)
+while True:
+    d = c.recv(100)
+    if not d:
+        break
+    c.sendall(d)
+"""
+CLIENT = """
+import socket, sys
+c = socket.create_connection(("198.18.0.1", 2222), timeout=5)
+c.sendall(b"one"); assert c.recv(100) == b"one"
+print("first", flush=True)
+sys.stdin.readline()  # the test re-attaches meanwhile; the connection stays idle
+c.settimeout(3)
+c.sendall(b"two")
+try:
+    print("second", c.recv(100).decode(), flush=True)
+except OSError as exc:
+    print("second failed", exc, flush=True)
+"""
+
+
+def test_connection_older_than_the_attach_is_seeded(lab):
+    """An idle connection to a local service on a protected port, opened before the attach, keeps
+    working after the grace period: attach seeded it from /proc/net/tcp. (Runs last: it detaches
+    and re-attaches without the lab's forwarding rules.)"""
+    prot = ["ip", "netns", "exec", lab.ns("prot")]
+    srv = subprocess.Popen([*prot, "timeout", "60", sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True,
+                           stdin=subprocess.DEVNULL)
+    cli = None
+    try:
+        time.sleep(0.5)
+        assert lab.in_ns("prot", *topology.xdpguard_argv(), "detach", topology.PROT_IFACE).returncode == 0
+        cli = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "timeout", "60", sys.executable, "-c",
+                                CLIENT], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        assert cli.stdout.readline().strip() == "first"
+        p = lab.in_ns("prot", *topology.xdpguard_argv(), "attach", topology.PROT_IFACE, "--protect",
+                      f"{topology.PROT4},{topology.PROT6}")
+        assert p.returncode == 0 and "recorded 1 existing connection" in p.stdout + p.stderr, p.stdout + p.stderr
+        assert lab.in_ns("prot", *topology.xdpguard_argv(), "port", "open", "tcp", "2222").returncode == 0
+        time.sleep(11)  # past the grace period: only the seeded entry admits the client now
+        before = lab.drops().get("tcpstate", 0)
+        cli.stdin.write("\n")
+        cli.stdin.flush()
+        assert cli.stdout.readline().strip() == "second two"
+        assert lab.drops().get("tcpstate", 0) == before
+    finally:
+        for proc in (cli, srv):
+            if proc is not None:
+                proc.kill()
+                proc.wait(timeout=10)
