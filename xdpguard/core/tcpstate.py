@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from .abi import (CFG_TCPSTATE, FLOW_EST, PROT_TCPSTATE_OFF, TS_EST_TIMEOUT_S, F
                   TcpStateConfig)
 from .errors import UserError
 from .policy import prot_key
+
+EGRESS_PIN = "xg_egress"  # the recorder, pinned beside the XDP program: drift repair puts it back
 
 # Connections older than the attach are unknown to the table; their packets pass for this long
 # (the protected side's first packet in that time records them for good).
@@ -64,6 +67,34 @@ def stop(ifindex: int) -> list[str]:
     except libbpf.BpfError as exc:
         return [f"could not remove the tc egress recorder: {exc.strerror}"]
     return []
+
+
+def pin_egress(pin_dir: Path, egress_fd: int) -> None:
+    pin = pin_dir / EGRESS_PIN
+    if pin.exists():
+        pin.unlink()
+    libbpf.obj_pin(egress_fd, str(pin))
+
+
+def repair(ifindex: int, pin_dir: Path) -> str | None:
+    """For `xdpguard run`'s drift checks: put the recorder back from its pin when something
+    removed it (without it new connections' handshakes are no longer recorded, and XDP would drop
+    their ACKs). Returns a report line when it repaired something."""
+    try:
+        cur = dataplane.tc_query(ifindex)
+        if cur is not None:  # ours: nothing to do; foreign at our handle: not ours to replace
+            return None if dataplane.tc_is_ours(cur) else \
+                f"a foreign tc egress filter (prog id {cur.prog_id}) took the recorder's place"
+        fd = libbpf.obj_get(str(pin_dir / EGRESS_PIN))
+    except libbpf.BpfError:
+        return None
+    try:
+        dataplane.tc_attach(ifindex, fd)
+    except libbpf.BpfError as exc:
+        return f"the tc egress recorder was removed and could not be put back: {exc.strerror}"
+    finally:
+        os.close(fd)
+    return "the tc egress recorder was removed; put it back"
 
 
 def set_address(maps, addr, on: bool) -> None:
