@@ -407,8 +407,8 @@ def set_rules(g, specs: list[tuple[ForwardRule, bytes | None]], rebuild: bool = 
             _, saved = _saved_sysctls(states)
             if saved is None:
                 new_st[SYSCTL_KEY] = read_sysctls()
-            if not before or any(v != "1" for v in read_sysctls().values()):
-                write_sysctls({k: "1" for k in SYSCTLS})
+            if not before or any(read_sysctls().get(k, v) != v for k, v in SYSCTL_VALUES.items()):
+                write_sysctls({k: v for k, v in SYSCTL_VALUES.items() if _sysctl_path(k).exists()})
                 notes.append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding")
         else:
             notes += _restore_sysctls(states, name, new_st)
@@ -431,7 +431,8 @@ def forwarding_drift() -> list[str]:
             out.append("nft table inet xdpguard is missing")
     except (nat.NftError, RuntimeError) as exc:
         out.append(f"cannot list nft tables: {exc}")
-    out += [f"{k} is {v}, not 1" for k, v in read_sysctls().items() if v != "1"]
+    out += [f"{k} is {v}, not {SYSCTL_VALUES[k]}" for k, v in read_sysctls().items()
+            if k in SYSCTL_VALUES and v != SYSCTL_VALUES[k]]
     return out
 
 

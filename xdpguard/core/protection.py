@@ -619,7 +619,7 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
                 pin.unlink()
             libbpf.obj_pin(lp.prog_fd, str(pin))
             tcpstate.pin_egress(iface.pin_dir, lp.egress_fd)
-            tcpstate.start(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
+            swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
             new = dataplane.query(iface.index)
             st = state.read_state(iface) or {}
             st.update(prog_id=new.prog_id if new else 0, program_sha256=dataplane.program_sha256(defines),
@@ -629,7 +629,7 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
             lp.close()
     kept = sum(1 for n in new_ids if n in old_ids and n not in ring)
     return UpgradeResult(ifname, "upgraded", att.prog_id, new.prog_id if new else 0, kept,
-                         sorted(n.value for n in new_ids if n not in old_ids))
+                         sorted(n.value for n in new_ids if n not in old_ids), swap_notes)
 
 
 def detach(ifname: str) -> DetachResult:

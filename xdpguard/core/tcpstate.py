@@ -59,6 +59,20 @@ def start(ifindex: int, egress_fd: int, maps, grace_s: float = GRACE_S) -> list[
     return notes
 
 
+def swap(ifindex: int, egress_fd: int, maps) -> list[str]:
+    """For an upgrade: the new recorder replaces ours in place (one tc call). The connection
+    table and the grace deadline are the shared maps' and stay as they are: no grace window opens
+    in the middle of an attack. When ours was not attached, this is a start."""
+    try:
+        cur = dataplane.tc_query(ifindex)
+        if cur is not None and dataplane.tc_is_ours(cur):
+            dataplane.tc_attach(ifindex, egress_fd, replace=True)
+            return []
+    except libbpf.BpfError as exc:
+        return [f"the tc egress recorder was not replaced ({exc.strerror}); the old one stays"]
+    return start(ifindex, egress_fd, maps)
+
+
 def stop(ifindex: int) -> list[str]:
     """Remove our recorder from the egress hook (if it is there); returns notes."""
     try:
