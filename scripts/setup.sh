@@ -182,4 +182,8 @@ step "checking imports in .venv"
 "$VENV_DIR/bin/python" -c 'import bcc, nftables, pyroute2, click, rich' \
     || die "imports failed in $VENV_DIR; delete it and re-run scripts/setup.sh"
 
+if [[ "${XDPGUARD_INSTALL_SERVICE:-0}" == 1 ]]; then  # asked for: xdpguard.service (see install-service.sh)
+    bash "$REPO_ROOT/scripts/install-service.sh"
+fi
+
 step "setup complete"
