@@ -2,6 +2,8 @@
  *
  * Every path ends at `out:` → record_verdict(). Pass reasons: bypass (not ours), clean,
  * allowlist. Drop reasons: see abi.h. Headers below hold the parsing, maps and steps.
+ * xdpguard_egress (at the end) is the tc egress program that records connections for the
+ * TCP state step (tcpstate.h); it is compiled with this one so the two share their maps.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -21,14 +23,6 @@
 
 #define XG_IP_MF     0x2000
 #define XG_IP_OFFSET 0x1FFF
-#define XG_NEXTHDR_FRAGMENT 44
-
-struct xg_frag6_hdr {
-    __u8 nexthdr;
-    __u8 reserved;
-    __be16 frag_off;           /* offset (13 bits, in 8-byte units) << 3 | M flag */
-    __be32 identification;
-};
 
 /* Parse the L4 header at the cursor into p (ports, flags, payload). -1: truncated/malformed. */
 static __always_inline int parse_l4(struct xg_cursor *c, void *data, void *data_end, struct xg_pkt *p)
@@ -178,19 +172,18 @@ int xdpguard_main(struct xdp_md *ctx)
             goto out;
         }
         p.ttl = ip6h->hop_limit;
-        int first = 1;
-        if (l4proto == XG_NEXTHDR_FRAGMENT) {
-            struct xg_frag6_hdr *fh = c.pos;
-            if ((void *)(fh + 1) > data_end) {
-                action = XDP_DROP;
-                reason = XG_REASON_MALFORMED;
-                goto out;
-            }
-            c.pos = fh + 1;
-            l4proto = fh->nexthdr;
-            p.is_frag = 1;
-            first = (fh->frag_off & bpf_htons(0xFFF8)) == 0;
+        __u32 frag = 0;
+        int frag_nh = 0;
+        l4proto = parse_ip6_chain(&c, data_end, l4proto, &frag, &frag_nh);
+        if (l4proto < 0) {
+            action = XDP_DROP;
+            reason = XG_REASON_MALFORMED;
+            goto out;
         }
+        int first = !(frag & 0xFFF8);
+        p.is_frag = frag != 0;
+        if (!first)
+            l4proto = frag_nh;
         p.l4proto = l4proto;
         if (first && parse_l4(&c, data, data_end, &p) < 0) {
             action = XDP_DROP;
@@ -210,4 +203,11 @@ int xdpguard_main(struct xdp_md *ctx)
 
 out:
     return record_verdict(ctx, cfg, action, reason);
+}
+
+/* tc egress (cls_bpf, direct action) on the protected interface: record the connections the
+ * protected addresses send on. Always TC_ACT_OK: it never changes what leaves. */
+int xdpguard_egress(struct __sk_buff *skb)
+{
+    return ts_egress((void *)(long)skb->data, (void *)(long)skb->data_end);
 }

@@ -13,6 +13,10 @@ Needs root and bcc. Nothing is attached: the programs run through BPF_PROG_TEST_
    SYN-rate buckets with auto-ban (limits so high they never drop), and a SYN threshold (not
    reached). Variants are interleaved over rounds, order rotated; medians and ratios are
    reported. Target: clean UDP ≤ 3× the bare drop.
+   TCP state (tcpstate.h) is on too: an ACK of a recorded connection (table hit), a spoofed ACK
+   (dropped `tcpstate`), the same ACK to an address with the step off (its cost is the
+   difference), an IPv6 ACK behind a destination-options header (the extension-header walk), and
+   the tc egress recorder itself on a reply (SCHED_CLS test run, an entry refreshed).
 2. Spoofed flood: N (default 1,000,000) distinct IPv6 sources, one packet each, against a
    single-source flood of N packets. BPF_PROG_TEST_RUN repeats one packet, so both floods are run
    the same way: one test run per packet (repeat=1), the source rewritten in place between runs,
@@ -39,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.core import abi, libbpf, policy  # noqa: E402
+from xdpguard.core import abi, libbpf, policy, tcpstate  # noqa: E402
 from xdpguard.core.abi import MapName  # noqa: E402
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy  # noqa: E402
 from xdpguard.core.prefixes import Prefix  # noqa: E402
@@ -47,6 +51,7 @@ from xdpguard.core.protection import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 
 DST4, DST6 = "198.51.100.10", "2001:db8:ffff:fffe::10"
+DST4_OFF = "198.51.100.11"  # same ports, TCP state validation off
 SRC4, SRC6 = "192.0.2.7", "2001:db8:f100::1"
 FLOOD_BASE = int(ipaddress.IPv6Address("2001:db8:f100::"))  # flood sources: FLOOD_BASE + i
 AUTH_BASE = int(ipaddress.IPv6Address("2001:db8:a0a0::"))  # authenticated before the flood
@@ -68,16 +73,28 @@ def frame(src: str, dst: str, l4: str = "udp") -> bytes:
     return pkt + b"\x00" * max(0, 64 - len(pkt))  # 64-byte frames (without FCS)
 
 
+def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: str, dest_opts: bool = False) -> bytes:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+    from scapy.layers.l2 import Ether
+
+    l3 = (IPv6(src=src, dst=dst) / IPv6ExtHdrDestOpt() if dest_opts else IPv6(src=src, dst=dst)) if ":" in src \
+        else IP(src=src, dst=dst, ttl=64)
+    pkt = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / TCP(sport=sport, dport=dport, flags=flags))
+    return pkt + b"\x00" * max(0, 64 - len(pkt))
+
+
 def all_steps_bed() -> TestBed:
     """A TestBed with every cleansing step in force and nothing that drops clean traffic."""
     bed = TestBed()
-    bed.protect(DST4, DST6)
+    bed.protect(DST4, DST6, DST4_OFF)
+    bed.tcpstate(True)
     m = bed.maps
     # 64 filters; each passes the cheap checks and fails only at the payload compare.
     filters = tuple(Filter(payload=bytes([0xDE, 0xAD, 0xBE, i]), payload_off=i % 16) for i in range(abi.FILTERS_MAX))
     policy.write_global_policy(m, GlobalPolicy(drop_fragments=True, reflection=True, filters=filters))
     g = Guard(None, None, m)
-    for a in (DST4, DST6):
+    for a in (DST4, DST6, DST4_OFF):
         ip = ipaddress.ip_address(a)
         policy.write_address_policy(m, ip, AddressPolicy(frozenset({"other"}), HUGE, SynPolicy(policy.MAX_PPS)))
         g.change_ports([ip], "tcp", 80, 80, abi.PORT_BY_OPERATOR, True)
@@ -95,6 +112,9 @@ def all_steps_bed() -> TestBed:
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     m[MapName.BANS].set(policy.src_key(ipaddress.ip_address("203.0.113.99")), abi.Ban(now + 3600 * 10**9, 0, 10, 0))
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
+    tcpstate.set_address(m, ipaddress.ip_address(DST4_OFF), False)
+    for reply in (tcp_frame(DST4, SRC4, 80, 40000, "A"), tcp_frame(DST6, SRC6, 80, 40000, "A")):
+        bed.egress(reply)  # record the connections the benchmark's ACKs belong to
     for i in range(KEEP):  # authenticated sources, for the eviction check
         m[MapName.SYNAUTH].set(policy.src_key(ipaddress.IPv6Address(AUTH_BASE + i)), abi.SynAuth(now + 3600 * 10**9))
     return bed
@@ -197,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             "all steps, UDP v4 clean": (fd, frame(SRC4, DST4), XDP_PASS),
             "all steps, UDP v6 clean": (fd, frame(SRC6, DST6), XDP_PASS),
             "all steps, TCP SYN v4 clean": (fd, frame(SRC4, DST4, "tcp"), XDP_PASS),
+            "all steps, TCP ACK v4 recorded (clean)": (fd, tcp_frame(SRC4, DST4, 40000, 80, "A"), XDP_PASS),
+            "all steps, TCP ACK v4 step off (clean)": (fd, tcp_frame(SRC4, DST4_OFF, 40000, 80, "A"), XDP_PASS),
+            "all steps, TCP ACK v4 spoofed (tcpstate)": (fd, tcp_frame("192.0.2.99", DST4, 40001, 80, "A"), XDP_DROP),
+            "all steps, TCP ACK v6 + dest opts (clean)": (fd, tcp_frame(SRC6, DST6, 40000, 80, "A", True), XDP_PASS),
+            "all steps, TCP ACK v6 recorded (clean)": (fd, tcp_frame(SRC6, DST6, 40000, 80, "A"), XDP_PASS),
+            "tc egress recorder, v4 reply": (bed.prog.egress_fd, tcp_frame(DST4, SRC4, 80, 40000, "A"), 0),
         }
         interleaved_rounds(variants, 1, repeat // 10)  # warm-up
         samples = interleaved_rounds(variants, n_rounds, repeat)
@@ -204,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         base = med["bare XDP_DROP"]
         print(f"1. ns/packet, median of {n_rounds} interleaved rounds of {repeat:,} runs")
         for n, v in med.items():
-            print(f"   {n:32s} {v:8.1f} ns   {v / base:5.2f}x bare")
+            print(f"   {n:42s} {v:8.1f} ns   {v / base:5.2f}x bare")
         results["ns_per_packet"] = med
         results["ratio_vs_bare"] = {n: v / base for n, v in med.items()}
+        step = med["all steps, TCP ACK v4 recorded (clean)"] - med["all steps, TCP ACK v4 step off (clean)"]
+        print(f"   TCP state step (hit) costs {step:+.1f} ns/packet ({step / base:+.2f}x bare)")
+        results["tcpstate_step_ns"] = step
         worst = max(v / base for n, v in med.items() if "clean" in n)
         print(f"   worst all-steps / bare = {worst:.2f}x  (target ≤ 3x: {'ok' if worst <= 3 else 'MISSED'})")
 

@@ -13,7 +13,7 @@ MODULES_DIR="/lib/modules/$KERNEL_RELEASE"
 
 APT_PACKAGES=(
     python3-bpfcc bpfcc-tools nftables python3-nftables iproute2 python3-venv
-    ipset tcpdump tmux netsniff-ng ethtool iputils-ping prometheus python3-yaml
+    ipset tcpdump tmux netsniff-ng ethtool iputils-ping prometheus python3-yaml hping3
     vagrant bird2 etcd-server etcd-client
 )
 
@@ -197,5 +197,9 @@ fi
 step "checking imports in .venv"
 "$VENV_DIR/bin/python" -c 'import bcc, nftables, pyroute2, click, rich' \
     || die "imports failed in $VENV_DIR; delete it and re-run scripts/setup.sh"
+
+if [[ "${XDPGUARD_INSTALL_SERVICE:-0}" == 1 ]]; then  # asked for: xdpguard.service (see install-service.sh)
+    bash "$REPO_ROOT/scripts/install-service.sh"
+fi
 
 step "setup complete"

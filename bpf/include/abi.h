@@ -26,6 +26,7 @@
 #define XG_REASON_FEATURE     10  /* drop: packet feature filter */
 #define XG_REASON_RATELIMIT   11  /* drop: per-source rate limit */
 #define XG_REASON_SYN         12  /* drop: SYN flood defence */
+#define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
 #define XG_REASON_MAX         16  /* size of the reason dimension of xg_stats_pcpu */
 
 /* Verdict kinds: the first dimension of xg_stats_pcpu. */
@@ -51,8 +52,18 @@
 #ifndef XG_BANS_MAX
 #define XG_BANS_MAX 262144           /* dynamic bans (LRU) */
 #endif
+#ifndef XG_OPBANS_MAX
+#define XG_OPBANS_MAX 65536          /* operator bans (`xdpguard ban add`; plain hash: never evicted) */
+#endif
 #ifndef XG_SYNAUTH_MAX
 #define XG_SYNAUTH_MAX 262144        /* authenticated sources (plain hash: never evicted) */
+#endif
+
+#ifndef XG_FLOWS_MAX
+#define XG_FLOWS_MAX 262144          /* recorded connections (LRU; only tc egress inserts) */
+#endif
+#ifndef XG_EMBRYOS_MAX
+#define XG_EMBRYOS_MAX 65536         /* half-open connections: SYN or SYN-ACK sent (LRU; tc egress) */
 #endif
 
 #ifndef XG_PORTS_MAX
@@ -63,6 +74,7 @@
 #define XG_CFG_ENABLED        (1ULL << 0)  /* program filters at all (else everything is bypass) */
 #define XG_CFG_DROP_FRAGMENTS (1ULL << 1)  /* fragment policy: drop IP fragments (else pass) */
 #define XG_CFG_REFLECTION     (1ULL << 2)  /* drop UDP from ports marked in xg_reflect_arr */
+#define XG_CFG_TCPSTATE       (1ULL << 3)  /* the tc egress recorder is attached: validate TCP state */
 
 #ifndef XG_FILTERS_MAX
 #define XG_FILTERS_MAX 64                  /* feature filter slots */
@@ -73,6 +85,9 @@
 /* Parsing bounds. */
 #ifndef XG_VLAN_MAX
 #define XG_VLAN_MAX 2
+#endif
+#ifndef XG_IPV6_EXT_MAX
+#define XG_IPV6_EXT_MAX 6            /* IPv6 extension headers walked; a longer chain is malformed */
 #endif
 
 /* ---- map layouts ---- */
@@ -109,6 +124,7 @@ struct xg_config {
 #define XG_PROT_BLOCK_ICMP  (1ULL << 3)  /* ICMP and ICMPv6 */
 #define XG_PROT_BLOCK_OTHER (1ULL << 4)  /* anything else (incl. IPv6 extension headers) */
 #define XG_PROT_PORT_LIMITS (1ULL << 5)  /* xg_portlim_hash holds per-port limit overrides */
+#define XG_PROT_TCPSTATE_OFF (1ULL << 6) /* TCP state validation off (it is on while the port policy is) */
 
 /* Per-source limits (token buckets) and the SYN defence, per protected address or port.
  * 0 in a rate means "no limit". */
@@ -165,7 +181,8 @@ struct xg_dst_bucket {
     __u64 pkt_tokens;
 };
 
-/* xg_ban_lru value: a dynamic ban written by the data path (or by `xdpguard ban`). */
+/* xg_ban_lru value: a dynamic ban written by the data path; xg_opban_hash value: an operator's
+ * ban (`xdpguard ban add`), in a plain hash the data path's LRU churn cannot evict. */
 struct xg_ban {
     __u64 expires_ns;         /* CLOCK_MONOTONIC ns */
     __u64 hits;               /* packets dropped by this ban */
@@ -196,10 +213,52 @@ struct xg_synauth {
 
 /* xg_dpstate_arr[0]: state only the data path sets (the controller never rewrites it, so an
  * update of xg_config cannot lose it); the controller clears bits when their cause is gone. */
-#define XG_DP_HAS_BANS (1ULL << 0)  /* xg_ban_lru may hold entries */
+#define XG_DP_HAS_BANS (1ULL << 0)  /* xg_ban_lru or xg_opban_hash may hold entries */
 
 struct xg_dpstate {
     __u64 flags;              /* XG_DP_* */
+};
+
+/* ---- TCP state validation (tcpstate.h) ---- */
+
+/* Key of xg_flow_lru and xg_embryo_lru: one TCP connection of a protected address, seen from
+ * the client (v4 uses the first 4 bytes of each address, rest zero). */
+struct xg_flow_key {
+    __u8 client[16];          /* the remote end, network byte order */
+    __u8 prot[16];            /* the protected address */
+    __u16 client_port;        /* host byte order */
+    __u16 prot_port;
+    __u8 family;              /* 4 or 6 */
+    __u8 reserved[3];         /* 0 */
+};
+
+/* xg_flow.state: what the protected side last sent. */
+#define XG_FLOW_EST 1             /* data / ACK: established */
+#define XG_FLOW_FIN 2             /* FIN sent: closing (sticky until a new SYN-ACK) */
+#define XG_FLOW_RST 3             /* RST sent */
+#define XG_FLOW_SYN 4             /* SYN or SYN-ACK sent: half-open (xg_embryo_lru) */
+
+/* Value of xg_flow_lru and xg_embryo_lru. */
+struct xg_flow {
+    __u64 expires_ns;         /* CLOCK_MONOTONIC ns; XDP admits the connection's packets until then */
+    __u32 state;              /* XG_FLOW_* */
+    __u32 reserved;           /* 0 */
+};
+
+/* Defaults when xg_tcpcfg_arr holds 0: idle timeouts, refreshed by every packet the protected
+ * side sends (at most one map write per connection per second). */
+#define XG_TS_EST_TIMEOUT_S 10800
+#define XG_TS_FIN_TIMEOUT_S 120
+#define XG_TS_RST_TIMEOUT_S 10
+#define XG_TS_SYN_TIMEOUT_S 20
+
+/* xg_tcpcfg_arr[0]: TCP state validation settings (0 = the default above). */
+struct xg_tcpstate_config {
+    __u64 grace_until_ns;     /* until then a packet of no known connection passes (attach grace) */
+    __u32 est_timeout_s;
+    __u32 fin_timeout_s;
+    __u32 rst_timeout_s;
+    __u32 syn_timeout_s;
 };
 
 /* Feature filter actions. */

@@ -42,6 +42,10 @@ XG_MAP("hash", struct xg_port_key, struct xg_dst_bucket, xg_dstbkt_hash, XG_PORT
 /* xg_ban_lru: source → struct xg_ban (dynamic bans with expiry, written by the data path). */
 XG_MAP("lru_hash", struct xg_src_key, struct xg_ban, xg_ban_lru, XG_BANS_MAX, 0);
 
+/* xg_opban_hash: source → struct xg_ban (operator bans; a hash, so a flood of data-path bans
+ * filling xg_ban_lru cannot evict them). */
+XG_MAP("hash", struct xg_src_key, struct xg_ban, xg_opban_hash, XG_OPBANS_MAX, BPF_F_NO_PREALLOC);
+
 /* xg_dpstate_arr: key 0 → struct xg_dpstate (flags the data path sets). */
 XG_MAP("array", int, struct xg_dpstate, xg_dpstate_arr, 1, 0);
 
@@ -59,6 +63,19 @@ XG_MAP("lru_hash", struct xg_src_key, struct xg_synseen, xg_synseen_lru, XG_SOUR
 
 /* xg_synauth_hash: source → struct xg_synauth (authenticated until, ns). */
 XG_MAP("hash", struct xg_src_key, struct xg_synauth, xg_synauth_hash, XG_SYNAUTH_MAX, BPF_F_NO_PREALLOC);
+
+/* xg_flow_lru: struct xg_flow_key → struct xg_flow, connections the protected side has sent on
+ * (ACK/data/FIN/RST). Written only by the tc egress program: a spoofed packet cannot insert, so
+ * a flood cannot evict. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): no shared lock on insert. */
+XG_MAP("lru_hash", struct xg_flow_key, struct xg_flow, xg_flow_lru, XG_FLOWS_MAX, BPF_F_NO_COMMON_LRU);
+
+/* xg_embryo_lru: struct xg_flow_key → struct xg_flow, half-open connections (the protected side
+ * sent a SYN or SYN-ACK). Separate from xg_flow_lru: SYN-ACKs answering a spoofed SYN flood
+ * churn this table only, never the established connections. */
+XG_MAP("lru_hash", struct xg_flow_key, struct xg_flow, xg_embryo_lru, XG_EMBRYOS_MAX, BPF_F_NO_COMMON_LRU);
+
+/* xg_tcpcfg_arr: key 0 → struct xg_tcpstate_config (grace period, timeouts in s). */
+XG_MAP("array", int, struct xg_tcpstate_config, xg_tcpcfg_arr, 1, 0);
 
 /* Allowlist and blocklist, host entries (/32, /128): exact source → struct xg_list_entry.
  * A hash lookup stays flat as the list grows; the trie's depth does not. */

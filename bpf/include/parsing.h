@@ -55,8 +55,8 @@ static __always_inline int parse_iphdr(struct xg_cursor *c, void *data_end, stru
     return h->protocol;
 }
 
-/* Returns the next header after the fixed IPv6 header, or -1. Extension headers are not
- * walked here: XXX: a packet whose first next-header is an extension is treated as "other". */
+/* Returns the next header after the fixed IPv6 header, or -1. The extension headers that may
+ * follow are walked by parse_ip6_ext(). */
 static __always_inline int parse_ip6hdr(struct xg_cursor *c, void *data_end, struct ipv6hdr **ip6h)
 {
     struct ipv6hdr *h = c->pos;
@@ -65,6 +65,95 @@ static __always_inline int parse_ip6hdr(struct xg_cursor *c, void *data_end, str
     c->pos = h + 1;
     *ip6h = h;
     return h->nexthdr;
+}
+
+#define XG_NEXTHDR_HOP      0
+#define XG_NEXTHDR_ROUTING  43
+#define XG_NEXTHDR_FRAGMENT 44
+#define XG_NEXTHDR_DEST     60
+
+/* Hop-by-hop, routing and destination options headers share this prefix; length (hdrlen+1)*8. */
+struct xg_ip6_opt_hdr {
+    __u8 nexthdr;
+    __u8 hdrlen;
+};
+
+static __always_inline int xg_ip6_is_ext(int nexthdr)
+{
+    return nexthdr == XG_NEXTHDR_HOP || nexthdr == XG_NEXTHDR_ROUTING || nexthdr == XG_NEXTHDR_DEST ||
+           nexthdr == XG_NEXTHDR_FRAGMENT;
+}
+
+struct xg_frag6_hdr {
+    __u8 nexthdr;
+    __u8 reserved;
+    __be16 frag_off;           /* offset (13 bits, in 8-byte units) << 3 | M flag */
+    __be32 identification;
+};
+
+/* Walk up to XG_IPV6_EXT_MAX option headers (hop-by-hop, routing, destination options) from
+ * the cursor, starting with next header `nexthdr`. Returns the next header after them, or -1
+ * when one is truncated or the chain is longer than XG_IPV6_EXT_MAX. (The tc egress recorder's
+ * walk: our own TCP segments carry no fragment header.) */
+static __always_inline int parse_ip6_ext(struct xg_cursor *c, void *data_end, int nexthdr)
+{
+#pragma unroll
+    for (int i = 0; i < XG_IPV6_EXT_MAX; i++) {
+        if (nexthdr != XG_NEXTHDR_HOP && nexthdr != XG_NEXTHDR_ROUTING && nexthdr != XG_NEXTHDR_DEST)
+            return nexthdr;
+        struct xg_ip6_opt_hdr *h = c->pos;
+        if ((void *)(h + 1) > data_end)
+            return -1;
+        int len = ((int)h->hdrlen + 1) * 8;
+        if (c->pos + len > data_end)
+            return -1;
+        nexthdr = h->nexthdr;
+        c->pos += len;
+    }
+    return xg_ip6_is_ext(nexthdr) && nexthdr != XG_NEXTHDR_FRAGMENT ? -1 : nexthdr;  /* -1: over-long */
+}
+
+/* The XDP walk: up to XG_IPV6_EXT_MAX extension headers — hop-by-hop, routing, destination
+ * options and fragment, in any order — from the cursor, starting with next header `nexthdr`.
+ * Returns the upper-layer protocol (anything else: TCP, UDP, ICMPv6, ESP, ...), or -1 when a
+ * header is truncated or the chain is longer than XG_IPV6_EXT_MAX.
+ * A fragment header sets *frag to XG_FRAG_SEEN | its offset/flags word (host order; a non-first
+ * fragment has (*frag & 0xFFF8) != 0) and *frag_nh to its next header. After a non-first
+ * fragment what follows is fragment data: the walk ends there (its next header becomes 59, "no
+ * next header", without a branch of its own).
+ * Verifier note: this function's shape was chosen by measurement. Every distinct exit state of
+ * the parse is walked again through the 64-filter loop; an early return per fragment case or a
+ * second walk after the fragment header pushed the program past the 1M-instruction limit, this
+ * one costs about 15K instructions more than no walk (6.18). */
+#define XG_FRAG_SEEN 0x10000
+#define XG_NEXTHDR_NONE 59
+static __always_inline int parse_ip6_chain(struct xg_cursor *c, void *data_end, int nexthdr, __u32 *frag, int *frag_nh)
+{
+#pragma unroll
+    for (int i = 0; i < XG_IPV6_EXT_MAX; i++) {
+        if (nexthdr == XG_NEXTHDR_FRAGMENT) {
+            struct xg_frag6_hdr *fh = c->pos;
+            if ((void *)(fh + 1) > data_end)
+                return -1;
+            c->pos = fh + 1;
+            __u32 w = XG_FRAG_SEEN | bpf_ntohs(fh->frag_off);
+            *frag = w;
+            *frag_nh = fh->nexthdr;
+            nexthdr = (w & 0xFFF8) ? XG_NEXTHDR_NONE : fh->nexthdr;
+            continue;
+        }
+        if (nexthdr != XG_NEXTHDR_HOP && nexthdr != XG_NEXTHDR_ROUTING && nexthdr != XG_NEXTHDR_DEST)
+            return nexthdr;
+        struct xg_ip6_opt_hdr *h = c->pos;
+        if ((void *)(h + 1) > data_end)
+            return -1;
+        int len = ((int)h->hdrlen + 1) * 8;
+        if (c->pos + len > data_end)
+            return -1;
+        nexthdr = h->nexthdr;
+        c->pos += len;
+    }
+    return xg_ip6_is_ext(nexthdr) ? -1 : nexthdr;
 }
 
 /* Returns the TCP header length in bytes, or -1. */

@@ -1,5 +1,6 @@
 /* policy.h — the cleansing steps after the lists: bans, fragments, malformed, protocol, port,
- * reflection, feature filters, rate limits, SYN defence (DESIGN.md pipeline, steps 5–12).
+ * reflection, TCP state (tcpstate.h), feature filters, rate limits, SYN defence (DESIGN.md
+ * pipeline, steps 5–12).
  *
  * Both address families fill one struct xg_pkt and share these steps. Each step returns
  * XG_CONTINUE or a verdict (reason, with *action set). A step whose policy is empty costs
@@ -47,8 +48,13 @@ static __always_inline struct xg_dpstate *xg_dpstate(void)
     return xg_dpstate_arr.lookup(&zero);
 }
 
-static __always_inline void xg_ban_source(struct xg_src_key *src, __u32 ban_s, __u32 reason, __u64 *now)
+/* Ban a source for ban_s seconds because of `reason` — unless that reason is monitored: monitor
+ * mode has no side effects, so a would-drop never bans (a ban would then really drop). */
+static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_src_key *src, __u32 ban_s, __u32 reason,
+                                          __u64 *now)
 {
+    if (cfg->monitor_mask & (1ULL << (reason & 63)))
+        return;
     struct xg_ban b = {};
     b.expires_ns = xg_now(now) + (__u64)ban_s * ONE_SEC_NS;
     b.reason = reason;
@@ -58,12 +64,20 @@ static __always_inline void xg_ban_source(struct xg_src_key *src, __u32 ban_s, _
         __sync_fetch_and_or(&st->flags, XG_DP_HAS_BANS);
 }
 
-/* Step 5: dynamic bans. */
+/* Step 5: dynamic bans: the operator's (never evicted), then the data path's (LRU). */
 static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
 {
     struct xg_dpstate *st = xg_dpstate();
     if (!st || !(st->flags & XG_DP_HAS_BANS))
         return XG_CONTINUE;
+    struct xg_ban *ob = xg_opban_hash.lookup(&p->src);
+    if (ob) {
+        if (ob->expires_ns > xg_now(now)) {
+            __sync_fetch_and_add(&ob->hits, 1);
+            return XG_REASON_BANNED;
+        }
+        xg_opban_hash.delete(&p->src);
+    }
     struct xg_ban *b = xg_ban_lru.lookup(&p->src);
     if (!b)
         return XG_CONTINUE;
@@ -199,7 +213,7 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
             return XG_CONTINUE;
         }
         if (f->action == XG_FA_DROP_BAN && f->ban_s)
-            xg_ban_source(&p->src, f->ban_s, XG_REASON_FEATURE, now);
+            xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
         return XG_REASON_FEATURE;
     }
     return XG_CONTINUE;
@@ -238,18 +252,31 @@ static __always_inline struct xg_limits *limits_for(struct xg_protected *prot, s
 
 /* Step 11: per-source pps/bps buckets, per-destination pps; step 12a: per-source SYN rate.
  * XXX: buckets are updated without locks; concurrent CPUs may lose a refill or a take. */
-static __always_inline __u32 step_ratelimit(struct xg_limits *lim, struct xg_pkt *p,
+static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_limits *lim, struct xg_pkt *p,
                                             int is_syn, __u64 *now)
 {
     int per_src = lim->src_pps || lim->src_bps || (is_syn && lim->syn_src_pps);
     if (lim->dst_pps && p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP)) {
         struct xg_dst_bucket *db = xg_dstbkt_hash.lookup(&p->dst);
         if (!db) {
+            /* A new port. Its address's overflow bucket (port 0, proto 0) is made first, so that
+             * once the map is full (a flood over random ports) the ports without a bucket of
+             * their own share that one: a full map never lifts the limit. Without even that
+             * bucket (the map filled up before this address's first port) the packet is dropped. */
+            struct xg_port_key ak = p->dst;
+            ak.port = 0;
+            ak.proto = 0;
             struct xg_dst_bucket fresh = { .last_ns = xg_now(now), .pkt_tokens = lim->dst_burst_pkts * XG_TOKEN };
+            if (!xg_dstbkt_hash.lookup(&ak))
+                xg_dstbkt_hash.update(&ak, &fresh);
             xg_dstbkt_hash.update(&p->dst, &fresh);
             db = xg_dstbkt_hash.lookup(&p->dst);
+            if (!db)
+                db = xg_dstbkt_hash.lookup(&ak);
+            if (!db)
+                return XG_REASON_RATELIMIT;
         }
-        if (db && !bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts, XG_TOKEN))
+        if (!bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts, XG_TOKEN))
             return XG_REASON_RATELIMIT;
     }
     if (!per_src)
@@ -279,7 +306,7 @@ static __always_inline __u32 step_ratelimit(struct xg_limits *lim, struct xg_pkt
              !bucket_take(&b->syn_tokens, &b->syn_last_ns, t, lim->syn_src_pps, lim->syn_src_burst, XG_TOKEN))
         reason = XG_REASON_SYN;
     if (reason != XG_CONTINUE && lim->ban_s)
-        xg_ban_source(&p->src, lim->ban_s, reason, now);
+        xg_ban_source(cfg, &p->src, lim->ban_s, reason, now);
     return reason;
 }
 
@@ -337,6 +364,8 @@ static __always_inline __u32 step_syn_auth(struct xg_protected *prot, struct xg_
     return XG_REASON_SYN;
 }
 
+#include "tcpstate.h"
+
 /* Steps 6–12 after the lists and bans (malformed is decided by the caller's parsing). */
 static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *cfg, struct xg_protected *prot,
                                           struct xg_pkt *p, __u64 *now)
@@ -357,8 +386,13 @@ static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *
     r = step_feature(ctx, cfg, p, &skip_rest, now);
     if (r != XG_CONTINUE || skip_rest)
         return r;
+    /* TCP state after the filters: placed before them, every path through the step enters the
+     * 64-filter loop as its own verifier state (893K of the 1M instructions; here 556K). */
+    r = step_tcpstate(cfg, prot, p, now);
+    if (r != XG_CONTINUE)
+        return r;
     int is_syn = p->has_l4 && p->l4proto == IPPROTO_TCP && (p->tcp_flags & (XG_TCP_SYN | XG_TCP_ACK)) == XG_TCP_SYN;
-    r = step_ratelimit(limits_for(prot, p), p, is_syn, now);
+    r = step_ratelimit(cfg, limits_for(prot, p), p, is_syn, now);
     if (r != XG_CONTINUE)
         return r;
     if (is_syn)

@@ -85,7 +85,7 @@ class Bed:
 
     def reset(self) -> None:
         for name in (MapName.PORTS, MapName.PORTLIM, MapName.BUCKETS, MapName.DSTBKT, MapName.BANS,
-                     MapName.SYNSEEN, MapName.SYNAUTH):
+                     MapName.OPBANS, MapName.SYNSEEN, MapName.SYNAUTH):
             m = self.maps[name]
             for k in list(m.keys()):
                 m.delete(k)
@@ -319,10 +319,26 @@ def test_drop_ban_filter_bans_the_source_until_expiry(bed):
     assert bed.verdict(udp(payload=b"fine")) == (PASS, Kind.PASS, Reason.CLEAN)
 
 
-def test_drop_ban_in_monitor_mode_is_would_drop(bed):
+def test_drop_ban_in_monitor_mode_is_would_drop_and_bans_nobody(bed):
     bed.apply(feat(Filter(action="drop-ban", payload=b"EVIL", ban_s=60), monitor_mask=ALL_DROP_REASONS))
     assert bed.verdict(udp(payload=b"EVIL")) == (PASS, Kind.WOULD_DROP, Reason.FEATURE)
-    assert bed.verdict(udp(payload=b"fine")) == (PASS, Kind.WOULD_DROP, Reason.BANNED)
+    assert bed.ban_of(CLIENT4) is None  # monitor mode has no side effects
+    assert bed.verdict(udp(payload=b"fine")) == (PASS, Kind.PASS, Reason.CLEAN)
+
+
+def test_monitoring_one_reason_creates_no_ban_that_really_drops(bed):
+    """Only `feature` monitored, `banned` enforced: a would-drop must not turn into real drops."""
+    bed.apply(feat(Filter(action="drop-ban", payload=b"EVIL", ban_s=60), monitor_mask=1 << Reason.FEATURE))
+    assert bed.verdict(udp(payload=b"EVIL")) == (PASS, Kind.WOULD_DROP, Reason.FEATURE)
+    assert bed.ban_of(CLIENT4) is None
+    assert bed.verdict(udp(payload=b"fine")) == (PASS, Kind.PASS, Reason.CLEAN)
+
+
+def test_rate_limit_auto_ban_not_while_ratelimit_is_monitored(bed):
+    bed.apply(feat(monitor_mask=1 << Reason.RATELIMIT), AddressPolicy(limits=Limits(src_pps=10, src_burst_pkts=2,
+                                                                                    ban_s=60)))
+    assert bed.run(ack(), 5) == {(Kind.PASS, Reason.CLEAN): 2, (Kind.WOULD_DROP, Reason.RATELIMIT): 3}
+    assert bed.ban_of(CLIENT4) is None
 
 
 # ---- rate limits (repeat: back-to-back runs, no measurable refill) ----

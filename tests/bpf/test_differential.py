@@ -5,6 +5,15 @@ expired ones —, open ports, blocked protocols, fragment policy, reflection por
 filters, per-port limit overrides, bans, monitor mask, program on/off) and a handful of raw
 packets (v4/v6, 0–3 VLAN tags, fragments, malformed ihl/version/tot_len/doff, truncation at any
 byte, random TCP flags and ports, payloads that often contain a filter's bytes at its offset).
+The TCP state step is covered with its recorder: each example also draws frames leaving the
+protected interface (replies from protected addresses with every TCP flag mix, some not TCP, not
+from a protected address, behind VLAN tags or IPv6 option headers, truncated) and runs them
+through the tc egress program (BPF_PROG_TEST_RUN on SCHED_CLS) and Model.egress; the connection
+tables must then hold the same entries and states, and inbound packets are often drawn on those
+connections (reversed). Expired table entries, the per-address off switch and the attach grace
+period are drawn too. IPv6 frames may carry hop-by-hop/routing/destination options chains
+(also over-long and truncated ones).
+
 Every packet's verdict through BPF_PROG_TEST_RUN (TestBed.verdict, which also checks that exactly
 one counter moved) must equal the model's: action, kind and reason.
 
@@ -29,7 +38,7 @@ from hypothesis import strategies as st
 
 from xdpguard.core import abi, policy
 from xdpguard.core.abi import MapName, Reason
-from xdpguard.core.model import Listed, Model, Protected, Setup
+from xdpguard.core.model import Listed, Model, Protected, Setup, egress_flow
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.prefixes import Prefix, parse_prefix
 from xdpguard.core.protection import Guard
@@ -70,7 +79,8 @@ DROP_REASONS = [r for r in Reason if r.is_drop]
 # Small maps: iterating an (almost) empty hash costs a scan of all its buckets, and the list
 # writers iterate (Guard.sync_lists_mask, change_ports). Map sizes do not change any verdict.
 SMALL_MAPS = {"XG_LIST_MAX": 1024, "XG_PORTS_MAX": 1024, "XG_BANS_MAX": 1024, "XG_SOURCES_MAX": 4096,
-              "XG_SYNAUTH_MAX": 1024}
+              "XG_SYNAUTH_MAX": 1024, "XG_FLOWS_MAX": 1024, "XG_EMBRYOS_MAX": 1024,
+              "XG_OPBANS_MAX": 1024}
 
 
 # ---- policy strategies (module-level constants: building strategies per draw is slow) ----
@@ -145,12 +155,26 @@ BANNED = st.sets(st.sampled_from(SOURCES[4] + SOURCES[6]), min_size=1, max_size=
 @st.composite
 def protected_entries(draw) -> Protected:
     pol = AddressPolicy(frozenset(draw(PROTOCOL_SETS)) if draw(RARE[3]) else frozenset(), draw(LIMITS), draw(SYNS))
-    ports = frozenset(draw(PORT_SETS)) if draw(RARE[3]) else frozenset()
+    ports = frozenset()
+    if draw(BOOL):  # open ports (port policy on, and with it the TCP state step), often the connections' ports
+        ports = frozenset(draw(PORT_SETS)) | (frozenset({("tcp", 80), ("tcp", 443)}) if not draw(RARE[4]) else frozenset())
     limits = {k: HUGE for k in draw(LIMIT_PORT_SETS)} if draw(RARE[4]) else {}
-    return Protected(pol, ports, limits)
+    return Protected(pol, ports, limits, tcpstate=not draw(RARE[6]))
 
 
 PROTECTED = protected_entries()
+
+
+FLOW_STATES = {"est": abi.FLOW_EST, "fin": abi.FLOW_FIN, "rst": abi.FLOW_RST, "syn": abi.FLOW_SYN}
+FLOW_PORTS = [80, 80, 443, 22, 8080]  # protected-side ports of drawn connections (mostly open ones)
+CLIENT_PORTS = [1024, 40000, 65535]
+
+
+def flow_keys(addrs):
+    """Connection keys (family, client, client port, protected, protected port) on addrs."""
+    return st.tuples(st.sampled_from(sorted(addrs, key=lambda a: (a.version, a)))).flatmap(
+        lambda t: st.tuples(st.just(t[0].version), SRC_POOL[t[0].version], st.sampled_from(CLIENT_PORTS),
+                            st.just(t[0].packed), st.sampled_from(FLOW_PORTS)))
 
 
 @st.composite
@@ -167,7 +191,12 @@ def setups(draw) -> tuple[Setup, dict]:
         monitor_mask=0 if not draw(RARE[4]) else sum(1 << r for r in draw(REASON_SETS)),
     )
     banned = draw(BANNED) if draw(RARE[5]) else frozenset()
-    setup = Setup(g, protected, lists["allow"], lists["block"], banned, enabled=not draw(RARE[16]))
+    flows = {}
+    if draw(RARE[4]):  # entries written before: expired ones (live ones come from egress frames)
+        for k in draw(st.lists(flow_keys(addrs), max_size=3)):
+            flows[k] = (draw(st.sampled_from(["flow", "embryo"])), draw(st.sampled_from(list(FLOW_STATES))), False)
+    setup = Setup(g, protected, lists["allow"], lists["block"], banned, enabled=not draw(RARE[16]),
+                  tcpstate=not draw(RARE[5]), grace=draw(RARE[8]), flows=flows)
     return setup, expiry
 
 
@@ -194,11 +223,12 @@ M6 = st.sampled_from([0, 1])
 ICMP_TYPE = U8
 
 
-def _l4(draw, proto: int, refl) -> tuple[bytes, int]:
-    """(L4 header bytes, the length the parser takes for it)."""
+def _l4(draw, proto: int, refl, ports=None) -> tuple[bytes, int]:
+    """(L4 header bytes, the length the parser takes for it). ports: (sport, dport) of TCP."""
     if proto == 6:
         doff = 5 if not draw(RARE[5]) else draw(DOFF)
-        hdr = struct.pack("!HHIIBBHHH", draw(ANY_PORT), draw(ANY_PORT), 0, 0, doff << 4, draw(TCP_FLAGS), 512, 0, 0)
+        sport, dport = ports if ports is not None else (draw(ANY_PORT), draw(ANY_PORT))
+        hdr = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, doff << 4, draw(TCP_FLAGS), 512, 0, 0)
         return hdr + (bytes(max(0, doff * 4 - 20)) if not draw(RARE[4]) else b""), max(doff * 4, 20)
     if proto == 17:
         sport = draw(refl) if refl is not None and draw(RARE[3]) else draw(ANY_PORT)
@@ -208,24 +238,55 @@ def _l4(draw, proto: int, refl) -> tuple[bytes, int]:
     return b"", 0
 
 
+OPT_TYPES = st.sampled_from([0, 43, 60])
+OPT_COUNTS = st.sampled_from([0, 0, 0, 1, 1, 2, 6, 7])
+OPT_LENS = st.sampled_from([0, 0, 1, 3])
+
+
+def _ip6_options(draw, last: int) -> tuple[bytes, int]:
+    """An IPv6 option-header chain (hop-by-hop, routing, destination options) ending in `last`:
+    (bytes, first next header). Up to 7 headers: one more than the walk allows."""
+    n = draw(OPT_COUNTS)
+    types = [draw(OPT_TYPES) for _ in range(n)]
+    out = b""
+    for i in range(n):
+        ln = draw(OPT_LENS)
+        nxt = types[i + 1] if i + 1 < n else last
+        out += bytes([nxt, ln]) + bytes(ln * 8 + 6)
+    return out, (types[0] if n else last)
+
+
 @st.composite
-def frames(draw, setup: Setup, families, refl, with_payload, dsts) -> bytes:
+def frames(draw, setup: Setup, families, refl, with_payload, dsts, hints=None) -> bytes:
     """One frame for setup; families, dsts (per family): strategies biased to its protected
     addresses; refl: a strategy of its reflection ports (or None); with_payload: a strategy of
-    its filters that compare payload bytes (or None)."""
+    its filters that compare payload bytes (or None); hints: a strategy of connection keys
+    (or None) an inbound TCP packet often belongs to."""
     family = draw(families)
     ntags = draw(NTAGS)
     dst = draw(dsts[family])
     src = draw(SRC_POOL[family]) if not draw(RARE[6]) else draw(SRC_RANDOM[family])
     proto = draw(L4PROTOS[family])
+    ports = None
+    if hints is not None and not draw(RARE[3]):
+        fam, client, cport, prot, pport = draw(hints)
+        if draw(RARE[3]):  # a spoofed packet next to a real connection: another client port
+            cport ^= 1
+        family, src, dst, proto, ports = fam, client, ipaddress.ip_address(prot), 6, (cport, pport)
     frag = draw(FRAGS)
-    l4, l4_len = _l4(draw, proto, refl) if frag != "later" or draw(RARE[4]) else (b"", 0)
+    l4, l4_len = _l4(draw, proto, refl, ports) if frag != "later" or draw(RARE[4]) else (b"", 0)
     payload = bytearray(draw(SMALL_PAYLOADS) if not draw(RARE[4]) else draw(RANDOM_PAYLOADS))
     ttl = draw(TTLS)
 
     l3_off = 14 + 4 * ntags
     ihl = 5 if family == 6 or not draw(RARE[6]) else draw(IHL)
-    l3_len = (ihl * 4 if ihl >= 5 else 20) if family == 4 else 40 + (8 if frag != "none" else 0)
+    # IPv6 extension headers: options before the fragment header (or the upper layer), and
+    # options after the fragment header.
+    after, after_nh = _ip6_options(draw, proto) if family == 6 and frag != "none" and draw(RARE[4]) else (b"", proto)
+    opts, first_nh = _ip6_options(draw, 44 if frag != "none" else proto) if family == 6 and draw(RARE[4]) else (b"", None)
+    if frag == "later":
+        after, after_nh = b"", proto  # fragment data, not headers
+    l3_len = (ihl * 4 if ihl >= 5 else 20) if family == 4 else 40 + len(opts) + (8 if frag != "none" else 0) + len(after)
     l4_off = l3_off + l3_len
     payload_off = l4_off + l4_len
     # Often put a filter's bytes at its offset, so that filters match.
@@ -253,8 +314,11 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts) -> bytes:
         if frag != "none":
             nh = 44
             off = 0 if frag == "first" else draw(OFF13)
-            fh = struct.pack("!BBHI", proto, 0, off << 3 | draw(M6), 7)
-        l3 = struct.pack("!IHBB16s16s", version << 28, len(fh) + len(body), nh, ttl, src, dst.packed) + fh
+            fh = struct.pack("!BBHI", after_nh, 0, off << 3 | draw(M6), 7) + after
+        if first_nh is not None:
+            nh = first_nh
+        l3 = struct.pack("!IHBB16s16s", version << 28, len(opts) + len(fh) + len(body), nh, ttl, src,
+                         dst.packed) + opts + fh
         ethertype = 0x86DD
     types = [draw(TPIDS) for _ in range(ntags)] + [ethertype]
     frame = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01" + struct.pack("!H", types[0])
@@ -265,6 +329,60 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts) -> bytes:
         frame = frame[: draw(st.integers(l3_off + 20, len(frame)) if draw(BOOL) and len(frame) > l3_off + 20
                              else st.integers(14, len(frame)))]
     return frame
+
+
+EGRESS_FLAGS = st.sampled_from([0x12, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x02, 0x19]) | U8
+
+
+@st.composite
+def egress_frames(draw, setup: Setup) -> bytes:
+    """A frame leaving the protected interface: mostly TCP from a protected address (a reply)."""
+    prot = sorted(setup.protected, key=lambda a: (a.version, a))
+    src = draw(st.sampled_from(prot * 4 + [NEVER_PROTECTED[4], NEVER_PROTECTED[6]]))
+    family = src.version
+    dst = draw(SRC_POOL[family])
+    proto = 6 if not draw(RARE[6]) else draw(st.sampled_from([17, 1, 58]))
+    doff = 5 if not draw(RARE[8]) else draw(DOFF)
+    l4 = struct.pack("!HHIIBBHHH", draw(st.sampled_from(FLOW_PORTS)), draw(st.sampled_from(CLIENT_PORTS)), 1, 2,
+                     doff << 4, draw(EGRESS_FLAGS), 512, 0, 0) + bytes(max(0, doff * 4 - 20))
+    if family == 4:
+        frag_off = 0 if not draw(RARE[8]) else draw(OFF13)
+        l3 = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, frag_off, 64, proto, 0, src.packed, dst)
+        ethertype = 0x0800
+    else:
+        opts, nh = _ip6_options(draw, proto) if draw(RARE[5]) else (b"", proto)
+        l3 = struct.pack("!IHBB16s16s", 6 << 28, len(opts) + len(l4), nh, 64, src.packed, dst) + opts
+        ethertype = 0x86DD
+    tags = b"".join(struct.pack("!HH", 0x8100, 10) for _ in range(draw(NTAGS) % 3))
+    frame = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02" + tags + struct.pack("!H", ethertype) + l3 + l4
+    if draw(RARE[10]):  # truncated past the fixed L3 header (the kernel's skb test run wants that much)
+        frame = frame[: draw(st.integers(14 + len(tags) + (20 if family == 4 else 40), len(frame)))]
+    return frame
+
+
+def _flow_key_c(k) -> abi.FlowKey:
+    fam, client, cport, prot, pport = k
+    c = abi.FlowKey()
+    ctypes.memmove(ctypes.addressof(c), client, len(client))
+    ctypes.memmove(ctypes.addressof(c) + 16, prot, len(prot))
+    c.client_port, c.prot_port, c.family = cport, pport, fam
+    return c
+
+
+def _flow_key_py(c) -> tuple:
+    n = 4 if c.family == 4 else 16
+    return (c.family, bytes(c.client)[:n], c.client_port, bytes(c.prot)[:n], c.prot_port)
+
+
+def table_contents(maps) -> dict[str, dict[tuple, tuple[str, bool]]]:
+    """xg_flow_lru and xg_embryo_lru as {table: {key: (state, live)}}."""
+    now = _now_ns()
+    names = {v: k for k, v in FLOW_STATES.items()}
+    out = {}
+    for table, name in (("flow", MapName.FLOWS), ("embryo", MapName.EMBRYOS)):
+        out[table] = {_flow_key_py(k): (names.get(v.state, str(v.state)), v.expires_ns > now)
+                      for k, v in maps[name].items()}
+    return out
 
 
 # ---- applying a drawn setup to the one TestBed, as a diff ----
@@ -293,6 +411,7 @@ class AppliedBed:
         self.global_ = setup.global_
         cfg = m[MapName.CONFIG].get(ctypes.c_uint32(0))
         want = (cfg.flags | abi.CFG_ENABLED) if setup.enabled else (cfg.flags & ~abi.CFG_ENABLED)
+        want = (want | abi.CFG_TCPSTATE) if setup.tcpstate else (want & ~abi.CFG_TCPSTATE)
         if want != cfg.flags:
             cfg.flags = want
             m[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
@@ -305,6 +424,11 @@ class AppliedBed:
                 policy.write_address_policy(m, a, p.policy)
             self._ports(a, old.open_ports if old else frozenset(), p.open_ports)
             self._port_limits(a, old.port_limits if old else {}, p.port_limits)
+            if old is None or old.tcpstate != p.tcpstate:
+                pm, pk = m[MapName.PROT4 if a.version == 4 else MapName.PROT6], policy.prot_key(a)
+                cur = pm.get(pk)
+                cur.flags = (cur.flags & ~abi.PROT_TCPSTATE_OFF) | (0 if p.tcpstate else abi.PROT_TCPSTATE_OFF)
+                pm.set(pk, cur)
         for a in [a for a in self.protected if a not in setup.protected]:
             old = self.protected[a]
             self._ports(a, old.open_ports, frozenset())
@@ -327,6 +451,19 @@ class AppliedBed:
             self.lists[which] = dict(new)
 
         self._bans(setup.banned)
+        self._tables(setup)
+
+    def _tables(self, setup: Setup) -> None:
+        """Empty the connection tables, then write the drawn (expired) entries; the grace period."""
+        for name in (MapName.FLOWS, MapName.EMBRYOS):
+            for k in list(self.maps[name].keys()):
+                self.maps[name].delete(k)
+        for k, (table, state, live) in setup.flows.items():
+            exp = _now_ns() + 3600 * 10**9 if live else 1
+            self.maps[MapName.FLOWS if table == "flow" else MapName.EMBRYOS].set(
+                _flow_key_c(k), abi.Flow(exp, FLOW_STATES[state], 0))
+        grace = _now_ns() + 3600 * 10**9 if setup.grace else 0
+        self.maps[MapName.TCPCFG].set(ctypes.c_uint32(0), abi.TcpStateConfig(grace, 0, 0, 0, 0))
 
     def _ports(self, a, old: frozenset, new: frozenset) -> None:
         for proto, port in old - new:
@@ -346,14 +483,16 @@ class AppliedBed:
         st_map = self.maps[MapName.DPSTATE]
         st = st_map.get(ctypes.c_uint32(0))
         if st.flags & abi.DP_HAS_BANS:
-            bans = self.maps[MapName.BANS]
-            for k in list(bans.keys()):
-                bans.delete(k)
+            for name in (MapName.BANS, MapName.OPBANS):
+                bans = self.maps[name]
+                for k in list(bans.keys()):
+                    bans.delete(k)
             st_map.set(ctypes.c_uint32(0), abi.DpState(0))
         if banned:
             until = _now_ns() + 3600 * 10**9
-            for a in banned:
-                self.maps[MapName.BANS].set(policy.src_key(a), abi.Ban(until, 0, int(Reason.FEATURE), 0))
+            for a in banned:  # data-path bans (LRU) and operator bans (hash) by address parity
+                name = MapName.OPBANS if a.packed[-1] & 1 else MapName.BANS
+                self.maps[name].set(policy.src_key(a), abi.Ban(until, 0, int(Reason.FEATURE), 0))
             st_map.set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
 
 
@@ -380,9 +519,17 @@ def examples(draw):
         # Mostly to a protected address of the family, sometimes not (bypass).
         dsts[fam] = st.sampled_from(mine * 4 + DSTS[fam])
     families = st.sampled_from([a.version for a in setup.protected] * 3 + [4, 6])
-    packets = draw(st.lists(frames(setup, families, refl, st.sampled_from(with_payload) if with_payload else None, dsts),
-                            min_size=1, max_size=6))
-    return setup, expiry, packets
+    egress = draw(st.lists(egress_frames(setup), max_size=4))
+    keys = [k for f in egress if (k := egress_key(f, setup)) is not None] + list(setup.flows)
+    hints = st.sampled_from(keys) if keys else None  # (every key: a TCP connection of a protected address)
+    packets = draw(st.lists(frames(setup, families, refl, st.sampled_from(with_payload) if with_payload else None, dsts,
+                                   hints), min_size=1, max_size=6))
+    return setup, expiry, egress, packets
+
+
+def egress_key(frame: bytes, setup: Setup):
+    got = egress_flow(frame, {(a.version, a.packed) for a in setup.protected})
+    return None if got is None else got[0]
 
 
 def _describe(frame: bytes) -> str:
@@ -399,9 +546,15 @@ def _describe(frame: bytes) -> str:
                                  HealthCheck.function_scoped_fixture])
 @given(example=examples())
 def test_xdp_agrees_with_model(applied, example):
-    setup, expiry, packets = example
+    setup, expiry, egress, packets = example
     applied.apply(setup, expiry)
     model = Model(setup)
+    for frame in egress:
+        model.egress(frame)
+        rv, _ = applied.bed.egress(frame)
+        assert rv == 0, "the egress recorder never drops (TC_ACT_OK)"
+    want_tables = {t: {k: (st_, live) for k, (st_, live) in v.items()} for t, v in model.tables.items()}
+    assert table_contents(applied.maps) == want_tables, [_describe(f) for f in egress]
     for i, frame in enumerate(packets):
         want = model.verdict(frame)
         event(f"{want.kind.label} {want.reason.label}")

@@ -145,7 +145,8 @@ def module_bed(lab_module: Lab) -> Bed:
     lab.addr(client, "eth0", "198.18.0.1/24")
     lab.addr(attacker, "eth0", "198.18.0.9/24")
     lab.addr(prot, IFACE, "198.18.0.2/24")
-    srv = lab.popen(prot, PY, "-m", "xdpguard.lab.echo", "serve", "--port", "7", "--duration", "120",
+    # the echo server must outlive the whole module (over 120 s on a loaded machine); the lab stops it
+    srv = lab.popen(prot, PY, "-m", "xdpguard.lab.echo", "serve", "--port", "7", "--duration", "900",
                     stdout=subprocess.PIPE, text=True)
     assert "serving" in srv.stdout.readline()
     mac = json.loads(lab.run(prot, "ip", "-j", "link", "show", IFACE).stdout)[0]["address"]

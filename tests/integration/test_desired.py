@@ -396,3 +396,26 @@ while time.monotonic() < end:
     time.sleep(0.05)
 print(ok, failed)
 """
+
+
+def test_state_of_a_dead_namespace_is_never_adopted(tmp_path: Path):
+    """The kernel hands a dead namespace's inode to the next one: what xdpguard kept under that
+    inode must not become the new namespace's desired state."""
+    from xdpguard.core import state
+    from xdpguard.lab.netns import Lab
+
+    make = ("from xdpguard.core import state; d = state.netns_state_dir(); (d / 'desired.toml').write_text('x');"
+            " print(d)")
+    with Lab() as lab:
+        ns = lab.netns("own")
+        d = Path(lab.run(ns, PY, "-c", make).stdout.strip())
+        assert (d / "desired.toml").exists() and (d / state.OWNER_FILE).exists()
+        # another namespace of this boot owned it: it is removed on first use, not adopted
+        owner = json.loads((d / state.OWNER_FILE).read_text())
+        (d / state.OWNER_FILE).write_text(json.dumps({**owner, "cookie": owner["cookie"] + 1}))
+        lab.run(ns, PY, "-c", "from xdpguard.core import state; state.netns_key()")
+        assert not d.exists()
+        # the lab removes what xdpguard kept for a namespace when it deletes the namespace
+        d = Path(lab.run(ns, PY, "-c", make).stdout.strip())
+        assert d.exists()
+    assert not d.exists()

@@ -83,7 +83,7 @@ class Topo:
 
     def start_echo(self, n: int) -> None:
         srv = self.lab.popen(self.backends[n], PY, "-m", "xdpguard.lab.echo", "serve", "--port", str(BPORT),
-                             "--duration", "120", stdout=subprocess.PIPE, text=True)
+                             "--duration", "600", stdout=subprocess.PIPE, text=True)
         assert "serving" in srv.stdout.readline()
         self.servers[n] = srv
 

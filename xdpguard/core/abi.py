@@ -15,6 +15,7 @@ BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 ABI_HEADER = BPF_DIR / "include" / "abi.h"
 PROGRAM_SOURCE = BPF_DIR / "xdpguard.bpf.c"
 PROGRAM_FUNC = "xdpguard_main"
+EGRESS_FUNC = "xdpguard_egress"  # the tc egress recorder of the TCP state step (tcpstate.h)
 
 
 class Reason(enum.IntEnum):
@@ -31,6 +32,7 @@ class Reason(enum.IntEnum):
     FEATURE = 10
     RATELIMIT = 11
     SYN = 12
+    TCPSTATE = 13
 
     @property
     def label(self) -> str:
@@ -60,6 +62,7 @@ STATS_SLOTS = KIND_MAX * REASON_MAX
 CFG_ENABLED = 1 << 0
 CFG_DROP_FRAGMENTS = 1 << 1
 CFG_REFLECTION = 1 << 2
+CFG_TCPSTATE = 1 << 3  # the tc egress recorder is attached: XDP validates TCP state
 
 FILTERS_MAX = 64
 PAYLOAD_MATCH_MAX = 16
@@ -67,12 +70,14 @@ PAYLOAD_OFF_MAX = 1024
 SOURCES_MAX = 1048576
 BANS_MAX = 262144
 SYNAUTH_MAX = 262144
+OPBANS_MAX = 65536
 
 PROT_BLOCK_TCP = 1 << 1
 PROT_BLOCK_UDP = 1 << 2
 PROT_BLOCK_ICMP = 1 << 3
 PROT_BLOCK_OTHER = 1 << 4
 PROT_PORT_LIMITS = 1 << 5
+PROT_TCPSTATE_OFF = 1 << 6  # TCP state validation off for this address (on while the port policy is)
 
 DP_HAS_BANS = 1 << 0
 
@@ -82,6 +87,13 @@ FB_L3, FB_L4, FB_PAYLOAD = 0, 1, 2
 PROTECTED_MAX = 1024
 LIST_MAX = 2097152
 PORTS_MAX = 262144
+FLOWS_MAX = 262144
+EMBRYOS_MAX = 65536
+IPV6_EXT_MAX = 6
+
+# ---- TCP state validation (tcpstate.h) ----
+FLOW_EST, FLOW_FIN, FLOW_RST, FLOW_SYN = 1, 2, 3, 4
+TS_EST_TIMEOUT_S, TS_FIN_TIMEOUT_S, TS_RST_TIMEOUT_S, TS_SYN_TIMEOUT_S = 10800, 120, 10, 20
 
 PROT_PORT_POLICY = 1 << 0  # xg_protected.flags: only open TCP/UDP ports are reachable
 
@@ -204,6 +216,26 @@ class PortValue(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64)]
 
 
+class FlowKey(ctypes.Structure):
+    _fields_ = [
+        ("client", ctypes.c_uint8 * 16),
+        ("prot", ctypes.c_uint8 * 16),
+        ("client_port", ctypes.c_uint16),
+        ("prot_port", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("reserved", ctypes.c_uint8 * 3),
+    ]
+
+
+class Flow(ctypes.Structure):
+    _fields_ = [("expires_ns", ctypes.c_uint64), ("state", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class TcpStateConfig(ctypes.Structure):
+    _fields_ = [("grace_until_ns", ctypes.c_uint64)] + [
+        (n, ctypes.c_uint32) for n in ("est_timeout_s", "fin_timeout_s", "rst_timeout_s", "syn_timeout_s")]
+
+
 class MapName(str, enum.Enum):
     """Kernel names of the maps (≤ 15 chars); also the file names of their pins."""
 
@@ -224,12 +256,16 @@ class MapName(str, enum.Enum):
     BUCKETS = "xg_bucket_lru"
     DSTBKT = "xg_dstbkt_hash"
     BANS = "xg_ban_lru"
+    OPBANS = "xg_opban_hash"  # operator bans (`ban add`): a plain hash, never evicted
     DPSTATE = "xg_dpstate_arr"
     REFLECT = "xg_reflect_arr"
     FILTERS = "xg_filters_arr"
     SYNWIN = "xg_synwin_arr"
     SYNSEEN = "xg_synseen_lru"
     SYNAUTH = "xg_synauth_hash"
+    FLOWS = "xg_flow_lru"  # tcpstate.h
+    EMBRYOS = "xg_embryo_lru"
+    TCPCFG = "xg_tcpcfg_arr"
     SAMPLE_CFG = "xg_sample_cfg"  # sample.h
     SAMPLE_STATE = "xg_sample_pcpu"
     SAMPLES = "xg_samples"  # ring buffer: no key, no value (BpfMap sees sizes 0/0)
@@ -259,12 +295,16 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.BUCKETS: (SrcKey, Bucket, False),
     MapName.DSTBKT: (PortKey, DstBucket, False),
     MapName.BANS: (SrcKey, Ban, False),
+    MapName.OPBANS: (SrcKey, Ban, False),
     MapName.DPSTATE: (ctypes.c_uint32, DpState, False),
     MapName.REFLECT: (ctypes.c_uint32, ctypes.c_uint8, False),
     MapName.FILTERS: (ctypes.c_uint32, Filter, False),
     MapName.SYNWIN: (ctypes.c_uint32, SynWin, False),
     MapName.SYNSEEN: (SrcKey, SynSeen, False),
     MapName.SYNAUTH: (SrcKey, SynAuth, False),
+    MapName.FLOWS: (FlowKey, Flow, False),
+    MapName.EMBRYOS: (FlowKey, Flow, False),
+    MapName.TCPCFG: (ctypes.c_uint32, TcpStateConfig, False),
     MapName.SAMPLE_CFG: (ctypes.c_uint32, "SampleConfig", False),
     MapName.SAMPLE_STATE: (ctypes.c_uint32, "SampleState", True),
     MapName.SAMPLES: ("NoData", "NoData", False),
@@ -304,6 +344,9 @@ C_STRUCTS: dict[str, type] = {
     "xg_synauth": SynAuth,
     "xg_dpstate": DpState,
     "xg_filter": Filter,
+    "xg_flow_key": FlowKey,
+    "xg_flow": Flow,
+    "xg_tcpstate_config": TcpStateConfig,
 }
 
 

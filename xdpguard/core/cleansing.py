@@ -455,7 +455,7 @@ def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:
     with locked_guard(ifname) as g:
         now = _now_ns()
         policy.sweep_bans(g.maps, now)
-        m = g.maps[abi.MapName.BANS]
+        m = g.maps[abi.MapName.OPBANS]  # never evicted by the data path's bans
         for a in parsed:
             k = policy.src_key(a)
             old = m.get(k)
@@ -472,10 +472,10 @@ def ban_del(ifname: str | None, addrs: list[str]) -> BanResult:
     if not parsed:
         raise UserError("give at least one address")
     with locked_guard(ifname) as g:
-        m = g.maps[abi.MapName.BANS]
         removed, missing = 0, []
         for a in parsed:
-            if m.delete(policy.src_key(a)):
+            k = policy.src_key(a)
+            if g.maps[abi.MapName.OPBANS].delete(k) | g.maps[abi.MapName.BANS].delete(k):
                 removed += 1
             else:
                 missing.append(str(a))

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import dataplane, forward, libbpf, protection, reconcile, state, store
+from . import dataplane, forward, libbpf, protection, reconcile, state, store, tcpstate
 from .config import Desired, InterfaceSpec
 from .errors import UserError
 
@@ -191,6 +191,13 @@ class Reconciler:
         if self.said.get(spec.name, "").startswith("WARNING"):
             self.said.pop(spec.name, None)
         self._hold(spec.name)
+        fixed = tcpstate.repair(iface.index, iface.pin_dir)
+        if fixed:
+            if fixed.startswith("the tc egress recorder was removed; put"):
+                self.repairs += 1
+                self.report(f"{spec.name}: {fixed}")
+            else:
+                self._say(spec.name, f"WARNING: {spec.name}: {fixed}")
         d = iface.pin_dir
         if not (d / protection.PROG_PIN).exists() or not all((d / m.value).exists() for m in protection.MapName):
             with state.iface_lock(iface), protection.Guard.open(iface):

@@ -1,5 +1,9 @@
 """Compile, load and attach the XDP program (bcc); find a running program's maps again.
 
+The same compile also loads the tc egress recorder of the TCP state step (xdpguard_egress,
+sharing the XDP program's maps); `tc_attach/tc_detach/tc_query` put it on the interface's
+clsact egress hook as a direct-action cls_bpf filter through libbpf's bpf_tc_* calls.
+
 Only `attach` compiles. Everything else works from the kernel: the program attached to an
 interface (bpf_xdp_query) leads to its maps (prog id → map ids), so state is always
 rediscoverable even when pins are gone.
@@ -7,18 +11,21 @@ rediscoverable even when pins are gone.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from . import libbpf
-from .abi import BPF_DIR, PROGRAM_FUNC, PROGRAM_SOURCE, MapName
+from .abi import BPF_DIR, EGRESS_FUNC, PROGRAM_FUNC, PROGRAM_SOURCE, MapName
 from .errors import UserError
 
 PROGRAM_KERNEL_NAME = PROGRAM_FUNC[:15]  # kernel program names are 15 chars at most
+EGRESS_KERNEL_NAME = EGRESS_FUNC[:15]
 
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
@@ -66,6 +73,7 @@ class LoadedProgram:
     bpf: object
     prog_fd: int
     map_fds: dict[MapName, int] = field(default_factory=dict)
+    egress_fd: int = -1  # the tc egress recorder (SCHED_CLS), same maps
 
     def close(self) -> None:
         try:
@@ -96,10 +104,11 @@ def compile_program(defines: dict[str, int] | None = None, pin_dir: Path | None 
     try:
         b = bcc.BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
         fn = b.load_func(PROGRAM_FUNC.encode(), bcc.BPF.XDP)
+        eg = b.load_func(EGRESS_FUNC.encode(), bcc.BPF.SCHED_CLS)
     except Exception as exc:
         raise UserError(f"compiling/loading the XDP program failed: {str(exc).strip().splitlines()[-1]}") from None
     fds = {name: b.get_table(name.value.encode()).map_fd for name in MapName}
-    return LoadedProgram(bpf=b, prog_fd=fn.fd, map_fds=fds)
+    return LoadedProgram(bpf=b, prog_fd=fn.fd, map_fds=fds, egress_fd=eg.fd)
 
 
 # ---- attach / detach / query ----
@@ -199,3 +208,100 @@ def map_fds_of_prog(prog_id: int) -> dict[MapName, int]:
         else:
             os.close(fd)
     return out
+
+
+# ---- tc egress (the TCP state recorder): clsact + direct-action cls_bpf via libbpf ----
+
+BPF_TC_EGRESS = 1 << 1  # enum bpf_tc_attach_point
+BPF_TC_F_REPLACE = 1 << 0
+TC_HANDLE = 0x7867  # our filter's handle and priority on the egress hook ("xg")
+TC_PRIORITY = 0x7867
+
+
+class _TcHook(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
+                ("parent", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class _TcOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("prog_fd", ctypes.c_int), ("flags", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32), ("priority", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32)]
+
+
+@lru_cache(maxsize=1)
+def _tc_lib():
+    so = libbpf.lib()
+    hp, op = ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)
+    for name, args in (("bpf_tc_hook_create", [hp]), ("bpf_tc_hook_destroy", [hp]), ("bpf_tc_attach", [hp, op]),
+                       ("bpf_tc_detach", [hp, op]), ("bpf_tc_query", [hp, op])):
+        fn = getattr(so, name)
+        fn.argtypes, fn.restype = args, ctypes.c_int
+    # libbpf prints netlink errors to stderr ("Parent Qdisc doesn't exists" on a query of an
+    # interface without clsact); we turn every error into one message of our own instead.
+    so.libbpf_set_print.argtypes, so.libbpf_set_print.restype = [ctypes.c_void_p], ctypes.c_void_p
+    so.libbpf_set_print(None)
+    return so
+
+
+def _tc_hook(ifindex: int) -> _TcHook:
+    return _TcHook(ctypes.sizeof(_TcHook), ifindex, BPF_TC_EGRESS, 0, 0)
+
+
+def _tc_opts(prog_fd: int = 0, flags: int = 0) -> _TcOpts:
+    return _TcOpts(ctypes.sizeof(_TcOpts), prog_fd, flags, 0, TC_HANDLE, TC_PRIORITY, 0)
+
+
+@dataclass(frozen=True)
+class TcAttachment:
+    prog_id: int
+    prog_name: str
+
+
+def tc_query(ifindex: int) -> TcAttachment | None:
+    """The program of our filter (handle/priority TC_HANDLE/TC_PRIORITY) on the egress hook."""
+    o = _tc_opts()
+    rc = _tc_lib().bpf_tc_query(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(o))
+    if rc < 0:
+        if -rc in (errno.ENOENT, errno.EINVAL, errno.ENODEV):  # no clsact qdisc / no such filter
+            return None
+        raise libbpf.BpfError(-rc, f"tc query: {os.strerror(-rc)}")
+    name = ""
+    try:
+        fd = libbpf.prog_get_fd_by_id(o.prog_id)
+        try:
+            name = libbpf.prog_info(fd)[0].name.decode(errors="replace")
+        finally:
+            os.close(fd)
+    except libbpf.BpfError:
+        pass
+    return TcAttachment(o.prog_id, name)
+
+
+def tc_attach(ifindex: int, prog_fd: int, replace: bool = False) -> None:
+    """Put prog_fd on the egress hook (creating the clsact qdisc when missing). Without
+    `replace` the kernel refuses when our handle/priority is taken (EEXIST)."""
+    so = _tc_lib()
+    hook = _tc_hook(ifindex)
+    rc = so.bpf_tc_hook_create(ctypes.byref(hook))
+    if rc < 0 and -rc != errno.EEXIST:
+        raise libbpf.BpfError(-rc, f"tc clsact qdisc: {os.strerror(-rc)}")
+    o = _tc_opts(prog_fd, BPF_TC_F_REPLACE if replace else 0)
+    rc = so.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(o))
+    if rc < 0:
+        raise libbpf.BpfError(-rc, f"tc egress attach: {os.strerror(-rc)}")
+
+
+def tc_detach(ifindex: int) -> bool:
+    """Remove our egress filter (the clsact qdisc stays: other filters may use it). False when
+    it was not there."""
+    rc = _tc_lib().bpf_tc_detach(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(_tc_opts()))
+    if rc < 0:
+        if -rc in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+            return False
+        raise libbpf.BpfError(-rc, f"tc egress detach: {os.strerror(-rc)}")
+    return True
+
+
+def tc_is_ours(att: TcAttachment | None) -> bool:
+    return att is not None and att.prog_name == EGRESS_KERNEL_NAME

@@ -8,7 +8,7 @@ always rebuilt from the rules of *every* protected interface of the namespace an
 atomic batch (:func:`nat.build_ruleset`); a rejected batch leaves the previous table in place.
 
 While any rule exists in the namespace, ``net.ipv4.ip_forward`` and
-``net.ipv6.conf.all.forwarding`` are 1; their previous values are saved in the state file of the
+``net.ipv6.conf.all.forwarding`` are 1 and ``net.netfilter.nf_conntrack_tcp_loose`` is 0; their previous values are saved in the state file of the
 interface that turned them on (``"forward_sysctl_saved"``) and restored when the last rule goes.
 
 Locking: the interface lock (state file, port map) is taken first, then the namespace-wide NAT
@@ -31,7 +31,11 @@ from .forwarding import Backend, ForwardRule
 FORWARD_KEY = "forward"
 HEALTH_KEY = "forward_health"
 SYSCTL_KEY = "forward_sysctl_saved"
-SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.netfilter.nf_conntrack_tcp_loose")
+# What they are set to while rules exist. tcp_loose 0: conntrack never adopts a mid-stream TCP
+# packet as a new connection (the ACK floods XDP's TCP state step drops, should one get past it).
+SYSCTL_VALUES = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1",
+                 "net.netfilter.nf_conntrack_tcp_loose": "0"}
 NAT_LOCK_NAME = "@nat"  # not a valid interface name to collide with: '@' is never used by us
 DEFAULT_UDP_PROBE = b"ping"
 HEALTH_STATES = ("up", "down", "unknown")
@@ -308,7 +312,7 @@ def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected
                     saved_in, saved = _saved_sysctls(states)
                     if saved is None:
                         new_st[SYSCTL_KEY] = read_sysctls()
-                    write_sysctls({k: "1" for k in SYSCTLS})
+                    write_sysctls({k: v for k, v in SYSCTL_VALUES.items() if _sysctl_path(k).exists()})
             except BaseException:
                 states[g.iface.name] = st
                 apply_rules(applier, states, old_rules)
@@ -316,7 +320,8 @@ def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected
                 raise
             state.write_state(g.iface, new_st)
             if not old_rules:
-                notes.append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding")
+                notes.append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding; "
+                             "net.netfilter.nf_conntrack_tcp_loose=0")
     return ForwardChangeResult(g.iface.name, "add", rule.key, True, notes)
 
 
@@ -402,8 +407,8 @@ def set_rules(g, specs: list[tuple[ForwardRule, bytes | None]], rebuild: bool = 
             _, saved = _saved_sysctls(states)
             if saved is None:
                 new_st[SYSCTL_KEY] = read_sysctls()
-            if not before or any(v != "1" for v in read_sysctls().values()):
-                write_sysctls({k: "1" for k in SYSCTLS})
+            if not before or any(read_sysctls().get(k, v) != v for k, v in SYSCTL_VALUES.items()):
+                write_sysctls({k: v for k, v in SYSCTL_VALUES.items() if _sysctl_path(k).exists()})
                 notes.append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding")
         else:
             notes += _restore_sysctls(states, name, new_st)
@@ -426,7 +431,8 @@ def forwarding_drift() -> list[str]:
             out.append("nft table inet xdpguard is missing")
     except (nat.NftError, RuntimeError) as exc:
         out.append(f"cannot list nft tables: {exc}")
-    out += [f"{k} is {v}, not 1" for k, v in read_sysctls().items() if v != "1"]
+    out += [f"{k} is {v}, not {SYSCTL_VALUES[k]}" for k, v in read_sysctls().items()
+            if k in SYSCTL_VALUES and v != SYSCTL_VALUES[k]]
     return out
 
 

@@ -6,6 +6,11 @@ reason. It is written from the C, step by step, so the differential test
 (tests/bpf/test_differential.py) can hold the two against each other on random policies and
 random (also malformed and truncated) packets.
 
+The TCP state step is modelled with its connection table: `Model.egress(frame)` is the tc
+egress recorder (tcpstate.h) on a frame leaving the protected interface, and XDP admits a non-SYN
+TCP packet only for a live recorded connection (or during the attach grace period). Entries are
+live or expired (Setup.flows); within a model's life nothing expires by itself.
+
 What the model does not do: time. Rate limits and the SYN defence are modelled as "buckets
 full, threshold not reached" — they never drop. Policies fed to the model must use limits that
 are 0 (off) or so high that the traffic of a test cannot reach them; the time-dependent steps
@@ -34,6 +39,10 @@ VLAN_MAX = 2  # XG_VLAN_MAX
 EXPIRED_RETRY = 4  # XG_EXPIRED_RETRY: trie lookups per list per packet
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
 NEXTHDR_FRAGMENT = 44
+NEXTHDR_OPTIONS = (0, 43, 60)  # hop-by-hop, routing, destination options: walked by parse_ip6_ext
+IPV6_EXT_MAX = 6  # XG_IPV6_EXT_MAX
+TCP_FIN, TCP_RST = 0x01, 0x04
+FLOW_EST, FLOW_FIN, FLOW_RST, FLOW_SYN = "est", "fin", "rst", "syn"
 IP_MF, IP_OFFSET = 0x2000, 0x1FFF
 TCP_SYN, TCP_ACK = 0x02, 0x10
 BLOCK_BITS = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp", IPPROTO_ICMPV6: "icmp"}
@@ -60,6 +69,11 @@ class Protected:
     policy: AddressPolicy = AddressPolicy()
     open_ports: frozenset[tuple[str, int]] = frozenset()  # ("tcp" | "udp", port)
     port_limits: Mapping[tuple[str, int], Limits] = field(default_factory=dict)
+    tcpstate: bool = True  # False: XG_PROT_TCPSTATE_OFF (the step needs the port policy on too)
+
+
+# (family, client address bytes, client port, protected address bytes, protected port)
+FlowKey = tuple[int, bytes, int, bytes, int]
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,10 @@ class Setup:
     block: tuple[Listed | Prefix, ...] = ()
     banned: frozenset[IPAddress] = frozenset()  # sources under a live dynamic ban
     enabled: bool = True
+    tcpstate: bool = False  # XG_CFG_TCPSTATE: the egress recorder is attached
+    grace: bool = False  # within the attach grace period: unknown connections pass
+    # Recorded connections before any egress frame: FlowKey → (table, state, live).
+    flows: Mapping[FlowKey, tuple[str, str, bool]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -181,14 +199,100 @@ def parse_headers(frame: bytes, a: Addresses) -> Headers | None:
         return None
     l4proto, ttl = frame[pos + 6], frame[pos + 7]
     pos += 40
-    if l4proto != NEXTHDR_FRAGMENT:
-        return _parse_l4(frame, pos, l4proto, ttl, False)
-    if pos + 8 > n:
+    walked = _walk_ip6_chain(frame, pos, l4proto)
+    if walked is None:
         return None
-    l4proto = frame[pos]
-    if _u16(frame, pos + 2) & 0xFFF8:
-        return Headers(l4proto, ttl, True)
-    return _parse_l4(frame, pos + 8, l4proto, ttl, True)
+    pos, l4proto, frag, frag_nh = walked
+    if frag & 0xFFF8:  # non-first fragment: no L4 header; the protocol is the fragment header's
+        return Headers(frag_nh, ttl, True)
+    return _parse_l4(frame, pos, l4proto, ttl, frag != 0)
+
+
+def _walk_ip6_options(frame: bytes, pos: int, nh: int) -> tuple[int, int] | None:
+    """parse_ip6_ext(): up to IPV6_EXT_MAX hop-by-hop/routing/destination options headers.
+    (position after them, next header), or None: truncated or too long a chain."""
+    n = len(frame)
+    for _ in range(IPV6_EXT_MAX):
+        if nh not in NEXTHDR_OPTIONS:
+            return pos, nh
+        if pos + 2 > n:
+            return None
+        ln = (frame[pos + 1] + 1) * 8
+        if pos + ln > n:
+            return None
+        nh = frame[pos]
+        pos += ln
+    return None if nh in NEXTHDR_OPTIONS else (pos, nh)
+
+
+def _walk_ip6_chain(frame: bytes, pos: int, nh: int) -> tuple[int, int, int, int] | None:
+    """parse_ip6_chain(): up to IPV6_EXT_MAX extension headers in any order. (position after
+    them, next header, fragment word (0x10000 | offset/flags, 0 without a fragment header),
+    the fragment header's next header), or None: truncated or too long a chain."""
+    n = len(frame)
+    frag = frag_nh = 0
+    for _ in range(IPV6_EXT_MAX):
+        if nh == NEXTHDR_FRAGMENT:
+            if pos + 8 > n:
+                return None
+            frag, frag_nh = 0x10000 | _u16(frame, pos + 2), frame[pos]
+            pos += 8
+            nh = 59 if frag & 0xFFF8 else frag_nh
+            continue
+        if nh not in NEXTHDR_OPTIONS:
+            return pos, nh, frag, frag_nh
+        if pos + 2 > n:
+            return None
+        ln = (frame[pos + 1] + 1) * 8
+        if pos + ln > n:
+            return None
+        nh = frame[pos]
+        pos += ln
+    return None if nh in NEXTHDR_OPTIONS or nh == NEXTHDR_FRAGMENT else (pos, nh, frag, frag_nh)
+
+
+def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
+    """ts_egress()'s parse: (connection key, TCP flags) of a TCP segment leaving from a
+    protected address (`protected`: a set of (family, address bytes)), else None."""
+    n = len(frame)
+    if n < ETH_HLEN:
+        return None
+    pos, proto = ETH_HLEN, _u16(frame, 12)
+    for _ in range(VLAN_MAX):
+        if proto not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        if pos + 4 > n:
+            return None
+        proto = _u16(frame, pos + 2)
+        pos += 4
+    if proto == ETH_P_IP:
+        if pos + 20 > n:
+            return None
+        hlen = (frame[pos] & 0x0F) * 4
+        if hlen < 20 or pos + hlen > n or frame[pos + 9] != IPPROTO_TCP or _u16(frame, pos + 6) & IP_OFFSET:
+            return None
+        fam, src, dst = 4, bytes(frame[pos + 12:pos + 16]), bytes(frame[pos + 16:pos + 20])
+        if (fam, src) not in protected:
+            return None
+        pos += hlen
+    elif proto == ETH_P_IPV6:
+        if pos + 40 > n:
+            return None
+        fam, src, dst = 6, bytes(frame[pos + 8:pos + 24]), bytes(frame[pos + 24:pos + 40])
+        if (fam, src) not in protected:
+            return None
+        walked = _walk_ip6_options(frame, pos + 40, frame[pos + 6])
+        if walked is None or walked[1] != IPPROTO_TCP:
+            return None
+        pos = walked[0]
+    else:
+        return None
+    if pos + 20 > n:
+        return None
+    hlen = (frame[pos + 12] >> 4) * 4
+    if hlen < 20 or pos + hlen > n:
+        return None
+    return (fam, dst, _u16(frame, pos + 2), src, _u16(frame, pos)), frame[pos + 13]
 
 
 # ---- the pipeline ----
@@ -269,6 +373,51 @@ class Model:
         self.allow = _List(setup.allow)
         self.block = _List(setup.block)
         self.bans: set[tuple[int, bytes]] = {(a.version, a.packed) for a in setup.banned}
+        # xg_flow_lru / xg_embryo_lru: key → [state, live]
+        self.tables: dict[str, dict[FlowKey, list]] = {"flow": {}, "embryo": {}}
+        for k, (table, state, live) in setup.flows.items():
+            self.tables[table][k] = [state, live]
+
+    def egress(self, frame: bytes) -> None:
+        """ts_egress()/ts_record(): what the tc recorder writes for one leaving frame. Live
+        entries stay live (nothing expires in a model), expired ones come back to life when
+        refreshed."""
+        got = egress_flow(bytes(frame), set(self.protected))
+        if got is None:
+            return
+        k, flags = got
+        flows, embryos = self.tables["flow"], self.tables["embryo"]
+        f = flows.get(k)
+        if flags & TCP_RST:
+            if f is not None and f[0] != FLOW_RST:  # an entry already in RST only keeps its expiry
+                flows[k] = [FLOW_RST, True]
+            e = embryos.get(k)
+            if e is not None and e[1] and e[0] != FLOW_RST:  # only a later expiry is shortened
+                embryos[k] = [FLOW_RST, True]
+            return
+        if flags & TCP_SYN:
+            if f is not None:
+                flows[k] = [FLOW_EST, True]
+            else:
+                embryos[k] = [FLOW_SYN, True]
+            return
+        state = FLOW_FIN if flags & TCP_FIN or (f is not None and f[0] == FLOW_FIN) else FLOW_EST
+        flows[k] = [state, True]
+        if f is None:
+            embryos.pop(k, None)
+
+    def _tcpstate_ok(self, a: Addresses, h: Headers, prot: Protected) -> bool:
+        """step_tcpstate(): True when the packet may pass."""
+        if not self.setup.tcpstate or not h.has_l4 or h.l4proto != IPPROTO_TCP or is_syn(h):
+            return True
+        if not prot.open_ports or not prot.tcpstate:
+            return True
+        k = (a.family, a.src, h.sport, a.dst, h.dport)
+        for table in ("flow", "embryo"):
+            e = self.tables[table].get(k)
+            if e is not None and e[1]:
+                return True
+        return self.setup.grace
 
     def verdict(self, frame: bytes) -> ModelVerdict:
         action, reason = self._decide(bytes(frame))
@@ -299,8 +448,8 @@ class Model:
         return ("pass", Reason.CLEAN) if r is None else ("drop", r)
 
     def _steps(self, frame: bytes, a: Addresses, h: Headers, prot: Protected, src) -> Reason | None:
-        """policy_steps(): fragments, protocol, port, reflection, feature filters; rate limits
-        and the SYN defence never drop in the model."""
+        """policy_steps(): fragments, protocol, port, reflection, feature filters, TCP state;
+        rate limits and the SYN defence never drop in the model."""
         g = self.setup.global_
         if h.is_frag and g.drop_fragments:
             return Reason.FRAGMENT
@@ -318,9 +467,11 @@ class Model:
                 continue
             if f.action == "pass":
                 return None  # skips the rate limits and the SYN defence
-            if f.action == "drop-ban" and f.ban_s:
-                self.bans.add(src)
+            if f.action == "drop-ban" and f.ban_s and not g.monitor_mask >> Reason.FEATURE & 1:
+                self.bans.add(src)  # (a monitored reason bans nobody: monitor mode has no side effects)
             return Reason.FEATURE
+        if not self._tcpstate_ok(a, h, prot):
+            return Reason.TCPSTATE
         return None
 
 

@@ -276,7 +276,7 @@ def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
     cur = m.get(k)
     if cur is None:
         raise UserError(f"{addr} is not a protected address")
-    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS)
+    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF)
     flags = keep | sum(PROTOCOLS[p] for p in pol.blocked)
     m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
 
@@ -388,7 +388,7 @@ def src_key(addr) -> abi.SrcKey:
 
 def read_bans(maps, now_ns: int) -> list[BanView]:
     out = []
-    for k, v in maps[abi.MapName.BANS].items():
+    for k, v in [*maps[abi.MapName.OPBANS].items(), *maps[abi.MapName.BANS].items()]:
         if v.expires_ns <= now_ns:
             continue
         raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
@@ -402,13 +402,16 @@ def read_bans(maps, now_ns: int) -> list[BanView]:
 
 def sweep_bans(maps, now_ns: int) -> int:
     """Delete expired bans; clear the data path's has-bans flag when none is left."""
-    m = maps[abi.MapName.BANS]
-    dead = [k for k, v in m.items() if v.expires_ns <= now_ns]
-    for k in dead:
-        m.delete(k)
-    if not any(True for _ in m.keys()):
+    dead = 0
+    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
+        m = maps[name]
+        gone = [k for k, v in m.items() if v.expires_ns <= now_ns]
+        for k in gone:
+            m.delete(k)
+        dead += len(gone)
+    if not any(True for name in (abi.MapName.OPBANS, abi.MapName.BANS) for _ in maps[name].keys()):
         st = maps[abi.MapName.DPSTATE]
         cur = st.get(ctypes.c_uint32(0))
         if cur is not None and cur.flags & abi.DP_HAS_BANS:
             st.set(ctypes.c_uint32(0), abi.DpState(cur.flags & ~abi.DP_HAS_BANS))
-    return len(dead)
+    return dead

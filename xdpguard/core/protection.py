@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataplane, forwarding, libbpf, policy, state, vocab
+from . import dataplane, forwarding, libbpf, policy, state, tcpstate, vocab
 from .abi import (
     ABI_VERSION,
     CFG_ENABLED,
@@ -531,6 +531,7 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
             maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(slot))
         pin_maps(iface, lp.map_fds)
         libbpf.obj_pin(lp.prog_fd, str(iface.pin_dir / PROG_PIN))
+        libbpf.obj_pin(lp.egress_fd, str(iface.pin_dir / tcpstate.EGRESS_PIN))
         try:
             took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att if force else None)
         except BaseException:
@@ -538,6 +539,7 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
             raise
         if note:
             notes.append(note)
+        notes += tcpstate.start(iface.index, lp.egress_fd, maps)
         new = dataplane.query(iface.index)
         prog_id = new.prog_id if new else 0
         state.write_state(iface, {
@@ -616,6 +618,8 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
             if pin.exists():
                 pin.unlink()
             libbpf.obj_pin(lp.prog_fd, str(pin))
+            tcpstate.pin_egress(iface.pin_dir, lp.egress_fd)
+            swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
             new = dataplane.query(iface.index)
             st = state.read_state(iface) or {}
             st.update(prog_id=new.prog_id if new else 0, program_sha256=dataplane.program_sha256(defines),
@@ -625,7 +629,7 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
             lp.close()
     kept = sum(1 for n in new_ids if n in old_ids and n not in ring)
     return UpgradeResult(ifname, "upgraded", att.prog_id, new.prog_id if new else 0, kept,
-                         sorted(n.value for n in new_ids if n not in old_ids))
+                         sorted(n.value for n in new_ids if n not in old_ids), swap_notes)
 
 
 def detach(ifname: str) -> DetachResult:
@@ -637,7 +641,7 @@ def detach(ifname: str) -> DetachResult:
 
 
 def detach_locked(iface: state.Iface, notes: list[str] | None = None) -> DetachResult:
-    notes = list(notes or [])
+    notes = list(notes or []) + tcpstate.stop(iface.index)
     att = dataplane.query(iface.index)
     had_state = iface.state_file.exists() or iface.pin_dir.exists()
     if not dataplane.is_ours(att):

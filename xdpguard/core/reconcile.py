@@ -17,6 +17,7 @@ import ctypes
 import ipaddress
 import json
 import socket
+import struct
 from dataclasses import asdict, dataclass, field, replace
 
 from . import abi, config, dataplane, events, forward, policy, protection, state, store, vocab
@@ -34,12 +35,24 @@ def _as_dict(obj) -> dict:
 # ---- reading what is realised ----
 
 
+_LIST_VALUE = struct.Struct("<QQII")  # abi.ListEntry: hits, expires_ns, prefixlen, reserved
+
+
 def _permanent(g: protection.Guard, which: str) -> frozenset[Prefix]:
-    out = set()
+    """The list's entries without an expiry (entries with one are dynamic), from raw batch dumps."""
+    out: set[Prefix] = set()
+    vs = _LIST_VALUE.size
     for fam, m in g.list_maps(which):
-        for k, v in m.items():
-            if not v.expires_ns:
-                out.add(protection._key_prefix(k, fam))
+        keys, values, n = m.dump_raw()
+        alen = 4 if fam == 4 else 16
+        ks = len(keys) // n if n else 0
+        host = ks == alen  # exact hashes are keyed by the bare address; tries by (prefixlen, addr)
+        for i in range(n):
+            _, expires, plen, _ = _LIST_VALUE.unpack_from(values, i * vs)
+            if expires:
+                continue
+            addr = keys[i * ks: i * ks + ks] if host else keys[i * ks + 4: i * ks + 4 + alen]
+            out.add(Prefix(fam, addr, plen))
     return frozenset(out)
 
 
@@ -81,15 +94,16 @@ def export_iface(name: str, lists: bool = True) -> InterfaceSpec | None:
 def export_live() -> Desired:
     """Every interface xdpguard protects in this namespace, plus the stored daemon settings."""
     state.require_root()
+    stored = store.load()
     specs = []
-    for name in protection_ifaces():
+    for name in sorted(set(state.protected_ifaces()) | {i.name for i in stored.interfaces}):
         try:
             spec = export_iface(name)
         except UserError:
             continue  # the interface went away
         if spec is not None:
             specs.append(spec)
-    return Desired(tuple(sorted(specs, key=lambda s: s.name)), store.load().daemon)
+    return Desired(tuple(sorted(specs, key=lambda s: s.name)), stored.daemon)
 
 
 def protection_ifaces() -> list[str]:

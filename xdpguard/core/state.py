@@ -36,10 +36,68 @@ def run_root() -> Path:
     return Path(os.environ.get("XDPGUARD_RUN_DIR", "/run/xdpguard"))
 
 
+SO_NETNS_COOKIE = 71  # socket option (Linux 5.14): a namespace id never reused while the system runs
+OWNER_FILE = ".owner"
+_claimed: set[str] = set()
+
+
 def netns_key() -> str:
-    """Identifies the network namespace this process is in (inode of /proc/self/ns/net)."""
-    st = os.stat("/proc/self/ns/net")
-    return f"net-{st.st_ino}"
+    """Identifies the network namespace this process is in (inode of /proc/self/ns/net). The
+    kernel reuses the inode of a namespace that died, so the first call per process also checks
+    that what is kept under that key belongs to this namespace (claim_netns)."""
+    key = f"net-{os.stat('/proc/self/ns/net').st_ino}"
+    if key not in _claimed:
+        _claimed.add(key)
+        claim_netns(key)
+    return key
+
+
+def _netns_owner() -> dict:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        cookie = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return {"cookie": cookie, "boot_id": boot}
+
+
+def claim_netns(key: str) -> None:
+    """State, pins and locks under `key` left by another namespace of this boot (same inode, other
+    cookie) are removed, not adopted. After a reboot the cookie differs too, but then the state is
+    the root namespace's own (it survives reboots) and is kept."""
+    d = state_root() / key
+    try:
+        owner = json.loads((d / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    me = _netns_owner()
+    if owner.get("boot_id") == me["boot_id"] and owner.get("cookie") != me["cookie"]:
+        forget_netns(key)
+
+
+def forget_netns(key: str) -> list[Path]:
+    """Remove everything xdpguard keeps for the namespace `key` (net-<ino>): state, desired state,
+    pins, locks. For a namespace that is going away (the lab deletes its namespaces with it).
+    Returns the directories that existed."""
+    gone = [d for d in (state_root() / key, bpffs_root() / key) if d.exists()]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+    for lock in (run_root() / "locks").glob(f"{key}.*"):
+        try:
+            lock.unlink()
+        except OSError:
+            pass
+    return gone
+
+
+def netns_state_dir() -> Path:
+    """This namespace's state directory, created root-only and marked as this namespace's."""
+    d = private_dir(state_root() / netns_key())
+    owner = d / OWNER_FILE
+    if not owner.exists():
+        write_durably(owner, (json.dumps(_netns_owner()) + "\n").encode())
+    return d
 
 
 @dataclass(frozen=True)
@@ -153,7 +211,7 @@ def write_durably(path: Path, data: bytes) -> None:
 
 def write_state(iface: Iface, state: dict) -> None:
     private_dir(state_root())
-    private_dir(iface.state_file.parent)
+    netns_state_dir()
     write_durably(iface.state_file, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -162,8 +220,16 @@ def remove_state(iface: Iface) -> None:
         iface.state_file.unlink()
     except FileNotFoundError:
         pass
+    drop_netns_dir_if_empty()
+
+
+def drop_netns_dir_if_empty() -> None:
+    """Leave nothing behind: the namespace's directory goes when only its owner mark is left."""
+    d = state_root() / netns_key()
     try:
-        iface.state_file.parent.rmdir()
+        if {p.name for p in d.iterdir()} <= {OWNER_FILE}:
+            (d / OWNER_FILE).unlink(missing_ok=True)
+            d.rmdir()
     except OSError:
         pass
 

@@ -102,16 +102,17 @@ def save(desired: Desired, source: str | None = None, source_sha256: str | None 
                 p.unlink()
             except FileNotFoundError:
                 pass
-        for d in (lists_dir(), _dir()):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+        try:
+            lists_dir().rmdir()
+        except OSError:
+            pass
+        state.drop_netns_dir_if_empty()
         return Meta(None, None, old.generation + 1)
     meta = Meta(old.source if keep_source and source is None else source,
                 old.source_sha256 if keep_source and source_sha256 is None else source_sha256,
                 old.generation + 1)
     state.private_dir(state.state_root())
+    state.netns_state_dir()
     state.private_dir(lists_dir())
     files = {}
     for spec in desired.interfaces:

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from . import dataplane, libbpf
-from .abi import CFG_ENABLED, KIND_MAX, REASON_MAX, Config, Kind, MapName, Reason
+from .abi import CFG_ENABLED, CFG_TCPSTATE, KIND_MAX, REASON_MAX, Config, Kind, MapName, Reason, TcpStateConfig
 from .maps import BpfMap
 from .prefixes import parse_prefix
 
@@ -96,6 +96,19 @@ class TestBed:
         """(XDP return code, mean ns per run)."""
         rv, _, dur = libbpf.prog_test_run(self.prog.prog_fd, packet, repeat=repeat)
         return rv, dur
+
+    def egress(self, packet: bytes, repeat: int = 1) -> tuple[int, int]:
+        """Run the tc egress recorder on one frame leaving the protected interface:
+        (tc return code, mean ns per run). It records connections into the shared maps."""
+        rv, _, dur = libbpf.prog_test_run(self.prog.egress_fd, bytes(packet), repeat=repeat)
+        return rv, dur
+
+    def tcpstate(self, on: bool = True, grace_until_ns: int = 0) -> None:
+        """Switch TCP state validation as attach does once the recorder is attached."""
+        cfg = self.maps[MapName.CONFIG].get(ctypes.c_uint32(0))
+        cfg.flags = (cfg.flags | CFG_TCPSTATE) if on else (cfg.flags & ~CFG_TCPSTATE)
+        self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
+        self.maps[MapName.TCPCFG].set(ctypes.c_uint32(0), TcpStateConfig(grace_until_ns, 0, 0, 0, 0))
 
     def verdict(self, packet: bytes) -> Verdict:
         before = self.counters()

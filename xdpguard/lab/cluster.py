@@ -425,13 +425,8 @@ def down() -> dict:
     for n in present:
         topo._run(["ip", "netns", "del", n], check=False)
         removed.append(n)
-    for key in keys.values():
-        for dd in (xgstate.bpffs_root() / key, xgstate.state_root() / key):
-            if dd.exists():
-                shutil.rmtree(dd, ignore_errors=True)
-        locks = xgstate.run_root() / "locks"
-        for lock in locks.glob(f"{key}.*") if locks.is_dir() else []:
-            lock.unlink(missing_ok=True)
+    for key in keys.values():  # what a detach that never ran would have removed
+        notes += [f"removed leftover {dd}" for dd in xgstate.forget_netns(key)]
     shutil.rmtree(run_dir(name), ignore_errors=True)
     return {"name": name, "removed_namespaces": removed, "killed_pids": sorted(set(killed)), "notes": notes}
 

@@ -21,6 +21,8 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from xdpguard.core import state
+
 log = logging.getLogger(__name__)
 
 #: Every lab namespace is named f"{NS_PREFIX}{prefix}-{pid}-{n}", so leftovers are easy to find.
@@ -218,7 +220,12 @@ class Lab:
     def _delete_netns(self, name: str) -> None:
         if name in self._namespaces:
             self._namespaces.remove(name)
-        if os.path.exists(os.path.join(NETNS_DIR, name)):
+        path = os.path.join(NETNS_DIR, name)
+        if os.path.exists(path):
+            try:  # what xdpguard kept for this namespace goes with it (the kernel reuses its inode)
+                state.forget_netns(f"net-{os.stat(path).st_ino}")
+            except OSError:
+                pass
             self._quiet(["ip", "netns", "del", name])
 
     def veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:

@@ -377,13 +377,7 @@ def down() -> LabDownResult:
             _run(["ip", "netns", "del", ns[role]], check=False)
             removed.append(ns[role])
     if prot_key:  # what a detach that never ran would have removed
-        for d in (xgstate.bpffs_root() / prot_key, xgstate.state_root() / prot_key):
-            if d.exists():
-                shutil.rmtree(d, ignore_errors=True)
-                notes.append(f"removed leftover {d}")
-        locks = xgstate.run_root() / "locks"
-        for lock in locks.glob(f"{prot_key}.*") if locks.is_dir() else []:
-            lock.unlink(missing_ok=True)
+        notes += [f"removed leftover {d}" for d in xgstate.forget_netns(prot_key)]
     shutil.rmtree(state_file(name).parent / f"{name}-logs", ignore_errors=True)
     state_file(name).unlink(missing_ok=True)
     return LabDownResult(name, removed, sorted(set(killed)), notes)

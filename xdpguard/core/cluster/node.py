@@ -180,8 +180,7 @@ class NodeAgent:
                 "bans": {a: {"ttl": b.ttl_s, "reason": b.reason, "node": b.node, "expires": b.expires}
                          for a, b in sorted(self.store_bans.items())}}
         path = self.snapshot_path()
-        state.private_dir(state.state_root())
-        state.private_dir(path.parent)
+        state.netns_state_dir()  # created root-only and marked as this namespace's
         state.write_durably(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
         self._snapshot_saved = self.applied_revision
 
