@@ -273,13 +273,13 @@ import json, sys, time, ipaddress
 from xdpguard.core import abi, policy, protection, state
 addrs = json.loads(sys.argv[1]); out = sys.argv[2]; end = time.monotonic() + float(sys.argv[3])
 g = protection.Guard.open(state.resolve_iface("xgp0"))
-m = g.maps[abi.MapName.BANS]
+maps = [g.maps[n] for n in (abi.MapName.OPBANS, abi.MapName.BANS) if n in g.maps]  # operator bans, data path bans
 seen = {}
 keys = {a: policy.src_key(ipaddress.ip_address(a)) for a in addrs}
 open(out + ".ready", "w").close()
 while len(seen) < len(addrs) and time.monotonic() < end:
     for a, k in keys.items():
-        if a not in seen and m.get(k) is not None:
+        if a not in seen and any(m.get(k) is not None for m in maps):
             seen[a] = time.time()
     time.sleep(0.001)
 json.dump(seen, open(out, "w"))
@@ -338,13 +338,14 @@ import json, sys, time, ipaddress
 from xdpguard.core import abi, policy, protection, state
 addr, out, end = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
 g = protection.Guard.open(state.resolve_iface("xgp0"))
-m, k = g.maps[abi.MapName.BANS], policy.src_key(ipaddress.ip_address(addr))
+maps = [g.maps[n] for n in (abi.MapName.OPBANS, abi.MapName.BANS) if n in g.maps]
+k = policy.src_key(ipaddress.ip_address(addr))
 seen = gone = None
 open(out + ".ready", "w").close()
 while gone is None and time.monotonic() < end:
     now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    v = m.get(k)
-    present = v is not None and v.expires_ns > now_ns  # an expired entry no longer drops
+    vs = [m.get(k) for m in maps]
+    present = any(v is not None and v.expires_ns > now_ns for v in vs)  # an expired entry no longer drops
     if present and seen is None:
         seen = time.time()
     elif not present and seen is not None:
