@@ -535,6 +535,8 @@ def _events(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> ev
         ld.fail(path + ("hold",), "must be 0 to 86400 seconds")
         hold = events.DEFAULT_HOLD_S
     hook = ld.get(d, "hook", path, "str", None) or None
+    if hook is not None:  # checked now (split, program executable), not when an attack starts
+        hook = ld.guard(path + ("hook",), lambda: vocab.parse_hook(hook, "hook"), None)
     return events.EventConfig(default, addrs, float(hold), hook)
 
 

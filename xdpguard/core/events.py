@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import state
+from . import state, vocab
 from .errors import UserError
 
 STATE_KEY = "attack"
@@ -128,17 +128,7 @@ def set_config(iface: state.Iface, update: Callable[[EventConfig], EventConfig])
     return cfg
 
 
-def parse_rate(text: str, what: str) -> float:
-    """'1000', '10k', '1.5M', '2G' → a number (0 switches the threshold off)."""
-    t = str(text).strip()
-    mult = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:].lower(), 1)
-    try:
-        v = float(t[:-1] if mult != 1 else t) * mult
-    except ValueError:
-        raise UserError(f"invalid {what} '{text}': use a number, optionally with k, M or G") from None
-    if v < 0:
-        raise UserError(f"invalid {what} '{text}': must not be negative")
-    return v
+parse_rate = vocab.parse_rate  # '1000', '10k', '1.5M', '2G'; finite, ≥ 0 (0 switches a threshold off)
 
 
 # ---- events ----

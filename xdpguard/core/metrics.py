@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from xdpguard import __version__
 
-from . import forward, protection, sampling, state
+from . import forward, protection, sampling, state, vocab
 from .errors import UserError
 
 ATTACK_NONE: Callable[[], dict[tuple[str, str], bool]] = lambda: {}
@@ -118,20 +118,8 @@ class XdpguardCollector:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """'127.0.0.1:9477', '[::1]:9477' or ':9477' (loopback) → (host, port)."""
-    t = text.strip()
-    if t.startswith("["):
-        host, _, port = t[1:].partition("]:")
-    else:
-        host, _, port = t.rpartition(":")
-    host = host or "127.0.0.1"
-    try:
-        p = int(port)
-    except ValueError:
-        raise UserError(f"invalid --metrics '{text}': use HOST:PORT") from None
-    if not 1 <= p <= 65535:
-        raise UserError(f"invalid --metrics '{text}': port {p} is outside 1-65535")
-    return host, p
+    """'127.0.0.1:9477', '[::1]:9477' or ':9477' (loopback) → (host, port); not resolved."""
+    return vocab.parse_listen(text, "--metrics", resolve=False)
 
 
 def serve(listen: str, collector: XdpguardCollector):
@@ -142,4 +130,7 @@ def serve(listen: str, collector: XdpguardCollector):
     host, port = parse_listen(listen)
     reg = CollectorRegistry(auto_describe=False)
     reg.register(collector)
-    return start_http_server(port, addr=host, registry=reg)
+    try:
+        return start_http_server(port, addr=host, registry=reg)
+    except OSError as exc:  # gaierror (a name that stopped resolving), EADDRINUSE, EADDRNOTAVAIL, EACCES
+        raise UserError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None

@@ -59,7 +59,7 @@ def _parse(s: str, text: str) -> tuple[Prefix, bool]:
         fam, af, bits, full = 4, socket.AF_INET, 32, _MASK4
     try:
         packed = socket.inet_pton(af, addr_s)
-    except OSError:
+    except (OSError, ValueError, UnicodeEncodeError):  # ValueError: a NUL byte; UnicodeEncodeError: not UTF-8
         raise UserError(f"invalid CIDR '{text}': '{addr_s}' is not an IPv{fam} address") from None
     if slash:
         if not (plen_s.isascii() and plen_s.isdigit()) or len(plen_s) > 3:
