@@ -333,10 +333,19 @@ def read_log(path: Path | None = None, iface: str | None = None, this_netns: boo
 
 
 class HookRunner:
-    """Runs the hook command (no shell: split like a shell would) with the event on stdin."""
+    """Runs the hook command (no shell: split like a shell would) with the event on stdin.
+
+    A hook can never stop detection: a command that does not split, a program that is gone or
+    not executable, a hook that fails or hangs (killed after HOOK_TIMEOUT_S) is recorded in
+    `error` and otherwise ignored. (Set-time validation, vocab.parse_hook, refuses most of
+    these; a state file edited by hand or a program removed later still gets here.)"""
 
     def __init__(self, command: str | None):
-        self.argv = shlex.split(command) if command else None
+        self.error: str | None = None
+        try:
+            self.argv = shlex.split(command) if command else None
+        except ValueError as exc:
+            self.argv, self.error = None, f"hook {command!r} not run: {exc}"
         self.running: list[subprocess.Popen] = []
 
     def __call__(self, phase: str, ev: AttackEvent) -> None:
@@ -347,7 +356,8 @@ class HookRunner:
         try:
             p = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        except OSError:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: a NUL byte in argv
+            self.error = f"hook {self.argv[0]!r} not run: {getattr(exc, 'strerror', None) or exc}"
             return
         try:
             p.stdin.write(json.dumps({"phase": phase, **ev.to_dict()}).encode())
@@ -442,7 +452,10 @@ class DetectionLoop:
     def _sink(self, name: str):
         def sink(phase: str, ev: AttackEvent) -> None:
             append_log(ev)
-            self.hooks[name](phase, ev)
+            hook = self.hooks[name]
+            hook(phase, ev)
+            if hook.error is not None:
+                self.errors[name] = hook.error
             self.report(phase, ev)
         return sink
 
@@ -490,6 +503,10 @@ class DetectionLoop:
                 self.errors.pop(name, None)
             except (UserError, OSError) as exc:
                 self.errors[name] = str(getattr(exc, "message", exc))
+                self._drop(name)
+                time.sleep(per)
+            except Exception as exc:  # detection of the other interfaces, and of this one next round, goes on
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
                 self._drop(name)
                 time.sleep(per)
 
