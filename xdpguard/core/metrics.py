@@ -4,6 +4,7 @@ counting a hash/LRU map walks it (262k entries for a full ban map), so they are 
 SIZES_MAX_AGE_S; a scrape then walks no map most of the time, and each list map is counted
 at most once per SIZES_MAX_AGE_S however often Prometheus scrapes. The ban LRU is counted
 with batch lookups (BpfMap.count, ~12x faster than a walk).
+
 Every exported family is declared once in METRICS (name, type, help, labels); the alerting and
 recording rules in deploy/prometheus/ and the dashboard in deploy/grafana/ use only these
 names, and tests/unit/test_dashboard.py checks it. Names follow Prometheus' conventions:
