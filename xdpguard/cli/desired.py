@@ -13,7 +13,7 @@ from xdpguard.core import capture, protection, reconcile, state
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json
-from .params import OUT_FILE
+from .params import IN_FILE, OUT_FILE
 
 
 def record_iface(name: str, lists: bool = False) -> None:
@@ -31,7 +31,7 @@ def config_path(path: str | None) -> str:
     return p
 
 
-_file = click.option("-f", "--file", "path", default=None, metavar="FILE",
+_file = click.option("-f", "--file", "path", type=IN_FILE, default=None, metavar="FILE",
                      help="Config file (default $XDPGUARD_CONFIG or /etc/xdpguard/xdpguard.toml).")
 _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 

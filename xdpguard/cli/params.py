@@ -118,7 +118,8 @@ class HookType(VocabType):
 
 
 class InFileType(VocabType):
-    """An existing regular file (or a FIFO, e.g. <(…)) to read; never a directory."""
+    """An existing regular file (or a FIFO, e.g. <(…)) to read; never a directory or a device
+    (/dev/zero would be read forever)."""
 
     name = "FILE"
 
@@ -132,6 +133,8 @@ class InFileType(VocabType):
             raise UserError(f"cannot read {path}: {exc.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             raise UserError(f"cannot read {path}: it is a directory")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+            raise UserError(f"cannot read {path}: not a regular file")
         return path
 
 

@@ -14,7 +14,7 @@ from xdpguard.core import config, daemon, events, health, protection
 from xdpguard.core.errors import UserError
 
 from .output import console
-from .params import HOOK, LISTEN, RATE, TEXT, SecondsType
+from .params import HOOK, IN_FILE, LISTEN, RATE, SecondsType
 
 
 @click.command()
@@ -41,7 +41,7 @@ from .params import HOOK, LISTEN, RATE, TEXT, SecondsType
               metavar="SECONDS", help="Seconds between two sweeps of expired list entries and bans.")
 @click.option("--hook", type=HOOK, default=None, metavar="COMMAND",
               help="Override: run COMMAND on event start/end with the event JSON on stdin.")
-@click.option("--config", "config_path", type=TEXT, default=None, metavar="FILE",
+@click.option("--config", "config_path", type=IN_FILE, default=None, metavar="FILE",
               help="Own the desired state of FILE: restore it at start (after a reboot), repair drift, "
                    "re-read it on SIGHUP. Its [daemon] section sets the options not given here.")
 @click.option("--reconcile-interval", type=SecondsType(0.1, 60), default=0.5, show_default=True,

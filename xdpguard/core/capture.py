@@ -39,10 +39,10 @@ def create_output(path: str | Path, overwrite: bool = False) -> int:
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST and os.path.islink(path)):
+            raise UserError(f"cannot write {path}: it is a symbolic link; not following it") from None
         if exc.errno == errno.EEXIST:
             raise UserError(f"cannot write {path}: it exists (give --overwrite to replace it)") from None
-        if exc.errno == errno.ELOOP:
-            raise UserError(f"cannot write {path}: it is a symbolic link; not following it") from None
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device: not a capture file
         os.close(fd)
