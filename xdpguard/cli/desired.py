@@ -13,7 +13,7 @@ from xdpguard.core import capture, protection, reconcile, state
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json
-from .params import IN_FILE, OUT_FILE
+from .params import IFACE, IN_FILE, OUT_FILE
 
 
 def record_iface(name: str, lists: bool = False) -> None:
@@ -104,7 +104,7 @@ def export(out, overwrite, as_json):
 
 
 @click.command()
-@click.argument("iface", required=False)
+@click.argument("iface", type=IFACE, required=False)
 @click.option("--force", is_flag=True, help="Swap even when the attached program is already this version.")
 @_json
 def upgrade(iface, force, as_json):

@@ -10,6 +10,7 @@ from rich.table import Table
 from xdpguard.core import events as core
 from xdpguard.core import protection, state, vocab
 from xdpguard.core.errors import UserError
+from xdpguard.core.prefixes import parse_address
 from xdpguard.core.abi import Reason
 
 from .output import console, emit_json, human_bytes
@@ -83,13 +84,11 @@ def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
 @_json
 def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, iface, as_json):
     """Set thresholds; unspecified values keep their current setting."""
-    st_iface = state.resolve_iface(protection.pick_iface(iface))
-    state.require_root()
-    if protected is not None:
-        from xdpguard.core.prefixes import parse_address
-
+    if protected is not None:  # every value is checked before the interface is looked at
         protected = str(parse_address(protected, "protected address"))
     extra = _reason_opt(reasons)
+    st_iface = state.resolve_iface(protection.pick_iface(iface))
+    state.require_root()
 
     def update(cfg: core.EventConfig) -> core.EventConfig:
         cur = cfg.addresses.get(protected, cfg.default) if protected else cfg.default
