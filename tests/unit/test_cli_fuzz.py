@@ -481,3 +481,16 @@ def test_config_loader_validates_the_hook(world):
     with pytest.raises(config.ConfigError) as exc:
         config.load(world.p("bad.toml"))
     assert any("hook" in p and ":" in p for p in exc.value.problems), exc.value.problems
+
+
+def test_environment_lists_every_variable_the_code_reads():
+    """ENVIRONMENT (printed by --help, checked as text by run) names each variable the code
+    reads; XDPGUARD_EVENT_* are only set, for hooks."""
+    import re
+
+    root = Path(cli_main.__file__).resolve().parents[1]
+    read = set()
+    for f in root.rglob("*.py"):
+        read |= set(re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z_]+)["']""", f.read_text()))
+        read |= set(re.findall(r"""os\.getenv\(\s*["']([A-Z_]+)["']""", f.read_text()))
+    assert read and read <= set(cli_main.ENVIRONMENT), read - set(cli_main.ENVIRONMENT)

@@ -29,7 +29,9 @@ ENVIRONMENT = {
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="\b\nEnvironment (no other variable is read; options are not set from the environment):\n"
+                    + "\n".join(f"  {k:<22} {v}" for k, v in ENVIRONMENT.items()))
 @click.version_option(__version__, "--version", prog_name="xdpguard")
 def cli() -> None:
     """xdpguard: a DDoS protective IP. XDP drops attack traffic at line rate; clean traffic

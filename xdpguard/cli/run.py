@@ -10,7 +10,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config, daemon, events, health, protection
+from xdpguard.core import config, daemon, events, health, protection, vocab
 from xdpguard.core.errors import UserError
 
 from .output import console
@@ -70,6 +70,8 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
         detect = detect if given("detect") else ds.detect
         detect_interval = detect_interval if given("detect_interval") else ds.detect_interval_s
         metrics = metrics if given("metrics") else ds.metrics
+        if metrics:  # the file's [daemon] metrics resolves too, before anything is restored
+            vocab.parse_listen(metrics, "[daemon] metrics")
         reconciler = daemon.Reconciler(config_path, lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}",
                                                                       markup=False))
         reconciler.start()
