@@ -85,6 +85,8 @@ class World:
         (root / "good.toml").write_text('[[interface]]\nname = "xgp0"\nprotect = ["198.18.0.2"]\n')
         (root / "bad.toml").write_text('[[interface]]\nname = "xgp0"\nprotect = ["nope", "198.18.0.999"]\n'
                                        '[interface.events]\nhook = "\'x"\ndrop_pps = "inf"\n')
+        (root / "devzero.toml").write_text('[[interface]]\nname = "xgp0"\nprotect = ["198.18.0.2"]\n'
+                                           'block_files = ["/dev/zero"]\n')  # was read forever
         (root / "victim").write_text("do not truncate me\n")
         for name, target in (("link-to-victim", "victim"), ("dangling", "missing")):
             if not (root / name).is_symlink():
@@ -119,11 +121,12 @@ def world(tmp_path_factory) -> World:
 def hostile(w: World) -> list[str]:
     return [
         "inf", "-inf", "nan", "NaN", "1e999", "-1e999", "1e308G", "-1", "-0", "0", "99999999999999999999999999",
-        "1" * 400, "", " ", "\x00", "a\x00b", "\udcff", "198.18.0.1\udcfe", "\n", "a\nb", "x" * 5000, "'x",
+        "1" * 400, "", " ", "\x00", "a\x00b", "\udcff", "198.18.0.1\udcfe", "\udba6x", "\ud800\udc00",
+        "\n", "a\nb", "x" * 5000, "'x",
         "-", "--", "%s%n", "{}", "0x10", "1_000", "10k", "1.5M", "-5k", ":0", ":65536", "unresolvable.invalid:1",
         "[::1]", "198.18.0.0/33", "2001:db8::1", "tcp:0-70000", "udp:53", "syn,!ack", "zz", "drop=inf",
         w.p("dir"), w.p("link-to-victim"), w.p("dangling"), w.p("victim"), w.p("missing/x"), "/proc/nonexist/x",
-        "/dev/zero", "/dev/null", w.p("nul.txt"), w.p("latin1.txt"), w.p("bad.toml"), str(w.hook),
+        "/dev/zero", "/dev/null", w.p("nul.txt"), w.p("latin1.txt"), w.p("bad.toml"), w.p("devzero.toml"), str(w.hook),
     ]
 
 
@@ -177,7 +180,7 @@ def with_value(w: World, path, cmd, p: click.Parameter, value: str) -> list[str]
 # ---- the fake core ----
 
 FAKED = {
-    protection: ["pick_iface", "list_add", "list_del", "list_load", "list_show", "status", "ports_change",
+    protection: ["pick_iface", "open_guard", "list_add", "list_del", "list_load", "list_show", "status", "ports_change",
                  "ports_list", "upgrade", "sweep_expired"],
     cleansing: ["limit_set", "limit_clear", "limit_show", "proto_change", "proto_show", "reflection_change",
                 "reflection_list", "filter_add", "filter_del", "filter_list", "syn_set", "syn_show", "monitor_change",

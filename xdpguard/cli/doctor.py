@@ -14,7 +14,8 @@ _STYLE = {core.OK: "[green]OK  [/]", core.WARN: "[yellow]WARN[/]", core.FAIL: "[
 
 
 @click.command()
-@click.option("--iface", "-i", type=IFACE, default=None, help="Also check this interface (driver, LRO, MTU, queues, native XDP).")
+@click.option("--iface", "-i", type=IFACE, default=None,
+              help="Also check this interface (driver, LRO, MTU, queues, native XDP).")
 @click.option("--try-attach", is_flag=True,
               help="Try a native XDP attach on --iface even in the host namespace (never on the default-route interface).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -70,7 +70,8 @@ def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
 
 
 @threshold.command("set")
-@click.option("--protected", type=TEXT, default=None, metavar="ADDR", help="Only this protected address (default: all).")
+@click.option("--protected", type=TEXT, default=None, metavar="ADDR",
+              help="Only this protected address (default: all).")
 @click.option("--pps", type=RATE, default=None, help="All packets/s to the address (k, M, G suffixes; 0 = off).")
 @click.option("--bps", type=RATE, default=None, help="All bits/s to the address.")
 @click.option("--drop-pps", type=RATE, default=None, help="Dropped packets/s.")
@@ -89,6 +90,12 @@ def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, 
     extra = _reason_opt(reasons)
     st_iface = state.resolve_iface(protection.pick_iface(iface))
     state.require_root()
+    if protected is not None:  # thresholds of an unprotected address would be refused by the config loader
+        with protection.open_guard(st_iface.name) as g:
+            addrs = [str(a) for a in g.protected_addrs()]
+        if protected not in addrs:
+            raise UserError(f"{protected} is not a protected address of {st_iface.name} "
+                            f"(protected: {', '.join(addrs) or 'none'})")
 
     def update(cfg: core.EventConfig) -> core.EventConfig:
         cur = cfg.addresses.get(protected, cfg.default) if protected else cfg.default

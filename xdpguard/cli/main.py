@@ -11,7 +11,7 @@ from xdpguard import __version__
 from xdpguard.core.config import ConfigError
 from xdpguard.core.errors import UserError
 from xdpguard.core.libbpf import BpfError
-from xdpguard.core.vocab import check_text
+from xdpguard.core.vocab import check_text, shown
 
 from .exitcodes import ExitCode
 
@@ -74,7 +74,7 @@ def _one_line(msg: str) -> str:
     """The message as one printable line: line breaks of a value shown as spaces, lone
     surrogates (invalid UTF-8 given to us) as U+FFFD."""
     msg = " ".join(str(msg).splitlines()) or "?"
-    return msg.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "\\0")
+    return shown(msg).replace("\x00", "\\0")
 
 
 def _fail(msg: str, code: ExitCode) -> int:

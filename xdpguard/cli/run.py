@@ -25,7 +25,8 @@ from .params import HOOK, IN_FILE, LISTEN, RATE, SecondsType
 @click.option("--rise", type=int, default=2, show_default=True, help="Successes in a row that make a backend up.")
 @click.option("--fall", type=int, default=3, show_default=True, help="Failures in a row that make a backend down.")
 @click.option("--once", is_flag=True, help="One round (rise = fall = 1), then exit.")
-@click.option("--duration", type=SecondsType(0, lo_open=True), default=None, metavar="SECONDS", help="Exit after SECONDS (tests, demos).")
+@click.option("--duration", type=SecondsType(0, lo_open=True), default=None, metavar="SECONDS",
+              help="Exit after SECONDS (tests, demos).")
 @click.option("--metrics", type=LISTEN, default=None, metavar="HOST:PORT",
               help="Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9477; ':PORT' is loopback).")
 @click.option("--detect/--no-detect", default=True, show_default=True, help="Attack detection and events.")

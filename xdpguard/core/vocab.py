@@ -22,6 +22,15 @@ _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
 COUNT_MAX = 2**64 - 1  # no count of ours is wider than a u64; the owner of a field checks its own bound
 
 
+def shown(text: str) -> str:
+    """text as it can be printed: a byte of invalid UTF-8 (a lone surrogate U+DC80..U+DCFF,
+    as os.fsdecode makes them) as U+FFFD, any other lone surrogate escaped."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_text(value, what: str) -> str:
     """Text a value can be: encodable as UTF-8 (no lone surrogates, which is what invalid
     UTF-8 in argv or a file name becomes) and without NUL bytes (which no kernel interface,
@@ -32,8 +41,7 @@ def check_text(value, what: str) -> str:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        shown = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        raise UserError(f"invalid {what} {shown!r}: not valid UTF-8") from None
+        raise UserError(f"invalid {what} {shown(s)!r}: not valid UTF-8") from None
     return s
 
 
@@ -176,8 +184,8 @@ def parse_seconds(value, what: str, lo: float = 0.0, hi: float | None = None, lo
         raise UserError(f"invalid {what} {value!r}: must be a finite number of seconds")
     if v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
         bound = f"more than {lo:g}" if lo_open else f"at least {lo:g}"
-        raise UserError(f"invalid {what} {value!r}: must be {bound}" + (f" and at most {hi:g}" if hi is not None else "")
-                        + " seconds")
+        upper = f" and at most {hi:g}" if hi is not None else ""
+        raise UserError(f"invalid {what} {value!r}: must be {bound}{upper} seconds")
     return v
 
 
