@@ -497,3 +497,16 @@ def test_environment_lists_every_variable_the_code_reads():
         read |= set(re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z_]+)["']""", f.read_text()))
         read |= set(re.findall(r"""os\.getenv\(\s*["']([A-Z_]+)["']""", f.read_text()))
     assert read and read <= set(cli_main.ENVIRONMENT), read - set(cli_main.ENVIRONMENT)
+
+
+def test_detection_reports_a_broken_hook_and_goes_on(monkeypatch):
+    """The sink calls the hook of an event; a broken hook is a problem `run` prints, the event
+    is still reported (and detection goes on)."""
+    monkeypatch.setattr(events, "append_log", lambda ev: None)
+    loop = events.DetectionLoop()
+    loop.hooks["xgp0"] = events.HookRunner("/nonexistent/hook")
+    reported = []
+    loop.report = lambda phase, ev: reported.append(phase)
+    loop._sink("xgp0")("start", _event())
+    assert reported == ["start"]
+    assert "not run" in loop.problems()["xgp0"]

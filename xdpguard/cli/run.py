@@ -95,8 +95,13 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     threads = []
     if loop is not None and not once:
         def detect_forever() -> None:
+            told: dict[str, str] = {}
             while not stop.is_set():
                 loop.tick()
+                for name, problem in loop.problems().items():  # each new one once; detection goes on
+                    if told.get(name) != problem:
+                        c.print(f"{time.strftime('%H:%M:%S')} detect {name}: {problem}", markup=False)
+                told = loop.problems()
         threads.append(threading.Thread(target=detect_forever, name="detect", daemon=True))
     server = None
     if metrics:

@@ -436,6 +436,12 @@ class DetectionLoop:
         self.hooks: dict[str, HookRunner] = {}
         self.errors: dict[str, str] = {}
 
+    def problems(self) -> dict[str, str]:
+        """What went wrong per interface: its last failed round, or its hook's last failure."""
+        out = {name: h.error for name, h in self.hooks.items() if h.error}
+        out.update(self.errors)
+        return out
+
     def active(self) -> dict[tuple[str, str], bool]:
         return {(d.iface, e.protected): True for d in list(self.detectors.values()) for e in d.active()}
 
@@ -452,10 +458,7 @@ class DetectionLoop:
     def _sink(self, name: str):
         def sink(phase: str, ev: AttackEvent) -> None:
             append_log(ev)
-            hook = self.hooks[name]
-            hook(phase, ev)
-            if hook.error is not None:
-                self.errors[name] = hook.error
+            self.hooks[name](phase, ev)
             self.report(phase, ev)
         return sink
 
