@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,8 @@ IFACE = "xgp0"
 
 
 class Box:
-    def __init__(self, lab: Lab, ns: str):
-        self.lab, self.ns = lab, ns
+    def __init__(self, lab: Lab, ns: str, client: str):
+        self.lab, self.ns, self.client = lab, ns, client
 
     def xg(self, *args, env: dict | None = None, check: bool = True,
            timeout: float = 60) -> subprocess.CompletedProcess:
@@ -69,7 +70,7 @@ def box(lab: Lab) -> Box:
     lab.veth(client, "xgc0", prot, IFACE)
     lab.addr(client, "xgc0", "198.18.0.1/29")
     lab.addr(prot, IFACE, f"{PROT4}/29")
-    b = Box(lab, prot)
+    b = Box(lab, prot, client)
     b.xg("attach", IFACE, "--protect", PROT4)
     lab.defer("detach xdpguard", b.xg, "detach", IFACE, check=False)
     # some state to keep: a block entry, a limit, a ban
@@ -170,3 +171,35 @@ def test_metrics_scrapes_count_lists_once_per_max_age(box: Box):
     n, first, walks, walks_after = p.stdout.split()
     assert int(n) >= 50000 and float(first) == int(n)
     assert int(walks) == int(walks_after) == 3  # block, allow, bans: counted once
+
+
+FLOOD = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+end = time.monotonic() + float(sys.argv[3])
+n = 0
+while time.monotonic() < end and n < 20000:  # bounded in packets and time
+    s.sendto(b"x" * 64, (sys.argv[2], 9))
+    n += 1
+    time.sleep(0.002)
+"""
+
+
+def test_a_hook_that_fails_never_stops_detection(box: Box, tmp_path: Path):
+    """The hook is valid when set, then its program disappears: `run` says so once and keeps
+    detecting (the attack opens and closes) instead of losing its detection thread."""
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o700)
+    box.xg("events", "threshold", "set", "--drop-pps", "50", "--hold", "1", "--hook", str(hook))
+    hook.unlink()
+    box.xg("block", "add", "198.18.0.1")
+    run = box.lab.popen(box.ns, "xdpguard", "run", "--duration", "8", "--detect-interval", "0.5",
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    box.lab.run(box.client, PY, "-c", FLOOD, "198.18.0.1", PROT4, "2.5", timeout=20)
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 0, (out, err)
+    assert "attack start" in out and "attack end" in out, out
+    assert "hook" in out and "not run" in out, out

@@ -481,9 +481,18 @@ def test_a_broken_hook_is_recorded_not_raised(command):
 
 
 def test_config_loader_validates_the_hook(world):
+    """A hook that does not split is a problem of the file; a program that is missing now only a
+    warning (the store is read with the same loader: a program removed later must not make it
+    unloadable)."""
     with pytest.raises(config.ConfigError) as exc:
         config.load(world.p("bad.toml"))
-    assert any("hook" in p and ":" in p for p in exc.value.problems), exc.value.problems
+    assert any("events.hook" in p and "No closing quotation" in p for p in exc.value.problems), exc.value.problems
+    base = '[[interface]]\nname = "xgp0"\nprotect = ["198.18.0.2"]\n[interface.events]\n'
+    d, warnings = config.loads(base + 'hook = "/nonexistent/hook --x"\n', "t.toml")
+    assert d.interfaces[0].events.hook == "/nonexistent/hook --x"
+    assert any("events.hook" in w and "not an executable program" in w for w in warnings), warnings
+    with pytest.raises(config.ConfigError, match="absolute path"):
+        config.loads(base + 'hook = "./relative.sh"\n', "t.toml")
 
 
 def test_environment_lists_every_variable_the_code_reads():

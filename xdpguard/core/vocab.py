@@ -220,10 +220,10 @@ def parse_listen(value, what: str = "--metrics", resolve: bool = True) -> tuple[
     return host, p
 
 
-def parse_hook(value, what: str = "--hook") -> str | None:
+def parse_hook(value, what: str = "--hook", require_program: bool = True) -> str | None:
     """A hook command (run without a shell, split as a shell would): the text as given, or None
-    for '' / None. Its program must exist and be executable now: a name on PATH or an absolute
-    path (the daemon does not run in the caller's directory)."""
+    for '' / None. Its program is a name on PATH or an absolute path (the daemon does not run in
+    the caller's directory); with require_program it must exist and be executable now."""
     if value is None:
         return None
     text = check_text(value, what)
@@ -238,7 +238,7 @@ def parse_hook(value, what: str = "--hook") -> str | None:
     prog = argv[0]
     if "/" in prog and not os.path.isabs(prog):
         raise UserError(f"invalid {what} {text!r}: give the program as an absolute path or a name on PATH")
-    if shutil.which(prog) is None:
+    if require_program and shutil.which(prog) is None:
         raise UserError(f"invalid {what} {text!r}: '{prog}' is not an executable program"
                         + ("" if "/" in prog else " on PATH"))
     return text
