@@ -211,6 +211,7 @@ def test_allow_del_reports_missing(calls):
 
 def test_block_load(calls, tmp_path):
     f = tmp_path / "attackers.txt"
+    f.write_text("203.0.113.0/24\n")  # the CLI checks that FILE is a readable file before the core reads it
     calls.fake("list_load", ListChangeResult("veth-xg0", "block", "load", 1000, 0, 0, [], []))
     r = invoke("block", "load", str(f), "--json")
     assert r.exit_code == 0

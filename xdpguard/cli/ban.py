@@ -8,8 +8,7 @@ from rich.table import Table
 
 from xdpguard.core import cleansing
 
-from .limit import RATE
-from .params import iface_option, json_option
+from .params import COUNT, TEXT, iface_option, json_option
 from .output import console, emit_json
 
 
@@ -50,8 +49,8 @@ def list_(iface, as_json):
 
 
 @ban.command("add")
-@click.argument("addrs", nargs=-1, required=True, metavar="ADDR...")
-@click.option("--ttl", type=RATE, required=True, metavar="SECONDS", help="Ban for SECONDS (up to 7 days).")
+@click.argument("addrs", nargs=-1, required=True, type=TEXT, metavar="ADDR...")
+@click.option("--ttl", type=COUNT, required=True, metavar="SECONDS", help="Ban for SECONDS (up to 7 days).")
 @iface_option
 @json_option
 def add(addrs, ttl, iface, as_json):
@@ -60,7 +59,7 @@ def add(addrs, ttl, iface, as_json):
 
 
 @ban.command("del")
-@click.argument("addrs", nargs=-1, required=True, metavar="ADDR...")
+@click.argument("addrs", nargs=-1, required=True, type=TEXT, metavar="ADDR...")
 @iface_option
 @json_option
 def delete(addrs, iface, as_json):

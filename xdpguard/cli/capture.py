@@ -9,28 +9,30 @@ from xdpguard.core import sampling
 from xdpguard.core.abi import SAMPLE_SNAPLEN, Reason
 
 from .output import console, emit_json
-from .params import IFACE
+from .params import IFACE, OUT_FILE, SecondsType
 
 
 @click.command()
 @click.argument("iface", type=IFACE)
-@click.option("-w", "--write", "path", required=True, type=click.Path(dir_okay=False), help="pcapng file to write.")
+@click.option("-w", "--write", "path", required=True, type=OUT_FILE,
+              help="pcapng file to create (never through a symlink; an existing file only with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace the file of -w if it exists.")
 @click.option("--count", type=click.IntRange(1, 10_000_000), default=100, show_default=True,
               help="Stop after N packets.")
 @click.option("--reason", type=click.Choice([r.label for r in Reason if r.is_drop]), default=None,
               help="Only packets dropped for this reason.")
 @click.option("--snaplen", type=click.IntRange(1, SAMPLE_SNAPLEN), default=SAMPLE_SNAPLEN, show_default=True,
               help="Bytes kept of each packet.")
-@click.option("--timeout", type=click.FloatRange(0.1, 86400), default=10.0, show_default=True, metavar="SECONDS",
+@click.option("--timeout", type=SecondsType(0.1, 86400), default=10.0, show_default=True, metavar="SECONDS",
               help="Stop after SECONDS.")
 @click.option("--sample-every", type=click.IntRange(1, 1 << 24), default=None, metavar="N",
               help="Sample 1 in N while capturing (restored afterwards). Default: current, "
               f"{sampling.DEFAULT_SAMPLE_EVERY} when off.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
-def capture(iface, path, count, reason, snaplen, timeout, sample_every, as_json):
+def capture(iface, path, overwrite, count, reason, snaplen, timeout, sample_every, as_json):
     """Write sampled DROPPED packets of IFACE to a pcapng file, each with its drop reason as a comment."""
     res = core.capture(iface, path, count=count, reason=reason, snaplen=snaplen, timeout_s=timeout,
-                       sample_every=sample_every)
+                       sample_every=sample_every, overwrite=overwrite)
     if as_json:
         emit_json(res)
         return

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 
-from xdpguard.core import protection, reconcile, state
+from xdpguard.core import capture, protection, reconcile, state
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json
+from .params import IFACE, IN_FILE, OUT_FILE
 
 
 def record_iface(name: str, lists: bool = False) -> None:
@@ -30,7 +31,7 @@ def config_path(path: str | None) -> str:
     return p
 
 
-_file = click.option("-f", "--file", "path", default=None, metavar="FILE",
+_file = click.option("-f", "--file", "path", type=IN_FILE, default=None, metavar="FILE",
                      help="Config file (default $XDPGUARD_CONFIG or /etc/xdpguard/xdpguard.toml).")
 _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -76,9 +77,11 @@ def diff(path, as_json):
 
 
 @click.command()
-@click.option("-o", "--output", "out", default=None, metavar="FILE", help="Write to FILE (default: stdout).")
+@click.option("-o", "--output", "out", type=OUT_FILE, default=None,
+              help="Write to FILE (default: stdout); a new file, or an existing one with --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace the file of -o if it exists (atomically).")
 @_json
-def export(out, as_json):
+def export(out, overwrite, as_json):
     """Write the live desired state as a config file (re-applying it changes nothing)."""
     res = reconcile.export()
     if as_json:
@@ -87,17 +90,21 @@ def export(out, as_json):
     if out is None:
         sys.stdout.write(res.text)
         return
-    if os.path.isdir(out):
-        raise UserError(f"cannot write {out}: it is a directory")
     try:
-        state.write_durably(Path(os.path.abspath(out)), res.text.encode())
+        if overwrite:  # renamed over the old file: a symlink there is replaced, not followed
+            state.write_durably(Path(os.path.abspath(out)), res.text.encode())
+        else:
+            fd = capture.create_output(out)
+            with os.fdopen(fd, "wb") as f:
+                f.write(res.text.encode())
+                os.fsync(f.fileno())
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror}") from None
     console().print(f"wrote {out}")
 
 
 @click.command()
-@click.argument("iface", required=False)
+@click.argument("iface", type=IFACE, required=False)
 @click.option("--force", is_flag=True, help="Swap even when the attached program is already this version.")
 @_json
 def upgrade(iface, force, as_json):

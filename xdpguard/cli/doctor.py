@@ -8,12 +8,14 @@ from xdpguard.core import doctor as core
 
 from .exitcodes import ExitCode
 from .output import console, emit_json
+from .params import IFACE
 
 _STYLE = {core.OK: "[green]OK  [/]", core.WARN: "[yellow]WARN[/]", core.FAIL: "[red]FAIL[/]"}
 
 
 @click.command()
-@click.option("--iface", "-i", default=None, help="Also check this interface (driver, LRO, MTU, queues, native XDP).")
+@click.option("--iface", "-i", type=IFACE, default=None,
+              help="Also check this interface (driver, LRO, MTU, queues, native XDP).")
 @click.option("--try-attach", is_flag=True,
               help="Try a native XDP attach on --iface even in the host namespace (never on the default-route interface).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -8,11 +8,13 @@ import click
 from rich.table import Table
 
 from xdpguard.core import events as core
-from xdpguard.core import protection, state
+from xdpguard.core import protection, state, vocab
+from xdpguard.core.errors import UserError
+from xdpguard.core.prefixes import parse_address
 from xdpguard.core.abi import Reason
 
 from .output import console, emit_json, human_bytes
-from .params import IFACE, iface_option as _iface, json_option as _json
+from .params import HOOK, IFACE, RATE, TEXT, SecondsType, iface_option as _iface, json_option as _json
 from .desired import record_iface
 
 
@@ -60,40 +62,48 @@ def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
             raise click.BadParameter(f"'{v}': use REASON=PPS[/BPS] with a drop reason ({', '.join(sorted(drops))})",
                                      param_hint="--reason")
         pps, _, bps = rest.partition("/")
-        out[name] = (core.parse_rate(pps, "--reason pps"), core.parse_rate(bps or "0", "--reason bps"))
+        try:
+            out[name] = (vocab.parse_rate(pps, "--reason pps"), vocab.parse_rate(bps or "0", "--reason bps"))
+        except UserError as exc:
+            raise click.BadParameter(exc.message, param_hint="--reason") from None
     return out
 
 
 @threshold.command("set")
-@click.option("--protected", default=None, metavar="ADDR", help="Only this protected address (default: all).")
-@click.option("--pps", default=None, help="All packets/s to the address (k, M, G suffixes; 0 = off).")
-@click.option("--bps", default=None, help="All bits/s to the address.")
-@click.option("--drop-pps", default=None, help="Dropped packets/s.")
-@click.option("--drop-bps", default=None, help="Dropped bits/s.")
-@click.option("--reason", "reasons", multiple=True, metavar="REASON=PPS[/BPS]", help="Per drop reason (repeatable).")
-@click.option("--hold", type=click.FloatRange(0, 86400), default=None, metavar="SECONDS",
+@click.option("--protected", type=TEXT, default=None, metavar="ADDR",
+              help="Only this protected address (default: all).")
+@click.option("--pps", type=RATE, default=None, help="All packets/s to the address (k, M, G suffixes; 0 = off).")
+@click.option("--bps", type=RATE, default=None, help="All bits/s to the address.")
+@click.option("--drop-pps", type=RATE, default=None, help="Dropped packets/s.")
+@click.option("--drop-bps", type=RATE, default=None, help="Dropped bits/s.")
+@click.option("--reason", "reasons", type=TEXT, multiple=True, metavar="REASON=PPS[/BPS]", help="Per drop reason (repeatable).")
+@click.option("--hold", type=SecondsType(0, 86400), default=None, metavar="SECONDS",
               help="An event closes after SECONDS below every threshold.")
-@click.option("--hook", default=None, metavar="COMMAND",
+@click.option("--hook", type=HOOK, default=None, metavar="COMMAND",
               help="Run COMMAND (no shell) on event start and end, with the event JSON on stdin ('' = none).")
 @_iface
 @_json
 def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, iface, as_json):
     """Set thresholds; unspecified values keep their current setting."""
-    st_iface = state.resolve_iface(protection.pick_iface(iface))
-    state.require_root()
-    if protected is not None:
-        from xdpguard.core.prefixes import parse_address
-
+    if protected is not None:  # every value is checked before the interface is looked at
         protected = str(parse_address(protected, "protected address"))
     extra = _reason_opt(reasons)
+    st_iface = state.resolve_iface(protection.pick_iface(iface))
+    state.require_root()
+    if protected is not None:  # thresholds of an unprotected address would be refused by the config loader
+        with protection.open_guard(st_iface.name) as g:
+            addrs = [str(a) for a in g.protected_addrs()]
+        if protected not in addrs:
+            raise UserError(f"{protected} is not a protected address of {st_iface.name} "
+                            f"(protected: {', '.join(addrs) or 'none'})")
 
     def update(cfg: core.EventConfig) -> core.EventConfig:
         cur = cfg.addresses.get(protected, cfg.default) if protected else cfg.default
         new = core.Thresholds(
-            core.parse_rate(pps, "--pps") if pps is not None else cur.pps,
-            core.parse_rate(bps, "--bps") if bps is not None else cur.bps,
-            core.parse_rate(drop_pps, "--drop-pps") if drop_pps is not None else cur.drop_pps,
-            core.parse_rate(drop_bps, "--drop-bps") if drop_bps is not None else cur.drop_bps,
+            cur.pps if pps is None else pps,
+            cur.bps if bps is None else bps,
+            cur.drop_pps if drop_pps is None else drop_pps,
+            cur.drop_bps if drop_bps is None else drop_bps,
             {**cur.reasons, **extra})
         addrs = dict(cfg.addresses)
         default = cfg.default

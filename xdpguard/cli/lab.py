@@ -11,7 +11,7 @@ from xdpguard.lab import probe as lab_probe
 from xdpguard.lab import topology
 
 from .output import console, emit_json
-from .params import json_option as _json
+from .params import SecondsType, json_option as _json
 
 
 
@@ -110,7 +110,7 @@ def status(as_json):
 @lab.command()
 @click.argument("kind", type=click.Choice(lab_attack.KINDS))
 @click.option("--pps", type=click.IntRange(1, None), default=None, help="Rate limit (default: as fast as possible).")
-@click.option("--duration", type=click.FloatRange(0.1, lab_attack.MAX_DURATION_S), default=5.0, show_default=True,
+@click.option("--duration", type=SecondsType(0.1, lab_attack.MAX_DURATION_S), default=5.0, show_default=True,
               help="Stop after this many seconds.")
 @click.option("--sources", type=click.IntRange(1, lab_attack.MAX_SOURCES), default=None,
               help="Distinct source addresses (1 = the attacker's own for udp-flood/icmp-flood; default 256 spoofed).")
@@ -132,9 +132,9 @@ def attack(kind, pps, duration, sources, count, port, cpus, as_json):
 @click.option("--count", type=click.IntRange(1, 100_000), default=100, show_default=True)
 @click.option("--proto", type=click.Choice(["tcp", "udp", "http"]), default="http", show_default=True)
 @click.option("--ipv6", is_flag=True, help="Use the IPv6 protective address.")
-@click.option("--timeout", type=click.FloatRange(0.01, 30), default=1.0, show_default=True, help="Per request, seconds.")
-@click.option("--interval", type=click.FloatRange(0, 10), default=0.0, help="Pause between requests, seconds.")
-@click.option("--duration", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True,
+@click.option("--timeout", type=SecondsType(0.01, 30), default=1.0, show_default=True, help="Per request, seconds.")
+@click.option("--interval", type=SecondsType(0, 10), default=0.0, help="Pause between requests, seconds.")
+@click.option("--duration", type=SecondsType(0.1, 3600), default=60.0, show_default=True,
               help="Stop after this many seconds.")
 @_json
 def probe(count, proto, ipv6, timeout, interval, duration, as_json):

@@ -9,28 +9,16 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, policy, vocab
+from xdpguard.core import cleansing, policy
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json, human_bytes
-from .params import iface_option, json_option, protected_option
+from .params import COUNT, TEXT, iface_option, json_option, protected_option
 from .desired import recorded
 
-class RateType(click.ParamType):
-    """A whole number ≥ 0, optionally with a k/M/G suffix (decimal): 10k, 1.5M."""
+RATE = COUNT  # limits are whole numbers (packets, bytes, seconds)
 
-    name = "N"
-
-    def convert(self, value, param, ctx):
-        try:
-            return vocab.parse_count(value, param.opts[0] if param is not None and param.opts else "rate")
-        except UserError as exc:
-            self.fail(exc.message, param, ctx)
-
-
-RATE = RateType()
-
-_port = click.option("--port", default=None, metavar="PROTO:PORT[-PORT]",
+_port = click.option("--port", type=TEXT, default=None, metavar="PROTO:PORT[-PORT]",
                      help="Only these ports (tcp:80, udp:27015-27020): per-port limits.")
 
 

@@ -8,8 +8,10 @@ from rich.table import Table
 from xdpguard.core import protection
 
 from .output import console, emit_json
-from .params import CIDR, iface_option, json_option
+from .params import CIDR, IN_FILE, SecondsType, iface_option, json_option
 from .desired import recorded
+
+TTL = SecondsType(0, lo_open=True)  # the upper bound is the core's (protection._check_ttl)
 
 _HELP = {
     "block": "Drop traffic from these sources to the protected addresses.",
@@ -41,7 +43,7 @@ def make_group(which: str) -> click.Group:
 
     @group.command("add")
     @click.argument("cidrs", nargs=-1, required=True, type=CIDR)
-    @click.option("--ttl", type=float, default=None, metavar="SECONDS", help="Expire the entries after SECONDS.")
+    @click.option("--ttl", type=TTL, default=None, metavar="SECONDS", help="Expire the entries after SECONDS.")
     @iface_opt
     @json_opt
     def add(cidrs, ttl, iface, as_json):
@@ -57,8 +59,8 @@ def make_group(which: str) -> click.Group:
         _report(recorded(protection.list_del(which, iface, list(cidrs)), lists=True), as_json)
 
     @group.command("load")
-    @click.argument("file", type=click.Path(dir_okay=False))
-    @click.option("--ttl", type=float, default=None, metavar="SECONDS", help="Expire the entries after SECONDS.")
+    @click.argument("file", type=IN_FILE)
+    @click.option("--ttl", type=TTL, default=None, metavar="SECONDS", help="Expire the entries after SECONDS.")
     @iface_opt
     @json_opt
     def load(file, ttl, iface, as_json):

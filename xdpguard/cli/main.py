@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -10,11 +11,27 @@ from xdpguard import __version__
 from xdpguard.core.config import ConfigError
 from xdpguard.core.errors import UserError
 from xdpguard.core.libbpf import BpfError
+from xdpguard.core.vocab import check_text, shown
 
 from .exitcodes import ExitCode
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "XDPGUARD"})
+# The environment variables xdpguard reads (and no other: options are not settable from the
+# environment, so a stray XDPGUARD_* cannot change what a command does). README: "Environment".
+ENVIRONMENT = {
+    "XDPGUARD_CONFIG": "desired-state file of apply/diff (default /etc/xdpguard/xdpguard.toml)",
+    "XDPGUARD_LOCK_TIMEOUT": "seconds a mutating command waits for the interface lock (default 30)",
+    "XDPGUARD_BPFFS": "bpffs directory of the pins (default /run/xdpguard/bpffs)",
+    "XDPGUARD_STATE_DIR": "state directory (default /var/lib/xdpguard)",
+    "XDPGUARD_RUN_DIR": "runtime directory: locks, event log (default /run/xdpguard)",
+    "XDPGUARD_LAB_NAME": "name of the `xdpguard lab` topology (default lab)",
+    "BCC_KERNEL_SOURCE": "kernel headers for bcc (read by bcc and doctor)",
+}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="\b\nEnvironment (no other variable is read; options are not set from the environment):\n"
+                    + "\n".join(f"  {k:<22} {v}" for k, v in ENVIRONMENT.items()))
 @click.version_option(__version__, "--version", prog_name="xdpguard")
 def cli() -> None:
     """xdpguard: a DDoS protective IP. XDP drops attack traffic at line rate; clean traffic
@@ -55,14 +72,33 @@ def _register() -> None:
 _register()
 
 
+def _one_line(msg: str) -> str:
+    """The message as one printable line: line breaks of a value shown as spaces, lone
+    surrogates (invalid UTF-8 given to us) as U+FFFD."""
+    msg = " ".join(str(msg).splitlines()) or "?"
+    return shown(msg).replace("\x00", "\\0")
+
+
 def _fail(msg: str, code: ExitCode) -> int:
-    click.echo(f"xdpguard: error: {msg}", err=True)
+    click.echo(f"xdpguard: error: {_one_line(msg)}", err=True)
     return int(code)
+
+
+def _check_inputs(argv: list[str]) -> None:
+    """Every argument and every variable of ENVIRONMENT must be text: UTF-8 without NUL (the
+    ParamTypes then check what each means)."""
+    for a in argv:
+        check_text(a, "argument")
+    for name in ENVIRONMENT:
+        if name in os.environ:
+            check_text(os.environ[name], name)
 
 
 def run(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="xdpguard", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else list(argv)
+        _check_inputs(args)
+        cli.main(args=args, prog_name="xdpguard", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:  # click turns Ctrl-C inside a command into Abort

@@ -10,40 +10,42 @@ import time
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config, daemon, events, health, protection
+from xdpguard.core import config, daemon, events, health, protection, vocab
 from xdpguard.core.errors import UserError
 
 from .output import console
+from .params import HOOK, IN_FILE, LISTEN, RATE, SecondsType
 
 
 @click.command()
-@click.option("--interval", type=float, default=2.0, show_default=True, metavar="SECONDS",
+@click.option("--interval", type=SecondsType(0, lo_open=True), default=2.0, show_default=True, metavar="SECONDS",
               help="Seconds between two rounds of health checks.")
-@click.option("--timeout", type=float, default=1.0, show_default=True, metavar="SECONDS",
+@click.option("--timeout", type=SecondsType(0, lo_open=True), default=1.0, show_default=True, metavar="SECONDS",
               help="Seconds a probe waits for an answer.")
 @click.option("--rise", type=int, default=2, show_default=True, help="Successes in a row that make a backend up.")
 @click.option("--fall", type=int, default=3, show_default=True, help="Failures in a row that make a backend down.")
 @click.option("--once", is_flag=True, help="One round (rise = fall = 1), then exit.")
-@click.option("--duration", type=float, default=None, metavar="SECONDS", help="Exit after SECONDS (tests, demos).")
-@click.option("--metrics", default=None, metavar="HOST:PORT",
+@click.option("--duration", type=SecondsType(0, lo_open=True), default=None, metavar="SECONDS",
+              help="Exit after SECONDS (tests, demos).")
+@click.option("--metrics", type=LISTEN, default=None, metavar="HOST:PORT",
               help="Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9477; ':PORT' is loopback).")
 @click.option("--detect/--no-detect", default=True, show_default=True, help="Attack detection and events.")
-@click.option("--detect-interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,
+@click.option("--detect-interval", type=SecondsType(0.2, 60), default=1.0, show_default=True,
               metavar="SECONDS", help="Seconds between two detection rounds.")
-@click.option("--attack-pps", default=None, help="Override the thresholds: all packets/s to an address.")
-@click.option("--attack-bps", default=None, help="Override: all bits/s to an address.")
-@click.option("--attack-drop-pps", default=None, help="Override: dropped packets/s.")
-@click.option("--attack-drop-bps", default=None, help="Override: dropped bits/s.")
-@click.option("--hold", type=click.FloatRange(0, 86400), default=None, metavar="SECONDS",
+@click.option("--attack-pps", type=RATE, default=None, help="Override the thresholds: all packets/s to an address.")
+@click.option("--attack-bps", type=RATE, default=None, help="Override: all bits/s to an address.")
+@click.option("--attack-drop-pps", type=RATE, default=None, help="Override: dropped packets/s.")
+@click.option("--attack-drop-bps", type=RATE, default=None, help="Override: dropped bits/s.")
+@click.option("--hold", type=SecondsType(0, 86400), default=None, metavar="SECONDS",
               help="Override: an event closes after SECONDS below every threshold.")
-@click.option("--sweep-interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True,
+@click.option("--sweep-interval", type=SecondsType(0.5, 3600), default=10.0, show_default=True,
               metavar="SECONDS", help="Seconds between two sweeps of expired list entries and bans.")
-@click.option("--hook", default=None, metavar="COMMAND",
+@click.option("--hook", type=HOOK, default=None, metavar="COMMAND",
               help="Override: run COMMAND on event start/end with the event JSON on stdin.")
-@click.option("--config", "config_path", default=None, metavar="FILE",
+@click.option("--config", "config_path", type=IN_FILE, default=None, metavar="FILE",
               help="Own the desired state of FILE: restore it at start (after a reboot), repair drift, "
                    "re-read it on SIGHUP. Its [daemon] section sets the options not given here.")
-@click.option("--reconcile-interval", type=click.FloatRange(0.1, 60), default=0.5, show_default=True,
+@click.option("--reconcile-interval", type=SecondsType(0.1, 60), default=0.5, show_default=True,
               metavar="SECONDS", help="With --config: seconds between two drift checks.")
 @click.pass_context
 def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, detect_interval, attack_pps, attack_bps,
@@ -69,6 +71,8 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
         detect = detect if given("detect") else ds.detect
         detect_interval = detect_interval if given("detect_interval") else ds.detect_interval_s
         metrics = metrics if given("metrics") else ds.metrics
+        if metrics:  # the file's [daemon] metrics resolves too, before anything is restored
+            vocab.parse_listen(metrics, "[daemon] metrics")
         reconciler = daemon.Reconciler(config_path, lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}",
                                                                       markup=False))
         reconciler.start()
@@ -85,17 +89,19 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
         raise click.BadParameter("must be positive", param_hint="--duration")
     overrides = None
     if any(v is not None for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)):
-        rate = lambda v, n: events.parse_rate(v, n) if v is not None else 0.0  # noqa: E731
-        overrides = events.Thresholds(rate(attack_pps, "--attack-pps"), rate(attack_bps, "--attack-bps"),
-                                      rate(attack_drop_pps, "--attack-drop-pps"),
-                                      rate(attack_drop_bps, "--attack-drop-bps"))
+        overrides = events.Thresholds(*(v or 0.0 for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)))
     loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event) if detect else None
     stop = threading.Event()
     threads = []
     if loop is not None and not once:
         def detect_forever() -> None:
+            told: dict[str, str] = {}
             while not stop.is_set():
                 loop.tick()
+                for name, problem in loop.problems().items():  # each new one once; detection goes on
+                    if told.get(name) != problem:
+                        c.print(f"{time.strftime('%H:%M:%S')} detect {name}: {problem}", markup=False)
+                told = loop.problems()
         threads.append(threading.Thread(target=detect_forever, name="detect", daemon=True))
     server = None
     if metrics:

@@ -6,13 +6,13 @@ import click
 
 from xdpguard.core import sampling, state
 
-from .params import IFACE
+from .params import IFACE, SecondsType
 from .top import open_collector, print_once
 
 
 @click.command()
 @click.argument("iface", type=IFACE, required=False)
-@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True, metavar="SECONDS",
+@click.option("--interval", type=SecondsType(0.1, 60), default=1.0, show_default=True, metavar="SECONDS",
               help="Rates are measured over SECONDS (two reads).")
 @click.option("--sample-every", type=click.IntRange(0, 1 << 24), default=None, metavar="N",
               help="Set the data path's sampling to 1 in N (0 = off); it stays so. Default: keep it, "

@@ -11,7 +11,7 @@ import click
 
 from xdpguard.core import cleansing
 
-from .limit import RATE, iface_option, json_option, protected_option
+from .params import COUNT as RATE, TEXT, iface_option, json_option, protected_option
 from .output import console, emit_json
 from .desired import recorded
 
@@ -43,7 +43,7 @@ def syn():
 @protected_option
 @click.option("--threshold", type=RATE, required=True, metavar="PPS",
               help="SYNs/s to the address above which sources must authenticate (0: off).")
-@click.option("--auth-window", default=None, metavar="MIN_MS-MAX_MS",
+@click.option("--auth-window", type=TEXT, default=None, metavar="MIN_MS-MAX_MS",
               help="When a retransmitted SYN counts (default 200-10000).")
 @click.option("--keep", "keep_s", type=int, default=None, metavar="S",
               help="How long an authenticated source stays admitted (default 600).")

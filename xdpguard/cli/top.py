@@ -14,7 +14,7 @@ import click
 from xdpguard.core import events, sampling, state, stats
 
 from .output import console, emit_json
-from .params import IFACE
+from .params import IFACE, SecondsType
 
 
 @contextlib.contextmanager
@@ -50,7 +50,7 @@ def print_once(snap: stats.Snapshot, as_json: bool) -> None:
 
 @click.command()
 @click.argument("iface", type=IFACE, required=False)
-@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True, metavar="SECONDS",
+@click.option("--interval", type=SecondsType(0.2, 60), default=1.0, show_default=True, metavar="SECONDS",
               help="Refresh every SECONDS.")
 @click.option("--once", is_flag=True, help="Print one plain snapshot and exit (also without a TTY).")
 @click.option("--json", "as_json", is_flag=True, help="One snapshot as JSON.")

@@ -6,6 +6,9 @@ Wireshark shows why the packet was dropped; the result also tallies reasons and 
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import struct
 import time
 from collections import Counter as Tally
@@ -29,9 +32,27 @@ def _option(code: int, value: bytes) -> bytes:
     return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
 
 
+def create_output(path: str | Path, overwrite: bool = False) -> int:
+    """Open a file to write for the operator: never through a symlink (O_NOFOLLOW), and never
+    an existing file (O_EXCL) unless overwrite, which truncates it. UserError otherwise."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST and os.path.islink(path)):
+            raise UserError(f"cannot write {path}: it is a symbolic link; not following it") from None
+        if exc.errno == errno.EEXIST:
+            raise UserError(f"cannot write {path}: it exists (give --overwrite to replace it)") from None
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device: not a capture file
+        os.close(fd)
+        raise UserError(f"cannot write {path}: not a regular file")
+    return fd
+
+
 class PcapngWriter:
-    def __init__(self, path: str | Path, snaplen: int, comment: str = ""):
-        self.f = open(path, "wb")
+    def __init__(self, fd: int, snaplen: int, comment: str = ""):
+        self.f = os.fdopen(fd, "wb")
         opts = (_option(1, comment.encode()) if comment else b"") + _option(0, b"")
         self.f.write(_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + opts))
         idb_opts = _option(9, bytes([6])) + _option(0, b"")  # if_tsresol: microseconds
@@ -62,8 +83,9 @@ class CaptureResult:
 
 
 def capture(ifname: str | None, path: str, count: int = 100, reason: str | None = None, snaplen: int = SAMPLE_SNAPLEN,
-            timeout_s: float = 10.0, sample_every: int | None = None) -> CaptureResult:
-    """Write up to `count` sampled dropped packets (of `reason`, if given) within `timeout_s`."""
+            timeout_s: float = 10.0, sample_every: int | None = None, overwrite: bool = False) -> CaptureResult:
+    """Write up to `count` sampled dropped packets (of `reason`, if given) within `timeout_s`
+    into a new file `path` (an existing one only with overwrite; never through a symlink)."""
     if reason is not None and reason not in {r.label for r in Reason if r.is_drop}:
         raise UserError(f"unknown drop reason '{reason}': use one of "
                         f"{', '.join(r.label for r in Reason if r.is_drop)}")
@@ -72,37 +94,50 @@ def capture(ifname: str | None, path: str, count: int = 100, reason: str | None 
     if count < 1 or timeout_s <= 0:
         raise UserError("--count and --timeout must be positive")
     with protection.open_guard(ifname) as g:
-        old = sampling.get_sample_every(g.maps)
-        want = sample_every if sample_every is not None else (old or sampling.DEFAULT_SAMPLE_EVERY)
-        if want != old:
-            sampling.set_sample_every(g.maps, want)
-        reasons: Tally[str] = Tally()
-        sources: Tally[str] = Tally()
-        n = 0
-        # monotonic (the samples' clock) → wall clock for the pcap timestamps
-        offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        w = PcapngWriter(path, snaplen, comment=f"xdpguard capture on {g.iface.name}, 1 in {want} sampled drops")
+        fd = create_output(path, overwrite)  # before the sampling rate changes: a bad path changes nothing
         try:
-            with sampling.SampleReader(g.maps[MapName.SAMPLES].fd, g.iface) as reader:
+            return _capture(g, fd, path, count, reason, snaplen, timeout_s, sample_every)
+        except Exception:  # (not Ctrl-C: what was captured until then stays)
+            if not overwrite:  # the file is ours: leave no empty capture behind
                 try:
-                    with reader.exclusive(wait_s=min(timeout_s, 5.0)):
-                        reader.discard_old()
-                        deadline = time.monotonic() + timeout_s
-                        while n < count and time.monotonic() < deadline:
-                            for s in reader.drain(timeout_ms=50):
-                                if not s.dropped or (reason is not None and s.reason != reason) or n >= count:
-                                    continue
-                                w.write((s.ts_ns + offset_ns) // 1000, s.data[:snaplen], s.pkt_len,
-                                        comment=f"xdpguard {s.kind} {s.reason} 1/{s.sample_every}")
-                                n += 1
-                                reasons[s.reason] += 1
-                                sources[s.src] += 1
-                except sampling.SamplerBusy:
-                    raise UserError("another xdpguard process is reading the samples of "
-                                    f"{g.iface.name}; try again") from None
-        finally:
-            w.close()
-            if want != old:
-                sampling.set_sample_every(g.maps, old)
-        return CaptureResult(g.iface.name, str(path), n, want, dict(reasons.most_common()),
-                             dict(sources.most_common(20)), n < count)
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise
+
+
+def _capture(g, fd: int, path, count, reason, snaplen, timeout_s, sample_every) -> CaptureResult:
+    old = sampling.get_sample_every(g.maps)
+    want = sample_every if sample_every is not None else (old or sampling.DEFAULT_SAMPLE_EVERY)
+    if want != old:
+        sampling.set_sample_every(g.maps, want)
+    reasons: Tally[str] = Tally()
+    sources: Tally[str] = Tally()
+    n = 0
+    # monotonic (the samples' clock) → wall clock for the pcap timestamps
+    offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    w = PcapngWriter(fd, snaplen, comment=f"xdpguard capture on {g.iface.name}, 1 in {want} sampled drops")
+    try:
+        with sampling.SampleReader(g.maps[MapName.SAMPLES].fd, g.iface) as reader:
+            try:
+                with reader.exclusive(wait_s=min(timeout_s, 5.0)):
+                    reader.discard_old()
+                    deadline = time.monotonic() + timeout_s
+                    while n < count and time.monotonic() < deadline:
+                        for s in reader.drain(timeout_ms=50):
+                            if not s.dropped or (reason is not None and s.reason != reason) or n >= count:
+                                continue
+                            w.write((s.ts_ns + offset_ns) // 1000, s.data[:snaplen], s.pkt_len,
+                                    comment=f"xdpguard {s.kind} {s.reason} 1/{s.sample_every}")
+                            n += 1
+                            reasons[s.reason] += 1
+                            sources[s.src] += 1
+            except sampling.SamplerBusy:
+                raise UserError("another xdpguard process is reading the samples of "
+                                f"{g.iface.name}; try again") from None
+    finally:
+        w.close()
+        if want != old:
+            sampling.set_sample_every(g.maps, old)
+    return CaptureResult(g.iface.name, str(path), n, want, dict(reasons.most_common()),
+                         dict(sources.most_common(20)), n < count)

@@ -674,6 +674,14 @@ def _events(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> ev
         ld.fail(path + ("hold",), "must be 0 to 86400 seconds")
         hold = events.DEFAULT_HOLD_S
     hook = ld.get(d, "hook", path, "str", None) or None
+    if hook is not None:  # checked now, not when an attack starts: a command that does not split is
+        # an error; a program missing now is a warning (the desired-state store is read with this
+        # loader too, and a program removed later must not make every verb fail)
+        hook = ld.guard(path + ("hook",), lambda: vocab.parse_hook(hook, "hook", require_program=False), None)
+        try:
+            vocab.parse_hook(hook, "hook")
+        except UserError as exc:
+            ld.warn(path + ("hook",), f"{exc.message}; events are logged, the hook will not run")
     return events.EventConfig(default, addrs, float(hold), hook)
 
 

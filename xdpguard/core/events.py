@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import state
+from . import state, vocab
 from .errors import UserError
 
 STATE_KEY = "attack"
@@ -128,17 +128,7 @@ def set_config(iface: state.Iface, update: Callable[[EventConfig], EventConfig])
     return cfg
 
 
-def parse_rate(text: str, what: str) -> float:
-    """'1000', '10k', '1.5M', '2G' → a number (0 switches the threshold off)."""
-    t = str(text).strip()
-    mult = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:].lower(), 1)
-    try:
-        v = float(t[:-1] if mult != 1 else t) * mult
-    except ValueError:
-        raise UserError(f"invalid {what} '{text}': use a number, optionally with k, M or G") from None
-    if v < 0:
-        raise UserError(f"invalid {what} '{text}': must not be negative")
-    return v
+parse_rate = vocab.parse_rate  # '1000', '10k', '1.5M', '2G'; finite, ≥ 0 (0 switches a threshold off)
 
 
 # ---- events ----
@@ -343,10 +333,19 @@ def read_log(path: Path | None = None, iface: str | None = None, this_netns: boo
 
 
 class HookRunner:
-    """Runs the hook command (no shell: split like a shell would) with the event on stdin."""
+    """Runs the hook command (no shell: split like a shell would) with the event on stdin.
+
+    A hook can never stop detection: a command that does not split, a program that is gone or
+    not executable, a hook that fails or hangs (killed after HOOK_TIMEOUT_S) is recorded in
+    `error` and otherwise ignored. (Set-time validation, vocab.parse_hook, refuses most of
+    these; a state file edited by hand or a program removed later still gets here.)"""
 
     def __init__(self, command: str | None):
-        self.argv = shlex.split(command) if command else None
+        self.error: str | None = None
+        try:
+            self.argv = shlex.split(command) if command else None
+        except ValueError as exc:
+            self.argv, self.error = None, f"hook {command!r} not run: {exc}"
         self.running: list[subprocess.Popen] = []
 
     def __call__(self, phase: str, ev: AttackEvent) -> None:
@@ -357,7 +356,8 @@ class HookRunner:
         try:
             p = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        except OSError:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: a NUL byte in argv
+            self.error = f"hook {self.argv[0]!r} not run: {getattr(exc, 'strerror', None) or exc}"
             return
         try:
             p.stdin.write(json.dumps({"phase": phase, **ev.to_dict()}).encode())
@@ -436,6 +436,12 @@ class DetectionLoop:
         self.hooks: dict[str, HookRunner] = {}
         self.errors: dict[str, str] = {}
 
+    def problems(self) -> dict[str, str]:
+        """What went wrong per interface: its last failed round, or its hook's last failure."""
+        out = {name: h.error for name, h in self.hooks.items() if h.error}
+        out.update(self.errors)
+        return out
+
     def active(self) -> dict[tuple[str, str], bool]:
         return {(d.iface, e.protected): True for d in list(self.detectors.values()) for e in d.active()}
 
@@ -500,6 +506,10 @@ class DetectionLoop:
                 self.errors.pop(name, None)
             except (UserError, OSError) as exc:
                 self.errors[name] = str(getattr(exc, "message", exc))
+                self._drop(name)
+                time.sleep(per)
+            except Exception as exc:  # detection of the other interfaces, and of this one next round, goes on
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
                 self._drop(name)
                 time.sleep(per)
 

@@ -6,7 +6,9 @@ Fast enough for million-line files: socket.inet_pton and integer masks, not ipad
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -59,7 +61,7 @@ def _parse(s: str, text: str) -> tuple[Prefix, bool]:
         fam, af, bits, full = 4, socket.AF_INET, 32, _MASK4
     try:
         packed = socket.inet_pton(af, addr_s)
-    except OSError:
+    except (OSError, ValueError, UnicodeEncodeError):  # ValueError: a NUL byte; UnicodeEncodeError: not UTF-8
         raise UserError(f"invalid CIDR '{text}': '{addr_s}' is not an IPv{fam} address") from None
     if slash:
         if not (plen_s.isascii() and plen_s.isdigit()) or len(plen_s) > 3:
@@ -98,6 +100,9 @@ def read_prefix_file(path: str | Path) -> PrefixFile:
         fh = open(Path(path), "rb")
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    if not (stat.S_ISREG(os.fstat(fh.fileno()).st_mode) or stat.S_ISFIFO(os.fstat(fh.fileno()).st_mode)):
+        fh.close()  # /dev/zero would be read forever
+        raise UserError(f"cannot read {path}: not a regular file")
     out: list[Prefix] = []
     normalised = 0
     lineno = 0

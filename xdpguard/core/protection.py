@@ -725,7 +725,7 @@ def _parse_many(cidrs: list[str]) -> tuple[list[Prefix], list[str]]:
 def _check_ttl(ttl: float | None) -> int:
     if ttl is None:
         return 0
-    if ttl <= 0 or ttl > 10 * 365 * 86400:
+    if not 0 < ttl <= 10 * 365 * 86400:  # also refuses nan
         raise UserError(f"invalid --ttl {ttl:g}: must be between 1 s and 10 years")
     return _now_ns() + int(ttl * 1e9)
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import vocab
 from .errors import UserError
 
 def bpffs_root() -> Path:
@@ -265,12 +266,23 @@ def flock_wait(path: Path, timeout_s: float, poll_s: float = 0.05) -> int | None
             time.sleep(poll_s)
 
 
+LOCK_TIMEOUT_S = 30.0
+
+
+def lock_timeout_s() -> float:
+    """$XDPGUARD_LOCK_TIMEOUT (seconds, 0..86400), else 30 s; a bad value is a one-line error."""
+    text = os.environ.get("XDPGUARD_LOCK_TIMEOUT")
+    if text is None or not text.strip():
+        return LOCK_TIMEOUT_S
+    return vocab.parse_seconds(text, "XDPGUARD_LOCK_TIMEOUT", 0, 86400)
+
+
 @contextmanager
 def iface_lock(iface: Iface, timeout_s: float | None = None):
     """Serialize mutating commands on one interface. Waits up to timeout_s (default
     $XDPGUARD_LOCK_TIMEOUT or 30 s), then fails with a one-line error."""
     if timeout_s is None:
-        timeout_s = float(os.environ.get("XDPGUARD_LOCK_TIMEOUT", "30"))
+        timeout_s = lock_timeout_s()
     fd = flock_wait(iface.lock_file, timeout_s)
     if fd is None:
         try:

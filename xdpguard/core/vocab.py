@@ -1,5 +1,6 @@
 """One vocabulary for the words every verb and the config file share: counts and rates with
-k/M/G suffixes, protocols, PROTO:PORT[-PORT] specs.
+k/M/G suffixes, durations, protocols, PROTO:PORT[-PORT] specs, HOST:PORT listen addresses,
+hook commands, and the text every value must be (UTF-8, no NUL byte).
 
 Every parser raises UserError naming the value and what was wrong with it; the CLI's ParamTypes
 and the config loader both call these, so the two cannot drift.
@@ -8,12 +9,40 @@ and the config loader both call these, so the two cannot drift.
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import shutil
+import socket
 
 from . import forwarding
 from .errors import UserError
 
 PORT_PROTOS = ("tcp", "udp")
 _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
+COUNT_MAX = 2**64 - 1  # no count of ours is wider than a u64; the owner of a field checks its own bound
+
+
+def shown(text: str) -> str:
+    """text as it can be printed: a byte of invalid UTF-8 (a lone surrogate U+DC80..U+DCFF,
+    as os.fsdecode makes them) as U+FFFD, any other lone surrogate escaped."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text(value, what: str) -> str:
+    """Text a value can be: encodable as UTF-8 (no lone surrogates, which is what invalid
+    UTF-8 in argv or a file name becomes) and without NUL bytes (which no kernel interface,
+    file name or map key of ours accepts)."""
+    s = str(value)
+    if "\x00" in s:
+        raise UserError(f"invalid {what} {s!r}: contains a NUL byte")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"invalid {what} {shown(s)!r}: not valid UTF-8") from None
+    return s
 
 
 def parse_count(value, what: str, limit: int | None = None) -> int:
@@ -21,6 +50,8 @@ def parse_count(value, what: str, limit: int | None = None) -> int:
     ('10k', '1.5M'). inf, nan, fractions and negatives are refused."""
     if isinstance(value, bool):
         raise UserError(f"invalid {what} {value!r}: must be a whole number ≥ 0")
+    if isinstance(value, str):
+        check_text(value, what)
     if isinstance(value, int):
         n = value
     elif isinstance(value, float):
@@ -35,12 +66,14 @@ def parse_count(value, what: str, limit: int | None = None) -> int:
             f = float(num)
         except ValueError:
             raise UserError(f"invalid {what} '{value}': not a number (e.g. 1000, 10k, 1.5M)") from None
-        if not math.isfinite(f) or f * mult != int(f * mult):
+        v = f * mult
+        if not math.isfinite(v) or v != int(v):
             raise UserError(f"invalid {what} '{value}': must be a whole number ≥ 0")
-        n = int(f * mult)
+        n = int(v)
     if n < 0:
         raise UserError(f"invalid {what} {value!r}: must be a whole number ≥ 0")
-    if limit is not None and n > limit:
+    limit = COUNT_MAX if limit is None else limit
+    if n > limit:
         raise UserError(f"invalid {what} {value!r}: above the limit of {limit:,}")
     return n
 
@@ -121,7 +154,7 @@ def parse_rate(value, what: str) -> float:
     if isinstance(value, (int, float)):
         v = float(value)
     else:
-        t = str(value).strip()
+        t = check_text(value, what).strip()
         mult = _SUFFIX.get(t[-1:].lower(), 1)
         try:
             v = float(t[:-1] if mult != 1 else t) * mult
@@ -130,3 +163,82 @@ def parse_rate(value, what: str) -> float:
     if not math.isfinite(v) or v < 0:
         raise UserError(f"invalid {what} {value!r}: must be a finite number ≥ 0")
     return v
+
+
+def parse_seconds(value, what: str, lo: float = 0.0, hi: float | None = None, lo_open: bool = False) -> float:
+    """A finite duration in seconds within [lo, hi] (or (lo, hi] with lo_open): a number or its
+    text. inf, nan, 1e999 and text that is no number are refused."""
+    if isinstance(value, bool):
+        raise UserError(f"invalid {what} {value!r}: use a number of seconds")
+    if isinstance(value, int):
+        v = float(value) if abs(value) < 10**300 else math.inf
+    elif isinstance(value, float):
+        v = value
+    else:
+        t = check_text(value, what).strip()
+        try:
+            v = float(t)
+        except ValueError:
+            raise UserError(f"invalid {what} '{value}': use a number of seconds") from None
+    if not math.isfinite(v):
+        raise UserError(f"invalid {what} {value!r}: must be a finite number of seconds")
+    if v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
+        bound = f"more than {lo:g}" if lo_open else f"at least {lo:g}"
+        upper = f" and at most {hi:g}" if hi is not None else ""
+        raise UserError(f"invalid {what} {value!r}: must be {bound}{upper} seconds")
+    return v
+
+
+def _resolve(host: str, port: int) -> None:
+    """Raises OSError (socket.gaierror) when host:port cannot be a listening address."""
+    socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+
+
+def parse_listen(value, what: str = "--metrics", resolve: bool = True) -> tuple[str, int]:
+    """'127.0.0.1:9477', '[::1]:9477', 'localhost:9477' or ':9477' (loopback) → (host, port);
+    with resolve, the host must resolve to a local address family (no surprise at bind time)."""
+    text = check_text(value, what)
+    t = text.strip()
+    if t.startswith("["):
+        host, sep, port = t[1:].partition("]:")
+        if not sep:
+            raise UserError(f"invalid {what} '{text}': use HOST:PORT ([ADDR]:PORT for IPv6)")
+    else:
+        host, _, port = t.rpartition(":")
+    host = host or "127.0.0.1"
+    if not (port.isascii() and port.isdigit()) or len(port) > 5:
+        raise UserError(f"invalid {what} '{text}': use HOST:PORT with a port number 1-65535")
+    p = int(port)
+    if not 1 <= p <= 65535:
+        raise UserError(f"invalid {what} '{text}': port {p} is outside 1-65535")
+    if resolve:
+        try:
+            _resolve(host, p)
+        except (OSError, UnicodeError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise UserError(f"invalid {what} '{text}': cannot resolve host '{host}' ({why})") from None
+    return host, p
+
+
+def parse_hook(value, what: str = "--hook", require_program: bool = True) -> str | None:
+    """A hook command (run without a shell, split as a shell would): the text as given, or None
+    for '' / None. Its program is a name on PATH or an absolute path (the daemon does not run in
+    the caller's directory); with require_program it must exist and be executable now."""
+    if value is None:
+        return None
+    text = check_text(value, what)
+    if not text.strip():
+        return None
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise UserError(f"invalid {what} {text!r}: {exc} (it is split like a shell would, without one)") from None
+    if not argv:
+        return None
+    prog = argv[0]
+    if "/" in prog and not os.path.isabs(prog):
+        raise UserError(f"invalid {what} {text!r}: give the program as an absolute path or a name on PATH")
+    if require_program and shutil.which(prog) is None:
+        raise UserError(f"invalid {what} {text!r}: '{prog}' is not an executable program"
+                        + ("" if "/" in prog else " on PATH"))
+    return text
