@@ -181,7 +181,10 @@ static __always_inline int filter_matches(struct xdp_md *ctx, struct xg_filter *
 static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *cfg, struct xg_pkt *p,
                                           int *skip_rest, __u64 *now)
 {
-    __u32 n = cfg->filters_count;
+    /* volatile: clang would otherwise fuse `i < XG_FILTERS_MAX` and `i >= n` into one trip count,
+     * min(n - 1, 63) + 1, and loop until i equals it; Debian 12's 6.1 verifier cannot bound that
+     * ("The sequence of 8193 jumps is too complex"). Re-read, the constant bound stays. */
+    volatile __u32 n = cfg->filters_count;
     if (!n)
         return XG_CONTINUE;
     for (__u32 i = 0; i < XG_FILTERS_MAX; i++) {
