@@ -83,7 +83,7 @@ class Bench:
             f.flush()
             t0 = time.monotonic()
             subprocess.run(["ip", "netns", "exec", self.netns, "timeout", "-s", "INT", str(seconds), "trafgen",
-                            "--dev", self.tap, "--conf", f.name, "--num", str(packets), "--cpus", "1", "--silent",
+                            "--dev", self.tap, "--conf", f.name, "--num", str(packets), "--cpus", "1",
                             "--no-sock-mem"], capture_output=True, timeout=seconds + 30, stdin=subprocess.DEVNULL)
             return time.monotonic() - t0
 

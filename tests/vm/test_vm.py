@@ -47,14 +47,21 @@ def booted() -> Iterator[dict[str, str]]:
     state = f"/run/xdpguard-vm-test-{os.getpid()}"
     env = {"XDPG_VM_STATE": state}
     os.environ.update(env)
+    netns = None
     try:
-        p = vm("up", "--provision", timeout=3600)
+        p = vm("up", "--provision", timeout=1800)  # a box build (~10 min) included
+        netns = (Path(state) / "netns").read_text().strip() if (Path(state) / "netns").exists() else None
         assert p.returncode == 0, p.stdout + p.stderr
         yield {"log": p.stderr}
     finally:
         vm("down", timeout=120)
         os.environ.pop("XDPG_VM_STATE", None)
+    # down leaves nothing: no state, no namespace, no qemu of ours
     assert not Path(state).exists()
+    if netns:
+        assert not Path("/run/netns", netns).exists(), netns
+    qemus = subprocess.run(["pgrep", "-f", f"qemu-system.*{state}"], capture_output=True, text=True).stdout
+    assert not qemus.strip(), qemus
 
 
 def test_guest_runs_debians_own_kernel(booted):
@@ -67,7 +74,7 @@ def test_guest_runs_debians_own_kernel(booted):
 
 
 def test_bpf_tier_inside_the_vm(booted):
-    p = vm("test", "tests/bpf", "-q", "-p", "no:cacheprovider", timeout=3600,
+    p = vm("test", "tests/bpf", "-q", "-p", "no:cacheprovider", timeout=2700,
            env={"CI": "true", "XDPGUARD_DIFF_EXAMPLES": VM_DIFF_EXAMPLES})
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     summary = p.stdout.strip().splitlines()[-1]
@@ -75,7 +82,7 @@ def test_bpf_tier_inside_the_vm(booted):
 
 
 def test_toggle_through_native_xdp_on_virtio(booted):
-    p = vm("smoke", timeout=900)
+    p = vm("smoke", timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "driver: virtio_net, XDP mode: xdp (native)" in p.stdout or \
         "driver: virtio_net, XDP mode: xdpdrv (native)" in p.stdout, p.stdout
