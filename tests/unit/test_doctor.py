@@ -160,6 +160,8 @@ def test_default_route_in_use_is_the_lowest_metric():
     assert d.check_native_xdp("eth0", None, f"it carries {V4_EIGHT}; never touched").status == d.OK
     assert d.check_native_xdp("eth1", None, "host namespace").status == d.WARN
     assert d.check_native_xdp("eth1", "Operation not supported", None).status == d.WARN
+    busy = d.check_native_xdp("eth1", "an XDP program is already attached; not replacing it", None)
+    assert busy.status == d.WARN and "xdpguard detach eth1" in busy.fix and "generic" not in busy.fix
     assert d.check_native_xdp("eth1", None, None).status == d.OK
 
 

@@ -243,6 +243,9 @@ def check_native_xdp(iface: str, result: str | None, skipped: str | None) -> Che
                      f"skipped ({skipped})", "" if "default route" in skipped else "give --try-attach to test it")
     if result is None:
         return Check("native-xdp", OK, f"{iface}: a trivial XDP_PASS program attached in native mode and was removed")
+    if "already attached" in result:
+        return Check("native-xdp", WARN, f"{iface}: not tried: {result}",
+                     f"xdpguard detach {iface} (or ip link set {iface} xdp off) and run doctor again")
     return Check("native-xdp", WARN, f"{iface}: native attach failed: {result}",
                  "xdpguard attach --mode auto will use generic (skb) mode")
 
