@@ -22,6 +22,7 @@ import time
 SRC, DST, GUEST_MAC = "198.18.20.1", "198.18.20.2", "52:54:00:18:14:02"
 METHODS = ("xdpguard", "iptables-raw", "nft-ingress")
 XG = "/vagrant/.venv/bin/xdpguard"
+MARK = "XDPG-BENCH-MARK"
 
 SETUP = {
     "xdpguard": f"{XG} attach eth1 --protect {DST} --mode native >/dev/null && {XG} block add {SRC}/32 >/dev/null",
@@ -62,6 +63,7 @@ def dropped(method: str, text: str) -> int:
 class Bench:
     def __init__(self, vm_sh: str, netns: str, tap: str):
         self.vm_sh, self.netns, self.tap = vm_sh, netns, tap
+        self.hz = 100
 
     def guest(self, cmd: str) -> str:
         p = subprocess.run(["bash", self.vm_sh, "ssh", f"sudo sh -c {json.dumps(cmd)}"], capture_output=True,
@@ -70,9 +72,9 @@ class Bench:
             raise RuntimeError(f"guest: {cmd}: {p.stderr.strip() or p.stdout.strip()}")
         return p.stdout
 
-    def cpu_jiffies(self) -> int:
-        f = self.guest("head -n 1 /proc/stat").split()
-        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f[1:8])
+    @staticmethod
+    def busy(stat_line: str) -> int:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in stat_line.split()[1:8])
         return user + nice + system + irq + softirq
 
     def flood(self, packets: int, seconds: float) -> float:
@@ -87,20 +89,54 @@ class Bench:
                             "--no-sock-mem"], capture_output=True, timeout=seconds + 30, stdin=subprocess.DEVNULL)
             return time.monotonic() - t0
 
-    def run(self, method: str, packets: int, seconds: float) -> dict:
-        self.guest(SETUP[method])
-        try:
-            d0, c0 = dropped(method, self.guest(COUNT[method])), self.cpu_jiffies()
-            wall = self.flood(packets, seconds)
-            time.sleep(2)  # the guest drains what the tap still holds
-            d1, c1 = dropped(method, self.guest(COUNT[method])), self.cpu_jiffies()
-        finally:
-            self.guest(TEARDOWN[method])
-        hz = int(self.guest("getconf CLK_TCK").strip() or 100)
-        n, cpu_s = d1 - d0, (c1 - c0) / hz
-        return {"method": method, "sent": packets, "dropped": n, "flood_s": round(wall, 2),
+    def clean(self) -> None:
+        """Best effort: no method left from an interrupted run."""
+        for m in METHODS:
+            try:
+                self.guest(f"{TEARDOWN[m]} 2>/dev/null")
+            except RuntimeError:
+                pass
+
+    def measure(self, method: str, packets: int, seconds: float, flood: bool = True) -> dict:
+        """One guest command around the flood: count, /proc/stat, sleep, /proc/stat, count. Only
+        the sleep (the flood and what the guest does for it) lies between the two /proc/stat
+        reads; ssh and the counter commands do not."""
+        window = seconds + 5
+        cmd = (f"{COUNT[method]}; echo {MARK}; head -n 1 /proc/stat; sleep {window}; head -n 1 /proc/stat; "
+               f"echo {MARK}; {COUNT[method]}")
+        p = subprocess.Popen(["bash", self.vm_sh, "ssh", f"sudo sh -c {json.dumps(cmd)}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        head = []
+        while True:  # wait for the first /proc/stat read: the window is open
+            line = p.stdout.readline()
+            if not line:
+                raise RuntimeError(f"guest: {cmd}: {p.stderr.read()}")
+            head.append(line)
+            if line.startswith("cpu "):
+                break
+        wall = self.flood(packets, seconds) if flood else 0.0
+        rest, err = p.communicate(timeout=window + 120)
+        if p.returncode != 0:
+            raise RuntimeError(f"guest: {cmd}: {err}")
+        count0 = "".join(head).split(MARK)[0]
+        stat1, count1 = rest.split(MARK, 1)
+        n = dropped(method, count1) - dropped(method, count0)
+        cpu_s = (self.busy(stat1.strip().splitlines()[0]) - self.busy(head[-1])) / self.hz
+        return {"method": method, "sent": packets if flood else 0, "dropped": n, "flood_s": round(wall, 2),
                 "drop_pps": round(n / wall) if wall else 0, "cpu_s": round(cpu_s, 2),
                 "cpu_ns_per_drop": round(cpu_s * 1e9 / n) if n else None}
+
+    def run(self, method: str, packets: int, seconds: float, idle_cpu_s: float = 0.0) -> dict:
+        self.guest(SETUP[method])
+        try:
+            r = self.measure(method, packets, seconds)
+        finally:
+            self.guest(TEARDOWN[method])
+        # what the guest burns in the same window without a flood (timers, TCG overhead) is not the method's
+        cpu = max(0.0, r["cpu_s"] - idle_cpu_s)
+        r["cpu_s"] = round(cpu, 2)
+        r["cpu_ns_per_drop"] = round(cpu * 1e9 / r["dropped"]) if r["dropped"] else None
+        return r
 
 
 def main() -> None:
@@ -113,10 +149,18 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     b = Bench(a.vm_sh, a.netns, a.tap)
-    rows = [b.run(m, a.packets, a.seconds) for m in METHODS]
+    b.clean()
+    b.hz = int(b.guest("getconf CLK_TCK").strip() or 100)
+    b.guest(SETUP["iptables-raw"])
+    try:
+        idle = b.measure("iptables-raw", 0, a.seconds, flood=False)["cpu_s"]
+    finally:
+        b.guest(TEARDOWN["iptables-raw"])
+    rows = [b.run(m, a.packets, a.seconds, idle) for m in METHODS]
     if a.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"idle_cpu_s": idle, "rows": rows}, indent=2))
         return
+    print(f"guest CPU in the same window without a flood (subtracted): {idle:.2f} s")
     base = rows[0]
     print(f"{'method':<14}{'dropped':>10}{'flood s':>9}{'drop pps':>11}{'guest CPU s':>13}{'CPU ns/drop':>13}"
           f"{'pps vs xdpguard':>17}")
