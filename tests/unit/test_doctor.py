@@ -212,8 +212,11 @@ def test_doctor_in_a_namespace_with_a_backup_default_route():
 
         def native(iface):
             p = subprocess.run(["ip", "netns", "exec", ns, *doctor, iface], capture_output=True, text=True,
-                               timeout=120)
-            return {c["name"]: c for c in json.loads(p.stdout)["checks"]}["native-xdp"]
+                               timeout=300)
+            try:
+                return {c["name"]: c for c in json.loads(p.stdout)["checks"]}["native-xdp"]
+            except (ValueError, KeyError):
+                pytest.fail(f"doctor --iface {iface} exit {p.returncode}:\n{p.stdout}\n{p.stderr}")
 
         eth1 = native("eth1")
         assert eth1["status"] == d.OK and "attached in native mode and was removed" in eth1["detail"], eth1
