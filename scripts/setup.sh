@@ -13,7 +13,7 @@ MODULES_DIR="/lib/modules/$KERNEL_RELEASE"
 
 APT_PACKAGES=(
     python3-bpfcc bpfcc-tools nftables python3-nftables iproute2 python3-venv
-    ipset tcpdump tmux netsniff-ng ethtool iputils-ping
+    ipset tcpdump tmux netsniff-ng ethtool iputils-ping prometheus python3-yaml
     vagrant
 )
 
@@ -63,6 +63,18 @@ if ((${#missing[@]})); then
     apt_install "${missing[@]}"
 else
     step "system packages already installed"
+fi
+# promtool (for the rules tests) comes with Debian's prometheus package, whose postinst enables
+# and starts a Prometheus server. xdpguard needs only the tool: a server this run installed is
+# stopped and disabled (one the operator had installed before is left alone).
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    step "stopping and disabling the prometheus service (only promtool is needed)"
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+        update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
 fi
 
 # --- kernel headers for bcc -----------------------------------------------------------------
@@ -132,18 +144,20 @@ then
 fi
 
 # --- bpffs mounts ---------------------------------------------------------------------------
-mount_bpffs() {
-    local dir="$1"
+mount_bpffs() {  # mount_bpffs DIR [MODE]
+    local dir="$1" mode="${2:-}"
     mkdir -p "$dir"
     if [[ "$(findmnt -n -o FSTYPE --mountpoint "$dir" 2>/dev/null || true)" == "bpf" ]]; then
         step "bpffs already mounted at $dir"
     else
         step "mounting bpffs at $dir"
-        mount -t bpf bpf "$dir"
+        mount -t bpf ${mode:+-o mode=$mode} bpf "$dir"
     fi
+    if [[ -n "$mode" ]]; then chmod "$mode" "$dir"; fi
 }
 mount_bpffs /sys/fs/bpf
-mount_bpffs "$BPFFS_DIR"
+mount_bpffs "$BPFFS_DIR" 0700   # root-only: nobody else may pre-create or unlink our pins
+chmod 0700 "$(dirname "$BPFFS_DIR")"
 
 # --- virtualenv -----------------------------------------------------------------------------
 venv_ok() {

@@ -99,7 +99,7 @@ struct xg_config {
     __u64 monitor_mask;   /* bit r set: drop reason r is counted as would_drop and passed */
     __u64 lists_mask;     /* XG_LM_*: set by the controller after every list change */
     __u32 filters_count;  /* feature filters in use, 0..XG_FILTERS_MAX, evaluated in order */
-    __u32 reserved;       /* 0 */
+    __u32 abi_version;    /* XG_ABI_VERSION of the controller that filled the maps (0: 1) */
 };
 
 /* xg_protected.flags */

@@ -1,61 +1,76 @@
-/* maps.h — every map of the XDP program, in bcc's dialect; layouts live in abi.h. */
+/* maps.h — every map of the XDP program, in bcc's dialect; layouts live in abi.h.
+ *
+ * Every map is declared through XG_MAP. With XG_PIN_DIR defined (a string: the interface's pin
+ * directory) bcc opens the map pinned there instead of creating one, and creates and pins it
+ * when there is none: a new program version then runs on the very maps of the old one (lists,
+ * hit counters, bans, buckets, SYN state, counters), and is swapped in atomically. bcc checks
+ * neither sizes nor types of a reused map: the controller checks every layout and the ABI
+ * version before it compiles against pins (dataplane.upgrade).
+ */
 #ifndef XDPGUARD_MAPS_H
 #define XDPGUARD_MAPS_H
 
+#ifdef XG_PIN_DIR
+#define XG_PINNED(name) ":" XG_PIN_DIR "/" #name
+#else
+#define XG_PINNED(name) ""
+#endif
+#define XG_MAP(type, key, val, name, max, flags) BPF_F_TABLE(type XG_PINNED(name), key, val, name, max, flags)
+
 /* xg_config_arr: key 0 → struct xg_config (run-time switches, monitor mask). */
-BPF_ARRAY(xg_config_arr, struct xg_config, 1);
+XG_MAP("array", int, struct xg_config, xg_config_arr, 1, 0);
 
 /* xg_stats_pcpu: key kind*XG_REASON_MAX+reason → per-CPU packets and bytes. */
-BPF_PERCPU_ARRAY(xg_stats_pcpu, struct xg_counter, XG_STATS_SLOTS);
+XG_MAP("percpu_array", int, struct xg_counter, xg_stats_pcpu, XG_STATS_SLOTS, 0);
 
 /* xg_prot4_hash / xg_prot6_hash: protected destination address → struct xg_protected. */
-BPF_HASH(xg_prot4_hash, __u32, struct xg_protected, XG_PROTECTED_MAX);
-BPF_HASH(xg_prot6_hash, struct xg_addr6, struct xg_protected, XG_PROTECTED_MAX);
+XG_MAP("hash", __u32, struct xg_protected, xg_prot4_hash, XG_PROTECTED_MAX, 0);
+XG_MAP("hash", struct xg_addr6, struct xg_protected, xg_prot6_hash, XG_PROTECTED_MAX, 0);
 
 /* xg_ports_hash: open (protected address, proto, port) → struct xg_port_value (port policy). */
-BPF_HASH(xg_ports_hash, struct xg_port_key, struct xg_port_value, XG_PORTS_MAX);
+XG_MAP("hash", struct xg_port_key, struct xg_port_value, xg_ports_hash, XG_PORTS_MAX, 0);
 
 /* xg_portlim_hash: (protected address, proto, port) → struct xg_limits overriding the address's. */
-BPF_HASH(xg_portlim_hash, struct xg_port_key, struct xg_limits, XG_PORTS_MAX);
+XG_MAP("hash", struct xg_port_key, struct xg_limits, xg_portlim_hash, XG_PORTS_MAX, 0);
 
 /* xg_bucket_lru: source → struct xg_bucket (token buckets; an evicted source starts full). */
-BPF_TABLE("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX);
+XG_MAP("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX, 0);
 
 /* xg_dstbkt_hash: (protected address, proto, port) → struct xg_dst_bucket (all sources). */
-BPF_HASH(xg_dstbkt_hash, struct xg_port_key, struct xg_dst_bucket, XG_PORTS_MAX);
+XG_MAP("hash", struct xg_port_key, struct xg_dst_bucket, xg_dstbkt_hash, XG_PORTS_MAX, 0);
 
 /* xg_ban_lru: source → struct xg_ban (dynamic bans with expiry, written by the data path). */
-BPF_TABLE("lru_hash", struct xg_src_key, struct xg_ban, xg_ban_lru, XG_BANS_MAX);
+XG_MAP("lru_hash", struct xg_src_key, struct xg_ban, xg_ban_lru, XG_BANS_MAX, 0);
 
 /* xg_dpstate_arr: key 0 → struct xg_dpstate (flags the data path sets). */
-BPF_ARRAY(xg_dpstate_arr, struct xg_dpstate, 1);
+XG_MAP("array", int, struct xg_dpstate, xg_dpstate_arr, 1, 0);
 
 /* xg_reflect_arr: UDP source port → 1 when traffic from it is treated as reflection. */
-BPF_ARRAY(xg_reflect_arr, __u8, 65536);
+XG_MAP("array", int, __u8, xg_reflect_arr, 65536, 0);
 
 /* xg_filters_arr: slot → struct xg_filter, evaluated in order up to config.filters_count. */
-BPF_ARRAY(xg_filters_arr, struct xg_filter, XG_FILTERS_MAX);
+XG_MAP("array", int, struct xg_filter, xg_filters_arr, XG_FILTERS_MAX, 0);
 
 /* xg_synwin_arr: protected address slot → struct xg_synwin (SYN count in the current second). */
-BPF_ARRAY(xg_synwin_arr, struct xg_synwin, XG_PROTECTED_MAX);
+XG_MAP("array", int, struct xg_synwin, xg_synwin_arr, XG_PROTECTED_MAX, 0);
 
 /* xg_synseen_lru: source → struct xg_synseen (first SYN dropped at, ns). */
-BPF_TABLE("lru_hash", struct xg_src_key, struct xg_synseen, xg_synseen_lru, XG_SOURCES_MAX);
+XG_MAP("lru_hash", struct xg_src_key, struct xg_synseen, xg_synseen_lru, XG_SOURCES_MAX, 0);
 
 /* xg_synauth_hash: source → struct xg_synauth (authenticated until, ns). */
-BPF_F_TABLE("hash", struct xg_src_key, struct xg_synauth, xg_synauth_hash, XG_SYNAUTH_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("hash", struct xg_src_key, struct xg_synauth, xg_synauth_hash, XG_SYNAUTH_MAX, BPF_F_NO_PREALLOC);
 
 /* Allowlist and blocklist, host entries (/32, /128): exact source → struct xg_list_entry.
  * A hash lookup stays flat as the list grows; the trie's depth does not. */
-BPF_F_TABLE("hash", __u32, struct xg_list_entry, xg_allow4_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("hash", struct xg_addr6, struct xg_list_entry, xg_allow6_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("hash", __u32, struct xg_list_entry, xg_block4_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("hash", struct xg_addr6, struct xg_list_entry, xg_block6_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("hash", __u32, struct xg_list_entry, xg_allow4_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("hash", struct xg_addr6, struct xg_list_entry, xg_allow6_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("hash", __u32, struct xg_list_entry, xg_block4_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("hash", struct xg_addr6, struct xg_list_entry, xg_block6_hash, XG_LIST_MAX, BPF_F_NO_PREALLOC);
 
 /* Allowlist and blocklist, other prefixes: source prefix → struct xg_list_entry. */
-BPF_LPM_TRIE(xg_allow4_lpm, struct xg_lpm4_key, struct xg_list_entry, XG_LIST_MAX);
-BPF_LPM_TRIE(xg_allow6_lpm, struct xg_lpm6_key, struct xg_list_entry, XG_LIST_MAX);
-BPF_LPM_TRIE(xg_block4_lpm, struct xg_lpm4_key, struct xg_list_entry, XG_LIST_MAX);
-BPF_LPM_TRIE(xg_block6_lpm, struct xg_lpm6_key, struct xg_list_entry, XG_LIST_MAX);
+XG_MAP("lpm_trie", struct xg_lpm4_key, struct xg_list_entry, xg_allow4_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("lpm_trie", struct xg_lpm6_key, struct xg_list_entry, xg_allow6_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("lpm_trie", struct xg_lpm4_key, struct xg_list_entry, xg_block4_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("lpm_trie", struct xg_lpm6_key, struct xg_list_entry, xg_block6_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
 
 #endif /* XDPGUARD_MAPS_H */

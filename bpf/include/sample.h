@@ -10,10 +10,10 @@
 #define XDPGUARD_SAMPLE_H
 
 /* xg_sample_cfg: key 0 → struct xg_sample_config (sample_every: 1 in N, 0 = off). */
-BPF_ARRAY(xg_sample_cfg, struct xg_sample_config, 1);
+XG_MAP("array", int, struct xg_sample_config, xg_sample_cfg, 1, 0);
 
 /* xg_sample_pcpu: key 0 → per-CPU struct xg_sample_state (countdown, taken, lost). */
-BPF_PERCPU_ARRAY(xg_sample_pcpu, struct xg_sample_state, 1);
+XG_MAP("percpu_array", int, struct xg_sample_state, xg_sample_pcpu, 1, 0);
 
 /* xg_samples: ring buffer of struct xg_sample records, XG_SAMPLE_RING_PAGES pages. */
 BPF_RINGBUF_OUTPUT(xg_samples, XG_SAMPLE_RING_PAGES);

@@ -17,7 +17,7 @@ import pytest
 from xdpguard.core import abi
 
 INCLUDE = abi.BPF_DIR / "include"
-C_TYPE_SIZES = {"__u8": 1, "__u16": 2, "__be16": 2, "__u32": 4, "__be32": 4, "__u64": 8, "__be64": 8}
+C_TYPE_SIZES = {"int": 4, "__u8": 1, "__u16": 2, "__be16": 2, "__u32": 4, "__be32": 4, "__u64": 8, "__be64": 8}
 
 
 def _strip_comments(text: str) -> str:
@@ -73,12 +73,14 @@ def c_layout(fields: list[tuple[str, str, int]]) -> tuple[list[int], int]:
 def c_maps() -> dict[str, tuple[str, list[str]]]:
     """map name → (BPF_* macro, remaining arguments)."""
     out = {}
-    for m in re.finditer(r"\b(BPF_\w+)\s*\(([^;]*?)\)\s*;", MAPS_H, re.S):
+    for m in re.finditer(r"^\s*(BPF_\w+|XG_MAP)\s*\(([^;]*?)\)\s*;", MAPS_H, re.S | re.M):
         parts = [a.strip() for a in m[2].split(",")]
         macro = m[1]
-        if macro in ("BPF_TABLE", "BPF_F_TABLE"):  # ("type", key, leaf, name, size[, flags])
+        if macro in ("BPF_TABLE", "BPF_F_TABLE", "XG_MAP"):  # ("type", key, leaf, name, size[, flags])
             kind, key, leaf, name, *rest = parts
-            macro, parts = "BPF_" + kind.strip('"').upper(), [name, key, leaf, *rest]
+            macro = "BPF_" + kind.strip('"').upper()
+            # arrays in the BPF_ARRAY shape (name, leaf, size): their key is a u32 index
+            parts = [name, leaf, *rest] if macro.endswith("ARRAY") else [name, key, leaf, *rest]
         name, *args = parts
         assert name not in out, f"map {name} declared twice"
         out[name] = (macro, args)

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from xdpguard.cli.main import run
+from xdpguard.core import vocab
 from xdpguard.core import cleansing, policy
 from xdpguard.core.errors import UserError
 from cli_helpers import invoke, one_line_error
@@ -94,11 +95,11 @@ def test_limit_clear_port_and_all_ports_conflict(calls, capsys):
 
 
 def test_port_spec_parsing():
-    assert cleansing.parse_port_spec("UDP:53") == ("udp", 53, 53)
-    assert cleansing.parse_port_spec("tcp:1000-2000") == ("tcp", 1000, 2000)
+    assert vocab.parse_port_spec("UDP:53") == ("udp", 53, 53)
+    assert vocab.parse_port_spec("tcp:1000-2000") == ("tcp", 1000, 2000)
     for bad in ("53", "sctp:80", "udp:0", "udp:90-80", "udp:x"):
         with pytest.raises(UserError):
-            cleansing.parse_port_spec(bad)
+            vocab.parse_port_spec(bad)
 
 
 # ---- proto, reflection, fragments, monitor, syn ----

@@ -14,7 +14,7 @@ import pytest
 
 from xdpguard import __version__
 from xdpguard.cli.main import run
-from xdpguard.core import protection
+from xdpguard.core import protection, reconcile
 from xdpguard.core.errors import UserError
 from xdpguard.core.libbpf import BpfError
 from xdpguard.core.protection import (
@@ -57,7 +57,8 @@ class Calls:
                 raise result
             return result
 
-        self.monkeypatch.setattr(protection, verb, impl)
+        # detach is the verb layer's (it also tears down NAT and forgets the desired state)
+        self.monkeypatch.setattr(reconcile if verb == "detach" else protection, verb, impl)
 
 
 @pytest.fixture

@@ -139,3 +139,43 @@ def test_measures_from_snapshot_single_and_shared():
     shared = replace(snap, dst_shares={ADDR: 0.75, "2001:db8:0:1::2": 0.25})
     ms = events.measures_from_snapshot(shared)
     assert ms[ADDR].drop_pps == 75_000 and ms["2001:db8:0:1::2"].drop_pps == 25_000
+
+
+V6 = "2001:db8:0:1::2"
+
+
+def test_unsampled_interval_gives_an_idle_address_nothing():
+    """An IPv4-only flood with an IPv6 address also protected: an interval without samples must
+    not hand the whole interface's rate to the IPv6 address (it received nothing)."""
+    from dataclasses import replace
+
+    from render_fixtures import attack_snapshot
+
+    snap = replace(attack_snapshot(), dst_shares={})  # no samples this interval
+    ms = events.measures_from_snapshot(snap)
+    assert ms[V6] == Measure() and ms[ADDR] == Measure()  # no evidence: no attribution
+    att = events.Attribution()
+    sampled = replace(snap, dst_shares={ADDR: 1.0})
+    assert att(sampled)[ADDR].drop_pps == 100_000 and att(sampled)[V6].drop_pps == 0
+    ms = att(snap)  # the next interval has no samples: the last sampled split holds
+    assert ms[ADDR].drop_pps == 100_000 and ms[V6] == Measure()
+    assert all(":" not in s for s in ms[ADDR].sources)  # v4 address: only v4 sources
+
+
+def test_attack_active_only_for_the_attacked_address():
+    """DetectionLoop.active() is what xdpguard_attack_active exports: over sampled and
+    unsampled intervals of a v4-only flood it never names the v6 address."""
+    from dataclasses import replace
+
+    from render_fixtures import attack_snapshot
+
+    base = attack_snapshot()
+    d, clock, got = det(EventConfig(Thresholds(drop_pps=1000), hold_s=30))
+    att = events.Attribution()
+    for shares in ({ADDR: 1.0}, {}, {}, {ADDR: 1.0}, {}):
+        d.update(att(replace(base, dst_shares=shares)), 1)
+        clock.t += 1
+    assert [(p, e.protected) for p, e in got] == [("start", ADDR)]
+    loop = events.DetectionLoop()
+    loop.detectors["xgp0"] = d
+    assert loop.active() == {("xgp0", ADDR): True}

@@ -2,55 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prom_helpers import exported, install_fakes, samples, scrape_text  # noqa: E402  (tests/unit is on sys.path)
 
-from xdpguard.core import forward, metrics, protection, state  # noqa: E402
-from xdpguard.core.forward import BackendView, ForwardListResult, RuleView  # noqa: E402
-from xdpguard.core.protection import CounterView  # noqa: E402
-
-
-class FakeGuard:
-    maps: dict = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def counters(self):
-        return [CounterView("drop", "blocklist", 1500, 96000), CounterView("pass", "clean", 20, 1400)]
-
-    def list_size(self, which):
-        return {"block": 3, "allow": 1}[which]
-
-    def protected(self):
-        return ["198.18.0.2"]
+from xdpguard import __version__  # noqa: E402
+from xdpguard.core import metrics  # noqa: E402
 
 
 @pytest.fixture
 def scrape(monkeypatch):
-    monkeypatch.setattr(protection.Guard, "open", classmethod(lambda cls, iface: FakeGuard()))
-    monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 1, "net-1"))
-    from xdpguard.core import sampling
-
-    monkeypatch.setattr(sampling, "get_sample_every", lambda maps: 64)
-    rules = [RuleView("198.18.0.2 tcp 80", "xgp0", "tcp", "198.18.0.2", "80",
-                      [BackendView("198.51.100.10:8080", 1, False, "up"), BackendView("198.51.100.11:8080", 1, False, "down"),
-                       BackendView("198.51.100.12:8080", 1, True, "unknown")], 0, False, None, 5, 500)]
-    monkeypatch.setattr(forward, "show", lambda ifname=None: ForwardListResult(rules, {}, True))
+    install_fakes(monkeypatch)
 
     def do(active=None):
-        reg = CollectorRegistry(auto_describe=False)
-        reg.register(metrics.XdpguardCollector(attacks=lambda: active or {}, ifaces=lambda: ["xgp0"]))
-        text = generate_latest(reg).decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}, text
+        text = scrape_text(active)
+        return {(name, tuple(sorted(labels.items()))): value for name, labels, value, _ in samples(text)}, text
     return do
 
 
@@ -61,11 +31,17 @@ def test_names_labels_values(scrape):
     assert got[("xdpguard_packets_total", (("action", "pass"), ("iface", "xgp0"), ("reason", "clean")))] == 20
     assert got[("xdpguard_list_entries", (("iface", "xgp0"), ("list", "block")))] == 3
     assert got[("xdpguard_list_entries", (("iface", "xgp0"), ("list", "allow")))] == 1
-    assert got[("xdpguard_backend_up", (("backend", "198.51.100.10:8080"), ("rule", "198.18.0.2 tcp 80")))] == 1
-    assert got[("xdpguard_backend_up", (("backend", "198.51.100.11:8080"), ("rule", "198.18.0.2 tcp 80")))] == 0
+    rule = ("rule", "198.18.0.2 tcp 80")
+    assert got[("xdpguard_backend_up", (("backend", "198.51.100.10:8080"), ("iface", "xgp0"), rule))] == 1
+    assert got[("xdpguard_backend_up", (("backend", "198.51.100.11:8080"), ("iface", "xgp0"), rule))] == 0
     assert not any(k[0] == "xdpguard_backend_up" and ("backend", "198.51.100.12:8080") in k[1] for k in got)
+    assert got[("xdpguard_forward_packets_total", (("iface", "xgp0"), rule))] == 5
+    assert got[("xdpguard_forward_bytes_total", (("iface", "xgp0"), rule))] == 500
     assert got[("xdpguard_attack_active", (("iface", "xgp0"), ("protected", "198.18.0.2")))] == 1
-    assert got[("xdpguard_sample_every", (("iface", "xgp0"),))] == 64
+    assert got[("xdpguard_sample_ratio", (("iface", "xgp0"),))] == 1 / 64
+    assert got[("xdpguard_samples_total", (("iface", "xgp0"),))] == 1000
+    assert got[("xdpguard_samples_lost_total", (("iface", "xgp0"),))] == 7
+    assert got[("xdpguard_build_info", (("version", __version__),))] == 1
     assert "# TYPE xdpguard_packets_total counter" in text
 
 
@@ -84,3 +60,29 @@ def test_parse_listen(text, out):
 def test_parse_listen_rejects(bad):
     with pytest.raises(metrics.UserError if hasattr(metrics, "UserError") else Exception):
         metrics.parse_listen(bad)
+
+
+def test_every_declared_family_is_served_with_its_type_and_labels(scrape):
+    got = exported(scrape_text({("xgp0", "198.18.0.2"): True}))
+    for m in metrics.METRICS:
+        assert m.name in got, m.name
+        kind, labels = got[m.name]
+        assert kind == m.kind and labels == set(m.labels), (m.name, kind, labels)
+    assert {n for n in got if n.startswith("xdpguard_")} == {m.name for m in metrics.METRICS}
+
+
+NAME = re.compile(r"^xdpguard_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+LABEL = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+UNIT_WORDS = {"seconds", "bytes", "ratio", "packets", "entries", "samples", "info", "up", "active"}
+
+
+@pytest.mark.parametrize("m", metrics.METRICS, ids=lambda m: m.name)
+def test_names_follow_prometheus_conventions(m):
+    """https://prometheus.io/docs/practices/naming/: snake_case, `_total` exactly on counters,
+    base units in the name (bytes, seconds; no bits, ms or kb), a unitless fraction is `_ratio`."""
+    assert NAME.match(m.name) and all(LABEL.match(la) and not la.startswith("__") for la in m.labels)
+    assert m.name.endswith("_total") == (m.kind == "counter")
+    words = m.name.removesuffix("_total").split("_")
+    assert not {"bits", "bps", "pps", "ms", "kb", "mb", "percent", "every"} & set(words), m.name
+    assert UNIT_WORDS & set(words), f"{m.name}: the name should say what it counts or measures (unit)"
+    assert m.labels == tuple(dict.fromkeys(m.labels)) and "le" not in m.labels and "quantile" not in m.labels

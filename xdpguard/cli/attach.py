@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import dataplane, protection
+from xdpguard.core import dataplane, reconcile
 
 from .output import console, emit_json
 from .params import IFACE
@@ -25,7 +25,7 @@ def attach(iface, protect, mode, monitor, force, as_json, ebpf):
     if ebpf:
         click.echo(dataplane.render_source())
         return
-    res = protection.attach(iface, list(protect), mode=mode, monitor=monitor, force=force)
+    res = reconcile.attach(iface, list(protect), mode=mode, monitor=monitor, force=force)
     if as_json:
         emit_json(res)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import capture as core
+from xdpguard.core import sampling
 from xdpguard.core.abi import SAMPLE_SNAPLEN, Reason
 
 from .output import console, emit_json
@@ -23,7 +24,8 @@ from .params import IFACE
 @click.option("--timeout", type=click.FloatRange(0.1, 86400), default=10.0, show_default=True, metavar="SECONDS",
               help="Stop after SECONDS.")
 @click.option("--sample-every", type=click.IntRange(1, 1 << 24), default=None, metavar="N",
-              help="Sample 1 in N while capturing (restored afterwards). Default: current, 64 when off.")
+              help="Sample 1 in N while capturing (restored afterwards). Default: current, "
+              f"{sampling.DEFAULT_SAMPLE_EVERY} when off.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 def capture(iface, path, count, reason, snaplen, timeout, sample_every, as_json):
     """Write sampled DROPPED packets of IFACE to a pcapng file, each with its drop reason as a comment."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import protection
+from xdpguard.core import reconcile
 
 from .output import console, emit_json
 from .params import IFACE
@@ -15,7 +15,7 @@ from .params import IFACE
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def detach(iface, as_json):
     """Remove xdpguard from IFACE: program, pinned maps and state file."""
-    res = protection.detach(iface)
+    res = reconcile.detach(iface)
     if as_json:
         emit_json(res)
         return

@@ -13,6 +13,7 @@ from xdpguard.core.abi import Reason
 
 from .output import console, emit_json, human_bytes
 from .params import IFACE, iface_option as _iface, json_option as _json
+from .desired import record_iface
 
 
 
@@ -103,7 +104,9 @@ def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, 
         return core.EventConfig(default, addrs, cfg.hold_s if hold is None else hold,
                                 cfg.hook if hook is None else (hook or None))
 
-    _show(core.set_config(st_iface, update), st_iface.name, as_json)
+    cfg = core.set_config(st_iface, update)
+    record_iface(st_iface.name)
+    _show(cfg, st_iface.name, as_json)
 
 
 @threshold.command("show")
@@ -122,7 +125,9 @@ def threshold_clear(iface, as_json):
     """Back to the defaults."""
     st_iface = state.resolve_iface(protection.pick_iface(iface))
     state.require_root()
-    _show(core.set_config(st_iface, lambda cfg: core.EventConfig()), st_iface.name, as_json)
+    cfg = core.set_config(st_iface, lambda cfg: core.EventConfig())
+    record_iface(st_iface.name)
+    _show(cfg, st_iface.name, as_json)
 
 
 def _show(cfg: core.EventConfig, name: str, as_json: bool) -> None:

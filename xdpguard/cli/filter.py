@@ -10,33 +10,12 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import abi, cleansing, policy
+from xdpguard.core.vocab import parse_hex, parse_range
 from xdpguard.core.errors import UserError
 
 from .params import iface_option, json_option
 from .output import console, emit_json
-
-
-def parse_range(opt: str, text: str | None, full: tuple[int, int]) -> tuple[int, int]:
-    if text is None:
-        return full
-    lo_s, dash, hi_s = str(text).strip().partition("-")
-    try:
-        lo = int(lo_s)
-        hi = int(hi_s) if dash else lo
-    except ValueError:
-        raise UserError(f"invalid {opt} '{text}': use N or N-M") from None
-    return lo, hi
-
-
-def parse_hex(opt: str, text: str | None) -> bytes:
-    if not text:
-        return b""
-    t = str(text).strip().lower()
-    t = t[2:] if t.startswith("0x") else t
-    try:
-        return bytes.fromhex(t.replace(":", "").replace(" ", ""))
-    except ValueError:
-        raise UserError(f"invalid {opt} '{text}': not hex bytes (e.g. deadbeef or de:ad:be:ef)") from None
+from .desired import recorded
 
 
 def render(res: cleansing.FilterResult, as_json: bool) -> None:
@@ -93,7 +72,7 @@ def add(proto, sport, dport, length, ttl, tcp_flags, payload, mask, base, offset
         payload_base=base, payload_off=offset, ban_s=ban_s)
     if flt.tcp_flags[0] and flt.proto not in (None, "tcp"):
         raise UserError("--tcp-flags only match TCP; drop --proto or use --proto tcp")
-    render(cleansing.filter_add(iface, flt, position), as_json)
+    render(recorded(cleansing.filter_add(iface, flt, position)), as_json)
 
 
 @filter_.command("del")
@@ -102,7 +81,7 @@ def add(proto, sport, dport, length, ttl, tcp_flags, payload, mask, base, offset
 @json_option
 def delete(index, iface, as_json):
     """Delete filter INDEX (as shown by `filter list`); later ones move up."""
-    render(cleansing.filter_del(iface, index), as_json)
+    render(recorded(cleansing.filter_del(iface, index)), as_json)
 
 
 @filter_.command("list")

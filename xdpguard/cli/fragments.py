@@ -8,6 +8,7 @@ from xdpguard.core import cleansing
 
 from .params import iface_option, json_option
 from .output import console, emit_json
+from .desired import recorded
 
 
 def render(res: cleansing.FragmentsResult, as_json: bool) -> None:
@@ -27,7 +28,7 @@ def fragments():
 @json_option
 def drop(iface, as_json):
     """Drop fragments."""
-    render(cleansing.fragments_set(iface, True), as_json)
+    render(recorded(cleansing.fragments_set(iface, True)), as_json)
 
 
 @fragments.command("pass")
@@ -35,7 +36,7 @@ def drop(iface, as_json):
 @json_option
 def pass_(iface, as_json):
     """Pass fragments (the default)."""
-    render(cleansing.fragments_set(iface, False), as_json)
+    render(recorded(cleansing.fragments_set(iface, False)), as_json)
 
 
 @fragments.command("show")

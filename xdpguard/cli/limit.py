@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, policy
+from xdpguard.core import cleansing, policy, vocab
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json, human_bytes
 from .params import iface_option, json_option, protected_option
-
-_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
-
+from .desired import recorded
 
 class RateType(click.ParamType):
     """A whole number ≥ 0, optionally with a k/M/G suffix (decimal): 10k, 1.5M."""
@@ -24,18 +22,10 @@ class RateType(click.ParamType):
     name = "N"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        text = str(value).strip()
-        mult = _SUFFIX.get(text[-1:].lower(), 1)
-        num = text[:-1] if mult > 1 else text
         try:
-            f = float(num)
-        except ValueError:
-            self.fail(f"'{value}' is not a number (e.g. 1000, 10k, 1.5M)", param, ctx)
-        if f < 0 or f != f or f * mult != int(f * mult):
-            self.fail(f"'{value}' must be a whole number ≥ 0", param, ctx)
-        return int(f * mult)
+            return vocab.parse_count(value, param.opts[0] if param is not None and param.opts else "rate")
+        except UserError as exc:
+            self.fail(exc.message, param, ctx)
 
 
 RATE = RateType()
@@ -97,7 +87,7 @@ def set_(protected, port, src_pps, src_burst, src_bps, src_burst_bytes, dst_pps,
     """Replace the limits of the protected address(es), or of their --port, with these rates."""
     lim = policy.Limits(src_pps, src_burst, src_bps, src_burst_bytes, dst_pps, dst_burst, syn_src_pps,
                         syn_src_burst, ban_s)
-    render(cleansing.limit_set(iface, lim, protected, port), as_json)
+    render(recorded(cleansing.limit_set(iface, lim, protected, port)), as_json)
 
 
 @limit.command("clear")
@@ -110,7 +100,7 @@ def clear(protected, port, all_ports, iface, as_json):
     """Remove the limits of the protected address(es), or of their --port."""
     if port and all_ports:
         raise UserError("give --port or --all-ports, not both")
-    render(cleansing.limit_clear(iface, protected, port, all_ports), as_json)
+    render(recorded(cleansing.limit_clear(iface, protected, port, all_ports)), as_json)
 
 
 @limit.command("show")

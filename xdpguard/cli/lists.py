@@ -9,6 +9,7 @@ from xdpguard.core import protection
 
 from .output import console, emit_json
 from .params import CIDR, iface_option, json_option
+from .desired import recorded
 
 _HELP = {
     "block": "Drop traffic from these sources to the protected addresses.",
@@ -45,7 +46,7 @@ def make_group(which: str) -> click.Group:
     @json_opt
     def add(cidrs, ttl, iface, as_json):
         """Add CIDRs (IPv4 and IPv6) to the list; existing entries keep their hit counts."""
-        _report(protection.list_add(which, iface, list(cidrs), ttl), as_json)
+        _report(recorded(protection.list_add(which, iface, list(cidrs), ttl), lists=True), as_json)
 
     @group.command("del")
     @click.argument("cidrs", nargs=-1, required=True, type=CIDR)
@@ -53,7 +54,7 @@ def make_group(which: str) -> click.Group:
     @json_opt
     def delete(cidrs, iface, as_json):
         """Remove CIDRs from the list."""
-        _report(protection.list_del(which, iface, list(cidrs)), as_json)
+        _report(recorded(protection.list_del(which, iface, list(cidrs)), lists=True), as_json)
 
     @group.command("load")
     @click.argument("file", type=click.Path(dir_okay=False))
@@ -62,7 +63,7 @@ def make_group(which: str) -> click.Group:
     @json_opt
     def load(file, ttl, iface, as_json):
         """Load FILE: one CIDR per line, '#' comments, v4 and v6 mixed. All or nothing."""
-        _report(protection.list_load(which, iface, file, ttl), as_json)
+        _report(recorded(protection.list_load(which, iface, file, ttl), lists=True), as_json)
 
     dynamic_opt = click.option("--dynamic", is_flag=True, hidden=which != "block",
                                help="Show the dynamic bans instead (as `xdpguard ban list`).")

@@ -7,31 +7,23 @@ import sys
 import click
 
 from xdpguard import __version__
+from xdpguard.core.config import ConfigError
 from xdpguard.core.errors import UserError
 from xdpguard.core.libbpf import BpfError
 
 from .exitcodes import ExitCode
 
 
-class Ctx:
-    """The one context object every command receives."""
-
-    def __init__(self, json_default: bool = False):
-        self.json_default = json_default
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "XDPGUARD"})
 @click.version_option(__version__, "--version", prog_name="xdpguard")
-@click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli() -> None:
     """xdpguard: a DDoS protective IP. XDP drops attack traffic at line rate; clean traffic
     goes on to the protected addresses (and, with forwarding, to hidden real servers)."""
-    ctx.obj = Ctx()
 
 
 def _register() -> None:
     from . import attach, detach, forward, lists, port, run, status
-    from . import doctor, lab
+    from . import desired, doctor, lab
 
     cli.add_command(attach.attach)
     cli.add_command(detach.detach)
@@ -41,6 +33,10 @@ def _register() -> None:
     cli.add_command(port.port)
     cli.add_command(forward.forward)
     cli.add_command(run.run)
+    cli.add_command(desired.apply)
+    cli.add_command(desired.diff)
+    cli.add_command(desired.export)
+    cli.add_command(desired.upgrade)
     from . import capture, events, stats, top  # observability (issue 5)
     cli.add_command(top.top)
     cli.add_command(stats.stats)
@@ -75,6 +71,10 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(exc.format_message().replace("\n", " "), ExitCode.BAD_INPUT)
     except click.ClickException as exc:
         return _fail(exc.format_message(), ExitCode.BAD_INPUT)
+    except ConfigError as exc:  # one line per problem, each naming file, line and field
+        for problem in exc.problems[:-1]:
+            click.echo(f"xdpguard: error: {problem}", err=True)
+        return _fail(exc.problems[-1], ExitCode.BAD_INPUT)
     except UserError as exc:
         return _fail(exc.message, ExitCode.BAD_INPUT)
     except BpfError as exc:

@@ -8,6 +8,7 @@ from xdpguard.core import cleansing
 
 from .params import iface_option, json_option
 from .output import console, emit_json
+from .desired import recorded
 
 _reason = click.option("--reason", "reasons", multiple=True, metavar="REASON",
                        help=f"Only this drop reason (repeatable): {', '.join(cleansing.DROP_REASONS)}. "
@@ -34,7 +35,7 @@ def monitor():
 @json_option
 def on(reasons, iface, as_json):
     """Monitor (pass) the given drop reasons, or all."""
-    render(cleansing.monitor_change(iface, True, reasons), as_json)
+    render(recorded(cleansing.monitor_change(iface, True, reasons)), as_json)
 
 
 @monitor.command("off")
@@ -43,7 +44,7 @@ def on(reasons, iface, as_json):
 @json_option
 def off(reasons, iface, as_json):
     """Enforce the given drop reasons again, or all."""
-    render(cleansing.monitor_change(iface, False, reasons), as_json)
+    render(recorded(cleansing.monitor_change(iface, False, reasons)), as_json)
 
 
 @monitor.command("show")

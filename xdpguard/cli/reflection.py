@@ -8,6 +8,7 @@ from xdpguard.core import cleansing
 
 from .limit import iface_option, json_option
 from .output import console, emit_json
+from .desired import recorded
 
 
 def render(res: cleansing.ReflectionResult, as_json: bool) -> None:
@@ -40,7 +41,7 @@ def list_(iface, as_json):
 @json_option
 def add(ports, iface, as_json):
     """Add UDP source PORTs."""
-    render(cleansing.reflection_change(iface, "add", ports), as_json)
+    render(recorded(cleansing.reflection_change(iface, "add", ports)), as_json)
 
 
 @reflection.command("del")
@@ -49,7 +50,7 @@ def add(ports, iface, as_json):
 @json_option
 def delete(ports, iface, as_json):
     """Remove UDP source PORTs."""
-    render(cleansing.reflection_change(iface, "del", ports), as_json)
+    render(recorded(cleansing.reflection_change(iface, "del", ports)), as_json)
 
 
 @reflection.command("on")
@@ -57,7 +58,7 @@ def delete(ports, iface, as_json):
 @json_option
 def on(iface, as_json):
     """Turn the reflection filter on."""
-    render(cleansing.reflection_change(iface, "on"), as_json)
+    render(recorded(cleansing.reflection_change(iface, "on")), as_json)
 
 
 @reflection.command("off")
@@ -65,4 +66,4 @@ def on(iface, as_json):
 @json_option
 def off(iface, as_json):
     """Turn the reflection filter off (the port list stays)."""
-    render(cleansing.reflection_change(iface, "off"), as_json)
+    render(recorded(cleansing.reflection_change(iface, "off")), as_json)

@@ -3,12 +3,14 @@ expiry sweeps)."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
 import click
+from click.core import ParameterSource
 
-from xdpguard.core import events, health, protection
+from xdpguard.core import config, daemon, events, health, protection
 from xdpguard.core.errors import UserError
 
 from .output import console
@@ -38,10 +40,38 @@ from .output import console
               metavar="SECONDS", help="Seconds between two sweeps of expired list entries and bans.")
 @click.option("--hook", default=None, metavar="COMMAND",
               help="Override: run COMMAND on event start/end with the event JSON on stdin.")
-def run(interval, timeout, rise, fall, once, duration, metrics, detect, detect_interval, attack_pps, attack_bps,
-        attack_drop_pps, attack_drop_bps, hold, sweep_interval, hook):
-    """Check backend health, detect attacks (events log, hook) and serve metrics."""
+@click.option("--config", "config_path", default=None, metavar="FILE",
+              help="Own the desired state of FILE: restore it at start (after a reboot), repair drift, "
+                   "re-read it on SIGHUP. Its [daemon] section sets the options not given here.")
+@click.option("--reconcile-interval", type=click.FloatRange(0.1, 60), default=0.5, show_default=True,
+              metavar="SECONDS", help="With --config: seconds between two drift checks.")
+@click.pass_context
+def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, detect_interval, attack_pps, attack_bps,
+        attack_drop_pps, attack_drop_bps, hold, sweep_interval, hook, config_path, reconcile_interval):
+    """Check backend health, detect attacks (events log, hook) and serve metrics; with --config,
+    also restore and keep the desired state (the daemon: see xdpguard.service)."""
     c = console()
+    reconciler = None
+    if config_path is not None:
+        desired, warnings = config.load(config_path)
+        for w in warnings:
+            c.print(f"warning: {w}", markup=False)
+        ds = desired.daemon
+
+        def given(name: str) -> bool:
+            return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+        interval = interval if given("interval") else ds.health_interval_s
+        timeout = timeout if given("timeout") else ds.health_timeout_s
+        rise = rise if given("rise") else ds.rise
+        fall = fall if given("fall") else ds.fall
+        sweep_interval = sweep_interval if given("sweep_interval") else ds.sweep_interval_s
+        detect = detect if given("detect") else ds.detect
+        detect_interval = detect_interval if given("detect_interval") else ds.detect_interval_s
+        metrics = metrics if given("metrics") else ds.metrics
+        reconciler = daemon.Reconciler(config_path, lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}",
+                                                                      markup=False))
+        reconciler.start()
 
     def report(t: health.Transition) -> None:
         c.print(f"{time.strftime('%H:%M:%S')} {t.rule} backend {t.backend}: {t.old} -> {t.new}")
@@ -89,6 +119,22 @@ def run(interval, timeout, rise, fall, once, duration, metrics, detect, detect_i
     sweep_once()
     if not once:
         threads.append(threading.Thread(target=sweep_forever, name="sweep", daemon=True))
+    if reconciler is not None and not once:
+        def reconcile_forever() -> None:
+            while not stop.wait(reconcile_interval):
+                try:
+                    reconciler.tick()
+                except Exception as exc:  # never let one bad round end the repairs
+                    c.print(f"{time.strftime('%H:%M:%S')} reconcile: {type(exc).__name__}: {exc}", markup=False)
+        threads.append(threading.Thread(target=reconcile_forever, name="reconcile", daemon=True))
+
+        def on_hup(signum, frame) -> None:
+            reconciler.reload_requested = True
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def on_term(signum, frame) -> None:  # protection stays in place: the data path needs no daemon
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, on_term)
     for t in threads:
         t.start()
     c.print(f"health checks every {interval:g} s (timeout {timeout:g} s, rise {rise}, fall {fall})"
@@ -103,4 +149,6 @@ def run(interval, timeout, rise, fall, once, duration, metrics, detect, detect_i
             loop.close()
         if server is not None:
             server[0].shutdown()
+        if reconciler is not None:
+            reconciler.close()
     c.print(f"stopped after {rounds} round(s)")

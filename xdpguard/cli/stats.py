@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import state
+from xdpguard.core import sampling, state
 
 from .params import IFACE
 from .top import open_collector, print_once
@@ -15,7 +15,8 @@ from .top import open_collector, print_once
 @click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True, metavar="SECONDS",
               help="Rates are measured over SECONDS (two reads).")
 @click.option("--sample-every", type=click.IntRange(0, 1 << 24), default=None, metavar="N",
-              help="Set the data path's sampling to 1 in N (0 = off); it stays so. Default: keep it, 64 when off.")
+              help="Set the data path's sampling to 1 in N (0 = off); it stays so. Default: keep it, "
+              f"{sampling.DEFAULT_SAMPLE_EVERY} when off.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(iface, interval, sample_every, as_json):
     """Counters, rates, drop reasons, top sources/ports, forwarding, lists and attack state of IFACE."""

@@ -13,6 +13,7 @@ from xdpguard.core import cleansing
 
 from .limit import RATE, iface_option, json_option, protected_option
 from .output import console, emit_json
+from .desired import recorded
 
 
 def render(res: cleansing.SynResult, as_json: bool) -> None:
@@ -50,7 +51,7 @@ def syn():
 @json_option
 def set_(protected, threshold, auth_window, keep_s, iface, as_json):
     """Set the SYN defence of the protected address(es)."""
-    render(cleansing.syn_set(iface, threshold, auth_window, keep_s, protected), as_json)
+    render(recorded(cleansing.syn_set(iface, threshold, auth_window, keep_s, protected)), as_json)
 
 
 @syn.command("show")

@@ -11,7 +11,7 @@ import tty
 
 import click
 
-from xdpguard.core import events, state, stats
+from xdpguard.core import events, sampling, state, stats
 
 from .output import console, emit_json
 from .params import IFACE
@@ -55,7 +55,8 @@ def print_once(snap: stats.Snapshot, as_json: bool) -> None:
 @click.option("--once", is_flag=True, help="Print one plain snapshot and exit (also without a TTY).")
 @click.option("--json", "as_json", is_flag=True, help="One snapshot as JSON.")
 @click.option("--sample-every", type=click.IntRange(0, 1 << 24), default=None, metavar="N",
-              help="Set the data path's sampling to 1 in N (0 = off). Default: keep it, 64 when off.")
+              help="Set the data path's sampling to 1 in N (0 = off). "
+              f"Default: keep it, {sampling.DEFAULT_SAMPLE_EVERY} when off.")
 def top(iface, interval, once, as_json, sample_every):
     """Live dashboard of IFACE: rates, drop reasons, top sources and ports, forwarding, attacks. q quits."""
     state.require_root()

@@ -104,7 +104,7 @@ class Config(ctypes.Structure):
         ("monitor_mask", ctypes.c_uint64),
         ("lists_mask", ctypes.c_uint64),
         ("filters_count", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("abi_version", ctypes.c_uint32),
     ]
 
 

@@ -13,12 +13,11 @@ import ipaddress
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, policy, state
+from . import abi, config, policy, state, vocab
 from .errors import UserError
 from .prefixes import parse_address
-from .protection import _select_protected, open_guard, parse_port_range
+from .protection import _select_protected, locked_guard, open_guard
 
-PORT_PROTOS = ("tcp", "udp")
 DROP_REASONS = tuple(r.label for r in abi.Reason if r.is_drop)
 ALL_DROP_MASK = sum(1 << r for r in abi.Reason if r.is_drop)
 MAX_BAN_TTL_S = policy.MAX_BAN_S
@@ -57,16 +56,6 @@ class LimitResult:
     to_dict = _as_dict
 
 
-def parse_port_spec(text: str) -> tuple[str, int, int]:
-    """'udp:53' or 'tcp:1000-2000' → (proto, lo, hi)."""
-    proto, colon, ports = str(text).strip().partition(":")
-    proto = proto.lower()
-    if not colon or proto not in PORT_PROTOS:
-        raise UserError(f"invalid port '{text}': use PROTO:PORT[-PORT] with PROTO tcp or udp (e.g. udp:53)")
-    lo, hi = parse_port_range(ports)
-    return proto, lo, hi
-
-
 def _limit_views(g, only=None) -> list[LimitView]:
     out = []
     for a in g.protected_addrs():
@@ -92,8 +81,8 @@ def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None =
         raise UserError("limit set needs a rate: --src-pps, --src-bps, --dst-pps or --syn-src-pps")
     if limits.ban_s and not (limits.src_pps or limits.src_bps or limits.syn_src_pps):
         raise UserError("--ban needs a per-source rate (--src-pps, --src-bps or --syn-src-pps)")
-    spec = parse_port_spec(port) if port else None
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    spec = vocab.parse_port_spec(port) if port else None
+    with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         if spec is None:
             for a in addrs:
@@ -128,8 +117,8 @@ def limit_clear(ifname: str | None, protected: str | None = None, port: str | No
                 all_ports: bool = False) -> LimitResult:
     """Remove the limits of the selected addresses (or of their ports PROTO:LO-HI; with all_ports
     every per-port override as well)."""
-    spec = parse_port_spec(port) if port else None
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    spec = vocab.parse_port_spec(port) if port else None
+    with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         changed = 0
         if spec is None:
@@ -176,7 +165,7 @@ def proto_change(ifname: str | None, proto: str, block: bool, protected: str | N
     proto = str(proto).lower()
     if proto not in policy.PROTOCOLS:
         raise UserError(f"unknown protocol '{proto}': use tcp, udp, icmp or other")
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         changed = 0
         for a in _select_protected(g, protected):
             cur = policy.read_address_policy(g.maps, a)
@@ -197,7 +186,7 @@ def proto_show(ifname: str | None) -> ProtoResult:
 
 def _change_global(ifname: str | None, change) -> tuple[str, policy.GlobalPolicy, policy.GlobalPolicy]:
     """Read the global policy, apply change(old) → new (which validates), write it; one lock."""
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         old = policy.read_global_policy(g.maps)
         new = change(old)
         if new != old:
@@ -274,22 +263,7 @@ class FilterResult:
     to_dict = _as_dict
 
 
-def describe_filter(f: policy.Filter) -> str:
-    parts = [f.proto or "any"]
-    for name, (lo, hi), full in (("sport", f.sport, (0, 65535)), ("dport", f.dport, (0, 65535)),
-                                 ("len", f.length, (0, 65535)), ("ttl", f.ttl, (0, 255))):
-        if (lo, hi) != full:
-            parts.append(f"{name} {lo}" if lo == hi else f"{name} {lo}-{hi}")
-    mask, value = f.tcp_flags
-    if mask:
-        parts.append("flags " + ",".join(("" if value & bit else "!") + n
-                                         for n, bit in policy.TCP_FLAGS.items() if mask & bit))
-    if f.payload:
-        m = f.mask_bytes()
-        parts.append(f"{f.payload_base}+{f.payload_off} {f.payload.hex()}"
-                     + ("" if m == b"\xff" * len(m) else f"/{m.hex()}"))
-    act = f.action + (f" {f.ban_s} s" if f.action == "drop-ban" else "")
-    return " ".join(parts) + f" -> {act}"
+describe_filter = config.describe  # one description of a filter, shared with `diff`
 
 
 def _filter_views(pol: policy.GlobalPolicy) -> list[FilterView]:
@@ -435,7 +409,7 @@ def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = No
     d = policy.SynPolicy()
     lo, hi = parse_window(auth_window) if auth_window else (d.auth_min_ms, d.auth_max_ms)
     syn = policy.SynPolicy(threshold_pps, lo, hi, d.auth_keep_s if keep_s is None else keep_s)
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         for a in addrs:
             cur = policy.read_address_policy(g.maps, a)
@@ -478,7 +452,7 @@ def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:
     parsed = list(dict.fromkeys(parse_address(a, "source address") for a in addrs))
     if not parsed:
         raise UserError("give at least one address")
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         now = _now_ns()
         policy.sweep_bans(g.maps, now)
         m = g.maps[abi.MapName.BANS]
@@ -497,7 +471,7 @@ def ban_del(ifname: str | None, addrs: list[str]) -> BanResult:
     parsed = list(dict.fromkeys(parse_address(a, "source address") for a in addrs))
     if not parsed:
         raise UserError("give at least one address")
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         m = g.maps[abi.MapName.BANS]
         removed, missing = 0, []
         for a in parsed:

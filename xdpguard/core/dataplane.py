@@ -8,6 +8,7 @@ rediscoverable even when pins are gone.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -73,12 +74,25 @@ class LoadedProgram:
             pass
 
 
-def compile_program(defines: dict[str, int] | None = None) -> LoadedProgram:
+def program_sha256(defines: dict[str, int] | None = None) -> str:
+    """Identifies the program this xdpguard would load (source and compile-time features): an
+    attached program with another hash is an older version, to be upgraded in place."""
+    return hashlib.sha256(render_source(defines).encode()).hexdigest()
+
+
+def compile_program(defines: dict[str, int] | None = None, pin_dir: Path | None = None) -> LoadedProgram:
+    """Compile and load. With pin_dir, every map is opened from its pin there when one exists
+    (created and pinned otherwise): the new program shares the old one's maps."""
     bcc = _import_bcc()
     hint = kernel_headers_hint()
     if hint:
         raise UserError(hint)
-    text = render_source(defines)
+    d = dict(defines or {})
+    if pin_dir is not None:
+        if '"' in str(pin_dir) or "\\" in str(pin_dir):
+            raise UserError(f"pin directory {pin_dir} cannot be given to the compiler")
+        d["XG_PIN_DIR"] = f'"{pin_dir}"'
+    text = render_source(d)
     try:
         b = bcc.BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
         fn = b.load_func(PROGRAM_FUNC.encode(), bcc.BPF.XDP)
@@ -148,6 +162,16 @@ def attach(ifname: str, ifindex: int, prog_fd: int, mode: str, replace: XdpAttac
                 continue
             raise UserError(f"{ifname}: XDP attach in {m} mode failed: {exc.strerror}") from None
     raise AssertionError("unreachable")
+
+
+def replace(ifindex: int, prog_fd: int, old: XdpAttachment) -> None:
+    """Swap `old` for prog_fd in one netlink call (XDP_FLAGS_REPLACE with the old program's fd):
+    no moment without a program. The kernel refuses if `old` is no longer the one attached."""
+    old_fd = libbpf.prog_get_fd_by_id(old.prog_id)
+    try:
+        libbpf.xdp_attach(ifindex, prog_fd, MODE_FLAGS.get(old.mode, 0), old_prog_fd=old_fd)
+    finally:
+        os.close(old_fd)
 
 
 def detach(ifindex: int, att: XdpAttachment) -> None:

@@ -8,7 +8,9 @@ are appended to $XDPGUARD_STATE_DIR/events.jsonl (one JSON object a line, the la
 id wins), and an optional hook command gets the event JSON on stdin at start and end.
 
 Per-address rates: with one protected address the interface's exact counters are its own;
-with several, each address gets its share of the sampled packets (an estimate at 1 in N).
+with several, each address gets its share of the sampled packets (an estimate at 1 in N); an
+interval without samples keeps the last sampled split, and an address never sampled gets
+nothing (it is not "under attack" just because its interface is).
 """
 
 from __future__ import annotations
@@ -242,8 +244,15 @@ class Detector:
         return out
 
 
-def measures_from_snapshot(snap) -> dict[str, Measure]:
-    """Per protected address rates from a stats.Snapshot (exact for a single address)."""
+def measures_from_snapshot(snap, known_shares: dict[str, float] | None = None) -> dict[str, Measure]:
+    """Per protected address rates from a stats.Snapshot (exact for a single address).
+
+    With several addresses the interface's counters are split by each address's share of the
+    interval's samples; an interval without samples uses `known_shares` (the last sampled
+    split, kept by `Attribution`), and with neither an address gets no rates at all: it has no
+    evidence of traffic, so it must not inherit the whole interface's attack (an IPv6 address
+    that received nothing during an IPv4-only flood is not under attack). Top sources go only
+    to addresses of their own family."""
     rates = snap.rates
     drop_p, drop_b = rates["dropped"].pps, rates["dropped"].bps
     # would_drop (monitor mode) is an attack too: it would have been dropped.
@@ -256,17 +265,39 @@ def measures_from_snapshot(snap) -> dict[str, Measure]:
     for r in snap.reasons:
         p, b = reasons.get(r.reason, (0.0, 0.0))
         reasons[r.reason] = (p + r.pps, b + r.bps)
-    full = Measure(tot_p, tot_b, drop_p, drop_b, reasons, {t.key: t.pps for t in snap.sources},
-                   {t.key: t.pps for t in snap.ports})
+    ports = {t.key: t.pps for t in snap.ports}
     if len(snap.protected) <= 1:
-        return {a: full for a in snap.protected}
-    shares = getattr(snap, "dst_shares", None) or {}
-    if not shares:
-        return {a: full for a in snap.protected}  # no samples: every address sees the whole
-    return {a: Measure(tot_p * shares.get(a, 0.0), tot_b * shares.get(a, 0.0), drop_p * shares.get(a, 0.0),
-                       drop_b * shares.get(a, 0.0), {r: (p * shares.get(a, 0.0), b * shares.get(a, 0.0))
-                                                      for r, (p, b) in reasons.items()},
-                       full.sources, full.ports) for a in snap.protected}
+        return {a: Measure(tot_p, tot_b, drop_p, drop_b, reasons, {t.key: t.pps for t in snap.sources}, ports)
+                for a in snap.protected}
+    shares = getattr(snap, "dst_shares", None) or known_shares or {}
+    out = {}
+    for a in snap.protected:
+        k = shares.get(a, 0.0)
+        if not k:
+            out[a] = Measure()
+            continue
+        fam = _family(a)
+        out[a] = Measure(tot_p * k, tot_b * k, drop_p * k, drop_b * k,
+                         {r: (p * k, b * k) for r, (p, b) in reasons.items()},
+                         {t.key: t.pps for t in snap.sources if _family(t.key) == fam}, ports)
+    return out
+
+
+def _family(addr: str) -> int:
+    return 6 if ":" in addr else 4
+
+
+class Attribution:
+    """measures_from_snapshot over successive snapshots of one interface, remembering the last
+    sampled split between its protected addresses for the intervals that had no samples."""
+
+    def __init__(self) -> None:
+        self.shares: dict[str, float] = {}
+
+    def __call__(self, snap) -> dict[str, Measure]:
+        if getattr(snap, "dst_shares", None):
+            self.shares = dict(snap.dst_shares)
+        return measures_from_snapshot(snap, self.shares)
 
 
 # ---- the log and the hook ----
@@ -353,10 +384,6 @@ class HookRunner:
         self.running = keep
 
 
-def open_events_in_log(iface: str) -> list[dict]:
-    return [d for d in read_log(iface=iface) if d.get("state") == "open"]
-
-
 # ---- what `top` and `run` use ----
 
 
@@ -377,10 +404,11 @@ class AttackTracker:
     def __init__(self, iface: state.Iface, recent: int = 10):
         self.iface = iface
         self.detector = Detector(iface.name, load_config(iface))
+        self.attribution = Attribution()
         self.recent = recent
 
     def __call__(self, snap):
-        self.detector.update(measures_from_snapshot(snap), snap.interval_s)
+        self.detector.update(self.attribution(snap), snap.interval_s)
         logged = read_log(iface=snap.iface)
         open_logged = [d for d in logged if d.get("state") == "open"]
         mine = self.detector.active()
@@ -403,6 +431,7 @@ class DetectionLoop:
         self.hook = hook
         self.report = report
         self.detectors: dict[str, Detector] = {}
+        self.attributions: dict[str, Attribution] = {}
         self.collectors: dict[str, object] = {}
         self.hooks: dict[str, HookRunner] = {}
         self.errors: dict[str, str] = {}
@@ -439,11 +468,13 @@ class DetectionLoop:
         col.prime()
         self.collectors[name] = col
         self.detectors[name] = Detector(name, cfg, sink=self._sink(name))
+        self.attributions[name] = Attribution()
 
     def _drop(self, name: str) -> None:
         col = self.collectors.pop(name, None)
         if col is not None:
             col.close()
+        self.attributions.pop(name, None)
         det = self.detectors.pop(name, None)
         if det is not None:
             det.close_all()
@@ -464,7 +495,7 @@ class DetectionLoop:
             try:
                 self._ensure(name)
                 snap = self.collectors[name].collect(per, sample_window_s=per / 2)
-                self.detectors[name].update(measures_from_snapshot(snap), snap.interval_s)
+                self.detectors[name].update(self.attributions[name](snap), snap.interval_s)
                 self.hooks[name].reap()
                 self.errors.pop(name, None)
             except (UserError, OSError) as exc:

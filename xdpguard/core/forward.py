@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import forwarding, nat, state
+from . import forwarding, nat, protection, state
 from .abi import PORT_BY_FORWARD
 from .errors import UserError
 from .forwarding import Backend, ForwardRule
@@ -266,12 +266,6 @@ def build_rule(proto: str, ports: str, to: str, protected: str | None, st: dict,
         raise UserError(str(exc)) from None
 
 
-def _open_guard(ifname: str | None):
-    from . import protection  # imported late: protection imports this module for detach
-
-    return protection.open_guard(ifname)
-
-
 def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected: str | None = None,
         weights: str | None = None, backup: str | None = None, persist_s: int = 0,
         preserve_client_ip: bool = False, udp_probe: str | None = None) -> ForwardChangeResult:
@@ -280,7 +274,7 @@ def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected
     probe = parse_udp_probe(udp_probe)
     if probe is not None and proto != "udp":
         raise UserError("--udp-probe applies to udp rules only")
-    with _open_guard(ifname) as g, state.iface_lock(g.iface):
+    with protection.locked_guard(ifname) as g:
         st = state.read_state(g.iface) or {}
         rule = build_rule(proto, ports, to, protected, st, g.iface.name, weights=weights, backup=backup,
                           persist_s=persist_s, preserve_client_ip=preserve_client_ip)
@@ -333,7 +327,7 @@ def delete(proto: str, ports: str, *, ifname: str | None = None, protected: str 
         lo, hi = forwarding.parse_port_range(ports)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    with _open_guard(ifname) as g, state.iface_lock(g.iface):
+    with protection.locked_guard(ifname) as g:
         st = state.read_state(g.iface) or {}
         mine = stored_rules(g.iface.name, st)
         match = [sr for sr in mine if sr.rule.proto == proto and (sr.rule.port_lo, sr.rule.port_hi) == (lo, hi)]
@@ -365,6 +359,75 @@ def delete(proto: str, ports: str, *, ifname: str | None = None, protected: str 
             state.write_state(g.iface, new_st)
             g.change_ports([gone.protected], gone.proto, gone.port_lo, gone.port_hi, PORT_BY_FORWARD, False)
     return ForwardChangeResult(g.iface.name, "del", gone.key, True, notes)
+
+
+def set_rules(g, specs: list[tuple[ForwardRule, bytes | None]], rebuild: bool = False) -> list[str]:
+    """Make g's interface forward exactly `specs` ((rule, udp_probe) pairs), holding g's interface
+    lock: one nft batch for the namespace's table, the forward bits of the port policy, the
+    sysctls. With `rebuild` the table is rewritten even when the rules are unchanged (drift
+    repair after `nft flush ruleset`). Returns notes."""
+    name = g.iface.name
+    st = state.read_state(g.iface) or {}
+    mine = stored_rules(name, st)
+    new = [StoredRule(name, r, p) for r, p in sorted(specs, key=lambda rp: rp[0].key)]
+    if {(sr.rule, sr.udp_probe) for sr in mine} == {(sr.rule, sr.udp_probe) for sr in new} and not rebuild:
+        return []
+    notes: list[str] = []
+    with nat_lock():
+        states = _iface_states()
+        states[name] = st
+        others = all_rules(states, skip=name)
+        all_protected = [a for s in states.values() for a in _protected_of(s)]
+        try:
+            for i, sr in enumerate(new):
+                forwarding.check_backend_not_protected(sr.rule, all_protected)
+                forwarding.check_overlap([o.rule for o in others] + [n.rule for n in new[:i]], sr.rule)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        new_st = dict(st)
+        new_st[FORWARD_KEY] = [sr.to_dict() for sr in new]
+        keys = {sr.rule.key for sr in new}
+        new_st[HEALTH_KEY] = {k: v for k, v in st.get(HEALTH_KEY, {}).items() if k in keys}
+        states[name] = new_st
+        remaining = all_rules(states)
+        before = all_rules({**states, name: st})
+        apply_rules(_applier(), states, remaining)
+        gone = [sr.rule for sr in mine if sr.rule not in {n.rule for n in new}]
+        for r in gone:
+            g.change_ports([r.protected], r.proto, r.port_lo, r.port_hi, PORT_BY_FORWARD, False)
+        for sr in new:
+            r = sr.rule
+            g.change_ports([r.protected], r.proto, r.port_lo, r.port_hi, PORT_BY_FORWARD, True)
+        if remaining:
+            _, saved = _saved_sysctls(states)
+            if saved is None:
+                new_st[SYSCTL_KEY] = read_sysctls()
+            if not before or any(v != "1" for v in read_sysctls().values()):
+                write_sysctls({k: "1" for k in SYSCTLS})
+                notes.append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding")
+        else:
+            notes += _restore_sysctls(states, name, new_st)
+        state.write_state(g.iface, new_st)
+    if gone or len(new) != len(mine) or rebuild:
+        notes.insert(0, f"{name}: {len(new)} forwarding rule(s)" + (" (NAT table rebuilt)" if rebuild else ""))
+    return notes
+
+
+def forwarding_drift() -> list[str]:
+    """What is wrong with the NAT side of this namespace right now (cheap: for the daemon's
+    1 s drift check): the table missing while rules exist, or a forwarding sysctl off."""
+    states = _iface_states()
+    rules = all_rules(states)
+    if not rules:
+        return []
+    out = []
+    try:
+        if not _applier().table_exists():
+            out.append("nft table inet xdpguard is missing")
+    except (nat.NftError, RuntimeError) as exc:
+        out.append(f"cannot list nft tables: {exc}")
+    out += [f"{k} is {v}, not 1" for k, v in read_sysctls().items() if v != "1"]
+    return out
 
 
 def _restore_sysctls(states: dict[str, dict], current: str, current_st: dict) -> list[str]:

@@ -1,16 +1,60 @@
 """Prometheus metrics for `xdpguard run --metrics`: a custom collector reading the maps at
 scrape time (nothing is cached between scrapes, so a scrape is as fresh as `stats --json`).
 
+Every exported family is declared once in METRICS (name, type, help, labels); the alerting and
+recording rules in deploy/prometheus/ and the dashboard in deploy/grafana/ use only these
+names, and tests/unit/test_dashboard.py checks it. Names follow Prometheus' conventions:
+counters end in `_total`, units are base units named in the metric (`_bytes`), a unitless
+fraction is a `_ratio`.
+
 prometheus_client is imported lazily: only `run --metrics` needs it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from . import protection, state
+from xdpguard import __version__
+
+from . import forward, protection, sampling, state
+from .errors import UserError
 
 ATTACK_NONE: Callable[[], dict[tuple[str, str], bool]] = lambda: {}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # as exposed (a counter's with its _total)
+    kind: str  # counter | gauge
+    help: str
+    labels: tuple[str, ...]
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("xdpguard_packets_total", "counter",
+               "Packets seen by the XDP program, by verdict action and reason.", ("iface", "action", "reason")),
+    MetricSpec("xdpguard_bytes_total", "counter",
+               "Bytes seen by the XDP program, by verdict action and reason.", ("iface", "action", "reason")),
+    MetricSpec("xdpguard_list_entries", "gauge",
+               "Entries in the allow/block lists (and dynamic bans).", ("iface", "list")),
+    MetricSpec("xdpguard_attack_active", "gauge",
+               "1 while an attack event is open for the protected address, else 0.", ("iface", "protected")),
+    MetricSpec("xdpguard_sample_ratio", "gauge",
+               "Share of verdicts the data path samples per CPU and (action, reason): 1/N for 1 in N, 0 = off.",
+               ("iface",)),
+    MetricSpec("xdpguard_samples_total", "counter",
+               "Packet samples written to the sample ring.", ("iface",)),
+    MetricSpec("xdpguard_samples_lost_total", "counter",
+               "Packet samples lost because the sample ring was full.", ("iface",)),
+    MetricSpec("xdpguard_backend_up", "gauge",
+               "Backend health: 1 up, 0 down (backends not yet checked are omitted).", ("iface", "rule", "backend")),
+    MetricSpec("xdpguard_forward_packets_total", "counter",
+               "Packets DNATed to the backends of a forwarding rule (nftables counter).", ("iface", "rule")),
+    MetricSpec("xdpguard_forward_bytes_total", "counter",
+               "Bytes DNATed to the backends of a forwarding rule (nftables counter).", ("iface", "rule")),
+    MetricSpec("xdpguard_build_info", "gauge", "Always 1; the version of the serving xdpguard.", ("version",)),
+)
 
 
 def _import_prom():
@@ -18,16 +62,12 @@ def _import_prom():
         import prometheus_client  # noqa: F401
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     except ImportError:
-        from .errors import UserError
-
         raise UserError("prometheus_client is not installed; run scripts/setup.sh") from None
     return CounterMetricFamily, GaugeMetricFamily
 
 
 class XdpguardCollector:
-    """Yields xdpguard_packets_total, xdpguard_bytes_total{iface,action,reason},
-    xdpguard_list_entries{iface,list}, xdpguard_backend_up{rule,backend},
-    xdpguard_attack_active{iface,protected} and xdpguard_sample_every{iface}."""
+    """Yields every family of METRICS, read from the kernel at each scrape."""
 
     def __init__(self, attacks: Callable[[], dict[tuple[str, str], bool]] = ATTACK_NONE,
                  ifaces: Callable[[], list[str]] = state.protected_ifaces):
@@ -38,20 +78,9 @@ class XdpguardCollector:
         return []  # no describe-time collect: the registry would read the maps at registration
 
     def collect(self) -> Iterable:
-        from . import forward, sampling
-
         Counter, Gauge = _import_prom()
-        packets = Counter("xdpguard_packets", "Packets seen by the XDP program, by verdict action and reason.",
-                          labels=["iface", "action", "reason"])
-        bytes_ = Counter("xdpguard_bytes", "Bytes seen by the XDP program, by verdict action and reason.",
-                         labels=["iface", "action", "reason"])
-        lists = Gauge("xdpguard_list_entries", "Entries in the allow/block lists (and dynamic bans).",
-                      labels=["iface", "list"])
-        backend = Gauge("xdpguard_backend_up", "Backend health: 1 up, 0 down (unknown backends are omitted).",
-                        labels=["rule", "backend"])
-        attack = Gauge("xdpguard_attack_active", "1 while an attack event is open for the protected address.",
-                       labels=["iface", "protected"])
-        sample = Gauge("xdpguard_sample_every", "Sampling: 1 in N verdicts per CPU (0 = off).", labels=["iface"])
+        fam = {m.name: (Counter if m.kind == "counter" else Gauge)(m.name, m.help, labels=list(m.labels))
+               for m in METRICS}
         active = self.attacks()
         for name in self.ifaces():
             try:
@@ -60,30 +89,36 @@ class XdpguardCollector:
                 continue
             with g:
                 for c in g.counters():
-                    packets.add_metric([name, c.kind, c.reason], c.packets)
-                    bytes_.add_metric([name, c.kind, c.reason], c.bytes)
+                    fam["xdpguard_packets_total"].add_metric([name, c.kind, c.reason], c.packets)
+                    fam["xdpguard_bytes_total"].add_metric([name, c.kind, c.reason], c.bytes)
                 for w in protection.LISTS:
-                    lists.add_metric([name, w], g.list_size(w))
+                    fam["xdpguard_list_entries"].add_metric([name, w], g.list_size(w))
                 for mname, m in g.maps.items():
                     if mname.value.startswith("xg_ban"):
-                        lists.add_metric([name, "bans"], len(m))
-                sample.add_metric([name], sampling.get_sample_every(g.maps))
+                        fam["xdpguard_list_entries"].add_metric([name, "bans"], len(m))
+                every = sampling.get_sample_every(g.maps)
+                fam["xdpguard_sample_ratio"].add_metric([name], 1.0 / every if every else 0.0)
+                taken, lost = sampling.sample_counters(g.maps)
+                fam["xdpguard_samples_total"].add_metric([name], taken)
+                fam["xdpguard_samples_lost_total"].add_metric([name], lost)
                 for addr in g.protected():
-                    attack.add_metric([name, addr], 1.0 if active.get((name, addr)) else 0.0)
+                    fam["xdpguard_attack_active"].add_metric([name, addr], 1.0 if active.get((name, addr)) else 0.0)
         try:
-            for r in forward.show().rules:
-                for b in r.backends:
-                    if b.health in ("up", "down"):
-                        backend.add_metric([r.key, b.endpoint], 1.0 if b.health == "up" else 0.0)
-        except Exception:
-            pass
-        yield from (packets, bytes_, lists, backend, attack, sample)
+            rules = forward.show().rules
+        except Exception:  # no nftables bindings, no table: no forwarding families this scrape
+            rules = []
+        for r in rules:
+            fam["xdpguard_forward_packets_total"].add_metric([r.iface, r.key], r.packets)
+            fam["xdpguard_forward_bytes_total"].add_metric([r.iface, r.key], r.bytes)
+            for b in r.backends:
+                if b.health in ("up", "down"):
+                    fam["xdpguard_backend_up"].add_metric([r.iface, r.key, b.endpoint], 1.0 if b.health == "up" else 0.0)
+        fam["xdpguard_build_info"].add_metric([__version__], 1.0)
+        yield from fam.values()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
     """'127.0.0.1:9477', '[::1]:9477' or ':9477' (loopback) → (host, port)."""
-    from .errors import UserError
-
     t = text.strip()
     if t.startswith("["):
         host, _, port = t[1:].partition("]:")

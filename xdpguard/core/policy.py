@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from . import abi
 from .errors import UserError
@@ -229,18 +229,6 @@ class GlobalPolicy:
                 raise UserError(f"invalid reflection port {p}: outside 1-65535")
 
 
-def parse_port_range(text: str) -> tuple[int, int]:
-    lo_s, dash, hi_s = str(text).strip().partition("-")
-    try:
-        lo = int(lo_s)
-        hi = int(hi_s) if dash else lo
-    except ValueError:
-        raise UserError(f"invalid port range '{text}': use PORT or PORT-PORT") from None
-    if not (0 <= lo <= hi <= 65535):
-        raise UserError(f"invalid port range '{text}': need 0 ≤ lo ≤ hi ≤ 65535")
-    return lo, hi
-
-
 def parse_tcp_flags(text: str) -> tuple[int, int]:
     """'syn' (SYN set, others any), 'syn,!ack' (SYN set, ACK clear) → (mask, value)."""
     mask = value = 0
@@ -253,6 +241,11 @@ def parse_tcp_flags(text: str) -> tuple[int, int]:
         if not neg:
             value |= TCP_FLAGS[name]
     return mask, value
+
+
+def format_tcp_flags(mask: int, value: int) -> str:
+    """(mask, value) → 'syn,!ack' (the inverse of parse_tcp_flags)."""
+    return ",".join(("" if value & bit else "!") + n for n, bit in TCP_FLAGS.items() if mask & bit)
 
 
 # ---- reading and writing the maps (any object with a .maps dict of BpfMap) ----
@@ -419,12 +412,3 @@ def sweep_bans(maps, now_ns: int) -> int:
         if cur is not None and cur.flags & abi.DP_HAS_BANS:
             st.set(ctypes.c_uint32(0), abi.DpState(cur.flags & ~abi.DP_HAS_BANS))
     return len(dead)
-
-
-@dataclass(frozen=True)
-class PolicySnapshot:
-    """Everything the cleansing steps use, for `show` commands and the model."""
-
-    global_: GlobalPolicy
-    addresses: dict[str, AddressPolicy] = field(default_factory=dict)
-    port_limits: dict[tuple[str, str, int], Limits] = field(default_factory=dict)

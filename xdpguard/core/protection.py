@@ -13,11 +13,13 @@ import ipaddress
 import os
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataplane, forwarding, libbpf, policy, state
+from . import dataplane, forwarding, libbpf, policy, state, vocab
 from .abi import (
+    ABI_VERSION,
     CFG_ENABLED,
     PROTECTED_MAX,
     LISTS_MASK_BITS,
@@ -41,6 +43,7 @@ from .maps import BpfMap
 from .prefixes import Prefix, parse_address, parse_prefix, read_prefix_file
 
 LISTS = ("block", "allow")
+PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
 # (list, family, host entry?) → map. Host entries (/32, /128) live in exact hashes, which stay
 # flat as a list grows; other prefixes in LPM tries.
 LIST_MAPS = {
@@ -213,16 +216,22 @@ class Guard:
     def _repin_if_missing(self) -> None:
         """Pins are a convenience (bpftool, other tools); restore them if a bpffs went away."""
         d = self.iface.pin_dir
-        if all((d / m.value).exists() for m in MapName):
+        if self.pinned():
             return
         try:
             state.ensure_bpffs()
             pin_maps(self.iface, {n: m.fd for n, m in self.maps.items()})
-        except (UserError, OSError):
+            fd = libbpf.prog_get_fd_by_id(self.att.prog_id)
+            try:
+                libbpf.obj_pin(fd, str(d / PROG_PIN))
+            finally:
+                os.close(fd)
+        except (UserError, OSError, libbpf.BpfError):
             pass
 
     def pinned(self) -> bool:
-        return all((self.iface.pin_dir / m.value).exists() for m in MapName)
+        d = self.iface.pin_dir
+        return all((d / m.value).exists() for m in MapName) and (d / PROG_PIN).exists()
 
     # -- config --
 
@@ -489,7 +498,6 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
     addrs = parse_protect(protect)
     state.require_root()
     iface = state.resolve_iface(ifname)
-    notes: list[str] = []
     with state.iface_lock(iface):
         att = dataplane.query(iface.index)
         if dataplane.is_ours(att):
@@ -497,66 +505,153 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
         if att is not None and not force:
             raise UserError(f"{ifname} has a foreign XDP program attached (id {att.prog_id}, '{att.prog_name}'); "
                             f"use --force to replace it")
-        if att is not None:
-            notes.append(f"replaced foreign XDP program id {att.prog_id} ('{att.prog_name}')")
-        # Leftovers of an earlier attach whose program is gone.
-        state.remove_pins(iface)
-        state.remove_state(iface)
-        state.ensure_bpffs()
+        return attach_locked(iface, addrs, mode, monitor, force, att, defines)
 
-        lp = dataplane.compile_program(defines)
+
+def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bool,
+                  att: dataplane.XdpAttachment | None, defines: dict[str, int] | None = None) -> AttachResult:
+    """Compile, fill and attach a fresh program (the caller holds the interface lock and has
+    checked what is attached: nothing, or a foreign program it may replace with `force`)."""
+    ifname = iface.name
+    notes: list[str] = []
+    if att is not None:
+        notes.append(f"replaced foreign XDP program id {att.prog_id} ('{att.prog_name}')")
+    # Leftovers of an earlier attach whose program is gone.
+    state.remove_pins(iface)
+    state.remove_state(iface)
+    state.ensure_bpffs()
+    state.private_dir(iface.pin_dir)
+
+    lp = dataplane.compile_program(defines, pin_dir=iface.pin_dir)
+    try:
+        maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
+        maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED, 0, 0, 0, ABI_VERSION))
+        policy.write_global_policy(maps, policy.GlobalPolicy(monitor_mask=ALL_REASONS_MASK if monitor else 0))
+        for slot, a in enumerate(addrs):
+            maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(slot))
+        pin_maps(iface, lp.map_fds)
+        libbpf.obj_pin(lp.prog_fd, str(iface.pin_dir / PROG_PIN))
         try:
-            maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
-            maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED, 0))
-            policy.write_global_policy(maps, policy.GlobalPolicy(monitor_mask=ALL_REASONS_MASK if monitor else 0))
-            for slot, a in enumerate(addrs):
-                maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(slot))
-            pin_maps(iface, lp.map_fds)
-            try:
-                took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att)
-            except BaseException:
-                state.remove_pins(iface)
-                raise
-            if note:
-                notes.append(note)
-            new = dataplane.query(iface.index)
-            prog_id = new.prog_id if new else 0
-            state.write_state(iface, {
-                "iface": ifname,
-                "ifindex": iface.index,
-                "netns": iface.nskey,
-                "prog_id": prog_id,
-                "mode": took,
-                "protected": [str(a) for a in addrs],
-                "monitor": monitor,
-                "attached_at": time.time(),
-            })
-        finally:
-            lp.close()
+            took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att if force else None)
+        except BaseException:
+            state.remove_pins(iface)
+            raise
+        if note:
+            notes.append(note)
+        new = dataplane.query(iface.index)
+        prog_id = new.prog_id if new else 0
+        state.write_state(iface, {
+            "iface": ifname,
+            "ifindex": iface.index,
+            "netns": iface.nskey,
+            "prog_id": prog_id,
+            "mode": took,
+            "requested_mode": mode,
+            "program_sha256": dataplane.program_sha256(defines),
+            "protected": [str(a) for a in addrs],
+            "monitor": monitor,
+            "attached_at": time.time(),
+        })
+    finally:
+        lp.close()
     return AttachResult(ifname, iface.index, prog_id, took, [str(a) for a in addrs], monitor,
                         str(iface.pin_dir), notes)
 
 
-def detach(ifname: str) -> DetachResult:
-    from . import forward  # the forwarding rules of this interface go with it
+@dataclass(frozen=True)
+class UpgradeResult:
+    iface: str
+    action: str  # upgraded | current
+    old_prog_id: int
+    prog_id: int
+    maps_kept: int
+    maps_new: list[str]
+    notes: list[str] = field(default_factory=list)
+    to_dict = _as_dict
 
+
+def needs_upgrade(iface: state.Iface, defines: dict[str, int] | None = None) -> bool:
+    st = state.read_state(iface) or {}
+    return st.get("program_sha256") != dataplane.program_sha256(defines)
+
+
+def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = False) -> UpgradeResult:
+    """Swap the attached program for this xdpguard's, without a gap: the new program is compiled
+    against the old one's pinned maps (every list, hit counter, ban, bucket, SYN state and
+    counter stays where it is) and replaces the old one atomically. Refuses, changing nothing,
+    when the maps' ABI version or a layout differs from this xdpguard's."""
     state.require_root()
     iface = state.resolve_iface(ifname)
     with state.iface_lock(iface):
         att = dataplane.query(iface.index)
-        had_state = iface.state_file.exists() or iface.pin_dir.exists()
-        notes = forward.teardown(iface)
         if not dataplane.is_ours(att):
-            if had_state:
-                state.remove_pins(iface)
-                state.remove_state(iface)
-                return DetachResult(ifname, None, ["no xdpguard program was attached; removed leftover pins and state", *notes])
-            what = "nothing is attached" if att is None else f"the attached program '{att.prog_name}' is not ours"
-            raise UserError(f"{ifname} is not protected by xdpguard ({what})")
-        dataplane.detach(iface.index, att)
-        state.remove_pins(iface)
-        state.remove_state(iface)
-    return DetachResult(ifname, att.prog_id, notes)
+            raise UserError(f"{ifname} is not protected by xdpguard; nothing to upgrade")
+        try:
+            g = Guard.open(iface)  # re-pins what is missing
+        except libbpf.BpfError as exc:  # a layout that differs from this xdpguard's ABI
+            raise UserError(f"{ifname}: cannot upgrade in place: {exc.strerror or exc}") from None
+        with g:
+            version = g.config().abi_version or 1
+            if version != ABI_VERSION:
+                raise UserError(f"{ifname}: its maps have ABI version {version}, this xdpguard has {ABI_VERSION} and "
+                                f"knows no migration; export, detach, attach and apply to move over")
+            if not g.pinned():
+                raise UserError(f"{ifname}: cannot pin the maps under {iface.pin_dir}; nothing was changed")
+            old_ids = {n: m.id for n, m in g.maps.items()}
+        if not force and not needs_upgrade(iface, defines):
+            return UpgradeResult(ifname, "current", att.prog_id, att.prog_id, len(old_ids), [])
+        lp = dataplane.compile_program(defines, pin_dir=iface.pin_dir)
+        try:
+            new_ids = {n: libbpf.map_info(fd).id for n, fd in lp.map_fds.items()}
+            ring = {MapName.SAMPLES}
+            lost = [n.value for n, i in new_ids.items() if n in old_ids and n not in ring and old_ids[n] != i]
+            if lost:
+                raise UserError(f"{ifname}: the new program did not reuse maps {lost}; nothing was changed")
+            try:
+                dataplane.replace(iface.index, lp.prog_fd, att)
+            except libbpf.BpfError as exc:
+                raise UserError(f"{ifname}: atomic replace failed ({exc.strerror}); the old program stays") from None
+            pin_maps(iface, lp.map_fds)
+            pin = iface.pin_dir / PROG_PIN
+            if pin.exists():
+                pin.unlink()
+            libbpf.obj_pin(lp.prog_fd, str(pin))
+            new = dataplane.query(iface.index)
+            st = state.read_state(iface) or {}
+            st.update(prog_id=new.prog_id if new else 0, program_sha256=dataplane.program_sha256(defines),
+                      upgraded_at=time.time())
+            state.write_state(iface, st)
+        finally:
+            lp.close()
+    kept = sum(1 for n in new_ids if n in old_ids and n not in ring)
+    return UpgradeResult(ifname, "upgraded", att.prog_id, new.prog_id if new else 0, kept,
+                         sorted(n.value for n in new_ids if n not in old_ids))
+
+
+def detach(ifname: str) -> DetachResult:
+    """Program, pins and the interface record; the NAT side is the caller's (reconcile.detach)."""
+    state.require_root()
+    iface = state.resolve_iface(ifname)
+    with state.iface_lock(iface):
+        return detach_locked(iface)
+
+
+def detach_locked(iface: state.Iface, notes: list[str] | None = None) -> DetachResult:
+    notes = list(notes or [])
+    att = dataplane.query(iface.index)
+    had_state = iface.state_file.exists() or iface.pin_dir.exists()
+    if not dataplane.is_ours(att):
+        if had_state:
+            state.remove_pins(iface)
+            state.remove_state(iface)
+            return DetachResult(iface.name, None, ["no xdpguard program was attached; removed leftover pins and state",
+                                                   *notes])
+        what = "nothing is attached" if att is None else f"the attached program '{att.prog_name}' is not ours"
+        raise UserError(f"{iface.name} is not protected by xdpguard ({what})")
+    dataplane.detach(iface.index, att)
+    state.remove_pins(iface)
+    state.remove_state(iface)
+    return DetachResult(iface.name, att.prog_id, notes)
 
 
 def pick_iface(ifname: str | None) -> str:
@@ -572,8 +667,23 @@ def pick_iface(ifname: str | None) -> str:
 
 
 def open_guard(ifname: str | None) -> Guard:
+    """The guard of an interface, for reading (no lock)."""
     state.require_root()
     return Guard.open(state.resolve_iface(pick_iface(ifname)))
+
+
+@contextmanager
+def locked_guard(ifname: str | None):
+    """For a change: the interface lock first, then the maps (never the other way round, so a
+    command never works on maps that a concurrent detach or upgrade is replacing)."""
+    state.require_root()
+    iface = state.resolve_iface(pick_iface(ifname))
+    with state.iface_lock(iface):
+        g = Guard.open(iface)
+        try:
+            yield g
+        finally:
+            g.close()
 
 
 def status(ifname: str | None) -> list[StatusResult]:
@@ -619,7 +729,7 @@ def _check_ttl(ttl: float | None) -> int:
 def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None) -> ListChangeResult:
     prefixes, normalised = _parse_many(cidrs)
     expires = _check_ttl(ttl)
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         g.sweep_expired(which)
         added, updated = g.upsert(which, prefixes, expires)
     return ListChangeResult(g.iface.name, which, "add", added, updated, 0, [], normalised)
@@ -627,7 +737,7 @@ def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None
 
 def list_del(which: str, ifname: str | None, cidrs: list[str]) -> ListChangeResult:
     prefixes, normalised = _parse_many(cidrs)
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         removed, missing = g.delete(which, prefixes)
         g.sweep_expired(which)
     return ListChangeResult(g.iface.name, which, "del", 0, 0, removed, missing, normalised)
@@ -636,7 +746,7 @@ def list_del(which: str, ifname: str | None, cidrs: list[str]) -> ListChangeResu
 def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None) -> ListChangeResult:
     pf = read_prefix_file(path)
     expires = _check_ttl(ttl)
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         added, updated = g.upsert(which, pf.prefixes, expires)
     note = [f"{pf.normalised} prefixes had host bits set and were normalised"] if pf.normalised else []
     return ListChangeResult(g.iface.name, which, "load", added, updated, 0, [], note)
@@ -668,12 +778,7 @@ class PortResult:
     to_dict = _as_dict
 
 
-def parse_port_range(text: str) -> tuple[int, int]:
-    """PORT or PORT-PORT, 1..65535 (the forwarding parser), as a one-line UserError."""
-    try:
-        return forwarding.parse_port_range(text)
-    except ValueError as exc:
-        raise UserError(f"invalid port range '{text}': {exc}") from None
+parse_port_range = vocab.parse_port_range  # one port-range parser
 
 
 def _port_runs(g: Guard) -> list[PortRun]:
@@ -700,7 +805,7 @@ def ports_change(ifname: str | None, proto: str, port_range: str, protected: str
     if proto not in PROTO_NUMBERS:
         raise UserError(f"unknown protocol '{proto}': use tcp or udp")
     lo, hi = parse_port_range(port_range)
-    with open_guard(ifname) as g, state.iface_lock(g.iface):
+    with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         changed = g.change_ports(addrs, proto, lo, hi, by_bit, open_)
         return PortResult(g.iface.name, "open" if open_ else "close", changed, _port_runs(g))
@@ -729,7 +834,7 @@ def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
     state.require_root()
     out = []
     for name in [ifname] if ifname else state.protected_ifaces():
-        with open_guard(name) as g, state.iface_lock(g.iface):
+        with locked_guard(name) as g:
             entries = g.sweep_expired("block") + g.sweep_expired("allow")
             if entries:
                 g.sync_lists_mask()

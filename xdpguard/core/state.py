@@ -92,9 +92,11 @@ def ensure_bpffs() -> Path:
     """Make sure a bpffs is mounted at bpffs_root(); mount one if not."""
     root = bpffs_root()
     if _fstype(root) == "bpf":
+        if root.stat().st_mode & 0o077:  # e.g. mounted 1777 by an older setup: make it root-only
+            os.chmod(root, 0o700)
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    rc = subprocess.run(["mount", "-t", "bpf", "bpf", str(root)], capture_output=True, text=True)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rc = subprocess.run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", str(root)], capture_output=True, text=True)
     if rc.returncode != 0 or _fstype(root) != "bpf":
         raise UserError(f"cannot mount bpffs at {root}: {rc.stderr.strip() or 'unknown error'}")
     return root
@@ -123,16 +125,36 @@ def read_state(iface: Iface) -> dict | None:
         raise UserError(f"state file {iface.state_file} is unreadable: {exc}") from None
 
 
-def write_state(iface: Iface, state: dict) -> None:
-    path = iface.state_file
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_root(), 0o700) if state_root().exists() else None
-    tmp = path.with_suffix(".json.tmp")
+def private_dir(d: Path) -> Path:
+    """Create d (and parents) root-only; tighten it if it exists with wider permissions."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if d.stat().st_mode & 0o077:
+        os.chmod(d, 0o700)
+    return d
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write data to path atomically and durably: a root-only temporary file, fsynced, renamed
+    over path, and the directory fsynced, so a crash leaves either the old or the new file."""
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-        f.write("\n")
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_state(iface: Iface, state: dict) -> None:
+    private_dir(state_root())
+    private_dir(iface.state_file.parent)
+    write_durably(iface.state_file, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
 
 
 def remove_state(iface: Iface) -> None:

@@ -119,10 +119,6 @@ class Snapshot:
     dst_shares: dict[str, float] = field(default_factory=dict)  # protected address → share of samples
     to_dict = _as_dict
 
-    @property
-    def dropped_total(self) -> int:
-        return sum(c.packets for c in self.counters if c.kind in ("drop",))
-
 
 # ---- pure helpers ----
 

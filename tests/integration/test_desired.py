@@ -1,0 +1,398 @@
+"""Desired state with the real CLI and daemon in namespaces: export/apply/diff, rollback, bad
+input, reboot restore, drift repair, foreign programs, gapless upgrade under a flood.
+
+Uses the forwarding topology of test_forwarding (client, protector, two echo backends).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_assert import one_line_error
+from test_forwarding import BPORT, CLIENT4, OTHER4, PROT4, PROT6, Topo, topo  # noqa: F401  (topo: fixture)
+
+pytestmark = pytest.mark.kernel
+
+PY = sys.executable
+CONFIG = textwrap.dedent(f"""\
+    [daemon]
+    health_interval = 1.0
+
+    [[interface]]
+    name = "xgp0"
+    protect = ["{PROT4}", "{PROT6}"]
+    block = ["{OTHER4}", "203.0.113.0/24"]
+
+    [[interface.address]]
+    address = "{PROT4}"
+    open_ports = ["tcp:22"]
+    limits = {{ src_pps = 20000, ban = 30 }}
+
+    [[interface.filter]]
+    action = "drop"
+    proto = "udp"
+    dport = 53
+
+    [[interface.forward]]
+    proto = "tcp"
+    ports = "80"
+    to = ["198.18.1.2:{BPORT}"]
+
+    [[interface.forward]]
+    proto = "udp"
+    ports = "80"
+    to = ["198.18.2.2:{BPORT}"]
+
+    [interface.events]
+    drop_pps = 5000
+""")
+
+
+def write(tmp_path: Path, text: str, name: str = "xdpguard.toml") -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def export(t: Topo) -> str:
+    return t.xg("export").stdout
+
+
+def answers(t: Topo, proto: str = "tcp", port: int = 80, src: str | None = None) -> bool:
+    (r,) = t.requests(proto, PROT4, port, 1, src)
+    return r["reply"] is not None
+
+
+def wait_for(pred, timeout: float, step: float = 0.05) -> float | None:
+    """Seconds until pred() held, or None when it did not within timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(step)
+    return None
+
+
+def netns_key(t: Topo) -> str:
+    ino = t.lab.run(t.prot, "stat", "-L", "-c", "%i", "/proc/self/ns/net").stdout.strip()
+    return f"net-{ino}"
+
+
+def attached_prog(t: Topo) -> tuple[int, str] | None:
+    """(prog id, name) attached to xgp0, from the kernel."""
+    out = t.lab.run(t.prot, "ip", "-d", "-j", "link", "show", "xgp0").stdout
+    xdp = json.loads(out)[0].get("xdp")
+    if not xdp or "prog" not in xdp:
+        return None
+    p = xdp["prog"]
+    return p["id"], p.get("name", "")
+
+
+class Daemon:
+    """`xdpguard run --config` in the protector namespace, bounded, its output kept."""
+
+    def __init__(self, t: Topo, path: str, duration: float = 90):
+        self.log = Path(path).with_suffix(".log")
+        self.fh = open(self.log, "w")
+        self.proc = t.lab.popen(t.prot, "xdpguard", "run", "--config", path, "--no-detect", "--duration", str(duration),
+                                stdout=self.fh, stderr=subprocess.STDOUT)
+        t.lab.defer("stop daemon", self.stop)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_started(self, timeout: float = 60) -> None:
+        assert wait_for(lambda: "health checks every" in self.text(), timeout), self.text()
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.fh.close()
+        return self.proc.returncode
+
+
+def test_export_after_imperative_verbs_reapplies_to_nothing(topo: Topo, tmp_path: Path):
+    topo.attach()
+    topo.xg("block", "add", OTHER4, "198.51.100.0/24")
+    topo.xg("block", "add", "192.0.2.99", "--ttl", "600")  # dynamic: not desired state
+    topo.xg("limit", "set", "--src-pps", "2k", "--ban", "30", "--protected", PROT4)
+    topo.xg("forward", "add", "tcp", "80", "--to", f"198.18.1.2:{BPORT}")
+    topo.xg("filter", "add", "--proto", "udp", "--dport", "53", "--action", "drop")
+    topo.xg("port", "open", "tcp", "22", "--protected", PROT4)
+    topo.xg("syn", "set", "--threshold", "1000", "--protected", PROT4)
+    topo.xg("events", "threshold", "set", "--drop-pps", "5000")
+    text = export(topo)
+    assert f'block = ["{OTHER4}/32", "198.51.100.0/24"]' in text  # the TTL entry is dynamic
+    for needle in ('limits = { src_pps = 2000, ban = 30 }', 'open_ports = ["tcp:22"]', 'proto = "udp"',
+                   f'to = ["198.18.1.2:{BPORT}"]', "syn = { threshold = 1000", "drop_pps = 5000"):
+        assert needle in text, (needle, text)
+    path = write(tmp_path, text)
+    assert topo.xg("diff", "-f", path).stdout.strip() == "no changes"
+    assert "no changes" in topo.xg("apply", "-f", path).stdout
+    assert export(topo) == text
+    # the dynamic entry survived the apply
+    entries = json.loads(topo.xg("block", "list", "--json").stdout)["entries"]
+    assert any(e["prefix"] == "192.0.2.99/32" and e["expires_in_s"] for e in entries)
+
+
+def test_apply_realises_the_file_and_twice_is_a_noop(topo: Topo, tmp_path: Path):
+    topo.attach()
+    assert answers(topo, src=CLIENT4) is False  # no forward yet: port 80 goes nowhere
+    path = write(tmp_path, CONFIG)
+    diff = topo.xg("diff", "-f", path).stdout
+    assert f"+ xgp0 block: {OTHER4}/32, 203.0.113.0/24" in diff and "dry run" in diff
+    out = topo.xg("apply", "-f", path).stdout
+    assert "applied" in out
+    assert answers(topo, src=CLIENT4)  # forwarded to backend 1
+    assert answers(topo, "udp", src=CLIENT4)  # forwarded to backend 2
+    assert not answers(topo, src=OTHER4)  # blocked in XDP
+    assert topo.status_counter("drop", "blocklist") >= 1
+    assert "no changes" in topo.xg("apply", "-f", path).stdout
+    # a changed file: unblock OTHER4, drop the udp forward
+    path2 = write(tmp_path, CONFIG.replace(f'"{OTHER4}", ', "").split("[[interface.forward]]\nproto = \"udp\"")[0]
+                  + '[interface.events]\ndrop_pps = 5000\n', "second.toml")
+    out = topo.xg("apply", "-f", path2).stdout
+    assert f"- xgp0 block: {OTHER4}/32" in out and "- xgp0 forward: udp/198.18.0.2/80" in out
+    assert answers(topo, src=OTHER4)
+    assert not answers(topo, "udp", src=CLIENT4)
+    assert "no changes" in topo.xg("diff", "-f", path2).stdout
+
+
+def test_failed_apply_rolls_back_everything(topo: Topo, tmp_path: Path):
+    topo.attach()
+    topo.xg("block", "add", "198.51.100.7")
+    before = export(topo)
+    bad = CONFIG + '\n[[interface]]\nname = "xgnope9"\nprotect = ["198.18.9.1"]\n'
+    p = topo.xg("apply", "-f", write(tmp_path, bad), check=False)
+    one_line_error(p, "xgnope9")
+    assert export(topo) == before
+    assert topo.nft_tables().strip() == ""  # the forwards of the failed apply are gone again
+    assert answers(topo, src=OTHER4) is False and answers(topo, src=CLIENT4) is False
+
+
+def test_bad_config_is_refused_with_locations_and_changes_nothing(topo: Topo, tmp_path: Path):
+    topo.attach()
+    before = export(topo)
+    text = CONFIG.replace('block = [', 'colour = "red"\nblock = [').replace("src_pps = 20000", "src_pps = -5")
+    p = topo.xg("apply", "-f", write(tmp_path, text), check=False)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(re.match(r"xdpguard: error: \S+\.toml:\d+: interface\[0\]", l) for l in lines), lines
+    assert "colour: unknown key" in lines[0] and "src_pps" in lines[1]
+    assert export(topo) == before
+    one_line_error(topo.xg("apply", "-f", str(tmp_path / "missing.toml"), check=False), "cannot read config")
+
+
+def test_management_address_is_refused_without_force(topo: Topo, tmp_path: Path):
+    topo.lab.run(topo.prot, "ip", "route", "add", "default", "via", "198.18.1.2")
+    text = f'[[interface]]\nname = "xgb1"\nprotect = ["198.18.1.1"]\n'
+    p = topo.xg("apply", "-f", write(tmp_path, text), check=False)
+    one_line_error(p, "management address", "--force")
+    assert topo.xg("export").stdout.count("[[interface]]") == 0
+
+
+def reboot(t: Topo) -> None:
+    """What a reboot takes away from this namespace: the program, the nft table, pins, locks,
+    the sysctls. (/var/lib stays, as on a real disk.)"""
+    t.lab.run(t.prot, "ip", "link", "set", "dev", "xgp0", "xdp", "off")
+    t.lab.run(t.prot, "nft", "flush", "ruleset")
+    key = netns_key(t)
+    shutil.rmtree(Path("/run/xdpguard/bpffs") / key, ignore_errors=True)
+    for lock in Path("/run/xdpguard/locks").glob(f"{key}.*"):
+        lock.unlink()
+    t.lab.sysctl(t.prot, "net.ipv4.ip_forward", 0)
+
+
+def test_reboot_restores_everything_from_the_file(topo: Topo, tmp_path: Path):
+    path = write(tmp_path, CONFIG)
+    topo.xg("apply", "-f", path)
+    topo.lab.defer("detach xdpguard", topo.xg, "detach", "xgp0", check=False)
+    topo.xg("ban", "add", "198.51.100.66", "--ttl", "600")
+    before = export(topo)
+    status_before = json.loads(topo.xg("status", "--json").stdout)[0]
+    reboot(topo)
+    assert attached_prog(topo) is None and topo.nft_tables().strip() == ""
+    t0 = time.monotonic()
+    d = Daemon(topo, path)
+    took = wait_for(lambda: attached_prog(topo) is not None and export(topo) == before, 60, step=0.2)
+    assert took is not None, d.text()
+    print(f"restore after reboot: {time.monotonic() - t0:.1f} s (compile included)")
+    assert "restoring the stored desired state" in d.text() and "attached and restored" in d.text()
+    st = json.loads(topo.xg("status", "--json").stdout)[0]
+    assert st["protected"] == status_before["protected"] and st["list_sizes"] == status_before["list_sizes"]
+    assert answers(topo, src=CLIENT4) and answers(topo, "udp", src=CLIENT4) and not answers(topo, src=OTHER4)
+    assert topo.sysctl("net.ipv4.ip_forward") == "1"
+    # SIGTERM: the daemon ends, protection stays
+    assert d.stop() == 0
+    assert attached_prog(topo)[1] == "xdpguard_main" and not answers(topo, src=OTHER4)
+
+
+def test_drift_is_repaired_and_a_foreign_program_is_not_fought(topo: Topo, tmp_path: Path):
+    path = write(tmp_path, CONFIG)
+    topo.xg("apply", "-f", path)
+    topo.lab.defer("detach xdpguard", topo.xg, "detach", "xgp0", check=False)
+    d = Daemon(topo, path)
+    d.wait_started()
+    prog = attached_prog(topo)
+
+    topo.lab.run(topo.prot, "nft", "flush", "ruleset")
+    took = wait_for(lambda: "xdpguard" in topo.nft_tables(), 10)
+    assert took is not None, d.text()
+    assert answers(topo, src=CLIENT4)
+    print(f"nft flush ruleset repaired in {took:.2f} s")
+
+    topo.xg("block", "add", "198.51.100.77")  # state the data path holds: must come back as it was
+    topo.lab.run(topo.prot, "ip", "link", "set", "dev", "xgp0", "xdp", "off")
+    took = wait_for(lambda: attached_prog(topo) is not None, 10)
+    assert took is not None, d.text()
+    print(f"xdp off repaired in {took:.2f} s")
+    assert attached_prog(topo) == prog  # the very same program, maps and counters with it
+    assert "198.51.100.77/32" in topo.xg("block", "list").stdout and not answers(topo, src=OTHER4)
+
+    topo.lab.sysctl(topo.prot, "net.ipv4.ip_forward", 0)
+    assert wait_for(lambda: topo.sysctl("net.ipv4.ip_forward") == "1", 10) is not None, d.text()
+
+    # a foreign program replaces ours: reported loudly, left alone
+    foreign = topo.lab.run(topo.prot, PY, "-c", FOREIGN, timeout=120).stdout.strip()
+    assert wait_for(lambda: "foreign XDP program" in d.text(), 10) is not None, d.text()
+    time.sleep(1.5)
+    assert attached_prog(topo)[1] == foreign
+    assert d.text().count("foreign XDP program") == 1  # said once, not every half second
+    topo.lab.run(topo.prot, "ip", "link", "set", "dev", "xgp0", "xdp", "off")
+
+
+# A foreign XDP program (XDP_PASS, named 'not_ours'), swapped in over ours (XDP_FLAGS_REPLACE).
+FOREIGN = r"""
+import ctypes, socket
+from bcc import BPF
+from xdpguard.core import dataplane, libbpf
+b = BPF(text="int not_ours(struct xdp_md *ctx) { return XDP_PASS; }")
+fn = b.load_func("not_ours", BPF.XDP)
+idx = socket.if_nametoindex("xgp0")
+att = dataplane.query(idx)
+dataplane.replace(idx, fn.fd, att)
+print("not_ours")
+"""
+
+
+def test_upgrade_under_flood_passes_nothing_and_keeps_state(topo: Topo, tmp_path: Path):
+    topo.attach()
+    topo.xg("block", "add", OTHER4)
+    topo.xg("ban", "add", "198.51.100.66", "--ttl", "600")
+    # count what gets past XDP from the flooding source, in our own nft table
+    topo.lab.run(topo.prot, "nft", "-f", "-", input=(
+        "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
+        f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"))
+    mac = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
+    flood = topo.lab.popen(topo.client, PY, "-m", "xdpguard.lab.flood", "--iface", "xgc0", "--dst-mac", mac,
+                           "--dst", PROT4, "--kind", "udp", "--src", OTHER4, "--dport", "7", "--count", "3000000",
+                           "--duration", "50", "--pps", "20000", "--json", stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    before = topo.status_counter("drop", "blocklist")
+    ids = {attached_prog(topo)[0]}
+    for _ in range(3):
+        out = topo.xg("upgrade", "xgp0", "--force", timeout=180).stdout
+        assert "atomically" in out and "maps carried over" in out, out
+        ids.add(attached_prog(topo)[0])
+        assert topo.status_counter("drop", "blocklist") >= before  # counters carried over, never reset
+    flood.terminate()
+    flood.wait(timeout=30)
+    assert len(ids) == 4  # three swaps, each a new program
+    leaked = topo.lab.run(topo.prot, "nft", "-j", "list", "counter", "inet", "xgtest", "leaked").stdout
+    packets = json.loads(leaked)["nftables"][1]["counter"]["packets"]
+    after = topo.status_counter("drop", "blocklist")
+    print(f"upgrade under flood: {after - before} dropped across 3 swaps, {packets} leaked")
+    assert packets == 0
+    assert after > before
+    bans = json.loads(topo.xg("ban", "list", "--json").stdout)["bans"]
+    assert [b["source"] for b in bans] == ["198.51.100.66"]
+    entries = json.loads(topo.xg("block", "list", "--json").stdout)["entries"]
+    assert entries[0]["hits"] >= after - 10
+    topo.lab.run(topo.prot, "nft", "delete", "table", "inet", "xgtest")
+
+
+def test_sigkill_anywhere_in_an_apply_converges_on_the_next(topo: Topo, tmp_path: Path):
+    topo.attach()
+    big = tmp_path / "list.txt"
+    big.write_text("".join(f"198.19.{i >> 8}.{i & 255}\n" for i in range(20000)))
+    path = write(tmp_path, CONFIG.replace('block = [', f'block_files = ["{big}"]\nblock = ['))
+    small = write(tmp_path, f'[[interface]]\nname = "xgp0"\nprotect = ["{PROT4}"]\n', "small.toml")
+    for i, delay in enumerate([0.05, 0.15, 0.3, 0.5, 0.7, 0.9, 1.2, 1.5, 2.0, 2.5]):
+        target = path if i % 2 == 0 else small
+        proc = topo.lab.popen(topo.prot, "xdpguard", "apply", "-f", target, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait(timeout=10)
+        topo.xg("apply", "-f", target, timeout=120)
+        assert topo.xg("diff", "-f", target).stdout.strip() == "no changes", (delay, target)
+    assert answers(topo, src=CLIENT4) is False  # the last one applied was the small config
+    topo.xg("apply", "-f", path, timeout=120)
+    assert answers(topo, src=CLIENT4) and not answers(topo, src=OTHER4)
+
+
+def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_through(topo: Topo, tmp_path: Path):
+    a = write(tmp_path, CONFIG, "a.toml")
+    b = write(tmp_path, CONFIG.replace('"203.0.113.0/24"', '"203.0.113.0/25", "192.0.2.0/24"')
+              .replace("src_pps = 20000", "src_pps = 30000"), "b.toml")
+    topo.xg("apply", "-f", a)
+    topo.lab.defer("detach xdpguard", topo.xg, "detach", "xgp0", check=False)
+    topo.lab.run(topo.prot, "nft", "-f", "-", input=(
+        "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
+        f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"))
+    topo.lab.defer("nft test table", topo.lab.run, topo.prot, "nft", "delete", "table", "inet", "xgtest", check=False)
+    mac = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
+    flood = topo.lab.popen(topo.client, PY, "-m", "xdpguard.lab.flood", "--iface", "xgc0", "--dst-mac", mac,
+                           "--dst", PROT4, "--kind", "udp", "--src", OTHER4, "--dport", "80", "--count", "3000000",
+                           "--duration", "55", "--pps", "10000", stdout=subprocess.DEVNULL)
+    client = topo.lab.popen(topo.client, PY, "-c", CLIENT_LOOP, PROT4, CLIENT4, "55",
+                            stdout=subprocess.PIPE, text=True)
+    n = 0
+    t0 = time.monotonic()
+    while n < 50 and time.monotonic() - t0 < 45:
+        topo.xg("apply", "-f", b if n % 2 == 0 else a, timeout=60)
+        n += 1
+    flood.wait(timeout=70)
+    out, _ = client.communicate(timeout=70)
+    ok, failed = (int(x) for x in out.split())
+    leaked = json.loads(topo.lab.run(topo.prot, "nft", "-j", "list", "counter", "inet", "xgtest", "leaked").stdout)
+    print(f"{n} applies under a flood: {leaked['nftables'][1]['counter']['packets']} leaked, client {ok} ok / {failed} failed")
+    assert n >= 20
+    assert leaked["nftables"][1]["counter"]["packets"] == 0
+    assert ok > 0 and failed == 0
+
+
+# New TCP connections to the forwarded port, one after another, until DURATION s: prints "ok failed".
+CLIENT_LOOP = r"""
+import socket, sys, time
+dst, src, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ok = failed = 0
+end = time.monotonic() + duration
+while time.monotonic() < end:
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.bind((src, 0)); s.connect((dst, 80)); s.sendall(b"ping")
+        ok += s.recv(100).endswith(b"|ping")
+    except OSError:
+        failed += 1
+    finally:
+        s.close()
+    time.sleep(0.05)
+print(ok, failed)
+"""

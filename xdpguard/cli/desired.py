@@ -1,0 +1,119 @@
+"""`xdpguard apply | diff | export`: desired state as a file; and the hook by which the
+imperative verbs record what they changed into the desired-state store."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from xdpguard.core import protection, reconcile, state
+from xdpguard.core.errors import UserError
+
+from .output import console, emit_json
+
+
+def record_iface(name: str, lists: bool = False) -> None:
+    reconcile.record(name, lists=lists)
+
+
+def recorded(res, lists: bool = False):
+    """Pass a verb's result through after recording its interface into the store."""
+    record_iface(res.iface, lists)
+    return res
+
+
+def config_path(path: str | None) -> str:
+    p = path or os.environ.get("XDPGUARD_CONFIG") or "/etc/xdpguard/xdpguard.toml"
+    return p
+
+
+_file = click.option("-f", "--file", "path", default=None, metavar="FILE",
+                     help="Config file (default $XDPGUARD_CONFIG or /etc/xdpguard/xdpguard.toml).")
+_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _render(res: reconcile.ApplyResult, as_json: bool, verb: str) -> None:
+    if as_json:
+        emit_json(res)
+        return
+    c = console()
+    for w in res.warnings:
+        c.print(f"[yellow]warning:[/] {w}")
+    if not res.text:
+        c.print("no changes" + ("" if res.dry_run else "; nothing to do"))
+    for line in res.text:
+        c.print(line, markup=False)
+    if res.dry_run:
+        if res.text:
+            c.print(f"{len(res.text)} change(s); dry run, nothing applied")
+        return
+    for r in res.results:
+        for n in r.notes:
+            c.print(f"note: {n}", markup=False)
+    if res.text:
+        c.print(f"applied {len(res.text)} change(s) (generation {res.generation})")
+
+
+@click.command()
+@_file
+@click.option("--dry-run", is_flag=True, help="Show the diff only (same as `xdpguard diff`).")
+@click.option("--force", is_flag=True, help="Allow protecting this host's management address.")
+@_json
+def apply(path, dry_run, force, as_json):
+    """Make this box match a config file: print the diff, then apply it (all or nothing)."""
+    _render(reconcile.apply_file(config_path(path), force=force, dry_run=dry_run), as_json, "apply")
+
+
+@click.command()
+@_file
+@_json
+def diff(path, as_json):
+    """Show what `apply` would change, and change nothing."""
+    _render(reconcile.diff_file(config_path(path)), as_json, "diff")
+
+
+@click.command()
+@click.option("-o", "--output", "out", default=None, metavar="FILE", help="Write to FILE (default: stdout).")
+@_json
+def export(out, as_json):
+    """Write the live desired state as a config file (re-applying it changes nothing)."""
+    res = reconcile.export()
+    if as_json:
+        emit_json({"desired": res.desired})
+        return
+    if out is None:
+        sys.stdout.write(res.text)
+        return
+    if os.path.isdir(out):
+        raise UserError(f"cannot write {out}: it is a directory")
+    try:
+        state.write_durably(Path(os.path.abspath(out)), res.text.encode())
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror}") from None
+    console().print(f"wrote {out}")
+
+
+@click.command()
+@click.argument("iface", required=False)
+@click.option("--force", is_flag=True, help="Swap even when the attached program is already this version.")
+@_json
+def upgrade(iface, force, as_json):
+    """Swap the attached program for this xdpguard's version without a gap (maps carried over)."""
+    state.require_root()
+    names = [iface] if iface else reconcile.protection_ifaces()
+    if not names:
+        raise UserError("no interface is protected in this network namespace")
+    results = [protection.upgrade(n, force=force) for n in names]
+    if as_json:
+        emit_json({"results": [r.to_dict() for r in results]})
+        return
+    c = console()
+    for r in results:
+        if r.action == "current":
+            c.print(f"{r.iface}: prog id {r.prog_id} is this version already; nothing to do")
+        else:
+            c.print(f"{r.iface}: upgraded prog id {r.old_prog_id} -> {r.prog_id} atomically; {r.maps_kept} maps "
+                    f"carried over" + (f", new maps {', '.join(r.maps_new)}" if r.maps_new else ""))

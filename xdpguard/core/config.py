@@ -1,0 +1,965 @@
+"""Desired state: the typed model behind `xdpguard.toml`, its loader, its writer and its diff.
+
+One frozen dataclass tree says what the operator asked for: interfaces and their modes,
+protected addresses, lists, every cleansing policy, forwarding rules with their health probes,
+attack thresholds and hooks, and the daemon's settings. The same tree is
+
+- read from a TOML file (`load`, every problem reported as FILE:LINE: FIELD: message),
+- written back as TOML (`to_toml`; `load(to_toml(d)) == d` is a tested property),
+- read from the kernel by `live.export` (what is realised), and
+- compared by `diff` (what `apply` would change).
+
+Dynamic state (bans, list entries with a TTL, health, counters) is not part of it and is never
+touched by an apply. Values are normalised on the way in (bursts filled in, filter payloads
+masked, port runs merged, lists as sets), so two trees that realise the same kernel state are
+equal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import abi, events, forwarding, policy, vocab
+from .errors import UserError
+from .forwarding import ForwardRule
+from .prefixes import Prefix, parse_prefix, read_prefix_file
+
+DEFAULT_PATH = Path("/etc/xdpguard/xdpguard.toml")
+MODES = ("auto", "native", "skb")
+ALL_DROP_MASK = sum(1 << r for r in abi.Reason if r.is_drop)
+DROP_REASONS = tuple(r.label for r in abi.Reason if r.is_drop)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class ConfigError(UserError):
+    """One or more problems in a config file; each line names file, line and field."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems))
+        self.problems = problems
+
+
+# ---- the model ----
+
+
+PortRun = tuple[str, int, int]  # (proto, lo, hi), merged, sorted
+
+
+@dataclass(frozen=True)
+class AddressSpec:
+    """One protected address and what applies to it."""
+
+    address: IPAddress
+    blocked: frozenset[str] = frozenset()  # of policy.PROTOCOLS
+    limits: policy.Limits = policy.Limits()  # bursts filled in (Limits.effective)
+    syn: policy.SynPolicy = policy.SynPolicy()
+    open_ports: tuple[PortRun, ...] = ()  # opened by the operator (forwards open their own)
+    port_limits: tuple[tuple[str, int, int, policy.Limits], ...] = ()  # merged runs of equal limits
+
+    @property
+    def policy(self) -> policy.AddressPolicy:
+        return policy.AddressPolicy(self.blocked, self.limits, self.syn)
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    rule: ForwardRule
+    udp_probe: bytes | None = None  # None: the default probe payload
+
+
+@dataclass(frozen=True)
+class InterfaceSpec:
+    name: str
+    mode: str = "auto"
+    addresses: tuple[AddressSpec, ...] = ()  # sorted by (version, address)
+    global_: policy.GlobalPolicy = policy.GlobalPolicy()
+    block: frozenset[Prefix] = frozenset()  # permanent entries (TTL entries are dynamic)
+    allow: frozenset[Prefix] = frozenset()
+    forwards: tuple[ForwardSpec, ...] = ()  # sorted by rule key
+    events: events.EventConfig = events.EventConfig()
+
+    @property
+    def protected(self) -> list[IPAddress]:
+        return [a.address for a in self.addresses]
+
+    def address(self, addr: IPAddress) -> AddressSpec | None:
+        return next((a for a in self.addresses if a.address == addr), None)
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    metrics: str | None = None  # HOST:PORT
+    health_interval_s: float = 2.0
+    health_timeout_s: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    sweep_interval_s: float = 10.0
+    detect: bool = True
+    detect_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Desired:
+    interfaces: tuple[InterfaceSpec, ...] = ()  # sorted by name
+    daemon: DaemonSpec = DaemonSpec()
+
+    def interface(self, name: str) -> InterfaceSpec | None:
+        return next((i for i in self.interfaces if i.name == name), None)
+
+    def with_interface(self, spec: InterfaceSpec) -> Desired:
+        rest = [i for i in self.interfaces if i.name != spec.name]
+        return replace(self, interfaces=tuple(sorted([*rest, spec], key=lambda i: i.name)))
+
+    def without_interface(self, name: str) -> Desired:
+        return replace(self, interfaces=tuple(i for i in self.interfaces if i.name != name))
+
+
+# ---- normalisation (shared by the loader and live.export) ----
+
+
+def addr_order(a: IPAddress) -> tuple[int, bytes]:
+    return (a.version, a.packed)
+
+
+def norm_filter(f: policy.Filter) -> policy.Filter:
+    """Payload bytes masked and the mask explicit: the form the kernel gives back."""
+    if not f.payload:  # base and offset mean nothing without payload bytes
+        return replace(f, payload_mask=b"", payload_base="payload", payload_off=0)
+    m = f.mask_bytes()
+    return replace(f, payload=bytes(b & k for b, k in zip(f.payload, m)), payload_mask=m)
+
+
+def norm_port_runs(items) -> tuple[PortRun, ...]:
+    """(proto, lo, hi) triples → merged, sorted runs."""
+    by: dict[str, set[int]] = {}
+    for proto, lo, hi in items:
+        by.setdefault(proto, set()).update(range(lo, hi + 1))
+    return tuple((p, lo, hi) for p in sorted(by) for lo, hi in vocab.runs(by[p]))
+
+
+def norm_port_limits(items) -> tuple[tuple[str, int, int, policy.Limits], ...]:
+    """(proto, lo, hi, Limits) → per-port, later entries win, then merged runs of equal limits."""
+    per: dict[tuple[str, int], policy.Limits] = {}
+    for proto, lo, hi, lim in items:
+        for p in range(lo, hi + 1):
+            per[(proto, p)] = lim.effective()
+    out: list[list] = []
+    for (proto, p), lim in sorted(per.items(), key=lambda kv: kv[0]):
+        if out and out[-1][0] == proto and out[-1][2] == p - 1 and out[-1][3] == lim:
+            out[-1][2] = p
+        else:
+            out.append([proto, p, p, lim])
+    return tuple(tuple(r) for r in out)
+
+
+def norm_interface(spec: InterfaceSpec) -> InterfaceSpec:
+    return replace(
+        spec,
+        addresses=tuple(sorted(spec.addresses, key=lambda a: addr_order(a.address))),
+        global_=replace(spec.global_, filters=tuple(norm_filter(f) for f in spec.global_.filters)),
+        forwards=tuple(sorted(spec.forwards, key=lambda f: f.rule.key)),
+    )
+
+
+# ---- locating keys in the TOML text (tomllib keeps no positions) ----
+
+_HEADER = re.compile(r"^\s*(\[\[|\[)\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r'^\s*("[^"]*"|[A-Za-z0-9_-]+)\s*=')
+
+
+def _locate(text: str) -> dict[tuple, int]:
+    """Path (('interface', 0, 'address', 1, 'limits', 'src_pps')) → the line that defines it."""
+    lines: dict[tuple, int] = {}
+    arrays: dict[tuple, int] = {}
+    cur: tuple = ()
+    for no, line in enumerate(text.splitlines(), 1):
+        m = _HEADER.match(line)
+        if m:
+            parts = [p.strip().strip('"') for p in m.group(2).split(".")]
+            path: list = []
+            for i, part in enumerate(parts):
+                path.append(part)
+                if i < len(parts) - 1 and tuple(path) in arrays:
+                    path.append(arrays[tuple(path)] - 1)
+            if m.group(1) == "[[":
+                key = tuple(path)
+                arrays[key] = arrays.get(key, 0) + 1
+                path.append(arrays[key] - 1)
+            cur = tuple(path)
+            lines.setdefault(cur, no)
+            continue
+        m = _KEY.match(line)
+        if m:
+            lines.setdefault(cur + (m.group(1).strip('"'),), no)
+    return lines
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+# ---- the loader ----
+
+
+class _Loader:
+    def __init__(self, source: str, text: str):
+        self.source = source
+        self.lines = _locate(text)
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def where(self, path: tuple) -> str:
+        for n in range(len(path), -1, -1):
+            line = self.lines.get(path[:n])
+            if line is not None:
+                return f"{self.source}:{line}: {_dotted(path)}"
+        return f"{self.source}: {_dotted(path)}"
+
+    def fail(self, path: tuple, msg: str) -> None:
+        self.problems.append(f"{self.where(path)}: {msg}")
+
+    def warn(self, path: tuple, msg: str) -> None:
+        self.warnings.append(f"{self.where(path)}: {msg}")
+
+    # -- typed field access; each returns the default (and records a problem) on bad input --
+
+    def table(self, d: dict, path: tuple, known: set[str]) -> dict:
+        if not isinstance(d, dict):
+            self.fail(path, f"must be a table, got {type(d).__name__}")
+            return {}
+        for k in d:
+            if k not in known:
+                self.fail(path + (k,), f"unknown key (known: {', '.join(sorted(known))})")
+        return d
+
+    def get(self, d: dict, key: str, path: tuple, kind, default):
+        if key not in d:
+            return default
+        v = d[key]
+        ok = {
+            "str": isinstance(v, str),
+            "bool": isinstance(v, bool),
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "num": isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+            "list": isinstance(v, list),
+            "table": isinstance(v, dict),
+            "intstr": isinstance(v, (int, str)) and not isinstance(v, bool),
+        }[kind]
+        if not ok:
+            names = {"str": "a string", "bool": "true or false", "int": "a whole number", "num": "a finite number",
+                     "list": "an array", "table": "a table", "intstr": "a number or a string"}
+            self.fail(path + (key,), f"must be {names[kind]}, got {v!r}")
+            return default
+        return v
+
+    def strs(self, d: dict, key: str, path: tuple) -> list[str]:
+        v = d.get(key, [])
+        if isinstance(v, str):
+            v = [s for s in v.split(",") if s.strip()]
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            self.fail(path + (key,), f"must be an array of strings, got {v!r}")
+            return []
+        return [s.strip() for s in v]
+
+    def guard(self, path: tuple, fn, default=None):
+        """Run a typed constructor; its UserError/ValueError becomes a located problem."""
+        try:
+            return fn()
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+        except UserError as exc:
+            self.fail(path, exc.message)
+        except ValueError as exc:
+            self.fail(path, str(exc))
+        return default
+
+
+_DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", "sweep_interval", "detect",
+                "detect_interval"}
+_IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
+               "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
+_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit"}
+_LIMIT_KEYS = {"src_pps", "src_burst", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst", "syn_src_pps",
+               "syn_src_burst", "ban"}
+_SYN_KEYS = {"threshold", "auth_window", "keep"}
+_FILTER_KEYS = {"action", "proto", "sport", "dport", "length", "ttl", "tcp_flags", "payload", "mask", "base",
+                "offset", "ban"}
+_FORWARD_KEYS = {"proto", "ports", "protected", "to", "weights", "backup", "persist", "preserve_client_ip",
+                 "udp_probe"}
+_EVENT_KEYS = {"pps", "bps", "drop_pps", "drop_bps", "reasons", "hold", "hook", "address"}
+
+
+def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
+    p = ("daemon",)
+    d = ld.table(d, p, _DAEMON_KEYS)
+    base = DaemonSpec()
+
+    def pos(key, default, hi):
+        v = ld.get(d, key, p, "num", default)
+        if not 0 < v <= hi:
+            ld.fail(p + (key,), f"must be above 0 and at most {hi:g}, got {v!r}")
+            return default
+        return float(v)
+
+    def count(key, default):
+        v = ld.get(d, key, p, "int", default)
+        if not 1 <= v <= 100:
+            ld.fail(p + (key,), f"must be 1 to 100, got {v!r}")
+            return default
+        return v
+
+    metrics = ld.get(d, "metrics", p, "str", None)
+    if metrics is not None and (":" not in metrics or not metrics.rpartition(":")[2].isdigit()):
+        ld.fail(p + ("metrics",), f"must be HOST:PORT, got {metrics!r}")
+        metrics = None
+    return DaemonSpec(metrics, pos("health_interval", base.health_interval_s, 3600),
+                      pos("health_timeout", base.health_timeout_s, 60), count("rise", base.rise),
+                      count("fall", base.fall), pos("sweep_interval", base.sweep_interval_s, 3600),
+                      ld.get(d, "detect", p, "bool", True), pos("detect_interval", base.detect_interval_s, 60))
+
+
+def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limits:
+    d = ld.table(d, path, known)
+    problems_before = len(ld.problems)
+
+    def n(key, limit):
+        if key not in d:
+            return 0
+        return ld.guard(path + (key,), lambda: vocab.parse_count(d[key], key, limit), 0)
+
+    lim = ld.guard(path, lambda: policy.Limits(
+        src_pps=n("src_pps", policy.MAX_PPS), src_burst_pkts=n("src_burst", policy.MAX_BURST),
+        src_bps=n("src_bps", policy.MAX_BPS), src_burst_bytes=n("src_burst_bytes", policy.MAX_BURST),
+        dst_pps=n("dst_pps", policy.MAX_PPS), dst_burst_pkts=n("dst_burst", policy.MAX_BURST),
+        syn_src_pps=n("syn_src_pps", policy.MAX_PPS), syn_src_burst=n("syn_src_burst", policy.MAX_BURST),
+        ban_s=n("ban", policy.MAX_BAN_S)), policy.Limits())
+    if lim.ban_s and not (lim.src_pps or lim.src_bps or lim.syn_src_pps) and len(ld.problems) == problems_before:
+        ld.fail(path + ("ban",), "a ban needs a per-source rate (src_pps, src_bps or syn_src_pps)")
+    return lim.effective()
+
+
+def _syn(ld: _Loader, d: dict, path: tuple) -> policy.SynPolicy:
+    d = ld.table(d, path, _SYN_KEYS)
+    base = policy.SynPolicy()
+    thr = ld.guard(path + ("threshold",), lambda: vocab.parse_count(d.get("threshold", 0), "threshold",
+                                                                  policy.MAX_PPS), 0)
+    lo, hi = base.auth_min_ms, base.auth_max_ms
+    if "auth_window" in d:
+        lo, hi = ld.guard(path + ("auth_window",), lambda: vocab.parse_range("auth_window", d["auth_window"], (lo, hi)),
+                          (lo, hi))
+    keep = ld.get(d, "keep", path, "int", base.auth_keep_s)
+    return ld.guard(path, lambda: policy.SynPolicy(thr, lo, hi, keep), base)
+
+
+def _ports(ld: _Loader, items: list, path: tuple) -> list[PortRun]:
+    out = []
+    for i, s in enumerate(items):
+        r = ld.guard(path + (i,), lambda s=s: vocab.parse_port_spec(s))
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> AddressSpec | None:
+    d = ld.table(d, path, _ADDR_KEYS)
+    text = ld.get(d, "address", path, "str", None)
+    if text is None:
+        ld.fail(path + ("address",), "missing: the protected address this table is about")
+        return None
+    addr = ld.guard(path + ("address",), lambda: ipaddress.ip_address(text.strip()))
+    if addr is None:
+        return None
+    if addr not in protected:
+        ld.fail(path + ("address",), f"{addr} is not in this interface's protect list")
+        return None
+    blocked = ld.strs(d, "block_protocols", path)
+    for i, b in enumerate(blocked):
+        if b not in policy.PROTOCOLS:
+            ld.fail(path + ("block_protocols", i), f"unknown protocol '{b}': use {', '.join(policy.PROTOCOLS)}")
+    limits = _limits(ld, ld.get(d, "limits", path, "table", {}), path + ("limits",))
+    syn = _syn(ld, ld.get(d, "syn", path, "table", {}), path + ("syn",))
+    opened = _ports(ld, ld.strs(d, "open_ports", path), path + ("open_ports",))
+    plims = []
+    for i, pl in enumerate(ld.get(d, "port_limit", path, "list", [])):
+        pp = path + ("port_limit", i)
+        if not isinstance(pl, dict) or "ports" not in pl:
+            ld.fail(pp, "needs ports = 'PROTO:PORT[-PORT]' and at least one rate")
+            continue
+        spec = ld.guard(pp + ("ports",), lambda pl=pl: vocab.parse_port_spec(pl["ports"]))
+        lim = _limits(ld, {k: v for k, v in pl.items() if k != "ports"}, pp)
+        if spec is not None:
+            if not lim.active():
+                ld.fail(pp, "needs a rate: src_pps, src_bps, dst_pps or syn_src_pps")
+            plims.append((*spec, lim))
+    return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
+                       norm_port_runs(opened), norm_port_limits(plims))
+
+
+def build_filter(*, action: str, proto=None, sport=None, dport=None, length=None, ttl=None, tcp_flags=None,
+                 payload=None, mask=None, base: str = "payload", offset: int = 0, ban_s: int = 0,
+                 names: dict[str, str] | None = None) -> policy.Filter:
+    """A filter from its text fields (the CLI's options and the config's keys); `names` maps a
+    field to what the caller calls it in messages."""
+    nm = {"sport": "sport", "dport": "dport", "length": "length", "ttl": "ttl", "payload": "payload",
+          "mask": "mask", "ban": "ban", "tcp_flags": "tcp_flags", **(names or {})}
+    if ban_s and action != "drop-ban":
+        raise UserError(f"{nm['ban']} only goes with action drop-ban")
+    if mask and not payload:
+        raise UserError(f"{nm['mask']} needs {nm['payload']}")
+    flt = policy.Filter(
+        action=action, proto=proto.lower() if proto else None,
+        sport=vocab.parse_range(nm["sport"], sport, (0, 65535)), dport=vocab.parse_range(nm["dport"], dport, (0, 65535)),
+        length=vocab.parse_range(nm["length"], length, (0, 65535)), ttl=vocab.parse_range(nm["ttl"], ttl, (0, 255)),
+        tcp_flags=policy.parse_tcp_flags(tcp_flags) if tcp_flags else (0, 0),
+        payload=vocab.parse_hex(nm["payload"], payload), payload_mask=vocab.parse_hex(nm["mask"], mask),
+        payload_base=base, payload_off=offset, ban_s=ban_s)
+    if flt.tcp_flags[0] and flt.proto not in (None, "tcp"):
+        raise UserError(f"{nm['tcp_flags']} only match TCP; drop the protocol or use tcp")
+    return flt
+
+
+def _filter(ld: _Loader, d: dict, path: tuple) -> policy.Filter | None:
+    d = ld.table(d, path, _FILTER_KEYS)
+    if "action" not in d:
+        ld.fail(path + ("action",), f"missing: one of {', '.join(policy.ACTIONS)}")
+        return None
+    for k in ("offset", "ban"):
+        ld.get(d, k, path, "int", 0)
+    for k in ("action", "proto", "tcp_flags", "payload", "mask", "base"):
+        ld.get(d, k, path, "str", None)
+    for k in ("sport", "dport", "length", "ttl"):
+        ld.get(d, k, path, "intstr", None)
+    try:
+        f = build_filter(action=str(d["action"]), proto=d.get("proto"), sport=d.get("sport"), dport=d.get("dport"),
+                         length=d.get("length"), ttl=d.get("ttl"), tcp_flags=d.get("tcp_flags"),
+                         payload=d.get("payload"), mask=d.get("mask"), base=str(d.get("base", "payload")),
+                         offset=d.get("offset", 0) if isinstance(d.get("offset", 0), int) else 0,
+                         ban_s=d.get("ban", 0) if isinstance(d.get("ban", 0), int) else 0)
+    except (UserError, TypeError, AttributeError) as exc:
+        ld.fail(path, getattr(exc, "message", str(exc)))
+        return None
+    return norm_filter(f)
+
+
+def _forward(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> ForwardSpec | None:
+    d = ld.table(d, path, _FORWARD_KEYS)
+    proto = ld.get(d, "proto", path, "str", None)
+    ports = ld.get(d, "ports", path, "intstr", None)
+    to = ld.strs(d, "to", path)
+    if proto is None or ports is None or not to:
+        ld.fail(path, "needs proto, ports and to")
+        return None
+    if proto not in forwarding.PROTOCOLS:
+        ld.fail(path + ("proto",), f"unknown protocol '{proto}': use tcp or udp")
+        return None
+    w = d.get("weights")
+    weights = ",".join(str(x) for x in w) if isinstance(w, list) else (None if w is None else str(w))
+    backup = ",".join(ld.strs(d, "backup", path)) or None
+    persist = ld.get(d, "persist", path, "int", 0)
+    routed = ld.get(d, "preserve_client_ip", path, "bool", False)
+    probe_hex = ld.get(d, "udp_probe", path, "str", None)
+    probe = None
+    if probe_hex is not None:
+        if proto != "udp":
+            ld.fail(path + ("udp_probe",), "applies to udp rules only")
+        probe = ld.guard(path + ("udp_probe",), lambda: bytes.fromhex(probe_hex))
+        if probe is not None and not 1 <= len(probe) <= 1400:
+            ld.fail(path + ("udp_probe",), "needs 1 to 1400 bytes")
+    prot_text = ld.get(d, "protected", path, "str", None)
+
+    def make() -> ForwardRule:
+        backends = forwarding.parse_backends(",".join(to), weights=weights, backups=backup)
+        if prot_text is not None:
+            addr = ipaddress.ip_address(prot_text.strip())
+            if addr not in protected:
+                raise ValueError(f"protected address {addr} is not in this interface's protect list")
+        else:
+            fam = backends[0].host.version
+            same = [a for a in protected if a.version == fam]
+            if len(same) != 1:
+                raise ValueError(f"give protected = ADDR: the interface protects {len(same)} IPv{fam} addresses")
+            addr = same[0]
+        return forwarding.make_rule(proto, addr, str(ports), ",".join(to), weights=weights, backups=backup,
+                                    persist_s=persist, preserve_client_ip=routed)
+
+    rule = ld.guard(path, make)
+    return None if rule is None else ForwardSpec(rule, probe)
+
+
+def _thresholds(ld: _Loader, d: dict, path: tuple, base: events.Thresholds) -> events.Thresholds:
+    def rate(key, default):
+        if key not in d:
+            return default
+        return ld.guard(path + (key,), lambda: vocab.parse_rate(d[key], key), default)
+
+    reasons = {}
+    rd = ld.get(d, "reasons", path, "table", {})
+    for r, v in rd.items():
+        rp = path + ("reasons", r)
+        if r not in DROP_REASONS:
+            ld.fail(rp, f"unknown drop reason (use {', '.join(DROP_REASONS)})")
+            continue
+        pps, _, bps = str(v).partition("/")
+        reasons[r] = (ld.guard(rp, lambda: vocab.parse_rate(pps, r), 0.0),
+                      ld.guard(rp, lambda: vocab.parse_rate(bps or "0", r), 0.0))
+    return events.Thresholds(rate("pps", base.pps), rate("bps", base.bps), rate("drop_pps", base.drop_pps),
+                             rate("drop_bps", base.drop_bps), reasons if "reasons" in d else dict(base.reasons))
+
+
+def _events(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> events.EventConfig:
+    d = ld.table(d, path, _EVENT_KEYS)
+    default = _thresholds(ld, d, path, events.DEFAULT_THRESHOLDS)
+    addrs = {}
+    for i, a in enumerate(ld.get(d, "address", path, "list", [])):
+        ap = path + ("address", i)
+        if not isinstance(a, dict) or "address" not in a:
+            ld.fail(ap, "needs address = ADDR")
+            continue
+        ld.table(a, ap, {"address", "pps", "bps", "drop_pps", "drop_bps", "reasons"})
+        addr = ld.guard(ap + ("address",), lambda a=a: ipaddress.ip_address(str(a["address"]).strip()))
+        if addr is not None and addr not in protected:
+            ld.fail(ap + ("address",), f"{addr} is not in this interface's protect list")
+        if addr is not None:
+            addrs[str(addr)] = _thresholds(ld, a, ap, default)
+    hold = ld.get(d, "hold", path, "num", events.DEFAULT_HOLD_S)
+    if not 0 <= hold <= 86400:
+        ld.fail(path + ("hold",), "must be 0 to 86400 seconds")
+        hold = events.DEFAULT_HOLD_S
+    hook = ld.get(d, "hook", path, "str", None) or None
+    return events.EventConfig(default, addrs, float(hold), hook)
+
+
+def _prefixes(ld: _Loader, d: dict, key: str, path: tuple) -> set[Prefix]:
+    out: set[Prefix] = set()
+    for i, text in enumerate(ld.strs(d, key, path)):
+        p = ld.guard(path + (key, i), lambda t=text: parse_prefix(t).prefix)
+        if p is not None:
+            out.add(p)
+    for i, f in enumerate(ld.strs(d, f"{key}_files", path)):
+        pf = ld.guard(path + (f"{key}_files", i), lambda f=f: read_prefix_file(f))
+        if pf is not None:
+            out.update(pf.prefixes)
+    return out
+
+
+def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
+    d = ld.table(d, path, _IFACE_KEYS)
+    name = ld.get(d, "name", path, "str", None)
+    if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
+        ld.fail(path + ("name",), f"needs a valid interface name, got {name!r}")
+        return None
+    mode = ld.get(d, "mode", path, "str", "auto")
+    if mode not in MODES:
+        ld.fail(path + ("mode",), f"must be one of {', '.join(MODES)}, got {mode!r}")
+    protected: list[IPAddress] = []
+    for i, t in enumerate(ld.strs(d, "protect", path)):
+        a = ld.guard(path + ("protect", i), lambda t=t: ipaddress.ip_address(t))
+        if a is not None and a not in protected:
+            protected.append(a)
+    if not protected:
+        ld.fail(path + ("protect",), "needs at least one protected address")
+    if len(protected) > abi.PROTECTED_MAX:
+        ld.fail(path + ("protect",), f"at most {abi.PROTECTED_MAX} addresses")
+    addrs: dict[IPAddress, AddressSpec] = {a: AddressSpec(a) for a in protected}
+    seen: set[IPAddress] = set()
+    for i, ad in enumerate(ld.get(d, "address", path, "list", [])):
+        spec = _address(ld, ad, path + ("address", i), protected)
+        if spec is None:
+            continue
+        if spec.address in seen:
+            ld.fail(path + ("address", i, "address"), f"{spec.address} has a table already")
+        seen.add(spec.address)
+        addrs[spec.address] = spec
+    monitor = ld.strs(d, "monitor", path)
+    mask = 0
+    for i, r in enumerate(monitor):
+        if r == "all":
+            mask |= ALL_DROP_MASK
+        elif r in DROP_REASONS:
+            mask |= 1 << abi.Reason[r.upper()]
+        else:
+            ld.fail(path + ("monitor", i), f"unknown drop reason '{r}' (use all or {', '.join(DROP_REASONS)})")
+    frag = ld.get(d, "fragments", path, "str", "pass")
+    if frag not in ("pass", "drop"):
+        ld.fail(path + ("fragments",), f"must be pass or drop, got {frag!r}")
+    refl_ports = ld.get(d, "reflection_ports", path, "list", list(policy.DEFAULT_REFLECTION_PORTS))
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in refl_ports):
+        ld.fail(path + ("reflection_ports",), "must be an array of port numbers")
+        refl_ports = list(policy.DEFAULT_REFLECTION_PORTS)
+    filters = []
+    for i, fd in enumerate(ld.get(d, "filter", path, "list", [])):
+        f = _filter(ld, fd, path + ("filter", i))
+        if f is not None:
+            filters.append(f)
+    glob = ld.guard(path, lambda: policy.GlobalPolicy(frag == "drop", ld.get(d, "reflection", path, "bool", True),
+                                                      frozenset(refl_ports), tuple(filters), mask),
+                    policy.GlobalPolicy())
+    block = _prefixes(ld, d, "block", path)
+    allow = _prefixes(ld, d, "allow", path)
+    both = block & allow
+    if both:
+        ld.warn(path + ("allow",), f"{len(both)} prefix(es) are in both allow and block (allow wins), "
+                                   f"e.g. {sorted(both)[0]}")
+    forwards: list[ForwardSpec] = []
+    for i, fd in enumerate(ld.get(d, "forward", path, "list", [])):
+        fs = _forward(ld, fd, path + ("forward", i), protected)
+        if fs is None:
+            continue
+        try:
+            forwarding.check_overlap([f.rule for f in forwards], fs.rule)
+            forwarding.check_backend_not_protected(fs.rule, protected)
+        except ValueError as exc:
+            ld.fail(path + ("forward", i), str(exc))
+            continue
+        if any(f.rule == fs.rule for f in forwards):
+            ld.fail(path + ("forward", i), f"rule {fs.rule.key} is given twice")
+            continue
+        forwards.append(fs)
+    ev = _events(ld, ld.get(d, "events", path, "table", {}), path + ("events",), protected)
+    return norm_interface(InterfaceSpec(name, mode if mode in MODES else "auto", tuple(addrs.values()), glob,
+                                        frozenset(block), frozenset(allow), tuple(forwards), ev))
+
+
+def loads(text: str, source: str = "<config>") -> tuple[Desired, list[str]]:
+    """Parse and validate a config text. Returns (desired, warnings); raises ConfigError with
+    every problem found, each as 'SOURCE:LINE: field: message'."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    ld = _Loader(source, text)
+    ld.table(data, (), {"daemon", "interface"})
+    daemon = _daemon(ld, ld.get(data, "daemon", (), "table", {}))
+    indexed: list[tuple[int, InterfaceSpec]] = []  # (index in the file, spec)
+    for i, d in enumerate(ld.get(data, "interface", (), "list", [])):
+        spec = _interface(ld, d, ("interface", i))
+        if spec is None:
+            continue
+        if any(s.name == spec.name for _, s in indexed):
+            ld.fail(("interface", i, "name"), f"interface {spec.name} is given twice")
+            continue
+        indexed.append((i, spec))
+    ifaces = [s for _, s in indexed]
+    owner: dict[IPAddress, str] = {}
+    for i, s in indexed:
+        for a in s.protected:
+            if a in owner:
+                ld.fail(("interface", i, "protect"), f"{a} is protected on {owner[a]} already")
+            owner[a] = s.name
+    all_protected = list(owner)
+    for i, s in indexed:
+        for j, f in enumerate(s.forwards):
+            try:
+                forwarding.check_backend_not_protected(f.rule, all_protected)
+            except ValueError as exc:
+                ld.fail(("interface", i, "forward", j), str(exc))
+    if ld.problems:
+        raise ConfigError(ld.problems)
+    return Desired(tuple(sorted(ifaces, key=lambda s: s.name)), daemon), ld.warnings
+
+
+def load(path: str | Path) -> tuple[Desired, list[str]]:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read config {p}: {exc.strerror}") from None
+    if b"\0" in raw:
+        raise ConfigError([f"{p}: not a text file (NUL byte)"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{p}:{line}: not UTF-8 text"]) from None
+    return loads(text, str(p))
+
+
+# ---- the writer ----
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _arr(items, per_line: int = 8) -> str:
+    items = list(items)
+    if len(items) <= per_line:
+        return "[" + ", ".join(items) + "]"
+    return "[\n" + "".join(f"  {x},\n" for x in items) + "]"
+
+
+def _limits_toml(lim: policy.Limits) -> dict[str, str]:
+    e = lim.effective()
+    out = {}
+    for key, rate, burst_key, burst in (("src_pps", e.src_pps, "src_burst", e.src_burst_pkts),
+                                        ("src_bps", e.src_bps, "src_burst_bytes", e.src_burst_bytes),
+                                        ("dst_pps", e.dst_pps, "dst_burst", e.dst_burst_pkts),
+                                        ("syn_src_pps", e.syn_src_pps, "syn_src_burst", e.syn_src_burst)):
+        if rate:
+            out[key] = str(rate)
+            if burst != rate:
+                out[burst_key] = str(burst)
+    if e.ban_s:
+        out["ban"] = str(e.ban_s)
+    return out
+
+
+def _inline(d: dict[str, str]) -> str:
+    return "{ " + ", ".join(f"{k} = {v}" for k, v in d.items()) + " }"
+
+
+def _fmt_num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def _thresholds_toml(t: events.Thresholds, always_reasons: bool = False) -> list[str]:
+    out = [f"{k} = {_fmt_num(getattr(t, k))}" for k in ("pps", "bps", "drop_pps", "drop_bps")]
+    if t.reasons or always_reasons:
+        out.append("reasons = " + (_inline({r: _q(f"{_fmt_num(p)}/{_fmt_num(b)}") for r, (p, b) in sorted(t.reasons.items())})
+                                   if t.reasons else "{}"))
+    return out
+
+
+def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) -> str:
+    """The config text that loads back to exactly `d`. With list_files ((interface, 'block' or
+    'allow') → path) those lists are referenced as `<list>_files` instead of written inline (the
+    store keeps big lists in prefix files: a million entries load in a second, not in thirty)."""
+    list_files = list_files or {}
+    L: list[str] = ["# xdpguard desired state (xdpguard export)", ""]
+    ds = d.daemon
+    L += ["[daemon]"]
+    if ds.metrics:
+        L.append(f"metrics = {_q(ds.metrics)}")
+    L += [f"health_interval = {ds.health_interval_s!r}", f"health_timeout = {ds.health_timeout_s!r}",
+          f"rise = {ds.rise}", f"fall = {ds.fall}", f"sweep_interval = {ds.sweep_interval_s!r}",
+          f"detect = {'true' if ds.detect else 'false'}", f"detect_interval = {ds.detect_interval_s!r}", ""]
+    for s in d.interfaces:
+        g = s.global_
+        L += ["[[interface]]", f"name = {_q(s.name)}", f"mode = {_q(s.mode)}",
+              "protect = " + _arr(_q(str(a)) for a in s.protected)]
+        if g.monitor_mask & ALL_DROP_MASK == ALL_DROP_MASK:
+            L.append('monitor = ["all"]')
+        elif g.monitor_mask:
+            L.append("monitor = " + _arr(_q(r.label) for r in abi.Reason if r.is_drop and g.monitor_mask & (1 << r)))
+        L.append(f"fragments = {_q('drop' if g.drop_fragments else 'pass')}")
+        L.append(f"reflection = {'true' if g.reflection else 'false'}")
+        L.append("reflection_ports = " + _arr((str(p) for p in sorted(g.reflection_ports)), per_line=20))
+        for key, prefixes in (("block", s.block), ("allow", s.allow)):
+            if (s.name, key) in list_files:
+                L.append(f"{key}_files = [{_q(list_files[(s.name, key)])}]")
+            elif prefixes:
+                L.append(f"{key} = " + _arr(_q(str(p)) for p in sorted(prefixes)))
+        L.append("")
+        for a in s.addresses:
+            body = []
+            if a.blocked:
+                body.append("block_protocols = " + _arr(_q(p) for p in policy.PROTOCOLS if p in a.blocked))
+            if a.open_ports:
+                body.append("open_ports = " + _arr(_q(vocab.format_port_spec(*r)) for r in a.open_ports))
+            lt = _limits_toml(a.limits)
+            if lt:
+                body.append("limits = " + _inline(lt))
+            if a.syn != policy.SynPolicy():
+                body.append("syn = " + _inline({"threshold": str(a.syn.threshold_pps),
+                                                "auth_window": _q(f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}"),
+                                                "keep": str(a.syn.auth_keep_s)}))
+            if not body and not a.port_limits:
+                continue
+            L += ["[[interface.address]]", f"address = {_q(str(a.address))}", *body, ""]
+            for proto, lo, hi, lim in a.port_limits:
+                L += ["[[interface.address.port_limit]]", f"ports = {_q(vocab.format_port_spec(proto, lo, hi))}"]
+                L += [f"{k} = {v}" for k, v in _limits_toml(lim).items()] + [""]
+        for f in g.filters:
+            L += ["[[interface.filter]]", f"action = {_q(f.action)}"]
+            if f.proto:
+                L.append(f"proto = {_q(f.proto)}")
+            for key, (lo, hi), full in (("sport", f.sport, (0, 65535)), ("dport", f.dport, (0, 65535)),
+                                        ("length", f.length, (0, 65535)), ("ttl", f.ttl, (0, 255))):
+                if (lo, hi) != full:
+                    L.append(f"{key} = {_q(vocab.format_range(lo, hi))}")
+            if f.tcp_flags[0]:
+                L.append(f"tcp_flags = {_q(policy.format_tcp_flags(*f.tcp_flags))}")
+            if f.payload:
+                L += [f"payload = {_q(f.payload.hex())}", f"mask = {_q(f.mask_bytes().hex())}",
+                      f"base = {_q(f.payload_base)}", f"offset = {f.payload_off}"]
+            if f.action == "drop-ban":
+                L.append(f"ban = {f.ban_s}")
+            L.append("")
+        for fs in s.forwards:
+            r = fs.rule
+            prim, back = r.primaries, r.backups
+            L += ["[[interface.forward]]", f"proto = {_q(r.proto)}", f"ports = {_q(r.ports)}",
+                  f"protected = {_q(str(r.protected))}", "to = " + _arr(_q(b.endpoint) for b in prim)]
+            if any(b.weight != 1 for b in prim):
+                L.append("weights = " + _arr(str(b.weight) for b in prim))
+            if back:
+                L.append("backup = " + _arr(_q(b.endpoint) for b in back))
+            if r.persist_s:
+                L.append(f"persist = {r.persist_s}")
+            if r.preserve_client_ip:
+                L.append("preserve_client_ip = true")
+            if fs.udp_probe is not None:
+                L.append(f"udp_probe = {_q(fs.udp_probe.hex())}")
+            L.append("")
+        ev = s.events
+        L += ["[interface.events]", *_thresholds_toml(ev.default), f"hold = {_fmt_num(ev.hold_s)}"]
+        if ev.hook:
+            L.append(f"hook = {_q(ev.hook)}")
+        L.append("")
+        for addr, t in sorted(ev.addresses.items()):
+            L += ["[[interface.events.address]]", f"address = {_q(addr)}", *_thresholds_toml(t, True), ""]
+    return "\n".join(L).rstrip() + "\n"
+
+
+# ---- the diff ----
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference: `path` names the object ('veth0 block', 'veth0 198.18.0.1 limits')."""
+
+    path: str
+    op: str  # add | remove | change
+    old: str | None = None
+    new: str | None = None
+    count: int = 1  # for list changes: how many entries
+
+    def text(self) -> str:
+        sign = {"add": "+", "remove": "-", "change": "~"}[self.op]
+        if self.op == "change":
+            return f"{sign} {self.path}: {self.old} -> {self.new}"
+        return f"{sign} {self.path}: {self.new if self.op == 'add' else self.old}"
+
+
+def _set_changes(path: str, old: frozenset, new: frozenset, show: int = 5) -> list[Change]:
+    out = []
+    for op, items in (("add", new - old), ("remove", old - new)):
+        if not items:
+            continue
+        first = sorted(items)[:show]
+        text = ", ".join(map(str, first)) + (f" (+{len(items) - show} more)" if len(items) > show else "")
+        out.append(Change(path, op, text if op == "remove" else None, text if op == "add" else None, len(items)))
+    return out
+
+
+def _fmt_limits(lim: policy.Limits) -> str:
+    return _inline(_limits_toml(lim)) if lim.active() else "none"
+
+
+def _fmt_forward(f: ForwardSpec) -> str:
+    r = f.rule
+    s = f"{r.key} -> {', '.join(b.endpoint + ('*' + str(b.weight) if b.weight != 1 else '') + (' (backup)' if b.backup else '') for b in r.backends)}"
+    if r.persist_s:
+        s += f" persist {r.persist_s}s"
+    if r.preserve_client_ip:
+        s += " routed"
+    if f.udp_probe is not None:
+        s += f" probe {f.udp_probe.hex()}"
+    return s
+
+
+def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
+    n = new.name
+    out: list[Change] = []
+    if old.mode != new.mode:
+        out.append(Change(f"{n} mode", "change", old.mode, new.mode))
+    out += _set_changes(f"{n} protect", frozenset(old.protected), frozenset(new.protected))
+    og, ng = old.global_, new.global_
+    for label, a, b in (("fragments", "drop" if og.drop_fragments else "pass", "drop" if ng.drop_fragments else "pass"),
+                        ("reflection", og.reflection, ng.reflection),
+                        ("monitor", _monitor_text(og.monitor_mask), _monitor_text(ng.monitor_mask))):
+        if a != b:
+            out.append(Change(f"{n} {label}", "change", str(a), str(b)))
+    out += _set_changes(f"{n} reflection_ports", og.reflection_ports, ng.reflection_ports)
+    if og.filters != ng.filters:
+        from_ = [describe(f) for f in og.filters]
+        to = [describe(f) for f in ng.filters]
+        out.append(Change(f"{n} filters", "change", "; ".join(from_) or "none", "; ".join(to) or "none"))
+    out += _set_changes(f"{n} block", old.block, new.block)
+    out += _set_changes(f"{n} allow", old.allow, new.allow)
+    for addr in sorted(set(old.protected) & set(new.protected), key=addr_order):
+        oa, na = old.address(addr), new.address(addr)
+        p = f"{n} {addr}"
+        if oa.blocked != na.blocked:
+            out.append(Change(f"{p} block_protocols", "change", ",".join(sorted(oa.blocked)) or "none",
+                              ",".join(sorted(na.blocked)) or "none"))
+        if oa.limits != na.limits:
+            out.append(Change(f"{p} limits", "change", _fmt_limits(oa.limits), _fmt_limits(na.limits)))
+        if oa.syn != na.syn:
+            out.append(Change(f"{p} syn", "change", _fmt_syn(oa.syn), _fmt_syn(na.syn)))
+        out += _set_changes(f"{p} open_ports", frozenset(vocab.format_port_spec(*r) for r in oa.open_ports),
+                            frozenset(vocab.format_port_spec(*r) for r in na.open_ports))
+        if oa.port_limits != na.port_limits:
+            fmt = lambda pls: "; ".join(f"{vocab.format_port_spec(p, lo, hi)} {_fmt_limits(l)}" for p, lo, hi, l in pls) or "none"  # noqa: E731
+            out.append(Change(f"{p} port_limits", "change", fmt(oa.port_limits), fmt(na.port_limits)))
+    of = {f.rule.key: f for f in old.forwards}
+    nf = {f.rule.key: f for f in new.forwards}
+    for k in sorted(set(of) | set(nf)):
+        if k not in nf:
+            out.append(Change(f"{n} forward", "remove", _fmt_forward(of[k])))
+        elif k not in of:
+            out.append(Change(f"{n} forward", "add", None, _fmt_forward(nf[k])))
+        elif of[k] != nf[k]:
+            out.append(Change(f"{n} forward", "change", _fmt_forward(of[k]), _fmt_forward(nf[k])))
+    if old.events != new.events:
+        out.append(Change(f"{n} events", "change", _fmt_events(old.events), _fmt_events(new.events)))
+    return out
+
+
+def _monitor_text(mask: int) -> str:
+    if mask & ALL_DROP_MASK == ALL_DROP_MASK:
+        return "all"
+    return ",".join(r.label for r in abi.Reason if r.is_drop and mask & (1 << r)) or "off"
+
+
+def _fmt_syn(s: policy.SynPolicy) -> str:
+    return "off" if not s.threshold_pps else f"threshold {s.threshold_pps} window {s.auth_min_ms}-{s.auth_max_ms} ms keep {s.auth_keep_s} s"
+
+
+def _fmt_events(e: events.EventConfig) -> str:
+    return " ".join(_thresholds_toml(e.default)) + f" hold {_fmt_num(e.hold_s)}" + (f" hook {e.hook}" if e.hook else "") + \
+        "".join(f"; {a}: " + " ".join(_thresholds_toml(t)) for a, t in sorted(e.addresses.items()))
+
+
+def describe(f: policy.Filter) -> str:
+    parts = [f.proto or "any"]
+    for name, (lo, hi), full in (("sport", f.sport, (0, 65535)), ("dport", f.dport, (0, 65535)),
+                                 ("len", f.length, (0, 65535)), ("ttl", f.ttl, (0, 255))):
+        if (lo, hi) != full:
+            parts.append(f"{name} {vocab.format_range(lo, hi)}")
+    if f.tcp_flags[0]:
+        parts.append("flags " + policy.format_tcp_flags(*f.tcp_flags))
+    if f.payload:
+        m = f.mask_bytes()
+        parts.append(f"{f.payload_base}+{f.payload_off} {f.payload.hex()}" + ("" if m == b"\xff" * len(m) else f"/{m.hex()}"))
+    return " ".join(parts) + f" -> {f.action}" + (f" {f.ban_s} s" if f.action == "drop-ban" else "")
+
+
+def diff(old: Desired, new: Desired) -> list[Change]:
+    """What turning `old` into `new` changes, in a stable order."""
+    out: list[Change] = []
+    if old.daemon != new.daemon:
+        for k in DaemonSpec.__dataclass_fields__:
+            a, b = getattr(old.daemon, k), getattr(new.daemon, k)
+            if a != b:
+                out.append(Change(f"daemon {k}", "change", str(a), str(b)))
+    names = sorted({i.name for i in old.interfaces} | {i.name for i in new.interfaces})
+    for name in names:
+        o, n = old.interface(name), new.interface(name)
+        if o is None:
+            out.append(Change(f"interface {name}", "add", None, "protect " + ", ".join(map(str, n.protected))))
+            o = InterfaceSpec(name, n.mode, tuple(AddressSpec(a) for a in n.protected))
+        if n is None:
+            out.append(Change(f"interface {name}", "remove", "protect " + ", ".join(map(str, o.protected))))
+            continue
+        out += _iface_changes(o, n)
+    return out

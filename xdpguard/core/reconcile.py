@@ -1,0 +1,457 @@
+"""Make the kernel match desired state, and read desired state back from the kernel.
+
+- `export_live()` reads what is realised (program, maps, the interface records) as a
+  config.Desired; `export` of that re-applies to nothing.
+- `realise(spec)` makes one interface match its spec: attaches when nothing is attached (after a
+  reboot), otherwise adopts the attached program and writes only the differences — map entries
+  in place, the nft table in one batch, the sysctls. Never detach-then-attach. Idempotent.
+- `apply(desired)` stores the desired state (fsynced) first, then realises every interface; if
+  any part fails, every touched interface and the store go back to what they were.
+
+Dynamic state (bans, list entries with a TTL, health, counters) is left alone throughout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import socket
+import struct
+from dataclasses import asdict, dataclass, field, replace
+
+from . import abi, config, dataplane, events, forward, policy, protection, state, store, vocab
+from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
+from .errors import UserError
+from .prefixes import Prefix
+
+MAX_PORT_RANGE_WRITES = 65536 * 2
+
+
+def _as_dict(obj) -> dict:
+    return asdict(obj)
+
+
+# ---- reading what is realised ----
+
+
+_LIST_VALUE = struct.Struct("<QQII")  # abi.ListEntry: hits, expires_ns, prefixlen, reserved
+
+
+def _permanent(g: protection.Guard, which: str) -> frozenset[Prefix]:
+    """The list's entries without an expiry (entries with one are dynamic), from raw batch dumps."""
+    out: set[Prefix] = set()
+    vs = _LIST_VALUE.size
+    for fam, m in g.list_maps(which):
+        keys, values, n = m.dump_raw()
+        alen = 4 if fam == 4 else 16
+        ks = len(keys) // n if n else 0
+        host = ks == alen  # exact hashes are keyed by the bare address; tries by (prefixlen, addr)
+        for i in range(n):
+            _, expires, plen, _ = _LIST_VALUE.unpack_from(values, i * vs)
+            if expires:
+                continue
+            addr = keys[i * ks: i * ks + ks] if host else keys[i * ks + 4: i * ks + 4 + alen]
+            out.add(Prefix(fam, addr, plen))
+    return frozenset(out)
+
+
+def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec | None = None) -> InterfaceSpec:
+    """The interface's realised desired state. With lists=False the permanent list entries are
+    taken from `stored` (a verb that did not touch lists need not walk a million entries)."""
+    st = state.read_state(g.iface) or {}
+    runs = g.open_ports()
+    plims = policy.read_port_limits(g.maps)
+    addrs = []
+    for a in g.protected_addrs():
+        pol = policy.read_address_policy(g.maps, a)
+        opened = [(proto, lo, hi) for (addr, proto), rs in runs.items() if addr == str(a)
+                  for lo, hi, flags in rs if flags & abi.PORT_BY_OPERATOR]
+        pl = [(proto, port, port, lim) for (addr, proto, port), lim in plims.items() if addr == str(a)]
+        addrs.append(AddressSpec(a, frozenset(pol.blocked), pol.limits.effective(), pol.syn,
+                                 config.norm_port_runs(opened), config.norm_port_limits(pl)))
+    glob = policy.read_global_policy(g.maps)
+    if lists or stored is None:
+        block, allow = _permanent(g, "block"), _permanent(g, "allow")
+    else:
+        block, allow = stored.block, stored.allow
+    fwd = tuple(ForwardSpec(sr.rule, sr.udp_probe) for sr in forward.stored_rules(g.iface.name, st))
+    return config.norm_interface(InterfaceSpec(
+        g.iface.name, st.get("requested_mode", "auto"), tuple(addrs), glob, block, allow, fwd,
+        events.EventConfig.from_json(st.get(events.STATE_KEY))))
+
+
+def export_iface(name: str, lists: bool = True) -> InterfaceSpec | None:
+    """None when xdpguard does not protect `name` (nothing or something foreign attached)."""
+    iface = state.resolve_iface(name)
+    att = dataplane.query(iface.index)
+    if not dataplane.is_ours(att):
+        return None
+    with protection.Guard.open(iface) as g:
+        return export_guard(g, lists, store.stored_interface(name) if not lists else None)
+
+
+def export_live() -> Desired:
+    """Every interface xdpguard protects in this namespace, plus the stored daemon settings."""
+    state.require_root()
+    stored = store.load()
+    specs = []
+    for name in sorted(set(state.protected_ifaces()) | {i.name for i in stored.interfaces}):
+        try:
+            spec = export_iface(name)
+        except UserError:
+            continue  # the interface went away
+        if spec is not None:
+            specs.append(spec)
+    return Desired(tuple(sorted(specs, key=lambda s: s.name)), stored.daemon)
+
+
+def protection_ifaces() -> list[str]:
+    """Interfaces with an interface record or a stored spec in this namespace."""
+    names = set(state.protected_ifaces())
+    try:
+        names |= {i.name for i in store.load().interfaces}
+    except UserError:
+        pass
+    return sorted(names)
+
+
+# ---- making the kernel match ----
+
+
+def _free_slot(g: protection.Guard) -> int:
+    used = set()
+    for name in (abi.MapName.PROT4, abi.MapName.PROT6):
+        for _, v in g.maps[name].items():
+            used.add(v.syn.slot)
+    return next(i for i in range(abi.PROTECTED_MAX) if i not in used)
+
+
+def _port_set(runs) -> set[tuple[str, int]]:
+    return {(p, n) for p, lo, hi in runs for n in range(lo, hi + 1)}
+
+
+def _port_limit_map(pls) -> dict[tuple[str, int], policy.Limits]:
+    return {(p, n): lim for p, lo, hi, lim in pls for n in range(lo, hi + 1)}
+
+
+def _change_ports(g, addr, ports: set[tuple[str, int]], add: bool) -> None:
+    by: dict[str, list[int]] = {}
+    for p, n in ports:
+        by.setdefault(p, []).append(n)
+    for proto, nums in by.items():
+        for lo, hi in vocab.runs(nums):
+            g.change_ports([addr], proto, lo, hi, abi.PORT_BY_OPERATOR, add)
+
+
+def _write_address(g, old: AddressSpec | None, new: AddressSpec) -> None:
+    a = new.address
+    if old is None or (old.blocked, old.limits, old.syn) != (new.blocked, new.limits, new.syn):
+        policy.write_address_policy(g.maps, a, new.policy)
+    oldp = _port_set(old.open_ports) if old else set()
+    newp = _port_set(new.open_ports)
+    _change_ports(g, a, newp - oldp, True)
+    _change_ports(g, a, oldp - newp, False)
+    oldl = _port_limit_map(old.port_limits) if old else {}
+    newl = _port_limit_map(new.port_limits)
+    for (proto, n), lim in newl.items():
+        if oldl.get((proto, n)) != lim:
+            policy.write_port_limits(g.maps, a, proto, n, n, lim)
+    for (proto, n) in oldl.keys() - newl.keys():
+        policy.write_port_limits(g.maps, a, proto, n, n, None)
+
+
+def _remove_address(g, old: AddressSpec) -> None:
+    a = old.address
+    _change_ports(g, a, _port_set(old.open_ports), False)
+    for (proto, n) in _port_limit_map(old.port_limits):
+        policy.write_port_limits(g.maps, a, proto, n, n, None)
+    m = g.maps[abi.MapName.PROT4 if a.version == 4 else abi.MapName.PROT6]
+    m.delete(policy.prot_key(a))
+
+
+def _write_events(g, cfg: events.EventConfig) -> None:
+    st = state.read_state(g.iface) or {}
+    st[events.STATE_KEY] = cfg.to_json()
+    st["protected"] = [str(a) for a in g.protected_addrs()]
+    state.write_state(g.iface, st)
+
+
+def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpec, rebuild_nat: bool = False) -> list[str]:
+    """Write what differs between `old` (realised) and `new` into g's maps, nft and records.
+    Order: new addresses, policies, ports, list additions, forwards, list removals, events,
+    removed addresses — so a source blocked in both never passes, and no port is closed
+    before the rule that needs it is gone."""
+    notes = []
+    for a in new.addresses:
+        if old.address(a.address) is None:
+            m = g.maps[abi.MapName.PROT4 if a.address.version == 4 else abi.MapName.PROT6]
+            m.set(policy.prot_key(a.address), policy.new_protected(_free_slot(g)))
+    if old.global_ != new.global_:
+        policy.write_global_policy(g.maps, new.global_, old.global_)
+    for a in new.addresses:
+        _write_address(g, old.address(a.address), a)
+    if new.block - old.block:
+        g.upsert("block", sorted(new.block - old.block), 0)
+    if new.allow - old.allow:
+        g.upsert("allow", sorted(new.allow - old.allow), 0)
+    if old.forwards != new.forwards or rebuild_nat:
+        notes += forward.set_rules(g, [(f.rule, f.udp_probe) for f in new.forwards], rebuild=rebuild_nat)
+    if old.block - new.block:
+        g.delete("block", sorted(old.block - new.block))
+    if old.allow - new.allow:
+        g.delete("allow", sorted(old.allow - new.allow))
+    for a in old.addresses:
+        if new.address(a.address) is None:
+            _remove_address(g, a)
+    if old.events != new.events or {str(a) for a in old.protected} != {str(a) for a in new.protected}:
+        _write_events(g, new.events)
+    if old.mode != new.mode:
+        st = state.read_state(g.iface) or {}
+        st["requested_mode"] = new.mode
+        state.write_state(g.iface, st)
+        if new.mode != "auto" and g.att.mode != new.mode:
+            notes.append(f"{new.name}: attached in {g.att.mode} mode; mode {new.mode} takes effect at the next attach")
+    return notes
+
+
+@dataclass(frozen=True)
+class RealiseResult:
+    iface: str
+    action: str  # attached | updated | unchanged | foreign | missing
+    notes: list[str] = field(default_factory=list)
+    to_dict = _as_dict
+
+
+def foreign_note(name: str, att: dataplane.XdpAttachment) -> str:
+    return (f"WARNING: {name}: a foreign XDP program (id {att.prog_id}, '{att.prog_name}') replaced xdpguard; "
+            f"the protected addresses are NOT filtered by xdpguard. Not fighting over it: detach it, or "
+            f"`xdpguard attach --force`.")
+
+
+def realise(spec: InterfaceSpec, rebuild_nat: bool = False, force: bool = False, lists: bool = True) -> RealiseResult:
+    """Make one interface match `spec`. Takes the interface lock before it opens any map. With
+    lists=False the list maps are not walked (the daemon's periodic check: cheap at 1M entries)."""
+    try:
+        iface = state.resolve_iface(spec.name)
+    except UserError as exc:
+        return RealiseResult(spec.name, "missing", [exc.message])
+    with state.iface_lock(iface):
+        att = dataplane.query(iface.index)
+        action = "updated"
+        notes: list[str] = []
+        if att is None or (force and not dataplane.is_ours(att)):
+            res = protection.attach_locked(iface, spec.protected, spec.mode, monitor=False, force=force, att=att)
+            notes += res.notes
+            action = "attached"
+        elif not dataplane.is_ours(att):
+            return RealiseResult(spec.name, "foreign", [foreign_note(spec.name, att)])
+        with protection.Guard.open(iface) as g:
+            live = export_guard(g, lists or action == "attached", stored=spec)
+            if action == "attached":
+                # the fresh program protects the addresses with default policy; forwards and
+                # events of an earlier life of the interface record are gone with it
+                live = replace(live, forwards=(), events=events.EventConfig(), mode=spec.mode)
+            if live == spec and not rebuild_nat:
+                return RealiseResult(spec.name, "unchanged" if action != "attached" else action, notes)
+            notes += write_differences(g, live, spec, rebuild_nat)
+    return RealiseResult(spec.name, action, notes)
+
+
+def _detach_quietly(name: str) -> list[str]:
+    try:
+        return detach(name).notes
+    except UserError as exc:
+        return [exc.message]
+
+
+# ---- management address guard ----
+
+
+def management_addresses() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Addresses of the interfaces that carry a default route in this namespace."""
+    from pyroute2 import IPRoute  # a third-party import kept lazy like bcc (startup cost)
+
+    out = set()
+    with IPRoute() as ipr:
+        idx = set()
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for r in ipr.get_default_routes(family=fam):
+                oif = r.get_attr("RTA_OIF")
+                if oif:
+                    idx.add(oif)
+                for mp in r.get_attr("RTA_MULTIPATH") or []:
+                    idx.add(mp["oif"])
+        for a in ipr.get_addr():
+            if a["index"] in idx:
+                out.add(ipaddress.ip_address(a.get_attr("IFA_ADDRESS")))
+    return out
+
+
+def check_management(desired: Desired) -> None:
+    mgmt = management_addresses()
+    for s in desired.interfaces:
+        hit = [a for a in s.protected if a in mgmt]
+        if hit:
+            raise UserError(f"{s.name}: protecting {hit[0]} would filter this host's management address "
+                            f"(it carries the default route); use --force if you mean it")
+
+
+# ---- verbs ----
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    dry_run: bool
+    changes: list[dict]
+    text: list[str]
+    warnings: list[str]
+    results: list[RealiseResult]
+    generation: int
+    to_dict = _as_dict
+
+
+def _changes(old: Desired, new: Desired) -> tuple[list[dict], list[str]]:
+    ch = config.diff(old, new)
+    return [asdict(c) for c in ch], [c.text() for c in ch]
+
+
+def diff_file(path: str) -> ApplyResult:
+    state.require_root()
+    desired, warnings = config.load(path)
+    changes, text = _changes(export_live(), desired)
+    return ApplyResult(True, changes, text, warnings, [], store.load_meta().generation)
+
+
+def apply_desired(desired: Desired, source: str | None = None, source_sha: str | None = None,
+                  force: bool = False, dry_run: bool = False, warnings: list[str] | None = None) -> ApplyResult:
+    state.require_root()
+    if not force:
+        check_management(desired)
+    live = export_live()
+    changes, text = _changes(live, desired)
+    if dry_run:
+        return ApplyResult(True, changes, text, warnings or [], [], store.load_meta().generation)
+    with store.locked():
+        old_store = store.load()
+        old_meta = store.load_meta()
+        meta = store.save(desired, source, source_sha, keep_source=False, previous=old_store)
+    touched: list[str] = []
+    results: list[RealiseResult] = []
+    try:
+        for spec in desired.interfaces:
+            touched.append(spec.name)
+            r = realise(spec)
+            if r.action == "missing" or r.action == "foreign":
+                raise UserError("; ".join(r.notes))
+            results.append(r)
+        for gone in live.interfaces:
+            if desired.interface(gone.name) is None:
+                touched.append(gone.name)
+                results.append(RealiseResult(gone.name, "detached", _detach_quietly(gone.name)))
+    except BaseException:
+        for name in reversed(touched):
+            before = live.interface(name)
+            try:
+                if before is None:
+                    _detach_quietly(name)
+                else:
+                    realise(before)
+            except Exception:  # rollback is best effort; the original error is what we report
+                pass
+        with store.locked():
+            store.save(old_store, old_meta.source, old_meta.source_sha256, keep_source=False, previous=desired)
+        raise
+    return ApplyResult(False, changes, text, warnings or [], results, meta.generation)
+
+
+def apply_file(path: str, force: bool = False, dry_run: bool = False) -> ApplyResult:
+    desired, warnings = config.load(path)
+    return apply_desired(desired, str(path), store.file_sha256(path), force=force, dry_run=dry_run,
+                         warnings=warnings)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    text: str
+    desired: dict
+    to_dict = _as_dict
+
+
+def export() -> ExportResult:
+    d = export_live()
+    text = config.to_toml(d)
+    return ExportResult(text, json.loads(json.dumps(_jsonable(d))))
+
+
+def _jsonable(obj):
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if isinstance(obj, (frozenset, set)):
+        return sorted(_jsonable(x) for x in obj)
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if isinstance(obj, (ipaddress.IPv4Address, ipaddress.IPv6Address)) or isinstance(obj, Prefix):
+        return str(obj)
+    return obj
+
+
+# ---- the imperative verbs record into the store ----
+
+
+def record(name: str, lists: bool = False) -> None:
+    """After an imperative change of `name` (attach, block add, limit set, forward add, …):
+    the store takes the interface's realised state, so `export` and a reboot keep it.
+    XXX: recorded after the kernel write, not before; a SIGKILL in between loses the change
+    from the store (the next `run` would revert it). `apply` stores first."""
+    spec = export_iface(name, lists=lists)
+    store.update_interface(name, lambda old: spec)
+
+
+def forget(name: str) -> None:
+    """After `detach`: the interface leaves the desired state."""
+    store.update_interface(name, lambda old: None)
+
+
+def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
+           defines: dict[str, int] | None = None) -> protection.AttachResult:
+    """`xdpguard attach`: attach, then bring back what the store holds for this interface (its
+    lists, policies, forwards and thresholds, for the addresses still protected)."""
+    extra = {} if defines is None else {"defines": defines}
+    res = protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
+    stored = store.stored_interface(ifname)
+    if stored is not None:
+        now_protected = [ipaddress.ip_address(a) for a in res.protected]
+        keep = set(now_protected)
+        spec = replace(stored, mode=mode,
+                       addresses=tuple(stored.address(a) or AddressSpec(a) for a in now_protected),
+                       forwards=tuple(f for f in stored.forwards if f.rule.protected in keep),
+                       global_=replace(stored.global_, monitor_mask=config.ALL_DROP_MASK if monitor else
+                                       stored.global_.monitor_mask))
+        events_cfg = replace(spec.events, addresses={a: t for a, t in spec.events.addresses.items()
+                                                     if ipaddress.ip_address(a) in keep})
+        spec = replace(spec, events=events_cfg)
+        r = realise(spec)
+        res = replace(res, notes=[*res.notes, f"restored the stored policy of {ifname}", *r.notes])
+    record(ifname, lists=True)
+    return res
+
+
+def detach(ifname: str) -> protection.DetachResult:
+    """`xdpguard detach`: remove program, pins, records and the interface's desired state. An
+    interface that is only in the store (after a reboot) is forgotten."""
+    state.require_root()
+    try:
+        iface = state.resolve_iface(ifname)
+        with state.iface_lock(iface):
+            res = protection.detach_locked(iface, forward.teardown(iface))
+    except UserError:
+        if store.stored_interface(ifname) is None:
+            raise
+        res = protection.DetachResult(ifname, None, ["nothing was attached; removed it from the desired state"])
+    forget(ifname)
+    return res
