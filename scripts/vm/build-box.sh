@@ -131,8 +131,10 @@ printf '[Match]\nName=eth0\n[Network]\nDHCP=ipv4\nIPv6AcceptRA=no\nLinkLocalAddr
 printf '[Match]\nName=eth1\n[Network]\nAddress=%s\nIPv6AcceptRA=no\n' "$PROTECTOR_NET_ADDR" \
     >"$root/etc/systemd/network/20-eth1.network"
 in_root systemctl enable systemd-networkd ssh serial-getty@ttyS0 >/dev/null 2>&1
+# Timers and servers the box does not need (setup.sh wants prometheus only for promtool).
 in_root systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
-    man-db.timer systemd-networkd-wait-online.service >/dev/null 2>&1 || true
+    man-db.timer systemd-networkd-wait-online.service prometheus.service \
+    prometheus-node-exporter.service >/dev/null 2>&1 || true
 echo 'UseDNS no' >"$root/etc/ssh/sshd_config.d/xdpguard.conf"
 : >"$root/etc/machine-id"
 echo "$kver" >"$root/etc/xdpguard-box-kernel"
