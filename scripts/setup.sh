@@ -17,6 +17,11 @@ APT_PACKAGES=(
     vagrant bird2 etcd-server etcd-client
 )
 
+# Offline provisioning (the VM box): XDPGUARD_WHEELS=DIR installs Python packages from DIR only
+# (pip --no-index); XDPGUARD_OFFLINE=1 also forbids apt, so a missing package is an error.
+WHEELS_DIR="${XDPGUARD_WHEELS:-}"
+OFFLINE="${XDPGUARD_OFFLINE:-0}"
+
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 
@@ -28,6 +33,9 @@ export DEBIAN_FRONTEND=noninteractive
 APT_UPDATED=0
 
 apt_update_once() {
+    if [[ "$OFFLINE" == 1 ]]; then
+        die "XDPGUARD_OFFLINE=1 but apt is needed (missing packages or kernel headers)"
+    fi
     if [[ "$APT_UPDATED" -eq 0 ]]; then
         step "apt-get update"
         apt-get update -qq
@@ -188,9 +196,14 @@ if [[ -f "$VENV_STAMP" && "$(cat "$VENV_STAMP")" == "$pyproject_hash" \
       && -x "$VENV_DIR/bin/xdpguard" ]]; then
     step "xdpguard already installed in .venv (pyproject.toml unchanged)"
 else
-    step "pip install -e '.[test]'"
+    pip_source=()
+    if [[ -n "$WHEELS_DIR" ]]; then
+        [[ -d "$WHEELS_DIR" ]] || die "XDPGUARD_WHEELS=$WHEELS_DIR is not a directory"
+        pip_source=(--no-index --find-links "$WHEELS_DIR")
+    fi
+    step "pip install -e '.[test]'${WHEELS_DIR:+ from $WHEELS_DIR only}"
     rm -f "$VENV_STAMP"
-    (cd "$REPO_ROOT" && "$VENV_DIR/bin/pip" install -q -e '.[test]')
+    (cd "$REPO_ROOT" && "$VENV_DIR/bin/pip" install -q "${pip_source[@]}" -e '.[test]')
     printf '%s\n' "$pyproject_hash" >"$VENV_STAMP"
 fi
 

@@ -380,7 +380,7 @@ def test_src_bps_refills_when_pps_is_also_limited(bed):
 
 
 def test_dst_pps_is_shared_by_all_sources(bed):
-    bed.apply(addr=AddressPolicy(limits=Limits(dst_pps=10, dst_burst_pkts=3)))
+    bed.apply(addr=AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=3)))
     assert bed.run(syn(), 2) == {(Kind.PASS, Reason.CLEAN): 2}
     assert bed.run(syn(src=OTHER4), 3) == {(Kind.PASS, Reason.CLEAN): 1, (Kind.DROP, Reason.RATELIMIT): 2}
     assert bed.run(syn(dport=443), 3) == {(Kind.PASS, Reason.CLEAN): 3}  # per address:port

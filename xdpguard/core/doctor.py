@@ -4,20 +4,35 @@ WARN or FAIL, and what to do about it.
 The check functions are pure: they take what was observed (strings, booleans) and return a
 `Check`, so they are tested with fake inputs. `gather()` observes the real machine. The native
 XDP trial attach only runs on an interface inside a non-initial network namespace, or when asked
-with `try_attach`, and never on the interface that carries the host's default route.
+with `try_attach`, and never on an interface that carries a default route in use (the
+lowest-metric default route of IPv4 or IPv6; a backup default route with a higher metric does
+not count).
+
+The kernel check names what the kernel lacks of what xdpguard's program uses, from the kernel's
+own symbol table when it is readable (else from the version), and the `xdp-program` check
+compiles and loads the real program, so a verifier that refuses it is reported with its reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import dataplane, state
+
 OK, WARN, FAIL = "ok", "warn", "fail"
-MIN_KERNEL = (5, 10)  # bcc + BTF + bpf_xdp_attach-era helpers; Debian 12 ships 6.1
 OLD_KERNEL = (4, 18)  # XDP generic, LPM tries, BPF_PROG_TEST_RUN exist from here
+# What xdpguard's XDP program needs beyond OLD_KERNEL: (kernel symbol, since, what it is for).
+KERNEL_FEATURES = (
+    ("bpf_ringbuf_output", (5, 8), "BPF ring buffer (events)"),
+    ("bpf_xdp_load_bytes", (5, 18), "bpf_xdp_load_bytes helper (payload filters)"),
+)
+MIN_KERNEL = max(since for _, since, _ in KERNEL_FEATURES)  # 5.18; Debian 12 ships 6.1
 VIRTIO_XDP_MAX_MTU = 3498  # virtio_net refuses native XDP above this MTU (no multi-buffer XDP)
 BPFFS_DIR = "/run/xdpguard/bpffs"
 SETUP = "run scripts/setup.sh"
@@ -54,15 +69,45 @@ def parse_release(release: str) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def check_kernel(release: str) -> Check:
+def kernel_symbols(kallsyms: str) -> set[str]:
+    """Function names in /proc/kallsyms text (addresses may read as zeros: names still count)."""
+    out = set()
+    for line in kallsyms.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out.add(parts[2])
+    return out
+
+
+def missing_features(release: str, symbols: set[str] | None) -> list[str]:
+    """What the kernel lacks of KERNEL_FEATURES: by symbol when known, else by version."""
     ver = parse_release(release)
-    if ver >= MIN_KERNEL:
-        return Check("kernel", OK, f"Linux {release}")
-    if ver >= OLD_KERNEL:
-        return Check("kernel", WARN, f"Linux {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}",
-                     "upgrade to a Debian 12 kernel (6.1) or newer")
-    return Check("kernel", FAIL, f"Linux {release} lacks the XDP features xdpguard uses",
-                 "use Linux 5.10 or newer (Debian 12: 6.1)")
+    if symbols:
+        return [what for sym, _, what in KERNEL_FEATURES if sym not in symbols]
+    return [what for _, since, what in KERNEL_FEATURES if ver < since]
+
+
+def check_kernel(release: str, symbols: set[str] | None = None) -> Check:
+    ver = parse_release(release)
+    source = "kernel symbols" if symbols else "version"
+    if ver < OLD_KERNEL:
+        return Check("kernel", FAIL, f"Linux {release} lacks the XDP features xdpguard uses",
+                     f"use Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer (Debian 12: 6.1)")
+    missing = missing_features(release, symbols)
+    if missing:
+        return Check("kernel", FAIL, f"Linux {release} lacks (by {source}): {', '.join(missing)}",
+                     f"use Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer (Debian 12: 6.1)")
+    return Check("kernel", OK, f"Linux {release}: has what the XDP program uses "
+                               f"({', '.join(what for _, _, what in KERNEL_FEATURES)}; by {source})")
+
+
+def check_program(error: str | None, skipped: str | None = None) -> Check:
+    if skipped:
+        return Check("xdp-program", WARN, f"not tried: {skipped}")
+    if error is None:
+        return Check("xdp-program", OK, "xdpguard's XDP program compiles and the verifier accepts it")
+    return Check("xdp-program", FAIL, f"xdpguard's XDP program does not load: {error}",
+                 "report it with the kernel version (xdpguard attach --ebpf prints the C source)")
 
 
 def check_btf(exists: bool) -> Check:
@@ -198,6 +243,9 @@ def check_native_xdp(iface: str, result: str | None, skipped: str | None) -> Che
                      f"skipped ({skipped})", "" if "default route" in skipped else "give --try-attach to test it")
     if result is None:
         return Check("native-xdp", OK, f"{iface}: a trivial XDP_PASS program attached in native mode and was removed")
+    if "already attached" in result:
+        return Check("native-xdp", WARN, f"{iface}: not tried: {result}",
+                     f"xdpguard detach {iface} (or ip link set {iface} xdp off) and run doctor again")
     return Check("native-xdp", WARN, f"{iface}: native attach failed: {result}",
                  "xdpguard attach --mode auto will use generic (skb) mode")
 
@@ -259,18 +307,49 @@ def in_initial_netns() -> bool:
     return True  # cannot tell: assume the host
 
 
-def default_route_ifaces() -> set[str]:
-    out = set()
-    for fam in ("-4", "-6"):
-        text = _cmd(["ip", fam, "route", "show", "default"]) or ""
-        out.update(re.findall(r"\bdev (\S+)", text))
+FAMILY_NAMES = {"-4": "IPv4", "-6": "IPv6"}
+
+
+def route_ifaces_in_use(routes_json: str, family: str) -> dict[str, str]:
+    """Interfaces of the default route in use, from `ip -j FAMILY route show default`: the
+    lowest-metric route (and each of its nexthops); a higher-metric backup is not in use.
+    Maps each interface to a description such as 'the IPv4 default route (via 198.18.0.1)'."""
+    try:
+        routes = json.loads(routes_json or "[]")
+    except ValueError:
+        return {}
+    routes = [r for r in routes if isinstance(r, dict) and r.get("dst") == "default"
+              and r.get("type", "unicast") == "unicast"]
+    if not routes:
+        return {}
+    best = min(int(r.get("metric", 0)) for r in routes)
+    out: dict[str, str] = {}
+    for r in routes:
+        if int(r.get("metric", 0)) != best:
+            continue
+        hops = r.get("nexthops") or [r]
+        for hop in hops:
+            dev = hop.get("dev")
+            if dev:
+                via = f" via {hop['gateway']}" if hop.get("gateway") else ""
+                out.setdefault(dev, f"the {FAMILY_NAMES.get(family, family)} default route{via}")
     return out
 
 
-def attach_skip_reason(iface: str, try_attach: bool, initial_ns: bool, default_ifaces: set[str]) -> str | None:
+def default_route_ifaces() -> dict[str, str]:
+    """Interfaces carrying a default route in use, IPv4 or IPv6, each with what it carries."""
+    out: dict[str, str] = {}
+    for fam in ("-4", "-6"):
+        for dev, what in route_ifaces_in_use(_cmd(["ip", "-j", fam, "route", "show", "default"]) or "",
+                                             fam).items():
+            out[dev] = f"{out[dev]} and {what}" if dev in out else what
+    return out
+
+
+def attach_skip_reason(iface: str, try_attach: bool, initial_ns: bool, default_ifaces: dict[str, str]) -> str | None:
     """Why the trial attach must not run (None: it may)."""
     if iface in default_ifaces:
-        return "it carries the default route; never touched"
+        return f"it carries {default_ifaces[iface]}; never touched"
     if initial_ns and not try_attach:
         return "host namespace"
     return None
@@ -279,9 +358,7 @@ def attach_skip_reason(iface: str, try_attach: bool, initial_ns: bool, default_i
 def _trial_attach(iface: str) -> str | None:
     """Attach a trivial XDP_PASS in native mode and remove it; None on success, else the error."""
     try:
-        from bcc import BPF
-
-        from . import dataplane, state
+        from bcc import BPF  # optional: doctor reports a missing bcc instead of failing to import
 
         idx = state.resolve_iface(iface).index
         if dataplane.query(idx) is not None:
@@ -304,6 +381,44 @@ def _trial_attach(iface: str) -> str | None:
     return None
 
 
+def verifier_reason(log: str) -> str | None:
+    """The verifier's complaint in a bcc load log: the last line before 'processed N insns'."""
+    lines = [ln.strip() for ln in log.splitlines()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("processed ") and " insns " in ln:
+            before = [x for x in lines[:i] if x]
+            return before[-1] if before else None
+    return None
+
+
+def _program_load() -> str | None:
+    """Compile and load (not attach) xdpguard's program; None when the kernel accepts it, else
+    the error with the verifier's reason (bcc writes the verifier log to fd 2: captured here)."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            dataplane.compile_program().close()
+            error = None
+        except Exception as exc:
+            error = str(exc).removeprefix("compiling/loading the XDP program failed: ") or type(exc).__name__
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if error is None:
+            return None
+        log.seek(0)
+        reason = verifier_reason(log.read())
+    return f"{error} (verifier: {reason})" if reason else error
+
+
+def _kernel_symbols() -> set[str] | None:
+    try:
+        return kernel_symbols(Path("/proc/kallsyms").read_text()) or None
+    except OSError:
+        return None
+
+
 def _mtu(iface: str) -> int | None:
     try:
         return int(Path(f"/sys/class/net/{iface}/mtu").read_text())
@@ -320,7 +435,7 @@ def gather(iface: str | None = None, try_attach: bool = False, compile_bcc: bool
         mounts = ""
     bcc_err = _import_error("bcc")
     checks = [
-        check_kernel(release),
+        check_kernel(release, _kernel_symbols()),
         check_btf(Path("/sys/kernel/btf/vmlinux").exists()),
         check_bpffs(mounts),
         check_headers(release, Path(f"/lib/modules/{release}/build").exists(), env_src,
@@ -332,7 +447,10 @@ def gather(iface: str | None = None, try_attach: bool = False, compile_bcc: bool
     elif os.geteuid() != 0:
         checks.append(check_bcc_compile(None, skipped="needs root"))
     elif compile_bcc:
-        checks.append(check_bcc_compile(_bcc_compile()))
+        bcc_compile_err = _bcc_compile()
+        checks.append(check_bcc_compile(bcc_compile_err))
+        checks.append(check_program(None, skipped="bcc cannot compile") if bcc_compile_err
+                      else check_program(_program_load()))
     checks.append(check_import("nftables", _import_error("nftables"), "python3-nftables"))
     notes = []
     if iface:
