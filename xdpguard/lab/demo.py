@@ -28,9 +28,10 @@ from . import attack, probe, topology
 
 PROBE_TIMEOUT_S = 3.0  # ≥ one SYN retransmission (1 s): SYN authentication admits real clients
 SYN_THRESHOLD = 2000  # SYNs/s to the protective IP before source authentication starts
-# Every kind once, plus a spoofed SYN flood at the forwarded web port (stopped by SYN
-# authentication rather than by the port policy).
-DEFAULT_KINDS = (*attack.KINDS, "syn-flood:80")
+UDP_SRC_PPS, UDP_DST_PPS = 20, 500  # the echo service's budget: per source, and from everyone
+#: Every attack at a forwarded service port (tcp/80, udp/7) from spoofed 198.18.128.0/17 sources.
+DEFAULT_KINDS = ("syn-flood:80", "ack-flood", "xmas-flood", "spoofed-udp:7", "frag-flood", "service-mix")
+LAB_ONLY = {"syn-flood", "spoofed-udp"}  # spoof from 198.18.128.0/17 only
 
 
 def _say(msg: str = "") -> None:
@@ -43,7 +44,7 @@ def counters() -> dict[tuple[str, str], int]:
     return {(c["kind"], c["reason"]): c["packets"] for c in (st[0]["counters"] if st else [])}
 
 
-def delta(after: dict, before: dict) -> dict[tuple[str, str], int]:
+def delta(after: dict, before: dict) -> dict:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
@@ -67,20 +68,26 @@ def _show_top_until(done: threading.Event) -> None:
 
 
 def _kind_port(kind: str) -> tuple[str, int | None]:
-    """'syn-flood:80' → ('syn-flood', 80): an attack aimed at a forwarded service port."""
+    """'syn-flood:80' → ('syn-flood', 80): an attack aimed at one port."""
     name, _, port = kind.partition(":")
     return name, int(port) if port else None
 
 
+def _attack(name: str, duration: float, port: int | None) -> attack.AttackResult:
+    if name in LAB_ONLY:  # the same flood, spoofed from the lab range only
+        return attack.run(name, duration=duration, port=port, lab_only=True)
+    return attack.run(name, duration=duration, port=port)
+
+
 def one_round(kind: str, duration: float, show_top: bool) -> dict:
     """One bounded attack with the legitimate client probing through it; returns the numbers."""
-    before = counters()
+    before, back0 = counters(), topology.backend_counts()
     results: dict = {}
     name, port = _kind_port(kind)
 
     def run_attack() -> None:
         try:
-            results["attack"] = attack.run(name, duration=duration, port=port)
+            results["attack"] = _attack(name, duration, port)
         except Exception as exc:  # reported below, never hangs the demo
             results["attack_error"] = str(exc)
 
@@ -97,24 +104,38 @@ def one_round(kind: str, duration: float, show_top: bool) -> dict:
     done.set()
     if top:
         top.join(timeout=5)
+    time.sleep(0.2)  # the tbf queue drains into the backend's counter
     results["drops"] = delta(counters(), before)
+    back = topology.backend_counts()
+    results["backend"] = back.get("attack", 0) - back0.get("attack", 0)
     return results
 
 
 def _fmt_probe(r: probe.ProbeResult | None) -> str:
     if r is None:
-        return "-"
-    lat = f"{r.p50_ms:6.2f} {r.p99_ms:7.2f}" if r.p50_ms is not None else f"{'-':>6} {'-':>7}"
+        return f"{'-':>7} {'-':>6} {'-':>7}"
+    lat = f"{r.p50_ms:6.1f} {r.p99_ms:7.1f}" if r.p50_ms is not None else f"{'-':>6} {'-':>7}"
     return f"{r.success_pct:6.1f}% {lat}"
+
+
+def _fmt_rate(r: probe.ProbeResult | None) -> str:
+    return f"{r.ok / r.elapsed_s:6.0f}" if r and r.elapsed_s else f"{'-':>6}"
 
 
 def _fmt_pps(res: dict) -> str:
     a = res.get("attack")
-    return f"{a.pps:>9,.0f}" if a else f"{'error':>9}"
+    return f"{a.pps:>8,.0f}" if a else f"{'error':>8}"
 
 
-def _fmt_drops(drops: dict) -> str:
-    parts = [f"{reason} {n}" for (kind, reason), n in sorted(drops.items()) if kind in ("drop", "would_drop")]
+def _fmt_backend(res: dict) -> str:
+    a = res.get("attack")
+    n = res.get("backend", 0)
+    pct = f"{100.0 * n / a.sent:5.1f}%" if a and a.sent else f"{'-':>6}"
+    return f"{n:>8} {pct}"
+
+
+def _fmt_drops(drops: dict, kind: str = "drop") -> str:
+    parts = [f"{reason} {n}" for (k, reason), n in sorted(drops.items()) if k == kind]
     return ", ".join(parts) or "none"
 
 
@@ -126,15 +147,25 @@ def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> 
     up = topology.up(protected=True)
     for n in up.notes:
         _say(f"note: {n}")
+    topology.shape_backend()
     _say(f"protective IP {topology.PROT4} / {topology.PROT6}; XDP mode {up.xdp_mode}; forwarding tcp 80, tcp 7, "
          f"udp 7 to the hidden backend {topology.BACKEND4}")
+    _say(f"the backend is a small server: its link from the protector is a {topology.BACKEND_RATE} token bucket "
+         "(tbf, 20 ms queue); it counts the attack packets that reach it (nft, DSCP-marked by the attacker)")
     prot = topology.ns_name("prot")
-    _say(f"$ xdpguard block add {topology.ATTACKER4} {topology.ATTACKER6}   # the attacker's own address")
-    topology.xg(prot, "block", "add", topology.ATTACKER4, topology.ATTACKER6)
-    _say(f"$ xdpguard syn set --threshold {SYN_THRESHOLD}   # above it, SYN sources must retransmit once")
-    topology.xg(prot, "syn", "set", "--threshold", str(SYN_THRESHOLD))
-    base = probe.in_lab("http", 200, timeout=PROBE_TIMEOUT_S)
-    _say(f"legitimate client before any attack: {probe.describe(base)}")
+    _say("every attack: spoofed sources from 198.18.128.0/17 at the forwarded ports (tcp/80, udp/7), trafgen, "
+         "bounded by count and time")
+    steps = [("block", "add", topology.ATTACKER4, topology.ATTACKER6),
+             ("syn", "set", "--threshold", str(SYN_THRESHOLD)),
+             ("fragments", "drop"),
+             ("limit", "set", "--port", f"udp:{topology.ECHO_PORT}", "--src-pps", str(UDP_SRC_PPS),
+              "--dst-pps", str(UDP_DST_PPS))]
+    for args in steps:
+        _say("$ xdpguard " + " ".join(args))
+        topology.xg(prot, *args)
+    _say("(TCP state validation is on by default: non-SYN TCP of no recorded connection is dropped as tcpstate)")
+    base = probe.in_lab("http", 100_000, timeout=PROBE_TIMEOUT_S, interval=0.005, duration=max(1.0, duration - 0.8))
+    _say(f"legitimate client before any attack (a new TCP connection per request): {probe.describe(base)}")
 
     rows: dict[str, dict] = {}
     _say(f"\n== with protection: each attack for {duration:g} s while the client keeps requesting "
@@ -143,27 +174,35 @@ def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> 
         res = one_round(kind, duration, show_top)
         rows[kind] = {"with": res}
         a = res.get("attack")
-        _say(f"{kind:<12} {attack.describe(a) if a else 'attack failed: ' + res.get('attack_error', '?')}")
-        _say(f"{'':<12} client: {probe.describe(res['probe'])}")
-        _say(f"{'':<12} XDP drops: {_fmt_drops(res['drops'])}")
+        _say(f"{kind:<14} {attack.describe(a) if a else 'attack failed: ' + res.get('attack_error', '?')}")
+        _say(f"{'':<14} client: {probe.describe(res['probe'])}")
+        _say(f"{'':<14} XDP drops: {_fmt_drops(res['drops'])}; attack packets at the backend: {res['backend']}")
 
-    _say(f"\n== without protection: XDP in monitor mode (drops nothing, counts would_drop), "
-         f"{unprotected_duration:g} s per attack")
+    _say(f"\n== without protection: XDP re-attached in monitor mode (drops nothing, counts would_drop; the same "
+         f"NAT, sysctls and backend link), {unprotected_duration:g} s per attack")
     topology.unprotect()
     topology.protect(monitor=True, block_attacker=True)
     for kind in kinds:
         res = one_round(kind, unprotected_duration, show_top)
         rows[kind]["without"] = res
-        _say(f"{kind:<12} {_fmt_pps(res).strip()} pps; client: {probe.describe(res['probe'])}")
+        _say(f"{kind:<14} {_fmt_pps(res).strip()} pps; client: {probe.describe(res['probe'])}; "
+             f"attack packets at the backend: {res['backend']}")
 
-    _say("\n== summary: legitimate client (http through the protective IP), success and latency in ms")
-    _say(f"{'attack':<12} | {'with xdpguard':^33} | {'without (monitor mode)':^33} | XDP drops (with)")
-    _say(f"{'':<12} | {'pps':>9} {'ok':>7} {'p50':>6} {'p99':>7} | {'pps':>9} {'ok':>7} {'p50':>6} {'p99':>7} |")
+    _say("\n== summary: legitimate client (new connection per request to http through the protective IP); "
+         "ok = answered within 3 s, req/s, p50/p99 in ms; backend = attack packets that reached the backend")
+    _say(f"{'attack':<14} | {'with xdpguard':^51} | {'without (monitor mode)':^51} | XDP drops (with)")
+    head = f"{'pps':>8} {'ok':>7} {'req/s':>6} {'p50':>6} {'p99':>7} {'backend':>8} {'%':>6}"
+    _say(f"{'':<14} | {head} | {head} |")
     for kind in kinds:
         w, wo = rows[kind]["with"], rows[kind].get("without", {})
-        _say(f"{kind:<12} | {_fmt_pps(w)} {_fmt_probe(w['probe'])} | "
-             f"{_fmt_pps(wo) if wo else '-':>9} {_fmt_probe(wo.get('probe'))} | {_fmt_drops(w['drops'])}")
-    _say(f"\nbaseline without attack: {_fmt_probe(base).strip()}")
+        cols = []
+        for r in (w, wo):
+            p = r.get("probe")
+            ok, lat = (_fmt_probe(p).split(maxsplit=1) + [""])[:2] if p else ("-", "- -")
+            cols.append(f"{_fmt_pps(r) if r else '-':>8} {ok:>7} {_fmt_rate(p)} {lat:>14} "
+                        f"{_fmt_backend(r) if r else '-':>15}")
+        _say(f"{kind:<14} | {cols[0]} | {cols[1]} | {_fmt_drops(w['drops'])}")
+    _say(f"\nbaseline without attack: {_fmt_probe(base).strip()} ms, {_fmt_rate(base).strip()} req/s")
     return 0
 
 
@@ -174,16 +213,16 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="xdpguard.lab.demo")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per attack with protection")
-    ap.add_argument("--unprotected-duration", type=float, default=3.0, help="seconds per attack without")
+    ap.add_argument("--unprotected-duration", type=float, default=5.0, help="seconds per attack without")
     ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
                     help="comma-separated attack kinds, KIND[:PORT] to aim at one port")
-    ap.add_argument("--quick", action="store_true", help="2 s and 1.5 s per attack (tests)")
+    ap.add_argument("--quick", action="store_true", help="2 s per attack with and without (tests)")
     a = ap.parse_args(argv)
     kinds = [k for k in a.kinds.split(",") if k]
-    bad = [k for k in kinds if _kind_port(k)[0] not in attack.KINDS or not k.partition(":")[2].isdigit() and ":" in k]
+    bad = [k for k in kinds if k.partition(":")[0] not in attack.KINDS or (":" in k and not k.partition(":")[2].isdigit())]
     if bad:
         ap.error(f"unknown attack kinds: {', '.join(bad)}")
-    duration, unprot = (2.0, 1.5) if a.quick else (a.duration, a.unprotected_duration)
+    duration, unprot = (2.0, 2.0) if a.quick else (a.duration, a.unprotected_duration)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, _interrupt)
     status = 1

@@ -245,6 +245,37 @@ def protect(name: str | None = None, *, monitor: bool = False, block_attacker: b
     return st[0]["mode"] if st else "?"
 
 
+BACKEND_RATE = "8mbit"  # a small real server's uplink (shape_backend)
+COUNT_TABLE = "xglab"  # the backend's nft counters of marked (attack) packets
+
+
+def shape_backend(name: str | None = None, rate: str = BACKEND_RATE) -> None:
+    """Give the backend the limits of a small real server: its link from the protector is a
+    token bucket of `rate` (tbf, 20 ms of queue: what does not fit is dropped, as on a full
+    uplink), and it counts the attack-marked packets (DSCP CS1, see attack.py) that reach it
+    (nft counters in the backend namespace, before anything else sees them)."""
+    prot, backend = ns_name("prot", name), ns_name("backend", name)
+    in_ns(prot, "tc", "qdisc", "replace", "dev", "xgb0", "root", "tbf", "rate", rate, "burst", "16kb",
+          "latency", "20ms")
+    rules = (f"table inet {COUNT_TABLE} {{\n"
+             "  counter attack {}\n  counter total {}\n"
+             "  chain pre {\n    type filter hook prerouting priority -450; policy accept;\n"
+             "    counter name total\n"
+             "    ip dscp cs1 counter name attack\n    ip6 dscp cs1 counter name attack\n  }\n}\n")
+    _run(["ip", "netns", "exec", backend, "nft", "-f", "-"], input=rules)
+
+
+def backend_counts(name: str | None = None) -> dict[str, int]:
+    """{"attack": marked packets the backend received, "total": every packet it received}."""
+    p = in_ns(ns_name("backend", name), "nft", "-j", "list", "counters", "table", "inet", COUNT_TABLE)
+    out = {}
+    for item in json.loads(p.stdout)["nftables"]:
+        c = item.get("counter")
+        if c:
+            out[c["name"]] = int(c["packets"])
+    return out
+
+
 def unprotect(name: str | None = None) -> bool:
     """Detach xdpguard (and its forwarding rules) from xgp0; False when nothing was attached."""
     prot = ns_name("prot", name)
