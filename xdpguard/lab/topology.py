@@ -265,6 +265,34 @@ def shape_backend(name: str | None = None, rate: str = BACKEND_RATE) -> None:
     _run(["ip", "netns", "exec", backend, "nft", "-f", "-"], input=rules)
 
 
+PLAIN_TABLE = "xglabfwd"  # the plain forwarder of the "without xdpguard" comparison
+#: The kernel's defaults, as on a box that only forwards (tcp_loose 1: conntrack adopts mid-stream TCP).
+PLAIN_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1",
+                 "net.netfilter.nf_conntrack_tcp_loose": "1"}
+
+
+def plain_forward(name: str | None = None) -> None:
+    """The protector WITHOUT xdpguard (detach first): the same ports forwarded to the backend by
+    a plain nftables DNAT + masquerade, kernel default sysctls — a small site's NAT box."""
+    prot = ns_name("prot", name)
+    pre, post = [], []
+    for proto, port, to in FORWARDS:
+        fam, dst = ("ip6", PROT6) if to.startswith("[") else ("ip", PROT4)
+        pre.append(f"    {fam} daddr {dst} {proto} dport {port} dnat {fam} to {to}")
+        post.append(f"    ct status dnat {fam} daddr {to.rsplit(':', 1)[0].strip('[]')} masquerade")
+    rules = (f"table inet {PLAIN_TABLE} {{\n"
+             "  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n" + "\n".join(pre)
+             + "\n  }\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n"
+             + "\n".join(dict.fromkeys(post)) + "\n  }\n}\n")
+    _run(["ip", "netns", "exec", prot, "nft", "-f", "-"], input=rules)
+    for key, value in PLAIN_SYSCTLS.items():
+        in_ns(prot, "sysctl", "-q", "-w", f"{key}={value}")
+
+
+def plain_unforward(name: str | None = None) -> None:
+    in_ns(ns_name("prot", name), "nft", "delete", "table", "inet", PLAIN_TABLE, check=False)
+
+
 def backend_counts(name: str | None = None) -> dict[str, int]:
     """{"attack": marked packets the backend received, "total": every packet it received}."""
     p = in_ns(ns_name("backend", name), "nft", "-j", "list", "counters", "table", "inet", COUNT_TABLE)
