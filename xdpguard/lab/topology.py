@@ -245,7 +245,7 @@ def protect(name: str | None = None, *, monitor: bool = False, block_attacker: b
     return st[0]["mode"] if st else "?"
 
 
-BACKEND_RATE = "8mbit"  # a small real server's uplink (shape_backend)
+BACKEND_RATE = "2mbit"  # a small real server's uplink (shape_backend)
 COUNT_TABLE = "xglab"  # the backend's nft counters of marked (attack) packets
 
 
