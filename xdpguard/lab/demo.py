@@ -3,14 +3,19 @@
     python -m xdpguard.lab.demo [--duration S] [--unprotected-duration S] [--kinds K,K] [--quick]
 
 Brings the namespace lab up (`xdpguard lab up`: client, attacker, the "internet" bridge, the
-protector and a hidden backend; 198.18.0.0/15 and 2001:db8::/32, no route off the machine),
-blocks the attacker's own address and turns SYN authentication on (non-spoofed floods stop at the
-blocklist, spoofed floods to closed ports at the port policy, a spoofed SYN flood at the web port
-at SYN authentication), then for each attack kind runs a bounded
-trafgen attack while the legitimate client requests the web service through the protective IP.
-A second, shorter run does the same with XDP in monitor mode (it drops nothing and counts what it
-would have dropped; the NAT stays the same). Prints the client's success rate and p50/p99
-latency for both runs, the attack pps and XDP's drops per reason, and always removes the lab
+protector and a hidden backend; 198.18.0.0/15 and 2001:db8::/32, no route off the machine) and
+gives the backend the limits of a small real server (topology.shape_backend: a 2 Mbit tbf link
+from the protector, and an nft counter of the attack-marked packets that reach it). With
+protection: xdpguard attached with forwarding, the attacker's own address blocked, SYN
+authentication, fragments dropped, a per-source and per-destination budget on udp/7; TCP state
+validation is on by default. Each attack kind (attack.py: spoofed sources from 198.18.128.0/17 at
+the forwarded ports tcp/80 and udp/7, trafgen, bounded by count and time) runs while the
+legitimate client opens a new connection per request to http through the protective IP.
+Without protection: xdpguard detached and the same ports forwarded by a plain nftables DNAT with
+the kernel's default sysctls (topology.plain_forward) — not monitor mode, whose forwarding still
+sets nf_conntrack_tcp_loose=0 and so keeps an ACK flood off the backend by itself. Prints, side by
+side, the client's success rate, req/s, share of its no-attack rate and p50/p99, the attack pps,
+XDP's drops per reason and the attack packets that reached the backend; always removes the lab
 (also on Ctrl-C or failure).
 """
 
