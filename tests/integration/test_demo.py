@@ -25,7 +25,8 @@ EXPECTED_REASONS = {"syn-flood:80": "syn", "ack-flood": "tcpstate", "xmas-flood"
 def _cols(part: str) -> dict[str, float]:
     vals = part.split()
     assert len(vals) == len(COLS), part
-    return {k: float(v.rstrip("%").replace(",", "")) for k, v in zip(COLS, vals)}
+    # '-': no answer at all, so no latency (the client got nothing through)
+    return {k: float("nan") if v == "-" else float(v.rstrip("%").replace(",", "")) for k, v in zip(COLS, vals)}
 
 
 def test_demo_end_to_end(tmp_path):
