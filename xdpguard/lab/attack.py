@@ -25,7 +25,7 @@ unless --port), from spoofed sources in 198.18.128.0/17 only:
                MF set and the UDP header, and later fragments of other datagrams)
 - service-mix  spoofed SYN, ACK, Xmas at tcp/80, UDP and fragments at udp/7, all at once
 
-Every attack packet carries DSCP CS1 (IPv4 TOS 0x20, IPv6 traffic class 0x20), which forwarding
+Every attack packet carries DSCP CS1 (IPv4 TOS 0x20, IPv6 traffic class 0x20 in IPv6 floods), which forwarding
 and NAT keep: the lab counts marked packets at the backend (topology.backend_marked) to tell how
 many attack packets got through. The legitimate client never sets it.
 """
@@ -155,7 +155,7 @@ def templates(kind: str, dst_mac: str, sources: int, port: int | None = None, *,
         return [_pkt(dst_mac, ip4(s), "icmp4(echorequest, id=drnd(), seq=dinc())", 56) for s in srcs]
     if kind == "mixed":
         n = max(2, sources // 4)
-        v6 = [_pkt(dst_mac, f"ipv6(saddr={s}, daddr={p6}, class={ATTACK_TOS}, hoplimit=64)",
+        v6 = [_pkt(dst_mac, f"ipv6(saddr={s}, daddr={p6}, tc={ATTACK_TOS}, hoplimit=64)",
                    f"udp(sp=drnd(1024, 65535), dp={_port(port)})", 64) for s in spoofed_sources6(max(1, n // 2))]
         return (templates("udp-flood", dst_mac, 1, port) + templates("icmp-flood", dst_mac, 1)
                 + templates("spoofed-udp", dst_mac, n, port) + templates("syn-flood", dst_mac, n, port)
