@@ -50,12 +50,15 @@ def test_demo_end_to_end(tmp_path):
         assert w["share"] <= 5.0, line  # with protection: ≤ 5% of the attack reaches the backend
     for kind in ("ack-flood", "xmas-flood", "frag-flood"):  # dropped outright: ≤ 1% reaches the backend
         assert rows[kind][0]["share"] <= 1.0, (kind, rows[kind])
-    # Without xdpguard the floods conntrack admits (ACK: tcp_loose 1, the kernel's default; UDP) fill
-    # the backend's link and hurt the client.
+    # Without xdpguard the floods conntrack admits (ACK: tcp_loose 1, the kernel's default; UDP) are
+    # forwarded and hurt the client.
+    # (The ACK flood hurts at the backend's link or, when the shared CPU is short, already at the
+    # protector's conntrack: its backend count varies from run to run, the client's loss does not.)
     for kind in ("ack-flood", "spoofed-udp:7"):
         w, wo = rows[kind]
-        assert wo["backend"] >= 1000 and wo["backend"] >= 3 * w["backend"], (kind, w, wo)
         assert w["rate"] >= 1.5 * wo["rate"] and w["kept"] > wo["kept"], (kind, w, wo)
+    w, wo = rows["spoofed-udp:7"]
+    assert wo["backend"] >= 1000 and wo["backend"] >= 3 * w["backend"], (w, wo)
     assert "nothing left behind" in out
     assert not [r for r in topology.ROLES if os.path.exists(f"/run/netns/xg-{name}-{r}")]
     assert not (tmp_path / "run" / f"lab-{name}.json").exists()
