@@ -15,6 +15,19 @@ Kinds (spoofed sources come from 198.18.128.0/17 and 203.0.113.0/24, IPv6 from 2
                11211 to random high ports, 468-byte payloads
 - icmp-flood   ICMP echo requests from the attacker's own address
 - mixed        all of the above at once, plus IPv6 spoofed UDP
+
+Service floods (the demo's): aimed at the FORWARDED ports of the protective IP (tcp/80, udp/7
+unless --port), from spoofed sources in 198.18.128.0/17 only:
+
+- ack-flood    TCP ACK of no connection (random seq/ack) at tcp/80
+- xmas-flood   TCP FIN+PSH+URG ("Xmas") at tcp/80
+- frag-flood   IPv4 fragments of UDP datagrams at udp/7 that never complete (first fragments with
+               MF set and the UDP header, and later fragments of other datagrams)
+- service-mix  spoofed SYN, ACK, Xmas at tcp/80, UDP and fragments at udp/7, all at once
+
+Every attack packet carries DSCP CS1 (IPv4 TOS 0x20, IPv6 traffic class 0x20 in IPv6 floods), which forwarding
+and NAT keep: the lab counts marked packets at the backend (topology.backend_marked) to tell how
+many attack packets got through. The legitimate client never sets it.
 """
 
 from __future__ import annotations
@@ -32,7 +45,10 @@ from xdpguard.core.errors import UserError
 
 from . import topology
 
-KINDS = ("udp-flood", "spoofed-udp", "syn-flood", "reflection", "icmp-flood", "mixed")
+SERVICE_KINDS = ("ack-flood", "xmas-flood", "frag-flood", "service-mix")
+KINDS = ("udp-flood", "spoofed-udp", "syn-flood", "reflection", "icmp-flood", "mixed", *SERVICE_KINDS)
+LAB_SPOOF4 = ipaddress.ip_network("198.18.128.0/17")  # service floods spoof from here only
+ATTACK_TOS = 0x20  # DSCP CS1: the mark the backend counts
 SPOOF4 = (ipaddress.ip_network("198.18.128.0/17"), ipaddress.ip_network("203.0.113.0/24"))
 SPOOF6 = ipaddress.ip_network("2001:db8:bad::/48")
 REFLECTION_PORTS = (123, 53, 19, 161, 389, 1900, 11211)
@@ -71,6 +87,12 @@ def spoofed_sources4(n: int) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def lab_sources4(n: int) -> list[str]:
+    """n distinct addresses of 198.18.128.0/17 (deterministic)."""
+    big = LAB_SPOOF4
+    return list(dict.fromkeys(str(big[1 + (i * 2654435761) % (big.num_addresses - 2)]) for i in range(n)))
+
+
 def spoofed_sources6(n: int) -> list[str]:
     return [str(SPOOF6[1 + i * 65537]) for i in range(n)]
 
@@ -80,11 +102,11 @@ def _port(port: int | None) -> str:
 
 
 def _pkt(dst_mac: str, l3: str, l4: str, payload: int) -> str:
-    fill = f",\n  fill(0x58, {payload})" if payload else ""
-    return f"{{\n  eth(da={dst_mac}),\n  {l3},\n  {l4}{fill}\n}}\n"
+    parts = [f"eth(da={dst_mac})", l3, *([l4] if l4 else []), *([f"fill(0x58, {payload})"] if payload else [])]
+    return "{\n  " + ",\n  ".join(parts) + "\n}\n"
 
 
-def templates(kind: str, dst_mac: str, sources: int, port: int | None = None) -> list[str]:
+def templates(kind: str, dst_mac: str, sources: int, port: int | None = None, *, lab_only: bool = False) -> list[str]:
     """trafgen packet templates for `kind` (pure; the unit of a configuration)."""
     p4, p6 = topology.PROT4, topology.PROT6
     own = sources <= 1
@@ -92,13 +114,36 @@ def templates(kind: str, dst_mac: str, sources: int, port: int | None = None) ->
 
     def ip4(src: str, proto: int | None = None) -> str:
         extra = f", proto={proto}" if proto is not None else ""
-        return f"ipv4(saddr={src}, daddr={p4}, ttl=64, id=drnd(){extra})"
+        return f"ipv4(saddr={src}, daddr={p4}, tos={ATTACK_TOS}, ttl=64, id=drnd(){extra})"
+
+    tcp80 = port or topology.HTTP_PORT
+    udp7 = port or topology.ECHO_PORT
+    if kind in ("ack-flood", "xmas-flood"):
+        flags = "ack, aseq=drnd()" if kind == "ack-flood" else "fin, psh, urg"
+        return [_pkt(dst_mac, ip4(s), f"tcp(sp=drnd(1024, 65535), dp={tcp80}, seq=drnd(), window=64240, {flags})", 0)
+                for s in lab_sources4(max(1, sources))]
+    if kind == "frag-flood":
+        out = []
+        for i, s in enumerate(lab_sources4(max(2, sources))):
+            if i % 2 == 0:  # a first fragment: UDP header to the service, more to come (never does)
+                out.append(_pkt(dst_mac, f"ipv4(saddr={s}, daddr={p4}, tos={ATTACK_TOS}, ttl=64, id=drnd(), mf)",
+                                f"udp(sp=drnd(1024, 65535), dp={udp7})", 472))
+            else:  # a later fragment (offset 1480 bytes) of a datagram whose start never comes
+                out.append(_pkt(dst_mac, f"ipv4(saddr={s}, daddr={p4}, tos={ATTACK_TOS}, ttl=64, id=drnd(), "
+                                         "proto=17, frag=185)", "", 480))
+        return out
+    if kind == "service-mix":
+        n = max(2, sources // 5)
+        return (templates("syn-flood", dst_mac, n, tcp80, lab_only=True) + templates("ack-flood", dst_mac, n, tcp80)
+                + templates("xmas-flood", dst_mac, n, tcp80) + templates("spoofed-udp", dst_mac, n, udp7, lab_only=True)
+                + templates("frag-flood", dst_mac, n, udp7))
 
     if kind == "udp-flood":
         return [_pkt(dst_mac, ip4(s), f"udp(sp=drnd(1024, 65535), dp={port or topology.ECHO_PORT})", 64)
                 for s in srcs]
     if kind in ("spoofed-udp", "syn-flood", "reflection"):
-        srcs = spoofed_sources4(max(1, sources))  # always spoofed, even with one source
+        # always spoofed, even with one source
+        srcs = lab_sources4(max(1, sources)) if lab_only else spoofed_sources4(max(1, sources))
         if kind == "spoofed-udp":
             return [_pkt(dst_mac, ip4(s), f"udp(sp=drnd(1024, 65535), dp={_port(port)})", 64) for s in srcs]
         if kind == "syn-flood":
@@ -110,7 +155,7 @@ def templates(kind: str, dst_mac: str, sources: int, port: int | None = None) ->
         return [_pkt(dst_mac, ip4(s), "icmp4(echorequest, id=drnd(), seq=dinc())", 56) for s in srcs]
     if kind == "mixed":
         n = max(2, sources // 4)
-        v6 = [_pkt(dst_mac, f"ipv6(saddr={s}, daddr={p6}, hoplimit=64)",
+        v6 = [_pkt(dst_mac, f"ipv6(saddr={s}, daddr={p6}, tc={ATTACK_TOS}, hoplimit=64)",
                    f"udp(sp=drnd(1024, 65535), dp={_port(port)})", 64) for s in spoofed_sources6(max(1, n // 2))]
         return (templates("udp-flood", dst_mac, 1, port) + templates("icmp-flood", dst_mac, 1)
                 + templates("spoofed-udp", dst_mac, n, port) + templates("syn-flood", dst_mac, n, port)
@@ -119,12 +164,12 @@ def templates(kind: str, dst_mac: str, sources: int, port: int | None = None) ->
 
 
 def default_sources(kind: str) -> int:
-    return 1 if kind in ("udp-flood", "icmp-flood") else 256
+    return 1 if kind in ("udp-flood", "icmp-flood") else 1280 if kind == "service-mix" else 256
 
 
-def trafgen_config(kind: str, dst_mac: str, sources: int, port: int | None = None) -> str:
+def trafgen_config(kind: str, dst_mac: str, sources: int, port: int | None = None, lab_only: bool = False) -> str:
     head = f"/* xdpguard lab attack: {kind}, {sources} source(s) */\n"
-    return head + "".join(templates(kind, dst_mac, sources, port))
+    return head + "".join(templates(kind, dst_mac, sources, port, lab_only=lab_only))
 
 
 def _mac(ns: str, ifname: str) -> str:
@@ -153,8 +198,9 @@ def check_bounds(pps: int | None, duration: float, count: int | None, sources: i
 
 
 def run(kind: str, *, pps: int | None = None, duration: float = 5.0, sources: int | None = None,
-        count: int | None = None, port: int | None = None, cpus: int = 1) -> AttackResult:
-    """Send a bounded attack from the attacker namespace; returns what was really sent."""
+        count: int | None = None, port: int | None = None, cpus: int = 1, lab_only: bool = False) -> AttackResult:
+    """Send a bounded attack from the attacker namespace; returns what was really sent.
+    lab_only: spoofed-udp and syn-flood spoof from 198.18.128.0/17 only (not 203.0.113.0/24)."""
     if kind not in KINDS:
         raise UserError(f"unknown attack kind '{kind}' (one of {', '.join(KINDS)})")
     sources = sources or default_sources(kind)
@@ -163,7 +209,7 @@ def run(kind: str, *, pps: int | None = None, duration: float = 5.0, sources: in
         raise UserError(f"{TRAFGEN} not found: apt-get install netsniff-ng (scripts/setup.sh does)")
     attacker = topology.require_up("attacker")
     prot = topology.require_up("prot")
-    cfg = trafgen_config(kind, _mac(prot, topology.PROT_IFACE), sources, port)
+    cfg = trafgen_config(kind, _mac(prot, topology.PROT_IFACE), sources, port, lab_only)
     with tempfile.NamedTemporaryFile("w", prefix="xg-attack-", suffix=".cfg", delete=False) as f:
         f.write(cfg)
         cfg_path = f.name

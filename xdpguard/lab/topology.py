@@ -245,6 +245,65 @@ def protect(name: str | None = None, *, monitor: bool = False, block_attacker: b
     return st[0]["mode"] if st else "?"
 
 
+BACKEND_RATE = "2mbit"  # a small real server's uplink (shape_backend)
+COUNT_TABLE = "xglab"  # the backend's nft counters of marked (attack) packets
+
+
+def shape_backend(name: str | None = None, rate: str = BACKEND_RATE) -> None:
+    """Give the backend the limits of a small real server: its link from the protector is a
+    token bucket of `rate` (tbf, 20 ms of queue: what does not fit is dropped, as on a full
+    uplink), and it counts the attack-marked packets (DSCP CS1, see attack.py) that reach it
+    (nft counters in the backend namespace, before anything else sees them)."""
+    prot, backend = ns_name("prot", name), ns_name("backend", name)
+    in_ns(prot, "tc", "qdisc", "replace", "dev", "xgb0", "root", "tbf", "rate", rate, "burst", "16kb",
+          "latency", "20ms")
+    rules = (f"table inet {COUNT_TABLE} {{\n"
+             "  counter attack {}\n  counter total {}\n"
+             "  chain pre {\n    type filter hook prerouting priority -450; policy accept;\n"
+             "    counter name total\n"
+             "    ip dscp cs1 counter name attack\n    ip6 dscp cs1 counter name attack\n  }\n}\n")
+    _run(["ip", "netns", "exec", backend, "nft", "-f", "-"], input=rules)
+
+
+PLAIN_TABLE = "xglabfwd"  # the plain forwarder of the "without xdpguard" comparison
+#: The kernel's defaults, as on a box that only forwards (tcp_loose 1: conntrack adopts mid-stream TCP).
+PLAIN_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1",
+                 "net.netfilter.nf_conntrack_tcp_loose": "1"}
+
+
+def plain_forward(name: str | None = None) -> None:
+    """The protector WITHOUT xdpguard (detach first): the same ports forwarded to the backend by
+    a plain nftables DNAT + masquerade, kernel default sysctls — a small site's NAT box."""
+    prot = ns_name("prot", name)
+    pre, post = [], []
+    for proto, port, to in FORWARDS:
+        fam, dst = ("ip6", PROT6) if to.startswith("[") else ("ip", PROT4)
+        pre.append(f"    {fam} daddr {dst} {proto} dport {port} dnat {fam} to {to}")
+        post.append(f"    ct status dnat {fam} daddr {to.rsplit(':', 1)[0].strip('[]')} masquerade")
+    rules = (f"table inet {PLAIN_TABLE} {{\n"
+             "  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n" + "\n".join(pre)
+             + "\n  }\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n"
+             + "\n".join(dict.fromkeys(post)) + "\n  }\n}\n")
+    _run(["ip", "netns", "exec", prot, "nft", "-f", "-"], input=rules)
+    for key, value in PLAIN_SYSCTLS.items():
+        in_ns(prot, "sysctl", "-q", "-w", f"{key}={value}")
+
+
+def plain_unforward(name: str | None = None) -> None:
+    in_ns(ns_name("prot", name), "nft", "delete", "table", "inet", PLAIN_TABLE, check=False)
+
+
+def backend_counts(name: str | None = None) -> dict[str, int]:
+    """{"attack": marked packets the backend received, "total": every packet it received}."""
+    p = in_ns(ns_name("backend", name), "nft", "-j", "list", "counters", "table", "inet", COUNT_TABLE)
+    out = {}
+    for item in json.loads(p.stdout)["nftables"]:
+        c = item.get("counter")
+        if c:
+            out[c["name"]] = int(c["packets"])
+    return out
+
+
 def unprotect(name: str | None = None) -> bool:
     """Detach xdpguard (and its forwarding rules) from xgp0; False when nothing was attached."""
     prot = ns_name("prot", name)
