@@ -299,7 +299,7 @@ def invoke(core: FakeCore, world: World, argv: list[str], env: dict | None = Non
     else:
         assert lines and all(ln.startswith("xdpguard: error: ") for ln in lines), (argv, stderr)
         if len(lines) > 1:  # only a config file's problems come one per line
-            assert argv[0] in ("apply", "diff", "run"), (argv, stderr)
+            assert argv[0] in ("apply", "diff", "run", "cluster"), (argv, stderr)  # the commands that read a config
     for qual, args, kwargs in core.calls[n_calls:]:
         bad = unvalidated(list(args), qual) + unvalidated(kwargs, qual)
         assert not bad, (argv, bad)

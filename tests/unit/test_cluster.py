@@ -217,7 +217,7 @@ def test_lab_addresses_stay_in_the_lab_ranges():
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["cluster", "status", "--config", "/nonexistent/x.toml"], "cannot read config /nonexistent/x.toml"),
+    (["cluster", "status", "--config", "/nonexistent/x.toml"], "cannot read /nonexistent/x.toml"),
     (["cluster", "ban", "198.18.9.1", "--ttl", "10", "--config", "{cfg}"], "does not answer"),
     (["cluster", "ban", "not-an-ip", "--ttl", "10", "--config", "{cfg}"], "invalid address 'not-an-ip'"),
     (["cluster", "ban", "198.18.9.1", "--ttl", "0", "--config", "{cfg}"], "invalid --ttl"),

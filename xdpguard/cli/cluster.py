@@ -17,9 +17,9 @@ from xdpguard.core.cluster import ops
 
 from .limit import RATE
 from .output import console, emit_json
-from .params import json_option
+from .params import IN_FILE, OUT_FILE, SecondsType, json_option
 
-config_option = click.option("--config", "config_path", default=str(config.DEFAULT_PATH), show_default=True,
+config_option = click.option("--config", "config_path", type=IN_FILE, default=str(config.DEFAULT_PATH), show_default=True,
                              metavar="FILE", help="The node's config file with its [cluster] (and [bgp]) section.")
 
 
@@ -30,7 +30,7 @@ def cluster():
 
 @cluster.command()
 @config_option
-@click.option("--duration", type=click.FloatRange(0.1, None), default=None, metavar="SECONDS",
+@click.option("--duration", type=SecondsType(0.1), default=None, metavar="SECONDS",
               help="Exit after SECONDS (tests, the lab).")
 def run(config_path, duration):
     """Run this node: realise the store's desired state, apply and spread bans, announce when healthy."""
@@ -106,7 +106,7 @@ def unban(addrs, config_path, as_json):
 
 
 @cluster.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=IN_FILE)
 @click.option("--prune", is_flag=True, help="Also remove interfaces the store holds and FILE does not.")
 @config_option
 @json_option
@@ -124,7 +124,7 @@ def apply(file, prune, config_path, as_json):
 @config_option
 @click.option("--withdrawn/--announced", default=True, show_default=True,
               help="Render with the protective addresses withdrawn (as `cluster run` starts) or announced.")
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to FILE instead of stdout.")
+@click.option("--output", type=OUT_FILE, default=None, help="Write to FILE instead of stdout.")
 def bird_config(config_path, withdrawn, output):
     """Print the BIRD config `cluster run` manages (to start BIRD with)."""
     text = ops.bird_config(ops.load(config_path), withdrawn)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -819,6 +820,9 @@ def loads(text: str, source: str = "<config>") -> tuple[Desired, list[str]]:
 def load(path: str | Path) -> tuple[Desired, list[str]]:
     p = Path(path)
     try:
+        st = p.stat()
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):  # /dev/zero would never end
+            raise UserError(f"cannot read config {p}: not a regular file")
         raw = p.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read config {p}: {exc.strerror}") from None
