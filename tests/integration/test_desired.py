@@ -196,7 +196,7 @@ def test_bad_config_is_refused_with_locations_and_changes_nothing(topo: Topo, tm
     assert len(lines) == 2 and all(re.match(r"xdpguard: error: \S+\.toml:\d+: interface\[0\]", l) for l in lines), lines
     assert "colour: unknown key" in lines[0] and "src_pps" in lines[1]
     assert export(topo) == before
-    one_line_error(topo.xg("apply", "-f", str(tmp_path / "missing.toml"), check=False), "cannot read config")
+    one_line_error(topo.xg("apply", "-f", str(tmp_path / "missing.toml"), check=False), "cannot read", "missing.toml")
 
 
 def test_management_address_is_refused_without_force(topo: Topo, tmp_path: Path):
