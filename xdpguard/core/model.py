@@ -131,14 +131,13 @@ def _u16(b: bytes, at: int) -> int:
     return (b[at] << 8) | b[at + 1]
 
 
-def parse_addresses(frame: bytes) -> Addresses | None:
-    """Ethernet, up to VLAN_MAX tags (0x8100 or 0x88a8), then the fixed IPv4/IPv6 header.
-    None: not IP, or too short to hold both addresses (the packet is not ours: bypass)."""
+def _ethernet(frame: bytes) -> tuple[int, int] | None:
+    """Ethernet and up to VLAN_MAX tags (0x8100 or 0x88a8): (offset of L3, EtherType), or None
+    when a header is cut short (parse_ethhdr's contract, shared by ingress and egress parses)."""
     n = len(frame)
     if n < ETH_HLEN:
         return None
-    pos = ETH_HLEN
-    proto = _u16(frame, 12)
+    pos, proto = ETH_HLEN, _u16(frame, 12)
     for _ in range(VLAN_MAX):
         if proto not in (ETH_P_8021Q, ETH_P_8021AD):
             break
@@ -146,6 +145,17 @@ def parse_addresses(frame: bytes) -> Addresses | None:
             return None
         proto = _u16(frame, pos + 2)
         pos += 4
+    return pos, proto
+
+
+def parse_addresses(frame: bytes) -> Addresses | None:
+    """Ethernet, up to VLAN_MAX tags (0x8100 or 0x88a8), then the fixed IPv4/IPv6 header.
+    None: not IP, or too short to hold both addresses (the packet is not ours: bypass)."""
+    n = len(frame)
+    l2 = _ethernet(frame)
+    if l2 is None:
+        return None
+    pos, proto = l2
     if proto == ETH_P_IP:
         if pos + 20 > n:
             return None
@@ -255,16 +265,10 @@ def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
     """ts_egress()'s parse: (connection key, TCP flags) of a TCP segment leaving from a
     protected address (`protected`: a set of (family, address bytes)), else None."""
     n = len(frame)
-    if n < ETH_HLEN:
+    l2 = _ethernet(frame)
+    if l2 is None:
         return None
-    pos, proto = ETH_HLEN, _u16(frame, 12)
-    for _ in range(VLAN_MAX):
-        if proto not in (ETH_P_8021Q, ETH_P_8021AD):
-            break
-        if pos + 4 > n:
-            return None
-        proto = _u16(frame, pos + 2)
-        pos += 4
+    pos, proto = l2
     if proto == ETH_P_IP:
         if pos + 20 > n:
             return None
