@@ -27,7 +27,7 @@
 #define XG_REASON_RATELIMIT   11  /* drop: per-source rate limit */
 #define XG_REASON_SYN         12  /* drop: SYN flood defence */
 #define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
-#define XG_REASON_MAX         16  /* size of the reason dimension of xg_stats_pcpu */
+#define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu */
 
 /* Verdict kinds: the first dimension of xg_stats_pcpu. */
 #define XG_KIND_PASS       0   /* XDP_PASS */

@@ -43,7 +43,7 @@ class Reason(enum.IntEnum):
         return self >= Reason.BLOCKLIST
 
 
-REASON_MAX = 16
+REASON_MAX = 32
 
 
 class Kind(enum.IntEnum):
