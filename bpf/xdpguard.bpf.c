@@ -1,7 +1,8 @@
 /* xdpguard.bpf.c — the XDP entry point: wires the decision pipeline of DESIGN.md.
  *
  * Every path ends at `out:` → record_verdict(). Pass reasons: bypass (not ours), clean,
- * allowlist. Drop reasons: see abi.h. Headers below hold the parsing, maps and steps.
+ * allowlist. Drop reasons: see abi.h; a SYN answered with a SYN cookie leaves as XDP_TX
+ * (counted as a drop `syncookie`). Headers below hold the parsing, maps and steps.
  * xdpguard_egress (at the end) is the tc egress program that records connections for the
  * TCP state step (tcpstate.h); it is compiled with this one so the two share their maps.
  */
@@ -197,12 +198,18 @@ int xdpguard_main(struct xdp_md *ctx)
     reason = policy_steps(ctx, cfg, prot, &p, &now);
     if (reason == XG_CONTINUE) {
         reason = XG_REASON_CLEAN;
+    } else if (reason == XG_SYNCOOKIE_TX) {
+        action = XDP_TX;               /* counted as a drop `syncookie`: the SYN never reaches the kernel */
+        reason = XG_REASON_SYNCOOKIE;
     } else {
         action = XDP_DROP;
     }
 
 out:
-    return record_verdict(ctx, cfg, action, reason);
+    action = record_verdict(ctx, cfg, action, reason);
+    if (action == XDP_TX)
+        action = syncookie_reply(ctx, &p);  /* syncookie.h: the SYN becomes its SYN-ACK */
+    return action;
 }
 
 /* tc egress (cls_bpf, direct action) on the protected interface: record the connections the

@@ -27,6 +27,8 @@
 #define XG_REASON_RATELIMIT   11  /* drop: per-source rate limit */
 #define XG_REASON_SYN         12  /* drop: SYN flood defence */
 #define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
+#define XG_REASON_SYNCOOKIE   14  /* not passed: a SYN answered with a SYN cookie (XDP_TX), or an ACK
+                                   * whose cookie is bad (dropped); xg_cookie_pcpu splits the two */
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu */
 
 /* Verdict kinds: the first dimension of xg_stats_pcpu. */
@@ -125,6 +127,8 @@ struct xg_config {
 #define XG_PROT_BLOCK_OTHER (1ULL << 4)  /* anything else (incl. IPv6 extension headers) */
 #define XG_PROT_PORT_LIMITS (1ULL << 5)  /* xg_portlim_hash holds per-port limit overrides */
 #define XG_PROT_TCPSTATE_OFF (1ULL << 6) /* TCP state validation off (it is on while the port policy is) */
+#define XG_PROT_SYN_COOKIE  (1ULL << 16) /* SYN defence answers with SYN cookies (else: retransmission) */
+#define XG_PROT_SYN_ALWAYS  (1ULL << 17) /* SYN defence on at any SYN rate (else above syn_threshold_pps) */
 
 /* Per-source limits (token buckets) and the SYN defence, per protected address or port.
  * 0 in a rate means "no limit". */
@@ -209,6 +213,14 @@ struct xg_synseen {
 /* xg_synauth_hash value: an authenticated source (not an LRU: a spoofed flood cannot evict it). */
 struct xg_synauth {
     __u64 until_ns;
+};
+
+/* xg_cookie_pcpu[0] value, per CPU (syncookie.h): what the reason-14 verdicts were. */
+struct xg_cookie_stats {
+    __u64 synack_sent;        /* SYNs answered with a cookie SYN-ACK (XDP_TX) */
+    __u64 ack_valid;          /* ACKs of no recorded connection whose cookie was good: passed */
+    __u64 ack_bad;            /* ACKs of no recorded connection whose cookie was bad: dropped */
+    __u64 failed;             /* SYNs the SYN-ACK could not be built for (dropped) */
 };
 
 /* xg_dpstate_arr[0]: state only the data path sets (the controller never rewrites it, so an

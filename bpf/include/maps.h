@@ -64,6 +64,9 @@ XG_MAP("lru_hash", struct xg_src_key, struct xg_synseen, xg_synseen_lru, XG_SOUR
 /* xg_synauth_hash: source → struct xg_synauth (authenticated until, ns). */
 XG_MAP("hash", struct xg_src_key, struct xg_synauth, xg_synauth_hash, XG_SYNAUTH_MAX, BPF_F_NO_PREALLOC);
 
+/* xg_cookie_pcpu: key 0 → per-CPU struct xg_cookie_stats (SYN cookie answers and ACK checks). */
+XG_MAP("percpu_array", int, struct xg_cookie_stats, xg_cookie_pcpu, 1, 0);
+
 /* xg_flow_lru: struct xg_flow_key → struct xg_flow, connections the protected side has sent on
  * (ACK/data/FIN/RST). Written only by the tc egress program: a spoofed packet cannot insert, so
  * a flood cannot evict. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): no shared lock on insert. */

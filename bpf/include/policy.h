@@ -310,25 +310,35 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
     return reason;
 }
 
-/* Step 12b: above the address's SYN threshold, sources authenticate by retransmitting. */
-static __always_inline __u32 step_syn_auth(struct xg_protected *prot, struct xg_pkt *p, __u64 *now)
+#include "syncookie.h"
+
+/* Step 12b: SYN defence, above the address's SYN threshold (or always, XG_PROT_SYN_ALWAYS):
+ * cookie mode answers the SYN with a SYN cookie (syncookie.h); retransmit mode makes sources
+ * authenticate by retransmitting. */
+static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_protected *prot, struct xg_pkt *p,
+                                           __u64 *now)
 {
     struct xg_syn_policy *sp = &prot->syn;
-    if (!sp->syn_threshold_pps)
-        return XG_CONTINUE;
-    __u32 slot = sp->slot;
-    struct xg_synwin *w = xg_synwin_arr.lookup(&slot);
-    if (!w)
+    int always = (prot->flags & XG_PROT_SYN_ALWAYS) != 0;
+    if (!sp->syn_threshold_pps && !always)
         return XG_CONTINUE;
     __u64 t = xg_now(now);
-    if (t - w->window_start_ns >= ONE_SEC_NS) {
-        /* A new second. XXX: racy reset across CPUs; the count is an estimate. */
-        w->window_start_ns = t;
-        w->count = 0;
+    if (!always) {
+        __u32 slot = sp->slot;
+        struct xg_synwin *w = xg_synwin_arr.lookup(&slot);
+        if (!w)
+            return XG_CONTINUE;
+        if (t - w->window_start_ns >= ONE_SEC_NS) {
+            /* A new second. XXX: racy reset across CPUs; the count is an estimate. */
+            w->window_start_ns = t;
+            w->count = 0;
+        }
+        __u64 seen = __sync_fetch_and_add(&w->count, 1) + 1;
+        if (seen <= sp->syn_threshold_pps)
+            return XG_CONTINUE;
     }
-    __u64 seen = __sync_fetch_and_add(&w->count, 1) + 1;
-    if (seen <= sp->syn_threshold_pps)
-        return XG_CONTINUE;
+    if (prot->flags & XG_PROT_SYN_COOKIE)
+        return syncookie_answer(cfg);
 
     struct xg_synauth *a = xg_synauth_hash.lookup(&p->src);
     if (a) {
@@ -389,6 +399,8 @@ static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *
     /* TCP state after the filters: placed before them, every path through the step enters the
      * 64-filter loop as its own verifier state (893K of the 1M instructions; here 556K). */
     r = step_tcpstate(cfg, prot, p, now);
+    if (r == XG_REASON_TCPSTATE)
+        r = step_cookie_ack(ctx, prot, p);  /* the ACK of a cookie handshake has no entry yet */
     if (r != XG_CONTINUE)
         return r;
     int is_syn = p->has_l4 && p->l4proto == IPPROTO_TCP && (p->tcp_flags & (XG_TCP_SYN | XG_TCP_ACK)) == XG_TCP_SYN;
@@ -396,7 +408,7 @@ static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *
     if (r != XG_CONTINUE)
         return r;
     if (is_syn)
-        return step_syn_auth(prot, p, now);
+        return step_syn_auth(cfg, prot, p, now);
     return XG_CONTINUE;
 }
 

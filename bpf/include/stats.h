@@ -5,7 +5,8 @@
 static __always_inline int record_verdict(struct xdp_md *ctx, struct xg_config *cfg,
                                           int action, __u32 reason)
 {
-    __u32 kind = action == XDP_DROP ? XG_KIND_DROP : XG_KIND_PASS;
+    /* XDP_TX (a SYN answered with a cookie) counts as a drop: the packet never reaches the kernel. */
+    __u32 kind = action == XDP_DROP || action == XDP_TX ? XG_KIND_DROP : XG_KIND_PASS;
 
     /* Monitor mode: a drop whose reason is monitored is counted as would_drop and passed. */
     if (action == XDP_DROP && cfg && reason < XG_REASON_MAX &&

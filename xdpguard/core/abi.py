@@ -33,6 +33,7 @@ class Reason(enum.IntEnum):
     RATELIMIT = 11
     SYN = 12
     TCPSTATE = 13
+    SYNCOOKIE = 14  # a SYN answered with a cookie (XDP_TX) or a bad cookie ACK (xg_cookie_pcpu splits them)
 
     @property
     def label(self) -> str:
@@ -78,6 +79,8 @@ PROT_BLOCK_ICMP = 1 << 3
 PROT_BLOCK_OTHER = 1 << 4
 PROT_PORT_LIMITS = 1 << 5
 PROT_TCPSTATE_OFF = 1 << 6  # TCP state validation off for this address (on while the port policy is)
+PROT_SYN_COOKIE = 1 << 16  # SYN defence answers with SYN cookies (else: retransmission)
+PROT_SYN_ALWAYS = 1 << 17  # SYN defence on at any SYN rate (else above syn_threshold_pps)
 
 DP_HAS_BANS = 1 << 0
 
@@ -236,6 +239,12 @@ class TcpStateConfig(ctypes.Structure):
         (n, ctypes.c_uint32) for n in ("est_timeout_s", "fin_timeout_s", "rst_timeout_s", "syn_timeout_s")]
 
 
+class CookieStats(ctypes.Structure):
+    """xg_cookie_pcpu value (per CPU): the SYN cookie answers and ACK checks behind reason 14."""
+
+    _fields_ = [(n, ctypes.c_uint64) for n in ("synack_sent", "ack_valid", "ack_bad", "failed")]
+
+
 class MapName(str, enum.Enum):
     """Kernel names of the maps (≤ 15 chars); also the file names of their pins."""
 
@@ -266,6 +275,7 @@ class MapName(str, enum.Enum):
     FLOWS = "xg_flow_lru"  # tcpstate.h
     EMBRYOS = "xg_embryo_lru"
     TCPCFG = "xg_tcpcfg_arr"
+    COOKIES = "xg_cookie_pcpu"  # syncookie.h
     SAMPLE_CFG = "xg_sample_cfg"  # sample.h
     SAMPLE_STATE = "xg_sample_pcpu"
     SAMPLES = "xg_samples"  # ring buffer: no key, no value (BpfMap sees sizes 0/0)
@@ -305,6 +315,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.FLOWS: (FlowKey, Flow, False),
     MapName.EMBRYOS: (FlowKey, Flow, False),
     MapName.TCPCFG: (ctypes.c_uint32, TcpStateConfig, False),
+    MapName.COOKIES: (ctypes.c_uint32, CookieStats, True),
     MapName.SAMPLE_CFG: (ctypes.c_uint32, "SampleConfig", False),
     MapName.SAMPLE_STATE: (ctypes.c_uint32, "SampleState", True),
     MapName.SAMPLES: ("NoData", "NoData", False),
@@ -347,6 +358,7 @@ C_STRUCTS: dict[str, type] = {
     "xg_flow_key": FlowKey,
     "xg_flow": Flow,
     "xg_tcpstate_config": TcpStateConfig,
+    "xg_cookie_stats": CookieStats,
 }
 
 

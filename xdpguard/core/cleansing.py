@@ -372,6 +372,8 @@ class SynView:
     auth_max_ms: int
     auth_keep_s: int
     syn_src_pps: int  # the per-source SYN limit (limit set --syn-src-pps)
+    mode: str = "cookie"  # cookie | retransmit
+    always: bool = False  # SYN-defence mode at any rate
 
 
 @dataclass(frozen=True)
@@ -399,16 +401,17 @@ def _syn_views(g) -> list[SynView]:
     for a in g.protected_addrs():
         p = policy.read_address_policy(g.maps, a)
         out.append(SynView(str(a), p.syn.threshold_pps, p.syn.auth_min_ms, p.syn.auth_max_ms, p.syn.auth_keep_s,
-                           p.limits.syn_src_pps))
+                           p.limits.syn_src_pps, p.syn.mode, p.syn.always))
     return out
 
 
 def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
-            protected: str | None = None) -> SynResult:
-    """Above threshold_pps SYNs/s (0: off) to an address, sources must retransmit to get in."""
+            protected: str | None = None, mode: str = "cookie", always: bool = False) -> SynResult:
+    """Above threshold_pps SYNs/s (0: off; or at any rate with `always`) to an address, SYNs
+    are answered with SYN cookies (mode cookie) or sources must retransmit (mode retransmit)."""
     d = policy.SynPolicy()
     lo, hi = parse_window(auth_window) if auth_window else (d.auth_min_ms, d.auth_max_ms)
-    syn = policy.SynPolicy(threshold_pps, lo, hi, d.auth_keep_s if keep_s is None else keep_s)
+    syn = policy.SynPolicy(threshold_pps, lo, hi, d.auth_keep_s if keep_s is None else keep_s, mode, always)
     with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         for a in addrs:

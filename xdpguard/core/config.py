@@ -329,7 +329,7 @@ _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", 
 _ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit"}
 _LIMIT_KEYS = {"src_pps", "src_burst", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst", "syn_src_pps",
                "syn_src_burst", "ban"}
-_SYN_KEYS = {"threshold", "auth_window", "keep"}
+_SYN_KEYS = {"threshold", "auth_window", "keep", "mode", "always"}
 _FILTER_KEYS = {"action", "proto", "sport", "dport", "length", "ttl", "tcp_flags", "payload", "mask", "base",
                 "offset", "ban"}
 _FORWARD_KEYS = {"proto", "ports", "protected", "to", "weights", "backup", "persist", "preserve_client_ip",
@@ -497,7 +497,12 @@ def _syn(ld: _Loader, d: dict, path: tuple) -> policy.SynPolicy:
         lo, hi = ld.guard(path + ("auth_window",), lambda: vocab.parse_range("auth_window", d["auth_window"], (lo, hi)),
                           (lo, hi))
     keep = ld.get(d, "keep", path, "int", base.auth_keep_s)
-    return ld.guard(path, lambda: policy.SynPolicy(thr, lo, hi, keep), base)
+    mode = ld.get(d, "mode", path, "str", base.mode)
+    if mode not in policy.SYN_MODES:
+        ld.fail(path + ("mode",), f"must be {' or '.join(map(repr, policy.SYN_MODES))}, got {mode!r}")
+        mode = base.mode
+    always = ld.get(d, "always", path, "bool", base.always)
+    return ld.guard(path, lambda: policy.SynPolicy(thr, lo, hi, keep, mode, always), base)
 
 
 def _ports(ld: _Loader, items: list, path: tuple) -> list[PortRun]:
@@ -937,7 +942,8 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
             if a.syn != policy.SynPolicy():
                 body.append("syn = " + _inline({"threshold": str(a.syn.threshold_pps),
                                                 "auth_window": _q(f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}"),
-                                                "keep": str(a.syn.auth_keep_s)}))
+                                                "keep": str(a.syn.auth_keep_s), "mode": _q(a.syn.mode),
+                                                "always": "true" if a.syn.always else "false"}))
             if not body and not a.port_limits:
                 continue
             L += ["[[interface.address]]", f"address = {_q(str(a.address))}", *body, ""]
@@ -1088,7 +1094,12 @@ def _monitor_text(mask: int) -> str:
 
 
 def _fmt_syn(s: policy.SynPolicy) -> str:
-    return "off" if not s.threshold_pps else f"threshold {s.threshold_pps} window {s.auth_min_ms}-{s.auth_max_ms} ms keep {s.auth_keep_s} s"
+    if not s.on:
+        return f"off (mode {s.mode})"
+    when = "always" if s.always else f"threshold {s.threshold_pps}"
+    if s.mode == "cookie":
+        return f"{when} cookie"
+    return f"{when} retransmit window {s.auth_min_ms}-{s.auth_max_ms} ms keep {s.auth_keep_s} s"
 
 
 def _fmt_events(e: events.EventConfig) -> str:

@@ -177,9 +177,11 @@ def apply_rules(applier: nat.NftApplier, states: dict[str, dict], rules: list[St
     """Rebuild the table from `rules` (with stored health), or delete it when there are none."""
     try:
         if rules:
-            batch = nat.build_ruleset([sr.rule for sr in rules], healthy=healthy_map(states, rules),
-                                      counters=_current_counters(applier))
-            applier.apply(batch)
+            kw = dict(healthy=healthy_map(states, rules), counters=_current_counters(applier))
+            try:  # with the synproxy chains of the SYN cookies; a kernel without nft_synproxy gets none
+                applier.apply(nat.build_ruleset([sr.rule for sr in rules], synproxy=True, **kw))
+            except nat.NftError:
+                applier.apply(nat.build_ruleset([sr.rule for sr in rules], **kw))
         else:
             applier.delete()
     except nat.NftError as exc:

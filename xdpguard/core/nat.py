@@ -325,6 +325,7 @@ def build_ruleset(
     healthy: Mapping[str, Iterable[Backend]] | None = None,
     table: str = DEFAULT_TABLE,
     counters: Counters | None = None,
+    synproxy: bool = False,
 ) -> Json:
     """One atomic batch that replaces our table with the ruleset for ``rules``.
 
@@ -415,7 +416,53 @@ def build_ruleset(
                 _forwarded_flow_match(rule) + [{"counter": traffic_counter_name(rule)}],
             )
         )
-    return {"nftables": head + objects + prerouting + postrouting + forward}
+    cookie = synproxy_rules(rules, healthy, table) if synproxy else []  # SYN cookies (synproxy_rules)
+    return {"nftables": head + objects + prerouting + postrouting + forward + cookie}
+
+
+# --- SYN cookies: synproxy (bpf/include/syncookie.h answers the SYNs in XDP) ---------------
+
+SYNPROXY_CHAIN = "synproxy"  # filter hook input: completes the cookie handshakes XDP started
+OUTPUT_CHAIN = "output"  # nat hook output: DNATs synproxy's own SYN to the backend
+SYNPROXY_MSS = {4: 1460, 6: 1440}  # only used for a SYN synproxy answers itself (one that is ct invalid)
+SYNPROXY_WSCALE = 7
+
+
+def synproxy_rules(rules: Iterable[ForwardRule], healthy: Mapping[str, Iterable[Backend]] | None = None,
+                   table: str = DEFAULT_TABLE) -> list[Json]:
+    """The cookie half of the handshake, for every TCP rule. XDP answered the client's SYN with
+    a cookie and let its valid ACK through; conntrack (nf_conntrack_tcp_loose=0) does not adopt
+    that ACK, so it is ct invalid, no DNAT applies and it goes to the input hook (the protective
+    IP is local). There ``synproxy`` checks the cookie (the kernel's secret, as XDP's helper)
+    and sends its own SYN to PROTECTED:PORT through LOCAL_OUT, where the ``nat hook output``
+    chain DNATs it to a backend like prerouting would (persistent rules: the stable jhash
+    choice); postrouting masquerades it. The backend's SYN-ACK, un-NATed, reaches synproxy's
+    postrouting hook, which ACKs the backend and sends the client its window update; seqadj
+    maps the sequence numbers for the rest of the connection."""
+    out: list[Json] = [
+        _chain(table, SYNPROXY_CHAIN, "filter", "input", FILTER_PRIORITY),
+        _chain(table, OUTPUT_CHAIN, "nat", "output", DSTNAT_PRIORITY),
+    ]
+    for rule in rules:
+        if rule.proto != "tcp":
+            continue
+        out.append(_rule(table, SYNPROXY_CHAIN, rule, _service_match(rule) + [
+            _match({"ct": {"key": "state"}}, ["invalid", "untracked"], op="in"),
+            {"synproxy": {"mss": SYNPROXY_MSS[rule.family], "wscale": SYNPROXY_WSCALE,
+                          "flags": ["timestamp", "sack-perm"]}},
+        ]))
+        backends = active_backends(rule, None if healthy is None else healthy.get(rule_key(rule)))
+        count_new = {"counter": new_counter_name(rule)}
+        if not backends:
+            tail: list[Json] = [count_new, {"drop": None}]
+        elif len(backends) > 1:
+            total = sum(b.weight for b in backends)
+            pick = _jhash(rule, total) if rule.persist_s > 0 else _numgen(total)
+            tail = [count_new, _dnat(rule, backends, pick)]
+        else:
+            tail = [count_new, _dnat(rule, backends)]
+        out.append(_rule(table, OUTPUT_CHAIN, rule, _service_match(rule) + tail))
+    return out
 
 
 def delete_table(table: str = DEFAULT_TABLE) -> Json:

@@ -84,6 +84,9 @@ class Limits:
         return bool(self.src_pps or self.src_bps or self.dst_pps or self.syn_src_pps)
 
 
+SYN_MODES = ("cookie", "retransmit")
+
+
 @dataclass(frozen=True)
 class SynPolicy:
     """Above threshold_pps SYNs/s to a protected address, sources must authenticate: the first
@@ -94,9 +97,15 @@ class SynPolicy:
     auth_min_ms: int = 200
     auth_max_ms: int = 10_000
     auth_keep_s: int = 600
+    # cookie: in SYN-defence mode XDP answers each SYN with a SYN cookie (syncookie.h) and nft
+    # synproxy completes the handshake; retransmit: the first SYN is dropped (the window above).
+    mode: str = "cookie"
+    always: bool = False  # SYN-defence mode at any SYN rate, not only above threshold_pps
 
     def __post_init__(self):
         _check_rate("syn threshold", self.threshold_pps, MAX_PPS)
+        if self.mode not in SYN_MODES:
+            raise UserError(f"invalid SYN defence mode {self.mode!r}: use {' or '.join(SYN_MODES)}")
         if not 0 < self.auth_min_ms < self.auth_max_ms <= 120_000:
             raise UserError(f"invalid SYN authentication window {self.auth_min_ms}-{self.auth_max_ms} ms: "
                             "need 0 < min < max ≤ 120000")
@@ -106,11 +115,23 @@ class SynPolicy:
     def to_c(self, slot: int) -> abi.SynPolicy:
         return abi.SynPolicy(self.threshold_pps, self.auth_min_ms, self.auth_max_ms, self.auth_keep_s, slot)
 
+    @property
+    def on(self) -> bool:
+        return bool(self.threshold_pps or self.always)
+
+    def flag_bits(self) -> int:
+        """The xg_protected.flags bits of the mode (XG_PROT_SYN_COOKIE, XG_PROT_SYN_ALWAYS)."""
+        return (abi.PROT_SYN_COOKIE if self.mode == "cookie" else 0) | (abi.PROT_SYN_ALWAYS if self.always else 0)
+
     @classmethod
-    def from_c(cls, c: abi.SynPolicy) -> SynPolicy:
+    def from_c(cls, c: abi.SynPolicy, flags: int = abi.PROT_SYN_COOKIE) -> SynPolicy:
+        """From the map entry; the mode lives in the entry's flags (an entry written before the
+        cookie mode existed has no XG_PROT_SYN_COOKIE bit: retransmit, as it ran)."""
+        mode = "cookie" if flags & abi.PROT_SYN_COOKIE else "retransmit"
+        always = bool(flags & abi.PROT_SYN_ALWAYS)
         if not c.auth_max_ms:  # never configured
-            return cls(c.syn_threshold_pps)
-        return cls(c.syn_threshold_pps, c.auth_min_ms, c.auth_max_ms, c.auth_keep_s)
+            return cls(c.syn_threshold_pps, mode=mode, always=always)
+        return cls(c.syn_threshold_pps, c.auth_min_ms, c.auth_max_ms, c.auth_keep_s, mode, always)
 
 
 @dataclass(frozen=True)
@@ -267,7 +288,7 @@ def read_address_policy(maps, addr) -> AddressPolicy:
     if v is None:
         raise UserError(f"{addr} is not a protected address")
     blocked = frozenset(n for n, bit in PROTOCOLS.items() if v.flags & bit)
-    return AddressPolicy(blocked, Limits.from_c(v.lim), SynPolicy.from_c(v.syn))
+    return AddressPolicy(blocked, Limits.from_c(v.lim), SynPolicy.from_c(v.syn, v.flags))
 
 
 def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
@@ -277,13 +298,13 @@ def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
     if cur is None:
         raise UserError(f"{addr} is not a protected address")
     keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF)
-    flags = keep | sum(PROTOCOLS[p] for p in pol.blocked)
+    flags = keep | sum(PROTOCOLS[p] for p in pol.blocked) | pol.syn.flag_bits()
     m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
 
 
 def new_protected(slot: int) -> abi.Protected:
-    """The entry `attach` writes: nothing blocked, no limits, SYN authentication off."""
-    return abi.Protected(0, Limits().to_c(), SynPolicy().to_c(slot))
+    """The entry `attach` writes: nothing blocked, no limits, SYN defence off (cookie mode)."""
+    return abi.Protected(SynPolicy().flag_bits(), Limits().to_c(), SynPolicy().to_c(slot))
 
 
 def port_key(addr, proto: str, port: int) -> abi.PortKey:
