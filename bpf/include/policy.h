@@ -337,7 +337,7 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
         if (seen <= sp->syn_threshold_pps)
             return XG_CONTINUE;
     }
-    if (prot->flags & XG_PROT_SYN_COOKIE)
+    if ((prot->flags & XG_PROT_SYN_COOKIE) && xg_cookie_family(p))
         return syncookie_answer(cfg);
 
     struct xg_synauth *a = xg_synauth_hash.lookup(&p->src);

@@ -17,6 +17,12 @@
  * XXX: no timestamp option, hence no window scaling and no SACK on such connections (synproxy
  *      learns the client's wscale/SACK only from a timestamp cookie, as the kernel's
  *      xdp_synproxy selftest encodes them).
+ * XXX: IPv6 is off unless compiled with XG_SYNCOOKIE_IPV6=1: XDP builds correct IPv6 cookie
+ *      SYN-ACKs and checks their ACKs (tests/bpf/test_syncookie.py), but nft synproxy (6.18 and
+ *      6.1) drops every IPv6 ACK whose checksum is not already CHECKSUM_UNNECESSARY:
+ *      nft_synproxy_do_eval() verifies the TCP checksum with nf_ip_checksum(), the IPv4 routine,
+ *      for both families (veth, and any NIC without rx checksum offload). A cookie-mode IPv6
+ *      address therefore keeps the retransmit authentication.
  * XXX: the SYN's checksums are not verified before answering (a bad-checksum SYN gets a
  *      SYN-ACK; the client's stack ignores it). IPv4 options and IPv6 extension headers of the
  *      SYN are not echoed: the SYN-ACK is built without them. VLAN tags are kept.
@@ -30,6 +36,10 @@
 #define XG_SC_MSS6 1440
 #define XG_SC_TTL 64
 #define XG_SC_TCP_BUF 64             /* the SYN's TCP header with options (<= 60) */
+
+#ifndef XG_SYNCOOKIE_IPV6
+#define XG_SYNCOOKIE_IPV6 0
+#endif
 
 struct xg_sc_synack4 {
     struct iphdr ip;
@@ -48,6 +58,12 @@ static __always_inline int xg_cookie_mode(struct xg_protected *prot)
 {
     return (prot->flags & XG_PROT_SYN_COOKIE) &&
            (prot->syn.syn_threshold_pps || (prot->flags & XG_PROT_SYN_ALWAYS));
+}
+
+/* Are SYN cookies used for this packet's family (IPv6: see XG_SYNCOOKIE_IPV6)? */
+static __always_inline int xg_cookie_family(struct xg_pkt *p)
+{
+    return p->src.family == 4 || XG_SYNCOOKIE_IPV6;
 }
 
 static __always_inline struct xg_cookie_stats *xg_cookie_stats(void)
@@ -90,7 +106,7 @@ static __always_inline int xg_sc_load_tcp(struct xdp_md *ctx, struct xg_pkt *p, 
  * Anything else keeps the TCP state verdict. */
 static __always_inline __u32 step_cookie_ack(struct xdp_md *ctx, struct xg_protected *prot, struct xg_pkt *p)
 {
-    if (!xg_cookie_mode(prot) ||
+    if (!xg_cookie_mode(prot) || !xg_cookie_family(p) ||
         (p->tcp_flags & (XG_TCP_SYN | XG_TCP_RST | XG_TCP_FIN | XG_TCP_ACK)) != XG_TCP_ACK)
         return XG_REASON_TCPSTATE;
     struct tcphdr th;

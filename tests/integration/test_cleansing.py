@@ -235,7 +235,7 @@ def test_spoofed_udp_flood_needs_a_feature_filter_or_a_destination_limit(bed: Be
 
 
 def test_spoofed_syn_flood_source_authentication(bed: Bed):
-    bed.set(("syn", "set", "--threshold", "50"), ("syn", "set", "--threshold", "0"))
+    bed.set(("syn", "set", "--threshold", "50", "--mode", "retransmit"), ("syn", "set", "--threshold", "0"))
     assert "authenticate above 50 SYN/s" in bed.xg("syn", "show").stdout
     before = bed.counters()
     # Every spoofed source sends one SYN (65536 sources, 20k pps for 3 s): a source that sent a

@@ -422,7 +422,7 @@ def build_ruleset(
 
 # --- SYN cookies: synproxy (bpf/include/syncookie.h answers the SYNs in XDP) ---------------
 
-SYNPROXY_CHAIN = "synproxy"  # filter hook input: completes the cookie handshakes XDP started
+SYNPROXY_CHAIN = "cookies"  # filter hook input: completes the cookie handshakes XDP started
 OUTPUT_CHAIN = "output"  # nat hook output: DNATs synproxy's own SYN to the backend
 SYNPROXY_MSS = {4: 1460, 6: 1440}  # only used for a SYN synproxy answers itself (one that is ct invalid)
 SYNPROXY_WSCALE = 7
@@ -438,7 +438,11 @@ def synproxy_rules(rules: Iterable[ForwardRule], healthy: Mapping[str, Iterable[
     chain DNATs it to a backend like prerouting would (persistent rules: the stable jhash
     choice); postrouting masquerades it. The backend's SYN-ACK, un-NATed, reaches synproxy's
     postrouting hook, which ACKs the backend and sends the client its window update; seqadj
-    maps the sequence numbers for the rest of the connection."""
+    maps the sequence numbers for the rest of the connection.
+
+    XXX: IPv6 rules are built too, but nft synproxy drops IPv6 ACKs unless the NIC marked their
+    checksum verified (nft_synproxy_do_eval checks it with the IPv4 nf_ip_checksum): XDP keeps
+    IPv6 addresses on the retransmit authentication (XG_SYNCOOKIE_IPV6, syncookie.h)."""
     out: list[Json] = [
         _chain(table, SYNPROXY_CHAIN, "filter", "input", FILTER_PRIORITY),
         _chain(table, OUTPUT_CHAIN, "nat", "output", DSTNAT_PRIORITY),

@@ -191,6 +191,19 @@ def _veth(ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
         in_ns(ns, "ethtool", "-K", ifname, "tx", "off", check=False)
 
 
+# XDP_TX on veth needs the peer to receive through NAPI, i.e. to run an XDP program of its own
+# (the kernel's xdp_synproxy selftest does the same): the bridge side of xgp0 gets an XDP_PASS
+# program, so the SYN-ACKs of the SYN cookies (syncookie.h) leave the protector.
+_PEER_XDP_PASS = (
+    "import sys\nfrom bcc import BPF\n"
+    "b = BPF(text=b'int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }')\n"
+    "b.attach_xdp(sys.argv[1].encode(), b.load_func(b'xdp_pass', BPF.XDP), 0)\n")
+
+
+def _peer_xdp_pass(ns: str, ifname: str) -> None:
+    in_ns(ns, sys.executable, "-c", _PEER_XDP_PASS, ifname)
+
+
 def _write_state(data: dict) -> None:
     path = state_file(data["name"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +347,7 @@ def up(*, protected: bool = True, lifetime_s: float = SERVER_LIFETIME_S) -> LabU
                                    ("prot", PROT_IFACE, "xgi-prot")):
             _veth(inet, port, ns[role], ifname)
             _run(["ip", "-n", inet, "link", "set", port, "master", "br0"])
+        _peer_xdp_pass(inet, "xgi-prot")
         _veth(ns["prot"], "xgb0", ns["backend"], HOST_IFACE)
         for role, ifname, v4, v6 in (("client", HOST_IFACE, CLIENT4, CLIENT6),
                                      ("attacker", HOST_IFACE, ATTACKER4, ATTACKER6),
