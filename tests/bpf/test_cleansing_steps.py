@@ -432,7 +432,7 @@ def test_syn_per_source_rate_auto_ban(bed):
     assert bed.ban_of(CLIENT4).reason == Reason.SYN
 
 
-AUTH = SynPolicy(threshold_pps=5, auth_min_ms=200, auth_max_ms=900, auth_keep_s=600)
+AUTH = SynPolicy(threshold_pps=5, auth_min_ms=200, auth_max_ms=900, auth_keep_s=600, mode="retransmit")
 
 
 def test_syn_auth_below_threshold_passes(bed):

@@ -144,10 +144,24 @@ def test_reason_mask():
 
 def test_syn_set(calls):
     calls.fake("syn_set", cleansing.SynResult(IF, "set", 1, [
-        cleansing.SynView("198.18.0.2", 1000, 200, 10_000, 600, 0)]))
-    r = invoke("syn", "set", "--threshold", "1k", "--auth-window", "200-10000", "--keep", "600")
+        cleansing.SynView("198.18.0.2", 1000, 200, 10_000, 600, 0, "retransmit")]))
+    r = invoke("syn", "set", "--threshold", "1k", "--mode", "retransmit", "--auth-window", "200-10000", "--keep", "600")
     assert r.exit_code == 0 and "authenticate above 1,000 SYN/s" in r.output
-    assert calls.log == [("syn_set", (None, 1000, "200-10000", 600, None))]
+    assert calls.log == [("syn_set", (None, 1000, "200-10000", 600, None, "retransmit", False))]
+
+
+def test_syn_set_cookie_is_the_default(calls):
+    calls.fake("syn_set", cleansing.SynResult(IF, "set", 1, [
+        cleansing.SynView("198.18.0.2", 0, 200, 10_000, 600, 0, "cookie", True)]))
+    r = invoke("syn", "set", "--threshold", "0", "--always")
+    assert r.exit_code == 0 and "SYN cookies always" in r.output
+    assert calls.log == [("syn_set", (None, 0, None, None, None, "cookie", True))]
+
+
+def test_syn_set_bad_mode_is_one_error_line(calls, capsys):
+    assert run(["syn", "set", "--threshold", "1k", "--mode", "cookies"]) == 2
+    assert "--mode" in one_line_error(capsys)
+    assert calls.log == []
 
 
 def test_syn_window_parsing():

@@ -226,7 +226,9 @@ def addresses(draw, addr):
                           max_size=3))
     plims = draw(st.lists(st.tuples(st.sampled_from(["tcp", "udp"]), st.integers(3000, 3100), st.integers(0, 3),
                                     limits().filter(lambda l: l.active())), max_size=2))
-    syn = draw(st.sampled_from([policy.SynPolicy(), policy.SynPolicy(1000), policy.SynPolicy(5, 300, 5000, 60)]))
+    syn = draw(st.sampled_from([policy.SynPolicy(), policy.SynPolicy(1000), policy.SynPolicy(5, 300, 5000, 60),
+                                policy.SynPolicy(5, 300, 5000, 60, "retransmit"), policy.SynPolicy(always=True),
+                                policy.SynPolicy(mode="retransmit")]))
     return AddressSpec(addr, draw(st.frozensets(st.sampled_from(list(policy.PROTOCOLS)))), draw(limits()), syn,
                        config.norm_port_runs((p, lo, lo + n) for p, lo, n in ports),
                        config.norm_port_limits((p, lo, lo + n, lim) for p, lo, n, lim in plims))

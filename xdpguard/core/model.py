@@ -12,7 +12,9 @@ TCP packet only for a live recorded connection (or during the attach grace perio
 live or expired (Setup.flows); within a model's life nothing expires by itself.
 
 What the model does not do: time. Rate limits and the SYN defence are modelled as "buckets
-full, threshold not reached" — they never drop. Policies fed to the model must use limits that
+full, threshold not reached" — they never drop; only a SYN defence that is on at any rate
+(`always`, cookie mode, IPv4) answers SYNs (action "tx", a drop `syncookie`), and in cookie mode
+an ACK of no recorded connection is a bad cookie (the model never makes valid ones). Policies fed to the model must use limits that
 are 0 (off) or so high that the traffic of a test cannot reach them; the time-dependent steps
 have their own targeted tests (tests/bpf/test_cleansing_steps.py). Bans written by drop-ban
 filters are remembered (they never expire within a model's life).
@@ -48,6 +50,7 @@ TCP_SYN, TCP_ACK = 0x02, 0x10
 BLOCK_BITS = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp", IPPROTO_ICMPV6: "icmp"}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+ANSWERED = "tx"  # _steps(): the SYN is answered with a SYN cookie (XG_SYNCOOKIE_TX)
 
 
 # ---- inputs ----
@@ -423,8 +426,28 @@ class Model:
                 return True
         return self.setup.grace
 
+    def _cookie_mode(self, a: Addresses, prot: Protected) -> bool:
+        """xg_cookie_mode() and xg_cookie_family() of syncookie.h (IPv6 off: XG_SYNCOOKIE_IPV6 0)."""
+        syn = prot.policy.syn
+        return syn.mode == "cookie" and syn.on and a.family == 4
+
+    def _cookie_ack_bad(self, a: Addresses, h: Headers, prot: Protected) -> bool:
+        """step_cookie_ack(): an ACK of no recorded connection is checked for a cookie. A cookie
+        cannot be predicted here: the model's ACKs are never valid ones (a random one passes the
+        kernel's check with odds of about 2^-22; tests/bpf/test_syncookie.py has the valid ones)."""
+        return self._cookie_mode(a, prot) and h.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK
+
+    def _syn_answered(self, a: Addresses, h: Headers, prot: Protected) -> bool:
+        """step_syn_auth() in cookie mode: a SYN is answered with a cookie SYN-ACK (XDP_TX). In
+        the model only `always` reaches that (a threshold is never exceeded: no time)."""
+        return is_syn(h) and prot.policy.syn.always and self._cookie_mode(a, prot)
+
     def verdict(self, frame: bytes) -> ModelVerdict:
         action, reason = self._decide(bytes(frame))
+        if action == "tx":  # answered with a SYN cookie; monitored, the step passed it untouched instead
+            if self.setup.global_.monitor_mask >> reason & 1:
+                return ModelVerdict("pass", Kind.WOULD_DROP, reason)
+            return ModelVerdict("tx", Kind.DROP, reason)
         if action == "drop" and reason < REASON_MAX and self.setup.global_.monitor_mask >> reason & 1:
             return ModelVerdict("pass", Kind.WOULD_DROP, reason)
         return ModelVerdict(action, Kind.DROP if action == "drop" else Kind.PASS, reason)
@@ -449,9 +472,11 @@ class Model:
         if h is None:
             return "drop", Reason.MALFORMED
         r = self._steps(frame, a, h, prot, src)
+        if r == ANSWERED:
+            return "tx", Reason.SYNCOOKIE
         return ("pass", Reason.CLEAN) if r is None else ("drop", r)
 
-    def _steps(self, frame: bytes, a: Addresses, h: Headers, prot: Protected, src) -> Reason | None:
+    def _steps(self, frame: bytes, a: Addresses, h: Headers, prot: Protected, src) -> Reason | str | None:
         """policy_steps(): fragments, protocol, port, reflection, feature filters, TCP state;
         rate limits and the SYN defence never drop in the model."""
         g = self.setup.global_
@@ -475,7 +500,9 @@ class Model:
                 self.bans.add(src)  # (a monitored reason bans nobody: monitor mode has no side effects)
             return Reason.FEATURE
         if not self._tcpstate_ok(a, h, prot):
-            return Reason.TCPSTATE
+            return Reason.SYNCOOKIE if self._cookie_ack_bad(a, h, prot) else Reason.TCPSTATE
+        if self._syn_answered(a, h, prot):
+            return ANSWERED
         return None
 
 
