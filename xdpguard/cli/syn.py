@@ -40,6 +40,10 @@ def render(res: cleansing.SynResult, as_json: bool) -> None:
         if v.syn_src_pps:
             line += f"; per source {v.syn_src_pps:,} SYN/s"
         c.print(f"  {v.protected}: {line}")
+    if res.cookies:
+        k = res.cookies
+        c.print(f"  SYN cookies: {k['synack_sent']:,} SYN-ACKs sent, ACKs {k['ack_valid']:,} good / "
+                f"{k['ack_bad']:,} bad" + (f", {k['failed']:,} SYN-ACKs not built" if k["failed"] else ""))
 
 
 @click.group()

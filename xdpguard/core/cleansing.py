@@ -382,6 +382,9 @@ class SynResult:
     action: str  # set | show
     changed: int
     policies: list[SynView]
+    # xg_cookie_pcpu summed over CPUs: what the `syncookie` verdicts were (synack_sent, ack_valid,
+    # ack_bad, failed); empty when the loaded program has no such map
+    cookies: dict[str, int] = field(default_factory=dict)
     to_dict = _as_dict
 
 
@@ -405,6 +408,12 @@ def _syn_views(g) -> list[SynView]:
     return out
 
 
+def _cookie_counts(g) -> dict[str, int]:
+    m = g.maps.get(abi.MapName.COOKIES)
+    per_cpu = m.get(ctypes.c_uint32(0)) if m is not None else None
+    return {n: sum(getattr(c, n) for c in per_cpu) for n, _ in abi.CookieStats._fields_} if per_cpu else {}
+
+
 def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
             protected: str | None = None, mode: str = "cookie", always: bool = False) -> SynResult:
     """Above threshold_pps SYNs/s (0: off; or at any rate with `always`) to an address, SYNs
@@ -417,12 +426,12 @@ def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = No
         for a in addrs:
             cur = policy.read_address_policy(g.maps, a)
             policy.write_address_policy(g.maps, a, replace(cur, syn=syn))
-        return SynResult(g.iface.name, "set", len(addrs), _syn_views(g))
+        return SynResult(g.iface.name, "set", len(addrs), _syn_views(g), _cookie_counts(g))
 
 
 def syn_show(ifname: str | None) -> SynResult:
     with open_guard(ifname) as g:
-        return SynResult(g.iface.name, "show", 0, _syn_views(g))
+        return SynResult(g.iface.name, "show", 0, _syn_views(g), _cookie_counts(g))
 
 
 # ---- dynamic bans ----
