@@ -68,6 +68,13 @@
 #define XG_EMBRYOS_MAX 65536         /* half-open connections: SYN or SYN-ACK sent (LRU; tc egress) */
 #endif
 
+#ifndef XG_GOODSRC_MAX
+#define XG_GOODSRC_MAX 262144        /* known-good sources (plain hash: only tc egress inserts, never evicted) */
+#endif
+#ifndef XG_GOOD_TTL_S
+#define XG_GOOD_TTL_S 86400          /* a known-good source is forgotten this long after its last exchange */
+#endif
+
 #ifndef XG_PORTS_MAX
 #define XG_PORTS_MAX 262144          /* open (protected address, proto, port) entries */
 #endif
@@ -221,6 +228,12 @@ struct xg_cookie_stats {
     __u64 ack_valid;          /* ACKs of no recorded connection whose cookie was good: passed */
     __u64 ack_bad;            /* ACKs of no recorded connection whose cookie was bad: dropped */
     __u64 failed;             /* SYNs the SYN-ACK could not be built for (dropped) */
+};
+
+/* xg_goodsrc_hash value (knowngood.h): a source that completed a two-way exchange with a
+ * protected address (TCP established, or a UDP reply sent to it), as seen on tc egress. */
+struct xg_goodsrc {
+    __u64 expires_ns;         /* CLOCK_MONOTONIC ns; refreshed (at most once a minute) by egress */
 };
 
 /* xg_dpstate_arr[0]: state only the data path sets (the controller never rewrites it, so an

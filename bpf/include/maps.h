@@ -67,6 +67,11 @@ XG_MAP("hash", struct xg_src_key, struct xg_synauth, xg_synauth_hash, XG_SYNAUTH
 /* xg_cookie_pcpu: key 0 → per-CPU struct xg_cookie_stats (SYN cookie answers and ACK checks). */
 XG_MAP("percpu_array", int, struct xg_cookie_stats, xg_cookie_pcpu, 1, 0);
 
+/* xg_goodsrc_hash: source → struct xg_goodsrc, known-good clients. Only the tc egress program
+ * inserts (what the protected side sends), so a spoofed flood cannot evict or add; full = no
+ * new learning, never eviction. */
+XG_MAP("hash", struct xg_src_key, struct xg_goodsrc, xg_goodsrc_hash, XG_GOODSRC_MAX, BPF_F_NO_PREALLOC);
+
 /* xg_flow_lru: struct xg_flow_key → struct xg_flow, connections the protected side has sent on
  * (ACK/data/FIN/RST). Written only by the tc egress program: a spoofed packet cannot insert, so
  * a flood cannot evict. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): no shared lock on insert. */

@@ -311,6 +311,7 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
 }
 
 #include "syncookie.h"
+#include "knowngood.h"
 
 /* Step 12b: SYN defence, above the address's SYN threshold (or always, XG_PROT_SYN_ALWAYS):
  * cookie mode answers the SYN with a SYN cookie (syncookie.h); retransmit mode makes sources
@@ -337,6 +338,8 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
         if (seen <= sp->syn_threshold_pps)
             return XG_CONTINUE;
     }
+    if (kg_known(&p->src, t))
+        return XG_CONTINUE;            /* known-good (knowngood.h): no cookie, no retransmission */
     if ((prot->flags & XG_PROT_SYN_COOKIE) && xg_cookie_family(p))
         return syncookie_answer(cfg);
 

@@ -22,6 +22,8 @@
 #ifndef XDPGUARD_TCPSTATE_H
 #define XDPGUARD_TCPSTATE_H
 
+#include "knowngood.h"
+
 #define XG_TCP_RST 0x04
 #define XG_TC_ACT_OK 0
 
@@ -139,7 +141,7 @@ static __always_inline int ts_egress(void *data, void *data_end)
     if (proto == bpf_htons(ETH_P_IP)) {
         struct iphdr *iph;
         l4proto = parse_iphdr(&c, data_end, &iph);
-        if (l4proto != IPPROTO_TCP || (iph->frag_off & bpf_htons(0x1FFF)))
+        if ((l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP) || (iph->frag_off & bpf_htons(0x1FFF)))
             return XG_TC_ACT_OK;
         __u32 saddr = iph->saddr;
         if (!xg_prot4_hash.lookup(&saddr))
@@ -147,6 +149,10 @@ static __always_inline int ts_egress(void *data, void *data_end)
         __builtin_memcpy(k.prot, &saddr, 4);
         __builtin_memcpy(k.client, &iph->daddr, 4);
         k.family = 4;
+        if (l4proto == IPPROTO_UDP) {   /* a UDP reply: the client is known-good (knowngood.h) */
+            kg_learn(4, k.client);
+            return XG_TC_ACT_OK;
+        }
     } else if (proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6h;
         l4proto = parse_ip6hdr(&c, data_end, &ip6h);
@@ -157,11 +163,15 @@ static __always_inline int ts_egress(void *data, void *data_end)
         if (!xg_prot6_hash.lookup(&s6))
             return XG_TC_ACT_OK;
         l4proto = parse_ip6_ext(&c, data_end, l4proto);
-        if (l4proto != IPPROTO_TCP)
+        if (l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP)
             return XG_TC_ACT_OK;
         __builtin_memcpy(k.prot, s6.addr, 16);
         __builtin_memcpy(k.client, ip6h->daddr.s6_addr, 16);
         k.family = 6;
+        if (l4proto == IPPROTO_UDP) {
+            kg_learn(6, k.client);
+            return XG_TC_ACT_OK;
+        }
     } else {
         return XG_TC_ACT_OK;
     }
@@ -169,7 +179,10 @@ static __always_inline int ts_egress(void *data, void *data_end)
         return XG_TC_ACT_OK;
     k.prot_port = bpf_ntohs(tcph->source);
     k.client_port = bpf_ntohs(tcph->dest);
-    ts_record(&k, ((__u8 *)tcph)[13]);
+    __u8 flags = ((__u8 *)tcph)[13];
+    ts_record(&k, flags);
+    if ((flags & (XG_TCP_SYN | XG_TCP_RST | XG_TCP_ACK)) == XG_TCP_ACK)
+        kg_learn(k.family, k.client);   /* established: the client is known-good */
     return XG_TC_ACT_OK;
 }
 

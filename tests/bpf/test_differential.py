@@ -461,7 +461,7 @@ class AppliedBed:
 
     def _tables(self, setup: Setup) -> None:
         """Empty the connection tables, then write the drawn (expired) entries; the grace period."""
-        for name in (MapName.FLOWS, MapName.EMBRYOS):
+        for name in (MapName.FLOWS, MapName.EMBRYOS, MapName.GOODSRC):
             for k in list(self.maps[name].keys()):
                 self.maps[name].delete(k)
         for k, (table, state, live) in setup.flows.items():
@@ -561,6 +561,8 @@ def test_xdp_agrees_with_model(applied, example):
         assert rv == 0, "the egress recorder never drops (TC_ACT_OK)"
     want_tables = {t: {k: (st_, live) for k, (st_, live) in v.items()} for t, v in model.tables.items()}
     assert table_contents(applied.maps) == want_tables, [_describe(f) for f in egress]
+    known = {(k.family, bytes(k.addr)[: 4 if k.family == 4 else 16]) for k in applied.maps[MapName.GOODSRC].keys()}
+    assert known == model.known, [_describe(f) for f in egress]
     for i, frame in enumerate(packets):
         want = model.verdict(frame)
         event(f"{want.kind.label} {want.reason.label}")

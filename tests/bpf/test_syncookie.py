@@ -15,6 +15,7 @@ import statistics
 
 import pytest
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import UDP as scapy_udp
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
@@ -235,3 +236,33 @@ def test_cost_of_the_answer_against_bare_drop(cookie):
         print(f"{n:24s} {v:7.1f} ns/packet  ({v / base:5.1f}× bare drop)")
     del keep
     assert all(v > 0 for v in med.values())
+
+
+# ---- known-good sources (knowngood.h) ----
+
+
+def test_known_good_sources_skip_the_cookie(cookie):
+    good, good6, other = "203.0.113.50", "2001:db8:bad::50", "203.0.113.51"
+    for k in list(cookie.maps[MapName.GOODSRC].keys()):
+        cookie.maps[MapName.GOODSRC].delete(k)
+    e = Ether(src=PMAC, dst=CMAC)
+    # the protected side's SYN-ACK alone teaches nothing; its ACK (established) does
+    cookie.egress(bytes(e / IP(src=PROT, dst=good) / TCP(sport=80, dport=40000, flags="SA")))
+    assert cookie.verdict(syn(good, PROT, sport=44000)).action == "tx"
+    cookie.egress(bytes(e / IP(src=PROT, dst=good) / TCP(sport=80, dport=40000, flags="A")))
+    v = cookie.verdict(syn(good, PROT, sport=44001))
+    assert (v.action, v.reason) == ("pass", Reason.CLEAN)
+    assert cookie.verdict(syn(other, PROT, sport=44002)).action == "tx"
+    # a UDP reply from the protected address makes its client known-good too (IPv6 here)
+    cookie.egress(bytes(e / IPv6(src=PROT6, dst=good6) / scapy_udp(sport=7, dport=5000)))
+    assert cookie.verdict(syn(good6, PROT6, sport=44003)).reason == Reason.CLEAN
+    assert cookie.verdict(syn(CLIENT6, PROT6, sport=44004)).action == "tx"
+    # a spoofed ingress packet never teaches: the map holds exactly the two learned clients
+    cookie.verdict(bytes(Ether() / IP(src=other, dst=PROT) / TCP(dport=80, flags="A")))
+    keys = {(k.family, bytes(k.addr)[: 4 if k.family == 4 else 16]) for k in cookie.maps[MapName.GOODSRC].keys()}
+    assert keys == {(4, ipaddress.ip_address(good).packed), (6, ipaddress.ip_address(good6).packed)}
+    # an expired entry is forgotten (and deleted) when met
+    k4 = next(k for k in cookie.maps[MapName.GOODSRC].keys() if k.family == 4)
+    cookie.maps[MapName.GOODSRC].set(k4, abi.GoodSrc(1))
+    assert cookie.verdict(syn(good, PROT, sport=44005)).action == "tx"
+    assert cookie.maps[MapName.GOODSRC].get(k4) is None

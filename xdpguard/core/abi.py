@@ -92,6 +92,8 @@ LIST_MAX = 2097152
 PORTS_MAX = 262144
 FLOWS_MAX = 262144
 EMBRYOS_MAX = 65536
+GOODSRC_MAX = 262144  # known-good sources (knowngood.h)
+GOOD_TTL_S = 86400
 IPV6_EXT_MAX = 6
 
 # ---- TCP state validation (tcpstate.h) ----
@@ -245,6 +247,12 @@ class CookieStats(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in ("synack_sent", "ack_valid", "ack_bad", "failed")]
 
 
+class GoodSrc(ctypes.Structure):
+    """xg_goodsrc_hash value: a known-good source, learned on tc egress (knowngood.h)."""
+
+    _fields_ = [("expires_ns", ctypes.c_uint64)]
+
+
 class MapName(str, enum.Enum):
     """Kernel names of the maps (≤ 15 chars); also the file names of their pins."""
 
@@ -276,6 +284,7 @@ class MapName(str, enum.Enum):
     EMBRYOS = "xg_embryo_lru"
     TCPCFG = "xg_tcpcfg_arr"
     COOKIES = "xg_cookie_pcpu"  # syncookie.h
+    GOODSRC = "xg_goodsrc_hash"  # knowngood.h
     SAMPLE_CFG = "xg_sample_cfg"  # sample.h
     SAMPLE_STATE = "xg_sample_pcpu"
     SAMPLES = "xg_samples"  # ring buffer: no key, no value (BpfMap sees sizes 0/0)
@@ -316,6 +325,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.EMBRYOS: (FlowKey, Flow, False),
     MapName.TCPCFG: (ctypes.c_uint32, TcpStateConfig, False),
     MapName.COOKIES: (ctypes.c_uint32, CookieStats, True),
+    MapName.GOODSRC: (SrcKey, GoodSrc, False),
     MapName.SAMPLE_CFG: (ctypes.c_uint32, "SampleConfig", False),
     MapName.SAMPLE_STATE: (ctypes.c_uint32, "SampleState", True),
     MapName.SAMPLES: ("NoData", "NoData", False),
@@ -359,6 +369,7 @@ C_STRUCTS: dict[str, type] = {
     "xg_flow": Flow,
     "xg_tcpstate_config": TcpStateConfig,
     "xg_cookie_stats": CookieStats,
+    "xg_goodsrc": GoodSrc,
 }
 
 

@@ -302,6 +302,33 @@ def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
     return (fam, dst, _u16(frame, pos + 2), src, _u16(frame, pos)), frame[pos + 13]
 
 
+def egress_udp_client(frame: bytes, protected) -> tuple[int, bytes] | None:
+    """ts_egress()'s UDP branch (knowngood.h): (family, client address bytes) of a UDP datagram
+    leaving from a protected address (a reply: the client becomes known-good), else None."""
+    n = len(frame)
+    l2 = _ethernet(frame)
+    if l2 is None:
+        return None
+    pos, proto = l2
+    if proto == ETH_P_IP:
+        if pos + 20 > n:
+            return None
+        hlen = (frame[pos] & 0x0F) * 4
+        if hlen < 20 or pos + hlen > n or frame[pos + 9] != IPPROTO_UDP or _u16(frame, pos + 6) & IP_OFFSET:
+            return None
+        src, dst = bytes(frame[pos + 12:pos + 16]), bytes(frame[pos + 16:pos + 20])
+        return (4, dst) if (4, src) in protected else None
+    if proto == ETH_P_IPV6:
+        if pos + 40 > n:
+            return None
+        src, dst = bytes(frame[pos + 8:pos + 24]), bytes(frame[pos + 24:pos + 40])
+        if (6, src) not in protected:
+            return None
+        walked = _walk_ip6_options(frame, pos + 40, frame[pos + 6])
+        return (6, dst) if walked is not None and walked[1] == IPPROTO_UDP else None
+    return None
+
+
 # ---- the pipeline ----
 
 
@@ -384,15 +411,22 @@ class Model:
         self.tables: dict[str, dict[FlowKey, list]] = {"flow": {}, "embryo": {}}
         for k, (table, state, live) in setup.flows.items():
             self.tables[table][k] = [state, live]
+        self.known: set[tuple[int, bytes]] = set()  # xg_goodsrc_hash: (family, address), learned on egress
 
     def egress(self, frame: bytes) -> None:
         """ts_egress()/ts_record(): what the tc recorder writes for one leaving frame. Live
         entries stay live (nothing expires in a model), expired ones come back to life when
         refreshed."""
+        udp = egress_udp_client(bytes(frame), set(self.protected))
+        if udp is not None:
+            self.known.add(udp)  # a UDP reply: known-good
+            return
         got = egress_flow(bytes(frame), set(self.protected))
         if got is None:
             return
         k, flags = got
+        if flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK:
+            self.known.add((k[0], k[1]))  # established: known-good
         flows, embryos = self.tables["flow"], self.tables["embryo"]
         f = flows.get(k)
         if flags & TCP_RST:
@@ -440,7 +474,8 @@ class Model:
     def _syn_answered(self, a: Addresses, h: Headers, prot: Protected) -> bool:
         """step_syn_auth() in cookie mode: a SYN is answered with a cookie SYN-ACK (XDP_TX). In
         the model only `always` reaches that (a threshold is never exceeded: no time)."""
-        return is_syn(h) and prot.policy.syn.always and self._cookie_mode(a, prot)
+        return (is_syn(h) and prot.policy.syn.always and self._cookie_mode(a, prot)
+                and (a.family, a.src) not in self.known)  # known-good sources skip the SYN defence
 
     def verdict(self, frame: bytes) -> ModelVerdict:
         action, reason = self._decide(bytes(frame))
