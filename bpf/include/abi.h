@@ -29,6 +29,7 @@
 #define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
 #define XG_REASON_SYNCOOKIE   14  /* not passed: a SYN answered with a SYN cookie (XDP_TX), or an ACK
                                    * whose cookie is bad (dropped); xg_cookie_pcpu splits the two */
+#define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu */
 
 /* Verdict kinds: the first dimension of xg_stats_pcpu. */
@@ -149,7 +150,8 @@ struct xg_limits {
     __u64 syn_src_pps;    /* TCP SYNs/s per source */
     __u64 syn_src_burst;
     __u32 ban_s;          /* exceeding src_pps/src_bps/syn_src_pps bans the source for ban_s s */
-    __u32 reserved;
+    __u32 unknown_share_pct; /* 0 = off; else sources not known-good may use only this % of the
+                              * dst bucket: the rest is kept for known-good ones (knowngood.h) */
 };
 
 /* SYN flood defence of one protected address. Above syn_threshold_pps SYNs/s to the address,

@@ -46,4 +46,15 @@ static __always_inline int kg_known(struct xg_src_key *src, __u64 t)
     return 0;
 }
 
+/* The dst-bucket tokens (nano-units) a source that is not known-good must leave in the bucket:
+ * with unknown_share_pct s, unknown sources take tokens only while more than (100 - s) % of the
+ * burst remains, so known-good sources are admitted first. 0 for known-good sources and when off. */
+static __always_inline __u64 kg_reserve(struct xg_limits *lim, struct xg_pkt *p, __u64 *now)
+{
+    __u32 share = lim->unknown_share_pct;
+    if (!share || share >= 100 || kg_known(&p->src, xg_now(now)))
+        return 0;
+    return lim->dst_burst_pkts * (XG_TOKEN / 100) * (100 - share);
+}
+
 #endif /* XDPGUARD_KNOWNGOOD_H */

@@ -219,6 +219,8 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
     return XG_CONTINUE;
 }
 
+#include "knowngood.h"
+
 /* Refill a nano-unit bucket at rate/s up to burst, then take cost; 1 when it had enough. */
 static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u64 now, __u64 rate, __u64 burst,
                                        __u64 cost)
@@ -276,8 +278,12 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
             if (!db)
                 return XG_REASON_RATELIMIT;
         }
-        if (!bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts, XG_TOKEN))
-            return XG_REASON_RATELIMIT;
+        /* known-good sources first (knowngood.h): an unknown one must leave `reserve` tokens behind */
+        __u64 reserve = kg_reserve(lim, p, now);
+        if (!bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts,
+                         XG_TOKEN + reserve))
+            return reserve && db->pkt_tokens >= XG_TOKEN ? XG_REASON_UNKNOWN : XG_REASON_RATELIMIT;
+        db->pkt_tokens += reserve;
     }
     if (!per_src)
         return XG_CONTINUE;
@@ -311,7 +317,6 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
 }
 
 #include "syncookie.h"
-#include "knowngood.h"
 
 /* Step 12b: SYN defence, above the address's SYN threshold (or always, XG_PROT_SYN_ALWAYS):
  * cookie mode answers the SYN with a SYN cookie (syncookie.h); retransmit mode makes sources

@@ -266,3 +266,29 @@ def test_known_good_sources_skip_the_cookie(cookie):
     cookie.maps[MapName.GOODSRC].set(k4, abi.GoodSrc(1))
     assert cookie.verdict(syn(good, PROT, sport=44005)).action == "tx"
     assert cookie.maps[MapName.GOODSRC].get(k4) is None
+
+
+def test_unknown_sources_get_a_bounded_share_of_the_dst_bucket(bed):
+    good, stranger = "203.0.113.60", "203.0.113.61"
+    addr = ipaddress.ip_address(PROT)
+    cur = policy.read_address_policy(bed.maps, addr)
+    for name in (MapName.GOODSRC, MapName.DSTBKT):
+        for k in list(bed.maps[name].keys()):
+            bed.maps[name].delete(k)
+    bed.egress(bytes(Ether(src=PMAC, dst=CMAC) / IP(src=PROT, dst=good) / TCP(sport=80, dport=40000, flags="A")))
+    policy.write_address_policy(bed.maps, addr, policy.AddressPolicy(
+        cur.blocked, policy.Limits(dst_pps=1, dst_burst_pkts=10, unknown_share_pct=30), policy.SynPolicy()))
+    try:
+        # unknown sources: 30 % of the 10-packet bucket, then `unknown` (the rest is kept)
+        got = [bed.verdict(syn(stranger, PROT, sport=45000 + i)).reason for i in range(5)]
+        assert got == [Reason.CLEAN] * 3 + [Reason.UNKNOWN] * 2, got
+        # the known-good source still gets the 7 kept, then the bucket is empty for everyone
+        got = [bed.verdict(syn(good, PROT, sport=46000 + i)).reason for i in range(8)]
+        assert got == [Reason.CLEAN] * 7 + [Reason.RATELIMIT], got
+        assert bed.verdict(syn(stranger, PROT, sport=45010)).reason == Reason.RATELIMIT
+        p = policy.read_address_policy(bed.maps, addr)
+        assert p.limits.unknown_share_pct == 30
+    finally:
+        policy.write_address_policy(bed.maps, addr, cur)
+        for k in list(bed.maps[MapName.DSTBKT].keys()):
+            bed.maps[MapName.DSTBKT].delete(k)

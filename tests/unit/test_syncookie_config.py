@@ -4,7 +4,9 @@ export → load round trip, and the policy ↔ map-entry flag bits (no kernel ne
 from __future__ import annotations
 
 import pytest
+from cli_helpers import one_line_error
 
+from xdpguard.cli.main import run
 from xdpguard.core import abi, config, policy
 
 HEAD = '[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n\n[[interface.address]]\naddress = "198.18.0.1"\n'
@@ -46,3 +48,17 @@ def test_mode_lives_in_the_entry_flags():
     # an entry written before cookie mode existed (no XG_PROT_SYN_COOKIE bit) runs as retransmit
     assert policy.SynPolicy.from_c(policy.SynPolicy(5000).to_c(0), 0).mode == "retransmit"
     assert policy.new_protected(0).flags & abi.PROT_SYN_COOKIE
+
+
+def test_unknown_share_in_the_config_and_its_errors():
+    d, _ = config.loads(HEAD + "limits = { dst_pps = 1000, unknown_share = 30 }\n")
+    lim = d.interfaces[0].addresses[0].limits
+    assert lim.unknown_share_pct == 30 and lim.to_c().unknown_share_pct == 30
+    assert config.loads(config.to_toml(d))[0] == d
+    got = problems(HEAD + "limits = { dst_pps = 1000, unknown_share = 150 }\n")
+    assert any(p.startswith("x.toml:7: interface[0].address[0].limits.unknown_share") for p in got), got
+
+
+def test_unknown_share_bad_cli_value_is_one_error_line(capsys):
+    assert run(["limit", "set", "--dst-pps", "1000", "--unknown-share", "150"]) == 2
+    assert "unknown share" in one_line_error(capsys)

@@ -34,6 +34,7 @@ class Reason(enum.IntEnum):
     SYN = 12
     TCPSTATE = 13
     SYNCOOKIE = 14  # a SYN answered with a cookie (XDP_TX) or a bad cookie ACK (xg_cookie_pcpu splits them)
+    UNKNOWN = 17  # an unknown source past its share of the per-destination bucket (knowngood.h)
 
     @property
     def label(self) -> str:
@@ -128,7 +129,7 @@ class Config(ctypes.Structure):
 class Limits(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "src_pps", "src_burst_pkts", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst_pkts",
-        "syn_src_pps", "syn_src_burst")] + [("ban_s", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+        "syn_src_pps", "syn_src_burst")] + [("ban_s", ctypes.c_uint32), ("unknown_share_pct", ctypes.c_uint32)]
 
 
 class SynPolicy(ctypes.Structure):

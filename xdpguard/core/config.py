@@ -328,7 +328,7 @@ _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", 
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
 _ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit"}
 _LIMIT_KEYS = {"src_pps", "src_burst", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst", "syn_src_pps",
-               "syn_src_burst", "ban"}
+               "syn_src_burst", "ban", "unknown_share"}
 _SYN_KEYS = {"threshold", "auth_window", "keep", "mode", "always"}
 _FILTER_KEYS = {"action", "proto", "sport", "dport", "length", "ttl", "tcp_flags", "payload", "mask", "base",
                 "offset", "ban"}
@@ -481,7 +481,7 @@ def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limi
         src_bps=n("src_bps", policy.MAX_BPS), src_burst_bytes=n("src_burst_bytes", policy.MAX_BURST),
         dst_pps=n("dst_pps", policy.MAX_PPS), dst_burst_pkts=n("dst_burst", policy.MAX_BURST),
         syn_src_pps=n("syn_src_pps", policy.MAX_PPS), syn_src_burst=n("syn_src_burst", policy.MAX_BURST),
-        ban_s=n("ban", policy.MAX_BAN_S)), policy.Limits())
+        ban_s=n("ban", policy.MAX_BAN_S), unknown_share_pct=n("unknown_share", 99)), policy.Limits())
     if lim.ban_s and not (lim.src_pps or lim.src_bps or lim.syn_src_pps) and len(ld.problems) == problems_before:
         ld.fail(path + ("ban",), "a ban needs a per-source rate (src_pps, src_bps or syn_src_pps)")
     return lim.effective()
@@ -868,6 +868,8 @@ def _limits_toml(lim: policy.Limits) -> dict[str, str]:
                 out[burst_key] = str(burst)
     if e.ban_s:
         out["ban"] = str(e.ban_s)
+    if e.unknown_share_pct:
+        out["unknown_share"] = str(e.unknown_share_pct)
     return out
 
 

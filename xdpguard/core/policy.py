@@ -51,6 +51,9 @@ class Limits:
     syn_src_pps: int = 0
     syn_src_burst: int = 0
     ban_s: int = 0
+    # 1..99: under dst_pps, sources not known-good may use only this % of the bucket (the rest is
+    # kept for known-good ones, knowngood.h; drop reason `unknown`); 0: every source alike
+    unknown_share_pct: int = 0
 
     def __post_init__(self):
         for n in ("src_pps", "dst_pps", "syn_src_pps"):
@@ -59,6 +62,8 @@ class Limits:
         for n in ("src_burst_pkts", "src_burst_bytes", "dst_burst_pkts", "syn_src_burst"):
             _check_rate(n.replace("_", "-"), getattr(self, n), MAX_BURST)
         _check_rate("ban", self.ban_s, MAX_BAN_S)
+        if not isinstance(self.unknown_share_pct, int) or not 0 <= self.unknown_share_pct <= 99:
+            raise UserError(f"invalid unknown share {self.unknown_share_pct!r}: a percentage, 1 to 99 (0: off)")
 
     def effective(self) -> Limits:
         """Bursts filled in (one second of the rate when not given)."""
@@ -73,12 +78,12 @@ class Limits:
     def to_c(self) -> abi.Limits:
         e = self.effective()
         return abi.Limits(e.src_pps, e.src_burst_pkts, e.src_bps, e.src_burst_bytes, e.dst_pps, e.dst_burst_pkts,
-                          e.syn_src_pps, e.syn_src_burst, e.ban_s, 0)
+                          e.syn_src_pps, e.syn_src_burst, e.ban_s, e.unknown_share_pct)
 
     @classmethod
     def from_c(cls, c: abi.Limits) -> Limits:
         return cls(c.src_pps, c.src_burst_pkts, c.src_bps, c.src_burst_bytes, c.dst_pps, c.dst_burst_pkts,
-                   c.syn_src_pps, c.syn_src_burst, c.ban_s)
+                   c.syn_src_pps, c.syn_src_burst, c.ban_s, c.unknown_share_pct)
 
     def active(self) -> bool:
         return bool(self.src_pps or self.src_bps or self.dst_pps or self.syn_src_pps)
