@@ -27,7 +27,10 @@
 #define XG_REASON_RATELIMIT   11  /* drop: per-source rate limit */
 #define XG_REASON_SYN         12  /* drop: SYN flood defence */
 #define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
-#define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu */
+#ifndef XG_REASON_MAX
+#define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
+                                     * this wave: -D16 builds that layout for the upgrade test) */
+#endif
 
 /* Verdict kinds: the first dimension of xg_stats_pcpu. */
 #define XG_KIND_PASS       0   /* XDP_PASS */
