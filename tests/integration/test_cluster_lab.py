@@ -620,3 +620,69 @@ def test_client_barely_notices_a_node_dying(cluster):
     # shared, at times overloaded machine, and its own stalls count as pauses); the worst is printed.
     assert lost < res["sent"] * 0.05
     assert gaps[len(gaps) // 2] < 1.0
+
+
+def _router_birdc(c: Cluster, *args: str) -> str:
+    return subprocess.run(["birdc", "-s", str(c.file("bird-router.ctl")), *args], capture_output=True, text=True,
+                          timeout=10).stdout
+
+
+def _router_route4(c: Cluster) -> str:
+    return c.run_in("router", "ip", "-4", "route", "show", lc.PROT4).stdout
+
+
+def _flood(c: Cluster, pps: int, seconds: int) -> subprocess.Popen:
+    mac = json.loads(c.run_in("router", "ip", "-j", "link", "show", "xgu-atk").stdout)[0]["address"]
+    return c.start_in("attacker", sys.executable, "-m", "xdpguard.lab.flood", "--iface", "eth0", "--dst-mac", mac,
+                      "--dst", lc.PROT4, "--kind", "udp", "--spoof", "198.18.8.128/25", "--sources", "128",
+                      "--dport", "7", "--count", str(pps * seconds), "--duration", str(seconds), "--pps", str(pps))
+
+
+def test_attack_escalates_upstream_and_is_withdrawn_after(cluster):
+    """A spoofed UDP flood at the protective IP, spread by ECMP over the nodes: above
+    lc.FLOWSPEC_PPS across the cluster the elected node announces a FlowSpec rule with the
+    flood's fingerprint (udp, dport 7, traffic-rate 0) — the router's flow table holds it;
+    above lc.BLACKHOLE_PPS a /32 with the RTBH community, which the router turns into a kernel
+    blackhole route. Both are withdrawn once the flood has been below for the hold time."""
+    c = cluster
+    _healthy(c)
+    leaders = [n["node"] for n in c.status()["nodes"] if n.get("escalation_leader")]
+    assert len(leaders) == 1, c.status()
+    t0 = time.monotonic()
+    flood = _flood(c, 2 * lc.FLOWSPEC_PPS, 8)
+    try:
+        seen = time_until(lambda: f"{lc.PROT4}/32" in _router_birdc(c, "show", "route", "table", "rflow4"), 8, 0.02)
+        table = _router_birdc(c, "show", "route", "table", "rflow4", "all")
+        print(f"\nFlowSpec rule at the router {seen:.2f} s after a {2 * lc.FLOWSPEC_PPS} pps flood began "
+              f"(threshold {lc.FLOWSPEC_PPS} pps across {NODES} nodes):\n{table}")
+        assert "proto 17" in table and "dport 7" in table, table
+        assert "(generic, 0x80060000, 0x0)" in table, table  # traffic-rate 0
+        assert "blackhole" not in _router_route4(c)
+        assert len(c.hops4()) == NODES  # the plain announcement still spreads over every node
+    finally:
+        flood.wait(timeout=30)
+    ended = time.monotonic()
+    gone = time_until(lambda: f"{lc.PROT4}/32" not in _router_birdc(c, "show", "route", "table", "rflow4"),
+                      lc.ESCALATION_HOLD_S + 10, 0.05)
+    print(f"FlowSpec rule withdrawn {gone:.2f} s after the flood ended (hold {lc.ESCALATION_HOLD_S} s)")
+    assert gone >= lc.ESCALATION_HOLD_S - 1.0
+    assert time.monotonic() - t0 < 60
+
+    flood = _flood(c, 2 * lc.BLACKHOLE_PPS, 6)
+    try:
+        seen = time_until(lambda: "blackhole" in _router_route4(c), 8, 0.02)
+        route = _router_birdc(c, "show", "route", f"{lc.PROT4}/32", "all")
+        print(f"blackhole route at the router {seen:.2f} s after a {2 * lc.BLACKHOLE_PPS} pps flood began:\n{route}")
+        assert "(65535,666)" in route, route
+    finally:
+        flood.wait(timeout=30)
+    ended = time.monotonic()
+    back = time_until(lambda: "blackhole" not in _router_route4(c) and len(c.hops4()) == NODES,
+                      lc.ESCALATION_HOLD_S + 15, 0.05)
+    print(f"blackhole withdrawn, {NODES} next hops again {back:.2f} s after the flood ended")
+    time_until(lambda: f"{lc.PROT4}/32" not in _router_birdc(c, "show", "route", "table", "rflow4"),
+               lc.ESCALATION_HOLD_S + 10, 0.05)
+    log = "".join(p.read_text(errors="replace") for p in (c.run_dir / f"cluster-{c.name}" / "logs").glob("*node*"))
+    assert "escalated: flowspec 198.18.0.1 udp/7" in log and "escalated: blackhole 198.18.0.1" in log
+    assert "escalation withdrawn: blackhole 198.18.0.1" in log
+    assert ended - t0 < 120

@@ -33,6 +33,7 @@ from .. import cleansing, dataplane, forward, reconcile, state
 from ..config import Desired, InterfaceSpec
 from ..errors import UserError
 from . import bgp as bgpmod
+from . import escalate
 from .store import Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Watch, desired_text, parse_desired
 
 OK_ACTIONS = ("attached", "updated", "unchanged")
@@ -83,6 +84,9 @@ class NodeAgent:
         self.announced: list[str] = []  # the routes in BIRD's config now
         self.liveness: bgpmod.LivenessDevice | None = None
         self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0}
+        self.meter: escalate.LoadMeter | None = None
+        self.escalations: dict[tuple[str, str], escalate.Active] = {}
+        self.escalation_leader = False
         self._said: dict[str, str] = {}
 
     def say(self, topic: str, msg: str) -> None:
@@ -430,7 +434,7 @@ class NodeAgent:
             return
         addrs = bgpmod.announce_set(self.bgp, self.protected()) if on else []
         try:
-            changed = bgpmod.configure(self.bgp, bgpmod.render(self.bgp, addrs, self.node))
+            changed = bgpmod.configure(self.bgp, bgpmod.render(self.bgp, addrs, self.node, self._escalation_routes()))
         except UserError as exc:
             self.say("bird", f"BIRD: {exc.message}")
             return
@@ -439,6 +443,39 @@ class NodeAgent:
             self.report(("announcing " + ", ".join(map(str, addrs))) if on else
                         ("withdrawn: " + ("; ".join(self.health.reasons) or "stopping")))
         self.announcing = on
+
+    def _escalation_routes(self) -> tuple[bgpmod.Escalation, ...]:
+        return tuple(a.escalation for a in self.escalations.values())
+
+    def _escalates(self) -> bool:
+        return self.bgp is not None and bool(self.bgp.flowspec_pps or self.bgp.blackhole_pps)
+
+    def escalation_round(self) -> None:
+        """Publish this node's load; the elected node sums the loads and (re)decides the
+        upstream routes. See escalate.py."""
+        if not self._escalates() or not self.store_up or self.lease is None or self.meter is None:
+            return
+        assert self.bgp is not None
+        try:
+            self.store.put_load(self.node, {"updated": self.meter.updated, "addresses": self.meter.latest}, self.lease)
+            leader = self.store.lock_owner("escalate") == self.node or self.store.try_lock("escalate", self.node,
+                                                                                            self.lease)
+            loads = self.store.read_loads() if leader else {}
+        except StoreUnavailable as exc:
+            self._store_lost(exc.message)
+            return
+        if leader != self.escalation_leader:
+            self.escalation_leader = leader
+            self.report("elected to escalate upstream" if leader else "no longer the escalating node")
+        before = set(self.escalations)
+        if leader:
+            self.escalations, said = escalate.decide(self.bgp, loads, self.escalations, time.monotonic())
+        else:
+            self.escalations, said = {}, []
+        for line in said:
+            self.report(line)
+        if set(self.escalations) != before:
+            self.set_announce(self.announcing)
 
     def bgp_state(self) -> dict:
         if self.bgp is None:
@@ -457,7 +494,11 @@ class NodeAgent:
                 "synced": self.synced, "ready": self.health.ready, "reasons": self.health.reasons,
                 "announcing": self.announcing, "announced": self.announced, "announce_note": self.announce_note,
                 "interfaces": dict(self.results), "bans": len(self.store_bans),
-                "pending_writes": len(self.pending.bans), "bgp": self.bgp_state(), **self.counts}
+                "pending_writes": len(self.pending.bans), "bgp": self.bgp_state(),
+                "escalation_leader": self.escalation_leader,
+                "escalations": [a.escalation.describe() for a in self.escalations.values()],
+                "load": {a: e.get("pps", 0.0) for a, e in (self.meter.latest if self.meter else {}).items()},
+                **self.counts}
 
     def heartbeat(self) -> None:
         if self.lease is None or not self.store.keepalive(self.lease):
@@ -492,10 +533,13 @@ class NodeAgent:
             self._loop(stop, end)
         finally:
             prober_stop.set()
+            if self.meter is not None:
+                self.meter.stop()
+                self.meter = None
             self.close()
 
     def _loop(self, stop: threading.Event, end: float | None) -> None:
-        next_connect = next_health = next_beat = next_poll = next_drift = next_snapshot = 0.0
+        next_connect = next_health = next_beat = next_poll = next_drift = next_snapshot = next_load = 0.0
         next_resync = time.monotonic() + self.cluster.resync_interval_s
         beat_every = max(0.5, self.cluster.node_ttl_s / 3)
         while not stop.is_set() and (end is None or time.monotonic() < end):
@@ -540,6 +584,11 @@ class NodeAgent:
             if now >= next_health:
                 next_health = now + min(HEALTH_EVERY_S, self.daemon.health_interval_s)
                 self.update_health_and_bgp()
+            if now >= next_load and self._escalates():
+                next_load = now + escalate.LOAD_EVERY_S
+                if self.meter is None and self.specs:
+                    self.meter = escalate.LoadMeter(sorted(self.specs)).start()
+                self.escalation_round()
             if now >= next_beat and self.store_up:
                 next_beat = now + beat_every
                 try:

@@ -278,6 +278,28 @@ class ClusterStore:
     def unlock(self, name: str) -> None:
         self._delete(f"{self.root}locks/{name}")
 
+    def lock_owner(self, name: str) -> str | None:
+        _, kvs = self._range(f"{self.root}locks/{name}")
+        for kv in kvs:
+            if _unb64(kv["key"]).decode() == f"{self.root}locks/{name}":
+                return _unb64(kv.get("value", "")).decode(errors="replace")
+        return None
+
+    # ---- load: what each node receives per protected address (escalation input), on its lease ----
+
+    def put_load(self, node: str, load: dict, lease: int) -> int:
+        return self._put(f"{self.root}load/{node}", json.dumps(load, sort_keys=True), lease)
+
+    def read_loads(self) -> dict[str, dict]:
+        _, kvs = self._range(self.root + "load/")
+        out = {}
+        for kv in kvs:
+            try:
+                out[_unb64(kv["key"]).decode()[len(self.root + "load/"):]] = json.loads(_unb64(kv.get("value", "")))
+            except ValueError:
+                continue
+        return out
+
     def watch(self, start_revision: int) -> Watch:
         return Watch(self, start_revision)
 
