@@ -99,7 +99,8 @@ def clustered(draw):
                     draw(st.integers(0, 1000)), "/run/x/bird.conf", "/run/x/bird.ctl",
                     draw(st.sampled_from(["xgvip0", "vip.1"])), draw(st.integers(0, 10**9)),
                     draw(st.integers(0, 10**9)), draw(st.integers(1, 86400)),
-                    (draw(st.integers(0, 65535)), draw(st.integers(0, 65535))))
+                    (draw(st.integers(0, 65535)), draw(st.integers(0, 65535))),
+                    draw(st.integers(0, 10**9)), draw(st.integers(1, 16)))
     return Desired((), config.DaemonSpec(), c, b)
 
 
@@ -207,6 +208,15 @@ def test_pending_writes_keep_one_per_address():
     assert list(p.bans) == ["198.18.9.1"] and p.bans["198.18.9.1"][:2] == (30, "rate")
 
 
+def test_pending_writes_are_bounded_and_drop_the_soonest_expiring():
+    p = store.PendingWrites(limit=100)
+    for i in range(250):
+        p.add_ban(f"198.18.{i // 200}.{i % 200 + 1}", 1000 + i, "rate")
+    assert len(p.bans) <= 100 and p.dropped >= 150
+    ttls = sorted(v[0] for v in p.bans.values())
+    assert ttls[0] >= 1000 + 250 - 101  # the longest-lived ones are kept
+
+
 # ---- the lab's addressing ----
 
 
@@ -311,3 +321,12 @@ def test_escalation_routes_render_and_parse_with_bird(tmp_path):
         (tmp_path / name).write_text(conf)
         p = subprocess.run(["bird", "-p", "-c", str(tmp_path / name)], capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, (name, p.stderr)
+
+
+def test_overloaded_node_prepends_its_as_and_keeps_its_routes():
+    A = ipaddress.ip_address
+    b = _node_bgp(2)
+    t = bgp.render(b, [A(lc.PROT4), A(lc.PROT6)], "node2", prepend=3)
+    assert t.count("bgp_path.prepend(65001); bgp_path.prepend(65001); bgp_path.prepend(65001); accept;") == 2
+    assert 'route 198.18.0.1/32 via "xgvip0";' in t
+    assert "bgp_path.prepend" not in bgp.render(b, [A(lc.PROT4)], "node2")

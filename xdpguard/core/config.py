@@ -144,6 +144,10 @@ class BgpSpec:
     blackhole_pps: int = 0
     escalation_hold_s: int = 30  # below the threshold this long before the route is withdrawn
     blackhole_community: tuple[int, int] = (65535, 666)  # RFC 7999 BLACKHOLE
+    # overload: this node receives more than overload_pps (all protected addresses): it prepends
+    # its AS overload_prepend times (the router prefers the others, keeps it as a backup)
+    overload_pps: int = 0
+    overload_prepend: int = 3
 
 
 @dataclass(frozen=True)
@@ -375,7 +379,7 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
 _CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval"}
 _BGP_KEYS = {"local_as", "router_id", "neighbors", "announce", "bfd", "bfd_interval", "bfd_multiplier", "hold",
              "min_nodes", "bird_config", "bird_socket", "liveness_interface", "flowspec_pps", "blackhole_pps",
-             "escalation_hold", "blackhole_community"}
+             "escalation_hold", "blackhole_community", "overload_pps", "overload_prepend"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
@@ -481,7 +485,9 @@ def _bgp(ld: _Loader, d: dict) -> BgpSpec | None:
                    files["bird_config"], files["bird_socket"], live,
                    _int_in(ld, d, "flowspec_pps", p, 0, 0, 10**12),
                    _int_in(ld, d, "blackhole_pps", p, 0, 0, 10**12),
-                   _int_in(ld, d, "escalation_hold", p, BgpSpec.escalation_hold_s, 1, 86400), community)
+                   _int_in(ld, d, "escalation_hold", p, BgpSpec.escalation_hold_s, 1, 86400), community,
+                   _int_in(ld, d, "overload_pps", p, 0, 0, 10**12),
+                   _int_in(ld, d, "overload_prepend", p, BgpSpec.overload_prepend, 1, 16))
 
 
 def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limits:
@@ -926,7 +932,8 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
               f"min_nodes = {b.min_nodes}", f"bird_config = {_q(b.bird_config)}", f"bird_socket = {_q(b.bird_socket)}",
               f"liveness_interface = {_q(b.liveness_iface)}", f"flowspec_pps = {b.flowspec_pps}",
               f"blackhole_pps = {b.blackhole_pps}", f"escalation_hold = {b.escalation_hold_s}",
-              f"blackhole_community = {_q('%d:%d' % b.blackhole_community)}", ""]
+              f"blackhole_community = {_q('%d:%d' % b.blackhole_community)}", f"overload_pps = {b.overload_pps}",
+              f"overload_prepend = {b.overload_prepend}", ""]
     for s in d.interfaces:
         g = s.global_
         L += ["[[interface]]", f"name = {_q(s.name)}", f"mode = {_q(s.mode)}",

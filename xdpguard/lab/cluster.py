@@ -58,6 +58,7 @@ BFD_INTERVAL_MS, BFD_MULTIPLIER = 50, 6
 # Upstream escalation in the lab: a FlowSpec rule above 4 kpps to one protected address across
 # the cluster, a blackhole route above 15 kpps; withdrawn after 3 s below (short, for the tests).
 FLOWSPEC_PPS, BLACKHOLE_PPS, ESCALATION_HOLD_S = 4000, 15000, 3
+OVERLOAD_PPS = 6000  # one node receiving more prepends its AS path (x3)
 AGENT_LIFETIME_S = topo.SERVER_LIFETIME_S
 
 FIXED_ROLES = ("router", "etcd1", "etcd2", "etcd3", "client", "attacker", "backend")
@@ -131,6 +132,7 @@ def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1) -> str:
             f'announce = ["{PROT4}", "{PROT6}"]\nbfd = true\nbfd_interval = {BFD_INTERVAL_MS}\n'
             f"bfd_multiplier = {BFD_MULTIPLIER}\nhold = 3\nmin_nodes = {min_nodes}\n"
             f"flowspec_pps = {FLOWSPEC_PPS}\nblackhole_pps = {BLACKHOLE_PPS}\nescalation_hold = {ESCALATION_HOLD_S}\n"
+            f"overload_pps = {OVERLOAD_PPS}\n"
             f'bird_config = "{d}/bird-node{i}.conf"\nbird_socket = "{d}/bird-node{i}.ctl"\n'
             'liveness_interface = "xgvip0"\n')
 

@@ -75,9 +75,12 @@ class Escalation:
         return f"flowspec {self.address}" + (f" {what}" if what else "") + (f"/{self.dport}" if self.dport else "")
 
 
-def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations: tuple[Escalation, ...] = ()) -> str:
+def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations: tuple[Escalation, ...] = (),
+           prepend: int = 0) -> str:
     """The node's BIRD config. `announce` are the addresses to announce now (empty: withdrawn);
-    `escalations` the upstream routes this node (the elected one) announces besides."""
+    `escalations` the upstream routes this node (the elected one) announces besides; `prepend`
+    > 0 (overloaded) adds its AS that many times to the path: the router then prefers the other
+    nodes and keeps this one as a backup instead of losing it."""
     v4 = sorted(a for a in announce if a.version == 4)
     v6 = sorted(a for a in announce if a.version == 6)
     dev = bgp.liveness_iface
@@ -127,7 +130,9 @@ def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations:
               f"  neighbor {n.address} as {n.asn};",
               f"  hold time {bgp.hold_s}; connect retry time 1; error wait time 1, 5;",
               f"  bfd {'on' if bgp.bfd else 'off'}; check link on;",
-              f'  {ch} {{ import none; export where proto = "{static}" || proto = "{black}"; }};',
+              (f'  {ch} {{ import none; export where proto = "{static}" || proto = "{black}"; }};' if not prepend else
+               f'  {ch} {{ import none; export filter {{ if proto = "{static}" || proto = "{black}" then {{ '
+               + f"bgp_path.prepend({bgp.local_as}); " * prepend + "accept; } reject; }; };"),
               *([f"  flow{ver} {{ table xg_flow{ver}; import none; export all; }};"] if flowspec else []),
               "}"]
     return "\n".join(L) + "\n"

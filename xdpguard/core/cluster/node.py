@@ -40,6 +40,7 @@ OK_ACTIONS = ("attached", "updated", "unchanged")
 LOCAL_BAN_POLL_S = 0.5
 HEALTH_EVERY_S = 0.5
 DRIFT_EVERY_S = 5.0
+OVERLOAD_CALM_S = 3.0
 PROBE_TIMEOUT_S = 0.3
 
 
@@ -87,6 +88,8 @@ class NodeAgent:
         self.meter: escalate.LoadMeter | None = None
         self.escalations: dict[tuple[str, str], escalate.Active] = {}
         self.escalation_leader = False
+        self.overloaded = False
+        self._calm_since: float | None = None
         self._said: dict[str, str] = {}
 
     def say(self, topic: str, msg: str) -> None:
@@ -434,7 +437,8 @@ class NodeAgent:
             return
         addrs = bgpmod.announce_set(self.bgp, self.protected()) if on else []
         try:
-            changed = bgpmod.configure(self.bgp, bgpmod.render(self.bgp, addrs, self.node, self._escalation_routes()))
+            changed = bgpmod.configure(self.bgp, bgpmod.render(self.bgp, addrs, self.node, self._escalation_routes(),
+                                                               self.bgp.overload_prepend if self.overloaded else 0))
         except UserError as exc:
             self.say("bird", f"BIRD: {exc.message}")
             return
@@ -448,7 +452,29 @@ class NodeAgent:
         return tuple(a.escalation for a in self.escalations.values())
 
     def _escalates(self) -> bool:
-        return self.bgp is not None and bool(self.bgp.flowspec_pps or self.bgp.blackhole_pps)
+        """Whether the load meter runs: upstream escalation or overload prepending is configured."""
+        return self.bgp is not None and bool(self.bgp.flowspec_pps or self.bgp.blackhole_pps or self.bgp.overload_pps)
+
+    def overload_round(self, now: float) -> None:
+        """Prepend our AS while this node receives more than [bgp] overload_pps; back to the plain
+        path once below 70 % of it for OVERLOAD_CALM_S (hysteresis: no flapping at the edge)."""
+        if self.bgp is None or not self.bgp.overload_pps or self.meter is None:
+            return
+        pps = sum(float(e.get("pps", 0.0)) for e in self.meter.latest.values())
+        was = self.overloaded
+        if pps >= self.bgp.overload_pps:
+            self.overloaded, self._calm_since = True, None
+        elif self.overloaded and pps < 0.7 * self.bgp.overload_pps:
+            self._calm_since = self._calm_since or now
+            if now - self._calm_since >= OVERLOAD_CALM_S:
+                self.overloaded, self._calm_since = False, None
+        else:
+            self._calm_since = None
+        if self.overloaded != was:
+            self.report(f"overloaded ({pps:,.0f} pps >= {self.bgp.overload_pps:,}): prepending AS {self.bgp.local_as} "
+                        f"x{self.bgp.overload_prepend}" if self.overloaded else
+                        f"load back to {pps:,.0f} pps: plain AS path again")
+            self.set_announce(self.announcing)
 
     def escalation_round(self) -> None:
         """Publish this node's load; the elected node sums the loads and (re)decides the
@@ -494,8 +520,9 @@ class NodeAgent:
                 "synced": self.synced, "ready": self.health.ready, "reasons": self.health.reasons,
                 "announcing": self.announcing, "announced": self.announced, "announce_note": self.announce_note,
                 "interfaces": dict(self.results), "bans": len(self.store_bans),
-                "pending_writes": len(self.pending.bans), "bgp": self.bgp_state(),
-                "escalation_leader": self.escalation_leader,
+                "pending_writes": len(self.pending.bans), "pending_dropped": self.pending.dropped,
+                "bgp": self.bgp_state(),
+                "escalation_leader": self.escalation_leader, "overloaded": self.overloaded,
                 "escalations": [a.escalation.describe() for a in self.escalations.values()],
                 "load": {a: e.get("pps", 0.0) for a, e in (self.meter.latest if self.meter else {}).items()},
                 **self.counts}
@@ -588,6 +615,7 @@ class NodeAgent:
                 next_load = now + escalate.LOAD_EVERY_S
                 if self.meter is None and self.specs:
                     self.meter = escalate.LoadMeter(sorted(self.specs)).start()
+                self.overload_round(now)
                 self.escalation_round()
             if now >= next_beat and self.store_up:
                 next_beat = now + beat_every

@@ -42,6 +42,7 @@ class NodeView:
     escalation_leader: bool = False  # holds the escalate lock: decides the upstream routes
     escalations: list[str] = field(default_factory=list)  # the upstream routes it announces
     load: dict = field(default_factory=dict)  # protected address → pps this node receives
+    overloaded: bool = False  # above [bgp] overload_pps: announcing with its AS prepended
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def status(desired: Desired) -> ClusterStatus:
                               list(s.get("reasons", [])), str(s.get("announce_note", "")), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
                               int(s.get("bans", 0)), int(s.get("pending_writes", 0)),
                               bool(s.get("escalation_leader")), list(s.get("escalations", [])),
-                              dict(s.get("load", {}))))
+                              dict(s.get("load", {})), bool(s.get("overloaded"))))
     return ClusterStatus(desired.cluster.name, snap.revision, snap.state_revision, sorted(snap.desired),
                          len(snap.bans), views, sum(1 for v in views if v.announcing))
 

@@ -368,14 +368,31 @@ class Watch:
             pass
 
 
+MAX_PENDING_BANS = 65536
+
+
 @dataclass
 class PendingWrites:
-    """Writes the node could not make while the store was down: one per key, the newest wins."""
+    """Writes the node could not make while the store was down: one per key, the newest wins.
+    Bounded: beyond `limit` the bans that expire soonest go first (`dropped` counts them). Not
+    kept on disk, and need not be: a queued ban is in the node's own ban map (that is where it
+    was found), and a restarted agent finds it there again and queues it anew."""
 
     bans: dict[str, tuple[float, str, float]] = field(default_factory=dict)  # address → (ttl, reason, queued at)
+    limit: int = MAX_PENDING_BANS
+    dropped: int = 0
 
     def add_ban(self, address: str, ttl_s: float, reason: str) -> None:
-        self.bans[address] = (ttl_s, reason, time.time())
+        now = time.time()
+        self.bans[address] = (ttl_s, reason, now)
+        if len(self.bans) > self.limit:
+            live = {a: v for a, v in self.bans.items() if v[0] - (now - v[2]) >= 1}
+            self.dropped += len(self.bans) - len(live)
+            if len(live) > self.limit:
+                keep = sorted(live.items(), key=lambda kv: kv[1][0] - (now - kv[1][2]), reverse=True)[: self.limit]
+                self.dropped += len(live) - len(keep)
+                live = dict(keep)
+            self.bans = live
 
     def flush(self, store: ClusterStore, node: str) -> int:
         done = 0
