@@ -714,3 +714,42 @@ def test_overloaded_node_prepends_rather_than_vanishes(cluster):
     back = time_until(lambda: longer not in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32")
                       and len(c.hops4()) == NODES, 20, 0.05)
     print(f"plain paths and {NODES} next hops again {back:.2f} s after the flood ended")
+
+
+LIST_SIZE = r"""
+import json, sys
+from xdpguard.core import protection
+with protection.open_guard("xgp0") as g:
+    print(json.dumps({"block": g.list_size("block")}))
+"""
+
+
+def test_a_100k_blocklist_reaches_every_node_through_chunks(cluster):
+    """A desired interface with 100,000 block entries: too big for one etcd key (1.5 MiB), so
+    the list goes into content-addressed chunks and the desired key names them. Every node's
+    blocklist holds all of them; then the lab's own policy comes back and the chunks go."""
+    c = cluster
+    _healthy(c)
+    n = 100_000
+    lst = c.file("block-100k.txt")
+    lst.write_text("".join(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(n)))
+    desired = c.file("desired.toml").read_text().replace(
+        f'name = "{lc.NODE_IFACE}"\n', f'name = "{lc.NODE_IFACE}"\nblock_files = ["{lst}"]\n', 1)
+    big = c.file("desired-100k.toml")
+    big.write_text(desired)
+    t0 = time.monotonic()
+    c.xg_in("node1", "cluster", "apply", str(big), "--config", c.config(1), timeout=300)
+    put = time.monotonic() - t0
+
+    def sizes():
+        return [json.loads(c.run_in(f"node{i}", sys.executable, "-c", LIST_SIZE).stdout)["block"]
+                for i in range(1, NODES + 1)]
+
+    t = time_until(lambda: all(s >= n for s in sizes()), 120, 0.5)
+    print(f"\n{n:,} block entries: `cluster apply` {put:.2f} s, in every node's blocklist {t:.2f} s later")
+    c.xg_in("node1", "cluster", "apply", str(c.file("desired.toml")), "--config", c.config(1))
+    time_until(lambda: all(s == 0 for s in sizes()), 120, 0.5)
+    keys = c.run_in("etcd1", "etcdctl", "--endpoints", lc.ETCD_URL, "get", "--prefix", "--keys-only",
+                    f"/xdpguard/{c.name}/state/chunks/").stdout.split()
+    assert keys == [], keys  # no desired key names a chunk any more: collected
+    assert "cluster lab backend" in c.run_in("client", "curl", "-s", "-m", "3", "http://198.18.0.1/").stdout

@@ -330,3 +330,16 @@ def test_overloaded_node_prepends_its_as_and_keeps_its_routes():
     assert t.count("bgp_path.prepend(65001); bgp_path.prepend(65001); bgp_path.prepend(65001); accept;") == 2
     assert 'route 198.18.0.1/32 via "xgvip0";' in t
     assert "bgp_path.prepend" not in bgp.render(b, [A(lc.PROT4)], "node2")
+
+
+def test_list_chunks_round_trip_and_refuse_damage():
+    from xdpguard.core.prefixes import parse_prefix
+    ps = frozenset(parse_prefix(t).prefix for t in
+                   [f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}/32" for i in range(70000)] + ["2001:db8::/48", "198.51.100.0/24"])
+    bodies = store.chunk_bodies(ps)
+    assert len(bodies) == 3 and all(len(b) < 1_100_000 for b in bodies)  # under etcd's 1.5 MiB as base64
+    back = frozenset(p for b in bodies for p in store.parse_chunk(store.chunk_name(b), b))
+    assert back == ps
+    assert store.chunk_bodies(ps) == bodies  # deterministic: an unchanged list rewrites nothing
+    with pytest.raises(store.UserError, match="damaged"):
+        store.parse_chunk(store.chunk_name(bodies[0]), bodies[0][:-1])

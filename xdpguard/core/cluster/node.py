@@ -220,7 +220,10 @@ class NodeAgent:
                 self._drop_interface(name)
             else:
                 try:
-                    spec = parse_desired(ev.key, ev.value)
+                    spec = self.store.desired_from(ev.key, ev.value, ev.revision)
+                except StoreUnavailable as exc:
+                    self._store_lost(exc.message)
+                    return
                 except UserError as exc:
                     self.say(f"desired {name}", f"store: {exc.message} (keeping what is realised)")
                 else:
@@ -235,6 +238,8 @@ class NodeAgent:
                 if b is not None:
                     self.store_bans[name] = b
                     self._apply_ban(b)
+        elif kind == "chunk" and ev.kind != "delete":
+            self.store.remember_chunk(ev.key, ev.value)  # the desired key naming it comes next
         self.applied_revision = max(self.applied_revision, ev.revision)
         self.state_revision = max(self.state_revision, ev.revision)
 
