@@ -464,6 +464,12 @@ json.dump({"consistent": ok}, open(out, "w"))
 """
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (and its reaped children)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def test_burst_of_200_policy_changes_converges_on_every_node(cluster):
     c = cluster
     _healthy(c)
@@ -471,16 +477,25 @@ def test_burst_of_200_policy_changes_converges_on_every_node(cluster):
     outs = {i: c.file(f"burst-node{i}.json") for i in range(1, NODES + 1)}
     pollers = [c.start_in(f"node{i}", sys.executable, "-c", CONSISTENT, str(src), str(outs[i]), "120")
                for i in range(1, NODES + 1)]
+    agents = {i: c.pid_of(f"node{i}", "cluster run") for i in range(1, NODES + 1)}
+    cpu0 = {i: _cpu_s(pid) for i, pid in agents.items()}
     t0 = time.time()
     c.run_in("node1", sys.executable, "-c", BURST, c.config(1), "200", str(src), timeout=120)
     sent = json.loads(src.read_text())
     for p in pollers:
         p.wait(timeout=150)
+    cpu = {i: _cpu_s(pid) - cpu0[i] for i, pid in agents.items()}
+    idle0 = {i: _cpu_s(pid) for i, pid in agents.items()}
+    time.sleep(2.0)
+    idle = {i: (_cpu_s(pid) - idle0[i]) / 2.0 for i, pid in agents.items()}
     res = {i: json.loads(o.read_text())["consistent"] for i, o in outs.items()}
     assert all(res.values()), res
     worst = max(res.values()) - sent["sent"]
     print(f"\n200 policy changes in {sent['sent'] - t0:.2f} s; every node's maps equal the last one "
           f"{max(worst, 0):.2f} s after it was written")
+    print("agent CPU for the 200 changes (incl. its idle loop over the same time): "
+          + ", ".join(f"node{i} {v:.2f} s ({v * 5:.1f} s per 1,000 changes)" for i, v in cpu.items())
+          + "; idle afterwards: " + ", ".join(f"node{i} {v * 100:.0f} %" for i, v in idle.items()))
 
     def same_revision():
         nodes = c.status()["nodes"]
