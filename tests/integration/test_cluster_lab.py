@@ -221,9 +221,16 @@ def test_link_down_is_gone_from_the_router(cluster):
         assert "cluster lab backend" in p.stdout
     finally:
         c.run_in("node2", "ip", "link", "set", lc.NODE_IFACE, "up")
-        lc.restore_node_routes(2, c.name)  # the kernel dropped the routes via the downed link
+    # the link is back but the kernel dropped the routes via it: node2 reaches its backends, not its
+    # clients — it must not announce (require_routes)
+    try:
+        time_until(lambda: any("no route to 198.18.8.0/24" in r for n in c.status()["nodes"] if n["node"] == "node2"
+                               for r in n["reasons"]), 10, 0.2)
+        assert victim not in c.hops4()
+    finally:
+        lc.restore_node_routes(2, c.name)
     back = time_until(lambda: victim in c.hops4(), 30, 0.05)
-    print(f"node2's link up: back after {back:.2f} s")
+    print(f"node2's link up and its routes back: announcing again after {back:.2f} s")
     # every flow answers again, node2's included (24 source ports spread over all nodes)
     for port in range(42000, 42024):
         p = c.run_in("client", "curl", "-s", "-m", "2", "--local-port", str(port), "http://198.18.0.1/", check=False)

@@ -100,7 +100,9 @@ def clustered(draw):
                     draw(st.sampled_from(["xgvip0", "vip.1"])), draw(st.integers(0, 10**9)),
                     draw(st.integers(0, 10**9)), draw(st.integers(1, 86400)),
                     (draw(st.integers(0, 65535)), draw(st.integers(0, 65535))),
-                    draw(st.integers(0, 10**9)), draw(st.integers(1, 16)))
+                    draw(st.integers(0, 10**9)), draw(st.integers(1, 16)),
+                    tuple(ipaddress.ip_network(n) for n in draw(st.lists(
+                        st.sampled_from(["0.0.0.0/0", "::/0", "198.18.8.0/24"]), max_size=3, unique=True))))
     return Desired((), config.DaemonSpec(), c, b)
 
 
@@ -343,3 +345,4 @@ def test_list_chunks_round_trip_and_refuse_damage():
     assert store.chunk_bodies(ps) == bodies  # deterministic: an unchanged list rewrites nothing
     with pytest.raises(store.UserError, match="damaged"):
         store.parse_chunk(store.chunk_name(bodies[0]), bodies[0][:-1])
+

@@ -148,6 +148,9 @@ class BgpSpec:
     # its AS overload_prepend times (the router prefers the others, keeps it as a backup)
     overload_pps: int = 0
     overload_prepend: int = 3
+    # prefixes the node must have a route to (its clients' side, e.g. 0.0.0.0/0 and ::/0): a node
+    # that reaches its backends but cannot answer its clients withdraws
+    require_routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -379,7 +382,7 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
 _CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval"}
 _BGP_KEYS = {"local_as", "router_id", "neighbors", "announce", "bfd", "bfd_interval", "bfd_multiplier", "hold",
              "min_nodes", "bird_config", "bird_socket", "liveness_interface", "flowspec_pps", "blackhole_pps",
-             "escalation_hold", "blackhole_community", "overload_pps", "overload_prepend"}
+             "escalation_hold", "blackhole_community", "overload_pps", "overload_prepend", "require_routes"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
@@ -469,6 +472,15 @@ def _bgp(ld: _Loader, d: dict) -> BgpSpec | None:
     if not _IFNAME_RE.match(live):
         ld.fail(p + ("liveness_interface",), f"must be an interface name (1-15 characters), got {live!r}")
         live = BgpSpec.liveness_iface
+    routes = []
+    for i, v in enumerate(ld.strs(d, "require_routes", p)):
+        try:
+            net = ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            ld.fail(p + ("require_routes", i), f"must be a prefix (CIDR), got {v!r}")
+            continue
+        if net not in routes:
+            routes.append(net)
     community = BgpSpec.blackhole_community
     text = ld.get(d, "blackhole_community", p, "str", "65535:666")
     m = re.fullmatch(r"(\d{1,5}):(\d{1,5})", text)
@@ -487,7 +499,7 @@ def _bgp(ld: _Loader, d: dict) -> BgpSpec | None:
                    _int_in(ld, d, "blackhole_pps", p, 0, 0, 10**12),
                    _int_in(ld, d, "escalation_hold", p, BgpSpec.escalation_hold_s, 1, 86400), community,
                    _int_in(ld, d, "overload_pps", p, 0, 0, 10**12),
-                   _int_in(ld, d, "overload_prepend", p, BgpSpec.overload_prepend, 1, 16))
+                   _int_in(ld, d, "overload_prepend", p, BgpSpec.overload_prepend, 1, 16), tuple(routes))
 
 
 def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limits:
@@ -933,7 +945,8 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
               f"liveness_interface = {_q(b.liveness_iface)}", f"flowspec_pps = {b.flowspec_pps}",
               f"blackhole_pps = {b.blackhole_pps}", f"escalation_hold = {b.escalation_hold_s}",
               f"blackhole_community = {_q('%d:%d' % b.blackhole_community)}", f"overload_pps = {b.overload_pps}",
-              f"overload_prepend = {b.overload_prepend}", ""]
+              f"overload_prepend = {b.overload_prepend}",
+              "require_routes = " + _arr(_q(str(n)) for n in b.require_routes), ""]
     for s in d.interfaces:
         g = s.global_
         L += ["[[interface]]", f"name = {_q(s.name)}", f"mode = {_q(s.mode)}",

@@ -133,6 +133,7 @@ def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1) -> str:
             f"bfd_multiplier = {BFD_MULTIPLIER}\nhold = 3\nmin_nodes = {min_nodes}\n"
             f"flowspec_pps = {FLOWSPEC_PPS}\nblackhole_pps = {BLACKHOLE_PPS}\nescalation_hold = {ESCALATION_HOLD_S}\n"
             f"overload_pps = {OVERLOAD_PPS}\n"
+            'require_routes = ["198.18.8.0/24", "2001:db8:8::/64"]\n'
             f'bird_config = "{d}/bird-node{i}.conf"\nbird_socket = "{d}/bird-node{i}.ctl"\n'
             'liveness_interface = "xgvip0"\n')
 

@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,24 @@ HEALTH_EVERY_S = 0.5
 DRIFT_EVERY_S = 5.0
 OVERLOAD_CALM_S = 3.0
 PROBE_TIMEOUT_S = 0.3
+
+
+def missing_routes(prefixes) -> list[str]:
+    """A reason per prefix this namespace has no usable route to (none, or unreachable,
+    blackhole or prohibit): the way back to the clients."""
+    out = []
+    for net in prefixes:
+        probe = net.network_address if net.prefixlen == net.max_prefixlen else net.network_address + 1
+        p = subprocess.run(["ip", f"-{net.version}", "-j", "route", "get", str(probe)], capture_output=True,
+                           text=True, timeout=5, stdin=subprocess.DEVNULL)
+        try:
+            routes = json.loads(p.stdout or "[]") if p.returncode == 0 else []
+        except ValueError:
+            routes = []
+        kinds = {r.get("type", "unicast") for r in routes}
+        if not routes or kinds & {"unreachable", "blackhole", "prohibit", "throw"}:
+            out.append(f"no route to {net} (require_routes): clients could not be answered")
+    return out
 
 
 @dataclass
@@ -361,6 +380,8 @@ class NodeAgent:
                 continue
         if self.backend_rounds == 0:
             reasons.append("backends not probed yet")
+        if self.bgp is not None and self.bgp.require_routes:
+            reasons += missing_routes(self.bgp.require_routes)
         return reasons + [r for r in self.backend_reasons if r.split(":")[0] in self.specs]
 
     def protected(self) -> list:
