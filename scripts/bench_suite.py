@@ -83,8 +83,8 @@ IPT, IP6T = ("iptables-legacy", "ip6tables-legacy") if shutil.which("iptables-le
 class Profile:
     rounds: int  # interleaved rounds of every section
     repeat: int  # BPF_PROG_TEST_RUN repeat per call
-    flood_count: int  # trafgen packet bound per run
-    flood_s: float  # trafgen time bound per run
+    flood_count: int  # generator packet bound per run
+    flood_s: float  # generator time bound per run
     counts: tuple[int, ...]  # section 3
     ipt_cap: int  # section 3: most ip6tables rules
     load_n: int  # section 4
@@ -93,7 +93,7 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile(5, 1_000_000, 5_000_000, 2.0, (1, 100, 10_000, 100_000, 1_000_000), 10_000, 1_000_000, 3, 1000),
+    "full": Profile(5, 1_000_000, 5_000_000, 1.5, (1, 100, 10_000, 100_000, 1_000_000), 10_000, 1_000_000, 3, 500),
     "quick": Profile(3, 100_000, 1_000_000, 1.0, (1, 100, 10_000), 10_000, 10_000, 1, 300),
     "smoke": Profile(1, 20_000, 100_000, 0.3, (1, 100), 100, 1_000, 1, 100),
 }
@@ -533,7 +533,7 @@ def section_scale(flood: Flood, nss: dict[str, str], bed: TestBed, p: Profile) -
         have = n
         names = [v for v in SCALE_VARIANTS if v != "ip6tables rules" or n <= p.ipt_cap]
         samples: dict[str, list[dict]] = {v: [] for v in names}
-        for _, order in rotations(names, p.rounds):
+        for _, order in rotations(names, min(p.rounds, 3)):
             for v in order:
                 samples[v].append(flood.run(SCALE_NS[v], 6))
         for v in names:
@@ -691,7 +691,7 @@ def section_load(lab: Lab, xg_ns: str, p: Profile) -> dict:
     lab.defer("ipset destroy", subprocess.run, ["ip", "netns", "exec", ns, "ipset", "destroy"], capture_output=True)
     runs = {"xdpguard block load": xdpguard, "ipset restore": ipset, "nft -f": nft}
     samples: dict[str, list[float]] = {k: [] for k in runs}
-    for r, order in rotations(list(runs), max(2, p.rounds)):
+    for r, order in rotations(list(runs), max(2, min(p.rounds, 3))):
         for k in order:
             samples[k].append(runs[k]())
         log(f"  load round {r + 1}: " + ", ".join(f"{k} {samples[k][-1]:.2f} s" for k in runs))
