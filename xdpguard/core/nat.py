@@ -12,9 +12,9 @@ Ruleset shape (see :func:`build_ruleset`)::
       counter traffic_<id>   packets/bytes of forwarded flows of one rule, both directions
       counter new_<id>       new connections that hit the rule (DNATed or dropped)
       set persist_<id>_<n>   clients pinned to healthy backend n (persistent rules only)
-      map traffic_marks      ct mark (our bits) → traffic_<id>: which counter a forwarded flow feeds
-      chain prerouting   nat hook prerouting priority dstnat (-100): DNAT PROTECTED:PORT → backend,
-                         and the flow's ct mark set to the rule's id
+      map traffic_marks      ct mark (our bits) → traffic_<id>: the counter a forwarded flow feeds
+      chain prerouting   nat hook prerouting priority dstnat (-100): DNAT PROTECTED:PORT →
+                         backend, and the flow's ct mark set to the rule's id
       chain postrouting  nat hook postrouting priority srcnat (100): masquerade our DNATed flows
       chain forward      filter hook forward priority filter (0): ONE rule, ``counter name ct mark
                          & 0xffff0000 map @traffic_marks`` (only while there are rules)
@@ -134,7 +134,8 @@ def persist_set_name(rule: ForwardRule, index: int) -> str:
 
 def traffic_marks(keys: Iterable[str]) -> dict[str, int]:
     """Rule key → its conntrack mark (id << 16). The id is crc32(key) mod 65535 + 1, so it is the
-    same in every apply; on a collision the later key (in the given order) takes the next free id."""
+    same in every apply; on a collision the later key (in the given order) takes the next free
+    id."""
     taken: set[int] = set()
     out: dict[str, int] = {}
     for key in keys:
@@ -472,7 +473,8 @@ def build_ruleset(
             }
         )
         head.append(_chain(table, FORWARD_CHAIN, "filter", "forward", FILTER_PRIORITY))
-        lookup = {"map": {"key": {"&": [{"ct": {"key": "mark"}}, MARK_MASK]}, "data": "@" + TRAFFIC_MAP}}
+        our_bits = {"&": [{"ct": {"key": "mark"}}, MARK_MASK]}
+        lookup = {"map": {"key": our_bits, "data": "@" + TRAFFIC_MAP}}
         forward.append(
             {
                 "add": {
