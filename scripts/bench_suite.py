@@ -562,15 +562,24 @@ table inet plain {{
 }}
 """
 # What our table's forward chain was before: one four-match counter rule per forwarding rule.
-OLD_COUNTERS = "table inet oldcount {\n" + "".join(f"  counter c{p} {{ }}\n" for p in FWD_PORTS) + \
-    "  chain forward { type filter hook forward priority 0;\n" + "".join(
-        f"    ct status dnat ct original ip daddr {PROT} meta l4proto tcp ct original proto-dst {p} counter name c{p}\n"
-        for p in FWD_PORTS) + "  }\n}\n"
+
+
+def old_counters(extra: list[int]) -> str:
+    """What our table's forward chain was before: one four-match counter rule per forwarding
+    rule (the measured ports' rules last, as if they had been added last)."""
+    ports = [*extra, *FWD_PORTS]
+    return ("table inet oldcount {\n" + "".join(f"  counter c{p} {{ }}\n" for p in ports)
+            + "  chain forward { type filter hook forward priority 0;\n" + "".join(
+                f"    ct status dnat ct original ip daddr {PROT} meta l4proto tcp ct original proto-dst {p} counter name c{p}\n"
+                for p in ports) + "  }\n}\n")
+
+
 OUR_TABLE = """
-import json, sys
+import sys
 from xdpguard.core import nat
 from xdpguard.core.forwarding import make_rule
-rules = [make_rule("tcp", sys.argv[1], str(p), f"{sys.argv[2]}:{p}") for p in (5201, 80)]
+ports = [int(p) for p in sys.argv[3].split(",") if p] + [5201, 80]
+rules = [make_rule("tcp", sys.argv[1], str(p), f"{sys.argv[2]}:{p}") for p in ports]
 nat.NftApplier().apply(nat.build_ruleset(rules))
 """
 FWD_VARIANTS = ("xdpguard", "nft DNAT", "nft DNAT + XDP_PASS", "our nft table, no XDP", "nft DNAT + old counter chain",
@@ -594,7 +603,10 @@ def fwd_topology(lab: Lab, tag: str, budget: float, www: Path) -> tuple[str, str
     return client, prot
 
 
-def setup_forward(lab: Lab, budget: float) -> tuple[dict[str, str], str]:
+def setup_forward(lab: Lab, budget: float, fwd_rules: int = 2) -> tuple[dict[str, str], str]:
+    """fwd_rules: forwarding rules in "our nft table" and "old counter chain" (the two measured
+    ones plus dummies on other ports), to show how the forward-path cost grows with them."""
+    extra = list(range(20000, 20000 + max(0, fwd_rules - len(FWD_PORTS))))
     www = Path(tempfile.mkdtemp(prefix="xgbench-www-"))
     os.chmod(www, 0o755)
     (www / "index.html").write_text("ok\n")
@@ -611,11 +623,11 @@ def setup_forward(lab: Lab, budget: float) -> tuple[dict[str, str], str]:
     for v in FWD_VARIANTS[1:]:
         lab.sysctl(prots[v], "net.ipv4.ip_forward", 1)
         if v == "our nft table, no XDP":
-            nsx(prots[v], sys.executable, "-c", OUR_TABLE, PROT, BACKEND, cwd=str(REPO))
+            nsx(prots[v], sys.executable, "-c", OUR_TABLE, PROT, BACKEND, ",".join(map(str, extra)), cwd=str(REPO))
             continue
         nsx(prots[v], "nft", "-f", "-", input=PLAIN_NFT)
         if v == "nft DNAT + old counter chain":
-            nsx(prots[v], "nft", "-f", "-", input=OLD_COUNTERS)
+            nsx(prots[v], "nft", "-f", "-", input=old_counters(extra))
         if v == "nft DNAT + empty forward chain":
             nsx(prots[v], "nft", "-f", "-", input=EMPTY_FORWARD)
     import bcc  # noqa: PLC0415  (bcc is a distribution package, imported when needed)
@@ -864,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="results folder (default bench-results/<timestamp>/)")
     ap.add_argument("--only", default="1,2,3,4,5", help="sections to run, e.g. 1,5")
     ap.add_argument("--cases", help="MODULE:FUNCTION returning the per-packet case list (default: the built-in one)")
+    ap.add_argument("--fwd-rules", type=int, default=2, metavar="N",
+                    help="forwarding rules in the 'our nft table' and 'old counter chain' variants (default 2)")
     ap.add_argument("--livegen", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.livegen:
@@ -876,6 +890,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--only takes section numbers, e.g. 1,3")
     if not only <= {1, 2, 3, 4, 5}:
         ap.error("--only: sections are 1 to 5")
+    if not 2 <= a.fwd_rules <= 10_000:
+        ap.error("--fwd-rules must be between 2 and 10,000")
     if os.geteuid() != 0:
         print("xdpguard: error: bench needs root (test runs, namespaces, nftables)", file=sys.stderr)
         return 2
@@ -893,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"kernel": os.uname().release, "cpus": os.cpu_count(), "loadavg_1m_at_start": load1,
                     "model": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")},
         "profile": prof_name,
-        "config": p.__dict__,
+        "config": {**p.__dict__, "fwd_rules": a.fwd_rules},
         "note": "medians of interleaved rounds; shared, noisy machine: ratios, not absolute numbers, are meaningful",
     }
     log(f"xdpguard bench ({prof_name}): {doc['machine']['model']}, {doc['machine']['cpus']} CPUs, "
@@ -919,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         if 5 in only or 4 in only:
             budget = p.rounds * len(FWD_VARIANTS) * (p.fwd_s + p.requests * 0.02 + 10) + 1200
             log("5. forwarding (setup: compiles xdpguard)")
-            clients, xg_ns = setup_forward(lab, budget)
+            clients, xg_ns = setup_forward(lab, budget, a.fwd_rules)
             if 5 in only:
                 doc["5_forward"] = section_forward(clients, p)
         if 4 in only:
