@@ -13,7 +13,7 @@ masquerade and no XDP. Per round and variant (interleaved):
   close), so every one goes through conntrack + DNAT; median and p99 in ms.
 
 A fourth, `xg-nft-only`, is xdpguard's own NAT table with its XDP program taken off: the
-difference to `plain` is what our nft ruleset (per-rule traffic counters in a forward chain)
+difference to `plain` is what our nft ruleset (the forward chain's counter rule)
 costs. A third topology, `xdp-pass`, is the plain one plus a bare `XDP_PASS` program attached natively
 to the same interface: it separates what native XDP on a veth costs by itself (the veth then
 hands XDP one linear buffer per packet instead of GSO super-packets) from what xdpguard's

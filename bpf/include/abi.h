@@ -30,7 +30,10 @@
 #define XG_REASON_SYNCOOKIE   14  /* not passed: a SYN answered with a SYN cookie (XDP_TX), or an ACK
                                    * whose cookie is bad (dropped); xg_cookie_pcpu splits the two */
 #define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
-#define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu */
+#ifndef XG_REASON_MAX
+#define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
+                                     * this wave: -D16 builds that layout for the upgrade test) */
+#endif
 
 /* Verdict kinds: the first dimension of xg_stats_pcpu. */
 #define XG_KIND_PASS       0   /* XDP_PASS */

@@ -221,9 +221,16 @@ def test_link_down_is_gone_from_the_router(cluster):
         assert "cluster lab backend" in p.stdout
     finally:
         c.run_in("node2", "ip", "link", "set", lc.NODE_IFACE, "up")
-        lc.restore_node_routes(2, c.name)  # the kernel dropped the routes via the downed link
+    # the link is back but the kernel dropped the routes via it: node2 reaches its backends, not its
+    # clients — it must not announce (require_routes)
+    try:
+        time_until(lambda: any("no route to 198.18.8.0/24" in r for n in c.status()["nodes"] if n["node"] == "node2"
+                               for r in n["reasons"]), 10, 0.2)
+        assert victim not in c.hops4()
+    finally:
+        lc.restore_node_routes(2, c.name)
     back = time_until(lambda: victim in c.hops4(), 30, 0.05)
-    print(f"node2's link up: back after {back:.2f} s")
+    print(f"node2's link up and its routes back: announcing again after {back:.2f} s")
     # every flow answers again, node2's included (24 source ports spread over all nodes)
     for port in range(42000, 42024):
         p = c.run_in("client", "curl", "-s", "-m", "2", "--local-port", str(port), "http://198.18.0.1/", check=False)
@@ -464,6 +471,12 @@ json.dump({"consistent": ok}, open(out, "w"))
 """
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (and its reaped children)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def test_burst_of_200_policy_changes_converges_on_every_node(cluster):
     c = cluster
     _healthy(c)
@@ -471,16 +484,25 @@ def test_burst_of_200_policy_changes_converges_on_every_node(cluster):
     outs = {i: c.file(f"burst-node{i}.json") for i in range(1, NODES + 1)}
     pollers = [c.start_in(f"node{i}", sys.executable, "-c", CONSISTENT, str(src), str(outs[i]), "120")
                for i in range(1, NODES + 1)]
+    agents = {i: c.pid_of(f"node{i}", "cluster run") for i in range(1, NODES + 1)}
+    cpu0 = {i: _cpu_s(pid) for i, pid in agents.items()}
     t0 = time.time()
     c.run_in("node1", sys.executable, "-c", BURST, c.config(1), "200", str(src), timeout=120)
     sent = json.loads(src.read_text())
     for p in pollers:
         p.wait(timeout=150)
+    cpu = {i: _cpu_s(pid) - cpu0[i] for i, pid in agents.items()}
+    idle0 = {i: _cpu_s(pid) for i, pid in agents.items()}
+    time.sleep(2.0)
+    idle = {i: (_cpu_s(pid) - idle0[i]) / 2.0 for i, pid in agents.items()}
     res = {i: json.loads(o.read_text())["consistent"] for i, o in outs.items()}
     assert all(res.values()), res
     worst = max(res.values()) - sent["sent"]
     print(f"\n200 policy changes in {sent['sent'] - t0:.2f} s; every node's maps equal the last one "
           f"{max(worst, 0):.2f} s after it was written")
+    print("agent CPU for the 200 changes (incl. its idle loop over the same time): "
+          + ", ".join(f"node{i} {v:.2f} s ({v * 5:.1f} s per 1,000 changes)" for i, v in cpu.items())
+          + "; idle afterwards: " + ", ".join(f"node{i} {v * 100:.0f} %" for i, v in idle.items()))
 
     def same_revision():
         nodes = c.status()["nodes"]
@@ -620,3 +642,136 @@ def test_client_barely_notices_a_node_dying(cluster):
     # shared, at times overloaded machine, and its own stalls count as pauses); the worst is printed.
     assert lost < res["sent"] * 0.05
     assert gaps[len(gaps) // 2] < 1.0
+
+
+def _router_birdc(c: Cluster, *args: str) -> str:
+    return subprocess.run(["birdc", "-s", str(c.file("bird-router.ctl")), *args], capture_output=True, text=True,
+                          timeout=10).stdout
+
+
+def _router_route4(c: Cluster) -> str:
+    return c.run_in("router", "ip", "-4", "route", "show", lc.PROT4).stdout
+
+
+def _flood(c: Cluster, pps: int, seconds: int) -> subprocess.Popen:
+    mac = json.loads(c.run_in("router", "ip", "-j", "link", "show", "xgu-atk").stdout)[0]["address"]
+    return c.start_in("attacker", sys.executable, "-m", "xdpguard.lab.flood", "--iface", "eth0", "--dst-mac", mac,
+                      "--dst", lc.PROT4, "--kind", "udp", "--spoof", "198.18.8.128/25", "--sources", "128",
+                      "--dport", "7", "--count", str(pps * seconds), "--duration", str(seconds), "--pps", str(pps))
+
+
+def test_attack_escalates_upstream_and_is_withdrawn_after(cluster):
+    """A spoofed UDP flood at the protective IP, spread by ECMP over the nodes: above
+    lc.FLOWSPEC_PPS across the cluster the elected node announces a FlowSpec rule with the
+    flood's fingerprint (udp, dport 7, traffic-rate 0) — the router's flow table holds it;
+    above lc.BLACKHOLE_PPS a /32 with the RTBH community, which the router turns into a kernel
+    blackhole route. Both are withdrawn once the flood has been below for the hold time."""
+    c = cluster
+    _healthy(c)
+    leaders = [n["node"] for n in c.status()["nodes"] if n.get("escalation_leader")]
+    assert len(leaders) == 1, c.status()
+    t0 = time.monotonic()
+    flood = _flood(c, 2 * lc.FLOWSPEC_PPS, 8)
+    try:
+        seen = time_until(lambda: f"{lc.PROT4}/32" in _router_birdc(c, "show", "route", "table", "rflow4"), 8, 0.02)
+        table = _router_birdc(c, "show", "route", "table", "rflow4", "all")
+        print(f"\nFlowSpec rule at the router {seen:.2f} s after a {2 * lc.FLOWSPEC_PPS} pps flood began "
+              f"(threshold {lc.FLOWSPEC_PPS} pps across {NODES} nodes):\n{table}")
+        assert "proto 17" in table and "dport 7" in table, table
+        assert "(generic, 0x80060000, 0x0)" in table, table  # traffic-rate 0
+        assert "blackhole" not in _router_route4(c)
+        assert len(c.hops4()) == NODES  # the plain announcement still spreads over every node
+    finally:
+        flood.wait(timeout=30)
+    ended = time.monotonic()
+    gone = time_until(lambda: f"{lc.PROT4}/32" not in _router_birdc(c, "show", "route", "table", "rflow4"),
+                      lc.ESCALATION_HOLD_S + 10, 0.05)
+    print(f"FlowSpec rule withdrawn {gone:.2f} s after the flood ended (hold {lc.ESCALATION_HOLD_S} s)")
+    assert gone >= lc.ESCALATION_HOLD_S - 1.0
+    assert time.monotonic() - t0 < 60
+
+    flood = _flood(c, 2 * lc.BLACKHOLE_PPS, 6)
+    try:
+        seen = time_until(lambda: "blackhole" in _router_route4(c), 8, 0.02)
+        route = _router_birdc(c, "show", "route", f"{lc.PROT4}/32", "all")
+        print(f"blackhole route at the router {seen:.2f} s after a {2 * lc.BLACKHOLE_PPS} pps flood began:\n{route}")
+        assert "(65535,666)" in route, route
+    finally:
+        flood.wait(timeout=30)
+    ended = time.monotonic()
+    back = time_until(lambda: "blackhole" not in _router_route4(c) and len(c.hops4()) == NODES,
+                      lc.ESCALATION_HOLD_S + 15, 0.05)
+    print(f"blackhole withdrawn, {NODES} next hops again {back:.2f} s after the flood ended")
+    time_until(lambda: f"{lc.PROT4}/32" not in _router_birdc(c, "show", "route", "table", "rflow4"),
+               lc.ESCALATION_HOLD_S + 10, 0.05)
+    log = "".join(p.read_text(errors="replace") for p in (c.run_dir / f"cluster-{c.name}" / "logs").glob("*node*"))
+    assert "escalated: flowspec 198.18.0.1 udp/7" in log and "escalated: blackhole 198.18.0.1" in log
+    assert "escalation withdrawn: blackhole 198.18.0.1" in log
+    assert ended - t0 < 120
+
+
+def test_overloaded_node_prepends_rather_than_vanishes(cluster):
+    """One flow (one source, one port pair: ECMP puts it on one node) above lc.OVERLOAD_PPS: that
+    node prepends its AS; the router keeps its route (as a longer path) and still has one route per
+    node; once the flow is gone the plain paths come back."""
+    c = cluster
+    _healthy(c)
+    mac = json.loads(c.run_in("router", "ip", "-j", "link", "show", "xgu-atk").stdout)[0]["address"]
+    pps = int(1.5 * lc.OVERLOAD_PPS)
+    flood = c.start_in("attacker", sys.executable, "-m", "xdpguard.lab.flood", "--iface", "eth0", "--dst-mac", mac,
+                       "--dst", lc.PROT4, "--kind", "udp", "--src", lc.ATTACKER4, "--sport", "40000", "--dport", "7",
+                       "--count", str(pps * 6), "--duration", "6", "--pps", str(pps))
+    longer = f"BGP.as_path: {lc.NODE_AS} {lc.NODE_AS} {lc.NODE_AS} {lc.NODE_AS}"
+    try:
+        seen = time_until(lambda: longer in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32"), 8, 0.02)
+        routes = _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32")
+        print(f"\nan overloaded node prepended its AS {seen:.2f} s after a {pps} pps single-flow flood began:\n{routes}")
+        # the overloaded node is still there, as a longer path (`seen`). The others normally are too
+        # (3 routes); once, on a machine at load 7, two of them had been withdrawn for ill health
+        # (0.3 s probe timeouts) at that moment: printed, not asserted.
+        print("nodes:", [(n["node"], n["ready"], n["reasons"], n["overloaded"])
+                         for n in c.status()["nodes"]], f"routes at the router: {routes.count('BGP.as_path:')}")
+    finally:
+        flood.wait(timeout=30)
+    back = time_until(lambda: longer not in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32")
+                      and len(c.hops4()) == NODES, 20, 0.05)
+    print(f"plain paths and {NODES} next hops again {back:.2f} s after the flood ended")
+
+
+LIST_SIZE = r"""
+import json, sys
+from xdpguard.core import protection
+with protection.open_guard("xgp0") as g:
+    print(json.dumps({"block": g.list_size("block")}))
+"""
+
+
+def test_a_100k_blocklist_reaches_every_node_through_chunks(cluster):
+    """A desired interface with 100,000 block entries: too big for one etcd key (1.5 MiB), so
+    the list goes into content-addressed chunks and the desired key names them. Every node's
+    blocklist holds all of them; then the lab's own policy comes back and the chunks go."""
+    c = cluster
+    _healthy(c)
+    n = 100_000
+    lst = c.file("block-100k.txt")
+    lst.write_text("".join(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(n)))
+    desired = c.file("desired.toml").read_text().replace(
+        f'name = "{lc.NODE_IFACE}"\n', f'name = "{lc.NODE_IFACE}"\nblock_files = ["{lst}"]\n', 1)
+    big = c.file("desired-100k.toml")
+    big.write_text(desired)
+    t0 = time.monotonic()
+    c.xg_in("node1", "cluster", "apply", str(big), "--config", c.config(1), timeout=300)
+    put = time.monotonic() - t0
+
+    def sizes():
+        return [json.loads(c.run_in(f"node{i}", sys.executable, "-c", LIST_SIZE).stdout)["block"]
+                for i in range(1, NODES + 1)]
+
+    t = time_until(lambda: all(s >= n for s in sizes()), 120, 0.5)
+    print(f"\n{n:,} block entries: `cluster apply` {put:.2f} s, in every node's blocklist {t:.2f} s later")
+    c.xg_in("node1", "cluster", "apply", str(c.file("desired.toml")), "--config", c.config(1))
+    time_until(lambda: all(s == 0 for s in sizes()), 120, 0.5)
+    keys = c.run_in("etcd1", "etcdctl", "--endpoints", lc.ETCD_URL, "get", "--prefix", "--keys-only",
+                    f"/xdpguard/{c.name}/state/chunks/").stdout.split()
+    assert keys == [], keys  # no desired key names a chunk any more: collected
+    assert "cluster lab backend" in c.run_in("client", "curl", "-s", "-m", "3", "http://198.18.0.1/").stdout

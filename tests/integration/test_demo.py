@@ -33,7 +33,7 @@ def test_demo_end_to_end(tmp_path):
     name = f"d{os.getpid() % 10_000_000}"
     env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
     p = subprocess.run([sys.executable, "-m", "xdpguard.lab.demo", "--quick"], capture_output=True, text=True,
-                       env=env, timeout=300, stdin=subprocess.DEVNULL)
+                       env=env, timeout=600, stdin=subprocess.DEVNULL)
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
     assert "== with protection" in out and "== without protection" in out and "== summary" in out
@@ -60,5 +60,14 @@ def test_demo_end_to_end(tmp_path):
     w, wo = rows["spoofed-udp:7"]
     assert wo["backend"] >= 1000 and wo["backend"] >= 3 * w["backend"], (w, wo)
     assert "nothing left behind" in out
+    # the second act: three nodes behind one anycast IP, one dies mid-attack
+    act = out.split("== many nodes, one protective IP", 1)[1]
+    assert "3 next hops" in act, act
+    gone = float(re.search(r"the router dropped node2 (\d+) ms after it died", act)[1])
+    assert gone < 1000, act  # link down: the BGP session drops at once (tens of ms)
+    after = re.search(r"2 nodes left: +http \S+: (\d+)/(\d+) answered", act)
+    assert int(after[1]) >= 0.9 * int(after[2]), act  # the survivors carry the client
+    assert "cluster lab down: removed" in act and "nothing left behind" in act.split("== cluster lab down", 1)[1]
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")]
     assert not [r for r in topology.ROLES if os.path.exists(f"/run/netns/xg-{name}-{r}")]
     assert not (tmp_path / "run" / f"lab-{name}.json").exists()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from xdpguard.cli.main import run
 from xdpguard.core import config
-from xdpguard.core.cluster import bgp, store
+from xdpguard.core.cluster import bgp, escalate, store
 from xdpguard.core.config import BgpNeighbor, BgpSpec, ClusterSpec, Desired, InterfaceSpec
 from xdpguard.lab import cluster as lc
 
@@ -65,6 +65,12 @@ def test_a_config_without_the_sections_is_unchanged():
      'bird_socket = "relative.ctl"\n', "n.toml:5: bgp.bird_socket: must be an absolute path"),
     ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
      'liveness_interface = "much-too-long-name"\n', "bgp.liveness_interface: must be an interface name"),
+    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+     'blackhole_community = "65535:99999"\n', "n.toml:5: bgp.blackhole_community: must be ASN:VALUE"),
+    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+     'escalation_hold = 0\n', "n.toml:5: bgp.escalation_hold: must be 1 to 86400"),
+    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+     'flowspec_pps = -1\n', "n.toml:5: bgp.flowspec_pps: must be 0 to"),
 ])
 def test_bad_sections_name_file_line_and_field(snippet, needle):
     with pytest.raises(config.ConfigError) as ei:
@@ -91,7 +97,12 @@ def clustered(draw):
                     tuple(sorted(announce, key=config.addr_order)), draw(st.booleans()),
                     draw(st.integers(10, 10000)), draw(st.integers(2, 255)), draw(st.integers(3, 65535)),
                     draw(st.integers(0, 1000)), "/run/x/bird.conf", "/run/x/bird.ctl",
-                    draw(st.sampled_from(["xgvip0", "vip.1"])))
+                    draw(st.sampled_from(["xgvip0", "vip.1"])), draw(st.integers(0, 10**9)),
+                    draw(st.integers(0, 10**9)), draw(st.integers(1, 86400)),
+                    (draw(st.integers(0, 65535)), draw(st.integers(0, 65535))),
+                    draw(st.integers(0, 10**9)), draw(st.integers(1, 16)),
+                    tuple(ipaddress.ip_network(n) for n in draw(st.lists(
+                        st.sampled_from(["0.0.0.0/0", "::/0", "198.18.8.0/24"]), max_size=3, unique=True))))
     return Desired((), config.DaemonSpec(), c, b)
 
 
@@ -119,7 +130,7 @@ def test_every_node_renders_the_same_path_attributes():
     assert strip[0] == strip[1] == strip[2]
     t = texts[0]
     assert 'route 198.18.0.1/32 via "xgvip0";' in t and 'route 2001:db8:0:1::1/128 via "xgvip0";' in t
-    assert t.count("check link;") == 2  # the routes live only while the liveness device is up
+    assert t.count("check link;") == 4  # the routes (plain and blackhole) live only while the liveness device is up
     assert "local as 65001;" in t and "bfd on;" in t
     assert 'export where proto = "xg_vip4"' in t and 'export where proto = "xg_vip6"' in t
     assert "bgp_path.prepend" not in t and "bgp_med" not in t and "bgp_community" not in t
@@ -199,6 +210,15 @@ def test_pending_writes_keep_one_per_address():
     assert list(p.bans) == ["198.18.9.1"] and p.bans["198.18.9.1"][:2] == (30, "rate")
 
 
+def test_pending_writes_are_bounded_and_drop_the_soonest_expiring():
+    p = store.PendingWrites(limit=100)
+    for i in range(250):
+        p.add_ban(f"198.18.{i // 200}.{i % 200 + 1}", 1000 + i, "rate")
+    assert len(p.bans) <= 100 and p.dropped >= 150
+    ttls = sorted(v[0] for v in p.bans.values())
+    assert ttls[0] >= 1000 + 250 - 101  # the longest-lived ones are kept
+
+
 # ---- the lab's addressing ----
 
 
@@ -239,3 +259,90 @@ def test_cluster_help_lists_the_verbs():
     for verb in ("run", "status", "ban", "unban", "apply", "bird-config"):
         assert verb in out
     assert "--nodes" in invoke("lab", "up", "--help").output
+
+
+# ---- upstream escalation ----
+
+
+def _loads(**per_node):
+    """node → {addr: (pps, {port: pps})} as load/ keys hold it."""
+    return {n: {"addresses": {a: {"pps": p, "ports": ports} for a, (p, ports) in v.items()}}
+            for n, v in per_node.items()}
+
+
+def test_fingerprint_is_the_dominant_port_or_protocol_or_nothing():
+    assert escalate.fingerprint({"udp/7": 900.0, "tcp/80": 100.0}) == (17, 7)
+    assert escalate.fingerprint({"udp/7": 300.0, "udp/9": 300.0, "tcp/80": 100.0}) == (17, None)
+    assert escalate.fingerprint({"udp/7": 300.0, "tcp/80": 300.0, "icmp": 300.0}) == (None, None)
+    assert escalate.fingerprint({}) == (None, None)
+
+
+def test_escalation_sums_the_nodes_then_holds_then_withdraws():
+    b = dataclasses.replace(_node_bgp(1), flowspec_pps=1000, blackhole_pps=5000, escalation_hold_s=3)
+    a = "198.18.0.1"
+    quiet = _loads(n1={a: (300.0, {"tcp/80": 300.0})}, n2={a: (300.0, {"tcp/80": 300.0})})
+    act, said = escalate.decide(b, quiet, {}, 0.0)
+    assert act == {} and said == []
+    # 600 + 600 crosses the FlowSpec threshold only together; the flood is udp/7
+    attack = _loads(n1={a: (600.0, {"udp/7": 590.0})}, n2={a: (600.0, {"udp/7": 580.0, "tcp/80": 10.0})})
+    act, said = escalate.decide(b, attack, {}, 1.0)
+    assert list(act) == [(a, "flowspec")] and act[(a, "flowspec")].escalation.flow_match() == \
+        "dst 198.18.0.1/32; proto = 17; dport = 7;"
+    assert "escalated: flowspec 198.18.0.1 udp/7" in said[0]
+    big = _loads(n1={a: (3000.0, {"udp/7": 3000.0})}, n2={a: (3000.0, {"udp/7": 3000.0})})
+    act, said = escalate.decide(b, big, act, 2.0)
+    assert set(act) == {(a, "flowspec"), (a, "blackhole")} and len(said) == 1
+    act, said = escalate.decide(b, quiet, act, 4.9)  # below for 2.9 s: still held
+    assert len(act) == 2 and said == []
+    act, said = escalate.decide(b, _loads(n1={a: (1500.0, {"udp/7": 1500.0})}), act, 4.0)  # FlowSpec level
+    act, said = escalate.decide(b, quiet, act, 5.0)
+    assert list(act) == [(a, "flowspec")] and "withdrawn: blackhole 198.18.0.1" in said[0]
+    assert "peak 6,000 pps" in said[0]
+    act, said = escalate.decide(b, quiet, act, 7.0)
+    assert act == {} and "withdrawn: flowspec 198.18.0.1 udp/7" in said[0]
+
+
+def test_escalation_routes_render_and_parse_with_bird(tmp_path):
+    import shutil
+    import subprocess
+    b = dataclasses.replace(_node_bgp(1), flowspec_pps=1000, blackhole_pps=5000)
+    A = ipaddress.ip_address
+    esc = (bgp.Escalation(A("198.18.0.1"), "blackhole"), bgp.Escalation(A("198.18.0.1"), "flowspec", 17, 7),
+           bgp.Escalation(A("2001:db8:0:1::1"), "flowspec", 6, None))
+    text = bgp.render(b, [A("198.18.0.1"), A("2001:db8:0:1::1")], "node1", esc)
+    assert 'route 198.18.0.1/32 via "xgvip0" { bgp_community.add((65535,666)); };' in text
+    assert "route flow4 { dst 198.18.0.1/32; proto = 17; dport = 7; } " \
+           "{ bgp_ext_community.add((generic, 0x80060000, 0x0)); };" in text
+    assert "route flow6 { dst 2001:db8:0:1::1/128; next header = 6; }" in text
+    assert text.count("flow4 { table xg_flow4; import none; export all; };") == 1
+    # without escalation configured, no flow channel (adding one later restarts the session)
+    assert "flow4" not in bgp.render(_node_bgp(1), [A("198.18.0.1")], "node1") or _node_bgp(1).flowspec_pps
+    if shutil.which("bird") is None:
+        pytest.fail("bird (Debian bird2) is needed: scripts/setup.sh installs it")
+    for name, conf in (("node.conf", text), ("router.conf", lc.router_bird_conf(3))):
+        (tmp_path / name).write_text(conf)
+        p = subprocess.run(["bird", "-p", "-c", str(tmp_path / name)], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, (name, p.stderr)
+
+
+def test_overloaded_node_prepends_its_as_and_keeps_its_routes():
+    A = ipaddress.ip_address
+    b = _node_bgp(2)
+    t = bgp.render(b, [A(lc.PROT4), A(lc.PROT6)], "node2", prepend=3)
+    assert t.count("bgp_path.prepend(65001); bgp_path.prepend(65001); bgp_path.prepend(65001); accept;") == 2
+    assert 'route 198.18.0.1/32 via "xgvip0";' in t
+    assert "bgp_path.prepend" not in bgp.render(b, [A(lc.PROT4)], "node2")
+
+
+def test_list_chunks_round_trip_and_refuse_damage():
+    from xdpguard.core.prefixes import parse_prefix
+    ps = frozenset(parse_prefix(t).prefix for t in
+                   [f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}/32" for i in range(70000)] + ["2001:db8::/48", "198.51.100.0/24"])
+    bodies = store.chunk_bodies(ps)
+    assert len(bodies) == 3 and all(len(b) < 1_100_000 for b in bodies)  # under etcd's 1.5 MiB as base64
+    back = frozenset(p for b in bodies for p in store.parse_chunk(store.chunk_name(b), b))
+    assert back == ps
+    assert store.chunk_bodies(ps) == bodies  # deterministic: an unchanged list rewrites nothing
+    with pytest.raises(store.UserError, match="damaged"):
+        store.parse_chunk(store.chunk_name(bodies[0]), bodies[0][:-1])
+

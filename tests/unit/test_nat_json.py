@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,11 +246,61 @@ def _dnats(batch: dict[str, Any]) -> list[dict[str, Any]]:
 def test_every_rule_carries_its_key_and_a_named_counter() -> None:
     batch = _case_multi()
     keys = {r.key for r in _multi_rules()}
-    for chain in ("prerouting", "postrouting", "forward"):
+    for chain in ("prerouting", "postrouting"):
         assert {r["comment"] for r in _rules(batch, chain)} <= keys
     for rule in _rules(batch, "prerouting"):
         assert {"counter": "new_" + nat.rule_ident(_by_key(rule["comment"]))} in rule["expr"]
-    assert {r["comment"] for r in _rules(batch, "forward")} == keys
+    assert {r["comment"] for r in _rules(batch, "prerouting")} == keys
+
+
+def test_forward_counting_is_one_rule_and_a_mark_map() -> None:
+    """Every forwarded packet walks ONE forward rule (a counter map keyed by our ct mark bits),
+    whatever the number of forwarding rules; each DNAT stamps its rule's mark."""
+    batch = _case_multi()
+    rules = _multi_rules()
+    (fwd,) = _rules(batch, "forward")
+    our_bits = {"&": [{"ct": {"key": "mark"}}, 0xFFFF0000]}
+    assert fwd["expr"] == [{"counter": {"map": {"key": our_bits, "data": "@traffic_marks"}}}]
+    marks = nat.traffic_marks(r.key for r in rules)
+    assert len(set(marks.values())) == len(rules)
+    assert all(m & 0xFFFF == 0 and m >> 16 for m in marks.values())
+    (tmap,) = [obj for verb, kind, obj in _objects(batch) if kind == "map"]
+    assert (tmap["name"], tmap["type"], tmap["map"]) == ("traffic_marks", "mark", "counter")
+    want = sorted((marks[r.key], nat.traffic_counter_name(r)) for r in rules)
+    assert sorted(map(tuple, tmap["elem"])) == want
+    keep_theirs = {"&": [{"ct": {"key": "mark"}}, 0xFFFF]}
+    for rule in _rules(batch, "prerouting"):
+        if any("dnat" in s for s in rule["expr"]):
+            mark = marks[rule["comment"]]
+            stamp = {"mangle": {"key": {"ct": {"key": "mark"}}, "value": {"|": [keep_theirs, mark]}}}
+            assert stamp in rule["expr"]
+            dnat_at = next(i for i, s in enumerate(rule["expr"]) if "dnat" in s)
+            assert rule["expr"].index(stamp) < dnat_at
+    # The ids come from the keys, not the order: a re-apply with other rules keeps them.
+    assert nat.traffic_marks([rules[1].key]) == {rules[1].key: marks[rules[1].key]}
+    # No rules: no forward chain, nothing hooked into forwarding.
+    empty = nat.build_ruleset([])
+    assert not [o for verb, kind, o in _objects(empty) if kind == "chain" and o["name"] == "forward"]
+
+
+def test_traffic_mark_collisions_take_the_next_id() -> None:
+    keys = [f"tcp/198.18.0.1/{p}" for p in range(1, 3000)]
+    marks = nat.traffic_marks(keys)
+    assert len(set(marks.values())) == len(keys)
+    assert all(0 < m >> 16 <= 0xFFFF for m in marks.values())
+    # Two keys whose crc32 gives the same id: the second takes the next free one.
+    ids: dict[int, str] = {}
+    for key in keys:
+        ident = zlib.crc32(key.encode()) % 0xFFFF + 1
+        if ident in ids:
+            first, second = ids[ident], key
+            break
+        ids[ident] = key
+    else:
+        pytest.fail("no colliding pair among the keys")
+    pair = nat.traffic_marks([first, second])
+    assert pair[first] >> 16 == ident
+    assert pair[second] >> 16 == ident % 0xFFFF + 1
 
 
 def _by_key(key: str) -> ForwardRule:
@@ -852,7 +903,7 @@ def test_goldens_load_into_a_kernel(netns: str, tmp_path: Path) -> None:
         listing = json.loads(_nft(netns, "-j", "list", "table", "inet", table).stdout)
         # Rule comments and named counters survive the round trip through the kernel.
         batch = json.loads(path.read_text())
-        keys = {obj["comment"] for verb, kind, obj in _objects(batch) if kind == "rule"}
+        keys = {obj["comment"] for verb, kind, obj in _objects(batch) if kind == "rule" and "comment" in obj}
         assert set(nat.parse_counters(listing, table=table)) == keys, name
         if name == "multi":
             seeded = {k: v for k, v in nat.parse_counters(listing).items() if k in MULTI_COUNTERS}

@@ -72,6 +72,10 @@ def status(config_path, as_json):
                   "ready" if n.ready else "[red]not ready[/]: " + "; ".join(n.reasons),
                   ", ".join(n.announced) if n.announcing else "no", bgp, str(n.bans))
     c.print(t)
+    for n in res.nodes:
+        if n.escalation_leader:
+            c.print(f"upstream escalation decided by {n.node}: "
+                    + (", ".join(n.escalations) if n.escalations else "nothing announced"))
 
 
 @cluster.command("ban")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from xdpguard.core import capture, protection, reconcile, state
+from xdpguard.core import capture, reconcile, state
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json
@@ -113,7 +113,7 @@ def upgrade(iface, force, as_json):
     names = [iface] if iface else reconcile.protection_ifaces()
     if not names:
         raise UserError("no interface is protected in this network namespace")
-    results = [protection.upgrade(n, force=force) for n in names]
+    results = [reconcile.upgrade(n, force=force) for n in names]
     if as_json:
         emit_json({"results": [r.to_dict() for r in results]})
         return
@@ -123,4 +123,6 @@ def upgrade(iface, force, as_json):
             c.print(f"{r.iface}: prog id {r.prog_id} is this version already; nothing to do")
         else:
             c.print(f"{r.iface}: upgraded prog id {r.old_prog_id} -> {r.prog_id} atomically; {r.maps_kept} maps "
-                    f"carried over" + (f", new maps {', '.join(r.maps_new)}" if r.maps_new else ""))
+                    f"kept as they were" + (f", new maps {', '.join(r.maps_new)}" if r.maps_new else ""))
+            for n in r.notes:
+                c.print(f"  {n}")

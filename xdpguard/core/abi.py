@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+from collections.abc import Mapping
 from pathlib import Path
 
 ABI_VERSION = 1
@@ -331,6 +332,64 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.SAMPLE_STATE: (ctypes.c_uint32, "SampleState", True),
     MapName.SAMPLES: ("NoData", "NoData", False),
 }
+
+# Map name → (kernel map type, max_entries, map flags) as maps.h declares them. max_entries is
+# an int or the name of the abi.h macro that sets it (those are -D overridable at compile time;
+# "XG_STATS_SLOTS" is XG_KIND_MAX * XG_REASON_MAX). With MAP_LAYOUTS it is a map's whole shape,
+# which an upgrade compares with the pinned maps of the program it replaces (migrate.py);
+# tests/bpf/test_migrate.py checks it against a compiled program.
+MAP_TYPES = {"hash": 1, "array": 2, "percpu_array": 6, "lru_hash": 9, "lpm_trie": 11, "ringbuf": 27}
+F_NO_PREALLOC, F_NO_COMMON_LRU = 1 << 0, 1 << 1
+MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
+    MapName.CONFIG: ("array", 1, 0),
+    MapName.STATS: ("percpu_array", "XG_STATS_SLOTS", 0),
+    MapName.PROT4: ("hash", "XG_PROTECTED_MAX", 0),
+    MapName.PROT6: ("hash", "XG_PROTECTED_MAX", 0),
+    MapName.PORTS: ("hash", "XG_PORTS_MAX", 0),
+    MapName.ALLOW4H: ("hash", "XG_LIST_MAX", F_NO_PREALLOC),
+    MapName.ALLOW6H: ("hash", "XG_LIST_MAX", F_NO_PREALLOC),
+    MapName.BLOCK4H: ("hash", "XG_LIST_MAX", F_NO_PREALLOC),
+    MapName.BLOCK6H: ("hash", "XG_LIST_MAX", F_NO_PREALLOC),
+    MapName.ALLOW4: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
+    MapName.ALLOW6: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
+    MapName.BLOCK4: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
+    MapName.BLOCK6: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
+    MapName.PORTLIM: ("hash", "XG_PORTS_MAX", 0),
+    MapName.BUCKETS: ("lru_hash", "XG_SOURCES_MAX", 0),
+    MapName.DSTBKT: ("hash", "XG_PORTS_MAX", 0),
+    MapName.BANS: ("lru_hash", "XG_BANS_MAX", 0),
+    MapName.OPBANS: ("hash", "XG_OPBANS_MAX", F_NO_PREALLOC),
+    MapName.DPSTATE: ("array", 1, 0),
+    MapName.REFLECT: ("array", 65536, 0),
+    MapName.FILTERS: ("array", "XG_FILTERS_MAX", 0),
+    MapName.SYNWIN: ("array", "XG_PROTECTED_MAX", 0),
+    MapName.SYNSEEN: ("lru_hash", "XG_SOURCES_MAX", 0),
+    MapName.SYNAUTH: ("hash", "XG_SYNAUTH_MAX", F_NO_PREALLOC),
+    MapName.FLOWS: ("lru_hash", "XG_FLOWS_MAX", F_NO_COMMON_LRU),
+    MapName.EMBRYOS: ("lru_hash", "XG_EMBRYOS_MAX", F_NO_COMMON_LRU),
+    MapName.TCPCFG: ("array", 1, 0),
+    MapName.SAMPLE_CFG: ("array", 1, 0),
+    MapName.SAMPLE_STATE: ("percpu_array", 1, 0),
+    MapName.SAMPLES: ("ringbuf", "XG_SAMPLE_RING_BYTES", 0),
+    MapName.COOKIES: ("percpu_array", 1, 0),
+    MapName.GOODSRC: ("hash", "XG_GOODSRC_MAX", F_NO_PREALLOC),
+}
+# Default of every size macro MAP_SHAPES names (abi.h's #ifndef defaults).
+MAP_SIZE_DEFAULTS: dict[str, int] = {
+    "XG_PROTECTED_MAX": PROTECTED_MAX, "XG_LIST_MAX": LIST_MAX, "XG_PORTS_MAX": PORTS_MAX,
+    "XG_SOURCES_MAX": SOURCES_MAX, "XG_BANS_MAX": BANS_MAX, "XG_OPBANS_MAX": OPBANS_MAX,
+    "XG_FILTERS_MAX": FILTERS_MAX, "XG_SYNAUTH_MAX": SYNAUTH_MAX, "XG_FLOWS_MAX": FLOWS_MAX,
+    "XG_EMBRYOS_MAX": EMBRYOS_MAX, "XG_REASON_MAX": REASON_MAX, "XG_GOODSRC_MAX": GOODSRC_MAX,
+}
+
+
+def map_sizes(defines: Mapping[str, int] | None = None) -> dict[str, int]:
+    """The size macros as a compile with these -D defines sees them."""
+    d = {k: int((defines or {}).get(k, v)) for k, v in MAP_SIZE_DEFAULTS.items()}
+    d["XG_STATS_SLOTS"] = KIND_MAX * d["XG_REASON_MAX"]
+    d["XG_SAMPLE_RING_BYTES"] = SAMPLE_RING_PAGES * 4096
+    return d
+
 
 # xg_config.lists_mask bit of each list map (XG_LM_* in abi.h).
 LISTS_MASK_BITS: dict[MapName, int] = {

@@ -138,6 +138,19 @@ class BgpSpec:
     bird_config: str = "/run/xdpguard/cluster/bird.conf"
     bird_socket: str = "/run/bird/bird.ctl"
     liveness_iface: str = "xgvip0"  # the TUN device held by `cluster run`; routes point at it
+    # upstream escalation (one elected node): cluster-wide pps to one protected address above
+    # which a FlowSpec rule (its fingerprint, traffic-rate 0) / an RTBH route is announced; 0: never
+    flowspec_pps: int = 0
+    blackhole_pps: int = 0
+    escalation_hold_s: int = 30  # below the threshold this long before the route is withdrawn
+    blackhole_community: tuple[int, int] = (65535, 666)  # RFC 7999 BLACKHOLE
+    # overload: this node receives more than overload_pps (all protected addresses): it prepends
+    # its AS overload_prepend times (the router prefers the others, keeps it as a backup)
+    overload_pps: int = 0
+    overload_prepend: int = 3
+    # prefixes the node must have a route to (its clients' side, e.g. 0.0.0.0/0 and ::/0): a node
+    # that reaches its backends but cannot answer its clients withdraws
+    require_routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -368,7 +381,8 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
 
 _CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval"}
 _BGP_KEYS = {"local_as", "router_id", "neighbors", "announce", "bfd", "bfd_interval", "bfd_multiplier", "hold",
-             "min_nodes", "bird_config", "bird_socket", "liveness_interface"}
+             "min_nodes", "bird_config", "bird_socket", "liveness_interface", "flowspec_pps", "blackhole_pps",
+             "escalation_hold", "blackhole_community", "overload_pps", "overload_prepend", "require_routes"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
@@ -458,13 +472,34 @@ def _bgp(ld: _Loader, d: dict) -> BgpSpec | None:
     if not _IFNAME_RE.match(live):
         ld.fail(p + ("liveness_interface",), f"must be an interface name (1-15 characters), got {live!r}")
         live = BgpSpec.liveness_iface
+    routes = []
+    for i, v in enumerate(ld.strs(d, "require_routes", p)):
+        try:
+            net = ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            ld.fail(p + ("require_routes", i), f"must be a prefix (CIDR), got {v!r}")
+            continue
+        if net not in routes:
+            routes.append(net)
+    community = BgpSpec.blackhole_community
+    text = ld.get(d, "blackhole_community", p, "str", "65535:666")
+    m = re.fullmatch(r"(\d{1,5}):(\d{1,5})", text)
+    if m and int(m[1]) <= 65535 and int(m[2]) <= 65535:
+        community = (int(m[1]), int(m[2]))
+    else:
+        ld.fail(p + ("blackhole_community",), f"must be ASN:VALUE with both parts 0 to 65535, got {text!r}")
     return BgpSpec(local_as, rid or ipaddress.IPv4Address("0.0.0.1"), tuple(neighbors),
                    tuple(sorted(announce, key=addr_order)), ld.get(d, "bfd", p, "bool", True),
                    _int_in(ld, d, "bfd_interval", p, BgpSpec.bfd_interval_ms, 10, 10000),
                    _int_in(ld, d, "bfd_multiplier", p, BgpSpec.bfd_multiplier, 2, 255),
                    _int_in(ld, d, "hold", p, BgpSpec.hold_s, 3, 65535),
                    _int_in(ld, d, "min_nodes", p, BgpSpec.min_nodes, 0, 1000),
-                   files["bird_config"], files["bird_socket"], live)
+                   files["bird_config"], files["bird_socket"], live,
+                   _int_in(ld, d, "flowspec_pps", p, 0, 0, 10**12),
+                   _int_in(ld, d, "blackhole_pps", p, 0, 0, 10**12),
+                   _int_in(ld, d, "escalation_hold", p, BgpSpec.escalation_hold_s, 1, 86400), community,
+                   _int_in(ld, d, "overload_pps", p, 0, 0, 10**12),
+                   _int_in(ld, d, "overload_prepend", p, BgpSpec.overload_prepend, 1, 16), tuple(routes))
 
 
 def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limits:
@@ -914,7 +949,11 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
               "announce = " + _arr(_q(str(a)) for a in b.announce), f"bfd = {'true' if b.bfd else 'false'}",
               f"bfd_interval = {b.bfd_interval_ms}", f"bfd_multiplier = {b.bfd_multiplier}", f"hold = {b.hold_s}",
               f"min_nodes = {b.min_nodes}", f"bird_config = {_q(b.bird_config)}", f"bird_socket = {_q(b.bird_socket)}",
-              f"liveness_interface = {_q(b.liveness_iface)}", ""]
+              f"liveness_interface = {_q(b.liveness_iface)}", f"flowspec_pps = {b.flowspec_pps}",
+              f"blackhole_pps = {b.blackhole_pps}", f"escalation_hold = {b.escalation_hold_s}",
+              f"blackhole_community = {_q('%d:%d' % b.blackhole_community)}", f"overload_pps = {b.overload_pps}",
+              f"overload_prepend = {b.overload_prepend}",
+              "require_routes = " + _arr(_q(str(n)) for n in b.require_routes), ""]
     for s in d.interfaces:
         g = s.global_
         L += ["[[interface]]", f"name = {_q(s.name)}", f"mode = {_q(s.mode)}",

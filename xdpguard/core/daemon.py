@@ -82,7 +82,7 @@ class Reconciler:
             iface = state.resolve_iface(name)
             if not dataplane.is_ours(dataplane.query(iface.index)) or not protection.needs_upgrade(iface):
                 return
-            r = protection.upgrade(name)
+            r = reconcile.upgrade(name)
         except UserError as exc:
             self._say(name, f"{name}: upgrade refused: {exc.message}")
             return

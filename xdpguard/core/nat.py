@@ -12,9 +12,21 @@ Ruleset shape (see :func:`build_ruleset`)::
       counter traffic_<id>   packets/bytes of forwarded flows of one rule, both directions
       counter new_<id>       new connections that hit the rule (DNATed or dropped)
       set persist_<id>_<n>   clients pinned to healthy backend n (persistent rules only)
-      chain prerouting   nat hook prerouting priority dstnat (-100): DNAT PROTECTED:PORT → backend
+      map traffic_marks      ct mark (our bits) → traffic_<id>: the counter a forwarded flow feeds
+      chain prerouting   nat hook prerouting priority dstnat (-100): DNAT PROTECTED:PORT →
+                         backend, and the flow's ct mark set to the rule's id
       chain postrouting  nat hook postrouting priority srcnat (100): masquerade our DNATed flows
-      chain forward      filter hook forward priority filter (0): per-rule traffic counters
+      chain forward      filter hook forward priority filter (0): ONE rule, ``counter name ct mark
+                         & 0xffff0000 map @traffic_marks`` (only while there are rules)
+
+Forward counting costs one rule per forwarded packet, whatever the number of forwarding rules:
+the DNAT rule (which sees only a flow's first packet) stamps the rule's id into the upper 16 bits
+of the conntrack mark (``ct mark set ct mark & 0xffff | ID << 16``, so the lower bits of anyone
+else's mark survive), and the forward chain's single rule looks the id up in a counter map. A
+flow whose mark carries no id of ours misses the map and is not counted. The id is derived from
+the rule key (:func:`traffic_marks`), so flows keep feeding the same counter across re-applies.
+(The forward chain used to hold one four-match counter rule per forwarding rule, walked by every
+forwarded packet.)
 
 What each rule shape becomes, verified against nftables 1.0.6 on kernel 6.18:
 
@@ -62,6 +74,7 @@ itself to a protective IP are not DNATed (that would need a nat output chain).
 from __future__ import annotations
 
 import importlib
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -83,6 +96,10 @@ FILTER_PRIORITY = 0
 TRAFFIC_COUNTER_PREFIX = "traffic_"
 NEW_COUNTER_PREFIX = "new_"
 PERSIST_SET_PREFIX = "persist_"
+TRAFFIC_MAP = "traffic_marks"
+MARK_SHIFT = 16
+MARK_MASK = 0xFFFF << MARK_SHIFT  # the bits of the conntrack mark that carry our rule id
+MARK_IDS = 0xFFFF  # ids 1..65535 (0 = no rule of ours)
 PERSIST_SET_SIZE = 65535  # clients remembered per backend; beyond that, jhash fallback
 JHASH_SEED = 0x78647067  # fixed ("xdpg"), so jhash picks the same backend after every re-apply
 
@@ -113,6 +130,31 @@ def new_counter_name(rule: ForwardRule) -> str:
 
 def persist_set_name(rule: ForwardRule, index: int) -> str:
     return f"{PERSIST_SET_PREFIX}{rule_ident(rule)}_{index}"
+
+
+def traffic_marks(keys: Iterable[str]) -> dict[str, int]:
+    """Rule key → its conntrack mark (id << 16). The id is crc32(key) mod 65535 + 1, so it is the
+    same in every apply; on a collision the later key (in the given order) takes the next free
+    id."""
+    taken: set[int] = set()
+    out: dict[str, int] = {}
+    for key in keys:
+        ident = zlib.crc32(key.encode()) % MARK_IDS
+        for _ in range(MARK_IDS):
+            if ident + 1 not in taken:
+                break
+            ident = (ident + 1) % MARK_IDS
+        else:
+            raise ValueError("more forwarding rules than conntrack mark ids")
+        taken.add(ident + 1)
+        out[key] = (ident + 1) << MARK_SHIFT
+    return out
+
+
+def _set_mark(mark: int) -> Json:
+    """``ct mark set ct mark & 0xffff | MARK``: stamp our id, keep the lower 16 bits."""
+    keep = {"&": [{"ct": {"key": "mark"}}, 0xFFFFFFFF & ~MARK_MASK]}
+    return {"mangle": {"key": {"ct": {"key": "mark"}}, "value": {"|": [keep, mark]}}}
 
 
 # --- backend selection --------------------------------------------------------------------
@@ -263,10 +305,13 @@ def _dnat(rule: ForwardRule, backends: Sequence[Backend], selector: Json | None 
     return {"dnat": nat}
 
 
-def _persistent_rules(table: str, rule: ForwardRule, backends: Sequence[Backend]) -> list[Json]:
+def _persistent_rules(
+    table: str, rule: ForwardRule, backends: Sequence[Backend], mark: int
+) -> list[Json]:
     """Sticky weighted choice with one dynamic set of clients per backend (see module doc)."""
     saddr = _payload(_ip_proto(rule), "saddr")
     count_new = {"counter": new_counter_name(rule)}
+    stamp = _set_mark(mark)
     out = []
     for index, backend in enumerate(backends):
         pinned = "@" + persist_set_name(rule, index)
@@ -280,6 +325,7 @@ def _persistent_rules(table: str, rule: ForwardRule, backends: Sequence[Backend]
                     _match(saddr, pinned),
                     {"set": {"op": "update", "elem": saddr, "set": pinned}},
                     count_new,
+                    stamp,
                     _dnat(rule, [backend]),
                 ],
             )
@@ -301,6 +347,7 @@ def _persistent_rules(table: str, rule: ForwardRule, backends: Sequence[Backend]
                 + [
                     {"set": {"op": "update", "elem": saddr, "set": pinned}},
                     count_new,
+                    stamp,
                     _dnat(rule, [backend]),
                 ],
             )
@@ -311,7 +358,7 @@ def _persistent_rules(table: str, rule: ForwardRule, backends: Sequence[Backend]
             table,
             PREROUTING_CHAIN,
             rule,
-            _service_match(rule) + [count_new, _dnat(rule, backends, _jhash(rule, total))],
+            _service_match(rule) + [count_new, stamp, _dnat(rule, backends, _jhash(rule, total))],
         )
     )
     return out
@@ -349,12 +396,12 @@ def build_ruleset(
         {"add": {"table": {**ref, "comment": TABLE_COMMENT}}},
         _chain(table, PREROUTING_CHAIN, "nat", "prerouting", DSTNAT_PRIORITY),
         _chain(table, POSTROUTING_CHAIN, "nat", "postrouting", SRCNAT_PRIORITY),
-        _chain(table, FORWARD_CHAIN, "filter", "forward", FILTER_PRIORITY),
     ]
     objects: list[Json] = []
     prerouting: list[Json] = []
     postrouting: list[Json] = []
     forward: list[Json] = []
+    marks = traffic_marks(keys)
     for rule in rules:
         key = rule_key(rule)
         backends = active_backends(rule, None if healthy is None else healthy.get(key))
@@ -387,7 +434,7 @@ def build_ruleset(
                         }
                     }
                 )
-            prerouting.extend(_persistent_rules(table, rule, backends))
+            prerouting.extend(_persistent_rules(table, rule, backends, marks[key]))
         else:
             total = sum(b.weight for b in backends)
             selector = _numgen(total) if len(backends) > 1 else None
@@ -396,7 +443,8 @@ def build_ruleset(
                     table,
                     PREROUTING_CHAIN,
                     rule,
-                    _service_match(rule) + [count_new, _dnat(rule, backends, selector)],
+                    _service_match(rule)
+                    + [count_new, _set_mark(marks[key]), _dnat(rule, backends, selector)],
                 )
             )
         if not rule.preserve_client_ip:
@@ -408,13 +456,37 @@ def build_ruleset(
                     _forwarded_flow_match(rule) + [{"masquerade": None}],
                 )
             )
+    if rules:
+        # One counter map and one forward rule for all rules (see the module doc); no rules, no
+        # forward chain, so nothing is hooked into forwarding at all.
+        objects.append(
+            {
+                "add": {
+                    "map": {
+                        "family": FAMILY,
+                        "table": table,
+                        "name": TRAFFIC_MAP,
+                        "type": "mark",
+                        "map": "counter",
+                        "elem": [[marks[rule_key(r)], traffic_counter_name(r)] for r in rules],
+                    }
+                }
+            }
+        )
+        head.append(_chain(table, FORWARD_CHAIN, "filter", "forward", FILTER_PRIORITY))
+        our_bits = {"&": [{"ct": {"key": "mark"}}, MARK_MASK]}
+        lookup = {"map": {"key": our_bits, "data": "@" + TRAFFIC_MAP}}
         forward.append(
-            _rule(
-                table,
-                FORWARD_CHAIN,
-                rule,
-                _forwarded_flow_match(rule) + [{"counter": traffic_counter_name(rule)}],
-            )
+            {
+                "add": {
+                    "rule": {
+                        "family": FAMILY,
+                        "table": table,
+                        "chain": FORWARD_CHAIN,
+                        "expr": [{"counter": lookup}],
+                    }
+                }
+            }
         )
     cookie = synproxy_rules(rules, healthy, table) if synproxy else []  # SYN cookies (synproxy_rules)
     return {"nftables": head + objects + prerouting + postrouting + forward + cookie}

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataplane, forwarding, libbpf, policy, state, tcpstate, vocab
+from . import dataplane, forwarding, libbpf, migrate, policy, state, tcpstate, vocab
 from .abi import (
     ABI_VERSION,
     CFG_ENABLED,
@@ -577,59 +577,87 @@ def needs_upgrade(iface: state.Iface, defines: dict[str, int] | None = None) -> 
     return st.get("program_sha256") != dataplane.program_sha256(defines)
 
 
+def _abi_version(config_fd: int) -> int:
+    """xg_config.abi_version of a live config map, whatever its value size (fields are only
+    ever appended to xg_config)."""
+    shape = migrate.shape_of(config_fd)
+    buf = ctypes.create_string_buffer(max(shape.value_size, ctypes.sizeof(Config)))
+    if libbpf.lib().bpf_map_lookup_elem(config_fd, ctypes.byref(ctypes.c_uint32(0)), buf) != 0:
+        return ABI_VERSION
+    return Config.from_buffer_copy(buf.raw[: ctypes.sizeof(Config)]).abi_version or 1
+
+
 def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = False) -> UpgradeResult:
     """Swap the attached program for this xdpguard's, without a gap: the new program is compiled
     against the old one's pinned maps (every list, hit counter, ban, bucket, SYN state and
-    counter stays where it is) and replaces the old one atomically. Refuses, changing nothing,
-    when the maps' ABI version or a layout differs from this xdpguard's."""
+    counter stays where it is) and replaces the old one atomically. A map whose shape changed
+    is carried over into a new map just before the swap (migrate.py says how, and refuses —
+    changing nothing — what it cannot carry)."""
     state.require_root()
     iface = state.resolve_iface(ifname)
     with state.iface_lock(iface):
         att = dataplane.query(iface.index)
         if not dataplane.is_ours(att):
             raise UserError(f"{ifname} is not protected by xdpguard; nothing to upgrade")
+        old = dataplane.map_fds_of_prog(att.prog_id)
         try:
-            g = Guard.open(iface)  # re-pins what is missing
-        except libbpf.BpfError as exc:  # a layout that differs from this xdpguard's ABI
-            raise UserError(f"{ifname}: cannot upgrade in place: {exc.strerror or exc}") from None
-        with g:
-            version = g.config().abi_version or 1
+            if MapName.CONFIG not in old:
+                raise UserError(f"{ifname}: the attached program has no {MapName.CONFIG.value}; detach and re-attach")
+            version = _abi_version(old[MapName.CONFIG])
             if version != ABI_VERSION:
                 raise UserError(f"{ifname}: its maps have ABI version {version}, this xdpguard has {ABI_VERSION} and "
                                 f"knows no migration; export, detach, attach and apply to move over")
-            if not g.pinned():
-                raise UserError(f"{ifname}: cannot pin the maps under {iface.pin_dir}; nothing was changed")
-            old_ids = {n: m.id for n, m in g.maps.items()}
-        if not force and not needs_upgrade(iface, defines):
-            return UpgradeResult(ifname, "current", att.prog_id, att.prog_id, len(old_ids), [])
-        lp = dataplane.compile_program(defines, pin_dir=iface.pin_dir)
-        try:
-            new_ids = {n: libbpf.map_info(fd).id for n, fd in lp.map_fds.items()}
-            ring = {MapName.SAMPLES}
-            lost = [n.value for n, i in new_ids.items() if n in old_ids and n not in ring and old_ids[n] != i]
-            if lost:
-                raise UserError(f"{ifname}: the new program did not reuse maps {lost}; nothing was changed")
-            try:
-                dataplane.replace(iface.index, lp.prog_fd, att)
-            except libbpf.BpfError as exc:
-                raise UserError(f"{ifname}: atomic replace failed ({exc.strerror}); the old program stays") from None
-            pin_maps(iface, lp.map_fds)
-            pin = iface.pin_dir / PROG_PIN
-            if pin.exists():
-                pin.unlink()
-            libbpf.obj_pin(lp.prog_fd, str(pin))
-            tcpstate.pin_egress(iface.pin_dir, lp.egress_fd)
-            swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
-            new = dataplane.query(iface.index)
-            st = state.read_state(iface) or {}
-            st.update(prog_id=new.prog_id if new else 0, program_sha256=dataplane.program_sha256(defines),
-                      upgraded_at=time.time())
-            state.write_state(iface, st)
+            plan = migrate.plan(old, defines)
+            if not force and not needs_upgrade(iface, defines) and not plan.changes_shapes:
+                return UpgradeResult(ifname, "current", att.prog_id, att.prog_id, len(plan.by_action("keep")), [])
+            return _upgrade_locked(iface, att, old, plan, defines)
         finally:
-            lp.close()
-    kept = sum(1 for n in new_ids if n in old_ids and n not in ring)
-    return UpgradeResult(ifname, "upgraded", att.prog_id, new.prog_id if new else 0, kept,
-                         sorted(n.value for n in new_ids if n not in old_ids), swap_notes)
+            for fd in old.values():
+                os.close(fd)
+
+
+def _upgrade_locked(iface: state.Iface, att: dataplane.XdpAttachment, old: dict[MapName, int],
+                    plan: migrate.Plan, defines: dict[str, int] | None) -> UpgradeResult:
+    ifname = iface.name
+    state.ensure_bpffs()
+    staging = iface.pin_dir / f"upgrade-{os.getpid()}"  # bpffs refuses names with a dot
+    migrate.remove_staging(staging)
+    iface.pin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        migrate.stage(plan, old, staging)
+        lp = dataplane.compile_program(defines, pin_dir=staging)
+    except BaseException:
+        migrate.remove_staging(staging)
+        raise
+    try:
+        new_ids = {n: libbpf.map_info(fd).id for n, fd in lp.map_fds.items()}
+        kept = plan.by_action("keep")
+        lost = [n.value for n in kept if new_ids.get(n) != libbpf.map_info(old[n]).id]
+        if lost:
+            raise UserError(f"{ifname}: the new program did not reuse maps {lost}; nothing was changed")
+        migrate.copy(plan, old, lp.map_fds)
+        try:
+            dataplane.replace(iface.index, lp.prog_fd, att)
+        except libbpf.BpfError as exc:
+            raise UserError(f"{ifname}: atomic replace failed ({exc.strerror}); the old program stays") from None
+        migrate.commit_pins(lp.map_fds, staging, iface.pin_dir)
+        pin = iface.pin_dir / PROG_PIN
+        if pin.exists():
+            pin.unlink()
+        libbpf.obj_pin(lp.prog_fd, str(pin))
+        tcpstate.pin_egress(iface.pin_dir, lp.egress_fd)
+        swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
+        new = dataplane.query(iface.index)
+        st = state.read_state(iface) or {}
+        st.update(prog_id=new.prog_id if new else 0, program_sha256=dataplane.program_sha256(defines),
+                  upgraded_at=time.time())
+        state.write_state(iface, st)
+    finally:
+        migrate.remove_staging(staging)
+        lp.close()
+    return UpgradeResult(ifname, "upgraded", att.prog_id, new.prog_id if new else 0, len(kept),
+                         sorted(n.value for n in plan.by_action("new") if n not in migrate.UNPINNED),
+                         plan.notes() + swap_notes)
 
 
 def detach(ifname: str) -> DetachResult:

@@ -441,6 +441,18 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
     return res
 
 
+def upgrade(ifname: str, force: bool = False) -> protection.UpgradeResult:
+    """`xdpguard upgrade` and the daemon's start: swap the program in place, then write the
+    stored desired state again, so a map the new program added (or had to start empty) holds
+    what the operator asked for within the same command."""
+    res = protection.upgrade(ifname, force=force)
+    stored = store.stored_interface(ifname)
+    if res.action == "upgraded" and stored is not None and (res.maps_new or any("empty" in n for n in res.notes)):
+        r = realise(stored, lists=True)
+        res = replace(res, notes=[*res.notes, "wrote the stored desired state into the new maps", *r.notes])
+    return res
+
+
 def detach(ifname: str) -> protection.DetachResult:
     """`xdpguard detach`: remove program, pins, records and the interface's desired state. An
     interface that is only in the store (after a reboot) is forgotten."""

@@ -12,9 +12,12 @@ import ipaddress
 from dataclasses import dataclass
 
 from . import dataplane, libbpf
-from .abi import CFG_ENABLED, CFG_TCPSTATE, KIND_MAX, REASON_MAX, Config, Kind, MapName, Reason, TcpStateConfig
+from .abi import (CFG_ENABLED, CFG_TCPSTATE, KIND_MAX, REASON_MAX, Config, Kind, ListEntry, MapName, Reason,
+                  TcpStateConfig)
 from .maps import BpfMap
+from .policy import new_protected, prot_key
 from .prefixes import parse_prefix
+from .protection import Guard, list_target
 
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 
@@ -48,15 +51,10 @@ class TestBed:
 
     def configure(self, enabled: bool = True, monitor_mask: int = 0) -> None:
         """Set the switches; the lists mask follows what the list maps hold."""
-        from .protection import Guard
-
         self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED if enabled else 0, monitor_mask, 0))
         Guard(None, None, self.maps).sync_lists_mask()
 
     def protect(self, *addrs: str) -> None:
-
-        from .policy import new_protected, prot_key
-
         for a in addrs:
             ip = ipaddress.ip_address(a)
             m = self.maps[MapName.PROT4 if ip.version == 4 else MapName.PROT6]
@@ -65,17 +63,12 @@ class TestBed:
                 self._next_slot += 1
 
     def add(self, which: str, cidr: str, expires_ns: int = 0) -> None:
-        from .abi import ListEntry
-        from .protection import Guard, list_target
-
         p = parse_prefix(cidr).prefix
         name, key = list_target(which, p)
         self.maps[name].set(key, ListEntry(0, expires_ns, p.plen))
         Guard(None, None, self.maps).sync_lists_mask()
 
     def entry_hits(self, which: str, cidr: str) -> int | None:
-        from .protection import list_target
-
         p = parse_prefix(cidr).prefix
         name, key = list_target(which, p)
         v = self.maps[name].get(key)

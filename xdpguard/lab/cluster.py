@@ -55,6 +55,10 @@ NODE_IFACE = topo.PROT_IFACE  # "xgp0": the node's uplink, where XDP sits
 # BFD: 50 ms x 6 = 300 ms to notice a frozen node. 20 ms x 3 flapped here: BIRD's BFD is a user
 # process, and on a shared 2-core machine a 60 ms scheduling stall is not rare.
 BFD_INTERVAL_MS, BFD_MULTIPLIER = 50, 6
+# Upstream escalation in the lab: a FlowSpec rule above 4 kpps to one protected address across
+# the cluster, a blackhole route above 15 kpps; withdrawn after 3 s below (short, for the tests).
+FLOWSPEC_PPS, BLACKHOLE_PPS, ESCALATION_HOLD_S = 4000, 15000, 3
+OVERLOAD_PPS = 6000  # one node receiving more prepends its AS path (x3)
 AGENT_LIFETIME_S = topo.SERVER_LIFETIME_S
 
 FIXED_ROLES = ("router", "etcd1", "etcd2", "etcd3", "client", "attacker", "backend")
@@ -127,14 +131,24 @@ def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1) -> str:
             f'{{ address = "{ln["router6"]}", as = {ROUTER_AS} }}]\n'
             f'announce = ["{PROT4}", "{PROT6}"]\nbfd = true\nbfd_interval = {BFD_INTERVAL_MS}\n'
             f"bfd_multiplier = {BFD_MULTIPLIER}\nhold = 3\nmin_nodes = {min_nodes}\n"
+            f"flowspec_pps = {FLOWSPEC_PPS}\nblackhole_pps = {BLACKHOLE_PPS}\nescalation_hold = {ESCALATION_HOLD_S}\n"
+            f"overload_pps = {OVERLOAD_PPS}\n"
+            'require_routes = ["198.18.8.0/24", "2001:db8:8::/64"]\n'
             f'bird_config = "{d}/bird-node{i}.conf"\nbird_socket = "{d}/bird-node{i}.ctl"\n'
             'liveness_interface = "xgvip0"\n')
 
 
 def router_bird_conf(nodes: int) -> str:
+    """The upstream router: ECMP over the nodes' announcements; a route with the RTBH community
+    (65535:666) becomes a kernel blackhole route that wins; FlowSpec rules are kept in its flow
+    tables (Linux cannot enforce them: the table is what a test checks)."""
     L = ["# BIRD of the cluster lab's router: learns the protective IP from every node, installs ECMP",
          "log stderr { info, remote, warning, error, auth, fatal, bug };",
          f"router id {ROUTER_UP4};",
+         "flow4 table rflow4;",
+         "flow6 table rflow6;",
+         "filter xg_rtbh { if (65535,666) ~ bgp_community then { bgp_local_pref = 1000; dest = RTD_BLACKHOLE; } "
+         "accept; }",
          "protocol device { scan time 10; }",
          "protocol kernel k4 { ipv4 { export all; import none; }; merge paths on; }",
          "protocol kernel k6 { ipv6 { export all; import none; }; merge paths on; }",
@@ -147,9 +161,9 @@ def router_bird_conf(nodes: int) -> str:
     for i in range(1, nodes + 1):
         ln = node_links(i)
         L += [f"protocol bgp node{i}v4 from xgnode {{ neighbor {ln['node4']} as {NODE_AS}; "
-              "ipv4 { import all; export none; }; }",
+              "ipv4 { import filter xg_rtbh; export none; }; flow4 { table rflow4; import all; export none; }; }",
               f"protocol bgp node{i}v6 from xgnode {{ neighbor {ln['node6']} as {NODE_AS}; "
-              "ipv6 { import all; export none; }; }"]
+              "ipv6 { import filter xg_rtbh; export none; }; flow6 { table rflow6; import all; export none; }; }"]
     return "\n".join(L) + "\n"
 
 

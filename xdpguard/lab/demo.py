@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from . import attack, probe, topology
+from . import attack, demo_cluster, probe, topology
 
 PROBE_TIMEOUT_S = 3.0  # ≥ one SYN retransmission (1 s): SYN authentication admits real clients
 SYN_THRESHOLD = 500  # SYNs/s to the protective IP before source authentication starts
@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
                     help="comma-separated attack kinds, KIND[:PORT] to aim at one port")
     ap.add_argument("--quick", action="store_true", help="2 s per attack with and without (tests)")
+    ap.add_argument("--no-cluster", dest="cluster", action="store_false",
+                    help="skip the second act (three nodes behind one anycast IP, one dies mid-attack)")
     a = ap.parse_args(argv)
     kinds = [k for k in a.kinds.split(",") if k]
     bad = [k for k in kinds if k.partition(":")[0] not in attack.KINDS or (":" in k and not k.partition(":")[2].isdigit())]
@@ -262,6 +264,27 @@ def main(argv: list[str] | None = None) -> int:
                  "nothing left behind")
         except KeyboardInterrupt:
             topology.down()
+    if status == 0 and a.cluster:
+        status = _cluster_act(max(duration, 3.0))
+    return status
+
+
+def _cluster_act(duration: float) -> int:
+    status = 1
+    try:
+        demo_cluster.run(_say, min(duration, 20.0))
+        status = 0
+    except KeyboardInterrupt:
+        _say("\ndemo: interrupted")
+        status = 130
+    except Exception as exc:
+        _say(f"\ndemo: the cluster act failed: {exc}")
+    finally:
+        _say("\n== cluster lab down")
+        try:
+            demo_cluster.down(_say)
+        except KeyboardInterrupt:
+            demo_cluster.down(_say)
     return status
 
 

@@ -35,6 +35,7 @@ class ProbeResult:
     max_ms: float | None
     elapsed_s: float
     errors: dict[str, int]
+    slow: int = 0  # answered, but after >= 900 ms: a connection that needed a SYN retransmission
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,7 +111,7 @@ def run(proto: str, dst: str, port: int | None = None, count: int = 100, timeout
     ok = len(lat_ms)
     return ProbeResult(proto, dst, port, sent, ok, round(100.0 * ok / sent, 2) if sent else 0.0,
                        _r(percentile(lat_ms, 50)), _r(percentile(lat_ms, 99)), _r(max(lat_ms, default=None)),
-                       round(elapsed, 3), errors)
+                       round(elapsed, 3), errors, sum(1 for v in lat_ms if v >= 900.0))
 
 
 def _r(v: float | None) -> float | None:

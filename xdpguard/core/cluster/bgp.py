@@ -31,6 +31,9 @@ from ..config import BgpSpec, IPAddress
 from ..errors import UserError
 
 STATIC4, STATIC6 = "xg_vip4", "xg_vip6"  # BIRD protocol names of the announced routes
+RTBH4, RTBH6 = "xg_rtbh4", "xg_rtbh6"  # blackhole routes (escalation), preferred over the above
+FLOW4, FLOW6 = "xg_fs4", "xg_fs6"  # FlowSpec rules (escalation), in tables xg_flow4 / xg_flow6
+TRAFFIC_RATE_0 = "(generic, 0x80060000, 0x0)"  # RFC 8955 traffic-rate 0 (drop), AS 0
 BIRDC_TIMEOUT_S = 10.0
 
 _TUNSETIFF = 0x400454CA
@@ -45,11 +48,54 @@ def protocol_name(n_index: int, version: int) -> str:
     return f"xg_up{n_index}v{version}"
 
 
-def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "") -> str:
-    """The node's BIRD config. `announce` are the addresses to announce now (empty: withdrawn)."""
+@dataclass(frozen=True)
+class Escalation:
+    """An upstream route for one protected address under an attack the nodes cannot absorb:
+    `blackhole` (the /32 or /128 with the RTBH community) or `flowspec` (destination plus the
+    attack's protocol and port when the samples show one, action traffic-rate 0)."""
+
+    address: IPAddress
+    kind: str  # flowspec | blackhole
+    proto: int | None = None  # IP protocol number
+    dport: int | None = None
+
+    def flow_match(self) -> str:
+        plen = 32 if self.address.version == 4 else 128
+        m = [f"dst {self.address}/{plen};"]
+        if self.proto is not None:
+            m.append(f"{'proto' if self.address.version == 4 else 'next header'} = {self.proto};")
+        if self.dport is not None:
+            m.append(f"dport = {self.dport};")
+        return " ".join(m)
+
+    def describe(self) -> str:
+        if self.kind == "blackhole":
+            return f"blackhole {self.address}"
+        what = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(self.proto, str(self.proto)) if self.proto else ""
+        return f"flowspec {self.address}" + (f" {what}" if what else "") + (f"/{self.dport}" if self.dport else "")
+
+
+def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations: tuple[Escalation, ...] = (),
+           prepend: int = 0) -> str:
+    """The node's BIRD config. `announce` are the addresses to announce now (empty: withdrawn);
+    `escalations` the upstream routes this node (the elected one) announces besides; `prepend`
+    > 0 (overloaded) adds its AS that many times to the path: the router then prefers the other
+    nodes and keeps this one as a backup instead of losing it."""
     v4 = sorted(a for a in announce if a.version == 4)
     v6 = sorted(a for a in announce if a.version == 6)
     dev = bgp.liveness_iface
+    comm = "(%d,%d)" % bgp.blackhole_community
+    rtbh = {4: [], 6: []}
+    flows = {4: [], 6: []}
+    for e in sorted(escalations, key=lambda e: (e.kind, e.address.version, int(e.address))):
+        if e.kind == "blackhole":
+            plen = 32 if e.address.version == 4 else 128
+            # via the liveness device too: a dead agent's blackhole goes with its TUN device
+            rtbh[e.address.version].append(f'  route {e.address}/{plen} via "{dev}" {{ bgp_community.add({comm}); }};')
+        else:
+            flows[e.address.version].append(
+                f"  route flow{e.address.version} {{ {e.flow_match()} }} {{ bgp_ext_community.add({TRAFFIC_RATE_0}); }};")
+    flowspec = bgp.flowspec_pps > 0
     L = [f"# BIRD config of xdpguard cluster node {node or '?'}: written by xdpguard, do not edit",
          f"router id {bgp.router_id};",
          "protocol device { scan time 10; }",
@@ -63,6 +109,13 @@ def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "") -> str:
          "  check link;",
          *[f'  route {a}/128 via "{dev}";' for a in v6],
          "}"]
+    for ver, name in ((4, RTBH4), (6, RTBH6)):
+        L += [f"protocol static {name} {{", f"  ipv{ver} {{ preference 250; }};  # wins over the plain announcement",
+              "  check link;", *rtbh[ver], "}"]
+    if flowspec:
+        L += ["flow4 table xg_flow4;", "flow6 table xg_flow6;"]
+        for ver, name in ((4, FLOW4), (6, FLOW6)):
+            L += [f"protocol static {name} {{", f"  flow{ver} {{ table xg_flow{ver}; }};", *flows[ver], "}"]
     if bgp.bfd:
         ms = bgp.bfd_interval_ms
         L += ["protocol bfd xg_bfd {",
@@ -70,13 +123,17 @@ def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "") -> str:
               f"idle tx interval 300 ms; multiplier {bgp.bfd_multiplier}; }};",
               "}"]
     for i, n in enumerate(bgp.neighbors):
-        ch, static = ("ipv4", STATIC4) if n.address.version == 4 else ("ipv6", STATIC6)
+        ch, static, black = ("ipv4", STATIC4, RTBH4) if n.address.version == 4 else ("ipv6", STATIC6, RTBH6)
+        ver = n.address.version
         L += [f"protocol bgp {protocol_name(i, n.address.version)} {{",
               f"  local as {bgp.local_as};",
               f"  neighbor {n.address} as {n.asn};",
               f"  hold time {bgp.hold_s}; connect retry time 1; error wait time 1, 5;",
               f"  bfd {'on' if bgp.bfd else 'off'}; check link on;",
-              f'  {ch} {{ import none; export where proto = "{static}"; }};',
+              (f'  {ch} {{ import none; export where proto = "{static}" || proto = "{black}"; }};' if not prepend else
+               f'  {ch} {{ import none; export filter {{ if proto = "{static}" || proto = "{black}" then {{ '
+               + f"bgp_path.prepend({bgp.local_as}); " * prepend + "accept; } reject; }; };"),
+              *([f"  flow{ver} {{ table xg_flow{ver}; import none; export all; }};"] if flowspec else []),
               "}"]
     return "\n".join(L) + "\n"
 

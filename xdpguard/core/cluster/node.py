@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -33,13 +34,33 @@ from .. import cleansing, dataplane, forward, reconcile, state
 from ..config import Desired, InterfaceSpec
 from ..errors import UserError
 from . import bgp as bgpmod
+from . import escalate
 from .store import Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Watch, desired_text, parse_desired
 
 OK_ACTIONS = ("attached", "updated", "unchanged")
 LOCAL_BAN_POLL_S = 0.5
 HEALTH_EVERY_S = 0.5
 DRIFT_EVERY_S = 5.0
+OVERLOAD_CALM_S = 3.0
 PROBE_TIMEOUT_S = 0.3
+
+
+def missing_routes(prefixes) -> list[str]:
+    """A reason per prefix this namespace has no usable route to (none, or unreachable,
+    blackhole or prohibit): the way back to the clients."""
+    out = []
+    for net in prefixes:
+        probe = net.network_address if net.prefixlen == net.max_prefixlen else net.network_address + 1
+        p = subprocess.run(["ip", f"-{net.version}", "-j", "route", "get", str(probe)], capture_output=True,
+                           text=True, timeout=5, stdin=subprocess.DEVNULL)
+        try:
+            routes = json.loads(p.stdout or "[]") if p.returncode == 0 else []
+        except ValueError:
+            routes = []
+        kinds = {r.get("type", "unicast") for r in routes}
+        if not routes or kinds & {"unreachable", "blackhole", "prohibit", "throw"}:
+            out.append(f"no route to {net} (require_routes): clients could not be answered")
+    return out
 
 
 @dataclass
@@ -83,6 +104,11 @@ class NodeAgent:
         self.announced: list[str] = []  # the routes in BIRD's config now
         self.liveness: bgpmod.LivenessDevice | None = None
         self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0}
+        self.meter: escalate.LoadMeter | None = None
+        self.escalations: dict[tuple[str, str], escalate.Active] = {}
+        self.escalation_leader = False
+        self.overloaded = False
+        self._calm_since: float | None = None
         self._said: dict[str, str] = {}
 
     def say(self, topic: str, msg: str) -> None:
@@ -213,7 +239,10 @@ class NodeAgent:
                 self._drop_interface(name)
             else:
                 try:
-                    spec = parse_desired(ev.key, ev.value)
+                    spec = self.store.desired_from(ev.key, ev.value, ev.revision)
+                except StoreUnavailable as exc:
+                    self._store_lost(exc.message)
+                    return
                 except UserError as exc:
                     self.say(f"desired {name}", f"store: {exc.message} (keeping what is realised)")
                 else:
@@ -228,6 +257,8 @@ class NodeAgent:
                 if b is not None:
                     self.store_bans[name] = b
                     self._apply_ban(b)
+        elif kind == "chunk" and ev.kind != "delete":
+            self.store.remember_chunk(ev.key, ev.value)  # the desired key naming it comes next
         self.applied_revision = max(self.applied_revision, ev.revision)
         self.state_revision = max(self.state_revision, ev.revision)
 
@@ -349,6 +380,8 @@ class NodeAgent:
                 continue
         if self.backend_rounds == 0:
             reasons.append("backends not probed yet")
+        if self.bgp is not None and self.bgp.require_routes:
+            reasons += missing_routes(self.bgp.require_routes)
         return reasons + [r for r in self.backend_reasons if r.split(":")[0] in self.specs]
 
     def protected(self) -> list:
@@ -430,7 +463,8 @@ class NodeAgent:
             return
         addrs = bgpmod.announce_set(self.bgp, self.protected()) if on else []
         try:
-            changed = bgpmod.configure(self.bgp, bgpmod.render(self.bgp, addrs, self.node))
+            changed = bgpmod.configure(self.bgp, bgpmod.render(self.bgp, addrs, self.node, self._escalation_routes(),
+                                                               self.bgp.overload_prepend if self.overloaded else 0))
         except UserError as exc:
             self.say("bird", f"BIRD: {exc.message}")
             return
@@ -439,6 +473,61 @@ class NodeAgent:
             self.report(("announcing " + ", ".join(map(str, addrs))) if on else
                         ("withdrawn: " + ("; ".join(self.health.reasons) or "stopping")))
         self.announcing = on
+
+    def _escalation_routes(self) -> tuple[bgpmod.Escalation, ...]:
+        return tuple(a.escalation for a in self.escalations.values())
+
+    def _escalates(self) -> bool:
+        """Whether the load meter runs: upstream escalation or overload prepending is configured."""
+        return self.bgp is not None and bool(self.bgp.flowspec_pps or self.bgp.blackhole_pps or self.bgp.overload_pps)
+
+    def overload_round(self, now: float) -> None:
+        """Prepend our AS while this node receives more than [bgp] overload_pps; back to the plain
+        path once below 70 % of it for OVERLOAD_CALM_S (hysteresis: no flapping at the edge)."""
+        if self.bgp is None or not self.bgp.overload_pps or self.meter is None:
+            return
+        pps = sum(float(e.get("pps", 0.0)) for e in self.meter.latest.values())
+        was = self.overloaded
+        if pps >= self.bgp.overload_pps:
+            self.overloaded, self._calm_since = True, None
+        elif self.overloaded and pps < 0.7 * self.bgp.overload_pps:
+            self._calm_since = self._calm_since or now
+            if now - self._calm_since >= OVERLOAD_CALM_S:
+                self.overloaded, self._calm_since = False, None
+        else:
+            self._calm_since = None
+        if self.overloaded != was:
+            self.report(f"overloaded ({pps:,.0f} pps >= {self.bgp.overload_pps:,}): prepending AS {self.bgp.local_as} "
+                        f"x{self.bgp.overload_prepend}" if self.overloaded else
+                        f"load back to {pps:,.0f} pps: plain AS path again")
+            self.set_announce(self.announcing)
+
+    def escalation_round(self) -> None:
+        """Publish this node's load; the elected node sums the loads and (re)decides the
+        upstream routes. See escalate.py."""
+        if not self._escalates() or not self.store_up or self.lease is None or self.meter is None:
+            return
+        assert self.bgp is not None
+        try:
+            self.store.put_load(self.node, {"updated": self.meter.updated, "addresses": self.meter.latest}, self.lease)
+            leader = self.store.lock_owner("escalate") == self.node or self.store.try_lock("escalate", self.node,
+                                                                                            self.lease)
+            loads = self.store.read_loads() if leader else {}
+        except StoreUnavailable as exc:
+            self._store_lost(exc.message)
+            return
+        if leader != self.escalation_leader:
+            self.escalation_leader = leader
+            self.report("elected to escalate upstream" if leader else "no longer the escalating node")
+        before = set(self.escalations)
+        if leader:
+            self.escalations, said = escalate.decide(self.bgp, loads, self.escalations, time.monotonic())
+        else:
+            self.escalations, said = {}, []
+        for line in said:
+            self.report(line)
+        if set(self.escalations) != before:
+            self.set_announce(self.announcing)
 
     def bgp_state(self) -> dict:
         if self.bgp is None:
@@ -457,7 +546,12 @@ class NodeAgent:
                 "synced": self.synced, "ready": self.health.ready, "reasons": self.health.reasons,
                 "announcing": self.announcing, "announced": self.announced, "announce_note": self.announce_note,
                 "interfaces": dict(self.results), "bans": len(self.store_bans),
-                "pending_writes": len(self.pending.bans), "bgp": self.bgp_state(), **self.counts}
+                "pending_writes": len(self.pending.bans), "pending_dropped": self.pending.dropped,
+                "bgp": self.bgp_state(),
+                "escalation_leader": self.escalation_leader, "overloaded": self.overloaded,
+                "escalations": [a.escalation.describe() for a in self.escalations.values()],
+                "load": {a: e.get("pps", 0.0) for a, e in (self.meter.latest if self.meter else {}).items()},
+                **self.counts}
 
     def heartbeat(self) -> None:
         if self.lease is None or not self.store.keepalive(self.lease):
@@ -492,10 +586,13 @@ class NodeAgent:
             self._loop(stop, end)
         finally:
             prober_stop.set()
+            if self.meter is not None:
+                self.meter.stop()
+                self.meter = None
             self.close()
 
     def _loop(self, stop: threading.Event, end: float | None) -> None:
-        next_connect = next_health = next_beat = next_poll = next_drift = next_snapshot = 0.0
+        next_connect = next_health = next_beat = next_poll = next_drift = next_snapshot = next_load = 0.0
         next_resync = time.monotonic() + self.cluster.resync_interval_s
         beat_every = max(0.5, self.cluster.node_ttl_s / 3)
         while not stop.is_set() and (end is None or time.monotonic() < end):
@@ -540,6 +637,12 @@ class NodeAgent:
             if now >= next_health:
                 next_health = now + min(HEALTH_EVERY_S, self.daemon.health_interval_s)
                 self.update_health_and_bgp()
+            if now >= next_load and self._escalates():
+                next_load = now + escalate.LOAD_EVERY_S
+                if self.meter is None and self.specs:
+                    self.meter = escalate.LoadMeter(sorted(self.specs)).start()
+                self.overload_round(now)
+                self.escalation_round()
             if now >= next_beat and self.store_up:
                 next_beat = now + beat_every
                 try:

@@ -39,6 +39,10 @@ class NodeView:
     interfaces: dict
     bans: int
     pending_writes: int
+    escalation_leader: bool = False  # holds the escalate lock: decides the upstream routes
+    escalations: list[str] = field(default_factory=list)  # the upstream routes it announces
+    load: dict = field(default_factory=dict)  # protected address → pps this node receives
+    overloaded: bool = False  # above [bgp] overload_pps: announcing with its AS prepended
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,9 @@ def status(desired: Desired) -> ClusterStatus:
                               applied >= snap.state_revision, bool(s.get("ready")), bool(s.get("announcing")),
                               list(s.get("announced", [])),
                               list(s.get("reasons", [])), str(s.get("announce_note", "")), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
-                              int(s.get("bans", 0)), int(s.get("pending_writes", 0))))
+                              int(s.get("bans", 0)), int(s.get("pending_writes", 0)),
+                              bool(s.get("escalation_leader")), list(s.get("escalations", [])),
+                              dict(s.get("load", {})), bool(s.get("overloaded"))))
     return ClusterStatus(desired.cluster.name, snap.revision, snap.state_revision, sorted(snap.desired),
                          len(snap.bans), views, sum(1 for v in views if v.announcing))
 

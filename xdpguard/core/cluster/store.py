@@ -20,6 +20,7 @@ store's revision R, a watch event carries its own.
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import os
@@ -27,12 +28,13 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from .. import config
 from ..config import ClusterSpec, Desired, InterfaceSpec
 from ..errors import UserError
+from ..prefixes import Prefix
 
 try:  # a dependency of the package (pyproject), imported at module level like the rest
     import etcd3gw
@@ -106,6 +108,47 @@ def desired_text(spec: InterfaceSpec) -> str:
     return config.to_toml(Desired((spec,)))
 
 
+# ---- big lists: content-addressed chunks ----
+#
+# etcd refuses a request over 1.5 MiB (--max-request-bytes), so a desired interface with a
+# million-entry blocklist cannot be one key. Lists longer than INLINE_MAX go into immutable
+# chunk keys state/chunks/<sha256> (CHUNK_ENTRIES prefixes each, packed binary) written first;
+# the desired key, written last, names its chunks: one put switches every node from the old
+# list to the new one, and a node fetches only chunks it does not hold already. Chunks no
+# desired key names any more are deleted after the switch.
+
+INLINE_MAX = 4096
+CHUNK_ENTRIES = 32768  # IPv6: 589 KB a chunk, 786 KB base64 on the wire
+CHUNK_MAGIC = b"XGC1"
+ENVELOPE = "xdpguard-chunked-1"
+
+
+def chunk_bodies(prefixes: frozenset[Prefix]) -> list[bytes]:
+    """The list as chunks: sorted, packed as (family, prefix length, address) records."""
+    ordered = sorted(prefixes, key=lambda p: (p.family, p.addr, p.plen))
+    out = []
+    for i in range(0, len(ordered), CHUNK_ENTRIES):
+        out.append(CHUNK_MAGIC + b"".join(bytes((p.family, p.plen)) + p.addr for p in ordered[i:i + CHUNK_ENTRIES]))
+    return out
+
+
+def chunk_name(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def parse_chunk(name: str, body: bytes) -> list[Prefix]:
+    if not body.startswith(CHUNK_MAGIC) or chunk_name(body) != name:
+        raise UserError(f"etcd: list chunk {name[:12]}… is damaged (wrong magic or hash)")
+    out = []
+    i, n = len(CHUNK_MAGIC), len(body)
+    while i < n:
+        fam, plen = body[i], body[i + 1]
+        size = 4 if fam == 4 else 16
+        out.append(Prefix(fam, bytes(body[i + 2:i + 2 + size]), plen))
+        i += 2 + size
+    return out
+
+
 def parse_desired(key: str, value: bytes) -> InterfaceSpec:
     d, _ = config.loads(value.decode(), f"etcd:{key}")
     if len(d.interfaces) != 1:
@@ -127,6 +170,7 @@ class ClusterStore:
             self._clients.append(etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
                                                      timeout=timeout_s, api_path="/v3/"))
         self._current = 0
+        self._chunks: dict[str, list[Prefix]] = {}  # list chunk name → its prefixes
 
     # ---- transport: the first endpoint that answers ----
 
@@ -150,8 +194,12 @@ class ClusterStore:
         detail = getattr(last, "detail_text", None) or str(last) or type(last).__name__
         raise StoreUnavailable(f"etcd ({', '.join(self.spec.endpoints)}) does not answer: {detail[:200]}")
 
-    def _range(self, prefix: str) -> tuple[int, list[dict]]:
-        out = self._post("/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+    def _range(self, prefix: str, end: str | None = None, revision: int | None = None) -> tuple[int, list[dict]]:
+        """Keys under `prefix` (or from `prefix` to `end`), at `revision` (default: now)."""
+        body = {"key": _b64(prefix), "range_end": _b64(end if end is not None else _prefix_end(prefix))}
+        if revision:
+            body["revision"] = revision
+        out = self._post("/kv/range", body)
         return int(out["header"]["revision"]), out.get("kvs", [])
 
     def _put(self, key: str, value: str, lease: int | None = None) -> int:
@@ -159,6 +207,14 @@ class ClusterStore:
         if lease:
             body["lease"] = lease
         return int(self._post("/kv/put", body)["header"]["revision"])
+
+    def _put_bytes(self, key: str, value: bytes) -> int:
+        body = {"key": _b64(key), "value": base64.b64encode(value).decode()}
+        return int(self._post("/kv/put", body)["header"]["revision"])
+
+    def _range_keys(self, prefix: str) -> tuple[int, list[str]]:
+        out = self._post("/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)), "keys_only": True})
+        return int(out["header"]["revision"]), [_unb64(kv["key"]).decode() for kv in out.get("kvs", [])]
 
     def _delete(self, key: str) -> tuple[int, int]:
         out = self._post("/kv/deleterange", {"key": _b64(key)})
@@ -181,7 +237,11 @@ class ClusterStore:
     # ---- the keys ----
 
     def read(self) -> Snapshot:
-        rev, kvs = self._range(self.root)
+        """Everything but the chunk bodies, at one revision (chunks are fetched as named, or
+        come from the cache)."""
+        rev, kvs = self._range(self.root, end=self.state + "chunks/")
+        _, rest = self._range(_prefix_end(self.state + "chunks/"), end=_prefix_end(self.root), revision=rev)
+        kvs = kvs + rest
         desired, bans, nodes = {}, {}, {}
         state_rev = 0
         for kv in kvs:
@@ -191,7 +251,7 @@ class ClusterStore:
                 state_rev = max(state_rev, int(kv.get("mod_revision", 0)))
             kind, name = self.classify(key)
             if kind == "desired":
-                desired[name] = parse_desired(key, value)
+                desired[name] = self.desired_from(key, value, rev)
             elif kind == "ban":
                 b = self.parse_ban(name, value)
                 if b is not None:
@@ -204,7 +264,8 @@ class ClusterStore:
         return Snapshot(rev, desired, bans, nodes, state_rev)
 
     def classify(self, key: str) -> tuple[str, str]:
-        for kind, sub in (("desired", "state/desired/"), ("ban", "state/bans/"), ("node", "nodes/")):
+        for kind, sub in (("desired", "state/desired/"), ("ban", "state/bans/"), ("node", "nodes/"),
+                          ("chunk", "state/chunks/")):
             if key.startswith(self.root + sub):
                 return kind, key[len(self.root + sub):]
         return "other", key
@@ -230,7 +291,84 @@ class ClusterStore:
         return out
 
     def put_desired(self, spec: InterfaceSpec) -> int:
-        return self._put(f"{self.state}desired/{spec.name}", desired_text(spec))
+        big = {k: getattr(spec, k) for k in ("block", "allow") if len(getattr(spec, k)) > INLINE_MAX}
+        if not big:
+            rev = self._put(f"{self.state}desired/{spec.name}", desired_text(spec))
+            self.collect_chunks()
+            return rev
+        _, kvs = self._range_keys(self.state + "chunks/")
+        have = {k[len(self.state + "chunks/"):] for k in kvs}
+        refs: dict[str, list[str]] = {}
+        for which, prefixes in big.items():
+            refs[which] = []
+            for body in chunk_bodies(prefixes):
+                name = chunk_name(body)
+                if name not in have:
+                    self._put_bytes(f"{self.state}chunks/{name}", body)
+                    have.add(name)
+                refs[which].append(name)
+        slim = replace(spec, **{k: frozenset() for k in big})
+        value = json.dumps({"format": ENVELOPE, "toml": desired_text(slim), "chunks": refs}, sort_keys=True)
+        rev = self._put(f"{self.state}desired/{spec.name}", value)
+        self.collect_chunks()
+        return rev
+
+    def desired_from(self, key: str, value: bytes, revision: int | None = None) -> InterfaceSpec:
+        """An interface's desired state from its key's value: plain TOML, or the envelope that
+        names list chunks (fetched at `revision`, or taken from the cache)."""
+        if not value.startswith(b"{"):
+            return parse_desired(key, value)
+        try:
+            env = json.loads(value)
+            if env.get("format") != ENVELOPE:
+                raise ValueError(env.get("format"))
+            spec = parse_desired(key, env["toml"].encode())
+            lists = {which: frozenset(p for name in names for p in self._chunk(name, revision))
+                     for which, names in env.get("chunks", {}).items() if which in ("block", "allow")}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"etcd:{key}: not a desired-state value ({exc})") from None
+        return replace(spec, **lists)
+
+    def _chunk(self, name: str, revision: int | None = None) -> list[Prefix]:
+        got = self._chunks.get(name)
+        if got is None:
+            body = {"key": _b64(f"{self.state}chunks/{name}")}
+            if revision:
+                body["revision"] = revision
+            kvs = self._post("/kv/range", body).get("kvs", [])
+            if not kvs:
+                raise UserError(f"etcd: list chunk {name[:12]}… is missing (written over meanwhile; read again)")
+            got = parse_chunk(name, _unb64(kvs[0].get("value", "")))
+            self._chunks[name] = got
+        return got
+
+    def remember_chunk(self, key: str, value: bytes) -> None:
+        """A chunk seen on the watch: keep it, so the desired key naming it needs no fetch."""
+        name = key[len(self.state + "chunks/"):]
+        try:
+            self._chunks[name] = parse_chunk(name, value)
+        except UserError:
+            pass
+
+    def collect_chunks(self) -> int:
+        """Delete the chunks no desired key names any more; how many went."""
+        _, kvs = self._range(self.state + "desired/")
+        named = set()
+        for kv in kvs:
+            v = _unb64(kv.get("value", ""))
+            if v.startswith(b"{"):
+                try:
+                    named.update(n for names in json.loads(v).get("chunks", {}).values() for n in names)
+                except (ValueError, AttributeError):
+                    return 0  # something we cannot read: delete nothing
+        _, keys = self._range_keys(self.state + "chunks/")
+        gone = 0
+        for k in keys:
+            if k[len(self.state + "chunks/"):] not in named:
+                gone += self._delete(k)[1]
+        keep = {k[len(self.state + "chunks/"):] for k in keys} & named
+        self._chunks = {n: v for n, v in self._chunks.items() if n in keep or n in named}
+        return gone
 
     def delete_desired(self, name: str) -> int:
         return self._delete(f"{self.state}desired/{name}")[0]
@@ -277,6 +415,28 @@ class ClusterStore:
 
     def unlock(self, name: str) -> None:
         self._delete(f"{self.root}locks/{name}")
+
+    def lock_owner(self, name: str) -> str | None:
+        _, kvs = self._range(f"{self.root}locks/{name}")
+        for kv in kvs:
+            if _unb64(kv["key"]).decode() == f"{self.root}locks/{name}":
+                return _unb64(kv.get("value", "")).decode(errors="replace")
+        return None
+
+    # ---- load: what each node receives per protected address (escalation input), on its lease ----
+
+    def put_load(self, node: str, load: dict, lease: int) -> int:
+        return self._put(f"{self.root}load/{node}", json.dumps(load, sort_keys=True), lease)
+
+    def read_loads(self) -> dict[str, dict]:
+        _, kvs = self._range(self.root + "load/")
+        out = {}
+        for kv in kvs:
+            try:
+                out[_unb64(kv["key"]).decode()[len(self.root + "load/"):]] = json.loads(_unb64(kv.get("value", "")))
+            except ValueError:
+                continue
+        return out
 
     def watch(self, start_revision: int) -> Watch:
         return Watch(self, start_revision)
@@ -346,14 +506,31 @@ class Watch:
             pass
 
 
+MAX_PENDING_BANS = 65536
+
+
 @dataclass
 class PendingWrites:
-    """Writes the node could not make while the store was down: one per key, the newest wins."""
+    """Writes the node could not make while the store was down: one per key, the newest wins.
+    Bounded: beyond `limit` the bans that expire soonest go first (`dropped` counts them). Not
+    kept on disk, and need not be: a queued ban is in the node's own ban map (that is where it
+    was found), and a restarted agent finds it there again and queues it anew."""
 
     bans: dict[str, tuple[float, str, float]] = field(default_factory=dict)  # address → (ttl, reason, queued at)
+    limit: int = MAX_PENDING_BANS
+    dropped: int = 0
 
     def add_ban(self, address: str, ttl_s: float, reason: str) -> None:
-        self.bans[address] = (ttl_s, reason, time.time())
+        now = time.time()
+        self.bans[address] = (ttl_s, reason, now)
+        if len(self.bans) > self.limit:
+            live = {a: v for a, v in self.bans.items() if v[0] - (now - v[2]) >= 1}
+            self.dropped += len(self.bans) - len(live)
+            if len(live) > self.limit:
+                keep = sorted(live.items(), key=lambda kv: kv[1][0] - (now - kv[1][2]), reverse=True)[: self.limit]
+                self.dropped += len(live) - len(keep)
+                live = dict(keep)
+            self.bans = live
 
     def flush(self, store: ClusterStore, node: str) -> int:
         done = 0

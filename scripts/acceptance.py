@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Issue 13's acceptance run, as an operator would do it: `xdpguard lab up` (attach + forward add,
+nothing tuned) with the backend shaped like a small server, `xdpguard run` as the daemon, a real
+client opening a new HTTP connection per request, and Debian's own attack tools (hping3, t50,
+nping) flooding the FORWARDED ports from spoofed sources — each flood bounded by a packet count
+and by time. The yardstick is the control run: the same hping3 flood at a CLOSED port (dropped at
+once by the port policy), which shows what the generator alone costs this machine.
+
+    scripts/acceptance.py [--duration 6] [--json FILE]
+
+Prints a markdown table: per attack the packets the tool sent, the client's rate (share of the
+control's), p99, slow connections (>= 900 ms: a SYN retransmission), attack packets at the backend
+(DSCP CS1, counted in the backend's namespace) and XDP's drops by reason; and, when the daemon
+installs automatic mitigations, how long after the start one appeared and after the end it went.
+Root; runs in its own namespace lab; leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from xdpguard.lab import probe, topology  # noqa: E402
+
+P = topology.PROT4
+TOS = "0x20"  # DSCP CS1: counted at the backend as attack traffic
+
+
+def hping(*flags: str) -> list[str]:
+    return ["hping3", "-q", "--flood", "--rand-source", "--tos", TOS, *flags, P]
+
+
+ATTACKS = [
+    ("control: SYN at closed tcp/9999", hping("-S", "-p", "9999")),
+    ("SYN tcp/80", hping("-S", "-p", "80")),
+    ("ACK tcp/80", hping("-A", "-p", "80")),
+    ("Xmas tcp/80", hping("-F", "-P", "-U", "-p", "80")),
+    ("UDP udp/7", hping("--udp", "-p", "7", "-d", "64")),
+    ("fragments udp/7", hping("--udp", "-p", "7", "-d", "600", "-f")),
+    ("mixed (t50 T50)", ["t50", P, "--flood", "--turbo", "--protocol", "T50", "--dport", "80", "--tos", "32"]),
+    ("RST tcp/80 (nping)", ["nping", "--tcp", "--flags", "rst", "-p", "80", "--rate", "20000", "-c", "400000",
+                            "-S", "198.18.200.9", "--tos", "32", "-q", "-N", P]),
+]
+
+
+def counters() -> dict[tuple[str, str], int]:
+    p = topology.xg(topology.ns_name("prot"), "status", topology.PROT_IFACE, "--json", check=False)
+    if p.returncode != 0:
+        return {}
+    st = json.loads(p.stdout)
+    return {(c["kind"], c["reason"]): c["packets"] for c in (st[0]["counters"] if st else [])}
+
+
+def mitigations() -> list[dict]:
+    p = topology.xg(topology.ns_name("prot"), "mitigations", "list", "--json", check=False)
+    if p.returncode != 0:
+        return []
+    try:
+        data = json.loads(p.stdout)
+    except ValueError:
+        return []
+    return data.get("mitigations", data) if isinstance(data, dict) else data
+
+
+class MitigationWatch(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.seen: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.seen.append((time.monotonic(), len(mitigations())))
+            self.stop.wait(0.1)
+
+
+def one(name: str, argv: list[str], duration: float) -> dict:
+    before, b0 = counters(), topology.backend_counts()
+    watch = MitigationWatch()
+    watch.start()
+    t0 = time.monotonic()
+    gen = subprocess.Popen(["ip", "netns", "exec", topology.ns_name("attacker"), "timeout", "-s", "INT",
+                            str(duration + 1), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           stdin=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(1.0)
+    res = probe.in_lab("http", 1_000_000, timeout=1.5, interval=0.0, duration=duration - 1.0)
+    out, _ = gen.communicate(timeout=duration + 30)
+    t_end = time.monotonic()
+    time.sleep(12.0)  # mitigations must be lifted within 10 s of the end
+    watch.stop.set()
+    watch.join()
+    after, b1 = counters(), topology.backend_counts()
+    moved = {f"{k[0]} {k[1]}": v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    sent = re.search(r"(\d+) packets transmitted", out or "")
+    on = next((t - t0 for t, n in watch.seen if n > 0 and t >= t0), None)
+    off = next((t - t_end for t, n in watch.seen if t >= t_end and n == 0), None)
+    received = sum(v for k, v in moved.items() if not k.endswith("bypass"))
+    return {"attack": name, "tool": argv[0], "sent": int(sent[1]) if sent else None, "received": received,
+            "probe": res.to_dict(), "drops": {k: v for k, v in moved.items() if k.startswith("drop")},
+            "backend": b1["attack"] - b0["attack"], "mitigation_on_s": on, "mitigation_off_s": off}
+
+
+def row(r: dict, control: float) -> str:
+    p = r["probe"]
+    rate = p["ok"] / max(p["elapsed_s"], 1e-6)
+    share = 100 * rate / control if control else 0
+    drops = ", ".join(f"{k.split()[1]} {v:,}" for k, v in sorted(r["drops"].items(), key=lambda kv: -kv[1])[:3])
+    att = r["received"] or r["sent"] or 0
+    back = f"{r['backend']:,} ({100 * r['backend'] / att:.2f} %)" if att else f"{r['backend']:,}"
+    mit = "-" if r["mitigation_on_s"] is None else (
+        f"on +{r['mitigation_on_s']:.1f} s, off +{r['mitigation_off_s']:.1f} s" if r["mitigation_off_s"] is not None
+        else f"on +{r['mitigation_on_s']:.1f} s, still on")
+    p99 = "-" if p["p99_ms"] is None else f"{p['p99_ms']:.0f}"
+    return (f"| {r['attack']} | {r['received']:,} | {rate:,.0f} ({share:.0f} %) | {p['success_pct']:.1f} % | {p99} | "
+            f"{p.get('slow', 0)} | {back} | {drops or '-'} | {mit} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds per flood (2 to 30)")
+    ap.add_argument("--json", help="write the raw results here")
+    a = ap.parse_args()
+    duration = min(max(a.duration, 2.0), 30.0)
+    os.environ.setdefault("XDPGUARD_LAB_NAME", f"acc{os.getpid() % 100000}")
+    daemon = None
+    results = []
+    try:
+        up = topology.up(protected=True)
+        topology.shape_backend()
+        prot = topology.ns_name("prot")
+        daemon = subprocess.Popen(["ip", "netns", "exec", prot, *topology.xdpguard_argv(), "run"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
+        time.sleep(11)  # the TCP-state grace after attach
+        base = probe.in_lab("http", 1_000_000, timeout=1.5, interval=0.0, duration=duration - 1.0)
+        print(f"lab up (XDP {up.xdp_mode}); no attack: {probe.describe(base)}", flush=True)
+        for name, argv in ATTACKS:
+            results.append(one(name, argv, duration))
+            print(f"{name}: {probe.describe(probe.ProbeResult(**results[-1]['probe']))}", flush=True)
+    finally:
+        if daemon is not None:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            daemon.wait(timeout=30)
+        topology.down()
+    control = results[0]["probe"]["ok"] / max(results[0]["probe"]["elapsed_s"], 1e-6)
+    print("\n| attack | packets at XDP | client req/s (of control) | answered | p99 ms | slow (>= 0.9 s) | "
+          "attack pkts at backend | XDP drops | automatic mitigation |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| no attack | - | {base.ok / max(base.elapsed_s, 1e-6):,.0f} | {base.success_pct:.1f} % | "
+          f"{base.p99_ms or 0:.0f} | {base.slow} | - | - | - |")
+    for r in results:
+        print(row(r, control))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"base": base.to_dict(), "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
