@@ -27,8 +27,8 @@
 #define XG_REASON_RATELIMIT   11  /* drop: per-source rate limit */
 #define XG_REASON_SYN         12  /* drop: SYN flood defence */
 #define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
-#define XG_REASON_SYNCOOKIE   14  /* not passed: a SYN answered with a SYN cookie (XDP_TX), or an ACK
-                                   * whose cookie is bad (dropped); xg_cookie_pcpu splits the two */
+#define XG_REASON_SYNCOOKIE   14  /* not passed: a SYN answered with a SYN cookie (XDP_TX); a bad cookie
+                                   * ACK stays `tcpstate` (xg_cookie_pcpu counts both kinds) */
 #define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before

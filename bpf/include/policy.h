@@ -329,6 +329,7 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
     if (!sp->syn_threshold_pps && !always)
         return XG_CONTINUE;
     __u64 t = xg_now(now);
+    int over_budget = 0;
     if (!always) {
         __u32 slot = sp->slot;
         struct xg_synwin *w = xg_synwin_arr.lookup(&slot);
@@ -342,11 +343,12 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
         __u64 seen = __sync_fetch_and_add(&w->count, 1) + 1;
         if (seen <= sp->syn_threshold_pps)
             return XG_CONTINUE;
+        over_budget = seen > sp->syn_threshold_pps + XG_SC_BUDGET_PPS;
     }
     if (kg_known(&p->src, t))
         return XG_CONTINUE;            /* known-good (knowngood.h): no cookie, no retransmission */
     if ((prot->flags & XG_PROT_SYN_COOKIE) && xg_cookie_family(p))
-        return syncookie_answer(cfg);
+        return over_budget ? XG_REASON_SYN : syncookie_answer(cfg);  /* past the cookie budget: drop */
 
     struct xg_synauth *a = xg_synauth_hash.lookup(&p->src);
     if (a) {

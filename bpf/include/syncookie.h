@@ -6,7 +6,7 @@
  * built in place over the SYN and sent back out of the interface. No state is kept, so a
  * spoofed flood fills nothing. The returning ACK belongs to no recorded connection: the TCP
  * state step hands it here (step_cookie_ack), bpf_tcp_raw_check_syncookie_ipv4/6 validates it,
- * a good one passes to the kernel, a bad one is dropped. In the kernel, nftables `synproxy`
+ * a good one passes to the kernel, a bad one is dropped as `tcpstate`. In the kernel, nftables `synproxy`
  * (the input-hook rule of our table, nat.py) checks the same cookie again — the secret is the
  * kernel's, so it agrees — and opens the real connection to the backend through our DNAT
  * (a `nat hook output` chain: synproxy's SYN leaves through LOCAL_OUT). Its window update to
@@ -36,6 +36,13 @@
 #define XG_SC_MSS6 1440
 #define XG_SC_TTL 64
 #define XG_SC_TCP_BUF 64             /* the SYN's TCP header with options (<= 60) */
+#ifndef XG_SC_BUDGET_PPS
+/* Cookie answers per protected address and second above its threshold, at most: past them a
+ * SYN of a source that is not known-good is dropped (`syn`, it retransmits). Answering costs
+ * ~6x a drop and sends a packet per SYN: a flood far above this must not eat the protector
+ * (or the uplink). Not applied with XG_PROT_SYN_ALWAYS (no per-second count is kept). */
+#define XG_SC_BUDGET_PPS 20000
+#endif
 
 #ifndef XG_SYNCOOKIE_IPV6
 #define XG_SYNCOOKIE_IPV6 0
@@ -102,8 +109,8 @@ static __always_inline int xg_sc_load_tcp(struct xdp_md *ctx, struct xg_pkt *p, 
 }
 
 /* Step 9c: an ACK that belongs to no recorded connection (step_tcpstate said TCPSTATE) passes
- * when it completes one of our cookie handshakes, else it is a spoofed ACK: drop `syncookie`.
- * Anything else keeps the TCP state verdict. */
+ * when it completes one of our cookie handshakes; else it stays a `tcpstate` drop (a spoofed
+ * ACK: ACK floods keep their reason whatever the SYN mode), counted in xg_cookie_pcpu.ack_bad. */
 static __always_inline __u32 step_cookie_ack(struct xdp_md *ctx, struct xg_protected *prot, struct xg_pkt *p)
 {
     if (!xg_cookie_mode(prot) || !xg_cookie_family(p) ||
@@ -129,7 +136,7 @@ static __always_inline __u32 step_cookie_ack(struct xdp_md *ctx, struct xg_prote
         else
             st->ack_valid += 1;
     }
-    return bad ? XG_REASON_SYNCOOKIE : XG_CONTINUE;
+    return bad ? XG_REASON_TCPSTATE : XG_CONTINUE;  /* a bad cookie: the ACK flood it is (ack_bad counts it) */
 }
 
 /* Read the SYN's TCP header with its options into th (XG_SC_TCP_BUF bytes); its length, or 0. */

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import statistics
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -55,9 +56,10 @@ def ack_for(synack: bytes, src=CLIENT, dst=PROT, bump: int = 0) -> bytes:
 @pytest.fixture(scope="module")
 def bed():
     # XG_SYNCOOKIE_IPV6=1: the IPv6 SYN-ACKs are built and checked here, though the default
-    # build leaves IPv6 on retransmit (nft synproxy cannot complete them, syncookie.h)
+    # build leaves IPv6 on retransmit (nft synproxy cannot complete them, syncookie.h);
+    # XG_SC_BUDGET_PPS=3: the cookie budget test
     b = TestBed({"XG_FLOWS_MAX": 1024, "XG_EMBRYOS_MAX": 1024, "XG_LIST_MAX": 1024, "XG_PORTS_MAX": 1024,
-                 "XG_SYNCOOKIE_IPV6": 1})
+                 "XG_SYNCOOKIE_IPV6": 1, "XG_SC_BUDGET_PPS": 3})
     try:
         b.protect(PROT, PROT6)
         g = Guard(None, None, b.maps)
@@ -146,9 +148,9 @@ def test_syn_is_answered_with_a_cookie_the_kernel_accepts(cookie, family):
     # the client's ACK: no recorded connection, but a valid cookie → passes to the kernel
     v = cookie.verdict(ack_for(out, src, dst))
     assert (v.action, v.reason) == ("pass", Reason.CLEAN)
-    # a damaged cookie → dropped as syncookie (a spoofed ACK)
+    # a damaged cookie → dropped: a spoofed ACK keeps its tcpstate reason (xg_cookie_pcpu counts it)
     v = cookie.verdict(ack_for(out, src, dst, bump=12345))
-    assert (v.action, v.reason) == ("drop", Reason.SYNCOOKIE)
+    assert (v.action, v.reason) == ("drop", Reason.TCPSTATE)
     after = cookie_stats(cookie)
     assert after["ack_valid"] == before["ack_valid"] + 1 and after["ack_bad"] == before["ack_bad"] + 1
 
@@ -178,9 +180,11 @@ def test_threshold_governs_and_retransmit_mode_still_drops(bed):
     try:
         reconf(bed)
         assert run_out(bed, syn(sport=41000))[0] == XDP_PASS
-        # but an ACK of no connection is now a bad cookie, not only a tcpstate drop
+        # an ACK of no connection is checked for a cookie (a bad one: still tcpstate, counted ack_bad)
+        bad = cookie_stats(bed)["ack_bad"]
         assert bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="A"))).reason == \
-            Reason.SYNCOOKIE
+            Reason.TCPSTATE
+        assert cookie_stats(bed)["ack_bad"] == bad + 1
         # RST / FIN floods keep their tcpstate reason
         assert bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="R"))).reason == \
             Reason.TCPSTATE
@@ -190,6 +194,7 @@ def test_threshold_governs_and_retransmit_mode_still_drops(bed):
         # retransmit mode: the ACK check is off, the plain TCP state step decides
         assert bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="A"))).reason == \
             Reason.TCPSTATE
+        assert cookie_stats(bed)["ack_bad"] == bad + 1
     finally:
         set_syn(bed)
 
@@ -292,3 +297,22 @@ def test_unknown_sources_get_a_bounded_share_of_the_dst_bucket(bed):
         policy.write_address_policy(bed.maps, addr, cur)
         for k in list(bed.maps[MapName.DSTBKT].keys()):
             bed.maps[MapName.DSTBKT].delete(k)
+
+
+def test_cookie_budget_above_the_threshold(bed):
+    """threshold 2/s, budget 3/s (compiled in): 2 SYNs pass, 3 are answered, the rest of the second
+    is dropped as `syn` (the client retransmits) — except for a known-good source."""
+    good = "203.0.113.70"
+    for k in list(bed.maps[MapName.GOODSRC].keys()):
+        bed.maps[MapName.GOODSRC].delete(k)
+    bed.egress(bytes(Ether(src=PMAC, dst=CMAC) / IP(src=PROT, dst=good) / TCP(sport=80, dport=40000, flags="A")))
+    set_syn(bed, threshold_pps=2)
+    try:
+        slot = bed.maps[MapName.PROT4].get(policy.prot_key(ipaddress.ip_address(PROT))).syn.slot
+        bed.maps[MapName.SYNWIN].set(ctypes.c_uint32(slot), abi.SynWin(time.clock_gettime_ns(time.CLOCK_MONOTONIC), 0))
+        got = [bed.verdict(syn(sport=47000 + i)) for i in range(7)]
+        assert [(v.action, v.reason) for v in got] == [("pass", Reason.CLEAN)] * 2 + [("tx", Reason.SYNCOOKIE)] * 3 + \
+            [("drop", Reason.SYN)] * 2, got
+        assert bed.verdict(syn(good, PROT, sport=47010)).reason == Reason.CLEAN  # known-good: no budget
+    finally:
+        set_syn(bed)

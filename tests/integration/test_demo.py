@@ -17,9 +17,9 @@ from xdpguard.lab import topology
 pytestmark = pytest.mark.kernel
 
 COLS = ("pps", "ok", "rate", "kept", "p50", "p99", "backend", "share")
-EXPECTED_REASONS = {"syn-flood:80": "syn", "ack-flood": "tcpstate", "xmas-flood": "tcpstate",
+EXPECTED_REASONS = {"syn-flood:80": "syncookie|syn", "ack-flood": "tcpstate", "xmas-flood": "tcpstate",
                     "spoofed-udp:7": "ratelimit", "frag-flood": "fragment",
-                    "service-mix": "fragment|ratelimit|syn|tcpstate"}
+                    "service-mix": "fragment|ratelimit|syncookie|syn|tcpstate"}
 
 
 def _cols(part: str) -> dict[str, float]:

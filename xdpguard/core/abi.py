@@ -34,7 +34,7 @@ class Reason(enum.IntEnum):
     RATELIMIT = 11
     SYN = 12
     TCPSTATE = 13
-    SYNCOOKIE = 14  # a SYN answered with a cookie (XDP_TX) or a bad cookie ACK (xg_cookie_pcpu splits them)
+    SYNCOOKIE = 14  # a SYN answered with a cookie (XDP_TX); a bad cookie ACK stays TCPSTATE (xg_cookie_pcpu)
     UNKNOWN = 17  # an unknown source past its share of the per-destination bucket (knowngood.h)
 
     @property

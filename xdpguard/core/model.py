@@ -14,7 +14,8 @@ live or expired (Setup.flows); within a model's life nothing expires by itself.
 What the model does not do: time. Rate limits and the SYN defence are modelled as "buckets
 full, threshold not reached" — they never drop; only a SYN defence that is on at any rate
 (`always`, cookie mode, IPv4) answers SYNs (action "tx", a drop `syncookie`), and in cookie mode
-an ACK of no recorded connection is a bad cookie (the model never makes valid ones). Policies fed to the model must use limits that
+an ACK of no recorded connection is a bad cookie (the model never makes valid ones), which
+keeps its `tcpstate` drop. Policies fed to the model must use limits that
 are 0 (off) or so high that the traffic of a test cannot reach them; the time-dependent steps
 have their own targeted tests (tests/bpf/test_cleansing_steps.py). Bans written by drop-ban
 filters are remembered (they never expire within a model's life).
@@ -465,12 +466,6 @@ class Model:
         syn = prot.policy.syn
         return syn.mode == "cookie" and syn.on and a.family == 4
 
-    def _cookie_ack_bad(self, a: Addresses, h: Headers, prot: Protected) -> bool:
-        """step_cookie_ack(): an ACK of no recorded connection is checked for a cookie. A cookie
-        cannot be predicted here: the model's ACKs are never valid ones (a random one passes the
-        kernel's check with odds of about 2^-22; tests/bpf/test_syncookie.py has the valid ones)."""
-        return self._cookie_mode(a, prot) and h.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK
-
     def _syn_answered(self, a: Addresses, h: Headers, prot: Protected) -> bool:
         """step_syn_auth() in cookie mode: a SYN is answered with a cookie SYN-ACK (XDP_TX). In
         the model only `always` reaches that (a threshold is never exceeded: no time)."""
@@ -535,7 +530,11 @@ class Model:
                 self.bans.add(src)  # (a monitored reason bans nobody: monitor mode has no side effects)
             return Reason.FEATURE
         if not self._tcpstate_ok(a, h, prot):
-            return Reason.SYNCOOKIE if self._cookie_ack_bad(a, h, prot) else Reason.TCPSTATE
+            # step_cookie_ack(): in cookie mode an ACK of no recorded connection is checked for a
+            # cookie; the model's ACKs are never valid ones (a random one passes the kernel's check
+            # with odds of about 2^-22; tests/bpf/test_syncookie.py has the valid ones), and a bad
+            # one keeps the TCP state verdict.
+            return Reason.TCPSTATE
         if self._syn_answered(a, h, prot):
             return ANSWERED
         return None
