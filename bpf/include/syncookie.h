@@ -40,7 +40,9 @@
 /* Cookie answers per protected address and second above its threshold, at most: past them a
  * SYN of a source that is not known-good is dropped (`syn`, it retransmits). Answering costs
  * ~6x a drop and sends a packet per SYN: a flood far above this must not eat the protector
- * (or the uplink). Not applied with XG_PROT_SYN_ALWAYS (no per-second count is kept). */
+ * (or the uplink). Not applied with XG_PROT_SYN_ALWAYS (no per-second count is kept).
+ * XXX: first come in each second: once a flood has spent it, every unknown SYN of the rest of
+ *      that second is dropped; admitting a sampled share (1 in N) would spread it. */
 #define XG_SC_BUDGET_PPS 20000
 #endif
 
