@@ -171,7 +171,7 @@ def test_report_from_a_recorded_history(tmp_path, monkeypatch):
     assert (w, h) == (1100, 700) and _png_not_blank(png.read_bytes())
     with pytest.raises(UserError, match="it exists"):
         report.build(None, str(out), root=root)
-    with pytest.raises(UserError, match="no daemon history for xgp0"):
+    with pytest.raises(UserError, match="no daemon history in"):
         report.build(None, str(tmp_path / "x.html"), root=tmp_path / "none")
     assert not (tmp_path / "x.html").exists()
     link = tmp_path / "link.html"

@@ -59,6 +59,8 @@ def _register() -> None:
     cli.add_command(stats.stats)
     cli.add_command(events.events)
     cli.add_command(capture.capture)
+    from . import report  # attack reports (issue 11)
+    cli.add_command(report.report)
     cli.add_command(lab.lab)
     cli.add_command(doctor.doctor)
     from . import cluster  # many nodes, one protective IP (issue 12)

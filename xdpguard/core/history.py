@@ -391,6 +391,8 @@ def recorded_ifaces(root: Path | None = None) -> list[str]:
         return sorted(p.name for p in r.iterdir() if p.is_dir())
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise UserError(f"cannot read the history in {r}: {exc.strerror}") from None
 
 
 def read_tier(iface: str, tier: str, start: float = -math.inf, end: float = math.inf,

@@ -340,6 +340,9 @@ def build(event_id: str | None = None, html_path: str | None = None, png_path: s
     if html_path is not None and png_path is not None and os.path.abspath(html_path) == os.path.abspath(png_path):
         raise UserError("-o and --png name the same file")
     t0 = time.monotonic()
+    if not history.recorded_ifaces(root):
+        raise UserError(f"no daemon history in {root or history.history_root()}: `xdpguard run` (with detection) "
+                        "records it")
     ev = pick_event(event_id, iface)
     tier, recs, start, end = records_for(ev, root)
     s = summarise(tier, recs, start, end, history.read_policies(history.iface_dir(ev.get("iface", "?"), root)))
