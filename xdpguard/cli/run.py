@@ -10,7 +10,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config, daemon, events, health, protection, vocab
+from xdpguard.core import config, daemon, events, fanout, health, history, protection, vocab
 from xdpguard.core.errors import UserError
 
 from .output import console
@@ -90,7 +90,14 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     overrides = None
     if any(v is not None for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)):
         overrides = events.Thresholds(*(v or 0.0 for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)))
-    loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event) if detect else None
+    say = lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}", markup=False)  # noqa: E731
+    hub = keeper = None
+    if detect and not once:  # the daemon owns the sample ring and fans it out (top, stats, capture)
+        hub = fanout.Hub(report=say)  # started below, next to the threads (closed in their finally)
+        keeper = history.Keeper(report=say)
+    loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event,
+                                source_for=hub.subscribe if hub is not None else None,
+                                on_snapshot=keeper) if detect else None
     stop = threading.Event()
     threads = []
     if loop is not None and not once:
@@ -141,6 +148,8 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     def on_term(signum, frame) -> None:  # protection stays in place: the data path needs no daemon
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, on_term)
+    if hub is not None and not hub.start():
+        say("another `xdpguard run` of this namespace serves the samples; reading them from it")
     for t in threads:
         t.start()
     c.print(f"health checks every {interval:g} s (timeout {timeout:g} s, rise {rise}, fall {fall})"
@@ -153,6 +162,10 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
             t.join(timeout=detect_interval * 4 + 5)
         if loop is not None:
             loop.close()
+        if hub is not None:
+            hub.close()
+        if keeper is not None:
+            keeper.close()
         if server is not None:
             server[0].shutdown()
         if reconciler is not None:

@@ -424,7 +424,11 @@ class DetectionLoop:
     """Attack detection for every protected interface of this network namespace (run's thread)."""
 
     def __init__(self, interval_s: float = 1.0, overrides: Thresholds | None = None, hold_s: float | None = None,
-                 hook: str | None = None, report: Callable[[str, AttackEvent], None] = lambda p, e: None):
+                 hook: str | None = None, report: Callable[[str, AttackEvent], None] = lambda p, e: None,
+                 source_for: Callable[[str], object] | None = None,
+                 on_snapshot: Callable[[str, object, list[str]], None] | None = None):
+        self.source_for = source_for  # iface → its sample source (the daemon's fan-out); None: Collector's own
+        self.on_snapshot = on_snapshot  # (iface, snapshot, attacked addresses) after each round: the history
         self.interval_s = interval_s
         self.overrides = overrides
         self.hold_s = hold_s
@@ -470,7 +474,7 @@ class DetectionLoop:
         iface = state.resolve_iface(name)
         cfg = self._config(iface)
         self.hooks[name] = HookRunner(cfg.hook)
-        col = Collector(name)
+        col = Collector(name, source=self.source_for(name) if self.source_for is not None else None)
         col.prime()
         self.collectors[name] = col
         self.detectors[name] = Detector(name, cfg, sink=self._sink(name))
@@ -502,6 +506,8 @@ class DetectionLoop:
                 self._ensure(name)
                 snap = self.collectors[name].collect(per, sample_window_s=per / 2)
                 self.detectors[name].update(self.attributions[name](snap), snap.interval_s)
+                if self.on_snapshot is not None:
+                    self.on_snapshot(name, snap, [e.protected for e in self.detectors[name].active()])
                 self.hooks[name].reap()
                 self.errors.pop(name, None)
             except (UserError, OSError) as exc:

@@ -365,6 +365,39 @@ class Recorder:
             w.close()
 
 
+class Keeper:
+    """The daemon's recorders, one per interface (DetectionLoop's on_snapshot)."""
+
+    def __init__(self, cap_bytes: int = DEFAULT_CAP_BYTES, policy_source: Callable[[str], str | None] | None = None,
+                 report: Callable[[str], None] = lambda m: None):
+        self.cap_bytes = cap_bytes
+        self.policy_source = policy_source if policy_source is not None else policy_text
+        self.report = report
+        self.recorders: dict[str, Recorder] = {}
+        self._missed: dict[str, int] = {}
+        self.failed: str | None = None
+
+    def __call__(self, iface: str, snap, attacked: list[str]) -> None:
+        try:
+            r = self.recorders.get(iface)
+            if r is None:
+                r = self.recorders[iface] = Recorder(iface, cap_bytes=self.cap_bytes, policy_source=self.policy_source)
+            missed = max(0, snap.samples_missed - self._missed.get(iface, 0))
+            self._missed[iface] = snap.samples_missed
+            r.add(record_of(snap, attacked, missed))
+            self.failed = None
+        except OSError as exc:  # a full disk stops the history, never detection
+            msg = f"history of {iface}: {exc.strerror or exc}"
+            if msg != self.failed:
+                self.failed = msg
+                self.report(msg)
+
+    def close(self) -> None:
+        for r in self.recorders.values():
+            r.close()
+        self.recorders.clear()
+
+
 def read_policies(d: Path) -> list[dict]:
     return [e for e in read_lines(d / "policy.jsonl") if isinstance(e.get("policy"), str)]
 
@@ -409,15 +442,33 @@ def read_tier(iface: str, tier: str, start: float = -math.inf, end: float = math
     return out
 
 
+def oldest(iface: str, tier: str, root: Path | None = None) -> float | None:
+    """Time of the oldest record a tier still holds."""
+    for _, p in _segments(iface_dir(iface, root) / tier):
+        recs = read_lines(p)
+        if recs:
+            return recs[0]["t"]
+    return None
+
+
 def window(iface: str, start: float, end: float, root: Path | None = None) -> tuple[str, list[dict]]:
-    """(tier, records) for [start, end]: the finest tier that still holds `start`, else the
-    finest one with any record in the window; ('', []) when there is none."""
+    """(tier, records) for [start, end]: the finest tier that reaches back to `start` (or as far
+    back as any tier does), else the finest one with any record in the window; ('', []) when
+    there is none."""
+    firsts = {t.name: oldest(iface, t.name, root) for t in TIERS}
+    known = [f for f in firsts.values() if f is not None]
+    if not known:
+        return "", []
+    since = max(start, min(known))
     best: tuple[str, list[dict]] = ("", [])
     for tier in TIERS:
+        first = firsts[tier.name]
+        if first is None:
+            continue
         recs = read_tier(iface, tier.name, start, end, root)
         if not recs:
             continue
-        if recs[0]["t"] <= start + 2 * tier.step_s:
+        if first <= since + 2 * tier.step_s:
             return tier.name, recs
         if not best[1]:
             best = (tier.name, recs)
