@@ -113,18 +113,19 @@ class _Buffered:
     def exclusive(self, wait_s: float = 1.0):
         yield
 
-    def window(self, seconds: float, wait_s: float = 1.0) -> list[sampling.PacketSample]:
-        """The samples since the previous call (since now on the first), after waiting `seconds`."""
+    def window(self, seconds: float, wait_s: float = 1.0,
+               stop: Callable[[], bool] | None = None) -> list[sampling.PacketSample]:
+        """The samples since the previous call (since now on the first), after waiting `seconds`
+        (less when `stop()`, polled every 50 ms, says so)."""
         if not self._started:
             self._started = True
             self.discard_old()
         deadline = time.monotonic() + seconds
         while not self.ended:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or (stop is not None and stop()):
                 break
-            with self.cond:
-                self.cond.wait(min(left, 0.2))
+            time.sleep(min(left, 0.05))
         return self.drain()
 
     def close(self) -> None:

@@ -293,8 +293,9 @@ class Collector:
             self.reader = fanout.open_source(self.guard)
         window = interval_s if sample_window_s is None else min(sample_window_s, interval_s)
         if not self.reader.takes_turns:  # a fan-out sees every sample: no need to leave the ring to others
-            window = interval_s
-        samples = self.reader.window(window, wait_s=min(1.0, interval_s / 4)) if window > 0 else []
+            samples = self.reader.window(interval_s, stop=stop)
+        else:
+            samples = self.reader.window(window, wait_s=min(1.0, interval_s / 4)) if window > 0 else []
         while True:
             left = start + interval_s - time.monotonic()
             if left <= 0 or (stop is not None and stop()):
