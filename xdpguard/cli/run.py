@@ -148,8 +148,8 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     def on_term(signum, frame) -> None:  # protection stays in place: the data path needs no daemon
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, on_term)
-    if hub is not None and not hub.start():
-        say("another `xdpguard run` of this namespace serves the samples; reading them from it")
+    if hub is not None:
+        hub.start()  # False (said why): another daemon serves them, detection reads from it
     for t in threads:
         t.start()
     c.print(f"health checks every {interval:g} s (timeout {timeout:g} s, rise {rise}, fall {fall})"

@@ -249,7 +249,8 @@ class Hub:
     # -- start and stop --
 
     def start(self) -> bool:
-        """Take the namespace's ring ownership; False when another daemon already serves it."""
+        """Take the namespace's ring ownership; False when another daemon already serves it (or
+        the socket cannot be made: said through report): then nobody here owns the ring."""
         state.require_root()
         if self.serve:
             d = socket_dir()
@@ -257,6 +258,7 @@ class Hub:
             state.private_dir(d)
             fd = state.flock_wait(d / "serve.lock", 0)
             if fd is None:
+                self.report("another `xdpguard run` of this namespace serves the samples; reading them from it")
                 return False
             self.lock_fd = fd
             p = socket_path()
@@ -268,10 +270,17 @@ class Hub:
             old = os.umask(0o177)
             try:
                 s.bind(str(p))
+                os.chmod(p, 0o600)
+                s.listen(16)
+            except OSError as exc:  # e.g. a $XDPGUARD_RUN_DIR too long for a socket path
+                s.close()
+                os.close(fd)
+                self.lock_fd = None
+                self.report(f"cannot serve the samples on {p}: {exc.strerror or exc}; top, stats and capture "
+                            "read the ring themselves, taking turns with detection")
+                return False
             finally:
                 os.umask(old)
-            os.chmod(p, 0o600)
-            s.listen(16)
             s.setblocking(False)
             self.listener = s
         self.owner = True
