@@ -135,7 +135,7 @@ def test_fanout_history_and_report(env: Env, tmp_path: Path):
     assert _wait_for(lambda: _stats(env)["sample_source"] == "ring", timeout=10)
 
     # no daemon: capture and top read the ring themselves
-    flood = _flood(env, 4.0)
+    flood = _flood(env, 8.0)
     time.sleep(0.5)
     cap2 = json.loads(env.xg("capture", IFACE, "-w", str(tmp_path / "d2.pcapng"), "--count", "20",
                              "--timeout", "3", "--json").stdout)
