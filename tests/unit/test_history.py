@@ -168,7 +168,7 @@ def test_report_from_a_recorded_history(tmp_path, monkeypatch):
     assert page.count("data:image/png;base64,") == 2 and "name = &quot;xgp0&quot;" in page
     assert report._ts(t0 + 20) in page and report._ts(t0 + 42) in page
     w, h = _png_size(png.read_bytes())
-    assert (w, h) == (1100, 700) and _png_not_blank(png.read_bytes())
+    assert (w, h) == (1100, 900) and _png_not_blank(png.read_bytes())
     with pytest.raises(UserError, match="it exists"):
         report.build(None, str(out), root=root)
     with pytest.raises(UserError, match="no daemon history in"):

@@ -188,7 +188,8 @@ def _si(v: float) -> str:
 
 
 def traffic_png(ev: dict, recs: list[dict], start: float, end: float) -> bytes:
-    """Two panels (pps, bps) over time: received and forwarded as lines, drops stacked by reason."""
+    """Three panels over time: pps and bps (received and forwarded as lines, drops stacked by
+    reason), and the forwarded (legitimate) traffic alone on its own scale."""
     plt, mdates, FuncFormatter = _pyplot()
 
     xs = [datetime.fromtimestamp(r["t"], tz=timezone.utc) for r in recs]
@@ -197,7 +198,7 @@ def traffic_png(ev: dict, recs: list[dict], start: float, end: float) -> bytes:
         for k, (p, _) in r.get("r", {}).items():
             totals[k] = totals.get(k, 0.0) + p * r["dt"]
     shown = [k for k, _ in sorted(totals.items(), key=lambda kv: -kv[1])[:MAX_REASONS_PLOTTED]]
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True, gridspec_kw={"height_ratios": [3, 3, 2]})
     for ax, i, unit in ((axes[0], 0, "packets/s"), (axes[1], 1, "bits/s")):
         stack = [[r.get("r", {}).get(k, [0.0, 0.0])[i] for r in recs] for k in shown]
         other = [max(0.0, r["drop"][i] - sum(r.get("r", {}).get(k, [0.0, 0.0])[i] for k in shown)) for r in recs]
@@ -216,10 +217,24 @@ def traffic_png(ev: dict, recs: list[dict], start: float, end: float) -> bytes:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
         ax.grid(True, alpha=0.3)
         ax.set_ylim(bottom=0)
+    # the legitimate traffic on its own scale (next to a flood it would be a line at zero)
+    ax, bx = axes[2], axes[2].twinx()
+    ax.step(xs, [r["fwd"][0] for r in recs], where="pre", color="tab:green", linewidth=1.6, label="forwarded pps")
+    bx.step(xs, [r["fwd"][1] for r in recs], where="pre", color="tab:blue", linewidth=1.0, linestyle="--",
+            label="forwarded bps")
+    ax.axvspan(datetime.fromtimestamp(start, tz=timezone.utc), datetime.fromtimestamp(end, tz=timezone.utc),
+               color="tab:red", alpha=0.08)
+    ax.set_ylabel("forwarded packets/s")
+    bx.set_ylabel("forwarded bits/s")
+    for a in (ax, bx):
+        a.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
+        a.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=ax.get_lines() + bx.get_lines(), loc="upper left", fontsize=8)
     axes[0].set_title(f"{ev.get('iface', '?')} → {ev.get('protected', '?')}: attack {ev.get('id', '?')}")
     axes[0].legend(loc="upper left", fontsize=8, ncol=2)
-    axes[1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=timezone.utc))
-    axes[1].set_xlabel("time (UTC)")
+    axes[2].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=timezone.utc))
+    axes[2].set_xlabel("time (UTC)")
     fig.tight_layout()
     return _png(fig, plt)
 
