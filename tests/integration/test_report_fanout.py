@@ -126,6 +126,7 @@ def test_fanout_history_and_report(env: Env, tmp_path: Path):
     assert f"{s['peak_pps']:,.0f}" in page and FLOOD_PPS / 10 < s["peak_pps"] < FLOOD_PPS * 2
     assert s["sources"][0][0] == ATTACKER and ATTACKER in page
     assert page.count('src="data:image/png;base64,') >= 1 and "blocklist" in page
+    assert "in force from" in page and "drop_pps = 2000" in page.replace("&quot;", '"')  # the policy recorded
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and rep["png_bytes"] > 10_000
     again = env.xg("report", "-o", str(html), check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr

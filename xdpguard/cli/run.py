@@ -114,7 +114,8 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     if metrics:
         from xdpguard.core import metrics as prom
 
-        server = prom.serve(metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE))
+        server = prom.serve(metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE,
+                                                            samples_missed=hub.missed if hub else dict))
         c.print(f"metrics on http://{metrics if not metrics.startswith(':') else '127.0.0.1' + metrics}/metrics")
     def sweep_once() -> None:
         try:

@@ -245,6 +245,7 @@ class Hub:
         self.wake_r = self.wake_w = -1
         self.owner = False  # True once start() took the ring ownership
         self._refreshed = 0.0
+        self._missed_gone: dict[str, int] = {}  # iface → what readers that left had missed
 
     # -- start and stop --
 
@@ -340,9 +341,24 @@ class Hub:
             lst = self.subs.get(sub.iface, [])
             if sub in lst:
                 lst.remove(sub)
+                self._missed_gone[sub.iface] = self._missed_gone.get(sub.iface, 0) + sub.dropped
 
     def delivered(self) -> dict[str, int]:
-        return {n: r.delivered for n, r in self.rings.items()}
+        return {n: r.delivered for n, r in list(self.rings.items())}
+
+    def missed(self) -> dict[str, int]:
+        """iface → samples dropped for readers (socket clients, subscribers) that read too slowly,
+        cumulative since the daemon started (xdpguard_samples_missed_total)."""
+        with self.lock:
+            out = dict(self._missed_gone)
+            for name, lst in self.subs.items():
+                out[name] = out.get(name, 0) + sum(s.dropped for s in lst)
+        for c in list(self.clients):
+            if c.iface is not None:
+                out[c.iface] = out.get(c.iface, 0) + c.missed
+        for name in list(self.rings):
+            out.setdefault(name, 0)
+        return out
 
     # -- the thread --
 
@@ -495,6 +511,9 @@ class Hub:
         if gone:
             for c in [c for c in self.clients if id(c) in gone]:
                 c.sock.close()
+                if c.iface is not None:
+                    with self.lock:
+                        self._missed_gone[c.iface] = self._missed_gone.get(c.iface, 0) + c.missed
             self.clients = [c for c in self.clients if id(c) not in gone]
 
 
