@@ -288,9 +288,14 @@ class Collector:
         if self._prev is None:
             self.prime()
         start = time.monotonic()
-        if self.reader.ended:  # the daemon went away: read the ring ourselves from now on
+        if self.reader.ended:  # the daemon went away: read the ring ourselves (or from the next one)
             self.reader.close()
             self.reader = fanout.open_source(self.guard)
+        elif self.reader.takes_turns and fanout.socket_path().exists():  # a daemon came up: it owns the ring now
+            stream = fanout.connect(self.ifname)
+            if stream is not None:
+                self.reader.close()
+                self.reader = stream
         window = interval_s if sample_window_s is None else min(sample_window_s, interval_s)
         if not self.reader.takes_turns:  # a fan-out sees every sample: no need to leave the ring to others
             samples = self.reader.window(interval_s, stop=stop)
