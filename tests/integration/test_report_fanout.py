@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,22 @@ def _flood(env: Env, secs: float = FLOOD_S) -> subprocess.Popen:
 def _hist_root(env: Env) -> Path:
     ino = os.stat(Path(NETNS_DIR) / env.prot).st_ino
     return Path(env.env["XDPGUARD_STATE_DIR"]) / f"net-{ino}" / "history"
+
+
+def _png_look(png: bytes) -> tuple[int, int, int]:
+    """(width, height, distinct colours in a sample of pixels) of a matplotlib PNG (RGBA, 8 bit)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", png[16:24])
+    pos, idat = 8, b""
+    while pos < len(png):
+        n, = struct.unpack(">I", png[pos:pos + 4])
+        if png[pos + 4:pos + 8] == b"IDAT":
+            idat += png[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    stride = 1 + w * 4
+    rows = [raw[i * stride + 1:(i + 1) * stride] for i in range(0, h, 7)]  # unfiltered enough to count
+    return w, h, len({row[j:j + 4] for row in rows for j in range(0, len(row), 4 * 13)})
 
 
 def _stats(env: Env) -> dict:
@@ -127,7 +145,8 @@ def test_fanout_history_and_report(env: Env, tmp_path: Path):
     assert s["sources"][0][0] == ATTACKER and ATTACKER in page
     assert page.count('src="data:image/png;base64,') >= 1 and "blocklist" in page
     assert "in force from" in page and "drop_pps = 2000" in page.replace("&quot;", '"')  # the policy recorded
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and rep["png_bytes"] > 10_000
+    w, h, colours = _png_look(png.read_bytes())
+    assert (w, h) == (1100, 900) and colours > 5 and rep["png_bytes"] > 10_000  # a real plot, not a blank
     again = env.xg("report", "-o", str(html), check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 

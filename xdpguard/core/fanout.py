@@ -163,7 +163,7 @@ class _Ring:
         self.iface = state.resolve_iface(name)
         self.lock_fd = state.flock_wait(sampling.lock_path(self.iface), 0)
         if self.lock_fd is None:
-            raise UserError(f"{name}: another xdpguard process is reading the samples")
+            raise sampling.SamplerBusy(f"another xdpguard process is reading the samples of {name}")
         try:
             self.guard = protection.open_guard(name)
             self.reader = sampling.SampleReader(self.guard.maps[MapName.SAMPLES].fd, self.iface, raw=True)
@@ -375,8 +375,10 @@ class Hub:
             return r
         try:
             r = self.rings[name] = _Ring(name)
-        except (UserError, OSError) as exc:
-            self._say(name, f"samples of {name}: {getattr(exc, 'message', None) or exc}; retrying")
+        except UserError:  # not attached, foreign, gone: the reconciler and detection say so; retried
+            return None
+        except (sampling.SamplerBusy, OSError) as exc:
+            self._say(name, f"samples of {name}: {exc}; retrying")
             return None
         self._say(name, None)
         return r
