@@ -58,7 +58,7 @@ def _hist_root(env: Env) -> Path:
 
 
 def _png_look(png: bytes) -> tuple[int, int, int]:
-    """(width, height, distinct colours in a sample of pixels) of a matplotlib PNG (RGBA, 8 bit)."""
+    """(width, height, distinct 4-byte values in a sample of its rows) of a matplotlib PNG (RGBA, 8 bit)."""
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     w, h = struct.unpack(">II", png[16:24])
     pos, idat = 8, b""
@@ -69,7 +69,8 @@ def _png_look(png: bytes) -> tuple[int, int, int]:
         pos += 12 + n
     raw = zlib.decompress(idat)
     stride = 1 + w * 4
-    rows = [raw[i * stride + 1:(i + 1) * stride] for i in range(0, h, 7)]  # unfiltered enough to count
+    # the rows are PNG-filtered: a blank image filters to one value, a plot to many
+    rows = [raw[i * stride + 1:(i + 1) * stride] for i in range(0, h, 7)]
     return w, h, len({row[j:j + 4] for row in rows for j in range(0, len(row), 4 * 13)})
 
 
