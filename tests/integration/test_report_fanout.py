@@ -151,8 +151,12 @@ def test_fanout_history_and_report(env: Env, tmp_path: Path):
     again = env.xg("report", "-o", str(html), check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
+    sock_dir = Path(os.environ.get("XDPGUARD_RUN_DIR", "/run/xdpguard")) / "samples" / _hist_root(env).parent.name
+    assert (sock_dir / "samples.sock").is_socket() and (sock_dir / "samples.sock").stat().st_mode & 0o777 == 0o600
+    assert sock_dir.stat().st_mode & 0o777 == 0o700
     run.terminate()
     run.wait(timeout=20)
+    assert not sock_dir.exists()  # the daemon leaves nothing behind
     assert _wait_for(lambda: _stats(env)["sample_source"] == "ring", timeout=10)
 
     # no daemon: capture and top read the ring themselves

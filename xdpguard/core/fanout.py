@@ -257,7 +257,7 @@ class Hub:
             d = socket_dir()
             state.private_dir(d.parent)
             state.private_dir(d)
-            fd = state.flock_wait(d / "serve.lock", 0)
+            fd = self._serve_lock(d / "serve.lock")
             if fd is None:
                 self.report("another `xdpguard run` of this namespace serves the samples; reading them from it")
                 return False
@@ -290,6 +290,23 @@ class Hub:
         self.thread.start()
         return True
 
+    @staticmethod
+    def _serve_lock(path: Path) -> int | None:
+        """flock serve.lock; the file is removed by the daemon that leaves, so a lock taken on a
+        file that was unlinked meanwhile is retried on the new one (never two owners)."""
+        for _ in range(10):
+            fd = state.flock_wait(path, 0)
+            if fd is None:
+                return None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+        return None
+
     def close(self) -> None:
         self.stop.set()
         if not self.owner:
@@ -311,6 +328,16 @@ class Hub:
             self.listener.close()
             self.listener = None
         if self.lock_fd is not None:
+            d = socket_dir()
+            for leftover in (d / "serve.lock",):  # removed while held: see _serve_lock
+                try:
+                    leftover.unlink()
+                except FileNotFoundError:
+                    pass
+            try:
+                d.rmdir()  # nothing left behind (the parent `samples` stays, like `locks`)
+            except OSError:
+                pass
             os.close(self.lock_fd)
             self.lock_fd = None
         os.close(self.wake_r)

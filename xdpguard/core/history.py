@@ -306,7 +306,9 @@ class Recorder:
     def __init__(self, iface: str, root: Path | None = None, cap_bytes: int = DEFAULT_CAP_BYTES,
                  policy_source: Callable[[str], str | None] | None = None, clock: Callable[[], float] = time.monotonic):
         self.iface = iface
-        self.d = iface_dir(iface, root)
+        # the namespace's directory through netns_state_dir: marked with its owner, so a namespace
+        # that reuses a dead one's inode never adopts its history
+        self.d = iface_dir(iface, root if root is not None else state.netns_state_dir() / "history")
         state.private_dir(self.d)
         self.writers = {t.name: _TierWriter(self.d / t.name, t, cap_bytes) for t in TIERS}
         self.pending: dict[str, list[dict]] = {t.name: [] for t in TIERS[1:]}
