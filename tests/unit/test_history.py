@@ -179,3 +179,23 @@ def test_report_from_a_recorded_history(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="symbolic link"):
         report.build("abc1", str(link), overwrite=True, root=root)
     assert not (tmp_path / "target.html").exists()
+
+
+def test_keeper_never_lets_a_history_failure_reach_detection(tmp_path, monkeypatch):
+    said = []
+    k = history.Keeper(report=said.append, policy_source=lambda name: None)
+
+    def broken(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(history.Recorder, "add", broken)
+    monkeypatch.setattr(history, "record_of", lambda snap, attacked, missed: rec(1, 1, 0))
+    monkeypatch.setattr(history.state, "netns_state_dir", lambda: tmp_path)
+
+    class Snap:
+        samples_missed = 0
+
+    k("xgp0", Snap(), [])
+    k("xgp0", Snap(), [])
+    assert said == ["history of xgp0: No space left on device"]  # said once, nothing raised
+    k.close()

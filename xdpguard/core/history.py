@@ -388,8 +388,8 @@ class Keeper:
             self._missed[iface] = snap.samples_missed
             r.add(record_of(snap, attacked, missed))
             self.failed = None
-        except OSError as exc:  # a full disk stops the history, never detection
-            msg = f"history of {iface}: {exc.strerror or exc}"
+        except Exception as exc:  # a full disk (or any trouble here) stops the history, never detection
+            msg = f"history of {iface}: {getattr(exc, 'strerror', None) or exc}"
             if msg != self.failed:
                 self.failed = msg
                 self.report(msg)
