@@ -34,7 +34,9 @@ SAMPLE_EVERY = 64
 
 
 @pytest.fixture
-def env(lab: Lab, tmp_path: Path) -> Env:
+def env(lab: Lab, tmp_path: Path, monkeypatch) -> Env:
+    # a run directory of the test's own, deep enough that the socket's path overflows sun_path
+    monkeypatch.setenv("XDPGUARD_RUN_DIR", str(tmp_path / "run-directory-of-this-test"))
     atk = lab.netns("atk")
     prot = lab.netns("prot")
     lab.veth(atk, "xga0", prot, IFACE)

@@ -82,3 +82,24 @@ def test_a_subscriber_buffer_is_bounded():
     b.put([record(i) for i in range(150)])
     assert len(b.q) == 100 and b.missed == 50
     assert len(b.drain()) == 100 and b.missed == 50
+
+
+def test_a_deep_run_dir_still_gets_a_socket(tmp_path, monkeypatch):
+    """sun_path holds 108 bytes; a deeper $XDPGUARD_RUN_DIR goes through /proc/self/fd."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    p = deep / "samples.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with fanout._addr(p) as a:
+        assert len(a) < 100
+        srv.bind(a)
+    srv.listen(1)
+    assert p.is_socket()
+    cli = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with fanout._addr(p) as a:
+        cli.connect(a)
+    conn, _ = srv.accept()
+    cli.sendall(b"x")
+    assert conn.recv(1) == b"x"
+    for s in (conn, cli, srv):
+        s.close()

@@ -53,6 +53,20 @@ def socket_path(nskey: str | None = None) -> Path:
     return socket_dir(nskey) / "samples.sock"
 
 
+@contextmanager
+def _addr(path: Path):
+    """An AF_UNIX address for path: itself, or through an O_PATH fd of its directory when it is
+    longer than sun_path takes (108 bytes; a deep $XDPGUARD_RUN_DIR, e.g. under pytest's tmp)."""
+    if len(os.fsencode(str(path))) < 100:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def _decode(raw: bytes) -> sampling.PacketSample:
     return sampling.PacketSample.from_record(Sample.from_buffer_copy(raw))
 
@@ -270,7 +284,8 @@ class Hub:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             old = os.umask(0o177)
             try:
-                s.bind(str(p))
+                with _addr(p) as a:
+                    s.bind(a)
                 os.chmod(p, 0o600)
                 s.listen(16)
             except OSError as exc:  # e.g. a $XDPGUARD_RUN_DIR too long for a socket path
@@ -606,7 +621,8 @@ def connect(iface: str, timeout_s: float = 2.0) -> Stream | None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     s.settimeout(timeout_s)
     try:
-        s.connect(str(p))
+        with _addr(p) as a:
+            s.connect(a)
         s.sendall((json.dumps({"iface": iface, "record_size": REC}) + "\n").encode())
         line = b""
         while not line.endswith(b"\n"):
