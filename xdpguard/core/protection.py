@@ -862,10 +862,17 @@ class SweepResult:
 def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
     """Remove expired list entries and bans on one interface (or every protected one of this
     network namespace), under each interface's lock. Keeps `block list` sizes and the data
-    path's has-bans flag honest between list commands."""
+    path's has-bans flag honest between list commands. Without an interface, one whose program
+    is gone or foreign is skipped quietly: the daemon's drift check reports that, once."""
     state.require_root()
     out = []
     for name in [ifname] if ifname else state.protected_ifaces():
+        if ifname is None:
+            try:
+                if not dataplane.is_ours(dataplane.query(state.resolve_iface(name).index)):
+                    continue
+            except UserError:
+                continue
         with locked_guard(name) as g:
             entries = g.sweep_expired("block") + g.sweep_expired("allow")
             if entries:
