@@ -55,6 +55,16 @@ XG_MAP("array", int, __u8, xg_reflect_arr, 65536, 0);
 /* xg_filters_arr: slot → struct xg_filter, evaluated in order up to config.filters_count. */
 XG_MAP("array", int, struct xg_filter, xg_filters_arr, XG_FILTERS_MAX, 0);
 
+/* Feature filters, compiled (abi.h XG_FV_*), two generations: xg_fsel_arr key 0 → struct
+ * xg_fsel (the live generation); xg_fhead_arr gen → struct xg_fhead; xg_fvec_arr gen*XG_FV_SLOTS
+ * + field + value → __u64 (bit i: filter i accepts the value); xg_fdef_arr gen*XG_FILTERS_MAX + i
+ * → struct xg_filter (for the payload compare and the action). xg_filters_arr stays the
+ * controller's record of the ordered list; the data path does not read it. */
+XG_MAP("array", int, struct xg_fsel, xg_fsel_arr, 1, 0);
+XG_MAP("array", int, struct xg_fhead, xg_fhead_arr, XG_FGENS, 0);
+XG_MAP("array", int, __u64, xg_fvec_arr, XG_FGENS * XG_FV_SLOTS, 0);
+XG_MAP("array", int, struct xg_filter, xg_fdef_arr, XG_FGENS * XG_FILTERS_MAX, 0);
+
 /* xg_synwin_arr: protected address slot → struct xg_synwin (SYN count in the current second). */
 XG_MAP("array", int, struct xg_synwin, xg_synwin_arr, XG_PROTECTED_MAX, 0);
 

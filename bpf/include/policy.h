@@ -163,60 +163,98 @@ static __always_inline int filter_payload(struct xdp_md *ctx, struct xg_filter *
     return (w[0] & m[0]) == v[0] && (w[1] & m[1]) == v[1];
 }
 
-static __always_inline int filter_matches(struct xdp_md *ctx, struct xg_filter *f, struct xg_pkt *p)
+/* The word of field `field` for value v in generation base (0 when out of range). */
+static __always_inline __u64 xg_fvec(__u32 base, __u32 field, __u32 v)
 {
-    if (f->proto) {
-        int icmp = f->proto == IPPROTO_ICMP || f->proto == IPPROTO_ICMPV6;
-        int picmp = p->l4proto == IPPROTO_ICMP || p->l4proto == IPPROTO_ICMPV6;
-        if (icmp ? !picmp : f->proto != p->l4proto)
-            return 0;
-    }
-    if (p->len < f->len_min || p->len > f->len_max)
-        return 0;
-    if (p->ttl < f->ttl_min || p->ttl > f->ttl_max)
-        return 0;
-    int ports = p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP);
-    if (f->sport_min > 0 || f->sport_max < 65535) {
-        if (!ports || p->sport < f->sport_min || p->sport > f->sport_max)
-            return 0;
-    }
-    if (f->dport_min > 0 || f->dport_max < 65535) {
-        if (!ports || p->dport < f->dport_min || p->dport > f->dport_max)
-            return 0;
-    }
-    if (f->tcp_flags_mask) {
-        if (p->l4proto != IPPROTO_TCP || !p->has_l4 || (p->tcp_flags & f->tcp_flags_mask) != f->tcp_flags_value)
-            return 0;
-    }
-    return filter_payload(ctx, f, p);
+    __u32 idx = base + field + v;
+    __u64 *w = xg_fvec_arr.lookup(&idx);
+    return w ? *w : 0;
 }
 
-/* Step 10: packet feature filters, first match wins. *skip_rest is set by a pass filter. */
+/* Index of the one set bit of lsb: popcount(lsb - 1), in arithmetic only (no branches, so no
+ * verifier states of its own). */
+static __always_inline __u32 xg_bit_index(__u64 lsb)
+{
+    __u64 x = lsb - 1;
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (__u32)((x * 0x0101010101010101ULL) >> 56) & (XG_FILTERS_MAX - 1);
+}
+
+/* What a matching filter does. A new action is a case here (and a name in policy.ACTIONS). */
+static __always_inline __u32 filter_verdict(struct xg_config *cfg, struct xg_filter *f, struct xg_pkt *p,
+                                            int *skip_rest, __u64 *now)
+{
+    switch (f->action) {
+    case XG_FA_PASS:
+        *skip_rest = 1;
+        return XG_CONTINUE;
+    case XG_FA_DROP_BAN:
+        if (f->ban_s)
+            xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
+        return XG_REASON_FEATURE;
+    default:
+        return XG_REASON_FEATURE;
+    }
+}
+
+/* Step 10: packet feature filters, first match wins. *skip_rest is set by a pass filter.
+ * The header fields are classified by ANDing one word per field (abi.h XG_FV_*): the survivors
+ * are the filters whose every header condition holds. Survivors without a payload condition
+ * match outright; the payload filters among the survivors before the first of those are
+ * compared in order. */
 static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *cfg, struct xg_pkt *p,
                                           int *skip_rest, __u64 *now)
 {
-    /* volatile: clang would otherwise fuse `i < XG_FILTERS_MAX` and `i >= n` into one trip count,
-     * min(n - 1, 63) + 1, and loop until i equals it; Debian 12's 6.1 verifier cannot bound that
-     * ("The sequence of 8193 jumps is too complex"). Re-read, the constant bound stays. */
-    volatile __u32 n = cfg->filters_count;
-    if (!n)
+    if (!cfg->filters_count)
         return XG_CONTINUE;
-    for (__u32 i = 0; i < XG_FILTERS_MAX; i++) {
-        if (i >= n)
+    __u32 zero = 0;
+    struct xg_fsel *sel = xg_fsel_arr.lookup(&zero);
+    if (!sel)
+        return XG_CONTINUE;
+    __u32 gen = sel->gen & 1;
+    struct xg_fhead *h = xg_fhead_arr.lookup(&gen);
+    if (!h)
+        return XG_CONTINUE;
+    __u32 base = gen * XG_FV_SLOTS;
+    int ports = p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP);
+    int tcp = p->has_l4 && p->l4proto == IPPROTO_TCP;
+    __u64 m = h->live & xg_fvec(base, XG_FV_PROTO, p->l4proto);
+    if (m)
+        m &= xg_fvec(base, XG_FV_DPORT, ports ? p->dport : XG_FV_NOPORT);
+    if (m)
+        m &= xg_fvec(base, XG_FV_SPORT, ports ? p->sport : XG_FV_NOPORT);
+    if (m)
+        m &= xg_fvec(base, XG_FV_LEN, p->len > 65535 ? XG_FV_NOPORT : p->len);
+    if (m)
+        m &= xg_fvec(base, XG_FV_TTL, p->ttl);
+    if (m)
+        m &= xg_fvec(base, XG_FV_FLAGS, tcp ? p->tcp_flags : XG_FV_NOTCP);
+    if (!m)
+        return XG_CONTINUE;
+    __u64 plain = m & ~h->payload;          /* match on their header conditions alone */
+    __u64 cand = m & h->payload;
+    if (plain)
+        cand &= (plain & -plain) - 1;       /* only payload filters ahead of the first plain one */
+    __u32 slot0 = gen * XG_FILTERS_MAX;
+    for (int k = 0; k < XG_FILTERS_MAX; k++) {
+        if (!cand)
             break;
-        __u32 idx = i;
-        struct xg_filter *f = xg_filters_arr.lookup(&idx);
-        if (!f || !filter_matches(ctx, f, p))
-            continue;
-        if (f->action == XG_FA_PASS) {
-            *skip_rest = 1;
-            return XG_CONTINUE;
-        }
-        if (f->action == XG_FA_DROP_BAN && f->ban_s)
-            xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
-        return XG_REASON_FEATURE;
+        __u64 lsb = cand & -cand;
+        cand ^= lsb;
+        __u32 slot = slot0 + xg_bit_index(lsb);
+        struct xg_filter *f = xg_fdef_arr.lookup(&slot);
+        if (f && filter_payload(ctx, f, p))
+            return filter_verdict(cfg, f, p, skip_rest, now);
     }
-    return XG_CONTINUE;
+    if (!plain)
+        return XG_CONTINUE;
+    __u32 slot = slot0 + xg_bit_index(plain & -plain);
+    struct xg_filter *f = xg_fdef_arr.lookup(&slot);
+    if (!f)
+        return XG_CONTINUE;
+    return filter_verdict(cfg, f, p, skip_rest, now);
 }
 
 /* Refill a nano-unit bucket at rate/s up to burst, then take cost; 1 when it had enough. */
