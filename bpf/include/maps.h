@@ -33,8 +33,9 @@ XG_MAP("hash", struct xg_port_key, struct xg_port_value, xg_ports_hash, XG_PORTS
 /* xg_portlim_hash: (protected address, proto, port) → struct xg_limits overriding the address's. */
 XG_MAP("hash", struct xg_port_key, struct xg_limits, xg_portlim_hash, XG_PORTS_MAX, 0);
 
-/* xg_bucket_lru: source → struct xg_bucket (token buckets; an evicted source starts full). */
-XG_MAP("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX, 0);
+/* xg_bucket_lru: source → struct xg_bucket (token buckets; an evicted source starts full).
+ * Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): an insert takes no lock shared by all CPUs. */
+XG_MAP("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX, BPF_F_NO_COMMON_LRU);
 
 /* xg_dstbkt_hash: (protected address, proto, port) → struct xg_dst_bucket (all sources). */
 XG_MAP("hash", struct xg_port_key, struct xg_dst_bucket, xg_dstbkt_hash, XG_PORTS_MAX, 0);

@@ -154,7 +154,8 @@ static __always_inline int filter_payload(struct xdp_md *ctx, struct xg_filter *
     __u64 w[2] = {};
     void *data = (void *)(long)ctx->data;
     void *at = data + (off & 0x7ff);
-    if (off <= 0x7ff && at + XG_PAYLOAD_MATCH_MAX <= (void *)(long)ctx->data_end)
+    void *end = (void *)(long)ctx->data_end;
+    if (off <= 0x7ff && at + XG_PAYLOAD_MATCH_MAX <= end)
         __builtin_memcpy(w, at, XG_PAYLOAD_MATCH_MAX);  /* direct read (bytes past len are masked off) */
     else if (bpf_xdp_load_bytes(ctx, off, w, len) != 0)  /* near the end: exactly len bytes, or none */
         return 0;
@@ -319,18 +320,19 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
     }
     if (!per_src)
         return XG_CONTINUE;
-    struct xg_bucket *b = xg_bucket_lru.lookup(&p->src);
-    if (!b) {
-        struct xg_bucket fresh = {};
-        fresh.last_ns = fresh.syn_last_ns = xg_now(now);
-        fresh.pkt_tokens = lim->src_burst_pkts * XG_TOKEN;
-        fresh.byte_tokens = lim->src_burst_bytes * XG_TOKEN;
-        fresh.syn_tokens = lim->syn_src_burst * XG_TOKEN;
-        xg_bucket_lru.update(&p->src, &fresh);
-        b = xg_bucket_lru.lookup(&p->src);
-        if (!b)
-            return XG_CONTINUE;
+    /* One LRU operation per source and packet: a lookup, or for a new source an insert of a
+     * bucket already charged for this packet (no lookup again after the insert). */
+    struct xg_bucket *stored = xg_bucket_lru.lookup(&p->src);
+    struct xg_bucket cur;
+    if (stored) {
+        cur = *stored;
+    } else {
+        cur.last_ns = cur.syn_last_ns = xg_now(now);
+        cur.pkt_tokens = lim->src_burst_pkts * XG_TOKEN;
+        cur.byte_tokens = lim->src_burst_bytes * XG_TOKEN;
+        cur.syn_tokens = lim->syn_src_burst * XG_TOKEN;
     }
+    struct xg_bucket *b = &cur;           /* worked on in place on the stack, written back once */
     __u64 t = xg_now(now);
     __u64 byte_last = b->last_ns;          /* both buckets refill from the one shared last_ns */
     __u32 reason = XG_CONTINUE;
@@ -343,6 +345,10 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
     if (reason == XG_CONTINUE && is_syn && lim->syn_src_pps &&
              !bucket_take(&b->syn_tokens, &b->syn_last_ns, t, lim->syn_src_pps, lim->syn_src_burst, XG_TOKEN))
         reason = XG_REASON_SYN;
+    if (stored)
+        *stored = cur;
+    else
+        xg_bucket_lru.update(&p->src, &cur);
     if (reason != XG_CONTINUE && lim->ban_s)
         xg_ban_source(cfg, &p->src, lim->ban_s, reason, now);
     return reason;

@@ -347,3 +347,63 @@ def run_pipeline(quick: bool = False, defines: dict | None = None, big_list: int
                                 many / bare1, f"{many / one:.2f}× one source"))
     res.seconds = time.monotonic() - t0
     return res
+
+
+def cost_split(quick: bool = True, defines: dict | None = None) -> PipelineResult:
+    """Where the all-steps cost goes: the all-steps UDP v4 clean case with its steps switched off
+    one more at a time (map writes between runs, one program), beside bare XDP_DROP."""
+    n_rounds, repeat = (5, 20_000) if quick else (11, 100_000)
+    res = PipelineResult(n_rounds, repeat, 0)
+    with ExitStack() as stack:
+        bare_obj, bare_fd = bare_drop_prog()
+        stack.callback(bare_obj.cleanup)
+        bed = stack.enter_context(TestBed(defines))
+        _all_steps(bed)
+        fcur: list = []
+        _set_filters(bed, header_filters(64), fcur)
+        m = bed.maps
+        ip = ipaddress.ip_address(DST4)
+        pk = policy.prot_key(ip)
+        full_cfg = m[MapName.CONFIG].get(ctypes.c_uint32(0))
+        full_prot = m[MapName.PROT4].get(pk)
+
+        def state(k: int) -> Callable[[], None]:
+            def prepare() -> None:
+                cfg = abi.Config.from_buffer_copy(full_cfg)
+                prot = abi.Protected.from_buffer_copy(full_prot)
+                if k >= 1:
+                    cfg.lists_mask = 0
+                if k >= 2:
+                    m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(0))
+                else:
+                    m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
+                if k >= 3:
+                    cfg.filters_count = 0
+                if k >= 4:
+                    prot.lim = Limits(src_pps=policy.MAX_PPS).to_c()  # per-source bucket only
+                if k >= 5:
+                    prot.lim = Limits().to_c()
+                    prot.syn = SynPolicy().to_c(prot.syn.slot)
+                if k >= 6:
+                    prot.flags &= ~abi.PROT_PORT_POLICY
+                    cfg.flags &= ~(abi.CFG_REFLECTION | abi.CFG_TCPSTATE | abi.CFG_DROP_FRAGMENTS)
+                m[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
+                m[MapName.PROT4].set(pk, prot)
+            return prepare
+
+        labels = ["all steps (64 header filters)", "- lists (allow/block lookups)", "- bans (opban + ban LRU lookups)",
+                  "- 64 filters", "- dst bucket, bps/SYN buckets (src pps bucket kept)",
+                  "- src bucket, SYN threshold", "- port policy, reflection, TCP state, fragments"]
+        udp4 = frame(SRC4, DST4)
+        variants = {"bare XDP_DROP": Variant(bare_fd, udp4, XDP_DROP)}
+        for k, lab in enumerate(labels):
+            variants[lab] = Variant(bed.prog.prog_fd, udp4, XDP_PASS, state(k), "split")
+        rounds(variants, 1, repeat // 10)
+        med = {n: statistics.median(s) for n, s in rounds(variants, n_rounds, repeat).items()}
+        base = med["bare XDP_DROP"]
+        prev = None
+        for n in variants:
+            note = "" if prev is None or n == labels[0] else f"{med[prev] - med[n]:+.0f} ns for the step removed"
+            res.rows.append(Row(n, "split", med[n], med[n] / base, note))
+            prev = n if n != "bare XDP_DROP" else None
+    return res
