@@ -216,8 +216,12 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
         return XG_CONTINUE;
     __u32 gen = sel->gen & 1;
     struct xg_fhead *h = xg_fhead_arr.lookup(&gen);
-    if (!h)
+    if (!h) {
+        /* Cannot happen (gen < XG_FGENS). The lookup keeps xg_filters_arr, the controller's record
+         * of the list, among the program's maps: the controller finds every map through them. */
+        xg_filters_arr.lookup(&zero);
         return XG_CONTINUE;
+    }
     __u32 base = gen * XG_FV_SLOTS;
     int ports = p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP);
     int tcp = p->has_l4 && p->l4proto == IPPROTO_TCP;
