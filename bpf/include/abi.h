@@ -214,6 +214,7 @@ struct xg_synauth {
 /* xg_dpstate_arr[0]: state only the data path sets (the controller never rewrites it, so an
  * update of xg_config cannot lose it); the controller clears bits when their cause is gone. */
 #define XG_DP_HAS_BANS (1ULL << 0)  /* xg_ban_lru or xg_opban_hash may hold entries */
+#define XG_DP_OPBANS_EMPTY (1ULL << 1)  /* the controller found xg_opban_hash empty (sweep); `ban add` clears it */
 
 struct xg_dpstate {
     __u64 flags;              /* XG_DP_* */

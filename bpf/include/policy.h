@@ -67,10 +67,15 @@ static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_src_k
 /* Step 5: dynamic bans: the operator's (never evicted), then the data path's (LRU). */
 static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
 {
+#ifdef XG_SPEC_NO_BANS
+    return XG_CONTINUE;
+#endif
     struct xg_dpstate *st = xg_dpstate();
     if (!st || !(st->flags & XG_DP_HAS_BANS))
         return XG_CONTINUE;
-    struct xg_ban *ob = xg_opban_hash.lookup(&p->src);
+    /* The operator's bans are looked at unless the controller found their map empty (sweep_bans
+     * sets the flag, `ban add` clears it after writing a ban); without the flag: look. */
+    struct xg_ban *ob = (st->flags & XG_DP_OPBANS_EMPTY) ? 0 : xg_opban_hash.lookup(&p->src);
     if (ob) {
         if (ob->expires_ns > xg_now(now)) {
             __sync_fetch_and_add(&ob->hits, 1);
@@ -208,6 +213,9 @@ static __always_inline __u32 filter_verdict(struct xg_config *cfg, struct xg_fil
 static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *cfg, struct xg_pkt *p,
                                           int *skip_rest, __u64 *now)
 {
+#ifdef XG_SPEC_NO_FILTERS
+    return XG_CONTINUE;
+#endif
     if (!cfg->filters_count)
         return XG_CONTINUE;
     __u32 zero = 0;
@@ -298,6 +306,9 @@ static __always_inline struct xg_limits *limits_for(struct xg_protected *prot, s
 static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_limits *lim, struct xg_pkt *p,
                                             int is_syn, __u64 *now)
 {
+#ifdef XG_SPEC_NO_LIMITS
+    return XG_CONTINUE;
+#endif
     int per_src = lim->src_pps || lim->src_bps || (is_syn && lim->syn_src_pps);
     if (lim->dst_pps && p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP)) {
         struct xg_dst_bucket *db = xg_dstbkt_hash.lookup(&p->dst);

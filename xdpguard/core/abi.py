@@ -80,6 +80,7 @@ PROT_PORT_LIMITS = 1 << 5
 PROT_TCPSTATE_OFF = 1 << 6  # TCP state validation off for this address (on while the port policy is)
 
 DP_HAS_BANS = 1 << 0
+DP_OPBANS_EMPTY = 1 << 1  # set by sweep_bans when xg_opban_hash is empty; `ban add` clears it
 
 FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
 

@@ -509,9 +509,22 @@ def sweep_bans(maps, now_ns: int) -> int:
         for k in gone:
             m.delete(k)
         dead += len(gone)
-    if not any(True for name in (abi.MapName.OPBANS, abi.MapName.BANS) for _ in maps[name].keys()):
-        st = maps[abi.MapName.DPSTATE]
-        cur = st.get(ctypes.c_uint32(0))
-        if cur is not None and cur.flags & abi.DP_HAS_BANS:
-            st.set(ctypes.c_uint32(0), abi.DpState(cur.flags & ~abi.DP_HAS_BANS))
+    no_op = not any(True for _ in maps[abi.MapName.OPBANS].keys())
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0))
+    if cur is not None:
+        flags = (cur.flags | abi.DP_OPBANS_EMPTY) if no_op else (cur.flags & ~abi.DP_OPBANS_EMPTY)
+        if no_op and not any(True for _ in maps[abi.MapName.BANS].keys()):
+            flags &= ~abi.DP_HAS_BANS
+        if flags != cur.flags:
+            st.set(ctypes.c_uint32(0), abi.DpState(flags))
     return dead
+
+
+def note_operator_ban(maps) -> None:
+    """After writing into xg_opban_hash: make the data path look there (and at bans at all)."""
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    flags = (cur.flags | abi.DP_HAS_BANS) & ~abi.DP_OPBANS_EMPTY
+    if flags != cur.flags:
+        st.set(ctypes.c_uint32(0), abi.DpState(flags))
