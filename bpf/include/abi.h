@@ -215,6 +215,11 @@ struct xg_synauth {
  * update of xg_config cannot lose it); the controller clears bits when their cause is gone. */
 #define XG_DP_HAS_BANS (1ULL << 0)  /* xg_ban_lru or xg_opban_hash may hold entries */
 #define XG_DP_OPBANS_EMPTY (1ULL << 1)  /* the controller found xg_opban_hash empty (sweep); `ban add` clears it */
+#define XG_DP_BAN_BLOOM (1ULL << 2)  /* xg_banbloom_arr holds a bit for every ban (the controller built it) */
+
+/* xg_banbloom_arr: one bit per hash of a banned source (xg_ban_bit; policy.ban_bloom_bit), set
+ * before a ban is written, cleared only when no ban is left: a clear bit means "not banned". */
+#define XG_BANBLOOM_BITS 1048576
 
 struct xg_dpstate {
     __u64 flags;              /* XG_DP_* */

@@ -47,6 +47,9 @@ XG_MAP("lru_hash", struct xg_src_key, struct xg_ban, xg_ban_lru, XG_BANS_MAX, 0)
  * filling xg_ban_lru cannot evict them). */
 XG_MAP("hash", struct xg_src_key, struct xg_ban, xg_opban_hash, XG_OPBANS_MAX, BPF_F_NO_PREALLOC);
 
+/* xg_banbloom_arr: word → __u64, XG_BANBLOOM_BITS bits over the banned sources (abi.h). */
+XG_MAP("array", int, __u64, xg_banbloom_arr, XG_BANBLOOM_BITS / 64, 0);
+
 /* xg_dpstate_arr: key 0 → struct xg_dpstate (flags the data path sets). */
 XG_MAP("array", int, struct xg_dpstate, xg_dpstate_arr, 1, 0);
 

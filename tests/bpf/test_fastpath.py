@@ -55,16 +55,16 @@ def test_operator_ban_flag_skips_an_empty_map_and_a_noted_ban_is_enforced(bed):
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
     policy.sweep_bans(m, now_ns())
     flags = m[MapName.DPSTATE].get(ctypes.c_uint32(0)).flags
-    assert flags == abi.DP_HAS_BANS | abi.DP_OPBANS_EMPTY
+    assert flags == abi.DP_HAS_BANS | abi.DP_OPBANS_EMPTY | abi.DP_BAN_BLOOM
     m[MapName.OPBANS].set(key, abi.Ban(now_ns() + 10**12, 0, int(Reason.BANNED), 0))
     assert bed.verdict(udp()).reason == Reason.CLEAN  # written but not noted: the flag says "empty"
-    policy.note_operator_ban(m)
+    policy.note_operator_ban(m, [key])
     v = bed.verdict(udp())
     assert (v.action, v.kind, v.reason) == ("drop", Kind.DROP, Reason.BANNED)
     m[MapName.OPBANS].delete(key)
     m[MapName.BANS].delete(policy.src_key(ipaddress.ip_address("203.0.113.1")))
     policy.sweep_bans(m, now_ns())
-    assert m[MapName.DPSTATE].get(ctypes.c_uint32(0)).flags == abi.DP_OPBANS_EMPTY
+    assert m[MapName.DPSTATE].get(ctypes.c_uint32(0)).flags == abi.DP_OPBANS_EMPTY | abi.DP_BAN_BLOOM
     assert bed.verdict(udp()).reason == Reason.CLEAN
 
 
@@ -109,3 +109,26 @@ def test_a_new_source_is_charged_when_its_bucket_is_inserted(bed):
         assert bed.verdict(udp(src)).reason == Reason.RATELIMIT
     finally:
         policy.write_address_policy(m, ip, AddressPolicy())
+
+
+def test_ban_bloom_bits_agree_and_a_data_path_ban_is_enforced_behind_the_bloom(bed):
+    m = bed.maps
+    policy.sweep_bans(m, now_ns())
+    assert m[MapName.DPSTATE].get(ctypes.c_uint32(0)).flags & abi.DP_BAN_BLOOM
+    policy.write_global_policy(m, GlobalPolicy(reflection=False, filters=(
+        Filter(action="drop-ban", payload=b"EVIL", ban_s=600),)), policy.read_global_policy(m))
+    try:
+        for i in range(50):
+            src = f"198.18.7.{i}"
+            assert bed.verdict(udp(src, payload=b"EVILxx")).reason == Reason.FEATURE  # banned by the data path
+            key = policy.src_key(ipaddress.ip_address(src))
+            bit = policy.ban_bloom_bit(key)  # the Python hash is the C one: the data path set this bit
+            assert m[MapName.BANBLOOM].get(ctypes.c_uint32(bit >> 6)).value >> (bit & 63) & 1
+            assert bed.verdict(udp(src)).reason == Reason.BANNED
+        assert bed.verdict(udp("198.18.8.1")).reason == Reason.CLEAN
+    finally:
+        policy.write_global_policy(m, GlobalPolicy(reflection=False), policy.read_global_policy(m))
+        for k in list(m[MapName.BANS].keys()):
+            m[MapName.BANS].delete(k)
+        policy.sweep_bans(m, now_ns())
+    assert not any(m[MapName.BANBLOOM].array_values())  # no ban left: the bloom is cleared

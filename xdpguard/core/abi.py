@@ -81,6 +81,8 @@ PROT_TCPSTATE_OFF = 1 << 6  # TCP state validation off for this address (on whil
 
 DP_HAS_BANS = 1 << 0
 DP_OPBANS_EMPTY = 1 << 1  # set by sweep_bans when xg_opban_hash is empty; `ban add` clears it
+DP_BAN_BLOOM = 1 << 2  # xg_banbloom_arr holds a bit for every ban (policy.enable_ban_bloom)
+BANBLOOM_BITS = 1048576
 
 FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
 
@@ -280,6 +282,7 @@ class MapName(str, enum.Enum):
     FHEAD = "xg_fhead_arr"
     FVEC = "xg_fvec_arr"
     FDEF = "xg_fdef_arr"
+    BANBLOOM = "xg_banbloom_arr"  # bits over the banned sources: a clear bit skips the ban lookups
     SYNWIN = "xg_synwin_arr"
     SYNSEEN = "xg_synseen_lru"
     SYNAUTH = "xg_synauth_hash"
@@ -323,6 +326,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.FHEAD: (ctypes.c_uint32, FHead, False),
     MapName.FVEC: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.FDEF: (ctypes.c_uint32, Filter, False),
+    MapName.BANBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.SYNWIN: (ctypes.c_uint32, SynWin, False),
     MapName.SYNSEEN: (SrcKey, SynSeen, False),
     MapName.SYNAUTH: (SrcKey, SynAuth, False),

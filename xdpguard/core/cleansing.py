@@ -460,7 +460,7 @@ def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:
             k = policy.src_key(a)
             old = m.get(k)
             m.set(k, abi.Ban(now + int(ttl * 1e9), old.hits if old is not None else 0, abi.Reason.BANNED, 0))
-        policy.note_operator_ban(g.maps)
+        policy.note_operator_ban(g.maps, [policy.src_key(a) for a in parsed])
         return BanResult(g.iface.name, "add", len(parsed), _bans(g))
 
 

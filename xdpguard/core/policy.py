@@ -510,19 +510,79 @@ def sweep_bans(maps, now_ns: int) -> int:
             m.delete(k)
         dead += len(gone)
     no_op = not any(True for _ in maps[abi.MapName.OPBANS].keys())
+    none_left = no_op and not any(True for _ in maps[abi.MapName.BANS].keys())
     st = maps[abi.MapName.DPSTATE]
     cur = st.get(ctypes.c_uint32(0))
     if cur is not None:
         flags = (cur.flags | abi.DP_OPBANS_EMPTY) if no_op else (cur.flags & ~abi.DP_OPBANS_EMPTY)
-        if no_op and not any(True for _ in maps[abi.MapName.BANS].keys()):
+        if none_left:
             flags &= ~abi.DP_HAS_BANS
         if flags != cur.flags:
             st.set(ctypes.c_uint32(0), abi.DpState(flags))
+        if none_left:
+            _write_bloom(maps, [0] * (abi.BANBLOOM_BITS // 64))  # no ban left: every bit may go
+        if not flags & abi.DP_BAN_BLOOM:
+            enable_ban_bloom(maps)
     return dead
 
 
-def note_operator_ban(maps) -> None:
-    """After writing into xg_opban_hash: make the data path look there (and at bans at all)."""
+# ---- the ban bloom (xg_banbloom_arr): a clear bit lets the data path skip both ban lookups ----
+
+_M64 = (1 << 64) - 1
+
+
+def ban_bloom_bit(key: abi.SrcKey) -> int:
+    """xg_ban_bit() of policy.h: the source's bit in xg_banbloom_arr."""
+    raw = bytes(key.addr)
+    a0, a1 = int.from_bytes(raw[:8], sys.byteorder), int.from_bytes(raw[8:16], sys.byteorder)
+    h = ((a0 * 0x9E3779B97F4A7C15) & _M64) ^ ((a1 * 0xC2B2AE3D27D4EB4F) & _M64) ^ key.family
+    h ^= h >> 29
+    h = (h * 0xBF58476D1CE4E5B9) & _M64
+    h ^= h >> 32
+    return h & (abi.BANBLOOM_BITS - 1)
+
+
+def _write_bloom(maps, words: list[int]) -> None:
+    m = maps[abi.MapName.BANBLOOM]
+    n = len(words)
+    keys = (ctypes.c_uint32 * n)(*range(n))
+    vals = (ctypes.c_uint64 * n)(*words)
+    rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
+    if rc != 0 or done != n:
+        raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}: {os.strerror(-rc) if rc else 'short'}")
+
+
+def _set_bloom_bits(maps, keys) -> None:
+    m = maps[abi.MapName.BANBLOOM]
+    for k in keys:
+        bit = ban_bloom_bit(k)
+        w = ctypes.c_uint32(bit >> 6)
+        cur = m.get(w)
+        val = (cur.value if cur is not None else 0) | (1 << (bit & 63))
+        m.set(w, ctypes.c_uint64(val))
+
+
+def enable_ban_bloom(maps) -> None:
+    """Set the bit of every ban in both ban maps, then let the data path trust clear bits
+    (XG_DP_BAN_BLOOM). Bits the data path sets meanwhile may be overwritten; a source whose bit is
+    lost is judged again by the step that banned it, which bans it (and sets its bit) again."""
+    m = maps[abi.MapName.BANBLOOM]
+    words = [v.value if hasattr(v, "value") else int(v) for v in m.array_values()]
+    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
+        for k in maps[name].keys():
+            bit = ban_bloom_bit(k)
+            words[bit >> 6] |= 1 << (bit & 63)
+    _write_bloom(maps, words)
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    if not cur.flags & abi.DP_BAN_BLOOM:
+        st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_BAN_BLOOM))
+
+
+def note_operator_ban(maps, keys) -> None:
+    """After writing `keys` (abi.SrcKey) into xg_opban_hash: their bloom bits, and make the data
+    path look at bans, operator bans included. Every writer of xg_opban_hash must call this."""
+    _set_bloom_bits(maps, keys)
     st = maps[abi.MapName.DPSTATE]
     cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
     flags = (cur.flags | abi.DP_HAS_BANS) & ~abi.DP_OPBANS_EMPTY
