@@ -81,8 +81,17 @@ PROT_PORT_LIMITS = 1 << 5
 PROT_TCPSTATE_OFF = 1 << 6  # TCP state validation off for this address (on while the port policy is)
 
 DP_HAS_BANS = 1 << 0
+DP_OPBANS_EMPTY = 1 << 1  # set by sweep_bans when xg_opban_hash is empty; `ban add` clears it
+DP_BAN_BLOOM = 1 << 2  # xg_banbloom_arr holds a bit for every ban (policy.enable_ban_bloom)
+BANBLOOM_BITS = 1048576
 
 FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
+
+# Feature filters compiled to per-field bit vectors (abi.h XG_FV_*): word offsets per generation.
+FV_PROTO, FV_TTL, FV_FLAGS, FV_SPORT, FV_DPORT, FV_LEN = 0, 256, 512, 1024, 66561, 132098
+FV_SLOTS = 197635
+FV_NOTCP, FV_NOPORT = 256, 65536
+FGENS = 2
 FB_L3, FB_L4, FB_PAYLOAD = 0, 1, 2
 
 PROTECTED_MAX = 1024
@@ -183,6 +192,15 @@ class Filter(ctypes.Structure):
         ("payload", ctypes.c_uint8 * 16), ("payload_mask", ctypes.c_uint8 * 16)]
 
 
+class FHead(ctypes.Structure):
+    _fields_ = [("live", ctypes.c_uint64), ("payload", ctypes.c_uint64), ("count", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
+
+
+class FSel(ctypes.Structure):
+    _fields_ = [("gen", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
 class Addr6(ctypes.Structure):
     _fields_ = [("addr", ctypes.c_uint8 * 16)]
 
@@ -261,6 +279,11 @@ class MapName(str, enum.Enum):
     DPSTATE = "xg_dpstate_arr"
     REFLECT = "xg_reflect_arr"
     FILTERS = "xg_filters_arr"
+    FSEL = "xg_fsel_arr"  # the compiled filters (bit vectors), two generations
+    FHEAD = "xg_fhead_arr"
+    FVEC = "xg_fvec_arr"
+    FDEF = "xg_fdef_arr"
+    BANBLOOM = "xg_banbloom_arr"  # bits over the banned sources: a clear bit skips the ban lookups
     SYNWIN = "xg_synwin_arr"
     SYNSEEN = "xg_synseen_lru"
     SYNAUTH = "xg_synauth_hash"
@@ -300,6 +323,11 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.DPSTATE: (ctypes.c_uint32, DpState, False),
     MapName.REFLECT: (ctypes.c_uint32, ctypes.c_uint8, False),
     MapName.FILTERS: (ctypes.c_uint32, Filter, False),
+    MapName.FSEL: (ctypes.c_uint32, FSel, False),
+    MapName.FHEAD: (ctypes.c_uint32, FHead, False),
+    MapName.FVEC: (ctypes.c_uint32, ctypes.c_uint64, False),
+    MapName.FDEF: (ctypes.c_uint32, Filter, False),
+    MapName.BANBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.SYNWIN: (ctypes.c_uint32, SynWin, False),
     MapName.SYNSEEN: (SrcKey, SynSeen, False),
     MapName.SYNAUTH: (SrcKey, SynAuth, False),
@@ -401,6 +429,8 @@ C_STRUCTS: dict[str, type] = {
     "xg_synauth": SynAuth,
     "xg_dpstate": DpState,
     "xg_filter": Filter,
+    "xg_fhead": FHead,
+    "xg_fsel": FSel,
     "xg_flow_key": FlowKey,
     "xg_flow": Flow,
     "xg_tcpstate_config": TcpStateConfig,
