@@ -361,7 +361,7 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.BLOCK4: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
     MapName.BLOCK6: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
     MapName.PORTLIM: ("hash", "XG_PORTS_MAX", 0),
-    MapName.BUCKETS: ("lru_hash", "XG_SOURCES_MAX", 0),
+    MapName.BUCKETS: ("lru_hash", "XG_SOURCES_MAX", F_NO_COMMON_LRU),
     MapName.DSTBKT: ("hash", "XG_PORTS_MAX", 0),
     MapName.BANS: ("lru_hash", "XG_BANS_MAX", 0),
     MapName.OPBANS: ("hash", "XG_OPBANS_MAX", F_NO_PREALLOC),
@@ -377,6 +377,11 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.SAMPLE_CFG: ("array", 1, 0),
     MapName.SAMPLE_STATE: ("percpu_array", 1, 0),
     MapName.SAMPLES: ("ringbuf", "XG_SAMPLE_RING_BYTES", 0),
+    MapName.FSEL: ("array", 1, 0),
+    MapName.FHEAD: ("array", "XG_FGENS", 0),
+    MapName.FVEC: ("array", "XG_FVEC_ENTRIES", 0),
+    MapName.FDEF: ("array", "XG_FDEF_ENTRIES", 0),
+    MapName.BANBLOOM: ("array", BANBLOOM_BITS // 64, 0),
 }
 # Default of every size macro MAP_SHAPES names (abi.h's #ifndef defaults).
 MAP_SIZE_DEFAULTS: dict[str, int] = {
@@ -392,6 +397,9 @@ def map_sizes(defines: Mapping[str, int] | None = None) -> dict[str, int]:
     d = {k: int((defines or {}).get(k, v)) for k, v in MAP_SIZE_DEFAULTS.items()}
     d["XG_STATS_SLOTS"] = KIND_MAX * d["XG_REASON_MAX"]
     d["XG_SAMPLE_RING_BYTES"] = SAMPLE_RING_PAGES * 4096
+    d["XG_FGENS"] = FGENS
+    d["XG_FVEC_ENTRIES"] = FGENS * FV_SLOTS
+    d["XG_FDEF_ENTRIES"] = FGENS * d["XG_FILTERS_MAX"]
     return d
 
 

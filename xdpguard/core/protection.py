@@ -577,6 +577,17 @@ def needs_upgrade(iface: state.Iface, defines: dict[str, int] | None = None) -> 
     return st.get("program_sha256") != dataplane.program_sha256(defines)
 
 
+FILTER_VECTORS = frozenset({MapName.FSEL, MapName.FHEAD, MapName.FVEC, MapName.FDEF})
+
+
+def refill_derived(plan: migrate.Plan, maps: dict[MapName, BpfMap]) -> None:
+    """Before the swap: maps the new program derives from others, when they were not shared
+    with the old program — the compiled filter vectors, from the ordered filter list (else the
+    filters would be off until the next filter change). The maps' fds belong to the caller."""
+    if any(s.name in FILTER_VECTORS and s.action != "keep" for s in plan.steps):
+        policy.compile_filters(maps, policy.read_global_policy(maps).filters)
+
+
 def _abi_version(config_fd: int) -> int:
     """xg_config.abi_version of a live config map, whatever its value size (fields are only
     ever appended to xg_config)."""
@@ -636,6 +647,7 @@ def _upgrade_locked(iface: state.Iface, att: dataplane.XdpAttachment, old: dict[
         if lost:
             raise UserError(f"{ifname}: the new program did not reuse maps {lost}; nothing was changed")
         migrate.copy(plan, old, lp.map_fds)
+        refill_derived(plan, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
         try:
             dataplane.replace(iface.index, lp.prog_fd, att)
         except libbpf.BpfError as exc:
