@@ -212,6 +212,8 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
             *skip_rest = 1;
             return XG_CONTINUE;
         }
+        if (f->action == XG_FA_MITIGATE)
+            return XG_REASON_MITIGATION;
         if (f->action == XG_FA_DROP_BAN && f->ban_s)
             xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
         return XG_REASON_FEATURE;

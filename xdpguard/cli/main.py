@@ -67,6 +67,8 @@ def _register() -> None:
     for group in (limit.limit, proto.proto, reflection.reflection, filter.filter_, syn.syn, monitor.monitor,
                   fragments.fragments, ban.ban):
         cli.add_command(group)
+    from . import mitigations  # automatic mitigation (issue 13)
+    cli.add_command(mitigations.mitigations)
 
 
 _register()

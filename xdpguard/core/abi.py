@@ -33,6 +33,7 @@ class Reason(enum.IntEnum):
     RATELIMIT = 11
     SYN = 12
     TCPSTATE = 13
+    MITIGATION = 15
 
     @property
     def label(self) -> str:
@@ -82,6 +83,7 @@ PROT_TCPSTATE_OFF = 1 << 6  # TCP state validation off for this address (on whil
 DP_HAS_BANS = 1 << 0
 
 FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
+FA_MITIGATE = 4  # an automatic mitigation filter (core/mitigation.py): drop as Reason.MITIGATION
 FB_L3, FB_L4, FB_PAYLOAD = 0, 1, 2
 
 PROTECTED_MAX = 1024

@@ -103,6 +103,13 @@ class DaemonSpec:
     sweep_interval_s: float = 10.0
     detect: bool = True
     detect_interval_s: float = 1.0
+    # automatic mitigation (mitigation.py; its Settings take these)
+    mitigation: bool = True
+    mitigation_pps: float = 5000.0
+    mitigation_factor: float = 4.0
+    mitigation_max_share: float = 0.01
+    mitigation_hold_s: float = 5.0
+    mitigation_interval_s: float = 0.5  # detection rounds are at most this long while mitigation is on
 
 
 @dataclass(frozen=True)
@@ -323,7 +330,8 @@ class _Loader:
 
 
 _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", "sweep_interval", "detect",
-                "detect_interval"}
+                "detect_interval", "mitigation", "mitigation_pps", "mitigation_factor", "mitigation_max_share",
+                "mitigation_hold", "mitigation_interval"}
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
 _ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit"}
@@ -360,10 +368,27 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
     if metrics is not None and (":" not in metrics or not metrics.rpartition(":")[2].isdigit()):
         ld.fail(p + ("metrics",), f"must be HOST:PORT, got {metrics!r}")
         metrics = None
+    share = ld.get(d, "mitigation_max_share", p, "num", base.mitigation_max_share)
+    if not 0 < share < 1:
+        ld.fail(p + ("mitigation_max_share",), f"must be above 0 and below 1 (a share: 0.01 is 1%), got {share!r}")
+        share = base.mitigation_max_share
+    factor = ld.get(d, "mitigation_factor", p, "num", base.mitigation_factor)
+    if not 1 <= factor <= 1000:
+        ld.fail(p + ("mitigation_factor",), f"must be 1 to 1000, got {factor!r}")
+        factor = base.mitigation_factor
+    mpps = base.mitigation_pps
+    if "mitigation_pps" in d:
+        mpps = ld.guard(p + ("mitigation_pps",), lambda: vocab.parse_rate(d["mitigation_pps"], "mitigation_pps"), mpps)
+        if not mpps > 0:
+            ld.fail(p + ("mitigation_pps",), "must be above 0")
+            mpps = base.mitigation_pps
     return DaemonSpec(metrics, pos("health_interval", base.health_interval_s, 3600),
                       pos("health_timeout", base.health_timeout_s, 60), count("rise", base.rise),
                       count("fall", base.fall), pos("sweep_interval", base.sweep_interval_s, 3600),
-                      ld.get(d, "detect", p, "bool", True), pos("detect_interval", base.detect_interval_s, 60))
+                      ld.get(d, "detect", p, "bool", True), pos("detect_interval", base.detect_interval_s, 60),
+                      ld.get(d, "mitigation", p, "bool", True), float(mpps), float(factor), float(share),
+                      pos("mitigation_hold", base.mitigation_hold_s, 3600),
+                      pos("mitigation_interval", base.mitigation_interval_s, 60))
 
 
 _CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval"}
@@ -551,6 +576,8 @@ def build_filter(*, action: str, proto=None, sport=None, dport=None, length=None
     field to what the caller calls it in messages."""
     nm = {"sport": "sport", "dport": "dport", "length": "length", "ttl": "ttl", "payload": "payload",
           "mask": "mask", "ban": "ban", "tcp_flags": "tcp_flags", **(names or {})}
+    if action not in policy.ACTIONS:  # "mitigate" is the daemon's own (mitigation.py)
+        raise UserError(f"invalid filter action '{action}': use drop, pass or drop-ban")
     if ban_s and action != "drop-ban":
         raise UserError(f"{nm['ban']} only goes with action drop-ban")
     if mask and not payload:
@@ -894,7 +921,10 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
         L.append(f"metrics = {_q(ds.metrics)}")
     L += [f"health_interval = {ds.health_interval_s!r}", f"health_timeout = {ds.health_timeout_s!r}",
           f"rise = {ds.rise}", f"fall = {ds.fall}", f"sweep_interval = {ds.sweep_interval_s!r}",
-          f"detect = {'true' if ds.detect else 'false'}", f"detect_interval = {ds.detect_interval_s!r}", ""]
+          f"detect = {'true' if ds.detect else 'false'}", f"detect_interval = {ds.detect_interval_s!r}",
+          f"mitigation = {'true' if ds.mitigation else 'false'}", f"mitigation_pps = {_fmt_num(ds.mitigation_pps)}",
+          f"mitigation_factor = {ds.mitigation_factor!r}", f"mitigation_max_share = {ds.mitigation_max_share!r}",
+          f"mitigation_hold = {ds.mitigation_hold_s!r}", f"mitigation_interval = {ds.mitigation_interval_s!r}", ""]
     if d.cluster is not None:
         c = d.cluster
         L += ["[cluster]", f"name = {_q(c.name)}", f"node = {_q(c.node)}",

@@ -424,8 +424,10 @@ class DetectionLoop:
     """Attack detection for every protected interface of this network namespace (run's thread)."""
 
     def __init__(self, interval_s: float = 1.0, overrides: Thresholds | None = None, hold_s: float | None = None,
-                 hook: str | None = None, report: Callable[[str, AttackEvent], None] = lambda p, e: None):
+                 hook: str | None = None, report: Callable[[str, AttackEvent], None] = lambda p, e: None,
+                 on_round: Callable[[str, object, object, list], None] | None = None):
         self.interval_s = interval_s
+        self.on_round = on_round  # (iface, Collector, Snapshot, samples): automatic mitigation (mitigation.py)
         self.overrides = overrides
         self.hold_s = hold_s
         self.hook = hook
@@ -500,7 +502,17 @@ class DetectionLoop:
         for name in names:
             try:
                 self._ensure(name)
-                snap = self.collectors[name].collect(per, sample_window_s=per / 2)
+                col = self.collectors[name]
+                if self.on_round is None:
+                    snap = col.collect(per, sample_window_s=per / 2)
+                else:  # the round's samples go to the mitigation engine too: read most of the round
+                    t0 = time.monotonic()
+                    samples = col.reader.window(per * 0.9, wait_s=min(1.0, per / 4))
+                    left = t0 + per - time.monotonic()
+                    if left > 0:
+                        time.sleep(left)
+                    snap = col.snapshot_from(samples)
+                    self.on_round(name, col, snap, samples)
                 self.detectors[name].update(self.attributions[name](snap), snap.interval_s)
                 self.hooks[name].reap()
                 self.errors.pop(name, None)
