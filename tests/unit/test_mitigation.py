@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from xdpguard.core import config, mitigation, policy
+from xdpguard.core import config, levels, mitigation, policy
 from xdpguard.core.errors import UserError
 
 DST = "198.18.0.1"
@@ -223,3 +223,15 @@ def test_daemon_keys_round_trip_and_errors():
         config.loads("[daemon]\nmitigation_max_share = 2\nmitigation_pps = 0\n", "x.toml")
     assert any(p.startswith("x.toml:2: daemon.mitigation_max_share:") for p in e.value.problems)
     assert any(p.startswith("x.toml:3: daemon.mitigation_pps:") for p in e.value.problems)
+
+
+def test_level_presets_are_ordered_and_valid():
+    lo, no, st = (levels.preset(n) for n in levels.LEVELS)
+    assert not lo.mitigation and no.mitigation and st.mitigation
+    assert lo.syn.threshold_pps > no.syn.threshold_pps > st.syn.threshold_pps
+    assert no.limits.src_pps > st.limits.src_pps and no.udp_port.src_pps > st.udp_port.src_pps
+    with pytest.raises(UserError, match="unknown level"):
+        levels.preset("paranoid")
+    assert levels.mitigation_on({"levels": {"198.18.0.1": "loose"}}, "198.18.0.1") is False
+    assert levels.mitigation_on({"levels": {"198.18.0.1": "strict"}}, "198.18.0.1") is True
+    assert levels.mitigation_on({}, "198.18.0.1") is True

@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import config, events, policy, protection, state
+from . import config, events, levels, policy, protection, state
 from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
 from .errors import UserError
 
@@ -537,6 +537,7 @@ class Engine:
         for x in feats:
             by.setdefault(x.service, []).append(x)
         recs = read_records(self.iface)
+        st_now = state.read_state(self.iface) or {}
         active = recs["active"]
         by_service: dict[tuple, list[dict]] = {}
         for r in active:
@@ -573,8 +574,8 @@ class Engine:
                     svc.pending.clear()  # the flood's ramp never becomes baseline
                     self.iface_pending.clear()
                 supp = recs["suppressed"].get(service_key(*key), 0)
-                if supp > wall:
-                    pass
+                if supp > wall or not levels.mitigation_on(st_now, key[0]):
+                    pass  # deleted by the operator lately, or the address's level has no mitigation
                 elif len(mine) >= MAX_PER_SERVICE:
                     pass
                 else:
