@@ -235,3 +235,54 @@ def test_level_presets_are_ordered_and_valid():
     assert levels.mitigation_on({"levels": {"198.18.0.1": "loose"}}, "198.18.0.1") is False
     assert levels.mitigation_on({"levels": {"198.18.0.1": "strict"}}, "198.18.0.1") is True
     assert levels.mitigation_on({}, "198.18.0.1") is True
+
+
+LEVEL_CFG = """
+[[interface]]
+name = "xg0"
+protect = ["198.18.0.1", "198.18.0.2"]
+[[interface.address]]
+address = "198.18.0.1"
+level = "strict"
+{extra}
+[[interface.forward]]
+proto = "udp"
+ports = "7"
+protected = "198.18.0.1"
+to = ["198.18.1.2:7"]
+[[interface.forward]]
+proto = "tcp"
+ports = "80"
+protected = "198.18.0.1"
+to = ["198.18.1.2:80"]
+"""
+
+
+def test_config_level_fills_what_the_table_does_not_give():
+    d, _ = config.loads(LEVEL_CFG.format(extra=""))
+    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    p = levels.preset("strict")
+    assert a.level == "strict" and a.limits == p.limits.effective() and a.syn.threshold_pps == p.syn.threshold_pps
+    assert a.port_limits == (("udp", 7, 7, p.udp_port.effective()),)  # the forwarded UDP port, not tcp/80
+    assert d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.2")).level is None
+    assert config.loads(config.to_toml(d))[0] == d
+
+
+def test_config_explicit_tables_override_the_level_as_a_whole():
+    d, _ = config.loads(LEVEL_CFG.format(extra='limits = { src_pps = 123 }\nport_limit = []\n'))
+    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    assert a.limits == policy.Limits(src_pps=123).effective() and a.port_limits == ()
+    assert a.syn.threshold_pps == levels.preset("strict").syn.threshold_pps
+    assert config.loads(config.to_toml(d))[0] == d
+    empty, _ = config.loads(LEVEL_CFG.format(extra="limits = {}\n"))
+    assert empty.interfaces[0].addresses[0].limits == policy.Limits()
+    assert config.loads(config.to_toml(empty))[0] == empty
+    diff = config.diff(empty, d)
+    assert any(c.path.endswith("limits") for c in diff)
+
+
+def test_config_bad_level():
+    with pytest.raises(config.ConfigError) as e:
+        config.loads(LEVEL_CFG.format(extra='level = "paranoid"').replace('level = "strict"\n', ""), "c.toml")
+    assert any(p.startswith("c.toml:7: interface[0].address[0].level: must be one of loose, normal, strict")
+               for p in e.value.problems), e.value.problems

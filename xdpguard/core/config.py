@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import abi, events, forwarding, policy, vocab
+from . import abi, events, forwarding, levels, policy, vocab
 from .errors import UserError
 from .forwarding import ForwardRule
 from .prefixes import Prefix, parse_prefix, read_prefix_file
@@ -62,6 +62,7 @@ class AddressSpec:
     syn: policy.SynPolicy = policy.SynPolicy()
     open_ports: tuple[PortRun, ...] = ()  # opened by the operator (forwards open their own)
     port_limits: tuple[tuple[str, int, int, policy.Limits], ...] = ()  # merged runs of equal limits
+    level: str | None = None  # levels.LEVELS: its preset filled what the table did not give
 
     @property
     def policy(self) -> policy.AddressPolicy:
@@ -334,7 +335,7 @@ _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", 
                 "mitigation_hold", "mitigation_interval"}
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
-_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit"}
+_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level"}
 _LIMIT_KEYS = {"src_pps", "src_burst", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst", "syn_src_pps",
                "syn_src_burst", "ban"}
 _SYN_KEYS = {"threshold", "auth_window", "keep"}
@@ -565,8 +566,25 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
             if not lim.active():
                 ld.fail(pp, "needs a rate: src_pps, src_bps, dst_pps or syn_src_pps")
             plims.append((*spec, lim))
+    level = ld.get(d, "level", path, "str", None)
+    if level is not None and level not in levels.LEVELS:
+        ld.fail(path + ("level",), f"must be one of {', '.join(levels.LEVELS)}, got {level!r}")
+        level = None
+    if level is not None:  # the preset fills what the table does not give (each of these as a whole)
+        lp = levels.address_policy(level, policy.AddressPolicy(frozenset(), limits, syn))
+        limits = limits if "limits" in d else lp.limits.effective()
+        syn = syn if "syn" in d else lp.syn
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
-                       norm_port_runs(opened), norm_port_limits(plims))
+                       norm_port_runs(opened), norm_port_limits(plims), level)
+
+
+def _level_port_limits(spec: AddressSpec, raw: dict, forwards) -> AddressSpec:
+    """A level's budget on the address's forwarded UDP ports, unless the table gives port_limit."""
+    p = levels.PRESETS.get(spec.level)
+    if p is None or p.udp_port is None or "port_limit" in raw:
+        return spec
+    ports = levels.udp_ports([f.rule for f in forwards], spec.address)
+    return replace(spec, port_limits=norm_port_limits([("udp", lo, hi, p.udp_port) for lo, hi in ports]))
 
 
 def build_filter(*, action: str, proto=None, sport=None, dport=None, length=None, ttl=None, tcp_flags=None,
@@ -799,6 +817,16 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
             ld.fail(path + ("forward", i), f"rule {fs.rule.key} is given twice")
             continue
         forwards.append(fs)
+    raw_addr = {}
+    for ad in ld.get(d, "address", path, "list", []):
+        if isinstance(ad, dict) and isinstance(ad.get("address"), str):
+            try:
+                raw_addr[ipaddress.ip_address(ad["address"].strip())] = ad
+            except ValueError:
+                pass
+    for a, spec in list(addrs.items()):
+        if spec.level is not None:
+            addrs[a] = _level_port_limits(spec, raw_addr.get(a, {}), forwards)
     ev = _events(ld, ld.get(d, "events", path, "table", {}), path + ("events",), protected)
     return norm_interface(InterfaceSpec(name, mode if mode in MODES else "auto", tuple(addrs.values()), glob,
                                         frozenset(block), frozenset(allow), tuple(forwards), ev))
@@ -964,10 +992,16 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
             lt = _limits_toml(a.limits)
             if lt:
                 body.append("limits = " + _inline(lt))
-            if a.syn != policy.SynPolicy():
+            if a.level is not None and not lt:
+                body.append("limits = {}")  # given: the level's preset does not fill it
+            if a.syn != policy.SynPolicy() or a.level is not None:
                 body.append("syn = " + _inline({"threshold": str(a.syn.threshold_pps),
                                                 "auth_window": _q(f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}"),
                                                 "keep": str(a.syn.auth_keep_s)}))
+            if a.level is not None:
+                body.insert(0, f"level = {_q(a.level)}")
+                if not a.port_limits:
+                    body.append("port_limit = []")
             if not body and not a.port_limits:
                 continue
             L += ["[[interface.address]]", f"address = {_q(str(a.address))}", *body, ""]
@@ -1085,6 +1119,8 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
     for addr in sorted(set(old.protected) & set(new.protected), key=addr_order):
         oa, na = old.address(addr), new.address(addr)
         p = f"{n} {addr}"
+        if oa.level != na.level:
+            out.append(Change(f"{p} level", "change", oa.level or "none", na.level or "none"))
         if oa.blocked != na.blocked:
             out.append(Change(f"{p} block_protocols", "change", ",".join(sorted(oa.blocked)) or "none",
                               ",".join(sorted(na.blocked)) or "none"))
