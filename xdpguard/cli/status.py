@@ -26,8 +26,8 @@ def render_status(c, res: protection.StatusResult) -> None:
             f"mode {res.mode}{', [yellow]MONITOR[/]' if res.monitor else ''}"
             f"{'' if res.pinned else ' (maps not pinned)'}")
     ex = extras(res)
-    lv = ex["levels"]
-    c.print(f"  protected: {', '.join(f'{a} (level {lv[a] or chr(45)})' for a in res.protected) or '-'}")
+    shown = [f"{a} (level {ex['levels'][a] or 'none'})" for a in res.protected]
+    c.print(f"  protected: {', '.join(shown) or '-'}")
     for m in ex["mitigations"]:
         c.print(f"  mitigation {m['id']} on {m['service']}: {m['fingerprint']}", markup=False)
     c.print(f"  blocklist: {res.list_sizes['block']} entries, allowlist: {res.list_sizes['allow']} entries")
