@@ -10,7 +10,6 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import forward as core
-from xdpguard.core import levelset
 
 from .output import console, emit_json, human_bytes
 from .params import iface_option as _iface, json_option as _json
@@ -55,10 +54,9 @@ def forward():
 @_json
 def add(proto, ports, to, weights, backup, persist_s, preserve_client_ip, udp_probe, protected, iface, as_json):
     """Forward PROTO PORT[-PORT] of the protected address to --to backends."""
-    res = core.add(proto, ports, to, ifname=iface, protected=protected, weights=weights, backup=backup,
-                   persist_s=persist_s, preserve_client_ip=preserve_client_ip, udp_probe=udp_probe)
-    levelset.refresh(res.iface)  # a level's UDP budget on the newly forwarded ports
-    _report(recorded(res), as_json)
+    _report(recorded(core.add(proto, ports, to, ifname=iface, protected=protected, weights=weights, backup=backup,
+                              persist_s=persist_s, preserve_client_ip=preserve_client_ip, udp_probe=udp_probe)),
+            as_json)
 
 
 @forward.command("del")

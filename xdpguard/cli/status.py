@@ -13,7 +13,7 @@ from .params import IFACE
 
 def extras(res: protection.StatusResult) -> dict:
     """Each address's protection level and the interface's active automatic mitigations."""
-    st = state.read_state(state.resolve_iface(res.iface)) or {}
+    st = state.read_state(state.Iface(res.iface, res.ifindex, state.netns_key())) or {}
     lv = st.get(levels.STATE_KEY, {})
     active = (st.get(mitigation.STATE_KEY) or {}).get("active", [])
     return {"levels": {a: lv.get(a) for a in res.protected},

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import forwarding, nat, protection, state
+from . import forwarding, levels, nat, policy, protection, state
 from .abi import PORT_BY_FORWARD
 from .errors import UserError
 from .forwarding import Backend, ForwardRule
@@ -319,6 +319,14 @@ def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected
                 g.change_ports([rule.protected], rule.proto, rule.port_lo, rule.port_hi, PORT_BY_FORWARD, False)
                 raise
             state.write_state(g.iface, new_st)
+            lv = levels.udp_budget(new_st, rule.proto, rule.protected)
+            if lv is not None:  # the address's protection level: a budget on the new UDP ports (levels.py)
+                have = policy.read_port_limits(g.maps)
+                for port in range(rule.port_lo, rule.port_hi + 1):
+                    if (str(rule.protected), "udp", port) not in have:
+                        policy.write_port_limits(g.maps, rule.protected, "udp", port, port, lv.udp_port)
+                notes.append(f"level {lv.level}: {lv.udp_port.src_pps:,} pps per source on udp {rule.port_lo}"
+                             + (f"-{rule.port_hi}" if rule.port_hi != rule.port_lo else ""))
             if not old_rules:
                 notes.append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding; "
                              "net.netfilter.nf_conntrack_tcp_loose=0")

@@ -75,3 +75,9 @@ def address_policy(level: str, cur: policy.AddressPolicy) -> policy.AddressPolic
     p = preset(level)
     return policy.AddressPolicy(cur.blocked, p.limits, policy.SynPolicy(
         p.syn.threshold_pps, cur.syn.auth_min_ms, cur.syn.auth_max_ms, cur.syn.auth_keep_s))
+
+
+def udp_budget(st: dict, proto: str, addr) -> Preset | None:
+    """The level whose UDP budget a newly forwarded port of addr gets (None: no level, no budget)."""
+    p = PRESETS.get((st or {}).get(STATE_KEY, {}).get(str(addr)))
+    return p if proto == "udp" and p is not None and p.udp_port is not None else None

@@ -79,28 +79,6 @@ def apply_locked(g, addrs, level: str, rules) -> None:
     state.write_state(g.iface, st)
 
 
-def refresh(ifname: str) -> list[str]:
-    """After forwards changed: every forwarded UDP port of an address with a level that has no
-    per-port limit yet gets the level's budget (an operator's own per-port limit stays)."""
-    notes = []
-    with locked_guard(ifname) as g:
-        st = state.read_state(g.iface) or {}
-        lv = st.get(STATE_KEY, {})
-        rules = [r.rule for r in forward.stored_rules(g.iface.name, st)]
-        have = policy.read_port_limits(g.maps)
-        for a in g.protected_addrs():
-            p = PRESETS.get(lv.get(str(a)))
-            if p is None or p.udp_port is None:
-                continue
-            for lo, hi in udp_ports(rules, a):
-                for port in range(lo, hi + 1):
-                    if (str(a), "udp", port) not in have:
-                        policy.write_port_limits(g.maps, a, "udp", port, port, p.udp_port)
-                        notes.append(f"{a} udp/{port}: level {p.level} budget {p.udp_port.src_pps:,} pps per source")
-    return notes
-
-
-
 def show(ifname: str | None) -> LevelResult:
     with open_guard(ifname) as g:
         return LevelResult(g.iface.name, "show", _views(g, state.read_state(g.iface) or {}))

@@ -20,7 +20,7 @@ import socket
 import struct
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, dataplane, events, forward, levels, levelset, policy, protection, state, store, vocab
+from . import abi, config, dataplane, events, forward, levels, policy, protection, state, store, vocab
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
 from .prefixes import Prefix
@@ -438,17 +438,9 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
     store knows nothing of gets `level` (normal: protected before anyone tunes it)."""
     extra = {} if defines is None else {"defines": defines}
     if level is not None:
-        levels.preset(level)  # a bad level fails before anything is attached
+        extra["level"] = level  # every address gets it; the stored ones get their stored policy back below
     res = protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
     stored = store.stored_interface(ifname)
-    fresh = [ipaddress.ip_address(a) for a in res.protected
-             if stored is None or stored.address(ipaddress.ip_address(a)) is None]
-    if level is not None and fresh:
-        iface = state.resolve_iface(ifname)
-        with state.iface_lock(iface), protection.Guard.open(iface) as g:
-            levelset.apply_locked(g, fresh, level, [])
-        res = replace(res, notes=[*res.notes, f"level {level} on {', '.join(map(str, fresh))}: "
-                                              f"{levels.preset(level).describe()}"])
     if stored is not None:
         now_protected = [ipaddress.ip_address(a) for a in res.protected]
         keep = set(now_protected)
