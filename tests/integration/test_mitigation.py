@@ -211,3 +211,43 @@ def test_udp_flood_mitigated_within_a_second_and_lifted(lab):
     # dynamic state: not in export, and the kernel table holds no mitigation filter any more
     exp = lab.prot_xg("export")
     assert exp.returncode == 0 and "mitigate" not in exp.stdout
+
+
+def _levels(lab: Lab) -> dict:
+    p = lab.prot_xg("level", "show", "--json")
+    assert p.returncode == 0, p.stderr
+    return {a["protected"]: (a["level"], a["adjusted"]) for a in json.loads(p.stdout)["addresses"]}
+
+
+def _diff_of_export(lab: Lab) -> str:
+    path = lab.tmp / "export.toml"
+    path.unlink(missing_ok=True)
+    p = lab.prot_xg("export", "-o", str(path))
+    assert p.returncode == 0, p.stderr
+    p = lab.prot_xg("diff", "-f", str(path))
+    assert p.returncode == 0, p.stderr
+    return path.read_text(), p.stdout.strip()
+
+
+def test_attach_applies_normal_and_levels_round_trip(lab):
+    """`lab up` is attach + forward add: every address is at level normal, the forwarded UDP port
+    has the level's budget; `level strict`, an operator override, and export re-applying to nothing."""
+    assert _levels(lab) == {topology.PROT4: ("normal", False), topology.PROT6: ("normal", False)}
+    st = json.loads(lab.prot_xg("status", "--json").stdout)[0]
+    assert st["levels"] == {topology.PROT4: "normal", topology.PROT6: "normal"}
+    lim = lab.prot_xg("limit", "show", "--json")
+    assert "udp" in lim.stdout and "10000" in lim.stdout, lim.stdout
+    text, diff = _diff_of_export(lab)
+    assert text.count('level = "normal"') == 2 and diff == "no changes", (text, diff)
+    try:
+        assert lab.prot_xg("level", "strict", "--protected", topology.PROT4).returncode == 0
+        assert _levels(lab)[topology.PROT4] == ("strict", False)
+        assert lab.prot_xg("limit", "set", "--src-pps", "777", "--protected", topology.PROT4).returncode == 0
+        assert _levels(lab)[topology.PROT4] == ("strict", True)  # the operator's setting stays, and says so
+        text, diff = _diff_of_export(lab)
+        assert 'level = "strict"' in text and "src_pps = 777" in text and diff == "no changes", (text, diff)
+        bad = lab.prot_xg("level", "paranoid")
+        assert bad.returncode == 2 and bad.stderr.startswith("xdpguard: error:"), bad.stderr
+    finally:
+        assert lab.prot_xg("level", "normal").returncode == 0
+    assert _levels(lab)[topology.PROT4] == ("normal", False)
