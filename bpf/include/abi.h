@@ -28,6 +28,7 @@
 #define XG_REASON_SYN         12  /* drop: SYN flood defence */
 #define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
 #define XG_REASON_MITIGATION  15  /* drop: automatic mitigation filter (xdpguard run) */
+#define XG_REASON_CONNLIMIT   16  /* a ban's reason: a connection limit in nft (connlimit.py); not a verdict */
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu */
 
 /* Verdict kinds: the first dimension of xg_stats_pcpu. */

@@ -251,3 +251,69 @@ def test_attach_applies_normal_and_levels_round_trip(lab):
     finally:
         assert lab.prot_xg("level", "normal").returncode == 0
     assert _levels(lab)[topology.PROT4] == ("normal", False)
+
+
+def _conntrack_count(lab: Lab) -> int:
+    return int(lab.in_ns("prot", "cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout.strip() or 0)
+
+
+def _udp_flood_conntrack_peak(lab: Lab) -> tuple[int, int]:
+    """(peak conntrack entries during a spoofed UDP flood with changing source ports, flood packets sent)."""
+    p = lab.in_ns("prot", sys.executable, "-c", "from pyroute2 import Conntrack; Conntrack().flush()")
+    assert p.returncode == 0, p.stderr
+    times: list = []
+    t = threading.Thread(target=_flood, args=(lab, times))
+    t.start()
+    peak = 0
+    while t.is_alive():
+        peak = max(peak, _conntrack_count(lab))
+        time.sleep(0.1)
+    t.join()
+    return peak, len(SPOOFED) * PER_SOURCE
+
+
+def test_connection_limits_ban_offenders_and_cap_conntrack(lab):
+    # a conntrack budget on the forwarded services: a spoofed UDP flood cannot fill the table
+    without, sent = _udp_flood_conntrack_peak(lab)
+    p = lab.prot_xg("connlimit", "set", "--protected", topology.PROT4, "--conntrack-budget", "2000",
+                    "--udp-timeout", "5")
+    assert p.returncode == 0, p.stderr
+    try:
+        table = lab.in_ns("prot", "nft", "list", "table", "inet", "xdpguard").stdout
+        assert "chain connlimit" in table and "ct count over 2000" in table and "ct timeout set" in table, table
+        with_budget, _ = _udp_flood_conntrack_peak(lab)
+        probes: dict = {}
+        lab.probe("udp", 2, probes)
+    finally:
+        assert lab.prot_xg("connlimit", "clear").returncode == 0
+    print(f"\nconntrack entries under a spoofed UDP flood ({sent} packets, changing source ports): "
+          f"without a budget {without}, with --conntrack-budget 2000 {with_budget}")
+    assert without > 5000, without
+    assert with_budget <= 2300, with_budget  # the budget, plus the clients' and the other services' entries
+    assert probes["udp"]["success_pct"] >= 90, probes  # once the flood has gone, new flows get in again
+
+    # a per-source new-connection rate: the offender lands in the set, `run` bans it in XDP
+    assert lab.prot_xg("connlimit", "set", "--protected", topology.PROT4, "--new-per-source", "20",
+                       "--ban", "20").returncode == 0
+    log = open(lab.tmp / "run-connlimit.log", "w")
+    daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run",
+                               "--duration", "60", "--interval", "5", "--no-mitigate", "--detect-interval", "0.5"],
+                              stdout=log, stderr=subprocess.STDOUT, env=lab.env, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        probes = {}
+        lab.probe("http", 4, probes)
+        bans = json.loads(lab.prot_xg("ban", "list", "--json").stdout)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        log.close()
+        lab.prot_xg("connlimit", "clear")
+        lab.prot_xg("ban", "del", topology.CLIENT4)
+    out = (lab.tmp / "run-connlimit.log").read_text()
+    mine = [b for b in bans["bans"] if b["source"] == topology.CLIENT4]
+    print(f"client opening connections as fast as it can: {probes['http']['ok']} of {probes['http']['sent']} "
+          f"answered in 4 s; ban {mine}")
+    assert mine and mine[0]["reason"] == "connlimit", (bans, out)
+    assert "over a connection limit" in out, out
+    assert probes["http"]["ok"] < probes["http"]["sent"], probes

@@ -104,14 +104,14 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     if any(v is not None for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)):
         overrides = events.Thresholds(*(v or 0.0 for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)))
     on_round = None
-    if detect and mitigate:
+    if detect:  # mitigation, and the connection limits' offenders banned in XDP
         settings = mitigation.Settings(
-            True, mitigation_pps if mitigation_pps is not None else ds.mitigation_pps, ds.mitigation_factor,
+            bool(mitigate), mitigation_pps if mitigation_pps is not None else ds.mitigation_pps, ds.mitigation_factor,
             mitigation_max_share if mitigation_max_share is not None else ds.mitigation_max_share,
             mitigation_hold if mitigation_hold is not None else ds.mitigation_hold_s)
         on_round = mitigation.DaemonHook(settings, lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}",
                                                                      markup=False))
-        if not given("detect_interval"):  # rounds short enough to mitigate within a second
+        if mitigate and not given("detect_interval"):  # rounds short enough to mitigate within a second
             detect_interval = min(detect_interval, ds.mitigation_interval_s)
     loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event, on_round) if detect else None
     stop = threading.Event()

@@ -34,6 +34,7 @@ class Reason(enum.IntEnum):
     SYN = 12
     TCPSTATE = 13
     MITIGATION = 15
+    CONNLIMIT = 16  # the reason of a ban promoted from an nft connection limit (connlimit.py)
 
     @property
     def label(self) -> str:

@@ -173,12 +173,35 @@ def _current_counters(applier: nat.NftApplier) -> dict[str, tuple[int, int]]:
         return {}
 
 
+CONNLIMIT_KEY = "connlimits"  # interface state: protected address → nat.ConnLimits fields (connlimit.py)
+
+
+def connlimit_map(states: dict[str, dict], rules: Iterable[StoredRule]) -> dict[str, nat.ConnLimits]:
+    """Rule key → the connection limits of its protected address (a broken record is skipped)."""
+    out = {}
+    for sr in rules:
+        d = states.get(sr.iface, {}).get(CONNLIMIT_KEY, {}).get(str(sr.rule.protected))
+        if d:
+            try:
+                out[sr.rule.key] = nat.ConnLimits(**d)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def rebuild() -> None:
+    """Rebuild the NAT table of this namespace from the stored rules (after a limit changed)."""
+    with nat_lock():
+        states = _iface_states()
+        apply_rules(_applier(), states, all_rules(states))
+
+
 def apply_rules(applier: nat.NftApplier, states: dict[str, dict], rules: list[StoredRule]) -> None:
     """Rebuild the table from `rules` (with stored health), or delete it when there are none."""
     try:
         if rules:
             batch = nat.build_ruleset([sr.rule for sr in rules], healthy=healthy_map(states, rules),
-                                      counters=_current_counters(applier))
+                                      counters=_current_counters(applier), connlimits=connlimit_map(states, rules))
             applier.apply(batch)
         else:
             applier.delete()

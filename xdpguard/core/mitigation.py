@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import config, events, levels, policy, protection, state
+from . import config, connlimit, events, levels, policy, protection, state
 from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
 from .errors import UserError
 
@@ -696,7 +696,8 @@ class Engine:
 
 
 class DaemonHook:
-    """DetectionLoop's on_round for `xdpguard run`: one Engine per interface."""
+    """DetectionLoop's on_round for `xdpguard run`: one Engine per interface (when mitigation is
+    enabled), and the nft connection limits' offenders banned in XDP (connlimit.py)."""
 
     def __init__(self, settings: Settings, report: Callable[[str], None] = lambda m: None):
         self.settings = settings
@@ -705,8 +706,13 @@ class DaemonHook:
 
     def __call__(self, name: str, collector, snap, samples) -> None:
         g = collector.guard
-        e = self.engines.get(name)
-        if e is None or e.iface != g.iface:
-            e = self.engines[name] = Engine(g.iface, g.maps, self.settings, self.report)
-        e.maps = g.maps  # a collector re-opened after a failed round has new map objects
-        e.round(snap, samples)
+        if self.settings.enabled:
+            e = self.engines.get(name)
+            if e is None or e.iface != g.iface:
+                e = self.engines[name] = Engine(g.iface, g.maps, self.settings, self.report)
+            e.maps = g.maps  # a collector re-opened after a failed round has new map objects
+            e.round(snap, samples)
+        banned = connlimit.promote(g.maps, connlimit.offenders())
+        if banned:
+            self.report(f"{name}: banned {len(banned)} source(s) over a connection limit in XDP (reason connlimit): "
+                        + ", ".join(banned[:5]) + (" …" if len(banned) > 5 else ""))
