@@ -3,6 +3,7 @@ and the refusals that keep a mitigation from hurting real traffic."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from xdpguard.core import config, levels, mitigation, policy
+from xdpguard.core import config, forwarding, levels, mitigation, nat, policy
 from xdpguard.core.errors import UserError
 
 DST = "198.18.0.1"
@@ -286,3 +287,46 @@ def test_config_bad_level():
         config.loads(LEVEL_CFG.format(extra='level = "paranoid"').replace('level = "strict"\n', ""), "c.toml")
     assert any(p.startswith("c.toml:7: interface[0].address[0].level: must be one of loose, normal, strict")
                for p in e.value.problems), e.value.problems
+
+
+# ---- connection limits in nft (nat.connlimit_batch) ----
+
+
+def _rules():
+    return [forwarding.make_rule("tcp", config.ipaddress.ip_address("198.18.0.1"), "80", "198.18.1.2:80"),
+            forwarding.make_rule("udp", config.ipaddress.ip_address("2001:db8::1"), "7", "[2001:db8:2::2]:7")]
+
+
+def test_connlimit_batch_shape():
+    tcp, udp = _rules()
+    batch = nat.build_ruleset([tcp, udp], connlimits={
+        forwarding.rule_key(tcp): nat.ConnLimits(new_per_source=20, concurrent_per_source=100, ban_s=30),  # sets: the longest ban
+        forwarding.rule_key(udp): nat.ConnLimits(conntrack_budget=5000, udp_timeout_s=5, new_total=1000)})
+    items = batch["nftables"]
+    chains = [i["add"]["chain"] for i in items if "add" in i and "chain" in i["add"]]
+    assert {"name": "connlimit", "type": "filter", "hook": "prerouting", "prio": -150} .items() <= \
+        next(c for c in chains if c["name"] == "connlimit").items()
+    sets = {i["add"]["set"]["name"]: i["add"]["set"] for i in items if "add" in i and "set" in i["add"]}
+    assert sets["cl_off4"]["timeout"] == 60 and sets["cl_off6"]["type"] == "ipv6_addr"
+    timeouts = [i["add"]["ct timeout"] for i in items if "add" in i and "ct timeout" in i["add"]]
+    assert timeouts == [{"family": "inet", "table": "xdpguard", "name": f"cl_to_{nat.rule_ident(udp)}",
+                         "protocol": "udp", "l3proto": "ip6", "policy": {"unreplied": 5, "replied": 30}}]
+    rules = [i["add"]["rule"] for i in items if "add" in i and "rule" in i["add"] and
+             i["add"]["rule"]["chain"] == "connlimit"]
+    text = json.dumps(rules)
+    assert text.count('"ct count"') == 2 and text.count('"@cl_off4"') == 2 and '"@cl_off6"' not in text
+    assert all(r["expr"][2] == {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}} for r in rules)
+    # no limits: the table is exactly what it was
+    assert nat.build_ruleset([tcp, udp]) == nat.build_ruleset([tcp, udp], connlimits={
+        forwarding.rule_key(tcp): nat.ConnLimits()})
+
+
+def test_connlimit_values_and_offender_listing():
+    with pytest.raises(ValueError):
+        nat.ConnLimits(new_per_source=-1)
+    with pytest.raises(ValueError):
+        nat.ConnLimits(ban_s=0)
+    listing = {"nftables": [{"metainfo": {}}, {"set": {"name": "cl_off4", "elem": [
+        {"elem": {"val": "198.18.0.10", "timeout": 30, "expires": 27}}, "198.18.0.11"]}}]}
+    assert nat.parse_offenders(listing) == [("198.18.0.10", 27.0), ("198.18.0.11", 0.0)]
+    assert nat.parse_offenders(None) == []
