@@ -517,6 +517,7 @@ class Engine:
         self.iface_baseline: deque = deque(maxlen=settings.baseline_max)
         self.iface_pending: deque = deque()
         self.last_hit: dict[str, float] = {}  # record id → monotonic time of its last sampled drop
+        self.dropped: dict[str, int] = {}  # record id → packets its sampled drops stand for (kept between writes)
         self.rounds = 0
 
     def _svc(self, key) -> _Service:
@@ -560,7 +561,8 @@ class Engine:
                     for r in mine:
                         if matches(filter_from_json(r["filter"]), x):
                             self.last_hit[r["id"]] = now
-                            r["dropped_est"] = r.get("dropped_est", 0) + x.weight
+                            self.dropped[r["id"]] = self.dropped.get(r["id"], r.get("dropped_est", 0)) + x.weight
+                            r["dropped_est"] = self.dropped[r["id"]]
                             changes[r["id"]] = r
                             break
             trigger = max(st.min_pps, st.factor * svc.rate)
@@ -693,6 +695,7 @@ class Engine:
                 self.log(r)
                 self.report(f"{self.iface.name}: mitigation {r['id']} {r['last_step']}: {r['steps'][-1]['detail']}")
                 self.last_hit.pop(r["id"], None)
+                self.dropped.pop(r["id"], None)
 
 
 class DaemonHook:
