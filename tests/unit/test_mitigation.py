@@ -310,7 +310,7 @@ def test_connlimit_batch_shape():
     assert sets["cl_off4"]["timeout"] == 60 and sets["cl_off6"]["type"] == "ipv6_addr"
     timeouts = [i["add"]["ct timeout"] for i in items if "add" in i and "ct timeout" in i["add"]]
     assert timeouts == [{"family": "inet", "table": "xdpguard", "name": f"cl_to_{nat.rule_ident(udp)}",
-                         "protocol": "udp", "l3proto": "ip6", "policy": {"unreplied": 5, "replied": 30}}]
+                         "protocol": "udp", "l3proto": "ip6", "policy": {"unreplied": 5, "replied": 10}}]
     rules = [i["add"]["rule"] for i in items if "add" in i and "rule" in i["add"] and
              i["add"]["rule"]["chain"] == "connlimit"]
     text = json.dumps(rules)

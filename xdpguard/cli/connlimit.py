@@ -39,7 +39,7 @@ def connlimit_():
 @click.option("--conntrack-budget", type=_N, default=0, metavar="N",
               help="Conntrack entries of a service, all sources (a spoofed flood cannot fill the table).")
 @click.option("--udp-timeout", "udp_timeout_s", type=click.IntRange(0, 3600), default=0, metavar="SECONDS",
-              help="UDP: conntrack timeout of an unanswered flow (answered: 4x, at least 30 s).")
+              help="UDP: conntrack timeout of an unanswered flow (answered: twice that).")
 @click.option("--ban", "ban_s", type=click.IntRange(1, 86400), default=60, show_default=True, metavar="SECONDS",
               help="Sources over a per-source limit are banned in XDP this long (by `xdpguard run`).")
 @protected_option

@@ -428,7 +428,7 @@ def build_ruleset(
 # --- connection limits (issue 13): per source and per service, in our table ------------------
 #
 # chain connlimit (filter prerouting, priority -150: after conntrack, before DNAT), per rule:
-#   <service> ct state new ct timeout set "cl_to_<id>"                   (UDP: short conntrack timeouts)
+#   <service> ct state new ct timeout set "cl_to_<id>"      (UDP: short conntrack timeouts, unreplied N, replied 2N)
 #   <service> ct state new add @cl_svc_<id> { ip daddr ct count over B } drop   (conntrack budget)
 #   <service> ct state new limit rate over N/second drop                         (new connections, all)
 #   <service> ct state new add @cl_rate_<id> { ip saddr limit rate over R/second } add @cl_off4 { ip saddr } drop
@@ -451,7 +451,7 @@ class ConnLimits:
     concurrent_per_source: int = 0  # open connections (conntrack entries) per source
     new_total: int = 0  # new connections per second from all sources
     conntrack_budget: int = 0  # conntrack entries of the service, all sources
-    udp_timeout_s: int = 0  # UDP: conntrack timeout of an unanswered flow (replied: 4x, ≥ 30 s)
+    udp_timeout_s: int = 0  # UDP: conntrack timeout of an unanswered flow (answered: twice that)
     ban_s: int = 60  # offenders of the per-source limits: banned in XDP for this long
 
     def __post_init__(self) -> None:
@@ -470,11 +470,11 @@ class ConnLimits:
 
 
 def _set(table: str, name: str, family: int, timeout: int | None = None) -> Json:
+    # nft 1.0.6's JSON knows no "dynamic" flag: a set written from the packet path gets it by itself
     body: dict[str, Any] = {"family": FAMILY, "table": table, "name": name,
-                            "type": "ipv4_addr" if family == 4 else "ipv6_addr", "size": CONNLIMIT_SET_SIZE,
-                            "flags": ["dynamic", "timeout"] if timeout else ["dynamic"]}
+                            "type": "ipv4_addr" if family == 4 else "ipv6_addr", "size": CONNLIMIT_SET_SIZE}
     if timeout:
-        body["timeout"] = timeout
+        body.update(flags=["timeout"], timeout=timeout)
     return {"add": {"set": body}}
 
 
@@ -500,7 +500,7 @@ def connlimit_batch(table: str, limited: Sequence[tuple[ForwardRule, ConnLimits]
             name = f"cl_to_{ident}"
             out.append({"add": {"ct timeout": {"family": FAMILY, "table": table, "name": name, "protocol": "udp",
                                                "l3proto": ipp, "policy": {"unreplied": lim.udp_timeout_s,
-                                                                          "replied": max(30, 4 * lim.udp_timeout_s)}}}})
+                                                                          "replied": 2 * lim.udp_timeout_s}}}})
             rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [{"ct timeout": name}]))
         if lim.conntrack_budget:
             out.append(_set(table, f"cl_svc_{ident}", rule.family))
