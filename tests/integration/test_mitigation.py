@@ -146,6 +146,7 @@ def test_udp_flood_mitigated_within_a_second_and_lifted(lab):
     # without automatic mitigation (no daemon): the flood passes as clean to the backend
     base = _round(lab)
     share_without = base["at_backend"] / max(1, base["at_backend"] + sum(base["moved"].values()))
+    _flush_conntrack(lab)  # the unmitigated flood's flows (up to the table's limit) must not starve the next round
 
     log = open(lab.tmp / "run.log", "w")
     daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run",
@@ -253,14 +254,18 @@ def test_attach_applies_normal_and_levels_round_trip(lab):
     assert _levels(lab)[topology.PROT4] == ("normal", False)
 
 
+def _flush_conntrack(lab: Lab) -> None:
+    p = lab.in_ns("prot", sys.executable, "-c", "from pyroute2 import Conntrack; Conntrack().flush()")
+    assert p.returncode == 0, p.stderr
+
+
 def _conntrack_count(lab: Lab) -> int:
     return int(lab.in_ns("prot", "cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout.strip() or 0)
 
 
 def _udp_flood_conntrack_peak(lab: Lab) -> tuple[int, int]:
     """(peak conntrack entries during a spoofed UDP flood with changing source ports, flood packets sent)."""
-    p = lab.in_ns("prot", sys.executable, "-c", "from pyroute2 import Conntrack; Conntrack().flush()")
-    assert p.returncode == 0, p.stderr
+    _flush_conntrack(lab)
     times: list = []
     t = threading.Thread(target=_flood, args=(lab, times))
     t.start()
