@@ -505,9 +505,10 @@ class DetectionLoop:
                 col = self.collectors[name]
                 if self.on_round is None:
                     snap = col.collect(per, sample_window_s=per / 2)
-                else:  # the round's samples go to the mitigation engine too: read most of the round
+                else:  # the round's samples go to the mitigation engine too (half the round, as
+                    # collect() reads: the other half leaves the stream to `top` and `capture`)
                     t0 = time.monotonic()
-                    samples = col.reader.window(per * 0.9, wait_s=min(1.0, per / 4))
+                    samples = col.reader.window(per / 2, wait_s=min(1.0, per / 4))
                     left = t0 + per - time.monotonic()
                     if left > 0:
                         time.sleep(left)
