@@ -27,6 +27,8 @@
 #define XG_REASON_RATELIMIT   11  /* drop: per-source rate limit */
 #define XG_REASON_SYN         12  /* drop: SYN flood defence */
 #define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
+#define XG_REASON_MITIGATION  15  /* drop: automatic mitigation filter (xdpguard run) */
+#define XG_REASON_CONNLIMIT   16  /* a ban's reason: a connection limit in nft (connlimit.py); not a verdict */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
                                      * this wave: -D16 builds that layout for the upgrade test) */
@@ -274,6 +276,7 @@ struct xg_tcpstate_config {
 #define XG_FA_DROP     1
 #define XG_FA_PASS     2   /* pass, skipping the later steps (rate limits, SYN defence) */
 #define XG_FA_DROP_BAN 3   /* drop and ban the source for ban_s seconds */
+#define XG_FA_MITIGATE 4   /* drop as XG_REASON_MITIGATION: a filter the daemon installed */
 
 /* Where a filter's payload offset counts from. */
 #define XG_FB_L3      0

@@ -228,6 +228,8 @@ static __always_inline __u32 filter_verdict(struct xg_config *cfg, struct xg_fil
         if (f->ban_s)
             xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
         return XG_REASON_FEATURE;
+    case XG_FA_MITIGATE:
+        return XG_REASON_MITIGATION;
     default:
         return XG_REASON_FEATURE;
     }

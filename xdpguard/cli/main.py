@@ -69,6 +69,10 @@ def _register() -> None:
     for group in (limit.limit, proto.proto, reflection.reflection, filter.filter_, syn.syn, monitor.monitor,
                   fragments.fragments, ban.ban):
         cli.add_command(group)
+    from . import connlimit, level, mitigations  # automatic mitigation, levels, connection limits (issue 13)
+    cli.add_command(mitigations.mitigations)
+    cli.add_command(level.level)
+    cli.add_command(connlimit.connlimit_)
 
 
 _register()

@@ -34,6 +34,8 @@ class Reason(enum.IntEnum):
     RATELIMIT = 11
     SYN = 12
     TCPSTATE = 13
+    MITIGATION = 15
+    CONNLIMIT = 16  # the reason of a ban promoted from an nft connection limit (connlimit.py)
 
     @property
     def label(self) -> str:
@@ -86,6 +88,7 @@ DP_BAN_BLOOM = 1 << 2  # xg_banbloom_arr holds a bit for every ban (policy.enabl
 BANBLOOM_BITS = 1048576
 
 FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
+FA_MITIGATE = 4  # an automatic mitigation filter (core/mitigation.py): drop as Reason.MITIGATION
 
 # Feature filters compiled to per-field bit vectors (abi.h XG_FV_*): word offsets per generation.
 FV_PROTO, FV_TTL, FV_FLAGS, FV_SPORT, FV_DPORT, FV_LEN = 0, 256, 512, 1024, 66561, 132098

@@ -28,6 +28,8 @@ PROTOCOLS = {"tcp": abi.PROT_BLOCK_TCP, "udp": abi.PROT_BLOCK_UDP, "icmp": abi.P
              "other": abi.PROT_BLOCK_OTHER}
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 ACTIONS = {"drop": abi.FA_DROP, "pass": abi.FA_PASS, "drop-ban": abi.FA_DROP_BAN}
+MITIGATE = "mitigate"  # the action of the daemon's automatic mitigation filters (mitigation.py); not an operator's
+_ALL_ACTIONS = {**ACTIONS, MITIGATE: abi.FA_MITIGATE}
 BASES = {"l3": abi.FB_L3, "l4": abi.FB_L4, "payload": abi.FB_PAYLOAD}
 TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
 
@@ -133,7 +135,7 @@ class Filter:
     ban_s: int = 0
 
     def __post_init__(self):
-        if self.action not in ACTIONS:
+        if self.action not in _ALL_ACTIONS:
             raise UserError(f"invalid filter action '{self.action}': use drop, pass or drop-ban")
         if self.proto is not None and self.proto not in PROTO_NUMBERS:
             raise UserError(f"unknown protocol '{self.proto}': use tcp, udp or icmp")
@@ -164,7 +166,7 @@ class Filter:
     def to_c(self) -> abi.Filter:
         f = abi.Filter()
         f.proto = PROTO_NUMBERS.get(self.proto, 0) if self.proto else 0
-        f.action = ACTIONS[self.action]
+        f.action = _ALL_ACTIONS[self.action]
         f.tcp_flags_mask, f.tcp_flags_value = self.tcp_flags
         f.ttl_min, f.ttl_max = self.ttl
         f.payload_len = len(self.payload)
@@ -183,7 +185,7 @@ class Filter:
     @classmethod
     def from_c(cls, f: abi.Filter) -> Filter:
         n = f.payload_len
-        names = {v: k for k, v in ACTIONS.items()}
+        names = {v: k for k, v in _ALL_ACTIONS.items()}
         protos = {v: k for k, v in PROTO_NUMBERS.items()}
         return cls(
             action=names.get(f.action, "drop"), proto=protos.get(f.proto) if f.proto else None,
@@ -331,17 +333,40 @@ def _sync_port_limits_flag(maps, addr) -> None:
         pm.set(pk, cur)
 
 
-def read_global_policy(maps) -> GlobalPolicy:
+def _read_filters(maps) -> list[Filter]:
     cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
-    ports = frozenset(i for i, on in enumerate(maps[abi.MapName.REFLECT].array_values()) if on)
-    filters = []
     fm = maps[abi.MapName.FILTERS]
+    out = []
     for i in range(cfg.filters_count):
         f = fm.get(ctypes.c_uint32(i))
         if f is not None:
-            filters.append(Filter.from_c(f))
+            out.append(Filter.from_c(f))
+    return out
+
+
+def read_global_policy(maps) -> GlobalPolicy:
+    """The operator's policy: the automatic mitigation filters (dynamic state, after the
+    operator's in the table) are not part of it."""
+    cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
+    ports = frozenset(i for i, on in enumerate(maps[abi.MapName.REFLECT].array_values()) if on)
+    filters = [f for f in _read_filters(maps) if f.action != MITIGATE]
     return GlobalPolicy(bool(cfg.flags & abi.CFG_DROP_FRAGMENTS), bool(cfg.flags & abi.CFG_REFLECTION),
                         ports, tuple(filters), cfg.monitor_mask)
+
+
+def read_mitigation_filters(maps) -> list[Filter]:
+    """The automatic mitigation filters in the table, in order."""
+    return [f for f in _read_filters(maps) if f.action == MITIGATE]
+
+
+def write_mitigation_filters(maps, filters: list[Filter]) -> int:
+    """Replace the mitigation filters (kept after the operator's). Returns how many fit: the
+    operator's filters always keep their slots."""
+    pol = read_global_policy(maps)
+    room = max(0, abi.FILTERS_MAX - len(pol.filters))
+    keep = [f for f in filters if f.action == MITIGATE][:room]
+    _write_filter_table(maps, list(pol.filters) + keep)
+    return len(keep)
 
 
 def write_global_policy(maps, pol: GlobalPolicy, old: GlobalPolicy | None = None) -> None:
@@ -355,21 +380,41 @@ def write_global_policy(maps, pol: GlobalPolicy, old: GlobalPolicy | None = None
         refl.set(ctypes.c_uint32(p), ctypes.c_uint8(0))
     for p in pol.reflection_ports - old_ports:
         refl.set(ctypes.c_uint32(p), ctypes.c_uint8(1))
-    fm = maps[abi.MapName.FILTERS]
-    n_new = len(pol.filters)
-    if n_new < cfg.filters_count:
-        cfg.filters_count = n_new
-        cm.set(ctypes.c_uint32(0), cfg)
-    for i, f in enumerate(pol.filters):
-        fm.set(ctypes.c_uint32(i), f.to_c())
-    if old is None or old.filters != pol.filters or not filters_compiled(maps, n_new):
-        compile_filters(maps, pol.filters)
+    filters = list(pol.filters)
+    if not any(f.action == MITIGATE for f in filters):  # the daemon's mitigations stay, after the operator's
+        filters += read_mitigation_filters(maps)[: max(0, abi.FILTERS_MAX - len(filters))]
+    _write_filter_table(maps, filters)
+    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
     flags = cfg.flags & ~(abi.CFG_DROP_FRAGMENTS | abi.CFG_REFLECTION)
     flags |= (abi.CFG_DROP_FRAGMENTS if pol.drop_fragments else 0) | (abi.CFG_REFLECTION if pol.reflection else 0)
     cfg.flags = flags
     cfg.monitor_mask = pol.monitor_mask
+    cm.set(ctypes.c_uint32(0), cfg)
+
+
+def read_filter_table(maps) -> list[Filter]:
+    """The whole table in order: the operator's filters, then the automatic mitigations."""
+    return _read_filters(maps)
+
+
+def _write_filter_table(maps, filters: list[Filter]) -> None:
+    """The ordered list (the controller's record, xg_filters_arr) and its compiled generation,
+    which is what the data path reads and is swapped in whole; nothing when both already hold
+    exactly `filters` (the reconciler writes every 30 s)."""
+    if _read_filters(maps) == list(filters) and filters_compiled(maps, len(filters)):
+        return
+    cm = maps[abi.MapName.CONFIG]
+    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
+    fm = maps[abi.MapName.FILTERS]
+    n_new = len(filters)
+    if n_new < cfg.filters_count:
+        cfg.filters_count = n_new
+        cm.set(ctypes.c_uint32(0), cfg)
+    for i, f in enumerate(filters):
+        fm.set(ctypes.c_uint32(i), f.to_c())
     cfg.filters_count = n_new
     cm.set(ctypes.c_uint32(0), cfg)
+    compile_filters(maps, tuple(filters))
 
 
 # ---- feature filters compiled to per-field bit vectors (abi.h XG_FV_*) ----
@@ -577,6 +622,16 @@ def enable_ban_bloom(maps) -> None:
     cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
     if not cur.flags & abi.DP_BAN_BLOOM:
         st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_BAN_BLOOM))
+
+
+def note_dynamic_ban(maps, keys) -> None:
+    """After the controller wrote `keys` into xg_ban_lru (the data path's own bans set their bits
+    themselves): their bloom bits, and make the data path look at bans."""
+    _set_bloom_bits(maps, keys)
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    if not cur.flags & abi.DP_HAS_BANS:
+        st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_HAS_BANS))
 
 
 def note_operator_ban(maps, keys) -> None:
