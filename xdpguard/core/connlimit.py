@@ -10,7 +10,6 @@ their later packets never reach conntrack. The limits live in the interface stat
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import time
 from dataclasses import asdict, dataclass, fields
