@@ -29,6 +29,8 @@
 #define XG_REASON_TCPSTATE    13  /* drop: non-SYN TCP that belongs to no recorded connection */
 #define XG_REASON_SYNCOOKIE   14  /* not passed: a SYN answered with a SYN cookie (XDP_TX); a bad cookie
                                    * ACK stays `tcpstate` (xg_cookie_pcpu counts both kinds) */
+#define XG_REASON_MITIGATION  15  /* drop: automatic mitigation filter (xdpguard run) */
+#define XG_REASON_CONNLIMIT   16  /* a ban's reason: a connection limit in nft (connlimit.py); not a verdict */
 #define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
@@ -244,6 +246,12 @@ struct xg_goodsrc {
 /* xg_dpstate_arr[0]: state only the data path sets (the controller never rewrites it, so an
  * update of xg_config cannot lose it); the controller clears bits when their cause is gone. */
 #define XG_DP_HAS_BANS (1ULL << 0)  /* xg_ban_lru or xg_opban_hash may hold entries */
+#define XG_DP_OPBANS_EMPTY (1ULL << 1)  /* the controller found xg_opban_hash empty (sweep); `ban add` clears it */
+#define XG_DP_BAN_BLOOM (1ULL << 2)  /* xg_banbloom_arr holds a bit for every ban (the controller built it) */
+
+/* xg_banbloom_arr: one bit per hash of a banned source (xg_ban_bit; policy.ban_bloom_bit), set
+ * before a ban is written, cleared only when no ban is left: a clear bit means "not banned". */
+#define XG_BANBLOOM_BITS 1048576
 
 struct xg_dpstate {
     __u64 flags;              /* XG_DP_* */
@@ -295,6 +303,7 @@ struct xg_tcpstate_config {
 #define XG_FA_DROP     1
 #define XG_FA_PASS     2   /* pass, skipping the later steps (rate limits, SYN defence) */
 #define XG_FA_DROP_BAN 3   /* drop and ban the source for ban_s seconds */
+#define XG_FA_MITIGATE 4   /* drop as XG_REASON_MITIGATION: a filter the daemon installed */
 
 /* Where a filter's payload offset counts from. */
 #define XG_FB_L3      0
@@ -321,6 +330,37 @@ struct xg_filter {
     __u16 ban_s;              /* XG_FA_DROP_BAN */
     __u8 payload[16];
     __u8 payload_mask[16];
+};
+
+/* ---- feature filters as per-field bit vectors (policy.h step_feature) ----
+ * The controller compiles the ordered filter list into "which filters accept this value" words,
+ * one per value of each field (bit i = filter i), ANDs them in the data path, and compares
+ * payload only for the survivors; the lowest set bit is the first match, so order is kept and
+ * the cost does not grow with the number of filters. Two generations: the controller writes the
+ * one not in use, then flips xg_fsel_arr (a packet never sees a half-written set). */
+#define XG_FV_PROTO   0        /* 256 words: IP protocol / IPv6 next header */
+#define XG_FV_TTL     256      /* 256: TTL / hop limit */
+#define XG_FV_FLAGS   512      /* 257: TCP flags of a TCP packet with its header; XG_FV_NOTCP: others */
+#define XG_FV_SPORT   1024     /* 65537: source port of TCP/UDP with an L4 header; XG_FV_NOPORT: others */
+#define XG_FV_DPORT   66561    /* 65537: destination port, the same way */
+#define XG_FV_LEN     132098   /* 65537: frame length; XG_FV_NOPORT: longer than 65535 */
+#define XG_FV_SLOTS   197635   /* words per generation */
+#define XG_FV_NOTCP   256
+#define XG_FV_NOPORT  65536
+#define XG_FGENS      2
+
+/* xg_fhead_arr value, one per generation. */
+struct xg_fhead {
+    __u64 live;               /* bit i: slot i holds a filter */
+    __u64 payload;            /* bit i: filter i also compares payload bytes (xg_fdef_arr) */
+    __u32 count;              /* filters in this generation */
+    __u32 reserved;           /* 0 */
+};
+
+/* xg_fsel_arr[0]: the generation the data path reads. */
+struct xg_fsel {
+    __u32 gen;                /* 0 or 1 */
+    __u32 reserved;           /* 0 */
 };
 
 /* xg_ports_hash key: an open port of a protected address (v4 uses addr[0..3], rest zero). */

@@ -33,8 +33,9 @@ XG_MAP("hash", struct xg_port_key, struct xg_port_value, xg_ports_hash, XG_PORTS
 /* xg_portlim_hash: (protected address, proto, port) → struct xg_limits overriding the address's. */
 XG_MAP("hash", struct xg_port_key, struct xg_limits, xg_portlim_hash, XG_PORTS_MAX, 0);
 
-/* xg_bucket_lru: source → struct xg_bucket (token buckets; an evicted source starts full). */
-XG_MAP("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX, 0);
+/* xg_bucket_lru: source → struct xg_bucket (token buckets; an evicted source starts full).
+ * Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): an insert takes no lock shared by all CPUs. */
+XG_MAP("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX, BPF_F_NO_COMMON_LRU);
 
 /* xg_dstbkt_hash: (protected address, proto, port) → struct xg_dst_bucket (all sources). */
 XG_MAP("hash", struct xg_port_key, struct xg_dst_bucket, xg_dstbkt_hash, XG_PORTS_MAX, 0);
@@ -46,6 +47,9 @@ XG_MAP("lru_hash", struct xg_src_key, struct xg_ban, xg_ban_lru, XG_BANS_MAX, 0)
  * filling xg_ban_lru cannot evict them). */
 XG_MAP("hash", struct xg_src_key, struct xg_ban, xg_opban_hash, XG_OPBANS_MAX, BPF_F_NO_PREALLOC);
 
+/* xg_banbloom_arr: word → __u64, XG_BANBLOOM_BITS bits over the banned sources (abi.h). */
+XG_MAP("array", int, __u64, xg_banbloom_arr, XG_BANBLOOM_BITS / 64, 0);
+
 /* xg_dpstate_arr: key 0 → struct xg_dpstate (flags the data path sets). */
 XG_MAP("array", int, struct xg_dpstate, xg_dpstate_arr, 1, 0);
 
@@ -54,6 +58,16 @@ XG_MAP("array", int, __u8, xg_reflect_arr, 65536, 0);
 
 /* xg_filters_arr: slot → struct xg_filter, evaluated in order up to config.filters_count. */
 XG_MAP("array", int, struct xg_filter, xg_filters_arr, XG_FILTERS_MAX, 0);
+
+/* Feature filters, compiled (abi.h XG_FV_*), two generations: xg_fsel_arr key 0 → struct
+ * xg_fsel (the live generation); xg_fhead_arr gen → struct xg_fhead; xg_fvec_arr gen*XG_FV_SLOTS
+ * + field + value → __u64 (bit i: filter i accepts the value); xg_fdef_arr gen*XG_FILTERS_MAX + i
+ * → struct xg_filter (for the payload compare and the action). xg_filters_arr stays the
+ * controller's record of the ordered list; the data path does not read it. */
+XG_MAP("array", int, struct xg_fsel, xg_fsel_arr, 1, 0);
+XG_MAP("array", int, struct xg_fhead, xg_fhead_arr, XG_FGENS, 0);
+XG_MAP("array", int, __u64, xg_fvec_arr, XG_FGENS * XG_FV_SLOTS, 0);
+XG_MAP("array", int, struct xg_filter, xg_fdef_arr, XG_FGENS * XG_FILTERS_MAX, 0);
 
 /* xg_synwin_arr: protected address slot → struct xg_synwin (SYN count in the current second). */
 XG_MAP("array", int, struct xg_synwin, xg_synwin_arr, XG_PROTECTED_MAX, 0);

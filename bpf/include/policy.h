@@ -48,6 +48,19 @@ static __always_inline struct xg_dpstate *xg_dpstate(void)
     return xg_dpstate_arr.lookup(&zero);
 }
 
+/* The bit of a source in xg_banbloom_arr (policy.ban_bloom_bit computes the same). */
+static __always_inline __u32 xg_ban_bit(struct xg_src_key *k)
+{
+    __u64 a0, a1;
+    __builtin_memcpy(&a0, k->addr, 8);
+    __builtin_memcpy(&a1, k->addr + 8, 8);
+    __u64 h = (a0 * 0x9E3779B97F4A7C15ULL) ^ (a1 * 0xC2B2AE3D27D4EB4FULL) ^ k->family;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 32;
+    return (__u32)h & (XG_BANBLOOM_BITS - 1);
+}
+
 /* Ban a source for ban_s seconds because of `reason` — unless that reason is monitored: monitor
  * mode has no side effects, so a would-drop never bans (a ban would then really drop). */
 static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_src_key *src, __u32 ban_s, __u32 reason,
@@ -58,6 +71,11 @@ static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_src_k
     struct xg_ban b = {};
     b.expires_ns = xg_now(now) + (__u64)ban_s * ONE_SEC_NS;
     b.reason = reason;
+    __u32 bit = xg_ban_bit(src);
+    __u32 word = bit >> 6;
+    __u64 *w = xg_banbloom_arr.lookup(&word);
+    if (w && !(*w & (1ULL << (bit & 63))))
+        __sync_fetch_and_or(w, 1ULL << (bit & 63));  /* before the ban: a set bit never hides one */
     xg_ban_lru.update(src, &b);
     struct xg_dpstate *st = xg_dpstate();
     if (st && !(st->flags & XG_DP_HAS_BANS))
@@ -67,10 +85,25 @@ static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_src_k
 /* Step 5: dynamic bans: the operator's (never evicted), then the data path's (LRU). */
 static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
 {
+#ifdef XG_SPEC_NO_BANS
+    return XG_CONTINUE;
+#endif
     struct xg_dpstate *st = xg_dpstate();
     if (!st || !(st->flags & XG_DP_HAS_BANS))
         return XG_CONTINUE;
-    struct xg_ban *ob = xg_opban_hash.lookup(&p->src);
+    /* A clear bloom bit: no ban of this source in either map. (No early return: one exit shape
+     * keeps the verifier's states after this step from doubling.) */
+    __u64 look = 1;
+    if (st->flags & XG_DP_BAN_BLOOM) {
+        __u32 bit = xg_ban_bit(&p->src);
+        __u32 word = bit >> 6;
+        __u64 *w = xg_banbloom_arr.lookup(&word);
+        if (w)
+            look = (*w >> (bit & 63)) & 1;
+    }
+    /* The operator's bans are looked at unless the controller found their map empty (sweep_bans
+     * sets the flag, `ban add` clears it after writing a ban); without the flag: look. */
+    struct xg_ban *ob = (!look || (st->flags & XG_DP_OPBANS_EMPTY)) ? 0 : xg_opban_hash.lookup(&p->src);
     if (ob) {
         if (ob->expires_ns > xg_now(now)) {
             __sync_fetch_and_add(&ob->hits, 1);
@@ -78,7 +111,7 @@ static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
         }
         xg_opban_hash.delete(&p->src);
     }
-    struct xg_ban *b = xg_ban_lru.lookup(&p->src);
+    struct xg_ban *b = look ? xg_ban_lru.lookup(&p->src) : 0;
     if (!b)
         return XG_CONTINUE;
     if (b->expires_ns > xg_now(now)) {
@@ -154,7 +187,8 @@ static __always_inline int filter_payload(struct xdp_md *ctx, struct xg_filter *
     __u64 w[2] = {};
     void *data = (void *)(long)ctx->data;
     void *at = data + (off & 0x7ff);
-    if (off <= 0x7ff && at + XG_PAYLOAD_MATCH_MAX <= (void *)(long)ctx->data_end)
+    void *end = (void *)(long)ctx->data_end;
+    if (off <= 0x7ff && at + XG_PAYLOAD_MATCH_MAX <= end)
         __builtin_memcpy(w, at, XG_PAYLOAD_MATCH_MAX);  /* direct read (bytes past len are masked off) */
     else if (bpf_xdp_load_bytes(ctx, off, w, len) != 0)  /* near the end: exactly len bytes, or none */
         return 0;
@@ -163,60 +197,107 @@ static __always_inline int filter_payload(struct xdp_md *ctx, struct xg_filter *
     return (w[0] & m[0]) == v[0] && (w[1] & m[1]) == v[1];
 }
 
-static __always_inline int filter_matches(struct xdp_md *ctx, struct xg_filter *f, struct xg_pkt *p)
+/* The word of field `field` for value v in generation base (0 when out of range). */
+static __always_inline __u64 xg_fvec(__u32 base, __u32 field, __u32 v)
 {
-    if (f->proto) {
-        int icmp = f->proto == IPPROTO_ICMP || f->proto == IPPROTO_ICMPV6;
-        int picmp = p->l4proto == IPPROTO_ICMP || p->l4proto == IPPROTO_ICMPV6;
-        if (icmp ? !picmp : f->proto != p->l4proto)
-            return 0;
-    }
-    if (p->len < f->len_min || p->len > f->len_max)
-        return 0;
-    if (p->ttl < f->ttl_min || p->ttl > f->ttl_max)
-        return 0;
-    int ports = p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP);
-    if (f->sport_min > 0 || f->sport_max < 65535) {
-        if (!ports || p->sport < f->sport_min || p->sport > f->sport_max)
-            return 0;
-    }
-    if (f->dport_min > 0 || f->dport_max < 65535) {
-        if (!ports || p->dport < f->dport_min || p->dport > f->dport_max)
-            return 0;
-    }
-    if (f->tcp_flags_mask) {
-        if (p->l4proto != IPPROTO_TCP || !p->has_l4 || (p->tcp_flags & f->tcp_flags_mask) != f->tcp_flags_value)
-            return 0;
-    }
-    return filter_payload(ctx, f, p);
+    __u32 idx = base + field + v;
+    __u64 *w = xg_fvec_arr.lookup(&idx);
+    return w ? *w : 0;
 }
 
-/* Step 10: packet feature filters, first match wins. *skip_rest is set by a pass filter. */
+/* Index of the one set bit of lsb: popcount(lsb - 1), in arithmetic only (no branches, so no
+ * verifier states of its own). */
+static __always_inline __u32 xg_bit_index(__u64 lsb)
+{
+    __u64 x = lsb - 1;
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (__u32)((x * 0x0101010101010101ULL) >> 56) & (XG_FILTERS_MAX - 1);
+}
+
+/* What a matching filter does. A new action is a case here (and a name in policy.ACTIONS). */
+static __always_inline __u32 filter_verdict(struct xg_config *cfg, struct xg_filter *f, struct xg_pkt *p,
+                                            int *skip_rest, __u64 *now)
+{
+    switch (f->action) {
+    case XG_FA_PASS:
+        *skip_rest = 1;
+        return XG_CONTINUE;
+    case XG_FA_DROP_BAN:
+        if (f->ban_s)
+            xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
+        return XG_REASON_FEATURE;
+    case XG_FA_MITIGATE:
+        return XG_REASON_MITIGATION;
+    default:
+        return XG_REASON_FEATURE;
+    }
+}
+
+/* Step 10: packet feature filters, first match wins. *skip_rest is set by a pass filter.
+ * The header fields are classified by ANDing one word per field (abi.h XG_FV_*): the survivors
+ * are the filters whose every header condition holds. Survivors without a payload condition
+ * match outright; the payload filters among the survivors before the first of those are
+ * compared in order. */
 static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *cfg, struct xg_pkt *p,
                                           int *skip_rest, __u64 *now)
 {
-    /* volatile: clang would otherwise fuse `i < XG_FILTERS_MAX` and `i >= n` into one trip count,
-     * min(n - 1, 63) + 1, and loop until i equals it; Debian 12's 6.1 verifier cannot bound that
-     * ("The sequence of 8193 jumps is too complex"). Re-read, the constant bound stays. */
-    volatile __u32 n = cfg->filters_count;
-    if (!n)
-        return XG_CONTINUE;
-    for (__u32 i = 0; i < XG_FILTERS_MAX; i++) {
-        if (i >= n)
-            break;
-        __u32 idx = i;
-        struct xg_filter *f = xg_filters_arr.lookup(&idx);
-        if (!f || !filter_matches(ctx, f, p))
-            continue;
-        if (f->action == XG_FA_PASS) {
-            *skip_rest = 1;
-            return XG_CONTINUE;
-        }
-        if (f->action == XG_FA_DROP_BAN && f->ban_s)
-            xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
-        return XG_REASON_FEATURE;
-    }
+#ifdef XG_SPEC_NO_FILTERS
     return XG_CONTINUE;
+#endif
+    if (!cfg->filters_count)
+        return XG_CONTINUE;
+    __u32 zero = 0;
+    struct xg_fsel *sel = xg_fsel_arr.lookup(&zero);
+    if (!sel)
+        return XG_CONTINUE;
+    __u32 gen = sel->gen & 1;
+    struct xg_fhead *h = xg_fhead_arr.lookup(&gen);
+    if (!h) {
+        /* Cannot happen (gen < XG_FGENS). The lookup keeps xg_filters_arr, the controller's record
+         * of the list, among the program's maps: the controller finds every map through them. */
+        xg_filters_arr.lookup(&zero);
+        return XG_CONTINUE;
+    }
+    __u32 base = gen * XG_FV_SLOTS;
+    int ports = p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP);
+    int tcp = p->has_l4 && p->l4proto == IPPROTO_TCP;
+    __u64 m = h->live & xg_fvec(base, XG_FV_PROTO, p->l4proto);
+    if (m)
+        m &= xg_fvec(base, XG_FV_DPORT, ports ? p->dport : XG_FV_NOPORT);
+    if (m)
+        m &= xg_fvec(base, XG_FV_SPORT, ports ? p->sport : XG_FV_NOPORT);
+    if (m)
+        m &= xg_fvec(base, XG_FV_LEN, p->len > 65535 ? XG_FV_NOPORT : p->len);
+    if (m)
+        m &= xg_fvec(base, XG_FV_TTL, p->ttl);
+    if (m)
+        m &= xg_fvec(base, XG_FV_FLAGS, tcp ? p->tcp_flags : XG_FV_NOTCP);
+    if (!m)
+        return XG_CONTINUE;
+    __u64 plain = m & ~h->payload;          /* match on their header conditions alone */
+    __u64 cand = m & h->payload;
+    if (plain)
+        cand &= (plain & -plain) - 1;       /* only payload filters ahead of the first plain one */
+    __u32 slot0 = gen * XG_FILTERS_MAX;
+    for (int k = 0; k < XG_FILTERS_MAX; k++) {
+        if (!cand)
+            break;
+        __u64 lsb = cand & -cand;
+        cand ^= lsb;
+        __u32 slot = slot0 + xg_bit_index(lsb);
+        struct xg_filter *f = xg_fdef_arr.lookup(&slot);
+        if (f && filter_payload(ctx, f, p))
+            return filter_verdict(cfg, f, p, skip_rest, now);
+    }
+    if (!plain)
+        return XG_CONTINUE;
+    __u32 slot = slot0 + xg_bit_index(plain & -plain);
+    struct xg_filter *f = xg_fdef_arr.lookup(&slot);
+    if (!f)
+        return XG_CONTINUE;
+    return filter_verdict(cfg, f, p, skip_rest, now);
 }
 
 #include "knowngood.h"
@@ -257,6 +338,9 @@ static __always_inline struct xg_limits *limits_for(struct xg_protected *prot, s
 static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_limits *lim, struct xg_pkt *p,
                                             int is_syn, __u64 *now)
 {
+#ifdef XG_SPEC_NO_LIMITS
+    return XG_CONTINUE;
+#endif
     int per_src = lim->src_pps || lim->src_bps || (is_syn && lim->syn_src_pps);
     if (lim->dst_pps && p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP)) {
         struct xg_dst_bucket *db = xg_dstbkt_hash.lookup(&p->dst);
@@ -287,18 +371,19 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
     }
     if (!per_src)
         return XG_CONTINUE;
-    struct xg_bucket *b = xg_bucket_lru.lookup(&p->src);
-    if (!b) {
-        struct xg_bucket fresh = {};
-        fresh.last_ns = fresh.syn_last_ns = xg_now(now);
-        fresh.pkt_tokens = lim->src_burst_pkts * XG_TOKEN;
-        fresh.byte_tokens = lim->src_burst_bytes * XG_TOKEN;
-        fresh.syn_tokens = lim->syn_src_burst * XG_TOKEN;
-        xg_bucket_lru.update(&p->src, &fresh);
-        b = xg_bucket_lru.lookup(&p->src);
-        if (!b)
-            return XG_CONTINUE;
+    /* One LRU operation per source and packet: a lookup, or for a new source an insert of a
+     * bucket already charged for this packet (no lookup again after the insert). */
+    struct xg_bucket *stored = xg_bucket_lru.lookup(&p->src);
+    struct xg_bucket cur;
+    if (stored) {
+        cur = *stored;
+    } else {
+        cur.last_ns = cur.syn_last_ns = xg_now(now);
+        cur.pkt_tokens = lim->src_burst_pkts * XG_TOKEN;
+        cur.byte_tokens = lim->src_burst_bytes * XG_TOKEN;
+        cur.syn_tokens = lim->syn_src_burst * XG_TOKEN;
     }
+    struct xg_bucket *b = &cur;           /* worked on in place on the stack, written back once */
     __u64 t = xg_now(now);
     __u64 byte_last = b->last_ns;          /* both buckets refill from the one shared last_ns */
     __u32 reason = XG_CONTINUE;
@@ -311,6 +396,10 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
     if (reason == XG_CONTINUE && is_syn && lim->syn_src_pps &&
              !bucket_take(&b->syn_tokens, &b->syn_last_ns, t, lim->syn_src_pps, lim->syn_src_burst, XG_TOKEN))
         reason = XG_REASON_SYN;
+    if (stored)
+        *stored = cur;
+    else
+        xg_bucket_lru.update(&p->src, &cur);
     if (reason != XG_CONTINUE && lim->ban_s)
         xg_ban_source(cfg, &p->src, lim->ban_s, reason, now);
     return reason;

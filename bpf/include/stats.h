@@ -20,7 +20,9 @@ static __always_inline int record_verdict(struct xdp_md *ctx, struct xg_config *
     if (cnt) {
         cnt->packets += 1;
         cnt->bytes += (__u64)(ctx->data_end - ctx->data);
+#ifndef XG_SPEC_NO_SAMPLING
         xg_sample_verdict(ctx, kind, reason, cnt->packets);  /* sample.h: 1 in N, top talkers, capture */
+#endif
     }
     return action;
 }

@@ -14,7 +14,7 @@ import ctypes
 import ipaddress
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -96,6 +96,7 @@ class Bed:
             m = self.maps[MapName.PROT4 if a.version == 4 else MapName.PROT6]
             m.set(policy.prot_key(a), policy.new_protected(m.get(policy.prot_key(a)).syn.slot))
         self.apply(NO_REFLECTION)
+        policy.write_mitigation_filters(self.maps, [])  # write_global_policy keeps them
 
     def apply(self, g: GlobalPolicy = NO_REFLECTION, addr: AddressPolicy = AddressPolicy(), ports=(),
               port_limits=None, banned=()) -> Setup:
@@ -523,3 +524,49 @@ def test_bucket_stamped_in_the_future_gets_no_refill(bed):
     bed.apply(addr=AddressPolicy(limits=Limits(src_pps=10, src_burst_pkts=5)))
     _set_bucket(bed, CLIENT4, last_ns=now_ns() + 10 * 10**9, pkt_tokens=0)
     assert bed.verdict(ack()) == (DROP, Kind.DROP, Reason.RATELIMIT)
+
+
+# ---- automatic mitigation filters (action mitigate, reason mitigation; core/mitigation.py) ----
+
+
+MITIG = Filter(action="mitigate", proto="udp", dport=(53, 53), length=(47, 47), payload=b"hello",
+               payload_mask=b"\xff" * 5)  # the form the kernel gives back
+
+
+def test_mitigation_filter_drops_as_mitigation_after_the_operators(bed):
+    setup = bed.apply(feat(Filter(action="pass", payload=b"hello", sport=(7, 7))))
+    policy.write_mitigation_filters(bed.maps, [MITIG])
+    setup = Setup(GlobalPolicy(reflection=False, reflection_ports=frozenset(),
+                               filters=(*setup.global_.filters, MITIG)), setup.protected)
+    for pkt, want in ((udp(), (DROP, Kind.DROP, Reason.MITIGATION)),
+                      (udp(sport=7), (PASS, Kind.PASS, Reason.CLEAN)),  # the operator's pass filter comes first
+                      (udp(payload=b"hellO"), (PASS, Kind.PASS, Reason.CLEAN)),
+                      (udp(dport=54), (PASS, Kind.PASS, Reason.CLEAN))):
+        assert bed.verdict(pkt) == want
+        m = Model(setup).verdict(pkt)
+        assert (m.action, m.kind, m.reason) == want
+    policy.write_mitigation_filters(bed.maps, [])
+
+
+def test_operator_filter_changes_keep_mitigations_and_export_never_sees_them(bed):
+    bed.apply(feat(EVIL))
+    policy.write_mitigation_filters(bed.maps, [MITIG])
+    assert policy.read_global_policy(bed.maps).filters == (replace(EVIL, payload_mask=b"\xff" * 4),)
+    assert policy.read_mitigation_filters(bed.maps) == [MITIG]
+    g2 = feat(EVIL, Filter(action="pass", sport=(7, 7)))
+    policy.write_global_policy(bed.maps, g2, bed.global_)  # what apply / filter add do
+    bed.global_ = g2
+    assert len(policy.read_global_policy(bed.maps).filters) == 2
+    assert policy.read_mitigation_filters(bed.maps) == [MITIG]
+    assert bed.verdict(udp()) == (DROP, Kind.DROP, Reason.MITIGATION)
+    # a full table: the operator's filters keep their slots, mitigations get what is left
+    assert policy.write_mitigation_filters(bed.maps, [MITIG] * abi.FILTERS_MAX) == abi.FILTERS_MAX - 2
+    policy.write_mitigation_filters(bed.maps, [])
+    assert bed.verdict(udp()) == (PASS, Kind.PASS, Reason.CLEAN)
+
+
+def test_mitigation_monitored_is_would_drop(bed):
+    bed.apply(feat(monitor_mask=1 << Reason.MITIGATION))
+    policy.write_mitigation_filters(bed.maps, [MITIG])
+    assert bed.verdict(udp()) == (PASS, Kind.WOULD_DROP, Reason.MITIGATION)
+    policy.write_mitigation_filters(bed.maps, [])

@@ -94,7 +94,7 @@ SPAN = st.integers(0, 60)
 KIND8 = st.integers(0, 7)
 RANGE_POOLS = {65535: st.sampled_from(PORTS), 1: st.sampled_from([14, 34, 54, 60, 64, 74, 100, 200]),
                255: st.sampled_from([0, 1, 63, 64, 128, 255])}
-ACTIONS = st.sampled_from(["drop", "drop", "pass", "drop-ban"])
+ACTIONS = st.sampled_from(["drop", "drop", "pass", "drop-ban", "mitigate"])
 BASES = st.sampled_from(["l3", "l4", "payload"])
 PAYLOADS = st.lists(st.sampled_from(ALPHABET), min_size=1, max_size=16).map(bytes)
 MASK_BYTE = st.sampled_from([0xFF, 0x0F, 0xF0, 0x00, 0x41])
@@ -413,6 +413,7 @@ class AppliedBed:
 
     def apply(self, setup: Setup, expiry: dict[str, dict[Prefix, str]]) -> None:
         m = self.maps
+        policy.write_mitigation_filters(m, [])  # else the last example's would stay (mitigations are kept)
         policy.write_global_policy(m, setup.global_, self.global_)
         self.global_ = setup.global_
         cfg = m[MapName.CONFIG].get(ctypes.c_uint32(0))

@@ -98,3 +98,30 @@ def test_grown_values_get_a_zero_tail_per_cpu():
                for i in range(ncpu))
     plain = migrate._grow(b"\1\2", migrate.Shape(1, 4, 2, 8, 0), migrate.Shape(1, 4, 5, 8, 0), ncpu)
     assert plain == b"\1\2\0\0\0"
+
+
+def test_filter_vectors_new_to_the_program_are_compiled_before_the_swap():
+    """An upgrade from a program without the compiled filter maps (the previous release): the
+    ordered filter list is shared, the vectors are new and must be filled before the swap."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from xdpguard.core import protection
+    from xdpguard.core.policy import Filter, GlobalPolicy
+
+    with TestBed() as old, TestBed() as new:
+        for bed in (old, new):
+            bed.protect(PROT)
+        policy.write_global_policy(old.maps, GlobalPolicy(filters=(Filter(action="drop", proto="udp", dport=(53, 53)),)))
+        frame = bytes(Ether() / IP(src="198.51.100.5", dst=PROT) / UDP(sport=4000, dport=53))
+        assert old.verdict(frame).reason == Reason.FEATURE
+        live = {n: fd for n, fd in fds(old).items() if n not in protection.FILTER_VECTORS}
+        p = migrate.plan(live)
+        assert {s.name for s in p.steps if s.action == "new"} == set(protection.FILTER_VECTORS)
+        # what a real upgrade shares through the pins: the config and the ordered list
+        for name in (MapName.CONFIG, MapName.FILTERS):
+            for k, v in old.maps[name].items():
+                new.maps[name].set(k, v)
+        assert new.verdict(frame).reason != Reason.FEATURE  # vectors empty: the filter is off
+        protection.refill_derived(p, new.maps)
+        assert new.verdict(frame).reason == Reason.FEATURE

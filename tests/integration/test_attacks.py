@@ -114,6 +114,8 @@ def test_count_and_rate_bounds(alab: AttackLab):
 
 def test_udp_flood_passes_until_blocked(alab: AttackLab):
     alab.block(False)
+    # level loose: no per-source UDP budget (attach's level normal would rate-limit one source at 10,000 pps)
+    assert alab.in_ns("prot", *topology.xdpguard_argv(), "level", "loose").returncode == 0
     try:
         before = alab.counters()
         res, _ = alab.attack("udp-flood", "--count", "20000", "--pps", "50000", "--duration", "2")
@@ -127,6 +129,7 @@ def test_udp_flood_passes_until_blocked(alab: AttackLab):
         assert passed.get("clean", 0) >= 0.95 * seen, (dropped, passed)  # to the forwarded port 7
     finally:
         alab.block(True)
+        assert alab.in_ns("prot", *topology.xdpguard_argv(), "level", "normal").returncode == 0
     before = alab.counters()
     res, _ = alab.attack("udp-flood", "--count", "20000", "--pps", "50000", "--duration", "2")
     assert _moved(alab.counters(), before).get("blocklist", 0) >= res["sent"] - 10

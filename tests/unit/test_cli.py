@@ -135,7 +135,7 @@ def test_attach_human(calls):
     r = invoke("attach", "veth-xg0", "--protect", "198.18.0.1,2001:db8::1", "--mode", "native")
     assert r.exit_code == 0
     assert calls.log == [("attach", ("veth-xg0", ["198.18.0.1,2001:db8::1"]),
-                          {"mode": "native", "monitor": False, "force": False})]
+                          {"mode": "native", "monitor": False, "force": False, "level": "normal"})]
     for figure in ("veth-xg0", "ifindex 7", "prog id 4242", "native", "198.18.0.1", "2001:db8::1",
                    ATTACHED.pin_dir, "replaced foreign XDP program id 12"):
         assert figure in r.output

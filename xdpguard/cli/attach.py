@@ -18,14 +18,18 @@ from .params import IFACE
               help="XDP mode; auto tries native and says so when it falls back to generic (skb).")
 @click.option("--monitor", is_flag=True, help="Count drops as would_drop and pass everything.")
 @click.option("--force", is_flag=True, help="Replace a foreign XDP program already on IFACE.")
+@click.option("--level", type=click.Choice(["loose", "normal", "strict", "none"]), default="normal",
+              show_default=True, help="Protection level of addresses new to xdpguard (see `xdpguard level`; "
+                                      "none: no limits until set).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the final C program and exit.")
-def attach(iface, protect, mode, monitor, force, as_json, ebpf):
+def attach(iface, protect, mode, monitor, force, level, as_json, ebpf):
     """Put the XDP filter on IFACE, protecting the given addresses."""
     if ebpf:
         click.echo(dataplane.render_source())
         return
-    res = reconcile.attach(iface, list(protect), mode=mode, monitor=monitor, force=force)
+    res = reconcile.attach(iface, list(protect), mode=mode, monitor=monitor, force=force,
+                           level=None if level == "none" else level)
     if as_json:
         emit_json(res)
         return

@@ -59,6 +59,8 @@ def _register() -> None:
     cli.add_command(stats.stats)
     cli.add_command(events.events)
     cli.add_command(capture.capture)
+    from . import report  # attack reports (issue 11)
+    cli.add_command(report.report)
     cli.add_command(lab.lab)
     cli.add_command(doctor.doctor)
     from . import cluster  # many nodes, one protective IP (issue 12)
@@ -67,6 +69,10 @@ def _register() -> None:
     for group in (limit.limit, proto.proto, reflection.reflection, filter.filter_, syn.syn, monitor.monitor,
                   fragments.fragments, ban.ban):
         cli.add_command(group)
+    from . import connlimit, level, mitigations  # automatic mitigation, levels, connection limits (issue 13)
+    cli.add_command(mitigations.mitigations)
+    cli.add_command(level.level)
+    cli.add_command(connlimit.connlimit_)
 
 
 _register()

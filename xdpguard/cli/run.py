@@ -10,7 +10,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config, daemon, events, health, protection, vocab
+from xdpguard.core import config, daemon, events, fanout, health, history, mitigation, protection, vocab
 from xdpguard.core.errors import UserError
 
 from .output import console
@@ -45,24 +45,36 @@ from .params import HOOK, IN_FILE, LISTEN, RATE, SecondsType
 @click.option("--config", "config_path", type=IN_FILE, default=None, metavar="FILE",
               help="Own the desired state of FILE: restore it at start (after a reboot), repair drift, "
                    "re-read it on SIGHUP. Its [daemon] section sets the options not given here.")
+@click.option("--mitigate/--no-mitigate", default=True, show_default=True,
+              help="Automatic mitigation: fingerprint a flood at a service from the samples and drop it with a "
+                   "temporary filter (needs --detect).")
+@click.option("--mitigation-pps", type=RATE, default=None, metavar="PPS",
+              help="A service's unresolved packets/s that can be an attack (default 5000).")
+@click.option("--mitigation-max-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              metavar="SHARE", help="Refuse a fingerprint matching more than SHARE of the peacetime traffic "
+                                    "(default 0.01).")
+@click.option("--mitigation-hold", type=SecondsType(0, 3600, lo_open=True), default=None, metavar="SECONDS",
+              help="Lift a mitigation after SECONDS below half the trigger (default 5).")
 @click.option("--reconcile-interval", type=SecondsType(0.1, 60), default=0.5, show_default=True,
               metavar="SECONDS", help="With --config: seconds between two drift checks.")
 @click.pass_context
 def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, detect_interval, attack_pps, attack_bps,
-        attack_drop_pps, attack_drop_bps, hold, sweep_interval, hook, config_path, reconcile_interval):
+        attack_drop_pps, attack_drop_bps, hold, sweep_interval, hook, config_path, mitigate, mitigation_pps,
+        mitigation_max_share, mitigation_hold, reconcile_interval):
     """Check backend health, detect attacks (events log, hook) and serve metrics; with --config,
     also restore and keep the desired state (the daemon: see xdpguard.service)."""
     c = console()
     reconciler = None
+    ds = config.DaemonSpec()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
     if config_path is not None:
         desired, warnings = config.load(config_path)
         for w in warnings:
             c.print(f"warning: {w}", markup=False)
         ds = desired.daemon
-
-        def given(name: str) -> bool:
-            return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-
         interval = interval if given("interval") else ds.health_interval_s
         timeout = timeout if given("timeout") else ds.health_timeout_s
         rise = rise if given("rise") else ds.rise
@@ -71,6 +83,7 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
         detect = detect if given("detect") else ds.detect
         detect_interval = detect_interval if given("detect_interval") else ds.detect_interval_s
         metrics = metrics if given("metrics") else ds.metrics
+        mitigate = mitigate if given("mitigate") else ds.mitigation
         if metrics:  # the file's [daemon] metrics resolves too, before anything is restored
             vocab.parse_listen(metrics, "[daemon] metrics")
         reconciler = daemon.Reconciler(config_path, lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}",
@@ -90,7 +103,23 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     overrides = None
     if any(v is not None for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)):
         overrides = events.Thresholds(*(v or 0.0 for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)))
-    loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event) if detect else None
+    say = lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}", markup=False)  # noqa: E731
+    hub = keeper = None
+    if detect and not once:  # the daemon owns the sample ring and fans it out (top, stats, capture)
+        hub = fanout.Hub(report=say)  # started below, next to the threads (closed in their finally)
+        keeper = history.Keeper(report=say)
+    on_round = None
+    if detect:  # mitigation, and the connection limits' offenders banned in XDP
+        settings = mitigation.Settings(
+            bool(mitigate), mitigation_pps if mitigation_pps is not None else ds.mitigation_pps, ds.mitigation_factor,
+            mitigation_max_share if mitigation_max_share is not None else ds.mitigation_max_share,
+            mitigation_hold if mitigation_hold is not None else ds.mitigation_hold_s)
+        on_round = mitigation.DaemonHook(settings, say)
+        if mitigate and not given("detect_interval"):  # rounds short enough to mitigate within a second
+            detect_interval = min(detect_interval, ds.mitigation_interval_s)
+    loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event,
+                                source_for=hub.subscribe if hub is not None else None,
+                                on_snapshot=keeper, on_round=on_round) if detect else None
     stop = threading.Event()
     threads = []
     if loop is not None and not once:
@@ -107,7 +136,8 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     if metrics:
         from xdpguard.core import metrics as prom
 
-        server = prom.serve(metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE))
+        server = prom.serve(metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE,
+                                                            samples_missed=hub.missed if hub else dict))
         c.print(f"metrics on http://{metrics if not metrics.startswith(':') else '127.0.0.1' + metrics}/metrics")
     def sweep_once() -> None:
         try:
@@ -141,6 +171,8 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     def on_term(signum, frame) -> None:  # protection stays in place: the data path needs no daemon
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, on_term)
+    if hub is not None:
+        hub.start()  # False (said why): another daemon serves them, detection reads from it
     for t in threads:
         t.start()
     c.print(f"health checks every {interval:g} s (timeout {timeout:g} s, rise {rise}, fall {fall})"
@@ -153,6 +185,10 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
             t.join(timeout=detect_interval * 4 + 5)
         if loop is not None:
             loop.close()
+        if hub is not None:
+            hub.close()
+        if keeper is not None:
+            keeper.close()
         if server is not None:
             server[0].shutdown()
         if reconciler is not None:

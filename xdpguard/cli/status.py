@@ -5,17 +5,31 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from xdpguard.core import protection
+from xdpguard.core import levels, mitigation, protection, state
 
 from .output import console, emit_json, human_bytes
 from .params import IFACE
+
+
+def extras(res: protection.StatusResult) -> dict:
+    """Each address's protection level and the interface's active automatic mitigations."""
+    st = state.read_state(state.Iface(res.iface, res.ifindex, state.netns_key())) or {}
+    lv = st.get(levels.STATE_KEY, {})
+    active = (st.get(mitigation.STATE_KEY) or {}).get("active", [])
+    return {"levels": {a: lv.get(a) for a in res.protected},
+            "mitigations": [{"id": m["id"], "service": f"{m['protected']} {m['proto']}/{m['port']}",
+                             "fingerprint": m.get("fingerprint", "")} for m in active]}
 
 
 def render_status(c, res: protection.StatusResult) -> None:
     c.print(f"[bold]{res.iface}[/] (ifindex {res.ifindex}): xdpguard prog id {res.prog_id}, "
             f"mode {res.mode}{', [yellow]MONITOR[/]' if res.monitor else ''}"
             f"{'' if res.pinned else ' (maps not pinned)'}")
-    c.print(f"  protected: {', '.join(res.protected) or '-'}")
+    ex = extras(res)
+    shown = [f"{a} (level {ex['levels'][a] or 'none'})" for a in res.protected]
+    c.print(f"  protected: {', '.join(shown) or '-'}")
+    for m in ex["mitigations"]:
+        c.print(f"  mitigation {m['id']} on {m['service']}: {m['fingerprint']}", markup=False)
     c.print(f"  blocklist: {res.list_sizes['block']} entries, allowlist: {res.list_sizes['allow']} entries")
     t = Table(box=None, pad_edge=False, show_edge=False)
     for col in ("action", "reason", "packets", "bytes"):
@@ -35,7 +49,7 @@ def status(iface, as_json):
     """Show attached program, mode, protected addresses, list sizes and counters."""
     results = protection.status(iface)
     if as_json:
-        emit_json([r.to_dict() for r in results])
+        emit_json([{**r.to_dict(), **extras(r)} for r in results])
         return
     c = console()
     if not results:

@@ -35,6 +35,8 @@ class Reason(enum.IntEnum):
     SYN = 12
     TCPSTATE = 13
     SYNCOOKIE = 14  # a SYN answered with a cookie (XDP_TX); a bad cookie ACK stays TCPSTATE (xg_cookie_pcpu)
+    MITIGATION = 15
+    CONNLIMIT = 16  # the reason of a ban promoted from an nft connection limit (connlimit.py)
     UNKNOWN = 17  # an unknown source past its share of the per-destination bucket (knowngood.h)
 
     @property
@@ -85,8 +87,18 @@ PROT_SYN_COOKIE = 1 << 16  # SYN defence answers with SYN cookies (else: retrans
 PROT_SYN_ALWAYS = 1 << 17  # SYN defence on at any SYN rate (else above syn_threshold_pps)
 
 DP_HAS_BANS = 1 << 0
+DP_OPBANS_EMPTY = 1 << 1  # set by sweep_bans when xg_opban_hash is empty; `ban add` clears it
+DP_BAN_BLOOM = 1 << 2  # xg_banbloom_arr holds a bit for every ban (policy.enable_ban_bloom)
+BANBLOOM_BITS = 1048576
 
 FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
+FA_MITIGATE = 4  # an automatic mitigation filter (core/mitigation.py): drop as Reason.MITIGATION
+
+# Feature filters compiled to per-field bit vectors (abi.h XG_FV_*): word offsets per generation.
+FV_PROTO, FV_TTL, FV_FLAGS, FV_SPORT, FV_DPORT, FV_LEN = 0, 256, 512, 1024, 66561, 132098
+FV_SLOTS = 197635
+FV_NOTCP, FV_NOPORT = 256, 65536
+FGENS = 2
 FB_L3, FB_L4, FB_PAYLOAD = 0, 1, 2
 
 PROTECTED_MAX = 1024
@@ -189,6 +201,15 @@ class Filter(ctypes.Structure):
         ("payload", ctypes.c_uint8 * 16), ("payload_mask", ctypes.c_uint8 * 16)]
 
 
+class FHead(ctypes.Structure):
+    _fields_ = [("live", ctypes.c_uint64), ("payload", ctypes.c_uint64), ("count", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
+
+
+class FSel(ctypes.Structure):
+    _fields_ = [("gen", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
 class Addr6(ctypes.Structure):
     _fields_ = [("addr", ctypes.c_uint8 * 16)]
 
@@ -279,6 +300,11 @@ class MapName(str, enum.Enum):
     DPSTATE = "xg_dpstate_arr"
     REFLECT = "xg_reflect_arr"
     FILTERS = "xg_filters_arr"
+    FSEL = "xg_fsel_arr"  # the compiled filters (bit vectors), two generations
+    FHEAD = "xg_fhead_arr"
+    FVEC = "xg_fvec_arr"
+    FDEF = "xg_fdef_arr"
+    BANBLOOM = "xg_banbloom_arr"  # bits over the banned sources: a clear bit skips the ban lookups
     SYNWIN = "xg_synwin_arr"
     SYNSEEN = "xg_synseen_lru"
     SYNAUTH = "xg_synauth_hash"
@@ -320,6 +346,11 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.DPSTATE: (ctypes.c_uint32, DpState, False),
     MapName.REFLECT: (ctypes.c_uint32, ctypes.c_uint8, False),
     MapName.FILTERS: (ctypes.c_uint32, Filter, False),
+    MapName.FSEL: (ctypes.c_uint32, FSel, False),
+    MapName.FHEAD: (ctypes.c_uint32, FHead, False),
+    MapName.FVEC: (ctypes.c_uint32, ctypes.c_uint64, False),
+    MapName.FDEF: (ctypes.c_uint32, Filter, False),
+    MapName.BANBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.SYNWIN: (ctypes.c_uint32, SynWin, False),
     MapName.SYNSEEN: (SrcKey, SynSeen, False),
     MapName.SYNAUTH: (SrcKey, SynAuth, False),
@@ -355,7 +386,7 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.BLOCK4: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
     MapName.BLOCK6: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
     MapName.PORTLIM: ("hash", "XG_PORTS_MAX", 0),
-    MapName.BUCKETS: ("lru_hash", "XG_SOURCES_MAX", 0),
+    MapName.BUCKETS: ("lru_hash", "XG_SOURCES_MAX", F_NO_COMMON_LRU),
     MapName.DSTBKT: ("hash", "XG_PORTS_MAX", 0),
     MapName.BANS: ("lru_hash", "XG_BANS_MAX", 0),
     MapName.OPBANS: ("hash", "XG_OPBANS_MAX", F_NO_PREALLOC),
@@ -371,6 +402,11 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.SAMPLE_CFG: ("array", 1, 0),
     MapName.SAMPLE_STATE: ("percpu_array", 1, 0),
     MapName.SAMPLES: ("ringbuf", "XG_SAMPLE_RING_BYTES", 0),
+    MapName.FSEL: ("array", 1, 0),
+    MapName.FHEAD: ("array", "XG_FGENS", 0),
+    MapName.FVEC: ("array", "XG_FVEC_ENTRIES", 0),
+    MapName.FDEF: ("array", "XG_FDEF_ENTRIES", 0),
+    MapName.BANBLOOM: ("array", BANBLOOM_BITS // 64, 0),
     MapName.COOKIES: ("percpu_array", 1, 0),
     MapName.GOODSRC: ("hash", "XG_GOODSRC_MAX", F_NO_PREALLOC),
 }
@@ -388,6 +424,9 @@ def map_sizes(defines: Mapping[str, int] | None = None) -> dict[str, int]:
     d = {k: int((defines or {}).get(k, v)) for k, v in MAP_SIZE_DEFAULTS.items()}
     d["XG_STATS_SLOTS"] = KIND_MAX * d["XG_REASON_MAX"]
     d["XG_SAMPLE_RING_BYTES"] = SAMPLE_RING_PAGES * 4096
+    d["XG_FGENS"] = FGENS
+    d["XG_FVEC_ENTRIES"] = FGENS * FV_SLOTS
+    d["XG_FDEF_ENTRIES"] = FGENS * d["XG_FILTERS_MAX"]
     return d
 
 
@@ -425,6 +464,8 @@ C_STRUCTS: dict[str, type] = {
     "xg_synauth": SynAuth,
     "xg_dpstate": DpState,
     "xg_filter": Filter,
+    "xg_fhead": FHead,
+    "xg_fsel": FSel,
     "xg_flow_key": FlowKey,
     "xg_flow": Flow,
     "xg_tcpstate_config": TcpStateConfig,

@@ -15,8 +15,8 @@ from collections import Counter as Tally
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import protection, sampling
-from .abi import SAMPLE_SNAPLEN, MapName, Reason
+from . import fanout, protection, sampling
+from .abi import SAMPLE_SNAPLEN, Reason
 from .errors import UserError
 
 LINKTYPE_ETHERNET = 1
@@ -77,6 +77,8 @@ class CaptureResult:
     reasons: dict[str, int]
     sources: dict[str, int]
     timed_out: bool
+    missed: int = 0  # samples the daemon's fan-out (or our buffer) dropped for us
+    via: str = "ring"  # ring (read ourselves) | daemon (fanned out by `xdpguard run`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +120,8 @@ def _capture(g, fd: int, path, count, reason, snaplen, timeout_s, sample_every) 
     offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     w = PcapngWriter(fd, snaplen, comment=f"xdpguard capture on {g.iface.name}, 1 in {want} sampled drops")
     try:
-        with sampling.SampleReader(g.maps[MapName.SAMPLES].fd, g.iface) as reader:
+        with fanout.open_source(g) as reader:
+            via = reader.via
             try:
                 with reader.exclusive(wait_s=min(timeout_s, 5.0)):
                     reader.discard_old()
@@ -132,6 +135,7 @@ def _capture(g, fd: int, path, count, reason, snaplen, timeout_s, sample_every) 
                             n += 1
                             reasons[s.reason] += 1
                             sources[s.src] += 1
+                    missed = reader.missed
             except sampling.SamplerBusy:
                 raise UserError("another xdpguard process is reading the samples of "
                                 f"{g.iface.name}; try again") from None
@@ -140,4 +144,4 @@ def _capture(g, fd: int, path, count, reason, snaplen, timeout_s, sample_every) 
         if want != old:
             sampling.set_sample_every(g.maps, old)
     return CaptureResult(g.iface.name, str(path), n, want, dict(reasons.most_common()),
-                         dict(sources.most_common(20)), n < count)
+                         dict(sources.most_common(20)), n < count, missed, via)

@@ -472,10 +472,7 @@ def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:
             k = policy.src_key(a)
             old = m.get(k)
             m.set(k, abi.Ban(now + int(ttl * 1e9), old.hits if old is not None else 0, abi.Reason.BANNED, 0))
-        st = g.maps[abi.MapName.DPSTATE]
-        cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
-        if not cur.flags & abi.DP_HAS_BANS:
-            st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_HAS_BANS))
+        policy.note_operator_ban(g.maps, [policy.src_key(a) for a in parsed])
         return BanResult(g.iface.name, "add", len(parsed), _bans(g))
 
 

@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import abi, events, forwarding, policy, vocab
+from . import abi, events, forwarding, levels, policy, vocab
 from .errors import UserError
 from .forwarding import ForwardRule
 from .prefixes import Prefix, parse_prefix, read_prefix_file
@@ -62,6 +62,7 @@ class AddressSpec:
     syn: policy.SynPolicy = policy.SynPolicy()
     open_ports: tuple[PortRun, ...] = ()  # opened by the operator (forwards open their own)
     port_limits: tuple[tuple[str, int, int, policy.Limits], ...] = ()  # merged runs of equal limits
+    level: str | None = None  # levels.LEVELS: its preset filled what the table did not give
 
     @property
     def policy(self) -> policy.AddressPolicy:
@@ -103,6 +104,13 @@ class DaemonSpec:
     sweep_interval_s: float = 10.0
     detect: bool = True
     detect_interval_s: float = 1.0
+    # automatic mitigation (mitigation.py; its Settings take these)
+    mitigation: bool = True
+    mitigation_pps: float = 5000.0
+    mitigation_factor: float = 4.0
+    mitigation_max_share: float = 0.01
+    mitigation_hold_s: float = 5.0
+    mitigation_interval_s: float = 0.5  # detection rounds are at most this long while mitigation is on
 
 
 @dataclass(frozen=True)
@@ -336,10 +344,11 @@ class _Loader:
 
 
 _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", "sweep_interval", "detect",
-                "detect_interval"}
+                "detect_interval", "mitigation", "mitigation_pps", "mitigation_factor", "mitigation_max_share",
+                "mitigation_hold", "mitigation_interval"}
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
-_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit"}
+_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level"}
 _LIMIT_KEYS = {"src_pps", "src_burst", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst", "syn_src_pps",
                "syn_src_burst", "ban", "unknown_share"}
 _SYN_KEYS = {"threshold", "auth_window", "keep", "mode", "always"}
@@ -373,10 +382,27 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
     if metrics is not None and (":" not in metrics or not metrics.rpartition(":")[2].isdigit()):
         ld.fail(p + ("metrics",), f"must be HOST:PORT, got {metrics!r}")
         metrics = None
+    share = ld.get(d, "mitigation_max_share", p, "num", base.mitigation_max_share)
+    if not 0 < share < 1:
+        ld.fail(p + ("mitigation_max_share",), f"must be above 0 and below 1 (a share: 0.01 is 1%), got {share!r}")
+        share = base.mitigation_max_share
+    factor = ld.get(d, "mitigation_factor", p, "num", base.mitigation_factor)
+    if not 1 <= factor <= 1000:
+        ld.fail(p + ("mitigation_factor",), f"must be 1 to 1000, got {factor!r}")
+        factor = base.mitigation_factor
+    mpps = base.mitigation_pps
+    if "mitigation_pps" in d:
+        mpps = ld.guard(p + ("mitigation_pps",), lambda: vocab.parse_rate(d["mitigation_pps"], "mitigation_pps"), mpps)
+        if not mpps > 0:
+            ld.fail(p + ("mitigation_pps",), "must be above 0")
+            mpps = base.mitigation_pps
     return DaemonSpec(metrics, pos("health_interval", base.health_interval_s, 3600),
                       pos("health_timeout", base.health_timeout_s, 60), count("rise", base.rise),
                       count("fall", base.fall), pos("sweep_interval", base.sweep_interval_s, 3600),
-                      ld.get(d, "detect", p, "bool", True), pos("detect_interval", base.detect_interval_s, 60))
+                      ld.get(d, "detect", p, "bool", True), pos("detect_interval", base.detect_interval_s, 60),
+                      ld.get(d, "mitigation", p, "bool", True), float(mpps), float(factor), float(share),
+                      pos("mitigation_hold", base.mitigation_hold_s, 3600),
+                      pos("mitigation_interval", base.mitigation_interval_s, 60))
 
 
 _CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval"}
@@ -580,8 +606,25 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
             if not lim.active():
                 ld.fail(pp, "needs a rate: src_pps, src_bps, dst_pps or syn_src_pps")
             plims.append((*spec, lim))
+    level = ld.get(d, "level", path, "str", None)
+    if level is not None and level not in levels.LEVELS:
+        ld.fail(path + ("level",), f"must be one of {', '.join(levels.LEVELS)}, got {level!r}")
+        level = None
+    if level is not None:  # the preset fills what the table does not give (each of these as a whole)
+        lp = levels.address_policy(level, policy.AddressPolicy(frozenset(), limits, syn))
+        limits = limits if "limits" in d else lp.limits.effective()
+        syn = syn if "syn" in d else lp.syn
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
-                       norm_port_runs(opened), norm_port_limits(plims))
+                       norm_port_runs(opened), norm_port_limits(plims), level)
+
+
+def _level_port_limits(spec: AddressSpec, raw: dict, forwards) -> AddressSpec:
+    """A level's budget on the address's forwarded UDP ports, unless the table gives port_limit."""
+    p = levels.PRESETS.get(spec.level)
+    if p is None or p.udp_port is None or "port_limit" in raw:
+        return spec
+    ports = levels.udp_ports([f.rule for f in forwards], spec.address)
+    return replace(spec, port_limits=norm_port_limits([("udp", lo, hi, p.udp_port) for lo, hi in ports]))
 
 
 def build_filter(*, action: str, proto=None, sport=None, dport=None, length=None, ttl=None, tcp_flags=None,
@@ -591,6 +634,8 @@ def build_filter(*, action: str, proto=None, sport=None, dport=None, length=None
     field to what the caller calls it in messages."""
     nm = {"sport": "sport", "dport": "dport", "length": "length", "ttl": "ttl", "payload": "payload",
           "mask": "mask", "ban": "ban", "tcp_flags": "tcp_flags", **(names or {})}
+    if action not in policy.ACTIONS:  # "mitigate" is the daemon's own (mitigation.py)
+        raise UserError(f"invalid filter action '{action}': use drop, pass or drop-ban")
     if ban_s and action != "drop-ban":
         raise UserError(f"{nm['ban']} only goes with action drop-ban")
     if mask and not payload:
@@ -812,6 +857,16 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
             ld.fail(path + ("forward", i), f"rule {fs.rule.key} is given twice")
             continue
         forwards.append(fs)
+    raw_addr = {}
+    for ad in ld.get(d, "address", path, "list", []):
+        if isinstance(ad, dict) and isinstance(ad.get("address"), str):
+            try:
+                raw_addr[ipaddress.ip_address(ad["address"].strip())] = ad
+            except ValueError:
+                pass
+    for a, spec in list(addrs.items()):
+        if spec.level is not None:
+            addrs[a] = _level_port_limits(spec, raw_addr.get(a, {}), forwards)
     ev = _events(ld, ld.get(d, "events", path, "table", {}), path + ("events",), protected)
     return norm_interface(InterfaceSpec(name, mode if mode in MODES else "auto", tuple(addrs.values()), glob,
                                         frozenset(block), frozenset(allow), tuple(forwards), ev))
@@ -936,7 +991,10 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
         L.append(f"metrics = {_q(ds.metrics)}")
     L += [f"health_interval = {ds.health_interval_s!r}", f"health_timeout = {ds.health_timeout_s!r}",
           f"rise = {ds.rise}", f"fall = {ds.fall}", f"sweep_interval = {ds.sweep_interval_s!r}",
-          f"detect = {'true' if ds.detect else 'false'}", f"detect_interval = {ds.detect_interval_s!r}", ""]
+          f"detect = {'true' if ds.detect else 'false'}", f"detect_interval = {ds.detect_interval_s!r}",
+          f"mitigation = {'true' if ds.mitigation else 'false'}", f"mitigation_pps = {_fmt_num(ds.mitigation_pps)}",
+          f"mitigation_factor = {ds.mitigation_factor!r}", f"mitigation_max_share = {ds.mitigation_max_share!r}",
+          f"mitigation_hold = {ds.mitigation_hold_s!r}", f"mitigation_interval = {ds.mitigation_interval_s!r}", ""]
     if d.cluster is not None:
         c = d.cluster
         L += ["[cluster]", f"name = {_q(c.name)}", f"node = {_q(c.node)}",
@@ -980,11 +1038,17 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
             lt = _limits_toml(a.limits)
             if lt:
                 body.append("limits = " + _inline(lt))
-            if a.syn != policy.SynPolicy():
+            if a.level is not None and not lt:
+                body.append("limits = {}")  # given: the level's preset does not fill it
+            if a.syn != policy.SynPolicy() or a.level is not None:
                 body.append("syn = " + _inline({"threshold": str(a.syn.threshold_pps),
                                                 "auth_window": _q(f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}"),
                                                 "keep": str(a.syn.auth_keep_s), "mode": _q(a.syn.mode),
                                                 "always": "true" if a.syn.always else "false"}))
+            if a.level is not None:
+                body.insert(0, f"level = {_q(a.level)}")
+                if not a.port_limits:
+                    body.append("port_limit = []")
             if not body and not a.port_limits:
                 continue
             L += ["[[interface.address]]", f"address = {_q(str(a.address))}", *body, ""]
@@ -1102,6 +1166,8 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
     for addr in sorted(set(old.protected) & set(new.protected), key=addr_order):
         oa, na = old.address(addr), new.address(addr)
         p = f"{n} {addr}"
+        if oa.level != na.level:
+            out.append(Change(f"{p} level", "change", oa.level or "none", na.level or "none"))
         if oa.blocked != na.blocked:
             out.append(Change(f"{p} block_protocols", "change", ",".join(sorted(oa.blocked)) or "none",
                               ",".join(sorted(na.blocked)) or "none"))

@@ -30,6 +30,18 @@ EGRESS_KERNEL_NAME = EGRESS_FUNC[:15]
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
 
+# Compile-time specialisation (-D NAME=1 through compile_program's defines): a feature that is
+# not configured compiles to a stub that returns "continue" (policy.h, stats.h). Measured on a
+# clean pass (benchcases, BPF_PROG_TEST_RUN): all four together save about 10 ns of ~70 (0.4x a
+# bare XDP_DROP); the flag tests they replace are cheap, so nothing switches them on by itself.
+SPEC_DEFINES = {
+    "XG_SPEC_NO_BANS": "no dynamic or operator bans: step_banned is a stub (no xg_dpstate_arr lookup)",
+    "XG_SPEC_NO_FILTERS": "no feature filters: step_feature is a stub",
+    "XG_SPEC_NO_LIMITS": "no rate limits: step_ratelimit is a stub",
+    "XG_SPEC_NO_SAMPLING": "no verdict sampling: record_verdict does not look at xg_sample_cfg",
+}
+
+
 def render_source(defines: dict[str, int] | None = None) -> str:
     """The final C text: our quoted includes inlined (bcc only rewrites map calls in the
     main file), preceded by the -D style defines. What `attach --ebpf` prints."""

@@ -424,8 +424,14 @@ class DetectionLoop:
     """Attack detection for every protected interface of this network namespace (run's thread)."""
 
     def __init__(self, interval_s: float = 1.0, overrides: Thresholds | None = None, hold_s: float | None = None,
-                 hook: str | None = None, report: Callable[[str, AttackEvent], None] = lambda p, e: None):
+                 hook: str | None = None, report: Callable[[str, AttackEvent], None] = lambda p, e: None,
+                 source_for: Callable[[str], object] | None = None,
+                 on_snapshot: Callable[[str, object, list[str]], None] | None = None,
+                 on_round: Callable[[str, object, object, list], None] | None = None):
+        self.source_for = source_for  # iface → its sample source (the daemon's fan-out); None: Collector's own
+        self.on_snapshot = on_snapshot  # (iface, snapshot, attacked addresses) after each round: the history
         self.interval_s = interval_s
+        self.on_round = on_round  # (iface, Collector, Snapshot, samples): automatic mitigation (mitigation.py)
         self.overrides = overrides
         self.hold_s = hold_s
         self.hook = hook
@@ -470,7 +476,7 @@ class DetectionLoop:
         iface = state.resolve_iface(name)
         cfg = self._config(iface)
         self.hooks[name] = HookRunner(cfg.hook)
-        col = Collector(name)
+        col = Collector(name, source=self.source_for(name) if self.source_for is not None else None)
         col.prime()
         self.collectors[name] = col
         self.detectors[name] = Detector(name, cfg, sink=self._sink(name))
@@ -500,8 +506,21 @@ class DetectionLoop:
         for name in names:
             try:
                 self._ensure(name)
-                snap = self.collectors[name].collect(per, sample_window_s=per / 2)
+                col = self.collectors[name]
+                if self.on_round is None:
+                    snap = col.collect(per, sample_window_s=per / 2)
+                else:  # the round's samples go to the mitigation engine too (half the round, as
+                    # collect() reads: the other half leaves the stream to `top` and `capture`)
+                    t0 = time.monotonic()
+                    samples = col.reader.window(per / 2, wait_s=min(1.0, per / 4))
+                    left = t0 + per - time.monotonic()
+                    if left > 0:
+                        time.sleep(left)
+                    snap = col.snapshot_from(samples)
+                    self.on_round(name, col, snap, samples)
                 self.detectors[name].update(self.attributions[name](snap), snap.interval_s)
+                if self.on_snapshot is not None:
+                    self.on_snapshot(name, snap, [e.protected for e in self.detectors[name].active()])
                 self.hooks[name].reap()
                 self.errors.pop(name, None)
             except (UserError, OSError) as exc:

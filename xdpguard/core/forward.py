@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import forwarding, nat, protection, state
+from . import forwarding, levels, nat, policy, protection, state
 from .abi import PORT_BY_FORWARD
 from .errors import UserError
 from .forwarding import Backend, ForwardRule
@@ -173,11 +173,35 @@ def _current_counters(applier: nat.NftApplier) -> dict[str, tuple[int, int]]:
         return {}
 
 
+CONNLIMIT_KEY = "connlimits"  # interface state: protected address → nat.ConnLimits fields (connlimit.py)
+
+
+def connlimit_map(states: dict[str, dict], rules: Iterable[StoredRule]) -> dict[str, nat.ConnLimits]:
+    """Rule key → the connection limits of its protected address (a broken record is skipped)."""
+    out = {}
+    for sr in rules:
+        d = states.get(sr.iface, {}).get(CONNLIMIT_KEY, {}).get(str(sr.rule.protected))
+        if d:
+            try:
+                out[sr.rule.key] = nat.ConnLimits(**d)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def rebuild() -> None:
+    """Rebuild the NAT table of this namespace from the stored rules (after a limit changed)."""
+    with nat_lock():
+        states = _iface_states()
+        apply_rules(_applier(), states, all_rules(states))
+
+
 def apply_rules(applier: nat.NftApplier, states: dict[str, dict], rules: list[StoredRule]) -> None:
     """Rebuild the table from `rules` (with stored health), or delete it when there are none."""
     try:
         if rules:
-            kw = dict(healthy=healthy_map(states, rules), counters=_current_counters(applier))
+            kw = dict(healthy=healthy_map(states, rules), counters=_current_counters(applier),
+                      connlimits=connlimit_map(states, rules))
             try:  # with the synproxy chains of the SYN cookies; a kernel without nft_synproxy gets none
                 applier.apply(nat.build_ruleset([sr.rule for sr in rules], synproxy=True, **kw))
             except nat.NftError:
@@ -321,6 +345,14 @@ def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected
                 g.change_ports([rule.protected], rule.proto, rule.port_lo, rule.port_hi, PORT_BY_FORWARD, False)
                 raise
             state.write_state(g.iface, new_st)
+            lv = levels.udp_budget(new_st, rule.proto, rule.protected)
+            if lv is not None:  # the address's protection level: a budget on the new UDP ports (levels.py)
+                have = policy.read_port_limits(g.maps)
+                for port in range(rule.port_lo, rule.port_hi + 1):
+                    if (str(rule.protected), "udp", port) not in have:
+                        policy.write_port_limits(g.maps, rule.protected, "udp", port, port, lv.udp_port)
+                notes.append(f"level {lv.level}: {lv.udp_port.src_pps:,} pps per source on udp {rule.port_lo}"
+                             + (f"-{rule.port_hi}" if rule.port_hi != rule.port_lo else ""))
             if not old_rules:
                 notes.append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding; "
                              "net.netfilter.nf_conntrack_tcp_loose=0")

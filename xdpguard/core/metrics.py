@@ -53,6 +53,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "Packet samples written to the sample ring.", ("iface",)),
     MetricSpec("xdpguard_samples_lost_total", "counter",
                "Packet samples lost because the sample ring was full.", ("iface",)),
+    MetricSpec("xdpguard_samples_missed_total", "counter",
+               "Packet samples the daemon's fan-out dropped for a reader (top, stats, capture, detection) that "
+               "read too slowly.", ("iface",)),
     MetricSpec("xdpguard_backend_up", "gauge",
                "Backend health: 1 up, 0 down (backends not yet checked are omitted).", ("iface", "rule", "backend")),
     MetricSpec("xdpguard_forward_packets_total", "counter",
@@ -76,7 +79,9 @@ class XdpguardCollector:
     """Yields every family of METRICS, read from the kernel at each scrape."""
 
     def __init__(self, attacks: Callable[[], dict[tuple[str, str], bool]] = ATTACK_NONE,
-                 ifaces: Callable[[], list[str]] = state.protected_ifaces, sizes_max_age_s: float = SIZES_MAX_AGE_S):
+                 ifaces: Callable[[], list[str]] = state.protected_ifaces, sizes_max_age_s: float = SIZES_MAX_AGE_S,
+                 samples_missed: Callable[[], dict[str, int]] = dict):
+        self.samples_missed = samples_missed  # iface → cumulative (the daemon's fan-out; {} without one)
         self.attacks = attacks
         self.ifaces = ifaces
         self.sizes_max_age_s = sizes_max_age_s
@@ -100,6 +105,7 @@ class XdpguardCollector:
         fam = {m.name: (Counter if m.kind == "counter" else Gauge)(m.name, m.help, labels=list(m.labels))
                for m in METRICS}
         active = self.attacks()
+        missed = self.samples_missed()
         names = self.ifaces()
         for key in [k for k in self._sizes if k[0] not in names]:  # detached: forget its sizes
             del self._sizes[key]
@@ -123,6 +129,7 @@ class XdpguardCollector:
                 taken, lost = sampling.sample_counters(g.maps)
                 fam["xdpguard_samples_total"].add_metric([name], taken)
                 fam["xdpguard_samples_lost_total"].add_metric([name], lost)
+                fam["xdpguard_samples_missed_total"].add_metric([name], missed.get(name, 0))
                 for addr in g.protected():
                     fam["xdpguard_attack_active"].add_metric([name, addr], 1.0 if active.get((name, addr)) else 0.0)
         try:

@@ -526,6 +526,8 @@ class Model:
                 continue
             if f.action == "pass":
                 return None  # skips the rate limits and the SYN defence
+            if f.action == "mitigate":
+                return Reason.MITIGATION
             if f.action == "drop-ban" and f.ban_s and not g.monitor_mask >> Reason.FEATURE & 1:
                 self.bans.add(src)  # (a monitored reason bans nobody: monitor mode has no side effects)
             return Reason.FEATURE

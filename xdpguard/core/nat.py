@@ -372,9 +372,13 @@ def build_ruleset(
     healthy: Mapping[str, Iterable[Backend]] | None = None,
     table: str = DEFAULT_TABLE,
     counters: Counters | None = None,
+    connlimits: Mapping[str, ConnLimits] | None = None,
     synproxy: bool = False,
 ) -> Json:
     """One atomic batch that replaces our table with the ruleset for ``rules``.
+
+    ``connlimits`` (rule key → :class:`ConnLimits`) adds the connection limits of those rules
+    (:func:`connlimit_batch`).
 
     ``healthy`` maps a rule key to its healthy backends; ``None``, or a rule missing from the
     mapping, means all of that rule's backends are healthy. ``counters`` (rule key →
@@ -489,7 +493,124 @@ def build_ruleset(
             }
         )
     cookie = synproxy_rules(rules, healthy, table) if synproxy else []  # SYN cookies (synproxy_rules)
-    return {"nftables": head + objects + prerouting + postrouting + forward + cookie}
+    limited = [(r, (connlimits or {})[rule_key(r)]) for r in rules
+               if (connlimits or {}).get(rule_key(r)) is not None and (connlimits or {})[rule_key(r)].active()]
+    extra = connlimit_batch(table, limited) if limited else []
+    return {"nftables": head + objects + prerouting + postrouting + forward + extra + cookie}
+
+
+# --- connection limits (issue 13): per source and per service, in our table ------------------
+#
+# chain connlimit (filter prerouting, priority -150: after conntrack, before DNAT), per rule:
+#   <service> ct state new ct timeout set "cl_to_<id>"      (UDP: short conntrack timeouts, unreplied N, replied 2N)
+#   <service> ct state new add @cl_svc_<id> { ip daddr ct count over B } drop   (conntrack budget)
+#   <service> ct state new limit rate over N/second drop                         (new connections, all)
+#   <service> ct state new add @cl_rate_<id> { ip saddr limit rate over R/second } add @cl_off4 { ip saddr } drop
+#   <service> ct state new add @cl_conc_<id> { ip saddr ct count over C } add @cl_off4 { ip saddr } drop
+# cl_off4 / cl_off6 hold the offenders (timeout = the longest ban_s): `xdpguard run` reads them
+# and bans those sources in XDP (reason connlimit). XXX: every apply replaces the table, so the
+# counts and the offender sets start over (a health change rebuilds it too).
+
+CONNLIMIT_CHAIN = "connlimit"
+CONNLIMIT_PRIORITY = -150
+OFFENDER_SETS = {4: "cl_off4", 6: "cl_off6"}
+CONNLIMIT_SET_SIZE = 65535
+
+
+@dataclass(frozen=True)
+class ConnLimits:
+    """Connection limits of one forwarded service (0 = none)."""
+
+    new_per_source: int = 0  # new connections per second per source
+    concurrent_per_source: int = 0  # open connections (conntrack entries) per source
+    new_total: int = 0  # new connections per second from all sources
+    conntrack_budget: int = 0  # conntrack entries of the service, all sources
+    udp_timeout_s: int = 0  # UDP: conntrack timeout of an unanswered flow (answered: twice that)
+    ban_s: int = 60  # offenders of the per-source limits: banned in XDP for this long
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 100_000_000:
+                raise ValueError(f"invalid {f.name.replace('_', '-')} {v!r}: a whole number 0 to 100000000")
+        if not 1 <= self.ban_s <= 86400:
+            raise ValueError(f"invalid ban {self.ban_s} s: 1 to 86400")
+        if self.udp_timeout_s and not 1 <= self.udp_timeout_s <= 3600:
+            raise ValueError(f"invalid udp-timeout {self.udp_timeout_s} s: 1 to 3600")
+
+    def active(self) -> bool:
+        return bool(self.new_per_source or self.concurrent_per_source or self.new_total or self.conntrack_budget
+                    or self.udp_timeout_s)
+
+
+def _set(table: str, name: str, family: int, timeout: int | None = None) -> Json:
+    # nft 1.0.6's JSON knows no "dynamic" flag: a set written from the packet path gets it by itself
+    body: dict[str, Any] = {"family": FAMILY, "table": table, "name": name,
+                            "type": "ipv4_addr" if family == 4 else "ipv6_addr", "size": CONNLIMIT_SET_SIZE}
+    if timeout:
+        body.update(flags=["timeout"], timeout=timeout)
+    return {"add": {"set": body}}
+
+
+def _set_add(name: str, elem: Json, stmt: Json | None = None) -> Json:
+    body: dict[str, Any] = {"op": "add", "elem": elem, "set": f"@{name}"}
+    if stmt is not None:
+        body["stmt"] = [stmt]
+    return {"set": body}
+
+
+def connlimit_batch(table: str, limited: Sequence[tuple[ForwardRule, ConnLimits]]) -> list[Json]:
+    """The connlimit chain, its sets and timeout objects, for the rules that have limits."""
+    out: list[Json] = [_chain(table, CONNLIMIT_CHAIN, "filter", "prerouting", CONNLIMIT_PRIORITY)]
+    ban = max(lim.ban_s for _, lim in limited)
+    for fam in sorted({r.family for r, _ in limited}):
+        out.append(_set(table, OFFENDER_SETS[fam], fam, ban))
+    rules: list[Json] = []
+    for rule, lim in limited:
+        ident, ipp = rule_ident(rule), _ip_proto(rule)
+        new = _service_match(rule) + [_match({"ct": {"key": "state"}}, "new", op="in")]
+        off = _set_add(OFFENDER_SETS[rule.family], _payload(ipp, "saddr"))
+        if lim.udp_timeout_s and rule.proto == "udp":
+            name = f"cl_to_{ident}"
+            out.append({"add": {"ct timeout": {"family": FAMILY, "table": table, "name": name, "protocol": "udp",
+                                               "l3proto": ipp, "policy": {"unreplied": lim.udp_timeout_s,
+                                                                          "replied": 2 * lim.udp_timeout_s}}}})
+            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [{"ct timeout": name}]))
+        if lim.conntrack_budget:
+            out.append(_set(table, f"cl_svc_{ident}", rule.family))
+            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [
+                _set_add(f"cl_svc_{ident}", _payload(ipp, "daddr"), {"ct count": {"val": lim.conntrack_budget,
+                                                                                 "inv": True}}), {"drop": None}]))
+        if lim.new_total:
+            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [
+                {"limit": {"rate": lim.new_total, "burst": lim.new_total, "per": "second", "inv": True}},
+                {"drop": None}]))
+        if lim.new_per_source:
+            out.append(_set(table, f"cl_rate_{ident}", rule.family, 60))
+            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [
+                _set_add(f"cl_rate_{ident}", _payload(ipp, "saddr"),
+                         {"limit": {"rate": lim.new_per_source, "burst": lim.new_per_source, "per": "second",
+                                    "inv": True}}), off, {"drop": None}]))
+        if lim.concurrent_per_source:
+            out.append(_set(table, f"cl_conc_{ident}", rule.family))
+            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [
+                _set_add(f"cl_conc_{ident}", _payload(ipp, "saddr"),
+                         {"ct count": {"val": lim.concurrent_per_source, "inv": True}}), off, {"drop": None}]))
+    return out + rules
+
+
+def parse_offenders(listing: Json | None) -> list[tuple[str, float]]:
+    """(source address, seconds left) of the elements of an offender set's JSON listing."""
+    out = []
+    for item in (listing or {}).get("nftables", []):
+        body = item.get("set") if isinstance(item, Mapping) else None
+        for e in (body or {}).get("elem", []) or []:
+            if isinstance(e, Mapping) and "elem" in e:
+                e = e["elem"]
+                out.append((str(e.get("val")), float(e.get("expires", e.get("timeout", 0)))))
+            elif isinstance(e, str):
+                out.append((e, 0.0))
+    return out
 
 
 # --- SYN cookies: synproxy (bpf/include/syncookie.h answers the SYNs in XDP) ---------------

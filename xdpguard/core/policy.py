@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
+import sys
 from dataclasses import asdict, dataclass, replace
 
-from . import abi
+from . import abi, libbpf
 from .errors import UserError
 
 MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absurd for one box
@@ -26,6 +28,8 @@ PROTOCOLS = {"tcp": abi.PROT_BLOCK_TCP, "udp": abi.PROT_BLOCK_UDP, "icmp": abi.P
              "other": abi.PROT_BLOCK_OTHER}
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 ACTIONS = {"drop": abi.FA_DROP, "pass": abi.FA_PASS, "drop-ban": abi.FA_DROP_BAN}
+MITIGATE = "mitigate"  # the action of the daemon's automatic mitigation filters (mitigation.py); not an operator's
+_ALL_ACTIONS = {**ACTIONS, MITIGATE: abi.FA_MITIGATE}
 BASES = {"l3": abi.FB_L3, "l4": abi.FB_L4, "payload": abi.FB_PAYLOAD}
 TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
 
@@ -157,7 +161,7 @@ class Filter:
     ban_s: int = 0
 
     def __post_init__(self):
-        if self.action not in ACTIONS:
+        if self.action not in _ALL_ACTIONS:
             raise UserError(f"invalid filter action '{self.action}': use drop, pass or drop-ban")
         if self.proto is not None and self.proto not in PROTO_NUMBERS:
             raise UserError(f"unknown protocol '{self.proto}': use tcp, udp or icmp")
@@ -188,7 +192,7 @@ class Filter:
     def to_c(self) -> abi.Filter:
         f = abi.Filter()
         f.proto = PROTO_NUMBERS.get(self.proto, 0) if self.proto else 0
-        f.action = ACTIONS[self.action]
+        f.action = _ALL_ACTIONS[self.action]
         f.tcp_flags_mask, f.tcp_flags_value = self.tcp_flags
         f.ttl_min, f.ttl_max = self.ttl
         f.payload_len = len(self.payload)
@@ -207,7 +211,7 @@ class Filter:
     @classmethod
     def from_c(cls, f: abi.Filter) -> Filter:
         n = f.payload_len
-        names = {v: k for k, v in ACTIONS.items()}
+        names = {v: k for k, v in _ALL_ACTIONS.items()}
         protos = {v: k for k, v in PROTO_NUMBERS.items()}
         return cls(
             action=names.get(f.action, "drop"), proto=protos.get(f.proto) if f.proto else None,
@@ -355,22 +359,45 @@ def _sync_port_limits_flag(maps, addr) -> None:
         pm.set(pk, cur)
 
 
-def read_global_policy(maps) -> GlobalPolicy:
+def _read_filters(maps) -> list[Filter]:
     cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
-    ports = frozenset(i for i, on in enumerate(maps[abi.MapName.REFLECT].array_values()) if on)
-    filters = []
     fm = maps[abi.MapName.FILTERS]
+    out = []
     for i in range(cfg.filters_count):
         f = fm.get(ctypes.c_uint32(i))
         if f is not None:
-            filters.append(Filter.from_c(f))
+            out.append(Filter.from_c(f))
+    return out
+
+
+def read_global_policy(maps) -> GlobalPolicy:
+    """The operator's policy: the automatic mitigation filters (dynamic state, after the
+    operator's in the table) are not part of it."""
+    cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
+    ports = frozenset(i for i, on in enumerate(maps[abi.MapName.REFLECT].array_values()) if on)
+    filters = [f for f in _read_filters(maps) if f.action != MITIGATE]
     return GlobalPolicy(bool(cfg.flags & abi.CFG_DROP_FRAGMENTS), bool(cfg.flags & abi.CFG_REFLECTION),
                         ports, tuple(filters), cfg.monitor_mask)
 
 
+def read_mitigation_filters(maps) -> list[Filter]:
+    """The automatic mitigation filters in the table, in order."""
+    return [f for f in _read_filters(maps) if f.action == MITIGATE]
+
+
+def write_mitigation_filters(maps, filters: list[Filter]) -> int:
+    """Replace the mitigation filters (kept after the operator's). Returns how many fit: the
+    operator's filters always keep their slots."""
+    pol = read_global_policy(maps)
+    room = max(0, abi.FILTERS_MAX - len(pol.filters))
+    keep = [f for f in filters if f.action == MITIGATE][:room]
+    _write_filter_table(maps, list(pol.filters) + keep)
+    return len(keep)
+
+
 def write_global_policy(maps, pol: GlobalPolicy, old: GlobalPolicy | None = None) -> None:
-    """Filters are written before the count grows and after it shrinks, so the data path never
-    reads a half-written table."""
+    """Filters are written before the count grows and after it shrinks, and the data path reads
+    them only through their compiled generation (compile_filters), which is swapped in whole."""
     cm = maps[abi.MapName.CONFIG]
     cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
     refl = maps[abi.MapName.REFLECT]
@@ -379,19 +406,137 @@ def write_global_policy(maps, pol: GlobalPolicy, old: GlobalPolicy | None = None
         refl.set(ctypes.c_uint32(p), ctypes.c_uint8(0))
     for p in pol.reflection_ports - old_ports:
         refl.set(ctypes.c_uint32(p), ctypes.c_uint8(1))
-    fm = maps[abi.MapName.FILTERS]
-    n_new = len(pol.filters)
-    if n_new < cfg.filters_count:
-        cfg.filters_count = n_new
-        cm.set(ctypes.c_uint32(0), cfg)
-    for i, f in enumerate(pol.filters):
-        fm.set(ctypes.c_uint32(i), f.to_c())
+    filters = list(pol.filters)
+    if not any(f.action == MITIGATE for f in filters):  # the daemon's mitigations stay, after the operator's
+        filters += read_mitigation_filters(maps)[: max(0, abi.FILTERS_MAX - len(filters))]
+    _write_filter_table(maps, filters)
+    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
     flags = cfg.flags & ~(abi.CFG_DROP_FRAGMENTS | abi.CFG_REFLECTION)
     flags |= (abi.CFG_DROP_FRAGMENTS if pol.drop_fragments else 0) | (abi.CFG_REFLECTION if pol.reflection else 0)
     cfg.flags = flags
     cfg.monitor_mask = pol.monitor_mask
+    cm.set(ctypes.c_uint32(0), cfg)
+
+
+def read_filter_table(maps) -> list[Filter]:
+    """The whole table in order: the operator's filters, then the automatic mitigations."""
+    return _read_filters(maps)
+
+
+def _write_filter_table(maps, filters: list[Filter]) -> None:
+    """The ordered list (the controller's record, xg_filters_arr) and its compiled generation,
+    which is what the data path reads and is swapped in whole; nothing when both already hold
+    exactly `filters` (the reconciler writes every 30 s)."""
+    if _read_filters(maps) == list(filters) and filters_compiled(maps, len(filters)):
+        return
+    cm = maps[abi.MapName.CONFIG]
+    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
+    fm = maps[abi.MapName.FILTERS]
+    n_new = len(filters)
+    if n_new < cfg.filters_count:
+        cfg.filters_count = n_new
+        cm.set(ctypes.c_uint32(0), cfg)
+    for i, f in enumerate(filters):
+        fm.set(ctypes.c_uint32(i), f.to_c())
     cfg.filters_count = n_new
     cm.set(ctypes.c_uint32(0), cfg)
+    compile_filters(maps, tuple(filters))
+
+
+# ---- feature filters compiled to per-field bit vectors (abi.h XG_FV_*) ----
+
+
+def _word(mask: int) -> bytes:
+    return mask.to_bytes(8, sys.byteorder)
+
+
+def _range_words(ranges: list[tuple[int, int, int]], values: int = 65536) -> bytes:
+    """Words for values 0..values-1: bit b set where lo <= value <= hi, for each (b, lo, hi).
+    A sweep over the range boundaries: cost in the number of filters, not of values."""
+    starts: dict[int, int] = {}
+    ends: dict[int, int] = {}
+    for bit, lo, hi in ranges:
+        starts[lo] = starts.get(lo, 0) | bit
+        ends[hi + 1] = ends.get(hi + 1, 0) | bit
+    points = sorted({0, values, *starts, *ends})
+    out, mask = [], 0
+    for a, b in zip(points, points[1:]):
+        mask = (mask & ~ends.get(a, 0)) | starts.get(a, 0)
+        out.append(_word(mask) * (b - a))
+    return b"".join(out)
+
+
+def filter_vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
+    """The words of one generation (abi.FV_SLOTS of them, host byte order), the live mask and the
+    payload mask. Word (field, value) has bit i set when filter i's condition on that field holds
+    for that value — exactly filter_matches() of the linear scan this replaces, field by field."""
+    bits = [1 << i for i in range(len(filters))]
+    proto, ttl, flags = [0] * 256, [0] * 256, [0] * 257
+    sport, dport, length = [], [], []
+    no_sport = no_dport = 0
+    for b, f in zip(bits, filters):
+        num = PROTO_NUMBERS[f.proto] if f.proto else 0
+        for v in range(256):
+            if not num or v == num or (num == 1 and v == 58):
+                proto[v] |= b
+            if f.ttl[0] <= v <= f.ttl[1]:
+                ttl[v] |= b
+        mask, value = f.tcp_flags
+        for v in range(256):
+            if not mask or v & mask == value:
+                flags[v] |= b
+        if not mask:
+            flags[abi.FV_NOTCP] |= b
+        for rng, out in ((f.sport, sport), (f.dport, dport)):
+            out.append((b, *rng))
+        if f.sport == (0, 65535):
+            no_sport |= b
+        if f.dport == (0, 65535):
+            no_dport |= b
+        length.append((b, *f.length))
+    pad = abi.FV_SPORT - (abi.FV_FLAGS + len(flags))
+    vec = b"".join([
+        b"".join(map(_word, proto)), b"".join(map(_word, ttl)), b"".join(map(_word, flags)), _word(0) * pad,
+        _range_words(sport), _word(no_sport), _range_words(dport), _word(no_dport),
+        _range_words(length), _word(0),  # a frame longer than 65535 bytes passes no length range
+    ])
+    assert len(vec) == abi.FV_SLOTS * 8
+    live = (1 << len(filters)) - 1
+    payload = sum(b for b, f in zip(bits, filters) if f.payload)
+    return vec, live, payload
+
+
+def filters_compiled(maps, count: int) -> bool:
+    """Does the generation in use hold `count` filters? (False after an upgrade from a version
+    without compiled filters: their maps start empty.)"""
+    sel = maps[abi.MapName.FSEL].get(ctypes.c_uint32(0))
+    head = maps[abi.MapName.FHEAD].get(ctypes.c_uint32(sel.gen & 1 if sel else 0))
+    return head is not None and head.count == count
+
+
+def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
+    """Write the filters into the generation not in use (vectors, definitions, head), then
+    switch the data path to it with one write. Returns the new generation."""
+    if len(filters) > abi.FILTERS_MAX:
+        raise UserError(f"too many filters: {len(filters)}, the table holds {abi.FILTERS_MAX}")
+    sel_m = maps[abi.MapName.FSEL]
+    sel = sel_m.get(ctypes.c_uint32(0)) or abi.FSel()
+    gen = (sel.gen & 1) ^ 1
+    vec, live, payload = filter_vectors(filters)
+    keys = (ctypes.c_uint32 * abi.FV_SLOTS)(*range(gen * abi.FV_SLOTS, (gen + 1) * abi.FV_SLOTS))
+    vals = ctypes.create_string_buffer(vec, len(vec))
+    vm = maps[abi.MapName.FVEC]
+    rc, done = libbpf.map_update_batch(vm.fd, ctypes.addressof(keys), ctypes.addressof(vals), abi.FV_SLOTS)
+    if rc != 0 or done != abi.FV_SLOTS:
+        raise libbpf.BpfError(-rc, f"map update batch on {vm.name.value}: {os.strerror(-rc) if rc else 'short'}")
+    dm = maps[abi.MapName.FDEF]
+    for i, f in enumerate(filters):
+        dm.set(ctypes.c_uint32(gen * abi.FILTERS_MAX + i), f.to_c())
+    maps[abi.MapName.FHEAD].set(ctypes.c_uint32(gen), abi.FHead(live, payload, len(filters), 0))
+    # XXX: a packet that read the old generation before this write finishes on it; the next
+    # compile rewrites that generation, so two changes within one packet's run could tear it.
+    sel_m.set(ctypes.c_uint32(0), abi.FSel(gen, 0))
+    return gen
 
 
 # ---- dynamic bans ----
@@ -435,9 +580,92 @@ def sweep_bans(maps, now_ns: int) -> int:
         for k in gone:
             m.delete(k)
         dead += len(gone)
-    if not any(True for name in (abi.MapName.OPBANS, abi.MapName.BANS) for _ in maps[name].keys()):
-        st = maps[abi.MapName.DPSTATE]
-        cur = st.get(ctypes.c_uint32(0))
-        if cur is not None and cur.flags & abi.DP_HAS_BANS:
-            st.set(ctypes.c_uint32(0), abi.DpState(cur.flags & ~abi.DP_HAS_BANS))
+    no_op = not any(True for _ in maps[abi.MapName.OPBANS].keys())
+    none_left = no_op and not any(True for _ in maps[abi.MapName.BANS].keys())
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0))
+    if cur is not None:
+        flags = (cur.flags | abi.DP_OPBANS_EMPTY) if no_op else (cur.flags & ~abi.DP_OPBANS_EMPTY)
+        if none_left:
+            flags &= ~abi.DP_HAS_BANS
+        if flags != cur.flags:
+            st.set(ctypes.c_uint32(0), abi.DpState(flags))
+        if none_left:
+            _write_bloom(maps, [0] * (abi.BANBLOOM_BITS // 64))  # no ban left: every bit may go
+        if not flags & abi.DP_BAN_BLOOM:
+            enable_ban_bloom(maps)
     return dead
+
+
+# ---- the ban bloom (xg_banbloom_arr): a clear bit lets the data path skip both ban lookups ----
+
+_M64 = (1 << 64) - 1
+
+
+def ban_bloom_bit(key: abi.SrcKey) -> int:
+    """xg_ban_bit() of policy.h: the source's bit in xg_banbloom_arr."""
+    raw = bytes(key.addr)
+    a0, a1 = int.from_bytes(raw[:8], sys.byteorder), int.from_bytes(raw[8:16], sys.byteorder)
+    h = ((a0 * 0x9E3779B97F4A7C15) & _M64) ^ ((a1 * 0xC2B2AE3D27D4EB4F) & _M64) ^ key.family
+    h ^= h >> 29
+    h = (h * 0xBF58476D1CE4E5B9) & _M64
+    h ^= h >> 32
+    return h & (abi.BANBLOOM_BITS - 1)
+
+
+def _write_bloom(maps, words: list[int]) -> None:
+    m = maps[abi.MapName.BANBLOOM]
+    n = len(words)
+    keys = (ctypes.c_uint32 * n)(*range(n))
+    vals = (ctypes.c_uint64 * n)(*words)
+    rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
+    if rc != 0 or done != n:
+        raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}: {os.strerror(-rc) if rc else 'short'}")
+
+
+def _set_bloom_bits(maps, keys) -> None:
+    m = maps[abi.MapName.BANBLOOM]
+    for k in keys:
+        bit = ban_bloom_bit(k)
+        w = ctypes.c_uint32(bit >> 6)
+        cur = m.get(w)
+        val = (cur.value if cur is not None else 0) | (1 << (bit & 63))
+        m.set(w, ctypes.c_uint64(val))
+
+
+def enable_ban_bloom(maps) -> None:
+    """Set the bit of every ban in both ban maps, then let the data path trust clear bits
+    (XG_DP_BAN_BLOOM). Bits the data path sets meanwhile may be overwritten; a source whose bit is
+    lost is judged again by the step that banned it, which bans it (and sets its bit) again."""
+    m = maps[abi.MapName.BANBLOOM]
+    words = [v.value if hasattr(v, "value") else int(v) for v in m.array_values()]
+    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
+        for k in maps[name].keys():
+            bit = ban_bloom_bit(k)
+            words[bit >> 6] |= 1 << (bit & 63)
+    _write_bloom(maps, words)
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    if not cur.flags & abi.DP_BAN_BLOOM:
+        st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_BAN_BLOOM))
+
+
+def note_dynamic_ban(maps, keys) -> None:
+    """After the controller wrote `keys` into xg_ban_lru (the data path's own bans set their bits
+    themselves): their bloom bits, and make the data path look at bans."""
+    _set_bloom_bits(maps, keys)
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    if not cur.flags & abi.DP_HAS_BANS:
+        st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_HAS_BANS))
+
+
+def note_operator_ban(maps, keys) -> None:
+    """After writing `keys` (abi.SrcKey) into xg_opban_hash: their bloom bits, and make the data
+    path look at bans, operator bans included. Every writer of xg_opban_hash must call this."""
+    _set_bloom_bits(maps, keys)
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    flags = (cur.flags | abi.DP_HAS_BANS) & ~abi.DP_OPBANS_EMPTY
+    if flags != cur.flags:
+        st.set(ctypes.c_uint32(0), abi.DpState(flags))

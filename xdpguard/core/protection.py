@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataplane, forwarding, libbpf, migrate, policy, state, tcpstate, vocab
+from . import dataplane, forwarding, levels, libbpf, migrate, policy, state, tcpstate, vocab
 from .abi import (
     ABI_VERSION,
     CFG_ENABLED,
@@ -492,9 +492,11 @@ def parse_protect(addrs: list[str]) -> list[ipaddress.IPv4Address | ipaddress.IP
 
 
 def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
-           defines: dict[str, int] | None = None) -> AttachResult:
+           defines: dict[str, int] | None = None, level: str | None = None) -> AttachResult:
     if mode not in ("auto", "native", "skb"):
         raise UserError(f"invalid mode '{mode}': use auto, native or skb")
+    if level is not None:
+        levels.preset(level)  # refuse a bad level before anything is compiled
     addrs = parse_protect(protect)
     state.require_root()
     iface = state.resolve_iface(ifname)
@@ -505,11 +507,12 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
         if att is not None and not force:
             raise UserError(f"{ifname} has a foreign XDP program attached (id {att.prog_id}, '{att.prog_name}'); "
                             f"use --force to replace it")
-        return attach_locked(iface, addrs, mode, monitor, force, att, defines)
+        return attach_locked(iface, addrs, mode, monitor, force, att, defines, level)
 
 
 def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bool,
-                  att: dataplane.XdpAttachment | None, defines: dict[str, int] | None = None) -> AttachResult:
+                  att: dataplane.XdpAttachment | None, defines: dict[str, int] | None = None,
+                  level: str | None = None) -> AttachResult:
     """Compile, fill and attach a fresh program (the caller holds the interface lock and has
     checked what is attached: nothing, or a foreign program it may replace with `force`)."""
     ifname = iface.name
@@ -529,6 +532,8 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
         policy.write_global_policy(maps, policy.GlobalPolicy(monitor_mask=ALL_REASONS_MASK if monitor else 0))
         for slot, a in enumerate(addrs):
             maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(slot))
+            if level is not None:  # protected before anyone tunes it (levels.py)
+                policy.write_address_policy(maps, a, levels.address_policy(level, policy.AddressPolicy()))
         pin_maps(iface, lp.map_fds)
         libbpf.obj_pin(lp.prog_fd, str(iface.pin_dir / PROG_PIN))
         libbpf.obj_pin(lp.egress_fd, str(iface.pin_dir / tcpstate.EGRESS_PIN))
@@ -553,6 +558,7 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
             "protected": [str(a) for a in addrs],
             "monitor": monitor,
             "attached_at": time.time(),
+            **({levels.STATE_KEY: {str(a): level for a in addrs}} if level is not None else {}),
         })
     finally:
         lp.close()
@@ -575,6 +581,17 @@ class UpgradeResult:
 def needs_upgrade(iface: state.Iface, defines: dict[str, int] | None = None) -> bool:
     st = state.read_state(iface) or {}
     return st.get("program_sha256") != dataplane.program_sha256(defines)
+
+
+FILTER_VECTORS = frozenset({MapName.FSEL, MapName.FHEAD, MapName.FVEC, MapName.FDEF})
+
+
+def refill_derived(plan: migrate.Plan, maps: dict[MapName, BpfMap]) -> None:
+    """Before the swap: maps the new program derives from others, when they were not shared
+    with the old program — the compiled filter vectors, from the ordered filter list (else the
+    filters would be off until the next filter change). The maps' fds belong to the caller."""
+    if any(s.name in FILTER_VECTORS and s.action != "keep" for s in plan.steps):
+        policy.compile_filters(maps, tuple(policy.read_filter_table(maps)))
 
 
 def _abi_version(config_fd: int) -> int:
@@ -636,6 +653,7 @@ def _upgrade_locked(iface: state.Iface, att: dataplane.XdpAttachment, old: dict[
         if lost:
             raise UserError(f"{ifname}: the new program did not reuse maps {lost}; nothing was changed")
         migrate.copy(plan, old, lp.map_fds)
+        refill_derived(plan, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
         try:
             dataplane.replace(iface.index, lp.prog_fd, att)
         except libbpf.BpfError as exc:
@@ -862,10 +880,17 @@ class SweepResult:
 def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
     """Remove expired list entries and bans on one interface (or every protected one of this
     network namespace), under each interface's lock. Keeps `block list` sizes and the data
-    path's has-bans flag honest between list commands."""
+    path's has-bans flag honest between list commands. Without an interface, one whose program
+    is gone or foreign is skipped quietly: the daemon's drift check reports that, once."""
     state.require_root()
     out = []
     for name in [ifname] if ifname else state.protected_ifaces():
+        if ifname is None:
+            try:
+                if not dataplane.is_ours(dataplane.query(state.resolve_iface(name).index)):
+                    continue
+            except UserError:
+                continue
         with locked_guard(name) as g:
             entries = g.sweep_expired("block") + g.sweep_expired("allow")
             if entries:

@@ -20,7 +20,7 @@ import socket
 import struct
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, dataplane, events, forward, policy, protection, state, store, vocab
+from . import abi, config, dataplane, events, forward, levels, policy, protection, state, store, vocab
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
 from .prefixes import Prefix
@@ -63,13 +63,15 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     runs = g.open_ports()
     plims = policy.read_port_limits(g.maps)
     addrs = []
+    lv = st.get(levels.STATE_KEY, {})
     for a in g.protected_addrs():
         pol = policy.read_address_policy(g.maps, a)
         opened = [(proto, lo, hi) for (addr, proto), rs in runs.items() if addr == str(a)
                   for lo, hi, flags in rs if flags & abi.PORT_BY_OPERATOR]
         pl = [(proto, port, port, lim) for (addr, proto, port), lim in plims.items() if addr == str(a)]
         addrs.append(AddressSpec(a, frozenset(pol.blocked), pol.limits.effective(), pol.syn,
-                                 config.norm_port_runs(opened), config.norm_port_limits(pl)))
+                                 config.norm_port_runs(opened), config.norm_port_limits(pl),
+                                 lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None))
     glob = policy.read_global_policy(g.maps)
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
@@ -206,6 +208,11 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
             _remove_address(g, a)
     if old.events != new.events or {str(a) for a in old.protected} != {str(a) for a in new.protected}:
         _write_events(g, new.events)
+    if [a.level for a in old.addresses] != [a.level for a in new.addresses] or \
+            {str(a) for a in old.protected} != {str(a) for a in new.protected}:
+        st = state.read_state(g.iface) or {}
+        st[levels.STATE_KEY] = {str(a.address): a.level for a in new.addresses if a.level is not None}
+        state.write_state(g.iface, st)
     if old.mode != new.mode:
         st = state.read_state(g.iface) or {}
         st["requested_mode"] = new.mode
@@ -417,18 +424,28 @@ def forget(name: str) -> None:
     store.update_interface(name, lambda old: None)
 
 
+def _level_spec(a, level: str | None) -> AddressSpec:
+    if level is None:
+        return AddressSpec(a)
+    lp = levels.address_policy(level, policy.AddressPolicy())
+    return AddressSpec(a, frozenset(), lp.limits.effective(), lp.syn, level=level)
+
+
 def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
-           defines: dict[str, int] | None = None) -> protection.AttachResult:
+           defines: dict[str, int] | None = None, level: str | None = levels.DEFAULT_LEVEL) -> protection.AttachResult:
     """`xdpguard attach`: attach, then bring back what the store holds for this interface (its
-    lists, policies, forwards and thresholds, for the addresses still protected)."""
+    lists, policies, forwards and thresholds, for the addresses still protected); an address the
+    store knows nothing of gets `level` (normal: protected before anyone tunes it)."""
     extra = {} if defines is None else {"defines": defines}
+    if level is not None:
+        extra["level"] = level  # every address gets it; the stored ones get their stored policy back below
     res = protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
     stored = store.stored_interface(ifname)
     if stored is not None:
         now_protected = [ipaddress.ip_address(a) for a in res.protected]
         keep = set(now_protected)
         spec = replace(stored, mode=mode,
-                       addresses=tuple(stored.address(a) or AddressSpec(a) for a in now_protected),
+                       addresses=tuple(stored.address(a) or _level_spec(a, level) for a in now_protected),
                        forwards=tuple(f for f in stored.forwards if f.rule.protected in keep),
                        global_=replace(stored.global_, monitor_mask=config.ALL_DROP_MASK if monitor else
                                        stored.global_.monitor_mask))

@@ -1,9 +1,14 @@
 """Packet samples from the data path (bpf/include/sample.h): switch, counters, ring reader.
 
 The XDP program writes 1 in N non-bypass verdicts per CPU (N = `sample_every`, 0 = off) into
-the `xg_samples` ring buffer. A ring buffer has one consumer position, so readers take turns:
-`SampleReader.window()` holds a per-interface flock while it drains, and drops records older
-than the window's start (whatever piled up while nobody was reading).
+the `xg_samples` ring buffer. A ring buffer has one consumer position: while `xdpguard run` is
+up it is the only reader and fans the samples out to `top`, `stats` and `capture` (fanout.py).
+Without it, readers take turns: `SampleReader.window()` holds a per-interface flock while it
+drains, and drops records older than the window's start (whatever piled up while nobody was
+reading).
+
+A sample source (SampleReader here, fanout's streams) offers drain / discard_old / exclusive /
+window / close, `missed` (samples it lost) and `takes_turns` (True: hold it only for a window).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ def _ring_lib() -> ctypes.CDLL:
         so.ring_buffer__consume.restype = ctypes.c_int
         so.ring_buffer__free.argtypes = [ctypes.c_void_p]
         so.ring_buffer__free.restype = None
+        so.ring_buffer__epoll_fd.argtypes = [ctypes.c_void_p]
+        so.ring_buffer__epoll_fd.restype = ctypes.c_int
         so._xg_ring_ready = True
     return so
 
@@ -118,12 +125,27 @@ def _lock_path(iface: state.Iface | None):
     return state.run_root() / "locks" / f"{name}.samples.lock"
 
 
-class SampleReader:
-    """Drains xg_samples of one program (by the ring map's fd; not owned)."""
+def lock_path(iface: state.Iface | None):
+    """The flock that makes a reader the ring's only consumer (for a window, or the daemon's life)."""
+    return _lock_path(iface)
 
-    def __init__(self, ring_fd: int, iface: state.Iface | None = None):
+
+SAMPLE_SIZE = ctypes.sizeof(Sample)
+
+
+class SampleReader:
+    """Drains xg_samples of one program (by the ring map's fd; not owned). raw=True: drain()
+    returns the records' bytes (SAMPLE_SIZE each) undecoded, for the daemon's fan-out."""
+
+    takes_turns = True  # readers of the ring itself take turns (exclusive)
+    missed = 0
+    via = "ring"
+    ended = False
+
+    def __init__(self, ring_fd: int, iface: state.Iface | None = None, raw: bool = False):
         self.iface = iface
-        self._got: list[PacketSample] = []
+        self.raw = raw
+        self._got: list = []
         self._min_ts = 0
         self._cb = _SAMPLE_FN(self._on_sample)  # keep a reference: libbpf calls it
         so = _ring_lib()
@@ -145,13 +167,17 @@ class SampleReader:
         self.close()
 
     def _on_sample(self, _ctx, data, size) -> int:
-        if size >= ctypes.sizeof(Sample):
+        if size >= SAMPLE_SIZE:
             s = Sample.from_address(data)
             if s.ts_ns >= self._min_ts:
-                self._got.append(PacketSample.from_record(s))
+                self._got.append(ctypes.string_at(data, SAMPLE_SIZE) if self.raw else PacketSample.from_record(s))
         return 0
 
-    def drain(self, timeout_ms: int = 0) -> list[PacketSample]:
+    def epoll_fd(self) -> int:
+        """An fd that polls readable when the ring has records (libbpf's epoll instance)."""
+        return _ring_lib().ring_buffer__epoll_fd(self._rb)
+
+    def drain(self, timeout_ms: int = 0) -> list:
         """What is in the ring now (waiting up to timeout_ms for the first record)."""
         so = _ring_lib()
         if timeout_ms > 0:

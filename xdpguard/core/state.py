@@ -81,8 +81,8 @@ def forget_netns(key: str) -> list[Path]:
     """Remove everything xdpguard keeps for the namespace `key` (net-<ino>): state, desired state,
     pins, locks. For a namespace that is going away (the lab deletes its namespaces with it).
     Returns the directories that existed."""
-    gone = [d for d in (state_root() / key, bpffs_root() / key) if d.exists()]
-    for d in gone:
+    gone = [d for d in (state_root() / key, bpffs_root() / key, run_root() / "samples" / key) if d.exists()]
+    for d in gone:  # (samples/: the fan-out socket and serve.lock of a daemon that was killed)
         shutil.rmtree(d, ignore_errors=True)
     for lock in (run_root() / "locks").glob(f"{key}.*"):
         try:

@@ -14,7 +14,7 @@ from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from . import protection, sampling, state
+from . import fanout, protection, sampling, state
 from .abi import Kind, MapName, Reason, stats_slot
 from .errors import UserError
 
@@ -117,6 +117,8 @@ class Snapshot:
     attacked: list[str]  # protected addresses under attack
     events: list[AttackRow] = field(default_factory=list)
     dst_shares: dict[str, float] = field(default_factory=dict)  # protected address → share of samples
+    samples_missed: int = 0  # cumulative: samples the daemon's fan-out or our buffer dropped for us
+    sample_source: str = "ring"  # ring (read ourselves) | daemon (fanned out by `xdpguard run`)
     to_dict = _as_dict
 
 
@@ -245,7 +247,8 @@ class Collector:
     """Reads one interface repeatedly; keeps the previous read and the rate history."""
 
     def __init__(self, ifname: str | None, sample_every: int | None = None, history_len: int = HISTORY_LEN,
-                 attack_source: Callable[[Snapshot], tuple[bool, float | None, list[str], list[AttackRow]]] | None = None):
+                 attack_source: Callable[[Snapshot], tuple[bool, float | None, list[str], list[AttackRow]]] | None = None,
+                 source=None):
         self.guard = protection.open_guard(ifname)
         self.ifname = self.guard.iface.name
         self.history: dict[str, list[float]] = {s: [] for s in SERIES}
@@ -255,7 +258,8 @@ class Collector:
             sampling.set_sample_every(self.guard.maps, sample_every)
         elif sampling.get_sample_every(self.guard.maps) == 0:
             sampling.set_sample_every(self.guard.maps, sampling.DEFAULT_SAMPLE_EVERY)
-        self.reader = sampling.SampleReader(self.guard.maps[MapName.SAMPLES].fd, self.guard.iface)
+        # the samples: given (the daemon's own subscription), else the daemon's fan-out, else the ring
+        self.reader = source if source is not None else fanout.open_source(self.guard)
         self._prev: tuple[float, Counts, dict[str, tuple[int, int]]] | None = None
         self._st = state.read_state(self.guard.iface) or {}
 
@@ -284,8 +288,19 @@ class Collector:
         if self._prev is None:
             self.prime()
         start = time.monotonic()
+        if self.reader.ended:  # the daemon went away: read the ring ourselves (or from the next one)
+            self.reader.close()
+            self.reader = fanout.open_source(self.guard)
+        elif self.reader.takes_turns and fanout.socket_path().exists():  # a daemon came up: it owns the ring now
+            stream = fanout.connect(self.ifname)
+            if stream is not None:
+                self.reader.close()
+                self.reader = stream
         window = interval_s if sample_window_s is None else min(sample_window_s, interval_s)
-        samples = self.reader.window(window, wait_s=min(1.0, interval_s / 4)) if window > 0 else []
+        if not self.reader.takes_turns:  # a fan-out sees every sample: no need to leave the ring to others
+            samples = self.reader.window(interval_s, stop=stop)
+        else:
+            samples = self.reader.window(window, wait_s=min(1.0, interval_s / 4)) if window > 0 else []
         while True:
             left = start + interval_s - time.monotonic()
             if left <= 0 or (stop is not None and stop()):
@@ -325,7 +340,7 @@ class Collector:
             ports=top_talkers(ours, protected_rate, port_key),
             sample_every=sampling.get_sample_every(self.guard.maps), samples=len(ours), samples_lost=lost,
             rules=rules, lists=lists, under_attack=False, attack_since=None, attacked=[], events=[],
-            dst_shares=_dst_shares(ours),
+            dst_shares=_dst_shares(ours), samples_missed=self.reader.missed, sample_source=self.reader.via,
         )
         if self.attack_source is not None:
             active, since, attacked, events = self.attack_source(snap)

@@ -134,6 +134,8 @@ def footer(s: Snapshot) -> Text:
     samp = f"~ sampled 1/{s.sample_every} ({s.samples})" if s.sample_every else "sampling off"
     if s.samples_lost:
         samp += f", {fmt_rate(s.samples_lost)} lost"
+    if s.samples_missed:  # dropped for us by the daemon's fan-out (we read too slowly)
+        samp += f", {fmt_rate(s.samples_missed)} missed"
     return Text(f"{lists} · {samp} · q quits", style="dim", no_wrap=True, overflow="ellipsis")
 
 

@@ -18,8 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .. import dataplane, protection, sampling, stats
-from ..abi import MapName
+from .. import dataplane, fanout, protection, sampling, stats
 from ..config import BgpSpec
 from ..errors import UserError
 from .bgp import Escalation
@@ -151,14 +150,14 @@ class _IfaceMeter:
         self.guard = protection.open_guard(name)
         if sampling.get_sample_every(self.guard.maps) == 0:
             sampling.set_sample_every(self.guard.maps, sampling.DEFAULT_SAMPLE_EVERY)
-        self.reader = sampling.SampleReader(self.guard.maps[MapName.SAMPLES].fd, self.guard.iface)
+        self.reader = fanout.open_source(self.guard)  # `xdpguard run`'s fan-out when it owns the ring
         self.prev = (time.monotonic(), stats.read_counts(self.guard))
         self.shares: dict[str, float] = {}
 
     def current(self) -> bool:
         """Still the attached program's maps (an upgrade swaps them)."""
         att = dataplane.query(self.guard.iface.index)
-        return att is not None and att.prog_id == self.guard.att.prog_id
+        return att is not None and att.prog_id == self.guard.att.prog_id and not self.reader.ended
 
     def close(self) -> None:
         self.reader.close()

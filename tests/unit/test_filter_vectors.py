@@ -1,0 +1,83 @@
+"""The compiled filter vectors (policy.filter_vectors) against the linear scan they replace.
+
+For random filter lists and random packet headers, the filters whose bits survive the AND of
+the six field words must be exactly those whose header conditions hold in the reference model
+(model._filter_matches with the payload condition left out). The kernel side of the same
+vectors is covered by tests/bpf/test_differential.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xdpguard.core import abi, policy
+from xdpguard.core.model import Headers, _filter_matches
+from xdpguard.core.policy import Filter
+
+PORTS = st.sampled_from([0, 1, 53, 80, 443, 1000, 65534, 65535]) | st.integers(0, 65535)
+U8 = st.integers(0, 255)
+
+
+def ranges(top: int, pool):
+    return st.just((0, top)) | st.tuples(pool, pool).map(sorted).map(tuple)
+
+
+@st.composite
+def filters(draw) -> Filter:
+    mask = draw(st.sampled_from([0, 0, 0x02, 0x12, 0xFF]) | U8)
+    return Filter(proto=draw(st.sampled_from([None, "tcp", "udp", "icmp"])), sport=draw(ranges(65535, PORTS)),
+                  dport=draw(ranges(65535, PORTS)), length=draw(ranges(65535, st.integers(0, 2000) | PORTS)),
+                  ttl=draw(ranges(255, U8)), tcp_flags=(mask, draw(U8) & mask))
+
+
+@st.composite
+def headers(draw) -> tuple[Headers, int]:
+    proto = draw(st.sampled_from([6, 17, 1, 58, 47, 0]) | U8)
+    has_l4 = draw(st.booleans())
+    ports = has_l4 and proto in (6, 17)
+    h = Headers(proto, draw(U8), False, has_l4, sport=draw(PORTS) if ports else 0, dport=draw(PORTS) if ports else 0,
+                tcp_flags=draw(U8) if has_l4 and proto == 6 else 0)
+    return h, draw(st.integers(14, 2000) | st.integers(0, 65535))
+
+
+def word(vec: bytes, at: int) -> int:
+    return int.from_bytes(vec[at * 8:at * 8 + 8], sys.byteorder)
+
+
+def survivors(vec: bytes, live: int, h: Headers, n: int) -> int:
+    """step_feature()'s AND of the field words."""
+    ports = h.has_l4 and h.l4proto in (6, 17)
+    tcp = h.has_l4 and h.l4proto == 6
+    m = live & word(vec, abi.FV_PROTO + h.l4proto)
+    m &= word(vec, abi.FV_DPORT + (h.dport if ports else abi.FV_NOPORT))
+    m &= word(vec, abi.FV_SPORT + (h.sport if ports else abi.FV_NOPORT))
+    m &= word(vec, abi.FV_LEN + (abi.FV_NOPORT if n > 65535 else n))
+    m &= word(vec, abi.FV_TTL + h.ttl)
+    m &= word(vec, abi.FV_FLAGS + (h.tcp_flags if tcp else abi.FV_NOTCP))
+    return m
+
+
+@settings(max_examples=300, deadline=None)
+@given(fl=st.lists(filters(), max_size=abi.FILTERS_MAX), pkts=st.lists(headers(), min_size=1, max_size=8))
+def test_vectors_select_what_the_linear_scan_matches(fl, pkts):
+    fl = tuple(fl)
+    vec, live, payload = policy.filter_vectors(fl)
+    assert len(vec) == abi.FV_SLOTS * 8 and payload == 0 and live == (1 << len(fl)) - 1
+    for h, n in pkts:
+        frame = bytes(n)
+        want = sum(1 << i for i, f in enumerate(fl) if _filter_matches(f, frame, h, 14))
+        assert survivors(vec, live, h, n) == want
+
+
+def test_payload_filters_are_marked_and_survive_on_their_header_fields():
+    fl = (Filter(proto="udp", payload=b"\xab"), Filter(dport=(53, 53)), Filter(payload=b"\x01", payload_off=3))
+    vec, live, payload = policy.filter_vectors(fl)
+    assert payload == 0b101 and live == 0b111
+    h = Headers(17, 64, False, True, sport=1, dport=53)
+    assert survivors(vec, live, h, 100) == 0b111
+    stripped = [replace(f, payload=b"", payload_mask=b"") for f in fl]
+    assert all(_filter_matches(f, bytes(100), h, 14) for f in stripped)

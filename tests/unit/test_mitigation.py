@@ -1,0 +1,332 @@
+"""Fingerprint derivation (mitigation.derive): flood samples + peacetime samples → a filter,
+and the refusals that keep a mitigation from hurting real traffic."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+
+from xdpguard.core import config, forwarding, levels, mitigation, nat, policy
+from xdpguard.core.errors import UserError
+
+DST = "198.18.0.1"
+
+
+@dataclass(frozen=True)
+class FakeSample:  # the fields of sampling.PacketSample that mitigation reads
+    data: bytes
+    pkt_len: int
+    family: int
+    dst: str
+    reason: str = "clean"
+    kind: str = "pass"
+    sample_every: int = 64
+
+
+def sample(pkt, reason="clean", kind="pass") -> mitigation.Features:
+    raw = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / pkt) if not isinstance(pkt, Ether) else bytes(pkt)
+    fam = 6 if IPv6 in pkt else 4
+    dst = pkt[IPv6].dst if fam == 6 else pkt[IP].dst
+    f = mitigation.features_of(FakeSample(raw[:128], len(raw), fam, dst, reason, kind))
+    assert f is not None
+    return f
+
+
+def rsrc(rng: random.Random) -> str:
+    return f"198.18.{rng.randrange(128, 256)}.{rng.randrange(1, 255)}"
+
+
+def udp_flood(n, rng, size=64, payload=b"X", ttl=64, dport=7, sport=None):
+    return [sample(IP(src=rsrc(rng), dst=DST, ttl=ttl, id=rng.randrange(65536))
+                   / UDP(sport=sport or rng.randrange(1024, 65535), dport=dport) / (payload * size)[:size])
+            for _ in range(n)]
+
+
+def udp_clients(n, rng, dport=7):
+    """Real clients: random payloads and lengths, a few TTLs."""
+    return [sample(IP(src=f"198.18.3.{rng.randrange(2, 250)}", dst=DST, ttl=rng.choice([63, 64, 127]), id=rng.randrange(65536))
+                   / UDP(sport=rng.randrange(32768, 61000), dport=dport) / rng.randbytes(rng.randrange(5, 400)))
+            for _ in range(n)]
+
+
+def tcp_clients(n, rng):
+    out = []
+    for _ in range(n):
+        flags = rng.choice(["S", "A", "PA", "FA"])
+        out.append(sample(IP(src=f"198.18.3.{rng.randrange(2, 250)}", dst=DST, ttl=64, id=rng.randrange(65536))
+                          / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=flags, seq=rng.randrange(1 << 32))
+                          / (rng.randbytes(rng.randrange(0, 300)) if "P" in flags else b"")))
+    return out
+
+
+SVC_UDP = (DST, "udp", 7)
+SVC_TCP = (DST, "tcp", 80)
+
+
+def test_features_of_parses_vlan_ipv4_udp():
+    f = sample(Ether() / Dot1Q(vlan=5) / IP(src="198.18.0.9", dst=DST, ttl=33, id=4242) / UDP(sport=5, dport=7) / b"ab")
+    assert (f.proto, f.sport, f.dport, f.ttl, f.ipid) == ("udp", 5, 7, 33, 4242)
+    assert f.l3_off == 18 and f.l4_off == 38 and f.payload_off == 46 and f.length == 48
+    assert f.service == (DST, "udp", 7)
+
+
+def test_hping3_like_udp_flood_gives_length_and_payload():
+    rng = random.Random(1)
+    d = mitigation.derive(udp_flood(80, rng, size=120), udp_clients(300, rng), SVC_UDP, 0.01)
+    assert d.filter is not None, d.refused
+    f = d.filter
+    assert f.action == "mitigate" and f.proto == "udp" and f.dport == (7, 7)
+    assert f.length == (14 + 20 + 8 + 120,) * 2
+    assert f.payload == b"X" * 16 and f.payload_base == "payload" and f.payload_off == 0
+    assert f.ttl == (64, 64)
+    assert f.sport == (0, 65535)  # random source ports are no part of it
+    assert d.coverage == 1.0 and d.baseline_share <= 0.01
+
+
+def test_fingerprint_matches_flood_not_clients_on_fresh_samples():
+    rng = random.Random(2)
+    d = mitigation.derive(udp_flood(60, rng, size=200, payload=b"\x00"), udp_clients(300, rng), SVC_UDP, 0.01)
+    assert d.filter is not None, d.refused
+    assert mitigation.share_matching(d.filter, udp_flood(500, rng, size=200, payload=b"\x00")) == 1.0
+    assert mitigation.share_matching(d.filter, udp_clients(2000, rng)) <= 0.01
+
+
+def test_flood_mixed_with_real_traffic_takes_the_flood_cluster():
+    rng = random.Random(3)
+    attack = udp_flood(70, rng, size=32, payload=b"Q") + udp_clients(30, rng)
+    d = mitigation.derive(attack, udp_clients(300, rng), SVC_UDP, 0.01)
+    assert d.filter is not None, d.refused
+    assert 0.6 <= d.coverage <= 0.75
+    assert d.filter.length == (74, 74)
+
+
+def test_varied_lengths_give_a_range_when_narrow():
+    rng = random.Random(4)
+    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=200) / UDP(sport=rng.randrange(1024, 65535), dport=7)
+                     / rng.randbytes(rng.randrange(500, 600))) for _ in range(100)]
+    d = mitigation.derive(attack, udp_clients(300, rng), SVC_UDP, 0.01)
+    assert d.filter is not None, d.refused
+    lo, hi = d.filter.length
+    assert 542 <= lo < 560 and 630 < hi <= 642
+    assert d.filter.ttl == (200, 200)
+
+
+def test_ack_flood_gives_flags_and_ttl():
+    rng = random.Random(5)
+    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=255, id=rng.randrange(65536))
+                     / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="A", seq=rng.randrange(1 << 32)))
+              for _ in range(50)]
+    d = mitigation.derive(attack, tcp_clients(300, rng), SVC_TCP, 0.01)
+    assert d.filter is not None, d.refused
+    assert d.filter.tcp_flags == (0xFF, 0x10) and d.filter.ttl == (255, 255)
+
+
+def test_constant_ip_id_when_nothing_else_is_left():
+    rng = random.Random(6)
+    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(30, 250), id=31337)
+                     / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(rng.randrange(10, 1400)))
+              for _ in range(60)]
+    d = mitigation.derive(attack, udp_clients(300, rng), SVC_UDP, 0.01)
+    assert d.filter is not None, d.refused
+    assert (d.filter.payload_base, d.filter.payload_off, d.filter.payload) == ("l3", 4, b"\x7a\x69")
+
+
+def test_fingerprint_matching_the_baseline_is_refused():
+    """A flood that looks like the real clients (same length, payload, TTL) must not be filtered."""
+    rng = random.Random(7)
+    look_alike = udp_flood(300, rng, size=48, payload=b"PING")  # the service's usual request
+    d = mitigation.derive(udp_flood(80, rng, size=48, payload=b"PING"), look_alike, SVC_UDP, 0.01)
+    assert d.filter is None
+    assert "peacetime" in d.refused and d.baseline_share > 0.9
+
+
+def test_refused_above_the_configured_share_and_accepted_below():
+    rng = random.Random(8)
+    flood = udp_flood(80, rng, size=100, payload=b"Z")
+    base = udp_clients(294, rng) + udp_flood(6, rng, size=100, payload=b"Z")  # 2% of peacetime looked like it
+    assert mitigation.derive(flood, base, SVC_UDP, 0.01).filter is None
+    d = mitigation.derive(flood, base, SVC_UDP, 0.05)
+    assert d.filter is not None and 0.015 < d.baseline_share < 0.025
+
+
+def test_flood_sharing_nothing_is_refused():
+    rng = random.Random(9)
+    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
+                     / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(rng.randrange(0, 1400)))
+              for _ in range(100)]
+    d = mitigation.derive(attack, udp_clients(300, rng), SVC_UDP, 0.01)
+    assert d.filter is None and "nothing" in d.refused
+
+
+def test_too_few_samples_and_no_baseline():
+    rng = random.Random(10)
+    assert "flood samples" in mitigation.derive(udp_flood(3, rng), [], SVC_UDP, 0.01).refused
+    # no baseline at all: one condition is not enough
+    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
+                     / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(400)) for _ in range(50)]
+    d = mitigation.derive(attack, [], SVC_UDP, 0.01)
+    assert d.filter is None and "baseline" in d.refused
+    # two conditions (length and payload) without a baseline are specific enough
+    assert mitigation.derive(udp_flood(50, rng), [], SVC_UDP, 0.01).filter is not None
+
+
+def test_service_baseline_too_small_uses_the_interface_baseline():
+    rng = random.Random(11)
+    flood = udp_flood(80, rng, size=48, payload=b"PING")
+    iface_wide = udp_flood(100, rng, size=48, payload=b"PING", dport=7)  # the interface sees this in peacetime
+    d = mitigation.derive(flood, udp_clients(5, rng), SVC_UDP, 0.01, wider_baseline=iface_wide)
+    assert d.filter is None and "peacetime" in d.refused
+
+
+def test_ipv6_flood():
+    rng = random.Random(12)
+    attack = [sample(IPv6(src=f"2001:db8:bad::{rng.randrange(1, 9999):x}", dst="2001:db8::1", hlim=64)
+                     / UDP(sport=rng.randrange(1024, 65535), dport=53) / (b"\x12\x34" * 20)) for _ in range(40)]
+    d = mitigation.derive(attack, [], ("2001:db8::1", "udp", 53), 0.01)
+    assert d.filter is not None and d.filter.length == (14 + 40 + 8 + 40,) * 2
+
+
+def test_filter_json_round_trip_and_kernel_form():
+    rng = random.Random(13)
+    f = mitigation.derive(udp_flood(50, rng, size=20, payload=b"ab"), [], SVC_UDP, 0.01).filter
+    assert mitigation.filter_from_json(mitigation.filter_to_json(f)) == f
+    assert policy.Filter.from_c(f.to_c()) == config.norm_filter(f)
+    assert "mitigate" not in mitigation.describe_filter(f)
+
+
+def test_operators_cannot_use_the_mitigate_action():
+    with pytest.raises(UserError, match="invalid filter action"):
+        config.build_filter(action="mitigate", proto="udp")
+    with pytest.raises(config.ConfigError, match="invalid filter action"):
+        config.loads('[[interface]]\nname = "x0"\nprotect = ["198.18.0.1"]\n[[interface.filter]]\naction = "mitigate"\n')
+
+
+def test_settings_validation():
+    with pytest.raises(UserError):
+        mitigation.Settings(max_share=0)
+    with pytest.raises(UserError):
+        mitigation.Settings(min_pps=0)
+
+
+def test_daemon_keys_round_trip_and_errors():
+    d, _ = config.loads("[daemon]\nmitigation = false\nmitigation_pps = \"20k\"\nmitigation_max_share = 0.005\n"
+                        "mitigation_hold = 3\n")
+    assert (d.daemon.mitigation, d.daemon.mitigation_pps, d.daemon.mitigation_max_share, d.daemon.mitigation_hold_s) \
+        == (False, 20000.0, 0.005, 3.0)
+    assert config.loads(config.to_toml(d))[0] == d
+    with pytest.raises(config.ConfigError) as e:
+        config.loads("[daemon]\nmitigation_max_share = 2\nmitigation_pps = 0\n", "x.toml")
+    assert any(p.startswith("x.toml:2: daemon.mitigation_max_share:") for p in e.value.problems)
+    assert any(p.startswith("x.toml:3: daemon.mitigation_pps:") for p in e.value.problems)
+
+
+def test_level_presets_are_ordered_and_valid():
+    lo, no, st = (levels.preset(n) for n in levels.LEVELS)
+    assert not lo.mitigation and no.mitigation and st.mitigation
+    assert lo.syn.threshold_pps > no.syn.threshold_pps > st.syn.threshold_pps
+    assert no.limits.src_pps > st.limits.src_pps and no.udp_port.src_pps > st.udp_port.src_pps
+    with pytest.raises(UserError, match="unknown level"):
+        levels.preset("paranoid")
+    assert levels.mitigation_on({"levels": {"198.18.0.1": "loose"}}, "198.18.0.1") is False
+    assert levels.mitigation_on({"levels": {"198.18.0.1": "strict"}}, "198.18.0.1") is True
+    assert levels.mitigation_on({}, "198.18.0.1") is True
+
+
+LEVEL_CFG = """
+[[interface]]
+name = "xg0"
+protect = ["198.18.0.1", "198.18.0.2"]
+[[interface.address]]
+address = "198.18.0.1"
+level = "strict"
+{extra}
+[[interface.forward]]
+proto = "udp"
+ports = "7"
+protected = "198.18.0.1"
+to = ["198.18.1.2:7"]
+[[interface.forward]]
+proto = "tcp"
+ports = "80"
+protected = "198.18.0.1"
+to = ["198.18.1.2:80"]
+"""
+
+
+def test_config_level_fills_what_the_table_does_not_give():
+    d, _ = config.loads(LEVEL_CFG.format(extra=""))
+    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    p = levels.preset("strict")
+    assert a.level == "strict" and a.limits == p.limits.effective() and a.syn.threshold_pps == p.syn.threshold_pps
+    assert a.port_limits == (("udp", 7, 7, p.udp_port.effective()),)  # the forwarded UDP port, not tcp/80
+    assert d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.2")).level is None
+    assert config.loads(config.to_toml(d))[0] == d
+
+
+def test_config_explicit_tables_override_the_level_as_a_whole():
+    d, _ = config.loads(LEVEL_CFG.format(extra='limits = { src_pps = 123 }\nport_limit = []\n'))
+    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    assert a.limits == policy.Limits(src_pps=123).effective() and a.port_limits == ()
+    assert a.syn.threshold_pps == levels.preset("strict").syn.threshold_pps
+    assert config.loads(config.to_toml(d))[0] == d
+    empty, _ = config.loads(LEVEL_CFG.format(extra="limits = {}\n"))
+    assert empty.interfaces[0].addresses[0].limits == policy.Limits()
+    assert config.loads(config.to_toml(empty))[0] == empty
+    diff = config.diff(empty, d)
+    assert any(c.path.endswith("limits") for c in diff)
+
+
+def test_config_bad_level():
+    with pytest.raises(config.ConfigError) as e:
+        config.loads(LEVEL_CFG.format(extra='level = "paranoid"').replace('level = "strict"\n', ""), "c.toml")
+    assert any(p.startswith("c.toml:7: interface[0].address[0].level: must be one of loose, normal, strict")
+               for p in e.value.problems), e.value.problems
+
+
+# ---- connection limits in nft (nat.connlimit_batch) ----
+
+
+def _rules():
+    return [forwarding.make_rule("tcp", config.ipaddress.ip_address("198.18.0.1"), "80", "198.18.1.2:80"),
+            forwarding.make_rule("udp", config.ipaddress.ip_address("2001:db8::1"), "7", "[2001:db8:2::2]:7")]
+
+
+def test_connlimit_batch_shape():
+    tcp, udp = _rules()
+    batch = nat.build_ruleset([tcp, udp], connlimits={
+        forwarding.rule_key(tcp): nat.ConnLimits(new_per_source=20, concurrent_per_source=100, ban_s=30),  # sets: the longest ban
+        forwarding.rule_key(udp): nat.ConnLimits(conntrack_budget=5000, udp_timeout_s=5, new_total=1000)})
+    items = batch["nftables"]
+    chains = [i["add"]["chain"] for i in items if "add" in i and "chain" in i["add"]]
+    assert {"name": "connlimit", "type": "filter", "hook": "prerouting", "prio": -150} .items() <= \
+        next(c for c in chains if c["name"] == "connlimit").items()
+    sets = {i["add"]["set"]["name"]: i["add"]["set"] for i in items if "add" in i and "set" in i["add"]}
+    assert sets["cl_off4"]["timeout"] == 60 and sets["cl_off6"]["type"] == "ipv6_addr"
+    timeouts = [i["add"]["ct timeout"] for i in items if "add" in i and "ct timeout" in i["add"]]
+    assert timeouts == [{"family": "inet", "table": "xdpguard", "name": f"cl_to_{nat.rule_ident(udp)}",
+                         "protocol": "udp", "l3proto": "ip6", "policy": {"unreplied": 5, "replied": 10}}]
+    rules = [i["add"]["rule"] for i in items if "add" in i and "rule" in i["add"] and
+             i["add"]["rule"]["chain"] == "connlimit"]
+    text = json.dumps(rules)
+    assert text.count('"ct count"') == 2 and text.count('"@cl_off4"') == 2 and '"@cl_off6"' not in text
+    assert all(r["expr"][2] == {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}} for r in rules)
+    # no limits: the table is exactly what it was
+    assert nat.build_ruleset([tcp, udp]) == nat.build_ruleset([tcp, udp], connlimits={
+        forwarding.rule_key(tcp): nat.ConnLimits()})
+
+
+def test_connlimit_values_and_offender_listing():
+    with pytest.raises(ValueError):
+        nat.ConnLimits(new_per_source=-1)
+    with pytest.raises(ValueError):
+        nat.ConnLimits(ban_s=0)
+    listing = {"nftables": [{"metainfo": {}}, {"set": {"name": "cl_off4", "elem": [
+        {"elem": {"val": "198.18.0.10", "timeout": 30, "expires": 27}}, "198.18.0.11"]}}]}
+    assert nat.parse_offenders(listing) == [("198.18.0.10", 27.0), ("198.18.0.11", 0.0)]
+    assert nat.parse_offenders(None) == []

@@ -1,0 +1,721 @@
+"""Automatic mitigation: detect a flood at one protected service, fingerprint it from the
+packet samples, drop it with a temporary filter (reason `mitigation`), adapt, lift.
+
+A *service* is (protected address, protocol, destination port). Every detection round of
+`xdpguard run` hands the engine the interface's exact counters (a stats.Snapshot) and the
+samples of the round (1 in N per CPU and verdict, sampling.py). From them, per service:
+
+- its *unresolved* rate: the exact non-bypass rate of the interface times the service's share
+  of the samples that the data path passed (clean, would-drop), rate-limited (`ratelimit`: the
+  flood spends the real clients' budget) or dropped as `mitigation`. A flood that another step
+  already drops (port, tcpstate, syn, …) needs no filter.
+- a peacetime *baseline*: the passed samples of the service (and of the interface) from rounds
+  without an attack, committed two rounds late so that the ramp of a flood never enters it.
+
+A service whose unresolved rate is at least `min_pps` and `factor` times its peacetime rate is
+under attack. Its fingerprint (`derive`) is what most of the round's flood samples share:
+frame length, TTL, source port, TCP flags, payload bytes at fixed offsets (one 16-byte window
+with a mask) or, without those, the IPv4 ID — each taken only when ≥ 95% of the flood's main
+cluster has it. The filter is refused when it would have matched more than `max_share` of the
+baseline (the service's, or the interface's when the service has too few samples), when it
+names nothing beyond protocol and port, or, with no baseline at all, when it has fewer than two
+conditions. A flood that escapes the installed filters (it changed) gets another filter for
+what now passes (adapt: widen, up to MAX_PER_SERVICE per service); a filter no sample has hit
+for `hold_s` while the attack goes on is removed (adapt: narrow); when the service's rate,
+mitigated drops included, stays below half of `min_pps` for `hold_s`, every filter of the
+service is lifted — unless pinned (`xdpguard mitigations pin`).
+
+Mitigations are dynamic state: kernel filters with action XG_FA_MITIGATE after the operator's
+(policy.write_mitigation_filters; `export` and `apply` never see them) and records in the
+interface's state file under "mitigations" (what `xdpguard mitigations` shows and controls).
+Every step (install, refused, adapt, lift, pin, del) is a line in events.jsonl: a record of
+kind "mitigation", the later line of an id winning as for attack events.
+
+Known limits: xg_filter has no destination-address field, so a mitigation filter matches its
+protocol, port and fingerprint on every protected address of the interface; the baseline check
+therefore also counts the interface's other traffic. Payload bytes are seen only within the
+sample's snap length (128 bytes of the frame).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import uuid
+from collections import Counter as Tally
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from . import config, connlimit, events, levels, policy, protection, state
+from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
+from .errors import UserError
+
+STATE_KEY = "mitigations"
+MAX_PER_SERVICE = 4
+KEEP_LIFTED = 20  # lifted records kept in the state file (all are in events.jsonl)
+HARMFUL_REASONS = frozenset({"clean", "ratelimit", "mitigation"})
+CONSTANT_SHARE = 0.95  # a feature is part of the fingerprint when this share of the cluster has it
+MIN_COVERAGE = 0.5  # a fingerprint must match at least this share of the round's flood samples
+MIN_BASELINE = 20  # fewer baseline samples of a service: compare with the interface's instead
+PAYLOAD_SCAN = 64  # payload offsets looked at for constant bytes
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `[daemon]` (and `run`'s options) tune."""
+
+    enabled: bool = True
+    min_pps: float = 5000.0  # a service's unresolved packets/s that may be an attack
+    factor: float = 4.0  # ... and at least this many times its peacetime rate
+    max_share: float = 0.01  # of the peacetime baseline a fingerprint may match
+    hold_s: float = 5.0  # lifted after this long below half of min_pps
+    suppress_s: float = 300.0  # `mitigations del`: not reinstalled for this long
+    min_samples: int = 8  # flood samples a fingerprint needs
+    baseline_max: int = 4096  # samples kept per service
+
+    def __post_init__(self):
+        if not 0 < self.max_share < 1:
+            raise UserError(f"invalid mitigation max share {self.max_share!r}: must be above 0 and below 1")
+        if not self.min_pps > 0 or not self.factor >= 1:
+            raise UserError("invalid mitigation rate: min_pps must be above 0 and factor at least 1")
+
+
+# ---- what a sample shows ----
+
+
+@dataclass(frozen=True)
+class Features:
+    """The parts of one sampled frame a filter can test (policy.h filter_matches)."""
+
+    family: int
+    dst: str
+    proto: str  # tcp | udp | icmp | icmpv6 | number
+    sport: int | None
+    dport: int | None
+    length: int  # the frame length (not the captured part)
+    ttl: int
+    ipid: int | None  # IPv4 only
+    tcp_flags: int | None
+    frame: bytes  # the captured bytes
+    l3_off: int
+    l4_off: int
+    payload_off: int  # 0: unknown
+    reason: str = "clean"
+    kind: str = "pass"
+    weight: int = 1  # packets this sample stands for
+
+    @property
+    def service(self) -> tuple[str, str, int]:
+        return (self.dst, self.proto, self.dport or 0)
+
+
+def parse_frame(frame: bytes, length: int | None = None) -> dict | None:
+    """Ethernet (+2 VLAN tags) → IPv4/IPv6 → TCP/UDP/ICMP offsets and fields, from captured bytes."""
+    off, eth = 12, None
+    for _ in range(3):
+        if len(frame) < off + 2:
+            return None
+        eth = struct.unpack_from("!H", frame, off)[0]
+        if eth in (0x8100, 0x88A8):
+            off += 4
+            continue
+        break
+    l3 = off + 2
+    if eth == 0x0800:
+        if len(frame) < l3 + 20:
+            return None
+        ihl = (frame[l3] & 0x0F) * 4
+        proto, ttl, ipid = frame[l3 + 9], frame[l3 + 8], struct.unpack_from("!H", frame, l3 + 4)[0]
+        frag = struct.unpack_from("!H", frame, l3 + 6)[0] & 0x1FFF
+        l4 = l3 + ihl if not frag else 0
+        fam = 4
+    elif eth == 0x86DD:
+        if len(frame) < l3 + 40:
+            return None
+        proto, ttl, ipid, l4, fam = frame[l3 + 6], frame[l3 + 7], None, l3 + 40, 6
+    else:
+        return None
+    out = {"family": fam, "l3_off": l3, "l4_off": l4, "ttl": ttl, "ipid": ipid, "proto": proto,
+           "sport": None, "dport": None, "tcp_flags": None, "payload_off": 0,
+           "length": length if length is not None else len(frame)}
+    if l4 and proto == 6 and len(frame) >= l4 + 20:
+        out["sport"], out["dport"] = struct.unpack_from("!HH", frame, l4)
+        out["tcp_flags"] = frame[l4 + 13]
+        out["payload_off"] = l4 + (frame[l4 + 12] >> 4) * 4
+    elif l4 and proto == 17 and len(frame) >= l4 + 8:
+        out["sport"], out["dport"] = struct.unpack_from("!HH", frame, l4)
+        out["payload_off"] = l4 + 8
+    elif l4 and proto in (1, 58) and len(frame) >= l4 + 8:
+        out["payload_off"] = l4 + 8
+    return out
+
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+
+def features_of(sample) -> Features | None:
+    """A sampling.PacketSample (or anything with its fields) → Features; None when it does not parse."""
+    p = parse_frame(sample.data, sample.pkt_len)
+    if p is None or not sample.family:
+        return None
+    return Features(p["family"], sample.dst, PROTO_NAMES.get(p["proto"], str(p["proto"])), p["sport"], p["dport"],
+                    sample.pkt_len, p["ttl"], p["ipid"], p["tcp_flags"], bytes(sample.data), p["l3_off"],
+                    p["l4_off"], p["payload_off"], sample.reason, sample.kind, max(1, sample.sample_every))
+
+
+def matches(f: policy.Filter, x: Features) -> bool:
+    """filter_matches() of policy.h on a sample. Payload bytes past the capture count as a
+    match (a baseline check must not be fooled by what it cannot see)."""
+    if f.proto:
+        if f.proto == "icmp":
+            if x.proto not in ("icmp", "icmpv6"):
+                return False
+        elif f.proto != x.proto:
+            return False
+    if not (f.length[0] <= x.length <= f.length[1] and f.ttl[0] <= x.ttl <= f.ttl[1]):
+        return False
+    ports = x.sport is not None
+    for (lo, hi), v in ((f.sport, x.sport), (f.dport, x.dport)):
+        if lo > 0 or hi < 65535:
+            if not ports or not lo <= v <= hi:
+                return False
+    if f.tcp_flags[0]:
+        if x.tcp_flags is None or x.tcp_flags & f.tcp_flags[0] != f.tcp_flags[1]:
+            return False
+    if f.payload:
+        base = {"l3": x.l3_off, "l4": x.l4_off, "payload": x.payload_off}[f.payload_base]
+        if not base:
+            return False
+        at = base + f.payload_off
+        if at + len(f.payload) > x.length:
+            return False  # the packet ends before: the data path never matches
+        for i, (b, m) in enumerate(zip(f.payload, f.mask_bytes())):
+            if at + i >= len(x.frame):
+                return True  # past the capture: unknown, counted as a match
+            if x.frame[at + i] & m != b & m:
+                return False
+    return True
+
+
+def share_matching(f: policy.Filter, xs: list[Features]) -> float:
+    return sum(1 for x in xs if matches(f, x)) / len(xs) if xs else 0.0
+
+
+# ---- the fingerprint ----
+
+
+@dataclass(frozen=True)
+class Derivation:
+    filter: policy.Filter | None
+    coverage: float  # of the flood samples it matches
+    baseline_share: float  # of the baseline it matches
+    baseline_samples: int
+    conditions: tuple[str, ...]
+    refused: str | None = None  # why no filter
+
+    def describe(self) -> str:
+        return ", ".join(self.conditions) or "nothing shared"
+
+
+def _mode(values: Iterable) -> tuple[object, float]:
+    vals = [v for v in values]
+    if not vals:
+        return None, 0.0
+    v, n = Tally(vals).most_common(1)[0]
+    return v, n / len(vals)
+
+
+def _payload_window(cluster: list[Features]) -> tuple[int, bytes, bytes] | None:
+    """(offset from the payload start, bytes, mask) of the constant bytes of the cluster, at most
+    16 from the first constant one; None when no byte is constant."""
+    if not all(x.payload_off for x in cluster):
+        return None
+    avail = min(min(len(x.frame), x.length) - x.payload_off for x in cluster)
+    const: dict[int, int] = {}
+    for i in range(max(0, min(avail, PAYLOAD_SCAN))):
+        v, share = _mode(x.frame[x.payload_off + i] for x in cluster)
+        if share >= CONSTANT_SHARE:
+            const[i] = v
+    if not const:
+        return None
+    start = min(const)
+    idx = [i for i in range(start, start + PAYLOAD_MATCH_MAX) if i in const]
+    end = max(idx) + 1
+    data = bytes(const.get(i, 0) for i in range(start, end))
+    mask = bytes(0xFF if i in const else 0 for i in range(start, end))
+    return start, data, mask
+
+
+def _fingerprint(cluster: list[Features], proto: str, port: int) -> tuple[dict, list[str]]:
+    """The filter fields (and their descriptions) that ≥ CONSTANT_SHARE of the cluster shares."""
+    kw: dict = {"action": policy.MITIGATE, "proto": proto if proto in policy.PROTO_NUMBERS else None}
+    conds: list[str] = []
+    if port and proto in ("tcp", "udp"):
+        kw["dport"] = (port, port)
+    for name, widest in (("length", 256), ("ttl", 32)):  # a range only when narrow
+        vals = [getattr(x, name) for x in cluster]
+        v, share = _mode(vals)
+        if share >= CONSTANT_SHARE:
+            kw[name] = (v, v)
+            conds.append(f"{name} {v}")
+            continue
+        s = sorted(vals)
+        lo, hi = s[int(len(s) * 0.02)], s[min(len(s) - 1, int(len(s) * 0.98))]
+        inside = sum(1 for x in vals if lo <= x <= hi) / len(vals)
+        if inside >= CONSTANT_SHARE and hi - lo <= widest:
+            kw[name] = (lo, hi)
+            conds.append(f"{name} {lo}-{hi}")
+    if proto in ("tcp", "udp"):
+        v, share = _mode(x.sport for x in cluster)
+        if share >= CONSTANT_SHARE:
+            kw["sport"] = (v, v)
+            conds.append(f"sport {v}")
+    if proto == "tcp":
+        v, share = _mode(x.tcp_flags for x in cluster)
+        if v is not None and share >= CONSTANT_SHARE:
+            kw["tcp_flags"] = (0xFF, v)
+            conds.append("flags " + (policy.format_tcp_flags(0xFF, v) or "none"))
+    win = _payload_window(cluster)
+    if win is not None:
+        off, data, mask = win
+        kw.update(payload=bytes(b & m for b, m in zip(data, mask)), payload_mask=mask, payload_base="payload",
+                  payload_off=off)
+        conds.append(f"payload+{off} {data.hex()}" + ("" if mask == b"\xff" * len(mask) else f"/{mask.hex()}"))
+    elif all(x.ipid is not None for x in cluster):
+        v, share = _mode(x.ipid for x in cluster)
+        if share >= CONSTANT_SHARE:
+            kw.update(payload=struct.pack("!H", v), payload_mask=b"\xff\xff", payload_base="l3", payload_off=4)
+            conds.append(f"ip id {v}")
+    return kw, conds
+
+
+def _clusters(attack: list[Features]) -> list[list[Features]]:
+    """Candidate flood clusters: everything, and the samples sharing the most common value of
+    each feature (or first payload byte) when that value covers ≥ 30% of them."""
+    out = [attack]
+    keys: list[Callable[[Features], object]] = [lambda x, n=n: getattr(x, n)
+                                                for n in ("length", "ttl", "sport", "tcp_flags", "ipid")]
+    keys.append(lambda x: x.frame[x.payload_off] if x.payload_off and x.payload_off < min(len(x.frame), x.length)
+                else None)
+    for key in keys:
+        v, share = _mode(k for k in map(key, attack) if k is not None)
+        n = sum(1 for x in attack if key(x) is not None)
+        if v is not None and share * n >= 0.3 * len(attack):
+            c = [x for x in attack if key(x) == v]
+            if len(c) < len(attack) and all(c is not o and c != o for o in out):
+                out.append(c)
+    return out
+
+
+def derive(attack: list[Features], baseline: list[Features], service: tuple[str, str, int], max_share: float,
+           min_samples: int = 8, wider_baseline: list[Features] | None = None) -> Derivation:
+    """The fingerprint of the flood in `attack` (samples of one service) that matches at most
+    max_share of `baseline` (the service's peacetime samples; `wider_baseline`, the interface's,
+    is used when the service has fewer than MIN_BASELINE, and checked too when it has more).
+    Every candidate cluster gets its fingerprint; the best accepted one (most of the flood, then
+    the most specific) wins; with none accepted, the refusal of the one covering most."""
+    _, proto, port = service
+    base = baseline if len(baseline) >= MIN_BASELINE or wider_baseline is None else wider_baseline
+    if len(attack) < min_samples:
+        return Derivation(None, 0.0, 0.0, len(base), (), f"only {len(attack)} flood samples (need {min_samples})")
+    wide = wider_baseline if wider_baseline and base is not wider_baseline and len(wider_baseline) >= MIN_BASELINE \
+        else None
+    good: list[Derivation] = []
+    bad: list[Derivation] = []
+    for cluster in _clusters(attack):
+        kw, conds = _fingerprint(cluster, proto, port)
+        if not conds:
+            bad.append(Derivation(None, 0.0, 0.0, len(base), (), "the flood shares nothing beyond protocol and port"))
+            continue
+        f = policy.Filter(**kw)
+        cov = share_matching(f, attack)
+        bshare = share_matching(f, base)
+        if wide is not None:  # the filter has no destination address (see the module doc)
+            bshare = max(bshare, share_matching(f, wide))
+        d = Derivation(f, cov, bshare, len(base), tuple(conds))
+        if cov < MIN_COVERAGE:
+            bad.append(replace(d, filter=None, refused=f"matches only {cov:.0%} of the flood"))
+        elif bshare > max_share:
+            bad.append(replace(d, filter=None, refused=f"would match {bshare:.1%} of the peacetime traffic "
+                                                       f"(max {max_share:.1%}, {len(base)} samples)"))
+        elif len(base) < MIN_BASELINE and len(conds) < 2:
+            bad.append(replace(d, filter=None, refused=f"no peacetime baseline ({len(base)} samples) and only one "
+                                                       f"condition ({conds[0]})"))
+        else:
+            good.append(d)
+    if good:
+        return max(good, key=lambda d: (round(d.coverage, 2), len(d.conditions), -d.baseline_share))
+    return max(bad, key=lambda d: (d.coverage, len(d.conditions)))
+
+
+# ---- records (the state file) ----
+
+
+def filter_to_json(f: policy.Filter) -> dict:
+    return {"proto": f.proto, "sport": list(f.sport), "dport": list(f.dport), "length": list(f.length),
+            "ttl": list(f.ttl), "tcp_flags": list(f.tcp_flags), "payload": f.payload.hex(),
+            "mask": f.mask_bytes().hex() if f.payload else "", "base": f.payload_base, "offset": f.payload_off}
+
+
+def filter_from_json(d: dict) -> policy.Filter:
+    return policy.Filter(action=policy.MITIGATE, proto=d.get("proto"), sport=tuple(d["sport"]),
+                         dport=tuple(d["dport"]), length=tuple(d["length"]), ttl=tuple(d["ttl"]),
+                         tcp_flags=tuple(d["tcp_flags"]), payload=bytes.fromhex(d.get("payload", "")),
+                         payload_mask=bytes.fromhex(d.get("mask", "")), payload_base=d.get("base", "payload"),
+                         payload_off=int(d.get("offset", 0)))
+
+
+def describe_filter(f: policy.Filter) -> str:
+    return config.describe(f).removesuffix(" -> mitigate")
+
+
+def read_records(iface: state.Iface) -> dict:
+    st = state.read_state(iface) or {}
+    d = st.get(STATE_KEY) or {}
+    return {"active": list(d.get("active", [])), "lifted": list(d.get("lifted", [])),
+            "suppressed": dict(d.get("suppressed", {}))}
+
+
+def _write_records(iface: state.Iface, recs: dict) -> None:
+    st = state.read_state(iface)
+    if st is None:
+        raise UserError(f"{iface.name} is not protected by xdpguard")
+    now = time.time()
+    recs["suppressed"] = {k: v for k, v in recs["suppressed"].items() if v > now}
+    recs["lifted"] = recs["lifted"][-KEEP_LIFTED:]
+    st[STATE_KEY] = recs
+    state.write_state(iface, st)
+
+
+def service_key(protected: str, proto: str, port: int) -> str:
+    return f"{protected} {proto}/{port}"
+
+
+def log_record(rec: dict, path=None) -> None:
+    """One line in events.jsonl (the attack events' log): the record as it is after this step."""
+    path = path or events.log_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    line = json.dumps({**rec, "netns": state.netns_key()}, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _step(rec: dict, step: str, detail: str, when: float | None = None) -> dict:
+    rec.setdefault("steps", []).append({"t": round(when or time.time(), 3), "step": step, "detail": detail})
+    rec["last_step"] = step
+    return rec
+
+
+def _realise(maps, recs: dict) -> int:
+    """The kernel's mitigation filters := the active records', in order."""
+    fs = [filter_from_json(r["filter"]) for r in recs["active"]]
+    return policy.write_mitigation_filters(maps, fs[:FILTERS_MAX])
+
+
+# ---- what the CLI does (records + kernel: the interface lock, then the maps) ----
+
+
+@dataclass(frozen=True)
+class ListResult:
+    iface: str
+    mitigations: list[dict]
+    lifted: list[dict]
+    suppressed: dict[str, float]  # service → wall clock until which it is not reinstalled
+
+    def to_dict(self) -> dict:
+        return {"iface": self.iface, "mitigations": self.mitigations, "lifted": self.lifted,
+                "suppressed": self.suppressed}
+
+
+def list_mitigations(ifname: str | None) -> ListResult:
+    with protection.open_guard(ifname) as g:
+        recs = read_records(g.iface)
+        kernel = [filter_to_json(f) for f in policy.read_mitigation_filters(g.maps)]
+        active = [{**r, "in_kernel": r["filter"] in kernel} for r in recs["active"]]
+        return ListResult(g.iface.name, active, recs["lifted"],
+                          {k: v for k, v in recs["suppressed"].items() if v > time.time()})
+
+
+def _find(recs: dict, ident: str) -> dict:
+    hits = [r for r in recs["active"] if r["id"] == ident] or \
+        [r for r in recs["active"] if r["id"].startswith(ident)]
+    if len(hits) != 1:
+        raise UserError(f"no active mitigation '{ident}' (see 'xdpguard mitigations list')" if not hits
+                        else f"'{ident}' names {len(hits)} mitigations; give more of the id")
+    return hits[0]
+
+
+def pin(ifname: str | None, ident: str, on: bool = True) -> dict:
+    state.require_root()
+    iface = state.resolve_iface(protection.pick_iface(ifname))
+    with state.iface_lock(iface):
+        recs = read_records(iface)
+        r = _find(recs, ident)
+        if bool(r.get("pinned")) != on:
+            r["pinned"] = on
+            _step(r, "pin" if on else "unpin", "kept after the attack" if on else "lifted with the attack")
+            _write_records(iface, recs)
+            log_record(r)
+        return r
+
+
+def delete(ifname: str | None, ident: str, suppress_s: float = Settings.suppress_s) -> dict:
+    state.require_root()
+    iface = state.resolve_iface(protection.pick_iface(ifname))
+    with state.iface_lock(iface), protection.Guard.open(iface) as g:
+        recs = read_records(iface)
+        r = _find(recs, ident)
+        recs["active"] = [x for x in recs["active"] if x["id"] != r["id"]]
+        key = service_key(r["protected"], r["proto"], r["port"])
+        recs["suppressed"][key] = time.time() + suppress_s
+        r["state"], r["end"] = "deleted", time.time()
+        _step(r, "del", f"removed by the operator; not reinstalled on {key} for {suppress_s:g} s")
+        recs["lifted"].append(r)
+        _realise(g.maps, recs)
+        _write_records(iface, recs)
+        log_record(r)
+        return r
+
+
+# ---- the engine (one per interface, in `xdpguard run`) ----
+
+
+@dataclass
+class _Service:
+    baseline: deque = field(default_factory=deque)
+    pending: deque = field(default_factory=deque)  # (round, [Features]) not yet committed
+    rate: float = 0.0  # peacetime unresolved pps (EWMA)
+    rate_rounds: int = 0
+    attack_since: float | None = None  # wall clock of the first round above the trigger
+    last_above: float = 0.0  # monotonic
+    refused: str | None = None  # said once per attack
+    peak_pps: float = 0.0
+
+
+class Engine:
+    """Feeds on (Snapshot, samples) rounds of one interface; installs, adapts and lifts.
+    `clock` is monotonic seconds and `wall` wall-clock seconds (fakes in tests); `report`
+    gets a line per step."""
+
+    def __init__(self, iface: state.Iface, maps, settings: Settings = Settings(),
+                 report: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, log: Callable[[dict], None] = log_record):
+        self.iface = iface
+        self.maps = maps
+        self.settings = settings
+        self.report = report
+        self.clock = clock
+        self.wall = wall
+        self.log = log
+        self.services: dict[tuple[str, str, int], _Service] = {}
+        self.iface_baseline: deque = deque(maxlen=settings.baseline_max)
+        self.iface_pending: deque = deque()
+        self.last_hit: dict[str, float] = {}  # record id → monotonic time of its last sampled drop
+        self.dropped: dict[str, int] = {}  # record id → packets its sampled drops stand for (kept between writes)
+        self.rounds = 0
+
+    def _svc(self, key) -> _Service:
+        s = self.services.get(key)
+        if s is None:
+            s = self.services[key] = _Service(deque(maxlen=self.settings.baseline_max))
+        return s
+
+    def round(self, snap, samples) -> list[dict]:
+        """One detection round. Returns the records changed in it."""
+        self.rounds += 1
+        now, wall = self.clock(), self.wall()
+        st = self.settings
+        feats = [f for f in (features_of(s) for s in samples if s.reason != "bypass") if f is not None]
+        total_pps = snap.rates["dropped"].pps + snap.rates["forwarded"].pps
+        n_all = len(feats)
+        by: dict[tuple, list[Features]] = {}
+        for x in feats:
+            by.setdefault(x.service, []).append(x)
+        recs = read_records(self.iface)
+        st_now = state.read_state(self.iface) or {}
+        active = recs["active"]
+        by_service: dict[tuple, list[dict]] = {}
+        for r in active:
+            by_service.setdefault((r["protected"], r["proto"], r["port"]), []).append(r)
+        changes: dict[str, dict] = {}
+        installs: list[dict] = []
+        removals: set[str] = set()
+        clean_round: list[Features] = []
+        for key in sorted(set(by) | set(by_service)):
+            xs = by.get(key, [])
+            svc = self._svc(key)
+            harmful = [x for x in xs if x.reason in HARMFUL_REASONS or x.kind == "would_drop"]
+            passing = [x for x in harmful if x.reason != "mitigation"]
+            scale = total_pps / n_all if n_all else 0.0
+            attack_pps = scale * len(harmful)
+            passing_pps = scale * len(passing)
+            mine = by_service.get(key, [])
+            for x in harmful:
+                if x.reason == "mitigation":
+                    for r in mine:
+                        if matches(filter_from_json(r["filter"]), x):
+                            self.last_hit[r["id"]] = now
+                            self.dropped[r["id"]] = self.dropped.get(r["id"], r.get("dropped_est", 0)) + x.weight
+                            r["dropped_est"] = self.dropped[r["id"]]
+                            changes[r["id"]] = r
+                            break
+            trigger = max(st.min_pps, st.factor * svc.rate)
+            above = passing_pps >= trigger and len(passing) >= 2
+            if attack_pps >= st.min_pps / 2 and (mine or above):
+                svc.last_above = now
+            if above:
+                svc.peak_pps = max(svc.peak_pps, attack_pps)
+                if svc.attack_since is None:
+                    svc.attack_since = wall - getattr(snap, "interval_s", 0.0)
+                    svc.pending.clear()  # the flood's ramp never becomes baseline
+                    self.iface_pending.clear()
+                supp = recs["suppressed"].get(service_key(*key), 0)
+                if supp > wall or not levels.mitigation_on(st_now, key[0]):
+                    pass  # deleted by the operator lately, or the address's level has no mitigation
+                elif len(mine) >= MAX_PER_SERVICE:
+                    pass
+                else:
+                    d = derive(passing, list(svc.baseline), key, st.max_share, st.min_samples,
+                               list(self.iface_baseline))
+                    if d.filter is None:
+                        if svc.refused != d.refused:
+                            svc.refused = d.refused
+                            rec = self._new(key, d, attack_pps, wall, svc)
+                            rec["state"], rec["end"] = "refused", wall
+                            _step(rec, "refused", d.refused or "")
+                            self.log(rec)
+                            self.report(f"{self.iface.name}: mitigation refused on {service_key(*key)}: {d.refused}")
+                    elif not any(filter_from_json(r["filter"]) == d.filter for r in mine):
+                        rec = self._new(key, d, attack_pps, wall, svc)
+                        step = "install" if not mine else "adapt"
+                        detail = (f"{d.describe()}; matches {d.coverage:.0%} of the flood, {d.baseline_share:.1%} "
+                                  f"of {d.baseline_samples} peacetime samples")
+                        if mine:
+                            detail = "widen: the flood changed; " + detail
+                        _step(rec, step, detail)
+                        installs.append(rec)
+                        self.last_hit[rec["id"]] = now
+                        mine = mine + [rec]
+            elif not mine and attack_pps < st.min_pps / 2:
+                if svc.attack_since is not None and now - svc.last_above >= st.hold_s:
+                    svc.attack_since, svc.refused, svc.peak_pps = None, None, 0.0
+                if svc.attack_since is None:
+                    svc.rate = passing_pps if svc.rate_rounds == 0 else 0.9 * svc.rate + 0.1 * passing_pps
+                    svc.rate_rounds += 1
+                    good = [x for x in xs if x.kind == "pass" and x.reason == "clean"]
+                    svc.pending.append((self.rounds, good))
+                    clean_round += good
+            for r in mine:
+                r["peak_pps"] = round(max(r.get("peak_pps", 0.0), attack_pps), 1)
+            # adapt (narrow) and lift
+            quiet = now - svc.last_above >= st.hold_s
+            for r in list(mine):
+                if r.get("pinned") or r in installs:
+                    continue
+                if quiet:
+                    r["state"], r["end"] = "lifted", wall
+                    _step(r, "lift", f"the attack ended: below {st.min_pps / 2:g} pps for {st.hold_s:g} s")
+                    removals.add(r["id"])
+                    changes[r["id"]] = r
+                elif now - self.last_hit.setdefault(r["id"], now) >= st.hold_s and len(mine) > 1:
+                    r["state"], r["end"] = "lifted", wall
+                    _step(r, "adapt", f"narrow: no flood packet matched for {st.hold_s:g} s; removed")
+                    removals.add(r["id"])
+                    changes[r["id"]] = r
+                    mine = [m for m in mine if m is not r]
+            if quiet and not any(r.get("pinned") for r in mine):
+                svc.attack_since, svc.refused, svc.peak_pps = None, None, 0.0
+        self._commit_baselines(clean_round)
+        if installs or removals:
+            self._apply(installs, removals, changes)
+        elif changes and self.rounds % 5 == 0:  # hit estimates, now and then
+            self._apply([], set(), changes)
+        return installs + [r for r in active if r["id"] in removals]
+
+    def _commit_baselines(self, clean_round: list[Features]) -> None:
+        for svc in self.services.values():
+            while svc.pending and svc.pending[0][0] <= self.rounds - 2:
+                svc.baseline.extend(svc.pending.popleft()[1])
+        self.iface_pending.append((self.rounds, clean_round))
+        while self.iface_pending and self.iface_pending[0][0] <= self.rounds - 2:
+            self.iface_baseline.extend(self.iface_pending.popleft()[1])
+
+    def _new(self, key, d: Derivation, pps: float, wall: float, svc: _Service) -> dict:
+        prot, proto, port = key
+        return {"kind": "mitigation", "id": "m" + uuid.uuid4().hex[:11], "iface": self.iface.name,
+                "protected": prot, "proto": proto, "port": port, "state": "active", "pinned": False,
+                "start": wall, "end": None, "attack_since": svc.attack_since, "peak_pps": round(pps, 1),
+                "filter": filter_to_json(d.filter) if d.filter else None,
+                "fingerprint": d.describe(), "coverage": round(d.coverage, 4),
+                "baseline_share": round(d.baseline_share, 4), "baseline_samples": d.baseline_samples,
+                "top_reasons": [["mitigation", 0]], "dropped_est": 0}
+
+    def _apply(self, installs: list[dict], removals: set[str], changes: dict[str, dict]) -> None:
+        try:
+            with state.iface_lock(self.iface, timeout_s=2.0):
+                recs = read_records(self.iface)
+                keep = []
+                for r in recs["active"]:  # the file's view wins: `mitigations del` may have removed one
+                    if r["id"] in removals:
+                        mine = changes.get(r["id"]) or r
+                        recs["lifted"].append(mine)
+                        continue
+                    c = changes.get(r["id"])
+                    if c is not None:
+                        r = {**c, "pinned": r.get("pinned", False)}
+                    keep.append(r)
+                wall = self.wall()
+                for rec in installs:
+                    if recs["suppressed"].get(service_key(rec["protected"], rec["proto"], rec["port"]), 0) > wall:
+                        continue
+                    keep.append(rec)
+                recs["active"] = keep
+                fit = _realise(self.maps, recs)
+                if fit < len(keep):
+                    recs["active"] = keep[:fit]
+                _write_records(self.iface, recs)
+        except UserError as exc:
+            self.report(f"{self.iface.name}: mitigation not written this round: {exc.message}")
+            return
+        for rec in installs:
+            if rec in recs["active"]:
+                rec["top_reasons"] = [["mitigation", rec.get("dropped_est", 0)]]
+                self.log(rec)
+                self.report(f"{self.iface.name}: mitigation {rec['id']} {rec['last_step']} on "
+                            f"{service_key(rec['protected'], rec['proto'], rec['port'])}: {rec['steps'][-1]['detail']}")
+        for r in recs["lifted"]:
+            if r["id"] in removals:
+                r["top_reasons"] = [["mitigation", r.get("dropped_est", 0)]]
+                self.log(r)
+                self.report(f"{self.iface.name}: mitigation {r['id']} {r['last_step']}: {r['steps'][-1]['detail']}")
+                self.last_hit.pop(r["id"], None)
+                self.dropped.pop(r["id"], None)
+
+
+class DaemonHook:
+    """DetectionLoop's on_round for `xdpguard run`: one Engine per interface (when mitigation is
+    enabled), and the nft connection limits' offenders banned in XDP (connlimit.py)."""
+
+    def __init__(self, settings: Settings, report: Callable[[str], None] = lambda m: None):
+        self.settings = settings
+        self.report = report
+        self.engines: dict[str, Engine] = {}
+
+    def __call__(self, name: str, collector, snap, samples) -> None:
+        g = collector.guard
+        if self.settings.enabled:
+            e = self.engines.get(name)
+            if e is None or e.iface != g.iface:
+                e = self.engines[name] = Engine(g.iface, g.maps, self.settings, self.report)
+            e.maps = g.maps  # a collector re-opened after a failed round has new map objects
+            e.round(snap, samples)
+        banned = connlimit.promote(g.maps, connlimit.offenders())
+        if banned:
+            self.report(f"{name}: banned {len(banned)} source(s) over a connection limit in XDP (reason connlimit): "
+                        + ", ".join(banned[:5]) + (" …" if len(banned) > 5 else ""))
