@@ -284,3 +284,16 @@ def test_load_of_to_toml_is_identity(d):
     back, _ = config.loads(text, "export.toml")
     assert back == d
     assert config.diff(d, back) == []
+
+
+def test_levels_that_drop_fragments_decide_the_interface_fragment_policy():
+    base = '[[interface]]\nname = "eth1"\nprotect = ["198.18.0.1", "198.18.0.2"]\n{frag}' \
+           '[[interface.address]]\naddress = "198.18.0.1"\nlevel = "normal"\n' \
+           '[[interface.address]]\naddress = "198.18.0.2"\nlevel = "{second}"\n'
+    d, _ = config.loads(base.format(frag="", second="strict"))
+    assert d.interfaces[0].global_.drop_fragments  # every address at a level that drops them
+    d, _ = config.loads(base.format(frag="", second="loose"))
+    assert not d.interfaces[0].global_.drop_fragments  # one address keeps them: the interface does
+    d, _ = config.loads(base.format(frag='fragments = "pass"\n', second="strict"))
+    assert not d.interfaces[0].global_.drop_fragments  # given explicitly: the file wins
+    assert config.loads(config.to_toml(d))[0] == d

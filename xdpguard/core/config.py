@@ -821,8 +821,8 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
             mask |= 1 << abi.Reason[r.upper()]
         else:
             ld.fail(path + ("monitor", i), f"unknown drop reason '{r}' (use all or {', '.join(DROP_REASONS)})")
-    frag = ld.get(d, "fragments", path, "str", "pass")
-    if frag not in ("pass", "drop"):
+    frag = ld.get(d, "fragments", path, "str", None)  # None: from the addresses' levels (below)
+    if frag is not None and frag not in ("pass", "drop"):
         ld.fail(path + ("fragments",), f"must be pass or drop, got {frag!r}")
     refl_ports = ld.get(d, "reflection_ports", path, "list", list(policy.DEFAULT_REFLECTION_PORTS))
     if not all(isinstance(p, int) and not isinstance(p, bool) for p in refl_ports):
@@ -867,6 +867,8 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
     for a, spec in list(addrs.items()):
         if spec.level is not None:
             addrs[a] = _level_port_limits(spec, raw_addr.get(a, {}), forwards)
+    if frag is None and levels.fragments_dropped(s.level for s in addrs.values()):
+        glob = replace(glob, drop_fragments=True)  # the levels' fragment policy (fragments not given)
     ev = _events(ld, ld.get(d, "events", path, "table", {}), path + ("events",), protected)
     return norm_interface(InterfaceSpec(name, mode if mode in MODES else "auto", tuple(addrs.values()), glob,
                                         frozenset(block), frozenset(allow), tuple(forwards), ev))

@@ -30,6 +30,10 @@ class Preset:
     syn: policy.SynPolicy
     udp_port: policy.Limits | None  # on every forwarded UDP port: the flood budget
     mitigation: bool
+    # IP fragments to the interface's protected addresses dropped (interface-wide: only when no
+    # address of the interface is at a level that keeps them). A spoofed fragment flood never
+    # reassembles, has no ports to match, and costs the protector's kernel a reassembly queue each.
+    drop_fragments: bool = False
 
     def describe(self) -> str:
         lim = self.limits
@@ -39,18 +43,26 @@ class Preset:
                  ("forwarded UDP ports: " + f"{self.udp_port.src_pps:,} pps per source"
                   + (f", {self.udp_port.dst_pps:,} pps in all" if self.udp_port.dst_pps else ""))
                  if self.udp_port else "no UDP budget",
-                 "mitigation on" if self.mitigation else "mitigation off"]
+                 "mitigation on" if self.mitigation else "mitigation off",
+                 "fragments dropped" if self.drop_fragments else "fragments pass"]
         return "; ".join(parts)
 
 
 PRESETS = {  # normal is what `attach` applies: nothing a real client (or a NAT of many) reaches
     "loose": Preset("loose", policy.Limits(), policy.SynPolicy(50_000), None, False),
     "normal": Preset("normal", policy.Limits(src_pps=50_000), policy.SynPolicy(5_000),
-                     policy.Limits(src_pps=10_000), True),
+                     policy.Limits(src_pps=10_000), True, True),
     "strict": Preset("strict", policy.Limits(src_pps=10_000, syn_src_pps=500, ban_s=60), policy.SynPolicy(500),
-                     policy.Limits(src_pps=1_000, dst_pps=50_000), True),
+                     policy.Limits(src_pps=1_000, dst_pps=50_000), True, True),
 }
 DEFAULT_LEVEL = "normal"
+
+
+def fragments_dropped(address_levels) -> bool:
+    """An interface's fragment policy from its addresses' levels: drop when every address has a
+    level and each of them drops fragments (an address without a level, or at loose, keeps them)."""
+    lv = list(address_levels)
+    return bool(lv) and all(x in PRESETS and PRESETS[x].drop_fragments for x in lv)
 
 
 def preset(level: str) -> Preset:

@@ -6,7 +6,7 @@ daemon's mitigation reads it. Setting a level writes its values; later settings 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from . import forward, levels, policy, state
 from .levels import PRESETS, STATE_KEY, udp_ports
@@ -77,6 +77,11 @@ def apply_locked(g, addrs, level: str, rules) -> None:
     st = state.read_state(g.iface) or {}
     st.setdefault(STATE_KEY, {}).update({str(a): level for a in addrs})
     state.write_state(g.iface, st)
+    known = st[STATE_KEY]
+    if levels.fragments_dropped(known.get(a) for a in g.protected()):
+        pol = policy.read_global_policy(g.maps)
+        if not pol.drop_fragments:
+            policy.write_global_policy(g.maps, replace(pol, drop_fragments=True), pol)
 
 
 def show(ifname: str | None) -> LevelResult:
