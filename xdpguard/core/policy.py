@@ -650,22 +650,23 @@ def enable_ban_bloom(maps) -> None:
         st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_BAN_BLOOM))
 
 
+def _set_dp_flags(maps, set_bits: int, clear_bits: int = 0) -> None:
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    flags = (cur.flags | set_bits) & ~clear_bits
+    if flags != cur.flags:
+        st.set(ctypes.c_uint32(0), abi.DpState(flags))
+
+
 def note_dynamic_ban(maps, keys) -> None:
     """After the controller wrote `keys` into xg_ban_lru (the data path's own bans set their bits
     themselves): their bloom bits, and make the data path look at bans."""
     _set_bloom_bits(maps, keys)
-    st = maps[abi.MapName.DPSTATE]
-    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
-    if not cur.flags & abi.DP_HAS_BANS:
-        st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_HAS_BANS))
+    _set_dp_flags(maps, abi.DP_HAS_BANS)
 
 
 def note_operator_ban(maps, keys) -> None:
     """After writing `keys` (abi.SrcKey) into xg_opban_hash: their bloom bits, and make the data
     path look at bans, operator bans included. Every writer of xg_opban_hash must call this."""
     _set_bloom_bits(maps, keys)
-    st = maps[abi.MapName.DPSTATE]
-    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
-    flags = (cur.flags | abi.DP_HAS_BANS) & ~abi.DP_OPBANS_EMPTY
-    if flags != cur.flags:
-        st.set(ctypes.c_uint32(0), abi.DpState(flags))
+    _set_dp_flags(maps, abi.DP_HAS_BANS, abi.DP_OPBANS_EMPTY)
