@@ -42,6 +42,7 @@ from xdpguard.core import (capture, cleansing, config, daemon, dataplane, doctor
 from xdpguard.core.errors import UserError
 from xdpguard.lab import attack as lab_attack
 from xdpguard.lab import probe as lab_probe
+from xdpguard.lab import cluster as lab_cluster
 from xdpguard.lab import topology
 
 # ---- the click tree ----
@@ -197,6 +198,7 @@ FAKED = {
     metrics: ["serve"],
     dataplane: ["render_source"],
     topology: ["up", "down", "status"],
+    lab_cluster: ["up", "down", "exists", "status"],
     lab_attack: ["run"],
     lab_probe: ["in_lab"],
 }
