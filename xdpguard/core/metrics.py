@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from xdpguard import __version__
 
 from . import forward, protection, sampling, state, vocab
+from .abi import MapName
 from .errors import UserError
 
 ATTACK_NONE: Callable[[], dict[tuple[str, str], bool]] = lambda: {}
@@ -120,10 +121,10 @@ class XdpguardCollector:
                     fam["xdpguard_bytes_total"].add_metric([name, c.kind, c.reason], c.bytes)
                 for w in protection.LISTS:
                     fam["xdpguard_list_entries"].add_metric([name, w], self._size(name, w, lambda w=w: g.list_size(w)))
-                for mname, m in g.maps.items():
-                    if mname.value.startswith("xg_ban"):
-                        fam["xdpguard_list_entries"].add_metric([name, "bans"],
-                                                                self._size(name, "bans", m.count))
+                bans = [g.maps[n] for n in (MapName.BANS, MapName.OPBANS) if n in g.maps]
+                if bans:  # by name: a prefix match found the ban bloom array too (16,384 "entries")
+                    fam["xdpguard_list_entries"].add_metric(
+                        [name, "bans"], self._size(name, "bans", lambda: sum(m.count() for m in bans)))
                 every = sampling.get_sample_every(g.maps)
                 fam["xdpguard_sample_ratio"].add_metric([name], 1.0 / every if every else 0.0)
                 taken, lost = sampling.sample_counters(g.maps)

@@ -237,10 +237,9 @@ def _rules(ifname: str) -> list[tuple[str, str, list[BackendRow], int, int]]:
 
 
 def _bans(guard: protection.Guard) -> int | None:
-    for name, m in guard.maps.items():
-        if name.value.startswith("xg_ban"):
-            return len(m)
-    return None
+    """Dynamic and operator bans (by map name: a prefix would match the ban bloom array too)."""
+    maps = [guard.maps[n] for n in (MapName.BANS, MapName.OPBANS) if n in guard.maps]
+    return sum(m.count() for m in maps) if maps else None
 
 
 class Collector:
