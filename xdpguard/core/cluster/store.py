@@ -293,9 +293,11 @@ class ClusterStore:
     def put_desired(self, spec: InterfaceSpec) -> int:
         big = {k: getattr(spec, k) for k in ("block", "allow") if len(getattr(spec, k)) > INLINE_MAX}
         if not big:
-            rev = self._put(f"{self.state}desired/{spec.name}", desired_text(spec))
-            self.collect_chunks()
-            return rev
+            out = self._post("/kv/put", {"key": _b64(f"{self.state}desired/{spec.name}"),
+                                         "value": _b64(desired_text(spec)), "prev_kv": True})
+            if _unb64(out.get("prev_kv", {}).get("value", "")).startswith(b"{"):
+                self.collect_chunks()  # it named chunks before: they may be unnamed now
+            return int(out["header"]["revision"])
         _, kvs = self._range_keys(self.state + "chunks/")
         have = {k[len(self.state + "chunks/"):] for k in kvs}
         refs: dict[str, list[str]] = {}
