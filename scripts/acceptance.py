@@ -6,7 +6,7 @@ nping) flooding the FORWARDED ports from spoofed sources — each flood bounded 
 and by time. The yardstick is the control run: the same hping3 flood at a CLOSED port (dropped at
 once by the port policy), which shows what the generator alone costs this machine.
 
-    scripts/acceptance.py [--duration 6] [--json FILE]
+    scripts/acceptance.py [--duration 6] [--rounds N] [--only TEXT ...] [--json FILE]
 
 Prints a markdown table: per attack the packets the tool sent, the client's rate (share of the
 control's), p99, slow connections (>= 900 ms: a SYN retransmission), attack packets at the backend
@@ -84,8 +84,22 @@ class MitigationWatch(threading.Thread):
             self.stop.wait(0.1)
 
 
-def one(name: str, argv: list[str], duration: float) -> dict:
+def cpu_ticks(pid: int | None) -> tuple[int, int, int]:
+    """(the daemon's user+system ticks, the machine's softirq ticks, all ticks) from /proc."""
+    own = 0
+    if pid is not None:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            own = int(f[11]) + int(f[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return own, cpu[6], sum(cpu)
+
+
+def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = None) -> dict:
     before, b0 = counters(), topology.backend_counts()
+    c0 = cpu_ticks(daemon_pid)
     watch = MitigationWatch()
     watch.start()
     t0 = time.monotonic()
@@ -94,8 +108,13 @@ def one(name: str, argv: list[str], duration: float) -> dict:
                            stdin=subprocess.DEVNULL, start_new_session=True)
     time.sleep(1.0)
     res = probe.in_lab("http", 1_000_000, timeout=1.5, interval=0.0, duration=duration - 1.0)
+    c1 = cpu_ticks(daemon_pid)
     out, _ = gen.communicate(timeout=duration + 30)
     t_end = time.monotonic()
+    hz = os.sysconf("SC_CLK_TCK")
+    span = max(res.elapsed_s, 1e-6)
+    daemon_cpu = 100.0 * (c1[0] - c0[0]) / hz / span  # % of one core while the client ran
+    softirq = 100.0 * (c1[1] - c0[1]) / max(c1[2] - c0[2], 1)  # % of all CPUs
     time.sleep(12.0)  # mitigations must be lifted within 10 s of the end
     watch.stop.set()
     watch.join()
@@ -107,7 +126,16 @@ def one(name: str, argv: list[str], duration: float) -> dict:
     received = sum(v for k, v in moved.items() if not k.endswith("bypass"))
     return {"attack": name, "tool": argv[0], "sent": int(sent[1]) if sent else None, "received": received,
             "probe": res.to_dict(), "drops": {k: v for k, v in moved.items() if k.startswith("drop")},
-            "backend": b1["attack"] - b0["attack"], "mitigation_on_s": on, "mitigation_off_s": off}
+            "backend": b1["attack"] - b0["attack"], "mitigation_on_s": on, "mitigation_off_s": off,
+            "daemon_cpu_pct": round(daemon_cpu, 1), "softirq_pct": round(softirq, 1)}
+
+
+def rate(r: dict) -> float:
+    return r["probe"]["ok"] / max(r["probe"]["elapsed_s"], 1e-6)
+
+
+def median_round(rs: list[dict]) -> dict:
+    return sorted(rs, key=rate)[len(rs) // 2]
 
 
 def row(r: dict, control: float) -> str:
@@ -122,18 +150,25 @@ def row(r: dict, control: float) -> str:
         else f"on +{r['mitigation_on_s']:.1f} s, still on")
     p99 = "-" if p["p99_ms"] is None else f"{p['p99_ms']:.0f}"
     return (f"| {r['attack']} | {r['received']:,} | {rate:,.0f} ({share:.0f} %) | {p['success_pct']:.1f} % | {p99} | "
-            f"{p.get('slow', 0)} | {back} | {drops or '-'} | {mit} |")
+            f"{p.get('slow', 0)} | {back} | {drops or '-'} | {mit} | {r.get('daemon_cpu_pct', 0):.0f} % | "
+            f"{r.get('softirq_pct', 0):.0f} % |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per flood (2 to 30)")
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="run only the attacks whose name contains TEXT (repeatable; the control always runs)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the whole list this many times (1 to 5); each row is the round with the median rate")
     a = ap.parse_args()
+    rounds = min(max(a.rounds, 1), 5)
+    attacks = [x for i, x in enumerate(ATTACKS) if i == 0 or not a.only or any(o in x[0] for o in a.only)]
     duration = min(max(a.duration, 2.0), 30.0)
     os.environ.setdefault("XDPGUARD_LAB_NAME", f"acc{os.getpid() % 100000}")
     daemon = None
-    results = []
+    results: list[dict] = []
     try:
         up = topology.up(protected=True)
         topology.shape_backend()
@@ -144,22 +179,29 @@ def main() -> int:
         time.sleep(11)  # the TCP-state grace after attach
         base = probe.in_lab("http", 1_000_000, timeout=1.5, interval=0.0, duration=duration - 1.0)
         print(f"lab up (XDP {up.xdp_mode}); no attack: {probe.describe(base)}", flush=True)
-        for name, argv in ATTACKS:
-            results.append(one(name, argv, duration))
-            print(f"{name}: {probe.describe(probe.ProbeResult(**results[-1]['probe']))}", flush=True)
+        for rnd in range(rounds):
+            for name, argv in attacks:
+                results.append(one(name, argv, duration, daemon.pid) | {"round": rnd})
+                print(f"{name}: {probe.describe(probe.ProbeResult(**results[-1]['probe']))}", flush=True)
     finally:
         if daemon is not None:
             os.killpg(daemon.pid, signal.SIGTERM)
             daemon.wait(timeout=30)
         topology.down()
-    control = results[0]["probe"]["ok"] / max(results[0]["probe"]["elapsed_s"], 1e-6)
+    rows = [median_round([r for r in results if r["attack"] == name]) for name, _ in attacks]
+    control = rate(rows[0])
     print("\n| attack | packets at XDP | client req/s (of control) | answered | p99 ms | slow (>= 0.9 s) | "
-          "attack pkts at backend | XDP drops | automatic mitigation |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "attack pkts at backend | XDP drops | automatic mitigation | daemon CPU (of a core) | softirq (of all) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| no attack | - | {base.ok / max(base.elapsed_s, 1e-6):,.0f} | {base.success_pct:.1f} % | "
-          f"{base.p99_ms or 0:.0f} | {base.slow} | - | - | - |")
-    for r in results:
+          f"{base.p99_ms or 0:.0f} | {base.slow} | - | - | - | - | - |")
+    for r in rows:
         print(row(r, control))
+    if rounds > 1:
+        print("\nclient req/s per round (share of that round's control): " + "; ".join(
+            f"{name}: " + ", ".join(f"{rate(r):.0f} ({100 * rate(r) / max(rate(c), 1e-6):.0f} %)" for r, c in zip(
+                [r for r in results if r["attack"] == name], [r for r in results if r["attack"] == attacks[0][0]]))
+            for name, _ in attacks[1:]))
     if a.json:
         Path(a.json).write_text(json.dumps({"base": base.to_dict(), "results": results}, indent=1))
     return 0

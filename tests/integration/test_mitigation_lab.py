@@ -240,6 +240,11 @@ def test_attach_applies_normal_and_levels_round_trip(lab):
     assert "udp" in lim.stdout and "10000" in lim.stdout, lim.stdout
     text, diff = _diff_of_export(lab)
     assert text.count('level = "normal"') == 2 and diff == "no changes", (text, diff)
+    # normal drops fragments: attach itself sets it (a spoofed fragment flood starved the client through
+    # the reassembly queues when only `level normal` did).
+    assert 'fragments = "drop"' in text, text
+    frag = lab.prot_xg("fragments", "show", "--json")
+    assert frag.returncode == 0 and json.loads(frag.stdout)["drop"] is True, frag.stdout
     try:
         assert lab.prot_xg("level", "strict", "--protected", topology.PROT4).returncode == 0
         assert _levels(lab)[topology.PROT4] == ("strict", False)

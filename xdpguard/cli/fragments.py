@@ -35,7 +35,7 @@ def drop(iface, as_json):
 @iface_option
 @json_option
 def pass_(iface, as_json):
-    """Pass fragments (the default)."""
+    """Pass fragments (the default at level loose; normal and strict drop them)."""
     render(recorded(cleansing.fragments_set(iface, False)), as_json)
 
 

@@ -529,7 +529,10 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
     try:
         maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
         maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED, 0, 0, 0, ABI_VERSION))
-        policy.write_global_policy(maps, policy.GlobalPolicy(monitor_mask=ALL_REASONS_MASK if monitor else 0))
+        # The level's fragment policy too (interface-wide: every address gets the same level here).
+        policy.write_global_policy(maps, policy.GlobalPolicy(
+            drop_fragments=level is not None and levels.fragments_dropped([level]),
+            monitor_mask=ALL_REASONS_MASK if monitor else 0))
         for slot, a in enumerate(addrs):
             maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(slot))
             if level is not None:  # protected before anyone tunes it (levels.py)
