@@ -291,6 +291,17 @@ def test_connection_limits_ban_offenders_and_cap_conntrack(lab):
     try:
         table = lab.in_ns("prot", "nft", "list", "table", "inet", "xdpguard").stdout
         assert "chain connlimit" in table and "ct count over 2000" in table and "ct timeout set" in table, table
+        # desired state: export has it, re-applies to nothing, and an apply without it removes the chain
+        text, diff = _diff_of_export(lab)
+        assert "connlimit = { conntrack_budget = 2000, udp_timeout = 5, ban = 60 }" in text and diff == "no changes", \
+            (text, diff)
+        bare = lab.tmp / "no-connlimit.toml"
+        bare.write_text(text.replace("connlimit = { conntrack_budget = 2000, udp_timeout = 5, ban = 60 }\n", ""))
+        assert lab.prot_xg("apply", "-f", str(bare)).returncode == 0
+        assert "chain connlimit" not in lab.in_ns("prot", "nft", "list", "table", "inet", "xdpguard").stdout
+        p = lab.prot_xg("apply", "-f", str(lab.tmp / "export.toml"))
+        assert p.returncode == 0 and "connlimit" in p.stdout, (p.stdout, p.stderr)
+        assert "ct count over 2000" in lab.in_ns("prot", "nft", "list", "table", "inet", "xdpguard").stdout
         with_budget, _ = _udp_flood_conntrack_peak(lab)
         tcp: dict = {}
         lab.probe("http", 2, tcp)  # the budget is per service: the web service is untouched

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xdpguard.core import config, events, forwarding, policy
+from xdpguard.core import config, events, forwarding, nat, policy
 from xdpguard.core.config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from xdpguard.core.prefixes import Prefix
 
@@ -229,9 +229,12 @@ def addresses(draw, addr):
     syn = draw(st.sampled_from([policy.SynPolicy(), policy.SynPolicy(1000), policy.SynPolicy(5, 300, 5000, 60),
                                 policy.SynPolicy(5, 300, 5000, 60, "retransmit"), policy.SynPolicy(always=True),
                                 policy.SynPolicy(mode="retransmit")]))
+    cl = draw(st.one_of(st.none(), st.builds(nat.ConnLimits, st.integers(0, 500), st.integers(0, 64),
+                                             st.integers(0, 10_000), st.integers(0, 100_000), st.integers(0, 120),
+                                             st.integers(1, 3600)).filter(lambda c: c.active())))
     return AddressSpec(addr, draw(st.frozensets(st.sampled_from(list(policy.PROTOCOLS)))), draw(limits()), syn,
                        config.norm_port_runs((p, lo, lo + n) for p, lo, n in ports),
-                       config.norm_port_limits((p, lo, lo + n, lim) for p, lo, n, lim in plims))
+                       config.norm_port_limits((p, lo, lo + n, lim) for p, lo, n, lim in plims), connlimit=cl)
 
 
 @st.composite
@@ -297,3 +300,23 @@ def test_levels_that_drop_fragments_decide_the_interface_fragment_policy():
     d, _ = config.loads(base.format(frag='fragments = "pass"\n', second="strict"))
     assert not d.interfaces[0].global_.drop_fragments  # given explicitly: the file wins
     assert config.loads(config.to_toml(d))[0] == d
+
+
+CONNLIMIT_HEAD = '[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n\n[[interface.address]]\naddress = "198.18.0.1"\n'
+
+
+def test_connlimit_is_desired_state_with_located_errors():
+    d, _ = config.loads(CONNLIMIT_HEAD + "connlimit = { new_per_source = 20, udp_timeout = 30, ban = 120 }\n", "x.toml")
+    a = d.interfaces[0].addresses[0]
+    assert a.connlimit == nat.ConnLimits(new_per_source=20, udp_timeout_s=30, ban_s=120)
+    assert config.loads(config.to_toml(d), "y.toml")[0] == d
+    got = problems(CONNLIMIT_HEAD + "connlimit = { new_per_source = -1, colour = 2 }\n")
+    assert any(p.startswith("x.toml:7: interface[0].address[0].connlimit.colour: unknown key") for p in got), got
+    assert any(p.startswith("x.toml:7: interface[0].address[0].connlimit:") and "new-per-source" in p for p in got), got
+    got = problems(CONNLIMIT_HEAD + "connlimit = { ban = 30 }\n")
+    assert any("connlimit: needs a limit" in p for p in got), got
+    got = problems(CONNLIMIT_HEAD + 'connlimit = { new_total = "lots" }\n')
+    assert any("connlimit.new_total" in p for p in got), got
+    plain, _ = config.loads(CONNLIMIT_HEAD + "limits = { src_pps = 100 }\n", "x.toml")
+    changes = config.diff(plain, d)
+    assert any("connlimit" in str(c) for c in changes), changes

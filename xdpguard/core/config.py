@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import abi, events, forwarding, levels, policy, vocab
+from . import abi, events, forwarding, levels, nat, policy, vocab
 from .errors import UserError
 from .forwarding import ForwardRule
 from .prefixes import Prefix, parse_prefix, read_prefix_file
@@ -63,6 +63,7 @@ class AddressSpec:
     open_ports: tuple[PortRun, ...] = ()  # opened by the operator (forwards open their own)
     port_limits: tuple[tuple[str, int, int, policy.Limits], ...] = ()  # merged runs of equal limits
     level: str | None = None  # levels.LEVELS: its preset filled what the table did not give
+    connlimit: nat.ConnLimits | None = None  # connection limits of its forwarded services (connlimit.py)
 
     @property
     def policy(self) -> policy.AddressPolicy:
@@ -348,7 +349,11 @@ _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", 
                 "mitigation_hold", "mitigation_interval"}
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
-_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level"}
+_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit"}
+#: `connlimit = { ... }` keys → nat.ConnLimits fields
+CONNLIMIT_KEYS = {"new_per_source": "new_per_source", "concurrent_per_source": "concurrent_per_source",
+                  "new_total": "new_total", "conntrack_budget": "conntrack_budget", "udp_timeout": "udp_timeout_s",
+                  "ban": "ban_s"}
 _LIMIT_KEYS = {"src_pps", "src_burst", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst", "syn_src_pps",
                "syn_src_burst", "ban", "unknown_share"}
 _SYN_KEYS = {"threshold", "auth_window", "keep", "mode", "always"}
@@ -615,7 +620,24 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
         limits = limits if "limits" in d else lp.limits.effective()
         syn = syn if "syn" in d else lp.syn
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
-                       norm_port_runs(opened), norm_port_limits(plims), level)
+                       norm_port_runs(opened), norm_port_limits(plims), level,
+                       _connlimit(ld, d, path) if "connlimit" in d else None)
+
+
+def _connlimit(ld: _Loader, d: dict, path: tuple) -> nat.ConnLimits | None:
+    """`connlimit = { new_per_source = 20, ban = 60, ... }`: at least one limit; ban alone is none."""
+    pp = path + ("connlimit",)
+    t = ld.table(ld.get(d, "connlimit", path, "table", {}), pp, set(CONNLIMIT_KEYS))
+    vals = {}
+    for k, f in CONNLIMIT_KEYS.items():
+        v = ld.get(t, k, pp, "int", None)
+        if v is not None:
+            vals[f] = v
+    lim = ld.guard(pp, lambda: nat.ConnLimits(**vals))
+    if lim is not None and not lim.active():
+        ld.fail(pp, "needs a limit: " + ", ".join(k for k in CONNLIMIT_KEYS if k != "ban"))
+        return None
+    return lim
 
 
 def _level_port_limits(spec: AddressSpec, raw: dict, forwards) -> AddressSpec:
@@ -965,6 +987,12 @@ def _limits_toml(lim: policy.Limits) -> dict[str, str]:
     return out
 
 
+def _fmt_connlimit(c: nat.ConnLimits | None) -> str:
+    if c is None:
+        return "none"
+    return " ".join(f"{k}={getattr(c, f)}" for k, f in CONNLIMIT_KEYS.items() if getattr(c, f) or k == "ban")
+
+
 def _inline(d: dict[str, str]) -> str:
     return "{ " + ", ".join(f"{k} = {v}" for k, v in d.items()) + " }"
 
@@ -1047,6 +1075,9 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
                                                 "auth_window": _q(f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}"),
                                                 "keep": str(a.syn.auth_keep_s), "mode": _q(a.syn.mode),
                                                 "always": "true" if a.syn.always else "false"}))
+            if a.connlimit is not None:
+                body.append("connlimit = " + _inline({k: str(getattr(a.connlimit, f)) for k, f in CONNLIMIT_KEYS.items()
+                                                      if getattr(a.connlimit, f) or k == "ban"}))
             if a.level is not None:
                 body.insert(0, f"level = {_q(a.level)}")
                 if not a.port_limits:
@@ -1179,6 +1210,8 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
             out.append(Change(f"{p} syn", "change", _fmt_syn(oa.syn), _fmt_syn(na.syn)))
         out += _set_changes(f"{p} open_ports", frozenset(vocab.format_port_spec(*r) for r in oa.open_ports),
                             frozenset(vocab.format_port_spec(*r) for r in na.open_ports))
+        if oa.connlimit != na.connlimit:
+            out.append(Change(f"{p} connlimit", "change", _fmt_connlimit(oa.connlimit), _fmt_connlimit(na.connlimit)))
         if oa.port_limits != na.port_limits:
             fmt = lambda pls: "; ".join(f"{vocab.format_port_spec(p, lo, hi)} {_fmt_limits(l)}" for p, lo, hi, l in pls) or "none"  # noqa: E731
             out.append(Change(f"{p} port_limits", "change", fmt(oa.port_limits), fmt(na.port_limits)))
