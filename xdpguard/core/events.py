@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import state, vocab
+from .stats import AttackRow, Collector
 from .errors import UserError
 
 STATE_KEY = "attack"
@@ -388,8 +389,6 @@ class HookRunner:
 
 
 def _row(d: dict):
-    from .stats import AttackRow
-
     return AttackRow(d.get("id", "?"), d.get("protected", "?"), float(d.get("start", 0)),
                      None if d.get("end") is None else float(d["end"]), float(d.get("peak_pps", 0)),
                      float(d.get("peak_bps", 0)), [r[0] for r in d.get("top_reasons", [])],
@@ -469,8 +468,6 @@ class DetectionLoop:
         return sink
 
     def _ensure(self, name: str) -> None:
-        from .stats import Collector
-
         if name in self.collectors:
             return
         iface = state.resolve_iface(name)

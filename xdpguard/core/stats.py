@@ -14,7 +14,7 @@ from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from . import fanout, protection, sampling, state
+from . import fanout, forward, protection, sampling, state
 from .abi import Kind, MapName, Reason, stats_slot
 from .errors import UserError
 
@@ -226,8 +226,6 @@ def read_counts(guard: protection.Guard) -> Counts:
 
 
 def _rules(ifname: str) -> list[tuple[str, str, list[BackendRow], int, int]]:
-    from . import forward
-
     try:
         res = forward.show(ifname)
     except (UserError, OSError, RuntimeError):
