@@ -399,13 +399,14 @@ def test_fragment_policy_toggle(bed: Bed):
     def big_echo() -> bool:
         return bed.lab.run(bed.client, PY, "-c", big, check=False, timeout=10).returncode == 0
 
+    assert bed.json("fragments", "show")["drop"] is True  # attach's level normal drops them
+    bed.set(("fragments", "pass"), ("fragments", "drop"))
+    assert bed.json("fragments", "show")["drop"] is False
     assert big_echo()
-    bed.set(("fragments", "drop"), ("fragments", "pass"))
+    bed.xg("fragments", "drop")
     assert bed.json("fragments", "show")["drop"] is True
     before = bed.counters()
     assert not big_echo()
     assert bed.reaches(bed.client, CLIENT4)  # unfragmented traffic passes
     assert _delta(before, bed.counters(), "drop", "fragment") >= 3
-    bed.xg("fragments", "pass")
     bed.undo.pop()
-    assert big_echo()
