@@ -21,9 +21,11 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -167,6 +169,10 @@ def main() -> int:
     attacks = [x for i, x in enumerate(ATTACKS) if i == 0 or not a.only or any(o in x[0] for o in a.only)]
     duration = min(max(a.duration, 2.0), 30.0)
     os.environ.setdefault("XDPGUARD_LAB_NAME", f"acc{os.getpid() % 100000}")
+    # a private state dir: the daemon's event log and the lab's records go there and with it
+    own_state = "XDPGUARD_STATE_DIR" not in os.environ
+    if own_state:
+        os.environ["XDPGUARD_STATE_DIR"] = tempfile.mkdtemp(prefix="xdpguard-acceptance-")
     daemon = None
     results: list[dict] = []
     try:
@@ -188,6 +194,8 @@ def main() -> int:
             os.killpg(daemon.pid, signal.SIGTERM)
             daemon.wait(timeout=30)
         topology.down()
+        if own_state:
+            shutil.rmtree(os.environ["XDPGUARD_STATE_DIR"], ignore_errors=True)
     rows = [median_round([r for r in results if r["attack"] == name]) for name, _ in attacks]
     control = rate(rows[0])
     print("\n| attack | packets at XDP | client req/s (of control) | answered | p99 ms | slow (>= 0.9 s) | "
