@@ -987,10 +987,13 @@ def _limits_toml(lim: policy.Limits) -> dict[str, str]:
     return out
 
 
+def _connlimit_items(c: nat.ConnLimits) -> dict[str, str]:
+    """The config keys of `c` that are set (ban always: it has a default, not an off value)."""
+    return {k: str(getattr(c, f)) for k, f in CONNLIMIT_KEYS.items() if getattr(c, f) or k == "ban"}
+
+
 def _fmt_connlimit(c: nat.ConnLimits | None) -> str:
-    if c is None:
-        return "none"
-    return " ".join(f"{k}={getattr(c, f)}" for k, f in CONNLIMIT_KEYS.items() if getattr(c, f) or k == "ban")
+    return "none" if c is None else " ".join(f"{k}={v}" for k, v in _connlimit_items(c).items())
 
 
 def _inline(d: dict[str, str]) -> str:
@@ -1076,8 +1079,7 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
                                                 "keep": str(a.syn.auth_keep_s), "mode": _q(a.syn.mode),
                                                 "always": "true" if a.syn.always else "false"}))
             if a.connlimit is not None:
-                body.append("connlimit = " + _inline({k: str(getattr(a.connlimit, f)) for k, f in CONNLIMIT_KEYS.items()
-                                                      if getattr(a.connlimit, f) or k == "ban"}))
+                body.append("connlimit = " + _inline(_connlimit_items(a.connlimit)))
             if a.level is not None:
                 body.insert(0, f"level = {_q(a.level)}")
                 if not a.port_limits:

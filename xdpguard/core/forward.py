@@ -176,16 +176,22 @@ def _current_counters(applier: nat.NftApplier) -> dict[str, tuple[int, int]]:
 CONNLIMIT_KEY = "connlimits"  # interface state: protected address → nat.ConnLimits fields (connlimit.py)
 
 
+def stored_connlimit(d) -> nat.ConnLimits | None:
+    """One address's stored connection-limit record; None when absent, empty or broken."""
+    try:
+        lim = nat.ConnLimits(**d) if d else None
+    except (TypeError, ValueError):
+        return None
+    return lim if lim is not None and lim.active() else None
+
+
 def connlimit_map(states: dict[str, dict], rules: Iterable[StoredRule]) -> dict[str, nat.ConnLimits]:
     """Rule key → the connection limits of its protected address (a broken record is skipped)."""
     out = {}
     for sr in rules:
-        d = states.get(sr.iface, {}).get(CONNLIMIT_KEY, {}).get(str(sr.rule.protected))
-        if d:
-            try:
-                out[sr.rule.key] = nat.ConnLimits(**d)
-            except (TypeError, ValueError):
-                continue
+        lim = stored_connlimit(states.get(sr.iface, {}).get(CONNLIMIT_KEY, {}).get(str(sr.rule.protected)))
+        if lim is not None:
+            out[sr.rule.key] = lim
     return out
 
 

@@ -20,7 +20,7 @@ import socket
 import struct
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, dataplane, events, forward, levels, nat, policy, protection, state, store, vocab
+from . import abi, config, dataplane, events, forward, levels, policy, protection, state, store, vocab
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
 from .prefixes import Prefix
@@ -73,7 +73,7 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
         addrs.append(AddressSpec(a, frozenset(pol.blocked), pol.limits.effective(), pol.syn,
                                  config.norm_port_runs(opened), config.norm_port_limits(pl),
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
-                                 _connlimit(cls.get(str(a)))))
+                                 forward.stored_connlimit(cls.get(str(a)))))
     glob = policy.read_global_policy(g.maps)
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
@@ -83,14 +83,6 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     return config.norm_interface(InterfaceSpec(
         g.iface.name, st.get("requested_mode", "auto"), tuple(addrs), glob, block, allow, fwd,
         events.EventConfig.from_json(st.get(events.STATE_KEY))))
-
-
-def _connlimit(d) -> nat.ConnLimits | None:
-    try:
-        lim = nat.ConnLimits(**d) if d else None
-    except (TypeError, ValueError):
-        return None  # a broken record: the NAT rebuild skips it too (forward.connlimit_map)
-    return lim if lim is not None and lim.active() else None
 
 
 def export_iface(name: str, lists: bool = True) -> InterfaceSpec | None:
@@ -207,11 +199,10 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         g.upsert("block", sorted(new.block - old.block), 0)
     if new.allow - old.allow:
         g.upsert("allow", sorted(new.allow - old.allow), 0)
-    if [a.connlimit for a in old.addresses] != [a.connlimit for a in new.addresses] or \
-            {str(a) for a in old.protected} != {str(a) for a in new.protected}:
-        st = state.read_state(g.iface) or {}
-        st[forward.CONNLIMIT_KEY] = {str(a.address): asdict(a.connlimit) for a in new.addresses
-                                     if a.connlimit is not None}
+    want = {str(a.address): asdict(a.connlimit) for a in new.addresses if a.connlimit is not None}
+    st = state.read_state(g.iface) or {}
+    if (st.get(forward.CONNLIMIT_KEY) or {}) != want:
+        st[forward.CONNLIMIT_KEY] = want
         state.write_state(g.iface, st)
         rebuild_nat = True  # the connlimit chain lives in the NAT table
     if old.forwards != new.forwards or rebuild_nat:
