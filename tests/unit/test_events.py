@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from xdpguard.core import events
+from xdpguard.core import events, state
 from xdpguard.core.events import Detector, EventConfig, Measure, Thresholds
 
 ADDR = "198.18.0.2"
@@ -179,3 +179,21 @@ def test_attack_active_only_for_the_attacked_address():
     loop = events.DetectionLoop()
     loop.detectors["xgp0"] = d
     assert loop.active() == {("xgp0", ADDR): True}
+
+
+def test_forgetting_a_namespace_drops_its_log_lines_only(tmp_path, monkeypatch):
+    """The lab deletes its namespaces with their state (state.forget_netns): their lines in the
+    shared event log go too (and a torn last line); other namespaces' lines stay, in order."""
+    monkeypatch.setenv("XDPGUARD_STATE_DIR", str(tmp_path))
+    log = state.events_log_path()
+    for i, ns in enumerate(["net-1", "net-2", "net-1", "net-3"]):
+        state.append_log_line(log, {"id": f"e{i}", "netns": ns})
+    with open(log, "a") as f:
+        f.write('{"id": "torn"')
+    assert state.drop_log_lines(log, "net-1") == 2
+    assert [json.loads(ln)["id"] for ln in log.read_text().splitlines()] == ["e1", "e3"]
+    assert state.drop_log_lines(log, "net-1") == 0
+    state.forget_netns("net-2")
+    assert [ln for ln in log.read_text().splitlines() if '"e1"' in ln] == []
+    state.append_log_line(log, {"id": "e9", "netns": "net-3"})  # appending after a compaction
+    assert log.read_text().splitlines()[-1] == '{"id": "e9", "netns": "net-3"}'

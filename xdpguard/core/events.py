@@ -295,18 +295,11 @@ class Attribution:
 
 
 def log_path() -> Path:
-    return state.state_root() / "events.jsonl"
+    return state.events_log_path()
 
 
 def append_log(ev: AttackEvent, path: Path | None = None) -> None:
-    path = path or log_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    line = json.dumps({**ev.to_dict(), "netns": state.netns_key()}, sort_keys=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    state.append_log_line(path or log_path(), {**ev.to_dict(), "netns": state.netns_key()})
 
 
 def read_log(path: Path | None = None, iface: str | None = None, this_netns: bool = True) -> list[dict]:

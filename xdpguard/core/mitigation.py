@@ -39,8 +39,6 @@ sample's snap length (128 bytes of the frame).
 
 from __future__ import annotations
 
-import json
-import os
 import struct
 import time
 import uuid
@@ -396,14 +394,7 @@ def service_key(protected: str, proto: str, port: int) -> str:
 
 def log_record(rec: dict, path=None) -> None:
     """One line in events.jsonl (the attack events' log): the record as it is after this step."""
-    path = path or events.log_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    line = json.dumps({**rec, "netns": state.netns_key()}, sort_keys=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    state.append_log_line(path or events.log_path(), {**rec, "netns": state.netns_key()})
 
 
 def _step(rec: dict, step: str, detail: str, when: float | None = None) -> dict:

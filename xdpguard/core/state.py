@@ -84,12 +84,74 @@ def forget_netns(key: str) -> list[Path]:
     gone = [d for d in (state_root() / key, bpffs_root() / key, run_root() / "samples" / key) if d.exists()]
     for d in gone:  # (samples/: the fan-out socket and serve.lock of a daemon that was killed)
         shutil.rmtree(d, ignore_errors=True)
+    drop_log_lines(events_log_path(), key)
     for lock in (run_root() / "locks").glob(f"{key}.*"):
         try:
             lock.unlink()
         except OSError:
             pass
     return gone
+
+
+def events_log_path() -> Path:
+    """The attack and mitigation event log, one JSON object a line, shared by every namespace
+    (each line names its own: "netns")."""
+    return state_root() / "events.jsonl"
+
+
+def _open_log_locked(path: Path, mode: int) -> int:
+    """An fd of the log's current file under flock(mode). A compaction replaces the file: an fd
+    that got its lock on the replaced inode opens again."""
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, mode)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def append_log_line(path: Path, rec: dict) -> None:
+    """One record appended to a shared log: O_APPEND under a shared lock, so appenders in many
+    processes never wait for each other, only for a compaction (drop_log_lines)."""
+    private_dir(path.parent)
+    line = json.dumps(rec, sort_keys=True) + "\n"
+    fd = _open_log_locked(path, fcntl.LOCK_SH)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def drop_log_lines(path: Path, key: str) -> int:
+    """Remove the lines of namespace `key` from a shared log (the namespace is gone with its
+    state), atomically and under the exclusive lock; a torn last line (a writer that died in its
+    write) goes with them. Returns how many lines of `key` went."""
+    if not path.exists():
+        return 0
+    fd = _open_log_locked(path, fcntl.LOCK_EX)
+    try:
+        keep: list[bytes] = []
+        dropped = 0
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # torn: appenders write whole lines, so only the last can be
+                try:
+                    mine = json.loads(line).get("netns") == key
+                except (ValueError, AttributeError):
+                    mine = False  # a torn line or a foreign one stays as it is
+                if mine:
+                    dropped += 1
+                else:
+                    keep.append(line)
+        if dropped:
+            write_durably(path, b"".join(keep))
+        return dropped
+    finally:
+        os.close(fd)
 
 
 def netns_state_dir() -> Path:
