@@ -63,27 +63,85 @@ def counters() -> dict[tuple[str, str], int]:
     return {(c["kind"], c["reason"]): c["packets"] for c in (st[0]["counters"] if st else [])}
 
 
-def mitigations() -> list[dict]:
-    p = topology.xg(topology.ns_name("prot"), "mitigations", "list", "--json", check=False)
-    if p.returncode != 0:
-        return []
-    try:
-        data = json.loads(p.stdout)
-    except ValueError:
-        return []
-    return data.get("mitigations", data) if isinstance(data, dict) else data
-
-
 class MitigationWatch(threading.Thread):
-    def __init__(self):
+    """Follows the daemon's events.jsonl (every mitigation step is a line there, with its time):
+    cheap, unlike polling `xdpguard mitigations list` (a CLI start, ~0.5 s of CPU, ten times a
+    second took most of a core from the client and the generator in every row)."""
+
+    def __init__(self, log: Path):
         super().__init__(daemon=True)
         self.stop = threading.Event()
-        self.seen: list[tuple[float, int]] = []
+        self.log = log
+        self.offset = log.stat().st_size if log.exists() else 0
+        self.active: set[str] = set()
+        self.changes: list[tuple[float, int]] = []  # (wall time of the step, active mitigations after it)
+
+    def poll(self) -> None:
+        if not self.log.exists():
+            return
+        with self.log.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # a torn last line waits for the next poll
+        self.offset += end
+        for line in data[:end].splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("kind") != "mitigation" or not rec.get("steps"):
+                continue
+            step = rec["steps"][-1]
+            if step["step"] in ("lift", "del"):
+                self.active.discard(rec["id"])
+            elif step["step"] != "refused":
+                self.active.add(rec["id"])
+            self.changes.append((step["t"], len(self.active)))
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.seen.append((time.monotonic(), len(mitigations())))
-            self.stop.wait(0.1)
+            self.poll()
+            self.stop.wait(0.2)
+        self.poll()
+
+
+def ab_client(duration: float) -> probe.ProbeResult:
+    """ApacheBench in the client namespace: one request at a time, a new TCP connection each
+    (HTTP/1.0, no keep-alive), 1.5 s timeout, per-request times from its -g file."""
+    with tempfile.NamedTemporaryFile(prefix="xdpguard-ab-", suffix=".tsv", delete=False) as tf:
+        gfile = tf.name
+    try:
+        t0 = time.monotonic()
+        p = subprocess.run(["ip", "netns", "exec", topology.require_up("client"), "ab", "-q", "-r", "-c", "1",
+                            "-n", "10000000", "-t", f"{duration:.1f}", "-s", "2", "-g", gfile, f"http://{P}/"],
+                           capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL)
+        elapsed = time.monotonic() - t0
+        times = []
+        for line in Path(gfile).read_text().splitlines()[1:]:
+            f = line.split("\t")
+            if len(f) >= 5:
+                times.append(float(f[4]))  # ttime: the whole request, connect included (ms)
+    finally:
+        os.unlink(gfile)
+    m = re.search(r"Complete requests:\s+(\d+)", p.stdout)
+    failed = re.search(r"Failed requests:\s+(\d+)", p.stdout)
+    took = re.search(r"Time taken for tests:\s+([\d.]+)", p.stdout)
+    done = int(m[1]) if m else 0
+    bad = int(failed[1]) if failed else (0 if m else 1)
+    ok = max(done - bad, 0)
+    span = float(took[1]) if took else elapsed
+    return probe.ProbeResult(proto="http", dst=P, port=80, sent=done, ok=ok,
+                             success_pct=100.0 * ok / done if done else 0.0,
+                             p50_ms=probe.percentile(times, 50), p99_ms=probe.percentile(times, 99),
+                             max_ms=max(times) if times else None, elapsed_s=span,
+                             errors={"failed": bad} if bad else {},
+                             slow=sum(1 for t in times if t >= 900))
+
+
+def client(kind: str, duration: float) -> probe.ProbeResult:
+    if kind == "ab":
+        return ab_client(duration)
+    return probe.in_lab("http", 1_000_000, timeout=1.5, interval=0.0, duration=duration)
 
 
 def cpu_ticks(pid: int | None) -> tuple[int, int, int]:
@@ -99,20 +157,20 @@ def cpu_ticks(pid: int | None) -> tuple[int, int, int]:
     return own, cpu[6], sum(cpu)
 
 
-def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = None) -> dict:
+def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = None, kind: str = "ab") -> dict:
     before, b0 = counters(), topology.backend_counts()
     c0 = cpu_ticks(daemon_pid)
-    watch = MitigationWatch()
+    watch = MitigationWatch(Path(os.environ["XDPGUARD_STATE_DIR"]) / "events.jsonl")
     watch.start()
-    t0 = time.monotonic()
+    t0 = time.time()
     gen = subprocess.Popen(["ip", "netns", "exec", topology.ns_name("attacker"), "timeout", "-s", "INT",
                             str(duration + 1), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            stdin=subprocess.DEVNULL, start_new_session=True)
     time.sleep(1.0)
-    res = probe.in_lab("http", 1_000_000, timeout=1.5, interval=0.0, duration=duration - 1.0)
+    res = client(kind, duration - 1.0)
     c1 = cpu_ticks(daemon_pid)
     out, _ = gen.communicate(timeout=duration + 30)
-    t_end = time.monotonic()
+    t_end = time.time()
     hz = os.sysconf("SC_CLK_TCK")
     span = max(res.elapsed_s, 1e-6)
     daemon_cpu = 100.0 * (c1[0] - c0[0]) / hz / span  # % of one core while the client ran
@@ -123,8 +181,8 @@ def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = No
     after, b1 = counters(), topology.backend_counts()
     moved = {f"{k[0]} {k[1]}": v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
     sent = re.search(r"(\d+) packets transmitted", out or "")
-    on = next((t - t0 for t, n in watch.seen if n > 0 and t >= t0), None)
-    off = next((t - t_end for t, n in watch.seen if t >= t_end and n == 0), None)
+    on = next((t - t0 for t, n in watch.changes if n > 0 and t >= t0), None)
+    off = next((t - t_end for t, n in watch.changes if t >= t_end and n == 0), None) if on is not None else None
     received = sum(v for k, v in moved.items() if not k.endswith("bypass"))
     return {"attack": name, "tool": argv[0], "sent": int(sent[1]) if sent else None, "received": received,
             "probe": res.to_dict(), "drops": {k: v for k, v in moved.items() if k.startswith("drop")},
@@ -164,6 +222,8 @@ def main() -> int:
                     help="run only the attacks whose name contains TEXT (repeatable; the control always runs)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the whole list this many times (1 to 5); each row is the round with the median rate")
+    ap.add_argument("--client", choices=("ab", "probe"), default="ab",
+                    help="the legitimate client: ApacheBench (default) or xdpguard's own Python probe")
     a = ap.parse_args()
     rounds = min(max(a.rounds, 1), 5)
     attacks = [x for i, x in enumerate(ATTACKS) if i == 0 or not a.only or any(o in x[0] for o in a.only)]
@@ -183,11 +243,11 @@ def main() -> int:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                   start_new_session=True)
         time.sleep(11)  # the TCP-state grace after attach
-        base = probe.in_lab("http", 1_000_000, timeout=1.5, interval=0.0, duration=duration - 1.0)
+        base = client(a.client, duration - 1.0)
         print(f"lab up (XDP {up.xdp_mode}); no attack: {probe.describe(base)}", flush=True)
         for rnd in range(rounds):
             for name, argv in attacks:
-                results.append(one(name, argv, duration, daemon.pid) | {"round": rnd})
+                results.append(one(name, argv, duration, daemon.pid, a.client) | {"round": rnd})
                 print(f"{name}: {probe.describe(probe.ProbeResult(**results[-1]['probe']))}", flush=True)
     finally:
         if daemon is not None:
