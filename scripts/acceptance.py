@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Issue 13's acceptance run, as an operator would do it: `xdpguard lab up` (attach + forward add,
 nothing tuned) with the backend shaped like a small server, `xdpguard run` as the daemon, a real
-client opening a new HTTP connection per request, and Debian's own attack tools (hping3, t50,
+client (ApacheBench, one request at a time, a new HTTP connection each), and Debian's own attack tools (hping3, t50,
 nping) flooding the FORWARDED ports from spoofed sources — each flood bounded by a packet count
 and by time. The yardstick is the control run: the same hping3 flood at a CLOSED port (dropped at
-once by the port policy), which shows what the generator alone costs this machine.
+once by the port policy), which shows what the generator alone costs this machine; every attack
+run has its own control run just before it, and its share is taken against that one.
 
-    scripts/acceptance.py [--duration 6] [--rounds N] [--only TEXT ...] [--json FILE]
+    scripts/acceptance.py [--duration 6] [--rounds N] [--only TEXT ...] [--client ab|probe] [--json FILE]
 
 Prints a markdown table: per attack the packets the tool sent, the client's rate (share of the
 control's), p99, slow connections (>= 900 ms: a SYN retransmission), attack packets at the backend
-(DSCP CS1, counted in the backend's namespace) and XDP's drops by reason; and, when the daemon
+(DSCP CS1, counted in the backend's namespace), XDP's drops by reason and the protector's
+conntrack table at its peak during the flood (with the change from just before it: the client's
+own closed connections stay there for nf_conntrack's TIME_WAIT); and, when the daemon
 installs automatic mitigations, how long after the start one appeared and after the end it went.
 Root; runs in its own namespace lab; leaves nothing behind.
 """
@@ -105,6 +108,26 @@ class MitigationWatch(threading.Thread):
         self.poll()
 
 
+def conntrack_count() -> int:
+    p = subprocess.run(["ip", "netns", "exec", topology.ns_name("prot"), "cat",
+                        "/proc/sys/net/netfilter/nf_conntrack_count"], capture_output=True, text=True)
+    return int(p.stdout.strip() or 0)
+
+
+class ConntrackWatch(threading.Thread):
+    """The protector's conntrack table size, twice a second: its peak while the flood runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.peak = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, conntrack_count())
+            self.stop.wait(0.5)
+
+
 def ab_client(duration: float) -> probe.ProbeResult:
     """ApacheBench in the client namespace: one request at a time, a new TCP connection each
     (HTTP/1.0, no keep-alive), 1.5 s timeout, per-request times from its -g file."""
@@ -157,11 +180,15 @@ def cpu_ticks(pid: int | None) -> tuple[int, int, int]:
     return own, cpu[6], sum(cpu)
 
 
-def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = None, kind: str = "ab") -> dict:
+def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = None, kind: str = "ab",
+        settle: float = 12.0) -> dict:
     before, b0 = counters(), topology.backend_counts()
     c0 = cpu_ticks(daemon_pid)
     watch = MitigationWatch(Path(os.environ["XDPGUARD_STATE_DIR"]) / "events.jsonl")
     watch.start()
+    ct0 = conntrack_count()
+    ct = ConntrackWatch()
+    ct.start()
     t0 = time.time()
     gen = subprocess.Popen(["ip", "netns", "exec", topology.ns_name("attacker"), "timeout", "-s", "INT",
                             str(duration + 1), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -171,11 +198,13 @@ def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = No
     c1 = cpu_ticks(daemon_pid)
     out, _ = gen.communicate(timeout=duration + 30)
     t_end = time.time()
+    ct.stop.set()
+    ct.join()
     hz = os.sysconf("SC_CLK_TCK")
     span = max(res.elapsed_s, 1e-6)
     daemon_cpu = 100.0 * (c1[0] - c0[0]) / hz / span  # % of one core while the client ran
     softirq = 100.0 * (c1[1] - c0[1]) / max(c1[2] - c0[2], 1)  # % of all CPUs
-    time.sleep(12.0)  # mitigations must be lifted within 10 s of the end
+    time.sleep(settle)  # mitigations must be lifted within 10 s of the end
     watch.stop.set()
     watch.join()
     after, b1 = counters(), topology.backend_counts()
@@ -187,7 +216,8 @@ def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = No
     return {"attack": name, "tool": argv[0], "sent": int(sent[1]) if sent else None, "received": received,
             "probe": res.to_dict(), "drops": {k: v for k, v in moved.items() if k.startswith("drop")},
             "backend": b1["attack"] - b0["attack"], "mitigation_on_s": on, "mitigation_off_s": off,
-            "daemon_cpu_pct": round(daemon_cpu, 1), "softirq_pct": round(softirq, 1)}
+            "daemon_cpu_pct": round(daemon_cpu, 1), "softirq_pct": round(softirq, 1),
+            "conntrack_before": ct0, "conntrack_peak": ct.peak}
 
 
 def rate(r: dict) -> float:
@@ -195,13 +225,19 @@ def rate(r: dict) -> float:
 
 
 def median_round(rs: list[dict]) -> dict:
-    return sorted(rs, key=rate)[len(rs) // 2]
+    """The round with the median share of its own control (each attack run has a control run
+    just before it: this 2-core machine's spare CPU drifts within minutes)."""
+    return sorted(rs, key=share)[len(rs) // 2]
 
 
-def row(r: dict, control: float) -> str:
+def share(r: dict) -> float:
+    return rate(r) / max(rate(r["control"]), 1e-6) if r.get("control") else 1.0
+
+
+def row(r: dict) -> str:
     p = r["probe"]
     rate = p["ok"] / max(p["elapsed_s"], 1e-6)
-    share = 100 * rate / control if control else 0
+    pct = 100 * share(r)
     drops = ", ".join(f"{k.split()[1]} {v:,}" for k, v in sorted(r["drops"].items(), key=lambda kv: -kv[1])[:3])
     att = r["received"] or r["sent"] or 0
     back = f"{r['backend']:,} ({100 * r['backend'] / att:.2f} %)" if att else f"{r['backend']:,}"
@@ -209,9 +245,9 @@ def row(r: dict, control: float) -> str:
         f"on +{r['mitigation_on_s']:.1f} s, off +{r['mitigation_off_s']:.1f} s" if r["mitigation_off_s"] is not None
         else f"on +{r['mitigation_on_s']:.1f} s, still on")
     p99 = "-" if p["p99_ms"] is None else f"{p['p99_ms']:.0f}"
-    return (f"| {r['attack']} | {r['received']:,} | {rate:,.0f} ({share:.0f} %) | {p['success_pct']:.1f} % | {p99} | "
+    return (f"| {r['attack']} | {r['received']:,} | {rate:,.0f} ({pct:.0f} %) | {p['success_pct']:.1f} % | {p99} | "
             f"{p.get('slow', 0)} | {back} | {drops or '-'} | {mit} | {r.get('daemon_cpu_pct', 0):.0f} % | "
-            f"{r.get('softirq_pct', 0):.0f} % |")
+            f"{r.get('softirq_pct', 0):.0f} % | {r['conntrack_peak']:,} ({r['conntrack_peak'] - r['conntrack_before']:+,}) |")
 
 
 def main() -> int:
@@ -244,11 +280,16 @@ def main() -> int:
                                   start_new_session=True)
         time.sleep(11)  # the TCP-state grace after attach
         base = client(a.client, duration - 1.0)
+        base_ct = conntrack_count()
         print(f"lab up (XDP {up.xdp_mode}); no attack: {probe.describe(base)}", flush=True)
         for rnd in range(rounds):
-            for name, argv in attacks:
-                results.append(one(name, argv, duration, daemon.pid, a.client) | {"round": rnd})
-                print(f"{name}: {probe.describe(probe.ProbeResult(**results[-1]['probe']))}", flush=True)
+            for name, argv in attacks[1:]:
+                ctl = one(attacks[0][0], attacks[0][1], duration, daemon.pid, a.client, settle=2.0)
+                print(f"{ctl['attack']}: {probe.describe(probe.ProbeResult(**ctl['probe']))}", flush=True)
+                r = one(name, argv, duration, daemon.pid, a.client) | {"round": rnd, "control": ctl}
+                results.append(r)
+                print(f"{name}: {probe.describe(probe.ProbeResult(**r['probe']))} "
+                      f"({100 * share(r):.0f} % of the control just before)", flush=True)
     finally:
         if daemon is not None:
             os.killpg(daemon.pid, signal.SIGTERM)
@@ -256,19 +297,20 @@ def main() -> int:
         topology.down()
         if own_state:
             shutil.rmtree(os.environ["XDPGUARD_STATE_DIR"], ignore_errors=True)
-    rows = [median_round([r for r in results if r["attack"] == name]) for name, _ in attacks]
-    control = rate(rows[0])
+    rows = [median_round([r for r in results if r["attack"] == name]) for name, _ in attacks[1:]]
+    controls = sorted((r["control"] for r in results), key=rate)
     print("\n| attack | packets at XDP | client req/s (of control) | answered | p99 ms | slow (>= 0.9 s) | "
-          "attack pkts at backend | XDP drops | automatic mitigation | daemon CPU (of a core) | softirq (of all) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "attack pkts at backend | XDP drops | automatic mitigation | daemon CPU (of a core) | softirq (of all) | "
+          "conntrack peak (change) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| no attack | - | {base.ok / max(base.elapsed_s, 1e-6):,.0f} | {base.success_pct:.1f} % | "
-          f"{base.p99_ms or 0:.0f} | {base.slow} | - | - | - | - | - |")
+          f"{base.p99_ms or 0:.0f} | {base.slow} | - | - | - | - | - | {base_ct:,} |")
+    print(row(controls[len(controls) // 2]).replace("(100 %)", f"(median of {len(controls)} runs)", 1))
     for r in rows:
-        print(row(r, control))
+        print(row(r))
     if rounds > 1:
-        print("\nclient req/s per round (share of that round's control): " + "; ".join(
-            f"{name}: " + ", ".join(f"{rate(r):.0f} ({100 * rate(r) / max(rate(c), 1e-6):.0f} %)" for r, c in zip(
-                [r for r in results if r["attack"] == name], [r for r in results if r["attack"] == attacks[0][0]]))
+        print("\nclient req/s per round (share of the control run just before it): " + "; ".join(
+            f"{name}: " + ", ".join(f"{rate(r):.0f} ({100 * share(r):.0f} %)" for r in results if r["attack"] == name)
             for name, _ in attacks[1:]))
     if a.json:
         Path(a.json).write_text(json.dumps({"base": base.to_dict(), "results": results}, indent=1))
