@@ -90,11 +90,7 @@ def status(as_json):
         emit_json(res)
         return
     c = console()
-    c.print(f"lab '{res.name}': {'[green]up[/]' if res.up else '[yellow]not (fully) up[/]'}")
-    for ns, exists in res.namespaces.items():
-        c.print(f"  netns {ns}: {'present' if exists else 'absent'}")
-    for s in res.servers:
-        c.print(f"  server {s['name']} pid {s['pid']}: {'running' if s['alive'] else 'gone'}")
+    _print_parts(c, f"lab '{res.name}'", res.up, res.namespaces, res.servers, "server ")
     if res.xdp:
         drops = {cv["reason"]: cv["packets"] for cv in res.xdp["counters"] if cv["kind"] in ("drop", "would_drop")}
         c.print(f"  xdpguard on {topology.PROT_IFACE}: prog id {res.xdp['prog_id']}, mode {res.xdp['mode']}"
@@ -165,16 +161,21 @@ def _cluster_up(nodes, lifetime, etcd, as_json):
     c.print(f"  node configs, BIRD configs, logs: {res.run_dir}; remove everything with 'xdpguard lab down'")
 
 
+def _print_parts(c, title: str, up: bool, namespaces: dict[str, bool], servers: list[dict], kind: str = "") -> None:
+    """What `lab status` shows of either lab: up or not, each namespace, each server process."""
+    c.print(f"{title}: {'[green]up[/]' if up else '[yellow]not (fully) up[/]'}")
+    for ns, present in namespaces.items():
+        c.print(f"  netns {ns}: {'present' if present else 'absent'}")
+    for s in servers:
+        c.print(f"  {kind}{s['name']} pid {s['pid']}: {'running' if s['alive'] else 'gone'}")
+
+
 def _cluster_status(as_json):
     res = lab_cluster.status()
     if as_json:
         emit_json(res)
         return
     c = console()
-    c.print(f"cluster lab '{res.name}' ({res.nodes} nodes): {'[green]up[/]' if res.up else '[yellow]not (fully) up[/]'}")
-    for ns, present in res.namespaces.items():
-        c.print(f"  netns {ns}: {'present' if present else 'absent'}")
-    for s in res.servers:
-        c.print(f"  {s['name']} pid {s['pid']}: {'running' if s['alive'] else 'gone'}")
+    _print_parts(c, f"cluster lab '{res.name}' ({res.nodes} nodes)", res.up, res.namespaces, res.servers)
     for dst, hops in res.next_hops.items():
         c.print(f"  router: {dst} via {', '.join(hops) or 'nothing'}")
