@@ -57,6 +57,7 @@ KEEP_LIFTED = 20  # lifted records kept in the state file (all are in events.jso
 HARMFUL_REASONS = frozenset({"clean", "ratelimit", "mitigation"})
 CONSTANT_SHARE = 0.95  # a feature is part of the fingerprint when this share of the cluster has it
 MIN_COVERAGE = 0.5  # a fingerprint must match at least this share of the round's flood samples
+SPECIFIC_COVERAGE = 0.8  # a more specific fingerprint wins if it covers this share of the best one's
 MIN_BASELINE = 20  # fewer baseline samples of a service: compare with the interface's instead
 PAYLOAD_SCAN = 64  # payload offsets looked at for constant bytes
 
@@ -345,7 +346,14 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
         else:
             good.append(d)
     if good:
-        return max(good, key=lambda d: (round(d.coverage, 2), len(d.conditions), -d.baseline_share))
+        # The round's samples hold the real clients too: a fingerprint that also covers them
+        # covers "more of the flood". So among the fingerprints covering at least
+        # SPECIFIC_COVERAGE of the best coverage, the most specific wins (seen in the lab: a SYN
+        # flood starting 2 s after the client, no baseline yet, got "length 54-144, ttl 64" from
+        # all samples — every client packet — instead of "length 54, ttl 64, flags S").
+        best = max(d.coverage for d in good)
+        near = [d for d in good if d.coverage >= SPECIFIC_COVERAGE * best]
+        return max(near, key=lambda d: (len(d.conditions), round(d.coverage, 2), -d.baseline_share))
     return max(bad, key=lambda d: (d.coverage, len(d.conditions)))
 
 
