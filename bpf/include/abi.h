@@ -257,6 +257,30 @@ struct xg_dpstate {
     __u64 flags;              /* XG_DP_* */
 };
 
+/* xg_srcsk_arr: the source sketch in front of xg_bucket_lru (policy.h step_ratelimit). Slot =
+ * the source's hash (the one of xg_ban_bit, policy.ban_bloom_bit) & (XG_SK_SLOTS - 1). A slot
+ * counts the packets, bytes and SYNs its sources passed without a bucket ("uncharged") in the
+ * current and the previous window of 2^XG_SK_SHIFT ns (1.07 s), by window parity. While the
+ * uncharged counts of both windows stay within K = min(burst / 2, rate per second) of every
+ * limit in force, a packet needs no bucket: no token bucket of that burst and rate could drop
+ * any of them. Past K the packet takes the bucket path (a bucket created, or found, is first
+ * charged with the slot's uncharged counts: never more lenient than the bucket alone), and the
+ * slot turns hot: every source of the slot takes the bucket path until a whole window passes
+ * without one doing so (hot_until is refreshed by each). */
+#ifndef XG_SK_SLOTS
+#define XG_SK_SLOTS 65536            /* power of two */
+#endif
+#define XG_SK_SHIFT 30               /* window: 2^30 ns, at least 1 s (K <= rate * window) */
+#define XG_SK_MAX 0x7fffffff         /* K cap; uncharged counts saturate at 2^32 - 1 */
+
+struct xg_srcsk {
+    __u32 epoch;              /* window (now >> XG_SK_SHIFT) the counts of parity epoch & 1 are of */
+    __u32 hot_until;          /* every source of the slot takes the bucket path through this window */
+    __u32 pkts[2];            /* uncharged packets, by window parity */
+    __u32 bytes[2];           /* uncharged frame bytes */
+    __u32 syns[2];            /* uncharged TCP SYNs */
+};
+
 /* ---- TCP state validation (tcpstate.h) ---- */
 
 /* Key of xg_flow_lru and xg_embryo_lru: one TCP connection of a protected address, seen from

@@ -37,6 +37,10 @@ XG_MAP("hash", struct xg_port_key, struct xg_limits, xg_portlim_hash, XG_PORTS_M
  * Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): an insert takes no lock shared by all CPUs. */
 XG_MAP("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX, BPF_F_NO_COMMON_LRU);
 
+/* xg_srcsk_arr: source hash slot → struct xg_srcsk, the sketch in front of xg_bucket_lru: a
+ * source far from every limit passes without a bucket (abi.h, policy.h step_ratelimit). */
+XG_MAP("array", int, struct xg_srcsk, xg_srcsk_arr, XG_SK_SLOTS, 0);
+
 /* xg_dstbkt_hash: (protected address, proto, port) → struct xg_dst_bucket (all sources). */
 XG_MAP("hash", struct xg_port_key, struct xg_dst_bucket, xg_dstbkt_hash, XG_PORTS_MAX, 0);
 

@@ -48,8 +48,9 @@ static __always_inline struct xg_dpstate *xg_dpstate(void)
     return xg_dpstate_arr.lookup(&zero);
 }
 
-/* The bit of a source in xg_banbloom_arr (policy.ban_bloom_bit computes the same). */
-static __always_inline __u32 xg_ban_bit(struct xg_src_key *k)
+/* A source's hash: its bit in xg_banbloom_arr is the low XG_BANBLOOM_BITS bits, its slot in
+ * xg_srcsk_arr the low XG_SK_SLOTS ones (policy.ban_bloom_bit computes the same). */
+static __always_inline __u32 xg_src_hash(struct xg_src_key *k)
 {
     __u64 a0, a1;
     __builtin_memcpy(&a0, k->addr, 8);
@@ -58,7 +59,13 @@ static __always_inline __u32 xg_ban_bit(struct xg_src_key *k)
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9ULL;
     h ^= h >> 32;
-    return (__u32)h & (XG_BANBLOOM_BITS - 1);
+    return (__u32)h;
+}
+
+/* The bit of a source in xg_banbloom_arr. */
+static __always_inline __u32 xg_ban_bit(struct xg_src_key *k)
+{
+    return xg_src_hash(k) & (XG_BANBLOOM_BITS - 1);
 }
 
 /* Ban a source for ban_s seconds because of `reason` — unless that reason is monitored: monitor
@@ -302,9 +309,10 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
 
 #include "knowngood.h"
 
-/* Refill a nano-unit bucket at rate/s up to burst, then take cost; 1 when it had enough. */
+/* Refill a nano-unit bucket at rate/s up to burst, charge `pre` (packets that already passed:
+ * the source sketch's uncharged ones; down to 0 at most), then take cost; 1 when it had enough. */
 static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u64 now, __u64 rate, __u64 burst,
-                                       __u64 cost)
+                                       __u64 pre, __u64 cost)
 {
     __u64 cap = burst * XG_TOKEN;
     __u64 elapsed = now > *last_ns ? now - *last_ns : 0;  /* another CPU may have stamped a later now */
@@ -312,6 +320,7 @@ static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u64 now,
         elapsed = ONE_SEC_NS * 4;          /* idle longer than 4 s refills at most 4 s worth */
     __u64 add = elapsed * rate;            /* rate <= 4e9/s (validated): no overflow */
     __u64 t = (*tokens >= cap || add >= cap - *tokens) ? cap : *tokens + add;  /* saturating: the sum may pass 2^64 */
+    t = t > pre ? t - pre : 0;
     *last_ns = now;
     if (t < cost) {
         *tokens = t;
@@ -319,6 +328,29 @@ static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u64 now,
     }
     *tokens = t - cost;
     return 1;
+}
+
+/* The source sketch's K for one limit: min(burst / 2, rate per second, XG_SK_MAX); 2^62 ("no
+ * limit") when the rate is 0. Uncharged counts within K over two windows of >= 1 s pass any
+ * token bucket of that rate and burst: an interval of T s spans at most T/1 s + 2 windows, so it
+ * holds at most K * (T + 2) <= burst + rate * T packets. In arithmetic only (every operand is
+ * below 2^63, so a difference's top bit is the comparison): no branches, no verifier states. */
+static __always_inline __u64 xg_min(__u64 a, __u64 b)
+{
+    __u64 d = a - b;
+    return b + (d & -(d >> 63));
+}
+
+static __always_inline __u64 xg_sk_k(__u64 rate, __u64 burst)
+{
+    __u64 none = ((rate | -rate) >> 63) ^ 1;           /* 1 when rate == 0 */
+    return xg_min(xg_min(burst >> 1, rate), XG_SK_MAX) | (none << 62);
+}
+
+/* 1 when n > k (both below 2^63). */
+static __always_inline __u64 xg_over(__u64 n, __u64 k)
+{
+    return (k - n) >> 63;
 }
 
 /* The limits for this packet: a per-port override, else the protected address's defaults. */
@@ -364,37 +396,79 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
         }
         /* known-good sources first (knowngood.h): an unknown one must leave `reserve` tokens behind */
         __u64 reserve = kg_reserve(lim, p, now);
-        if (!bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts,
+        if (!bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts, 0,
                          XG_TOKEN + reserve))
             return reserve && db->pkt_tokens >= XG_TOKEN ? XG_REASON_UNKNOWN : XG_REASON_RATELIMIT;
         db->pkt_tokens += reserve;
     }
     if (!per_src)
         return XG_CONTINUE;
-    /* One LRU operation per source and packet: a lookup, or for a new source an insert of a
-     * bucket already charged for this packet (no lookup again after the insert). */
+    __u64 t = xg_now(now);
+    /* The source sketch (abi.h xg_srcsk): a source whose slot's uncharged counts of this window
+     * and the last stay within K of every limit passes without a bucket: no LRU operation. */
+    __u64 un_p = 0, un_b = 0, un_s = 0;
+    int hot = 1;
+    __u32 slot = xg_src_hash(&p->src) & (XG_SK_SLOTS - 1);
+    struct xg_srcsk *sk = xg_srcsk_arr.lookup(&slot);
+    if (sk) {
+        __u32 e = t >> XG_SK_SHIFT;
+        __u32 c = e & 1;
+        if (sk->epoch != e) {
+            if (sk->epoch + 1 != e) {      /* the other parity is older than the previous window */
+                sk->pkts[c ^ 1] = 0;
+                sk->bytes[c ^ 1] = 0;
+                sk->syns[c ^ 1] = 0;
+            }
+            sk->pkts[c] = 0;
+            sk->bytes[c] = 0;
+            sk->syns[c] = 0;
+            sk->epoch = e;
+        }
+        un_p = (__u64)sk->pkts[0] + sk->pkts[1];
+        un_b = (__u64)sk->bytes[0] + sk->bytes[1];
+        un_s = (__u64)sk->syns[0] + sk->syns[1];
+        hot = sk->hot_until >= e;
+        __u64 over = xg_over(un_p + 1, xg_sk_k(lim->src_pps, lim->src_burst_pkts)) |
+                     xg_over(un_b + p->len, xg_sk_k(lim->src_bps, lim->src_burst_bytes)) |
+                     (xg_over(un_s + 1, xg_sk_k(lim->syn_src_pps, lim->syn_src_burst)) & is_syn);
+        if (!hot && !over) {
+            /* XXX: unlocked, like the buckets: concurrent CPUs may lose a count */
+            sk->pkts[c] += 1;
+            sk->bytes[c] += p->len;
+            sk->syns[c] += is_syn;
+            return XG_CONTINUE;
+        }
+        sk->hot_until = e + 1;         /* hot through the next window */
+    }
+    /* The bucket path: one LRU operation per packet, a lookup, or for a new source an insert of
+     * a bucket already charged for this packet (no lookup again after the insert). A bucket
+     * created, or found by a source whose slot was not hot, is first charged with the slot's
+     * uncharged counts (its own and its slot mates': never less than its own). */
     struct xg_bucket *stored = xg_bucket_lru.lookup(&p->src);
     struct xg_bucket cur;
     if (stored) {
         cur = *stored;
+        if (hot)
+            un_p = un_b = un_s = 0;        /* on the bucket path already: charged packet by packet */
     } else {
-        cur.last_ns = cur.syn_last_ns = xg_now(now);
+        cur.last_ns = cur.syn_last_ns = t;
         cur.pkt_tokens = lim->src_burst_pkts * XG_TOKEN;
         cur.byte_tokens = lim->src_burst_bytes * XG_TOKEN;
         cur.syn_tokens = lim->syn_src_burst * XG_TOKEN;
     }
     struct xg_bucket *b = &cur;           /* worked on in place on the stack, written back once */
-    __u64 t = xg_now(now);
     __u64 byte_last = b->last_ns;          /* both buckets refill from the one shared last_ns */
     __u32 reason = XG_CONTINUE;
-    if (lim->src_pps && !bucket_take(&b->pkt_tokens, &b->last_ns, t, lim->src_pps, lim->src_burst_pkts, XG_TOKEN))
+    if (lim->src_pps && !bucket_take(&b->pkt_tokens, &b->last_ns, t, lim->src_pps, lim->src_burst_pkts,
+                                     un_p * XG_TOKEN, XG_TOKEN))
         reason = XG_REASON_RATELIMIT;
     if (lim->src_bps && !bucket_take(&b->byte_tokens, &byte_last, t, lim->src_bps, lim->src_burst_bytes,
-                                     reason == XG_CONTINUE ? (__u64)p->len * XG_TOKEN : 0))
+                                     un_b * XG_TOKEN, reason == XG_CONTINUE ? (__u64)p->len * XG_TOKEN : 0))
         reason = XG_REASON_RATELIMIT;      /* (cost 0 after a packet-bucket drop: refill only) */
     b->last_ns = t;
-    if (reason == XG_CONTINUE && is_syn && lim->syn_src_pps &&
-             !bucket_take(&b->syn_tokens, &b->syn_last_ns, t, lim->syn_src_pps, lim->syn_src_burst, XG_TOKEN))
+    if (lim->syn_src_pps && ((reason == XG_CONTINUE && is_syn) || un_s) &&
+        !bucket_take(&b->syn_tokens, &b->syn_last_ns, t, lim->syn_src_pps, lim->syn_src_burst, un_s * XG_TOKEN,
+                     reason == XG_CONTINUE && is_syn ? XG_TOKEN : 0))
         reason = XG_REASON_SYN;
     if (stored)
         *stored = cur;

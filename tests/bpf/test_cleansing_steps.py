@@ -91,6 +91,7 @@ class Bed:
                 m.delete(k)
         for slot in range(2):
             self.maps[MapName.SYNWIN].set(ctypes.c_uint32(slot), abi.SynWin(0, 0))
+        self.tb.clear_sketch()
         self.maps[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(0))
         for a in ADDRS.values():  # no port policy, no port limits (their maps were emptied above)
             m = self.maps[MapName.PROT4 if a.version == 4 else MapName.PROT6]
@@ -504,10 +505,13 @@ def test_syn_auth_expiry_requires_a_new_authentication(bed):
 
 
 def _set_bucket(bed, src: str, **fields) -> None:
+    """Write a source's bucket and put its sketch slot on the bucket path (so the bucket is what
+    judges its next packet, as for a source past its sketch allowance)."""
     b = abi.Bucket()
     for k, v in fields.items():
         setattr(b, k, v)
     bed.maps[MapName.BUCKETS].set(policy.src_key(ipaddress.ip_address(src)), b)
+    bed.tb.sketch_hot(src, now_ns())
 
 
 def test_bucket_refill_saturates_instead_of_wrapping(bed):

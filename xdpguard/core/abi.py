@@ -90,6 +90,10 @@ DP_HAS_BANS = 1 << 0
 DP_OPBANS_EMPTY = 1 << 1  # set by sweep_bans when xg_opban_hash is empty; `ban add` clears it
 DP_BAN_BLOOM = 1 << 2  # xg_banbloom_arr holds a bit for every ban (policy.enable_ban_bloom)
 BANBLOOM_BITS = 1048576
+# xg_srcsk_arr, the source sketch in front of xg_bucket_lru (abi.h XG_SK_*; policy.h step_ratelimit)
+SK_SLOTS = 65536
+SK_SHIFT = 30
+SK_MAX = 0x7FFFFFFF
 
 FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
 FA_MITIGATE = 4  # an automatic mitigation filter (core/mitigation.py): drop as Reason.MITIGATION
@@ -191,6 +195,11 @@ class SynAuth(ctypes.Structure):
 
 class DpState(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64)]
+
+
+class SrcSketch(ctypes.Structure):
+    _fields_ = [("epoch", ctypes.c_uint32), ("hot_until", ctypes.c_uint32), ("pkts", ctypes.c_uint32 * 2),
+                ("bytes", ctypes.c_uint32 * 2), ("syns", ctypes.c_uint32 * 2)]
 
 
 class Filter(ctypes.Structure):
@@ -305,6 +314,7 @@ class MapName(str, enum.Enum):
     FVEC = "xg_fvec_arr"
     FDEF = "xg_fdef_arr"
     BANBLOOM = "xg_banbloom_arr"  # bits over the banned sources: a clear bit skips the ban lookups
+    SRCSKETCH = "xg_srcsk_arr"  # uncharged packets per source hash: sources far from a limit get no bucket
     SYNWIN = "xg_synwin_arr"
     SYNSEEN = "xg_synseen_lru"
     SYNAUTH = "xg_synauth_hash"
@@ -351,6 +361,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.FVEC: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.FDEF: (ctypes.c_uint32, Filter, False),
     MapName.BANBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
+    MapName.SRCSKETCH: (ctypes.c_uint32, SrcSketch, False),
     MapName.SYNWIN: (ctypes.c_uint32, SynWin, False),
     MapName.SYNSEEN: (SrcKey, SynSeen, False),
     MapName.SYNAUTH: (SrcKey, SynAuth, False),
@@ -407,6 +418,7 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.FVEC: ("array", "XG_FVEC_ENTRIES", 0),
     MapName.FDEF: ("array", "XG_FDEF_ENTRIES", 0),
     MapName.BANBLOOM: ("array", BANBLOOM_BITS // 64, 0),
+    MapName.SRCSKETCH: ("array", "XG_SK_SLOTS", 0),
     MapName.COOKIES: ("percpu_array", 1, 0),
     MapName.GOODSRC: ("hash", "XG_GOODSRC_MAX", F_NO_PREALLOC),
 }
@@ -416,6 +428,7 @@ MAP_SIZE_DEFAULTS: dict[str, int] = {
     "XG_SOURCES_MAX": SOURCES_MAX, "XG_BANS_MAX": BANS_MAX, "XG_OPBANS_MAX": OPBANS_MAX,
     "XG_FILTERS_MAX": FILTERS_MAX, "XG_SYNAUTH_MAX": SYNAUTH_MAX, "XG_FLOWS_MAX": FLOWS_MAX,
     "XG_EMBRYOS_MAX": EMBRYOS_MAX, "XG_REASON_MAX": REASON_MAX, "XG_GOODSRC_MAX": GOODSRC_MAX,
+    "XG_SK_SLOTS": SK_SLOTS,
 }
 
 
@@ -463,6 +476,7 @@ C_STRUCTS: dict[str, type] = {
     "xg_synseen": SynSeen,
     "xg_synauth": SynAuth,
     "xg_dpstate": DpState,
+    "xg_srcsk": SrcSketch,
     "xg_filter": Filter,
     "xg_fhead": FHead,
     "xg_fsel": FSel,

@@ -195,12 +195,15 @@ class OnePacketRunner:
 
 
 def _reset_sources(bed: TestBed) -> None:
-    """Empty the per-source LRU maps (one syscall per entry: slow, so only between floods)."""
+    """Empty the per-source LRU maps (one syscall per entry: slow, so only between floods) and the
+    source sketch in front of them."""
     for name in (MapName.BUCKETS, MapName.SYNSEEN):
         if name in bed.maps:
             m = bed.maps[name]
             for k in list(m.keys()):
                 m.delete(k)
+    if MapName.SRCSKETCH in bed.maps:
+        bed.clear_sketch()
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import ipaddress
 from dataclasses import dataclass
 
 from . import dataplane, libbpf
-from .abi import (CFG_ENABLED, CFG_TCPSTATE, KIND_MAX, REASON_MAX, Config, Kind, ListEntry, MapName, Reason,
-                  TcpStateConfig)
+from .abi import (CFG_ENABLED, CFG_TCPSTATE, KIND_MAX, REASON_MAX, SK_SHIFT, SK_SLOTS, Config, Kind, ListEntry,
+                  MapName, Reason, SrcSketch, TcpStateConfig)
 from .maps import BpfMap
-from .policy import new_protected, prot_key
+from .policy import ban_bloom_bit, new_protected, prot_key, src_key
 from .prefixes import parse_prefix
 from .protection import Guard, list_target
 
@@ -74,6 +74,29 @@ class TestBed:
         v = self.maps[name].get(key)
         return None if v is None else v.hits
 
+    # -- the source sketch in front of the bucket LRU (abi.h xg_srcsk) --
+
+    def clear_sketch(self) -> None:
+        """Zero every slot of xg_srcsk_arr (one batch update)."""
+        m = self.maps[MapName.SRCSKETCH]
+        keys = (ctypes.c_uint32 * SK_SLOTS)(*range(SK_SLOTS))
+        vals = (SrcSketch * SK_SLOTS)()
+        rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), SK_SLOTS)
+        if rc != 0 or done != SK_SLOTS:
+            raise libbpf.BpfError(-rc, "map update batch on xg_srcsk_arr")
+
+    def sketch(self, src: str) -> SrcSketch:
+        return self.maps[MapName.SRCSKETCH].get(ctypes.c_uint32(sketch_slot(src)))
+
+    def sketch_hot(self, src: str, now_ns: int) -> None:
+        """Put the source's slot on the bucket path through the window after now_ns's, as a
+        packet of a source past its K does: its bucket is then consulted on every packet."""
+        m = self.maps[MapName.SRCSKETCH]
+        k = ctypes.c_uint32(sketch_slot(src))
+        v = m.get(k)
+        v.hot_until = (now_ns >> SK_SHIFT) + 1
+        m.set(k, v)
+
     # -- counters and runs --
 
     def counters(self) -> dict[tuple[Kind, Reason], tuple[int, int]]:
@@ -116,6 +139,11 @@ class TestBed:
         if pk != 1 or by != len(packet):
             raise AssertionError(f"counter moved by {pk} packets / {by} bytes for one {len(packet)}-byte packet")
         return Verdict(XDP_ACTIONS.get(rv, str(rv)), kind, reason)
+
+
+def sketch_slot(src: str) -> int:
+    """The source's slot in xg_srcsk_arr (xg_src_hash of policy.h, as ban_bloom_bit)."""
+    return ban_bloom_bit(src_key(ipaddress.ip_address(src))) & (SK_SLOTS - 1)
 
 
 def bare_drop_prog() -> tuple[object, int]:
