@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from cli_assert import one_line_error
+from xdpguard.core import state
 from test_forwarding import BPORT, CLIENT4, OTHER4, PROT4, PROT6, Topo, topo  # noqa: F401  (topo: fixture)
 
 pytestmark = pytest.mark.kernel
@@ -345,6 +346,100 @@ def test_sigkill_anywhere_in_an_apply_converges_on_the_next(topo: Topo, tmp_path
     assert answers(topo, src=CLIENT4) is False  # the last one applied was the small config
     topo.xg("apply", "-f", path, timeout=120)
     assert answers(topo, src=CLIENT4) and not answers(topo, src=OTHER4)
+
+
+def test_an_imperative_verb_is_stored_before_the_kernel_is_touched(topo: Topo, tmp_path: Path):
+    """Store first: with the interface lock held, a verb stops right before its kernel write; the
+    store already holds its change there. SIGKILLed at that point, the kernel never got it, and the
+    daemon converges the kernel to the store."""
+    small = write(tmp_path, f'[[interface]]\nname = "xgp0"\nprotect = ["{PROT4}"]\n', "small.toml")
+    topo.xg("apply", "-f", small)
+    topo.lab.defer("detach xdpguard", topo.xg, "detach", "xgp0", check=False)
+    key = netns_key(topo)
+    desired = state.state_root() / key / "desired.toml"
+    block_file = state.state_root() / key / "desired.lists" / "xgp0.block"
+    lock = state.run_root() / "locks" / f"{key}.xgp0.lock"
+    for argv, stored in ((["block", "add", "198.51.100.77"], lambda: "198.51.100.77/32" in block_file.read_text()),
+                         (["limit", "set", "--src-pps", "3k", "--protected", PROT4],
+                          lambda: "src_pps = 3000" in desired.read_text())):
+        fd = state.flock_wait(lock, 10)
+        assert fd is not None
+        try:
+            proc = topo.lab.popen(topo.prot, "xdpguard", *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert wait_for(lambda: block_file.exists() and stored(), 20), (argv, desired.read_text())
+            assert proc.poll() is None  # still waiting for the lock: the kernel is untouched
+            proc.kill()
+            proc.wait(timeout=10)
+        finally:
+            os.close(fd)
+    assert "198.51.100.77" not in topo.xg("block", "list").stdout
+    assert "src_pps" not in export(topo)
+    d = Daemon(topo, small)  # the file last applied: the store (with both changes) wins
+    took = wait_for(lambda: 'block = ["198.51.100.77/32"]' in export(topo) and "src_pps = 3000" in export(topo), 30, step=0.5)
+    assert took is not None, d.text()
+    assert d.stop() == 0
+    assert topo.xg("diff", "-f", small).stdout.strip() != "no changes"  # the store amended the file
+
+
+def _stopped_before_the_kernel(topo: Topo, argv: list[str], lock: Path, meta: Path) -> bool:
+    """Run a verb with the interface lock held: True once it stored a change (a new generation),
+    False if it stored nothing within 3 s; then SIGKILL it (the kernel untouched)."""
+    gen = json.loads(meta.read_text())["generation"] if meta.exists() else 0
+    fd = state.flock_wait(lock, 10)
+    assert fd is not None
+    try:
+        proc = topo.lab.popen(topo.prot, "xdpguard", *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        got = wait_for(lambda: meta.exists() and json.loads(meta.read_text())["generation"] > gen, 3) is not None
+        assert proc.poll() is None, argv  # waiting for the lock
+        proc.kill()
+        proc.wait(timeout=10)
+        return got
+    finally:
+        os.close(fd)
+
+
+def test_every_verb_stores_first_what_it_then_does(topo: Topo, tmp_path: Path):
+    """For each imperative verb: the store it leaves when SIGKILLed right before its kernel write
+    is the store it leaves when it runs to the end (the prediction is what the kernel does)."""
+    topo.attach()
+    key = netns_key(topo)
+    root = state.state_root() / key
+    lock = state.run_root() / "locks" / f"{key}.xgp0.lock"
+    lst = tmp_path / "list.txt"
+    lst.write_text("198.19.0.0/24\n198.19.1.1\n")
+
+    def snapshot() -> dict[str, str]:
+        files = [root / "desired.toml", *sorted((root / "desired.lists").glob("*"))]
+        return {f.name: f.read_text() for f in files if f.exists()}
+
+    verbs = [
+        ["block", "add", OTHER4, "198.51.100.0/24"], ["allow", "add", "203.0.113.5"],
+        ["block", "add", "198.51.100.0/24", "--ttl", "600"], ["block", "del", OTHER4], ["block", "load", str(lst)],
+        ["port", "open", "tcp", "22-24", "--protected", PROT4], ["port", "close", "tcp", "23"],
+        ["limit", "set", "--src-pps", "2k", "--ban", "30", "--protected", PROT4],
+        ["limit", "set", "--dst-pps", "1000", "--port", "udp:53-55"], ["limit", "clear", "--port", "udp:54"],
+        ["proto", "block", "icmp"], ["proto", "unblock", "icmp", "--protected", PROT6],
+        ["syn", "set", "--threshold", "1000", "--auth-window", "300-8000", "--protected", PROT4],
+        ["filter", "add", "--proto", "udp", "--dport", "53", "--action", "drop"],
+        ["filter", "add", "--proto", "tcp", "--dport", "25", "--action", "drop", "--position", "1"],
+        ["filter", "del", "2"], ["reflection", "add", "4444", "5555"], ["reflection", "off"],
+        ["monitor", "on", "--reason", "blocklist"], ["monitor", "off"], ["fragments", "pass"],
+        ["forward", "add", "udp", "80", "--to", f"198.18.2.2:{BPORT}"],
+        ["forward", "add", "tcp", "80", "--to", f"198.18.1.2:{BPORT}"],
+        ["level", "strict", "--protected", PROT4], ["limit", "clear", "--all-ports", "--protected", PROT6],
+        ["connlimit", "set", "--new-per-source", "50", "--protected", PROT4], ["connlimit", "clear"],
+        ["forward", "del", "tcp", "80"], ["level", "loose"],
+        ["events", "threshold", "set", "--drop-pps", "5000"], ["events", "threshold", "clear"],
+    ]
+    for argv in verbs:
+        before = snapshot()
+        stored = _stopped_before_the_kernel(topo, argv, lock, root / "desired.meta")
+        predicted = snapshot()
+        assert stored and predicted != before, (argv, "nothing stored before the kernel write")
+        topo.xg(*argv)
+        assert snapshot() == predicted, (argv, predicted, snapshot())
+    path = write(tmp_path, export(topo))
+    assert topo.xg("diff", "-f", path).stdout.strip() == "no changes"
 
 
 def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_through(topo: Topo, tmp_path: Path):

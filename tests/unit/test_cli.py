@@ -215,7 +215,9 @@ def test_block_load(calls, tmp_path):
     calls.fake("list_load", ListChangeResult("veth-xg0", "block", "load", 1000, 0, 0, [], []))
     r = invoke("block", "load", str(f), "--json")
     assert r.exit_code == 0
-    assert calls.log == [("list_load", ("block", None, str(f), None), {})]
+    (verb, args, kwargs), = calls.log  # the file is read once: the store's prediction and the write share it
+    assert (verb, args) == ("list_load", ("block", None, str(f), None))
+    assert [str(p) for p in kwargs["parsed"].prefixes] == ["203.0.113.0/24"]
     assert json.loads(r.output)["added"] == 1000
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import connlimit, nat
+from xdpguard.core import connlimit, imperative, nat
 from xdpguard.core.errors import UserError
 
-from .desired import recorded
 from .output import console, emit_json
 from .params import iface_option, json_option, protected_option
 
@@ -52,7 +51,7 @@ def set_(new_per_source, concurrent_per_source, new_total, conntrack_budget, udp
         lim = nat.ConnLimits(new_per_source, concurrent_per_source, new_total, conntrack_budget, udp_timeout_s, ban_s)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    render(recorded(connlimit.set_limits(iface, lim, protected)), as_json)
+    render(imperative.connlimit_set(iface, lim, protected), as_json)
 
 
 @connlimit_.command("clear")
@@ -61,7 +60,7 @@ def set_(new_per_source, concurrent_per_source, new_total, conntrack_budget, udp
 @json_option
 def clear(protected, iface, as_json):
     """Remove the connection limits of the address(es)."""
-    render(recorded(connlimit.clear(iface, protected)), as_json)
+    render(imperative.connlimit_clear(iface, protected), as_json)
 
 
 @connlimit_.command("show")

@@ -1,5 +1,5 @@
-"""`xdpguard apply | diff | export`: desired state as a file; and the hook by which the
-imperative verbs record what they changed into the desired-state store."""
+"""`xdpguard apply | diff | export | upgrade`: desired state as a file. (The imperative verbs
+change the desired-state store through core/imperative.py, store first.)"""
 
 from __future__ import annotations
 
@@ -14,16 +14,6 @@ from xdpguard.core.errors import UserError
 
 from .output import console, emit_json
 from .params import IFACE, IN_FILE, OUT_FILE
-
-
-def record_iface(name: str, lists: bool = False) -> None:
-    reconcile.record(name, lists=lists)
-
-
-def recorded(res, lists: bool = False):
-    """Pass a verb's result through after recording its interface into the store."""
-    record_iface(res.iface, lists)
-    return res
 
 
 def config_path(path: str | None) -> str:

@@ -8,14 +8,13 @@ import click
 from rich.table import Table
 
 from xdpguard.core import events as core
-from xdpguard.core import protection, state, vocab
+from xdpguard.core import imperative, protection, state, vocab
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_address
 from xdpguard.core.abi import Reason
 
 from .output import console, emit_json, human_bytes
 from .params import HOOK, IFACE, RATE, TEXT, SecondsType, iface_option as _iface, json_option as _json
-from .desired import record_iface
 
 
 
@@ -114,8 +113,7 @@ def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, 
         return core.EventConfig(default, addrs, cfg.hold_s if hold is None else hold,
                                 cfg.hook if hook is None else (hook or None))
 
-    cfg = core.set_config(st_iface, update)
-    record_iface(st_iface.name)
+    cfg = imperative.set_event_config(st_iface, update)
     _show(cfg, st_iface.name, as_json)
 
 
@@ -135,8 +133,7 @@ def threshold_clear(iface, as_json):
     """Back to the defaults."""
     st_iface = state.resolve_iface(protection.pick_iface(iface))
     state.require_root()
-    cfg = core.set_config(st_iface, lambda cfg: core.EventConfig())
-    record_iface(st_iface.name)
+    cfg = imperative.set_event_config(st_iface, lambda cfg: core.EventConfig())
     _show(cfg, st_iface.name, as_json)
 
 

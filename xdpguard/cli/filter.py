@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import abi, cleansing, policy
+from xdpguard.core import abi, cleansing, imperative, policy
 from xdpguard.core.vocab import parse_hex, parse_range
 from xdpguard.core.errors import UserError
 
 from .params import iface_option, json_option
 from .output import console, emit_json
-from .desired import recorded
 
 
 def render(res: cleansing.FilterResult, as_json: bool) -> None:
@@ -72,7 +71,7 @@ def add(proto, sport, dport, length, ttl, tcp_flags, payload, mask, base, offset
         payload_base=base, payload_off=offset, ban_s=ban_s)
     if flt.tcp_flags[0] and flt.proto not in (None, "tcp"):
         raise UserError("--tcp-flags only match TCP; drop --proto or use --proto tcp")
-    render(recorded(cleansing.filter_add(iface, flt, position)), as_json)
+    render(imperative.filter_add(iface, flt, position), as_json)
 
 
 @filter_.command("del")
@@ -81,7 +80,7 @@ def add(proto, sport, dport, length, ttl, tcp_flags, payload, mask, base, offset
 @json_option
 def delete(index, iface, as_json):
     """Delete filter INDEX (as shown by `filter list`); later ones move up."""
-    render(recorded(cleansing.filter_del(iface, index)), as_json)
+    render(imperative.filter_del(iface, index), as_json)
 
 
 @filter_.command("list")

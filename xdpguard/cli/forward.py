@@ -10,10 +10,10 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import forward as core
+from xdpguard.core import imperative
 
 from .output import console, emit_json, human_bytes
 from .params import iface_option as _iface, json_option as _json
-from .desired import recorded
 
 _protected = click.option("--protected", default=None, metavar="ADDR",
                           help="Protected address (default: the interface's only one of the backends' family).")
@@ -54,8 +54,9 @@ def forward():
 @_json
 def add(proto, ports, to, weights, backup, persist_s, preserve_client_ip, udp_probe, protected, iface, as_json):
     """Forward PROTO PORT[-PORT] of the protected address to --to backends."""
-    _report(recorded(core.add(proto, ports, to, ifname=iface, protected=protected, weights=weights, backup=backup,
-                              persist_s=persist_s, preserve_client_ip=preserve_client_ip, udp_probe=udp_probe)),
+    _report(imperative.forward_add(proto, ports, to, ifname=iface, protected=protected, weights=weights,
+                                     backup=backup, persist_s=persist_s, preserve_client_ip=preserve_client_ip,
+                                     udp_probe=udp_probe),
             as_json)
 
 
@@ -67,7 +68,7 @@ def add(proto, ports, to, weights, backup, persist_s, preserve_client_ip, udp_pr
 @_json
 def delete(proto, ports, protected, iface, as_json):
     """Remove the forwarding rule PROTO PORT[-PORT]."""
-    _report(recorded(core.delete(proto, ports, ifname=iface, protected=protected)), as_json)
+    _report(imperative.forward_delete(proto, ports, ifname=iface, protected=protected), as_json)
 
 
 @forward.command("list")

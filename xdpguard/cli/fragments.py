@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing
+from xdpguard.core import cleansing, imperative
 
 from .params import iface_option, json_option
 from .output import console, emit_json
-from .desired import recorded
 
 
 def render(res: cleansing.FragmentsResult, as_json: bool) -> None:
@@ -28,7 +27,7 @@ def fragments():
 @json_option
 def drop(iface, as_json):
     """Drop fragments."""
-    render(recorded(cleansing.fragments_set(iface, True)), as_json)
+    render(imperative.fragments_set(iface, True), as_json)
 
 
 @fragments.command("pass")
@@ -36,7 +35,7 @@ def drop(iface, as_json):
 @json_option
 def pass_(iface, as_json):
     """Pass fragments (the default at level loose; normal and strict drop them)."""
-    render(recorded(cleansing.fragments_set(iface, False)), as_json)
+    render(imperative.fragments_set(iface, False), as_json)
 
 
 @fragments.command("show")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import levels, levelset
+from xdpguard.core import imperative, levels, levelset
 
-from .desired import recorded
 from .output import console, emit_json
 from .params import iface_option, json_option, protected_option
 
@@ -43,4 +42,4 @@ def level(level, protected, iface, as_json):
             raise click.UsageError("level show takes no --protected")
         render(levelset.show(iface), as_json)
         return
-    render(recorded(levelset.set_level(iface, level, protected)), as_json)
+    render(imperative.set_level(iface, level, protected), as_json)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, policy
+from xdpguard.core import cleansing, imperative, policy
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json, human_bytes
 from .params import COUNT, TEXT, iface_option, json_option, protected_option
-from .desired import recorded
 
 RATE = COUNT  # limits are whole numbers (packets, bytes, seconds)
 
@@ -78,7 +77,7 @@ def set_(protected, port, src_pps, src_burst, src_bps, src_burst_bytes, dst_pps,
     """Replace the limits of the protected address(es), or of their --port, with these rates."""
     lim = policy.Limits(src_pps, src_burst, src_bps, src_burst_bytes, dst_pps, dst_burst, syn_src_pps,
                         syn_src_burst, ban_s, unknown_share)
-    render(recorded(cleansing.limit_set(iface, lim, protected, port)), as_json)
+    render(imperative.limit_set(iface, lim, protected, port), as_json)
 
 
 @limit.command("clear")
@@ -91,7 +90,7 @@ def clear(protected, port, all_ports, iface, as_json):
     """Remove the limits of the protected address(es), or of their --port."""
     if port and all_ports:
         raise UserError("give --port or --all-ports, not both")
-    render(recorded(cleansing.limit_clear(iface, protected, port, all_ports)), as_json)
+    render(imperative.limit_clear(iface, protected, port, all_ports), as_json)
 
 
 @limit.command("show")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from xdpguard.core import protection
+from xdpguard.core import imperative, protection
 
 from .output import console, emit_json
 from .params import CIDR, IN_FILE, SecondsType, iface_option, json_option
-from .desired import recorded
 
-TTL = SecondsType(0, lo_open=True)  # the upper bound is the core's (protection._check_ttl)
+TTL = SecondsType(0, lo_open=True)  # the upper bound is the core's (protection.check_ttl)
 
 _HELP = {
     "block": "Drop traffic from these sources to the protected addresses.",
@@ -48,7 +47,7 @@ def make_group(which: str) -> click.Group:
     @json_opt
     def add(cidrs, ttl, iface, as_json):
         """Add CIDRs (IPv4 and IPv6) to the list; existing entries keep their hit counts."""
-        _report(recorded(protection.list_add(which, iface, list(cidrs), ttl), lists=True), as_json)
+        _report(imperative.list_add(which, iface, list(cidrs), ttl), as_json)
 
     @group.command("del")
     @click.argument("cidrs", nargs=-1, required=True, type=CIDR)
@@ -56,7 +55,7 @@ def make_group(which: str) -> click.Group:
     @json_opt
     def delete(cidrs, iface, as_json):
         """Remove CIDRs from the list."""
-        _report(recorded(protection.list_del(which, iface, list(cidrs)), lists=True), as_json)
+        _report(imperative.list_del(which, iface, list(cidrs)), as_json)
 
     @group.command("load")
     @click.argument("file", type=IN_FILE)
@@ -65,7 +64,7 @@ def make_group(which: str) -> click.Group:
     @json_opt
     def load(file, ttl, iface, as_json):
         """Load FILE: one CIDR per line, '#' comments, v4 and v6 mixed. All or nothing."""
-        _report(recorded(protection.list_load(which, iface, file, ttl), lists=True), as_json)
+        _report(imperative.list_load(which, iface, file, ttl), as_json)
 
     dynamic_opt = click.option("--dynamic", is_flag=True, hidden=which != "block",
                                help="Show the dynamic bans instead (as `xdpguard ban list`).")

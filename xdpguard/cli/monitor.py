@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing
+from xdpguard.core import cleansing, imperative
 
 from .params import iface_option, json_option
 from .output import console, emit_json
-from .desired import recorded
 
 _reason = click.option("--reason", "reasons", multiple=True, metavar="REASON",
                        help=f"Only this drop reason (repeatable): {', '.join(cleansing.DROP_REASONS)}. "
@@ -35,7 +34,7 @@ def monitor():
 @json_option
 def on(reasons, iface, as_json):
     """Monitor (pass) the given drop reasons, or all."""
-    render(recorded(cleansing.monitor_change(iface, True, reasons)), as_json)
+    render(imperative.monitor_change(iface, True, reasons), as_json)
 
 
 @monitor.command("off")
@@ -44,7 +43,7 @@ def on(reasons, iface, as_json):
 @json_option
 def off(reasons, iface, as_json):
     """Enforce the given drop reasons again, or all."""
-    render(recorded(cleansing.monitor_change(iface, False, reasons)), as_json)
+    render(imperative.monitor_change(iface, False, reasons), as_json)
 
 
 @monitor.command("show")

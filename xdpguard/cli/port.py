@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import protection
+from xdpguard.core import imperative, protection
 
 from .output import console, emit_json
 from .params import iface_option as _iface, json_option as _json, protected_option as _protected
-from .desired import recorded
 
 _proto = click.argument("proto", type=click.Choice(["tcp", "udp"]))
 _range = click.argument("ports", metavar="PORT[-PORT]")
@@ -45,7 +44,7 @@ def port():
 @_json
 def open_(proto, ports, protected, iface, as_json):
     """Open PROTO PORT[-PORT] on the protected address(es)."""
-    _render(recorded(protection.ports_change(iface, proto, ports, protected, True)), as_json)
+    _render(imperative.ports_change(iface, proto, ports, protected, True), as_json)
 
 
 @port.command("close")
@@ -56,7 +55,7 @@ def open_(proto, ports, protected, iface, as_json):
 @_json
 def close(proto, ports, protected, iface, as_json):
     """Close ports opened with `port open` (ports of forwarding rules stay open)."""
-    _render(recorded(protection.ports_change(iface, proto, ports, protected, False)), as_json)
+    _render(imperative.ports_change(iface, proto, ports, protected, False), as_json)
 
 
 @port.command("list")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, policy
+from xdpguard.core import cleansing, imperative, policy
 
 from .limit import iface_option, json_option, protected_option
 from .output import console, emit_json
-from .desired import recorded
 
 _proto = click.argument("proto", type=click.Choice(list(policy.PROTOCOLS), case_sensitive=False))
 
@@ -36,7 +35,7 @@ def proto():
 @json_option
 def block(proto, protected, iface, as_json):
     """Drop PROTO to the protected address(es)."""
-    render(recorded(cleansing.proto_change(iface, proto, True, protected)), as_json)
+    render(imperative.proto_change(iface, proto, True, protected), as_json)
 
 
 @proto.command("unblock")
@@ -46,7 +45,7 @@ def block(proto, protected, iface, as_json):
 @json_option
 def unblock(proto, protected, iface, as_json):
     """Let PROTO through again."""
-    render(recorded(cleansing.proto_change(iface, proto, False, protected)), as_json)
+    render(imperative.proto_change(iface, proto, False, protected), as_json)
 
 
 @proto.command("show")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing
+from xdpguard.core import cleansing, imperative
 
 from .limit import iface_option, json_option
 from .output import console, emit_json
-from .desired import recorded
 
 
 def render(res: cleansing.ReflectionResult, as_json: bool) -> None:
@@ -41,7 +40,7 @@ def list_(iface, as_json):
 @json_option
 def add(ports, iface, as_json):
     """Add UDP source PORTs."""
-    render(recorded(cleansing.reflection_change(iface, "add", ports)), as_json)
+    render(imperative.reflection_change(iface, "add", ports), as_json)
 
 
 @reflection.command("del")
@@ -50,7 +49,7 @@ def add(ports, iface, as_json):
 @json_option
 def delete(ports, iface, as_json):
     """Remove UDP source PORTs."""
-    render(recorded(cleansing.reflection_change(iface, "del", ports)), as_json)
+    render(imperative.reflection_change(iface, "del", ports), as_json)
 
 
 @reflection.command("on")
@@ -58,7 +57,7 @@ def delete(ports, iface, as_json):
 @json_option
 def on(iface, as_json):
     """Turn the reflection filter on."""
-    render(recorded(cleansing.reflection_change(iface, "on")), as_json)
+    render(imperative.reflection_change(iface, "on"), as_json)
 
 
 @reflection.command("off")
@@ -66,4 +65,4 @@ def on(iface, as_json):
 @json_option
 def off(iface, as_json):
     """Turn the reflection filter off (the port list stays)."""
-    render(recorded(cleansing.reflection_change(iface, "off")), as_json)
+    render(imperative.reflection_change(iface, "off"), as_json)

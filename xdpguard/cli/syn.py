@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing
+from xdpguard.core import cleansing, imperative
 
 from .params import COUNT as RATE, TEXT, iface_option, json_option, protected_option
 from .output import console, emit_json
-from .desired import recorded
 
 
 def render(res: cleansing.SynResult, as_json: bool) -> None:
@@ -68,7 +67,7 @@ def syn():
 @json_option
 def set_(protected, threshold, mode, always, auth_window, keep_s, iface, as_json):
     """Set the SYN defence of the protected address(es)."""
-    render(recorded(cleansing.syn_set(iface, threshold, auth_window, keep_s, protected, mode, always)), as_json)
+    render(imperative.syn_set(iface, threshold, auth_window, keep_s, protected, mode, always), as_json)
 
 
 @syn.command("show")

@@ -74,13 +74,17 @@ def _limit_views(g, only=None) -> list[LimitView]:
     return out
 
 
-def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None = None,
-              port: str | None = None) -> LimitResult:
-    """Replace the limits of every selected address (or of its ports PROTO:LO-HI) by `limits`."""
+def check_limit_set(limits: policy.Limits) -> None:
     if not limits.active():
         raise UserError("limit set needs a rate: --src-pps, --src-bps, --dst-pps or --syn-src-pps")
     if limits.ban_s and not (limits.src_pps or limits.src_bps or limits.syn_src_pps):
         raise UserError("--ban needs a per-source rate (--src-pps, --src-bps or --syn-src-pps)")
+
+
+def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None = None,
+              port: str | None = None) -> LimitResult:
+    """Replace the limits of every selected address (or of its ports PROTO:LO-HI) by `limits`."""
+    check_limit_set(limits)
     spec = vocab.parse_port_spec(port) if port else None
     with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
@@ -161,10 +165,15 @@ def _blocked(g) -> dict[str, list[str]]:
     return {str(a): sorted(policy.read_address_policy(g.maps, a).blocked, key=order.index) for a in g.protected_addrs()}
 
 
-def proto_change(ifname: str | None, proto: str, block: bool, protected: str | None = None) -> ProtoResult:
+def check_proto(proto: str) -> str:
     proto = str(proto).lower()
     if proto not in policy.PROTOCOLS:
         raise UserError(f"unknown protocol '{proto}': use tcp, udp, icmp or other")
+    return proto
+
+
+def proto_change(ifname: str | None, proto: str, block: bool, protected: str | None = None) -> ProtoResult:
+    proto = check_proto(proto)
     with locked_guard(ifname) as g:
         changed = 0
         for a in _select_protected(g, protected):
@@ -224,7 +233,8 @@ def _check_ports(ports) -> frozenset[int]:
     return frozenset(out)
 
 
-def reflection_change(ifname: str | None, action: str, ports=()) -> ReflectionResult:
+def reflection_global(action: str, ports=()):
+    """The change of the global policy that `reflection ACTION PORTS` makes (validated now)."""
     if action not in ("add", "del", "on", "off"):
         raise UserError(f"invalid reflection action '{action}': use add, del, on or off")
     wanted = _check_ports(ports) if action in ("add", "del") else frozenset()
@@ -236,7 +246,11 @@ def reflection_change(ifname: str | None, action: str, ports=()) -> ReflectionRe
             return replace(old, reflection_ports=old.reflection_ports - wanted)
         return replace(old, reflection=action == "on")
 
-    name, old, new = _change_global(ifname, change)
+    return change
+
+
+def reflection_change(ifname: str | None, action: str, ports=()) -> ReflectionResult:
+    name, old, new = _change_global(ifname, reflection_global(action, ports))
     changed = sorted(old.reflection_ports ^ new.reflection_ports)
     return ReflectionResult(name, action, new.reflection, sorted(new.reflection_ports), changed)
 
@@ -270,11 +284,12 @@ def _filter_views(pol: policy.GlobalPolicy) -> list[FilterView]:
     return [FilterView(i + 1, f.to_dict(), describe_filter(f)) for i, f in enumerate(pol.filters)]
 
 
-def filter_add(ifname: str | None, flt: policy.Filter, position: int | None = None) -> FilterResult:
-    """Insert flt at 1-based `position` (default: last)."""
+def filter_add_global(flt: policy.Filter, position: int | None = None, where: list[int] | None = None):
+    """The change of the global policy that inserts flt at 1-based `position` (default: last);
+    the position taken is appended to `where`."""
     if position is not None:
         _check_count("--position", position, 1, abi.FILTERS_MAX)
-    where: list[int] = []
+    where = [] if where is None else where
 
     def change(old: policy.GlobalPolicy) -> policy.GlobalPolicy:
         if len(old.filters) >= abi.FILTERS_MAX:
@@ -283,11 +298,17 @@ def filter_add(ifname: str | None, flt: policy.Filter, position: int | None = No
         where.append(i + 1)
         return replace(old, filters=old.filters[:i] + (flt,) + old.filters[i:])
 
-    name, _, new = _change_global(ifname, change)
+    return change
+
+
+def filter_add(ifname: str | None, flt: policy.Filter, position: int | None = None) -> FilterResult:
+    """Insert flt at 1-based `position` (default: last)."""
+    where: list[int] = []
+    name, _, new = _change_global(ifname, filter_add_global(flt, position, where))
     return FilterResult(name, "add", where[0], _filter_views(new))
 
 
-def filter_del(ifname: str | None, index: int) -> FilterResult:
+def filter_del_global(index: int):
     _check_count("filter index", index, 1, abi.FILTERS_MAX)
 
     def change(old: policy.GlobalPolicy) -> policy.GlobalPolicy:
@@ -295,7 +316,11 @@ def filter_del(ifname: str | None, index: int) -> FilterResult:
             raise UserError(f"no filter {index}: there are {len(old.filters)}")
         return replace(old, filters=old.filters[: index - 1] + old.filters[index:])
 
-    name, _, new = _change_global(ifname, change)
+    return change
+
+
+def filter_del(ifname: str | None, index: int) -> FilterResult:
+    name, _, new = _change_global(ifname, filter_del_global(index))
     return FilterResult(name, "del", index, _filter_views(new))
 
 
@@ -330,11 +355,14 @@ def _monitor_view(name: str, action: str, mask: int) -> MonitorResult:
     return MonitorResult(name, action, reasons, mask & ALL_DROP_MASK == ALL_DROP_MASK)
 
 
+def monitor_global(on: bool, reasons=()):
+    bits = _reason_mask(reasons)
+    return lambda old: replace(old, monitor_mask=(old.monitor_mask | bits) if on else (old.monitor_mask & ~bits))
+
+
 def monitor_change(ifname: str | None, on: bool, reasons=()) -> MonitorResult:
     """Monitor (count as would_drop and pass) the given drop reasons, default all; off: stop."""
-    bits = _reason_mask(reasons)
-    name, _, new = _change_global(
-        ifname, lambda old: replace(old, monitor_mask=(old.monitor_mask | bits) if on else (old.monitor_mask & ~bits)))
+    name, _, new = _change_global(ifname, monitor_global(on, reasons))
     return _monitor_view(name, "on" if on else "off", new.monitor_mask)
 
 
@@ -351,8 +379,12 @@ class FragmentsResult:
     to_dict = _as_dict
 
 
+def fragments_global(drop: bool):
+    return lambda old: replace(old, drop_fragments=drop)
+
+
 def fragments_set(ifname: str | None, drop: bool) -> FragmentsResult:
-    name, _, new = _change_global(ifname, lambda old: replace(old, drop_fragments=drop))
+    name, _, new = _change_global(ifname, fragments_global(drop))
     return FragmentsResult(name, "drop" if drop else "pass", new.drop_fragments)
 
 
@@ -414,13 +446,18 @@ def _cookie_counts(g) -> dict[str, int]:
     return {n: sum(getattr(c, n) for c in per_cpu) for n, _ in abi.CookieStats._fields_} if per_cpu else {}
 
 
+def syn_policy(threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
+               mode: str = "cookie", always: bool = False) -> policy.SynPolicy:
+    d = policy.SynPolicy()
+    lo, hi = parse_window(auth_window) if auth_window else (d.auth_min_ms, d.auth_max_ms)
+    return policy.SynPolicy(threshold_pps, lo, hi, d.auth_keep_s if keep_s is None else keep_s, mode, always)
+
+
 def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
             protected: str | None = None, mode: str = "cookie", always: bool = False) -> SynResult:
     """Above threshold_pps SYNs/s (0: off; or at any rate with `always`) to an address, SYNs
     are answered with SYN cookies (mode cookie) or sources must retransmit (mode retransmit)."""
-    d = policy.SynPolicy()
-    lo, hi = parse_window(auth_window) if auth_window else (d.auth_min_ms, d.auth_max_ms)
-    syn = policy.SynPolicy(threshold_pps, lo, hi, d.auth_keep_s if keep_s is None else keep_s, mode, always)
+    syn = syn_policy(threshold_pps, auth_window, keep_s, mode, always)
     with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         for a in addrs:

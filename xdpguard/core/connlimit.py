@@ -35,10 +35,14 @@ def _limits(st: dict) -> dict[str, dict]:
     return dict(sorted((st.get(KEY) or {}).items()))
 
 
-def set_limits(ifname: str | None, lim: nat.ConnLimits, protected: str | None = None) -> ConnLimitResult:
+def check_limits(lim: nat.ConnLimits) -> None:
     if not lim.active():
         raise UserError("connlimit set needs a limit: --new-per-source, --concurrent-per-source, --new-total, "
                         "--conntrack-budget or --udp-timeout")
+
+
+def set_limits(ifname: str | None, lim: nat.ConnLimits, protected: str | None = None) -> ConnLimitResult:
+    check_limits(lim)
     with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         st = state.read_state(g.iface) or {}

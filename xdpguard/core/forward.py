@@ -302,14 +302,20 @@ def build_rule(proto: str, ports: str, to: str, protected: str | None, st: dict,
         raise UserError(str(exc)) from None
 
 
-def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected: str | None = None,
-        weights: str | None = None, backup: str | None = None, persist_s: int = 0,
-        preserve_client_ip: bool = False, udp_probe: str | None = None) -> ForwardChangeResult:
+def check_add(proto: str, udp_probe: str | None) -> bytes | None:
+    """`forward add`'s checks of its own arguments; the probe payload."""
     if proto not in forwarding.PROTOCOLS:
         raise UserError(f"unknown protocol '{proto}': use tcp or udp")
     probe = parse_udp_probe(udp_probe)
     if probe is not None and proto != "udp":
         raise UserError("--udp-probe applies to udp rules only")
+    return probe
+
+
+def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected: str | None = None,
+        weights: str | None = None, backup: str | None = None, persist_s: int = 0,
+        preserve_client_ip: bool = False, udp_probe: str | None = None) -> ForwardChangeResult:
+    probe = check_add(proto, udp_probe)
     with protection.locked_guard(ifname) as g:
         st = state.read_state(g.iface) or {}
         rule = build_rule(proto, ports, to, protected, st, g.iface.name, weights=weights, backup=backup,
@@ -365,13 +371,17 @@ def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected
     return ForwardChangeResult(g.iface.name, "add", rule.key, True, notes)
 
 
-def delete(proto: str, ports: str, *, ifname: str | None = None, protected: str | None = None) -> ForwardChangeResult:
+def check_delete(proto: str, ports: str) -> tuple[int, int]:
     if proto not in forwarding.PROTOCOLS:
         raise UserError(f"unknown protocol '{proto}': use tcp or udp")
     try:
-        lo, hi = forwarding.parse_port_range(ports)
+        return forwarding.parse_port_range(ports)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+
+
+def delete(proto: str, ports: str, *, ifname: str | None = None, protected: str | None = None) -> ForwardChangeResult:
+    lo, hi = check_delete(proto, ports)
     with protection.locked_guard(ifname) as g:
         st = state.read_state(g.iface) or {}
         mine = stored_rules(g.iface.name, st)

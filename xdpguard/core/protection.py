@@ -40,7 +40,7 @@ from .abi import (
 )
 from .errors import UserError
 from .maps import BpfMap
-from .prefixes import Prefix, parse_address, parse_prefix, read_prefix_file
+from .prefixes import Prefix, PrefixFile, parse_address, parse_prefix, read_prefix_file
 
 LISTS = ("block", "allow")
 PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
@@ -761,7 +761,7 @@ def status(ifname: str | None) -> list[StatusResult]:
     return out
 
 
-def _parse_many(cidrs: list[str]) -> tuple[list[Prefix], list[str]]:
+def parse_many(cidrs: list[str]) -> tuple[list[Prefix], list[str]]:
     prefixes, normalised = [], []
     for c in cidrs:
         p = parse_prefix(c)
@@ -771,7 +771,7 @@ def _parse_many(cidrs: list[str]) -> tuple[list[Prefix], list[str]]:
     return prefixes, normalised
 
 
-def _check_ttl(ttl: float | None) -> int:
+def check_ttl(ttl: float | None) -> int:
     if ttl is None:
         return 0
     if not 0 < ttl <= 10 * 365 * 86400:  # also refuses nan
@@ -780,8 +780,8 @@ def _check_ttl(ttl: float | None) -> int:
 
 
 def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None) -> ListChangeResult:
-    prefixes, normalised = _parse_many(cidrs)
-    expires = _check_ttl(ttl)
+    prefixes, normalised = parse_many(cidrs)
+    expires = check_ttl(ttl)
     with locked_guard(ifname) as g:
         g.sweep_expired(which)
         added, updated = g.upsert(which, prefixes, expires)
@@ -789,16 +789,18 @@ def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None
 
 
 def list_del(which: str, ifname: str | None, cidrs: list[str]) -> ListChangeResult:
-    prefixes, normalised = _parse_many(cidrs)
+    prefixes, normalised = parse_many(cidrs)
     with locked_guard(ifname) as g:
         removed, missing = g.delete(which, prefixes)
         g.sweep_expired(which)
     return ListChangeResult(g.iface.name, which, "del", 0, 0, removed, missing, normalised)
 
 
-def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None) -> ListChangeResult:
-    pf = read_prefix_file(path)
-    expires = _check_ttl(ttl)
+def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None,
+              parsed: PrefixFile | None = None) -> ListChangeResult:
+    """`parsed`: the file already read (read_prefix_file(path)), so a million lines are parsed once."""
+    pf = read_prefix_file(path) if parsed is None else parsed
+    expires = check_ttl(ttl)
     with locked_guard(ifname) as g:
         added, updated = g.upsert(which, pf.prefixes, expires)
     note = [f"{pf.normalised} prefixes had host bits set and were normalised"] if pf.normalised else []
@@ -853,11 +855,15 @@ def _select_protected(g: Guard, protected: str | None):
     return [a]
 
 
-def ports_change(ifname: str | None, proto: str, port_range: str, protected: str | None, open_: bool,
-                 by_bit: int = PORT_BY_OPERATOR) -> PortResult:
+def check_port_run(proto: str, port_range: str) -> tuple[int, int]:
     if proto not in PROTO_NUMBERS:
         raise UserError(f"unknown protocol '{proto}': use tcp or udp")
-    lo, hi = parse_port_range(port_range)
+    return parse_port_range(port_range)
+
+
+def ports_change(ifname: str | None, proto: str, port_range: str, protected: str | None, open_: bool,
+                 by_bit: int = PORT_BY_OPERATOR) -> PortResult:
+    lo, hi = check_port_run(proto, port_range)
     with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         changed = g.change_ports(addrs, proto, lo, hi, by_bit, open_)

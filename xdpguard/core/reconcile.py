@@ -419,12 +419,43 @@ def _jsonable(obj):
 
 
 def record(name: str, lists: bool = False) -> None:
-    """After an imperative change of `name` (attach, block add, limit set, forward add, …):
-    the store takes the interface's realised state, so `export` and a reboot keep it.
-    XXX: recorded after the kernel write, not before; a SIGKILL in between loses the change
-    from the store (the next `run` would revert it). `apply` stores first."""
+    """After an imperative change of `name`: the store takes the interface's realised state, so
+    `export` and a reboot keep exactly what the kernel does (change() stored the prediction first)."""
     spec = export_iface(name, lists=lists)
     store.update_interface(name, lambda old: spec)
+
+
+def change(ifname: str | None, predict, write, lists: bool = False):
+    """An imperative verb (block add, limit set, forward add, …), store first:
+    1. predict(spec) → the interface's desired spec after the verb, from the realised spec (what
+       the verb itself changes; the permanent list entries are the store's); it validates, so bad
+       input stores nothing;
+    2. that spec is stored (fsynced) before write() touches the kernel — a SIGKILL from here on
+       leaves the store ahead of the kernel, and the daemon (or the next apply) converges;
+    3. write() makes the change (maps, nft, records) and returns the verb's result; if it fails,
+       the interface's stored spec is put back and the error goes on;
+    4. the realised state is recorded (record()), so the store ends as what the kernel does even
+       where a prediction is coarser than the verb.
+    With lists=False the confirmation does not walk the list maps."""
+    state.require_root()
+    name = protection.pick_iface(ifname)
+    base = export_iface(name, lists=False)  # None: not ours; the command says so
+    after = config.norm_interface(predict(base)) if base is not None else None
+    with store.locked():
+        desired = store.load()
+        before = desired.interface(name)
+        stored = after is not None and after != before
+        if stored:
+            store.save(desired.with_interface(after), previous=desired)
+    try:
+        res = write()
+    except BaseException:
+        if stored:  # the store as it was (not read back: a prediction the loader refuses must not stick)
+            with store.locked():
+                store.save(desired, previous=desired.with_interface(after))
+        raise
+    record(name, lists)
+    return res
 
 
 def forget(name: str) -> None:
@@ -482,13 +513,18 @@ def detach(ifname: str) -> protection.DetachResult:
     """`xdpguard detach`: remove program, pins, records and the interface's desired state. An
     interface that is only in the store (after a reboot) is forgotten."""
     state.require_root()
+    before = store.stored_interface(ifname)
+    forget(ifname)  # store first: a SIGKILL during the detach leaves nothing to restore
     try:
         iface = state.resolve_iface(ifname)
         with state.iface_lock(iface):
             res = protection.detach_locked(iface, forward.teardown(iface))
     except UserError:
-        if store.stored_interface(ifname) is None:
+        if before is None:
             raise
         res = protection.DetachResult(ifname, None, ["nothing was attached; removed it from the desired state"])
-    forget(ifname)
+    except BaseException:
+        if before is not None:
+            store.update_interface(ifname, lambda cur: before)
+        raise
     return res

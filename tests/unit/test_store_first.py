@@ -1,0 +1,127 @@
+"""The imperative verbs are store first (issue 9, crash safety): reconcile.change stores the
+predicted desired spec (fsynced) — the realised spec with the verb's change — before the command
+touches the kernel, puts it back when the
+command fails, and stores nothing for bad input. The store is real (a temp state dir); the
+kernel write is a function that looks at the store and succeeds or fails. No root, bcc or kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+
+import pytest
+
+from xdpguard.core import config, imperative, policy, reconcile, state, store
+from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
+from xdpguard.core.errors import UserError
+from xdpguard.core.prefixes import parse_prefix
+from xdpguard.core.reconcile import change  # the real one (conftest fakes reconcile.change for the CLI tests)
+
+IF = "xgt0"
+ADDR = ipaddress.ip_address("198.18.0.2")
+P = parse_prefix("198.51.100.0/24").prefix
+S0 = InterfaceSpec(IF, addresses=(AddressSpec(ADDR),), block=frozenset({parse_prefix("203.0.113.0/24").prefix}))
+
+
+@dataclass(frozen=True)
+class Res:
+    iface: str
+
+
+@pytest.fixture
+def stored(monkeypatch, tmp_path, recorded_calls):
+    monkeypatch.setenv("XDPGUARD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDPGUARD_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(state, "require_root", lambda: None)
+    monkeypatch.setattr(reconcile, "export_iface", lambda name, lists=True: S0)  # what the kernel does
+    store.save(Desired((S0,)))
+    return recorded_calls
+
+
+def add_block(s: InterfaceSpec) -> InterfaceSpec:
+    return replace(s, block=s.block | {P})
+
+
+def test_the_store_holds_the_change_before_the_kernel_is_written(stored):
+    seen = []
+
+    def write():
+        seen.append(store.stored_interface(IF))  # what a SIGKILL here would leave behind
+        return Res(IF)
+
+    change(IF, add_block, write)
+    assert seen == [add_block(S0)]
+    assert store.stored_interface(IF) == add_block(S0)
+    assert stored == [("record", IF, False)]  # then the realised state is recorded
+
+
+def test_a_failed_kernel_write_puts_the_store_back(stored):
+    seen = []
+
+    def write():
+        seen.append(store.stored_interface(IF))
+        raise UserError("kernel said no")
+
+    text_before = store.desired_path().read_text()
+    with pytest.raises(UserError, match="kernel said no"):
+        change(IF, add_block, write)
+    assert seen == [add_block(S0)]  # it was stored first
+    assert store.stored_interface(IF) == S0
+    assert store.desired_path().read_text() == text_before
+    assert (store.lists_dir() / f"{IF}.block").read_text() == "203.0.113.0/24\n"
+    assert stored == []  # nothing recorded
+
+
+def test_the_store_is_put_back_without_reading_it(stored):
+    """A stored prediction that the loader would refuse (e.g. an overlapping forward) must not
+    stick: the store is rewritten from what it was, not read back."""
+    def write():
+        store.desired_path().write_text("[[interface]]\nname = 1\n")  # unreadable now
+        raise UserError("kernel said no")
+
+    with pytest.raises(UserError, match="kernel said no"):
+        change(IF, add_block, write)
+    assert store.stored_interface(IF) == S0
+
+
+def test_an_interrupted_kernel_write_puts_the_store_back(stored):
+    def write():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        change(IF, add_block, write)
+    assert store.stored_interface(IF) == S0
+
+
+def test_bad_input_stores_nothing_and_writes_nothing(stored):
+    writes = []
+    with pytest.raises(UserError, match="unknown protocol"):
+        imperative.proto_change(IF, "sctp", True)  # validated before the store is read
+    with pytest.raises(UserError, match="invalid protected address"):
+        change(IF, lambda s: imperative._each(s, "not-an-ip", lambda a: a), lambda: writes.append(1))
+    assert writes == [] and store.stored_interface(IF) == S0 and stored == []
+
+
+def test_an_unchanged_spec_is_not_rewritten(stored):
+    gen = store.load_meta().generation
+    change(IF, lambda s: s, lambda: Res(IF))
+    assert store.load_meta().generation == gen
+
+
+@pytest.mark.parametrize("verb, predict, want", [
+    ("block add", lambda s: imperative._lists(s, "block", [P], True), lambda s: replace(s, block=s.block | {P})),
+    ("block add --ttl", lambda s: imperative._lists(s, "block", list(S0.block), False),
+     lambda s: replace(s, block=frozenset())),
+    ("port open", lambda s: imperative._each(s, None, lambda a: replace(a, open_ports=(("tcp", 22, 22),))),
+     lambda s: replace(s, addresses=(AddressSpec(ADDR, open_ports=(("tcp", 22, 22),)),))),
+])
+def test_predictions_are_what_export_would_say(stored, verb, predict, want):
+    assert config.norm_interface(predict(S0)) == want(S0), verb
+
+
+def test_port_limit_predictions_merge_into_runs(stored):
+    lim = policy.Limits(dst_pps=1000)
+    a = imperative._port_limits(AddressSpec(ADDR), "udp", 53, 55, lim)
+    assert a.port_limits == (("udp", 53, 55, lim.effective()),)
+    a = imperative._port_limits(a, "udp", 54, 54, None)
+    assert a.port_limits == (("udp", 53, 53, lim.effective()), ("udp", 55, 55, lim.effective()))
