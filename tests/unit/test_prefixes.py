@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xdpguard.core.errors import UserError
@@ -80,6 +80,7 @@ def test_non_ascii_digit_prefix_length_is_a_user_error():
         parse_prefix("198.18.0.0/²")
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a loaded 2-core machine
 @given(st.one_of(
     st.tuples(st.ip_addresses(v=4), st.integers(0, 32)),
     st.tuples(st.ip_addresses(v=6), st.integers(0, 128)),
