@@ -298,8 +298,13 @@ def log_path() -> Path:
     return state.events_log_path()
 
 
+def append_record(rec: dict, path: Path | None = None) -> None:
+    """One record (an attack event's or a mitigation's) in the log, stamped with this namespace."""
+    state.append_log_line(path or log_path(), {**rec, "netns": state.netns_key()})
+
+
 def append_log(ev: AttackEvent, path: Path | None = None) -> None:
-    state.append_log_line(path or log_path(), {**ev.to_dict(), "netns": state.netns_key()})
+    append_record(ev.to_dict(), path)
 
 
 def read_log(path: Path | None = None, iface: str | None = None, this_netns: bool = True) -> list[dict]:

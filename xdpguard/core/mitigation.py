@@ -402,7 +402,7 @@ def service_key(protected: str, proto: str, port: int) -> str:
 
 def log_record(rec: dict, path=None) -> None:
     """One line in events.jsonl (the attack events' log): the record as it is after this step."""
-    state.append_log_line(path or events.log_path(), {**rec, "netns": state.netns_key()})
+    events.append_record(rec, path)
 
 
 def _step(rec: dict, step: str, detail: str, when: float | None = None) -> dict:

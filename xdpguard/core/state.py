@@ -142,7 +142,7 @@ def drop_log_lines(path: Path, key: str) -> int:
                 try:
                     mine = json.loads(line).get("netns") == key
                 except (ValueError, AttributeError):
-                    mine = False  # a torn line or a foreign one stays as it is
+                    mine = False  # a whole line that is not a record of ours stays
                 if mine:
                     dropped += 1
                 else:
