@@ -109,8 +109,7 @@ class MitigationWatch(threading.Thread):
 
 
 def conntrack_count() -> int:
-    p = subprocess.run(["ip", "netns", "exec", topology.ns_name("prot"), "cat",
-                        "/proc/sys/net/netfilter/nf_conntrack_count"], capture_output=True, text=True)
+    p = topology.in_ns(topology.ns_name("prot"), "cat", "/proc/sys/net/netfilter/nf_conntrack_count", check=False)
     return int(p.stdout.strip() or 0)
 
 
