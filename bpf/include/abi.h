@@ -208,10 +208,13 @@ struct xg_ban {
     __u32 reserved;
 };
 
-/* xg_synwin_arr value: SYNs seen in the current 1 s window, per protected address slot. */
+/* xg_synwin_arr value: SYNs seen in the current 1 s window, per protected address slot, and
+ * until when the defence stays up once the threshold was crossed (so the first threshold SYNs of
+ * every new second do not reach the service while a flood goes on). */
 struct xg_synwin {
     __u64 window_start_ns;
     __u64 count;
+    __u64 defend_until_ns;
 };
 
 /* xg_synseen_lru value: an unauthenticated source's first dropped SYN. Only a retransmission

@@ -481,6 +481,10 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
 
 #include "syncookie.h"
 
+/* Once an address went over its SYN threshold the defence stays up this long after the last
+ * excess SYN, instead of letting the first threshold SYNs of each new second through. */
+#define XG_SYN_HOLD_NS ONE_SEC_NS
+
 /* Step 12b: SYN defence, above the address's SYN threshold (or always, XG_PROT_SYN_ALWAYS):
  * cookie mode answers the SYN with a SYN cookie (syncookie.h); retransmit mode makes sources
  * authenticate by retransmitting. */
@@ -504,7 +508,9 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
             w->count = 0;
         }
         __u64 seen = __sync_fetch_and_add(&w->count, 1) + 1;
-        if (seen <= sp->syn_threshold_pps)
+        if (seen > sp->syn_threshold_pps)
+            w->defend_until_ns = t + XG_SYN_HOLD_NS;   /* held one second past the last excess SYN */
+        else if (t >= w->defend_until_ns)
             return XG_CONTINUE;
         over_budget = seen > sp->syn_threshold_pps + XG_SC_BUDGET_PPS;
     }

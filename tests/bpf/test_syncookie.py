@@ -316,3 +316,30 @@ def test_cookie_budget_above_the_threshold(bed):
         assert bed.verdict(syn(good, PROT, sport=47010)).reason == Reason.CLEAN  # known-good: no budget
     finally:
         set_syn(bed)
+
+
+def test_defence_holds_into_the_next_second(bed):
+    """Once over the threshold the defence stays up one second past the last excess SYN: a new
+    window does not let its first `threshold` SYNs through while the flood goes on; once the hold
+    has run out, SYNs below the threshold pass again."""
+    set_syn(bed, threshold_pps=2)
+    slot = bed.maps[MapName.PROT4].get(policy.prot_key(ipaddress.ip_address(PROT))).syn.slot
+    win = bed.maps[MapName.SYNWIN]
+    try:
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        win.set(ctypes.c_uint32(slot), abi.SynWin(now, 0, 0))
+        got = [bed.verdict(syn(sport=48000 + i)).reason for i in range(3)]
+        assert got == [Reason.CLEAN] * 2 + [Reason.SYNCOOKIE], got
+        held = win.get(ctypes.c_uint32(slot)).defend_until_ns
+        assert now + 900_000_000 < held <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 1_000_000_000
+        # the window rolls over (its start moved 2 s back): the hold still answers every SYN
+        win.set(ctypes.c_uint32(slot), abi.SynWin(now - 2_000_000_000, 5, held))
+        got = [bed.verdict(syn(sport=48100 + i)) for i in range(2)]
+        assert [(v.action, v.reason) for v in got] == [("tx", Reason.SYNCOOKIE)] * 2, got
+        # the hold ran out: below the threshold SYNs pass again
+        win.set(ctypes.c_uint32(slot), abi.SynWin(now - 2_000_000_000, 5, now - 1))
+        got = [bed.verdict(syn(sport=48200 + i)).reason for i in range(2)]
+        assert got == [Reason.CLEAN] * 2, got
+    finally:
+        win.set(ctypes.c_uint32(slot), abi.SynWin(0, 0, 0))
+        set_syn(bed)

@@ -181,7 +181,8 @@ class Ban(ctypes.Structure):
 
 
 class SynWin(ctypes.Structure):
-    _fields_ = [("window_start_ns", ctypes.c_uint64), ("count", ctypes.c_uint64)]
+    _fields_ = [("window_start_ns", ctypes.c_uint64), ("count", ctypes.c_uint64),
+                ("defend_until_ns", ctypes.c_uint64)]
 
 
 class SynSeen(ctypes.Structure):
