@@ -13,6 +13,14 @@ if (($# == 0)); then
     set -- tests/
 fi
 
+# The run's state (per-namespace files, events.jsonl) goes to a private directory, removed after:
+# the tests never leave anything in the machine's own /var/lib/xdpguard.
+if [[ -z "${XDPGUARD_STATE_DIR:-}" ]]; then
+    XDPGUARD_STATE_DIR="$(mktemp -d /tmp/xdpguard-test-state.XXXXXX)"
+    export XDPGUARD_STATE_DIR
+    trap 'rm -rf "$XDPGUARD_STATE_DIR"' EXIT
+fi
+
 echo "==> pytest $*"
 status=0
 .venv/bin/python -m pytest -ra "$@" || status=$?
