@@ -143,6 +143,36 @@ def test_switches(fresh):
     assert fresh.verdict(inb("A")).reason == Reason.TCPSTATE
 
 
+def test_enforced_agrees_with_the_data_path(fresh):
+    """tcpstate.enforced (what the mitigation engine trusts: a clean ACK is an established
+    connection's) says yes exactly when XDP drops an ACK of no connection."""
+    from xdpguard.core import tcpstate
+
+    addr = ipaddress.ip_address(PROT)
+    pk = abi.Addr4.from_buffer_copy(addr.packed)
+    cur = fresh.maps[MapName.PROT4].get(pk)
+
+    def both() -> tuple[bool, bool]:
+        return tcpstate.enforced(fresh.maps, addr), fresh.verdict(inb("A", sport=51000)).reason == Reason.TCPSTATE
+
+    try:
+        assert both() == (True, True)
+        fresh.tcpstate(True, grace_until_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 10**10)
+        assert both() == (False, False)
+        fresh.tcpstate(False)
+        assert both() == (False, False)
+        fresh.tcpstate(True)
+        fresh.maps[MapName.PROT4].set(pk, abi.Protected(cur.flags | abi.PROT_TCPSTATE_OFF, cur.lim, cur.syn))
+        assert both() == (False, False)
+        fresh.maps[MapName.PROT4].set(pk, abi.Protected(cur.flags & ~abi.PROT_PORT_POLICY, cur.lim, cur.syn))
+        assert tcpstate.enforced(fresh.maps, addr) is False
+        assert tcpstate.enforced(fresh.maps, ipaddress.ip_address("198.18.9.9")) is False  # not protected
+    finally:
+        fresh.maps[MapName.PROT4].set(pk, cur)
+        fresh.tcpstate(True)
+    assert both() == (True, True)
+
+
 def test_monitor_counts_would_drop(fresh):
     fresh.configure(monitor_mask=1 << Reason.TCPSTATE)
     fresh.tcpstate(True)

@@ -88,6 +88,7 @@ def lab(tmp_path_factory):
     lb = Lab(tmp_path_factory.mktemp("mitigation"))
     try:
         lb.xg("lab", "up")
+        lb.up_at = time.monotonic()
         rules = (f"table inet {COUNT_TABLE} {{\n  counter flood {{}}\n"
                  "  chain pre {\n    type filter hook prerouting priority -450; policy accept;\n"
                  f"    ip length {20 + 8 + PAYLOAD} udp dport {topology.ECHO_PORT} counter name flood\n  }}\n}}\n")
@@ -212,6 +213,52 @@ def test_udp_flood_mitigated_within_a_second_and_lifted(lab):
     # dynamic state: not in export, and the kernel table holds no mitigation filter any more
     exp = lab.prot_xg("export")
     assert exp.returncode == 0 and "mitigate" not in exp.stdout
+
+
+def test_client_through_the_onset_of_a_flood_without_a_baseline(lab):
+    """A fresh daemon (no peacetime baseline) and a real HTTP client already running when a
+    spoofed SYN flood below the SYN threshold starts at the forwarded tcp/80. The flood gets its
+    filter (flags S); what passes after it is the client itself, above the (low) trigger — its
+    established connections' segments must not be taken for flood, or the "adapt: widen" filter
+    sweeps the client in (seen in the lab: "length 54-144, ttl 64")."""
+    time.sleep(max(0.0, lab.up_at + 11 - time.monotonic()))  # XDP validates TCP state after the grace
+    log = open(lab.tmp / "onset.log", "w")
+    daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run",
+                               "--duration", "60", "--interval", "5", "--mitigation-pps", "500",
+                               "--mitigation-hold", "3"], stdout=log, stderr=subprocess.STDOUT, env=lab.env,
+                              stdin=subprocess.DEVNULL)
+    probes: dict = {}
+    floods = []
+    try:
+        time.sleep(1.5)  # the daemon's first round
+        client = threading.Thread(target=lab.probe, args=("http", 9, probes))
+        client.start()
+        time.sleep(2)
+        for src in SPOOFED:
+            floods.append(subprocess.Popen(
+                ["ip", "netns", "exec", lab.ns("attacker"), "timeout", "6", "hping3", "-q", "-S", "-o", "0x20",
+                 "-a", src, "-p", "80", "-c", "5000", "-i", "u1000", topology.PROT4],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+        for p in floods:
+            p.wait(timeout=20)
+        client.join()
+        recs = lab.mitigations()
+    finally:
+        for p in floods:
+            if p.poll() is None:
+                p.kill()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        log.close()
+    out = open(lab.tmp / "onset.log").read()
+    http = probes["http"]
+    print(f"\nclient through a SYN-flood onset, no baseline: {http['ok']}/{http['sent']} answered "
+          f"({http['success_pct']:.1f} %), p99 {http['p99_ms']} ms; mitigations: "
+          f"{[(r['fingerprint'], r['last_step']) for r in recs]}\n{out}")
+    assert "mitigation" in out and "install" in out, out  # the flood was taken on
+    assert "widen" not in out, out
+    assert all(r["filter"]["tcp_flags"] and r["filter"]["tcp_flags"][1] & 0x02 for r in recs), recs
+    assert http["success_pct"] >= 95, http
 
 
 def _levels(lab: Lab) -> dict:

@@ -124,6 +124,46 @@ def test_flood_at_the_start_of_a_service_spares_its_clients():
     assert d.coverage >= 0.85
 
 
+def test_established_connections_are_never_flood_and_refuse_a_fingerprint_matching_them():
+    """The widen seen in the lab: the first filter (hping3 SYN: length 54, flags S) drops the
+    flood, no baseline exists yet, and what still passes is the real client (its SYNs, ACKs,
+    requests). Fed to derive as flood it gave "length 54-144, ttl 64" and cut the client off.
+    `established` picks the client's connection segments (only while XDP validates TCP state);
+    they are not flood, and a fingerprint matching them is refused."""
+    rng = random.Random(11)
+    opts = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]
+    client = [sample(IP(src="198.18.0.10", dst=DST, ttl=64, id=rng.randrange(65536))
+                     / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=f, options=opts)
+                     / (b"GET / HTTP/1.0\r\n" * rng.randrange(1, 6) if "P" in f else b""))
+              for f in ["S", "A", "PA", "FA", "A"] * 12]
+    est = mitigation.established(client, tcpstate_enforced=True)
+    assert len(est) == 48 and all(x.tcp_flags & 0x10 and not x.tcp_flags & 0x02 for x in est)
+    assert mitigation.established(client, tcpstate_enforced=False) == []
+    # not from a would-drop or a rate-limited sample: only what passed as clean
+    assert mitigation.established([sample(IP(dst=DST) / TCP(dport=80, flags="A"), "tcpstate", "would_drop")], True) == []
+    # without the guard the client's own packets make a fingerprint that matches them
+    blind = mitigation.derive(client, [], SVC_TCP, 0.01)
+    assert blind.filter is not None and mitigation.share_matching(blind.filter, est) > 0.5
+    # with it: nothing of the client's source is flood, its SYNs neither
+    assert mitigation.not_from_clients(client, est) == []
+    # a real flood next to the client is still fingerprinted, and spares the client's SYNs too
+    # (hping3's bare 54-byte SYN, not the client's 74-byte one with options)
+    flood = [sample(IP(src=rsrc(rng), dst=DST, ttl=64, id=rng.randrange(65536))
+                    / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="S", window=512)) for _ in range(200)]
+    left = mitigation.not_from_clients(flood + client, est)
+    assert left == flood
+    d = mitigation.derive(left, [], SVC_TCP, 0.01, clients=est)
+    assert d.filter is not None, d.refused
+    assert mitigation.share_matching(d.filter, client) == 0.0 and d.coverage == 1.0
+    assert d.filter.length == (54, 54), d.conditions
+    # IPv6 sources are told apart too
+    six = [sample(IPv6(src=s, dst="2001:db8::1") / TCP(dport=80, flags="A")) for s in ("2001:db8::a", "2001:db8::b")]
+    assert mitigation.not_from_clients(six, six[:1]) == six[1:]
+    # a fingerprint that would match the established packets is refused, naming them
+    d = mitigation.derive(est, [], SVC_TCP, 0.01, clients=est)
+    assert d.filter is None and "established connections" in d.refused, d
+
+
 def test_varied_lengths_give_a_range_when_narrow():
     rng = random.Random(4)
     attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=200) / UDP(sport=rng.randrange(1024, 65535), dport=7)

@@ -19,7 +19,10 @@ with a mask) or, without those, the IPv4 ID — each taken only when ≥ 95% of 
 cluster has it. The filter is refused when it would have matched more than `max_share` of the
 baseline (the service's, or the interface's when the service has too few samples), when it
 names nothing beyond protocol and port, or, with no baseline at all, when it has fewer than two
-conditions. A flood that escapes the installed filters (it changed) gets another filter for
+conditions. The round's segments of established TCP connections (clean, ACK without SYN/RST,
+while XDP validates TCP state for the address: `established`) are the real clients even before a
+baseline exists: no packet of their sources counts as flood (their SYNs neither), and a filter
+matching more than `max_share` of them is refused too. A flood that escapes the installed filters (it changed) gets another filter for
 what now passes (adapt: widen, up to MAX_PER_SERVICE per service); a filter no sample has hit
 for `hold_s` while the attack goes on is removed (adapt: narrow); when the service's rate,
 mitigated drops included, stays below half of `min_pps` for `hold_s`, every filter of the
@@ -39,6 +42,7 @@ sample's snap length (128 bytes of the frame).
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 import time
 import uuid
@@ -47,7 +51,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import config, connlimit, events, levels, policy, protection, state
+from . import config, connlimit, events, levels, policy, protection, state, tcpstate
 from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
 from .errors import UserError
 
@@ -109,6 +113,12 @@ class Features:
     @property
     def service(self) -> tuple[str, str, int]:
         return (self.dst, self.proto, self.dport or 0)
+
+    @property
+    def src(self) -> bytes:
+        """The source address's bytes (as captured)."""
+        at, n = (self.l3_off + 12, 4) if self.family == 4 else (self.l3_off + 8, 16)
+        return self.frame[at:at + n]
 
 
 def parse_frame(frame: bytes, length: int | None = None) -> dict | None:
@@ -197,6 +207,28 @@ def matches(f: policy.Filter, x: Features) -> bool:
             if x.frame[at + i] & m != b & m:
                 return False
     return True
+
+
+TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
+
+
+def established(xs: Iterable[Features], tcpstate_enforced: bool) -> list[Features]:
+    """The samples of established TCP connections: passed as clean, with ACK and without SYN or
+    RST, while XDP validates TCP state for the address (tcpstate.enforced) — such a segment
+    belongs to a recorded connection, which a spoofed source cannot have made. They are the
+    real clients of the round even without a peacetime baseline: never flood samples, and a
+    fingerprint matching them is refused."""
+    if not tcpstate_enforced:
+        return []
+    return [x for x in xs if x.kind == "pass" and x.reason == "clean" and x.tcp_flags is not None
+            and x.tcp_flags & TCP_ACK and not x.tcp_flags & (TCP_SYN | TCP_RST)]
+
+
+def not_from_clients(xs: Iterable[Features], clients: list[Features]) -> list[Features]:
+    """The samples of `xs` whose source has no established connection among `clients`: what may be
+    flood. (A flood spoofing a client's address only loses those packets from its fingerprint.)"""
+    srcs = {x.src for x in clients}
+    return [x for x in xs if x.src not in srcs]
 
 
 def share_matching(f: policy.Filter, xs: list[Features]) -> float:
@@ -310,10 +342,12 @@ def _clusters(attack: list[Features]) -> list[list[Features]]:
 
 
 def derive(attack: list[Features], baseline: list[Features], service: tuple[str, str, int], max_share: float,
-           min_samples: int = 8, wider_baseline: list[Features] | None = None) -> Derivation:
+           min_samples: int = 8, wider_baseline: list[Features] | None = None,
+           clients: list[Features] = ()) -> Derivation:
     """The fingerprint of the flood in `attack` (samples of one service) that matches at most
     max_share of `baseline` (the service's peacetime samples; `wider_baseline`, the interface's,
-    is used when the service has fewer than MIN_BASELINE, and checked too when it has more).
+    is used when the service has fewer than MIN_BASELINE, and checked too when it has more) and
+    at most max_share of `clients` (the round's packets of established connections, `established`).
     Every candidate cluster gets its fingerprint; the best accepted one (most of the flood, then
     the most specific) wins; with none accepted, the refusal of the one covering most."""
     _, proto, port = service
@@ -340,6 +374,9 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
         elif bshare > max_share:
             bad.append(replace(d, filter=None, refused=f"would match {bshare:.1%} of the peacetime traffic "
                                                        f"(max {max_share:.1%}, {len(base)} samples)"))
+        elif clients and (cshare := share_matching(f, clients)) > max_share:
+            bad.append(replace(d, filter=None, refused=f"would match {cshare:.1%} of the established connections' "
+                                                       f"packets ({len(clients)} samples)"))
         elif len(base) < MIN_BASELINE and len(conds) < 2:
             bad.append(replace(d, filter=None, refused=f"no peacetime baseline ({len(base)} samples) and only one "
                                                        f"condition ({conds[0]})"))
@@ -519,6 +556,12 @@ class Engine:
         self.dropped: dict[str, int] = {}  # record id → packets its sampled drops stand for (kept between writes)
         self.rounds = 0
 
+    def _tcpstate(self, addr: str) -> bool:
+        try:
+            return tcpstate.enforced(self.maps, ipaddress.ip_address(addr))
+        except (OSError, ValueError):
+            return False
+
     def _svc(self, key) -> _Service:
         s = self.services.get(key)
         if s is None:
@@ -550,7 +593,8 @@ class Engine:
             xs = by.get(key, [])
             svc = self._svc(key)
             harmful = [x for x in xs if x.reason in HARMFUL_REASONS or x.kind == "would_drop"]
-            passing = [x for x in harmful if x.reason != "mitigation"]
+            clients = established(xs, key[1] == "tcp" and self._tcpstate(key[0]))
+            passing = not_from_clients((x for x in harmful if x.reason != "mitigation"), clients)
             scale = total_pps / n_all if n_all else 0.0
             attack_pps = scale * len(harmful)
             passing_pps = scale * len(passing)
@@ -581,7 +625,7 @@ class Engine:
                     pass
                 else:
                     d = derive(passing, list(svc.baseline), key, st.max_share, st.min_samples,
-                               list(self.iface_baseline))
+                               list(self.iface_baseline), clients)
                     if d.filter is None:
                         if svc.refused != d.refused:
                             svc.refused = d.refused

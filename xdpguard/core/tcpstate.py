@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from . import dataplane, libbpf
-from .abi import (CFG_TCPSTATE, FLOW_EST, PROT_TCPSTATE_OFF, TS_EST_TIMEOUT_S, Flow, FlowKey, MapName,
+from .abi import (CFG_TCPSTATE, FLOW_EST, PROT_PORT_POLICY, PROT_TCPSTATE_OFF, TS_EST_TIMEOUT_S, Flow, FlowKey, MapName,
                   TcpStateConfig)
 from .errors import UserError
 from .policy import prot_key
@@ -119,6 +119,21 @@ def set_address(maps, addr, on: bool) -> None:
         raise UserError(f"{addr} is not a protected address")
     cur.flags = (cur.flags & ~PROT_TCPSTATE_OFF) | (0 if on else PROT_TCPSTATE_OFF)
     pm.set(prot_key(addr), cur)
+
+
+def enforced(maps, addr) -> bool:
+    """Does XDP validate TCP state for this protected address right now? (The recorder is on, the
+    grace after attach is over, the address's port policy is on and the step is not switched off.)
+    While it does, a clean TCP segment with ACK and without SYN/RST belongs to a recorded
+    connection: a spoofed source cannot have made one."""
+    cfg = maps[MapName.CONFIG].get(ctypes.c_uint32(0))
+    if cfg is None or not cfg.flags & CFG_TCPSTATE:
+        return False
+    tc = maps[MapName.TCPCFG].get(ctypes.c_uint32(0))
+    if tc is not None and _now_ns() < tc.grace_until_ns:
+        return False
+    cur = maps[MapName.PROT4 if addr.version == 4 else MapName.PROT6].get(prot_key(addr))
+    return cur is not None and bool(cur.flags & PROT_PORT_POLICY) and not cur.flags & PROT_TCPSTATE_OFF
 
 
 # ---- seeding the connections that exist before the attach ----
