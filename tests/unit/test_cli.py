@@ -57,8 +57,8 @@ class Calls:
                 raise result
             return result
 
-        # detach is the verb layer's (it also tears down NAT and forgets the desired state)
-        self.monkeypatch.setattr(reconcile if verb == "detach" else protection, verb, impl)
+        # attach and detach are the verb layer's (store first; detach also tears down NAT)
+        self.monkeypatch.setattr(reconcile if verb in ("attach", "detach") else protection, verb, impl)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ S0 = InterfaceSpec(IF, addresses=(AddressSpec(ADDR),), block=frozenset({parse_pr
 @dataclass(frozen=True)
 class Res:
     iface: str
+    notes: tuple = ()
 
 
 @pytest.fixture
@@ -125,3 +126,64 @@ def test_port_limit_predictions_merge_into_runs(stored):
     assert a.port_limits == (("udp", 53, 55, lim.effective()),)
     a = imperative._port_limits(a, "udp", 54, 54, None)
     assert a.port_limits == (("udp", 53, 53, lim.effective()), ("udp", 55, 55, lim.effective()))
+
+
+@pytest.fixture
+def attachable(stored, monkeypatch):
+    """`attach` with the kernel side faked: the interface exists and nothing is attached;
+    protection.attach is whatever the test sets in calls['attach']."""
+    from xdpguard.core import protection
+
+    calls: dict = {"realise": []}
+    monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 7, "net-1"))
+    monkeypatch.setattr(protection, "check_attachable", lambda iface, force: None)
+    monkeypatch.setattr(protection, "attach", lambda *a, **kw: calls["attach"](*a, **kw))
+    monkeypatch.setattr(reconcile, "realise", lambda spec, **kw: calls["realise"].append(spec) or
+                        reconcile.RealiseResult(IF, "updated"))
+    return calls
+
+
+def test_attach_stores_the_interface_before_the_kernel_is_touched(attachable, stored):
+    seen = []
+    new = ipaddress.ip_address("198.18.0.9")
+    attachable["attach"] = lambda *a, **kw: seen.append(store.stored_interface("xgt1")) or Res("xgt1")
+    reconcile.attach("xgt1", [str(new)], level="strict")
+    (spec,) = seen
+    assert spec.protected == [new] and spec.address(new).level == "strict"
+    assert spec.global_.drop_fragments  # strict drops fragments, as the attach itself writes
+    assert store.stored_interface(IF) == S0  # the other interface is untouched
+    assert stored == [("record", "xgt1", True)] and attachable["realise"] == []
+
+
+def test_re_attach_stores_the_stored_policy_for_the_addresses_still_protected(attachable, stored):
+    seen = []
+    new = ipaddress.ip_address("198.18.0.9")
+    attachable["attach"] = lambda *a, **kw: seen.append(store.stored_interface(IF)) or Res(IF)
+    reconcile.attach(IF, [f"{ADDR},{new}"], monitor=True)
+    (spec,) = seen
+    assert spec.address(ADDR) == S0.address(ADDR) and spec.address(new).level == "normal"
+    assert spec.block == S0.block and spec.global_.monitor_mask == config.ALL_DROP_MASK
+    assert attachable["realise"] == [spec]  # then it is brought back into the new program
+
+
+def test_a_failed_attach_puts_the_store_back(attachable, stored):
+    text_before = store.desired_path().read_text()
+
+    def fail(*a, **kw):
+        assert store.stored_interface(IF).global_.monitor_mask == config.ALL_DROP_MASK  # stored first
+        raise UserError("cannot attach")
+
+    attachable["attach"] = fail
+    with pytest.raises(UserError, match="cannot attach"):
+        reconcile.attach(IF, [str(ADDR)], monitor=True)
+    assert store.stored_interface(IF) == S0 and store.desired_path().read_text() == text_before
+    assert stored == []
+
+
+def test_attach_with_bad_input_stores_nothing(attachable, stored):
+    attachable["attach"] = lambda *a, **kw: pytest.fail("the kernel was touched")
+    gen = store.load_meta().generation
+    for protect, level, msg in ((["not-an-ip"], "normal", "protected address"), ([str(ADDR)], "extreme", "level")):
+        with pytest.raises(UserError, match=msg):
+            reconcile.attach("xgt1", protect, level=level)
+    assert store.load_meta().generation == gen and store.stored_interface("xgt1") is None

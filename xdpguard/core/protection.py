@@ -501,13 +501,20 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
     state.require_root()
     iface = state.resolve_iface(ifname)
     with state.iface_lock(iface):
-        att = dataplane.query(iface.index)
-        if dataplane.is_ours(att):
-            raise UserError(f"{ifname} is already protected by xdpguard (prog id {att.prog_id}); detach it first")
-        if att is not None and not force:
-            raise UserError(f"{ifname} has a foreign XDP program attached (id {att.prog_id}, '{att.prog_name}'); "
-                            f"use --force to replace it")
+        att = check_attachable(iface, force)
         return attach_locked(iface, addrs, mode, monitor, force, att, defines, level)
+
+
+def check_attachable(iface: state.Iface, force: bool) -> dataplane.XdpAttachment | None:
+    """What is attached to `iface` now, when an attach may go ahead (nothing, or a foreign program
+    with `force`); a UserError otherwise."""
+    att = dataplane.query(iface.index)
+    if dataplane.is_ours(att):
+        raise UserError(f"{iface.name} is already protected by xdpguard (prog id {att.prog_id}); detach it first")
+    if att is not None and not force:
+        raise UserError(f"{iface.name} has a foreign XDP program attached (id {att.prog_id}, '{att.prog_name}'); "
+                        f"use --force to replace it")
+    return att
 
 
 def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bool,

@@ -472,25 +472,44 @@ def _level_spec(a, level: str | None) -> AddressSpec:
 
 def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
            defines: dict[str, int] | None = None, level: str | None = levels.DEFAULT_LEVEL) -> protection.AttachResult:
-    """`xdpguard attach`: attach, then bring back what the store holds for this interface (its
-    lists, policies, forwards and thresholds, for the addresses still protected); an address the
-    store knows nothing of gets `level` (normal: protected before anyone tunes it)."""
+    """`xdpguard attach`, store first: the interface's desired spec (what the store holds for it,
+    for the addresses now protected, or the new addresses at `level`: protected before anyone
+    tunes it) is stored (fsynced) before the kernel is touched and put back if the attach fails;
+    then the program is attached, the stored policy brought back, and the realised state recorded.
+    A SIGKILL in between leaves the store ahead of the kernel: the daemon converges."""
+    if level is not None:
+        levels.preset(level)  # bad input stores nothing
+    addrs = protection.parse_protect(protect)
+    state.require_root()
+    protection.check_attachable(state.resolve_iface(ifname), force)  # refused: nothing stored
+    with store.locked():
+        desired = store.load()
+        stored = desired.interface(ifname)
+        keep = set(addrs)
+        base = stored if stored is not None else InterfaceSpec(ifname, global_=policy.GlobalPolicy(
+            drop_fragments=level is not None and levels.fragments_dropped([level])))
+        spec = replace(base, mode=mode,
+                       addresses=tuple(sorted((base.address(a) or _level_spec(a, level) for a in addrs),
+                                              key=lambda x: (x.address.version, x.address))),
+                       forwards=tuple(f for f in base.forwards if f.rule.protected in keep),
+                       global_=replace(base.global_, monitor_mask=config.ALL_DROP_MASK if monitor else
+                                       base.global_.monitor_mask))
+        spec = replace(spec, events=replace(spec.events, addresses={
+            a: t for a, t in spec.events.addresses.items() if ipaddress.ip_address(a) in keep}))
+        spec = config.norm_interface(spec)
+        if spec != stored:
+            store.save(desired.with_interface(spec), previous=desired)
     extra = {} if defines is None else {"defines": defines}
     if level is not None:
         extra["level"] = level  # every address gets it; the stored ones get their stored policy back below
-    res = protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
-    stored = store.stored_interface(ifname)
+    try:
+        res = protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
+    except BaseException:
+        if spec != stored:  # the store as it was
+            with store.locked():
+                store.save(desired, previous=desired.with_interface(spec))
+        raise
     if stored is not None:
-        now_protected = [ipaddress.ip_address(a) for a in res.protected]
-        keep = set(now_protected)
-        spec = replace(stored, mode=mode,
-                       addresses=tuple(stored.address(a) or _level_spec(a, level) for a in now_protected),
-                       forwards=tuple(f for f in stored.forwards if f.rule.protected in keep),
-                       global_=replace(stored.global_, monitor_mask=config.ALL_DROP_MASK if monitor else
-                                       stored.global_.monitor_mask))
-        events_cfg = replace(spec.events, addresses={a: t for a, t in spec.events.addresses.items()
-                                                     if ipaddress.ip_address(a) in keep})
-        spec = replace(spec, events=events_cfg)
         r = realise(spec)
         res = replace(res, notes=[*res.notes, f"restored the stored policy of {ifname}", *r.notes])
     record(ifname, lists=True)
