@@ -315,6 +315,43 @@ def _conntrack_count(lab: Lab) -> int:
     return int(lab.in_ns("prot", "cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout.strip() or 0)
 
 
+def _t50_mix(lab: Lab, packets: int) -> tuple[int, dict]:
+    """t50's protocol mix (--protocol T50: ICMP, IGMP, TCP, UDP, RIP, DCCP, RSVP, IPsec, EIGRP,
+    OSPF) at the protective IP, bounded by count and time; t50 has no source range, so its
+    sources are random — they stay in the lab (only connected routes). → (conntrack entries of
+    the protector after it, XDP drops it caused)."""
+    _flush_conntrack(lab)
+    before = lab.drops()
+    p = lab.in_ns("attacker", "timeout", "-s", "INT", "10", "t50", topology.PROT4, "--threshold", str(packets),
+                  "--protocol", "T50", "--dport", "80", "--tos", "32", timeout=30)
+    assert "Sending" in p.stdout + p.stderr, p.stdout + p.stderr
+    after = lab.drops()
+    return _conntrack_count(lab), {r: n - before.get(r, 0) for r, n in after.items() if n > before.get(r, 0)}
+
+
+def test_a_protocol_mix_cannot_fill_the_protectors_conntrack(lab):
+    """IP protocols other than TCP/UDP/ICMP are forwarded by nothing; each spoofed source of one
+    was a generic conntrack entry (600 s) of the protector: t50's mix filled the lab's 262,144
+    entries in 3 s. The normal level (attach's default) drops them in XDP as `protocol`; loose
+    lets them pass, which shows the harm."""
+    if shutil.which("t50") is None:
+        pytest.fail("t50 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no t50")
+    n = 60_000
+    assert _levels(lab)[topology.PROT4][0] == "normal"
+    ct_normal, drops_normal = _t50_mix(lab, n)
+    assert lab.prot_xg("level", "loose").returncode == 0
+    try:
+        ct_loose, drops_loose = _t50_mix(lab, n)
+    finally:
+        assert lab.prot_xg("level", "normal").returncode == 0
+        _flush_conntrack(lab)
+    print(f"\nt50 --protocol T50, {n:,} packets: conntrack entries after it at normal {ct_normal:,} "
+          f"(drops {drops_normal}), at loose {ct_loose:,} (drops {drops_loose})")
+    assert drops_normal.get("protocol", 0) > n / 3, drops_normal
+    assert drops_loose.get("protocol", 0) == 0, drops_loose
+    assert ct_normal < 1_000 and ct_loose > 10 * max(ct_normal, 100), (ct_normal, ct_loose)
+
+
 def _udp_flood_conntrack_peak(lab: Lab) -> tuple[int, int]:
     """(peak conntrack entries during a spoofed UDP flood with changing source ports, flood packets sent)."""
     _flush_conntrack(lab)

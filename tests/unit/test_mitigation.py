@@ -327,6 +327,27 @@ def test_config_level_fills_what_the_table_does_not_give():
     assert config.loads(config.to_toml(d))[0] == d
 
 
+def test_levels_block_other_ip_protocols_except_loose():
+    """normal and strict drop IP protocols other than TCP, UDP and ICMP (t50's mix filled the
+    protector's conntrack with generic entries); loose lets them pass; running a level resets it."""
+    lo, no, st = (levels.preset(n) for n in levels.LEVELS)
+    assert (lo.block_other, no.block_other, st.block_other) == (False, True, True)
+    cur = policy.AddressPolicy(frozenset({"udp"}))
+    assert levels.address_policy("normal", cur).blocked == {"udp", "other"}
+    assert levels.address_policy("loose", levels.address_policy("strict", cur)).blocked == {"udp"}
+    assert "other IP protocols dropped" in no.describe() and "other IP protocols pass" in lo.describe()
+    # the config: the level fills block_protocols when the address does not give it …
+    d, _ = config.loads(LEVEL_CFG.format(extra=""))
+    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    assert a.blocked == {"other"}
+    # … and an explicit list, even empty, wins; export keeps it so
+    d, _ = config.loads(LEVEL_CFG.format(extra="block_protocols = []"))
+    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    assert a.blocked == frozenset() and a.level == "strict"
+    assert "block_protocols = []" in config.to_toml(d)
+    assert config.loads(config.to_toml(d))[0] == d
+
+
 def test_config_explicit_tables_override_the_level_as_a_whole():
     d, _ = config.loads(LEVEL_CFG.format(extra='limits = { src_pps = 123 }\nport_limit = []\n'))
     a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))

@@ -619,6 +619,7 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
         lp = levels.address_policy(level, policy.AddressPolicy(frozenset(), limits, syn))
         limits = limits if "limits" in d else lp.limits.effective()
         syn = syn if "syn" in d else lp.syn
+        blocked = blocked if "block_protocols" in d else sorted(lp.blocked)
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
                        norm_port_runs(opened), norm_port_limits(plims), level,
                        _connlimit(ld, d, path) if "connlimit" in d else None)
@@ -1064,7 +1065,7 @@ def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
         L.append("")
         for a in s.addresses:
             body = []
-            if a.blocked:
+            if a.blocked or a.level is not None:  # given, even empty: the level's preset does not fill it
                 body.append("block_protocols = " + _arr(_q(p) for p in policy.PROTOCOLS if p in a.blocked))
             if a.open_ports:
                 body.append("open_ports = " + _arr(_q(vocab.format_port_spec(*r)) for r in a.open_ports))

@@ -46,7 +46,8 @@ def _views(g, st: dict) -> list[LevelView]:
             continue
         p = PRESETS[lv]
         cur = policy.read_address_policy(g.maps, a)
-        adjusted = cur.limits != p.limits.effective() or cur.syn.threshold_pps != p.syn.threshold_pps
+        adjusted = (cur.limits != p.limits.effective() or cur.syn.threshold_pps != p.syn.threshold_pps
+                    or (p.block_other and "other" not in cur.blocked))
         for lo, hi in udp_ports(rules, a):
             for port in range(lo, hi + 1):
                 have = plims.get((str(a), "udp", port))

@@ -467,7 +467,7 @@ def _level_spec(a, level: str | None) -> AddressSpec:
     if level is None:
         return AddressSpec(a)
     lp = levels.address_policy(level, policy.AddressPolicy())
-    return AddressSpec(a, frozenset(), lp.limits.effective(), lp.syn, level=level)
+    return AddressSpec(a, frozenset(lp.blocked), lp.limits.effective(), lp.syn, level=level)
 
 
 def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
