@@ -80,6 +80,9 @@ def main() -> int:
     rounds = 3 if args.quick else 5
     rows: list[tuple[str, str]] = []
     tmp = Path(tempfile.mkdtemp(prefix="xg-bench-desired-"))
+    # a private state dir (the store, records, events.jsonl), removed with tmp: the machine's own
+    # /var/lib/xdpguard is never written
+    os.environ.setdefault("XDPGUARD_STATE_DIR", str(tmp / "state"))
     with Lab(timeout=900) as lab:
         lab.defer("remove temp dir", shutil.rmtree, tmp, True)
         cli, prot, be = lab.netns("cli"), lab.netns("prot"), lab.netns("be")
@@ -94,7 +97,10 @@ def main() -> int:
         list_file(tmp / "list.txt", entries)
         cfg = tmp / "big.toml"
         cfg.write_text(big_config(entries, 64, 100).replace("LISTFILE", str(tmp / "list.txt")))
-        lab.defer("detach", lab.run, prot, "xdpguard", "detach", "xgp0", check=False)
+        # on close (lab.run refuses once the lab is closing): the namespace would take the XDP
+        # program with it, but not xdpguard's records of it
+        lab.defer("detach", subprocess.run, ["ip", "netns", "exec", prot, "xdpguard", "detach", "xgp0"],
+                  capture_output=True, timeout=120)
 
         t_apply = timed(lambda: xg(lab, prot, "apply", "-f", str(cfg)))
         rows.append((f"apply, empty box → {entries:,} list entries, 64 filters, 100 forwards (compile included)",
@@ -103,7 +109,7 @@ def main() -> int:
         rows.append(("apply of the same file again (no changes; reads the kernel)", f"{statistics.median(t_noop):.1f} s"))
         t_diff = [timed(lambda: xg(lab, prot, "diff", "-f", str(cfg))) for _ in range(rounds)]
         rows.append(("diff of that file", f"{statistics.median(t_diff):.1f} s"))
-        t_exp = [timed(lambda: xg(lab, prot, "export", "-o", str(tmp / "exp.toml"))) for _ in range(rounds)]
+        t_exp = [timed(lambda: xg(lab, prot, "export", "--overwrite", "-o", str(tmp / "exp.toml"))) for _ in range(rounds)]
         rows.append(("export", f"{statistics.median(t_exp):.1f} s"))
         t_rec = [timed(lambda: xg(lab, prot, "limit", "set", "--src-pps", "50000", "--protected", PROT))
                  for _ in range(rounds)]

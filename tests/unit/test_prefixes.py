@@ -146,3 +146,29 @@ def test_bad_line_reports_path_and_line(tmp_path, lines, bad_line, names):
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         read_prefix_file(tmp_path / "absent.txt")
+
+
+def test_a_prefix_file_is_parsed_once_while_it_stays_the_same(tmp_path, monkeypatch):
+    """read_prefix_set caches by (device, inode, size, mtime): the store is loaded several times
+    by one command. A rewrite (by rename, as the store writes), an edit or a deletion is seen."""
+    import os
+
+    from xdpguard.core import prefixes
+
+    f = tmp_path / "list"
+    f.write_text("198.51.100.0/24\n2001:db8::1\n")
+    calls = []
+    real = prefixes.read_prefix_file
+    monkeypatch.setattr(prefixes, "read_prefix_file", lambda p: calls.append(p) or real(p))
+    first = prefixes.read_prefix_set(f)
+    assert [str(p) for p in first] == ["198.51.100.0/24", "2001:db8::1/128"]
+    assert prefixes.read_prefix_set(f) is first and len(calls) == 1
+    tmp = tmp_path / "list.tmp"
+    tmp.write_text("203.0.113.0/24\n")
+    os.replace(tmp, f)  # a new inode
+    assert [str(p) for p in prefixes.read_prefix_set(f)] == ["203.0.113.0/24"] and len(calls) == 2
+    f.write_text("203.0.113.0/24\n198.18.0.0/15\n")  # edited in place: size and mtime change
+    assert len(prefixes.read_prefix_set(f)) == 2 and len(calls) == 3
+    f.unlink()
+    with pytest.raises(UserError, match="cannot read"):
+        prefixes.read_prefix_set(f)

@@ -28,7 +28,7 @@ from pathlib import Path
 from . import abi, events, forwarding, levels, nat, policy, vocab
 from .errors import UserError
 from .forwarding import ForwardRule
-from .prefixes import Prefix, parse_prefix, read_prefix_file
+from .prefixes import Prefix, parse_prefix, read_prefix_set
 
 DEFAULT_PATH = Path("/etc/xdpguard/xdpguard.toml")
 MODES = ("auto", "native", "skb")
@@ -801,9 +801,9 @@ def _prefixes(ld: _Loader, d: dict, key: str, path: tuple) -> set[Prefix]:
         if p is not None:
             out.add(p)
     for i, f in enumerate(ld.strs(d, f"{key}_files", path)):
-        pf = ld.guard(path + (f"{key}_files", i), lambda f=f: read_prefix_file(f))
+        pf = ld.guard(path + (f"{key}_files", i), lambda f=f: read_prefix_set(f))
         if pf is not None:
-            out.update(pf.prefixes)
+            out.update(pf)
     return out
 
 
