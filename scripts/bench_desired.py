@@ -168,7 +168,8 @@ def main() -> int:
         lab.run(prot, "nft", "-f", "-", input=(
             "table inet xgbench {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
             f"  ip saddr {BLOCKED} counter name leaked\n }}\n}}\n"))
-        lab.defer("nft bench table", lab.run, prot, "nft", "delete", "table", "inet", "xgbench", check=False)
+        lab.defer("nft bench table", subprocess.run, ["ip", "netns", "exec", prot, "nft", "delete", "table", "inet",
+                                                       "xgbench"], capture_output=True, timeout=60)
         mac = json.loads(lab.run(prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
         flood = lab.popen(cli, PY, "-m", "xdpguard.lab.flood", "--iface", "xgc0", "--dst-mac", mac, "--dst", PROT,
                           "--kind", "udp", "--src", BLOCKED, "--dport", "7", "--count", "5000000", "--duration", "40",
