@@ -57,8 +57,12 @@ def test_demo_end_to_end(tmp_path):
     for kind in ("ack-flood", "spoofed-udp:7"):
         w, wo = rows[kind]
         assert w["rate"] >= 1.5 * wo["rate"] and w["kept"] > wo["kept"], (kind, w, wo)
+    # The share of the flood that reached the backend, not the count: the two generators run at very
+    # different rates (without xdpguard the protector's conntrack and DNAT take the CPU the generator
+    # needs: ~50k against ~700k pps on 2 cores), and with it the udp/7 budget (200 pps from everyone)
+    # lets its ~600 packets through by design.
     w, wo = rows["spoofed-udp:7"]
-    assert wo["backend"] >= 1000 and wo["backend"] >= 3 * w["backend"], (w, wo)
+    assert wo["backend"] >= 1000 and wo["share"] >= 3 * w["share"], (w, wo)
     assert "nothing left behind" in out
     # the second act: three nodes behind one anycast IP, one dies mid-attack
     act = out.split("== many nodes, one protective IP", 1)[1]
