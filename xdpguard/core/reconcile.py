@@ -441,21 +441,31 @@ def change(ifname: str | None, predict, write, lists: bool = False):
     name = protection.pick_iface(ifname)
     base = export_iface(name, lists=False)  # None: not ours; the command says so
     after = config.norm_interface(predict(base)) if base is not None else None
+    res, _, _ = _store_first(name, lambda before: after, write)
+    record(name, lists)
+    return res
+
+
+def _store_first(name: str, make, write):
+    """make(stored spec of `name` or None) → the spec to store (None: nothing), under the store
+    lock; it is stored (fsynced) unless unchanged, then write() runs. If write fails, the store is
+    put back as it was — rewritten, not read back (a prediction the loader refuses must not stick)
+    — and the error goes on. Returns (write's result, the spec stored before, the spec stored)."""
     with store.locked():
         desired = store.load()
         before = desired.interface(name)
+        after = make(before)
         stored = after is not None and after != before
         if stored:
             store.save(desired.with_interface(after), previous=desired)
     try:
         res = write()
     except BaseException:
-        if stored:  # the store as it was (not read back: a prediction the loader refuses must not stick)
+        if stored:
             with store.locked():
                 store.save(desired, previous=desired.with_interface(after))
         raise
-    record(name, lists)
-    return res
+    return res, before, after
 
 
 def forget(name: str) -> None:
@@ -482,10 +492,9 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
     addrs = protection.parse_protect(protect)
     state.require_root()
     protection.check_attachable(state.resolve_iface(ifname), force)  # refused: nothing stored
-    with store.locked():
-        desired = store.load()
-        stored = desired.interface(ifname)
-        keep = set(addrs)
+    keep = set(addrs)
+
+    def predict(stored: InterfaceSpec | None) -> InterfaceSpec:
         base = stored if stored is not None else InterfaceSpec(ifname, global_=policy.GlobalPolicy(
             drop_fragments=level is not None and levels.fragments_dropped([level])))
         spec = replace(base, mode=mode,
@@ -494,21 +503,14 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
                        forwards=tuple(f for f in base.forwards if f.rule.protected in keep),
                        global_=replace(base.global_, monitor_mask=config.ALL_DROP_MASK if monitor else
                                        base.global_.monitor_mask))
-        spec = replace(spec, events=replace(spec.events, addresses={
-            a: t for a, t in spec.events.addresses.items() if ipaddress.ip_address(a) in keep}))
-        spec = config.norm_interface(spec)
-        if spec != stored:
-            store.save(desired.with_interface(spec), previous=desired)
+        return config.norm_interface(replace(spec, events=replace(spec.events, addresses={
+            a: t for a, t in spec.events.addresses.items() if ipaddress.ip_address(a) in keep})))
+
     extra = {} if defines is None else {"defines": defines}
     if level is not None:
         extra["level"] = level  # every address gets it; the stored ones get their stored policy back below
-    try:
-        res = protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
-    except BaseException:
-        if spec != stored:  # the store as it was
-            with store.locked():
-                store.save(desired, previous=desired.with_interface(spec))
-        raise
+    res, stored, spec = _store_first(ifname, predict, lambda: protection.attach(
+        ifname, protect, mode=mode, monitor=monitor, force=force, **extra))
     if stored is not None:
         r = realise(spec)
         res = replace(res, notes=[*res.notes, f"restored the stored policy of {ifname}", *r.notes])
