@@ -139,9 +139,9 @@ def read_prefix_set(path: str | Path) -> tuple[Prefix, ...]:
     try:
         st = os.stat(Path(path))
     except OSError:
-        return tuple(read_prefix_file(path).prefixes)  # the reader names the problem
-    if not stat.S_ISREG(st.st_mode):
-        return tuple(read_prefix_file(path).prefixes)
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return tuple(read_prefix_file(path).prefixes)  # not cached; the reader names any problem
     key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     hit = _FILE_CACHE.get(key)
     if hit is None:
