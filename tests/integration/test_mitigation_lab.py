@@ -103,15 +103,19 @@ def lab(tmp_path_factory):
     assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
 
 
+def _hping_per_source(lab: Lab, timeout_s: float, *flags: str) -> list[subprocess.Popen]:
+    """One hping3 per spoofed source (DSCP CS1) at the protective IP, bounded by `timeout_s` and
+    the count in `flags`."""
+    return [subprocess.Popen(["ip", "netns", "exec", lab.ns("attacker"), "timeout", str(timeout_s), "hping3", "-q",
+                              *flags, "-o", "0x20", "-a", src, topology.PROT4],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            for src in SPOOFED]
+
+
 def _flood(lab: Lab, started: list) -> None:
-    procs = []
     started.append(time.time())
-    for src in SPOOFED:
-        procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns("attacker"), "timeout", str(FLOOD_TIMEOUT_S), "hping3", "-q", "--udp",
-             "-d", str(PAYLOAD), "-o", "0x20", "-a", src, "-p", str(topology.ECHO_PORT), "-c", str(PER_SOURCE),
-             "-i", "u50", topology.PROT4],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+    procs = _hping_per_source(lab, FLOOD_TIMEOUT_S, "--udp", "-d", str(PAYLOAD), "-p", str(topology.ECHO_PORT),
+                              "-c", str(PER_SOURCE), "-i", "u50")
     for p in procs:
         p.wait(timeout=FLOOD_TIMEOUT_S + 10)
     started.append(time.time())
@@ -228,17 +232,13 @@ def test_client_through_the_onset_of_a_flood_without_a_baseline(lab):
                                "--mitigation-hold", "3"], stdout=log, stderr=subprocess.STDOUT, env=lab.env,
                               stdin=subprocess.DEVNULL)
     probes: dict = {}
-    floods = []
+    floods: list[subprocess.Popen] = []
     try:
         time.sleep(1.5)  # the daemon's first round
         client = threading.Thread(target=lab.probe, args=("http", 9, probes))
         client.start()
         time.sleep(2)
-        for src in SPOOFED:
-            floods.append(subprocess.Popen(
-                ["ip", "netns", "exec", lab.ns("attacker"), "timeout", "6", "hping3", "-q", "-S", "-o", "0x20",
-                 "-a", src, "-p", "80", "-c", "5000", "-i", "u1000", topology.PROT4],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+        floods = _hping_per_source(lab, 6, "-S", "-p", "80", "-c", "5000", "-i", "u1000")
         for p in floods:
             p.wait(timeout=20)
         client.join()
