@@ -32,9 +32,9 @@ def level(level, protected, iface, as_json):
     """Apply a protection level to the protected addresses (or show them).
 
     loose: SYN defence above 50,000 SYN/s, no per-source limits, no automatic mitigation.
-    normal (what attach applies): per source 50,000 pps, SYN defence above 5,000/s, 10,000 pps
-    per source on every forwarded UDP port, automatic mitigation. strict: per source 10,000 pps
-    and 500 SYN/s (ban 60 s), SYN defence above 500/s, forwarded UDP ports 1,000 pps per source
+    normal (what attach applies): no address-wide per-source limit, SYN defence above 5,000/s,
+    10,000 pps per source on every forwarded UDP port, automatic mitigation. strict: per source
+    10,000 pps and 500 SYN/s (ban 60 s), SYN defence above 500/s, forwarded UDP ports 1,000 pps per source
     and 50,000 in all, automatic mitigation. Later `limit set`/`syn set` override what the level
     wrote; `level` again resets it."""
     if level == "show":
