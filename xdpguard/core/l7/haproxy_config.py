@@ -142,7 +142,7 @@ def _global(run_dir: str, secret: bytes) -> list[str]:
         f"    stats socket {run_dir}/{ADMIN_SOCKET} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
         f"    hard-stop-after {HARD_STOP_AFTER_S}s",
-        "    maxconn 20000",
+        "    maxconn 4096",  # 2 fds each: fits a hard RLIMIT_NOFILE of 20000 (this machine's)
         "    tune.ssl.default-dh-param 2048",
         "    ssl-default-bind-options ssl-min-ver TLSv1.2",
         f"    set-var proc.xg_key str({key})",
