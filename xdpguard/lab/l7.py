@@ -68,6 +68,15 @@ def build(lab, serve_s: float = 300.0) -> L7Lab:
     return L7Lab(client, attacker, prot, backend, proc)
 
 
+def plain_config(run_dir: str, listen: str = PROT4, backend: str = f"{BACKEND4}:{HTTP_PORT}") -> str:
+    """HAProxy as a plain reverse proxy (no defence at all): the "without limits" comparison."""
+    return (f"global\n    master-worker\n    stats socket {run_dir}/admin.sock mode 600 level admin expose-fd listeners\n"
+            "    maxconn 4096\n    hard-stop-after 30s\n\ndefaults\n    mode http\n    timeout connect 5s\n"
+            "    timeout client 30s\n    timeout server 30s\n\n"
+            f"frontend plain_fe\n    bind ipv4@{listen}:{HTTP_PORT}\n    default_backend plain_be\n\n"
+            f"backend plain_be\n    option forwardfor\n    server s0 {backend}\n")
+
+
 # ---- the backend ----
 
 
