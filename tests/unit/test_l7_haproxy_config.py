@@ -122,7 +122,7 @@ def test_the_defences_are_there() -> None:
     assert "tcp-request connection reject if { sc0_conn_rate gt 60 }" in text
     assert re.search(r"stick-table type ipv6 .* store gpt\(2\),conn_cur,conn_rate\(10s\),http_req_rate\(10s\)", text)
     # the level's ceiling punishes and answers 429
-    assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 500 }" in text
+    assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 300 }" in text
     # the longest prefix is limit 0; its tarpit punishes for 120 s
     assert "http-request set-var(txn.xg_lim) int(0) if !{ var(txn.xg_lim) -m found } { path_beg '/search' }" in text
     assert "int(1) if !{ var(txn.xg_lim) -m found } { path_beg '/login' }" in text
@@ -135,7 +135,7 @@ def test_the_defences_are_there() -> None:
     # the precise rules, in order, before the limits
     assert text.index("http-request allow if { method GET HEAD } { path_beg '/static/' }") < \
         text.index("http-request silent-drop if { req.hdr(user-agent) -m reg '(?i)(sqlmap|nikto)' }") < \
-        text.index("sc0_http_req_rate gt 500")
+        text.index("sc0_http_req_rate gt 300")
     # normal challenges nobody by default; strict everyone by 302, emergency by JavaScript
     assert "set-var(txn.xg_chal) int(1) unless xg_exempt" not in text
     strict = _render("level_strict").text

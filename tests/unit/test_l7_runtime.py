@@ -66,7 +66,7 @@ def test_offenders_name_what_each_source_exceeded():
                         ("2001:db8::66", "punished"), ("2001:db8::66", "new_conns")}
     p = got[("198.18.0.66", "punished")]
     assert p.action == "drop" and p.until == 1796614414 and p.value == 1796614414 - now
-    assert got[("198.18.0.66", "requests")].limit == 500 and got[("198.18.0.66", "requests")].value == 9000
+    assert got[("198.18.0.66", "requests")].limit == 300 and got[("198.18.0.66", "requests")].value == 9000
     assert got[("198.18.0.66", "prefix")].action == "tarpit" and got[("198.18.0.66", "prefix")].detail == "/api/ per 10 s"
     assert got[("2001:db8::66", "new_conns")].limit == 250
     # the client (22 requests, no punishment) is no offender; a punishment in the past is none either

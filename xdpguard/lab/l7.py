@@ -45,8 +45,14 @@ class L7Lab:
     backend_proc: object
 
 
-def build(lab, serve_s: float = 300.0) -> L7Lab:
-    """The namespaces, links, addresses and the backend server, in `lab` (a netns.Lab)."""
+BACKEND_RATE = "2mbit"  # a small real server's uplink, as topology.shape_backend
+PAGE_BYTES = 4096  # what the backend answers (a small page)
+
+
+def build(lab, serve_s: float = 300.0, shape: str | None = None, page_bytes: int = 64) -> L7Lab:
+    """The namespaces, links, addresses and the backend server, in `lab` (a netns.Lab). With
+    `shape` (e.g. BACKEND_RATE) the backend's uplink is a token bucket of that rate (tbf, 20 ms
+    of queue), and it answers pages of `page_bytes`: a small real server, which a flood can fill."""
     inet, client, attacker, prot, backend = (lab.netns(r) for r in ("l7inet", "l7cli", "l7atk", "l7prot", "l7back"))
     lab.run(inet, "ip", "link", "add", "br0", "type", "bridge")
     lab.run(inet, "ip", "link", "set", "br0", "up")
@@ -59,8 +65,11 @@ def build(lab, serve_s: float = 300.0) -> L7Lab:
     lab.addr(prot, "xgp0", f"{PROT4}/24")
     lab.addr(prot, "xgb0", f"{PROT_BACK4}/24")
     lab.addr(backend, "eth0", f"{BACKEND4}/24")
+    if shape:
+        lab.run(backend, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", shape, "burst", "16kb",
+                "latency", "20ms")
     proc = lab.popen(backend, sys.executable, "-m", "xdpguard.lab.l7", "serve", "--port", str(HTTP_PORT),
-                     "--duration", str(serve_s))
+                     "--duration", str(serve_s), "--page-bytes", str(page_bytes))
     wait = ("import socket,time\nend=time.monotonic()+10\nwhile True:\n try:\n"
             f"  socket.create_connection(({BACKEND4!r},{HTTP_PORT}),0.5).close();break\n"
             " except OSError:\n  assert time.monotonic()<end\n  time.sleep(0.1)\n")
@@ -82,9 +91,11 @@ def plain_config(run_dir: str, listen: str = PROT4, backend: str = f"{BACKEND4}:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    page_bytes = 64
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         body = f"ok path={self.path} xff={self.headers.get('X-Forwarded-For', '-')}\n".encode()
+        body += b"." * max(0, self.page_bytes - len(body) - 1) + (b"\n" if self.page_bytes > len(body) else b"")
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -104,7 +115,8 @@ class _Server(ThreadingHTTPServer):
         pass  # a peer that resets (health checks, a flood) is not news
 
 
-def serve(port: int, duration: float) -> int:
+def serve(port: int, duration: float, page_bytes: int = 64) -> int:
+    _Handler.page_bytes = page_bytes
     srv = _Server(("0.0.0.0", port), _Handler)
     threading.Timer(duration, srv.shutdown).start()
     srv.serve_forever()
@@ -124,10 +136,10 @@ def client(url: str, duration: float, interval: float, timeout: float, host: str
         req = urllib.request.Request(url, headers={"Host": host} if host else {})
         try:
             with opener.open(req, timeout=timeout) as r:
-                body = r.read(4096).decode(errors="replace")
+                body = r.read(1 << 20).decode(errors="replace")
                 counts["ok" if r.status == 200 and body.startswith("ok ") else "failed"] += 1
                 counts["status"][str(r.status)] = counts["status"].get(str(r.status), 0) + 1
-                counts["last_body"] = body.strip()
+                counts["last_body"] = body.splitlines()[0] if body else ""
         except urllib.error.HTTPError as exc:
             counts["failed"] += 1
             counts["status"][str(exc.code)] = counts["status"].get(str(exc.code), 0) + 1
@@ -146,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=HTTP_PORT)
     s.add_argument("--duration", type=float, default=120.0)
+    s.add_argument("--page-bytes", type=int, default=64)
     c = sub.add_parser("client")
     c.add_argument("--url", required=True)
     c.add_argument("--duration", type=float, default=5.0)
@@ -154,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--host")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
-        return serve(a.port, min(a.duration, 3600.0))
+        return serve(a.port, min(a.duration, 3600.0), max(0, min(a.page_bytes, 1 << 20)))
     print(json.dumps(client(a.url, min(a.duration, 600.0), a.interval, a.timeout, a.host)), flush=True)
     return 0
 

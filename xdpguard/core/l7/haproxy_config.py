@@ -286,6 +286,7 @@ def _frontend(svc: HttpService) -> list[str]:
 def _backend(svc: HttpService) -> list[str]:
     lines = [f"backend {backend_name(svc)}",
              "    balance roundrobin",
+             "    option abortonclose",  # a request whose client left (a bot's timeout) is not sent on
              "    option forwardfor",
              f"    option httpchk GET {svc.health_path}",
              "    http-check expect status 200-399",
