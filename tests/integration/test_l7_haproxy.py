@@ -26,8 +26,8 @@ import pytest
 
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7 import runtime
-from xdpguard.core.l7.proc import Haproxy, HaproxyConfigError, load_secret
-from xdpguard.core.l7.spec import HttpService, RateLimit, Rule
+from xdpguard.core.l7.proc import Haproxy, HaproxyConfigError, load_secret, tls_files
+from xdpguard.core.l7.spec import HttpService, RateLimit, Rule, Tls
 from xdpguard.lab import l7 as L
 
 pytestmark = pytest.mark.kernel
@@ -64,7 +64,7 @@ class Setup:
         return hc.render(services, run_dir=self.run_dir, secret=self.secret)
 
     def apply(self, *services: HttpService) -> str:
-        return self.h.apply(self.render(*services))
+        return self.h.apply(self.render(*services), tls_files(services))
 
     def curl(self, ns: str, *args: str) -> subprocess.CompletedProcess:
         return self.lab.run(ns, "curl", "-s", "-m", "3", *args, check=False, timeout=10)
@@ -253,3 +253,28 @@ def test_slowloris_is_timed_out(lab):
     # whose only limit is inactivity, keeps every one of them
     assert slow_limited["closed_by_server"] >= 60 and slow_plain["closed_by_server"] == 0
     assert limited["failed"] == 0 and limited["ok"] >= 0.9 * base["ok"], (base, limited)
+
+
+def test_https_service_with_its_certificate(lab):
+    _require("openssl")
+    s = Setup(lab)
+    d = Path(s.run_dir) / "certs-src"
+    d.mkdir()
+    cert, key = d / "site.crt", d / "site.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=example.com",
+                    "-addext", "subjectAltName=DNS:example.com", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    web = _service(domains=["example.com"])
+    tls = replace(web, name="webtls", port=443, tls=Tls(cert, key))
+    assert s.apply(web, tls) == "started"
+    resolve = ["--resolve", f"example.com:443:{L.PROT4}", "--cacert", str(cert)]
+    # verified against our certificate; the challenge cookie of an HTTPS service is Secure
+    r = s.curl(s.t.client, *resolve, "-i", "https://example.com/private/a")
+    assert r.returncode == 0 and r.stdout.startswith("HTTP/2 302"), r.stdout + r.stderr
+    assert re.search(r"set-cookie: xgc=\d+\.c\.[0-9a-f]{64};.*; Secure", r.stdout, re.I), r.stdout
+    jar = str(Path(s.run_dir) / "jar")
+    r = s.curl(s.t.client, *resolve, "-L", "-c", jar, "-b", jar, "https://example.com/private/a")
+    assert r.stdout.startswith("ok path=/private/a xff=198.18.0.10"), r.stdout + r.stderr
+    # an unknown Host gets 404, on both services
+    assert s.curl(s.t.client, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: other.example",
+                  URL).stdout == "404"

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import runtime
-from .haproxy_config import ADMIN_SOCKET, SECRET_BYTES, Rendered
+from .haproxy_config import ADMIN_SOCKET, SECRET_BYTES, Rendered, tls_bundle
+from .spec import HttpService
 
 CONFIG = "haproxy.cfg"
 PIDFILE = "haproxy.pid"
@@ -76,6 +77,18 @@ def load_secret(path: Path) -> bytes:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return data
+
+
+def tls_files(services: list[HttpService] | tuple[HttpService, ...]) -> dict[str, str]:
+    """The certificate + key bundles the configuration of `services` reads (name → PEM)."""
+    out = {}
+    for svc in services:
+        if svc.tls is not None:
+            try:
+                out[tls_bundle(svc)] = svc.tls.bundle()
+            except OSError as exc:
+                raise UserError(f"cannot read the TLS files of {svc.name}: {exc.strerror or exc}") from None
+    return out
 
 
 def _digest(rendered: Rendered, tls: dict[str, str]) -> str:
