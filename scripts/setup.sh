@@ -16,7 +16,7 @@ APT_PACKAGES=(
     ipset tcpdump tmux netsniff-ng ethtool iputils-ping prometheus python3-yaml hping3
     vagrant bird2 etcd-server etcd-client
     xdp-tools bpftool iptables iperf3 apache2-utils busybox python3-matplotlib
-    t50 nmap wrk
+    t50 nmap wrk haproxy
 )
 
 # Offline provisioning (the VM box): XDPGUARD_WHEELS=DIR installs Python packages from DIR only
@@ -79,11 +79,12 @@ if [[ " ${missing[*]} " == *" prometheus "* ]]; then
     fi
 fi
 
-# bird2 and etcd-server come with services their postinst enables (and, under systemd, starts) in
-# the host's own namespace. xdpguard runs BIRD and etcd only inside namespaces it made (the cluster
-# lab, the tests): a service this run installed is stopped and disabled, as for prometheus.
-for svc in bird etcd; do
-    pkg=$([[ "$svc" == bird ]] && echo bird2 || echo etcd-server)
+# bird2, etcd-server and haproxy come with services their postinst enables (and, under systemd,
+# starts) in the host's own namespace. xdpguard runs BIRD and etcd only inside namespaces it made
+# (the cluster lab, the tests) and HAProxy only as its own process (core/l7/proc.py, never the
+# distribution's unit): a service this run installed is stopped and disabled, as for prometheus.
+for svc in bird etcd haproxy; do
+    case "$svc" in bird) pkg=bird2 ;; etcd) pkg=etcd-server ;; *) pkg=$svc ;; esac
     if [[ " ${missing[*]} " == *" $pkg "* ]]; then
         step "stopping and disabling the $svc service (xdpguard runs $svc only inside lab namespaces)"
         if [[ -d /run/systemd/system ]]; then

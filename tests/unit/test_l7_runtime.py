@@ -1,0 +1,110 @@
+"""The runtime API client (l7/runtime.py) on HAProxy 2.6's real answers, and the process owner's
+first rule (l7/proc.py): a configuration HAProxy refuses is never installed."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+
+import pytest
+
+from xdpguard.core.l7 import haproxy_config as hc
+from xdpguard.core.l7 import runtime
+from xdpguard.core.l7.proc import Haproxy, HaproxyConfigError, load_secret
+from xdpguard.core.l7.spec import HttpService, RateLimit
+
+# captured from HAProxy 2.6.12 (Debian 12) in the lab
+SRC = """# table: web_src, type: ipv6, size:102400, used:3
+0x55ab7a208198: key=::ffff:198.18.0.10 use=0 exp=59818 conn_rate(10000)=22 conn_cur=0 http_req_rate(10000)=22 gpt0=0 gpt1=0
+0x55ab7a208358: key=::ffff:198.18.0.66 use=64 exp=59999 conn_rate(10000)=80 conn_cur=64 http_req_rate(10000)=9000 gpt0=1796614414 gpt1=2
+0x55ab7a208400: key=2001:db8::66 use=0 exp=1000 conn_rate(10000)=300 conn_cur=2 http_req_rate(10000)=3 gpt0=1796614000 gpt1=1
+
+"""
+L0 = """# table: web_l0, type: ipv6, size:102400, used:1
+0x55ab7a208270: key=::ffff:198.18.0.66 use=0 exp=59982 http_req_rate(10000)=6
+
+"""
+STAT = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,"
+        "weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,"
+        "rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,"
+        "hrsp_other,hanafail,req_rate,req_rate_max,req_tot,\n"
+        "web_fe,FRONTEND,,,3,70,4096,91234,1,2,88000,0,0,,,,,OPEN,,,,,,,,,1,3,0,,,,0,10,0,900,,,,0,1200,5,90000,0,"
+        ",,,,91205,\n"
+        "web_be,s0,0,0,1,9,,1200,1,2,,0,,0,0,0,0,UP,1,1,0,0,0,99,0,,1,4,1,,1200,,2,5,,80,L7OK,200,1,0,1200,0,0,0,"
+        ",,,,,\n")
+
+
+def _svc(**kw) -> HttpService:
+    return HttpService(**{"name": "web", "listen": ["198.18.0.1"], "backends": ["198.18.1.2:80"], **kw})
+
+
+def test_show_table_is_parsed_into_typed_entries():
+    t = runtime.parse_show_table(SRC)
+    assert (t.name, t.type, t.size, t.used) == ("web_src", "ipv6", 102400, 3)
+    addrs = [e.address for e in t.entries]
+    assert addrs == [ipaddress.ip_address("198.18.0.10"), ipaddress.ip_address("198.18.0.66"),
+                     ipaddress.ip_address("2001:db8::66")]
+    atk = t.entries[1]
+    assert atk.get("http_req_rate") == 9000 and atk.get("conn_cur") == 64 and atk.get("gpt1") == 2
+    assert atk.data["http_req_rate(10000)"] == 9000 and atk.expire_ms == 59999
+    assert atk.get("gpc0") == 0  # not stored: default
+
+
+def test_an_error_answer_is_an_error():
+    with pytest.raises(runtime.RuntimeApiError, match="Unknown table"):
+        runtime.parse_show_table("Unknown table name 'nope'.\n")
+    with pytest.raises(runtime.RuntimeApiError):
+        runtime.parse_show_stat("Unknown command.\n")
+
+
+def test_offenders_name_what_each_source_exceeded():
+    svc = _svc(limits=[RateLimit("/api/", 5, action="tarpit")])
+    tables = {"web_src": runtime.parse_show_table(SRC), "web_l0": runtime.parse_show_table(L0)}
+    now = 1796614000 - 10
+    got = {(str(o.address), o.kind): o for o in runtime.service_offenders(tables, svc, now=now)}
+    assert set(got) == {("198.18.0.66", "punished"), ("198.18.0.66", "requests"), ("198.18.0.66", "prefix"),
+                        ("2001:db8::66", "punished"), ("2001:db8::66", "new_conns")}
+    p = got[("198.18.0.66", "punished")]
+    assert p.action == "drop" and p.until == 1796614414 and p.value == 1796614414 - now
+    assert got[("198.18.0.66", "requests")].limit == 300 and got[("198.18.0.66", "requests")].value == 9000
+    assert got[("198.18.0.66", "prefix")].action == "tarpit" and got[("198.18.0.66", "prefix")].detail == "/api/ per 10 s"
+    assert got[("2001:db8::66", "new_conns")].limit == 250
+    # the client (22 requests, no punishment) is no offender; a punishment in the past is none either
+    later = {(str(o.address), o.kind) for o in runtime.service_offenders(tables, svc, now=1796614414 + 1)}
+    assert ("198.18.0.66", "punished") not in later and not any(a == "198.18.0.10" for a, _ in later)
+    # a stricter level is stricter about the same numbers
+    strict = {(str(o.address), o.kind) for o in runtime.service_offenders(tables, _svc(level="emergency"), now=now)}
+    assert ("2001:db8::66", "new_conns") in strict and ("198.18.0.66", "concurrent") in strict
+
+
+def test_show_stat_rows():
+    rows = runtime.parse_show_stat(STAT)
+    fe = rows[0]
+    assert (fe.proxy, fe.name, fe.status, fe.sessions_cur, fe.denied_requests, fe.http_4xx, fe.requests_total) == \
+        ("web_fe", "FRONTEND", "OPEN", 3, 88000, 90000, 91205)
+    assert rows[1].status == "UP" and rows[1].http_2xx == 1200
+
+
+def test_one_command_per_connection():
+    with pytest.raises(ValueError):
+        runtime.command("/nonexistent.sock", "show table a; clear table a")
+    with pytest.raises(runtime.RuntimeApiError, match="/nonexistent.sock"):
+        runtime.command("/nonexistent.sock", "show info")
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None and not shutil.os.path.exists("/usr/sbin/haproxy"),
+                    reason="haproxy is not installed")
+def test_a_refused_configuration_is_never_installed(tmp_path):
+    h = Haproxy(tmp_path / "run")
+    good = hc.render([_svc()], run_dir=str(h.run_dir), secret=b"s" * 32)
+    bad = hc.Rendered(good.text.replace("http_req_rate(10s)", "http_req_rate(ten seconds)"), good.files)
+    with pytest.raises(HaproxyConfigError, match="HAProxy refused the generated configuration: .*"):
+        h.apply(bad)
+    assert not h.config.exists() and not (h.run_dir / "staging").exists()
+    h.check(good)  # the good one passes the same check
+
+
+def test_the_secret_is_made_once_and_kept(tmp_path):
+    a = load_secret(tmp_path / "l7" / "secret")
+    assert len(a) == 32 and load_secret(tmp_path / "l7" / "secret") == a
+    assert (tmp_path / "l7" / "secret").stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,325 @@
+"""HTTP services → an HAProxy 2.6 configuration (pure: text in, text out; proc.py writes and
+checks it with `haproxy -c` before any load).
+
+Per service, one frontend and one backend, with these defences in this order:
+
+    connection   track the source in <svc>_src (sc0): open connections, new connections per
+                 10 s, HTTP requests per 10 s, and the punishment (gpt 0: until when, unix
+                 seconds; gpt 1: which action). Over a connection limit → reject; a source
+                 punished with `drop` is dropped before its request is read.
+    request      unknown Host → 404 · precise rules in order (allow stops every later check,
+                 drop is silent, challenge marks the request) · the challenge cookie checked ·
+                 a punished source gets its punishment · every source over the level's request
+                 ceiling → 429 and punished · the operator's per-prefix limits (longest prefix,
+                 its own table <svc>_l<i> on sc1) → their action, punished · the challenge.
+    timeouts     `timeout http-request` (headers, and with http-buffer-request the body, must
+                 arrive in time: slowloris, slow POST), short keep-alive, bounded tarpit.
+
+The challenge cookie `xgc` is `EXPIRY.KIND.MAC` with MAC = hex(HMAC-SHA256(secret,
+"SOURCE|EXPIRY|KIND")), computed and checked by HAProxy itself (the `hmac` converter, compared
+with `secure_memcmp`). KIND `c` comes from the 302 challenge (any client that keeps cookies),
+`j` from the JavaScript page; the level `emergency` accepts only `j`. No state per challenged
+client: a flood of unverified requests costs HAProxy one HMAC each and us nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import spec
+from .spec import HttpService, Rule
+
+COOKIE = "xgc"
+ADMIN_SOCKET = "admin.sock"
+TABLE_SIZE = "100k"
+HARD_STOP_AFTER_S = 30  # an old worker keeps serving its connections this long after a reload
+SECRET_BYTES = 32
+PUNISH_CODES = {"deny": 1, "drop": 2, "tarpit": 3}
+REQUEST_WINDOW_S = 10  # the window of the level's per-source ceilings
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The configuration and the files it reads (name relative to its directory → content)."""
+
+    text: str
+    files: dict[str, str]
+
+
+def src_table(svc: HttpService) -> str:
+    return f"{svc.name}_src"
+
+
+def limit_table(svc: HttpService, i: int) -> str:
+    return f"{svc.name}_l{i}"
+
+
+def frontend_name(svc: HttpService) -> str:
+    return f"{svc.name}_fe"
+
+
+def backend_name(svc: HttpService) -> str:
+    return f"{svc.name}_be"
+
+
+def challenge_page(svc: HttpService) -> str:
+    """The JavaScript challenge page, next to the configuration (global `default-path config`)."""
+    return f"{svc.name}-challenge.html"
+
+
+def tls_bundle(svc: HttpService) -> str:
+    """Where the frontend reads its certificate + key, relative to the configuration."""
+    return f"tls/{svc.name}.pem"
+
+
+def _q(text: str) -> str:
+    """Single-quoted: HAProxy reads it verbatim (spec.py refuses a quote or a control character)."""
+    return f"'{text}'"
+
+
+def _bind_addr(addr) -> str:
+    return f"ipv6@{addr}" if addr.version == 6 else f"ipv4@{addr}"
+
+
+def _host_acl(domains: Sequence[str]) -> list[str]:
+    """ACL lines: `xg_host` is true for a Host header (port stripped, lower case) in `domains`."""
+    exact = [d for d in domains if not d.startswith("*.")]
+    wild = [d[1:] for d in domains if d.startswith("*.")]  # '.example.com'
+    lines = []
+    if exact:
+        lines.append("    acl xg_host req.hdr(host),field(1,:),lower -m str " + " ".join(exact))
+    if wild:
+        lines.append("    acl xg_host req.hdr(host),field(1,:),lower -m end " + " ".join(wild))
+    return lines
+
+
+def _rule_cond(rule: Rule) -> str:
+    conds = []
+    if rule.methods:
+        conds.append("{ method " + " ".join(rule.methods) + " }")
+    if rule.path_prefix:
+        conds.append("{ path_beg " + _q(rule.path_prefix) + " }")
+    if rule.uri_regex:
+        conds.append("{ path -m reg " + _q(rule.uri_regex) + " }")
+    if rule.host:
+        if rule.host.startswith("*."):
+            conds.append("{ req.hdr(host),field(1,:),lower -m end " + rule.host[1:] + " }")
+        else:
+            conds.append("{ req.hdr(host),field(1,:),lower -m str " + rule.host + " }")
+    if rule.user_agent_regex:
+        conds.append("{ req.hdr(user-agent) -m reg " + _q(rule.user_agent_regex) + " }")
+    if rule.referer_regex:
+        conds.append("{ req.hdr(referer) -m reg " + _q(rule.referer_regex) + " }")
+    conds += ["{ req.cook(" + c + ") -m found }" for c in rule.cookies]
+    conds += ["{ req.hdr(" + h + ") -m found }" for h in rule.headers]
+    conds += ["!{ req.hdr(" + h + ") -m found }" for h in rule.absent_headers]
+    return " ".join(conds)
+
+
+def _punish(sc_until: str, code: int, cond: str) -> list[str]:
+    return [f"    http-request sc-set-gpt(0,0) var(txn.xg_now),add({sc_until}) if {cond}",
+            f"    http-request sc-set-gpt(1,0) int({code}) if {cond}"]
+
+
+def _act(action: str, cond: str) -> str:
+    if action == "deny":
+        return f"    http-request deny deny_status 429 if {cond}"
+    if action == "tarpit":
+        return f"    http-request tarpit deny_status 429 if {cond}"
+    if action == "drop":
+        return f"    http-request silent-drop if {cond}"
+    raise ValueError(action)
+
+
+def _global(run_dir: str, secret: bytes) -> list[str]:
+    key = base64.b64encode(secret).decode("ascii")
+    return [
+        "global",
+        "    master-worker",
+        "    default-path config",
+        f"    stats socket {run_dir}/{ADMIN_SOCKET} mode 600 level admin expose-fd listeners",
+        "    stats timeout 30s",
+        f"    hard-stop-after {HARD_STOP_AFTER_S}s",
+        "    maxconn 4096",  # 2 fds each: fits a hard RLIMIT_NOFILE of 20000 (this machine's)
+        "    tune.ssl.default-dh-param 2048",
+        "    ssl-default-bind-options ssl-min-ver TLSv1.2",
+        f"    set-var proc.xg_key str({key})",
+        "",
+        "defaults",
+        "    mode http",
+        "    option dontlognull",
+        "    option http-buffer-request",
+        "    timeout connect 5s",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "    timeout queue 10s",
+        "    timeout tarpit 10s",
+        "    timeout client-fin 5s",
+        "    timeout http-request 5s",
+        "    timeout http-keep-alive 5s",
+        "",
+    ]
+
+
+def _tables(svc: HttpService) -> list[str]:
+    punish = max([svc.preset.punish_s] + [x.punish_s for x in svc.limits])
+    lines = [f"backend {src_table(svc)}",
+             f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
+             f"store gpt(2),conn_cur,conn_rate({REQUEST_WINDOW_S}s),http_req_rate({REQUEST_WINDOW_S}s)", ""]
+    for i, lim in enumerate(svc.effective_limits()):
+        lines += [f"backend {limit_table(svc, i)}",
+                  f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, 2 * lim.window_s)}s "
+                  f"store http_req_rate({lim.window_s}s)", ""]
+    return lines
+
+
+def _frontend(svc: HttpService) -> list[str]:
+    p = svc.preset
+    conns = svc.effective_conns()
+    ttl = svc.challenge_ttl_s
+    ssl = f" ssl crt {tls_bundle(svc)} alpn h2,http/1.1" if svc.tls else ""
+    lines = [f"frontend {frontend_name(svc)}"]
+    for a in svc.listen:
+        lines.append(f"    bind {_bind_addr(a)}:{svc.port}{' v6only' if a.version == 6 else ''}{ssl}")
+    lines += [
+        f"    timeout http-request {p.http_request_timeout_s}s",
+        f"    timeout http-keep-alive {p.keep_alive_timeout_s}s",
+        "    # per source: connections, requests, punishment",
+        f"    tcp-request connection track-sc0 src table {src_table(svc)}",
+        f"    tcp-request connection reject if {{ sc0_conn_cur gt {conns.concurrent} }}",
+        f"    tcp-request connection reject if {{ sc0_conn_rate gt {conns.new_per_10s} }}",
+        "    tcp-request connection set-var(sess.xg_now) date",
+        "    tcp-request connection set-var(sess.xg_left) sc_get_gpt(0,0),sub(sess.xg_now)",
+        f"    tcp-request connection silent-drop if {{ var(sess.xg_left) -m int gt 0 }} "
+        f"{{ sc_get_gpt(1,0) eq {PUNISH_CODES['drop']} }}",
+        "    http-request set-var(txn.xg_now) date",
+        "    http-request del-header x-forwarded-for",
+    ]
+    if svc.domains:
+        lines += _host_acl(svc.domains)
+        lines.append("    http-request deny deny_status 404 unless xg_host")
+    if svc.rules:
+        lines.append("    # precise rules, in order")
+    for rule in svc.rules:
+        cond = _rule_cond(rule)
+        if rule.action == "allow":
+            lines.append(f"    http-request allow if {cond}")
+        elif rule.action == "drop":
+            lines.append(f"    http-request silent-drop if {cond}")
+        else:
+            lines.append(f"    http-request set-var(txn.xg_chal) int(1) if {cond}")
+    kinds = "j" if p.challenge == "js" else "c j"
+    lines += [
+        "    # the challenge cookie: EXPIRY.KIND.MAC",
+        f"    http-request set-var(txn.xg_ck) req.cook({COOKIE})",
+        "    http-request set-var(txn.xg_cexp) var(txn.xg_ck),field(1,.)",
+        "    http-request set-var(txn.xg_ckind) var(txn.xg_ck),field(2,.)",
+        "    http-request set-var(txn.xg_cmac) var(txn.xg_ck),field(3,.)",
+        "    http-request set-var(txn.xg_cleft) var(txn.xg_cexp),sub(txn.xg_now)",
+        "    http-request set-var(txn.xg_cwant) src,concat(|,txn.xg_cexp,),concat(|,txn.xg_ckind,),"
+        "hmac(sha256,proc.xg_key),hex,lower",
+        "    acl xg_ok var(txn.xg_cleft) -m int gt 0",
+        "    acl xg_mac var(txn.xg_cmac),secure_memcmp(txn.xg_cwant)",
+        f"    acl xg_kind var(txn.xg_ckind) -m str {kinds}",
+        "    http-request set-var(txn.xg_ok) int(1) if xg_ok xg_mac xg_kind",
+        "    acl xg_verified var(txn.xg_ok) -m int 1",
+    ]
+    if svc.exempt:
+        lines.append("    acl xg_exempt path_beg " + " ".join(_q(x) for x in svc.exempt))
+    else:
+        lines.append("    acl xg_exempt always_false")
+    lines += [
+        "    # a punished source gets its punishment again",
+        "    http-request set-var(txn.xg_left) sc_get_gpt(0,0),sub(txn.xg_now)",
+        "    acl xg_punished var(txn.xg_left) -m int gt 0",
+    ]
+    for action, code in PUNISH_CODES.items():
+        lines.append(_act(action, f"xg_punished {{ sc_get_gpt(1,0) eq {code} }}"))
+    over = f"{{ sc0_http_req_rate gt {p.requests_per_10s} }}"
+    lines += [f"    # the level's ceiling: {p.requests_per_10s} requests per {REQUEST_WINDOW_S} s per source"]
+    lines += _punish(str(p.punish_s), PUNISH_CODES["deny"], over)
+    lines.append(_act("deny", over))
+    limits = svc.effective_limits()
+    if limits:
+        lines.append("    # per-prefix limits: the longest prefix applies")
+    for i, lim in enumerate(limits):
+        lines.append(f"    http-request set-var(txn.xg_lim) int({i}) if !{{ var(txn.xg_lim) -m found }} "
+                     f"{{ path_beg {_q(lim.prefix)} }}")
+    for i, lim in enumerate(limits):
+        is_i = f"{{ var(txn.xg_lim) -m int {i} }}"
+        lines.append(f"    http-request track-sc1 src table {limit_table(svc, i)} if {is_i}")
+        over_i = f"{is_i} {{ sc1_http_req_rate gt {lim.requests} }}"
+        if lim.action == "challenge":
+            lines.append(f"    http-request deny deny_status 429 if {over_i} xg_exempt")
+            lines.append(f"    http-request set-var(txn.xg_chal) int(1) if {over_i}")
+            continue
+        if lim.punish_s:
+            lines += _punish(str(lim.punish_s), PUNISH_CODES[lim.action], over_i)
+        lines.append(_act(lim.action, over_i))
+    if p.challenge != "none":
+        lines.append(f"    http-request set-var(txn.xg_chal) int(1) unless xg_exempt")
+    kind = "j" if p.challenge == "js" else "c"
+    secure = "; Secure" if svc.tls else ""
+    need = "{ var(txn.xg_chal) -m int 1 } !xg_verified"
+    lines += [
+        "    # the challenge: a new cookie for this source, by 302 or by a JavaScript page",
+        f"    http-request set-var(txn.xg_nexp) var(txn.xg_now),add({ttl}) if {need}",
+        f"    http-request set-var(txn.xg_nkind) str({kind}) if {need}",
+        "    http-request set-var(txn.xg_nmac) src,concat(|,txn.xg_nexp,),concat(|,txn.xg_nkind,),"
+        f"hmac(sha256,proc.xg_key),hex,lower if {need}",
+    ]
+    if kind == "c":
+        lines.append(
+            f"    http-request return status 302 hdr Location \"%[url]\" hdr Cache-Control no-store "
+            f"hdr Set-Cookie \"{COOKIE}=%[var(txn.xg_nexp)].c.%[var(txn.xg_nmac)]; Path=/; Max-Age={ttl}; "
+            f"HttpOnly; SameSite=Lax{secure}\" if {need}")
+    else:
+        lines.append(
+            f"    http-request return status 200 content-type \"text/html; charset=utf-8\" "
+            f"hdr Cache-Control no-store lf-file {challenge_page(svc)} if {need}")
+    lines += [f"    default_backend {backend_name(svc)}", ""]
+    return lines
+
+
+def _backend(svc: HttpService) -> list[str]:
+    lines = [f"backend {backend_name(svc)}",
+             "    balance roundrobin",
+             "    option abortonclose",  # a request whose client left (a bot's timeout) is not sent on
+             "    option forwardfor",
+             f"    option httpchk GET {svc.health_path}",
+             "    http-check expect status 200-399",
+             "    http-response del-header x-powered-by",
+             "    http-response del-header via"]
+    for i, (addr, port) in enumerate(svc.backends):
+        lines.append(f"    server s{i} {spec.format_backend(addr, port)} check inter 2s fall 3 rise 2")
+    return lines + [""]
+
+
+def js_page(max_age_s: int) -> str:
+    """The JavaScript challenge (HAProxy log-format: %[...] are its expressions). The MAC is
+    split so that the cookie exists only after the script ran."""
+    return (
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Checking your browser</title>"
+        "<meta name=\"robots\" content=\"noindex\"></head><body><p>Checking your browser…</p>"
+        "<noscript>This site needs JavaScript enabled.</noscript><script>"
+        "(function(){var b=\"%[var(txn.xg_nmac),bytes(32)]\",a=\"%[var(txn.xg_nmac),bytes(0,32)]\";"
+        f"document.cookie=\"{COOKIE}=%[var(txn.xg_nexp)].j.\"+a+b+\"; path=/; max-age={max_age_s}; SameSite=Lax\";"
+        "location.reload();})();</script></body></html>\n")
+
+
+def render(services: Sequence[HttpService], *, run_dir: str, secret: bytes) -> Rendered:
+    """The whole configuration for `services` (checked together: unique names and sockets)."""
+    items = spec.check_services(services)
+    if len(secret) < 16:
+        raise ValueError("the challenge secret must be at least 16 bytes")
+    if not run_dir.startswith("/") or any(c.isspace() or c in "'\"#\\" for c in run_dir):
+        raise ValueError(f"run_dir must be an absolute path without spaces or quotes: {run_dir!r}")
+    lines = _global(run_dir.rstrip("/"), secret)
+    files: dict[str, str] = {}
+    for svc in items:
+        lines += _tables(svc) + _frontend(svc) + _backend(svc)
+        if svc.preset.challenge == "js":
+            files[challenge_page(svc)] = js_page(svc.challenge_ttl_s)
+    return Rendered("\n".join(lines).rstrip("\n") + "\n", files)
