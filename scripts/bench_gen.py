@@ -20,7 +20,8 @@ kernel allows; the suite names it in its table and JSON, and with a generator ot
 live-frames it measures the generator's own cost (the same generator into a bare XDP_DROP
 receiver) and reports every receiver above it.
 
-Why live-frames fails on some machines (issue 23): see :data:`LIVE_FRAMES_EPERM`.
+Why live-frames fails on some machines (issue 23): the "Issue 23" comment below and
+docs/bench-generator.md.
 """
 
 from __future__ import annotations
@@ -43,25 +44,17 @@ from pathlib import Path
 LIVE, AF_XDP, TRAFGEN = "live-frames", "af_xdp", "trafgen"
 GENERATORS = (LIVE, AF_XDP, TRAFGEN)
 
-# What issue 23 found (kernel 6.18.44-fc-v1300, a Firecracker guest build; root, CapEff
-# 0x1fffeffffff = every capability but CAP_SYS_RESOURCE, which the bounding set lacks too).
-LIVE_FRAMES_EPERM = """\
-BPF_PROG_TEST_RUN of an XDP program with BPF_F_TEST_XDP_LIVE_FRAMES fails with EPERM on this
-kernel before the kernel's own checks of the live branch run, so the refusal is not upstream
-code: upstream net/bpf/test_run.c (bpf_prog_test_run_xdp, 6.18) has no -EPERM on that path; it
-checks, in this order, unknown flags (-EINVAL), then `batch_size > TEST_XDP_MAX_BATCH` (-E2BIG),
-then sets up the page pool. Measured here: flags=LIVE|4 gives EINVAL (the flag check ran), a
-sched_cls program with the LIVE flag gives EINVAL (its own flag check), but LIVE with
-batch_size=1000 gives EPERM, not E2BIG: something between the two upstream checks refuses every
-live-frames run of an XDP program, whatever the program, packet, repeat or batch size. The same
-kernel refuses to load BPF_PROG_TYPE_TRACING/EXT/LSM programs with EPERM before the verifier
-writes a log (`bpftool feature probe`: "tracing/ext/lsm is NOT available"), has no kprobes
-(CONFIG_KPROBES unset) and non-upstream sysctls (kernel.init_private_*) that belong to the VM's
-init: a hardened guest build whose policy refuses live frames. It is not a capability the project
-could grant in its own namespaces (the run is in the initial user namespace; CAP_SYS_RESOURCE is
-not in the bounding set, so no process can gain it), not a per-namespace sysctl
-(kernel.unprivileged_bpf_disabled=2 only concerns unprivileged users), not seccomp (off), and not
-lockdown (integrity mode restricts no test run). So the bench falls back to another generator."""
+# Issue 23: why live frames fail with EPERM on some kernels (the whole finding, with the probe
+# table, is docs/bench-generator.md). Kernel 6.18.44-fc-v1300, a Firecracker guest build; root in
+# the initial user namespace with every capability but CAP_SYS_RESOURCE (not in the bounding set).
+# Upstream bpf_prog_test_run_xdp() (net/bpf/test_run.c) has no -EPERM on the live path: it checks
+# unknown flags (-EINVAL), then `batch_size > TEST_XDP_MAX_BATCH` (-E2BIG), then sets up the page
+# pool. Here LIVE|4 still gives EINVAL and a sched_cls program with LIVE gives EINVAL, but LIVE with
+# batch_size 1000 gives EPERM, not E2BIG: a non-upstream check between the two refuses every
+# live-frames run of an XDP program. The same kernel refuses TRACING/EXT/LSM program loads with
+# EPERM before the verifier logs, has no kprobes, and has non-upstream kernel.init_private_*
+# sysctls owned by the VM's init: a hardened build's policy. No capability or sysctl the project
+# can set in its own namespaces changes it, so the suite falls back to AF_XDP, then trafgen.
 
 
 # ---------------------------------------------------------------- CPU time

@@ -296,9 +296,9 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
 # Issue 23: on some kernels BPF_PROG_TEST_RUN refuses live frames with EPERM, as root. On the
 # Firecracker guest kernel 6.18.44-fc-v1300 the refusal comes between the upstream flag check
 # (-EINVAL) and batch-size check (-E2BIG) of bpf_prog_test_run_xdp, for every XDP program: not
-# upstream code, not a capability or sysctl the project could set in its own namespaces. The whole
-# finding is bench_gen.LIVE_FRAMES_EPERM (and docs/bench-generator.md); the bench falls back to
-# AF_XDP, then trafgen.
+# upstream code, not a capability or sysctl the project could set in its own namespaces (the
+# evidence: the "Issue 23" comment in scripts/bench_gen.py, and docs/bench-generator.md). The
+# bench keeps live frames where the kernel allows them and falls back to AF_XDP, then trafgen.
 
 
 class Unavailable(RuntimeError):
