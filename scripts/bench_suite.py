@@ -13,7 +13,9 @@ the ratios, not the absolute numbers, are the meaningful output.
 1. per-packet cost (BPF_PROG_TEST_RUN, 64-byte frames): a bare XDP_DROP, xdpguard per case
    (PACKET_CASES: a list of (name, setup, packet) that another case list can replace with
    ``--cases MODULE:FUNCTION``), and xdp-filter (xdp-tools) loaded by its own CLI on a veth in our
-   namespace, run through ``bpftool prog run`` on the same packets; the verdicts must agree.
+   namespace, run through ``bpftool prog run`` on the same packets; the verdicts must agree. Then
+   1M random sources against one (the every-step case, one test run per packet, the source
+   rewritten between runs), against a bare XDP_DROP run the same way.
 2. drop throughput on a veth pair (generator → receiver, one blocked source, 64-byte UDP; the
    generator, probed once at start, is BPF_PROG_TEST_RUN in live-frames mode redirecting into the
    veth where the kernel allows it, else an AF_XDP socket, else trafgen: scripts/bench_gen.py; the
@@ -68,6 +70,7 @@ import bench_gen  # noqa: E402  (the traffic generators of sections 2-3)
 from bench_gen import ksoftirqd_cpu_s  # noqa: E402
 
 from xdpguard.core import libbpf, nat  # noqa: E402
+from xdpguard.core.benchcases import OnePacketRunner  # noqa: E402
 from xdpguard.core.forwarding import make_rule  # noqa: E402
 from xdpguard.core.prefixes import parse_prefix  # noqa: E402
 from xdpguard.core.protection import Guard  # noqa: E402
@@ -94,12 +97,14 @@ class Profile:
     load_n: int  # section 4
     fwd_s: int  # section 5: iperf3 seconds (whole: iperf3 -t is an integer)
     requests: int  # section 5: ab requests
+    sources: int  # section 1: distinct random sources of the many-sources run
 
 
 PROFILES = {
-    "full": Profile(5, 1_000_000, 5_000_000, 1.5, (1, 100, 10_000, 100_000, 1_000_000), 10_000, 1_000_000, 3, 500),
-    "quick": Profile(3, 100_000, 1_000_000, 1.0, (1, 100, 10_000), 10_000, 10_000, 1, 300),
-    "smoke": Profile(1, 20_000, 100_000, 0.3, (1, 100), 100, 1_000, 1, 100),
+    "full": Profile(5, 1_000_000, 5_000_000, 1.5, (1, 100, 10_000, 100_000, 1_000_000), 10_000, 1_000_000, 3, 500,
+                    1_000_000),
+    "quick": Profile(3, 100_000, 1_000_000, 1.0, (1, 100, 10_000), 10_000, 10_000, 1, 300, 1_000_000),
+    "smoke": Profile(1, 20_000, 100_000, 0.3, (1, 100), 100, 1_000, 1, 100, 20_000),
 }
 
 
@@ -275,7 +280,6 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
     for _, order in rotations(list(runs), max(3, p.rounds * 2 - 1)):
         for k in order:
             samples[k].append(runs[k]())
-    bare_bpf.cleanup()
     m = {k: med(v) for k, v in samples.items()}
     bare = m["bare XDP_DROP"]
     out = {"repeat": p.repeat, "bare_ns": bare, "cases": {}}
@@ -287,7 +291,30 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
                        xdpguard_over_xdp_filter=m[c.name] / m[xk], xdp_filter_samples=samples[xk])
         out["cases"][c.name] = row
     out["bare_samples"] = samples["bare XDP_DROP"]
+    out["sources"] = sources_runs(p, bare_fd)
+    bare_bpf.cleanup()
     return out
+
+
+SOURCES_STEP = 0x9E3779B97F4A7C15  # odd: i * step mod 2^88 is a permutation, every source differs
+
+
+def sources_runs(p: Profile, bare_fd: int) -> dict:
+    """Many random sources against one (issue 27): the every-step bed on clean UDP v6, one
+    BPF_PROG_TEST_RUN per packet with the source rewritten in place between runs, so xdpguard's
+    per-source state really holds p.sources entries (sources scattered over 2001:db8:f100::/40,
+    which no list of the bed covers); and a bare XDP_DROP run the same way, the yardstick."""
+    c = bench_cleansing
+    pkt = c.frame(c.SRC6, c.DST6, "udp")
+    at, width, span, n_one = 14 + 8, 16, 1 << 88, min(p.sources, 200_000)
+    bare = OnePacketRunner(bare_fd, pkt).flood(n_one, at, width, c.FLOOD_BASE, 0, {XDP_DROP})
+    run = OnePacketRunner(bed_of(every_step_bed).prog.prog_fd, pkt)
+    one = run.flood(n_one, at, width, c.FLOOD_BASE, 0, {XDP_PASS})
+    many = run.flood(p.sources, at, width, c.FLOOD_BASE, SOURCES_STEP, {XDP_PASS}, span)
+    log(f"  sources: one {one:.0f} ns, {p.sources:,} random {many:.0f} ns, bare (same way) {bare:.0f} ns")
+    return {"case": "every step, 64 filters, UDP v6 clean", "sources": p.sources, "one_source_runs": n_one,
+            "bare_ns": bare, "one_source_ns": one, "many_sources_ns": many, "one_x_bare": one / bare,
+            "many_x_bare": many / bare, "many_x_one": many / one}
 
 
 # ---------------------------------------------------------------- sections 2-3: veth floods
@@ -763,6 +790,14 @@ def table(doc: dict) -> str:
         for name, r in s["cases"].items():
             xf = f"{r['xdp_filter_ns']:.0f} | {r['xdpguard_over_xdp_filter']:.2f}" if "xdp_filter_ns" in r else "– | –"
             L.append(f"| {name} | {r['ns']:.0f} | {r['x_bare']:.1f} | {xf} |")
+        src = s.get("sources")
+        if src:
+            L += ["", f"Sources ({src['case']}; one test run per packet, the source rewritten between runs; "
+                  f"bare XDP_DROP run the same way {src['bare_ns']:.0f} ns):", "",
+                  "| sources | xdpguard ns/pkt | × bare drop | × one source |", "|---|---|---|---|",
+                  f"| 1 | {src['one_source_ns']:.0f} | {src['one_x_bare']:.1f} | 1.00 |",
+                  f"| {src['sources']:,} random | {src['many_sources_ns']:.0f} | {src['many_x_bare']:.1f} | "
+                  f"{src['many_x_one']:.2f} |"]
         L.append("")
     s = doc.get("2_drop")
     if s and "unavailable" in s:
@@ -797,7 +832,7 @@ def table(doc: dict) -> str:
     elif s:
         gen = doc["generator"]
         counts = sorted({int(n) for v in SCALE_VARIANTS for n in s[v]})
-        L += [f"**3. Rule-count scaling** (IPv6 flood from one listed source; {generator_line(gen)}; CPU ns per dropped "
+        L += [f"**3. Rule-count scaling** (IPv6 flood from one listed source; generator: {gen['name']}; CPU ns per dropped "
               f"packet as in 2; ip6tables capped at {s['ip6tables_cap']:,} rules, the matching rule last)", "",
               "| blocked prefixes | " + " | ".join(SCALE_VARIANTS) + " | generator alone |",
               "|---" * (len(SCALE_VARIANTS) + 2) + "|"]

@@ -140,6 +140,10 @@ def test_bench_suite_smoke_has_every_section(tmp_path):
     with_xf = [n for n, r in pp["cases"].items() if "xdp_filter_ns" in r]
     assert set(with_xf) == {"clean pass v4", "clean pass v6", "blocklist hit v4", "blocklist hit v6"}
     assert pp["cases"]["blocklist hit v4"]["verdict"] == "drop/blocklist"
+    src = pp["sources"]
+    assert src["sources"] == 20_000 and src["one_source_runs"] == 20_000
+    for k in ("bare_ns", "one_source_ns", "many_sources_ns", "one_x_bare", "many_x_bare", "many_x_one"):
+        assert src[k] > 0, k
 
     # Sections 2-3 ran with the first generator this machine allows, or say in one line why none could.
     gen = _check_generator(doc)
