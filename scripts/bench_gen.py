@@ -15,10 +15,11 @@ Three ways to put one 64-byte frame onto a veth many times, best first:
     Debian's netsniff-ng trafgen (packet mmap TX ring); every frame is an skb too, and trafgen
     spends more of its own CPU per frame.
 
-Every run is bounded in packets and in seconds. :func:`probe` picks the first generator this
-kernel allows; the suite names it in its table and JSON, and with a generator other than
-live-frames it measures the generator's own cost (the same generator into a bare XDP_DROP
-receiver) and reports every receiver above it.
+Every run is bounded in packets and in seconds. The suite (``Flood`` in bench_suite.py) starts
+:func:`worker_main` in its generator namespace once per generator, in this order, until a probe
+succeeds; it names the generator in its table and JSON, measures the generator alone (into a sink
+that drops the frame at once) in the same rounds as the receivers, and reports every receiver
+minus it. docs/bench-generator.md has the details and the measured costs.
 
 Why live-frames fails on some machines (issue 23): the "Issue 23" comment below and
 docs/bench-generator.md.
@@ -228,12 +229,11 @@ class _XskTx:
         self.sock = socket.socket(44, socket.SOCK_RAW, 0, fileno=os.dup(self.fd))  # AF_XDP
         try:  # a larger budget per sendto, where the kernel has the option; 32 otherwise
             self.sock.setsockopt(SOL_XDP, XDP_MAX_TX_SKB_BUDGET, self.FRAMES)
-            self.budget = self.FRAMES
         except OSError:
-            self.budget = 32
+            pass
         self.descs = (_XdpDesc * self.tx.size).from_address(self.tx.ring)
         self.comp_prod, self.comp_cons = self.comp.producer, self.comp.consumer
-        self.tx_prod, self.tx_cons = self.tx.producer, self.tx.consumer
+        self.tx_prod = self.tx.producer
         self.frame = b""
 
     def set_frame(self, frame: bytes) -> None:
@@ -252,7 +252,11 @@ class _XskTx:
 
     def send(self, count: int, seconds: float) -> int:
         """Send the frame `count` times or until `seconds` pass; returns frames the kernel took
-        (completed). Waits for every completion before returning (bounded by a second)."""
+        (completed). Waits for every completion before returning (bounded by a second).
+
+        The rings are driven by plain loads and stores of their indexes: the descriptors never
+        change after set_frame, the kernel consumes them in our own sendto (copy mode), and the
+        completion entries are never read, so no ordering beyond program order is needed."""
         size = self.tx.size
         outstanding, done, queued = 0, 0, 0
         deadline = time.monotonic() + seconds
