@@ -344,9 +344,11 @@ PROBE_FRAME = bytes.fromhex("02000000dead" "020000000001" "88b5") + bytes(50)
 
 
 def _probe_send(sender, ifname: str) -> None:
-    """Send PROBE_FRAME once out of `ifname` (the suite's sink); raise if it did not go."""
+    """Send PROBE_FRAME once out of `ifname` (the suite's sink); raise if it did not go. (trafgen's
+    count comes from the interface counters, which may also hold the kernel's own IPv6 neighbour
+    discovery on a link just brought up: at least one, not exactly one.)"""
     sent = sender.send(ifname, PROBE_FRAME, 1, 2.0)
-    if sent != 1:
+    if sent < 1:
         raise OSError(errno.EIO, f"a probe frame out of {ifname} was not sent ({sent} sent)")
 
 
