@@ -13,9 +13,13 @@ the ratios, not the absolute numbers, are the meaningful output.
 1. per-packet cost (BPF_PROG_TEST_RUN, 64-byte frames): a bare XDP_DROP, xdpguard per case
    (PACKET_CASES: a list of (name, setup, packet) that another case list can replace with
    ``--cases MODULE:FUNCTION``), and xdp-filter (xdp-tools) loaded by its own CLI on a veth in our
-   namespace, run through ``bpftool prog run`` on the same packets; the verdicts must agree.
+   namespace, run through ``bpftool prog run`` on the same packets; the verdicts must agree. Then
+   1M random sources against one (the every-step case, one test run per packet, the source
+   rewritten between runs), against a bare XDP_DROP run the same way.
 2. drop throughput on a veth pair (generator → receiver, one blocked source, 64-byte UDP; the
-   generator is BPF_PROG_TEST_RUN in live-frames mode redirecting into the veth): no
+   generator, probed once at start, is BPF_PROG_TEST_RUN in live-frames mode redirecting into the
+   veth where the kernel allows it, else an AF_XDP socket, else trafgen: scripts/bench_gen.py; the
+   table and the JSON name it, and its own cost, measured into a sink, is subtracted): no
    filter, iptables raw (legacy xtables), nft netdev ingress, ipset (from iptables raw), xdp-filter,
    xdpguard, and a bare XDP_DROP (the floor); packets/s and CPU ns per packet (the generator's
    process and ksoftirqd: on a veth the receiver's softirq work runs in the sender's context),
@@ -62,8 +66,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_cleansing  # noqa: E402  (the every-step bed and its frames)
+import bench_gen  # noqa: E402  (the traffic generators of sections 2-3)
+from bench_gen import ksoftirqd_cpu_s  # noqa: E402
 
 from xdpguard.core import libbpf, nat  # noqa: E402
+from xdpguard.core.benchcases import OnePacketRunner  # noqa: E402
 from xdpguard.core.forwarding import make_rule  # noqa: E402
 from xdpguard.core.prefixes import parse_prefix  # noqa: E402
 from xdpguard.core.protection import Guard  # noqa: E402
@@ -90,12 +97,14 @@ class Profile:
     load_n: int  # section 4
     fwd_s: int  # section 5: iperf3 seconds (whole: iperf3 -t is an integer)
     requests: int  # section 5: ab requests
+    sources: int  # section 1: distinct random sources of the many-sources run
 
 
 PROFILES = {
-    "full": Profile(5, 1_000_000, 5_000_000, 1.5, (1, 100, 10_000, 100_000, 1_000_000), 10_000, 1_000_000, 3, 500),
-    "quick": Profile(3, 100_000, 1_000_000, 1.0, (1, 100, 10_000), 10_000, 10_000, 1, 300),
-    "smoke": Profile(1, 20_000, 100_000, 0.3, (1, 100), 100, 1_000, 1, 100),
+    "full": Profile(5, 1_000_000, 5_000_000, 1.5, (1, 100, 10_000, 100_000, 1_000_000), 10_000, 1_000_000, 3, 500,
+                    1_000_000),
+    "quick": Profile(3, 100_000, 1_000_000, 1.0, (1, 100, 10_000), 10_000, 10_000, 1, 300, 1_000_000),
+    "smoke": Profile(1, 20_000, 100_000, 0.3, (1, 100), 100, 1_000, 1, 100, 20_000),
 }
 
 
@@ -271,7 +280,6 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
     for _, order in rotations(list(runs), max(3, p.rounds * 2 - 1)):
         for k in order:
             samples[k].append(runs[k]())
-    bare_bpf.cleanup()
     m = {k: med(v) for k, v in samples.items()}
     bare = m["bare XDP_DROP"]
     out = {"repeat": p.repeat, "bare_ns": bare, "cases": {}}
@@ -283,94 +291,94 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
                        xdpguard_over_xdp_filter=m[c.name] / m[xk], xdp_filter_samples=samples[xk])
         out["cases"][c.name] = row
     out["bare_samples"] = samples["bare XDP_DROP"]
+    out["sources"] = sources_runs(p, bare_fd)
+    bare_bpf.cleanup()
     return out
+
+
+SOURCES_STEP = 0x9E3779B97F4A7C15  # odd: i * step mod 2^88 is a permutation, every source differs
+
+
+def sources_runs(p: Profile, bare_fd: int) -> dict:
+    """Many random sources against one (issue 27): the every-step bed on clean UDP v6, one
+    BPF_PROG_TEST_RUN per packet with the source rewritten in place between runs, so xdpguard's
+    per-source state really holds p.sources entries (sources scattered over 2001:db8:f100::/40,
+    which no list of the bed covers); and a bare XDP_DROP run the same way, the yardstick."""
+    c = bench_cleansing
+    pkt = c.frame(c.SRC6, c.DST6, "udp")
+    at, width, span, n_one = 14 + 8, 16, 1 << 88, min(p.sources, 200_000)
+    bare = OnePacketRunner(bare_fd, pkt).flood(n_one, at, width, c.FLOOD_BASE, 0, {XDP_DROP})
+    run = OnePacketRunner(bed_of(every_step_bed).prog.prog_fd, pkt)
+    one = run.flood(n_one, at, width, c.FLOOD_BASE, 0, {XDP_PASS})
+    many = run.flood(p.sources, at, width, c.FLOOD_BASE, SOURCES_STEP, {XDP_PASS}, span)
+    log(f"  sources: one {one:.0f} ns, {p.sources:,} random {many:.0f} ns, bare (same way) {bare:.0f} ns")
+    return {"case": "every step, 64 filters, UDP v6 clean", "sources": p.sources, "one_source_runs": n_one,
+            "bare_ns": bare, "one_source_ns": one, "many_sources_ns": many, "one_x_bare": one / bare,
+            "many_x_bare": many / bare, "many_x_one": many / one}
 
 
 # ---------------------------------------------------------------- sections 2-3: veth floods
 
 
-LIVEGEN_SRC = b"""
-BPF_ARRAY(xg_gen_target, u32, 1);
-int xg_gen(struct xdp_md *ctx) {
-    u32 k = 0;
-    u32 *t = xg_gen_target.lookup(&k);
-    return t ? bpf_redirect(*t, 0) : XDP_ABORTED;
-}
-"""
-BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+# Issue 23: on some kernels BPF_PROG_TEST_RUN refuses live frames with EPERM, as root. On the
+# Firecracker guest kernel 6.18.44-fc-v1300 the refusal comes between the upstream flag check
+# (-EINVAL) and batch-size check (-E2BIG) of bpf_prog_test_run_xdp, for every XDP program: not
+# upstream code, not a capability or sysctl the project could set in its own namespaces (the
+# evidence: the "Issue 23" comment in scripts/bench_gen.py, and docs/bench-generator.md). The
+# bench keeps live frames where the kernel allows them and falls back to AF_XDP, then trafgen.
 
 
-def ksoftirqd_cpu_s() -> float:
-    """CPU time of the ksoftirqd threads (softirq work deferred out of the sender's context)."""
-    tot = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            st = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if st[st.index("(") + 1:st.rindex(")")].startswith("ksoftirqd/"):
-            f = st[st.rindex(")") + 2:].split()
-            tot += int(f[11]) + int(f[12])
-    return tot / os.sysconf("SC_CLK_TCK")
+class Unavailable(RuntimeError):
+    """A section cannot run on this machine (a kernel feature it needs is refused); the message is
+    the one-line reason the table and the JSON give instead of the figures."""
 
 
-def livegen_main() -> int:
-    """The generator, run inside the generator namespace: per stdin line ``IFNAME COUNT SECONDS
-    HEXFRAME`` it sends the frame out of IFNAME with BPF_PROG_TEST_RUN in live-frames mode (an XDP
-    program returning bpf_redirect, the kernel's in-tree traffic generator mechanism), in chunks,
-    until COUNT frames or SECONDS; prints one JSON line (sent, wall, CPU of this process and of
-    ksoftirqd)."""
-    import ctypes  # noqa: PLC0415
-    import resource  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
-    import bcc  # noqa: PLC0415
-
-    b = bcc.BPF(text=LIVEGEN_SRC)
-    fd = b.load_func(b"xg_gen", bcc.BPF.XDP).fd
-    target = b[b"xg_gen_target"]
-    for line in sys.stdin:
-        ifname, count, seconds, hexframe = line.split()
-        target[ctypes.c_int(0)] = ctypes.c_uint32(socket.if_nametoindex(ifname))
-        data = bytes.fromhex(hexframe)
-        buf = ctypes.create_string_buffer(data, len(data))
-        left, chunk, deadline = int(count), 1000, time.monotonic() + float(seconds)
-        k0, r0, t0 = ksoftirqd_cpu_s(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-        sent = 0
-        while left > 0 and time.monotonic() < deadline:
-            n = min(chunk, left)
-            o = libbpf._TestRunOpts()
-            o.sz, o.data_in, o.data_size_in = ctypes.sizeof(o), ctypes.addressof(buf), len(data)
-            o.repeat, o.flags = n, BPF_F_TEST_XDP_LIVE_FRAMES
-            c0 = time.monotonic()
-            rc = libbpf.lib().bpf_prog_test_run_opts(fd, ctypes.byref(o))
-            if rc != 0:
-                print(json.dumps({"error": f"live-frames test run failed ({rc})"}), flush=True)
-                return 1
-            sent, left = sent + n, left - n
-            if time.monotonic() - c0 < 0.05:
-                chunk = min(chunk * 2, 1 << 20)
-        wall = time.monotonic() - t0
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        print(json.dumps({"sent": sent, "wall_s": wall, "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-                          "ksoftirqd_s": ksoftirqd_cpu_s() - k0}), flush=True)
-    b.cleanup()
-    return 0
+SINK_MAC = bytes.fromhex("02000000dead")  # nobody's: the sink drops the frame as PACKET_OTHERHOST
 
 
 class Flood:
-    """Generator namespace with one veth pair per receiver namespace. The generator is
-    BPF_PROG_TEST_RUN in live-frames mode (see livegen_main), bounded in count and time: on this
-    kind of VM trafgen itself costs ~1.5 µs a packet, ten times the differences to measure."""
+    """Generator namespace with one veth pair per receiver namespace, and a sink pair that
+    measures the generator alone. The generator (scripts/bench_gen.py) is probed once: live frames
+    (BPF_PROG_TEST_RUN, where the kernel allows it), else AF_XDP, else trafgen; the first that works
+    runs every flood, bounded in count and time. The sink has no XDP program and no GRO, and the
+    frames sent into it carry a MAC nobody has: its first protocol handler drops them, so a frame
+    costs what the generator and veth_xmit cost and little else."""
 
-    def __init__(self, lab: Lab, p: Profile):
+    def __init__(self, lab: Lab, p: Profile, want: str = "auto"):
         self.lab, self.p = lab, p
         self.gen = lab.netns("bgen")
         self.rx: dict[str, tuple[str, str, str]] = {}  # variant → (rx ns, gen ifname, rx mac)
-        self.proc = lab.popen(self.gen, sys.executable, str(Path(__file__).resolve()), "--livegen",
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+        self.sink = lab.netns("bsink")
+        self.lab.veth(self.gen, "xggs", self.sink, "xgr0")
+        self.refused: dict[str, str] = {}
+        self.name: str | None = None
+        self.proc: subprocess.Popen | None = None
+        for kind in bench_gen.GENERATORS if want == "auto" else (want,):
+            proc = lab.popen(self.gen, sys.executable, str(Path(__file__).resolve()), "--gen-worker", kind,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+            r = self._ask(proc, "probe xggs")
+            if "ok" in r:
+                self.name, self.proc = kind, proc
+                break
+            self.refused[kind] = r["error"]
+            proc.stdin.close()
+            proc.wait(timeout=30)
+        self.cost: dict[str, dict] = {}  # section → the generator alone, measured in its rounds
+        self.why = None if self.name else "no traffic generator works here: " + "; ".join(
+            f"{k}: {v}" for k, v in self.refused.items())
+        log(f"  generator: {self.name or 'none'}" + "".join(f"; {k} refused: {v}" for k, v in self.refused.items()))
+
+    @staticmethod
+    def _ask(proc: subprocess.Popen, line: str) -> dict:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        out = proc.stdout.readline()
+        return json.loads(out) if out else {"error": f"the generator process died (exit {proc.wait(timeout=30)})"}
+
+    def info(self) -> dict:
+        """The JSON's "generator": which ran, why the better ones did not, and its own cost."""
+        return {"name": self.name, "refused": self.refused, "cost": self.cost,
+                **({"unavailable": self.why} if self.why else {})}
 
     def receiver(self, variant: str) -> str:
         i = len(self.rx)
@@ -388,9 +396,25 @@ class Flood:
         f = udp_frame(HIT4, DST4) if family == 4 else udp_frame(HIT6, DST6)
         return mac + f[6:]
 
-    def xmit(self, gif: str) -> tuple[int, int]:
-        st = dict(ln.strip().split(": ") for ln in nsx(self.gen, "ethtool", "-S", gif).stdout.splitlines()[1:] if ": " in ln)
-        return int(st.get("tx_queue_0_xdp_xmit", 0)), int(st.get("tx_queue_0_xdp_xmit_err", 0))
+    def delivered(self, gif: str) -> int:
+        """Frames the receiver behind `gif` took. Live frames: the veth's XDP-transmit counter;
+        skbs: its tx packets (on a veth, the frames its peer's NAPI processed)."""
+        if self.name == bench_gen.LIVE:
+            st = dict(ln.strip().split(": ") for ln in nsx(self.gen, "ethtool", "-S", gif).stdout.splitlines()[1:] if ": " in ln)
+            return int(st.get("tx_queue_0_xdp_xmit", 0))
+        return int(json.loads(nsx(self.gen, "ip", "-j", "-s", "link", "show", "dev", gif).stdout)[0]["stats64"]["tx"]["packets"])
+
+    def require(self) -> None:
+        """Raise Unavailable (the one-line reason) if no generator works here."""
+        if self.proc is None:
+            raise Unavailable(self.why)
+
+    def _send(self, gif: str, frame: bytes) -> dict:
+        self.require()
+        r = self._ask(self.proc, f"send {gif} {self.p.flood_count} {self.p.flood_s} {frame.hex()}")
+        if "error" in r:
+            raise SystemExit(f"bench: {self.name}: {r['error']}")
+        return r
 
     def run(self, variant: str, family: int) -> dict:
         """One bounded run into `variant`'s receiver. cpu_ns_per_pkt: the generator's CPU time
@@ -398,20 +422,20 @@ class Flood:
         sender's context and is charged to it (this kernel has no IRQ time accounting); other
         load on the machine is not."""
         _ns, gif, _ = self.rx[variant]
-        x0, e0 = self.xmit(gif)
-        self.proc.stdin.write(f"{gif} {self.p.flood_count} {self.p.flood_s} {self.frame(variant, family).hex()}\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit("bench: the generator died")
-        r = json.loads(line)
-        if "error" in r:
-            raise SystemExit(f"bench: {r['error']}")
-        x1, e1 = self.xmit(gif)
-        took = x1 - x0
+        c0 = self.delivered(gif)
+        r = self._send(gif, self.frame(variant, family))
+        took = self.delivered(gif) - c0
         cpu = r["cpu_s"] + r["ksoftirqd_s"]
-        return {"pps": took / r["wall_s"], "sent": r["sent"], "delivered": took, "xmit_errors": e1 - e0,
+        return {"pps": took / r["wall_s"], "sent": r["sent"], "delivered": took,
                 "wall_s": r["wall_s"], "cpu_ns_per_pkt": cpu / max(took, 1) * 1e9}
+
+    def alone(self, family: int) -> dict:
+        """One bounded run into the sink: the generator's own CPU per frame sent."""
+        f = udp_frame(HIT4, DST4) if family == 4 else udp_frame(HIT6, DST6)
+        r = self._send("xggs", SINK_MAC + f[6:])
+        cpu = r["cpu_s"] + r["ksoftirqd_s"]
+        return {"pps": r["sent"] / r["wall_s"], "sent": r["sent"], "wall_s": r["wall_s"],
+                "cpu_ns_per_pkt": cpu / max(r["sent"], 1) * 1e9}
 
 
 def attach_prog(lab: Lab, ns: str, ifname: str, prog_fd: int, tag: str) -> None:
@@ -455,30 +479,39 @@ def setup_drop(lab: Lab, flood: Flood, bed: TestBed) -> dict[str, str]:
     return nss
 
 
+GEN_ALONE = "generator alone"  # a pseudo-variant: the generator into the sink, in the same rotation
+
+
 def section_drop(flood: Flood, p: Profile) -> dict:
-    names = list(DROP_VARIANTS)
+    flood.require()
+    names = [*DROP_VARIANTS, GEN_ALONE]
     samples: dict[str, list[dict]] = {v: [] for v in names}
     for r, order in rotations(names, p.rounds):
         for v in order:
-            samples[v].append(flood.run(v, 4))
+            samples[v].append(flood.alone(4) if v == GEN_ALONE else flood.run(v, 4))
         log(f"  drop round {r + 1}/{p.rounds}: " + ", ".join(f"{v} {samples[v][-1]['pps'] / 1e6:.2f}" for v in names) + " Mpps")
+    gen = med([s["cpu_ns_per_pkt"] for s in samples[GEN_ALONE]])
+    flood.cost["2_drop"] = {"ns_per_pkt": gen, "rounds": samples[GEN_ALONE]}
     out = {}
-    for v in names:
+    for v in DROP_VARIANTS:
         out[v] = {"pps": med([s["pps"] for s in samples[v]]), "cpu_ns_per_pkt": med([s["cpu_ns_per_pkt"] for s in samples[v]]),
                   "rounds": samples[v]}
     floor = out[FLOOR]["cpu_ns_per_pkt"]
-    for v in names:
+    for v in DROP_VARIANTS:
         r = out[v]
         r["cpu_s_per_M"] = r["cpu_ns_per_pkt"] / 1e3
         r["above_floor_ns"] = r["cpu_ns_per_pkt"] - floor
+        r["minus_generator_ns"] = r["cpu_ns_per_pkt"] - gen
         r["x_iptables_raw_pps"] = r["pps"] / out["iptables raw"]["pps"]
         r["x_iptables_raw_cpu"] = r["cpu_ns_per_pkt"] / out["iptables raw"]["cpu_ns_per_pkt"]
         r["x_nft_ingress_cpu"] = r["cpu_ns_per_pkt"] / out["nft netdev ingress"]["cpu_ns_per_pkt"]
-    for v in names:
+    for v in DROP_VARIANTS:
         r = out[v]
         for ref, tag in (("iptables raw", "iptables_raw"), ("nft netdev ingress", "nft_ingress")):
             den = out[ref]["above_floor_ns"]
             r[f"above_floor_x_{tag}"] = r["above_floor_ns"] / den if den > 0 else None
+            den = out[ref]["minus_generator_ns"]
+            r[f"minus_generator_x_{tag}"] = r["minus_generator_ns"] / den if den > 0 else None
     return out
 
 
@@ -521,25 +554,30 @@ def load_scale(nss: dict[str, str], bed: TestBed, prefixes: list[str], have: int
 
 
 def section_scale(flood: Flood, nss: dict[str, str], bed: TestBed, p: Profile) -> dict:
+    flood.require()
     prefixes = v6_prefixes(max(p.counts))
     tmp = Path(tempfile.mkdtemp(prefix="xgbench-sc-"))
     atexit.register(shutil.rmtree, tmp, True)
     # Section 2 dropped HIT6 through the small sets; start the v6 lists from nothing.
     nsx(nss["nft netdev ingress"], "nft", "flush", "set", "netdev", "xgbench", "b6")
     out: dict[str, dict] = {v: {} for v in SCALE_VARIANTS}
+    gens: dict[str, dict] = {}
+    flood.cost["3_scale"] = gens
     have = 0
     for n in p.counts:
         secs = load_scale(nss, bed, prefixes, have, n, p.ipt_cap, tmp)
         have = n
         names = [v for v in SCALE_VARIANTS if v != "ip6tables rules" or n <= p.ipt_cap]
-        samples: dict[str, list[dict]] = {v: [] for v in names}
-        for _, order in rotations(names, min(p.rounds, 3)):
+        samples: dict[str, list[dict]] = {v: [] for v in [*names, GEN_ALONE]}
+        for _, order in rotations([*names, GEN_ALONE], min(p.rounds, 3)):
             for v in order:
-                samples[v].append(flood.run(SCALE_NS[v], 6))
+                samples[v].append(flood.alone(6) if v == GEN_ALONE else flood.run(SCALE_NS[v], 6))
+        gen = med([x["cpu_ns_per_pkt"] for x in samples[GEN_ALONE]])
+        gens[str(n)] = {"ns_per_pkt": gen, "rounds": samples[GEN_ALONE]}
         for v in names:
-            out[v][str(n)] = {"pps": med([x["pps"] for x in samples[v]]),
-                              "cpu_ns_per_pkt": med([x["cpu_ns_per_pkt"] for x in samples[v]]),
-                              "rounds": samples[v], "grow_s": secs.get(v)}
+            cpu = med([x["cpu_ns_per_pkt"] for x in samples[v]])
+            out[v][str(n)] = {"pps": med([x["pps"] for x in samples[v]]), "cpu_ns_per_pkt": cpu,
+                              "minus_generator_ns": cpu - gen, "rounds": samples[v], "grow_s": secs.get(v)}
         log(f"  scale {n:,}: " + ", ".join(f"{v} {out[v][str(n)]['cpu_ns_per_pkt']:.0f}" for v in names) + " CPU ns/pkt")
     for v in SCALE_VARIANTS:
         first = out[v][str(p.counts[0])]
@@ -736,6 +774,12 @@ def section_load(lab: Lab, xg_ns: str, p: Profile) -> dict:
 # ---------------------------------------------------------------- report
 
 
+def generator_line(gen: dict) -> str:
+    """"generator: af_xdp (live-frames refused: ...)" for the table headings."""
+    refused = "; ".join(f"{k} refused: {v}" for k, v in gen["refused"].items())
+    return f"generator: {gen['name']}" + (f" ({refused})" if refused else "")
+
+
 def table(doc: dict) -> str:
     L: list[str] = []
     s = doc.get("1_per_packet")
@@ -746,32 +790,56 @@ def table(doc: dict) -> str:
         for name, r in s["cases"].items():
             xf = f"{r['xdp_filter_ns']:.0f} | {r['xdpguard_over_xdp_filter']:.2f}" if "xdp_filter_ns" in r else "– | –"
             L.append(f"| {name} | {r['ns']:.0f} | {r['x_bare']:.1f} | {xf} |")
+        src = s.get("sources")
+        if src:
+            L += ["", f"Sources ({src['case']}; one test run per packet, the source rewritten between runs; "
+                  f"bare XDP_DROP run the same way {src['bare_ns']:.0f} ns):", "",
+                  "| sources | xdpguard ns/pkt | × bare drop | × one source |", "|---|---|---|---|",
+                  f"| 1 | {src['one_source_ns']:.0f} | {src['one_x_bare']:.1f} | 1.00 |",
+                  f"| {src['sources']:,} random | {src['many_sources_ns']:.0f} | {src['many_x_bare']:.1f} | "
+                  f"{src['many_x_one']:.2f} |"]
         L.append("")
     s = doc.get("2_drop")
-    if s:
-        L += ["**2. Drop on a veth pair** (one blocked source, 64-byte UDP, live-frames generator). CPU = the sender's CPU "
-              "time per packet, which on a veth includes the receiver's softirq work; *above floor* = minus the same with a "
-              "bare XDP_DROP receiver, i.e. what the receiver's filtering costs", "",
-              "| receiver | Mpps | × iptables raw | CPU ns/pkt | above floor ns | × iptables raw | × nft ingress |",
-              "|---|---|---|---|---|---|---|"]
+    if s and "unavailable" in s:
+        L += [f"**2. Drop on a veth pair**: not run here: {s['unavailable']}", ""]
+    elif s:
+        gen = doc["generator"]
+        cost = gen["cost"]["2_drop"]["ns_per_pkt"]
+        L += [f"**2. Drop on a veth pair** (one blocked source, 64-byte UDP; {generator_line(gen)}). CPU = the sender's CPU "
+              "time per packet, which on a veth includes the receiver's softirq work; *− generator* = minus the generator "
+              f"alone ({cost:.0f} ns/pkt, into a sink that drops the frame at its first protocol handler), i.e. what the "
+              "receiver costs; *above floor* = minus the same with a bare XDP_DROP receiver, i.e. what the receiver's "
+              "filtering costs beyond the cheapest drop", "",
+              "| receiver | Mpps | × iptables raw | CPU ns/pkt | − generator ns | × iptables raw | × nft ingress "
+              "| above floor ns | × iptables raw | × nft ingress |", "|---|---|---|---|---|---|---|---|---|---|"]
 
         def x(v):
             return "–" if v is None else f"{v:.2f}"
         for v in DROP_VARIANTS:
             r = s[v]
             L.append(f"| {v} | {r['pps'] / 1e6:.2f} | {r['x_iptables_raw_pps']:.2f} | {r['cpu_ns_per_pkt']:.0f} | "
-                     f"{r['above_floor_ns']:.0f} | {x(r['above_floor_x_iptables_raw'])} | {x(r['above_floor_x_nft_ingress'])} |")
+                     f"{r['minus_generator_ns']:.0f} | {x(r['minus_generator_x_iptables_raw'])} | "
+                     f"{x(r['minus_generator_x_nft_ingress'])} | {r['above_floor_ns']:.0f} | "
+                     f"{x(r['above_floor_x_iptables_raw'])} | {x(r['above_floor_x_nft_ingress'])} |")
+        if gen["name"] != bench_gen.LIVE:
+            L += ["", f"({gen['name']} sends skbs: Mpps is bounded by the generator, compare the CPU columns; and an XDP "
+                  "receiver on a veth first copies each skb into a page-pool page, which a netfilter receiver does not: the "
+                  "bare XDP_DROP floor includes that copy.)"]
         L.append("")
     s = doc.get("3_scale")
-    if s:
+    if s and "unavailable" in s:
+        L += [f"**3. Rule-count scaling**: not run here: {s['unavailable']}", ""]
+    elif s:
+        gen = doc["generator"]
         counts = sorted({int(n) for v in SCALE_VARIANTS for n in s[v]})
-        L += [f"**3. Rule-count scaling** (IPv6 flood from one listed source; CPU ns per dropped packet as in 2; "
-              f"ip6tables capped at {s['ip6tables_cap']:,} rules, the matching rule last)", "",
-              "| blocked prefixes | " + " | ".join(SCALE_VARIANTS) + " |", "|---" * (len(SCALE_VARIANTS) + 1) + "|"]
+        L += [f"**3. Rule-count scaling** (IPv6 flood from one listed source; generator: {gen['name']}; CPU ns per dropped "
+              f"packet as in 2; ip6tables capped at {s['ip6tables_cap']:,} rules, the matching rule last)", "",
+              "| blocked prefixes | " + " | ".join(SCALE_VARIANTS) + " | generator alone |",
+              "|---" * (len(SCALE_VARIANTS) + 2) + "|"]
         for n in counts:
             cells = [f"{s[v][str(n)]['cpu_ns_per_pkt']:.0f} ({s[v][str(n)]['x_one_entry_cpu']:.2f}×)" if str(n) in s[v] else "–"
                      for v in SCALE_VARIANTS]
-            L.append(f"| {n:,} | " + " | ".join(cells) + " |")
+            L.append(f"| {n:,} | " + " | ".join(cells) + f" | {gen['cost']['3_scale'][str(n)]['ns_per_pkt']:.0f} |")
         L += ["", "(in brackets: × the same mechanism with 1 entry)", ""]
     s = doc.get("4_load")
     if s:
@@ -814,19 +882,19 @@ def plot(doc: dict, path: Path) -> None:
         ax.set_title("1. per-packet cost")
         ax.legend(fontsize=7)
     s = doc.get("2_drop")
-    if s:
+    if s and "unavailable" not in s:
         ax = axes[0][1]
         ax.bar(range(len(DROP_VARIANTS)), [s[v]["pps"] / 1e6 for v in DROP_VARIANTS])
         ax.set_xticks(range(len(DROP_VARIANTS)), [v.replace(" ", "\n", 1) for v in DROP_VARIANTS], fontsize=7)
         ax.set_ylabel("Mpps dropped")
-        ax.set_title("2. drop throughput (veth)")
+        ax.set_title(f"2. drop throughput (veth; {doc['generator']['name']})")
         ax = axes[0][2]
         ax.bar(range(len(DROP_VARIANTS)), [s[v]["cpu_ns_per_pkt"] for v in DROP_VARIANTS], color="tab:orange")
         ax.set_xticks(range(len(DROP_VARIANTS)), [v.replace(" ", "\n", 1) for v in DROP_VARIANTS], fontsize=7)
         ax.set_ylabel("CPU ns per packet (generator + receiver)")
         ax.set_title("2. CPU per dropped packet")
     s = doc.get("3_scale")
-    if s:
+    if s and "unavailable" not in s:
         ax = axes[1][0]
         for v in SCALE_VARIANTS:
             ns = sorted(int(n) for n in s[v])
@@ -868,6 +936,17 @@ def plot(doc: dict, path: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
+def section(doc: dict, key: str, title: str, run: Callable[[], dict]) -> None:
+    """Run one section into doc[key]; one this machine cannot run (Unavailable) gets its one-line
+    reason instead, and the others still run."""
+    log(title)
+    try:
+        doc[key] = run()
+    except Unavailable as e:
+        log(f"  not run here: {e}")
+        doc[key] = {"unavailable": str(e)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
@@ -878,10 +957,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", help="MODULE:FUNCTION returning the per-packet case list (default: the built-in one)")
     ap.add_argument("--fwd-rules", type=int, default=2, metavar="N",
                     help="forwarding rules in the 'our nft table' and 'old counter chain' variants (default 2)")
-    ap.add_argument("--livegen", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--generator", choices=("auto", *bench_gen.GENERATORS), default="auto",
+                    help="traffic generator of sections 2-3 (default: the first this kernel allows, in this order)")
+    ap.add_argument("--gen-worker", choices=bench_gen.GENERATORS, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.livegen:
-        return livegen_main()
+    if a.gen_worker:
+        return bench_gen.worker_main(a.gen_worker)
     prof_name = "smoke" if a.smoke else "quick" if a.quick else "full"
     p = PROFILES[prof_name]
     try:
@@ -916,31 +997,31 @@ def main(argv: list[str] | None = None) -> int:
         f"kernel {doc['machine']['kernel']}, load {load1:.2f}; results in {out_dir}")
     cases = load_cases(a.cases)
     with Lab(timeout=900) as lab:
-        flood = Flood(lab, p) if only & {1, 2, 3} else None
+        flood = Flood(lab, p, a.generator) if only & {1, 2, 3} else None
+        if flood is not None:
+            doc["generator"] = flood.info()
         if only & {1, 2}:
             xf = XdpFilter(lab, flood.receiver("xdp-filter"), "xgr0", [HIT4, HIT6])
         if 1 in only:
-            log("1. per-packet cost")
-            doc["1_per_packet"] = section_packets(lab, p, cases, xf)
+            section(doc, "1_per_packet", "1. per-packet cost", lambda: section_packets(lab, p, cases, xf))
         if only & {2, 3}:
             bed = bed_of(basic_bed)
-            nss = setup_drop(lab, flood, bed)
+            nss = setup_drop(lab, flood, bed) if flood.name else {}
             if 2 in only:
-                log("2. drop throughput (veth)")
-                doc["2_drop"] = section_drop(flood, p)
+                section(doc, "2_drop", f"2. drop throughput (veth; generator {flood.name})", lambda: section_drop(flood, p))
             if 3 in only:
-                log("3. rule-count scaling")
-                doc["3_scale"] = section_scale(flood, nss, bed, p)
+                section(doc, "3_scale", f"3. rule-count scaling (generator {flood.name})",
+                        lambda: section_scale(flood, nss, bed, p))
+            doc["generator"] = flood.info()
         xg_ns = None
         if 5 in only or 4 in only:
             budget = p.rounds * len(FWD_VARIANTS) * (p.fwd_s + p.requests * 0.02 + 10) + 1200
             log("5. forwarding (setup: compiles xdpguard)")
             clients, xg_ns = setup_forward(lab, budget, a.fwd_rules)
             if 5 in only:
-                doc["5_forward"] = section_forward(clients, p)
+                section(doc, "5_forward", "5. forwarding", lambda: section_forward(clients, p))
         if 4 in only:
-            log(f"4. loading {p.load_n:,} prefixes")
-            doc["4_load"] = section_load(lab, xg_ns, p)
+            section(doc, "4_load", f"4. loading {p.load_n:,} prefixes", lambda: section_load(lab, xg_ns, p))
     for b in _BEDS.values():
         b.close()
     doc["elapsed_s"] = time.monotonic() - t_start

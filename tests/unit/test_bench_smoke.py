@@ -1,12 +1,16 @@
-"""Smoke test of scripts/bench.py: it runs end to end and reports every figure.
+"""Smoke tests of scripts/bench.py and scripts/bench (the suite): they run end to end and report
+every figure; the suite's floods run with the first traffic generator the machine allows, and a
+section that cannot run says why in one line (issue 23).
 
 No timing assertions: the numbers depend on the machine. Only that each is a positive number.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +18,50 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The traffic generators of scripts/bench sections 2-3, in the order the suite tries them.
+GENERATORS = ("live-frames", "af_xdp", "trafgen")
+
+
+def _should_work(generator: str) -> bool:
+    """Whether this machine has what `generator` needs, so that a refusal is a bug: trafgen when it
+    is installed, AF_XDP when the kernel has XDP sockets (live frames: the kernel decides)."""
+    if generator == "trafgen":
+        return shutil.which("trafgen") is not None
+    if generator == "af_xdp":
+        try:
+            return "CONFIG_XDP_SOCKETS=y" in gzip.open("/proc/config.gz", "rt").read().splitlines()
+        except OSError:
+            return False
+    return False
+
+
+def _one_line(text) -> bool:
+    return isinstance(text, str) and text.strip() != "" and "\n" not in text
+
+
+def _check_generator(doc: dict, want: str = "auto") -> dict:
+    """The JSON names the generator that ran (or none), and says in one line why each one tried
+    before it (or, forced, the one asked for) could not run here."""
+    gen = doc["generator"]
+    assert gen["name"] in (*GENERATORS, None), gen
+    tried = GENERATORS if want == "auto" else (want,)
+    upto = tried.index(gen["name"]) if gen["name"] else len(tried)
+    assert list(gen["refused"]) == list(tried[:upto]), gen
+    assert all(_one_line(why) for why in gen["refused"].values()), gen
+    if gen["name"] is None:
+        assert _one_line(gen["unavailable"]) and all(k in gen["unavailable"] for k in tried), gen
+    return gen
+
+
+def _run_suite(out: Path, *args: str) -> tuple[subprocess.Popen, str, str]:
+    proc = subprocess.Popen([str(REPO / "scripts" / "bench"), "--smoke", "--out", str(out), *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stdout + stderr
+    return proc, stdout, stderr
 
 
 def _numbers(obj, path=""):
@@ -77,16 +125,11 @@ def test_bench_suite_smoke_has_every_section(tmp_path):
     the verdicts of xdpguard and xdp-filter agree (the suite refuses to time them otherwise), and
     no namespace is left behind. No timing assertions."""
     out = tmp_path / "res"
-    proc = subprocess.Popen([str(REPO / "scripts" / "bench"), "--smoke", "--out", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, stdout + stderr
+    proc, stdout, _ = _run_suite(out)
     doc = json.loads((out / "bench.json").read_text())
     assert {"1_per_packet", "2_drop", "3_scale", "4_load", "5_forward"} <= set(doc)
     assert doc["profile"] == "smoke" and doc["machine"]["kernel"] == os.uname().release
+    md = (out / "bench.md").read_text()
 
     pp = doc["1_per_packet"]
     assert pp["bare_ns"] > 0
@@ -97,17 +140,21 @@ def test_bench_suite_smoke_has_every_section(tmp_path):
     with_xf = [n for n, r in pp["cases"].items() if "xdp_filter_ns" in r]
     assert set(with_xf) == {"clean pass v4", "clean pass v6", "blocklist hit v4", "blocklist hit v6"}
     assert pp["cases"]["blocklist hit v4"]["verdict"] == "drop/blocklist"
+    src = pp["sources"]
+    assert src["sources"] == 20_000 and src["one_source_runs"] == 20_000
+    for k in ("bare_ns", "one_source_ns", "many_sources_ns", "one_x_bare", "many_x_bare", "many_x_one"):
+        assert src[k] > 0, k
 
-    drop = doc["2_drop"]
-    assert set(drop) == {"no filter", "iptables raw", "nft netdev ingress", "ipset", "xdp-filter", "xdpguard", "bare XDP_DROP"}
-    for name, row in drop.items():
-        assert row["pps"] > 0 and row["cpu_ns_per_pkt"] > 0, name
-        assert all(r["sent"] > 0 for r in row["rounds"]), name
-
-    scale = doc["3_scale"]
-    for mech in ("ip6tables rules", "ipset", "nft set", "xdpguard"):
-        assert set(scale[mech]) == {"1", "100"}, mech
-        assert all(r["pps"] > 0 for r in scale[mech].values()), mech
+    # Sections 2-3 ran with the first generator this machine allows, or say in one line why none could.
+    gen = _check_generator(doc)
+    assert gen["name"] is not None or not any(map(_should_work, GENERATORS)), gen
+    if gen["name"] is None:
+        for key, title in (("2_drop", "2. Drop on a veth pair"), ("3_scale", "3. Rule-count scaling")):
+            assert doc[key] == {"unavailable": gen["unavailable"]}, key
+            assert f"**{title}**: not run here: {gen['unavailable']}" in md, key
+    else:
+        _check_drop(doc, md)
+        _check_scale(doc, md)
 
     load = doc["4_load"]
     assert load["prefixes"] == 1000
@@ -121,10 +168,55 @@ def test_bench_suite_smoke_has_every_section(tmp_path):
         assert row["gbps"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], name
         assert row["failed"] == 0, name
 
-    md = (out / "bench.md").read_text()
     assert md in stdout
     for title in ("1. Per-packet cost", "2. Drop on a veth pair", "3. Rule-count scaling", "4. Loading", "5. Forwarding"):
         assert title in md, title
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The lab names its namespaces xg-<prefix>-<pid>-<n> (bench execs python: same pid).
+    assert not [p.name for p in Path("/run/netns").glob(f"xg-*-{proc.pid}-*")]
+
+
+def _check_drop(doc: dict, md: str) -> None:
+    gen = doc["generator"]
+    drop = doc["2_drop"]
+    assert set(drop) == {"no filter", "iptables raw", "nft netdev ingress", "ipset", "xdp-filter", "xdpguard", "bare XDP_DROP"}
+    for name, row in drop.items():
+        assert row["pps"] > 0 and row["cpu_ns_per_pkt"] > 0, name
+        assert all(r["sent"] > 0 and r["delivered"] > 0 for r in row["rounds"]), name
+        assert row["minus_generator_ns"] == row["cpu_ns_per_pkt"] - gen["cost"]["2_drop"]["ns_per_pkt"], name
+    # The generator's own cost was measured (into the sink) in the same rounds and is positive.
+    alone = gen["cost"]["2_drop"]
+    assert alone["ns_per_pkt"] > 0 and len(alone["rounds"]) == doc["config"]["rounds"]
+    assert all(r["sent"] > 0 and r["cpu_ns_per_pkt"] > 0 for r in alone["rounds"])
+    assert f"generator: {gen['name']}" in md
+
+
+def _check_scale(doc: dict, md: str) -> None:
+    scale = doc["3_scale"]
+    for mech in ("ip6tables rules", "ipset", "nft set", "xdpguard"):
+        assert set(scale[mech]) == {"1", "100"}, mech
+        assert all(r["pps"] > 0 and r["cpu_ns_per_pkt"] > 0 for r in scale[mech].values()), mech
+    alone = doc["generator"]["cost"]["3_scale"]
+    assert set(alone) == {"1", "100"} and all(a["ns_per_pkt"] > 0 for a in alone.values())
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("want", GENERATORS)
+def test_bench_suite_forced_generator_runs_or_says_why(tmp_path, want):
+    """`--generator G --only 2`: section 2 runs with G, or, where this machine refuses G, says why
+    in one line while the run still succeeds (issue 23: live frames are refused on some kernels)."""
+    out = tmp_path / "res"
+    proc, stdout, _ = _run_suite(out, "--only", "2", "--generator", want)
+    doc = json.loads((out / "bench.json").read_text())
+    md = (out / "bench.md").read_text()
+    gen = _check_generator(doc, want)
+    assert set(doc) & {"1_per_packet", "3_scale", "4_load", "5_forward"} == set()
+    assert gen["name"] == want or not _should_work(want), gen
+    if gen["name"] is None:
+        assert doc["2_drop"] == {"unavailable": gen["unavailable"]}
+        assert f"not run here: {gen['unavailable']}" in md
+    else:
+        assert gen["name"] == want
+        _check_drop(doc, md)
+    assert md in stdout
     assert not [p.name for p in Path("/run/netns").glob(f"xg-*-{proc.pid}-*")]
