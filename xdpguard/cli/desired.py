@@ -13,7 +13,7 @@ from xdpguard.core import capture, reconcile, state
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json
-from .params import IFACE, IN_FILE, OUT_FILE
+from .params import CONFIG_FILE, IFACE, OUT_FILE
 
 
 def config_path(path: str | None) -> str:
@@ -21,7 +21,7 @@ def config_path(path: str | None) -> str:
     return p
 
 
-_file = click.option("-f", "--file", "path", type=IN_FILE, default=None, metavar="FILE",
+_file = click.option("-f", "--file", "path", type=CONFIG_FILE, default=None, metavar="FILE",
                      help="Config file (default $XDPGUARD_CONFIG or /etc/xdpguard/xdpguard.toml).")
 _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
