@@ -1259,12 +1259,20 @@ class Change:
         return f"{sign} {self.path}: {self.new if self.op == 'add' else self.old}"
 
 
+def _order(x) -> tuple:
+    """A sort key for a set's members: addresses and prefixes by family first (IPv4Address and
+    IPv6Address do not compare with each other), the rest as they are."""
+    if isinstance(x, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return (x.version, x.packed)
+    return (0, x)
+
+
 def _set_changes(path: str, old: frozenset, new: frozenset, show: int = 5) -> list[Change]:
     out = []
     for op, items in (("add", new - old), ("remove", old - new)):
         if not items:
             continue
-        first = sorted(items)[:show]
+        first = sorted(items, key=_order)[:show]
         text = ", ".join(map(str, first)) + (f" (+{len(items) - show} more)" if len(items) > show else "")
         out.append(Change(path, op, text if op == "remove" else None, text if op == "add" else None, len(items)))
     return out

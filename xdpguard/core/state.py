@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import socket
@@ -235,15 +236,121 @@ def remove_pins(iface: Iface) -> None:
 
 
 # ---- state file ----
+#
+# The interface record is JSON that root writes and every verb reads. A record in another shape
+# (a crash of an older version, a hand edit, a tool of someone else's) must be one clear error,
+# not a traceback deep in whichever verb reads it first: it is checked on read against the shape
+# its writers give it (STATE_SHAPE; a key not listed there is kept and not checked). A record of
+# the wrong shape is an ERROR, not "absent": it stands for a program that may still be attached,
+# rules in the NAT table and sysctls to restore, which "absent" would orphan silently. The
+# message says how to recover: remove the file, then detach (the kernel says what is attached).
+
+
+class Arr:
+    """A JSON array of `elem`; with n, of exactly n elements."""
+
+    def __init__(self, elem, n: int | None = None):
+        self.elem, self.n = elem, n
+
+
+class Rec:
+    """A JSON object with these keys typed (when present); `required` must be present."""
+
+    def __init__(self, required: tuple[str, ...] = (), **keys):
+        self.required, self.keys = required, keys
+
+
+class Map:
+    """A JSON object with any (text) keys and values of `value`."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+NUM = (int, float)
+OBJ = dict
+_RANGE = Arr(int, 2)
+_THRESHOLDS = Rec(pps=NUM, bps=NUM, drop_pps=NUM, drop_bps=NUM, reasons=Map(Arr(NUM, 2)))
+_FILTER = Rec(("sport", "dport", "length", "ttl", "tcp_flags"), proto=(str, type(None)), sport=_RANGE, dport=_RANGE,
+              length=_RANGE, ttl=_RANGE, tcp_flags=_RANGE, payload=str, mask=str, base=str, offset=int)
+_MITIGATION = Rec(("id", "protected", "proto", "port", "filter"), id=str, protected=str, proto=str, port=int,
+                  filter=_FILTER, fingerprint=str, state=str)
+
+#: the interface record's keys and their shapes (the writers: protection.attach, events, levels,
+#: mitigation, forward, connlimit, health)
+STATE_SHAPE = Rec(
+    iface=str, ifindex=int, netns=str, prog_id=int, mode=str, requested_mode=str, program_sha256=str,
+    protected=Arr(str), monitor=bool, attached_at=NUM, upgraded_at=NUM,
+    levels=Map(str),
+    attack=Rec(default=_THRESHOLDS, addresses=Map(_THRESHOLDS), hold_s=NUM, hook=(str, type(None))),
+    mitigations=Rec(active=Arr(_MITIGATION), lifted=Arr(OBJ), suppressed=Map(NUM)),
+    forward=Arr(Rec(("rule",), rule=OBJ, udp_probe=(str, type(None)))),
+    forward_health=Map(Map(str)),
+    forward_sysctl_saved=Map(str),
+    connlimits=Map(OBJ),
+)
+
+
+def _json_type(v) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def shape_problem(v, shape, path: str = "") -> str | None:
+    """Where and how `v` (parsed JSON) is not of `shape`, or None."""
+    where = path or "the record"
+    if isinstance(shape, Rec):
+        if not isinstance(v, dict):
+            return f"{where} must be an object, got {_json_type(v)}"
+        for k in shape.required:
+            if k not in v:
+                return f"{where} has no {k!r}"
+        for k, sub in shape.keys.items():
+            if k in v:
+                bad = shape_problem(v[k], sub, f"{path}.{k}" if path else k)
+                if bad:
+                    return bad
+        return None
+    if isinstance(shape, Map):
+        if not isinstance(v, dict):
+            return f"{where} must be an object, got {_json_type(v)}"
+        for k, x in v.items():
+            bad = shape_problem(x, shape.value, f"{path}[{k!r}]")
+            if bad:
+                return bad
+        return None
+    if isinstance(shape, Arr):
+        if not isinstance(v, list):
+            return f"{where} must be an array, got {_json_type(v)}"
+        if shape.n is not None and len(v) != shape.n:
+            return f"{where} must have {shape.n} elements, got {len(v)}"
+        for i, x in enumerate(v):
+            bad = shape_problem(x, shape.elem, f"{path}[{i}]")
+            if bad:
+                return bad
+        return None
+    types = shape if isinstance(shape, tuple) else (shape,)
+    ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+    if ok and isinstance(v, float) and not math.isfinite(v):
+        ok = False
+    return None if ok else f"{where} must be {' or '.join(_json_type(t()) if t is not type(None) else 'null' for t in types)}, got {_json_type(v)} {v!r:.40}"
 
 
 def read_state(iface: Iface) -> dict | None:
+    """The interface's record, checked against STATE_SHAPE; None when there is none. A record
+    that is not JSON or not of that shape is a UserError naming the file and the field."""
+    p = iface.state_file
     try:
-        return json.loads(iface.state_file.read_text())
+        data = json.loads(p.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"state file {iface.state_file} is unreadable: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"state file {p} is unreadable: {exc}") from None
+    bad = shape_problem(data, STATE_SHAPE)
+    if bad:
+        raise UserError(f"state file {p} is corrupt: {bad}; remove it, then run 'xdpguard detach "
+                        f"{iface.name}' and attach again")
+    return data
 
 
 def private_dir(d: Path) -> Path:
