@@ -51,7 +51,8 @@ def _render(res: reconcile.ApplyResult, as_json: bool, verb: str) -> None:
 @click.command()
 @_file
 @click.option("--dry-run", is_flag=True, help="Show the diff only (same as `xdpguard diff`).")
-@click.option("--force", is_flag=True, help="Allow protecting this host's management address.")
+@click.option("--force", is_flag=True, help="Allow protecting this host's management address, a config that removes "
+              "every interface's protection (empty or comments only), and new 0.0.0.0/0 or ::/0 list entries.")
 @_json
 def apply(path, dry_run, force, as_json):
     """Make this box match a config file: print the diff, then apply it (all or nothing)."""
@@ -81,7 +82,7 @@ def export(out, overwrite, as_json):
         sys.stdout.write(res.text)
         return
     try:
-        if overwrite:  # renamed over the old file: a symlink there is replaced, not followed
+        if overwrite:  # a fresh temporary renamed over a regular file; a symlink or a device is refused
             state.write_durably(Path(os.path.abspath(out)), res.text.encode())
         else:
             fd = capture.create_output(out)

@@ -31,7 +31,7 @@ import tomli_w
 from . import abi, events, forwarding, levels, nat, policy, vocab
 from .errors import UserError
 from .forwarding import ForwardRule
-from .prefixes import Prefix, parse_prefix, read_prefix_set
+from .prefixes import Prefix, parse_address, parse_prefix, read_prefix_set
 
 DEFAULT_PATH = Path("/etc/xdpguard/xdpguard.toml")
 MODES = ("auto", "native", "skb")
@@ -388,9 +388,8 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
         return v
 
     metrics = ld.get(d, "metrics", p, "str", None)
-    if metrics is not None and (":" not in metrics or not metrics.rpartition(":")[2].isdigit()):
-        ld.fail(p + ("metrics",), f"must be HOST:PORT, got {metrics!r}")
-        metrics = None
+    if metrics is not None:  # what `run --metrics` takes (the host is resolved when the daemon binds)
+        metrics = ld.guard(p + ("metrics",), lambda: vocab.parse_listen(metrics, "metrics", resolve=False) and metrics)
     share = ld.get(d, "mitigation_max_share", p, "num", base.mitigation_max_share)
     if not 0 < share < 1:
         ld.fail(p + ("mitigation_max_share",), f"must be above 0 and below 1 (a share: 0.01 is 1%), got {share!r}")
@@ -461,8 +460,8 @@ def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
 
 def _ip(ld: _Loader, v, path: tuple, version: int | None = None):
     try:
-        a = ipaddress.ip_address(v) if isinstance(v, str) else None
-    except ValueError:
+        a = parse_address(v) if isinstance(v, str) else None
+    except UserError:
         a = None
     if a is None or (version is not None and a.version != version):
         ld.fail(path, f"must be an IPv{version or '4 or IPv6'} address, got {v!r}")
@@ -510,6 +509,8 @@ def _bgp(ld: _Loader, d: dict) -> BgpSpec | None:
     routes = []
     for i, v in enumerate(ld.strs(d, "require_routes", p)):
         try:
+            if "%" in v:
+                raise ValueError("scoped")
             net = ipaddress.ip_network(v, strict=False)
         except ValueError:
             ld.fail(p + ("require_routes", i), f"must be a prefix (CIDR), got {v!r}")
@@ -590,7 +591,7 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
     if text is None:
         ld.fail(path + ("address",), "missing: the protected address this table is about")
         return None
-    addr = ld.guard(path + ("address",), lambda: ipaddress.ip_address(text.strip()))
+    addr = ld.guard(path + ("address",), lambda: parse_address(text))
     if addr is None:
         return None
     if addr not in protected:
@@ -731,7 +732,7 @@ def _forward(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> F
     def make() -> ForwardRule:
         backends = forwarding.parse_backends(",".join(to), weights=weights, backups=backup)
         if prot_text is not None:
-            addr = ipaddress.ip_address(prot_text.strip())
+            addr = parse_address(prot_text, "protected address")
             if addr not in protected:
                 raise ValueError(f"protected address {addr} is not in this interface's protect list")
         else:
@@ -777,7 +778,7 @@ def _events(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> ev
             ld.fail(ap, "needs address = ADDR")
             continue
         ld.table(a, ap, {"address", "pps", "bps", "drop_pps", "drop_bps", "reasons"})
-        addr = ld.guard(ap + ("address",), lambda a=a: ipaddress.ip_address(str(a["address"]).strip()))
+        addr = ld.guard(ap + ("address",), lambda a=a: parse_address(str(a["address"])))
         if addr is not None and addr not in protected:
             ld.fail(ap + ("address",), f"{addr} is not in this interface's protect list")
         if addr is not None:
@@ -824,7 +825,7 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
         ld.fail(path + ("mode",), f"must be one of {', '.join(MODES)}, got {mode!r}")
     protected: list[IPAddress] = []
     for i, t in enumerate(ld.strs(d, "protect", path)):
-        a = ld.guard(path + ("protect", i), lambda t=t: ipaddress.ip_address(t))
+        a = ld.guard(path + ("protect", i), lambda t=t: parse_address(t, "protected address"))
         if a is not None and a not in protected:
             protected.append(a)
     if not protected:
@@ -890,8 +891,8 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
     for ad in ld.get(d, "address", path, "list", []):
         if isinstance(ad, dict) and isinstance(ad.get("address"), str):
             try:
-                raw_addr[ipaddress.ip_address(ad["address"].strip())] = ad
-            except ValueError:
+                raw_addr[parse_address(ad["address"])] = ad
+            except UserError:
                 pass
     for a, spec in list(addrs.items()):
         if spec.level is not None:

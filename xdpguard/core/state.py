@@ -17,7 +17,9 @@ import math
 import os
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -362,16 +364,39 @@ def private_dir(d: Path) -> Path:
 
 
 def write_durably(path: Path, data: bytes) -> None:
-    """Write data to path atomically and durably: a root-only temporary file, fsynced, renamed
-    over path, and the directory fsynced, so a crash leaves either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write data to path atomically and durably: a new root-only temporary file in the same
+    directory (mkstemp: a fresh name, O_EXCL, so nothing planted there is followed or truncated),
+    fsynced, renamed over path, and the directory fsynced, so a crash leaves either the old or
+    the new file. Only a regular file (or nothing) is replaced: a symlink, a device (/dev/full), a
+    FIFO or a directory at path is a UserError and nothing is written."""
+    path = Path(path)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else (
+                "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+            raise UserError(f"cannot write {path}: it is {kind}; only a regular file is replaced")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)

@@ -96,8 +96,8 @@ def save(desired: Desired, source: str | None = None, source_sha256: str | None 
     meta. `keep_source` keeps the recorded config file (an imperative change amends what was
     applied; it does not replace it)."""
     old = load_meta()
-    if desired == Desired():  # nothing left to say: leave nothing behind
-        for p in (desired_path(), meta_path(), *(lists_dir().glob("*") if lists_dir().is_dir() else [])):
+    if desired == Desired():  # nothing left to say: only the generation stays (it never goes back)
+        for p in (desired_path(), *(lists_dir().glob("*") if lists_dir().is_dir() else [])):
             try:
                 p.unlink()
             except FileNotFoundError:
@@ -106,8 +106,11 @@ def save(desired: Desired, source: str | None = None, source_sha256: str | None 
             lists_dir().rmdir()
         except OSError:
             pass
-        state.drop_netns_dir_if_empty()
-        return Meta(None, None, old.generation + 1)
+        meta = Meta(None, None, old.generation + 1)
+        state.private_dir(state.state_root())
+        state.netns_state_dir()
+        state.write_durably(meta_path(), (json.dumps(meta.__dict__, sort_keys=True) + "\n").encode())
+        return meta
     meta = Meta(old.source if keep_source and source is None else source,
                 old.source_sha256 if keep_source and source_sha256 is None else source_sha256,
                 old.generation + 1)
