@@ -461,7 +461,10 @@ def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
 def _ip(ld: _Loader, v, path: tuple, version: int | None = None):
     try:
         a = parse_address(v) if isinstance(v, str) else None
-    except UserError:
+    except UserError as exc:
+        if "scoped" in exc.message:
+            ld.fail(path, f"must be an address without a zone (%...), got {v!r}")
+            return None
         a = None
     if a is None or (version is not None and a.version != version):
         ld.fail(path, f"must be an IPv{version or '4 or IPv6'} address, got {v!r}")

@@ -102,9 +102,10 @@ def export_live() -> Desired:
     specs = []
     for name in sorted(set(state.protected_ifaces()) | {i.name for i in stored.interfaces}):
         try:
-            spec = export_iface(name)
+            state.resolve_iface(name)
         except UserError:
-            continue  # the interface went away
+            continue  # the interface went away (a corrupt record of one that is here is an error)
+        spec = export_iface(name)
         if spec is not None:
             specs.append(spec)
     return Desired(tuple(sorted(specs, key=lambda s: s.name)), stored.daemon)
