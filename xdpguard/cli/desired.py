@@ -82,7 +82,7 @@ def export(out, overwrite, as_json):
         sys.stdout.write(res.text)
         return
     try:
-        if overwrite:  # a fresh temporary renamed over a regular file; a symlink or a device is refused
+        if overwrite:  # a fresh temporary renamed over the file (a symlink is replaced, not followed; a device refused)
             state.write_durably(Path(os.path.abspath(out)), res.text.encode())
         else:
             fd = capture.create_output(out)

@@ -367,8 +367,9 @@ def write_durably(path: Path, data: bytes) -> None:
     """Write data to path atomically and durably: a new root-only temporary file in the same
     directory (mkstemp: a fresh name, O_EXCL, so nothing planted there is followed or truncated),
     fsynced, renamed over path, and the directory fsynced, so a crash leaves either the old or
-    the new file. Only a regular file (or nothing) is replaced: a symlink, a device (/dev/full), a
-    FIFO or a directory at path is a UserError and nothing is written."""
+    the new file. Only a regular file, a symlink (itself: the rename replaces the link, it never
+    writes through it) or nothing is replaced: a device (/dev/full), a FIFO, a socket or a
+    directory at path is a UserError and nothing is written."""
     path = Path(path)
     try:
         st = os.lstat(path)
@@ -377,9 +378,8 @@ def write_durably(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
     else:
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else (
-                "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise UserError(f"cannot write {path}: it is {kind}; only a regular file is replaced")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
     try:
