@@ -334,6 +334,7 @@ def test_a_config_that_removes_every_protection_needs_force(live_one, capsys, tm
     assert run(["apply", "-f", str(f), "--dry-run"]) == 0  # the dry run shows what it would do
     assert run(["apply", "-f", str(f), "--force"]) == 0
     assert live_one == [("detach", IF)]
+    assert store_bytes() is None and store.load_meta().generation == 1  # the generation stays, to go on from
 
 
 def test_apply_of_a_new_whole_family_entry_needs_force_but_export_apply_stays_a_no_op(live_one, monkeypatch,

@@ -5,7 +5,7 @@ protected addresses, lists, every cleansing policy, forwarding rules with their 
 attack thresholds and hooks, and the daemon's settings. The same tree is
 
 - read from a TOML file (`load`, every problem reported as FILE:LINE: FIELD: message),
-- written back as TOML (`to_toml`; `load(to_toml(d)) == d` is a tested property),
+- written back as TOML (`to_toml`, by tomli-w; `load(to_toml(d)) == d` is a tested property),
 - read from the kernel by `live.export` (what is realised), and
 - compared by `diff` (what `apply` would change).
 
