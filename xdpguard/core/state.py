@@ -335,7 +335,10 @@ def shape_problem(v, shape, path: str = "") -> str | None:
     ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
     if ok and isinstance(v, float) and not math.isfinite(v):
         ok = False
-    return None if ok else f"{where} must be {' or '.join(_json_type(t()) if t is not type(None) else 'null' for t in types)}, got {_json_type(v)} {v!r:.40}"
+    if ok:
+        return None
+    want = " or ".join(dict.fromkeys("null" if t is type(None) else _json_type(t()) for t in types))
+    return f"{where} must be {want}, got {_json_type(v)} {v!r:.40}"
 
 
 def read_state(iface: Iface) -> dict | None:
