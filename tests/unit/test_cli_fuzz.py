@@ -11,7 +11,7 @@ are real. The contract checked for every invocation:
 - no traceback: run() returns, whatever the input;
 - exit 0 (help) or 2; on 2 exactly one stderr line `xdpguard: error: …` (one per problem for
   a config file: every line so prefixed);
-- the fakes saw only validated values: finite floats, UTF-8 text without NUL;
+- the fakes saw only validated values: finite floats, UTF-8 text without control characters;
 - state unchanged: the files of the test's world (lists, configs, symlink targets, output
   paths) are as before, and on exit 2 nothing was recorded into the desired-state store.
 
@@ -55,6 +55,8 @@ from xdpguard.lab import attack as lab_attack
 from xdpguard.lab import probe as lab_probe
 from xdpguard.lab import cluster as lab_cluster
 from xdpguard.lab import topology
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0 (NUL, line breaks, ESC, …), DEL, C1
 
 # ---- the click tree ----
 
@@ -134,7 +136,7 @@ def hostile(w: World) -> list[str]:
     return [
         "inf", "-inf", "nan", "NaN", "1e999", "-1e999", "1e308G", "-1", "-0", "0", "99999999999999999999999999",
         "1" * 400, "", " ", "\x00", "a\x00b", "\udcff", "198.18.0.1\udcfe", "\udba6x", "\ud800\udc00",
-        "\n", "a\nb", "x" * 5000, "'x",
+        "\n", "a\nb", "x" * 5000, "'x", "/bin/true\n; x", "\x1b[2J", "a\x85b", "a\x7f", "a\tb", "a\rb",
         "-", "--", "%s%n", "{}", "0x10", "1_000", "10k", "1.5M", "-5k", ":0", ":65536", "unresolvable.invalid:1",
         "[::1]", "198.18.0.0/33", "2001:db8::1", "tcp:0-70000", "udp:53", "syn,!ack", "zz", "drop=inf",
         w.p("dir"), w.p("link-to-victim"), w.p("dangling"), w.p("victim"), w.p("missing/x"), "/proc/nonexist/x",
@@ -246,7 +248,7 @@ class FakeCore:
 
 def unvalidated(v, where: str = "") -> list[str]:
     """What in a value handed to the core was not validated: non-finite floats, text that is
-    not UTF-8 or has a NUL."""
+    not UTF-8 or has a control character (NUL, a line break, ESC, …)."""
     if isinstance(v, bool) or v is None or isinstance(v, int):
         return []
     if isinstance(v, float):
@@ -256,7 +258,7 @@ def unvalidated(v, where: str = "") -> list[str]:
             v.encode("utf-8")
         except UnicodeEncodeError:
             return [f"{where}: not UTF-8 {v!r}"]
-        return [f"{where}: NUL in {v!r}"] if "\x00" in v else []
+        return [f"{where}: control character in {v!r}"] if _CONTROL.search(v) else []
     if isinstance(v, (list, tuple, set, frozenset)):
         return [x for i, e in enumerate(v) for x in unvalidated(e, f"{where}[{i}]")]
     if isinstance(v, dict):
@@ -551,7 +553,6 @@ def test_detection_reports_a_broken_hook_and_goes_on(monkeypatch):
 # - on 2 the store and the state file are byte for byte as before;
 # - on 0 (apply) the store loads back, equal to what the loader makes of the file.
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 REAL_RECONCILE = {n: getattr(reconcile, n) for n in ("change", "record", "forget")}  # before conftest fakes them
 FZ_IF = "xgt0"
 FZ_ADDR = "198.18.0.2"
