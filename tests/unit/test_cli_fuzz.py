@@ -11,26 +11,36 @@ are real. The contract checked for every invocation:
 - no traceback: run() returns, whatever the input;
 - exit 0 (help) or 2; on 2 exactly one stderr line `xdpguard: error: …` (one per problem for
   a config file: every line so prefixed);
-- the fakes saw only validated values: finite floats, UTF-8 text without NUL;
+- the fakes saw only validated values: finite floats, UTF-8 text without control characters;
 - state unchanged: the files of the test's world (lists, configs, symlink targets, output
   paths) are as before, and on exit 2 nothing was recorded into the desired-state store.
 
 Two passes: an exhaustive one (each option of each verb × each hostile value, the others
 valid) and a hypothesis one (1000 random combinations; derandomized, no database), both
 in-process: about 30 s together on an idle machine.
+
+Then (issue 24) two fuzzers that run the real core with the kernel faked at its edge: `apply -f`
+with generated hostile TOML, and every command that runs without a kernel against hostile
+interface state files; each prints one report line (inputs tried, tracebacks, promise
+violations) and fails unless both counts are 0. About 25 s together.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 import math
 import os
+import random
+import re
 import stat
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import click
 import pytest
+import tomli_w
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,12 +48,15 @@ from hypothesis import strategies as st
 from xdpguard.cli import main as cli_main
 from xdpguard.cli.main import cli, run
 from xdpguard.core import (capture, cleansing, config, daemon, dataplane, doctor, events, forward, health,
-                           metrics, protection, reconcile, state, stats)
+                           metrics, policy, protection, reconcile, state, stats, store)
+from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
 from xdpguard.lab import attack as lab_attack
 from xdpguard.lab import probe as lab_probe
 from xdpguard.lab import cluster as lab_cluster
 from xdpguard.lab import topology
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0 (NUL, line breaks, ESC, …), DEL, C1
 
 # ---- the click tree ----
 
@@ -123,7 +136,7 @@ def hostile(w: World) -> list[str]:
     return [
         "inf", "-inf", "nan", "NaN", "1e999", "-1e999", "1e308G", "-1", "-0", "0", "99999999999999999999999999",
         "1" * 400, "", " ", "\x00", "a\x00b", "\udcff", "198.18.0.1\udcfe", "\udba6x", "\ud800\udc00",
-        "\n", "a\nb", "x" * 5000, "'x",
+        "\n", "a\nb", "x" * 5000, "'x", "/bin/true\n; x", "\x1b[2J", "a\x85b", "a\x7f", "a\tb", "a\rb",
         "-", "--", "%s%n", "{}", "0x10", "1_000", "10k", "1.5M", "-5k", ":0", ":65536", "unresolvable.invalid:1",
         "[::1]", "198.18.0.0/33", "2001:db8::1", "tcp:0-70000", "udp:53", "syn,!ack", "zz", "drop=inf",
         w.p("dir"), w.p("link-to-victim"), w.p("dangling"), w.p("victim"), w.p("missing/x"), "/proc/nonexist/x",
@@ -235,7 +248,7 @@ class FakeCore:
 
 def unvalidated(v, where: str = "") -> list[str]:
     """What in a value handed to the core was not validated: non-finite floats, text that is
-    not UTF-8 or has a NUL."""
+    not UTF-8 or has a control character (NUL, a line break, ESC, …)."""
     if isinstance(v, bool) or v is None or isinstance(v, int):
         return []
     if isinstance(v, float):
@@ -245,7 +258,7 @@ def unvalidated(v, where: str = "") -> list[str]:
             v.encode("utf-8")
         except UnicodeEncodeError:
             return [f"{where}: not UTF-8 {v!r}"]
-        return [f"{where}: NUL in {v!r}"] if "\x00" in v else []
+        return [f"{where}: control character in {v!r}"] if _CONTROL.search(v) else []
     if isinstance(v, (list, tuple, set, frozenset)):
         return [x for i, e in enumerate(v) for x in unvalidated(e, f"{where}[{i}]")]
     if isinstance(v, dict):
@@ -526,3 +539,295 @@ def test_detection_reports_a_broken_hook_and_goes_on(monkeypatch):
     loop._sink("xgp0")("start", _event())
     assert reported == ["start"]
     assert "not run" in loop.problems()["xgp0"]
+
+
+# ---- issue 24: `apply -f` with hostile TOML, and hostile interface state files ----
+#
+# Both run the real CLI and the real core down to the kernel, which is faked at its edge:
+# `dataplane.query` says xdpguard's program is attached, `protection.Guard.open` gives a guard
+# whose maps hold nothing, `reconcile.realise` records what it was asked to realise. The store
+# (desired.toml, its meta and lists) and the state files are real, under a private state dir.
+# The contract, counted and printed as one report line per fuzzer:
+# - no traceback;
+# - exit 0 or 2; on 2 every stderr line is one `xdpguard: error: …` line (no control character);
+# - on 2 the store and the state file are byte for byte as before;
+# - on 0 (apply) the store loads back, equal to what the loader makes of the file.
+
+REAL_RECONCILE = {n: getattr(reconcile, n) for n in ("change", "record", "forget")}  # before conftest fakes them
+FZ_IF = "xgt0"
+FZ_ADDR = "198.18.0.2"
+
+
+class _EmptyGuard:
+    """A guard of a program whose maps hold nothing (policy readers are faked to defaults)."""
+
+    def __init__(self, iface):
+        self.iface = iface
+        self.maps: dict = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def open_ports(self):
+        return {}
+
+    def protected_addrs(self):
+        return [ipaddress.ip_address(FZ_ADDR)]
+
+
+@pytest.fixture
+def kernel_edge(monkeypatch, tmp_path):
+    """The real core with the kernel faked at its edge; returns what realise() was asked."""
+    for var, sub in (("XDPGUARD_BPFFS", "bpffs"), ("XDPGUARD_STATE_DIR", "state"), ("XDPGUARD_RUN_DIR", "run")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.delenv("XDPGUARD_CONFIG", raising=False)
+    for name, fn in REAL_RECONCILE.items():
+        monkeypatch.setattr(reconcile, name, fn)
+    monkeypatch.setattr(state, "require_root", lambda: None)
+    monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 7, state.netns_key()))
+    monkeypatch.setattr(dataplane, "query", lambda ifindex: dataplane.XdpAttachment(1, "skb",
+                                                                                     dataplane.PROGRAM_KERNEL_NAME))
+    monkeypatch.setattr(protection.Guard, "open", staticmethod(lambda iface: _EmptyGuard(iface)))
+    monkeypatch.setattr(policy, "read_address_policy", lambda maps, a: policy.AddressPolicy())
+    monkeypatch.setattr(policy, "read_global_policy", lambda maps: policy.GlobalPolicy())
+    monkeypatch.setattr(policy, "read_port_limits", lambda maps: {})
+    monkeypatch.setattr(reconcile, "_permanent", lambda g, which: frozenset())
+    monkeypatch.setattr(reconcile, "management_addresses", lambda: set())
+    realised: list = []
+    monkeypatch.setattr(reconcile, "realise", lambda spec: realised.append(spec) or reconcile.RealiseResult(
+        spec.name, "changed", []))
+    monkeypatch.setattr(reconcile, "_detach_quietly", lambda name: realised.append(("detach", name)) or [])
+    monkeypatch.setattr(protection, "list_add", lambda which, ifname, cidrs, ttl=None: protection.ListChangeResult(
+        ifname or FZ_IF, which, "add", len(cidrs), 0, 0, [], []))
+    monkeypatch.setattr(protection, "ports_change", lambda ifname, proto, ports, protected, open_, **k:
+                        protection.PortResult(ifname or FZ_IF, "open" if open_ else "close", 1, []))
+    monkeypatch.setattr(protection, "status", lambda name: [protection.StatusResult(
+        FZ_IF, 7, 1, "skb", [FZ_ADDR], False, {"block": 0, "allow": 0}, [], {}, True)])
+    return realised
+
+
+def _state_record() -> dict:
+    """A record as attach writes it, with every kind of entry the other writers add."""
+    flt = {"proto": "udp", "sport": [0, 65535], "dport": [53, 53], "length": [0, 65535], "ttl": [0, 255],
+           "tcp_flags": [0, 0], "payload": "", "mask": "", "base": "payload", "offset": 0}
+    return {"iface": FZ_IF, "ifindex": 7, "netns": "net-1", "prog_id": 1, "mode": "skb", "requested_mode": "auto",
+            "program_sha256": "0" * 64, "protected": [FZ_ADDR], "monitor": False, "attached_at": 1.5,
+            "levels": {FZ_ADDR: "normal"},
+            "attack": {"default": {"pps": 0, "bps": 0, "drop_pps": 1000, "drop_bps": 0, "reasons": {"syn": [1, 0]}},
+                       "addresses": {}, "hold_s": 10.0, "hook": None},
+            "mitigations": {"active": [{"id": "m1", "protected": FZ_ADDR, "proto": "udp", "port": 53,
+                                        "filter": flt, "fingerprint": "udp/53"}], "lifted": [], "suppressed": {}},
+            "connlimits": {FZ_ADDR: {"new_per_source": 20}}, "forward": [], "forward_health": {}}
+
+
+WRONG = ["x", 1, 1.5, 10**30, True, None, [], {}, [1, "x"], {"a": [1]}]
+
+
+def hostile_states() -> list[bytes]:
+    good = _state_record()
+    text = json.dumps(good)
+    out = [b"", b"\0", b"\xff\xfe", b"{", b'"x"', b"1", b"null", b"true", b"[]", b"[1, 2]", b"NaN", b"1e999",
+           b"[" * 100000, b'{"a": ' * 50000, b"{}"]
+    out += [text[:n].encode() for n in range(0, len(text), max(1, len(text) // 12))]  # truncated
+    for k in good:  # each field of the wrong type
+        out += [json.dumps({**good, k: v}).encode() for v in WRONG]
+    for k, sub in (("attack", "default"), ("attack", "addresses"), ("attack", "hold_s"), ("attack", "hook"),
+                   ("mitigations", "active"), ("mitigations", "suppressed"), ("mitigations", "lifted")):
+        for v in WRONG:
+            out.append(json.dumps({**good, k: {**good[k], sub: v}}).encode())
+    m = good["mitigations"]["active"][0]
+    for key in m:
+        for v in WRONG[:8]:
+            out.append(json.dumps({**good, "mitigations": {**good["mitigations"], "active": [{**m, key: v}]}}).encode())
+    for v in (float("nan"), float("inf"), -1e308):
+        out.append(json.dumps({**good, "attached_at": v}).encode())
+    return out
+
+
+STATE_ARGVS = [["status"], ["status", "--json"], ["events", "threshold", "show"], ["events", "threshold", "show", "--json"],
+               ["events", "threshold", "set", "--drop-pps", "5k"], ["export"], ["export", "--json"],
+               ["block", "add", "198.51.100.0/24"], ["allow", "add", "203.0.113.0/24", "--iface", FZ_IF],
+               ["port", "open", "tcp", "22"], ["diff", "-f", "CFG"], ["apply", "-f", "CFG", "--dry-run"],
+               ["apply", "-f", "CFG"]]
+
+
+class Tally:
+    def __init__(self, name: str):
+        self.name, self.inputs, self.tracebacks, self.violations = name, 0, [], []
+
+    def report(self, capsys) -> None:
+        with capsys.disabled():
+            print(f"\n{self.name}: {self.inputs} inputs tried, {len(self.tracebacks)} tracebacks, "
+                  f"{len(self.violations)} promise violations")
+        assert not self.tracebacks, self.tracebacks[:5]
+        assert not self.violations, self.violations[:5]
+
+
+def _snapshot(paths) -> dict:
+    out = {}
+    for p in paths:
+        try:
+            out[str(p)] = p.read_bytes()
+        except FileNotFoundError:
+            out[str(p)] = None
+    return out
+
+
+def _run_checked(tally: Tally, argv: list[str], watched) -> int | None:
+    tally.inputs += 1
+    before = _snapshot(watched)
+    runner = CliRunner()
+    with runner.isolation() as (_out, err, *_):
+        try:
+            code = run(argv)
+        except BaseException as exc:  # noqa: BLE001 — a traceback is what is counted
+            tally.tracebacks.append((argv[:4], f"{type(exc).__name__}: {exc}"[:200]))
+            return None
+        stderr = err.getvalue().decode("utf-8", "replace")
+    lines = stderr.splitlines()
+    if code not in (0, 2):
+        tally.violations.append((argv[:4], f"exit {code}", stderr[:200]))
+    elif code == 2:
+        if not lines or not all(ln.startswith("xdpguard: error: ") for ln in lines):
+            tally.violations.append((argv[:4], "not one error line", stderr[:200]))
+        elif any(_CONTROL.search(ln) for ln in lines):
+            tally.violations.append((argv[:4], "control character in the error", stderr[:200]))
+        if _snapshot(watched) != before:
+            tally.violations.append((argv[:4], "exit 2 but the store or the state file changed"))
+    return code
+
+
+def test_state_file_fuzz(kernel_edge, tmp_path, capsys):
+    """Every command that runs here without a kernel, against hostile interface state files."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[interface]]\nname = "{FZ_IF}"\nprotect = ["{FZ_ADDR}"]\n')
+    iface = state.resolve_iface(FZ_IF)
+    tally = Tally("state-file fuzz")
+    # a valid record first: every command works (else the fuzz proves nothing)
+    state.write_state(iface, _state_record())
+    for argv in STATE_ARGVS:
+        argv = [str(cfg) if a == "CFG" else a for a in argv]
+        assert _run_checked(tally, argv, []) == 0, argv
+    store.save(Desired((InterfaceSpec(FZ_IF, addresses=(AddressSpec(ipaddress.ip_address(FZ_ADDR)),)),)))
+    stored = _snapshot([store.desired_path(), store.meta_path()])
+    for data in hostile_states():
+        iface.state_file.write_bytes(data)
+        for argv in STATE_ARGVS:
+            argv = [str(cfg) if a == "CFG" else a for a in argv]
+            if _run_checked(tally, argv, [iface.state_file, store.desired_path(), store.meta_path()]) == 0:
+                # (an input the record's shape allows: a verb may have changed them) back to the start
+                iface.state_file.write_bytes(data)
+                if _snapshot([store.desired_path(), store.meta_path()]) != stored:
+                    for path, content in stored.items():
+                        Path(path).write_bytes(content)
+    tally.report(capsys)
+
+
+# hostile TOML for `apply -f`
+
+_SCHEMA_KEYS = {
+    "": ["daemon", "interface", "cluster", "bgp"],
+    "daemon": sorted(config._DAEMON_KEYS), "cluster": sorted(config._CLUSTER_KEYS), "bgp": sorted(config._BGP_KEYS),
+    "interface": sorted(config._IFACE_KEYS), "address": sorted(config._ADDR_KEYS), "filter": sorted(config._FILTER_KEYS),
+    "forward": sorted(config._FORWARD_KEYS), "events": sorted(config._EVENT_KEYS), "limits": sorted(config._LIMIT_KEYS),
+    "syn": sorted(config._SYN_KEYS), "connlimit": sorted(config.CONNLIMIT_KEYS), "port_limit": ["ports", "src_pps"],
+}
+_TABLES = {"daemon", "cluster", "bgp", "events", "limits", "syn", "connlimit", "reasons"}
+_ARRAYS_OF_TABLES = {"interface", "address", "filter", "forward", "port_limit", "neighbors"}
+
+
+def _hostile_scalar(r: random.Random):
+    pick = r.randrange(12)
+    if pick == 0:
+        return r.choice(["198.18.0.2", "2001:db8::2", "198.18.0.3", "2001:db8::3", "fe80::1%x\";}", "0.0.0.0/0",
+                         "::/0", "198.51.100.10:80", "[2001:db8::10]:80", "127.0.0.1:99999"])
+    if pick == 1:  # control characters, escaped in the TOML
+        return r.choice(["/bin/true", "a", "tcp:22", "syn", "drop"]) + chr(r.choice([0, 7, 9, 10, 13, 27, 127, 0x85, 0x9b]))
+    if pick == 2:
+        return r.choice(['"', '\\', "'", '"""', 'a"b', "x\\\"y", "%s", "{}"])
+    if pick == 3:
+        return r.choice([10**30, -(10**30), 2**64, -1, 0, 1e308, -0.0, float("inf"), float("nan")])
+    if pick == 4:
+        return r.choice([True, False])
+    if pick == 5:
+        return [r.choice(["198.18.0.2", "2001:db8::2", "198.18.0.9", "2001:db8::9"]) for _ in range(r.randrange(4))]
+    if pick == 6:
+        return r.choice(["syn,!syn", "syn,!ack", "udp:53", "tcp:0-70000", "1-2", "10k", "1e999", "/bin/true", "all"])
+    if pick == 7:
+        return []
+    if pick == 8:
+        return {}
+    if pick == 9:
+        return "x" * r.choice([0, 1, 16, 64, 5000])
+    if pick == 10:
+        return r.randrange(-5, 70000)
+    return r.random() * 10 ** r.randrange(0, 12)
+
+
+def _hostile_tree(r: random.Random, kind: str, depth: int):
+    keys = _SCHEMA_KEYS.get(kind, ["a", "b"])
+    out: dict = {}
+    for _ in range(r.randrange(1, 6)):
+        k = r.choice(keys) if r.random() < 0.9 else r.choice(["unknown", "a\nb", "\x1b", '"'])
+        if depth < 4 and (k in _TABLES or k in _ARRAYS_OF_TABLES) and r.random() < 0.7:
+            sub = _hostile_tree(r, k, depth + 1)
+            out[k] = [sub, _hostile_tree(r, k, depth + 1)][: r.randrange(1, 3)] if k in _ARRAYS_OF_TABLES else sub
+        else:
+            out[k] = _hostile_scalar(r)
+    if kind == "interface" and r.random() < 0.8:
+        out.setdefault("name", FZ_IF)
+        out.setdefault("protect", [FZ_ADDR, "2001:db8::2"][: r.randrange(1, 3)])
+    return out
+
+
+def _toml_text(r: random.Random, tree: dict) -> str:
+    try:
+        text = tomli_w.dumps(tree)
+    except (TypeError, ValueError):  # e.g. a key tomli-w cannot write: write a deep one instead
+        text = ""
+    mut = r.randrange(10)
+    if mut == 0:
+        n = r.choice([30, 500, 5000])
+        text += "deep = " + "[" * n + "]" * n + "\n"
+    elif mut == 1:
+        n = r.choice([30, 3000])
+        text += "deep = " + "{ a = " * n + "1" + " }" * n + "\n"
+    elif mut == 2:
+        text += "huge = " + "9" * r.choice([20, 5000]) + "\n"
+    elif mut == 3:
+        text = text[: r.randrange(len(text) + 1)]  # truncated
+    elif mut == 4:
+        text = "# only a comment\n" if r.random() < 0.5 else ""
+    return text
+
+
+def test_apply_hostile_toml_fuzz(kernel_edge, tmp_path, capsys):
+    """`apply -f` with generated hostile TOML (deep nesting, control characters, huge numbers,
+    mixed families, quotes), against a box that protects xgt0."""
+    r = random.Random(24)
+    iface = state.resolve_iface(FZ_IF)
+    f = tmp_path / "hostile.toml"
+    tally = Tally("apply -f hostile TOML fuzz")
+    accepted = 0
+    state.write_state(iface, _state_record())
+    for i in range(1200):
+        text = _toml_text(r, _hostile_tree(r, "", 0))
+        f.write_text(text, encoding="utf-8", errors="surrogatepass")
+        argv = ["apply", "-f", str(f)] + (["--force"] if i % 3 == 0 else [])
+        code = _run_checked(tally, argv, [store.desired_path(), store.meta_path()])
+        if code == 0:
+            accepted += 1
+            try:
+                want = config.load(f)[0]
+                if store.load() != Desired(want.interfaces, want.daemon, want.cluster, want.bgp) and want.interfaces:
+                    tally.violations.append((text[:80], "the store holds something else than the file"))
+            except UserError as exc:
+                tally.violations.append((text[:80], f"the store does not load back: {exc.message}"))
+            store.save(Desired())  # the next input starts from nothing stored
+    with capsys.disabled():
+        print(f"  ({accepted} of them applied)")
+    tally.report(capsys)
+    assert accepted > 0  # some inputs got through (else the fuzz only tested the front door)

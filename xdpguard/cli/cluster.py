@@ -17,9 +17,9 @@ from xdpguard.core.cluster import ops
 
 from .limit import RATE
 from .output import console, emit_json
-from .params import IN_FILE, OUT_FILE, SecondsType, json_option
+from .params import CONFIG_FILE, OUT_FILE, SecondsType, json_option
 
-config_option = click.option("--config", "config_path", type=IN_FILE, default=str(config.DEFAULT_PATH), show_default=True,
+config_option = click.option("--config", "config_path", type=CONFIG_FILE, default=str(config.DEFAULT_PATH), show_default=True,
                              metavar="FILE", help="The node's config file with its [cluster] (and [bgp]) section.")
 
 
@@ -110,7 +110,7 @@ def unban(addrs, config_path, as_json):
 
 
 @cluster.command()
-@click.argument("file", type=IN_FILE)
+@click.argument("file", type=CONFIG_FILE)
 @click.option("--prune", is_flag=True, help="Also remove interfaces the store holds and FILE does not.")
 @config_option
 @json_option

@@ -13,7 +13,7 @@ from xdpguard.core import capture, reconcile, state
 from xdpguard.core.errors import UserError
 
 from .output import console, emit_json
-from .params import IFACE, IN_FILE, OUT_FILE
+from .params import CONFIG_FILE, IFACE, OUT_FILE
 
 
 def config_path(path: str | None) -> str:
@@ -21,7 +21,7 @@ def config_path(path: str | None) -> str:
     return p
 
 
-_file = click.option("-f", "--file", "path", type=IN_FILE, default=None, metavar="FILE",
+_file = click.option("-f", "--file", "path", type=CONFIG_FILE, default=None, metavar="FILE",
                      help="Config file (default $XDPGUARD_CONFIG or /etc/xdpguard/xdpguard.toml).")
 _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -51,7 +51,8 @@ def _render(res: reconcile.ApplyResult, as_json: bool, verb: str) -> None:
 @click.command()
 @_file
 @click.option("--dry-run", is_flag=True, help="Show the diff only (same as `xdpguard diff`).")
-@click.option("--force", is_flag=True, help="Allow protecting this host's management address.")
+@click.option("--force", is_flag=True, help="Allow protecting this host's management address, a config that removes "
+              "every interface's protection (empty or comments only), and new 0.0.0.0/0 or ::/0 list entries.")
 @_json
 def apply(path, dry_run, force, as_json):
     """Make this box match a config file: print the diff, then apply it (all or nothing)."""
@@ -81,7 +82,7 @@ def export(out, overwrite, as_json):
         sys.stdout.write(res.text)
         return
     try:
-        if overwrite:  # renamed over the old file: a symlink there is replaced, not followed
+        if overwrite:  # a fresh temporary renamed over the file (a symlink is replaced, not followed; a device refused)
             state.write_durably(Path(os.path.abspath(out)), res.text.encode())
         else:
             fd = capture.create_output(out)

@@ -35,6 +35,9 @@ def _report(res: protection.ListChangeResult, as_json: bool) -> None:
 
 def make_group(which: str) -> click.Group:
     iface_opt, json_opt = iface_option, json_option
+    force_opt = click.option("--force", is_flag=True, help=(
+        "Take an entry for every address of a family (0.0.0.0/0, ::/0): "
+        + ("it drops all traffic to the protected addresses." if which == "block" else "it turns the protection off.")))
 
     @click.group(name=which, help=_HELP[which])
     def group():
@@ -44,10 +47,11 @@ def make_group(which: str) -> click.Group:
     @click.argument("cidrs", nargs=-1, required=True, type=CIDR)
     @click.option("--ttl", type=TTL, default=None, metavar="SECONDS", help="Expire the entries after SECONDS.")
     @iface_opt
+    @force_opt
     @json_opt
-    def add(cidrs, ttl, iface, as_json):
+    def add(cidrs, ttl, iface, force, as_json):
         """Add CIDRs (IPv4 and IPv6) to the list; existing entries keep their hit counts."""
-        _report(imperative.list_add(which, iface, list(cidrs), ttl), as_json)
+        _report(imperative.list_add(which, iface, list(cidrs), ttl, force=force), as_json)
 
     @group.command("del")
     @click.argument("cidrs", nargs=-1, required=True, type=CIDR)
@@ -61,10 +65,11 @@ def make_group(which: str) -> click.Group:
     @click.argument("file", type=IN_FILE)
     @click.option("--ttl", type=TTL, default=None, metavar="SECONDS", help="Expire the entries after SECONDS.")
     @iface_opt
+    @force_opt
     @json_opt
-    def load(file, ttl, iface, as_json):
+    def load(file, ttl, iface, force, as_json):
         """Load FILE: one CIDR per line, '#' comments, v4 and v6 mixed. All or nothing."""
-        _report(imperative.list_load(which, iface, file, ttl), as_json)
+        _report(imperative.list_load(which, iface, file, ttl, force=force), as_json)
 
     dynamic_opt = click.option("--dynamic", is_flag=True, hidden=which != "block",
                                help="Show the dynamic bans instead (as `xdpguard ban list`).")

@@ -90,11 +90,22 @@ def _fail(msg: str, code: ExitCode) -> int:
     return int(code)
 
 
+def _arg_name(argv: list[str], i: int) -> str:
+    """What argv[i] is, for a message: '--hook' for `--hook=X` or `--hook X`, else 'argument'."""
+    a = argv[i]
+    if a.startswith("--") and "=" in a:
+        return a.partition("=")[0]
+    prev = argv[i - 1] if i else ""
+    if prev.startswith("-") and prev != "--" and "=" not in prev and len(prev) > 1:
+        return prev
+    return "argument"
+
+
 def _check_inputs(argv: list[str]) -> None:
-    """Every argument and every variable of ENVIRONMENT must be text: UTF-8 without NUL (the
-    ParamTypes then check what each means)."""
-    for a in argv:
-        check_text(a, "argument")
+    """Every argument and every variable of ENVIRONMENT must be text: UTF-8 without control
+    characters (the ParamTypes then check what each means)."""
+    for i, a in enumerate(argv):
+        check_text(a, _arg_name(argv, i))
     for name in ENVIRONMENT:
         if name in os.environ:
             check_text(os.environ[name], name)
@@ -117,7 +128,7 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(exc.format_message(), ExitCode.BAD_INPUT)
     except ConfigError as exc:  # one line per problem, each naming file, line and field
         for problem in exc.problems[:-1]:
-            click.echo(f"xdpguard: error: {problem}", err=True)
+            click.echo(f"xdpguard: error: {_one_line(problem)}", err=True)
         return _fail(exc.problems[-1], ExitCode.BAD_INPUT)
     except UserError as exc:
         return _fail(exc.message, ExitCode.BAD_INPUT)

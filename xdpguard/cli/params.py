@@ -118,10 +118,13 @@ class HookType(VocabType):
 
 
 class InFileType(VocabType):
-    """An existing regular file (or a FIFO, e.g. <(…)) to read; never a directory or a device
-    (/dev/zero would be read forever)."""
+    """An existing regular file (or, with fifo, a FIFO, e.g. <(…)) to read; never a directory or
+    a device (/dev/zero would be read forever). Checked with stat: nothing is opened here."""
 
     name = "FILE"
+
+    def __init__(self, fifo: bool = True):
+        self.fifo = fifo
 
     def parse(self, value, what):
         path = vocab.check_text(value, what)
@@ -133,7 +136,7 @@ class InFileType(VocabType):
             raise UserError(f"cannot read {path}: {exc.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             raise UserError(f"cannot read {path}: it is a directory")
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        if not (stat.S_ISREG(st.st_mode) or (self.fifo and stat.S_ISFIFO(st.st_mode))):
             raise UserError(f"cannot read {path}: not a regular file")
         return path
 
@@ -164,6 +167,7 @@ RATE = RateType()
 LISTEN = ListenType()
 HOOK = HookType()
 IN_FILE = InFileType()
+CONFIG_FILE = InFileType(fifo=False)  # a config: a FIFO with no writer would hang `apply` for ever
 OUT_FILE = OutFileType()
 
 

@@ -14,7 +14,7 @@ from xdpguard.core import config, daemon, events, fanout, health, history, mitig
 from xdpguard.core.errors import UserError
 
 from .output import console
-from .params import HOOK, IN_FILE, LISTEN, RATE, SecondsType
+from .params import CONFIG_FILE, HOOK, LISTEN, RATE, SecondsType
 
 
 @click.command()
@@ -42,7 +42,7 @@ from .params import HOOK, IN_FILE, LISTEN, RATE, SecondsType
               metavar="SECONDS", help="Seconds between two sweeps of expired list entries and bans.")
 @click.option("--hook", type=HOOK, default=None, metavar="COMMAND",
               help="Override: run COMMAND on event start/end with the event JSON on stdin.")
-@click.option("--config", "config_path", type=IN_FILE, default=None, metavar="FILE",
+@click.option("--config", "config_path", type=CONFIG_FILE, default=None, metavar="FILE",
               help="Own the desired state of FILE: restore it at start (after a reboot), repair drift, "
                    "re-read it on SIGHUP. Its [daemon] section sets the options not given here.")
 @click.option("--mitigate/--no-mitigate", default=True, show_default=True,

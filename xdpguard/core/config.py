@@ -5,7 +5,7 @@ protected addresses, lists, every cleansing policy, forwarding rules with their 
 attack thresholds and hooks, and the daemon's settings. The same tree is
 
 - read from a TOML file (`load`, every problem reported as FILE:LINE: FIELD: message),
-- written back as TOML (`to_toml`; `load(to_toml(d)) == d` is a tested property),
+- written back as TOML (`to_toml`, by tomli-w; `load(to_toml(d)) == d` is a tested property),
 - read from the kernel by `live.export` (what is realised), and
 - compared by `diff` (what `apply` would change).
 
@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
+
+import tomli_w
 
 from . import abi, events, forwarding, levels, nat, policy, vocab
 from .errors import UserError
 from .forwarding import ForwardRule
-from .prefixes import Prefix, parse_prefix, read_prefix_set
+from .prefixes import Prefix, parse_address, parse_prefix, read_prefix_set
 
 DEFAULT_PATH = Path("/etc/xdpguard/xdpguard.toml")
 MODES = ("auto", "native", "skb")
@@ -272,8 +275,9 @@ def _dotted(path: tuple) -> str:
 
 
 class _Loader:
-    def __init__(self, source: str, text: str):
+    def __init__(self, source: str, text: str, read_files: bool = True):
         self.source = source
+        self.read_files = read_files  # False: `<list>_files` are named, not read (store.save's check)
         self.lines = _locate(text)
         self.problems: list[str] = []
         self.warnings: list[str] = []
@@ -384,9 +388,8 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
         return v
 
     metrics = ld.get(d, "metrics", p, "str", None)
-    if metrics is not None and (":" not in metrics or not metrics.rpartition(":")[2].isdigit()):
-        ld.fail(p + ("metrics",), f"must be HOST:PORT, got {metrics!r}")
-        metrics = None
+    if metrics is not None:  # what `run --metrics` takes (the host is resolved when the daemon binds)
+        metrics = ld.guard(p + ("metrics",), lambda: vocab.parse_listen(metrics, "metrics", resolve=False) and metrics)
     share = ld.get(d, "mitigation_max_share", p, "num", base.mitigation_max_share)
     if not 0 < share < 1:
         ld.fail(p + ("mitigation_max_share",), f"must be above 0 and below 1 (a share: 0.01 is 1%), got {share!r}")
@@ -457,8 +460,11 @@ def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
 
 def _ip(ld: _Loader, v, path: tuple, version: int | None = None):
     try:
-        a = ipaddress.ip_address(v) if isinstance(v, str) else None
-    except ValueError:
+        a = parse_address(v) if isinstance(v, str) else None
+    except UserError as exc:
+        if "scoped" in exc.message:
+            ld.fail(path, f"must be an address without a zone (%...), got {v!r}")
+            return None
         a = None
     if a is None or (version is not None and a.version != version):
         ld.fail(path, f"must be an IPv{version or '4 or IPv6'} address, got {v!r}")
@@ -506,6 +512,8 @@ def _bgp(ld: _Loader, d: dict) -> BgpSpec | None:
     routes = []
     for i, v in enumerate(ld.strs(d, "require_routes", p)):
         try:
+            if "%" in v:
+                raise ValueError("scoped")
             net = ipaddress.ip_network(v, strict=False)
         except ValueError:
             ld.fail(p + ("require_routes", i), f"must be a prefix (CIDR), got {v!r}")
@@ -586,7 +594,7 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
     if text is None:
         ld.fail(path + ("address",), "missing: the protected address this table is about")
         return None
-    addr = ld.guard(path + ("address",), lambda: ipaddress.ip_address(text.strip()))
+    addr = ld.guard(path + ("address",), lambda: parse_address(text))
     if addr is None:
         return None
     if addr not in protected:
@@ -727,7 +735,7 @@ def _forward(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> F
     def make() -> ForwardRule:
         backends = forwarding.parse_backends(",".join(to), weights=weights, backups=backup)
         if prot_text is not None:
-            addr = ipaddress.ip_address(prot_text.strip())
+            addr = parse_address(prot_text, "protected address")
             if addr not in protected:
                 raise ValueError(f"protected address {addr} is not in this interface's protect list")
         else:
@@ -773,7 +781,7 @@ def _events(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> ev
             ld.fail(ap, "needs address = ADDR")
             continue
         ld.table(a, ap, {"address", "pps", "bps", "drop_pps", "drop_bps", "reasons"})
-        addr = ld.guard(ap + ("address",), lambda a=a: ipaddress.ip_address(str(a["address"]).strip()))
+        addr = ld.guard(ap + ("address",), lambda a=a: parse_address(str(a["address"])))
         if addr is not None and addr not in protected:
             ld.fail(ap + ("address",), f"{addr} is not in this interface's protect list")
         if addr is not None:
@@ -801,6 +809,8 @@ def _prefixes(ld: _Loader, d: dict, key: str, path: tuple) -> set[Prefix]:
         if p is not None:
             out.add(p)
     for i, f in enumerate(ld.strs(d, f"{key}_files", path)):
+        if not ld.read_files:
+            continue
         pf = ld.guard(path + (f"{key}_files", i), lambda f=f: read_prefix_set(f))
         if pf is not None:
             out.update(pf)
@@ -818,7 +828,7 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
         ld.fail(path + ("mode",), f"must be one of {', '.join(MODES)}, got {mode!r}")
     protected: list[IPAddress] = []
     for i, t in enumerate(ld.strs(d, "protect", path)):
-        a = ld.guard(path + ("protect", i), lambda t=t: ipaddress.ip_address(t))
+        a = ld.guard(path + ("protect", i), lambda t=t: parse_address(t, "protected address"))
         if a is not None and a not in protected:
             protected.append(a)
     if not protected:
@@ -884,8 +894,8 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
     for ad in ld.get(d, "address", path, "list", []):
         if isinstance(ad, dict) and isinstance(ad.get("address"), str):
             try:
-                raw_addr[ipaddress.ip_address(ad["address"].strip())] = ad
-            except ValueError:
+                raw_addr[parse_address(ad["address"])] = ad
+            except UserError:
                 pass
     for a, spec in list(addrs.items()):
         if spec.level is not None:
@@ -897,14 +907,47 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
                                         frozenset(block), frozenset(allow), tuple(forwards), ev))
 
 
-def loads(text: str, source: str = "<config>") -> tuple[Desired, list[str]]:
+MAX_DEPTH = 12  # the schema nests 7 deep (interface.address.port_limit); anything deeper is wrong
+
+
+def _check_values(ld: _Loader, v, path: tuple) -> None:
+    """The boundary every value of a config crosses: keys and strings are text (no control
+    character: a line break or a quote must not reach a file we write), nesting is bounded."""
+    if len(path) > MAX_DEPTH:
+        ld.fail(path, f"nested too deeply (more than {MAX_DEPTH} levels)")
+        return
+    if isinstance(v, str):
+        bad = vocab.control_char(v)
+        if bad is not None:
+            ld.fail(path, f"contains a control character ({bad}): {v[:60]!r}")
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            bad = vocab.control_char(k)
+            if bad is not None:
+                ld.fail(path, f"a key contains a control character ({bad}): {k[:60]!r}")
+                continue
+            _check_values(ld, x, path + (k,))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _check_values(ld, x, path + (i,))
+
+
+def loads(text: str, source: str = "<config>", read_files: bool = True) -> tuple[Desired, list[str]]:
     """Parse and validate a config text. Returns (desired, warnings); raises ConfigError with
-    every problem found, each as 'SOURCE:LINE: field: message'."""
+    every problem found, each as 'SOURCE:LINE: field: message'. With read_files=False the list
+    files (`block_files`, `allow_files`) are not read: those lists come back empty."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
-    ld = _Loader(source, text)
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError([f"{source}: not valid TOML: nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    ld = _Loader(source, text, read_files)
+    _check_values(ld, data, ())
+    if ld.problems:  # nothing below reads text that is not what a value can be
+        raise ConfigError(ld.problems)
     ld.table(data, (), {"daemon", "interface", "cluster", "bgp"})
     daemon = _daemon(ld, ld.get(data, "daemon", (), "table", {}))
     cluster = _cluster(ld, ld.get(data, "cluster", (), "table", {})) if "cluster" in data else None
@@ -937,15 +980,30 @@ def loads(text: str, source: str = "<config>") -> tuple[Desired, list[str]]:
     return Desired(tuple(sorted(ifaces, key=lambda s: s.name)), daemon, cluster, bgp), ld.warnings
 
 
+def read_regular(p: Path, what: str) -> bytes:
+    """The bytes of a regular file. Anything else is refused without blocking: a FIFO with no
+    writer would hang the command for ever, /dev/zero would never end."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # opening a FIFO does not wait
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {p}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError(f"cannot read {what} {p}: it is a directory")
+        if not stat.S_ISREG(mode):
+            raise UserError(f"cannot read {what} {p}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {p}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def load(path: str | Path) -> tuple[Desired, list[str]]:
     p = Path(path)
-    try:
-        st = p.stat()
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):  # /dev/zero would never end
-            raise UserError(f"cannot read config {p}: not a regular file")
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read config {p}: {exc.strerror}") from None
+    raw = read_regular(p, "config")
     if b"\0" in raw:
         raise ConfigError([f"{p}: not a text file (NUL byte)"])
     try:
@@ -961,13 +1019,6 @@ def load(path: str | Path) -> tuple[Desired, list[str]]:
 
 def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _arr(items, per_line: int = 8) -> str:
-    items = list(items)
-    if len(items) <= per_line:
-        return "[" + ", ".join(items) + "]"
-    return "[\n" + "".join(f"  {x},\n" for x in items) + "]"
 
 
 def _limits_toml(lim: policy.Limits) -> dict[str, str]:
@@ -1013,124 +1064,183 @@ def _thresholds_toml(t: events.Thresholds, always_reasons: bool = False) -> list
     return out
 
 
-def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) -> str:
-    """The config text that loads back to exactly `d`. With list_files ((interface, 'block' or
-    'allow') → path) those lists are referenced as `<list>_files` instead of written inline (the
-    store keeps big lists in prefix files: a million entries load in a second, not in thirty)."""
+def _num(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _plain(v):
+    """A field's value as TOML can hold it: containers as arrays, the rest as itself or text."""
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (tuple, list, frozenset, set)):
+        return [_plain(x) for x in v]
+    return str(v)
+
+
+def _table_of(obj, keys: dict[str, str] | None = None) -> dict:
+    """A flat dataclass as a TOML table, GENERICALLY: every field that differs from its default,
+    under its name without a unit suffix (`node_ttl_s` → `node_ttl`) unless `keys` names it. A
+    field added to the dataclass (and to its loader) is written without touching this writer."""
+    out = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        if v is None or v == default:
+            continue
+        out[(keys or {}).get(f.name, toml_key(f.name))] = _plain(v)
+    return out
+
+
+def toml_key(field_name: str) -> str:
+    """The config key of a settings field: its name without the unit suffix (_s, _ms)."""
+    for suffix in ("_ms", "_s"):
+        if field_name.endswith(suffix):
+            return field_name[: -len(suffix)]
+    return field_name
+
+
+def _limits_data(lim: policy.Limits) -> dict[str, int]:
+    return {k: int(v) for k, v in _limits_toml(lim).items()}
+
+
+def _thresholds_data(t: events.Thresholds, always_reasons: bool = False) -> dict:
+    out: dict = {k: _num(getattr(t, k)) for k in ("pps", "bps", "drop_pps", "drop_bps")}
+    if t.reasons or always_reasons:
+        out["reasons"] = {r: f"{_fmt_num(p)}/{_fmt_num(b)}" for r, (p, b) in sorted(t.reasons.items())}
+    return out
+
+
+def _address_data(a: AddressSpec) -> dict | None:
+    body: dict = {}
+    if a.level is not None:
+        body["level"] = a.level
+    if a.blocked or a.level is not None:  # given, even empty: the level's preset does not fill it
+        body["block_protocols"] = [p for p in policy.PROTOCOLS if p in a.blocked]
+    if a.open_ports:
+        body["open_ports"] = [vocab.format_port_spec(*r) for r in a.open_ports]
+    lt = _limits_data(a.limits)
+    if lt or a.level is not None:  # an empty table is given: the level's preset does not fill it
+        body["limits"] = lt
+    if a.syn != policy.SynPolicy() or a.level is not None:
+        body["syn"] = {"threshold": a.syn.threshold_pps, "auth_window": f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}",
+                       "keep": a.syn.auth_keep_s, "mode": a.syn.mode, "always": a.syn.always}
+    if a.connlimit is not None:
+        body["connlimit"] = {k: int(v) for k, v in _connlimit_items(a.connlimit).items()}
+    if a.port_limits or a.level is not None:
+        body["port_limit"] = [{"ports": vocab.format_port_spec(proto, lo, hi), **_limits_data(lim)}
+                              for proto, lo, hi, lim in a.port_limits]
+    if not body:
+        return None
+    return {"address": str(a.address), **body}
+
+
+def _filter_data(f: policy.Filter) -> dict:
+    out: dict = {"action": f.action}
+    if f.proto:
+        out["proto"] = f.proto
+    for key, (lo, hi), full in (("sport", f.sport, (0, 65535)), ("dport", f.dport, (0, 65535)),
+                                ("length", f.length, (0, 65535)), ("ttl", f.ttl, (0, 255))):
+        if (lo, hi) != full:
+            out[key] = vocab.format_range(lo, hi)
+    if f.tcp_flags[0]:
+        out["tcp_flags"] = policy.format_tcp_flags(*f.tcp_flags)
+    if f.payload:
+        out.update(payload=f.payload.hex(), mask=f.mask_bytes().hex(), base=f.payload_base, offset=f.payload_off)
+    if f.action == "drop-ban":
+        out["ban"] = f.ban_s
+    return out
+
+
+def _forward_data(fs: ForwardSpec) -> dict:
+    r = fs.rule
+    prim, back = r.primaries, r.backups
+    out: dict = {"proto": r.proto, "ports": str(r.ports), "protected": str(r.protected),
+                 "to": [b.endpoint for b in prim]}
+    if any(b.weight != 1 for b in prim):
+        out["weights"] = [b.weight for b in prim]
+    if back:
+        out["backup"] = [b.endpoint for b in back]
+    if r.persist_s:
+        out["persist"] = r.persist_s
+    if r.preserve_client_ip:
+        out["preserve_client_ip"] = True
+    if fs.udp_probe is not None:
+        out["udp_probe"] = fs.udp_probe.hex()
+    return out
+
+
+def _interface_data(s: InterfaceSpec, list_files: dict[tuple[str, str], str]) -> dict:
+    g = s.global_
+    out: dict = {"name": s.name, "mode": s.mode, "protect": [str(a) for a in s.protected]}
+    if g.monitor_mask & ALL_DROP_MASK == ALL_DROP_MASK:
+        out["monitor"] = ["all"]
+    elif g.monitor_mask:
+        out["monitor"] = [r.label for r in abi.Reason if r.is_drop and g.monitor_mask & (1 << r)]
+    out["fragments"] = "drop" if g.drop_fragments else "pass"
+    out["reflection"] = g.reflection
+    out["reflection_ports"] = sorted(g.reflection_ports)
+    for key, prefixes in (("block", s.block), ("allow", s.allow)):
+        if (s.name, key) in list_files:
+            out[f"{key}_files"] = [list_files[(s.name, key)]]
+        elif prefixes:
+            out[key] = [str(p) for p in sorted(prefixes)]
+    addrs = [t for t in (_address_data(a) for a in s.addresses) if t is not None]
+    if addrs:
+        out["address"] = addrs
+    if g.filters:
+        out["filter"] = [_filter_data(f) for f in g.filters]
+    if s.forwards:
+        out["forward"] = [_forward_data(fs) for fs in s.forwards]
+    ev = s.events
+    out["events"] = {**_thresholds_data(ev.default), "hold": _num(ev.hold_s)}
+    if ev.hook:
+        out["events"]["hook"] = ev.hook
+    if ev.addresses:
+        out["events"]["address"] = [{"address": a, **_thresholds_data(t, True)} for a, t in sorted(ev.addresses.items())]
+    return out
+
+
+_BGP_KEYS_OF = {"liveness_iface": "liveness_interface"}  # BgpSpec fields whose key is not toml_key()
+
+
+def _bgp_data(b: BgpSpec) -> dict:
+    out = {"local_as": b.local_as, "router_id": str(b.router_id),
+           "neighbors": [{"address": str(n.address), "as": n.asn} for n in b.neighbors]}
+    rest = _table_of(b, _BGP_KEYS_OF)
+    rest.pop("local_as", None), rest.pop("router_id", None), rest.pop("neighbors", None)
+    if "blackhole_community" in rest:
+        rest["blackhole_community"] = "%d:%d" % b.blackhole_community
+    return {**out, **rest}
+
+
+def to_data(d: Desired, list_files: dict[tuple[str, str], str] | None = None) -> dict:
+    """`d` as the plain tree (tables, arrays, strings, numbers) its config file holds."""
     list_files = list_files or {}
-    L: list[str] = ["# xdpguard desired state (xdpguard export)", ""]
     ds = d.daemon
-    L += ["[daemon]"]
-    if ds.metrics:
-        L.append(f"metrics = {_q(ds.metrics)}")
-    L += [f"health_interval = {ds.health_interval_s!r}", f"health_timeout = {ds.health_timeout_s!r}",
-          f"rise = {ds.rise}", f"fall = {ds.fall}", f"sweep_interval = {ds.sweep_interval_s!r}",
-          f"detect = {'true' if ds.detect else 'false'}", f"detect_interval = {ds.detect_interval_s!r}",
-          f"mitigation = {'true' if ds.mitigation else 'false'}", f"mitigation_pps = {_fmt_num(ds.mitigation_pps)}",
-          f"mitigation_factor = {ds.mitigation_factor!r}", f"mitigation_max_share = {ds.mitigation_max_share!r}",
-          f"mitigation_hold = {ds.mitigation_hold_s!r}", f"mitigation_interval = {ds.mitigation_interval_s!r}", ""]
+    daemon: dict = {"metrics": ds.metrics} if ds.metrics else {}
+    daemon.update(health_interval=ds.health_interval_s, health_timeout=ds.health_timeout_s, rise=ds.rise,
+                  fall=ds.fall, sweep_interval=ds.sweep_interval_s, detect=ds.detect,
+                  detect_interval=ds.detect_interval_s, mitigation=ds.mitigation,
+                  mitigation_pps=_num(ds.mitigation_pps), mitigation_factor=ds.mitigation_factor,
+                  mitigation_max_share=ds.mitigation_max_share, mitigation_hold=ds.mitigation_hold_s,
+                  mitigation_interval=ds.mitigation_interval_s)
+    out: dict = {"daemon": daemon}
     if d.cluster is not None:
-        c = d.cluster
-        L += ["[cluster]", f"name = {_q(c.name)}", f"node = {_q(c.node)}",
-              "endpoints = " + _arr(_q(e) for e in c.endpoints), f"node_ttl = {c.node_ttl_s}",
-              f"resync_interval = {c.resync_interval_s!r}", ""]
+        out["cluster"] = _table_of(d.cluster)
     if d.bgp is not None:
-        b = d.bgp
-        L += ["[bgp]", f"local_as = {b.local_as}", f"router_id = {_q(str(b.router_id))}",
-              "neighbors = [" + ", ".join(f"{{ address = {_q(str(n.address))}, as = {n.asn} }}" for n in b.neighbors) + "]",
-              "announce = " + _arr(_q(str(a)) for a in b.announce), f"bfd = {'true' if b.bfd else 'false'}",
-              f"bfd_interval = {b.bfd_interval_ms}", f"bfd_multiplier = {b.bfd_multiplier}", f"hold = {b.hold_s}",
-              f"min_nodes = {b.min_nodes}", f"bird_config = {_q(b.bird_config)}", f"bird_socket = {_q(b.bird_socket)}",
-              f"liveness_interface = {_q(b.liveness_iface)}", f"flowspec_pps = {b.flowspec_pps}",
-              f"blackhole_pps = {b.blackhole_pps}", f"escalation_hold = {b.escalation_hold_s}",
-              f"blackhole_community = {_q('%d:%d' % b.blackhole_community)}", f"overload_pps = {b.overload_pps}",
-              f"overload_prepend = {b.overload_prepend}",
-              "require_routes = " + _arr(_q(str(n)) for n in b.require_routes), ""]
-    for s in d.interfaces:
-        g = s.global_
-        L += ["[[interface]]", f"name = {_q(s.name)}", f"mode = {_q(s.mode)}",
-              "protect = " + _arr(_q(str(a)) for a in s.protected)]
-        if g.monitor_mask & ALL_DROP_MASK == ALL_DROP_MASK:
-            L.append('monitor = ["all"]')
-        elif g.monitor_mask:
-            L.append("monitor = " + _arr(_q(r.label) for r in abi.Reason if r.is_drop and g.monitor_mask & (1 << r)))
-        L.append(f"fragments = {_q('drop' if g.drop_fragments else 'pass')}")
-        L.append(f"reflection = {'true' if g.reflection else 'false'}")
-        L.append("reflection_ports = " + _arr((str(p) for p in sorted(g.reflection_ports)), per_line=20))
-        for key, prefixes in (("block", s.block), ("allow", s.allow)):
-            if (s.name, key) in list_files:
-                L.append(f"{key}_files = [{_q(list_files[(s.name, key)])}]")
-            elif prefixes:
-                L.append(f"{key} = " + _arr(_q(str(p)) for p in sorted(prefixes)))
-        L.append("")
-        for a in s.addresses:
-            body = []
-            if a.blocked or a.level is not None:  # given, even empty: the level's preset does not fill it
-                body.append("block_protocols = " + _arr(_q(p) for p in policy.PROTOCOLS if p in a.blocked))
-            if a.open_ports:
-                body.append("open_ports = " + _arr(_q(vocab.format_port_spec(*r)) for r in a.open_ports))
-            lt = _limits_toml(a.limits)
-            if lt:
-                body.append("limits = " + _inline(lt))
-            if a.level is not None and not lt:
-                body.append("limits = {}")  # given: the level's preset does not fill it
-            if a.syn != policy.SynPolicy() or a.level is not None:
-                body.append("syn = " + _inline({"threshold": str(a.syn.threshold_pps),
-                                                "auth_window": _q(f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}"),
-                                                "keep": str(a.syn.auth_keep_s), "mode": _q(a.syn.mode),
-                                                "always": "true" if a.syn.always else "false"}))
-            if a.connlimit is not None:
-                body.append("connlimit = " + _inline(_connlimit_items(a.connlimit)))
-            if a.level is not None:
-                body.insert(0, f"level = {_q(a.level)}")
-                if not a.port_limits:
-                    body.append("port_limit = []")
-            if not body and not a.port_limits:
-                continue
-            L += ["[[interface.address]]", f"address = {_q(str(a.address))}", *body, ""]
-            for proto, lo, hi, lim in a.port_limits:
-                L += ["[[interface.address.port_limit]]", f"ports = {_q(vocab.format_port_spec(proto, lo, hi))}"]
-                L += [f"{k} = {v}" for k, v in _limits_toml(lim).items()] + [""]
-        for f in g.filters:
-            L += ["[[interface.filter]]", f"action = {_q(f.action)}"]
-            if f.proto:
-                L.append(f"proto = {_q(f.proto)}")
-            for key, (lo, hi), full in (("sport", f.sport, (0, 65535)), ("dport", f.dport, (0, 65535)),
-                                        ("length", f.length, (0, 65535)), ("ttl", f.ttl, (0, 255))):
-                if (lo, hi) != full:
-                    L.append(f"{key} = {_q(vocab.format_range(lo, hi))}")
-            if f.tcp_flags[0]:
-                L.append(f"tcp_flags = {_q(policy.format_tcp_flags(*f.tcp_flags))}")
-            if f.payload:
-                L += [f"payload = {_q(f.payload.hex())}", f"mask = {_q(f.mask_bytes().hex())}",
-                      f"base = {_q(f.payload_base)}", f"offset = {f.payload_off}"]
-            if f.action == "drop-ban":
-                L.append(f"ban = {f.ban_s}")
-            L.append("")
-        for fs in s.forwards:
-            r = fs.rule
-            prim, back = r.primaries, r.backups
-            L += ["[[interface.forward]]", f"proto = {_q(r.proto)}", f"ports = {_q(r.ports)}",
-                  f"protected = {_q(str(r.protected))}", "to = " + _arr(_q(b.endpoint) for b in prim)]
-            if any(b.weight != 1 for b in prim):
-                L.append("weights = " + _arr(str(b.weight) for b in prim))
-            if back:
-                L.append("backup = " + _arr(_q(b.endpoint) for b in back))
-            if r.persist_s:
-                L.append(f"persist = {r.persist_s}")
-            if r.preserve_client_ip:
-                L.append("preserve_client_ip = true")
-            if fs.udp_probe is not None:
-                L.append(f"udp_probe = {_q(fs.udp_probe.hex())}")
-            L.append("")
-        ev = s.events
-        L += ["[interface.events]", *_thresholds_toml(ev.default), f"hold = {_fmt_num(ev.hold_s)}"]
-        if ev.hook:
-            L.append(f"hook = {_q(ev.hook)}")
-        L.append("")
-        for addr, t in sorted(ev.addresses.items()):
-            L += ["[[interface.events.address]]", f"address = {_q(addr)}", *_thresholds_toml(t, True), ""]
-    return "\n".join(L).rstrip() + "\n"
+        out["bgp"] = _bgp_data(d.bgp)
+    if d.interfaces:
+        out["interface"] = [_interface_data(s, list_files) for s in d.interfaces]
+    return out
+
+
+def to_toml(d: Desired, list_files: dict[tuple[str, str], str] | None = None) -> str:
+    """The config text that loads back to exactly `d` (written by tomli-w: every string is
+    escaped as TOML says). With list_files ((interface, 'block' or 'allow') → path) those lists
+    are referenced as `<list>_files` instead of written inline (the store keeps big lists in
+    prefix files: a million entries load in a second, not in thirty)."""
+    return "# xdpguard desired state (xdpguard export)\n\n" + tomli_w.dumps(to_data(d, list_files))
 
 
 # ---- the diff ----
@@ -1153,12 +1263,20 @@ class Change:
         return f"{sign} {self.path}: {self.new if self.op == 'add' else self.old}"
 
 
+def _order(x) -> tuple:
+    """A sort key for a set's members: addresses and prefixes by family first (IPv4Address and
+    IPv6Address do not compare with each other), the rest as they are."""
+    if isinstance(x, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return (x.version, x.packed)
+    return (0, x)
+
+
 def _set_changes(path: str, old: frozenset, new: frozenset, show: int = 5) -> list[Change]:
     out = []
     for op, items in (("add", new - old), ("remove", old - new)):
         if not items:
             continue
-        first = sorted(items)[:show]
+        first = sorted(items, key=_order)[:show]
         text = ", ".join(map(str, first)) + (f" (+{len(items) - show} more)" if len(items) > show else "")
         out.append(Change(path, op, text if op == "remove" else None, text if op == "add" else None, len(items)))
     return out

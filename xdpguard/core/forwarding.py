@@ -256,9 +256,12 @@ def _parse_address(text: object, what: str) -> IPAddress:
     if not isinstance(text, str):
         raise ValueError(f"{what} must be a string, got {text!r}")
     try:
-        return ipaddress.ip_address(text.strip())
+        a = ipaddress.ip_address(text.strip())
     except ValueError:
         raise ValueError(f"{what} {text!r} is not an IP address") from None
+    if getattr(a, "scope_id", None) is not None:
+        raise ValueError(f"{what} {text!r}: a scoped address (with %ZONE) is not allowed")
+    return a
 
 
 def parse_port(text: str, what: str = "port") -> int:

@@ -51,9 +51,10 @@ def _lists(spec: InterfaceSpec, which: str, prefixes, permanent: bool) -> Interf
     return replace(spec, **{which: new})  # an entry refreshed with a TTL is dynamic from then on
 
 
-def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None):
+def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None, force: bool = False):
     prefixes, _ = protection.parse_many(cidrs)
     protection.check_ttl(ttl)
+    protection.check_whole_family(which, prefixes, force)
     return reconcile.change(ifname, lambda s: _lists(s, which, prefixes, ttl is None),
                             lambda: protection.list_add(which, ifname, cidrs, ttl), lists=True)
 
@@ -64,9 +65,10 @@ def list_del(which: str, ifname: str | None, cidrs: list[str]):
                             lambda: protection.list_del(which, ifname, cidrs), lists=True)
 
 
-def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None):
+def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None, force: bool = False):
     pf = read_prefix_file(path)
     protection.check_ttl(ttl)
+    protection.check_whole_family(which, pf.prefixes, force)
     return reconcile.change(ifname, lambda s: _lists(s, which, pf.prefixes, ttl is None),
                             lambda: protection.list_load(which, ifname, path, ttl, parsed=pf), lists=True)
 

@@ -267,6 +267,8 @@ def parse_tcp_flags(text: str) -> tuple[int, int]:
         name = part.lstrip("!")
         if name not in TCP_FLAGS:
             raise UserError(f"unknown TCP flag '{name}': use {', '.join(TCP_FLAGS)}")
+        if mask & TCP_FLAGS[name]:  # 'syn,!syn' would silently become one of the two
+            raise UserError(f"TCP flag '{name}' is given twice in '{text}': give each flag once, set or !clear")
         mask |= TCP_FLAGS[name]
         if not neg:
             value |= TCP_FLAGS[name]

@@ -39,6 +39,12 @@ class Prefix(NamedTuple):
         return int.from_bytes(other.addr, "big") & mask == int.from_bytes(self.addr, "big")
 
 
+def whole_family(prefixes) -> list[Prefix]:
+    """The prefixes that cover every address of their family (0.0.0.0/0, ::/0): an entry that
+    blocks everyone or lets everyone skip every check, which no verb takes without --force."""
+    return sorted({p for p in prefixes if p.plen == 0})
+
+
 @dataclass(frozen=True)
 class Parsed:
     prefix: Prefix
@@ -80,10 +86,16 @@ def _parse(s: str, text: str) -> tuple[Prefix, bool]:
 
 
 def parse_address(text: str, what: str = "address") -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4 or IPv6 address; a scoped one (fe80::1%eth0) is refused: a protected address,
+    a backend or an announcement is global, and the zone is free text that would reach nft's
+    and BIRD's configs."""
     try:
-        return ipaddress.ip_address(text.strip())
+        a = ipaddress.ip_address(str(text).strip())
     except ValueError:
-        raise UserError(f"invalid {what} '{text}': not an IPv4 or IPv6 address") from None
+        raise UserError(f"invalid {what} {str(text)!r}: not an IPv4 or IPv6 address") from None
+    if getattr(a, "scope_id", None) is not None:
+        raise UserError(f"invalid {what} {str(text)!r}: a scoped address (with %ZONE) is not allowed")
+    return a
 
 
 @dataclass

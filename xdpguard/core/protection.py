@@ -40,7 +40,7 @@ from .abi import (
 )
 from .errors import UserError
 from .maps import BpfMap
-from .prefixes import Prefix, PrefixFile, parse_address, parse_prefix, read_prefix_file
+from .prefixes import Prefix, PrefixFile, parse_address, parse_prefix, read_prefix_file, whole_family
 
 LISTS = ("block", "allow")
 PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
@@ -766,6 +766,17 @@ def status(ifname: str | None) -> list[StatusResult]:
                 pinned=g.pinned(),
             ))
     return out
+
+
+def check_whole_family(which: str, prefixes, force: bool) -> None:
+    """A blocklist entry for every address drops all traffic to the protected addresses; an
+    allowlist entry for every address turns the protection off. Either needs force."""
+    wide = whole_family(prefixes)
+    if wide and not force:
+        what = "drops all traffic to the protected addresses" if which == "block" else \
+            "lets every source skip every check (no protection left)"
+        raise UserError(f"{which}list entry {wide[0]} covers every address of its family and {what}; "
+                        f"give --force if you mean it")
 
 
 def parse_many(cidrs: list[str]) -> tuple[list[Prefix], list[str]]:

@@ -102,9 +102,10 @@ def export_live() -> Desired:
     specs = []
     for name in sorted(set(state.protected_ifaces()) | {i.name for i in stored.interfaces}):
         try:
-            spec = export_iface(name)
+            state.resolve_iface(name)
         except UserError:
-            continue  # the interface went away
+            continue  # the interface went away (a corrupt record of one that is here is an error)
+        spec = export_iface(name)
         if spec is not None:
             specs.append(spec)
     return Desired(tuple(sorted(specs, key=lambda s: s.name)), stored.daemon)
@@ -312,6 +313,24 @@ def check_management(desired: Desired) -> None:
                             f"(it carries the default route); use --force if you mean it")
 
 
+def check_removals(live: Desired, desired: Desired) -> None:
+    """What an apply takes only with force: a config with no interface while some are protected
+    (an empty or comment-only file: every protection goes), and new list entries that cover a
+    whole family (what `block add 0.0.0.0/0` needs --force for). Entries already live are not
+    asked again: `export` then `apply` stays a no-op."""
+    if live.interfaces and not desired.interfaces:
+        raise UserError(f"the config protects no interface: applying it removes the protection of "
+                        f"{', '.join(s.name for s in live.interfaces)}; give --force if you mean it")
+    for spec in desired.interfaces:
+        before = live.interface(spec.name)
+        for which in ("block", "allow"):
+            new = getattr(spec, which) - (getattr(before, which) if before is not None else frozenset())
+            try:
+                protection.check_whole_family(which, new, False)
+            except UserError as exc:
+                raise UserError(f"{spec.name}: {exc.message}") from None
+
+
 # ---- verbs ----
 
 
@@ -347,6 +366,8 @@ def apply_desired(desired: Desired, source: str | None = None, source_sha: str |
     changes, text = _changes(live, desired)
     if dry_run:
         return ApplyResult(True, changes, text, warnings or [], [], store.load_meta().generation)
+    if not force:
+        check_removals(live, desired)
     with store.locked():
         old_store = store.load()
         old_meta = store.load_meta()

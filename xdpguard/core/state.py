@@ -13,10 +13,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -235,15 +238,124 @@ def remove_pins(iface: Iface) -> None:
 
 
 # ---- state file ----
+#
+# The interface record is JSON that root writes and every verb reads. A record in another shape
+# (a crash of an older version, a hand edit, a tool of someone else's) must be one clear error,
+# not a traceback deep in whichever verb reads it first: it is checked on read against the shape
+# its writers give it (STATE_SHAPE; a key not listed there is kept and not checked). A record of
+# the wrong shape is an ERROR, not "absent": it stands for a program that may still be attached,
+# rules in the NAT table and sysctls to restore, which "absent" would orphan silently. The
+# message says how to recover: remove the file, then detach (the kernel says what is attached).
+
+
+class Arr:
+    """A JSON array of `elem`; with n, of exactly n elements."""
+
+    def __init__(self, elem, n: int | None = None):
+        self.elem, self.n = elem, n
+
+
+class Rec:
+    """A JSON object with these keys typed (when present); `required` must be present."""
+
+    def __init__(self, required: tuple[str, ...] = (), **keys):
+        self.required, self.keys = required, keys
+
+
+class Map:
+    """A JSON object with any (text) keys and values of `value`."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+NUM = (int, float)
+OBJ = dict
+_RANGE = Arr(int, 2)
+_THRESHOLDS = Rec(pps=NUM, bps=NUM, drop_pps=NUM, drop_bps=NUM, reasons=Map(Arr(NUM, 2)))
+_FILTER = Rec(("sport", "dport", "length", "ttl", "tcp_flags"), proto=(str, type(None)), sport=_RANGE, dport=_RANGE,
+              length=_RANGE, ttl=_RANGE, tcp_flags=_RANGE, payload=str, mask=str, base=str, offset=int)
+_MITIGATION = Rec(("id", "protected", "proto", "port", "filter"), id=str, protected=str, proto=str, port=int,
+                  filter=_FILTER, fingerprint=str, state=str)
+
+#: the interface record's keys and their shapes (the writers: protection.attach, events, levels,
+#: mitigation, forward, connlimit, health)
+STATE_SHAPE = Rec(
+    iface=str, ifindex=int, netns=str, prog_id=int, mode=str, requested_mode=str, program_sha256=str,
+    protected=Arr(str), monitor=bool, attached_at=NUM, upgraded_at=NUM,
+    levels=Map(str),
+    attack=Rec(default=_THRESHOLDS, addresses=Map(_THRESHOLDS), hold_s=NUM, hook=(str, type(None))),
+    mitigations=Rec(active=Arr(_MITIGATION), lifted=Arr(OBJ), suppressed=Map(NUM)),
+    forward=Arr(Rec(("rule",), rule=OBJ, udp_probe=(str, type(None)))),
+    forward_health=Map(Map(str)),
+    forward_sysctl_saved=Map(str),
+    connlimits=Map(OBJ),
+)
+
+
+def _json_type(v) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def shape_problem(v, shape, path: str = "") -> str | None:
+    """Where and how `v` (parsed JSON) is not of `shape`, or None."""
+    where = path or "the record"
+    if isinstance(shape, Rec):
+        if not isinstance(v, dict):
+            return f"{where} must be an object, got {_json_type(v)}"
+        for k in shape.required:
+            if k not in v:
+                return f"{where} has no {k!r}"
+        for k, sub in shape.keys.items():
+            if k in v:
+                bad = shape_problem(v[k], sub, f"{path}.{k}" if path else k)
+                if bad:
+                    return bad
+        return None
+    if isinstance(shape, Map):
+        if not isinstance(v, dict):
+            return f"{where} must be an object, got {_json_type(v)}"
+        for k, x in v.items():
+            bad = shape_problem(x, shape.value, f"{path}[{k!r}]")
+            if bad:
+                return bad
+        return None
+    if isinstance(shape, Arr):
+        if not isinstance(v, list):
+            return f"{where} must be an array, got {_json_type(v)}"
+        if shape.n is not None and len(v) != shape.n:
+            return f"{where} must have {shape.n} elements, got {len(v)}"
+        for i, x in enumerate(v):
+            bad = shape_problem(x, shape.elem, f"{path}[{i}]")
+            if bad:
+                return bad
+        return None
+    types = shape if isinstance(shape, tuple) else (shape,)
+    ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+    if ok and isinstance(v, float) and not math.isfinite(v):
+        ok = False
+    if ok:
+        return None
+    want = " or ".join(dict.fromkeys("null" if t is type(None) else _json_type(t()) for t in types))
+    return f"{where} must be {want}, got {_json_type(v)} {v!r:.40}"
 
 
 def read_state(iface: Iface) -> dict | None:
+    """The interface's record, checked against STATE_SHAPE; None when there is none. A record
+    that is not JSON or not of that shape is a UserError naming the file and the field."""
+    p = iface.state_file
     try:
-        return json.loads(iface.state_file.read_text())
+        data = json.loads(p.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"state file {iface.state_file} is unreadable: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"state file {p} is unreadable: {exc}") from None
+    bad = shape_problem(data, STATE_SHAPE)
+    if bad:
+        raise UserError(f"state file {p} is corrupt: {bad}; remove it, then run 'xdpguard detach "
+                        f"{iface.name}' and attach again")
+    return data
 
 
 def private_dir(d: Path) -> Path:
@@ -255,16 +367,39 @@ def private_dir(d: Path) -> Path:
 
 
 def write_durably(path: Path, data: bytes) -> None:
-    """Write data to path atomically and durably: a root-only temporary file, fsynced, renamed
-    over path, and the directory fsynced, so a crash leaves either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write data to path atomically and durably: a new root-only temporary file in the same
+    directory (mkstemp: a fresh name, O_EXCL, so nothing planted there is followed or truncated),
+    fsynced, renamed over path, and the directory fsynced, so a crash leaves either the old or
+    the new file. Only a regular file, a symlink (itself: the rename replaces the link, it never
+    writes through it) or nothing is replaced: a device (/dev/full), a FIFO, a socket or a
+    directory at path is a UserError and nothing is written."""
+    path = Path(path)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    else:
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise UserError(f"cannot write {path}: it is {kind}; only a regular file is replaced")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)

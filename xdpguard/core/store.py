@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import config, state
@@ -96,8 +96,8 @@ def save(desired: Desired, source: str | None = None, source_sha256: str | None 
     meta. `keep_source` keeps the recorded config file (an imperative change amends what was
     applied; it does not replace it)."""
     old = load_meta()
-    if desired == Desired():  # nothing left to say: leave nothing behind
-        for p in (desired_path(), meta_path(), *(lists_dir().glob("*") if lists_dir().is_dir() else [])):
+    if desired == Desired():  # nothing left to say: only the generation stays (it never goes back)
+        for p in (desired_path(), *(lists_dir().glob("*") if lists_dir().is_dir() else [])):
             try:
                 p.unlink()
             except FileNotFoundError:
@@ -106,19 +106,24 @@ def save(desired: Desired, source: str | None = None, source_sha256: str | None 
             lists_dir().rmdir()
         except OSError:
             pass
-        state.drop_netns_dir_if_empty()
-        return Meta(None, None, old.generation + 1)
+        meta = Meta(None, None, old.generation + 1)
+        state.private_dir(state.state_root())
+        state.netns_state_dir()
+        state.write_durably(meta_path(), (json.dumps(meta.__dict__, sort_keys=True) + "\n").encode())
+        return meta
     meta = Meta(old.source if keep_source and source is None else source,
                 old.source_sha256 if keep_source and source_sha256 is None else source_sha256,
                 old.generation + 1)
+    files = {(spec.name, which): str(lists_dir() / f"{spec.name}.{which}")
+             for spec in desired.interfaces for which in ("block", "allow")}
+    text = config.to_toml(desired, files)
+    check_loads_back(desired, text)  # before anything is written: the store never holds what load() refuses
     state.private_dir(state.state_root())
     state.netns_state_dir()
     state.private_dir(lists_dir())
-    files = {}
     for spec in desired.interfaces:
         for which, prefixes in (("block", spec.block), ("allow", spec.allow)):
-            path = lists_dir() / f"{spec.name}.{which}"
-            files[(spec.name, which)] = str(path)
+            path = Path(files[(spec.name, which)])
             before = previous.interface(spec.name) if previous is not None else None
             if before is not None and getattr(before, which) == prefixes and path.exists():
                 continue  # unchanged: a verb that did not touch lists does not rewrite a million lines
@@ -126,9 +131,24 @@ def save(desired: Desired, source: str | None = None, source_sha256: str | None 
     for stale in lists_dir().glob("*"):
         if str(stale) not in files.values() and not stale.name.endswith(".tmp"):
             stale.unlink()
-    state.write_durably(desired_path(), config.to_toml(desired, files).encode())
+    state.write_durably(desired_path(), text.encode())
     state.write_durably(meta_path(), (json.dumps(meta.__dict__, sort_keys=True) + "\n").encode())
     return meta
+
+
+def check_loads_back(desired: Desired, text: str) -> None:
+    """The text about to be stored loads back (its list files named, not read) to `desired`;
+    else a UserError, and nothing is stored: a value the loader refuses would make every later
+    verb fail on a corrupt store."""
+    try:
+        back, _ = config.loads(text, str(desired_path()), read_files=False)
+    except config.ConfigError as exc:
+        raise UserError(f"refusing to store the desired state: {exc.problems[0]}") from None
+    bare = replace(desired, interfaces=tuple(replace(s, block=frozenset(), allow=frozenset())
+                                             for s in desired.interfaces))
+    if back != bare:
+        raise UserError("refusing to store the desired state: it does not load back as it is "
+                        "(a bug: please report it with `xdpguard export --json`)")
 
 
 def update_interface(name: str, fn) -> Desired:

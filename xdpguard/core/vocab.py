@@ -1,6 +1,6 @@
 """One vocabulary for the words every verb and the config file share: counts and rates with
 k/M/G suffixes, durations, protocols, PROTO:PORT[-PORT] specs, HOST:PORT listen addresses,
-hook commands, and the text every value must be (UTF-8, no NUL byte).
+hook commands, and the text every value must be (UTF-8, no control character).
 
 Every parser raises UserError naming the value and what was wrong with it; the CLI's ParamTypes
 and the config loader both call these, so the two cannot drift.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -31,17 +32,33 @@ def shown(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def control_char(s: str) -> str | None:
+    """The first control character of s (C0 including NUL, tab and line breaks, DEL, C1) as
+    'U+000A', or None. No value of ours is multi-line or carries terminal escapes: a line break
+    in a stored value would end a line of the desired-state file or of BIRD's config, an ESC
+    would reach the operator's terminal."""
+    m = _CONTROL.search(s)
+    return None if m is None else f"U+{ord(m.group()):04X}"
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def check_text(value, what: str) -> str:
     """Text a value can be: encodable as UTF-8 (no lone surrogates, which is what invalid
-    UTF-8 in argv or a file name becomes) and without NUL bytes (which no kernel interface,
-    file name or map key of ours accepts)."""
+    UTF-8 in argv or a file name becomes) and without control characters (NUL, which no kernel
+    interface, file name or map key of ours accepts; line breaks, ESC and the rest, which would
+    corrupt the files and the terminal the value is written to)."""
     s = str(value)
     if "\x00" in s:
-        raise UserError(f"invalid {what} {s!r}: contains a NUL byte")
+        raise UserError(f"invalid {what} {shown(s)!r}: contains a NUL byte")
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
         raise UserError(f"invalid {what} {shown(s)!r}: not valid UTF-8") from None
+    bad = control_char(s)
+    if bad is not None:
+        raise UserError(f"invalid {what} {s!r}: contains a control character ({bad})")
     return s
 
 

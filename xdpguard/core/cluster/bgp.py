@@ -27,6 +27,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import vocab
 from ..config import BgpSpec, IPAddress
 from ..errors import UserError
 
@@ -61,7 +62,7 @@ class Escalation:
 
     def flow_match(self) -> str:
         plen = 32 if self.address.version == 4 else 128
-        m = [f"dst {self.address}/{plen};"]
+        m = [f"dst {bird_addr(self.address)}/{plen};"]
         if self.proto is not None:
             m.append(f"{'proto' if self.address.version == 4 else 'next header'} = {self.proto};")
         if self.dport is not None:
@@ -75,6 +76,33 @@ class Escalation:
         return f"flowspec {self.address}" + (f" {what}" if what else "") + (f"/{self.dport}" if self.dport else "")
 
 
+def bird_str(value: str) -> str:
+    """The one way a string enters BIRD's config: as a BIRD string literal. BIRD's lexer has no
+    escapes (a string is `"` anything but `"` or a line break `"`), so what cannot be written
+    is refused: a quote, a backslash, any control character. The loader refuses these already;
+    this is the last line, so that no value can end a statement and start another."""
+    s = str(value)
+    if '"' in s or "\\" in s or vocab.control_char(s) is not None:
+        raise UserError(f"cannot write {s!r} into BIRD's config: quotes, backslashes and control characters "
+                        f"cannot be written there")
+    return f'"{s}"'
+
+
+def bird_comment(value: str) -> str:
+    """Text for a `#` comment of BIRD's config: one line, so nothing after it becomes config."""
+    s = str(value)
+    if vocab.control_char(s) is not None:
+        raise UserError(f"cannot write {s!r} into BIRD's config: control characters cannot be written there")
+    return s
+
+
+def bird_addr(a: IPAddress) -> str:
+    """An address as BIRD takes it; a scoped one (its zone is free text) is refused."""
+    if getattr(a, "scope_id", None) is not None or "%" in str(a):
+        raise UserError(f"cannot write {str(a)!r} into BIRD's config: a scoped address is not allowed")
+    return str(a)
+
+
 def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations: tuple[Escalation, ...] = (),
            prepend: int = 0) -> str:
     """The node's BIRD config. `announce` are the addresses to announce now (empty: withdrawn);
@@ -83,7 +111,7 @@ def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations:
     nodes and keeps this one as a backup instead of losing it."""
     v4 = sorted(a for a in announce if a.version == 4)
     v6 = sorted(a for a in announce if a.version == 6)
-    dev = bgp.liveness_iface
+    dev = bird_str(bgp.liveness_iface)
     comm = "(%d,%d)" % bgp.blackhole_community
     rtbh = {4: [], 6: []}
     flows = {4: [], 6: []}
@@ -91,23 +119,23 @@ def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations:
         if e.kind == "blackhole":
             plen = 32 if e.address.version == 4 else 128
             # via the liveness device too: a dead agent's blackhole goes with its TUN device
-            rtbh[e.address.version].append(f'  route {e.address}/{plen} via "{dev}" {{ bgp_community.add({comm}); }};')
+            rtbh[e.address.version].append(f'  route {bird_addr(e.address)}/{plen} via {dev} {{ bgp_community.add({comm}); }};')
         else:
             flows[e.address.version].append(
                 f"  route flow{e.address.version} {{ {e.flow_match()} }} {{ bgp_ext_community.add({TRAFFIC_RATE_0}); }};")
     flowspec = bgp.flowspec_pps > 0
-    L = [f"# BIRD config of xdpguard cluster node {node or '?'}: written by xdpguard, do not edit",
-         f"router id {bgp.router_id};",
+    L = [f"# BIRD config of xdpguard cluster node {bird_comment(node or '?')}: written by xdpguard, do not edit",
+         f"router id {bird_addr(bgp.router_id)};",
          "protocol device { scan time 10; }",
          f"protocol static {STATIC4} {{",
          "  ipv4;",
          "  check link;  # a route via the liveness device lives only as long as xdpguard holds it",
-         *[f'  route {a}/32 via "{dev}";' for a in v4],
+         *[f'  route {bird_addr(a)}/32 via {dev};' for a in v4],
          "}",
          f"protocol static {STATIC6} {{",
          "  ipv6;",
          "  check link;",
-         *[f'  route {a}/128 via "{dev}";' for a in v6],
+         *[f'  route {bird_addr(a)}/128 via {dev};' for a in v6],
          "}"]
     for ver, name in ((4, RTBH4), (6, RTBH6)):
         L += [f"protocol static {name} {{", f"  ipv{ver} {{ preference 250; }};  # wins over the plain announcement",
@@ -127,7 +155,7 @@ def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations:
         ver = n.address.version
         L += [f"protocol bgp {protocol_name(i, n.address.version)} {{",
               f"  local as {bgp.local_as};",
-              f"  neighbor {n.address} as {n.asn};",
+              f"  neighbor {bird_addr(n.address)} as {n.asn};",
               f"  hold time {bgp.hold_s}; connect retry time 1; error wait time 1, 5;",
               f"  bfd {'on' if bgp.bfd else 'off'}; check link on;",
               (f'  {ch} {{ import none; export where proto = "{static}" || proto = "{black}"; }};' if not prepend else
@@ -178,7 +206,7 @@ def configure(bgp: BgpSpec, text: str) -> bool:
     """Write the config and make the running BIRD take it; True when it changed anything."""
     if not write_config(bgp.bird_config, text):
         return False
-    out = birdc(bgp.bird_socket, "configure", f'"{bgp.bird_config}"')
+    out = birdc(bgp.bird_socket, "configure", bird_str(bgp.bird_config))
     if "Reconfigur" not in out:  # "Reconfigured", "Reconfiguration in progress"
         raise BirdError(f"BIRD refused {bgp.bird_config}: {out.splitlines()[-1] if out else '?'}")
     return True
