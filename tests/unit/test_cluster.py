@@ -179,17 +179,18 @@ def test_desired_value_round_trips_one_interface():
 
 
 def test_bad_store_values_are_rejected_not_crashing():
-    with pytest.raises(config.ConfigError) as ei:
+    with pytest.raises(store.Rejected, match="etcd:/xdpguard/x/state/desired/eth0:2"):
         store.parse_desired("/xdpguard/x/state/desired/eth0", b"[[interface]]\nname = 1\n")
-    assert "etcd:/xdpguard/x/state/desired/eth0:2" in ei.value.problems[0]
-    assert store.ClusterStore.parse_ban("198.18.9.1", b"not json") is None
-    assert store.ClusterStore.parse_ban("198.18.9.1", b'{"ttl": 5}') is None
-    b = store.ClusterStore.parse_ban("198.18.9.1", b'{"ttl": 5, "expires": 100.0, "node": "n1"}')
-    assert b.reason == "operator" and b.remaining_s(now=99.0) == 1.0
+    with pytest.raises(store.Rejected, match="not JSON"):
+        store.ClusterStore.parse_ban("198.18.9.1", b"not json")
+    with pytest.raises(store.Rejected, match="expires"):
+        store.ClusterStore.parse_ban("198.18.9.1", b'{"ttl": 5}')
+    b = store.parse_ban("198.18.9.1", b'{"ttl": 5, "expires": 100.0, "node": "n1"}', now=99.0)
+    assert b.reason == "operator" and b.operator and b.remaining_s(now=99.0) == 1.0
 
 
 def test_key_layout():
-    s = store.ClusterStore(ClusterSpec("lab", "node1"))
+    s = store.ClusterStore(ClusterSpec("lab", "node1", insecure=True))
     assert s.classify("/xdpguard/lab/state/desired/xgp0") == ("desired", "xgp0")
     assert s.classify("/xdpguard/lab/state/bans/2001:db8::1") == ("ban", "2001:db8::1")
     assert s.classify("/xdpguard/lab/nodes/node2") == ("node", "node2")
@@ -198,7 +199,7 @@ def test_key_layout():
 
 
 def test_unreachable_store_is_one_user_error():
-    s = store.ClusterStore(ClusterSpec("lab", "n1", ("http://127.0.0.1:9",)), timeout_s=0.5)
+    s = store.ClusterStore(ClusterSpec("lab", "n1", ("http://127.0.0.1:9",), insecure=True), timeout_s=0.5)
     with pytest.raises(store.StoreUnavailable, match="does not answer"):
         s.read()
 
@@ -242,14 +243,18 @@ def test_lab_addresses_stay_in_the_lab_ranges():
     (["cluster", "ban", "not-an-ip", "--ttl", "10", "--config", "{cfg}"], "invalid address 'not-an-ip'"),
     (["cluster", "ban", "198.18.9.1", "--ttl", "0", "--config", "{cfg}"], "invalid --ttl"),
     (["cluster", "status", "--config", "{nocluster}"], "no [cluster] section"),
+    (["cluster", "status", "--config", "{plain}"], "the cluster store http://127.0.0.1:9 is not TLS"),
+    (["cluster", "run", "--config", "{plain}", "--duration", "1"], "is not TLS"),
     (["cluster", "bird-config", "--config", "{cfg}"], "no [bgp] section"),
 ])
 def test_cluster_cli_bad_input(tmp_path, capsys, args, needle):
     cfg = tmp_path / "n.toml"
-    cfg.write_text('[cluster]\nname = "t"\nnode = "n1"\nendpoints = ["http://127.0.0.1:9"]\n')
-    nocluster = tmp_path / "plain.toml"
+    cfg.write_text('[cluster]\nname = "t"\nnode = "n1"\nendpoints = ["http://127.0.0.1:9"]\ninsecure = true\n')
+    plain = tmp_path / "plain.toml"  # no TLS and not insecure: refused before anything is sent
+    plain.write_text('[cluster]\nname = "t"\nnode = "n1"\nendpoints = ["http://127.0.0.1:9"]\n')
+    nocluster = tmp_path / "nocluster.toml"
     nocluster.write_text("[daemon]\n")
-    rc = run([a.format(cfg=cfg, nocluster=nocluster) for a in args])
+    rc = run([a.format(cfg=cfg, nocluster=nocluster, plain=plain) for a in args])
     assert rc == 2
     assert needle in one_line_error(capsys)
 
@@ -280,25 +285,28 @@ def test_fingerprint_is_the_dominant_port_or_protocol_or_nothing():
 def test_escalation_sums_the_nodes_then_holds_then_withdraws():
     b = dataclasses.replace(_node_bgp(1), flowspec_pps=1000, blackhole_pps=5000, escalation_hold_s=3)
     a = "198.18.0.1"
+
+    def escalate_decide(bgp, loads, active, now):  # this node's own config protects `a`
+        return escalate.decide(bgp, loads, active, now, lambda x: x == a)
     quiet = _loads(n1={a: (300.0, {"tcp/80": 300.0})}, n2={a: (300.0, {"tcp/80": 300.0})})
-    act, said = escalate.decide(b, quiet, {}, 0.0)
+    act, said = escalate_decide(b, quiet, {}, 0.0)
     assert act == {} and said == []
     # 600 + 600 crosses the FlowSpec threshold only together; the flood is udp/7
     attack = _loads(n1={a: (600.0, {"udp/7": 590.0})}, n2={a: (600.0, {"udp/7": 580.0, "tcp/80": 10.0})})
-    act, said = escalate.decide(b, attack, {}, 1.0)
+    act, said = escalate_decide(b, attack, {}, 1.0)
     assert list(act) == [(a, "flowspec")] and act[(a, "flowspec")].escalation.flow_match() == \
         "dst 198.18.0.1/32; proto = 17; dport = 7;"
     assert "escalated: flowspec 198.18.0.1 udp/7" in said[0]
     big = _loads(n1={a: (3000.0, {"udp/7": 3000.0})}, n2={a: (3000.0, {"udp/7": 3000.0})})
-    act, said = escalate.decide(b, big, act, 2.0)
+    act, said = escalate_decide(b, big, act, 2.0)
     assert set(act) == {(a, "flowspec"), (a, "blackhole")} and len(said) == 1
-    act, said = escalate.decide(b, quiet, act, 4.9)  # below for 2.9 s: still held
+    act, said = escalate_decide(b, quiet, act, 4.9)  # below for 2.9 s: still held
     assert len(act) == 2 and said == []
-    act, said = escalate.decide(b, _loads(n1={a: (1500.0, {"udp/7": 1500.0})}), act, 4.0)  # FlowSpec level
-    act, said = escalate.decide(b, quiet, act, 5.0)
+    act, said = escalate_decide(b, _loads(n1={a: (1500.0, {"udp/7": 1500.0})}), act, 4.0)  # FlowSpec level
+    act, said = escalate_decide(b, quiet, act, 5.0)
     assert list(act) == [(a, "flowspec")] and "withdrawn: blackhole 198.18.0.1" in said[0]
     assert "peak 6,000 pps" in said[0]
-    act, said = escalate.decide(b, quiet, act, 7.0)
+    act, said = escalate_decide(b, quiet, act, 7.0)
     assert act == {} and "withdrawn: flowspec 198.18.0.1 udp/7" in said[0]
 
 
