@@ -388,15 +388,18 @@ class ClusterStore:
         self._clients = []
         for url in spec.endpoints:
             u = urlsplit(url)
-            self._clients.append(etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
-                                                     ca_cert=spec.ca, cert_cert=spec.cert, cert_key=spec.key,
-                                                     timeout=timeout_s, api_path="/v3/"))
+            c = etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme, ca_cert=spec.ca,
+                                    cert_cert=spec.cert, cert_key=spec.key, timeout=timeout_s, api_path="/v3/")
+            # only the config decides whom we trust: no REQUESTS_CA_BUNDLE (requests lets it win over
+            # the session's CA), no proxy from the environment
+            c.session.trust_env = False
+            self._clients.append(c)
         self._current = 0
         self._chunks: dict[str, list[Prefix]] = {}  # list chunk name → its prefixes
 
     # ---- user/password auth: a token per endpoint, taken again when etcd says it expired ----
 
-    _TOKEN_GONE = ("invalid auth token", "user name is empty", "permission denied")
+    _TOKEN_GONE = ("invalid auth token", "user name is empty")
 
     def _authenticate(self, c) -> None:
         c.session.headers.pop("Authorization", None)
@@ -405,6 +408,10 @@ class ClusterStore:
         except etcd3gw.exceptions.Etcd3Exception as exc:
             text = getattr(exc, "detail_text", "") or str(exc)
             if "authentication failed" in text or "invalid user" in text or "not enabled" in text:
+                try:
+                    text = str(json.loads(text).get("message") or text)
+                except (ValueError, AttributeError):
+                    pass
                 raise StoreRefused(f"etcd refused user {self.spec.user!r}: {text.strip()[:160]}") from None
             raise
         token = out.get("token") if isinstance(out, dict) else None
@@ -448,6 +455,19 @@ class ClusterStore:
         if isinstance(last, StoreRefused):
             raise last
         detail = " ".join((getattr(last, "detail_text", None) or str(last) or type(last).__name__).split())
+        try:  # etcd's own words, when it answered
+            detail = str(json.loads(detail).get("message") or detail)
+        except (ValueError, AttributeError):
+            pass
+        detail = detail.split("(Caused by ", 1)[-1]  # urllib3's "HTTPSConnectionPool(...): Max retries" says nothing
+        if "SSL" in detail:
+            m = re.search(r"\[SSL: [^\]]+\][^(')\]]*", detail)
+            raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}): TLS failed: "
+                               f"{(m.group(0) if m else detail[:160]).strip()}"
+                               + ("; no client certificate given ([cluster] cert and key)" if self.spec.cert is None else ""))
+        if "CommonName of client" in detail:
+            raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}) refused us: with auth enabled, etcd's HTTP "
+                               "gateway takes no client certificate with a CommonName: issue [cluster] cert without one")
         if any(t in detail.lower() for t in ("permission denied", "user name is empty", "invalid auth token")):
             raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}) refused us: {detail[:200]}")
         raise StoreUnavailable(f"etcd ({', '.join(self.spec.endpoints)}) does not answer: {detail[:200]}")
