@@ -382,8 +382,9 @@ HOSTILE_DESIRED = {
     "block half the Internet": _value('block = ["128.0.0.0/1"]\n'),
     "a hook run as root": _value(append='\n[interface.events]\nhook = "/bin/sh -c id"\n'),
     "a local file read": _value('block_files = ["/etc/shadow"]\n'),
-    "a [daemon] section": _value(prepend='[daemon]\nmetrics = "0.0.0.0:9100"\n\n'),
     "a [cluster] section": _value(prepend='[cluster]\nname = "x"\ninsecure = true\n\n'),
+    "a [bgp] section": _value(prepend='[bgp]\nlocal_as = 1\nrouter_id = "192.0.2.1"\n'
+                                      'neighbors = [{ address = "192.0.2.2", as = 2 }]\n\n'),
     "a forward to etcd": _value(append='[[interface.forward]]\nproto = "tcp"\nports = "2379"\nprotected = "198.18.0.1"\n'
                                        'to = ["198.18.4.2:2379"]\n'),
     "an address the node does not protect": lc.desired_toml().replace(
@@ -406,9 +407,14 @@ def test_hostile_desired_values_are_rejected(what):
         _store().desired_from(KEY, HOSTILE_DESIRED[what])
 
 
-def test_the_lab_desired_state_is_taken():
+def test_the_lab_desired_state_is_taken_as_cluster_apply_writes_it():
     spec = _store().desired_from(KEY, lc.desired_toml().encode())
     assert spec.name == lc.NODE_IFACE and len(spec.forwards) == 5 and spec.events.hook is None
+    # what `cluster apply` puts (config.to_toml: with a [daemon] section, which is never used)
+    written = store.desired_text(spec).encode()
+    assert b"[daemon]" in written and _store().desired_from(KEY, written) == spec
+    odd = _store().desired_from(KEY, b'[daemon]\nmetrics = "0.0.0.0:9100"\n\n' + lc.desired_toml().encode())
+    assert odd == spec  # a store value's [daemon] is ignored: only its interface is taken
 
 
 def test_trust_defaults_refuse_and_bgp_announce_bounds_protect():

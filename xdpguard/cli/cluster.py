@@ -36,7 +36,8 @@ def run(config_path, duration):
     """Run this node: realise the store's desired state, apply and spread bans, announce when healthy."""
     desired = ops.load(config_path)
     c = console()
-    agent = cnode.NodeAgent(desired, report=lambda m: (c.print(m), sys.stdout.flush()))
+    # markup=False: a report quotes config and store text ("[cluster] protect"), never rich markup
+    agent = cnode.NodeAgent(desired, report=lambda m: (c.print(m, markup=False, highlight=False), sys.stdout.flush()))
     stop = threading.Event()
 
     def on_term(signum, frame):

@@ -226,11 +226,13 @@ def _first_line(exc: UserError) -> str:
 
 
 def check_local_only(where: str, data: dict) -> None:
-    """Refuse what only the node's own file may say: any section but [[interface]], list files
-    (they read this node's files), hooks (commands run as root)."""
-    extra = sorted(set(data) - {"interface"})
+    """Refuse what only the node's own file may say: [cluster], [bgp] (and any other section but
+    [[interface]] and [daemon]), list files (they read this node's files), hooks (commands run as
+    root). [daemon] is allowed and never used: desired_text writes its defaults, and a store value
+    only ever gives its one interface (parse_desired)."""
+    extra = sorted(set(data) - {"interface", "daemon"})
     if extra:
-        raise Rejected(f"{where}: [{extra[0]}] is never taken from the store (only from the node's own file)")
+        raise Rejected(f"{where}: section {extra[0]!r} is never taken from the store (only from the node's own file)")
     ifaces = data.get("interface", [])
     for i in ifaces if isinstance(ifaces, list) else []:
         if not isinstance(i, dict):
