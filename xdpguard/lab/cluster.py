@@ -105,10 +105,12 @@ def tls_files(who: str, name: str | None = None) -> dict[str, str]:
     return {"ca": str(t / "ca.crt"), "cert": str(t / f"{who}.crt"), "key": str(t / f"{who}.key")}
 
 
-def etcdctl_argv(name: str | None = None, endpoint: str = ETCD_URL) -> list[str]:
-    """etcdctl against the lab's etcd, with the lab's own client certificate."""
-    f = tls_files("lab", name)
-    return ["etcdctl", "--endpoints", endpoint, "--cacert", f["ca"], "--cert", f["cert"], "--key", f["key"]]
+def etcdctl_argv(name: str | None = None, endpoint: str = ETCD_URL, tls: Path | None = None) -> list[str]:
+    """etcdctl against the lab's etcd, with the lab's own client certificate (in `tls`, default
+    the lab's TLS directory under $XDPGUARD_RUN_DIR)."""
+    t = tls if tls is not None else tls_dir(name)
+    return ["etcdctl", "--endpoints", endpoint, "--cacert", str(t / "ca.crt"), "--cert", str(t / "lab.crt"),
+            "--key", str(t / "lab.key")]
 
 
 def _openssl(t: Path, *args: str) -> None:
