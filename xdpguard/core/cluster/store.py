@@ -12,6 +12,13 @@ Keys, under /xdpguard/<cluster>/ :
     locks/withdraw          on the holder's lease: a node withdraws only while holding it, after
                             counting announce/ (so concurrent withdrawals cannot go below min_nodes)
 
+The way in is TLS with the node's client certificate ([cluster] ca, cert, key; etcd runs with
+--client-cert-auth), optionally with etcd user/password auth (a token per endpoint, renewed when
+etcd says it expired); a plain-http store is refused unless the node's file says insecure = true.
+What comes out is not trusted: every value is validated like operator input (parse_desired,
+parse_ban, parse_load, parse_status) and bounded by the node's own file (Trust); what fails is a
+`Rejected` the caller logs and skips.
+
 Nodes watch state/ only, so node chatter does not move anyone's applied revision. A node that
 has applied revision R has applied every change of state/ up to R: a full read answers with the
 store's revision R, a watch event carries its own.
