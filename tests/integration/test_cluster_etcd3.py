@@ -208,6 +208,27 @@ def test_a_node_without_a_client_certificate_is_refused_by_etcd(tls_etcd):
     assert "/xdpguard/tls/state/bans/198.18.9.41" in e.etcdctl("get", "--prefix", "--keys-only", "/xdpguard/tls/").stdout
 
 
+def test_hostile_store_values_are_skipped_and_logged_by_a_running_node(tls_etcd):
+    """Anyone who got a certificate (or an old etcd without TLS) writes hostile keys: `cluster
+    run` logs and skips each and keeps running; a good ban next to them is applied."""
+    e = tls_etcd
+    desired = lc.desired_toml().replace('name = "xgp0"\n', 'name = "xgp0"\nallow = ["0.0.0.0/0"]\n', 1)
+    e.etcdctl("put", "/xdpguard/tls/state/desired/xgp0", desired + '\n[interface.events]\nhook = "/bin/sh -c id"\n')
+    e.etcdctl("put", "/xdpguard/tls/state/bans/198.18.9.60", '{"ttl": 60, "expires": 1e300, "reason": "syn"}')
+    e.etcdctl("put", "/xdpguard/tls/state/bans/198.18.9.61", "[not json")
+    conf = e.node_config("run", extra='protect = ["198.18.0.1/32", "2001:db8:0:1::1/128"]\n'
+                                      'backends = ["198.18.1.0/24", "2001:db8:0:2::/64"]\n')
+    p = subprocess.run(["ip", "netns", "exec", e.ns, *topology.xdpguard_argv(), "cluster", "run", "--config", conf,
+                        "--duration", "3"], capture_output=True, text=True, env=e.env, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+    assert "store: skipped /xdpguard/tls/state/desired/xgp0: " in p.stdout and "events.hook" in p.stdout, p.stdout
+    assert "store: skipped /xdpguard/tls/state/bans/198.18.9.60: " in p.stdout, p.stdout
+    assert "store: skipped /xdpguard/tls/state/bans/198.18.9.61: " in p.stdout, p.stdout
+    assert "synced with the store" in p.stdout
+    e.etcdctl("del", "--prefix", "/xdpguard/tls/state/")
+
+
 def test_user_and_password_auth(tls_etcd):
     """Runs last: it turns etcd's auth on. A client certificate alone is not enough any more; the
     right user and password are; a wrong password is one error line."""
