@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,3 +250,42 @@ def test_user_and_password_auth(tls_etcd):
     assert p.returncode == 0, p.stderr
     st = e.xg("cluster", "status", "--json", "--config", good)
     assert st.returncode == 0 and json.loads(st.stdout)["bans"] >= 1, st.stderr
+
+
+ESTABLISHED = r"""
+import json, socket, time
+from pyroute2 import Conntrack
+from scapy.all import IP, TCP, conf, send
+from xdpguard.core.cluster import node
+conf.verb = 0
+srv = socket.socket(); srv.bind(("127.0.0.1", 7000)); srv.listen()
+c = socket.create_connection(("127.0.0.1", 7000)); a, _ = srv.accept(); c.send(b"x"); a.recv(1); a.send(b"y"); c.recv(1)
+# a spoofed SYN from 127.0.0.5: conntrack sees it, but no handshake is ever completed from there
+send(IP(src="127.0.0.5", dst="127.0.0.1") / TCP(sport=40000, dport=7000, flags="S"), iface="lo")
+time.sleep(0.2)
+with Conntrack() as ct:
+    seen = sorted({str(e.tuple_orig.saddr) for e in ct.dump_entries()})
+print(json.dumps({"seen": seen, "real": node.established_tcp("127.0.0.1"), "spoofed": node.established_tcp("127.0.0.5")}))
+"""
+
+
+def test_spread_evidence_is_a_completed_handshake(tmp_path):
+    """node.established_tcp, the check before a ban is spread: true for a source that completed a
+    TCP handshake here, false for one that only sent a SYN (a spoofed source cannot do more)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ns = f"xg-t{os.getpid() % 1_000_000}-ct"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    try:
+        for cmd in (["ip", "link", "set", "lo", "up"], ["nft", "add", "table", "inet", "xgt"],
+                    ["nft", "add", "chain", "inet", "xgt", "c", "{ type filter hook input priority 0; }"],
+                    ["nft", "add", "rule", "inet", "xgt", "c", "ct", "state", "established", "accept"]):
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, timeout=10)
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", ESTABLISHED], capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        res = json.loads(p.stdout)
+        assert "127.0.0.5" in res["seen"]  # the spoofed SYN is in conntrack: the check below means something
+        assert res["real"] is True and res["spoofed"] is False, res
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], timeout=10)
