@@ -474,9 +474,10 @@ def test_status_survives_hostile_node_keys(monkeypatch):
     from xdpguard.core.cluster import ops
     monkeypatch.setattr(store.ClusterStore, "_range", lambda self, *a, **k: (3, [
         _kv("/xdpguard/lab/nodes/n2", b'{"applied_revision": "many", "announced": 5}'),
-        _kv("/xdpguard/lab/nodes/n3", b'{"applied_revision": 3, "ready": true}')]))
+        _kv("/xdpguard/lab/nodes/n3", b'{"applied_revision": 3, "ready": true, "rejected": 2, "bans_failed": 1}')]))
     res = ops.status(Desired((), cluster=NODE))
     assert [v.node for v in res.nodes] == ["n2", "n3"] and res.nodes[0].reasons == ["unreadable status in the store"]
+    assert (res.nodes[1].rejected, res.nodes[1].bans_failed) == (2, 1)  # what the node skipped shows in status
 
 
 LOAD_KEY = "/xdpguard/lab/load/"

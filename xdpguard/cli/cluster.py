@@ -74,6 +74,9 @@ def status(config_path, as_json):
                   ", ".join(n.announced) if n.announcing else "no", bgp, str(n.bans))
     c.print(t)
     for n in res.nodes:
+        if n.rejected or n.bans_failed:
+            c.print(f"[yellow]{n.node}: skipped {n.rejected} store value(s), {n.bans_failed} ban(s) not applied; "
+                    "see its log[/]")
         if n.escalation_leader:
             c.print(f"upstream escalation decided by {n.node}: "
                     + (", ".join(n.escalations) if n.escalations else "nothing announced"))

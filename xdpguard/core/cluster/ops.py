@@ -43,6 +43,8 @@ class NodeView:
     escalations: list[str] = field(default_factory=list)  # the upstream routes it announces
     load: dict = field(default_factory=dict)  # protected address → pps this node receives
     overloaded: bool = False  # above [bgp] overload_pps: announcing with its AS prepended
+    rejected: int = 0  # store values this node skipped (hostile, damaged, beyond its own file): see its log
+    bans_failed: int = 0  # store bans its maps refused (a full operator map)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ def _view(name: str, s: dict, state_revision: int, now: float) -> NodeView:
                         str(s.get("announce_note", "")), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
                         int(s.get("bans", 0)), int(s.get("pending_writes", 0)),
                         bool(s.get("escalation_leader")), [str(e) for e in s.get("escalations", [])],
-                        dict(s.get("load", {})), bool(s.get("overloaded")))
+                        dict(s.get("load", {})), bool(s.get("overloaded")), int(s.get("rejected", 0)),
+                        int(s.get("bans_failed", 0)))
     except (ValueError, TypeError, AttributeError, OverflowError):
         return NodeView(name, True, 0.0, 0, False, False, False, [], ["unreadable status in the store"], "", {}, {},
                         0, 0)
