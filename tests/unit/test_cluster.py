@@ -639,3 +639,12 @@ def test_no_load_entry_makes_decide_raise(addresses):
     except store.Rejected:
         return
     escalate.decide(b, loads, {}, 0.0, lambda a: True)
+
+
+def test_health_round_with_require_routes_runs(monkeypatch):
+    """check_health with [bgp] require_routes (the lab's nodes have it): every name it needs exists."""
+    a, _, _ = _agent(monkeypatch, _node_bgp(1))
+    asked = []
+    monkeypatch.setattr(cnode, "missing_routes", lambda nets: asked.append(list(nets)) or [])
+    reasons = a.check_health()
+    assert asked == [list(a.bgp.require_routes)] and "the store holds no desired interface" in reasons

@@ -80,6 +80,24 @@ def established_tcp(address: str) -> bool:
         return False
 
 
+def missing_routes(prefixes) -> list[str]:
+    """A reason per prefix this namespace has no usable route to (none, or unreachable,
+    blackhole or prohibit): the way back to the clients."""
+    out = []
+    for net in prefixes:
+        probe = net.network_address if net.prefixlen == net.max_prefixlen else net.network_address + 1
+        p = subprocess.run(["ip", f"-{net.version}", "-j", "route", "get", str(probe)], capture_output=True,
+                           text=True, timeout=5, stdin=subprocess.DEVNULL)
+        try:
+            routes = json.loads(p.stdout or "[]") if p.returncode == 0 else []
+        except ValueError:
+            routes = []
+        kinds = {r.get("type", "unicast") for r in routes}
+        if not routes or kinds & {"unreachable", "blackhole", "prohibit", "throw"}:
+            out.append(f"no route to {net} (require_routes): clients could not be answered")
+    return out
+
+
 @dataclass
 class Health:
     ready: bool = False
