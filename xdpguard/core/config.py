@@ -132,8 +132,9 @@ class ClusterSpec:
     password_file: str | None = None  # the user's password: the file's first line
     insecure: bool = False  # allow http:// endpoints (no TLS): only for a store nobody else can reach
     # what the node's own file lets the store ask for (the store is not trusted with more):
-    protect: tuple[str, ...] = ()  # prefixes the store may make this node protect (and escalate for)
-    backends: tuple[str, ...] = ()  # prefixes the store's forwards may send to (empty: any unicast address)
+    protect: tuple[str, ...] = ()  # prefixes the store may make this node protect and escalate for
+    # (empty: the addresses of [bgp] announce; without those, none)
+    backends: tuple[str, ...] = ()  # prefixes the store's forwards may send to (empty: none)
     hook: str | None = None  # the events hook of the store's interfaces (a hook is never taken from the store)
 
 
