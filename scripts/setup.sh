@@ -14,7 +14,7 @@ MODULES_DIR="/lib/modules/$KERNEL_RELEASE"
 APT_PACKAGES=(
     python3-bpfcc bpfcc-tools nftables python3-nftables iproute2 python3-venv
     ipset tcpdump tmux netsniff-ng ethtool iputils-ping prometheus python3-yaml hping3
-    vagrant bird2 etcd-server etcd-client
+    vagrant bird2 etcd-server etcd-client openssl
     xdp-tools libxdp1 bpftool iptables iperf3 apache2-utils busybox python3-matplotlib
     t50 nmap wrk haproxy
 )

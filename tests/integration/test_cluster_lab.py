@@ -301,7 +301,7 @@ st = ClusterStore(d.cluster)
 sent = {}
 for a in addrs:
     sent[a] = time.time()
-    st.put_ban(a, 60, "test", "node1")
+    st.put_ban(a, 60, "operator", "node1")
     time.sleep(0.02)
 json.dump(sent, open(out, "w"))
 """
@@ -407,7 +407,9 @@ def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
     print(f"\nnode3's agent restarted with etcd down: announcing its snapshot after {back:.2f} s")
     assert c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", "--local-port", "45000-45100",
                     check=False).returncode != 0
-    # a ban found on node2 while the store is down: local at once, queued for the others
+    # a ban made on node2 alone while the store is down stays there: an operator's local ban is not
+    # spread (`cluster ban` is the cluster-wide one; only connlimit bans of established sources
+    # spread, see node.spread_local_bans and the unit tests)
     c.xg_in("node2", "ban", "add", "198.18.9.77", "--ttl", "120")
     assert c.xg_in("node1", "cluster", "status", "--config", c.config(1), check=False).returncode == 2
     time.sleep(1)
@@ -421,15 +423,19 @@ def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
             return False
         nodes = st["nodes"]
         return (len(nodes) == NODES and all(n["in_sync"] and n["pending_writes"] == 0 for n in nodes)
-                and st["bans"] >= 2)
+                and st["bans"] >= 1)
 
     t = time_until(converged, 20, 0.2)
-    for i in (1, 3):
-        time_until(lambda i=i: any(b["source"] == "198.18.9.77" for b in json.loads(
-            c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]), 5, 0.2)
     print(f"\netcd back: nodes converged after {time.monotonic() - t0:.2f} s (status answered in sync at {t:.2f} s)")
     assert time.monotonic() - t0 < 10
-    c.xg_in("node1", "cluster", "unban", lc.ATTACKER4, "198.18.9.77", "--config", c.config(1))
+
+    def local_bans(i):
+        return {b["source"] for b in json.loads(c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]}
+
+    time.sleep(1.5)  # three rounds of spread_local_bans
+    assert "198.18.9.77" in local_bans(2) and all("198.18.9.77" not in local_bans(i) for i in (1, 3))
+    c.xg_in("node2", "ban", "del", "198.18.9.77")
+    c.xg_in("node1", "cluster", "unban", lc.ATTACKER4, "--config", c.config(1))
 
 
 BURST = r"""
@@ -609,6 +615,19 @@ json.dump({"sent": sent, "received": sum(len(r) for r in replies), "max_gap": ga
 """
 
 
+CLEAN_PACKETS = r"""
+import json
+from xdpguard.core import protection, stats
+with protection.open_guard("xgp0") as g:
+    print(json.dumps(stats.read_counts(g)[("pass", "clean")][0]))
+"""
+
+
+def _clean_packets(c: Cluster, i: int) -> int:
+    """Packets node i's XDP passed as clean (to a protected address): what went through it."""
+    return int(c.run_in(f"node{i}", sys.executable, "-c", CLEAN_PACKETS).stdout)
+
+
 def test_client_barely_notices_a_node_dying(cluster):
     """UDP flows from the client (ECMP spreads them over the nodes), 5 ms apart per flow; node1's
     link goes down mid-run (its flows are lost until the router moves them), then node2's agent is
@@ -616,9 +635,13 @@ def test_client_barely_notices_a_node_dying(cluster):
     c = cluster
     _healthy(c)
     out = c.file("flows.json")
+    before = _clean_packets(c, 1)
     prober = c.start_in("client", sys.executable, "-c", UDP_FLOWS, "24", "0.005", "5", str(out))
     time_until(lambda: Path(str(out) + ".ready").exists(), 30, 0.05)
     time.sleep(1.0)
+    # the premise: node1 carries some of the flows when its link goes down (ECMP, 24 flows, 3 nodes)
+    through_node1 = _clean_packets(c, 1) - before
+    assert through_node1 > 0, "no flow went through node1: the test would prove nothing"
     try:
         c.run_in("node1", "ip", "link", "set", lc.NODE_IFACE, "down")
         time.sleep(1.5)
@@ -635,9 +658,11 @@ def test_client_barely_notices_a_node_dying(cluster):
           f"{lost} of {res['sent']} probes lost")
     c.start_in("node2", *topology.xdpguard_argv(), "cluster", "run", "--config", c.config(2), "--duration", "900")
     c.wait_hops(NODES, 30)
-    # XXX: `lost > 0` (proof that flows went through node1) failed once in the merged suite with 0 lost;
-    # not understood yet (left as a print, see the closing note): the loss bounds below still hold.
-    print(f"probes lost while node1's link was down: {lost}")
+    # `lost > 0` is no proof that flows went through node1 (that is asserted above, from node1's
+    # own counters): the router stops using node1's next hop within milliseconds of the carrier
+    # loss (BIRD's `check link on` drops the session and its routes at once), often before any of
+    # node1's flows sends its next probe (5 ms apart), so 0 lost is a correct outcome.
+    print(f"probes through node1 before its link went down: {through_node1}; lost while it was down: {lost}")
     # the issue: 200 ms of probe loss. Asserted loosely (the prober is one Python process on a
     # shared, at times overloaded machine, and its own stalls count as pauses); the worst is printed.
     assert lost < res["sent"] * 0.05
@@ -712,8 +737,8 @@ def test_attack_escalates_upstream_and_is_withdrawn_after(cluster):
 
 def test_overloaded_node_prepends_rather_than_vanishes(cluster):
     """One flow (one source, one port pair: ECMP puts it on one node) above lc.OVERLOAD_PPS: that
-    node prepends its AS; the router keeps its route (as a longer path) and still has one route per
-    node; once the flow is gone the plain paths come back."""
+    node says it is overloaded and keeps announcing, with its AS prepended: the router keeps its
+    route as a longer path; once the flow is gone the plain paths come back on every node."""
     c = cluster
     _healthy(c)
     mac = json.loads(c.run_in("router", "ip", "-j", "link", "show", "xgu-atk").stdout)[0]["address"]
@@ -726,11 +751,19 @@ def test_overloaded_node_prepends_rather_than_vanishes(cluster):
         seen = time_until(lambda: longer in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32"), 8, 0.02)
         routes = _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32")
         print(f"\nan overloaded node prepended its AS {seen:.2f} s after a {pps} pps single-flow flood began:\n{routes}")
-        # the overloaded node is still there, as a longer path (`seen`). The others normally are too
-        # (3 routes); once, on a machine at load 7, two of them had been withdrawn for ill health
-        # (0.3 s probe timeouts) at that moment: printed, not asserted.
-        print("nodes:", [(n["node"], n["ready"], n["reasons"], n["overloaded"])
-                         for n in c.status()["nodes"]], f"routes at the router: {routes.count('BGP.as_path:')}")
+        # an overloaded node is still there, as a longer path (`seen`), and says so itself: it
+        # prepends, it does not withdraw. Which nodes: the one the flow hashed to first, then others.
+        # Its prepending makes the router drop it from the ECMP set, so the single flow moves to
+        # another node, which is overloaded in turn and prepends too (each keeps prepending for
+        # OVERLOAD_CALM_S after its load falls): in run 2 of this test all three were overloaded when
+        # the status was read. So neither "exactly one node" nor "the others keep plain paths" holds
+        # for a single flow; both were claims of the old docstring, never asserted.
+        nodes = c.status()["nodes"]
+        over = [n for n in nodes if n["overloaded"]]
+        assert over and all(n["announcing"] for n in over), nodes
+        assert longer in routes
+        print("nodes:", [(n["node"], n["ready"], n["reasons"], n["overloaded"]) for n in nodes],
+              f"routes at the router: {routes.count('BGP.as_path:')}")
     finally:
         flood.wait(timeout=30)
     back = time_until(lambda: longer not in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32")
@@ -771,7 +804,7 @@ def test_a_100k_blocklist_reaches_every_node_through_chunks(cluster):
     print(f"\n{n:,} block entries: `cluster apply` {put:.2f} s, in every node's blocklist {t:.2f} s later")
     c.xg_in("node1", "cluster", "apply", str(c.file("desired.toml")), "--config", c.config(1))
     time_until(lambda: all(s == 0 for s in sizes()), 120, 0.5)
-    keys = c.run_in("etcd1", "etcdctl", "--endpoints", lc.ETCD_URL, "get", "--prefix", "--keys-only",
+    keys = c.run_in("etcd1", *lc.etcdctl_argv(c.name, tls=c.file("tls")), "get", "--prefix", "--keys-only",
                     f"/xdpguard/{c.name}/state/chunks/").stdout.split()
     assert keys == [], keys  # no desired key names a chunk any more: collected
     assert "cluster lab backend" in c.run_in("client", "curl", "-s", "-m", "3", "http://198.18.0.1/").stdout

@@ -179,17 +179,18 @@ def test_desired_value_round_trips_one_interface():
 
 
 def test_bad_store_values_are_rejected_not_crashing():
-    with pytest.raises(config.ConfigError) as ei:
+    with pytest.raises(store.Rejected, match="etcd:/xdpguard/x/state/desired/eth0:2"):
         store.parse_desired("/xdpguard/x/state/desired/eth0", b"[[interface]]\nname = 1\n")
-    assert "etcd:/xdpguard/x/state/desired/eth0:2" in ei.value.problems[0]
-    assert store.ClusterStore.parse_ban("198.18.9.1", b"not json") is None
-    assert store.ClusterStore.parse_ban("198.18.9.1", b'{"ttl": 5}') is None
-    b = store.ClusterStore.parse_ban("198.18.9.1", b'{"ttl": 5, "expires": 100.0, "node": "n1"}')
-    assert b.reason == "operator" and b.remaining_s(now=99.0) == 1.0
+    with pytest.raises(store.Rejected, match="not JSON"):
+        store.ClusterStore.parse_ban("198.18.9.1", b"not json")
+    with pytest.raises(store.Rejected, match="expires"):
+        store.ClusterStore.parse_ban("198.18.9.1", b'{"ttl": 5}')
+    b = store.parse_ban("198.18.9.1", b'{"ttl": 5, "expires": 100.0, "node": "n1"}', now=99.0)
+    assert b.reason == "operator" and b.operator and b.remaining_s(now=99.0) == 1.0
 
 
 def test_key_layout():
-    s = store.ClusterStore(ClusterSpec("lab", "node1"))
+    s = store.ClusterStore(ClusterSpec("lab", "node1", insecure=True))
     assert s.classify("/xdpguard/lab/state/desired/xgp0") == ("desired", "xgp0")
     assert s.classify("/xdpguard/lab/state/bans/2001:db8::1") == ("ban", "2001:db8::1")
     assert s.classify("/xdpguard/lab/nodes/node2") == ("node", "node2")
@@ -198,7 +199,7 @@ def test_key_layout():
 
 
 def test_unreachable_store_is_one_user_error():
-    s = store.ClusterStore(ClusterSpec("lab", "n1", ("http://127.0.0.1:9",)), timeout_s=0.5)
+    s = store.ClusterStore(ClusterSpec("lab", "n1", ("http://127.0.0.1:9",), insecure=True), timeout_s=0.5)
     with pytest.raises(store.StoreUnavailable, match="does not answer"):
         s.read()
 
@@ -242,14 +243,18 @@ def test_lab_addresses_stay_in_the_lab_ranges():
     (["cluster", "ban", "not-an-ip", "--ttl", "10", "--config", "{cfg}"], "invalid address 'not-an-ip'"),
     (["cluster", "ban", "198.18.9.1", "--ttl", "0", "--config", "{cfg}"], "invalid --ttl"),
     (["cluster", "status", "--config", "{nocluster}"], "no [cluster] section"),
+    (["cluster", "status", "--config", "{plain}"], "the cluster store http://127.0.0.1:9 is not TLS"),
+    (["cluster", "run", "--config", "{plain}", "--duration", "1"], "is not TLS"),
     (["cluster", "bird-config", "--config", "{cfg}"], "no [bgp] section"),
 ])
 def test_cluster_cli_bad_input(tmp_path, capsys, args, needle):
     cfg = tmp_path / "n.toml"
-    cfg.write_text('[cluster]\nname = "t"\nnode = "n1"\nendpoints = ["http://127.0.0.1:9"]\n')
-    nocluster = tmp_path / "plain.toml"
+    cfg.write_text('[cluster]\nname = "t"\nnode = "n1"\nendpoints = ["http://127.0.0.1:9"]\ninsecure = true\n')
+    plain = tmp_path / "plain.toml"  # no TLS and not insecure: refused before anything is sent
+    plain.write_text('[cluster]\nname = "t"\nnode = "n1"\nendpoints = ["http://127.0.0.1:9"]\n')
+    nocluster = tmp_path / "nocluster.toml"
     nocluster.write_text("[daemon]\n")
-    rc = run([a.format(cfg=cfg, nocluster=nocluster) for a in args])
+    rc = run([a.format(cfg=cfg, nocluster=nocluster, plain=plain) for a in args])
     assert rc == 2
     assert needle in one_line_error(capsys)
 
@@ -280,25 +285,28 @@ def test_fingerprint_is_the_dominant_port_or_protocol_or_nothing():
 def test_escalation_sums_the_nodes_then_holds_then_withdraws():
     b = dataclasses.replace(_node_bgp(1), flowspec_pps=1000, blackhole_pps=5000, escalation_hold_s=3)
     a = "198.18.0.1"
+
+    def escalate_decide(bgp, loads, active, now):  # this node's own config protects `a`
+        return escalate.decide(bgp, loads, active, now, lambda x: x == a)
     quiet = _loads(n1={a: (300.0, {"tcp/80": 300.0})}, n2={a: (300.0, {"tcp/80": 300.0})})
-    act, said = escalate.decide(b, quiet, {}, 0.0)
+    act, said = escalate_decide(b, quiet, {}, 0.0)
     assert act == {} and said == []
     # 600 + 600 crosses the FlowSpec threshold only together; the flood is udp/7
     attack = _loads(n1={a: (600.0, {"udp/7": 590.0})}, n2={a: (600.0, {"udp/7": 580.0, "tcp/80": 10.0})})
-    act, said = escalate.decide(b, attack, {}, 1.0)
+    act, said = escalate_decide(b, attack, {}, 1.0)
     assert list(act) == [(a, "flowspec")] and act[(a, "flowspec")].escalation.flow_match() == \
         "dst 198.18.0.1/32; proto = 17; dport = 7;"
     assert "escalated: flowspec 198.18.0.1 udp/7" in said[0]
     big = _loads(n1={a: (3000.0, {"udp/7": 3000.0})}, n2={a: (3000.0, {"udp/7": 3000.0})})
-    act, said = escalate.decide(b, big, act, 2.0)
+    act, said = escalate_decide(b, big, act, 2.0)
     assert set(act) == {(a, "flowspec"), (a, "blackhole")} and len(said) == 1
-    act, said = escalate.decide(b, quiet, act, 4.9)  # below for 2.9 s: still held
+    act, said = escalate_decide(b, quiet, act, 4.9)  # below for 2.9 s: still held
     assert len(act) == 2 and said == []
-    act, said = escalate.decide(b, _loads(n1={a: (1500.0, {"udp/7": 1500.0})}), act, 4.0)  # FlowSpec level
-    act, said = escalate.decide(b, quiet, act, 5.0)
+    act, said = escalate_decide(b, _loads(n1={a: (1500.0, {"udp/7": 1500.0})}), act, 4.0)  # FlowSpec level
+    act, said = escalate_decide(b, quiet, act, 5.0)
     assert list(act) == [(a, "flowspec")] and "withdrawn: blackhole 198.18.0.1" in said[0]
     assert "peak 6,000 pps" in said[0]
-    act, said = escalate.decide(b, quiet, act, 7.0)
+    act, said = escalate_decide(b, quiet, act, 7.0)
     assert act == {} and "withdrawn: flowspec 198.18.0.1 udp/7" in said[0]
 
 
@@ -346,3 +354,297 @@ def test_list_chunks_round_trip_and_refuse_damage():
     with pytest.raises(store.UserError, match="damaged"):
         store.parse_chunk(store.chunk_name(bodies[0]), bodies[0][:-1])
 
+
+
+# ---- the trust boundary: what a node takes from the store (issue 24) ----
+
+import base64  # noqa: E402
+import json  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from xdpguard.core import libbpf  # noqa: E402
+from xdpguard.core.cluster import node as cnode  # noqa: E402
+
+NODE = ClusterSpec("lab", "n1", ("https://198.18.4.2:2379",), protect=("198.18.0.1/32", "2001:db8:0:1::1/128"),
+                   backends=("198.18.1.0/24", "2001:db8:0:2::/64"), hook="/bin/true")
+KEY = "/xdpguard/lab/state/desired/xgp0"
+IFACE_LINE = f'name = "{lc.NODE_IFACE}"\n'
+
+
+def _value(add_to_iface: str = "", prepend: str = "", append: str = "") -> bytes:
+    return (prepend + lc.desired_toml().replace(IFACE_LINE, IFACE_LINE + add_to_iface, 1) + append).encode()
+
+
+HOSTILE_DESIRED = {
+    "allow everything": _value('allow = ["0.0.0.0/0"]\n'),
+    "allow every IPv6 source": _value('allow = ["::/0"]\n'),
+    "block half the Internet": _value('block = ["128.0.0.0/1"]\n'),
+    "a hook run as root": _value(append='\n[interface.events]\nhook = "/bin/sh -c id"\n'),
+    "a local file read": _value('block_files = ["/etc/shadow"]\n'),
+    "a [cluster] section": _value(prepend='[cluster]\nname = "x"\ninsecure = true\n\n'),
+    "a [bgp] section": _value(prepend='[bgp]\nlocal_as = 1\nrouter_id = "192.0.2.1"\n'
+                                      'neighbors = [{ address = "192.0.2.2", as = 2 }]\n\n'),
+    "a forward to etcd": _value(append='[[interface.forward]]\nproto = "tcp"\nports = "2379"\nprotected = "198.18.0.1"\n'
+                                       'to = ["198.18.4.2:2379"]\n'),
+    "an address the node does not protect": lc.desired_toml().replace(
+        f'"{lc.PROT4}", "{lc.PROT6}"]', f'"{lc.PROT4}", "{lc.PROT6}", "192.0.2.80"]').encode(),
+    "another interface under this key": lc.desired_toml().replace(IFACE_LINE, 'name = "eth7"\n').encode(),
+    "not TOML": b"[[interface\n",
+    "not UTF-8": b"\xff\xfe[[interface]]",
+    "an envelope naming a bogus chunk": json.dumps({"format": store.ENVELOPE, "toml": lc.desired_toml(),
+                                                   "chunks": {"block": ["../../etc"]}}).encode(),
+}
+
+
+def _store() -> store.ClusterStore:
+    return store.ClusterStore(NODE, trust=store.Trust.of(NODE))
+
+
+@pytest.mark.parametrize("what", sorted(HOSTILE_DESIRED))
+def test_hostile_desired_values_are_rejected(what):
+    with pytest.raises(store.Rejected):
+        _store().desired_from(KEY, HOSTILE_DESIRED[what])
+
+
+def test_the_lab_desired_state_is_taken_as_cluster_apply_writes_it():
+    spec = _store().desired_from(KEY, lc.desired_toml().encode())
+    assert spec.name == lc.NODE_IFACE and len(spec.forwards) == 5 and spec.events.hook is None
+    # what `cluster apply` puts (config.to_toml: with a [daemon] section, which is never used)
+    written = store.desired_text(spec).encode()
+    assert b"[daemon]" in written and _store().desired_from(KEY, written) == spec
+    odd = _store().desired_from(KEY, b'[daemon]\nmetrics = "0.0.0.0:9100"\n\n' + lc.desired_toml().encode())
+    assert odd == spec  # a store value's [daemon] is ignored: only its interface is taken
+
+
+def test_trust_defaults_refuse_and_bgp_announce_bounds_protect():
+    bare = ClusterSpec("lab", "n1", ("https://198.18.4.2:2379",))
+    with pytest.raises(store.Rejected, match="outside this node's .cluster. protect"):
+        store.ClusterStore(bare, trust=store.Trust.of(bare)).desired_from(KEY, lc.desired_toml().encode())
+    t = store.Trust.of(bare, _node_bgp(1))  # [bgp] announce: the protective addresses
+    assert t.protects(lc.PROT4) and t.protects(lc.PROT6) and not t.protects("192.0.2.1") and not t.protects("junk")
+
+
+@contextmanager
+def _fake_guard(name):
+    yield SimpleNamespace(maps={})
+
+
+def _agent(monkeypatch, bgp=None):
+    realised, said = [], []
+    monkeypatch.setattr(cnode.reconcile, "realise",
+                        lambda spec, lists=True: realised.append(spec) or SimpleNamespace(action="attached", notes=[]))
+    a = cnode.NodeAgent(Desired((), cluster=NODE, bgp=bgp), report=said.append)
+    return a, realised, said
+
+
+def test_agent_skips_and_logs_hostile_desired_keys_and_takes_the_hook_from_its_own_file(monkeypatch):
+    a, realised, said = _agent(monkeypatch)
+    for i, (what, value) in enumerate(sorted(HOSTILE_DESIRED.items())):
+        a.handle(store.Event("put", KEY, value, 10 + i))
+    assert realised == [] and a.counts["rejected"] == len(HOSTILE_DESIRED)
+    assert all(line.startswith(f"store: skipped {KEY}: ") for line in said), said
+    a.handle(store.Event("put", KEY, lc.desired_toml().encode(), 99))
+    assert [s.name for s in realised] == [lc.NODE_IFACE] and realised[0].events.hook == "/bin/true"
+
+
+def _kv(key: str | bytes, value: bytes, rev: int = 7) -> dict:
+    return {"key": base64.b64encode(key.encode() if isinstance(key, str) else key).decode(), "value": base64.b64encode(value).decode(),
+            "mod_revision": str(rev)}
+
+
+def test_a_full_read_with_hostile_keys_skips_them(monkeypatch):
+    s = _store()
+    kvs = [_kv(KEY, HOSTILE_DESIRED["allow everything"]),
+           _kv("/xdpguard/lab/state/desired/eth1", b"\x00\x01"),
+           _kv("/xdpguard/lab/state/bans/198.18.9.1", b'{"ttl": 60, "expires": 1e300}'),
+           _kv("/xdpguard/lab/state/bans/not-an-ip", b'{"ttl": 60, "expires": 0}'),
+           _kv("/xdpguard/lab/state/bans/198.18.9.2", b'{"ttl": 60, "expires": 1.0, "reason": "syn"}'),
+           _kv("/xdpguard/lab/state/bans/198.18.9.3", b'{"ttl": 86400, "expires": 1.0, "reason": "connlimit"}'),
+           _kv("/xdpguard/lab/state/bans/198.18.9.4", b'{"ttl": 60, "expires": 1.0, "reason": "operator"}'),
+           _kv("/xdpguard/lab/nodes/evil", b"[1, 2]"),
+           _kv(b"/xdpguard/lab/state/desired/\xff", b"")]
+    monkeypatch.setattr(s, "_range", lambda *a, **k: (7, kvs))
+    snap = s.read()
+    assert snap.desired == {} and list(snap.bans) == ["198.18.9.4"]
+    assert len(snap.rejected) == 7 and snap.nodes["evil"] == {"error": "unreadable status"}
+
+
+def test_status_survives_hostile_node_keys(monkeypatch):
+    from xdpguard.core.cluster import ops
+    monkeypatch.setattr(store.ClusterStore, "_range", lambda self, *a, **k: (3, [
+        _kv("/xdpguard/lab/nodes/n2", b'{"applied_revision": "many", "announced": 5}'),
+        _kv("/xdpguard/lab/nodes/n3", b'{"applied_revision": 3, "ready": true, "rejected": 2, "bans_failed": 1}')]))
+    res = ops.status(Desired((), cluster=NODE))
+    assert [v.node for v in res.nodes] == ["n2", "n3"] and res.nodes[0].reasons == ["unreadable status in the store"]
+    assert (res.nodes[1].rejected, res.nodes[1].bans_failed) == (2, 1)  # what the node skipped shows in status
+
+
+LOAD_KEY = "/xdpguard/lab/load/"
+HOSTILE_LOADS = [b"null", b"[1]", b'{"addresses": []}', b'{"addresses": {"198.18.0.1": {"pps": "lots"}}}',
+                 b'{"addresses": {"198.18.0.1": {"pps": 1e9, "ports": {"udp/7": "x"}}}}',
+                 b'{"addresses": {"198.18.0.1": {"pps": NaN}}}', b'{"addresses": {"nope": {"pps": 1}}}',
+                 b'{"addresses": {"198.18.0.1": 5}}', b"\xff"]
+
+
+def _escalating_agent(monkeypatch, loads: list[bytes]):
+    b = dataclasses.replace(_node_bgp(1), flowspec_pps=1000, blackhole_pps=5000)
+    a, _, said = _agent(monkeypatch, b)
+    a.store_up, a.lease = True, 1
+    a.meter = SimpleNamespace(updated=0.0, latest={})
+    monkeypatch.setattr(a.store, "put_load", lambda *x: 1)
+    monkeypatch.setattr(a.store, "lock_owner", lambda name: "n1")
+    monkeypatch.setattr(a.store, "_range", lambda *x, **k: (5, [_kv(f"{LOAD_KEY}x{i}", v) for i, v in enumerate(loads)]))
+    monkeypatch.setattr(a, "set_announce", lambda on: None)  # no BIRD here
+    return a, said
+
+
+def test_malformed_load_entries_never_end_the_escalation_round(monkeypatch):
+    a, said = _escalating_agent(monkeypatch, HOSTILE_LOADS)
+    a.escalation_round()
+    assert a.escalations == {} and a.counts["rejected"] == len(HOSTILE_LOADS)
+    assert all("store: skipped load/x" in line for line in said if line.startswith("store:"))
+
+
+def test_a_blackhole_only_for_an_address_this_node_protects(monkeypatch):
+    flood = {"pps": 1e6, "ports": {"udp/7": 1e6}}
+    a, said = _escalating_agent(monkeypatch, [json.dumps({"addresses": {"192.0.2.66": flood, "8.8.8.8": flood,
+                                                                        lc.PROT4: flood}}).encode()])
+    a.escalation_round()
+    assert sorted(a.escalations) == [(lc.PROT4, "blackhole"), (lc.PROT4, "flowspec")]
+
+
+def _ban_views(*bans):
+    return SimpleNamespace(bans=[SimpleNamespace(source=s, expires_in_s=left, hits=0, reason=r) for s, left, r in bans])
+
+
+def test_only_unspoofable_bans_are_spread_short_and_capped(monkeypatch):
+    a, _, _ = _agent(monkeypatch)
+    a.results = {"xgp0": "attached"}
+    a.store_up = True
+    put = []
+    monkeypatch.setattr(a.store, "put_ban", lambda addr, ttl, reason, node: put.append((addr, ttl, reason)) or 1)
+    monkeypatch.setattr(cnode, "established_tcp", lambda addr: addr != "198.18.8.11")
+    many = [(f"198.18.9.{i}", 3000.0, "connlimit") for i in range(1, 101)]
+    monkeypatch.setattr(cnode.cleansing, "ban_list", lambda name: _ban_views(
+        ("198.18.8.66", 300.0, "syn"), ("198.18.8.67", 300.0, "ratelimit"), ("198.18.8.68", 300.0, "feature"),
+        ("198.18.8.69", 300.0, "mitigation"), ("198.18.8.70", 300.0, "operator"),
+        ("198.18.8.10", 3000.0, "connlimit"), ("198.18.8.11", 3000.0, "connlimit"), *many))
+    a.spread_local_bans()
+    assert put[0] == ("198.18.8.10", cnode.SPREAD_TTL_S, "connlimit")
+    assert len(put) == cnode.SPREAD_PER_ROUND and all(r == "connlimit" and t <= cnode.SPREAD_TTL_S for _, t, r in put)
+    for _ in range(40):
+        a.spread_local_bans()
+    assert len(put) == 101 and "198.18.8.11" not in {p[0] for p in put}  # 100 + .10; .11 is not established
+    assert len(a.spread) <= cnode.SPREAD_MAX
+
+
+def test_spread_bans_go_to_the_dynamic_map_and_a_full_map_is_skipped(monkeypatch):
+    a, _, said = _agent(monkeypatch)
+    a.results = {"xgp0": "attached"}
+    promoted, opbans = [], []
+    monkeypatch.setattr(cnode.protection, "locked_guard", _fake_guard)
+    monkeypatch.setattr(cnode.connlimit, "promote", lambda maps, found: promoted.extend(found) or [])
+
+    def full(name, addrs, ttl):
+        opbans.append(addrs[0])
+        raise libbpf.BpfError(28, "bpf_map_update_elem: No space left on device")
+
+    monkeypatch.setattr(cnode.cleansing, "ban_add", full)
+    now = __import__("time").time()
+    spread = store.parse_ban("198.18.9.7", json.dumps({"ttl": 60, "expires": now + 60, "reason": "connlimit",
+                                                       "node": "n2"}).encode())
+    op = store.parse_ban("198.18.9.8", json.dumps({"ttl": 600, "expires": now + 600, "node": "n2"}).encode())
+    a._apply_ban(spread)
+    a._apply_ban(op)  # xg_opban_hash is full: logged, not raised
+    assert [p[0] for p in promoted] == ["198.18.9.7"] and 59 <= promoted[0][1] <= 61
+    assert opbans == ["198.18.9.8"] and a.counts["bans_failed"] == 1
+    assert any("198.18.9.8 not applied" in line for line in said)
+
+
+def test_cluster_store_uses_tls_and_the_client_certificate(tmp_path):
+    for f in ("ca.crt", "n.crt", "n.key"):
+        (tmp_path / f).write_text("x")
+    spec = dataclasses.replace(NODE, ca=str(tmp_path / "ca.crt"), cert=str(tmp_path / "n.crt"),
+                               key=str(tmp_path / "n.key"))
+    c = store.ClusterStore(spec)._clients[0]
+    assert c.protocol == "https" and c.session.verify == spec.ca and c.session.cert == (spec.cert, spec.key)
+    assert c.session.trust_env is False  # REQUESTS_CA_BUNDLE must not replace our CA
+    with pytest.raises(config.UserError, match="is not TLS"):
+        store.ClusterStore(ClusterSpec("lab", "n1", ("http://198.18.4.2:2379",)))
+    with pytest.raises(config.UserError, match="cannot read it"):
+        store.ClusterStore(dataclasses.replace(spec, key=str(tmp_path / "missing.key")))
+
+
+@pytest.mark.parametrize("snippet, needle", [
+    ('cert = "/x/n.crt"', "cert and key go together"),
+    ('user = "xg"', "user and password_file go together"),
+    ('ca = "relative/ca.crt"', "must be an absolute file path"),
+    ('protect = ["198.18.0.1/24"]', "has host bits set"),
+    ('hook = "relative/prog"', "absolute path or a name on PATH"),
+    ('insecure = "yes"', "must be true or false"),
+])
+def test_bad_cluster_trust_settings(snippet, needle):
+    with pytest.raises(config.ConfigError) as ei:
+        config.loads(f'[cluster]\nendpoints = ["https://198.18.4.2:2379"]\n{snippet}\n', "n.toml")
+    assert needle in str(ei.value)
+
+
+def test_cluster_trust_settings_load():
+    d, _ = config.loads('[cluster]\nendpoints = ["https://198.18.4.2:2379"]\nca = "/t/ca.crt"\ncert = "/t/n.crt"\n'
+                        'key = "/t/n.key"\nuser = "xg"\npassword_file = "/t/pw"\nprotect = ["198.18.0.0/24"]\n'
+                        'backends = ["2001:db8:0:2::/64"]\nhook = "/bin/true"\n')
+    c = d.cluster
+    assert (c.ca, c.cert, c.key, c.user, c.password_file, c.insecure) == ("/t/ca.crt", "/t/n.crt", "/t/n.key", "xg",
+                                                                          "/t/pw", False)
+    assert c.protect == ("198.18.0.0/24",) and c.backends == ("2001:db8:0:2::/64",) and c.hook == "/bin/true"
+
+
+@pytest.mark.parametrize("what", ["hook", "allow"])
+def test_cluster_apply_refuses_what_nodes_would_refuse(tmp_path, capsys, what):
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(lc.node_toml(1, "lab"))
+    f = tmp_path / "d.toml"
+    f.write_text(lc.desired_toml() + '\n[interface.events]\nhook = "/bin/true"\n' if what == "hook" else
+                 lc.desired_toml().replace(IFACE_LINE, IFACE_LINE + 'allow = ["0.0.0.0/0"]\n'))
+    assert run(["cluster", "apply", str(f), "--config", str(cfg)]) == 2
+    assert ("events.hook is never put into the cluster store" if what == "hook" else "covers too much") in \
+        one_line_error(capsys)
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                       lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+                       max_leaves=12)
+
+
+@given(st.one_of(st.binary(max_size=200), JSONISH.map(lambda v: json.dumps(v).encode())),
+       st.sampled_from(["198.18.9.1", "2001:db8::1", "x", ""]))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_store_value_makes_a_traceback(value, address):
+    for fn in (lambda: store.parse_ban(address, value), lambda: store.parse_load("n", value),
+               lambda: _store().desired_from(KEY, value)):
+        try:
+            fn()
+        except store.Rejected:
+            pass
+    assert isinstance(store.parse_status(value), dict)
+
+
+@given(JSONISH)
+@settings(max_examples=200, deadline=None)
+def test_no_load_entry_makes_decide_raise(addresses):
+    b = dataclasses.replace(_node_bgp(1), flowspec_pps=1, blackhole_pps=2)
+    try:
+        loads = {"n": store.parse_load("n", json.dumps({"addresses": addresses}).encode())}
+    except store.Rejected:
+        return
+    escalate.decide(b, loads, {}, 0.0, lambda a: True)
+
+
+def test_health_round_with_require_routes_runs(monkeypatch):
+    """check_health with [bgp] require_routes (the lab's nodes have it): every name it needs exists."""
+    a, _, _ = _agent(monkeypatch, _node_bgp(1))
+    asked = []
+    monkeypatch.setattr(cnode, "missing_routes", lambda nets: asked.append(list(nets)) or [])
+    reasons = a.check_health()
+    assert asked == [list(a.bgp.require_routes)] and "the store holds no desired interface" in reasons

@@ -36,7 +36,8 @@ def run(config_path, duration):
     """Run this node: realise the store's desired state, apply and spread bans, announce when healthy."""
     desired = ops.load(config_path)
     c = console()
-    agent = cnode.NodeAgent(desired, report=lambda m: (c.print(m), sys.stdout.flush()))
+    # markup=False: a report quotes config and store text ("[cluster] protect"), never rich markup
+    agent = cnode.NodeAgent(desired, report=lambda m: (c.print(m, markup=False, highlight=False), sys.stdout.flush()))
     stop = threading.Event()
 
     def on_term(signum, frame):
@@ -73,6 +74,9 @@ def status(config_path, as_json):
                   ", ".join(n.announced) if n.announcing else "no", bgp, str(n.bans))
     c.print(t)
     for n in res.nodes:
+        if n.rejected or n.bans_failed:
+            c.print(f"[yellow]{n.node}: skipped {n.rejected} store value(s), {n.bans_failed} ban(s) not applied; "
+                    "see its log[/]")
         if n.escalation_leader:
             c.print(f"upstream escalation decided by {n.node}: "
                     + (", ".join(n.escalations) if n.escalations else "nothing announced"))

@@ -126,6 +126,19 @@ class ClusterSpec:
     endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)  # etcd client URLs
     node_ttl_s: int = 3  # the node key's lease: a dead node vanishes from `cluster status` after it
     resync_interval_s: float = 60.0  # full read of the store even without a reconnect
+    # the way to the store: TLS (https:// endpoints) with a client certificate; plain http only
+    # with insecure = true. Optional user/password auth (the password in its own file)
+    ca: str | None = None  # PEM file of the CA that signed etcd's certificate (None: the system's CAs)
+    cert: str | None = None  # this node's client certificate (PEM), with its key
+    key: str | None = None
+    user: str | None = None
+    password_file: str | None = None  # the user's password: the file's first line
+    insecure: bool = False  # allow http:// endpoints (no TLS): only for a store nobody else can reach
+    # what the node's own file lets the store ask for (the store is not trusted with more):
+    protect: tuple[str, ...] = ()  # prefixes the store may make this node protect and escalate for
+    # (empty: the addresses of [bgp] announce; without those, none)
+    backends: tuple[str, ...] = ()  # prefixes the store's forwards may send to (empty: none)
+    hook: str | None = None  # the events hook of the store's interfaces (a hook is never taken from the store)
 
 
 @dataclass(frozen=True)
@@ -413,7 +426,8 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
                       pos("mitigation_interval", base.mitigation_interval_s, 60))
 
 
-_CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval"}
+_CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval", "ca", "cert", "key", "user",
+                 "password_file", "insecure", "protect", "backends", "hook"}
 _BGP_KEYS = {"local_as", "router_id", "neighbors", "announce", "bfd", "bfd_interval", "bfd_multiplier", "hold",
              "min_nodes", "bird_config", "bird_socket", "liveness_interface", "flowspec_pps", "blackhole_pps",
              "escalation_hold", "blackhole_community", "overload_pps", "overload_prepend", "require_routes"}
@@ -455,7 +469,36 @@ def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
     if not 1 <= resync <= 86400:
         ld.fail(p + ("resync_interval",), f"must be 1 to 86400 seconds, got {resync!r}")
         resync = base.resync_interval_s
-    return ClusterSpec(out["name"], out["node"], tuple(good), ttl, float(resync))
+    files = {}
+    for key in ("ca", "cert", "key", "password_file"):
+        v = ld.get(d, key, p, "str", None)
+        if v is not None and (not v.startswith("/") or any(ord(c) < 32 for c in v)):
+            ld.fail(p + (key,), f"must be an absolute file path, got {v!r}")
+            v = None
+        files[key] = v
+    if (files["cert"] is None) != (files["key"] is None):
+        ld.fail(p + ("cert" if files["cert"] is None else "key",), "cert and key go together (the client certificate)")
+    user = ld.get(d, "user", p, "str", None)
+    if user is not None and not _NAME_RE.match(user):
+        ld.fail(p + ("user",), f"must be 1-63 letters, digits, '_', '.' or '-', got {user!r}")
+    if (user is None) != (files["password_file"] is None):
+        ld.fail(p + ("user" if user is None else "password_file",), "user and password_file go together")
+    insecure = ld.get(d, "insecure", p, "bool", False)
+    if all(e.startswith("http://") for e in good) and (files["cert"] or files["ca"]):
+        ld.fail(p + ("endpoints",), "ca/cert/key need https:// endpoints")
+    nets = {}
+    for key in ("protect", "backends"):
+        nets[key] = []
+        for i, t in enumerate(ld.strs(d, key, p)):
+            n = ld.guard(p + (key, i), lambda t=t: ipaddress.ip_network(t, strict=True))
+            if n is not None:
+                nets[key].append(str(n))
+    hook = ld.get(d, "hook", p, "str", None) or None
+    if hook is not None:
+        hook = ld.guard(p + ("hook",), lambda: vocab.parse_hook(hook, "hook", require_program=False), None)
+    return ClusterSpec(out["name"], out["node"], tuple(good), ttl, float(resync), files["ca"], files["cert"],
+                       files["key"], user, files["password_file"], insecure, tuple(nets["protect"]),
+                       tuple(nets["backends"]), hook)
 
 
 def _ip(ld: _Loader, v, path: tuple, version: int | None = None):

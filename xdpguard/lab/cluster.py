@@ -10,6 +10,11 @@
              xgb0 198.18.1.<10+i>/24 ─── br0 in backend: 198.18.1.2/24 2001:db8:0:2::2/64 (HTTP 80, echo 7)
              xgm0 198.18.4.<10+i>/24 ─── br-mgmt (in the router, no address) ─── etcd1 198.18.4.2:2379
 
+etcd speaks TLS only and wants a client certificate (--client-cert-auth), to clients and to its
+peers: `up` makes a throwaway CA, a certificate for the etcd members and one per node (and one
+for the lab itself) with the openssl CLI, in $XDPGUARD_RUN_DIR/cluster-<lab>/tls/ (0700, keys
+0600); `down` removes them with the rest.
+
 Everything is in 198.18.0.0/15 and 2001:db8::/32; no namespace has a default route. Names:
 xg-<lab>-router, xg-<lab>-node<i>, xg-<lab>-etcd1, xg-<lab>-client, -attacker, -backend. Files
 (BIRD configs and sockets, node configs, etcd data, logs) live in $XDPGUARD_RUN_DIR/cluster-<lab>/.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,8 +47,9 @@ ATTACKER4, ATTACKER6 = "198.18.8.66", "2001:db8:8::66"
 ROUTER_UP4, ROUTER_UP6 = "198.18.8.1", "2001:db8:8::1"
 BACKEND4, BACKEND6 = topo.BACKEND4, topo.BACKEND6
 ETCD4 = "198.18.4.2"  # etcd1; etcd<k> is 198.18.4.<1+k>
-ETCD_URL = f"http://{ETCD4}:2379"
+ETCD_URL = f"https://{ETCD4}:2379"
 MAX_ETCD = 3
+TLS_DAYS = 2  # the lab's certificates outlive any lab (--lifetime is at most a day)
 
 
 def etcd_addr(k: int) -> str:
@@ -50,7 +57,7 @@ def etcd_addr(k: int) -> str:
 
 
 def etcd_urls(members: int) -> list[str]:
-    return [f"http://{etcd_addr(k)}:2379" for k in range(1, members + 1)]
+    return [f"https://{etcd_addr(k)}:2379" for k in range(1, members + 1)]
 NODE_IFACE = topo.PROT_IFACE  # "xgp0": the node's uplink, where XDP sits
 # BFD: 50 ms x 6 = 300 ms to notice a frozen node. 20 ms x 3 flapped here: BIRD's BFD is a user
 # process, and on a shared 2-core machine a 60 ms scheduling stall is not rare.
@@ -88,6 +95,65 @@ def node_config_path(i: int, name: str | None = None) -> Path:
     return run_dir(name) / f"node{i}.toml"
 
 
+def tls_dir(name: str | None = None) -> Path:
+    return run_dir(name) / "tls"
+
+
+def tls_files(who: str, name: str | None = None) -> dict[str, str]:
+    """CA, certificate and key of `who` (etcd, node<i>, lab) in the lab's TLS directory."""
+    t = tls_dir(name)
+    return {"ca": str(t / "ca.crt"), "cert": str(t / f"{who}.crt"), "key": str(t / f"{who}.key")}
+
+
+def etcdctl_argv(name: str | None = None, endpoint: str = ETCD_URL, tls: Path | None = None) -> list[str]:
+    """etcdctl against the lab's etcd, with the lab's own client certificate (in `tls`, default
+    the lab's TLS directory under $XDPGUARD_RUN_DIR)."""
+    t = tls if tls is not None else tls_dir(name)
+    return ["etcdctl", "--endpoints", endpoint, "--cacert", str(t / "ca.crt"), "--cert", str(t / "lab.crt"),
+            "--key", str(t / "lab.key")]
+
+
+def _openssl(t: Path, *args: str) -> None:
+    p = subprocess.run(["openssl", *args], cwd=t, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["?"])[-1]
+        raise UserError(f"lab: openssl {args[0]} failed: {last}")
+
+
+def make_tls(name: str, nodes: int) -> Path:
+    """A throwaway CA; a certificate for the etcd members (server and client use: etcd's gateway
+    and its peers connect with it), one per node and one for the lab (client use). Keys 0600."""
+    if shutil.which("openssl") is None:
+        raise UserError("lab: openssl not found: run scripts/setup.sh (Debian openssl)")
+    t = tls_dir(name)
+    t.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(t, 0o700)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    old = os.umask(0o077)
+    try:
+        _openssl(t, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", str(TLS_DAYS),
+                 "-subj", f"/CN=xdpguard cluster lab {name} CA")
+        sans = ",".join(f"IP:{etcd_addr(k)}" for k in range(1, MAX_ETCD + 1)) + ",IP:127.0.0.1"
+        # client certificates carry no CommonName: with user/password auth enabled, etcd 3.4's HTTP
+        # gateway refuses a client certificate that has one ("CommonName ... will be ignored")
+        leaves = {"etcd": ("/CN=xdpguard-lab-etcd", f"extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={sans}\n"),
+                  "lab": ("/O=xdpguard lab/OU=lab", "extendedKeyUsage=clientAuth\n"),
+                  **{f"node{i}": (f"/O=xdpguard lab/OU=node{i}", "extendedKeyUsage=clientAuth\n")
+                     for i in range(1, nodes + 1)}}
+        for who, (subj, ext) in leaves.items():
+            (t / f"{who}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n" + ext)
+            _openssl(t, "req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr", "-subj", subj)
+            _openssl(t, "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                     "-out", f"{who}.crt", "-days", str(TLS_DAYS), "-extfile", f"{who}.ext")
+            (t / f"{who}.csr").unlink()
+            (t / f"{who}.ext").unlink()
+    finally:
+        os.umask(old)
+    for f in t.glob("*.key"):
+        os.chmod(f, 0o600)
+    return t
+
+
 def read_state(name: str | None = None) -> dict | None:
     try:
         return json.loads(state_file(name).read_text())
@@ -122,10 +188,14 @@ def desired_toml() -> str:
 def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1) -> str:
     d = run_dir(name)
     ln = node_links(i)
+    tls = tls_files(f"node{i}", name)
     return (f"# node{i} of cluster lab '{name}' (written by xdpguard lab up --nodes)\n"
             "[daemon]\nhealth_interval = 0.5\nhealth_timeout = 0.3\nrise = 2\nfall = 2\n\n"
             f'[cluster]\nname = "{name}"\nnode = "node{i}"\nendpoints = {json.dumps(etcd_urls(etcd))}\nnode_ttl = 3\n'
-            "resync_interval = 300\n\n"
+            "resync_interval = 300\n"
+            f'ca = {json.dumps(tls["ca"])}\ncert = {json.dumps(tls["cert"])}\nkey = {json.dumps(tls["key"])}\n'
+            "# what the store may ask of this node: protect the protective IP, forward to the backends\n"
+            f'protect = ["{PROT4}/32", "{PROT6}/128"]\nbackends = ["198.18.1.0/24", "2001:db8:0:2::/64"]\n\n'
             f'[bgp]\nlocal_as = {NODE_AS}\nrouter_id = "{ln["node4"]}"\n'
             f'neighbors = [{{ address = "{ln["router4"]}", as = {ROUTER_AS} }}, '
             f'{{ address = "{ln["router6"]}", as = {ROUTER_AS} }}]\n'
@@ -242,13 +312,15 @@ def restore_node_routes(i: int, name: str | None = None) -> None:
     topo._run(["ip", "-6", "-n", n, "route", "replace", "2001:db8:8::/64", "via", ln["router6"]])
 
 
-def _wait_etcd(ns: str, url: str = ETCD_URL, timeout_s: float = 30.0) -> None:
-    code = ("import json,sys,time,urllib.request\n"
+def _wait_etcd(ns: str, url: str = ETCD_URL, timeout_s: float = 30.0, name: str | None = None) -> None:
+    f = tls_files("lab", name)
+    code = ("import json,ssl,sys,time,urllib.request\n"
+            f"ctx=ssl.create_default_context(cafile={f['ca']!r}); ctx.load_cert_chain({f['cert']!r}, {f['key']!r})\n"
             f"end=time.monotonic()+{timeout_s}\n"
             "while True:\n"
             "    try:\n"
             f"        r=urllib.request.urlopen(urllib.request.Request('{url}/v3/maintenance/status',"
-            "data=b'{}',method='POST'),timeout=1); json.load(r); sys.exit(0)\n"
+            "data=b'{}',method='POST'),timeout=1,context=ctx); json.load(r); sys.exit(0)\n"
             "    except Exception:\n"
             "        if time.monotonic()>end: sys.exit(1)\n"
             "        time.sleep(0.2)\n")
@@ -257,9 +329,10 @@ def _wait_etcd(ns: str, url: str = ETCD_URL, timeout_s: float = 30.0) -> None:
 
 
 def _require_tools() -> None:
-    missing = [t for t in ("bird", "birdc", "etcd") if shutil.which(t) is None]
+    missing = [t for t in ("bird", "birdc", "etcd", "openssl") if shutil.which(t) is None]
     if missing:
-        raise UserError(f"lab: {', '.join(missing)} not found: run scripts/setup.sh (Debian bird2, etcd-server)")
+        raise UserError(f"lab: {', '.join(missing)} not found: run scripts/setup.sh (Debian bird2, etcd-server, "
+                        "openssl)")
 
 
 def exists(name: str | None = None) -> bool:
@@ -272,13 +345,20 @@ def exists(name: str | None = None) -> bool:
 
 
 def etcd_argv(k: int, members: int, data_dir: Path, life: str) -> list[str]:
+    """etcd member k: TLS with client certificates for clients and peers alike."""
     a = etcd_addr(k)
-    cluster = ",".join(f"etcd{j}=http://{etcd_addr(j)}:2380" for j in range(1, members + 1))
+    t = data_dir / "tls"
+    cluster = ",".join(f"etcd{j}=https://{etcd_addr(j)}:2380" for j in range(1, members + 1))
     return ["timeout", life, "etcd", "--name", f"etcd{k}", "--data-dir", str(data_dir / f"etcd{k}"),
-            "--listen-client-urls", f"http://{a}:2379,http://127.0.0.1:2379", "--advertise-client-urls",
-            f"http://{a}:2379", "--listen-peer-urls", f"http://{a}:2380", "--initial-advertise-peer-urls",
-            f"http://{a}:2380", "--initial-cluster", cluster, "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"xg-{data_dir.name}", "--log-level", "warn", "--logger", "zap"]
+            "--listen-client-urls", f"https://{a}:2379,https://127.0.0.1:2379", "--advertise-client-urls",
+            f"https://{a}:2379", "--listen-peer-urls", f"https://{a}:2380", "--initial-advertise-peer-urls",
+            f"https://{a}:2380", "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"xg-{data_dir.name}",
+            "--cert-file", str(t / "etcd.crt"), "--key-file", str(t / "etcd.key"),
+            "--trusted-ca-file", str(t / "ca.crt"), "--client-cert-auth",
+            "--peer-cert-file", str(t / "etcd.crt"), "--peer-key-file", str(t / "etcd.key"),
+            "--peer-trusted-ca-file", str(t / "ca.crt"), "--peer-client-cert-auth",
+            "--log-level", "warn", "--logger", "zap"]
 
 
 def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, etcd: int = 1,
@@ -306,6 +386,7 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, 
     data: dict = {"name": name, "nodes": nodes, "etcd": etcd, "namespaces": ns, "servers": [], "created_at": time.time()}
     _write_state(data)  # from here on `down` finds everything, even if we die half-way
     try:
+        make_tls(name, nodes)
         for r in ns.values():
             topo._run(["ip", "netns", "add", r])
             topo._run(["ip", "-n", r, "link", "set", "lo", "up"])
@@ -374,7 +455,7 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, 
                                                        "-s", str(d / "bird-router.ctl"), "-P", str(d / "bird-router.pid")],
                               logs))
         for k in range(1, etcd + 1):
-            _wait_etcd(ns[f"etcd{k}"], f"http://{etcd_addr(k)}:2379")
+            _wait_etcd(ns[f"etcd{k}"], f"https://{etcd_addr(k)}:2379", name=name)
         topo._wait_ready(ns["backend"], BACKEND4, topo.HTTP_PORT)
         topo._wait_ready(ns["backend"], BACKEND4, topo.ECHO_PORT)
         (d / "desired.toml").write_text(desired_toml())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import dataplane, fanout, protection, sampling, stats
@@ -54,7 +55,7 @@ class Active:
 
 
 def totals(loads: dict[str, dict]) -> dict[str, tuple[float, dict[str, float]]]:
-    """Sum the nodes' loads: address → (pps, port → pps)."""
+    """Sum the nodes' loads (as store.parse_load returns them): address → (pps, port → pps)."""
     out: dict[str, tuple[float, dict[str, float]]] = {}
     for load in loads.values():
         for addr, e in (load.get("addresses") or {}).items():
@@ -67,12 +68,16 @@ def totals(loads: dict[str, dict]) -> dict[str, tuple[float, dict[str, float]]]:
 
 
 def decide(bgp: BgpSpec, loads: dict[str, dict], active: dict[tuple[str, str], Active],
-           now: float) -> tuple[dict[tuple[str, str], Active], list[str]]:
+           now: float, allowed: Callable[[str], bool] = lambda a: False) -> tuple[dict[tuple[str, str], Active], list[str]]:
     """The escalations to announce after this round, and what changed (for the log). Keyed by
-    (address, kind); a fingerprint is kept while its route stands (no flapping between rules)."""
+    (address, kind); a fingerprint is kept while its route stands (no flapping between rules).
+    Only addresses `allowed` (the node's own [cluster] protect) are escalated: an upstream
+    route for any other address is never announced, whatever the loads say."""
     out = dict(active)
     said = []
     for addr, (pps, ports) in totals(loads).items():
+        if not allowed(addr):
+            continue
         for kind, limit in (("flowspec", bgp.flowspec_pps), ("blackhole", bgp.blackhole_pps)):
             if not limit:
                 continue

@@ -12,14 +12,21 @@ The loop, level-triggered like `run --config`, with etcd in place of the file:
 The applied state is saved (fsynced, at most once a second) as a local snapshot with its revision:
 a node started while the store is unreachable enforces, and when healthy announces, that.
 
-Besides, every few hundred milliseconds: bans the data path (or an operator) put into a local
-ban map are spread through the store; the node key is kept alive with the node's status and
-applied revision; the node's health decides whether BIRD announces the protective addresses
-(see bgp.py for what happens when this process dies).
+Besides, every few hundred milliseconds: bans the data path made from evidence spoofing cannot
+make are spread through the store (`spread_local_bans`); the node key is kept alive with the
+node's status and applied revision; the node's health decides whether BIRD announces the
+protective addresses (see bgp.py for what happens when this process dies).
+
+Trust: the store is read like operator input. Every value is validated (the config loader for
+desired state, store.parse_ban / parse_load for the rest) and checked against what the node's own
+file allows (store.Trust: [cluster] protect and backends); hooks, list files and every section but
+[[interface]] come only from the node's own file. A value the node does not take is skipped and
+logged; nothing read from the store ends the agent.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import queue
@@ -28,14 +35,19 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .. import cleansing, dataplane, forward, reconcile, state
+from pyroute2 import Conntrack
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nfctsocket import IPS_ASSURED, NFCTAttrTuple
+
+from .. import cleansing, connlimit, dataplane, forward, protection, reconcile, state
 from ..config import Desired, InterfaceSpec
 from ..errors import UserError
 from . import bgp as bgpmod
 from . import escalate
-from .store import Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Watch, desired_text, parse_desired
+from .store import (SPREAD_REASONS, Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Trust, Watch,
+                    desired_text, parse_desired)
 
 OK_ACTIONS = ("attached", "updated", "unchanged")
 LOCAL_BAN_POLL_S = 0.5
@@ -43,6 +55,29 @@ HEALTH_EVERY_S = 0.5
 DRIFT_EVERY_S = 5.0
 OVERLOAD_CALM_S = 3.0
 PROBE_TIMEOUT_S = 0.3
+# spreading data-path bans: only reasons in store.SPREAD_REASONS (connlimit: a source over a
+# connection limit in nft), and only for a source that holds an established TCP connection here
+# (conntrack ASSURED: it completed a handshake, so it is not spoofed). At most SPREAD_PER_ROUND
+# new ones a round and SPREAD_MAX at once from this node, each for at most SPREAD_TTL_S.
+SPREAD_TTL_S = 120
+SPREAD_PER_ROUND = 16
+SPREAD_MAX = 256
+
+
+def established_tcp(address: str) -> bool:
+    """Whether conntrack holds an ASSURED TCP connection from `address`: a handshake it completed,
+    which needs our SYN-ACK to reach it, so the address is its own and not spoofed."""
+    try:
+        a = ipaddress.ip_address(address)
+        fam = socket.AF_INET if a.version == 4 else socket.AF_INET6
+        # the kernel filters by protocol (and IPv4 source); pyroute2 0.9 matches no IPv6 source
+        # filter, so for IPv6 the address is compared here
+        want = NFCTAttrTuple(family=fam, proto=socket.IPPROTO_TCP, **({"saddr": str(a)} if a.version == 4 else {}))
+        with Conntrack(nfgen_family=fam) as ct:
+            return any(e.status & IPS_ASSURED and ipaddress.ip_address(e.tuple_orig.saddr) == a
+                       for e in ct.dump_entries(tuple_orig=want))
+    except (OSError, ValueError, TypeError, NetlinkError):
+        return False
 
 
 def missing_routes(prefixes) -> list[str]:
@@ -80,7 +115,8 @@ class NodeAgent:
         self.daemon = desired.daemon
         self.node = self.cluster.node
         self.report = report
-        self.store = ClusterStore(self.cluster)
+        self.trust = Trust.of(self.cluster, self.bgp)
+        self.store = ClusterStore(self.cluster, trust=self.trust)
         self.specs: dict[str, InterfaceSpec] = {}
         self.results: dict[str, str] = {}
         self.store_bans: dict[str, Ban] = {}
@@ -103,7 +139,9 @@ class NodeAgent:
         self._snapshot_saved = -1
         self.announced: list[str] = []  # the routes in BIRD's config now
         self.liveness: bgpmod.LivenessDevice | None = None
-        self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0}
+        self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0, "rejected": 0,
+                       "bans_failed": 0}
+        self.spread: dict[str, float] = {}  # address → when (monotonic) the ban this node spread ends
         self.meter: escalate.LoadMeter | None = None
         self.escalations: dict[tuple[str, str], escalate.Active] = {}
         self.escalation_leader = False
@@ -117,6 +155,15 @@ class NodeAgent:
             self.report(msg)
 
     # ---- store → kernel ----
+
+    def local(self, spec: InterfaceSpec) -> InterfaceSpec:
+        """A store interface with what only the node's own file gives: the events hook."""
+        return replace(spec, events=replace(spec.events, hook=self.cluster.hook))
+
+    def reject(self, key: str, why: str) -> None:
+        """A store value this node does not take: an event in the log, never an exit."""
+        self.counts["rejected"] += 1
+        self.say(f"rejected {key}", f"store: skipped {key}: {why}")
 
     def _realise(self, spec: InterfaceSpec, lists: bool = True) -> None:
         try:
@@ -144,14 +191,26 @@ class NodeAgent:
         return [n for n, a in self.results.items() if a in OK_ACTIONS]
 
     def _apply_ban(self, b: Ban) -> None:
+        """An operator's ban into the operator map (never evicted); a spread data-path ban into
+        the dynamic map with its TTL (at most store.SPREAD_TTL_MAX_S). A map that refuses (full)
+        costs this ban, logged, never the agent."""
         left = b.remaining_s() + 1.0  # the lease ends it; the map's own expiry is the backstop
         if left < 1:
             return
         for name in self._ifaces():
             try:
-                cleansing.ban_add(name, [b.address], min(left, cleansing.MAX_BAN_TTL_S))
+                if b.operator:
+                    cleansing.ban_add(name, [b.address], min(left, cleansing.MAX_BAN_TTL_S))
+                else:
+                    with protection.locked_guard(name) as g:
+                        connlimit.promote(g.maps, [(b.address, min(left, b.ttl_s + 1.0))])
             except UserError as exc:
+                self.counts["bans_failed"] += 1
                 self.say(f"ban {name}", f"{name}: ban {b.address}: {exc.message}")
+            except OSError as exc:  # libbpf.BpfError: e.g. xg_opban_hash is full
+                self.counts["bans_failed"] += 1
+                self.say(f"ban {name}", f"{name}: ban {b.address} not applied ({exc.strerror or exc}); "
+                                        f"{self.counts['bans_failed']} store ban(s) not applied so far")
         self.from_store.add(b.address)
         self.counts["bans_applied"] += 1
 
@@ -170,10 +229,17 @@ class NodeAgent:
             self.watch.stop()
             self.watch = None
         snap = self.store.read()
+        kept = set()  # interfaces whose store value is rejected: what is realised stays
+        for key, why in sorted(snap.rejected.items()):
+            self.reject(key, why)
+            kind, name = self.store.classify(key)
+            if kind == "desired":
+                kept.add(name)
         for name in list(self.specs):
-            if name not in snap.desired:
+            if name not in snap.desired and name not in kept:
                 self._drop_interface(name)
         for name, spec in snap.desired.items():
+            spec = self.local(spec)
             self.specs[name] = spec
             self._realise(spec)
         for address in list(self.from_store):
@@ -202,7 +268,9 @@ class NodeAgent:
     def save_snapshot(self) -> None:
         """The store's state as this node has applied it, with its revision (fsynced)."""
         data = {"revision": self.applied_revision,
-                "desired": {n: desired_text(s) for n, s in sorted(self.specs.items())},
+                # as the store gave them: the hook is the node's own, added again when loaded
+                "desired": {n: desired_text(replace(s, events=replace(s.events, hook=None)))
+                            for n, s in sorted(self.specs.items())},
                 "bans": {a: {"ttl": b.ttl_s, "reason": b.reason, "node": b.node, "expires": b.expires}
                          for a, b in sorted(self.store_bans.items())}}
         path = self.snapshot_path()
@@ -214,15 +282,20 @@ class NodeAgent:
         """At start with the store unreachable: realise the last snapshot (False when none)."""
         try:
             data = json.loads(self.snapshot_path().read_text())
-            specs = {n: parse_desired(f"snapshot:{n}", t.encode()) for n, t in data["desired"].items()}
-        except (OSError, ValueError, KeyError, UserError):
+            specs = {n: self.local(parse_desired(f"snapshot/{n}", t.encode(), self.trust))
+                     for n, t in data["desired"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
             return False
         for spec in specs.values():
             self.specs[spec.name] = spec
             self._realise(spec)
-        for a, b in data.get("bans", {}).items():
-            ban = self.store.parse_ban(a, json.dumps(b).encode())
-            if ban is not None and ban.remaining_s() > 0:
+        for a, b in (data.get("bans") or {}).items():
+            try:
+                ban = self.store.parse_ban(a, json.dumps(b).encode())
+            except UserError as exc:
+                self.reject(f"snapshot ban {a[:60]}", exc.message)
+                continue
+            if ban.remaining_s() > 0:
                 self.store_bans[a] = ban
                 self._apply_ban(ban)
         self.applied_revision = int(data.get("revision", 0))
@@ -244,8 +317,9 @@ class NodeAgent:
                     self._store_lost(exc.message)
                     return
                 except UserError as exc:
-                    self.say(f"desired {name}", f"store: {exc.message} (keeping what is realised)")
+                    self.reject(ev.key, f"{exc.message} (keeping what is realised)")
                 else:
+                    spec = self.local(spec)
                     self.specs[name] = spec
                     self._realise(spec)
         elif kind == "ban":
@@ -253,8 +327,11 @@ class NodeAgent:
                 self.store_bans.pop(name, None)
                 self._lift_ban(name)
             else:
-                b = self.store.parse_ban(name, ev.value)
-                if b is not None:
+                try:
+                    b = self.store.parse_ban(name, ev.value)
+                except UserError as exc:
+                    self.reject(ev.key, exc.message)
+                else:
                     self.store_bans[name] = b
                     self._apply_ban(b)
         elif kind == "chunk" and ev.kind != "delete":
@@ -293,30 +370,46 @@ class NodeAgent:
     # ---- kernel → store: bans found here ----
 
     def spread_local_bans(self) -> None:
+        """Spread the bans the data path made here from evidence spoofing cannot make (see
+        SPREAD_TTL_S): short-lived, capped; other nodes put them into their dynamic ban map.
+        Bans for spoofable evidence (SYN or packet rates, filters, mitigations) and operator bans
+        made on this node alone stay here (`cluster ban` is the cluster-wide operator ban)."""
         now = time.monotonic()
         self.forgotten = {a: t for a, t in self.forgotten.items() if now - t < 3.0}
+        self.spread = {a: t for a, t in self.spread.items() if t > now}
         seen: dict[str, tuple[float, str]] = {}
         for name in self._ifaces():
             try:
                 for b in cleansing.ban_list(name).bans:
-                    seen.setdefault(b.source, (b.expires_in_s, b.reason))
-            except UserError:
+                    if b.reason in SPREAD_REASONS:
+                        seen.setdefault(b.source, (b.expires_in_s, b.reason))
+            except (UserError, OSError):
                 continue
+        budget = SPREAD_PER_ROUND
         for address, (left, reason) in seen.items():
             if address in self.store_bans or address in self.from_store or address in self.forgotten:
                 continue
-            if left < 1:
+            if address in self.spread or address in self.pending.bans or left < 1:
                 continue
+            if budget <= 0 or len(self.spread) + len(self.pending.bans) >= SPREAD_MAX:
+                self.say("spread cap", f"spreading at most {SPREAD_PER_ROUND} bans a round and {SPREAD_MAX} at "
+                                       f"once: the rest stay local")
+                break
+            if not established_tcp(address):
+                continue  # nothing proves the address is its sender's own
+            budget -= 1
+            ttl = min(left, SPREAD_TTL_S)
             if self.store_up:
                 try:
-                    self.store.put_ban(address, left, reason, self.node)
+                    self.store.put_ban(address, ttl, reason, self.node)
                     self.from_store.add(address)  # the watch brings it back; do not spread it twice
+                    self.spread[address] = now + ttl
                     self.counts["bans_spread"] += 1
                     continue
                 except StoreUnavailable:
                     self._store_lost("spreading a ban failed")
-            if address not in self.pending.bans:
-                self.pending.add_ban(address, left, reason)
+            self.pending.add_ban(address, ttl, reason)
+            self.spread[address] = now + ttl
 
     # ---- health and BGP ----
 
@@ -512,16 +605,23 @@ class NodeAgent:
             self.store.put_load(self.node, {"updated": self.meter.updated, "addresses": self.meter.latest}, self.lease)
             leader = self.store.lock_owner("escalate") == self.node or self.store.try_lock("escalate", self.node,
                                                                                             self.lease)
-            loads = self.store.read_loads() if leader else {}
+            loads, bad = self.store.read_loads() if leader else ({}, {})
         except StoreUnavailable as exc:
             self._store_lost(exc.message)
             return
+        for node, why in bad.items():
+            self.reject(f"load/{node}", why)
         if leader != self.escalation_leader:
             self.escalation_leader = leader
             self.report("elected to escalate upstream" if leader else "no longer the escalating node")
         before = set(self.escalations)
         if leader:
-            self.escalations, said = escalate.decide(self.bgp, loads, self.escalations, time.monotonic())
+            try:
+                self.escalations, said = escalate.decide(self.bgp, loads, self.escalations, time.monotonic(),
+                                                         self.trust.protects)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:  # cannot happen: loads are validated
+                self.say("escalate", f"escalation round skipped: {type(exc).__name__}: {exc}")
+                return
         else:
             self.escalations, said = {}, []
         for line in said:

@@ -9,7 +9,7 @@ from .. import cleansing, config, state
 from ..config import Desired
 from ..errors import UserError
 from . import bgp as bgpmod
-from .store import ClusterStore, StoreUnavailable, parse_address
+from .store import ClusterStore, StoreUnavailable, Trust, parse_address
 
 
 def _as_dict(obj) -> dict:
@@ -43,6 +43,8 @@ class NodeView:
     escalations: list[str] = field(default_factory=list)  # the upstream routes it announces
     load: dict = field(default_factory=dict)  # protected address → pps this node receives
     overloaded: bool = False  # above [bgp] overload_pps: announcing with its AS prepended
+    rejected: int = 0  # store values this node skipped (hostile, damaged, beyond its own file): see its log
+    bans_failed: int = 0  # store bans its maps refused (a full operator map)
 
 
 @dataclass(frozen=True)
@@ -57,20 +59,29 @@ class ClusterStatus:
     to_dict = _as_dict
 
 
+def _view(name: str, s: dict, state_revision: int, now: float) -> NodeView:
+    """A node's status key as a view; a value that does not read (hostile or damaged) is a view
+    that says so, never a traceback."""
+    try:
+        applied = int(s.get("applied_revision", 0))
+        return NodeView(name, True, round(now - float(s.get("updated", now)), 1), applied,
+                        applied >= state_revision, bool(s.get("ready")), bool(s.get("announcing")),
+                        [str(a) for a in s.get("announced", [])], [str(r) for r in s.get("reasons", [])],
+                        str(s.get("announce_note", "")), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
+                        int(s.get("bans", 0)), int(s.get("pending_writes", 0)),
+                        bool(s.get("escalation_leader")), [str(e) for e in s.get("escalations", [])],
+                        dict(s.get("load", {})), bool(s.get("overloaded")), int(s.get("rejected", 0)),
+                        int(s.get("bans_failed", 0)))
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        return NodeView(name, True, 0.0, 0, False, False, False, [], ["unreadable status in the store"], "", {}, {},
+                        0, 0)
+
+
 def status(desired: Desired) -> ClusterStatus:
     st = ClusterStore(desired.cluster)
     snap = st.read()
     now = time.time()
-    views = []
-    for name, s in sorted(snap.nodes.items()):
-        applied = int(s.get("applied_revision", 0))
-        views.append(NodeView(name, True, round(now - float(s.get("updated", now)), 1), applied,
-                              applied >= snap.state_revision, bool(s.get("ready")), bool(s.get("announcing")),
-                              list(s.get("announced", [])),
-                              list(s.get("reasons", [])), str(s.get("announce_note", "")), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
-                              int(s.get("bans", 0)), int(s.get("pending_writes", 0)),
-                              bool(s.get("escalation_leader")), list(s.get("escalations", [])),
-                              dict(s.get("load", {})), bool(s.get("overloaded"))))
+    views = [_view(name, s, snap.state_revision, now) for name, s in sorted(snap.nodes.items())]
     return ClusterStatus(desired.cluster.name, snap.revision, snap.state_revision, sorted(snap.desired),
                          len(snap.bans), views, sum(1 for v in views if v.announcing))
 
@@ -147,6 +158,12 @@ def apply(desired: Desired, path: str, prune: bool = False) -> ApplyResult:
     new, _ = config.load(path)
     if not new.interfaces:
         raise UserError(f"{path}: no [[interface]] to put into the cluster's desired state")
+    trust = Trust.of(desired.cluster, desired.bgp)
+    for spec in new.interfaces:
+        if spec.events.hook:
+            raise UserError(f"{path}: interface {spec.name}: events.hook is never put into the cluster store "
+                            "(nodes do not run commands from it): set [cluster] hook in each node's own file")
+        trust.check(f"{path}: interface {spec.name}", spec)  # what the nodes would refuse, refused here
     st = ClusterStore(desired.cluster)
     rev = 0
     for spec in new.interfaces:

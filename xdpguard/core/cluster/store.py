@@ -12,6 +12,13 @@ Keys, under /xdpguard/<cluster>/ :
     locks/withdraw          on the holder's lease: a node withdraws only while holding it, after
                             counting announce/ (so concurrent withdrawals cannot go below min_nodes)
 
+The way in is TLS with the node's client certificate ([cluster] ca, cert, key; etcd runs with
+--client-cert-auth), optionally with etcd user/password auth (a token per endpoint, renewed when
+etcd says it expired); a plain-http store is refused unless the node's file says insecure = true.
+What comes out is not trusted: every value is validated like operator input (parse_desired,
+parse_ban, parse_load, parse_status) and bounded by the node's own file (Trust); what fails is a
+`Rejected` the caller logs and skips.
+
 Nodes watch state/ only, so node chatter does not move anyone's applied revision. A node that
 has applied revision R has applied every change of state/ up to R: a full read answers with the
 store's revision R, a watch event carries its own.
@@ -23,16 +30,19 @@ import base64
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import queue
+import re
 import socket
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from .. import config
-from ..config import ClusterSpec, Desired, InterfaceSpec
+from ..config import BgpSpec, ClusterSpec, Desired, InterfaceSpec
 from ..errors import UserError
 from ..prefixes import Prefix
 
@@ -49,6 +59,64 @@ MAX_BAN_TTL_S = 7 * 24 * 3600
 
 class StoreUnavailable(UserError):
     """No etcd endpoint of the cluster answers."""
+
+
+class StoreRefused(StoreUnavailable):
+    """etcd answers but refuses us: wrong or missing credentials, no permission."""
+
+
+class Rejected(UserError):
+    """A value read from the store that this node does not take (hostile, damaged or beyond
+    what the node's own file allows): skipped and logged, never fatal."""
+
+
+# ---- trust: what the node's own file lets the store ask for ----
+
+MIN_PREFIX_LEN = {4: 8, 6: 16}  # a store list entry wider than a /8 (IPv4) or /16 (IPv6) is refused
+SPREAD_REASONS = frozenset({"connlimit"})  # data-path ban reasons a node spreads (see node.py)
+SPREAD_TTL_MAX_S = 600  # a spread ban lives at most this long on another node
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_LOCAL_ONLY = ("block_files", "allow_files")  # would read this node's files: only from its own config
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The bounds the node's own config sets on the store: the prefixes it may be made to protect
+    (and announce, and escalate upstream for) and the prefixes its forwards may send to."""
+
+    protect: tuple = ()  # of ip_network; empty: the store may make the node protect nothing
+    backends: tuple = ()  # of ip_network; empty: the store may make the node forward nowhere
+
+    @classmethod
+    def of(cls, cluster: ClusterSpec, bgp: BgpSpec | None = None) -> Trust:
+        nets = [ipaddress.ip_network(t) for t in cluster.protect]
+        if not nets and bgp is not None:  # [bgp] announce names what this node stands for
+            nets = [ipaddress.ip_network(a) for a in bgp.announce]
+        return cls(tuple(nets), tuple(ipaddress.ip_network(t) for t in cluster.backends))
+
+    def protects(self, addr) -> bool:
+        try:
+            a = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(a.version == n.version and a in n for n in self.protect)
+
+    def check(self, where: str, spec: InterfaceSpec) -> None:
+        """Raise Rejected naming the first thing in `spec` beyond these bounds."""
+        for a in spec.protected:
+            if not self.protects(a):
+                raise Rejected(f"{where}: protects {a}, outside this node's [cluster] protect "
+                               f"({', '.join(map(str, self.protect)) or 'none given'})")
+        for which in ("allow", "block"):
+            for p in getattr(spec, which):
+                if p.plen < MIN_PREFIX_LEN[p.family]:
+                    raise Rejected(f"{where}: {which} {p} covers too much (wider than "
+                                   f"/{MIN_PREFIX_LEN[p.family]}): refused from the store")
+        for fs in spec.forwards:
+            for b in fs.rule.backends:
+                if not any(b.host.version == n.version and b.host in n for n in self.backends):
+                    raise Rejected(f"{where}: forwards to {b.host}, outside this node's [cluster] backends "
+                                   f"({', '.join(map(str, self.backends)) or 'none given'})")
 
 
 def _b64(s: str | bytes) -> str:
@@ -69,12 +137,17 @@ def _prefix_end(prefix: str) -> str:
 class Ban:
     address: str
     ttl_s: int
-    reason: str
+    reason: str  # operator (`cluster ban`), else the data-path reason a node spread it for
     node: str
     expires: float  # unix time; the lease is the authority, this is for the local map's TTL
 
     def remaining_s(self, now: float | None = None) -> float:
         return self.expires - (time.time() if now is None else now)
+
+    @property
+    def operator(self) -> bool:
+        """An operator's ban (the never-evicted map); else a spread data-path ban (the dynamic map)."""
+        return self.reason == "operator"
 
 
 @dataclass(frozen=True)
@@ -86,6 +159,7 @@ class Snapshot:
     bans: dict[str, Ban]
     nodes: dict[str, dict]
     state_revision: int  # the newest mod revision under state/ (0: empty)
+    rejected: dict[str, str] = field(default_factory=dict)  # key → why it was not taken
 
 
 @dataclass(frozen=True)
@@ -141,36 +215,230 @@ def parse_chunk(name: str, body: bytes) -> list[Prefix]:
         raise UserError(f"etcd: list chunk {name[:12]}… is damaged (wrong magic or hash)")
     out = []
     i, n = len(CHUNK_MAGIC), len(body)
-    while i < n:
+    while i < n:  # the hash only proves the name fits the body: every record is checked too
+        if i + 2 > n or body[i] not in (4, 6):
+            raise Rejected(f"etcd: list chunk {name[:12]}… is damaged at byte {i}")
         fam, plen = body[i], body[i + 1]
-        size = 4 if fam == 4 else 16
-        out.append(Prefix(fam, bytes(body[i + 2:i + 2 + size]), plen))
+        size, bits = (4, 32) if fam == 4 else (16, 128)
+        addr = bytes(body[i + 2:i + 2 + size])
+        if len(addr) != size or plen > bits or int.from_bytes(addr, "big") & ((1 << (bits - plen)) - 1):
+            raise Rejected(f"etcd: list chunk {name[:12]}… is damaged at byte {i}")
+        out.append(Prefix(fam, addr, plen))
         i += 2 + size
     return out
 
 
-def parse_desired(key: str, value: bytes) -> InterfaceSpec:
-    d, _ = config.loads(value.decode(), f"etcd:{key}")
+def _first_line(exc: UserError) -> str:
+    return (getattr(exc, "problems", None) or [exc.message])[0]
+
+
+def check_local_only(where: str, data: dict) -> None:
+    """Refuse what only the node's own file may say: [cluster], [bgp] (and any other section but
+    [[interface]] and [daemon]), list files (they read this node's files), hooks (commands run as
+    root). [daemon] is allowed and never used: desired_text writes its defaults, and a store value
+    only ever gives its one interface (parse_desired)."""
+    extra = sorted(set(data) - {"interface", "daemon"})
+    if extra:
+        raise Rejected(f"{where}: section {extra[0]!r} is never taken from the store (only from the node's own file)")
+    ifaces = data.get("interface", [])
+    for i in ifaces if isinstance(ifaces, list) else []:
+        if not isinstance(i, dict):
+            continue
+        for k in _LOCAL_ONLY:
+            if k in i:
+                raise Rejected(f"{where}: {k} is never taken from the store (it would read this node's files)")
+        ev = i.get("events")
+        if isinstance(ev, dict) and "hook" in ev:
+            raise Rejected(f"{where}: events.hook is never taken from the store: "
+                           "each node's own file gives it ([cluster] hook)")
+
+
+def parse_desired(key: str, value: bytes, trust: Trust | None = None) -> InterfaceSpec:
+    """One interface's desired state from a store value, validated as operator input (the config
+    loader) and, with `trust`, against what the node's own file allows. Rejected (a UserError)
+    names the first problem."""
+    where = f"etcd:{key}"
+    try:
+        text = value.decode()
+        data = tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise Rejected(f"{where}: not valid TOML text ({str(exc)[:120]})") from None
+    if trust is not None:
+        check_local_only(where, data)
+    try:
+        d, _ = config.loads(text, where)
+    except UserError as exc:
+        raise Rejected(_first_line(exc)) from None
     if len(d.interfaces) != 1:
-        raise UserError(f"etcd:{key}: must hold exactly one [[interface]]")
-    return d.interfaces[0]
+        raise Rejected(f"{where}: must hold exactly one [[interface]]")
+    spec = d.interfaces[0]
+    name = key.rsplit("/", 1)[-1]
+    if trust is not None:
+        if spec.name != name:
+            raise Rejected(f"{where}: holds interface {spec.name!r}, not {name!r}")
+        trust.check(where, spec)
+    return spec
+
+
+def parse_ban(address: str, value: bytes, now: float | None = None) -> Ban:
+    """A ban from its key and value, validated; Rejected names what is wrong."""
+    where = f"etcd: ban {address[:60]!r}"
+    try:
+        a = ipaddress.ip_address(address)
+    except ValueError:
+        raise Rejected(f"{where}: not one IPv4 or IPv6 address") from None
+    if str(a) != address:
+        raise Rejected(f"{where}: not in canonical form ({a})")
+    try:
+        d = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(f"{where}: not JSON") from None
+    if not isinstance(d, dict):
+        raise Rejected(f"{where}: not a JSON object")
+    ttl, expires = d.get("ttl"), d.get("expires")
+    reason, node = d.get("reason", "operator"), d.get("node", "?")
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_BAN_TTL_S:
+        raise Rejected(f"{where}: ttl must be 1 to {MAX_BAN_TTL_S} s, got {str(ttl)[:40]}")
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
+        raise Rejected(f"{where}: expires must be a unix time")
+    now = time.time() if now is None else now
+    if expires > now + ttl + 60:
+        raise Rejected(f"{where}: expires {expires - now:.0f} s from now, beyond its ttl of {ttl} s")
+    if not isinstance(reason, str) or reason not in {"operator", *SPREAD_REASONS}:
+        raise Rejected(f"{where}: reason {str(reason)[:40]!r} is not one a ban is spread for "
+                       f"(operator, {', '.join(sorted(SPREAD_REASONS))})")
+    if reason != "operator" and ttl > SPREAD_TTL_MAX_S:
+        raise Rejected(f"{where}: a spread ban ({reason}) lasts at most {SPREAD_TTL_MAX_S} s, got {ttl}")
+    if node != "?" and (not isinstance(node, str) or not _NODE_RE.match(node)):
+        raise Rejected(f"{where}: node must be a node name")
+    return Ban(str(a), ttl, reason, node, float(expires))
+
+
+MAX_LOAD_ADDRESSES = 256
+MAX_LOAD_PORTS = 16
+MAX_PPS = 1e10  # 10 Gpps: beyond what one node receives
+_PORT_KEY_RE = re.compile(r"^(?:(?:tcp|udp)/\d{1,5}|[a-z0-9]{1,12})$")
+
+
+def _pps(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= MAX_PPS:
+        return None
+    return float(v)
+
+
+def parse_load(node: str, value: bytes) -> dict:
+    """A node's load entry (what it receives per protected address), validated:
+    {"updated": float, "addresses": {address: {"pps": float, "ports": {"udp/53": pps, ...}}}}."""
+    where = f"etcd: load of {node[:60]!r}"
+    try:
+        d = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(f"{where}: not JSON") from None
+    if not isinstance(d, dict) or not isinstance(d.get("addresses", {}), dict):
+        raise Rejected(f"{where}: not an object with an addresses table")
+    addrs = d.get("addresses", {})
+    if len(addrs) > MAX_LOAD_ADDRESSES:
+        raise Rejected(f"{where}: {len(addrs)} addresses, more than {MAX_LOAD_ADDRESSES}")
+    out = {}
+    for addr, e in addrs.items():
+        try:
+            a = str(ipaddress.ip_address(addr))
+        except ValueError:
+            raise Rejected(f"{where}: {str(addr)[:60]!r} is not an address") from None
+        if not isinstance(e, dict) or _pps(e.get("pps", 0.0)) is None:
+            raise Rejected(f"{where}: {a}: pps must be a number from 0 to {MAX_PPS:g}")
+        ports = e.get("ports") or {}
+        if not isinstance(ports, dict) or len(ports) > MAX_LOAD_PORTS:
+            raise Rejected(f"{where}: {a}: ports must be a table of at most {MAX_LOAD_PORTS} entries")
+        good = {}
+        for k, v in ports.items():
+            if not _PORT_KEY_RE.match(k) or _pps(v) is None:
+                raise Rejected(f"{where}: {a}: bad port entry {str(k)[:30]!r}")
+            good[k] = float(v)
+        out[a] = {"pps": _pps(e.get("pps", 0.0)), "ports": good}
+    return {"updated": _pps(d.get("updated", 0.0)) or 0.0, "addresses": out}
+
+
+def parse_status(value: bytes) -> dict:
+    """A node's status (its own key): a JSON object, else a stand-in that says so."""
+    try:
+        d = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        d = None
+    return d if isinstance(d, dict) else {"error": "unreadable status"}
 
 
 class ClusterStore:
-    def __init__(self, spec: ClusterSpec, timeout_s: float = REQUEST_TIMEOUT_S):
+    def __init__(self, spec: ClusterSpec, timeout_s: float = REQUEST_TIMEOUT_S, trust: Trust | None = None):
+        """`trust`: check what is read against the node's own bounds (the agent does; a verb that
+        only reads statuses or writes needs none)."""
         if etcd3gw is None:
             raise UserError("the etcd client etcd3gw is missing: run scripts/setup.sh (pip install -e .)")
+        plain = [e for e in spec.endpoints if not e.startswith("https://")]
+        if plain and not spec.insecure:
+            raise UserError(f"the cluster store {plain[0]} is not TLS: use https:// endpoints with [cluster] ca, "
+                            "cert and key, or say insecure = true (anyone who reaches it can change every node)")
+        for what in ("ca", "cert", "key", "password_file"):
+            path = getattr(spec, what)
+            if path is not None and not os.access(path, os.R_OK):
+                raise UserError(f"[cluster] {what} {path}: cannot read it")
         self.spec = spec
+        self.trust = trust
         self.timeout_s = timeout_s
         self.root = f"/xdpguard/{spec.name}/"
         self.state = self.root + "state/"
+        self._password: str | None = None
+        if spec.password_file is not None:
+            try:
+                with open(spec.password_file, encoding="utf-8") as f:
+                    self._password = f.readline().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"[cluster] password_file {spec.password_file}: cannot read it ({exc})") from None
         self._clients = []
         for url in spec.endpoints:
             u = urlsplit(url)
-            self._clients.append(etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
-                                                     timeout=timeout_s, api_path="/v3/"))
+            c = etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme, ca_cert=spec.ca,
+                                    cert_cert=spec.cert, cert_key=spec.key, timeout=timeout_s, api_path="/v3/")
+            # only the config decides whom we trust: no REQUESTS_CA_BUNDLE (requests lets it win over
+            # the session's CA), no proxy from the environment
+            c.session.trust_env = False
+            self._clients.append(c)
         self._current = 0
         self._chunks: dict[str, list[Prefix]] = {}  # list chunk name → its prefixes
+
+    # ---- user/password auth: a token per endpoint, taken again when etcd says it expired ----
+
+    _TOKEN_GONE = ("invalid auth token", "user name is empty")
+
+    def _authenticate(self, c) -> None:
+        c.session.headers.pop("Authorization", None)
+        try:
+            out = c.post(c.get_url("/auth/authenticate"), json={"name": self.spec.user, "password": self._password})
+        except etcd3gw.exceptions.Etcd3Exception as exc:
+            text = getattr(exc, "detail_text", "") or str(exc)
+            if "authentication failed" in text or "invalid user" in text or "not enabled" in text:
+                try:
+                    text = str(json.loads(text).get("message") or text)
+                except (ValueError, AttributeError):
+                    pass
+                raise StoreRefused(f"etcd refused user {self.spec.user!r}: {text.strip()[:160]}") from None
+            raise
+        token = out.get("token") if isinstance(out, dict) else None
+        if not isinstance(token, str) or not token:
+            raise StoreRefused(f"etcd gave no auth token to user {self.spec.user!r}")
+        c.session.headers["Authorization"] = token
+
+    def _call(self, c, path: str, body: dict) -> dict:
+        if self.spec.user is not None and "Authorization" not in c.session.headers:
+            self._authenticate(c)
+        try:
+            return c.post(c.get_url(path), json=body)
+        except etcd3gw.exceptions.Etcd3Exception as exc:
+            text = (getattr(exc, "detail_text", "") or "").lower()
+            if self.spec.user is None or not any(t in text for t in self._TOKEN_GONE):
+                raise
+        self._authenticate(c)  # the token expired (etcd's --auth-token-ttl): once more with a new one
+        return c.post(c.get_url(path), json=body)
 
     # ---- transport: the first endpoint that answers ----
 
@@ -184,14 +452,33 @@ class ClusterStore:
             idx = (self._current + i) % len(self._clients)
             c = self._clients[idx]
             try:
-                out = c.post(c.get_url(path), json=body)
+                out = self._call(c, path, body)
                 self._current = idx
                 return out
+            except StoreRefused as exc:
+                last = exc
             except etcd3gw.exceptions.Etcd3Exception as exc:
                 last = exc
             except requests.RequestException as exc:
                 last = exc
-        detail = getattr(last, "detail_text", None) or str(last) or type(last).__name__
+        if isinstance(last, StoreRefused):
+            raise last
+        detail = " ".join((getattr(last, "detail_text", None) or str(last) or type(last).__name__).split())
+        try:  # etcd's own words, when it answered
+            detail = str(json.loads(detail).get("message") or detail)
+        except (ValueError, AttributeError):
+            pass
+        detail = detail.split("(Caused by ", 1)[-1]  # urllib3's "HTTPSConnectionPool(...): Max retries" says nothing
+        if "SSL" in detail:
+            m = re.search(r"\[SSL: [^\]]+\][^(')\]]*", detail)
+            raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}): TLS failed: "
+                               f"{(m.group(0) if m else detail[:160]).strip()}"
+                               + ("; no client certificate given ([cluster] cert and key)" if self.spec.cert is None else ""))
+        if "CommonName of client" in detail:
+            raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}) refused us: with auth enabled, etcd's HTTP "
+                               "gateway takes no client certificate with a CommonName: issue [cluster] cert without one")
+        if any(t in detail.lower() for t in ("permission denied", "user name is empty", "invalid auth token")):
+            raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}) refused us: {detail[:200]}")
         raise StoreUnavailable(f"etcd ({', '.join(self.spec.endpoints)}) does not answer: {detail[:200]}")
 
     def _range(self, prefix: str, end: str | None = None, revision: int | None = None) -> tuple[int, list[dict]]:
@@ -242,26 +529,26 @@ class ClusterStore:
         rev, kvs = self._range(self.root, end=self.state + "chunks/")
         _, rest = self._range(_prefix_end(self.state + "chunks/"), end=_prefix_end(self.root), revision=rev)
         kvs = kvs + rest
-        desired, bans, nodes = {}, {}, {}
+        desired, bans, nodes, rejected = {}, {}, {}, {}
         state_rev = 0
         for kv in kvs:
-            key = _unb64(kv["key"]).decode()
+            key = _unb64(kv["key"]).decode(errors="replace")
             value = _unb64(kv.get("value", ""))
             if key.startswith(self.state):
                 state_rev = max(state_rev, int(kv.get("mod_revision", 0)))
             kind, name = self.classify(key)
-            if kind == "desired":
-                desired[name] = self.desired_from(key, value, rev)
-            elif kind == "ban":
-                b = self.parse_ban(name, value)
-                if b is not None:
-                    bans[name] = b
-            elif kind == "node":
-                try:
-                    nodes[name] = json.loads(value)
-                except ValueError:
-                    nodes[name] = {"error": "unreadable status"}
-        return Snapshot(rev, desired, bans, nodes, state_rev)
+            try:
+                if kind == "desired":
+                    desired[name] = self.desired_from(key, value, rev)
+                elif kind == "ban":
+                    bans[name] = self.parse_ban(name, value)
+                elif kind == "node":
+                    nodes[name] = parse_status(value)
+            except StoreUnavailable:
+                raise
+            except UserError as exc:
+                rejected[key] = exc.message
+        return Snapshot(rev, desired, bans, nodes, state_rev, rejected)
 
     def classify(self, key: str) -> tuple[str, str]:
         for kind, sub in (("desired", "state/desired/"), ("ban", "state/bans/"), ("node", "nodes/"),
@@ -271,24 +558,13 @@ class ClusterStore:
         return "other", key
 
     @staticmethod
-    def parse_ban(address: str, value: bytes) -> Ban | None:
-        try:
-            d = json.loads(value)
-            return Ban(address, int(d["ttl"]), str(d.get("reason", "operator")), str(d.get("node", "?")),
-                       float(d["expires"]))
-        except (ValueError, KeyError, TypeError):
-            return None
+    def parse_ban(address: str, value: bytes) -> Ban:
+        return parse_ban(address, value)
 
     def read_nodes(self) -> dict[str, dict]:
         _, kvs = self._range(self.root + "nodes/")
-        out = {}
-        for kv in kvs:
-            name = _unb64(kv["key"]).decode()[len(self.root + "nodes/"):]
-            try:
-                out[name] = json.loads(_unb64(kv.get("value", "")))
-            except ValueError:
-                out[name] = {"error": "unreadable status"}
-        return out
+        return {_unb64(kv["key"]).decode(errors="replace")[len(self.root + "nodes/"):]:
+                parse_status(_unb64(kv.get("value", ""))) for kv in kvs}
 
     def put_desired(self, spec: InterfaceSpec) -> int:
         big = {k: getattr(spec, k) for k in ("block", "allow") if len(getattr(spec, k)) > INLINE_MAX}
@@ -319,17 +595,24 @@ class ClusterStore:
         """An interface's desired state from its key's value: plain TOML, or the envelope that
         names list chunks (fetched at `revision`, or taken from the cache)."""
         if not value.startswith(b"{"):
-            return parse_desired(key, value)
+            return parse_desired(key, value, self.trust)
         try:
             env = json.loads(value)
             if env.get("format") != ENVELOPE:
                 raise ValueError(env.get("format"))
-            spec = parse_desired(key, env["toml"].encode())
+            spec = parse_desired(key, env["toml"].encode(), self.trust)
+            chunks = env.get("chunks", {})
+            if not all(isinstance(n, str) and re.fullmatch(r"[0-9a-f]{64}", n)
+                       for names in chunks.values() for n in names):
+                raise ValueError("a chunk name is not a sha256")
             lists = {which: frozenset(p for name in names for p in self._chunk(name, revision))
-                     for which, names in env.get("chunks", {}).items() if which in ("block", "allow")}
+                     for which, names in chunks.items() if which in ("block", "allow")}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"etcd:{key}: not a desired-state value ({exc})") from None
-        return replace(spec, **lists)
+            raise Rejected(f"etcd:{key}: not a desired-state value ({str(exc)[:120]})") from None
+        spec = replace(spec, **lists)
+        if self.trust is not None:
+            self.trust.check(f"etcd:{key}", spec)
+        return spec
 
     def _chunk(self, name: str, revision: int | None = None) -> list[Prefix]:
         got = self._chunks.get(name)
@@ -430,15 +713,17 @@ class ClusterStore:
     def put_load(self, node: str, load: dict, lease: int) -> int:
         return self._put(f"{self.root}load/{node}", json.dumps(load, sort_keys=True), lease)
 
-    def read_loads(self) -> dict[str, dict]:
+    def read_loads(self) -> tuple[dict[str, dict], dict[str, str]]:
+        """Every node's load entry, validated: (node → load, node → why its entry was skipped)."""
         _, kvs = self._range(self.root + "load/")
-        out = {}
+        out, rejected = {}, {}
         for kv in kvs:
+            node = _unb64(kv["key"]).decode(errors="replace")[len(self.root + "load/"):]
             try:
-                out[_unb64(kv["key"]).decode()[len(self.root + "load/"):]] = json.loads(_unb64(kv.get("value", "")))
-            except ValueError:
-                continue
-        return out
+                out[node] = parse_load(node, _unb64(kv.get("value", "")))
+            except Rejected as exc:
+                rejected[node] = exc.message
+        return out, rejected
 
     def watch(self, start_revision: int) -> Watch:
         return Watch(self, start_revision)
@@ -480,7 +765,7 @@ class Watch:
                     for ev in res.get("events", []):
                         kv = ev["kv"]
                         self.events.put(Event("delete" if ev.get("type") == "DELETE" else "put",
-                                              _unb64(kv["key"]).decode(), _unb64(kv.get("value", "")),
+                                              _unb64(kv["key"]).decode(errors="replace"), _unb64(kv.get("value", "")),
                                               int(kv["mod_revision"])))
         except Exception as exc:  # the stream broke: etcd went away
             reason = f"the watch stream broke: {type(exc).__name__}"
