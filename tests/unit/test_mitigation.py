@@ -65,7 +65,26 @@ def tcp_clients(n, rng):
     return out
 
 
+TS_OPTS = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]
+
+
+def linux_web_clients(n, rng, src="198.18.3.{}", ts=True):
+    """A Linux HTTP client's segments, a new connection per request: SYN with options, then ACK,
+    request, FIN — with the timestamp option (66-byte ACKs) or without (a SYN-cookie handshake:
+    54-byte bare ACKs)."""
+    out = []
+    for i in range(n):
+        flags = ["S", "A", "PA", "FA", "A"][i % 5]
+        opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)] \
+            if flags == "S" else (TS_OPTS if ts else [])
+        out.append(sample(IP(src=src.format(rng.randrange(2, 250)), dst=DST, ttl=64, id=rng.randrange(65536))
+                          / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=flags, options=opts)
+                          / (b"GET / HTTP/1.0\r\n\r\n" if "P" in flags else b"")))
+    return out
+
+
 SVC_UDP = (DST, "udp", 7)
+MIN = mitigation.MIN_BASELINE
 SVC_TCP = (DST, "tcp", 80)
 
 
@@ -118,7 +137,11 @@ def test_flood_at_the_start_of_a_service_spares_its_clients():
                            options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))])
                      / (b"GET / HTTP/1.0\r\n" * rng.randrange(0, 6) if "P" in f else b""))
               for f in ["A", "PA", "A", "FA", "A", "PA", "A", "A", "PA", "A"]]
+    # no baseline: 0 samples is no evidence, whatever the fingerprint
     d = mitigation.derive(flood + client, [], SVC_TCP, 0.01)
+    assert d.filter is None and "no peacetime baseline (0 samples)" in d.refused, d
+    # with a baseline of the service's real clients (SYNs with options, timestamped ACKs)
+    d = mitigation.derive(flood + client, linux_web_clients(40, rng), SVC_TCP, 0.01)
     assert d.filter is not None, d.refused
     assert mitigation.share_matching(d.filter, client) == 0.0, d.conditions
     assert d.coverage >= 0.85
@@ -143,6 +166,8 @@ def test_established_connections_are_never_flood_and_refuse_a_fingerprint_matchi
     assert mitigation.established([sample(IP(dst=DST) / TCP(dport=80, flags="A"), "tcpstate", "would_drop")], True) == []
     # without the guard the client's own packets make a fingerprint that matches them
     blind = mitigation.derive(client, [], SVC_TCP, 0.01)
+    assert blind.filter is None and "no peacetime baseline" in blind.refused  # 0 samples is no evidence
+    blind = mitigation.derive(client, udp_clients(300, rng, dport=80), SVC_TCP, 0.01)
     assert blind.filter is not None and mitigation.share_matching(blind.filter, est) > 0.5
     # with it: nothing of the client's source is flood, its SYNs neither
     assert mitigation.not_from_clients(client, est) == []
@@ -176,13 +201,26 @@ def test_varied_lengths_give_a_range_when_narrow():
 
 
 def test_ack_flood_gives_flags_and_ttl():
+    """A bare-ACK flood gets a filter only with a condition real clients do not share (here a TTL
+    no real stack arrives with): a bare ACK of a client TTL is what every client sends."""
     rng = random.Random(5)
-    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=255, id=rng.randrange(65536))
+    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=200, id=rng.randrange(65536))
                      / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="A", seq=rng.randrange(1 << 32)))
               for _ in range(50)]
     d = mitigation.derive(attack, tcp_clients(300, rng), SVC_TCP, 0.01)
     assert d.filter is not None, d.refused
-    assert d.filter.tcp_flags == (0xFF, 0x10) and d.filter.ttl == (255, 255)
+    assert d.filter.tcp_flags == (0xFF, 0x10) and d.filter.ttl == (200, 200)
+    for ttl in (255, 64, 120):
+        flood = [sample(IP(src=rsrc(rng), dst=DST, ttl=ttl, id=rng.randrange(65536)) / TCP(sport=rng.randrange(1024, 65535), dport=80,
+                                                                  flags="A", seq=rng.randrange(1 << 32)))
+                 for _ in range(50)]
+        # the baseline's clients are timestamped (66-byte ACKs): it shows 0 % and still is no evidence,
+        # since the same clients send 54-byte ACKs once a SYN-cookie handshake drops the option
+        base = linux_web_clients(300, rng)
+        assert mitigation.share_matching(policy.Filter(action="mitigate", proto="tcp", length=(54, 54),
+                                                       tcp_flags=(0xFF, 0x10)), base) == 0.0
+        d = mitigation.derive(flood, base, SVC_TCP, 0.01)
+        assert d.filter is None and "bare TCP segment (length 54, flags ack)" in d.refused, (ttl, d)
 
 
 def test_constant_ip_id_when_nothing_else_is_left():
@@ -230,8 +268,11 @@ def test_too_few_samples_and_no_baseline():
                      / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(400)) for _ in range(50)]
     d = mitigation.derive(attack, [], SVC_UDP, 0.01)
     assert d.filter is None and "baseline" in d.refused
-    # two conditions (length and payload) without a baseline are specific enough
-    assert mitigation.derive(udp_flood(50, rng), [], SVC_UDP, 0.01).filter is not None
+    # nor are two conditions, or three: "0.0 % of 0 peacetime samples" is no evidence
+    d = mitigation.derive(udp_flood(50, rng), [], SVC_UDP, 0.01)
+    assert d.filter is None and "no peacetime baseline (0 samples)" in d.refused, d
+    d = mitigation.derive(udp_flood(50, rng), udp_clients(MIN - 1, rng), SVC_UDP, 0.01)
+    assert d.filter is None and "no peacetime baseline" in d.refused, d
 
 
 def test_service_baseline_too_small_uses_the_interface_baseline():
@@ -246,13 +287,16 @@ def test_ipv6_flood():
     rng = random.Random(12)
     attack = [sample(IPv6(src=f"2001:db8:bad::{rng.randrange(1, 9999):x}", dst="2001:db8::1", hlim=64)
                      / UDP(sport=rng.randrange(1024, 65535), dport=53) / (b"\x12\x34" * 20)) for _ in range(40)]
-    d = mitigation.derive(attack, [], ("2001:db8::1", "udp", 53), 0.01)
+    base = [sample(IPv6(src=f"2001:db8:1::{rng.randrange(1, 9999):x}", dst="2001:db8::1", hlim=64)
+                   / UDP(sport=rng.randrange(32768, 61000), dport=53) / rng.randbytes(rng.randrange(20, 60)))
+            for _ in range(120)]
+    d = mitigation.derive(attack, base, ("2001:db8::1", "udp", 53), 0.01)
     assert d.filter is not None and d.filter.length == (14 + 40 + 8 + 40,) * 2
 
 
 def test_filter_json_round_trip_and_kernel_form():
     rng = random.Random(13)
-    f = mitigation.derive(udp_flood(50, rng, size=20, payload=b"ab"), [], SVC_UDP, 0.01).filter
+    f = mitigation.derive(udp_flood(50, rng, size=20, payload=b"ab"), udp_clients(300, rng), SVC_UDP, 0.01).filter
     assert mitigation.filter_from_json(mitigation.filter_to_json(f)) == f
     assert policy.Filter.from_c(f.to_c()) == config.norm_filter(f)
     assert "mitigate" not in mitigation.describe_filter(f)
