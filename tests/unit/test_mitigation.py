@@ -454,3 +454,243 @@ def test_connlimit_values_and_offender_listing():
         {"elem": {"val": "198.18.0.10", "timeout": 30, "expires": 27}}, "198.18.0.11"]}}]}
     assert nat.parse_offenders(listing) == [("198.18.0.10", 27.0), ("198.18.0.11", 0.0)]
     assert nat.parse_offenders(None) == []
+
+
+# ---- the engine's rules (Engine.round with fakes: state files in a temp dir, no maps) ----
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Rate:
+    pps: float
+
+
+@dataclass
+class Snap:
+    rates: dict
+    interval_s: float = 0.5
+
+
+class Rig:
+    """One Engine on a fake interface: rounds of hand-made samples every 0.5 s of fake time;
+    the kernel's filter table is a list (mitigation._realise patched), events a list."""
+
+    def __init__(self, tmp_path, monkeypatch, known=(), verified_drops=None, tcpstate_on=False):
+        from xdpguard.core import state
+        monkeypatch.setenv("XDPGUARD_STATE_DIR", str(tmp_path / "state"))
+        monkeypatch.setenv("XDPGUARD_RUN_DIR", str(tmp_path / "run"))
+        self.iface = state.Iface("xgt0", 1, state.netns_key())
+        state.write_state(self.iface, {})
+        self.kernel: list[policy.Filter] = []
+        monkeypatch.setattr(mitigation, "_realise", self._realise)
+        self.known = set(known)  # source addresses xg_goodsrc_hash holds
+        self.lookups: list[str] = []
+        self.log: list[dict] = []
+        self.clock = Clock()
+        self.engine = mitigation.Engine(self.iface, maps=None, report=lambda m: None, clock=self.clock,
+                                        wall=lambda: self.clock.t + 1.7e9, log=self.log.append,
+                                        known_good=self._known, verified_drops=verified_drops,
+                                        tcpstate_on=lambda maps, addr: tcpstate_on)
+
+    def _realise(self, maps, recs):
+        self.kernel = [mitigation.filter_from_json(r["filter"]) for r in recs["active"]]
+        return len(self.kernel)
+
+    def _known(self, maps, srcs):
+        import ipaddress
+        out = set()
+        for fam, addr in srcs:
+            a = str(ipaddress.ip_address(addr))
+            self.lookups.append(a)
+            if a in self.known:
+                out.add((fam, addr))
+        return out
+
+    def round(self, feats: list[mitigation.Features], pps: float) -> list[dict]:
+        self.clock.t += 0.5
+        samples = [FakeSample(f.frame, f.length, f.family, f.dst, f.reason, f.kind, 256) for f in feats]
+        return self.engine.round(Snap({"dropped": Rate(0.0), "forwarded": Rate(pps)}), samples)
+
+    def steps(self, step: str) -> list[dict]:
+        return [r for r in self.log if r.get("last_step") == step]
+
+    def active(self) -> list[dict]:
+        return mitigation.read_records(self.iface)["active"]
+
+
+def as_(xs, reason, kind="drop"):
+    return [mitigation.Features(**{**x.__dict__, "reason": reason, "kind": kind}) for x in xs]
+
+
+def udp_client_pkts(n, rng, src="198.18.0.10", payload=b"probe-"):
+    """The lab's UDP client: one source, a fixed 'probe-' prefix, TTL 64, a new port each request."""
+    return [sample(IP(src=src, dst=DST, ttl=64, id=rng.randrange(65536)) / UDP(sport=rng.randrange(32768, 61000),
+                                                                             dport=7) / (payload + b"%06d" % i))
+            for i in range(n)]
+
+
+def peacetime(rig, rng, rounds=8, clients=40):
+    for _ in range(rounds):
+        rig.round(udp_clients(clients, rng) + udp_client_pkts(10, rng), pps=2000)
+
+
+def test_engine_zero_baseline_refuses_a_busy_udp_client(tmp_path, monkeypatch):
+    """Seen in the lab: a UDP client doing ~6k req/s from the daemon's start was taken for a
+    flood and filtered ("payload 'probe-'", "0.0 % of 0 peacetime samples"). No baseline is
+    no evidence: refused, said once, nothing in the kernel."""
+    rig = Rig(tmp_path, monkeypatch)
+    rng = random.Random(20)
+    for _ in range(6):
+        rig.round(udp_client_pkts(60, rng), pps=6000)
+    assert rig.kernel == [] and rig.steps("install") == []
+    refused = rig.steps("refused")
+    assert len(refused) == 1 and "no peacetime baseline (0 samples)" in refused[0]["steps"][-1]["detail"]
+
+
+def test_engine_peacetime_udp_client_is_verified_and_never_flood(tmp_path, monkeypatch):
+    """A UDP source the service answered in peacetime (known-good) is a client: its packets are
+    no flood (it alone triggers nothing), and a widen never extends onto them."""
+    rig = Rig(tmp_path, monkeypatch, known={"198.18.0.10"})
+    rng = random.Random(21)
+    peacetime(rig, rng)
+    assert "198.18.0.10" in rig.lookups
+    assert (4, bytes([198, 18, 0, 10])) in rig.engine.verified
+    # the client alone at 8k req/s: nothing to mitigate
+    for _ in range(4):
+        rig.round(udp_client_pkts(80, rng), pps=8000)
+    assert rig.kernel == [] and rig.log == []
+    # a spoofed flood of fixed shape next to it: one filter, which spares the client
+    for _ in range(2):
+        rig.round(udp_flood(200, rng, size=120) + udp_client_pkts(20, rng), pps=100_000)
+    assert len(rig.kernel) == 1
+    f = rig.kernel[0]
+    assert mitigation.share_matching(f, udp_client_pkts(50, rng)) == 0.0
+    # the flood is dropped now; what passes is the client at 8k req/s: no widen onto it
+    for _ in range(4):
+        rig.round(as_(udp_flood(200, rng, size=120), "mitigation") + udp_client_pkts(80, rng), pps=100_000)
+    assert len(rig.kernel) == 1 and rig.steps("adapt") == [] and rig.steps("refused") == []
+
+
+def test_engine_learns_no_clients_during_an_attack(tmp_path, monkeypatch):
+    """A spoofed flood's sources get answers from the service too (knowngood.h's XXX): sources
+    are learned only in peacetime rounds, two rounds late, and forgotten when an attack starts."""
+    flood_rng = random.Random(22)
+    flood = udp_flood(200, flood_rng, size=64)
+    srcs = {str(mitigation.ipaddress.ip_address(x.src)) for x in flood}
+    rig = Rig(tmp_path, monkeypatch, known=srcs)
+    rng = random.Random(23)
+    peacetime(rig, rng)
+    before = set(rig.engine.verified)
+    rig.round(flood[:40], pps=3000)  # the ramp: below the trigger, looked up, pending
+    rig.round(flood, pps=100_000)  # the attack starts: the pending sources are dropped
+    for _ in range(3):
+        rig.round(flood, pps=100_000)
+    assert set(rig.engine.verified) == before
+    assert len(rig.kernel) == 1
+
+
+def test_engine_removes_a_filter_that_drops_verified_clients_from_samples(tmp_path, monkeypatch):
+    """A filter whose sampled drops include a verified source is removed in that round, the
+    event says why, and it is not put back while the attack lasts."""
+    rig = Rig(tmp_path, monkeypatch, known={"198.18.0.10"})
+    rng = random.Random(24)
+    peacetime(rig, rng)
+    for _ in range(2):
+        rig.round(udp_flood(200, rng, size=60, payload=b"pro"), pps=100_000)
+    assert len(rig.kernel) == 1
+    # the client's requests happen to match (the same length, bytes the flood shares): dropped
+    f = rig.kernel[0]
+    hit = [x for x in udp_client_pkts(40, rng, payload=b"pro" * 18) if mitigation.matches(f, x)]
+    assert hit
+    rig.round(as_(udp_flood(200, rng, size=60, payload=b"pro"), "mitigation") + as_(hit[:2], "mitigation"),
+              pps=100_000)
+    assert rig.kernel == []
+    (r,) = rig.steps("adapt")
+    assert r["state"] == "lifted" and "dropped verified clients" in r["steps"][-1]["detail"]
+    assert "198.18.0.10" in r["steps"][-1]["detail"] and r["verified_drops"] >= 256
+    for _ in range(4):
+        rig.round(udp_flood(200, rng, size=60, payload=b"pro") + udp_client_pkts(5, rng, payload=b"pro" * 18),
+                  pps=100_000)
+    assert rig.kernel == [] and len(rig.steps("install")) == 1
+
+
+def test_engine_removes_a_filter_the_xdp_counters_say_hurts_verified_clients(tmp_path, monkeypatch):
+    """The verified-clients reader (VerifiedDrops: position of the mitigation filter → packets of
+    verified sources dropped since the last write) removes a filter within a round of the drops."""
+    counts: dict[int, int] = {}
+    rig = Rig(tmp_path, monkeypatch, verified_drops=lambda maps: dict(counts))
+    rng = random.Random(25)
+    peacetime(rig, rng)
+    for _ in range(2):
+        rig.round(udp_flood(200, rng, size=90), pps=100_000)
+    assert len(rig.kernel) == 1
+    rig.round(as_(udp_flood(200, rng, size=90), "mitigation"), pps=100_000)
+    assert len(rig.kernel) == 1  # nothing counted: it stays
+    counts[0] = 7
+    rig.round(as_(udp_flood(200, rng, size=90), "mitigation"), pps=100_000)
+    assert rig.kernel == []
+    (r,) = rig.steps("adapt")
+    assert "7 counted in XDP" in r["steps"][-1]["detail"]
+
+
+def test_engine_established_sources_are_verified_at_once(tmp_path, monkeypatch):
+    """While XDP validates TCP state, a source with an established connection is verified in the
+    same round (unspoofable): its later SYNs are no flood either."""
+    rig = Rig(tmp_path, monkeypatch, tcpstate_on=True)
+    rng = random.Random(26)
+    web = linux_web_clients(50, rng, src="198.18.0.{}")
+    rig.round(web, pps=1500)
+    assert {str(mitigation.ipaddress.ip_address(a)) for _, a in rig.engine.verified} == \
+        {str(mitigation.ipaddress.ip_address(x.src)) for x in web if x.tcp_flags & 0x10 and not x.tcp_flags & 0x02}
+    syns = [x for x in web if x.tcp_flags == 0x02 and src_id_in(rig, x)]
+    assert syns  # the SYNs of verified sources …
+    rig.round(syns * 30, pps=50_000)
+    assert rig.log == [] and rig.kernel == []  # … are nobody's flood
+
+
+def src_id_in(rig, x):
+    return mitigation.src_id(x) in rig.engine.verified
+
+
+def test_engine_lifts_within_a_second_and_rearms_a_pulsed_flood(tmp_path, monkeypatch):
+    """The flood ends: the filter is lifted after LIFT_S (not hold_s); it comes back: the lifted
+    filter is re-armed in the first round, with no new derivation."""
+    rig = Rig(tmp_path, monkeypatch)
+    rng = random.Random(27)
+    peacetime(rig, rng)
+    for _ in range(2):
+        rig.round(udp_flood(200, rng, size=70), pps=100_000)
+    assert len(rig.kernel) == 1
+    rig.round(as_(udp_flood(200, rng, size=70), "mitigation"), pps=100_000)
+    t_end = rig.clock.t
+    while rig.kernel and rig.clock.t - t_end < 5:
+        rig.round(udp_clients(10, rng), pps=500)
+    assert rig.kernel == [] and rig.clock.t - t_end <= mitigation.LIFT_S + 0.5
+    assert rig.steps("lift")
+    rig.round(udp_flood(3, rng, size=70), pps=100_000)  # few samples: too few to derive, enough to re-arm
+    assert len(rig.kernel) == 1
+    assert "re-armed" in rig.active()[0]["steps"][-1]["detail"]
+
+
+def test_engine_refused_floods_are_not_derived_every_round(tmp_path, monkeypatch):
+    """A random flood is refused ("nothing shared"): said once, and derived again at most once a
+    second (daemon CPU is the clients' CPU on a small box)."""
+    rig = Rig(tmp_path, monkeypatch)
+    rng = random.Random(28)
+    peacetime(rig, rng)
+    calls = []
+    real = mitigation.derive
+    monkeypatch.setattr(mitigation, "derive", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(8):
+        rig.round([sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
+                          / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(rng.randrange(0, 600)))
+                   for _ in range(200)], pps=100_000)
+    assert len(rig.steps("refused")) == 1 and rig.kernel == []
+    assert len(calls) <= 5
