@@ -411,7 +411,8 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
     at most max_share of `clients` (the verified clients' packets: established connections,
     sources the service answered in peacetime; none of them with `strict_clients`, for a widen).
 
-    First, do no harm: a baseline below MIN_BASELINE samples (clients' included) is no evidence
+    First, do no harm: a baseline below MIN_BASELINE samples (the service's, the verified
+    clients' and the interface's together) is no evidence
     and refuses; a fingerprint whose every condition is one real clients share (rare_conditions
     finds none) needs EVIDENCE_MIN samples, and is refused outright when it is a bare TCP segment
     (bare_segment: a client's ACK after a SYN-cookie handshake has exactly that shape, which a
@@ -441,7 +442,7 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
             bshare = max(bshare, share_matching(f, wide))
         d = Derivation(f, cov, bshare, len(base), tuple(conds))
         rare = rare_conditions(kw, cluster, proto)
-        evidence = len(base) + len(clients)
+        evidence = len(base) + len(clients) + (len(wide) if wide is not None else 0)
         cmax = 0.0 if strict_clients else max_share
         if cov < MIN_COVERAGE:
             bad.append(replace(d, filter=None, refused=f"matches only {cov:.0%} of the flood"))
