@@ -16,17 +16,33 @@ A service whose unresolved rate is at least `min_pps` and `factor` times its pea
 under attack. Its fingerprint (`derive`) is what most of the round's flood samples share:
 frame length, TTL, source port, TCP flags, payload bytes at fixed offsets (one 16-byte window
 with a mask) or, without those, the IPv4 ID — each taken only when ≥ 95% of the flood's main
-cluster has it. The filter is refused when it would have matched more than `max_share` of the
-baseline (the service's, or the interface's when the service has too few samples), when it
-names nothing beyond protocol and port, or, with no baseline at all, when it has fewer than two
-conditions. The round's segments of established TCP connections (clean, ACK without SYN/RST,
-while XDP validates TCP state for the address: `established`) are the real clients even before a
-baseline exists: no packet of their sources counts as flood (their SYNs neither), and a filter
-matching more than `max_share` of them is refused too. A flood that escapes the installed filters (it changed) gets another filter for
-what now passes (adapt: widen, up to MAX_PER_SERVICE per service); a filter no sample has hit
-for `hold_s` while the attack goes on is removed (adapt: narrow); when the service's rate,
-mitigated drops included, stays below half of `min_pps` for `hold_s`, every filter of the
-service is lifted — unless pinned (`xdpguard mitigations pin`).
+cluster has it. The filter is refused when it names nothing beyond protocol and port, or when it
+would have matched more than `max_share` of the baseline (the service's, or the interface's when
+the service has too few samples) or of the verified clients' samples.
+
+First, do no harm (issue 25):
+- *Evidence.* Fewer than MIN_BASELINE peacetime samples is no evidence: refused ("0.0 % of 0
+  samples" accepted the lab's UDP client as a flood). A fingerprint whose every condition is one
+  real clients share (a client TTL, a length, ordinary TCP flags, payload bytes: `rare_conditions`
+  finds none) needs EVIDENCE_MIN samples (the rule of three at 3 %); a bare TCP segment with
+  client flags needs a rarer condition whatever the baseline says — a client's ACK after a
+  SYN-cookie handshake (no timestamp option) is exactly "length 54, ttl 64, flags ack", which a
+  baseline of timestamped connections never shows.
+- *Verified clients.* Sources with an established TCP connection in the round (unspoofable
+  while XDP validates TCP state: `established`) and sources the service answered
+  (xg_goodsrc_hash), seen passing in peacetime — learned two rounds late and never during an
+  attack, since a spoofed flood is answered too. Their packets never count as flood, every
+  fingerprint is checked against what they sent (`_Service.evidence`), a widen may match none of
+  it, and a filter that drops one of them (its sampled drops, or the XDP counters of
+  `VerifiedDrops`) is removed in that round and not reinstalled while the attack lasts.
+- *Prompt lift.* A flood that stops for LIFT_S (1 s, at most `hold_s`) lifts its filters; if it
+  comes back within REARM_S (a pulsed flood) the lifted filter is re-armed at once.
+
+A flood that escapes the installed filters (it changed) gets another filter for what now passes
+(adapt: widen, up to MAX_PER_SERVICE per service); a filter no sample has hit for `hold_s`
+while the attack goes on is removed (adapt: narrow). Pinned filters (`xdpguard mitigations
+pin`) stay. A refused service is derived again at most once a second, from at most DERIVE_MAX
+samples (the daemon's CPU is the clients' CPU on a small box).
 
 Mitigations are dynamic state: kernel filters with action XG_FA_MITIGATE after the operator's
 (policy.write_mitigation_filters; `export` and `apply` never see them) and records in the
@@ -993,9 +1009,11 @@ class DaemonHook:
     """DetectionLoop's on_round for `xdpguard run`: one Engine per interface (when mitigation is
     enabled), and the nft connection limits' offenders banned in XDP (connlimit.py)."""
 
-    def __init__(self, settings: Settings, report: Callable[[str], None] = lambda m: None):
+    def __init__(self, settings: Settings, report: Callable[[str], None] = lambda m: None,
+                 verified_drops: VerifiedDrops | None = None):
         self.settings = settings
         self.report = report
+        self.verified_drops = verified_drops  # XXX: the verified-clients reader, once it merges
         self.engines: dict[str, Engine] = {}
 
     def __call__(self, name: str, collector, snap, samples) -> None:
@@ -1003,7 +1021,8 @@ class DaemonHook:
         if self.settings.enabled:
             e = self.engines.get(name)
             if e is None or e.iface != g.iface:
-                e = self.engines[name] = Engine(g.iface, g.maps, self.settings, self.report)
+                e = self.engines[name] = Engine(g.iface, g.maps, self.settings, self.report,
+                                                verified_drops=self.verified_drops)
             e.maps = g.maps  # a collector re-opened after a failed round has new map objects
             e.round(snap, samples)
         banned = connlimit.promote(g.maps, connlimit.offenders())
