@@ -694,3 +694,14 @@ def test_engine_refused_floods_are_not_derived_every_round(tmp_path, monkeypatch
                    for _ in range(200)], pps=100_000)
     assert len(rig.steps("refused")) == 1 and rig.kernel == []
     assert len(calls) <= 5
+    # a refusal whose numbers change ("matches only 35 %", "37 %") is the same refusal: said once
+    before = len(rig.steps("refused"))
+    for k in range(4):
+        mix = udp_flood(70 + 3 * k, rng, size=64) + [
+            sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
+                   / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(rng.randrange(0, 600)))
+            for _ in range(130)]
+        rig.round(mix, pps=100_000)
+        rig.clock.t += mitigation.REFUSED_RETRY_S
+    said = [r["steps"][-1]["detail"] for r in rig.steps("refused")][before:]
+    assert rig.kernel == [] and len(said) == 1 and "matches only" in said[0], said

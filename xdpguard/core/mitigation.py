@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 import struct
 import time
 import uuid
@@ -351,6 +352,11 @@ def _fingerprint(cluster: list[Features], proto: str, port: int) -> tuple[dict, 
             kw.update(payload=struct.pack("!H", v), payload_mask=b"\xff\xff", payload_base="l3", payload_off=4)
             conds.append(f"ip id {v}")
     return kw, conds
+
+
+def _gist(refused: str | None) -> str:
+    """A refusal without its numbers: said once per attack, not once per changed percentage."""
+    return re.sub(r"\d+(\.\d+)?", "#", refused or "")
 
 
 def _client_ttl(lo: int, hi: int) -> bool:
@@ -863,8 +869,8 @@ class Engine:
                                                             f"this attack")
                     if d.filter is None:
                         svc.last_try = now
-                        if svc.refused != d.refused:
-                            svc.refused = d.refused
+                        if svc.refused != (said := _gist(d.refused)):  # once per reason, not per percentage
+                            svc.refused = said
                             rec = self._new(key, d, attack_pps, wall, svc)
                             rec["state"], rec["end"] = "refused", wall
                             _step(rec, "refused", d.refused or "")
