@@ -56,21 +56,26 @@ P4, P6 = topology.PROT4, topology.PROT6
 TOS = "0x20"  # DSCP CS1: counted at the backend as attack traffic
 CLOSED = 9999  # the control's port: forwarded by nobody, dropped by the port policy
 COUNT = 3_000_000  # every generator stops after this many packets (or its time limit)
+PPS = 30_000  # generators' rate (--pps; 0: flat out): the same flood in both modes, whatever the
+# shared CPU gives the generator (flat out, trafgen sent 3x more in one mode than in the other)
 RECOVER_S = 4.0  # clients keep running this long after the flood
 UDP_RATE = 500.0  # the UDP client's requests/s (a conntrack entry each: 500/s x 120 s is 23 % of the table)
 TARGET_SHARE, TARGET_RECOVERY_S, TARGET_CONNTRACK = 0.90, 2.0, 0.50
+WARMUP_S = 20.0  # peacetime with both clients before the first row
 
 # ---- generators: a port → the argv run in the attacker namespace ----
 
 
 def hping(*flags: str, dst: str = P4) -> Callable[[int], list[str]]:
-    """hping3 from the attacker's own address (one real source) unless flags say -a."""
-    return lambda port: ["hping3", "-q", "--flood", "-c", str(COUNT), "--tos", TOS, *flags, "-p", str(port), dst]
+    """hping3 from the attacker's own address (one real source) unless flags say -a; at PPS
+    (an interval in microseconds) or flat out."""
+    return lambda port: ["hping3", "-q", *(["-i", f"u{max(1, round(1e6 / PPS))}"] if PPS else ["--flood"]),
+                         "-c", str(COUNT), "--tos", TOS, *flags, "-p", str(port), dst]
 
 
-def nping(*flags: str, dst: str = P4, rate: int = 50_000) -> Callable[[int], list[str]]:
-    return lambda port: ["nping", *flags, "-p", str(port), "--rate", str(rate), "-c", str(COUNT), "--tos", "32",
-                         "-q", "-N", "-H", dst]
+def nping(*flags: str, dst: str = P4) -> Callable[[int], list[str]]:
+    return lambda port: ["nping", *flags, "-p", str(port), "--rate", str(PPS or 1_000_000), "-c", str(COUNT),
+                         "--tos", "32", "-q", "-N", "-H", dst]
 
 
 def t50(proto: str, src: str = topology.ATTACKER4) -> Callable[[int], list[str]]:
@@ -87,7 +92,7 @@ class Trafgen:
 
     def __call__(self, port: int) -> list[str]:
         return ["trafgen", "--dev", topology.HOST_IFACE, "--conf", "{conf}", "--num", str(COUNT), "--cpus", "1",
-                "--notouch-irq", "--no-cpu-stats"]
+                "--notouch-irq", "--no-cpu-stats", *(["--rate", f"{PPS}pps"] if PPS else [])]
 
     def conf(self, port: int, mac: str) -> str:
         return "".join("{\n  eth(da=" + mac + "),\n  " + ",\n  ".join(t) + "\n}\n" for t in self.body(port))
@@ -499,15 +504,16 @@ def fmt_s(x: float | None) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| attack | tool | UDP client enf / mon | web client enf / mon | recovery UDP / web (enf) | "
-             "conntrack peak enf / mon | flood at backend enf / mon | daemon | targets |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| attack | tool | flood pkts sent enf / mon | UDP client enf / mon | web client enf / mon | "
+             "recovery UDP / web (enf) | conntrack peak enf / mon | flood at backend enf / mon | daemon | targets |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         e, m, t = r["enforcing"], r["monitor"], r["targets"]
         steps = "; ".join(dict.fromkeys(s.split(":")[0] for s in e["steps"])) or "-"
         miss = [k for k, ok in t.items() if not ok]
         lines.append(
-            f"| {r['attack']} | {r['tool']} | {fmt_pct(e['udp_share'])} / {fmt_pct(m['udp_share'])} | "
+            f"| {r['attack']} | {r['tool']} | {e['sent']:,} / {m['sent']:,} | "
+            f"{fmt_pct(e['udp_share'])} / {fmt_pct(m['udp_share'])} | "
             f"{fmt_pct(e['web_share'])} / {fmt_pct(m['web_share'])} | {fmt_s(e['udp_recovery_s'])} / "
             f"{fmt_s(e['web_recovery_s'])} | {fmt_pct(e['conntrack_share'])} / {fmt_pct(m['conntrack_share'])} | "
             f"{100 * e['backend_share']:.2f} % / {100 * m['backend_share']:.2f} % | {steps} | "
@@ -516,6 +522,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PPS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the quick subset (about 4 minutes)")
     ap.add_argument("--full", action="store_true", help="the whole catalogue (about 25 minutes)")
@@ -523,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the rows whose name contains TEXT (repeatable)")
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per flood (2 to 30)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--pps", type=int, default=30_000, help="generators' packets/s (default 30,000; 0: flat out)")
     ap.add_argument("--list", action="store_true", help="list the catalogue and exit")
     a = ap.parse_args(argv)
     if a.list:
@@ -535,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     duration = min(max(a.duration, 2.0), 30.0)
+    PPS = max(0, min(a.pps, 10_000_000))
     os.environ.setdefault("XDPGUARD_LAB_NAME", f"acc{os.getpid() % 100000}")
     own_state = "XDPGUARD_STATE_DIR" not in os.environ
     if own_state:
@@ -548,8 +557,16 @@ def main(argv: list[str] | None = None) -> int:
         lab.mac = attack._mac(topology.ns_name("prot"), topology.PROT_IFACE)
         lab.ct_max = conntrack("max")
         lab.start_daemon()
-        time.sleep(11)  # the TCP-state grace after attach; the daemon's peacetime baseline
-        print(f"lab up (XDP {up.xdp_mode}), daemon running; load {load()}", flush=True)
+        time.sleep(11)  # the TCP-state grace after attach
+        peace: dict = {}  # peacetime: both clients, so that the daemon has a baseline (at 1 in 256
+        ths = [threading.Thread(target=f, args=(WARMUP_S, P4, peace)) for f in (udp_client, web_client)]
+        for t in ths:  # samples, about 100 of the interface's in 20 s: the evidence a filter needs)
+            t.start()
+        for t in ths:
+            t.join()
+        print(f"lab up (XDP {up.xdp_mode}), daemon running, {WARMUP_S:g} s of peacetime: UDP client "
+              f"{sum(ok for _, ok in peace['udp']) / WARMUP_S:.0f} answers/s, web client "
+              f"{len(peace['web']) / WARMUP_S:.0f} answers/s; load {load()}", flush=True)
         for row in rows:
             ctl = lab.run(row, control=True)
             enf = lab.run(row, control=False)
