@@ -405,8 +405,15 @@ class Lab:
             for f in tmp:
                 os.unlink(f)
 
+    def flush_conntrack(self) -> None:
+        """Each run starts from an empty table: a flood in monitor mode fills it (262,144 entries,
+        seen with reflection to random ports) and the next run would measure that one's tail."""
+        topology.in_ns(topology.ns_name("prot"), sys.executable, "-c",
+                       "from pyroute2 import Conntrack; Conntrack().flush()", check=False)
+
     def run(self, row: Row, control: bool) -> dict:
         port = CLOSED if control else row.port
+        self.flush_conntrack()
         dst = P6 if row.six else P4
         if row.fresh:
             self.start_daemon()
