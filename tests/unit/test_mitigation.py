@@ -716,3 +716,15 @@ def test_connection_limit_offenders_that_are_verified_clients_are_not_banned(tmp
     keep, spared = mitigation.spare_verified(found, rig.engine)
     assert keep == [("198.18.200.1", 30.0)] and spared == ["198.18.0.10"]
     assert mitigation.spare_verified(found[:2], None) == (found[:2], [])
+
+
+def test_engine_too_few_samples_is_no_reason_to_wait(tmp_path, monkeypatch):
+    """The onset of a flood: a round with too few samples refuses, the next one derives at once
+    (only a refusal of the flood's shape waits REFUSED_RETRY_S)."""
+    rig = Rig(tmp_path, monkeypatch)
+    rng = random.Random(31)
+    peacetime(rig, rng)
+    rig.round(udp_flood(5, rng, size=80), pps=50_000)
+    assert rig.kernel == [] and "only 5 flood samples" in rig.steps("refused")[0]["steps"][-1]["detail"]
+    rig.round(udp_flood(200, rng, size=80), pps=100_000)
+    assert len(rig.kernel) == 1

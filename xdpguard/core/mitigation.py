@@ -868,7 +868,8 @@ class Engine:
                         d = replace(d, filter=None, refused=f"{d.describe()} dropped verified clients earlier in "
                                                             f"this attack")
                     if d.filter is None:
-                        svc.last_try = now
+                        if len(passing) >= st.min_samples:  # too few samples: try again next round
+                            svc.last_try = now
                         if svc.refused != (said := _gist(d.refused)):  # once per reason, not per percentage
                             svc.refused = said
                             rec = self._new(key, d, attack_pps, wall, svc)
