@@ -79,7 +79,9 @@ def nping(*flags: str, dst: str = P4) -> Callable[[int], list[str]]:
 
 
 def t50(proto: str, src: str = topology.ATTACKER4) -> Callable[[int], list[str]]:
-    return lambda port: ["t50", P4, "--threshold", str(COUNT), "--turbo", "--protocol", proto, "--dport", str(port),
+    """t50 has no rate option (and --turbo only with --flood, which has no count): flat out,
+    bounded by COUNT and by the run's time."""
+    return lambda port: ["t50", P4, "--threshold", str(COUNT), "--protocol", proto, "--dport", str(port),
                          "--tos", "32", "-s", src]
 
 
