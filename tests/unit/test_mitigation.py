@@ -707,17 +707,6 @@ def test_engine_refused_floods_are_not_derived_every_round(tmp_path, monkeypatch
     assert rig.kernel == [] and len(said) == 1 and "matches only" in said[0], said
 
 
-def test_connection_limit_offenders_that_are_verified_clients_are_not_banned(tmp_path, monkeypatch):
-    """A verified source over an operator's connection limit keeps the nft limit, but is never
-    banned in XDP by the daemon (a ban drops all of it)."""
-    rig = Rig(tmp_path, monkeypatch, known={"198.18.0.10"})
-    peacetime(rig, random.Random(30))
-    found = [("198.18.0.10", 30.0), ("198.18.200.1", 30.0), ("bogus", 1.0)]
-    keep, spared = mitigation.spare_verified(found, rig.engine)
-    assert keep == [("198.18.200.1", 30.0)] and spared == ["198.18.0.10"]
-    assert mitigation.spare_verified(found[:2], None) == (found[:2], [])
-
-
 def test_engine_too_few_samples_is_no_reason_to_wait(tmp_path, monkeypatch):
     """The onset of a flood: a round with too few samples refuses, the next one derives at once
     (only a refusal of the flood's shape waits REFUSED_RETRY_S)."""

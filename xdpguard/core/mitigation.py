@@ -1012,24 +1012,6 @@ class Engine:
                 self.dropped.pop(r["id"], None)
 
 
-def spare_verified(found: list[tuple[str, float]], engine: Engine | None) -> tuple[list[tuple[str, float]], list[str]]:
-    """Connection-limit offenders to ban in XDP, and those spared: a verified source (the engine's)
-    is never banned automatically — a ban drops every packet of it (first, do no harm)."""
-    if engine is None:
-        return found, []
-    keep, spared = [], []
-    for src, left in found:
-        try:
-            a = ipaddress.ip_address(src)
-        except ValueError:
-            continue
-        if (a.version, a.packed) in engine.verified:
-            spared.append(src)
-        else:
-            keep.append((src, left))
-    return keep, spared
-
-
 class DaemonHook:
     """DetectionLoop's on_round for `xdpguard run`: one Engine per interface (when mitigation is
     enabled), and the nft connection limits' offenders banned in XDP (connlimit.py)."""
@@ -1040,7 +1022,6 @@ class DaemonHook:
         self.report = report
         self.verified_drops = verified_drops  # XXX: the verified-clients reader, once it merges
         self.engines: dict[str, Engine] = {}
-        self.spared: set[str] = set()  # verified offenders already reported
 
     def __call__(self, name: str, collector, snap, samples) -> None:
         g = collector.guard
@@ -1051,13 +1032,7 @@ class DaemonHook:
                                                 verified_drops=self.verified_drops)
             e.maps = g.maps  # a collector re-opened after a failed round has new map objects
             e.round(snap, samples)
-        found, spared = spare_verified(connlimit.offenders(), self.engines.get(name))
-        for src in spared:
-            if src not in self.spared:
-                self.spared.add(src)
-                self.report(f"{name}: {src} is over a connection limit but a verified client: not banned in XDP "
-                            f"(the nft limit still applies)")
-        banned = connlimit.promote(g.maps, found)
+        banned = connlimit.promote(g.maps, connlimit.offenders())
         if banned:
             self.report(f"{name}: banned {len(banned)} source(s) over a connection limit in XDP (reason connlimit): "
                         + ", ".join(banned[:5]) + (" …" if len(banned) > 5 else ""))
