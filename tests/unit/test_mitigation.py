@@ -717,3 +717,23 @@ def test_engine_too_few_samples_is_no_reason_to_wait(tmp_path, monkeypatch):
     assert rig.kernel == [] and "only 5 flood samples" in rig.steps("refused")[0]["steps"][-1]["detail"]
     rig.round(udp_flood(200, rng, size=80), pps=100_000)
     assert len(rig.kernel) == 1
+
+
+def test_no_filter_for_a_protocol_a_filter_cannot_name():
+    """t50's mix in monitor mode: floods of IGMP, GRE, RSVP … got filters with no protocol
+    ("length 54, ttl 255"), which match TCP and UDP packets of that shape too. Refused."""
+    rng = random.Random(32)
+    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=255, proto=46, id=rng.randrange(65536)) / (b"\x00" * 40))
+              for _ in range(60)]
+    assert {x.proto for x in attack} == {"46"}
+    d = mitigation.derive(attack, udp_clients(300, rng), (DST, "46", 0), 0.01)
+    assert d.filter is None and "cannot name IP protocol 46" in d.refused, d
+    # ICMPv6 floods get the icmp protocol (policy.h: an icmp filter matches ICMPv6), never none
+    from scapy.layers.inet6 import ICMPv6EchoRequest
+    six = [sample(IPv6(src=f"2001:db8:bad::{i + 1:x}", dst="2001:db8::1", hlim=64) / ICMPv6EchoRequest(id=7)
+                  / (b"\x42" * 56)) for i in range(60)]
+    base = [sample(IPv6(src=f"2001:db8:1::{i + 1:x}", dst="2001:db8::1", hlim=64)
+                   / UDP(sport=rng.randrange(32768, 61000), dport=53) / rng.randbytes(rng.randrange(20, 60)))
+            for i in range(120)]
+    d = mitigation.derive(six, base, ("2001:db8::1", "icmpv6", 0), 0.01)
+    assert d.filter is not None and d.filter.proto == "icmp", d

@@ -313,7 +313,8 @@ def _payload_window(cluster: list[Features]) -> tuple[int, bytes, bytes] | None:
 
 def _fingerprint(cluster: list[Features], proto: str, port: int) -> tuple[dict, list[str]]:
     """The filter fields (and their descriptions) that ≥ CONSTANT_SHARE of the cluster shares."""
-    kw: dict = {"action": policy.MITIGATE, "proto": proto if proto in policy.PROTO_NUMBERS else None}
+    # (derive refuses other protocols: a filter without one would match every protocol)
+    kw: dict = {"action": policy.MITIGATE, "proto": "icmp" if proto == "icmpv6" else proto}
     conds: list[str] = []
     if port and proto in ("tcp", "udp"):
         kw["dport"] = (port, port)
@@ -446,6 +447,9 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
         attack = random.Random(len(attack)).sample(attack, DERIVE_MAX)
     clients = list(clients)
     base = baseline if len(baseline) >= MIN_BASELINE or wider_baseline is None else wider_baseline
+    if proto not in policy.PROTO_NUMBERS and proto != "icmpv6":
+        return Derivation(None, 0.0, 0.0, len(base), (), f"a filter cannot name IP protocol {proto}: it would match "
+                                                         f"every protocol (block it: xdpguard proto)")
     if len(attack) < min_samples:
         return Derivation(None, 0.0, 0.0, len(base), (), f"only {len(attack)} flood samples (need {min_samples})")
     wide = wider_baseline if wider_baseline and base is not wider_baseline and len(wider_baseline) >= MIN_BASELINE \
