@@ -13,8 +13,9 @@ what got through.
 
 Each row runs three times: the control (the same generator at a CLOSED port, dropped at once by
 the port policy: what the generator alone costs this shared machine), the flood enforcing, and
-the flood in monitor mode (`xdpguard monitor on`: XDP passes everything). Clients run from 1 s
-before the flood to RECOVER_S after it. Per row:
+the flood in monitor mode (`xdpguard monitor on`: XDP passes everything) — the two modes in
+alternating order from row to row, each run from an empty conntrack table. Clients run from 1 s
+before the flood to RECOVER_S after it. Rows "before any baseline" restart the daemon. Per row:
 
 - client share: each client's answered requests/s during the flood, as a share of its control's;
 - enforcing vs monitor: the same shares in monitor mode (target: enforcing ≥ monitor);
@@ -489,19 +490,28 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def backend_alive() -> dict:
-    """After the catalogue: the lab's echo still answers (UDP and TCP) and the web server too."""
+def backend_alive(within_s: float = 15.0) -> dict:
+    """After the catalogue: the lab's echo still answers (UDP and TCP) and the web server too —
+    each within `within_s` (a backend may still be draining the last flood); "after_s" says when."""
     ns = topology.require_up("client")
-    res = {}
-    for proto in ("udp", "tcp"):
-        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe", "--proto",
-                            proto, "--dst", P4, "--port", str(topology.ECHO_PORT), "--timeout", "2"],
-                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-        res[f"echo_{proto}"] = p.returncode == 0
-    p = subprocess.run(["ip", "netns", "exec", ns, "ab", "-q", "-n", "3", "-s", "2", f"http://{P4}/"],
-                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-    res["http"] = bool(re.search(r"Complete requests:\s+3", p.stdout)) and "Failed requests:        0" in p.stdout
-    return res
+    t0 = time.monotonic()
+    checks = {"echo_udp": ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe", "--proto",
+                           "udp", "--dst", P4, "--port", str(topology.ECHO_PORT), "--timeout", "1"],
+              "echo_tcp": ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe", "--proto",
+                           "tcp", "--dst", P4, "--port", str(topology.ECHO_PORT), "--timeout", "1"],
+              "http": ["ip", "netns", "exec", ns, "ab", "-q", "-n", "1", "-s", "1", f"http://{P4}/"]}
+    res: dict = {}
+    after: dict = {}
+    for name, argv in checks.items():
+        res[name] = False
+        while not res[name] and time.monotonic() - t0 < within_s:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            res[name] = p.returncode == 0 if name != "http" else \
+                bool(re.search(r"Complete requests:\s+1", p.stdout)) and "Failed requests:        0" in p.stdout
+            if not res[name]:
+                time.sleep(0.5)
+        after[name] = round(time.monotonic() - t0, 1)
+    return res | {"after_s": after}
 
 
 def fmt_pct(x: float) -> str:
@@ -576,14 +586,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lab up (XDP {up.xdp_mode}), daemon running, {WARMUP_S:g} s of peacetime: UDP client "
               f"{sum(ok for _, ok in peace['udp']) / WARMUP_S:.0f} answers/s, web client "
               f"{len(peace['web']) / WARMUP_S:.0f} answers/s; load {load()}", flush=True)
-        for row in rows:
+        for i, row in enumerate(rows):
             ctl = lab.run(row, control=True)
-            enf = lab.run(row, control=False)
-            lab.monitor(True)
-            try:
-                mon = lab.run(row, control=False)
-            finally:
-                lab.monitor(False)
+            runs: dict = {}
+            for mode in (("enforcing", "monitor") if i % 2 == 0 else ("monitor", "enforcing")):  # no order bias
+                lab.monitor(mode == "monitor")
+                try:
+                    runs[mode] = lab.run(row, control=False)
+                finally:
+                    lab.monitor(False)
+            enf, mon = runs["enforcing"], runs["monitor"]
             r = row_result(row, ctl, enf, mon, lab.ct_max) | {"load": load()}
             results.append(r)
             e, m = r["enforcing"], r["monitor"]

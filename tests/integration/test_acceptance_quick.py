@@ -5,9 +5,10 @@ monitor mode, with a web client (ab) and a UDP client of the echo service.
 
 Asserted: enforcing is never worse than monitor mode for either client, within NOISE of the
 control's rate (this 2-core machine is shared; one run per mode), and the lab's backend (echo
-UDP and TCP, HTTP) still answers after every flood. The catalogue's other targets (≥ 90 % of
-the control, recovery ≤ 2 s, conntrack < 50 %) are measured and printed, not asserted: they
-are timings (see scripts/acceptance.py --full for the whole catalogue)."""
+UDP and TCP, HTTP) still answers after the floods (within 15 s: it may be draining the last).
+The catalogue's other targets (≥ 90 % of the control, recovery ≤ 2 s, conntrack < 50 %) are
+measured and printed, not asserted: they are timings (scripts/acceptance.py --full runs the
+whole catalogue)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_quick_acceptance_enforcing_never_worse_than_monitor(tmp_path):
     assert not [r for r in topology.ROLES if topology.ns_exists(f"xg-{name}-{r}")]
     d = json.loads(out.read_text())
     assert len(d["results"]) == 3, d["results"]
-    assert d["backend_alive"] == {"echo_udp": True, "echo_tcp": True, "http": True}, d["daemon_log"]
+    alive = {k: v for k, v in d["backend_alive"].items() if k != "after_s"}
+    assert alive == {"echo_udp": True, "echo_tcp": True, "http": True}, (d["backend_alive"], d["daemon_log"])
     for r in d["results"]:
         e, m = r["enforcing"], r["monitor"]
         for client in ("udp_share", "web_share"):
