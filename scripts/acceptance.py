@@ -492,7 +492,10 @@ def load() -> str:
 
 def backend_alive(within_s: float = 15.0) -> dict:
     """After the catalogue: the lab's echo still answers (UDP and TCP) and the web server too —
-    each within `within_s` (a backend may still be draining the last flood); "after_s" says when."""
+    each within `within_s` of its first try (a backend may still be draining the last flood);
+    "after_s" says when (a spoofed UDP flood with random ports exhausts the protector's NAT ports
+    towards the backend's udp/7 — ~64.5k conntrack entries — and the echo is unreachable until
+    they expire, though it runs)."""
     ns = topology.require_up("client")
     t0 = time.monotonic()
     checks = {"echo_udp": ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe", "--proto",
@@ -504,6 +507,7 @@ def backend_alive(within_s: float = 15.0) -> dict:
     after: dict = {}
     for name, argv in checks.items():
         res[name] = False
+        t0 = time.monotonic()  # each check has its own `within_s`
         while not res[name] and time.monotonic() - t0 < within_s:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
             res[name] = p.returncode == 0 if name != "http" else \
