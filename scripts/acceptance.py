@@ -1,21 +1,35 @@
 #!/usr/bin/env python3
-"""Issue 13's acceptance run, as an operator would do it: `xdpguard lab up` (attach + forward add,
-nothing tuned) with the backend shaped like a small server, `xdpguard run` as the daemon, a real
-client (ApacheBench, one request at a time, a new HTTP connection each), and Debian's own attack tools (hping3, t50,
-nping) flooding the FORWARDED ports from spoofed sources — each flood bounded by a packet count
-and by time. The yardstick is the control run: the same hping3 flood at a CLOSED port (dropped at
-once by the port policy), which shows what the generator alone costs this machine; every attack
-run has its own control run just before it, and its share is taken against that one.
+"""Issue 25's acceptance catalogue: any attack, nothing tuned — verified clients always get
+through, and the defence never hurts more than the attack.
 
-    scripts/acceptance.py [--duration 6] [--rounds N] [--only TEXT ...] [--client ab|probe] [--json FILE]
+As an operator would do it: `xdpguard lab up` (attach + forward add, nothing tuned) with the
+backend shaped like a small server, `xdpguard run` as the daemon, and two real clients in the
+client namespace: a web client (ApacheBench, one request at a time, a new HTTP connection each)
+and a UDP client of the echo service (a new socket per request, "probe-N", 500 req/s). Debian's
+own tools (trafgen, hping3, nping, t50) flood the FORWARDED services from the attacker namespace
+— every run bounded by a packet count and by time, every spoofed source inside the lab ranges
+(198.18.128.0/17, 2001:db8:bad::/48), every attack packet marked DSCP CS1 so the backend counts
+what got through.
 
-Prints a markdown table: per attack the packets the tool sent, the client's rate (share of the
-control's), p99, slow connections (>= 900 ms: a SYN retransmission), attack packets at the backend
-(DSCP CS1, counted in the backend's namespace), XDP's drops by reason and the protector's
-conntrack table at its peak during the flood (with the change from just before it: the client's
-own closed connections stay there for nf_conntrack's TIME_WAIT); and, when the daemon
-installs automatic mitigations, how long after the start one appeared and after the end it went.
-Root; runs in its own namespace lab; leaves nothing behind.
+Each row runs three times: the control (the same generator at a CLOSED port, dropped at once by
+the port policy: what the generator alone costs this shared machine), the flood enforcing, and
+the flood in monitor mode (`xdpguard monitor on`: XDP passes everything) — the two modes in
+alternating order from row to row, each run from an empty conntrack table. Clients run from 1 s
+before the flood to RECOVER_S after it. Rows "before any baseline" restart the daemon. Per row:
+
+- client share: each client's answered requests/s during the flood, as a share of its control's;
+- enforcing vs monitor: the same shares in monitor mode (target: enforcing ≥ monitor);
+- recovery: after the flood's end, the first moment from which the client stays ≥ 90 % of its
+  control (UDP in 0.25 s bins, web in ab's 1 s bins; target ≤ 2 s);
+- conntrack peak: the protector's table at its peak, as a share of nf_conntrack_max (< 50 %);
+- flood at the backend: marked packets the backend received, as a share of those sent;
+- what the daemon did (mitigation installs, refusals, lifts, from events.jsonl).
+
+    scripts/acceptance.py [--quick | --full] [--only TEXT ...] [--duration 6] [--json FILE]
+
+`--quick` runs QUICK (about 4 minutes; tests/integration/test_acceptance_quick.py), `--full` the
+whole catalogue (about 25 minutes); without either, --only picks rows. Root; runs in its own
+namespace lab ($XDPGUARD_LAB_NAME, default acc<pid>); leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -31,90 +45,185 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from xdpguard.lab import probe, topology  # noqa: E402
+from xdpguard.lab import attack, topology  # noqa: E402
 
-P = topology.PROT4
+P4, P6 = topology.PROT4, topology.PROT6
 TOS = "0x20"  # DSCP CS1: counted at the backend as attack traffic
+CLOSED = 9999  # the control's port: forwarded by nobody, dropped by the port policy
+COUNT = 3_000_000  # every generator stops after this many packets (or its time limit)
+PPS = 30_000  # generators' rate (--pps; 0: flat out): the same flood in both modes, whatever the
+# shared CPU gives the generator (flat out, trafgen sent 3x more in one mode than in the other)
+RECOVER_S = 4.0  # clients keep running this long after the flood
+UDP_RATE = 500.0  # the UDP client's requests/s (a conntrack entry each: 500/s x 120 s is 23 % of the table)
+TARGET_SHARE, TARGET_RECOVERY_S, TARGET_CONNTRACK = 0.90, 2.0, 0.50
+WARMUP_S = 20.0  # peacetime with both clients before the first row
+
+# ---- generators: a port → the argv run in the attacker namespace ----
 
 
-def hping(*flags: str) -> list[str]:
-    return ["hping3", "-q", "--flood", "--rand-source", "--tos", TOS, *flags, P]
+def hping(*flags: str, dst: str = P4) -> Callable[[int], list[str]]:
+    """hping3 from the attacker's own address (one real source) unless flags say -a; at PPS
+    (an interval in microseconds) or flat out."""
+    return lambda port: ["hping3", "-q", *(["-i", f"u{max(1, round(1e6 / PPS))}"] if PPS else ["--flood"]),
+                         "-c", str(COUNT), "--tos", TOS, *flags, "-p", str(port), dst]
 
 
-ATTACKS = [
-    ("control: SYN at closed tcp/9999", hping("-S", "-p", "9999")),
-    ("SYN tcp/80", hping("-S", "-p", "80")),
-    ("ACK tcp/80", hping("-A", "-p", "80")),
-    ("Xmas tcp/80", hping("-F", "-P", "-U", "-p", "80")),
-    ("UDP udp/7", hping("--udp", "-p", "7", "-d", "64")),
-    ("fragments udp/7", hping("--udp", "-p", "7", "-d", "600", "-f")),
-    ("mixed (t50 T50)", ["t50", P, "--flood", "--turbo", "--protocol", "T50", "--dport", "80", "--tos", "32"]),
-    ("RST tcp/80 (nping)", ["nping", "--tcp", "--flags", "rst", "-p", "80", "--rate", "20000", "-c", "400000",
-                            "-S", "198.18.200.9", "--tos", "32", "-q", "-N", P]),
+def nping(*flags: str, dst: str = P4) -> Callable[[int], list[str]]:
+    return lambda port: ["nping", *flags, "-p", str(port), "--rate", str(PPS or 1_000_000), "-c", str(COUNT),
+                         "--tos", "32", "-q", "-N", "-H", dst]
+
+
+def t50(proto: str, src: str = topology.ATTACKER4) -> Callable[[int], list[str]]:
+    """t50 has no rate option (and --turbo only with --flood, which has no count): flat out,
+    bounded by COUNT and by the run's time."""
+    return lambda port: ["t50", P4, "--threshold", str(COUNT), "--protocol", proto, "--dport", str(port),
+                         "--tos", "32", "-s", src]
+
+
+@dataclass(frozen=True)
+class Trafgen:
+    """trafgen templates (one per source or shape; trafgen cycles through them), built per port.
+    `body(port)` returns the templates without the Ethernet header."""
+
+    body: Callable[[int], list[str]]
+
+    def __call__(self, port: int) -> list[str]:
+        return ["trafgen", "--dev", topology.HOST_IFACE, "--conf", "{conf}", "--num", str(COUNT), "--cpus", "1",
+                "--notouch-irq", "--no-cpu-stats", *(["--rate", f"{PPS}pps"] if PPS else [])]
+
+    def conf(self, port: int, mac: str) -> str:
+        return "".join("{\n  eth(da=" + mac + "),\n  " + ",\n  ".join(t) + "\n}\n" for t in self.body(port))
+
+
+def v4(src: str, ttl: str = "64", extra: str = "") -> str:
+    return f"ipv4(saddr={src}, daddr={P4}, tos=32, ttl={ttl}, id=drnd(){extra})"
+
+
+def v6(src: str, hl: str = "64") -> str:
+    return f"ipv6(saddr={src}, daddr={P6}, tc=32, hoplimit={hl})"
+
+
+SPOOF4 = attack.lab_sources4(256)
+SPOOF6 = [f"2001:db8:bad::{i + 1:x}" for i in range(128)]
+AMPLIFIER_PORTS = (53, 123, 19, 161, 389, 1900, 11211)
+
+
+def tg_udp(payload: Callable[[int], str] = lambda i: "fill(0x58, 64)", ttl: Callable[[int], str] = lambda i: "64",
+           dport: str | None = None, six: bool = False, sport: Callable[[int], str] = lambda i: "drnd(1024, 65535)",
+           n: int = 256) -> Trafgen:
+    def body(port: int) -> list[list[str]]:
+        srcs = SPOOF6 if six else SPOOF4
+        return [[v6(srcs[i % len(srcs)], ttl(i)) if six else v4(srcs[i % len(srcs)], ttl(i)),
+                 f"udp(sp={sport(i)}, dp={port if port == CLOSED else dport or port})", payload(i)]
+                for i in range(n)]
+    return Trafgen(body)
+
+
+def tg_tcp(flags: Callable[[int], str], ttl: Callable[[int], str] = lambda i: "64", dport: str | None = None,
+           six: bool = False, n: int = 256) -> Trafgen:
+    def body(port: int) -> list[list[str]]:
+        srcs = SPOOF6 if six else SPOOF4
+        return [[v6(srcs[i % len(srcs)], ttl(i)) if six else v4(srcs[i % len(srcs)], ttl(i)),
+                 f"tcp(sp=drnd(1024, 65535), dp={port if port == CLOSED else dport or port}, seq=drnd(), "
+                 f"aseq=drnd(), window=64240, {flags(i)})"]
+                for i in range(n)]
+    return Trafgen(body)
+
+
+FLAG_MIX = ("syn", "ack", "fin, psh, urg", "rst", "syn, fin", "psh, ack", "fin", "urg, ack")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    proto: str  # the attacked service: tcp (port 80) or udp (port 7); the control uses the same at CLOSED
+    gen: Callable[[int], list[str]]
+    port: int
+    before: tuple[Callable[[int], list[str]], int] | None = None  # back to back: this flood first
+    pulse: tuple[float, float] | None = None  # (on s, off s)
+    fresh: bool = False  # the daemon restarted just before: no baseline
+    six: bool = False
+    tags: frozenset = field(default_factory=frozenset)
+
+
+def R(name, proto, gen, port, **kw) -> Row:
+    return Row(name, proto, gen, port, **kw)
+
+
+CATALOGUE: list[Row] = [
+    # UDP at the echo service, udp/7
+    R("UDP 64 B udp/7, spoofed (trafgen)", "udp", tg_udp(), 7),
+    R("UDP udp/7, spoofed, random length, TTL, payload (trafgen)", "udp",
+      tg_udp(payload=lambda i: f"drnd({16 + (i * 37) % 1200})", ttl=lambda i: "drnd(1, 255)"), 7),
+    R("UDP udp/7, one real address (hping3)", "udp", hping("--udp", "-d", "64"), 7),
+    R("UDP udp/7 carrying the UDP client's own fingerprint ('probe-', TTL 64), spoofed", "udp",
+      tg_udp(payload=lambda i: '"probe-", drnd(3)'), 7),
+    R("UDP udp/7 IPv6, spoofed (trafgen)", "udp", tg_udp(six=True), 7, six=True),
+    R("UDP udp/7 IPv6, one real address (nping)", "udp", nping("-6", "--udp", "--data-length", "64",
+                                                              dst=P6), 7, six=True),
+    R("fragments udp/7, one real address (hping3 -f)", "udp", hping("--udp", "-d", "600", "-f"), 7),
+    R("UDP udp/7 before any baseline (daemon just started), spoofed", "udp", tg_udp(), 7, fresh=True),
+    R("UDP udp/7 pulsed 1 s on / 1 s off, spoofed", "udp", tg_udp(), 7, pulse=(1.0, 1.0)),
+    # TCP at the web service, tcp/80
+    R("SYN tcp/80, spoofed (trafgen)", "tcp", tg_tcp(lambda i: "syn"), 80),
+    R("SYN tcp/80, one real address (hping3)", "tcp", hping("-S"), 80),
+    R("SYN tcp/80 IPv6, spoofed (trafgen)", "tcp", tg_tcp(lambda i: "syn", six=True), 80, six=True),
+    R("SYN tcp/80 pulsed 0.5 s on / 0.5 s off, spoofed", "tcp", tg_tcp(lambda i: "syn"), 80, pulse=(0.5, 0.5)),
+    R("ACK tcp/80 IPv6, spoofed (trafgen)", "tcp", tg_tcp(lambda i: "ack", six=True), 80, six=True),
+    R("ACK tcp/80, one real address (hping3)", "tcp", hping("-A"), 80),
+    R("ACK tcp/80 carrying the web client's fingerprint (bare ACK, TTL 64), spoofed", "tcp",
+      tg_tcp(lambda i: "ack"), 80),
+    R("random TCP flags and TTL tcp/80, spoofed (trafgen)", "tcp",
+      tg_tcp(lambda i: FLAG_MIX[i % len(FLAG_MIX)], ttl=lambda i: "drnd(1, 255)"), 80),
+    R("Xmas tcp/80, one real address (hping3)", "tcp", hping("-F", "-P", "-U"), 80),
+    R("RST tcp/80, spoofed (nping)", "tcp", nping("--tcp", "--flags", "rst", "-S", "198.18.200.9"), 80),
+    R("protocol mix T50 at tcp/80, one real address (t50)", "tcp", t50("T50"), 80),
+    R("SYN tcp/80 before any baseline (daemon just started), spoofed", "tcp", tg_tcp(lambda i: "syn"), 80,
+      fresh=True),
+    # reflection and carpets: the protective IP's other ports
+    R("reflection: UDP from amplifier ports to random ports, spoofed", "udp",
+      tg_udp(payload=lambda i: "fill(0x41, 468)", sport=lambda i: str(AMPLIFIER_PORTS[i % 7]),
+             dport="drnd(1024, 65535)"), 7),
+    R("UDP carpet across all ports, spoofed", "udp", tg_udp(dport="drnd(1, 65535)"), 7),
+    R("SYN carpet across all ports, spoofed", "tcp", tg_tcp(lambda i: "syn", dport="drnd(1, 65535)"), 80),
+    # back to back
+    R("ACK tcp/80 one real address, right after UDP udp/7 from it (issue 25)", "tcp", hping("-A"), 80,
+      before=(hping("--udp", "-d", "64"), 7)),
+    R("SYN tcp/80 spoofed, right after a random UDP flood at udp/7", "tcp", tg_tcp(lambda i: "syn"), 80,
+      before=(tg_udp(payload=lambda i: f"drnd({16 + (i * 37) % 1200})", ttl=lambda i: "drnd(1, 255)"), 7)),
 ]
+QUICK = ("UDP 64 B udp/7, spoofed (trafgen)", "UDP udp/7, one real address (hping3)",
+         "ACK tcp/80 one real address, right after UDP udp/7 from it (issue 25)")
+
+
+# ---- the lab's meters ----
+
+
+def xg_prot(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return topology.xg(topology.ns_name("prot"), *args, check=check)
 
 
 def counters() -> dict[tuple[str, str], int]:
-    p = topology.xg(topology.ns_name("prot"), "status", topology.PROT_IFACE, "--json", check=False)
+    p = xg_prot("status", topology.PROT_IFACE, "--json")
     if p.returncode != 0:
         return {}
     st = json.loads(p.stdout)
     return {(c["kind"], c["reason"]): c["packets"] for c in (st[0]["counters"] if st else [])}
 
 
-class MitigationWatch(threading.Thread):
-    """Follows the daemon's events.jsonl (every mitigation step is a line there, with its time):
-    cheap, unlike polling `xdpguard mitigations list` (a CLI start, ~0.5 s of CPU, ten times a
-    second took most of a core from the client and the generator in every row)."""
-
-    def __init__(self, log: Path):
-        super().__init__(daemon=True)
-        self.stop = threading.Event()
-        self.log = log
-        self.offset = log.stat().st_size if log.exists() else 0
-        self.active: set[str] = set()
-        self.changes: list[tuple[float, int]] = []  # (wall time of the step, active mitigations after it)
-
-    def poll(self) -> None:
-        if not self.log.exists():
-            return
-        with self.log.open("rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1  # a torn last line waits for the next poll
-        self.offset += end
-        for line in data[:end].splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("kind") != "mitigation" or not rec.get("steps"):
-                continue
-            step = rec["steps"][-1]
-            if step["step"] in ("lift", "del"):
-                self.active.discard(rec["id"])
-            elif step["step"] != "refused":
-                self.active.add(rec["id"])
-            self.changes.append((step["t"], len(self.active)))
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.poll()
-            self.stop.wait(0.2)
-        self.poll()
-
-
-def conntrack_count() -> int:
-    p = topology.in_ns(topology.ns_name("prot"), "cat", "/proc/sys/net/netfilter/nf_conntrack_count", check=False)
+def conntrack(what: str = "count") -> int:
+    p = topology.in_ns(topology.ns_name("prot"), "cat", f"/proc/sys/net/netfilter/nf_conntrack_{what}", check=False)
     return int(p.stdout.strip() or 0)
 
 
 class ConntrackWatch(threading.Thread):
-    """The protector's conntrack table size, twice a second: its peak while the flood runs."""
+    """The protector's conntrack table size, four times a second: its peak while the run lasts."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -123,196 +232,392 @@ class ConntrackWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, conntrack_count())
-            self.stop.wait(0.5)
+            self.peak = max(self.peak, conntrack())
+            self.stop.wait(0.25)
 
 
-def ab_client(duration: float) -> probe.ProbeResult:
-    """ApacheBench in the client namespace: one request at a time, a new TCP connection each
-    (HTTP/1.0, no keep-alive), 1.5 s timeout, per-request times from its -g file."""
+def tx_packets() -> int:
+    return attack._tx_packets(topology.ns_name("attacker"), topology.HOST_IFACE)
+
+
+def mitigation_steps(log: Path, offset: int) -> list[str]:
+    """The daemon's mitigation steps written to events.jsonl since `offset`."""
+    if not log.exists():
+        return []
+    with log.open("rb") as f:
+        f.seek(offset)
+        data = f.read()
+    out = []
+    for line in data.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") == "mitigation" and rec.get("steps"):
+            s = rec["steps"][-1]
+            out.append(f"{s['step']} {rec.get('proto')}/{rec.get('port')}: {s['detail']}")
+    return out
+
+
+# ---- the clients ----
+
+UDP_CLIENT = r"""
+import json, socket, sys, time
+dst, port, dur, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+out, i, gap = [], 0, 1.0 / rate
+end = time.time() + dur
+nxt = time.time()
+while time.time() < end:
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.settimeout(0.25)
+    t0, msg, ok = time.time(), b"probe-%d" % i, 0
+    i += 1
+    try:
+        s.sendto(msg, (dst, port))
+        while not ok:
+            data, _ = s.recvfrom(4096)
+            ok = int(msg in data)
+    except OSError:
+        pass
+    s.close()
+    out.append((round(t0, 4), ok))
+    nxt += gap
+    d = nxt - time.time()
+    if d > 0:
+        time.sleep(d)
+    else:
+        nxt = time.time()
+json.dump(out, sys.stdout)
+"""
+
+
+def udp_client(seconds: float, dst: str, out: dict) -> None:
+    p = subprocess.run(["ip", "netns", "exec", topology.require_up("client"), sys.executable, "-c", UDP_CLIENT, dst,
+                        str(topology.ECHO_PORT), f"{seconds:.2f}", str(UDP_RATE)], capture_output=True, text=True,
+                       timeout=seconds + 30, stdin=subprocess.DEVNULL)
+    out["udp"] = [tuple(x) for x in json.loads(p.stdout or "[]")]
+
+
+def web_client(seconds: float, dst: str, out: dict) -> None:
+    """ApacheBench: one request at a time, a new TCP connection each (HTTP/1.0), 2 s timeout;
+    per request (start second, ok) from its -g file."""
     with tempfile.NamedTemporaryFile(prefix="xdpguard-ab-", suffix=".tsv", delete=False) as tf:
         gfile = tf.name
+    url = f"http://[{dst}]/" if ":" in dst else f"http://{dst}/"
     try:
-        t0 = time.monotonic()
-        p = subprocess.run(["ip", "netns", "exec", topology.require_up("client"), "ab", "-q", "-r", "-c", "1",
-                            "-n", "10000000", "-t", f"{duration:.1f}", "-s", "2", "-g", gfile, f"http://{P}/"],
-                           capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL)
-        elapsed = time.monotonic() - t0
-        times = []
+        subprocess.run(["ip", "netns", "exec", topology.require_up("client"), "ab", "-q", "-r", "-c", "1",
+                        "-n", "10000000", "-t", str(max(1, round(seconds))), "-s", "2", "-g", gfile, url],
+                       capture_output=True, text=True, timeout=seconds + 30, stdin=subprocess.DEVNULL)
+        reqs = []
         for line in Path(gfile).read_text().splitlines()[1:]:
             f = line.split("\t")
             if len(f) >= 5:
-                times.append(float(f[4]))  # ttime: the whole request, connect included (ms)
+                reqs.append((float(f[1]), 1))  # a line per completed request: its start second
+        out["web"] = reqs
     finally:
         os.unlink(gfile)
-    m = re.search(r"Complete requests:\s+(\d+)", p.stdout)
-    failed = re.search(r"Failed requests:\s+(\d+)", p.stdout)
-    took = re.search(r"Time taken for tests:\s+([\d.]+)", p.stdout)
-    done = int(m[1]) if m else 0
-    bad = int(failed[1]) if failed else (0 if m else 1)
-    ok = max(done - bad, 0)
-    span = float(took[1]) if took else elapsed
-    return probe.ProbeResult(proto="http", dst=P, port=80, sent=done, ok=ok,
-                             success_pct=100.0 * ok / done if done else 0.0,
-                             p50_ms=probe.percentile(times, 50), p99_ms=probe.percentile(times, 99),
-                             max_ms=max(times) if times else None, elapsed_s=span,
-                             errors={"failed": bad} if bad else {},
-                             slow=sum(1 for t in times if t >= 900))
 
 
-def client(kind: str, duration: float) -> probe.ProbeResult:
-    if kind == "ab":
-        return ab_client(duration)
-    return probe.in_lab("http", 1_000_000, timeout=1.5, interval=0.0, duration=duration)
+def rate_in(reqs: list[tuple[float, int]], t0: float, t1: float) -> float:
+    """Answered requests/s among those started in [t0, t1)."""
+    if t1 <= t0:
+        return 0.0
+    return sum(ok for t, ok in reqs if t0 <= t < t1) / (t1 - t0)
 
 
-def cpu_ticks(pid: int | None) -> tuple[int, int, int]:
-    """(the daemon's user+system ticks, the machine's softirq ticks, all ticks) from /proc."""
-    own = 0
-    if pid is not None:
+def recovery(reqs: list[tuple[float, int]], end: float, until: float, want: float, step: float) -> float | None:
+    """Seconds after `end` from which every `step`-long bin up to `until` answers ≥ want/s
+    (bins aligned to `end`, or to whole seconds for ab); None: not within the window."""
+    if want <= 0:
+        return 0.0
+    start = end if step < 1 else float(int(end) + 1)
+    bins = []
+    t = start
+    while t + step <= until + 1e-9:
+        bins.append((t, rate_in(reqs, t, t + step) >= want))
+        t += step
+    ok_from = None
+    for t, ok in reversed(bins):
+        if not ok:
+            break
+        ok_from = t
+    return None if ok_from is None else round(max(0.0, ok_from - end), 2)
+
+
+# ---- one run: a flood (or its control) with both clients ----
+
+
+class Lab:
+    def __init__(self, duration: float):
+        self.duration = duration
+        self.daemon: subprocess.Popen | None = None
+        self.mac = ""
+        self.events = Path(os.environ["XDPGUARD_STATE_DIR"]) / "events.jsonl"
+        self.daemon_log = Path(os.environ["XDPGUARD_STATE_DIR"]) / "daemon.log"
+        self.ct_max = 0
+
+    def start_daemon(self) -> None:
+        self.stop_daemon()
+        log = self.daemon_log.open("a")
+        self.daemon = subprocess.Popen(["ip", "netns", "exec", topology.ns_name("prot"), *topology.xdpguard_argv(),
+                                        "run"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        log.close()
+
+    def stop_daemon(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            os.killpg(self.daemon.pid, signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.daemon.pid, signal.SIGKILL)
+                self.daemon.wait(timeout=10)
+        self.daemon = None
+
+    def monitor(self, on: bool) -> None:
+        xg_prot("monitor", "on" if on else "off", "--iface", topology.PROT_IFACE, check=True)
+
+    def _spawn(self, gen: Callable[[int], list[str]], port: int, seconds: float, tmp: list[str]) -> subprocess.Popen:
+        argv = gen(port)
+        if isinstance(gen, Trafgen):
+            with tempfile.NamedTemporaryFile("w", prefix="xg-acc-", suffix=".cfg", delete=False) as f:
+                f.write(gen.conf(port, self.mac))
+            tmp.append(f.name)
+            argv = [f.name if a == "{conf}" else a for a in argv]
+        return subprocess.Popen(["ip", "netns", "exec", topology.ns_name("attacker"), "timeout", "-s", "INT",
+                                 "-k", "2", f"{seconds:.2f}", *argv], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def flood(self, gen, port: int, seconds: float, pulse: tuple[float, float] | None) -> None:
+        """The generator for `seconds` (or pulsed: on/off slices within them); bounded by count
+        and by time (timeout -s INT, then KILL)."""
+        tmp: list[str] = []
         try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            own = int(f[11]) + int(f[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return own, cpu[6], sum(cpu)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                on = min(pulse[0] if pulse else seconds, end - time.monotonic())
+                if on <= 0.05:
+                    break
+                self._spawn(gen, port, on, tmp).wait(timeout=on + 10)
+                if pulse:
+                    time.sleep(min(pulse[1], max(0.0, end - time.monotonic())))
+                else:
+                    break
+        finally:
+            for f in tmp:
+                os.unlink(f)
+
+    def flush_conntrack(self) -> None:
+        """Each run starts from an empty table: a flood in monitor mode fills it (262,144 entries,
+        seen with reflection to random ports) and the next run would measure that one's tail."""
+        topology.in_ns(topology.ns_name("prot"), sys.executable, "-c",
+                       "from pyroute2 import Conntrack; Conntrack().flush()", check=False)
+
+    def run(self, row: Row, control: bool) -> dict:
+        port = CLOSED if control else row.port
+        self.flush_conntrack()
+        dst = P6 if row.six else P4
+        if row.fresh:
+            self.start_daemon()
+            time.sleep(1.5)  # its first rounds: no peacetime behind it
+        ev0 = self.events.stat().st_size if self.events.exists() else 0
+        ct_before = conntrack()
+        c0, b0 = counters(), topology.backend_counts()
+        ct = ConntrackWatch()
+        ct.start()
+        first = row.before
+        span = self.duration * (2 if first else 1)
+        out: dict = {}
+        clients = [threading.Thread(target=udp_client, args=(span + 1 + RECOVER_S, dst, out)),
+                   threading.Thread(target=web_client, args=(span + 1 + RECOVER_S, dst, out))]
+        for t in clients:
+            t.start()
+        time.sleep(1.0)
+        tx0 = tx_packets()
+        if first:
+            self.flood(first[0], CLOSED if control else first[1], self.duration, None)
+        t_start = time.time()
+        self.flood(row.gen, port, self.duration, row.pulse)
+        t_end = time.time()
+        sent = tx_packets() - tx0
+        for t in clients:
+            t.join()
+        ct.stop.set()
+        ct.join()
+        c1, b1 = counters(), topology.backend_counts()
+        drops = {f"{k[0]} {k[1]}": v - c0.get(k, 0) for k, v in c1.items()
+                 if k[0] != "pass" and v - c0.get(k, 0) > 0}
+        udp, web = out.get("udp", []), out.get("web", [])
+        return {"t_start": t_start, "t_end": t_end, "sent": sent, "backend": b1.get("attack", 0) - b0.get("attack", 0),
+                "udp_rate": rate_in(udp, t_start, t_end), "web_rate": rate_in(web, float(int(t_start) + 1),
+                                                                              float(int(t_end))),
+                "udp": udp, "web": web, "conntrack_peak": ct.peak, "conntrack_before": ct_before, "drops": drops,
+                "steps": mitigation_steps(self.events, ev0)}
 
 
-def one(name: str, argv: list[str], duration: float, daemon_pid: int | None = None, kind: str = "ab",
-        settle: float = 12.0) -> dict:
-    before, b0 = counters(), topology.backend_counts()
-    c0 = cpu_ticks(daemon_pid)
-    watch = MitigationWatch(Path(os.environ["XDPGUARD_STATE_DIR"]) / "events.jsonl")
-    watch.start()
-    ct0 = conntrack_count()
-    ct = ConntrackWatch()
-    ct.start()
-    t0 = time.time()
-    gen = subprocess.Popen(["ip", "netns", "exec", topology.ns_name("attacker"), "timeout", "-s", "INT",
-                            str(duration + 1), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(1.0)
-    res = client(kind, duration - 1.0)
-    c1 = cpu_ticks(daemon_pid)
-    out, _ = gen.communicate(timeout=duration + 30)
-    t_end = time.time()
-    ct.stop.set()
-    ct.join()
-    hz = os.sysconf("SC_CLK_TCK")
-    span = max(res.elapsed_s, 1e-6)
-    daemon_cpu = 100.0 * (c1[0] - c0[0]) / hz / span  # % of one core while the client ran
-    softirq = 100.0 * (c1[1] - c0[1]) / max(c1[2] - c0[2], 1)  # % of all CPUs
-    time.sleep(settle)  # mitigations must be lifted within 10 s of the end
-    watch.stop.set()
-    watch.join()
-    after, b1 = counters(), topology.backend_counts()
-    moved = {f"{k[0]} {k[1]}": v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
-    sent = re.search(r"(\d+) packets transmitted", out or "")
-    on = next((t - t0 for t, n in watch.changes if n > 0 and t >= t0), None)
-    off = next((t - t_end for t, n in watch.changes if t >= t_end and n == 0), None) if on is not None else None
-    received = sum(v for k, v in moved.items() if not k.endswith("bypass"))
-    return {"attack": name, "tool": argv[0], "sent": int(sent[1]) if sent else None, "received": received,
-            "probe": res.to_dict(), "drops": {k: v for k, v in moved.items() if k.startswith("drop")},
-            "backend": b1["attack"] - b0["attack"], "mitigation_on_s": on, "mitigation_off_s": off,
-            "daemon_cpu_pct": round(daemon_cpu, 1), "softirq_pct": round(softirq, 1),
-            "conntrack_before": ct0, "conntrack_peak": ct.peak}
+def share(x: float, ctl: float) -> float:
+    return x / ctl if ctl > 0 else 0.0
 
 
-def rate(r: dict) -> float:
-    return r["probe"]["ok"] / max(r["probe"]["elapsed_s"], 1e-6)
+def row_result(row: Row, ctl: dict, enf: dict, mon: dict, ct_max: int) -> dict:
+    out: dict = {"attack": row.name, "tool": row.gen(0)[0]}
+    for mode, r in (("enforcing", enf), ("monitor", mon)):
+        u_want, w_want = TARGET_SHARE * ctl["udp_rate"], TARGET_SHARE * ctl["web_rate"]
+        until = r["t_end"] + RECOVER_S
+        out[mode] = {
+            "udp_share": round(share(r["udp_rate"], ctl["udp_rate"]), 3),
+            "web_share": round(share(r["web_rate"], ctl["web_rate"]), 3),
+            "udp_recovery_s": recovery(r["udp"], r["t_end"], until, u_want, 0.25),
+            "web_recovery_s": recovery(r["web"], r["t_end"], until, w_want, 1.0),
+            "conntrack_peak": r["conntrack_peak"], "conntrack_before": r["conntrack_before"],
+            "conntrack_share": round(r["conntrack_peak"] / max(ct_max, 1), 3),
+            "sent": r["sent"], "backend": r["backend"],
+            "backend_share": round(r["backend"] / r["sent"], 4) if r["sent"] else 0.0,
+            "drops": r["drops"], "steps": r["steps"]}
+    out["control"] = {"udp_rate": round(ctl["udp_rate"], 1), "web_rate": round(ctl["web_rate"], 1),
+                      "sent": ctl["sent"]}
+    e, m = out["enforcing"], out["monitor"]
+    out["targets"] = {
+        "client_share": min(e["udp_share"], e["web_share"]) >= TARGET_SHARE,
+        "enforcing_ge_monitor": e["udp_share"] >= m["udp_share"] and e["web_share"] >= m["web_share"],
+        "recovery": all(v is not None and v <= TARGET_RECOVERY_S for v in (e["udp_recovery_s"], e["web_recovery_s"])),
+        "conntrack": e["conntrack_share"] < TARGET_CONNTRACK}
+    return out
 
 
-def median_round(rs: list[dict]) -> dict:
-    """The round with the median share of its own control (each attack run has a control run
-    just before it: this 2-core machine's spare CPU drifts within minutes)."""
-    return sorted(rs, key=share)[len(rs) // 2]
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def share(r: dict) -> float:
-    return rate(r) / max(rate(r["control"]), 1e-6) if r.get("control") else 1.0
+def backend_alive(within_s: float = 15.0) -> dict:
+    """After the catalogue: the lab's echo still answers (UDP and TCP) and the web server too —
+    each within `within_s` of its first try (a backend may still be draining the last flood);
+    "after_s" says when (a spoofed UDP flood with random ports exhausts the protector's NAT ports
+    towards the backend's udp/7 — ~64.5k conntrack entries — and the echo is unreachable until
+    they expire, though it runs)."""
+    ns = topology.require_up("client")
+    t0 = time.monotonic()
+    checks = {"echo_udp": ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe", "--proto",
+                           "udp", "--dst", P4, "--port", str(topology.ECHO_PORT), "--timeout", "1"],
+              "echo_tcp": ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe", "--proto",
+                           "tcp", "--dst", P4, "--port", str(topology.ECHO_PORT), "--timeout", "1"],
+              "http": ["ip", "netns", "exec", ns, "ab", "-q", "-n", "1", "-s", "1", f"http://{P4}/"]}
+    res: dict = {}
+    after: dict = {}
+    for name, argv in checks.items():
+        res[name] = False
+        t0 = time.monotonic()  # each check has its own `within_s`
+        while not res[name] and time.monotonic() - t0 < within_s:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            res[name] = p.returncode == 0 if name != "http" else \
+                bool(re.search(r"Complete requests:\s+1", p.stdout)) and "Failed requests:        0" in p.stdout
+            if not res[name]:
+                time.sleep(0.5)
+        after[name] = round(time.monotonic() - t0, 1)
+    return res | {"after_s": after}
 
 
-def row(r: dict) -> str:
-    p = r["probe"]
-    rate = p["ok"] / max(p["elapsed_s"], 1e-6)
-    pct = 100 * share(r)
-    drops = ", ".join(f"{k.split()[1]} {v:,}" for k, v in sorted(r["drops"].items(), key=lambda kv: -kv[1])[:3])
-    att = r["received"] or r["sent"] or 0
-    back = f"{r['backend']:,} ({100 * r['backend'] / att:.2f} %)" if att else f"{r['backend']:,}"
-    mit = "-" if r["mitigation_on_s"] is None else (
-        f"on +{r['mitigation_on_s']:.1f} s, off +{r['mitigation_off_s']:.1f} s" if r["mitigation_off_s"] is not None
-        else f"on +{r['mitigation_on_s']:.1f} s, still on")
-    p99 = "-" if p["p99_ms"] is None else f"{p['p99_ms']:.0f}"
-    return (f"| {r['attack']} | {r['received']:,} | {rate:,.0f} ({pct:.0f} %) | {p['success_pct']:.1f} % | {p99} | "
-            f"{p.get('slow', 0)} | {back} | {drops or '-'} | {mit} | {r.get('daemon_cpu_pct', 0):.0f} % | "
-            f"{r.get('softirq_pct', 0):.0f} % | {r['conntrack_peak']:,} ({r['conntrack_peak'] - r['conntrack_before']:+,}) |")
+def fmt_pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
 
 
-def main() -> int:
+def fmt_s(x: float | None) -> str:
+    return f">{RECOVER_S:g} s" if x is None else f"{x:.2f} s"
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| attack | tool | flood pkts sent enf / mon | UDP client enf / mon | web client enf / mon | "
+             "recovery UDP / web (enf) | conntrack peak enf / mon | flood at backend enf / mon | daemon | targets |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        e, m, t = r["enforcing"], r["monitor"], r["targets"]
+        steps = "; ".join(dict.fromkeys(s.split(":")[0] for s in e["steps"])) or "-"
+        miss = [k for k, ok in t.items() if not ok]
+        lines.append(
+            f"| {r['attack']} | {r['tool']} | {e['sent']:,} / {m['sent']:,} | "
+            f"{fmt_pct(e['udp_share'])} / {fmt_pct(m['udp_share'])} | "
+            f"{fmt_pct(e['web_share'])} / {fmt_pct(m['web_share'])} | {fmt_s(e['udp_recovery_s'])} / "
+            f"{fmt_s(e['web_recovery_s'])} | {fmt_pct(e['conntrack_share'])} / {fmt_pct(m['conntrack_share'])} | "
+            f"{100 * e['backend_share']:.2f} % / {100 * m['backend_share']:.2f} % | {steps} | "
+            f"{'all met' if not miss else 'missed: ' + ', '.join(miss)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global PPS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=6.0, help="seconds per flood (2 to 30)")
-    ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--quick", action="store_true", help="the quick subset (about 4 minutes)")
+    ap.add_argument("--full", action="store_true", help="the whole catalogue (about 25 minutes)")
     ap.add_argument("--only", action="append", default=[], metavar="TEXT",
-                    help="run only the attacks whose name contains TEXT (repeatable; the control always runs)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="run the whole list this many times (1 to 5); each row is the round with the median rate")
-    ap.add_argument("--client", choices=("ab", "probe"), default="ab",
-                    help="the legitimate client: ApacheBench (default) or xdpguard's own Python probe")
-    a = ap.parse_args()
-    rounds = min(max(a.rounds, 1), 5)
-    attacks = [x for i, x in enumerate(ATTACKS) if i == 0 or not a.only or any(o in x[0] for o in a.only)]
+                    help="the rows whose name contains TEXT (repeatable)")
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds per flood (2 to 30)")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--pps", type=int, default=30_000, help="generators' packets/s (default 30,000; 0: flat out)")
+    ap.add_argument("--list", action="store_true", help="list the catalogue and exit")
+    a = ap.parse_args(argv)
+    if a.list:
+        for r in CATALOGUE:
+            print(f"{'Q' if r.name in QUICK else ' '} {r.name}")
+        return 0
+    rows = [r for r in CATALOGUE if (a.full or (a.quick and r.name in QUICK) or any(o in r.name for o in a.only))]
+    if not rows:
+        print("acceptance: error: no row chosen (use --quick, --full or --only TEXT; --list shows them)",
+              file=sys.stderr)
+        return 2
     duration = min(max(a.duration, 2.0), 30.0)
+    PPS = max(0, min(a.pps, 10_000_000))
     os.environ.setdefault("XDPGUARD_LAB_NAME", f"acc{os.getpid() % 100000}")
-    # a private state dir: the daemon's event log and the lab's records go there and with it
     own_state = "XDPGUARD_STATE_DIR" not in os.environ
     if own_state:
         os.environ["XDPGUARD_STATE_DIR"] = tempfile.mkdtemp(prefix="xdpguard-acceptance-")
-    daemon = None
+    lab = Lab(duration)
     results: list[dict] = []
+    alive: dict = {}
     try:
         up = topology.up(protected=True)
         topology.shape_backend()
-        prot = topology.ns_name("prot")
-        daemon = subprocess.Popen(["ip", "netns", "exec", prot, *topology.xdpguard_argv(), "run"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)
+        lab.mac = attack._mac(topology.ns_name("prot"), topology.PROT_IFACE)
+        lab.ct_max = conntrack("max")
+        lab.start_daemon()
         time.sleep(11)  # the TCP-state grace after attach
-        base = client(a.client, duration - 1.0)
-        base_ct = conntrack_count()
-        print(f"lab up (XDP {up.xdp_mode}); no attack: {probe.describe(base)}", flush=True)
-        for rnd in range(rounds):
-            for name, argv in attacks[1:]:
-                ctl = one(attacks[0][0], attacks[0][1], duration, daemon.pid, a.client, settle=2.0)
-                print(f"{ctl['attack']}: {probe.describe(probe.ProbeResult(**ctl['probe']))}", flush=True)
-                r = one(name, argv, duration, daemon.pid, a.client) | {"round": rnd, "control": ctl}
-                results.append(r)
-                print(f"{name}: {probe.describe(probe.ProbeResult(**r['probe']))} "
-                      f"({100 * share(r):.0f} % of the control just before)", flush=True)
+        peace: dict = {}  # peacetime: both clients, so that the daemon has a baseline (at 1 in 256
+        ths = [threading.Thread(target=f, args=(WARMUP_S, P4, peace)) for f in (udp_client, web_client)]
+        for t in ths:  # samples, about 100 of the interface's in 20 s: the evidence a filter needs)
+            t.start()
+        for t in ths:
+            t.join()
+        print(f"lab up (XDP {up.xdp_mode}), daemon running, {WARMUP_S:g} s of peacetime: UDP client "
+              f"{sum(ok for _, ok in peace['udp']) / WARMUP_S:.0f} answers/s, web client "
+              f"{len(peace['web']) / WARMUP_S:.0f} answers/s; load {load()}", flush=True)
+        for i, row in enumerate(rows):
+            ctl = lab.run(row, control=True)
+            runs: dict = {}
+            for mode in (("enforcing", "monitor") if i % 2 == 0 else ("monitor", "enforcing")):  # no order bias
+                lab.monitor(mode == "monitor")
+                try:
+                    runs[mode] = lab.run(row, control=False)
+                finally:
+                    lab.monitor(False)
+            enf, mon = runs["enforcing"], runs["monitor"]
+            r = row_result(row, ctl, enf, mon, lab.ct_max) | {"load": load()}
+            results.append(r)
+            e, m = r["enforcing"], r["monitor"]
+            print(f"{row.name}: UDP {fmt_pct(e['udp_share'])} (monitor {fmt_pct(m['udp_share'])}), web "
+                  f"{fmt_pct(e['web_share'])} (monitor {fmt_pct(m['web_share'])}), recovery "
+                  f"{fmt_s(e['udp_recovery_s'])} / {fmt_s(e['web_recovery_s'])}; load {r['load']}", flush=True)
+        alive = backend_alive()
     finally:
-        if daemon is not None:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            daemon.wait(timeout=30)
+        lab.stop_daemon()
+        log = lab.daemon_log.read_text() if lab.daemon_log.exists() else ""
         topology.down()
         if own_state:
             shutil.rmtree(os.environ["XDPGUARD_STATE_DIR"], ignore_errors=True)
-    rows = [median_round([r for r in results if r["attack"] == name]) for name, _ in attacks[1:]]
-    controls = sorted((r["control"] for r in results), key=rate)
-    print("\n| attack | packets at XDP | client req/s (of control) | answered | p99 ms | slow (>= 0.9 s) | "
-          "attack pkts at backend | XDP drops | automatic mitigation | daemon CPU (of a core) | softirq (of all) | "
-          "conntrack peak (change) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| no attack | - | {base.ok / max(base.elapsed_s, 1e-6):,.0f} | {base.success_pct:.1f} % | "
-          f"{base.p99_ms or 0:.0f} | {base.slow} | - | - | - | - | - | {base_ct:,} |")
-    print(row(controls[len(controls) // 2]).replace("(100 %)", f"(median of {len(controls)} runs)", 1))
-    for r in rows:
-        print(row(r))
-    if rounds > 1:
-        print("\nclient req/s per round (share of the control run just before it): " + "; ".join(
-            f"{name}: " + ", ".join(f"{rate(r):.0f} ({100 * share(r):.0f} %)" for r in results if r["attack"] == name)
-            for name, _ in attacks[1:]))
+    print("\n" + table(results))
+    print(f"\nbackend after the catalogue: {alive}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"base": base.to_dict(), "results": results}, indent=1))
+        Path(a.json).write_text(json.dumps({"results": results, "backend_alive": alive, "duration_s": duration,
+                                            "daemon_log": log[-20000:]}, indent=1))
     return 0
 
 

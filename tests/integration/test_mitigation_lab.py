@@ -224,7 +224,7 @@ def test_udp_flood_mitigated_within_a_second_and_lifted(lab):
 def test_client_through_the_onset_of_a_flood_without_a_baseline(lab):
     """A fresh daemon (no peacetime baseline) and a real HTTP client already running when a
     spoofed SYN flood below the SYN threshold starts at the forwarded tcp/80. The flood gets its
-    filter (flags S); what passes after it is the client itself, above the (low) trigger — its
+    filter (flags S) or, with too little peacetime evidence, a refusal; what passes after it is the client itself, above the (low) trigger — its
     established connections' segments must not be taken for flood, or the "adapt: widen" filter
     sweeps the client in (seen in the lab: "length 54-144, ttl 64")."""
     time.sleep(max(0.0, lab.up_at + 11 - time.monotonic()))  # XDP validates TCP state after the grace
@@ -257,7 +257,9 @@ def test_client_through_the_onset_of_a_flood_without_a_baseline(lab):
     print(f"\nclient through a SYN-flood onset, no baseline: {http['ok']}/{http['sent']} answered "
           f"({http['success_pct']:.1f} %), p99 {http['p99_ms']} ms; mitigations: "
           f"{[(r['fingerprint'], r['last_step']) for r in recs]}\n{out}")
-    assert "mitigation" in out and "install" in out, out  # the flood was taken on
+    # the flood was taken on: a filter when the few seconds of peacetime gave enough evidence, else
+    # a refusal saying so (0 samples is no evidence, issue 25) — never one on the client's shape
+    assert "mitigation" in out and ("install" in out or "no peacetime baseline" in out), out
     assert "widen" not in out, out
     assert all(r["filter"]["tcp_flags"] and r["filter"]["tcp_flags"][1] & 0x02 for r in recs), recs
     assert http["success_pct"] >= 95, http
@@ -427,3 +429,48 @@ def test_connection_limits_ban_offenders_and_cap_conntrack(lab):
     assert mine and mine[0]["reason"] == "connlimit", (bans, out)
     assert "over a connection limit" in out, out
     assert probes["http"]["ok"] < probes["http"]["sent"], probes
+
+
+ECHO_CHECK = r"""
+set -e
+ip link set lo up
+"$PY" -m xdpguard.lab.echo serve --port 7007 --duration 20 > "$LOG" 2>&1 &
+server=$!
+for i in $(seq 50); do "$PY" -m xdpguard.lab.echo probe --proto udp --dst 127.0.0.1 --port 7007 --timeout 0.2 \
+    >/dev/null 2>&1 && break; sleep 0.1; done
+# every reply refused on the way out (sendto fails: EPERM here; EAGAIN/ENOBUFS under a lab flood)
+nft -f - <<'NFT'
+table inet xgecho {
+ chain o {
+  type filter hook output priority 0; policy accept;
+  udp sport 7007 drop
+ }
+}
+NFT
+"$PY" - <<'PY'
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(3000):
+    s.sendto(b"x" * 64, ("127.0.0.1", 7007))
+idle = [socket.create_connection(("127.0.0.1", 7007)) for _ in range(600)]  # never send: fds kept open
+PY
+sleep 0.5
+nft delete table inet xgecho
+"$PY" -m xdpguard.lab.echo probe --proto udp --dst 127.0.0.1 --port 7007 --timeout 2
+"$PY" -m xdpguard.lab.echo probe --proto tcp --dst 127.0.0.1 --port 7007 --timeout 2
+kill -0 $server
+kill $server
+"""
+
+
+def test_lab_echo_survives_failing_replies_and_idle_connections(tmp_path):
+    """Issue 25: the lab's backend echo went down under a UDP flood and never came back — a
+    non-blocking sendto that fails (a full buffer, ENOBUFS, here EPERM from an nft drop on
+    output) raised out of serve(). In a private network namespace (unshare -n): 3000 requests
+    whose replies all fail, 600 idle TCP connections, then the echo still answers UDP and TCP."""
+    log = tmp_path / "echo.log"
+    p = subprocess.run(["unshare", "-n", "bash", "-c", ECHO_CHECK], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PY": sys.executable, "LOG": str(log)}, stdin=subprocess.DEVNULL,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0, (p.stdout, p.stderr, log.read_text() if log.exists() else "")
+    assert p.stdout.count("from 127.0.0.1|ping") == 2, p.stdout

@@ -16,17 +16,33 @@ A service whose unresolved rate is at least `min_pps` and `factor` times its pea
 under attack. Its fingerprint (`derive`) is what most of the round's flood samples share:
 frame length, TTL, source port, TCP flags, payload bytes at fixed offsets (one 16-byte window
 with a mask) or, without those, the IPv4 ID — each taken only when ≥ 95% of the flood's main
-cluster has it. The filter is refused when it would have matched more than `max_share` of the
-baseline (the service's, or the interface's when the service has too few samples), when it
-names nothing beyond protocol and port, or, with no baseline at all, when it has fewer than two
-conditions. The round's segments of established TCP connections (clean, ACK without SYN/RST,
-while XDP validates TCP state for the address: `established`) are the real clients even before a
-baseline exists: no packet of their sources counts as flood (their SYNs neither), and a filter
-matching more than `max_share` of them is refused too. A flood that escapes the installed filters (it changed) gets another filter for
-what now passes (adapt: widen, up to MAX_PER_SERVICE per service); a filter no sample has hit
-for `hold_s` while the attack goes on is removed (adapt: narrow); when the service's rate,
-mitigated drops included, stays below half of `min_pps` for `hold_s`, every filter of the
-service is lifted — unless pinned (`xdpguard mitigations pin`).
+cluster has it. The filter is refused when it names nothing beyond protocol and port, or when it
+would have matched more than `max_share` of the baseline (the service's, or the interface's when
+the service has too few samples) or of the verified clients' samples.
+
+First, do no harm (issue 25):
+- *Evidence.* Fewer than MIN_BASELINE peacetime samples is no evidence: refused ("0.0 % of 0
+  samples" accepted the lab's UDP client as a flood). A fingerprint whose every condition is one
+  real clients share (a client TTL, a length, ordinary TCP flags, payload bytes: `rare_conditions`
+  finds none) needs EVIDENCE_MIN samples (the rule of three at 3 %); a bare TCP segment with
+  client flags needs a rarer condition whatever the baseline says — a client's ACK after a
+  SYN-cookie handshake (no timestamp option) is exactly "length 54, ttl 64, flags ack", which a
+  baseline of timestamped connections never shows.
+- *Verified clients.* Sources with an established TCP connection in the round (unspoofable
+  while XDP validates TCP state: `established`) and sources the service answered
+  (xg_goodsrc_hash), seen passing in peacetime — learned two rounds late and never during an
+  attack, since a spoofed flood is answered too. Their packets never count as flood, every
+  fingerprint is checked against what they sent (`_Service.evidence`), a widen may match none of
+  it, and a filter that drops one of them (its sampled drops, or the XDP counters of
+  `VerifiedDrops`) is removed in that round and not reinstalled while the attack lasts.
+- *Prompt lift.* A flood that stops for LIFT_S (1 s, at most `hold_s`) lifts its filters; if it
+  comes back within REARM_S (a pulsed flood) the lifted filter is re-armed at once.
+
+A flood that escapes the installed filters (it changed) gets another filter for what now passes
+(adapt: widen, up to MAX_PER_SERVICE per service); a filter no sample has hit for `hold_s`
+while the attack goes on is removed (adapt: narrow). Pinned filters (`xdpguard mitigations
+pin`) stay. A refused service is derived again at most once a second, from at most DERIVE_MAX
+samples (the daemon's CPU is the clients' CPU on a small box).
 
 Mitigations are dynamic state: kernel filters with action XG_FA_MITIGATE after the operator's
 (policy.write_mitigation_filters; `export` and `apply` never see them) and records in the
@@ -43,6 +59,8 @@ sample's snap length (128 bytes of the frame).
 from __future__ import annotations
 
 import ipaddress
+import random
+import re
 import struct
 import time
 import uuid
@@ -52,7 +70,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from . import config, connlimit, events, levels, policy, protection, state, tcpstate
-from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
+from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX, MapName
 from .errors import UserError
 
 STATE_KEY = "mitigations"
@@ -64,6 +82,19 @@ MIN_COVERAGE = 0.5  # a fingerprint must match at least this share of the round'
 SPECIFIC_COVERAGE = 0.8  # a more specific fingerprint wins if it covers this share of the best one's
 MIN_BASELINE = 20  # fewer baseline samples of a service: compare with the interface's instead
 PAYLOAD_SCAN = 64  # payload offsets looked at for constant bytes
+# "First, do no harm": what real clients share, and how much peacetime evidence a filter needs.
+DEFAULT_TTLS = (64, 128, 255)  # the initial TTLs of real stacks (Linux/BSD, Windows, network gear)
+TTL_HOPS = 32  # a real client arrives with its stack's TTL minus at most this many hops
+CLIENT_BOUND = 0.03  # a client-shaped fingerprint needs evidence that ≤ 3 % of clients match it …
+EVIDENCE_MIN = 100  # … i.e. 0 matches in ≥ 3 / CLIENT_BOUND peacetime samples (the rule of three, 95 %)
+HEADER_SLACK = 6  # bytes past the TCP header of a "bare" segment (Ethernet padding to 60)
+# TCP flags every client sends: ACK, PSH-ACK, FIN-ACK, FIN-PSH-ACK, RST, RST-ACK (its SYNs carry options)
+CLIENT_FLAGS = frozenset({0x10, 0x18, 0x11, 0x19, 0x04, 0x14})
+DERIVE_MAX = 1024  # flood samples a derivation looks at (a random subset: bounded daemon CPU)
+EVIDENCE_MAX = 1024  # verified clients' samples kept per service
+REFUSED_RETRY_S = 1.0  # a refused service is derived again at most this often while the flood lasts
+REARM_S = 60.0  # a lifted filter comes back at once when its flood resumes within this long (pulsed floods)
+LIFT_S = 1.0  # lifted after this long without flood (at most the settings' hold_s)
 
 
 @dataclass(frozen=True)
@@ -282,7 +313,8 @@ def _payload_window(cluster: list[Features]) -> tuple[int, bytes, bytes] | None:
 
 def _fingerprint(cluster: list[Features], proto: str, port: int) -> tuple[dict, list[str]]:
     """The filter fields (and their descriptions) that ≥ CONSTANT_SHARE of the cluster shares."""
-    kw: dict = {"action": policy.MITIGATE, "proto": proto if proto in policy.PROTO_NUMBERS else None}
+    # (derive refuses other protocols: a filter without one would match every protocol)
+    kw: dict = {"action": policy.MITIGATE, "proto": "icmp" if proto == "icmpv6" else proto}
     conds: list[str] = []
     if port and proto in ("tcp", "udp"):
         kw["dport"] = (port, port)
@@ -323,6 +355,58 @@ def _fingerprint(cluster: list[Features], proto: str, port: int) -> tuple[dict, 
     return kw, conds
 
 
+def _gist(refused: str | None) -> str:
+    """A refusal without its numbers: said once per attack, not once per changed percentage."""
+    return re.sub(r"\d+(\.\d+)?", "#", refused or "")
+
+
+def _client_ttl(lo: int, hi: int) -> bool:
+    return any(t - TTL_HOPS <= hi and lo <= t for t in DEFAULT_TTLS)
+
+
+def _header_only(x: Features) -> bool:
+    return bool(x.payload_off) and x.length - x.payload_off <= HEADER_SLACK
+
+
+def rare_conditions(kw: dict, cluster: list[Features], proto: str) -> list[str]:
+    """The conditions of a fingerprint (_fingerprint's filter fields) that real clients do not
+    share: a TTL no real stack arrives with, TCP flags no client sends (a SYN without options
+    included), a constant well-known source port (reflection), a constant IPv4 ID other than 0
+    (Linux sends 0 on unconnected DF datagrams). Length, a client's TTL, ordinary flags and
+    payload bytes are what real clients share: a fingerprint of those alone needs evidence."""
+    out = []
+    if "ttl" in kw and not _client_ttl(*kw["ttl"]):
+        out.append("ttl")
+    if "tcp_flags" in kw:
+        v = kw["tcp_flags"][1]
+        if v == TCP_SYN:
+            if cluster and all(x.payload_off - x.l4_off == 20 for x in cluster):
+                out.append("syn without options")
+        elif v not in CLIENT_FLAGS:
+            out.append("flags")
+    if "sport" in kw and kw["sport"][0] < 1024:
+        out.append("sport")
+    if kw.get("payload_base") == "l3" and kw.get("payload_off") == 4 and kw.get("payload") != b"\0\0":
+        out.append("ip id")
+    return out
+
+
+def bare_segment(kw: dict, cluster: list[Features], proto: str) -> str | None:
+    """'a bare ACK (length 54)' when the fingerprint is a TCP segment without payload and with
+    client flags (or none named): real clients send these all the time, in shapes a baseline
+    may not hold (a SYN-cookie handshake strips the timestamp option: 54-byte ACKs)."""
+    if proto != "tcp" or kw.get("payload") or not cluster or not all(_header_only(x) for x in cluster):
+        return None
+    flags = kw.get("tcp_flags", (0, 0))[1]
+    if "tcp_flags" in kw and flags not in CLIENT_FLAGS:
+        return None
+    name = "flags " + "+".join(n for n, bit in policy.TCP_FLAGS.items() if flags & bit) if "tcp_flags" in kw \
+        else "any flags"
+    lo, hi = kw.get("length", (0, 65535))
+    size = f"length {lo}" if lo == hi else f"length {lo}-{hi}" if hi < 65535 else "any length"
+    return f"a bare TCP segment ({size}, {name})"
+
+
 def _clusters(attack: list[Features]) -> list[list[Features]]:
     """Candidate flood clusters: everything, and the samples sharing the most common value of
     each feature (or first payload byte) when that value covers ≥ 30% of them."""
@@ -343,15 +427,29 @@ def _clusters(attack: list[Features]) -> list[list[Features]]:
 
 def derive(attack: list[Features], baseline: list[Features], service: tuple[str, str, int], max_share: float,
            min_samples: int = 8, wider_baseline: list[Features] | None = None,
-           clients: list[Features] = ()) -> Derivation:
+           clients: list[Features] = (), strict_clients: bool = False) -> Derivation:
     """The fingerprint of the flood in `attack` (samples of one service) that matches at most
     max_share of `baseline` (the service's peacetime samples; `wider_baseline`, the interface's,
     is used when the service has fewer than MIN_BASELINE, and checked too when it has more) and
-    at most max_share of `clients` (the round's packets of established connections, `established`).
+    at most max_share of `clients` (the verified clients' packets: established connections,
+    sources the service answered in peacetime; none of them with `strict_clients`, for a widen).
+
+    First, do no harm: a baseline below MIN_BASELINE samples (the service's, the verified
+    clients' and the interface's together) is no evidence
+    and refuses; a fingerprint whose every condition is one real clients share (rare_conditions
+    finds none) needs EVIDENCE_MIN samples, and is refused outright when it is a bare TCP segment
+    (bare_segment: a client's ACK after a SYN-cookie handshake has exactly that shape, which a
+    baseline of timestamped connections never shows).
     Every candidate cluster gets its fingerprint; the best accepted one (most of the flood, then
     the most specific) wins; with none accepted, the refusal of the one covering most."""
     _, proto, port = service
+    if len(attack) > DERIVE_MAX:  # bounded daemon CPU: a random flood gives thousands of samples a round
+        attack = random.Random(len(attack)).sample(attack, DERIVE_MAX)
+    clients = list(clients)
     base = baseline if len(baseline) >= MIN_BASELINE or wider_baseline is None else wider_baseline
+    if proto not in policy.PROTO_NUMBERS and proto != "icmpv6":
+        return Derivation(None, 0.0, 0.0, len(base), (), f"a filter cannot name IP protocol {proto}: it would match "
+                                                         f"every protocol (block it: xdpguard proto)")
     if len(attack) < min_samples:
         return Derivation(None, 0.0, 0.0, len(base), (), f"only {len(attack)} flood samples (need {min_samples})")
     wide = wider_baseline if wider_baseline and base is not wider_baseline and len(wider_baseline) >= MIN_BASELINE \
@@ -369,17 +467,29 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
         if wide is not None:  # the filter has no destination address (see the module doc)
             bshare = max(bshare, share_matching(f, wide))
         d = Derivation(f, cov, bshare, len(base), tuple(conds))
+        rare = rare_conditions(kw, cluster, proto)
+        evidence = len(base) + len(clients) + (len(wide) if wide is not None else 0)
+        cmax = 0.0 if strict_clients else max_share
         if cov < MIN_COVERAGE:
             bad.append(replace(d, filter=None, refused=f"matches only {cov:.0%} of the flood"))
         elif bshare > max_share:
             bad.append(replace(d, filter=None, refused=f"would match {bshare:.1%} of the peacetime traffic "
                                                        f"(max {max_share:.1%}, {len(base)} samples)"))
-        elif clients and (cshare := share_matching(f, clients)) > max_share:
-            bad.append(replace(d, filter=None, refused=f"would match {cshare:.1%} of the established connections' "
-                                                       f"packets ({len(clients)} samples)"))
-        elif len(base) < MIN_BASELINE and len(conds) < 2:
-            bad.append(replace(d, filter=None, refused=f"no peacetime baseline ({len(base)} samples) and only one "
-                                                       f"condition ({conds[0]})"))
+        elif clients and (cshare := share_matching(f, clients)) > cmax:
+            bad.append(replace(d, filter=None, refused=f"would match {cshare:.1%} of the verified clients' packets "
+                                                       f"(established connections, answered sources; "
+                                                       f"{len(clients)} samples)"))
+        elif evidence < MIN_BASELINE:
+            bad.append(replace(d, filter=None, refused=f"no peacetime baseline ({len(base)} samples): no evidence "
+                                                       f"that real clients do not look like this"))
+        elif not rare and (bare := bare_segment(kw, cluster, proto)):
+            bad.append(replace(d, filter=None, refused=f"{bare} is what every TCP client sends (SYN-cookie "
+                                                       f"handshakes have no timestamp option): refused without "
+                                                       f"a rarer condition"))
+        elif not rare and evidence < EVIDENCE_MIN:
+            bad.append(replace(d, filter=None, refused=f"every condition is one real clients share and only "
+                                                       f"{evidence} peacetime samples show they do not match "
+                                                       f"(need {EVIDENCE_MIN})"))
         else:
             good.append(d)
     if good:
@@ -522,6 +632,39 @@ def delete(ifname: str | None, ident: str, suppress_s: float = Settings.suppress
 # ---- the engine (one per interface, in `xdpguard run`) ----
 
 
+SrcId = tuple[int, bytes]  # (family, the source address's bytes)
+VERIFIED_MAX = 65536  # verified sources the engine remembers (the oldest go first)
+LEARN_MAX = 256  # known-good look-ups per round
+
+
+def src_id(x: Features) -> SrcId:
+    return (x.family, x.src)
+
+
+def known_good_sources(maps, srcs: Iterable[SrcId]) -> set[SrcId]:
+    """Which of `srcs` xg_goodsrc_hash holds, unexpired (knowngood.h: the protected side
+    answered them — a TCP connection established through us, a UDP datagram from the service).
+    The engine's default `known_good`; read-only look-ups of the round's few sources.
+    XXX: belongs with the verified-clients reader (tcpstate/policy) once that merges."""
+    m = maps[MapName.GOODSRC]
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # bpf_ktime_get_ns's clock
+    out = set()
+    for fam, addr in srcs:
+        try:
+            v = m.get(policy.src_key(ipaddress.ip_address(addr)))
+        except ValueError:
+            continue
+        if v is not None and v.expires_ns > now:
+            out.add((fam, addr))
+    return out
+
+
+VerifiedDrops = Callable[[object], dict[int, int]]
+"""The verified-clients reader the engine expects: maps → {position of the mitigation filter in
+the list last given to policy.write_mitigation_filters: packets from verified sources it dropped
+(or, in monitor mode, would have) since that write}. None: not available (sampled evidence only)."""
+
+
 @dataclass
 class _Service:
     baseline: deque = field(default_factory=deque)
@@ -531,17 +674,32 @@ class _Service:
     attack_since: float | None = None  # wall clock of the first round above the trigger
     last_above: float = 0.0  # monotonic
     refused: str | None = None  # said once per attack
+    last_try: float = -1e9  # monotonic time of the last refused derivation
     peak_pps: float = 0.0
+    evidence: deque = field(default_factory=lambda: deque(maxlen=EVIDENCE_MAX))  # verified clients' samples
+    harmed: list = field(default_factory=list)  # filters removed for dropping verified clients (this attack)
+    rearm: list = field(default_factory=list)  # (record, monotonic time) lifted when the flood ended
 
 
 class Engine:
     """Feeds on (Snapshot, samples) rounds of one interface; installs, adapts and lifts.
     `clock` is monotonic seconds and `wall` wall-clock seconds (fakes in tests); `report`
-    gets a line per step."""
+    gets a line per step. `known_good(maps, [(family, addr)])` says which sources the protected
+    side answered (default: xg_goodsrc_hash); `verified_drops` is the XDP per-filter count of
+    verified sources dropped (VerifiedDrops; None: the samples are the only evidence).
+
+    Verified sources: those with an established TCP connection in the round (unspoofable while
+    XDP validates TCP state), and those the service answered (known-good) seen passing in
+    peacetime rounds, committed two rounds late and forgotten if an attack starts before (a
+    spoofed flood's sources get answers too). Their packets are never flood, every fingerprint
+    is checked against what they sent (`evidence`), and a filter that drops one of them is
+    removed in the round it is seen and not reinstalled while the attack lasts."""
 
     def __init__(self, iface: state.Iface, maps, settings: Settings = Settings(),
                  report: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, log: Callable[[dict], None] = log_record):
+                 wall: Callable[[], float] = time.time, log: Callable[[dict], None] = log_record,
+                 known_good: Callable[[object, Iterable[SrcId]], set[SrcId]] = known_good_sources,
+                 verified_drops: VerifiedDrops | None = None, tcpstate_on: Callable[[object, str], bool] | None = None):
         self.iface = iface
         self.maps = maps
         self.settings = settings
@@ -549,14 +707,22 @@ class Engine:
         self.clock = clock
         self.wall = wall
         self.log = log
+        self.known_good = known_good
+        self.verified_drops = verified_drops
+        self.tcpstate_on = tcpstate_on
         self.services: dict[tuple[str, str, int], _Service] = {}
         self.iface_baseline: deque = deque(maxlen=settings.baseline_max)
         self.iface_pending: deque = deque()
+        self.verified: dict[SrcId, float] = {}  # verified source → monotonic time last confirmed
+        self.verified_pending: deque = deque()  # (round, {SrcId}) learned in peacetime, not yet committed
+        self.vd_base: dict[str, int] = {}  # record id → its verified_drops count at the last read
         self.last_hit: dict[str, float] = {}  # record id → monotonic time of its last sampled drop
         self.dropped: dict[str, int] = {}  # record id → packets its sampled drops stand for (kept between writes)
         self.rounds = 0
 
     def _tcpstate(self, addr: str) -> bool:
+        if self.tcpstate_on is not None:
+            return self.tcpstate_on(self.maps, addr)
         try:
             return tcpstate.enforced(self.maps, ipaddress.ip_address(addr))
         except (OSError, ValueError):
@@ -568,6 +734,43 @@ class Engine:
             s = self.services[key] = _Service(deque(maxlen=self.settings.baseline_max))
         return s
 
+    def _verify(self, ids: Iterable[SrcId], now: float) -> None:
+        for i in ids:
+            self.verified.pop(i, None)
+            self.verified[i] = now  # most recent last
+        while len(self.verified) > VERIFIED_MAX:
+            del self.verified[next(iter(self.verified))]
+
+    def _learn(self, feats: list[Features]) -> None:
+        """Peacetime: the round's clean sources that the protected side answered (known-good)."""
+        cand = list(dict.fromkeys(src_id(x) for x in feats if x.kind == "pass" and x.reason == "clean"
+                                  and src_id(x) not in self.verified))[:LEARN_MAX]
+        if not cand:
+            return
+        try:
+            good = self.known_good(self.maps, cand)
+        except (OSError, KeyError, UserError):
+            return
+        if good:
+            self.verified_pending.append((self.rounds, set(good)))
+
+    def _verified_deltas(self, active: list[dict]) -> dict[str, int]:
+        """Record id → verified sources its kernel filter dropped since the last read."""
+        if self.verified_drops is None:
+            return {}
+        try:
+            raw = self.verified_drops(self.maps)
+        except (OSError, KeyError, UserError):
+            return {}
+        out = {}
+        for i, r in enumerate(active):
+            cur = int(raw.get(i, 0))
+            prev = self.vd_base.get(r["id"], 0)
+            self.vd_base[r["id"]] = cur
+            if cur > prev:
+                out[r["id"]] = cur - prev
+        return out
+
     def round(self, snap, samples) -> list[dict]:
         """One detection round. Returns the records changed in it."""
         self.rounds += 1
@@ -576,6 +779,7 @@ class Engine:
         feats = [f for f in (features_of(s) for s in samples if s.reason != "bypass") if f is not None]
         total_pps = snap.rates["dropped"].pps + snap.rates["forwarded"].pps
         n_all = len(feats)
+        scale = total_pps / n_all if n_all else 0.0
         by: dict[tuple, list[Features]] = {}
         for x in feats:
             by.setdefault(x.service, []).append(x)
@@ -585,6 +789,14 @@ class Engine:
         by_service: dict[tuple, list[dict]] = {}
         for r in active:
             by_service.setdefault((r["protected"], r["proto"], r["port"]), []).append(r)
+        # verified sources: established connections now; answered sources learned in peacetime
+        est_by = {key: established(xs, key[1] == "tcp" and self._tcpstate(key[0])) for key, xs in by.items()}
+        self._verify((src_id(x) for xs in est_by.values() for x in xs), now)
+        peace = not active and all(s.attack_since is None for s in self.services.values())
+        if peace:
+            self._learn(feats)
+        vset = self.verified
+        vdrops = self._verified_deltas(active)
         changes: dict[str, dict] = {}
         installs: list[dict] = []
         removals: set[str] = set()
@@ -593,12 +805,15 @@ class Engine:
             xs = by.get(key, [])
             svc = self._svc(key)
             harmful = [x for x in xs if x.reason in HARMFUL_REASONS or x.kind == "would_drop"]
-            clients = established(xs, key[1] == "tcp" and self._tcpstate(key[0]))
-            passing = not_from_clients((x for x in harmful if x.reason != "mitigation"), clients)
-            scale = total_pps / n_all if n_all else 0.0
-            attack_pps = scale * len(harmful)
+            clients_now = [x for x in xs if src_id(x) in vset]
+            svc.evidence.extend(clients_now)
+            flood = [x for x in harmful if src_id(x) not in vset]
+            passing = [x for x in flood if x.reason != "mitigation"]
+            attack_pps = scale * len(flood)  # the verified clients' own packets are no flood
             passing_pps = scale * len(passing)
             mine = by_service.get(key, [])
+            hurt: dict[str, int] = {}
+            who: dict[str, set[str]] = {}
             for x in harmful:
                 if x.reason == "mitigation":
                     for r in mine:
@@ -607,7 +822,23 @@ class Engine:
                             self.dropped[r["id"]] = self.dropped.get(r["id"], r.get("dropped_est", 0)) + x.weight
                             r["dropped_est"] = self.dropped[r["id"]]
                             changes[r["id"]] = r
+                            if src_id(x) in vset:
+                                hurt[r["id"]] = hurt.get(r["id"], 0) + x.weight
+                                who.setdefault(r["id"], set()).add(str(ipaddress.ip_address(x.src)))
                             break
+            # first, do no harm: a filter that dropped verified clients goes now
+            for r in list(mine):
+                sampled, counted = hurt.get(r["id"], 0), vdrops.get(r["id"], 0)
+                if (sampled or counted) and not r.get("pinned") and r not in installs:
+                    srcs = ", ".join(sorted(who.get(r["id"], ()))[:3]) or "counted in XDP"
+                    r["state"], r["end"] = "lifted", wall
+                    r["verified_drops"] = r.get("verified_drops", 0) + max(sampled, counted)
+                    _step(r, "adapt", f"narrow: it dropped verified clients (~{sampled} sampled, {counted} counted "
+                                      f"in XDP; {srcs}); removed, not reinstalled while this attack lasts")
+                    removals.add(r["id"])
+                    changes[r["id"]] = r
+                    svc.harmed.append(filter_from_json(r["filter"]))
+                    mine = [m for m in mine if m is not r]
             trigger = max(st.min_pps, st.factor * svc.rate)
             above = passing_pps >= trigger and len(passing) >= 2
             if attack_pps >= st.min_pps / 2 and (mine or above):
@@ -618,26 +849,46 @@ class Engine:
                     svc.attack_since = wall - getattr(snap, "interval_s", 0.0)
                     svc.pending.clear()  # the flood's ramp never becomes baseline
                     self.iface_pending.clear()
+                    self.verified_pending.clear()  # nor are its sources (answered by the service) clients
                 supp = recs["suppressed"].get(service_key(*key), 0)
                 if supp > wall or not levels.mitigation_on(st_now, key[0]):
                     pass  # deleted by the operator lately, or the address's level has no mitigation
                 elif len(mine) >= MAX_PER_SERVICE:
                     pass
+                elif not mine and (again := self._rearm(svc, passing, now)) is not None:
+                    d, lifted_at = again
+                    rec = self._new(key, d, attack_pps, wall, svc)
+                    _step(rec, "install", f"re-armed: the flood lifted {now - lifted_at:.1f} s ago is back; "
+                                          f"{d.describe()}; matches {d.coverage:.0%} of it")
+                    installs.append(rec)
+                    self.last_hit[rec["id"]] = now
+                    mine = mine + [rec]
+                elif svc.refused is not None and now - svc.last_try < REFUSED_RETRY_S:
+                    pass  # refused a moment ago: derived again once a second at most (daemon CPU)
                 else:
                     d = derive(passing, list(svc.baseline), key, st.max_share, st.min_samples,
-                               list(self.iface_baseline), clients)
+                               list(self.iface_baseline), list(svc.evidence), strict_clients=bool(mine))
+                    if d.filter is not None and d.filter in svc.harmed:
+                        d = replace(d, filter=None, refused=f"{d.describe()} dropped verified clients earlier in "
+                                                            f"this attack")
                     if d.filter is None:
-                        if svc.refused != d.refused:
-                            svc.refused = d.refused
+                        if len(passing) >= st.min_samples:  # too few samples: try again next round
+                            svc.last_try = now
+                        if svc.refused != (said := _gist(d.refused)):  # once per reason, not per percentage
+                            svc.refused = said
                             rec = self._new(key, d, attack_pps, wall, svc)
                             rec["state"], rec["end"] = "refused", wall
                             _step(rec, "refused", d.refused or "")
                             self.log(rec)
                             self.report(f"{self.iface.name}: mitigation refused on {service_key(*key)}: {d.refused}")
                     elif not any(filter_from_json(r["filter"]) == d.filter for r in mine):
+                        svc.refused = None
                         rec = self._new(key, d, attack_pps, wall, svc)
                         step = "install" if not mine else "adapt"
                         detail = (f"{d.describe()}; matches {d.coverage:.0%} of the flood, {d.baseline_share:.1%} "
+                                  f"of {d.baseline_samples} peacetime samples, none of {len(svc.evidence)} "
+                                  f"verified clients' samples" if svc.evidence else
+                                  f"{d.describe()}; matches {d.coverage:.0%} of the flood, {d.baseline_share:.1%} "
                                   f"of {d.baseline_samples} peacetime samples")
                         if mine:
                             detail = "widen: the flood changed; " + detail
@@ -647,7 +898,7 @@ class Engine:
                         mine = mine + [rec]
             elif not mine and attack_pps < st.min_pps / 2:
                 if svc.attack_since is not None and now - svc.last_above >= st.hold_s:
-                    svc.attack_since, svc.refused, svc.peak_pps = None, None, 0.0
+                    self._end_attack(svc)
                 if svc.attack_since is None:
                     svc.rate = passing_pps if svc.rate_rounds == 0 else 0.9 * svc.rate + 0.1 * passing_pps
                     svc.rate_rounds += 1
@@ -656,32 +907,55 @@ class Engine:
                     clean_round += good
             for r in mine:
                 r["peak_pps"] = round(max(r.get("peak_pps", 0.0), attack_pps), 1)
-            # adapt (narrow) and lift
-            quiet = now - svc.last_above >= st.hold_s
+            # adapt (narrow) and lift: promptly once the flood is gone (pulsed floods re-arm at once)
+            quiet = now - svc.last_above >= min(st.hold_s, LIFT_S)
             for r in list(mine):
                 if r.get("pinned") or r in installs:
                     continue
                 if quiet:
                     r["state"], r["end"] = "lifted", wall
-                    _step(r, "lift", f"the attack ended: below {st.min_pps / 2:g} pps for {st.hold_s:g} s")
+                    _step(r, "lift", f"the attack ended: below {st.min_pps / 2:g} pps for "
+                                     f"{min(st.hold_s, LIFT_S):g} s")
                     removals.add(r["id"])
                     changes[r["id"]] = r
+                    svc.rearm = [(m, t) for m, t in svc.rearm if now - t < REARM_S][-MAX_PER_SERVICE + 1:] + [(r, now)]
                 elif now - self.last_hit.setdefault(r["id"], now) >= st.hold_s and len(mine) > 1:
                     r["state"], r["end"] = "lifted", wall
                     _step(r, "adapt", f"narrow: no flood packet matched for {st.hold_s:g} s; removed")
                     removals.add(r["id"])
                     changes[r["id"]] = r
                     mine = [m for m in mine if m is not r]
-            if quiet and not any(r.get("pinned") for r in mine):
-                svc.attack_since, svc.refused, svc.peak_pps = None, None, 0.0
-        self._commit_baselines(clean_round)
+            if now - svc.last_above >= st.hold_s and not any(r.get("pinned") for r in mine):
+                self._end_attack(svc)
+        self._commit_baselines(clean_round, now)
         if installs or removals:
             self._apply(installs, removals, changes)
         elif changes and self.rounds % 5 == 0:  # hit estimates, now and then
             self._apply([], set(), changes)
         return installs + [r for r in active if r["id"] in removals]
 
-    def _commit_baselines(self, clean_round: list[Features]) -> None:
+    @staticmethod
+    def _end_attack(svc: _Service) -> None:
+        svc.attack_since, svc.refused, svc.peak_pps, svc.last_try = None, None, 0.0, -1e9
+        svc.harmed.clear()
+
+    def _rearm(self, svc: _Service, passing: list[Features], now: float):
+        """A filter lifted lately whose flood is back (a pulsed flood): (Derivation, lift time) when
+        it still covers the flood and none of the verified clients' samples, else None."""
+        for r, t in reversed(svc.rearm):
+            if now - t >= REARM_S:
+                continue
+            f = filter_from_json(r["filter"])
+            cov = share_matching(f, passing)
+            if cov < MIN_COVERAGE or f in svc.harmed or share_matching(f, list(svc.evidence)) > 0:
+                continue
+            return (Derivation(f, cov, r.get("baseline_share", 0.0), r.get("baseline_samples", 0),
+                               tuple(r.get("fingerprint", "").split(", "))), t)
+        return None
+
+    def _commit_baselines(self, clean_round: list[Features], now: float = 0.0) -> None:
+        while self.verified_pending and self.verified_pending[0][0] <= self.rounds - 2:
+            self._verify(self.verified_pending.popleft()[1], now)
         for svc in self.services.values():
             while svc.pending and svc.pending[0][0] <= self.rounds - 2:
                 svc.baseline.extend(svc.pending.popleft()[1])
@@ -720,6 +994,7 @@ class Engine:
                     keep.append(rec)
                 recs["active"] = keep
                 fit = _realise(self.maps, recs)
+                self.vd_base = {}  # the reader counts from this write on
                 if fit < len(keep):
                     recs["active"] = keep[:fit]
                 _write_records(self.iface, recs)
@@ -745,9 +1020,11 @@ class DaemonHook:
     """DetectionLoop's on_round for `xdpguard run`: one Engine per interface (when mitigation is
     enabled), and the nft connection limits' offenders banned in XDP (connlimit.py)."""
 
-    def __init__(self, settings: Settings, report: Callable[[str], None] = lambda m: None):
+    def __init__(self, settings: Settings, report: Callable[[str], None] = lambda m: None,
+                 verified_drops: VerifiedDrops | None = None):
         self.settings = settings
         self.report = report
+        self.verified_drops = verified_drops  # XXX: the verified-clients reader, once it merges
         self.engines: dict[str, Engine] = {}
 
     def __call__(self, name: str, collector, snap, samples) -> None:
@@ -755,7 +1032,8 @@ class DaemonHook:
         if self.settings.enabled:
             e = self.engines.get(name)
             if e is None or e.iface != g.iface:
-                e = self.engines[name] = Engine(g.iface, g.maps, self.settings, self.report)
+                e = self.engines[name] = Engine(g.iface, g.maps, self.settings, self.report,
+                                                verified_drops=self.verified_drops)
             e.maps = g.maps  # a collector re-opened after a failed round has new map objects
             e.round(snap, samples)
         banned = connlimit.promote(g.maps, connlimit.offenders())

@@ -12,6 +12,7 @@ and exits 0 when the echo came back, 1 when it did not (timeout or refused), pri
 from __future__ import annotations
 
 import argparse
+import errno
 import selectors
 import socket
 import sys
@@ -34,7 +35,16 @@ def _peer(addr) -> str:
     return host[7:] if host.startswith("::ffff:") else host
 
 
+UDP_BURST = 256  # datagrams answered per wake-up (a flood never starves the TCP side)
+CONN_IDLE_S = 5.0  # a TCP connection that sent nothing for this long is closed
+CONN_MAX = 512  # open TCP connections kept; the oldest goes first (fds are finite)
+
+
 def serve(port: int, duration: float) -> int:
+    """Answer until the deadline, whatever arrives: every socket error is counted and survived
+    (a full send buffer, ENOBUFS from a full qdisc, EMFILE, a reset before accept), idle or
+    excess connections are closed. (The lab's echo died under a UDP flood: a non-blocking
+    sendto raised BlockingIOError/ENOBUFS, which nothing caught; idle connections kept fds.)"""
     sel = selectors.DefaultSelector()
     tcp = _listen(socket.SOCK_STREAM, port)
     udp = _listen(socket.SOCK_DGRAM, port)
@@ -42,38 +52,77 @@ def serve(port: int, duration: float) -> int:
     sel.register(udp, selectors.EVENT_READ, "udp")
     print(f"echo: serving tcp+udp port {port} for {duration:g} s", flush=True)
     deadline = time.monotonic() + duration
-    conns: dict[socket.socket, str] = {}
+    conns: dict[socket.socket, tuple[str, float]] = {}  # insertion order: oldest first
+    errors: dict[str, int] = {}
+    said = time.monotonic()
+
+    def close(c: socket.socket) -> None:
+        try:
+            sel.unregister(c)
+        except (KeyError, ValueError):
+            pass
+        conns.pop(c, None)
+        c.close()
+
+    def failed(exc: OSError) -> None:
+        name = type(exc).__name__ if exc.errno is None else errno.errorcode.get(exc.errno, str(exc.errno))
+        errors[name] = errors.get(name, 0) + 1
+
     while time.monotonic() < deadline:
         for key, _ in sel.select(timeout=min(0.5, max(0.0, deadline - time.monotonic()))):
             what = key.data
             if what == "accept":
-                try:
-                    c, addr = tcp.accept()
-                except BlockingIOError:
-                    continue
-                c.setblocking(False)
-                conns[c] = _peer(addr)
-                sel.register(c, selectors.EVENT_READ, "conn")
+                for _ in range(64):
+                    try:
+                        c, addr = tcp.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # EMFILE, ECONNABORTED …: the listener stays
+                        failed(exc)
+                        break
+                    if len(conns) >= CONN_MAX:
+                        close(next(iter(conns)))
+                    c.setblocking(False)
+                    conns[c] = (_peer(addr), time.monotonic())
+                    sel.register(c, selectors.EVENT_READ, "conn")
             elif what == "udp":
-                try:
-                    data, addr = udp.recvfrom(65535)
-                except BlockingIOError:
-                    continue
-                udp.sendto(f"from {_peer(addr)}|".encode() + data, addr)
+                for _ in range(UDP_BURST):
+                    try:
+                        data, addr = udp.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        failed(exc)
+                        break
+                    try:
+                        udp.sendto(f"from {_peer(addr)}|".encode() + data, addr)
+                    except OSError as exc:  # EAGAIN, ENOBUFS, unreachable: that one reply is lost
+                        failed(exc)
             else:
                 c = key.fileobj
+                peer = conns.get(c, ("?", 0.0))[0]
                 try:
                     data = c.recv(65535)
-                except (BlockingIOError, ConnectionError):
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    failed(exc)
                     data = b""
                 if data:
                     try:
-                        c.sendall(f"from {conns[c]}|".encode() + data)
-                    except OSError:
-                        pass
-                sel.unregister(c)
-                conns.pop(c, None)
-                c.close()
+                        c.sendall(f"from {peer}|".encode() + data)
+                    except OSError as exc:
+                        failed(exc)
+                close(c)
+        now = time.monotonic()
+        for c, (_, since) in list(conns.items()):
+            if now - since < CONN_IDLE_S:
+                break  # the rest are younger
+            close(c)
+        if errors and now - said >= 10:
+            said = now
+            print("echo: survived " + ", ".join(f"{k} x{n}" for k, n in sorted(errors.items())), flush=True)
+            errors.clear()
     return 0
 
 
