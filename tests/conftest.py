@@ -8,6 +8,8 @@
   Without them they skip locally (and fail under CI=true).
 - At session end, lab namespaces made by this pytest process and left behind are reported as an
   error (and removed, so the machine stays clean).
+- Every run ends with the time spent per tier (unit / bpf / integration / vm: the sum of each
+  test's setup, call and teardown, module fixtures included) and the session's wall time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 
 import pytest
@@ -63,10 +67,41 @@ def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
     report.longrepr = f"skipped under CI=true, which is a failure: {_skip_reason(report)}"
 
 
+TIERS = ("unit", "bpf", "integration", "vm")
+_tier_seconds: dict[str, float] = defaultdict(float)
+_tier_tests: dict[str, set[str]] = defaultdict(set)
+_session_start = time.monotonic()
+
+
+def _tier(nodeid: str) -> str:
+    parts = nodeid.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" and parts[1] in TIERS else "other"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_logreport(report: pytest.TestReport):
     _fail_skip(report)
+    tier = _tier(report.nodeid)
+    _tier_seconds[tier] += report.duration
+    _tier_tests[tier].add(report.nodeid)
     return (yield)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _session_start
+    _session_start = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _tier_seconds:
+        return
+    terminalreporter.section("time per tier")
+    for tier in (*TIERS, "other"):
+        if tier in _tier_seconds:
+            terminalreporter.write_line(f"{tier:<12} {len(_tier_tests[tier]):>5} tests  {_tier_seconds[tier]:8.1f} s"
+                                        f"  ({_tier_seconds[tier] / 60:.1f} min)")
+    wall = time.monotonic() - _session_start
+    terminalreporter.write_line(f"{'session':<12} {'':>5}        {wall:8.1f} s  ({wall / 60:.1f} min, collection included)")
 
 
 @pytest.hookimpl(wrapper=True)
