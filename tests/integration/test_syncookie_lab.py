@@ -68,10 +68,15 @@ while time.monotonic() < end:
 """
 
 
+# The attach grace period (XDPGUARD_TCP_GRACE; 10 s by default): the lab waits it out.
+GRACE_S = 2
+
+
 class Lab:
     def __init__(self, tmp_path: Path):
         self.name = f"c{os.getpid() % 10_000_000}"
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
+        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
+                    "XDPGUARD_TCP_GRACE": str(GRACE_S)}
 
     def ns(self, role: str) -> str:
         return f"xg-{self.name}-{role}"
@@ -114,7 +119,7 @@ def lab(tmp_path_factory):
             ["ip", "netns", "exec", lb.ns("attacker"), "nft", "-f", "-"], input=ATTACKER_NFT, capture_output=True,
             text=True, timeout=30)
         assert p.returncode == 0, p.stderr
-        time.sleep(11)  # the attach grace period (tcpstate.GRACE_S)
+        time.sleep(GRACE_S + 1)  # the attach grace period
         yield lb
     finally:
         subprocess.run([*topology.xdpguard_argv(), "lab", "down"], capture_output=True, text=True, env=lb.env,

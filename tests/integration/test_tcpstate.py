@@ -30,10 +30,15 @@ SPOOFED = ("198.18.5.5", "198.18.6.6")
 WINDOW = 777
 
 
+# The attach grace period (XDPGUARD_TCP_GRACE; 10 s by default): the lab waits it out.
+GRACE_S = 2
+
+
 class Lab:
     def __init__(self, tmp_path: Path):
         self.name = f"t{os.getpid() % 10_000_000}"
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
+        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
+                    "XDPGUARD_TCP_GRACE": str(GRACE_S)}
 
     def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
@@ -74,7 +79,7 @@ def lab(tmp_path_factory):
     lb = Lab(tmp_path_factory.mktemp("tcpstate"))
     try:
         lb.xg("lab", "up")
-        time.sleep(11)  # the attach grace period (tcpstate.GRACE_S) for connections older than it
+        time.sleep(GRACE_S + 1)  # the attach grace period for connections older than it
         yield lb
     finally:
         lb.xg("lab", "down", check=False)
@@ -190,7 +195,7 @@ def test_connection_older_than_the_attach_is_seeded(lab):
                       f"{topology.PROT4},{topology.PROT6}")
         assert p.returncode == 0 and "recorded 1 existing connection" in p.stdout + p.stderr, p.stdout + p.stderr
         assert lab.in_ns("prot", *topology.xdpguard_argv(), "port", "open", "tcp", "2222").returncode == 0
-        time.sleep(11)  # past the grace period: only the seeded entry admits the client now
+        time.sleep(GRACE_S + 1)  # past the grace period: only the seeded entry admits the client now
         before = lab.drops().get("tcpstate", 0)
         cli.stdin.write("\n")
         cli.stdin.flush()
