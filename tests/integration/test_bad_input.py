@@ -207,7 +207,7 @@ def test_a_hook_that_fails_never_stops_detection(box: Box, tmp_path: Path):
 
 def test_bad_tcp_grace_is_refused_before_anything_is_attached(lab: Lab):
     """$XDPGUARD_TCP_GRACE (the attach grace period, seconds): a bad value is one error line, and
-    the interface is left as it was (no XDP program, no tc filter, no pins); a good one attaches."""
+    the interface is left as it was (no XDP program, no tc filter, not protected)."""
     client, prot = lab.netns("cli"), lab.netns("grace")
     lab.veth(client, "xgc0", prot, IFACE)
     b = Box(lab, prot, client)
@@ -218,7 +218,4 @@ def test_bad_tcp_grace_is_refused_before_anything_is_attached(lab: Lab):
         assert "xdp" not in link, link
         assert lab.run(prot, "tc", "filter", "show", "dev", IFACE, "egress", check=False).stdout.strip() == ""
         assert b.xg("status", IFACE, "--json", check=False).returncode != 0  # not protected
-    b.xg("attach", IFACE, "--protect", PROT4, env={"XDPGUARD_TCP_GRACE": "0.5"})
-    lab.defer("detach xdpguard", b.xg, "detach", IFACE, check=False)
-    link = json.loads(lab.run(prot, "ip", "-j", "-d", "link", "show", IFACE).stdout)[0]
-    assert "xdp" in link, link
+    # (a good value: the tcpstate, syncookie and mitigation labs attach with XDPGUARD_TCP_GRACE=2)
