@@ -5,7 +5,6 @@ is a fresh compile's state)."""
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 
 import pytest
