@@ -16,7 +16,7 @@ APT_PACKAGES=(
     ipset tcpdump tmux netsniff-ng ethtool iputils-ping prometheus python3-yaml hping3
     vagrant bird2 etcd-server etcd-client openssl
     xdp-tools libxdp1 bpftool iptables iperf3 apache2-utils busybox python3-matplotlib
-    t50 nmap wrk haproxy
+    t50 nmap wrk haproxy man-db
 )
 
 # Offline provisioning (the VM box): XDPGUARD_WHEELS=DIR installs Python packages from DIR only

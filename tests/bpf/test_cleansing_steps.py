@@ -142,12 +142,8 @@ class Bed:
 
 
 @pytest.fixture(scope="module")
-def testbed():
-    tb = TestBed()
-    try:
-        yield Bed(tb)
-    finally:
-        tb.close()
+def testbed(shared_bed):
+    return Bed(shared_bed())
 
 
 @pytest.fixture

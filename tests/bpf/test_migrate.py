@@ -100,7 +100,7 @@ def test_grown_values_get_a_zero_tail_per_cpu():
     assert plain == b"\1\2\0\0\0"
 
 
-def test_filter_vectors_new_to_the_program_are_compiled_before_the_swap():
+def test_filter_vectors_new_to_the_program_are_compiled_before_the_swap(shared_bed):
     """An upgrade from a program without the compiled filter maps (the previous release): the
     ordered filter list is shared, the vectors are new and must be filled before the swap."""
     from scapy.layers.inet import IP, UDP
@@ -109,7 +109,8 @@ def test_filter_vectors_new_to_the_program_are_compiled_before_the_swap():
     from xdpguard.core import protection
     from xdpguard.core.policy import Filter, GlobalPolicy
 
-    with TestBed() as old, TestBed() as new:
+    old = shared_bed()  # the default build, reset; `new` must be a second live program of it
+    with TestBed() as new:
         for bed in (old, new):
             bed.protect(PROT)
         policy.write_global_policy(old.maps, GlobalPolicy(filters=(Filter(action="drop", proto="udp", dport=(53, 53)),)))

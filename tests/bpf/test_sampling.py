@@ -15,7 +15,6 @@ from scapy.packet import Raw
 
 from xdpguard.core import sampling
 from xdpguard.core.abi import SAMPLE_SNAPLEN, MapName, SampleState
-from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel
 
@@ -24,12 +23,12 @@ ATTACKER4, ATTACKER6, CLIENT4 = "203.0.113.7", "2001:db8:bad::7", "198.51.100.10
 
 
 @pytest.fixture(scope="module")
-def bed():
-    with TestBed() as tb:
-        tb.protect(PROT4, PROT6)
-        tb.add("block", ATTACKER4)
-        tb.add("block", ATTACKER6)
-        yield tb
+def bed(shared_bed):
+    tb = shared_bed()
+    tb.protect(PROT4, PROT6)
+    tb.add("block", ATTACKER4)
+    tb.add("block", ATTACKER6)
+    return tb
 
 
 @pytest.fixture

@@ -57,13 +57,10 @@ def mates(n: int, base: str = "198.51.100.0") -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def testbed():
-    tb = TestBed()
+def testbed(shared_bed):
+    tb = shared_bed()
     tb.protect(PROT)
-    try:
-        yield tb
-    finally:
-        tb.close()
+    return tb
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import statistics
 import time
 
 import pytest
@@ -223,8 +222,12 @@ def test_policy_round_trip(bed):
         set_syn(bed)
 
 
-def test_cost_of_the_answer_against_bare_drop(cookie):
-    """Measured side by side in one run (printed, not asserted: speed is a ratio, not a bound)."""
+def test_answers_hold_round_after_round_beside_a_bare_drop(cookie):
+    """The four packets scripts/syncookie_cost.py times, run interleaved with a bare XDP_DROP
+    program over rounds exactly as it runs them (one run per call, repeat=1: the answer rewrites
+    the buffer in place): every run gives its action — a fresh SYN the cookie SYN-ACK (XDP_TX),
+    the ACK with a good cookie XDP_PASS, with a bad one XDP_DROP. (The cost figures are a
+    measurement: `scripts/syncookie_cost.py`.)"""
     keep, bare_fd = bare_drop_prog()
     frame = syn(sport=43000)
     ack = ack_for(run_out(cookie, frame)[1])
@@ -232,15 +235,15 @@ def test_cost_of_the_answer_against_bare_drop(cookie):
     variants = {"bare XDP_DROP": (bare_fd, frame, XDP_DROP), "SYN → cookie SYN-ACK": (cookie.prog.prog_fd, frame, XDP_TX),
                 "ACK, good cookie": (cookie.prog.prog_fd, ack, XDP_PASS),
                 "ACK, bad cookie": (cookie.prog.prog_fd, bad, XDP_DROP)}
-    # repeat=1: BPF_PROG_TEST_RUN repeats on the same buffer, which the answer rewrites into a
-    # SYN-ACK; one run per call (the kernel's own timing of that run), many rounds, medians.
-    res = interleaved_rounds(variants, rounds=3000, repeat=1)
-    med = {n: statistics.median(v) for n, v in res.items()}
-    base = med["bare XDP_DROP"]
-    for n, v in med.items():
-        print(f"{n:24s} {v:7.1f} ns/packet  ({v / base:5.1f}× bare drop)")
-    del keep
-    assert all(v > 0 for v in med.values())
+    before = cookie_stats(cookie)
+    try:
+        res = interleaved_rounds(variants, rounds=50, repeat=1)  # raises on any other action
+    finally:
+        del keep
+    assert {n: len(v) for n, v in res.items()} == {n: 50 for n in variants}
+    after = cookie_stats(cookie)
+    moved = {n: after[n] - before[n] for n in after}
+    assert moved == {"synack_sent": 50, "ack_valid": 50, "ack_bad": 50, "failed": 0}, moved
 
 
 # ---- known-good sources (knowngood.h) ----

@@ -282,13 +282,10 @@ CASES = BASIC + LISTS + VLANS + UNKNOWABLE + MALFORMED_CASES + MONITOR + DISABLE
 
 
 @pytest.fixture(scope="module")
-def testbed():
-    bed = TestBed()
-    try:
-        bed.protect(PROTECTED4, PROTECTED6)
-        yield bed
-    finally:
-        bed.close()
+def testbed(shared_bed):
+    bed = shared_bed()
+    bed.protect(PROTECTED4, PROTECTED6)
+    return bed
 
 
 def reset(bed: TestBed) -> None:

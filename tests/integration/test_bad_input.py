@@ -203,3 +203,19 @@ def test_a_hook_that_fails_never_stops_detection(box: Box, tmp_path: Path):
     assert run.returncode == 0, (out, err)
     assert "attack start" in out and "attack end" in out, out
     assert "hook" in out and "not run" in out, out
+
+
+def test_bad_tcp_grace_is_refused_before_anything_is_attached(lab: Lab):
+    """$XDPGUARD_TCP_GRACE (the attach grace period, seconds): a bad value is one error line, and
+    the interface is left as it was (no XDP program, no tc filter, not protected)."""
+    client, prot = lab.netns("cli"), lab.netns("grace")
+    lab.veth(client, "xgc0", prot, IFACE)
+    b = Box(lab, prot, client)
+    for bad in ("abc", "-1", "3601", "nan"):
+        p = b.xg("attach", IFACE, "--protect", PROT4, env={"XDPGUARD_TCP_GRACE": bad}, check=False)
+        one_line_error(p, "XDPGUARD_TCP_GRACE")
+        link = json.loads(lab.run(prot, "ip", "-j", "-d", "link", "show", IFACE).stdout)[0]
+        assert "xdp" not in link, link
+        assert lab.run(prot, "tc", "filter", "show", "dev", IFACE, "egress", check=False).stdout.strip() == ""
+        assert b.xg("status", IFACE, "--json", check=False).returncode != 0  # not protected
+    # (a good value: the tcpstate, syncookie and mitigation labs attach with XDPGUARD_TCP_GRACE=2)

@@ -39,11 +39,16 @@ PAYLOAD = 120
 COUNT_TABLE = "xgmit"
 
 
+# The attach grace period (XDPGUARD_TCP_GRACE; 10 s by default): the lab waits it out.
+GRACE_S = 2
+
+
 class Lab:
     def __init__(self, tmp_path: Path):
         self.name = f"m{os.getpid() % 10_000_000}"
         self.tmp = tmp_path
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
+        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
+                    "XDPGUARD_TCP_GRACE": str(GRACE_S)}
 
     def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
@@ -227,7 +232,7 @@ def test_client_through_the_onset_of_a_flood_without_a_baseline(lab):
     filter (flags S) or, with too little peacetime evidence, a refusal; what passes after it is the client itself, above the (low) trigger — its
     established connections' segments must not be taken for flood, or the "adapt: widen" filter
     sweeps the client in (seen in the lab: "length 54-144, ttl 64")."""
-    time.sleep(max(0.0, lab.up_at + 11 - time.monotonic()))  # XDP validates TCP state after the grace
+    time.sleep(max(0.0, lab.up_at + GRACE_S + 1 - time.monotonic()))  # XDP validates TCP state after the grace
     log = open(lab.tmp / "onset.log", "w")
     daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run",
                                "--duration", "60", "--interval", "5", "--mitigation-pps", "500",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,10 +31,15 @@ SPOOFED = ("198.18.5.5", "198.18.6.6")
 WINDOW = 777
 
 
+# The attach grace period (XDPGUARD_TCP_GRACE; 10 s by default): the lab waits it out.
+GRACE_S = 2
+
+
 class Lab:
     def __init__(self, tmp_path: Path):
         self.name = f"t{os.getpid() % 10_000_000}"
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
+        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
+                    "XDPGUARD_TCP_GRACE": str(GRACE_S)}
 
     def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
@@ -74,7 +80,7 @@ def lab(tmp_path_factory):
     lb = Lab(tmp_path_factory.mktemp("tcpstate"))
     try:
         lb.xg("lab", "up")
-        time.sleep(11)  # the attach grace period (tcpstate.GRACE_S) for connections older than it
+        time.sleep(GRACE_S + 1)  # the attach grace period for connections older than it
         yield lb
     finally:
         lb.xg("lab", "down", check=False)
@@ -92,8 +98,9 @@ def _flood(lab: Lab, flags: list[str], results: list) -> None:
         results.append(err)
 
 
-def _under_flood(lab: Lab, flags: list[str]) -> tuple[dict, dict, int]:
-    """(probe result, drops moved, attack packets seen at the backend) for one flood."""
+def _under_flood(lab: Lab, flags: list[str]) -> tuple[dict, dict, int, int]:
+    """(probe result, drops moved, attack packets seen at the backend, packets hping3 sent) for
+    one flood."""
     dump = subprocess.Popen(["ip", "netns", "exec", lab.ns("backend"), "timeout", str(FLOOD_TIMEOUT_S + 3), "tcpdump",
                              "-i", topology.HOST_IFACE, "-nn", "-q", "-l", f"tcp[14:2] = {WINDOW}"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
@@ -108,7 +115,7 @@ def _under_flood(lab: Lab, flags: list[str]) -> tuple[dict, dict, int]:
     after = lab.drops()
     out, _ = dump.communicate(timeout=FLOOD_TIMEOUT_S + 10)
     moved = {r: n - before.get(r, 0) for r, n in after.items() if n > before.get(r, 0)}
-    return res, moved, len([ln for ln in out.splitlines() if ln.strip()])
+    return res, moved, len([ln for ln in out.splitlines() if ln.strip()]), sum(_hping_sent(e) for e in errs)
 
 
 def test_recorder_attached_and_tcp_loose_off(lab):
@@ -120,7 +127,7 @@ def test_recorder_attached_and_tcp_loose_off(lab):
 
 @pytest.mark.parametrize("kind,flags", [("ack", ["-A"]), ("xmas", ["-F", "-P", "-U"]), ("fin", ["-F"])])
 def test_flood_at_forwarded_port_is_dropped_as_tcpstate(lab, kind, flags):
-    res, moved, at_backend = _under_flood(lab, flags)
+    res, moved, at_backend, _ = _under_flood(lab, flags)
     dropped = moved.get("tcpstate", 0)
     print(f"{kind}: client {res['ok']}/{res['sent']} ok, {res['ok'] / res['elapsed_s']:.0f} req/s, "
           f"p99 {res['p99_ms']} ms; tcpstate drops {dropped}; attack packets at the backend {at_backend}")
@@ -129,20 +136,32 @@ def test_flood_at_forwarded_port_is_dropped_as_tcpstate(lab, kind, flags):
     assert res["sent"] > 50 and res["success_pct"] >= 95, res
 
 
-def test_client_rate_with_and_without_the_step(lab):
-    """The measurement for the report: the client's rate under the ACK flood with the step on,
-    then with it off for the protected address: the flood then reaches conntrack, which (with
-    nf_conntrack_tcp_loose=0, set while forwarding) refuses to adopt it as new connections."""
-    on, moved_on, back_on = _under_flood(lab, ["-A"])
+def test_per_address_off_switch_leaves_the_flood_to_conntrack(lab):
+    """With the step switched off for the protected address (`tcpstate.set_address`), the ACK
+    flood that test_flood_at_forwarded_port_is_dropped_as_tcpstate sees dropped is not judged by
+    it: not one `tcpstate` drop while the flood really runs (hping3's own count), and the switch
+    back on drops it again. (The client's rate with the step on and off is a lab measurement, not
+    a test: it used to be printed here.)"""
     lab.set_tcpstate(False)
     try:
-        off, moved_off, back_off = _under_flood(lab, ["-A"])
+        off, moved_off, _, sent_off = _under_flood(lab, ["-A"])
     finally:
         lab.set_tcpstate(True)
-    print(f"ACK flood, step on:  {on['ok'] / on['elapsed_s']:.0f} req/s p99 {on['p99_ms']} ms, backend saw {back_on}")
-    print(f"ACK flood, step off: {off['ok'] / off['elapsed_s']:.0f} req/s p99 {off['p99_ms']} ms, backend saw {back_off}")
-    assert moved_off.get("tcpstate", 0) == 0 and moved_on.get("tcpstate", 0) >= 5000
-    assert on["success_pct"] >= 95 and off["sent"] > 0
+    assert sent_off >= 5000, sent_off
+    assert moved_off.get("tcpstate", 0) == 0, moved_off
+    # back on: the same flood is dropped as tcpstate again (one short burst is enough)
+    before = lab.drops().get("tcpstate", 0)
+    p = lab.in_ns("attacker", "timeout", "10", "hping3", "-q", "-A", "-w", str(WINDOW), "-a", SPOOFED[0], "-p",
+                  str(topology.HTTP_PORT), "-c", "500", "-i", "u200", topology.PROT4, timeout=20)
+    sent = _hping_sent(p.stderr)
+    assert sent >= 400, p.stderr
+    assert lab.drops().get("tcpstate", 0) - before >= 0.9 * sent
+
+
+def _hping_sent(stderr: str) -> int:
+    """Packets hping3 says it sent: "N packets transmitted, …" (printed on a timeout too)."""
+    m = re.search(r"(\d+) packets transmitted", stderr)
+    return int(m.group(1)) if m else 0
 
 
 SERVER = """
@@ -190,7 +209,7 @@ def test_connection_older_than_the_attach_is_seeded(lab):
                       f"{topology.PROT4},{topology.PROT6}")
         assert p.returncode == 0 and "recorded 1 existing connection" in p.stdout + p.stderr, p.stdout + p.stderr
         assert lab.in_ns("prot", *topology.xdpguard_argv(), "port", "open", "tcp", "2222").returncode == 0
-        time.sleep(11)  # past the grace period: only the seeded entry admits the client now
+        time.sleep(GRACE_S + 1)  # past the grace period: only the seeded entry admits the client now
         before = lab.drops().get("tcpstate", 0)
         cli.stdin.write("\n")
         cli.stdin.flush()

@@ -10,9 +10,7 @@ import runpy
 
 import pytest
 
-pytest.importorskip("prometheus_client")
-
-from prom_helpers import (DASHBOARD, PROMETHEUS_SERIES, exported, full_scrape, grafana_to_promql,  # noqa: E402
+from prom_helpers import (DASHBOARD, PROMETHEUS_SERIES, exported, full_scrape, grafana_to_promql,
                           metric_names, run_promtool, samples)
 
 GEN = DASHBOARD.parent / "gen_dashboard.py"

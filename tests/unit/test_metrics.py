@@ -6,12 +6,10 @@ import re
 
 import pytest
 
-pytest.importorskip("prometheus_client")
+from prom_helpers import exported, install_fakes, samples, scrape_text  # (tests/unit is on sys.path)
 
-from prom_helpers import exported, install_fakes, samples, scrape_text  # noqa: E402  (tests/unit is on sys.path)
-
-from xdpguard import __version__  # noqa: E402
-from xdpguard.core import metrics  # noqa: E402
+from xdpguard import __version__
+from xdpguard.core import metrics
 
 
 @pytest.fixture

@@ -4,15 +4,12 @@ unit tests (`promtool test rules`), use only metrics xdpguard exports, and a rea
 
 from __future__ import annotations
 
-import pytest
 import yaml
 
-pytest.importorskip("prometheus_client")
-
-from prom_helpers import (PROMETHEUS_SERIES, RULES, RULES_TEST, exported, full_scrape, metric_names,  # noqa: E402
+from prom_helpers import (PROMETHEUS_SERIES, RULES, RULES_TEST, exported, full_scrape, metric_names,
                           run_promtool)
 
-from xdpguard.core import metrics  # noqa: E402
+from xdpguard.core import metrics
 
 
 def _rules() -> list[dict]:

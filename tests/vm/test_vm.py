@@ -25,7 +25,7 @@ VM_SH = ROOT / "scripts" / "vm.sh"
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 WANTED = CI or os.environ.get("XDPGUARD_VM_TESTS") == "1"
 # The bpf tier's differential test draws this many examples in the guest (the host tier runs
-# 10000 under CI on the host kernel; TCG is ~25x slower).
+# 2000 randomized per run on the host kernel; TCG is ~25x slower).
 VM_DIFF_EXAMPLES = os.environ.get("XDPGUARD_VM_DIFF_EXAMPLES", "300")
 # Which bpf-tier modules run in the guest. Each module compiles the program under TCG (80-190 s),
 # and the whole tier takes 25-30 min there: CI runs the verdict table and the TCP-state steps (the

@@ -25,6 +25,7 @@ ENVIRONMENT = {
     "XDPGUARD_STATE_DIR": "state directory (default /var/lib/xdpguard)",
     "XDPGUARD_RUN_DIR": "runtime directory: locks, event log (default /run/xdpguard)",
     "XDPGUARD_LAB_NAME": "name of the `xdpguard lab` topology (default lab)",
+    "XDPGUARD_TCP_GRACE": "seconds after attach that unseen connections pass TCP state (default 10)",
     "BCC_KERNEL_SOURCE": "kernel headers for bcc (read by bcc and doctor)",
 }
 

@@ -522,6 +522,7 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
                   level: str | None = None) -> AttachResult:
     """Compile, fill and attach a fresh program (the caller holds the interface lock and has
     checked what is attached: nothing, or a foreign program it may replace with `force`)."""
+    grace_s = tcpstate.attach_grace_s()  # a bad $XDPGUARD_TCP_GRACE is refused before anything changes
     ifname = iface.name
     notes: list[str] = []
     if att is not None:
@@ -554,7 +555,7 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
             raise
         if note:
             notes.append(note)
-        notes += tcpstate.start(iface.index, lp.egress_fd, maps)
+        notes += tcpstate.start(iface.index, lp.egress_fd, maps, grace_s)
         new = dataplane.query(iface.index)
         prog_id = new.prog_id if new else 0
         state.write_state(iface, {

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from . import dataplane, libbpf
+from . import dataplane, libbpf, vocab
 from .abi import (CFG_TCPSTATE, FLOW_EST, PROT_PORT_POLICY, PROT_TCPSTATE_OFF, TS_EST_TIMEOUT_S, Flow, FlowKey, MapName,
                   TcpStateConfig)
 from .errors import UserError
@@ -30,8 +30,19 @@ from .policy import prot_key
 EGRESS_PIN = "xg_egress"  # the recorder, pinned beside the XDP program: drift repair puts it back
 
 # Connections older than the attach are unknown to the table; their packets pass for this long
-# (the protected side's first packet in that time records them for good).
-GRACE_S = 10
+# (the protected side's first packet in that time records them for good). $XDPGUARD_TCP_GRACE
+# sets it (seconds, 0 to 3600): longer for a host whose idle connections the seed may miss,
+# shorter where nothing predates the attach (the test labs wait it out).
+GRACE_S = 10.0
+GRACE_ENV = "XDPGUARD_TCP_GRACE"
+
+
+def attach_grace_s() -> float:
+    """$XDPGUARD_TCP_GRACE (seconds, 0..3600), else GRACE_S; a bad value is a one-line error."""
+    text = os.environ.get("XDPGUARD_TCP_GRACE")
+    if text is None or not text.strip():
+        return GRACE_S
+    return vocab.parse_seconds(text, GRACE_ENV, 0, 3600)
 
 
 def _now_ns() -> int:

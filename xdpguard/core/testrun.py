@@ -20,6 +20,7 @@ from .prefixes import parse_prefix
 from .protection import Guard, list_target
 
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
+BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF = 2, 6, 27
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,31 @@ class TestBed:
 
     def close(self) -> None:
         self.prog.close()
+
+    def reset(self) -> None:
+        """Every map back to what a fresh compile holds — arrays zeroed (one batch update each),
+        hashes, LRUs and tries emptied — then the switches set as __init__ sets them: one compile
+        can serve several test modules as if each had its own. (The sample ring buffer is left
+        to its reader, which drains it.)"""
+        for m in self.maps.values():
+            kind = libbpf.map_info(m.fd).type
+            if kind == BPF_MAP_TYPE_RINGBUF:
+                continue
+            if kind in (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY):
+                n = m.max_entries
+                keys = (ctypes.c_uint32 * n)(*range(n))
+                per = ctypes.sizeof(m.value_type)
+                if m.percpu:  # the kernel's per-CPU batch layout: each value rounded up to 8 bytes, per CPU
+                    per = (per + 7) // 8 * 8 * m.ncpu
+                vals = (ctypes.c_char * (per * n))()
+                rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
+                if rc != 0 or done != n:
+                    raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}")
+            else:
+                for k in list(m.keys()):
+                    m.delete(k)
+        self._next_slot = 0
+        self.configure()
 
     def __enter__(self) -> TestBed:
         return self
