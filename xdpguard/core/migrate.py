@@ -35,7 +35,8 @@ from .abi import KIND_MAX, MAP_LAYOUTS, MAP_SHAPES, MAP_TYPES, MapName, map_size
 from .errors import UserError
 
 # Soft state: losing it costs a refill or one SYN retransmission, never a policy.
-SOFT = frozenset({MapName.BUCKETS, MapName.SRCSKETCH, MapName.DSTBKT, MapName.SYNSEEN, MapName.SYNWIN,
+SOFT = frozenset({MapName.BUCKETS, MapName.SRCSKETCH, MapName.DSTBKT, MapName.DSTADDR, MapName.SYNSEEN, MapName.SYNWIN,
+                  MapName.SYNAUTH, MapName.UDPWIN,
                   MapName.SAMPLE_STATE, MapName.SAMPLES})
 # Never shared through a pin (bcc declares the ring without XG_MAP): always new.
 UNPINNED = frozenset({MapName.SAMPLES})

@@ -912,5 +912,7 @@ def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
             if entries:
                 g.sync_lists_mask()
             bans = policy.sweep_bans(g.maps, _now_ns())
+            policy.sweep_verified(g.maps, _now_ns())  # expired verified clients; room for learning
+            policy.sweep_dst_buckets(g.maps, _now_ns())  # idle per-port buckets: room again after a flood
             out.append(SweepResult(name, entries, bans))
     return out
