@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import struct
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -770,13 +771,14 @@ def sweep_verified(maps, now_ns: int, high: float = 0.9, low: float = 0.75) -> S
     ks, vs = ctypes.sizeof(abi.SrcKey), ctypes.sizeof(abi.GoodSrc)
     raw_k, raw_v, n = m.dump_raw()
     dead, live = [], []
-    for i in range(n):
-        v = abi.GoodSrc.from_buffer_copy(raw_v, i * vs)
+    trusted = abi.VF_TCP | abi.VF_UDP
+    # (expires_ns, kind) of each value in one pass (a ctypes object per entry costs ~10x more)
+    for i, (exp, kind) in enumerate(struct.iter_unpack("=QI" + "x" * (vs - 12), raw_v[:n * vs])):
         key = raw_k[i * ks:(i + 1) * ks]
-        if v.expires_ns <= now_ns or not v.kind & (abi.VF_TCP | abi.VF_UDP):
+        if exp <= now_ns or not kind & trusted:
             dead.append(key)
         else:
-            live.append((0 if v.kind & abi.VF_TCP else -1, v.expires_ns, key))
+            live.append((0 if kind & abi.VF_TCP else -1, exp, key))
     evict = []
     cap = m.max_entries
     if len(live) > high * cap:
