@@ -221,8 +221,7 @@ struct xg_ban {
     __u64 expires_ns;         /* CLOCK_MONOTONIC ns */
     __u64 hits;               /* packets dropped by this ban */
     __u32 reason;             /* the XG_REASON_* that caused it */
-    __u32 verified_hits;      /* of hits, packets of verified sources (knowngood.h): a data-path ban lets
-                               * them pass, an operator's drops them; (was `reserved`, 0) */
+    __u32 verified_hits;      /* of hits, packets of verified sources (knowngood.h); was `reserved` (0) */
 };
 
 /* xg_synwin_arr value: SYNs seen in the current 1 s window, per protected address slot, and

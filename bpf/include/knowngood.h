@@ -25,8 +25,8 @@
  * then the oldest, so learning always finds room again. A full map only pauses learning.
  *
  * The privilege of a verified source (policy.h: it passes the automatic mitigation filters,
- * every budget meant for unknown traffic, the SYN defence, and is never banned by the data
- * path) is bounded by a token bucket in its entry, tcp_pps/udp_pps of xg_vcfg_arr: past what a
+ * every budget meant for unknown traffic, the SYN defence, and the data path bans it for
+ * nothing; the operator's lists and bans, its own per-source limits still apply) is bounded by a token bucket in its entry, tcp_pps/udp_pps of xg_vcfg_arr: past what a
  * real client sends — e.g. a flood spoofing a verified address — its packets are judged as
  * anyone's. The bucket is the only field XDP writes.
  */

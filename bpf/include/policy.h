@@ -162,7 +162,7 @@ static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
         if (ob->expires_ns > xg_now(now)) {
             __sync_fetch_and_add(&ob->hits, 1);
             kg_lookup(p, now);
-            if (kg_verified(p)) {     /* the operator's ban holds; counted (do no harm) */
+            if (kg_verified(p)) {     /* the ban holds; counted (do no harm) */
                 ob->verified_hits += 1;
                 kg_vdrop(XG_FILTERS_MAX + XG_REASON_BANNED, 1);
             }
@@ -174,12 +174,13 @@ static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
     if (!b)
         return XG_CONTINUE;
     if (b->expires_ns > xg_now(now)) {
+        /* The data path bans no verified source (xg_ban_source): this one was banned while its
+         * privilege was spent or before it proved itself. Counted (do no harm), not lifted. */
         __sync_fetch_and_add(&b->hits, 1);
         kg_lookup(p, now);
-        if (kg_verified(p)) {         /* a data-path ban never drops a verified source */
+        if (kg_verified(p)) {
             b->verified_hits += 1;
-            kg_vdrop(XG_FILTERS_MAX + XG_REASON_BANNED, 0);
-            return XG_CONTINUE;
+            kg_vdrop(XG_FILTERS_MAX + XG_REASON_BANNED, 1);
         }
         return XG_REASON_BANNED;
     }

@@ -860,8 +860,8 @@ def read_verified_drops(maps) -> VerifiedDrops:
 
 
 def read_bans_verified_hits(maps) -> dict[str, int]:
-    """Per banned source, the packets of it that came while it was verified (an operator's ban
-    dropped them, a data-path ban let them pass): a ban that hits verified clients is suspect."""
+    """Per banned source, the packets the ban dropped while the source was verified: a ban that
+    hits verified clients is suspect (the data path itself bans no verified source)."""
     out = {}
     for name in (abi.MapName.OPBANS, abi.MapName.BANS):
         for k, v in maps[name].items():
