@@ -266,6 +266,11 @@ struct xg_cookie_stats {
  * from the 8-byte layout of the previous wave (migrate.py copies; old entries have kind 0 and
  * are not trusted, the sweep removes them). */
 #define XG_VF_TCP 1               /* completed a handshake (or a cookie ACK) through us */
+/* xg_vbloom_arr: one bit per hash of a verified source (xg_src_hash, as the ban bloom), set by
+ * egress whenever it learns or refreshes one, rebuilt by the controller's sweep: a clear bit
+ * spares XDP the xg_goodsrc_hash lookup (a spoofed flood from random sources mostly meets
+ * clear bits). */
+#define XG_GOODBLOOM_BITS 1048576
 #define XG_VF_UDP 2               /* a UDP service answered it in peacetime */
 struct xg_goodsrc {
     __u64 expires_ns;         /* CLOCK_MONOTONIC ns; refreshed (at most once a minute) by egress */

@@ -19,7 +19,9 @@
  *    per-source budget, and the controller's sweep evicts UDP-only entries first.
  *
  * Only egress inserts or refreshes xg_goodsrc_hash (a plain hash: no LRU eviction, and no ref
- * bit that an XDP lookup would set). XDP never inserts, refreshes or deletes an entry, so
+ * bit that an XDP lookup would set), and sets the source's bit in xg_vbloom_arr first: XDP
+ * looks a source up only when its bit is set, so a flood from random sources costs one array
+ * read per packet, not a hash lookup. XDP never inserts, refreshes or deletes an entry, so
  * spoofed ingress can neither add, keep alive nor evict one. The controller sweeps the map
  * (policy.sweep_verified): expired entries go, and past a high-water mark the UDP-only ones,
  * then the oldest, so learning always finds room again. A full map only pauses learning.
@@ -71,6 +73,15 @@ static __always_inline void kg_udp_count(struct xg_protected *prot, __u64 t)
         w->defend_until_ns = t + XG_UDP_PEACE_HOLD_S * ONE_SEC_NS;
 }
 
+/* The word of xg_vbloom_arr holding the source's bit, and the bit (policy.good_bloom_bit). */
+static __always_inline __u64 *kg_bloom_word(struct xg_src_key *k, __u64 *bit)
+{
+    __u32 b = xg_src_hash(k) & (XG_GOODBLOOM_BITS - 1);
+    __u32 word = b >> 6;
+    *bit = 1ULL << (b & 63);
+    return xg_vbloom_arr.lookup(&word);
+}
+
 /* Egress: learn (or refresh) the client (family, address as in a flow key) as verified by
  * `kind`. UDP only in peacetime at the protected address that answered. */
 static __always_inline void kg_learn(struct xg_protected *prot, __u32 kind, __u8 family, __u8 *client)
@@ -82,6 +93,10 @@ static __always_inline void kg_learn(struct xg_protected *prot, __u32 kind, __u8
     __builtin_memcpy(k.addr, client, 16);
     k.family = family;
     __u64 exp = t + (__u64)(kind == XG_VF_TCP ? XG_GOOD_TTL_S : XG_GOOD_UDP_TTL_S) * ONE_SEC_NS;
+    __u64 bit;
+    __u64 *w = kg_bloom_word(&k, &bit);
+    if (w && !(*w & bit))
+        __sync_fetch_and_or(w, bit);   /* before the entry: a clear bit never hides one */
     struct xg_goodsrc *g = xg_goodsrc_hash.lookup(&k);
     if (g) {
         if ((g->kind & kind) != kind)
@@ -142,7 +157,9 @@ static __always_inline void kg_lookup(struct xg_pkt *p, __u64 *now)
 {
     __u64 v = 0;
     __u64 t = xg_now(now);
-    struct xg_goodsrc *g = xg_goodsrc_hash.lookup(&p->src);
+    __u64 bit;
+    __u64 *w = kg_bloom_word(&p->src, &bit);
+    struct xg_goodsrc *g = w && (*w & bit) ? xg_goodsrc_hash.lookup(&p->src) : 0;
     struct xg_verify_config *vc = xg_vcfg();
     if (g && vc)
         v = kg_check(g, vc, xg_eq(p->l4proto, IPPROTO_UDP), t);

@@ -99,6 +99,9 @@ XG_MAP("percpu_array", int, struct xg_cookie_stats, xg_cookie_pcpu, 1, 0);
  * learning until the controller's sweep (policy.sweep_verified) makes room. */
 XG_MAP("hash", struct xg_src_key, struct xg_goodsrc, xg_goodsrc_hash, XG_GOODSRC_MAX, BPF_F_NO_PREALLOC);
 
+/* xg_vbloom_arr: word → __u64, XG_GOODBLOOM_BITS bits over the verified sources (abi.h). */
+XG_MAP("array", int, __u64, xg_vbloom_arr, XG_GOODBLOOM_BITS / 64, 0);
+
 /* xg_vcfg_arr: key 0 → struct xg_verify_config (verified-client budgets, UDP peacetime, bans). */
 XG_MAP("array", int, struct xg_verify_config, xg_vcfg_arr, 1, 0);
 

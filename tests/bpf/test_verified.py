@@ -384,3 +384,27 @@ def test_the_sweep_of_a_full_default_map_is_measured():
         st = policy.sweep_verified(b.maps, now_ns())
         assert st.evicted == n - int(0.75 * n) and st.after == int(0.75 * n)
         print(f"sweep of {n} live entries (full): {st.seconds * 1000:.0f} ms, {st.evicted} evicted")
+
+
+def test_the_verified_bloom_follows_learning_and_the_sweep(bed):
+    """xg_vbloom_arr: egress sets a source's bit before its entry; XDP looks up only sources
+    whose bit is set; the sweep clears the bits of what it removed."""
+    bits = bed.maps[MapName.GOODBLOOM]
+    bit = policy.good_bloom_bit(key(CLIENT))
+
+    def is_set() -> bool:
+        return bool(bits.get(ctypes.c_uint32(bit >> 6)).value >> (bit & 63) & 1)
+
+    establish(bed)
+    assert is_set()
+    policy.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="tcp")])
+    assert bed.verdict(tcp(CLIENT, "A")).reason == Reason.CLEAN
+    bits.set(ctypes.c_uint32(bit >> 6), ctypes.c_uint64(0))  # without its bit the entry is not consulted
+    assert bed.verdict(tcp(CLIENT, "A")).reason == Reason.MITIGATION
+    bed.egress(out_tcp(CLIENT, "A"))  # the next segment the protected side sends sets it again
+    assert is_set() and bed.verdict(tcp(CLIENT, "A")).reason == Reason.CLEAN
+    e = bed.maps[MapName.GOODSRC].get(key(CLIENT))
+    e.expires_ns = 1
+    bed.maps[MapName.GOODSRC].set(key(CLIENT), e)
+    policy.sweep_verified(bed.maps, now_ns())
+    assert bed.maps[MapName.GOODSRC].get(key(CLIENT)) is None and not is_set()

@@ -121,6 +121,7 @@ VERIFIED_UDP_PPS, VERIFIED_UDP_BURST = 2000, 4000
 UDP_PEACE_PPS, UDP_PEACE_HOLD_S = 5000, 30
 SPOOF_BAN_S = 10
 VC_NO_UDP_LEARN = 1  # xg_verify_config.flags: the controller saw an attack, no UDP learning
+GOODBLOOM_BITS = 1048576  # xg_vbloom_arr: bits over the verified sources
 IPV6_EXT_MAX = 6
 
 # ---- TCP state validation (tcpstate.h) ----
@@ -355,6 +356,7 @@ class MapName(str, enum.Enum):
     COOKIES = "xg_cookie_pcpu"  # syncookie.h
     GOODSRC = "xg_goodsrc_hash"  # verified sources (knowngood.h)
     VCFG = "xg_vcfg_arr"
+    GOODBLOOM = "xg_vbloom_arr"  # bits over the verified sources: a clear bit skips the lookup
     UDPWIN = "xg_udpwin_arr"  # UDP packets/s per address slot: peacetime for UDP learning
     VDROP = "xg_vdrop_pcpu"  # do-no-harm counters (policy.read_verified_drops)
     SAMPLE_CFG = "xg_sample_cfg"  # sample.h
@@ -406,6 +408,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.COOKIES: (ctypes.c_uint32, CookieStats, True),
     MapName.GOODSRC: (SrcKey, GoodSrc, False),
     MapName.VCFG: (ctypes.c_uint32, VerifyConfig, False),
+    MapName.GOODBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.UDPWIN: (ctypes.c_uint32, SynWin, False),
     MapName.VDROP: (ctypes.c_uint32, VDrop, True),
     MapName.SAMPLE_CFG: (ctypes.c_uint32, "SampleConfig", False),
@@ -461,6 +464,7 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.COOKIES: ("percpu_array", 1, 0),
     MapName.GOODSRC: ("hash", "XG_GOODSRC_MAX", F_NO_PREALLOC),
     MapName.VCFG: ("array", 1, 0),
+    MapName.GOODBLOOM: ("array", GOODBLOOM_BITS // 64, 0),
     MapName.UDPWIN: ("array", "XG_PROTECTED_MAX", 0),
     MapName.VDROP: ("percpu_array", "XG_VDROP_SLOTS", 0),
 }

@@ -615,8 +615,8 @@ def ban_bloom_bit(key: abi.SrcKey) -> int:
     return h & (abi.BANBLOOM_BITS - 1)
 
 
-def _write_bloom(maps, words: list[int]) -> None:
-    m = maps[abi.MapName.BANBLOOM]
+def _write_bloom(maps, words: list[int], name: abi.MapName = abi.MapName.BANBLOOM) -> None:
+    m = maps[name]
     n = len(words)
     keys = (ctypes.c_uint32 * n)(*range(n))
     vals = (ctypes.c_uint64 * n)(*words)
@@ -785,7 +785,20 @@ def sweep_verified(maps, now_ns: int, high: float = 0.9, low: float = 0.75) -> S
         live.sort()  # UDP-only (-1) before TCP (0), then by expiry
         evict = [k for _, _, k in live[: len(live) - int(low * cap)]]
     gone = _delete_raw(m, dead + evict, ks)
+    if gone and gone * 8 >= n:  # an eighth gone: their bloom bits too (a stale bit only costs a lookup)
+        kept = live[len(evict):] if evict else live
+        words = [0] * (abi.GOODBLOOM_BITS // 64)
+        for _, _, k in kept:
+            bit = good_bloom_bit(abi.SrcKey.from_buffer_copy(k))
+            words[bit >> 6] |= 1 << (bit & 63)
+        _write_bloom(maps, words, abi.MapName.GOODBLOOM)
     return SweepStats(n, min(len(dead), gone), max(0, gone - len(dead)), n - gone, time.monotonic() - t0)
+
+
+def good_bloom_bit(key: abi.SrcKey) -> int:
+    """kg_bloom_word() of knowngood.h: the source's bit in xg_vbloom_arr (the hash of the
+    ban bloom, xg_src_hash, on as many bits)."""
+    return ban_bloom_bit(key) & (abi.GOODBLOOM_BITS - 1)
 
 
 def _delete_raw(m, keys: list[bytes], ks: int, chunk: int = 16384) -> int:
