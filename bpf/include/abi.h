@@ -171,8 +171,8 @@ struct xg_limits {
     __u64 syn_src_pps;    /* TCP SYNs/s per source */
     __u64 syn_src_burst;
     __u32 ban_s;          /* exceeding src_pps/src_bps/syn_src_pps bans the source for ban_s s */
-    __u32 unknown_share_pct; /* 0 = off; else sources not known-good may use only this % of the
-                              * dst bucket: the rest is kept for known-good ones (knowngood.h) */
+    __u32 unknown_share_pct; /* 0 = off; else unverified sources may use only this % of the
+                              * dst bucket: the rest is kept for verified ones (knowngood.h) */
 };
 
 /* SYN flood defence of one protected address. Above syn_threshold_pps SYNs/s to the address,

@@ -57,8 +57,8 @@ class Limits:
     syn_src_pps: int = 0
     syn_src_burst: int = 0
     ban_s: int = 0
-    # 1..99: under dst_pps, sources not known-good may use only this % of the bucket (the rest is
-    # kept for known-good ones, knowngood.h; drop reason `unknown`); 0: every source alike
+    # 1..99: under dst_pps, unverified sources may use only this % of the bucket (the rest is
+    # kept for verified ones, knowngood.h; drop reason `unknown`); 0: every source alike
     unknown_share_pct: int = 0
 
     def __post_init__(self):
