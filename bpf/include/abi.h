@@ -93,7 +93,7 @@
 #define XG_VERIFIED_TCP_BURST 40000
 #define XG_VERIFIED_UDP_PPS 2000
 #define XG_VERIFIED_UDP_BURST 4000
-#define XG_UDP_PEACE_PPS 5000        /* UDP packets/s to one protected address above which it is under a flood */
+#define XG_UDP_PEACE_PPS 5000        /* UDP packets/s to one address, on one CPU, above which it is flooded */
 #define XG_UDP_PEACE_HOLD_S 30       /* ... and stays so this long after the last second over it */
 #define XG_SPOOF_BAN_S 10            /* a data-path ban from spoofable evidence lasts at most this long */
 

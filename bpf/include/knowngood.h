@@ -8,9 +8,9 @@
  *    SYN only draws a SYN-ACK (not learned), a spoofed ACK of no connection a RST (not learned).
  *    Proves the address for every protocol.
  *  - UDP (XG_VF_UDP): a UDP datagram leaves a protected address towards it (the service
- *    answered) in peacetime only: while the address sees no more than udp_peace_pps UDP
- *    packets a second (xg_udpwin_arr, counted in XDP; once over, no learning for
- *    XG_UDP_PEACE_HOLD_S) and the controller has not switched UDP learning off
+ *    answered) in peacetime only: while no CPU sees more than udp_peace_pps UDP packets a
+ *    second to the address (xg_udpwin_pcpu, counted in XDP; once over, xg_udpflood_arr: no
+ *    learning for XG_UDP_PEACE_HOLD_S) and the controller has not switched UDP learning off
  *    (XG_VC_NO_UDP_LEARN). A spoofed flood therefore cannot insert or refresh an entry: during
  *    a flood the answers it draws teach nothing. Proves the address for UDP only, and expires
  *    sooner (XG_GOOD_UDP_TTL_S).
@@ -43,34 +43,39 @@ static __always_inline struct xg_verify_config *xg_vcfg(void)
     return xg_vcfg_arr.lookup(&zero);
 }
 
-/* Is it peacetime for UDP at this protected address (its xg_udpwin_arr slot), at t? */
+/* Is it peacetime for UDP at this protected address (its slot in xg_udpflood_arr), at t? */
 static __always_inline int kg_udp_peace(struct xg_protected *prot, __u64 t)
 {
     struct xg_verify_config *vc = xg_vcfg();
     if (vc && (vc->flags & XG_VC_NO_UDP_LEARN))
         return 0;
     __u32 slot = prot->syn.slot;
-    struct xg_synwin *w = xg_udpwin_arr.lookup(&slot);
-    return !w || t >= w->defend_until_ns;
+    __u64 *until = xg_udpflood_arr.lookup(&slot);
+    return !until || t >= *until;
 }
 
-/* XDP: count a UDP packet to a protected address; past udp_peace_pps in a second the address
- * is under a UDP flood for XG_UDP_PEACE_HOLD_S (no UDP learning). */
+/* XDP: count a UDP packet to a protected address on this CPU; past udp_peace_pps in a second
+ * the address is under a UDP flood for XG_UDP_PEACE_HOLD_S (no UDP learning). The shared
+ * xg_udpflood_arr is written at most once a second per CPU (defend_until_ns: the next time). */
 static __always_inline void kg_udp_count(struct xg_protected *prot, __u64 t)
 {
     __u32 slot = prot->syn.slot;
-    struct xg_synwin *w = xg_udpwin_arr.lookup(&slot);
+    struct xg_synwin *w = xg_udpwin_pcpu.lookup(&slot);
     if (!w)
         return;
     if (t - w->window_start_ns >= ONE_SEC_NS) {
-        /* A new second. XXX: racy reset across CPUs; the count is an estimate. */
         w->window_start_ns = t;
         w->count = 0;
     }
+    w->count += 1;
     struct xg_verify_config *vc = xg_vcfg();
     __u64 peace = vc && vc->udp_peace_pps ? vc->udp_peace_pps : XG_UDP_PEACE_PPS;
-    if (__sync_fetch_and_add(&w->count, 1) + 1 > peace)
-        w->defend_until_ns = t + XG_UDP_PEACE_HOLD_S * ONE_SEC_NS;
+    if (w->count > peace && t >= w->defend_until_ns) {
+        w->defend_until_ns = t + ONE_SEC_NS;
+        __u64 *until = xg_udpflood_arr.lookup(&slot);
+        if (until)
+            *until = t + XG_UDP_PEACE_HOLD_S * ONE_SEC_NS;
+    }
 }
 
 /* The word of xg_vbloom_arr holding the source's bit, and the bit (policy.good_bloom_bit). */

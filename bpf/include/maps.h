@@ -105,9 +105,14 @@ XG_MAP("array", int, __u64, xg_vbloom_arr, XG_GOODBLOOM_BITS / 64, 0);
 /* xg_vcfg_arr: key 0 → struct xg_verify_config (verified-client budgets, UDP peacetime, bans). */
 XG_MAP("array", int, struct xg_verify_config, xg_vcfg_arr, 1, 0);
 
-/* xg_udpwin_arr: protected address slot → struct xg_synwin: UDP packets in the current second,
- * and until when the address counts as under a UDP flood (no UDP learning: knowngood.h). */
-XG_MAP("array", int, struct xg_synwin, xg_udpwin_arr, XG_PROTECTED_MAX, 0);
+/* xg_udpwin_pcpu: protected address slot → per-CPU struct xg_synwin: UDP packets this CPU saw in
+ * its current second (per CPU: counting every UDP packet in one shared line would bounce it
+ * between CPUs under a flood), and when it may next write xg_udpflood_arr. */
+XG_MAP("percpu_array", int, struct xg_synwin, xg_udpwin_pcpu, XG_PROTECTED_MAX, 0);
+
+/* xg_udpflood_arr: protected address slot → __u64, until when (ns) the address counts as under a
+ * UDP flood (no UDP learning: knowngood.h); written at most once a second per CPU. */
+XG_MAP("array", int, __u64, xg_udpflood_arr, XG_PROTECTED_MAX, 0);
 
 /* xg_vdrop_pcpu: filter index or XG_FILTERS_MAX + reason → per-CPU struct xg_vdrop: packets of
  * verified sources dropped, or exempted, there ("first, do no harm"; policy.read_verified_drops). */

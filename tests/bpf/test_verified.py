@@ -91,7 +91,7 @@ def bed(tb):
         for k in list(m[MapName[name]].keys()):
             m[MapName[name]].delete(k)
     for slot in range(3):
-        for name in ("SYNWIN", "UDPWIN", "DSTADDR"):
+        for name in ("SYNWIN", "UDPWIN", "UDPFLOOD", "DSTADDR"):
             if hasattr(MapName, name):
                 w = m[MapName[name]]
                 w.set(ctypes.c_uint32(slot), w.value_type())

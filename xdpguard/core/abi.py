@@ -357,7 +357,8 @@ class MapName(str, enum.Enum):
     GOODSRC = "xg_goodsrc_hash"  # verified sources (knowngood.h)
     VCFG = "xg_vcfg_arr"
     GOODBLOOM = "xg_vbloom_arr"  # bits over the verified sources: a clear bit skips the lookup
-    UDPWIN = "xg_udpwin_arr"  # UDP packets/s per address slot: peacetime for UDP learning
+    UDPWIN = "xg_udpwin_pcpu"  # UDP packets/s per address slot and CPU: peacetime for UDP learning
+    UDPFLOOD = "xg_udpflood_arr"  # per address slot: under a UDP flood until (ns)
     VDROP = "xg_vdrop_pcpu"  # do-no-harm counters (policy.read_verified_drops)
     SAMPLE_CFG = "xg_sample_cfg"  # sample.h
     SAMPLE_STATE = "xg_sample_pcpu"
@@ -409,7 +410,8 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.GOODSRC: (SrcKey, GoodSrc, False),
     MapName.VCFG: (ctypes.c_uint32, VerifyConfig, False),
     MapName.GOODBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
-    MapName.UDPWIN: (ctypes.c_uint32, SynWin, False),
+    MapName.UDPWIN: (ctypes.c_uint32, SynWin, True),
+    MapName.UDPFLOOD: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.VDROP: (ctypes.c_uint32, VDrop, True),
     MapName.SAMPLE_CFG: (ctypes.c_uint32, "SampleConfig", False),
     MapName.SAMPLE_STATE: (ctypes.c_uint32, "SampleState", True),
@@ -465,7 +467,8 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.GOODSRC: ("hash", "XG_GOODSRC_MAX", F_NO_PREALLOC),
     MapName.VCFG: ("array", 1, 0),
     MapName.GOODBLOOM: ("array", GOODBLOOM_BITS // 64, 0),
-    MapName.UDPWIN: ("array", "XG_PROTECTED_MAX", 0),
+    MapName.UDPWIN: ("percpu_array", "XG_PROTECTED_MAX", 0),
+    MapName.UDPFLOOD: ("array", "XG_PROTECTED_MAX", 0),
     MapName.VDROP: ("percpu_array", "XG_VDROP_SLOTS", 0),
 }
 # Default of every size macro MAP_SHAPES names (abi.h's #ifndef defaults).

@@ -36,7 +36,7 @@ from .errors import UserError
 
 # Soft state: losing it costs a refill or one SYN retransmission, never a policy.
 SOFT = frozenset({MapName.BUCKETS, MapName.SRCSKETCH, MapName.DSTBKT, MapName.DSTADDR, MapName.SYNSEEN, MapName.SYNWIN,
-                  MapName.SYNAUTH, MapName.UDPWIN,
+                  MapName.SYNAUTH, MapName.UDPWIN, MapName.UDPFLOOD,
                   MapName.SAMPLE_STATE, MapName.SAMPLES})
 # Pins of maps an older program had and this one has not (renamed when their layout changed):
 # removed from the interface's pin directory once the new program runs.

@@ -722,7 +722,7 @@ def write_verify_settings(maps, v: VerifySettings) -> None:
 def set_udp_learning(maps, on: bool) -> None:
     """The controller's switch: off while it sees an attack (no UDP answer teaches anything),
     on again in peacetime. The data path also stops by itself, per protected address, above
-    udp_peace_pps (xg_udpwin_arr)."""
+    udp_peace_pps (xg_udpwin_pcpu, xg_udpflood_arr)."""
     cur = read_verify_settings(maps)
     if cur.udp_learning != on:
         write_verify_settings(maps, replace(cur, udp_learning=on))
