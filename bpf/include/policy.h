@@ -33,9 +33,6 @@ struct xg_pkt {
     __u8 is_frag;
     __u8 has_l4;               /* an L4 header was parsed (not for non-first fragments) */
     __u32 tcp_seq;             /* TCP sequence number as on the wire (SYN authentication) */
-    /* Per-packet facts later steps test. Full 64-bit words, not bytes: the verifier compares
-     * spilled scalars it never needed exactly as equal when pruning, but a byte once written is
-     * another stack state than a zeroed one, which would double the states after every write. */
     __u8 vstate;               /* knowngood.h kg_verified: 0 not looked up, 1 not verified, 2 verified */
     __u8 est;                  /* admitted by an established connection (tcpstate.h): not spoofable */
     __u8 filter_idx;           /* 1 + the index of the filter that dropped it (do-no-harm counters) */
