@@ -112,6 +112,7 @@ int xdpguard_main(struct xdp_md *ctx)
         __builtin_memcpy(p.src.addr, &iph->saddr, 4);
         p.dst.family = 4;
         __builtin_memcpy(p.dst.addr, &daddr, 4);
+        p.l4proto = iph->protocol;     /* for a ban's verified check; the parse below confirms it */
         reason = step_banned(&p, &now);
         if (reason != XG_CONTINUE) {
             action = XDP_DROP;
@@ -160,6 +161,7 @@ int xdpguard_main(struct xdp_md *ctx)
         __builtin_memcpy(p.src.addr, ip6h->saddr.s6_addr, 16);
         p.dst.family = 6;
         __builtin_memcpy(p.dst.addr, d6.addr, 16);
+        p.l4proto = l4proto;           /* the first next header, for a ban's verified check */
         reason = step_banned(&p, &now);
         if (reason != XG_CONTINUE) {
             action = XDP_DROP;

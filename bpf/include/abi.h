@@ -64,7 +64,10 @@
 #define XG_OPBANS_MAX 65536          /* operator bans (`xdpguard ban add`; plain hash: never evicted) */
 #endif
 #ifndef XG_SYNAUTH_MAX
-#define XG_SYNAUTH_MAX 262144        /* authenticated sources (plain hash: never evicted) */
+#define XG_SYNAUTH_MAX 262144        /* retransmission-authenticated sources (LRU: soft, see xg_synauth) */
+#endif
+#ifndef XG_SYNAUTH_SYNS
+#define XG_SYNAUTH_SYNS 8            /* SYNs one retransmission authentication admits, at most */
 #endif
 
 #ifndef XG_FLOWS_MAX
@@ -75,11 +78,24 @@
 #endif
 
 #ifndef XG_GOODSRC_MAX
-#define XG_GOODSRC_MAX 262144        /* known-good sources (plain hash: only tc egress inserts, never evicted) */
+#define XG_GOODSRC_MAX 262144        /* verified sources (plain hash: only tc egress inserts; the controller sweeps) */
 #endif
 #ifndef XG_GOOD_TTL_S
-#define XG_GOOD_TTL_S 86400          /* a known-good source is forgotten this long after its last exchange */
+#define XG_GOOD_TTL_S 86400          /* a TCP-verified source is forgotten this long after its last exchange */
 #endif
+#ifndef XG_GOOD_UDP_TTL_S
+#define XG_GOOD_UDP_TTL_S 600        /* a UDP-verified one this long after the last answer it got */
+#endif
+
+/* Defaults of xg_vcfg_arr (0 there = these): what one real client sends, at most, while its
+ * packets use the verified privilege; UDP peacetime; the longest ban from spoofable evidence. */
+#define XG_VERIFIED_TCP_PPS 20000
+#define XG_VERIFIED_TCP_BURST 40000
+#define XG_VERIFIED_UDP_PPS 2000
+#define XG_VERIFIED_UDP_BURST 4000
+#define XG_UDP_PEACE_PPS 5000        /* UDP packets/s to one address, on one CPU, above which it is flooded */
+#define XG_UDP_PEACE_HOLD_S 30       /* ... and stays so this long after the last second over it */
+#define XG_SPOOF_BAN_S 10            /* a data-path ban from spoofable evidence lasts at most this long */
 
 #ifndef XG_PORTS_MAX
 #define XG_PORTS_MAX 262144          /* open (protected address, proto, port) entries */
@@ -155,8 +171,8 @@ struct xg_limits {
     __u64 syn_src_pps;    /* TCP SYNs/s per source */
     __u64 syn_src_burst;
     __u32 ban_s;          /* exceeding src_pps/src_bps/syn_src_pps bans the source for ban_s s */
-    __u32 unknown_share_pct; /* 0 = off; else sources not known-good may use only this % of the
-                              * dst bucket: the rest is kept for known-good ones (knowngood.h) */
+    __u32 unknown_share_pct; /* 0 = off; else unverified sources may use only this % of the
+                              * dst bucket: the rest is kept for verified ones (knowngood.h) */
 };
 
 /* SYN flood defence of one protected address. Above syn_threshold_pps SYNs/s to the address,
@@ -205,7 +221,7 @@ struct xg_ban {
     __u64 expires_ns;         /* CLOCK_MONOTONIC ns */
     __u64 hits;               /* packets dropped by this ban */
     __u32 reason;             /* the XG_REASON_* that caused it */
-    __u32 reserved;
+    __u32 verified_hits;      /* of hits, packets of verified sources (knowngood.h); was `reserved` (0) */
 };
 
 /* xg_synwin_arr value: SYNs seen in the current 1 s window, per protected address slot, and
@@ -227,9 +243,14 @@ struct xg_synseen {
     __u16 reserved;
 };
 
-/* xg_synauth_hash value: an authenticated source (not an LRU: a spoofed flood cannot evict it). */
+/* xg_synauth_lru value: a source that authenticated by retransmission. Soft state (an LRU): a
+ * retransmission proves no address (a flood that sends every SYN twice passes it), so it only
+ * lets at most XG_SYNAUTH_SYNS SYNs of the source through to the kernel until until_ns; the
+ * address is proven when one of those handshakes completes (knowngood.h: verified). */
 struct xg_synauth {
     __u64 until_ns;
+    __u32 syns_left;          /* SYNs this authentication still admits */
+    __u32 reserved;           /* 0 */
 };
 
 /* xg_cookie_pcpu[0] value, per CPU (syncookie.h): what the reason-14 verdicts were. */
@@ -240,10 +261,45 @@ struct xg_cookie_stats {
     __u64 failed;             /* SYNs the SYN-ACK could not be built for (dropped) */
 };
 
-/* xg_goodsrc_hash value (knowngood.h): a source that completed a two-way exchange with a
- * protected address (TCP established, or a UDP reply sent to it), as seen on tc egress. */
+/* xg_goodsrc_hash value (knowngood.h): a verified source, learned on tc egress: a TCP
+ * connection with it established, or (peacetime only) a UDP answer sent to it. Grown at its end
+ * from the 8-byte layout of the previous wave (migrate.py copies; old entries have kind 0 and
+ * are not trusted, the sweep removes them). */
+#define XG_VF_TCP 1               /* completed a handshake (or a cookie ACK) through us */
+/* xg_vbloom_arr: one bit per hash of a verified source (xg_src_hash, as the ban bloom), set by
+ * egress whenever it learns or refreshes one, rebuilt by the controller's sweep: a clear bit
+ * spares XDP the xg_goodsrc_hash lookup (a spoofed flood from random sources mostly meets
+ * clear bits). */
+#define XG_GOODBLOOM_BITS 1048576
+#define XG_VF_UDP 2               /* a UDP service answered it in peacetime */
 struct xg_goodsrc {
     __u64 expires_ns;         /* CLOCK_MONOTONIC ns; refreshed (at most once a minute) by egress */
+    __u32 kind;               /* XG_VF_* (written by egress only) */
+    __u32 reserved;           /* 0 */
+    __u64 last_ns;            /* the privilege bucket (written by XDP): refill stamp */
+    __u64 tokens;             /* packets that may still use the privilege, nano-units */
+};
+
+/* xg_vcfg_arr[0]: verified-client settings (0 = the XG_VERIFIED_* / XG_UDP_PEACE_* default). */
+#define XG_VC_NO_UDP_LEARN 1      /* the controller saw an attack: no UDP learning anywhere */
+struct xg_verify_config {
+    __u64 tcp_pps;            /* privilege bucket of a TCP-verified source, packets/s */
+    __u64 tcp_burst;
+    __u64 udp_pps;            /* of a UDP-only verified source */
+    __u64 udp_burst;
+    __u32 udp_peace_pps;      /* UDP packets/s to one protected address above which it learns nothing */
+    __u32 flags;              /* XG_VC_* */
+    __u32 spoof_ban_s;        /* the longest data-path ban from spoofable evidence (rate steps) */
+    __u32 reserved;           /* 0 */
+};
+
+/* xg_vdrop_pcpu: "first, do no harm", per CPU: packets of verified sources that a filter (slot =
+ * its index in the filter table, 0..XG_FILTERS_MAX-1) or a step (slot XG_FILTERS_MAX + reason)
+ * dropped, or would have dropped but let pass because they were verified (exempted). */
+#define XG_VDROP_SLOTS (XG_FILTERS_MAX + XG_REASON_MAX)
+struct xg_vdrop {
+    __u64 dropped;
+    __u64 exempted;
 };
 
 /* xg_dpstate_arr[0]: state only the data path sets (the controller never rewrites it, so an

@@ -41,8 +41,14 @@ XG_MAP("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCE
  * source far from every limit passes without a bucket (abi.h, policy.h step_ratelimit). */
 XG_MAP("array", int, struct xg_srcsk, xg_srcsk_arr, XG_SK_SLOTS, 0);
 
-/* xg_dstbkt_hash: (protected address, proto, port) → struct xg_dst_bucket (all sources). */
+/* xg_dstbkt_hash: (protected address, proto, port) → struct xg_dst_bucket (all sources); the
+ * controller deletes idle ones (policy.sweep_dst_buckets). */
 XG_MAP("hash", struct xg_port_key, struct xg_dst_bucket, xg_dstbkt_hash, XG_PORTS_MAX, 0);
+
+/* xg_dstaddr_arr: protected address slot (xg_syn_policy.slot) → struct xg_dst_bucket, shared by
+ * the address's ports that find xg_dstbkt_hash full: it always exists, so a full hash never fails
+ * closed (nor open), and never for another address. */
+XG_MAP("array", int, struct xg_dst_bucket, xg_dstaddr_arr, XG_PROTECTED_MAX, 0);
 
 /* xg_ban_lru: source → struct xg_ban (dynamic bans with expiry, written by the data path). */
 XG_MAP("lru_hash", struct xg_src_key, struct xg_ban, xg_ban_lru, XG_BANS_MAX, 0);
@@ -79,16 +85,38 @@ XG_MAP("array", int, struct xg_synwin, xg_synwin_arr, XG_PROTECTED_MAX, 0);
 /* xg_synseen_lru: source → struct xg_synseen (first SYN dropped at, ns). */
 XG_MAP("lru_hash", struct xg_src_key, struct xg_synseen, xg_synseen_lru, XG_SOURCES_MAX, 0);
 
-/* xg_synauth_hash: source → struct xg_synauth (authenticated until, ns). */
-XG_MAP("hash", struct xg_src_key, struct xg_synauth, xg_synauth_hash, XG_SYNAUTH_MAX, BPF_F_NO_PREALLOC);
+/* xg_synauth_lru: source → struct xg_synauth (retransmission-authenticated until, ns; SYNs left).
+ * Soft state: a retransmission proves no address, so an LRU that a double-SYN flood churns costs a
+ * real client one more retransmission at worst (verified clients skip the step). */
+XG_MAP("lru_hash", struct xg_src_key, struct xg_synauth, xg_synauth_lru, XG_SYNAUTH_MAX, BPF_F_NO_COMMON_LRU);
 
 /* xg_cookie_pcpu: key 0 → per-CPU struct xg_cookie_stats (SYN cookie answers and ACK checks). */
 XG_MAP("percpu_array", int, struct xg_cookie_stats, xg_cookie_pcpu, 1, 0);
 
-/* xg_goodsrc_hash: source → struct xg_goodsrc, known-good clients. Only the tc egress program
- * inserts (what the protected side sends), so a spoofed flood cannot evict or add; full = no
- * new learning, never eviction. */
+/* xg_goodsrc_hash: source → struct xg_goodsrc, verified clients (knowngood.h). Only the tc
+ * egress program inserts or refreshes (what the protected side sends), XDP reads it and writes
+ * only the privilege bucket, so a spoofed flood cannot add, refresh or evict; full = no new
+ * learning until the controller's sweep (policy.sweep_verified) makes room. */
 XG_MAP("hash", struct xg_src_key, struct xg_goodsrc, xg_goodsrc_hash, XG_GOODSRC_MAX, BPF_F_NO_PREALLOC);
+
+/* xg_vbloom_arr: word → __u64, XG_GOODBLOOM_BITS bits over the verified sources (abi.h). */
+XG_MAP("array", int, __u64, xg_vbloom_arr, XG_GOODBLOOM_BITS / 64, 0);
+
+/* xg_vcfg_arr: key 0 → struct xg_verify_config (verified-client budgets, UDP peacetime, bans). */
+XG_MAP("array", int, struct xg_verify_config, xg_vcfg_arr, 1, 0);
+
+/* xg_udpwin_pcpu: protected address slot → per-CPU struct xg_synwin: UDP packets this CPU saw in
+ * its current second (per CPU: counting every UDP packet in one shared line would bounce it
+ * between CPUs under a flood), and when it may next write xg_udpflood_arr. */
+XG_MAP("percpu_array", int, struct xg_synwin, xg_udpwin_pcpu, XG_PROTECTED_MAX, 0);
+
+/* xg_udpflood_arr: protected address slot → __u64, until when (ns) the address counts as under a
+ * UDP flood (no UDP learning: knowngood.h); written at most once a second per CPU. */
+XG_MAP("array", int, __u64, xg_udpflood_arr, XG_PROTECTED_MAX, 0);
+
+/* xg_vdrop_pcpu: filter index or XG_FILTERS_MAX + reason → per-CPU struct xg_vdrop: packets of
+ * verified sources dropped, or exempted, there ("first, do no harm"; policy.read_verified_drops). */
+XG_MAP("percpu_array", int, struct xg_vdrop, xg_vdrop_pcpu, XG_VDROP_SLOTS, 0);
 
 /* xg_flow_lru: struct xg_flow_key → struct xg_flow, connections the protected side has sent on
  * (ACK/data/FIN/RST). Written only by the tc egress program: a spoofed packet cannot insert, so

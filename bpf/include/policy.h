@@ -33,6 +33,9 @@ struct xg_pkt {
     __u8 is_frag;
     __u8 has_l4;               /* an L4 header was parsed (not for non-first fragments) */
     __u32 tcp_seq;             /* TCP sequence number as on the wire (SYN authentication) */
+    __u8 vstate;               /* knowngood.h kg_verified: 0 not looked up, 1 not verified, 2 verified */
+    __u8 est;                  /* admitted by an established connection (tcpstate.h): not spoofable */
+    __u8 filter_idx;           /* 1 + the index of the filter that dropped it (do-no-harm counters) */
 };
 
 static __always_inline __u64 xg_now(__u64 *now)
@@ -68,12 +71,53 @@ static __always_inline __u32 xg_ban_bit(struct xg_src_key *k)
     return xg_src_hash(k) & (XG_BANBLOOM_BITS - 1);
 }
 
-/* Ban a source for ban_s seconds because of `reason` — unless that reason is monitored: monitor
- * mode has no side effects, so a would-drop never bans (a ban would then really drop). */
-static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_src_key *src, __u32 ban_s, __u32 reason,
+/* Refill a nano-unit bucket at rate/s up to burst, charge `pre` (packets that already passed:
+ * the source sketch's uncharged ones; down to 0 at most), then take cost; 1 when it had enough. */
+static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u64 now, __u64 rate, __u64 burst,
+                                       __u64 pre, __u64 cost)
+{
+    __u64 cap = burst * XG_TOKEN;
+    __u64 elapsed = now > *last_ns ? now - *last_ns : 0;  /* another CPU may have stamped a later now */
+    if (elapsed > ONE_SEC_NS * 4)
+        elapsed = ONE_SEC_NS * 4;          /* idle longer than 4 s refills at most 4 s worth */
+    __u64 add = elapsed * rate;            /* rate <= 4e9/s (validated): no overflow */
+    __u64 t = (*tokens >= cap || add >= cap - *tokens) ? cap : *tokens + add;  /* saturating: the sum may pass 2^64 */
+    t = t > pre ? t - pre : 0;
+    *last_ns = now;
+    if (t < cost) {
+        *tokens = t;
+        return 0;
+    }
+    *tokens = t - cost;
+    return 1;
+}
+
+/* min(a, b) for a, b below 2^63, in arithmetic only. */
+static __always_inline __u64 xg_min(__u64 a, __u64 b)
+{
+    __u64 d = a - b;
+    return b + (d & -(d >> 63));
+}
+
+/* 1 when n > k (both below 2^63). */
+static __always_inline __u64 xg_over(__u64 n, __u64 k)
+{
+    return (k - n) >> 63;
+}
+
+#include "knowngood.h"
+
+/* Ban a source for ban_s seconds because of `reason` — unless that reason is monitored (monitor
+ * mode has no side effects, so a would-drop never bans: a ban would then really drop), or the
+ * source is verified (knowngood.h: the evidence of a data-path ban is packets anyone can send
+ * with its address; the verified source's own packets are still dropped by the limit). */
+static __always_inline void xg_ban_source(struct xg_config *cfg, struct xg_pkt *p, __u32 ban_s, __u32 reason,
                                           __u64 *now)
 {
+    struct xg_src_key *src = &p->src;
     if (cfg->monitor_mask & (1ULL << (reason & 63)))
+        return;
+    if (kg_verified(p))
         return;
     struct xg_ban b = {};
     b.expires_ns = xg_now(now) + (__u64)ban_s * ONE_SEC_NS;
@@ -114,6 +158,11 @@ static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
     if (ob) {
         if (ob->expires_ns > xg_now(now)) {
             __sync_fetch_and_add(&ob->hits, 1);
+            kg_lookup(p, now);
+            if (kg_verified(p)) {     /* the ban holds; counted (do no harm) */
+                ob->verified_hits += 1;
+                kg_vdrop(XG_FILTERS_MAX + XG_REASON_BANNED, 1);
+            }
             return XG_REASON_BANNED;
         }
         xg_opban_hash.delete(&p->src);
@@ -122,7 +171,14 @@ static __always_inline __u32 step_banned(struct xg_pkt *p, __u64 *now)
     if (!b)
         return XG_CONTINUE;
     if (b->expires_ns > xg_now(now)) {
+        /* The data path bans no verified source (xg_ban_source): this one was banned while its
+         * privilege was spent or before it proved itself. Counted (do no harm), not lifted. */
         __sync_fetch_and_add(&b->hits, 1);
+        kg_lookup(p, now);
+        if (kg_verified(p)) {
+            b->verified_hits += 1;
+            kg_vdrop(XG_FILTERS_MAX + XG_REASON_BANNED, 1);
+        }
         return XG_REASON_BANNED;
     }
     xg_ban_lru.delete(&p->src);
@@ -223,19 +279,27 @@ static __always_inline __u32 xg_bit_index(__u64 lsb)
     return (__u32)((x * 0x0101010101010101ULL) >> 56) & (XG_FILTERS_MAX - 1);
 }
 
-/* What a matching filter does. A new action is a case here (and a name in policy.ACTIONS). */
-static __always_inline __u32 filter_verdict(struct xg_config *cfg, struct xg_filter *f, struct xg_pkt *p,
+/* What a matching filter (index idx of the table) does. A new action is a case here (and a name
+ * in policy.ACTIONS). A verified source passes an automatic mitigation filter (they come after
+ * the operator's filters, so nothing of the operator's is skipped with it), counted as exempted. */
+static __always_inline __u32 filter_verdict(struct xg_config *cfg, struct xg_filter *f, __u32 idx, struct xg_pkt *p,
                                             int *skip_rest, __u64 *now)
 {
+    p->filter_idx = idx + 1;
     switch (f->action) {
     case XG_FA_PASS:
         *skip_rest = 1;
         return XG_CONTINUE;
     case XG_FA_DROP_BAN:
         if (f->ban_s)
-            xg_ban_source(cfg, &p->src, f->ban_s, XG_REASON_FEATURE, now);
+            xg_ban_source(cfg, p, f->ban_s, XG_REASON_FEATURE, now);
         return XG_REASON_FEATURE;
     case XG_FA_MITIGATE:
+        if (kg_verified(p)) {
+            kg_vdrop(idx, 0);
+            p->filter_idx = 0;
+            return XG_CONTINUE;
+        }
         return XG_REASON_MITIGATION;
     default:
         return XG_REASON_FEATURE;
@@ -288,6 +352,7 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
     if (plain)
         cand &= (plain & -plain) - 1;       /* only payload filters ahead of the first plain one */
     __u32 slot0 = gen * XG_FILTERS_MAX;
+    __u64 hit = plain & -plain;             /* the first plain one, unless a payload filter before it matches */
     for (int k = 0; k < XG_FILTERS_MAX; k++) {
         if (!cand)
             break;
@@ -295,39 +360,20 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
         cand ^= lsb;
         __u32 slot = slot0 + xg_bit_index(lsb);
         struct xg_filter *f = xg_fdef_arr.lookup(&slot);
-        if (f && filter_payload(ctx, f, p))
-            return filter_verdict(cfg, f, p, skip_rest, now);
+        if (f && filter_payload(ctx, f, p)) {
+            hit = lsb;
+            break;
+        }
     }
-    if (!plain)
+    if (!hit)
         return XG_CONTINUE;
-    __u32 slot = slot0 + xg_bit_index(plain & -plain);
+    /* one verdict site (not one per loop exit): the verifier walks it once */
+    __u32 idx = xg_bit_index(hit);
+    __u32 slot = slot0 + idx;
     struct xg_filter *f = xg_fdef_arr.lookup(&slot);
     if (!f)
         return XG_CONTINUE;
-    return filter_verdict(cfg, f, p, skip_rest, now);
-}
-
-#include "knowngood.h"
-
-/* Refill a nano-unit bucket at rate/s up to burst, charge `pre` (packets that already passed:
- * the source sketch's uncharged ones; down to 0 at most), then take cost; 1 when it had enough. */
-static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u64 now, __u64 rate, __u64 burst,
-                                       __u64 pre, __u64 cost)
-{
-    __u64 cap = burst * XG_TOKEN;
-    __u64 elapsed = now > *last_ns ? now - *last_ns : 0;  /* another CPU may have stamped a later now */
-    if (elapsed > ONE_SEC_NS * 4)
-        elapsed = ONE_SEC_NS * 4;          /* idle longer than 4 s refills at most 4 s worth */
-    __u64 add = elapsed * rate;            /* rate <= 4e9/s (validated): no overflow */
-    __u64 t = (*tokens >= cap || add >= cap - *tokens) ? cap : *tokens + add;  /* saturating: the sum may pass 2^64 */
-    t = t > pre ? t - pre : 0;
-    *last_ns = now;
-    if (t < cost) {
-        *tokens = t;
-        return 0;
-    }
-    *tokens = t - cost;
-    return 1;
+    return filter_verdict(cfg, f, idx, p, skip_rest, now);
 }
 
 /* The source sketch's K for one limit: min(burst / 2, rate per second, XG_SK_MAX); 2^62 ("no
@@ -335,22 +381,10 @@ static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u64 now,
  * token bucket of that rate and burst: an interval of T s spans at most T/1 s + 2 windows, so it
  * holds at most K * (T + 2) <= burst + rate * T packets. In arithmetic only (every operand is
  * below 2^63, so a difference's top bit is the comparison): no branches, no verifier states. */
-static __always_inline __u64 xg_min(__u64 a, __u64 b)
-{
-    __u64 d = a - b;
-    return b + (d & -(d >> 63));
-}
-
 static __always_inline __u64 xg_sk_k(__u64 rate, __u64 burst)
 {
     __u64 none = ((rate | -rate) >> 63) ^ 1;           /* 1 when rate == 0 */
     return xg_min(xg_min(burst >> 1, rate), XG_SK_MAX) | (none << 62);
-}
-
-/* 1 when n > k (both below 2^63). */
-static __always_inline __u64 xg_over(__u64 n, __u64 k)
-{
-    return (k - n) >> 63;
 }
 
 /* The limits for this packet: a per-port override, else the protected address's defaults. */
@@ -367,39 +401,41 @@ static __always_inline struct xg_limits *limits_for(struct xg_protected *prot, s
 
 /* Step 11: per-source pps/bps buckets, per-destination pps; step 12a: per-source SYN rate.
  * XXX: buckets are updated without locks; concurrent CPUs may lose a refill or a take. */
-static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_limits *lim, struct xg_pkt *p,
-                                            int is_syn, __u64 *now)
+static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_protected *prot, struct xg_limits *lim,
+                                            struct xg_pkt *p, int is_syn, __u64 *now)
 {
 #ifdef XG_SPEC_NO_LIMITS
     return XG_CONTINUE;
 #endif
     int per_src = lim->src_pps || lim->src_bps || (is_syn && lim->syn_src_pps);
     if (lim->dst_pps && p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP)) {
+        /* Each address:port has a bucket of its own in xg_dstbkt_hash while the map has room;
+         * once it is full (a flood over random ports), ports without one share their address's
+         * bucket in xg_dstaddr_arr, which always exists: a full map neither lifts the limit nor
+         * drops a packet for want of a bucket, and never touches another address. The
+         * controller deletes idle buckets (policy.sweep_dst_buckets), so the map empties again. */
         struct xg_dst_bucket *db = xg_dstbkt_hash.lookup(&p->dst);
         if (!db) {
-            /* A new port. Its address's overflow bucket (port 0, proto 0) is made first, so that
-             * once the map is full (a flood over random ports) the ports without a bucket of
-             * their own share that one: a full map never lifts the limit. Without even that
-             * bucket (the map filled up before this address's first port) the packet is dropped. */
-            struct xg_port_key ak = p->dst;
-            ak.port = 0;
-            ak.proto = 0;
             struct xg_dst_bucket fresh = { .last_ns = xg_now(now), .pkt_tokens = lim->dst_burst_pkts * XG_TOKEN };
-            if (!xg_dstbkt_hash.lookup(&ak))
-                xg_dstbkt_hash.update(&ak, &fresh);
             xg_dstbkt_hash.update(&p->dst, &fresh);
             db = xg_dstbkt_hash.lookup(&p->dst);
-            if (!db)
-                db = xg_dstbkt_hash.lookup(&ak);
-            if (!db)
-                return XG_REASON_RATELIMIT;
         }
-        /* known-good sources first (knowngood.h): an unknown one must leave `reserve` tokens behind */
-        __u64 reserve = kg_reserve(lim, p, now);
-        if (!bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts, 0,
-                         XG_TOKEN + reserve))
-            return reserve && db->pkt_tokens >= XG_TOKEN ? XG_REASON_UNKNOWN : XG_REASON_RATELIMIT;
-        db->pkt_tokens += reserve;
+        if (!db) {
+            __u32 aslot = prot->syn.slot;
+            db = xg_dstaddr_arr.lookup(&aslot);
+        }
+        if (db) {
+            /* verified sources first (knowngood.h): an unverified one must leave `reserve` tokens
+             * behind; a verified one is never dropped by this budget (it is meant for unknown traffic) */
+            __u64 reserve = kg_reserve(lim, p, now);
+            if (bucket_take(&db->pkt_tokens, &db->last_ns, xg_now(now), lim->dst_pps, lim->dst_burst_pkts, 0,
+                            XG_TOKEN + reserve))
+                db->pkt_tokens += reserve;
+            else if (kg_verified(p))
+                kg_vdrop(XG_FILTERS_MAX + XG_REASON_RATELIMIT, 0);
+            else
+                return reserve && db->pkt_tokens >= XG_TOKEN ? XG_REASON_UNKNOWN : XG_REASON_RATELIMIT;
+        }
     }
     if (!per_src)
         return XG_CONTINUE;
@@ -474,8 +510,18 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_lim
         *stored = cur;
     else
         xg_bucket_lru.update(&p->src, &cur);
-    if (reason != XG_CONTINUE && lim->ban_s)
-        xg_ban_source(cfg, &p->src, lim->ban_s, reason, now);
+    if (reason != XG_CONTINUE && lim->ban_s) {
+        /* Only a packet of an established connection is evidence a spoofer cannot make: any
+         * other ban from these counts is short (xg_verify_config.spoof_ban_s). */
+        __u32 ban_s = lim->ban_s;
+        if (!p->est) {
+            struct xg_verify_config *vc = xg_vcfg();
+            __u32 cap = vc && vc->spoof_ban_s ? vc->spoof_ban_s : XG_SPOOF_BAN_S;
+            if (ban_s > cap)
+                ban_s = cap;
+        }
+        xg_ban_source(cfg, p, ban_s, reason, now);
+    }
     return reason;
 }
 
@@ -514,16 +560,21 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
             return XG_CONTINUE;
         over_budget = seen > sp->syn_threshold_pps + XG_SC_BUDGET_PPS;
     }
-    if (kg_known(&p->src, t))
-        return XG_CONTINUE;            /* known-good (knowngood.h): no cookie, no retransmission */
+    if (kg_verified(p))
+        return XG_CONTINUE;            /* verified (knowngood.h): no cookie, no retransmission */
     if ((prot->flags & XG_PROT_SYN_COOKIE) && xg_cookie_family(p))
         return over_budget ? XG_REASON_SYN : syncookie_answer(cfg);  /* past the cookie budget: drop */
 
-    struct xg_synauth *a = xg_synauth_hash.lookup(&p->src);
+    /* Retransmit mode proves no address: a flood that sends every SYN twice passes it. It makes
+     * a flood pay double, and one authentication admits at most XG_SYNAUTH_SYNS SYNs (the
+     * kernel then proves the address: a completed handshake makes the source verified). */
+    struct xg_synauth *a = xg_synauth_lru.lookup(&p->src);
     if (a) {
-        if (a->until_ns > t)
+        if (a->until_ns > t && a->syns_left) {
+            a->syns_left -= 1;         /* XXX: unlocked: racing CPUs may admit one more */
             return XG_CONTINUE;
-        xg_synauth_hash.delete(&p->src);
+        }
+        xg_synauth_lru.delete(&p->src);
     }
     struct xg_synseen *s = xg_synseen_lru.lookup(&p->src);
     if (s) {
@@ -539,8 +590,9 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
             return XG_REASON_SYN;
         }
         if (age >= (__u64)sp->auth_min_ms * 1000000ULL && age <= (__u64)sp->auth_max_ms * 1000000ULL) {
-            struct xg_synauth ok = { .until_ns = t + (__u64)sp->auth_keep_s * ONE_SEC_NS };
-            xg_synauth_hash.update(&p->src, &ok);
+            struct xg_synauth ok = { .until_ns = t + (__u64)sp->auth_keep_s * ONE_SEC_NS,
+                                     .syns_left = XG_SYNAUTH_SYNS - 1 };  /* this SYN is the first */
+            xg_synauth_lru.update(&p->src, &ok);
             xg_synseen_lru.delete(&p->src);
             return XG_CONTINUE;
         }
@@ -556,10 +608,13 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
 #include "tcpstate.h"
 
 /* Steps 6–12 after the lists and bans (malformed is decided by the caller's parsing). */
-static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *cfg, struct xg_protected *prot,
-                                          struct xg_pkt *p, __u64 *now)
+static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config *cfg, struct xg_protected *prot,
+                                           struct xg_pkt *p, __u64 *now)
 {
     __u32 r;
+    kg_lookup(p, now);                     /* the one lookup: is the source verified (knowngood.h) */
+    if (p->l4proto == IPPROTO_UDP)
+        kg_udp_count(prot, xg_now(now));   /* UDP peacetime of the address (knowngood.h) */
     if (p->is_frag && (cfg->flags & XG_CFG_DROP_FRAGMENTS))
         return XG_REASON_FRAGMENT;
     r = step_protocol(prot, p);
@@ -583,12 +638,26 @@ static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *
     if (r != XG_CONTINUE)
         return r;
     int is_syn = p->has_l4 && p->l4proto == IPPROTO_TCP && (p->tcp_flags & (XG_TCP_SYN | XG_TCP_ACK)) == XG_TCP_SYN;
-    r = step_ratelimit(cfg, limits_for(prot, p), p, is_syn, now);
+    r = step_ratelimit(cfg, prot, limits_for(prot, p), p, is_syn, now);
     if (r != XG_CONTINUE)
         return r;
     if (is_syn)
         return step_syn_auth(cfg, prot, p, now);
     return XG_CONTINUE;
+}
+
+/* The drop reasons of the steps above that may hit a verified source by mistake (a fingerprint,
+ * a count): their drops of verified sources are counted per filter or per reason (do no harm). */
+#define XG_VDROP_REASONS ((1U << XG_REASON_FEATURE) | (1U << XG_REASON_MITIGATION) | \
+                          (1U << XG_REASON_RATELIMIT) | (1U << XG_REASON_SYN))
+
+static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *cfg, struct xg_protected *prot,
+                                          struct xg_pkt *p, __u64 *now)
+{
+    __u32 r = policy_steps_(ctx, cfg, prot, p, now);
+    if (r < 32 && ((1U << r) & XG_VDROP_REASONS) && kg_verified(p))
+        kg_vdrop(p->filter_idx ? (__u32)(p->filter_idx - 1) : XG_FILTERS_MAX + r, 1);
+    return r;
 }
 
 #endif /* XDPGUARD_POLICY_H */

@@ -38,7 +38,7 @@
 #define XG_SC_TCP_BUF 64             /* the SYN's TCP header with options (<= 60) */
 #ifndef XG_SC_BUDGET_PPS
 /* Cookie answers per protected address and second above its threshold, at most: past them a
- * SYN of a source that is not known-good is dropped (`syn`, it retransmits). Answering costs
+ * SYN of a source that is not verified is dropped (`syn`, it retransmits). Answering costs
  * ~6x a drop and sends a packet per SYN: a flood far above this must not eat the protector
  * (or the uplink). Not applied with XG_PROT_SYN_ALWAYS (no per-second count is kept).
  * XXX: first come in each second: once a flood has spent it, every unknown SYN of the rest of

@@ -49,8 +49,10 @@ static __always_inline __u32 step_tcpstate(struct xg_config *cfg, struct xg_prot
     k.family = p->src.family;
     __u64 t = xg_now(now);
     struct xg_flow *f = xg_flow_lru.lookup(&k);
-    if (f && f->expires_ns > t)
+    if (f && f->expires_ns > t) {
+        p->est = 1;                    /* an established connection: its packets are no spoofer's */
         return XG_CONTINUE;
+    }
     f = xg_embryo_lru.lookup(&k);
     if (f && f->expires_ns > t)
         return XG_CONTINUE;
@@ -136,6 +138,7 @@ static __always_inline int ts_egress(void *data, void *data_end)
     struct xg_flow_key k = {};
     struct tcphdr *tcph;
     int l4proto;
+    struct xg_protected *prot;
 
     int proto = parse_ethhdr(&c, data_end, &eth);
     if (proto == bpf_htons(ETH_P_IP)) {
@@ -144,13 +147,14 @@ static __always_inline int ts_egress(void *data, void *data_end)
         if ((l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP) || (iph->frag_off & bpf_htons(0x1FFF)))
             return XG_TC_ACT_OK;
         __u32 saddr = iph->saddr;
-        if (!xg_prot4_hash.lookup(&saddr))
+        prot = xg_prot4_hash.lookup(&saddr);
+        if (!prot)
             return XG_TC_ACT_OK;
         __builtin_memcpy(k.prot, &saddr, 4);
         __builtin_memcpy(k.client, &iph->daddr, 4);
         k.family = 4;
-        if (l4proto == IPPROTO_UDP) {   /* a UDP reply: the client is known-good (knowngood.h) */
-            kg_learn(4, k.client);
+        if (l4proto == IPPROTO_UDP) {   /* a UDP answer: verified in peacetime (knowngood.h) */
+            kg_learn(prot, XG_VF_UDP, 4, k.client);
             return XG_TC_ACT_OK;
         }
     } else if (proto == bpf_htons(ETH_P_IPV6)) {
@@ -160,7 +164,8 @@ static __always_inline int ts_egress(void *data, void *data_end)
             return XG_TC_ACT_OK;
         struct xg_addr6 s6;
         __builtin_memcpy(s6.addr, ip6h->saddr.s6_addr, 16);
-        if (!xg_prot6_hash.lookup(&s6))
+        prot = xg_prot6_hash.lookup(&s6);
+        if (!prot)
             return XG_TC_ACT_OK;
         l4proto = parse_ip6_ext(&c, data_end, l4proto);
         if (l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP)
@@ -169,7 +174,7 @@ static __always_inline int ts_egress(void *data, void *data_end)
         __builtin_memcpy(k.client, ip6h->daddr.s6_addr, 16);
         k.family = 6;
         if (l4proto == IPPROTO_UDP) {
-            kg_learn(6, k.client);
+            kg_learn(prot, XG_VF_UDP, 6, k.client);
             return XG_TC_ACT_OK;
         }
     } else {
@@ -182,7 +187,7 @@ static __always_inline int ts_egress(void *data, void *data_end)
     __u8 flags = ((__u8 *)tcph)[13];
     ts_record(&k, flags);
     if ((flags & (XG_TCP_SYN | XG_TCP_RST | XG_TCP_ACK)) == XG_TCP_ACK)
-        kg_learn(k.family, k.client);   /* established: the client is known-good */
+        kg_learn(prot, XG_VF_TCP, k.family, k.client);   /* established: the client is verified */
     return XG_TC_ACT_OK;
 }
 

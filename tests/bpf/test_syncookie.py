@@ -261,18 +261,23 @@ def test_known_good_sources_skip_the_cookie(cookie):
     v = cookie.verdict(syn(good, PROT, sport=44001))
     assert (v.action, v.reason) == ("pass", Reason.CLEAN)
     assert cookie.verdict(syn(other, PROT, sport=44002)).action == "tx"
-    # a UDP reply from the protected address makes its client known-good too (IPv6 here)
+    # a UDP reply from the protected address verifies its client for UDP only (knowngood.h): its
+    # SYN still gets the cookie; an established TCP connection verifies it for TCP (IPv6 here)
     cookie.egress(bytes(e / IPv6(src=PROT6, dst=good6) / scapy_udp(sport=7, dport=5000)))
+    assert cookie.verdict(syn(good6, PROT6, sport=44003)).action == "tx"
+    cookie.egress(bytes(e / IPv6(src=PROT6, dst=good6) / TCP(sport=80, dport=40000, flags="A")))
     assert cookie.verdict(syn(good6, PROT6, sport=44003)).reason == Reason.CLEAN
     assert cookie.verdict(syn(CLIENT6, PROT6, sport=44004)).action == "tx"
     # a spoofed ingress packet never teaches: the map holds exactly the two learned clients
     cookie.verdict(bytes(Ether() / IP(src=other, dst=PROT) / TCP(dport=80, flags="A")))
     keys = {(k.family, bytes(k.addr)[: 4 if k.family == 4 else 16]) for k in cookie.maps[MapName.GOODSRC].keys()}
     assert keys == {(4, ipaddress.ip_address(good).packed), (6, ipaddress.ip_address(good6).packed)}
-    # an expired entry is forgotten (and deleted) when met
+    # an expired entry is no longer trusted; XDP never deletes one, the controller's sweep does
     k4 = next(k for k in cookie.maps[MapName.GOODSRC].keys() if k.family == 4)
-    cookie.maps[MapName.GOODSRC].set(k4, abi.GoodSrc(1))
+    cookie.maps[MapName.GOODSRC].set(k4, abi.GoodSrc(1, abi.VF_TCP))
     assert cookie.verdict(syn(good, PROT, sport=44005)).action == "tx"
+    assert cookie.maps[MapName.GOODSRC].get(k4) is not None
+    policy.sweep_verified(cookie.maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
     assert cookie.maps[MapName.GOODSRC].get(k4) is None
 
 
@@ -290,9 +295,9 @@ def test_unknown_sources_get_a_bounded_share_of_the_dst_bucket(bed):
         # unknown sources: 30 % of the 10-packet bucket, then `unknown` (the rest is kept)
         got = [bed.verdict(syn(stranger, PROT, sport=45000 + i)).reason for i in range(5)]
         assert got == [Reason.CLEAN] * 3 + [Reason.UNKNOWN] * 2, got
-        # the known-good source still gets the 7 kept, then the bucket is empty for everyone
+        # the verified source gets the 7 kept; past them too: the budget is for unverified traffic
         got = [bed.verdict(syn(good, PROT, sport=46000 + i)).reason for i in range(8)]
-        assert got == [Reason.CLEAN] * 7 + [Reason.RATELIMIT], got
+        assert got == [Reason.CLEAN] * 8, got
         assert bed.verdict(syn(stranger, PROT, sport=45010)).reason == Reason.RATELIMIT
         p = policy.read_address_policy(bed.maps, addr)
         assert p.limits.unknown_share_pct == 30

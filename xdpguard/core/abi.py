@@ -110,8 +110,18 @@ LIST_MAX = 2097152
 PORTS_MAX = 262144
 FLOWS_MAX = 262144
 EMBRYOS_MAX = 65536
-GOODSRC_MAX = 262144  # known-good sources (knowngood.h)
-GOOD_TTL_S = 86400
+GOODSRC_MAX = 262144  # verified sources (knowngood.h)
+GOOD_TTL_S = 86400  # a TCP-verified source
+GOOD_UDP_TTL_S = 600  # a UDP-verified one
+VF_TCP, VF_UDP = 1, 2  # xg_goodsrc.kind: how the source proved its address
+SYNAUTH_SYNS = 8  # SYNs one retransmission authentication admits
+# xg_vcfg_arr defaults (0 there = these)
+VERIFIED_TCP_PPS, VERIFIED_TCP_BURST = 20000, 40000
+VERIFIED_UDP_PPS, VERIFIED_UDP_BURST = 2000, 4000
+UDP_PEACE_PPS, UDP_PEACE_HOLD_S = 5000, 30
+SPOOF_BAN_S = 10
+VC_NO_UDP_LEARN = 1  # xg_verify_config.flags: the controller saw an attack, no UDP learning
+GOODBLOOM_BITS = 1048576  # xg_vbloom_arr: bits over the verified sources
 IPV6_EXT_MAX = 6
 
 # ---- TCP state validation (tcpstate.h) ----
@@ -177,7 +187,7 @@ class DstBucket(ctypes.Structure):
 
 class Ban(ctypes.Structure):
     _fields_ = [("expires_ns", ctypes.c_uint64), ("hits", ctypes.c_uint64), ("reason", ctypes.c_uint32),
-                ("reserved", ctypes.c_uint32)]
+                ("verified_hits", ctypes.c_uint32)]
 
 
 class SynWin(ctypes.Structure):
@@ -191,7 +201,7 @@ class SynSeen(ctypes.Structure):
 
 
 class SynAuth(ctypes.Structure):
-    _fields_ = [("until_ns", ctypes.c_uint64)]
+    _fields_ = [("until_ns", ctypes.c_uint64), ("syns_left", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
 
 class DpState(ctypes.Structure):
@@ -281,9 +291,29 @@ class CookieStats(ctypes.Structure):
 
 
 class GoodSrc(ctypes.Structure):
-    """xg_goodsrc_hash value: a known-good source, learned on tc egress (knowngood.h)."""
+    """xg_goodsrc_hash value: a verified source, learned on tc egress (knowngood.h)."""
 
-    _fields_ = [("expires_ns", ctypes.c_uint64)]
+    _fields_ = [("expires_ns", ctypes.c_uint64), ("kind", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("last_ns", ctypes.c_uint64), ("tokens", ctypes.c_uint64)]
+
+
+class VerifyConfig(ctypes.Structure):
+    """xg_vcfg_arr[0]: verified-client budgets, UDP peacetime, the spoofable-ban cap (0 = default)."""
+
+    _fields_ = [("tcp_pps", ctypes.c_uint64), ("tcp_burst", ctypes.c_uint64), ("udp_pps", ctypes.c_uint64),
+                ("udp_burst", ctypes.c_uint64), ("udp_peace_pps", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("spoof_ban_s", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class VDrop(ctypes.Structure):
+    """xg_vdrop_pcpu value, per CPU: packets of verified sources dropped / exempted at one slot."""
+
+    _fields_ = [("dropped", ctypes.c_uint64), ("exempted", ctypes.c_uint64)]
+
+
+def vdrop_slots(filters_max: int = FILTERS_MAX, reason_max: int = REASON_MAX) -> int:
+    """XG_VDROP_SLOTS: one per filter index, then one per reason."""
+    return filters_max + reason_max
 
 
 class MapName(str, enum.Enum):
@@ -304,7 +334,8 @@ class MapName(str, enum.Enum):
     BLOCK6 = "xg_block6_lpm"
     PORTLIM = "xg_portlim_hash"
     BUCKETS = "xg_bucket_lru"
-    DSTBKT = "xg_dstbkt_hash"
+    DSTBKT = "xg_dstbkt_hash"  # per-service buckets (open ports, ports with limits)
+    DSTADDR = "xg_dstaddr_arr"  # per-address bucket (other ports; a full DSTBKT), by address slot
     BANS = "xg_ban_lru"
     OPBANS = "xg_opban_hash"  # operator bans (`ban add`): a plain hash, never evicted
     DPSTATE = "xg_dpstate_arr"
@@ -318,12 +349,17 @@ class MapName(str, enum.Enum):
     SRCSKETCH = "xg_srcsk_arr"  # uncharged packets per source hash: sources far from a limit get no bucket
     SYNWIN = "xg_synwin_arr"
     SYNSEEN = "xg_synseen_lru"
-    SYNAUTH = "xg_synauth_hash"
+    SYNAUTH = "xg_synauth_lru"  # retransmission-authenticated sources (soft)
     FLOWS = "xg_flow_lru"  # tcpstate.h
     EMBRYOS = "xg_embryo_lru"
     TCPCFG = "xg_tcpcfg_arr"
     COOKIES = "xg_cookie_pcpu"  # syncookie.h
-    GOODSRC = "xg_goodsrc_hash"  # knowngood.h
+    GOODSRC = "xg_goodsrc_hash"  # verified sources (knowngood.h)
+    VCFG = "xg_vcfg_arr"
+    GOODBLOOM = "xg_vbloom_arr"  # bits over the verified sources: a clear bit skips the lookup
+    UDPWIN = "xg_udpwin_pcpu"  # UDP packets/s per address slot and CPU: peacetime for UDP learning
+    UDPFLOOD = "xg_udpflood_arr"  # per address slot: under a UDP flood until (ns)
+    VDROP = "xg_vdrop_pcpu"  # do-no-harm counters (policy.read_verified_drops)
     SAMPLE_CFG = "xg_sample_cfg"  # sample.h
     SAMPLE_STATE = "xg_sample_pcpu"
     SAMPLES = "xg_samples"  # ring buffer: no key, no value (BpfMap sees sizes 0/0)
@@ -352,6 +388,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.PORTLIM: (PortKey, Limits, False),
     MapName.BUCKETS: (SrcKey, Bucket, False),
     MapName.DSTBKT: (PortKey, DstBucket, False),
+    MapName.DSTADDR: (ctypes.c_uint32, DstBucket, False),
     MapName.BANS: (SrcKey, Ban, False),
     MapName.OPBANS: (SrcKey, Ban, False),
     MapName.DPSTATE: (ctypes.c_uint32, DpState, False),
@@ -371,6 +408,11 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.TCPCFG: (ctypes.c_uint32, TcpStateConfig, False),
     MapName.COOKIES: (ctypes.c_uint32, CookieStats, True),
     MapName.GOODSRC: (SrcKey, GoodSrc, False),
+    MapName.VCFG: (ctypes.c_uint32, VerifyConfig, False),
+    MapName.GOODBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
+    MapName.UDPWIN: (ctypes.c_uint32, SynWin, True),
+    MapName.UDPFLOOD: (ctypes.c_uint32, ctypes.c_uint64, False),
+    MapName.VDROP: (ctypes.c_uint32, VDrop, True),
     MapName.SAMPLE_CFG: (ctypes.c_uint32, "SampleConfig", False),
     MapName.SAMPLE_STATE: (ctypes.c_uint32, "SampleState", True),
     MapName.SAMPLES: ("NoData", "NoData", False),
@@ -400,6 +442,7 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.PORTLIM: ("hash", "XG_PORTS_MAX", 0),
     MapName.BUCKETS: ("lru_hash", "XG_SOURCES_MAX", F_NO_COMMON_LRU),
     MapName.DSTBKT: ("hash", "XG_PORTS_MAX", 0),
+    MapName.DSTADDR: ("array", "XG_PROTECTED_MAX", 0),
     MapName.BANS: ("lru_hash", "XG_BANS_MAX", 0),
     MapName.OPBANS: ("hash", "XG_OPBANS_MAX", F_NO_PREALLOC),
     MapName.DPSTATE: ("array", 1, 0),
@@ -407,7 +450,7 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.FILTERS: ("array", "XG_FILTERS_MAX", 0),
     MapName.SYNWIN: ("array", "XG_PROTECTED_MAX", 0),
     MapName.SYNSEEN: ("lru_hash", "XG_SOURCES_MAX", 0),
-    MapName.SYNAUTH: ("hash", "XG_SYNAUTH_MAX", F_NO_PREALLOC),
+    MapName.SYNAUTH: ("lru_hash", "XG_SYNAUTH_MAX", F_NO_COMMON_LRU),
     MapName.FLOWS: ("lru_hash", "XG_FLOWS_MAX", F_NO_COMMON_LRU),
     MapName.EMBRYOS: ("lru_hash", "XG_EMBRYOS_MAX", F_NO_COMMON_LRU),
     MapName.TCPCFG: ("array", 1, 0),
@@ -422,6 +465,11 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.SRCSKETCH: ("array", "XG_SK_SLOTS", 0),
     MapName.COOKIES: ("percpu_array", 1, 0),
     MapName.GOODSRC: ("hash", "XG_GOODSRC_MAX", F_NO_PREALLOC),
+    MapName.VCFG: ("array", 1, 0),
+    MapName.GOODBLOOM: ("array", GOODBLOOM_BITS // 64, 0),
+    MapName.UDPWIN: ("percpu_array", "XG_PROTECTED_MAX", 0),
+    MapName.UDPFLOOD: ("array", "XG_PROTECTED_MAX", 0),
+    MapName.VDROP: ("percpu_array", "XG_VDROP_SLOTS", 0),
 }
 # Default of every size macro MAP_SHAPES names (abi.h's #ifndef defaults).
 MAP_SIZE_DEFAULTS: dict[str, int] = {
@@ -437,6 +485,7 @@ def map_sizes(defines: Mapping[str, int] | None = None) -> dict[str, int]:
     """The size macros as a compile with these -D defines sees them."""
     d = {k: int((defines or {}).get(k, v)) for k, v in MAP_SIZE_DEFAULTS.items()}
     d["XG_STATS_SLOTS"] = KIND_MAX * d["XG_REASON_MAX"]
+    d["XG_VDROP_SLOTS"] = d["XG_FILTERS_MAX"] + d["XG_REASON_MAX"]
     d["XG_SAMPLE_RING_BYTES"] = SAMPLE_RING_PAGES * 4096
     d["XG_FGENS"] = FGENS
     d["XG_FVEC_ENTRIES"] = FGENS * FV_SLOTS
@@ -486,6 +535,8 @@ C_STRUCTS: dict[str, type] = {
     "xg_tcpstate_config": TcpStateConfig,
     "xg_cookie_stats": CookieStats,
     "xg_goodsrc": GoodSrc,
+    "xg_verify_config": VerifyConfig,
+    "xg_vdrop": VDrop,
 }
 
 

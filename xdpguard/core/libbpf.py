@@ -203,6 +203,15 @@ def map_update_batch(fd: int, keys_ptr: int, values_ptr: int, count: int, elem_f
     return rc, n.value
 
 
+def map_delete_batch(fd: int, keys_ptr: int, count: int) -> tuple[int, int]:
+    """One BPF_MAP_DELETE_BATCH call: (rc, elements deleted). rc is 0 or -errno (-ENOENT: a key
+    was already gone; the ones before it were deleted)."""
+    n = ctypes.c_uint32(count)
+    opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
+    rc = lib().bpf_map_delete_batch(fd, keys_ptr, ctypes.byref(n), ctypes.byref(opts))
+    return rc, n.value
+
+
 def map_lookup_batch(fd: int, keys_ptr: int, values_ptr: int, count: int, in_batch: int | None,
                      out_batch_ptr: int) -> tuple[int, int]:
     """One BPF_MAP_LOOKUP_BATCH call: (rc, elements returned). rc is -ENOENT at the end."""

@@ -35,8 +35,12 @@ from .abi import KIND_MAX, MAP_LAYOUTS, MAP_SHAPES, MAP_TYPES, MapName, map_size
 from .errors import UserError
 
 # Soft state: losing it costs a refill or one SYN retransmission, never a policy.
-SOFT = frozenset({MapName.BUCKETS, MapName.SRCSKETCH, MapName.DSTBKT, MapName.SYNSEEN, MapName.SYNWIN,
+SOFT = frozenset({MapName.BUCKETS, MapName.SRCSKETCH, MapName.DSTBKT, MapName.DSTADDR, MapName.SYNSEEN, MapName.SYNWIN,
+                  MapName.SYNAUTH, MapName.UDPWIN, MapName.UDPFLOOD,
                   MapName.SAMPLE_STATE, MapName.SAMPLES})
+# Pins of maps an older program had and this one has not (renamed when their layout changed):
+# removed from the interface's pin directory once the new program runs.
+RETIRED = frozenset({"xg_synauth_hash"})  # now xg_synauth_lru (an LRU: soft state)
 # Never shared through a pin (bcc declares the ring without XG_MAP): always new.
 UNPINNED = frozenset({MapName.SAMPLES})
 PERCPU_TYPES = frozenset({MAP_TYPES["percpu_array"], 5})  # 5: percpu_hash
@@ -245,6 +249,9 @@ def commit_pins(new: Mapping[MapName, int], staging: Path, pin_dir: Path) -> Non
             if dst.exists():
                 dst.unlink()
             libbpf.obj_pin(fd, str(dst))
+    for name in RETIRED:
+        if (pin_dir / name).exists():
+            (pin_dir / name).unlink()
     remove_staging(staging)
 
 

@@ -23,6 +23,11 @@ filters are remembered (they never expire within a model's life).
 The model is stateful where the data path is: a drop-ban filter creates a ban, and an expired
 allow/block trie entry met by a lookup is deleted (which matters for the retry bound,
 XG_EXPIRED_RETRY, of lists.h).
+
+Verified clients (knowngood.h) are learned from egress frames: an established TCP connection
+verifies a client for every protocol, a UDP answer for UDP only; always peacetime here (no time,
+so no UDP flood), and the per-source privilege budget is never spent. A verified source passes
+the automatic mitigation filters and the SYN defence, and no drop-ban filter bans it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .abi import FILTERS_MAX, REASON_MAX, Kind, Reason
+from .abi import FILTERS_MAX, REASON_MAX, VF_TCP, VF_UDP, Kind, Reason
 from .policy import PROTO_NUMBERS, AddressPolicy, Filter, GlobalPolicy, Limits
 from .prefixes import Prefix
 
@@ -305,7 +310,7 @@ def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
 
 def egress_udp_client(frame: bytes, protected) -> tuple[int, bytes] | None:
     """ts_egress()'s UDP branch (knowngood.h): (family, client address bytes) of a UDP datagram
-    leaving from a protected address (a reply: the client becomes known-good), else None."""
+    leaving from a protected address (an answer: the client is verified for UDP), else None."""
     n = len(frame)
     l2 = _ethernet(frame)
     if l2 is None:
@@ -412,7 +417,21 @@ class Model:
         self.tables: dict[str, dict[FlowKey, list]] = {"flow": {}, "embryo": {}}
         for k, (table, state, live) in setup.flows.items():
             self.tables[table][k] = [state, live]
-        self.known: set[tuple[int, bytes]] = set()  # xg_goodsrc_hash: (family, address), learned on egress
+        # xg_goodsrc_hash: (family, address) → how it proved its address (VF_TCP | VF_UDP), learned on egress
+        self.verified: dict[tuple[int, bytes], int] = {}
+
+    @property
+    def known(self) -> set[tuple[int, bytes]]:
+        """The keys of xg_goodsrc_hash."""
+        return set(self.verified)
+
+    def _learn(self, src: tuple[int, bytes], kind: int) -> None:
+        self.verified[src] = self.verified.get(src, 0) | kind
+
+    def _is_verified(self, src: tuple[int, bytes], h: Headers | None) -> bool:
+        """kg_lookup()/kg_check(): a TCP verification covers every protocol, a UDP one UDP only."""
+        kind = self.verified.get(src, 0)
+        return bool(kind & VF_TCP or kind & VF_UDP and h is not None and h.l4proto == IPPROTO_UDP)
 
     def egress(self, frame: bytes) -> None:
         """ts_egress()/ts_record(): what the tc recorder writes for one leaving frame. Live
@@ -420,14 +439,14 @@ class Model:
         refreshed."""
         udp = egress_udp_client(bytes(frame), set(self.protected))
         if udp is not None:
-            self.known.add(udp)  # a UDP reply: known-good
+            self._learn(udp, VF_UDP)  # a UDP answer, in peacetime: verified for UDP
             return
         got = egress_flow(bytes(frame), set(self.protected))
         if got is None:
             return
         k, flags = got
         if flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK:
-            self.known.add((k[0], k[1]))  # established: known-good
+            self._learn((k[0], k[1]), VF_TCP)  # established: verified
         flows, embryos = self.tables["flow"], self.tables["embryo"]
         f = flows.get(k)
         if flags & TCP_RST:
@@ -470,7 +489,7 @@ class Model:
         """step_syn_auth() in cookie mode: a SYN is answered with a cookie SYN-ACK (XDP_TX). In
         the model only `always` reaches that (a threshold is never exceeded: no time)."""
         return (is_syn(h) and prot.policy.syn.always and self._cookie_mode(a, prot)
-                and (a.family, a.src) not in self.known)  # known-good sources skip the SYN defence
+                and not self._is_verified((a.family, a.src), h))  # verified sources skip the SYN defence
 
     def verdict(self, frame: bytes) -> ModelVerdict:
         action, reason = self._decide(bytes(frame))
@@ -521,15 +540,18 @@ class Model:
                 return Reason.PORT
         if g.reflection and h.has_l4 and h.l4proto == IPPROTO_UDP and h.sport in g.reflection_ports:
             return Reason.REFLECTION
+        verified = self._is_verified(src, h)
         for f in g.filters:
             if not _filter_matches(f, frame, h, a.l3_off):
                 continue
             if f.action == "pass":
                 return None  # skips the rate limits and the SYN defence
             if f.action == "mitigate":
+                if verified:
+                    break  # a verified source passes it, and the filters after it (the first match decides)
                 return Reason.MITIGATION
-            if f.action == "drop-ban" and f.ban_s and not g.monitor_mask >> Reason.FEATURE & 1:
-                self.bans.add(src)  # (a monitored reason bans nobody: monitor mode has no side effects)
+            if f.action == "drop-ban" and f.ban_s and not g.monitor_mask >> Reason.FEATURE & 1 and not verified:
+                self.bans.add(src)  # (a monitored reason bans nobody; nor is a verified source banned)
             return Reason.FEATURE
         if not self._tcpstate_ok(a, h, prot):
             # step_cookie_ack(): in cookie mode an ACK of no recorded connection is checked for a

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import struct
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 
 from . import abi, libbpf
@@ -55,8 +57,8 @@ class Limits:
     syn_src_pps: int = 0
     syn_src_burst: int = 0
     ban_s: int = 0
-    # 1..99: under dst_pps, sources not known-good may use only this % of the bucket (the rest is
-    # kept for known-good ones, knowngood.h; drop reason `unknown`); 0: every source alike
+    # 1..99: under dst_pps, unverified sources may use only this % of the bucket (the rest is
+    # kept for verified ones, knowngood.h; drop reason `unknown`); 0: every source alike
     unknown_share_pct: int = 0
 
     def __post_init__(self):
@@ -615,8 +617,8 @@ def ban_bloom_bit(key: abi.SrcKey) -> int:
     return h & (abi.BANBLOOM_BITS - 1)
 
 
-def _write_bloom(maps, words: list[int]) -> None:
-    m = maps[abi.MapName.BANBLOOM]
+def _write_bloom(maps, words: list[int], name: abi.MapName = abi.MapName.BANBLOOM) -> None:
+    m = maps[name]
     n = len(words)
     keys = (ctypes.c_uint32 * n)(*range(n))
     vals = (ctypes.c_uint64 * n)(*words)
@@ -672,3 +674,212 @@ def note_operator_ban(maps, keys) -> None:
     path look at bans, operator bans included. Every writer of xg_opban_hash must call this."""
     _set_bloom_bits(maps, keys)
     _set_dp_flags(maps, abi.DP_HAS_BANS, abi.DP_OPBANS_EMPTY)
+
+
+# ---- verified clients (knowngood.h): settings, sweep, and the do-no-harm counters ----
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """xg_vcfg_arr[0]. 0 in any field means the data path's default (abi.VERIFIED_*,
+    abi.UDP_PEACE_PPS, abi.SPOOF_BAN_S)."""
+
+    tcp_pps: int = 0  # what one TCP-verified source may send using its privilege, packets/s
+    tcp_burst: int = 0
+    udp_pps: int = 0  # the same for a UDP-only verified source
+    udp_burst: int = 0
+    udp_peace_pps: int = 0  # UDP packets/s to one protected address above which it learns nothing
+    udp_learning: bool = True  # False: the controller saw an attack, no UDP learning anywhere
+    spoof_ban_s: int = 0  # the longest data-path ban from spoofable evidence (rate steps)
+
+    def __post_init__(self):
+        for name in ("tcp_pps", "udp_pps", "udp_peace_pps"):
+            _check_rate(name, getattr(self, name), MAX_PPS)
+        for name in ("tcp_burst", "udp_burst"):
+            _check_rate(name, getattr(self, name), 1 << 32)
+        if self.udp_peace_pps > 0xFFFFFFFF:
+            raise UserError(f"invalid udp_peace_pps {self.udp_peace_pps}")
+        if not isinstance(self.spoof_ban_s, int) or not 0 <= self.spoof_ban_s <= MAX_BAN_S:
+            raise UserError(f"invalid spoof_ban_s {self.spoof_ban_s!r}: 0 to {MAX_BAN_S} s")
+
+    def to_c(self) -> abi.VerifyConfig:
+        return abi.VerifyConfig(self.tcp_pps, self.tcp_burst, self.udp_pps, self.udp_burst, self.udp_peace_pps,
+                                0 if self.udp_learning else abi.VC_NO_UDP_LEARN, self.spoof_ban_s, 0)
+
+    @classmethod
+    def from_c(cls, c: abi.VerifyConfig) -> VerifySettings:
+        return cls(c.tcp_pps, c.tcp_burst, c.udp_pps, c.udp_burst, c.udp_peace_pps,
+                   not c.flags & abi.VC_NO_UDP_LEARN, c.spoof_ban_s)
+
+
+def read_verify_settings(maps) -> VerifySettings:
+    c = maps[abi.MapName.VCFG].get(ctypes.c_uint32(0))
+    return VerifySettings.from_c(c) if c is not None else VerifySettings()
+
+
+def write_verify_settings(maps, v: VerifySettings) -> None:
+    maps[abi.MapName.VCFG].set(ctypes.c_uint32(0), v.to_c())
+
+
+def set_udp_learning(maps, on: bool) -> None:
+    """The controller's switch: off while it sees an attack (no UDP answer teaches anything),
+    on again in peacetime. The data path also stops by itself, per protected address, above
+    udp_peace_pps (xg_udpwin_pcpu, xg_udpflood_arr)."""
+    cur = read_verify_settings(maps)
+    if cur.udp_learning != on:
+        write_verify_settings(maps, replace(cur, udp_learning=on))
+
+
+@dataclass(frozen=True)
+class VerifiedView:
+    source: str
+    kind: str  # "tcp", "udp", "tcp+udp", or "untrusted" (an entry of an older program)
+    expires_in_s: float
+
+
+_KIND_NAMES = {abi.VF_TCP: "tcp", abi.VF_UDP: "udp", abi.VF_TCP | abi.VF_UDP: "tcp+udp"}
+
+
+def _src_text(k: abi.SrcKey) -> str:
+    return str(ipaddress.ip_address(bytes(k.addr)[: 4 if k.family == 4 else 16]))
+
+
+def read_verified(maps, now_ns: int) -> list[VerifiedView]:
+    out = []
+    for k, v in maps[abi.MapName.GOODSRC].items():
+        if v.expires_ns > now_ns:
+            out.append(VerifiedView(_src_text(k), _KIND_NAMES.get(v.kind & 3, "untrusted"),
+                                    round((v.expires_ns - now_ns) / 1e9, 1)))
+    return sorted(out, key=lambda x: x.source)
+
+
+@dataclass(frozen=True)
+class SweepStats:
+    before: int
+    expired: int  # expired entries and entries of an older program (kind 0) removed
+    evicted: int  # live entries removed to get below the high-water mark (UDP-only first, then oldest)
+    after: int
+    seconds: float
+
+
+def sweep_verified(maps, now_ns: int, high: float = 0.9, low: float = 0.75) -> SweepStats:
+    """The sweep of xg_goodsrc_hash (only the tc egress program inserts; XDP never deletes):
+    delete expired entries and untrusted ones (kind 0, carried over from an older program); when
+    more than `high` of the map is still used, evict live entries down to `low`: UDP-only ones
+    first (peacetime learning is the weaker proof), then TCP ones, each soonest-to-expire first.
+    So learning always finds room again. Reads the map in batches, deletes in batches."""
+    t0 = time.monotonic()
+    m = maps[abi.MapName.GOODSRC]
+    ks, vs = ctypes.sizeof(abi.SrcKey), ctypes.sizeof(abi.GoodSrc)
+    raw_k, raw_v, n = m.dump_raw()
+    dead, live = [], []
+    trusted = abi.VF_TCP | abi.VF_UDP
+    # (expires_ns, kind) of each value in one pass (a ctypes object per entry costs ~10x more)
+    for i, (exp, kind) in enumerate(struct.iter_unpack("=QI" + "x" * (vs - 12), raw_v[:n * vs])):
+        key = raw_k[i * ks:(i + 1) * ks]
+        if exp <= now_ns or not kind & trusted:
+            dead.append(key)
+        else:
+            live.append((0 if kind & abi.VF_TCP else -1, exp, key))
+    evict = []
+    cap = m.max_entries
+    if len(live) > high * cap:
+        live.sort()  # UDP-only (-1) before TCP (0), then by expiry
+        evict = [k for _, _, k in live[: len(live) - int(low * cap)]]
+    gone = _delete_raw(m, dead + evict, ks)
+    if gone and gone * 8 >= n:  # an eighth gone: their bloom bits too (a stale bit only costs a lookup)
+        kept = live[len(evict):] if evict else live
+        words = [0] * (abi.GOODBLOOM_BITS // 64)
+        for _, _, k in kept:
+            bit = good_bloom_bit(abi.SrcKey.from_buffer_copy(k))
+            words[bit >> 6] |= 1 << (bit & 63)
+        _write_bloom(maps, words, abi.MapName.GOODBLOOM)
+    return SweepStats(n, min(len(dead), gone), max(0, gone - len(dead)), n - gone, time.monotonic() - t0)
+
+
+def good_bloom_bit(key: abi.SrcKey) -> int:
+    """kg_bloom_word() of knowngood.h: the source's bit in xg_vbloom_arr (the hash of the
+    ban bloom, xg_src_hash, on as many bits)."""
+    return ban_bloom_bit(key) & (abi.GOODBLOOM_BITS - 1)
+
+
+def _delete_raw(m, keys: list[bytes], ks: int, chunk: int = 16384) -> int:
+    """Delete packed keys in BPF_MAP_DELETE_BATCH calls (key by key where a batch stops short)."""
+    done = 0
+    for i in range(0, len(keys), chunk):
+        part = keys[i:i + chunk]
+        buf = ctypes.create_string_buffer(b"".join(part), len(part) * ks)
+        rc, cnt = libbpf.map_delete_batch(m.fd, ctypes.addressof(buf), len(part))
+        done += cnt
+        for k in part[cnt:]:  # a key already gone (or no batch support): one by one
+            done += bool(m.delete(m.key_type.from_buffer_copy(k)))
+    return done
+
+
+def sweep_dst_buckets(maps, now_ns: int, idle_s: float = 60.0) -> int:
+    """Delete the per-destination buckets (xg_dstbkt_hash) untouched for idle_s: the map fills
+    with the ports of a flood over random ports, and while it is full new ports share their
+    address's bucket (xg_dstaddr_arr). An idle bucket has refilled (a new one starts full), so
+    deleting it changes no verdict unless its burst takes longer than idle_s to refill; the
+    port-0 overflow entries of older programs go too. Returns how many were deleted."""
+    m = maps[abi.MapName.DSTBKT]
+    ks, vs = ctypes.sizeof(abi.PortKey), ctypes.sizeof(abi.DstBucket)
+    raw_k, raw_v, n = m.dump_raw()
+    limit = now_ns - int(idle_s * 1e9)
+    stale = []
+    for i in range(n):
+        key = raw_k[i * ks:(i + 1) * ks]
+        v = abi.DstBucket.from_buffer_copy(raw_v, i * vs)
+        if v.last_ns < limit or abi.PortKey.from_buffer_copy(key).port == 0:
+            stale.append(key)
+    return _delete_raw(m, stale, ks)
+
+
+@dataclass(frozen=True)
+class VerifiedHits:
+    """Packets of verified sources that one filter or step dropped, or let pass because they
+    were verified (exempted), since the program's maps were made ("first, do no harm")."""
+
+    dropped: int
+    exempted: int
+
+
+@dataclass(frozen=True)
+class VerifiedDrops:
+    filters: dict[int, tuple[Filter | None, VerifiedHits]]  # index in the filter table → (filter, hits)
+    reasons: dict[abi.Reason, VerifiedHits]  # the step's reason (banned, ratelimit, syn, …) → hits
+
+
+def read_verified_drops(maps) -> VerifiedDrops:
+    """The do-no-harm counters (xg_vdrop_pcpu), summed over CPUs, non-zero slots only. A filter
+    is named by its index in the table (operator's filters first, then the mitigations: see
+    read_filter_table); per ban, xg_ban.verified_hits (read_bans_verified_hits). Counters only
+    grow: a caller that wants a rate keeps the previous reading."""
+    m = maps[abi.MapName.VDROP]
+    table = _read_filters(maps)
+    filters: dict[int, tuple[Filter | None, VerifiedHits]] = {}
+    reasons: dict[abi.Reason, VerifiedHits] = {}
+    for slot in range(abi.FILTERS_MAX + abi.REASON_MAX):
+        per_cpu = m.get(ctypes.c_uint32(slot)) or []
+        d, e = sum(c.dropped for c in per_cpu), sum(c.exempted for c in per_cpu)
+        if not d and not e:
+            continue
+        if slot < abi.FILTERS_MAX:
+            filters[slot] = (table[slot] if slot < len(table) else None, VerifiedHits(d, e))
+        else:
+            try:
+                reasons[abi.Reason(slot - abi.FILTERS_MAX)] = VerifiedHits(d, e)
+            except ValueError:
+                continue
+    return VerifiedDrops(filters, reasons)
+
+
+def read_bans_verified_hits(maps) -> dict[str, int]:
+    """Per banned source, the packets the ban dropped while the source was verified: a ban that
+    hits verified clients is suspect (the data path itself bans no verified source)."""
+    out = {}
+    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
+        for k, v in maps[name].items():
+            if v.verified_hits:
+                out[_src_text(k)] = out.get(_src_text(k), 0) + v.verified_hits
+    return out

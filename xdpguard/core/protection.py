@@ -905,6 +905,13 @@ class SweepResult:
     to_dict = _as_dict
 
 
+# The sweeps of the verified clients and the per-port buckets read whole maps (a full
+# xg_goodsrc_hash: 0.4-1.8 s, tests/bpf/test_verified.py): at most once a minute per interface,
+# whatever the sweep interval (their entries live for minutes to a day).
+VERIFIED_SWEEP_S = 60.0
+_VERIFIED_SWEPT: dict[str, float] = {}
+
+
 def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
     """Remove expired list entries and bans on one interface (or every protected one of this
     network namespace), under each interface's lock. Keeps `block list` sizes and the data
@@ -924,5 +931,9 @@ def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
             if entries:
                 g.sync_lists_mask()
             bans = policy.sweep_bans(g.maps, _now_ns())
+            if time.monotonic() - _VERIFIED_SWEPT.get(name, -VERIFIED_SWEEP_S) >= VERIFIED_SWEEP_S:
+                policy.sweep_verified(g.maps, _now_ns())  # expired verified clients; room for learning
+                policy.sweep_dst_buckets(g.maps, _now_ns())  # idle per-port buckets: room again after a flood
+                _VERIFIED_SWEPT[name] = time.monotonic()
             out.append(SweepResult(name, entries, bans))
     return out
