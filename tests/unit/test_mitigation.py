@@ -640,6 +640,27 @@ def test_engine_removes_a_filter_the_xdp_counters_say_hurts_verified_clients(tmp
     assert "7 counted in XDP" in r["steps"][-1]["detail"]
 
 
+def test_engine_a_reused_filter_slot_keeps_its_history_out(tmp_path, monkeypatch):
+    """The XDP counters only grow and a slot outlives the filter in it: a new filter in a slot
+    whose earlier filter had dropped verified clients is judged from its own install on (the
+    engine takes the reading right after the write as its baseline), not removed for the past."""
+    counts: dict[int, int] = {0: 5_000}  # what slot 0's earlier filter left behind
+    rig = Rig(tmp_path, monkeypatch, verified_drops=lambda maps: dict(counts))
+    rng = random.Random(26)
+    peacetime(rig, rng)
+    for _ in range(2):
+        rig.round(udp_flood(200, rng, size=90), pps=100_000)
+    assert len(rig.kernel) == 1
+    for _ in range(2):
+        rig.round(as_(udp_flood(200, rng, size=90), "mitigation"), pps=100_000)
+    assert len(rig.kernel) == 1 and rig.steps("adapt") == []
+    counts[0] += 3  # now it drops verified clients itself
+    rig.round(as_(udp_flood(200, rng, size=90), "mitigation"), pps=100_000)
+    assert rig.kernel == []
+    (r,) = rig.steps("adapt")
+    assert "3 counted in XDP" in r["steps"][-1]["detail"]
+
+
 def test_engine_established_sources_are_verified_at_once(tmp_path, monkeypatch):
     """While XDP validates TCP state, a source with an established connection is verified in the
     same round (unspoofable): its later SYNs are no flood either."""

@@ -114,7 +114,7 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
             bool(mitigate), mitigation_pps if mitigation_pps is not None else ds.mitigation_pps, ds.mitigation_factor,
             mitigation_max_share if mitigation_max_share is not None else ds.mitigation_max_share,
             mitigation_hold if mitigation_hold is not None else ds.mitigation_hold_s)
-        on_round = mitigation.DaemonHook(settings, say)
+        on_round = mitigation.DaemonHook(settings, say, verified_drops=mitigation.xdp_verified_drops)
         if mitigate and not given("detect_interval"):  # rounds short enough to mitigate within a second
             detect_interval = min(detect_interval, ds.mitigation_interval_s)
     loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event,

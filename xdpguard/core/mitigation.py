@@ -665,6 +665,17 @@ the list last given to policy.write_mitigation_filters: packets from verified so
 (or, in monitor mode, would have) since that write}. None: not available (sampled evidence only)."""
 
 
+def xdp_verified_drops(maps) -> dict[int, int]:
+    """The VerifiedDrops of the data path: policy.read_verified_drops' per-slot counters of the
+    filter table (the operator's filters first, then the mitigations), renumbered from the first
+    mitigation slot. The counters only grow and a slot outlives the filter in it: the engine takes
+    its baseline right after every write (Engine._rebase), so a reused slot's history is no harm."""
+    vd = policy.read_verified_drops(maps)
+    table = policy.read_filter_table(maps)
+    first = next((i for i, f in enumerate(table) if f.action == policy.MITIGATE), len(table))
+    return {slot - first: hits.dropped for slot, (_f, hits) in vd.filters.items() if slot >= first and hits.dropped}
+
+
 @dataclass
 class _Service:
     baseline: deque = field(default_factory=deque)
@@ -753,6 +764,18 @@ class Engine:
             return
         if good:
             self.verified_pending.append((self.rounds, set(good)))
+
+    def _rebase(self, active: list[dict]) -> None:
+        """After a write of the mitigation filters: each record's count starts at what its slot
+        holds now (the XDP counters only grow, and a slot may have served another filter)."""
+        self.vd_base = {}
+        if self.verified_drops is None:
+            return
+        try:
+            raw = self.verified_drops(self.maps)
+        except (OSError, KeyError, UserError):
+            return
+        self.vd_base = {r["id"]: int(raw.get(i, 0)) for i, r in enumerate(active)}
 
     def _verified_deltas(self, active: list[dict]) -> dict[str, int]:
         """Record id → verified sources its kernel filter dropped since the last read."""
@@ -994,7 +1017,7 @@ class Engine:
                     keep.append(rec)
                 recs["active"] = keep
                 fit = _realise(self.maps, recs)
-                self.vd_base = {}  # the reader counts from this write on
+                self._rebase(keep[:fit])  # the reader counts from this write on
                 if fit < len(keep):
                     recs["active"] = keep[:fit]
                 _write_records(self.iface, recs)
@@ -1024,7 +1047,7 @@ class DaemonHook:
                  verified_drops: VerifiedDrops | None = None):
         self.settings = settings
         self.report = report
-        self.verified_drops = verified_drops  # XXX: the verified-clients reader, once it merges
+        self.verified_drops = verified_drops  # xdp_verified_drops in the daemon; None in tests without maps
         self.engines: dict[str, Engine] = {}
 
     def __call__(self, name: str, collector, snap, samples) -> None:
