@@ -1,0 +1,159 @@
+"""The lab's web service through xdpguard's own HAProxy (issue 29, step 2), with the real CLI:
+tcp/80 (v4 and v6) is an HTTP service on the protective IP, opened to the local stack (no
+NAT), with XDP's cleansing in front (TCP state recorded for the terminated connections, SYN
+cookies completed by synproxy); export → apply is a no-op; `xdpguard run` bans an HTTP flood's
+source in XDP (reason cc) while a browser-like client keeps being served and is never banned."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xdpguard.lab import topology
+
+pytestmark = pytest.mark.kernel
+
+
+class Env:
+    def __init__(self, name: str, run_dir: Path, state_dir: Path):
+        self.name = name
+        self.env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_RUN_DIR": str(run_dir),
+                    "XDPGUARD_STATE_DIR": str(state_dir)}
+
+    def run(self, argv, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+        p = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {p.returncode}: {p.stdout}{p.stderr}")
+        return p
+
+    def ns(self, role: str) -> str:
+        return f"xg-{self.name}-{role}"
+
+    def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(["ip", "netns", "exec", self.ns("prot"), *topology.xdpguard_argv(), *args], check=check)
+
+    def curl(self, role: str, url: str, agent: str = "Mozilla/5.0") -> str:
+        p = self.run(["ip", "netns", "exec", self.ns(role), "curl", "-s", "-m", "3", "-o", "/dev/null",
+                      "-w", "%{http_code}", "-A", agent, url], check=False, timeout=10)
+        return p.stdout.strip()
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        d = json.loads(self.xg("stats", "--json").stdout)
+        return {(c["kind"], c["reason"]): c["packets"] for c in d["counters"]}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[Env]:
+    base = tmp_path_factory.mktemp("l7lab")
+    e = Env(f"h{os.getpid() % 10_000_000}", base / "run", base / "state")
+    try:
+        e.run([*topology.xdpguard_argv(), "lab", "up"], timeout=300)
+        yield e
+    finally:
+        e.run([*topology.xdpguard_argv(), "lab", "down"], check=False, timeout=120)
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{e.name}-")]
+    assert not list((base / "run").glob("l7/*/haproxy.pid"))  # HAProxy went with the lab
+
+
+def test_web_service_is_served_by_haproxy_behind_xdp(lab: Env) -> None:
+    assert lab.curl("client", f"http://{topology.PROT4}/") == "200"
+    assert lab.curl("client", f"http://[{topology.PROT6}]/") == "200"
+    assert lab.curl("client", f"http://{topology.PROT4}:{topology.NAT_HTTP_PORT}/") == "200"  # the NAT path
+    # HAProxy (not a DNAT) answers tcp/80: its master runs in the protector's namespace
+    pids = lab.run(["ip", "netns", "pids", lab.ns("prot")]).stdout.split()
+    names = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if Path(f"/proc/{p}/comm").exists()}
+    assert "haproxy" in names, names
+    ports = lab.xg("port", "list").stdout
+    assert f"{topology.PROT4} tcp 80  (by http)" in ports and f"{topology.PROT6} tcp 80  (by http)" in ports, ports
+    nat = lab.run(["ip", "netns", "exec", lab.ns("prot"), "nft", "list", "chain", "inet", "xdpguard", "prerouting"]).stdout
+    assert "dport 80 " not in nat and "dport 8080" in nat, nat
+    # XDP's TCP state recorded the terminated connections: they passed as clean, none dropped
+    before = lab.counters()
+    for _ in range(5):
+        assert lab.curl("client", f"http://{topology.PROT4}/") == "200"
+    after = lab.counters()
+    assert after.get(("pass", "clean"), 0) - before.get(("pass", "clean"), 0) >= 5 * 5
+    assert after.get(("drop", "tcpstate"), 0) == before.get(("drop", "tcpstate"), 0)
+
+
+def test_syn_cookies_complete_to_haproxy(lab: Env) -> None:
+    lab.xg("syn", "set", "--protected", topology.PROT4, "--threshold", "5000", "--always", "--mode", "cookie")
+    try:
+        before = _synacks(lab.xg("syn", "show").stdout)
+        codes = [lab.curl("attacker", f"http://{topology.PROT4}/") for _ in range(3)]
+        after = _synacks(lab.xg("syn", "show").stdout)
+    finally:
+        lab.xg("syn", "set", "--protected", topology.PROT4, "--threshold", "5000", "--above-threshold")
+    assert codes == ["200"] * 3, (codes, before, after)
+    assert after - before >= 3, (before, after)  # XDP answered the SYNs; synproxy completed them to HAProxy
+
+
+def _synacks(text: str) -> int:
+    m = re.search(r"([\d,]+) SYN-ACKs sent", text)
+    assert m, text
+    return int(m[1].replace(",", ""))
+
+
+def test_export_apply_is_a_no_op_and_diff_shows_changes(lab: Env, tmp_path: Path) -> None:
+    exported = lab.xg("export").stdout
+    assert "[[interface.address.http]]" in exported and 'name = "www4"' in exported
+    f = tmp_path / "x.toml"
+    f.write_text(exported)
+    assert "no changes" in lab.xg("diff", "-f", str(f)).stdout
+    f.write_text(exported.replace('level = "normal"', 'level = "strict"', 1))
+    out = lab.xg("diff", "-f", str(f)).stdout
+    assert "http www4" in out and "level strict" in out, out
+    # a forward on the HTTP service's port is refused, nothing changes
+    bad = exported + ('\n[[interface.forward]]\nproto = "tcp"\nports = "80"\nprotected = "198.18.0.1"\n'
+                      'to = ["198.18.1.2:80"]\n')
+    f.write_text(bad)
+    p = lab.xg("apply", "-f", str(f), check=False)
+    assert p.returncode == 2 and p.stderr.count("xdpguard: error:") == 1 and "HTTP service www4" in p.stderr, p.stderr
+    assert lab.xg("export").stdout == exported
+
+
+def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
+    cfg = tmp_path / "desired.toml"
+    cfg.write_text(lab.xg("export").stdout)
+    daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run", "--config",
+                               str(cfg), "--no-detect", "--duration", "40"], env=lab.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(4)  # the daemon is up
+        assert lab.curl("client", f"http://{topology.PROT4}/") == "200"
+        start = time.monotonic()
+        flood = subprocess.Popen(["ip", "netns", "exec", lab.ns("attacker"), "timeout", "15", "wrk", "-t1", "-c4",
+                                  "-d10s", "--timeout", "2s", f"http://{topology.PROT4}/"], env=lab.env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        banned_after = None
+        while time.monotonic() - start < 10:
+            bans = lab.xg("ban", "list").stdout
+            if topology.ATTACKER4 in bans:
+                banned_after = time.monotonic() - start
+                break
+            time.sleep(0.2)
+        flood.wait(timeout=20)
+        assert banned_after is not None and banned_after < 5.0, banned_after  # 30 req/s crossed within ~0.1 s
+        bans = lab.xg("ban", "list").stdout
+        line = next(ln for ln in bans.splitlines() if ln.startswith(topology.ATTACKER4))
+        assert " cc " in f" {line} ", line
+        assert lab.counters().get(("drop", "banned"), 0) > 0  # dropped in XDP, not in HAProxy
+        assert lab.curl("attacker", f"http://{topology.PROT4}/") == "000"
+        # the browser-like client is served throughout and never banned
+        assert [lab.curl("client", f"http://{topology.PROT4}/") for _ in range(3)] == ["200"] * 3
+        assert topology.CLIENT4 not in lab.xg("ban", "list").stdout
+    finally:
+        daemon.terminate()
+        out, _ = daemon.communicate(timeout=30)
+    assert "banned 1 HTTP offender(s) in XDP (reason cc)" in out, out
+    ev = [json.loads(ln) for ln in (Path(lab.env["XDPGUARD_STATE_DIR"]) / "events.jsonl").read_text().splitlines()
+          if '"cc_ban"' in ln] if (Path(lab.env["XDPGUARD_STATE_DIR"]) / "events.jsonl").exists() else []
+    assert any(e["top_sources"][0][0] == topology.ATTACKER4 for e in ev), ev
