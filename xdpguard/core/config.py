@@ -688,8 +688,11 @@ def _http(ld: _Loader, d: dict, path: tuple, addr: IPAddress) -> tuple[l7spec.Ht
     out: list[l7spec.HttpService] = []
     for i, hd in enumerate(ld.get(d, "http", path, "list", [])):
         pp = path + ("http", i)
+        before = len(ld.problems)
         if isinstance(hd, dict):
-            ld.table(hd, pp, l7schema.KEYS)
+            ld.table(hd, pp, l7schema.KEYS)  # an unknown key is named on its own line
+        if len(ld.problems) > before:
+            continue
         svc = ld.guard(pp, lambda hd=hd: l7schema.from_data(hd, addr))
         if svc is None:
             continue
