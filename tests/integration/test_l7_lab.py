@@ -120,6 +120,47 @@ def test_export_apply_is_a_no_op_and_diff_shows_changes(lab: Env, tmp_path: Path
     assert lab.xg("export").stdout == exported
 
 
+def test_cc_verbs_edit_the_spec_and_reload_haproxy(lab: Env) -> None:
+    shown = json.loads(lab.xg("cc", "show", "--json").stdout)
+    assert shown["haproxy"] == "running"
+    assert {(v["name"], v["address"], v["port"]) for v in shown["services"]} == {
+        ("www4", topology.PROT4, 80), ("www6", topology.PROT6, 80)}
+    before = lab.xg("export").stdout
+    # bad input: one line, exit 2, nothing changed
+    for args, needle in ((("cc", "limit", "www4", "nopath", "--requests", "5"), "invalid limit prefix"),
+                         (("cc", "rule", "www4", "--action", "drop", "--uri-regex", "(["), "invalid rule uri regex"),
+                         (("cc", "rule", "www4", "--action", "drop", "--host", "not a host"), "invalid rule host"),
+                         (("cc", "level", "nosuch", "strict"), "no HTTP service named 'nosuch'")):
+        p = lab.xg(*args, check=False)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("xdpguard: error:") \
+            and needle in p.stderr, (args, p.stderr)
+    assert lab.xg("export").stdout == before
+    # strict: the cookie challenge (302) for a client without the cookie; a cookie jar passes it
+    lab.xg("cc", "level", "www4", "strict")
+    try:
+        assert 'level = "strict"' in lab.xg("export").stdout
+        assert lab.curl("client", f"http://{topology.PROT4}/") == "302"
+        jar = "/tmp/xg-l7-jar-" + lab.name
+        p = lab.run(["ip", "netns", "exec", lab.ns("client"), "curl", "-s", "-L", "-c", jar, "-b", jar, "-m", "5",
+                     "-o", "/dev/null", "-w", "%{http_code}", f"http://{topology.PROT4}/"], check=False)
+        os.unlink(jar) if os.path.exists(jar) else None
+        assert p.stdout.strip() == "200"
+    finally:
+        lab.xg("cc", "level", "www4", "normal")
+    assert lab.curl("client", f"http://{topology.PROT4}/") == "200"
+    lab.xg("cc", "limit", "www4", "/private", "--requests", "2", "--window", "10", "--action", "deny",
+               "--punish", "0")
+    lab.xg("cc", "rule", "www4", "--action", "drop", "--user-agent-regex", "^badbot/")
+    try:
+        assert lab.curl("client", f"http://{topology.PROT4}/", agent="badbot/1") == "000"  # silently dropped
+        codes = [lab.curl("client", f"http://{topology.PROT4}/private/x", agent="Mozilla/5.0") for _ in range(4)]
+        assert codes[-1] == "429", codes
+    finally:
+        lab.xg("cc", "rule", "www4", "--delete", "2")
+        lab.xg("cc", "limit", "www4", "/private", "--delete")
+    assert lab.xg("export").stdout == before
+
+
 def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
     cfg = tmp_path / "desired.toml"
     cfg.write_text(lab.xg("export").stdout)
