@@ -93,7 +93,9 @@ def test_syn_cookies_complete_to_haproxy(lab: Env) -> None:
     finally:
         lab.xg("syn", "set", "--protected", topology.PROT4, "--threshold", "5000", "--above-threshold")
     assert codes == ["200"] * 3, (codes, before, after)
-    assert after - before >= 3, (before, after)  # XDP answered the SYNs; synproxy completed them to HAProxy
+    # XDP answered the unknown source's first SYN with a cookie and synproxy completed that
+    # connection to HAProxy (its later SYNs pass: a completed handshake made it known-good)
+    assert after - before >= 1, (before, after)
 
 
 def _synacks(text: str) -> int:
@@ -108,7 +110,8 @@ def test_export_apply_is_a_no_op_and_diff_shows_changes(lab: Env, tmp_path: Path
     f = tmp_path / "x.toml"
     f.write_text(exported)
     assert "no changes" in lab.xg("diff", "-f", str(f)).stdout
-    f.write_text(exported.replace('level = "normal"', 'level = "strict"', 1))
+    head, tail = exported.split('name = "www4"', 1)
+    f.write_text(head + 'name = "www4"' + tail.replace('level = "normal"', 'level = "strict"', 1))
     out = lab.xg("diff", "-f", str(f)).stdout
     assert "http www4" in out and "level strict" in out, out
     # a forward on the HTTP service's port is refused, nothing changes
@@ -165,7 +168,8 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
     cfg = tmp_path / "desired.toml"
     cfg.write_text(lab.xg("export").stdout)
     daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run", "--config",
-                               str(cfg), "--no-detect", "--duration", "40"], env=lab.env, stdout=subprocess.PIPE,
+                               str(cfg), "--no-detect", "--duration", "40",
+                               "--metrics", "127.0.0.1:9477"], env=lab.env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     try:
         time.sleep(4)  # the daemon is up
@@ -191,6 +195,15 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
         # the browser-like client is served throughout and never banned
         assert [lab.curl("client", f"http://{topology.PROT4}/") for _ in range(3)] == ["200"] * 3
         assert topology.CLIENT4 not in lab.xg("ban", "list").stdout
+        # seen: stats --json and Prometheus
+        http = {r["service"]: r for r in json.loads(lab.xg("stats", "--json").stdout)["http"]}
+        assert http["www4"]["requests"] > 300 and http["www4"]["limited"] > 0 and http["www4"]["banned"] >= 1, http
+        assert "www6" in http
+        prom = lab.run(["ip", "netns", "exec", lab.ns("prot"), "curl", "-s", "-m", "5",
+                        "http://127.0.0.1:9477/metrics"]).stdout
+        req = re.search(r'^xdpguard_http_requests_total\{service="www4"\} (\S+)$', prom, re.M)
+        banned = re.search(r'^xdpguard_cc_banned_entries\{iface="xgp0"\} (\S+)$', prom, re.M)
+        assert req and float(req[1]) > 300 and banned and float(banned[1]) >= 1, prom[-2000:]
     finally:
         daemon.terminate()
         out, _ = daemon.communicate(timeout=30)
