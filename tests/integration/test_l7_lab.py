@@ -174,6 +174,16 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
     try:
         time.sleep(4)  # the daemon is up
         assert lab.curl("client", f"http://{topology.PROT4}/") == "200"
+        # drift: HAProxy killed → the daemon starts it again (the installed, once-checked config)
+        (pidfile,) = Path(lab.env["XDPGUARD_RUN_DIR"]).glob("l7/*/haproxy.pid")
+        os.kill(int(pidfile.read_text().split()[0]), 9)
+        for pid in lab.run(["ip", "netns", "pids", lab.ns("prot")]).stdout.split():
+            if Path(f"/proc/{pid}/comm").exists() and Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy":
+                os.kill(int(pid), 9)
+        t0 = time.monotonic()
+        while lab.curl("client", f"http://{topology.PROT4}/") != "200":
+            assert time.monotonic() - t0 < 10, "HAProxy not restarted by the daemon"
+            time.sleep(0.2)
         start = time.monotonic()
         flood = subprocess.Popen(["ip", "netns", "exec", lab.ns("attacker"), "timeout", "15", "wrk", "-t1", "-c4",
                                   "-d10s", "--timeout", "2s", f"http://{topology.PROT4}/"], env=lab.env,

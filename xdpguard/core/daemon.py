@@ -222,7 +222,7 @@ class Reconciler:
         if drift:
             self.report("NAT drift: " + "; ".join(drift) + "; rebuilding")
             for spec in d.interfaces:
-                if spec.forwards:
+                if spec.forwards or any(a.http for a in spec.addresses):  # (HTTP ports: synproxy rules)
                     self._realise(spec, lists=False, rebuild_nat=True)
         if time.monotonic() - self._last_full >= self.full_every_s:
             self._last_full = time.monotonic()

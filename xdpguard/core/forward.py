@@ -470,7 +470,7 @@ def set_rules(g, specs: list[tuple[ForwardRule, bytes | None]], rebuild: bool = 
         for sr in new:
             r = sr.rule
             g.change_ports([r.protected], r.proto, r.port_lo, r.port_hi, PORT_BY_FORWARD, True)
-        if remaining:
+        if remaining or local_tcp(states):  # (tcp_loose 0: an HTTP service's cookie ACKs must be ct invalid)
             _, saved = _saved_sysctls(states)
             if saved is None:
                 new_st[SYSCTL_KEY] = read_sysctls()
@@ -490,7 +490,7 @@ def forwarding_drift() -> list[str]:
     1 s drift check): the table missing while rules exist, or a forwarding sysctl off."""
     states = _iface_states()
     rules = all_rules(states)
-    if not rules:
+    if not rules and not local_tcp(states):
         return []
     out = []
     try:
