@@ -159,6 +159,21 @@ def test_which_offenders_become_bans():
     assert got[str(a)].ttl_s == 500  # until - now beats the level's punishment
     assert got[str(d)].ttl_s == 300  # strict punishes for 300 s
     assert len(bans.select(found, [svc()], now, cap=1)) == 1
+    # a client holding a valid challenge cookie is never banned, whatever it did
+    from dataclasses import replace
+    assert bans.select([replace(o, verified=True) for o in found], [svc()], now) == []
+
+
+def test_offenders_know_the_verified_sources():
+    from xdpguard.core.l7.runtime import Table, TableEntry, service_offenders
+
+    s = svc()
+    a, b = ipaddress.ip_address("198.18.0.66"), ipaddress.ip_address("198.18.0.10")
+    now = 1_000_000
+    src = Table("www_src", "ipv6", 100, 2, (TableEntry(a, 1000, {"http_req_rate(10000)": 900}),
+                                             TableEntry(b, 1000, {"http_req_rate(10000)": 900, "gpt2": now + 600})))
+    got = {o.address: o.verified for o in service_offenders({"www_src": src}, s, now)}
+    assert got == {a: False, b: True}
 
 
 def test_schema_refuses_bad_shapes():

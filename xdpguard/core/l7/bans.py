@@ -11,9 +11,7 @@ connlimit.promote does for nft's offenders. Which offences count:
                 passes the challenge; banning it would hit real clients)
 
 Never banned: allowlisted sources (the caller passes the allowlist), and a source that holds a
-valid challenge cookie is not banned for a challenge limit (`prefix` offences whose action is
-challenge are skipped). XXX: a verified source over the level's request ceiling or a
-connection cap IS banned: the stick table does not yet record who passed the challenge.
+valid challenge cookie (HAProxy records its expiry in gpt 2 of the source's entry: `verified`).
 TTL = max(until − now, the level's punishment). At most `cap` new bans per call.
 """
 
@@ -54,7 +52,7 @@ def select(found: Sequence[Offender], services: Sequence[HttpService], now: floa
     for o in found:
         if o.kind not in BANNED_KINDS or (o.kind == "prefix" and o.action == "challenge"):
             continue
-        if skip(o.address):
+        if o.verified or skip(o.address):  # a challenge-passing client is never banned
             continue
         svc = by_name.get(o.service)
         punish = svc.preset.punish_s if svc is not None else 60

@@ -16,7 +16,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import haproxy_config as hc
 from .haproxy_config import PUNISH_CODES, REQUEST_WINDOW_S
@@ -196,6 +196,7 @@ class Offender:
     action: str  # deny | drop | tarpit | challenge | reject
     until: int | None = None  # unix seconds, for punished sources
     detail: str = ""
+    verified: bool = False  # it holds a valid challenge cookie (gpt 2 of its source entry)
 
 
 def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | None = None) -> list[Offender]:
@@ -205,6 +206,7 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
     p = svc.preset
     conns = svc.effective_conns()
     src = tables.get(hc.src_table(svc))
+    verified = {e.address for e in (src.entries if src else ()) if e.get("gpt2") > now}
     for e in src.entries if src else ():
         until = e.get("gpt0")
         if until > now:
@@ -224,7 +226,7 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
             if e.get("http_req_rate") > lim.requests:
                 out.append(Offender(svc.name, e.address, "prefix", e.get("http_req_rate"), lim.requests, lim.action,
                                     detail=f"{lim.prefix} per {lim.window_s} s"))
-    return out
+    return [replace(o, verified=o.address in verified) for o in out]
 
 
 def table_names(svc: HttpService) -> list[str]:
