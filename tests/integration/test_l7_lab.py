@@ -214,6 +214,20 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
         req = re.search(r'^xdpguard_http_requests_total\{service="www4"\} (\S+)$', prom, re.M)
         banned = re.search(r'^xdpguard_cc_banned_entries\{iface="xgp0"\} (\S+)$', prom, re.M)
         assert req and float(req[1]) > 300 and banned and float(banned[1]) >= 1, prom[-2000:]
+        # a verified client (it passed the strict level's cookie challenge) that then goes over the
+        # request ceiling is limited by HAProxy (429) but never banned in XDP
+        lab.xg("cc", "level", "www4", "strict")
+        jar = Path(lab.env["XDPGUARD_RUN_DIR"]) / "jar.txt"
+        p = lab.run(["ip", "netns", "exec", lab.ns("client"), "curl", "-s", "-L", "-c", str(jar), "-b", str(jar),
+                     "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", f"http://{topology.PROT4}/"], check=False)
+        assert p.stdout.strip() == "200"
+        cookie = next(ln.split("\t")[-1].strip() for ln in jar.read_text().splitlines() if "\txgc\t" in ln)
+        hot = lab.run(["ip", "netns", "exec", lab.ns("client"), "timeout", "10", "wrk", "-t1", "-c2", "-d4s",
+                       "-H", f"Cookie: xgc={cookie}", f"http://{topology.PROT4}/"], check=False, timeout=20).stdout
+        assert "Non-2xx or 3xx responses" in hot, hot  # HAProxy limited it
+        time.sleep(2)  # a few daemon ticks
+        assert topology.CLIENT4 not in lab.xg("ban", "list").stdout
+        lab.xg("cc", "level", "www4", "normal")
     finally:
         daemon.terminate()
         out, _ = daemon.communicate(timeout=30)
