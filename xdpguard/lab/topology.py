@@ -28,8 +28,11 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import tomli_w
 
 from xdpguard.core import state as xgstate
 from xdpguard.core.errors import UserError
@@ -284,10 +287,6 @@ def protect(name: str | None = None, *, monitor: bool = False, block_attacker: b
 def serve_http(name: str | None = None, services=HTTP_SERVICES) -> None:
     """Declare the lab's HTTP services as an operator would: export the desired state, add the
     `[[interface.address.http]]` tables, apply it (HAProxy starts on the protective IP)."""
-    import tomllib
-
-    import tomli_w
-
     prot = ns_name("prot", name)
     data = tomllib.loads(xg(prot, "export").stdout)
     iface = next(i for i in data["interface"] if i["name"] == PROT_IFACE)
