@@ -32,6 +32,7 @@
 #define XG_REASON_MITIGATION  15  /* drop: automatic mitigation filter (xdpguard run) */
 #define XG_REASON_CONNLIMIT   16  /* a ban's reason: a connection limit in nft (connlimit.py); not a verdict */
 #define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
+#define XG_REASON_CC          18  /* a ban's reason: an HTTP flood offender seen by HAProxy (l7/bans.py); not a verdict */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
                                      * this wave: -D16 builds that layout for the upgrade test) */

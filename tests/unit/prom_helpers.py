@@ -96,6 +96,11 @@ def install_fakes(monkeypatch, guard: FakeGuard | None = None) -> None:
                       [BackendView("198.51.100.10:8080", 1, False, "up"), BackendView("198.51.100.11:8080", 1, False, "down"),
                        BackendView("198.51.100.12:8080", 1, True, "unknown")], 0, False, None, 5, 500)]
     monkeypatch.setattr(forward, "show", lambda ifname=None: ForwardListResult(rules, {}, True))
+    from xdpguard.core.l7 import engine, runtime
+
+    monkeypatch.setattr(engine, "stats", lambda: [
+        runtime.StatRow("www_fe", "FRONTEND", "OPEN", 3, 900, 880, 40, 700, 60, 0, 120),
+        runtime.StatRow("www_be", "BACKEND", "UP", 0, 700, 700, 0, 700, 0, 0, 0)])
 
 
 def scrape_text(active=None, ifaces=("xgp0",)) -> str:

@@ -120,7 +120,8 @@ def test_the_defences_are_there() -> None:
     assert "tcp-request connection track-sc0 src table web_src" in text
     assert "tcp-request connection reject if { sc0_conn_cur gt 30 }" in text
     assert "tcp-request connection reject if { sc0_conn_rate gt 60 }" in text
-    assert re.search(r"stick-table type ipv6 .* store gpt\(2\),conn_cur,conn_rate\(10s\),http_req_rate\(10s\)", text)
+    assert re.search(r"stick-table type ipv6 .* store gpt\(3\),conn_cur,conn_rate\(10s\),http_req_rate\(10s\)", text)
+    assert "http-request sc-set-gpt(2,0) var(txn.xg_now),add(txn.xg_cleft) if xg_verified" in text  # verified until
     # the level's ceiling punishes and answers 429
     assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 300 }" in text
     # the longest prefix is limit 0; its tarpit punishes for 120 s

@@ -40,6 +40,9 @@ def test_names_labels_values(scrape):
     assert got[("xdpguard_samples_total", (("iface", "xgp0"),))] == 1000
     assert got[("xdpguard_samples_lost_total", (("iface", "xgp0"),))] == 7
     assert got[("xdpguard_build_info", (("version", __version__),))] == 1
+    assert got[("xdpguard_http_requests_total", (("service", "www"),))] == 880
+    assert got[("xdpguard_http_challenged_requests_total", (("service", "www"),))] == 120
+    assert got[("xdpguard_http_limited_requests_total", (("service", "www"),))] == 40
     assert "# TYPE xdpguard_packets_total counter" in text
 
 
@@ -71,7 +74,7 @@ def test_every_declared_family_is_served_with_its_type_and_labels(scrape):
 
 NAME = re.compile(r"^xdpguard_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 LABEL = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-UNIT_WORDS = {"seconds", "bytes", "ratio", "packets", "entries", "samples", "info", "up", "active"}
+UNIT_WORDS = {"seconds", "bytes", "ratio", "packets", "entries", "samples", "info", "up", "active", "requests"}
 
 
 @pytest.mark.parametrize("m", metrics.METRICS, ids=lambda m: m.name)

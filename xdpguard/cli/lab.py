@@ -45,7 +45,8 @@ def up(no_protect, lifetime, nodes, etcd, as_json):
         c.print(f"note: {n}")
     c.print(f"lab '{res.name}' is up: {', '.join(res.namespaces.values())}")
     c.print(f"  protective IP {topology.PROT4}, {topology.PROT6} on {res.namespaces['prot']}:{topology.PROT_IFACE}"
-            + (f" (xdpguard attached, mode {res.xdp_mode}; forwarding tcp 80, tcp 7, udp 7 to the backend)"
+            + (f" (xdpguard attached, mode {res.xdp_mode}; HTTP tcp 80 through HAProxy, forwarding tcp 7, "
+               f"udp 7, tcp 8080 to the backend)"
                if res.protected else " (NOT protected)"))
     c.print(f"  client {topology.CLIENT4}, attacker {topology.ATTACKER4}, backend {topology.BACKEND4} (hidden)")
     c.print("  servers: " + ", ".join(f"{s.name} pid {s.pid}" for s in res.servers))

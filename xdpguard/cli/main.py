@@ -73,6 +73,8 @@ def _register() -> None:
     from . import connlimit, level, mitigations  # automatic mitigation, levels, connection limits (issue 13)
     cli.add_command(mitigations.mitigations)
     cli.add_command(level.level)
+    from . import cc  # HTTP services behind HAProxy (issue 29)
+    cli.add_command(cc.cc)
     cli.add_command(connlimit.connlimit_)
 
 

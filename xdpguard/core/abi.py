@@ -38,6 +38,7 @@ class Reason(enum.IntEnum):
     MITIGATION = 15
     CONNLIMIT = 16  # the reason of a ban promoted from an nft connection limit (connlimit.py)
     UNKNOWN = 17  # an unknown source past its share of the per-destination bucket (knowngood.h)
+    CC = 18  # the reason of a ban promoted from HAProxy's stick tables (l7/bans.py)
 
     @property
     def label(self) -> str:
@@ -133,6 +134,7 @@ PROT_PORT_POLICY = 1 << 0  # xg_protected.flags: only open TCP/UDP ports are rea
 # xg_port_value.flags bits are ours (the data path only tests presence): who opened the port.
 PORT_BY_OPERATOR = 1 << 0  # `xdpguard port open`
 PORT_BY_FORWARD = 1 << 1  # a forwarding rule
+PORT_BY_HTTP = 1 << 2  # an HTTP service served by HAProxy on the protective IP (l7/)
 
 
 def stats_slot(kind: Kind, reason: Reason) -> int:

@@ -31,6 +31,8 @@ import tomli_w
 from . import abi, events, forwarding, levels, nat, policy, vocab
 from .errors import UserError
 from .forwarding import ForwardRule
+from .l7 import schema as l7schema
+from .l7 import spec as l7spec
 from .prefixes import Prefix, parse_address, parse_prefix, read_prefix_set
 
 DEFAULT_PATH = Path("/etc/xdpguard/xdpguard.toml")
@@ -67,6 +69,7 @@ class AddressSpec:
     port_limits: tuple[tuple[str, int, int, policy.Limits], ...] = ()  # merged runs of equal limits
     level: str | None = None  # levels.LEVELS: its preset filled what the table did not give
     connlimit: nat.ConnLimits | None = None  # connection limits of its forwarded services (connlimit.py)
+    http: tuple[l7spec.HttpService, ...] = ()  # HTTP services HAProxy serves on it (l7/), by (port, name)
 
     @property
     def policy(self) -> policy.AddressPolicy:
@@ -366,7 +369,7 @@ _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", 
                 "mitigation_hold", "mitigation_interval"}
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
-_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit"}
+_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit", "http"}
 #: `connlimit = { ... }` keys → nat.ConnLimits fields
 CONNLIMIT_KEYS = {"new_per_source": "new_per_source", "concurrent_per_source": "concurrent_per_source",
                   "new_total": "new_total", "conntrack_budget": "conntrack_budget", "udp_timeout": "udp_timeout_s",
@@ -673,7 +676,32 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
         blocked = blocked if "block_protocols" in d else sorted(lp.blocked)
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
                        norm_port_runs(opened), norm_port_limits(plims), level,
-                       _connlimit(ld, d, path) if "connlimit" in d else None)
+                       _connlimit(ld, d, path) if "connlimit" in d else None, _http(ld, d, path, addr))
+
+
+def norm_http(services) -> tuple[l7spec.HttpService, ...]:
+    return tuple(sorted(services, key=lambda s: (s.port, s.name)))
+
+
+def _http(ld: _Loader, d: dict, path: tuple, addr: IPAddress) -> tuple[l7spec.HttpService, ...]:
+    """`[[interface.address.http]]`: HTTP services on this address (l7/schema.py)."""
+    out: list[l7spec.HttpService] = []
+    for i, hd in enumerate(ld.get(d, "http", path, "list", [])):
+        pp = path + ("http", i)
+        before = len(ld.problems)
+        if isinstance(hd, dict):
+            ld.table(hd, pp, l7schema.KEYS)  # an unknown key is named on its own line
+        if len(ld.problems) > before:
+            continue
+        svc = ld.guard(pp, lambda hd=hd: l7schema.from_data(hd, addr))
+        if svc is None:
+            continue
+        clash = next((o for o in out if o.name == svc.name or o.port == svc.port), None)
+        if clash is not None:
+            ld.fail(pp, f"service {svc.name} on port {svc.port} clashes with {clash.name} on port {clash.port}")
+            continue
+        out.append(svc)
+    return norm_http(out)
 
 
 def _connlimit(ld: _Loader, d: dict, path: tuple) -> nat.ConnLimits | None:
@@ -933,6 +961,13 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
             ld.fail(path + ("forward", i), f"rule {fs.rule.key} is given twice")
             continue
         forwards.append(fs)
+    for a in addrs.values():
+        for svc in a.http:
+            for j, fs in enumerate(forwards):
+                r = fs.rule
+                if r.protected == a.address and r.proto == "tcp" and r.port_lo <= svc.port <= r.port_hi:
+                    ld.fail(path + ("forward", j), f"tcp {svc.port} of {a.address} is the HTTP service {svc.name} "
+                                                   "(HAProxy serves it): forward another port")
     raw_addr = {}
     for ad in ld.get(d, "address", path, "list", []):
         if isinstance(ad, dict) and isinstance(ad.get("address"), str):
@@ -1018,9 +1053,15 @@ def loads(text: str, source: str = "<config>", read_files: bool = True) -> tuple
                 forwarding.check_backend_not_protected(f.rule, all_protected)
             except ValueError as exc:
                 ld.fail(("interface", i, "forward", j), str(exc))
+    ld.guard(("interface",), lambda: l7spec.check_services(http_services(ifaces)))  # one HAProxy per namespace
     if ld.problems:
         raise ConfigError(ld.problems)
     return Desired(tuple(sorted(ifaces, key=lambda s: s.name)), daemon, cluster, bgp), ld.warnings
+
+
+def http_services(ifaces) -> list[l7spec.HttpService]:
+    """Every HTTP service of these interfaces (what the namespace's HAProxy serves)."""
+    return [svc for s in ifaces for a in s.addresses for svc in a.http]
 
 
 def read_regular(p: Path, what: str) -> bytes:
@@ -1173,6 +1214,8 @@ def _address_data(a: AddressSpec) -> dict | None:
     if a.port_limits or a.level is not None:
         body["port_limit"] = [{"ports": vocab.format_port_spec(proto, lo, hi), **_limits_data(lim)}
                               for proto, lo, hi, lim in a.port_limits]
+    if a.http:
+        body["http"] = [l7schema.to_data(svc) for svc in a.http]
     if not body:
         return None
     return {"address": str(a.address), **body}
@@ -1379,6 +1422,16 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
         if oa.port_limits != na.port_limits:
             fmt = lambda pls: "; ".join(f"{vocab.format_port_spec(p, lo, hi)} {_fmt_limits(l)}" for p, lo, hi, l in pls) or "none"  # noqa: E731
             out.append(Change(f"{p} port_limits", "change", fmt(oa.port_limits), fmt(na.port_limits)))
+        if oa.http != na.http:
+            oh, nh = {s.name: s for s in oa.http}, {s.name: s for s in na.http}
+            for k in sorted(set(oh) | set(nh)):
+                if k not in nh:
+                    out.append(Change(f"{p} http", "remove", l7schema.describe(oh[k])))
+                elif k not in oh:
+                    out.append(Change(f"{p} http", "add", None, l7schema.describe(nh[k])))
+                elif oh[k] != nh[k]:
+                    out.append(Change(f"{p} http {k}", "change", l7schema.describe(oh[k]),
+                                      l7schema.describe(nh[k])))
     of = {f.rule.key: f for f in old.forwards}
     nf = {f.rule.key: f for f in new.forwards}
     for k in sorted(set(of) | set(nf)):

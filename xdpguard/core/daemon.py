@@ -25,6 +25,7 @@ from pathlib import Path
 from . import dataplane, forward, libbpf, protection, reconcile, state, store, tcpstate
 from .config import Desired, InterfaceSpec
 from .errors import UserError
+from .l7 import bans as l7bans
 
 
 class Reconciler:
@@ -39,6 +40,7 @@ class Reconciler:
         self._cache: tuple[tuple | None, Desired] = (None, Desired())
         self._last_full = time.monotonic()
         self.repairs = 0
+        self.l7 = l7bans.Watch(report)  # HAProxy kept running, its offenders banned in XDP (reason cc)
 
     # -- desired state, cached on the store file's identity --
 
@@ -74,6 +76,7 @@ class Reconciler:
         for spec in self.desired().interfaces:
             self._realise(spec, lists=True)
             self._upgrade_if_older(spec.name)
+        self.l7.tick(self.desired().interfaces)  # at boot: HAProxy installed and started
         self._last_full = time.monotonic()
 
     def _upgrade_if_older(self, name: str) -> None:
@@ -214,11 +217,12 @@ class Reconciler:
                 self.check(spec)
             except UserError as exc:
                 self._say(spec.name, f"{spec.name}: {exc.message}")
+        self.l7.tick(d.interfaces)
         drift = forward.forwarding_drift()
         if drift:
             self.report("NAT drift: " + "; ".join(drift) + "; rebuilding")
             for spec in d.interfaces:
-                if spec.forwards:
+                if spec.forwards or any(a.http for a in spec.addresses):  # (HTTP ports: synproxy rules)
                     self._realise(spec, lists=False, rebuild_nat=True)
         if time.monotonic() - self._last_full >= self.full_every_s:
             self._last_full = time.monotonic()

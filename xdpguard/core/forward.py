@@ -202,12 +202,29 @@ def rebuild() -> None:
         apply_rules(_applier(), states, all_rules(states))
 
 
+HTTP_KEY = "http"  # the interface record's HTTP services (l7/engine.py)
+
+
+def local_tcp(states: dict[str, dict]) -> list[tuple[forwarding.IPAddress, int]]:
+    """(protective address, TCP port) of every HTTP service HAProxy serves in this namespace."""
+    out = []
+    for st in states.values():
+        for d in (st or {}).get(HTTP_KEY) or []:
+            try:
+                out.append((ipaddress.ip_address(d["address"]), int(d["port"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out
+
+
 def apply_rules(applier: nat.NftApplier, states: dict[str, dict], rules: list[StoredRule]) -> None:
-    """Rebuild the table from `rules` (with stored health), or delete it when there are none."""
+    """Rebuild the table from `rules` (with stored health) and the HTTP services' SYN-cookie
+    rules, or delete it when there are none."""
+    local = local_tcp(states)
     try:
-        if rules:
+        if rules or local:
             kw = dict(healthy=healthy_map(states, rules), counters=_current_counters(applier),
-                      connlimits=connlimit_map(states, rules))
+                      connlimits=connlimit_map(states, rules), local_tcp=local)
             try:  # with the synproxy chains of the SYN cookies; a kernel without nft_synproxy gets none
                 applier.apply(nat.build_ruleset([sr.rule for sr in rules], synproxy=True, **kw))
             except nat.NftError:
@@ -453,7 +470,7 @@ def set_rules(g, specs: list[tuple[ForwardRule, bytes | None]], rebuild: bool = 
         for sr in new:
             r = sr.rule
             g.change_ports([r.protected], r.proto, r.port_lo, r.port_hi, PORT_BY_FORWARD, True)
-        if remaining:
+        if remaining or local_tcp(states):  # (tcp_loose 0: an HTTP service's cookie ACKs must be ct invalid)
             _, saved = _saved_sysctls(states)
             if saved is None:
                 new_st[SYSCTL_KEY] = read_sysctls()
@@ -473,7 +490,7 @@ def forwarding_drift() -> list[str]:
     1 s drift check): the table missing while rules exist, or a forwarding sysctl off."""
     states = _iface_states()
     rules = all_rules(states)
-    if not rules:
+    if not rules and not local_tcp(states):
         return []
     out = []
     try:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from xdpguard import __version__
 
-from . import forward, protection, sampling, state, vocab
+from . import forward, protection, sampling, state, stats, vocab
+from .l7 import engine as l7engine
 from .abi import MapName
 from .errors import UserError
 
@@ -63,6 +64,14 @@ METRICS: tuple[MetricSpec, ...] = (
                "Packets DNATed to the backends of a forwarding rule (nftables counter).", ("iface", "rule")),
     MetricSpec("xdpguard_forward_bytes_total", "counter",
                "Bytes DNATed to the backends of a forwarding rule (nftables counter).", ("iface", "rule")),
+    MetricSpec("xdpguard_http_requests_total", "counter",
+               "HTTP requests HAProxy received for a service (since it started).", ("service",)),
+    MetricSpec("xdpguard_http_challenged_requests_total", "counter",
+               "HTTP requests answered with the challenge (302) by HAProxy.", ("service",)),
+    MetricSpec("xdpguard_http_limited_requests_total", "counter",
+               "HTTP requests HAProxy denied (429, tarpit) by a limit or a rule.", ("service",)),
+    MetricSpec("xdpguard_cc_banned_entries", "gauge",
+               "Sources banned in XDP as HTTP offenders (reason cc), now.", ("iface",)),
     MetricSpec("xdpguard_build_info", "gauge", "Always 1; the version of the serving xdpguard.", ("version",)),
 )
 
@@ -131,6 +140,7 @@ class XdpguardCollector:
                 fam["xdpguard_samples_total"].add_metric([name], taken)
                 fam["xdpguard_samples_lost_total"].add_metric([name], lost)
                 fam["xdpguard_samples_missed_total"].add_metric([name], missed.get(name, 0))
+                fam["xdpguard_cc_banned_entries"].add_metric([name], stats.cc_bans(g))
                 for addr in g.protected():
                     fam["xdpguard_attack_active"].add_metric([name, addr], 1.0 if active.get((name, addr)) else 0.0)
         try:
@@ -143,6 +153,10 @@ class XdpguardCollector:
             for b in r.backends:
                 if b.health in ("up", "down"):
                     fam["xdpguard_backend_up"].add_metric([r.iface, r.key, b.endpoint], 1.0 if b.health == "up" else 0.0)
+        for row in stats.http_rows(l7engine.stats(), {}, 1.0, 0):
+            fam["xdpguard_http_requests_total"].add_metric([row.service], row.requests)
+            fam["xdpguard_http_challenged_requests_total"].add_metric([row.service], row.challenged)
+            fam["xdpguard_http_limited_requests_total"].add_metric([row.service], row.limited)
         fam["xdpguard_build_info"].add_metric([__version__], 1.0)
         yield from fam.values()
 

@@ -374,6 +374,7 @@ def build_ruleset(
     counters: Counters | None = None,
     connlimits: Mapping[str, ConnLimits] | None = None,
     synproxy: bool = False,
+    local_tcp: Iterable[tuple[Any, int]] = (),
 ) -> Json:
     """One atomic batch that replaces our table with the ruleset for ``rules``.
 
@@ -493,6 +494,8 @@ def build_ruleset(
             }
         )
     cookie = synproxy_rules(rules, healthy, table) if synproxy else []  # SYN cookies (synproxy_rules)
+    if synproxy:
+        cookie += local_synproxy_rules(local_tcp, table)
     limited = [(r, (connlimits or {})[rule_key(r)]) for r in rules
                if (connlimits or {}).get(rule_key(r)) is not None and (connlimits or {})[rule_key(r)].active()]
     extra = connlimit_batch(table, limited) if limited else []
@@ -659,6 +662,25 @@ def synproxy_rules(rules: Iterable[ForwardRule], healthy: Mapping[str, Iterable[
         else:
             tail = [count_new, _dnat(rule, backends)]
         out.append(_rule(table, OUTPUT_CHAIN, rule, _service_match(rule) + tail))
+    return out
+
+
+def local_synproxy_rules(local_tcp: Iterable[tuple[Any, int]], table: str = DEFAULT_TABLE) -> list[Json]:
+    """The cookie half of the handshake for TCP services served on the protective IP itself
+    (HAProxy, l7/): (address, port) pairs. As for a forward, XDP's valid cookie ACK is ct invalid
+    and meets ``synproxy`` in the input hook; synproxy's own SYN then goes to the local listener
+    (no DNAT), and its window update to the client leaves through tc egress."""
+    out: list[Json] = []
+    for addr, port in sorted(set(local_tcp), key=lambda ap: (ap[0].version, ap[0].packed, ap[1])):
+        fam = "ip" if addr.version == 4 else "ip6"
+        out.append({"add": {"rule": {"family": FAMILY, "table": table, "chain": SYNPROXY_CHAIN,
+                                     "comment": f"http/{addr}/{port}", "expr": [
+            _match(_payload(fam, "daddr"), str(addr)),
+            _match(_payload("tcp", "dport"), port),
+            _match({"ct": {"key": "state"}}, ["invalid", "untracked"], op="in"),
+            {"synproxy": {"mss": SYNPROXY_MSS[addr.version], "wscale": SYNPROXY_WSCALE,
+                          "flags": ["timestamp", "sack-perm"]}},
+        ]}}})
     return out
 
 

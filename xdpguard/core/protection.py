@@ -32,6 +32,7 @@ from .abi import (
     Lpm6Key,
     MapName,
     PORT_BY_FORWARD,
+    PORT_BY_HTTP,
     PORT_BY_OPERATOR,
     PROT_PORT_POLICY,
     PortValue,
@@ -859,7 +860,8 @@ def _port_runs(g: Guard) -> list[PortRun]:
     out = []
     for (addr, proto), runs in g.open_ports().items():
         for lo, hi, flags in runs:
-            by = [n for bit, n in ((PORT_BY_OPERATOR, "operator"), (PORT_BY_FORWARD, "forward")) if flags & bit]
+            by = [n for bit, n in ((PORT_BY_OPERATOR, "operator"), (PORT_BY_FORWARD, "forward"),
+                                   (PORT_BY_HTTP, "http")) if flags & bit]
             out.append(PortRun(addr, proto, lo, hi, by))
     return out
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from . import abi, config, dataplane, events, forward, levels, policy, protection, state, store, vocab
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
+from .l7 import engine as l7engine
 from .prefixes import Prefix
 
 MAX_PORT_RANGE_WRITES = 65536 * 2
@@ -80,6 +81,8 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     else:
         block, allow = stored.block, stored.allow
     fwd = tuple(ForwardSpec(sr.rule, sr.udp_probe) for sr in forward.stored_rules(g.iface.name, st))
+    http = l7engine.from_record(g.iface.name, st.get(l7engine.HTTP_KEY))
+    addrs = [replace(a, http=http.get(a.address, ())) for a in addrs]
     return config.norm_interface(InterfaceSpec(
         g.iface.name, st.get("requested_mode", "auto"), tuple(addrs), glob, block, allow, fwd,
         events.EventConfig.from_json(st.get(events.STATE_KEY))))
@@ -182,6 +185,27 @@ def _write_events(g, cfg: events.EventConfig) -> None:
     state.write_state(g.iface, st)
 
 
+def _http_ports(spec: InterfaceSpec) -> set[tuple]:
+    return {(a.address, svc.port) for a in spec.addresses for svc in a.http}
+
+
+def _write_http(g, old: InterfaceSpec, new: InterfaceSpec) -> bool:
+    """The HTTP services' record and their ports (PORT_BY_HTTP: to the local stack, no NAT).
+    True when they changed (the caller rebuilds the NAT table and realises HAProxy)."""
+    if [a.http for a in old.addresses if a.http] == [a.http for a in new.addresses if a.http]:
+        return False
+    st = state.read_state(g.iface) or {}
+    st[l7engine.HTTP_KEY] = [r for a in new.addresses for r in l7engine.record(
+        replace(svc, listen=(a.address,)) for svc in a.http)]
+    state.write_state(g.iface, st)
+    oldp, newp = _http_ports(old), _http_ports(new)
+    for addr, port in sorted(newp - oldp, key=str):
+        g.change_ports([addr], "tcp", port, port, abi.PORT_BY_HTTP, True)
+    for addr, port in sorted(oldp - newp, key=str):
+        g.change_ports([addr], "tcp", port, port, abi.PORT_BY_HTTP, False)
+    return True
+
+
 def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpec, rebuild_nat: bool = False) -> list[str]:
     """Write what differs between `old` (realised) and `new` into g's maps, nft and records.
     Order: new addresses, policies, ports, list additions, forwards, list removals, events,
@@ -200,6 +224,8 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         g.upsert("block", sorted(new.block - old.block), 0)
     if new.allow - old.allow:
         g.upsert("allow", sorted(new.allow - old.allow), 0)
+    http_changed = _write_http(g, old, new)
+    rebuild_nat = rebuild_nat or http_changed  # the SYN-cookie rules of the HTTP ports live in the NAT table
     want = {str(a.address): asdict(a.connlimit) for a in new.addresses if a.connlimit is not None}
     st = state.read_state(g.iface) or {}
     if (st.get(forward.CONNLIMIT_KEY) or {}) != want:
@@ -215,6 +241,9 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
     for a in old.addresses:
         if new.address(a.address) is None:
             _remove_address(g, a)
+    if http_changed:
+        res = l7engine.realise(l7engine.services_of(forward._iface_states()))
+        notes.append(f"HAProxy {res}: {len(config.http_services([new]))} HTTP service(s) on {new.name}")
     if old.events != new.events or {str(a) for a in old.protected} != {str(a) for a in new.protected}:
         _write_events(g, new.events)
     if [a.level for a in old.addresses] != [a.level for a in new.addresses] or \
@@ -267,7 +296,8 @@ def realise(spec: InterfaceSpec, rebuild_nat: bool = False, force: bool = False,
             if action == "attached":
                 # the fresh program protects the addresses with default policy; forwards and
                 # events of an earlier life of the interface record are gone with it
-                live = replace(live, forwards=(), events=events.EventConfig(), mode=spec.mode)
+                live = replace(live, forwards=(), events=events.EventConfig(), mode=spec.mode,
+                               addresses=tuple(replace(a, http=()) for a in live.addresses))
             if live == spec and not rebuild_nat:
                 return RealiseResult(spec.name, "unchanged" if action != "attached" else action, notes)
             notes += write_differences(g, live, spec, rebuild_nat)
@@ -551,6 +581,15 @@ def upgrade(ifname: str, force: bool = False) -> protection.UpgradeResult:
     return res
 
 
+def _l7_after_detach() -> list[str]:
+    """HAProxy serves what the remaining interfaces of the namespace want (stops at none)."""
+    try:
+        got = l7engine.realise(l7engine.services_of(forward._iface_states()))
+    except UserError as exc:
+        return [f"HAProxy: {exc.message}"]
+    return [] if got in ("none", "unchanged") else [f"HAProxy {got}"]
+
+
 def detach(ifname: str) -> protection.DetachResult:
     """`xdpguard detach`: remove program, pins, records and the interface's desired state. An
     interface that is only in the store (after a reboot) is forgotten."""
@@ -561,6 +600,7 @@ def detach(ifname: str) -> protection.DetachResult:
         iface = state.resolve_iface(ifname)
         with state.iface_lock(iface):
             res = protection.detach_locked(iface, forward.teardown(iface))
+        res.notes.extend(_l7_after_detach())
     except UserError:
         if before is None:
             raise

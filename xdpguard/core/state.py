@@ -84,7 +84,8 @@ def forget_netns(key: str) -> list[Path]:
     """Remove everything xdpguard keeps for the namespace `key` (net-<ino>): state, desired state,
     pins, locks. For a namespace that is going away (the lab deletes its namespaces with it).
     Returns the directories that existed."""
-    gone = [d for d in (state_root() / key, bpffs_root() / key, run_root() / "samples" / key) if d.exists()]
+    gone = [d for d in (state_root() / key, bpffs_root() / key, run_root() / "samples" / key,
+                        run_root() / "l7" / key) if d.exists()]
     for d in gone:  # (samples/: the fan-out socket and serve.lock of a daemon that was killed)
         shutil.rmtree(d, ignore_errors=True)
     drop_log_lines(events_log_path(), key)
@@ -290,6 +291,7 @@ STATE_SHAPE = Rec(
     forward_health=Map(Map(str)),
     forward_sysctl_saved=Map(str),
     connlimits=Map(OBJ),
+    http=Arr(Rec(("address", "name", "port"), address=str, name=str, port=int)),
 )
 
 

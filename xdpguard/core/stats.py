@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from . import fanout, forward, protection, sampling, state
 from .abi import Kind, MapName, Reason, stats_slot
 from .errors import UserError
+from .l7 import engine as l7engine
 
 SERIES = ("received", "dropped", "passed", "forwarded")
 HISTORY_LEN = 120
@@ -81,6 +82,22 @@ class RuleRow:
 
 
 @dataclass(frozen=True)
+class HttpRow:
+    """One HTTP service HAProxy serves (l7/): its frontend's counters since HAProxy started,
+    and the request rate over the last interval. challenged: 302 challenge answers; limited:
+    requests denied (429, tarpit) by a limit or a rule; banned: sources banned in XDP for it
+    (reason cc, every service of the interface)."""
+
+    service: str
+    requests: int
+    requests_per_s: float
+    challenged: int
+    limited: int
+    banned: int
+    to_dict = _as_dict
+
+
+@dataclass(frozen=True)
 class AttackRow:
     id: str
     protected: str
@@ -119,6 +136,7 @@ class Snapshot:
     dst_shares: dict[str, float] = field(default_factory=dict)  # protected address → share of samples
     samples_missed: int = 0  # cumulative: samples the daemon's fan-out or our buffer dropped for us
     sample_source: str = "ring"  # ring (read ourselves) | daemon (fanned out by `xdpguard run`)
+    http: list[HttpRow] = field(default_factory=list)  # HTTP services behind HAProxy (l7/)
     to_dict = _as_dict
 
 
@@ -270,6 +288,14 @@ class Collector:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _http(self, dt: float) -> list[HttpRow]:
+        rows = l7engine.stats()
+        if not rows:
+            return []
+        out = http_rows(rows, getattr(self, "_http_prev", {}), dt, cc_bans(self.guard))
+        self._http_prev = {r.service: r.requests for r in out}
+        return out
+
     def _read(self) -> tuple[float, Counts, dict[str, tuple[int, int]]]:
         rules = {k: (p, b) for k, _, _, p, b in _rules(self.ifname)}
         return time.monotonic(), read_counts(self.guard), rules
@@ -339,10 +365,34 @@ class Collector:
             rules=rules, lists=lists, under_attack=False, attack_since=None, attacked=[], events=[],
             dst_shares=_dst_shares(ours), samples_missed=self.reader.missed, sample_source=self.reader.via,
         )
+        http = self._http(dt)
+        if http:
+            snap = _replace(snap, http=http)
         if self.attack_source is not None:
             active, since, attacked, events = self.attack_source(snap)
             snap = _replace(snap, under_attack=active, attack_since=since, attacked=attacked, events=events)
         return snap
+
+
+def http_rows(rows, prev: dict[str, int], dt: float, banned: int) -> list[HttpRow]:
+    """Pure: HttpRows from HAProxy's `show stat` rows (frontends named <service>_fe)."""
+    out = []
+    for r in rows:
+        if r.name != "FRONTEND" or not r.proxy.endswith("_fe"):
+            continue
+        svc = r.proxy[: -len("_fe")]
+        before = prev.get(svc, r.requests_total)
+        out.append(HttpRow(svc, r.requests_total, max(0, r.requests_total - before) / max(dt, 1e-6), r.http_3xx,
+                           r.denied_requests, banned))
+    return out
+
+
+def cc_bans(guard: protection.Guard) -> int:
+    """Dynamic bans with reason cc (HTTP offenders promoted by `xdpguard run`)."""
+    if MapName.BANS not in guard.maps:
+        return 0
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    return sum(1 for _, v in guard.maps[MapName.BANS].items() if v.reason == int(Reason.CC) and v.expires_ns > now)
 
 
 def _dst_shares(samples: list[sampling.PacketSample]) -> dict[str, float]:

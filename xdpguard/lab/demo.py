@@ -163,12 +163,12 @@ def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> 
     for n in up.notes:
         _say(f"note: {n}")
     topology.shape_backend()
-    _say(f"protective IP {topology.PROT4} / {topology.PROT6}; XDP mode {up.xdp_mode}; forwarding tcp 80, tcp 7, "
-         f"udp 7 to the hidden backend {topology.BACKEND4}")
+    _say(f"protective IP {topology.PROT4} / {topology.PROT6}; XDP mode {up.xdp_mode}; HTTP on tcp 80 through "
+         f"HAProxy, forwarding tcp 7, udp 7 to the hidden backend {topology.BACKEND4}")
     _say(f"the backend is a small server: its link from the protector is a {topology.BACKEND_RATE} token bucket "
          "(tbf, 20 ms queue); it counts the attack packets that reach it (nft, DSCP-marked by the attacker)")
     prot = topology.ns_name("prot")
-    _say("every attack: spoofed sources from 198.18.128.0/17 at the forwarded ports (tcp/80, udp/7), trafgen, "
+    _say("every attack: spoofed sources from 198.18.128.0/17 at the service ports (tcp/80, udp/7), trafgen, "
          "bounded by count and time")
     steps = [("block", "add", topology.ATTACKER4, topology.ATTACKER6),
              ("syn", "set", "--threshold", str(SYN_THRESHOLD)),

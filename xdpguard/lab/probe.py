@@ -59,7 +59,7 @@ def one_request(proto: str, dst: str, port: int, timeout: float, seq: int) -> No
     if proto == "http":
         conn = http.client.HTTPConnection(dst, port, timeout=timeout)  # adds [] to Host: itself
         try:
-            conn.request("GET", "/", headers={"Connection": "close"})
+            conn.request("GET", "/", headers={"Connection": "close", "User-Agent": "xdpguard-lab-probe/1"})
             resp = conn.getresponse()
             resp.read()
             if resp.status != 200:

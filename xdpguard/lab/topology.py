@@ -8,7 +8,8 @@
 
 The client and attacker share one segment, so XDP on xgp0 sees both. Only connected routes exist:
 nothing can leave the machine, and the client knows the protective IP only (the backend is
-reached through the protector's NAT: tcp 80, tcp 7, udp 7, IPv4 and IPv6).
+reached through the protector: tcp 80 is an HTTP service served by HAProxy on the protective IP,
+v4 and v6; tcp 7, udp 7 and tcp 8080 (the web server again) are NATed forwards).
 
 Unlike `netns.Lab` (per process), this lab outlives the command that built it: namespaces have
 well-known names (xg-<name>-<role>, name "lab" unless $XDPGUARD_LAB_NAME), servers run detached
@@ -27,8 +28,11 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import tomli_w
 
 from xdpguard.core import state as xgstate
 from xdpguard.core.errors import UserError
@@ -47,8 +51,29 @@ BACKEND4, BACKEND6 = "198.18.1.2", "2001:db8:0:2::2"
 PROT_IFACE = "xgp0"  # the protector's client-facing interface, where XDP sits
 HOST_IFACE = "eth0"  # client's, attacker's and backend's interface
 HTTP_PORT, ECHO_PORT = 80, 7
-#: (proto, port, backend) forwarded by the protector.
+NAT_HTTP_PORT = 8080  # the web server again, through a plain TCP forward (the NAT path)
+#: (proto, port, backend) forwarded by the protector (NAT).
 FORWARDS = (
+    ("tcp", ECHO_PORT, f"{BACKEND4}:{ECHO_PORT}"),
+    ("udp", ECHO_PORT, f"{BACKEND4}:{ECHO_PORT}"),
+    ("udp", ECHO_PORT, f"[{BACKEND6}]:{ECHO_PORT}"),
+    ("tcp", NAT_HTTP_PORT, f"{BACKEND4}:{HTTP_PORT}"),
+)
+#: The web service (tcp/80, v4 and v6) is an HTTP service: HAProxy on the protective IP (l7/),
+#: behind XDP's cleansing. The lab's monitoring probe (probe.py, its User-Agent) is allowed past
+#: the request limits, as an operator allows their own monitoring; it opens a connection per
+#: request, hence the connection limits.
+PROBE_AGENT = "xdpguard-lab-probe"
+HTTP_SERVICES = (
+    (PROT4, {"name": "www4", "port": HTTP_PORT, "backends": [f"{BACKEND4}:{HTTP_PORT}"], "level": "normal",
+             "connections": {"concurrent": 1000, "new_per_10s": 100_000},
+             "rule": [{"action": "allow", "user_agent_regex": f"^{PROBE_AGENT}/"}]}),
+    (PROT6, {"name": "www6", "port": HTTP_PORT, "backends": [f"[{BACKEND6}]:{HTTP_PORT}"], "level": "normal",
+             "connections": {"concurrent": 1000, "new_per_10s": 100_000},
+             "rule": [{"action": "allow", "user_agent_regex": f"^{PROBE_AGENT}/"}]}),
+)
+#: What the plain NAT box of the "without xdpguard" comparison forwards (every service, by DNAT).
+PLAIN_FORWARDS = (
     ("tcp", HTTP_PORT, f"{BACKEND4}:{HTTP_PORT}"),
     ("tcp", ECHO_PORT, f"{BACKEND4}:{ECHO_PORT}"),
     ("udp", ECHO_PORT, f"{BACKEND4}:{ECHO_PORT}"),
@@ -252,10 +277,33 @@ def protect(name: str | None = None, *, monitor: bool = False, block_attacker: b
     xg(prot, *args, timeout=120)
     for proto, port, to in FORWARDS:
         xg(prot, "forward", "add", proto, str(port), "--to", to)
+    serve_http(name)
     if block_attacker:
         xg(prot, "block", "add", ATTACKER4, ATTACKER6)
     st = json.loads(xg(prot, "status", PROT_IFACE, "--json").stdout)
     return st[0]["mode"] if st else "?"
+
+
+def serve_http(name: str | None = None, services=HTTP_SERVICES) -> None:
+    """Declare the lab's HTTP services as an operator would: export the desired state, add the
+    `[[interface.address.http]]` tables, apply it (HAProxy starts on the protective IP)."""
+    prot = ns_name("prot", name)
+    data = tomllib.loads(xg(prot, "export").stdout)
+    iface = next(i for i in data["interface"] if i["name"] == PROT_IFACE)
+    tables = iface.setdefault("address", [])
+    for addr, svc in services:
+        t = next((a for a in tables if a["address"] == addr), None)
+        if t is None:
+            t = {"address": addr}
+            tables.append(t)
+        t["http"] = [h for h in t.get("http", []) if h["name"] != svc["name"]] + [svc]
+    path = state_file(name).parent / f"{name or lab_name()}-desired.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data))
+    try:
+        xg(prot, "apply", "-f", str(path), timeout=120)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 BACKEND_RATE = "2mbit"  # a small real server's uplink (shape_backend)
@@ -289,7 +337,7 @@ def plain_forward(name: str | None = None) -> None:
     a plain nftables DNAT + masquerade, kernel default sysctls — a small site's NAT box."""
     prot = ns_name("prot", name)
     pre, post = [], []
-    for proto, port, to in FORWARDS:
+    for proto, port, to in PLAIN_FORWARDS:
         fam, dst = ("ip6", PROT6) if to.startswith("[") else ("ip", PROT4)
         pre.append(f"    {fam} daddr {dst} {proto} dport {port} dnat {fam} to {to}")
         post.append(f"    ct status dnat {fam} daddr {to.rsplit(':', 1)[0].strip('[]')} masquerade")

@@ -4,8 +4,9 @@ checks it with `haproxy -c` before any load).
 Per service, one frontend and one backend, with these defences in this order:
 
     connection   track the source in <svc>_src (sc0): open connections, new connections per
-                 10 s, HTTP requests per 10 s, and the punishment (gpt 0: until when, unix
-                 seconds; gpt 1: which action). Over a connection limit → reject; a source
+                 10 s, HTTP requests per 10 s, the punishment (gpt 0: until when, unix
+                 seconds; gpt 1: which action) and until when its challenge cookie is valid
+                 (gpt 2: a verified client, never banned in XDP: l7/bans.py). Over a connection limit → reject; a source
                  punished with `drop` is dropped before its request is read.
     request      unknown Host → 404 · precise rules in order (allow stops every later check,
                  drop is silent, challenge marks the request) · the challenge cookie checked ·
@@ -167,7 +168,7 @@ def _tables(svc: HttpService) -> list[str]:
     punish = max([svc.preset.punish_s] + [x.punish_s for x in svc.limits])
     lines = [f"backend {src_table(svc)}",
              f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
-             f"store gpt(2),conn_cur,conn_rate({REQUEST_WINDOW_S}s),http_req_rate({REQUEST_WINDOW_S}s)", ""]
+             f"store gpt(3),conn_cur,conn_rate({REQUEST_WINDOW_S}s),http_req_rate({REQUEST_WINDOW_S}s)", ""]
     for i, lim in enumerate(svc.effective_limits()):
         lines += [f"backend {limit_table(svc, i)}",
                   f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, 2 * lim.window_s)}s "
@@ -225,6 +226,7 @@ def _frontend(svc: HttpService) -> list[str]:
         f"    acl xg_kind var(txn.xg_ckind) -m str {kinds}",
         "    http-request set-var(txn.xg_ok) int(1) if xg_ok xg_mac xg_kind",
         "    acl xg_verified var(txn.xg_ok) -m int 1",
+        "    http-request sc-set-gpt(2,0) var(txn.xg_now),add(txn.xg_cleft) if xg_verified",
     ]
     if svc.exempt:
         lines.append("    acl xg_exempt path_beg " + " ".join(_q(x) for x in svc.exempt))

@@ -16,7 +16,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import haproxy_config as hc
 from .haproxy_config import PUNISH_CODES, REQUEST_WINDOW_S
@@ -152,6 +152,7 @@ class StatRow:
     http_2xx: int
     http_4xx: int
     http_5xx: int
+    http_3xx: int = 0  # the 302 challenges among them (frontends)
 
 
 def _int(v: str | None) -> int:
@@ -167,7 +168,7 @@ def parse_show_stat(text: str) -> list[StatRow]:
     rows = csv.DictReader(io.StringIO(text[2:]))
     return [StatRow(r["pxname"], r["svname"], r.get("status", ""), _int(r.get("scur")), _int(r.get("stot")),
                     _int(r.get("req_tot")), _int(r.get("dreq")), _int(r.get("hrsp_2xx")), _int(r.get("hrsp_4xx")),
-                    _int(r.get("hrsp_5xx")))
+                    _int(r.get("hrsp_5xx")), _int(r.get("hrsp_3xx")))
             for r in rows if r.get("pxname")]
 
 
@@ -195,6 +196,7 @@ class Offender:
     action: str  # deny | drop | tarpit | challenge | reject
     until: int | None = None  # unix seconds, for punished sources
     detail: str = ""
+    verified: bool = False  # it holds a valid challenge cookie (gpt 2 of its source entry)
 
 
 def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | None = None) -> list[Offender]:
@@ -204,6 +206,7 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
     p = svc.preset
     conns = svc.effective_conns()
     src = tables.get(hc.src_table(svc))
+    verified = {e.address for e in (src.entries if src else ()) if e.get("gpt2") > now}
     for e in src.entries if src else ():
         until = e.get("gpt0")
         if until > now:
@@ -223,7 +226,7 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
             if e.get("http_req_rate") > lim.requests:
                 out.append(Offender(svc.name, e.address, "prefix", e.get("http_req_rate"), lim.requests, lim.action,
                                     detail=f"{lim.prefix} per {lim.window_s} s"))
-    return out
+    return [replace(o, verified=o.address in verified) for o in out]
 
 
 def table_names(svc: HttpService) -> list[str]:

@@ -1,0 +1,161 @@
+"""Layer-7 evidence → line-rate drops: HAProxy's offenders banned in XDP (reason `cc`).
+
+`xdpguard run` calls `promote` every tick: the sources HAProxy's stick tables show over a limit
+(runtime.offenders) are written into the dynamic ban map by the map owner's maps, the way
+connlimit.promote does for nft's offenders. Which offences count:
+
+- punished      a source HAProxy punishes (deny / drop / tarpit) until `until`
+- requests      over the level's request ceiling
+- concurrent / new_conns   over the connection caps
+- prefix        over a per-prefix limit, unless that limit's action is `challenge` (a browser
+                passes the challenge; banning it would hit real clients)
+
+Never banned: allowlisted sources (the caller passes the allowlist), and a source that holds a
+valid challenge cookie (HAProxy records its expiry in gpt 2 of the source's entry: `verified`).
+TTL = max(until − now, the level's punishment). At most `cap` new bans per call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from .. import abi, config, events, policy, protection, state
+from ..errors import UserError
+from ..prefixes import Prefix
+from . import engine, runtime
+from .runtime import Offender
+from .spec import HttpService
+
+BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix")
+CAP_PER_TICK = 1000
+
+
+@dataclass(frozen=True)
+class CcBan:
+    address: str
+    service: str
+    kind: str
+    ttl_s: int
+    value: int
+    limit: int
+
+
+def select(found: Sequence[Offender], services: Sequence[HttpService], now: float,
+           skip: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool] = lambda a: False,
+           cap: int = CAP_PER_TICK) -> list[CcBan]:
+    """Pure: which offenders to ban and for how long (one ban per source, the longest TTL)."""
+    by_name = {s.name: s for s in services}
+    best: dict[str, CcBan] = {}
+    for o in found:
+        if o.kind not in BANNED_KINDS or (o.kind == "prefix" and o.action == "challenge"):
+            continue
+        if o.verified or skip(o.address):  # a challenge-passing client is never banned
+            continue
+        svc = by_name.get(o.service)
+        punish = svc.preset.punish_s if svc is not None else 60
+        left = int(o.until - now) if o.until else 0
+        ttl = max(left, punish)
+        cur = best.get(str(o.address))
+        if cur is None or ttl > cur.ttl_s:
+            best[str(o.address)] = CcBan(str(o.address), o.service, o.kind, ttl, o.value, o.limit)
+    return sorted(best.values(), key=lambda b: -b.value)[:cap]
+
+
+def promote(maps, bans: Iterable[CcBan]) -> list[CcBan]:
+    """Write the bans (reason cc) into the dynamic ban map; returns those that are new (a source
+    already banned for at least as long is left as it is)."""
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    m = maps[abi.MapName.BANS]
+    new, written = [], []
+    for b in bans:
+        a = ipaddress.ip_address(b.address)
+        k = policy.src_key(a)
+        cur = m.get(k)
+        until = now + int(b.ttl_s * 1e9)
+        if cur is not None and cur.expires_ns >= until - 1_000_000_000:
+            continue
+        m.set(k, abi.Ban(until, cur.hits if cur is not None else 0, int(abi.Reason.CC), 0))
+        written.append(k)
+        if cur is None or cur.expires_ns <= now:
+            new.append(b)
+    if written:
+        policy.note_dynamic_ban(maps, written)
+    return new
+
+
+def _allowed(allow) -> Callable:
+    def skip(a) -> bool:
+        p = Prefix(a.version, a.packed, 32 if a.version == 4 else 128)
+        return any(x.contains(p) for x in allow)
+    return skip
+
+
+class Watch:
+    """`xdpguard run`'s layer-7 step, every tick: keep HAProxy running (engine.ensure) and ban
+    its offenders in XDP (reason cc), each new ban an event in the event log."""
+
+    def __init__(self, report: Callable[[str], None] = lambda m: None, cap: int = CAP_PER_TICK):
+        self.report = report
+        self.cap = cap
+        self.said = ""
+        self.banned_total = 0
+
+    def _say(self, msg: str) -> None:
+        if msg != self.said:
+            self.said = msg
+            self.report(msg)
+
+    def tick(self, ifaces) -> list[CcBan]:
+        services = config.http_services(ifaces)
+        try:
+            got = engine.ensure(services)
+        except UserError as exc:
+            self._say(f"HAProxy: {exc.message}")
+            return []
+        except Exception as exc:  # noqa: BLE001 (HaproxyError & co: reported, the loop goes on)
+            self._say(f"HAProxy: {type(exc).__name__}: {exc}")
+            return []
+        if got not in ("ok", "none"):
+            self.report(f"HAProxy {got} ({len(services)} HTTP service(s))")
+        if not services:
+            return []
+        try:
+            found = runtime.offenders(str(engine.haproxy().admin_socket), services)
+        except (runtime.RuntimeApiError, ValueError) as exc:
+            self._say(f"HAProxy runtime API: {exc}")
+            return []
+        if not found:
+            return []
+        now = time.time()
+        out: list[CcBan] = []
+        for spec in ifaces:
+            mine = [s for a in spec.addresses for s in a.http]
+            if not mine:
+                continue
+            names = {s.name for s in mine}
+            bans = select([o for o in found if o.service in names], mine, now, _allowed(spec.allow), self.cap)
+            if not bans:
+                continue
+            try:
+                with protection.Guard.open(state.resolve_iface(spec.name)) as g:
+                    new = promote(g.maps, bans)
+            except UserError as exc:
+                self._say(f"{spec.name}: cc bans not written: {exc.message}")
+                continue
+            for b in new:
+                svc = next(s for s in mine if s.name == b.service)
+                events.append_record({
+                    "id": f"cc-{b.address}-{int(now * 1000)}", "type": "cc_ban", "iface": spec.name,
+                    "protected": str(svc.listen[0]), "service": b.service, "start": now, "end": now + b.ttl_s,
+                    "offence": b.kind, "value": b.value, "limit": b.limit, "ttl_s": b.ttl_s,
+                    "top_reasons": [["cc", 1]], "top_sources": [[b.address, b.value]]})
+            if new:
+                self.banned_total += len(new)
+                self.report(f"{spec.name}: banned {len(new)} HTTP offender(s) in XDP (reason cc): "
+                            + ", ".join(f"{b.address} ({b.service} {b.kind} {b.value}/{b.limit}, {b.ttl_s} s)"
+                                        for b in new[:5]) + (" …" if len(new) > 5 else ""))
+            out += new
+        return out

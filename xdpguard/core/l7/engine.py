@@ -1,0 +1,107 @@
+"""The namespace's HAProxy as the reconciler sees it: desired HTTP services → a running HAProxy.
+
+One HAProxy per network namespace serves every HTTP service of every protected interface of
+the namespace, from `<run dir>/l7/<netns key>`; the challenge secret lives in
+`<state dir>/<netns key>/l7.secret` (kept across restarts: a verified browser stays verified).
+
+    realise(services)   render + `haproxy -c` + start or reload; stop it when there is none
+    ensure(services)    the daemon's tick: restart a dead HAProxy, install one after a reboot
+    services_of(states) the services the interface records hold (what is realised)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .. import state
+from ..errors import UserError
+from . import schema
+from .haproxy_config import render
+from .proc import Haproxy, load_secret, tls_files
+from .runtime import RuntimeApiError, StatRow, show_stat
+from .spec import HttpService
+
+HTTP_KEY = "http"  # the interface record's list: schema.to_data(svc) + {"address": "..."}
+SECRET_FILE = "l7.secret"
+
+
+def run_dir() -> Path:
+    return state.run_root() / "l7" / state.netns_key()
+
+
+def secret_path() -> Path:
+    return state.netns_state_dir() / SECRET_FILE
+
+
+def haproxy() -> Haproxy:
+    return Haproxy(run_dir())
+
+
+def record(services: Iterable[HttpService]) -> list[dict]:
+    """The interface record's form of `services` (one entry per listen address)."""
+    return [{"address": str(a), **schema.to_data(svc)} for svc in services for a in svc.listen]
+
+
+def from_record(iface: str, items) -> dict:
+    """Interface record list → {address: (HttpService, ...)}."""
+    out: dict = {}
+    for d in items or []:
+        try:
+            addr = ipaddress.ip_address(d["address"])
+            svc = schema.from_data({k: v for k, v in d.items() if k != "address"}, addr)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"state of {iface}: bad HTTP service {d!r:.80}: {exc}") from None
+        except UserError as exc:
+            raise UserError(f"state of {iface}: HTTP service {d.get('name')!r}: {exc.message}") from None
+        out.setdefault(addr, []).append(svc)
+    return {a: tuple(sorted(v, key=lambda s: (s.port, s.name))) for a, v in out.items()}
+
+
+def services_of(states: dict[str, dict]) -> list[HttpService]:
+    """Every HTTP service of these interface records (name → record)."""
+    out: list[HttpService] = []
+    for name, st in sorted(states.items()):
+        for svcs in from_record(name, (st or {}).get(HTTP_KEY)).values():
+            out += svcs
+    return out
+
+
+def realise(services: Sequence[HttpService]) -> str:
+    """Make the namespace's HAProxy serve exactly `services`: 'started', 'reloaded', 'unchanged',
+    'stopped' or 'none'. A configuration HAProxy refuses raises HaproxyConfigError (a UserError)
+    and changes nothing."""
+    h = haproxy()
+    if not services:
+        if h.master_pid() is None and not h.config.exists():
+            return "none"
+        h.stop()
+        h.config.unlink(missing_ok=True)
+        return "stopped"
+    h.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rendered = render(services, run_dir=str(h.run_dir), secret=load_secret(secret_path()))
+    return h.apply(rendered, tls_files(services))
+
+
+def ensure(services: Sequence[HttpService]) -> str:
+    """Drift repair: 'ok', 'restarted' (it had died), 'started' (nothing installed: after a
+    reboot), 'stopped' or 'none'."""
+    h = haproxy()
+    if not services:
+        return realise(services)
+    got = h.ensure()
+    if got == "absent":
+        return realise(services)
+    return got
+
+
+def stats() -> list[StatRow]:
+    """`show stat` of the namespace's HAProxy; [] when none runs."""
+    h = haproxy()
+    if not h.admin_socket.exists():
+        return []
+    try:
+        return show_stat(str(h.admin_socket))
+    except RuntimeApiError:
+        return []
