@@ -554,12 +554,16 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
 }
 
 #include "tcpstate.h"
+#include "geo.h"
 
 /* Steps 6–12 after the lists and bans (malformed is decided by the caller's parsing). */
 static __always_inline __u32 policy_steps(struct xdp_md *ctx, struct xg_config *cfg, struct xg_protected *prot,
                                           struct xg_pkt *p, __u64 *now)
 {
     __u32 r;
+    r = step_geo(prot, p);  /* geo.h: after the lists (an allowlisted source never gets here) */
+    if (r != XG_CONTINUE)
+        return r;
     if (p->is_frag && (cfg->flags & XG_CFG_DROP_FRAGMENTS))
         return XG_REASON_FRAGMENT;
     r = step_protocol(prot, p);

@@ -25,6 +25,7 @@ ENVIRONMENT = {
     "XDPGUARD_STATE_DIR": "state directory (default /var/lib/xdpguard)",
     "XDPGUARD_RUN_DIR": "runtime directory: locks, event log (default /run/xdpguard)",
     "XDPGUARD_LAB_NAME": "name of the `xdpguard lab` topology (default lab)",
+    "XDPGUARD_GEO_DB": "country database of geo rules (default Debian's libloc-database; a .mmdb works too)",
     "BCC_KERNEL_SOURCE": "kernel headers for bcc (read by bcc and doctor)",
 }
 
@@ -73,6 +74,8 @@ def _register() -> None:
     cli.add_command(mitigations.mitigations)
     cli.add_command(level.level)
     cli.add_command(connlimit.connlimit_)
+    from . import geo  # region blocking (issue 28)
+    cli.add_command(geo.geo)
 
 
 _register()

@@ -20,7 +20,7 @@ import socket
 import struct
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, dataplane, events, forward, levels, policy, protection, state, store, vocab
+from . import abi, config, dataplane, events, forward, geo, levels, policy, protection, state, store, vocab
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
 from .prefixes import Prefix
@@ -70,10 +70,12 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
         opened = [(proto, lo, hi) for (addr, proto), rs in runs.items() if addr == str(a)
                   for lo, hi, flags in rs if flags & abi.PORT_BY_OPERATOR]
         pl = [(proto, port, port, lim) for (addr, proto, port), lim in plims.items() if addr == str(a)]
+        prot = g.maps[abi.MapName.PROT4 if a.version == 4 else abi.MapName.PROT6].get(policy.prot_key(a))
         addrs.append(AddressSpec(a, frozenset(pol.blocked), pol.limits.effective(), pol.syn,
                                  config.norm_port_runs(opened), config.norm_port_limits(pl),
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
-                                 forward.stored_connlimit(cls.get(str(a)))))
+                                 forward.stored_connlimit(cls.get(str(a))),
+                                 geo.read_spec(g.maps, prot) if prot is not None else None))
     glob = policy.read_global_policy(g.maps)
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
@@ -175,6 +177,16 @@ def _remove_address(g, old: AddressSpec) -> None:
     m.delete(policy.prot_key(a))
 
 
+def write_geo(g: protection.Guard, addresses) -> list[str]:
+    """The geo rules of the interface's addresses and the tries of their countries (geo.py)."""
+    st = state.read_state(g.iface) or {}
+    rec, notes = geo.realise(g, addresses, st)
+    if (st.get(geo.STATE_KEY) or {}) != rec:
+        st[geo.STATE_KEY] = rec
+        state.write_state(g.iface, st)
+    return notes
+
+
 def _write_events(g, cfg: events.EventConfig) -> None:
     st = state.read_state(g.iface) or {}
     st[events.STATE_KEY] = cfg.to_json()
@@ -196,6 +208,8 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         policy.write_global_policy(g.maps, new.global_, old.global_)
     for a in new.addresses:
         _write_address(g, old.address(a.address), a)
+    if [(a.address, a.geo) for a in old.addresses] != [(a.address, a.geo) for a in new.addresses]:
+        notes += write_geo(g, new.addresses)
     if new.block - old.block:
         g.upsert("block", sorted(new.block - old.block), 0)
     if new.allow - old.allow:
@@ -311,6 +325,9 @@ def check_management(desired: Desired) -> None:
         if hit:
             raise UserError(f"{s.name}: protecting {hit[0]} would filter this host's management address "
                             f"(it carries the default route); use --force if you mean it")
+    ruled = [a for s in desired.interfaces for a in s.addresses if a.geo is not None]
+    if ruled and mgmt:
+        geo.check_management(ruled, geo.GeoDB.open(), mgmt)
 
 
 def check_removals(live: Desired, desired: Desired) -> None:
