@@ -1,0 +1,78 @@
+"""Geo rules with the real CLI in private namespaces: the toggle pattern.
+
+The lab's sources are mapped to made-up countries by a small location database the test writes
+(xdpguard.lab.geodb): the client's addresses (198.18.0.1, 2001:db8:0:1::1) are in QY, the second
+source (.4, ::4) in QZ. Topology and echo server: test_protection.build_topo.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_assert import one_line_error
+from test_protection import CLIENT4, CLIENT6, OTHER4, OTHER6, PROT4, PROT6, Topo, build_topo
+from xdpguard.lab.geodb import write_location_db
+
+pytestmark = pytest.mark.kernel
+
+NETS = {"198.18.0.0/30": "QY", "2001:db8:0:1::/126": "QY", "198.18.0.4/30": "QZ", "2001:db8:0:1::4/126": "QZ"}
+
+
+@pytest.fixture
+def topo(lab, tmp_path, monkeypatch) -> Topo:
+    db = write_location_db(tmp_path / "lab-location.db", NETS)
+    monkeypatch.setenv("XDPGUARD_GEO_DB", str(db))  # the CLI runs with the test's environment
+    t = build_topo(lab, "geo")
+    t.attach()
+    return t
+
+
+def both(topo: Topo, src4: str = CLIENT4, src6: str = CLIENT6) -> tuple[bool, bool]:
+    return topo.reaches(PROT4, src=src4), topo.reaches(PROT6, src=src6)
+
+
+def test_geo_toggle_block_allow(topo: Topo, tmp_path):
+    assert both(topo) == (True, True)  # arrives
+
+    out = json.loads(topo.xg("geo", "block", "qy", "--json").stdout)
+    assert out["rules"][PROT4]["countries"] == ["QY"] and not out["rules"][PROT4]["only"]
+    assert both(topo) == (False, False)  # the client's country: dropped
+    assert both(topo, OTHER4, OTHER6) == (True, True)  # another country passes
+    assert topo.counter("drop", "geo") >= 4
+
+    # desired state: export carries the rule, and applying the export changes nothing
+    exported = topo.xg("export").stdout
+    assert "geo" in exported and "QY" in exported
+    f = tmp_path / "exported.toml"
+    f.write_text(exported)
+    assert topo.xg("diff", "-f", str(f)).stdout.strip() == "no changes"
+    topo.xg("apply", "-f", str(f))  # succeeds, and changes nothing:
+    assert topo.xg("diff", "-f", str(f)).stdout.strip() == "no changes"
+
+    # bad input: one error line, exit 2, nothing changed
+    one_line_error(topo.xg("geo", "block", "DE", check=False), "unknown country code 'DE'")
+    one_line_error(topo.xg("geo", "block", "QZ", "--protected", "198.18.0.9", check=False), "198.18.0.9")
+    assert topo.xg("export").stdout == exported
+    assert both(topo, OTHER4, OTHER6) == (True, True)
+
+    topo.xg("geo", "allow", "QY")
+    assert both(topo) == (True, True)  # arrives again
+
+    # only: the rest of the world (here QY) is dropped, for one address only
+    topo.xg("geo", "only", "QZ", "--protected", PROT4)
+    assert topo.reaches(PROT4) is False and topo.reaches(PROT4, src=OTHER4) is True
+    assert topo.reaches(PROT6) is True  # the other address has no rule
+    show = json.loads(topo.xg("geo", "show", "--json").stdout)
+    assert show["rules"][PROT4]["only"] and show["rules"][PROT6] == {}
+    assert "lab-location.db" in show["database"]
+
+    topo.xg("geo", "mode", "cc", "--protected", PROT4)
+    show = topo.xg("geo", "show").stdout
+    assert "cc" in show and "dropped in XDP" in show
+    assert topo.reaches(PROT4) is False  # cc falls back to drop until the layer-7 wiring
+
+    topo.xg("geo", "clear")
+    assert both(topo) == (True, True)
+    assert "geo" not in topo.xg("export").stdout
