@@ -8,6 +8,8 @@ source (.4, ::4) in QZ. Topology and echo server: test_protection.build_topo.
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 
 import pytest
 
@@ -41,6 +43,19 @@ def test_geo_toggle_block_allow(topo: Topo, tmp_path):
     assert both(topo) == (False, False)  # the client's country: dropped
     assert both(topo, OTHER4, OTHER6) == (True, True)  # another country passes
     assert topo.counter("drop", "geo") >= 4
+
+    # stats --json: the top countries of the sampled traffic, dropped and passed
+    st = subprocess.Popen(["ip", "netns", "exec", topo.prot, "xdpguard", "stats", topo.iface, "--interval", "4",
+                           "--sample-every", "1", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    topo.lab.defer("stop stats", st.kill)
+    time.sleep(0.8)
+    topo.probe("udp", PROT4)
+    topo.probe("udp", PROT4, src=OTHER4)
+    out, err = st.communicate(timeout=30)
+    assert st.returncode == 0, err
+    countries = json.loads(out)["countries"]
+    assert countries["dropped"][0]["key"] == "QY", countries
+    assert countries["passed"][0]["key"] == "QZ", countries
 
     # desired state: export carries the rule, and applying the export changes nothing
     exported = topo.xg("export").stdout

@@ -10,6 +10,7 @@ import pytest
 from xdpguard.cli.main import run
 from xdpguard.core import config, geo
 from xdpguard.core.errors import UserError
+from xdpguard.core.sampling import PacketSample
 from xdpguard.lab.geodb import write_location_db
 
 from cli_helpers import one_line_error
@@ -135,3 +136,13 @@ def test_cli_not_a_database(tmp_path, monkeypatch, capsys):
 def test_cli_bad_mode(capsys):
     assert run(["geo", "mode", "tarpit"]) == 2
     assert "tarpit" in capsys.readouterr().err
+
+
+def test_country_tally_weighs_samples_and_skips_bypass(testdb):
+    def s(src, kind, reason="clean", every=64):
+        return PacketSample(0, every, kind, reason, 4, "udp", src, "198.18.0.1", 1, 2, 60, b"")
+
+    t = geo.CountryTally()
+    t.feed("xgp0", [s("198.18.64.1", "drop", "geo"), s("198.18.64.2", "drop", "geo"), s("198.18.128.1", "pass"),
+                    s("192.0.2.1", "pass"), s("198.18.64.3", "pass", "bypass")])
+    assert t.snapshot() == {("xgp0", "drop", "QY"): 128, ("xgp0", "pass", "QZ"): 64, ("xgp0", "pass", "??"): 64}

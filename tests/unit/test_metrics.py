@@ -42,6 +42,7 @@ def test_names_labels_values(scrape):
     assert got[("xdpguard_samples_total", (("iface", "xgp0"),))] == 1000
     assert got[("xdpguard_samples_lost_total", (("iface", "xgp0"),))] == 7
     assert got[("xdpguard_build_info", (("version", __version__),))] == 1
+    assert got[("xdpguard_country_packets_total", (("action", "drop"), ("country", "QY"), ("iface", "xgp0")))] == 4096
     assert "# TYPE xdpguard_packets_total counter" in text
 
 

@@ -260,6 +260,7 @@ class Hub:
         self.owner = False  # True once start() took the ring ownership
         self._refreshed = 0.0
         self._missed_gone: dict[str, int] = {}  # iface → what readers that left had missed
+        self.on_samples: list[Callable[[str, list], None]] = []  # (iface, decoded samples): e.g. geo.CountryTally.feed
 
     # -- start and stop --
 
@@ -442,6 +443,10 @@ class Hub:
             self._open(name)
 
     def _dispatch(self, name: str, recs: list[bytes]) -> None:
+        if self.on_samples:
+            decoded = [_decode(r) for r in recs]
+            for fn in self.on_samples:
+                fn(name, decoded)
         with self.lock:
             subs = list(self.subs.get(name, []))
         for s in subs:

@@ -355,25 +355,69 @@ def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
     return rec, notes
 
 
-# ---- top countries from samples (no per-packet cost: the controller looks the sampled sources up) ----
+# ---- countries of sampled traffic (no per-packet cost: the controller looks up sampled sources) ----
+
+
+class CountryOf:
+    """Source address → country code ("??" unknown), through the geo database, with a bounded
+    cache (a flood's samples repeat sources). Without a database every source is "??" and
+    `available` is False."""
+
+    CACHE_MAX = 65536
+
+    def __init__(self, db: GeoDB | None = None):
+        if db is None:
+            try:
+                db = GeoDB.open()
+            except UserError:
+                db = None
+        self.db = db
+        self.cache: dict[str, str] = {}
+
+    @property
+    def available(self) -> bool:
+        return self.db is not None
+
+    def __call__(self, src: str) -> str:
+        cc = self.cache.get(src)
+        if cc is None:
+            if len(self.cache) >= self.CACHE_MAX:
+                self.cache.clear()
+            try:
+                cc = (self.db.lookup(src) if self.db is not None else None) or "??"
+            except ValueError:
+                cc = "??"
+            self.cache[src] = cc
+        return cc
 
 
 def top_countries(samples, db: GeoDB | None = None, n: int = 10) -> dict[str, list[tuple[str, int]]]:
     """{"dropped": [(country, packets)], "passed": [...]} from (src address, dropped, weight)
     samples; the weight is the sample's 1-in-N."""
-    if db is None:
-        try:
-            db = GeoDB.open()
-        except UserError:
-            return {"dropped": [], "passed": []}
+    of = CountryOf(db)
     acc = {"dropped": collections.Counter(), "passed": collections.Counter()}
-    cache: dict[str, str] = {}
     for src, dropped, weight in samples:
-        cc = cache.get(src)
-        if cc is None:
-            cc = cache[src] = db.lookup(src) or "??"
-        acc["dropped" if dropped else "passed"][cc] += weight
+        acc["dropped" if dropped else "passed"][of(src)] += weight
     return {k: v.most_common(n) for k, v in acc.items()}
+
+
+class CountryTally:
+    """Cumulative estimated packets by (iface, action, country) from the daemon's samples: each
+    sample stands for its 1-in-N (xdpguard_country_packets_total)."""
+
+    def __init__(self, of: CountryOf | None = None):
+        self.of = of or CountryOf()
+        self.counts: collections.Counter = collections.Counter()
+
+    def feed(self, iface: str, samples) -> None:
+        if not self.of.available:
+            return
+        for s in samples:
+            if s.family and s.reason != "bypass":
+                self.counts[(iface, "drop" if s.dropped else "pass", self.of(s.src))] += s.sample_every
+
+    def snapshot(self) -> dict[tuple[str, str, str], int]:
+        return dict(self.counts)
 
 
 def db_info() -> str:

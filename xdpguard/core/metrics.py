@@ -63,6 +63,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "Packets DNATed to the backends of a forwarding rule (nftables counter).", ("iface", "rule")),
     MetricSpec("xdpguard_forward_bytes_total", "counter",
                "Bytes DNATed to the backends of a forwarding rule (nftables counter).", ("iface", "rule")),
+    MetricSpec("xdpguard_country_packets_total", "counter",
+               "Packets by the country of their source (geo database), estimated from the daemon's samples: "
+               "each sample counts for its 1-in-N.", ("iface", "action", "country")),
     MetricSpec("xdpguard_build_info", "gauge", "Always 1; the version of the serving xdpguard.", ("version",)),
 )
 
@@ -81,8 +84,10 @@ class XdpguardCollector:
 
     def __init__(self, attacks: Callable[[], dict[tuple[str, str], bool]] = ATTACK_NONE,
                  ifaces: Callable[[], list[str]] = state.protected_ifaces, sizes_max_age_s: float = SIZES_MAX_AGE_S,
-                 samples_missed: Callable[[], dict[str, int]] = dict):
+                 samples_missed: Callable[[], dict[str, int]] = dict,
+                 countries: Callable[[], dict[tuple[str, str, str], int]] = dict):
         self.samples_missed = samples_missed  # iface → cumulative (the daemon's fan-out; {} without one)
+        self.countries = countries  # (iface, action, country) → estimated packets (geo.CountryTally)
         self.attacks = attacks
         self.ifaces = ifaces
         self.sizes_max_age_s = sizes_max_age_s
@@ -143,6 +148,8 @@ class XdpguardCollector:
             for b in r.backends:
                 if b.health in ("up", "down"):
                     fam["xdpguard_backend_up"].add_metric([r.iface, r.key, b.endpoint], 1.0 if b.health == "up" else 0.0)
+        for (name, action, cc), n in sorted(self.countries().items()):
+            fam["xdpguard_country_packets_total"].add_metric([name, action, cc], n)
         fam["xdpguard_build_info"].add_metric([__version__], 1.0)
         yield from fam.values()
 
