@@ -74,8 +74,9 @@ def _register() -> None:
     cli.add_command(mitigations.mitigations)
     cli.add_command(level.level)
     cli.add_command(connlimit.connlimit_)
-    from . import geo  # region blocking (issue 28)
+    from . import geo, origin  # region blocking, the hidden real server (issue 28)
     cli.add_command(geo.geo)
+    cli.add_command(origin.origin_rules)
 
 
 _register()
