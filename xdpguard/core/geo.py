@@ -261,6 +261,14 @@ def read_spec(maps, prot: abi.Protected) -> GeoSpec | None:
     return GeoSpec(cs, bool(s.flags & abi.GEO_ONLY), "cc" if s.flags & abi.GEO_CC else "drop")
 
 
+def read_address(maps, addr) -> GeoSpec | None:
+    """The realised rule of a protected address (None: no rule, or no such map: a guard whose
+    maps were not all opened)."""
+    m = maps.get(abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6)
+    prot = m.get(prot_key(addr)) if m is not None else None
+    return read_spec(maps, prot) if prot is not None else None
+
+
 def write_spec(maps, addr, g: GeoSpec | None) -> None:
     """Set (or with None clear) the address's rule: the set first, then the flag."""
     m = maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]

@@ -70,12 +70,11 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
         opened = [(proto, lo, hi) for (addr, proto), rs in runs.items() if addr == str(a)
                   for lo, hi, flags in rs if flags & abi.PORT_BY_OPERATOR]
         pl = [(proto, port, port, lim) for (addr, proto, port), lim in plims.items() if addr == str(a)]
-        prot = g.maps[abi.MapName.PROT4 if a.version == 4 else abi.MapName.PROT6].get(policy.prot_key(a))
         addrs.append(AddressSpec(a, frozenset(pol.blocked), pol.limits.effective(), pol.syn,
                                  config.norm_port_runs(opened), config.norm_port_limits(pl),
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
                                  forward.stored_connlimit(cls.get(str(a))),
-                                 geo.read_spec(g.maps, prot) if prot is not None else None))
+                                 geo.read_address(g.maps, a)))
     glob = policy.read_global_policy(g.maps)
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
