@@ -446,7 +446,10 @@ class Hub:
         if self.on_samples:
             decoded = [_decode(r) for r in recs]
             for fn in self.on_samples:
-                fn(name, decoded)
+                try:
+                    fn(name, decoded)
+                except Exception as exc:  # a tally's failure never stops the fan-out
+                    self._say(f"on_samples {name}", f"samples of {name}: {type(exc).__name__}: {exc}")
         with self.lock:
             subs = list(self.subs.get(name, []))
         for s in subs:
