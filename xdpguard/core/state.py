@@ -290,6 +290,7 @@ STATE_SHAPE = Rec(
     forward_health=Map(Map(str)),
     forward_sysctl_saved=Map(str),
     connlimits=Map(OBJ),
+    geo=Rec(database=str, stamp=str, countries=Arr(str)),  # what the geo tries hold (geo.py)
 )
 
 
