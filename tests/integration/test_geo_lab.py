@@ -14,6 +14,7 @@ import time
 import pytest
 
 from cli_assert import one_line_error
+from test_desired import reboot
 from test_protection import CLIENT4, CLIENT6, OTHER4, OTHER6, PROT4, PROT6, Topo, build_topo
 from xdpguard.lab.geodb import write_location_db
 
@@ -72,6 +73,13 @@ def test_geo_toggle_block_allow(topo: Topo, tmp_path):
     assert topo.xg("export").stdout == exported
     assert both(topo, OTHER4, OTHER6) == (True, True)
 
+    # a reboot takes the program, the pins (tries included) and the table; the file brings it all back
+    reboot(topo)
+    assert both(topo) == (True, True)
+    topo.xg("apply", "-f", str(f))
+    assert both(topo) == (False, False) and both(topo, OTHER4, OTHER6) == (True, True)
+    assert topo.xg("diff", "-f", str(f)).stdout.strip() == "no changes"
+
     topo.xg("geo", "allow", "QY")
     assert both(topo) == (True, True)  # arrives again
 
@@ -91,3 +99,11 @@ def test_geo_toggle_block_allow(topo: Topo, tmp_path):
     topo.xg("geo", "clear")
     assert both(topo) == (True, True)
     assert "geo" not in topo.xg("export").stdout
+
+    # the management address (the default route's interface: xgp0, 198.18.0.2 in QY) is guarded
+    topo.lab.run(topo.prot, "ip", "route", "add", "default", "via", CLIENT4)
+    one_line_error(topo.xg("geo", "block", "QY", check=False), "management address", "--force")
+    assert "geo" not in topo.xg("export").stdout
+    topo.xg("geo", "block", "QZ")  # another country is fine
+    topo.xg("geo", "block", "QY", "--force")
+    assert both(topo) == (False, False)
