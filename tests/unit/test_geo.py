@@ -6,6 +6,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
 
 from xdpguard.cli.main import run
 from xdpguard.core import config, geo
@@ -146,3 +148,19 @@ def test_country_tally_weighs_samples_and_skips_bypass(testdb):
     t.feed("xgp0", [s("198.18.64.1", "drop", "geo"), s("198.18.64.2", "drop", "geo"), s("198.18.128.1", "pass"),
                     s("192.0.2.1", "pass"), s("198.18.64.3", "pass", "bypass")])
     assert t.snapshot() == {("xgp0", "drop", "QY"): 128, ("xgp0", "pass", "QZ"): 64, ("xgp0", "pass", "??"): 64}
+
+
+def test_maxmind_db_reader(tmp_path, monkeypatch):
+    """The operator's .mmdb (written here with PyPI's mmdb-writer, read with maxminddb)."""
+    w = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", ipv4_compatible=True)
+    w.insert_network(IPSet(["198.18.64.0/18", "2001:db8:a::/48"]), {"country": {"iso_code": "QY"}})
+    w.insert_network(IPSet(["198.18.128.0/18"]), {"registered_country": {"iso_code": "qz"}})
+    path = tmp_path / "lab.mmdb"
+    w.to_db_file(str(path))
+    monkeypatch.setenv(geo.DB_ENV, str(path))
+    db = geo.GeoDB.open()
+    assert db.kind == "mmdb" and db.codes() == {"QY", "QZ"}
+    assert db.lookup("198.18.64.7") == "QY" and db.lookup("198.18.130.1") == "QZ" and db.lookup("192.0.2.1") is None
+    assert sorted(db.networks(["QY"])) == sorted([(4, bytes([198, 18, 64, 0]), 18, "QY"),
+                                                  (6, bytes.fromhex("20010db8000a") + bytes(10), 48, "QY")])
+    assert "GeoLite2-Country" in db.describe()

@@ -11,8 +11,8 @@ address. The record of what the tries hold (database, its stamp, the countries) 
 interface record under "geo", so a reconcile that changes nothing does not reload them.
 
 The country database ships in a Debian package and works offline: IPFire's location database
-(libloc-database, read with python3-location). A MaxMind-format file (.mmdb, read with
-python3-maxminddb) may be given instead. XDPGUARD_GEO_DB names the file.
+(libloc-database, read with python3-location). A MaxMind-format file (.mmdb, read with PyPI's
+maxminddb >= 2.3: the extra `xdpguard[mmdb]`) may be given instead. XDPGUARD_GEO_DB names the file.
 """
 
 from __future__ import annotations
@@ -141,8 +141,12 @@ class GeoDB:
                 raise UserError(f"geo database {path}: cannot read it ({exc})") from None
         try:
             import maxminddb
+            from maxminddb.reader import Reader
         except ImportError:
-            raise UserError("reading a MaxMind database needs python3-maxminddb: run scripts/setup.sh") from None
+            raise UserError("reading a MaxMind database needs maxminddb >= 2.3: pip install 'xdpguard[mmdb]'") from None
+        if not hasattr(Reader, "__iter__"):  # Debian 12's python3-maxminddb (2.2) cannot list networks
+            raise UserError("listing the networks of a MaxMind database needs maxminddb >= 2.3: "
+                            "pip install 'xdpguard[mmdb]'")
         try:
             return cls(path, "mmdb", maxminddb.open_database(path), stamp)
         except Exception as exc:
