@@ -32,7 +32,7 @@
 #define XG_REASON_MITIGATION  15  /* drop: automatic mitigation filter (xdpguard run) */
 #define XG_REASON_CONNLIMIT   16  /* a ban's reason: a connection limit in nft (connlimit.py); not a verdict */
 #define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
-#define XG_REASON_GEO         18  /* drop: source in a country the address's geo rule drops (geo.h) */
+#define XG_REASON_GEO         19  /* drop: source in a country the address's geo rule drops (geo.h); 18 is main's cc */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
                                      * this wave: -D16 builds that layout for the upgrade test) */

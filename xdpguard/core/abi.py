@@ -38,7 +38,7 @@ class Reason(enum.IntEnum):
     MITIGATION = 15
     CONNLIMIT = 16  # the reason of a ban promoted from an nft connection limit (connlimit.py)
     UNKNOWN = 17  # an unknown source past its share of the per-destination bucket (knowngood.h)
-    GEO = 18  # the source's country is dropped by the address's geo rule (geo.h)
+    GEO = 19  # the source's country is dropped by the address's geo rule (geo.h); 18 is main's CC
 
     @property
     def label(self) -> str:
