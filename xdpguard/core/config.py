@@ -675,7 +675,7 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
                        norm_port_runs(opened), norm_port_limits(plims), level,
                        _connlimit(ld, d, path) if "connlimit" in d else None,
-                       _geo(ld, d, path) if "geo" in d else None)
+                       geo=_geo(ld, d, path) if "geo" in d else None)
 
 
 def _geo(ld: _Loader, d: dict, path: tuple) -> geo.GeoSpec | None:
