@@ -33,6 +33,7 @@
 #define XG_REASON_CONNLIMIT   16  /* a ban's reason: a connection limit in nft (connlimit.py); not a verdict */
 #define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
 #define XG_REASON_CC          18  /* a ban's reason: an HTTP flood offender seen by HAProxy (l7/bans.py); not a verdict */
+#define XG_REASON_GEO         19  /* drop: source in a country the address's geo rule drops (geo.h); 18 is main's cc */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
                                      * this wave: -D16 builds that layout for the upgrade test) */
@@ -157,6 +158,7 @@ struct xg_config {
 #define XG_PROT_BLOCK_OTHER (1ULL << 4)  /* anything else (incl. IPv6 extension headers) */
 #define XG_PROT_PORT_LIMITS (1ULL << 5)  /* xg_portlim_hash holds per-port limit overrides */
 #define XG_PROT_TCPSTATE_OFF (1ULL << 6) /* TCP state validation off (it is on while the port policy is) */
+#define XG_PROT_GEO         (1ULL << 7)  /* a geo rule applies: xg_geoset_arr[syn.slot] (geo.h) */
 #define XG_PROT_SYN_COOKIE  (1ULL << 16) /* SYN defence answers with SYN cookies (else: retransmission) */
 #define XG_PROT_SYN_ALWAYS  (1ULL << 17) /* SYN defence on at any SYN rate (else above syn_threshold_pps) */
 
@@ -488,6 +490,29 @@ struct xg_list_entry {
 #ifndef XG_EXPIRED_RETRY
 #define XG_EXPIRED_RETRY 4
 #endif
+
+/* ---- region (geo) blocking (geo.h) ----
+ * xg_geo4_lpm / xg_geo6_lpm: source prefix -> country index: one trie per family for every
+ * protected address, holding the prefixes of the countries any geo rule names. A country code of two
+ * characters [0-9A-Z] has index c0 * 36 + c1 (digits 0..9, letters 10..35); 0 ("00") = no
+ * country known. xg_geoset_arr[slot]: which countries the address's rule names (bit per index). */
+#define XG_GEO_CODES 1296            /* 36 * 36 country indexes */
+#define XG_GEO_WORDS 32              /* __u64 words holding XG_GEO_CODES bits (a power of two) */
+#ifndef XG_GEO_MAX
+#define XG_GEO_MAX 2097152           /* prefixes per geo trie */
+#endif
+
+
+/* xg_geoset.flags */
+#define XG_GEO_ONLY (1ULL << 0)      /* drop every source NOT in a named country (unknown ones too) */
+#define XG_GEO_CC   (1ULL << 1)      /* mode cc: challenge at layer 7 where HAProxy serves the address
+                                      * (the data path drops meanwhile; the controller says so) */
+
+/* xg_geoset_arr value: one per protected address slot (xg_syn_policy.slot). */
+struct xg_geoset {
+    __u64 flags;                     /* XG_GEO_* */
+    __u64 bits[XG_GEO_WORDS];        /* bit i: country index i is named by the rule */
+};
 
 /* ---- sampling (sample.h): 1 in N verdicts per CPU into the xg_samples ring buffer ---- */
 

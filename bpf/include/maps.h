@@ -144,4 +144,10 @@ XG_MAP("lpm_trie", struct xg_lpm6_key, struct xg_list_entry, xg_allow6_lpm, XG_L
 XG_MAP("lpm_trie", struct xg_lpm4_key, struct xg_list_entry, xg_block4_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
 XG_MAP("lpm_trie", struct xg_lpm6_key, struct xg_list_entry, xg_block6_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
 
+/* Region (geo) blocking (geo.h): xg_geo4_lpm / xg_geo6_lpm: source prefix → __u32 country index;
+ * xg_geoset_arr: protected address slot → struct xg_geoset (the countries its rule names). */
+XG_MAP("lpm_trie", struct xg_lpm4_key, __u32, xg_geo4_lpm, XG_GEO_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("lpm_trie", struct xg_lpm6_key, __u32, xg_geo6_lpm, XG_GEO_MAX, BPF_F_NO_PREALLOC);
+XG_MAP("array", int, struct xg_geoset, xg_geoset_arr, XG_PROTECTED_MAX, 0);
+
 #endif /* XDPGUARD_MAPS_H */

@@ -606,12 +606,16 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
 }
 
 #include "tcpstate.h"
+#include "geo.h"
 
 /* Steps 6–12 after the lists and bans (malformed is decided by the caller's parsing). */
 static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config *cfg, struct xg_protected *prot,
                                            struct xg_pkt *p, __u64 *now)
 {
     __u32 r;
+    r = step_geo(prot, p);  /* geo.h: after the lists (an allowlisted source never gets here) */
+    if (r != XG_CONTINUE)
+        return r;
     kg_lookup(p, now);                     /* the one lookup: is the source verified (knowngood.h) */
     if (p->l4proto == IPPROTO_UDP)
         kg_udp_count(prot, xg_now(now));   /* UDP peacetime of the address (knowngood.h) */

@@ -110,7 +110,8 @@ def scrape_text(active=None, ifaces=("xgp0",)) -> str:
     from xdpguard.core import metrics
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(metrics.XdpguardCollector(attacks=lambda: active or {}, ifaces=lambda: list(ifaces)))
+    reg.register(metrics.XdpguardCollector(attacks=lambda: active or {}, ifaces=lambda: list(ifaces),
+                                           countries=lambda: {("xgp0", "drop", "QY"): 4096, ("xgp0", "pass", "QZ"): 256}))
     return generate_latest(reg).decode()
 
 

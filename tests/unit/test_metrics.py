@@ -43,6 +43,7 @@ def test_names_labels_values(scrape):
     assert got[("xdpguard_http_requests_total", (("service", "www"),))] == 880
     assert got[("xdpguard_http_challenged_requests_total", (("service", "www"),))] == 120
     assert got[("xdpguard_http_limited_requests_total", (("service", "www"),))] == 40
+    assert got[("xdpguard_country_packets_total", (("action", "drop"), ("country", "QY"), ("iface", "xgp0")))] == 4096
     assert "# TYPE xdpguard_packets_total counter" in text
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from xdpguard.core.stats import Talker
 from xdpguard.tui.render import fmt_duration, fmt_rate, plain, render
 
 from render_fixtures import attack_snapshot, quiet_snapshot  # tests/unit is on sys.path (rootdir-less test dirs)
@@ -69,3 +71,14 @@ def test_fmt_rate(v, unit, out):
 
 def test_fmt_duration():
     assert (fmt_duration(5), fmt_duration(83), fmt_duration(7322)) == ("5s", "1m23s", "2h02m")
+
+
+def test_top_countries_line_only_with_a_geo_database():
+    snap = attack_snapshot()
+    assert "countries:" not in plain(snap)
+    snap = replace(snap, countries={"dropped": [Talker("CN", 12000.0, 0.0, 0.8, 1.0, "geo")],
+                                    "passed": [Talker("DE", 300.0, 0.0, 0.2, 0.0, "clean")]})
+    text = plain(snap, width=120)
+    assert "countries: dropped CN 12.00k" in text and "passed DE 300" in text
+    lines = screen(snap, 80, 24).splitlines()
+    assert len(lines) <= 24 and any(line.startswith("countries: dropped CN") for line in lines)

@@ -26,6 +26,7 @@ ENVIRONMENT = {
     "XDPGUARD_RUN_DIR": "runtime directory: locks, event log (default /run/xdpguard)",
     "XDPGUARD_LAB_NAME": "name of the `xdpguard lab` topology (default lab)",
     "XDPGUARD_TCP_GRACE": "seconds after attach that unseen connections pass TCP state (default 10)",
+    "XDPGUARD_GEO_DB": "country database of geo rules (default Debian's libloc-database; a .mmdb works too)",
     "BCC_KERNEL_SOURCE": "kernel headers for bcc (read by bcc and doctor)",
 }
 
@@ -76,6 +77,9 @@ def _register() -> None:
     from . import cc  # HTTP services behind HAProxy (issue 29)
     cli.add_command(cc.cc)
     cli.add_command(connlimit.connlimit_)
+    from . import geo, origin  # region blocking, the hidden real server (issue 28)
+    cli.add_command(geo.geo)
+    cli.add_command(origin.origin_rules)
 
 
 _register()

@@ -10,7 +10,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config, daemon, events, fanout, health, history, mitigation, protection, vocab
+from xdpguard.core import config, daemon, events, fanout, geo, health, history, mitigation, protection, vocab
 from xdpguard.core.errors import UserError
 
 from .output import console
@@ -136,8 +136,12 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     if metrics:
         from xdpguard.core import metrics as prom
 
+        tally = geo.CountryTally()  # top countries of the sampled traffic (geo database)
+        if hub is not None and tally.of.available:
+            hub.on_samples.append(tally.feed)
         server = prom.serve(metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE,
-                                                            samples_missed=hub.missed if hub else dict))
+                                                            samples_missed=hub.missed if hub else dict,
+                                                            countries=tally.snapshot))
         c.print(f"metrics on http://{metrics if not metrics.startswith(':') else '127.0.0.1' + metrics}/metrics")
     def sweep_once() -> None:
         try:

@@ -39,6 +39,7 @@ class Reason(enum.IntEnum):
     CONNLIMIT = 16  # the reason of a ban promoted from an nft connection limit (connlimit.py)
     UNKNOWN = 17  # an unknown source past its share of the per-destination bucket (knowngood.h)
     CC = 18  # the reason of a ban promoted from HAProxy's stick tables (l7/bans.py)
+    GEO = 19  # the source's country is dropped by the address's geo rule (geo.h); 18 is main's CC
 
     @property
     def label(self) -> str:
@@ -84,6 +85,7 @@ PROT_BLOCK_ICMP = 1 << 3
 PROT_BLOCK_OTHER = 1 << 4
 PROT_PORT_LIMITS = 1 << 5
 PROT_TCPSTATE_OFF = 1 << 6  # TCP state validation off for this address (on while the port policy is)
+PROT_GEO = 1 << 7  # a geo rule applies: xg_geoset_arr[syn.slot] (geo.h)
 PROT_SYN_COOKIE = 1 << 16  # SYN defence answers with SYN cookies (else: retransmission)
 PROT_SYN_ALWAYS = 1 << 17  # SYN defence on at any SYN rate (else above syn_threshold_pps)
 
@@ -362,6 +364,9 @@ class MapName(str, enum.Enum):
     UDPWIN = "xg_udpwin_pcpu"  # UDP packets/s per address slot and CPU: peacetime for UDP learning
     UDPFLOOD = "xg_udpflood_arr"  # per address slot: under a UDP flood until (ns)
     VDROP = "xg_vdrop_pcpu"  # do-no-harm counters (policy.read_verified_drops)
+    GEO4 = "xg_geo4_lpm"  # geo.h: source prefix → country index
+    GEO6 = "xg_geo6_lpm"
+    GEOSET = "xg_geoset_arr"  # protected address slot → the countries its geo rule names
     SAMPLE_CFG = "xg_sample_cfg"  # sample.h
     SAMPLE_STATE = "xg_sample_pcpu"
     SAMPLES = "xg_samples"  # ring buffer: no key, no value (BpfMap sees sizes 0/0)
@@ -540,6 +545,29 @@ C_STRUCTS: dict[str, type] = {
     "xg_verify_config": VerifyConfig,
     "xg_vdrop": VDrop,
 }
+
+
+# ---- region (geo) blocking (geo.h; abi.h XG_GEO_*) ----
+
+GEO_CODES = 1296
+GEO_WORDS = 32
+GEO_MAX = 2097152
+GEO_ONLY = 1 << 0
+GEO_CC = 1 << 1
+
+
+class GeoSet(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("bits", ctypes.c_uint64 * GEO_WORDS)]
+
+
+MAP_LAYOUTS[MapName.GEO4] = (Lpm4Key, ctypes.c_uint32, False)
+MAP_LAYOUTS[MapName.GEO6] = (Lpm6Key, ctypes.c_uint32, False)
+MAP_LAYOUTS[MapName.GEOSET] = (ctypes.c_uint32, GeoSet, False)
+MAP_SHAPES[MapName.GEO4] = ("lpm_trie", "XG_GEO_MAX", F_NO_PREALLOC)
+MAP_SHAPES[MapName.GEO6] = ("lpm_trie", "XG_GEO_MAX", F_NO_PREALLOC)
+MAP_SHAPES[MapName.GEOSET] = ("array", "XG_PROTECTED_MAX", 0)
+MAP_SIZE_DEFAULTS["XG_GEO_MAX"] = GEO_MAX
+C_STRUCTS["xg_geoset"] = GeoSet
 
 
 # ---- sampling (sample.h; the block at the end of abi.h) ----

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import tomli_w
 
-from . import abi, events, forwarding, levels, nat, policy, vocab
+from . import abi, events, forwarding, geo, levels, nat, policy, vocab
 from .errors import UserError
 from .forwarding import ForwardRule
 from .l7 import schema as l7schema
@@ -70,6 +70,7 @@ class AddressSpec:
     level: str | None = None  # levels.LEVELS: its preset filled what the table did not give
     connlimit: nat.ConnLimits | None = None  # connection limits of its forwarded services (connlimit.py)
     http: tuple[l7spec.HttpService, ...] = ()  # HTTP services HAProxy serves on it (l7/), by (port, name)
+    geo: geo.GeoSpec | None = None  # region (geo) blocking (geo.py); None: no rule
 
     @property
     def policy(self) -> policy.AddressPolicy:
@@ -369,7 +370,8 @@ _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", 
                 "mitigation_hold", "mitigation_interval"}
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
-_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit", "http"}
+_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit", "http",
+              "geo"}
 #: `connlimit = { ... }` keys → nat.ConnLimits fields
 CONNLIMIT_KEYS = {"new_per_source": "new_per_source", "concurrent_per_source": "concurrent_per_source",
                   "new_total": "new_total", "conntrack_budget": "conntrack_budget", "udp_timeout": "udp_timeout_s",
@@ -676,7 +678,8 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
         blocked = blocked if "block_protocols" in d else sorted(lp.blocked)
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
                        norm_port_runs(opened), norm_port_limits(plims), level,
-                       _connlimit(ld, d, path) if "connlimit" in d else None, _http(ld, d, path, addr))
+                       _connlimit(ld, d, path) if "connlimit" in d else None, _http(ld, d, path, addr),
+                       geo=_geo(ld, d, path) if "geo" in d else None)
 
 
 def norm_http(services) -> tuple[l7spec.HttpService, ...]:
@@ -702,6 +705,32 @@ def _http(ld: _Loader, d: dict, path: tuple, addr: IPAddress) -> tuple[l7spec.Ht
             continue
         out.append(svc)
     return norm_http(out)
+
+
+def _geo(ld: _Loader, d: dict, path: tuple) -> geo.GeoSpec | None:
+    """`geo = { block = ["CN", "RU"] }` or `{ only = ["DE"] }`, optional `mode = "drop" | "cc"`.
+    The codes are checked for shape here; against the database when the rule is realised."""
+    pp = path + ("geo",)
+    t = ld.table(ld.get(d, "geo", path, "table", {}), pp, {"block", "only", "mode"})
+    if "block" in t and "only" in t:
+        ld.fail(pp, "give block or only, not both")
+        return None
+    key = "only" if "only" in t else "block"
+    codes = ld.strs(t, key, pp)
+    if key == "only" and not codes:
+        ld.fail(pp + ("only",), "needs at least one country (only = [] would drop every source)")
+        return None
+    ok = []
+    for i, c in enumerate(codes):
+        if not (isinstance(c, str) and len(c) == 2 and c.isascii() and c.isalnum()):
+            ld.fail(pp + (key, i), f"'{c}' is not a country code: give two letters (ISO 3166-1), e.g. DE")
+        else:
+            ok.append(c.upper())
+    mode = ld.get(t, "mode", pp, "str", "drop")
+    if mode not in geo.MODES:
+        ld.fail(pp + ("mode",), f"must be one of {', '.join(geo.MODES)}, got {mode!r}")
+        mode = "drop"
+    return geo.normal(geo.GeoSpec(frozenset(ok), key == "only", mode))
 
 
 def _connlimit(ld: _Loader, d: dict, path: tuple) -> nat.ConnLimits | None:
@@ -1211,6 +1240,8 @@ def _address_data(a: AddressSpec) -> dict | None:
                        "keep": a.syn.auth_keep_s, "mode": a.syn.mode, "always": a.syn.always}
     if a.connlimit is not None:
         body["connlimit"] = {k: int(v) for k, v in _connlimit_items(a.connlimit).items()}
+    if a.geo is not None:
+        body["geo"] = a.geo.to_data()
     if a.port_limits or a.level is not None:
         body["port_limit"] = [{"ports": vocab.format_port_spec(proto, lo, hi), **_limits_data(lim)}
                               for proto, lo, hi, lim in a.port_limits]
@@ -1419,6 +1450,9 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
                             frozenset(vocab.format_port_spec(*r) for r in na.open_ports))
         if oa.connlimit != na.connlimit:
             out.append(Change(f"{p} connlimit", "change", _fmt_connlimit(oa.connlimit), _fmt_connlimit(na.connlimit)))
+        if oa.geo != na.geo:
+            out.append(Change(f"{p} geo", "change", oa.geo.describe() if oa.geo else "none",
+                              na.geo.describe() if na.geo else "none"))
         if oa.port_limits != na.port_limits:
             fmt = lambda pls: "; ".join(f"{vocab.format_port_spec(p, lo, hi)} {_fmt_limits(l)}" for p, lo, hi, l in pls) or "none"  # noqa: E731
             out.append(Change(f"{p} port_limits", "change", fmt(oa.port_limits), fmt(na.port_limits)))

@@ -260,6 +260,7 @@ class Hub:
         self.owner = False  # True once start() took the ring ownership
         self._refreshed = 0.0
         self._missed_gone: dict[str, int] = {}  # iface → what readers that left had missed
+        self.on_samples: list[Callable[[str, list], None]] = []  # (iface, decoded samples): e.g. geo.CountryTally.feed
 
     # -- start and stop --
 
@@ -442,6 +443,13 @@ class Hub:
             self._open(name)
 
     def _dispatch(self, name: str, recs: list[bytes]) -> None:
+        if self.on_samples:
+            decoded = [_decode(r) for r in recs]
+            for fn in self.on_samples:
+                try:
+                    fn(name, decoded)
+                except Exception as exc:  # a tally's failure never stops the fan-out
+                    self._say(f"on_samples {name}", f"samples of {name}: {type(exc).__name__}: {exc}")
         with self.lock:
             subs = list(self.subs.get(name, []))
         for s in subs:

@@ -72,6 +72,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "HTTP requests HAProxy denied (429, tarpit) by a limit or a rule.", ("service",)),
     MetricSpec("xdpguard_cc_banned_entries", "gauge",
                "Sources banned in XDP as HTTP offenders (reason cc), now.", ("iface",)),
+    MetricSpec("xdpguard_country_packets_total", "counter",
+               "Packets by the country of their source (geo database), estimated from the daemon's samples: "
+               "each sample counts for its 1-in-N.", ("iface", "action", "country")),
     MetricSpec("xdpguard_build_info", "gauge", "Always 1; the version of the serving xdpguard.", ("version",)),
 )
 
@@ -90,8 +93,10 @@ class XdpguardCollector:
 
     def __init__(self, attacks: Callable[[], dict[tuple[str, str], bool]] = ATTACK_NONE,
                  ifaces: Callable[[], list[str]] = state.protected_ifaces, sizes_max_age_s: float = SIZES_MAX_AGE_S,
-                 samples_missed: Callable[[], dict[str, int]] = dict):
+                 samples_missed: Callable[[], dict[str, int]] = dict,
+                 countries: Callable[[], dict[tuple[str, str, str], int]] = dict):
         self.samples_missed = samples_missed  # iface → cumulative (the daemon's fan-out; {} without one)
+        self.countries = countries  # (iface, action, country) → estimated packets (geo.CountryTally)
         self.attacks = attacks
         self.ifaces = ifaces
         self.sizes_max_age_s = sizes_max_age_s
@@ -157,6 +162,8 @@ class XdpguardCollector:
             fam["xdpguard_http_requests_total"].add_metric([row.service], row.requests)
             fam["xdpguard_http_challenged_requests_total"].add_metric([row.service], row.challenged)
             fam["xdpguard_http_limited_requests_total"].add_metric([row.service], row.limited)
+        for (name, action, cc), n in sorted(self.countries().items()):
+            fam["xdpguard_country_packets_total"].add_metric([name, action, cc], n)
         fam["xdpguard_build_info"].add_metric([__version__], 1.0)
         yield from fam.values()
 

@@ -20,7 +20,7 @@ import socket
 import struct
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, dataplane, events, forward, levels, policy, protection, state, store, vocab
+from . import abi, config, dataplane, events, forward, geo, levels, policy, protection, state, store, vocab
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
 from .l7 import engine as l7engine
@@ -74,7 +74,8 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
         addrs.append(AddressSpec(a, frozenset(pol.blocked), pol.limits.effective(), pol.syn,
                                  config.norm_port_runs(opened), config.norm_port_limits(pl),
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
-                                 forward.stored_connlimit(cls.get(str(a)))))
+                                 forward.stored_connlimit(cls.get(str(a))),
+                                 geo=geo.read_address(g.maps, a)))
     glob = policy.read_global_policy(g.maps)
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
@@ -178,6 +179,16 @@ def _remove_address(g, old: AddressSpec) -> None:
     m.delete(policy.prot_key(a))
 
 
+def write_geo(g: protection.Guard, addresses) -> list[str]:
+    """The geo rules of the interface's addresses and the tries of their countries (geo.py)."""
+    st = state.read_state(g.iface) or {}
+    rec, notes = geo.realise(g, addresses, st)
+    if (st.get(geo.STATE_KEY) or {}) != rec:
+        st[geo.STATE_KEY] = rec
+        state.write_state(g.iface, st)
+    return notes
+
+
 def _write_events(g, cfg: events.EventConfig) -> None:
     st = state.read_state(g.iface) or {}
     st[events.STATE_KEY] = cfg.to_json()
@@ -220,6 +231,8 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         policy.write_global_policy(g.maps, new.global_, old.global_)
     for a in new.addresses:
         _write_address(g, old.address(a.address), a)
+    if [(a.address, a.geo) for a in old.addresses] != [(a.address, a.geo) for a in new.addresses]:
+        notes += write_geo(g, new.addresses)
     if new.block - old.block:
         g.upsert("block", sorted(new.block - old.block), 0)
     if new.allow - old.allow:
@@ -341,6 +354,9 @@ def check_management(desired: Desired) -> None:
         if hit:
             raise UserError(f"{s.name}: protecting {hit[0]} would filter this host's management address "
                             f"(it carries the default route); use --force if you mean it")
+    ruled = [a for s in desired.interfaces for a in s.addresses if a.geo is not None]
+    if ruled and mgmt:
+        geo.check_management(ruled, geo.GeoDB.open(), mgmt)
 
 
 def check_removals(live: Desired, desired: Desired) -> None:

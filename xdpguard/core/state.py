@@ -292,6 +292,7 @@ STATE_SHAPE = Rec(
     forward_sysctl_saved=Map(str),
     connlimits=Map(OBJ),
     http=Arr(Rec(("address", "name", "port"), address=str, name=str, port=int)),
+    geo=Rec(database=str, stamp=str, countries=Arr(str)),  # what the geo tries hold (geo.py)
 )
 
 

@@ -14,7 +14,7 @@ from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from . import fanout, forward, protection, sampling, state
+from . import fanout, forward, geo, protection, sampling, state
 from .abi import Kind, MapName, Reason, stats_slot
 from .errors import UserError
 from .l7 import engine as l7engine
@@ -137,6 +137,7 @@ class Snapshot:
     samples_missed: int = 0  # cumulative: samples the daemon's fan-out or our buffer dropped for us
     sample_source: str = "ring"  # ring (read ourselves) | daemon (fanned out by `xdpguard run`)
     http: list[HttpRow] = field(default_factory=list)  # HTTP services behind HAProxy (l7/)
+    countries: dict[str, list[Talker]] = field(default_factory=dict)  # dropped | passed → top source countries
     to_dict = _as_dict
 
 
@@ -277,6 +278,7 @@ class Collector:
         self.reader = source if source is not None else fanout.open_source(self.guard)
         self._prev: tuple[float, Counts, dict[str, tuple[int, int]]] | None = None
         self._st = state.read_state(self.guard.iface) or {}
+        self._country_of: geo.CountryOf | None = None  # opened at the first samples
 
     def close(self) -> None:
         self.reader.close()
@@ -364,6 +366,7 @@ class Collector:
             sample_every=sampling.get_sample_every(self.guard.maps), samples=len(ours), samples_lost=lost,
             rules=rules, lists=lists, under_attack=False, attack_since=None, attacked=[], events=[],
             dst_shares=_dst_shares(ours), samples_missed=self.reader.missed, sample_source=self.reader.via,
+            countries=self._countries(ours, rates),
         )
         http = self._http(dt)
         if http:
@@ -372,6 +375,20 @@ class Collector:
             active, since, attacked, events = self.attack_source(snap)
             snap = _replace(snap, under_attack=active, attack_since=since, attacked=attacked, events=events)
         return snap
+
+
+    def _countries(self, ours: list[sampling.PacketSample], rates: dict[str, Rate]) -> dict[str, list[Talker]]:
+        """Top countries of the sampled sources, dropped and passed (geo.py; {} without a database)."""
+        if not ours:
+            return {}
+        if self._country_of is None:
+            self._country_of = geo.CountryOf()
+        of = self._country_of
+        if not of.available:
+            return {}
+        key = lambda s: of(s.src) if s.family else None  # noqa: E731
+        return {"dropped": top_talkers([s for s in ours if s.dropped], rates["dropped"], key),
+                "passed": top_talkers([s for s in ours if not s.dropped], rates["forwarded"], key)}
 
 
 def http_rows(rows, prev: dict[str, int], dt: float, banned: int) -> list[HttpRow]:

@@ -129,6 +129,18 @@ def events(s: Snapshot, rows: int) -> Table:
     return t
 
 
+def countries(s: Snapshot) -> Text | None:
+    """One line: the top countries of the sampled sources, dropped and passed (geo database)."""
+    parts = []
+    for which in ("dropped", "passed"):
+        items = (s.countries or {}).get(which) or []
+        if items:
+            parts.append(f"{which} " + ", ".join(f"{x.key} {fmt_rate(x.pps)}" for x in items[:5]))
+    if not parts:
+        return None
+    return Text("countries: " + " · ".join(parts), no_wrap=True, overflow="ellipsis")
+
+
 def footer(s: Snapshot) -> Text:
     lists = "  ".join(f"{k} {v}" for k, v in s.lists.items())
     samp = f"~ sampled 1/{s.sample_every} ({s.samples})" if s.sample_every else "sampling off"
@@ -144,7 +156,8 @@ def render(s: Snapshot, width: int = 80, height: int = 24):
     width, height = max(60, width), max(20, height)
     # Fixed lines: header 2, rates 5, footer 1, blank separators. The rest is split between the
     # lists, which each show at least a few rows.
-    budget = height - 2 - 5 - 1
+    geo_line = countries(s)
+    budget = height - 2 - 5 - 1 - (1 if geo_line is not None else 0)
     wide = width >= 120
     n_rules = min(len(s.rules), max(1, budget // 8)) if s.rules else 0
     n_events = min(len(s.events), max(1, budget // 8)) if s.events else 0
@@ -170,6 +183,8 @@ def render(s: Snapshot, width: int = 80, height: int = 24):
         parts.append(forwarding(s, n_rules, wide))
     if n_events:
         parts.append(events(s, n_events))
+    if geo_line is not None:
+        parts.append(geo_line)
     parts.append(footer(s))
     return Group(*parts)
 

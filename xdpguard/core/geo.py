@@ -1,0 +1,439 @@
+"""Region (geo) blocking: drop a protected address's traffic by the country of its source.
+
+Desired state: `AddressSpec.geo`, a GeoSpec — the countries a rule names, whether it drops them
+(`block`) or drops everything else (`only`), and the mode (`drop`; `cc` = challenge at layer 7
+where HAProxy serves the address, which until that wiring lands falls back to drop in XDP).
+
+Realised state (geo.h, abi.h XG_GEO_*): the union of the countries of every rule of the
+interface as prefixes in one LPM trie per family (source prefix → country index), each
+address's set of countries as a bit set in xg_geoset_arr[its slot], and XG_PROT_GEO on the
+address. The record of what the tries hold (database, its stamp, the countries) is kept in the
+interface record under "geo", so a reconcile that changes nothing does not reload them.
+
+The country database ships in a Debian package and works offline: IPFire's location database
+(libloc-database, read with python3-location). A MaxMind-format file (.mmdb, read with PyPI's
+maxminddb >= 2.3: the extra `xdpguard[mmdb]`) may be given instead. XDPGUARD_GEO_DB names the file.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ipaddress
+import os
+import struct
+from dataclasses import dataclass, field
+
+from . import abi, libbpf
+from .policy import prot_key
+from .errors import UserError
+
+DEFAULT_DB = "/usr/share/libloc-location/location.db"  # Debian's libloc-database (snapshot 2022-10-29)
+DB_ENV = "XDPGUARD_GEO_DB"
+MODES = ("drop", "cc")
+STATE_KEY = "geo"
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+# ---- country codes ----
+
+
+def country_index(code: str) -> int:
+    """Index of a two-character code [0-9A-Z] (abi.h): c0 * 36 + c1. "00" (0) is no country."""
+    c = code.upper()
+    return _ALPHABET.index(c[0]) * 36 + _ALPHABET.index(c[1])
+
+
+def index_country(i: int) -> str:
+    return _ALPHABET[i // 36] + _ALPHABET[i % 36]
+
+
+def _well_formed(code: str) -> bool:
+    return len(code) == 2 and all(ch in _ALPHABET for ch in code.upper()) and code != "00"
+
+
+@dataclass(frozen=True)
+class GeoSpec:
+    """One protected address's geo rule."""
+
+    countries: frozenset[str] = frozenset()  # upper-case ISO 3166 codes (as the database spells them)
+    only: bool = False  # True: drop every source NOT in `countries` (unknown sources too)
+    mode: str = "drop"  # MODES
+
+    def active(self) -> bool:
+        return bool(self.countries) or self.only
+
+    def describe(self) -> str:
+        cs = ", ".join(sorted(self.countries)) or "nothing"
+        what = f"only {cs} pass" if self.only else f"{cs} dropped"
+        mode = "" if self.mode == "drop" else f" (mode {self.mode}: challenge not wired yet, dropped in XDP)"
+        return what + mode
+
+    def to_data(self) -> dict:
+        out: dict = {("only" if self.only else "block"): sorted(self.countries)}
+        if self.mode != "drop":
+            out["mode"] = self.mode
+        return out
+
+
+def block(g: GeoSpec | None, codes) -> GeoSpec:
+    g = g or GeoSpec()
+    cs = frozenset(codes)
+    return GeoSpec(g.countries - cs if g.only else g.countries | cs, g.only, g.mode)
+
+
+def allow(g: GeoSpec | None, codes) -> GeoSpec:
+    g = g or GeoSpec()
+    cs = frozenset(codes)
+    return GeoSpec(g.countries | cs if g.only else g.countries - cs, g.only, g.mode)
+
+
+def only(g: GeoSpec | None, codes) -> GeoSpec:
+    return GeoSpec(frozenset(codes), True, (g or GeoSpec()).mode)
+
+
+def with_mode(g: GeoSpec | None, mode: str) -> GeoSpec:
+    g = g or GeoSpec()
+    return GeoSpec(g.countries, g.only, mode)
+
+
+def normal(g: GeoSpec | None) -> GeoSpec | None:
+    """None for a rule that drops nothing (kept only for its mode: the mode alone is not stored)."""
+    return g if g is not None and g.active() else None
+
+
+# ---- the database ----
+
+
+def db_path() -> str:
+    return os.environ.get(DB_ENV) or DEFAULT_DB
+
+
+@dataclass
+class GeoDB:
+    """A country database: libloc (IPFire location) or MaxMind (.mmdb)."""
+
+    path: str
+    kind: str  # "libloc" | "mmdb"
+    reader: object
+    stamp: str  # changes when the file does (size and mtime)
+    _codes: set[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | None = None) -> GeoDB:
+        path = path or db_path()
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise UserError(f"geo database {path}: {exc.strerror.lower() if exc.strerror else exc}; install "
+                            f"libloc-database (scripts/setup.sh) or set {DB_ENV} to a location.db or .mmdb file") from None
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        with open(path, "rb") as f:
+            head = f.read(7)
+        if head == b"LOCDBXX":
+            try:
+                import location  # Debian's python3-location: lazy like bcc
+            except ImportError:
+                raise UserError("reading a location database needs python3-location: run scripts/setup.sh") from None
+            try:
+                return cls(path, "libloc", location.Database(path), stamp)
+            except Exception as exc:
+                raise UserError(f"geo database {path}: cannot read it ({exc})") from None
+        try:
+            import maxminddb
+            from maxminddb.reader import Reader
+        except ImportError:
+            raise UserError("reading a MaxMind database needs maxminddb >= 2.3: pip install 'xdpguard[mmdb]'") from None
+        if not hasattr(Reader, "__iter__"):  # Debian 12's python3-maxminddb (2.2) cannot list networks
+            raise UserError("listing the networks of a MaxMind database needs maxminddb >= 2.3: "
+                            "pip install 'xdpguard[mmdb]'")
+        try:
+            return cls(path, "mmdb", maxminddb.open_database(path), stamp)
+        except Exception as exc:
+            raise UserError(f"geo database {path}: neither a location database nor a MaxMind file ({exc})") from None
+
+    def describe(self) -> str:
+        if self.kind == "libloc":
+            import datetime
+            when = datetime.datetime.fromtimestamp(self.reader.created_at, datetime.timezone.utc).date()
+            return f"{self.path} ({self.reader.vendor}, {when})"
+        meta = self.reader.metadata()
+        import datetime
+        when = datetime.datetime.fromtimestamp(meta.build_epoch, datetime.timezone.utc).date()
+        return f"{self.path} ({meta.database_type}, {when})"
+
+    def codes(self) -> set[str]:
+        if self._codes is None:
+            if self.kind == "libloc":
+                self._codes = {c.code.upper() for c in self.reader.countries}
+            else:
+                self._codes = {cc for _, cc in self._mmdb_all()}
+        return self._codes
+
+    def _mmdb_all(self):
+        for net, rec in self.reader:
+            cc = _mmdb_country(rec)
+            if cc:
+                yield net, cc
+
+    def lookup(self, addr) -> str | None:
+        a = str(addr)
+        if self.kind == "libloc":
+            n = self.reader.lookup(a)
+            return (n.country_code or None) if n is not None else None
+        return _mmdb_country(self.reader.get(a))
+
+    def networks(self, codes) -> list[tuple[int, bytes, int, str]]:
+        """(family, address bytes, prefix length, country) of every network of these countries.
+        Nested networks are kept: the trie's longest match gives the most specific one."""
+        want = {c.upper() for c in codes}
+        out = []
+        if not want:
+            return out
+        if self.kind == "libloc":
+            for n in self.reader.search_networks(country_codes=sorted(want)):
+                net = ipaddress.ip_network(str(n))
+                out.append((net.version, net.network_address.packed, net.prefixlen, n.country_code.upper()))
+        else:
+            for net, cc in self._mmdb_all():
+                if cc in want:
+                    if net.version == 6 and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
+                        continue  # the IPv4 tree seen through IPv6: already listed as IPv4
+                    out.append((net.version, net.network_address.packed, net.prefixlen, cc))
+        return out
+
+
+def _mmdb_country(rec) -> str | None:
+    if not isinstance(rec, dict):
+        return None
+    for k in ("country", "registered_country"):
+        c = rec.get(k)
+        if isinstance(c, dict) and isinstance(c.get("iso_code"), str):
+            return c["iso_code"].upper()
+    return None
+
+
+def check_codes(codes, db: GeoDB) -> list[str]:
+    """Upper-cased codes; an unknown one is a UserError naming it."""
+    out = []
+    for c in codes:
+        if not _well_formed(c):
+            raise UserError(f"'{c}' is not a country code: give two letters (ISO 3166-1), e.g. DE")
+        if c.upper() not in db.codes():
+            raise UserError(f"unknown country code '{c.upper()}': not in the geo database {db.path}")
+        out.append(c.upper())
+    if not out:
+        raise UserError("give at least one country code")
+    return out
+
+
+def check_management(addr_specs, db: GeoDB, mgmt) -> None:
+    """Refuse a rule that drops a management address of this host (by its country)."""
+    for a in addr_specs:
+        g = getattr(a, "geo", None)
+        if g is None or not g.active():
+            continue
+        for m in mgmt:
+            cc = db.lookup(m)
+            dropped = (cc not in g.countries) if g.only else (cc in g.countries)
+            if dropped:
+                raise UserError(f"the geo rule of {a.address} would drop this host's management address {m} "
+                                f"({cc or 'no known country'}); use --force if you mean it")
+
+
+# ---- realised state ----
+
+
+def _set_bits(g: GeoSpec) -> abi.GeoSet:
+    s = abi.GeoSet()
+    s.flags = (abi.GEO_ONLY if g.only else 0) | (abi.GEO_CC if g.mode == "cc" else 0)
+    for c in g.countries:
+        i = country_index(c)
+        s.bits[i >> 6] |= 1 << (i & 63)
+    return s
+
+
+def read_spec(maps, prot: abi.Protected) -> GeoSpec | None:
+    """The address's realised rule (None without XG_PROT_GEO)."""
+    if not prot.flags & abi.PROT_GEO:
+        return None
+    s = maps[abi.MapName.GEOSET].get(ctypes.c_uint32(prot.syn.slot))
+    if s is None:
+        return None
+    cs = frozenset(index_country(w * 64 + b) for w in range(abi.GEO_WORDS) for b in range(64)
+                   if s.bits[w] >> b & 1)
+    return GeoSpec(cs, bool(s.flags & abi.GEO_ONLY), "cc" if s.flags & abi.GEO_CC else "drop")
+
+
+def read_address(maps, addr) -> GeoSpec | None:
+    """The realised rule of a protected address (None: no rule, or no such map: a guard whose
+    maps were not all opened)."""
+    m = maps.get(abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6)
+    prot = m.get(prot_key(addr)) if m is not None else None
+    return read_spec(maps, prot) if prot is not None else None
+
+
+def write_spec(maps, addr, g: GeoSpec | None) -> None:
+    """Set (or with None clear) the address's rule: the set first, then the flag."""
+    m = maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
+    k = prot_key(addr)
+    cur = m.get(k)
+    if cur is None:
+        raise UserError(f"{addr} is not a protected address")
+    if g is not None and g.active():
+        maps[abi.MapName.GEOSET].set(ctypes.c_uint32(cur.syn.slot), _set_bits(g))
+        cur.flags |= abi.PROT_GEO
+    else:
+        cur.flags &= ~abi.PROT_GEO
+    m.set(k, cur)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    database: str
+    countries: list[str]
+    prefixes4: int
+    prefixes6: int
+    seconds: float
+    reloaded: bool
+
+
+def load_tries(maps, db: GeoDB, codes) -> tuple[int, int]:
+    """Make the two tries hold exactly the networks of `codes`: written in batches, then what
+    is no longer wanted deleted (a source never sees an empty trie in between)."""
+    import time
+    want: dict[int, dict[bytes, int]] = {4: {}, 6: {}}
+    for fam, addr, plen, cc in db.networks(codes):
+        want[fam][struct.pack("<I", plen) + addr] = country_index(cc)
+    counts = []
+    for fam, name in ((4, abi.MapName.GEO4), (6, abi.MapName.GEO6)):
+        m = maps[name]
+        items = want[fam]
+        n = len(items)
+        if n:
+            keys = bytearray(b"".join(items.keys()))
+            vals = bytearray(struct.pack(f"<{n}I", *items.values()))
+            kb = (ctypes.c_char * len(keys)).from_buffer(keys)
+            vb = (ctypes.c_char * len(vals)).from_buffer(vals)
+            ks, pos = ctypes.sizeof(m.key_type), 0
+            while pos < n:
+                rc, cnt = libbpf.map_update_batch(m.fd, ctypes.addressof(kb) + pos * ks, ctypes.addressof(vb) + pos * 4,
+                                                  n - pos)
+                if rc != 0 and cnt == 0:
+                    # LPM tries may lack batch updates: one element at a time
+                    for i in range(pos, n):
+                        k = m.key_type.from_buffer_copy(keys, i * ks)
+                        libbpf.map_update(m.fd, k, ctypes.c_uint32(struct.unpack_from("<I", vals, i * 4)[0]))
+                    break
+                pos += cnt
+        stale = [bytes(k) for k in m.keys() if bytes(k) not in items]
+        for k in stale:
+            m.delete(m.key_type.from_buffer_copy(k))
+        counts.append(n)
+    return counts[0], counts[1]
+
+
+def clear_tries(maps) -> None:
+    for name in (abi.MapName.GEO4, abi.MapName.GEO6):
+        m = maps[name]
+        for k in [bytes(k) for k in m.keys()]:
+            m.delete(m.key_type.from_buffer_copy(k))
+
+
+def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
+    """Write every address's rule and the tries for their union. `st` is the interface record;
+    returns its new "geo" entry and notes. The tries are reloaded only when the union of
+    countries or the database changed (or the tries are empty while they should not be)."""
+    notes = []
+    union = sorted({c for a in addresses if a.geo is not None for c in a.geo.countries})
+    active = [a for a in addresses if a.geo is not None and a.geo.active()]
+    rec = st.get(STATE_KEY) or {}
+    if active:
+        db = GeoDB.open(rec.get("database") if rec.get("database") and not os.environ.get(DB_ENV) else None)
+        want = {"database": db.path, "stamp": db.stamp, "countries": union}
+        empty = union and not any(True for _ in g.maps[abi.MapName.GEO4].keys()) and \
+            not any(True for _ in g.maps[abi.MapName.GEO6].keys())
+        if {k: rec.get(k) for k in want} != want or empty:
+            load_tries(g.maps, db, union)
+        rec = want
+        if any(a.geo.mode == "cc" for a in active):
+            notes.append("geo mode cc: the layer-7 challenge is not wired yet; those countries are dropped in XDP")
+    # the rule of each address (the tries already hold its countries)
+    for a in addresses:
+        write_spec(g.maps, a.address, a.geo)
+    if not active and rec:
+        clear_tries(g.maps)
+        rec = {}
+    return rec, notes
+
+
+# ---- countries of sampled traffic (no per-packet cost: the controller looks up sampled sources) ----
+
+
+class CountryOf:
+    """Source address → country code ("??" unknown), through the geo database, with a bounded
+    cache (a flood's samples repeat sources). Without a database every source is "??" and
+    `available` is False."""
+
+    CACHE_MAX = 65536
+
+    def __init__(self, db: GeoDB | None = None):
+        if db is None:
+            try:
+                db = GeoDB.open()
+            except UserError:
+                db = None
+        self.db = db
+        self.cache: dict[str, str] = {}
+
+    @property
+    def available(self) -> bool:
+        return self.db is not None
+
+    def __call__(self, src: str) -> str:
+        cc = self.cache.get(src)
+        if cc is None:
+            if len(self.cache) >= self.CACHE_MAX:
+                self.cache.clear()
+            try:
+                cc = (self.db.lookup(src) if self.db is not None else None) or "??"
+            except ValueError:
+                cc = "??"
+            self.cache[src] = cc
+        return cc
+
+
+def top_countries(samples, db: GeoDB | None = None, n: int = 10) -> dict[str, list[tuple[str, int]]]:
+    """{"dropped": [(country, packets)], "passed": [...]} from (src address, dropped, weight)
+    samples; the weight is the sample's 1-in-N."""
+    of = CountryOf(db)
+    acc = {"dropped": collections.Counter(), "passed": collections.Counter()}
+    for src, dropped, weight in samples:
+        acc["dropped" if dropped else "passed"][of(src)] += weight
+    return {k: v.most_common(n) for k, v in acc.items()}
+
+
+class CountryTally:
+    """Cumulative estimated packets by (iface, action, country) from the daemon's samples: each
+    sample stands for its 1-in-N (xdpguard_country_packets_total)."""
+
+    def __init__(self, of: CountryOf | None = None):
+        self.of = of or CountryOf()
+        self.counts: collections.Counter = collections.Counter()
+
+    def feed(self, iface: str, samples) -> None:
+        if not self.of.available:
+            return
+        for s in samples:
+            if s.family and s.reason != "bypass":
+                self.counts[(iface, "drop" if s.dropped else "pass", self.of(s.src))] += s.sample_every
+
+    def snapshot(self) -> dict[tuple[str, str, str], int]:
+        return dict(self.counts)
+
+
+def db_info() -> str:
+    try:
+        return GeoDB.open().describe()
+    except UserError as exc:
+        return exc.message
