@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_assert import CliLab
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -35,24 +36,9 @@ WINDOW = 777
 GRACE_S = 2
 
 
-class Lab:
+class Lab(CliLab):
     def __init__(self, tmp_path: Path):
-        self.name = f"t{os.getpid() % 10_000_000}"
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
-                    "XDPGUARD_TCP_GRACE": str(GRACE_S)}
-
-    def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
-                           timeout=180, stdin=subprocess.DEVNULL)
-        assert not check or p.returncode == 0, f"xdpguard {' '.join(args)}: {p.stderr.strip()}"
-        return p
-
-    def ns(self, role: str) -> str:
-        return f"xg-{self.name}-{role}"
-
-    def in_ns(self, role: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], capture_output=True, text=True,
-                              timeout=timeout, env=self.env, stdin=subprocess.DEVNULL)
+        super().__init__(tmp_path, "t", GRACE_S)
 
     def drops(self) -> dict[str, int]:
         p = self.in_ns("prot", *topology.xdpguard_argv(), "status", topology.PROT_IFACE, "--json")
