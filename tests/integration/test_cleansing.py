@@ -32,6 +32,7 @@ pytestmark = pytest.mark.kernel
 PY = sys.executable
 PROT4, CLIENT4, ATTACK4 = "198.18.0.2", "198.18.0.1", "198.18.0.9"
 SPOOF = "198.18.128.0/17"
+UNSEEN4 = "198.18.200.7"  # a spoofed source the service never answered (in SPOOF)
 SPOOF_SYN = "198.19.0.0/16"
 IFACE = "xgp0"
 MEASURED: dict[str, object] = {}  # printed at the end of the module (pytest -s), for the report
@@ -321,15 +322,26 @@ def test_operator_ban_and_filter_drop_ban(bed: Bed):
     bed.xg("ban", "del", CLIENT4)
     bed.undo.pop()
     assert bed.reaches(bed.client, CLIENT4, "tcp")
-    # a drop-ban filter: the attacker's UDP to port 9 bans it for everything (its UDP echo too)
+    # a drop-ban filter: a source's UDP to port 9 bans it for everything (its UDP echo too) ...
     bed.set(("filter", "add", "--proto", "udp", "--dport", "9", "--action", "drop-ban", "--ban", "30"),
             ("filter", "del", "1"))
     bed.undo.append(("ban", "del", ATTACK4))
+    bed.undo.append(("ban", "del", UNSEEN4))
+    before = bed.counters()
+    f = bed.flood("udp", count=10, duration=1.0, dport=9, spoof=f"{UNSEEN4}/32", sources=1)
+    assert f["sent"] == 10
+    assert [(b["source"], b["reason"]) for b in bed.json("ban", "list")["bans"]] == [(UNSEEN4, "feature")]
+    mid = bed.counters()  # the first packet dropped by the filter, the other nine by the ban
+    assert (_delta(before, mid, "drop", "feature"), _delta(before, mid, "drop", "banned")) == (1, 9)
+    # ... unless the source is verified (the service answered it: the attacker's echo below): a
+    # packet that matches the filter is evidence anyone can send with that address, so the data
+    # path drops the packet but bans no verified source (issue 25: bans spoofing cannot aim).
     assert bed.reaches(bed.attacker, ATTACK4)
     f = bed.flood("udp", count=10, duration=1.0, dport=9)
     assert f["sent"] == 10
-    assert not bed.reaches(bed.attacker, ATTACK4)
-    assert [(b["source"], b["reason"]) for b in bed.json("ban", "list")["bans"]] == [(ATTACK4, "feature")]
+    assert _delta(mid, bed.counters(), "drop", "feature") == 10  # every packet dropped, none banned
+    assert bed.reaches(bed.attacker, ATTACK4)
+    assert [b["source"] for b in bed.json("ban", "list")["bans"]] == [UNSEEN4]
     assert bed.reaches(bed.client, CLIENT4, "tcp")
 
 
