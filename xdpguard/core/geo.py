@@ -179,7 +179,10 @@ class GeoDB:
     def lookup(self, addr) -> str | None:
         a = str(addr)
         if self.kind == "libloc":
-            n = self.reader.lookup(a)
+            try:
+                n = self.reader.lookup(a)
+            except FileNotFoundError:  # libloc 0.9.16 says "no network" this way for some addresses (198.18.0.1)
+                return None
             return (n.country_code or None) if n is not None else None
         return _mmdb_country(self.reader.get(a))
 
