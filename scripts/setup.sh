@@ -17,7 +17,7 @@ APT_PACKAGES=(
     vagrant bird2 etcd-server etcd-client openssl
     xdp-tools libxdp1 bpftool iptables iperf3 apache2-utils busybox python3-matplotlib
     t50 nmap wrk haproxy man-db
-    libloc-database python3-location   # geo rules: the country database (offline) and its reader
+    libloc-database python3-location
 )
 
 # Offline provisioning (the VM box): XDPGUARD_WHEELS=DIR installs Python packages from DIR only

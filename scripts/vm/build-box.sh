@@ -23,7 +23,7 @@ step() { printf '==> %s\n' "$*"; }
 
 # The packages scripts/setup.sh wants (its APT_PACKAGES array), so the guest needs no apt.
 setup_packages() {
-    sed -n '/^APT_PACKAGES=(/,/^)/p' "$REPO_ROOT/scripts/setup.sh" | sed '1d;$d' | tr -s ' \n' ' '
+    sed -n '/^APT_PACKAGES=(/,/^)/p' "$REPO_ROOT/scripts/setup.sh" | sed '1d;$d;s/#.*//' | tr -s ' \n' ' '
 }
 
 debian_uri() {  # the URI of this machine's apt source for Debian main (deb822 or one-line)
