@@ -63,9 +63,12 @@ print(json.dumps([b.source for b in policy.read_bans(g.maps, time.clock_gettime_
 """
 
 
+GRACE_S = 2  # the attach grace period of this lab (XDPGUARD_TCP_GRACE), as in test_tcpstate
+
+
 class Lab(CliLab):
     def __init__(self, tmp_path: Path):
-        super().__init__(tmp_path, "v")
+        super().__init__(tmp_path, "v", GRACE_S)
 
     def py(self, role: str, code: str) -> str:
         p = self.in_ns(role, sys.executable, "-c", code)
@@ -85,7 +88,7 @@ def lab(tmp_path_factory):
     lb = Lab(tmp_path_factory.mktemp("verified"))
     try:
         lb.xg("lab", "up")
-        time.sleep(11)  # the attach grace period (tcpstate.GRACE_S): TCP state is judged from here on
+        time.sleep(GRACE_S + 1)  # the attach grace period (XDPGUARD_TCP_GRACE): TCP state is judged from here on
         yield lb
     finally:
         lb.xg("lab", "down", check=False)
