@@ -158,6 +158,18 @@ def test_write_config_is_atomic_and_says_when_nothing_changed(tmp_path):
     assert [x.name for x in p.parent.iterdir()] == ["bird.conf"]
 
 
+
+def test_write_config_follows_no_planted_tmp_file(tmp_path):
+    """BIRD's config is written like the store (state.write_durably): a FILE.tmp symlink planted
+    beside it is neither followed nor truncated, and the config stays readable by BIRD (0644)."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    p = tmp_path / "bird.conf"
+    (tmp_path / "bird.conf.tmp").symlink_to(victim)
+    assert bgp.write_config(str(p), "a\n")
+    assert p.read_text() == "a\n" and victim.read_text() == "keep\n"
+    assert p.stat().st_mode & 0o777 == 0o644
+
 def test_announce_set_defaults_to_the_protected_addresses():
     b = _node_bgp(1)
     b2 = dataclasses.replace(b, announce=())

@@ -27,7 +27,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import vocab
+from .. import state, vocab
 from ..config import BgpSpec, IPAddress
 from ..errors import UserError
 
@@ -195,10 +195,8 @@ def write_config(path: str, text: str) -> bool:
     except OSError:
         pass
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    tmp.replace(p)
+    state.write_durably(p, text.encode())  # a fresh temporary, never a planted FILE.tmp (issue 24)
+    os.chmod(p, 0o644)  # as before: write_durably's files are root-only
     return True
 
 
