@@ -78,13 +78,13 @@ def _tier(nodeid: str) -> str:
     return parts[1] if len(parts) > 2 and parts[0] == "tests" and parts[1] in TIERS else "other"
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)  # old-style: Debian 12's pluggy 1.0 (the VM's) has no wrapper=True
 def pytest_runtest_logreport(report: pytest.TestReport):
     _fail_skip(report)
     tier = _tier(report.nodeid)
     _tier_seconds[tier] += report.duration
     _tier_tests[tier].add(report.nodeid)
-    return (yield)
+    yield
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -104,10 +104,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_line(f"{'session':<12} {'':>5}        {wall:8.1f} s  ({wall / 60:.1f} min, collection included)")
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_collectreport(report: pytest.CollectReport):
     _fail_skip(report)  # a module-level skip (importorskip, allow_module_level=True)
-    return (yield)
+    yield
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
