@@ -23,7 +23,7 @@ fi
 
 echo "==> pytest $*"
 status=0
-.venv/bin/python -m pytest -ra "$@" || status=$?
+.venv/bin/python -m pytest -ra --durations=30 "$@" || status=$?
 if ((status == 5)); then
     echo "test.sh: pytest collected no tests; treating that as a failure" >&2
     exit 1
