@@ -51,4 +51,7 @@ def test_quick_acceptance_enforcing_never_worse_than_monitor(tmp_path):
     for r in d["results"]:
         e, m = r["enforcing"], r["monitor"]
         for client in ("udp_share", "web_share"):
-            assert e[client] >= m[client] - NOISE, (r["attack"], client, e, m, d["daemon_log"])
+            # a share is of the control's rate, itself one noisy run: at or above it the client is
+            # served as well as with no flood at all, and the excess is noise (CI once had enforcing
+            # 1.30 and monitor 1.53 of a slow control), so shares count up to 1
+            assert min(e[client], 1.0) >= min(m[client], 1.0) - NOISE, (r["attack"], client, e, m, d["daemon_log"])

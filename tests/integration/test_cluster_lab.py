@@ -758,7 +758,16 @@ def test_overloaded_node_prepends_rather_than_vanishes(cluster):
         # OVERLOAD_CALM_S after its load falls): in run 2 of this test all three were overloaded when
         # the status was read. So neither "exactly one node" nor "the others keep plain paths" holds
         # for a single flow; both were claims of the old docstring, never asserted.
-        nodes = c.status()["nodes"]
+        # The status is each node's last heartbeat: the one that prepended may not have published
+        # since (CI once read every status 0.6-1.x s old, from before the prepend), so wait for one.
+        said = []
+
+        def overloaded_said() -> bool:
+            said[:] = c.status()["nodes"]
+            return any(n["overloaded"] for n in said)
+
+        time_until(overloaded_said, 5, 0.1)
+        nodes = said
         over = [n for n in nodes if n["overloaded"]]
         assert over and all(n["announcing"] for n in over), nodes
         assert longer in routes
