@@ -1,4 +1,4 @@
-/* syncookie.h — SYN cookies in XDP: answer a SYN with a cookie SYN-ACK (XDP_TX), check the ACK.
+/* steps/syncookie.h — SYN cookies in XDP: answer a SYN with a cookie SYN-ACK (XDP_TX), check the ACK.
  *
  * In SYN-defence mode (above the address's syn_threshold_pps, or always with XG_PROT_SYN_ALWAYS)
  * an address with XG_PROT_SYN_COOKIE answers every SYN itself: the cookie comes from the
@@ -30,8 +30,9 @@
 #ifndef XDPGUARD_SYNCOOKIE_H
 #define XDPGUARD_SYNCOOKIE_H
 
-#define XG_TCP_RST 0x04              /* (as tcpstate.h) */
-#define XG_SYNCOOKIE_TX 0xfffffffe   /* step verdict: answer with a cookie SYN-ACK (not a reason) */
+#include "common.h"
+#include "maps.h"
+
 #define XG_SC_MSS4 1460
 #define XG_SC_MSS6 1440
 #define XG_SC_TTL 64
@@ -150,7 +151,7 @@ static __always_inline __u32 xg_sc_load_syn(struct xdp_md *ctx, struct xg_pkt *p
     if (doff < sizeof(struct tcphdr))
         return 0;
     /* bpf_xdp_load_bytes and the cookie helper take a length the verifier must bound away from
-     * 0; as in filter_payload (policy.h) it goes through a volatile slot and comes back as
+     * 0; as in filter_payload (steps/feature.h) it goes through a volatile slot and comes back as
      * ((len - 1) & 63) + 1, equal to doff (20..60). */
     volatile __u32 len_m1 = doff - 1;
     __u32 len = (len_m1 & (XG_SC_TCP_BUF - 1)) + 1;

@@ -1,4 +1,4 @@
-/* lists.h — allowlist/blocklist lookups: an entry counts only while unexpired.
+/* steps/lists.h — allowlist/blocklist lookups: an entry counts only while unexpired.
  *
  * An LPM lookup returns only the longest match, so an expired /32 would hide a live /24 that
  * covers the same source. The data path therefore deletes an expired entry it meets and looks
@@ -7,6 +7,9 @@
  */
 #ifndef XDPGUARD_LISTS_H
 #define XDPGUARD_LISTS_H
+
+#include "common.h"
+#include "maps.h"
 
 /* 1: e is live (its hit is counted); 0: e has expired. The clock is read only for entries
  * that carry an expiry. */
