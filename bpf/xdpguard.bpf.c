@@ -17,6 +17,7 @@
 /* The steps, in pipeline order. */
 #include "steps/lists.h"
 #include "steps/banned.h"
+#include "steps/tcpflags.h"
 #include "steps/geo.h"
 #include "steps/fragment.h"
 #include "steps/protocol.h"
@@ -88,6 +89,7 @@ static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config 
                                            struct xg_pkt *p, __u64 *now)
 {
     __u32 r;
+    XG_STEP(step_tcpflags(p));             /* first: the cheapest place for the verifier (measured) */
     XG_STEP(step_geo(prot, p));            /* after the lists (an allowlisted source never gets here) */
     kg_lookup(p, now);                     /* the one lookup: is the source verified (knowngood.h) */
     if (p->l4proto == IPPROTO_UDP)

@@ -526,9 +526,11 @@ class Model:
         return ("pass", Reason.CLEAN) if r is None else ("drop", r)
 
     def _steps(self, frame: bytes, a: Addresses, h: Headers, prot: Protected, src) -> Reason | str | None:
-        """policy_steps(): fragments, protocol, port, reflection, feature filters, TCP state;
+        """policy_steps(): TCP flags, fragments, protocol, port, reflection, feature filters, TCP state;
         rate limits and the SYN defence never drop in the model."""
         g = self.setup.global_
+        if h.tcp_flags & TCP_SYN and h.tcp_flags & (TCP_FIN | TCP_RST):  # step_tcpflags() (0 unless TCP)
+            return Reason.TCPFLAGS
         if h.is_frag and g.drop_fragments:
             return Reason.FRAGMENT
         if BLOCK_BITS.get(h.l4proto, "other") in prot.policy.blocked:
