@@ -106,13 +106,13 @@ static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config 
      * 64-filter loop as its own verifier state (893K of the 1M instructions; here 556K). */
     r = step_tcpstate(cfg, prot, p, now);
     if (r == XG_REASON_TCPSTATE)
-        r = step_cookie_ack(ctx, prot, p);  /* the ACK of a cookie handshake has no entry yet */
+        r = step_syncookie(ctx, prot, p);  /* the ACK of a cookie handshake has no entry yet */
     if (r != XG_CONTINUE)
         return r;
     int is_syn = p->has_l4 && p->l4proto == IPPROTO_TCP && (p->tcp_flags & (XG_TCP_SYN | XG_TCP_ACK)) == XG_TCP_SYN;
     XG_STEP(step_ratelimit(cfg, prot, limits_for(prot, p), p, is_syn, now));
     if (is_syn)
-        return step_syn_auth(cfg, prot, p, now);
+        return step_synauth(cfg, prot, p, now);
     return XG_CONTINUE;
 }
 
@@ -161,13 +161,10 @@ int xdpguard_main(struct xdp_md *ctx)
             goto out;
 
         struct xg_lpm4_key k4 = { .prefixlen = 32, .addr = iph->saddr };
-        if (list4_hit(XG_LIST_ALLOW, cfg->lists_mask, &k4)) {
-            reason = XG_REASON_ALLOWLIST;
-            goto out;
-        }
-        if (list4_hit(XG_LIST_BLOCK, cfg->lists_mask, &k4)) {
-            action = XDP_DROP;
-            reason = XG_REASON_BLOCKLIST;
+        reason = step_lists(cfg->lists_mask, 4, (struct xg_lpm6_key *)&k4);  /* (steps/lists.h: one key shape) */
+        if (reason != XG_CONTINUE) {
+            if (reason == XG_REASON_BLOCKLIST)
+                action = XDP_DROP;
             goto out;
         }
         p.src.family = 4;
@@ -210,13 +207,10 @@ int xdpguard_main(struct xdp_md *ctx)
 
         struct xg_lpm6_key k6 = { .prefixlen = 128 };
         __builtin_memcpy(k6.addr, ip6h->saddr.s6_addr, 16);
-        if (list6_hit(XG_LIST_ALLOW, cfg->lists_mask, &k6)) {
-            reason = XG_REASON_ALLOWLIST;
-            goto out;
-        }
-        if (list6_hit(XG_LIST_BLOCK, cfg->lists_mask, &k6)) {
-            action = XDP_DROP;
-            reason = XG_REASON_BLOCKLIST;
+        reason = step_lists(cfg->lists_mask, 6, &k6);
+        if (reason != XG_CONTINUE) {
+            if (reason == XG_REASON_BLOCKLIST)
+                action = XDP_DROP;
             goto out;
         }
         p.src.family = 6;

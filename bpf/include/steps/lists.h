@@ -24,32 +24,32 @@ static __always_inline int xg_entry_live(struct xg_list_entry *e)
 #define XG_LIST_ALLOW 0
 #define XG_LIST_BLOCK 1
 
-/* bcc rewrites map calls only outside macros, so the per-map choice is a constant-folded
- * branch (list is a literal at every call site). */
-static __always_inline struct xg_list_entry *list4_lookup(int list, struct xg_lpm4_key *k)
+/* Both families go through one key type, struct xg_lpm6_key *: an IPv4 key is a struct
+ * xg_lpm4_key (8 bytes) passed as one; the two share their prefix (prefixlen, then the address
+ * at offset 4), and for family 4 only those 8 bytes are read (the v4 trie's key, the v4 host
+ * hash's __u32 at addr). `family` and `list` are literals at every call site, so clang folds
+ * each choice of map away (bcc rewrites map calls only outside macros, hence no macro). */
+static __always_inline struct xg_list_entry *list_lookup(int list, int family, struct xg_lpm6_key *k)
 {
-    return list == XG_LIST_BLOCK ? xg_block4_lpm.lookup(k) : xg_allow4_lpm.lookup(k);
-}
-
-static __always_inline void list4_delete(int list, struct xg_lpm4_key *k)
-{
-    if (list == XG_LIST_BLOCK)
-        xg_block4_lpm.delete(k);
-    else
-        xg_allow4_lpm.delete(k);
-}
-
-static __always_inline struct xg_list_entry *list6_lookup(int list, struct xg_lpm6_key *k)
-{
+    if (family == 4)
+        return list == XG_LIST_BLOCK ? xg_block4_lpm.lookup((struct xg_lpm4_key *)k)
+                                     : xg_allow4_lpm.lookup((struct xg_lpm4_key *)k);
     return list == XG_LIST_BLOCK ? xg_block6_lpm.lookup(k) : xg_allow6_lpm.lookup(k);
 }
 
-static __always_inline void list6_delete(int list, struct xg_lpm6_key *k)
+static __always_inline void list_delete(int list, int family, struct xg_lpm6_key *k)
 {
-    if (list == XG_LIST_BLOCK)
-        xg_block6_lpm.delete(k);
-    else
-        xg_allow6_lpm.delete(k);
+    if (family == 4) {
+        if (list == XG_LIST_BLOCK)
+            xg_block4_lpm.delete((struct xg_lpm4_key *)k);
+        else
+            xg_allow4_lpm.delete((struct xg_lpm4_key *)k);
+    } else {
+        if (list == XG_LIST_BLOCK)
+            xg_block6_lpm.delete(k);
+        else
+            xg_allow6_lpm.delete(k);
+    }
 }
 
 /* Exact (host) entries: 1 on a live hit; an expired one is deleted. */
@@ -81,57 +81,53 @@ static __always_inline int host6_hit(int list, struct xg_addr6 *addr)
     return 0;
 }
 
-/* 1 when the source (k, prefixlen 32) is on the list: exact hash first, then the trie. Maps the
- * controller marked empty in lists_mask are not looked at. An expired trie match is deleted (by
- * its own prefix length) and the lookup repeated, so it cannot shadow a live covering prefix. */
-static __always_inline int list4_hit(int list, __u64 lists_mask, struct xg_lpm4_key *k)
+static __always_inline int host_hit(int list, int family, struct xg_lpm6_key *k)
 {
-    __u64 hbit = list == XG_LIST_BLOCK ? XG_LM_BLOCK4_HASH : XG_LM_ALLOW4_HASH;
-    __u64 lbit = list == XG_LIST_BLOCK ? XG_LM_BLOCK4_LPM : XG_LM_ALLOW4_LPM;
-    if ((lists_mask & hbit) && host4_hit(list, &k->addr))
+    if (family == 4)
+        return host4_hit(list, (__u32 *)k->addr);
+    struct xg_addr6 a6;
+    __builtin_memcpy(a6.addr, k->addr, 16);
+    return host6_hit(list, &a6);
+}
+
+/* 1 when the source (k, full prefix length) is on the list: exact hash first, then the trie.
+ * Maps the controller marked empty in lists_mask are not looked at. An expired trie match is
+ * deleted (by its own prefix length) and the lookup repeated, so it cannot shadow a live
+ * covering prefix. */
+static __always_inline int list_hit(int list, int family, __u64 lists_mask, struct xg_lpm6_key *k)
+{
+    /* XG_LM_*: allow4 hash, lpm, allow6 hash, lpm, then the same four for the blocklist */
+    __u32 shift = (list == XG_LIST_BLOCK ? 4 : 0) + (family == 4 ? 0 : 2);
+    __u64 hbit = XG_LM_ALLOW4_HASH << shift;
+    __u64 lbit = XG_LM_ALLOW4_LPM << shift;
+    if ((lists_mask & hbit) && host_hit(list, family, k))
         return 1;
     if (!(lists_mask & lbit))
         return 0;
     __u32 full = k->prefixlen;
 #pragma unroll
     for (int i = 0; i < XG_EXPIRED_RETRY; i++) {
-        struct xg_list_entry *e = list4_lookup(list, k);
+        struct xg_list_entry *e = list_lookup(list, family, k);
         if (!e)
             return 0;
         if (xg_entry_live(e))
             return 1;
         k->prefixlen = e->prefixlen;
-        list4_delete(list, k);
+        list_delete(list, family, k);
         k->prefixlen = full;
     }
     return 0;
 }
 
-static __always_inline int list6_hit(int list, __u64 lists_mask, struct xg_lpm6_key *k)
+/* The allowlist (pass, every later step skipped) then the blocklist, for a source of `family`
+ * (a literal) in k: XG_REASON_ALLOWLIST, XG_REASON_BLOCKLIST or XG_CONTINUE. */
+static __always_inline __u32 step_lists(__u64 lists_mask, int family, struct xg_lpm6_key *k)
 {
-    __u64 hbit = list == XG_LIST_BLOCK ? XG_LM_BLOCK6_HASH : XG_LM_ALLOW6_HASH;
-    __u64 lbit = list == XG_LIST_BLOCK ? XG_LM_BLOCK6_LPM : XG_LM_ALLOW6_LPM;
-    if (lists_mask & hbit) {
-        struct xg_addr6 a;
-        __builtin_memcpy(a.addr, k->addr, 16);
-        if (host6_hit(list, &a))
-            return 1;
-    }
-    if (!(lists_mask & lbit))
-        return 0;
-    __u32 full = k->prefixlen;
-#pragma unroll
-    for (int i = 0; i < XG_EXPIRED_RETRY; i++) {
-        struct xg_list_entry *e = list6_lookup(list, k);
-        if (!e)
-            return 0;
-        if (xg_entry_live(e))
-            return 1;
-        k->prefixlen = e->prefixlen;
-        list6_delete(list, k);
-        k->prefixlen = full;
-    }
-    return 0;
+    if (list_hit(XG_LIST_ALLOW, family, lists_mask, k))
+        return XG_REASON_ALLOWLIST;
+    if (list_hit(XG_LIST_BLOCK, family, lists_mask, k))
+        return XG_REASON_BLOCKLIST;
+    return XG_CONTINUE;
 }
 
 #endif /* XDPGUARD_LISTS_H */

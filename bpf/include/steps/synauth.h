@@ -15,7 +15,7 @@
 /* Step 12b: SYN defence, above the address's SYN threshold (or always, XG_PROT_SYN_ALWAYS):
  * cookie mode answers the SYN with a SYN cookie (steps/syncookie.h); retransmit mode makes sources
  * authenticate by retransmitting. */
-static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_protected *prot, struct xg_pkt *p,
+static __always_inline __u32 step_synauth(struct xg_config *cfg, struct xg_protected *prot, struct xg_pkt *p,
                                            __u64 *now)
 {
     struct xg_syn_policy *sp = &prot->syn;

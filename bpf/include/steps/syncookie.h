@@ -5,7 +5,7 @@
  * kernel's bpf_tcp_raw_gen_syncookie_ipv4/6 (the kernel's own syncookie secret), the SYN-ACK is
  * built in place over the SYN and sent back out of the interface. No state is kept, so a
  * spoofed flood fills nothing. The returning ACK belongs to no recorded connection: the TCP
- * state step hands it here (step_cookie_ack), bpf_tcp_raw_check_syncookie_ipv4/6 validates it,
+ * state step hands it here (step_syncookie), bpf_tcp_raw_check_syncookie_ipv4/6 validates it,
  * a good one passes to the kernel, a bad one is dropped as `tcpstate`. In the kernel, nftables `synproxy`
  * (the input-hook rule of our table, nat.py) checks the same cookie again — the secret is the
  * kernel's, so it agrees — and opens the real connection to the backend through our DNAT
@@ -114,7 +114,7 @@ static __always_inline int xg_sc_load_tcp(struct xdp_md *ctx, struct xg_pkt *p, 
 /* Step 9c: an ACK that belongs to no recorded connection (step_tcpstate said TCPSTATE) passes
  * when it completes one of our cookie handshakes; else it stays a `tcpstate` drop (a spoofed
  * ACK: ACK floods keep their reason whatever the SYN mode), counted in xg_cookie_pcpu.ack_bad. */
-static __always_inline __u32 step_cookie_ack(struct xdp_md *ctx, struct xg_protected *prot, struct xg_pkt *p)
+static __always_inline __u32 step_syncookie(struct xdp_md *ctx, struct xg_protected *prot, struct xg_pkt *p)
 {
     if (!xg_cookie_mode(prot) || !xg_cookie_family(p) ||
         (p->tcp_flags & (XG_TCP_SYN | XG_TCP_RST | XG_TCP_FIN | XG_TCP_ACK)) != XG_TCP_ACK)
