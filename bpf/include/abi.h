@@ -34,6 +34,7 @@
 #define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
 #define XG_REASON_CC          18  /* a ban's reason: an HTTP flood offender seen by HAProxy (l7/bans.py); not a verdict */
 #define XG_REASON_GEO         19  /* drop: source in a country the address's geo rule drops (geo.h); 18 is main's cc */
+#define XG_REASON_TCPFLAGS    21  /* drop: TCP with SYN and FIN, or SYN and RST (steps/tcpflags.h) */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
                                      * this wave: -D16 builds that layout for the upgrade test) */
@@ -256,7 +257,7 @@ struct xg_synauth {
     __u32 reserved;           /* 0 */
 };
 
-/* xg_cookie_pcpu[0] value, per CPU (syncookie.h): what the reason-14 verdicts were. */
+/* xg_cookie_pcpu[0] value, per CPU (steps/syncookie.h): what the reason-14 verdicts were. */
 struct xg_cookie_stats {
     __u64 synack_sent;        /* SYNs answered with a cookie SYN-ACK (XDP_TX) */
     __u64 ack_valid;          /* ACKs of no recorded connection whose cookie was good: passed */
@@ -319,7 +320,7 @@ struct xg_dpstate {
     __u64 flags;              /* XG_DP_* */
 };
 
-/* xg_srcsk_arr: the source sketch in front of xg_bucket_lru (policy.h step_ratelimit). Slot =
+/* xg_srcsk_arr: the source sketch in front of xg_bucket_lru (steps/ratelimit.h). Slot =
  * the source's hash (the one of xg_ban_bit, policy.ban_bloom_bit) & (XG_SK_SLOTS - 1). A slot
  * counts the packets, bytes and SYNs its sources passed without a bucket ("uncharged") in the
  * current and the previous window of 2^XG_SK_SHIFT ns (1.07 s), by window parity. While the
@@ -343,7 +344,7 @@ struct xg_srcsk {
     __u32 syns[2];            /* uncharged TCP SYNs */
 };
 
-/* ---- TCP state validation (tcpstate.h) ---- */
+/* ---- TCP state validation (steps/tcpstate.h) ---- */
 
 /* Key of xg_flow_lru and xg_embryo_lru: one TCP connection of a protected address, seen from
  * the client (v4 uses the first 4 bytes of each address, rest zero). */
@@ -418,7 +419,7 @@ struct xg_filter {
     __u8 payload_mask[16];
 };
 
-/* ---- feature filters as per-field bit vectors (policy.h step_feature) ----
+/* ---- feature filters as per-field bit vectors (steps/feature.h) ----
  * The controller compiles the ordered filter list into "which filters accept this value" words,
  * one per value of each field (bit i = filter i), ANDs them in the data path, and compares
  * payload only for the survivors; the lowest set bit is the first match, so order is kept and
@@ -491,7 +492,7 @@ struct xg_list_entry {
 #define XG_EXPIRED_RETRY 4
 #endif
 
-/* ---- region (geo) blocking (geo.h) ----
+/* ---- region (geo) blocking (steps/geo.h) ----
  * xg_geo4_lpm / xg_geo6_lpm: source prefix -> country index: one trie per family for every
  * protected address, holding the prefixes of the countries any geo rule names. A country code of two
  * characters [0-9A-Z] has index c0 * 36 + c1 (digits 0..9, letters 10..35); 0 ("00") = no

@@ -26,7 +26,7 @@
  * (policy.sweep_verified): expired entries go, and past a high-water mark the UDP-only ones,
  * then the oldest, so learning always finds room again. A full map only pauses learning.
  *
- * The privilege of a verified source (policy.h: it passes the automatic mitigation filters,
+ * The privilege of a verified source (the steps: it passes the automatic mitigation filters,
  * every budget meant for unknown traffic, the SYN defence, and the data path bans it for
  * nothing; the operator's lists and bans, its own per-source limits still apply) is bounded by a token bucket in its entry, tcp_pps/udp_pps of xg_vcfg_arr: past what a
  * real client sends — e.g. a flood spoofing a verified address — its packets are judged as
@@ -34,6 +34,9 @@
  */
 #ifndef XDPGUARD_KNOWNGOOD_H
 #define XDPGUARD_KNOWNGOOD_H
+
+#include "common.h"
+#include "maps.h"
 
 #define XG_GOOD_REFRESH_NS (60ULL * 1000000000ULL)   /* egress rewrites an entry at most once a minute */
 
@@ -117,21 +120,8 @@ static __always_inline void kg_learn(struct xg_protected *prot, __u32 kind, __u8
     xg_goodsrc_hash.update(&k, &fresh);   /* fails when full: the controller's sweep makes room */
 }
 
-/* 1 when a == b (both below 2^63), in arithmetic only: no branch, no verifier state. */
-static __always_inline __u64 xg_eq(__u64 a, __u64 b)
-{
-    __u64 d = a ^ b;
-    return ((d | -d) >> 63) ^ 1;
-}
-
-/* x, or dflt when x is 0 (arithmetic only). */
-static __always_inline __u64 xg_or_default(__u64 x, __u64 dflt)
-{
-    return x | (dflt & -xg_eq(x, 0));
-}
-
 /* The verdict of one entry at t, and its privilege bucket charged one packet when it holds.
- * Arithmetic only, like xg_sk_k (policy.h): the verifier walks it as one path. */
+ * Arithmetic only, like xg_sk_k (steps/ratelimit.h): the verifier walks it as one path. */
 static __always_inline __u64 kg_check(struct xg_goodsrc *g, struct xg_verify_config *vc, __u64 udp, __u64 t)
 {
     __u64 kind = g->kind;
@@ -154,7 +144,7 @@ static __always_inline __u64 kg_check(struct xg_goodsrc *g, struct xg_verify_con
 
 /* XDP: is the source verified for this packet now, and within what a real client sends?
  * Sets p->vstate (1: no, 2: yes); read through kg_verified. Looked up once per packet, at one
- * place (policy_steps; step_banned again when a ban holds the source): a lookup made lazily at
+ * place (policy_steps in xdpguard.bpf.c; step_banned again when a ban holds the source): a lookup made lazily at
  * each step that asks would fork the verifier's states at every one of them. A TCP
  * verification covers every protocol, a UDP one UDP only; an entry of an older program (kind 0)
  * is not trusted. Takes one token of the privilege bucket (XDP's only write to the map). */

@@ -10,6 +10,8 @@
 #ifndef XDPGUARD_MAPS_H
 #define XDPGUARD_MAPS_H
 
+#include "abi.h"
+
 #ifdef XG_PIN_DIR
 #define XG_PINNED(name) ":" XG_PIN_DIR "/" #name
 #else
@@ -38,7 +40,7 @@ XG_MAP("hash", struct xg_port_key, struct xg_limits, xg_portlim_hash, XG_PORTS_M
 XG_MAP("lru_hash", struct xg_src_key, struct xg_bucket, xg_bucket_lru, XG_SOURCES_MAX, BPF_F_NO_COMMON_LRU);
 
 /* xg_srcsk_arr: source hash slot → struct xg_srcsk, the sketch in front of xg_bucket_lru: a
- * source far from every limit passes without a bucket (abi.h, policy.h step_ratelimit). */
+ * source far from every limit passes without a bucket (abi.h, steps/ratelimit.h). */
 XG_MAP("array", int, struct xg_srcsk, xg_srcsk_arr, XG_SK_SLOTS, 0);
 
 /* xg_dstbkt_hash: (protected address, proto, port) → struct xg_dst_bucket (all sources); the
@@ -144,7 +146,7 @@ XG_MAP("lpm_trie", struct xg_lpm6_key, struct xg_list_entry, xg_allow6_lpm, XG_L
 XG_MAP("lpm_trie", struct xg_lpm4_key, struct xg_list_entry, xg_block4_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
 XG_MAP("lpm_trie", struct xg_lpm6_key, struct xg_list_entry, xg_block6_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
 
-/* Region (geo) blocking (geo.h): xg_geo4_lpm / xg_geo6_lpm: source prefix → __u32 country index;
+/* Region (geo) blocking (steps/geo.h): xg_geo4_lpm / xg_geo6_lpm: source prefix → __u32 country index;
  * xg_geoset_arr: protected address slot → struct xg_geoset (the countries its rule names). */
 XG_MAP("lpm_trie", struct xg_lpm4_key, __u32, xg_geo4_lpm, XG_GEO_MAX, BPF_F_NO_PREALLOC);
 XG_MAP("lpm_trie", struct xg_lpm6_key, __u32, xg_geo6_lpm, XG_GEO_MAX, BPF_F_NO_PREALLOC);

@@ -7,6 +7,8 @@
 #ifndef XDPGUARD_PARSING_H
 #define XDPGUARD_PARSING_H
 
+#include "common.h"
+
 struct xg_cursor {
     void *pos;
 };

@@ -9,6 +9,10 @@
 #ifndef XDPGUARD_SAMPLE_H
 #define XDPGUARD_SAMPLE_H
 
+#include "common.h"
+#include "maps.h"
+#include "parsing.h"
+
 /* xg_sample_cfg: key 0 → struct xg_sample_config (sample_every: 1 in N, 0 = off). */
 XG_MAP("array", int, struct xg_sample_config, xg_sample_cfg, 1, 0);
 

@@ -2,6 +2,10 @@
 #ifndef XDPGUARD_STATS_H
 #define XDPGUARD_STATS_H
 
+#include "common.h"
+#include "maps.h"
+#include "sample.h"
+
 static __always_inline int record_verdict(struct xdp_md *ctx, struct xg_config *cfg,
                                           int action, __u32 reason)
 {

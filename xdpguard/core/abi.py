@@ -40,6 +40,7 @@ class Reason(enum.IntEnum):
     UNKNOWN = 17  # an unknown source past its share of the per-destination bucket (knowngood.h)
     CC = 18  # the reason of a ban promoted from HAProxy's stick tables (l7/bans.py)
     GEO = 19  # the source's country is dropped by the address's geo rule (geo.h); 18 is main's CC
+    TCPFLAGS = 21  # TCP with SYN and FIN, or SYN and RST (steps/tcpflags.h)
 
     @property
     def label(self) -> str:

@@ -27,6 +27,10 @@ from .errors import UserError
 PROGRAM_KERNEL_NAME = PROGRAM_FUNC[:15]  # kernel program names are 15 chars at most
 EGRESS_KERNEL_NAME = EGRESS_FUNC[:15]
 
+# The compiler flags bcc gets besides its own (kernel include paths and defines): also what
+# tests/bpf/test_headers.py compiles every header alone with.
+CFLAGS = ("-Wno-unused-function", "-Wno-compare-distinct-pointer-types")
+
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
 
@@ -42,9 +46,10 @@ SPEC_DEFINES = {
 }
 
 
-def render_source(defines: dict[str, int] | None = None) -> str:
+def render_source(defines: dict[str, int] | None = None, source: Path = PROGRAM_SOURCE) -> str:
     """The final C text: our quoted includes inlined (bcc only rewrites map calls in the
-    main file), preceded by the -D style defines. What `attach --ebpf` prints."""
+    main file), preceded by the -D style defines. What `attach --ebpf` prints. Every quoted
+    include is relative to bpf/include; `source` is another root (a header compiled alone)."""
     seen: set[Path] = set()
 
     def inline(path: Path) -> str:
@@ -60,7 +65,7 @@ def render_source(defines: dict[str, int] | None = None) -> str:
         return _INCLUDE_RE.sub(repl, text)
 
     head = "".join(f"#define {k} {v}\n" for k, v in sorted((defines or {}).items()))
-    return head + inline(PROGRAM_SOURCE)
+    return head + inline(source)
 
 
 def _import_bcc():
@@ -114,7 +119,7 @@ def compile_program(defines: dict[str, int] | None = None, pin_dir: Path | None 
         d["XG_PIN_DIR"] = f'"{pin_dir}"'
     text = render_source(d)
     try:
-        b = bcc.BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
+        b = bcc.BPF(text=text.encode(), cflags=list(CFLAGS))
         fn = b.load_func(PROGRAM_FUNC.encode(), bcc.BPF.XDP)
         eg = b.load_func(EGRESS_FUNC.encode(), bcc.BPF.SCHED_CLS)
     except Exception as exc:

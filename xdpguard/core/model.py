@@ -354,7 +354,7 @@ class _List:
                 self.trie[p] = e.expired
 
     def hit(self, family: int, src: bytes) -> bool:
-        """list4_hit/list6_hit: the host hash, then up to EXPIRED_RETRY trie lookups, deleting
+        """list_hit (steps/lists.h): the host hash, then up to EXPIRED_RETRY trie lookups, deleting
         each expired longest match met on the way."""
         k = (family, src)
         if k in self.hosts:
@@ -486,7 +486,7 @@ class Model:
         return syn.mode == "cookie" and syn.on and a.family == 4
 
     def _syn_answered(self, a: Addresses, h: Headers, prot: Protected) -> bool:
-        """step_syn_auth() in cookie mode: a SYN is answered with a cookie SYN-ACK (XDP_TX). In
+        """step_synauth() in cookie mode: a SYN is answered with a cookie SYN-ACK (XDP_TX). In
         the model only `always` reaches that (a threshold is never exceeded: no time)."""
         return (is_syn(h) and prot.policy.syn.always and self._cookie_mode(a, prot)
                 and not self._is_verified((a.family, a.src), h))  # verified sources skip the SYN defence
@@ -526,9 +526,11 @@ class Model:
         return ("pass", Reason.CLEAN) if r is None else ("drop", r)
 
     def _steps(self, frame: bytes, a: Addresses, h: Headers, prot: Protected, src) -> Reason | str | None:
-        """policy_steps(): fragments, protocol, port, reflection, feature filters, TCP state;
+        """policy_steps(): TCP flags, fragments, protocol, port, reflection, feature filters, TCP state;
         rate limits and the SYN defence never drop in the model."""
         g = self.setup.global_
+        if h.tcp_flags & TCP_SYN and h.tcp_flags & (TCP_FIN | TCP_RST):  # step_tcpflags() (0 unless TCP)
+            return Reason.TCPFLAGS
         if h.is_frag and g.drop_fragments:
             return Reason.FRAGMENT
         if BLOCK_BITS.get(h.l4proto, "other") in prot.policy.blocked:
@@ -554,7 +556,7 @@ class Model:
                 self.bans.add(src)  # (a monitored reason bans nobody; nor is a verified source banned)
             return Reason.FEATURE
         if not self._tcpstate_ok(a, h, prot):
-            # step_cookie_ack(): in cookie mode an ACK of no recorded connection is checked for a
+            # step_syncookie(): in cookie mode an ACK of no recorded connection is checked for a
             # cookie; the model's ACKs are never valid ones (a random one passes the kernel's check
             # with odds of about 2^-22; tests/bpf/test_syncookie.py has the valid ones), and a bad
             # one keeps the TCP state verdict.

@@ -1,4 +1,4 @@
-/* tcpstate.h — TCP state validation: our own connection table, written on egress, read in XDP.
+/* steps/tcpstate.h — TCP state validation: our own connection table, written on egress, read in XDP.
  *
  * bcc 0.26 cannot call the conntrack kfuncs, so the protector keeps its own table. The tc egress
  * program (xdpguard_egress, cls_bpf direct-action on the protected interface, after nftables has
@@ -22,9 +22,11 @@
 #ifndef XDPGUARD_TCPSTATE_H
 #define XDPGUARD_TCPSTATE_H
 
+#include "common.h"
+#include "maps.h"
+#include "parsing.h"
 #include "knowngood.h"
 
-#define XG_TCP_RST 0x04
 #define XG_TC_ACT_OK 0
 
 static __always_inline __u64 ts_timeout_ns(__u32 configured_s, __u32 default_s)

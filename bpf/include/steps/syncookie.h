@@ -1,11 +1,11 @@
-/* syncookie.h — SYN cookies in XDP: answer a SYN with a cookie SYN-ACK (XDP_TX), check the ACK.
+/* steps/syncookie.h — SYN cookies in XDP: answer a SYN with a cookie SYN-ACK (XDP_TX), check the ACK.
  *
  * In SYN-defence mode (above the address's syn_threshold_pps, or always with XG_PROT_SYN_ALWAYS)
  * an address with XG_PROT_SYN_COOKIE answers every SYN itself: the cookie comes from the
  * kernel's bpf_tcp_raw_gen_syncookie_ipv4/6 (the kernel's own syncookie secret), the SYN-ACK is
  * built in place over the SYN and sent back out of the interface. No state is kept, so a
  * spoofed flood fills nothing. The returning ACK belongs to no recorded connection: the TCP
- * state step hands it here (step_cookie_ack), bpf_tcp_raw_check_syncookie_ipv4/6 validates it,
+ * state step hands it here (step_syncookie), bpf_tcp_raw_check_syncookie_ipv4/6 validates it,
  * a good one passes to the kernel, a bad one is dropped as `tcpstate`. In the kernel, nftables `synproxy`
  * (the input-hook rule of our table, nat.py) checks the same cookie again — the secret is the
  * kernel's, so it agrees — and opens the real connection to the backend through our DNAT
@@ -30,8 +30,9 @@
 #ifndef XDPGUARD_SYNCOOKIE_H
 #define XDPGUARD_SYNCOOKIE_H
 
-#define XG_TCP_RST 0x04              /* (as tcpstate.h) */
-#define XG_SYNCOOKIE_TX 0xfffffffe   /* step verdict: answer with a cookie SYN-ACK (not a reason) */
+#include "common.h"
+#include "maps.h"
+
 #define XG_SC_MSS4 1460
 #define XG_SC_MSS6 1440
 #define XG_SC_TTL 64
@@ -113,7 +114,7 @@ static __always_inline int xg_sc_load_tcp(struct xdp_md *ctx, struct xg_pkt *p, 
 /* Step 9c: an ACK that belongs to no recorded connection (step_tcpstate said TCPSTATE) passes
  * when it completes one of our cookie handshakes; else it stays a `tcpstate` drop (a spoofed
  * ACK: ACK floods keep their reason whatever the SYN mode), counted in xg_cookie_pcpu.ack_bad. */
-static __always_inline __u32 step_cookie_ack(struct xdp_md *ctx, struct xg_protected *prot, struct xg_pkt *p)
+static __always_inline __u32 step_syncookie(struct xdp_md *ctx, struct xg_protected *prot, struct xg_pkt *p)
 {
     if (!xg_cookie_mode(prot) || !xg_cookie_family(p) ||
         (p->tcp_flags & (XG_TCP_SYN | XG_TCP_RST | XG_TCP_FIN | XG_TCP_ACK)) != XG_TCP_ACK)
@@ -150,7 +151,7 @@ static __always_inline __u32 xg_sc_load_syn(struct xdp_md *ctx, struct xg_pkt *p
     if (doff < sizeof(struct tcphdr))
         return 0;
     /* bpf_xdp_load_bytes and the cookie helper take a length the verifier must bound away from
-     * 0; as in filter_payload (policy.h) it goes through a volatile slot and comes back as
+     * 0; as in filter_payload (steps/feature.h) it goes through a volatile slot and comes back as
      * ((len - 1) & 63) + 1, equal to doff (20..60). */
     volatile __u32 len_m1 = doff - 1;
     __u32 len = (len_m1 & (XG_SC_TCP_BUF - 1)) + 1;

@@ -1,13 +1,16 @@
-/* geo.h — region (geo) blocking: drop a source by the country its address is registered in.
+/* steps/geo.h — region (geo) blocking: drop a source by the country its address is registered in.
  *
  * One LPM lookup per packet to an address with a geo rule (a trie per family maps a source
  * prefix to a country index, abi.h), then one bit test in the address's country set: the cost
  * does not grow with the number of countries. An address without a rule pays the XG_PROT_GEO
- * flag test. The first step of policy_steps: after the lists, so an allowlisted source is never
+ * flag test. The first step of policy_steps (xdpguard.bpf.c): after the lists, so an allowlisted source is never
  * geo-dropped, and before any step that keeps per-source state.
  */
 #ifndef XDPGUARD_GEO_H
 #define XDPGUARD_GEO_H
+
+#include "common.h"
+#include "maps.h"
 
 static __always_inline __u32 step_geo(struct xg_protected *prot, struct xg_pkt *p)
 {
