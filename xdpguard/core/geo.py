@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from . import abi, libbpf
 from .policy import prot_key
 from .errors import UserError
+from .model.geo import MODES, GeoSpec
 
 DEFAULT_DB = "/usr/share/libloc-location/location.db"  # Debian's libloc-database (snapshot 2022-10-29)
 DB_ENV = "XDPGUARD_GEO_DB"
-MODES = ("drop", "cc")
 STATE_KEY = "geo"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -50,30 +50,6 @@ def index_country(i: int) -> str:
 
 def _well_formed(code: str) -> bool:
     return len(code) == 2 and all(ch in _ALPHABET for ch in code.upper()) and code != "00"
-
-
-@dataclass(frozen=True)
-class GeoSpec:
-    """One protected address's geo rule."""
-
-    countries: frozenset[str] = frozenset()  # upper-case ISO 3166 codes (as the database spells them)
-    only: bool = False  # True: drop every source NOT in `countries` (unknown sources too)
-    mode: str = "drop"  # MODES
-
-    def active(self) -> bool:
-        return bool(self.countries) or self.only
-
-    def describe(self) -> str:
-        cs = ", ".join(sorted(self.countries)) or "nothing"
-        what = f"only {cs} pass" if self.only else f"{cs} dropped"
-        mode = "" if self.mode == "drop" else f" (mode {self.mode}: challenge not wired yet, dropped in XDP)"
-        return what + mode
-
-    def to_data(self) -> dict:
-        out: dict = {("only" if self.only else "block"): sorted(self.countries)}
-        if self.mode != "drop":
-            out["mode"] = self.mode
-        return out
 
 
 def block(g: GeoSpec | None, codes) -> GeoSpec:
