@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from . import abi, libbpf
 from .policy import prot_key
 from .errors import UserError
-from .model.geo import MODES, GeoSpec
+from .model.geo import MODES, GeoSpec, normal
 
 DEFAULT_DB = "/usr/share/libloc-location/location.db"  # Debian's libloc-database (snapshot 2022-10-29)
 DB_ENV = "XDPGUARD_GEO_DB"
@@ -71,11 +71,6 @@ def only(g: GeoSpec | None, codes) -> GeoSpec:
 def with_mode(g: GeoSpec | None, mode: str) -> GeoSpec:
     g = g or GeoSpec()
     return GeoSpec(g.countries, g.only, mode)
-
-
-def normal(g: GeoSpec | None) -> GeoSpec | None:
-    """None for a rule that drops nothing (kept only for its mode: the mode alone is not stored)."""
-    return g if g is not None and g.active() else None
 
 
 # ---- the database ----

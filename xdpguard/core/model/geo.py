@@ -29,3 +29,8 @@ class GeoSpec:
         if self.mode != "drop":
             out["mode"] = self.mode
         return out
+
+
+def normal(g: GeoSpec | None) -> GeoSpec | None:
+    """None for a rule that drops nothing (kept only for its mode: the mode alone is not stored)."""
+    return g if g is not None and g.active() else None
