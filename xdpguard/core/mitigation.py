@@ -69,9 +69,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import config, connlimit, events, levels, policy, protection, state, tcpstate
+from . import connlimit, events, levels, policy, protection, state, tcpstate
 from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX, MapName
 from .errors import UserError
+from .spec.diff import describe
 
 STATE_KEY = "mitigations"
 MAX_PER_SERVICE = 4
@@ -522,7 +523,7 @@ def filter_from_json(d: dict) -> policy.Filter:
 
 
 def describe_filter(f: policy.Filter) -> str:
-    return config.describe(f).removesuffix(" -> mitigate")
+    return describe(f).removesuffix(" -> mitigate")
 
 
 def read_records(iface: state.Iface) -> dict:

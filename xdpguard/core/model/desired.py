@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from .. import abi, policy
 from ..cluster.schema import BgpSpec, ClusterSpec
 from ..l7 import spec as l7spec
-from ..prefixes import Prefix
+from .prefixes import Prefix
 from . import geo, thresholds, vocab
 from .connlimit import ConnLimits
 from .forwarding import ForwardRule
