@@ -31,13 +31,13 @@ from .stats import AttackRow, Collector
 from .errors import UserError
 from .model.thresholds import DEFAULT_HOLD_S, DEFAULT_THRESHOLDS, EventConfig, Measure, Thresholds, exceeded
 
-STATE_KEY = "attack"
+STATE_KEY = state.ATTACK.key  # the old name (reconcile.py spells the key through it)
 HOOK_TIMEOUT_S = 30.0
 
 
 def load_config(iface: state.Iface) -> EventConfig:
     try:
-        return EventConfig.from_json((state.read_state(iface) or {}).get(STATE_KEY))
+        return state.get(state.read_state(iface), state.ATTACK)
     except (TypeError, ValueError, KeyError, IndexError) as exc:
         raise UserError(f"state of {iface.name}: bad attack thresholds: {exc}") from None
 
@@ -47,8 +47,8 @@ def set_config(iface: state.Iface, update: Callable[[EventConfig], EventConfig])
         st = state.read_state(iface)
         if st is None:
             raise UserError(f"{iface.name} is not protected by xdpguard; run 'xdpguard attach {iface.name}' first")
-        cfg = update(EventConfig.from_json(st.get(STATE_KEY)))
-        st[STATE_KEY] = cfg.to_json()
+        cfg = update(state.get(st, state.ATTACK))
+        state.put(st, state.ATTACK, cfg)
         state.write_state(iface, st)
     return cfg
 

@@ -24,14 +24,14 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from . import abi, libbpf
+from . import abi, libbpf, state
 from .policy import prot_key
 from .errors import UserError
 from .model.geo import MODES, GeoSpec, normal
 
 DEFAULT_DB = "/usr/share/libloc-location/location.db"  # Debian's libloc-database (snapshot 2022-10-29)
 DB_ENV = "XDPGUARD_GEO_DB"
-STATE_KEY = "geo"
+STATE_KEY = state.GEO.key  # the old name (reconcile.py spells the key through it)
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -321,7 +321,7 @@ def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
     notes = []
     union = sorted({c for a in addresses if a.geo is not None for c in a.geo.countries})
     active = [a for a in addresses if a.geo is not None and a.geo.active()]
-    rec = st.get(STATE_KEY) or {}
+    rec = state.get(st, state.GEO)
     if active:
         db = GeoDB.open(rec.get("database") if rec.get("database") and not os.environ.get(DB_ENV) else None)
         want = {"database": db.path, "stamp": db.stamp, "countries": union}
