@@ -1,4 +1,4 @@
-"""The reference model (xdpguard/core/model.py) on hand-written packets; no root needed.
+"""The reference model (xdpguard/core/model/verdict.py) on hand-written packets; no root needed.
 
 The model's agreement with the real program is tests/bpf/test_differential.py's job; these pin
 down its reading of the pipeline on cases one can check by eye.
