@@ -1,5 +1,5 @@
 """Protection levels: loose, normal, strict — presets derived from an address's forward rules
-(pure: the presets; levelset.py sets and shows them on an interface, spec/load.py applies them).
+(pure: the presets; levelset.py sets and shows them on an interface, desired/load.py applies them).
 
 A level is a starting point, not a mode: `xdpguard level LEVEL` writes the preset's values into
 the address's policy (per-source limits, SYN defence, a per-port budget on every forwarded UDP

@@ -72,7 +72,7 @@ from dataclasses import dataclass, field, replace
 from . import connlimit, events, levels, policy, protection, state, tcpstate
 from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX, MapName
 from .errors import UserError
-from .spec.diff import describe
+from .desired.diff import describe
 
 STATE_KEY = state.MITIGATIONS.key  # the old name (cli/status.py spells the key through it)
 MAX_PER_SERVICE = 4

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from . import state
 from .model.desired import Desired, InterfaceSpec
-from .spec.dump import to_toml
-from .spec.load import ConfigError, loads
+from .desired.dump import to_toml
+from .desired.load import ConfigError, loads
 from .errors import UserError
 
 STORE_LOCK = "@store"  # a lock name no interface can have

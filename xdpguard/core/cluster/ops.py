@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from .. import cleansing, state
 from ..model.desired import Desired
-from ..spec import load as spec_load
+from ..desired import load as spec_load
 from ..errors import UserError
 from . import bgp as bgpmod
 from .store import ClusterStore, StoreUnavailable, Trust, parse_address

@@ -1,6 +1,6 @@
 """The cluster's records in the desired spec: `[cluster]` (this node's membership of a cluster
 whose desired state lives in etcd) and `[bgp]` (its BIRD speaker). Value types; the loader
-(spec/load.py) fills them from the node's own file."""
+(desired/load.py) fills them from the node's own file."""
 
 from __future__ import annotations
 

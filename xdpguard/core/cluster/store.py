@@ -42,8 +42,8 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from ..model.desired import Desired, InterfaceSpec
-from ..spec.dump import to_toml
-from ..spec.load import loads
+from ..desired.dump import to_toml
+from ..desired.load import loads
 from .schema import BgpSpec, ClusterSpec
 from ..errors import UserError
 from ..prefixes import Prefix

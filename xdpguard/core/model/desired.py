@@ -2,8 +2,8 @@
 
 Interfaces and their modes, protected addresses, lists, every cleansing policy, forwarding rules,
 attack thresholds and hooks, and the daemon's settings. The same tree is read from TOML
-(spec/load.py), written back (spec/dump.py), read from the kernel (reconcile.export_iface) and
-compared (spec/diff.py). Dynamic state (bans, list entries with a TTL, health, counters) is not
+(desired/load.py), written back (desired/dump.py), read from the kernel (reconcile.export_iface) and
+compared (desired/diff.py). Dynamic state (bans, list entries with a TTL, health, counters) is not
 part of it. Values are normalised (the norm_* functions: bursts filled in, filter payloads masked,
 port runs merged, lists as sets), so two trees that realise the same kernel state are equal.
 """
