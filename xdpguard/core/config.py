@@ -1,5 +1,5 @@
 """Desired state: a shim for one stop (issue 26). The records moved to model/desired.py (and
-cluster/schema.py), the loader to desired/load.py, the writer to desired/dump.py, the diff to desired/diff.py;
+model/cluster.py), the loader to desired/load.py, the writer to desired/dump.py, the diff to desired/diff.py;
 every old name (`config.loads`, `config.Desired`, `config._IFACE_KEYS`, ...) is re-exported here.
 New code imports the new modules."""
 
@@ -10,7 +10,7 @@ import ipaddress  # noqa: F401  (old attributes of this module: config.ipaddress
 from . import abi, vocab  # noqa: F401
 from .errors import UserError  # noqa: F401
 from .prefixes import parse_address, parse_prefix  # noqa: F401
-from .cluster.schema import (  # noqa: F401
+from .model.cluster import (  # noqa: F401
     BgpNeighbor, BgpSpec, ClusterSpec
 )
 from .model.desired import (  # noqa: F401

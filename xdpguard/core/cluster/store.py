@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 from ..model.desired import Desired, InterfaceSpec
 from ..desired.dump import to_toml
 from ..desired.load import loads
-from .schema import BgpSpec, ClusterSpec
+from ..model.cluster import BgpSpec, ClusterSpec
 from ..errors import UserError
 from ..prefixes import Prefix
 

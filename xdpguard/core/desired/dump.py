@@ -7,7 +7,7 @@ from dataclasses import MISSING, fields
 import tomli_w
 
 from .. import abi, policy
-from ..cluster.schema import BgpSpec
+from ..model.cluster import BgpSpec
 from ..l7 import schema as l7schema
 from ..model import thresholds, vocab
 from ..model.connlimit import ConnLimits

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import abi, levels, policy
-from ..cluster.schema import BgpNeighbor, BgpSpec, ClusterSpec
+from ..model.cluster import BgpNeighbor, BgpSpec, ClusterSpec
 from ..errors import UserError
 from ..l7 import schema as l7schema
 from ..l7 import spec as l7spec

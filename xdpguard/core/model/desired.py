@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from .. import abi, policy
-from ..cluster.schema import BgpSpec, ClusterSpec
+from .cluster import BgpSpec, ClusterSpec
 from ..l7 import spec as l7spec
 from .prefixes import Prefix
 from . import geo, thresholds, vocab
