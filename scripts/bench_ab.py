@@ -25,10 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.core import abi, benchcases, dataplane, libbpf, testrun  # noqa: E402
+import benchcases  # noqa: E402  (scripts/: the benchmark cases)
+from xdpguard.core import abi, dataplane, libbpf, testrun  # noqa: E402
 from xdpguard.core.abi import MapName  # noqa: E402
-from xdpguard.core.benchcases import (DST4, DST6, SRC4, SRC6, XDP_DROP, XDP_PASS, OnePacketRunner,  # noqa: E402
-                                      _all_steps, _set_filters, frame, header_filters)
+from benchcases import (DST4, DST6, SRC4, SRC6, XDP_DROP, XDP_PASS, OnePacketRunner,  # noqa: E402
+                        _all_steps, _set_filters, frame, header_filters)
 
 
 @contextmanager

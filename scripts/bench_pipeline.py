@@ -4,7 +4,7 @@
   .venv/bin/python scripts/bench_pipeline.py [--quick] [--json [FILE]]
 
 Needs root and bcc; nothing is attached (BPF_PROG_TEST_RUN). The cases are
-xdpguard.core.benchcases.run_pipeline: interleaved rounds, medians, every figure also as a ratio
+scripts/benchcases.run_pipeline: interleaved rounds, medians, every figure also as a ratio
 to the bare XDP_DROP program compiled in the same run. Floods run one test run per packet with
 the source rewritten between runs (sources really vary per packet).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.core.benchcases import run_pipeline  # noqa: E402
+from benchcases import run_pipeline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from scapy.packet import Raw
 
 from xdpguard.core import abi, policy
 from xdpguard.core.abi import Kind, MapName, Reason
-from xdpguard.core.model import Model, Protected, Setup
+from xdpguard.core.model.verdict import Model, Protected, Setup
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.protection import Guard
 from xdpguard.core.testrun import TestBed

@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 
 from xdpguard.core import abi, policy
 from xdpguard.core.abi import MapName, Reason
-from xdpguard.core.model import Listed, Model, Protected, Setup, egress_flow
+from xdpguard.core.model.verdict import Listed, Model, Protected, Setup, egress_flow
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.prefixes import Prefix, parse_prefix
 from xdpguard.core.protection import Guard

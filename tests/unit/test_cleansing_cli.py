@@ -259,12 +259,3 @@ def test_ban_ttl_validation_in_core():
         with pytest.raises(UserError):
             cleansing._check_ttl(bad)
     assert cleansing._check_ttl(60) == 60.0
-
-
-def test_core_imports_neither_click_nor_rich():
-    import subprocess
-    import sys
-
-    code = ("import sys, xdpguard.core.cleansing; "
-            "sys.exit(1 if {'click', 'rich'} & set(sys.modules) else 0)")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xdpguard.core import abi, policy
-from xdpguard.core.model import Headers, _filter_matches
+from xdpguard.core.model.verdict import Headers, _filter_matches
 from xdpguard.core.policy import Filter
 
 PORTS = st.sampled_from([0, 1, 53, 80, 443, 1000, 65534, 65535]) | st.integers(0, 65535)

@@ -1,4 +1,4 @@
-"""The reference model (xdpguard/core/model.py) on hand-written packets; no root needed.
+"""The reference model (xdpguard/core/model/verdict.py) on hand-written packets; no root needed.
 
 The model's agreement with the real program is tests/bpf/test_differential.py's job; these pin
 down its reading of the pipeline on cases one can check by eye.
@@ -15,7 +15,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from xdpguard.core.abi import Kind, Reason
-from xdpguard.core.model import Listed, Model, Protected, Setup, parse_addresses, parse_headers, verdict
+from xdpguard.core.model.verdict import Listed, Model, Protected, Setup, parse_addresses, parse_headers, verdict
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy
 from xdpguard.core.prefixes import parse_prefix
 

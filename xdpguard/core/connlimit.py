@@ -18,7 +18,7 @@ from . import abi, forward, nat, policy, state
 from .errors import UserError
 from .protection import _select_protected, locked_guard, open_guard
 
-KEY = forward.CONNLIMIT_KEY
+KEY = state.CONNLIMITS.key  # the old name
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ConnLimitResult:
 
 
 def _limits(st: dict) -> dict[str, dict]:
-    return dict(sorted((st.get(KEY) or {}).items()))
+    return state.get(st, state.CONNLIMITS)
 
 
 def check_limits(lim: nat.ConnLimits) -> None:
@@ -46,13 +46,13 @@ def set_limits(ifname: str | None, lim: nat.ConnLimits, protected: str | None = 
     with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         st = state.read_state(g.iface) or {}
-        old = dict(st.get(KEY) or {})
-        st[KEY] = {**old, **{str(a): asdict(lim) for a in addrs}}
+        old = state.get(st, state.CONNLIMITS)
+        state.put(st, state.CONNLIMITS, {**old, **{str(a): asdict(lim) for a in addrs}})
         state.write_state(g.iface, st)
         try:
             forward.rebuild()
         except UserError:
-            st[KEY] = old
+            state.put(st, state.CONNLIMITS, old)
             state.write_state(g.iface, st)
             raise
         return ConnLimitResult(g.iface.name, "set", _limits(st))
@@ -62,10 +62,10 @@ def clear(ifname: str | None, protected: str | None = None) -> ConnLimitResult:
     with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         st = state.read_state(g.iface) or {}
-        cur = dict(st.get(KEY) or {})
+        cur = state.get(st, state.CONNLIMITS)
         for a in addrs:
             cur.pop(str(a), None)
-        st[KEY] = cur
+        state.put(st, state.CONNLIMITS, cur)
         state.write_state(g.iface, st)
         forward.rebuild()
         return ConnLimitResult(g.iface.name, "clear", _limits(st))

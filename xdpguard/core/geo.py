@@ -24,14 +24,14 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from . import abi, libbpf
+from . import abi, libbpf, state
 from .policy import prot_key
 from .errors import UserError
+from .model.geo import MODES, GeoSpec, normal
 
 DEFAULT_DB = "/usr/share/libloc-location/location.db"  # Debian's libloc-database (snapshot 2022-10-29)
 DB_ENV = "XDPGUARD_GEO_DB"
-MODES = ("drop", "cc")
-STATE_KEY = "geo"
+STATE_KEY = state.GEO.key  # the old name (reconcile.py spells the key through it)
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -50,30 +50,6 @@ def index_country(i: int) -> str:
 
 def _well_formed(code: str) -> bool:
     return len(code) == 2 and all(ch in _ALPHABET for ch in code.upper()) and code != "00"
-
-
-@dataclass(frozen=True)
-class GeoSpec:
-    """One protected address's geo rule."""
-
-    countries: frozenset[str] = frozenset()  # upper-case ISO 3166 codes (as the database spells them)
-    only: bool = False  # True: drop every source NOT in `countries` (unknown sources too)
-    mode: str = "drop"  # MODES
-
-    def active(self) -> bool:
-        return bool(self.countries) or self.only
-
-    def describe(self) -> str:
-        cs = ", ".join(sorted(self.countries)) or "nothing"
-        what = f"only {cs} pass" if self.only else f"{cs} dropped"
-        mode = "" if self.mode == "drop" else f" (mode {self.mode}: challenge not wired yet, dropped in XDP)"
-        return what + mode
-
-    def to_data(self) -> dict:
-        out: dict = {("only" if self.only else "block"): sorted(self.countries)}
-        if self.mode != "drop":
-            out["mode"] = self.mode
-        return out
 
 
 def block(g: GeoSpec | None, codes) -> GeoSpec:
@@ -95,11 +71,6 @@ def only(g: GeoSpec | None, codes) -> GeoSpec:
 def with_mode(g: GeoSpec | None, mode: str) -> GeoSpec:
     g = g or GeoSpec()
     return GeoSpec(g.countries, g.only, mode)
-
-
-def normal(g: GeoSpec | None) -> GeoSpec | None:
-    """None for a rule that drops nothing (kept only for its mode: the mode alone is not stored)."""
-    return g if g is not None and g.active() else None
 
 
 # ---- the database ----
@@ -350,7 +321,7 @@ def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
     notes = []
     union = sorted({c for a in addresses if a.geo is not None for c in a.geo.countries})
     active = [a for a in addresses if a.geo is not None and a.geo.active()]
-    rec = st.get(STATE_KEY) or {}
+    rec = state.get(st, state.GEO)
     if active:
         db = GeoDB.open(rec.get("database") if rec.get("database") and not os.environ.get(DB_ENV) else None)
         want = {"database": db.path, "stamp": db.stamp, "countries": union}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from . import geo, protection, reconcile, state, store
-from .config import InterfaceSpec
+from .model.desired import InterfaceSpec
 from .errors import UserError
 from .prefixes import parse_address
 

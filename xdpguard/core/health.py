@@ -144,7 +144,7 @@ class HealthChecker:
                 for (ifn, rule_key, ep), tr in self.tracks.items():
                     if ifn == name:
                         health.setdefault(rule_key, {})[ep] = tr.health
-                st[forward.HEALTH_KEY] = health
+                state.put(st, state.FORWARD_HEALTH, health)
                 state.write_state(iface, st)
         with forward.nat_lock():
             states = forward._iface_states()

@@ -22,8 +22,8 @@ segments go as soon as the tier would otherwise exceed its share or they hold on
 than its retention. A restarted daemon rebuilds the coarse buckets it was filling from the 1 s
 tier, so a restart loses no coarse data that the 1 s tier still holds.
 
-Policy in force (the interface's cleansing policy as TOML, what `export` would print, without
-lists) is kept beside the tiers in `policy.jsonl`, a line each time it changes, so a report can
+Policy in force (the interface's cleansing policy as TOML: its desired spec as stored, what
+`export` would print, without lists) is kept beside the tiers in `policy.jsonl`, a line each time it changes, so a report can
 say which mitigations were configured during an attack.
 """
 
@@ -35,11 +35,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import config, reconcile, state
+from . import state, store
 from .errors import UserError
+from .model.desired import Desired
+from .desired.dump import to_toml
 
 DEFAULT_CAP_BYTES = 64 << 20  # all tiers of one interface together
 FSYNC_EVERY = 10  # records between two fdatasyncs of a tier's segment
@@ -410,11 +412,13 @@ def _last_policy_hash(d: Path) -> str | None:
 
 
 def policy_text(iface: str) -> str | None:
-    """The interface's cleansing policy as `export` would write it (no lists); None when not ours."""
-    spec = reconcile.export_iface(iface, lists=False)
+    """The interface's cleansing policy as `export` would write it (no lists): its desired spec
+    as stored (every verb stores its edit before the reconciler realises it; the history reads
+    the store, never the kernel); None when the store has no spec of it."""
+    spec = store.stored_interface(iface)
     if spec is None:
         return None
-    return config.to_toml(config.Desired(interfaces=(spec,)))
+    return to_toml(Desired(interfaces=(replace(spec, block=frozenset(), allow=frozenset()),)))
 
 
 # ---- reading ----

@@ -1,5 +1,5 @@
 """Protection levels: loose, normal, strict — presets derived from an address's forward rules
-(pure: the presets; levelset.py sets and shows them on an interface, config.py applies them).
+(pure: the presets; levelset.py sets and shows them on an interface, desired/load.py applies them).
 
 A level is a starting point, not a mode: `xdpguard level LEVEL` writes the preset's values into
 the address's policy (per-source limits, SYN defence, a per-port budget on every forwarded UDP
@@ -16,10 +16,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from . import policy
+from . import policy, state
 from .errors import UserError
 
-STATE_KEY = "levels"
+STATE_KEY = state.LEVELS.key  # the old name (reconcile.py, cli/status.py spell the key through it)
 LEVELS = ("loose", "normal", "strict")
 
 
@@ -87,7 +87,7 @@ def udp_ports(rules, addr) -> list[tuple[int, int]]:
 
 def mitigation_on(st: dict, addr: str) -> bool:
     """Automatic mitigation for an address: off only under a level that says so."""
-    lv = (st or {}).get(STATE_KEY, {}).get(str(ipaddress.ip_address(addr)) if addr else addr)
+    lv = state.get(st, state.LEVELS).get(str(ipaddress.ip_address(addr)) if addr else addr)
     return PRESETS[lv].mitigation if lv in PRESETS else True
 
 
@@ -102,5 +102,5 @@ def address_policy(level: str, cur: policy.AddressPolicy) -> policy.AddressPolic
 
 def udp_budget(st: dict, proto: str, addr) -> Preset | None:
     """The level whose UDP budget a newly forwarded port of addr gets (None: no level, no budget)."""
-    p = PRESETS.get((st or {}).get(STATE_KEY, {}).get(str(addr)))
+    p = PRESETS.get(state.get(st, state.LEVELS).get(str(addr)))
     return p if proto == "udp" and p is not None and p.udp_port is not None else None

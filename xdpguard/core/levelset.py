@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from . import forward, levels, policy, state
-from .levels import PRESETS, STATE_KEY, udp_ports
+from .levels import PRESETS, udp_ports
 from .protection import _select_protected, locked_guard, open_guard
 
 
@@ -35,7 +35,7 @@ class LevelResult:
 
 
 def _views(g, st: dict) -> list[LevelView]:
-    levels = st.get(STATE_KEY, {})
+    levels = state.get(st, state.LEVELS)
     rules = [r.rule for r in forward.stored_rules(g.iface.name, st)]
     plims = policy.read_port_limits(g.maps)
     out = []
@@ -76,9 +76,9 @@ def apply_locked(g, addrs, level: str, rules) -> None:
         for lo, hi in udp_ports(rules, a):
             policy.write_port_limits(g.maps, a, "udp", lo, hi, p.udp_port)
     st = state.read_state(g.iface) or {}
-    st.setdefault(STATE_KEY, {}).update({str(a): level for a in addrs})
+    known = {**state.get(st, state.LEVELS), **{str(a): level for a in addrs}}
+    state.put(st, state.LEVELS, known)
     state.write_state(g.iface, st)
-    known = st[STATE_KEY]
     if levels.fragments_dropped(known.get(a) for a in g.protected()):
         pol = policy.read_global_policy(g.maps)
         if not pol.drop_fragments:

@@ -69,11 +69,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import config, connlimit, events, levels, policy, protection, state, tcpstate
+from . import connlimit, events, levels, policy, protection, state, tcpstate
 from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX, MapName
 from .errors import UserError
+from .desired.diff import describe
 
-STATE_KEY = "mitigations"
+STATE_KEY = state.MITIGATIONS.key  # the old name (cli/status.py spells the key through it)
 MAX_PER_SERVICE = 4
 KEEP_LIFTED = 20  # lifted records kept in the state file (all are in events.jsonl)
 HARMFUL_REASONS = frozenset({"clean", "ratelimit", "mitigation"})
@@ -522,14 +523,11 @@ def filter_from_json(d: dict) -> policy.Filter:
 
 
 def describe_filter(f: policy.Filter) -> str:
-    return config.describe(f).removesuffix(" -> mitigate")
+    return describe(f).removesuffix(" -> mitigate")
 
 
 def read_records(iface: state.Iface) -> dict:
-    st = state.read_state(iface) or {}
-    d = st.get(STATE_KEY) or {}
-    return {"active": list(d.get("active", [])), "lifted": list(d.get("lifted", [])),
-            "suppressed": dict(d.get("suppressed", {}))}
+    return state.get(state.read_state(iface), state.MITIGATIONS)
 
 
 def _write_records(iface: state.Iface, recs: dict) -> None:
@@ -539,7 +537,7 @@ def _write_records(iface: state.Iface, recs: dict) -> None:
     now = time.time()
     recs["suppressed"] = {k: v for k, v in recs["suppressed"].items() if v > now}
     recs["lifted"] = recs["lifted"][-KEEP_LIFTED:]
-    st[STATE_KEY] = recs
+    state.put(st, state.MITIGATIONS, recs)
     state.write_state(iface, st)
 
 

@@ -21,12 +21,15 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from . import vocab
 from .errors import UserError
+from .model.thresholds import EventConfig
 
 def bpffs_root() -> Path:
     return Path(os.environ.get("XDPGUARD_BPFFS", "/run/xdpguard/bpffs"))
@@ -279,20 +282,63 @@ _FILTER = Rec(("sport", "dport", "length", "ttl", "tcp_flags"), proto=(str, type
 _MITIGATION = Rec(("id", "protected", "proto", "port", "filter"), id=str, protected=str, proto=str, port=int,
                   filter=_FILTER, fingerprint=str, state=str)
 
-#: the interface record's keys and their shapes (the writers: protection.attach, events, levels,
-#: mitigation, forward, connlimit, health)
+T = TypeVar("T")
+
+
+def _same(v):
+    return v
+
+
+@dataclass(frozen=True)
+class Field(Generic[T]):
+    """One key of the interface record: the only place it is spelled, its JSON shape (checked on
+    read), and its typed form: `load` turns the stored JSON (None when absent) into T, `dump`
+    turns T back into JSON. Read and written with get/put (on a record) or read_field/write_field
+    (on the file, under the interface lock)."""
+
+    key: str
+    shape: object
+    load: Callable[[Any], T] = _same
+    dump: Callable[[T], Any] = _same
+
+
+def get(st: dict | None, f: Field[T]) -> T:
+    return f.load((st or {}).get(f.key))
+
+
+def put(st: dict, f: Field[T], value: T) -> None:
+    st[f.key] = f.dump(value)
+
+
+def _mitigation_records(v) -> dict:
+    d = v or {}
+    return {"active": list(d.get("active", [])), "lifted": list(d.get("lifted", [])),
+            "suppressed": dict(d.get("suppressed", {}))}
+
+
+# The record's typed fields and their writers. The writer's modules (forward.py, reconcile.py,
+# protection.py, l7/engine.py) still spell forward/forward_health/forward_sysctl_saved/connlimits/
+# http themselves (tests/unit/test_state_records.py holds them equal to these) until they use them.
+ATTACK = Field("attack", Rec(default=_THRESHOLDS, addresses=Map(_THRESHOLDS), hold_s=NUM, hook=(str, type(None))),
+               EventConfig.from_json, EventConfig.to_json)  # events: attack thresholds, hold, hook
+LEVELS = Field("levels", Map(str), lambda v: dict(v or {}), dict)  # protected address → level (levelset)
+MITIGATIONS = Field("mitigations", Rec(active=Arr(_MITIGATION), lifted=Arr(OBJ), suppressed=Map(NUM)),
+                    _mitigation_records, _same)  # mitigation: active/lifted records, suppressed ids
+FORWARD = Field("forward", Arr(Rec(("rule",), rule=OBJ, udp_probe=(str, type(None)))))  # forward: the rules
+FORWARD_HEALTH = Field("forward_health", Map(Map(str)), lambda v: dict(v or {}), dict)  # rule → backend → health
+FORWARD_SYSCTL_SAVED = Field("forward_sysctl_saved", Map(str))  # forward: sysctls to restore
+CONNLIMITS = Field("connlimits", Map(OBJ), lambda v: dict(sorted((v or {}).items())),
+                   dict)  # protected address → ConnLimits fields (connlimit)
+HTTP = Field("http", Arr(Rec(("address", "name", "port"), address=str, name=str, port=int)))  # l7/engine
+GEO = Field("geo", Rec(database=str, stamp=str, countries=Arr(str)), lambda v: dict(v or {}),
+            dict)  # what the geo tries hold (geo.py)
+FIELDS = (ATTACK, LEVELS, MITIGATIONS, FORWARD, FORWARD_HEALTH, FORWARD_SYSCTL_SAVED, CONNLIMITS, HTTP, GEO)
+
+#: the interface record's keys and their shapes (the attach keys: protection.attach; the rest: FIELDS)
 STATE_SHAPE = Rec(
     iface=str, ifindex=int, netns=str, prog_id=int, mode=str, requested_mode=str, program_sha256=str,
     protected=Arr(str), monitor=bool, attached_at=NUM, upgraded_at=NUM,
-    levels=Map(str),
-    attack=Rec(default=_THRESHOLDS, addresses=Map(_THRESHOLDS), hold_s=NUM, hook=(str, type(None))),
-    mitigations=Rec(active=Arr(_MITIGATION), lifted=Arr(OBJ), suppressed=Map(NUM)),
-    forward=Arr(Rec(("rule",), rule=OBJ, udp_probe=(str, type(None)))),
-    forward_health=Map(Map(str)),
-    forward_sysctl_saved=Map(str),
-    connlimits=Map(OBJ),
-    http=Arr(Rec(("address", "name", "port"), address=str, name=str, port=int)),
-    geo=Rec(database=str, stamp=str, countries=Arr(str)),  # what the geo tries hold (geo.py)
+    **{f.key: f.shape for f in FIELDS},
 )
 
 

@@ -19,8 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import config, state
-from .config import Desired, InterfaceSpec
+from . import state
+from .model.desired import Desired, InterfaceSpec
+from .desired.dump import to_toml
+from .desired.load import ConfigError, loads
 from .errors import UserError
 
 STORE_LOCK = "@store"  # a lock name no interface can have
@@ -74,8 +76,8 @@ def load() -> Desired:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"desired-state store {p} is unreadable: {exc}") from None
     try:
-        return config.loads(text, str(p))[0]
-    except config.ConfigError as exc:
+        return loads(text, str(p))[0]
+    except ConfigError as exc:
         raise UserError(f"desired-state store {p} is corrupt: {exc.problems[0]}") from None
 
 
@@ -116,7 +118,7 @@ def save(desired: Desired, source: str | None = None, source_sha256: str | None 
                 old.generation + 1)
     files = {(spec.name, which): str(lists_dir() / f"{spec.name}.{which}")
              for spec in desired.interfaces for which in ("block", "allow")}
-    text = config.to_toml(desired, files)
+    text = to_toml(desired, files)
     check_loads_back(desired, text)  # before anything is written: the store never holds what load() refuses
     state.private_dir(state.state_root())
     state.netns_state_dir()
@@ -141,8 +143,8 @@ def check_loads_back(desired: Desired, text: str) -> None:
     else a UserError, and nothing is stored: a value the loader refuses would make every later
     verb fail on a corrupt store."""
     try:
-        back, _ = config.loads(text, str(desired_path()), read_files=False)
-    except config.ConfigError as exc:
+        back, _ = loads(text, str(desired_path()), read_files=False)
+    except ConfigError as exc:
         raise UserError(f"refusing to store the desired state: {exc.problems[0]}") from None
     bare = replace(desired, interfaces=tuple(replace(s, block=frozenset(), allow=frozenset())
                                              for s in desired.interfaces))

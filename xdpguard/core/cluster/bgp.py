@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import state, vocab
-from ..config import BgpSpec, IPAddress
+from ..model.cluster import BgpSpec, IPAddress
 from ..errors import UserError
 
 STATIC4, STATIC6 = "xg_vip4", "xg_vip6"  # BIRD protocol names of the announced routes

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import dataplane, fanout, protection, sampling, stats
-from ..config import BgpSpec
+from ..model.cluster import BgpSpec
 from ..errors import UserError
 from .bgp import Escalation
 

@@ -42,7 +42,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import IPS_ASSURED, NFCTAttrTuple
 
 from .. import cleansing, connlimit, dataplane, forward, protection, reconcile, state
-from ..config import Desired, InterfaceSpec
+from ..model.desired import Desired, InterfaceSpec
 from ..errors import UserError
 from . import bgp as bgpmod
 from . import escalate

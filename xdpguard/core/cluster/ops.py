@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from .. import cleansing, config, state
-from ..config import Desired
+from .. import cleansing, state
+from ..model.desired import Desired
+from ..desired import load as spec_load
 from ..errors import UserError
 from . import bgp as bgpmod
 from .store import ClusterStore, StoreUnavailable, Trust, parse_address
@@ -17,7 +18,7 @@ def _as_dict(obj) -> dict:
 
 
 def load(path: str) -> Desired:
-    desired, _ = config.load(path)
+    desired, _ = spec_load.load(path)
     if desired.cluster is None:
         raise UserError(f"{path}: no [cluster] section (name, node, endpoints)")
     return desired
@@ -155,7 +156,7 @@ class ApplyResult:
 
 def apply(desired: Desired, path: str, prune: bool = False) -> ApplyResult:
     """Put every [[interface]] of the file at `path` into the store (the cluster's desired state)."""
-    new, _ = config.load(path)
+    new, _ = spec_load.load(path)
     if not new.interfaces:
         raise UserError(f"{path}: no [[interface]] to put into the cluster's desired state")
     trust = Trust.of(desired.cluster, desired.bgp)

@@ -41,8 +41,10 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-from .. import config
-from ..config import BgpSpec, ClusterSpec, Desired, InterfaceSpec
+from ..model.desired import Desired, InterfaceSpec
+from ..desired.dump import to_toml
+from ..desired.load import loads
+from ..model.cluster import BgpSpec, ClusterSpec
 from ..errors import UserError
 from ..prefixes import Prefix
 
@@ -179,7 +181,7 @@ def parse_address(text: str) -> str:
 
 
 def desired_text(spec: InterfaceSpec) -> str:
-    return config.to_toml(Desired((spec,)))
+    return to_toml(Desired((spec,)))
 
 
 # ---- big lists: content-addressed chunks ----
@@ -266,7 +268,7 @@ def parse_desired(key: str, value: bytes, trust: Trust | None = None) -> Interfa
     if trust is not None:
         check_local_only(where, data)
     try:
-        d, _ = config.loads(text, where)
+        d, _ = loads(text, where)
     except UserError as exc:
         raise Rejected(_first_line(exc)) from None
     if len(d.interfaces) != 1:

@@ -36,8 +36,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .abi import FILTERS_MAX, REASON_MAX, VF_TCP, VF_UDP, Kind, Reason
-from .policy import PROTO_NUMBERS, AddressPolicy, Filter, GlobalPolicy, Limits
+from ..abi import FILTERS_MAX, REASON_MAX, VF_TCP, VF_UDP, Kind, Reason
+from ..policy import PROTO_NUMBERS, AddressPolicy, Filter, GlobalPolicy, Limits
 from .prefixes import Prefix
 
 ETH_HLEN = 14

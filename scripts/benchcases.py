@@ -28,12 +28,12 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, libbpf, policy
-from .abi import MapName
-from .policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
-from .prefixes import Prefix
-from .protection import Guard
-from .testrun import TestBed, bare_drop_prog
+from xdpguard.core import abi, libbpf, policy
+from xdpguard.core.abi import MapName
+from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
+from xdpguard.core.prefixes import Prefix
+from xdpguard.core.protection import Guard
+from xdpguard.core.testrun import TestBed, bare_drop_prog
 
 XDP_DROP, XDP_PASS = 1, 2
 DST4, DST6 = "198.51.100.10", "2001:db8:ffff:fffe::10"
