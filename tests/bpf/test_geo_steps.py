@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import geo, policy
+from xdpguard.core import geo, guard, policy
 from xdpguard.core.abi import MapName, Reason
 from xdpguard.core.testrun import TestBed
 
@@ -100,8 +100,8 @@ def test_ipv6(bed):
 def test_policy_rewrite_keeps_the_geo_flag_and_read_back(bed):
     a = ipaddress.ip_address(PROT_A)
     rule(bed, PROT_A, {"XA", "XB"})
-    pol = policy.read_address_policy(bed.maps, a)
-    policy.write_address_policy(bed.maps, a, pol)  # what `limit set`, `proto block` do
+    pol = guard.read_address_policy(bed.maps, a)
+    guard.write_address_policy(bed.maps, a, pol)  # what `limit set`, `proto block` do
     assert bed.verdict(pkt(IN_XA, PROT_A)).reason == Reason.GEO
     prot = bed.maps[MapName.PROT4].get(policy.prot_key(a))
     assert geo.read_spec(bed.maps, prot) == geo.GeoSpec(frozenset({"XA", "XB"}))

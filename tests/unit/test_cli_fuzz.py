@@ -577,6 +577,15 @@ class _EmptyGuard:
     def protected_addrs(self):
         return [ipaddress.ip_address(FZ_ADDR)]
 
+    def read_address_policy(self, a):
+        return policy.AddressPolicy()
+
+    def read_global_policy(self):
+        return policy.GlobalPolicy()
+
+    def read_port_limits(self):
+        return {}
+
 
 @pytest.fixture
 def kernel_edge(monkeypatch, tmp_path):
@@ -591,9 +600,6 @@ def kernel_edge(monkeypatch, tmp_path):
     monkeypatch.setattr(dataplane, "query", lambda ifindex: dataplane.XdpAttachment(1, "skb",
                                                                                      dataplane.PROGRAM_KERNEL_NAME))
     monkeypatch.setattr(protection.Guard, "open", staticmethod(lambda iface: _EmptyGuard(iface)))
-    monkeypatch.setattr(policy, "read_address_policy", lambda maps, a: policy.AddressPolicy())
-    monkeypatch.setattr(policy, "read_global_policy", lambda maps: policy.GlobalPolicy())
-    monkeypatch.setattr(policy, "read_port_limits", lambda maps: {})
     monkeypatch.setattr(reconcile, "_permanent", lambda g, which: frozenset())
     monkeypatch.setattr(reconcile, "management_addresses", lambda: set())
     realised: list = []

@@ -8,7 +8,6 @@ opens the interface's maps, takes its lock once, writes, and returns a frozen re
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -59,11 +58,11 @@ class LimitResult:
 def _limit_views(g, only=None) -> list[LimitView]:
     out = []
     for a in g.protected_addrs():
-        lim = policy.read_address_policy(g.maps, a).limits
+        lim = g.read_address_policy(a).limits
         if lim.active():
             out.append(LimitView(str(a), "address", asdict(lim)))
     runs: list[list] = []  # [addr, proto, lo, hi, Limits]
-    for (addr, proto, port), lim in policy.read_port_limits(g.maps).items():
+    for (addr, proto, port), lim in g.read_port_limits().items():
         if runs and runs[-1][0] == addr and runs[-1][1] == proto and runs[-1][3] == port - 1 and runs[-1][4] == lim:
             runs[-1][3] = port
         else:
@@ -90,8 +89,8 @@ def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None =
         addrs = _select_protected(g, protected)
         if spec is None:
             for a in addrs:
-                cur = policy.read_address_policy(g.maps, a)
-                policy.write_address_policy(g.maps, a, replace(cur, limits=limits))
+                cur = g.read_address_policy(a)
+                g.write_address_policy(a, replace(cur, limits=limits))
             changed = len(addrs)
         else:
             proto, lo, hi = spec
@@ -100,20 +99,15 @@ def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None =
 
 
 def _write_port_limits(g, addrs, proto: str, lo: int, hi: int, lim: policy.Limits | None) -> int:
-    m = g.maps[abi.MapName.PORTLIM]
     if lim is not None:
-        have = {(bytes(k.addr), k.family, k.proto, k.port) for k in m.keys()}
-        new = sum(1 for a in addrs for p in range(lo, hi + 1)
-                  if (a.packed.ljust(16, b"\0"), a.version, policy.PROTO_NUMBERS[proto], p) not in have)
-        if len(have) + new > m.max_entries:
-            raise UserError(f"too many per-port limits: {len(have) + new:,} entries, the table holds {m.max_entries:,}")
+        g.check_port_limits_room(addrs, proto, lo, hi)
     changed = 0
     for a in addrs:
         if lim is None:
-            changed += sum(1 for p in range(lo, hi + 1) if m.get(policy.port_key(a, proto, p)) is not None)
+            changed += g.count_port_limits(a, proto, lo, hi)
         else:
             changed += hi - lo + 1
-        policy.write_port_limits(g.maps, a, proto, lo, hi, lim)
+        g.write_port_limits(a, proto, lo, hi, lim)
     return changed
 
 
@@ -127,18 +121,18 @@ def limit_clear(ifname: str | None, protected: str | None = None, port: str | No
         changed = 0
         if spec is None:
             for a in addrs:
-                cur = policy.read_address_policy(g.maps, a)
+                cur = g.read_address_policy(a)
                 changed += cur.limits != policy.Limits()
-                policy.write_address_policy(g.maps, a, replace(cur, limits=policy.Limits()))
+                g.write_address_policy(a, replace(cur, limits=policy.Limits()))
         else:
             proto, lo, hi = spec
             changed += _write_port_limits(g, addrs, proto, lo, hi, None)
         if all_ports:
             wanted = set(addrs)
-            for addr, proto, p in list(policy.read_port_limits(g.maps)):
+            for addr, proto, p in list(g.read_port_limits()):
                 a = ipaddress.ip_address(addr)
                 if a in wanted:
-                    policy.write_port_limits(g.maps, a, proto, p, p, None)
+                    g.write_port_limits(a, proto, p, p, None)
                     changed += 1
         return LimitResult(g.iface.name, "clear", changed, _limit_views(g))
 
@@ -162,7 +156,7 @@ class ProtoResult:
 
 def _blocked(g) -> dict[str, list[str]]:
     order = list(policy.PROTOCOLS)
-    return {str(a): sorted(policy.read_address_policy(g.maps, a).blocked, key=order.index) for a in g.protected_addrs()}
+    return {str(a): sorted(g.read_address_policy(a).blocked, key=order.index) for a in g.protected_addrs()}
 
 
 def check_proto(proto: str) -> str:
@@ -177,10 +171,10 @@ def proto_change(ifname: str | None, proto: str, block: bool, protected: str | N
     with locked_guard(ifname) as g:
         changed = 0
         for a in _select_protected(g, protected):
-            cur = policy.read_address_policy(g.maps, a)
+            cur = g.read_address_policy(a)
             new = cur.blocked | {proto} if block else cur.blocked - {proto}
             if new != cur.blocked:
-                policy.write_address_policy(g.maps, a, replace(cur, blocked=frozenset(new)))
+                g.write_address_policy(a, replace(cur, blocked=frozenset(new)))
                 changed += 1
         return ProtoResult(g.iface.name, "block" if block else "unblock", changed, _blocked(g))
 
@@ -196,16 +190,16 @@ def proto_show(ifname: str | None) -> ProtoResult:
 def _change_global(ifname: str | None, change) -> tuple[str, policy.GlobalPolicy, policy.GlobalPolicy]:
     """Read the global policy, apply change(old) → new (which validates), write it; one lock."""
     with locked_guard(ifname) as g:
-        old = policy.read_global_policy(g.maps)
+        old = g.read_global_policy()
         new = change(old)
         if new != old:
-            policy.write_global_policy(g.maps, new, old)
+            g.write_global_policy(new, old)
         return g.iface.name, old, new
 
 
 def _read_global(ifname: str | None) -> tuple[str, policy.GlobalPolicy]:
     with open_guard(ifname) as g:
-        return g.iface.name, policy.read_global_policy(g.maps)
+        return g.iface.name, g.read_global_policy()
 
 
 @dataclass(frozen=True)
@@ -434,16 +428,14 @@ def parse_window(text: str) -> tuple[int, int]:
 def _syn_views(g) -> list[SynView]:
     out = []
     for a in g.protected_addrs():
-        p = policy.read_address_policy(g.maps, a)
+        p = g.read_address_policy(a)
         out.append(SynView(str(a), p.syn.threshold_pps, p.syn.auth_min_ms, p.syn.auth_max_ms, p.syn.auth_keep_s,
                            p.limits.syn_src_pps, p.syn.mode, p.syn.always))
     return out
 
 
 def _cookie_counts(g) -> dict[str, int]:
-    m = g.maps.get(abi.MapName.COOKIES)
-    per_cpu = m.get(ctypes.c_uint32(0)) if m is not None else None
-    return {n: sum(getattr(c, n) for c in per_cpu) for n, _ in abi.CookieStats._fields_} if per_cpu else {}
+    return g.cookie_counts()
 
 
 def syn_policy(threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
@@ -461,8 +453,8 @@ def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = No
     with locked_guard(ifname) as g:
         addrs = _select_protected(g, protected)
         for a in addrs:
-            cur = policy.read_address_policy(g.maps, a)
-            policy.write_address_policy(g.maps, a, replace(cur, syn=syn))
+            cur = g.read_address_policy(a)
+            g.write_address_policy(a, replace(cur, syn=syn))
         return SynResult(g.iface.name, "set", len(addrs), _syn_views(g), _cookie_counts(g))
 
 
@@ -487,7 +479,7 @@ class BanResult:
 def _bans(g) -> list[policy.BanView]:
     # an operator's ban carries reason `banned`; say so
     return [replace(b, reason="operator") if b.reason == abi.Reason.BANNED.label else b
-            for b in policy.read_bans(g.maps, _now_ns())]
+            for b in g.read_bans(_now_ns())]
 
 
 def _check_ttl(ttl) -> float:
@@ -502,14 +494,7 @@ def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:
     if not parsed:
         raise UserError("give at least one address")
     with locked_guard(ifname) as g:
-        now = _now_ns()
-        policy.sweep_bans(g.maps, now)
-        m = g.maps[abi.MapName.OPBANS]  # never evicted by the data path's bans
-        for a in parsed:
-            k = policy.src_key(a)
-            old = m.get(k)
-            m.set(k, abi.Ban(now + int(ttl * 1e9), old.hits if old is not None else 0, abi.Reason.BANNED, 0))
-        policy.note_operator_ban(g.maps, [policy.src_key(a) for a in parsed])
+        g.ban(parsed, ttl)
         return BanResult(g.iface.name, "add", len(parsed), _bans(g))
 
 
@@ -518,14 +503,7 @@ def ban_del(ifname: str | None, addrs: list[str]) -> BanResult:
     if not parsed:
         raise UserError("give at least one address")
     with locked_guard(ifname) as g:
-        removed, missing = 0, []
-        for a in parsed:
-            k = policy.src_key(a)
-            if g.maps[abi.MapName.OPBANS].delete(k) | g.maps[abi.MapName.BANS].delete(k):
-                removed += 1
-            else:
-                missing.append(str(a))
-        policy.sweep_bans(g.maps, _now_ns())
+        removed, missing = g.unban(parsed)
         return BanResult(g.iface.name, "del", removed, _bans(g), missing)
 
 

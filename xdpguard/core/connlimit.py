@@ -14,7 +14,7 @@ import ipaddress
 import time
 from dataclasses import asdict, dataclass, fields
 
-from . import abi, forward, nat, policy, state
+from . import abi, forward, guard, nat, policy, state
 from .errors import UserError
 from .protection import _select_protected, locked_guard, open_guard
 
@@ -114,7 +114,7 @@ def promote(maps, found: list[tuple[str, float]], default_s: float = 60.0) -> li
         if cur is None or cur.expires_ns <= now:
             new.append(str(a))
     if written:
-        policy.note_dynamic_ban(maps, written)  # the ban bloom must hold them (policy.enable_ban_bloom)
+        guard.note_dynamic_ban(maps, written)  # the ban bloom must hold them (guard.enable_ban_bloom)
     return new
 
 

@@ -376,10 +376,10 @@ def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected
             state.write_state(g.iface, new_st)
             lv = levels.udp_budget(new_st, rule.proto, rule.protected)
             if lv is not None:  # the address's protection level: a budget on the new UDP ports (levels.py)
-                have = policy.read_port_limits(g.maps)
+                have = g.read_port_limits()
                 for port in range(rule.port_lo, rule.port_hi + 1):
                     if (str(rule.protected), "udp", port) not in have:
-                        policy.write_port_limits(g.maps, rule.protected, "udp", port, port, lv.udp_port)
+                        g.write_port_limits(rule.protected, "udp", port, port, lv.udp_port)
                 notes.append(f"level {lv.level}: {lv.udp_port.src_pps:,} pps per source on udp {rule.port_lo}"
                              + (f"-{rule.port_hi}" if rule.port_hi != rule.port_lo else ""))
             if not old_rules:

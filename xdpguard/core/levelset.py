@@ -37,7 +37,7 @@ class LevelResult:
 def _views(g, st: dict) -> list[LevelView]:
     levels = st.get(STATE_KEY, {})
     rules = [r.rule for r in forward.stored_rules(g.iface.name, st)]
-    plims = policy.read_port_limits(g.maps)
+    plims = g.read_port_limits()
     out = []
     for a in g.protected_addrs():
         lv = levels.get(str(a))
@@ -45,7 +45,7 @@ def _views(g, st: dict) -> list[LevelView]:
             out.append(LevelView(str(a), None, False, "-"))
             continue
         p = PRESETS[lv]
-        cur = policy.read_address_policy(g.maps, a)
+        cur = g.read_address_policy(a)
         adjusted = (cur.limits != p.limits.effective() or cur.syn.threshold_pps != p.syn.threshold_pps
                     or (p.block_other and "other" not in cur.blocked))
         for lo, hi in udp_ports(rules, a):
@@ -72,17 +72,17 @@ def apply_locked(g, addrs, level: str, rules) -> None:
     """Write the level's values for addrs and remember it (the caller holds the lock)."""
     p = levels.preset(level)
     for a in addrs:
-        policy.write_address_policy(g.maps, a, levels.address_policy(level, policy.read_address_policy(g.maps, a)))
+        g.write_address_policy(a, levels.address_policy(level, g.read_address_policy(a)))
         for lo, hi in udp_ports(rules, a):
-            policy.write_port_limits(g.maps, a, "udp", lo, hi, p.udp_port)
+            g.write_port_limits(a, "udp", lo, hi, p.udp_port)
     st = state.read_state(g.iface) or {}
     st.setdefault(STATE_KEY, {}).update({str(a): level for a in addrs})
     state.write_state(g.iface, st)
     known = st[STATE_KEY]
     if levels.fragments_dropped(known.get(a) for a in g.protected()):
-        pol = policy.read_global_policy(g.maps)
+        pol = g.read_global_policy()
         if not pol.drop_fragments:
-            policy.write_global_policy(g.maps, replace(pol, drop_fragments=True), pol)
+            g.write_global_policy(replace(pol, drop_fragments=True), pol)
 
 
 def show(ifname: str | None) -> LevelResult:

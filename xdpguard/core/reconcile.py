@@ -62,12 +62,12 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     taken from `stored` (a verb that did not touch lists need not walk a million entries)."""
     st = state.read_state(g.iface) or {}
     runs = g.open_ports()
-    plims = policy.read_port_limits(g.maps)
+    plims = g.read_port_limits()
     addrs = []
     lv = st.get(levels.STATE_KEY, {})
     cls = st.get(forward.CONNLIMIT_KEY) or {}
     for a in g.protected_addrs():
-        pol = policy.read_address_policy(g.maps, a)
+        pol = g.read_address_policy(a)
         opened = [(proto, lo, hi) for (addr, proto), rs in runs.items() if addr == str(a)
                   for lo, hi, flags in rs if flags & abi.PORT_BY_OPERATOR]
         pl = [(proto, port, port, lim) for (addr, proto, port), lim in plims.items() if addr == str(a)]
@@ -76,7 +76,7 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
                                  forward.stored_connlimit(cls.get(str(a))),
                                  geo=geo.read_address(g.maps, a)))
-    glob = policy.read_global_policy(g.maps)
+    glob = g.read_global_policy()
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
     else:
@@ -128,14 +128,6 @@ def protection_ifaces() -> list[str]:
 # ---- making the kernel match ----
 
 
-def _free_slot(g: protection.Guard) -> int:
-    used = set()
-    for name in (abi.MapName.PROT4, abi.MapName.PROT6):
-        for _, v in g.maps[name].items():
-            used.add(v.syn.slot)
-    return next(i for i in range(abi.PROTECTED_MAX) if i not in used)
-
-
 def _port_set(runs) -> set[tuple[str, int]]:
     return {(p, n) for p, lo, hi in runs for n in range(lo, hi + 1)}
 
@@ -156,7 +148,7 @@ def _change_ports(g, addr, ports: set[tuple[str, int]], add: bool) -> None:
 def _write_address(g, old: AddressSpec | None, new: AddressSpec) -> None:
     a = new.address
     if old is None or (old.blocked, old.limits, old.syn) != (new.blocked, new.limits, new.syn):
-        policy.write_address_policy(g.maps, a, new.policy)
+        g.write_address_policy(a, new.policy)
     oldp = _port_set(old.open_ports) if old else set()
     newp = _port_set(new.open_ports)
     _change_ports(g, a, newp - oldp, True)
@@ -165,18 +157,17 @@ def _write_address(g, old: AddressSpec | None, new: AddressSpec) -> None:
     newl = _port_limit_map(new.port_limits)
     for (proto, n), lim in newl.items():
         if oldl.get((proto, n)) != lim:
-            policy.write_port_limits(g.maps, a, proto, n, n, lim)
+            g.write_port_limits(a, proto, n, n, lim)
     for (proto, n) in oldl.keys() - newl.keys():
-        policy.write_port_limits(g.maps, a, proto, n, n, None)
+        g.write_port_limits(a, proto, n, n, None)
 
 
 def _remove_address(g, old: AddressSpec) -> None:
     a = old.address
     _change_ports(g, a, _port_set(old.open_ports), False)
     for (proto, n) in _port_limit_map(old.port_limits):
-        policy.write_port_limits(g.maps, a, proto, n, n, None)
-    m = g.maps[abi.MapName.PROT4 if a.version == 4 else abi.MapName.PROT6]
-    m.delete(policy.prot_key(a))
+        g.write_port_limits(a, proto, n, n, None)
+    g.remove_protected(a)
 
 
 def write_geo(g: protection.Guard, addresses) -> list[str]:
@@ -225,10 +216,9 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
     notes = []
     for a in new.addresses:
         if old.address(a.address) is None:
-            m = g.maps[abi.MapName.PROT4 if a.address.version == 4 else abi.MapName.PROT6]
-            m.set(policy.prot_key(a.address), policy.new_protected(_free_slot(g)))
+            g.add_protected(a.address)
     if old.global_ != new.global_:
-        policy.write_global_policy(g.maps, new.global_, old.global_)
+        g.write_global_policy(new.global_, old.global_)
     for a in new.addresses:
         _write_address(g, old.address(a.address), a)
     if [(a.address, a.geo) for a in old.addresses] != [(a.address, a.geo) for a in new.addresses]:
