@@ -296,7 +296,7 @@ def test_write_durably_refuses_a_device(tmp_path):
                                          ("block", "::/0")])
 def test_a_list_entry_for_every_address_needs_force(env, monkeypatch, capsys, recorded_calls, which, cidr):
     calls = []
-    monkeypatch.setattr(protection, "list_add", lambda *a, **k: calls.append(a) or protection.ListChangeResult(
+    monkeypatch.setattr(reconcile, "edit", lambda *a, **k: calls.append(a) or protection.ListChangeResult(
         IF, which, "add", 1, 0, 0, [], []))
     assert run([which, "add", "198.51.100.0/24", cidr]) == 2
     one_error(capsys, cidr, "--force")
@@ -364,9 +364,8 @@ def test_metrics_port_and_contradictory_tcp_flags_are_refused(capsys):
 
 
 def test_filter_add_with_contradictory_tcp_flags_is_one_line(env, monkeypatch, capsys):
-    from xdpguard.core import cleansing
     calls = []
-    monkeypatch.setattr(cleansing, "filter_add", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(reconcile, "edit", lambda *a, **k: calls.append(a))
     assert run(["filter", "add", "--action", "drop", "--tcp-flags", "syn,!syn"]) == 2
     one_error(capsys, "given twice")
     assert calls == []

@@ -51,26 +51,42 @@ def _lists(spec: InterfaceSpec, which: str, prefixes, permanent: bool) -> Interf
     return replace(spec, **{which: new})  # an entry refreshed with a TTL is dynamic from then on
 
 
+def _list_result(action: str, which: str, io: reconcile.ListIO, normalised: list[str]):
+    return lambda g, old, new, notes: protection.ListChangeResult(
+        g.iface.name, which, action, io.added, io.updated, io.removed, io.missing, normalised)
+
+
 def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None, force: bool = False):
-    prefixes, _ = protection.parse_many(cidrs)
-    protection.check_ttl(ttl)
+    """Permanent entries (no ttl) join the spec's list; entries with a TTL are dynamic (they
+    leave it). Every named entry is written (an existing one keeps its hit count)."""
+    prefixes, normalised = protection.parse_many(cidrs)
+    expires = protection.check_ttl(ttl)
     protection.check_whole_family(which, prefixes, force)
-    return reconcile.change(ifname, lambda s: _lists(s, which, prefixes, ttl is None),
-                            lambda: protection.list_add(which, ifname, cidrs, ttl), lists=True)
+    io = reconcile.ListIO(which, upsert=prefixes, expires_ns=expires)
+    return reconcile.edit(ifname, lambda s, g: _lists(s, which, prefixes, ttl is None),
+                          _list_result("add", which, io, normalised), io=io,
+                          dynamic=lambda g: g.sweep_expired(which))
 
 
 def list_del(which: str, ifname: str | None, cidrs: list[str]):
-    prefixes, _ = protection.parse_many(cidrs)
-    return reconcile.change(ifname, lambda s: _lists(s, which, prefixes, False),
-                            lambda: protection.list_del(which, ifname, cidrs), lists=True)
+    prefixes, normalised = protection.parse_many(cidrs)
+    io = reconcile.ListIO(which, delete=prefixes)
+
+    def result(g, old, new, notes):
+        g.sweep_expired(which)
+        return _list_result("del", which, io, normalised)(g, old, new, notes)
+
+    return reconcile.edit(ifname, lambda s, g: _lists(s, which, prefixes, False), result, io=io)
 
 
 def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None, force: bool = False):
     pf = read_prefix_file(path)
-    protection.check_ttl(ttl)
+    expires = protection.check_ttl(ttl)
     protection.check_whole_family(which, pf.prefixes, force)
-    return reconcile.change(ifname, lambda s: _lists(s, which, pf.prefixes, ttl is None),
-                            lambda: protection.list_load(which, ifname, path, ttl, parsed=pf), lists=True)
+    io = reconcile.ListIO(which, upsert=pf.prefixes, expires_ns=expires)
+    note = [f"{pf.normalised} prefixes had host bits set and were normalised"] if pf.normalised else []
+    return reconcile.edit(ifname, lambda s, g: _lists(s, which, pf.prefixes, ttl is None),
+                          _list_result("load", which, io, note), io=io)
 
 
 def ports_change(ifname: str | None, proto: str, port_range: str, protected: str | None, open_: bool):
@@ -87,72 +103,130 @@ def ports_change(ifname: str | None, proto: str, port_range: str, protected: str
     return reconcile.change(ifname, predict, lambda: protection.ports_change(ifname, proto, port_range, protected, open_))
 
 
-# ---- cleansing (cleansing.py) ----
+# ---- cleansing (the result types and validators are cleansing.py's) ----
+
+
+def _addrs(g, protected: str | None) -> list:
+    """The addresses --protected selects (all without it); an unknown one is refused."""
+    return protection._select_protected(g, protected)
+
+
+def _each_of(s: InterfaceSpec, addrs, fn) -> InterfaceSpec:
+    sel = set(addrs)
+    return replace(s, addresses=tuple(fn(a) if a.address in sel else a for a in s.addresses))
 
 
 def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None = None, port: str | None = None):
+    """Replace the limits of every selected address (or of its ports PROTO:LO-HI) by `limits`."""
     cleansing.check_limit_set(limits)
     run = vocab.parse_port_spec(port) if port else None
+    changed = []
 
-    def one(a: AddressSpec) -> AddressSpec:
-        return replace(a, limits=limits.effective()) if run is None else _port_limits(a, *run, limits)
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        addrs = _addrs(g, protected)
+        if run is None:
+            changed.append(len(addrs))
+            return _each_of(s, addrs, lambda a: replace(a, limits=limits.effective()))
+        g.check_port_limits_room(addrs, *run)
+        changed.append(len(addrs) * (run[2] - run[1] + 1))
+        return _each_of(s, addrs, lambda a: _port_limits(a, *run, limits))
 
-    return reconcile.change(ifname, lambda s: _each(s, protected, one),
-                            lambda: cleansing.limit_set(ifname, limits, protected, port))
+    return reconcile.edit(ifname, edit, lambda g, old, new, notes: cleansing.LimitResult(
+        g.iface.name, "set", changed[0], cleansing.limit_views(g)))
 
 
 def limit_clear(ifname: str | None, protected: str | None = None, port: str | None = None, all_ports: bool = False):
+    """Remove the limits of the selected addresses (or of their ports PROTO:LO-HI; with all_ports
+    every per-port override as well)."""
     run = vocab.parse_port_spec(port) if port else None
+    changed = [0]
 
     def one(a: AddressSpec) -> AddressSpec:
-        a = replace(a, limits=policy.Limits()) if run is None else _port_limits(a, *run, None)
-        return replace(a, port_limits=()) if all_ports else a
+        if run is None:
+            changed[0] += a.limits != policy.Limits().effective()
+            a = replace(a, limits=policy.Limits())
+        else:
+            had = {(p, n) for p, lo, hi, _ in a.port_limits for n in range(lo, hi + 1)}
+            changed[0] += sum(1 for n in range(run[1], run[2] + 1) if (run[0], n) in had)
+            a = _port_limits(a, *run, None)
+        if all_ports:
+            changed[0] += sum(hi - lo + 1 for _, lo, hi, _ in a.port_limits)
+            a = replace(a, port_limits=())
+        return a
 
-    return reconcile.change(ifname, lambda s: _each(s, protected, one),
-                            lambda: cleansing.limit_clear(ifname, protected, port, all_ports))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
+                          lambda g, old, new, notes: cleansing.LimitResult(g.iface.name, "clear", changed[0],
+                                                                           cleansing.limit_views(g)))
 
 
 def proto_change(ifname: str | None, proto: str, block: bool, protected: str | None = None):
     p = cleansing.check_proto(proto)
+    changed = [0]
 
     def one(a: AddressSpec) -> AddressSpec:
-        return replace(a, blocked=a.blocked | {p} if block else a.blocked - {p})
+        new = a.blocked | {p} if block else a.blocked - {p}
+        changed[0] += new != a.blocked
+        return replace(a, blocked=frozenset(new))
 
-    return reconcile.change(ifname, lambda s: _each(s, protected, one),
-                            lambda: cleansing.proto_change(ifname, proto, block, protected))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
+                          lambda g, old, new, notes: cleansing.ProtoResult(
+                              g.iface.name, "block" if block else "unblock", changed[0], cleansing.blocked_view(g)))
 
 
 def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
             protected: str | None = None, mode: str = "cookie", always: bool = False):
+    """Above threshold_pps SYNs/s (0: off; or at any rate with `always`) to an address, SYNs
+    are answered with SYN cookies (mode cookie) or sources must retransmit (mode retransmit)."""
     syn = cleansing.syn_policy(threshold_pps, auth_window, keep_s, mode, always)
-    return reconcile.change(ifname, lambda s: _each(s, protected, lambda a: replace(a, syn=syn)),
-                            lambda: cleansing.syn_set(ifname, threshold_pps, auth_window, keep_s, protected, mode,
-                                                      always))
+    changed = []
+
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        addrs = _addrs(g, protected)
+        changed.append(len(addrs))
+        return _each_of(s, addrs, lambda a: replace(a, syn=syn))
+
+    return reconcile.edit(ifname, edit, lambda g, old, new, notes: cleansing.SynResult(
+        g.iface.name, "set", changed[0], cleansing.syn_views(g), g.cookie_counts()))
 
 
-def _global(ifname: str | None, change, write):
-    return reconcile.change(ifname, lambda s: replace(s, global_=change(s.global_)), write)
+def _global(ifname: str | None, change, result):
+    """An edit of the interface-wide policy: result(iface name, old policy, new policy) — the
+    new one as change() made it."""
+    made = []
+
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        made.append(change(s.global_))
+        return replace(s, global_=made[0])
+
+    return reconcile.edit(ifname, edit, lambda g, old, new, notes: result(g.iface.name, old.global_, made[0]))
 
 
 def reflection_change(ifname: str | None, action: str, ports=()):
-    return _global(ifname, cleansing.reflection_global(action, ports),
-                   lambda: cleansing.reflection_change(ifname, action, ports))
+    return _global(ifname, cleansing.reflection_global(action, ports), lambda name, old, new: cleansing.ReflectionResult(
+        name, action, new.reflection, sorted(new.reflection_ports), sorted(old.reflection_ports ^ new.reflection_ports)))
 
 
 def filter_add(ifname: str | None, flt: policy.Filter, position: int | None = None):
-    return _global(ifname, cleansing.filter_add_global(flt, position), lambda: cleansing.filter_add(ifname, flt, position))
+    """Insert flt at 1-based `position` (default: last)."""
+    where: list[int] = []
+    return _global(ifname, cleansing.filter_add_global(flt, position, where), lambda name, old, new: cleansing.FilterResult(
+        name, "add", where[0], cleansing.filter_views(new)))
 
 
 def filter_del(ifname: str | None, index: int):
-    return _global(ifname, cleansing.filter_del_global(index), lambda: cleansing.filter_del(ifname, index))
+    return _global(ifname, cleansing.filter_del_global(index), lambda name, old, new: cleansing.FilterResult(
+        name, "del", index, cleansing.filter_views(new)))
 
 
 def monitor_change(ifname: str | None, on: bool, reasons=()):
-    return _global(ifname, cleansing.monitor_global(on, reasons), lambda: cleansing.monitor_change(ifname, on, reasons))
+    """Monitor (count as would_drop and pass) the given drop reasons, default all; off: stop."""
+    return _global(ifname, cleansing.monitor_global(on, reasons), lambda name, old, new: cleansing.monitor_view(
+        name, "on" if on else "off", new.monitor_mask))
 
 
 def fragments_set(ifname: str | None, drop: bool):
-    return _global(ifname, cleansing.fragments_global(drop), lambda: cleansing.fragments_set(ifname, drop))
+    return _global(ifname, cleansing.fragments_global(drop), lambda name, old, new: cleansing.FragmentsResult(
+        name, "drop" if drop else "pass", new.drop_fragments))
 
 
 # ---- levels (levelset.py) ----

@@ -12,7 +12,6 @@ import ipaddress
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from . import dataplane, forwarding, guard, levels, libbpf, migrate, policy, state, tcpstate, vocab
 from .guard import (PROG_PIN, CounterView, Guard, ListEntryView, _now_ns, locked_guard, open_guard,  # noqa: F401
@@ -31,7 +30,7 @@ from .abi import (
 )
 from .errors import UserError
 from .maps import BpfMap
-from .prefixes import Prefix, PrefixFile, parse_address, parse_prefix, read_prefix_file, whole_family
+from .prefixes import Prefix, parse_address, parse_prefix, whole_family
 
 LISTS = ("block", "allow")
 
@@ -396,34 +395,6 @@ def check_ttl(ttl: float | None) -> int:
     if not 0 < ttl <= 10 * 365 * 86400:  # also refuses nan
         raise UserError(f"invalid --ttl {ttl:g}: must be between 1 s and 10 years")
     return _now_ns() + int(ttl * 1e9)
-
-
-def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None) -> ListChangeResult:
-    prefixes, normalised = parse_many(cidrs)
-    expires = check_ttl(ttl)
-    with locked_guard(ifname) as g:
-        g.sweep_expired(which)
-        added, updated = g.upsert(which, prefixes, expires)
-    return ListChangeResult(g.iface.name, which, "add", added, updated, 0, [], normalised)
-
-
-def list_del(which: str, ifname: str | None, cidrs: list[str]) -> ListChangeResult:
-    prefixes, normalised = parse_many(cidrs)
-    with locked_guard(ifname) as g:
-        removed, missing = g.delete(which, prefixes)
-        g.sweep_expired(which)
-    return ListChangeResult(g.iface.name, which, "del", 0, 0, removed, missing, normalised)
-
-
-def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None,
-              parsed: PrefixFile | None = None) -> ListChangeResult:
-    """`parsed`: the file already read (read_prefix_file(path)), so a million lines are parsed once."""
-    pf = read_prefix_file(path) if parsed is None else parsed
-    expires = check_ttl(ttl)
-    with locked_guard(ifname) as g:
-        added, updated = g.upsert(which, pf.prefixes, expires)
-    note = [f"{pf.normalised} prefixes had host bits set and were normalised"] if pf.normalised else []
-    return ListChangeResult(g.iface.name, which, "load", added, updated, 0, [], note)
 
 
 def list_show(which: str, ifname: str | None) -> ListResult:

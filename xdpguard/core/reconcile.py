@@ -208,11 +208,27 @@ def _write_http(g, old: InterfaceSpec, new: InterfaceSpec) -> bool:
     return True
 
 
-def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpec, rebuild_nat: bool = False) -> list[str]:
+@dataclass
+class ListIO:
+    """A list verb's own entries, for write_differences: `upsert` (with expires_ns; 0 is
+    permanent) writes every named entry even when the spec already held it (a refresh keeps its
+    hit count), `delete` removes every named entry, a dynamic one too. Filled in with the counts."""
+    which: str
+    upsert: list[Prefix] | None = None
+    expires_ns: int = 0
+    delete: list[Prefix] | None = None
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    missing: list[str] = field(default_factory=list)
+
+
+def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpec, rebuild_nat: bool = False,
+                      io: ListIO | None = None) -> list[str]:
     """Write what differs between `old` (realised) and `new` into g's maps, nft and records.
     Order: new addresses, policies, ports, list additions, forwards, list removals, events,
     removed addresses — so a source blocked in both never passes, and no port is closed
-    before the rule that needs it is gone."""
+    before the rule that needs it is gone. `io`: a list verb's named entries (ListIO)."""
     notes = []
     for a in new.addresses:
         if old.address(a.address) is None:
@@ -223,10 +239,11 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         _write_address(g, old.address(a.address), a)
     if [(a.address, a.geo) for a in old.addresses] != [(a.address, a.geo) for a in new.addresses]:
         notes += write_geo(g, new.addresses)
-    if new.block - old.block:
-        g.upsert("block", sorted(new.block - old.block), 0)
-    if new.allow - old.allow:
-        g.upsert("allow", sorted(new.allow - old.allow), 0)
+    for which in ("block", "allow"):
+        if io is not None and io.which == which and io.upsert is not None:
+            io.added, io.updated = g.upsert(which, io.upsert, io.expires_ns)  # every named entry, refreshed
+        elif getattr(new, which) - getattr(old, which):
+            g.upsert(which, sorted(getattr(new, which) - getattr(old, which)), 0)
     http_changed = _write_http(g, old, new)
     rebuild_nat = rebuild_nat or http_changed  # the SYN-cookie rules of the HTTP ports live in the NAT table
     want = {str(a.address): asdict(a.connlimit) for a in new.addresses if a.connlimit is not None}
@@ -237,10 +254,14 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         rebuild_nat = True  # the connlimit chain lives in the NAT table
     if old.forwards != new.forwards or rebuild_nat:
         notes += forward.set_rules(g, [(f.rule, f.udp_probe) for f in new.forwards], rebuild=rebuild_nat)
-    if old.block - new.block:
-        g.delete("block", sorted(old.block - new.block))
-    if old.allow - new.allow:
-        g.delete("allow", sorted(old.allow - new.allow))
+    for which in ("block", "allow"):
+        gone = getattr(old, which) - getattr(new, which)
+        if io is not None and io.which == which and io.upsert is not None:
+            gone -= set(io.upsert)  # refreshed with a TTL: dynamic from now on, not deleted
+        if io is not None and io.which == which and io.delete is not None:
+            io.removed, io.missing = g.delete(which, io.delete)  # every named entry, dynamic ones too
+        elif gone:
+            g.delete(which, sorted(gone))
     for a in old.addresses:
         if new.address(a.address) is None:
             _remove_address(g, a)
@@ -472,28 +493,47 @@ def _jsonable(obj):
     return obj
 
 
-# ---- the imperative verbs record into the store ----
+# ---- the imperative verbs: an edit of the desired spec, stored, then realised ----
 
 
 def record(name: str, lists: bool = False) -> None:
-    """After an imperative change of `name`: the store takes the interface's realised state, so
-    `export` and a reboot keep exactly what the kernel does (change() stored the prediction first)."""
+    """The store takes the interface's realised state (for the verbs not yet written as edits:
+    change() below)."""
     spec = export_iface(name, lists=lists)
     store.update_interface(name, lambda old: spec)
 
 
+def edit(ifname: str | None, f, result, lists: bool = False, io: ListIO | None = None, dynamic=None):
+    """An imperative verb (block add, limit set, …), one writer, one open of the maps:
+    1. under the interface lock, the maps are opened once and the realised spec read (the
+       permanent list entries are the store's unless `lists`);
+    2. spec' = f(spec, g): the verb's edit; it validates (UserError), so bad input stores and
+       writes nothing;
+    3. spec' is stored (fsynced) before the kernel is touched — a SIGKILL from here on leaves the
+       store ahead of the kernel, and the daemon (or the next apply) converges;
+    4. write_differences (the reconciler's writer, the only code that writes desired state into
+       the kernel) realises spec - spec'; `dynamic(g)`, if given, runs just before it (dynamic
+       state straight to the map owner: sweeps). If the write fails, the store is put back.
+    Returns result(g, spec, spec', notes), read while the maps are still open."""
+    state.require_root()
+    name = protection.pick_iface(ifname)
+    iface = state.resolve_iface(name)
+    with state.iface_lock(iface), protection.Guard.open(iface) as g:
+        live = export_guard(g, lists, store.stored_interface(name) if not lists else None)
+        after = config.norm_interface(f(live, g))
+
+        def write():
+            if dynamic is not None:
+                dynamic(g)
+            return write_differences(g, live, after, io=io)
+
+        notes, _, _ = _store_first(name, lambda before: after, write)
+        return result(g, live, after, notes)
+
+
 def change(ifname: str | None, predict, write, lists: bool = False):
-    """An imperative verb (block add, limit set, forward add, …), store first:
-    1. predict(spec) → the interface's desired spec after the verb, from the realised spec (what
-       the verb itself changes; the permanent list entries are the store's); it validates, so bad
-       input stores nothing;
-    2. that spec is stored (fsynced) before write() touches the kernel — a SIGKILL from here on
-       leaves the store ahead of the kernel, and the daemon (or the next apply) converges;
-    3. write() makes the change (maps, nft, records) and returns the verb's result; if it fails,
-       the interface's stored spec is put back and the error goes on;
-    4. the realised state is recorded (record()), so the store ends as what the kernel does even
-       where a prediction is coarser than the verb.
-    With lists=False the confirmation does not walk the list maps."""
+    """The older form of a verb, store first (forward, level, connlimit, events, ports still use it):
+    predict(spec) is stored, then write() makes the change, then the realised state is recorded."""
     state.require_root()
     name = protection.pick_iface(ifname)
     base = export_iface(name, lists=False)  # None: not ours; the command says so
