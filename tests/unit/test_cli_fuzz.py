@@ -195,7 +195,8 @@ def with_value(w: World, path, cmd, p: click.Parameter, value: str) -> list[str]
 
 FAKED = {
     imperative: ["list_add", "list_del", "list_load", "limit_set", "limit_clear", "proto_change", "reflection_change",
-                 "filter_add", "filter_del", "syn_set", "monitor_change", "fragments_set"],
+                 "filter_add", "filter_del", "syn_set", "monitor_change", "fragments_set", "forward_add",
+                 "forward_delete"],
     protection: ["pick_iface", "open_guard", "list_show", "status", "ports_change",
                  "ports_list", "upgrade", "sweep_expired"],
     cleansing: ["limit_show", "proto_show", "reflection_list", "filter_list", "syn_show", "monitor_show",
@@ -204,7 +205,7 @@ FAKED = {
     state: ["require_root", "resolve_iface", "write_durably"],
     events: ["set_config", "load_config", "read_log", "log_path", "DetectionLoop", "AttackTracker"],
     capture: ["capture"],
-    forward: ["add", "delete", "show"],
+    forward: ["show"],
     doctor: ["gather"],
     stats: ["Collector"],
     daemon: ["Reconciler"],

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from xdpguard.core import config, imperative, prefixes, protection, reconcile, state, store
+from xdpguard.core import config, imperative, policy, prefixes, protection, reconcile, state, store
 from xdpguard.core.config import AddressSpec, InterfaceSpec
 from xdpguard.core.errors import UserError
 
@@ -49,6 +49,29 @@ class CountingGuard:
         self.deletes.append((which, [str(p) for p in prefixes]))
         return len(prefixes), []
 
+    # (what `limit set` and its result read and write)
+    policies: dict = {}
+    writes: list = []
+
+    def protected_addrs(self):
+        return [ADDR]
+
+    def read_address_policy(self, a):
+        return self.policies.get(a, policy.AddressPolicy())
+
+    def write_address_policy(self, a, pol):
+        type(self).writes.append(("address", str(a), pol.limits))
+        type(self).policies[a] = pol
+
+    def read_port_limits(self):
+        return {}
+
+    def write_port_limits(self, a, proto, lo, hi, lim):
+        type(self).writes.append(("port", str(a), proto, lo, hi, lim))
+
+    def check_port_limits_room(self, addrs, proto, lo, hi):
+        pass
+
 
 @pytest.fixture
 def kernel(monkeypatch, tmp_path):
@@ -58,6 +81,8 @@ def kernel(monkeypatch, tmp_path):
     monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 7, state.netns_key()))
     monkeypatch.setattr(protection, "pick_iface", lambda name=None: name or IF)
     CountingGuard.opened = 0
+    CountingGuard.policies = {}
+    CountingGuard.writes = []
     guards: list[CountingGuard] = []
 
     def open_(iface):
@@ -133,3 +158,18 @@ def test_bad_input_stores_nothing_and_opens_nothing(kernel):
     with pytest.raises(UserError):
         imperative.list_add("block", IF, ["198.51.100.0/33"])
     assert guards == [] and store.stored_interface(IF) is None
+
+
+def test_limit_set_is_one_edit_realised_by_the_reconciler(kernel):
+    lim = policy.Limits(src_pps=100)
+    res = imperative.limit_set(IF, lim)
+    assert CountingGuard.opened == 1
+    assert CountingGuard.writes == [("address", str(ADDR), lim.effective())]  # written once, by the reconciler
+    assert store.stored_interface(IF).address(ADDR).limits == lim.effective()
+    assert res.changed == 1 and res.limits[0].scope == "address"
+
+
+def test_limit_set_on_an_unknown_address_changes_nothing(kernel):
+    with pytest.raises(UserError, match="198.18.0.9 is not a protected address of xgt0"):
+        imperative.limit_set(IF, policy.Limits(src_pps=100), protected="198.18.0.9")
+    assert CountingGuard.writes == [] and store.stored_interface(IF) is None

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import (cleansing, config, connlimit, events, forward, forwarding, levels, levelset, nat, policy,
                protection, reconcile, state, vocab)
 from .config import AddressSpec, ForwardSpec, InterfaceSpec
+from .errors import UserError
 from .prefixes import parse_address, read_prefix_file
 
 
@@ -274,17 +275,21 @@ def connlimit_clear(ifname: str | None, protected: str | None = None):
 def forward_add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected: str | None = None,
                 weights: str | None = None, backup: str | None = None, persist_s: int = 0,
                 preserve_client_ip: bool = False, udp_probe: str | None = None):
+    """A forwarding rule joins the spec (checked against every interface's rules and protected
+    addresses); a UDP rule of an address with a protection level gives the level's budget to its
+    ports that have no limit of their own (levels.py). The reconciler writes nft, ports, sysctls."""
     probe = forward.check_add(proto, udp_probe)
+    made: dict = {}
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
-        st = state.read_state(state.resolve_iface(s.name)) or {}
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        st = state.read_state(g.iface) or {}
         rule = forward.build_rule(proto, ports, to, protected, st, s.name, weights=weights, backup=backup,
                                   persist_s=persist_s, preserve_client_ip=preserve_client_ip)
-        others = [f.rule for f in s.forwards if f.rule != rule]
-        try:  # what the command refuses is not stored (it says why, across interfaces)
-            forwarding.check_backend_not_protected(rule, s.protected)
-            forwarding.check_overlap(others, rule)
-        except ValueError:
+        existing = forward.rules_elsewhere(s.name, st, rule)
+        made.update(rule=rule, first=not existing and not s.forwards, notes=[])
+        same = [f for f in s.forwards if f.rule == rule]
+        if same and same[0].udp_probe == probe:
+            made["notes"] = ["rule exists already; unchanged"]
             return s
         s = replace(s, forwards=(*(f for f in s.forwards if f.rule != rule), ForwardSpec(rule, probe)))
         a = s.address(rule.protected)
@@ -295,28 +300,45 @@ def forward_add(proto: str, ports: str, to: str, *, ifname: str | None = None, p
                 if ("udp", n) not in have:
                     a = _port_limits(a, "udp", n, n, lv.udp_port)
             s = replace(s, addresses=tuple(a if x.address == a.address else x for x in s.addresses))
+            made["notes"].append(f"level {lv.level}: {lv.udp_port.src_pps:,} pps per source on udp {rule.port_lo}"
+                                 + (f"-{rule.port_hi}" if rule.port_hi != rule.port_lo else ""))
+        if made["first"]:
+            made["notes"].append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding; "
+                                 "net.netfilter.nf_conntrack_tcp_loose=0")
         return s
 
-    return reconcile.change(ifname, predict, lambda: forward.add(
-        proto, ports, to, ifname=ifname, protected=protected, weights=weights, backup=backup, persist_s=persist_s,
-        preserve_client_ip=preserve_client_ip, udp_probe=udp_probe))
+    def result(g, old, new, notes):
+        changed = old != new
+        return forward.ForwardChangeResult(g.iface.name, "add", made["rule"].key, changed, made["notes"])
+
+    return reconcile.edit(ifname, edit, result)
 
 
 def forward_delete(proto: str, ports: str, *, ifname: str | None = None, protected: str | None = None):
     lo, hi = forward.check_delete(proto, ports)
-    try:
-        want = ipaddress.ip_address(protected.strip()) if protected is not None else None
-    except ValueError:
-        want = False  # the command reports it
+    if protected is not None:
+        try:
+            want = ipaddress.ip_address(protected.strip())
+        except ValueError:
+            raise UserError(f"protected address {protected!r} is not an IP address") from None
+    gone: list = []
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
         match = [f for f in s.forwards if f.rule.proto == proto and (f.rule.port_lo, f.rule.port_hi) == (lo, hi)
-                 and (want is None or f.rule.protected == want)]
-        if len(match) != 1 or want is False:
-            return s  # the command reports it
+                 and (protected is None or f.rule.protected == want)]
+        what = f"{proto} {ports}" + (f" on {protected}" if protected else "")
+        if not match:
+            raise UserError(f"no forwarding rule {what} on {s.name}")
+        if len(match) > 1:
+            raise UserError(f"several rules match {what} ({', '.join(f.rule.key for f in match)}); give --protected")
+        gone.append(match[0].rule)
         return replace(s, forwards=tuple(f for f in s.forwards if f is not match[0]))
 
-    return reconcile.change(ifname, predict, lambda: forward.delete(proto, ports, ifname=ifname, protected=protected))
+    def result(g, old, new, notes):  # (the reconciler's count of rules is not this verb's news)
+        return forward.ForwardChangeResult(g.iface.name, "del", gone[0].key, True,
+                                           [n for n in notes if not n.startswith(f"{g.iface.name}: ")])
+
+    return reconcile.edit(ifname, edit, result)
 
 
 # ---- attack thresholds (events.py) ----
