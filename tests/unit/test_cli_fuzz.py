@@ -194,10 +194,11 @@ def with_value(w: World, path, cmd, p: click.Parameter, value: str) -> list[str]
 # ---- the fake core ----
 
 FAKED = {
-    imperative: ["list_add", "list_del", "list_load", "limit_set", "limit_clear", "proto_change", "reflection_change",
+    imperative: ["list_add", "list_del", "list_load", "ports_change", "set_level", "connlimit_set", "connlimit_clear",
+                 "set_event_config", "limit_set", "limit_clear", "proto_change", "reflection_change",
                  "filter_add", "filter_del", "syn_set", "monitor_change", "fragments_set", "forward_add",
                  "forward_delete"],
-    protection: ["pick_iface", "open_guard", "list_show", "status", "ports_change",
+    protection: ["pick_iface", "open_guard", "list_show", "status",
                  "ports_list", "upgrade", "sweep_expired"],
     cleansing: ["limit_show", "proto_show", "reflection_list", "filter_list", "syn_show", "monitor_show",
                 "fragments_show", "ban_list", "ban_add", "ban_del"],
@@ -446,7 +447,7 @@ def test_valid_values_reach_the_core_converted(core, world):
     lim = core.calls[0][1][1]
     assert (lim.src_pps, lim.ban_s) == (1500, 60)
     assert core.calls[1][1] == ("block", None, ["198.18.0.0/24"], 2.5)
-    assert core.calls[-1][0].endswith("events.set_config")  # the hook was accepted
+    assert core.calls[-1][0].endswith("imperative.set_event_config")  # the hook was accepted
 
 
 # ---- capture -w and export -o: no symlink followed, nothing truncated unless asked ----
@@ -610,7 +611,7 @@ def kernel_edge(monkeypatch, tmp_path):
     monkeypatch.setattr(reconcile, "_detach_quietly", lambda name: realised.append(("detach", name)) or [])
     monkeypatch.setattr(imperative, "list_add", lambda which, ifname, cidrs, ttl=None, force=False:
                         protection.ListChangeResult(ifname or FZ_IF, which, "add", len(cidrs), 0, 0, [], []))
-    monkeypatch.setattr(protection, "ports_change", lambda ifname, proto, ports, protected, open_, **k:
+    monkeypatch.setattr(imperative, "ports_change", lambda ifname, proto, ports, protected, open_, **k:
                         protection.PortResult(ifname or FZ_IF, "open" if open_ else "close", 1, []))
     monkeypatch.setattr(protection, "status", lambda name: [protection.StatusResult(
         FZ_IF, 7, 1, "skb", [FZ_ADDR], False, {"block": 0, "allow": 0}, [], {}, True)])

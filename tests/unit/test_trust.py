@@ -61,7 +61,7 @@ def store_bytes() -> bytes | None:
 @pytest.mark.parametrize("hook", ["/bin/true\n; x", "/bin/true\x1b[31m", "/bin/true\x85", "/bin/true\x7f", "/bin/true\tx"])
 def test_a_hook_with_a_control_character_is_refused_by_the_cli(env, monkeypatch, capsys, hook):
     calls = []
-    monkeypatch.setattr(events, "set_config", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(reconcile, "edit", lambda *a, **k: calls.append(a))
     assert run(["events", "threshold", "set", "--hook", hook]) == 2
     one_error(capsys, "--hook", "control character")
     assert run(["events", "threshold", "set", f"--hook={hook}"]) == 2

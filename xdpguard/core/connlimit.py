@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 
 from . import abi, forward, guard, nat, policy, state
 from .errors import UserError
-from .protection import _select_protected, locked_guard, open_guard
+from .protection import open_guard
 
 KEY = forward.CONNLIMIT_KEY
 
@@ -31,7 +31,7 @@ class ConnLimitResult:
         return asdict(self)
 
 
-def _limits(st: dict) -> dict[str, dict]:
+def limits_of(st: dict) -> dict[str, dict]:
     return dict(sorted((st.get(KEY) or {}).items()))
 
 
@@ -41,39 +41,9 @@ def check_limits(lim: nat.ConnLimits) -> None:
                         "--conntrack-budget or --udp-timeout")
 
 
-def set_limits(ifname: str | None, lim: nat.ConnLimits, protected: str | None = None) -> ConnLimitResult:
-    check_limits(lim)
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        st = state.read_state(g.iface) or {}
-        old = dict(st.get(KEY) or {})
-        st[KEY] = {**old, **{str(a): asdict(lim) for a in addrs}}
-        state.write_state(g.iface, st)
-        try:
-            forward.rebuild()
-        except UserError:
-            st[KEY] = old
-            state.write_state(g.iface, st)
-            raise
-        return ConnLimitResult(g.iface.name, "set", _limits(st))
-
-
-def clear(ifname: str | None, protected: str | None = None) -> ConnLimitResult:
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        st = state.read_state(g.iface) or {}
-        cur = dict(st.get(KEY) or {})
-        for a in addrs:
-            cur.pop(str(a), None)
-        st[KEY] = cur
-        state.write_state(g.iface, st)
-        forward.rebuild()
-        return ConnLimitResult(g.iface.name, "clear", _limits(st))
-
-
 def show(ifname: str | None) -> ConnLimitResult:
     with open_guard(ifname) as g:
-        return ConnLimitResult(g.iface.name, "show", _limits(state.read_state(g.iface) or {}))
+        return ConnLimitResult(g.iface.name, "show", limits_of(state.read_state(g.iface) or {}))
 
 
 def offenders(applier: nat.NftApplier | None = None) -> list[tuple[str, float]]:

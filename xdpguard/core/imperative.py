@@ -1,10 +1,11 @@
-"""The imperative verbs (`block add`, `limit set`, `forward add`, `level`, …), store first.
+"""The imperative verbs (`block add`, `limit set`, `forward add`, `level`, …): one writer.
 
-Each verb here is the command of protection / cleansing / levelset / connlimit / forward /
-events plus its effect on the interface's desired spec (config.InterfaceSpec): reconcile.change
-stores that predicted spec (fsynced) before the command touches the kernel, puts it back when
-the command fails, and records the realised state after it. The predictions validate with the
-commands' own checks, so bad input stores nothing. No click, no rich.
+Each verb is an edit of the interface's desired spec (config.InterfaceSpec), spec' = f(spec):
+reconcile.edit opens the maps once, applies the edit (which validates, so bad input stores and
+writes nothing), stores spec' (fsynced), and has the reconciler's writer (write_differences)
+realise it; the verb's result is read back from the same open maps. Dynamic state (list entries
+with a TTL, bans) goes to the map owner directly. Validators and result types stay with their
+subject (protection, cleansing, levelset, connlimit, forward). No click, no rich.
 """
 
 from __future__ import annotations
@@ -13,24 +14,21 @@ import ipaddress
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import (cleansing, config, connlimit, events, forward, forwarding, levels, levelset, nat, policy,
+from . import (cleansing, config, connlimit, events, forward, levels, levelset, nat, policy,
                protection, reconcile, state, vocab)
 from .config import AddressSpec, ForwardSpec, InterfaceSpec
 from .errors import UserError
-from .prefixes import parse_address, read_prefix_file
+from .prefixes import read_prefix_file
 
 
-def _selected(spec: InterfaceSpec, protected: str | None) -> set:
-    """The addresses a verb's --protected selects; an unknown one selects nothing (the command
-    itself reports it, and the store is put back)."""
-    if protected is None:
-        return set(spec.protected)
-    return {parse_address(protected, "protected address")} & set(spec.protected)
+def _addrs(g, protected: str | None) -> list:
+    """The addresses --protected selects (all without it); an unknown one is refused."""
+    return protection._select_protected(g, protected)
 
 
-def _each(spec: InterfaceSpec, protected: str | None, fn) -> InterfaceSpec:
-    sel = _selected(spec, protected)
-    return replace(spec, addresses=tuple(fn(a) if a.address in sel else a for a in spec.addresses))
+def _each_of(s: InterfaceSpec, addrs, fn) -> InterfaceSpec:
+    sel = set(addrs)
+    return replace(s, addresses=tuple(fn(a) if a.address in sel else a for a in s.addresses))
 
 
 def _port_limits(a: AddressSpec, proto: str, lo: int, hi: int, lim: policy.Limits | None) -> AddressSpec:
@@ -92,29 +90,21 @@ def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | Non
 
 def ports_change(ifname: str | None, proto: str, port_range: str, protected: str | None, open_: bool):
     lo, hi = protection.check_port_run(proto, port_range)
+    changed = [0]
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
-        def one(a: AddressSpec) -> AddressSpec:
-            ports = {(p, n) for p, plo, phi in a.open_ports for n in range(plo, phi + 1)}
-            run = {(proto, n) for n in range(lo, hi + 1)}
-            ports = ports | run if open_ else ports - run
-            return replace(a, open_ports=config.norm_port_runs([(p, n, n) for p, n in ports]))
-        return _each(s, protected, one)
+    def one(a: AddressSpec) -> AddressSpec:
+        ports = {(p, n) for p, plo, phi in a.open_ports for n in range(plo, phi + 1)}
+        run = {(proto, n) for n in range(lo, hi + 1)}
+        new = ports | run if open_ else ports - run
+        changed[0] += len(new ^ ports)
+        return replace(a, open_ports=config.norm_port_runs([(p, n, n) for p, n in new]))
 
-    return reconcile.change(ifname, predict, lambda: protection.ports_change(ifname, proto, port_range, protected, open_))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
+                          lambda g, old, new, notes: protection.PortResult(
+                              g.iface.name, "open" if open_ else "close", changed[0], protection.port_runs(g)))
 
 
 # ---- cleansing (the result types and validators are cleansing.py's) ----
-
-
-def _addrs(g, protected: str | None) -> list:
-    """The addresses --protected selects (all without it); an unknown one is refused."""
-    return protection._select_protected(g, protected)
-
-
-def _each_of(s: InterfaceSpec, addrs, fn) -> InterfaceSpec:
-    sel = set(addrs)
-    return replace(s, addresses=tuple(fn(a) if a.address in sel else a for a in s.addresses))
 
 
 def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None = None, port: str | None = None):
@@ -234,9 +224,11 @@ def fragments_set(ifname: str | None, drop: bool):
 
 
 def set_level(ifname: str | None, level: str, protected: str | None = None):
+    """The level's values for the selected addresses (later settings win), its UDP budget on
+    their forwarded UDP ports, and the fragment policy it asks for."""
     p = levels.preset(level)
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
         rules = [f.rule for f in s.forwards]
 
         def one(a: AddressSpec) -> AddressSpec:
@@ -246,27 +238,34 @@ def set_level(ifname: str | None, level: str, protected: str | None = None):
                 a = _port_limits(a, "udp", lo, hi, p.udp_port)
             return a
 
-        s = _each(s, protected, one)
+        s = _each_of(s, _addrs(g, protected), one)
         if levels.fragments_dropped(a.level for a in s.addresses) and not s.global_.drop_fragments:
             s = replace(s, global_=replace(s.global_, drop_fragments=True))
         return s
 
-    return reconcile.change(ifname, predict, lambda: levelset.set_level(ifname, level, protected))
+    return reconcile.edit(ifname, edit, lambda g, old, new, notes: levelset.LevelResult(
+        g.iface.name, "set", levelset.views(g, state.read_state(g.iface) or {})))
 
 
 # ---- connection limits (connlimit.py) ----
 
 
+def _connlimit_result(action: str):
+    return lambda g, old, new, notes: connlimit.ConnLimitResult(
+        g.iface.name, action, connlimit.limits_of(state.read_state(g.iface) or {}))
+
+
 def connlimit_set(ifname: str | None, lim: nat.ConnLimits, protected: str | None = None):
+    """Connection limits of the selected addresses (the NAT table's connlimit chain)."""
     connlimit.check_limits(lim)
     stored = forward.stored_connlimit(asdict(lim))
-    return reconcile.change(ifname, lambda s: _each(s, protected, lambda a: replace(a, connlimit=stored)),
-                            lambda: connlimit.set_limits(ifname, lim, protected))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), lambda a: replace(a, connlimit=stored)),
+                          _connlimit_result("set"))
 
 
 def connlimit_clear(ifname: str | None, protected: str | None = None):
-    return reconcile.change(ifname, lambda s: _each(s, protected, lambda a: replace(a, connlimit=None)),
-                            lambda: connlimit.clear(ifname, protected))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), lambda a: replace(a, connlimit=None)),
+                          _connlimit_result("clear"))
 
 
 # ---- forwarding (forward.py) ----
@@ -345,6 +344,7 @@ def forward_delete(proto: str, ports: str, *, ifname: str | None = None, protect
 
 
 def set_event_config(iface: state.Iface, update) -> events.EventConfig:
-    """events.set_config with the interface's desired thresholds stored first."""
-    return reconcile.change(iface.name, lambda s: replace(s, events=update(s.events)),
-                            lambda: events.set_config(iface, update))
+    """The interface's attack thresholds: update(thresholds) → thresholds, stored, then realised
+    (the interface record the detector reads)."""
+    return reconcile.edit(iface.name, lambda s, g: replace(s, events=update(s.events)),
+                          lambda g, old, new, notes: new.events)

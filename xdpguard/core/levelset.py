@@ -1,16 +1,16 @@
 """Set and show the protection levels of an interface's addresses (levels.py has the presets).
 
 The level of each address is kept in the interface state ("levels"): `export` shows it, the
-daemon's mitigation reads it. Setting a level writes its values; later settings win.
+daemon's mitigation reads it. Setting a level is an edit of the desired spec (imperative.set_level).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
-from . import forward, levels, policy, state
+from . import forward, state
 from .levels import PRESETS, STATE_KEY, udp_ports
-from .protection import _select_protected, locked_guard, open_guard
+from .protection import open_guard
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LevelResult:
         return {"iface": self.iface, "action": self.action, "addresses": [a.to_dict() for a in self.addresses]}
 
 
-def _views(g, st: dict) -> list[LevelView]:
+def views(g, st: dict) -> list[LevelView]:
     levels = st.get(STATE_KEY, {})
     rules = [r.rule for r in forward.stored_rules(g.iface.name, st)]
     plims = g.read_port_limits()
@@ -57,36 +57,8 @@ def _views(g, st: dict) -> list[LevelView]:
     return out
 
 
-def set_level(ifname: str | None, level: str, protected: str | None = None) -> LevelResult:
-    levels.preset(level)
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        st = state.read_state(g.iface) or {}
-        rules = [r.rule for r in forward.stored_rules(g.iface.name, st)]
-        apply_locked(g, addrs, level, rules)
-        st = state.read_state(g.iface) or {}
-        return LevelResult(g.iface.name, "set", _views(g, st))
-
-
-def apply_locked(g, addrs, level: str, rules) -> None:
-    """Write the level's values for addrs and remember it (the caller holds the lock)."""
-    p = levels.preset(level)
-    for a in addrs:
-        g.write_address_policy(a, levels.address_policy(level, g.read_address_policy(a)))
-        for lo, hi in udp_ports(rules, a):
-            g.write_port_limits(a, "udp", lo, hi, p.udp_port)
-    st = state.read_state(g.iface) or {}
-    st.setdefault(STATE_KEY, {}).update({str(a): level for a in addrs})
-    state.write_state(g.iface, st)
-    known = st[STATE_KEY]
-    if levels.fragments_dropped(known.get(a) for a in g.protected()):
-        pol = g.read_global_policy()
-        if not pol.drop_fragments:
-            g.write_global_policy(replace(pol, drop_fragments=True), pol)
-
-
 def show(ifname: str | None) -> LevelResult:
     with open_guard(ifname) as g:
-        return LevelResult(g.iface.name, "show", _views(g, state.read_state(g.iface) or {}))
+        return LevelResult(g.iface.name, "show", views(g, state.read_state(g.iface) or {}))
 
 

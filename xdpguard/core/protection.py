@@ -427,7 +427,7 @@ PROTO_NUMBERS = {"tcp": 6, "udp": 17}  # the protocols of a port run
 parse_port_range = vocab.parse_port_range  # one port-range parser
 
 
-def _port_runs(g: Guard) -> list[PortRun]:
+def port_runs(g: Guard) -> list[PortRun]:
     out = []
     for (addr, proto), runs in g.open_ports().items():
         for lo, hi, flags in runs:
@@ -453,18 +453,9 @@ def check_port_run(proto: str, port_range: str) -> tuple[int, int]:
     return parse_port_range(port_range)
 
 
-def ports_change(ifname: str | None, proto: str, port_range: str, protected: str | None, open_: bool,
-                 by_bit: int = PORT_BY_OPERATOR) -> PortResult:
-    lo, hi = check_port_run(proto, port_range)
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        changed = g.change_ports(addrs, proto, lo, hi, by_bit, open_)
-        return PortResult(g.iface.name, "open" if open_ else "close", changed, _port_runs(g))
-
-
 def ports_list(ifname: str | None) -> PortResult:
     with open_guard(ifname) as g:
-        return PortResult(g.iface.name, "list", 0, _port_runs(g))
+        return PortResult(g.iface.name, "list", 0, port_runs(g))
 
 
 # ---- expiry sweep (run by `xdpguard run`; the data path enforces expiry without it) ----

@@ -497,8 +497,7 @@ def _jsonable(obj):
 
 
 def record(name: str, lists: bool = False) -> None:
-    """The store takes the interface's realised state (for the verbs not yet written as edits:
-    change() below)."""
+    """After `attach` (and change()): the store takes the interface's realised state."""
     spec = export_iface(name, lists=lists)
     store.update_interface(name, lambda old: spec)
 
@@ -532,8 +531,9 @@ def edit(ifname: str | None, f, result, lists: bool = False, io: ListIO | None =
 
 
 def change(ifname: str | None, predict, write, lists: bool = False):
-    """The older form of a verb, store first (forward, level, connlimit, events, ports still use it):
-    predict(spec) is stored, then write() makes the change, then the realised state is recorded."""
+    """The older form of a verb (still used by georules.py and l7/verbs.py, whose write realises
+    through its own lock): predict(spec) is stored (fsynced), then write() makes the change (the
+    store is put back if it fails), then the realised state is recorded. New verbs use edit()."""
     state.require_root()
     name = protection.pick_iface(ifname)
     base = export_iface(name, lists=False)  # None: not ours; the command says so
