@@ -28,14 +28,10 @@ PIN_LAYOUT = {"core/state.py"}  # Iface.pin_dir, remove_pins: where the pins liv
 PENDING = {
     "core/testrun.py": 15,  # the BPF_PROG_TEST_RUN bed: the maps of its own private program
     "core/benchcases.py": 14,  # benchmark set-ups on a test bed
-    "core/mitigation.py": 12,  # verified-client reads, the mitigation engine's map dict
-    "core/geo.py": 7,  # the country tries and per-address geo sets
-    "core/tcpstate.py": 6,  # the tc egress recorder's flows map and pin
-    "core/protection.py": 6,  # attach/upgrade: the fresh program's CONFIG and pins
-    "core/l7/bans.py": 2,  # HTTP offenders promoted into xg_ban_lru
-    "core/connlimit.py": 1,  # connection-limit offenders promoted into xg_ban_lru
-    "core/cluster/node.py": 1,
-    "core/reconcile.py": 1,  # geo.read_address(g.maps, ...)
+    "core/mitigation.py": 11,  # verified-client reads, the mitigation engine's map dict
+    "core/tcpstate.py": 6,  # the tc egress recorder's flows map and its switch in CONFIG
+    "core/l7/bans.py": 2,  # HTTP offenders promoted into xg_ban_lru (l7 is another engineer's this stop)
+    "core/protection.py": 1,  # upgrade: the old program's config map fd, read by guard.abi_version
 }
 
 

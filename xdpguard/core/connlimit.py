@@ -10,11 +10,9 @@ their later packets never reach conntrack. The limits live in the interface stat
 
 from __future__ import annotations
 
-import ipaddress
-import time
 from dataclasses import asdict, dataclass, fields
 
-from . import abi, forward, guard, nat, policy, state
+from . import abi, forward, nat, state
 from .errors import UserError
 from .protection import open_guard
 
@@ -60,32 +58,11 @@ def offenders(applier: nat.NftApplier | None = None) -> list[tuple[str, float]]:
     return out
 
 
-def promote(maps, found: list[tuple[str, float]], default_s: float = 60.0) -> list[str]:
+def promote(g, found: list[tuple[str, float]], default_s: float = 60.0) -> list[str]:
     """Ban the offenders in XDP (the dynamic ban map, reason connlimit) for what their set entry
-    has left (default_s when it does not say). Returns the sources newly banned."""
-    if not found:
-        return []
-    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    m = maps[abi.MapName.BANS]
-    new = []
-    written = []
-    for src, left in found:
-        try:
-            a = ipaddress.ip_address(src)
-        except ValueError:
-            continue
-        k = policy.src_key(a)
-        cur = m.get(k)
-        until = now + int((left or default_s) * 1e9)
-        if cur is not None and cur.expires_ns >= until - 1_000_000_000:
-            continue
-        m.set(k, abi.Ban(until, cur.hits if cur is not None else 0, int(abi.Reason.CONNLIMIT), 0))
-        written.append(k)
-        if cur is None or cur.expires_ns <= now:
-            new.append(str(a))
-    if written:
-        guard.note_dynamic_ban(maps, written)  # the ban bloom must hold them (guard.enable_ban_bloom)
-    return new
+    has left (default_s when it does not say), through the map owner. Returns the sources newly
+    banned."""
+    return g.promote_bans(found, abi.Reason.CONNLIMIT, default_s)
 
 
 FIELDS = [f.name for f in fields(nat.ConnLimits)]

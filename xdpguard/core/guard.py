@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from . import abi, dataplane, libbpf, state
+from . import abi, dataplane, geo, levels, libbpf, migrate, state
 from .abi import (
     Addr4,
     Addr6,
@@ -65,6 +65,7 @@ from .policy import (
     src_key,
 )
 from .prefixes import Prefix
+from .tcpstate import EGRESS_PIN
 
 
 PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
@@ -378,6 +379,33 @@ class Guard:
             m.set(k, abi.Ban(now + int(ttl_s * 1e9), old.hits if old is not None else 0, abi.Reason.BANNED, 0))
         note_operator_ban(self.maps, [src_key(a) for a in addrs])
 
+    def promote_bans(self, found: list[tuple[str, float]], reason: Reason, default_s: float = 60.0) -> list[str]:
+        """Dynamic bans (xg_ban_lru) of (source, seconds left) pairs, with `reason`, for what
+        they have left (default_s when 0); a ban that lasts as long already is left alone.
+        Returns the sources newly banned."""
+        if not found:
+            return []
+        now = _now_ns()
+        m = self.maps[MapName.BANS]
+        new, written = [], []
+        for src, left in found:
+            try:
+                a = ipaddress.ip_address(src)
+            except ValueError:
+                continue
+            k = src_key(a)
+            cur = m.get(k)
+            until = now + int((left or default_s) * 1e9)
+            if cur is not None and cur.expires_ns >= until - 1_000_000_000:
+                continue
+            m.set(k, abi.Ban(until, cur.hits if cur is not None else 0, int(reason), 0))
+            written.append(k)
+            if cur is None or cur.expires_ns <= now:
+                new.append(str(a))
+        if written:
+            note_dynamic_ban(self.maps, written)  # the ban bloom must hold them (enable_ban_bloom)
+        return new
+
     def unban(self, addrs) -> tuple[int, list[str]]:
         """Lift the bans of these sources (operator's or data path's). Returns (removed, missing)."""
         removed, missing = 0, []
@@ -420,6 +448,24 @@ class Guard:
                 per_cpu = stats.get(ctypes.c_uint32(stats_slot(kind, reason))) or []
                 out[(kind.label, reason.label)] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
         return out
+
+    # -- geo rules (geo.py) --
+
+    def geo_of(self, addr) -> geo.GeoSpec | None:
+        return read_address(self.maps, addr)
+
+    def write_geo(self, addr, spec: geo.GeoSpec | None) -> None:
+        write_spec(self.maps, addr, spec)
+
+    def geo_tries_empty(self) -> bool:
+        return not any(True for _ in self.maps[MapName.GEO4].keys()) and \
+            not any(True for _ in self.maps[MapName.GEO6].keys())
+
+    def load_geo_tries(self, db: geo.GeoDB, codes) -> tuple[int, int]:
+        return load_tries(self.maps, db, codes)
+
+    def clear_geo_tries(self) -> None:
+        clear_tries(self.maps)
 
     # -- packet sampling (sampling.py reads the ring) --
 
@@ -575,6 +621,59 @@ def repin(iface: state.Iface) -> None:
     """Put back missing pins of the attached program and its maps (the caller holds the lock)."""
     with Guard.open(iface):
         pass  # opening re-pins
+
+
+ALL_REASONS_MASK = sum(1 << r for r in Reason if r.is_drop)
+
+
+def init_fresh(maps: dict[MapName, BpfMap], addrs, level: str | None, monitor: bool) -> None:
+    """The maps of a program just loaded for `attach`: enabled, the level's fragment policy
+    (interface-wide: every address gets the same level here), monitor mode, and each protected
+    address with its SYN-cookie slot and, with a level, that level's policy (protected before
+    anyone tunes it, levels.py)."""
+    maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(abi.CFG_ENABLED, 0, 0, 0, abi.ABI_VERSION))
+    write_global_policy(maps, GlobalPolicy(drop_fragments=level is not None and levels.fragments_dropped([level]),
+                                           monitor_mask=ALL_REASONS_MASK if monitor else 0))
+    for slot, a in enumerate(addrs):
+        _prot_map(maps, a).set(prot_key(a), new_protected(slot))
+        if level is not None:
+            write_address_policy(maps, a, levels.address_policy(level, AddressPolicy()))
+
+
+def pin_program(iface: state.Iface, fds: dict[MapName, int], prog_fd: int, egress_fd: int) -> None:
+    """Pin a freshly attached program's maps, the program and its egress recorder."""
+    pin_maps(iface, fds)
+    libbpf.obj_pin(prog_fd, str(iface.pin_dir / PROG_PIN))
+    libbpf.obj_pin(egress_fd, str(iface.pin_dir / EGRESS_PIN))
+
+
+def upgrade_staging(iface: state.Iface):
+    """An empty staging directory for an upgrade's new pins, beside the interface's pins."""
+    staging = iface.pin_dir / f"upgrade-{os.getpid()}"  # bpffs refuses names with a dot
+    migrate.remove_staging(staging)
+    iface.pin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return staging
+
+
+def commit_upgrade_pins(iface: state.Iface, fds: dict[MapName, int], staging, prog_fd: int, egress_fd: int) -> None:
+    """After an upgrade's atomic replace: the new maps' pins from staging, the program's and the
+    egress recorder's pins replaced."""
+    migrate.commit_pins(fds, staging, iface.pin_dir)
+    for fd, name in ((prog_fd, PROG_PIN), (egress_fd, EGRESS_PIN)):
+        pin = iface.pin_dir / name
+        if pin.exists():
+            pin.unlink()
+        libbpf.obj_pin(fd, str(pin))
+
+
+def abi_version(config_fd: int) -> int:
+    """xg_config.abi_version of a live config map, whatever its value size (fields are only
+    ever appended to xg_config)."""
+    shape = migrate.shape_of(config_fd)
+    buf = ctypes.create_string_buffer(max(shape.value_size, ctypes.sizeof(Config)))
+    if libbpf.lib().bpf_map_lookup_elem(config_fd, ctypes.byref(ctypes.c_uint32(0)), buf) != 0:
+        return abi.ABI_VERSION
+    return Config.from_buffer_copy(buf.raw[: ctypes.sizeof(Config)]).abi_version or 1
 
 
 def pick_iface(ifname: str | None) -> str:
@@ -1041,3 +1140,82 @@ def sample_counters(maps) -> tuple[int, int]:
     """(samples taken, samples lost because the ring was full), summed over CPUs."""
     per_cpu = maps[MapName.SAMPLE_STATE].get(ctypes.c_uint32(0)) or []
     return sum(s.taken for s in per_cpu), sum(s.lost for s in per_cpu)
+
+
+# ---- geo rules: the tries of the countries in use and each address's set (geo.py decides) ----
+
+
+def read_spec(maps, prot: abi.Protected) -> geo.GeoSpec | None:
+    """The address's realised rule (None without XG_PROT_GEO)."""
+    if not prot.flags & abi.PROT_GEO:
+        return None
+    s = maps[abi.MapName.GEOSET].get(ctypes.c_uint32(prot.syn.slot))
+    if s is None:
+        return None
+    cs = frozenset(geo.index_country(w * 64 + b) for w in range(abi.GEO_WORDS) for b in range(64)
+                   if s.bits[w] >> b & 1)
+    return geo.GeoSpec(cs, bool(s.flags & abi.GEO_ONLY), "cc" if s.flags & abi.GEO_CC else "drop")
+
+
+def read_address(maps, addr) -> geo.GeoSpec | None:
+    """The realised rule of a protected address (None: no rule, or no such map: a guard whose
+    maps were not all opened)."""
+    m = maps.get(abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6)
+    prot = m.get(prot_key(addr)) if m is not None else None
+    return read_spec(maps, prot) if prot is not None else None
+
+
+def write_spec(maps, addr, g: geo.GeoSpec | None) -> None:
+    """Set (or with None clear) the address's rule: the set first, then the flag."""
+    m = maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
+    k = prot_key(addr)
+    cur = m.get(k)
+    if cur is None:
+        raise UserError(f"{addr} is not a protected address")
+    if g is not None and g.active():
+        maps[abi.MapName.GEOSET].set(ctypes.c_uint32(cur.syn.slot), geo._set_bits(g))
+        cur.flags |= abi.PROT_GEO
+    else:
+        cur.flags &= ~abi.PROT_GEO
+    m.set(k, cur)
+
+
+def load_tries(maps, db: geo.GeoDB, codes) -> tuple[int, int]:
+    """Make the two tries hold exactly the networks of `codes`: written in batches, then what
+    is no longer wanted deleted (a source never sees an empty trie in between)."""
+    want: dict[int, dict[bytes, int]] = {4: {}, 6: {}}
+    for fam, addr, plen, cc in db.networks(codes):
+        want[fam][struct.pack("<I", plen) + addr] = geo.country_index(cc)
+    counts = []
+    for fam, name in ((4, abi.MapName.GEO4), (6, abi.MapName.GEO6)):
+        m = maps[name]
+        items = want[fam]
+        n = len(items)
+        if n:
+            keys = bytearray(b"".join(items.keys()))
+            vals = bytearray(struct.pack(f"<{n}I", *items.values()))
+            kb = (ctypes.c_char * len(keys)).from_buffer(keys)
+            vb = (ctypes.c_char * len(vals)).from_buffer(vals)
+            ks, pos = ctypes.sizeof(m.key_type), 0
+            while pos < n:
+                rc, cnt = libbpf.map_update_batch(m.fd, ctypes.addressof(kb) + pos * ks, ctypes.addressof(vb) + pos * 4,
+                                                  n - pos)
+                if rc != 0 and cnt == 0:
+                    # LPM tries may lack batch updates: one element at a time
+                    for i in range(pos, n):
+                        k = m.key_type.from_buffer_copy(keys, i * ks)
+                        libbpf.map_update(m.fd, k, ctypes.c_uint32(struct.unpack_from("<I", vals, i * 4)[0]))
+                    break
+                pos += cnt
+        stale = [bytes(k) for k in m.keys() if bytes(k) not in items]
+        for k in stale:
+            m.delete(m.key_type.from_buffer_copy(k))
+        counts.append(n)
+    return counts[0], counts[1]
+
+
+def clear_tries(maps) -> None:
+    for name in (abi.MapName.GEO4, abi.MapName.GEO6):
+        m = maps[name]
+        for k in [bytes(k) for k in m.keys()]:
+            m.delete(m.key_type.from_buffer_copy(k))

@@ -1059,7 +1059,7 @@ class DaemonHook:
                                                 verified_drops=self.verified_drops)
             e.maps = g.maps  # a collector re-opened after a failed round has new map objects
             e.round(snap, samples)
-        banned = connlimit.promote(g.maps, connlimit.offenders())
+        banned = connlimit.promote(g, connlimit.offenders())
         if banned:
             self.report(f"{name}: banned {len(banned)} source(s) over a connection limit in XDP (reason connlimit): "
                         + ", ".join(banned[:5]) + (" …" if len(banned) > 5 else ""))

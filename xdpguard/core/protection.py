@@ -1,32 +1,27 @@
-"""The controller's verbs: attach, detach, status, allow/block list changes.
+"""The program's lifecycle (attach, upgrade, detach), status, the list and port shows, and the
+validators and result types of the list and port verbs (imperative.py edits the spec).
 
-Each verb returns a frozen result object (rendered by the CLI as text or --json). Policy
-verbs work from any later process: they find the program attached to the interface and open
-its maps through the kernel, re-pinning them if the pins went missing. No compile.
+Each verb returns a frozen result object (rendered by the CLI as text or --json). The maps are
+opened, read and written only through guard.py (the map owner). No click, no rich.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import dataplane, forwarding, guard, levels, libbpf, migrate, policy, state, tcpstate, vocab
-from .guard import (PROG_PIN, CounterView, Guard, ListEntryView, _now_ns, locked_guard, open_guard,  # noqa: F401
-                    pick_iface, pin_maps)
+from . import dataplane, guard, levels, libbpf, migrate, state, tcpstate, vocab
+from .guard import (ALL_REASONS_MASK, CounterView, Guard, ListEntryView, _now_ns, locked_guard,  # noqa: F401
+                    open_guard, pick_iface)
 from .abi import (
     ABI_VERSION,
-    CFG_ENABLED,
     PROTECTED_MAX,
-    Config,
-    ListEntry,
     MapName,
     PORT_BY_FORWARD,
     PORT_BY_HTTP,
     PORT_BY_OPERATOR,
-    Reason,
 )
 from .errors import UserError
 from .maps import BpfMap
@@ -34,8 +29,6 @@ from .prefixes import Prefix, parse_address, parse_prefix, whole_family
 
 LISTS = ("block", "allow")
 
-
-ALL_REASONS_MASK = sum(1 << r for r in Reason if r.is_drop)
 
 
 def _as_dict(obj) -> dict:
@@ -167,18 +160,8 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
     lp = dataplane.compile_program(defines, pin_dir=iface.pin_dir)
     try:
         maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
-        maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED, 0, 0, 0, ABI_VERSION))
-        # The level's fragment policy too (interface-wide: every address gets the same level here).
-        guard.write_global_policy(maps, policy.GlobalPolicy(
-            drop_fragments=level is not None and levels.fragments_dropped([level]),
-            monitor_mask=ALL_REASONS_MASK if monitor else 0))
-        for slot, a in enumerate(addrs):
-            maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(slot))
-            if level is not None:  # protected before anyone tunes it (levels.py)
-                guard.write_address_policy(maps, a, levels.address_policy(level, policy.AddressPolicy()))
-        pin_maps(iface, lp.map_fds)
-        libbpf.obj_pin(lp.prog_fd, str(iface.pin_dir / PROG_PIN))
-        libbpf.obj_pin(lp.egress_fd, str(iface.pin_dir / tcpstate.EGRESS_PIN))
+        guard.init_fresh(maps, addrs, level, monitor)
+        guard.pin_program(iface, lp.map_fds, lp.prog_fd, lp.egress_fd)
         try:
             took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att if force else None)
         except BaseException:
@@ -236,16 +219,6 @@ def refill_derived(plan: migrate.Plan, maps: dict[MapName, BpfMap]) -> None:
         guard.compile_filters(maps, tuple(guard.read_filter_table(maps)))
 
 
-def _abi_version(config_fd: int) -> int:
-    """xg_config.abi_version of a live config map, whatever its value size (fields are only
-    ever appended to xg_config)."""
-    shape = migrate.shape_of(config_fd)
-    buf = ctypes.create_string_buffer(max(shape.value_size, ctypes.sizeof(Config)))
-    if libbpf.lib().bpf_map_lookup_elem(config_fd, ctypes.byref(ctypes.c_uint32(0)), buf) != 0:
-        return ABI_VERSION
-    return Config.from_buffer_copy(buf.raw[: ctypes.sizeof(Config)]).abi_version or 1
-
-
 def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = False) -> UpgradeResult:
     """Swap the attached program for this xdpguard's, without a gap: the new program is compiled
     against the old one's pinned maps (every list, hit counter, ban, bucket, SYN state and
@@ -262,7 +235,7 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
         try:
             if MapName.CONFIG not in old:
                 raise UserError(f"{ifname}: the attached program has no {MapName.CONFIG.value}; detach and re-attach")
-            version = _abi_version(old[MapName.CONFIG])
+            version = guard.abi_version(old[MapName.CONFIG])
             if version != ABI_VERSION:
                 raise UserError(f"{ifname}: its maps have ABI version {version}, this xdpguard has {ABI_VERSION} and "
                                 f"knows no migration; export, detach, attach and apply to move over")
@@ -279,9 +252,7 @@ def _upgrade_locked(iface: state.Iface, att: dataplane.XdpAttachment, old: dict[
                     plan: migrate.Plan, defines: dict[str, int] | None) -> UpgradeResult:
     ifname = iface.name
     state.ensure_bpffs()
-    staging = iface.pin_dir / f"upgrade-{os.getpid()}"  # bpffs refuses names with a dot
-    migrate.remove_staging(staging)
-    iface.pin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = guard.upgrade_staging(iface)
     try:
         migrate.stage(plan, old, staging)
         lp = dataplane.compile_program(defines, pin_dir=staging)
@@ -300,12 +271,7 @@ def _upgrade_locked(iface: state.Iface, att: dataplane.XdpAttachment, old: dict[
             dataplane.replace(iface.index, lp.prog_fd, att)
         except libbpf.BpfError as exc:
             raise UserError(f"{ifname}: atomic replace failed ({exc.strerror}); the old program stays") from None
-        migrate.commit_pins(lp.map_fds, staging, iface.pin_dir)
-        pin = iface.pin_dir / PROG_PIN
-        if pin.exists():
-            pin.unlink()
-        libbpf.obj_pin(lp.prog_fd, str(pin))
-        tcpstate.pin_egress(iface.pin_dir, lp.egress_fd)
+        guard.commit_upgrade_pins(iface, lp.map_fds, staging, lp.prog_fd, lp.egress_fd)
         swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
         new = dataplane.query(iface.index)
         st = state.read_state(iface) or {}

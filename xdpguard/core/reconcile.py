@@ -75,7 +75,7 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
                                  config.norm_port_runs(opened), config.norm_port_limits(pl),
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
                                  forward.stored_connlimit(cls.get(str(a))),
-                                 geo=geo.read_address(g.maps, a)))
+                                 geo=g.geo_of(a)))
     glob = g.read_global_policy()
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
