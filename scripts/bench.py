@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from xdpguard.core import libbpf  # noqa: E402
 from xdpguard.core.prefixes import read_prefix_file  # noqa: E402
-from xdpguard.core.protection import Guard  # noqa: E402
+from xdpguard.core.guard import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 
 # Addresses: blocklist entries from 198.18.0.0/15 and 2001:db8::/32; packet destinations and

@@ -43,11 +43,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.core import abi, libbpf, policy, tcpstate  # noqa: E402
+from xdpguard.core import abi, guard, libbpf, policy, tcpstate  # noqa: E402
 from xdpguard.core.abi import MapName  # noqa: E402
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy  # noqa: E402
 from xdpguard.core.prefixes import Prefix  # noqa: E402
-from xdpguard.core.protection import Guard  # noqa: E402
+from xdpguard.core.guard import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 
 DST4, DST6 = "198.51.100.10", "2001:db8:ffff:fffe::10"
@@ -92,11 +92,11 @@ def all_steps_bed() -> TestBed:
     m = bed.maps
     # 64 filters; each passes the cheap checks and fails only at the payload compare.
     filters = tuple(Filter(payload=bytes([0xDE, 0xAD, 0xBE, i]), payload_off=i % 16) for i in range(abi.FILTERS_MAX))
-    policy.write_global_policy(m, GlobalPolicy(drop_fragments=True, reflection=True, filters=filters))
+    guard.write_global_policy(m, GlobalPolicy(drop_fragments=True, reflection=True, filters=filters))
     g = Guard(None, None, m)
     for a in (DST4, DST6, DST4_OFF):
         ip = ipaddress.ip_address(a)
-        policy.write_address_policy(m, ip, AddressPolicy(frozenset({"other"}), HUGE, SynPolicy(policy.MAX_PPS)))
+        guard.write_address_policy(m, ip, AddressPolicy(frozenset({"other"}), HUGE, SynPolicy(policy.MAX_PPS)))
         g.change_ports([ip], "tcp", 80, 80, abi.PORT_BY_OPERATOR, True)
         g.change_ports([ip], "udp", 53, 53, abi.PORT_BY_OPERATOR, True)
         g.change_ports([ip], "tcp", 443, 443, abi.PORT_BY_OPERATOR, True)
@@ -175,7 +175,7 @@ def set_syn_threshold(bed: TestBed, pps: int) -> None:
     """No retransmission can authenticate within the bench (min age 60 s)."""
     ip = ipaddress.ip_address(DST6)
     syn = SynPolicy(pps, auth_min_ms=60_000, auth_max_ms=120_000)
-    policy.write_address_policy(bed.maps, ip, AddressPolicy(frozenset({"other"}), HUGE, syn))
+    guard.write_address_policy(bed.maps, ip, AddressPolicy(frozenset({"other"}), HUGE, syn))
 
 
 def survivors(bed: TestBed) -> dict[str, int]:

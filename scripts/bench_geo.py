@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
-from xdpguard.core import geo  # noqa: E402
+from xdpguard.core import geo, guard  # noqa: E402
 from xdpguard.core.abi import MapName  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> int:
             t0 = time.perf_counter()
             nets = db.networks(codes)
             t1 = time.perf_counter()
-            n4, n6 = geo.load_tries(bed.maps, type("Fixed", (), {"networks": lambda self, c: nets})(), codes)
+            n4, n6 = guard.load_tries(bed.maps, type("Fixed", (), {"networks": lambda self, c: nets})(), codes)
             t2 = time.perf_counter()
             out[label] = {"read_s": round(t1 - t0, 2), "write_s": round(t2 - t1, 2), "prefixes4": n4, "prefixes6": n6,
                           "memlock_bytes": memlock(bed.maps[MapName.GEO4].fd) + memlock(bed.maps[MapName.GEO6].fd)}
@@ -78,7 +78,7 @@ def main() -> int:
                   f"tries {out[label]['memlock_bytes'] / 2**20:.1f} MiB", flush=True)
         # the whole world is loaded: per-packet cost
         de, us = first_host(db, "DE"), first_host(db, "US")
-        geo.write_spec(bed.maps, ipaddress.ip_address(RULED), geo.GeoSpec(frozenset({"DE"})))
+        guard.write_spec(bed.maps, ipaddress.ip_address(RULED), geo.GeoSpec(frozenset({"DE"})))
         keep, bare = bare_drop_prog()
         fd = bed.prog.prog_fd
         variants = {

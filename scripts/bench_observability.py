@@ -33,7 +33,7 @@ from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from xdpguard.core import sampling  # noqa: E402
+from xdpguard.core import guard, sampling  # noqa: E402
 from xdpguard.core.abi import MapName  # noqa: E402
 from xdpguard.core.testrun import TestBed  # noqa: E402
 
@@ -56,12 +56,12 @@ def bench_datapath(rounds: int, repeat: int) -> dict:
             for _ in range(rounds):
                 for name, pkt in pkts.items():
                     for mode in MODES:
-                        sampling.set_sample_every(tb.maps, mode)
+                        guard.set_sample_every(tb.maps, mode)
                         reader.drain()
                         _, ns = tb.run(pkt, repeat=repeat)
                         res[name][mode].append(ns)
-            taken, lost = sampling.sample_counters(tb.maps)
-            sampling.set_sample_every(tb.maps, 0)
+            taken, lost = guard.sample_counters(tb.maps)
+            guard.set_sample_every(tb.maps, 0)
             reader.drain()
     out = {name: {f"sample_every_{m}": statistics.median(v) for m, v in modes.items()} for name, modes in res.items()}
     out["samples_taken"], out["samples_lost"] = taken, lost

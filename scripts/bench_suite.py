@@ -73,7 +73,7 @@ from xdpguard.core import libbpf, nat  # noqa: E402
 from benchcases import OnePacketRunner  # noqa: E402
 from xdpguard.core.forwarding import make_rule  # noqa: E402
 from xdpguard.core.prefixes import parse_prefix  # noqa: E402
-from xdpguard.core.protection import Guard  # noqa: E402
+from xdpguard.core.guard import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog  # noqa: E402
 from xdpguard.lab.netns import Lab  # noqa: E402
 

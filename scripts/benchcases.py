@@ -28,11 +28,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
-from xdpguard.core import abi, libbpf, policy
+from xdpguard.core import abi, guard, libbpf, policy
 from xdpguard.core.abi import MapName
+from xdpguard.core.guard import Guard
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.prefixes import Prefix
-from xdpguard.core.protection import Guard
 from xdpguard.core.testrun import TestBed, bare_drop_prog
 
 XDP_DROP, XDP_PASS = 1, 2
@@ -80,8 +80,8 @@ def _set_filters(bed: TestBed, filters: tuple[Filter, ...], cur: list) -> None:
     """Write a filter set (through the controller's own writer) unless it is the one in place."""
     if cur and cur[0] == filters:
         return
-    old = policy.read_global_policy(bed.maps)
-    policy.write_global_policy(bed.maps, replace(old, filters=filters), old)
+    old = bed.read_global_policy()
+    bed.write_global_policy(replace(old, filters=filters), old)
     cur[:] = [filters]
 
 
@@ -94,11 +94,11 @@ def _all_steps(bed: TestBed) -> None:
     bed.protect(DST4, DST6)
     bed.tcpstate(True)
     m = bed.maps
-    policy.write_global_policy(m, GlobalPolicy(drop_fragments=True, reflection=True))
+    guard.write_global_policy(m, GlobalPolicy(drop_fragments=True, reflection=True))
     g = Guard(None, None, m)
     for a in (DST4, DST6):
         ip = ipaddress.ip_address(a)
-        policy.write_address_policy(m, ip, AddressPolicy(frozenset({"other"}), HUGE, SynPolicy(policy.MAX_PPS)))
+        guard.write_address_policy(m, ip, AddressPolicy(frozenset({"other"}), HUGE, SynPolicy(policy.MAX_PPS)))
         for proto, port in (("tcp", 80), ("udp", 53), ("tcp", 443)):
             g.change_ports([ip], proto, port, port, abi.PORT_BY_OPERATOR, True)
     block = [Prefix(4, ipaddress.IPv4Address(0xC6138000 + (i << 8)).packed, 24) for i in range(100)]  # 198.19.128/17
@@ -111,7 +111,7 @@ def _all_steps(bed: TestBed) -> None:
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     m[MapName.BANS].set(policy.src_key(ipaddress.ip_address("203.0.113.99")), abi.Ban(now + 3600 * 10**9, 0, 10, 0))
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
-    policy.sweep_bans(m, now)  # as the daemon's sweep does: notes that no operator ban exists
+    guard.sweep_bans(m, now)  # as the daemon's sweep does: notes that no operator ban exists
     for sport, dst, src in ((80, DST4, SRC4), (80, DST6, SRC6)):
         bed.egress(tcp_reply(dst, src, sport, 40000))  # record the connections the ACK cases belong to
 

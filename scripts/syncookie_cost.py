@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 from scapy.layers.inet import IP, TCP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
-from xdpguard.core import abi, libbpf, policy  # noqa: E402
-from xdpguard.core.protection import Guard  # noqa: E402
+from xdpguard.core import abi, guard, libbpf, policy  # noqa: E402
+from xdpguard.core.guard import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 
 PROT, CLIENT = "198.18.0.1", "203.0.113.7"
@@ -58,7 +58,7 @@ def main() -> int:
         bed.protect(PROT)
         addr = ipaddress.ip_address(PROT)
         Guard(None, None, bed.maps).change_ports([addr], "tcp", 80, 80, abi.PORT_BY_FORWARD, True)
-        policy.write_address_policy(bed.maps, addr, policy.AddressPolicy(syn=policy.SynPolicy(always=True)))
+        guard.write_address_policy(bed.maps, addr, policy.AddressPolicy(syn=policy.SynPolicy(always=True)))
         bed.tcpstate(True)
         keep, bare_fd = bare_drop_prog()
         frame = syn()

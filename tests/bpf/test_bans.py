@@ -17,7 +17,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, policy
+from xdpguard.core import abi, guard, policy
 from xdpguard.core.abi import MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits
 from xdpguard.core.testrun import TestBed
@@ -43,7 +43,7 @@ def bed():
 
 def test_operator_ban_survives_a_flood_of_data_path_bans(bed):
     m = bed.maps
-    policy.write_global_policy(m, GlobalPolicy(reflection=False,
+    guard.write_global_policy(m, GlobalPolicy(reflection=False,
                                                filters=(Filter(action="drop-ban", payload=b"EVIL", ban_s=600),)))
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     # what cleansing.ban_add writes
@@ -80,10 +80,10 @@ def test_dst_limit_holds_when_the_bucket_map_is_full(bed):
     share their address's overflow bucket instead of going unlimited."""
 
     m = bed.maps
-    policy.write_global_policy(m, GlobalPolicy(reflection=False))
+    guard.write_global_policy(m, GlobalPolicy(reflection=False))
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(0))
     addr = ipaddress.ip_address(PROT)
-    policy.write_address_policy(m, addr, AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=1)))
+    guard.write_address_policy(m, addr, AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=1)))
     frame = bytearray(udp("203.0.113.5"))
     dport_at = 14 + 20 + 2
     for port in range(1, 1200):  # past XG_PORTS_MAX buckets
@@ -95,4 +95,4 @@ def test_dst_limit_holds_when_the_bucket_map_is_full(bed):
         struct.pack_into("!H", frame, dport_at, port)
         passed += bed.run(bytes(frame))[0] == 2
     assert passed <= 2, passed  # before: all 20 passed (no bucket, no limit)
-    policy.write_address_policy(m, addr, AddressPolicy())
+    guard.write_address_policy(m, addr, AddressPolicy())

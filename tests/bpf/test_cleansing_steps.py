@@ -22,11 +22,11 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, policy
+from xdpguard.core import abi, guard, policy
 from xdpguard.core.abi import Kind, MapName, Reason
 from xdpguard.core.model.verdict import Model, Protected, Setup
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
-from xdpguard.core.protection import Guard
+from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel
@@ -97,19 +97,19 @@ class Bed:
             m = self.maps[MapName.PROT4 if a.version == 4 else MapName.PROT6]
             m.set(policy.prot_key(a), policy.new_protected(m.get(policy.prot_key(a)).syn.slot))
         self.apply(NO_REFLECTION)
-        policy.write_mitigation_filters(self.maps, [])  # write_global_policy keeps them
+        guard.write_mitigation_filters(self.maps, [])  # write_global_policy keeps them
 
     def apply(self, g: GlobalPolicy = NO_REFLECTION, addr: AddressPolicy = AddressPolicy(), ports=(),
               port_limits=None, banned=()) -> Setup:
         """Write a policy (for both protected addresses) and return the model's view of it."""
-        policy.write_global_policy(self.maps, g, self.global_)
+        guard.write_global_policy(self.maps, g, self.global_)
         self.global_ = g
         for a in ADDRS.values():
-            policy.write_address_policy(self.maps, a, addr)
+            guard.write_address_policy(self.maps, a, addr)
             for proto, port in ports:
                 self.guard.change_ports([a], proto, port, port, abi.PORT_BY_OPERATOR, True)
             for (proto, port), lim in (port_limits or {}).items():
-                policy.write_port_limits(self.maps, a, proto, port, port, lim)
+                guard.write_port_limits(self.maps, a, proto, port, port, lim)
         for src in banned:
             self.ban(src, 3600)
         prot = Protected(addr, frozenset(ports), dict(port_limits or {}))
@@ -553,7 +553,7 @@ MITIG = Filter(action="mitigate", proto="udp", dport=(53, 53), length=(47, 47), 
 
 def test_mitigation_filter_drops_as_mitigation_after_the_operators(bed):
     setup = bed.apply(feat(Filter(action="pass", payload=b"hello", sport=(7, 7))))
-    policy.write_mitigation_filters(bed.maps, [MITIG])
+    guard.write_mitigation_filters(bed.maps, [MITIG])
     setup = Setup(GlobalPolicy(reflection=False, reflection_ports=frozenset(),
                                filters=(*setup.global_.filters, MITIG)), setup.protected)
     for pkt, want in ((udp(), (DROP, Kind.DROP, Reason.MITIGATION)),
@@ -563,28 +563,28 @@ def test_mitigation_filter_drops_as_mitigation_after_the_operators(bed):
         assert bed.verdict(pkt) == want
         m = Model(setup).verdict(pkt)
         assert (m.action, m.kind, m.reason) == want
-    policy.write_mitigation_filters(bed.maps, [])
+    guard.write_mitigation_filters(bed.maps, [])
 
 
 def test_operator_filter_changes_keep_mitigations_and_export_never_sees_them(bed):
     bed.apply(feat(EVIL))
-    policy.write_mitigation_filters(bed.maps, [MITIG])
-    assert policy.read_global_policy(bed.maps).filters == (replace(EVIL, payload_mask=b"\xff" * 4),)
-    assert policy.read_mitigation_filters(bed.maps) == [MITIG]
+    guard.write_mitigation_filters(bed.maps, [MITIG])
+    assert guard.read_global_policy(bed.maps).filters == (replace(EVIL, payload_mask=b"\xff" * 4),)
+    assert guard.read_mitigation_filters(bed.maps) == [MITIG]
     g2 = feat(EVIL, Filter(action="pass", sport=(7, 7)))
-    policy.write_global_policy(bed.maps, g2, bed.global_)  # what apply / filter add do
+    guard.write_global_policy(bed.maps, g2, bed.global_)  # what apply / filter add do
     bed.global_ = g2
-    assert len(policy.read_global_policy(bed.maps).filters) == 2
-    assert policy.read_mitigation_filters(bed.maps) == [MITIG]
+    assert len(guard.read_global_policy(bed.maps).filters) == 2
+    assert guard.read_mitigation_filters(bed.maps) == [MITIG]
     assert bed.verdict(udp()) == (DROP, Kind.DROP, Reason.MITIGATION)
     # a full table: the operator's filters keep their slots, mitigations get what is left
-    assert policy.write_mitigation_filters(bed.maps, [MITIG] * abi.FILTERS_MAX) == abi.FILTERS_MAX - 2
-    policy.write_mitigation_filters(bed.maps, [])
+    assert guard.write_mitigation_filters(bed.maps, [MITIG] * abi.FILTERS_MAX) == abi.FILTERS_MAX - 2
+    guard.write_mitigation_filters(bed.maps, [])
     assert bed.verdict(udp()) == (PASS, Kind.PASS, Reason.CLEAN)
 
 
 def test_mitigation_monitored_is_would_drop(bed):
     bed.apply(feat(monitor_mask=1 << Reason.MITIGATION))
-    policy.write_mitigation_filters(bed.maps, [MITIG])
+    guard.write_mitigation_filters(bed.maps, [MITIG])
     assert bed.verdict(udp()) == (PASS, Kind.WOULD_DROP, Reason.MITIGATION)
-    policy.write_mitigation_filters(bed.maps, [])
+    guard.write_mitigation_filters(bed.maps, [])

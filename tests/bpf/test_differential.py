@@ -46,12 +46,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
 
-from xdpguard.core import abi, policy
+from xdpguard.core import abi, guard, policy
 from xdpguard.core.abi import MapName, Reason
 from xdpguard.core.model.verdict import Listed, Model, Protected, Setup, egress_flow
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.prefixes import Prefix, parse_prefix
-from xdpguard.core.protection import Guard
+from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel
@@ -425,8 +425,8 @@ class AppliedBed:
 
     def apply(self, setup: Setup, expiry: dict[str, dict[Prefix, str]]) -> None:
         m = self.maps
-        policy.write_mitigation_filters(m, [])  # else the last example's would stay (mitigations are kept)
-        policy.write_global_policy(m, setup.global_, self.global_)
+        guard.write_mitigation_filters(m, [])  # else the last example's would stay (mitigations are kept)
+        guard.write_global_policy(m, setup.global_, self.global_)
         self.global_ = setup.global_
         cfg = m[MapName.CONFIG].get(ctypes.c_uint32(0))
         want = (cfg.flags | abi.CFG_ENABLED) if setup.enabled else (cfg.flags & ~abi.CFG_ENABLED)
@@ -440,7 +440,7 @@ class AppliedBed:
             if old is None:
                 m[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(SLOTS[a]))
             if old is None or old.policy != p.policy:
-                policy.write_address_policy(m, a, p.policy)
+                guard.write_address_policy(m, a, p.policy)
             self._ports(a, old.open_ports if old else frozenset(), p.open_ports)
             self._port_limits(a, old.port_limits if old else {}, p.port_limits)
             if old is None or old.tcpstate != p.tcpstate:
@@ -492,10 +492,10 @@ class AppliedBed:
 
     def _port_limits(self, a, old, new) -> None:
         for (proto, port) in set(old) - set(new):
-            policy.write_port_limits(self.maps, a, proto, port, port, None)
+            guard.write_port_limits(self.maps, a, proto, port, port, None)
         for (proto, port), lim in new.items():
             if old.get((proto, port)) != lim:
-                policy.write_port_limits(self.maps, a, proto, port, port, lim)
+                guard.write_port_limits(self.maps, a, proto, port, port, lim)
 
     def _bans(self, banned: frozenset) -> None:
         """Bans left by the last example (drop-ban filters) go; the drawn ones are written."""

@@ -19,7 +19,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, policy
+from xdpguard.core import abi, guard, policy
 from xdpguard.core.abi import Kind, MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits
 from xdpguard.core.testrun import TestBed
@@ -49,21 +49,21 @@ def now_ns() -> int:
 
 def test_operator_ban_flag_skips_an_empty_map_and_a_noted_ban_is_enforced(bed):
     m = bed.maps
-    policy.write_global_policy(m, GlobalPolicy(reflection=False))
+    guard.write_global_policy(m, GlobalPolicy(reflection=False))
     key = policy.src_key(ipaddress.ip_address(SRC))
     m[MapName.BANS].set(policy.src_key(ipaddress.ip_address("203.0.113.1")), abi.Ban(now_ns() + 10**12, 0, 10, 0))
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
-    policy.sweep_bans(m, now_ns())
+    guard.sweep_bans(m, now_ns())
     flags = m[MapName.DPSTATE].get(ctypes.c_uint32(0)).flags
     assert flags == abi.DP_HAS_BANS | abi.DP_OPBANS_EMPTY | abi.DP_BAN_BLOOM
     m[MapName.OPBANS].set(key, abi.Ban(now_ns() + 10**12, 0, int(Reason.BANNED), 0))
     assert bed.verdict(udp()).reason == Reason.CLEAN  # written but not noted: the flag says "empty"
-    policy.note_operator_ban(m, [key])
+    guard.note_operator_ban(m, [key])
     v = bed.verdict(udp())
     assert (v.action, v.kind, v.reason) == ("drop", Kind.DROP, Reason.BANNED)
     m[MapName.OPBANS].delete(key)
     m[MapName.BANS].delete(policy.src_key(ipaddress.ip_address("203.0.113.1")))
-    policy.sweep_bans(m, now_ns())
+    guard.sweep_bans(m, now_ns())
     assert m[MapName.DPSTATE].get(ctypes.c_uint32(0)).flags == abi.DP_OPBANS_EMPTY | abi.DP_BAN_BLOOM
     assert bed.verdict(udp()).reason == Reason.CLEAN
 
@@ -75,31 +75,31 @@ def test_filter_sets_swap_whole_and_order_decides(bed):
     gens = []
     for filters, want in (((drop53,), Reason.FEATURE), ((pass_all, drop53), Reason.CLEAN), ((), Reason.CLEAN),
                           ((drop53, pass_all), Reason.FEATURE)):
-        old = policy.read_global_policy(m)
-        policy.write_global_policy(m, GlobalPolicy(reflection=False, filters=filters), old)
+        old = guard.read_global_policy(m)
+        guard.write_global_policy(m, GlobalPolicy(reflection=False, filters=filters), old)
         gens.append(m[MapName.FSEL].get(ctypes.c_uint32(0)).gen)
         head = m[MapName.FHEAD].get(ctypes.c_uint32(gens[-1]))
         assert head.count == len(filters) and head.live == (1 << len(filters)) - 1
         assert bed.verdict(udp()).reason == want
         assert bed.verdict(udp(dport=54)).reason == Reason.CLEAN
     assert gens == [gens[0], gens[0] ^ 1, gens[0], gens[0] ^ 1]  # every change flips the generation
-    assert policy.read_global_policy(m).filters == (drop53, pass_all)
-    policy.write_global_policy(m, GlobalPolicy(reflection=False), policy.read_global_policy(m))
+    assert guard.read_global_policy(m).filters == (drop53, pass_all)
+    guard.write_global_policy(m, GlobalPolicy(reflection=False), guard.read_global_policy(m))
 
 
 def test_payload_filter_ahead_of_a_plain_one_is_compared_first(bed):
     m = bed.maps
     filters = (Filter(action="pass", payload=b"GOOD"), Filter(proto="udp"))
-    policy.write_global_policy(m, GlobalPolicy(reflection=False, filters=filters), policy.read_global_policy(m))
+    guard.write_global_policy(m, GlobalPolicy(reflection=False, filters=filters), guard.read_global_policy(m))
     assert bed.verdict(udp(payload=b"GOODxx")).reason == Reason.CLEAN  # filter 1 (pass) first
     assert bed.verdict(udp(payload=b"BADxxx")).reason == Reason.FEATURE  # filter 2
-    policy.write_global_policy(m, GlobalPolicy(reflection=False), policy.read_global_policy(m))
+    guard.write_global_policy(m, GlobalPolicy(reflection=False), guard.read_global_policy(m))
 
 
 def test_a_new_source_is_charged_when_its_bucket_is_inserted(bed):
     m = bed.maps
     ip = ipaddress.ip_address(PROT)
-    policy.write_address_policy(m, ip, AddressPolicy(limits=Limits(src_pps=1, src_burst_pkts=1)))
+    guard.write_address_policy(m, ip, AddressPolicy(limits=Limits(src_pps=1, src_burst_pkts=1)))
     try:
         src = "203.0.113.77"
         assert m[MapName.BUCKETS].get(policy.src_key(ipaddress.ip_address(src))) is None
@@ -108,15 +108,15 @@ def test_a_new_source_is_charged_when_its_bucket_is_inserted(bed):
         assert b is not None and b.pkt_tokens < 10**9  # inserted already charged for that packet
         assert bed.verdict(udp(src)).reason == Reason.RATELIMIT
     finally:
-        policy.write_address_policy(m, ip, AddressPolicy())
+        guard.write_address_policy(m, ip, AddressPolicy())
 
 
 def test_ban_bloom_bits_agree_and_a_data_path_ban_is_enforced_behind_the_bloom(bed):
     m = bed.maps
-    policy.sweep_bans(m, now_ns())
+    guard.sweep_bans(m, now_ns())
     assert m[MapName.DPSTATE].get(ctypes.c_uint32(0)).flags & abi.DP_BAN_BLOOM
-    policy.write_global_policy(m, GlobalPolicy(reflection=False, filters=(
-        Filter(action="drop-ban", payload=b"EVIL", ban_s=600),)), policy.read_global_policy(m))
+    guard.write_global_policy(m, GlobalPolicy(reflection=False, filters=(
+        Filter(action="drop-ban", payload=b"EVIL", ban_s=600),)), guard.read_global_policy(m))
     try:
         for i in range(50):
             src = f"198.18.7.{i}"
@@ -127,8 +127,8 @@ def test_ban_bloom_bits_agree_and_a_data_path_ban_is_enforced_behind_the_bloom(b
             assert bed.verdict(udp(src)).reason == Reason.BANNED
         assert bed.verdict(udp("198.18.8.1")).reason == Reason.CLEAN
     finally:
-        policy.write_global_policy(m, GlobalPolicy(reflection=False), policy.read_global_policy(m))
+        guard.write_global_policy(m, GlobalPolicy(reflection=False), guard.read_global_policy(m))
         for k in list(m[MapName.BANS].keys()):
             m[MapName.BANS].delete(k)
-        policy.sweep_bans(m, now_ns())
+        guard.sweep_bans(m, now_ns())
     assert not any(m[MapName.BANBLOOM].array_values())  # no ban left: the bloom is cleared

@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import geo, policy
+from xdpguard.core import geo, guard, policy
 from xdpguard.core.abi import MapName, Reason
 from xdpguard.core.testrun import TestBed
 
@@ -39,7 +39,7 @@ class FakeDB:
 def bed():
     with TestBed() as b:
         b.protect(PROT_A, PROT_B, PROT6)
-        assert geo.load_tries(b.maps, FakeDB(), ["XA", "XB"]) == (3, 2)
+        assert guard.load_tries(b.maps, FakeDB(), ["XA", "XB"]) == (3, 2)
         yield b
 
 
@@ -47,7 +47,7 @@ def bed():
 def no_rules(bed):
     yield
     for a in (PROT_A, PROT_B, PROT6):
-        geo.write_spec(bed.maps, ipaddress.ip_address(a), None)
+        guard.write_spec(bed.maps, ipaddress.ip_address(a), None)
     for k in list(bed.maps[MapName.ALLOW4H].keys()):
         bed.maps[MapName.ALLOW4H].delete(k)
     bed.configure()
@@ -59,7 +59,7 @@ def pkt(src, dst, udp=False):
 
 
 def rule(bed, addr, countries, only=False):
-    geo.write_spec(bed.maps, ipaddress.ip_address(addr), geo.GeoSpec(frozenset(countries), only))
+    guard.write_spec(bed.maps, ipaddress.ip_address(addr), geo.GeoSpec(frozenset(countries), only))
 
 
 def test_blocked_country_dropped_with_reason_geo_other_address_unaffected(bed):
@@ -100,14 +100,14 @@ def test_ipv6(bed):
 def test_policy_rewrite_keeps_the_geo_flag_and_read_back(bed):
     a = ipaddress.ip_address(PROT_A)
     rule(bed, PROT_A, {"XA", "XB"})
-    pol = policy.read_address_policy(bed.maps, a)
-    policy.write_address_policy(bed.maps, a, pol)  # what `limit set`, `proto block` do
+    pol = guard.read_address_policy(bed.maps, a)
+    guard.write_address_policy(bed.maps, a, pol)  # what `limit set`, `proto block` do
     assert bed.verdict(pkt(IN_XA, PROT_A)).reason == Reason.GEO
     prot = bed.maps[MapName.PROT4].get(policy.prot_key(a))
-    assert geo.read_spec(bed.maps, prot) == geo.GeoSpec(frozenset({"XA", "XB"}))
-    geo.write_spec(bed.maps, a, None)
+    assert guard.read_spec(bed.maps, prot) == geo.GeoSpec(frozenset({"XA", "XB"}))
+    guard.write_spec(bed.maps, a, None)
     assert bed.verdict(pkt(IN_XA, PROT_A)).reason == Reason.CLEAN
-    assert geo.read_spec(bed.maps, bed.maps[MapName.PROT4].get(policy.prot_key(a))) is None
+    assert guard.read_spec(bed.maps, bed.maps[MapName.PROT4].get(policy.prot_key(a))) is None
 
 
 def test_monitor_mode_counts_would_drop(bed):
@@ -119,8 +119,8 @@ def test_monitor_mode_counts_would_drop(bed):
 
 def test_reload_keeps_only_the_wanted_countries(bed):
     try:
-        assert geo.load_tries(bed.maps, FakeDB(), ["XB"]) == (1, 1)
+        assert guard.load_tries(bed.maps, FakeDB(), ["XB"]) == (1, 1)
         rule(bed, PROT_A, {"XA"})
         assert bed.verdict(pkt(IN_XA, PROT_A)).reason == Reason.CLEAN  # XA's prefixes are gone
     finally:
-        geo.load_tries(bed.maps, FakeDB(), ["XA", "XB"])
+        guard.load_tries(bed.maps, FakeDB(), ["XA", "XB"])

@@ -9,7 +9,7 @@ from scapy.layers.l2 import Ether
 from xdpguard.core.abi import MapName
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_prefix
-from xdpguard.core.protection import Guard
+from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel

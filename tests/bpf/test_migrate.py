@@ -15,7 +15,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import abi, libbpf, migrate, policy
+from xdpguard.core import abi, guard, libbpf, migrate, policy
 from xdpguard.core.abi import Kind, MapName, Reason
 from xdpguard.core.errors import UserError
 from xdpguard.core.testrun import TestBed
@@ -113,7 +113,7 @@ def test_filter_vectors_new_to_the_program_are_compiled_before_the_swap(shared_b
     with TestBed() as new:
         for bed in (old, new):
             bed.protect(PROT)
-        policy.write_global_policy(old.maps, GlobalPolicy(filters=(Filter(action="drop", proto="udp", dport=(53, 53)),)))
+        guard.write_global_policy(old.maps, GlobalPolicy(filters=(Filter(action="drop", proto="udp", dport=(53, 53)),)))
         frame = bytes(Ether() / IP(src="198.51.100.5", dst=PROT) / UDP(sport=4000, dport=53))
         assert old.verdict(frame).reason == Reason.FEATURE
         live = {n: fd for n, fd in fds(old).items() if n not in protection.FILTER_VECTORS}

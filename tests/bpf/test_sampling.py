@@ -13,7 +13,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from xdpguard.core import sampling
+from xdpguard.core import guard, sampling
 from xdpguard.core.abi import SAMPLE_SNAPLEN, MapName, SampleState
 
 pytestmark = pytest.mark.kernel
@@ -36,7 +36,7 @@ def reader(bed):
     r = sampling.SampleReader(bed.maps[MapName.SAMPLES].fd)
     r.drain()
     yield r
-    sampling.set_sample_every(bed.maps, 0)
+    guard.set_sample_every(bed.maps, 0)
     r.drain()
     r.close()
 
@@ -49,8 +49,8 @@ def udp4(src=ATTACKER4, dst=PROT4, payload=200, vlan=False) -> bytes:
 
 
 def test_sample_every_1_records_the_dropped_packet(bed, reader):
-    sampling.set_sample_every(bed.maps, 1)
-    taken0, _ = sampling.sample_counters(bed.maps)
+    guard.set_sample_every(bed.maps, 1)
+    taken0, _ = guard.sample_counters(bed.maps)
     pkt = udp4()
     v = bed.verdict(pkt)
     assert (v.action, v.reason.label) == ("drop", "blocklist")
@@ -59,11 +59,11 @@ def test_sample_every_1_records_the_dropped_packet(bed, reader):
     assert (s.src, s.dst, s.sport, s.dport) == (ATTACKER4, PROT4, 40000, 53)
     assert s.pkt_len == len(pkt) and s.sample_every == 1
     assert s.data == pkt[:SAMPLE_SNAPLEN] and len(s.data) == SAMPLE_SNAPLEN
-    assert sampling.sample_counters(bed.maps)[0] == taken0 + 1
+    assert guard.sample_counters(bed.maps)[0] == taken0 + 1
 
 
 def test_short_packet_is_copied_whole_and_vlan_parsed(bed, reader):
-    sampling.set_sample_every(bed.maps, 1)
+    guard.set_sample_every(bed.maps, 1)
     pkt = udp4(payload=3, vlan=True)
     assert len(pkt) < SAMPLE_SNAPLEN
     bed.verdict(pkt)
@@ -72,7 +72,7 @@ def test_short_packet_is_copied_whole_and_vlan_parsed(bed, reader):
 
 
 def test_ipv6_tcp_pass_is_sampled_with_kind_pass(bed, reader):
-    sampling.set_sample_every(bed.maps, 1)
+    guard.set_sample_every(bed.maps, 1)
     pkt = bytes(Ether() / IPv6(src="2001:db8:c::10", dst=PROT6) / TCP(sport=1234, dport=443, flags="S"))
     v = bed.verdict(pkt)
     assert v.reason.label == "clean"
@@ -82,16 +82,16 @@ def test_ipv6_tcp_pass_is_sampled_with_kind_pass(bed, reader):
 
 
 def test_off_and_bypass_are_not_sampled(bed, reader):
-    sampling.set_sample_every(bed.maps, 0)
+    guard.set_sample_every(bed.maps, 0)
     bed.verdict(udp4())
     assert reader.drain() == []
-    sampling.set_sample_every(bed.maps, 1)
+    guard.set_sample_every(bed.maps, 1)
     bed.verdict(udp4(dst="198.18.0.99"))  # not protected: bypass, the host's own traffic
     assert reader.drain() == []
 
 
 def test_one_in_n(bed, reader):
-    sampling.set_sample_every(bed.maps, 4)
+    guard.set_sample_every(bed.maps, 4)
     bed.maps[MapName.SAMPLE_STATE].set(ctypes.c_uint32(0), SampleState())  # countdown 0 on every CPU
     bed.run(udp4(src=CLIENT4), repeat=400)
     got = reader.drain()
@@ -100,9 +100,9 @@ def test_one_in_n(bed, reader):
 
 
 def test_full_ring_counts_lost(bed, reader):
-    sampling.set_sample_every(bed.maps, 1)
-    _, lost0 = sampling.sample_counters(bed.maps)
+    guard.set_sample_every(bed.maps, 1)
+    _, lost0 = guard.sample_counters(bed.maps)
     bed.run(udp4(), repeat=5000)  # 5000 × 200-byte records > the 512 KiB ring
-    _, lost1 = sampling.sample_counters(bed.maps)
+    _, lost1 = guard.sample_counters(bed.maps)
     got = reader.drain()
     assert lost1 > lost0 and len(got) + (lost1 - lost0) == 5000

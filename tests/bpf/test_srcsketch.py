@@ -18,7 +18,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, policy
+from xdpguard.core import abi, guard, policy
 from xdpguard.core.abi import Kind, MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Limits
 from xdpguard.core.testrun import TestBed, sketch_slot
@@ -71,11 +71,11 @@ def bed(testbed):
         for k in list(m[name].keys()):
             m[name].delete(k)
     testbed.clear_sketch()
-    policy.write_address_policy(m, ipaddress.ip_address(PROT), AddressPolicy())
+    guard.write_address_policy(m, ipaddress.ip_address(PROT), AddressPolicy())
 
 
 def limit(tb: TestBed, **lim) -> None:
-    policy.write_address_policy(tb.maps, ipaddress.ip_address(PROT), AddressPolicy(limits=Limits(**lim)))
+    guard.write_address_policy(tb.maps, ipaddress.ip_address(PROT), AddressPolicy(limits=Limits(**lim)))
 
 
 def run(tb: TestBed, packet: bytes, repeat: int) -> dict:

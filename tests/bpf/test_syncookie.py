@@ -19,9 +19,9 @@ from scapy.layers.inet import UDP as scapy_udp
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from xdpguard.core import abi, libbpf, policy
+from xdpguard.core import abi, guard, libbpf, policy
 from xdpguard.core.abi import Kind, MapName, Reason
-from xdpguard.core.protection import Guard
+from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds
 
 pytestmark = pytest.mark.kernel
@@ -73,8 +73,8 @@ def bed():
 def set_syn(bed, **kw) -> None:
     for a in (PROT, PROT6):
         addr = ipaddress.ip_address(a)
-        cur = policy.read_address_policy(bed.maps, addr)
-        policy.write_address_policy(bed.maps, addr, policy.AddressPolicy(cur.blocked, cur.limits,
+        cur = guard.read_address_policy(bed.maps, addr)
+        guard.write_address_policy(bed.maps, addr, policy.AddressPolicy(cur.blocked, cur.limits,
                                                                          policy.SynPolicy(**kw)))
 
 
@@ -213,10 +213,10 @@ def test_monitor_mode_sends_nothing(cookie):
 def test_policy_round_trip(bed):
     set_syn(bed, threshold_pps=5000, mode="retransmit")
     try:
-        p = policy.read_address_policy(bed.maps, ipaddress.ip_address(PROT))
+        p = guard.read_address_policy(bed.maps, ipaddress.ip_address(PROT))
         assert (p.syn.mode, p.syn.always, p.syn.threshold_pps) == ("retransmit", False, 5000)
         set_syn(bed, threshold_pps=0, always=True)
-        p = policy.read_address_policy(bed.maps, ipaddress.ip_address(PROT))
+        p = guard.read_address_policy(bed.maps, ipaddress.ip_address(PROT))
         assert (p.syn.mode, p.syn.always) == ("cookie", True)
     finally:
         set_syn(bed)
@@ -277,19 +277,19 @@ def test_known_good_sources_skip_the_cookie(cookie):
     cookie.maps[MapName.GOODSRC].set(k4, abi.GoodSrc(1, abi.VF_TCP))
     assert cookie.verdict(syn(good, PROT, sport=44005)).action == "tx"
     assert cookie.maps[MapName.GOODSRC].get(k4) is not None
-    policy.sweep_verified(cookie.maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+    guard.sweep_verified(cookie.maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
     assert cookie.maps[MapName.GOODSRC].get(k4) is None
 
 
 def test_unknown_sources_get_a_bounded_share_of_the_dst_bucket(bed):
     good, stranger = "203.0.113.60", "203.0.113.61"
     addr = ipaddress.ip_address(PROT)
-    cur = policy.read_address_policy(bed.maps, addr)
+    cur = guard.read_address_policy(bed.maps, addr)
     for name in (MapName.GOODSRC, MapName.DSTBKT):
         for k in list(bed.maps[name].keys()):
             bed.maps[name].delete(k)
     bed.egress(bytes(Ether(src=PMAC, dst=CMAC) / IP(src=PROT, dst=good) / TCP(sport=80, dport=40000, flags="A")))
-    policy.write_address_policy(bed.maps, addr, policy.AddressPolicy(
+    guard.write_address_policy(bed.maps, addr, policy.AddressPolicy(
         cur.blocked, policy.Limits(dst_pps=1, dst_burst_pkts=10, unknown_share_pct=30), policy.SynPolicy()))
     try:
         # unknown sources: 30 % of the 10-packet bucket, then `unknown` (the rest is kept)
@@ -299,10 +299,10 @@ def test_unknown_sources_get_a_bounded_share_of_the_dst_bucket(bed):
         got = [bed.verdict(syn(good, PROT, sport=46000 + i)).reason for i in range(8)]
         assert got == [Reason.CLEAN] * 8, got
         assert bed.verdict(syn(stranger, PROT, sport=45010)).reason == Reason.RATELIMIT
-        p = policy.read_address_policy(bed.maps, addr)
+        p = guard.read_address_policy(bed.maps, addr)
         assert p.limits.unknown_share_pct == 30
     finally:
-        policy.write_address_policy(bed.maps, addr, cur)
+        guard.write_address_policy(bed.maps, addr, cur)
         for k in list(bed.maps[MapName.DSTBKT].keys()):
             bed.maps[MapName.DSTBKT].delete(k)
 

@@ -18,7 +18,7 @@ from scapy.layers.l2 import Ether
 
 from xdpguard.core import abi
 from xdpguard.core.abi import MapName, Reason
-from xdpguard.core.protection import Guard
+from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel

@@ -11,7 +11,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import abi, libbpf, policy
+from xdpguard.core import abi, guard, libbpf, policy
 from xdpguard.core.abi import MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits
 from xdpguard.core.testrun import BPF_MAP_TYPE_ARRAY
@@ -44,8 +44,8 @@ def test_reset_restores_every_map(shared_bed):
     bed.add("block", "198.51.100.0/24")
     bed.add("allow", "2001:db8:a::/48")
     addr = ipaddress.ip_address(PROT)
-    policy.write_global_policy(bed.maps, GlobalPolicy(reflection=True, filters=(Filter(action="drop", payload=b"X"),)))
-    policy.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(src_pps=10, ban_s=60)))
+    guard.write_global_policy(bed.maps, GlobalPolicy(reflection=True, filters=(Filter(action="drop", payload=b"X"),)))
+    guard.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(src_pps=10, ban_s=60)))
     bed.maps[MapName.OPBANS].set(policy.src_key(ipaddress.ip_address("192.0.2.9")), abi.Ban(1 << 62, 0, int(Reason.BANNED), 0))
     for i in range(50):  # buckets, bans, counters, the source sketch
         bed.run(bytes(Ether() / IP(src=f"203.0.113.{i}", dst=PROT) / UDP(sport=5000, dport=53) / b"hello"), repeat=20)

@@ -9,7 +9,7 @@ First the four review findings of issue 25, each a case that failed before the f
   4. retransmit authentication admitted every later SYN of a source that sent one twice.
 Then the verified-client core: what a verified source passes and what still catches it, its
 per-source budget, that spoofed ingress never inserts, refreshes or evicts an entry, the sweep
-(measured), and the do-no-harm counters (policy.read_verified_drops).
+(measured), and the do-no-harm counters (guard.read_verified_drops).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, libbpf, policy
+from xdpguard.core import abi, guard, libbpf, policy
 from xdpguard.core.abi import MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
-from xdpguard.core.protection import Guard
+from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel
@@ -99,10 +99,10 @@ def bed(tb):
         m[MapName.VCFG].set(ctypes.c_uint32(0), abi.VerifyConfig())
     tb.clear_sketch()
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(0))
-    policy.write_global_policy(m, GlobalPolicy(reflection=False))
-    policy.write_mitigation_filters(m, [])
+    guard.write_global_policy(m, GlobalPolicy(reflection=False))
+    guard.write_mitigation_filters(m, [])
     for a in (PROT, PROT_B, PROT6):
-        policy.write_address_policy(m, ipaddress.ip_address(a), AddressPolicy())
+        guard.write_address_policy(m, ipaddress.ip_address(a), AddressPolicy())
         Guard(None, None, m).change_ports([ipaddress.ip_address(a)], "tcp", 80, 80, abi.PORT_BY_FORWARD, True)
         Guard(None, None, m).change_ports([ipaddress.ip_address(a)], "udp", 53, 53, abi.PORT_BY_FORWARD, True)
     tb.tcpstate(True)
@@ -133,7 +133,7 @@ def goodsrc(b: TestBed) -> dict[bytes, tuple]:
 
 def test_spoofed_syns_from_a_verified_client_do_not_ban_it(bed):
     addr = ipaddress.ip_address(PROT)
-    policy.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=20,
+    guard.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=20,
                                                                             ban_s=60)))
     establish(bed)
     assert bed.verdict(tcp(CLIENT, "A")).reason == Reason.CLEAN
@@ -150,7 +150,7 @@ def test_spoofed_syns_from_a_verified_client_do_not_ban_it(bed):
 
 def test_bans_from_spoofable_evidence_are_short(bed):
     addr = ipaddress.ip_address(PROT)
-    policy.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=2,
+    guard.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=2,
                                                                             ban_s=600)))
     for i in range(5):
         bed.verdict(tcp(STRANGER, "S", sport=2000 + i))
@@ -162,8 +162,8 @@ def test_bans_from_spoofable_evidence_are_short(bed):
 def test_an_established_connection_is_evidence_for_a_full_ban(bed):
     """Packets of a recorded connection are no spoofer's: past its limit (its verified budget
     spent) the client gets the whole ban_s."""
-    policy.write_verify_settings(bed.maps, policy.VerifySettings(tcp_pps=1, tcp_burst=1))
-    policy.write_address_policy(bed.maps, ipaddress.ip_address(PROT),
+    guard.write_verify_settings(bed.maps, policy.VerifySettings(tcp_pps=1, tcp_burst=1))
+    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT),
                                 AddressPolicy(limits=Limits(src_pps=1, src_burst_pkts=4, ban_s=600)))
     establish(bed)
     got = [bed.verdict(tcp(CLIENT, "PA")).reason for _ in range(8)]
@@ -178,7 +178,7 @@ def test_an_established_connection_is_evidence_for_a_full_ban(bed):
 def test_full_dst_bucket_map_never_fails_closed_for_another_address(bed):
     lim = AddressPolicy(limits=Limits(dst_pps=1_000_000, dst_burst_pkts=1_000_000))
     for a in (PROT, PROT_B):
-        policy.write_address_policy(bed.maps, ipaddress.ip_address(a), lim)
+        guard.write_address_policy(bed.maps, ipaddress.ip_address(a), lim)
         no_port_policy(bed, a)
     frame = bytearray(udp(STRANGER))
     for port in range(1, SMALL + 200):  # a flood over random ports of PROT fills the map
@@ -190,7 +190,7 @@ def test_full_dst_bucket_map_never_fails_closed_for_another_address(bed):
 
 
 def test_ports_past_a_full_map_share_their_address_bucket_and_the_sweep_empties_it(bed):
-    policy.write_address_policy(bed.maps, ipaddress.ip_address(PROT),
+    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT),
                                 AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=3)))
     no_port_policy(bed, PROT)
     dst = bed.maps[MapName.DSTBKT]
@@ -203,7 +203,7 @@ def test_ports_past_a_full_map_share_their_address_bucket_and_the_sweep_empties_
         struct.pack_into("!H", frame, 14 + 20 + 2, port)
         passed += bed.run(bytes(frame))[0] == 2
     assert 1 <= passed <= 4, passed  # limited, not unlimited, not all dropped
-    assert policy.sweep_dst_buckets(bed.maps, now_ns()) == SMALL  # idle for 120 s: all go
+    assert guard.sweep_dst_buckets(bed.maps, now_ns()) == SMALL  # idle for 120 s: all go
     assert len(dst) == 0
 
 
@@ -222,7 +222,7 @@ def test_udp_answers_in_peacetime_verify_for_udp_only(bed):
     e = bed.maps[MapName.GOODSRC].get(key(CLIENT))
     assert e is not None and e.kind == abi.VF_UDP
     assert e.expires_ns - now_ns() <= abi.GOOD_UDP_TTL_S * 10**9
-    policy.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp"),
+    guard.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp"),
                                                Filter(action=policy.MITIGATE, proto="tcp", tcp_flags=(0x12, 0x02))])
     assert bed.verdict(udp(CLIENT)).reason == Reason.CLEAN  # UDP: verified
     assert bed.verdict(udp(STRANGER)).reason == Reason.MITIGATION
@@ -230,10 +230,10 @@ def test_udp_answers_in_peacetime_verify_for_udp_only(bed):
 
 
 def test_the_controller_can_stop_udp_learning(bed):
-    policy.set_udp_learning(bed.maps, False)
+    guard.set_udp_learning(bed.maps, False)
     bed.egress(out_udp(CLIENT))
     assert bed.maps[MapName.GOODSRC].get(key(CLIENT)) is None
-    policy.set_udp_learning(bed.maps, True)
+    guard.set_udp_learning(bed.maps, True)
     bed.egress(out_udp(CLIENT))
     assert bed.maps[MapName.GOODSRC].get(key(CLIENT)) is not None
     establish(bed)  # TCP learning never stops
@@ -249,7 +249,7 @@ def test_a_full_verified_map_is_swept_and_learning_resumes(bed):
         m.set(key(str(ipaddress.ip_address(base + i))), abi.GoodSrc(t + 3600 * 10**9 + i, kind))
     establish(bed)
     assert m.get(key(CLIENT)) is None  # full: not learned
-    st = policy.sweep_verified(bed.maps, now_ns())
+    st = guard.sweep_verified(bed.maps, now_ns())
     assert st.before == SMALL and st.expired == 0 and st.after == int(0.75 * SMALL)
     left = [v.kind for _, v in m.items()]
     assert left.count(abi.VF_UDP) == SMALL // 2 - (SMALL - int(0.75 * SMALL))  # UDP-only ones went first
@@ -264,7 +264,7 @@ def test_a_flood_sending_every_syn_twice_gets_a_bounded_admission(bed):
     """Retransmit mode proves no address: sending a SYN twice authenticates anyone. One
     authentication now admits at most XG_SYNAUTH_SYNS SYNs (the first included)."""
     syn_pol = SynPolicy(auth_min_ms=100, auth_max_ms=5000, auth_keep_s=600, mode="retransmit", always=True)
-    policy.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(syn=syn_pol))
+    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(syn=syn_pol))
     first = tcp(STRANGER, "S", sport=3000, seq=77)
     assert bed.verdict(first).reason == Reason.SYN
     time.sleep(0.15)
@@ -279,13 +279,13 @@ def test_a_flood_sending_every_syn_twice_gets_a_bounded_admission(bed):
 
 def test_verified_sources_pass_mitigation_filters_not_operator_filters(bed):
     establish(bed)
-    policy.write_global_policy(bed.maps, GlobalPolicy(reflection=False, filters=(
+    guard.write_global_policy(bed.maps, GlobalPolicy(reflection=False, filters=(
         Filter(action="drop", proto="udp", payload=b"EVIL"),)))
-    policy.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp", length=(0, 1500))])
+    guard.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp", length=(0, 1500))])
     assert bed.verdict(udp(CLIENT)).reason == Reason.CLEAN
     assert bed.verdict(udp(STRANGER)).reason == Reason.MITIGATION
     assert bed.verdict(udp(CLIENT, payload=b"EVIL")).reason == Reason.FEATURE  # the operator's filter holds
-    drops = policy.read_verified_drops(bed.maps)
+    drops = guard.read_verified_drops(bed.maps)
     assert drops.filters[1][1].exempted >= 1 and drops.filters[1][0].action == policy.MITIGATE
     assert drops.filters[0][1].dropped >= 1 and drops.filters[0][0].action == "drop"
 
@@ -303,13 +303,13 @@ def test_bans_that_hit_verified_sources_are_counted(bed):
     assert bed.verdict(tcp(CLIENT, "A")).reason == Reason.BANNED
     assert bed.maps[MapName.OPBANS].get(key(CLIENT)).verified_hits == 1
     assert bed.verdict(tcp(STRANGER, "A")).reason != Reason.BANNED
-    assert policy.read_bans_verified_hits(bed.maps) == {CLIENT: 2}
-    assert policy.read_verified_drops(bed.maps).reasons[Reason.BANNED].dropped >= 2
+    assert guard.read_bans_verified_hits(bed.maps) == {CLIENT: 2}
+    assert guard.read_verified_drops(bed.maps).reasons[Reason.BANNED].dropped >= 2
 
 
 def test_verified_sources_pass_the_unverified_budget_but_not_their_own_limit(bed):
     establish(bed)
-    policy.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
+    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
         limits=Limits(dst_pps=1, dst_burst_pkts=2, src_pps=1, src_burst_pkts=6, ban_s=60)))
     got = [bed.verdict(tcp(CLIENT, "A")).reason for _ in range(6)]
     assert got == [Reason.CLEAN] * 6, got  # the per-destination budget (for unknown traffic) never drops it
@@ -317,21 +317,21 @@ def test_verified_sources_pass_the_unverified_budget_but_not_their_own_limit(bed
     got = [bed.verdict(tcp(CLIENT, "A")).reason for _ in range(3)]
     assert Reason.RATELIMIT in got  # its own per-source limit still counts its packets
     assert bed.maps[MapName.BANS].get(key(CLIENT)) is None  # ... but never bans it
-    r = policy.read_verified_drops(bed.maps).reasons
+    r = guard.read_verified_drops(bed.maps).reasons
     assert r[Reason.RATELIMIT].dropped >= 1 and r[Reason.RATELIMIT].exempted >= 4
 
 
 def test_the_privilege_is_bounded_by_what_a_real_client_sends(bed):
-    policy.write_verify_settings(bed.maps, policy.VerifySettings(tcp_pps=1, tcp_burst=3))
+    guard.write_verify_settings(bed.maps, policy.VerifySettings(tcp_pps=1, tcp_burst=3))
     establish(bed)
-    policy.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="tcp")])
+    guard.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="tcp")])
     got = [bed.verdict(tcp(CLIENT, "A")).reason for _ in range(5)]
     assert got[:3] == [Reason.CLEAN] * 3 and got[4] == Reason.MITIGATION, got  # a flood spoofing it: judged as anyone
 
 
 def test_verified_sources_skip_the_syn_defence_v6(bed):
     syn_pol = SynPolicy(auth_min_ms=100, auth_max_ms=5000, mode="retransmit", always=True)
-    policy.write_address_policy(bed.maps, ipaddress.ip_address(PROT6), AddressPolicy(syn=syn_pol))
+    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT6), AddressPolicy(syn=syn_pol))
     assert bed.verdict(tcp(CLIENT6, "S", dst=PROT6)).reason == Reason.SYN
     establish(bed, CLIENT6, PROT6)
     assert bed.verdict(tcp(CLIENT6, "S", sport=41000, dst=PROT6)).reason == Reason.CLEAN
@@ -340,8 +340,8 @@ def test_verified_sources_skip_the_syn_defence_v6(bed):
 def test_spoofed_ingress_never_inserts_refreshes_or_evicts(bed):
     establish(bed)
     bed.egress(out_udp("203.0.113.8"))
-    policy.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp")])
-    policy.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
+    guard.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp")])
+    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
         limits=Limits(dst_pps=1, dst_burst_pkts=1, syn_src_pps=1, syn_src_burst=1, ban_s=60)))
     before = goodsrc(bed)
     frame = bytearray(tcp(STRANGER, "A"))
@@ -374,14 +374,14 @@ def test_the_sweep_of_a_full_default_map_is_measured():
             vals[i] = abi.GoodSrc(t - 1 if i % 2 else t + 3600 * 10**9, abi.VF_TCP if i % 3 else abi.VF_UDP)
         rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
         assert rc == 0 and done == n
-        st = policy.sweep_verified(b.maps, now_ns())
+        st = guard.sweep_verified(b.maps, now_ns())
         assert st.expired == n // 2 and st.after == n - n // 2
         print(f"\nsweep of {n} entries, half expired: {st.seconds * 1000:.0f} ms")
         for i in range(n):
             vals[i].expires_ns = t + 3600 * 10**9
         rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
         assert rc == 0 and done == n
-        st = policy.sweep_verified(b.maps, now_ns())
+        st = guard.sweep_verified(b.maps, now_ns())
         assert st.evicted == n - int(0.75 * n) and st.after == int(0.75 * n)
         print(f"sweep of {n} live entries (full): {st.seconds * 1000:.0f} ms, {st.evicted} evicted")
 
@@ -397,7 +397,7 @@ def test_the_verified_bloom_follows_learning_and_the_sweep(bed):
 
     establish(bed)
     assert is_set()
-    policy.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="tcp")])
+    guard.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="tcp")])
     assert bed.verdict(tcp(CLIENT, "A")).reason == Reason.CLEAN
     bits.set(ctypes.c_uint32(bit >> 6), ctypes.c_uint64(0))  # without its bit the entry is not consulted
     assert bed.verdict(tcp(CLIENT, "A")).reason == Reason.MITIGATION
@@ -406,5 +406,5 @@ def test_the_verified_bloom_follows_learning_and_the_sweep(bed):
     e = bed.maps[MapName.GOODSRC].get(key(CLIENT))
     e.expires_ns = 1
     bed.maps[MapName.GOODSRC].set(key(CLIENT), e)
-    policy.sweep_verified(bed.maps, now_ns())
+    guard.sweep_verified(bed.maps, now_ns())
     assert bed.maps[MapName.GOODSRC].get(key(CLIENT)) is None and not is_set()

@@ -388,9 +388,9 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(bed: Bed):
     fill = ("from dataclasses import replace\n"
             "from xdpguard.core import cleansing, policy, protection, state\n"
             f"with protection.open_guard('{IFACE}') as g, state.iface_lock(g.iface):\n"
-            "    old = policy.read_global_policy(g.maps)\n"
+            "    old = g.read_global_policy()\n"
             "    new = replace(old, filters=tuple(policy.Filter(proto='udp', dport=(p, p)) for p in range(1000, 1064)))\n"
-            "    policy.write_global_policy(g.maps, new, old)\n")
+            "    g.write_global_policy(new, old)\n")
     bed.lab.run(bed.prot, PY, "-c", fill)
     try:
         assert len(bed.json("filter", "list")["filters"]) == 64

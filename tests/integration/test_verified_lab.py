@@ -50,16 +50,16 @@ import dataclasses, ipaddress
 from xdpguard.core import policy, protection
 g = protection.open_guard("{topology.PROT_IFACE}")
 a = ipaddress.ip_address("{topology.PROT4}")
-cur = policy.read_address_policy(g.maps, a)
+cur = g.read_address_policy(a)
 lim = dataclasses.replace(cur.limits, syn_src_pps=10, syn_src_burst=20, ban_s=60)
-policy.write_address_policy(g.maps, a, dataclasses.replace(cur, limits=lim))
+g.write_address_policy(a, dataclasses.replace(cur, limits=lim))
 """
 
 READ_BANS = f"""
 import json, time
 from xdpguard.core import policy, protection
 g = protection.open_guard("{topology.PROT_IFACE}")
-print(json.dumps([b.source for b in policy.read_bans(g.maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC))]))
+print(json.dumps([b.source for b in g.read_bans(time.clock_gettime_ns(time.CLOCK_MONOTONIC))]))
 """
 
 

@@ -42,8 +42,6 @@ def run_promtool(*args: str, stdin: str | None = None, cwd: Path | None = None) 
 class FakeGuard:
     """What protection.Guard shows the collector: counters, list sizes, protected addresses."""
 
-    maps: dict = {}
-
     def __init__(self, counters=None, protected=("198.18.0.2",)):
         from xdpguard.core.protection import CounterView
 
@@ -66,6 +64,18 @@ class FakeGuard:
     def protected(self):
         return self._protected
 
+    def sample_every(self):
+        return 64
+
+    def sample_counters(self):
+        return 1000, 7
+
+    def has_ban_maps(self):
+        return False
+
+    def cc_ban_count(self):
+        return 0
+
 
 def every_counter():
     """A counter for every (action, reason) pair the data path can report."""
@@ -84,14 +94,12 @@ def every_counter():
 def install_fakes(monkeypatch, guard: FakeGuard | None = None) -> None:
     """Make the real collector read `guard` and one forwarding rule with an up, a down and an
     unchecked backend, sampling 1 in 64 with 1000 samples taken and 7 lost."""
-    from xdpguard.core import forward, protection, sampling, state
+    from xdpguard.core import forward, protection, state
     from xdpguard.core.forward import BackendView, ForwardListResult, RuleView
 
     g = guard or FakeGuard()
     monkeypatch.setattr(protection.Guard, "open", classmethod(lambda cls, iface: g))
     monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 1, "net-1"))
-    monkeypatch.setattr(sampling, "get_sample_every", lambda maps: 64)
-    monkeypatch.setattr(sampling, "sample_counters", lambda maps: (1000, 7))
     rules = [RuleView("198.18.0.2 tcp 80", "xgp0", "tcp", "198.18.0.2", "80",
                       [BackendView("198.51.100.10:8080", 1, False, "up"), BackendView("198.51.100.11:8080", 1, False, "down"),
                        BackendView("198.51.100.12:8080", 1, True, "unknown")], 0, False, None, 5, 500)]

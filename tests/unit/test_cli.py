@@ -14,7 +14,7 @@ import pytest
 
 from xdpguard import __version__
 from xdpguard.cli.main import run
-from xdpguard.core import protection, reconcile
+from xdpguard.core import imperative, protection, reconcile
 from xdpguard.core.errors import UserError
 from xdpguard.core.libbpf import BpfError
 from xdpguard.core.protection import (
@@ -58,7 +58,12 @@ class Calls:
             return result
 
         # attach and detach are the verb layer's (store first; detach also tears down NAT)
-        self.monkeypatch.setattr(reconcile if verb in ("attach", "detach") else protection, verb, impl)
+        # the list verbs are edits of the desired spec (imperative.py)
+        mod = reconcile if verb in ("attach", "detach") else imperative if verb in LIST_VERBS else protection
+        self.monkeypatch.setattr(mod, verb, impl)
+
+
+LIST_VERBS = ("list_add", "list_del", "list_load")
 
 
 @pytest.fixture
@@ -196,7 +201,7 @@ def test_block_add(calls):
     r = invoke("block", "add", "203.0.113.77/24", "2001:db8:bad::/48", "198.51.100.9", "--ttl", "600", "-i", "veth-xg0")
     assert r.exit_code == 0
     assert calls.log == [("list_add", ("block", "veth-xg0", ["203.0.113.77/24", "2001:db8:bad::/48", "198.51.100.9"],
-                                       600.0), {})]
+                                       600.0), {"force": False})]
     assert "added 2, refreshed 1" in r.output
     assert "normalised 203.0.113.77/24 -> 203.0.113.0/24" in r.output
 
@@ -215,9 +220,8 @@ def test_block_load(calls, tmp_path):
     calls.fake("list_load", ListChangeResult("veth-xg0", "block", "load", 1000, 0, 0, [], []))
     r = invoke("block", "load", str(f), "--json")
     assert r.exit_code == 0
-    (verb, args, kwargs), = calls.log  # the file is read once: the store's prediction and the write share it
-    assert (verb, args) == ("list_load", ("block", None, str(f), None))
-    assert [str(p) for p in kwargs["parsed"].prefixes] == ["203.0.113.0/24"]
+    (verb, args, kwargs), = calls.log  # (that the verb reads the file once: tests/unit/test_one_writer.py)
+    assert (verb, args, kwargs) == ("list_load", ("block", None, str(f), None), {"force": False})
     assert json.loads(r.output)["added"] == 1000
 
 

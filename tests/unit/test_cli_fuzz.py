@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 
 from xdpguard.cli import main as cli_main
 from xdpguard.cli.main import cli, run
-from xdpguard.core import (capture, cleansing, config, daemon, dataplane, doctor, events, forward, health,
+from xdpguard.core import (capture, cleansing, config, daemon, dataplane, doctor, events, forward, health, imperative,
                            metrics, policy, protection, reconcile, state, stats, store)
 from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
@@ -194,16 +194,19 @@ def with_value(w: World, path, cmd, p: click.Parameter, value: str) -> list[str]
 # ---- the fake core ----
 
 FAKED = {
-    protection: ["pick_iface", "open_guard", "list_add", "list_del", "list_load", "list_show", "status", "ports_change",
+    imperative: ["list_add", "list_del", "list_load", "ports_change", "set_level", "connlimit_set", "connlimit_clear",
+                 "set_event_config", "limit_set", "limit_clear", "proto_change", "reflection_change",
+                 "filter_add", "filter_del", "syn_set", "monitor_change", "fragments_set", "forward_add",
+                 "forward_delete"],
+    protection: ["pick_iface", "open_guard", "list_show", "status",
                  "ports_list", "upgrade", "sweep_expired"],
-    cleansing: ["limit_set", "limit_clear", "limit_show", "proto_change", "proto_show", "reflection_change",
-                "reflection_list", "filter_add", "filter_del", "filter_list", "syn_set", "syn_show", "monitor_change",
-                "monitor_show", "fragments_set", "fragments_show", "ban_list", "ban_add", "ban_del"],
+    cleansing: ["limit_show", "proto_show", "reflection_list", "filter_list", "syn_show", "monitor_show",
+                "fragments_show", "ban_list", "ban_add", "ban_del"],
     reconcile: ["attach", "detach", "apply_file", "diff_file", "export", "protection_ifaces"],
     state: ["require_root", "resolve_iface", "write_durably"],
     events: ["set_config", "load_config", "read_log", "log_path", "DetectionLoop", "AttackTracker"],
     capture: ["capture"],
-    forward: ["add", "delete", "show"],
+    forward: ["show"],
     doctor: ["gather"],
     stats: ["Collector"],
     daemon: ["Reconciler"],
@@ -347,7 +350,7 @@ def test_every_option_with_every_hostile_value(core, world):
         invoke(core, world, argv)
     reached = {q for q, _, _ in core.calls}
     # the valid invocations do reach the core: the fakes are wired (else the test proves nothing)
-    assert {"xdpguard.core.protection.list_add", "xdpguard.core.cleansing.limit_set",
+    assert {"xdpguard.core.imperative.list_add", "xdpguard.core.imperative.limit_set",
             "xdpguard.core.capture.capture", "xdpguard.core.reconcile.apply_file"} <= reached
 
 
@@ -444,7 +447,7 @@ def test_valid_values_reach_the_core_converted(core, world):
     lim = core.calls[0][1][1]
     assert (lim.src_pps, lim.ban_s) == (1500, 60)
     assert core.calls[1][1] == ("block", None, ["198.18.0.0/24"], 2.5)
-    assert core.calls[-1][0].endswith("events.set_config")  # the hook was accepted
+    assert core.calls[-1][0].endswith("imperative.set_event_config")  # the hook was accepted
 
 
 # ---- capture -w and export -o: no symlink followed, nothing truncated unless asked ----
@@ -577,6 +580,15 @@ class _EmptyGuard:
     def protected_addrs(self):
         return [ipaddress.ip_address(FZ_ADDR)]
 
+    def read_address_policy(self, a):
+        return policy.AddressPolicy()
+
+    def read_global_policy(self):
+        return policy.GlobalPolicy()
+
+    def read_port_limits(self):
+        return {}
+
 
 @pytest.fixture
 def kernel_edge(monkeypatch, tmp_path):
@@ -591,18 +603,15 @@ def kernel_edge(monkeypatch, tmp_path):
     monkeypatch.setattr(dataplane, "query", lambda ifindex: dataplane.XdpAttachment(1, "skb",
                                                                                      dataplane.PROGRAM_KERNEL_NAME))
     monkeypatch.setattr(protection.Guard, "open", staticmethod(lambda iface: _EmptyGuard(iface)))
-    monkeypatch.setattr(policy, "read_address_policy", lambda maps, a: policy.AddressPolicy())
-    monkeypatch.setattr(policy, "read_global_policy", lambda maps: policy.GlobalPolicy())
-    monkeypatch.setattr(policy, "read_port_limits", lambda maps: {})
     monkeypatch.setattr(reconcile, "_permanent", lambda g, which: frozenset())
     monkeypatch.setattr(reconcile, "management_addresses", lambda: set())
     realised: list = []
     monkeypatch.setattr(reconcile, "realise", lambda spec: realised.append(spec) or reconcile.RealiseResult(
         spec.name, "changed", []))
     monkeypatch.setattr(reconcile, "_detach_quietly", lambda name: realised.append(("detach", name)) or [])
-    monkeypatch.setattr(protection, "list_add", lambda which, ifname, cidrs, ttl=None: protection.ListChangeResult(
-        ifname or FZ_IF, which, "add", len(cidrs), 0, 0, [], []))
-    monkeypatch.setattr(protection, "ports_change", lambda ifname, proto, ports, protected, open_, **k:
+    monkeypatch.setattr(imperative, "list_add", lambda which, ifname, cidrs, ttl=None, force=False:
+                        protection.ListChangeResult(ifname or FZ_IF, which, "add", len(cidrs), 0, 0, [], []))
+    monkeypatch.setattr(imperative, "ports_change", lambda ifname, proto, ports, protected, open_, **k:
                         protection.PortResult(ifname or FZ_IF, "open" if open_ else "close", 1, []))
     monkeypatch.setattr(protection, "status", lambda name: [protection.StatusResult(
         FZ_IF, 7, 1, "skb", [FZ_ADDR], False, {"block": 0, "allow": 0}, [], {}, True)])

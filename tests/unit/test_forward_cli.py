@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from xdpguard.cli.main import cli, run
-from xdpguard.core import forward, health, nat, state
+from xdpguard.core import forward, health, imperative, nat, state
 from xdpguard.core.errors import UserError
 from xdpguard.core.forward import BackendView, ForwardChangeResult, ForwardListResult, RuleView
 from cli_helpers import one_line_error
@@ -41,14 +41,15 @@ class Calls:
 @pytest.fixture
 def calls(monkeypatch) -> Calls:
     c = Calls(monkeypatch)
-    for verb in ("add", "delete", "show"):
-        c.fake(forward, verb, AssertionError(f"forward.{verb} was not expected"))
+    for verb in ("forward_add", "forward_delete"):  # the changes: edits of the desired spec
+        c.fake(imperative, verb, AssertionError(f"imperative.{verb} was not expected"))
+    c.fake(forward, "show", AssertionError("forward.show was not expected"))
     c.fake(health, "run", AssertionError("health.run was not expected"))
     return c
 
 
 def test_add_passes_every_option(calls):
-    calls.fake(forward, "add", ForwardChangeResult("xgp0", "add", "udp/198.18.0.2/53", True, ["enabled forwarding"]))
+    calls.fake(imperative, "forward_add", ForwardChangeResult("xgp0", "add", "udp/198.18.0.2/53", True, ["enabled forwarding"]))
     res = CliRunner().invoke(cli, ["forward", "add", "udp", "53", "--to", "198.18.1.2:53,198.18.2.2:53",
                                    "--weight", "3,1", "--backup", "198.18.3.2:53", "--persist", "60",
                                    "--preserve-client-ip", "--udp-probe", "00ff", "--protected", "198.18.0.2",
@@ -62,11 +63,11 @@ def test_add_passes_every_option(calls):
 
 
 def test_add_json_and_del(calls):
-    calls.fake(forward, "delete", ForwardChangeResult("xgp0", "del", "tcp/198.18.0.2/80", True, []))
+    calls.fake(imperative, "forward_delete", ForwardChangeResult("xgp0", "del", "tcp/198.18.0.2/80", True, []))
     res = CliRunner().invoke(cli, ["forward", "del", "tcp", "80", "--json"], catch_exceptions=False)
     assert json.loads(res.output) == {"iface": "xgp0", "action": "del", "key": "tcp/198.18.0.2/80",
                                       "changed": True, "notes": []}
-    assert calls.log == [("delete", ("tcp", "80"), {"ifname": None, "protected": None})]
+    assert calls.log == [("forward_delete", ("tcp", "80"), {"ifname": None, "protected": None})]
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -83,7 +84,7 @@ def test_click_level_bad_input(calls, capsys, argv, needle):
 
 
 def test_core_user_error_is_one_line(calls, capsys):
-    calls.fake(forward, "add", UserError("rule tcp/198.18.0.2/85-100 overlaps existing rule tcp/198.18.0.2/80-90"))
+    calls.fake(imperative, "forward_add", UserError("rule tcp/198.18.0.2/85-100 overlaps existing rule tcp/198.18.0.2/80-90"))
     assert run(["forward", "add", "tcp", "85-100", "--to", "198.18.1.2"]) == 2
     assert "overlaps" in one_line_error(capsys)
 

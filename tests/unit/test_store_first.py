@@ -1,8 +1,9 @@
-"""The imperative verbs are store first (issue 9, crash safety): reconcile.change stores the
-predicted desired spec (fsynced) — the realised spec with the verb's change — before the command
-touches the kernel, puts it back when the
-command fails, and stores nothing for bad input. The store is real (a temp state dir); the
-kernel write is a function that looks at the store and succeeds or fails. No root, bcc or kernel."""
+"""The imperative verbs are store first (issue 9, crash safety), one writer (issue 26):
+reconcile.edit stores the edited desired spec (fsynced) — the realised spec with the verb's change
+— before the reconciler's writer touches the kernel, puts it back when the write fails, and
+stores nothing for bad input. The store is real (a temp state dir); the kernel write
+(write_differences) is a function that looks at the store and succeeds or fails. No root, bcc or
+kernel."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from xdpguard.core import config, imperative, policy, reconcile, state, store
+from xdpguard.core import config, imperative, policy, protection, reconcile, state, store
 from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_prefix
-from xdpguard.core.reconcile import change  # the real one (conftest fakes reconcile.change for the CLI tests)
 
 IF = "xgt0"
 ADDR = ipaddress.ip_address("198.18.0.2")
@@ -29,34 +29,60 @@ class Res:
     notes: tuple = ()
 
 
+class NoMaps:
+    """The map owner of an interface whose realised spec is S0 (export_guard is faked)."""
+
+    def __init__(self, iface):
+        self.iface = iface
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def protected_addrs(self):
+        return [ADDR]
+
+
 @pytest.fixture
 def stored(monkeypatch, tmp_path, recorded_calls):
     monkeypatch.setenv("XDPGUARD_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("XDPGUARD_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setattr(state, "require_root", lambda: None)
+    monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 7, state.netns_key()))
+    monkeypatch.setattr(protection, "pick_iface", lambda name=None: name or IF)
+    monkeypatch.setattr(protection.Guard, "open", staticmethod(NoMaps))
     monkeypatch.setattr(reconcile, "export_iface", lambda name, lists=True: S0)  # what the kernel does
+    monkeypatch.setattr(reconcile, "export_guard", lambda g, lists=True, stored=None: S0)
     store.save(Desired((S0,)))
     return recorded_calls
+
+
+def change(ifname, f, write, monkeypatch):
+    """A verb: the edit f(spec), and `write` as the kernel write (write_differences)."""
+    monkeypatch.setattr(reconcile, "write_differences", lambda g, old, new, **kw: write())
+    return reconcile.edit(ifname, lambda s, g: f(s), lambda g, old, new, notes: notes)
 
 
 def add_block(s: InterfaceSpec) -> InterfaceSpec:
     return replace(s, block=s.block | {P})
 
 
-def test_the_store_holds_the_change_before_the_kernel_is_written(stored):
+def test_the_store_holds_the_change_before_the_kernel_is_written(stored, monkeypatch):
     seen = []
 
     def write():
         seen.append(store.stored_interface(IF))  # what a SIGKILL here would leave behind
         return Res(IF)
 
-    change(IF, add_block, write)
+    change(IF, add_block, write, monkeypatch)
     assert seen == [add_block(S0)]
     assert store.stored_interface(IF) == add_block(S0)
-    assert stored == [("record", IF, False)]  # then the realised state is recorded
+    assert stored == []  # nothing recorded afterwards: the reconciler wrote what was stored
 
 
-def test_a_failed_kernel_write_puts_the_store_back(stored):
+def test_a_failed_kernel_write_puts_the_store_back(stored, monkeypatch):
     seen = []
 
     def write():
@@ -65,7 +91,7 @@ def test_a_failed_kernel_write_puts_the_store_back(stored):
 
     text_before = store.desired_path().read_text()
     with pytest.raises(UserError, match="kernel said no"):
-        change(IF, add_block, write)
+        change(IF, add_block, write, monkeypatch)
     assert seen == [add_block(S0)]  # it was stored first
     assert store.stored_interface(IF) == S0
     assert store.desired_path().read_text() == text_before
@@ -73,54 +99,57 @@ def test_a_failed_kernel_write_puts_the_store_back(stored):
     assert stored == []  # nothing recorded
 
 
-def test_the_store_is_put_back_without_reading_it(stored):
-    """A stored prediction that the loader would refuse (e.g. an overlapping forward) must not
+def test_the_store_is_put_back_without_reading_it(stored, monkeypatch):
+    """A stored spec that the loader would refuse (e.g. an overlapping forward) must not
     stick: the store is rewritten from what it was, not read back."""
     def write():
         store.desired_path().write_text("[[interface]]\nname = 1\n")  # unreadable now
         raise UserError("kernel said no")
 
     with pytest.raises(UserError, match="kernel said no"):
-        change(IF, add_block, write)
+        change(IF, add_block, write, monkeypatch)
     assert store.stored_interface(IF) == S0
 
 
-def test_an_interrupted_kernel_write_puts_the_store_back(stored):
+def test_an_interrupted_kernel_write_puts_the_store_back(stored, monkeypatch):
     def write():
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        change(IF, add_block, write)
+        change(IF, add_block, write, monkeypatch)
     assert store.stored_interface(IF) == S0
 
 
-def test_bad_input_stores_nothing_and_writes_nothing(stored):
+def test_bad_input_stores_nothing_and_writes_nothing(stored, monkeypatch):
     writes = []
+    monkeypatch.setattr(reconcile, "write_differences", lambda g, old, new, **kw: writes.append(1))
     with pytest.raises(UserError, match="unknown protocol"):
         imperative.proto_change(IF, "sctp", True)  # validated before the store is read
     with pytest.raises(UserError, match="invalid protected address"):
-        change(IF, lambda s: imperative._each(s, "not-an-ip", lambda a: a), lambda: writes.append(1))
+        imperative.proto_change(IF, "udp", True, protected="not-an-ip")
+    with pytest.raises(UserError, match="198.18.0.9 is not a protected address of xgt0"):
+        imperative.limit_set(IF, policy.Limits(src_pps=10), protected="198.18.0.9")
     assert writes == [] and store.stored_interface(IF) == S0 and stored == []
 
 
-def test_an_unchanged_spec_is_not_rewritten(stored):
+def test_an_unchanged_spec_is_not_rewritten(stored, monkeypatch):
     gen = store.load_meta().generation
-    change(IF, lambda s: s, lambda: Res(IF))
+    change(IF, lambda s: s, lambda: [], monkeypatch)
     assert store.load_meta().generation == gen
 
 
-@pytest.mark.parametrize("verb, predict, want", [
+@pytest.mark.parametrize("verb, edit, want", [
     ("block add", lambda s: imperative._lists(s, "block", [P], True), lambda s: replace(s, block=s.block | {P})),
     ("block add --ttl", lambda s: imperative._lists(s, "block", list(S0.block), False),
      lambda s: replace(s, block=frozenset())),
-    ("port open", lambda s: imperative._each(s, None, lambda a: replace(a, open_ports=(("tcp", 22, 22),))),
+    ("port open", lambda s: imperative._each_of(s, [ADDR], lambda a: replace(a, open_ports=(("tcp", 22, 22),))),
      lambda s: replace(s, addresses=(AddressSpec(ADDR, open_ports=(("tcp", 22, 22),)),))),
 ])
-def test_predictions_are_what_export_would_say(stored, verb, predict, want):
-    assert config.norm_interface(predict(S0)) == want(S0), verb
+def test_edits_are_what_export_would_say(stored, verb, edit, want):
+    assert config.norm_interface(edit(S0)) == want(S0), verb
 
 
-def test_port_limit_predictions_merge_into_runs(stored):
+def test_port_limit_edits_merge_into_runs(stored):
     lim = policy.Limits(dst_pps=1000)
     a = imperative._port_limits(AddressSpec(ADDR), "udp", 53, 55, lim)
     assert a.port_limits == (("udp", 53, 55, lim.effective()),)
@@ -132,8 +161,6 @@ def test_port_limit_predictions_merge_into_runs(stored):
 def attachable(stored, monkeypatch):
     """`attach` with the kernel side faked: the interface exists and nothing is attached;
     protection.attach is whatever the test sets in calls['attach']."""
-    from xdpguard.core import protection
-
     calls: dict = {"realise": []}
     monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 7, "net-1"))
     monkeypatch.setattr(protection, "check_attachable", lambda iface, force: None)

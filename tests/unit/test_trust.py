@@ -61,7 +61,7 @@ def store_bytes() -> bytes | None:
 @pytest.mark.parametrize("hook", ["/bin/true\n; x", "/bin/true\x1b[31m", "/bin/true\x85", "/bin/true\x7f", "/bin/true\tx"])
 def test_a_hook_with_a_control_character_is_refused_by_the_cli(env, monkeypatch, capsys, hook):
     calls = []
-    monkeypatch.setattr(events, "set_config", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(reconcile, "edit", lambda *a, **k: calls.append(a))
     assert run(["events", "threshold", "set", "--hook", hook]) == 2
     one_error(capsys, "--hook", "control character")
     assert run(["events", "threshold", "set", f"--hook={hook}"]) == 2
@@ -296,7 +296,7 @@ def test_write_durably_refuses_a_device(tmp_path):
                                          ("block", "::/0")])
 def test_a_list_entry_for_every_address_needs_force(env, monkeypatch, capsys, recorded_calls, which, cidr):
     calls = []
-    monkeypatch.setattr(protection, "list_add", lambda *a, **k: calls.append(a) or protection.ListChangeResult(
+    monkeypatch.setattr(reconcile, "edit", lambda *a, **k: calls.append(a) or protection.ListChangeResult(
         IF, which, "add", 1, 0, 0, [], []))
     assert run([which, "add", "198.51.100.0/24", cidr]) == 2
     one_error(capsys, cidr, "--force")
@@ -364,9 +364,8 @@ def test_metrics_port_and_contradictory_tcp_flags_are_refused(capsys):
 
 
 def test_filter_add_with_contradictory_tcp_flags_is_one_line(env, monkeypatch, capsys):
-    from xdpguard.core import cleansing
     calls = []
-    monkeypatch.setattr(cleansing, "filter_add", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(reconcile, "edit", lambda *a, **k: calls.append(a))
     assert run(["filter", "add", "--action", "drop", "--tcp-flags", "syn,!syn"]) == 2
     one_error(capsys, "given twice")
     assert calls == []

@@ -109,10 +109,10 @@ def capture(ifname: str | None, path: str, count: int = 100, reason: str | None 
 
 
 def _capture(g, fd: int, path, count, reason, snaplen, timeout_s, sample_every) -> CaptureResult:
-    old = sampling.get_sample_every(g.maps)
+    old = g.sample_every()
     want = sample_every if sample_every is not None else (old or sampling.DEFAULT_SAMPLE_EVERY)
     if want != old:
-        sampling.set_sample_every(g.maps, want)
+        g.set_sample_every(want)
     reasons: Tally[str] = Tally()
     sources: Tally[str] = Tally()
     n = 0
@@ -142,6 +142,6 @@ def _capture(g, fd: int, path, count, reason, snaplen, timeout_s, sample_every) 
     finally:
         w.close()
         if want != old:
-            sampling.set_sample_every(g.maps, old)
+            g.set_sample_every(old)
     return CaptureResult(g.iface.name, str(path), n, want, dict(reasons.most_common()),
                          dict(sources.most_common(20)), n < count, missed, via)

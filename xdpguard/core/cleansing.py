@@ -1,22 +1,21 @@
-"""Cleansing verbs: rate limits, protocol blocking, reflection ports, feature filters, the SYN
+"""Cleansing: rate limits, protocol blocking, reflection ports, feature filters, the SYN
 defence, monitor mode, the fragment policy and dynamic bans (DESIGN.md pipeline, steps 5–12).
 
-Each verb validates everything first (the typed objects of policy.py raise UserError), then
-opens the interface's maps, takes its lock once, writes, and returns a frozen result object
-(`to_dict()` for --json). Bad input changes nothing. No click, no rich.
+Here are their validators, the edits of the interface-wide policy (`*_global`), the frozen
+result objects (`to_dict()` for --json) and the read-only `show` verbs. The changes of desired
+state are edits of the spec in imperative.py, realised by the reconciler; the bans (dynamic
+state) go to the map owner (guard.py) from here. Bad input changes nothing. No click, no rich.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ipaddress
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, policy, state, vocab
+from . import abi, config, policy
 from .errors import UserError
 from .prefixes import parse_address
-from .protection import _select_protected, locked_guard, open_guard
+from .protection import locked_guard, open_guard
 
 DROP_REASONS = tuple(r.label for r in abi.Reason if r.is_drop)
 ALL_DROP_MASK = sum(1 << r for r in abi.Reason if r.is_drop)
@@ -56,14 +55,14 @@ class LimitResult:
     to_dict = _as_dict
 
 
-def _limit_views(g, only=None) -> list[LimitView]:
+def limit_views(g, only=None) -> list[LimitView]:
     out = []
     for a in g.protected_addrs():
-        lim = policy.read_address_policy(g.maps, a).limits
+        lim = g.read_address_policy(a).limits
         if lim.active():
             out.append(LimitView(str(a), "address", asdict(lim)))
     runs: list[list] = []  # [addr, proto, lo, hi, Limits]
-    for (addr, proto, port), lim in policy.read_port_limits(g.maps).items():
+    for (addr, proto, port), lim in g.read_port_limits().items():
         if runs and runs[-1][0] == addr and runs[-1][1] == proto and runs[-1][3] == port - 1 and runs[-1][4] == lim:
             runs[-1][3] = port
         else:
@@ -81,71 +80,9 @@ def check_limit_set(limits: policy.Limits) -> None:
         raise UserError("--ban needs a per-source rate (--src-pps, --src-bps or --syn-src-pps)")
 
 
-def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None = None,
-              port: str | None = None) -> LimitResult:
-    """Replace the limits of every selected address (or of its ports PROTO:LO-HI) by `limits`."""
-    check_limit_set(limits)
-    spec = vocab.parse_port_spec(port) if port else None
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        if spec is None:
-            for a in addrs:
-                cur = policy.read_address_policy(g.maps, a)
-                policy.write_address_policy(g.maps, a, replace(cur, limits=limits))
-            changed = len(addrs)
-        else:
-            proto, lo, hi = spec
-            changed = _write_port_limits(g, addrs, proto, lo, hi, limits)
-        return LimitResult(g.iface.name, "set", changed, _limit_views(g))
-
-
-def _write_port_limits(g, addrs, proto: str, lo: int, hi: int, lim: policy.Limits | None) -> int:
-    m = g.maps[abi.MapName.PORTLIM]
-    if lim is not None:
-        have = {(bytes(k.addr), k.family, k.proto, k.port) for k in m.keys()}
-        new = sum(1 for a in addrs for p in range(lo, hi + 1)
-                  if (a.packed.ljust(16, b"\0"), a.version, policy.PROTO_NUMBERS[proto], p) not in have)
-        if len(have) + new > m.max_entries:
-            raise UserError(f"too many per-port limits: {len(have) + new:,} entries, the table holds {m.max_entries:,}")
-    changed = 0
-    for a in addrs:
-        if lim is None:
-            changed += sum(1 for p in range(lo, hi + 1) if m.get(policy.port_key(a, proto, p)) is not None)
-        else:
-            changed += hi - lo + 1
-        policy.write_port_limits(g.maps, a, proto, lo, hi, lim)
-    return changed
-
-
-def limit_clear(ifname: str | None, protected: str | None = None, port: str | None = None,
-                all_ports: bool = False) -> LimitResult:
-    """Remove the limits of the selected addresses (or of their ports PROTO:LO-HI; with all_ports
-    every per-port override as well)."""
-    spec = vocab.parse_port_spec(port) if port else None
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        changed = 0
-        if spec is None:
-            for a in addrs:
-                cur = policy.read_address_policy(g.maps, a)
-                changed += cur.limits != policy.Limits()
-                policy.write_address_policy(g.maps, a, replace(cur, limits=policy.Limits()))
-        else:
-            proto, lo, hi = spec
-            changed += _write_port_limits(g, addrs, proto, lo, hi, None)
-        if all_ports:
-            wanted = set(addrs)
-            for addr, proto, p in list(policy.read_port_limits(g.maps)):
-                a = ipaddress.ip_address(addr)
-                if a in wanted:
-                    policy.write_port_limits(g.maps, a, proto, p, p, None)
-                    changed += 1
-        return LimitResult(g.iface.name, "clear", changed, _limit_views(g))
-
-
 def limit_show(ifname: str | None) -> LimitResult:
     with open_guard(ifname) as g:
-        return LimitResult(g.iface.name, "show", 0, _limit_views(g))
+        return LimitResult(g.iface.name, "show", 0, limit_views(g))
 
 
 # ---- protocol blocking ----
@@ -160,9 +97,9 @@ class ProtoResult:
     to_dict = _as_dict
 
 
-def _blocked(g) -> dict[str, list[str]]:
+def blocked_view(g) -> dict[str, list[str]]:
     order = list(policy.PROTOCOLS)
-    return {str(a): sorted(policy.read_address_policy(g.maps, a).blocked, key=order.index) for a in g.protected_addrs()}
+    return {str(a): sorted(g.read_address_policy(a).blocked, key=order.index) for a in g.protected_addrs()}
 
 
 def check_proto(proto: str) -> str:
@@ -172,40 +109,17 @@ def check_proto(proto: str) -> str:
     return proto
 
 
-def proto_change(ifname: str | None, proto: str, block: bool, protected: str | None = None) -> ProtoResult:
-    proto = check_proto(proto)
-    with locked_guard(ifname) as g:
-        changed = 0
-        for a in _select_protected(g, protected):
-            cur = policy.read_address_policy(g.maps, a)
-            new = cur.blocked | {proto} if block else cur.blocked - {proto}
-            if new != cur.blocked:
-                policy.write_address_policy(g.maps, a, replace(cur, blocked=frozenset(new)))
-                changed += 1
-        return ProtoResult(g.iface.name, "block" if block else "unblock", changed, _blocked(g))
-
-
 def proto_show(ifname: str | None) -> ProtoResult:
     with open_guard(ifname) as g:
-        return ProtoResult(g.iface.name, "show", 0, _blocked(g))
+        return ProtoResult(g.iface.name, "show", 0, blocked_view(g))
 
 
 # ---- interface-wide policy (reflection, filters, monitor, fragments) ----
 
 
-def _change_global(ifname: str | None, change) -> tuple[str, policy.GlobalPolicy, policy.GlobalPolicy]:
-    """Read the global policy, apply change(old) → new (which validates), write it; one lock."""
-    with locked_guard(ifname) as g:
-        old = policy.read_global_policy(g.maps)
-        new = change(old)
-        if new != old:
-            policy.write_global_policy(g.maps, new, old)
-        return g.iface.name, old, new
-
-
 def _read_global(ifname: str | None) -> tuple[str, policy.GlobalPolicy]:
     with open_guard(ifname) as g:
-        return g.iface.name, policy.read_global_policy(g.maps)
+        return g.iface.name, g.read_global_policy()
 
 
 @dataclass(frozen=True)
@@ -249,12 +163,6 @@ def reflection_global(action: str, ports=()):
     return change
 
 
-def reflection_change(ifname: str | None, action: str, ports=()) -> ReflectionResult:
-    name, old, new = _change_global(ifname, reflection_global(action, ports))
-    changed = sorted(old.reflection_ports ^ new.reflection_ports)
-    return ReflectionResult(name, action, new.reflection, sorted(new.reflection_ports), changed)
-
-
 def reflection_list(ifname: str | None) -> ReflectionResult:
     name, pol = _read_global(ifname)
     return ReflectionResult(name, "list", pol.reflection, sorted(pol.reflection_ports))
@@ -280,7 +188,7 @@ class FilterResult:
 describe_filter = config.describe  # one description of a filter, shared with `diff`
 
 
-def _filter_views(pol: policy.GlobalPolicy) -> list[FilterView]:
+def filter_views(pol: policy.GlobalPolicy) -> list[FilterView]:
     return [FilterView(i + 1, f.to_dict(), describe_filter(f)) for i, f in enumerate(pol.filters)]
 
 
@@ -301,13 +209,6 @@ def filter_add_global(flt: policy.Filter, position: int | None = None, where: li
     return change
 
 
-def filter_add(ifname: str | None, flt: policy.Filter, position: int | None = None) -> FilterResult:
-    """Insert flt at 1-based `position` (default: last)."""
-    where: list[int] = []
-    name, _, new = _change_global(ifname, filter_add_global(flt, position, where))
-    return FilterResult(name, "add", where[0], _filter_views(new))
-
-
 def filter_del_global(index: int):
     _check_count("filter index", index, 1, abi.FILTERS_MAX)
 
@@ -319,14 +220,9 @@ def filter_del_global(index: int):
     return change
 
 
-def filter_del(ifname: str | None, index: int) -> FilterResult:
-    name, _, new = _change_global(ifname, filter_del_global(index))
-    return FilterResult(name, "del", index, _filter_views(new))
-
-
 def filter_list(ifname: str | None) -> FilterResult:
     name, pol = _read_global(ifname)
-    return FilterResult(name, "list", None, _filter_views(pol))
+    return FilterResult(name, "list", None, filter_views(pol))
 
 
 @dataclass(frozen=True)
@@ -350,7 +246,7 @@ def _reason_mask(reasons) -> int:
     return mask
 
 
-def _monitor_view(name: str, action: str, mask: int) -> MonitorResult:
+def monitor_view(name: str, action: str, mask: int) -> MonitorResult:
     reasons = [r.label for r in abi.Reason if r.is_drop and mask & (1 << r)]
     return MonitorResult(name, action, reasons, mask & ALL_DROP_MASK == ALL_DROP_MASK)
 
@@ -360,15 +256,9 @@ def monitor_global(on: bool, reasons=()):
     return lambda old: replace(old, monitor_mask=(old.monitor_mask | bits) if on else (old.monitor_mask & ~bits))
 
 
-def monitor_change(ifname: str | None, on: bool, reasons=()) -> MonitorResult:
-    """Monitor (count as would_drop and pass) the given drop reasons, default all; off: stop."""
-    name, _, new = _change_global(ifname, monitor_global(on, reasons))
-    return _monitor_view(name, "on" if on else "off", new.monitor_mask)
-
-
 def monitor_show(ifname: str | None) -> MonitorResult:
     name, pol = _read_global(ifname)
-    return _monitor_view(name, "show", pol.monitor_mask)
+    return monitor_view(name, "show", pol.monitor_mask)
 
 
 @dataclass(frozen=True)
@@ -381,11 +271,6 @@ class FragmentsResult:
 
 def fragments_global(drop: bool):
     return lambda old: replace(old, drop_fragments=drop)
-
-
-def fragments_set(ifname: str | None, drop: bool) -> FragmentsResult:
-    name, _, new = _change_global(ifname, fragments_global(drop))
-    return FragmentsResult(name, "drop" if drop else "pass", new.drop_fragments)
 
 
 def fragments_show(ifname: str | None) -> FragmentsResult:
@@ -431,19 +316,17 @@ def parse_window(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _syn_views(g) -> list[SynView]:
+def syn_views(g) -> list[SynView]:
     out = []
     for a in g.protected_addrs():
-        p = policy.read_address_policy(g.maps, a)
+        p = g.read_address_policy(a)
         out.append(SynView(str(a), p.syn.threshold_pps, p.syn.auth_min_ms, p.syn.auth_max_ms, p.syn.auth_keep_s,
                            p.limits.syn_src_pps, p.syn.mode, p.syn.always))
     return out
 
 
 def _cookie_counts(g) -> dict[str, int]:
-    m = g.maps.get(abi.MapName.COOKIES)
-    per_cpu = m.get(ctypes.c_uint32(0)) if m is not None else None
-    return {n: sum(getattr(c, n) for c in per_cpu) for n, _ in abi.CookieStats._fields_} if per_cpu else {}
+    return g.cookie_counts()
 
 
 def syn_policy(threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
@@ -453,22 +336,9 @@ def syn_policy(threshold_pps: int, auth_window: str | None = None, keep_s: int |
     return policy.SynPolicy(threshold_pps, lo, hi, d.auth_keep_s if keep_s is None else keep_s, mode, always)
 
 
-def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
-            protected: str | None = None, mode: str = "cookie", always: bool = False) -> SynResult:
-    """Above threshold_pps SYNs/s (0: off; or at any rate with `always`) to an address, SYNs
-    are answered with SYN cookies (mode cookie) or sources must retransmit (mode retransmit)."""
-    syn = syn_policy(threshold_pps, auth_window, keep_s, mode, always)
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        for a in addrs:
-            cur = policy.read_address_policy(g.maps, a)
-            policy.write_address_policy(g.maps, a, replace(cur, syn=syn))
-        return SynResult(g.iface.name, "set", len(addrs), _syn_views(g), _cookie_counts(g))
-
-
 def syn_show(ifname: str | None) -> SynResult:
     with open_guard(ifname) as g:
-        return SynResult(g.iface.name, "show", 0, _syn_views(g), _cookie_counts(g))
+        return SynResult(g.iface.name, "show", 0, syn_views(g), _cookie_counts(g))
 
 
 # ---- dynamic bans ----
@@ -487,7 +357,7 @@ class BanResult:
 def _bans(g) -> list[policy.BanView]:
     # an operator's ban carries reason `banned`; say so
     return [replace(b, reason="operator") if b.reason == abi.Reason.BANNED.label else b
-            for b in policy.read_bans(g.maps, _now_ns())]
+            for b in g.read_bans(_now_ns())]
 
 
 def _check_ttl(ttl) -> float:
@@ -502,14 +372,7 @@ def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:
     if not parsed:
         raise UserError("give at least one address")
     with locked_guard(ifname) as g:
-        now = _now_ns()
-        policy.sweep_bans(g.maps, now)
-        m = g.maps[abi.MapName.OPBANS]  # never evicted by the data path's bans
-        for a in parsed:
-            k = policy.src_key(a)
-            old = m.get(k)
-            m.set(k, abi.Ban(now + int(ttl * 1e9), old.hits if old is not None else 0, abi.Reason.BANNED, 0))
-        policy.note_operator_ban(g.maps, [policy.src_key(a) for a in parsed])
+        g.ban(parsed, ttl)
         return BanResult(g.iface.name, "add", len(parsed), _bans(g))
 
 
@@ -518,14 +381,7 @@ def ban_del(ifname: str | None, addrs: list[str]) -> BanResult:
     if not parsed:
         raise UserError("give at least one address")
     with locked_guard(ifname) as g:
-        removed, missing = 0, []
-        for a in parsed:
-            k = policy.src_key(a)
-            if g.maps[abi.MapName.OPBANS].delete(k) | g.maps[abi.MapName.BANS].delete(k):
-                removed += 1
-            else:
-                missing.append(str(a))
-        policy.sweep_bans(g.maps, _now_ns())
+        removed, missing = g.unban(parsed)
         return BanResult(g.iface.name, "del", removed, _bans(g), missing)
 
 

@@ -10,13 +10,11 @@ their later packets never reach conntrack. The limits live in the interface stat
 
 from __future__ import annotations
 
-import ipaddress
-import time
 from dataclasses import asdict, dataclass, fields
 
-from . import abi, forward, nat, policy, state
+from . import abi, forward, nat, state
 from .errors import UserError
-from .protection import _select_protected, locked_guard, open_guard
+from .protection import open_guard
 
 KEY = state.CONNLIMITS.key  # the old name
 
@@ -31,8 +29,8 @@ class ConnLimitResult:
         return asdict(self)
 
 
-def _limits(st: dict) -> dict[str, dict]:
-    return state.get(st, state.CONNLIMITS)
+def limits_of(st: dict) -> dict[str, dict]:
+    return dict(sorted(state.get(st, state.CONNLIMITS).items()))
 
 
 def check_limits(lim: nat.ConnLimits) -> None:
@@ -41,39 +39,9 @@ def check_limits(lim: nat.ConnLimits) -> None:
                         "--conntrack-budget or --udp-timeout")
 
 
-def set_limits(ifname: str | None, lim: nat.ConnLimits, protected: str | None = None) -> ConnLimitResult:
-    check_limits(lim)
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        st = state.read_state(g.iface) or {}
-        old = state.get(st, state.CONNLIMITS)
-        state.put(st, state.CONNLIMITS, {**old, **{str(a): asdict(lim) for a in addrs}})
-        state.write_state(g.iface, st)
-        try:
-            forward.rebuild()
-        except UserError:
-            state.put(st, state.CONNLIMITS, old)
-            state.write_state(g.iface, st)
-            raise
-        return ConnLimitResult(g.iface.name, "set", _limits(st))
-
-
-def clear(ifname: str | None, protected: str | None = None) -> ConnLimitResult:
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        st = state.read_state(g.iface) or {}
-        cur = state.get(st, state.CONNLIMITS)
-        for a in addrs:
-            cur.pop(str(a), None)
-        state.put(st, state.CONNLIMITS, cur)
-        state.write_state(g.iface, st)
-        forward.rebuild()
-        return ConnLimitResult(g.iface.name, "clear", _limits(st))
-
-
 def show(ifname: str | None) -> ConnLimitResult:
     with open_guard(ifname) as g:
-        return ConnLimitResult(g.iface.name, "show", _limits(state.read_state(g.iface) or {}))
+        return ConnLimitResult(g.iface.name, "show", limits_of(state.read_state(g.iface) or {}))
 
 
 def offenders(applier: nat.NftApplier | None = None) -> list[tuple[str, float]]:
@@ -90,32 +58,11 @@ def offenders(applier: nat.NftApplier | None = None) -> list[tuple[str, float]]:
     return out
 
 
-def promote(maps, found: list[tuple[str, float]], default_s: float = 60.0) -> list[str]:
+def promote(g, found: list[tuple[str, float]], default_s: float = 60.0) -> list[str]:
     """Ban the offenders in XDP (the dynamic ban map, reason connlimit) for what their set entry
-    has left (default_s when it does not say). Returns the sources newly banned."""
-    if not found:
-        return []
-    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    m = maps[abi.MapName.BANS]
-    new = []
-    written = []
-    for src, left in found:
-        try:
-            a = ipaddress.ip_address(src)
-        except ValueError:
-            continue
-        k = policy.src_key(a)
-        cur = m.get(k)
-        until = now + int((left or default_s) * 1e9)
-        if cur is not None and cur.expires_ns >= until - 1_000_000_000:
-            continue
-        m.set(k, abi.Ban(until, cur.hits if cur is not None else 0, int(abi.Reason.CONNLIMIT), 0))
-        written.append(k)
-        if cur is None or cur.expires_ns <= now:
-            new.append(str(a))
-    if written:
-        policy.note_dynamic_ban(maps, written)  # the ban bloom must hold them (policy.enable_ban_bloom)
-    return new
+    has left (default_s when it does not say), through the map owner. Returns the sources newly
+    banned."""
+    return g.promote_bans(found, abi.Reason.CONNLIMIT, default_s)
 
 
 FIELDS = [f.name for f in fields(nat.ConnLimits)]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import dataplane, forward, libbpf, protection, reconcile, state, store, tcpstate
+from . import dataplane, forward, guard, libbpf, protection, reconcile, state, store, tcpstate
 from .config import Desired, InterfaceSpec
 from .errors import UserError
 from .l7 import bans as l7bans
@@ -157,7 +157,7 @@ class Reconciler:
             fd = os.dup(held[1])
         else:
             try:
-                fd = libbpf.obj_get(str(iface.pin_dir / protection.PROG_PIN))
+                fd = guard.pinned_prog_fd(iface)
             except libbpf.BpfError:
                 return False
         try:
@@ -201,12 +201,11 @@ class Reconciler:
                 self.report(f"{spec.name}: {fixed}")
             else:
                 self._say(spec.name, f"WARNING: {spec.name}: {fixed}")
-        d = iface.pin_dir
-        if not (d / protection.PROG_PIN).exists() or not all((d / m.value).exists() for m in protection.MapName):
-            with state.iface_lock(iface), protection.Guard.open(iface):
-                pass  # opening re-pins
+        if not guard.pins_complete(iface):
+            with state.iface_lock(iface):
+                guard.repin(iface)
             self.repairs += 1
-            self.report(f"{spec.name}: pins under {d} were missing; re-pinned")
+            self.report(f"{spec.name}: pins under {iface.pin_dir} were missing; re-pinned")
 
     def tick(self) -> None:
         if self.reload_requested:

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import dataplane, protection, sampling, state
-from .abi import MapName, Sample
+from .abi import Sample
 from .errors import UserError
 
 REC = sampling.SAMPLE_SIZE
@@ -180,7 +180,7 @@ class _Ring:
             raise sampling.SamplerBusy(f"another xdpguard process is reading the samples of {name}")
         try:
             self.guard = protection.open_guard(name)
-            self.reader = sampling.SampleReader(self.guard.maps[MapName.SAMPLES].fd, self.iface, raw=True)
+            self.reader = sampling.SampleReader(self.guard.samples_fd(), self.iface, raw=True)
         except BaseException:
             os.close(self.lock_fd)
             raise
@@ -654,5 +654,5 @@ def open_source(guard: protection.Guard):
     stream = connect(guard.iface.name)
     if stream is not None:
         return stream
-    return sampling.SampleReader(guard.maps[MapName.SAMPLES].fd, guard.iface)
+    return sampling.SampleReader(guard.samples_fd(), guard.iface)
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import forwarding, levels, nat, policy, protection, state
+from . import forwarding, nat, policy, state
 from .abi import PORT_BY_FORWARD
 from .errors import UserError
 from .forwarding import Backend, ForwardRule
@@ -329,63 +329,24 @@ def check_add(proto: str, udp_probe: str | None) -> bytes | None:
     return probe
 
 
-def add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected: str | None = None,
-        weights: str | None = None, backup: str | None = None, persist_s: int = 0,
-        preserve_client_ip: bool = False, udp_probe: str | None = None) -> ForwardChangeResult:
-    probe = check_add(proto, udp_probe)
-    with protection.locked_guard(ifname) as g:
-        st = state.read_state(g.iface) or {}
-        rule = build_rule(proto, ports, to, protected, st, g.iface.name, weights=weights, backup=backup,
-                          persist_s=persist_s, preserve_client_ip=preserve_client_ip)
-        with nat_lock():
-            states = _iface_states()
-            states[g.iface.name] = st
-            existing = all_rules(states)
-            all_protected = [a for s in states.values() for a in _protected_of(s)]
-            try:
-                forwarding.check_backend_not_protected(rule, all_protected)
-                forwarding.check_overlap([sr.rule for sr in existing], rule)
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
-            same = [sr for sr in existing if sr.rule == rule]
-            if same and same[0].udp_probe == probe and same[0].iface == g.iface.name:
-                return ForwardChangeResult(g.iface.name, "add", rule.key, False, ["rule exists already; unchanged"])
-            if same and same[0].iface != g.iface.name:
-                raise UserError(f"rule {rule.key} exists on {same[0].iface}")
-            mine = [sr for sr in stored_rules(g.iface.name, st) if sr.rule != rule]
-            mine.append(StoredRule(g.iface.name, rule, probe))
-            new_st = dict(st)
-            new_st[FORWARD_KEY] = [sr.to_dict() for sr in mine]
-            states[g.iface.name] = new_st
-            notes: list[str] = []
-            applier = _applier()
-            old_rules = existing
-            apply_rules(applier, states, all_rules(states))
-            try:
-                g.change_ports([rule.protected], rule.proto, rule.port_lo, rule.port_hi, PORT_BY_FORWARD, True)
-                if not old_rules:
-                    saved_in, saved = _saved_sysctls(states)
-                    if saved is None:
-                        new_st[SYSCTL_KEY] = read_sysctls()
-                    write_sysctls({k: v for k, v in SYSCTL_VALUES.items() if _sysctl_path(k).exists()})
-            except BaseException:
-                states[g.iface.name] = st
-                apply_rules(applier, states, old_rules)
-                g.change_ports([rule.protected], rule.proto, rule.port_lo, rule.port_hi, PORT_BY_FORWARD, False)
-                raise
-            state.write_state(g.iface, new_st)
-            lv = levels.udp_budget(new_st, rule.proto, rule.protected)
-            if lv is not None:  # the address's protection level: a budget on the new UDP ports (levels.py)
-                have = policy.read_port_limits(g.maps)
-                for port in range(rule.port_lo, rule.port_hi + 1):
-                    if (str(rule.protected), "udp", port) not in have:
-                        policy.write_port_limits(g.maps, rule.protected, "udp", port, port, lv.udp_port)
-                notes.append(f"level {lv.level}: {lv.udp_port.src_pps:,} pps per source on udp {rule.port_lo}"
-                             + (f"-{rule.port_hi}" if rule.port_hi != rule.port_lo else ""))
-            if not old_rules:
-                notes.append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding; "
-                             "net.netfilter.nf_conntrack_tcp_loose=0")
-    return ForwardChangeResult(g.iface.name, "add", rule.key, True, notes)
+def rules_elsewhere(name: str, st: dict, rule: ForwardRule) -> list[StoredRule]:
+    """`forward add`'s checks of a new rule of interface `name` (record `st`) against every
+    interface of the namespace: no backend is a protected address, no overlap, not another
+    interface's rule. Returns the namespace's rules (UserError when the rule cannot be added)."""
+    with nat_lock():
+        states = _iface_states()
+        states[name] = st
+        existing = all_rules(states)
+        all_protected = [a for s in states.values() for a in _protected_of(s)]
+    try:
+        forwarding.check_backend_not_protected(rule, all_protected)
+        forwarding.check_overlap([sr.rule for sr in existing], rule)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    same = [sr for sr in existing if sr.rule == rule]
+    if same and same[0].iface != name:
+        raise UserError(f"rule {rule.key} exists on {same[0].iface}")
+    return existing
 
 
 def check_delete(proto: str, ports: str) -> tuple[int, int]:
@@ -395,42 +356,6 @@ def check_delete(proto: str, ports: str) -> tuple[int, int]:
         return forwarding.parse_port_range(ports)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-
-
-def delete(proto: str, ports: str, *, ifname: str | None = None, protected: str | None = None) -> ForwardChangeResult:
-    lo, hi = check_delete(proto, ports)
-    with protection.locked_guard(ifname) as g:
-        st = state.read_state(g.iface) or {}
-        mine = stored_rules(g.iface.name, st)
-        match = [sr for sr in mine if sr.rule.proto == proto and (sr.rule.port_lo, sr.rule.port_hi) == (lo, hi)]
-        if protected is not None:
-            try:
-                a = ipaddress.ip_address(protected.strip())
-            except ValueError:
-                raise UserError(f"protected address {protected!r} is not an IP address") from None
-            match = [sr for sr in match if sr.rule.protected == a]
-        spec = f"{proto} {ports}" + (f" on {protected}" if protected else "")
-        if not match:
-            raise UserError(f"no forwarding rule {spec} on {g.iface.name}")
-        if len(match) > 1:
-            raise UserError(f"several rules match {spec} ({', '.join(sr.rule.key for sr in match)}); give --protected")
-        gone = match[0].rule
-        with nat_lock():
-            states = _iface_states()
-            new_st = dict(st)
-            new_st[FORWARD_KEY] = [sr.to_dict() for sr in mine if sr.rule != gone]
-            health = dict(new_st.get(HEALTH_KEY, {}))
-            health.pop(gone.key, None)
-            new_st[HEALTH_KEY] = health
-            states[g.iface.name] = new_st
-            remaining = all_rules(states)
-            notes = []
-            apply_rules(_applier(), states, remaining)
-            if not remaining:
-                notes += _restore_sysctls(states, g.iface.name, new_st)
-            state.write_state(g.iface, new_st)
-            g.change_ports([gone.protected], gone.proto, gone.port_lo, gone.port_hi, PORT_BY_FORWARD, False)
-    return ForwardChangeResult(g.iface.name, "del", gone.key, True, notes)
 
 
 def set_rules(g, specs: list[tuple[ForwardRule, bytes | None]], rebuild: bool = False) -> list[str]:

@@ -18,14 +18,11 @@ maxminddb >= 2.3: the extra `xdpguard[mmdb]`) may be given instead. XDPGUARD_GEO
 from __future__ import annotations
 
 import collections
-import ctypes
 import ipaddress
 import os
-import struct
 from dataclasses import dataclass, field
 
-from . import abi, libbpf, state
-from .policy import prot_key
+from . import abi, state
 from .errors import UserError
 from .model.geo import MODES, GeoSpec, normal
 
@@ -227,41 +224,6 @@ def _set_bits(g: GeoSpec) -> abi.GeoSet:
     return s
 
 
-def read_spec(maps, prot: abi.Protected) -> GeoSpec | None:
-    """The address's realised rule (None without XG_PROT_GEO)."""
-    if not prot.flags & abi.PROT_GEO:
-        return None
-    s = maps[abi.MapName.GEOSET].get(ctypes.c_uint32(prot.syn.slot))
-    if s is None:
-        return None
-    cs = frozenset(index_country(w * 64 + b) for w in range(abi.GEO_WORDS) for b in range(64)
-                   if s.bits[w] >> b & 1)
-    return GeoSpec(cs, bool(s.flags & abi.GEO_ONLY), "cc" if s.flags & abi.GEO_CC else "drop")
-
-
-def read_address(maps, addr) -> GeoSpec | None:
-    """The realised rule of a protected address (None: no rule, or no such map: a guard whose
-    maps were not all opened)."""
-    m = maps.get(abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6)
-    prot = m.get(prot_key(addr)) if m is not None else None
-    return read_spec(maps, prot) if prot is not None else None
-
-
-def write_spec(maps, addr, g: GeoSpec | None) -> None:
-    """Set (or with None clear) the address's rule: the set first, then the flag."""
-    m = maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
-    k = prot_key(addr)
-    cur = m.get(k)
-    if cur is None:
-        raise UserError(f"{addr} is not a protected address")
-    if g is not None and g.active():
-        maps[abi.MapName.GEOSET].set(ctypes.c_uint32(cur.syn.slot), _set_bits(g))
-        cur.flags |= abi.PROT_GEO
-    else:
-        cur.flags &= ~abi.PROT_GEO
-    m.set(k, cur)
-
-
 @dataclass(frozen=True)
 class LoadResult:
     database: str
@@ -270,48 +232,6 @@ class LoadResult:
     prefixes6: int
     seconds: float
     reloaded: bool
-
-
-def load_tries(maps, db: GeoDB, codes) -> tuple[int, int]:
-    """Make the two tries hold exactly the networks of `codes`: written in batches, then what
-    is no longer wanted deleted (a source never sees an empty trie in between)."""
-    import time
-    want: dict[int, dict[bytes, int]] = {4: {}, 6: {}}
-    for fam, addr, plen, cc in db.networks(codes):
-        want[fam][struct.pack("<I", plen) + addr] = country_index(cc)
-    counts = []
-    for fam, name in ((4, abi.MapName.GEO4), (6, abi.MapName.GEO6)):
-        m = maps[name]
-        items = want[fam]
-        n = len(items)
-        if n:
-            keys = bytearray(b"".join(items.keys()))
-            vals = bytearray(struct.pack(f"<{n}I", *items.values()))
-            kb = (ctypes.c_char * len(keys)).from_buffer(keys)
-            vb = (ctypes.c_char * len(vals)).from_buffer(vals)
-            ks, pos = ctypes.sizeof(m.key_type), 0
-            while pos < n:
-                rc, cnt = libbpf.map_update_batch(m.fd, ctypes.addressof(kb) + pos * ks, ctypes.addressof(vb) + pos * 4,
-                                                  n - pos)
-                if rc != 0 and cnt == 0:
-                    # LPM tries may lack batch updates: one element at a time
-                    for i in range(pos, n):
-                        k = m.key_type.from_buffer_copy(keys, i * ks)
-                        libbpf.map_update(m.fd, k, ctypes.c_uint32(struct.unpack_from("<I", vals, i * 4)[0]))
-                    break
-                pos += cnt
-        stale = [bytes(k) for k in m.keys() if bytes(k) not in items]
-        for k in stale:
-            m.delete(m.key_type.from_buffer_copy(k))
-        counts.append(n)
-    return counts[0], counts[1]
-
-
-def clear_tries(maps) -> None:
-    for name in (abi.MapName.GEO4, abi.MapName.GEO6):
-        m = maps[name]
-        for k in [bytes(k) for k in m.keys()]:
-            m.delete(m.key_type.from_buffer_copy(k))
 
 
 def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
@@ -325,18 +245,17 @@ def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
     if active:
         db = GeoDB.open(rec.get("database") if rec.get("database") and not os.environ.get(DB_ENV) else None)
         want = {"database": db.path, "stamp": db.stamp, "countries": union}
-        empty = union and not any(True for _ in g.maps[abi.MapName.GEO4].keys()) and \
-            not any(True for _ in g.maps[abi.MapName.GEO6].keys())
+        empty = union and g.geo_tries_empty()
         if {k: rec.get(k) for k in want} != want or empty:
-            load_tries(g.maps, db, union)
+            g.load_geo_tries(db, union)
         rec = want
         if any(a.geo.mode == "cc" for a in active):
             notes.append("geo mode cc: the layer-7 challenge is not wired yet; those countries are dropped in XDP")
     # the rule of each address (the tries already hold its countries)
     for a in addresses:
-        write_spec(g.maps, a.address, a.geo)
+        g.write_geo(a.address, a.geo)
     if not active and rec:
-        clear_tries(g.maps)
+        g.clear_geo_tries()
         rec = {}
     return rec, notes
 

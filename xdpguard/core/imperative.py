@@ -1,10 +1,11 @@
-"""The imperative verbs (`block add`, `limit set`, `forward add`, `level`, …), store first.
+"""The imperative verbs (`block add`, `limit set`, `forward add`, `level`, …): one writer.
 
-Each verb here is the command of protection / cleansing / levelset / connlimit / forward /
-events plus its effect on the interface's desired spec (config.InterfaceSpec): reconcile.change
-stores that predicted spec (fsynced) before the command touches the kernel, puts it back when
-the command fails, and records the realised state after it. The predictions validate with the
-commands' own checks, so bad input stores nothing. No click, no rich.
+Each verb is an edit of the interface's desired spec (config.InterfaceSpec), spec' = f(spec):
+reconcile.edit opens the maps once, applies the edit (which validates, so bad input stores and
+writes nothing), stores spec' (fsynced), and has the reconciler's writer (write_differences)
+realise it; the verb's result is read back from the same open maps. Dynamic state (list entries
+with a TTL, bans) goes to the map owner directly. Validators and result types stay with their
+subject (protection, cleansing, levelset, connlimit, forward). No click, no rich.
 """
 
 from __future__ import annotations
@@ -13,23 +14,21 @@ import ipaddress
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import (cleansing, config, connlimit, events, forward, forwarding, levels, levelset, nat, policy,
+from . import (cleansing, config, connlimit, events, forward, levels, levelset, nat, policy,
                protection, reconcile, state, vocab)
 from .config import AddressSpec, ForwardSpec, InterfaceSpec
-from .prefixes import parse_address, read_prefix_file
+from .errors import UserError
+from .prefixes import read_prefix_file
 
 
-def _selected(spec: InterfaceSpec, protected: str | None) -> set:
-    """The addresses a verb's --protected selects; an unknown one selects nothing (the command
-    itself reports it, and the store is put back)."""
-    if protected is None:
-        return set(spec.protected)
-    return {parse_address(protected, "protected address")} & set(spec.protected)
+def _addrs(g, protected: str | None) -> list:
+    """The addresses --protected selects (all without it); an unknown one is refused."""
+    return protection._select_protected(g, protected)
 
 
-def _each(spec: InterfaceSpec, protected: str | None, fn) -> InterfaceSpec:
-    sel = _selected(spec, protected)
-    return replace(spec, addresses=tuple(fn(a) if a.address in sel else a for a in spec.addresses))
+def _each_of(s: InterfaceSpec, addrs, fn) -> InterfaceSpec:
+    sel = set(addrs)
+    return replace(s, addresses=tuple(fn(a) if a.address in sel else a for a in s.addresses))
 
 
 def _port_limits(a: AddressSpec, proto: str, lo: int, hi: int, lim: policy.Limits | None) -> AddressSpec:
@@ -51,117 +50,185 @@ def _lists(spec: InterfaceSpec, which: str, prefixes, permanent: bool) -> Interf
     return replace(spec, **{which: new})  # an entry refreshed with a TTL is dynamic from then on
 
 
+def _list_result(action: str, which: str, io: reconcile.ListIO, normalised: list[str]):
+    return lambda g, old, new, notes: protection.ListChangeResult(
+        g.iface.name, which, action, io.added, io.updated, io.removed, io.missing, normalised)
+
+
 def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None, force: bool = False):
-    prefixes, _ = protection.parse_many(cidrs)
-    protection.check_ttl(ttl)
+    """Permanent entries (no ttl) join the spec's list; entries with a TTL are dynamic (they
+    leave it). Every named entry is written (an existing one keeps its hit count)."""
+    prefixes, normalised = protection.parse_many(cidrs)
+    expires = protection.check_ttl(ttl)
     protection.check_whole_family(which, prefixes, force)
-    return reconcile.change(ifname, lambda s: _lists(s, which, prefixes, ttl is None),
-                            lambda: protection.list_add(which, ifname, cidrs, ttl), lists=True)
+    io = reconcile.ListIO(which, upsert=prefixes, expires_ns=expires)
+    return reconcile.edit(ifname, lambda s, g: _lists(s, which, prefixes, ttl is None),
+                          _list_result("add", which, io, normalised), io=io,
+                          dynamic=lambda g: g.sweep_expired(which))
 
 
 def list_del(which: str, ifname: str | None, cidrs: list[str]):
-    prefixes, _ = protection.parse_many(cidrs)
-    return reconcile.change(ifname, lambda s: _lists(s, which, prefixes, False),
-                            lambda: protection.list_del(which, ifname, cidrs), lists=True)
+    prefixes, normalised = protection.parse_many(cidrs)
+    io = reconcile.ListIO(which, delete=prefixes)
+
+    def result(g, old, new, notes):
+        g.sweep_expired(which)
+        return _list_result("del", which, io, normalised)(g, old, new, notes)
+
+    return reconcile.edit(ifname, lambda s, g: _lists(s, which, prefixes, False), result, io=io)
 
 
 def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | None = None, force: bool = False):
     pf = read_prefix_file(path)
-    protection.check_ttl(ttl)
+    expires = protection.check_ttl(ttl)
     protection.check_whole_family(which, pf.prefixes, force)
-    return reconcile.change(ifname, lambda s: _lists(s, which, pf.prefixes, ttl is None),
-                            lambda: protection.list_load(which, ifname, path, ttl, parsed=pf), lists=True)
+    io = reconcile.ListIO(which, upsert=pf.prefixes, expires_ns=expires)
+    note = [f"{pf.normalised} prefixes had host bits set and were normalised"] if pf.normalised else []
+    return reconcile.edit(ifname, lambda s, g: _lists(s, which, pf.prefixes, ttl is None),
+                          _list_result("load", which, io, note), io=io)
 
 
 def ports_change(ifname: str | None, proto: str, port_range: str, protected: str | None, open_: bool):
     lo, hi = protection.check_port_run(proto, port_range)
+    changed = [0]
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
-        def one(a: AddressSpec) -> AddressSpec:
-            ports = {(p, n) for p, plo, phi in a.open_ports for n in range(plo, phi + 1)}
-            run = {(proto, n) for n in range(lo, hi + 1)}
-            ports = ports | run if open_ else ports - run
-            return replace(a, open_ports=config.norm_port_runs([(p, n, n) for p, n in ports]))
-        return _each(s, protected, one)
+    def one(a: AddressSpec) -> AddressSpec:
+        ports = {(p, n) for p, plo, phi in a.open_ports for n in range(plo, phi + 1)}
+        run = {(proto, n) for n in range(lo, hi + 1)}
+        new = ports | run if open_ else ports - run
+        changed[0] += len(new ^ ports)
+        return replace(a, open_ports=config.norm_port_runs([(p, n, n) for p, n in new]))
 
-    return reconcile.change(ifname, predict, lambda: protection.ports_change(ifname, proto, port_range, protected, open_))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
+                          lambda g, old, new, notes: protection.PortResult(
+                              g.iface.name, "open" if open_ else "close", changed[0], protection.port_runs(g)))
 
 
-# ---- cleansing (cleansing.py) ----
+# ---- cleansing (the result types and validators are cleansing.py's) ----
 
 
 def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None = None, port: str | None = None):
+    """Replace the limits of every selected address (or of its ports PROTO:LO-HI) by `limits`."""
     cleansing.check_limit_set(limits)
     run = vocab.parse_port_spec(port) if port else None
+    changed = []
 
-    def one(a: AddressSpec) -> AddressSpec:
-        return replace(a, limits=limits.effective()) if run is None else _port_limits(a, *run, limits)
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        addrs = _addrs(g, protected)
+        if run is None:
+            changed.append(len(addrs))
+            return _each_of(s, addrs, lambda a: replace(a, limits=limits.effective()))
+        g.check_port_limits_room(addrs, *run)
+        changed.append(len(addrs) * (run[2] - run[1] + 1))
+        return _each_of(s, addrs, lambda a: _port_limits(a, *run, limits))
 
-    return reconcile.change(ifname, lambda s: _each(s, protected, one),
-                            lambda: cleansing.limit_set(ifname, limits, protected, port))
+    return reconcile.edit(ifname, edit, lambda g, old, new, notes: cleansing.LimitResult(
+        g.iface.name, "set", changed[0], cleansing.limit_views(g)))
 
 
 def limit_clear(ifname: str | None, protected: str | None = None, port: str | None = None, all_ports: bool = False):
+    """Remove the limits of the selected addresses (or of their ports PROTO:LO-HI; with all_ports
+    every per-port override as well)."""
     run = vocab.parse_port_spec(port) if port else None
+    changed = [0]
 
     def one(a: AddressSpec) -> AddressSpec:
-        a = replace(a, limits=policy.Limits()) if run is None else _port_limits(a, *run, None)
-        return replace(a, port_limits=()) if all_ports else a
+        if run is None:
+            changed[0] += a.limits != policy.Limits().effective()
+            a = replace(a, limits=policy.Limits())
+        else:
+            had = {(p, n) for p, lo, hi, _ in a.port_limits for n in range(lo, hi + 1)}
+            changed[0] += sum(1 for n in range(run[1], run[2] + 1) if (run[0], n) in had)
+            a = _port_limits(a, *run, None)
+        if all_ports:
+            changed[0] += sum(hi - lo + 1 for _, lo, hi, _ in a.port_limits)
+            a = replace(a, port_limits=())
+        return a
 
-    return reconcile.change(ifname, lambda s: _each(s, protected, one),
-                            lambda: cleansing.limit_clear(ifname, protected, port, all_ports))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
+                          lambda g, old, new, notes: cleansing.LimitResult(g.iface.name, "clear", changed[0],
+                                                                           cleansing.limit_views(g)))
 
 
 def proto_change(ifname: str | None, proto: str, block: bool, protected: str | None = None):
     p = cleansing.check_proto(proto)
+    changed = [0]
 
     def one(a: AddressSpec) -> AddressSpec:
-        return replace(a, blocked=a.blocked | {p} if block else a.blocked - {p})
+        new = a.blocked | {p} if block else a.blocked - {p}
+        changed[0] += new != a.blocked
+        return replace(a, blocked=frozenset(new))
 
-    return reconcile.change(ifname, lambda s: _each(s, protected, one),
-                            lambda: cleansing.proto_change(ifname, proto, block, protected))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
+                          lambda g, old, new, notes: cleansing.ProtoResult(
+                              g.iface.name, "block" if block else "unblock", changed[0], cleansing.blocked_view(g)))
 
 
 def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
             protected: str | None = None, mode: str = "cookie", always: bool = False):
+    """Above threshold_pps SYNs/s (0: off; or at any rate with `always`) to an address, SYNs
+    are answered with SYN cookies (mode cookie) or sources must retransmit (mode retransmit)."""
     syn = cleansing.syn_policy(threshold_pps, auth_window, keep_s, mode, always)
-    return reconcile.change(ifname, lambda s: _each(s, protected, lambda a: replace(a, syn=syn)),
-                            lambda: cleansing.syn_set(ifname, threshold_pps, auth_window, keep_s, protected, mode,
-                                                      always))
+    changed = []
+
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        addrs = _addrs(g, protected)
+        changed.append(len(addrs))
+        return _each_of(s, addrs, lambda a: replace(a, syn=syn))
+
+    return reconcile.edit(ifname, edit, lambda g, old, new, notes: cleansing.SynResult(
+        g.iface.name, "set", changed[0], cleansing.syn_views(g), g.cookie_counts()))
 
 
-def _global(ifname: str | None, change, write):
-    return reconcile.change(ifname, lambda s: replace(s, global_=change(s.global_)), write)
+def _global(ifname: str | None, change, result):
+    """An edit of the interface-wide policy: result(iface name, old policy, new policy) — the
+    new one as change() made it."""
+    made = []
+
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        made.append(change(s.global_))
+        return replace(s, global_=made[0])
+
+    return reconcile.edit(ifname, edit, lambda g, old, new, notes: result(g.iface.name, old.global_, made[0]))
 
 
 def reflection_change(ifname: str | None, action: str, ports=()):
-    return _global(ifname, cleansing.reflection_global(action, ports),
-                   lambda: cleansing.reflection_change(ifname, action, ports))
+    return _global(ifname, cleansing.reflection_global(action, ports), lambda name, old, new: cleansing.ReflectionResult(
+        name, action, new.reflection, sorted(new.reflection_ports), sorted(old.reflection_ports ^ new.reflection_ports)))
 
 
 def filter_add(ifname: str | None, flt: policy.Filter, position: int | None = None):
-    return _global(ifname, cleansing.filter_add_global(flt, position), lambda: cleansing.filter_add(ifname, flt, position))
+    """Insert flt at 1-based `position` (default: last)."""
+    where: list[int] = []
+    return _global(ifname, cleansing.filter_add_global(flt, position, where), lambda name, old, new: cleansing.FilterResult(
+        name, "add", where[0], cleansing.filter_views(new)))
 
 
 def filter_del(ifname: str | None, index: int):
-    return _global(ifname, cleansing.filter_del_global(index), lambda: cleansing.filter_del(ifname, index))
+    return _global(ifname, cleansing.filter_del_global(index), lambda name, old, new: cleansing.FilterResult(
+        name, "del", index, cleansing.filter_views(new)))
 
 
 def monitor_change(ifname: str | None, on: bool, reasons=()):
-    return _global(ifname, cleansing.monitor_global(on, reasons), lambda: cleansing.monitor_change(ifname, on, reasons))
+    """Monitor (count as would_drop and pass) the given drop reasons, default all; off: stop."""
+    return _global(ifname, cleansing.monitor_global(on, reasons), lambda name, old, new: cleansing.monitor_view(
+        name, "on" if on else "off", new.monitor_mask))
 
 
 def fragments_set(ifname: str | None, drop: bool):
-    return _global(ifname, cleansing.fragments_global(drop), lambda: cleansing.fragments_set(ifname, drop))
+    return _global(ifname, cleansing.fragments_global(drop), lambda name, old, new: cleansing.FragmentsResult(
+        name, "drop" if drop else "pass", new.drop_fragments))
 
 
 # ---- levels (levelset.py) ----
 
 
 def set_level(ifname: str | None, level: str, protected: str | None = None):
+    """The level's values for the selected addresses (later settings win), its UDP budget on
+    their forwarded UDP ports, and the fragment policy it asks for."""
     p = levels.preset(level)
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
         rules = [f.rule for f in s.forwards]
 
         def one(a: AddressSpec) -> AddressSpec:
@@ -171,27 +238,34 @@ def set_level(ifname: str | None, level: str, protected: str | None = None):
                 a = _port_limits(a, "udp", lo, hi, p.udp_port)
             return a
 
-        s = _each(s, protected, one)
+        s = _each_of(s, _addrs(g, protected), one)
         if levels.fragments_dropped(a.level for a in s.addresses) and not s.global_.drop_fragments:
             s = replace(s, global_=replace(s.global_, drop_fragments=True))
         return s
 
-    return reconcile.change(ifname, predict, lambda: levelset.set_level(ifname, level, protected))
+    return reconcile.edit(ifname, edit, lambda g, old, new, notes: levelset.LevelResult(
+        g.iface.name, "set", levelset.views(g, state.read_state(g.iface) or {})))
 
 
 # ---- connection limits (connlimit.py) ----
 
 
+def _connlimit_result(action: str):
+    return lambda g, old, new, notes: connlimit.ConnLimitResult(
+        g.iface.name, action, connlimit.limits_of(state.read_state(g.iface) or {}))
+
+
 def connlimit_set(ifname: str | None, lim: nat.ConnLimits, protected: str | None = None):
+    """Connection limits of the selected addresses (the NAT table's connlimit chain)."""
     connlimit.check_limits(lim)
     stored = forward.stored_connlimit(asdict(lim))
-    return reconcile.change(ifname, lambda s: _each(s, protected, lambda a: replace(a, connlimit=stored)),
-                            lambda: connlimit.set_limits(ifname, lim, protected))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), lambda a: replace(a, connlimit=stored)),
+                          _connlimit_result("set"))
 
 
 def connlimit_clear(ifname: str | None, protected: str | None = None):
-    return reconcile.change(ifname, lambda s: _each(s, protected, lambda a: replace(a, connlimit=None)),
-                            lambda: connlimit.clear(ifname, protected))
+    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), lambda a: replace(a, connlimit=None)),
+                          _connlimit_result("clear"))
 
 
 # ---- forwarding (forward.py) ----
@@ -200,17 +274,21 @@ def connlimit_clear(ifname: str | None, protected: str | None = None):
 def forward_add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected: str | None = None,
                 weights: str | None = None, backup: str | None = None, persist_s: int = 0,
                 preserve_client_ip: bool = False, udp_probe: str | None = None):
+    """A forwarding rule joins the spec (checked against every interface's rules and protected
+    addresses); a UDP rule of an address with a protection level gives the level's budget to its
+    ports that have no limit of their own (levels.py). The reconciler writes nft, ports, sysctls."""
     probe = forward.check_add(proto, udp_probe)
+    made: dict = {}
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
-        st = state.read_state(state.resolve_iface(s.name)) or {}
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        st = state.read_state(g.iface) or {}
         rule = forward.build_rule(proto, ports, to, protected, st, s.name, weights=weights, backup=backup,
                                   persist_s=persist_s, preserve_client_ip=preserve_client_ip)
-        others = [f.rule for f in s.forwards if f.rule != rule]
-        try:  # what the command refuses is not stored (it says why, across interfaces)
-            forwarding.check_backend_not_protected(rule, s.protected)
-            forwarding.check_overlap(others, rule)
-        except ValueError:
+        existing = forward.rules_elsewhere(s.name, st, rule)
+        made.update(rule=rule, first=not existing and not s.forwards, notes=[])
+        same = [f for f in s.forwards if f.rule == rule]
+        if same and same[0].udp_probe == probe:
+            made["notes"] = ["rule exists already; unchanged"]
             return s
         s = replace(s, forwards=(*(f for f in s.forwards if f.rule != rule), ForwardSpec(rule, probe)))
         a = s.address(rule.protected)
@@ -221,34 +299,52 @@ def forward_add(proto: str, ports: str, to: str, *, ifname: str | None = None, p
                 if ("udp", n) not in have:
                     a = _port_limits(a, "udp", n, n, lv.udp_port)
             s = replace(s, addresses=tuple(a if x.address == a.address else x for x in s.addresses))
+            made["notes"].append(f"level {lv.level}: {lv.udp_port.src_pps:,} pps per source on udp {rule.port_lo}"
+                                 + (f"-{rule.port_hi}" if rule.port_hi != rule.port_lo else ""))
+        if made["first"]:
+            made["notes"].append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding; "
+                                 "net.netfilter.nf_conntrack_tcp_loose=0")
         return s
 
-    return reconcile.change(ifname, predict, lambda: forward.add(
-        proto, ports, to, ifname=ifname, protected=protected, weights=weights, backup=backup, persist_s=persist_s,
-        preserve_client_ip=preserve_client_ip, udp_probe=udp_probe))
+    def result(g, old, new, notes):
+        changed = old != new
+        return forward.ForwardChangeResult(g.iface.name, "add", made["rule"].key, changed, made["notes"])
+
+    return reconcile.edit(ifname, edit, result)
 
 
 def forward_delete(proto: str, ports: str, *, ifname: str | None = None, protected: str | None = None):
     lo, hi = forward.check_delete(proto, ports)
-    try:
-        want = ipaddress.ip_address(protected.strip()) if protected is not None else None
-    except ValueError:
-        want = False  # the command reports it
+    if protected is not None:
+        try:
+            want = ipaddress.ip_address(protected.strip())
+        except ValueError:
+            raise UserError(f"protected address {protected!r} is not an IP address") from None
+    gone: list = []
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
         match = [f for f in s.forwards if f.rule.proto == proto and (f.rule.port_lo, f.rule.port_hi) == (lo, hi)
-                 and (want is None or f.rule.protected == want)]
-        if len(match) != 1 or want is False:
-            return s  # the command reports it
+                 and (protected is None or f.rule.protected == want)]
+        what = f"{proto} {ports}" + (f" on {protected}" if protected else "")
+        if not match:
+            raise UserError(f"no forwarding rule {what} on {s.name}")
+        if len(match) > 1:
+            raise UserError(f"several rules match {what} ({', '.join(f.rule.key for f in match)}); give --protected")
+        gone.append(match[0].rule)
         return replace(s, forwards=tuple(f for f in s.forwards if f is not match[0]))
 
-    return reconcile.change(ifname, predict, lambda: forward.delete(proto, ports, ifname=ifname, protected=protected))
+    def result(g, old, new, notes):  # (the reconciler's count of rules is not this verb's news)
+        return forward.ForwardChangeResult(g.iface.name, "del", gone[0].key, True,
+                                           [n for n in notes if not n.startswith(f"{g.iface.name}: ")])
+
+    return reconcile.edit(ifname, edit, result)
 
 
 # ---- attack thresholds (events.py) ----
 
 
 def set_event_config(iface: state.Iface, update) -> events.EventConfig:
-    """events.set_config with the interface's desired thresholds stored first."""
-    return reconcile.change(iface.name, lambda s: replace(s, events=update(s.events)),
-                            lambda: events.set_config(iface, update))
+    """The interface's attack thresholds: update(thresholds) → thresholds, stored, then realised
+    (the interface record the detector reads)."""
+    return reconcile.edit(iface.name, lambda s, g: replace(s, events=update(s.events)),
+                          lambda g, old, new, notes: new.events)

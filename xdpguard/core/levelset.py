@@ -1,16 +1,16 @@
 """Set and show the protection levels of an interface's addresses (levels.py has the presets).
 
 The level of each address is kept in the interface state ("levels"): `export` shows it, the
-daemon's mitigation reads it. Setting a level writes its values; later settings win.
+daemon's mitigation reads it. Setting a level is an edit of the desired spec (imperative.set_level).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
-from . import forward, levels, policy, state
+from . import forward, state
 from .levels import PRESETS, udp_ports
-from .protection import _select_protected, locked_guard, open_guard
+from .protection import open_guard
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ class LevelResult:
         return {"iface": self.iface, "action": self.action, "addresses": [a.to_dict() for a in self.addresses]}
 
 
-def _views(g, st: dict) -> list[LevelView]:
+def views(g, st: dict) -> list[LevelView]:
     levels = state.get(st, state.LEVELS)
     rules = [r.rule for r in forward.stored_rules(g.iface.name, st)]
-    plims = policy.read_port_limits(g.maps)
+    plims = g.read_port_limits()
     out = []
     for a in g.protected_addrs():
         lv = levels.get(str(a))
@@ -45,7 +45,7 @@ def _views(g, st: dict) -> list[LevelView]:
             out.append(LevelView(str(a), None, False, "-"))
             continue
         p = PRESETS[lv]
-        cur = policy.read_address_policy(g.maps, a)
+        cur = g.read_address_policy(a)
         adjusted = (cur.limits != p.limits.effective() or cur.syn.threshold_pps != p.syn.threshold_pps
                     or (p.block_other and "other" not in cur.blocked))
         for lo, hi in udp_ports(rules, a):
@@ -57,36 +57,8 @@ def _views(g, st: dict) -> list[LevelView]:
     return out
 
 
-def set_level(ifname: str | None, level: str, protected: str | None = None) -> LevelResult:
-    levels.preset(level)
-    with locked_guard(ifname) as g:
-        addrs = _select_protected(g, protected)
-        st = state.read_state(g.iface) or {}
-        rules = [r.rule for r in forward.stored_rules(g.iface.name, st)]
-        apply_locked(g, addrs, level, rules)
-        st = state.read_state(g.iface) or {}
-        return LevelResult(g.iface.name, "set", _views(g, st))
-
-
-def apply_locked(g, addrs, level: str, rules) -> None:
-    """Write the level's values for addrs and remember it (the caller holds the lock)."""
-    p = levels.preset(level)
-    for a in addrs:
-        policy.write_address_policy(g.maps, a, levels.address_policy(level, policy.read_address_policy(g.maps, a)))
-        for lo, hi in udp_ports(rules, a):
-            policy.write_port_limits(g.maps, a, "udp", lo, hi, p.udp_port)
-    st = state.read_state(g.iface) or {}
-    known = {**state.get(st, state.LEVELS), **{str(a): level for a in addrs}}
-    state.put(st, state.LEVELS, known)
-    state.write_state(g.iface, st)
-    if levels.fragments_dropped(known.get(a) for a in g.protected()):
-        pol = policy.read_global_policy(g.maps)
-        if not pol.drop_fragments:
-            policy.write_global_policy(g.maps, replace(pol, drop_fragments=True), pol)
-
-
 def show(ifname: str | None) -> LevelResult:
     with open_guard(ifname) as g:
-        return LevelResult(g.iface.name, "show", _views(g, state.read_state(g.iface) or {}))
+        return LevelResult(g.iface.name, "show", views(g, state.read_state(g.iface) or {}))
 
 

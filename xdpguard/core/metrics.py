@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 from xdpguard import __version__
 
-from . import forward, protection, sampling, state, stats, vocab
+from . import forward, protection, state, stats, vocab
 from .l7 import engine as l7engine
-from .abi import MapName
 from .errors import UserError
 
 ATTACK_NONE: Callable[[], dict[tuple[str, str], bool]] = lambda: {}
@@ -135,13 +134,11 @@ class XdpguardCollector:
                     fam["xdpguard_bytes_total"].add_metric([name, c.kind, c.reason], c.bytes)
                 for w in protection.LISTS:
                     fam["xdpguard_list_entries"].add_metric([name, w], self._size(name, w, lambda w=w: g.list_size(w)))
-                bans = [g.maps[n] for n in (MapName.BANS, MapName.OPBANS) if n in g.maps]
-                if bans:  # by name: a prefix match found the ban bloom array too (16,384 "entries")
-                    fam["xdpguard_list_entries"].add_metric(
-                        [name, "bans"], self._size(name, "bans", lambda: sum(m.count() for m in bans)))
-                every = sampling.get_sample_every(g.maps)
+                if g.has_ban_maps():  # by name: a prefix match would find the ban bloom array too
+                    fam["xdpguard_list_entries"].add_metric([name, "bans"], self._size(name, "bans", g.ban_count))
+                every = g.sample_every()
                 fam["xdpguard_sample_ratio"].add_metric([name], 1.0 / every if every else 0.0)
-                taken, lost = sampling.sample_counters(g.maps)
+                taken, lost = g.sample_counters()
                 fam["xdpguard_samples_total"].add_metric([name], taken)
                 fam["xdpguard_samples_lost_total"].add_metric([name], lost)
                 fam["xdpguard_samples_missed_total"].add_metric([name], missed.get(name, 0))

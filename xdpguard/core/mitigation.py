@@ -45,7 +45,7 @@ pin`) stay. A refused service is derived again at most once a second, from at mo
 samples (the daemon's CPU is the clients' CPU on a small box).
 
 Mitigations are dynamic state: kernel filters with action XG_FA_MITIGATE after the operator's
-(policy.write_mitigation_filters; `export` and `apply` never see them) and records in the
+(guard.write_mitigation_filters; `export` and `apply` never see them) and records in the
 interface's state file under "mitigations" (what `xdpguard mitigations` shows and controls).
 Every step (install, refused, adapt, lift, pin, del) is a line in events.jsonl: a record of
 kind "mitigation", the later line of an id winning as for attack events.
@@ -69,7 +69,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import connlimit, events, levels, policy, protection, state, tcpstate
+from . import connlimit, events, guard, levels, policy, protection, state, tcpstate
 from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX, MapName
 from .errors import UserError
 from .desired.diff import describe
@@ -559,7 +559,7 @@ def _step(rec: dict, step: str, detail: str, when: float | None = None) -> dict:
 def _realise(maps, recs: dict) -> int:
     """The kernel's mitigation filters := the active records', in order."""
     fs = [filter_from_json(r["filter"]) for r in recs["active"]]
-    return policy.write_mitigation_filters(maps, fs[:FILTERS_MAX])
+    return guard.write_mitigation_filters(maps, fs[:FILTERS_MAX])
 
 
 # ---- what the CLI does (records + kernel: the interface lock, then the maps) ----
@@ -580,7 +580,7 @@ class ListResult:
 def list_mitigations(ifname: str | None) -> ListResult:
     with protection.open_guard(ifname) as g:
         recs = read_records(g.iface)
-        kernel = [filter_to_json(f) for f in policy.read_mitigation_filters(g.maps)]
+        kernel = [filter_to_json(f) for f in g.read_mitigation_filters()]
         active = [{**r, "in_kernel": r["filter"] in kernel} for r in recs["active"]]
         return ListResult(g.iface.name, active, recs["lifted"],
                           {k: v for k, v in recs["suppressed"].items() if v > time.time()})
@@ -659,17 +659,17 @@ def known_good_sources(maps, srcs: Iterable[SrcId]) -> set[SrcId]:
 
 VerifiedDrops = Callable[[object], dict[int, int]]
 """The verified-clients reader the engine expects: maps → {position of the mitigation filter in
-the list last given to policy.write_mitigation_filters: packets from verified sources it dropped
+the list last given to guard.write_mitigation_filters: packets from verified sources it dropped
 (or, in monitor mode, would have) since that write}. None: not available (sampled evidence only)."""
 
 
 def xdp_verified_drops(maps) -> dict[int, int]:
-    """The VerifiedDrops of the data path: policy.read_verified_drops' per-slot counters of the
+    """The VerifiedDrops of the data path: guard.read_verified_drops' per-slot counters of the
     filter table (the operator's filters first, then the mitigations), renumbered from the first
     mitigation slot. The counters only grow and a slot outlives the filter in it: the engine takes
     its baseline right after every write (Engine._rebase), so a reused slot's history is no harm."""
-    vd = policy.read_verified_drops(maps)
-    table = policy.read_filter_table(maps)
+    vd = guard.read_verified_drops(maps)
+    table = guard.read_filter_table(maps)
     first = next((i for i, f in enumerate(table) if f.action == policy.MITIGATE), len(table))
     return {slot - first: hits.dropped for slot, (_f, hits) in vd.filters.items() if slot >= first and hits.dropped}
 
@@ -1057,7 +1057,7 @@ class DaemonHook:
                                                 verified_drops=self.verified_drops)
             e.maps = g.maps  # a collector re-opened after a failed round has new map objects
             e.round(snap, samples)
-        banned = connlimit.promote(g.maps, connlimit.offenders())
+        banned = connlimit.promote(g, connlimit.offenders())
         if banned:
             self.report(f"{name}: banned {len(banned)} source(s) over a connection limit in XDP (reason connlimit): "
                         + ", ".join(banned[:5]) + (" …" if len(banned) > 5 else ""))

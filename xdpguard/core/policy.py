@@ -1,6 +1,7 @@
-"""Cleansing policy: typed, validated objects and their place in the maps (no recompile).
+"""Cleansing policy: typed, validated objects, their C layout and their map keys (no map I/O:
+guard.py reads and writes them in the maps).
 
-The same objects feed the data path (`apply_*` write the maps of a Guard or TestBed) and the
+The same objects feed the data path (through guard.py, on a Guard or a TestBed) and the
 reference model (`model.py`). Every constructor validates and raises UserError naming the
 problem, so a bad request never reaches a map.
 """
@@ -9,13 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import os
-import struct
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 
-from . import abi, libbpf
+from . import abi
 from .errors import UserError
 
 MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absurd for one box
@@ -282,11 +280,7 @@ def format_tcp_flags(mask: int, value: int) -> str:
     return ",".join(("" if value & bit else "!") + n for n, bit in TCP_FLAGS.items() if mask & bit)
 
 
-# ---- reading and writing the maps (any object with a .maps dict of BpfMap) ----
-
-
-def _prot_map(maps, addr):
-    return maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
+# ---- map keys and entries (guard.py reads and writes them) ----
 
 
 def prot_key(addr):
@@ -294,25 +288,6 @@ def prot_key(addr):
     k = abi.Addr4() if addr.version == 4 else abi.Addr6()
     ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
     return k
-
-
-def read_address_policy(maps, addr) -> AddressPolicy:
-    v = _prot_map(maps, addr).get(prot_key(addr))
-    if v is None:
-        raise UserError(f"{addr} is not a protected address")
-    blocked = frozenset(n for n, bit in PROTOCOLS.items() if v.flags & bit)
-    return AddressPolicy(blocked, Limits.from_c(v.lim), SynPolicy.from_c(v.syn, v.flags))
-
-
-def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
-    """Rewrite the address's entry, keeping what other features own (port-policy flag, slot)."""
-    m, k = _prot_map(maps, addr), prot_key(addr)
-    cur = m.get(k)
-    if cur is None:
-        raise UserError(f"{addr} is not a protected address")
-    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF | abi.PROT_GEO)
-    flags = keep | sum(PROTOCOLS[p] for p in pol.blocked) | pol.syn.flag_bits()
-    m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
 
 
 def new_protected(slot: int) -> abi.Protected:
@@ -327,124 +302,6 @@ def port_key(addr, proto: str, port: int) -> abi.PortKey:
     k.proto = PROTO_NUMBERS[proto]
     k.family = addr.version
     return k
-
-
-def read_port_limits(maps) -> dict[tuple[str, str, int], Limits]:
-    out = {}
-    names = {v: k for k, v in PROTO_NUMBERS.items()}
-    for k, v in maps[abi.MapName.PORTLIM].items():
-        raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
-        out[(str(ipaddress.ip_address(raw)), names.get(k.proto, str(k.proto)), k.port)] = Limits.from_c(v)
-    return dict(sorted(out.items()))
-
-
-def write_port_limits(maps, addr, proto: str, lo: int, hi: int, lim: Limits | None) -> None:
-    """Override (or with lim None, remove the override of) the limits of addr's ports lo..hi."""
-    m = maps[abi.MapName.PORTLIM]
-    for port in range(lo, hi + 1):
-        k = port_key(addr, proto, port)
-        if lim is None:
-            m.delete(k)
-        else:
-            m.set(k, lim.to_c())
-    _sync_port_limits_flag(maps, addr)
-
-
-def _sync_port_limits_flag(maps, addr) -> None:
-    raw = addr.packed
-    on = any(k.family == addr.version and bytes(k.addr)[: len(raw)] == raw for k in maps[abi.MapName.PORTLIM].keys())
-    pm, pk = _prot_map(maps, addr), prot_key(addr)
-    cur = pm.get(pk)
-    if cur is None:
-        return
-    flags = (cur.flags | abi.PROT_PORT_LIMITS) if on else (cur.flags & ~abi.PROT_PORT_LIMITS)
-    if flags != cur.flags:
-        cur.flags = flags
-        pm.set(pk, cur)
-
-
-def _read_filters(maps) -> list[Filter]:
-    cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
-    fm = maps[abi.MapName.FILTERS]
-    out = []
-    for i in range(cfg.filters_count):
-        f = fm.get(ctypes.c_uint32(i))
-        if f is not None:
-            out.append(Filter.from_c(f))
-    return out
-
-
-def read_global_policy(maps) -> GlobalPolicy:
-    """The operator's policy: the automatic mitigation filters (dynamic state, after the
-    operator's in the table) are not part of it."""
-    cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
-    ports = frozenset(i for i, on in enumerate(maps[abi.MapName.REFLECT].array_values()) if on)
-    filters = [f for f in _read_filters(maps) if f.action != MITIGATE]
-    return GlobalPolicy(bool(cfg.flags & abi.CFG_DROP_FRAGMENTS), bool(cfg.flags & abi.CFG_REFLECTION),
-                        ports, tuple(filters), cfg.monitor_mask)
-
-
-def read_mitigation_filters(maps) -> list[Filter]:
-    """The automatic mitigation filters in the table, in order."""
-    return [f for f in _read_filters(maps) if f.action == MITIGATE]
-
-
-def write_mitigation_filters(maps, filters: list[Filter]) -> int:
-    """Replace the mitigation filters (kept after the operator's). Returns how many fit: the
-    operator's filters always keep their slots."""
-    pol = read_global_policy(maps)
-    room = max(0, abi.FILTERS_MAX - len(pol.filters))
-    keep = [f for f in filters if f.action == MITIGATE][:room]
-    _write_filter_table(maps, list(pol.filters) + keep)
-    return len(keep)
-
-
-def write_global_policy(maps, pol: GlobalPolicy, old: GlobalPolicy | None = None) -> None:
-    """Filters are written before the count grows and after it shrinks, and the data path reads
-    them only through their compiled generation (compile_filters), which is swapped in whole."""
-    cm = maps[abi.MapName.CONFIG]
-    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
-    refl = maps[abi.MapName.REFLECT]
-    old_ports = old.reflection_ports if old is not None else frozenset()  # None: a fresh (zeroed) map
-    for p in old_ports - pol.reflection_ports:
-        refl.set(ctypes.c_uint32(p), ctypes.c_uint8(0))
-    for p in pol.reflection_ports - old_ports:
-        refl.set(ctypes.c_uint32(p), ctypes.c_uint8(1))
-    filters = list(pol.filters)
-    if not any(f.action == MITIGATE for f in filters):  # the daemon's mitigations stay, after the operator's
-        filters += read_mitigation_filters(maps)[: max(0, abi.FILTERS_MAX - len(filters))]
-    _write_filter_table(maps, filters)
-    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
-    flags = cfg.flags & ~(abi.CFG_DROP_FRAGMENTS | abi.CFG_REFLECTION)
-    flags |= (abi.CFG_DROP_FRAGMENTS if pol.drop_fragments else 0) | (abi.CFG_REFLECTION if pol.reflection else 0)
-    cfg.flags = flags
-    cfg.monitor_mask = pol.monitor_mask
-    cm.set(ctypes.c_uint32(0), cfg)
-
-
-def read_filter_table(maps) -> list[Filter]:
-    """The whole table in order: the operator's filters, then the automatic mitigations."""
-    return _read_filters(maps)
-
-
-def _write_filter_table(maps, filters: list[Filter]) -> None:
-    """The ordered list (the controller's record, xg_filters_arr) and its compiled generation,
-    which is what the data path reads and is swapped in whole; nothing when both already hold
-    exactly `filters` (the reconciler writes every 30 s)."""
-    if _read_filters(maps) == list(filters) and filters_compiled(maps, len(filters)):
-        return
-    cm = maps[abi.MapName.CONFIG]
-    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
-    fm = maps[abi.MapName.FILTERS]
-    n_new = len(filters)
-    if n_new < cfg.filters_count:
-        cfg.filters_count = n_new
-        cm.set(ctypes.c_uint32(0), cfg)
-    for i, f in enumerate(filters):
-        fm.set(ctypes.c_uint32(i), f.to_c())
-    cfg.filters_count = n_new
-    cm.set(ctypes.c_uint32(0), cfg)
-    compile_filters(maps, tuple(filters))
 
 
 # ---- feature filters compiled to per-field bit vectors (abi.h XG_FV_*) ----
@@ -510,39 +367,6 @@ def filter_vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
     return vec, live, payload
 
 
-def filters_compiled(maps, count: int) -> bool:
-    """Does the generation in use hold `count` filters? (False after an upgrade from a version
-    without compiled filters: their maps start empty.)"""
-    sel = maps[abi.MapName.FSEL].get(ctypes.c_uint32(0))
-    head = maps[abi.MapName.FHEAD].get(ctypes.c_uint32(sel.gen & 1 if sel else 0))
-    return head is not None and head.count == count
-
-
-def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
-    """Write the filters into the generation not in use (vectors, definitions, head), then
-    switch the data path to it with one write. Returns the new generation."""
-    if len(filters) > abi.FILTERS_MAX:
-        raise UserError(f"too many filters: {len(filters)}, the table holds {abi.FILTERS_MAX}")
-    sel_m = maps[abi.MapName.FSEL]
-    sel = sel_m.get(ctypes.c_uint32(0)) or abi.FSel()
-    gen = (sel.gen & 1) ^ 1
-    vec, live, payload = filter_vectors(filters)
-    keys = (ctypes.c_uint32 * abi.FV_SLOTS)(*range(gen * abi.FV_SLOTS, (gen + 1) * abi.FV_SLOTS))
-    vals = ctypes.create_string_buffer(vec, len(vec))
-    vm = maps[abi.MapName.FVEC]
-    rc, done = libbpf.map_update_batch(vm.fd, ctypes.addressof(keys), ctypes.addressof(vals), abi.FV_SLOTS)
-    if rc != 0 or done != abi.FV_SLOTS:
-        raise libbpf.BpfError(-rc, f"map update batch on {vm.name.value}: {os.strerror(-rc) if rc else 'short'}")
-    dm = maps[abi.MapName.FDEF]
-    for i, f in enumerate(filters):
-        dm.set(ctypes.c_uint32(gen * abi.FILTERS_MAX + i), f.to_c())
-    maps[abi.MapName.FHEAD].set(ctypes.c_uint32(gen), abi.FHead(live, payload, len(filters), 0))
-    # XXX: a packet that read the old generation before this write finishes on it; the next
-    # compile rewrites that generation, so two changes within one packet's run could tear it.
-    sel_m.set(ctypes.c_uint32(0), abi.FSel(gen, 0))
-    return gen
-
-
 # ---- dynamic bans ----
 
 
@@ -561,46 +385,6 @@ def src_key(addr) -> abi.SrcKey:
     return k
 
 
-def read_bans(maps, now_ns: int) -> list[BanView]:
-    out = []
-    for k, v in [*maps[abi.MapName.OPBANS].items(), *maps[abi.MapName.BANS].items()]:
-        if v.expires_ns <= now_ns:
-            continue
-        raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
-        try:
-            reason = abi.Reason(v.reason).label
-        except ValueError:
-            reason = str(v.reason)
-        out.append(BanView(str(ipaddress.ip_address(raw)), round((v.expires_ns - now_ns) / 1e9, 1), v.hits, reason))
-    return sorted(out, key=lambda b: (-b.hits, b.source))
-
-
-def sweep_bans(maps, now_ns: int) -> int:
-    """Delete expired bans; clear the data path's has-bans flag when none is left."""
-    dead = 0
-    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
-        m = maps[name]
-        gone = [k for k, v in m.items() if v.expires_ns <= now_ns]
-        for k in gone:
-            m.delete(k)
-        dead += len(gone)
-    no_op = not any(True for _ in maps[abi.MapName.OPBANS].keys())
-    none_left = no_op and not any(True for _ in maps[abi.MapName.BANS].keys())
-    st = maps[abi.MapName.DPSTATE]
-    cur = st.get(ctypes.c_uint32(0))
-    if cur is not None:
-        flags = (cur.flags | abi.DP_OPBANS_EMPTY) if no_op else (cur.flags & ~abi.DP_OPBANS_EMPTY)
-        if none_left:
-            flags &= ~abi.DP_HAS_BANS
-        if flags != cur.flags:
-            st.set(ctypes.c_uint32(0), abi.DpState(flags))
-        if none_left:
-            _write_bloom(maps, [0] * (abi.BANBLOOM_BITS // 64))  # no ban left: every bit may go
-        if not flags & abi.DP_BAN_BLOOM:
-            enable_ban_bloom(maps)
-    return dead
-
-
 # ---- the ban bloom (xg_banbloom_arr): a clear bit lets the data path skip both ban lookups ----
 
 _M64 = (1 << 64) - 1
@@ -615,65 +399,6 @@ def ban_bloom_bit(key: abi.SrcKey) -> int:
     h = (h * 0xBF58476D1CE4E5B9) & _M64
     h ^= h >> 32
     return h & (abi.BANBLOOM_BITS - 1)
-
-
-def _write_bloom(maps, words: list[int], name: abi.MapName = abi.MapName.BANBLOOM) -> None:
-    m = maps[name]
-    n = len(words)
-    keys = (ctypes.c_uint32 * n)(*range(n))
-    vals = (ctypes.c_uint64 * n)(*words)
-    rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
-    if rc != 0 or done != n:
-        raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}: {os.strerror(-rc) if rc else 'short'}")
-
-
-def _set_bloom_bits(maps, keys) -> None:
-    m = maps[abi.MapName.BANBLOOM]
-    for k in keys:
-        bit = ban_bloom_bit(k)
-        w = ctypes.c_uint32(bit >> 6)
-        cur = m.get(w)
-        val = (cur.value if cur is not None else 0) | (1 << (bit & 63))
-        m.set(w, ctypes.c_uint64(val))
-
-
-def enable_ban_bloom(maps) -> None:
-    """Set the bit of every ban in both ban maps, then let the data path trust clear bits
-    (XG_DP_BAN_BLOOM). Bits the data path sets meanwhile may be overwritten; a source whose bit is
-    lost is judged again by the step that banned it, which bans it (and sets its bit) again."""
-    m = maps[abi.MapName.BANBLOOM]
-    words = [v.value if hasattr(v, "value") else int(v) for v in m.array_values()]
-    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
-        for k in maps[name].keys():
-            bit = ban_bloom_bit(k)
-            words[bit >> 6] |= 1 << (bit & 63)
-    _write_bloom(maps, words)
-    st = maps[abi.MapName.DPSTATE]
-    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
-    if not cur.flags & abi.DP_BAN_BLOOM:
-        st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_BAN_BLOOM))
-
-
-def _set_dp_flags(maps, set_bits: int, clear_bits: int = 0) -> None:
-    st = maps[abi.MapName.DPSTATE]
-    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
-    flags = (cur.flags | set_bits) & ~clear_bits
-    if flags != cur.flags:
-        st.set(ctypes.c_uint32(0), abi.DpState(flags))
-
-
-def note_dynamic_ban(maps, keys) -> None:
-    """After the controller wrote `keys` into xg_ban_lru (the data path's own bans set their bits
-    themselves): their bloom bits, and make the data path look at bans."""
-    _set_bloom_bits(maps, keys)
-    _set_dp_flags(maps, abi.DP_HAS_BANS)
-
-
-def note_operator_ban(maps, keys) -> None:
-    """After writing `keys` (abi.SrcKey) into xg_opban_hash: their bloom bits, and make the data
-    path look at bans, operator bans included. Every writer of xg_opban_hash must call this."""
-    _set_bloom_bits(maps, keys)
-    _set_dp_flags(maps, abi.DP_HAS_BANS, abi.DP_OPBANS_EMPTY)
 
 
 # ---- verified clients (knowngood.h): settings, sweep, and the do-no-harm counters ----
@@ -712,24 +437,6 @@ class VerifySettings:
                    not c.flags & abi.VC_NO_UDP_LEARN, c.spoof_ban_s)
 
 
-def read_verify_settings(maps) -> VerifySettings:
-    c = maps[abi.MapName.VCFG].get(ctypes.c_uint32(0))
-    return VerifySettings.from_c(c) if c is not None else VerifySettings()
-
-
-def write_verify_settings(maps, v: VerifySettings) -> None:
-    maps[abi.MapName.VCFG].set(ctypes.c_uint32(0), v.to_c())
-
-
-def set_udp_learning(maps, on: bool) -> None:
-    """The controller's switch: off while it sees an attack (no UDP answer teaches anything),
-    on again in peacetime. The data path also stops by itself, per protected address, above
-    udp_peace_pps (xg_udpwin_pcpu, xg_udpflood_arr)."""
-    cur = read_verify_settings(maps)
-    if cur.udp_learning != on:
-        write_verify_settings(maps, replace(cur, udp_learning=on))
-
-
 @dataclass(frozen=True)
 class VerifiedView:
     source: str
@@ -744,15 +451,6 @@ def _src_text(k: abi.SrcKey) -> str:
     return str(ipaddress.ip_address(bytes(k.addr)[: 4 if k.family == 4 else 16]))
 
 
-def read_verified(maps, now_ns: int) -> list[VerifiedView]:
-    out = []
-    for k, v in maps[abi.MapName.GOODSRC].items():
-        if v.expires_ns > now_ns:
-            out.append(VerifiedView(_src_text(k), _KIND_NAMES.get(v.kind & 3, "untrusted"),
-                                    round((v.expires_ns - now_ns) / 1e9, 1)))
-    return sorted(out, key=lambda x: x.source)
-
-
 @dataclass(frozen=True)
 class SweepStats:
     before: int
@@ -762,77 +460,10 @@ class SweepStats:
     seconds: float
 
 
-def sweep_verified(maps, now_ns: int, high: float = 0.9, low: float = 0.75) -> SweepStats:
-    """The sweep of xg_goodsrc_hash (only the tc egress program inserts; XDP never deletes):
-    delete expired entries and untrusted ones (kind 0, carried over from an older program); when
-    more than `high` of the map is still used, evict live entries down to `low`: UDP-only ones
-    first (peacetime learning is the weaker proof), then TCP ones, each soonest-to-expire first.
-    So learning always finds room again. Reads the map in batches, deletes in batches."""
-    t0 = time.monotonic()
-    m = maps[abi.MapName.GOODSRC]
-    ks, vs = ctypes.sizeof(abi.SrcKey), ctypes.sizeof(abi.GoodSrc)
-    raw_k, raw_v, n = m.dump_raw()
-    dead, live = [], []
-    trusted = abi.VF_TCP | abi.VF_UDP
-    # (expires_ns, kind) of each value in one pass (a ctypes object per entry costs ~10x more)
-    for i, (exp, kind) in enumerate(struct.iter_unpack("=QI" + "x" * (vs - 12), raw_v[:n * vs])):
-        key = raw_k[i * ks:(i + 1) * ks]
-        if exp <= now_ns or not kind & trusted:
-            dead.append(key)
-        else:
-            live.append((0 if kind & abi.VF_TCP else -1, exp, key))
-    evict = []
-    cap = m.max_entries
-    if len(live) > high * cap:
-        live.sort()  # UDP-only (-1) before TCP (0), then by expiry
-        evict = [k for _, _, k in live[: len(live) - int(low * cap)]]
-    gone = _delete_raw(m, dead + evict, ks)
-    if gone and gone * 8 >= n:  # an eighth gone: their bloom bits too (a stale bit only costs a lookup)
-        kept = live[len(evict):] if evict else live
-        words = [0] * (abi.GOODBLOOM_BITS // 64)
-        for _, _, k in kept:
-            bit = good_bloom_bit(abi.SrcKey.from_buffer_copy(k))
-            words[bit >> 6] |= 1 << (bit & 63)
-        _write_bloom(maps, words, abi.MapName.GOODBLOOM)
-    return SweepStats(n, min(len(dead), gone), max(0, gone - len(dead)), n - gone, time.monotonic() - t0)
-
-
 def good_bloom_bit(key: abi.SrcKey) -> int:
     """kg_bloom_word() of knowngood.h: the source's bit in xg_vbloom_arr (the hash of the
     ban bloom, xg_src_hash, on as many bits)."""
     return ban_bloom_bit(key) & (abi.GOODBLOOM_BITS - 1)
-
-
-def _delete_raw(m, keys: list[bytes], ks: int, chunk: int = 16384) -> int:
-    """Delete packed keys in BPF_MAP_DELETE_BATCH calls (key by key where a batch stops short)."""
-    done = 0
-    for i in range(0, len(keys), chunk):
-        part = keys[i:i + chunk]
-        buf = ctypes.create_string_buffer(b"".join(part), len(part) * ks)
-        rc, cnt = libbpf.map_delete_batch(m.fd, ctypes.addressof(buf), len(part))
-        done += cnt
-        for k in part[cnt:]:  # a key already gone (or no batch support): one by one
-            done += bool(m.delete(m.key_type.from_buffer_copy(k)))
-    return done
-
-
-def sweep_dst_buckets(maps, now_ns: int, idle_s: float = 60.0) -> int:
-    """Delete the per-destination buckets (xg_dstbkt_hash) untouched for idle_s: the map fills
-    with the ports of a flood over random ports, and while it is full new ports share their
-    address's bucket (xg_dstaddr_arr). An idle bucket has refilled (a new one starts full), so
-    deleting it changes no verdict unless its burst takes longer than idle_s to refill; the
-    port-0 overflow entries of older programs go too. Returns how many were deleted."""
-    m = maps[abi.MapName.DSTBKT]
-    ks, vs = ctypes.sizeof(abi.PortKey), ctypes.sizeof(abi.DstBucket)
-    raw_k, raw_v, n = m.dump_raw()
-    limit = now_ns - int(idle_s * 1e9)
-    stale = []
-    for i in range(n):
-        key = raw_k[i * ks:(i + 1) * ks]
-        v = abi.DstBucket.from_buffer_copy(raw_v, i * vs)
-        if v.last_ns < limit or abi.PortKey.from_buffer_copy(key).port == 0:
-            stale.append(key)
-    return _delete_raw(m, stale, ks)
 
 
 @dataclass(frozen=True)
@@ -850,36 +481,3 @@ class VerifiedDrops:
     reasons: dict[abi.Reason, VerifiedHits]  # the step's reason (banned, ratelimit, syn, …) → hits
 
 
-def read_verified_drops(maps) -> VerifiedDrops:
-    """The do-no-harm counters (xg_vdrop_pcpu), summed over CPUs, non-zero slots only. A filter
-    is named by its index in the table (operator's filters first, then the mitigations: see
-    read_filter_table); per ban, xg_ban.verified_hits (read_bans_verified_hits). Counters only
-    grow: a caller that wants a rate keeps the previous reading."""
-    m = maps[abi.MapName.VDROP]
-    table = _read_filters(maps)
-    filters: dict[int, tuple[Filter | None, VerifiedHits]] = {}
-    reasons: dict[abi.Reason, VerifiedHits] = {}
-    for slot in range(abi.FILTERS_MAX + abi.REASON_MAX):
-        per_cpu = m.get(ctypes.c_uint32(slot)) or []
-        d, e = sum(c.dropped for c in per_cpu), sum(c.exempted for c in per_cpu)
-        if not d and not e:
-            continue
-        if slot < abi.FILTERS_MAX:
-            filters[slot] = (table[slot] if slot < len(table) else None, VerifiedHits(d, e))
-        else:
-            try:
-                reasons[abi.Reason(slot - abi.FILTERS_MAX)] = VerifiedHits(d, e)
-            except ValueError:
-                continue
-    return VerifiedDrops(filters, reasons)
-
-
-def read_bans_verified_hits(maps) -> dict[str, int]:
-    """Per banned source, the packets the ban dropped while the source was verified: a ban that
-    hits verified clients is suspect (the data path itself bans no verified source)."""
-    out = {}
-    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
-        for k, v in maps[name].items():
-            if v.verified_hits:
-                out[_src_text(k)] = out.get(_src_text(k), 0) + v.verified_hits
-    return out

@@ -62,12 +62,12 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     taken from `stored` (a verb that did not touch lists need not walk a million entries)."""
     st = state.read_state(g.iface) or {}
     runs = g.open_ports()
-    plims = policy.read_port_limits(g.maps)
+    plims = g.read_port_limits()
     addrs = []
     lv = st.get(levels.STATE_KEY, {})
     cls = st.get(forward.CONNLIMIT_KEY) or {}
     for a in g.protected_addrs():
-        pol = policy.read_address_policy(g.maps, a)
+        pol = g.read_address_policy(a)
         opened = [(proto, lo, hi) for (addr, proto), rs in runs.items() if addr == str(a)
                   for lo, hi, flags in rs if flags & abi.PORT_BY_OPERATOR]
         pl = [(proto, port, port, lim) for (addr, proto, port), lim in plims.items() if addr == str(a)]
@@ -75,8 +75,8 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
                                  config.norm_port_runs(opened), config.norm_port_limits(pl),
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
                                  forward.stored_connlimit(cls.get(str(a))),
-                                 geo=geo.read_address(g.maps, a)))
-    glob = policy.read_global_policy(g.maps)
+                                 geo=g.geo_of(a)))
+    glob = g.read_global_policy()
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
     else:
@@ -128,14 +128,6 @@ def protection_ifaces() -> list[str]:
 # ---- making the kernel match ----
 
 
-def _free_slot(g: protection.Guard) -> int:
-    used = set()
-    for name in (abi.MapName.PROT4, abi.MapName.PROT6):
-        for _, v in g.maps[name].items():
-            used.add(v.syn.slot)
-    return next(i for i in range(abi.PROTECTED_MAX) if i not in used)
-
-
 def _port_set(runs) -> set[tuple[str, int]]:
     return {(p, n) for p, lo, hi in runs for n in range(lo, hi + 1)}
 
@@ -156,7 +148,7 @@ def _change_ports(g, addr, ports: set[tuple[str, int]], add: bool) -> None:
 def _write_address(g, old: AddressSpec | None, new: AddressSpec) -> None:
     a = new.address
     if old is None or (old.blocked, old.limits, old.syn) != (new.blocked, new.limits, new.syn):
-        policy.write_address_policy(g.maps, a, new.policy)
+        g.write_address_policy(a, new.policy)
     oldp = _port_set(old.open_ports) if old else set()
     newp = _port_set(new.open_ports)
     _change_ports(g, a, newp - oldp, True)
@@ -165,18 +157,17 @@ def _write_address(g, old: AddressSpec | None, new: AddressSpec) -> None:
     newl = _port_limit_map(new.port_limits)
     for (proto, n), lim in newl.items():
         if oldl.get((proto, n)) != lim:
-            policy.write_port_limits(g.maps, a, proto, n, n, lim)
+            g.write_port_limits(a, proto, n, n, lim)
     for (proto, n) in oldl.keys() - newl.keys():
-        policy.write_port_limits(g.maps, a, proto, n, n, None)
+        g.write_port_limits(a, proto, n, n, None)
 
 
 def _remove_address(g, old: AddressSpec) -> None:
     a = old.address
     _change_ports(g, a, _port_set(old.open_ports), False)
     for (proto, n) in _port_limit_map(old.port_limits):
-        policy.write_port_limits(g.maps, a, proto, n, n, None)
-    m = g.maps[abi.MapName.PROT4 if a.version == 4 else abi.MapName.PROT6]
-    m.delete(policy.prot_key(a))
+        g.write_port_limits(a, proto, n, n, None)
+    g.remove_protected(a)
 
 
 def write_geo(g: protection.Guard, addresses) -> list[str]:
@@ -217,26 +208,42 @@ def _write_http(g, old: InterfaceSpec, new: InterfaceSpec) -> bool:
     return True
 
 
-def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpec, rebuild_nat: bool = False) -> list[str]:
+@dataclass
+class ListIO:
+    """A list verb's own entries, for write_differences: `upsert` (with expires_ns; 0 is
+    permanent) writes every named entry even when the spec already held it (a refresh keeps its
+    hit count), `delete` removes every named entry, a dynamic one too. Filled in with the counts."""
+    which: str
+    upsert: list[Prefix] | None = None
+    expires_ns: int = 0
+    delete: list[Prefix] | None = None
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    missing: list[str] = field(default_factory=list)
+
+
+def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpec, rebuild_nat: bool = False,
+                      io: ListIO | None = None) -> list[str]:
     """Write what differs between `old` (realised) and `new` into g's maps, nft and records.
     Order: new addresses, policies, ports, list additions, forwards, list removals, events,
     removed addresses — so a source blocked in both never passes, and no port is closed
-    before the rule that needs it is gone."""
+    before the rule that needs it is gone. `io`: a list verb's named entries (ListIO)."""
     notes = []
     for a in new.addresses:
         if old.address(a.address) is None:
-            m = g.maps[abi.MapName.PROT4 if a.address.version == 4 else abi.MapName.PROT6]
-            m.set(policy.prot_key(a.address), policy.new_protected(_free_slot(g)))
+            g.add_protected(a.address)
     if old.global_ != new.global_:
-        policy.write_global_policy(g.maps, new.global_, old.global_)
+        g.write_global_policy(new.global_, old.global_)
     for a in new.addresses:
         _write_address(g, old.address(a.address), a)
     if [(a.address, a.geo) for a in old.addresses] != [(a.address, a.geo) for a in new.addresses]:
         notes += write_geo(g, new.addresses)
-    if new.block - old.block:
-        g.upsert("block", sorted(new.block - old.block), 0)
-    if new.allow - old.allow:
-        g.upsert("allow", sorted(new.allow - old.allow), 0)
+    for which in ("block", "allow"):
+        if io is not None and io.which == which and io.upsert is not None:
+            io.added, io.updated = g.upsert(which, io.upsert, io.expires_ns)  # every named entry, refreshed
+        elif getattr(new, which) - getattr(old, which):
+            g.upsert(which, sorted(getattr(new, which) - getattr(old, which)), 0)
     http_changed = _write_http(g, old, new)
     rebuild_nat = rebuild_nat or http_changed  # the SYN-cookie rules of the HTTP ports live in the NAT table
     want = {str(a.address): asdict(a.connlimit) for a in new.addresses if a.connlimit is not None}
@@ -247,10 +254,14 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         rebuild_nat = True  # the connlimit chain lives in the NAT table
     if old.forwards != new.forwards or rebuild_nat:
         notes += forward.set_rules(g, [(f.rule, f.udp_probe) for f in new.forwards], rebuild=rebuild_nat)
-    if old.block - new.block:
-        g.delete("block", sorted(old.block - new.block))
-    if old.allow - new.allow:
-        g.delete("allow", sorted(old.allow - new.allow))
+    for which in ("block", "allow"):
+        gone = getattr(old, which) - getattr(new, which)
+        if io is not None and io.which == which and io.upsert is not None:
+            gone -= set(io.upsert)  # refreshed with a TTL: dynamic from now on, not deleted
+        if io is not None and io.which == which and io.delete is not None:
+            io.removed, io.missing = g.delete(which, io.delete)  # every named entry, dynamic ones too
+        elif gone:
+            g.delete(which, sorted(gone))
     for a in old.addresses:
         if new.address(a.address) is None:
             _remove_address(g, a)
@@ -482,28 +493,47 @@ def _jsonable(obj):
     return obj
 
 
-# ---- the imperative verbs record into the store ----
+# ---- the imperative verbs: an edit of the desired spec, stored, then realised ----
 
 
 def record(name: str, lists: bool = False) -> None:
-    """After an imperative change of `name`: the store takes the interface's realised state, so
-    `export` and a reboot keep exactly what the kernel does (change() stored the prediction first)."""
+    """After `attach` (and change()): the store takes the interface's realised state."""
     spec = export_iface(name, lists=lists)
     store.update_interface(name, lambda old: spec)
 
 
+def edit(ifname: str | None, f, result, lists: bool = False, io: ListIO | None = None, dynamic=None):
+    """An imperative verb (block add, limit set, …), one writer, one open of the maps:
+    1. under the interface lock, the maps are opened once and the realised spec read (the
+       permanent list entries are the store's unless `lists`);
+    2. spec' = f(spec, g): the verb's edit; it validates (UserError), so bad input stores and
+       writes nothing;
+    3. spec' is stored (fsynced) before the kernel is touched — a SIGKILL from here on leaves the
+       store ahead of the kernel, and the daemon (or the next apply) converges;
+    4. write_differences (the reconciler's writer, the only code that writes desired state into
+       the kernel) realises spec - spec'; `dynamic(g)`, if given, runs just before it (dynamic
+       state straight to the map owner: sweeps). If the write fails, the store is put back.
+    Returns result(g, spec, spec', notes), read while the maps are still open."""
+    state.require_root()
+    name = protection.pick_iface(ifname)
+    iface = state.resolve_iface(name)
+    with state.iface_lock(iface), protection.Guard.open(iface) as g:
+        live = export_guard(g, lists, store.stored_interface(name) if not lists else None)
+        after = config.norm_interface(f(live, g))
+
+        def write():
+            if dynamic is not None:
+                dynamic(g)
+            return write_differences(g, live, after, io=io)
+
+        notes, _, _ = _store_first(name, lambda before: after, write)
+        return result(g, live, after, notes)
+
+
 def change(ifname: str | None, predict, write, lists: bool = False):
-    """An imperative verb (block add, limit set, forward add, …), store first:
-    1. predict(spec) → the interface's desired spec after the verb, from the realised spec (what
-       the verb itself changes; the permanent list entries are the store's); it validates, so bad
-       input stores nothing;
-    2. that spec is stored (fsynced) before write() touches the kernel — a SIGKILL from here on
-       leaves the store ahead of the kernel, and the daemon (or the next apply) converges;
-    3. write() makes the change (maps, nft, records) and returns the verb's result; if it fails,
-       the interface's stored spec is put back and the error goes on;
-    4. the realised state is recorded (record()), so the store ends as what the kernel does even
-       where a prediction is coarser than the verb.
-    With lists=False the confirmation does not walk the list maps."""
+    """The older form of a verb (still used by georules.py and l7/verbs.py, whose write realises
+    through its own lock): predict(spec) is stored (fsynced), then write() makes the change (the
+    store is put back if it fails), then the realised state is recorded. New verbs use edit()."""
     state.require_root()
     name = protection.pick_iface(ifname)
     base = export_iface(name, lists=False)  # None: not ours; the command says so

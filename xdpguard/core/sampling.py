@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from . import libbpf, state
 from .errors import UserError
-from .abi import Kind, MapName, Reason, Sample, SampleConfig
+from .abi import Kind, Reason, Sample
 
 DEFAULT_SAMPLE_EVERY = 256  # ~3% data-path cost; 1 in 64 costs ~15% (scripts/bench_observability.py)
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
@@ -92,25 +92,7 @@ class PacketSample:
         return self.kind in ("drop", "would_drop")
 
 
-# ---- the switch and the per-CPU counters ----
-
-
-def get_sample_every(maps) -> int:
-    v = maps[MapName.SAMPLE_CFG].get(ctypes.c_uint32(0))
-    return 0 if v is None else v.sample_every
-
-
-def set_sample_every(maps, n: int) -> None:
-    """1 in n per CPU and (kind, reason); n a power of two (the data path masks a counter)."""
-    if not 0 <= n <= 1 << 24 or (n and n & (n - 1)):
-        raise UserError(f"invalid sample rate 1 in {n}: use 0 (off) or a power of two up to {1 << 24}")
-    maps[MapName.SAMPLE_CFG].set(ctypes.c_uint32(0), SampleConfig(n, 0))
-
-
-def sample_counters(maps) -> tuple[int, int]:
-    """(samples taken, samples lost because the ring was full), summed over CPUs."""
-    per_cpu = maps[MapName.SAMPLE_STATE].get(ctypes.c_uint32(0)) or []
-    return sum(s.taken for s in per_cpu), sum(s.lost for s in per_cpu)
+# (the switch and the per-CPU counters: guard.py, Guard.sample_every / set_sample_every / sample_counters)
 
 
 # ---- the reader ----

@@ -8,14 +8,13 @@ traffic it was sampled from, so the figures are estimates at 1 in N and say so.
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from . import fanout, forward, geo, protection, sampling, state
-from .abi import Kind, MapName, Reason, stats_slot
+from .abi import Reason
 from .errors import UserError
 from .l7 import engine as l7engine
 
@@ -235,13 +234,7 @@ def sparkline(values: list[float], width: int) -> str:
 
 
 def read_counts(guard: protection.Guard) -> Counts:
-    stats = guard.maps[MapName.STATS]
-    out: Counts = {}
-    for kind in Kind:
-        for reason in Reason:
-            per_cpu = stats.get(ctypes.c_uint32(stats_slot(kind, reason))) or []
-            out[(kind.label, reason.label)] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
-    return out
+    return guard.counts()
 
 
 def _rules(ifname: str) -> list[tuple[str, str, list[BackendRow], int, int]]:
@@ -254,9 +247,8 @@ def _rules(ifname: str) -> list[tuple[str, str, list[BackendRow], int, int]]:
 
 
 def _bans(guard: protection.Guard) -> int | None:
-    """Dynamic and operator bans (by map name: a prefix would match the ban bloom array too)."""
-    maps = [guard.maps[n] for n in (MapName.BANS, MapName.OPBANS) if n in guard.maps]
-    return sum(m.count() for m in maps) if maps else None
+    """Dynamic and operator bans."""
+    return guard.ban_count()
 
 
 class Collector:
@@ -271,9 +263,9 @@ class Collector:
         self.history_len = history_len
         self.attack_source = attack_source
         if sample_every is not None:
-            sampling.set_sample_every(self.guard.maps, sample_every)
-        elif sampling.get_sample_every(self.guard.maps) == 0:
-            sampling.set_sample_every(self.guard.maps, sampling.DEFAULT_SAMPLE_EVERY)
+            self.guard.set_sample_every(sample_every)
+        elif self.guard.sample_every() == 0:
+            self.guard.set_sample_every(sampling.DEFAULT_SAMPLE_EVERY)
         # the samples: given (the daemon's own subscription), else the daemon's fan-out, else the ring
         self.reader = source if source is not None else fanout.open_source(self.guard)
         self._prev: tuple[float, Counts, dict[str, tuple[int, int]]] | None = None
@@ -355,7 +347,7 @@ class Collector:
         bans = _bans(self.guard)
         if bans is not None:
             lists["bans"] = bans
-        _, lost = sampling.sample_counters(self.guard.maps)
+        _, lost = self.guard.sample_counters()
         snap = Snapshot(
             iface=self.ifname, mode=self.guard.att.mode, prog_id=self.guard.att.prog_id,
             protected=self.guard.protected(), monitor=bool(cfg.monitor_mask), time=time.time(),
@@ -363,7 +355,7 @@ class Collector:
             counters=rows, reasons=drop_reasons(rows),
             sources=top_talkers(ours, protected_rate, source_key),
             ports=top_talkers(ours, protected_rate, port_key),
-            sample_every=sampling.get_sample_every(self.guard.maps), samples=len(ours), samples_lost=lost,
+            sample_every=self.guard.sample_every(), samples=len(ours), samples_lost=lost,
             rules=rules, lists=lists, under_attack=False, attack_since=None, attacked=[], events=[],
             dst_shares=_dst_shares(ours), samples_missed=self.reader.missed, sample_source=self.reader.via,
             countries=self._countries(ours, rates),
@@ -406,10 +398,7 @@ def http_rows(rows, prev: dict[str, int], dt: float, banned: int) -> list[HttpRo
 
 def cc_bans(guard: protection.Guard) -> int:
     """Dynamic bans with reason cc (HTTP offenders promoted by `xdpguard run`)."""
-    if MapName.BANS not in guard.maps:
-        return 0
-    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    return sum(1 for _, v in guard.maps[MapName.BANS].items() if v.reason == int(Reason.CC) and v.expires_ns > now)
+    return guard.cc_ban_count()
 
 
 def _dst_shares(samples: list[sampling.PacketSample]) -> dict[str, float]:

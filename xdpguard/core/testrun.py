@@ -17,7 +17,7 @@ from .abi import (CFG_ENABLED, CFG_TCPSTATE, KIND_MAX, REASON_MAX, SK_SHIFT, SK_
 from .maps import BpfMap
 from .policy import ban_bloom_bit, new_protected, prot_key, src_key
 from .prefixes import parse_prefix
-from .protection import Guard, list_target
+from .guard import Guard, list_target
 
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF = 2, 6, 27

@@ -153,8 +153,8 @@ class LoadMeter:
 class _IfaceMeter:
     def __init__(self, name: str):
         self.guard = protection.open_guard(name)
-        if sampling.get_sample_every(self.guard.maps) == 0:
-            sampling.set_sample_every(self.guard.maps, sampling.DEFAULT_SAMPLE_EVERY)
+        if self.guard.sample_every() == 0:
+            self.guard.set_sample_every(sampling.DEFAULT_SAMPLE_EVERY)
         self.reader = fanout.open_source(self.guard)  # `xdpguard run`'s fan-out when it owns the ring
         self.prev = (time.monotonic(), stats.read_counts(self.guard))
         self.shares: dict[str, float] = {}

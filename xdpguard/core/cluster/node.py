@@ -203,7 +203,7 @@ class NodeAgent:
                     cleansing.ban_add(name, [b.address], min(left, cleansing.MAX_BAN_TTL_S))
                 else:
                     with protection.locked_guard(name) as g:
-                        connlimit.promote(g.maps, [(b.address, min(left, b.ttl_s + 1.0))])
+                        connlimit.promote(g, [(b.address, min(left, b.ttl_s + 1.0))])
             except UserError as exc:
                 self.counts["bans_failed"] += 1
                 self.say(f"ban {name}", f"{name}: ban {b.address}: {exc.message}")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .. import abi, config, events, policy, protection, state
+from .. import abi, config, events, guard, policy, protection, state
 from ..errors import UserError
 from ..prefixes import Prefix
 from . import engine, runtime
@@ -82,7 +82,7 @@ def promote(maps, bans: Iterable[CcBan]) -> list[CcBan]:
         if cur is None or cur.expires_ns <= now:
             new.append(b)
     if written:
-        policy.note_dynamic_ban(maps, written)
+        guard.note_dynamic_ban(maps, written)
     return new
 
 

@@ -1,0 +1,1221 @@
+"""The owner of the BPF maps: the only module that opens, reads and writes them, and the only
+one that knows where they are pinned.
+
+A `Guard` is one protected interface with its program's maps opened through the kernel (prog id
+→ map ids, re-pinned if the pins went missing). Its methods are the named operations on those
+maps (lists, ports, policies, filters, bans, verified clients, sampling, counters); the
+functions below take the map dict of a Guard or of a test bed (testrun.TestBed) and are what the
+methods use. Everything else asks a Guard: no other module indexes a map, calls get_table, or
+builds a path under the pin root (tests/unit/test_map_owner.py checks it). No click, no rich.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import struct
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+from . import abi, dataplane, geo, levels, libbpf, migrate, state
+from .abi import (
+    Addr4,
+    Addr6,
+    Config,
+    Kind,
+    LISTS_MASK_BITS,
+    ListEntry,
+    Lpm4Key,
+    Lpm6Key,
+    MapName,
+    PROT_PORT_POLICY,
+    PortValue,
+    Reason,
+    stats_slot,
+)
+from .errors import UserError
+from .maps import BpfMap
+from .policy import (
+    MITIGATE,
+    PROTO_NUMBERS,
+    PROTOCOLS,
+    AddressPolicy,
+    BanView,
+    Filter,
+    GlobalPolicy,
+    Limits,
+    SweepStats,
+    SynPolicy,
+    VerifiedDrops,
+    VerifiedHits,
+    VerifiedView,
+    VerifySettings,
+    _KIND_NAMES,
+    _src_text,
+    ban_bloom_bit,
+    filter_vectors,
+    good_bloom_bit,
+    new_protected,
+    port_key,
+    prot_key,
+    src_key,
+)
+from .prefixes import Prefix
+from .tcpstate import EGRESS_PIN
+
+
+PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
+
+
+# (list, family, host entry?) → map. Host entries (/32, /128) live in exact hashes, which stay
+# flat as a list grows; other prefixes in LPM tries.
+LIST_MAPS = {
+    ("block", 4, True): MapName.BLOCK4H,
+    ("block", 6, True): MapName.BLOCK6H,
+    ("allow", 4, True): MapName.ALLOW4H,
+    ("allow", 6, True): MapName.ALLOW6H,
+    ("block", 4, False): MapName.BLOCK4,
+    ("block", 6, False): MapName.BLOCK6,
+    ("allow", 4, False): MapName.ALLOW4,
+    ("allow", 6, False): MapName.ALLOW6,
+}
+
+
+HOST_MAPS = {MapName.BLOCK4H, MapName.BLOCK6H, MapName.ALLOW4H, MapName.ALLOW6H}
+
+
+def _is_host(p: Prefix) -> bool:
+    return p.plen == (32 if p.family == 4 else 128)
+
+
+def list_target(which: str, p: Prefix) -> tuple[MapName, object]:
+    """The map a prefix belongs in and its key there."""
+    name = LIST_MAPS[(which, p.family, _is_host(p))]
+    if name in HOST_MAPS:
+        k = Addr4() if p.family == 4 else Addr6()
+        ctypes.memmove(ctypes.addressof(k), p.addr, len(p.addr))
+        return name, k
+    return name, _lpm_key(p)
+
+
+def _now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # same clock as bpf_ktime_get_ns
+
+
+@dataclass(frozen=True)
+class ListEntryView:
+    prefix: str
+    hits: int
+    expires_in_s: float | None
+
+
+def _lpm_key(p: Prefix):
+    k = Lpm4Key() if p.family == 4 else Lpm6Key()
+    k.prefixlen = p.plen
+    ctypes.memmove(ctypes.addressof(k) + 4, p.addr, len(p.addr))
+    return k
+
+
+def _key_prefix(k, family: int) -> Prefix:
+    plen = getattr(k, "prefixlen", 32 if family == 4 else 128)
+    return Prefix(family, bytes(k.addr), plen)
+
+
+
+
+PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
+
+
+class Guard:
+    """An interface protected by xdpguard, with its maps opened through the kernel."""
+
+    def __init__(self, iface: state.Iface, att: dataplane.XdpAttachment, maps: dict[MapName, BpfMap]):
+        self.iface = iface
+        self.att = att
+        self.maps = maps
+
+    @classmethod
+    def open(cls, iface: state.Iface) -> Guard:
+        att = dataplane.query(iface.index)
+        if not dataplane.is_ours(att):
+            what = "no XDP program" if att is None else f"a foreign XDP program ({att.prog_name or att.prog_id})"
+            raise UserError(f"{iface.name} is not protected by xdpguard ({what} attached); run 'xdpguard attach {iface.name}' first")
+        fds = dataplane.map_fds_of_prog(att.prog_id)
+        missing = [m.value for m in MapName if m not in fds]
+        if missing:
+            for fd in fds.values():
+                os.close(fd)
+            raise UserError(f"{iface.name}: attached xdpguard program lacks maps {missing}; detach and re-attach")
+        g = cls(iface, att, {name: BpfMap(name, fd) for name, fd in fds.items()})
+        g._repin_if_missing()
+        return g
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _repin_if_missing(self) -> None:
+        """Pins are a convenience (bpftool, other tools); restore them if a bpffs went away."""
+        d = self.iface.pin_dir
+        if self.pinned():
+            return
+        try:
+            state.ensure_bpffs()
+            pin_maps(self.iface, {n: m.fd for n, m in self.maps.items()})
+            fd = libbpf.prog_get_fd_by_id(self.att.prog_id)
+            try:
+                libbpf.obj_pin(fd, str(d / PROG_PIN))
+            finally:
+                os.close(fd)
+        except (UserError, OSError, libbpf.BpfError):
+            pass
+
+    def pinned(self) -> bool:
+        return pins_complete(self.iface)
+
+    # -- config --
+
+    def config(self) -> Config:
+        cfg = self.maps[MapName.CONFIG].get(ctypes.c_uint32(0))
+        return cfg if cfg is not None else Config()
+
+    def protected(self) -> list[str]:
+        out = []
+        for k in self.maps[MapName.PROT4].keys():
+            out.append(str(ipaddress.IPv4Address(bytes(k.addr))))
+        for k in self.maps[MapName.PROT6].keys():
+            out.append(str(ipaddress.IPv6Address(bytes(k.addr))))
+        return out
+
+    # -- counters --
+
+    def counters(self) -> list[CounterView]:
+        stats = self.maps[MapName.STATS]
+        out = []
+        for kind in Kind:
+            for reason in Reason:
+                per_cpu = stats.get(ctypes.c_uint32(stats_slot(kind, reason))) or []
+                pk = sum(c.packets for c in per_cpu)
+                by = sum(c.bytes for c in per_cpu)
+                if pk:
+                    out.append(CounterView(kind.label, reason.label, pk, by))
+        return out
+
+    # -- lists --
+
+    def list_maps(self, which: str) -> list[tuple[int, BpfMap]]:
+        return [(fam, self.maps[LIST_MAPS[(which, fam, host)]]) for fam in (4, 6) for host in (True, False)]
+
+    def list_entries(self, which: str) -> list[ListEntryView]:
+        now = _now_ns()
+        out = []
+        for fam, m in self.list_maps(which):
+            for k, v in m.items():
+                if v.expires_ns and v.expires_ns <= now:
+                    continue
+                exp = round((v.expires_ns - now) / 1e9, 1) if v.expires_ns else None
+                p = _key_prefix(k, fam)
+                out.append((p, ListEntryView(str(p), v.hits, exp)))
+        out.sort(key=lambda t: t[0])
+        return [e for _, e in out]
+
+    def list_size(self, which: str) -> int:
+        return sum(len(m) for _, m in self.list_maps(which))
+
+    def sweep_expired(self, which: str) -> int:
+        now = _now_ns()
+        n = 0
+        for _, m in self.list_maps(which):
+            dead = [k for k, v in m.items() if v.expires_ns and v.expires_ns <= now]
+            for k in dead:
+                n += m.delete(k)
+        return n
+
+    def sync_lists_mask(self) -> None:
+        """Tell the data path which list maps hold entries, so it skips the empty ones."""
+        mask = 0
+        for name, bit in LISTS_MASK_BITS.items():
+            for _ in self.maps[name].keys():
+                mask |= bit
+                break
+        cfg = self.config()
+        if cfg.lists_mask != mask:
+            cfg.lists_mask = mask
+            self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
+
+    def upsert(self, which: str, prefixes: list[Prefix], expires_ns: int) -> tuple[int, int]:
+        """Insert or refresh entries, all or nothing. An existing entry keeps its hit count and
+        takes the new expiry. Returns (added, updated)."""
+        added = updated = 0
+        prefixes = list(dict.fromkeys(prefixes))  # duplicates in the input count once
+        undo: list = []
+        groups: dict[MapName, list[Prefix]] = {}
+        for p in prefixes:
+            groups.setdefault(LIST_MAPS[(which, p.family, _is_host(p))], []).append(p)
+        try:
+            for name, group in groups.items():
+                a, u = _bulk_upsert(self.maps[name], group, expires_ns, undo)
+                added += a
+                updated += u
+        except BaseException:
+            _undo_upsert(undo)
+            raise
+        finally:
+            self.sync_lists_mask()
+        return added, updated
+
+    # -- port policy --
+
+    def protected_addrs(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [ipaddress.ip_address(a) for a in self.protected()]
+
+    def open_ports(self) -> dict[tuple[str, str], list[tuple[int, int, int]]]:
+        """(protected address, proto) → sorted (lo, hi, flags) runs of open ports."""
+        runs: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+        by: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for k, v in self.maps[MapName.PORTS].items():
+            raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
+            key = (str(ipaddress.ip_address(raw)), PROTO_NAMES.get(k.proto, str(k.proto)))
+            by.setdefault(key, []).append((k.port, v.flags))
+        for key, ports in by.items():
+            ports.sort()
+            out: list[tuple[int, int, int]] = []
+            for port, flags in ports:
+                if out and out[-1][1] == port - 1 and out[-1][2] == flags:
+                    out[-1] = (out[-1][0], port, flags)
+                else:
+                    out.append((port, port, flags))
+            runs[key] = out
+        return dict(sorted(runs.items()))
+
+    def change_ports(self, addrs, proto: str, lo: int, hi: int, by_bit: int, add: bool) -> int:
+        """Open (add) or close ports lo..hi for `by_bit`'s owner on each address; keeps the
+        address's port-policy flag in step (on while any port of it is open). Returns entries changed."""
+        m = self.maps[MapName.PORTS]
+        changed = 0
+        for a in addrs:
+            for port in range(lo, hi + 1):
+                k = port_key(a, proto, port)
+                old = m.get(k)
+                flags = old.flags if old is not None else 0
+                new = flags | by_bit if add else flags & ~by_bit
+                if new == flags:
+                    continue
+                changed += 1
+                if new:
+                    m.set(k, PortValue(new))
+                else:
+                    m.delete(k)
+            self._sync_port_policy(a)
+        return changed
+
+    def _sync_port_policy(self, addr) -> None:
+        fam = addr.version
+        raw = addr.packed
+        on = any(k.family == fam and bytes(k.addr)[: len(raw)] == raw for k in self.maps[MapName.PORTS].keys())
+        pm = self.maps[MapName.PROT4 if fam == 4 else MapName.PROT6]
+        pk = prot_key(addr)
+        cur = pm.get(pk)
+        if cur is None:
+            return
+        flags = (cur.flags | PROT_PORT_POLICY) if on else (cur.flags & ~PROT_PORT_POLICY)
+        if flags != cur.flags:
+            cur.flags = flags  # the rest of the entry (limits, SYN policy) stays
+            pm.set(pk, cur, libbpf.BPF_EXIST)
+
+    def delete(self, which: str, prefixes: list[Prefix]) -> tuple[int, list[str]]:
+        removed, missing = 0, []
+        for p in prefixes:
+            name, key = list_target(which, p)
+            if self.maps[name].delete(key):
+                removed += 1
+            else:
+                missing.append(str(p))
+        self.sync_lists_mask()
+        return removed, missing
+
+    def add_protected(self, addr) -> None:
+        """Protect one more address: default policy, the first free SYN-cookie slot."""
+        used = {v.syn.slot for name in (MapName.PROT4, MapName.PROT6) for _, v in self.maps[name].items()}
+        slot = next(i for i in range(abi.PROTECTED_MAX) if i not in used)
+        _prot_map(self.maps, addr).set(prot_key(addr), new_protected(slot))
+
+    def remove_protected(self, addr) -> None:
+        _prot_map(self.maps, addr).delete(prot_key(addr))
+
+    def check_port_limits_room(self, addrs, proto: str, lo: int, hi: int) -> None:
+        """Refuse (UserError) per-port limits for addrs' ports lo..hi that the table cannot hold."""
+        m = self.maps[MapName.PORTLIM]
+        have = {(bytes(k.addr), k.family, k.proto, k.port) for k in m.keys()}
+        new = sum(1 for a in addrs for p in range(lo, hi + 1)
+                  if (a.packed.ljust(16, b"\0"), a.version, PROTO_NUMBERS[proto], p) not in have)
+        if len(have) + new > m.max_entries:
+            raise UserError(f"too many per-port limits: {len(have) + new:,} entries, the table holds {m.max_entries:,}")
+
+    def count_port_limits(self, addr, proto: str, lo: int, hi: int) -> int:
+        """How many of addr's ports lo..hi have a limit of their own."""
+        m = self.maps[MapName.PORTLIM]
+        return sum(1 for p in range(lo, hi + 1) if m.get(port_key(addr, proto, p)) is not None)
+
+    def ban(self, addrs, ttl_s: float) -> None:
+        """An operator's ban of each source for ttl_s (xg_opban_hash: never evicted by the data
+        path's own bans); a source banned already keeps its hit count and takes the new expiry."""
+        now = _now_ns()
+        sweep_bans(self.maps, now)
+        m = self.maps[MapName.OPBANS]
+        for a in addrs:
+            k = src_key(a)
+            old = m.get(k)
+            m.set(k, abi.Ban(now + int(ttl_s * 1e9), old.hits if old is not None else 0, abi.Reason.BANNED, 0))
+        note_operator_ban(self.maps, [src_key(a) for a in addrs])
+
+    def promote_bans(self, found: list[tuple[str, float]], reason: Reason, default_s: float = 60.0) -> list[str]:
+        """Dynamic bans (xg_ban_lru) of (source, seconds left) pairs, with `reason`, for what
+        they have left (default_s when 0); a ban that lasts as long already is left alone.
+        Returns the sources newly banned."""
+        if not found:
+            return []
+        now = _now_ns()
+        m = self.maps[MapName.BANS]
+        new, written = [], []
+        for src, left in found:
+            try:
+                a = ipaddress.ip_address(src)
+            except ValueError:
+                continue
+            k = src_key(a)
+            cur = m.get(k)
+            until = now + int((left or default_s) * 1e9)
+            if cur is not None and cur.expires_ns >= until - 1_000_000_000:
+                continue
+            m.set(k, abi.Ban(until, cur.hits if cur is not None else 0, int(reason), 0))
+            written.append(k)
+            if cur is None or cur.expires_ns <= now:
+                new.append(str(a))
+        if written:
+            note_dynamic_ban(self.maps, written)  # the ban bloom must hold them (enable_ban_bloom)
+        return new
+
+    def unban(self, addrs) -> tuple[int, list[str]]:
+        """Lift the bans of these sources (operator's or data path's). Returns (removed, missing)."""
+        removed, missing = 0, []
+        for a in addrs:
+            k = src_key(a)
+            if self.maps[MapName.OPBANS].delete(k) | self.maps[MapName.BANS].delete(k):
+                removed += 1
+            else:
+                missing.append(str(a))
+        sweep_bans(self.maps, _now_ns())
+        return removed, missing
+
+    def cookie_counts(self) -> dict[str, int]:
+        """The SYN-cookie counters (abi.CookieStats fields), summed over CPUs; {} without them."""
+        m = self.maps.get(MapName.COOKIES)
+        per_cpu = m.get(ctypes.c_uint32(0)) if m is not None else None
+        return {n: sum(getattr(c, n) for c in per_cpu) for n, _ in abi.CookieStats._fields_} if per_cpu else {}
+
+    def has_ban_maps(self) -> bool:
+        return MapName.BANS in self.maps or MapName.OPBANS in self.maps
+
+    def ban_count(self) -> int | None:
+        """Dynamic and operator bans (None: a program without ban maps)."""
+        maps = [self.maps[n] for n in (MapName.BANS, MapName.OPBANS) if n in self.maps]
+        return sum(m.count() for m in maps) if maps else None
+
+    def cc_ban_count(self) -> int:
+        """Dynamic bans with reason cc (HTTP offenders promoted by `xdpguard run`), not expired."""
+        if MapName.BANS not in self.maps:
+            return 0
+        now = _now_ns()
+        return sum(1 for _, v in self.maps[MapName.BANS].items() if v.reason == int(Reason.CC) and v.expires_ns > now)
+
+    def counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(kind, reason) → (packets, bytes) for every pair, zeros included."""
+        stats = self.maps[MapName.STATS]
+        out = {}
+        for kind in Kind:
+            for reason in Reason:
+                per_cpu = stats.get(ctypes.c_uint32(stats_slot(kind, reason))) or []
+                out[(kind.label, reason.label)] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
+        return out
+
+    # -- geo rules (geo.py) --
+
+    def geo_of(self, addr) -> geo.GeoSpec | None:
+        return read_address(self.maps, addr)
+
+    def write_geo(self, addr, spec: geo.GeoSpec | None) -> None:
+        write_spec(self.maps, addr, spec)
+
+    def geo_tries_empty(self) -> bool:
+        return not any(True for _ in self.maps[MapName.GEO4].keys()) and \
+            not any(True for _ in self.maps[MapName.GEO6].keys())
+
+    def load_geo_tries(self, db: geo.GeoDB, codes) -> tuple[int, int]:
+        return load_tries(self.maps, db, codes)
+
+    def clear_geo_tries(self) -> None:
+        clear_tries(self.maps)
+
+    # -- packet sampling (sampling.py reads the ring) --
+
+    def sample_every(self) -> int:
+        return get_sample_every(self.maps)
+
+    def set_sample_every(self, n: int) -> None:
+        set_sample_every(self.maps, n)
+
+    def sample_counters(self) -> tuple[int, int]:
+        return sample_counters(self.maps)
+
+    def samples_fd(self) -> int:
+        """The fd of the sample ring (for sampling.SampleReader)."""
+        return self.maps[MapName.SAMPLES].fd
+
+    # -- policies, filters, bans, verified clients (the functions below, on this guard's maps) --
+
+    def read_address_policy(self, addr) -> AddressPolicy:
+        return read_address_policy(self.maps, addr)
+
+    def write_address_policy(self, addr, pol: AddressPolicy) -> None:
+        write_address_policy(self.maps, addr, pol)
+
+    def read_port_limits(self) -> dict[tuple[str, str, int], Limits]:
+        return read_port_limits(self.maps)
+
+    def write_port_limits(self, addr, proto: str, lo: int, hi: int, lim: Limits | None) -> None:
+        write_port_limits(self.maps, addr, proto, lo, hi, lim)
+
+    def read_global_policy(self) -> GlobalPolicy:
+        return read_global_policy(self.maps)
+
+    def write_global_policy(self, pol: GlobalPolicy, old: GlobalPolicy | None = None) -> None:
+        write_global_policy(self.maps, pol, old)
+
+    def read_filter_table(self) -> list[Filter]:
+        return read_filter_table(self.maps)
+
+    def read_mitigation_filters(self) -> list[Filter]:
+        return read_mitigation_filters(self.maps)
+
+    def write_mitigation_filters(self, filters: list[Filter]) -> int:
+        return write_mitigation_filters(self.maps, filters)
+
+    def read_bans(self, now_ns: int) -> list[BanView]:
+        return read_bans(self.maps, now_ns)
+
+    def sweep_bans(self, now_ns: int) -> int:
+        return sweep_bans(self.maps, now_ns)
+
+    def sweep_verified(self, now_ns: int) -> SweepStats:
+        return sweep_verified(self.maps, now_ns)
+
+    def sweep_dst_buckets(self, now_ns: int) -> int:
+        return sweep_dst_buckets(self.maps, now_ns)
+
+    def read_verified_drops(self) -> VerifiedDrops:
+        return read_verified_drops(self.maps)
+
+
+def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, undo: list) -> tuple[int, int]:
+    """Write unique prefixes of one map with one batch syscall per chunk. Existing entries keep
+    their hit counts (read first, one lookup each; the map's own values tell an exact match,
+    since every entry carries its prefix length). Registers its undo before writing.
+    XXX: hits counted between that read and the batch write are lost (a refresh of 1M
+    entries takes seconds)."""
+    ks = ctypes.sizeof(m.key_type)
+    vs = ctypes.sizeof(ListEntry)
+    n = len(group)
+    if m.name in HOST_MAPS:
+        keys = bytearray(b"".join(p.addr for p in group))
+    else:
+        kfmt = struct.Struct(f"<I{ks - 4}s")
+        keys = bytearray(ks * n)
+        for i, p in enumerate(group):
+            kfmt.pack_into(keys, i * ks, p.plen, p.addr)
+    vfmt = struct.Struct("<QQII")
+    vals = bytearray(vs * n)
+    for i, p in enumerate(group):
+        vfmt.pack_into(vals, i * vs, 0, expires_ns, p.plen, 0)
+    kbuf = (ctypes.c_char * len(keys)).from_buffer(keys)
+    vbuf = (ctypes.c_char * len(vals)).from_buffer(vals)
+    kaddr, vaddr = ctypes.addressof(kbuf), ctypes.addressof(vbuf)
+
+    existing: dict[int, ListEntry] = {}
+    if not _map_empty(m):
+        lookup = libbpf.lib().bpf_map_lookup_elem
+        tmp = ListEntry()
+        taddr = ctypes.addressof(tmp)
+        host = m.name in HOST_MAPS
+        for i, p in enumerate(group):
+            if lookup(m.fd, kaddr + i * ks, taddr) == 0 and (host or tmp.prefixlen == p.plen):
+                existing[i] = ListEntry(tmp.hits, tmp.expires_ns, tmp.prefixlen)
+                vfmt.pack_into(vals, i * vs, tmp.hits, expires_ns, p.plen, 0)
+    undo.append((m, bytes(keys), existing, n))
+    pos = 0
+    while pos < n:
+        rc, cnt = libbpf.map_update_batch(m.fd, kaddr + pos * ks, vaddr + pos * vs, n - pos)
+        pos += cnt
+        if rc == 0:
+            break
+        _raise_update(m, rc)
+    return n - len(existing), len(existing)
+
+
+def _undo_upsert(undo: list) -> None:
+    for m, blob, existing, n in reversed(undo):
+        ks = ctypes.sizeof(m.key_type)
+        for i in range(n):
+            k = m.key_type.from_buffer_copy(blob, i * ks)
+            old = existing.get(i)
+            if old is not None:
+                libbpf.map_update(m.fd, k, old)
+            else:
+                m.delete(k)
+
+
+def _map_empty(m: BpfMap) -> bool:
+    for _ in m.keys():
+        return False
+    return True
+
+
+def _raise_update(m: BpfMap, rc: int):
+    if rc in (-errno.E2BIG, -errno.ENOSPC, -errno.ENOMEM):
+        raise UserError(f"list {m.name.value} is full ({m.max_entries} entries); nothing was changed")
+    raise libbpf.BpfError(-rc, f"map update on {m.name.value}: {os.strerror(-rc)}")
+
+
+def pin_maps(iface: state.Iface, fds: dict[MapName, int]) -> None:
+    d = iface.pin_dir
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name, fd in fds.items():
+        p = d / name.value
+        if p.exists():
+            p.unlink()
+        libbpf.obj_pin(fd, str(p))
+
+
+def pins_complete(iface: state.Iface) -> bool:
+    """Are the program and every map of the interface pinned?"""
+    d = iface.pin_dir
+    return all((d / m.value).exists() for m in MapName) and (d / PROG_PIN).exists()
+
+
+def pinned_prog_fd(iface: state.Iface) -> int:
+    """A new fd of the interface's pinned program (raises libbpf.BpfError when it is not pinned)."""
+    return libbpf.obj_get(str(iface.pin_dir / PROG_PIN))
+
+
+def repin(iface: state.Iface) -> None:
+    """Put back missing pins of the attached program and its maps (the caller holds the lock)."""
+    with Guard.open(iface):
+        pass  # opening re-pins
+
+
+ALL_REASONS_MASK = sum(1 << r for r in Reason if r.is_drop)
+
+
+def init_fresh(maps: dict[MapName, BpfMap], addrs, level: str | None, monitor: bool) -> None:
+    """The maps of a program just loaded for `attach`: enabled, the level's fragment policy
+    (interface-wide: every address gets the same level here), monitor mode, and each protected
+    address with its SYN-cookie slot and, with a level, that level's policy (protected before
+    anyone tunes it, levels.py)."""
+    maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(abi.CFG_ENABLED, 0, 0, 0, abi.ABI_VERSION))
+    write_global_policy(maps, GlobalPolicy(drop_fragments=level is not None and levels.fragments_dropped([level]),
+                                           monitor_mask=ALL_REASONS_MASK if monitor else 0))
+    for slot, a in enumerate(addrs):
+        _prot_map(maps, a).set(prot_key(a), new_protected(slot))
+        if level is not None:
+            write_address_policy(maps, a, levels.address_policy(level, AddressPolicy()))
+
+
+def pin_program(iface: state.Iface, fds: dict[MapName, int], prog_fd: int, egress_fd: int) -> None:
+    """Pin a freshly attached program's maps, the program and its egress recorder."""
+    pin_maps(iface, fds)
+    libbpf.obj_pin(prog_fd, str(iface.pin_dir / PROG_PIN))
+    libbpf.obj_pin(egress_fd, str(iface.pin_dir / EGRESS_PIN))
+
+
+def upgrade_staging(iface: state.Iface):
+    """An empty staging directory for an upgrade's new pins, beside the interface's pins."""
+    staging = iface.pin_dir / f"upgrade-{os.getpid()}"  # bpffs refuses names with a dot
+    migrate.remove_staging(staging)
+    iface.pin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return staging
+
+
+def commit_upgrade_pins(iface: state.Iface, fds: dict[MapName, int], staging, prog_fd: int, egress_fd: int) -> None:
+    """After an upgrade's atomic replace: the new maps' pins from staging, the program's and the
+    egress recorder's pins replaced."""
+    migrate.commit_pins(fds, staging, iface.pin_dir)
+    for fd, name in ((prog_fd, PROG_PIN), (egress_fd, EGRESS_PIN)):
+        pin = iface.pin_dir / name
+        if pin.exists():
+            pin.unlink()
+        libbpf.obj_pin(fd, str(pin))
+
+
+def abi_version(config_fd: int) -> int:
+    """xg_config.abi_version of a live config map, whatever its value size (fields are only
+    ever appended to xg_config)."""
+    shape = migrate.shape_of(config_fd)
+    buf = ctypes.create_string_buffer(max(shape.value_size, ctypes.sizeof(Config)))
+    if libbpf.lib().bpf_map_lookup_elem(config_fd, ctypes.byref(ctypes.c_uint32(0)), buf) != 0:
+        return abi.ABI_VERSION
+    return Config.from_buffer_copy(buf.raw[: ctypes.sizeof(Config)]).abi_version or 1
+
+
+def pick_iface(ifname: str | None) -> str:
+    """--iface may be omitted when exactly one interface of this namespace is protected."""
+    if ifname:
+        return ifname
+    ifs = state.protected_ifaces()
+    if len(ifs) == 1:
+        return ifs[0]
+    if not ifs:
+        raise UserError("no interface is protected in this network namespace; give --iface")
+    raise UserError(f"several interfaces are protected ({', '.join(ifs)}); give --iface")
+
+
+def open_guard(ifname: str | None) -> Guard:
+    """The guard of an interface, for reading (no lock)."""
+    state.require_root()
+    return Guard.open(state.resolve_iface(pick_iface(ifname)))
+
+
+@contextmanager
+def locked_guard(ifname: str | None):
+    """For a change: the interface lock first, then the maps (never the other way round, so a
+    command never works on maps that a concurrent detach or upgrade is replacing)."""
+    state.require_root()
+    iface = state.resolve_iface(pick_iface(ifname))
+    with state.iface_lock(iface):
+        g = Guard.open(iface)
+        try:
+            yield g
+        finally:
+            g.close()
+
+
+@dataclass(frozen=True)
+class CounterView:
+    kind: str
+    reason: str
+    packets: int
+    bytes: int
+
+
+# ---- policies, filters, bans and verified clients in the maps (any dict of BpfMap) ----
+
+
+def _prot_map(maps, addr):
+    return maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
+
+
+def read_address_policy(maps, addr) -> AddressPolicy:
+    v = _prot_map(maps, addr).get(prot_key(addr))
+    if v is None:
+        raise UserError(f"{addr} is not a protected address")
+    blocked = frozenset(n for n, bit in PROTOCOLS.items() if v.flags & bit)
+    return AddressPolicy(blocked, Limits.from_c(v.lim), SynPolicy.from_c(v.syn, v.flags))
+
+
+def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
+    """Rewrite the address's entry, keeping what other features own (port-policy flag, slot)."""
+    m, k = _prot_map(maps, addr), prot_key(addr)
+    cur = m.get(k)
+    if cur is None:
+        raise UserError(f"{addr} is not a protected address")
+    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF | abi.PROT_GEO)
+    flags = keep | sum(PROTOCOLS[p] for p in pol.blocked) | pol.syn.flag_bits()
+    m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
+
+
+def read_port_limits(maps) -> dict[tuple[str, str, int], Limits]:
+    out = {}
+    names = {v: k for k, v in PROTO_NUMBERS.items()}
+    for k, v in maps[abi.MapName.PORTLIM].items():
+        raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
+        out[(str(ipaddress.ip_address(raw)), names.get(k.proto, str(k.proto)), k.port)] = Limits.from_c(v)
+    return dict(sorted(out.items()))
+
+
+def write_port_limits(maps, addr, proto: str, lo: int, hi: int, lim: Limits | None) -> None:
+    """Override (or with lim None, remove the override of) the limits of addr's ports lo..hi."""
+    m = maps[abi.MapName.PORTLIM]
+    for port in range(lo, hi + 1):
+        k = port_key(addr, proto, port)
+        if lim is None:
+            m.delete(k)
+        else:
+            m.set(k, lim.to_c())
+    _sync_port_limits_flag(maps, addr)
+
+
+def _sync_port_limits_flag(maps, addr) -> None:
+    raw = addr.packed
+    on = any(k.family == addr.version and bytes(k.addr)[: len(raw)] == raw for k in maps[abi.MapName.PORTLIM].keys())
+    pm, pk = _prot_map(maps, addr), prot_key(addr)
+    cur = pm.get(pk)
+    if cur is None:
+        return
+    flags = (cur.flags | abi.PROT_PORT_LIMITS) if on else (cur.flags & ~abi.PROT_PORT_LIMITS)
+    if flags != cur.flags:
+        cur.flags = flags
+        pm.set(pk, cur)
+
+
+def _read_filters(maps) -> list[Filter]:
+    cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
+    fm = maps[abi.MapName.FILTERS]
+    out = []
+    for i in range(cfg.filters_count):
+        f = fm.get(ctypes.c_uint32(i))
+        if f is not None:
+            out.append(Filter.from_c(f))
+    return out
+
+
+def read_global_policy(maps) -> GlobalPolicy:
+    """The operator's policy: the automatic mitigation filters (dynamic state, after the
+    operator's in the table) are not part of it."""
+    cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
+    ports = frozenset(i for i, on in enumerate(maps[abi.MapName.REFLECT].array_values()) if on)
+    filters = [f for f in _read_filters(maps) if f.action != MITIGATE]
+    return GlobalPolicy(bool(cfg.flags & abi.CFG_DROP_FRAGMENTS), bool(cfg.flags & abi.CFG_REFLECTION),
+                        ports, tuple(filters), cfg.monitor_mask)
+
+
+def read_mitigation_filters(maps) -> list[Filter]:
+    """The automatic mitigation filters in the table, in order."""
+    return [f for f in _read_filters(maps) if f.action == MITIGATE]
+
+
+def write_mitigation_filters(maps, filters: list[Filter]) -> int:
+    """Replace the mitigation filters (kept after the operator's). Returns how many fit: the
+    operator's filters always keep their slots."""
+    pol = read_global_policy(maps)
+    room = max(0, abi.FILTERS_MAX - len(pol.filters))
+    keep = [f for f in filters if f.action == MITIGATE][:room]
+    _write_filter_table(maps, list(pol.filters) + keep)
+    return len(keep)
+
+
+def write_global_policy(maps, pol: GlobalPolicy, old: GlobalPolicy | None = None) -> None:
+    """Filters are written before the count grows and after it shrinks, and the data path reads
+    them only through their compiled generation (compile_filters), which is swapped in whole."""
+    cm = maps[abi.MapName.CONFIG]
+    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
+    refl = maps[abi.MapName.REFLECT]
+    old_ports = old.reflection_ports if old is not None else frozenset()  # None: a fresh (zeroed) map
+    for p in old_ports - pol.reflection_ports:
+        refl.set(ctypes.c_uint32(p), ctypes.c_uint8(0))
+    for p in pol.reflection_ports - old_ports:
+        refl.set(ctypes.c_uint32(p), ctypes.c_uint8(1))
+    filters = list(pol.filters)
+    if not any(f.action == MITIGATE for f in filters):  # the daemon's mitigations stay, after the operator's
+        filters += read_mitigation_filters(maps)[: max(0, abi.FILTERS_MAX - len(filters))]
+    _write_filter_table(maps, filters)
+    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
+    flags = cfg.flags & ~(abi.CFG_DROP_FRAGMENTS | abi.CFG_REFLECTION)
+    flags |= (abi.CFG_DROP_FRAGMENTS if pol.drop_fragments else 0) | (abi.CFG_REFLECTION if pol.reflection else 0)
+    cfg.flags = flags
+    cfg.monitor_mask = pol.monitor_mask
+    cm.set(ctypes.c_uint32(0), cfg)
+
+
+def read_filter_table(maps) -> list[Filter]:
+    """The whole table in order: the operator's filters, then the automatic mitigations."""
+    return _read_filters(maps)
+
+
+def _write_filter_table(maps, filters: list[Filter]) -> None:
+    """The ordered list (the controller's record, xg_filters_arr) and its compiled generation,
+    which is what the data path reads and is swapped in whole; nothing when both already hold
+    exactly `filters` (the reconciler writes every 30 s)."""
+    if _read_filters(maps) == list(filters) and filters_compiled(maps, len(filters)):
+        return
+    cm = maps[abi.MapName.CONFIG]
+    cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
+    fm = maps[abi.MapName.FILTERS]
+    n_new = len(filters)
+    if n_new < cfg.filters_count:
+        cfg.filters_count = n_new
+        cm.set(ctypes.c_uint32(0), cfg)
+    for i, f in enumerate(filters):
+        fm.set(ctypes.c_uint32(i), f.to_c())
+    cfg.filters_count = n_new
+    cm.set(ctypes.c_uint32(0), cfg)
+    compile_filters(maps, tuple(filters))
+
+
+def filters_compiled(maps, count: int) -> bool:
+    """Does the generation in use hold `count` filters? (False after an upgrade from a version
+    without compiled filters: their maps start empty.)"""
+    sel = maps[abi.MapName.FSEL].get(ctypes.c_uint32(0))
+    head = maps[abi.MapName.FHEAD].get(ctypes.c_uint32(sel.gen & 1 if sel else 0))
+    return head is not None and head.count == count
+
+
+def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
+    """Write the filters into the generation not in use (vectors, definitions, head), then
+    switch the data path to it with one write. Returns the new generation."""
+    if len(filters) > abi.FILTERS_MAX:
+        raise UserError(f"too many filters: {len(filters)}, the table holds {abi.FILTERS_MAX}")
+    sel_m = maps[abi.MapName.FSEL]
+    sel = sel_m.get(ctypes.c_uint32(0)) or abi.FSel()
+    gen = (sel.gen & 1) ^ 1
+    vec, live, payload = filter_vectors(filters)
+    keys = (ctypes.c_uint32 * abi.FV_SLOTS)(*range(gen * abi.FV_SLOTS, (gen + 1) * abi.FV_SLOTS))
+    vals = ctypes.create_string_buffer(vec, len(vec))
+    vm = maps[abi.MapName.FVEC]
+    rc, done = libbpf.map_update_batch(vm.fd, ctypes.addressof(keys), ctypes.addressof(vals), abi.FV_SLOTS)
+    if rc != 0 or done != abi.FV_SLOTS:
+        raise libbpf.BpfError(-rc, f"map update batch on {vm.name.value}: {os.strerror(-rc) if rc else 'short'}")
+    dm = maps[abi.MapName.FDEF]
+    for i, f in enumerate(filters):
+        dm.set(ctypes.c_uint32(gen * abi.FILTERS_MAX + i), f.to_c())
+    maps[abi.MapName.FHEAD].set(ctypes.c_uint32(gen), abi.FHead(live, payload, len(filters), 0))
+    # XXX: a packet that read the old generation before this write finishes on it; the next
+    # compile rewrites that generation, so two changes within one packet's run could tear it.
+    sel_m.set(ctypes.c_uint32(0), abi.FSel(gen, 0))
+    return gen
+
+
+def read_bans(maps, now_ns: int) -> list[BanView]:
+    out = []
+    for k, v in [*maps[abi.MapName.OPBANS].items(), *maps[abi.MapName.BANS].items()]:
+        if v.expires_ns <= now_ns:
+            continue
+        raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
+        try:
+            reason = abi.Reason(v.reason).label
+        except ValueError:
+            reason = str(v.reason)
+        out.append(BanView(str(ipaddress.ip_address(raw)), round((v.expires_ns - now_ns) / 1e9, 1), v.hits, reason))
+    return sorted(out, key=lambda b: (-b.hits, b.source))
+
+
+def sweep_bans(maps, now_ns: int) -> int:
+    """Delete expired bans; clear the data path's has-bans flag when none is left."""
+    dead = 0
+    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
+        m = maps[name]
+        gone = [k for k, v in m.items() if v.expires_ns <= now_ns]
+        for k in gone:
+            m.delete(k)
+        dead += len(gone)
+    no_op = not any(True for _ in maps[abi.MapName.OPBANS].keys())
+    none_left = no_op and not any(True for _ in maps[abi.MapName.BANS].keys())
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0))
+    if cur is not None:
+        flags = (cur.flags | abi.DP_OPBANS_EMPTY) if no_op else (cur.flags & ~abi.DP_OPBANS_EMPTY)
+        if none_left:
+            flags &= ~abi.DP_HAS_BANS
+        if flags != cur.flags:
+            st.set(ctypes.c_uint32(0), abi.DpState(flags))
+        if none_left:
+            _write_bloom(maps, [0] * (abi.BANBLOOM_BITS // 64))  # no ban left: every bit may go
+        if not flags & abi.DP_BAN_BLOOM:
+            enable_ban_bloom(maps)
+    return dead
+
+
+def _write_bloom(maps, words: list[int], name: abi.MapName = abi.MapName.BANBLOOM) -> None:
+    m = maps[name]
+    n = len(words)
+    keys = (ctypes.c_uint32 * n)(*range(n))
+    vals = (ctypes.c_uint64 * n)(*words)
+    rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
+    if rc != 0 or done != n:
+        raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}: {os.strerror(-rc) if rc else 'short'}")
+
+
+def _set_bloom_bits(maps, keys) -> None:
+    m = maps[abi.MapName.BANBLOOM]
+    for k in keys:
+        bit = ban_bloom_bit(k)
+        w = ctypes.c_uint32(bit >> 6)
+        cur = m.get(w)
+        val = (cur.value if cur is not None else 0) | (1 << (bit & 63))
+        m.set(w, ctypes.c_uint64(val))
+
+
+def enable_ban_bloom(maps) -> None:
+    """Set the bit of every ban in both ban maps, then let the data path trust clear bits
+    (XG_DP_BAN_BLOOM). Bits the data path sets meanwhile may be overwritten; a source whose bit is
+    lost is judged again by the step that banned it, which bans it (and sets its bit) again."""
+    m = maps[abi.MapName.BANBLOOM]
+    words = [v.value if hasattr(v, "value") else int(v) for v in m.array_values()]
+    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
+        for k in maps[name].keys():
+            bit = ban_bloom_bit(k)
+            words[bit >> 6] |= 1 << (bit & 63)
+    _write_bloom(maps, words)
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    if not cur.flags & abi.DP_BAN_BLOOM:
+        st.set(ctypes.c_uint32(0), abi.DpState(cur.flags | abi.DP_BAN_BLOOM))
+
+
+def _set_dp_flags(maps, set_bits: int, clear_bits: int = 0) -> None:
+    st = maps[abi.MapName.DPSTATE]
+    cur = st.get(ctypes.c_uint32(0)) or abi.DpState(0)
+    flags = (cur.flags | set_bits) & ~clear_bits
+    if flags != cur.flags:
+        st.set(ctypes.c_uint32(0), abi.DpState(flags))
+
+
+def note_dynamic_ban(maps, keys) -> None:
+    """After the controller wrote `keys` into xg_ban_lru (the data path's own bans set their bits
+    themselves): their bloom bits, and make the data path look at bans."""
+    _set_bloom_bits(maps, keys)
+    _set_dp_flags(maps, abi.DP_HAS_BANS)
+
+
+def note_operator_ban(maps, keys) -> None:
+    """After writing `keys` (abi.SrcKey) into xg_opban_hash: their bloom bits, and make the data
+    path look at bans, operator bans included. Every writer of xg_opban_hash must call this."""
+    _set_bloom_bits(maps, keys)
+    _set_dp_flags(maps, abi.DP_HAS_BANS, abi.DP_OPBANS_EMPTY)
+
+
+def read_verify_settings(maps) -> VerifySettings:
+    c = maps[abi.MapName.VCFG].get(ctypes.c_uint32(0))
+    return VerifySettings.from_c(c) if c is not None else VerifySettings()
+
+
+def write_verify_settings(maps, v: VerifySettings) -> None:
+    maps[abi.MapName.VCFG].set(ctypes.c_uint32(0), v.to_c())
+
+
+def set_udp_learning(maps, on: bool) -> None:
+    """The controller's switch: off while it sees an attack (no UDP answer teaches anything),
+    on again in peacetime. The data path also stops by itself, per protected address, above
+    udp_peace_pps (xg_udpwin_pcpu, xg_udpflood_arr)."""
+    cur = read_verify_settings(maps)
+    if cur.udp_learning != on:
+        write_verify_settings(maps, replace(cur, udp_learning=on))
+
+
+def read_verified(maps, now_ns: int) -> list[VerifiedView]:
+    out = []
+    for k, v in maps[abi.MapName.GOODSRC].items():
+        if v.expires_ns > now_ns:
+            out.append(VerifiedView(_src_text(k), _KIND_NAMES.get(v.kind & 3, "untrusted"),
+                                    round((v.expires_ns - now_ns) / 1e9, 1)))
+    return sorted(out, key=lambda x: x.source)
+
+
+def sweep_verified(maps, now_ns: int, high: float = 0.9, low: float = 0.75) -> SweepStats:
+    """The sweep of xg_goodsrc_hash (only the tc egress program inserts; XDP never deletes):
+    delete expired entries and untrusted ones (kind 0, carried over from an older program); when
+    more than `high` of the map is still used, evict live entries down to `low`: UDP-only ones
+    first (peacetime learning is the weaker proof), then TCP ones, each soonest-to-expire first.
+    So learning always finds room again. Reads the map in batches, deletes in batches."""
+    t0 = time.monotonic()
+    m = maps[abi.MapName.GOODSRC]
+    ks, vs = ctypes.sizeof(abi.SrcKey), ctypes.sizeof(abi.GoodSrc)
+    raw_k, raw_v, n = m.dump_raw()
+    dead, live = [], []
+    trusted = abi.VF_TCP | abi.VF_UDP
+    # (expires_ns, kind) of each value in one pass (a ctypes object per entry costs ~10x more)
+    for i, (exp, kind) in enumerate(struct.iter_unpack("=QI" + "x" * (vs - 12), raw_v[:n * vs])):
+        key = raw_k[i * ks:(i + 1) * ks]
+        if exp <= now_ns or not kind & trusted:
+            dead.append(key)
+        else:
+            live.append((0 if kind & abi.VF_TCP else -1, exp, key))
+    evict = []
+    cap = m.max_entries
+    if len(live) > high * cap:
+        live.sort()  # UDP-only (-1) before TCP (0), then by expiry
+        evict = [k for _, _, k in live[: len(live) - int(low * cap)]]
+    gone = _delete_raw(m, dead + evict, ks)
+    if gone and gone * 8 >= n:  # an eighth gone: their bloom bits too (a stale bit only costs a lookup)
+        kept = live[len(evict):] if evict else live
+        words = [0] * (abi.GOODBLOOM_BITS // 64)
+        for _, _, k in kept:
+            bit = good_bloom_bit(abi.SrcKey.from_buffer_copy(k))
+            words[bit >> 6] |= 1 << (bit & 63)
+        _write_bloom(maps, words, abi.MapName.GOODBLOOM)
+    return SweepStats(n, min(len(dead), gone), max(0, gone - len(dead)), n - gone, time.monotonic() - t0)
+
+
+def _delete_raw(m, keys: list[bytes], ks: int, chunk: int = 16384) -> int:
+    """Delete packed keys in BPF_MAP_DELETE_BATCH calls (key by key where a batch stops short)."""
+    done = 0
+    for i in range(0, len(keys), chunk):
+        part = keys[i:i + chunk]
+        buf = ctypes.create_string_buffer(b"".join(part), len(part) * ks)
+        rc, cnt = libbpf.map_delete_batch(m.fd, ctypes.addressof(buf), len(part))
+        done += cnt
+        for k in part[cnt:]:  # a key already gone (or no batch support): one by one
+            done += bool(m.delete(m.key_type.from_buffer_copy(k)))
+    return done
+
+
+def sweep_dst_buckets(maps, now_ns: int, idle_s: float = 60.0) -> int:
+    """Delete the per-destination buckets (xg_dstbkt_hash) untouched for idle_s: the map fills
+    with the ports of a flood over random ports, and while it is full new ports share their
+    address's bucket (xg_dstaddr_arr). An idle bucket has refilled (a new one starts full), so
+    deleting it changes no verdict unless its burst takes longer than idle_s to refill; the
+    port-0 overflow entries of older programs go too. Returns how many were deleted."""
+    m = maps[abi.MapName.DSTBKT]
+    ks, vs = ctypes.sizeof(abi.PortKey), ctypes.sizeof(abi.DstBucket)
+    raw_k, raw_v, n = m.dump_raw()
+    limit = now_ns - int(idle_s * 1e9)
+    stale = []
+    for i in range(n):
+        key = raw_k[i * ks:(i + 1) * ks]
+        v = abi.DstBucket.from_buffer_copy(raw_v, i * vs)
+        if v.last_ns < limit or abi.PortKey.from_buffer_copy(key).port == 0:
+            stale.append(key)
+    return _delete_raw(m, stale, ks)
+
+
+def read_verified_drops(maps) -> VerifiedDrops:
+    """The do-no-harm counters (xg_vdrop_pcpu), summed over CPUs, non-zero slots only. A filter
+    is named by its index in the table (operator's filters first, then the mitigations: see
+    read_filter_table); per ban, xg_ban.verified_hits (read_bans_verified_hits). Counters only
+    grow: a caller that wants a rate keeps the previous reading."""
+    m = maps[abi.MapName.VDROP]
+    table = _read_filters(maps)
+    filters: dict[int, tuple[Filter | None, VerifiedHits]] = {}
+    reasons: dict[abi.Reason, VerifiedHits] = {}
+    for slot in range(abi.FILTERS_MAX + abi.REASON_MAX):
+        per_cpu = m.get(ctypes.c_uint32(slot)) or []
+        d, e = sum(c.dropped for c in per_cpu), sum(c.exempted for c in per_cpu)
+        if not d and not e:
+            continue
+        if slot < abi.FILTERS_MAX:
+            filters[slot] = (table[slot] if slot < len(table) else None, VerifiedHits(d, e))
+        else:
+            try:
+                reasons[abi.Reason(slot - abi.FILTERS_MAX)] = VerifiedHits(d, e)
+            except ValueError:
+                continue
+    return VerifiedDrops(filters, reasons)
+
+
+def read_bans_verified_hits(maps) -> dict[str, int]:
+    """Per banned source, the packets the ban dropped while the source was verified: a ban that
+    hits verified clients is suspect (the data path itself bans no verified source)."""
+    out = {}
+    for name in (abi.MapName.OPBANS, abi.MapName.BANS):
+        for k, v in maps[name].items():
+            if v.verified_hits:
+                out[_src_text(k)] = out.get(_src_text(k), 0) + v.verified_hits
+    return out
+
+
+# ---- packet sampling: the switch and the per-CPU counters (sampling.py reads the ring) ----
+
+
+def get_sample_every(maps) -> int:
+    v = maps[MapName.SAMPLE_CFG].get(ctypes.c_uint32(0))
+    return 0 if v is None else v.sample_every
+
+
+def set_sample_every(maps, n: int) -> None:
+    """1 in n per CPU and (kind, reason); n a power of two (the data path masks a counter)."""
+    if not 0 <= n <= 1 << 24 or (n and n & (n - 1)):
+        raise UserError(f"invalid sample rate 1 in {n}: use 0 (off) or a power of two up to {1 << 24}")
+    maps[MapName.SAMPLE_CFG].set(ctypes.c_uint32(0), abi.SampleConfig(n, 0))
+
+
+def sample_counters(maps) -> tuple[int, int]:
+    """(samples taken, samples lost because the ring was full), summed over CPUs."""
+    per_cpu = maps[MapName.SAMPLE_STATE].get(ctypes.c_uint32(0)) or []
+    return sum(s.taken for s in per_cpu), sum(s.lost for s in per_cpu)
+
+
+# ---- geo rules: the tries of the countries in use and each address's set (geo.py decides) ----
+
+
+def read_spec(maps, prot: abi.Protected) -> geo.GeoSpec | None:
+    """The address's realised rule (None without XG_PROT_GEO)."""
+    if not prot.flags & abi.PROT_GEO:
+        return None
+    s = maps[abi.MapName.GEOSET].get(ctypes.c_uint32(prot.syn.slot))
+    if s is None:
+        return None
+    cs = frozenset(geo.index_country(w * 64 + b) for w in range(abi.GEO_WORDS) for b in range(64)
+                   if s.bits[w] >> b & 1)
+    return geo.GeoSpec(cs, bool(s.flags & abi.GEO_ONLY), "cc" if s.flags & abi.GEO_CC else "drop")
+
+
+def read_address(maps, addr) -> geo.GeoSpec | None:
+    """The realised rule of a protected address (None: no rule, or no such map: a guard whose
+    maps were not all opened)."""
+    m = maps.get(abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6)
+    prot = m.get(prot_key(addr)) if m is not None else None
+    return read_spec(maps, prot) if prot is not None else None
+
+
+def write_spec(maps, addr, g: geo.GeoSpec | None) -> None:
+    """Set (or with None clear) the address's rule: the set first, then the flag."""
+    m = maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
+    k = prot_key(addr)
+    cur = m.get(k)
+    if cur is None:
+        raise UserError(f"{addr} is not a protected address")
+    if g is not None and g.active():
+        maps[abi.MapName.GEOSET].set(ctypes.c_uint32(cur.syn.slot), geo._set_bits(g))
+        cur.flags |= abi.PROT_GEO
+    else:
+        cur.flags &= ~abi.PROT_GEO
+    m.set(k, cur)
+
+
+def load_tries(maps, db: geo.GeoDB, codes) -> tuple[int, int]:
+    """Make the two tries hold exactly the networks of `codes`: written in batches, then what
+    is no longer wanted deleted (a source never sees an empty trie in between)."""
+    want: dict[int, dict[bytes, int]] = {4: {}, 6: {}}
+    for fam, addr, plen, cc in db.networks(codes):
+        want[fam][struct.pack("<I", plen) + addr] = geo.country_index(cc)
+    counts = []
+    for fam, name in ((4, abi.MapName.GEO4), (6, abi.MapName.GEO6)):
+        m = maps[name]
+        items = want[fam]
+        n = len(items)
+        if n:
+            keys = bytearray(b"".join(items.keys()))
+            vals = bytearray(struct.pack(f"<{n}I", *items.values()))
+            kb = (ctypes.c_char * len(keys)).from_buffer(keys)
+            vb = (ctypes.c_char * len(vals)).from_buffer(vals)
+            ks, pos = ctypes.sizeof(m.key_type), 0
+            while pos < n:
+                rc, cnt = libbpf.map_update_batch(m.fd, ctypes.addressof(kb) + pos * ks, ctypes.addressof(vb) + pos * 4,
+                                                  n - pos)
+                if rc != 0 and cnt == 0:
+                    # LPM tries may lack batch updates: one element at a time
+                    for i in range(pos, n):
+                        k = m.key_type.from_buffer_copy(keys, i * ks)
+                        libbpf.map_update(m.fd, k, ctypes.c_uint32(struct.unpack_from("<I", vals, i * 4)[0]))
+                    break
+                pos += cnt
+        stale = [bytes(k) for k in m.keys() if bytes(k) not in items]
+        for k in stale:
+            m.delete(m.key_type.from_buffer_copy(k))
+        counts.append(n)
+    return counts[0], counts[1]
+
+
+def clear_tries(maps) -> None:
+    for name in (abi.MapName.GEO4, abi.MapName.GEO6):
+        m = maps[name]
+        for k in [bytes(k) for k in m.keys()]:
+            m.delete(m.key_type.from_buffer_copy(k))
