@@ -6,7 +6,7 @@ import click
 
 from xdpguard.core import capture as core
 from xdpguard.core import sampling
-from xdpguard.core.abi import SAMPLE_SNAPLEN, Reason
+from xdpguard.core.abi import DROP_REASONS, SAMPLE_SNAPLEN
 
 from .output import console, emit_json
 from .params import IFACE, OUT_FILE, SecondsType
@@ -19,7 +19,7 @@ from .params import IFACE, OUT_FILE, SecondsType
 @click.option("--overwrite", is_flag=True, help="Replace the file of -w if it exists.")
 @click.option("--count", type=click.IntRange(1, 10_000_000), default=100, show_default=True,
               help="Stop after N packets.")
-@click.option("--reason", type=click.Choice([r.label for r in Reason if r.is_drop]), default=None,
+@click.option("--reason", type=click.Choice(DROP_REASONS), default=None,
               help="Only packets dropped for this reason.")
 @click.option("--snaplen", type=click.IntRange(1, SAMPLE_SNAPLEN), default=SAMPLE_SNAPLEN, show_default=True,
               help="Bytes kept of each packet.")

@@ -11,7 +11,7 @@ from xdpguard.core import events as core
 from xdpguard.core import imperative, protection, state, vocab
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_address
-from xdpguard.core.abi import Reason
+from xdpguard.core.abi import DROP_REASONS
 
 from .output import console, emit_json, human_bytes
 from .params import HOOK, IFACE, RATE, TEXT, SecondsType, iface_option as _iface, json_option as _json
@@ -54,7 +54,7 @@ def threshold():
 
 def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
     out = {}
-    drops = {r.label for r in Reason if r.is_drop}
+    drops = set(DROP_REASONS)
     for v in values:
         name, _, rest = v.partition("=")
         if name not in drops or not rest:

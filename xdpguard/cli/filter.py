@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import abi, cleansing, imperative, policy
+from xdpguard.core import abi, cleansing, imperative, policy, vocab
 from xdpguard.core.vocab import parse_hex, parse_range
 from xdpguard.core.errors import UserError
 
@@ -37,7 +37,7 @@ def filter_():
 
 
 @filter_.command("add")
-@click.option("--proto", type=click.Choice(sorted(policy.PROTO_NUMBERS), case_sensitive=False), default=None,
+@click.option("--proto", type=click.Choice(sorted(vocab.FILTER_PROTOS), case_sensitive=False), default=None,
               help="Only this protocol (icmp matches ICMPv6 too).")
 @click.option("--sport", metavar="R", help="Source port or range (TCP/UDP).")
 @click.option("--dport", metavar="R", help="Destination port or range (TCP/UDP).")

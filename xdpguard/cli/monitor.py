@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import cleansing, imperative
+from xdpguard.core.abi import DROP_REASONS
 
 from .params import iface_option, json_option
 from .output import console, emit_json
 
 _reason = click.option("--reason", "reasons", multiple=True, metavar="REASON",
-                       help=f"Only this drop reason (repeatable): {', '.join(cleansing.DROP_REASONS)}. "
+                       help=f"Only this drop reason (repeatable): {', '.join(DROP_REASONS)}. "
                             "Default: all.")
 
 

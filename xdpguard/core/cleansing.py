@@ -14,12 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from . import abi, config, policy, state, vocab
+from .abi import ALL_DROP_MASK, DROP_REASONS
 from .errors import UserError
 from .prefixes import parse_address
 from .protection import _select_protected, locked_guard, open_guard
 
-DROP_REASONS = tuple(r.label for r in abi.Reason if r.is_drop)
-ALL_DROP_MASK = sum(1 << r for r in abi.Reason if r.is_drop)
 MAX_BAN_TTL_S = policy.MAX_BAN_S
 
 
@@ -104,7 +103,7 @@ def _write_port_limits(g, addrs, proto: str, lo: int, hi: int, lim: policy.Limit
     if lim is not None:
         have = {(bytes(k.addr), k.family, k.proto, k.port) for k in m.keys()}
         new = sum(1 for a in addrs for p in range(lo, hi + 1)
-                  if (a.packed.ljust(16, b"\0"), a.version, policy.PROTO_NUMBERS[proto], p) not in have)
+                  if (a.packed.ljust(16, b"\0"), a.version, vocab.PROTO_NUMBERS[proto], p) not in have)
         if len(have) + new > m.max_entries:
             raise UserError(f"too many per-port limits: {len(have) + new:,} entries, the table holds {m.max_entries:,}")
     changed = 0

@@ -29,6 +29,7 @@ from pathlib import Path
 import tomli_w
 
 from . import abi, events, forwarding, geo, levels, nat, policy, vocab
+from .abi import ALL_DROP_MASK, DROP_REASONS
 from .errors import UserError
 from .forwarding import ForwardRule
 from .l7 import schema as l7schema
@@ -37,8 +38,6 @@ from .prefixes import Prefix, parse_address, parse_prefix, read_prefix_set
 
 DEFAULT_PATH = Path("/etc/xdpguard/xdpguard.toml")
 MODES = ("auto", "native", "skb")
-ALL_DROP_MASK = sum(1 << r for r in abi.Reason if r.is_drop)
-DROP_REASONS = tuple(r.label for r in abi.Reason if r.is_drop)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from . import abi, libbpf
+from . import abi, libbpf, vocab
 from .errors import UserError
 
 MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absurd for one box
@@ -28,7 +28,6 @@ DEFAULT_REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 161, 389, 1194, 1900, 338
 
 PROTOCOLS = {"tcp": abi.PROT_BLOCK_TCP, "udp": abi.PROT_BLOCK_UDP, "icmp": abi.PROT_BLOCK_ICMP,
              "other": abi.PROT_BLOCK_OTHER}
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 ACTIONS = {"drop": abi.FA_DROP, "pass": abi.FA_PASS, "drop-ban": abi.FA_DROP_BAN}
 MITIGATE = "mitigate"  # the action of the daemon's automatic mitigation filters (mitigation.py); not an operator's
 _ALL_ACTIONS = {**ACTIONS, MITIGATE: abi.FA_MITIGATE}
@@ -165,7 +164,7 @@ class Filter:
     def __post_init__(self):
         if self.action not in _ALL_ACTIONS:
             raise UserError(f"invalid filter action '{self.action}': use drop, pass or drop-ban")
-        if self.proto is not None and self.proto not in PROTO_NUMBERS:
+        if self.proto is not None and self.proto not in vocab.FILTER_PROTOS:
             raise UserError(f"unknown protocol '{self.proto}': use tcp, udp or icmp")
         for name, (lo, hi), top in (("sport", self.sport, 65535), ("dport", self.dport, 65535),
                                     ("length", self.length, 65535), ("ttl", self.ttl, 255)):
@@ -193,7 +192,7 @@ class Filter:
 
     def to_c(self) -> abi.Filter:
         f = abi.Filter()
-        f.proto = PROTO_NUMBERS.get(self.proto, 0) if self.proto else 0
+        f.proto = vocab.FILTER_PROTOS.get(self.proto, 0) if self.proto else 0
         f.action = _ALL_ACTIONS[self.action]
         f.tcp_flags_mask, f.tcp_flags_value = self.tcp_flags
         f.ttl_min, f.ttl_max = self.ttl
@@ -214,7 +213,7 @@ class Filter:
     def from_c(cls, f: abi.Filter) -> Filter:
         n = f.payload_len
         names = {v: k for k, v in _ALL_ACTIONS.items()}
-        protos = {v: k for k, v in PROTO_NUMBERS.items()}
+        protos = {v: k for k, v in vocab.FILTER_PROTOS.items()}
         return cls(
             action=names.get(f.action, "drop"), proto=protos.get(f.proto) if f.proto else None,
             sport=(f.sport_min, f.sport_max), dport=(f.dport_min, f.dport_max), length=(f.len_min, f.len_max),
@@ -324,17 +323,16 @@ def port_key(addr, proto: str, port: int) -> abi.PortKey:
     k = abi.PortKey()
     ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
     k.port = port
-    k.proto = PROTO_NUMBERS[proto]
+    k.proto = vocab.PROTO_NUMBERS[proto]
     k.family = addr.version
     return k
 
 
 def read_port_limits(maps) -> dict[tuple[str, str, int], Limits]:
     out = {}
-    names = {v: k for k, v in PROTO_NUMBERS.items()}
     for k, v in maps[abi.MapName.PORTLIM].items():
         raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
-        out[(str(ipaddress.ip_address(raw)), names.get(k.proto, str(k.proto)), k.port)] = Limits.from_c(v)
+        out[(str(ipaddress.ip_address(raw)), vocab.proto_name(k.proto), k.port)] = Limits.from_c(v)
     return dict(sorted(out.items()))
 
 
@@ -479,7 +477,7 @@ def filter_vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
     sport, dport, length = [], [], []
     no_sport = no_dport = 0
     for b, f in zip(bits, filters):
-        num = PROTO_NUMBERS[f.proto] if f.proto else 0
+        num = vocab.FILTER_PROTOS[f.proto] if f.proto else 0
         for v in range(256):
             if not num or v == num or (num == 1 and v == 58):
                 proto[v] |= b

@@ -20,6 +20,7 @@ from pathlib import Path
 from . import dataplane, forwarding, levels, libbpf, migrate, policy, state, tcpstate, vocab
 from .abi import (
     ABI_VERSION,
+    ALL_DROP_MASK,
     CFG_ENABLED,
     PROTECTED_MAX,
     LISTS_MASK_BITS,
@@ -72,7 +73,6 @@ def list_target(which: str, p: Prefix) -> tuple[MapName, object]:
         ctypes.memmove(ctypes.addressof(k), p.addr, len(p.addr))
         return name, k
     return name, _lpm_key(p)
-ALL_REASONS_MASK = sum(1 << r for r in Reason if r.is_drop)
 
 
 def _now_ns() -> int:
@@ -173,8 +173,6 @@ def _key_prefix(k, family: int) -> Prefix:
     return Prefix(family, bytes(k.addr), plen)
 
 
-PROTO_NUMBERS = {"tcp": 6, "udp": 17}
-PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
 
 
 # ---- the guard of one interface ----
@@ -336,7 +334,7 @@ class Guard:
         by: dict[tuple[str, str], list[tuple[int, int]]] = {}
         for k, v in self.maps[MapName.PORTS].items():
             raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
-            key = (str(ipaddress.ip_address(raw)), PROTO_NAMES.get(k.proto, str(k.proto)))
+            key = (str(ipaddress.ip_address(raw)), vocab.proto_name(k.proto))
             by.setdefault(key, []).append((k.port, v.flags))
         for key, ports in by.items():
             ports.sort()
@@ -541,7 +539,7 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
         # The level's fragment policy too (interface-wide: every address gets the same level here).
         policy.write_global_policy(maps, policy.GlobalPolicy(
             drop_fragments=level is not None and levels.fragments_dropped([level]),
-            monitor_mask=ALL_REASONS_MASK if monitor else 0))
+            monitor_mask=ALL_DROP_MASK if monitor else 0))
         for slot, a in enumerate(addrs):
             maps[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(slot))
             if level is not None:  # protected before anyone tunes it (levels.py)
@@ -877,7 +875,7 @@ def _select_protected(g: Guard, protected: str | None):
 
 
 def check_port_run(proto: str, port_range: str) -> tuple[int, int]:
-    if proto not in PROTO_NUMBERS:
+    if proto not in vocab.PORT_PROTOS:
         raise UserError(f"unknown protocol '{proto}': use tcp or udp")
     return parse_port_range(port_range)
 

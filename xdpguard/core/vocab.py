@@ -19,8 +19,19 @@ from . import forwarding
 from .errors import UserError
 
 PORT_PROTOS = ("tcp", "udp")
+# The one table of IP protocol numbers (IANA), under the names the CLI, the config, JSON, samples
+# and BGP flowspec use; every other protocol is shown as its number.
+PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+PROTO_NAMES = {num: name for name, num in PROTO_NUMBERS.items()}
+# What a feature filter can name (its icmp matches ICMPv6 too: policy.h filter_matches).
+FILTER_PROTOS = {name: PROTO_NUMBERS[name] for name in ("icmp", "tcp", "udp")}
 _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
 COUNT_MAX = 2**64 - 1  # no count of ours is wider than a u64; the owner of a field checks its own bound
+
+
+def proto_name(num: int) -> str:
+    """The name of IP protocol num (PROTO_NAMES), else the number as text."""
+    return PROTO_NAMES.get(num, str(num))
 
 
 def shown(text: str) -> str:
