@@ -8,7 +8,7 @@ from xdpguard.core import capture as core
 from xdpguard.core import sampling
 from xdpguard.core.abi import DROP_REASONS, SAMPLE_SNAPLEN
 
-from .output import console, emit_json
+from .output import Console, Result, json_option
 from .params import IFACE, OUT_FILE, SecondsType
 
 
@@ -28,15 +28,14 @@ from .params import IFACE, OUT_FILE, SecondsType
 @click.option("--sample-every", type=click.IntRange(1, 1 << 24), default=None, metavar="N",
               help="Sample 1 in N while capturing (restored afterwards). Default: current, "
               f"{sampling.DEFAULT_SAMPLE_EVERY} when off.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
-def capture(iface, path, overwrite, count, reason, snaplen, timeout, sample_every, as_json):
+@json_option(help="Machine-readable summary.")
+def capture(iface, path, overwrite, count, reason, snaplen, timeout, sample_every):
     """Write sampled DROPPED packets of IFACE to a pcapng file, each with its drop reason as a comment."""
-    res = core.capture(iface, path, count=count, reason=reason, snaplen=snaplen, timeout_s=timeout,
-                       sample_every=sample_every, overwrite=overwrite)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(core.capture(iface, path, count=count, reason=reason, snaplen=snaplen, timeout_s=timeout,
+                               sample_every=sample_every, overwrite=overwrite), _written)
+
+
+def _written(c: Console, res: core.CaptureResult) -> None:
     c.print(f"wrote {res.packets} sampled dropped packets (1 in {res.sample_every}) from {res.iface} to {res.file}"
             + (" (timed out)" if res.timed_out else ""))
     if res.reasons:
