@@ -18,12 +18,9 @@ from .abi import ALL_DROP_MASK, DROP_REASONS
 from .errors import UserError
 from .prefixes import parse_address
 from .protection import _select_protected, locked_guard, open_guard
+from .result import as_dict as _as_dict
 
 MAX_BAN_TTL_S = policy.MAX_BAN_S
-
-
-def _as_dict(obj) -> dict:
-    return asdict(obj)
 
 
 def _now_ns() -> int:
@@ -489,10 +486,7 @@ def _bans(g) -> list[policy.BanView]:
             for b in policy.read_bans(g.maps, _now_ns())]
 
 
-def _check_ttl(ttl) -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= MAX_BAN_TTL_S:
-        raise UserError(f"invalid --ttl {ttl!r}: must be between 1 s and {MAX_BAN_TTL_S} s (7 days)")
-    return float(ttl)
+_check_ttl = vocab.check_ban_ttl
 
 
 def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:

@@ -21,7 +21,7 @@ from .errors import UserError
 MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absurd for one box
 MAX_BPS = 4_000_000_000  # bytes/s (32 Gbit/s); the bucket arithmetic holds up to 4e9
 MAX_BURST = 10_000_000_000
-MAX_BAN_S = 7 * 86400
+MAX_BAN_S = vocab.BAN_TTL_MAX_S
 FILTER_MAX_BAN_S = 65535  # xg_filter.ban_s is a __u16: a longer ban would be stored truncated
 
 DEFAULT_REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 161, 389, 1194, 1900, 3389, 3702, 11211)

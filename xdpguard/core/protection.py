@@ -14,7 +14,7 @@ import os
 import struct
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dataplane, forwarding, levels, libbpf, migrate, policy, state, tcpstate, vocab
@@ -43,6 +43,7 @@ from .abi import (
 from .errors import UserError
 from .maps import BpfMap
 from .prefixes import Prefix, PrefixFile, parse_address, parse_prefix, read_prefix_file, whole_family
+from .result import as_dict as _as_dict
 
 LISTS = ("block", "allow")
 PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
@@ -77,10 +78,6 @@ def list_target(which: str, p: Prefix) -> tuple[MapName, object]:
 
 def _now_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # same clock as bpf_ktime_get_ns
-
-
-def _as_dict(obj) -> dict:
-    return asdict(obj)
 
 
 # ---- results ----

@@ -27,6 +27,15 @@ PROTO_NAMES = {num: name for name, num in PROTO_NUMBERS.items()}
 FILTER_PROTOS = {name: PROTO_NUMBERS[name] for name in ("icmp", "tcp", "udp")}
 _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
 COUNT_MAX = 2**64 - 1  # no count of ours is wider than a u64; the owner of a field checks its own bound
+BAN_TTL_MAX_S = 7 * 86400  # the longest ban: operator bans, spread bans, per-source limit bans
+
+
+def check_ban_ttl(ttl, name: str = "--ttl") -> float:
+    """A ban's lifetime in seconds, 1 s to BAN_TTL_MAX_S: the one check of it (`ban add`,
+    `cluster ban`, the cluster store's writer)."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= BAN_TTL_MAX_S:
+        raise UserError(f"invalid {name} {ttl!r}: must be between 1 s and {BAN_TTL_MAX_S} s (7 days)")
+    return float(ttl)
 
 
 def proto_name(num: int) -> str:
