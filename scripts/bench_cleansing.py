@@ -43,8 +43,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.core import abi, guard, libbpf, policy, tcpstate  # noqa: E402
+from xdpguard.core import abi, guard, policy, tcpstate  # noqa: E402
 from xdpguard.core.abi import MapName  # noqa: E402
+from benchcases import OnePacketRunner  # noqa: E402  (scripts/)
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy  # noqa: E402
 from xdpguard.core.prefixes import Prefix  # noqa: E402
 from xdpguard.core.guard import Guard  # noqa: E402
@@ -124,40 +125,6 @@ def all_steps_bed() -> TestBed:
 
 
 # ---------------------------------------------------------------- part 2
-
-
-class OnePacketRunner:
-    """BPF_PROG_TEST_RUN with repeat=1 on a packet buffer rewritten in place between runs."""
-
-    def __init__(self, prog_fd: int, packet: bytes):
-        self.fd = prog_fd
-        self.n = len(packet)
-        self.buf = ctypes.create_string_buffer(packet, self.n)
-        self.out = ctypes.create_string_buffer(self.n + 256)
-        self.opts = libbpf._TestRunOpts()
-        self.opts.sz = ctypes.sizeof(libbpf._TestRunOpts)
-        self.opts.data_in = ctypes.addressof(self.buf)
-        self.opts.data_size_in = self.n
-        self.opts.data_out = ctypes.addressof(self.out)
-        self.opts.repeat = 1
-        self.run_fn = libbpf.lib().bpf_prog_test_run_opts
-        self.optref = ctypes.byref(self.opts)
-
-    def flood(self, count: int, src_at: int, base: int, want: set[int], step: int = 1) -> float:
-        """count runs; before run i the 16-byte source at src_at becomes base + i*step (step 0:
-        one source). Returns the mean of the kernel's per-run durations, ns."""
-        total = 0
-        buf, opts, run, ref, fd = self.buf, self.opts, self.run_fn, self.optref, self.fd
-        size_out = len(self.out)
-        for i in range(count):
-            buf[src_at:src_at + 16] = (base + i * step).to_bytes(16, "big")
-            opts.data_size_out = size_out
-            if run(fd, ref) != 0:
-                raise SystemExit("bench: BPF_PROG_TEST_RUN failed")
-            if opts.retval not in want:
-                raise SystemExit(f"bench: flood run {i} returned {opts.retval}, expected {want}")
-            total += opts.duration
-        return total / count
 
 
 def reset_sources(bed: TestBed) -> None:
@@ -249,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             runner = OnePacketRunner(fd, frame(SRC6, DST6, kind))
             reset_sources(bed)
             t0 = time.monotonic()
-            single = runner.flood(n_src, src_at, FLOOD_BASE, want_single, step=0)  # same write, same address
+            single = runner.flood(n_src, src_at, 16, FLOOD_BASE, 0, want_single)  # same write, same address
             reset_sources(bed)
-            spoofed = runner.flood(n_src, src_at, FLOOD_BASE + 1, want_spoof)
+            spoofed = runner.flood(n_src, src_at, 16, FLOOD_BASE + 1, 1, want_spoof)
             left = early_flood_sources_left(bed)
             wall = time.monotonic() - t0
             floods[kind] = {"single_ns": single, "spoofed_ns": spoofed, "ratio": spoofed / single,

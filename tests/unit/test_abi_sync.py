@@ -7,6 +7,7 @@ natural alignment, and the BPF_*(name, …) map declarations.
 from __future__ import annotations
 
 import ctypes
+import enum
 import json
 import re
 import subprocess
@@ -113,6 +114,58 @@ def test_scalar_constants_match():
     assert int(defines("XG_")["LIST_MAX"]) == abi.LIST_MAX
     assert defines("XG_")["STATS_SLOTS"] == "(XG_KIND_MAX * XG_REASON_MAX)"
     assert abi.STATS_SLOTS == abi.KIND_MAX * abi.REASON_MAX
+
+
+# abi.h defines that abi.py does not mirror by the same name, and why; and abi.py's own constants.
+C_ONLY = {
+    "REASON_*": "abi.Reason is read from these at import (reasons_from_header)",
+    "KIND_*": "abi.Kind (test_kinds_match)",
+    "LM_*": "the list-mask bits: abi.LISTS_MASK_BITS, by map",
+    "VLAN_MAX": "the parser's bound; the reference model's VLAN_MAX",
+    "EXPIRED_RETRY": "lists.h's retry bound; the reference model's EXPIRED_RETRY",
+    "VDROP_SLOTS": "the length of xg_vdrop_pcpu (MAP_GEOMETRY)",
+}
+PY_ONLY = {"ALL_DROP_MASK", "F_NO_PREALLOC", "F_NO_COMMON_LRU", "PORT_BY_OPERATOR", "PORT_BY_FORWARD", "PORT_BY_HTTP"}
+
+
+def c_value(expr: str, defs: dict[str, str]) -> int:
+    """An abi.h #define's value: a number, (1ULL << n), or arithmetic over other XG_ defines."""
+    e = re.sub(r"\b(0x[0-9a-fA-F]+|\d+)[uUlL]*\b", r"\1", expr)
+    e = re.sub(r"\bXG_(\w+)\b", lambda m: str(c_value(defs[m[1]], defs)), e)
+    assert re.fullmatch(r"[\d\sxa-fA-F()+*<>|-]+", e), f"cannot evaluate '{expr}'"
+    return eval(e, {"__builtins__": {}})  # digits and operators only (checked above)
+
+
+def test_every_constant_matches_its_define():
+    """The one check of abi.py's scalars: NAME there is XG_NAME here, with the same value; a define
+    with no mirror (or a mirror with no define) fails unless it is named in C_ONLY / PY_ONLY."""
+    defs = defines("XG_")
+    numeric = {k: v for k, v in defs.items() if not v.startswith('"')}
+    py = {k: v for k, v in vars(abi).items()
+          if k.isupper() and isinstance(v, int) and not isinstance(v, (bool, enum.Enum))}
+    c_only = {k for k in numeric if any(re.fullmatch(pat.replace("*", r"\w+"), k) for pat in C_ONLY)}
+    assert {k: py[k] for k in py if k in numeric} == {k: c_value(numeric[k], defs) for k in py if k in numeric}
+    assert sorted(set(numeric) - set(py) - c_only) == [], "abi.h defines with no mirror in abi.py"
+    assert sorted(set(py) - set(numeric) - PY_ONLY) == [], "abi.py constants with no #define in abi.h"
+    assert len(set(py) & set(numeric)) > 50
+
+
+def test_a_reason_added_to_abi_h_appears_by_itself():
+    """What the watermark, SYN+FIN and UDP budget steps do: one #define with its comment."""
+    header = abi.ABI_HEADER.read_text().replace(
+        "#ifndef XG_REASON_MAX",
+        "#define XG_REASON_NEWSTEP    30  /* drop: a step that did not exist;\n"
+        "                                   * its comment goes on */\n#ifndef XG_REASON_MAX")
+    reason = abi.reasons_from_header(header)
+    assert reason(30).label == "newstep" and reason(30).is_drop
+    assert reason(30).doc == "drop: a step that did not exist; its comment goes on"
+    assert [(r.name, int(r), r.is_drop) for r in reason if r != 30] == [(r.name, int(r), r.is_drop) for r in abi.Reason]
+    assert "newstep" not in abi.DROP_REASONS and abi.DROP_REASONS == tuple(r.label for r in abi.Reason if r.is_drop)
+
+
+def test_pass_reasons_are_the_ones_the_header_says():
+    assert [r.label for r in abi.Reason if not r.is_drop] == ["bypass", "clean", "allowlist"]
+    assert all(r.doc for r in abi.Reason), "every reason has its comment in abi.h"
 
 
 def test_every_c_struct_has_a_ctypes_mirror():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import dataplane, reconcile
+from xdpguard.core import dataplane, protection, reconcile
 
-from .output import console, emit_json
+from .output import Console, Result, json_option
 from .params import IFACE
 
 
@@ -21,19 +21,18 @@ from .params import IFACE
 @click.option("--level", type=click.Choice(["loose", "normal", "strict", "none"]), default="normal",
               show_default=True, help="Protection level of addresses new to xdpguard (see `xdpguard level`; "
                                       "none: no limits until set).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the final C program and exit.")
-def attach(iface, protect, mode, monitor, force, level, as_json, ebpf):
+def attach(iface, protect, mode, monitor, force, level, ebpf):
     """Put the XDP filter on IFACE, protecting the given addresses."""
     if ebpf:
         click.echo(dataplane.render_source())
         return
-    res = reconcile.attach(iface, list(protect), mode=mode, monitor=monitor, force=force,
-                           level=None if level == "none" else level)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(reconcile.attach(iface, list(protect), mode=mode, monitor=monitor, force=force,
+                                   level=None if level == "none" else level), _attached)
+
+
+def _attached(c: Console, res: protection.AttachResult) -> None:
     c.print(f"[green]attached[/] xdpguard to [bold]{res.iface}[/] (ifindex {res.ifindex}): "
             f"prog id {res.prog_id}, mode [bold]{res.mode}[/]{', MONITOR' if res.monitor else ''}")
     c.print(f"protecting {', '.join(res.protected)}; maps pinned under {res.pin_dir}")

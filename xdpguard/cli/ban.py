@@ -8,15 +8,11 @@ from rich.table import Table
 
 from xdpguard.core import cleansing
 
-from .params import COUNT, TEXT, iface_option, json_option
-from .output import console, emit_json
+from .params import COUNT, TEXT, iface_option
+from .output import Console, Result, json_option
 
 
-def render(res: cleansing.BanResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: cleansing.BanResult) -> None:
     if res.action == "add":
         c.print(f"bans on {res.iface}: added or refreshed {res.changed}")
     elif res.action == "del":
@@ -43,9 +39,9 @@ def ban():
 @ban.command("list")
 @iface_option
 @json_option
-def list_(iface, as_json):
+def list_(iface):
     """Show the bans in force with their cause, hits and remaining time."""
-    render(cleansing.ban_list(iface), as_json)
+    return Result(cleansing.ban_list(iface), render)
 
 
 @ban.command("add")
@@ -53,15 +49,15 @@ def list_(iface, as_json):
 @click.option("--ttl", type=COUNT, required=True, metavar="SECONDS", help="Ban for SECONDS (up to 7 days).")
 @iface_option
 @json_option
-def add(addrs, ttl, iface, as_json):
+def add(addrs, ttl, iface):
     """Ban source ADDRs (IPv4 or IPv6) for --ttl seconds."""
-    render(cleansing.ban_add(iface, list(addrs), ttl), as_json)
+    return Result(cleansing.ban_add(iface, list(addrs), ttl), render)
 
 
 @ban.command("del")
 @click.argument("addrs", nargs=-1, required=True, type=TEXT, metavar="ADDR...")
 @iface_option
 @json_option
-def delete(addrs, iface, as_json):
+def delete(addrs, iface):
     """Lift the bans of ADDRs."""
-    render(cleansing.ban_del(iface, list(addrs)), as_json)
+    return Result(cleansing.ban_del(iface, list(addrs)), render)

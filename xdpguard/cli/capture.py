@@ -6,9 +6,9 @@ import click
 
 from xdpguard.core import capture as core
 from xdpguard.core import sampling
-from xdpguard.core.abi import SAMPLE_SNAPLEN, Reason
+from xdpguard.core.abi import DROP_REASONS, SAMPLE_SNAPLEN
 
-from .output import console, emit_json
+from .output import Console, Result, json_option
 from .params import IFACE, OUT_FILE, SecondsType
 
 
@@ -19,7 +19,7 @@ from .params import IFACE, OUT_FILE, SecondsType
 @click.option("--overwrite", is_flag=True, help="Replace the file of -w if it exists.")
 @click.option("--count", type=click.IntRange(1, 10_000_000), default=100, show_default=True,
               help="Stop after N packets.")
-@click.option("--reason", type=click.Choice([r.label for r in Reason if r.is_drop]), default=None,
+@click.option("--reason", type=click.Choice(DROP_REASONS), default=None,
               help="Only packets dropped for this reason.")
 @click.option("--snaplen", type=click.IntRange(1, SAMPLE_SNAPLEN), default=SAMPLE_SNAPLEN, show_default=True,
               help="Bytes kept of each packet.")
@@ -28,15 +28,14 @@ from .params import IFACE, OUT_FILE, SecondsType
 @click.option("--sample-every", type=click.IntRange(1, 1 << 24), default=None, metavar="N",
               help="Sample 1 in N while capturing (restored afterwards). Default: current, "
               f"{sampling.DEFAULT_SAMPLE_EVERY} when off.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
-def capture(iface, path, overwrite, count, reason, snaplen, timeout, sample_every, as_json):
+@json_option(help="Machine-readable summary.")
+def capture(iface, path, overwrite, count, reason, snaplen, timeout, sample_every):
     """Write sampled DROPPED packets of IFACE to a pcapng file, each with its drop reason as a comment."""
-    res = core.capture(iface, path, count=count, reason=reason, snaplen=snaplen, timeout_s=timeout,
-                       sample_every=sample_every, overwrite=overwrite)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(core.capture(iface, path, count=count, reason=reason, snaplen=snaplen, timeout_s=timeout,
+                               sample_every=sample_every, overwrite=overwrite), _written)
+
+
+def _written(c: Console, res: core.CaptureResult) -> None:
     c.print(f"wrote {res.packets} sampled dropped packets (1 in {res.sample_every}) from {res.iface} to {res.file}"
             + (" (timed out)" if res.timed_out else ""))
     if res.reasons:

@@ -9,15 +9,10 @@ import click
 from xdpguard.core.l7 import verbs
 from xdpguard.core.l7.spec import LEVELS, LIMIT_ACTIONS, RULE_ACTIONS
 
-from .output import console, emit_json
-from .params import json_option
+from .output import Console, Result, json_option
 
 
-def render(res: verbs.CcResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: verbs.CcResult) -> None:
     for n in res.notes:
         c.print(f"note: {n}", markup=False)
     if not res.services:
@@ -46,18 +41,18 @@ def cc():
 @cc.command(name="show")
 @click.argument("service", required=False)
 @json_option
-def show(service, as_json):
+def show(service):
     """Show the HTTP services (or one), their defences and HAProxy's counters."""
-    render(verbs.show(service), as_json)
+    return Result(verbs.show(service), render)
 
 
 @cc.command(name="level")
 @click.argument("service")
 @click.argument("level", type=click.Choice(LEVELS))
 @json_option
-def level(service, level, as_json):
+def level(service, level):
     """Set a service's level: loose, normal, strict (cookie challenge), emergency (JS challenge)."""
-    render(verbs.set_level(service, level), as_json)
+    return Result(verbs.set_level(service, level), render)
 
 
 @cc.command(name="limit")
@@ -71,14 +66,13 @@ def level(service, level, as_json):
               help="Seconds the source keeps getting the action after its last offence.")
 @click.option("--delete", is_flag=True, help="Remove the limit on PREFIX.")
 @json_option
-def limit(service, prefix, requests, window, action, punish, delete, as_json):
+def limit(service, prefix, requests, window, action, punish, delete):
     """Set (or --delete) a per-source request limit under a path PREFIX of SERVICE."""
     if delete:
-        render(verbs.del_limit(service, prefix), as_json)
-        return
+        return Result(verbs.del_limit(service, prefix), render)
     if requests is None:
         raise click.UsageError("give --requests N (or --delete)")
-    render(verbs.set_limit(service, prefix, requests, window, action, punish), as_json)
+    return Result(verbs.set_limit(service, prefix, requests, window, action, punish), render)
 
 
 @cc.command(name="rule")
@@ -96,13 +90,12 @@ def limit(service, prefix, requests, window, action, punish, delete, as_json):
 @click.option("--delete", type=int, default=None, metavar="N", help="Remove rule N (as `cc show` numbers them).")
 @json_option
 def rule(service, action, methods, path_prefix, uri_regex, host, user_agent_regex, referer_regex, cookies, headers,
-         absent_headers, delete, as_json):
+         absent_headers, delete):
     """Add a precise rule to SERVICE (every condition given must hold), or --delete N."""
     if delete is not None:
-        render(verbs.del_rule(service, delete), as_json)
-        return
+        return Result(verbs.del_rule(service, delete), render)
     if action is None:
         raise click.UsageError("give --action allow|challenge|drop (or --delete N)")
-    render(verbs.add_rule(service, action=action, methods=methods, path_prefix=path_prefix, uri_regex=uri_regex,
-                          host=host, user_agent_regex=user_agent_regex, referer_regex=referer_regex,
-                          cookies=cookies, headers=headers, absent_headers=absent_headers), as_json)
+    return Result(verbs.add_rule(service, action=action, methods=methods, path_prefix=path_prefix, uri_regex=uri_regex,
+                                  host=host, user_agent_regex=user_agent_regex, referer_regex=referer_regex,
+                                  cookies=cookies, headers=headers, absent_headers=absent_headers), render)

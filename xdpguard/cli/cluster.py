@@ -16,8 +16,8 @@ from xdpguard.core.cluster import node as cnode
 from xdpguard.core.cluster import ops
 
 from .limit import RATE
-from .output import console, emit_json
-from .params import CONFIG_FILE, OUT_FILE, SecondsType, json_option
+from .output import Console, Result, console, json_option
+from .params import CONFIG_FILE, OUT_FILE, SecondsType
 
 config_option = click.option("--config", "config_path", type=CONFIG_FILE, default=str(config.DEFAULT_PATH), show_default=True,
                              metavar="FILE", help="The node's config file with its [cluster] (and [bgp]) section.")
@@ -54,13 +54,12 @@ def run(config_path, duration):
 @cluster.command()
 @config_option
 @json_option
-def status(config_path, as_json):
+def status(config_path):
     """Every node: applied revision, in sync or not, health, BGP sessions, announcing or not."""
-    res = ops.status(ops.load(config_path))
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(ops.status(ops.load(config_path)), _status)
+
+
+def _status(c: Console, res: ops.ClusterStatus) -> None:
     c.print(f"cluster {res.cluster}: store revision {res.revision}, desired state at {res.state_revision}; "
             f"interfaces {', '.join(res.interfaces) or 'none'}; {res.bans} ban(s); "
             f"{res.announcing} of {len(res.nodes)} node(s) announcing")
@@ -87,27 +86,23 @@ def status(config_path, as_json):
 @click.option("--ttl", type=RATE, required=True, metavar="SECONDS", help="Ban for SECONDS, cluster-wide.")
 @config_option
 @json_option
-def ban_(addrs, ttl, config_path, as_json):
+def ban_(addrs, ttl, config_path):
     """Ban source ADDRs on every node (through the store; on this node at once)."""
-    res = ops.ban(ops.load(config_path), list(addrs), ttl)
-    if as_json:
-        emit_json(res)
-        return
-    console().print(f"banned {', '.join(res.addresses)} for {ttl:g} s cluster-wide (store revision {res.revision})"
-                    + (f"; here on {', '.join(res.local)} at once" if res.local else ""))
+    return Result(ops.ban(ops.load(config_path), list(addrs), ttl), lambda c, res: c.print(
+        f"banned {', '.join(res.addresses)} for {ttl:g} s cluster-wide (store revision {res.revision})"
+        + (f"; here on {', '.join(res.local)} at once" if res.local else "")))
 
 
 @cluster.command()
 @click.argument("addrs", nargs=-1, required=True, metavar="ADDR...")
 @config_option
 @json_option
-def unban(addrs, config_path, as_json):
+def unban(addrs, config_path):
     """Lift the bans of ADDRs on every node."""
-    res = ops.unban(ops.load(config_path), list(addrs))
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(ops.unban(ops.load(config_path), list(addrs)), _unbanned)
+
+
+def _unbanned(c: Console, res: ops.BanChange) -> None:
     c.print(f"lifted {len(res.addresses) - len(res.missing)} ban(s) cluster-wide (store revision {res.revision})")
     for m in res.missing:
         c.print(f"note: {m} was not banned in the store")
@@ -118,14 +113,11 @@ def unban(addrs, config_path, as_json):
 @click.option("--prune", is_flag=True, help="Also remove interfaces the store holds and FILE does not.")
 @config_option
 @json_option
-def apply(file, prune, config_path, as_json):
+def apply(file, prune, config_path):
     """Make FILE's [[interface]] sections the cluster's desired state (every node realises them)."""
-    res = ops.apply(ops.load(config_path), file, prune)
-    if as_json:
-        emit_json(res)
-        return
-    console().print(f"stored {', '.join(res.interfaces)}" + (f", removed {', '.join(res.removed)}" if res.removed else "")
-                    + f" (store revision {res.revision})")
+    return Result(ops.apply(ops.load(config_path), file, prune), lambda c, res: c.print(
+        f"stored {', '.join(res.interfaces)}" + (f", removed {', '.join(res.removed)}" if res.removed else "")
+        + f" (store revision {res.revision})"))
 
 
 @cluster.command("bird-config")

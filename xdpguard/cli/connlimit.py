@@ -7,17 +7,13 @@ import click
 from xdpguard.core import connlimit, imperative, nat
 from xdpguard.core.errors import UserError
 
-from .output import console, emit_json
-from .params import iface_option, json_option, protected_option
+from .output import Console, Result, json_option
+from .params import iface_option, protected_option
 
 _N = click.IntRange(0, 100_000_000)
 
 
-def render(res: connlimit.ConnLimitResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: connlimit.ConnLimitResult) -> None:
     if not res.limits:
         c.print(f"no connection limits on {res.iface}")
     for addr, lim in res.limits.items():
@@ -45,27 +41,27 @@ def connlimit_():
 @iface_option
 @json_option
 def set_(new_per_source, concurrent_per_source, new_total, conntrack_budget, udp_timeout_s, ban_s, protected,
-         iface, as_json):
+         iface):
     """Replace the connection limits of every forwarded service of the address(es)."""
     try:
         lim = nat.ConnLimits(new_per_source, concurrent_per_source, new_total, conntrack_budget, udp_timeout_s, ban_s)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    render(imperative.connlimit_set(iface, lim, protected), as_json)
+    return Result(imperative.connlimit_set(iface, lim, protected), render)
 
 
 @connlimit_.command("clear")
 @protected_option
 @iface_option
 @json_option
-def clear(protected, iface, as_json):
+def clear(protected, iface):
     """Remove the connection limits of the address(es)."""
-    render(imperative.connlimit_clear(iface, protected), as_json)
+    return Result(imperative.connlimit_clear(iface, protected), render)
 
 
 @connlimit_.command("show")
 @iface_option
 @json_option
-def show(iface, as_json):
+def show(iface):
     """Show the connection limits."""
-    render(connlimit.show(iface), as_json)
+    return Result(connlimit.show(iface), render)

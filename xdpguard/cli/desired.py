@@ -12,7 +12,7 @@ import click
 from xdpguard.core import capture, reconcile, state
 from xdpguard.core.errors import UserError
 
-from .output import console, emit_json
+from .output import Console, Result, json_option
 from .params import CONFIG_FILE, IFACE, OUT_FILE
 
 
@@ -23,14 +23,9 @@ def config_path(path: str | None) -> str:
 
 _file = click.option("-f", "--file", "path", type=CONFIG_FILE, default=None, metavar="FILE",
                      help="Config file (default $XDPGUARD_CONFIG or /etc/xdpguard/xdpguard.toml).")
-_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def _render(res: reconcile.ApplyResult, as_json: bool, verb: str) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def _render(c: Console, res: reconcile.ApplyResult) -> None:
     for w in res.warnings:
         c.print(f"[yellow]warning:[/] {w}")
     if not res.text:
@@ -53,62 +48,64 @@ def _render(res: reconcile.ApplyResult, as_json: bool, verb: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Show the diff only (same as `xdpguard diff`).")
 @click.option("--force", is_flag=True, help="Allow protecting this host's management address, a config that removes "
               "every interface's protection (empty or comments only), and new 0.0.0.0/0 or ::/0 list entries.")
-@_json
-def apply(path, dry_run, force, as_json):
+@json_option
+def apply(path, dry_run, force):
     """Make this box match a config file: print the diff, then apply it (all or nothing)."""
-    _render(reconcile.apply_file(config_path(path), force=force, dry_run=dry_run), as_json, "apply")
+    return Result(reconcile.apply_file(config_path(path), force=force, dry_run=dry_run), _render)
 
 
 @click.command()
 @_file
-@_json
-def diff(path, as_json):
+@json_option
+def diff(path):
     """Show what `apply` would change, and change nothing."""
-    _render(reconcile.diff_file(config_path(path)), as_json, "diff")
+    return Result(reconcile.diff_file(config_path(path)), _render)
 
 
 @click.command()
 @click.option("-o", "--output", "out", type=OUT_FILE, default=None,
               help="Write to FILE (default: stdout); a new file, or an existing one with --overwrite.")
 @click.option("--overwrite", is_flag=True, help="Replace the file of -o if it exists (atomically).")
-@_json
-def export(out, overwrite, as_json):
+@json_option
+def export(out, overwrite):
     """Write the live desired state as a config file (re-applying it changes nothing)."""
     res = reconcile.export()
-    if as_json:
-        emit_json({"desired": res.desired})
-        return
+    return Result({"desired": res.desired}, lambda c, _: _write(c, res.text, out, overwrite))
+
+
+def _write(c: Console, text: str, out: str | None, overwrite: bool) -> None:
+    """The text of `export`: the config itself, to stdout or to the file of -o."""
     if out is None:
-        sys.stdout.write(res.text)
+        sys.stdout.write(text)
         return
     try:
         if overwrite:  # a fresh temporary renamed over the file (a symlink is replaced, not followed; a device refused)
-            state.write_durably(Path(os.path.abspath(out)), res.text.encode())
+            state.write_durably(Path(os.path.abspath(out)), text.encode())
         else:
             fd = capture.create_output(out)
             with os.fdopen(fd, "wb") as f:
-                f.write(res.text.encode())
+                f.write(text.encode())
                 os.fsync(f.fileno())
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror}") from None
-    console().print(f"wrote {out}")
+    c.print(f"wrote {out}")
 
 
 @click.command()
 @click.argument("iface", type=IFACE, required=False)
 @click.option("--force", is_flag=True, help="Swap even when the attached program is already this version.")
-@_json
-def upgrade(iface, force, as_json):
+@json_option
+def upgrade(iface, force):
     """Swap the attached program for this xdpguard's version without a gap (maps carried over)."""
     state.require_root()
     names = [iface] if iface else reconcile.protection_ifaces()
     if not names:
         raise UserError("no interface is protected in this network namespace")
     results = [reconcile.upgrade(n, force=force) for n in names]
-    if as_json:
-        emit_json({"results": [r.to_dict() for r in results]})
-        return
-    c = console()
+    return Result({"results": [r.to_dict() for r in results]}, lambda c, _: _upgraded(c, results))
+
+
+def _upgraded(c: Console, results: list) -> None:
     for r in results:
         if r.action == "current":
             c.print(f"{r.iface}: prog id {r.prog_id} is this version already; nothing to do")

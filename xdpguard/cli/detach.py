@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import reconcile
+from xdpguard.core import protection, reconcile
 
-from .output import console, emit_json
+from .output import Console, Result, json_option
 from .params import IFACE
 
 
 @click.command()
 @click.argument("iface", type=IFACE)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def detach(iface, as_json):
+@json_option
+def detach(iface):
     """Remove xdpguard from IFACE: program, pinned maps and state file."""
-    res = reconcile.detach(iface)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(reconcile.detach(iface), _detached)
+
+
+def _detached(c: Console, res: protection.DetachResult) -> None:
     if res.prog_id is not None:
         c.print(f"[green]detached[/] xdpguard from [bold]{res.iface}[/] (prog id {res.prog_id}); pins and state removed")
     for n in res.notes:

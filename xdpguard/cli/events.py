@@ -11,10 +11,10 @@ from xdpguard.core import events as core
 from xdpguard.core import imperative, protection, state, vocab
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_address
-from xdpguard.core.abi import Reason
+from xdpguard.core.abi import DROP_REASONS
 
-from .output import console, emit_json, human_bytes
-from .params import HOOK, IFACE, RATE, TEXT, SecondsType, iface_option as _iface, json_option as _json
+from .output import Console, Result, human_bytes, json_option as _json
+from .params import HOOK, IFACE, RATE, TEXT, SecondsType, iface_option as _iface
 
 
 
@@ -23,15 +23,14 @@ from .params import HOOK, IFACE, RATE, TEXT, SecondsType, iface_option as _iface
 @click.option("--limit", type=click.IntRange(1, None), default=50, show_default=True, help="Most recent N events.")
 @_json
 @click.pass_context
-def events(ctx, iface_filter, limit, as_json):
+def events(ctx, iface_filter, limit):
     """List attack events (opened by `xdpguard run` when a threshold is crossed)."""
     if ctx.invoked_subcommand is not None:
-        return
-    evs = core.read_log(iface=iface_filter)[-limit:]
-    if as_json:
-        emit_json(evs)
-        return
-    c = console()
+        return None
+    return Result(core.read_log(iface=iface_filter)[-limit:], _table)
+
+
+def _table(c: Console, evs: list[dict]) -> None:
     if not evs:
         c.print(f"no attack events in {core.log_path()}")
         return
@@ -54,7 +53,7 @@ def threshold():
 
 def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
     out = {}
-    drops = {r.label for r in Reason if r.is_drop}
+    drops = set(DROP_REASONS)
     for v in values:
         name, _, rest = v.partition("=")
         if name not in drops or not rest:
@@ -82,7 +81,7 @@ def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
               help="Run COMMAND (no shell) on event start and end, with the event JSON on stdin ('' = none).")
 @_iface
 @_json
-def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, iface, as_json):
+def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, iface):
     """Set thresholds; unspecified values keep their current setting."""
     if protected is not None:  # every value is checked before the interface is looked at
         protected = str(parse_address(protected, "protected address"))
@@ -114,34 +113,34 @@ def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, 
                                 cfg.hook if hook is None else (hook or None))
 
     cfg = imperative.set_event_config(st_iface, update)
-    _show(cfg, st_iface.name, as_json)
+    return _show(cfg, st_iface.name)
 
 
 @threshold.command("show")
 @_iface
 @_json
-def threshold_show(iface, as_json):
+def threshold_show(iface):
     """Show the thresholds in force."""
     st_iface = state.resolve_iface(protection.pick_iface(iface))
-    _show(core.load_config(st_iface), st_iface.name, as_json)
+    return _show(core.load_config(st_iface), st_iface.name)
 
 
 @threshold.command("clear")
 @_iface
 @_json
-def threshold_clear(iface, as_json):
+def threshold_clear(iface):
     """Back to the defaults."""
     st_iface = state.resolve_iface(protection.pick_iface(iface))
     state.require_root()
     cfg = imperative.set_event_config(st_iface, lambda cfg: core.EventConfig())
-    _show(cfg, st_iface.name, as_json)
+    return _show(cfg, st_iface.name)
 
 
-def _show(cfg: core.EventConfig, name: str, as_json: bool) -> None:
-    if as_json:
-        emit_json({"iface": name, **cfg.to_json()})
-        return
-    c = console()
+def _show(cfg: core.EventConfig, name: str) -> Result:
+    return Result({"iface": name, **cfg.to_json()}, lambda c, _: _thresholds(c, cfg, name))
+
+
+def _thresholds(c: Console, cfg: core.EventConfig, name: str) -> None:
     c.print(f"attack thresholds of {name} (0 = off), hold {cfg.hold_s:g} s, hook {cfg.hook or '-'}")
     for who, t in [("default", cfg.default), *sorted(cfg.addresses.items())]:
         rs = ", ".join(f"{r} {p:g} pps/{b:g} bps" for r, (p, b) in sorted(t.reasons.items()))

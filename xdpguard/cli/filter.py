@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import abi, cleansing, imperative, policy
+from xdpguard.core import abi, cleansing, imperative, policy, vocab
 from xdpguard.core.vocab import parse_hex, parse_range
 from xdpguard.core.errors import UserError
 
-from .params import iface_option, json_option
-from .output import console, emit_json
+from .params import iface_option
+from .output import Console, Result, json_option
 
 
-def render(res: cleansing.FilterResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: cleansing.FilterResult) -> None:
     if res.action == "add":
         c.print(f"filters on {res.iface}: added filter {res.index}")
     elif res.action == "del":
@@ -37,7 +33,7 @@ def filter_():
 
 
 @filter_.command("add")
-@click.option("--proto", type=click.Choice(sorted(policy.PROTO_NUMBERS), case_sensitive=False), default=None,
+@click.option("--proto", type=click.Choice(sorted(vocab.FILTER_PROTOS), case_sensitive=False), default=None,
               help="Only this protocol (icmp matches ICMPv6 too).")
 @click.option("--sport", metavar="R", help="Source port or range (TCP/UDP).")
 @click.option("--dport", metavar="R", help="Destination port or range (TCP/UDP).")
@@ -55,8 +51,7 @@ def filter_():
 @click.option("--position", type=int, default=None, metavar="N", help="Insert as filter N (1 = first; default last).")
 @iface_option
 @json_option
-def add(proto, sport, dport, length, ttl, tcp_flags, payload, mask, base, offset, action, ban_s, position, iface,
-        as_json):
+def add(proto, sport, dport, length, ttl, tcp_flags, payload, mask, base, offset, action, ban_s, position, iface):
     """Add a filter."""
     if ban_s and action != "drop-ban":
         raise UserError("--ban only goes with --action drop-ban")
@@ -71,21 +66,21 @@ def add(proto, sport, dport, length, ttl, tcp_flags, payload, mask, base, offset
         payload_base=base, payload_off=offset, ban_s=ban_s)
     if flt.tcp_flags[0] and flt.proto not in (None, "tcp"):
         raise UserError("--tcp-flags only match TCP; drop --proto or use --proto tcp")
-    render(imperative.filter_add(iface, flt, position), as_json)
+    return Result(imperative.filter_add(iface, flt, position), render)
 
 
 @filter_.command("del")
 @click.argument("index", type=int)
 @iface_option
 @json_option
-def delete(index, iface, as_json):
+def delete(index, iface):
     """Delete filter INDEX (as shown by `filter list`); later ones move up."""
-    render(imperative.filter_del(iface, index), as_json)
+    return Result(imperative.filter_del(iface, index), render)
 
 
 @filter_.command("list")
 @iface_option
 @json_option
-def list_(iface, as_json):
+def list_(iface):
     """Show the filters in evaluation order."""
-    render(cleansing.filter_list(iface), as_json)
+    return Result(cleansing.filter_list(iface), render)

@@ -12,8 +12,8 @@ import click
 from xdpguard.core import forward as core
 from xdpguard.core import imperative
 
-from .output import console, emit_json, human_bytes
-from .params import iface_option as _iface, json_option as _json
+from .output import Console, Result, human_bytes, json_option as _json
+from .params import iface_option as _iface
 
 _protected = click.option("--protected", default=None, metavar="ADDR",
                           help="Protected address (default: the interface's only one of the backends' family).")
@@ -21,11 +21,7 @@ _proto = click.argument("proto", type=click.Choice(["tcp", "udp"]))
 _range = click.argument("ports", metavar="PORT[-PORT]")
 
 
-def _report(res: core.ForwardChangeResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def _report(c: Console, res: core.ForwardChangeResult) -> None:
     verb = {"add": "added", "del": "removed"}[res.action]
     c.print(f"forward on {res.iface}: {verb} {res.key}" if res.changed else f"forward on {res.iface}: {res.key}")
     for n in res.notes:
@@ -52,12 +48,11 @@ def forward():
 @_protected
 @_iface
 @_json
-def add(proto, ports, to, weights, backup, persist_s, preserve_client_ip, udp_probe, protected, iface, as_json):
+def add(proto, ports, to, weights, backup, persist_s, preserve_client_ip, udp_probe, protected, iface):
     """Forward PROTO PORT[-PORT] of the protected address to --to backends."""
-    _report(imperative.forward_add(proto, ports, to, ifname=iface, protected=protected, weights=weights,
-                                     backup=backup, persist_s=persist_s, preserve_client_ip=preserve_client_ip,
-                                     udp_probe=udp_probe),
-            as_json)
+    return Result(imperative.forward_add(proto, ports, to, ifname=iface, protected=protected, weights=weights,
+                                         backup=backup, persist_s=persist_s, preserve_client_ip=preserve_client_ip,
+                                         udp_probe=udp_probe), _report)
 
 
 @forward.command("del")
@@ -66,21 +61,20 @@ def add(proto, ports, to, weights, backup, persist_s, preserve_client_ip, udp_pr
 @_protected
 @_iface
 @_json
-def delete(proto, ports, protected, iface, as_json):
+def delete(proto, ports, protected, iface):
     """Remove the forwarding rule PROTO PORT[-PORT]."""
-    _report(imperative.forward_delete(proto, ports, ifname=iface, protected=protected), as_json)
+    return Result(imperative.forward_delete(proto, ports, ifname=iface, protected=protected), _report)
 
 
 @forward.command("list")
 @_iface
 @_json
-def list_(iface, as_json):
+def list_(iface):
     """Show the rules, their backends' health and traffic counters."""
-    res = core.show(iface)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(core.show(iface), _rules)
+
+
+def _rules(c: Console, res: core.ForwardListResult) -> None:
     if not res.rules:
         c.print("no forwarding rules")
         return

@@ -6,15 +6,12 @@ import click
 
 from xdpguard.core import cleansing, imperative
 
-from .params import iface_option, json_option
-from .output import console, emit_json
+from .params import iface_option
+from .output import Console, Result, json_option
 
 
-def render(res: cleansing.FragmentsResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    console().print(f"IP fragments to protected addresses on {res.iface}: {'dropped' if res.drop else 'passed'}")
+def render(c: Console, res: cleansing.FragmentsResult) -> None:
+    c.print(f"IP fragments to protected addresses on {res.iface}: {'dropped' if res.drop else 'passed'}")
 
 
 @click.group()
@@ -25,22 +22,22 @@ def fragments():
 @fragments.command("drop")
 @iface_option
 @json_option
-def drop(iface, as_json):
+def drop(iface):
     """Drop fragments."""
-    render(imperative.fragments_set(iface, True), as_json)
+    return Result(imperative.fragments_set(iface, True), render)
 
 
 @fragments.command("pass")
 @iface_option
 @json_option
-def pass_(iface, as_json):
+def pass_(iface):
     """Pass fragments (the default at level loose; normal and strict drop them)."""
-    render(imperative.fragments_set(iface, False), as_json)
+    return Result(imperative.fragments_set(iface, False), render)
 
 
 @fragments.command("show")
 @iface_option
 @json_option
-def show(iface, as_json):
+def show(iface):
     """Show the fragment policy."""
-    render(cleansing.fragments_show(iface), as_json)
+    return Result(cleansing.fragments_show(iface), render)

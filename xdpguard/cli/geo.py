@@ -8,19 +8,15 @@ import click
 from xdpguard.core import geo as core_geo
 from xdpguard.core import georules
 
-from .output import console, emit_json
-from .params import TEXT, iface_option, json_option, protected_option
+from .output import Console, Result, json_option
+from .params import TEXT, iface_option, protected_option
 
 _codes = click.argument("countries", nargs=-1, required=True, type=TEXT, metavar="COUNTRY...")
 _force = click.option("--force", is_flag=True,
                       help="Allow a rule that drops this host's management address (by its country).")
 
 
-def render(res: georules.GeoResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: georules.GeoResult) -> None:
     c.print(f"geo rules on {res.iface} (database {res.database}):", markup=False)
     for addr, r in res.rules.items():
         c.print(f"  {addr}: {r['text'] if r else 'no geo rule'}", markup=False)
@@ -40,8 +36,8 @@ def _verb(action: str, doc: str):
     @iface_option
     @_force
     @json_option
-    def cmd(countries, protected, iface, force, as_json):
-        render(georules.change(iface, action, list(countries), protected, force=force), as_json)
+    def cmd(countries, protected, iface, force):
+        return Result(georules.change(iface, action, list(countries), protected, force=force), render)
     return cmd
 
 
@@ -55,9 +51,9 @@ _verb("only", "Drop every source NOT in COUNTRY... (unknown sources too): for a 
 @protected_option
 @iface_option
 @json_option
-def clear(protected, iface, as_json):
+def clear(protected, iface):
     """Remove the geo rule."""
-    render(georules.clear(iface, protected), as_json)
+    return Result(georules.clear(iface, protected), render)
 
 
 @geo.command("mode")
@@ -65,15 +61,15 @@ def clear(protected, iface, as_json):
 @protected_option
 @iface_option
 @json_option
-def mode(mode, protected, iface, as_json):
+def mode(mode, protected, iface):
     """drop: drop in XDP; cc: challenge at layer 7 where HAProxy serves the address (until that is
     wired, cc falls back to drop)."""
-    render(georules.set_mode(iface, mode, protected), as_json)
+    return Result(georules.set_mode(iface, mode, protected), render)
 
 
 @geo.command("show")
 @iface_option
 @json_option
-def show(iface, as_json):
+def show(iface):
     """Show the geo rule of each protected address and the database in use."""
-    render(georules.show(iface), as_json)
+    return Result(georules.show(iface), render)

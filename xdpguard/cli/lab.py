@@ -10,8 +10,8 @@ from xdpguard.lab import cluster as lab_cluster
 from xdpguard.lab import probe as lab_probe
 from xdpguard.lab import topology
 
-from .output import console, emit_json
-from .params import SecondsType, json_option as _json
+from .output import Console, Result, json_option as _json
+from .params import SecondsType
 
 
 
@@ -29,18 +29,16 @@ def lab():
 @click.option("--etcd", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="With --nodes: etcd members (3 for the fault tests).")
 @_json
-def up(no_protect, lifetime, nodes, etcd, as_json):
+def up(no_protect, lifetime, nodes, etcd):
     """Build the lab (removing a previous one first) and protect it with xdpguard."""
     if nodes is not None:
-        _cluster_up(nodes, lifetime, int(etcd), as_json)
-        return
+        return Result(lab_cluster.up(nodes, lifetime_s=lifetime, etcd=int(etcd)), _cluster_up)
     if lab_cluster.exists():
         lab_cluster.down()
-    res = topology.up(protected=not no_protect, lifetime_s=lifetime)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(topology.up(protected=not no_protect, lifetime_s=lifetime), _up)
+
+
+def _up(c: Console, res: topology.LabUpResult) -> None:
     for n in res.notes:
         c.print(f"note: {n}")
     c.print(f"lab '{res.name}' is up: {', '.join(res.namespaces.values())}")
@@ -55,21 +53,16 @@ def up(no_protect, lifetime, nodes, etcd, as_json):
 
 @lab.command()
 @_json
-def down(as_json):
+def down():
     """Remove the lab: detach xdpguard, stop servers, delete namespaces and state."""
     if lab_cluster.exists():
-        cres = lab_cluster.down()
-        if as_json:
-            emit_json(cres)
-            return
-        console().print(f"cluster lab '{cres['name']}' removed: {len(cres['removed_namespaces'])} namespaces, "
-                        f"{len(cres['killed_pids'])} processes stopped")
-        return
-    res = topology.down()
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+        return Result(lab_cluster.down(), lambda c, cres: c.print(
+            f"cluster lab '{cres['name']}' removed: {len(cres['removed_namespaces'])} namespaces, "
+            f"{len(cres['killed_pids'])} processes stopped"))
+    return Result(topology.down(), _down)
+
+
+def _down(c: Console, res: topology.LabDownResult) -> None:
     for n in res.notes:
         c.print(f"note: {n}")
     if res.removed_namespaces:
@@ -81,16 +74,14 @@ def down(as_json):
 
 @lab.command()
 @_json
-def status(as_json):
+def status():
     """Show which namespaces, servers and XDP program of the lab exist."""
     if lab_cluster.exists():
-        _cluster_status(as_json)
-        return
-    res = topology.status()
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+        return Result(lab_cluster.status(), _cluster_status)
+    return Result(topology.status(), _status)
+
+
+def _status(c: Console, res: topology.LabStatusResult) -> None:
     _print_parts(c, f"lab '{res.name}'", res.up, res.namespaces, res.servers, "server ")
     if res.xdp:
         drops = {cv["reason"]: cv["packets"] for cv in res.xdp["counters"] if cv["kind"] in ("drop", "would_drop")}
@@ -116,13 +107,10 @@ def status(as_json):
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Destination port (default per kind).")
 @click.option("--cpus", type=click.IntRange(1, 64), default=1, show_default=True, help="trafgen processes.")
 @_json
-def attack(kind, pps, duration, sources, count, port, cpus, as_json):
+def attack(kind, pps, duration, sources, count, port, cpus):
     """Send a bounded attack of KIND from the attacker namespace to the protective IP."""
-    res = lab_attack.run(kind, pps=pps, duration=duration, sources=sources, count=count, port=port, cpus=cpus)
-    if as_json:
-        emit_json(res)
-    else:
-        console().print(lab_attack.describe(res))
+    return Result(lab_attack.run(kind, pps=pps, duration=duration, sources=sources, count=count, port=port, cpus=cpus),
+                  lambda c, res: c.print(lab_attack.describe(res)))
 
 
 @lab.command()
@@ -134,24 +122,15 @@ def attack(kind, pps, duration, sources, count, port, cpus, as_json):
 @click.option("--duration", type=SecondsType(0.1, 3600), default=60.0, show_default=True,
               help="Stop after this many seconds.")
 @_json
-def probe(count, proto, ipv6, timeout, interval, duration, as_json):
+def probe(count, proto, ipv6, timeout, interval, duration):
     """A legitimate client's success rate and latency through the protective IP."""
     if proto == "tcp" and ipv6:
         raise click.UsageError("tcp echo is forwarded on IPv4 only; use --proto http or udp with --ipv6")
-    res = lab_probe.in_lab(proto, count, family=6 if ipv6 else 4, timeout=timeout, interval=interval,
-                           duration=duration)
-    if as_json:
-        emit_json(res)
-    else:
-        console().print(lab_probe.describe(res))
+    return Result(lab_probe.in_lab(proto, count, family=6 if ipv6 else 4, timeout=timeout, interval=interval,
+                                   duration=duration), lambda c, res: c.print(lab_probe.describe(res)))
 
 
-def _cluster_up(nodes, lifetime, etcd, as_json):
-    res = lab_cluster.up(nodes, lifetime_s=lifetime, etcd=etcd)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def _cluster_up(c: Console, res: lab_cluster.ClusterUpResult) -> None:
     for n in res.notes:
         c.print(f"note: {n}")
     c.print(f"cluster lab '{res.name}' is up: {res.nodes} node(s), {len(res.namespaces)} namespaces")
@@ -171,12 +150,7 @@ def _print_parts(c, title: str, up: bool, namespaces: dict[str, bool], servers: 
         c.print(f"  {kind}{s['name']} pid {s['pid']}: {'running' if s['alive'] else 'gone'}")
 
 
-def _cluster_status(as_json):
-    res = lab_cluster.status()
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def _cluster_status(c: Console, res: lab_cluster.ClusterStatusResult) -> None:
     _print_parts(c, f"cluster lab '{res.name}' ({res.nodes} nodes)", res.up, res.namespaces, res.servers)
     for dst, hops in res.next_hops.items():
         c.print(f"  router: {dst} via {', '.join(hops) or 'nothing'}")

@@ -6,15 +6,11 @@ import click
 
 from xdpguard.core import imperative, levels, levelset
 
-from .output import console, emit_json
-from .params import iface_option, json_option, protected_option
+from .output import Console, Result, json_option
+from .params import iface_option, protected_option
 
 
-def render(res: levelset.LevelResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: levelset.LevelResult) -> None:
     for a in res.addresses:
         if a.level is None:
             c.print(f"{res.iface} {a.protected}: no level", markup=False)
@@ -28,7 +24,7 @@ def render(res: levelset.LevelResult, as_json: bool) -> None:
 @protected_option
 @iface_option
 @json_option
-def level(level, protected, iface, as_json):
+def level(level, protected, iface):
     """Apply a protection level to the protected addresses (or show them).
 
     loose: SYN defence above 50,000 SYN/s, no per-source limits, no automatic mitigation.
@@ -40,6 +36,5 @@ def level(level, protected, iface, as_json):
     if level == "show":
         if protected is not None:
             raise click.UsageError("level show takes no --protected")
-        render(levelset.show(iface), as_json)
-        return
-    render(imperative.set_level(iface, level, protected), as_json)
+        return Result(levelset.show(iface), render)
+    return Result(imperative.set_level(iface, level, protected), render)

@@ -12,8 +12,8 @@ import click
 from xdpguard.core import cleansing, imperative, policy
 from xdpguard.core.errors import UserError
 
-from .output import console, emit_json, human_bytes
-from .params import COUNT, TEXT, iface_option, json_option, protected_option
+from .output import Console, Result, human_bytes, json_option
+from .params import COUNT, TEXT, iface_option, protected_option
 
 RATE = COUNT  # limits are whole numbers (packets, bytes, seconds)
 
@@ -36,11 +36,7 @@ def describe_limits(d: dict) -> str:
     return ", ".join(parts) or "no limit"
 
 
-def render(res: cleansing.LimitResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: cleansing.LimitResult) -> None:
     if res.action != "show":
         c.print(f"limits on {res.iface}: {res.action} {res.changed} entries")
     if not res.limits:
@@ -73,11 +69,11 @@ def limit():
 @iface_option
 @json_option
 def set_(protected, port, src_pps, src_burst, src_bps, src_burst_bytes, dst_pps, dst_burst, syn_src_pps,
-         syn_src_burst, unknown_share, ban_s, iface, as_json):
+         syn_src_burst, unknown_share, ban_s, iface):
     """Replace the limits of the protected address(es), or of their --port, with these rates."""
     lim = policy.Limits(src_pps, src_burst, src_bps, src_burst_bytes, dst_pps, dst_burst, syn_src_pps,
                         syn_src_burst, ban_s, unknown_share)
-    render(imperative.limit_set(iface, lim, protected, port), as_json)
+    return Result(imperative.limit_set(iface, lim, protected, port), render)
 
 
 @limit.command("clear")
@@ -86,16 +82,16 @@ def set_(protected, port, src_pps, src_burst, src_bps, src_burst_bytes, dst_pps,
 @click.option("--all-ports", is_flag=True, help="Also remove every per-port limit of the address(es).")
 @iface_option
 @json_option
-def clear(protected, port, all_ports, iface, as_json):
+def clear(protected, port, all_ports, iface):
     """Remove the limits of the protected address(es), or of their --port."""
     if port and all_ports:
         raise UserError("give --port or --all-ports, not both")
-    render(imperative.limit_clear(iface, protected, port, all_ports), as_json)
+    return Result(imperative.limit_clear(iface, protected, port, all_ports), render)
 
 
 @limit.command("show")
 @iface_option
 @json_option
-def show(iface, as_json):
+def show(iface):
     """Show the limits in force."""
-    render(cleansing.limit_show(iface), as_json)
+    return Result(cleansing.limit_show(iface), render)

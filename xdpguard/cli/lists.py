@@ -7,8 +7,8 @@ from rich.table import Table
 
 from xdpguard.core import imperative, protection
 
-from .output import console, emit_json
-from .params import CIDR, IN_FILE, SecondsType, iface_option, json_option
+from .output import Console, Result, json_option
+from .params import CIDR, IN_FILE, SecondsType, iface_option
 
 TTL = SecondsType(0, lo_open=True)  # the upper bound is the core's (protection.check_ttl)
 
@@ -18,11 +18,7 @@ _HELP = {
 }
 
 
-def _report(res: protection.ListChangeResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def _report(c: Console, res: protection.ListChangeResult) -> None:
     for n in res.normalised:
         c.print(f"note: normalised {n}" if "->" in n else f"note: {n}")
     if res.action == "del":
@@ -49,17 +45,17 @@ def make_group(which: str) -> click.Group:
     @iface_opt
     @force_opt
     @json_opt
-    def add(cidrs, ttl, iface, force, as_json):
+    def add(cidrs, ttl, iface, force):
         """Add CIDRs (IPv4 and IPv6) to the list; existing entries keep their hit counts."""
-        _report(imperative.list_add(which, iface, list(cidrs), ttl, force=force), as_json)
+        return Result(imperative.list_add(which, iface, list(cidrs), ttl, force=force), _report)
 
     @group.command("del")
     @click.argument("cidrs", nargs=-1, required=True, type=CIDR)
     @iface_opt
     @json_opt
-    def delete(cidrs, iface, as_json):
+    def delete(cidrs, iface):
         """Remove CIDRs from the list."""
-        _report(imperative.list_del(which, iface, list(cidrs)), as_json)
+        return Result(imperative.list_del(which, iface, list(cidrs)), _report)
 
     @group.command("load")
     @click.argument("file", type=IN_FILE)
@@ -67,9 +63,9 @@ def make_group(which: str) -> click.Group:
     @iface_opt
     @force_opt
     @json_opt
-    def load(file, ttl, iface, force, as_json):
+    def load(file, ttl, iface, force):
         """Load FILE: one CIDR per line, '#' comments, v4 and v6 mixed. All or nothing."""
-        _report(imperative.list_load(which, iface, file, ttl, force=force), as_json)
+        return Result(imperative.list_load(which, iface, file, ttl, force=force), _report)
 
     dynamic_opt = click.option("--dynamic", is_flag=True, hidden=which != "block",
                                help="Show the dynamic bans instead (as `xdpguard ban list`).")
@@ -78,7 +74,7 @@ def make_group(which: str) -> click.Group:
     @iface_opt
     @json_opt
     @dynamic_opt
-    def list_(iface, as_json, dynamic):
+    def list_(iface, dynamic):
         """Show the entries with their hit counts and expiry."""
         if dynamic:
             if which != "block":
@@ -86,21 +82,19 @@ def make_group(which: str) -> click.Group:
             from xdpguard.core import cleansing
 
             from .ban import render as render_bans
-            render_bans(cleansing.ban_list(iface), as_json)
-            return
-        res = protection.list_show(which, iface)
-        if as_json:
-            emit_json(res)
-            return
-        c = console()
-        t = Table(box=None, pad_edge=False)
-        t.add_column("prefix")
-        t.add_column("hits", justify="right")
-        t.add_column("expires in", justify="right")
-        for e in res.entries:
-            t.add_row(e.prefix, str(e.hits), "never" if e.expires_in_s is None else f"{e.expires_in_s:.0f} s")
-        c.print(f"{which}list on {res.iface}: {len(res.entries)} entries")
-        if res.entries:
-            c.print(t)
+            return Result(cleansing.ban_list(iface), render_bans)
+        return Result(protection.list_show(which, iface), _entries)
 
     return group
+
+
+def _entries(c: Console, res: protection.ListResult) -> None:
+    t = Table(box=None, pad_edge=False)
+    t.add_column("prefix")
+    t.add_column("hits", justify="right")
+    t.add_column("expires in", justify="right")
+    for e in res.entries:
+        t.add_row(e.prefix, str(e.hits), "never" if e.expires_in_s is None else f"{e.expires_in_s:.0f} s")
+    c.print(f"{res.list}list on {res.iface}: {len(res.entries)} entries")
+    if res.entries:
+        c.print(t)

@@ -14,19 +14,17 @@ from rich.table import Table
 
 from xdpguard.core import mitigation
 
-from .output import console, emit_json
-from .params import TEXT, SecondsType, iface_option, json_option
+from .output import Console, Result, json_option
+from .params import TEXT, SecondsType, iface_option
 
 
 def _when(ts) -> str:
     return "-" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
 
 
-def _show_one(r: dict, as_json: bool, verb: str) -> None:
-    if as_json:
-        emit_json(r)
-        return
-    console().print(f"mitigation {r['id']} on {r['protected']} {r['proto']}/{r['port']}: {verb}", markup=False)
+def _one(r: dict, verb: str) -> Result:
+    return Result(r, lambda c, r: c.print(f"mitigation {r['id']} on {r['protected']} {r['proto']}/{r['port']}: {verb}",
+                                          markup=False))
 
 
 @click.group(name="mitigations")
@@ -38,13 +36,12 @@ def mitigations():
 @click.option("--all", "show_all", is_flag=True, help="Also the recently lifted and deleted ones.")
 @iface_option
 @json_option
-def list_(show_all, iface, as_json):
+def list_(show_all, iface):
     """Show the active mitigations (and with --all the recently lifted)."""
-    res = mitigation.list_mitigations(iface)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(mitigation.list_mitigations(iface), lambda c, res: _table(c, res, show_all))
+
+
+def _table(c: Console, res: mitigation.ListResult, show_all: bool) -> None:
     rows = res.mitigations + (res.lifted if show_all else [])
     if not rows:
         c.print(f"no {'' if show_all else 'active '}mitigations on {res.iface}")
@@ -68,10 +65,10 @@ def list_(show_all, iface, as_json):
 @click.option("--off", is_flag=True, help="Unpin: lift it with the attack again.")
 @iface_option
 @json_option
-def pin(ident, off, iface, as_json):
+def pin(ident, off, iface):
     """Keep mitigation ID after its attack ends (until `mitigations del`)."""
     r = mitigation.pin(iface, ident, not off)
-    _show_one(r, as_json, "unpinned" if off else "pinned")
+    return _one(r, "unpinned" if off else "pinned")
 
 
 @mitigations.command("del")
@@ -80,7 +77,7 @@ def pin(ident, off, iface, as_json):
               show_default=True, metavar="SECONDS", help="Do not mitigate that service again for SECONDS.")
 @iface_option
 @json_option
-def delete(ident, suppress_s, iface, as_json):
+def delete(ident, suppress_s, iface):
     """Remove mitigation ID now."""
     r = mitigation.delete(iface, ident, suppress_s)
-    _show_one(r, as_json, f"deleted (not reinstalled for {suppress_s:g} s)")
+    return _one(r, f"deleted (not reinstalled for {suppress_s:g} s)")

@@ -5,21 +5,19 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import cleansing, imperative
+from xdpguard.core.abi import DROP_REASONS
 
-from .params import iface_option, json_option
-from .output import console, emit_json
+from .params import iface_option
+from .output import Console, Result, json_option
 
 _reason = click.option("--reason", "reasons", multiple=True, metavar="REASON",
-                       help=f"Only this drop reason (repeatable): {', '.join(cleansing.DROP_REASONS)}. "
+                       help=f"Only this drop reason (repeatable): {', '.join(DROP_REASONS)}. "
                             "Default: all.")
 
 
-def render(res: cleansing.MonitorResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
+def render(c: Console, res: cleansing.MonitorResult) -> None:
     what = "every drop reason" if res.all else (", ".join(res.reasons) or "nothing")
-    console().print(f"monitor mode on {res.iface}: {what} "
+    c.print(f"monitor mode on {res.iface}: {what} "
                     f"{'passed and counted as would_drop' if res.reasons else '(enforcing)'}")
 
 
@@ -32,23 +30,23 @@ def monitor():
 @_reason
 @iface_option
 @json_option
-def on(reasons, iface, as_json):
+def on(reasons, iface):
     """Monitor (pass) the given drop reasons, or all."""
-    render(imperative.monitor_change(iface, True, reasons), as_json)
+    return Result(imperative.monitor_change(iface, True, reasons), render)
 
 
 @monitor.command("off")
 @_reason
 @iface_option
 @json_option
-def off(reasons, iface, as_json):
+def off(reasons, iface):
     """Enforce the given drop reasons again, or all."""
-    render(imperative.monitor_change(iface, False, reasons), as_json)
+    return Result(imperative.monitor_change(iface, False, reasons), render)
 
 
 @monitor.command("show")
 @iface_option
 @json_option
-def show(iface, as_json):
+def show(iface):
     """Show which drop reasons are monitored."""
-    render(cleansing.monitor_show(iface), as_json)
+    return Result(cleansing.monitor_show(iface), render)

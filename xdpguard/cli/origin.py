@@ -6,8 +6,8 @@ import click
 
 from xdpguard.core import origin
 
-from .output import emit_json
-from .params import iface_option, json_option
+from .output import Result, json_option
+from .params import iface_option
 
 
 @click.command("origin-rules")
@@ -15,12 +15,8 @@ from .params import iface_option, json_option
               help="nft: a ruleset for `nft -f`; iptables: iptables/ip6tables commands.")
 @iface_option
 @json_option
-def origin_rules(fmt, iface, as_json):
+def origin_rules(fmt, iface):
     """Print firewall rules for the real servers behind the forwards: their service ports accept
     only the protector's egress addresses (SNAT) or its MAC address (routed mode) and refuse
     everyone else, so the hidden server cannot be reached around the protection."""
-    res = origin.origin_rules(fmt, iface)
-    if as_json:
-        emit_json(res)
-    else:
-        click.echo(res.text, nl=False)
+    return Result(origin.origin_rules(fmt, iface), lambda c, res: click.echo(res.text, nl=False))

@@ -176,4 +176,3 @@ iface_option = click.option("--iface", "-i", type=IFACE, default=None,
                             help="Interface; may be omitted when exactly one is protected.")
 protected_option = click.option("--protected", type=TEXT, default=None, metavar="ADDR",
                                 help="Only this protected address (default: all of the interface's).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

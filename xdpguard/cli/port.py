@@ -10,18 +10,14 @@ import click
 
 from xdpguard.core import imperative, protection
 
-from .output import console, emit_json
-from .params import iface_option as _iface, json_option as _json, protected_option as _protected
+from .output import Console, Result, json_option as _json
+from .params import iface_option as _iface, protected_option as _protected
 
 _proto = click.argument("proto", type=click.Choice(["tcp", "udp"]))
 _range = click.argument("ports", metavar="PORT[-PORT]")
 
 
-def _render(res: protection.PortResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def _render(c: Console, res: protection.PortResult) -> None:
     if res.action != "list":
         c.print(f"ports on {res.iface}: {res.action} changed {res.changed} entries")
     if not res.ports:
@@ -42,9 +38,9 @@ def port():
 @_protected
 @_iface
 @_json
-def open_(proto, ports, protected, iface, as_json):
+def open_(proto, ports, protected, iface):
     """Open PROTO PORT[-PORT] on the protected address(es)."""
-    _render(imperative.ports_change(iface, proto, ports, protected, True), as_json)
+    return Result(imperative.ports_change(iface, proto, ports, protected, True), _render)
 
 
 @port.command("close")
@@ -53,14 +49,14 @@ def open_(proto, ports, protected, iface, as_json):
 @_protected
 @_iface
 @_json
-def close(proto, ports, protected, iface, as_json):
+def close(proto, ports, protected, iface):
     """Close ports opened with `port open` (ports of forwarding rules stay open)."""
-    _render(imperative.ports_change(iface, proto, ports, protected, False), as_json)
+    return Result(imperative.ports_change(iface, proto, ports, protected, False), _render)
 
 
 @port.command("list")
 @_iface
 @_json
-def list_(iface, as_json):
+def list_(iface):
     """Show the open ports."""
-    _render(protection.ports_list(iface), as_json)
+    return Result(protection.ports_list(iface), _render)

@@ -6,17 +6,13 @@ import click
 
 from xdpguard.core import cleansing, imperative, policy
 
-from .limit import iface_option, json_option, protected_option
-from .output import console, emit_json
+from .limit import iface_option, protected_option
+from .output import Console, Result, json_option
 
 _proto = click.argument("proto", type=click.Choice(list(policy.PROTOCOLS), case_sensitive=False))
 
 
-def render(res: cleansing.ProtoResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: cleansing.ProtoResult) -> None:
     if res.action != "show":
         c.print(f"protocols on {res.iface}: {res.action} changed {res.changed} addresses")
     for addr, blocked in res.blocked.items():
@@ -33,9 +29,9 @@ def proto():
 @protected_option
 @iface_option
 @json_option
-def block(proto, protected, iface, as_json):
+def block(proto, protected, iface):
     """Drop PROTO to the protected address(es)."""
-    render(imperative.proto_change(iface, proto, True, protected), as_json)
+    return Result(imperative.proto_change(iface, proto, True, protected), render)
 
 
 @proto.command("unblock")
@@ -43,14 +39,14 @@ def block(proto, protected, iface, as_json):
 @protected_option
 @iface_option
 @json_option
-def unblock(proto, protected, iface, as_json):
+def unblock(proto, protected, iface):
     """Let PROTO through again."""
-    render(imperative.proto_change(iface, proto, False, protected), as_json)
+    return Result(imperative.proto_change(iface, proto, False, protected), render)
 
 
 @proto.command("show")
 @iface_option
 @json_option
-def show(iface, as_json):
+def show(iface):
     """Show the blocked protocols of each protected address."""
-    render(cleansing.proto_show(iface), as_json)
+    return Result(cleansing.proto_show(iface), render)

@@ -6,15 +6,11 @@ import click
 
 from xdpguard.core import cleansing, imperative
 
-from .limit import iface_option, json_option
-from .output import console, emit_json
+from .limit import iface_option
+from .output import Console, Result, json_option
 
 
-def render(res: cleansing.ReflectionResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: cleansing.ReflectionResult) -> None:
     if res.action in ("add", "del"):
         c.print(f"reflection ports on {res.iface}: {res.action} changed {len(res.changed)}")
     state = "on" if res.enabled else "[yellow]off[/]"
@@ -29,40 +25,40 @@ def reflection():
 @reflection.command("list")
 @iface_option
 @json_option
-def list_(iface, as_json):
+def list_(iface):
     """Show whether the filter is on and its source ports."""
-    render(cleansing.reflection_list(iface), as_json)
+    return Result(cleansing.reflection_list(iface), render)
 
 
 @reflection.command("add")
 @click.argument("ports", nargs=-1, required=True)
 @iface_option
 @json_option
-def add(ports, iface, as_json):
+def add(ports, iface):
     """Add UDP source PORTs."""
-    render(imperative.reflection_change(iface, "add", ports), as_json)
+    return Result(imperative.reflection_change(iface, "add", ports), render)
 
 
 @reflection.command("del")
 @click.argument("ports", nargs=-1, required=True)
 @iface_option
 @json_option
-def delete(ports, iface, as_json):
+def delete(ports, iface):
     """Remove UDP source PORTs."""
-    render(imperative.reflection_change(iface, "del", ports), as_json)
+    return Result(imperative.reflection_change(iface, "del", ports), render)
 
 
 @reflection.command("on")
 @iface_option
 @json_option
-def on(iface, as_json):
+def on(iface):
     """Turn the reflection filter on."""
-    render(imperative.reflection_change(iface, "on"), as_json)
+    return Result(imperative.reflection_change(iface, "on"), render)
 
 
 @reflection.command("off")
 @iface_option
 @json_option
-def off(iface, as_json):
+def off(iface):
     """Turn the reflection filter off (the port list stays)."""
-    render(imperative.reflection_change(iface, "off"), as_json)
+    return Result(imperative.reflection_change(iface, "off"), render)

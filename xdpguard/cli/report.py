@@ -7,8 +7,8 @@ import click
 from xdpguard.core import report as core
 from xdpguard.core import state
 
-from .output import console, emit_json, human_bytes
-from .params import IFACE, OUT_FILE, TEXT, json_option
+from .output import Console, Result, human_bytes, json_option
+from .params import IFACE, OUT_FILE, TEXT
 
 
 @click.command()
@@ -21,16 +21,15 @@ from .params import IFACE, OUT_FILE, TEXT, json_option
 @click.option("--overwrite", is_flag=True, help="Replace the files of -o/--png if they exist.")
 @click.option("--iface", "-i", type=IFACE, default=None, help="The latest event of this interface.")
 @json_option
-def report(event, html_path, png_path, overwrite, iface, as_json):
+def report(event, html_path, png_path, overwrite, iface):
     """Report of the attack EVENT (its id or a prefix of it, as `xdpguard events --json` shows; default: the
     latest): traffic over time by drop reason, peaks, top sources and ports, the policy in force and the
     legitimate traffic forwarded, from the history `xdpguard run` keeps."""
     state.require_root()
-    res = core.build(event, html_path, png_path, iface=iface, overwrite=overwrite)
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+    return Result(core.build(event, html_path, png_path, iface=iface, overwrite=overwrite), _written)
+
+
+def _written(c: Console, res: core.ReportResult) -> None:
     s, ev = res.summary, res.event
     c.print(f"attack {ev.get('id')} on {ev.get('iface')} {ev.get('protected')}: peak {s.peak_pps:,.0f} pps, "
             f"{s.peak_bps / 1e6:.1f} Mb/s; {s.forwarded_packets:,.0f} legitimate packets forwarded during it",

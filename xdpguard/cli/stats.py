@@ -7,7 +7,8 @@ import click
 from xdpguard.core import sampling, state
 
 from .params import IFACE, SecondsType
-from .top import open_collector, print_once
+from .output import json_option
+from .top import open_collector, snapshot
 
 
 @click.command()
@@ -17,9 +18,9 @@ from .top import open_collector, print_once
 @click.option("--sample-every", type=click.IntRange(0, 1 << 24), default=None, metavar="N",
               help="Set the data path's sampling to 1 in N (0 = off); it stays so. Default: keep it, "
               f"{sampling.DEFAULT_SAMPLE_EVERY} when off.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats(iface, interval, sample_every, as_json):
+@json_option
+def stats(iface, interval, sample_every):
     """Counters, rates, drop reasons, top sources/ports, forwarding, lists and attack state of IFACE."""
     state.require_root()
     with open_collector(iface, sample_every) as col:
-        print_once(col.collect(interval), as_json)
+        return snapshot(col.collect(interval))

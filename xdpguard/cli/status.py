@@ -7,7 +7,7 @@ from rich.table import Table
 
 from xdpguard.core import levels, mitigation, protection, state
 
-from .output import console, emit_json, human_bytes
+from .output import Console, Result, human_bytes, json_option
 from .params import IFACE
 
 
@@ -44,14 +44,14 @@ def render_status(c, res: protection.StatusResult) -> None:
 
 @click.command()
 @click.argument("iface", type=IFACE, required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(iface, as_json):
+@json_option
+def status(iface):
     """Show attached program, mode, protected addresses, list sizes and counters."""
     results = protection.status(iface)
-    if as_json:
-        emit_json([{**r.to_dict(), **extras(r)} for r in results])
-        return
-    c = console()
+    return Result([{**r.to_dict(), **extras(r)} for r in results], lambda c, _: _statuses(c, results))
+
+
+def _statuses(c: Console, results: list[protection.StatusResult]) -> None:
     if not results:
         c.print("no interface is protected by xdpguard in this network namespace")
     for r in results:

@@ -16,15 +16,11 @@ import click
 
 from xdpguard.core import cleansing, imperative
 
-from .params import COUNT as RATE, TEXT, iface_option, json_option, protected_option
-from .output import console, emit_json
+from .params import COUNT as RATE, TEXT, iface_option, protected_option
+from .output import Console, Result, json_option
 
 
-def render(res: cleansing.SynResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def render(c: Console, res: cleansing.SynResult) -> None:
     if res.action == "set":
         c.print(f"SYN defence on {res.iface}: set on {res.changed} addresses")
     for v in res.policies:
@@ -65,14 +61,14 @@ def syn():
               help="How long an authenticated source stays admitted (default 600).")
 @iface_option
 @json_option
-def set_(protected, threshold, mode, always, auth_window, keep_s, iface, as_json):
+def set_(protected, threshold, mode, always, auth_window, keep_s, iface):
     """Set the SYN defence of the protected address(es)."""
-    render(imperative.syn_set(iface, threshold, auth_window, keep_s, protected, mode, always), as_json)
+    return Result(imperative.syn_set(iface, threshold, auth_window, keep_s, protected, mode, always), render)
 
 
 @syn.command("show")
 @iface_option
 @json_option
-def show(iface, as_json):
+def show(iface):
     """Show the SYN defence of each protected address."""
-    render(cleansing.syn_show(iface), as_json)
+    return Result(cleansing.syn_show(iface), render)

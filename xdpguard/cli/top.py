@@ -13,7 +13,7 @@ import click
 
 from xdpguard.core import events, sampling, state, stats
 
-from .output import console, emit_json
+from .output import Console, Result, console, json_option, json_wanted
 from .params import IFACE, SecondsType
 
 
@@ -38,13 +38,15 @@ def open_collector(iface: str | None, sample_every: int | None) -> stats.Collect
     return col
 
 
-def print_once(snap: stats.Snapshot, as_json: bool) -> None:
-    if as_json:
-        emit_json(snap)
-        return
+def snapshot(snap: stats.Snapshot) -> Result:
+    """One snapshot: JSON, or the dashboard's plain text."""
+    return Result(snap, _plain)
+
+
+def _plain(c: Console, snap: stats.Snapshot) -> None:
     from xdpguard.tui.render import plain
 
-    width = max(80, min(160, console().width)) if sys.stdout.isatty() else 100
+    width = max(80, min(160, c.width)) if sys.stdout.isatty() else 100
     sys.stdout.write(plain(snap, width))
 
 
@@ -53,18 +55,18 @@ def print_once(snap: stats.Snapshot, as_json: bool) -> None:
 @click.option("--interval", type=SecondsType(0.2, 60), default=1.0, show_default=True, metavar="SECONDS",
               help="Refresh every SECONDS.")
 @click.option("--once", is_flag=True, help="Print one plain snapshot and exit (also without a TTY).")
-@click.option("--json", "as_json", is_flag=True, help="One snapshot as JSON.")
+@json_option(help="One snapshot as JSON.")
 @click.option("--sample-every", type=click.IntRange(0, 1 << 24), default=None, metavar="N",
               help="Set the data path's sampling to 1 in N (0 = off). "
               f"Default: keep it, {sampling.DEFAULT_SAMPLE_EVERY} when off.")
-def top(iface, interval, once, as_json, sample_every):
+def top(iface, interval, once, sample_every):
     """Live dashboard of IFACE: rates, drop reasons, top sources and ports, forwarding, attacks. q quits."""
     state.require_root()
     with open_collector(iface, sample_every) as col:
-        if once or as_json or not sys.stdout.isatty():
-            print_once(col.collect(interval), as_json)
-            return
+        if once or json_wanted() or not sys.stdout.isatty():
+            return snapshot(col.collect(interval))
         _live(col, interval)
+    return None
 
 
 def _live(col: stats.Collector, interval: float) -> None:

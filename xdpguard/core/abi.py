@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,39 +20,54 @@ PROGRAM_FUNC = "xdpguard_main"
 EGRESS_FUNC = "xdpguard_egress"  # the tc egress recorder of the TCP state step (tcpstate.h)
 
 
-class Reason(enum.IntEnum):
-    BYPASS = 0
-    CLEAN = 1
-    ALLOWLIST = 2
-    BLOCKLIST = 3
-    BANNED = 4
-    MALFORMED = 5
-    FRAGMENT = 6
-    PROTOCOL = 7
-    PORT = 8
-    REFLECTION = 9
-    FEATURE = 10
-    RATELIMIT = 11
-    SYN = 12
-    TCPSTATE = 13
-    SYNCOOKIE = 14  # a SYN answered with a cookie (XDP_TX); a bad cookie ACK stays TCPSTATE (xg_cookie_pcpu)
-    MITIGATION = 15
-    CONNLIMIT = 16  # the reason of a ban promoted from an nft connection limit (connlimit.py)
-    UNKNOWN = 17  # an unknown source past its share of the per-destination bucket (knowngood.h)
-    CC = 18  # the reason of a ban promoted from HAProxy's stick tables (l7/bans.py)
-    GEO = 19  # the source's country is dropped by the address's geo rule (geo.h); 18 is main's CC
-    TCPFLAGS = 21  # TCP with SYN and FIN, or SYN and RST (steps/tcpflags.h)
+class _ReasonBase(enum.IntEnum):
+    _doc: str
 
     @property
     def label(self) -> str:
+        """The reason's name in the CLI, the config, JSON and metrics: XG_REASON_FOO is `foo`."""
         return self.name.lower()
 
     @property
+    def doc(self) -> str:
+        """The reason's comment in abi.h, on one line."""
+        return self._doc
+
+    @property
     def is_drop(self) -> bool:
-        return self >= Reason.BLOCKLIST
+        """Every reason but the pass reasons (their abi.h comment starts with 'pass:') is a drop reason."""
+        return not self._doc.startswith("pass:")
 
 
-REASON_MAX = 32
+_REASON_RE = re.compile(r"^#define[ \t]+XG_REASON_(\w+)[ \t]+(\d+)[ \t]*(?:/\*(.*?)\*/)?", re.M | re.S)
+
+
+def reasons_from_header(text: str) -> type[_ReasonBase]:
+    """The Reason enum of an abi.h text: one member per `#define XG_REASON_<NAME> <n> /* comment */`
+    (XG_REASON_MAX is the size of the reason dimension, not a reason), in the order of n."""
+    found = sorted(((int(m[2]), m[1], " ".join(re.sub(r"\n\s*\*", " ", m[3] or "").split()))
+                    for m in _REASON_RE.finditer(text) if m[1] != "MAX"))
+    cls = _ReasonBase("Reason", [(name, n) for n, name, _ in found], module=__name__, qualname="Reason")
+    for n, _, doc in found:
+        cls(n)._doc = doc
+    return cls
+
+
+def _header_define(text: str, name: str) -> int:
+    m = re.search(rf"^#define[ \t]+{name}[ \t]+(\d+)", text, re.M)
+    if m is None:
+        raise RuntimeError(f"{ABI_HEADER}: no #define {name}")
+    return int(m[1])
+
+
+# The reasons are abi.h's, read here once: a reason added there (with a comment saying what it
+# drops) is a member here, its label the lower-case name, with nothing to copy. The rest of this
+# file is checked against the header by tests/unit/test_abi_sync.py.
+_ABI_TEXT = ABI_HEADER.read_text()
+Reason = reasons_from_header(_ABI_TEXT)
+REASON_MAX = _header_define(_ABI_TEXT, "XG_REASON_MAX")
+DROP_REASONS = tuple(r.label for r in Reason if r.is_drop)  # the one table of drop reason names, in order
+ALL_DROP_MASK = sum(1 << r for r in Reason if r.is_drop)
 
 
 class Kind(enum.IntEnum):

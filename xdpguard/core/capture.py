@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import fanout, protection, sampling
-from .abi import SAMPLE_SNAPLEN, Reason
+from .abi import DROP_REASONS, SAMPLE_SNAPLEN
 from .errors import UserError
 
 LINKTYPE_ETHERNET = 1
@@ -88,9 +88,9 @@ def capture(ifname: str | None, path: str, count: int = 100, reason: str | None 
             timeout_s: float = 10.0, sample_every: int | None = None, overwrite: bool = False) -> CaptureResult:
     """Write up to `count` sampled dropped packets (of `reason`, if given) within `timeout_s`
     into a new file `path` (an existing one only with overwrite; never through a symlink)."""
-    if reason is not None and reason not in {r.label for r in Reason if r.is_drop}:
+    if reason is not None and reason not in DROP_REASONS:
         raise UserError(f"unknown drop reason '{reason}': use one of "
-                        f"{', '.join(r.label for r in Reason if r.is_drop)}")
+                        f"{', '.join(DROP_REASONS)}")
     if not 1 <= snaplen <= SAMPLE_SNAPLEN:
         raise UserError(f"--snaplen {snaplen} must be between 1 and {SAMPLE_SNAPLEN} (what the data path copies)")
     if count < 1 or timeout_s <= 0:

@@ -12,18 +12,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, policy
+from . import abi, config, policy, vocab
+from .abi import ALL_DROP_MASK, DROP_REASONS
 from .errors import UserError
 from .prefixes import parse_address
 from .protection import locked_guard, open_guard
+from .result import as_dict as _as_dict
 
-DROP_REASONS = tuple(r.label for r in abi.Reason if r.is_drop)
-ALL_DROP_MASK = sum(1 << r for r in abi.Reason if r.is_drop)
 MAX_BAN_TTL_S = policy.MAX_BAN_S
-
-
-def _as_dict(obj) -> dict:
-    return asdict(obj)
 
 
 def _now_ns() -> int:
@@ -360,10 +356,7 @@ def _bans(g) -> list[policy.BanView]:
             for b in g.read_bans(_now_ns())]
 
 
-def _check_ttl(ttl) -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= MAX_BAN_TTL_S:
-        raise UserError(f"invalid --ttl {ttl!r}: must be between 1 s and {MAX_BAN_TTL_S} s (7 days)")
-    return float(ttl)
+_check_ttl = vocab.check_ban_ttl
 
 
 def ban_add(ifname: str | None, addrs: list[str], ttl_s: float) -> BanResult:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import forwarding, nat, policy, state
 from .abi import PORT_BY_FORWARD
 from .errors import UserError
 from .forwarding import Backend, ForwardRule
+from .result import as_dict as _as_dict
 
 FORWARD_KEY = "forward"
 HEALTH_KEY = "forward_health"
@@ -39,10 +40,6 @@ SYSCTL_VALUES = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"
 NAT_LOCK_NAME = "@nat"  # not a valid interface name to collide with: '@' is never used by us
 DEFAULT_UDP_PROBE = b"ping"
 HEALTH_STATES = ("up", "down", "unknown")
-
-
-def _as_dict(obj) -> dict:
-    return asdict(obj)
 
 
 # ---- results ----

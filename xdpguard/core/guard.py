@@ -21,7 +21,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from . import abi, dataplane, geo, levels, libbpf, migrate, state
+from . import abi, dataplane, geo, levels, libbpf, migrate, state, vocab
+from .abi import ALL_DROP_MASK
 from .abi import (
     Addr4,
     Addr6,
@@ -41,7 +42,6 @@ from .errors import UserError
 from .maps import BpfMap
 from .policy import (
     MITIGATE,
-    PROTO_NUMBERS,
     PROTOCOLS,
     AddressPolicy,
     BanView,
@@ -127,7 +127,6 @@ def _key_prefix(k, family: int) -> Prefix:
 
 
 
-PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
 
 
 class Guard:
@@ -285,7 +284,7 @@ class Guard:
         by: dict[tuple[str, str], list[tuple[int, int]]] = {}
         for k, v in self.maps[MapName.PORTS].items():
             raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
-            key = (str(ipaddress.ip_address(raw)), PROTO_NAMES.get(k.proto, str(k.proto)))
+            key = (str(ipaddress.ip_address(raw)), vocab.proto_name(k.proto))
             by.setdefault(key, []).append((k.port, v.flags))
         for key, ports in by.items():
             ports.sort()
@@ -358,7 +357,7 @@ class Guard:
         m = self.maps[MapName.PORTLIM]
         have = {(bytes(k.addr), k.family, k.proto, k.port) for k in m.keys()}
         new = sum(1 for a in addrs for p in range(lo, hi + 1)
-                  if (a.packed.ljust(16, b"\0"), a.version, PROTO_NUMBERS[proto], p) not in have)
+                  if (a.packed.ljust(16, b"\0"), a.version, vocab.PROTO_NUMBERS[proto], p) not in have)
         if len(have) + new > m.max_entries:
             raise UserError(f"too many per-port limits: {len(have) + new:,} entries, the table holds {m.max_entries:,}")
 
@@ -623,7 +622,6 @@ def repin(iface: state.Iface) -> None:
         pass  # opening re-pins
 
 
-ALL_REASONS_MASK = sum(1 << r for r in Reason if r.is_drop)
 
 
 def init_fresh(maps: dict[MapName, BpfMap], addrs, level: str | None, monitor: bool) -> None:
@@ -633,7 +631,7 @@ def init_fresh(maps: dict[MapName, BpfMap], addrs, level: str | None, monitor: b
     anyone tunes it, levels.py)."""
     maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(abi.CFG_ENABLED, 0, 0, 0, abi.ABI_VERSION))
     write_global_policy(maps, GlobalPolicy(drop_fragments=level is not None and levels.fragments_dropped([level]),
-                                           monitor_mask=ALL_REASONS_MASK if monitor else 0))
+                                           monitor_mask=ALL_DROP_MASK if monitor else 0))
     for slot, a in enumerate(addrs):
         _prot_map(maps, a).set(prot_key(a), new_protected(slot))
         if level is not None:
@@ -744,10 +742,9 @@ def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
 
 def read_port_limits(maps) -> dict[tuple[str, str, int], Limits]:
     out = {}
-    names = {v: k for k, v in PROTO_NUMBERS.items()}
     for k, v in maps[abi.MapName.PORTLIM].items():
         raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
-        out[(str(ipaddress.ip_address(raw)), names.get(k.proto, str(k.proto)), k.port)] = Limits.from_c(v)
+        out[(str(ipaddress.ip_address(raw)), vocab.proto_name(k.proto), k.port)] = Limits.from_c(v)
     return dict(sorted(out.items()))
 
 

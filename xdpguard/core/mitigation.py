@@ -69,7 +69,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import connlimit, events, guard, levels, policy, protection, state, tcpstate
+from . import connlimit, events, guard, levels, policy, protection, state, tcpstate, vocab
 from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX, MapName
 from .errors import UserError
 from .desired.diff import describe
@@ -194,7 +194,6 @@ def parse_frame(frame: bytes, length: int | None = None) -> dict | None:
     return out
 
 
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
 def features_of(sample) -> Features | None:
@@ -202,7 +201,7 @@ def features_of(sample) -> Features | None:
     p = parse_frame(sample.data, sample.pkt_len)
     if p is None or not sample.family:
         return None
-    return Features(p["family"], sample.dst, PROTO_NAMES.get(p["proto"], str(p["proto"])), p["sport"], p["dport"],
+    return Features(p["family"], sample.dst, vocab.proto_name(p["proto"]), p["sport"], p["dport"],
                     sample.pkt_len, p["ttl"], p["ipid"], p["tcp_flags"], bytes(sample.data), p["l3_off"],
                     p["l4_off"], p["payload_off"], sample.reason, sample.kind, max(1, sample.sample_every))
 
@@ -448,7 +447,7 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
         attack = random.Random(len(attack)).sample(attack, DERIVE_MAX)
     clients = list(clients)
     base = baseline if len(baseline) >= MIN_BASELINE or wider_baseline is None else wider_baseline
-    if proto not in policy.PROTO_NUMBERS and proto != "icmpv6":
+    if proto not in vocab.PROTO_NUMBERS:
         return Derivation(None, 0.0, 0.0, len(base), (), f"a filter cannot name IP protocol {proto}: it would match "
                                                          f"every protocol (block it: xdpguard proto)")
     if len(attack) < min_samples:

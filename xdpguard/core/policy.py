@@ -13,20 +13,19 @@ import ipaddress
 import sys
 from dataclasses import asdict, dataclass, replace
 
-from . import abi
+from . import abi, vocab
 from .errors import UserError
 
 MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absurd for one box
 MAX_BPS = 4_000_000_000  # bytes/s (32 Gbit/s); the bucket arithmetic holds up to 4e9
 MAX_BURST = 10_000_000_000
-MAX_BAN_S = 7 * 86400
+MAX_BAN_S = vocab.BAN_TTL_MAX_S
 FILTER_MAX_BAN_S = 65535  # xg_filter.ban_s is a __u16: a longer ban would be stored truncated
 
 DEFAULT_REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 161, 389, 1194, 1900, 3389, 3702, 11211)
 
 PROTOCOLS = {"tcp": abi.PROT_BLOCK_TCP, "udp": abi.PROT_BLOCK_UDP, "icmp": abi.PROT_BLOCK_ICMP,
              "other": abi.PROT_BLOCK_OTHER}
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 ACTIONS = {"drop": abi.FA_DROP, "pass": abi.FA_PASS, "drop-ban": abi.FA_DROP_BAN}
 MITIGATE = "mitigate"  # the action of the daemon's automatic mitigation filters (mitigation.py); not an operator's
 _ALL_ACTIONS = {**ACTIONS, MITIGATE: abi.FA_MITIGATE}
@@ -163,7 +162,7 @@ class Filter:
     def __post_init__(self):
         if self.action not in _ALL_ACTIONS:
             raise UserError(f"invalid filter action '{self.action}': use drop, pass or drop-ban")
-        if self.proto is not None and self.proto not in PROTO_NUMBERS:
+        if self.proto is not None and self.proto not in vocab.FILTER_PROTOS:
             raise UserError(f"unknown protocol '{self.proto}': use tcp, udp or icmp")
         for name, (lo, hi), top in (("sport", self.sport, 65535), ("dport", self.dport, 65535),
                                     ("length", self.length, 65535), ("ttl", self.ttl, 255)):
@@ -191,7 +190,7 @@ class Filter:
 
     def to_c(self) -> abi.Filter:
         f = abi.Filter()
-        f.proto = PROTO_NUMBERS.get(self.proto, 0) if self.proto else 0
+        f.proto = vocab.FILTER_PROTOS.get(self.proto, 0) if self.proto else 0
         f.action = _ALL_ACTIONS[self.action]
         f.tcp_flags_mask, f.tcp_flags_value = self.tcp_flags
         f.ttl_min, f.ttl_max = self.ttl
@@ -212,7 +211,7 @@ class Filter:
     def from_c(cls, f: abi.Filter) -> Filter:
         n = f.payload_len
         names = {v: k for k, v in _ALL_ACTIONS.items()}
-        protos = {v: k for k, v in PROTO_NUMBERS.items()}
+        protos = {v: k for k, v in vocab.FILTER_PROTOS.items()}
         return cls(
             action=names.get(f.action, "drop"), proto=protos.get(f.proto) if f.proto else None,
             sport=(f.sport_min, f.sport_max), dport=(f.dport_min, f.dport_max), length=(f.len_min, f.len_max),
@@ -299,7 +298,7 @@ def port_key(addr, proto: str, port: int) -> abi.PortKey:
     k = abi.PortKey()
     ctypes.memmove(ctypes.addressof(k), addr.packed, len(addr.packed))
     k.port = port
-    k.proto = PROTO_NUMBERS[proto]
+    k.proto = vocab.PROTO_NUMBERS[proto]
     k.family = addr.version
     return k
 
@@ -336,7 +335,7 @@ def filter_vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
     sport, dport, length = [], [], []
     no_sport = no_dport = 0
     for b, f in zip(bits, filters):
-        num = PROTO_NUMBERS[f.proto] if f.proto else 0
+        num = vocab.FILTER_PROTOS[f.proto] if f.proto else 0
         for v in range(256):
             if not num or v == num or (num == 1 and v == 58):
                 proto[v] |= b

@@ -10,10 +10,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from . import dataplane, guard, levels, libbpf, migrate, state, tcpstate, vocab
-from .guard import (ALL_REASONS_MASK, CounterView, Guard, ListEntryView, _now_ns, locked_guard,  # noqa: F401
+from .guard import (CounterView, Guard, ListEntryView, _now_ns, locked_guard,  # noqa: F401
                     open_guard, pick_iface)
 from .abi import (
     ABI_VERSION,
@@ -26,13 +26,10 @@ from .abi import (
 from .errors import UserError
 from .maps import BpfMap
 from .prefixes import Prefix, parse_address, parse_prefix, whole_family
+from .result import as_dict as _as_dict
 
 LISTS = ("block", "allow")
 
-
-
-def _as_dict(obj) -> dict:
-    return asdict(obj)
 
 
 # ---- results ----
@@ -389,7 +386,6 @@ class PortResult:
     to_dict = _as_dict
 
 
-PROTO_NUMBERS = {"tcp": 6, "udp": 17}  # the protocols of a port run
 parse_port_range = vocab.parse_port_range  # one port-range parser
 
 
@@ -414,7 +410,7 @@ def _select_protected(g: Guard, protected: str | None):
 
 
 def check_port_run(proto: str, port_range: str) -> tuple[int, int]:
-    if proto not in PROTO_NUMBERS:
+    if proto not in vocab.PORT_PROTOS:
         raise UserError(f"unknown protocol '{proto}': use tcp or udp")
     return parse_port_range(port_range)
 

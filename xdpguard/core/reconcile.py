@@ -25,12 +25,9 @@ from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
 from .l7 import engine as l7engine
 from .prefixes import Prefix
+from .result import as_dict as _as_dict
 
 MAX_PORT_RANGE_WRITES = 65536 * 2
-
-
-def _as_dict(obj) -> dict:
-    return asdict(obj)
 
 
 # ---- reading what is realised ----

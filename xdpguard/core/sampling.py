@@ -22,12 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import libbpf, state
+from . import libbpf, state, vocab
 from .errors import UserError
 from .abi import Kind, Reason, Sample
 
 DEFAULT_SAMPLE_EVERY = 256  # ~3% data-path cost; 1 in 64 costs ~15% (scripts/bench_observability.py)
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 _SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
@@ -84,7 +83,7 @@ class PacketSample:
         except ValueError:
             reason = f"reason{s.reason}"
         cap = min(s.cap_len, len(s.data))
-        return cls(s.ts_ns, s.sample_every, kind, reason, fam, PROTO_NAMES.get(s.proto, str(s.proto)),
+        return cls(s.ts_ns, s.sample_every, kind, reason, fam, vocab.proto_name(s.proto),
                    src, dst, s.sport, s.dport, s.pkt_len, bytes(s.data[:cap]))
 
     @property

@@ -11,19 +11,16 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from . import fanout, forward, geo, protection, sampling, state
 from .abi import Reason
 from .errors import UserError
 from .l7 import engine as l7engine
+from .result import as_dict as _as_dict
 
 SERIES = ("received", "dropped", "passed", "forwarded")
 HISTORY_LEN = 120
-
-
-def _as_dict(obj) -> dict:
-    return asdict(obj)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class Escalation:
     def describe(self) -> str:
         if self.kind == "blackhole":
             return f"blackhole {self.address}"
-        what = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(self.proto, str(self.proto)) if self.proto else ""
+        what = vocab.proto_name(self.proto) if self.proto else ""
         return f"flowspec {self.address}" + (f" {what}" if what else "") + (f"/{self.dport}" if self.dport else "")
 
 

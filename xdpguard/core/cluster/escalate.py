@@ -19,13 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import dataplane, fanout, protection, sampling, stats
+from .. import dataplane, fanout, protection, sampling, stats, vocab
 from ..model.cluster import BgpSpec
 from ..errors import UserError
 from .bgp import Escalation
 
 LOAD_EVERY_S = 0.25
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 DOMINANT_SHARE = 0.5  # a port (or protocol) in at least this share of the samples is the fingerprint
 
 
@@ -37,13 +36,13 @@ def fingerprint(ports: dict[str, float]) -> tuple[int | None, int | None]:
     key, pps = max(ports.items(), key=lambda kv: (kv[1], kv[0]))
     proto_s, _, port_s = key.partition("/")
     if pps >= DOMINANT_SHARE * total:
-        return PROTO_NUMBERS.get(proto_s), int(port_s) if port_s.isdigit() else None
+        return vocab.PROTO_NUMBERS.get(proto_s), int(port_s) if port_s.isdigit() else None
     by_proto: dict[str, float] = {}
     for k, v in ports.items():
         p = k.partition("/")[0]
         by_proto[p] = by_proto.get(p, 0.0) + v
     p, v = max(by_proto.items(), key=lambda kv: (kv[1], kv[0]))
-    return (PROTO_NUMBERS.get(p), None) if v >= DOMINANT_SHARE * total else (None, None)
+    return (vocab.PROTO_NUMBERS.get(p), None) if v >= DOMINANT_SHARE * total else (None, None)
 
 
 @dataclass

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from .. import cleansing, state
+from .. import cleansing, state, vocab
 from ..model.desired import Desired
 from ..desired import load as spec_load
 from ..errors import UserError
+from ..result import as_dict as _as_dict
 from . import bgp as bgpmod
 from .store import ClusterStore, StoreUnavailable, Trust, parse_address
-
-
-def _as_dict(obj) -> dict:
-    return asdict(obj)
 
 
 def load(path: str) -> Desired:
@@ -109,7 +106,7 @@ def ban(desired: Desired, addrs: list[str], ttl_s: float, reason: str = "operato
     parsed = list(dict.fromkeys(parse_address(a) for a in addrs))
     if not parsed:
         raise UserError("give at least one address")
-    cleansing._check_ttl(ttl_s)
+    vocab.check_ban_ttl(ttl_s)
     st = ClusterStore(desired.cluster)
     rev = 0
     try:

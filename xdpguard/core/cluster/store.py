@@ -41,6 +41,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from .. import vocab
 from ..model.desired import Desired, InterfaceSpec
 from ..desired.dump import to_toml
 from ..desired.load import loads
@@ -56,7 +57,7 @@ except ImportError:  # pragma: no cover - a broken install; say how to fix it wh
     requests = None
 
 REQUEST_TIMEOUT_S = 2.0
-MAX_BAN_TTL_S = 7 * 24 * 3600
+MAX_BAN_TTL_S = vocab.BAN_TTL_MAX_S
 
 
 class StoreUnavailable(UserError):
@@ -662,9 +663,7 @@ class ClusterStore:
 
     def put_ban(self, address: str, ttl_s: float, reason: str = "operator", node: str = "") -> int:
         address = parse_address(address)
-        ttl = int(round(ttl_s))
-        if not 1 <= ttl <= MAX_BAN_TTL_S:
-            raise UserError(f"invalid ban TTL {ttl_s!r}: must be 1 s to {MAX_BAN_TTL_S} s (7 days)")
+        ttl = int(vocab.check_ban_ttl(int(round(ttl_s)), "ban TTL"))
         lease = self.grant(ttl)
         value = json.dumps({"reason": reason, "node": node, "ttl": ttl, "expires": time.time() + ttl})
         return self._put(f"{self.state}bans/{address}", value, lease)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
-from .. import abi, policy
+from .. import policy
 from .cluster import BgpSpec, ClusterSpec
 from ..l7 import spec as l7spec
 from .prefixes import Prefix
@@ -21,9 +21,9 @@ from . import geo, thresholds, vocab
 from .connlimit import ConnLimits
 from .forwarding import ForwardRule
 
+from ..abi import ALL_DROP_MASK, DROP_REASONS  # noqa: F401  (the one table: abi)
+
 MODES = ("auto", "native", "skb")
-ALL_DROP_MASK = sum(1 << r for r in abi.Reason if r.is_drop)
-DROP_REASONS = tuple(r.label for r in abi.Reason if r.is_drop)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

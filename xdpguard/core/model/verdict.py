@@ -37,7 +37,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..abi import FILTERS_MAX, REASON_MAX, VF_TCP, VF_UDP, Kind, Reason
-from ..policy import PROTO_NUMBERS, AddressPolicy, Filter, GlobalPolicy, Limits
+from ..policy import AddressPolicy, Filter, GlobalPolicy, Limits
+from .vocab import FILTER_PROTOS
 from .prefixes import Prefix
 
 ETH_HLEN = 14
@@ -375,7 +376,7 @@ class _List:
 def _filter_matches(f: Filter, frame: bytes, h: Headers, l3_off: int) -> bool:
     """filter_matches() of policy.h."""
     if f.proto:
-        num = PROTO_NUMBERS[f.proto]
+        num = FILTER_PROTOS[f.proto]
         if num == IPPROTO_ICMP:
             if h.l4proto not in (IPPROTO_ICMP, IPPROTO_ICMPV6):
                 return False

@@ -19,8 +19,28 @@ from . import forwarding
 from ..errors import UserError
 
 PORT_PROTOS = ("tcp", "udp")
+# The one table of IP protocol numbers (IANA), under the names the CLI, the config, JSON, samples
+# and BGP flowspec use; every other protocol is shown as its number.
+PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+PROTO_NAMES = {num: name for name, num in PROTO_NUMBERS.items()}
+# What a feature filter can name (its icmp matches ICMPv6 too: policy.h filter_matches).
+FILTER_PROTOS = {name: PROTO_NUMBERS[name] for name in ("icmp", "tcp", "udp")}
 _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
 COUNT_MAX = 2**64 - 1  # no count of ours is wider than a u64; the owner of a field checks its own bound
+BAN_TTL_MAX_S = 7 * 86400  # the longest ban: operator bans, spread bans, per-source limit bans
+
+
+def check_ban_ttl(ttl, name: str = "--ttl") -> float:
+    """A ban's lifetime in seconds, 1 s to BAN_TTL_MAX_S: the one check of it (`ban add`,
+    `cluster ban`, the cluster store's writer)."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= BAN_TTL_MAX_S:
+        raise UserError(f"invalid {name} {ttl!r}: must be between 1 s and {BAN_TTL_MAX_S} s (7 days)")
+    return float(ttl)
+
+
+def proto_name(num: int) -> str:
+    """The name of IP protocol num (PROTO_NAMES), else the number as text."""
+    return PROTO_NAMES.get(num, str(num))
 
 
 def shown(text: str) -> str:
