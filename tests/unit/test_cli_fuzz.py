@@ -589,6 +589,9 @@ class _EmptyGuard:
     def read_port_limits(self):
         return {}
 
+    def geo_of(self, addr):
+        return None
+
 
 @pytest.fixture
 def kernel_edge(monkeypatch, tmp_path):
