@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.cookiejar
+import ipaddress
 import json
 import sys
 import threading
@@ -75,6 +76,22 @@ def build(lab, serve_s: float = 300.0, shape: str | None = None, page_bytes: int
             " except OSError:\n  assert time.monotonic()<end\n  time.sleep(0.1)\n")
     lab.run(prot, sys.executable, "-c", wait, timeout=20)
     return L7Lab(client, attacker, prot, backend, proc)
+
+
+BOTS4 = "198.18.16.0/22"  # the multi-source flood's addresses (scripts/l7flood.py), on the attacker
+
+
+def add_sources(lab, t: L7Lab, count: int, prefix: str = BOTS4) -> list[str]:
+    """Put the first `count` addresses of `prefix` on the attacker's loopback and route the
+    prefix to it from the protector: `count` real sources that complete handshakes (the
+    namespaces, and these with them, go with the lab)."""
+    addrs = [str(a) for a, _ in zip(ipaddress.ip_network(prefix).hosts(), range(count))]
+    if len(addrs) < count:
+        raise ValueError(f"{prefix} holds fewer than {count} addresses")
+    lab.run(t.attacker, "ip", "link", "set", "lo", "up")
+    lab.run(t.attacker, "ip", "-batch", "-", input="".join(f"address add {a}/32 dev lo\n" for a in addrs))
+    lab.run(t.prot, "ip", "route", "replace", prefix, "via", ATTACKER4)
+    return addrs
 
 
 def plain_config(run_dir: str, listen: str = PROT4, backend: str = f"{BACKEND4}:{HTTP_PORT}") -> str:

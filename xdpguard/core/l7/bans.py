@@ -9,6 +9,9 @@ connlimit.promote does for nft's offenders. Which offences count:
 - concurrent / new_conns   over the connection caps
 - prefix        over a per-prefix limit, unless that limit's action is `challenge` (a browser
                 passes the challenge; banning it would hit real clients)
+- challenged    challenged more than spec.CHALLENGES_PER_10S times in a window without ever
+                passing: a browser passes its first challenge, a bot of a multi-source flood
+                (each source under every per-source limit) never does
 
 Never banned: allowlisted sources (the caller passes the allowlist), and a source that holds a
 valid challenge cookie (HAProxy records its expiry in gpt 2 of the source's entry: `verified`).
@@ -29,7 +32,7 @@ from . import engine, runtime
 from .runtime import Offender
 from .spec import HttpService
 
-BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix")
+BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix", "challenged")
 CAP_PER_TICK = 1000
 
 
