@@ -153,6 +153,7 @@ class StatRow:
     http_4xx: int
     http_5xx: int
     http_3xx: int = 0  # the 302 challenges among them (frontends)
+    check_ms: int = 0  # servers: how long the last health check took
 
 
 def _int(v: str | None) -> int:
@@ -168,7 +169,7 @@ def parse_show_stat(text: str) -> list[StatRow]:
     rows = csv.DictReader(io.StringIO(text[2:]))
     return [StatRow(r["pxname"], r["svname"], r.get("status", ""), _int(r.get("scur")), _int(r.get("stot")),
                     _int(r.get("req_tot")), _int(r.get("dreq")), _int(r.get("hrsp_2xx")), _int(r.get("hrsp_4xx")),
-                    _int(r.get("hrsp_5xx")), _int(r.get("hrsp_3xx")))
+                    _int(r.get("hrsp_5xx")), _int(r.get("hrsp_3xx")), _int(r.get("check_duration")))
             for r in rows if r.get("pxname")]
 
 
