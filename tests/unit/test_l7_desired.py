@@ -186,6 +186,9 @@ def test_service_rate_round_trips_and_is_checked():
     assert s.effective_service_rate() == 50 and schema.to_data(s)["service_rate"] == 50
     assert "service_rate" not in schema.to_data(svc())  # the level's, not written out
     assert svc().effective_service_rate() == 200 and svc(level="loose").effective_service_rate() == 500
+    s2 = schema.from_data({**d, "backend_conns": 30}, ipaddress.ip_address("198.18.0.1"))
+    assert s2.effective_backend_conns() == 30 and schema.to_data(s2)["backend_conns"] == 30
+    assert svc().effective_backend_conns() == 100 and svc(level="emergency").effective_backend_conns() == 25
     for bad, needle in ((0, "must be at least 1"), ("5", "must be a whole number"), (10**7, "service rate")):
         with pytest.raises(Exception) as ei:
             schema.from_data({**d, "service_rate": bad}, ipaddress.ip_address("198.18.0.1"))

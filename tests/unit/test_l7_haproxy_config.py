@@ -127,11 +127,14 @@ def test_the_defences_are_there() -> None:
     assert "http-request set-var(txn.xg_dom) str(*.example.org) if { req.hdr(host),field(1,:),lower -m end .example.org }" \
         in text
     assert "http-request track-sc2 var(txn.xg_dom) table web_svc if !xg_verified !xg_exempt" in text
-    assert "http-request set-var(txn.xg_chal) int(1) if { sc2_http_req_rate gt 200 } !xg_verified !xg_exempt" in text
+    assert "acl xg_surge sc2_http_req_rate gt 200" in text
+    # … or the backend already holds more requests at once than the level allows (a slow flood)
+    assert "acl xg_surge be_conn(web_be) gt 100" in text
+    assert "http-request set-var(txn.xg_chal) int(1) if xg_surge !xg_verified !xg_exempt" in text
     # every challenge issued is counted on the source (a bot fails them all: l7/bans.py)
     assert "http-request sc-inc-gpc(0,0) if { var(txn.xg_chal) -m int 1 } !xg_verified" in text
     # the ceiling comes before the challenge it turns on
-    assert text.index("sc2_http_req_rate gt 200") < text.index("http-request return status 302")
+    assert text.index("if xg_surge !xg_verified") < text.index("http-request return status 302")
     assert "http-request sc-set-gpt(2,0) var(txn.xg_now),add(txn.xg_cleft) if xg_verified" in text  # verified until
     # the level's ceiling punishes and answers 429
     assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 300 }" in text

@@ -296,8 +296,8 @@ def _frontend(svc: HttpService) -> list[str]:
 
 def _service_ceiling(svc: HttpService) -> list[str]:
     """Track the unverified, not exempt requests of each domain (a declared wildcard counts as
-    one domain; a service without domains is one) on sc2; beyond the ceiling every unverified
-    source is challenged. Challenged requests still count: the challenge holds while the flood
+    one domain; a service without domains is one) on sc2; beyond the ceiling, or with more than
+    the level's requests at the backend at once, every unverified source is challenged. Challenged requests still count: the challenge holds while the flood
     lasts and lifts itself a window after it stops."""
     n = svc.effective_service_rate()
     lines = [f"    # the service ceiling: {n} unverified requests per second per domain, "
@@ -310,8 +310,11 @@ def _service_ceiling(svc: HttpService) -> list[str]:
     exact = [d for d in svc.domains if not d.startswith("*.")]
     if exact:
         lines.append(f"    http-request set-var(txn.xg_dom) {host} if {{ {host} -m str {' '.join(exact)} }}")
+    busy = svc.effective_backend_conns()
     lines += [f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if !xg_verified !xg_exempt",
-              f"    http-request set-var(txn.xg_chal) int(1) if {{ sc2_http_req_rate gt {n} }} !xg_verified !xg_exempt"]
+              f"    acl xg_surge sc2_http_req_rate gt {n}",
+              f"    acl xg_surge be_conn({backend_name(svc)}) gt {busy}",
+              "    http-request set-var(txn.xg_chal) int(1) if xg_surge !xg_verified !xg_exempt"]
     return lines
 
 

@@ -13,6 +13,7 @@ the interface record's "http" list hold the same tree (one reader, one writer, h
     tls = { cert = "/etc/ssl/www.pem", key = "/etc/ssl/www.key" }
     connections = { concurrent = 100, new_per_10s = 250 }
     service_rate = 200                    # unverified requests/s per domain, from everyone: then challenge
+    backend_conns = 100                   # requests at the backends at once: then challenge
     [[interface.address.http.limit]]      # per source, under a path prefix
     prefix = "/login"
     requests = 20
@@ -32,7 +33,7 @@ from ..errors import UserError
 from .spec import ConnLimits, HttpService, RateLimit, Rule, Tls, format_backend
 
 KEYS = {"name", "port", "domains", "backends", "health_path", "level", "exempt", "challenge_ttl", "tls",
-        "connections", "service_rate", "limit", "rule"}
+        "connections", "service_rate", "backend_conns", "limit", "rule"}
 TLS_KEYS = {"cert", "key"}
 CONN_KEYS = {"concurrent", "new_per_10s"}
 LIMIT_KEYS = {"prefix", "requests", "window", "action", "punish"}
@@ -110,6 +111,8 @@ def from_data(d, listen) -> HttpService:
         kw["challenge_ttl_s"] = _int(d["challenge_ttl"], "http challenge_ttl")
     if "service_rate" in d:
         kw["service_rate"] = _int(d["service_rate"], "http service_rate")
+    if "backend_conns" in d:
+        kw["backend_conns"] = _int(d["backend_conns"], "http backend_conns")
     for key in ("health_path", "level"):
         if key in d:
             kw[key] = _str(d[key], f"http {key}")
@@ -164,6 +167,8 @@ def to_data(svc: HttpService) -> dict:
         out["tls"] = {"cert": str(svc.tls.cert), "key": str(svc.tls.key)}
     if svc.service_rate is not None:
         out["service_rate"] = svc.service_rate
+    if svc.backend_conns is not None:
+        out["backend_conns"] = svc.backend_conns
     if svc.conns is not None:
         out["connections"] = {"concurrent": svc.conns.concurrent, "new_per_10s": svc.conns.new_per_10s}
     if svc.limits:
@@ -185,6 +190,8 @@ def describe(svc: HttpService) -> str:
         parts.append(f"{len(svc.rules)} rule(s)")
     if svc.service_rate is not None:
         parts.append(f"service ceiling {svc.service_rate}/s")
+    if svc.backend_conns is not None:
+        parts.append(f"backend ceiling {svc.backend_conns}")
     if svc.conns is not None:
         parts.append(f"connections {svc.conns.concurrent}/{svc.conns.new_per_10s}")
     return " ".join(parts)
