@@ -20,6 +20,13 @@ APT_PACKAGES=(
     libloc-database python3-location
 )
 
+# Host-only test tools: installed on the machine that runs the integration tier, never in the VM
+# box (kept out of APT_PACKAGES, which build-box.sh reads and the box cache hashes; the VM runs
+# the bpf tier only). chromium: a real browser through the JavaScript challenge (issue 29).
+HOST_TEST_PACKAGES=(
+    chromium
+)
+
 # Offline provisioning (the VM box): XDPGUARD_WHEELS=DIR installs Python packages from DIR only
 # (pip --no-index); XDPGUARD_OFFLINE=1 also forbids apt, so a missing package is an error.
 WHEELS_DIR="${XDPGUARD_WHEELS:-}"
@@ -66,6 +73,16 @@ if ((${#missing[@]})); then
     apt_install "${missing[@]}"
 else
     step "system packages already installed"
+fi
+if [[ "$OFFLINE" != 1 ]]; then
+    host_missing=()
+    for pkg in "${HOST_TEST_PACKAGES[@]}"; do
+        is_installed "$pkg" || host_missing+=("$pkg")
+    done
+    if ((${#host_missing[@]})); then
+        step "installing host test packages: ${host_missing[*]}"
+        apt_install "${host_missing[@]}"
+    fi
 fi
 # promtool (for the rules tests) comes with Debian's prometheus package, whose postinst enables
 # and starts a Prometheus server. xdpguard needs only the tool: a server this run installed is

@@ -6,16 +6,19 @@ source in XDP (reason cc) while a browser-like client keeps being served and is 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from xdpguard.lab import l7 as L7
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -238,3 +241,65 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
     ev = [json.loads(ln) for ln in (Path(lab.env["XDPGUARD_STATE_DIR"]) / "events.jsonl").read_text().splitlines()
           if '"cc_ban"' in ln] if (Path(lab.env["XDPGUARD_STATE_DIR"]) / "events.jsonl").exists() else []
     assert any(e["top_sources"][0][0] == topology.ATTACKER4 for e in ev), ev
+
+
+def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
+    """128 real addresses on the attacker (scripts/l7flood.py), 600 requests/s in all (under 5 a
+    second each: under every per-source limit). The service ceiling challenges them all; each bot
+    fails every challenge, and `xdpguard run` bans it in XDP (reason cc, offence `challenged`)
+    within seconds, while the browser-like client (cookie jar) keeps its service and is never
+    banned."""
+    bots = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(128))]
+    p = subprocess.run(["ip", "-n", lab.ns("attacker"), "-batch", "-"], input="".join(
+        f"address add {a}/32 dev lo\n" for a in bots), text=True, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lab.run(["ip", "-n", lab.ns("prot"), "route", "replace", L7.BOTS4, "via", topology.ATTACKER4])
+    cfg = tmp_path / "desired.toml"
+    cfg.write_text(lab.xg("export").stdout)
+    daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run", "--config",
+                               str(cfg), "--no-detect", "--duration", "40"], env=lab.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    flood = None
+    try:
+        time.sleep(4)  # the daemon is up
+        start = time.monotonic()
+        flood = subprocess.Popen(["ip", "netns", "exec", lab.ns("attacker"), "nice", "-n", "15", sys.executable,
+                                  str(Path(__file__).resolve().parents[2] / "scripts" / "l7flood.py"), "--target",
+                                  topology.PROT4, "--sources", L7.BOTS4, "--count", "128", "--conns", "128",
+                                  "--rate", "600", "--duration", "12", "--timeout", "2"],
+                                 env=lab.env, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        client = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), sys.executable, "-m", "xdpguard.lab.l7",
+                                   "client", "--url", f"http://{topology.PROT4}/", "--duration", "10",
+                                   "--interval", "0.1"], env=lab.env, stdout=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL)
+        half_after = None
+        while time.monotonic() - start < 12:
+            banned = sum(1 for ln in lab.xg("ban", "list").stdout.splitlines() if ln.split()[:1] and
+                         ln.split()[0].split("/")[0] in bots)
+            if banned >= 64 and half_after is None:
+                half_after = time.monotonic() - start
+            if banned >= 120:
+                break
+            time.sleep(0.5)
+        all_after = time.monotonic() - start
+        res = json.loads(client.communicate(timeout=30)[0].strip().splitlines()[-1])
+        fl = json.loads(flood.communicate(timeout=40)[0].strip().splitlines()[-1])
+        bans = lab.xg("ban", "list").stdout
+        banned = [ln for ln in bans.splitlines() if ln.split()[:1] and ln.split()[0].split("/")[0] in bots]
+        dropped = lab.counters().get(("drop", "banned"), 0)
+        print(f"\n128-address flood: {len(banned)} bots banned in XDP (half after {half_after} s, "
+              f"{'all' if len(banned) >= 120 else 'not all'} after {all_after:.1f} s); packets dropped as banned "
+              f"{dropped}; client {res['ok']} ok / {res['failed']} failed {res['status']}; flood {fl['status']} "
+              f"connect failures {fl['connect_failed']}")
+        assert half_after is not None and half_after < 5.0, (half_after, bans)
+        assert len(banned) >= 120 and all(" cc " in f" {ln} " for ln in banned), bans
+        assert dropped > 0 and fl["connect_failed"] > 0  # dropped in XDP: their connections fail
+        assert topology.CLIENT4 not in bans
+        assert res["failed"] == 0 and res["ok"] >= 50, res
+    finally:
+        if flood is not None and flood.poll() is None:
+            flood.kill()
+        daemon.terminate()
+        out, _ = daemon.communicate(timeout=30)
+        lab.xg("ban", "del", *bots, check=False)  # the module's later tests start without them
+    assert "banned" in out and "challenged" in out, out[-3000:]

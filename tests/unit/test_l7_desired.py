@@ -156,6 +156,10 @@ def test_which_offenders_become_bans():
     allow = lambda x: x == e  # noqa: E731 (allowlisted)
     got = {x.address: x for x in bans.select(found, [svc(level="strict")], now, allow)}
     assert set(got) == {str(a), str(c), str(d)}
+    # a bot that failed every challenge the service ceiling gave it is banned too
+    f = ipaddress.ip_address("198.18.16.1")
+    bot = bans.select([Offender("www", f, "challenged", 40, 8, "challenge")], [svc()], now)
+    assert [(x.address, x.kind, x.ttl_s) for x in bot] == [(str(f), "challenged", 60)]
     assert got[str(a)].ttl_s == 500  # until - now beats the level's punishment
     assert got[str(d)].ttl_s == 300  # strict punishes for 300 s
     assert len(bans.select(found, [svc()], now, cap=1)) == 1
@@ -174,6 +178,21 @@ def test_offenders_know_the_verified_sources():
                                              TableEntry(b, 1000, {"http_req_rate(10000)": 900, "gpt2": now + 600})))
     got = {o.address: o.verified for o in service_offenders({"www_src": src}, s, now)}
     assert got == {a: False, b: True}
+
+
+def test_service_rate_round_trips_and_is_checked():
+    d = {"name": "w", "backends": ["198.18.1.2:80"], "service_rate": 50}
+    s = schema.from_data(d, ipaddress.ip_address("198.18.0.1"))
+    assert s.effective_service_rate() == 50 and schema.to_data(s)["service_rate"] == 50
+    assert "service_rate" not in schema.to_data(svc())  # the level's, not written out
+    assert svc().effective_service_rate() == 200 and svc(level="loose").effective_service_rate() == 500
+    s2 = schema.from_data({**d, "backend_conns": 30}, ipaddress.ip_address("198.18.0.1"))
+    assert s2.effective_backend_conns() == 30 and schema.to_data(s2)["backend_conns"] == 30
+    assert svc().effective_backend_conns() == 100 and svc(level="emergency").effective_backend_conns() == 25
+    for bad, needle in ((0, "must be at least 1"), ("5", "must be a whole number"), (10**7, "service rate")):
+        with pytest.raises(Exception) as ei:
+            schema.from_data({**d, "service_rate": bad}, ipaddress.ip_address("198.18.0.1"))
+        assert type(ei.value).__name__ == "UserError" and needle in str(ei.value), (bad, ei.value)
 
 
 def test_schema_refuses_bad_shapes():

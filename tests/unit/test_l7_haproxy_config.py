@@ -120,7 +120,21 @@ def test_the_defences_are_there() -> None:
     assert "tcp-request connection track-sc0 src table web_src" in text
     assert "tcp-request connection reject if { sc0_conn_cur gt 30 }" in text
     assert "tcp-request connection reject if { sc0_conn_rate gt 60 }" in text
-    assert re.search(r"stick-table type ipv6 .* store gpt\(3\),conn_cur,conn_rate\(10s\),http_req_rate\(10s\)", text)
+    assert re.search(r"stick-table type ipv6 .* store gpt\(3\),gpc\(1\),gpc_rate\(1,10s\),conn_cur,conn_rate\(10s\),"
+                     r"http_req_rate\(10s\)", text)
+    # the service ceiling: the unverified requests of each domain (a wildcard is one), 200/s at normal
+    assert "stick-table type string len 64 size 1k expire 60s store http_req_rate(1s)" in text
+    assert "http-request set-var(txn.xg_dom) str(*.example.org) if { req.hdr(host),field(1,:),lower -m end .example.org }" \
+        in text
+    assert "http-request track-sc2 var(txn.xg_dom) table web_svc if !xg_verified !xg_exempt" in text
+    assert "acl xg_surge sc2_http_req_rate gt 200" in text
+    # … or the backend already holds more requests at once than the level allows (a slow flood)
+    assert "acl xg_surge be_conn(web_be) gt 100" in text
+    assert "http-request set-var(txn.xg_chal) int(1) if xg_surge !xg_verified !xg_exempt" in text
+    # every challenge issued is counted on the source (a bot fails them all: l7/bans.py)
+    assert "http-request sc-inc-gpc(0,0) if { var(txn.xg_chal) -m int 1 } !xg_verified" in text
+    # the ceiling comes before the challenge it turns on
+    assert text.index("if xg_surge !xg_verified") < text.index("http-request return status 302")
     assert "http-request sc-set-gpt(2,0) var(txn.xg_now),add(txn.xg_cleft) if xg_verified" in text  # verified until
     # the level's ceiling punishes and answers 429
     assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 300 }" in text

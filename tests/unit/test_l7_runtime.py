@@ -108,3 +108,24 @@ def test_the_secret_is_made_once_and_kept(tmp_path):
     a = load_secret(tmp_path / "l7" / "secret")
     assert len(a) == 32 and load_secret(tmp_path / "l7" / "secret") == a
     assert (tmp_path / "l7" / "secret").stat().st_mode & 0o777 == 0o600
+
+
+# a source the service ceiling challenged 40 times in 10 s without passing (HAProxy 2.6.12 prints
+# the gpc array's first counter as gpc0 / gpc0_rate), a browser challenged once, and a source
+# challenged 40 times that holds a valid cookie now (one user behind its address passed)
+CHALLENGED = """# table: web_src, type: ipv6, size:102400, used:3
+0x1: key=::ffff:198.18.16.1 use=0 exp=59241 conn_cur=0 http_req_rate(10000)=40 gpt0=0 gpt1=0 gpt2=0 gpc0=40 gpc0_rate(10000)=40
+0x2: key=::ffff:198.18.0.10 use=0 exp=59241 conn_cur=0 http_req_rate(10000)=30 gpt0=0 gpt1=0 gpt2=1796614999 gpc0=1 gpc0_rate(10000)=1
+0x3: key=::ffff:198.18.16.2 use=0 exp=59241 conn_cur=0 http_req_rate(10000)=40 gpt0=0 gpt1=0 gpt2=1796614999 gpc0=40 gpc0_rate(10000)=40
+
+"""
+
+
+def test_a_source_that_fails_every_challenge_is_an_offender():
+    tables = {"web_src": runtime.parse_show_table(CHALLENGED)}
+    got = [(str(o.address), o.kind, o.value, o.verified)
+           for o in runtime.service_offenders(tables, _svc(), now=1796614000)]
+    assert got == [("198.18.16.1", "challenged", 40, False)]
+    # the threshold is the number of challenges, not a rate the browser reaches
+    assert runtime.service_offenders({"web_src": runtime.parse_show_table(CHALLENGED.replace("=40", "=8"))},
+                                     _svc(), now=1796614000) == []

@@ -13,8 +13,9 @@ tests run inside the namespaces:
     python -m xdpguard.lab.l7 serve --port 80 --duration 120
     python -m xdpguard.lab.l7 client --url http://198.18.0.1/ --duration 5 [--interval 0.05]
 
-`serve` answers every GET with 200 and "ok xff=<X-Forwarded-For>" (and /healthz), threaded, and
-exits after --duration. `client` is a browser-like client: a new connection per request, a
+`serve` answers every GET with 200 and "ok xff=<X-Forwarded-For>" (and /healthz) and every POST
+once its whole body is read, threaded (--workers: a fixed number at a time), and exits after
+--duration. `client` is a browser-like client: a new connection per request, a
 cookie jar, redirects followed; it prints one JSON line of counts.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import http.cookiejar
+import ipaddress
 import json
 import sys
 import threading
@@ -49,10 +51,11 @@ BACKEND_RATE = "2mbit"  # a small real server's uplink, as topology.shape_backen
 PAGE_BYTES = 4096  # what the backend answers (a small page)
 
 
-def build(lab, serve_s: float = 300.0, shape: str | None = None, page_bytes: int = 64) -> L7Lab:
+def build(lab, serve_s: float = 300.0, shape: str | None = None, page_bytes: int = 64, workers: int = 0) -> L7Lab:
     """The namespaces, links, addresses and the backend server, in `lab` (a netns.Lab). With
     `shape` (e.g. BACKEND_RATE) the backend's uplink is a token bucket of that rate (tbf, 20 ms
-    of queue), and it answers pages of `page_bytes`: a small real server, which a flood can fill."""
+    of queue), and it answers pages of `page_bytes`: a small real server, which a flood can fill.
+    With `workers` it serves that many requests at a time (a fixed pool, which slow requests fill)."""
     inet, client, attacker, prot, backend = (lab.netns(r) for r in ("l7inet", "l7cli", "l7atk", "l7prot", "l7back"))
     lab.run(inet, "ip", "link", "add", "br0", "type", "bridge")
     lab.run(inet, "ip", "link", "set", "br0", "up")
@@ -69,12 +72,28 @@ def build(lab, serve_s: float = 300.0, shape: str | None = None, page_bytes: int
         lab.run(backend, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", shape, "burst", "16kb",
                 "latency", "20ms")
     proc = lab.popen(backend, sys.executable, "-m", "xdpguard.lab.l7", "serve", "--port", str(HTTP_PORT),
-                     "--duration", str(serve_s), "--page-bytes", str(page_bytes))
+                     "--duration", str(serve_s), "--page-bytes", str(page_bytes), "--workers", str(workers))
     wait = ("import socket,time\nend=time.monotonic()+10\nwhile True:\n try:\n"
             f"  socket.create_connection(({BACKEND4!r},{HTTP_PORT}),0.5).close();break\n"
             " except OSError:\n  assert time.monotonic()<end\n  time.sleep(0.1)\n")
     lab.run(prot, sys.executable, "-c", wait, timeout=20)
     return L7Lab(client, attacker, prot, backend, proc)
+
+
+BOTS4 = "198.18.16.0/22"  # the multi-source flood's addresses (scripts/l7flood.py), on the attacker
+
+
+def add_sources(lab, t: L7Lab, count: int, prefix: str = BOTS4) -> list[str]:
+    """Put the first `count` addresses of `prefix` on the attacker's loopback and route the
+    prefix to it from the protector: `count` real sources that complete handshakes (the
+    namespaces, and these with them, go with the lab)."""
+    addrs = [str(a) for a, _ in zip(ipaddress.ip_network(prefix).hosts(), range(count))]
+    if len(addrs) < count:
+        raise ValueError(f"{prefix} holds fewer than {count} addresses")
+    lab.run(t.attacker, "ip", "link", "set", "lo", "up")
+    lab.run(t.attacker, "ip", "-batch", "-", input="".join(f"address add {a}/32 dev lo\n" for a in addrs))
+    lab.run(t.prot, "ip", "route", "replace", prefix, "via", ATTACKER4)
+    return addrs
 
 
 def plain_config(run_dir: str, listen: str = PROT4, backend: str = f"{BACKEND4}:{HTTP_PORT}") -> str:
@@ -96,11 +115,26 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         body = f"ok path={self.path} xff={self.headers.get('X-Forwarded-For', '-')}\n".encode()
         body += b"." * max(0, self.page_bytes - len(body) - 1) + (b"\n" if self.page_bytes > len(body) else b"")
+        self._answer(body)
+
+    def _answer(self, body: bytes) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
+        if self.server.workers is not None:  # a fixed pool: no worker waits on an idle keep-alive
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self) -> None:  # noqa: N802 (a form handler: reads the whole body, then answers)
+        try:
+            n = min(int(self.headers.get("Content-Length", "0") or 0), 1 << 20)
+        except ValueError:
+            n = 0
+        got = len(self.rfile.read(n)) if n > 0 else 0
+        body = f"ok posted {got} xff={self.headers.get('X-Forwarded-For', '-')}\n".encode()
+        self._answer(body)
 
     def log_message(self, *args) -> None:
         pass
@@ -110,14 +144,29 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
     request_queue_size = 1024
+    workers: threading.BoundedSemaphore | None = None  # a small server: this many requests at a time
+
+    def process_request(self, request, client_address) -> None:
+        if self.workers is not None:
+            self.workers.acquire()  # the accept loop waits for a free worker, as a fixed pool does
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self.workers is not None:
+                self.workers.release()
 
     def handle_error(self, request, client_address) -> None:
         pass  # a peer that resets (health checks, a flood) is not news
 
 
-def serve(port: int, duration: float, page_bytes: int = 64) -> int:
+def serve(port: int, duration: float, page_bytes: int = 64, workers: int = 0) -> int:
     _Handler.page_bytes = page_bytes
+    _Handler.timeout = 60  # a worker waits at most this long for each read of a request
     srv = _Server(("0.0.0.0", port), _Handler)
+    srv.workers = threading.BoundedSemaphore(workers) if workers > 0 else None
     threading.Timer(duration, srv.shutdown).start()
     srv.serve_forever()
     return 0
@@ -216,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=HTTP_PORT)
     s.add_argument("--duration", type=float, default=120.0)
     s.add_argument("--page-bytes", type=int, default=64)
+    s.add_argument("--workers", type=int, default=0, help="requests served at a time (0: no bound)")
     c = sub.add_parser("client")
     c.add_argument("--url", required=True)
     c.add_argument("--duration", type=float, default=5.0)
@@ -234,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         return 0
     if a.cmd == "serve":
-        return serve(a.port, min(a.duration, 3600.0), max(0, min(a.page_bytes, 1 << 20)))
+        return serve(a.port, min(a.duration, 3600.0), max(0, min(a.page_bytes, 1 << 20)), max(0, min(a.workers, 4096)))
     print(json.dumps(client(a.url, min(a.duration, 600.0), a.interval, a.timeout, a.host)), flush=True)
     return 0
 

@@ -9,6 +9,9 @@ connlimit.promote does for nft's offenders. Which offences count:
 - concurrent / new_conns   over the connection caps
 - prefix        over a per-prefix limit, unless that limit's action is `challenge` (a browser
                 passes the challenge; banning it would hit real clients)
+- challenged    challenged more than spec.CHALLENGES_PER_10S times in a window without ever
+                passing: a browser passes its first challenge, a bot of a multi-source flood
+                (each source under every per-source limit) never does
 
 Never banned: allowlisted sources (the caller passes the allowlist), and a source that holds a
 valid challenge cookie (HAProxy records its expiry in gpt 2 of the source's entry: `verified`).
@@ -20,16 +23,16 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import abi, config, events, guard, policy, protection, state
 from ..errors import UserError
 from ..prefixes import Prefix
-from . import engine, runtime
+from . import auto, engine, runtime
 from .runtime import Offender
 from .spec import HttpService
 
-BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix")
+BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix", "challenged")
 CAP_PER_TICK = 1000
 
 
@@ -97,11 +100,14 @@ class Watch:
     """`xdpguard run`'s layer-7 step, every tick: keep HAProxy running (engine.ensure) and ban
     its offenders in XDP (reason cc), each new ban an event in the event log."""
 
-    def __init__(self, report: Callable[[str], None] = lambda m: None, cap: int = CAP_PER_TICK):
+    def __init__(self, report: Callable[[str], None] = lambda m: None, cap: int = CAP_PER_TICK,
+                 levels: auto.AutoLevel | None = None):
         self.report = report
         self.cap = cap
         self.said = ""
         self.banned_total = 0
+        self.levels = levels if levels is not None else auto.AutoLevel()  # automatic CC mode
+        self.raised: dict[str, str] = {}  # service → the level automatic CC mode serves it at
 
     def _say(self, msg: str) -> None:
         if msg != self.said:
@@ -122,6 +128,9 @@ class Watch:
             self.report(f"HAProxy {got} ({len(services)} HTTP service(s))")
         if not services:
             return []
+        self.auto_levels(ifaces, services)
+        if self.raised:  # the offenders by the thresholds HAProxy serves now
+            services = [replace(s, level=self.raised.get(s.name, s.level)) for s in services]
         try:
             found = runtime.offenders(str(engine.haproxy().admin_socket), services)
         except (runtime.RuntimeApiError, ValueError) as exc:
@@ -159,3 +168,41 @@ class Watch:
                                         for b in new[:5]) + (" …" if len(new) > 5 else ""))
             out += new
         return out
+
+    def auto_levels(self, ifaces, services: list[HttpService], now: float | None = None) -> list[auto.Step]:
+        """Automatic CC mode: each service's level from its backend's health (l7/auto.py). A
+        raised level is served by rendering the desired services with it (dynamic state: never
+        stored); every step is an event. While a level is raised, the rendering is repeated
+        every tick (HAProxy's digest makes that a no-op) so a reconcile of the desired state
+        cannot drop it."""
+        now = time.time() if now is None else now
+        rows = engine.stats()
+        steps: list[auto.Step] = []
+        serve: list[HttpService] = []
+        for svc in services:
+            level, step = self.levels.step(svc.name, svc.level, auto.reading(rows, svc) if rows else None, now)
+            serve.append(replace(svc, level=level) if level != svc.level else svc)
+            if step is not None:
+                steps.append(step)
+        raised = {s.name: s.level for s, d in zip(serve, services) if s.level != d.level}
+        if not steps and not raised:
+            return []
+        try:
+            engine.realise(serve)
+        except UserError as exc:
+            self._say(f"HAProxy (automatic CC mode): {exc.message}")
+            return []
+        except Exception as exc:  # noqa: BLE001 (reported, the loop goes on)
+            self._say(f"HAProxy (automatic CC mode): {type(exc).__name__}: {exc}")
+            return []
+        self.raised = raised
+        for st in steps:
+            svc = next(s for s in services if s.name == st.service)
+            iface = next((i.name for i in ifaces for a in i.addresses for h in a.http if h.name == st.service), "")
+            events.append_record({
+                "id": f"cclevel-{st.service}-{int(now * 1000)}", "type": "cc_level", "iface": iface,
+                "protected": str(svc.listen[0]), "service": st.service, "start": now, "end": now,
+                "old": st.old, "new": st.new, "why": st.why, "operator_level": svc.level,
+                "top_reasons": [["cc", 0]], "top_sources": []})
+            self.report(f"automatic CC mode: {st.service} {st.old} → {st.new} ({st.why})")
+        return steps

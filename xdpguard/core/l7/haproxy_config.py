@@ -57,6 +57,10 @@ def limit_table(svc: HttpService, i: int) -> str:
     return f"{svc.name}_l{i}"
 
 
+def service_table(svc: HttpService) -> str:
+    return f"{svc.name}_svc"
+
+
 def frontend_name(svc: HttpService) -> str:
     return f"{svc.name}_fe"
 
@@ -168,7 +172,10 @@ def _tables(svc: HttpService) -> list[str]:
     punish = max([svc.preset.punish_s] + [x.punish_s for x in svc.limits])
     lines = [f"backend {src_table(svc)}",
              f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
-             f"store gpt(3),conn_cur,conn_rate({REQUEST_WINDOW_S}s),http_req_rate({REQUEST_WINDOW_S}s)", ""]
+             f"store gpt(3),gpc(1),gpc_rate(1,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
+             f"http_req_rate({REQUEST_WINDOW_S}s)", "",
+             f"backend {service_table(svc)}",
+             "    stick-table type string len 64 size 1k expire 60s store http_req_rate(1s)", ""]
     for i, lim in enumerate(svc.effective_limits()):
         lines += [f"backend {limit_table(svc, i)}",
                   f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, 2 * lim.window_s)}s "
@@ -260,6 +267,7 @@ def _frontend(svc: HttpService) -> list[str]:
         if lim.punish_s:
             lines += _punish(str(lim.punish_s), PUNISH_CODES[lim.action], over_i)
         lines.append(_act(lim.action, over_i))
+    lines += _service_ceiling(svc)
     if p.challenge != "none":
         lines.append(f"    http-request set-var(txn.xg_chal) int(1) unless xg_exempt")
     kind = "j" if p.challenge == "js" else "c"
@@ -271,6 +279,7 @@ def _frontend(svc: HttpService) -> list[str]:
         f"    http-request set-var(txn.xg_nkind) str({kind}) if {need}",
         "    http-request set-var(txn.xg_nmac) src,concat(|,txn.xg_nexp,),concat(|,txn.xg_nkind,),"
         f"hmac(sha256,proc.xg_key),hex,lower if {need}",
+        f"    http-request sc-inc-gpc(0,0) if {need}",  # challenged again and again: a bot (l7/bans.py)
     ]
     if kind == "c":
         lines.append(
@@ -282,6 +291,30 @@ def _frontend(svc: HttpService) -> list[str]:
             f"    http-request return status 200 content-type \"text/html; charset=utf-8\" "
             f"hdr Cache-Control no-store lf-file {challenge_page(svc)} if {need}")
     lines += [f"    default_backend {backend_name(svc)}", ""]
+    return lines
+
+
+def _service_ceiling(svc: HttpService) -> list[str]:
+    """Track the unverified, not exempt requests of each domain (a declared wildcard counts as
+    one domain; a service without domains is one) on sc2; beyond the ceiling, or with more than
+    the level's requests at the backend at once, every unverified source is challenged. Challenged requests still count: the challenge holds while the flood
+    lasts and lifts itself a window after it stops."""
+    n = svc.effective_service_rate()
+    lines = [f"    # the service ceiling: {n} unverified requests per second per domain, "
+             "then everyone unverified is challenged",
+             f"    http-request set-var(txn.xg_dom) str({svc.name})"]
+    host = "req.hdr(host),field(1,:),lower"
+    for d in svc.domains:
+        if d.startswith("*."):
+            lines.append(f"    http-request set-var(txn.xg_dom) str({d}) if {{ {host} -m end {d[1:]} }}")
+    exact = [d for d in svc.domains if not d.startswith("*.")]
+    if exact:
+        lines.append(f"    http-request set-var(txn.xg_dom) {host} if {{ {host} -m str {' '.join(exact)} }}")
+    busy = svc.effective_backend_conns()
+    lines += [f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if !xg_verified !xg_exempt",
+              f"    acl xg_surge sc2_http_req_rate gt {n}",
+              f"    acl xg_surge be_conn({backend_name(svc)}) gt {busy}",
+              "    http-request set-var(txn.xg_chal) int(1) if xg_surge !xg_verified !xg_exempt"]
     return lines
 
 

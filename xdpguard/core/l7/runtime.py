@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from . import haproxy_config as hc
 from .haproxy_config import PUNISH_CODES, REQUEST_WINDOW_S
-from .spec import HttpService
+from .spec import CHALLENGES_PER_10S, HttpService
 
 TIMEOUT_S = 5.0
 MAX_REPLY_BYTES = 64 << 20
@@ -153,6 +153,7 @@ class StatRow:
     http_4xx: int
     http_5xx: int
     http_3xx: int = 0  # the 302 challenges among them (frontends)
+    check_ms: int = 0  # servers: how long the last health check took
 
 
 def _int(v: str | None) -> int:
@@ -168,7 +169,7 @@ def parse_show_stat(text: str) -> list[StatRow]:
     rows = csv.DictReader(io.StringIO(text[2:]))
     return [StatRow(r["pxname"], r["svname"], r.get("status", ""), _int(r.get("scur")), _int(r.get("stot")),
                     _int(r.get("req_tot")), _int(r.get("dreq")), _int(r.get("hrsp_2xx")), _int(r.get("hrsp_4xx")),
-                    _int(r.get("hrsp_5xx")), _int(r.get("hrsp_3xx")))
+                    _int(r.get("hrsp_5xx")), _int(r.get("hrsp_3xx")), _int(r.get("check_duration")))
             for r in rows if r.get("pxname")]
 
 
@@ -186,7 +187,8 @@ class Offender:
     """A source over a limit of a service, as the stick tables say now.
 
     kind: punished (its punishment runs until `until`), requests (over the level's ceiling),
-    prefix (over a per-prefix limit, `detail` the prefix), concurrent or new_conns."""
+    prefix (over a per-prefix limit, `detail` the prefix), concurrent or new_conns, challenged
+    (challenged more than CHALLENGES_PER_10S times in a window and never passed: a bot)."""
 
     service: str
     address: IPAddress
@@ -215,6 +217,9 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
         if e.get("http_req_rate") > p.requests_per_10s:
             out.append(Offender(svc.name, e.address, "requests", e.get("http_req_rate"), p.requests_per_10s, "deny",
                                 detail=f"per {REQUEST_WINDOW_S} s"))
+        if e.get("gpc0_rate") > CHALLENGES_PER_10S and e.address not in verified:
+            out.append(Offender(svc.name, e.address, "challenged", e.get("gpc0_rate"), CHALLENGES_PER_10S, "challenge",
+                                detail=f"challenges per {REQUEST_WINDOW_S} s, none passed"))
         if e.get("conn_cur") > conns.concurrent:
             out.append(Offender(svc.name, e.address, "concurrent", e.get("conn_cur"), conns.concurrent, "reject"))
         if e.get("conn_rate") > conns.new_per_10s:

@@ -12,6 +12,8 @@ the interface record's "http" list hold the same tree (one reader, one writer, h
     challenge_ttl = 3600
     tls = { cert = "/etc/ssl/www.pem", key = "/etc/ssl/www.key" }
     connections = { concurrent = 100, new_per_10s = 250 }
+    service_rate = 200                    # unverified requests/s per domain, from everyone: then challenge
+    backend_conns = 100                   # requests at the backends at once: then challenge
     [[interface.address.http.limit]]      # per source, under a path prefix
     prefix = "/login"
     requests = 20
@@ -31,7 +33,7 @@ from ..errors import UserError
 from .spec import ConnLimits, HttpService, RateLimit, Rule, Tls, format_backend
 
 KEYS = {"name", "port", "domains", "backends", "health_path", "level", "exempt", "challenge_ttl", "tls",
-        "connections", "limit", "rule"}
+        "connections", "service_rate", "backend_conns", "limit", "rule"}
 TLS_KEYS = {"cert", "key"}
 CONN_KEYS = {"concurrent", "new_per_10s"}
 LIMIT_KEYS = {"prefix", "requests", "window", "action", "punish"}
@@ -107,6 +109,10 @@ def from_data(d, listen) -> HttpService:
         kw["port"] = _int(d["port"], "http port")
     if "challenge_ttl" in d:
         kw["challenge_ttl_s"] = _int(d["challenge_ttl"], "http challenge_ttl")
+    if "service_rate" in d:
+        kw["service_rate"] = _int(d["service_rate"], "http service_rate")
+    if "backend_conns" in d:
+        kw["backend_conns"] = _int(d["backend_conns"], "http backend_conns")
     for key in ("health_path", "level"):
         if key in d:
             kw[key] = _str(d[key], f"http {key}")
@@ -159,6 +165,10 @@ def to_data(svc: HttpService) -> dict:
         out["challenge_ttl"] = svc.challenge_ttl_s
     if svc.tls is not None:
         out["tls"] = {"cert": str(svc.tls.cert), "key": str(svc.tls.key)}
+    if svc.service_rate is not None:
+        out["service_rate"] = svc.service_rate
+    if svc.backend_conns is not None:
+        out["backend_conns"] = svc.backend_conns
     if svc.conns is not None:
         out["connections"] = {"concurrent": svc.conns.concurrent, "new_per_10s": svc.conns.new_per_10s}
     if svc.limits:
@@ -178,6 +188,10 @@ def describe(svc: HttpService) -> str:
         parts.append(f"{len(svc.limits)} limit(s)")
     if svc.rules:
         parts.append(f"{len(svc.rules)} rule(s)")
+    if svc.service_rate is not None:
+        parts.append(f"service ceiling {svc.service_rate}/s")
+    if svc.backend_conns is not None:
+        parts.append(f"backend ceiling {svc.backend_conns}")
     if svc.conns is not None:
         parts.append(f"connections {svc.conns.concurrent}/{svc.conns.new_per_10s}")
     return " ".join(parts)

@@ -291,18 +291,27 @@ class Preset:
     challenge: str  # who is challenged without having offended: none, cookie (302) or js
     scale: float
     punish_s: int
+    service_rate_per_s: int  # unverified requests/s of one domain (or service) from everyone: beyond, all
+    #                          unverified sources are challenged (cookie-verified clients are not)
+    backend_conns: int  # requests at the backend at once: beyond, the same (a flood slow enough to
+    #                     stay under the rate ceiling still fills a small backend)
 
 
 # The request ceilings are per source and per 10 s: a browser loading a page with its assets
 # stays far below; one address that wants 30 requests/s of a small server (a 2 Mbit/s uplink
-# serves ~60 pages of 4 kB per second) is stopped. A flood from many addresses, each below the
-# ceiling, needs the challenge levels (strict, emergency).
+# serves ~60 pages of 4 kB per second) is stopped. A flood from many addresses, each below its
+# per-source ceiling, is caught by the service ceiling: beyond so many unverified requests per
+# second of a domain from everyone, or beyond so many requests at the backend at once (a flood
+# whose pace the slow backend sets stays under any rate), every unverified source is challenged
+# (the level's challenge, at least the 302 cookie) until both fall; verified browsers are not counted and not
+# challenged, bots that never pass are banned in XDP (l7/bans.py, "challenged").
 PRESETS = {
-    "loose": Preset("loose", 600, ConnLimits(200, 500), 10, 10, "none", 2.0, 30),
-    "normal": Preset("normal", 300, ConnLimits(100, 250), 5, 5, "none", 1.0, 60),
-    "strict": Preset("strict", 150, ConnLimits(50, 100), 3, 2, "cookie", 0.5, 300),
-    "emergency": Preset("emergency", 60, ConnLimits(20, 50), 2, 1, "js", 0.25, 600),
+    "loose": Preset("loose", 600, ConnLimits(200, 500), 10, 10, "none", 2.0, 30, 500, 256),
+    "normal": Preset("normal", 300, ConnLimits(100, 250), 5, 5, "none", 1.0, 60, 200, 100),
+    "strict": Preset("strict", 150, ConnLimits(50, 100), 3, 2, "cookie", 0.5, 300, 100, 50),
+    "emergency": Preset("emergency", 60, ConnLimits(20, 50), 2, 1, "js", 0.25, 600, 50, 25),
 }
+CHALLENGES_PER_10S = 8  # a source challenged more often than this without passing is a bot: banned in XDP
 
 
 @dataclass(frozen=True)
@@ -324,6 +333,8 @@ class HttpService:
     exempt: tuple[str, ...] = ()  # path prefixes never challenged (APIs): limited with 429 instead
     conns: ConnLimits | None = None  # None: the level's
     challenge_ttl_s: int = 3600  # a passed challenge holds this long
+    service_rate: int | None = None  # unverified requests/s per domain (None: the level's)
+    backend_conns: int | None = None  # requests at the backends at once before the challenge (None: the level's)
 
     def __post_init__(self) -> None:
         s = object.__setattr__
@@ -360,10 +371,23 @@ class HttpService:
         if self.conns is not None and not isinstance(self.conns, ConnLimits):
             raise UserError(f"invalid connection limits of {n}")
         s(self, "challenge_ttl_s", check_int(self.challenge_ttl_s, f"challenge lifetime of {n}", 60, MAX_TTL_S))
+        if self.service_rate is not None:
+            s(self, "service_rate", check_int(self.service_rate, f"service rate of {n}", 1, MAX_REQUESTS))
+        if self.backend_conns is not None:
+            s(self, "backend_conns", check_int(self.backend_conns, f"backend connections of {n}", 1, MAX_CONNS))
 
     @property
     def preset(self) -> Preset:
         return PRESETS[self.level]
+
+    def effective_service_rate(self) -> int:
+        """Unverified requests per second per domain (each domain of the service, or the service
+        when it names none) before every unverified source is challenged."""
+        return self.service_rate if self.service_rate is not None else self.preset.service_rate_per_s
+
+    def effective_backend_conns(self) -> int:
+        """Requests at the service's backends at once before every unverified source is challenged."""
+        return self.backend_conns if self.backend_conns is not None else self.preset.backend_conns
 
     def effective_conns(self) -> ConnLimits:
         return self.conns if self.conns is not None else self.preset.conns

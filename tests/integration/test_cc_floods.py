@@ -1,0 +1,260 @@
+"""CC floods from many real addresses (issue 29): scripts/l7flood.py binds each connection to one
+of 128 or 1,000 addresses on the attacker (lab/l7.add_sources), every source stays under its
+per-source limits, and the service ceiling (unverified requests per second of the service) turns
+the challenge on for everyone unverified. Measured in one run, side by side: the browser-like
+web client (a new connection per request, a cookie jar) alone, under the flood with xdpguard's
+HAProxy, and under the same flood with a plain HAProxy in front of the same small backend.
+
+Every generator is bounded (--duration, --rate, --max-requests; the client's --duration)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from test_l7_haproxy import Setup, _require, _service
+from xdpguard.core.l7 import auto
+from xdpguard.core.l7 import haproxy_config as hc
+from xdpguard.core.l7 import runtime
+from xdpguard.lab import l7 as L
+
+pytestmark = pytest.mark.kernel
+
+FLOOD = Path(__file__).resolve().parents[2] / "scripts" / "l7flood.py"
+
+
+def flood(s: Setup, count: int, seconds: float, *extra: str, rate: int = 600, conns: int = 256) -> subprocess.Popen:
+    # niced: on a real network the bots have their own CPUs; here they share the lab's two cores
+    # with HAProxy and the web client, and must not win the race for them
+    return s.lab.popen(s.t.attacker, "nice", "-n", "15", sys.executable, str(FLOOD), "--target", L.PROT4, "--sources", L.BOTS4,
+                       "--count", str(count), "--conns", str(conns), "--rate", str(rate), "--duration", str(seconds),
+                       "--timeout", "2", *extra, stdout=subprocess.PIPE, text=True)
+
+
+def reached_backend(f: dict) -> int:
+    return f["status"].get("200", 0)
+
+
+def test_floods_from_128_and_1000_addresses(lab):
+    s = Setup(lab, shape=L.BACKEND_RATE, page_bytes=L.PAGE_BYTES)  # a small server a flood can fill
+    L.add_sources(lab, s.t, 1000)
+    svc = _service()
+    assert s.apply(svc) == "started"
+    client_s, flood_s = 5.0, 9.0
+
+    def under(count: int, *extra: str) -> tuple[dict, dict]:
+        f = flood(s, count, flood_s, *extra)
+        time.sleep(2.0)  # the flood is on
+        res = Setup.result(s.client(client_s))
+        return res, Setup.result(f, timeout=flood_s + 30)
+
+    cases = [(128, ()), (1000, ()), (1000, ("--keepalive",)), (1000, ("--random-path",))]
+    rows = []
+    for i, (count, extra) in enumerate(cases):
+        if i:
+            assert s.apply(svc) == "reloaded"  # back from the plain HAProxy, fresh stick tables
+            time.sleep(1.0)
+        base = Setup.result(s.client(client_s))  # no attack, next to the attacks (the load changes)
+        assert base["ok"] >= 10 and base["failed"] == 0, base
+        defended, f_def = under(count, *extra)
+        challenged = {str(o.address) for o in runtime.offenders(str(s.h.admin_socket), [svc]) if o.kind == "challenged"}
+        assert s.h.apply(hc.Rendered(L.plain_config(s.run_dir), {})) == "reloaded"
+        time.sleep(1.0)
+        plain, f_plain = under(count, *extra)
+        rows.append((count, " ".join(extra) or "new conn/request", base, defended, f_def, plain, f_plain, challenged))
+
+    def share(r: dict, base: dict) -> str:
+        return f"{r['ok']:>3} ok {r['failed']:>3} failed {r['ok'] / base['ok']:>4.0%}"
+
+    print(f"\nweb client: a new connection per request, 10/s for {client_s:g} s; flood {flood_s:g} s at 600 req/s")
+    print(f"{'sources':>7} {'flood':<17} {'no attack':>9} | {'client, xdpguard':<26} {'to backend':>10} "
+          f"{'bots seen':>9} | {'client, plain HAProxy':<26} {'to backend':>10}")
+    for count, kind, b, d, fd, p, fp, ch in rows:
+        print(f"{count:>7} {kind:<17} {b['ok']:>6} ok | {share(d, b):<26} {reached_backend(fd) / max(1, fd['sent']):>10.1%} "
+              f"{len(ch):>9} | {share(p, b):<26} {reached_backend(fp) / max(1, fp['sent']):>10.1%}")
+        print(f"        defended flood {fd['rate']} req/s {json.dumps(fd['status'])}, "
+              f"plain flood {fp['rate']} req/s {json.dumps(fp['status'])}")
+    for count, kind, b, d, fd, p, fp, ch in rows:
+        assert fd["sent"] >= 2000, (count, kind, fd)  # a real flood: each source under its limits
+        # the client is never refused and keeps its rate: ≥ 80 % in each case, a load spike of the
+        # shared machine included; the 90 % target over the four cases together, below
+        assert d["failed"] == 0 and d["ok"] >= 0.8 * b["ok"], (count, kind, b, d)
+        assert reached_backend(fd) <= 0.05 * fd["sent"], (count, kind, fd)  # the flood was answered by HAProxy
+        assert L.CLIENT4 not in ch
+        # without the defence the same flood fills the small backend: the client is hurt
+        assert p["ok"] < 0.5 * b["ok"], (count, kind, b, p)
+    assert sum(r[3]["ok"] for r in rows) >= 0.9 * sum(r[2]["ok"] for r in rows), rows
+    # the bots that keep failing the challenge are seen (what the daemon bans in XDP, l7/bans.py)
+    assert len(rows[0][-1]) >= 100, rows[0][-1]
+
+
+def test_slowloris_and_slow_post_from_128_addresses(lab):
+    """A backend with a fixed pool of 16 workers (a small server that slow requests can fill):
+    slowloris (a header line a second) and slow POST (a body byte a second) from 128 addresses,
+    256 connections. xdpguard's HAProxy holds every request until its headers and body are in
+    (`option http-buffer-request`) and cuts it after the level's `timeout http-request` (5 s at
+    normal); a plain HAProxy passes a slow POST's body on to the backend as it comes."""
+    s = Setup(lab, shape=L.BACKEND_RATE, page_bytes=L.PAGE_BYTES, workers=16)
+    L.add_sources(lab, s.t, 128)
+    svc = _service()
+    assert s.apply(svc) == "started"
+    client_s, slow_s = 5.0, 14.0
+
+    def under(mode: str) -> tuple[dict, dict]:
+        f = s.lab.popen(s.t.attacker, "nice", "-n", "15", sys.executable, str(FLOOD), "--target", L.PROT4,
+                        "--sources", L.BOTS4, "--count", "128", "--conns", "256", "--mode", mode, "--interval", "1",
+                        "--duration", str(slow_s), "--path", "/form", stdout=subprocess.PIPE, text=True)
+        time.sleep(3.0)  # every slow connection is open
+        res = Setup.result(s.client(client_s))
+        return res, Setup.result(f, timeout=slow_s + 30)
+
+    rows = []
+    for i, mode in enumerate(("slowloris", "slowpost")):
+        if i:
+            assert s.apply(svc) == "reloaded"
+            time.sleep(1.0)
+        base = Setup.result(s.client(client_s))
+        assert base["ok"] >= 10 and base["failed"] == 0, base
+        defended, f_def = under(mode)
+        assert s.h.apply(hc.Rendered(L.plain_config(s.run_dir), {})) == "reloaded"
+        time.sleep(1.0)
+        plain, f_plain = under(mode)
+        rows.append((mode, base, defended, f_def, plain, f_plain))
+
+    print(f"\nslow attacks from 128 addresses, 256 connections, a drip a second for {slow_s:g} s; "
+          "backend: 16 workers, 2 Mbit/s")
+    print(f"{'attack':<10} {'no attack':>9} | {'client, xdpguard':<24} {'cut by HAProxy':>14} {'answers':<18} | "
+          f"{'client, plain HAProxy':<24} {'cut':>5} {'answers':<18}")
+    for mode, b, d, fd, p, fp in rows:
+        print(f"{mode:<10} {b['ok']:>6} ok | {d['ok']:>3} ok {d['failed']:>3} failed {d['ok'] / b['ok']:>4.0%} "
+              f"{fd['closed_by_server']:>14} {json.dumps(fd['status']):<18} | "
+              f"{p['ok']:>3} ok {p['failed']:>3} failed {p['ok'] / b['ok']:>4.0%} {fp['closed_by_server']:>5} "
+              f"{json.dumps(fp['status']):<18}")
+    for mode, b, d, fd, p, fp in rows:
+        assert fd["max_open"] >= 200, (mode, fd)  # the attack really held its connections
+        # every slow request was cut (408) at least once per connection, none reached the backend
+        assert fd["closed_by_server"] >= 256 and set(fd["status"]) <= {"408"}, (mode, fd)
+        assert d["failed"] == 0 and d["ok"] >= 0.9 * b["ok"], (mode, b, d)
+    slowpost_plain = rows[1][4]
+    # the plain proxy passed the slow bodies to the backend, whose 16 workers waited on them
+    assert slowpost_plain["ok"] < 0.5 * rows[1][1]["ok"], rows[1]
+
+
+def test_a_replayed_challenge_cookie(lab):
+    """A bot passes the cookie challenge once (from the attacker's own address) and replays the
+    cookie: from 128 other addresses it is worth nothing (the cookie is bound to the address it
+    was issued to: each request is challenged again once the service ceiling trips), and from
+    its own address it is limited like any source (429 + punishment beyond the level's ceiling),
+    never more than that ceiling reaching the backend."""
+    s = Setup(lab, shape=L.BACKEND_RATE, page_bytes=L.PAGE_BYTES)
+    L.add_sources(lab, s.t, 128)
+    svc = _service()
+    assert s.apply(svc) == "started"
+    head = s.curl(s.t.attacker, "-i", f"http://{L.PROT4}/private/a").stdout
+    m = re.search(r"set-cookie: (xgc=\d+\.c\.[0-9a-f]{64});", head, re.I)
+    assert m, head
+    cookie = m.group(1)
+    assert s.curl(s.t.attacker, "-b", cookie, f"http://{L.PROT4}/private/a").stdout.startswith("ok ")  # solved
+    client_s, flood_s = 5.0, 12.0
+
+    def under(src: str, count: int, *extra: str, conns: int = 128) -> tuple[dict, dict]:
+        f = s.lab.popen(s.t.attacker, "nice", "-n", "15", sys.executable, str(FLOOD), "--target", L.PROT4,
+                        "--sources", src, "--count", str(count), "--conns", str(conns), "--rate", "600",
+                        "--duration", str(flood_s), "--timeout", "2", "--cookie", cookie, *extra,
+                        stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        res = Setup.result(s.client(client_s))
+        return res, Setup.result(f, timeout=flood_s + 30)
+
+    base = Setup.result(s.client(client_s))
+    moved, f_moved = under(L.BOTS4, 128)
+    assert s.apply(replace(svc, challenge_ttl_s=3599)) == "reloaded"  # fresh stick tables, same secret
+    time.sleep(1.0)
+    own, f_own = under(f"{L.ATTACKER4}/32", 1)
+    assert s.apply(replace(svc, challenge_ttl_s=3598)) == "reloaded"
+    time.sleep(1.0)
+    ka, f_ka = under(f"{L.ATTACKER4}/32", 1, "--keepalive", conns=8)
+    print(f"\nreplayed challenge cookie, 600 req/s for {flood_s:g} s; client alone {base['ok']} ok in {client_s:g} s"
+          f"\n  from 128 other addresses: client {moved['ok']} ok {moved['failed']} failed; flood {json.dumps(f_moved)}"
+          f"\n  from its own address    : client {own['ok']} ok {own['failed']} failed; flood {json.dumps(f_own)}"
+          f"\n  its own, keep-alive     : client {ka['ok']} ok {ka['failed']} failed; flood {json.dumps(f_ka)}")
+    # moved: no request is taken as verified; once the ceiling trips every one is challenged again
+    assert f_moved["sent"] >= 2000 and reached_backend(f_moved) <= 0.05 * f_moved["sent"], f_moved
+    assert f_moved["status"].get("302", 0) >= 0.9 * f_moved["sent"], f_moved
+    # its own address, a new connection a request: the per-source cap on new connections (250 per
+    # 10 s at normal) refuses the connections, at most the level's per-source ceiling passes
+    tried = f_own["sent"] + f_own["connect_failed"]
+    assert tried >= 2000 and reached_backend(f_own) <= 300 + 50, f_own
+    assert f_own["closed_by_server"] + f_own["connect_failed"] >= 0.9 * tried, f_own
+    # its own address, keep-alive: the per-source request ceiling (300 per 10 s) answers 429 and
+    # punishes; the verified source is limited like any other, never more passes
+    assert f_ka["sent"] >= 2000 and reached_backend(f_ka) <= 300 + 50, f_ka
+    assert f_ka["status"].get("429", 0) >= 0.9 * f_ka["sent"], f_ka
+    for r in (moved, own):
+        assert r["failed"] == 0 and r["ok"] >= 0.8 * base["ok"], (base, r)
+    # (with keep-alive, the 300 requests the per-source ceiling lets through come in the flood's
+    # first half second: the small backend's 2 Mbit/s uplink drains them for ~5 s, which the
+    # client measured from 2 s feels; printed, not asserted — the ceiling is per 10 s by design)
+    assert ka["failed"] == 0, ka
+
+
+def test_automatic_cc_mode_raises_the_level_when_the_backend_suffers(lab):
+    """A flood under both service ceilings (at most 150 requests/s from 128 addresses over 90
+    connections: the ceilings are 200/s and 100 at the backend at once) still fills the small
+    backend. Automatic CC mode (l7/auto.py, what `xdpguard run` does every
+    tick) sees the backend's response time (its health checks) leave its baseline, raises the
+    level to strict (everyone unverified challenged), and lowers it once the backend is quiet."""
+    s = Setup(lab, shape=L.BACKEND_RATE, page_bytes=L.PAGE_BYTES)
+    L.add_sources(lab, s.t, 128)
+    svc = _service()
+    assert s.apply(svc) == "started"
+    levels = auto.AutoLevel(calm_s=6.0)
+    seen: list[tuple[float, str, str]] = []
+
+    readings: list[tuple[float, int]] = []
+
+    def tick(now: float) -> str:
+        r = auto.reading(runtime.show_stat(str(s.h.admin_socket)), svc)
+        readings.append((round(now - t0, 1), r.rtime_ms if r else -1))
+        lv, step = levels.step(svc.name, svc.level, r, now)
+        if step is not None:
+            seen.append((now, step.new, step.why))
+            s.apply(replace(svc, level=lv))
+        return lv
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 8:  # peacetime: the baseline
+        tick(time.monotonic())
+        time.sleep(1.0)
+    base = Setup.result(s.client(5.0))
+    f = flood(s, 128, 40, rate=150, conns=90)
+    start = time.monotonic()
+    while time.monotonic() - start < 25 and tick(time.monotonic()) == "normal":
+        time.sleep(1.0)
+    raised_after = time.monotonic() - start
+    print(f"\nhealth-check durations (s since start, ms): {readings}")
+    assert seen and seen[0][1] == "strict", (seen, levels.states)
+    time.sleep(2.0)
+    defended = Setup.result(s.client(5.0))
+    for _ in range(5):
+        tick(time.monotonic())
+        time.sleep(1.0)
+    fr = Setup.result(f, timeout=60)
+    end = time.monotonic()
+    while time.monotonic() - end < 30 and tick(time.monotonic()) != "normal":
+        time.sleep(1.0)
+    print(f"\nautomatic CC mode, a ≤ 150 req/s flood from 128 addresses, 90 connections (under both ceilings): raised to strict "
+          f"{raised_after:.1f} s after it started ({seen[0][2]}); client alone {base['ok']} ok, after the raise "
+          f"{defended['ok']} ok / {defended['failed']} failed; steps {[(round(t - start, 1), lv) for t, lv, _ in seen]}"
+          f"; flood {json.dumps(fr['status'])}")
+    print(f"health-check durations (s since start, ms): {readings}")
+    assert raised_after < 25
+    assert defended["failed"] == 0 and defended["ok"] >= 0.8 * base["ok"], (base, defended)
+    assert seen[-1][1] == "normal", seen  # lowered again when quiet, to the operator's level
