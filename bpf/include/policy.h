@@ -106,6 +106,7 @@ static __always_inline __u64 xg_over(__u64 n, __u64 k)
 }
 
 #include "knowngood.h"
+#include "budget.h"
 
 /* Ban a source for ban_s seconds because of `reason` — unless that reason is monitored (monitor
  * mode has no side effects, so a would-drop never bans: a ban would then really drop), or the
@@ -639,6 +640,9 @@ static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config 
     r = step_tcpstate(cfg, prot, p, now);
     if (r == XG_REASON_TCPSTATE)
         r = step_cookie_ack(ctx, prot, p);  /* the ACK of a cookie handshake has no entry yet */
+    if (r != XG_CONTINUE)
+        return r;
+    r = step_budget(prot, p, now);  /* budget.h: unverified UDP per service, before any per-source state */
     if (r != XG_CONTINUE)
         return r;
     int is_syn = p->has_l4 && p->l4proto == IPPROTO_TCP && (p->tcp_flags & (XG_TCP_SYN | XG_TCP_ACK)) == XG_TCP_SYN;

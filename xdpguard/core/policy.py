@@ -691,6 +691,9 @@ class VerifySettings:
     udp_peace_pps: int = 0  # UDP packets/s to one protected address above which it learns nothing
     udp_learning: bool = True  # False: the controller saw an attack, no UDP learning anywhere
     spoof_ban_s: int = 0  # the longest data-path ban from spoofable evidence (rate steps)
+    # budget.h: unverified UDP packets/s admitted per service (0: abi.BUDGET_UDP_PPS); off: none
+    budget_udp_pps: int = 0
+    budget: bool = True
 
     def __post_init__(self):
         for name in ("tcp_pps", "udp_pps", "udp_peace_pps"):
@@ -701,15 +704,17 @@ class VerifySettings:
             raise UserError(f"invalid udp_peace_pps {self.udp_peace_pps}")
         if not isinstance(self.spoof_ban_s, int) or not 0 <= self.spoof_ban_s <= MAX_BAN_S:
             raise UserError(f"invalid spoof_ban_s {self.spoof_ban_s!r}: 0 to {MAX_BAN_S} s")
+        _check_rate("budget_udp_pps", self.budget_udp_pps, min(MAX_PPS, 0xFFFFFFFF))
 
     def to_c(self) -> abi.VerifyConfig:
+        flags = (0 if self.udp_learning else abi.VC_NO_UDP_LEARN) | (0 if self.budget else abi.VC_NO_BUDGET)
         return abi.VerifyConfig(self.tcp_pps, self.tcp_burst, self.udp_pps, self.udp_burst, self.udp_peace_pps,
-                                0 if self.udp_learning else abi.VC_NO_UDP_LEARN, self.spoof_ban_s, 0)
+                                flags, self.spoof_ban_s, self.budget_udp_pps)
 
     @classmethod
     def from_c(cls, c: abi.VerifyConfig) -> VerifySettings:
         return cls(c.tcp_pps, c.tcp_burst, c.udp_pps, c.udp_burst, c.udp_peace_pps,
-                   not c.flags & abi.VC_NO_UDP_LEARN, c.spoof_ban_s)
+                   not c.flags & abi.VC_NO_UDP_LEARN, c.spoof_ban_s, c.budget_udp_pps, not c.flags & abi.VC_NO_BUDGET)
 
 
 def read_verify_settings(maps) -> VerifySettings:
@@ -831,6 +836,71 @@ def sweep_dst_buckets(maps, now_ns: int, idle_s: float = 60.0) -> int:
         key = raw_k[i * ks:(i + 1) * ks]
         v = abi.DstBucket.from_buffer_copy(raw_v, i * vs)
         if v.last_ns < limit or abi.PortKey.from_buffer_copy(key).port == 0:
+            stale.append(key)
+    return _delete_raw(m, stale, ks)
+
+
+# ---- admission budgets per service (budget.h): read and swept here; only the map owner calls ----
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """One service's admission budget for unverified UDP (xg_budget_hash)."""
+
+    protected: str
+    port: int
+    rate: int  # packets/s the controller set (0: the default, VerifySettings.budget_udp_pps)
+    admitted: int  # unverified packets admitted
+    dropped: int  # unverified packets over the budget (reason budget)
+    verified: int  # packets of verified sources, never charged ("do no harm")
+
+
+def _port_key_addr(k: abi.PortKey) -> str:
+    raw = bytes(k.addr)
+    return str(ipaddress.ip_address(raw[:4] if k.family == 4 else raw[:16]))
+
+
+def read_budgets(maps) -> list[BudgetView]:
+    """The per-service budgets the data path has made (one per UDP service that got traffic)."""
+    m = maps[abi.MapName.BUDGET]
+    ks, vs = ctypes.sizeof(abi.PortKey), ctypes.sizeof(abi.Budget)
+    raw_k, raw_v, n = m.dump_raw()
+    out = []
+    for i in range(n):
+        k = abi.PortKey.from_buffer_copy(raw_k, i * ks)
+        v = abi.Budget.from_buffer_copy(raw_v, i * vs)
+        out.append(BudgetView(_port_key_addr(k), k.port, v.rate, v.admitted, v.dropped, v.verified))
+    return sorted(out, key=lambda b: (b.protected, b.port or 0))
+
+
+def budget_totals(maps) -> dict[str, int]:
+    """Sums over every service and the per-address slots: admitted, dropped, verified."""
+    tot = {"admitted": 0, "dropped": 0, "verified": 0}
+    for b in read_budgets(maps):
+        for f in tot:
+            tot[f] += getattr(b, f)
+    for _, v in maps[abi.MapName.BUDGETADDR].items():
+        for f in tot:
+            tot[f] += getattr(v, f)
+    return tot
+
+
+def sweep_budgets(maps, now_ns: int, idle_s: float = 60.0) -> int:
+    """Delete the budgets of services idle for idle_s that are no open port (a flood over random
+    ports without a port policy fills xg_budget_hash; past full, ports share their address's slot).
+    Open ports keep theirs (and their counters). Returns how many were deleted."""
+    m = maps[abi.MapName.BUDGET]
+    ks, vs = ctypes.sizeof(abi.PortKey), ctypes.sizeof(abi.Budget)
+    raw_k, raw_v, n = m.dump_raw()
+    if not n:
+        return 0
+    ports = maps[abi.MapName.PORTS]
+    limit = now_ns - int(idle_s * 1e9)
+    stale = []
+    for i in range(n):
+        key = raw_k[i * ks:(i + 1) * ks]
+        if abi.Budget.from_buffer_copy(raw_v, i * vs).last_ns < limit and \
+                ports.get(abi.PortKey.from_buffer_copy(key)) is None:
             stale.append(key)
     return _delete_raw(m, stale, ks)
 

@@ -936,6 +936,7 @@ def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
             if time.monotonic() - _VERIFIED_SWEPT.get(name, -VERIFIED_SWEEP_S) >= VERIFIED_SWEEP_S:
                 policy.sweep_verified(g.maps, _now_ns())  # expired verified clients; room for learning
                 policy.sweep_dst_buckets(g.maps, _now_ns())  # idle per-port buckets: room again after a flood
+                policy.sweep_budgets(g.maps, _now_ns())  # idle budgets of no open port (budget.h)
                 _VERIFIED_SWEPT[name] = time.monotonic()
             out.append(SweepResult(name, entries, bans))
     return out
