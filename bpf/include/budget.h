@@ -7,6 +7,12 @@
  * dropped here: they keep their own per-source privilege bucket (kg_check), and past it they are
  * judged as anyone, i.e. charged here.
  *
+ * The unit is a packet of up to 128 bytes (frame length); a larger one costs one unit per 128
+ * bytes started (a rate below 12/s never admits a 1,500-byte frame: the burst is one second), so the budget bounds packets (conntrack entries) and bytes
+ * (the backend's link) alike: the default 1,000/s is 1,000 small packets or ~1 Mbit/s. (In the
+ * lab, with a 2 Mbit/s backend link, a random-length flood admitted by packets alone filled the
+ * link and the verified client's answers were lost in the backend's queue.)
+ *
  * Why: every admitted packet of a spoofed random-port flood is a new conntrack entry (a NAT port
  * towards the backend, 30 s). Unbounded, a 30k pps flood filled the masquerade port space of
  * one backend (~64.5k) and took the service down for everyone; with this budget the flood's
@@ -27,14 +33,15 @@
 #ifndef XG_BUDGET_MAX
 #define XG_BUDGET_MAX 16384        /* services with a bucket of their own */
 #endif
-#define XG_BUDGET_UDP_PPS 1000     /* default rate of unverified UDP packets per service */
+#define XG_BUDGET_UDP_PPS 1000     /* default rate of unverified UDP units per service */
+#define XG_BUDGET_UNIT_SHIFT 7     /* a unit: a packet of up to 128 bytes (frame length) */
 
 /* xg_budget_hash value (per protected address:udp:port) and xg_budaddr_arr value (per address
  * slot). XXX: unlocked like the other buckets: racing CPUs may lose a refill, a take or a count. */
 struct xg_budget {
     __u64 last_ns;
-    __u64 tokens;              /* nano-units (XG_TOKEN per packet) */
-    __u64 rate;                /* packets/s set by the controller; 0: the default */
+    __u64 tokens;              /* nano-units (XG_TOKEN per unit) */
+    __u64 rate;                /* units/s set by the controller; 0: the default */
     __u64 admitted;            /* unverified packets admitted */
     __u64 dropped;             /* unverified packets over the budget (reason 22) */
     __u64 verified;            /* packets of verified sources, passed without a charge */
@@ -71,7 +78,8 @@ static __always_inline __u32 step_budget(struct xg_protected *prot, struct xg_pk
     }
     __u64 rate = xg_or_default(xg_min(b->rate, 4000000000ULL),
                                xg_or_default(vc->budget_udp_pps, XG_BUDGET_UDP_PPS));
-    if (bucket_take(&b->tokens, &b->last_ns, xg_now(now), rate, rate, 0, XG_TOKEN)) {
+    __u64 units = ((__u64)(p->len & 0xffff) + (1 << XG_BUDGET_UNIT_SHIFT) - 1) >> XG_BUDGET_UNIT_SHIFT;
+    if (bucket_take(&b->tokens, &b->last_ns, xg_now(now), rate, rate, 0, units * XG_TOKEN)) {
         b->admitted += 1;
         return XG_CONTINUE;
     }

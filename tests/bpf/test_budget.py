@@ -112,6 +112,14 @@ def test_services_and_addresses_have_budgets_of_their_own(bed):
     assert {(b.protected, b.port) for b in policy.read_budgets(bed.maps)} == {(PROT, 7), (PROT_B, 7)}
 
 
+def test_a_large_packet_costs_one_unit_per_128_bytes(bed):
+    big = bytes(IN / IP(src=spoofed(1), dst=PROT) / UDP(sport=5000, dport=7) / Raw(b"x" * 300))  # 342 B: 3 units
+    assert [bed.verdict(big).reason for _ in range(3)] == [Reason.CLEAN, Reason.BUDGET, Reason.BUDGET]
+    assert bed.verdict(udp(spoofed(2))).reason == Reason.CLEAN  # 2 units left: a small one still fits
+    [b] = policy.read_budgets(bed.maps)
+    assert (b.admitted, b.dropped) == (2, 2)
+
+
 def test_tcp_is_not_budgeted(bed):
     bed.egress(bytes(OUT / IP(src=PROT, dst=TCP_CLIENT) / TCP(sport=80, dport=40000, flags="A")))
     for i in range(10):
