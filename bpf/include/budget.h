@@ -76,8 +76,8 @@ static __always_inline __u32 step_budget(struct xg_protected *prot, struct xg_pk
         b->verified += 1;
         return XG_CONTINUE;
     }
-    __u64 rate = xg_or_default(xg_min(b->rate, 4000000000ULL),
-                               xg_or_default(vc->budget_udp_pps, XG_BUDGET_UDP_PPS));
+    __u64 rate = xg_min(xg_or_default(b->rate, xg_or_default(vc->budget_udp_pps, XG_BUDGET_UDP_PPS)),
+                        4000000000ULL);    /* bucket_take's bound */
     __u64 units = ((__u64)(p->len & 0xffff) + (1 << XG_BUDGET_UNIT_SHIFT) - 1) >> XG_BUDGET_UNIT_SHIFT;
     if (bucket_take(&b->tokens, &b->last_ns, xg_now(now), rate, rate, 0, units * XG_TOKEN)) {
         b->admitted += 1;

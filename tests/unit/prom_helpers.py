@@ -92,6 +92,11 @@ def install_fakes(monkeypatch, guard: FakeGuard | None = None) -> None:
     monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 1, "net-1"))
     monkeypatch.setattr(sampling, "get_sample_every", lambda maps: 64)
     monkeypatch.setattr(sampling, "sample_counters", lambda maps: (1000, 7))
+    from xdpguard.core import policy
+
+    monkeypatch.setattr(policy, "verified_counters", lambda maps: {
+        "verified": {"tcp": 12, "udp": 3}, "budget": {"admitted": 900, "dropped": 29100, "verified": 2500},
+        "verified_drops": {"mitigation": {"dropped": 0, "exempted": 44}}})
     rules = [RuleView("198.18.0.2 tcp 80", "xgp0", "tcp", "198.18.0.2", "80",
                       [BackendView("198.51.100.10:8080", 1, False, "up"), BackendView("198.51.100.11:8080", 1, False, "down"),
                        BackendView("198.51.100.12:8080", 1, True, "unknown")], 0, False, None, 5, 500)]

@@ -93,6 +93,9 @@ class InterfaceSpec:
     allow: frozenset[Prefix] = frozenset()
     forwards: tuple[ForwardSpec, ...] = ()  # sorted by rule key
     events: events.EventConfig = events.EventConfig()
+    # verified clients and the admission budgets (`[interface.verify]`); udp_learning is the
+    # daemon's runtime switch, never desired state (always True here)
+    verify: policy.VerifySettings = policy.VerifySettings()
 
     @property
     def protected(self) -> list[IPAddress]:
@@ -369,7 +372,7 @@ _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", 
                 "detect_interval", "mitigation", "mitigation_pps", "mitigation_factor", "mitigation_max_share",
                 "mitigation_hold", "mitigation_interval"}
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
-               "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
+               "block_files", "allow", "allow_files", "address", "filter", "forward", "events", "verify"}
 _ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit", "http",
               "geo"}
 #: `connlimit = { ... }` keys → nat.ConnLimits fields
@@ -384,6 +387,23 @@ _FILTER_KEYS = {"action", "proto", "sport", "dport", "length", "ttl", "tcp_flags
 _FORWARD_KEYS = {"proto", "ports", "protected", "to", "weights", "backup", "persist", "preserve_client_ip",
                  "udp_probe"}
 _EVENT_KEYS = {"pps", "bps", "drop_pps", "drop_bps", "reasons", "hold", "hook", "address"}
+#: `[interface.verify]` keys: policy.VerifySettings' fields but the runtime udp_learning switch
+VERIFY_KEYS = ("budget_udp_pps", "budget", "tcp_pps", "tcp_burst", "udp_pps", "udp_burst", "udp_peace_pps",
+               "spoof_ban_s")
+
+
+def _verify(ld: _Loader, d: dict, path: tuple) -> policy.VerifySettings:
+    """`[interface.verify]`: the verified-client budgets and the per-service admission budget."""
+    d = ld.table(d, path, set(VERIFY_KEYS))
+    vals = {k: ld.get(d, k, path, "bool" if k == "budget" else "int", getattr(policy.VerifySettings(), k))
+            for k in VERIFY_KEYS}
+    return ld.guard(path, lambda: policy.VerifySettings(**vals), policy.VerifySettings())
+
+
+def verify_data(v: policy.VerifySettings) -> dict:
+    """The `[interface.verify]` table of v: only what differs from the defaults."""
+    base = policy.VerifySettings()
+    return {k: getattr(v, k) for k in VERIFY_KEYS if getattr(v, k) != getattr(base, k)}
 
 
 def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
@@ -1010,8 +1030,9 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
     if frag is None and levels.fragments_dropped(s.level for s in addrs.values()):
         glob = replace(glob, drop_fragments=True)  # the levels' fragment policy (fragments not given)
     ev = _events(ld, ld.get(d, "events", path, "table", {}), path + ("events",), protected)
+    vf = _verify(ld, ld.get(d, "verify", path, "table", {}), path + ("verify",))
     return norm_interface(InterfaceSpec(name, mode if mode in MODES else "auto", tuple(addrs.values()), glob,
-                                        frozenset(block), frozenset(allow), tuple(forwards), ev))
+                                        frozenset(block), frozenset(allow), tuple(forwards), ev, vf))
 
 
 MAX_DEPTH = 12  # the schema nests 7 deep (interface.address.port_limit); anything deeper is wrong
@@ -1315,6 +1336,8 @@ def _interface_data(s: InterfaceSpec, list_files: dict[tuple[str, str], str]) ->
         out["events"]["hook"] = ev.hook
     if ev.addresses:
         out["events"]["address"] = [{"address": a, **_thresholds_data(t, True)} for a, t in sorted(ev.addresses.items())]
+    if verify_data(s.verify):
+        out["verify"] = verify_data(s.verify)
     return out
 
 
@@ -1477,6 +1500,9 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
             out.append(Change(f"{n} forward", "change", _fmt_forward(of[k]), _fmt_forward(nf[k])))
     if old.events != new.events:
         out.append(Change(f"{n} events", "change", _fmt_events(old.events), _fmt_events(new.events)))
+    if old.verify != new.verify:
+        fmt = lambda v: ", ".join(f"{k} {x}" for k, x in verify_data(v).items()) or "defaults"  # noqa: E731
+        out.append(Change(f"{n} verify", "change", fmt(old.verify), fmt(new.verify)))
     return out
 
 

@@ -691,7 +691,8 @@ class VerifySettings:
     udp_peace_pps: int = 0  # UDP packets/s to one protected address above which it learns nothing
     udp_learning: bool = True  # False: the controller saw an attack, no UDP learning anywhere
     spoof_ban_s: int = 0  # the longest data-path ban from spoofable evidence (rate steps)
-    # budget.h: unverified UDP packets/s admitted per service (0: abi.BUDGET_UDP_PPS); off: none
+    # budget.h: unverified UDP admitted per service, units/s (a packet: one per 128 bytes started;
+    # 0: abi.BUDGET_UDP_PPS); budget False: none
     budget_udp_pps: int = 0
     budget: bool = True
 
@@ -718,7 +719,9 @@ class VerifySettings:
 
 
 def read_verify_settings(maps) -> VerifySettings:
-    c = maps[abi.MapName.VCFG].get(ctypes.c_uint32(0))
+    """The settings; the defaults when the program has no xg_vcfg_arr (an older one)."""
+    m = maps.get(abi.MapName.VCFG)
+    c = m.get(ctypes.c_uint32(0)) if m is not None else None
     return VerifySettings.from_c(c) if c is not None else VerifySettings()
 
 
@@ -756,6 +759,19 @@ def read_verified(maps, now_ns: int) -> list[VerifiedView]:
             out.append(VerifiedView(_src_text(k), _KIND_NAMES.get(v.kind & 3, "untrusted"),
                                     round((v.expires_ns - now_ns) / 1e9, 1)))
     return sorted(out, key=lambda x: x.source)
+
+
+def count_verified(maps, now_ns: int) -> dict[str, int]:
+    """Live verified sources by kind ("tcp", "udp", "tcp+udp", "untrusted"), from one batch dump."""
+    vs = ctypes.sizeof(abi.GoodSrc)
+    _, raw_v, n = maps[abi.MapName.GOODSRC].dump_raw()
+    out: dict[str, int] = {}
+    for i in range(n):
+        v = abi.GoodSrc.from_buffer_copy(raw_v, i * vs)
+        if v.expires_ns > now_ns:
+            k = _KIND_NAMES.get(v.kind & 3, "untrusted")
+            out[k] = out.get(k, 0) + 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -903,6 +919,17 @@ def sweep_budgets(maps, now_ns: int, idle_s: float = 60.0) -> int:
                 ports.get(abi.PortKey.from_buffer_copy(key)) is None:
             stale.append(key)
     return _delete_raw(m, stale, ks)
+
+
+def verified_counters(maps) -> dict:
+    """The verified-client and do-no-harm counters of one interface (stats --json, Prometheus):
+    live verified sources by kind, the admission budgets' totals, and per filter or reason the
+    packets of verified sources dropped or exempted (non-zero only)."""
+    vd = read_verified_drops(maps)
+    harm = {f"filter {i}": asdict(h) for i, (_, h) in sorted(vd.filters.items())}
+    harm.update({abi.Reason(r).label: asdict(h) for r, h in sorted(vd.reasons.items())})
+    return {"verified": count_verified(maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC)),
+            "budget": budget_totals(maps), "verified_drops": harm}
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     addrs = [replace(a, http=http.get(a.address, ())) for a in addrs]
     return config.norm_interface(InterfaceSpec(
         g.iface.name, st.get("requested_mode", "auto"), tuple(addrs), glob, block, allow, fwd,
-        events.EventConfig.from_json(st.get(events.STATE_KEY))))
+        events.EventConfig.from_json(st.get(events.STATE_KEY)),
+        replace(policy.read_verify_settings(g.maps), udp_learning=True)))  # the switch is the daemon's
 
 
 def export_iface(name: str, lists: bool = True) -> InterfaceSpec | None:
@@ -229,6 +230,9 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
             m.set(policy.prot_key(a.address), policy.new_protected(_free_slot(g)))
     if old.global_ != new.global_:
         policy.write_global_policy(g.maps, new.global_, old.global_)
+    if old.verify != new.verify:  # the daemon's UDP-learning switch stays as it is
+        policy.write_verify_settings(g.maps, replace(new.verify,
+                                                     udp_learning=policy.read_verify_settings(g.maps).udp_learning))
     for a in new.addresses:
         _write_address(g, old.address(a.address), a)
     if [(a.address, a.geo) for a in old.addresses] != [(a.address, a.geo) for a in new.addresses]:

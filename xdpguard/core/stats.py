@@ -14,7 +14,7 @@ from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from . import fanout, forward, geo, protection, sampling, state
+from . import fanout, forward, geo, policy, protection, sampling, state
 from .abi import Kind, MapName, Reason, stats_slot
 from .errors import UserError
 from .l7 import engine as l7engine
@@ -138,6 +138,8 @@ class Snapshot:
     sample_source: str = "ring"  # ring (read ourselves) | daemon (fanned out by `xdpguard run`)
     http: list[HttpRow] = field(default_factory=list)  # HTTP services behind HAProxy (l7/)
     countries: dict[str, list[Talker]] = field(default_factory=dict)  # dropped | passed → top source countries
+    # verified clients and admission budgets (policy.verified_counters; `stats` only: it walks the verified map)
+    verified: dict = field(default_factory=dict)
     to_dict = _as_dict
 
 
@@ -402,6 +404,11 @@ def http_rows(rows, prev: dict[str, int], dt: float, banned: int) -> list[HttpRo
         out.append(HttpRow(svc, r.requests_total, max(0, r.requests_total - before) / max(dt, 1e-6), r.http_3xx,
                            r.denied_requests, banned))
     return out
+
+
+def with_verified(guard: protection.Guard, snap: Snapshot) -> Snapshot:
+    """snap with the verified-client and do-no-harm counters (policy.verified_counters)."""
+    return _replace(snap, verified=policy.verified_counters(guard.maps))
 
 
 def cc_bans(guard: protection.Guard) -> int:
