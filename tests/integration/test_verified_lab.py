@@ -75,7 +75,7 @@ for i in range(n):
     msg = b"probe-%d" % i
     try:
         s.sendto(msg, ("{topology.PROT4}", {topology.ECHO_PORT}))
-        ok += s.recvfrom(4096)[0] == msg
+        ok += msg in s.recvfrom(4096)[0]  # the lab echo server answers with more around it
     except OSError:
         pass
     s.close()
