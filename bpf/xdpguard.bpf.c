@@ -28,6 +28,7 @@
 #include "steps/syncookie.h"
 #include "steps/ratelimit.h"
 #include "steps/synauth.h"
+#include "steps/budget.h"
 
 #define XG_IP_MF     0x2000
 #define XG_IP_OFFSET 0x1FFF
@@ -109,6 +110,7 @@ static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config 
         r = step_syncookie(ctx, prot, p);  /* the ACK of a cookie handshake has no entry yet */
     if (r != XG_CONTINUE)
         return r;
+    XG_STEP(step_budget(prot, p, now));    /* unverified UDP per service, before any per-source state */
     int is_syn = p->has_l4 && p->l4proto == IPPROTO_TCP && (p->tcp_flags & (XG_TCP_SYN | XG_TCP_ACK)) == XG_TCP_SYN;
     XG_STEP(step_ratelimit(cfg, prot, limits_for(prot, p), p, is_syn, now));
     if (is_syn)

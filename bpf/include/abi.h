@@ -35,6 +35,7 @@
 #define XG_REASON_CC          18  /* a ban's reason: an HTTP flood offender seen by HAProxy (l7/bans.py); not a verdict */
 #define XG_REASON_GEO         19  /* drop: source in a country the address's geo rule drops (geo.h); 18 is main's cc */
 #define XG_REASON_TCPFLAGS    21  /* drop: TCP with SYN and FIN, or SYN and RST (steps/tcpflags.h) */
+#define XG_REASON_BUDGET      22  /* drop: unverified UDP past its service's admission budget (budget.h) */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
                                      * this wave: -D16 builds that layout for the upgrade test) */
@@ -286,6 +287,7 @@ struct xg_goodsrc {
 
 /* xg_vcfg_arr[0]: verified-client settings (0 = the XG_VERIFIED_* / XG_UDP_PEACE_* default). */
 #define XG_VC_NO_UDP_LEARN 1      /* the controller saw an attack: no UDP learning anywhere */
+#define XG_VC_NO_BUDGET 2         /* no admission budget for unverified UDP anywhere (budget.h) */
 struct xg_verify_config {
     __u64 tcp_pps;            /* privilege bucket of a TCP-verified source, packets/s */
     __u64 tcp_burst;
@@ -294,7 +296,7 @@ struct xg_verify_config {
     __u32 udp_peace_pps;      /* UDP packets/s to one protected address above which it learns nothing */
     __u32 flags;              /* XG_VC_* */
     __u32 spoof_ban_s;        /* the longest data-path ban from spoofable evidence (rate steps) */
-    __u32 reserved;           /* 0 */
+    __u32 budget_udp_pps;     /* unverified UDP packets/s per service (budget.h; 0: XG_BUDGET_UDP_PPS); was `reserved` */
 };
 
 /* xg_vdrop_pcpu: "first, do no harm", per CPU: packets of verified sources that a filter (slot =

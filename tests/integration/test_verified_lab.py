@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_assert import CliLab
+from cli_assert import CliLab, one_line_error
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -63,6 +63,28 @@ print(json.dumps([b.source for b in g.read_bans(time.clock_gettime_ns(time.CLOCK
 """
 
 
+# The echo service's client: `n` requests at `rate`/s, a new socket (source port) each, as the
+# acceptance catalogue's UDP client; prints how many were answered.
+ECHO_CLIENT = f"""
+import socket, sys, time
+n, rate = int(sys.argv[1]), float(sys.argv[2])
+ok = 0
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.25)
+    msg = b"probe-%d" % i
+    try:
+        s.sendto(msg, ("{topology.PROT4}", {topology.ECHO_PORT}))
+        ok += msg in s.recvfrom(4096)[0]  # the lab echo server answers with more around it
+    except OSError:
+        pass
+    s.close()
+    time.sleep(1.0 / rate)
+print(ok)
+"""
+
+UDP_FLOOD_PPS, UDP_FLOOD_S = 20_000, 4.0
+
 GRACE_S = 2  # the attach grace period of this lab (XDPGUARD_TCP_GRACE), as in test_tcpstate
 
 
@@ -74,6 +96,12 @@ class Lab(CliLab):
         p = self.in_ns(role, sys.executable, "-c", code)
         assert p.returncode == 0, p.stderr
         return p.stdout
+
+    def pxg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The CLI inside the protector's namespace."""
+        p = self.in_ns("prot", *topology.xdpguard_argv(), *args)
+        assert not check or p.returncode == 0, f"xdpguard {' '.join(args)}: {p.stderr.strip()}"
+        return p
 
     def drops(self) -> dict[str, int]:
         p = self.in_ns("prot", *topology.xdpguard_argv(), "status", topology.PROT_IFACE, "--json")
@@ -118,3 +146,64 @@ def test_spoofed_syn_flood_from_a_clients_address_leaves_its_connection_alive(la
     finally:
         client.kill()
         client.communicate(timeout=10)
+
+
+def conntrack_count(lab: Lab) -> int:
+    return int(lab.in_ns("prot", "cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout)
+
+
+def test_spoofed_random_port_udp_flood_leaves_the_echo_service_reachable(lab):
+    """Issue 25 item 2: a spoofed UDP flood at udp/7 with random source ports is a new conntrack
+    entry (and a masquerade port towards the backend) per packet. Before budget.h it filled ~64.5k
+    entries, the masquerade ports to the one backend ran out and udp/7 was unreachable for ≥ 20 s.
+    With the admission budget (nothing tuned: the default) the flood gets its service's budget,
+    the table stays far below half its size, and the client, UDP-verified in peacetime, keeps
+    being answered during the flood and right after it."""
+    peace = lab.in_ns("client", sys.executable, "-c", ECHO_CLIENT, "40", "50")
+    assert int(peace.stdout) >= 36, peace.stderr  # peacetime: answered, so the client is UDP-verified
+    ct_max = int(lab.in_ns("prot", "cat", "/proc/sys/net/netfilter/nf_conntrack_max").stdout)
+    client = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "timeout", "30", sys.executable, "-c",
+                               ECHO_CLIENT, str(int(UDP_FLOOD_S * 50)), "50"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=lab.env)
+    peak = 0
+    flood = subprocess.Popen([*topology.xdpguard_argv(), "lab", "attack", "spoofed-udp", "--port",
+                              str(topology.ECHO_PORT), "--pps", str(UDP_FLOOD_PPS), "--duration", str(UDP_FLOOD_S),
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lab.env)
+    try:
+        while flood.poll() is None:
+            peak = max(peak, conntrack_count(lab))
+            time.sleep(0.2)
+        out, err = flood.communicate(timeout=30)
+        assert flood.returncode == 0, err
+        sent = json.loads(out)["sent"]
+        during, _ = client.communicate(timeout=40)
+    finally:
+        for p in (flood, client):
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=10)
+    after = lab.in_ns("client", sys.executable, "-c", ECHO_CLIENT, "20", "50")
+    peak = max(peak, conntrack_count(lab))
+    assert sent > 20_000, sent  # the flood really ran (a few seconds of it at least)
+    assert peak < min(ct_max // 2, 20_000), (peak, ct_max, sent)  # without the budget: ~64.5k
+    assert int(after.stdout) >= 18, after.stderr  # reachable right after (before: ≥ 20 s down)
+    assert int(during) >= int(UDP_FLOOD_S * 50 * 0.5), during  # the verified client is served during it
+    drops = lab.drops()
+    assert drops.get("budget", 0) > sent // 2, (drops, sent)  # the flood's excess: reason budget
+    v = json.loads(lab.pxg("verify", "show", "--json").stdout)
+    assert v["budget"]["dropped"] > sent // 2 and v["budget"]["verified"] > 0, v["budget"]
+    assert v["verified"].get("udp", 0) + v["verified"].get("tcp+udp", 0) >= 1, v["verified"]
+
+
+def test_verify_set_edits_the_desired_state_and_rejects_bad_input(lab):
+    v = json.loads(lab.pxg("verify", "set", "--budget-udp-pps", "2500", "--json").stdout)
+    assert v["settings"]["budget_udp_pps"] == 2500 and v["effective"]["budget_udp_pps"] == 2500
+    exported = lab.pxg("export").stdout
+    assert "[interface.verify]" in exported and "budget_udp_pps = 2500" in exported
+    one_line_error(lab.pxg("verify", "set", "--budget-udp-pps", "-3", check=False), "budget-udp-pps")
+    one_line_error(lab.pxg("verify", "set", "--udp-peace-pps", "99999999999", check=False), "udp_peace_pps")
+    assert json.loads(lab.pxg("verify", "show", "--json").stdout)["settings"]["budget_udp_pps"] == 2500  # unchanged
+    lab.pxg("verify", "set", "--budget-udp-pps", "0")
+    assert "[interface.verify]" not in lab.pxg("export").stdout
+    snap = json.loads(lab.pxg("stats", topology.PROT_IFACE, "--json", "--interval", "0.2").stdout)
+    assert set(snap["verified"]) == {"verified", "budget", "verified_drops"}

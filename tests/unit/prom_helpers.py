@@ -76,6 +76,10 @@ class FakeGuard:
     def cc_ban_count(self):
         return 0
 
+    def verified_counters(self):
+        return {"verified": {"tcp": 12, "udp": 3}, "budget": {"admitted": 900, "dropped": 29100, "verified": 2500},
+                "verified_drops": {"mitigation": {"dropped": 0, "exempted": 44}}}
+
 
 def every_counter():
     """A counter for every (action, reason) pair the data path can report."""

@@ -25,8 +25,9 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
 
 
-ABI_H = _strip_comments(abi.ABI_HEADER.read_text())
-MAPS_H = _strip_comments((INCLUDE / "maps.h").read_text() + (INCLUDE / "sample.h").read_text())
+ABI_H = _strip_comments(abi.ABI_HEADER.read_text() + (INCLUDE / "budget.h").read_text())  # budget.h: its struct
+MAPS_H = _strip_comments((INCLUDE / "maps.h").read_text() + (INCLUDE / "sample.h").read_text()
+                         + (INCLUDE / "budget.h").read_text())
 
 
 def defines(prefix: str) -> dict[str, str]:

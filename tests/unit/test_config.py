@@ -259,8 +259,10 @@ def interfaces(draw, name):
                     st.sampled_from([{}, {"syn": (100.0, 0.0)}]))
     ev = events.EventConfig(draw(thr), {str(protected[0]): draw(thr)} if draw(st.booleans()) else {},
                             draw(st.sampled_from([10.0, 0.5])), draw(st.sampled_from([None, "/bin/true"])))
+    vf = policy.VerifySettings(budget_udp_pps=draw(st.sampled_from([0, 2000])), budget=draw(st.booleans()),
+                               tcp_pps=draw(st.sampled_from([0, 30000])), spoof_ban_s=draw(st.sampled_from([0, 5])))
     return config.norm_interface(InterfaceSpec(name, draw(st.sampled_from(config.MODES)), addrs, glob,
-                                               draw(prefixes()), draw(prefixes()), tuple(fwds), ev))
+                                               draw(prefixes()), draw(prefixes()), tuple(fwds), ev, vf))
 
 
 @st.composite
@@ -320,3 +322,32 @@ def test_connlimit_is_desired_state_with_located_errors():
     plain, _ = config.loads(CONNLIMIT_HEAD + "limits = { src_pps = 100 }\n", "x.toml")
     changes = config.diff(plain, d)
     assert any("connlimit" in str(c) for c in changes), changes
+
+
+# ---- [interface.verify]: verified clients and the admission budget (issue 25) ----
+
+VERIFY = '[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n[interface.verify]\n{body}'
+
+
+def test_verify_table_loads_writes_and_diffs():
+    d, _ = config.loads(VERIFY.format(body="budget_udp_pps = 2000\nbudget = false\nudp_pps = 500\n"))
+    v = d.interfaces[0].verify
+    assert (v.budget_udp_pps, v.budget, v.udp_pps, v.udp_learning) == (2000, False, 500, True)
+    text = config.to_toml(d)
+    assert "[interface.verify]" in text and "udp_learning" not in text
+    assert config.loads(text)[0] == d
+    plain, _ = config.loads('[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n')
+    assert plain.interfaces[0].verify == policy.VerifySettings() and "verify" not in config.to_toml(plain)
+    [ch] = config.diff(plain, d)
+    assert "verify" in ch.path and "budget_udp_pps 2000" in ch.new
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("budget_udp_pps = -1\n", "interface[0].verify: invalid budget_udp_pps -1"),
+    ('budget = "off"\n', "interface[0].verify.budget: must be true or false"),
+    ("udp_learning = false\n", "interface[0].verify.udp_learning: unknown key"),
+    ("spoof_ban_s = 1.5\n", "interface[0].verify.spoof_ban_s: must be a whole number"),
+])
+def test_verify_table_errors_name_the_field(body, needle):
+    got = problems(VERIFY.format(body=body))
+    assert any(needle in p for p in got), got

@@ -45,6 +45,10 @@ def test_names_labels_values(scrape):
     assert got[("xdpguard_http_limited_requests_total", (("service", "www"),))] == 40
     assert got[("xdpguard_country_packets_total", (("action", "drop"), ("country", "QY"), ("iface", "xgp0")))] == 4096
     assert "# TYPE xdpguard_packets_total counter" in text
+    assert got[("xdpguard_verified_source_entries", (("iface", "xgp0"), ("kind", "tcp")))] == 12
+    assert got[("xdpguard_budget_packets_total", (("iface", "xgp0"), ("result", "dropped")))] == 29100
+    assert got[("xdpguard_verified_harm_packets_total", (("iface", "xgp0"), ("outcome", "exempted"),
+                                                         ("where", "mitigation")))] == 44
 
 
 def test_attack_inactive_is_zero(scrape):

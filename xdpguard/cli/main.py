@@ -77,6 +77,8 @@ def _register() -> None:
     from . import cc  # HTTP services behind HAProxy (issue 29)
     cli.add_command(cc.cc)
     cli.add_command(connlimit.connlimit_)
+    from . import verify  # verified clients, admission budgets (issue 25)
+    cli.add_command(verify.verify)
     from . import geo, origin  # region blocking, the hidden real server (issue 28)
     cli.add_command(geo.geo)
     cli.add_command(origin.origin_rules)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import sampling, state
+from xdpguard.core import stats as core_stats
 
 from .params import IFACE, SecondsType
 from .output import json_option
@@ -23,4 +24,4 @@ def stats(iface, interval, sample_every):
     """Counters, rates, drop reasons, top sources/ports, forwarding, lists and attack state of IFACE."""
     state.require_root()
     with open_collector(iface, sample_every) as col:
-        return snapshot(col.collect(interval))
+        return snapshot(core_stats.with_verified(col.guard, col.collect(interval)))

@@ -141,6 +141,10 @@ VERIFIED_UDP_PPS, VERIFIED_UDP_BURST = 2000, 4000
 UDP_PEACE_PPS, UDP_PEACE_HOLD_S = 5000, 30
 SPOOF_BAN_S = 10
 VC_NO_UDP_LEARN = 1  # xg_verify_config.flags: the controller saw an attack, no UDP learning
+VC_NO_BUDGET = 2  # xg_verify_config.flags: no admission budget for unverified UDP (budget.h)
+BUDGET_UDP_PPS = 1000  # budget.h: unverified UDP units/s per service when nothing is set
+BUDGET_UNIT_BYTES = 128  # budget.h: a packet costs one unit per 128 bytes (frame length) started
+BUDGET_MAX = 16384  # services with a budget bucket of their own (xg_budget_hash)
 GOODBLOOM_BITS = 1048576  # xg_vbloom_arr: bits over the verified sources
 IPV6_EXT_MAX = 6
 
@@ -323,7 +327,13 @@ class VerifyConfig(ctypes.Structure):
 
     _fields_ = [("tcp_pps", ctypes.c_uint64), ("tcp_burst", ctypes.c_uint64), ("udp_pps", ctypes.c_uint64),
                 ("udp_burst", ctypes.c_uint64), ("udp_peace_pps", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("spoof_ban_s", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+                ("spoof_ban_s", ctypes.c_uint32), ("budget_udp_pps", ctypes.c_uint32)]
+
+
+class Budget(ctypes.Structure):
+    """xg_budget_hash / xg_budaddr_arr value: one service's admission budget (budget.h)."""
+
+    _fields_ = [(n, ctypes.c_uint64) for n in ("last_ns", "tokens", "rate", "admitted", "dropped", "verified")]
 
 
 class VDrop(ctypes.Structure):
@@ -381,6 +391,8 @@ class MapName(str, enum.Enum):
     UDPWIN = "xg_udpwin_pcpu"  # UDP packets/s per address slot and CPU: peacetime for UDP learning
     UDPFLOOD = "xg_udpflood_arr"  # per address slot: under a UDP flood until (ns)
     VDROP = "xg_vdrop_pcpu"  # do-no-harm counters (policy.read_verified_drops)
+    BUDGET = "xg_budget_hash"  # budget.h: admission budget per UDP service (unverified sources)
+    BUDGETADDR = "xg_budaddr_arr"  # ... per address slot, for the ports of a full BUDGET
     GEO4 = "xg_geo4_lpm"  # geo.h: source prefix → country index
     GEO6 = "xg_geo6_lpm"
     GEOSET = "xg_geoset_arr"  # protected address slot → the countries its geo rule names
@@ -437,6 +449,8 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.UDPWIN: (ctypes.c_uint32, SynWin, True),
     MapName.UDPFLOOD: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.VDROP: (ctypes.c_uint32, VDrop, True),
+    MapName.BUDGET: (PortKey, Budget, False),
+    MapName.BUDGETADDR: (ctypes.c_uint32, Budget, False),
     MapName.SAMPLE_CFG: (ctypes.c_uint32, "SampleConfig", False),
     MapName.SAMPLE_STATE: (ctypes.c_uint32, "SampleState", True),
     MapName.SAMPLES: ("NoData", "NoData", False),
@@ -494,6 +508,8 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.UDPWIN: ("percpu_array", "XG_PROTECTED_MAX", 0),
     MapName.UDPFLOOD: ("array", "XG_PROTECTED_MAX", 0),
     MapName.VDROP: ("percpu_array", "XG_VDROP_SLOTS", 0),
+    MapName.BUDGET: ("hash", "XG_BUDGET_MAX", 0),
+    MapName.BUDGETADDR: ("array", "XG_PROTECTED_MAX", 0),
 }
 # Default of every size macro MAP_SHAPES names (abi.h's #ifndef defaults).
 MAP_SIZE_DEFAULTS: dict[str, int] = {
@@ -501,7 +517,7 @@ MAP_SIZE_DEFAULTS: dict[str, int] = {
     "XG_SOURCES_MAX": SOURCES_MAX, "XG_BANS_MAX": BANS_MAX, "XG_OPBANS_MAX": OPBANS_MAX,
     "XG_FILTERS_MAX": FILTERS_MAX, "XG_SYNAUTH_MAX": SYNAUTH_MAX, "XG_FLOWS_MAX": FLOWS_MAX,
     "XG_EMBRYOS_MAX": EMBRYOS_MAX, "XG_REASON_MAX": REASON_MAX, "XG_GOODSRC_MAX": GOODSRC_MAX,
-    "XG_SK_SLOTS": SK_SLOTS,
+    "XG_SK_SLOTS": SK_SLOTS, "XG_BUDGET_MAX": BUDGET_MAX,
 }
 
 
@@ -561,6 +577,7 @@ C_STRUCTS: dict[str, type] = {
     "xg_goodsrc": GoodSrc,
     "xg_verify_config": VerifyConfig,
     "xg_vdrop": VDrop,
+    "xg_budget": Budget,
 }
 
 

@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from . import abi, dataplane, geo, levels, libbpf, migrate, state, vocab
 from .abi import ALL_DROP_MASK
@@ -52,6 +52,7 @@ from .policy import (
     SynPolicy,
     VerifiedDrops,
     VerifiedHits,
+    BudgetView,
     VerifiedView,
     VerifySettings,
     _KIND_NAMES,
@@ -61,6 +62,7 @@ from .policy import (
     good_bloom_bit,
     new_protected,
     port_key,
+    port_key_addr,
     prot_key,
     src_key,
 )
@@ -524,6 +526,21 @@ class Guard:
 
     def read_verified_drops(self) -> VerifiedDrops:
         return read_verified_drops(self.maps)
+
+    def read_verify_settings(self) -> VerifySettings:
+        return read_verify_settings(self.maps)
+
+    def write_verify_settings(self, v: VerifySettings) -> None:
+        write_verify_settings(self.maps, v)
+
+    def sweep_budgets(self, now_ns: int) -> int:
+        return sweep_budgets(self.maps, now_ns)
+
+    def read_budgets(self) -> list[BudgetView]:
+        return read_budgets(self.maps)
+
+    def verified_counters(self) -> dict:
+        return verified_counters(self.maps)
 
 
 def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, undo: list) -> tuple[int, int]:
@@ -990,7 +1007,9 @@ def note_operator_ban(maps, keys) -> None:
 
 
 def read_verify_settings(maps) -> VerifySettings:
-    c = maps[abi.MapName.VCFG].get(ctypes.c_uint32(0))
+    """The settings; the defaults when the program has no xg_vcfg_arr (an older one)."""
+    m = maps.get(abi.MapName.VCFG)
+    c = m.get(ctypes.c_uint32(0)) if m is not None else None
     return VerifySettings.from_c(c) if c is not None else VerifySettings()
 
 
@@ -1216,3 +1235,75 @@ def clear_tries(maps) -> None:
         m = maps[name]
         for k in [bytes(k) for k in m.keys()]:
             m.delete(m.key_type.from_buffer_copy(k))
+
+
+def count_verified(maps, now_ns: int) -> dict[str, int]:
+    """Live verified sources by kind ("tcp", "udp", "tcp+udp", "untrusted"), from one batch dump."""
+    vs = ctypes.sizeof(abi.GoodSrc)
+    _, raw_v, n = maps[abi.MapName.GOODSRC].dump_raw()
+    out: dict[str, int] = {}
+    for i in range(n):
+        v = abi.GoodSrc.from_buffer_copy(raw_v, i * vs)
+        if v.expires_ns > now_ns:
+            k = _KIND_NAMES.get(v.kind & 3, "untrusted")
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
+# ---- admission budgets per service (budget.h) ----
+
+
+def read_budgets(maps) -> list[BudgetView]:
+    """The per-service budgets the data path has made (one per UDP service that got traffic)."""
+    m = maps[abi.MapName.BUDGET]
+    ks, vs = ctypes.sizeof(abi.PortKey), ctypes.sizeof(abi.Budget)
+    raw_k, raw_v, n = m.dump_raw()
+    out = []
+    for i in range(n):
+        k = abi.PortKey.from_buffer_copy(raw_k, i * ks)
+        v = abi.Budget.from_buffer_copy(raw_v, i * vs)
+        out.append(BudgetView(port_key_addr(k), k.port, v.rate, v.admitted, v.dropped, v.verified))
+    return sorted(out, key=lambda b: (b.protected, b.port or 0))
+
+
+def budget_totals(maps) -> dict[str, int]:
+    """Sums over every service and the per-address slots: admitted, dropped, verified."""
+    tot = {"admitted": 0, "dropped": 0, "verified": 0}
+    for b in read_budgets(maps):
+        for f in tot:
+            tot[f] += getattr(b, f)
+    for _, v in maps[abi.MapName.BUDGETADDR].items():
+        for f in tot:
+            tot[f] += getattr(v, f)
+    return tot
+
+
+def sweep_budgets(maps, now_ns: int, idle_s: float = 60.0) -> int:
+    """Delete the budgets of services idle for idle_s that are no open port (a flood over random
+    ports without a port policy fills xg_budget_hash; past full, ports share their address's slot).
+    Open ports keep theirs (and their counters). Returns how many were deleted."""
+    m = maps[abi.MapName.BUDGET]
+    ks, vs = ctypes.sizeof(abi.PortKey), ctypes.sizeof(abi.Budget)
+    raw_k, raw_v, n = m.dump_raw()
+    if not n:
+        return 0
+    ports = maps[abi.MapName.PORTS]
+    limit = now_ns - int(idle_s * 1e9)
+    stale = []
+    for i in range(n):
+        key = raw_k[i * ks:(i + 1) * ks]
+        if abi.Budget.from_buffer_copy(raw_v, i * vs).last_ns < limit and \
+                ports.get(abi.PortKey.from_buffer_copy(key)) is None:
+            stale.append(key)
+    return _delete_raw(m, stale, ks)
+
+
+def verified_counters(maps) -> dict:
+    """The verified-client and do-no-harm counters of one interface (stats --json, Prometheus):
+    live verified sources by kind, the admission budgets' totals, and per filter or reason the
+    packets of verified sources dropped or exempted (non-zero only)."""
+    vd = read_verified_drops(maps)
+    harm = {f"filter {i}": asdict(h) for i, (_, h) in sorted(vd.filters.items())}
+    harm.update({abi.Reason(r).label: asdict(h) for r, h in sorted(vd.reasons.items())})
+    return {"verified": count_verified(maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC)),
+            "budget": budget_totals(maps), "verified_drops": harm}

@@ -74,6 +74,14 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("xdpguard_country_packets_total", "counter",
                "Packets by the country of their source (geo database), estimated from the daemon's samples: "
                "each sample counts for its 1-in-N.", ("iface", "action", "country")),
+    MetricSpec("xdpguard_verified_source_entries", "gauge",
+               "Verified sources (a completed handshake: tcp; a peacetime answer: udp), by kind.", ("iface", "kind")),
+    MetricSpec("xdpguard_budget_packets_total", "counter",
+               "UDP packets at the admission budgets of the services: unverified admitted or dropped, and "
+               "verified (never charged). Per service entries may be swept when idle.", ("iface", "result")),
+    MetricSpec("xdpguard_verified_harm_packets_total", "counter",
+               "First, do no harm: packets of verified sources a filter or step dropped (dropped) or let pass "
+               "because they were verified (exempted).", ("iface", "where", "outcome")),
     MetricSpec("xdpguard_build_info", "gauge", "Always 1; the version of the serving xdpguard.", ("version",)),
 )
 
@@ -101,6 +109,16 @@ class XdpguardCollector:
         self.sizes_max_age_s = sizes_max_age_s
         self._sizes: dict[tuple[str, str], tuple[float, int]] = {}  # (iface, list) → (monotonic time, size)
         self.size_walks = 0  # how many list sizes were counted (map walks): for tests and benchmarks
+        self._verified: dict[str, tuple[float, dict]] = {}  # iface → (monotonic time, guard.verified_counters)
+
+    def _verified_counters(self, name: str, g) -> dict:
+        """Guard.verified_counters walks the verified map: at most once per sizes_max_age_s, like the sizes."""
+        now = time.monotonic()
+        hit = self._verified.get(name)
+        if hit is None or now - hit[0] >= self.sizes_max_age_s:
+            hit = (now, g.verified_counters())
+            self._verified[name] = hit
+        return hit[1]
 
     def _size(self, name: str, which: str, count: Callable[[], int]) -> int:
         now = time.monotonic()
@@ -143,6 +161,17 @@ class XdpguardCollector:
                 fam["xdpguard_samples_lost_total"].add_metric([name], lost)
                 fam["xdpguard_samples_missed_total"].add_metric([name], missed.get(name, 0))
                 fam["xdpguard_cc_banned_entries"].add_metric([name], stats.cc_bans(g))
+                try:
+                    vc = self._verified_counters(name, g)
+                except Exception:  # a program without these maps (before an upgrade): none this scrape
+                    vc = {}
+                for kind, n in sorted(vc.get("verified", {}).items()):
+                    fam["xdpguard_verified_source_entries"].add_metric([name, kind], n)
+                for result, n in sorted(vc.get("budget", {}).items()):
+                    fam["xdpguard_budget_packets_total"].add_metric([name, result], n)
+                for where, h in sorted(vc.get("verified_drops", {}).items()):
+                    for outcome in ("dropped", "exempted"):
+                        fam["xdpguard_verified_harm_packets_total"].add_metric([name, where, outcome], h[outcome])
                 for addr in g.protected():
                     fam["xdpguard_attack_active"].add_metric([name, addr], 1.0 if active.get((name, addr)) else 0.0)
         try:

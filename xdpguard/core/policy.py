@@ -415,6 +415,10 @@ class VerifySettings:
     udp_peace_pps: int = 0  # UDP packets/s to one protected address above which it learns nothing
     udp_learning: bool = True  # False: the controller saw an attack, no UDP learning anywhere
     spoof_ban_s: int = 0  # the longest data-path ban from spoofable evidence (rate steps)
+    # budget.h: unverified UDP admitted per service, units/s (a packet: one per 128 bytes started;
+    # 0: abi.BUDGET_UDP_PPS); budget False: none
+    budget_udp_pps: int = 0
+    budget: bool = True
 
     def __post_init__(self):
         for name in ("tcp_pps", "udp_pps", "udp_peace_pps"):
@@ -425,15 +429,17 @@ class VerifySettings:
             raise UserError(f"invalid udp_peace_pps {self.udp_peace_pps}")
         if not isinstance(self.spoof_ban_s, int) or not 0 <= self.spoof_ban_s <= MAX_BAN_S:
             raise UserError(f"invalid spoof_ban_s {self.spoof_ban_s!r}: 0 to {MAX_BAN_S} s")
+        _check_rate("budget_udp_pps", self.budget_udp_pps, min(MAX_PPS, 0xFFFFFFFF))
 
     def to_c(self) -> abi.VerifyConfig:
+        flags = (0 if self.udp_learning else abi.VC_NO_UDP_LEARN) | (0 if self.budget else abi.VC_NO_BUDGET)
         return abi.VerifyConfig(self.tcp_pps, self.tcp_burst, self.udp_pps, self.udp_burst, self.udp_peace_pps,
-                                0 if self.udp_learning else abi.VC_NO_UDP_LEARN, self.spoof_ban_s, 0)
+                                flags, self.spoof_ban_s, self.budget_udp_pps)
 
     @classmethod
     def from_c(cls, c: abi.VerifyConfig) -> VerifySettings:
         return cls(c.tcp_pps, c.tcp_burst, c.udp_pps, c.udp_burst, c.udp_peace_pps,
-                   not c.flags & abi.VC_NO_UDP_LEARN, c.spoof_ban_s)
+                   not c.flags & abi.VC_NO_UDP_LEARN, c.spoof_ban_s, c.budget_udp_pps, not c.flags & abi.VC_NO_BUDGET)
 
 
 @dataclass(frozen=True)
@@ -463,6 +469,23 @@ def good_bloom_bit(key: abi.SrcKey) -> int:
     """kg_bloom_word() of knowngood.h: the source's bit in xg_vbloom_arr (the hash of the
     ban bloom, xg_src_hash, on as many bits)."""
     return ban_bloom_bit(key) & (abi.GOODBLOOM_BITS - 1)
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """One service's admission budget for unverified UDP (xg_budget_hash, budget.h)."""
+
+    protected: str
+    port: int
+    rate: int  # packets/s the controller set (0: the default, VerifySettings.budget_udp_pps)
+    admitted: int  # unverified packets admitted
+    dropped: int  # unverified packets over the budget (reason budget)
+    verified: int  # packets of verified sources, never charged ("do no harm")
+
+
+def port_key_addr(k: abi.PortKey) -> str:
+    raw = bytes(k.addr)
+    return str(ipaddress.ip_address(raw[:4] if k.family == 4 else raw[:16]))
 
 
 @dataclass(frozen=True)

@@ -460,6 +460,7 @@ def sweep_expired(ifname: str | None = None) -> list[SweepResult]:
             if time.monotonic() - _VERIFIED_SWEPT.get(name, -VERIFIED_SWEEP_S) >= VERIFIED_SWEEP_S:
                 g.sweep_verified(_now_ns())  # expired verified clients; room for learning
                 g.sweep_dst_buckets(_now_ns())  # idle per-port buckets: room again after a flood
+                g.sweep_budgets(_now_ns())  # idle budgets of no open port (budget.h)
                 _VERIFIED_SWEPT[name] = time.monotonic()
             out.append(SweepResult(name, entries, bans))
     return out

@@ -83,7 +83,8 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     addrs = [replace(a, http=http.get(a.address, ())) for a in addrs]
     return config.norm_interface(InterfaceSpec(
         g.iface.name, st.get("requested_mode", "auto"), tuple(addrs), glob, block, allow, fwd,
-        events.EventConfig.from_json(st.get(events.STATE_KEY))))
+        events.EventConfig.from_json(st.get(events.STATE_KEY)),
+        replace(g.read_verify_settings(), udp_learning=True)))  # the switch is the daemon's
 
 
 def export_iface(name: str, lists: bool = True) -> InterfaceSpec | None:
@@ -232,6 +233,8 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
             g.add_protected(a.address)
     if old.global_ != new.global_:
         g.write_global_policy(new.global_, old.global_)
+    if old.verify != new.verify:  # the daemon's UDP-learning switch stays as it is
+        g.write_verify_settings(replace(new.verify, udp_learning=g.read_verify_settings().udp_learning))
     for a in new.addresses:
         _write_address(g, old.address(a.address), a)
     if [(a.address, a.geo) for a in old.addresses] != [(a.address, a.geo) for a in new.addresses]:

@@ -134,6 +134,8 @@ class Snapshot:
     sample_source: str = "ring"  # ring (read ourselves) | daemon (fanned out by `xdpguard run`)
     http: list[HttpRow] = field(default_factory=list)  # HTTP services behind HAProxy (l7/)
     countries: dict[str, list[Talker]] = field(default_factory=dict)  # dropped | passed → top source countries
+    # verified clients and admission budgets (guard.verified_counters; `stats` only: it walks the verified map)
+    verified: dict = field(default_factory=dict)
     to_dict = _as_dict
 
 
@@ -391,6 +393,11 @@ def http_rows(rows, prev: dict[str, int], dt: float, banned: int) -> list[HttpRo
         out.append(HttpRow(svc, r.requests_total, max(0, r.requests_total - before) / max(dt, 1e-6), r.http_3xx,
                            r.denied_requests, banned))
     return out
+
+
+def with_verified(guard: protection.Guard, snap: Snapshot) -> Snapshot:
+    """snap with the verified-client and do-no-harm counters (guard.verified_counters)."""
+    return _replace(snap, verified=guard.verified_counters())
 
 
 def cc_bans(guard: protection.Guard) -> int:

@@ -11,7 +11,7 @@ import ctypes
 import ipaddress
 from dataclasses import dataclass
 
-from . import dataplane, libbpf
+from . import dataplane, guard, libbpf, policy
 from .abi import (CFG_ENABLED, CFG_TCPSTATE, KIND_MAX, REASON_MAX, SK_SHIFT, SK_SLOTS, Config, Kind, ListEntry,
                   MapName, Reason, SrcSketch, TcpStateConfig)
 from .maps import BpfMap
@@ -38,6 +38,7 @@ class TestBed:
         self.maps = {n: BpfMap(n, fd) for n, fd in self.prog.map_fds.items()}
         self._next_slot = 0  # SYN-window slot of the next protected address
         self.configure()
+        self.budget_out_of_reach()
 
     def close(self) -> None:
         self.prog.close()
@@ -66,6 +67,7 @@ class TestBed:
                     m.delete(k)
         self._next_slot = 0
         self.configure()
+        self.budget_out_of_reach()
 
     def __enter__(self) -> TestBed:
         return self
@@ -79,6 +81,12 @@ class TestBed:
         """Set the switches; the lists mask follows what the list maps hold."""
         self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED if enabled else 0, monitor_mask, 0))
         Guard(None, None, self.maps).sync_lists_mask()
+
+    def budget_out_of_reach(self) -> None:
+        """The admission budget for unverified UDP (budget.h) at its highest rate: a bed's cases
+        repeat one packet from one unverified source far faster than the default budget admits,
+        and measure or test the other steps. Tests of the budget write their own settings."""
+        guard.write_verify_settings(self.maps, policy.VerifySettings(budget_udp_pps=policy.MAX_PPS))
 
     def protect(self, *addrs: str) -> None:
         for a in addrs:

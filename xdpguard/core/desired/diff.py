@@ -10,7 +10,7 @@ from .. import abi, policy
 from ..l7 import schema as l7schema
 from ..model import thresholds, vocab
 from ..model.desired import ALL_DROP_MASK, AddressSpec, DaemonSpec, Desired, ForwardSpec, InterfaceSpec, addr_order
-from .dump import _fmt_connlimit, _fmt_num, _inline, _limits_toml, _thresholds_toml
+from .dump import verify_data, _fmt_connlimit, _fmt_num, _inline, _limits_toml, _thresholds_toml
 
 @dataclass(frozen=True)
 class Change:
@@ -126,6 +126,9 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
             out.append(Change(f"{n} forward", "change", _fmt_forward(of[k]), _fmt_forward(nf[k])))
     if old.events != new.events:
         out.append(Change(f"{n} events", "change", _fmt_events(old.events), _fmt_events(new.events)))
+    if old.verify != new.verify:
+        fmt = lambda v: ", ".join(f"{k} {x}" for k, x in verify_data(v).items()) or "defaults"  # noqa: E731
+        out.append(Change(f"{n} verify", "change", fmt(old.verify), fmt(new.verify)))
     return out
 
 

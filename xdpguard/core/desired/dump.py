@@ -11,7 +11,7 @@ from ..model.cluster import BgpSpec
 from ..l7 import schema as l7schema
 from ..model import thresholds, vocab
 from ..model.connlimit import ConnLimits
-from ..model.desired import ALL_DROP_MASK, AddressSpec, Desired, ForwardSpec, InterfaceSpec
+from ..model.desired import VERIFY_KEYS, ALL_DROP_MASK, AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .load import CONNLIMIT_KEYS
 
 def _q(s: str) -> str:
@@ -199,7 +199,15 @@ def _interface_data(s: InterfaceSpec, list_files: dict[tuple[str, str], str]) ->
         out["events"]["hook"] = ev.hook
     if ev.addresses:
         out["events"]["address"] = [{"address": a, **_thresholds_data(t, True)} for a, t in sorted(ev.addresses.items())]
+    if verify_data(s.verify):
+        out["verify"] = verify_data(s.verify)
     return out
+
+
+def verify_data(v: policy.VerifySettings) -> dict:
+    """The `[interface.verify]` table of v: only what differs from the defaults."""
+    base = policy.VerifySettings()
+    return {k: getattr(v, k) for k in VERIFY_KEYS if getattr(v, k) != getattr(base, k)}
 
 
 _BGP_KEYS_OF = {"liveness_iface": "liveness_interface"}  # BgpSpec fields whose key is not toml_key()

@@ -20,7 +20,7 @@ from ..l7 import spec as l7spec
 from ..model import forwarding, geo, thresholds, vocab
 from ..model.connlimit import ConnLimits
 from ..model.forwarding import ForwardRule
-from ..model.desired import (ALL_DROP_MASK, DROP_REASONS, MODES, AddressSpec, DaemonSpec, Desired, ForwardSpec,
+from ..model.desired import (ALL_DROP_MASK, DROP_REASONS, MODES, VERIFY_KEYS, AddressSpec, DaemonSpec, Desired, ForwardSpec,
                              InterfaceSpec, IPAddress, PortRun, addr_order, norm_filter, norm_interface,
                              norm_port_limits, norm_port_runs)
 from ..model.prefixes import Prefix, parse_address, parse_prefix
@@ -157,7 +157,7 @@ _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", 
                 "detect_interval", "mitigation", "mitigation_pps", "mitigation_factor", "mitigation_max_share",
                 "mitigation_hold", "mitigation_interval"}
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
-               "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
+               "block_files", "allow", "allow_files", "address", "filter", "forward", "events", "verify"}
 _ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit", "http",
               "geo"}
 #: `connlimit = { ... }` keys → ConnLimits fields
@@ -172,6 +172,14 @@ _FILTER_KEYS = {"action", "proto", "sport", "dport", "length", "ttl", "tcp_flags
 _FORWARD_KEYS = {"proto", "ports", "protected", "to", "weights", "backup", "persist", "preserve_client_ip",
                  "udp_probe"}
 _EVENT_KEYS = {"pps", "bps", "drop_pps", "drop_bps", "reasons", "hold", "hook", "address"}
+
+
+def _verify(ld: _Loader, d: dict, path: tuple) -> policy.VerifySettings:
+    """`[interface.verify]`: the verified-client budgets and the per-service admission budget."""
+    d = ld.table(d, path, set(VERIFY_KEYS))
+    vals = {k: ld.get(d, k, path, "bool" if k == "budget" else "int", getattr(policy.VerifySettings(), k))
+            for k in VERIFY_KEYS}
+    return ld.guard(path, lambda: policy.VerifySettings(**vals), policy.VerifySettings())
 
 
 def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
@@ -798,8 +806,9 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
     if frag is None and levels.fragments_dropped(s.level for s in addrs.values()):
         glob = replace(glob, drop_fragments=True)  # the levels' fragment policy (fragments not given)
     ev = _events(ld, ld.get(d, "events", path, "table", {}), path + ("events",), protected)
+    vf = _verify(ld, ld.get(d, "verify", path, "table", {}), path + ("verify",))
     return norm_interface(InterfaceSpec(name, mode if mode in MODES else "auto", tuple(addrs.values()), glob,
-                                        frozenset(block), frozenset(allow), tuple(forwards), ev))
+                                        frozenset(block), frozenset(allow), tuple(forwards), ev, vf))
 
 
 MAX_DEPTH = 12  # the schema nests 7 deep (interface.address.port_limit); anything deeper is wrong

@@ -24,6 +24,9 @@ from .forwarding import ForwardRule
 from ..abi import ALL_DROP_MASK, DROP_REASONS  # noqa: F401  (the one table: abi)
 
 MODES = ("auto", "native", "skb")
+#: `[interface.verify]` keys: policy.VerifySettings' fields but the runtime udp_learning switch
+VERIFY_KEYS = ("budget_udp_pps", "budget", "tcp_pps", "tcp_burst", "udp_pps", "udp_burst", "udp_peace_pps",
+               "spoof_ban_s")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -67,6 +70,9 @@ class InterfaceSpec:
     allow: frozenset[Prefix] = frozenset()
     forwards: tuple[ForwardSpec, ...] = ()  # sorted by rule key
     events: thresholds.EventConfig = thresholds.EventConfig()
+    # verified clients and the admission budgets (`[interface.verify]`); udp_learning is the
+    # daemon's runtime switch, never desired state (always True here)
+    verify: policy.VerifySettings = policy.VerifySettings()
 
     @property
     def protected(self) -> list[IPAddress]:
