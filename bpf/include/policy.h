@@ -607,6 +607,7 @@ static __always_inline __u32 step_syn_auth(struct xg_config *cfg, struct xg_prot
 
 #include "tcpstate.h"
 #include "geo.h"
+#include "watermark.h"
 
 /* Steps 6–12 after the lists and bans (malformed is decided by the caller's parsing). */
 static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config *cfg, struct xg_protected *prot,
@@ -621,6 +622,11 @@ static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config 
         kg_udp_count(prot, xg_now(now));   /* UDP peacetime of the address (knowngood.h) */
     if (p->is_frag && (cfg->flags & XG_CFG_DROP_FRAGMENTS))
         return XG_REASON_FRAGMENT;
+    r = step_watermark(ctx, prot, p);  /* watermark.h: a valid mark is stripped and passes */
+    if (r == XG_WM_PASSED)
+        return XG_CONTINUE;
+    if (r != XG_CONTINUE)
+        return r;
     r = step_protocol(prot, p);
     if (r != XG_CONTINUE)
         return r;

@@ -310,7 +310,7 @@ def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
     cur = m.get(k)
     if cur is None:
         raise UserError(f"{addr} is not a protected address")
-    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF | abi.PROT_GEO)
+    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF | abi.PROT_GEO | abi.PROT_WATERMARK)
     flags = keep | sum(PROTOCOLS[p] for p in pol.blocked) | pol.syn.flag_bits()
     m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
 

@@ -1,0 +1,218 @@
+"""The UDP watermark of protected services: desired-state records and the map values.
+
+A watermarked service (a protected address and a UDP port) lets only datagrams that carry a
+valid keyed mark through (bpf/include/watermark.h; the client side and the format:
+xdpguard/sdk/watermark.py); the others are dropped with reason `watermark`.
+
+The desired state names key FILES, never keys: `[[interface.address.watermark]]` tables hold the
+port, the key file, the step, window, skew and overlap, and during a rotation the previous key
+file and until when it is accepted. The keys are read from their files when the spec is realised
+(reconcile.write_watermark) and live only in the kernel's xg_wm_hash. A key file is 32 hex digits
+(or 16 raw bytes), mode 0600 recommended.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import struct
+import time
+from dataclasses import dataclass, replace
+
+from ..sdk import watermark as sdk
+from . import abi
+from .errors import UserError
+from .policy import port_key, prot_key
+
+STATE_KEY = "watermark"
+DEFAULT_OVERLAP = 300  # seconds the previous key stays valid after a rotation
+
+
+@dataclass(frozen=True)
+class WatermarkSpec:
+    """One watermarked UDP port of a protected address."""
+
+    port: int
+    key_file: str
+    step: int = sdk.DEFAULT_STEP  # seconds per epoch
+    window: int = sdk.DEFAULT_WINDOW  # payload bytes the MAC binds (multiple of 8, <= 64)
+    skew: int = sdk.DEFAULT_SKEW  # epochs accepted before the current one
+    overlap: int = DEFAULT_OVERLAP  # seconds a rotated-out key stays valid
+    previous_key_file: str | None = None  # during a rotation's overlap
+    previous_until: int = 0  # unix seconds; 0 or past: no previous key
+
+    def to_data(self) -> dict:
+        d = {"port": self.port, "key_file": self.key_file, "step": self.step, "window": self.window,
+             "skew": self.skew, "overlap": self.overlap}
+        if self.previous_key_file is not None and self.previous_until:
+            d["previous_key_file"] = self.previous_key_file
+            d["previous_until"] = self.previous_until
+        return d
+
+    def describe(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        text = (f"udp/{self.port}: key {self.key_file} ({fingerprint_file(self.key_file)}), step {self.step} s, "
+                f"window {self.window} B, skew {self.skew}, overlap {self.overlap} s")
+        if self.previous_key_file and self.previous_until > now:
+            text += f"; previous key {self.previous_key_file} until {int(self.previous_until - now)} s from now"
+        return text
+
+    def lifetime_s(self) -> int:
+        """The longest a captured mark is accepted: skew epochs back, the current one, one ahead."""
+        return (self.skew + 2) * self.step
+
+
+KEYS = {"port", "key_file", "step", "window", "skew", "overlap", "previous_key_file", "previous_until"}
+
+
+def check(w: WatermarkSpec) -> WatermarkSpec:
+    """The spec, or a UserError naming what is wrong (not the key file's content: see read_key)."""
+    if not isinstance(w.port, int) or not 1 <= w.port <= 65535:
+        raise UserError(f"watermark port must be 1-65535, got {w.port!r}")
+    try:
+        sdk.check_params(w.step, w.window)
+    except ValueError as exc:
+        raise UserError(f"watermark on udp/{w.port}: {exc}") from None
+    if not isinstance(w.skew, int) or not 0 <= w.skew <= 16:
+        raise UserError(f"watermark skew must be 0-16 epochs, got {w.skew!r}")
+    if not isinstance(w.overlap, int) or not 0 <= w.overlap <= 7 * 86400:
+        raise UserError(f"watermark overlap must be 0-604800 seconds, got {w.overlap!r}")
+    if not isinstance(w.key_file, str) or not os.path.isabs(w.key_file):
+        raise UserError(f"watermark key file must be an absolute path, got {w.key_file!r}")
+    return w
+
+
+def from_data(d: dict) -> WatermarkSpec:
+    """A `[[interface.address.watermark]]` table (keys already checked against KEYS)."""
+    if "port" not in d or "key_file" not in d:
+        raise UserError("a watermark needs port and key_file")
+    return check(WatermarkSpec(**{k: d[k] for k in KEYS if k in d}))
+
+
+def read_key(path: str) -> bytes:
+    """The 16-byte key of a key file, or a UserError naming the file and the problem."""
+    try:
+        return sdk.load_key(path)
+    except FileNotFoundError:
+        raise UserError(f"watermark key file {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"watermark key file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UserError(f"watermark key file {path}: {exc}") from None
+
+
+def fingerprint(key: bytes) -> str:
+    """A public name of a key (the MAC of a fixed label): to compare keys without showing them."""
+    return "sip:" + sdk.siphash24(key, b"xdpguard watermark key id").hex()[:8]
+
+
+def fingerprint_file(path: str) -> str:
+    try:
+        return fingerprint(read_key(path))
+    except UserError:
+        return "unreadable"
+
+
+def normal(ws) -> tuple[WatermarkSpec, ...]:
+    """Sorted by port; an expired previous key dropped (so that export is stable)."""
+    now = time.time()
+    out = []
+    for w in ws:
+        if w.previous_until and w.previous_until <= now:
+            w = replace(w, previous_key_file=None, previous_until=0)
+        out.append(w)
+    return tuple(sorted(out, key=lambda w: w.port))
+
+
+def rotated(w: WatermarkSpec, new_key_file: str, now: float | None = None) -> WatermarkSpec:
+    """The spec after a rotation to new_key_file: the current key becomes the previous one for
+    `overlap` seconds."""
+    now = time.time() if now is None else now
+    if new_key_file == w.key_file:
+        raise UserError(f"udp/{w.port} already uses {new_key_file}: rotate to a new key file")
+    return replace(w, key_file=new_key_file, previous_key_file=w.key_file if w.overlap else None,
+                   previous_until=int(now) + w.overlap if w.overlap else 0)
+
+
+def clock_offset_ns() -> int:
+    """unix time - CLOCK_MONOTONIC (what bpf_ktime_get_ns reads), for the data path's epochs."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def value(key: bytes, w: WatermarkSpec, previous: bytes | None = None, now: float | None = None) -> abi.Wm:
+    """The xg_wm_hash value of a service."""
+    k0, k1 = struct.unpack("<QQ", key)
+    pk0 = pk1 = 0
+    until = 0
+    now = time.time() if now is None else now
+    if previous is not None and w.previous_until > now:
+        pk0, pk1 = struct.unpack("<QQ", previous)
+        until = w.previous_until
+    return abi.Wm(k0, k1, pk0, pk1, until, clock_offset_ns(), w.step, w.window, w.skew, 0)
+
+
+def write_service(maps, addr, port: int, v: abi.Wm | None) -> None:
+    """Set (or with None remove) one service's entry, then the address's flag: set when any
+    of its UDP ports is watermarked."""
+    m = maps[abi.MapName.WM]
+    k = port_key(addr, "udp", port)
+    if v is not None:
+        m.set(k, v)
+    else:
+        m.delete(k)
+    pm = maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
+    pk = prot_key(addr)
+    cur = pm.get(pk)
+    if cur is None:
+        raise UserError(f"{addr} is not a protected address")
+    fam = addr.version
+    mine = any(bytes(kk.addr)[:len(addr.packed)] == addr.packed and kk.family == fam for kk in m.keys())
+    flags = (cur.flags | abi.PROT_WATERMARK) if mine else (cur.flags & ~abi.PROT_WATERMARK)
+    if flags != cur.flags:
+        cur.flags = flags
+        pm.set(pk, cur)
+
+
+def realised(maps) -> dict[tuple[str, int], abi.Wm]:
+    """(address, port) → the value in the kernel."""
+    out = {}
+    for k, v in maps[abi.MapName.WM].items():
+        raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
+        out[(str(ipaddress.ip_address(raw)), k.port)] = v
+    return out
+
+
+def realise(maps, addresses) -> list[str]:
+    """Make xg_wm_hash hold exactly the watermarks of `addresses` (AddressSpec with .watermark),
+    keys read from their files now. A key file that cannot be read leaves that service's entry
+    as it is (an old key keeps working) and gives a note."""
+    notes = []
+    want: dict[tuple[str, int], tuple] = {}
+    for a in addresses:
+        for w in getattr(a, "watermark", ()):
+            want[(str(a.address), w.port)] = (a.address, w)
+    have = realised(maps)
+    for (addr_s, port), (addr, w) in sorted(want.items(), key=str):
+        try:
+            key = read_key(w.key_file)
+            prev = read_key(w.previous_key_file) if w.previous_key_file and w.previous_until > time.time() else None
+        except UserError as exc:
+            notes.append(f"{addr_s} udp/{port}: {exc.message}; the service keeps its realised key")
+            continue
+        write_service(maps, addr, port, value(key, w, prev))
+    for (addr_s, port) in sorted(set(have) - set(want), key=str):
+        write_service(maps, ipaddress.ip_address(addr_s), port, None)
+    return notes
+
+
+def counters(maps) -> dict[str, int]:
+    """xg_wm_pcpu summed over CPUs, by name."""
+    m = maps[abi.MapName.WMCNT]
+    names = {abi.WM_CNT_PASS: "passed", abi.WM_CNT_PASS_OLD: "passed_previous_key", abi.WM_CNT_SHORT: "short",
+             abi.WM_CNT_STALE: "stale", abi.WM_CNT_BAD: "bad_mac"}
+    out = {}
+    for i, n in names.items():
+        v = m.get(ctypes.c_uint32(i))
+        out[n] = int(sum(v)) if v else 0
+    return out
