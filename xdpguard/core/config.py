@@ -29,6 +29,7 @@ from pathlib import Path
 import tomli_w
 
 from . import abi, events, forwarding, geo, levels, nat, policy, vocab
+from . import watermark as wmark
 from .errors import UserError
 from .forwarding import ForwardRule
 from .l7 import schema as l7schema
@@ -71,6 +72,7 @@ class AddressSpec:
     connlimit: nat.ConnLimits | None = None  # connection limits of its forwarded services (connlimit.py)
     http: tuple[l7spec.HttpService, ...] = ()  # HTTP services HAProxy serves on it (l7/), by (port, name)
     geo: geo.GeoSpec | None = None  # region (geo) blocking (geo.py); None: no rule
+    watermark: tuple[wmark.WatermarkSpec, ...] = ()  # watermarked UDP ports (watermark.py), by port
 
     @property
     def policy(self) -> policy.AddressPolicy:
@@ -371,7 +373,7 @@ _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", 
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events"}
 _ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit", "http",
-              "geo"}
+              "geo", "watermark"}
 #: `connlimit = { ... }` keys → nat.ConnLimits fields
 CONNLIMIT_KEYS = {"new_per_source": "new_per_source", "concurrent_per_source": "concurrent_per_source",
                   "new_total": "new_total", "conntrack_budget": "conntrack_budget", "udp_timeout": "udp_timeout_s",
@@ -679,7 +681,7 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
                        norm_port_runs(opened), norm_port_limits(plims), level,
                        _connlimit(ld, d, path) if "connlimit" in d else None, _http(ld, d, path, addr),
-                       geo=_geo(ld, d, path) if "geo" in d else None)
+                       geo=_geo(ld, d, path) if "geo" in d else None, watermark=_watermark(ld, d, path))
 
 
 def norm_http(services) -> tuple[l7spec.HttpService, ...]:
@@ -705,6 +707,28 @@ def _http(ld: _Loader, d: dict, path: tuple, addr: IPAddress) -> tuple[l7spec.Ht
             continue
         out.append(svc)
     return norm_http(out)
+
+
+def _watermark(ld: _Loader, d: dict, path: tuple) -> tuple[wmark.WatermarkSpec, ...]:
+    """`[[interface.address.watermark]]`: watermarked UDP ports (watermark.py); key files, not keys."""
+    out: list[wmark.WatermarkSpec] = []
+    for i, wd in enumerate(ld.get(d, "watermark", path, "list", [])):
+        pp = path + ("watermark", i)
+        before = len(ld.problems)
+        if isinstance(wd, dict):
+            ld.table(wd, pp, wmark.KEYS)
+        else:
+            ld.fail(pp, "must be a table: port, key_file, and optionally step, window, skew, overlap")
+        if len(ld.problems) > before:
+            continue
+        w = ld.guard(pp, lambda wd=wd: wmark.from_data(wd))
+        if w is None:
+            continue
+        if any(o.port == w.port for o in out):
+            ld.fail(pp + ("port",), f"udp/{w.port} is watermarked twice")
+            continue
+        out.append(w)
+    return wmark.normal(out)
 
 
 def _geo(ld: _Loader, d: dict, path: tuple) -> geo.GeoSpec | None:
@@ -1242,6 +1266,8 @@ def _address_data(a: AddressSpec) -> dict | None:
         body["connlimit"] = {k: int(v) for k, v in _connlimit_items(a.connlimit).items()}
     if a.geo is not None:
         body["geo"] = a.geo.to_data()
+    if a.watermark:
+        body["watermark"] = [w.to_data() for w in a.watermark]
     if a.port_limits or a.level is not None:
         body["port_limit"] = [{"ports": vocab.format_port_spec(proto, lo, hi), **_limits_data(lim)}
                               for proto, lo, hi, lim in a.port_limits]
@@ -1453,6 +1479,9 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
         if oa.geo != na.geo:
             out.append(Change(f"{p} geo", "change", oa.geo.describe() if oa.geo else "none",
                               na.geo.describe() if na.geo else "none"))
+        if oa.watermark != na.watermark:
+            out.append(Change(f"{p} watermark", "change", "; ".join(w.describe() for w in oa.watermark) or "none",
+                              "; ".join(w.describe() for w in na.watermark) or "none"))
         if oa.port_limits != na.port_limits:
             fmt = lambda pls: "; ".join(f"{vocab.format_port_spec(p, lo, hi)} {_fmt_limits(l)}" for p, lo, hi, l in pls) or "none"  # noqa: E731
             out.append(Change(f"{p} port_limits", "change", fmt(oa.port_limits), fmt(na.port_limits)))

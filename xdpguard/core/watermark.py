@@ -78,8 +78,11 @@ def check(w: WatermarkSpec) -> WatermarkSpec:
         raise UserError(f"watermark skew must be 0-16 epochs, got {w.skew!r}")
     if not isinstance(w.overlap, int) or not 0 <= w.overlap <= 7 * 86400:
         raise UserError(f"watermark overlap must be 0-604800 seconds, got {w.overlap!r}")
-    if not isinstance(w.key_file, str) or not os.path.isabs(w.key_file):
-        raise UserError(f"watermark key file must be an absolute path, got {w.key_file!r}")
+    for f in (w.key_file, w.previous_key_file):
+        if f is not None and (not isinstance(f, str) or not os.path.isabs(f)):
+            raise UserError(f"watermark key file must be an absolute path, got {f!r}")
+    if not isinstance(w.previous_until, int) or w.previous_until < 0:
+        raise UserError(f"watermark previous_until must be unix seconds, got {w.previous_until!r}")
     return w
 
 
@@ -175,9 +178,13 @@ def write_service(maps, addr, port: int, v: abi.Wm | None) -> None:
 
 
 def realised(maps) -> dict[tuple[str, int], abi.Wm]:
-    """(address, port) → the value in the kernel."""
+    """(address, port) → the value in the kernel ({} without the map: a guard whose maps were
+    not all opened, or a program from before the watermark)."""
     out = {}
-    for k, v in maps[abi.MapName.WM].items():
+    m = maps.get(abi.MapName.WM)
+    if m is None:
+        return out
+    for k, v in m.items():
         raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
         out[(str(ipaddress.ip_address(raw)), k.port)] = v
     return out
@@ -204,6 +211,25 @@ def realise(maps, addresses) -> list[str]:
     for (addr_s, port) in sorted(set(have) - set(want), key=str):
         write_service(maps, ipaddress.ip_address(addr_s), port, None)
     return notes
+
+
+def record(addresses) -> dict[str, list[dict]]:
+    """What the interface record keeps: key file names and parameters, never a key."""
+    return {str(a.address): [w.to_data() for w in a.watermark] for a in addresses if getattr(a, "watermark", ())}
+
+
+def exported(rec: dict | None, have: dict, addr) -> tuple[WatermarkSpec, ...]:
+    """The realised watermarks of one address: the recorded specs whose entry is in the kernel
+    (`have`: realised(maps)); a service missing from the map is not realised (drift)."""
+    out = []
+    for d in (rec or {}).get(str(addr), []):
+        try:
+            w = from_data(d)
+        except (UserError, TypeError):
+            continue
+        if (str(addr), w.port) in have:
+            out.append(w)
+    return normal(out)
 
 
 def counters(maps) -> dict[str, int]:
