@@ -66,8 +66,9 @@ def _key_path(path: str) -> str:
     return p
 
 
-def _change(ifname: str | None, action: str, one, protected: str | None) -> WatermarkResult:
-    """one(address, tuple of WatermarkSpec) → the new tuple; it raises UserError on bad input."""
+def _change(ifname: str | None, action: str, one, protected: str | None, check=None) -> WatermarkResult:
+    """one(address, tuple of WatermarkSpec) → the new tuple; it raises UserError on bad input;
+    check() runs after the prediction of the realised spec and may raise too."""
     state.require_root()
     name = protection.pick_iface(ifname)
     base = reconcile.export_iface(name, lists=False)
@@ -80,6 +81,8 @@ def _change(ifname: str | None, action: str, one, protected: str | None) -> Wate
                                           if a.address in sel else a for a in s.addresses))
 
     predict(base)  # validates before anything is stored
+    if check is not None:
+        check()
 
     def write() -> list[str]:
         spec = store.stored_interface(name)
@@ -113,11 +116,27 @@ def _need(addr, ws, port: int) -> wm.WatermarkSpec:
     return cur
 
 
-def disable(ifname: str | None, port: int, protected: str | None = None) -> WatermarkResult:
+def _on_watermarked(ifname: str | None, action: str, port: int, protected: str | None, fn) -> WatermarkResult:
+    """fn(addr, ws, current spec) → the new tuple, on the selected addresses that watermark
+    udp/PORT: all of them by default (an error when none does), or the one --protected names
+    (an error when it does not)."""
+    hit = []
+
     def one(addr, ws):
-        _need(addr, ws, port)
-        return tuple(o for o in ws if o.port != port)
-    return _change(ifname, "disable", one, protected)
+        if protected is None and not any(o.port == port for o in ws):
+            return ws
+        hit.append(addr)
+        return fn(addr, ws, _need(addr, ws, port))
+
+    def check():
+        if not hit:
+            raise UserError(f"udp/{port} is not watermarked on any protected address")
+    return _change(ifname, action, one, protected, check=check)
+
+
+def disable(ifname: str | None, port: int, protected: str | None = None) -> WatermarkResult:
+    return _on_watermarked(ifname, "disable", port, protected,
+                           lambda addr, ws, cur: tuple(o for o in ws if o.port != port))
 
 
 def rotate(ifname: str | None, port: int, key_file: str, protected: str | None = None,
@@ -126,12 +145,11 @@ def rotate(ifname: str | None, port: int, key_file: str, protected: str | None =
     path = _key_path(key_file)
     now = time.time()
 
-    def one(addr, ws):
-        cur = _need(addr, ws, port)
+    def fn(addr, ws, cur):
         if overlap is not None:
             cur = wm.check(replace(cur, overlap=overlap))
         return tuple(o for o in ws if o.port != port) + (wm.rotated(cur, path, now),)
-    return _change(ifname, "rotate", one, protected)
+    return _on_watermarked(ifname, "rotate", port, protected, fn)
 
 
 def show(ifname: str | None) -> WatermarkResult:

@@ -190,7 +190,8 @@ def _echo(args) -> dict:
         if time.monotonic() > deadline:
             break
         data = f"wm-echo {i} ".encode().ljust(args.size, b"x")
-        pkt = data if args.plain else mark(data, key, port=port, step=args.step, window=args.window)
+        pkt = data if args.plain else mark(data, key, time.time() - args.age, port=port, step=args.step,
+                                           window=args.window)
         t0 = time.monotonic()
         s.sendto(pkt, (host, port))
         sent += 1
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("data")
     e.add_argument("--key-file")
     e.add_argument("--plain", action="store_true", help="send unmarked datagrams (the comparison run)")
+    e.add_argument("--age", type=float, default=0.0, help="mark as if sent this many seconds ago (replay tests)")
     e.add_argument("--count", type=int, default=100)
     e.add_argument("--interval", type=float, default=0.02)
     e.add_argument("--timeout", type=float, default=0.5)
