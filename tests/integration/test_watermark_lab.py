@@ -125,6 +125,18 @@ def test_watermark_toggle_rotate_and_bad_input(wl: WmLab, tmp_path: Path):
     text = wl.xgp("watermark", "show").stdout
     assert "udp/7" in text and "passed" in text and secret not in text
 
+    # drift: the key file is replaced on disk; the realised entry no longer matches the spec, and
+    # an apply of the same desired state (what the daemon does) loads the file's new key
+    k3_old = tmp_path / "k3.old"
+    k3_old.write_text(k3.read_text())
+    f2 = tmp_path / "exported2.toml"
+    f2.write_text(wl.xgp("export").stdout)
+    k3.write_text(k2.read_text())
+    assert "watermark" in wl.xgp("diff", "-f", str(f2)).stdout
+    wl.xgp("apply", "-f", str(f2))
+    assert wl.xgp("diff", "-f", str(f2)).stdout.strip() == "no changes"
+    assert (wl.got(V4, k3), wl.got(V4, k3_old)) == (6, 0)
+
     wl.xgp("watermark", "disable", "7")
     assert (wl.got(V4), wl.got(V6)) == (6, 6)  # arrives again
     assert "watermark" not in wl.xgp("export").stdout

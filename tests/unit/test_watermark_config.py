@@ -82,8 +82,13 @@ def test_record_and_show_never_hold_the_key(key):
     w = d.interfaces[0].addresses[0].watermark[0]
     assert "00112233" not in repr(rec) and "00112233" not in w.describe()
     assert wm.fingerprint(bytes.fromhex("00112233445566778899aabbccddeeff")) in w.describe()
-    assert wm.exported(rec, {("198.18.0.1", 7): object()}, config.parse_address("198.18.0.1")) == (w,)
-    assert wm.exported(rec, {}, config.parse_address("198.18.0.1")) == ()  # not in the kernel: drift
+    a = config.parse_address("198.18.0.1")
+    v = wm.value(wm.read_key(key), w)
+    assert wm.exported(rec, {("198.18.0.1", 7): v}, a) == (w,)
+    assert wm.exported(rec, {}, a) == ()  # not in the kernel: drift
+    assert wm.exported(rec, {("198.18.0.1", 7): wm.value(bytes(16), w)}, a) == ()  # key file replaced on disk
+    v.clock_off_ns -= 5 * 10**9
+    assert wm.exported(rec, {("198.18.0.1", 7): v}, a) == ()  # the clock was stepped: rewrite the offset
 
 
 def test_rotation_keeps_the_old_key_for_the_overlap(key):

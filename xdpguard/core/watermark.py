@@ -218,16 +218,35 @@ def record(addresses) -> dict[str, list[dict]]:
     return {str(a.address): [w.to_data() for w in a.watermark] for a in addresses if getattr(a, "watermark", ())}
 
 
+CLOCK_SLACK_NS = 1_000_000_000  # a realised clock offset further off than this is drift (a clock step)
+
+
+def _matches(v, w: WatermarkSpec, now: float) -> bool:
+    """The kernel's entry is what the spec gives now: parameters, the keys in the files, the
+    previous key's end, and a clock offset within CLOCK_SLACK_NS of the system's."""
+    try:
+        want = value(read_key(w.key_file), w, read_key(w.previous_key_file)
+                     if w.previous_key_file and w.previous_until > now else None, now)
+    except UserError:
+        return True  # an unreadable key file: the entry keeps its key (realise says so); no drift loop
+    same = all(getattr(v, f) == getattr(want, f) for f in ("k0", "k1", "pk0", "pk1", "prev_until_s", "step_s",
+                                                            "window", "skew"))
+    return same and abs(int(v.clock_off_ns) - int(want.clock_off_ns)) < CLOCK_SLACK_NS
+
+
 def exported(rec: dict | None, have: dict, addr) -> tuple[WatermarkSpec, ...]:
-    """The realised watermarks of one address: the recorded specs whose entry is in the kernel
-    (`have`: realised(maps)); a service missing from the map is not realised (drift)."""
+    """The realised watermarks of one address: the recorded specs whose entry in the kernel
+    (`have`: realised(maps)) matches them; a missing or different entry (drift: a key file
+    replaced on disk, a clock step) is not realised, so the reconciler rewrites it."""
+    now = time.time()
     out = []
     for d in (rec or {}).get(str(addr), []):
         try:
             w = from_data(d)
         except (UserError, TypeError):
             continue
-        if (str(addr), w.port) in have:
+        v = have.get((str(addr), w.port))
+        if v is not None and _matches(v, w, now):
             out.append(w)
     return normal(out)
 
