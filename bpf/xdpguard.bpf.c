@@ -29,6 +29,7 @@
 #include "steps/ratelimit.h"
 #include "steps/synauth.h"
 #include "steps/budget.h"
+#include "steps/watermark.h"
 
 #define XG_IP_MF     0x2000
 #define XG_IP_OFFSET 0x1FFF
@@ -96,6 +97,10 @@ static __always_inline __u32 policy_steps_(struct xdp_md *ctx, struct xg_config 
     if (p->l4proto == IPPROTO_UDP)
         kg_udp_count(prot, xg_now(now));   /* UDP peacetime of the address (knowngood.h) */
     XG_STEP(step_fragment(cfg, p));
+    r = step_watermark(ctx, prot, p);      /* a valid mark is stripped and passes: the rest is skipped */
+    if (r == XG_WM_PASSED)
+        return XG_CONTINUE;
+    XG_STEP(r);
     XG_STEP(step_protocol(prot, p));
     XG_STEP(step_port(prot, p));
     XG_STEP(step_reflection(cfg, p));

@@ -34,8 +34,9 @@
 #define XG_REASON_UNKNOWN     17  /* drop: an unknown source past its share of the per-destination bucket */
 #define XG_REASON_CC          18  /* a ban's reason: an HTTP flood offender seen by HAProxy (l7/bans.py); not a verdict */
 #define XG_REASON_GEO         19  /* drop: source in a country the address's geo rule drops (geo.h); 18 is main's cc */
+#define XG_REASON_WATERMARK   20  /* drop: UDP to a watermarked service without a valid mark (steps/watermark.h) */
 #define XG_REASON_TCPFLAGS    21  /* drop: TCP with SYN and FIN, or SYN and RST (steps/tcpflags.h) */
-#define XG_REASON_BUDGET      22  /* drop: unverified UDP past its service's admission budget (budget.h) */
+#define XG_REASON_BUDGET      22  /* drop: unverified UDP past its service's admission budget (steps/budget.h) */
 #ifndef XG_REASON_MAX
 #define XG_REASON_MAX         32  /* size of the reason dimension of xg_stats_pcpu (16 before
                                      * this wave: -D16 builds that layout for the upgrade test) */
@@ -161,6 +162,7 @@ struct xg_config {
 #define XG_PROT_PORT_LIMITS (1ULL << 5)  /* xg_portlim_hash holds per-port limit overrides */
 #define XG_PROT_TCPSTATE_OFF (1ULL << 6) /* TCP state validation off (it is on while the port policy is) */
 #define XG_PROT_GEO         (1ULL << 7)  /* a geo rule applies: xg_geoset_arr[syn.slot] (geo.h) */
+#define XG_PROT_WATERMARK   (1ULL << 12) /* some UDP port of the address is watermarked: xg_wm_hash (watermark.h) */
 #define XG_PROT_SYN_COOKIE  (1ULL << 16) /* SYN defence answers with SYN cookies (else: retransmission) */
 #define XG_PROT_SYN_ALWAYS  (1ULL << 17) /* SYN defence on at any SYN rate (else above syn_threshold_pps) */
 
@@ -555,6 +557,37 @@ struct xg_sample {
     __u8 proto;           /* IP protocol / IPv6 next header */
     __u8 family;          /* 4, 6, or 0 when the L3 header did not parse */
     __u8 data[XG_SAMPLE_SNAPLEN]; /* the first cap_len bytes of the packet */
+};
+
+/* ---- UDP watermark (watermark.h; the format: xdpguard/sdk/watermark.py) ----
+ * xg_wm_hash: (protected address, UDP, port) → struct xg_wm, the keys and parameters of a
+ * watermarked service. A datagram to it must end in a 12-byte mark: epoch (__be32, unix seconds
+ * / step_s) and SipHash-2-4(key, epoch | data length | port | the first window bytes of the data,
+ * zero-padded). xg_wm_pcpu: per-CPU packet counters by XG_WM_CNT_*. */
+#define XG_WM_TAG_LEN    12          /* bytes of the mark at the end of the UDP payload */
+#define XG_WM_WINDOW_MAX 64          /* payload bytes a mark may bind (a multiple of 8) */
+#ifndef XG_WM_MAX
+#define XG_WM_MAX 4096               /* watermarked services */
+#endif
+#define XG_WM_CNT_PASS     0         /* valid mark (current key): stripped, passed */
+#define XG_WM_CNT_PASS_OLD 1         /* valid mark under the previous key (rotation overlap) */
+#define XG_WM_CNT_SHORT    2         /* no room for a mark, lengths disagree, or a fragment */
+#define XG_WM_CNT_STALE    3         /* epoch outside [now - skew, now + 1] */
+#define XG_WM_CNT_BAD      4         /* wrong MAC */
+#define XG_WM_CNT_MAX      8
+
+/* xg_wm_hash value. Keys are two little-endian __u64 halves of a 16-byte SipHash key. */
+struct xg_wm {
+    __u64 k0;                 /* current key */
+    __u64 k1;
+    __u64 pk0;                /* previous key: accepted while unix seconds < prev_until_s */
+    __u64 pk1;
+    __u64 prev_until_s;       /* 0: no previous key */
+    __u64 clock_off_ns;       /* unix time - CLOCK_MONOTONIC (bpf_ktime_get_ns), set by the controller */
+    __u32 step_s;             /* seconds per epoch (>= 1) */
+    __u32 window;             /* payload bytes bound by the MAC, 0..XG_WM_WINDOW_MAX, a multiple of 8 */
+    __u32 skew;               /* epochs accepted before the current one (a mark lives (skew + 1) * step_s) */
+    __u32 flags;              /* reserved, 0 */
 };
 
 #endif /* XDPGUARD_ABI_H */

@@ -152,4 +152,9 @@ XG_MAP("lpm_trie", struct xg_lpm4_key, __u32, xg_geo4_lpm, XG_GEO_MAX, BPF_F_NO_
 XG_MAP("lpm_trie", struct xg_lpm6_key, __u32, xg_geo6_lpm, XG_GEO_MAX, BPF_F_NO_PREALLOC);
 XG_MAP("array", int, struct xg_geoset, xg_geoset_arr, XG_PROTECTED_MAX, 0);
 
+/* UDP watermark (watermark.h): xg_wm_hash: (address, UDP, port) → struct xg_wm; xg_wm_pcpu:
+ * XG_WM_CNT_* → per-CPU packets. */
+XG_MAP("hash", struct xg_port_key, struct xg_wm, xg_wm_hash, XG_WM_MAX, 0);
+XG_MAP("percpu_array", int, __u64, xg_wm_pcpu, XG_WM_CNT_MAX, 0);
+
 #endif /* XDPGUARD_MAPS_H */

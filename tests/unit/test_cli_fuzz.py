@@ -51,6 +51,7 @@ from xdpguard.core import (capture, cleansing, config, daemon, dataplane, doctor
                            metrics, policy, protection, reconcile, state, stats, store)
 from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
+from xdpguard.core import watermarkrules  # keygen writes a file: faked like every verb that writes
 from xdpguard.lab import attack as lab_attack
 from xdpguard.lab import probe as lab_probe
 from xdpguard.lab import cluster as lab_cluster
@@ -217,6 +218,7 @@ FAKED = {
     lab_cluster: ["up", "down", "exists", "status"],
     lab_attack: ["run"],
     lab_probe: ["in_lab"],
+    watermarkrules: ["enable", "disable", "rotate", "show", "keygen"],
 }
 
 

@@ -82,6 +82,8 @@ def _register() -> None:
     from . import geo, origin  # region blocking, the hidden real server (issue 28)
     cli.add_command(geo.geo)
     cli.add_command(origin.origin_rules)
+    from . import watermark  # the UDP watermark (issue 28 part 2)
+    cli.add_command(watermark.watermark)
 
 
 _register()

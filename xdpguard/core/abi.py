@@ -103,6 +103,7 @@ PROT_BLOCK_OTHER = 1 << 4
 PROT_PORT_LIMITS = 1 << 5
 PROT_TCPSTATE_OFF = 1 << 6  # TCP state validation off for this address (on while the port policy is)
 PROT_GEO = 1 << 7  # a geo rule applies: xg_geoset_arr[syn.slot] (geo.h)
+PROT_WATERMARK = 1 << 12  # some UDP port of the address is watermarked: xg_wm_hash (watermark.h)
 PROT_SYN_COOKIE = 1 << 16  # SYN defence answers with SYN cookies (else: retransmission)
 PROT_SYN_ALWAYS = 1 << 17  # SYN defence on at any SYN rate (else above syn_threshold_pps)
 
@@ -396,6 +397,8 @@ class MapName(str, enum.Enum):
     GEO4 = "xg_geo4_lpm"  # geo.h: source prefix → country index
     GEO6 = "xg_geo6_lpm"
     GEOSET = "xg_geoset_arr"  # protected address slot → the countries its geo rule names
+    WM = "xg_wm_hash"  # watermark.h: (address, UDP, port) → keys and parameters of a watermarked service
+    WMCNT = "xg_wm_pcpu"  # watermark.h: WM_CNT_* → per-CPU packets
     SAMPLE_CFG = "xg_sample_cfg"  # sample.h
     SAMPLE_STATE = "xg_sample_pcpu"
     SAMPLES = "xg_samples"  # ring buffer: no key, no value (BpfMap sees sizes 0/0)
@@ -602,6 +605,43 @@ MAP_SHAPES[MapName.GEO6] = ("lpm_trie", "XG_GEO_MAX", F_NO_PREALLOC)
 MAP_SHAPES[MapName.GEOSET] = ("array", "XG_PROTECTED_MAX", 0)
 MAP_SIZE_DEFAULTS["XG_GEO_MAX"] = GEO_MAX
 C_STRUCTS["xg_geoset"] = GeoSet
+
+
+# ---- UDP watermark (watermark.h; abi.h XG_WM_*) ----
+
+WM_TAG_LEN = 12
+WM_WINDOW_MAX = 64
+WM_MAX = 4096
+WM_CNT_PASS = 0
+WM_CNT_PASS_OLD = 1
+WM_CNT_SHORT = 2
+WM_CNT_STALE = 3
+WM_CNT_BAD = 4
+WM_CNT_MAX = 8
+
+
+class Wm(ctypes.Structure):
+    _fields_ = [
+        ("k0", ctypes.c_uint64),
+        ("k1", ctypes.c_uint64),
+        ("pk0", ctypes.c_uint64),
+        ("pk1", ctypes.c_uint64),
+        ("prev_until_s", ctypes.c_uint64),
+        ("clock_off_ns", ctypes.c_uint64),
+        ("step_s", ctypes.c_uint32),
+        ("window", ctypes.c_uint32),
+        ("skew", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+MAP_LAYOUTS[MapName.WM] = (PortKey, Wm, False)
+MAP_LAYOUTS[MapName.WMCNT] = (ctypes.c_uint32, ctypes.c_uint64, True)
+MAP_SHAPES[MapName.WM] = ("hash", "XG_WM_MAX", 0)
+MAP_SHAPES[MapName.WMCNT] = ("percpu_array", "XG_WM_CNT_MAX", 0)
+MAP_SIZE_DEFAULTS["XG_WM_MAX"] = WM_MAX
+MAP_SIZE_DEFAULTS["XG_WM_CNT_MAX"] = WM_CNT_MAX
+C_STRUCTS["xg_wm"] = Wm
 
 
 # ---- sampling (sample.h; the block at the end of abi.h) ----

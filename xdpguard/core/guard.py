@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 from . import abi, dataplane, geo, levels, libbpf, migrate, state, vocab
+from . import watermark as wmark
 from .abi import ALL_DROP_MASK
 from .abi import (
     Addr4,
@@ -533,6 +534,15 @@ class Guard:
     def write_verify_settings(self, v: VerifySettings) -> None:
         write_verify_settings(self.maps, v)
 
+    def watermarks(self) -> dict:
+        return realised_watermarks(self.maps)
+
+    def realise_watermarks(self, addresses) -> list[str]:
+        return realise_watermarks(self.maps, addresses)
+
+    def watermark_counters(self) -> dict[str, int]:
+        return watermark_counters(self.maps)
+
     def sweep_budgets(self, now_ns: int) -> int:
         return sweep_budgets(self.maps, now_ns)
 
@@ -752,7 +762,8 @@ def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
     cur = m.get(k)
     if cur is None:
         raise UserError(f"{addr} is not a protected address")
-    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF | abi.PROT_GEO)
+    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF | abi.PROT_GEO
+                        | abi.PROT_WATERMARK)
     flags = keep | sum(PROTOCOLS[p] for p in pol.blocked) | pol.syn.flag_bits()
     m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
 
@@ -1307,3 +1318,76 @@ def verified_counters(maps) -> dict:
     harm.update({abi.Reason(r).label: asdict(h) for r, h in sorted(vd.reasons.items())})
     return {"verified": count_verified(maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC)),
             "budget": budget_totals(maps), "verified_drops": harm}
+
+
+# ---- UDP watermark (watermark.h): the services' entries; watermark.py computes their values ----
+
+
+def write_watermark_service(maps, addr, port: int, v: abi.Wm | None) -> None:
+    """Set (or with None remove) one service's entry, then the address's flag: set when any
+    of its UDP ports is watermarked."""
+    m = maps[abi.MapName.WM]
+    k = port_key(addr, "udp", port)
+    if v is not None:
+        m.set(k, v)
+    else:
+        m.delete(k)
+    pm = maps[abi.MapName.PROT4 if addr.version == 4 else abi.MapName.PROT6]
+    pk = prot_key(addr)
+    cur = pm.get(pk)
+    if cur is None:
+        raise UserError(f"{addr} is not a protected address")
+    fam = addr.version
+    mine = any(bytes(kk.addr)[:len(addr.packed)] == addr.packed and kk.family == fam for kk in m.keys())
+    flags = (cur.flags | abi.PROT_WATERMARK) if mine else (cur.flags & ~abi.PROT_WATERMARK)
+    if flags != cur.flags:
+        cur.flags = flags
+        pm.set(pk, cur)
+
+
+def realised_watermarks(maps) -> dict[tuple[str, int], abi.Wm]:
+    """(address, port) → the value in the kernel ({} without the map: a guard whose maps were
+    not all opened, or a program from before the watermark)."""
+    out = {}
+    m = maps.get(abi.MapName.WM)
+    if m is None:
+        return out
+    for k, v in m.items():
+        raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
+        out[(str(ipaddress.ip_address(raw)), k.port)] = v
+    return out
+
+
+def realise_watermarks(maps, addresses) -> list[str]:
+    """Make xg_wm_hash hold exactly the watermarks of `addresses` (AddressSpec with .watermark),
+    keys read from their files now. A key file that cannot be read leaves that service's entry
+    as it is (an old key keeps working) and gives a note."""
+    notes = []
+    want: dict[tuple[str, int], tuple] = {}
+    for a in addresses:
+        for w in getattr(a, "watermark", ()):
+            want[(str(a.address), w.port)] = (a.address, w)
+    have = realised_watermarks(maps)
+    for (addr_s, port), (addr, w) in sorted(want.items(), key=str):
+        try:
+            key = wmark.read_key(w.key_file)
+            prev = wmark.read_key(w.previous_key_file) if w.previous_key_file and w.previous_until > time.time() else None
+        except UserError as exc:
+            notes.append(f"{addr_s} udp/{port}: {exc.message}; the service keeps its realised key")
+            continue
+        write_watermark_service(maps, addr, port, wmark.value(key, w, prev))
+    for (addr_s, port) in sorted(set(have) - set(want), key=str):
+        write_watermark_service(maps, ipaddress.ip_address(addr_s), port, None)
+    return notes
+
+
+def watermark_counters(maps) -> dict[str, int]:
+    """xg_wm_pcpu summed over CPUs, by name."""
+    m = maps[abi.MapName.WMCNT]
+    names = {abi.WM_CNT_PASS: "passed", abi.WM_CNT_PASS_OLD: "passed_previous_key", abi.WM_CNT_SHORT: "short",
+             abi.WM_CNT_STALE: "stale", abi.WM_CNT_BAD: "bad_mac"}
+    out = {}
+    for i, n in names.items():
+        v = m.get(ctypes.c_uint32(i))
+        out[n] = int(sum(v)) if v else 0
+    return out

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from . import abi, config, dataplane, events, forward, geo, levels, policy, protection, state, store, vocab
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
+from . import watermark as wmark
 from .l7 import engine as l7engine
 from .prefixes import Prefix
 from .result import as_dict as _as_dict
@@ -63,6 +64,7 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     addrs = []
     lv = st.get(levels.STATE_KEY, {})
     cls = st.get(forward.CONNLIMIT_KEY) or {}
+    wms = g.watermarks()
     for a in g.protected_addrs():
         pol = g.read_address_policy(a)
         opened = [(proto, lo, hi) for (addr, proto), rs in runs.items() if addr == str(a)
@@ -72,7 +74,8 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
                                  config.norm_port_runs(opened), config.norm_port_limits(pl),
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
                                  forward.stored_connlimit(cls.get(str(a))),
-                                 geo=g.geo_of(a)))
+                                 geo=g.geo_of(a),
+                                 watermark=wmark.exported(st.get(wmark.STATE_KEY), wms, a)))
     glob = g.read_global_policy()
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
@@ -178,6 +181,18 @@ def write_geo(g: protection.Guard, addresses) -> list[str]:
     return notes
 
 
+def write_watermark(g: protection.Guard, addresses) -> list[str]:
+    """The watermarked UDP services of the interface's addresses (watermark.py): keys read from
+    their files into xg_wm_hash; the record keeps file names, never keys."""
+    notes = g.realise_watermarks(addresses)
+    st = state.read_state(g.iface) or {}
+    rec = wmark.record(addresses)
+    if (st.get(wmark.STATE_KEY) or {}) != rec:
+        st[wmark.STATE_KEY] = rec
+        state.write_state(g.iface, st)
+    return notes
+
+
 def _write_events(g, cfg: events.EventConfig) -> None:
     st = state.read_state(g.iface) or {}
     st[events.STATE_KEY] = cfg.to_json()
@@ -239,6 +254,8 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         _write_address(g, old.address(a.address), a)
     if [(a.address, a.geo) for a in old.addresses] != [(a.address, a.geo) for a in new.addresses]:
         notes += write_geo(g, new.addresses)
+    if [(a.address, a.watermark) for a in old.addresses] != [(a.address, a.watermark) for a in new.addresses]:
+        notes += write_watermark(g, new.addresses)
     for which in ("block", "allow"):
         if io is not None and io.which == which and io.upsert is not None:
             io.added, io.updated = g.upsert(which, io.upsert, io.expires_ns)  # every named entry, refreshed

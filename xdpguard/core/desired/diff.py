@@ -102,6 +102,9 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
         if oa.geo != na.geo:
             out.append(Change(f"{p} geo", "change", oa.geo.describe() if oa.geo else "none",
                               na.geo.describe() if na.geo else "none"))
+        if oa.watermark != na.watermark:
+            out.append(Change(f"{p} watermark", "change", "; ".join(w.describe() for w in oa.watermark) or "none",
+                              "; ".join(w.describe() for w in na.watermark) or "none"))
         if oa.port_limits != na.port_limits:
             fmt = lambda pls: "; ".join(f"{vocab.format_port_spec(p, lo, hi)} {_fmt_limits(l)}" for p, lo, hi, l in pls) or "none"  # noqa: E731
             out.append(Change(f"{p} port_limits", "change", fmt(oa.port_limits), fmt(na.port_limits)))

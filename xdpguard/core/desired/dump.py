@@ -126,6 +126,8 @@ def _address_data(a: AddressSpec) -> dict | None:
         body["connlimit"] = {k: int(v) for k, v in _connlimit_items(a.connlimit).items()}
     if a.geo is not None:
         body["geo"] = a.geo.to_data()
+    if a.watermark:
+        body["watermark"] = [w.to_data() for w in a.watermark]
     if a.port_limits or a.level is not None:
         body["port_limit"] = [{"ports": vocab.format_port_spec(proto, lo, hi), **_limits_data(lim)}
                               for proto, lo, hi, lim in a.port_limits]

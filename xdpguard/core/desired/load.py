@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import abi, levels, policy
+from .. import watermark as wmark
 from ..model.cluster import BgpNeighbor, BgpSpec, ClusterSpec
 from ..errors import UserError
 from ..l7 import schema as l7schema
@@ -159,7 +160,7 @@ _DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", 
 _IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
                "block_files", "allow", "allow_files", "address", "filter", "forward", "events", "verify"}
 _ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit", "http",
-              "geo"}
+              "geo", "watermark"}
 #: `connlimit = { ... }` keys → ConnLimits fields
 CONNLIMIT_KEYS = {"new_per_source": "new_per_source", "concurrent_per_source": "concurrent_per_source",
                   "new_total": "new_total", "conntrack_budget": "conntrack_budget", "udp_timeout": "udp_timeout_s",
@@ -475,7 +476,7 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
     return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
                        norm_port_runs(opened), norm_port_limits(plims), level,
                        _connlimit(ld, d, path) if "connlimit" in d else None, _http(ld, d, path, addr),
-                       geo=_geo(ld, d, path) if "geo" in d else None)
+                       geo=_geo(ld, d, path) if "geo" in d else None, watermark=_watermark(ld, d, path))
 
 
 def norm_http(services) -> tuple[l7spec.HttpService, ...]:
@@ -501,6 +502,28 @@ def _http(ld: _Loader, d: dict, path: tuple, addr: IPAddress) -> tuple[l7spec.Ht
             continue
         out.append(svc)
     return norm_http(out)
+
+
+def _watermark(ld: _Loader, d: dict, path: tuple) -> tuple[wmark.WatermarkSpec, ...]:
+    """`[[interface.address.watermark]]`: watermarked UDP ports (watermark.py); key files, not keys."""
+    out: list[wmark.WatermarkSpec] = []
+    for i, wd in enumerate(ld.get(d, "watermark", path, "list", [])):
+        pp = path + ("watermark", i)
+        before = len(ld.problems)
+        if isinstance(wd, dict):
+            ld.table(wd, pp, wmark.KEYS)
+        else:
+            ld.fail(pp, "must be a table: port, key_file, and optionally step, window, skew, overlap")
+        if len(ld.problems) > before:
+            continue
+        w = ld.guard(pp, lambda wd=wd: wmark.from_data(wd))
+        if w is None:
+            continue
+        if any(o.port == w.port for o in out):
+            ld.fail(pp + ("port",), f"udp/{w.port} is watermarked twice")
+            continue
+        out.append(w)
+    return wmark.normal(out)
 
 
 def _geo(ld: _Loader, d: dict, path: tuple) -> geo.GeoSpec | None:

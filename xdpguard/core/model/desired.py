@@ -14,6 +14,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from .. import policy
+from .. import watermark as wmark
 from .cluster import BgpSpec, ClusterSpec
 from ..l7 import spec as l7spec
 from .prefixes import Prefix
@@ -48,6 +49,7 @@ class AddressSpec:
     connlimit: ConnLimits | None = None  # connection limits of its forwarded services (connlimit.py)
     http: tuple[l7spec.HttpService, ...] = ()  # HTTP services HAProxy serves on it (l7/), by (port, name)
     geo: geo.GeoSpec | None = None  # region (geo) blocking (geo.py); None: no rule
+    watermark: tuple[wmark.WatermarkSpec, ...] = ()  # watermarked UDP ports (watermark.py), by port
 
     @property
     def policy(self) -> policy.AddressPolicy:
