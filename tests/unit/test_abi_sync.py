@@ -25,9 +25,9 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
 
 
-ABI_H = _strip_comments(abi.ABI_HEADER.read_text() + (INCLUDE / "budget.h").read_text())  # budget.h: its struct
+ABI_H = _strip_comments(abi.ABI_HEADER.read_text() + (INCLUDE / "steps" / "budget.h").read_text())  # steps/budget.h: its struct
 MAPS_H = _strip_comments((INCLUDE / "maps.h").read_text() + (INCLUDE / "sample.h").read_text()
-                         + (INCLUDE / "budget.h").read_text())
+                         + (INCLUDE / "steps" / "budget.h").read_text())
 
 
 def defines(prefix: str) -> dict[str, str]:
@@ -126,7 +126,7 @@ C_ONLY = {
     "EXPIRED_RETRY": "lists.h's retry bound; the reference model's EXPIRED_RETRY",
     "VDROP_SLOTS": "the length of xg_vdrop_pcpu (MAP_GEOMETRY)",
 }
-PY_ONLY = {"ALL_DROP_MASK", "F_NO_PREALLOC", "F_NO_COMMON_LRU", "PORT_BY_OPERATOR", "PORT_BY_FORWARD", "PORT_BY_HTTP"}
+PY_ONLY = {"ALL_DROP_MASK", "BUDGET_UNIT_BYTES", "F_NO_PREALLOC", "F_NO_COMMON_LRU", "PORT_BY_OPERATOR", "PORT_BY_FORWARD", "PORT_BY_HTTP"}
 
 
 def c_value(expr: str, defs: dict[str, str]) -> int:

@@ -594,6 +594,18 @@ class _EmptyGuard:
     def geo_of(self, addr):
         return None
 
+    def watermarks(self):
+        return {}
+
+    def realise_watermarks(self, addresses):
+        return []
+
+    def read_verify_settings(self):
+        return policy.VerifySettings()
+
+    def write_verify_settings(self, v):
+        pass
+
 
 @pytest.fixture
 def kernel_edge(monkeypatch, tmp_path):

@@ -8,19 +8,15 @@ import click
 from xdpguard.core import watermark as core_wm
 from xdpguard.core import watermarkrules
 
-from .output import console, emit_json
-from .params import IN_FILE, OUT_FILE, iface_option, json_option, protected_option
+from .output import Result, json_option
+from .params import IN_FILE, OUT_FILE, iface_option, protected_option
 
 _port = click.argument("port", type=click.IntRange(1, 65535))
 _key = click.option("--key-file", required=True, type=IN_FILE,
                     help="File holding the 16-byte key (32 hex digits); the key itself is never shown or stored.")
 
 
-def render(res: watermarkrules.WatermarkResult, as_json: bool) -> None:
-    if as_json:
-        emit_json(res)
-        return
-    c = console()
+def _text(c, res: watermarkrules.WatermarkResult) -> None:
     c.print(f"watermarked UDP services on {res.iface}:", markup=False)
     for addr, rows in res.services.items():
         if not rows:
@@ -31,6 +27,10 @@ def render(res: watermarkrules.WatermarkResult, as_json: bool) -> None:
         c.print("  data path: " + ", ".join(f"{k} {v}" for k, v in res.counters.items()), markup=False)
     for n in res.notes:
         c.print(f"  note: {n}", markup=False)
+
+
+def _result(res: watermarkrules.WatermarkResult) -> Result:
+    return Result(res, _text)
 
 
 @click.group()
@@ -52,9 +52,9 @@ def watermark():
 @protected_option
 @iface_option
 @json_option
-def enable(port, key_file, step, window, skew, overlap, protected, iface, as_json):
+def enable(port, key_file, step, window, skew, overlap, protected, iface):
     """Watermark udp/PORT: unmarked datagrams to it are dropped."""
-    render(watermarkrules.enable(iface, port, key_file, protected, step, window, skew, overlap), as_json)
+    return _result(watermarkrules.enable(iface, port, key_file, protected, step, window, skew, overlap))
 
 
 @watermark.command("disable")
@@ -62,9 +62,9 @@ def enable(port, key_file, step, window, skew, overlap, protected, iface, as_jso
 @protected_option
 @iface_option
 @json_option
-def disable(port, protected, iface, as_json):
+def disable(port, protected, iface):
     """Stop watermarking udp/PORT."""
-    render(watermarkrules.disable(iface, port, protected), as_json)
+    return _result(watermarkrules.disable(iface, port, protected))
 
 
 @watermark.command("rotate")
@@ -75,26 +75,24 @@ def disable(port, protected, iface, as_json):
 @protected_option
 @iface_option
 @json_option
-def rotate(port, key_file, overlap, protected, iface, as_json):
+def rotate(port, key_file, overlap, protected, iface):
     """Make --key-file the key of udp/PORT; the old key is accepted for the overlap."""
-    render(watermarkrules.rotate(iface, port, key_file, protected, overlap), as_json)
+    return _result(watermarkrules.rotate(iface, port, key_file, protected, overlap))
 
 
 @watermark.command("show")
 @iface_option
 @json_option
-def show(iface, as_json):
+def show(iface):
     """The watermarked services (key ids, not keys) and the data path's counters."""
-    render(watermarkrules.show(iface), as_json)
+    return _result(watermarkrules.show(iface))
 
 
 @watermark.command("keygen")
 @click.argument("file", type=OUT_FILE)
 @json_option
-def keygen(file, as_json):
+def keygen(file):
     """Write a new random key to FILE (mode 0600; never overwrites)."""
     kid = watermarkrules.keygen(file)
-    if as_json:
-        emit_json({"file": file, "key_id": kid})
-    else:
-        console().print(f"wrote a new key to {file} (key id {kid})", markup=False)
+    return Result({"file": file, "key_id": kid},
+                  lambda c, d: c.print(f"wrote a new key to {d['file']} (key id {d['key_id']})", markup=False))

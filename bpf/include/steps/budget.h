@@ -33,7 +33,7 @@
 #include "common.h"
 #include "maps.h"
 #include "knowngood.h"
-#include "steps/ratelimit.h"  /* bucket_take */
+#include "steps/ratelimit.h"
 
 #ifndef XG_BUDGET_MAX
 #define XG_BUDGET_MAX 16384        /* services with a bucket of their own */
