@@ -63,7 +63,7 @@ def tb():
 def bed(tb):
     tb.reset()
     tb.protect(PROT, PROT_B, PROT6)
-    policy.write_global_policy(tb.maps, GlobalPolicy(reflection=False))
+    guard.write_global_policy(tb.maps, GlobalPolicy(reflection=False))
     guard.write_verify_settings(tb.maps, VerifySettings(budget_udp_pps=5))
     for a in (PROT, PROT_B, PROT6):
         Guard(None, None, tb.maps).change_ports([ipaddress.ip_address(a)], "udp", 7, 7, abi.PORT_BY_FORWARD, True)
@@ -79,7 +79,7 @@ def flood(b: TestBed, n: int, dst: str = PROT, dport: int = 7, six: bool = False
 
 def test_a_random_source_flood_gets_the_service_budget_and_no_per_source_state(bed):
     # a per-source limit that would give each new source a bucket (K = 0: the bucket path)
-    policy.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
+    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
         limits=Limits(src_pps=1, src_burst_pkts=1)))
     got = flood(bed, 20)
     assert got[:5] == [Reason.CLEAN] * 5 and got[5:] == [Reason.BUDGET] * 15, got
