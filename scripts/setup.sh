@@ -74,7 +74,8 @@ if ((${#missing[@]})); then
 else
     step "system packages already installed"
 fi
-if [[ "$OFFLINE" != 1 ]]; then
+# Not in the VM box (XDPGUARD_WHEELS: provisioned with no network; its tier needs no browser).
+if [[ "$OFFLINE" != 1 && -z "$WHEELS_DIR" ]]; then
     host_missing=()
     for pkg in "${HOST_TEST_PACKAGES[@]}"; do
         is_installed "$pkg" || host_missing+=("$pkg")

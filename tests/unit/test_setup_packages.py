@@ -32,3 +32,13 @@ def test_the_box_reads_what_bash_installs():
     bash_list = subprocess.run(["bash", "-c", f"source <(sed -n '/^APT_PACKAGES=(/,/^)/p' {REPO}/scripts/setup.sh); "
                                 "printf '%s\\n' \"${APT_PACKAGES[@]}\""], capture_output=True, text=True, check=True)
     assert _box_packages() == bash_list.stdout.split()
+
+
+def test_host_test_packages_are_not_installed_in_the_vm_box():
+    """The box is provisioned with XDPGUARD_WHEELS and no network: a host-only test package
+    (chromium) there fails the VM tier ('Unable to locate package chromium': CI stop 31's merge)."""
+    src = (REPO / "scripts" / "setup.sh").read_text()
+    m = re.search(r"^if \[\[ (.*?) \]\]; then\n(?:(?!^fi).*\n)*?.*HOST_TEST_PACKAGES\[@\]", src, re.M)
+    assert m, "no if-block around the install of HOST_TEST_PACKAGES"
+    assert '-z "$WHEELS_DIR"' in m.group(1) and '"$OFFLINE" != 1' in m.group(1), m.group(1)
+    assert "chromium" not in _box_packages()
