@@ -26,6 +26,7 @@
 
 #define XG_WM_PASSED 0xfffffffe  /* step_watermark: a valid mark, stripped — pass, skip the rest */
 #define XG_WM_WORDS (1 + XG_WM_WINDOW_MAX / 8)
+_Static_assert(XG_WM_WORDS == 9, "wm_siphash has one XG_WM_WORD block per word, 0..8");
 
 #define XG_ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
 #define XG_SIPROUND                                                           \
@@ -43,15 +44,20 @@ static __always_inline __u64 wm_siphash(__u64 k0, __u64 k1, const __u64 *m, __u3
     __u64 v1 = 0x646f72616e646f6dULL ^ k1;
     __u64 v2 = 0x6c7967656e657261ULL ^ k0;
     __u64 v3 = 0x7465646279746573ULL ^ k1;
-    for (__u32 i = 0; i < XG_WM_WORDS; i++) {
-        if (i >= nwords)
-            break;
-        __u64 w = m[i];
-        v3 ^= w;
-        XG_SIPROUND;
-        XG_SIPROUND;
-        v0 ^= w;
+    /* One block per word, by hand, at constant offsets: as a loop, clang folds its two exits
+     * into one computed trip count that 6.1's verifier cannot bound ("invalid read from stack"
+     * past m[]), and `#pragma unroll` kept a pointer walk that 6.18 refused too. */
+#define XG_WM_WORD(i)               \
+    if (nwords > (i)) {             \
+        __u64 w = m[(i)];           \
+        v3 ^= w;                    \
+        XG_SIPROUND;                \
+        XG_SIPROUND;                \
+        v0 ^= w;                    \
     }
+    XG_WM_WORD(0) XG_WM_WORD(1) XG_WM_WORD(2) XG_WM_WORD(3) XG_WM_WORD(4)
+    XG_WM_WORD(5) XG_WM_WORD(6) XG_WM_WORD(7) XG_WM_WORD(8)
+#undef XG_WM_WORD
     __u64 b = ((__u64)(nwords * 8) & 0xff) << 56;
     v3 ^= b;
     XG_SIPROUND;
@@ -141,8 +147,13 @@ static __always_inline __u32 step_watermark(struct xdp_md *ctx, struct xg_protec
     if (win > XG_WM_WINDOW_MAX)
         win = XG_WM_WINDOW_MAX;
     __u32 n = dlen < win ? dlen : win;
-    if (n > 0 && n <= XG_WM_WINDOW_MAX &&
-        bpf_xdp_load_bytes(ctx, l4 + 8, &m[1], n) < 0) {
+    /* The size as 1..64 in a form 6.1's verifier bounds too: it does not carry `n - 1 <= 63`
+     * back to n ("invalid zero-sized read"), and clang, which knows 1 <= n <= 64, would fold the
+     * mask away without the barrier. */
+    __u64 nsz = n;
+    asm volatile("" : "+r"(nsz));
+    nsz = ((nsz - 1) & (XG_WM_WINDOW_MAX - 1)) + 1;
+    if (n > 0 && bpf_xdp_load_bytes(ctx, l4 + 8, &m[1], nsz) < 0) {
         wm_count(XG_WM_CNT_SHORT);
         return XG_REASON_WATERMARK;
     }
