@@ -310,7 +310,8 @@ cmd_test() {
     local q t0=$SECONDS status=0
     (($#)) || set -- tests/ --ignore=tests/vm   # the whole suite, but no VM inside the VM
     q="$(printf '%q ' "$@")"
-    local env="CI=${CI:-} PYTHONDONTWRITEBYTECODE=1"
+    # XDPGUARD_WHEELS: test.sh runs setup.sh, which must stay offline in the guest (as provision's)
+    local env="CI=${CI:-} PYTHONDONTWRITEBYTECODE=1 XDPGUARD_WHEELS=$WHEELS"
     [[ -n "${XDPGUARD_DIFF_EXAMPLES:-}" ]] && env+=" XDPGUARD_DIFF_EXAMPLES=$XDPGUARD_DIFF_EXAMPLES"
     vm_ssh "cd /vagrant && sudo $env bash scripts/test.sh ${q}" || status=$?
     step "suite in the VM: exit $status after $((SECONDS - t0)) s"
