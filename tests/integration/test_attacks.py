@@ -114,8 +114,10 @@ def test_count_and_rate_bounds(alab: AttackLab):
 
 def test_udp_flood_passes_until_blocked(alab: AttackLab):
     alab.block(False)
-    # level loose: no per-source UDP budget (attach's level normal would rate-limit one source at 10,000 pps)
+    # level loose: no per-source UDP budget (attach's level normal would rate-limit one source at 10,000 pps);
+    # no admission budget for unverified UDP (issue 25: 1,000 pps per service by default)
     assert alab.in_ns("prot", *topology.xdpguard_argv(), "level", "loose").returncode == 0
+    assert alab.in_ns("prot", *topology.xdpguard_argv(), "verify", "set", "--no-budget").returncode == 0
     try:
         before = alab.counters()
         res, _ = alab.attack("udp-flood", "--count", "20000", "--pps", "50000", "--duration", "2")
@@ -130,6 +132,7 @@ def test_udp_flood_passes_until_blocked(alab: AttackLab):
     finally:
         alab.block(True)
         assert alab.in_ns("prot", *topology.xdpguard_argv(), "level", "normal").returncode == 0
+        assert alab.in_ns("prot", *topology.xdpguard_argv(), "verify", "set", "--budget").returncode == 0
     before = alab.counters()
     res, _ = alab.attack("udp-flood", "--count", "20000", "--pps", "50000", "--duration", "2")
     assert _moved(alab.counters(), before).get("blocklist", 0) >= res["sent"] - 10

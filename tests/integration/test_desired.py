@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cli_assert import one_line_error
-from xdpguard.core import state
+from xdpguard.core import reconcile, state
 from test_forwarding import BPORT, CLIENT4, OTHER4, PROT4, PROT6, Topo, topo  # noqa: F401  (topo: fixture)
 
 pytestmark = pytest.mark.kernel
@@ -352,29 +352,23 @@ def test_sigkill_anywhere_in_an_apply_converges_on_the_next(topo: Topo, tmp_path
 
 
 def test_an_imperative_verb_is_stored_before_the_kernel_is_touched(topo: Topo, tmp_path: Path):
-    """Store first: with the interface lock held, a verb stops right before its kernel write; the
-    store already holds its change there. SIGKILLed at that point, the kernel never got it, and the
-    daemon converges the kernel to the store."""
+    """Store first: a verb SIGKILLed right after it stored (XDPGUARD_KILL_AFTER_STORE, the fault
+    point between the store and the kernel write) leaves its change in the store and not in the
+    kernel, and the daemon converges the kernel to the store. (The verbs store under the interface
+    lock now, one writer: holding that lock no longer stops them between the two.)"""
     small = write(tmp_path, f'[[interface]]\nname = "xgp0"\nprotect = ["{PROT4}"]\n', "small.toml")
     topo.xg("apply", "-f", small)
     topo.lab.defer("detach xdpguard", topo.xg, "detach", "xgp0", check=False)
     key = netns_key(topo)
     desired = state.state_root() / key / "desired.toml"
     block_file = state.state_root() / key / "desired.lists" / "xgp0.block"
-    lock = state.run_root() / "locks" / f"{key}.xgp0.lock"
     for argv, stored in ((["block", "add", "198.51.100.77"], lambda: "198.51.100.77/32" in block_file.read_text()),
                          (["limit", "set", "--src-pps", "3k", "--protected", PROT4],
                           lambda: "src_pps = 3000" in desired.read_text())):
-        fd = state.flock_wait(lock, 10)
-        assert fd is not None
-        try:
-            proc = topo.lab.popen(topo.prot, "xdpguard", *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            assert wait_for(lambda: block_file.exists() and stored(), 20), (argv, desired.read_text())
-            assert proc.poll() is None  # still waiting for the lock: the kernel is untouched
-            proc.kill()
-            proc.wait(timeout=10)
-        finally:
-            os.close(fd)
+        proc = topo.lab.popen(topo.prot, "env", f"{reconcile.KILL_AFTER_STORE}=1", "xdpguard", *argv,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, argv  # died at the fault point: after the store
+        assert block_file.exists() and stored(), (argv, desired.read_text())
     assert "198.51.100.77" not in topo.xg("block", "list").stdout
     assert "src_pps" not in export(topo)
     d = Daemon(topo, small)  # the file last applied: the store (with both changes) wins
@@ -389,20 +383,13 @@ def test_an_imperative_verb_is_stored_before_the_kernel_is_touched(topo: Topo, t
 
 
 def _stopped_before_the_kernel(topo: Topo, argv: list[str], lock: Path, meta: Path) -> bool:
-    """Run a verb with the interface lock held: True once it stored a change (a new generation),
-    False if it stored nothing within 3 s; then SIGKILL it (the kernel untouched)."""
+    """Run a verb that dies at the fault point after its store (XDPGUARD_KILL_AFTER_STORE): True
+    when it stored a change (a new generation) and was SIGKILLed there, before its kernel write."""
     gen = json.loads(meta.read_text())["generation"] if meta.exists() else 0
-    fd = state.flock_wait(lock, 10)
-    assert fd is not None
-    try:
-        proc = topo.lab.popen(topo.prot, "xdpguard", *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        got = wait_for(lambda: meta.exists() and json.loads(meta.read_text())["generation"] > gen, 3) is not None
-        assert proc.poll() is None, argv  # waiting for the lock
-        proc.kill()
-        proc.wait(timeout=10)
-        return got
-    finally:
-        os.close(fd)
+    proc = topo.lab.popen(topo.prot, "env", f"{reconcile.KILL_AFTER_STORE}=1", "xdpguard", *argv,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rc = proc.wait(timeout=60)
+    return rc == -signal.SIGKILL and meta.exists() and json.loads(meta.read_text())["generation"] > gen
 
 
 def test_every_verb_stores_first_what_it_then_does(topo: Topo, tmp_path: Path):

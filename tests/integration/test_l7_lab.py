@@ -295,7 +295,10 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
         assert len(banned) >= 120 and all(" cc " in f" {ln} " for ln in banned), bans
         assert dropped > 0 and fl["connect_failed"] > 0  # dropped in XDP: their connections fail
         assert topology.CLIENT4 not in bans
-        assert res["failed"] == 0 and res["ok"] >= 50, res
+        # `ok` counts pages that start "ok " (the l7 lab's own backend); this lab's backend is
+        # http.server, whose pages do not: every answer must be a 200 (the challenge passed)
+        answered = sum(res["status"].values())
+        assert res["status"].get("200", 0) == answered and answered >= 50 and not res["errors"], res
     finally:
         if flood is not None and flood.poll() is None:
             flood.kill()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
+import signal
 import json
 import socket
 import struct
@@ -560,6 +562,11 @@ def change(ifname: str | None, predict, write, lists: bool = False):
     return res
 
 
+# A test's fault point (test_desired): a verb that stored its change dies right there, SIGKILLed,
+# before it touches the kernel; the daemon or the next verb must converge from the store.
+KILL_AFTER_STORE = "XDPGUARD_KILL_AFTER_STORE"
+
+
 def _store_first(name: str, make, write):
     """make(stored spec of `name` or None) → the spec to store (None: nothing), under the store
     lock; it is stored (fsynced) unless unchanged, then write() runs. If write fails, the store is
@@ -572,6 +579,8 @@ def _store_first(name: str, make, write):
         stored = after is not None and after != before
         if stored:
             store.save(desired.with_interface(after), previous=desired)
+    if stored and os.environ.get(KILL_AFTER_STORE) == "1":
+        os.kill(os.getpid(), signal.SIGKILL)  # tests: the crash between the store and the kernel
     try:
         res = write()
     except BaseException:
