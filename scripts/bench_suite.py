@@ -69,9 +69,8 @@ import bench_cleansing  # noqa: E402  (the every-step bed and its frames)
 import bench_gen  # noqa: E402  (the traffic generators of sections 2-3)
 from bench_gen import ksoftirqd_cpu_s  # noqa: E402
 
-from xdpguard.core import libbpf, nat  # noqa: E402
+from xdpguard.core import libbpf  # noqa: E402
 from benchcases import OnePacketRunner  # noqa: E402
-from xdpguard.core.forwarding import make_rule  # noqa: E402
 from xdpguard.core.prefixes import parse_prefix  # noqa: E402
 from xdpguard.core.guard import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog  # noqa: E402

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
-from xdpguard.core import guard, libbpf  # noqa: E402
+from xdpguard.core import guard  # noqa: E402
 from xdpguard.core import watermark as wm  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 from xdpguard.sdk import watermark as sdk  # noqa: E402

@@ -24,7 +24,8 @@ class Info(ctypes.Structure):
                 ("run_cnt", u64), ("recursion_misses", u64), ("verified_insns", u32), ("pad", u32)]
 bed = TestBed()
 for name, fd in (("xdp", bed.prog.prog_fd), ("egress", bed.prog.egress_fd)):
-    info = Info(); n = u32(ctypes.sizeof(info))
+    info = Info()
+    n = u32(ctypes.sizeof(info))
     libbpf.lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(n))
     print(name, "xlated bytes", info.xlated_prog_len, "verified_insns", info.verified_insns)
 bed.close()

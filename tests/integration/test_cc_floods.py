@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from test_l7_haproxy import Setup, _require, _service
+from test_l7_haproxy import Setup, _service
 from xdpguard.core.l7 import auto
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7 import runtime

@@ -205,7 +205,7 @@ def test_bad_config_is_refused_with_locations_and_changes_nothing(topo: Topo, tm
 
 def test_management_address_is_refused_without_force(topo: Topo, tmp_path: Path):
     topo.lab.run(topo.prot, "ip", "route", "add", "default", "via", "198.18.1.2")
-    text = f'[[interface]]\nname = "xgb1"\nprotect = ["198.18.1.1"]\n'
+    text = '[[interface]]\nname = "xgb1"\nprotect = ["198.18.1.1"]\n'
     p = topo.xg("apply", "-f", write(tmp_path, text), check=False)
     one_line_error(p, "management address", "--force")
     assert topo.xg("export").stdout.count("[[interface]]") == 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from . import abi, forward, nat, state
+from . import abi, nat, state
 from .errors import UserError
 from .protection import open_guard
 

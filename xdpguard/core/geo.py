@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from . import abi, state
 from .errors import UserError
-from .model.geo import MODES, GeoSpec, normal
+from .model.geo import MODES, GeoSpec, normal  # noqa: F401 (geo.MODES, geo.normal: their old home)
 
 DEFAULT_DB = "/usr/share/libloc-location/location.db"  # Debian's libloc-database (snapshot 2022-10-29)
 DB_ENV = "XDPGUARD_GEO_DB"

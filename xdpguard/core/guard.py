@@ -16,7 +16,6 @@ import errno
 import ipaddress
 import os
 import struct
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace

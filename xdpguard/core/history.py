@@ -268,7 +268,7 @@ class _TierWriter:
     def _prune(self, now: float, room: int) -> None:
         """Drop the oldest closed segments: over the share (leaving `room`), or past retention."""
         while len(self.segs) > 1:
-            (t0, p0, s0), (t1, _, _) = self.segs[0], self.segs[1]
+            (_, p0, _), (t1, _, _) = self.segs[0], self.segs[1]
             if self.total() + room > self.cap or t1 < now - self.tier.keep_s:
                 try:
                     p0.unlink()

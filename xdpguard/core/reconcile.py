@@ -13,7 +13,6 @@ Dynamic state (bans, list entries with a TTL, health, counters) is left alone th
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import signal

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import libbpf, state, vocab
-from .errors import UserError
 from .abi import Kind, Reason, Sample
 
 DEFAULT_SAMPLE_EVERY = 256  # ~3% data-path cost; 1 in 64 costs ~15% (scripts/bench_observability.py)

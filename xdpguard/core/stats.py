@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import fanout, forward, geo, protection, sampling, state
-from .abi import Reason
 from .errors import UserError
 from .l7 import engine as l7engine
 from .result import as_dict as _as_dict

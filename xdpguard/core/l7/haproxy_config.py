@@ -269,7 +269,7 @@ def _frontend(svc: HttpService) -> list[str]:
         lines.append(_act(lim.action, over_i))
     lines += _service_ceiling(svc)
     if p.challenge != "none":
-        lines.append(f"    http-request set-var(txn.xg_chal) int(1) unless xg_exempt")
+        lines.append("    http-request set-var(txn.xg_chal) int(1) unless xg_exempt")
     kind = "j" if p.challenge == "js" else "c"
     secure = "; Secure" if svc.tls else ""
     need = "{ var(txn.xg_chal) -m int 1 } !xg_verified"
