@@ -7,7 +7,6 @@ Uses the forwarding topology of test_forwarding (client, protector, two echo bac
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
