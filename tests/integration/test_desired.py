@@ -364,9 +364,7 @@ def test_an_imperative_verb_is_stored_before_the_kernel_is_touched(topo: Topo, t
     for argv, stored in ((["block", "add", "198.51.100.77"], lambda: "198.51.100.77/32" in block_file.read_text()),
                          (["limit", "set", "--src-pps", "3k", "--protected", PROT4],
                           lambda: "src_pps = 3000" in desired.read_text())):
-        proc = topo.lab.popen(topo.prot, "env", f"{reconcile.KILL_AFTER_STORE}=1", "xdpguard", *argv,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL, argv  # died at the fault point: after the store
+        assert _killed_after_store(topo, argv) == -signal.SIGKILL, argv  # died at the fault point: after the store
         assert block_file.exists() and stored(), (argv, desired.read_text())
     assert "198.51.100.77" not in topo.xg("block", "list").stdout
     assert "src_pps" not in export(topo)
@@ -381,13 +379,18 @@ def test_an_imperative_verb_is_stored_before_the_kernel_is_touched(topo: Topo, t
     assert topo.xg("diff", "-f", small).stdout.strip() != "no changes"  # the store amended the file
 
 
-def _stopped_before_the_kernel(topo: Topo, argv: list[str], lock: Path, meta: Path) -> bool:
-    """Run a verb that dies at the fault point after its store (XDPGUARD_KILL_AFTER_STORE): True
-    when it stored a change (a new generation) and was SIGKILLed there, before its kernel write."""
-    gen = json.loads(meta.read_text())["generation"] if meta.exists() else 0
+def _killed_after_store(topo: Topo, argv: list[str]) -> int:
+    """Run a verb with the fault point after its store on (XDPGUARD_KILL_AFTER_STORE); its exit
+    status (-SIGKILL when it stored a change and died there, before its kernel write)."""
     proc = topo.lab.popen(topo.prot, "env", f"{reconcile.KILL_AFTER_STORE}=1", "xdpguard", *argv,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rc = proc.wait(timeout=60)
+    return proc.wait(timeout=60)
+
+
+def _stopped_before_the_kernel(topo: Topo, argv: list[str], meta: Path) -> bool:
+    """True when the verb stored a change (a new generation) and was SIGKILLed at the fault point."""
+    gen = json.loads(meta.read_text())["generation"] if meta.exists() else 0
+    rc = _killed_after_store(topo, argv)
     return rc == -signal.SIGKILL and meta.exists() and json.loads(meta.read_text())["generation"] > gen
 
 
@@ -397,7 +400,6 @@ def test_every_verb_stores_first_what_it_then_does(topo: Topo, tmp_path: Path):
     topo.attach()
     key = netns_key(topo)
     root = state.state_root() / key
-    lock = state.run_root() / "locks" / f"{key}.xgp0.lock"
     lst = tmp_path / "list.txt"
     lst.write_text("198.19.0.0/24\n198.19.1.1\n")
 
@@ -426,7 +428,7 @@ def test_every_verb_stores_first_what_it_then_does(topo: Topo, tmp_path: Path):
     ]
     for argv in verbs:
         before = snapshot()
-        stored = _stopped_before_the_kernel(topo, argv, lock, root / "desired.meta")
+        stored = _stopped_before_the_kernel(topo, argv, root / "desired.meta")
         predicted = snapshot()
         assert stored and predicted != before, (argv, "nothing stored before the kernel write")
         topo.xg(*argv)
