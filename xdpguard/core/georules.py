@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field, replace
 from . import geo, protection, reconcile, state, store
 from .model.desired import InterfaceSpec
 from .errors import UserError
-from .prefixes import parse_address
 
 ACTIONS = {"block": geo.block, "allow": geo.allow, "only": geo.only}
 
@@ -45,23 +44,13 @@ def _notes(spec: InterfaceSpec) -> list[str]:
     return []
 
 
-def _selected(spec: InterfaceSpec, protected: str | None) -> set:
-    if protected is None:
-        return set(spec.protected)
-    a = parse_address(protected, "protected address")
-    if a not in spec.protected:
-        raise UserError(f"{a} is not a protected address of {spec.name} "
-                        f"(protected: {', '.join(map(str, spec.protected))})")
-    return {a}
-
-
 def _change(ifname: str | None, action: str, one, protected: str | None, force: bool, db: geo.GeoDB) -> GeoResult:
     state.require_root()
     name = protection.pick_iface(ifname)
     base = reconcile.export_iface(name, lists=False)
     if base is None:
         raise UserError(f"{name} is not protected by xdpguard; run 'xdpguard attach {name}' first")
-    sel = _selected(base, protected)
+    sel = base.selected(protected)
 
     def predict(s: InterfaceSpec) -> InterfaceSpec:
         new = replace(s, addresses=tuple(replace(a, geo=geo.normal(one(a.geo))) if a.address in sel else a

@@ -18,7 +18,6 @@ from . import protection, reconcile, state, store
 from . import watermark as wm
 from .config import InterfaceSpec
 from .errors import UserError
-from .prefixes import parse_address
 
 
 @dataclass(frozen=True)
@@ -50,16 +49,6 @@ def _services(spec: InterfaceSpec) -> dict[str, list[dict]]:
     return out
 
 
-def _selected(spec: InterfaceSpec, protected: str | None) -> set:
-    if protected is None:
-        return set(spec.protected)
-    a = parse_address(protected, "protected address")
-    if a not in spec.protected:
-        raise UserError(f"{a} is not a protected address of {spec.name} "
-                        f"(protected: {', '.join(map(str, spec.protected))})")
-    return {a}
-
-
 def _key_path(path: str) -> str:
     p = os.path.abspath(path)
     wm.read_key(p)  # exists and holds a key, else one error line
@@ -74,7 +63,7 @@ def _change(ifname: str | None, action: str, one, protected: str | None, check=N
     base = reconcile.export_iface(name, lists=False)
     if base is None:
         raise UserError(f"{name} is not protected by xdpguard; run 'xdpguard attach {name}' first")
-    sel = _selected(base, protected)
+    sel = base.selected(protected)
 
     def predict(s: InterfaceSpec) -> InterfaceSpec:
         return replace(s, addresses=tuple(replace(a, watermark=wm.normal(one(a.address, a.watermark)))

@@ -17,7 +17,8 @@ from .. import policy
 from .. import watermark as wmark
 from .cluster import BgpSpec, ClusterSpec
 from ..l7 import spec as l7spec
-from .prefixes import Prefix
+from ..errors import UserError
+from .prefixes import Prefix, parse_address
 from . import geo, thresholds, vocab
 from .connlimit import ConnLimits
 from .forwarding import ForwardRule
@@ -79,6 +80,17 @@ class InterfaceSpec:
     @property
     def protected(self) -> list[IPAddress]:
         return [a.address for a in self.addresses]
+
+    def selected(self, protected: str | None) -> set[IPAddress]:
+        """The addresses a verb's --protected names: all of them (None), or the one given, which
+        must be protected here (else one UserError)."""
+        if protected is None:
+            return set(self.protected)
+        a = parse_address(protected, "protected address")
+        if a not in self.protected:
+            raise UserError(f"{a} is not a protected address of {self.name} "
+                            f"(protected: {', '.join(map(str, self.protected))})")
+        return {a}
 
     def address(self, addr: IPAddress) -> AddressSpec | None:
         return next((a for a in self.addresses if a.address == addr), None)
