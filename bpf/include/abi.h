@@ -464,8 +464,9 @@ struct xg_port_key {
 
 /* xg_ports_hash value. */
 struct xg_port_value {
-    __u64 flags;          /* reserved, 0 */
-};
+    __u64 flags;          /* who opened the port (the controller's); the data path tests presence, */
+};                        /* and XG_PORT_BY_HTTP for a geo rule in mode cc (steps/geo.h) */
+#define XG_PORT_BY_HTTP (1ULL << 2)  /* an HTTP service HAProxy serves on the protective IP (l7/) */
 
 /* Key of xg_prot6_hash (xg_prot4_hash is keyed by a __u32, network byte order). */
 struct xg_addr6 {
@@ -510,8 +511,8 @@ struct xg_list_entry {
 
 /* xg_geoset.flags */
 #define XG_GEO_ONLY (1ULL << 0)      /* drop every source NOT in a named country (unknown ones too) */
-#define XG_GEO_CC   (1ULL << 1)      /* mode cc: challenge at layer 7 where HAProxy serves the address
-                                      * (the data path drops meanwhile; the controller says so) */
+#define XG_GEO_CC   (1ULL << 1)      /* mode cc: TCP to a port HAProxy serves (XG_PORT_BY_HTTP) passes, and
+                                      * HAProxy challenges those sources; the rest is dropped here */
 
 /* xg_geoset_arr value: one per protected address slot (xg_syn_policy.slot). */
 struct xg_geoset {

@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import geo, guard, policy
+from xdpguard.core import abi, geo, guard, policy
 from xdpguard.core.abi import MapName, Reason
 from xdpguard.core.testrun import TestBed
 
@@ -48,18 +48,24 @@ def no_rules(bed):
     yield
     for a in (PROT_A, PROT_B, PROT6):
         guard.write_spec(bed.maps, ipaddress.ip_address(a), None)
-    for k in list(bed.maps[MapName.ALLOW4H].keys()):
-        bed.maps[MapName.ALLOW4H].delete(k)
+    for which in (MapName.ALLOW4H, MapName.PORTS):
+        for k in list(bed.maps[which].keys()):
+            bed.maps[which].delete(k)
     bed.configure()
 
 
-def pkt(src, dst, udp=False):
+def pkt(src, dst, udp=False, dport=None):
     ip = IPv6(src=src, dst=dst) if ":" in dst else IP(src=src, dst=dst)
-    return bytes(Ether() / ip / (UDP(sport=4000, dport=53) if udp else TCP(sport=4000, dport=80, flags="S")))
+    l4 = UDP(sport=4000, dport=dport or 53) if udp else TCP(sport=4000, dport=dport or 80, flags="S")
+    return bytes(Ether() / ip / l4)
 
 
-def rule(bed, addr, countries, only=False):
-    guard.write_spec(bed.maps, ipaddress.ip_address(addr), geo.GeoSpec(frozenset(countries), only))
+def rule(bed, addr, countries, only=False, mode="drop"):
+    guard.write_spec(bed.maps, ipaddress.ip_address(addr), geo.GeoSpec(frozenset(countries), only, mode))
+
+
+def open_port(bed, addr, proto, port, by):
+    bed.maps[MapName.PORTS].set(policy.port_key(ipaddress.ip_address(addr), proto, port), abi.PortValue(by))
 
 
 def test_blocked_country_dropped_with_reason_geo_other_address_unaffected(bed):
@@ -124,3 +130,29 @@ def test_reload_keeps_only_the_wanted_countries(bed):
         assert bed.verdict(pkt(IN_XA, PROT_A)).reason == Reason.CLEAN  # XA's prefixes are gone
     finally:
         guard.load_tries(bed.maps, FakeDB(), ["XA", "XB"])
+
+
+def test_mode_cc_passes_tcp_to_the_http_ports_only(bed):
+    """HAProxy challenges those sources on its ports (l7/haproxy_config.py); the rest is dropped."""
+    rule(bed, PROT_A, {"XA"}, mode="cc")
+    assert bed.verdict(pkt(IN_XA, PROT_A)).reason == Reason.GEO  # no HTTP service: cc drops like drop
+    open_port(bed, PROT_A, "tcp", 80, abi.PORT_BY_HTTP)
+    open_port(bed, PROT_A, "tcp", 8080, abi.PORT_BY_FORWARD)
+    open_port(bed, PROT_A, "udp", 80, abi.PORT_BY_OPERATOR | abi.PORT_BY_HTTP)  # HAProxy serves no UDP
+    assert bed.verdict(pkt(IN_XA, PROT_A)).reason == Reason.CLEAN  # on to HAProxy's challenge
+    assert bed.verdict(pkt(IN_XA, PROT_A, dport=8080)).reason == Reason.GEO  # a NAT forward: dropped
+    assert bed.verdict(pkt(IN_XA, PROT_A, udp=True, dport=80)).reason == Reason.GEO
+    assert bed.verdict(pkt(IN_XA, PROT_A, dport=81)).reason == Reason.GEO
+    assert bed.verdict(pkt(IN_XB, PROT_A, dport=8080)).reason == Reason.CLEAN  # another country
+    rule(bed, PROT_A, {"XA"})  # mode drop: the HTTP port too
+    assert bed.verdict(pkt(IN_XA, PROT_A)).reason == Reason.GEO
+    rule(bed, PROT_A, {"XB"}, only=True, mode="cc")  # only: the rest of the world is challenged
+    assert bed.verdict(pkt(UNKNOWN, PROT_A)).reason == Reason.CLEAN
+    assert bed.verdict(pkt(UNKNOWN, PROT_A, dport=8080)).reason == Reason.GEO
+
+
+def test_mode_cc_ipv6(bed):
+    rule(bed, PROT6, {"XB"}, mode="cc")
+    open_port(bed, PROT6, "tcp", 443, abi.PORT_BY_HTTP)
+    assert bed.verdict(pkt(IN_XB6, PROT6, dport=443)).reason == Reason.CLEAN
+    assert bed.verdict(pkt(IN_XB6, PROT6, dport=80)).reason == Reason.GEO

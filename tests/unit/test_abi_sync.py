@@ -126,7 +126,7 @@ C_ONLY = {
     "EXPIRED_RETRY": "lists.h's retry bound; the reference model's EXPIRED_RETRY",
     "VDROP_SLOTS": "the length of xg_vdrop_pcpu (MAP_GEOMETRY)",
 }
-PY_ONLY = {"ALL_DROP_MASK", "BUDGET_UNIT_BYTES", "F_NO_PREALLOC", "F_NO_COMMON_LRU", "PORT_BY_OPERATOR", "PORT_BY_FORWARD", "PORT_BY_HTTP"}
+PY_ONLY = {"ALL_DROP_MASK", "BUDGET_UNIT_BYTES", "F_NO_PREALLOC", "F_NO_COMMON_LRU", "PORT_BY_OPERATOR", "PORT_BY_FORWARD"}
 
 
 def c_value(expr: str, defs: dict[str, str]) -> int:

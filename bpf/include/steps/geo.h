@@ -3,7 +3,8 @@
  * One LPM lookup per packet to an address with a geo rule (a trie per family maps a source
  * prefix to a country index, abi.h), then one bit test in the address's country set: the cost
  * does not grow with the number of countries. An address without a rule pays the XG_PROT_GEO
- * flag test. The first step of policy_steps (xdpguard.bpf.c): after the lists, so an allowlisted source is never
+ * flag test. Mode cc (XG_GEO_CC) lets TCP to the address's HTTP ports through: HAProxy challenges
+ * those sources. The first step of policy_steps (xdpguard.bpf.c): after the lists, so an allowlisted source is never
  * geo-dropped, and before any step that keeps per-source state.
  */
 #ifndef XDPGUARD_GEO_H
@@ -37,7 +38,16 @@ static __always_inline __u32 step_geo(struct xg_protected *prot, struct xg_pkt *
     __u64 named = (gs->bits[(idx >> 6) & (XG_GEO_WORDS - 1)] >> (idx & 63)) & 1;
     if (gs->flags & XG_GEO_ONLY)
         named = !named;
-    return named ? XG_REASON_GEO : XG_CONTINUE;
+    if (!named)
+        return XG_CONTINUE;
+    /* mode cc: TCP to a port HAProxy serves goes on to it, and HAProxy challenges the source
+     * (l7/haproxy_config.py, the geo ACL); everything else of that source is dropped here */
+    if ((gs->flags & XG_GEO_CC) && p->has_l4 && p->l4proto == IPPROTO_TCP) {
+        struct xg_port_value *pv = xg_ports_hash.lookup(&p->dst);
+        if (pv && (pv->flags & XG_PORT_BY_HTTP))
+            return XG_CONTINUE;
+    }
+    return XG_REASON_GEO;
 }
 
 #endif /* XDPGUARD_GEO_H */
