@@ -2,7 +2,15 @@
 
 Desired state: `AddressSpec.geo`, a GeoSpec — the countries a rule names, whether it drops them
 (`block`) or drops everything else (`only`), and the mode (`drop`; `cc` = challenge at layer 7
-where HAProxy serves the address, which until that wiring lands falls back to drop in XDP).
+where HAProxy serves the address).
+
+Mode cc: XDP lets those sources' TCP to the address's HTTP ports (XG_PORT_BY_HTTP) through and
+still drops the rest of their traffic (geo.h); HAProxy challenges them (l7/haproxy_config.py:
+`src,map_ip(geo.map)` gives the longest match's country, as the tries do). The interface record's
+"geo" entry lists the cc rules ("cc": address → countries, only), so the L7 engine renders them
+whenever it renders HAProxy's configuration (l7_challenges). An address in mode cc without an
+HTTP service is allowed (the service may come later, or go while the rule stays): its sources are
+dropped in XDP like mode drop, and a note says so.
 
 Realised state (geo.h, abi.h XG_GEO_*): the union of the countries of every rule of the
 interface as prefixes in one LPM trie per family (source prefix → country index), each
@@ -238,7 +246,6 @@ def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
     """Write every address's rule and the tries for their union. `st` is the interface record;
     returns its new "geo" entry and notes. The tries are reloaded only when the union of
     countries or the database changed (or the tries are empty while they should not be)."""
-    notes = []
     union = sorted({c for a in addresses if a.geo is not None for c in a.geo.countries})
     active = [a for a in addresses if a.geo is not None and a.geo.active()]
     rec = state.get(st, state.GEO)
@@ -248,9 +255,10 @@ def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
         empty = union and g.geo_tries_empty()
         if {k: rec.get(k) for k in want} != want or empty:
             g.load_geo_tries(db, union)
-        rec = want
-        if any(a.geo.mode == "cc" for a in active):
-            notes.append("geo mode cc: the layer-7 challenge is not wired yet; those countries are dropped in XDP")
+        cc = {str(a.address): {"countries": sorted(a.geo.countries), "only": a.geo.only}
+              for a in active if a.geo.mode == "cc"}
+        rec = {**want, "cc": cc} if cc else want
+    notes = cc_notes(addresses)
     # the rule of each address (the tries already hold its countries)
     for a in addresses:
         g.write_geo(a.address, a.geo)
@@ -258,6 +266,65 @@ def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
         g.clear_geo_tries()
         rec = {}
     return rec, notes
+
+
+def cc_notes(addresses) -> list[str]:
+    """What mode cc does on each address that has it (AddressSpec: .geo, .http)."""
+    out = []
+    for a in addresses:
+        if a.geo is None or not a.geo.active() or a.geo.mode != "cc":
+            continue
+        ports = sorted({svc.port for svc in getattr(a, "http", ())})
+        if ports:
+            out.append(f"geo mode cc on {a.address}: HAProxy challenges those sources on tcp "
+                       f"{', '.join(map(str, ports))}; the rest of their traffic is dropped in XDP")
+        else:
+            out.append(f"geo mode cc on {a.address}: no HTTP service there, so those sources are dropped in XDP "
+                       "(the challenge applies once HAProxy serves the address)")
+    return out
+
+
+# ---- mode cc at layer 7: what HAProxy's configuration needs (l7/engine.py renders it) ----
+
+
+def l7_rules(states: dict[str, dict]) -> dict[str, tuple[GeoSpec, str | None, list[str]]]:
+    """Listen address → (its cc rule, the database of its interface's tries, their countries),
+    from the interface records (name → record)."""
+    out = {}
+    for _, st in sorted(states.items()):
+        rec = state.get(st, state.GEO)
+        for addr, r in (rec.get("cc") or {}).items():
+            out[addr] = (GeoSpec(frozenset(r.get("countries", ())), bool(r.get("only")), "cc"),
+                         rec.get("database"), list(rec.get("countries") or ()))
+    return out
+
+
+def l7_map(db: GeoDB, countries) -> str:
+    """HAProxy map file text: one `PREFIX CC` line per network of these countries (HAProxy's
+    map_ip takes the longest match, as the tries do)."""
+    lines = []
+    for fam, raw, plen, cc in sorted(db.networks(countries)):
+        lines.append(f"{ipaddress.ip_address(raw)}/{plen} {cc}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def l7_challenges(listen_addresses, states: dict[str, dict] | None = None) -> tuple[dict[str, GeoSpec], str]:
+    """The cc rules of these listen addresses and the map file of their countries; ({}, "")
+    when none has one (no database is opened then)."""
+    if states is None:
+        states = {}
+        for name in state.protected_ifaces():
+            st = state.read_state(state.Iface(name, 0, state.netns_key()))
+            if st is not None:
+                states[name] = st
+    found = l7_rules(states)
+    rules = {str(a): found[str(a)] for a in listen_addresses if str(a) in found}
+    if not rules:
+        return {}, ""
+    path = next((p for _, p, _ in rules.values() if p), None)
+    db = GeoDB.open(None if os.environ.get(DB_ENV) else path)
+    union = sorted({c for _, _, cs in rules.values() for c in cs} | {c for g, _, _ in rules.values() for c in g.countries})
+    return {a: g for a, (g, _, _) in rules.items()}, l7_map(db, union)
 
 
 # ---- countries of sampled traffic (no per-packet cost: the controller looks up sampled sources) ----

@@ -39,9 +39,7 @@ def _rules(spec: InterfaceSpec) -> dict[str, dict]:
 
 
 def _notes(spec: InterfaceSpec) -> list[str]:
-    if any(a.geo is not None and a.geo.mode == "cc" for a in spec.addresses):
-        return ["mode cc: the layer-7 challenge for geo rules is not wired yet; those sources are dropped in XDP"]
-    return []
+    return geo.cc_notes(spec.addresses)
 
 
 def _change(ifname: str | None, action: str, one, protected: str | None, force: bool, db: geo.GeoDB) -> GeoResult:

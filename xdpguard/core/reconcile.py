@@ -179,6 +179,7 @@ def write_geo(g: protection.Guard, addresses) -> list[str]:
     if (st.get(geo.STATE_KEY) or {}) != rec:
         st[geo.STATE_KEY] = rec
         state.write_state(g.iface, st)
+        notes += [f"HAProxy {l7engine.realise(l7engine.services_of(forward._iface_states()))} (geo)"] if any(a.http for a in addresses) else []  # mode cc
     return notes
 
 

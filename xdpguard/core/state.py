@@ -330,8 +330,8 @@ FORWARD_SYSCTL_SAVED = Field("forward_sysctl_saved", Map(str))  # forward: sysct
 CONNLIMITS = Field("connlimits", Map(OBJ), lambda v: dict(sorted((v or {}).items())),
                    dict)  # protected address → ConnLimits fields (connlimit)
 HTTP = Field("http", Arr(Rec(("address", "name", "port"), address=str, name=str, port=int)))  # l7/engine
-GEO = Field("geo", Rec(database=str, stamp=str, countries=Arr(str)), lambda v: dict(v or {}),
-            dict)  # what the geo tries hold (geo.py)
+GEO = Field("geo", Rec(database=str, stamp=str, countries=Arr(str), cc=Map(Rec(countries=Arr(str), only=bool))),
+            lambda v: dict(v or {}), dict)  # what the geo tries hold, and the rules in mode cc (geo.py)
 FIELDS = (ATTACK, LEVELS, MITIGATIONS, FORWARD, FORWARD_HEALTH, FORWARD_SYSCTL_SAVED, CONNLIMITS, HTTP, GEO)
 
 #: the interface record's keys and their shapes (the attach keys: protection.attach; the rest: FIELDS)

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .. import state
+from .. import geo, state
 from ..errors import UserError
 from . import schema
 from .haproxy_config import render
@@ -80,7 +80,9 @@ def realise(services: Sequence[HttpService]) -> str:
         h.config.unlink(missing_ok=True)
         return "stopped"
     h.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    rendered = render(services, run_dir=str(h.run_dir), secret=load_secret(secret_path()))
+    geo_rules, geo_map = geo.l7_challenges(a for svc in services for a in svc.listen)  # geo rules in mode cc
+    rendered = render(services, run_dir=str(h.run_dir), secret=load_secret(secret_path()), geo_rules=geo_rules,
+                      geo_map=geo_map)
     return h.apply(rendered, tls_files(services))
 
 

@@ -26,9 +26,10 @@ client: a flood of unverified requests costs HAProxy one HMAC each and us nothin
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..model.geo import GeoSpec
 from . import spec
 from .spec import HttpService, Rule
 
@@ -183,7 +184,7 @@ def _tables(svc: HttpService) -> list[str]:
     return lines
 
 
-def _frontend(svc: HttpService) -> list[str]:
+def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
     p = svc.preset
     conns = svc.effective_conns()
     ttl = svc.challenge_ttl_s
@@ -268,6 +269,7 @@ def _frontend(svc: HttpService) -> list[str]:
             lines += _punish(str(lim.punish_s), PUNISH_CODES[lim.action], over_i)
         lines.append(_act(lim.action, over_i))
     lines += _service_ceiling(svc)
+    lines += _geo(svc, geo_rules)
     if p.challenge != "none":
         lines.append("    http-request set-var(txn.xg_chal) int(1) unless xg_exempt")
     kind = "j" if p.challenge == "js" else "c"
@@ -291,6 +293,27 @@ def _frontend(svc: HttpService) -> list[str]:
             f"    http-request return status 200 content-type \"text/html; charset=utf-8\" "
             f"hdr Cache-Control no-store lf-file {challenge_page(svc)} if {need}")
     lines += [f"    default_backend {backend_name(svc)}", ""]
+    return lines
+
+
+GEO_MAP = "geo.map"  # `PREFIX CC` lines (geo.l7_map), next to the configuration
+
+
+def _geo(svc: HttpService, rules: Mapping[str, GeoSpec]) -> list[str]:
+    """A geo rule in mode cc on a listen address: its countries' sources (with `only`: every
+    other source, unknown ones too) are challenged, exempt paths excepted. The country is the
+    longest match in GEO_MAP, as in XDP's tries (steps/geo.h lets these sources through to here)."""
+    mine = [(i, a, rules[str(a)]) for i, a in enumerate(svc.listen)
+            if str(a) in rules and rules[str(a)].mode == "cc" and rules[str(a)].active()]
+    if not mine:
+        return []
+    lines = ["    # geo rule in mode cc: the country of the source (longest match), then the challenge",
+             f"    http-request set-var(txn.xg_geo) src,map_ip({GEO_MAP},00)"]
+    for i, a, g in mine:
+        named = f"xg_geo{i}"
+        lines.append(f"    acl {named} var(txn.xg_geo) -m str " + (" ".join(sorted(g.countries)) or "00"))
+        at = f" {{ dst {a} }}" if len(svc.listen) > 1 else ""
+        lines.append(f"    http-request set-var(txn.xg_chal) int(1) if{at} {'!' if g.only else ''}{named} !xg_exempt")
     return lines
 
 
@@ -344,8 +367,12 @@ def js_page(max_age_s: int) -> str:
         "location.reload();})();</script></body></html>\n")
 
 
-def render(services: Sequence[HttpService], *, run_dir: str, secret: bytes) -> Rendered:
-    """The whole configuration for `services` (checked together: unique names and sockets)."""
+def render(services: Sequence[HttpService], *, run_dir: str, secret: bytes,
+           geo_rules: Mapping[str, GeoSpec] | None = None, geo_map: str = "") -> Rendered:
+    """The whole configuration for `services` (checked together: unique names and sockets).
+    `geo_rules`: listen address → its geo rule (those in mode cc challenge, _geo), with
+    `geo_map` the country map they read (geo.l7_challenges gives both)."""
+    geo_rules = geo_rules or {}
     items = spec.check_services(services)
     if len(secret) < 16:
         raise ValueError("the challenge secret must be at least 16 bytes")
@@ -354,7 +381,9 @@ def render(services: Sequence[HttpService], *, run_dir: str, secret: bytes) -> R
     lines = _global(run_dir.rstrip("/"), secret)
     files: dict[str, str] = {}
     for svc in items:
-        lines += _tables(svc) + _frontend(svc) + _backend(svc)
+        lines += _tables(svc) + _frontend(svc, geo_rules) + _backend(svc)
         if svc.preset.challenge == "js":
             files[challenge_page(svc)] = js_page(svc.challenge_ttl_s)
+    if any(f"map_ip({GEO_MAP}," in line for line in lines):
+        files[GEO_MAP] = geo_map
     return Rendered("\n".join(lines).rstrip("\n") + "\n", files)
