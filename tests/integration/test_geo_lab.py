@@ -3,19 +3,27 @@
 The lab's sources are mapped to made-up countries by a small location database the test writes
 (xdpguard.lab.geodb): the client's addresses (198.18.0.1, 2001:db8:0:1::1) are in QY, the second
 source (.4, ::4) in QZ. Topology and echo server: test_protection.build_topo.
+
+Mode cc on the layer-7 path: the lab of `xdpguard lab up` (HAProxy serves tcp/80 of the protective
+IP; tcp/8080 and udp/7 are NAT forwards), the attacker's addresses in QY, the client's in QZ.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from cli_assert import one_line_error
 from test_desired import reboot
+from test_l7_lab import Env
 from test_protection import CLIENT4, CLIENT6, OTHER4, OTHER6, PROT4, PROT6, Topo, build_topo
+from xdpguard.lab import topology as T
 from xdpguard.lab.geodb import write_location_db
 
 pytestmark = pytest.mark.kernel
@@ -93,8 +101,8 @@ def test_geo_toggle_block_allow(topo: Topo, tmp_path):
 
     topo.xg("geo", "mode", "cc", "--protected", PROT4)
     show = topo.xg("geo", "show").stdout
-    assert "cc" in show and "dropped in XDP" in show
-    assert topo.reaches(PROT4) is False  # cc falls back to drop until the layer-7 wiring
+    assert "cc" in show and "no HTTP service there" in show and "dropped in XDP" in show
+    assert topo.reaches(PROT4) is False  # no HTTP service here: cc drops in XDP like drop
 
     topo.xg("geo", "clear")
     assert both(topo) == (True, True)
@@ -107,3 +115,79 @@ def test_geo_toggle_block_allow(topo: Topo, tmp_path):
     topo.xg("geo", "block", "QZ")  # another country is fine
     topo.xg("geo", "block", "QY", "--force")
     assert both(topo) == (False, False)
+
+
+PAGE = "200 <h1>xdpguard lab backend"  # the lab backend's page, through HAProxy (or the NAT forward)
+L7_NETS = {"198.18.0.64/26": "QY", "2001:db8:0:1::40/122": "QY", "198.18.0.0/28": "QZ", "2001:db8:0:1::/124": "QZ"}
+
+
+def _get(lab: Env, role: str, url: str, *args: str) -> str:
+    """`HTTP_CODE BODY` of one curl from `role` (000: no answer within 3 s)."""
+    p = lab.run(["ip", "netns", "exec", lab.ns(role), "curl", "-s", "-m", "3", "-w", "\\n%{http_code}", *args, url],
+                check=False, timeout=15)
+    body, _, code = p.stdout.rpartition("\n")
+    return f"{code} {body}"
+
+
+def test_geo_mode_cc_challenges_at_layer7(tmp_path: Path) -> None:
+    """drop: the attacker's country gets no answer (dropped in XDP); cc: it gets HAProxy's challenge
+    (302 + cookie) and, with the cookie, the page; its traffic to the NAT forwards stays dropped in
+    XDP; the client's country is never challenged."""
+    db = write_location_db(tmp_path / "lab-location.db", L7_NETS)
+    lab = Env(f"g{os.getpid() % 10_000_000}", tmp_path / "run", tmp_path / "state")
+    lab.env["XDPGUARD_GEO_DB"] = str(db)
+    try:
+        lab.run([*T.xdpguard_argv(), "lab", "up"], timeout=300)
+        web4, web6, nat = f"http://{T.PROT4}/", f"http://[{T.PROT6}]/", f"http://{T.PROT4}:{T.NAT_HTTP_PORT}/"
+        for url in (web4, web6, nat):
+            assert _get(lab, "attacker", url).startswith(PAGE), url
+        geo_drops = lambda: lab.counters().get(("drop", "geo"), 0)  # noqa: E731
+
+        lab.xg("geo", "block", "QY")
+        before = geo_drops()
+        assert _get(lab, "attacker", web4).startswith("000")  # no answer: dropped in XDP
+        assert _get(lab, "attacker", web6).startswith("000")
+        assert geo_drops() > before
+        assert _get(lab, "client", web4).startswith(PAGE)
+
+        out = lab.xg("geo", "mode", "cc")
+        assert "HAProxy" in out.stdout and "challenges those sources on tcp 80" in out.stdout, out.stdout
+        cfg = next((tmp_path / "run" / "l7").glob("*/haproxy.cfg")).read_text()
+        assert "map_ip(geo.map,00)" in cfg and "-m str QY" in cfg
+        jar = str(tmp_path / "jar")
+        for url in (web4, web6):
+            got = _get(lab, "attacker", url, "-i", "-c", jar)
+            assert got.startswith("302 "), got  # the challenge, from HAProxy
+            assert re.search(r"set-cookie: xgc=\d+\.c\.[0-9a-f]{64};", got, re.I), got
+            assert _get(lab, "attacker", url, "-b", jar, "-c", jar).startswith(PAGE), url  # with the cookie
+            assert _get(lab, "attacker", url, "-L", "-b", str(tmp_path / "new-jar"),  # a browser: 302, then the page
+                        "-c", str(tmp_path / "new-jar")).startswith(PAGE), url
+        before = geo_drops()
+        assert _get(lab, "attacker", nat).startswith("000")  # a NAT forward: still dropped in XDP
+        assert geo_drops() > before
+        assert _get(lab, "client", web4).startswith(PAGE)  # another country: no challenge
+        assert _get(lab, "client", web6).startswith(PAGE)
+        show = json.loads(lab.xg("geo", "show", "--json").stdout)
+        assert show["rules"][T.PROT4]["mode"] == "cc" and "challenged by HAProxy" in show["rules"][T.PROT4]["text"]
+
+        # export → apply of the same file changes nothing (the cc rule and HAProxy's config stay)
+        f = tmp_path / "exported.toml"
+        f.write_text(lab.xg("export").stdout)
+        assert 'mode = "cc"' in f.read_text()
+        assert lab.xg("diff", "-f", str(f)).stdout.strip() == "no changes"
+
+        # bad input: one error line, exit 2, nothing changed
+        p = lab.xg("geo", "block", "DE", check=False)
+        assert p.returncode == 2 and p.stderr.count("xdpguard: error:") == 1 and "'DE'" in p.stderr, p.stderr
+        p = lab.xg("geo", "mode", "tarpit", check=False)
+        assert p.returncode == 2 and "tarpit" in p.stderr, p.stderr
+        assert lab.xg("export").stdout == f.read_text()
+
+        lab.xg("geo", "mode", "drop")
+        assert _get(lab, "attacker", web4).startswith("000")
+        assert "map_ip" not in next((tmp_path / "run" / "l7").glob("*/haproxy.cfg")).read_text()
+        lab.xg("geo", "clear")
+        assert _get(lab, "attacker", web4).startswith(PAGE)
+    finally:
+        lab.run([*T.xdpguard_argv(), "lab", "down"], check=False, timeout=120)
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{lab.name}-")]
