@@ -49,3 +49,12 @@ def quiet_snapshot() -> Snapshot:
         counters=[], reasons=[], sources=[], ports=[], sample_every=0, samples=0, samples_lost=0,
         rules=[], lists={"block": 0, "allow": 0}, under_attack=False, attack_since=None, attacked=[], events=[],
     )
+
+
+def geo_attack_snapshot() -> Snapshot:
+    """The attack with a geo database: the top countries of the dropped and passed samples."""
+    from dataclasses import replace
+
+    return replace(attack_snapshot(), countries={
+        "dropped": [Talker("QY", 90000.0, 69.1e6, 0.9, 1.0, "geo"), Talker("QZ", 9000.0, 6.9e6, 0.09, 1.0, "port")],
+        "passed": [Talker("DE", 240.0, 1.5e6, 0.002, 0.0, "clean"), Talker("??", 10.0, 8000.0, 0.0001, 0.0, "clean")]})

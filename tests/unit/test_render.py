@@ -16,7 +16,7 @@ from rich.console import Console
 from xdpguard.core.stats import Talker
 from xdpguard.tui.render import fmt_duration, fmt_rate, plain, render
 
-from render_fixtures import attack_snapshot, quiet_snapshot  # tests/unit is on sys.path (rootdir-less test dirs)
+from render_fixtures import attack_snapshot, geo_attack_snapshot, quiet_snapshot  # tests/unit is on sys.path (rootdir-less test dirs)
 
 GOLDEN = Path(__file__).parent / "golden" / "render"
 
@@ -37,7 +37,8 @@ def screen(snap, width: int, height: int) -> str:
     return c.export_text()
 
 
-@pytest.mark.parametrize("name,make", [("attack", attack_snapshot), ("quiet", quiet_snapshot)])
+@pytest.mark.parametrize("name,make", [("attack", attack_snapshot), ("quiet", quiet_snapshot),
+                                       ("geo_attack", geo_attack_snapshot)])
 @pytest.mark.parametrize("width,height", [(80, 24), (160, 48)])
 def test_golden(name, make, width, height):
     text = screen(make(), width, height)

@@ -373,13 +373,26 @@ def top_countries(samples, db: GeoDB | None = None, n: int = 10) -> dict[str, li
     return {k: v.most_common(n) for k, v in acc.items()}
 
 
+OTHER = "other"  # the country label of everything past the first COUNTRY_LABELS of an (iface, action)
+COUNTRY_LABELS = 10
+
+
 class CountryTally:
     """Cumulative estimated packets by (iface, action, country) from the daemon's samples: each
-    sample stands for its 1-in-N (xdpguard_country_packets_total)."""
+    sample stands for its 1-in-N (xdpguard_country_packets_total).
 
-    def __init__(self, of: CountryOf | None = None):
+    The label set is bounded: per (iface, action) at most `labels` countries get their own series,
+    the rest is counted as "other". A country gets a label at a snapshot (a scrape) while labels
+    are free, the largest first, and keeps it: every series only grows (a counter), whatever the
+    ranking does later. A country labelled after "other" was first exported carries what "other"
+    had already counted of it as an offset, so neither series steps back."""
+
+    def __init__(self, of: CountryOf | None = None, labels: int = COUNTRY_LABELS):
         self.of = of or CountryOf()
         self.counts: collections.Counter = collections.Counter()
+        self.labels = labels
+        self._labelled: dict[tuple[str, str], dict[str, int]] = {}  # (iface, action) → country → offset
+        self._shown: set[tuple[str, str]] = set()  # (iface, action) whose "other" was exported
 
     def feed(self, iface: str, samples) -> None:
         if not self.of.available:
@@ -389,7 +402,23 @@ class CountryTally:
                 self.counts[(iface, "drop" if s.dropped else "pass", self.of(s.src))] += s.sample_every
 
     def snapshot(self) -> dict[tuple[str, str, str], int]:
-        return dict(self.counts)
+        """(iface, action, country or "other") → packets, at most `labels` + 1 per (iface, action)."""
+        groups: dict[tuple[str, str], dict[str, int]] = {}
+        for (iface, action, cc), n in self.counts.items():
+            groups.setdefault((iface, action), {})[cc] = n
+        out: dict[tuple[str, str, str], int] = {}
+        for g, by_cc in sorted(groups.items()):
+            lab = self._labelled.setdefault(g, {})
+            free = sorted((cc for cc in by_cc if cc not in lab), key=lambda cc: (-by_cc[cc], cc))
+            for cc in free[: max(0, self.labels - len(lab))]:
+                lab[cc] = by_cc[cc] if g in self._shown else 0
+            other = sum(n for cc, n in by_cc.items() if cc not in lab) + sum(lab.values())
+            for cc, offset in lab.items():
+                out[(*g, cc)] = by_cc.get(cc, 0) - offset
+            if other or g in self._shown:
+                out[(*g, OTHER)] = other
+                self._shown.add(g)
+        return out
 
 
 def db_info() -> str:

@@ -2,7 +2,8 @@
 
 `xdpguard run` turns each detection snapshot of an interface (one a second by default) into
 one record: received / dropped / forwarded / passed pps and bps, dropped pps and bps by reason,
-the sampled top sources and ports, the samples seen, the protected addresses under attack.
+the sampled top sources and ports, the top countries of the dropped (`cd`) and passed (`cp`)
+samples when a geo database is there, the samples seen, the protected addresses under attack.
 Records go into three tiers under the namespace's state directory,
 `<netns_state_dir>/history/<iface>/`:
 
@@ -88,6 +89,10 @@ def record_of(snap, attacked: Iterable[str] = (), missed: int = 0) -> dict:
     rec["r"] = reasons
     rec["src"] = [[t.key, round(t.pps, 2)] for t in snap.sources[:TOP_N]]
     rec["port"] = [[t.key, round(t.pps, 2)] for t in snap.ports[:TOP_N]]
+    countries = getattr(snap, "countries", None) or {}  # the geo database's (stats.Collector._countries)
+    for key, which in (("cd", "dropped"), ("cp", "passed")):
+        if countries.get(which):
+            rec[key] = [[t.key, round(t.pps, 2)] for t in countries[which][:TOP_N]]
     rec["ns"] = int(snap.samples)
     rec["nm"] = int(missed)
     rec["atk"] = sorted(set(attacked))
@@ -121,12 +126,13 @@ def merge(recs: list[dict]) -> dict:
             acc[0] += wi * p
             acc[1] += wi * b
     out["r"] = {k: [round(p, 2), round(b, 1)] for k, (p, b) in sorted(reasons.items())}
-    for key in ("src", "port"):
+    for key in ("src", "port", "cd", "cp"):
         acc: dict[str, float] = {}
         for wi, r in zip(w, recs):
             for k, p in r.get(key, []):
                 acc[k] = acc.get(k, 0.0) + wi * p
-        out[key] = [[k, round(p, 2)] for k, p in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_N]]
+        if acc or key in ("src", "port"):  # the countries only where a geo database named them
+            out[key] = [[k, round(p, 2)] for k, p in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_N]]
     out["ns"] = sum(r.get("ns", 0) for r in recs)
     out["nm"] = sum(r.get("nm", 0) for r in recs)
     out["atk"] = sorted({a for r in recs for a in r.get("atk", [])})

@@ -73,7 +73,8 @@ METRICS: tuple[MetricSpec, ...] = (
                "Sources banned in XDP as HTTP offenders (reason cc), now.", ("iface",)),
     MetricSpec("xdpguard_country_packets_total", "counter",
                "Packets by the country of their source (geo database), estimated from the daemon's samples: "
-               "each sample counts for its 1-in-N.", ("iface", "action", "country")),
+               "each sample counts for its 1-in-N. At most 10 countries per iface and action (the largest when "
+               "labels were free; a label is kept), the rest as country=\"other\".", ("iface", "action", "country")),
     MetricSpec("xdpguard_verified_source_entries", "gauge",
                "Verified sources (a completed handshake: tcp; a peacetime answer: udp), by kind.", ("iface", "kind")),
     MetricSpec("xdpguard_budget_packets_total", "counter",
