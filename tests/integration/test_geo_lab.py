@@ -57,14 +57,33 @@ def test_geo_toggle_block_allow(topo: Topo, tmp_path):
     st = subprocess.Popen(["ip", "netns", "exec", topo.prot, "xdpguard", "stats", topo.iface, "--interval", "4",
                            "--sample-every", "1", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     topo.lab.defer("stop stats", st.kill)
-    time.sleep(0.8)
-    topo.probe("udp", PROT4)
-    topo.probe("udp", PROT4, src=OTHER4)
+    end = time.monotonic() + 4  # probes while it samples (its start takes a while on a loaded machine)
+    while st.poll() is None and time.monotonic() < end:
+        topo.probe("udp", PROT4, timeout=0.3)
+        topo.probe("udp", PROT4, src=OTHER4, timeout=0.3)
     out, err = st.communicate(timeout=30)
     assert st.returncode == 0, err
     countries = json.loads(out)["countries"]
     assert countries["dropped"][0]["key"] == "QY", countries
     assert countries["passed"][0]["key"] == "QZ", countries
+
+    # Prometheus: the daemon's tally of its samples by country (a bounded label set, geo.CountryTally)
+    d = subprocess.Popen(["ip", "netns", "exec", topo.prot, "xdpguard", "run", "--metrics", "127.0.0.1:9477",
+                          "--duration", "30", "--no-mitigate"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    topo.lab.defer("stop the daemon", d.kill)
+    scraped, end = "", time.monotonic() + 20
+    want = ('action="drop",country="QY",iface="xgp0"', 'action="pass",country="QZ",iface="xgp0"')
+    while not all(w in scraped for w in want) and time.monotonic() < end:
+        topo.probe("udp", PROT4)
+        topo.probe("udp", PROT4, src=OTHER4)
+        scraped = topo.lab.run(topo.prot, "curl", "-s", "-m", "2", "http://127.0.0.1:9477/metrics", check=False,
+                               timeout=10).stdout
+        scraped = "\n".join(line.replace(" ", "") for line in scraped.splitlines()
+                             if line.startswith("xdpguard_country_packets_total{"))
+    d.terminate()
+    d.wait(timeout=20)
+    assert all(w in scraped for w in want), scraped
 
     # desired state: export carries the rule, and applying the export changes nothing
     exported = topo.xg("export").stdout
