@@ -83,6 +83,18 @@ talk("down_udp", socket.AF_INET, socket.SOCK_DGRAM, p4, 8084, timeout=6)
 print(json.dumps(out))
 """
 
+# The same probes, chosen by name (argv[3:]), for the health-check failures: prints {name: outcome}.
+PROBES = SCENARIOS.split("http(\"http4\"")[0] + r"""
+one = {"http4": lambda: http("http4", f"http://{p4}/"), "http6": lambda: http("http6", f"http://[{p6}]/"),
+       "nat_http4": lambda: http("nat_http4", f"http://{p4}:8080/"),
+       "echo_tcp4": lambda: talk("echo_tcp4", socket.AF_INET, socket.SOCK_STREAM, p4, 7),
+       "echo_udp4": lambda: talk("echo_udp4", socket.AF_INET, socket.SOCK_DGRAM, p4, 7),
+       "echo_udp6": lambda: talk("echo_udp6", socket.AF_INET6, socket.SOCK_DGRAM, p6, 7)}
+for name in sys.argv[3:]:
+    one[name]()
+print(json.dumps(out))
+"""
+
 GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).status)"
 
 CONNECT = r"""
@@ -187,6 +199,91 @@ def test_backend_address_never_reaches_client_or_attacker(demo, tmp_path: Path):
             if pkt.haslayer(ICMPv6DestUnreach) and pkt.haslayer(IPerror6):
                 assert pkt[IPv6].src == T.PROT6 and pkt[IPerror6].dst == T.PROT6, pkt.show(dump=True)
                 seen["icmp6_quote"] = True
+        assert all(seen.values()), (role, seen)
+
+
+# The backend's services fail at once (what a crashed server behind a host firewall answers):
+# TCP with ICMP host unreachable, UDP with ICMP port unreachable, v4 and v6.
+BACKEND_DOWN = """table inet xgdown {
+  chain input {
+    type filter hook input priority -10; policy accept;
+    tcp dport { 7, 80 } reject with icmpx type host-unreachable
+    udp dport 7 reject with icmpx type port-unreachable
+  }
+}
+"""
+
+
+def _scan(role: str, path: Path) -> list:
+    """The packets `role` received, each checked: no hidden address anywhere (packed or as text),
+    no backend-side address of the protector in an IP header or an ICMP error's quoted header."""
+    forbidden = [(a, _packed(a)) for a in HIDDEN] + [(a, a.encode()) for a in HIDDEN]
+    pkts = rdpcap(str(path))
+    for pkt in pkts:
+        raw = bytes(pkt)
+        for text, pattern in forbidden:
+            assert pattern not in raw, f"{role} received {text} ({pattern!r}) in {pkt.summary()}"
+        for layer in (IP, IPerror, IPv6, IPerror6):
+            if pkt.haslayer(layer):
+                assert {pkt[layer].src, pkt[layer].dst}.isdisjoint(INTERNAL), f"{role}: {pkt.summary()}"
+    return pkts
+
+
+def test_health_check_failures_never_show_the_backend(demo, tmp_path: Path):
+    """The backend's services fail while `xdpguard run` checks them and HAProxy checks its server:
+    first the backend's own ICMP errors reach the clients (un-NATed: quoting the protective IP),
+    then the checks mark the backends down: the NAT drops new connections, HAProxy answers its 503
+    page. Whatever client and attacker received on the way shows no backend address."""
+    name, env = demo
+    pcaps = {role: tmp_path / f"down-{role}.pcap" for role in ("client", "attacker")}
+    daemon = subprocess.Popen(["ip", "netns", "exec", _ns(name, "prot"), *T.xdpguard_argv(), "run", "--interval", "0.5",
+                               "--timeout", "0.3", "--fall", "2", "--no-detect", "--duration", "90"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    caps = {}
+    try:
+        probe = lambda role, *names: json.loads(_in(name, role, env, sys.executable, "-c", PROBES, T.PROT4,  # noqa: E731
+                                                    T.PROT6, *names, timeout=120).stdout)
+        every = ("http4", "http6", "nat_http4", "echo_tcp4", "echo_udp4", "echo_udp6")
+        before = probe("client", *every)
+        assert all(v[0] in (200, "reply") for v in before.values()), before
+        caps = {role: _capture(name, role, p) for role, p in pcaps.items()}
+        p = subprocess.run(["ip", "netns", "exec", _ns(name, "backend"), "nft", "-f", "-"], input=BACKEND_DOWN,
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        first = {role: probe(role, "echo_tcp4", "echo_udp4", "echo_udp6") for role in pcaps}
+        end = time.monotonic() + 40  # HAProxy: 3 failed checks 2 s apart; the daemon: fall 2 at 0.5 s
+        while time.monotonic() < end:  # (until then HAProxy retries the connection: a slow 503)
+            r = probe("client", "http4", "http6")
+            if r["http4"][0] == 503 and r["http6"][0] == 503:
+                break
+            time.sleep(0.5)
+        down = {role: probe(role, *every) for role in pcaps}
+        time.sleep(0.5)
+    finally:
+        for c in caps.values():
+            c.send_signal(signal.SIGINT)
+            c.wait(timeout=20)
+        daemon.terminate()
+        log, _ = daemon.communicate(timeout=30)
+    for role in pcaps:  # the failures did what they are about
+        f, d = first[role], down[role]
+        assert f["echo_tcp4"][0] == "error" and f["echo_tcp4"][1] != "TimeoutError", (role, f)  # the ICMP error
+        assert f["echo_udp4"] == ["error", "ConnectionRefusedError"] and f["echo_udp6"][0] == "error", (role, f)
+        assert d["http4"][0] == 503 and d["http6"][0] == 503, (role, d, log)  # HAProxy's page: no server left
+        assert d["echo_tcp4"] == ["error", "TimeoutError"] and d["nat_http4"][0] == "error", (role, d, log)
+    assert "-> down" in log, log
+
+    for role, path in pcaps.items():
+        seen = {"icmp4_host": False, "icmp4_port": False, "icmp6": False, "http503": False}
+        for pkt in _scan(role, path):
+            if pkt.haslayer(ICMP) and pkt.haslayer(IPerror) and pkt[ICMP].type == 3:
+                assert pkt[IP].src == T.PROT4 and pkt[IPerror].dst == T.PROT4, pkt.show(dump=True)
+                seen["icmp4_port" if pkt[ICMP].code == 3 else "icmp4_host"] = True
+            if pkt.haslayer(ICMPv6DestUnreach) and pkt.haslayer(IPerror6):
+                assert pkt[IPv6].src == T.PROT6 and pkt[IPerror6].dst == T.PROT6, pkt.show(dump=True)
+                seen["icmp6"] = True
+            if pkt.haslayer(TCP) and bytes(pkt[TCP].payload).startswith(b"HTTP/1.1 503"):
+                seen["http503"] = True  # its headers and body are in the raw bytes scanned above
         assert all(seen.values()), (role, seen)
 
 
