@@ -10,6 +10,10 @@ The backend's addresses must appear nowhere in what they received: not in IP hea
 headers ICMP errors quote, not in HTTP headers or bodies (packed or as text); the protector's
 own addresses on the backend link not in any IP or quoted header.
 
+The same holds when the backend's services fail while they are health-checked (the daemon's
+checks on the NAT path, HAProxy's on the HTTP service), and on the cluster lab (two nodes behind
+one router, ECMP: the flows spread over both).
+
 Then `xdpguard origin-rules` is applied on the backend, and a host that reaches the backend
 around the protector (a namespace wired straight to it) is refused, while clients through the
 protector are still served (the toggle pattern: reaches → rules → refused; through us → served).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +35,7 @@ from scapy.layers.inet import ICMP, IP, IPerror, TCP
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPerror6, IPv6
 from scapy.utils import rdpcap
 
+from xdpguard.lab import cluster as LC
 from xdpguard.lab import topology as T
 
 pytestmark = pytest.mark.kernel
@@ -324,3 +330,72 @@ def test_origin_rules_refuse_whoever_goes_around_the_protector(demo):
     for url in (f"http://{T.PROT4}/", f"http://[{T.PROT6}]/"):
         r = _in(name, "client", env, sys.executable, "-c", GET, url)
         assert r.stdout.strip() == "200", (url, r.stdout, r.stderr)
+
+
+@pytest.fixture
+def cluster2(tmp_path: Path):
+    name = f"hoc{os.getpid() % 10000}"
+    env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
+    try:
+        _run([*T.xdpguard_argv(), "lab", "up", "--nodes", "2", "--lifetime", "900"], env, timeout=400)
+        yield name, env
+    finally:
+        _run([*T.xdpguard_argv(), "lab", "down"], env, check=False, timeout=300)
+        left = [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")] if os.path.isdir("/run/netns") else []
+        assert not left, left
+
+
+def test_cluster_never_shows_the_backend(cluster2, tmp_path: Path):
+    """Two nodes announce the protective IP, the router spreads the flows over both (ECMP); the
+    clients go through every forward, then the backend's services fail (its ICMP errors through
+    either node, then the nodes' health checks withdraw them): no backend address, and no node's
+    backend-side address, in anything client and attacker received."""
+    name, env = cluster2
+    nodes = (1, 2)
+    end = time.monotonic() + 90
+    while not all(len(v) == 2 for v in LC.router_next_hops(name).values()):
+        assert time.monotonic() < end, LC.router_next_hops(name)
+        time.sleep(0.5)
+    internal = INTERNAL | {LC.node_links(i)[k] for i in nodes for k in ("back4", "back6", "mgmt4")}
+    pcaps = {role: tmp_path / f"cluster-{role}.pcap" for role in ("client", "attacker")}
+    caps = {role: _capture(name, role, p) for role, p in pcaps.items()}
+    every = ("http4", "http6", "echo_tcp4", "echo_udp4", "echo_udp6")
+    probe = lambda role, *names: json.loads(_in(name, role, env, sys.executable, "-c", PROBES, T.PROT4, T.PROT6,  # noqa: E731
+                                                *names, timeout=120).stdout)
+    try:
+        served = {role: [probe(role, *every) for _ in range(4)] for role in pcaps}  # new source ports: both nodes
+        p = subprocess.run(["ip", "netns", "exec", _ns(name, "backend"), "nft", "-f", "-"], input=BACKEND_DOWN,
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        failed = {role: [probe(role, "echo_tcp4", "echo_udp4", "echo_udp6", "http4") for _ in range(3)]
+                  for role in pcaps}
+        time.sleep(0.5)
+    finally:
+        for c in caps.values():
+            c.send_signal(signal.SIGINT)
+            c.wait(timeout=20)
+    for role in pcaps:
+        assert all(v[0] in (200, "reply") for r in served[role] for v in r.values()), (role, served[role])
+        assert all(v[0] == "error" for r in failed[role] for v in r.values()), (role, failed[role])
+    for i in nodes:  # both nodes forwarded: their NAT counted connections
+        out = _in(name, f"node{i}", env, "nft", "list", "counters", "table", "inet", "xdpguard").stdout
+        assert any(int(n) > 0 for n in re.findall(r"packets (\d+)", out)), (i, out)
+    for role, path in pcaps.items():
+        forbidden = [(a, _packed(a)) for a in HIDDEN] + [(a, a.encode()) for a in HIDDEN]
+        pkts = rdpcap(str(path))
+        assert len(pkts) > 20, (role, len(pkts))
+        seen = {"http200": False, "icmp4": False, "icmp6": False}
+        for pkt in pkts:
+            raw = bytes(pkt)
+            for text, pattern in forbidden:
+                assert pattern not in raw, f"{role} received {text} ({pattern!r}) in {pkt.summary()}"
+            for layer in (IP, IPerror, IPv6, IPerror6):
+                if pkt.haslayer(layer):
+                    assert {pkt[layer].src, pkt[layer].dst}.isdisjoint(internal), f"{role}: {pkt.summary()}"
+            if pkt.haslayer(TCP) and bytes(pkt[TCP].payload).startswith(b"HTTP/1.0 200"):
+                seen["http200"] = True
+            if pkt.haslayer(ICMP) and pkt.haslayer(IPerror) and pkt[IPerror].dst == T.PROT4:
+                seen["icmp4"] = True  # the backend's error, un-NATed by a node
+            if pkt.haslayer(ICMPv6DestUnreach) and pkt.haslayer(IPerror6) and pkt[IPerror6].dst == T.PROT6:
+                seen["icmp6"] = True
+        assert all(seen.values()), (role, seen)
