@@ -62,8 +62,8 @@ def clear(protected, iface):
 @iface_option
 @json_option
 def mode(mode, protected, iface):
-    """drop: drop in XDP; cc: challenge at layer 7 where HAProxy serves the address (until that is
-    wired, cc falls back to drop)."""
+    """drop: drop in XDP; cc: challenge at layer 7 on the ports HAProxy serves (the rest of those
+    sources' traffic is dropped in XDP; without an HTTP service cc drops like drop)."""
     return Result(georules.set_mode(iface, mode, protected), render)
 
 
