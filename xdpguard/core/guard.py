@@ -576,6 +576,9 @@ class Guard:
         vc = read_verify_settings(self.maps)
         burst = vc.tcp_burst or abi.VERIFIED_TCP_BURST
         for src, left in found:
+            if out.full:  # the map is full: the rest wait for the sweep
+                out.full += 1
+                continue
             if out.written >= cap:
                 out.capped += 1
                 continue
