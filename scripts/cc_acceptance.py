@@ -156,11 +156,12 @@ class Run:
             return {}
 
     def reset(self, sources: list[str]) -> None:
-        """Lift the row's bans and give HAProxy fresh stick tables (stopped: the daemon restarts it)."""
-        for i in range(0, len(sources), 200):
-            self.xg("ban", "del", *sources[i:i + 200], check=False)
+        """Give HAProxy fresh stick tables (stopped: the daemon restarts it), then lift the row's
+        bans (in this order: the daemon would ban again from the old tables)."""
         self.sh(["ip", "netns", "exec", self.ns("prot"), sys.executable, "-c",
                  "from xdpguard.core.l7 import engine; engine.haproxy().stop()"], check=False)
+        for i in range(0, len(sources), 200):
+            self.xg("ban", "del", *sources[i:i + 200], check=False)
         end = time.monotonic() + 20
         while time.monotonic() < end:
             code = self.sh(["ip", "netns", "exec", self.ns("client"), "curl", "-s", "-m", "2", "-o", "/dev/null", "-w",

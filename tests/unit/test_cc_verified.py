@@ -58,7 +58,7 @@ def test_an_entry_egress_learned_keeps_its_expiry_and_gains_the_bit():
     good.set(k, abi.GoodSrc(now + 86_400 * 10**9, abi.VF_TCP | abi.VF_UDP, 0, now, 5))
     w = g.verify_challenged([("198.18.0.11", 600.0)])
     e = good.get(k)
-    assert (w.written, w.new) == (1, [])  # not new: it was verified already
+    assert (w.written, w.new) == (1, ["198.18.0.11"])  # newly verified by a challenge
     assert e.kind == abi.VF_TCP | abi.VF_UDP | abi.VF_L7 and e.expires_ns == now + 86_400 * 10**9
     assert (e.last_ns, e.tokens) == (now, 5)  # XDP's privilege bucket untouched
 

@@ -613,7 +613,7 @@ class Guard:
                     continue
                 raise
             out.written += 1
-            if cur is None or cur.expires_ns <= now:
+            if cur is None or cur.expires_ns <= now or not cur.kind & abi.VF_L7:
                 out.new.append(str(a))
         return out
 
@@ -806,7 +806,7 @@ class ChallengeWrite:
     fresh: int = 0  # already verified by a challenge for as long: left alone
     capped: int = 0  # over the cap of the call: next tick
     full: int = 0  # the map was full
-    new: list[str] = field(default_factory=list)  # sources not verified before
+    new: list[str] = field(default_factory=list)  # sources not verified by a challenge before
 
 
 @dataclass(frozen=True)
