@@ -34,6 +34,8 @@ the ratios, not the absolute numbers, are the meaningful output.
    connection per request, p50/p99): xdpguard (XDP + its nft table) vs a hand-written nft DNAT vs
    the hand-written DNAT + a bare XDP_PASS; split: our nft table without XDP, and the hand-written
    DNAT plus the per-rule counter chain our table had before, and plus an empty forward chain.
+6. the layer-7 engine's cost (scripts/bench_l7.py): HAProxy with our rules vs plain HAProxy vs
+   nft DNAT, requests/s and CPU per request, a new connection per request and keep-alive.
 
 xdpguard's program in 1-3 is compiled once (TestBed) and attached natively with ``ip link set
 xdpdrv pinned`` for 2-3, its maps written the way ``xdpguard block add/load`` writes them.
@@ -67,6 +69,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_cleansing  # noqa: E402  (the every-step bed and its frames)
 import bench_gen  # noqa: E402  (the traffic generators of sections 2-3)
+import bench_l7  # noqa: E402  (section 6: the layer-7 engine's cost)
 from bench_gen import ksoftirqd_cpu_s  # noqa: E402
 
 from xdpguard.core import libbpf  # noqa: E402
@@ -952,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--quick", action="store_true", help="short rounds, up to 10k prefixes")
     g.add_argument("--smoke", action="store_true", help="the smallest run that exercises every section (tests)")
     ap.add_argument("--out", type=Path, help="results folder (default bench-results/<timestamp>/)")
-    ap.add_argument("--only", default="1,2,3,4,5", help="sections to run, e.g. 1,5")
+    ap.add_argument("--only", default="1,2,3,4,5,6", help="sections to run, e.g. 1,5")
     ap.add_argument("--cases", help="MODULE:FUNCTION returning the per-packet case list (default: the built-in one)")
     ap.add_argument("--fwd-rules", type=int, default=2, metavar="N",
                     help="forwarding rules in the 'our nft table' and 'old counter chain' variants (default 2)")
@@ -968,14 +971,14 @@ def main(argv: list[str] | None = None) -> int:
         only = {int(x) for x in a.only.split(",")}
     except ValueError:
         ap.error("--only takes section numbers, e.g. 1,3")
-    if not only <= {1, 2, 3, 4, 5}:
-        ap.error("--only: sections are 1 to 5")
+    if not only <= {1, 2, 3, 4, 5, 6}:
+        ap.error("--only: sections are 1 to 6")
     if not 2 <= a.fwd_rules <= 10_000:
         ap.error("--fwd-rules must be between 2 and 10,000")
     if os.geteuid() != 0:
         print("xdpguard: error: bench needs root (test runs, namespaces, nftables)", file=sys.stderr)
         return 2
-    tools = {"bpftool": 1, "xdp-filter": 1, "ethtool": 2, IPT: 2, "ipset": 2, "nft": 2, "iperf3": 5, "ab": 5, "busybox": 5}
+    tools = {"bpftool": 1, "xdp-filter": 1, "ethtool": 2, IPT: 2, "ipset": 2, "nft": 2, "iperf3": 5, "ab": 5, "busybox": 5, "wrk": 6, "haproxy": 6}
     missing = [t for t, sec in tools.items() if sec in only and not shutil.which(t)]
     if missing:
         print(f"xdpguard: error: missing {', '.join(missing)}: run scripts/setup.sh", file=sys.stderr)
@@ -1021,11 +1024,13 @@ def main(argv: list[str] | None = None) -> int:
                 section(doc, "5_forward", "5. forwarding", lambda: section_forward(clients, p))
         if 4 in only:
             section(doc, "4_load", f"4. loading {p.load_n:,} prefixes", lambda: section_load(lab, xg_ns, p))
+        if 6 in only:
+            section(doc, "6_l7", "6. L7 cost (HAProxy + our rules, plain HAProxy, nft DNAT)", lambda: bench_l7.section_l7(lab, prof_name))
     for b in _BEDS.values():
         b.close()
     doc["elapsed_s"] = time.monotonic() - t_start
     doc["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
-    md = table(doc)
+    md = table(doc) + bench_l7.table(doc.get("6_l7"))
     doc["table_md"] = md
     (out_dir / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out_dir / "bench.md").write_text(md + "\n")

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import signal
 import random
 import socket
 import sys
@@ -53,10 +54,28 @@ class Stats:
         self.errors[name] = self.errors.get(name, 0) + 1
 
 
+class Deadline:
+    """The flood's end, which SIGTERM can move to now: compared with a float like one
+    (`time.monotonic() < end`, `now >= end`), so every loop sees the move at its next check
+    (cancelling the tasks alone is not enough: asyncio.wait_for can swallow a cancellation)."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __gt__(self, x: float) -> bool:
+        return self.t > x
+
+    def __le__(self, x: float) -> bool:
+        return self.t <= x
+
+    def stop(self) -> None:
+        self.t = min(self.t, time.monotonic())
+
+
 class Budget:
     """A shared token bucket: at most `rate` requests per second in all, and `total` at most."""
 
-    def __init__(self, rate: float, total: int, end: float) -> None:
+    def __init__(self, rate: float, total: int, end: Deadline) -> None:
         self.rate, self.left, self.end = rate, total, end
         self.next = time.monotonic()
 
@@ -130,7 +149,7 @@ def _request(a, host: str) -> bytes:
             f"{extra}Connection: {conn}\r\n\r\n").encode()
 
 
-async def _get_worker(i: int, a, srcs: list[str], st: Stats, budget: Budget, end: float) -> None:
+async def _get_worker(i: int, a, srcs: list[str], st: Stats, budget: Budget, end: Deadline) -> None:
     k = i
     while time.monotonic() < end:
         src = srcs[k % len(srcs)]
@@ -166,7 +185,7 @@ async def _get_worker(i: int, a, srcs: list[str], st: Stats, budget: Budget, end
             w.close()
 
 
-async def _slow_worker(i: int, a, srcs: list[str], st: Stats, end: float) -> None:
+async def _slow_worker(i: int, a, srcs: list[str], st: Stats, end: Deadline) -> None:
     """One slow connection at a time from source i: reopened when the server closes it."""
     src = srcs[i % len(srcs)]
     while time.monotonic() < end:
@@ -215,13 +234,22 @@ async def run(a) -> dict:
     srcs = sources(a.sources, a.count)
     st = Stats()
     t0 = time.monotonic()
-    end = t0 + a.duration
+    end = Deadline(t0 + a.duration)
     if a.mode == "get":
         budget = Budget(a.rate, a.max_requests, end)
         tasks = [asyncio.create_task(_get_worker(i, a, srcs, st, budget, end)) for i in range(a.conns)]
     else:
         tasks = [asyncio.create_task(_slow_worker(i, a, srcs, st, end)) for i in range(a.conns)]
-    await asyncio.wait(tasks, timeout=a.duration + a.timeout + 2)
+    # SIGTERM ends the flood early, with its result printed as at the end of --duration
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: (end.stop(), stop.set()))
+    stopped = asyncio.create_task(stop.wait())
+    finished = asyncio.create_task(asyncio.wait(tasks, timeout=a.duration + a.timeout + 2))
+    await asyncio.wait([stopped, finished], return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():  # the workers end at their next look at the deadline (a request's timeout at most)
+        await asyncio.wait(tasks, timeout=a.timeout + 1)
+    stopped.cancel()
+    finished.cancel()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

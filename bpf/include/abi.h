@@ -279,6 +279,8 @@ struct xg_cookie_stats {
  * clear bits). */
 #define XG_GOODBLOOM_BITS 1048576
 #define XG_VF_UDP 2               /* a UDP service answered it in peacetime */
+#define XG_VF_L7 4                /* passed a layer-7 challenge (HAProxy's cookie): written by the controller with
+                                   * XG_VF_TCP; XDP reads only the TCP/UDP bits, egress keeps this one */
 struct xg_goodsrc {
     __u64 expires_ns;         /* CLOCK_MONOTONIC ns; refreshed (at most once a minute) by egress */
     __u32 kind;               /* XG_VF_* (written by egress only) */

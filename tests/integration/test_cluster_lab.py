@@ -4,6 +4,7 @@
 - a node whose BIRD dies, whose link goes down, whose `cluster run` dies (the TUN liveness
   device) or whose backends become unreachable is gone from the router; times are measured;
 - a ban on node 1 is in every node's ban map within 1 s (p50/p99 over 50 bans);
+- an HTTP offender's ban (reason cc) on node 1 is spread and dropped on the other nodes;
 - with etcd stopped, nodes keep enforcing and announcing, a ban found meanwhile is queued; after
   etcd returns the nodes converge within 5 s;
 - `lab down` leaves nothing: no namespace, no BIRD, no etcd, no agent, no file.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from xdpguard.core.cluster import node as cnode
 from xdpguard.lab import cluster as lc
 from xdpguard.lab import topology
 
@@ -382,6 +384,56 @@ def test_ban_expiry_is_cluster_wide(cluster):
     print(f"\n{ttl} s ban: lifted on every node {worst:.2f} s after the ban command started (per node: {per_node})")
     # TTL + 1 s, from the start of a CLI command that itself takes a good part of a second here
     assert worst <= ttl + 1 + 1.0
+
+
+CC_BAN = r"""
+import json, sys, time
+from xdpguard.core import protection, state
+with protection.Guard.open(state.resolve_iface("xgp0")) as g:  # what `xdpguard run` does (l7/bans.py)
+    t = time.time()
+    new = g.promote_cc_bans([(sys.argv[1], float(sys.argv[2]))])
+json.dump({"banned": t, "new": new}, open(sys.argv[3], "w"))
+"""
+
+
+def test_a_cc_ban_on_one_node_drops_the_source_on_every_node(cluster):
+    """Issue 29, step 7: an HTTP offender banned on node1 (reason cc, as `xdpguard run` bans it
+    from HAProxy's stick tables) is spread through the store (it completed handshakes here:
+    not spoofed) and dropped in XDP on every node; the spread copy is short (SPREAD_TTL_S)."""
+    c = cluster
+    _healthy(c)
+    # the attacker completes real connections through the nodes (24 source ports: ECMP spreads them)
+    for port in range(46000, 46024):
+        c.run_in("attacker", "curl", "-s", "-m", "2", "-o", "/dev/null", "--local-port", str(port),
+                 "http://198.18.0.1/", check=False)
+    outs = {i: c.file(f"cc-node{i}.json") for i in (2, 3)}
+    pollers = [c.start_in(f"node{i}", sys.executable, "-c", EXPIRY_POLLER, lc.ATTACKER4, str(outs[i]), "8")
+               for i in (2, 3)]
+    time_until(lambda: all(Path(str(o) + ".ready").exists() for o in outs.values()), 30, 0.05)
+    try:
+        done = c.file("cc-ban.json")
+        c.run_in("node1", sys.executable, "-c", CC_BAN, lc.ATTACKER4, "300", str(done))
+        for p in pollers:
+            p.wait(timeout=30)
+        banned = json.loads(done.read_text())
+        assert banned["new"] == [lc.ATTACKER4], banned
+        seen = {i: json.loads(o.read_text())["seen"] for i, o in outs.items()}
+        assert all(seen.values()), f"the cc ban never reached {seen}"
+        after = {i: t - banned["banned"] for i, t in seen.items()}
+        print("\ncc ban on node1 → in XDP's ban map on " + ", ".join(f"node{i} after {t:.2f} s" for i, t in after.items()))
+        assert max(after.values()) < 3.0  # a local-ban poll (0.5 s) + the store's watch, with this machine's margin
+        for i in (2, 3):
+            b = next(b for b in json.loads(c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]
+                     if b["source"] == lc.ATTACKER4)
+            assert b["reason"] == "cc" and b["expires_in_s"] <= cnode.SPREAD_TTL_S + 2, b
+        assert c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", "--local-port", "46100-46200",
+                        check=False).returncode != 0  # dropped on whichever node the flow lands
+    finally:
+        c.xg_in("node1", "cluster", "unban", lc.ATTACKER4, "--config", c.config(1), check=False)
+        for i in range(1, NODES + 1):
+            c.xg_in(f"node{i}", "ban", "del", lc.ATTACKER4, check=False)
+    time_until(lambda: c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/",
+                                check=False).returncode == 0, 10, 0.2)
 
 
 def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):

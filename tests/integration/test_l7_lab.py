@@ -248,7 +248,7 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
     second each: under every per-source limit). The service ceiling challenges them all; each bot
     fails every challenge, and `xdpguard run` bans it in XDP (reason cc, offence `challenged`)
     within seconds, while the browser-like client (cookie jar) keeps its service and is never
-    banned."""
+    banned; having passed the challenge, the client is verified in XDP's map, and no bot is."""
     bots = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(128))]
     p = subprocess.run(["ip", "-n", lab.ns("attacker"), "-batch", "-"], input="".join(
         f"address add {a}/32 dev lo\n" for a in bots), text=True, capture_output=True, timeout=60)
@@ -287,6 +287,8 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
         bans = lab.xg("ban", "list").stdout
         banned = [ln for ln in bans.splitlines() if ln.split()[:1] and ln.split()[0].split("/")[0] in bots]
         dropped = lab.counters().get(("drop", "banned"), 0)
+        verified = json.loads(lab.xg("verify", "show", "--json").stdout)["verified"]
+        print(f"\nverified sources in XDP after the flood: {verified}")
         print(f"\n128-address flood: {len(banned)} bots banned in XDP (half after {half_after} s, "
               f"{'all' if len(banned) >= 120 else 'not all'} after {all_after:.1f} s); packets dropped as banned "
               f"{dropped}; client {res['ok']} ok / {res['failed']} failed {res['status']}; flood {fl['status']} "
@@ -295,6 +297,9 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
         assert len(banned) >= 120 and all(" cc " in f" {ln} " for ln in banned), bans
         assert dropped > 0 and fl["connect_failed"] > 0  # dropped in XDP: their connections fail
         assert topology.CLIENT4 not in bans
+        # the client passed the challenge: the daemon wrote it into XDP's verified map (kind
+        # tcp + challenge); no bot did (each got a TCP verification from egress, not this one)
+        assert verified.get("challenge") == 1, verified
         # `ok` counts pages that start "ok " (the l7 lab's own backend); this lab's backend is
         # http.server, whose pages do not: every answer must be a 200 (the challenge passed)
         answered = sum(res["status"].values())
@@ -306,3 +311,6 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
         out, _ = daemon.communicate(timeout=30)
         lab.xg("ban", "del", *bots, check=False)  # the module's later tests start without them
     assert "banned" in out and "challenged" in out, out[-3000:]
+    passed = [ln for ln in out.splitlines() if "passed the HTTP challenge" in ln]
+    assert passed and topology.CLIENT4 in passed[0], out[-3000:]
+    assert not [b for ln in passed for b in bots if re.search(rf"\b{re.escape(b)}\b", ln)], passed

@@ -660,3 +660,43 @@ def test_health_round_with_require_routes_runs(monkeypatch):
     monkeypatch.setattr(cnode, "missing_routes", lambda nets: asked.append(list(nets)) or [])
     reasons = a.check_health()
     assert asked == [list(a.bgp.require_routes)] and "the store holds no desired interface" in reasons
+
+
+def test_cc_bans_are_spread_bounded_and_applied_as_cc(monkeypatch):
+    """An HTTP offender (reason cc: it completed handshakes and sent requests) is spread like a
+    connlimit ban: the store takes it for at most SPREAD_TTL_MAX_S, the spreading node caps it at
+    SPREAD_TTL_S, and the other node bans it in XDP with reason cc (not connlimit)."""
+    now = __import__("time").time()
+
+    def value(ttl, reason):
+        return json.dumps({"ttl": ttl, "expires": now + ttl, "reason": reason, "node": "n1"}).encode()
+
+    b = store.parse_ban("198.18.9.20", value(120, "cc"), now=now)
+    assert (b.reason, b.ttl_s, b.operator) == ("cc", 120, False)
+    with pytest.raises(store.Rejected, match="at most"):
+        store.parse_ban("198.18.9.20", value(store.SPREAD_TTL_MAX_S + 1, "cc"), now=now)
+    with pytest.raises(store.Rejected, match="not one a ban is spread for"):
+        store.parse_ban("198.18.9.20", value(60, "syn"), now=now)  # spoofable evidence stays local
+
+    a, _, _ = _agent(monkeypatch)
+    a.results = {"xgp0": "attached"}
+    a.store_up = True
+    put = []
+    monkeypatch.setattr(a.store, "put_ban", lambda addr, ttl, reason, node: put.append((addr, ttl, reason)) or 1)
+    monkeypatch.setattr(cnode, "established_tcp", lambda addr: True)
+    monkeypatch.setattr(cnode.cleansing, "ban_list", lambda name: _ban_views(
+        ("198.18.8.20", 3000.0, "cc"), ("198.18.8.21", 300.0, "syn")))
+    a.spread_local_bans()
+    assert put == [("198.18.8.20", cnode.SPREAD_TTL_S, "cc")]
+
+    cc, conn = [], []
+
+    @contextmanager
+    def guard(name):
+        yield SimpleNamespace(promote_cc_bans=cc.extend)
+
+    monkeypatch.setattr(cnode.protection, "locked_guard", guard)
+    monkeypatch.setattr(cnode.connlimit, "promote", lambda g, found: conn.extend(found) or [])
+    a._apply_ban(b)
+    a._apply_ban(store.parse_ban("198.18.9.21", value(60, "connlimit"), now=now))
+    assert [x[0] for x in cc] == ["198.18.9.20"] and [x[0] for x in conn] == ["198.18.9.21"]

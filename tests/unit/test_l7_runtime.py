@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from xdpguard.core.l7 import bans
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7 import runtime
 from xdpguard.core.l7.proc import Haproxy, HaproxyConfigError, load_secret
@@ -129,3 +130,16 @@ def test_a_source_that_fails_every_challenge_is_an_offender():
     # the threshold is the number of challenges, not a rate the browser reaches
     assert runtime.service_offenders({"web_src": runtime.parse_show_table(CHALLENGED.replace("=40", "=8"))},
                                      _svc(), now=1796614000) == []
+
+
+def test_challenge_passing_sources_are_read_with_their_cookie_expiry():
+    """What the daemon writes into XDP's verified map (l7/bans.py → Guard.verify_challenged):
+    the sources whose gpt 2 (the cookie's expiry) is in the future, each for what it has left;
+    a cookie that expired, or none, is not a verification."""
+    tables = {"web_src": runtime.parse_show_table(CHALLENGED)}
+    got = runtime.service_verified(tables, _svc(), now=1796614000)
+    assert {str(a): t for a, t in got.items()} == {"198.18.0.10": 1796614999, "198.18.16.2": 1796614999}
+    assert runtime.service_verified(tables, _svc(), now=1796614999) == {}  # expired: not verified
+    verified = {a: ("web", t) for a, t in got.items()}
+    assert bans.passed(verified, now=1796614000.0) == [("198.18.0.10", 999.0), ("198.18.16.2", 999.0)]
+    assert bans.passed(verified, now=1796615000.0) == []

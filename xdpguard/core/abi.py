@@ -135,6 +135,7 @@ GOODSRC_MAX = 262144  # verified sources (knowngood.h)
 GOOD_TTL_S = 86400  # a TCP-verified source
 GOOD_UDP_TTL_S = 600  # a UDP-verified one
 VF_TCP, VF_UDP = 1, 2  # xg_goodsrc.kind: how the source proved its address
+VF_L7 = 4  # xg_goodsrc.kind: it passed a layer-7 challenge (the controller writes it, with VF_TCP)
 SYNAUTH_SYNS = 8  # SYNs one retransmission authentication admits
 # xg_vcfg_arr defaults (0 there = these)
 VERIFIED_TCP_PPS, VERIFIED_TCP_BURST = 20000, 40000

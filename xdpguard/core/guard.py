@@ -18,7 +18,7 @@ import os
 import struct
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from . import abi, dataplane, geo, levels, libbpf, migrate, state, vocab
 from . import watermark as wmark
@@ -551,6 +551,72 @@ class Guard:
     def verified_counters(self) -> dict:
         return verified_counters(self.maps)
 
+    def promote_cc_bans(self, found: list[tuple[str, float]]) -> list[str]:
+        """HAProxy's offenders (source, seconds) banned in XDP with reason cc (l7/bans.py);
+        returns the sources newly banned."""
+        return self.promote_bans(found, Reason.CC)
+
+    def verify_challenged(self, found: list[tuple[str, float]], cap: int = 1000) -> ChallengeWrite:
+        """Sources that passed a layer-7 challenge (source, seconds their cookie has left) into
+        the verified map (xg_goodsrc_hash) as TCP-verified with XG_VF_L7 (l7/bans.py, each tick).
+
+        HAProxy saw each complete a handshake and present a cookie bound to its address, so it
+        is at least as proven as a source egress learns. A new entry expires with the cookie;
+        an entry egress learned keeps its (longer) expiry and gains the bit; one that expires
+        sooner is extended, never past the cookie. An entry that already holds the bit and
+        lasts as long is not rewritten. At most `cap` writes a call; a full map skips the rest
+        (the sweep makes room). The bloom bit is set before the entry (a clear bit never hides
+        one; a bit egress sets in the same word meanwhile is set again by its next segment)."""
+        out = ChallengeWrite()
+        if not found or MapName.GOODSRC not in self.maps:
+            return out
+        now = _now_ns()
+        m = self.maps[MapName.GOODSRC]
+        bloom = self.maps[MapName.GOODBLOOM]
+        vc = read_verify_settings(self.maps)
+        burst = vc.tcp_burst or abi.VERIFIED_TCP_BURST
+        for src, left in found:
+            if out.full:  # the map is full: the rest wait for the sweep
+                out.full += 1
+                continue
+            if out.written >= cap:
+                out.capped += 1
+                continue
+            try:
+                a = ipaddress.ip_address(src)
+            except ValueError:
+                continue
+            if left <= 0:
+                continue
+            k = src_key(a)
+            until = now + int(left * 1e9)
+            cur = m.get(k)
+            if cur is not None and cur.kind & abi.VF_L7 and cur.kind & abi.VF_TCP \
+                    and cur.expires_ns >= until - 60_000_000_000:
+                out.fresh += 1
+                continue
+            bit = good_bloom_bit(k)
+            w = ctypes.c_uint32(bit >> 6)
+            word = bloom.get(w)
+            val = word.value if word is not None else 0
+            if not val & (1 << (bit & 63)):
+                bloom.set(w, ctypes.c_uint64(val | (1 << (bit & 63))))
+            if cur is not None:
+                v = abi.GoodSrc(max(cur.expires_ns, until), cur.kind | abi.VF_TCP | abi.VF_L7, 0, cur.last_ns, cur.tokens)
+            else:
+                v = abi.GoodSrc(until, abi.VF_TCP | abi.VF_L7, 0, now, burst * 1_000_000_000)  # XG_TOKEN: one packet in nano-units
+            try:
+                m.set(k, v)
+            except libbpf.BpfError as exc:
+                if exc.errno in (errno.E2BIG, errno.ENOMEM, errno.ENOSPC):
+                    out.full += 1
+                    continue
+                raise
+            out.written += 1
+            if cur is None or cur.expires_ns <= now or not cur.kind & abi.VF_L7:
+                out.new.append(str(a))
+        return out
+
 
 def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, undo: list) -> tuple[int, int]:
     """Write unique prefixes of one map with one batch syscall per chunk. Existing entries keep
@@ -730,6 +796,17 @@ def locked_guard(ifname: str | None):
             yield g
         finally:
             g.close()
+
+
+@dataclass
+class ChallengeWrite:
+    """What Guard.verify_challenged did with one tick's challenge-passing sources."""
+
+    written: int = 0  # entries written (new, extended or given the bit)
+    fresh: int = 0  # already verified by a challenge for as long: left alone
+    capped: int = 0  # over the cap of the call: next tick
+    full: int = 0  # the map was full
+    new: list[str] = field(default_factory=list)  # sources not verified by a challenge before
 
 
 @dataclass(frozen=True)
@@ -1248,7 +1325,8 @@ def clear_tries(maps) -> None:
 
 
 def count_verified(maps, now_ns: int) -> dict[str, int]:
-    """Live verified sources by kind ("tcp", "udp", "tcp+udp", "untrusted"), from one batch dump."""
+    """Live verified sources by kind ("tcp", "udp", "tcp+udp", "untrusted"), from one batch dump;
+    "challenge": those of them that passed a layer-7 challenge (XG_VF_L7)."""
     vs = ctypes.sizeof(abi.GoodSrc)
     _, raw_v, n = maps[abi.MapName.GOODSRC].dump_raw()
     out: dict[str, int] = {}
@@ -1257,6 +1335,8 @@ def count_verified(maps, now_ns: int) -> dict[str, int]:
         if v.expires_ns > now_ns:
             k = _KIND_NAMES.get(v.kind & 3, "untrusted")
             out[k] = out.get(k, 0) + 1
+            if v.kind & abi.VF_L7:  # also counted by its TCP kind above
+                out["challenge"] = out.get("challenge", 0) + 1
     return out
 
 

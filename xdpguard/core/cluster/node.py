@@ -56,7 +56,8 @@ DRIFT_EVERY_S = 5.0
 OVERLOAD_CALM_S = 3.0
 PROBE_TIMEOUT_S = 0.3
 # spreading data-path bans: only reasons in store.SPREAD_REASONS (connlimit: a source over a
-# connection limit in nft), and only for a source that holds an established TCP connection here
+# connection limit in nft; cc: an HTTP offender of HAProxy's stick tables, banned by `xdpguard
+# run`, l7/bans.py), and only for a source that holds an established TCP connection here
 # (conntrack ASSURED: it completed a handshake, so it is not spoofed). At most SPREAD_PER_ROUND
 # new ones a round and SPREAD_MAX at once from this node, each for at most SPREAD_TTL_S.
 SPREAD_TTL_S = 120
@@ -203,7 +204,11 @@ class NodeAgent:
                     cleansing.ban_add(name, [b.address], min(left, cleansing.MAX_BAN_TTL_S))
                 else:
                     with protection.locked_guard(name) as g:
-                        connlimit.promote(g, [(b.address, min(left, b.ttl_s + 1.0))])
+                        found = [(b.address, min(left, b.ttl_s + 1.0))]
+                        if b.reason == "cc":  # the reason it was banned for on its node
+                            g.promote_cc_bans(found)
+                        else:
+                            connlimit.promote(g, found)
             except UserError as exc:
                 self.counts["bans_failed"] += 1
                 self.say(f"ban {name}", f"{name}: ban {b.address}: {exc.message}")

@@ -76,7 +76,10 @@ class Rejected(UserError):
 # ---- trust: what the node's own file lets the store ask for ----
 
 MIN_PREFIX_LEN = {4: 8, 6: 16}  # a store list entry wider than a /8 (IPv4) or /16 (IPv6) is refused
-SPREAD_REASONS = frozenset({"connlimit"})  # data-path ban reasons a node spreads (see node.py)
+# data-path ban reasons a node spreads (see node.py): evidence spoofing cannot make. connlimit: a
+# source over a connection limit in nft; cc: an HTTP offender HAProxy saw (handshakes completed,
+# requests sent: l7/bans.py)
+SPREAD_REASONS = frozenset({"connlimit", "cc"})
 SPREAD_TTL_MAX_S = 600  # a spread ban lives at most this long on another node
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LOCAL_ONLY = ("block_files", "allow_files")  # would read this node's files: only from its own config

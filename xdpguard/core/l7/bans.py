@@ -16,16 +16,21 @@ connlimit.promote does for nft's offenders. Which offences count:
 Never banned: allowlisted sources (the caller passes the allowlist), and a source that holds a
 valid challenge cookie (HAProxy records its expiry in gpt 2 of the source's entry: `verified`).
 TTL = max(until − now, the level's punishment). At most `cap` new bans per call.
+
+The other way round, every tick: the sources that hold a valid challenge cookie (gpt 2) are
+written into the data path's verified map (Guard.verify_challenged: TCP-verified plus
+XG_VF_L7, expiring with the cookie, at most VERIFY_CAP_PER_TICK writes a tick), so a browser
+that passed the challenge passes XDP's fingerprint filters and budgets like any verified client.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .. import abi, config, events, guard, policy, protection, state
+from .. import config, events, protection, state
 from ..errors import UserError
 from ..prefixes import Prefix
 from . import auto, engine, runtime
@@ -34,6 +39,7 @@ from .spec import HttpService
 
 BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix", "challenged")
 CAP_PER_TICK = 1000
+VERIFY_CAP_PER_TICK = 1000  # challenge-passing sources written into the verified map per tick
 
 
 @dataclass(frozen=True)
@@ -67,26 +73,18 @@ def select(found: Sequence[Offender], services: Sequence[HttpService], now: floa
     return sorted(best.values(), key=lambda b: -b.value)[:cap]
 
 
-def promote(maps, bans: Iterable[CcBan]) -> list[CcBan]:
-    """Write the bans (reason cc) into the dynamic ban map; returns those that are new (a source
+def promote(g, bans: Sequence[CcBan]) -> list[CcBan]:
+    """Ban `bans` in XDP (reason cc) through the map owner; returns those that are new (a source
     already banned for at least as long is left as it is)."""
-    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    m = maps[abi.MapName.BANS]
-    new, written = [], []
-    for b in bans:
-        a = ipaddress.ip_address(b.address)
-        k = policy.src_key(a)
-        cur = m.get(k)
-        until = now + int(b.ttl_s * 1e9)
-        if cur is not None and cur.expires_ns >= until - 1_000_000_000:
-            continue
-        m.set(k, abi.Ban(until, cur.hits if cur is not None else 0, int(abi.Reason.CC), 0))
-        written.append(k)
-        if cur is None or cur.expires_ns <= now:
-            new.append(b)
-    if written:
-        guard.note_dynamic_ban(maps, written)
-    return new
+    fresh = set(g.promote_cc_bans([(b.address, float(b.ttl_s)) for b in bans]))
+    return [b for b in bans if str(ipaddress.ip_address(b.address)) in fresh]
+
+
+def passed(verified: dict, now: float, skip: Callable = lambda a: False) -> list[tuple[str, float]]:
+    """Pure: the challenge-passing sources (address → (service, cookie expiry)) as (source,
+    seconds its cookie has left), longest first; the cookie's end is the entry's end."""
+    out = [(str(a), float(until - now)) for a, (_, until) in verified.items() if until > now and not skip(a)]
+    return sorted(out, key=lambda x: (-x[1], x[0]))
 
 
 def _allowed(allow) -> Callable:
@@ -101,9 +99,11 @@ class Watch:
     its offenders in XDP (reason cc), each new ban an event in the event log."""
 
     def __init__(self, report: Callable[[str], None] = lambda m: None, cap: int = CAP_PER_TICK,
-                 levels: auto.AutoLevel | None = None):
+                 levels: auto.AutoLevel | None = None, verify_cap: int = VERIFY_CAP_PER_TICK):
         self.report = report
         self.cap = cap
+        self.verify_cap = verify_cap
+        self.verified_total = 0
         self.said = ""
         self.banned_total = 0
         self.levels = levels if levels is not None else auto.AutoLevel()  # automatic CC mode
@@ -132,11 +132,11 @@ class Watch:
         if self.raised:  # the offenders by the thresholds HAProxy serves now
             services = [replace(s, level=self.raised.get(s.name, s.level)) for s in services]
         try:
-            found = runtime.offenders(str(engine.haproxy().admin_socket), services)
+            found, verified = runtime.read_sources(str(engine.haproxy().admin_socket), services)
         except (runtime.RuntimeApiError, ValueError) as exc:
             self._say(f"HAProxy runtime API: {exc}")
             return []
-        if not found:
+        if not found and not verified:
             return []
         now = time.time()
         out: list[CcBan] = []
@@ -146,11 +146,20 @@ class Watch:
                 continue
             names = {s.name for s in mine}
             bans = select([o for o in found if o.service in names], mine, now, _allowed(spec.allow), self.cap)
-            if not bans:
+            good = passed({a: v for a, v in verified.items() if v[0] in names}, now)
+            if not bans and not good:
                 continue
             try:
                 with protection.Guard.open(state.resolve_iface(spec.name)) as g:
-                    new = promote(g.maps, bans)
+                    if good:
+                        w = g.verify_challenged(good, self.verify_cap)
+                        if w.new:
+                            self.verified_total += len(w.new)
+                            self.report(f"{spec.name}: {len(w.new)} client(s) passed the HTTP challenge, "
+                                        f"verified in XDP: " + ", ".join(w.new[:5]) + (" …" if len(w.new) > 5 else ""))
+                        if w.full:
+                            self._say(f"{spec.name}: verified map full, {w.full} challenge-passing client(s) not written")
+                    new = promote(g, bans) if bans else []
             except UserError as exc:
                 self._say(f"{spec.name}: cc bans not written: {exc.message}")
                 continue

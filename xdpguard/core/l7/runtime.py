@@ -234,14 +234,33 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
     return [replace(o, verified=o.address in verified) for o in out]
 
 
+def service_verified(tables: dict[str, Table], svc: HttpService, now: float | None = None) -> dict[IPAddress, int]:
+    """Pure: the sources of `svc` that hold a valid challenge cookie now → its expiry (unix
+    seconds; gpt 2 of the source's entry, set when HAProxy accepted the cookie)."""
+    now = time.time() if now is None else now
+    src = tables.get(hc.src_table(svc))
+    return {e.address: e.get("gpt2") for e in (src.entries if src else ()) if e.get("gpt2") > now}
+
+
 def table_names(svc: HttpService) -> list[str]:
     return [hc.src_table(svc)] + [hc.limit_table(svc, i) for i in range(len(svc.effective_limits()))]
 
 
 def offenders(sock_path: str, services: Sequence[HttpService], now: float | None = None) -> list[Offender]:
     """Every source over a limit of any of `services`, read now from HAProxy."""
+    return read_sources(sock_path, services, now)[0]
+
+
+def read_sources(sock_path: str, services: Sequence[HttpService], now: float | None = None
+                 ) -> tuple[list[Offender], dict[IPAddress, tuple[str, int]]]:
+    """One read of the stick tables: the offenders of `services`, and the challenge-passing
+    sources → (service, cookie expiry in unix seconds; the latest when several services)."""
     out: list[Offender] = []
+    verified: dict[IPAddress, tuple[str, int]] = {}
     for svc in services:
         tables = {name: show_table(sock_path, name) for name in table_names(svc)}
         out += service_offenders(tables, svc, now)
-    return out
+        for a, until in service_verified(tables, svc, now).items():
+            if a not in verified or until > verified[a][1]:
+                verified[a] = (svc.name, until)
+    return out, verified

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Issue 29's acceptance table: every CC attack row in one lab run, nothing tuned.
+
+As an operator would do it: `xdpguard lab up` (the lab's web service, tcp/80, is an HTTP service
+served by xdpguard's HAProxy with the default level `normal`), then `xdpguard run --config` on
+what `xdpguard export` prints (the daemon with its defaults: HAProxy kept, offenders banned in
+XDP, challenge-passing clients verified in XDP). The web client is browser-like
+(`python -m xdpguard.lab.l7 client`: a cookie jar, follows redirects, a new connection per
+request, 10 requests/s). The attacks come from scripts/l7flood.py on the attacker namespace,
+from its own address or from 128 / 1,000 real addresses put on its loopback (each completes its
+handshakes); every flood is bounded by --duration, --rate and --max-requests.
+
+Per row (targets of issue 29 in brackets):
+- client share   the client's 200s during the flood / its 200s in the same time just before
+                 (no attack)  [≥ 90 %]
+- to backend     the flood's requests answered 200 (the backend's answer; HAProxy's own
+                 answers are 302 challenges, 429, 403, 408) / requests sent  [≤ 5 %]; the
+                 table also gives the count, and the connections XDP's drop made fail (a
+                 banned flood cannot send: its share is of the few it sent before the ban)
+- to XDP drop    seconds from the flood's start until 90 % of the sources that crossed a limit
+                 (`xdpguard ban list`, reason cc) are banned; the limits are crossed within the
+                 first second of these floods, so this bounds "after crossing"  [≤ 5 s]; "—" when
+                 no source crosses a per-source limit (slow attacks: HAProxy cuts them)
+- verified banned   the client's address in the ban list at any poll  [0]
+
+Between rows: the bots' bans are lifted and HAProxy is stopped (the daemon restarts it as drift:
+fresh stick tables), so each row starts alike.
+
+    sudo .venv/bin/python scripts/cc_acceptance.py [--only TEXT ...] [--duration 10] [--json FILE]
+
+Root; its own namespace lab ($XDPGUARD_LAB_NAME, default cca<pid>); leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from xdpguard.lab import l7 as L7  # noqa: E402
+from xdpguard.lab import topology  # noqa: E402
+
+FLOOD = REPO / "scripts" / "l7flood.py"
+BOTS = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(1000))]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    count: int  # source addresses (1: the attacker's own)
+    args: tuple[str, ...] = ()
+    conns: int = 256
+    rate: int = 600
+    cookie: bool = False  # replay one valid challenge cookie
+
+
+ROWS = (
+    Row("HTTP flood, 1 address (64 connections)", 1, ("--keepalive",), conns=64, rate=1000),
+    Row("128 addresses, new connection per request", 128),
+    Row("128 addresses, keep-alive", 128, ("--keepalive",)),
+    Row("1,000 addresses, new connection per request", 1000),
+    Row("1,000 addresses, keep-alive", 1000, ("--keepalive",)),
+    Row("random-URL (cache-busting), 1,000 addresses", 1000, ("--random-path",)),
+    Row("slowloris, 128 addresses", 128, ("--mode", "slowloris", "--interval", "1"), conns=256),
+    Row("slow POST, 128 addresses", 128, ("--mode", "slowpost", "--interval", "1", "--path", "/form"), conns=256),
+    Row("one challenge cookie replayed from 128 addresses", 128, (), cookie=True),
+)
+
+
+class Run:
+    def __init__(self, duration: float):
+        self.duration = duration
+        self.name = os.environ.get("XDPGUARD_LAB_NAME") or f"cca{os.getpid() % 100000}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="xgcca-"))
+        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(self.tmp / "run"),
+                    "XDPGUARD_STATE_DIR": str(self.tmp / "state")}
+        self.daemon: subprocess.Popen | None = None
+        self.log = self.tmp / "daemon.log"
+
+    def ns(self, role: str) -> str:
+        return f"xg-{self.name}-{role}"
+
+    def sh(self, argv: list[str], check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+        p = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=timeout,
+                           stdin=None if "input" in kw else subprocess.DEVNULL, **kw)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: {p.stdout}{p.stderr}")
+        return p
+
+    def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.sh(["ip", "netns", "exec", self.ns("prot"), *topology.xdpguard_argv(), *args], check=check)
+
+    def py_in(self, role: str, *args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.ns(role), *args], env=self.env, stdout=subprocess.PIPE,
+                                text=True, stdin=subprocess.DEVNULL, **kw)
+
+    def up(self) -> None:
+        self.sh([*topology.xdpguard_argv(), "lab", "up"])
+        self.sh(["ip", "-n", self.ns("attacker"), "-batch", "-"],
+                input="".join(f"address add {a}/32 dev lo\n" for a in BOTS))
+        self.sh(["ip", "-n", self.ns("prot"), "route", "replace", L7.BOTS4, "via", topology.ATTACKER4])
+        cfg = self.tmp / "desired.toml"
+        cfg.write_text(self.xg("export").stdout)
+        out = open(self.log, "w")
+        self.daemon = subprocess.Popen(["ip", "netns", "exec", self.ns("prot"), *topology.xdpguard_argv(), "run",
+                                        "--config", str(cfg), "--duration", "3000"], env=self.env, stdout=out,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        time.sleep(5)  # the daemon is up, HAProxy checked
+
+    def down(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+        self.sh([*topology.xdpguard_argv(), "lab", "down"], check=False)
+
+    def client(self, seconds: float) -> subprocess.Popen:
+        return self.py_in("client", sys.executable, "-m", "xdpguard.lab.l7", "client", "--url",
+                          f"http://{topology.PROT4}/", "--duration", str(seconds), "--interval", "0.1")
+
+    @staticmethod
+    def result(p: subprocess.Popen, timeout: float = 120) -> dict:
+        out, _ = p.communicate(timeout=timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def cookie(self) -> str:
+        """A valid challenge cookie for the attacker's own address (what one solved challenge gives a bot)."""
+        secret = self.sh(["ip", "netns", "exec", self.ns("prot"), sys.executable, "-c",
+                          "from xdpguard.core.l7 import engine, proc; print(proc.load_secret(engine.secret_path()).hex())"]
+                         ).stdout.strip()
+        exp = int(time.time()) + 3000
+        mac = hmac.new(bytes.fromhex(secret), f"{topology.ATTACKER4}|{exp}|c".encode(), hashlib.sha256).hexdigest()
+        return f"xgc={exp}.c.{mac}"
+
+    def bans(self) -> dict[str, str]:
+        p = self.xg("ban", "list", "--json", check=False)
+        try:
+            return {b["source"]: b["reason"] for b in json.loads(p.stdout)["bans"]}
+        except (ValueError, KeyError):
+            return {}
+
+    def reset(self, sources: list[str]) -> None:
+        """Give HAProxy fresh stick tables (stopped: the daemon restarts it), then lift the row's
+        bans (in this order: the daemon would ban again from the old tables)."""
+        self.sh(["ip", "netns", "exec", self.ns("prot"), sys.executable, "-c",
+                 "from xdpguard.core.l7 import engine; engine.haproxy().stop()"], check=False)
+        for i in range(0, len(sources), 200):
+            self.xg("ban", "del", *sources[i:i + 200], check=False)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            code = self.sh(["ip", "netns", "exec", self.ns("client"), "curl", "-s", "-m", "2", "-o", "/dev/null", "-w",
+                            "%{http_code}", f"http://{topology.PROT4}/"], check=False).stdout
+            if code == "200":
+                return
+            time.sleep(0.5)
+        raise RuntimeError("HAProxy did not come back after the reset (the daemon repairs it as drift)")
+
+    def row(self, r: Row) -> dict:
+        srcs = [topology.ATTACKER4] if r.count == 1 else BOTS[:r.count]
+        sources = f"{topology.ATTACKER4}/32" if r.count == 1 else L7.BOTS4
+        client_s = max(3.0, self.duration - 4.0)
+        base = self.result(self.client(client_s))
+        extra = ["--cookie", self.cookie()] if r.cookie else []
+        mode_get = "--mode" not in r.args
+        argv = [sys.executable, str(FLOOD), "--target", topology.PROT4, "--sources", sources, "--count", str(r.count),
+                "--conns", str(r.conns), "--duration", str(self.duration), "--timeout", "2",
+                *(["--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration))] if mode_get else []),
+                *r.args, *extra]
+        polls: list[tuple[float, dict[str, str]]] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                polls.append((time.monotonic(), self.bans()))
+                stop.wait(0.5)
+
+        t0 = time.monotonic()
+        flood = self.py_in("attacker", "nice", "-n", "15", *argv)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        time.sleep(2.0)
+        during = self.result(self.client(client_s))
+        fl = self.result(flood, timeout=self.duration + 60)
+        time.sleep(1.0)
+        stop.set()
+        poller.join(timeout=30)
+        banned_any = {a for _, b in polls for a, why in b.items() if why == "cc"}
+        hit = [a for a in srcs if a in banned_any]
+        t90 = None
+        if hit:
+            want = max(1, int(0.9 * len(hit) + 0.999))
+            for t, b in polls:
+                if sum(1 for a in hit if b.get(a) == "cc") >= want:
+                    t90 = t - t0
+                    break
+        verified_banned = sorted({a for _, b in polls for a in b if a == topology.CLIENT4})
+        ok_base, ok_during = base["status"].get("200", 0), during["status"].get("200", 0)
+        res = {"row": r.name, "client_base": ok_base, "client_during": ok_during,
+               "client_share": ok_during / ok_base if ok_base else 0.0,
+               "flood_sent": fl["sent"], "flood_status": fl["status"],
+               "to_backend": fl["status"].get("200", 0) / fl["sent"] if fl["sent"] else 0.0,
+               "sources": len(srcs), "sources_banned": len(hit), "to_xdp_drop_s": t90,
+               "verified_banned": len(verified_banned), "client_errors": during["errors"],
+               "flood": {k: fl[k] for k in ("rate", "connect_failed", "closed_by_server", "max_open")}}
+        self.reset(srcs)
+        return res
+
+
+def table(rows: list[dict]) -> str:
+    def pct(x: float) -> str:
+        return f"{x * 100:.0f} %" if x >= 0.01 or x == 0 else f"{x * 100:.1f} %"
+
+    out = ["| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend [≤ 5 %] | "
+           "to XDP drop [≤ 5 s] (banned / sources) | verified banned [0] |", "|---|---|---|---|---|"]
+    for r in rows:
+        drop = f"{r['to_xdp_drop_s']:.1f} s ({r['sources_banned']}/{r['sources']})" if r["to_xdp_drop_s"] is not None \
+            else f"— ({r['sources_banned']}/{r['sources']})"
+        out.append(f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
+                   f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent "
+                   f"({r['flood']['connect_failed']:,} connects failed) | {drop} | {r['verified_banned']} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT", help="rows whose name contains TEXT")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per flood (6 to 60)")
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args(argv)
+    if not 6 <= a.duration <= 60:
+        print("xdpguard: error: --duration must be 6 to 60 s", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("xdpguard: error: the acceptance run needs root (namespaces)", file=sys.stderr)
+        return 2
+    rows = [r for r in ROWS if not a.only or any(t in r.name for t in a.only)]
+    run = Run(a.duration)
+    results = []
+    t0 = time.monotonic()
+    try:
+        run.up()
+        for r in rows:
+            print(f"… {r.name}", file=sys.stderr, flush=True)
+            results.append(run.row(r))
+            print(f"  {json.dumps(results[-1])}", file=sys.stderr, flush=True)
+    finally:
+        run.down()
+    print(table(results))
+    print(f"\n{len(results)} rows in {time.monotonic() - t0:.0f} s; daemon log: {run.log}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
