@@ -7,7 +7,7 @@ DIR holds the other version's `bpf/` tree (e.g. `git archive REV bpf | tar -x -C
 current tree is "new". Both programs are compiled in this process, set up by today's controller
 code (a map the base program lacks is skipped), and run interleaved: every figure is the median
 of rounds whose order rotates, each also as a ratio to a bare XDP_DROP run in the same rounds.
-Cases: clean pass UDP v4 / v6; all steps with 64 header filters, UDP v4 and TCP SYN v4; floods
+Cases: clean pass UDP v4 / v6; all steps with 64 header filters, and with 64 payload-only filters, UDP v4 and TCP SYN v4; floods
 of one packet per BPF_PROG_TEST_RUN (repeat=1) with the source rewritten in place before every
 run: one source, and sources that all differ (v6: consecutive addresses from a new /64 every round, so no
 source repeats within the run; v4: 198.18.0.0/16, 65,536 distinct, cycled). --insns prints the
@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import benchcases  # noqa: E402  (scripts/: the benchmark cases)
-from xdpguard.core import abi, dataplane, libbpf, testrun  # noqa: E402
+from xdpguard.core import abi, dataplane, testrun  # noqa: E402
 from xdpguard.core.abi import MapName  # noqa: E402
 from benchcases import (DST4, DST6, SRC4, SRC6, XDP_DROP, XDP_PASS, OnePacketRunner,  # noqa: E402
-                        _all_steps, _set_filters, frame, header_filters)
+                        _all_steps, _set_filters, frame, header_filters, payload_filters)
 
 
 @contextmanager
@@ -45,7 +45,7 @@ def tree(bpf_dir: Path | None):
     import bcc
 
     def compile_program(defines=None, pin_dir=None):
-        text = dataplane.render_source(dict(defines or {}))
+        text = dataplane.render_source(dict(defines or {}), bpf_dir / "xdpguard.bpf.c")
         b = bcc.BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-compare-distinct-pointer-types"])
         fn = b.load_func(abi.PROGRAM_FUNC.encode(), bcc.BPF.XDP)
         eg = b.load_func(abi.EGRESS_FUNC.encode(), bcc.BPF.SCHED_CLS)
@@ -65,23 +65,13 @@ def tree(bpf_dir: Path | None):
         dataplane.compile_program = orig_compile
 
 
-def verified_insns(fd: int) -> int:
-    """The verifier's processed-instruction count (bpf_prog_info, as scripts/verifier_insns.py)."""
-    ns: dict = {"__file__": str(REPO / "scripts" / "verifier_insns.py")}
-    exec((REPO / "scripts" / "verifier_insns.py").read_text().split("bed = TestBed()")[0], ns)  # its Info struct
-    info = ns["Info"]()
-    n = ns["u32"](ns["ctypes"].sizeof(info))
-    libbpf.lib().bpf_obj_get_info_by_fd(fd, ns["ctypes"].byref(info), ns["ctypes"].byref(n))
-    return info.verified_insns
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, required=True, help="directory holding the base version's bpf/")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--repeat", type=int, default=50_000)
     ap.add_argument("--flood", type=int, default=200_000, help="test runs per flood round")
-    ap.add_argument("--flood-rounds", type=int, default=3)
+    ap.add_argument("--flood-rounds", type=int, default=3, help="0: no flood cases")
     ap.add_argument("--insns", action="store_true")
     args = ap.parse_args(argv)
     say = lambda s: print(f"# {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -97,18 +87,23 @@ def main(argv=None) -> int:
                 full = stack.enter_context(testrun.TestBed())
                 _all_steps(full)
                 _set_filters(full, header_filters(64), [])
-            beds[label] = (plain, full)
+                pay = stack.enter_context(testrun.TestBed())
+                _all_steps(pay)
+                _set_filters(pay, payload_filters(64), [])
+            beds[label] = (plain, full, pay)
         if args.insns:
-            for label, (plain, _) in beds.items():
-                print(f"{label}: verified_insns {verified_insns(plain.prog.prog_fd)}")
+            for label, (plain, _, _) in beds.items():
+                print(f"{label}: verified_insns {benchcases.verified_insns(plain.prog.prog_fd)}")
         udp4, udp6, syn4 = frame(SRC4, DST4), frame(SRC6, DST6), frame(SRC4, DST4, "tcp")
         V = benchcases.Variant
         variants = {"bare XDP_DROP": V(bare_fd, udp4, XDP_DROP)}
-        for label, (plain, full) in beds.items():
+        for label, (plain, full, pay) in beds.items():
             variants[f"{label}: clean pass UDP v4"] = V(plain.prog.prog_fd, udp4, XDP_PASS)
             variants[f"{label}: clean pass UDP v6"] = V(plain.prog.prog_fd, udp6, XDP_PASS)
             variants[f"{label}: all steps 64 filters UDP v4"] = V(full.prog.prog_fd, udp4, XDP_PASS)
             variants[f"{label}: all steps 64 filters SYN v4"] = V(full.prog.prog_fd, syn4, XDP_PASS)
+            variants[f"{label}: all steps 64 payload filters UDP v4"] = V(pay.prog.prog_fd, udp4, XDP_PASS)
+            variants[f"{label}: all steps 64 payload filters SYN v4"] = V(pay.prog.prog_fd, syn4, XDP_PASS)
         say(f"repeat cases: {args.rounds} rounds of {args.repeat:,}")
         benchcases.rounds(variants, 1, max(1, args.repeat // 10))
         samples = benchcases.rounds(variants, args.rounds, args.repeat)
@@ -119,12 +114,14 @@ def main(argv=None) -> int:
         for n in variants:
             print(f"| {n} | {med[n]:.1f} | {med[n] / base:.2f} |")
 
+        if not args.flood_rounds:
+            return 0
         # floods: one test run per packet, the source rewritten before each
         n = args.flood
         fl: dict[str, list[float]] = {}
         bare_run = OnePacketRunner(bare_fd, udp4)
         runners = {label: {4: OnePacketRunner(full.prog.prog_fd, udp4), 6: OnePacketRunner(full.prog.prog_fd, udp6)}
-                   for label, (_, full) in beds.items()}
+                   for label, (_, full, _) in beds.items()}
         say(f"floods: {args.flood_rounds} rounds × {n:,} runs per case")
         for r in range(args.flood_rounds):
             order = list(runners) if r % 2 == 0 else list(reversed(runners))

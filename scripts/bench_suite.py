@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,7 +72,8 @@ import bench_gen  # noqa: E402  (the traffic generators of sections 2-3)
 import bench_l7  # noqa: E402  (section 6: the layer-7 engine's cost)
 from bench_gen import ksoftirqd_cpu_s  # noqa: E402
 
-from xdpguard.core import libbpf  # noqa: E402
+from xdpguard.core import guard, libbpf  # noqa: E402
+import benchcases  # noqa: E402
 from benchcases import OnePacketRunner  # noqa: E402
 from xdpguard.core.prefixes import parse_prefix  # noqa: E402
 from xdpguard.core.guard import Guard  # noqa: E402
@@ -178,13 +179,20 @@ class PacketCase:
     xdp_filter: bool = False
 
 
-_BEDS: dict[Callable, TestBed] = {}
+_BEDS: dict[tuple[Callable, Path | None], TestBed] = {}
 
 
-def bed_of(setup: Callable[[], TestBed]) -> TestBed:
-    if setup not in _BEDS:
-        _BEDS[setup] = setup()
-    return _BEDS[setup]
+def bed_of(setup: Callable[[], TestBed], base: Path | None = None) -> TestBed:
+    """The (cached) bed of a setup; with base, compiled from that directory's bpf/ instead
+    (``--base``: the same cases on another version of the program, in the same rounds)."""
+    if (setup, base) not in _BEDS:
+        if base is None:
+            _BEDS[setup, base] = setup()
+        else:
+            import bench_ab  # noqa: PLC0415  (its tree(): compile another bpf/)
+            with bench_ab.tree(base / "bpf"):
+                _BEDS[setup, base] = setup()
+    return _BEDS[setup, base]
 
 
 def basic_bed() -> TestBed:
@@ -200,6 +208,15 @@ def every_step_bed() -> TestBed:
     return bench_cleansing.all_steps_bed()
 
 
+def every_step_port_bed() -> TestBed:
+    """The every-step bed with 64 port-keyed filters (one UDP port each, a length range, a payload
+    signature: benchcases.header_filters) instead of the 64 payload-only ones."""
+    bed = bench_cleansing.all_steps_bed()
+    old = guard.read_global_policy(bed.maps)
+    guard.write_global_policy(bed.maps, replace(old, filters=benchcases.header_filters(64)), old)
+    return bed
+
+
 def packet_cases() -> list[PacketCase]:
     """The default case list (the issue's table)."""
     s4, d4 = bench_cleansing.SRC4, bench_cleansing.DST4
@@ -210,7 +227,11 @@ def packet_cases() -> list[PacketCase]:
         PacketCase("blocklist hit v6", basic_bed, udp_frame(HIT6, DST6), XDP_DROP, True),
         PacketCase("every step, 64 filters, UDP v4 clean", every_step_bed, bench_cleansing.frame(s4, d4, "udp"), XDP_PASS),
         PacketCase("every step, 64 filters, TCP SYN v4 clean", every_step_bed, bench_cleansing.frame(s4, d4, "tcp"), XDP_PASS),
+        PacketCase(PORT_KEYED, every_step_port_bed, bench_cleansing.frame(s4, d4, "udp"), XDP_PASS),
     ]
+
+
+PORT_KEYED = "every step, 64 port-keyed filters, UDP v4 clean"
 
 
 def load_cases(spec: str | None) -> list[PacketCase]:
@@ -246,7 +267,8 @@ class XdpFilter:
         return int(m.group(1)), float(m.group(2))
 
 
-def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter | None) -> dict:
+def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter | None,
+                    base: Path | None = None) -> dict:
     bare_bpf, bare_fd = bare_drop_prog()
     runs: dict[str, Callable[[], float]] = {}
 
@@ -267,6 +289,8 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
             raise SystemExit(f"bench: case {c.name!r} got {v.action}/{v.reason.label}, expected {ACTION[c.action]}")
         verdicts[c.name] = f"{v.action}/{v.reason.label}"
         runs[c.name] = kernel_run(bed.prog.prog_fd, c.packet, c.action, c.name)
+        if base is not None:
+            runs[f"base: {c.name}"] = kernel_run(bed_of(c.setup, base).prog.prog_fd, c.packet, c.action, c.name)
         if xf is not None and c.xdp_filter:
             rv, _ = xf.run(c.packet, 1)
             if rv != c.action:
@@ -291,9 +315,18 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
         if xk in m:
             row.update(xdp_filter_ns=m[xk], xdp_filter_x_bare=m[xk] / bare,
                        xdpguard_over_xdp_filter=m[c.name] / m[xk], xdp_filter_samples=samples[xk])
+        if base is not None:
+            b = m[f"base: {c.name}"]
+            row.update(base_ns=b, base_x_bare=b / bare, base_samples=samples[f"base: {c.name}"])
+            if "xdp_filter_ns" in row:
+                row["base_over_xdp_filter"] = b / row["xdp_filter_ns"]
         out["cases"][c.name] = row
     out["bare_samples"] = samples["bare XDP_DROP"]
+    out["verifier_insns"] = benchcases.verified_insns(bed_of(every_step_bed).prog.prog_fd)
     out["sources"] = sources_runs(p, bare_fd)
+    if base is not None:
+        out["base"] = {"dir": str(base), "verifier_insns": benchcases.verified_insns(bed_of(every_step_bed, base).prog.prog_fd),
+                       "sources": sources_runs(p, bare_fd, base)}
     bare_bpf.cleanup()
     return out
 
@@ -301,7 +334,7 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
 SOURCES_STEP = 0x9E3779B97F4A7C15  # odd: i * step mod 2^88 is a permutation, every source differs
 
 
-def sources_runs(p: Profile, bare_fd: int) -> dict:
+def sources_runs(p: Profile, bare_fd: int, base: Path | None = None) -> dict:
     """Many random sources against one (issue 27): the every-step bed on clean UDP v6, one
     BPF_PROG_TEST_RUN per packet with the source rewritten in place between runs, so xdpguard's
     per-source state really holds p.sources entries (sources scattered over 2001:db8:f100::/40,
@@ -310,7 +343,7 @@ def sources_runs(p: Profile, bare_fd: int) -> dict:
     pkt = c.frame(c.SRC6, c.DST6, "udp")
     at, width, span, n_one = 14 + 8, 16, 1 << 88, min(p.sources, 200_000)
     bare = OnePacketRunner(bare_fd, pkt).flood(n_one, at, width, c.FLOOD_BASE, 0, {XDP_DROP})
-    run = OnePacketRunner(bed_of(every_step_bed).prog.prog_fd, pkt)
+    run = OnePacketRunner(bed_of(every_step_bed, base).prog.prog_fd, pkt)
     one = run.flood(n_one, at, width, c.FLOOD_BASE, 0, {XDP_PASS})
     many = run.flood(p.sources, at, width, c.FLOOD_BASE, SOURCES_STEP, {XDP_PASS}, span)
     log(f"  sources: one {one:.0f} ns, {p.sources:,} random {many:.0f} ns, bare (same way) {bare:.0f} ns")
@@ -782,8 +815,67 @@ def generator_line(gen: dict) -> str:
     return f"generator: {gen['name']}" + (f" ({refused})" if refused else "")
 
 
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def goals(doc: dict) -> list[tuple[str, str, str, bool | None]]:
+    """The table of issue 27, from this run: (figure, measured, goal, met; None: not measured)."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    s = doc.get("1_per_packet") or {}
+    cases = s.get("cases", {})
+
+    base_keys = {"xdpguard_over_xdp_filter": "base_over_xdp_filter", "x_bare": "base_x_bare"}
+    before: list[float] = []
+
+    def ratios(names: list[str], key: str) -> list[float]:
+        before[:] = [cases[n][base_keys[key]] for n in names if n in cases and base_keys[key] in cases[n]]
+        return [cases[n][key] for n in names if n in cases and key in cases[n]]
+
+    def row(figure: str, vals: list[float], goal: str, ok) -> None:
+        shown = " / ".join(_x(v) for v in vals) if vals else "not measured"
+        if vals and len(before) == len(vals):
+            shown = " / ".join(_x(v) for v in before) + " → " + shown
+        before.clear()
+        rows.append((figure, shown, goal, ok(vals) if vals else None))
+
+    row("blocklist drop vs xdp-filter, same packet (v4 / v6)",
+        ratios(["blocklist hit v4", "blocklist hit v6"], "xdpguard_over_xdp_filter"), "< 1× (stay ahead)",
+        lambda v: max(v) < 1.0)
+    row("clean pass vs a bare XDP_DROP (v4 / v6)", ratios(["clean pass v4", "clean pass v6"], "x_bare"), "≤ 2.5×",
+        lambda v: max(v) <= 2.5)
+    row("every step, 64 filters, vs a bare XDP_DROP (UDP / SYN)",
+        ratios(["every step, 64 filters, UDP v4 clean", "every step, 64 filters, TCP SYN v4 clean"], "x_bare"), "≤ 4×",
+        lambda v: max(v) <= 4.0)
+    row("every step, 64 port-keyed filters, test run", ratios([PORT_KEYED], "x_bare"), "≤ 4×", lambda v: max(v) <= 4.0)
+    src = s.get("sources")
+    bsrc = (s.get("base") or {}).get("sources")
+    before[:] = [bsrc["many_x_one"]] if bsrc else []
+    row(f"{src['sources']:,} random sources vs one source" if src else "1M random sources vs one source",
+        [src["many_x_one"]] if src else [], "≤ 1.3×", lambda v: v[0] <= 1.3)
+    f = doc.get("5_forward") or {}
+    xg = f.get("xdpguard") if "unavailable" not in f else None
+    row("forwarding vs plain DNAT + bare XDP_PASS, one TCP stream (throughput / CPU per kB)",
+        [xg["gbps_x_xdp_pass"], xg["cpu_x_xdp_pass"]] if xg else [], "≥ 1× / ≤ 1×",
+        lambda v: v[0] >= 1.0 and v[1] <= 1.0)
+    row("forwarding vs plain DNAT without XDP (throughput)", [xg["gbps_x_dnat"]] if xg else [], "≥ 1.5×",
+        lambda v: v[0] >= 1.5)
+    insns = s.get("verifier_insns")
+    binsns = (s.get("base") or {}).get("verifier_insns")
+    rows.append(("verifier instructions, every-step program (1M limit)",
+                 (f"{binsns:,} → " if binsns else "") + (f"{insns:,}" if insns else "not measured"),
+                 "≤ 400,000", insns <= 400_000 if insns else None))
+    return rows
+
+
 def table(doc: dict) -> str:
     L: list[str] = []
+    g = goals(doc)
+    if any(ok is not None for *_, ok in g):
+        L += [f"**Goals** (issue 27; measured in this run, kernel {doc.get('machine', {}).get('kernel', '?')})", "",
+              "| figure | measured | goal | met |", "|---|---|---|---|"]
+        L += [f"| {fig} | {val} | {goal} | {'–' if ok is None else 'yes' if ok else 'no'} |" for fig, val, goal, ok in g]
+        L.append("")
     s = doc.get("1_per_packet")
     if s:
         L += [f"**1. Per-packet cost** (BPF_PROG_TEST_RUN, 64-byte frames, {s['repeat']:,} repeats; bare XDP_DROP "
@@ -957,6 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="results folder (default bench-results/<timestamp>/)")
     ap.add_argument("--only", default="1,2,3,4,5,6", help="sections to run, e.g. 1,5")
     ap.add_argument("--cases", help="MODULE:FUNCTION returning the per-packet case list (default: the built-in one)")
+    ap.add_argument("--base", type=Path, metavar="DIR",
+                    help="section 1 also runs every case on the program in DIR/bpf (e.g. `git archive main bpf | tar -x "
+                         "-C DIR`), in the same rounds: the goals table shows base → this tree")
     ap.add_argument("--fwd-rules", type=int, default=2, metavar="N",
                     help="forwarding rules in the 'our nft table' and 'old counter chain' variants (default 2)")
     ap.add_argument("--generator", choices=("auto", *bench_gen.GENERATORS), default="auto",
@@ -1005,7 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
         if only & {1, 2}:
             xf = XdpFilter(lab, flood.receiver("xdp-filter"), "xgr0", [HIT4, HIT6])
         if 1 in only:
-            section(doc, "1_per_packet", "1. per-packet cost", lambda: section_packets(lab, p, cases, xf))
+            section(doc, "1_per_packet", "1. per-packet cost", lambda: section_packets(lab, p, cases, xf, a.base))
         if only & {2, 3}:
             bed = bed_of(basic_bed)
             nss = setup_drop(lab, flood, bed) if flood.name else {}

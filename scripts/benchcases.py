@@ -80,8 +80,8 @@ def _set_filters(bed: TestBed, filters: tuple[Filter, ...], cur: list) -> None:
     """Write a filter set (through the controller's own writer) unless it is the one in place."""
     if cur and cur[0] == filters:
         return
-    old = bed.read_global_policy()
-    bed.write_global_policy(replace(old, filters=filters), old)
+    old = guard.read_global_policy(bed.maps)
+    guard.write_global_policy(bed.maps, replace(old, filters=filters), old)
     cur[:] = [filters]
 
 
@@ -124,6 +124,36 @@ def tcp_reply(src: str, dst: str, sport: int, dport: int) -> bytes:
     l3 = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst, ttl=64)
     pkt = bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / l3 / TCP(sport=sport, dport=dport, flags="A"))
     return pkt + b"\x00" * max(0, 64 - len(pkt))
+
+
+# ---- the verifier's count ----
+
+
+class _ProgInfo(ctypes.Structure):
+    """struct bpf_prog_info up to verified_insns (kernel 5.16+)."""
+    u32, u64 = ctypes.c_uint32, ctypes.c_uint64
+    _fields_ = [("type", u32), ("id", u32), ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", u32),
+                ("xlated_prog_len", u32), ("jited_prog_insns", u64), ("xlated_prog_insns", u64), ("load_time", u64),
+                ("created_by_uid", u32), ("nr_map_ids", u32), ("map_ids", u64), ("name", ctypes.c_char * 16),
+                ("ifindex", u32), ("gpl", u32), ("netns_dev", u64), ("netns_ino", u64), ("nr_jited_ksyms", u32),
+                ("nr_jited_func_lens", u32), ("jited_ksyms", u64), ("jited_func_lens", u64), ("btf_id", u32),
+                ("func_info_rec_size", u32), ("func_info", u64), ("nr_func_info", u32), ("nr_line_info", u32),
+                ("line_info", u64), ("jited_line_info", u64), ("nr_jited_line_info", u32),
+                ("line_info_rec_size", u32), ("jited_line_info_rec_size", u32), ("nr_prog_tags", u32),
+                ("prog_tags", u64), ("run_time_ns", u64), ("run_cnt", u64), ("recursion_misses", u64),
+                ("verified_insns", u32), ("pad", u32)]
+
+
+def prog_info(fd: int) -> _ProgInfo:
+    info = _ProgInfo()
+    n = ctypes.c_uint32(ctypes.sizeof(info))
+    libbpf.lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(n))
+    return info
+
+
+def verified_insns(fd: int) -> int:
+    """The verifier's processed-instruction count of a loaded program (limit 1,000,000)."""
+    return prog_info(fd).verified_insns
 
 
 # ---- running ----
@@ -353,9 +383,11 @@ def run_pipeline(quick: bool = False, defines: dict | None = None, big_list: int
     return res
 
 
-def cost_split(quick: bool = True, defines: dict | None = None) -> PipelineResult:
+def cost_split(quick: bool = True, defines: dict | None = None, payload: bool = False) -> PipelineResult:
     """Where the all-steps cost goes: the all-steps UDP v4 clean case with its steps switched off
-    one more at a time (map writes between runs, one program), beside bare XDP_DROP."""
+    one more at a time (map writes between runs, one program), beside bare XDP_DROP. The 64
+    filters are header_filters (port-keyed), or with payload, payload_filters (payload-only)."""
+    kind = "payload-only" if payload else "header"
     n_rounds, repeat = (5, 20_000) if quick else (11, 100_000)
     res = PipelineResult(n_rounds, repeat, 0)
     with ExitStack() as stack:
@@ -364,7 +396,7 @@ def cost_split(quick: bool = True, defines: dict | None = None) -> PipelineResul
         bed = stack.enter_context(TestBed(defines))
         _all_steps(bed)
         fcur: list = []
-        _set_filters(bed, header_filters(64), fcur)
+        _set_filters(bed, payload_filters(64) if payload else header_filters(64), fcur)
         m = bed.maps
         ip = ipaddress.ip_address(DST4)
         pk = policy.prot_key(ip)
@@ -393,7 +425,7 @@ def cost_split(quick: bool = True, defines: dict | None = None) -> PipelineResul
                 m[MapName.PROT4].set(pk, prot)
             return prepare
 
-        labels = ["all steps (64 header filters)", "- lists (allow/block lookups)", "- bans (ban LRU lookup)",
+        labels = [f"all steps (64 {kind} filters)", "- lists (allow/block lookups)", "- bans (ban LRU lookup)",
                   "- 64 filters", "- dst bucket, bps/SYN buckets (src pps bucket kept)",
                   "- src bucket, SYN threshold", "- port policy, reflection, TCP state, fragments"]
         udp4 = frame(SRC4, DST4)

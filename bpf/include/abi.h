@@ -450,6 +450,27 @@ struct xg_fhead {
     __u32 reserved;           /* 0 */
 };
 
+/* ---- the payload index (steps/feature.h) ----
+ * Payload conditions are classified the same way, byte by byte: the controller picks up to
+ * XG_PPOS_MAX byte positions (a base XG_FB_* and an offset from it) that the payload filters
+ * test, and for each position and byte value writes the word of filters that accept it (bit i:
+ * filter i accepts it, or is not indexed, or does not test that position); XG_PV_ABSENT stands
+ * for a byte the packet does not have. A filter whose positions do not fit is compared the old
+ * way (xg_fdef_arr). Two generations, switched with the header words (xg_fsel_arr). */
+#define XG_PPOS_MAX   32       /* byte positions the index reads */
+#define XG_PV_VALUES  257      /* words per position: byte values 0..255, then XG_PV_ABSENT */
+#define XG_PV_ABSENT  256
+#define XG_PV_SLOTS   (XG_PPOS_MAX * XG_PV_VALUES)   /* words per generation */
+#define XG_PPOS_OFF_BITS 12    /* xg_phead.pos: base << XG_PPOS_OFF_BITS | offset */
+
+/* xg_phead_arr value, one per generation. */
+struct xg_phead {
+    __u64 indexed;            /* bit i: filter i's payload condition is decided by the index alone */
+    __u32 npos;               /* positions in use, 0..XG_PPOS_MAX */
+    __u32 reserved;           /* 0 */
+    __u16 pos[XG_PPOS_MAX];   /* position k: XG_FB_* << XG_PPOS_OFF_BITS | byte offset from that base */
+};
+
 /* xg_fsel_arr[0]: the generation the data path reads. */
 struct xg_fsel {
     __u32 gen;                /* 0 or 1 */

@@ -81,6 +81,12 @@ XG_MAP("array", int, struct xg_fhead, xg_fhead_arr, XG_FGENS, 0);
 XG_MAP("array", int, __u64, xg_fvec_arr, XG_FGENS * XG_FV_SLOTS, 0);
 XG_MAP("array", int, struct xg_filter, xg_fdef_arr, XG_FGENS * XG_FILTERS_MAX, 0);
 
+/* The payload index (abi.h XG_PV_*), two generations like the words above: xg_phead_arr gen →
+ * struct xg_phead (which filters it decides, the byte positions it reads); xg_pvec_arr
+ * gen*XG_PV_SLOTS + position*XG_PV_VALUES + byte value → __u64 (bit i: filter i accepts it). */
+XG_MAP("array", int, struct xg_phead, xg_phead_arr, XG_FGENS, 0);
+XG_MAP("array", int, __u64, xg_pvec_arr, XG_FGENS * XG_PV_SLOTS, 0);
+
 /* xg_synwin_arr: protected address slot → struct xg_synwin (SYN count in the current second). */
 XG_MAP("array", int, struct xg_synwin, xg_synwin_arr, XG_PROTECTED_MAX, 0);
 

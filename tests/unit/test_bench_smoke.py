@@ -137,7 +137,8 @@ def test_bench_suite_smoke_has_every_section(tmp_path):
 
     pp = doc["1_per_packet"]
     assert pp["bare_ns"] > 0
-    assert len(pp["cases"]) == 6
+    assert len(pp["cases"]) == 7 and "every step, 64 port-keyed filters, UDP v4 clean" in pp["cases"]
+    assert 0 < pp["verifier_insns"] <= 1_000_000
     for name, row in pp["cases"].items():
         assert row["ns"] > 0 and row["x_bare"] > 0, name
         assert row["verdict"].split("/")[0] in ("pass", "drop"), name
@@ -174,6 +175,9 @@ def test_bench_suite_smoke_has_every_section(tmp_path):
 
     _check_l7(doc["6_l7"])
 
+    # Issue 27's table: every figure a row of the goals table, measured in this run.
+    goals = md.split("**Goals**", 1)[1].split("\n\n", 2)[1].splitlines()[2:]
+    assert len(goals) == 8 and not [g for g in goals if "not measured" in g], goals
     assert md in stdout
     for title in ("1. Per-packet cost", "2. Drop on a veth pair", "3. Rule-count scaling", "4. Loading", "5. Forwarding",
                   "6. L7 cost"):
@@ -206,6 +210,32 @@ def test_bench_l7_section_alone(tmp_path):
     _check_l7(doc["6_l7"])
     assert "6. L7 cost" in (out / "bench.md").read_text()
     assert not [p.name for p in Path("/run/netns").glob(f"xg-*-{proc.pid}-*")]
+def _suite():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_suite", REPO / "scripts" / "bench_suite.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_suite"] = mod  # (its dataclasses look their module up)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_goals_table_says_met_or_not_from_the_figures():
+    """The goals rows read the run's figures and compare them with issue 27's goals."""
+    suite = _suite()
+    case = {"ns": 100.0, "x_bare": 3.0, "xdpguard_over_xdp_filter": 0.8}
+    doc = {"1_per_packet": {"cases": {n: dict(case) for n in (
+        "clean pass v4", "clean pass v6", "blocklist hit v4", "blocklist hit v6", "every step, 64 filters, UDP v4 clean",
+        "every step, 64 filters, TCP SYN v4 clean", suite.PORT_KEYED)},
+        "verifier_insns": 450_000, "sources": {"sources": 1_000_000, "many_x_one": 1.2}}}
+    rows = {fig: (val, ok) for fig, val, _, ok in suite.goals(doc)}
+    assert rows["clean pass vs a bare XDP_DROP (v4 / v6)"] == ("3.00× / 3.00×", False)
+    assert rows["every step, 64 filters, vs a bare XDP_DROP (UDP / SYN)"] == ("3.00× / 3.00×", True)
+    assert rows["blocklist drop vs xdp-filter, same packet (v4 / v6)"][1] is True
+    assert rows["1,000,000 random sources vs one source"] == ("1.20×", True)
+    assert rows["verifier instructions, every-step program (1M limit)"] == ("450,000", False)
+    fwd = [v for f, v in rows.items() if f.startswith("forwarding")]
+    assert fwd == [("not measured", None)] * 2  # section 5 did not run
+    assert "**Goals**" not in suite.table({"machine": {"kernel": "6.18"}})  # nothing measured: no goals table
 
 
 def _check_drop(doc: dict, md: str) -> None:

@@ -81,3 +81,68 @@ def test_payload_filters_are_marked_and_survive_on_their_header_fields():
     assert survivors(vec, live, h, 100) == 0b111
     stripped = [replace(f, payload=b"", payload_mask=b"") for f in fl]
     assert all(_filter_matches(f, bytes(100), h, 14) for f in stripped)
+
+
+# ---- the payload index (policy.payload_index, steps/feature.h payload_index) ----
+
+PAYLOAD_BYTES = st.sampled_from([0x00, 0x41, 0xFF])
+
+
+@st.composite
+def payload_filters(draw) -> Filter:
+    payload = bytes(draw(st.lists(PAYLOAD_BYTES, min_size=1, max_size=abi.PAYLOAD_MATCH_MAX)))
+    mask = b""
+    if draw(st.booleans()):
+        mask = bytes(draw(st.lists(st.sampled_from([0xFF, 0x0F, 0x00, 0x41]), min_size=len(payload),
+                                   max_size=len(payload))))
+    return Filter(payload=payload, payload_mask=mask, payload_base=draw(st.sampled_from(["l3", "l4", "payload"])),
+                  payload_off=draw(st.integers(0, 24) | st.integers(0, abi.PAYLOAD_OFF_MAX)))
+
+
+def index_survivors(vec: bytes, indexed: int, positions: list[int], frame: bytes, h: Headers, cand: int) -> int:
+    """payload_index() of feature.h: cand ANDed with the word of every position's byte."""
+    assert len(positions) <= abi.PPOS_MAX
+    for k, code in enumerate(positions):
+        fb, off = code >> abi.PPOS_OFF_BITS, code & ((1 << abi.PPOS_OFF_BITS) - 1)
+        base = {abi.FB_L3: 14, abi.FB_L4: h.l4_off, abi.FB_PAYLOAD: h.payload_off}[fb]
+        at = base + off
+        v = frame[at] if base and at < len(frame) else abi.PV_ABSENT
+        cand &= word(vec, k * abi.PV_VALUES + v)
+    return cand
+
+
+@settings(max_examples=300, deadline=None)
+@given(fl=st.lists(payload_filters() | filters(), max_size=abi.FILTERS_MAX),
+       frames=st.lists(st.tuples(st.lists(PAYLOAD_BYTES, max_size=80).map(bytes), st.integers(0, 40),
+                                 st.booleans()), min_size=1, max_size=6))
+def test_payload_index_decides_what_the_compare_decides(fl, frames):
+    """Every filter the index decides survives it exactly when its payload compare holds; the
+    ones it does not decide keep their bit."""
+    fl = tuple(fl)
+    vec, indexed, positions = policy.payload_index(fl)
+    assert len(vec) == abi.PV_SLOTS * 8 and len(positions) <= abi.PPOS_MAX
+    with_payload = sum(1 << i for i, f in enumerate(fl) if f.payload)
+    assert indexed & ~with_payload == 0
+    for body, l4, has_l4 in frames:
+        l4_off = 34 + l4 if has_l4 else 0
+        h = Headers(17, 64, False, has_l4, l4_off=l4_off, payload_off=l4_off + 8 if has_l4 else 0)
+        frame = bytes(14 + 20 + l4) + body
+        got = index_survivors(vec, indexed, positions, frame, h, (1 << 64) - 1)
+        bare = [replace(f, payload=b"", payload_mask=b"") for f in fl]
+        for i, f in enumerate(fl):
+            if not indexed >> i & 1:
+                assert got >> i & 1, "a filter the index does not decide keeps its bit"
+                continue
+            if _filter_matches(bare[i], frame, h, 14):  # (header conditions: the other words' business)
+                assert bool(got >> i & 1) == _filter_matches(f, frame, h, 14)
+
+
+def test_payload_index_takes_filters_in_order_while_their_positions_fit():
+    # 64 four-byte signatures at offsets 0..15 (the benchmark's): 19 positions, all indexed
+    fl = tuple(Filter(payload=bytes([0xDE, 0xAD, 0xBE, i]), payload_off=i % 16) for i in range(64))
+    _, indexed, positions = policy.payload_index(fl)
+    assert indexed == (1 << 64) - 1 and len(positions) == 19
+    # 16-byte signatures at disjoint offsets: two fit in 32 positions, the third is compared
+    fl = tuple(Filter(payload=bytes(range(1, 17)), payload_off=16 * i) for i in range(3))
+    _, indexed, positions = policy.payload_index(fl)
+    assert indexed == 0b011 and len(positions) == 32

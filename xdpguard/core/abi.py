@@ -125,6 +125,10 @@ FV_SLOTS = 197635
 FV_NOTCP, FV_NOPORT = 256, 65536
 FGENS = 2
 FB_L3, FB_L4, FB_PAYLOAD = 0, 1, 2
+# The payload index (abi.h XG_PV_*): byte positions, words per position, words per generation.
+PPOS_MAX, PV_VALUES, PV_ABSENT = 32, 257, 256
+PV_SLOTS = PPOS_MAX * PV_VALUES
+PPOS_OFF_BITS = 12
 
 PROTECTED_MAX = 1024
 LIST_MAX = 2097152
@@ -254,6 +258,11 @@ class FHead(ctypes.Structure):
                 ("reserved", ctypes.c_uint32)]
 
 
+class PHead(ctypes.Structure):
+    _fields_ = [("indexed", ctypes.c_uint64), ("npos", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("pos", ctypes.c_uint16 * PPOS_MAX)]
+
+
 class FSel(ctypes.Structure):
     _fields_ = [("gen", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
@@ -379,6 +388,8 @@ class MapName(str, enum.Enum):
     FHEAD = "xg_fhead_arr"
     FVEC = "xg_fvec_arr"
     FDEF = "xg_fdef_arr"
+    PHEAD = "xg_phead_arr"  # the payload index (abi.h XG_PV_*), two generations
+    PVEC = "xg_pvec_arr"
     BANBLOOM = "xg_banbloom_arr"  # bits over the banned sources: a clear bit skips the ban lookups
     SRCSKETCH = "xg_srcsk_arr"  # uncharged packets per source hash: sources far from a limit get no bucket
     SYNWIN = "xg_synwin_arr"
@@ -439,6 +450,8 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.FHEAD: (ctypes.c_uint32, FHead, False),
     MapName.FVEC: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.FDEF: (ctypes.c_uint32, Filter, False),
+    MapName.PHEAD: (ctypes.c_uint32, PHead, False),
+    MapName.PVEC: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.BANBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.SRCSKETCH: (ctypes.c_uint32, SrcSketch, False),
     MapName.SYNWIN: (ctypes.c_uint32, SynWin, False),
@@ -504,6 +517,8 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.FHEAD: ("array", "XG_FGENS", 0),
     MapName.FVEC: ("array", "XG_FVEC_ENTRIES", 0),
     MapName.FDEF: ("array", "XG_FDEF_ENTRIES", 0),
+    MapName.PHEAD: ("array", "XG_FGENS", 0),
+    MapName.PVEC: ("array", "XG_PVEC_ENTRIES", 0),
     MapName.BANBLOOM: ("array", BANBLOOM_BITS // 64, 0),
     MapName.SRCSKETCH: ("array", "XG_SK_SLOTS", 0),
     MapName.COOKIES: ("percpu_array", 1, 0),
@@ -535,6 +550,7 @@ def map_sizes(defines: Mapping[str, int] | None = None) -> dict[str, int]:
     d["XG_FGENS"] = FGENS
     d["XG_FVEC_ENTRIES"] = FGENS * FV_SLOTS
     d["XG_FDEF_ENTRIES"] = FGENS * d["XG_FILTERS_MAX"]
+    d["XG_PVEC_ENTRIES"] = FGENS * PV_SLOTS
     return d
 
 
@@ -575,6 +591,7 @@ C_STRUCTS: dict[str, type] = {
     "xg_filter": Filter,
     "xg_fhead": FHead,
     "xg_fsel": FSel,
+    "xg_phead": PHead,
     "xg_flow_key": FlowKey,
     "xg_flow": Flow,
     "xg_tcpstate_config": TcpStateConfig,

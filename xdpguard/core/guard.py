@@ -59,6 +59,7 @@ from .policy import (
     _src_text,
     ban_bloom_bit,
     filter_vectors,
+    payload_index,
     good_bloom_bit,
     new_protected,
     port_key,
@@ -969,6 +970,16 @@ def filters_compiled(maps, count: int) -> bool:
     return head is not None and head.count == count
 
 
+def _write_words(m, first: int, words: bytes) -> None:
+    """Array map m's entries first.. := the __u64 words (host byte order), in one batch."""
+    n = len(words) // 8
+    keys = (ctypes.c_uint32 * n)(*range(first, first + n))
+    vals = ctypes.create_string_buffer(words, len(words))
+    rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
+    if rc != 0 or done != n:
+        raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}: {os.strerror(-rc) if rc else 'short'}")
+
+
 def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
     """Write the filters into the generation not in use (vectors, definitions, head), then
     switch the data path to it with one write. Returns the new generation."""
@@ -978,15 +989,15 @@ def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
     sel = sel_m.get(ctypes.c_uint32(0)) or abi.FSel()
     gen = (sel.gen & 1) ^ 1
     vec, live, payload = filter_vectors(filters)
-    keys = (ctypes.c_uint32 * abi.FV_SLOTS)(*range(gen * abi.FV_SLOTS, (gen + 1) * abi.FV_SLOTS))
-    vals = ctypes.create_string_buffer(vec, len(vec))
-    vm = maps[abi.MapName.FVEC]
-    rc, done = libbpf.map_update_batch(vm.fd, ctypes.addressof(keys), ctypes.addressof(vals), abi.FV_SLOTS)
-    if rc != 0 or done != abi.FV_SLOTS:
-        raise libbpf.BpfError(-rc, f"map update batch on {vm.name.value}: {os.strerror(-rc) if rc else 'short'}")
+    _write_words(maps[abi.MapName.FVEC], gen * abi.FV_SLOTS, vec)
     dm = maps[abi.MapName.FDEF]
     for i, f in enumerate(filters):
         dm.set(ctypes.c_uint32(gen * abi.FILTERS_MAX + i), f.to_c())
+    if abi.MapName.PVEC in maps:  # (a program before the payload index has no such maps)
+        pvec, indexed, positions = payload_index(filters)
+        _write_words(maps[abi.MapName.PVEC], gen * abi.PV_SLOTS, pvec)
+        maps[abi.MapName.PHEAD].set(ctypes.c_uint32(gen), abi.PHead(indexed, len(positions), 0,
+                                                                    (ctypes.c_uint16 * abi.PPOS_MAX)(*positions)))
     maps[abi.MapName.FHEAD].set(ctypes.c_uint32(gen), abi.FHead(live, payload, len(filters), 0))
     # XXX: a packet that read the old generation before this write finishes on it; the next
     # compile rewrites that generation, so two changes within one packet's run could tear it.

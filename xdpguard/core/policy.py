@@ -366,6 +366,45 @@ def filter_vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
     return vec, live, payload
 
 
+def payload_index(filters: tuple[Filter, ...]) -> tuple[bytes, int, list[int]]:
+    """The payload index of one generation (abi.h XG_PV_*): its words (abi.PV_SLOTS, host byte
+    order), the mask of the filters it decides, and its byte positions (abi.h xg_phead.pos).
+
+    A filter tests the positions where its mask is not zero, and its last byte (the window must
+    lie inside the packet, as in verdict.filter_matches); all of them read, it matches exactly
+    when the compare of the linear scan would. Filters are taken in order while their positions
+    fit in abi.PPOS_MAX; one that does not fit is left to the compare (its bit is set in every
+    word)."""
+    positions: dict[int, int] = {}  # position code → its index k
+    tests: list[tuple[int, dict[int, tuple[int, int]]]] = []  # (filter bit, {position code: (value, mask)})
+    for i, f in enumerate(filters):
+        if not f.payload:
+            continue
+        base = BASES[f.payload_base] << abi.PPOS_OFF_BITS
+        need = {base | (f.payload_off + j): (v & m, m)
+                for j, (v, m) in enumerate(zip(f.payload, f.mask_bytes())) if m}
+        need.setdefault(base | (f.payload_off + len(f.payload) - 1), (0, 0))
+        new = [c for c in need if c not in positions]
+        if len(positions) + len(new) > abi.PPOS_MAX:
+            continue  # left to the compare
+        for c in new:
+            positions[c] = len(positions)
+        tests.append((1 << i, need))
+    indexed = sum(b for b, _ in tests)
+    rows = []
+    for code in [*positions, *[None] * (abi.PPOS_MAX - len(positions))]:
+        testers = [(b, need[code]) for b, need in tests if code in need]
+        row = [(1 << 64) - 1 - sum(b for b, _ in testers)] * abi.PV_VALUES  # theirs cleared, absent too
+        for b, (value, mask) in testers:
+            for v in range(256):
+                if v & mask == value:
+                    row[v] |= b
+        rows.append(row)
+    vec = b"".join(_word(w) for row in rows for w in row)
+    assert len(vec) == abi.PV_SLOTS * 8
+    return vec, indexed, list(positions)
+
+
 # ---- dynamic bans ----
 
 

@@ -205,7 +205,7 @@ def needs_upgrade(iface: state.Iface, defines: dict[str, int] | None = None) -> 
     return st.get("program_sha256") != dataplane.program_sha256(defines)
 
 
-FILTER_VECTORS = frozenset({MapName.FSEL, MapName.FHEAD, MapName.FVEC, MapName.FDEF})
+FILTER_VECTORS = frozenset({MapName.FSEL, MapName.FHEAD, MapName.FVEC, MapName.FDEF, MapName.PHEAD, MapName.PVEC})
 
 
 def refill_derived(plan: migrate.Plan, maps: dict[MapName, BpfMap]) -> None:

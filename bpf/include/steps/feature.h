@@ -42,6 +42,42 @@ static __always_inline int filter_payload(struct xdp_md *ctx, struct xg_filter *
     return (w[0] & m[0]) == v[0] && (w[1] & m[1]) == v[1];
 }
 
+/* The payload index: cand ANDed with the word of each byte position the index reads, until no
+ * indexed filter is left among cand. Filters the index does not decide keep their bits (the
+ * controller sets them in every word). A byte the packet does not have (past its end, or its base
+ * missing: no L4 header) reads as XG_PV_ABSENT. */
+static __always_inline __u64 payload_index(struct xdp_md *ctx, struct xg_phead *ph, __u32 gen, struct xg_pkt *p,
+                                           __u64 cand)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    __u64 indexed = ph->indexed;
+    __u32 npos = ph->npos;
+    __u32 slot = gen * XG_PV_SLOTS;
+#pragma unroll
+    for (int k = 0; k < XG_PPOS_MAX; k++) {
+        if (k >= npos || !(cand & indexed))
+            break;
+        __u32 pos = ph->pos[k];
+        __u32 fb = pos >> XG_PPOS_OFF_BITS;
+        __u32 base = fb == XG_FB_L3 ? p->l3_off : fb == XG_FB_L4 ? p->l4_off : p->payload_off;
+        __u32 off = (base + (pos & ((1 << XG_PPOS_OFF_BITS) - 1))) & 0x1fff;
+        __u32 v = XG_PV_ABSENT;
+        __u8 *b = data + off;
+        if (base && (void *)(b + 1) <= end) {
+            v = *b;
+        } else if (base) {
+            __u8 byte = 0;
+            if (bpf_xdp_load_bytes(ctx, off, &byte, 1) == 0)  /* past the linear part (multi-buffer) */
+                v = byte;
+        }
+        __u32 idx = slot + k * XG_PV_VALUES + v;
+        __u64 *w = xg_pvec_arr.lookup(&idx);
+        cand &= w ? *w : ~indexed;
+    }
+    return cand;
+}
+
 /* The word of field `field` for value v in generation base (0 when out of range). */
 static __always_inline __u64 xg_fvec(__u32 base, __u32 field, __u32 v)
 {
@@ -91,8 +127,8 @@ static __always_inline __u32 filter_verdict(struct xg_config *cfg, struct xg_fil
 /* Step 10: packet feature filters, first match wins. *skip_rest is set by a pass filter.
  * The header fields are classified by ANDing one word per field (abi.h XG_FV_*): the survivors
  * are the filters whose every header condition holds. Survivors without a payload condition
- * match outright; the payload filters among the survivors before the first of those are
- * compared in order. */
+ * match outright; the payload filters among the survivors before the first of those are decided
+ * by the payload index (payload_index), and those it does not index are compared in order. */
 static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *cfg, struct xg_pkt *p,
                                           int *skip_rest, __u64 *now)
 {
@@ -133,8 +169,18 @@ static __always_inline __u32 step_feature(struct xdp_md *ctx, struct xg_config *
     __u64 cand = m & h->payload;
     if (plain)
         cand &= (plain & -plain) - 1;       /* only payload filters ahead of the first plain one */
-    __u32 slot0 = gen * XG_FILTERS_MAX;
     __u64 hit = plain & -plain;             /* the first plain one, unless a payload filter before it matches */
+    struct xg_phead *ph = xg_phead_arr.lookup(&gen);
+    if (cand && ph && ph->indexed) {
+        cand = payload_index(ctx, ph, gen, p, cand);
+        __u64 fast = cand & ph->indexed;    /* indexed filters whose payload condition holds */
+        cand &= ~ph->indexed;               /* left to compare: the others ahead of the first of those */
+        if (fast) {
+            hit = fast & -fast;
+            cand &= hit - 1;
+        }
+    }
+    __u32 slot0 = gen * XG_FILTERS_MAX;
     for (int k = 0; k < XG_FILTERS_MAX; k++) {
         if (!cand)
             break;
