@@ -2,7 +2,7 @@
 # Boot Debian's own kernel (linux-image-<KV> from the mirror) under qemu with this machine's root
 # filesystem shared read-only (9p, tmpfs overlay inside the guest) and run one job in it.
 # Usage: scripts/vm/hostroot.sh 'shell command'   (runs as root in the guest; output on stdout)
-# Exit status: the job's. Needs qemu-system-x86, busybox-static, kmod. Caches under $XDPG_VM_CACHE.
+# Exit status: the job's. Needs qemu-system-x86, kmod (busybox-static is fetched as a .deb). Caches under $XDPG_VM_CACHE.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${XDPG_VM_CACHE:-/var/cache/xdpguard/vm}"
@@ -26,7 +26,13 @@ initrd="$kdir/initrd-hostroot.cpio.gz"
 if [[ ! -f "$initrd" || "$HERE/initramfs-init" -nt "$initrd" || "$HERE/hostroot-stage2" -nt "$initrd" ]]; then
     t="$(mktemp -d)"
     mkdir -p "$t/bin" "$t/mods" "$t/proc" "$t/sys" "$t/dev"
-    cp /bin/busybox "$t/bin/busybox"
+    # a static busybox: setup.sh installs Debian's dynamic `busybox`, which replaces busybox-static
+    # and panics this initramfs ("Failed to execute /init"); the static one comes from its .deb
+    if [[ ! -x "$CACHE/busybox-static/bin/busybox" ]]; then
+        mkdir -p "$CACHE/debs" && (cd "$CACHE/debs" && apt-get download busybox-static >/dev/null)
+        dpkg-deb -x "$(ls "$CACHE"/debs/busybox-static_*.deb | tail -1)" "$CACHE/busybox-static"
+    fi
+    cp "$CACHE/busybox-static/bin/busybox" "$t/bin/busybox"
     cp "$HERE/initramfs-init" "$t/init"
     cp "$HERE/hostroot-stage2" "$t/xdpg-stage2"
     : > "$t/modules.order"
