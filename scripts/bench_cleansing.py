@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.core import abi, guard, policy, tcpstate  # noqa: E402
+from xdpguard.core import abi, guard, policy  # noqa: E402
 from xdpguard.core.abi import MapName  # noqa: E402
 from benchcases import OnePacketRunner  # noqa: E402  (scripts/)
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy  # noqa: E402
@@ -113,7 +113,7 @@ def all_steps_bed() -> TestBed:
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     m[MapName.BANS].set(policy.src_key(ipaddress.ip_address("203.0.113.99")), abi.Ban(now + 3600 * 10**9, 0, 10, 0))
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
-    tcpstate.set_address(m, ipaddress.ip_address(DST4_OFF), False)
+    guard.set_tcpstate_address(m, ipaddress.ip_address(DST4_OFF), False)
     for reply in (tcp_frame(DST4, SRC4, 80, 40000, "A"), tcp_frame(DST6, SRC6, 80, 40000, "A")):
         bed.egress(reply)  # record the connections the benchmark's ACKs belong to
     for i in range(KEEP):  # authenticated sources, for the eviction check

@@ -144,16 +144,14 @@ def test_switches(fresh):
 
 
 def test_enforced_agrees_with_the_data_path(fresh):
-    """tcpstate.enforced (what the mitigation engine trusts: a clean ACK is an established
+    """Guard.tcpstate_enforced (what the mitigation engine trusts: a clean ACK is an established
     connection's) says yes exactly when XDP drops an ACK of no connection."""
-    from xdpguard.core import tcpstate
-
     addr = ipaddress.ip_address(PROT)
     pk = abi.Addr4.from_buffer_copy(addr.packed)
     cur = fresh.maps[MapName.PROT4].get(pk)
 
     def both() -> tuple[bool, bool]:
-        return tcpstate.enforced(fresh.maps, addr), fresh.verdict(inb("A", sport=51000)).reason == Reason.TCPSTATE
+        return fresh.tcpstate_enforced(addr), fresh.verdict(inb("A", sport=51000)).reason == Reason.TCPSTATE
 
     try:
         assert both() == (True, True)
@@ -165,8 +163,8 @@ def test_enforced_agrees_with_the_data_path(fresh):
         fresh.maps[MapName.PROT4].set(pk, abi.Protected(cur.flags | abi.PROT_TCPSTATE_OFF, cur.lim, cur.syn))
         assert both() == (False, False)
         fresh.maps[MapName.PROT4].set(pk, abi.Protected(cur.flags & ~abi.PROT_PORT_POLICY, cur.lim, cur.syn))
-        assert tcpstate.enforced(fresh.maps, addr) is False
-        assert tcpstate.enforced(fresh.maps, ipaddress.ip_address("198.18.9.9")) is False  # not protected
+        assert fresh.tcpstate_enforced(addr) is False
+        assert fresh.tcpstate_enforced(ipaddress.ip_address("198.18.9.9")) is False  # not protected
     finally:
         fresh.maps[MapName.PROT4].set(pk, cur)
         fresh.tcpstate(True)

@@ -14,7 +14,6 @@ from scapy.layers.l2 import Ether
 from xdpguard.core import abi, guard, libbpf, policy
 from xdpguard.core.abi import MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits
-from xdpguard.core.testrun import BPF_MAP_TYPE_ARRAY
 
 pytestmark = pytest.mark.kernel
 
@@ -30,7 +29,7 @@ def snapshot(bed) -> dict[MapName, object]:
     for n, m in bed.maps.items():
         if n == MapName.SAMPLES:
             continue
-        if libbpf.map_info(m.fd).type == BPF_MAP_TYPE_ARRAY:
+        if libbpf.map_info(m.fd).type == abi.MAP_TYPES["array"]:
             out[n] = [bytes(m.value_type(v) if isinstance(v, int) else v) for v in m.array_values()]
         else:
             out[n] = {bytes(k): raw(v) for k, v in m.items()}

@@ -52,9 +52,9 @@ class Lab(CliLab):
         return json.loads(p.stdout)
 
     def set_tcpstate(self, on: bool) -> None:
-        code = ("import ipaddress; from xdpguard.core import protection, tcpstate\n"
+        code = ("import ipaddress; from xdpguard.core import protection\n"
                 f"g = protection.open_guard('{topology.PROT_IFACE}')\n"
-                f"tcpstate.set_address(g.maps, ipaddress.ip_address('{topology.PROT4}'), {on})\n")
+                f"g.set_tcpstate_address(ipaddress.ip_address('{topology.PROT4}'), {on})\n")
         p = self.in_ns("prot", sys.executable, "-c", code)
         assert p.returncode == 0, p.stderr
 
@@ -123,7 +123,7 @@ def test_flood_at_forwarded_port_is_dropped_as_tcpstate(lab, kind, flags):
 
 
 def test_per_address_off_switch_leaves_the_flood_to_conntrack(lab):
-    """With the step switched off for the protected address (`tcpstate.set_address`), the ACK
+    """With the step switched off for the protected address (`Guard.set_tcpstate_address`), the ACK
     flood that test_flood_at_forwarded_port_is_dropped_as_tcpstate sees dropped is not judged by
     it: not one `tcpstate` drop while the flood really runs (hping3's own count), and the switch
     back on drops it again. (The client's rate with the step on and off is a lab measurement, not

@@ -224,12 +224,13 @@ def test_core_imports_neither_click_nor_rich():
     code = (
         "import importlib, json, pkgutil, sys\n"
         "import xdpguard.core as core\n"
-        "mods = sorted(m.name for m in pkgutil.iter_modules(core.__path__))\n"
-        "for m in mods: importlib.import_module('xdpguard.core.' + m)\n"
+        "mods = sorted(m.name for m in pkgutil.walk_packages(core.__path__, 'xdpguard.core.'))\n"
+        "for m in mods: importlib.import_module(m)\n"
         "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('click', 'rich'))\n"
         "print(json.dumps({'modules': mods, 'bad': bad}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
-    assert {"abi", "dataplane", "maps", "prefixes", "protection", "state", "testrun"} <= set(result["modules"])
+    assert {"xdpguard.core.abi", "xdpguard.core.dataplane", "xdpguard.core.maps", "xdpguard.core.prefixes",
+            "xdpguard.core.protection", "xdpguard.core.state", "xdpguard.core.testrun"} <= set(result["modules"])
     assert result["bad"] == []

@@ -26,10 +26,6 @@ KERNEL = {"core/dataplane.py", "core/maps.py", "core/migrate.py", "core/libbpf.p
 PIN_LAYOUT = {"core/state.py"}  # Iface.pin_dir, remove_pins: where the pins live, defined once
 
 PENDING = {
-    "core/testrun.py": 16,  # the BPF_PROG_TEST_RUN bed: the maps of its own private program
-    "core/mitigation.py": 11,  # verified-client reads, the mitigation engine's map dict
-    "core/tcpstate.py": 6,  # the tc egress recorder's flows map and its switch in CONFIG
-    "core/protection.py": 1,  # upgrade: the old program's config map fd, read by guard.abi_version
 }
 
 

@@ -494,16 +494,16 @@ class Rig:
         self.lookups: list[str] = []
         self.log: list[dict] = []
         self.clock = Clock()
-        self.engine = mitigation.Engine(self.iface, maps=None, report=lambda m: None, clock=self.clock,
+        self.engine = mitigation.Engine(self.iface, g=None, report=lambda m: None, clock=self.clock,
                                         wall=lambda: self.clock.t + 1.7e9, log=self.log.append,
                                         known_good=self._known, verified_drops=verified_drops,
-                                        tcpstate_on=lambda maps, addr: tcpstate_on)
+                                        tcpstate_on=lambda g, addr: tcpstate_on)
 
-    def _realise(self, maps, recs):
+    def _realise(self, g, recs):
         self.kernel = [mitigation.filter_from_json(r["filter"]) for r in recs["active"]]
         return len(self.kernel)
 
-    def _known(self, maps, srcs):
+    def _known(self, g, srcs):
         import ipaddress
         out = set()
         for fam, addr in srcs:

@@ -1,17 +1,16 @@
 """`xdpguard run`: the long-running part (backend health checks, attack detection, metrics,
-expiry sweeps)."""
+expiry sweeps). Here: its options, resolved against the [daemon] section of --config; the wiring
+is core/run.py's."""
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config, daemon, events, fanout, geo, health, history, mitigation, protection, vocab
-from xdpguard.core.errors import UserError
+from xdpguard.core import config, events, health, mitigation, vocab
+from xdpguard.core import run as core_run
 
 from .output import console
 from .params import CONFIG_FILE, HOOK, LISTEN, RATE, SecondsType
@@ -64,7 +63,6 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
     """Check backend health, detect attacks (events log, hook) and serve metrics; with --config,
     also restore and keep the desired state (the daemon: see xdpguard.service)."""
     c = console()
-    reconciler = None
     ds = config.DaemonSpec()
 
     def given(name: str) -> bool:
@@ -86,115 +84,22 @@ def run(ctx, interval, timeout, rise, fall, once, duration, metrics, detect, det
         mitigate = mitigate if given("mitigate") else ds.mitigation
         if metrics:  # the file's [daemon] metrics resolves too, before anything is restored
             vocab.parse_listen(metrics, "[daemon] metrics")
-        reconciler = daemon.Reconciler(config_path, lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}",
-                                                                      markup=False))
-        reconciler.start()
-
-    def report(t: health.Transition) -> None:
-        c.print(f"{time.strftime('%H:%M:%S')} {t.rule} backend {t.backend}: {t.old} -> {t.new}")
-
-    def report_event(phase: str, ev: events.AttackEvent) -> None:
-        c.print(f"{time.strftime('%H:%M:%S')} attack {phase} on {ev.iface} {ev.protected}: "
-                f"peak {ev.peak_pps:.0f} pps, {ev.peak_bps / 1e6:.1f} Mb/s ({', '.join(ev.triggers)})")
-
-    params = health.HealthParams(interval, timeout, rise, fall)
     if duration is not None and duration <= 0:
         raise click.BadParameter("must be positive", param_hint="--duration")
     overrides = None
     if any(v is not None for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)):
         overrides = events.Thresholds(*(v or 0.0 for v in (attack_pps, attack_bps, attack_drop_pps, attack_drop_bps)))
-    say = lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}", markup=False)  # noqa: E731
-    hub = keeper = None
-    if detect and not once:  # the daemon owns the sample ring and fans it out (top, stats, capture)
-        hub = fanout.Hub(report=say)  # started below, next to the threads (closed in their finally)
-        keeper = history.Keeper(report=say)
-    on_round = None
+    settings = None
     if detect:  # mitigation, and the connection limits' offenders banned in XDP
         settings = mitigation.Settings(
             bool(mitigate), mitigation_pps if mitigation_pps is not None else ds.mitigation_pps, ds.mitigation_factor,
             mitigation_max_share if mitigation_max_share is not None else ds.mitigation_max_share,
             mitigation_hold if mitigation_hold is not None else ds.mitigation_hold_s)
-        on_round = mitigation.DaemonHook(settings, say, verified_drops=mitigation.xdp_verified_drops)
         if mitigate and not given("detect_interval"):  # rounds short enough to mitigate within a second
             detect_interval = min(detect_interval, ds.mitigation_interval_s)
-    loop = events.DetectionLoop(detect_interval, overrides, hold, hook, report_event,
-                                source_for=hub.subscribe if hub is not None else None,
-                                on_snapshot=keeper, on_round=on_round) if detect else None
-    stop = threading.Event()
-    threads = []
-    if loop is not None and not once:
-        def detect_forever() -> None:
-            told: dict[str, str] = {}
-            while not stop.is_set():
-                loop.tick()
-                for name, problem in loop.problems().items():  # each new one once; detection goes on
-                    if told.get(name) != problem:
-                        c.print(f"{time.strftime('%H:%M:%S')} detect {name}: {problem}", markup=False)
-                told = loop.problems()
-        threads.append(threading.Thread(target=detect_forever, name="detect", daemon=True))
-    server = None
-    if metrics:
-        from xdpguard.core import metrics as prom
-
-        tally = geo.CountryTally()  # top countries of the sampled traffic (geo database)
-        if hub is not None and tally.of.available:
-            hub.on_samples.append(tally.feed)
-        server = prom.serve(metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE,
-                                                            samples_missed=hub.missed if hub else dict,
-                                                            countries=tally.snapshot))
-        c.print(f"metrics on http://{metrics if not metrics.startswith(':') else '127.0.0.1' + metrics}/metrics")
-    def sweep_once() -> None:
-        try:
-            for r in protection.sweep_expired():
-                if r.list_entries or r.bans:
-                    c.print(f"{time.strftime('%H:%M:%S')} {r.iface}: removed {r.list_entries} expired list "
-                            f"entries, {r.bans} expired bans")
-        except UserError as exc:  # an interface went away between listing and opening
-            c.print(f"sweep: {exc.message}")
-
-    def sweep_forever() -> None:
-        while not stop.wait(sweep_interval):
-            sweep_once()
-
-    sweep_once()
-    if not once:
-        threads.append(threading.Thread(target=sweep_forever, name="sweep", daemon=True))
-    if reconciler is not None and not once:
-        def reconcile_forever() -> None:
-            while not stop.wait(reconcile_interval):
-                try:
-                    reconciler.tick()
-                except Exception as exc:  # never let one bad round end the repairs
-                    c.print(f"{time.strftime('%H:%M:%S')} reconcile: {type(exc).__name__}: {exc}", markup=False)
-        threads.append(threading.Thread(target=reconcile_forever, name="reconcile", daemon=True))
-
-        def on_hup(signum, frame) -> None:
-            reconciler.reload_requested = True
-        signal.signal(signal.SIGHUP, on_hup)
-
-    def on_term(signum, frame) -> None:  # protection stays in place: the data path needs no daemon
-        raise SystemExit(0)
-    signal.signal(signal.SIGTERM, on_term)
-    if hub is not None:
-        hub.start()  # False (said why): another daemon serves them, detection reads from it
-    for t in threads:
-        t.start()
-    c.print(f"health checks every {interval:g} s (timeout {timeout:g} s, rise {rise}, fall {fall})"
-            + (f"; attack detection every {detect_interval:g} s" if loop and not once else ""))
-    try:
-        rounds = health.run(params, once=once, duration_s=duration, report=report)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=detect_interval * 4 + 5)
-        if loop is not None:
-            loop.close()
-        if hub is not None:
-            hub.close()
-        if keeper is not None:
-            keeper.close()
-        if server is not None:
-            server[0].shutdown()
-        if reconciler is not None:
-            reconciler.close()
+    opts = core_run.RunOptions(health.HealthParams(interval, timeout, rise, fall), once, duration, metrics, detect,
+                               detect_interval, overrides, hold, hook, sweep_interval, config_path, settings,
+                               reconcile_interval)
+    rounds = core_run.serve(opts, say=lambda m: c.print(f"{time.strftime('%H:%M:%S')} {m}", markup=False),
+                            out=lambda m: c.print(m, markup=False))
     c.print(f"stopped after {rounds} round(s)")

@@ -194,7 +194,7 @@ class Reconciler:
         if self.said.get(spec.name, "").startswith("WARNING"):
             self.said.pop(spec.name, None)
         self._hold(spec.name)
-        fixed = tcpstate.repair(iface.index, iface.pin_dir)
+        fixed = tcpstate.repair(iface)
         if fixed:
             if fixed.startswith("the tc egress recorder was removed; put"):
                 self.repairs += 1

@@ -1,8 +1,9 @@
 """`xdpguard geo block|allow|only|clear|mode|show`: the geo rules of protected addresses, store first.
 
-Each verb is `spec' = f(spec)` on the interface's desired spec (AddressSpec.geo), stored
-(fsynced) by reconcile.change before the kernel is touched, then realised by
-reconcile.write_geo from the stored spec. Bad input (a malformed or unknown country code, a
+Each verb is `spec' = f(spec)` on the interface's desired spec (AddressSpec.geo), through
+reconcile.edit: stored (fsynced) before the kernel is touched, then realised by the reconciler's
+writer (write_differences → write_geo). A rule that would drop the host's management address is
+refused inside the edit unless --force. Bad input (a malformed or unknown country code, a
 missing database, an address that is not protected) stores nothing and changes nothing.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from . import geo, protection, reconcile, state, store
+from . import geo, protection, reconcile, state
 from .model.desired import InterfaceSpec
 from .errors import UserError
 
@@ -43,32 +44,20 @@ def _notes(spec: InterfaceSpec) -> list[str]:
 
 
 def _change(ifname: str | None, action: str, one, protected: str | None, force: bool, db: geo.GeoDB) -> GeoResult:
-    state.require_root()
-    name = protection.pick_iface(ifname)
-    base = reconcile.export_iface(name, lists=False)
-    if base is None:
-        raise UserError(f"{name} is not protected by xdpguard; run 'xdpguard attach {name}' first")
-    sel = base.selected(protected)
-
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
-        new = replace(s, addresses=tuple(replace(a, geo=geo.normal(one(a.geo))) if a.address in sel else a
-                                         for a in s.addresses))
+    def f(spec: InterfaceSpec, g) -> InterfaceSpec:
+        sel = spec.selected(protected)
+        new = replace(spec, addresses=tuple(replace(a, geo=geo.normal(one(a.geo))) if a.address in sel else a
+                                            for a in spec.addresses))
         if not force:
             mgmt = reconcile.management_addresses()
             if mgmt:
                 geo.check_management([a for a in new.addresses if a.address in sel], db, mgmt)
         return new
 
-    predict(base)  # validates before anything is stored (reconcile.change stores what it returns)
+    def result(g, before: InterfaceSpec, after: InterfaceSpec, notes: list[str]) -> GeoResult:
+        return GeoResult(after.name, action, db.describe(), _rules(after), list(notes) or _notes(after))
 
-    def write() -> list[str]:
-        spec = store.stored_interface(name)
-        with protection.locked_guard(name) as g:
-            return reconcile.write_geo(g, spec.addresses if spec is not None else ())
-
-    notes = reconcile.change(name, predict, write)
-    after = reconcile.export_iface(name, lists=False)
-    return GeoResult(name, action, db.describe(), _rules(after), list(notes or []) or _notes(after))
+    return reconcile.edit(ifname, f, result)
 
 
 def change(ifname: str | None, action: str, codes: list[str], protected: str | None = None,

@@ -68,10 +68,10 @@ from .policy import (
     src_key,
 )
 from .prefixes import Prefix
-from .tcpstate import EGRESS_PIN
 
 
 PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
+EGRESS_PIN = "xg_egress"  # the tc egress recorder (tcpstate.py), beside it: drift repair puts it back
 
 
 # (list, family, host entry?) → map. Host entries (/32, /128) live in exact hashes, which stay
@@ -192,26 +192,13 @@ class Guard:
         return cfg if cfg is not None else Config()
 
     def protected(self) -> list[str]:
-        out = []
-        for k in self.maps[MapName.PROT4].keys():
-            out.append(str(ipaddress.IPv4Address(bytes(k.addr))))
-        for k in self.maps[MapName.PROT6].keys():
-            out.append(str(ipaddress.IPv6Address(bytes(k.addr))))
-        return out
+        return [str(a) for a in protected_addresses(self.maps)]
 
     # -- counters --
 
     def counters(self) -> list[CounterView]:
-        stats = self.maps[MapName.STATS]
-        out = []
-        for kind in Kind:
-            for reason in Reason:
-                per_cpu = stats.get(ctypes.c_uint32(stats_slot(kind, reason))) or []
-                pk = sum(c.packets for c in per_cpu)
-                by = sum(c.bytes for c in per_cpu)
-                if pk:
-                    out.append(CounterView(kind.label, reason.label, pk, by))
-        return out
+        return [CounterView(kind.label, reason.label, pk, by)
+                for (kind, reason), (pk, by) in counter_table(self.maps).items() if pk]
 
     # -- lists --
 
@@ -279,7 +266,7 @@ class Guard:
     # -- port policy --
 
     def protected_addrs(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        return [ipaddress.ip_address(a) for a in self.protected()]
+        return protected_addresses(self.maps)
 
     def open_ports(self) -> dict[tuple[str, str], list[tuple[int, int, int]]]:
         """(protected address, proto) → sorted (lo, hi, flags) runs of open ports."""
@@ -618,6 +605,59 @@ class Guard:
                 out.new.append(str(a))
         return out
 
+    # -- TCP state validation (tcpstate.py runs the recorder; mitigation.py trusts tcpstate_enforced) --
+
+    def set_tcpstate(self, on: bool, grace_until_ns: int = 0) -> None:
+        set_tcpstate(self.maps, on, grace_until_ns)
+
+    def set_tcpstate_address(self, addr, on: bool) -> None:
+        set_tcpstate_address(self.maps, addr, on)
+
+    def tcpstate_enforced(self, addr) -> bool:
+        return tcpstate_enforced(self.maps, addr)
+
+    # -- the mitigation engine's look-ups (mitigation.py) --
+
+    def known_good_sources(self, srcs) -> set:
+        return known_good_sources(self.maps, srcs)
+
+    # -- a test bed's private program (testrun.TestBed: loaded, never attached, no interface) --
+
+    def clear_maps(self) -> None:
+        clear_maps(self.maps)
+
+    def reset_config(self, enabled: bool = True, monitor_mask: int = 0) -> None:
+        """xg_config from scratch: the switches, and the lists mask from what the list maps hold."""
+        self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(abi.CFG_ENABLED if enabled else 0, monitor_mask, 0))
+        self.sync_lists_mask()
+
+    def set_list_entry(self, which: str, p: Prefix, expires_ns: int = 0) -> None:
+        """One list entry written as new (hit count 0), whatever was there."""
+        name, key = list_target(which, p)
+        self.maps[name].set(key, ListEntry(0, expires_ns, p.plen))
+        self.sync_lists_mask()
+
+    def list_entry_hits(self, which: str, p: Prefix) -> int | None:
+        name, key = list_target(which, p)
+        v = self.maps[name].get(key)
+        return None if v is None else v.hits
+
+    def clear_sketch(self) -> None:
+        clear_sketch(self.maps)
+
+    def read_sketch(self, slot: int) -> abi.SrcSketch:
+        return self.maps[MapName.SRCSKETCH].get(ctypes.c_uint32(slot))
+
+    def set_sketch_hot(self, slot: int, until_window: int) -> None:
+        """Put a sketch slot on the bucket path through window `until_window` (now_ns >> SK_SHIFT)."""
+        m = self.maps[MapName.SRCSKETCH]
+        v = m.get(ctypes.c_uint32(slot))
+        v.hot_until = until_window
+        m.set(ctypes.c_uint32(slot), v)
+
+    def counter_table(self) -> dict[tuple[Kind, Reason], tuple[int, int]]:
+        return counter_table(self.maps)
+
 
 def _bulk_upsert(m: BpfMap, group: list[Prefix], expires_ns: int, undo: list) -> tuple[int, int]:
     """Write unique prefixes of one map with one batch syscall per chunk. Existing entries keep
@@ -709,6 +749,11 @@ def pinned_prog_fd(iface: state.Iface) -> int:
     return libbpf.obj_get(str(iface.pin_dir / PROG_PIN))
 
 
+def pinned_egress_fd(iface: state.Iface) -> int:
+    """A new fd of the interface's pinned tc egress recorder (libbpf.BpfError when not pinned)."""
+    return libbpf.obj_get(str(iface.pin_dir / EGRESS_PIN))
+
+
 def repin(iface: state.Iface) -> None:
     """Put back missing pins of the attached program and its maps (the caller holds the lock)."""
     with Guard.open(iface):
@@ -757,9 +802,12 @@ def commit_upgrade_pins(iface: state.Iface, fds: dict[MapName, int], staging, pr
         libbpf.obj_pin(fd, str(pin))
 
 
-def abi_version(config_fd: int) -> int:
-    """xg_config.abi_version of a live config map, whatever its value size (fields are only
-    ever appended to xg_config)."""
+def abi_version(fds: dict[MapName, int]) -> int | None:
+    """xg_config.abi_version of a live program's maps (map name → fd), whatever the config
+    map's value size (fields are only ever appended to xg_config); None without a config map."""
+    config_fd = fds.get(MapName.CONFIG)
+    if config_fd is None:
+        return None
     shape = migrate.shape_of(config_fd)
     buf = ctypes.create_string_buffer(max(shape.value_size, ctypes.sizeof(Config)))
     if libbpf.lib().bpf_map_lookup_elem(config_fd, ctypes.byref(ctypes.c_uint32(0)), buf) != 0:
@@ -1481,3 +1529,123 @@ def watermark_counters(maps) -> dict[str, int]:
         v = m.get(ctypes.c_uint32(i))
         out[n] = int(sum(v)) if v else 0
     return out
+
+
+# ---- protected addresses (xg_prot4/xg_prot6 keys) ----
+
+
+def protected_addresses(maps) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    return [ipaddress.ip_address(bytes(k.addr)) for name in (MapName.PROT4, MapName.PROT6) for k in maps[name].keys()]
+
+
+# ---- TCP state validation (tcpstate.h): the switches and the connection table ----
+
+
+def set_tcpstate(maps, on: bool, grace_until_ns: int = 0) -> None:
+    """XG_CFG_TCPSTATE on or off, after the grace deadline (bpf_ktime_get_ns clock) for the
+    connections older than the recorder: the deadline is written first, so XDP never validates
+    without it."""
+    maps[MapName.TCPCFG].set(ctypes.c_uint32(0), abi.TcpStateConfig(grace_until_ns, 0, 0, 0, 0))
+    m = maps[MapName.CONFIG]
+    cfg = m.get(ctypes.c_uint32(0))
+    cfg.flags = (cfg.flags | abi.CFG_TCPSTATE) if on else (cfg.flags & ~abi.CFG_TCPSTATE)
+    m.set(ctypes.c_uint32(0), cfg)
+
+
+def set_tcpstate_address(maps, addr, on: bool) -> None:
+    """Switch the step for one protected address (it applies while its port policy is on)."""
+    pm = _prot_map(maps, addr)
+    cur = pm.get(prot_key(addr))
+    if cur is None:
+        raise UserError(f"{addr} is not a protected address")
+    cur.flags = (cur.flags & ~abi.PROT_TCPSTATE_OFF) | (0 if on else abi.PROT_TCPSTATE_OFF)
+    pm.set(prot_key(addr), cur)
+
+
+def tcpstate_enforced(maps, addr) -> bool:
+    """Does XDP validate TCP state for this protected address right now? (The recorder is on, the
+    grace after attach is over, the address's port policy is on and the step is not switched off.)
+    While it does, a clean TCP segment with ACK and without SYN/RST belongs to a recorded
+    connection: a spoofed source cannot have made one."""
+    cfg = maps[MapName.CONFIG].get(ctypes.c_uint32(0))
+    if cfg is None or not cfg.flags & abi.CFG_TCPSTATE:
+        return False
+    tc = maps[MapName.TCPCFG].get(ctypes.c_uint32(0))
+    if tc is not None and _now_ns() < tc.grace_until_ns:
+        return False
+    cur = _prot_map(maps, addr).get(prot_key(addr))
+    return cur is not None and bool(cur.flags & PROT_PORT_POLICY) and not cur.flags & abi.PROT_TCPSTATE_OFF
+
+
+def seed_flows(maps, keys: list[abi.FlowKey], expires_ns: int) -> int:
+    """Record connections (tcpstate.flow_key) as established until expires_ns."""
+    m = maps[MapName.FLOWS]
+    for k in keys:
+        m.set(k, abi.Flow(expires_ns, abi.FLOW_EST, 0))
+    return len(keys)
+
+
+# ---- known-good sources (knowngood.h), for the mitigation engine ----
+
+
+def known_good_sources(maps, srcs) -> set:
+    """Which of `srcs` ((family, address bytes)) xg_goodsrc_hash holds, unexpired (the protected
+    side answered them — a TCP connection established through us, a UDP datagram from the
+    service): read-only look-ups of a round's few sources."""
+    m = maps[MapName.GOODSRC]
+    now = _now_ns()
+    out = set()
+    for fam, addr in srcs:
+        try:
+            v = m.get(src_key(ipaddress.ip_address(addr)))
+        except ValueError:
+            continue
+        if v is not None and v.expires_ns > now:
+            out.add((fam, addr))
+    return out
+
+
+# ---- counters, the source sketch and whole maps (a test bed's private program: testrun.py) ----
+
+
+def counter_table(maps) -> dict[tuple[Kind, Reason], tuple[int, int]]:
+    """(kind, reason) → (packets, bytes), summed over the CPUs, every slot."""
+    stats = maps[MapName.STATS]
+    out = {}
+    for kind in Kind:
+        for reason in Reason:
+            per_cpu = stats.get(ctypes.c_uint32(stats_slot(kind, reason))) or []
+            out[(kind, reason)] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
+    return out
+
+
+def _zero_array(m: BpfMap) -> None:
+    """Every slot of an array map zeroed with one batch update."""
+    n = m.max_entries
+    keys = (ctypes.c_uint32 * n)(*range(n))
+    per = ctypes.sizeof(m.value_type)
+    if m.percpu:  # the kernel's per-CPU batch layout: each value rounded up to 8 bytes, per CPU
+        per = (per + 7) // 8 * 8 * m.ncpu
+    vals = (ctypes.c_char * (per * n))()
+    rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
+    if rc != 0 or done != n:
+        raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}")
+
+
+def clear_sketch(maps) -> None:
+    """Zero every slot of xg_srcsk_arr."""
+    _zero_array(maps[MapName.SRCSKETCH])
+
+
+def clear_maps(maps) -> None:
+    """Every map back to what a fresh compile holds: arrays zeroed, hashes, LRUs and tries
+    emptied. The sample ring buffer is left to its reader, which drains it."""
+    for m in maps.values():
+        kind = libbpf.map_info(m.fd).type
+        if kind == abi.MAP_TYPES["ringbuf"]:
+            continue
+        if kind in (abi.MAP_TYPES["array"], abi.MAP_TYPES["percpu_array"]):
+            _zero_array(m)
+        else:
+            for k in list(m.keys()):
+                m.delete(k)

@@ -69,8 +69,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import connlimit, events, guard, levels, policy, protection, state, tcpstate, vocab
-from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX, MapName
+from . import connlimit, events, guard, levels, policy, protection, state, vocab
+from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
 from .errors import UserError
 from .desired.diff import describe
 
@@ -245,7 +245,7 @@ TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
 
 def established(xs: Iterable[Features], tcpstate_enforced: bool) -> list[Features]:
     """The samples of established TCP connections: passed as clean, with ACK and without SYN or
-    RST, while XDP validates TCP state for the address (tcpstate.enforced) — such a segment
+    RST, while XDP validates TCP state for the address (Guard.tcpstate_enforced) — such a segment
     belongs to a recorded connection, which a spoofed source cannot have made. They are the
     real clients of the round even without a peacetime baseline: never flood samples, and a
     fingerprint matching them is refused."""
@@ -555,10 +555,10 @@ def _step(rec: dict, step: str, detail: str, when: float | None = None) -> dict:
     return rec
 
 
-def _realise(maps, recs: dict) -> int:
-    """The kernel's mitigation filters := the active records', in order."""
+def _realise(g, recs: dict) -> int:
+    """The kernel's mitigation filters := the active records', in order (g: a Guard)."""
     fs = [filter_from_json(r["filter"]) for r in recs["active"]]
-    return guard.write_mitigation_filters(maps, fs[:FILTERS_MAX])
+    return g.write_mitigation_filters(fs[:FILTERS_MAX])
 
 
 # ---- what the CLI does (records + kernel: the interface lock, then the maps) ----
@@ -620,7 +620,7 @@ def delete(ifname: str | None, ident: str, suppress_s: float = Settings.suppress
         r["state"], r["end"] = "deleted", time.time()
         _step(r, "del", f"removed by the operator; not reinstalled on {key} for {suppress_s:g} s")
         recs["lifted"].append(r)
-        _realise(g.maps, recs)
+        _realise(g, recs)
         _write_records(iface, recs)
         log_record(r)
         return r
@@ -638,37 +638,19 @@ def src_id(x: Features) -> SrcId:
     return (x.family, x.src)
 
 
-def known_good_sources(maps, srcs: Iterable[SrcId]) -> set[SrcId]:
-    """Which of `srcs` xg_goodsrc_hash holds, unexpired (knowngood.h: the protected side
-    answered them — a TCP connection established through us, a UDP datagram from the service).
-    The engine's default `known_good`; read-only look-ups of the round's few sources.
-    XXX: belongs with the verified-clients reader (tcpstate/policy) once that merges."""
-    m = maps[MapName.GOODSRC]
-    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # bpf_ktime_get_ns's clock
-    out = set()
-    for fam, addr in srcs:
-        try:
-            v = m.get(policy.src_key(ipaddress.ip_address(addr)))
-        except ValueError:
-            continue
-        if v is not None and v.expires_ns > now:
-            out.add((fam, addr))
-    return out
-
-
 VerifiedDrops = Callable[[object], dict[int, int]]
-"""The verified-clients reader the engine expects: maps → {position of the mitigation filter in
+"""The verified-clients reader the engine expects: a Guard → {position of the mitigation filter in
 the list last given to guard.write_mitigation_filters: packets from verified sources it dropped
 (or, in monitor mode, would have) since that write}. None: not available (sampled evidence only)."""
 
 
-def xdp_verified_drops(maps) -> dict[int, int]:
+def xdp_verified_drops(g) -> dict[int, int]:
     """The VerifiedDrops of the data path: guard.read_verified_drops' per-slot counters of the
     filter table (the operator's filters first, then the mitigations), renumbered from the first
     mitigation slot. The counters only grow and a slot outlives the filter in it: the engine takes
     its baseline right after every write (Engine._rebase), so a reused slot's history is no harm."""
-    vd = guard.read_verified_drops(maps)
-    table = guard.read_filter_table(maps)
+    vd = g.read_verified_drops()
+    table = g.read_filter_table()
     first = next((i for i, f in enumerate(table) if f.action == policy.MITIGATE), len(table))
     return {slot - first: hits.dropped for slot, (_f, hits) in vd.filters.items() if slot >= first and hits.dropped}
 
@@ -692,7 +674,7 @@ class _Service:
 class Engine:
     """Feeds on (Snapshot, samples) rounds of one interface; installs, adapts and lifts.
     `clock` is monotonic seconds and `wall` wall-clock seconds (fakes in tests); `report`
-    gets a line per step. `known_good(maps, [(family, addr)])` says which sources the protected
+    gets a line per step. `known_good(g, [(family, addr)])` (g: the interface's Guard) says which sources the protected
     side answered (default: xg_goodsrc_hash); `verified_drops` is the XDP per-filter count of
     verified sources dropped (VerifiedDrops; None: the samples are the only evidence).
 
@@ -703,13 +685,13 @@ class Engine:
     is checked against what they sent (`evidence`), and a filter that drops one of them is
     removed in the round it is seen and not reinstalled while the attack lasts."""
 
-    def __init__(self, iface: state.Iface, maps, settings: Settings = Settings(),
+    def __init__(self, iface: state.Iface, g, settings: Settings = Settings(),
                  report: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, log: Callable[[dict], None] = log_record,
-                 known_good: Callable[[object, Iterable[SrcId]], set[SrcId]] = known_good_sources,
+                 known_good: Callable[[object, Iterable[SrcId]], set[SrcId]] = guard.Guard.known_good_sources,
                  verified_drops: VerifiedDrops | None = None, tcpstate_on: Callable[[object, str], bool] | None = None):
         self.iface = iface
-        self.maps = maps
+        self.g = g  # the interface's Guard (the map owner): every kernel read and write goes through it
         self.settings = settings
         self.report = report
         self.clock = clock
@@ -730,9 +712,9 @@ class Engine:
 
     def _tcpstate(self, addr: str) -> bool:
         if self.tcpstate_on is not None:
-            return self.tcpstate_on(self.maps, addr)
+            return self.tcpstate_on(self.g, addr)
         try:
-            return tcpstate.enforced(self.maps, ipaddress.ip_address(addr))
+            return self.g.tcpstate_enforced(ipaddress.ip_address(addr))
         except (OSError, ValueError):
             return False
 
@@ -756,7 +738,7 @@ class Engine:
         if not cand:
             return
         try:
-            good = self.known_good(self.maps, cand)
+            good = self.known_good(self.g, cand)
         except (OSError, KeyError, UserError):
             return
         if good:
@@ -769,7 +751,7 @@ class Engine:
         if self.verified_drops is None:
             return
         try:
-            raw = self.verified_drops(self.maps)
+            raw = self.verified_drops(self.g)
         except (OSError, KeyError, UserError):
             return
         self.vd_base = {r["id"]: int(raw.get(i, 0)) for i, r in enumerate(active)}
@@ -779,7 +761,7 @@ class Engine:
         if self.verified_drops is None:
             return {}
         try:
-            raw = self.verified_drops(self.maps)
+            raw = self.verified_drops(self.g)
         except (OSError, KeyError, UserError):
             return {}
         out = {}
@@ -1013,7 +995,7 @@ class Engine:
                         continue
                     keep.append(rec)
                 recs["active"] = keep
-                fit = _realise(self.maps, recs)
+                fit = _realise(self.g, recs)
                 self._rebase(keep[:fit])  # the reader counts from this write on
                 if fit < len(keep):
                     recs["active"] = keep[:fit]
@@ -1052,9 +1034,9 @@ class DaemonHook:
         if self.settings.enabled:
             e = self.engines.get(name)
             if e is None or e.iface != g.iface:
-                e = self.engines[name] = Engine(g.iface, g.maps, self.settings, self.report,
+                e = self.engines[name] = Engine(g.iface, g, self.settings, self.report,
                                                 verified_drops=self.verified_drops)
-            e.maps = g.maps  # a collector re-opened after a failed round has new map objects
+            e.g = g  # a collector re-opened after a failed round has a new Guard
             e.round(snap, samples)
         banned = connlimit.promote(g, connlimit.offenders())
         if banned:

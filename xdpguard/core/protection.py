@@ -230,9 +230,9 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
             raise UserError(f"{ifname} is not protected by xdpguard; nothing to upgrade")
         old = dataplane.map_fds_of_prog(att.prog_id)
         try:
-            if MapName.CONFIG not in old:
+            version = guard.abi_version(old)
+            if version is None:
                 raise UserError(f"{ifname}: the attached program has no {MapName.CONFIG.value}; detach and re-attach")
-            version = guard.abi_version(old[MapName.CONFIG])
             if version != ABI_VERSION:
                 raise UserError(f"{ifname}: its maps have ABI version {version}, this xdpguard has {ABI_VERSION} and "
                                 f"knows no migration; export, detach, attach and apply to move over")

@@ -76,7 +76,7 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
                                  lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
                                  forward.stored_connlimit(cls.get(str(a))),
                                  geo=g.geo_of(a),
-                                 watermark=wmark.exported(st.get(wmark.STATE_KEY), wms, a)))
+                                 watermark=wmark.exported(state.get(st, state.WATERMARK), wms, a)))
     glob = g.read_global_policy()
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
@@ -172,27 +172,26 @@ def _remove_address(g, old: AddressSpec) -> None:
     g.remove_protected(a)
 
 
+def _write_recorded(g: protection.Guard, f: state.Field, realise) -> tuple[list[str], bool]:
+    """Write the kernel, then the one field of the interface record that says what it holds:
+    realise(st) → (the field's new value, notes), with st the record before. → (notes, whether
+    the field changed)."""
+    rec, notes = realise(state.read_state(g.iface) or {})
+    return notes, state.write_field(g.iface, f, rec)
+
+
 def write_geo(g: protection.Guard, addresses) -> list[str]:
     """The geo rules of the interface's addresses and the tries of their countries (geo.py)."""
-    st = state.read_state(g.iface) or {}
-    rec, notes = geo.realise(g, addresses, st)
-    if (st.get(geo.STATE_KEY) or {}) != rec:
-        st[geo.STATE_KEY] = rec
-        state.write_state(g.iface, st)
-        notes += [f"HAProxy {l7engine.realise(l7engine.services_of(forward._iface_states()))} (geo)"] if any(a.http for a in addresses) else []  # mode cc
+    notes, changed = _write_recorded(g, state.GEO, lambda st: geo.realise(g, addresses, st))
+    if changed and any(a.http for a in addresses):  # mode cc: HAProxy's geo map (l7/haproxy_config.py)
+        notes += [f"HAProxy {l7engine.realise(l7engine.services_of(forward._iface_states()))} (geo)"]
     return notes
 
 
 def write_watermark(g: protection.Guard, addresses) -> list[str]:
     """The watermarked UDP services of the interface's addresses (watermark.py): keys read from
     their files into xg_wm_hash; the record keeps file names, never keys."""
-    notes = g.realise_watermarks(addresses)
-    st = state.read_state(g.iface) or {}
-    rec = wmark.record(addresses)
-    if (st.get(wmark.STATE_KEY) or {}) != rec:
-        st[wmark.STATE_KEY] = rec
-        state.write_state(g.iface, st)
-    return notes
+    return _write_recorded(g, state.WATERMARK, lambda st: (wmark.record(addresses), g.realise_watermarks(addresses)))
 
 
 def _write_events(g, cfg: events.EventConfig) -> None:
@@ -550,8 +549,8 @@ def edit(ifname: str | None, f, result, lists: bool = False, io: ListIO | None =
 
 
 def change(ifname: str | None, predict, write, lists: bool = False):
-    """The older form of a verb (still used by georules.py and l7/verbs.py, whose write realises
-    through its own lock): predict(spec) is stored (fsynced), then write() makes the change (the
+    """The older form of a verb (still used by l7/verbs.py, whose write realises through its
+    own lock): predict(spec) is stored (fsynced), then write() makes the change (the
     store is put back if it fails), then the realised state is recorded. New verbs use edit()."""
     state.require_root()
     name = protection.pick_iface(ifname)

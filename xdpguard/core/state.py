@@ -293,8 +293,8 @@ def _same(v):
 class Field(Generic[T]):
     """One key of the interface record: the only place it is spelled, its JSON shape (checked on
     read), and its typed form: `load` turns the stored JSON (None when absent) into T, `dump`
-    turns T back into JSON. Read and written with get/put (on a record) or read_field/write_field
-    (on the file, under the interface lock)."""
+    turns T back into JSON. Read and written with get/put (on a record) or write_field (one
+    field of the file, under the interface lock)."""
 
     key: str
     shape: object
@@ -308,6 +308,17 @@ def get(st: dict | None, f: Field[T]) -> T:
 
 def put(st: dict, f: Field[T], value: T) -> None:
     st[f.key] = f.dump(value)
+
+
+def write_field(iface: Iface, f: Field[T], value: T) -> bool:
+    """Set one field of the interface's record on disk (the caller holds the interface lock):
+    read, put, written durably only when the field's value changes. True when it was written."""
+    st = read_state(iface) or {}
+    if get(st, f) == value:
+        return False
+    put(st, f, value)
+    write_state(iface, st)
+    return True
 
 
 def _mitigation_records(v) -> dict:
@@ -332,7 +343,9 @@ CONNLIMITS = Field("connlimits", Map(OBJ), lambda v: dict(sorted((v or {}).items
 HTTP = Field("http", Arr(Rec(("address", "name", "port"), address=str, name=str, port=int)))  # l7/engine
 GEO = Field("geo", Rec(database=str, stamp=str, countries=Arr(str), cc=Map(Rec(countries=Arr(str), only=bool))),
             lambda v: dict(v or {}), dict)  # what the geo tries hold, and the rules in mode cc (geo.py)
-FIELDS = (ATTACK, LEVELS, MITIGATIONS, FORWARD, FORWARD_HEALTH, FORWARD_SYSCTL_SAVED, CONNLIMITS, HTTP, GEO)
+WATERMARK = Field("watermark", Map(Arr(Rec(("port", "key_file"), port=int, key_file=str))), lambda v: dict(v or {}),
+                  dict)  # protected address → its watermarked services: key file names, never keys (watermark.py)
+FIELDS = (ATTACK, LEVELS, MITIGATIONS, FORWARD, FORWARD_HEALTH, FORWARD_SYSCTL_SAVED, CONNLIMITS, HTTP, GEO, WATERMARK)
 
 #: the interface record's keys and their shapes (the attach keys: protection.attach; the rest: FIELDS)
 STATE_SHAPE = Rec(

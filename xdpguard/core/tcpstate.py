@@ -10,7 +10,8 @@ and whenever the recorder cannot be attached — XDP does not validate TCP state
 fills would drop every established connection). `detach` calls `stop`.
 
 Per protected address the step is on while the address's port policy is (it has open ports or
-forwards), unless XG_PROT_TCPSTATE_OFF is set (`set_address`).
+forwards), unless XG_PROT_TCPSTATE_OFF is set (Guard.set_tcpstate_address). The switches and the
+connection table are guard.py's; this module runs the recorder and finds what to seed.
 """
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ import os
 import time
 from pathlib import Path
 
-from . import dataplane, libbpf, vocab
-from .abi import (CFG_TCPSTATE, FLOW_EST, PROT_PORT_POLICY, PROT_TCPSTATE_OFF, TS_EST_TIMEOUT_S, Flow, FlowKey, MapName,
-                  TcpStateConfig)
-from .errors import UserError
-from .policy import prot_key
-
-EGRESS_PIN = "xg_egress"  # the recorder, pinned beside the XDP program: drift repair puts it back
+from . import dataplane, guard, libbpf, state, vocab
+from .abi import TS_EST_TIMEOUT_S, FlowKey
 
 # Connections older than the attach are unknown to the table; their packets pass for this long
 # (the protected side's first packet in that time records them for good). $XDPGUARD_TCP_GRACE
@@ -60,13 +56,10 @@ def start(ifindex: int, egress_fd: int, maps, grace_s: float = GRACE_S) -> list[
     except libbpf.BpfError as exc:
         return [f"TCP state validation off: cannot attach the tc egress recorder ({exc.strerror})"]
     notes = []
-    seeded = seed(maps, existing_connections(protected_of(maps)))
+    seeded = seed(maps, existing_connections(set(guard.protected_addresses(maps))))
     if seeded:
         notes.append(f"TCP state: recorded {seeded} existing connection(s)")
-    maps[MapName.TCPCFG].set(ctypes.c_uint32(0), TcpStateConfig(_now_ns() + int(grace_s * 1e9), 0, 0, 0, 0))
-    cfg = maps[MapName.CONFIG].get(ctypes.c_uint32(0))
-    cfg.flags |= CFG_TCPSTATE
-    maps[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
+    guard.set_tcpstate(maps, True, _now_ns() + int(grace_s * 1e9))
     return notes
 
 
@@ -94,27 +87,20 @@ def stop(ifindex: int) -> list[str]:
     return []
 
 
-def pin_egress(pin_dir: Path, egress_fd: int) -> None:
-    pin = pin_dir / EGRESS_PIN
-    if pin.exists():
-        pin.unlink()
-    libbpf.obj_pin(egress_fd, str(pin))
-
-
-def repair(ifindex: int, pin_dir: Path) -> str | None:
+def repair(iface: state.Iface) -> str | None:
     """For `xdpguard run`'s drift checks: put the recorder back from its pin when something
     removed it (without it new connections' handshakes are no longer recorded, and XDP would drop
     their ACKs). Returns a report line when it repaired something."""
     try:
-        cur = dataplane.tc_query(ifindex)
+        cur = dataplane.tc_query(iface.index)
         if cur is not None:  # ours: nothing to do; foreign at our handle: not ours to replace
             return None if dataplane.tc_is_ours(cur) else \
                 f"a foreign tc egress filter (prog id {cur.prog_id}) took the recorder's place"
-        fd = libbpf.obj_get(str(pin_dir / EGRESS_PIN))
+        fd = guard.pinned_egress_fd(iface)
     except libbpf.BpfError:
         return None
     try:
-        dataplane.tc_attach(ifindex, fd)
+        dataplane.tc_attach(iface.index, fd)
     except libbpf.BpfError as exc:
         return f"the tc egress recorder was removed and could not be put back: {exc.strerror}"
     finally:
@@ -122,44 +108,11 @@ def repair(ifindex: int, pin_dir: Path) -> str | None:
     return "the tc egress recorder was removed; put it back"
 
 
-def set_address(maps, addr, on: bool) -> None:
-    """Switch the step for one protected address (it applies while its port policy is on)."""
-    pm = maps[MapName.PROT4 if addr.version == 4 else MapName.PROT6]
-    cur = pm.get(prot_key(addr))
-    if cur is None:
-        raise UserError(f"{addr} is not a protected address")
-    cur.flags = (cur.flags & ~PROT_TCPSTATE_OFF) | (0 if on else PROT_TCPSTATE_OFF)
-    pm.set(prot_key(addr), cur)
-
-
-def enforced(maps, addr) -> bool:
-    """Does XDP validate TCP state for this protected address right now? (The recorder is on, the
-    grace after attach is over, the address's port policy is on and the step is not switched off.)
-    While it does, a clean TCP segment with ACK and without SYN/RST belongs to a recorded
-    connection: a spoofed source cannot have made one."""
-    cfg = maps[MapName.CONFIG].get(ctypes.c_uint32(0))
-    if cfg is None or not cfg.flags & CFG_TCPSTATE:
-        return False
-    tc = maps[MapName.TCPCFG].get(ctypes.c_uint32(0))
-    if tc is not None and _now_ns() < tc.grace_until_ns:
-        return False
-    cur = maps[MapName.PROT4 if addr.version == 4 else MapName.PROT6].get(prot_key(addr))
-    return cur is not None and bool(cur.flags & PROT_PORT_POLICY) and not cur.flags & PROT_TCPSTATE_OFF
-
-
 # ---- seeding the connections that exist before the attach ----
 
 # (client address, client port, protected address, protected port)
 Conn = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, ipaddress.IPv4Address | ipaddress.IPv6Address, int]
 TCP_ESTABLISHED = "01"  # /proc/net/tcp st
-
-
-def protected_of(maps) -> set:
-    out = set()
-    for name in (MapName.PROT4, MapName.PROT6):
-        for k in maps[name].keys():
-            out.add(ipaddress.ip_address(bytes(k.addr)))
-    return out
 
 
 def _proc_addr(text: str):
@@ -229,12 +182,5 @@ def flow_key(conn: Conn) -> FlowKey:
 
 def seed(maps, conns: list[Conn]) -> int:
     """Record connections as established (the data path refreshes them from then on)."""
-    exp = _now_ns() + TS_EST_TIMEOUT_S * 10**9
-    m = maps[MapName.FLOWS]
-    n = 0
-    for c in conns:
-        if c[0].version != c[2].version:
-            continue
-        m.set(flow_key(c), Flow(exp, FLOW_EST, 0))
-        n += 1
-    return n
+    return guard.seed_flows(maps, [flow_key(c) for c in conns if c[0].version == c[2].version],
+                            _now_ns() + TS_EST_TIMEOUT_S * 10**9)

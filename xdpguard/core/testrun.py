@@ -1,26 +1,23 @@
 """Run the real XDP program on packets through BPF_PROG_TEST_RUN (tests and benchmarks).
 
-A TestBed compiles and loads the program once, without attaching it anywhere, and gives
-typed access to its maps. `verdict(packet)` runs one packet and reports the action and the
-reason, found from the per-CPU counter slot that moved.
+A TestBed compiles and loads the program once, without attaching it anywhere; it is the Guard
+of that program's maps (guard.py does their I/O). `verdict(packet)` runs one packet and reports
+the action and the reason, found from the per-CPU counter slot that moved.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 from dataclasses import dataclass
 
-from . import dataplane, guard, libbpf, policy
-from .abi import (CFG_ENABLED, CFG_TCPSTATE, KIND_MAX, REASON_MAX, SK_SHIFT, SK_SLOTS, Config, Kind, ListEntry,
-                  MapName, Reason, SrcSketch, TcpStateConfig)
+from . import dataplane, libbpf, policy
+from .abi import KIND_MAX, SK_SHIFT, SK_SLOTS, Kind, Reason, SrcSketch
+from .guard import Guard
 from .maps import BpfMap
-from .policy import ban_bloom_bit, new_protected, prot_key, src_key
+from .policy import ban_bloom_bit, src_key
 from .prefixes import parse_prefix
-from .guard import Guard, list_target
 
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
-BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF = 2, 6, 27
 
 
 @dataclass(frozen=True)
@@ -30,117 +27,69 @@ class Verdict:
     reason: Reason
 
 
-class TestBed:
+class TestBed(Guard):
+    """The map owner (a Guard without an interface) of a private program: compiled and loaded,
+    never attached. Its runs, its switches and its resets; the map I/O is guard.py's."""
+
     __test__ = False  # not a pytest class
 
     def __init__(self, defines: dict[str, int] | None = None):
         self.prog = dataplane.compile_program(defines)
-        self.maps = {n: BpfMap(n, fd) for n, fd in self.prog.map_fds.items()}
-        self._next_slot = 0  # SYN-window slot of the next protected address
+        super().__init__(None, None, {n: BpfMap(n, fd) for n, fd in self.prog.map_fds.items()})
         self.configure()
         self.budget_out_of_reach()
 
     def close(self) -> None:
-        self.prog.close()
+        self.prog.close()  # (the program's object owns the map fds)
 
     def reset(self) -> None:
-        """Every map back to what a fresh compile holds — arrays zeroed (one batch update each),
-        hashes, LRUs and tries emptied — then the switches set as __init__ sets them: one compile
-        can serve several test modules as if each had its own. (The sample ring buffer is left
-        to its reader, which drains it.)"""
-        for m in self.maps.values():
-            kind = libbpf.map_info(m.fd).type
-            if kind == BPF_MAP_TYPE_RINGBUF:
-                continue
-            if kind in (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY):
-                n = m.max_entries
-                keys = (ctypes.c_uint32 * n)(*range(n))
-                per = ctypes.sizeof(m.value_type)
-                if m.percpu:  # the kernel's per-CPU batch layout: each value rounded up to 8 bytes, per CPU
-                    per = (per + 7) // 8 * 8 * m.ncpu
-                vals = (ctypes.c_char * (per * n))()
-                rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
-                if rc != 0 or done != n:
-                    raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}")
-            else:
-                for k in list(m.keys()):
-                    m.delete(k)
-        self._next_slot = 0
+        """Every map back to what a fresh compile holds (guard.clear_maps), then the switches set
+        as __init__ sets them: one compile can serve several test modules as if each had its own."""
+        self.clear_maps()
         self.configure()
         self.budget_out_of_reach()
-
-    def __enter__(self) -> TestBed:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- policy setup --
 
     def configure(self, enabled: bool = True, monitor_mask: int = 0) -> None:
         """Set the switches; the lists mask follows what the list maps hold."""
-        self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(CFG_ENABLED if enabled else 0, monitor_mask, 0))
-        Guard(None, None, self.maps).sync_lists_mask()
+        self.reset_config(enabled, monitor_mask)
 
     def budget_out_of_reach(self) -> None:
         """The admission budget for unverified UDP (budget.h) at its highest rate: a bed's cases
         repeat one packet from one unverified source far faster than the default budget admits,
         and measure or test the other steps. Tests of the budget write their own settings."""
-        guard.write_verify_settings(self.maps, policy.VerifySettings(budget_udp_pps=policy.MAX_PPS))
+        self.write_verify_settings(policy.VerifySettings(budget_udp_pps=policy.MAX_PPS))
 
     def protect(self, *addrs: str) -> None:
+        """Protect each address not protected yet, with the first free SYN-window slot."""
+        have = set(self.protected_addrs())
         for a in addrs:
             ip = ipaddress.ip_address(a)
-            m = self.maps[MapName.PROT4 if ip.version == 4 else MapName.PROT6]
-            if m.get(prot_key(ip)) is None:
-                m.set(prot_key(ip), new_protected(self._next_slot))
-                self._next_slot += 1
+            if ip not in have:
+                self.add_protected(ip)
+                have.add(ip)
 
     def add(self, which: str, cidr: str, expires_ns: int = 0) -> None:
-        p = parse_prefix(cidr).prefix
-        name, key = list_target(which, p)
-        self.maps[name].set(key, ListEntry(0, expires_ns, p.plen))
-        Guard(None, None, self.maps).sync_lists_mask()
+        self.set_list_entry(which, parse_prefix(cidr).prefix, expires_ns)
 
     def entry_hits(self, which: str, cidr: str) -> int | None:
-        p = parse_prefix(cidr).prefix
-        name, key = list_target(which, p)
-        v = self.maps[name].get(key)
-        return None if v is None else v.hits
+        return self.list_entry_hits(which, parse_prefix(cidr).prefix)
 
     # -- the source sketch in front of the bucket LRU (abi.h xg_srcsk) --
 
-    def clear_sketch(self) -> None:
-        """Zero every slot of xg_srcsk_arr (one batch update)."""
-        m = self.maps[MapName.SRCSKETCH]
-        keys = (ctypes.c_uint32 * SK_SLOTS)(*range(SK_SLOTS))
-        vals = (SrcSketch * SK_SLOTS)()
-        rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), SK_SLOTS)
-        if rc != 0 or done != SK_SLOTS:
-            raise libbpf.BpfError(-rc, "map update batch on xg_srcsk_arr")
-
     def sketch(self, src: str) -> SrcSketch:
-        return self.maps[MapName.SRCSKETCH].get(ctypes.c_uint32(sketch_slot(src)))
+        return self.read_sketch(sketch_slot(src))
 
     def sketch_hot(self, src: str, now_ns: int) -> None:
         """Put the source's slot on the bucket path through the window after now_ns's, as a
         packet of a source past its K does: its bucket is then consulted on every packet."""
-        m = self.maps[MapName.SRCSKETCH]
-        k = ctypes.c_uint32(sketch_slot(src))
-        v = m.get(k)
-        v.hot_until = (now_ns >> SK_SHIFT) + 1
-        m.set(k, v)
+        self.set_sketch_hot(sketch_slot(src), (now_ns >> SK_SHIFT) + 1)
 
     # -- counters and runs --
 
-    def counters(self) -> dict[tuple[Kind, Reason], tuple[int, int]]:
-        out = {}
-        stats = self.maps[MapName.STATS]
-        for kind in Kind:
-            for reason in Reason:
-                per_cpu = stats.get(ctypes.c_uint32(int(kind) * REASON_MAX + int(reason))) or []
-                out[(kind, reason)] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
-        return out
+    def counters(self) -> dict[tuple[Kind, Reason], tuple[int, int]]:  # (Guard.counters: the non-zero ones, named)
+        return self.counter_table()
 
     def run(self, packet: bytes, repeat: int = 1) -> tuple[int, int]:
         """(XDP return code, mean ns per run)."""
@@ -155,10 +104,7 @@ class TestBed:
 
     def tcpstate(self, on: bool = True, grace_until_ns: int = 0) -> None:
         """Switch TCP state validation as attach does once the recorder is attached."""
-        cfg = self.maps[MapName.CONFIG].get(ctypes.c_uint32(0))
-        cfg.flags = (cfg.flags | CFG_TCPSTATE) if on else (cfg.flags & ~CFG_TCPSTATE)
-        self.maps[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
-        self.maps[MapName.TCPCFG].set(ctypes.c_uint32(0), TcpStateConfig(grace_until_ns, 0, 0, 0, 0))
+        self.set_tcpstate(on, grace_until_ns)
 
     def verdict(self, packet: bytes) -> Verdict:
         before = self.counters()

@@ -22,7 +22,6 @@ from ..sdk import watermark as sdk
 from . import abi
 from .errors import UserError
 
-STATE_KEY = "watermark"
 DEFAULT_OVERLAP = 300  # seconds the previous key stays valid after a rotation
 
 

@@ -1,8 +1,8 @@
 """`xdpguard watermark enable|disable|rotate|show`: watermarked UDP services, store first.
 
-Each verb is `spec' = f(spec)` on the interface's desired spec (AddressSpec.watermark), stored
-(fsynced) by reconcile.change before the kernel is touched, then realised by
-reconcile.write_watermark from the stored spec. Bad input (a key file that is missing or holds
+Each verb is `spec' = f(spec)` on the interface's desired spec (AddressSpec.watermark), through
+reconcile.edit: stored (fsynced) before the kernel is touched, then realised by the reconciler's
+writer (write_differences → write_watermark). Bad input (a key file that is missing or holds
 no 16-byte key, a bad step or window, a port that is not watermarked, an address that is not
 protected) stores nothing and changes nothing. A key is never shown nor stored: only its file's
 path and a fingerprint (watermark.fingerprint).
@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from . import protection, reconcile, state, store
+from . import protection, reconcile, state
 from . import watermark as wm
 from .config import InterfaceSpec
 from .errors import UserError
@@ -57,30 +57,19 @@ def _key_path(path: str) -> str:
 
 def _change(ifname: str | None, action: str, one, protected: str | None, check=None) -> WatermarkResult:
     """one(address, tuple of WatermarkSpec) → the new tuple; it raises UserError on bad input;
-    check() runs after the prediction of the realised spec and may raise too."""
-    state.require_root()
-    name = protection.pick_iface(ifname)
-    base = reconcile.export_iface(name, lists=False)
-    if base is None:
-        raise UserError(f"{name} is not protected by xdpguard; run 'xdpguard attach {name}' first")
-    sel = base.selected(protected)
+    check() runs after the edit of every selected address and may raise too."""
+    def f(spec: InterfaceSpec, g) -> InterfaceSpec:
+        sel = spec.selected(protected)
+        new = replace(spec, addresses=tuple(replace(a, watermark=wm.normal(one(a.address, a.watermark)))
+                                            if a.address in sel else a for a in spec.addresses))
+        if check is not None:
+            check()
+        return new
 
-    def predict(s: InterfaceSpec) -> InterfaceSpec:
-        return replace(s, addresses=tuple(replace(a, watermark=wm.normal(one(a.address, a.watermark)))
-                                          if a.address in sel else a for a in s.addresses))
+    def result(g, before: InterfaceSpec, after: InterfaceSpec, notes: list[str]) -> WatermarkResult:
+        return WatermarkResult(after.name, action, _services(after), notes=list(notes))
 
-    predict(base)  # validates before anything is stored
-    if check is not None:
-        check()
-
-    def write() -> list[str]:
-        spec = store.stored_interface(name)
-        with protection.locked_guard(name) as g:
-            return reconcile.write_watermark(g, spec.addresses if spec is not None else ())
-
-    notes = reconcile.change(name, predict, write)
-    after = reconcile.export_iface(name, lists=False)
-    return WatermarkResult(name, action, _services(after), notes=list(notes or []))
+    return reconcile.edit(ifname, f, result)
 
 
 def enable(ifname: str | None, port: int, key_file: str, protected: str | None = None, step: int = wm.sdk.DEFAULT_STEP,
