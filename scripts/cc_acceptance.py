@@ -108,7 +108,7 @@ class Run:
                                 text=True, stdin=subprocess.DEVNULL, **kw)
 
     def up(self) -> None:
-        self.sh([*topology.xdpguard_argv(), "lab", "up"])
+        self.sh([*topology.xdpguard_argv(), "lab", "up", "--small-backend"])  # a small real server
         self.sh(["ip", "-n", self.ns("attacker"), "-batch", "-"],
                 input="".join(f"address add {a}/32 dev lo\n" for a in BOTS))
         self.sh(["ip", "-n", self.ns("prot"), "route", "replace", L7.BOTS4, "via", topology.ATTACKER4])
