@@ -51,9 +51,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from xdpguard.lab import l7 as L7  # noqa: E402
+from xdpguard.core.l7.spec import CHALLENGES_UNPASSED  # noqa: E402
 from xdpguard.lab import topology  # noqa: E402
 
 FLOOD = REPO / "scripts" / "l7flood.py"
+CROSSED = CHALLENGES_UNPASSED  # a source has crossed the limit at its CROSSED-th failed challenge
 BOTS = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(1000))]
 
 
@@ -180,14 +182,16 @@ class Run:
         mode_get = "--mode" not in r.args
         argv = [sys.executable, str(FLOOD), "--target", topology.PROT4, "--sources", sources, "--count", str(r.count),
                 "--conns", str(r.conns), "--duration", str(self.duration), "--timeout", "2",
-                *(["--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration))] if mode_get else []),
+                *(["--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration)),
+                   "--crossed", str(CROSSED)] if mode_get else []),
                 *r.args, *extra]
         polls: list[tuple[float, dict[str, str]]] = []
         stop = threading.Event()
 
         def poll() -> None:
             while not stop.is_set():
-                polls.append((time.monotonic(), self.bans()))
+                got = self.bans()
+                polls.append((time.monotonic(), got))  # when the answer is in: never flatters
                 stop.wait(0.5)
 
         t0 = time.monotonic()
@@ -209,6 +213,15 @@ class Run:
                 if sum(1 for a in hit if b.get(a) == "cc") >= want:
                     t90 = t - t0
                     break
+        # per source: from crossing (its CROSSED-th 302, the flood's clock) to the first poll
+        # that shows it banned (CLOCK_MONOTONIC is one clock for every namespace)
+        after = []
+        for a, tc in (fl.get("crossed") or {}).items():
+            tb = next((t for t, b in polls if b.get(a) == "cc"), None)
+            if tb is not None:
+                after.append(max(0.0, tb - tc))
+        after.sort()
+        p90_after = after[min(len(after) - 1, int(0.9 * len(after)))] if after else None
         verified_banned = sorted({a for _, b in polls for a in b if a == topology.CLIENT4})
         ok_base, ok_during = base["status"].get("200", 0), during["status"].get("200", 0)
         res = {"row": r.name, "client_base": ok_base, "client_during": ok_during,
@@ -216,6 +229,8 @@ class Run:
                "flood_sent": fl["sent"], "flood_status": fl["status"],
                "to_backend": fl["status"].get("200", 0) / fl["sent"] if fl["sent"] else 0.0,
                "sources": len(srcs), "sources_banned": len(hit), "to_xdp_drop_s": t90,
+               "crossed": len(fl.get("crossed") or {}), "crossed_banned": len(after), "after_crossing_p90_s": p90_after,
+               "after_crossing_max_s": after[-1] if after else None,
                "verified_banned": len(verified_banned), "client_errors": during["errors"],
                "flood": {k: fl[k] for k in ("rate", "connect_failed", "closed_by_server", "max_open")}}
         self.reset(srcs)
@@ -227,13 +242,17 @@ def table(rows: list[dict]) -> str:
         return f"{x * 100:.0f} %" if x >= 0.01 or x == 0 else f"{x * 100:.1f} %"
 
     out = ["| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend [≤ 5 %] | "
-           "to XDP drop [≤ 5 s] (banned / sources) | verified banned [0] |", "|---|---|---|---|---|"]
+           "crossing → XDP drop [≤ 5 s] p90 / max (banned / crossed) | flood start → 90 % banned (banned / sources) "
+           "| verified banned [0] |", "|---|---|---|---|---|---|"]
     for r in rows:
         drop = f"{r['to_xdp_drop_s']:.1f} s ({r['sources_banned']}/{r['sources']})" if r["to_xdp_drop_s"] is not None \
             else f"— ({r['sources_banned']}/{r['sources']})"
+        cross = (f"{r['after_crossing_p90_s']:.1f} / {r['after_crossing_max_s']:.1f} s "
+                 f"({r['crossed_banned']}/{r['crossed']})") if r.get("after_crossing_p90_s") is not None \
+            else f"— (0/{r.get('crossed', 0)})"
         out.append(f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
                    f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent "
-                   f"({r['flood']['connect_failed']:,} connects failed) | {drop} | {r['verified_banned']} |")
+                   f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} |")
     return "\n".join(out)
 
 
