@@ -237,6 +237,13 @@ class Run:
         return res
 
 
+def attempted(r: dict) -> float:
+    """The flood's requests at the backend / the requests it tried: sent + connects that failed
+    (each attempt carries a request; XDP's drop of a banned source makes its connects fail)."""
+    tried = r["flood_sent"] + r["flood"]["connect_failed"]
+    return r["flood_status"].get("200", 0) / tried if tried else 0.0
+
+
 def table(rows: list[dict]) -> str:
     def pct(x: float) -> str:
         return f"{x * 100:.0f} %" if x >= 0.01 or x == 0 else f"{x * 100:.1f} %"
@@ -251,7 +258,8 @@ def table(rows: list[dict]) -> str:
                  f"({r['crossed_banned']}/{r['crossed']})") if r.get("after_crossing_p90_s") is not None \
             else f"— (0/{r.get('crossed', 0)})"
         out.append(f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
-                   f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent "
+                   f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent; "
+                   f"{pct(attempted(r))} of {r['flood_sent'] + r['flood']['connect_failed']:,} tried "
                    f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} |")
     return "\n".join(out)
 
@@ -261,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=[], metavar="TEXT", help="rows whose name contains TEXT")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per flood (6 to 60)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--table", metavar="JSON", help="print the table of an earlier run's --json file, and stop")
     a = ap.parse_args(argv)
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return 0
     if not 6 <= a.duration <= 60:
         print("xdpguard: error: --duration must be 6 to 60 s", file=sys.stderr)
         return 2
