@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Issue 29's acceptance table: every CC attack row in one lab run, nothing tuned.
 
-As an operator would do it: `xdpguard lab up` (the lab's web service, tcp/80, is an HTTP service
-served by xdpguard's HAProxy with the default level `normal`), then `xdpguard run --config` on
+As an operator would do it: `xdpguard lab up --small-backend` (the lab's web service, tcp/80, is
+an HTTP service served by xdpguard's HAProxy with the default level `normal`; its backend is a
+small server: 4 requests at a time, 20 ms each), then `xdpguard run --config` on
 what `xdpguard export` prints (the daemon with its defaults: HAProxy kept, offenders banned in
 XDP, challenge-passing clients verified in XDP). The web client is browser-like
 (`python -m xdpguard.lab.l7 client`: a cookie jar, follows redirects, a new connection per
@@ -17,6 +18,10 @@ Per row (targets of issue 29 in brackets):
                  answers are 302 challenges, 429, 403, 408) / requests sent  [≤ 5 %]; the
                  table also gives the count, and the connections XDP's drop made fail (a
                  banned flood cannot send: its share is of the few it sent before the ban)
+- to backend, tried   the same count / the requests the flood tried (sent + connects that failed:
+                 a banned source's connects fail in XDP)
+- crossing → XDP drop   per source, from its CHALLENGES_UNPASSED-th 302 (l7flood --crossed, the
+                 flood's CLOCK_MONOTONIC) to the first ban-list poll showing it banned: p90 / max  [≤ 5 s]
 - to XDP drop    seconds from the flood's start until 90 % of the sources that crossed a limit
                  (`xdpguard ban list`, reason cc) are banned; the limits are crossed within the
                  first second of these floods, so this bounds "after crossing"  [≤ 5 s]; "—" when
