@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Issue 29's acceptance table: every CC attack row in one lab run, nothing tuned.
 
-As an operator would do it: `xdpguard lab up` (the lab's web service, tcp/80, is an HTTP service
-served by xdpguard's HAProxy with the default level `normal`), then `xdpguard run --config` on
+As an operator would do it: `xdpguard lab up --small-backend` (the lab's web service, tcp/80, is
+an HTTP service served by xdpguard's HAProxy with the default level `normal`; its backend is a
+small server: 4 requests at a time, 20 ms each), then `xdpguard run --config` on
 what `xdpguard export` prints (the daemon with its defaults: HAProxy kept, offenders banned in
 XDP, challenge-passing clients verified in XDP). The web client is browser-like
 (`python -m xdpguard.lab.l7 client`: a cookie jar, follows redirects, a new connection per
@@ -17,6 +18,10 @@ Per row (targets of issue 29 in brackets):
                  answers are 302 challenges, 429, 403, 408) / requests sent  [≤ 5 %]; the
                  table also gives the count, and the connections XDP's drop made fail (a
                  banned flood cannot send: its share is of the few it sent before the ban)
+- to backend, tried   the same count / the requests the flood tried (sent + connects that failed:
+                 a banned source's connects fail in XDP)
+- crossing → XDP drop   per source, from its CHALLENGES_UNPASSED-th 302 (l7flood --crossed, the
+                 flood's CLOCK_MONOTONIC) to the first ban-list poll showing it banned: p90 / max  [≤ 5 s]
 - to XDP drop    seconds from the flood's start until 90 % of the sources that crossed a limit
                  (`xdpguard ban list`, reason cc) are banned; the limits are crossed within the
                  first second of these floods, so this bounds "after crossing"  [≤ 5 s]; "—" when
@@ -51,9 +56,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from xdpguard.lab import l7 as L7  # noqa: E402
+from xdpguard.core.l7.spec import CHALLENGES_UNPASSED  # noqa: E402
 from xdpguard.lab import topology  # noqa: E402
 
 FLOOD = REPO / "scripts" / "l7flood.py"
+CROSSED = CHALLENGES_UNPASSED  # a source has crossed the limit at its CROSSED-th failed challenge
 BOTS = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(1000))]
 
 
@@ -108,7 +115,7 @@ class Run:
                                 text=True, stdin=subprocess.DEVNULL, **kw)
 
     def up(self) -> None:
-        self.sh([*topology.xdpguard_argv(), "lab", "up"])
+        self.sh([*topology.xdpguard_argv(), "lab", "up", "--small-backend"])  # a small real server
         self.sh(["ip", "-n", self.ns("attacker"), "-batch", "-"],
                 input="".join(f"address add {a}/32 dev lo\n" for a in BOTS))
         self.sh(["ip", "-n", self.ns("prot"), "route", "replace", L7.BOTS4, "via", topology.ATTACKER4])
@@ -180,14 +187,16 @@ class Run:
         mode_get = "--mode" not in r.args
         argv = [sys.executable, str(FLOOD), "--target", topology.PROT4, "--sources", sources, "--count", str(r.count),
                 "--conns", str(r.conns), "--duration", str(self.duration), "--timeout", "2",
-                *(["--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration))] if mode_get else []),
+                *(["--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration)),
+                   "--crossed", str(CROSSED)] if mode_get else []),
                 *r.args, *extra]
         polls: list[tuple[float, dict[str, str]]] = []
         stop = threading.Event()
 
         def poll() -> None:
             while not stop.is_set():
-                polls.append((time.monotonic(), self.bans()))
+                got = self.bans()
+                polls.append((time.monotonic(), got))  # when the answer is in: never flatters
                 stop.wait(0.5)
 
         t0 = time.monotonic()
@@ -209,6 +218,15 @@ class Run:
                 if sum(1 for a in hit if b.get(a) == "cc") >= want:
                     t90 = t - t0
                     break
+        # per source: from crossing (its CROSSED-th 302, the flood's clock) to the first poll
+        # that shows it banned (CLOCK_MONOTONIC is one clock for every namespace)
+        after = []
+        for a, tc in (fl.get("crossed") or {}).items():
+            tb = next((t for t, b in polls if b.get(a) == "cc"), None)
+            if tb is not None:
+                after.append(max(0.0, tb - tc))
+        after.sort()
+        p90_after = after[min(len(after) - 1, int(0.9 * len(after)))] if after else None
         verified_banned = sorted({a for _, b in polls for a in b if a == topology.CLIENT4})
         ok_base, ok_during = base["status"].get("200", 0), during["status"].get("200", 0)
         res = {"row": r.name, "client_base": ok_base, "client_during": ok_during,
@@ -216,10 +234,19 @@ class Run:
                "flood_sent": fl["sent"], "flood_status": fl["status"],
                "to_backend": fl["status"].get("200", 0) / fl["sent"] if fl["sent"] else 0.0,
                "sources": len(srcs), "sources_banned": len(hit), "to_xdp_drop_s": t90,
+               "crossed": len(fl.get("crossed") or {}), "crossed_banned": len(after), "after_crossing_p90_s": p90_after,
+               "after_crossing_max_s": after[-1] if after else None,
                "verified_banned": len(verified_banned), "client_errors": during["errors"],
                "flood": {k: fl[k] for k in ("rate", "connect_failed", "closed_by_server", "max_open")}}
         self.reset(srcs)
         return res
+
+
+def attempted(r: dict) -> float:
+    """The flood's requests at the backend / the requests it tried: sent + connects that failed
+    (each attempt carries a request; XDP's drop of a banned source makes its connects fail)."""
+    tried = r["flood_sent"] + r["flood"]["connect_failed"]
+    return r["flood_status"].get("200", 0) / tried if tried else 0.0
 
 
 def table(rows: list[dict]) -> str:
@@ -227,13 +254,18 @@ def table(rows: list[dict]) -> str:
         return f"{x * 100:.0f} %" if x >= 0.01 or x == 0 else f"{x * 100:.1f} %"
 
     out = ["| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend [≤ 5 %] | "
-           "to XDP drop [≤ 5 s] (banned / sources) | verified banned [0] |", "|---|---|---|---|---|"]
+           "crossing → XDP drop [≤ 5 s] p90 / max (banned / crossed) | flood start → 90 % banned (banned / sources) "
+           "| verified banned [0] |", "|---|---|---|---|---|---|"]
     for r in rows:
         drop = f"{r['to_xdp_drop_s']:.1f} s ({r['sources_banned']}/{r['sources']})" if r["to_xdp_drop_s"] is not None \
             else f"— ({r['sources_banned']}/{r['sources']})"
+        cross = (f"{r['after_crossing_p90_s']:.1f} / {r['after_crossing_max_s']:.1f} s "
+                 f"({r['crossed_banned']}/{r['crossed']})") if r.get("after_crossing_p90_s") is not None \
+            else f"— (0/{r.get('crossed', 0)})"
         out.append(f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
-                   f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent "
-                   f"({r['flood']['connect_failed']:,} connects failed) | {drop} | {r['verified_banned']} |")
+                   f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent; "
+                   f"{pct(attempted(r))} of {r['flood_sent'] + r['flood']['connect_failed']:,} tried "
+                   f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} |")
     return "\n".join(out)
 
 
@@ -242,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=[], metavar="TEXT", help="rows whose name contains TEXT")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per flood (6 to 60)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--table", metavar="JSON", help="print the table of an earlier run's --json file, and stop")
     a = ap.parse_args(argv)
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return 0
     if not 6 <= a.duration <= 60:
         print("xdpguard: error: --duration must be 6 to 60 s", file=sys.stderr)
         return 2

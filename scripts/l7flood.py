@@ -16,7 +16,8 @@ requests/s in all, and --max-requests):
     slowpost   complete headers announcing a 1 MB body, then one body byte every --interval s
 
 It prints one JSON line: requests sent, answers by status, connections the server closed,
-connect failures and errors, and the achieved rate.
+connect failures and errors, and the achieved rate; with --crossed K also, per source, the
+CLOCK_MONOTONIC time of its K-th 302 (when it crossed "K challenges, none passed").
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Stats:
         self.opened = 0
         self.max_open = 0
         self.open = 0
+        self.c302: dict[str, int] = {}  # per source: 302 challenges answered so far
+        self.crossed: dict[str, float] = {}  # per source: when (CLOCK_MONOTONIC) its --crossed-th 302 came
 
     def err(self, exc: BaseException) -> None:
         name = type(exc).__name__
@@ -172,6 +175,10 @@ async def _get_worker(i: int, a, srcs: list[str], st: Stats, budget: Budget, end
                 n += 1
                 code, again = await _read_response(r, a.timeout)
                 st.status[code] = st.status.get(code, 0) + 1
+                if code == "302" and a.crossed:
+                    st.c302[src] = st.c302.get(src, 0) + 1
+                    if st.c302[src] == a.crossed:
+                        st.crossed[src] = time.monotonic()
                 if not (a.keepalive and again and n < KEEPALIVE_REQUESTS) or time.monotonic() >= end:
                     break
                 if not await budget.take():
@@ -257,7 +264,8 @@ async def run(a) -> dict:
     return {"mode": a.mode, "sources": len(srcs), "conns": a.conns, "seconds": round(took, 2), "sent": st.sent,
             "rate": round(st.sent / took, 1), "status": st.status, "opened": st.opened,
             "max_open": st.max_open, "closed_by_server": st.closed_by_server,
-            "connect_failed": st.connect_failed, "errors": st.errors}
+            "connect_failed": st.connect_failed, "errors": st.errors,
+            **({"crossed": st.crossed} if a.crossed else {})}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -278,6 +286,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between drips (slow modes)")
     ap.add_argument("--timeout", type=float, default=3.0)
+    ap.add_argument("--crossed", type=int, default=0, metavar="K",
+                    help="report per source when its K-th 302 challenge came (monotonic clock; get mode)")
     a = ap.parse_args(argv)
     if not a.path.startswith("/") or any(c.isspace() for c in a.path):
         ap.error("--path must start with '/' and hold no spaces")

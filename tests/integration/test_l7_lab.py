@@ -48,6 +48,13 @@ class Env:
                       "-w", "%{http_code}", "-A", agent, url], check=False, timeout=10)
         return p.stdout.strip()
 
+    def browse(self, role: str, url: str, jar: Path) -> str:
+        """A browser-like fetch: keeps cookies in `jar`, follows the challenge's redirect; the final status."""
+        p = self.run(["ip", "netns", "exec", self.ns(role), "curl", "-s", "-m", "3", "-o", "/dev/null", "-L",
+                      "--max-redirs", "3", "-b", str(jar), "-c", str(jar), "-w", "%{http_code}", "-A", "Mozilla/5.0",
+                      url], check=False, timeout=10)
+        return p.stdout.strip()
+
     def counters(self) -> dict[tuple[str, str], int]:
         d = json.loads(self.xg("stats", "--json").stdout)
         return {(c["kind"], c["reason"]): c["packets"] for c in d["counters"]}
@@ -208,8 +215,10 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
         print(f"packets dropped in XDP as banned: {dropped}")
         assert dropped > 0  # dropped in XDP, not in HAProxy
         assert lab.curl("attacker", f"http://{topology.PROT4}/") == "000"
-        # the browser-like client is served throughout and never banned
-        assert [lab.curl("client", f"http://{topology.PROT4}/") for _ in range(3)] == ["200"] * 3
+        # the browser-like client is served throughout and never banned (the flood put the service
+        # in surge: a client without the cookie is challenged once, passes, and is served)
+        jar = tmp_path / "client.jar"
+        assert [lab.browse("client", f"http://{topology.PROT4}/", jar) for _ in range(3)] == ["200"] * 3
         assert topology.CLIENT4 not in lab.xg("ban", "list").stdout
         # seen: stats --json and Prometheus
         http = {r["service"]: r for r in json.loads(lab.xg("stats", "--json").stdout)["http"]}
@@ -312,5 +321,8 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
         lab.xg("ban", "del", *bots, check=False)  # the module's later tests start without them
     assert "banned" in out and "challenged" in out, out[-3000:]
     passed = [ln for ln in out.splitlines() if "passed the HTTP challenge" in ln]
-    assert passed and topology.CLIENT4 in passed[0], out[-3000:]
+    # the client passed its challenge in the previous test (a surge then: a browser-like fetch),
+    # so the previous daemon wrote it into XDP's verified map; this one reports it only if it
+    # had to write it again. Either way it is the one `challenge` entry (asserted above) and no bot is.
+    assert not passed or topology.CLIENT4 in passed[0], out[-3000:]
     assert not [b for ln in passed for b in bots if re.search(rf"\b{re.escape(b)}\b", ln)], passed

@@ -185,7 +185,7 @@ def test_service_rate_round_trips_and_is_checked():
     s = schema.from_data(d, ipaddress.ip_address("198.18.0.1"))
     assert s.effective_service_rate() == 50 and schema.to_data(s)["service_rate"] == 50
     assert "service_rate" not in schema.to_data(svc())  # the level's, not written out
-    assert svc().effective_service_rate() == 200 and svc(level="loose").effective_service_rate() == 500
+    assert svc().effective_service_rate() == 50 and svc(level="loose").effective_service_rate() == 500
     s2 = schema.from_data({**d, "backend_conns": 30}, ipaddress.ip_address("198.18.0.1"))
     assert s2.effective_backend_conns() == 30 and schema.to_data(s2)["backend_conns"] == 30
     assert svc().effective_backend_conns() == 100 and svc(level="emergency").effective_backend_conns() == 25

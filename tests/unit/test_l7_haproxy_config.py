@@ -120,17 +120,27 @@ def test_the_defences_are_there() -> None:
     assert "tcp-request connection track-sc0 src table web_src" in text
     assert "tcp-request connection reject if { sc0_conn_cur gt 30 }" in text
     assert "tcp-request connection reject if { sc0_conn_rate gt 60 }" in text
-    assert re.search(r"stick-table type ipv6 .* store gpt\(3\),gpc\(1\),gpc_rate\(1,10s\),conn_cur,conn_rate\(10s\),"
+    assert re.search(r"stick-table type ipv6 .* store gpt\(3\),gpc\(2\),gpc_rate\(2,10s\),conn_cur,conn_rate\(10s\),"
                      r"http_req_rate\(10s\)", text)
-    # the service ceiling: the unverified requests of each domain (a wildcard is one), 200/s at normal
-    assert "stick-table type string len 64 size 1k expire 60s store http_req_rate(1s)" in text
+    # the service ceiling: the unverified requests of each domain (a wildcard is one), 50/s at normal
+    assert "stick-table type string len 64 size 1k expire 60s store gpt(1),http_req_rate(1s)" in text
     assert "http-request set-var(txn.xg_dom) str(*.example.org) if { req.hdr(host),field(1,:),lower -m end .example.org }" \
         in text
     assert "http-request track-sc2 var(txn.xg_dom) table web_svc if !xg_verified !xg_exempt" in text
-    assert "acl xg_surge sc2_http_req_rate gt 200" in text
+    assert "acl xg_over sc2_http_req_rate gt 50" in text
     # … or the backend already holds more requests at once than the level allows (a slow flood)
-    assert "acl xg_surge be_conn(web_be) gt 100" in text
+    assert "acl xg_over be_conn(web_be) gt 100" in text
+    # crossing it puts the domain in surge for SURGE_HOLD_S (gpt 0 of its entry: until when) …
+    assert f"http-request sc-set-gpt(0,2) var(txn.xg_now),add({hc.SURGE_HOLD_S}) if xg_over !xg_verified !xg_exempt" \
+        in text
+    assert "http-request set-var(txn.xg_hold) sc_get_gpt(0,2),sub(txn.xg_now) if !xg_verified !xg_exempt" in text
+    assert "acl xg_surge var(txn.xg_hold) -m int gt 0" in text
+    # … during which every unverified request is challenged
     assert "http-request set-var(txn.xg_chal) int(1) if xg_surge !xg_verified !xg_exempt" in text
+    # per source: the unverified requests counted (gpc 1) and challenged beyond 20 per 10 s at normal
+    assert "http-request sc-inc-gpc(1,0) if !xg_verified !xg_exempt" in text
+    assert "http-request set-var(txn.xg_chal) int(1) if { sc_gpc_rate(1,0) gt 20 } !xg_verified !xg_exempt" in text
+    assert text.index("sc_gpc_rate(1,0) gt 20") < text.index("http-request return status 302")
     # every challenge issued is counted on the source (a bot fails them all: l7/bans.py)
     assert "http-request sc-inc-gpc(0,0) if { var(txn.xg_chal) -m int 1 } !xg_verified" in text
     # the ceiling comes before the challenge it turns on

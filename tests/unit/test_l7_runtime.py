@@ -10,7 +10,7 @@ import pytest
 
 from xdpguard.core.l7 import bans
 from xdpguard.core.l7 import haproxy_config as hc
-from xdpguard.core.l7 import runtime
+from xdpguard.core.l7 import runtime, spec
 from xdpguard.core.l7.proc import Haproxy, HaproxyConfigError, load_secret
 from xdpguard.core.l7.spec import HttpService, RateLimit
 
@@ -127,9 +127,29 @@ def test_a_source_that_fails_every_challenge_is_an_offender():
     got = [(str(o.address), o.kind, o.value, o.verified)
            for o in runtime.service_offenders(tables, _svc(), now=1796614000)]
     assert got == [("198.18.16.1", "challenged", 40, False)]
-    # the threshold is the number of challenges, not a rate the browser reaches
-    assert runtime.service_offenders({"web_src": runtime.parse_show_table(CHALLENGED.replace("=40", "=8"))},
+    # twice without passing is not yet a bot (a browser passes its first challenge; a second may
+    # be in flight before it has the cookie)
+    assert runtime.service_offenders({"web_src": runtime.parse_show_table(CHALLENGED.replace("=40", "=2"))},
                                      _svc(), now=1796614000) == []
+
+
+def test_a_slow_source_that_never_passes_is_a_bot_whatever_its_rate():
+    """Issue 29, 1,000 addresses: each bot sends ~1 request per 2 s, far under 8 challenges per
+    10 s, and gets a 302 every time. CHALLENGES_UNPASSED challenges in its entry's life (gpc0,
+    cumulative) without a valid cookie make it an offender; the same count on a source that
+    holds a valid cookie (it passed) does not."""
+    slow = CHALLENGED.replace("gpc0=40 gpc0_rate(10000)=40", "gpc0=3 gpc0_rate(10000)=1")
+    got = [(str(o.address), o.kind, o.value, o.limit, o.verified)
+           for o in runtime.service_offenders({"web_src": runtime.parse_show_table(slow)}, _svc(), now=1796614000)]
+    assert got == [("198.18.16.1", "challenged", 3, spec.CHALLENGES_UNPASSED, False)]
+    assert spec.CHALLENGES_UNPASSED == 3
+    # banned as any challenged offender (the verified one is not even an offender)
+    b = bans.select(runtime.service_offenders({"web_src": runtime.parse_show_table(slow)}, _svc(), now=1796614000),
+                    [_svc()], now=1796614000)
+    assert [(x.address, x.kind) for x in b] == [("198.18.16.1", "challenged")]
+    # a source challenged once and gone: not an offender
+    once = CHALLENGED.replace("gpc0=40 gpc0_rate(10000)=40", "gpc0=1 gpc0_rate(10000)=0")
+    assert runtime.service_offenders({"web_src": runtime.parse_show_table(once)}, _svc(), now=1796614000) == []
 
 
 def test_challenge_passing_sources_are_read_with_their_cookie_expiry():

@@ -28,14 +28,16 @@ def lab():
               help="Build the cluster lab instead: a BGP router, N protector nodes, etcd.")
 @click.option("--etcd", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="With --nodes: etcd members (3 for the fault tests).")
+@click.option("--small-backend", is_flag=True,
+              help="Shape the backend web server like a small real server (4 requests at a time, 20 ms each).")
 @_json
-def up(no_protect, lifetime, nodes, etcd):
+def up(no_protect, lifetime, nodes, etcd, small_backend):
     """Build the lab (removing a previous one first) and protect it with xdpguard."""
     if nodes is not None:
         return Result(lab_cluster.up(nodes, lifetime_s=lifetime, etcd=int(etcd)), _cluster_up)
     if lab_cluster.exists():
         lab_cluster.down()
-    return Result(topology.up(protected=not no_protect, lifetime_s=lifetime), _up)
+    return Result(topology.up(protected=not no_protect, lifetime_s=lifetime, small_backend=small_backend), _up)
 
 
 def _up(c: Console, res: topology.LabUpResult) -> None:

@@ -25,6 +25,7 @@ import argparse
 import http.cookiejar
 import ipaddress
 import json
+import socket
 import sys
 import threading
 import time
@@ -112,7 +113,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     page_bytes = 64
 
+    work_s = 0.0  # the time a worker spends on each request (a page being made)
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.work_s:
+            time.sleep(self.work_s)
         body = f"ok path={self.path} xff={self.headers.get('X-Forwarded-For', '-')}\n".encode()
         body += b"." * max(0, self.page_bytes - len(body) - 1) + (b"\n" if self.page_bytes > len(body) else b"")
         self._answer(body)
@@ -162,10 +167,18 @@ class _Server(ThreadingHTTPServer):
         pass  # a peer that resets (health checks, a flood) is not news
 
 
-def serve(port: int, duration: float, page_bytes: int = 64, workers: int = 0) -> int:
+class _Server6(_Server):
+    address_family = socket.AF_INET6  # bound to '::': v4 and v6 (bindv6only 0, the default)
+
+
+def serve(port: int, duration: float, page_bytes: int = 64, workers: int = 0, work_ms: int = 0,
+          bind: str = "0.0.0.0") -> int:
+    """With `workers` and `work_ms`, a small real server: that many requests at a time, each
+    taking that long (at most workers × 1000 / work_ms pages a second)."""
     _Handler.page_bytes = page_bytes
+    _Handler.work_s = work_ms / 1000.0
     _Handler.timeout = 60  # a worker waits at most this long for each read of a request
-    srv = _Server(("0.0.0.0", port), _Handler)
+    srv = (_Server6 if ":" in bind else _Server)((bind, port), _Handler)
     srv.workers = threading.BoundedSemaphore(workers) if workers > 0 else None
     threading.Timer(duration, srv.shutdown).start()
     srv.serve_forever()
@@ -266,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--duration", type=float, default=120.0)
     s.add_argument("--page-bytes", type=int, default=64)
     s.add_argument("--workers", type=int, default=0, help="requests served at a time (0: no bound)")
+    s.add_argument("--work-ms", type=int, default=0, help="milliseconds a worker spends on each GET")
+    s.add_argument("--bind", default="0.0.0.0", help="address to bind ('::': v4 and v6)")
     c = sub.add_parser("client")
     c.add_argument("--url", required=True)
     c.add_argument("--duration", type=float, default=5.0)
@@ -284,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         return 0
     if a.cmd == "serve":
-        return serve(a.port, min(a.duration, 3600.0), max(0, min(a.page_bytes, 1 << 20)), max(0, min(a.workers, 4096)))
+        return serve(a.port, min(a.duration, 86400.0), max(0, min(a.page_bytes, 1 << 20)), max(0, min(a.workers, 4096)),
+                     max(0, min(a.work_ms, 10_000)), a.bind)
     print(json.dumps(client(a.url, min(a.duration, 600.0), a.interval, a.timeout, a.host)), flush=True)
     return 0
 

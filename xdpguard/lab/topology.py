@@ -373,7 +373,22 @@ def unprotect(name: str | None = None) -> bool:
     return xg(prot, "detach", PROT_IFACE, check=False).returncode == 0
 
 
-def up(*, protected: bool = True, lifetime_s: float = SERVER_LIFETIME_S) -> LabUpResult:
+#: `lab up --small-backend`: the backend web server shaped like a small real server (issue 29):
+#: this many requests at a time, each taking this long (at most 200 pages/s), instead of
+#: Python's unbounded http.server
+SMALL_BACKEND_WORKERS, SMALL_BACKEND_WORK_MS = 4, 20
+
+
+def _web_server(life: str, www: Path, small: bool) -> list[str]:
+    if small:
+        return ["timeout", life, sys.executable, "-m", "xdpguard.lab.l7", "serve", "--port", str(HTTP_PORT),
+                "--bind", "::", "--duration", life, "--workers", str(SMALL_BACKEND_WORKERS),
+                "--work-ms", str(SMALL_BACKEND_WORK_MS)]
+    return ["timeout", life, sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "::",
+            "--directory", str(www)]
+
+
+def up(*, protected: bool = True, lifetime_s: float = SERVER_LIFETIME_S, small_backend: bool = False) -> LabUpResult:
     xgstate.require_root()
     name = lab_name()
     notes: list[str] = []
@@ -414,8 +429,7 @@ def up(*, protected: bool = True, lifetime_s: float = SERVER_LIFETIME_S) -> LabU
         (www / "index.html").write_text("<h1>xdpguard lab backend</h1>\n")
         life = str(int(lifetime_s))
         servers = [
-            _start_server(ns["backend"], "http", ["timeout", life, sys.executable, "-m", "http.server",
-                                                  str(HTTP_PORT), "--bind", "::", "--directory", str(www)], log_dir),
+            _start_server(ns["backend"], "http", _web_server(life, www, small_backend), log_dir),
             _start_server(ns["backend"], "echo", [sys.executable, "-m", "xdpguard.lab.echo", "serve", "--port",
                                                   str(ECHO_PORT), "--duration", life], log_dir),
         ]

@@ -40,6 +40,7 @@ HARD_STOP_AFTER_S = 30  # an old worker keeps serving its connections this long 
 SECRET_BYTES = 32
 PUNISH_CODES = {"deny": 1, "drop": 2, "tarpit": 3}
 REQUEST_WINDOW_S = 10  # the window of the level's per-source ceilings
+SURGE_HOLD_S = 30  # once a domain crosses its ceiling, its unverified are challenged until this long after
 
 
 @dataclass(frozen=True)
@@ -173,10 +174,10 @@ def _tables(svc: HttpService) -> list[str]:
     punish = max([svc.preset.punish_s] + [x.punish_s for x in svc.limits])
     lines = [f"backend {src_table(svc)}",
              f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
-             f"store gpt(3),gpc(1),gpc_rate(1,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
+             f"store gpt(3),gpc(2),gpc_rate(2,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
              f"http_req_rate({REQUEST_WINDOW_S}s)", "",
              f"backend {service_table(svc)}",
-             "    stick-table type string len 64 size 1k expire 60s store http_req_rate(1s)", ""]
+             f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s store gpt(1),http_req_rate(1s)", ""]
     for i, lim in enumerate(svc.effective_limits()):
         lines += [f"backend {limit_table(svc, i)}",
                   f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, 2 * lim.window_s)}s "
@@ -268,6 +269,7 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
         if lim.punish_s:
             lines += _punish(str(lim.punish_s), PUNISH_CODES[lim.action], over_i)
         lines.append(_act(lim.action, over_i))
+    lines += _unverified_budget(svc)
     lines += _service_ceiling(svc)
     lines += _geo(svc, geo_rules)
     if p.challenge != "none":
@@ -317,11 +319,25 @@ def _geo(svc: HttpService, rules: Mapping[str, GeoSpec]) -> list[str]:
     return lines
 
 
+def _unverified_budget(svc: HttpService) -> list[str]:
+    """Per source: its unverified, not exempt requests are counted (gpc 1 of <svc>_src); beyond
+    the level's budget per 10 s the source is challenged. A browser passes once and is not
+    counted again; one address flooding without a cookie gets this many through, not the
+    per-source ceiling (which also binds verified sources)."""
+    n = svc.preset.unverified_per_10s
+    return [f"    # per source: {n} unverified requests per {REQUEST_WINDOW_S} s, then the challenge",
+            "    http-request sc-inc-gpc(1,0) if !xg_verified !xg_exempt",
+            f"    http-request set-var(txn.xg_chal) int(1) if {{ sc_gpc_rate(1,0) gt {n} }} !xg_verified !xg_exempt"]
+
+
 def _service_ceiling(svc: HttpService) -> list[str]:
     """Track the unverified, not exempt requests of each domain (a declared wildcard counts as
     one domain; a service without domains is one) on sc2; beyond the ceiling, or with more than
-    the level's requests at the backend at once, every unverified source is challenged. Challenged requests still count: the challenge holds while the flood
-    lasts and lifts itself a window after it stops."""
+    the level's requests at the backend at once, the domain is *in surge*: every unverified
+    source is challenged until SURGE_HOLD_S after the last second over it (gpt 0 of the domain's
+    entry: until when). Challenged requests still count, so the surge holds while the flood
+    lasts even when the flood's own pace falls under the ceiling: what passes is the first
+    second of a flood, not every second the flood dips."""
     n = svc.effective_service_rate()
     lines = [f"    # the service ceiling: {n} unverified requests per second per domain, "
              "then everyone unverified is challenged",
@@ -334,10 +350,14 @@ def _service_ceiling(svc: HttpService) -> list[str]:
     if exact:
         lines.append(f"    http-request set-var(txn.xg_dom) {host} if {{ {host} -m str {' '.join(exact)} }}")
     busy = svc.effective_backend_conns()
-    lines += [f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if !xg_verified !xg_exempt",
-              f"    acl xg_surge sc2_http_req_rate gt {n}",
-              f"    acl xg_surge be_conn({backend_name(svc)}) gt {busy}",
-              "    http-request set-var(txn.xg_chal) int(1) if xg_surge !xg_verified !xg_exempt"]
+    unv = "!xg_verified !xg_exempt"
+    lines += [f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if {unv}",
+              f"    acl xg_over sc2_http_req_rate gt {n}",
+              f"    acl xg_over be_conn({backend_name(svc)}) gt {busy}",
+              f"    http-request sc-set-gpt(0,2) var(txn.xg_now),add({SURGE_HOLD_S}) if xg_over {unv}",
+              f"    http-request set-var(txn.xg_hold) sc_get_gpt(0,2),sub(txn.xg_now) if {unv}",
+              "    acl xg_surge var(txn.xg_hold) -m int gt 0",
+              f"    http-request set-var(txn.xg_chal) int(1) if xg_surge {unv}"]
     return lines
 
 

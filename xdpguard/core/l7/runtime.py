@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from . import haproxy_config as hc
 from .haproxy_config import PUNISH_CODES, REQUEST_WINDOW_S
-from .spec import CHALLENGES_PER_10S, HttpService
+from .spec import CHALLENGES_PER_10S, CHALLENGES_UNPASSED, HttpService
 
 TIMEOUT_S = 5.0
 MAX_REPLY_BYTES = 64 << 20
@@ -188,7 +188,8 @@ class Offender:
 
     kind: punished (its punishment runs until `until`), requests (over the level's ceiling),
     prefix (over a per-prefix limit, `detail` the prefix), concurrent or new_conns, challenged
-    (challenged more than CHALLENGES_PER_10S times in a window and never passed: a bot)."""
+    (challenged more than CHALLENGES_PER_10S times in a window, or CHALLENGES_UNPASSED times in
+    its entry's life, and never passed: a bot)."""
 
     service: str
     address: IPAddress
@@ -217,9 +218,13 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
         if e.get("http_req_rate") > p.requests_per_10s:
             out.append(Offender(svc.name, e.address, "requests", e.get("http_req_rate"), p.requests_per_10s, "deny",
                                 detail=f"per {REQUEST_WINDOW_S} s"))
-        if e.get("gpc0_rate") > CHALLENGES_PER_10S and e.address not in verified:
-            out.append(Offender(svc.name, e.address, "challenged", e.get("gpc0_rate"), CHALLENGES_PER_10S, "challenge",
-                                detail=f"challenges per {REQUEST_WINDOW_S} s, none passed"))
+        if e.address not in verified:
+            if e.get("gpc0_rate") > CHALLENGES_PER_10S:
+                out.append(Offender(svc.name, e.address, "challenged", e.get("gpc0_rate"), CHALLENGES_PER_10S,
+                                    "challenge", detail=f"challenges per {REQUEST_WINDOW_S} s, none passed"))
+            elif e.get("gpc0") >= CHALLENGES_UNPASSED:  # slow, but never passes: a bot all the same
+                out.append(Offender(svc.name, e.address, "challenged", e.get("gpc0"), CHALLENGES_UNPASSED,
+                                    "challenge", detail="challenges in a row, none passed"))
         if e.get("conn_cur") > conns.concurrent:
             out.append(Offender(svc.name, e.address, "concurrent", e.get("conn_cur"), conns.concurrent, "reject"))
         if e.get("conn_rate") > conns.new_per_10s:

@@ -295,6 +295,8 @@ class Preset:
     #                          unverified sources are challenged (cookie-verified clients are not)
     backend_conns: int  # requests at the backend at once: beyond, the same (a flood slow enough to
     #                     stay under the rate ceiling still fills a small backend)
+    unverified_per_10s: int  # a source's unverified (no valid cookie), not exempt requests per 10 s:
+    #                          beyond, it is challenged (a browser passes once; a bot never does)
 
 
 # The request ceilings are per source and per 10 s: a browser loading a page with its assets
@@ -306,12 +308,15 @@ class Preset:
 # (the level's challenge, at least the 302 cookie) until both fall; verified browsers are not counted and not
 # challenged, bots that never pass are banned in XDP (l7/bans.py, "challenged").
 PRESETS = {
-    "loose": Preset("loose", 600, ConnLimits(200, 500), 10, 10, "none", 2.0, 30, 500, 256),
-    "normal": Preset("normal", 300, ConnLimits(100, 250), 5, 5, "none", 1.0, 60, 200, 100),
-    "strict": Preset("strict", 150, ConnLimits(50, 100), 3, 2, "cookie", 0.5, 300, 100, 50),
-    "emergency": Preset("emergency", 60, ConnLimits(20, 50), 2, 1, "js", 0.25, 600, 50, 25),
+    "loose": Preset("loose", 600, ConnLimits(200, 500), 10, 10, "none", 2.0, 30, 500, 256, 100),
+    "normal": Preset("normal", 300, ConnLimits(100, 250), 5, 5, "none", 1.0, 60, 50, 100, 20),
+    "strict": Preset("strict", 150, ConnLimits(50, 100), 3, 2, "cookie", 0.5, 300, 50, 50, 20),
+    "emergency": Preset("emergency", 60, ConnLimits(20, 50), 2, 1, "js", 0.25, 600, 25, 25, 10),
 }
 CHALLENGES_PER_10S = 8  # a source challenged more often than this without passing is a bot: banned in XDP
+# … and whatever its rate: a source challenged this many times in its stick-table entry's life (it
+# idles out after 60 s) and never passing is a bot (a browser passes its first challenge)
+CHALLENGES_UNPASSED = 3
 
 
 @dataclass(frozen=True)
