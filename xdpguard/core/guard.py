@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import struct
@@ -892,6 +893,12 @@ def filters_compiled(maps, count: int) -> bool:
     return head is not None and head.count == count
 
 
+@functools.lru_cache(maxsize=2)
+def _fv_keys(gen: int):
+    """The keys of generation `gen`'s vector words, built once (~40-65 ms for 197,635 keys)."""
+    return (ctypes.c_uint32 * abi.FV_SLOTS)(*range(gen * abi.FV_SLOTS, (gen + 1) * abi.FV_SLOTS))
+
+
 def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
     """Write the filters into the generation not in use (vectors, definitions, head), then
     switch the data path to it with one write. Returns the new generation."""
@@ -901,7 +908,7 @@ def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
     sel = sel_m.get(ctypes.c_uint32(0)) or abi.FSel()
     gen = (sel.gen & 1) ^ 1
     vec, live, payload = filter_vectors(filters)
-    keys = (ctypes.c_uint32 * abi.FV_SLOTS)(*range(gen * abi.FV_SLOTS, (gen + 1) * abi.FV_SLOTS))
+    keys = _fv_keys(gen)
     vals = ctypes.create_string_buffer(vec, len(vec))
     vm = maps[abi.MapName.FVEC]
     rc, done = libbpf.map_update_batch(vm.fd, ctypes.addressof(keys), ctypes.addressof(vals), abi.FV_SLOTS)
