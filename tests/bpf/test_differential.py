@@ -425,7 +425,10 @@ class AppliedBed:
 
     def apply(self, setup: Setup, expiry: dict[str, dict[Prefix, str]]) -> None:
         m = self.maps
-        guard.write_mitigation_filters(m, [])  # else the last example's would stay (mitigations are kept)
+        if self.global_ is not None and any(f.action == policy.MITIGATE for f in self.global_.filters):
+            # else the last example's would stay (write_global_policy keeps mitigations); only then:
+            # it reads the whole reflection array and recompiles the filter table (1.5 MB of vectors)
+            guard.write_mitigation_filters(m, [])
         guard.write_global_policy(m, setup.global_, self.global_)
         self.global_ = setup.global_
         cfg = m[MapName.CONFIG].get(ctypes.c_uint32(0))
