@@ -9,16 +9,12 @@
 - At session end, lab namespaces made by this pytest process and left behind are reported as an
   error (and removed, so the machine stays clean).
 - Every run ends with the time spent per tier (unit / bpf / integration / vm: the sum of each
-  test's setup, call and teardown, module fixtures included) and the session's wall time. When
-  scripts/test.sh splits a run into sessions (the unit tier under pytest-xdist, then the kernel
-  tiers in one process), $XDPGUARD_TIER_LOG collects each session's lines and the last session
-  prints them all, with the total.
+  test's setup, call and teardown, module fixtures included) and the session's wall time.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import time
@@ -96,41 +92,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _session_start = time.monotonic()
 
 
-def _tier_line(name: str, tests: int | None, seconds: float, note: str = "") -> str:
-    count = f"{tests:>5} tests" if tests is not None else " " * 11
-    return f"{name:<12} {count}  {seconds:8.1f} s  ({seconds / 60:.1f} min{note})"
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if not _tier_seconds or hasattr(config, "workerinput"):  # an xdist worker: the controller reports
+    if not _tier_seconds:
         return
-    wall = time.monotonic() - _session_start
-    here = {"tiers": {t: [len(_tier_tests[t]), _tier_seconds[t]] for t in _tier_seconds}, "wall": wall,
-            "workers": getattr(config.option, "numprocesses", None) or 0}
-    sessions = []
-    log = os.environ.get("XDPGUARD_TIER_LOG")
-    if log:
-        try:
-            with open(log) as f:
-                sessions = [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            pass
-        with open(log, "a") as f:
-            f.write(json.dumps(here) + "\n")
     terminalreporter.section("time per tier")
-    for s in (*sessions, here):
-        if s is not here or sessions:
-            terminalreporter.write_line(f"-- session {sessions.index(s) + 1 if s is not here else len(sessions) + 1}"
-                                        + (f" ({s['workers']} xdist workers: tier times are the sum over them)"
-                                           if s["workers"] else ""))
-        for tier in (*TIERS, "other"):
-            if tier in s["tiers"]:
-                n, secs = s["tiers"][tier]
-                terminalreporter.write_line(_tier_line(tier, n, secs))
-        terminalreporter.write_line(_tier_line("session", None, s["wall"], ", collection included"))
-    if sessions:
-        total = sum(s["wall"] for s in (*sessions, here))
-        terminalreporter.write_line(_tier_line("all sessions", None, total, ", wall"))
+    for tier in (*TIERS, "other"):
+        if tier in _tier_seconds:
+            terminalreporter.write_line(f"{tier:<12} {len(_tier_tests[tier]):>5} tests  {_tier_seconds[tier]:8.1f} s"
+                                        f"  ({_tier_seconds[tier] / 60:.1f} min)")
+    wall = time.monotonic() - _session_start
+    terminalreporter.write_line(f"{'session':<12} {'':>5}        {wall:8.1f} s  ({wall / 60:.1f} min, collection included)")
 
 
 @pytest.hookimpl(hookwrapper=True)
