@@ -26,6 +26,11 @@ before the flood to RECOVER_S after it. Rows "before any baseline" restart the d
 - what the daemon did (mitigation installs, refusals, lifts, from events.jsonl).
 
     scripts/acceptance.py [--quick | --full] [--only TEXT ...] [--duration 6] [--json FILE]
+                          [--warmup 20] [--recover 4] [--one-control]
+
+`--warmup`, `--recover` and `--one-control` (one control run, the first row's, for every row)
+shorten a run for the test; the attach grace is $XDPGUARD_TCP_GRACE's (default 10 s), waited out
+before the peacetime.
 
 `--quick` runs QUICK (about 4 minutes; tests/integration/test_acceptance_quick.py), `--full` the
 whole catalogue (about 25 minutes); without either, --only picks rows. Root; runs in its own
@@ -46,11 +51,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from xdpguard.core import tcpstate  # noqa: E402
 from xdpguard.lab import attack, topology  # noqa: E402
 
 P4, P6 = topology.PROT4, topology.PROT6
@@ -349,8 +356,10 @@ def recovery(reqs: list[tuple[float, int]], end: float, until: float, want: floa
 
 
 class Lab:
-    def __init__(self, duration: float):
+    def __init__(self, duration: float, recover_s: float = RECOVER_S):
         self.duration = duration
+        self.recover_s = recover_s
+        self.monitoring = False
         self.daemon: subprocess.Popen | None = None
         self.mac = ""
         self.events = Path(os.environ["XDPGUARD_STATE_DIR"]) / "events.jsonl"
@@ -376,7 +385,10 @@ class Lab:
         self.daemon = None
 
     def monitor(self, on: bool) -> None:
-        xg_prot("monitor", "on" if on else "off", "--iface", topology.PROT_IFACE, check=True)
+        """Monitor mode on or off; no command when it already is (a CLI start is 1-4 s here)."""
+        if on != self.monitoring:
+            xg_prot("monitor", "on" if on else "off", "--iface", topology.PROT_IFACE, check=True)
+            self.monitoring = on
 
     def _spawn(self, gen: Callable[[int], list[str]], port: int, seconds: float, tmp: list[str]) -> subprocess.Popen:
         argv = gen(port)
@@ -416,21 +428,25 @@ class Lab:
 
     def run(self, row: Row, control: bool) -> dict:
         port = CLOSED if control else row.port
-        self.flush_conntrack()
+        # the counters before, read while conntrack is flushed (each is a process start)
+        with ThreadPoolExecutor(3) as ex:
+            flushed = ex.submit(self.flush_conntrack)
+            f0, fb0 = ex.submit(counters), ex.submit(topology.backend_counts)
+            flushed.result()
         dst = P6 if row.six else P4
         if row.fresh:
             self.start_daemon()
             time.sleep(1.5)  # its first rounds: no peacetime behind it
         ev0 = self.events.stat().st_size if self.events.exists() else 0
         ct_before = conntrack()
-        c0, b0 = counters(), topology.backend_counts()
+        c0, b0 = f0.result(), fb0.result()
         ct = ConntrackWatch()
         ct.start()
         first = row.before
         span = self.duration * (2 if first else 1)
         out: dict = {}
-        clients = [threading.Thread(target=udp_client, args=(span + 1 + RECOVER_S, dst, out)),
-                   threading.Thread(target=web_client, args=(span + 1 + RECOVER_S, dst, out))]
+        clients = [threading.Thread(target=udp_client, args=(span + 1 + self.recover_s, dst, out)),
+                   threading.Thread(target=web_client, args=(span + 1 + self.recover_s, dst, out))]
         for t in clients:
             t.start()
         time.sleep(1.0)
@@ -445,7 +461,9 @@ class Lab:
             t.join()
         ct.stop.set()
         ct.join()
-        c1, b1 = counters(), topology.backend_counts()
+        with ThreadPoolExecutor(2) as ex:
+            f1, fb1 = ex.submit(counters), ex.submit(topology.backend_counts)
+            c1, b1 = f1.result(), fb1.result()
         drops = {f"{k[0]} {k[1]}": v - c0.get(k, 0) for k, v in c1.items()
                  if k[0] != "pass" and v - c0.get(k, 0) > 0}
         udp, web = out.get("udp", []), out.get("web", [])
@@ -460,11 +478,11 @@ def share(x: float, ctl: float) -> float:
     return x / ctl if ctl > 0 else 0.0
 
 
-def row_result(row: Row, ctl: dict, enf: dict, mon: dict, ct_max: int) -> dict:
+def row_result(row: Row, ctl: dict, enf: dict, mon: dict, ct_max: int, recover_s: float = RECOVER_S) -> dict:
     out: dict = {"attack": row.name, "tool": row.gen(0)[0]}
     for mode, r in (("enforcing", enf), ("monitor", mon)):
         u_want, w_want = TARGET_SHARE * ctl["udp_rate"], TARGET_SHARE * ctl["web_rate"]
-        until = r["t_end"] + RECOVER_S
+        until = r["t_end"] + recover_s
         out[mode] = {
             "udp_share": round(share(r["udp_rate"], ctl["udp_rate"]), 3),
             "web_share": round(share(r["web_rate"], ctl["web_rate"]), 3),
@@ -545,7 +563,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global PPS
+    global PPS, RECOVER_S
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the quick subset (about 4 minutes)")
     ap.add_argument("--full", action="store_true", help="the whole catalogue (about 25 minutes)")
@@ -554,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per flood (2 to 30)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--pps", type=int, default=30_000, help="generators' packets/s (default 30,000; 0: flat out)")
+    ap.add_argument("--warmup", type=float, default=WARMUP_S,
+                    help=f"seconds of peacetime with both clients before the first row (default {WARMUP_S:g})")
+    ap.add_argument("--recover", type=float, default=RECOVER_S,
+                    help=f"seconds the clients keep running after each flood (1 to 10, default {RECOVER_S:g})")
+    ap.add_argument("--one-control", action="store_true",
+                    help="one control run (the first row's) for every row, instead of one per row")
     ap.add_argument("--list", action="store_true", help="list the catalogue and exit")
     a = ap.parse_args(argv)
     if a.list:
@@ -571,41 +595,50 @@ def main(argv: list[str] | None = None) -> int:
     own_state = "XDPGUARD_STATE_DIR" not in os.environ
     if own_state:
         os.environ["XDPGUARD_STATE_DIR"] = tempfile.mkdtemp(prefix="xdpguard-acceptance-")
-    lab = Lab(duration)
+    RECOVER_S = min(max(a.recover, 1.0), 10.0)
+    warmup = min(max(a.warmup, 2.0), 120.0)
+    lab = Lab(duration, RECOVER_S)
     results: list[dict] = []
     alive: dict = {}
+    t_begin = time.monotonic()
     try:
         up = topology.up(protected=True)
+        t_attach = time.monotonic()
         topology.shape_backend()
         lab.mac = attack._mac(topology.ns_name("prot"), topology.PROT_IFACE)
         lab.ct_max = conntrack("max")
         lab.start_daemon()
-        time.sleep(11)  # the TCP-state grace after attach
         peace: dict = {}  # peacetime: both clients, so that the daemon has a baseline (at 1 in 256
-        ths = [threading.Thread(target=f, args=(WARMUP_S, P4, peace)) for f in (udp_client, web_client)]
+        ths = [threading.Thread(target=f, args=(warmup, P4, peace)) for f in (udp_client, web_client)]
         for t in ths:  # samples, about 100 of the interface's in 20 s: the evidence a filter needs)
             t.start()
         for t in ths:
             t.join()
-        print(f"lab up (XDP {up.xdp_mode}), daemon running, {WARMUP_S:g} s of peacetime: UDP client "
-              f"{sum(ok for _, ok in peace['udp']) / WARMUP_S:.0f} answers/s, web client "
-              f"{len(peace['web']) / WARMUP_S:.0f} answers/s; load {load()}", flush=True)
+        # the TCP-state grace after attach ($XDPGUARD_TCP_GRACE) is over before the first row
+        time.sleep(max(0.0, t_attach + tcpstate.attach_grace_s() + 1 - time.monotonic()))
+        print(f"lab up (XDP {up.xdp_mode}) in {t_attach - t_begin:.0f} s, daemon running, {warmup:g} s of "
+              f"peacetime: UDP client {sum(ok for _, ok in peace['udp']) / warmup:.0f} answers/s, web client "
+              f"{len(peace['web']) / warmup:.0f} answers/s; load {load()}; at {time.monotonic() - t_begin:.0f} s",
+              flush=True)
+        ctl: dict = {}
         for i, row in enumerate(rows):
-            ctl = lab.run(row, control=True)
+            if not (a.one_control and ctl):
+                ctl = lab.run(row, control=True)
             runs: dict = {}
-            for mode in (("enforcing", "monitor") if i % 2 == 0 else ("monitor", "enforcing")):  # no order bias
-                lab.monitor(mode == "monitor")
-                try:
+            try:
+                for mode in (("enforcing", "monitor") if i % 2 == 0 else ("monitor", "enforcing")):  # no order bias
+                    lab.monitor(mode == "monitor")
                     runs[mode] = lab.run(row, control=False)
-                finally:
-                    lab.monitor(False)
+            finally:
+                lab.monitor(False)
             enf, mon = runs["enforcing"], runs["monitor"]
-            r = row_result(row, ctl, enf, mon, lab.ct_max) | {"load": load()}
+            r = row_result(row, ctl, enf, mon, lab.ct_max, RECOVER_S) | {"load": load()}
             results.append(r)
             e, m = r["enforcing"], r["monitor"]
             print(f"{row.name}: UDP {fmt_pct(e['udp_share'])} (monitor {fmt_pct(m['udp_share'])}), web "
                   f"{fmt_pct(e['web_share'])} (monitor {fmt_pct(m['web_share'])}), recovery "
-                  f"{fmt_s(e['udp_recovery_s'])} / {fmt_s(e['web_recovery_s'])}; load {r['load']}", flush=True)
+                  f"{fmt_s(e['udp_recovery_s'])} / {fmt_s(e['web_recovery_s'])}; load {r['load']}; "
+                  f"at {time.monotonic() - t_begin:.0f} s", flush=True)
         alive = backend_alive()
     finally:
         lab.stop_daemon()

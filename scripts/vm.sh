@@ -311,7 +311,8 @@ cmd_test() {
     (($#)) || set -- tests/ --ignore=tests/vm   # the whole suite, but no VM inside the VM
     q="$(printf '%q ' "$@")"
     # XDPGUARD_WHEELS: test.sh runs setup.sh, which must stay offline in the guest (as provision's)
-    local env="CI=${CI:-} PYTHONDONTWRITEBYTECODE=1 XDPGUARD_WHEELS=$WHEELS"
+    # XDPGUARD_SETUP_DONE=1: provisioning ran setup.sh in the guest; test.sh need not run it again
+    local env="CI=${CI:-} PYTHONDONTWRITEBYTECODE=1 XDPGUARD_WHEELS=$WHEELS XDPGUARD_SETUP_DONE=1"
     [[ -n "${XDPGUARD_DIFF_EXAMPLES:-}" ]] && env+=" XDPGUARD_DIFF_EXAMPLES=$XDPGUARD_DIFF_EXAMPLES"
     vm_ssh "cd /vagrant && sudo $env bash scripts/test.sh ${q}" || status=$?
     step "suite in the VM: exit $status after $((SECONDS - t0)) s"

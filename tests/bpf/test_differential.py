@@ -425,7 +425,14 @@ class AppliedBed:
 
     def apply(self, setup: Setup, expiry: dict[str, dict[Prefix, str]]) -> None:
         m = self.maps
-        guard.write_mitigation_filters(m, [])  # else the last example's would stay (mitigations are kept)
+        if self.global_ is not None and any(f.action == policy.MITIGATE for f in self.global_.filters):
+            # The last example's mitigation filters would stay (write_global_policy keeps those in
+            # the table): the table is emptied first. Not with write_mitigation_filters([]), which
+            # compiles the operator's filters once more (1.5 MB of vectors) just before
+            # write_global_policy compiles the new ones.
+            cfg = m[MapName.CONFIG].get(ctypes.c_uint32(0))
+            cfg.filters_count = 0
+            m[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
         guard.write_global_policy(m, setup.global_, self.global_)
         self.global_ = setup.global_
         cfg = m[MapName.CONFIG].get(ctypes.c_uint32(0))

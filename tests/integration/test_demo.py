@@ -1,7 +1,13 @@
 """The demo runs end to end without a terminal (scripts/demo.sh → python -m xdpguard.lab.demo):
 spoofed floods at the forwarded service ports, with and without xdpguard side by side; with it the
 client keeps its rate and (almost) no attack packet reaches the backend, without it the floods
-that conntrack lets through reach the backend and hurt the client; nothing is left behind."""
+that conntrack lets through reach the backend and hurt the client; nothing is left behind.
+
+Run with `--no-cluster`: the demo's second act (three nodes behind one anycast IP, one dies
+mid-attack) is what tests/integration/test_cluster_lab.py tests, on the same `lab up --nodes 3`:
+the router drops a node whose link goes down within 1 s (test_link_down_is_gone_from_the_router,
+with a client answered meanwhile), every node's next hop, BIRD/agent death, BFD. Running the act
+here too cost a second cluster lab (~40 s) for no assertion of its own."""
 
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ def _cols(part: str) -> dict[str, float]:
 def test_demo_end_to_end(tmp_path):
     name = f"d{os.getpid() % 10_000_000}"
     env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
-    p = subprocess.run([sys.executable, "-m", "xdpguard.lab.demo", "--quick"], capture_output=True, text=True,
-                       env=env, timeout=600, stdin=subprocess.DEVNULL)
+    p = subprocess.run([sys.executable, "-m", "xdpguard.lab.demo", "--quick", "--no-cluster"], capture_output=True,
+                       text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
     assert "== with protection" in out and "== without protection" in out and "== summary" in out
@@ -64,14 +70,7 @@ def test_demo_end_to_end(tmp_path):
     w, wo = rows["spoofed-udp:7"]
     assert wo["backend"] >= 1000 and wo["share"] >= 3 * w["share"], (w, wo)
     assert "nothing left behind" in out
-    # the second act: three nodes behind one anycast IP, one dies mid-attack
-    act = out.split("== many nodes, one protective IP", 1)[1]
-    assert "3 next hops" in act, act
-    gone = float(re.search(r"the router dropped node2 (\d+) ms after it died", act)[1])
-    assert gone < 1000, act  # link down: the BGP session drops at once (tens of ms)
-    after = re.search(r"2 nodes left: +http \S+: (\d+)/(\d+) answered", act)
-    assert int(after[1]) >= 0.9 * int(after[2]), act  # the survivors carry the client
-    assert "cluster lab down: removed" in act and "nothing left behind" in act.split("== cluster lab down", 1)[1]
+    assert "== many nodes, one protective IP" not in out  # --no-cluster: test_cluster_lab's
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")]
     assert not [r for r in topology.ROLES if os.path.exists(f"/run/netns/xg-{name}-{r}")]
     assert not (tmp_path / "run" / f"lab-{name}.json").exists()

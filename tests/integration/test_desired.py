@@ -455,9 +455,12 @@ def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_th
                             stdout=subprocess.PIPE, text=True)
     n = 0
     t0 = time.monotonic()
-    while n < 50 and time.monotonic() - t0 < 45:
+    while n < APPLIES and time.monotonic() - t0 < 45:
         topo.xg("apply", "-f", b if n % 2 == 0 else a, timeout=60)
         n += 1
+    # the flood and the client end with the applies (their 55 s are the bound, not the length)
+    flood.terminate()
+    client.send_signal(signal.SIGTERM)
     flood.wait(timeout=70)
     out, _ = client.communicate(timeout=70)
     ok, failed = (int(x) for x in out.split())
@@ -468,13 +471,17 @@ def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_th
     assert ok > 0 and failed == 0
 
 
-# New TCP connections to the forwarded port, one after another, until DURATION s: prints "ok failed".
+APPLIES = 30  # alternating applies under the flood (at least 20 within 45 s)
+# New TCP connections to the forwarded port, one after another, until DURATION s or SIGTERM:
+# prints "ok failed".
 CLIENT_LOOP = r"""
-import socket, sys, time
+import signal, socket, sys, time
 dst, src, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
 ok = failed = 0
 end = time.monotonic() + duration
-while time.monotonic() < end:
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+while time.monotonic() < end and not stop:
     s = socket.socket(); s.settimeout(3)
     try:
         s.bind((src, 0)); s.connect((dst, 80)); s.sendall(b"ping")

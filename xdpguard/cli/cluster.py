@@ -10,10 +10,14 @@ import threading
 import click
 from rich.table import Table
 
+from typing import TYPE_CHECKING
+
 from xdpguard.core import config
-from xdpguard.core.cluster import bgp
-from xdpguard.core.cluster import node as cnode
-from xdpguard.core.cluster import ops
+
+# The cluster code (etcd3gw, requests, urllib3: ~400 modules, ~0.5 s of every `xdpguard` start
+# on a loaded machine) is imported by the cluster verbs that run, not by every command.
+if TYPE_CHECKING:
+    from xdpguard.core.cluster import ops
 
 from .limit import RATE
 from .output import Console, Result, console, json_option
@@ -34,6 +38,9 @@ def cluster():
               help="Exit after SECONDS (tests, the lab).")
 def run(config_path, duration):
     """Run this node: realise the store's desired state, apply and spread bans, announce when healthy."""
+    from xdpguard.core.cluster import node as cnode
+    from xdpguard.core.cluster import ops
+
     desired = ops.load(config_path)
     c = console()
     # markup=False: a report quotes config and store text ("[cluster] protect"), never rich markup
@@ -56,6 +63,8 @@ def run(config_path, duration):
 @json_option
 def status(config_path):
     """Every node: applied revision, in sync or not, health, BGP sessions, announcing or not."""
+    from xdpguard.core.cluster import ops
+
     return Result(ops.status(ops.load(config_path)), _status)
 
 
@@ -88,6 +97,8 @@ def _status(c: Console, res: ops.ClusterStatus) -> None:
 @json_option
 def ban_(addrs, ttl, config_path):
     """Ban source ADDRs on every node (through the store; on this node at once)."""
+    from xdpguard.core.cluster import ops
+
     return Result(ops.ban(ops.load(config_path), list(addrs), ttl), lambda c, res: c.print(
         f"banned {', '.join(res.addresses)} for {ttl:g} s cluster-wide (store revision {res.revision})"
         + (f"; here on {', '.join(res.local)} at once" if res.local else "")))
@@ -99,6 +110,8 @@ def ban_(addrs, ttl, config_path):
 @json_option
 def unban(addrs, config_path):
     """Lift the bans of ADDRs on every node."""
+    from xdpguard.core.cluster import ops
+
     return Result(ops.unban(ops.load(config_path), list(addrs)), _unbanned)
 
 
@@ -115,6 +128,8 @@ def _unbanned(c: Console, res: ops.BanChange) -> None:
 @json_option
 def apply(file, prune, config_path):
     """Make FILE's [[interface]] sections the cluster's desired state (every node realises them)."""
+    from xdpguard.core.cluster import ops
+
     return Result(ops.apply(ops.load(config_path), file, prune), lambda c, res: c.print(
         f"stored {', '.join(res.interfaces)}" + (f", removed {', '.join(res.removed)}" if res.removed else "")
         + f" (store revision {res.revision})"))
@@ -127,6 +142,8 @@ def apply(file, prune, config_path):
 @click.option("--output", type=OUT_FILE, default=None, help="Write to FILE instead of stdout.")
 def bird_config(config_path, withdrawn, output):
     """Print the BIRD config `cluster run` manages (to start BIRD with)."""
+    from xdpguard.core.cluster import bgp, ops
+
     text = ops.bird_config(ops.load(config_path), withdrawn)
     if output:
         bgp.write_config(output, text)

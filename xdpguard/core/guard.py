@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import struct
@@ -1018,10 +1019,17 @@ def filters_compiled(maps, count: int) -> bool:
     return head is not None and head.count == count
 
 
+@functools.lru_cache(maxsize=8)
+def _word_keys(first: int, n: int):
+    """The keys first..first+n of an array map's words, built once (~40-65 ms for the 197,635
+    keys of a filter-vector generation: compile_filters runs on every filter change)."""
+    return (ctypes.c_uint32 * n)(*range(first, first + n))
+
+
 def _write_words(m, first: int, words: bytes) -> None:
     """Array map m's entries first.. := the __u64 words (host byte order), in one batch."""
     n = len(words) // 8
-    keys = (ctypes.c_uint32 * n)(*range(first, first + n))
+    keys = _word_keys(first, n)
     vals = ctypes.create_string_buffer(words, len(words))
     rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
     if rc != 0 or done != n:
