@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.core import libbpf  # noqa: E402
+from xdpguard.core.kernel import libbpf  # noqa: E402
 from xdpguard.core.prefixes import read_prefix_file  # noqa: E402
 from xdpguard.core.guard import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402

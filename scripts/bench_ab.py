@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import benchcases  # noqa: E402  (scripts/: the benchmark cases)
-from xdpguard.core import abi, dataplane, testrun  # noqa: E402
-from xdpguard.core.abi import MapName  # noqa: E402
+from xdpguard.core.kernel import abi, dataplane  # noqa: E402
+from xdpguard.core import testrun  # noqa: E402
+from xdpguard.core.kernel.abi import MapName  # noqa: E402
 from benchcases import (DST4, DST6, SRC4, SRC6, XDP_DROP, XDP_PASS, OnePacketRunner,  # noqa: E402
                         _all_steps, _set_filters, frame, header_filters, payload_filters)
 

@@ -43,8 +43,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.core import abi, guard, policy  # noqa: E402
-from xdpguard.core.abi import MapName  # noqa: E402
+from xdpguard.core.kernel import abi  # noqa: E402
+from xdpguard.core import guard, policy  # noqa: E402
+from xdpguard.core.kernel.abi import MapName  # noqa: E402
 from benchcases import OnePacketRunner  # noqa: E402  (scripts/)
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy  # noqa: E402
 from xdpguard.core.prefixes import Prefix  # noqa: E402

@@ -91,7 +91,7 @@ table inet plain {{
 XDP_PASS_LOADER = r"""
 import socket, sys
 from bcc import BPF
-from xdpguard.core import libbpf
+from xdpguard.core.kernel import libbpf
 b = BPF(text=b"int pass_all(struct xdp_md *ctx) { return XDP_PASS; }")
 fn = b.load_func(b"pass_all", BPF.XDP)
 libbpf.xdp_attach(socket.if_nametoindex(sys.argv[1]), fn.fd, libbpf.XDP_FLAGS_DRV_MODE)

@@ -92,7 +92,7 @@ int xg_gen(struct xdp_md *ctx) {
 
 def _test_run_live(fd: int, buf: ctypes.Array, size: int, repeat: int) -> int:
     """One BPF_PROG_TEST_RUN in live-frames mode; 0 or -errno."""
-    from xdpguard.core import libbpf  # noqa: PLC0415
+    from xdpguard.core.kernel import libbpf  # noqa: PLC0415
 
     o = libbpf._TestRunOpts()
     o.sz, o.data_in, o.data_size_in = ctypes.sizeof(o), ctypes.addressof(buf), size

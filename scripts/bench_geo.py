@@ -28,7 +28,7 @@ from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
 from xdpguard.core import geo, guard  # noqa: E402
-from xdpguard.core.abi import MapName  # noqa: E402
+from xdpguard.core.kernel.abi import MapName  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 
 PLAIN, RULED = "198.18.0.1", "198.18.0.2"

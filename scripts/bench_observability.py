@@ -33,8 +33,9 @@ from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from xdpguard.core import guard, sampling  # noqa: E402
-from xdpguard.core.abi import MapName  # noqa: E402
+from xdpguard.core import guard  # noqa: E402
+from xdpguard.core.observe import sampling  # noqa: E402
+from xdpguard.core.kernel.abi import MapName  # noqa: E402
 from xdpguard.core.testrun import TestBed  # noqa: E402
 
 PROT, ATTACKER, CLIENT = "198.18.0.2", "198.18.0.5", "198.18.0.1"

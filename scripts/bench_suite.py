@@ -72,7 +72,8 @@ import bench_gen  # noqa: E402  (the traffic generators of sections 2-3)
 import bench_l7  # noqa: E402  (section 6: the layer-7 engine's cost)
 from bench_gen import ksoftirqd_cpu_s  # noqa: E402
 
-from xdpguard.core import guard, libbpf  # noqa: E402
+from xdpguard.core import guard  # noqa: E402
+from xdpguard.core.kernel import libbpf  # noqa: E402
 import benchcases  # noqa: E402
 from benchcases import OnePacketRunner  # noqa: E402
 from xdpguard.core.prefixes import parse_prefix  # noqa: E402
@@ -649,7 +650,7 @@ def old_counters(extra: list[int]) -> str:
 
 OUR_TABLE = """
 import sys
-from xdpguard.core import nat
+from xdpguard.core.nat import nft as nat
 from xdpguard.core.forwarding import make_rule
 ports = [int(p) for p in sys.argv[3].split(",") if p] + [5201, 80]
 rules = [make_rule("tcp", sys.argv[1], str(p), f"{sys.argv[2]}:{p}") for p in ports]

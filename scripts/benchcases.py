@@ -28,8 +28,9 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
-from xdpguard.core import abi, guard, libbpf, policy
-from xdpguard.core.abi import MapName
+from xdpguard.core.kernel import abi, libbpf
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import MapName
 from xdpguard.core.guard import Guard
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.prefixes import Prefix

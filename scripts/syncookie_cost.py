@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 from scapy.layers.inet import IP, TCP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
-from xdpguard.core import abi, guard, libbpf, policy  # noqa: E402
+from xdpguard.core.kernel import abi, libbpf  # noqa: E402
+from xdpguard.core import guard, policy  # noqa: E402
 from xdpguard.core.guard import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds  # noqa: E402
 

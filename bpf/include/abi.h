@@ -1,7 +1,7 @@
 /* abi.h — the one contract between the XDP program and the Python controller.
  *
  * Drop reasons, verdict kinds, map names, key/value layouts and flag bits are defined here
- * and nowhere else. xdpguard/core/abi.py mirrors this file; tests/unit/test_abi_sync.py
+ * and nowhere else. xdpguard/core/kernel/abi.py mirrors this file; tests/unit/test_abi_sync.py
  * parses it and fails on any drift. Change a layout => give the map a new name (_v2).
  *
  * Kernel map names are limited to 15 characters (BPF_OBJ_NAME_LEN - 1), so maps are named

@@ -18,8 +18,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, guard, policy
-from xdpguard.core.abi import MapName, Reason
+from xdpguard.core.kernel import abi
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import MapName, Reason
 from xdpguard.core.policy import AddressPolicy, GlobalPolicy, Limits, VerifySettings
 from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed

@@ -22,8 +22,9 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, guard, policy
-from xdpguard.core.abi import Kind, MapName, Reason
+from xdpguard.core.kernel import abi
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import Kind, MapName, Reason
 from xdpguard.core.model.verdict import Model, Protected, Setup
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.guard import Guard
@@ -544,7 +545,7 @@ def test_bucket_stamped_in_the_future_gets_no_refill(bed):
     assert bed.verdict(ack()) == (DROP, Kind.DROP, Reason.RATELIMIT)
 
 
-# ---- automatic mitigation filters (action mitigate, reason mitigation; core/mitigation.py) ----
+# ---- automatic mitigation filters (action mitigate, reason mitigation; core/daemon/mitigation.py) ----
 
 
 MITIG = Filter(action="mitigate", proto="udp", dport=(53, 53), length=(47, 47), payload=b"hello",

@@ -46,8 +46,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
 
-from xdpguard.core import abi, guard, policy
-from xdpguard.core.abi import MapName, Reason
+from xdpguard.core.kernel import abi
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import MapName, Reason
 from xdpguard.core.model.verdict import Listed, Model, Protected, Setup, egress_flow
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.prefixes import Prefix, parse_prefix

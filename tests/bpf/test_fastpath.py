@@ -19,8 +19,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, guard, policy
-from xdpguard.core.abi import Kind, MapName, Reason
+from xdpguard.core.kernel import abi
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import Kind, MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits
 from xdpguard.core.testrun import TestBed
 

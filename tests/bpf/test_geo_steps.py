@@ -12,8 +12,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import abi, geo, guard, policy
-from xdpguard.core.abi import MapName, Reason
+from xdpguard.core.kernel import abi
+from xdpguard.core import geo, guard, policy
+from xdpguard.core.kernel.abi import MapName, Reason
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel

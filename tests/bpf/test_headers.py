@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdpguard.core import abi, dataplane
+from xdpguard.core.kernel import abi, dataplane
 
 pytestmark = pytest.mark.kernel
 

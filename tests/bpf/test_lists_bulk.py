@@ -6,7 +6,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from xdpguard.core.abi import MapName
+from xdpguard.core.kernel.abi import MapName
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_prefix
 from xdpguard.core.guard import Guard

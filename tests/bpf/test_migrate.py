@@ -15,8 +15,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import abi, guard, libbpf, migrate, policy
-from xdpguard.core.abi import Kind, MapName, Reason
+from xdpguard.core.kernel import abi, libbpf, migrate
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import Kind, MapName, Reason
 from xdpguard.core.errors import UserError
 from xdpguard.core.testrun import TestBed
 

@@ -13,8 +13,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from xdpguard.core import guard, sampling
-from xdpguard.core.abi import SAMPLE_SNAPLEN, MapName, SampleState
+from xdpguard.core import guard
+from xdpguard.core.observe import sampling
+from xdpguard.core.kernel.abi import SAMPLE_SNAPLEN, MapName, SampleState
 
 pytestmark = pytest.mark.kernel
 

@@ -19,8 +19,9 @@ from scapy.layers.inet import UDP as scapy_udp
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from xdpguard.core import abi, guard, libbpf, policy
-from xdpguard.core.abi import Kind, MapName, Reason
+from xdpguard.core.kernel import abi, libbpf
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import Kind, MapName, Reason
 from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed, bare_drop_prog, interleaved_rounds
 

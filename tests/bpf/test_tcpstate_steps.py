@@ -16,8 +16,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import abi
-from xdpguard.core.abi import MapName, Reason
+from xdpguard.core.kernel import abi
+from xdpguard.core.kernel.abi import MapName, Reason
 from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed
 

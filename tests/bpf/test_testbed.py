@@ -11,8 +11,9 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import abi, guard, libbpf, policy
-from xdpguard.core.abi import MapName, Reason
+from xdpguard.core.kernel import abi, libbpf
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits
 
 pytestmark = pytest.mark.kernel

@@ -21,7 +21,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from xdpguard.core.abi import LISTS_MASK_BITS, Kind, MapName, Reason
+from xdpguard.core.kernel.abi import LISTS_MASK_BITS, Kind, MapName, Reason
 from xdpguard.core.testrun import TestBed
 
 pytestmark = pytest.mark.kernel

@@ -25,8 +25,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from xdpguard.core import abi, guard, libbpf, policy
-from xdpguard.core.abi import MapName, Reason
+from xdpguard.core.kernel import abi, libbpf
+from xdpguard.core import guard, policy
+from xdpguard.core.kernel.abi import MapName, Reason
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy, Limits, SynPolicy
 from xdpguard.core.guard import Guard
 from xdpguard.core.testrun import TestBed

@@ -17,9 +17,10 @@ from scapy.layers.inet import IP, UDP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from xdpguard.core import guard, libbpf
+from xdpguard.core import guard
+from xdpguard.core.kernel import libbpf
 from xdpguard.core import watermark as wm
-from xdpguard.core.abi import MapName, Reason, Kind, WM_CNT_BAD, WM_CNT_PASS, WM_CNT_PASS_OLD, WM_CNT_STALE
+from xdpguard.core.kernel.abi import MapName, Reason, Kind, WM_CNT_BAD, WM_CNT_PASS, WM_CNT_PASS_OLD, WM_CNT_STALE
 from xdpguard.core.testrun import TestBed
 from xdpguard.sdk import watermark as sdk
 
@@ -178,7 +179,7 @@ def test_monitor_mode_passes_unmarked_unchanged(bed):
 
 
 def test_address_flag_follows_its_services(bed):
-    from xdpguard.core.abi import PROT_WATERMARK
+    from xdpguard.core.kernel.abi import PROT_WATERMARK
     from xdpguard.core.policy import prot_key
 
     a = ipaddress.ip_address(PROT)

@@ -163,7 +163,7 @@ def test_capture_and_export_do_not_follow_symlinks_or_truncate(box: Box, tmp_pat
 
 SCRAPE = """
 import ctypes, ipaddress, sys, time
-from xdpguard.core import abi, metrics, policy, protection, state
+from xdpguard.core.kernel import abi; from xdpguard.core.observe import metrics; from xdpguard.core import policy, protection, state
 g = protection.Guard.open(state.resolve_iface(sys.argv[1]))
 m = g.maps[abi.MapName.BANS]
 now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)

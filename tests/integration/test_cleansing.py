@@ -390,7 +390,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(bed: Bed):
 
     # more filters than the table holds: fill it in one go through core, then ask the CLI for one more
     fill = ("from dataclasses import replace\n"
-            "from xdpguard.core import cleansing, policy, protection, state\n"
+            "from xdpguard.core.verbs import cleansing; from xdpguard.core import policy, protection, state\n"
             f"with protection.open_guard('{IFACE}') as g, state.iface_lock(g.iface):\n"
             "    old = g.read_global_policy()\n"
             "    new = replace(old, filters=tuple(policy.Filter(proto='udp', dport=(p, p)) for p in range(1000, 1064)))\n"

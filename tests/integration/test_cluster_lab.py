@@ -279,7 +279,7 @@ def test_unhealthy_backends_withdraw_the_node(cluster):
 
 POLLER = r"""
 import json, sys, time, ipaddress
-from xdpguard.core import abi, policy, protection, state
+from xdpguard.core.kernel import abi; from xdpguard.core import policy, protection, state
 addrs = json.loads(sys.argv[1]); out = sys.argv[2]; end = time.monotonic() + float(sys.argv[3])
 g = protection.Guard.open(state.resolve_iface("xgp0"))
 maps = [g.maps[n] for n in (abi.MapName.OPBANS, abi.MapName.BANS) if n in g.maps]  # operator bans, data path bans
@@ -344,7 +344,7 @@ def test_ban_on_node1_reaches_every_node_within_a_second(cluster):
 
 EXPIRY_POLLER = r"""
 import json, sys, time, ipaddress
-from xdpguard.core import abi, policy, protection, state
+from xdpguard.core.kernel import abi; from xdpguard.core import policy, protection, state
 addr, out, end = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
 g = protection.Guard.open(state.resolve_iface("xgp0"))
 maps = [g.maps[n] for n in (abi.MapName.OPBANS, abi.MapName.BANS) if n in g.maps]
@@ -669,7 +669,7 @@ json.dump({"sent": sent, "received": sum(len(r) for r in replies), "max_gap": ga
 
 CLEAN_PACKETS = r"""
 import json
-from xdpguard.core import protection, stats
+from xdpguard.core import protection; from xdpguard.core.observe import stats
 with protection.open_guard("xgp0") as g:
     print(json.dumps(stats.read_counts(g)[("pass", "clean")][0]))
 """

@@ -284,7 +284,7 @@ def test_drift_is_repaired_and_a_foreign_program_is_not_fought(topo: Topo, tmp_p
 FOREIGN = r"""
 import ctypes, socket
 from bcc import BPF
-from xdpguard.core import dataplane, libbpf
+from xdpguard.core.kernel import dataplane, libbpf
 b = BPF(text="int not_ours(struct xdp_md *ctx) { return XDP_PASS; }")
 fn = b.load_func("not_ours", BPF.XDP)
 idx = socket.if_nametoindex("xgp0")

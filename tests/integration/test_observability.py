@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from xdpguard.core import sampling
+from xdpguard.core.observe import sampling
 from xdpguard.lab.netns import Lab
 
 pytestmark = pytest.mark.kernel

@@ -235,7 +235,7 @@ def test_block_load_all_or_nothing_and_mixed_families(topo: Topo, tmp_path: Path
 def test_foreign_program_is_not_replaced_without_force(topo: Topo):
     loader = (
         "from bcc import BPF\n"
-        "from xdpguard.core import libbpf\n"
+        "from xdpguard.core.kernel import libbpf\n"
         "import socket\n"
         "b = BPF(text='int foreign(struct xdp_md *ctx) { return XDP_PASS; }')\n"
         "fn = b.load_func('foreign', BPF.XDP)\n"

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from test_observability import ATTACKER, FLOOD, IFACE, PROT, PY, Env, _wait_for  # noqa: F401
-from xdpguard.core import history, report
+from xdpguard.core.observe import history, report
 from xdpguard.lab.netns import NETNS_DIR, Lab
 
 pytestmark = pytest.mark.kernel

@@ -54,7 +54,7 @@ ATTACKER_NFT = """table inet xgatk {
 FORGETTER = """
 import ctypes, ipaddress, sys, time
 from xdpguard.core import protection
-from xdpguard.core.abi import MapName, SrcKey
+from xdpguard.core.kernel.abi import MapName, SrcKey
 g = protection.open_guard(sys.argv[1])
 maps = [g.maps[MapName.GOODSRC], g.maps[MapName.SYNAUTH]]
 k = SrcKey()

@@ -29,9 +29,9 @@ ATTACH_OLD = textwrap.dedent(f"""\
 # The old program's counters, read with the old stride (kind * 16 + reason).
 OLD_STATS = textwrap.dedent("""\
     import ctypes, json, socket
-    from xdpguard.core import dataplane, libbpf
-    from xdpguard.core.abi import Kind, MapName, Reason
-    from xdpguard.core.maps import BpfMap
+    from xdpguard.core.kernel import dataplane, libbpf
+    from xdpguard.core.kernel.abi import Kind, MapName, Reason
+    from xdpguard.core.kernel.maps import BpfMap
     att = dataplane.query(socket.if_nametoindex("xgp0"))
     fds = dataplane.map_fds_of_prog(att.prog_id)
     stats = BpfMap(MapName.STATS, fds[MapName.STATS])
@@ -41,7 +41,7 @@ OLD_STATS = textwrap.dedent("""\
 
 REFUSE = textwrap.dedent("""\
     import json, socket
-    from xdpguard.core import dataplane, protection
+    from xdpguard.core.kernel import dataplane; from xdpguard.core import protection
     from xdpguard.core.errors import UserError
     before = dataplane.query(socket.if_nametoindex("xgp0")).prog_id
     try:

@@ -83,7 +83,7 @@ class FakeGuard:
 
 def every_counter():
     """A counter for every (action, reason) pair the data path can report."""
-    from xdpguard.core.abi import Kind, Reason
+    from xdpguard.core.kernel.abi import Kind, Reason
     from xdpguard.core.protection import CounterView
 
     out = []
@@ -98,8 +98,9 @@ def every_counter():
 def install_fakes(monkeypatch, guard: FakeGuard | None = None) -> None:
     """Make the real collector read `guard` and one forwarding rule with an up, a down and an
     unchecked backend, sampling 1 in 64 with 1000 samples taken and 7 lost."""
-    from xdpguard.core import forward, protection, state
-    from xdpguard.core.forward import BackendView, ForwardListResult, RuleView
+    from xdpguard.core.nat import forward
+    from xdpguard.core import protection, state
+    from xdpguard.core.nat.forward import BackendView, ForwardListResult, RuleView
 
     g = guard or FakeGuard()
     monkeypatch.setattr(protection.Guard, "open", classmethod(lambda cls, iface: g))
@@ -119,7 +120,7 @@ def scrape_text(active=None, ifaces=("xgp0",)) -> str:
     """One scrape (text exposition) of the real collector, over whatever install_fakes set."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from xdpguard.core import metrics
+    from xdpguard.core.observe import metrics
 
     reg = CollectorRegistry(auto_describe=False)
     reg.register(metrics.XdpguardCollector(attacks=lambda: active or {}, ifaces=lambda: list(ifaces),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xdpguard.core.stats import AttackRow, BackendRow, CounterRow, Rate, ReasonRow, RuleRow, Snapshot, Talker
+from xdpguard.core.observe.stats import AttackRow, BackendRow, CounterRow, Rate, ReasonRow, RuleRow, Snapshot, Talker
 
 T0 = 1_700_000_000.0
 

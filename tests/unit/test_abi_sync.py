@@ -1,4 +1,4 @@
-"""bpf/include/abi.h and maps.h against their Python mirror in xdpguard/core/abi.py.
+"""bpf/include/abi.h and maps.h against their Python mirror in xdpguard/core/kernel/abi.py.
 
 The C side is read with regexes (no compiler): #defines, `struct xg_* {…}` layouts with
 natural alignment, and the BPF_*(name, …) map declarations.
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from xdpguard.core import abi
+from xdpguard.core.kernel import abi
 
 INCLUDE = abi.BPF_DIR / "include"
 C_TYPE_SIZES = {"int": 4, "__u8": 1, "__u16": 2, "__be16": 2, "__u32": 4, "__be32": 4, "__u64": 8, "__be64": 8}
@@ -231,6 +231,6 @@ def test_core_imports_neither_click_nor_rich():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
-    assert {"xdpguard.core.abi", "xdpguard.core.dataplane", "xdpguard.core.maps", "xdpguard.core.prefixes",
+    assert {"xdpguard.core.kernel.abi", "xdpguard.core.kernel.dataplane", "xdpguard.core.kernel.maps", "xdpguard.core.prefixes",
             "xdpguard.core.protection", "xdpguard.core.state", "xdpguard.core.testrun"} <= set(result["modules"])
     assert result["bad"] == []

@@ -7,7 +7,8 @@ import ctypes
 import ipaddress
 import time
 
-from xdpguard.core import abi, guard, libbpf, policy
+from xdpguard.core.kernel import abi, libbpf
+from xdpguard.core import guard, policy
 
 
 class FakeMap:

@@ -1,5 +1,5 @@
 """The cleansing CLI (limit, proto, reflection, filter, syn, monitor, fragments, ban, block list
---dynamic) with a fake backend: the verbs of xdpguard.core.cleansing are replaced by fakes that
+--dynamic) with a fake backend: the verbs of xdpguard.core.verbs.cleansing are replaced by fakes that
 record their arguments and return the real result dataclasses. No root, bcc or kernel.
 """
 
@@ -11,7 +11,8 @@ import pytest
 
 from xdpguard.cli.main import run
 from xdpguard.core import vocab
-from xdpguard.core import cleansing, imperative, policy
+from xdpguard.core.verbs import cleansing, imperative
+from xdpguard.core import policy
 from xdpguard.core.errors import UserError
 from cli_helpers import invoke, one_line_error
 

@@ -14,9 +14,10 @@ import pytest
 
 from xdpguard import __version__
 from xdpguard.cli.main import run
-from xdpguard.core import imperative, protection, reconcile
+from xdpguard.core.verbs import imperative
+from xdpguard.core import protection, reconcile
 from xdpguard.core.errors import UserError
-from xdpguard.core.libbpf import BpfError
+from xdpguard.core.kernel.libbpf import BpfError
 from xdpguard.core.protection import (
     AttachResult,
     CounterView,

@@ -8,7 +8,7 @@ import pytest
 from cli_helpers import invoke
 
 from xdpguard import __version__
-from xdpguard.core import sampling
+from xdpguard.core.observe import sampling
 
 
 @pytest.mark.parametrize("cmd", ["top", "stats", "capture"])

@@ -47,11 +47,15 @@ from hypothesis import strategies as st
 
 from xdpguard.cli import main as cli_main
 from xdpguard.cli.main import cli, run
-from xdpguard.core import (capture, cleansing, config, daemon, dataplane, doctor, events, forward, health, imperative,
-                           metrics, policy, protection, reconcile, state, stats, store)
+from xdpguard.core.observe import capture, doctor, events, metrics, stats
+from xdpguard.core.verbs import cleansing, imperative
+from xdpguard.core import config, policy, protection, reconcile, state, store
+from xdpguard.core.daemon import reconciler as daemon
+from xdpguard.core.kernel import dataplane
+from xdpguard.core.nat import forward, health
 from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
-from xdpguard.core import watermarkrules  # keygen writes a file: faked like every verb that writes
+from xdpguard.core.verbs import watermarkrules  # keygen writes a file: faked like every verb that writes
 from xdpguard.lab import attack as lab_attack
 from xdpguard.lab import probe as lab_probe
 from xdpguard.lab import cluster as lab_cluster
@@ -352,8 +356,8 @@ def test_every_option_with_every_hostile_value(core, world):
         invoke(core, world, argv)
     reached = {q for q, _, _ in core.calls}
     # the valid invocations do reach the core: the fakes are wired (else the test proves nothing)
-    assert {"xdpguard.core.imperative.list_add", "xdpguard.core.imperative.limit_set",
-            "xdpguard.core.capture.capture", "xdpguard.core.reconcile.apply_file"} <= reached
+    assert {"xdpguard.core.verbs.imperative.list_add", "xdpguard.core.verbs.imperative.limit_set",
+            "xdpguard.core.observe.capture.capture", "xdpguard.core.reconcile.apply_file"} <= reached
 
 
 # ---- pass 2: random combinations ----

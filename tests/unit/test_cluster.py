@@ -375,7 +375,7 @@ import json  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-from xdpguard.core import libbpf  # noqa: E402
+from xdpguard.core.kernel import libbpf  # noqa: E402
 from xdpguard.core.cluster import node as cnode  # noqa: E402
 
 NODE = ClusterSpec("lab", "n1", ("https://198.18.4.2:2379",), protect=("198.18.0.1/32", "2001:db8:0:1::1/128"),

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xdpguard.core import config, events, forwarding, nat, policy
+from xdpguard.core import config, forwarding, policy
+from xdpguard.core.observe import events
+from xdpguard.core.nat import nft as nat
 from xdpguard.core.config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from xdpguard.core.prefixes import Prefix
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from xdpguard.cli.main import cli
-from xdpguard.core import doctor as d
+from xdpguard.core.observe import doctor as d
 
 ETHTOOL_I_VIRTIO = "driver: virtio_net\nversion: 1.0.0\nfirmware-version: \nbus-info: 0000:00:03.0\n"
 ETHTOOL_K = "Features for eth1:\nrx-checksumming: on [fixed]\nlarge-receive-offload: {lro}\n"

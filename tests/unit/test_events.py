@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from xdpguard.core import events, state
-from xdpguard.core.events import Detector, EventConfig, Measure, Thresholds
+from xdpguard.core.observe import events
+from xdpguard.core import state
+from xdpguard.core.observe.events import Detector, EventConfig, Measure, Thresholds
 
 ADDR = "198.18.0.2"
 

@@ -1,4 +1,4 @@
-"""The sample fan-out's queues and wire format (xdpguard/core/fanout.py), without a kernel: a
+"""The sample fan-out's queues and wire format (xdpguard/core/observe/fanout.py), without a kernel: a
 client that does not read never blocks the daemon (its bounded queue drops and counts), the count
 reaches the client, records arrive whole and decode; a subscriber's buffer is bounded too."""
 
@@ -8,8 +8,8 @@ import ctypes
 import socket
 import time
 
-from xdpguard.core import fanout
-from xdpguard.core.abi import Sample
+from xdpguard.core.observe import fanout
+from xdpguard.core.kernel.abi import Sample
 
 
 def record(i: int) -> bytes:

@@ -14,7 +14,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xdpguard.core import abi, policy
+from xdpguard.core.kernel import abi
+from xdpguard.core import policy
 from xdpguard.core.model.verdict import Headers, _filter_matches
 from xdpguard.core.policy import Filter
 

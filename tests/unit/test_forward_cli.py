@@ -10,9 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from xdpguard.cli.main import cli, run
-from xdpguard.core import forward, health, imperative, nat, state
+from xdpguard.core.nat import forward, health, nft as nat
+from xdpguard.core.verbs import imperative
+from xdpguard.core import state
 from xdpguard.core.errors import UserError
-from xdpguard.core.forward import BackendView, ForwardChangeResult, ForwardListResult, RuleView
+from xdpguard.core.nat.forward import BackendView, ForwardChangeResult, ForwardListResult, RuleView
 from cli_helpers import one_line_error
 
 LISTING = ForwardListResult(

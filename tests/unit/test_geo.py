@@ -12,7 +12,7 @@ from netaddr import IPSet
 from xdpguard.cli.main import run
 from xdpguard.core import config, geo
 from xdpguard.core.errors import UserError
-from xdpguard.core.sampling import PacketSample
+from xdpguard.core.observe.sampling import PacketSample
 from xdpguard.lab.geodb import write_location_db
 
 from cli_helpers import one_line_error

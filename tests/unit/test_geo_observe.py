@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from xdpguard.core import geo, history, report
-from xdpguard.core.sampling import PacketSample
+from xdpguard.core import geo
+from xdpguard.core.observe import history, report
+from xdpguard.core.observe.sampling import PacketSample
 from xdpguard.lab.geodb import write_location_db
 
 from render_fixtures import attack_snapshot, geo_attack_snapshot

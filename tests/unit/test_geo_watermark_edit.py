@@ -9,7 +9,8 @@ import ipaddress
 
 import pytest
 
-from xdpguard.core import geo, georules, reconcile, store, watermarkrules
+from xdpguard.core import geo, reconcile, store
+from xdpguard.core.verbs import georules, watermarkrules
 from xdpguard.core.errors import UserError
 from xdpguard.lab.geodb import write_location_db
 from xdpguard.sdk import watermark as sdk

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from xdpguard.core import abi
+from xdpguard.core.kernel import abi
 
 ROOT = abi.BPF_DIR.parent
 HACKING = (ROOT / "docs" / "hacking.md").read_text()

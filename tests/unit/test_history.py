@@ -1,4 +1,4 @@
-"""The daemon's rolling history (xdpguard/core/history.py): downsampling is right, the size cap
+"""The daemon's rolling history (xdpguard/core/observe/history.py): downsampling is right, the size cap
 holds while many records are written fast, a torn last line loses only that record, a restart
 rebuilds the coarse bucket it was filling; and a report renders from a recorded history."""
 
@@ -11,7 +11,7 @@ import zlib
 
 import pytest
 
-from xdpguard.core import history, report
+from xdpguard.core.observe import history, report
 from xdpguard.core.errors import UserError
 
 

@@ -106,7 +106,7 @@ def test_reading_from_show_stat():
 def test_the_daemons_watch_serves_the_raised_level_and_logs_each_step(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from xdpguard.core import events
+    from xdpguard.core.observe import events
     from xdpguard.core.l7 import bans, engine
 
     svc = HttpService("web", listen=["198.18.0.1"], backends=["198.18.1.2:80"])

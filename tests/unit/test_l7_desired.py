@@ -7,7 +7,8 @@ import ipaddress
 
 import pytest
 
-from xdpguard.core import config, nat
+from xdpguard.core import config
+from xdpguard.core.nat import nft as nat
 from xdpguard.core.l7 import bans, engine, schema
 from xdpguard.core.l7.runtime import Offender
 from xdpguard.core.l7.spec import HttpService

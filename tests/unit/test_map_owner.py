@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2] / "xdpguard"
 
 OWNER = "core/guard.py"
-KERNEL = {"core/dataplane.py", "core/maps.py", "core/migrate.py", "core/libbpf.py"}
+KERNEL = {"core/kernel/dataplane.py", "core/kernel/maps.py", "core/kernel/migrate.py", "core/kernel/libbpf.py"}
 PIN_LAYOUT = {"core/state.py"}  # Iface.pin_dir, remove_pins: where the pins live, defined once
 
 PENDING = {

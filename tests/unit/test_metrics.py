@@ -9,7 +9,7 @@ import pytest
 from prom_helpers import exported, install_fakes, samples, scrape_text  # (tests/unit is on sys.path)
 
 from xdpguard import __version__
-from xdpguard.core import metrics
+from xdpguard.core.observe import metrics
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from xdpguard.core import config, forwarding, levels, mitigation, nat, policy
+from xdpguard.core import config, forwarding, levels, policy
+from xdpguard.core.daemon import mitigation
+from xdpguard.core.nat import nft as nat
 from xdpguard.core.errors import UserError
 
 DST = "198.18.0.1"

@@ -14,7 +14,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from xdpguard.core.abi import Kind, Reason
+from xdpguard.core.kernel.abi import Kind, Reason
 from xdpguard.core.model.verdict import Listed, Model, Protected, Setup, parse_addresses, parse_headers, verdict
 from xdpguard.core.policy import AddressPolicy, Filter, GlobalPolicy
 from xdpguard.core.prefixes import parse_prefix

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from xdpguard.core import nat
+from xdpguard.core.nat import nft as nat
 from xdpguard.core.forwarding import (
     Backend,
     ForwardRule,
@@ -919,7 +919,7 @@ def test_goldens_load_into_a_kernel(netns: str, tmp_path: Path) -> None:
 APPLIER_SCRIPT = textwrap.dedent(
     """
     import json
-    from xdpguard.core import nat
+    from xdpguard.core.nat import nft as nat
     from xdpguard.core.forwarding import make_rule
 
     applier = nat.NftApplier()

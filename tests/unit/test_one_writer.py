@@ -13,7 +13,8 @@ from dataclasses import replace
 
 import pytest
 
-from xdpguard.core import config, imperative, policy, prefixes, protection, reconcile, state, store
+from xdpguard.core import config, policy, prefixes, protection, reconcile, state, store
+from xdpguard.core.verbs import imperative
 from xdpguard.core.config import AddressSpec, InterfaceSpec
 from xdpguard.core.errors import UserError
 

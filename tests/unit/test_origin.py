@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from xdpguard.core import origin
+from xdpguard.core.nat import origin
 from xdpguard.core.forwarding import Backend, ForwardRule
 
 A = ipaddress.ip_address

@@ -9,7 +9,7 @@ import yaml
 from prom_helpers import (PROMETHEUS_SERIES, RULES, RULES_TEST, exported, full_scrape, metric_names,
                           run_promtool)
 
-from xdpguard.core import metrics
+from xdpguard.core.observe import metrics
 
 
 def _rules() -> list[dict]:

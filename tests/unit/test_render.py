@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from xdpguard.core.stats import Talker
+from xdpguard.core.observe.stats import Talker
 from xdpguard.tui.render import fmt_duration, fmt_rate, plain, render
 
 from render_fixtures import attack_snapshot, geo_attack_snapshot, quiet_snapshot  # tests/unit is on sys.path (rootdir-less test dirs)

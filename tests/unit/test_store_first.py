@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from xdpguard.core import config, imperative, policy, protection, reconcile, state, store
+from xdpguard.core import config, policy, protection, reconcile, state, store
+from xdpguard.core.verbs import imperative
 from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_prefix

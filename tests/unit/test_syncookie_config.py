@@ -7,7 +7,8 @@ import pytest
 from cli_helpers import one_line_error
 
 from xdpguard.cli.main import run
-from xdpguard.core import abi, config, policy
+from xdpguard.core.kernel import abi
+from xdpguard.core import config, policy
 
 HEAD = '[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n\n[[interface.address]]\naddress = "198.18.0.1"\n'
 

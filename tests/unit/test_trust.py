@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xdpguard.cli.main import run
-from xdpguard.core import config, events, policy, protection, reconcile, state, store
+from xdpguard.core import config, policy, protection, reconcile, state, store
+from xdpguard.core.observe import events
 from xdpguard.core.cluster import bgp
 from xdpguard.core.config import AddressSpec, ClusterSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from xdpguard.core import abi, policy
+from xdpguard.core.kernel import abi
+from xdpguard.core import policy
 from xdpguard.core.errors import UserError
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import dataplane, protection, reconcile
+from xdpguard.core.kernel import dataplane
+from xdpguard.core import protection, reconcile
 
 from .output import Console, Result, json_option
 from .params import IFACE

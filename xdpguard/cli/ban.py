@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from xdpguard.core import cleansing
+from xdpguard.core.verbs import cleansing
 
 from .params import COUNT, TEXT, iface_option
 from .output import Console, Result, json_option

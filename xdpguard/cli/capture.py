@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import capture as core
-from xdpguard.core import sampling
-from xdpguard.core.abi import DROP_REASONS, SAMPLE_SNAPLEN
+from xdpguard.core.observe import capture as core
+from xdpguard.core.observe import sampling
+from xdpguard.core.kernel.abi import DROP_REASONS, SAMPLE_SNAPLEN
 
 from .output import Console, Result, json_option
 from .params import IFACE, OUT_FILE, SecondsType

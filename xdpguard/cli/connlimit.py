@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import connlimit, imperative, nat
+from xdpguard.core.nat import connlimit, nft as nat
+from xdpguard.core.verbs import imperative
 from xdpguard.core.errors import UserError
 
 from .output import Console, Result, json_option

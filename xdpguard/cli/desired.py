@@ -1,5 +1,5 @@
 """`xdpguard apply | diff | export | upgrade`: desired state as a file. (The imperative verbs
-change the desired-state store through core/imperative.py, store first.)"""
+change the desired-state store through core/verbs/imperative.py, store first.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from xdpguard.core import capture, reconcile, state
+from xdpguard.core.observe import capture
+from xdpguard.core import reconcile, state
 from xdpguard.core.errors import UserError
 
 from .output import Console, Result, json_option

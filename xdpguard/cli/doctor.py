@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import doctor as core
+from xdpguard.core.observe import doctor as core
 
 from .exitcodes import ExitCode
 from .output import Console, Result, json_option

@@ -7,11 +7,12 @@ import time
 import click
 from rich.table import Table
 
-from xdpguard.core import events as core
-from xdpguard.core import imperative, protection, state, vocab
+from xdpguard.core.observe import events as core
+from xdpguard.core.verbs import imperative
+from xdpguard.core import protection, state, vocab
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_address
-from xdpguard.core.abi import DROP_REASONS
+from xdpguard.core.kernel.abi import DROP_REASONS
 
 from .output import Console, Result, human_bytes, json_option as _json
 from .params import HOOK, IFACE, RATE, TEXT, SecondsType, iface_option as _iface

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import abi, cleansing, imperative, policy, vocab
+from xdpguard.core.kernel import abi
+from xdpguard.core.verbs import cleansing, imperative
+from xdpguard.core import policy, vocab
 from xdpguard.core.vocab import parse_hex, parse_range
 from xdpguard.core.errors import UserError
 

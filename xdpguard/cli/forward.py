@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import forward as core
-from xdpguard.core import imperative
+from xdpguard.core.nat import forward as core
+from xdpguard.core.verbs import imperative
 
 from .output import Console, Result, human_bytes, json_option as _json
 from .params import iface_option as _iface

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import geo as core_geo
-from xdpguard.core import georules
+from xdpguard.core.verbs import georules
 
 from .output import Console, Result, json_option
 from .params import TEXT, iface_option, protected_option

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import imperative, levels, levelset
+from xdpguard.core.verbs import imperative, levelset
+from xdpguard.core import levels
 
 from .output import Console, Result, json_option
 from .params import iface_option, protected_option

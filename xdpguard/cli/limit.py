@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, imperative, policy
+from xdpguard.core.verbs import cleansing, imperative
+from xdpguard.core import policy
 from xdpguard.core.errors import UserError
 
 from .output import Console, Result, human_bytes, json_option

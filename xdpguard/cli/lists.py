@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from xdpguard.core import imperative, protection
+from xdpguard.core.verbs import imperative
+from xdpguard.core import protection
 
 from .output import Console, Result, json_option
 from .params import CIDR, IN_FILE, SecondsType, iface_option
@@ -79,7 +80,7 @@ def make_group(which: str) -> click.Group:
         if dynamic:
             if which != "block":
                 raise click.UsageError("--dynamic only applies to the blocklist")
-            from xdpguard.core import cleansing
+            from xdpguard.core.verbs import cleansing
 
             from .ban import render as render_bans
             return Result(cleansing.ban_list(iface), render_bans)

@@ -10,7 +10,7 @@ import click
 from xdpguard import __version__
 from xdpguard.core.config import ConfigError
 from xdpguard.core.errors import UserError
-from xdpguard.core.libbpf import BpfError
+from xdpguard.core.kernel.libbpf import BpfError
 from xdpguard.core.vocab import check_text, shown
 
 from .exitcodes import ExitCode

@@ -12,7 +12,7 @@ import time
 import click
 from rich.table import Table
 
-from xdpguard.core import mitigation
+from xdpguard.core.daemon import mitigation
 
 from .output import Console, Result, json_option
 from .params import TEXT, SecondsType, iface_option

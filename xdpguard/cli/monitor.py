@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, imperative
-from xdpguard.core.abi import DROP_REASONS
+from xdpguard.core.verbs import cleansing, imperative
+from xdpguard.core.kernel.abi import DROP_REASONS
 
 from .params import iface_option
 from .output import Console, Result, json_option

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import origin
+from xdpguard.core.nat import origin
 
 from .output import Result, json_option
 from .params import iface_option

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import imperative, protection
+from xdpguard.core.verbs import imperative
+from xdpguard.core import protection
 
 from .output import Console, Result, json_option as _json
 from .params import iface_option as _iface, protected_option as _protected

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, imperative, policy
+from xdpguard.core.verbs import cleansing, imperative
+from xdpguard.core import policy
 
 from .limit import iface_option, protected_option
 from .output import Console, Result, json_option

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, imperative
+from xdpguard.core.verbs import cleansing, imperative
 
 from .limit import iface_option
 from .output import Console, Result, json_option

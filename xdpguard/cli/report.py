@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import report as core
+from xdpguard.core.observe import report as core
 from xdpguard.core import state
 
 from .output import Console, Result, human_bytes, json_option

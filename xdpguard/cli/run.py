@@ -1,6 +1,6 @@
 """`xdpguard run`: the long-running part (backend health checks, attack detection, metrics,
 expiry sweeps). Here: its options, resolved against the [daemon] section of --config; the wiring
-is core/run.py's."""
+is core/daemon/run.py's."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import time
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config, events, health, mitigation, vocab
-from xdpguard.core import run as core_run
+from xdpguard.core import config, vocab
+from xdpguard.core.observe import events
+from xdpguard.core.nat import health
+from xdpguard.core.daemon import mitigation
+from xdpguard.core.daemon import run as core_run
 
 from .output import console
 from .params import CONFIG_FILE, HOOK, LISTEN, RATE, SecondsType

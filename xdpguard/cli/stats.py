@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import sampling, state
-from xdpguard.core import stats as core_stats
+from xdpguard.core.observe import sampling
+from xdpguard.core import state
+from xdpguard.core.observe import stats as core_stats
 
 from .params import IFACE, SecondsType
 from .output import json_option

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from xdpguard.core import levels, mitigation, protection, state
+from xdpguard.core import levels, protection, state
+from xdpguard.core.daemon import mitigation
 
 from .output import Console, Result, human_bytes, json_option
 from .params import IFACE

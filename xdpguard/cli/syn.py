@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from xdpguard.core import cleansing, imperative
+from xdpguard.core.verbs import cleansing, imperative
 
 from .params import COUNT as RATE, TEXT, iface_option, protected_option
 from .output import Console, Result, json_option

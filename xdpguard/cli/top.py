@@ -11,7 +11,8 @@ import tty
 
 import click
 
-from xdpguard.core import events, sampling, state, stats
+from xdpguard.core.observe import events, sampling, stats
+from xdpguard.core import state
 
 from .output import Console, Result, console, json_option, json_wanted
 from .params import IFACE, SecondsType

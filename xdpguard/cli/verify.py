@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from xdpguard.core import verified
+from xdpguard.core.verbs import verified
 
 from .output import Result, json_option
 from .params import COUNT, iface_option

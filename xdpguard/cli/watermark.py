@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from xdpguard.core import watermark as core_wm
-from xdpguard.core import watermarkrules
+from xdpguard.core.verbs import watermarkrules
 
 from .output import Result, json_option
 from .params import IN_FILE, OUT_FILE, iface_option, protected_option

@@ -30,7 +30,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from . import abi, state
+from .kernel import abi
+from . import state
 from .errors import UserError
 from .model.geo import MODES, GeoSpec, normal  # noqa: F401 (geo.MODES, geo.normal: their old home)
 

@@ -21,10 +21,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, dataplane, geo, levels, libbpf, migrate, state, vocab
+from .kernel import abi, dataplane, libbpf, migrate
+from . import geo, levels, state, vocab
 from . import watermark as wmark
-from .abi import ALL_DROP_MASK
-from .abi import (
+from .kernel.abi import ALL_DROP_MASK
+from .kernel.abi import (
     Addr4,
     Addr6,
     Config,
@@ -40,7 +41,7 @@ from .abi import (
     stats_slot,
 )
 from .errors import UserError
-from .maps import BpfMap
+from .kernel.maps import BpfMap
 from .policy import (
     MITIGATE,
     PROTOCOLS,

@@ -13,7 +13,8 @@ import ipaddress
 import sys
 from dataclasses import asdict, dataclass, replace
 
-from . import abi, vocab
+from .kernel import abi
+from . import vocab
 from .errors import UserError
 
 MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absurd for one box

@@ -12,10 +12,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import dataplane, guard, levels, libbpf, migrate, state, tcpstate, vocab
+from .kernel import dataplane, libbpf, migrate
+from . import guard, levels, state, tcpstate, vocab
 from .guard import (CounterView, Guard, ListEntryView, _now_ns, locked_guard,  # noqa: F401
                     open_guard, pick_iface)
-from .abi import (
+from .kernel.abi import (
     ABI_VERSION,
     PROTECTED_MAX,
     MapName,
@@ -24,7 +25,7 @@ from .abi import (
     PORT_BY_OPERATOR,
 )
 from .errors import UserError
-from .maps import BpfMap
+from .kernel.maps import BpfMap
 from .prefixes import Prefix, parse_address, parse_prefix, whole_family
 from .result import as_dict as _as_dict
 

@@ -21,7 +21,10 @@ import socket
 import struct
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, dataplane, events, forward, geo, levels, policy, protection, state, store, vocab
+from .kernel import abi, dataplane
+from . import config, geo, levels, policy, protection, state, store, vocab
+from .observe import events
+from .nat import forward
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
 from . import watermark as wmark

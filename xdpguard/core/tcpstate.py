@@ -22,8 +22,9 @@ import os
 import time
 from pathlib import Path
 
-from . import dataplane, guard, libbpf, state, vocab
-from .abi import TS_EST_TIMEOUT_S, FlowKey
+from .kernel import dataplane, libbpf
+from . import guard, state, vocab
+from .kernel.abi import TS_EST_TIMEOUT_S, FlowKey
 
 # Connections older than the attach are unknown to the table; their packets pass for this long
 # (the protected side's first packet in that time records them for good). $XDPGUARD_TCP_GRACE

@@ -10,10 +10,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from . import dataplane, libbpf, policy
-from .abi import KIND_MAX, SK_SHIFT, SK_SLOTS, Kind, Reason, SrcSketch
+from .kernel import dataplane, libbpf
+from . import policy
+from .kernel.abi import KIND_MAX, SK_SHIFT, SK_SLOTS, Kind, Reason, SrcSketch
 from .guard import Guard
-from .maps import BpfMap
+from .kernel.maps import BpfMap
 from .policy import ban_bloom_bit, src_key
 from .prefixes import parse_prefix
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, replace
 
 from ..sdk import watermark as sdk
-from . import abi
+from .kernel import abi
 from .errors import UserError
 
 DEFAULT_OVERLAP = 300  # seconds the previous key stays valid after a rotation

@@ -1,6 +1,6 @@
 """The dashboard: a pure render(snapshot, width, height) → rich renderable.
 
-No I/O here: `xdpguard top` collects Snapshots (xdpguard.core.stats) and hands them over; tests
+No I/O here: `xdpguard top` collects Snapshots (xdpguard.core.observe.stats) and hands them over; tests
 render fixed Snapshots to a fixed-width console. Fits 80×24; more rows and columns give longer
 lists, wider sparklines and side-by-side panels.
 """
@@ -13,7 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from xdpguard.core.stats import SERIES, Snapshot, sparkline
+from xdpguard.core.observe.stats import SERIES, Snapshot, sparkline
 
 
 def fmt_rate(v: float, unit: str = "") -> str:

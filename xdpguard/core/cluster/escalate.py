@@ -19,7 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import dataplane, fanout, protection, sampling, stats, vocab
+from ..kernel import dataplane
+from ..observe import fanout, sampling, stats
+from .. import protection, vocab
 from ..model.cluster import BgpSpec
 from ..errors import UserError
 from .bgp import Escalation

@@ -41,7 +41,10 @@ from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import IPS_ASSURED, NFCTAttrTuple
 
-from .. import cleansing, connlimit, dataplane, forward, protection, reconcile, state
+from ..verbs import cleansing
+from ..nat import connlimit, forward
+from ..kernel import dataplane
+from .. import protection, reconcile, state
 from ..model.desired import Desired, InterfaceSpec
 from ..errors import UserError
 from . import bgp as bgpmod

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .. import cleansing, state, vocab
+from ..verbs import cleansing
+from .. import state, vocab
 from ..model.desired import Desired
 from ..desired import load as spec_load
 from ..errors import UserError

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import ipaddress
 
-from .. import abi, policy
+from ..kernel import abi
+from .. import policy
 from ..l7 import schema as l7schema
 from ..model import thresholds, vocab
 from ..model.desired import ALL_DROP_MASK, AddressSpec, DaemonSpec, Desired, ForwardSpec, InterfaceSpec, addr_order

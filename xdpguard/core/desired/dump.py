@@ -6,7 +6,8 @@ from dataclasses import MISSING, fields
 
 import tomli_w
 
-from .. import abi, policy
+from ..kernel import abi
+from .. import policy
 from ..model.cluster import BgpSpec
 from ..l7 import schema as l7schema
 from ..model import thresholds, vocab

@@ -12,7 +12,8 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
-from .. import abi, levels, policy
+from ..kernel import abi
+from .. import levels, policy
 from .. import watermark as wmark
 from ..model.cluster import BgpNeighbor, BgpSpec, ClusterSpec
 from ..errors import UserError

@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .. import config, events, protection, state
+from .. import config, protection, state
+from ..observe import events
 from ..errors import UserError
 from ..prefixes import Prefix
 from . import auto, engine, runtime

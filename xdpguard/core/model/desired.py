@@ -23,7 +23,7 @@ from . import geo, thresholds, vocab
 from .connlimit import ConnLimits
 from .forwarding import ForwardRule
 
-from ..abi import ALL_DROP_MASK, DROP_REASONS  # noqa: F401  (the one table: abi)
+from ..kernel.abi import ALL_DROP_MASK, DROP_REASONS  # noqa: F401  (the one table: abi)
 
 MODES = ("auto", "native", "skb")
 #: `[interface.verify]` keys: policy.VerifySettings' fields but the runtime udp_learning switch

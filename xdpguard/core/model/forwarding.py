@@ -2,7 +2,7 @@
 
 A forwarding rule says: connections to ``PROTECTED:PORT[-PORT]`` over tcp or udp go to a set of
 backends (the hidden real servers). This module only describes and validates rules; the nftables
-ruleset is built from them by :mod:`xdpguard.core.nat`.
+ruleset is built from them by :mod:`xdpguard.core.nat.nft`.
 
 Port mapping (documented once, used by the NAT builder):
 

@@ -36,7 +36,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..abi import FILTERS_MAX, REASON_MAX, VF_TCP, VF_UDP, Kind, Reason
+from ..kernel.abi import FILTERS_MAX, REASON_MAX, VF_TCP, VF_UDP, Kind, Reason
 from ..policy import AddressPolicy, Filter, GlobalPolicy, Limits
 from .vocab import FILTER_PROTOS
 from .prefixes import Prefix

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import libbpf
 from .abi import KIND_MAX, MAP_LAYOUTS, MAP_SHAPES, MAP_TYPES, MapName, map_sizes
-from .errors import UserError
+from ..errors import UserError
 
 # Soft state: losing it costs a refill or one SYN retransmission, never a policy.
 SOFT = frozenset({MapName.BUCKETS, MapName.SRCSKETCH, MapName.DSTBKT, MapName.DSTADDR, MapName.SYNSEEN, MapName.SYNWIN,

@@ -17,8 +17,9 @@ import ipaddress
 import socket
 from dataclasses import asdict, dataclass, field
 
-from . import forward, state
-from .errors import UserError
+from . import forward
+from .. import state
+from ..errors import UserError
 
 FORMATS = ("nft", "iptables")
 TABLE = "xdpguard_origin"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import libbpf
 from .abi import BPF_DIR, EGRESS_FUNC, PROGRAM_FUNC, PROGRAM_SOURCE, MapName
-from .errors import UserError
+from ..errors import UserError
 
 PROGRAM_KERNEL_NAME = PROGRAM_FUNC[:15]  # kernel program names are 15 chars at most
 EGRESS_KERNEL_NAME = EGRESS_FUNC[:15]

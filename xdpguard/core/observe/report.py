@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from . import capture, events, history
-from .errors import UserError
+from ..errors import UserError
 
 MAX_REASONS_PLOTTED = 6
 PNG_DPI = 100

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from . import geo, protection, reconcile, state
-from .model.desired import InterfaceSpec
-from .errors import UserError
+from .. import geo, protection, reconcile, state
+from ..model.desired import InterfaceSpec
+from ..errors import UserError
 
 ACTIONS = {"block": geo.block, "allow": geo.allow, "only": geo.only}
 

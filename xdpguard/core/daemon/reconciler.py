@@ -22,10 +22,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import dataplane, forward, guard, libbpf, protection, reconcile, state, store, tcpstate
-from .config import Desired, InterfaceSpec
-from .errors import UserError
-from .l7 import bans as l7bans
+from ..kernel import dataplane, libbpf
+from ..nat import forward
+from .. import guard, protection, reconcile, state, store, tcpstate
+from ..config import Desired, InterfaceSpec
+from ..errors import UserError
+from ..l7 import bans as l7bans
 
 
 class Reconciler:

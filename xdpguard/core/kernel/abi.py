@@ -13,7 +13,7 @@ from pathlib import Path
 
 ABI_VERSION = 1
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 ABI_HEADER = BPF_DIR / "include" / "abi.h"
 PROGRAM_SOURCE = BPF_DIR / "xdpguard.bpf.c"
 PROGRAM_FUNC = "xdpguard_main"
@@ -117,7 +117,7 @@ SK_SHIFT = 30
 SK_MAX = 0x7FFFFFFF
 
 FA_DROP, FA_PASS, FA_DROP_BAN = 1, 2, 3
-FA_MITIGATE = 4  # an automatic mitigation filter (core/mitigation.py): drop as Reason.MITIGATION
+FA_MITIGATE = 4  # an automatic mitigation filter (core/daemon/mitigation.py): drop as Reason.MITIGATION
 
 # Feature filters compiled to per-field bit vectors (abi.h XG_FV_*): word offsets per generation.
 FV_PROTO, FV_TTL, FV_FLAGS, FV_SPORT, FV_DPORT, FV_LEN = 0, 256, 512, 1024, 66561, 132098

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from . import abi, policy, protection, reconcile
-from .model.desired import VERIFY_KEYS
-from .errors import UserError
+from ..kernel import abi
+from .. import policy, protection, reconcile
+from ..model.desired import VERIFY_KEYS
+from ..errors import UserError
 
 
 @dataclass(frozen=True)

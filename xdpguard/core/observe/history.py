@@ -39,10 +39,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import state, store
-from .errors import UserError
-from .model.desired import Desired
-from .desired.dump import to_toml
+from .. import state, store
+from ..errors import UserError
+from ..model.desired import Desired
+from ..desired.dump import to_toml
 
 DEFAULT_CAP_BYTES = 64 << 20  # all tiers of one interface together
 FSYNC_EVERY = 10  # records between two fdatasyncs of a tier's segment

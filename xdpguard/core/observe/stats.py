@@ -13,10 +13,12 @@ from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import fanout, forward, geo, protection, sampling, state
-from .errors import UserError
-from .l7 import engine as l7engine
-from .result import as_dict as _as_dict
+from . import fanout, sampling
+from ..nat import forward
+from .. import geo, protection, state
+from ..errors import UserError
+from ..l7 import engine as l7engine
+from ..result import as_dict as _as_dict
 
 SERIES = ("received", "dropped", "passed", "forwarded")
 HISTORY_LEN = 120

@@ -11,9 +11,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import daemon, events, fanout, geo, health, history, mitigation, protection
-from . import metrics as prom
-from .errors import UserError
+from . import reconciler as daemon, mitigation
+from ..observe import events, fanout, history
+from .. import geo, protection
+from ..nat import health
+from ..observe import metrics as prom
+from ..errors import UserError
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 
 from xdpguard import __version__
 
-from . import forward, protection, state, stats, vocab
-from .l7 import engine as l7engine
-from .errors import UserError
+from ..nat import forward
+from .. import protection, state, vocab
+from . import stats
+from ..l7 import engine as l7engine
+from ..errors import UserError
 
 ATTACK_NONE: Callable[[], dict[tuple[str, str], bool]] = lambda: {}
 SIZES_MAX_AGE_S = 5.0  # xdpguard_list_entries is at most this old

@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from . import abi, config, policy, vocab
-from .abi import ALL_DROP_MASK, DROP_REASONS
-from .errors import UserError
-from .prefixes import parse_address
-from .protection import locked_guard, open_guard
-from .result import as_dict as _as_dict
+from ..kernel import abi
+from .. import config, policy, vocab
+from ..kernel.abi import ALL_DROP_MASK, DROP_REASONS
+from ..errors import UserError
+from ..prefixes import parse_address
+from ..protection import locked_guard, open_guard
+from ..result import as_dict as _as_dict
 
 MAX_BAN_TTL_S = policy.MAX_BAN_S
 

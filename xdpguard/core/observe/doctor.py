@@ -23,7 +23,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataplane, state
+from ..kernel import dataplane
+from .. import state
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 OLD_KERNEL = (4, 18)  # XDP generic, LPM tries, BPF_PROG_TEST_RUN exist from here

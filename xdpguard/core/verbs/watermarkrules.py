@@ -14,10 +14,10 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from . import protection, reconcile, state
-from . import watermark as wm
-from .config import InterfaceSpec
-from .errors import UserError
+from .. import protection, reconcile, state
+from .. import watermark as wm
+from ..config import InterfaceSpec
+from ..errors import UserError
 
 
 @dataclass(frozen=True)

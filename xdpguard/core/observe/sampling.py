@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import libbpf, state, vocab
-from .abi import Kind, Reason, Sample
+from ..kernel import libbpf
+from .. import state, vocab
+from ..kernel.abi import Kind, Reason, Sample
 
 DEFAULT_SAMPLE_EVERY = 256  # ~3% data-path cost; 1 in 64 costs ~15% (scripts/bench_observability.py)
 

@@ -69,10 +69,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import connlimit, events, guard, levels, policy, protection, state, vocab
-from .abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
-from .errors import UserError
-from .desired.diff import describe
+from ..nat import connlimit
+from ..observe import events
+from .. import guard, levels, policy, protection, state, vocab
+from ..kernel.abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
+from ..errors import UserError
+from ..desired.diff import describe
 
 STATE_KEY = state.MITIGATIONS.key  # the old name (cli/status.py spells the key through it)
 MAX_PER_SERVICE = 4

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import state, vocab
+from .. import state, vocab
 from .stats import AttackRow, Collector
-from .errors import UserError
-from .model.thresholds import DEFAULT_HOLD_S, DEFAULT_THRESHOLDS, EventConfig, Measure, Thresholds, exceeded  # noqa: F401 (old home)
+from ..errors import UserError
+from ..model.thresholds import DEFAULT_HOLD_S, DEFAULT_THRESHOLDS, EventConfig, Measure, Thresholds, exceeded  # noqa: F401 (old home)
 
 STATE_KEY = state.ATTACK.key  # the old name (reconcile.py spells the key through it)
 HOOK_TIMEOUT_S = 30.0

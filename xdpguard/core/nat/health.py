@@ -17,9 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import forward, state
-from .errors import UserError
-from .forwarding import Backend, ForwardRule
+from . import forward
+from .. import state
+from ..errors import UserError
+from ..forwarding import Backend, ForwardRule
 
 
 @dataclass(frozen=True)

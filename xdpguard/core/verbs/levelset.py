@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from . import forward, state
-from .levels import PRESETS, udp_ports
-from .protection import open_guard
+from ..nat import forward
+from .. import state
+from ..levels import PRESETS, udp_ports
+from ..protection import open_guard
 
 
 @dataclass(frozen=True)

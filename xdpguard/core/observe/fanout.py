@@ -31,9 +31,11 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import dataplane, protection, sampling, state
-from .abi import Sample
-from .errors import UserError
+from ..kernel import dataplane
+from .. import protection, state
+from . import sampling
+from ..kernel.abi import Sample
+from ..errors import UserError
 
 REC = sampling.SAMPLE_SIZE
 CLIENT_QUEUE = 16384  # records queued per socket client before the daemon drops for it

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from . import abi, nat, state
-from .errors import UserError
-from .protection import open_guard
+from ..kernel import abi
+from . import nft as nat
+from .. import state
+from ..errors import UserError
+from ..protection import open_guard
 
 KEY = state.CONNLIMITS.key  # the old name
 

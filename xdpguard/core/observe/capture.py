@@ -15,9 +15,10 @@ from collections import Counter as Tally
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import fanout, protection, sampling
-from .abi import DROP_REASONS, SAMPLE_SNAPLEN
-from .errors import UserError
+from . import fanout, sampling
+from .. import protection
+from ..kernel.abi import DROP_REASONS, SAMPLE_SNAPLEN
+from ..errors import UserError
 
 LINKTYPE_ETHERNET = 1
 

@@ -14,11 +14,13 @@ import ipaddress
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import (cleansing, config, connlimit, events, forward, levels, levelset, nat, policy,
-               protection, reconcile, state, vocab)
-from .config import AddressSpec, ForwardSpec, InterfaceSpec
-from .errors import UserError
-from .prefixes import read_prefix_file
+from . import cleansing, levelset
+from .. import config, levels, policy, protection, reconcile, state, vocab
+from ..nat import connlimit, forward, nft as nat
+from ..observe import events
+from ..config import AddressSpec, ForwardSpec, InterfaceSpec
+from ..errors import UserError
+from ..prefixes import read_prefix_file
 
 
 def _addrs(g, protected: str | None) -> list:
