@@ -77,20 +77,57 @@ WARMUP_S = 20.0  # peacetime with both clients before the first row
 def hping(*flags: str, dst: str = P4) -> Callable[[int], list[str]]:
     """hping3 from the attacker's own address (one real source) unless flags say -a; at PPS
     (an interval in microseconds) or flat out."""
-    return lambda port: ["hping3", "-q", *(["-i", f"u{max(1, round(1e6 / PPS))}"] if PPS else ["--flood"]),
-                         "-c", str(COUNT), "--tos", TOS, *flags, "-p", str(port), dst]
+    return lambda port: [
+        "hping3",
+        "-q",
+        *(["-i", f"u{max(1, round(1e6 / PPS))}"] if PPS else ["--flood"]),
+        "-c",
+        str(COUNT),
+        "--tos",
+        TOS,
+        *flags,
+        "-p",
+        str(port),
+        dst,
+    ]
 
 
 def nping(*flags: str, dst: str = P4) -> Callable[[int], list[str]]:
-    return lambda port: ["nping", *flags, "-p", str(port), "--rate", str(PPS or 1_000_000), "-c", str(COUNT),
-                         "--tos", "32", "-q", "-N", "-H", dst]
+    return lambda port: [
+        "nping",
+        *flags,
+        "-p",
+        str(port),
+        "--rate",
+        str(PPS or 1_000_000),
+        "-c",
+        str(COUNT),
+        "--tos",
+        "32",
+        "-q",
+        "-N",
+        "-H",
+        dst,
+    ]
 
 
 def t50(proto: str, src: str = topology.ATTACKER4) -> Callable[[int], list[str]]:
     """t50 has no rate option (and --turbo only with --flood, which has no count): flat out,
     bounded by COUNT and by the run's time."""
-    return lambda port: ["t50", P4, "--threshold", str(COUNT), "--protocol", proto, "--dport", str(port),
-                         "--tos", "32", "-s", src]
+    return lambda port: [
+        "t50",
+        P4,
+        "--threshold",
+        str(COUNT),
+        "--protocol",
+        proto,
+        "--dport",
+        str(port),
+        "--tos",
+        "32",
+        "-s",
+        src,
+    ]
 
 
 @dataclass(frozen=True)
@@ -101,8 +138,20 @@ class Trafgen:
     body: Callable[[int], list[str]]
 
     def __call__(self, port: int) -> list[str]:
-        return ["trafgen", "--dev", topology.HOST_IFACE, "--conf", "{conf}", "--num", str(COUNT), "--cpus", "1",
-                "--notouch-irq", "--no-cpu-stats", *(["--rate", f"{PPS}pps"] if PPS else [])]
+        return [
+            "trafgen",
+            "--dev",
+            topology.HOST_IFACE,
+            "--conf",
+            "{conf}",
+            "--num",
+            str(COUNT),
+            "--cpus",
+            "1",
+            "--notouch-irq",
+            "--no-cpu-stats",
+            *(["--rate", f"{PPS}pps"] if PPS else []),
+        ]
 
     def conf(self, port: int, mac: str) -> str:
         return "".join("{\n  eth(da=" + mac + "),\n  " + ",\n  ".join(t) + "\n}\n" for t in self.body(port))
@@ -121,25 +170,46 @@ SPOOF6 = [f"2001:db8:bad::{i + 1:x}" for i in range(128)]
 AMPLIFIER_PORTS = (53, 123, 19, 161, 389, 1900, 11211)
 
 
-def tg_udp(payload: Callable[[int], str] = lambda i: "fill(0x58, 64)", ttl: Callable[[int], str] = lambda i: "64",
-           dport: str | None = None, six: bool = False, sport: Callable[[int], str] = lambda i: "drnd(1024, 65535)",
-           n: int = 256) -> Trafgen:
+def tg_udp(
+    payload: Callable[[int], str] = lambda i: "fill(0x58, 64)",
+    ttl: Callable[[int], str] = lambda i: "64",
+    dport: str | None = None,
+    six: bool = False,
+    sport: Callable[[int], str] = lambda i: "drnd(1024, 65535)",
+    n: int = 256,
+) -> Trafgen:
     def body(port: int) -> list[list[str]]:
         srcs = SPOOF6 if six else SPOOF4
-        return [[v6(srcs[i % len(srcs)], ttl(i)) if six else v4(srcs[i % len(srcs)], ttl(i)),
-                 f"udp(sp={sport(i)}, dp={port if port == CLOSED else dport or port})", payload(i)]
-                for i in range(n)]
+        return [
+            [
+                v6(srcs[i % len(srcs)], ttl(i)) if six else v4(srcs[i % len(srcs)], ttl(i)),
+                f"udp(sp={sport(i)}, dp={port if port == CLOSED else dport or port})",
+                payload(i),
+            ]
+            for i in range(n)
+        ]
+
     return Trafgen(body)
 
 
-def tg_tcp(flags: Callable[[int], str], ttl: Callable[[int], str] = lambda i: "64", dport: str | None = None,
-           six: bool = False, n: int = 256) -> Trafgen:
+def tg_tcp(
+    flags: Callable[[int], str],
+    ttl: Callable[[int], str] = lambda i: "64",
+    dport: str | None = None,
+    six: bool = False,
+    n: int = 256,
+) -> Trafgen:
     def body(port: int) -> list[list[str]]:
         srcs = SPOOF6 if six else SPOOF4
-        return [[v6(srcs[i % len(srcs)], ttl(i)) if six else v4(srcs[i % len(srcs)], ttl(i)),
-                 f"tcp(sp=drnd(1024, 65535), dp={port if port == CLOSED else dport or port}, seq=drnd(), "
-                 f"aseq=drnd(), window=64240, {flags(i)})"]
-                for i in range(n)]
+        return [
+            [
+                v6(srcs[i % len(srcs)], ttl(i)) if six else v4(srcs[i % len(srcs)], ttl(i)),
+                f"tcp(sp=drnd(1024, 65535), dp={port if port == CLOSED else dport or port}, seq=drnd(), "
+                f"aseq=drnd(), window=64240, {flags(i)})",
+            ]
+            for i in range(n)
+        ]
+
     return Trafgen(body)
 
 
@@ -166,14 +236,27 @@ def R(name, proto, gen, port, **kw) -> Row:
 CATALOGUE: list[Row] = [
     # UDP at the echo service, udp/7
     R("UDP 64 B udp/7, spoofed (trafgen)", "udp", tg_udp(), 7),
-    R("UDP udp/7, spoofed, random length, TTL, payload (trafgen)", "udp",
-      tg_udp(payload=lambda i: f"drnd({16 + (i * 37) % 1200})", ttl=lambda i: "drnd(1, 255)"), 7),
+    R(
+        "UDP udp/7, spoofed, random length, TTL, payload (trafgen)",
+        "udp",
+        tg_udp(payload=lambda i: f"drnd({16 + (i * 37) % 1200})", ttl=lambda i: "drnd(1, 255)"),
+        7,
+    ),
     R("UDP udp/7, one real address (hping3)", "udp", hping("--udp", "-d", "64"), 7),
-    R("UDP udp/7 carrying the UDP client's own fingerprint ('probe-', TTL 64), spoofed", "udp",
-      tg_udp(payload=lambda i: '"probe-", drnd(3)'), 7),
+    R(
+        "UDP udp/7 carrying the UDP client's own fingerprint ('probe-', TTL 64), spoofed",
+        "udp",
+        tg_udp(payload=lambda i: '"probe-", drnd(3)'),
+        7,
+    ),
     R("UDP udp/7 IPv6, spoofed (trafgen)", "udp", tg_udp(six=True), 7, six=True),
-    R("UDP udp/7 IPv6, one real address (nping)", "udp", nping("-6", "--udp", "--data-length", "64",
-                                                              dst=P6), 7, six=True),
+    R(
+        "UDP udp/7 IPv6, one real address (nping)",
+        "udp",
+        nping("-6", "--udp", "--data-length", "64", dst=P6),
+        7,
+        six=True,
+    ),
     R("fragments udp/7, one real address (hping3 -f)", "udp", hping("--udp", "-d", "600", "-f"), 7),
     R("UDP udp/7 before any baseline (daemon just started), spoofed", "udp", tg_udp(), 7, fresh=True),
     R("UDP udp/7 pulsed 1 s on / 1 s off, spoofed", "udp", tg_udp(), 7, pulse=(1.0, 1.0)),
@@ -184,29 +267,54 @@ CATALOGUE: list[Row] = [
     R("SYN tcp/80 pulsed 0.5 s on / 0.5 s off, spoofed", "tcp", tg_tcp(lambda i: "syn"), 80, pulse=(0.5, 0.5)),
     R("ACK tcp/80 IPv6, spoofed (trafgen)", "tcp", tg_tcp(lambda i: "ack", six=True), 80, six=True),
     R("ACK tcp/80, one real address (hping3)", "tcp", hping("-A"), 80),
-    R("ACK tcp/80 carrying the web client's fingerprint (bare ACK, TTL 64), spoofed", "tcp",
-      tg_tcp(lambda i: "ack"), 80),
-    R("random TCP flags and TTL tcp/80, spoofed (trafgen)", "tcp",
-      tg_tcp(lambda i: FLAG_MIX[i % len(FLAG_MIX)], ttl=lambda i: "drnd(1, 255)"), 80),
+    R(
+        "ACK tcp/80 carrying the web client's fingerprint (bare ACK, TTL 64), spoofed",
+        "tcp",
+        tg_tcp(lambda i: "ack"),
+        80,
+    ),
+    R(
+        "random TCP flags and TTL tcp/80, spoofed (trafgen)",
+        "tcp",
+        tg_tcp(lambda i: FLAG_MIX[i % len(FLAG_MIX)], ttl=lambda i: "drnd(1, 255)"),
+        80,
+    ),
     R("Xmas tcp/80, one real address (hping3)", "tcp", hping("-F", "-P", "-U"), 80),
     R("RST tcp/80, spoofed (nping)", "tcp", nping("--tcp", "--flags", "rst", "-S", "198.18.200.9"), 80),
     R("protocol mix T50 at tcp/80, one real address (t50)", "tcp", t50("T50"), 80),
-    R("SYN tcp/80 before any baseline (daemon just started), spoofed", "tcp", tg_tcp(lambda i: "syn"), 80,
-      fresh=True),
+    R("SYN tcp/80 before any baseline (daemon just started), spoofed", "tcp", tg_tcp(lambda i: "syn"), 80, fresh=True),
     # reflection and carpets: the protective IP's other ports
-    R("reflection: UDP from amplifier ports to random ports, spoofed", "udp",
-      tg_udp(payload=lambda i: "fill(0x41, 468)", sport=lambda i: str(AMPLIFIER_PORTS[i % 7]),
-             dport="drnd(1024, 65535)"), 7),
+    R(
+        "reflection: UDP from amplifier ports to random ports, spoofed",
+        "udp",
+        tg_udp(
+            payload=lambda i: "fill(0x41, 468)", sport=lambda i: str(AMPLIFIER_PORTS[i % 7]), dport="drnd(1024, 65535)"
+        ),
+        7,
+    ),
     R("UDP carpet across all ports, spoofed", "udp", tg_udp(dport="drnd(1, 65535)"), 7),
     R("SYN carpet across all ports, spoofed", "tcp", tg_tcp(lambda i: "syn", dport="drnd(1, 65535)"), 80),
     # back to back
-    R("ACK tcp/80 one real address, right after UDP udp/7 from it (issue 25)", "tcp", hping("-A"), 80,
-      before=(hping("--udp", "-d", "64"), 7)),
-    R("SYN tcp/80 spoofed, right after a random UDP flood at udp/7", "tcp", tg_tcp(lambda i: "syn"), 80,
-      before=(tg_udp(payload=lambda i: f"drnd({16 + (i * 37) % 1200})", ttl=lambda i: "drnd(1, 255)"), 7)),
+    R(
+        "ACK tcp/80 one real address, right after UDP udp/7 from it (issue 25)",
+        "tcp",
+        hping("-A"),
+        80,
+        before=(hping("--udp", "-d", "64"), 7),
+    ),
+    R(
+        "SYN tcp/80 spoofed, right after a random UDP flood at udp/7",
+        "tcp",
+        tg_tcp(lambda i: "syn"),
+        80,
+        before=(tg_udp(payload=lambda i: f"drnd({16 + (i * 37) % 1200})", ttl=lambda i: "drnd(1, 255)"), 7),
+    ),
 ]
-QUICK = ("UDP 64 B udp/7, spoofed (trafgen)", "UDP udp/7, one real address (hping3)",
-         "ACK tcp/80 one real address, right after UDP udp/7 from it (issue 25)")
+QUICK = (
+    "UDP 64 B udp/7, spoofed (trafgen)",
+    "UDP udp/7, one real address (hping3)",
+    "ACK tcp/80 one real address, right after UDP udp/7 from it (issue 25)",
+)
 
 
 # ---- the lab's meters ----
@@ -300,9 +408,25 @@ json.dump(out, sys.stdout)
 
 
 def udp_client(seconds: float, dst: str, out: dict) -> None:
-    p = subprocess.run(["ip", "netns", "exec", topology.require_up("client"), sys.executable, "-c", UDP_CLIENT, dst,
-                        str(topology.ECHO_PORT), f"{seconds:.2f}", str(UDP_RATE)], capture_output=True, text=True,
-                       timeout=seconds + 30, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topology.require_up("client"),
+            sys.executable,
+            "-c",
+            UDP_CLIENT,
+            dst,
+            str(topology.ECHO_PORT),
+            f"{seconds:.2f}",
+            str(UDP_RATE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        stdin=subprocess.DEVNULL,
+    )
     out["udp"] = [tuple(x) for x in json.loads(p.stdout or "[]")]
 
 
@@ -313,9 +437,32 @@ def web_client(seconds: float, dst: str, out: dict) -> None:
         gfile = tf.name
     url = f"http://[{dst}]/" if ":" in dst else f"http://{dst}/"
     try:
-        subprocess.run(["ip", "netns", "exec", topology.require_up("client"), "ab", "-q", "-r", "-c", "1",
-                        "-n", "10000000", "-t", str(max(1, round(seconds))), "-s", "2", "-g", gfile, url],
-                       capture_output=True, text=True, timeout=seconds + 30, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                topology.require_up("client"),
+                "ab",
+                "-q",
+                "-r",
+                "-c",
+                "1",
+                "-n",
+                "10000000",
+                "-t",
+                str(max(1, round(seconds))),
+                "-s",
+                "2",
+                "-g",
+                gfile,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            stdin=subprocess.DEVNULL,
+        )
         reqs = []
         for line in Path(gfile).read_text().splitlines()[1:]:
             f = line.split("\t")
@@ -369,9 +516,13 @@ class Lab:
     def start_daemon(self) -> None:
         self.stop_daemon()
         log = self.daemon_log.open("a")
-        self.daemon = subprocess.Popen(["ip", "netns", "exec", topology.ns_name("prot"), *topology.xdpguard_argv(),
-                                        "run"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+        self.daemon = subprocess.Popen(
+            ["ip", "netns", "exec", topology.ns_name("prot"), *topology.xdpguard_argv(), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def stop_daemon(self) -> None:
@@ -397,9 +548,25 @@ class Lab:
                 f.write(gen.conf(port, self.mac))
             tmp.append(f.name)
             argv = [f.name if a == "{conf}" else a for a in argv]
-        return subprocess.Popen(["ip", "netns", "exec", topology.ns_name("attacker"), "timeout", "-s", "INT",
-                                 "-k", "2", f"{seconds:.2f}", *argv], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                topology.ns_name("attacker"),
+                "timeout",
+                "-s",
+                "INT",
+                "-k",
+                "2",
+                f"{seconds:.2f}",
+                *argv,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def flood(self, gen, port: int, seconds: float, pulse: tuple[float, float] | None) -> None:
         """The generator for `seconds` (or pulsed: on/off slices within them); bounded by count
@@ -423,8 +590,13 @@ class Lab:
     def flush_conntrack(self) -> None:
         """Each run starts from an empty table: a flood in monitor mode fills it (262,144 entries,
         seen with reflection to random ports) and the next run would measure that one's tail."""
-        topology.in_ns(topology.ns_name("prot"), sys.executable, "-c",
-                       "from pyroute2 import Conntrack; Conntrack().flush()", check=False)
+        topology.in_ns(
+            topology.ns_name("prot"),
+            sys.executable,
+            "-c",
+            "from pyroute2 import Conntrack; Conntrack().flush()",
+            check=False,
+        )
 
     def run(self, row: Row, control: bool) -> dict:
         port = CLOSED if control else row.port
@@ -445,8 +617,10 @@ class Lab:
         first = row.before
         span = self.duration * (2 if first else 1)
         out: dict = {}
-        clients = [threading.Thread(target=udp_client, args=(span + 1 + self.recover_s, dst, out)),
-                   threading.Thread(target=web_client, args=(span + 1 + self.recover_s, dst, out))]
+        clients = [
+            threading.Thread(target=udp_client, args=(span + 1 + self.recover_s, dst, out)),
+            threading.Thread(target=web_client, args=(span + 1 + self.recover_s, dst, out)),
+        ]
         for t in clients:
             t.start()
         time.sleep(1.0)
@@ -464,14 +638,22 @@ class Lab:
         with ThreadPoolExecutor(2) as ex:
             f1, fb1 = ex.submit(counters), ex.submit(topology.backend_counts)
             c1, b1 = f1.result(), fb1.result()
-        drops = {f"{k[0]} {k[1]}": v - c0.get(k, 0) for k, v in c1.items()
-                 if k[0] != "pass" and v - c0.get(k, 0) > 0}
+        drops = {f"{k[0]} {k[1]}": v - c0.get(k, 0) for k, v in c1.items() if k[0] != "pass" and v - c0.get(k, 0) > 0}
         udp, web = out.get("udp", []), out.get("web", [])
-        return {"t_start": t_start, "t_end": t_end, "sent": sent, "backend": b1.get("attack", 0) - b0.get("attack", 0),
-                "udp_rate": rate_in(udp, t_start, t_end), "web_rate": rate_in(web, float(int(t_start) + 1),
-                                                                              float(int(t_end))),
-                "udp": udp, "web": web, "conntrack_peak": ct.peak, "conntrack_before": ct_before, "drops": drops,
-                "steps": mitigation_steps(self.events, ev0)}
+        return {
+            "t_start": t_start,
+            "t_end": t_end,
+            "sent": sent,
+            "backend": b1.get("attack", 0) - b0.get("attack", 0),
+            "udp_rate": rate_in(udp, t_start, t_end),
+            "web_rate": rate_in(web, float(int(t_start) + 1), float(int(t_end))),
+            "udp": udp,
+            "web": web,
+            "conntrack_peak": ct.peak,
+            "conntrack_before": ct_before,
+            "drops": drops,
+            "steps": mitigation_steps(self.events, ev0),
+        }
 
 
 def share(x: float, ctl: float) -> float:
@@ -488,19 +670,23 @@ def row_result(row: Row, ctl: dict, enf: dict, mon: dict, ct_max: int, recover_s
             "web_share": round(share(r["web_rate"], ctl["web_rate"]), 3),
             "udp_recovery_s": recovery(r["udp"], r["t_end"], until, u_want, 0.25),
             "web_recovery_s": recovery(r["web"], r["t_end"], until, w_want, 1.0),
-            "conntrack_peak": r["conntrack_peak"], "conntrack_before": r["conntrack_before"],
+            "conntrack_peak": r["conntrack_peak"],
+            "conntrack_before": r["conntrack_before"],
             "conntrack_share": round(r["conntrack_peak"] / max(ct_max, 1), 3),
-            "sent": r["sent"], "backend": r["backend"],
+            "sent": r["sent"],
+            "backend": r["backend"],
             "backend_share": round(r["backend"] / r["sent"], 4) if r["sent"] else 0.0,
-            "drops": r["drops"], "steps": r["steps"]}
-    out["control"] = {"udp_rate": round(ctl["udp_rate"], 1), "web_rate": round(ctl["web_rate"], 1),
-                      "sent": ctl["sent"]}
+            "drops": r["drops"],
+            "steps": r["steps"],
+        }
+    out["control"] = {"udp_rate": round(ctl["udp_rate"], 1), "web_rate": round(ctl["web_rate"], 1), "sent": ctl["sent"]}
     e, m = out["enforcing"], out["monitor"]
     out["targets"] = {
         "client_share": min(e["udp_share"], e["web_share"]) >= TARGET_SHARE,
         "enforcing_ge_monitor": e["udp_share"] >= m["udp_share"] and e["web_share"] >= m["web_share"],
         "recovery": all(v is not None and v <= TARGET_RECOVERY_S for v in (e["udp_recovery_s"], e["web_recovery_s"])),
-        "conntrack": e["conntrack_share"] < TARGET_CONNTRACK}
+        "conntrack": e["conntrack_share"] < TARGET_CONNTRACK,
+    }
     return out
 
 
@@ -516,11 +702,45 @@ def backend_alive(within_s: float = 15.0) -> dict:
     they expire, though it runs)."""
     ns = topology.require_up("client")
     t0 = time.monotonic()
-    checks = {"echo_udp": ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe", "--proto",
-                           "udp", "--dst", P4, "--port", str(topology.ECHO_PORT), "--timeout", "1"],
-              "echo_tcp": ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe", "--proto",
-                           "tcp", "--dst", P4, "--port", str(topology.ECHO_PORT), "--timeout", "1"],
-              "http": ["ip", "netns", "exec", ns, "ab", "-q", "-n", "1", "-s", "1", f"http://{P4}/"]}
+    checks = {
+        "echo_udp": [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            "xdpguard.lab.echo",
+            "probe",
+            "--proto",
+            "udp",
+            "--dst",
+            P4,
+            "--port",
+            str(topology.ECHO_PORT),
+            "--timeout",
+            "1",
+        ],
+        "echo_tcp": [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            "xdpguard.lab.echo",
+            "probe",
+            "--proto",
+            "tcp",
+            "--dst",
+            P4,
+            "--port",
+            str(topology.ECHO_PORT),
+            "--timeout",
+            "1",
+        ],
+        "http": ["ip", "netns", "exec", ns, "ab", "-q", "-n", "1", "-s", "1", f"http://{P4}/"],
+    }
     res: dict = {}
     after: dict = {}
     for name, argv in checks.items():
@@ -528,8 +748,11 @@ def backend_alive(within_s: float = 15.0) -> dict:
         t0 = time.monotonic()  # each check has its own `within_s`
         while not res[name] and time.monotonic() - t0 < within_s:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-            res[name] = p.returncode == 0 if name != "http" else \
-                bool(re.search(r"Complete requests:\s+1", p.stdout)) and "Failed requests:        0" in p.stdout
+            res[name] = (
+                p.returncode == 0
+                if name != "http"
+                else bool(re.search(r"Complete requests:\s+1", p.stdout)) and "Failed requests:        0" in p.stdout
+            )
             if not res[name]:
                 time.sleep(0.5)
         after[name] = round(time.monotonic() - t0, 1)
@@ -545,9 +768,11 @@ def fmt_s(x: float | None) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| attack | tool | flood pkts sent enf / mon | UDP client enf / mon | web client enf / mon | "
-             "recovery UDP / web (enf) | conntrack peak enf / mon | flood at backend enf / mon | daemon | targets |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| attack | tool | flood pkts sent enf / mon | UDP client enf / mon | web client enf / mon | "
+        "recovery UDP / web (enf) | conntrack peak enf / mon | flood at backend enf / mon | daemon | targets |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         e, m, t = r["enforcing"], r["monitor"], r["targets"]
         steps = "; ".join(dict.fromkeys(s.split(":")[0] for s in e["steps"])) or "-"
@@ -558,7 +783,8 @@ def table(results: list[dict]) -> str:
             f"{fmt_pct(e['web_share'])} / {fmt_pct(m['web_share'])} | {fmt_s(e['udp_recovery_s'])} / "
             f"{fmt_s(e['web_recovery_s'])} | {fmt_pct(e['conntrack_share'])} / {fmt_pct(m['conntrack_share'])} | "
             f"{100 * e['backend_share']:.2f} % / {100 * m['backend_share']:.2f} % | {steps} | "
-            f"{'all met' if not miss else 'missed: ' + ', '.join(miss)} |")
+            f"{'all met' if not miss else 'missed: ' + ', '.join(miss)} |"
+        )
     return "\n".join(lines)
 
 
@@ -567,17 +793,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the quick subset (about 4 minutes)")
     ap.add_argument("--full", action="store_true", help="the whole catalogue (about 25 minutes)")
-    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
-                    help="the rows whose name contains TEXT (repeatable)")
+    ap.add_argument(
+        "--only", action="append", default=[], metavar="TEXT", help="the rows whose name contains TEXT (repeatable)"
+    )
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per flood (2 to 30)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--pps", type=int, default=30_000, help="generators' packets/s (default 30,000; 0: flat out)")
-    ap.add_argument("--warmup", type=float, default=WARMUP_S,
-                    help=f"seconds of peacetime with both clients before the first row (default {WARMUP_S:g})")
-    ap.add_argument("--recover", type=float, default=RECOVER_S,
-                    help=f"seconds the clients keep running after each flood (1 to 10, default {RECOVER_S:g})")
-    ap.add_argument("--one-control", action="store_true",
-                    help="one control run (the first row's) for every row, instead of one per row")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=WARMUP_S,
+        help=f"seconds of peacetime with both clients before the first row (default {WARMUP_S:g})",
+    )
+    ap.add_argument(
+        "--recover",
+        type=float,
+        default=RECOVER_S,
+        help=f"seconds the clients keep running after each flood (1 to 10, default {RECOVER_S:g})",
+    )
+    ap.add_argument(
+        "--one-control",
+        action="store_true",
+        help="one control run (the first row's) for every row, instead of one per row",
+    )
     ap.add_argument("--list", action="store_true", help="list the catalogue and exit")
     a = ap.parse_args(argv)
     if a.list:
@@ -586,8 +824,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = [r for r in CATALOGUE if (a.full or (a.quick and r.name in QUICK) or any(o in r.name for o in a.only))]
     if not rows:
-        print("acceptance: error: no row chosen (use --quick, --full or --only TEXT; --list shows them)",
-              file=sys.stderr)
+        print(
+            "acceptance: error: no row chosen (use --quick, --full or --only TEXT; --list shows them)", file=sys.stderr
+        )
         return 2
     duration = min(max(a.duration, 2.0), 30.0)
     PPS = max(0, min(a.pps, 10_000_000))
@@ -616,17 +855,19 @@ def main(argv: list[str] | None = None) -> int:
             t.join()
         # the TCP-state grace after attach ($XDPGUARD_TCP_GRACE) is over before the first row
         time.sleep(max(0.0, t_attach + tcpstate.attach_grace_s() + 1 - time.monotonic()))
-        print(f"lab up (XDP {up.xdp_mode}) in {t_attach - t_begin:.0f} s, daemon running, {warmup:g} s of "
-              f"peacetime: UDP client {sum(ok for _, ok in peace['udp']) / warmup:.0f} answers/s, web client "
-              f"{len(peace['web']) / warmup:.0f} answers/s; load {load()}; at {time.monotonic() - t_begin:.0f} s",
-              flush=True)
+        print(
+            f"lab up (XDP {up.xdp_mode}) in {t_attach - t_begin:.0f} s, daemon running, {warmup:g} s of "
+            f"peacetime: UDP client {sum(ok for _, ok in peace['udp']) / warmup:.0f} answers/s, web client "
+            f"{len(peace['web']) / warmup:.0f} answers/s; load {load()}; at {time.monotonic() - t_begin:.0f} s",
+            flush=True,
+        )
         ctl: dict = {}
         for i, row in enumerate(rows):
             if not (a.one_control and ctl):
                 ctl = lab.run(row, control=True)
             runs: dict = {}
             try:
-                for mode in (("enforcing", "monitor") if i % 2 == 0 else ("monitor", "enforcing")):  # no order bias
+                for mode in ("enforcing", "monitor") if i % 2 == 0 else ("monitor", "enforcing"):  # no order bias
                     lab.monitor(mode == "monitor")
                     runs[mode] = lab.run(row, control=False)
             finally:
@@ -635,10 +876,13 @@ def main(argv: list[str] | None = None) -> int:
             r = row_result(row, ctl, enf, mon, lab.ct_max, RECOVER_S) | {"load": load()}
             results.append(r)
             e, m = r["enforcing"], r["monitor"]
-            print(f"{row.name}: UDP {fmt_pct(e['udp_share'])} (monitor {fmt_pct(m['udp_share'])}), web "
-                  f"{fmt_pct(e['web_share'])} (monitor {fmt_pct(m['web_share'])}), recovery "
-                  f"{fmt_s(e['udp_recovery_s'])} / {fmt_s(e['web_recovery_s'])}; load {r['load']}; "
-                  f"at {time.monotonic() - t_begin:.0f} s", flush=True)
+            print(
+                f"{row.name}: UDP {fmt_pct(e['udp_share'])} (monitor {fmt_pct(m['udp_share'])}), web "
+                f"{fmt_pct(e['web_share'])} (monitor {fmt_pct(m['web_share'])}), recovery "
+                f"{fmt_s(e['udp_recovery_s'])} / {fmt_s(e['web_recovery_s'])}; load {r['load']}; "
+                f"at {time.monotonic() - t_begin:.0f} s",
+                flush=True,
+            )
         alive = backend_alive()
     finally:
         lab.stop_daemon()
@@ -649,8 +893,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(results))
     print(f"\nbackend after the catalogue: {alive}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"results": results, "backend_alive": alive, "duration_s": duration,
-                                            "daemon_log": log[-20000:]}, indent=1))
+        Path(a.json).write_text(
+            json.dumps(
+                {"results": results, "backend_alive": alive, "duration_s": duration, "daemon_log": log[-20000:]},
+                indent=1,
+            )
+        )
     return 0
 
 

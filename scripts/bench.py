@@ -89,13 +89,15 @@ def make_prefixes(n: int, seed: int = 2544) -> tuple[list[str], dict]:
 
 def pick_sources(cidrs: list[str], rng: random.Random) -> dict[str, str]:
     """Packet sources that hit: a listed v4 /32, a listed v6 /128, an address inside a listed /64."""
+
     def pick(suffix: str) -> str:
         cands = [c for c in cidrs if c.endswith(suffix) and (":" in c) == (suffix != "/32")]
         return rng.choice(cands)
 
     p64 = pick("/64").split("/")[0]
-    inside64 = socket.inet_ntop(socket.AF_INET6,
-                                (int.from_bytes(socket.inet_pton(socket.AF_INET6, p64), "big") | 0x1234).to_bytes(16, "big"))
+    inside64 = socket.inet_ntop(
+        socket.AF_INET6, (int.from_bytes(socket.inet_pton(socket.AF_INET6, p64), "big") | 0x1234).to_bytes(16, "big")
+    )
     return {"v4": pick("/32").split("/")[0], "v6": pick("/128").split("/")[0], "v6_in64": inside64}
 
 
@@ -255,13 +257,17 @@ def ipset_round(ns: Netns, ipset_file: Path, expect: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="fewer rounds and repeats; 100,000 prefixes unless --prefixes")
     ap.add_argument("--prefixes", type=int, help="blocklist size (default 1,000,000)")
     ap.add_argument("--rounds", type=int, help="BPF_PROG_TEST_RUN rounds (default 11, quick 3)")
     ap.add_argument("--load-rounds", type=int, help="load rounds (default 3, quick 1)")
     ap.add_argument("--repeat", type=int, help="BPF_PROG_TEST_RUN repeat per call (default 1e6, quick 1e5)")
-    ap.add_argument("--json", nargs="?", const="-", metavar="FILE", help="also write results as JSON (to FILE, or stdout)")
+    ap.add_argument(
+        "--json", nargs="?", const="-", metavar="FILE", help="also write results as JSON (to FILE, or stdout)"
+    )
     a = ap.parse_args(argv)
     n = a.prefixes or (100_000 if a.quick else 1_000_000)
     rounds = a.rounds or (3 if a.quick else 11)
@@ -277,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run atexit cleanup on kill
     kernel = os.uname().release
     cpus = os.cpu_count()
-    print(f"xdpguard bench — kernel {kernel}, {cpus} CPUs, {n:,} prefixes, "
-          f"test-run {rounds} rounds x {repeat:,} repeats, load {load_rounds} round(s)")
+    print(
+        f"xdpguard bench — kernel {kernel}, {cpus} CPUs, {n:,} prefixes, "
+        f"test-run {rounds} rounds x {repeat:,} repeats, load {load_rounds} round(s)"
+    )
     print("note: the machine may be shared and noisy; ratios, not absolute numbers, are the meaningful output.")
 
     cidrs, mix = make_prefixes(n)
@@ -310,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
                 big, res = load_round(prefix_file, n)
                 loads["empty"].append(res["empty"])
                 loads["refresh"].append(res["refresh"])
-            print(f"  load round {r + 1}/{load_rounds}: empty {loads['empty'][-1]['total_s']:.2f} s, "
-                  f"refresh {loads['refresh'][-1]['total_s']:.2f} s, ipset {loads['ipset'][-1]['total_s']:.2f} s", flush=True)
+            print(
+                f"  load round {r + 1}/{load_rounds}: empty {loads['empty'][-1]['total_s']:.2f} s, "
+                f"refresh {loads['refresh'][-1]['total_s']:.2f} s, ipset {loads['ipset'][-1]['total_s']:.2f} s",
+                flush=True,
+            )
         ns.close()
 
         # ---- part 1: per-packet cost ----
@@ -329,10 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         # Check every variant takes the intended path before timing it.
         expect = [
-            (small, "v4_clean", "pass", "clean"), (small, "v6_clean", "pass", "clean"),
-            (big, "v4_clean", "pass", "clean"), (big, "v6_clean", "pass", "clean"),
-            (small, "v4_hit", "drop", "blocklist"), (small, "v6_hit", "drop", "blocklist"),
-            (big, "v4_hit", "drop", "blocklist"), (big, "v6_hit", "drop", "blocklist"),
+            (small, "v4_clean", "pass", "clean"),
+            (small, "v6_clean", "pass", "clean"),
+            (big, "v4_clean", "pass", "clean"),
+            (big, "v6_clean", "pass", "clean"),
+            (small, "v4_hit", "drop", "blocklist"),
+            (small, "v6_hit", "drop", "blocklist"),
+            (big, "v4_hit", "drop", "blocklist"),
+            (big, "v6_hit", "drop", "blocklist"),
             (big, "v6_in64", "drop", "blocklist"),
         ]
         for bed, p, action, reason in expect:
@@ -405,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     for k, label in (("empty", "xdpguard block load, empty map"), ("refresh", "xdpguard block load, refresh")):
         d = load[k]
         batch = f"{d['batch_syscall_s']:>8.2f}" if k == "empty" else f"{'-':>8}"
-        print(f"   {label:<34}{d['total_s']:>8.2f}{d['parse_s']:>8.2f}{d['upsert_s']:>8.2f}{d['upsert_sys_s']:>8.2f}{batch}")
+        print(
+            f"   {label:<34}{d['total_s']:>8.2f}{d['parse_s']:>8.2f}{d['upsert_s']:>8.2f}{d['upsert_sys_s']:>8.2f}{batch}"
+        )
     d = load["ipset"]
     print(f"   {'ipset restore (hash:net, netns)':<34}{d['total_s']:>8.2f}{'':>8}{'':>8}{d['sys_s']:>8.2f}")
     print("   parse = read_prefix_file; upsert = Guard.upsert (dedupe, key packing, syscalls); kernel = system")
@@ -420,7 +437,13 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": kernel,
             "cpus": cpus,
             "note": "shared, noisy machine: ratios, not absolute numbers, are the meaningful output",
-            "config": {"prefixes": n, "rounds": rounds, "repeat": repeat, "load_rounds": load_rounds, "packet_bytes": 64},
+            "config": {
+                "prefixes": n,
+                "rounds": rounds,
+                "repeat": repeat,
+                "load_rounds": load_rounds,
+                "packet_bytes": 64,
+            },
             "prefix_mix": mix,
             "sources": src,
             "testrun_ns": {k: {"median": ns_med[k], "samples": samples[k]} for k in keys},

@@ -29,8 +29,20 @@ import benchcases  # noqa: E402  (scripts/: the benchmark cases)
 from xdpguard.core.kernel import abi, dataplane  # noqa: E402
 from xdpguard.core import testrun  # noqa: E402
 from xdpguard.core.kernel.abi import MapName  # noqa: E402
-from benchcases import (DST4, DST6, SRC4, SRC6, XDP_DROP, XDP_PASS, OnePacketRunner,  # noqa: E402
-                        _all_steps, _set_filters, frame, header_filters, payload_filters)
+from benchcases import (  # noqa: E402
+    DST4,
+    DST6,
+    SRC4,
+    SRC6,
+    XDP_DROP,
+    XDP_PASS,
+    OnePacketRunner,
+    _all_steps,
+    _set_filters,
+    frame,
+    header_filters,
+    payload_filters,
+)
 
 
 @contextmanager
@@ -121,28 +133,37 @@ def main(argv=None) -> int:
         n = args.flood
         fl: dict[str, list[float]] = {}
         bare_run = OnePacketRunner(bare_fd, udp4)
-        runners = {label: {4: OnePacketRunner(full.prog.prog_fd, udp4), 6: OnePacketRunner(full.prog.prog_fd, udp6)}
-                   for label, (_, full, _) in beds.items()}
+        runners = {
+            label: {4: OnePacketRunner(full.prog.prog_fd, udp4), 6: OnePacketRunner(full.prog.prog_fd, udp6)}
+            for label, (_, full, _) in beds.items()
+        }
         say(f"floods: {args.flood_rounds} rounds × {n:,} runs per case")
         for r in range(args.flood_rounds):
             order = list(runners) if r % 2 == 0 else list(reversed(runners))
             fl.setdefault("bare XDP_DROP (repeat=1)", []).append(
-                bare_run.flood(n, 14 + 12, 4, benchcases.FLOOD4, 1, {XDP_DROP}, benchcases.FLOOD4_SPAN))
+                bare_run.flood(n, 14 + 12, 4, benchcases.FLOOD4, 1, {XDP_DROP}, benchcases.FLOOD4_SPAN)
+            )
             for label in order:
                 ru = runners[label]
                 fl.setdefault(f"{label}: flood v4 1 source", []).append(
-                    ru[4].flood(n, 14 + 12, 4, benchcases.FLOOD4, 0, {XDP_PASS}))
+                    ru[4].flood(n, 14 + 12, 4, benchcases.FLOOD4, 0, {XDP_PASS})
+                )
                 fl.setdefault(f"{label}: flood v4 65,536 sources", []).append(
-                    ru[4].flood(n, 14 + 12, 4, benchcases.FLOOD4, 1, {XDP_PASS}, benchcases.FLOOD4_SPAN))
+                    ru[4].flood(n, 14 + 12, 4, benchcases.FLOOD4, 1, {XDP_PASS}, benchcases.FLOOD4_SPAN)
+                )
                 fl.setdefault(f"{label}: flood v6 1 source", []).append(
-                    ru[6].flood(n, 14 + 8, 16, benchcases.FLOOD6, 0, {XDP_PASS}))
+                    ru[6].flood(n, 14 + 8, 16, benchcases.FLOOD6, 0, {XDP_PASS})
+                )
                 first = benchcases.FLOOD6 + ((r * 2 + (label == "new")) << 64)  # never the same source twice
                 fl.setdefault(f"{label}: flood v6 all distinct", []).append(
-                    ru[6].flood(n, 14 + 8, 16, first, 1, {XDP_PASS}))
+                    ru[6].flood(n, 14 + 8, 16, first, 1, {XDP_PASS})
+                )
         fm = {k: statistics.median(v) for k, v in fl.items()}
         b1 = fm["bare XDP_DROP (repeat=1)"]
-        print(f"\n| flood case ({n:,} runs of repeat=1, median of {args.flood_rounds}) | ns/pkt | × bare (repeat=1) "
-              f"| × one source |")
+        print(
+            f"\n| flood case ({n:,} runs of repeat=1, median of {args.flood_rounds}) | ns/pkt | × bare (repeat=1) "
+            f"| × one source |"
+        )
         print("|---|---:|---:|---:|")
         for k, v in fm.items():
             one = fm.get(k.replace("65,536 sources", "1 source").replace("all distinct", "1 source"))

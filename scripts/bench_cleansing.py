@@ -60,8 +60,9 @@ AUTH_BASE = int(ipaddress.IPv6Address("2001:db8:a0a0::"))  # authenticated befor
 ALLOW_BASE = int(ipaddress.IPv6Address("2001:db8:aaaa::"))  # allowlisted before the flood
 KEEP = 1000  # authenticated and allowlisted sources that must survive the flood
 XDP_DROP, XDP_PASS = 1, 2
-HUGE = Limits(src_pps=policy.MAX_PPS, src_bps=policy.MAX_BPS, dst_pps=policy.MAX_PPS,
-              syn_src_pps=policy.MAX_PPS, ban_s=60)
+HUGE = Limits(
+    src_pps=policy.MAX_PPS, src_bps=policy.MAX_BPS, dst_pps=policy.MAX_PPS, syn_src_pps=policy.MAX_PPS, ban_s=60
+)
 
 
 def frame(src: str, dst: str, l4: str = "udp") -> bytes:
@@ -80,9 +81,14 @@ def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: str, dest_opts:
     from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
     from scapy.layers.l2 import Ether
 
-    l3 = (IPv6(src=src, dst=dst) / IPv6ExtHdrDestOpt() if dest_opts else IPv6(src=src, dst=dst)) if ":" in src \
+    l3 = (
+        (IPv6(src=src, dst=dst) / IPv6ExtHdrDestOpt() if dest_opts else IPv6(src=src, dst=dst))
+        if ":" in src
         else IP(src=src, dst=dst, ttl=64)
-    pkt = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / TCP(sport=sport, dport=dport, flags=flags))
+    )
+    pkt = bytes(
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / TCP(sport=sport, dport=dport, flags=flags)
+    )
     return pkt + b"\x00" * max(0, 64 - len(pkt))
 
 
@@ -109,7 +115,10 @@ def all_steps_bed() -> TestBed:
     block += [Prefix(6, ipaddress.IPv6Address((0x20010DB8BBBC << 80) + i).packed, 128) for i in range(500)]
     g.upsert("block", block, 0)
     allow = [Prefix(6, ipaddress.IPv6Address(ALLOW_BASE + i).packed, 128) for i in range(KEEP)]
-    allow += [Prefix(4, ipaddress.IPv4Address("203.0.113.0").packed, 24), Prefix(6, ipaddress.IPv6Address(ALLOW_BASE).packed, 64)]
+    allow += [
+        Prefix(4, ipaddress.IPv4Address("203.0.113.0").packed, 24),
+        Prefix(6, ipaddress.IPv6Address(ALLOW_BASE).packed, 64),
+    ]
     g.upsert("allow", allow, 0)
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     m[MapName.BANS].set(policy.src_key(ipaddress.ip_address("203.0.113.99")), abi.Ban(now + 3600 * 10**9, 0, 10, 0))
@@ -211,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         floods = {}
         src_at = 14 + 8  # IPv6 source address in an untagged frame
         # SYN: the threshold (1/s) lets the first SYN of each second through.
-        for kind, want_spoof, want_single, threshold in (("udp", {XDP_PASS}, {XDP_PASS}, policy.MAX_PPS),
-                                                         ("syn", {XDP_DROP, XDP_PASS}, {XDP_DROP, XDP_PASS}, 1)):
+        for kind, want_spoof, want_single, threshold in (
+            ("udp", {XDP_PASS}, {XDP_PASS}, policy.MAX_PPS),
+            ("syn", {XDP_DROP, XDP_PASS}, {XDP_DROP, XDP_PASS}, 1),
+        ):
             set_syn_threshold(bed, threshold)
             runner = OnePacketRunner(fd, frame(SRC6, DST6, kind))
             reset_sources(bed)
@@ -222,16 +233,25 @@ def main(argv: list[str] | None = None) -> int:
             spoofed = runner.flood(n_src, src_at, 16, FLOOD_BASE + 1, 1, want_spoof)
             left = early_flood_sources_left(bed)
             wall = time.monotonic() - t0
-            floods[kind] = {"single_ns": single, "spoofed_ns": spoofed, "ratio": spoofed / single,
-                            "first_1000_sources_still_in_lru": left, "wall_s": wall}
-            print(f"   {kind.upper():4s} single source {single:7.1f} ns   {n_src:,} sources {spoofed:7.1f} ns   "
-                  f"ratio {spoofed / single:4.2f}x (target ≤ 2x: {'ok' if spoofed / single <= 2 else 'MISSED'})   "
-                  f"first 1000 flood sources still in xg_bucket_lru: {left}")
+            floods[kind] = {
+                "single_ns": single,
+                "spoofed_ns": spoofed,
+                "ratio": spoofed / single,
+                "first_1000_sources_still_in_lru": left,
+                "wall_s": wall,
+            }
+            print(
+                f"   {kind.upper():4s} single source {single:7.1f} ns   {n_src:,} sources {spoofed:7.1f} ns   "
+                f"ratio {spoofed / single:4.2f}x (target ≤ 2x: {'ok' if spoofed / single <= 2 else 'MISSED'})   "
+                f"first 1000 flood sources still in xg_bucket_lru: {left}"
+            )
         results["flood"] = floods
         s = survivors(bed)
         results["survivors"] = s
-        print(f"3. after the floods: {s['synauth']}/{KEEP} authenticated sources and {s['allow']}/{KEEP} allowlist "
-              f"host entries still present ({'ok' if s == {'synauth': KEEP, 'allow': KEEP} else 'EVICTED'})")
+        print(
+            f"3. after the floods: {s['synauth']}/{KEEP} authenticated sources and {s['allow']}/{KEEP} allowlist "
+            f"host entries still present ({'ok' if s == {'synauth': KEEP, 'allow': KEEP} else 'EVICTED'})"
+        )
     finally:
         bed.close()
         bare_obj.cleanup()

@@ -40,8 +40,14 @@ def timed(fn) -> float:
 
 
 def big_config(entries: int, filters: int, forwards: int) -> str:
-    lines = ["[[interface]]", 'name = "xgp0"', f'protect = ["{PROT}", "2001:db8:0:1::2"]',
-             f'block = ["{BLOCKED}/32"]', 'block_files = ["LISTFILE"]', ""]
+    lines = [
+        "[[interface]]",
+        'name = "xgp0"',
+        f'protect = ["{PROT}", "2001:db8:0:1::2"]',
+        f'block = ["{BLOCKED}/32"]',
+        'block_files = ["LISTFILE"]',
+        "",
+    ]
     lines += ["[[interface.address]]", f'address = "{PROT}"', "limits = { src_pps = 100000 }", ""]
     for i in range(filters):
         lines += ["[[interface.filter]]", 'action = "drop"', 'proto = "udp"', f'dport = "{20000 + i}"', ""]
@@ -61,7 +67,7 @@ def list_file(path: Path, n: int) -> None:
             k += 1
         i = 0
         while k < n:
-            f.write(f"2001:db8:{(i >> 32) & 0xffff:x}:{(i >> 16) & 0xffff:x}:{i & 0xffff:x}::1/128\n")
+            f.write(f"2001:db8:{(i >> 32) & 0xFFFF:x}:{(i >> 16) & 0xFFFF:x}:{i & 0xFFFF:x}::1/128\n")
             i += 1
             k += 1
 
@@ -99,20 +105,35 @@ def main() -> int:
         cfg.write_text(big_config(entries, 64, 100).replace("LISTFILE", str(tmp / "list.txt")))
         # on close (lab.run refuses once the lab is closing): the namespace would take the XDP
         # program with it, but not xdpguard's records of it
-        lab.defer("detach", subprocess.run, ["ip", "netns", "exec", prot, "xdpguard", "detach", "xgp0"],
-                  capture_output=True, timeout=120)
+        lab.defer(
+            "detach",
+            subprocess.run,
+            ["ip", "netns", "exec", prot, "xdpguard", "detach", "xgp0"],
+            capture_output=True,
+            timeout=120,
+        )
 
         t_apply = timed(lambda: xg(lab, prot, "apply", "-f", str(cfg)))
-        rows.append((f"apply, empty box → {entries:,} list entries, 64 filters, 100 forwards (compile included)",
-                     f"{t_apply:.1f} s"))
+        rows.append(
+            (
+                f"apply, empty box → {entries:,} list entries, 64 filters, 100 forwards (compile included)",
+                f"{t_apply:.1f} s",
+            )
+        )
         t_noop = [timed(lambda: xg(lab, prot, "apply", "-f", str(cfg))) for _ in range(rounds)]
-        rows.append(("apply of the same file again (no changes; reads the kernel)", f"{statistics.median(t_noop):.1f} s"))
+        rows.append(
+            ("apply of the same file again (no changes; reads the kernel)", f"{statistics.median(t_noop):.1f} s")
+        )
         t_diff = [timed(lambda: xg(lab, prot, "diff", "-f", str(cfg))) for _ in range(rounds)]
         rows.append(("diff of that file", f"{statistics.median(t_diff):.1f} s"))
-        t_exp = [timed(lambda: xg(lab, prot, "export", "--overwrite", "-o", str(tmp / "exp.toml"))) for _ in range(rounds)]
+        t_exp = [
+            timed(lambda: xg(lab, prot, "export", "--overwrite", "-o", str(tmp / "exp.toml"))) for _ in range(rounds)
+        ]
         rows.append(("export", f"{statistics.median(t_exp):.1f} s"))
-        t_rec = [timed(lambda: xg(lab, prot, "limit", "set", "--src-pps", "50000", "--protected", PROT))
-                 for _ in range(rounds)]
+        t_rec = [
+            timed(lambda: xg(lab, prot, "limit", "set", "--src-pps", "50000", "--protected", PROT))
+            for _ in range(rounds)
+        ]
         rows.append(("an imperative verb (limit set), recording into the store", f"{statistics.median(t_rec):.2f} s"))
 
         # the daemon: idle CPU, drift repair
@@ -120,8 +141,18 @@ def main() -> int:
         small.write_text(big_config(0, 4, 4).replace('block_files = ["LISTFILE"]', ""))
         xg(lab, prot, "apply", "-f", str(small))
         log = open(tmp / "daemon.log", "w")
-        d = lab.popen(prot, "xdpguard", "run", "--config", str(small), "--no-detect", "--duration", "600",
-                      stdout=log, stderr=subprocess.STDOUT)
+        d = lab.popen(
+            prot,
+            "xdpguard",
+            "run",
+            "--config",
+            str(small),
+            "--no-detect",
+            "--duration",
+            "600",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         while "health checks every" not in (tmp / "daemon.log").read_text():
             assert time.monotonic() < deadline, (tmp / "daemon.log").read_text()
@@ -132,8 +163,12 @@ def main() -> int:
         time.sleep(idle_s)
         c1, t1 = cpu_ticks(d.pid), time.monotonic()
         hz = os.sysconf("SC_CLK_TCK")
-        rows.append((f"daemon idle CPU over {idle_s} s (drift check every 0.5 s, health checks every 2 s, 4 forwards)",
-                     f"{100 * (c1 - c0) / hz / (t1 - t0):.2f} % of one core"))
+        rows.append(
+            (
+                f"daemon idle CPU over {idle_s} s (drift check every 0.5 s, health checks every 2 s, 4 forwards)",
+                f"{100 * (c1 - c0) / hz / (t1 - t0):.2f} % of one core",
+            )
+        )
 
         def until(pred, timeout=20.0) -> float:
             t = time.monotonic()
@@ -156,33 +191,81 @@ def main() -> int:
             lab.run(prot, "ip", "link", "set", "dev", "xgp0", "xdp", "off")
             xdp.append(until(xdp_present))
             time.sleep(0.5)
-        rows.append(("drift repair: `nft flush ruleset` → table back (median, max)",
-                     f"{statistics.median(nft):.2f} s, {max(nft):.2f} s"))
-        rows.append(("drift repair: `ip link set xdp off` → our program back (median, max)",
-                     f"{statistics.median(xdp):.2f} s, {max(xdp):.2f} s"))
+        rows.append(
+            (
+                "drift repair: `nft flush ruleset` → table back (median, max)",
+                f"{statistics.median(nft):.2f} s, {max(nft):.2f} s",
+            )
+        )
+        rows.append(
+            (
+                "drift repair: `ip link set xdp off` → our program back (median, max)",
+                f"{statistics.median(xdp):.2f} s, {max(xdp):.2f} s",
+            )
+        )
         os.killpg(d.pid, signal.SIGTERM)
         d.wait(timeout=30)
         log.close()
 
         # upgrade under a flood from a blocked source: what gets past XDP?
-        lab.run(prot, "nft", "-f", "-", input=(
-            "table inet xgbench {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
-            f"  ip saddr {BLOCKED} counter name leaked\n }}\n}}\n"))
-        lab.defer("nft bench table", subprocess.run, ["ip", "netns", "exec", prot, "nft", "delete", "table", "inet",
-                                                       "xgbench"], capture_output=True, timeout=60)
+        lab.run(
+            prot,
+            "nft",
+            "-f",
+            "-",
+            input=(
+                "table inet xgbench {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
+                f"  ip saddr {BLOCKED} counter name leaked\n }}\n}}\n"
+            ),
+        )
+        lab.defer(
+            "nft bench table",
+            subprocess.run,
+            ["ip", "netns", "exec", prot, "nft", "delete", "table", "inet", "xgbench"],
+            capture_output=True,
+            timeout=60,
+        )
         mac = json.loads(lab.run(prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
-        flood = lab.popen(cli, PY, "-m", "xdpguard.lab.flood", "--iface", "xgc0", "--dst-mac", mac, "--dst", PROT,
-                          "--kind", "udp", "--src", BLOCKED, "--dport", "7", "--count", "5000000", "--duration", "40",
-                          "--pps", "50000", "--json", stdout=subprocess.PIPE, text=True)
+        flood = lab.popen(
+            cli,
+            PY,
+            "-m",
+            "xdpguard.lab.flood",
+            "--iface",
+            "xgc0",
+            "--dst-mac",
+            mac,
+            "--dst",
+            PROT,
+            "--kind",
+            "udp",
+            "--src",
+            BLOCKED,
+            "--dport",
+            "7",
+            "--count",
+            "5000000",
+            "--duration",
+            "40",
+            "--pps",
+            "50000",
+            "--json",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1)
         swaps = [timed(lambda: xg(lab, prot, "upgrade", "xgp0", "--force")) for _ in range(2 if args.quick else 3)]
         out, _ = flood.communicate(timeout=90)  # the flood ends by itself (--duration)
         leaked = json.loads(lab.run(prot, "nft", "-j", "list", "counter", "inet", "xgbench", "leaked").stdout)
         packets = leaked["nftables"][1]["counter"]["packets"]
         sent = json.loads(out.strip().splitlines()[-1])["sent"] if out.strip() else 0
-        rows.append((f"upgrade under a {50_000:,} pps flood from a blocked source: {len(swaps)} atomic swaps "
-                     f"(median {statistics.median(swaps):.1f} s each, compile included)",
-                     f"{packets} of {sent:,} packets passed unfiltered"))
+        rows.append(
+            (
+                f"upgrade under a {50_000:,} pps flood from a blocked source: {len(swaps)} atomic swaps "
+                f"(median {statistics.median(swaps):.1f} s each, compile included)",
+                f"{packets} of {sent:,} packets passed unfiltered",
+            )
+        )
 
     print("| measure | result |\n|---|---|")
     for k, v in rows:

@@ -106,8 +106,18 @@ def build(lab: Lab, name: str, duration: float) -> tuple[str, str]:
     lab.addr(prot, "xgp0", f"{PROT}/24")
     lab.addr(prot, "xgb1", f"{GW}/24")
     lab.addr(backend, "xgb0", f"{BACKEND}/24")
-    lab.popen(backend, PY, "-m", "xdpguard.lab.echo", "serve", "--port", "7", "--duration", str(duration),
-              stdout=subprocess.DEVNULL)
+    lab.popen(
+        backend,
+        PY,
+        "-m",
+        "xdpguard.lab.echo",
+        "serve",
+        "--port",
+        "7",
+        "--duration",
+        str(duration),
+        stdout=subprocess.DEVNULL,
+    )
     lab.popen(backend, PY, "-c", SINK, str(duration), stdout=subprocess.DEVNULL)
     return client, prot
 
@@ -129,26 +139,29 @@ def main() -> int:
         subprocess.run([*xg, "attach", "xgp0", "--protect", PROT], check=True, capture_output=True)
         lab.defer("detach", subprocess.run, [*xg, "detach", "xgp0"], capture_output=True)
         for port in ("5001", "7"):
-            subprocess.run([*xg, "forward", "add", "tcp", port, "--to", f"{BACKEND}:{port}"], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [*xg, "forward", "add", "tcp", port, "--to", f"{BACKEND}:{port}"], check=True, capture_output=True
+            )
         # xg-nft-only: xdpguard's NAT table with the XDP program taken off again by hand.
         xgn = ["ip", "netns", "exec", np_, str(REPO / ".venv/bin/xdpguard")]
         subprocess.run([*xgn, "attach", "xgp0", "--protect", PROT], check=True, capture_output=True)
         lab.defer("detach", subprocess.run, [*xgn, "detach", "xgp0"], capture_output=True)
         for port in ("5001", "7"):
-            subprocess.run([*xgn, "forward", "add", "tcp", port, "--to", f"{BACKEND}:{port}"], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [*xgn, "forward", "add", "tcp", port, "--to", f"{BACKEND}:{port}"], check=True, capture_output=True
+            )
         lab.run(np_, "ip", "link", "set", "xgp0", "xdp", "off")
         for ns in (pp, ap_):
             lab.sysctl(ns, "net.ipv4.ip_forward", 1)
             lab.run(ns, "nft", "-f", "-", input=PLAIN_NFT)
         lab.run(ap_, PY, "-c", XDP_PASS_LOADER, "xgp0", timeout=60)
-        lab.defer("xdp off", subprocess.run, ["ip", "-n", ap_, "link", "set", "xgp0", "xdp", "off"],
-                  capture_output=True)
+        lab.defer(
+            "xdp off", subprocess.run, ["ip", "-n", ap_, "link", "set", "xgp0", "xdp", "off"], capture_output=True
+        )
         variants = [("xdpguard", xc), ("plain", pc), ("xdp-pass", ac), ("xg-nft-only", nc)]
         results: dict[str, dict[str, list[float]]] = {v: {"bps": [], "p50": [], "p99": []} for v, _ in variants}
         for r in range(a.rounds):
-            for variant, client in variants[r % len(variants):] + variants[: r % len(variants)]:
+            for variant, client in variants[r % len(variants) :] + variants[: r % len(variants)]:
                 bps = float(lab.run(client, PY, "-c", STREAM, PROT, str(a.seconds), timeout=a.seconds + 30).stdout)
                 lat = sorted(json.loads(lab.run(client, PY, "-c", REQUESTS, PROT, str(a.requests), timeout=120).stdout))
                 results[variant]["bps"].append(bps)
@@ -158,8 +171,17 @@ def main() -> int:
     ratio = {k: med["xdpguard"][k] / med["plain"][k] for k in ("bps", "p50", "p99")}
     ratio_pass = {k: med["xdpguard"][k] / med["xdp-pass"][k] for k in ("bps", "p50", "p99")}
     if a.json:
-        print(json.dumps({"median": med, "ratio_xdpguard_over_plain": ratio,
-                          "ratio_xdpguard_over_xdp_pass": ratio_pass, "rounds": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "median": med,
+                    "ratio_xdpguard_over_plain": ratio,
+                    "ratio_xdpguard_over_xdp_pass": ratio_pass,
+                    "rounds": results,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"{a.rounds} interleaved rounds; medians")
     print(f"{'':10} {'throughput':>14} {'latency p50':>12} {'latency p99':>12}")
@@ -167,8 +189,10 @@ def main() -> int:
         m = med[v]
         print(f"{v:10} {m['bps'] * 8 / 1e9:>10.2f} Gb/s {m['p50']:>9.3f} ms {m['p99']:>9.3f} ms")
     print(f"{'ratio':10} {ratio['bps']:>14.2f} {ratio['p50']:>12.2f} {ratio['p99']:>12.2f}   (xdpguard / plain)")
-    print(f"{'ratio':10} {ratio_pass['bps']:>14.2f} {ratio_pass['p50']:>12.2f} {ratio_pass['p99']:>12.2f}"
-          "   (xdpguard / plain + bare XDP_PASS)")
+    print(
+        f"{'ratio':10} {ratio_pass['bps']:>14.2f} {ratio_pass['p50']:>12.2f} {ratio_pass['p99']:>12.2f}"
+        "   (xdpguard / plain + bare XDP_PASS)"
+    )
     return 0
 
 

@@ -71,8 +71,8 @@ def ksoftirqd_cpu_s() -> float:
             st = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if st[st.index("(") + 1:st.rindex(")")].startswith("ksoftirqd/"):
-            f = st[st.rindex(")") + 2:].split()
+        if st[st.index("(") + 1 : st.rindex(")")].startswith("ksoftirqd/"):
+            f = st[st.rindex(")") + 2 :].split()
             tot += int(f[11]) + int(f[12])
     return tot / os.sysconf("SC_CLK_TCK")
 
@@ -155,20 +155,36 @@ class LiveFramesSender:
 
 
 class _RingProd(ctypes.Structure):  # struct xsk_ring_prod / xsk_ring_cons (libxdp xsk.h)
-    _fields_ = [("cached_prod", ctypes.c_uint32), ("cached_cons", ctypes.c_uint32), ("mask", ctypes.c_uint32),
-                ("size", ctypes.c_uint32), ("producer", ctypes.POINTER(ctypes.c_uint32)),
-                ("consumer", ctypes.POINTER(ctypes.c_uint32)), ("ring", ctypes.c_void_p),
-                ("flags", ctypes.POINTER(ctypes.c_uint32))]
+    _fields_ = [
+        ("cached_prod", ctypes.c_uint32),
+        ("cached_cons", ctypes.c_uint32),
+        ("mask", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("producer", ctypes.POINTER(ctypes.c_uint32)),
+        ("consumer", ctypes.POINTER(ctypes.c_uint32)),
+        ("ring", ctypes.c_void_p),
+        ("flags", ctypes.POINTER(ctypes.c_uint32)),
+    ]
 
 
 class _UmemConfig(ctypes.Structure):
-    _fields_ = [("fill_size", ctypes.c_uint32), ("comp_size", ctypes.c_uint32), ("frame_size", ctypes.c_uint32),
-                ("frame_headroom", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+    _fields_ = [
+        ("fill_size", ctypes.c_uint32),
+        ("comp_size", ctypes.c_uint32),
+        ("frame_size", ctypes.c_uint32),
+        ("frame_headroom", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
 
 
 class _SocketConfig(ctypes.Structure):
-    _fields_ = [("rx_size", ctypes.c_uint32), ("tx_size", ctypes.c_uint32), ("libxdp_flags", ctypes.c_uint32),
-                ("xdp_flags", ctypes.c_uint32), ("bind_flags", ctypes.c_uint16)]
+    _fields_ = [
+        ("rx_size", ctypes.c_uint32),
+        ("tx_size", ctypes.c_uint32),
+        ("libxdp_flags", ctypes.c_uint32),
+        ("xdp_flags", ctypes.c_uint32),
+        ("bind_flags", ctypes.c_uint16),
+    ]
 
 
 class _XdpDesc(ctypes.Structure):
@@ -187,11 +203,23 @@ def _xdp_lib() -> ctypes.CDLL:
     if _libxdp is None:
         name = ctypes.util.find_library("xdp") or "libxdp.so.1"
         lib = ctypes.CDLL(name, use_errno=True)
-        lib.xsk_umem__create.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(_RingProd),
-                                         ctypes.POINTER(_RingProd), ctypes.POINTER(_UmemConfig)]
-        lib.xsk_socket__create.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_void_p,
-                                           ctypes.POINTER(_RingProd), ctypes.POINTER(_RingProd),
-                                           ctypes.POINTER(_SocketConfig)]
+        lib.xsk_umem__create.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_uint64,
+            ctypes.POINTER(_RingProd),
+            ctypes.POINTER(_RingProd),
+            ctypes.POINTER(_UmemConfig),
+        ]
+        lib.xsk_socket__create.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_uint32,
+            ctypes.c_void_p,
+            ctypes.POINTER(_RingProd),
+            ctypes.POINTER(_RingProd),
+            ctypes.POINTER(_SocketConfig),
+        ]
         lib.xsk_socket__fd.argtypes = [ctypes.c_void_p]
         lib.xsk_socket__delete.argtypes = [ctypes.c_void_p]
         lib.xsk_umem__delete.argtypes = [ctypes.c_void_p]
@@ -213,15 +241,23 @@ class _XskTx:
         self.fill, self.comp, self.tx = _RingProd(), _RingProd(), _RingProd()
         self.umem, self.xsk = ctypes.c_void_p(), ctypes.c_void_p()
         ucfg = _UmemConfig(fill_size=self.FRAMES, comp_size=self.FRAMES, frame_size=self.FRAME_SIZE)
-        rc = lib.xsk_umem__create(ctypes.byref(self.umem), self.area_addr, len(self.area), ctypes.byref(self.fill),
-                                  ctypes.byref(self.comp), ctypes.byref(ucfg))
+        rc = lib.xsk_umem__create(
+            ctypes.byref(self.umem),
+            self.area_addr,
+            len(self.area),
+            ctypes.byref(self.fill),
+            ctypes.byref(self.comp),
+            ctypes.byref(ucfg),
+        )
         if rc:
             self._release()
             raise OSError(-rc, f"xsk_umem__create: {os.strerror(-rc)}")
-        scfg = _SocketConfig(rx_size=0, tx_size=self.FRAMES, libxdp_flags=XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
-                             bind_flags=XDP_COPY)
-        rc = lib.xsk_socket__create(ctypes.byref(self.xsk), ifname.encode(), 0, self.umem, None, ctypes.byref(self.tx),
-                                    ctypes.byref(scfg))
+        scfg = _SocketConfig(
+            rx_size=0, tx_size=self.FRAMES, libxdp_flags=XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD, bind_flags=XDP_COPY
+        )
+        rc = lib.xsk_socket__create(
+            ctypes.byref(self.xsk), ifname.encode(), 0, self.umem, None, ctypes.byref(self.tx), ctypes.byref(scfg)
+        )
         if rc:
             self._release()
             raise OSError(-rc, f"xsk_socket__create on {ifname}: {os.strerror(-rc)}")
@@ -238,9 +274,13 @@ class _XskTx:
 
     def set_frame(self, frame: bytes) -> None:
         for i in range(self.FRAMES):
-            self.area[i * self.FRAME_SIZE:i * self.FRAME_SIZE + len(frame)] = frame
+            self.area[i * self.FRAME_SIZE : i * self.FRAME_SIZE + len(frame)] = frame
         for i in range(self.tx.size):
-            self.descs[i].addr, self.descs[i].len, self.descs[i].options = (i % self.FRAMES) * self.FRAME_SIZE, len(frame), 0
+            self.descs[i].addr, self.descs[i].len, self.descs[i].options = (
+                (i % self.FRAMES) * self.FRAME_SIZE,
+                len(frame),
+                0,
+            )
         self.frame = frame
 
     def _reap(self) -> int:
@@ -340,7 +380,7 @@ class AfXdpSender:
 
 
 # One frame for a probe: to a MAC nobody has, local experimental EtherType 0x88b5, 64 bytes.
-PROBE_FRAME = bytes.fromhex("02000000dead" "020000000001" "88b5") + bytes(50)
+PROBE_FRAME = bytes.fromhex("02000000dead02000000000188b5") + bytes(50)
 
 
 def _probe_send(sender, ifname: str) -> None:
@@ -375,10 +415,29 @@ class TrafgenSender:
         conf = self.tmp / "frame.cfg"
         conf.write_text("{ " + ", ".join(f"0x{b:02x}" for b in frame) + " }\n")
         before = _tx_frames(ifname)
-        p = subprocess.run(["timeout", "-s", "INT", f"{seconds:.3f}", self.exe, "--dev", ifname, "--conf", str(conf),
-                            "--num", str(count), "--cpus", "1", "--no-sock-mem"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           timeout=seconds + 30)
+        p = subprocess.run(
+            [
+                "timeout",
+                "-s",
+                "INT",
+                f"{seconds:.3f}",
+                self.exe,
+                "--dev",
+                ifname,
+                "--conf",
+                str(conf),
+                "--num",
+                str(count),
+                "--cpus",
+                "1",
+                "--no-sock-mem",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=seconds + 30,
+        )
         # 124: the time bound ended it. trafgen's last TX_RING flush can meet a full queue on a
         # loaded machine (EAGAIN) and exit 1 after sending: what went out is counted below anyway
         if p.returncode not in (0, 124) and "Flushing TX_RING failed: Resource temporarily unavailable" not in p.stderr:

@@ -66,16 +66,27 @@ def main() -> int:
     world = sorted(db.codes())
     with TestBed() as bed:
         bed.protect(PLAIN, RULED)
-        for label, codes in (("two countries (CN, RU)", ["CN", "RU"]), (f"whole world ({len(world)} countries)", world)):
+        for label, codes in (
+            ("two countries (CN, RU)", ["CN", "RU"]),
+            (f"whole world ({len(world)} countries)", world),
+        ):
             t0 = time.perf_counter()
             nets = db.networks(codes)
             t1 = time.perf_counter()
             n4, n6 = guard.load_tries(bed.maps, type("Fixed", (), {"networks": lambda self, c: nets})(), codes)
             t2 = time.perf_counter()
-            out[label] = {"read_s": round(t1 - t0, 2), "write_s": round(t2 - t1, 2), "prefixes4": n4, "prefixes6": n6,
-                          "memlock_bytes": memlock(bed.maps[MapName.GEO4].fd) + memlock(bed.maps[MapName.GEO6].fd)}
-            print(f"{label}: {n4} IPv4 + {n6} IPv6 prefixes; read {t1 - t0:.2f} s, written {t2 - t1:.2f} s; "
-                  f"tries {out[label]['memlock_bytes'] / 2**20:.1f} MiB", flush=True)
+            out[label] = {
+                "read_s": round(t1 - t0, 2),
+                "write_s": round(t2 - t1, 2),
+                "prefixes4": n4,
+                "prefixes6": n6,
+                "memlock_bytes": memlock(bed.maps[MapName.GEO4].fd) + memlock(bed.maps[MapName.GEO6].fd),
+            }
+            print(
+                f"{label}: {n4} IPv4 + {n6} IPv6 prefixes; read {t1 - t0:.2f} s, written {t2 - t1:.2f} s; "
+                f"tries {out[label]['memlock_bytes'] / 2**20:.1f} MiB",
+                flush=True,
+            )
         # the whole world is loaded: per-packet cost
         de, us = first_host(db, "DE"), first_host(db, "US")
         guard.write_spec(bed.maps, ipaddress.ip_address(RULED), geo.GeoSpec(frozenset({"DE"})))
@@ -93,7 +104,9 @@ def main() -> int:
         print("\n| case | ns/packet (median) |\n| --- | ---: |")
         for k, v in med.items():
             print(f"| {k} | {v:.1f} |")
-        print(f"\ngeo lookup cost (rule, passes - no rule): {med['geo rule, source passes'] - med['no geo rule (pass)']:+.1f} ns")
+        print(
+            f"\ngeo lookup cost (rule, passes - no rule): {med['geo rule, source passes'] - med['no geo rule (pass)']:+.1f} ns"
+        )
         del keep
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

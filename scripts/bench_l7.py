@@ -68,15 +68,17 @@ frontend be
 
 
 def plain_config(run_dir: str) -> str:
-    return (f"global\n    master-worker\n    stats socket {run_dir}/admin.sock mode 600 level admin expose-fd listeners\n"
-            "    maxconn 4096\n    hard-stop-after 30s\n\ndefaults\n    mode http\n    timeout connect 5s\n"
-            "    timeout client 30s\n    timeout server 30s\n\n"
-            f"frontend plain_fe\n    bind ipv4@{PROT}:{PORTS['plain HAProxy']}\n    default_backend plain_be\n\n"
-            f"backend plain_be\n    option forwardfor\n    server s0 {BACKEND}:80\n")
+    return (
+        f"global\n    master-worker\n    stats socket {run_dir}/admin.sock mode 600 level admin expose-fd listeners\n"
+        "    maxconn 4096\n    hard-stop-after 30s\n\ndefaults\n    mode http\n    timeout connect 5s\n"
+        "    timeout client 30s\n    timeout server 30s\n\n"
+        f"frontend plain_fe\n    bind ipv4@{PROT}:{PORTS['plain HAProxy']}\n    default_backend plain_be\n\n"
+        f"backend plain_be\n    option forwardfor\n    server s0 {BACKEND}:80\n"
+    )
 
 
 DNAT = f"""table inet xgbenchl7 {{
-  chain pre {{ type nat hook prerouting priority dstnat; ip daddr {PROT} tcp dport {PORTS['nft DNAT']} dnat ip to {BACKEND}:80; }}
+  chain pre {{ type nat hook prerouting priority dstnat; ip daddr {PROT} tcp dport {PORTS["nft DNAT"]} dnat ip to {BACKEND}:80; }}
   chain post {{ type nat hook postrouting priority srcnat; ct status dnat ip daddr {BACKEND} masquerade; }}
 }}
 """
@@ -86,15 +88,26 @@ def lifted() -> None:
     """The level's thresholds out of reach of one client (this process only): every rule stays in
     the config and is evaluated per request, none fires."""
     big = 1_000_000_000
-    spec.PRESETS["normal"] = replace(spec.PRESETS["normal"], requests_per_10s=big, conns=ConnLimits(spec.MAX_CONNS, spec.MAX_CONNS),
-                                     service_rate_per_s=big, backend_conns=1_000_000)
+    spec.PRESETS["normal"] = replace(
+        spec.PRESETS["normal"],
+        requests_per_10s=big,
+        conns=ConnLimits(spec.MAX_CONNS, spec.MAX_CONNS),
+        service_rate_per_s=big,
+        backend_conns=1_000_000,
+    )
 
 
 def service() -> HttpService:
     """The lab's web service, shaped as an operator's: a challenged path, an API limit, an exempt path."""
-    return HttpService(name="bench", listen=[PROT], backends=[f"{BACKEND}:80"], health_path="/",
-                       rules=[Rule("challenge", path_prefix="/private/")],
-                       limits=[RateLimit("/api/", spec.MAX_REQUESTS)], exempt=["/api/"])
+    return HttpService(
+        name="bench",
+        listen=[PROT],
+        backends=[f"{BACKEND}:80"],
+        health_path="/",
+        rules=[Rule("challenge", path_prefix="/private/")],
+        limits=[RateLimit("/api/", spec.MAX_REQUESTS)],
+        exempt=["/api/"],
+    )
 
 
 def _ns_cpu_s(ns: str) -> float:
@@ -105,7 +118,7 @@ def _ns_cpu_s(ns: str) -> float:
             st = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        f = st[st.rindex(")") + 2:].split()
+        f = st[st.rindex(")") + 2 :].split()
         tot += int(f[11]) + int(f[12])
     return tot / os.sysconf("SC_CLK_TCK")
 
@@ -117,9 +130,25 @@ def _children_cpu_s() -> float:
 
 def wrk_once(client: str, nss: list[str], port: int, mode: str, seconds: float, conns: int) -> dict:
     c0, n0, k0 = _children_cpu_s(), sum(_ns_cpu_s(n) for n in nss), ksoftirqd_cpu_s()
-    out = subprocess.run(["ip", "netns", "exec", client, "wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "2s",
-                          *MODES[mode], f"http://{PROT}:{port}/"], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
+    out = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            client,
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "2s",
+            *MODES[mode],
+            f"http://{PROT}:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
     cpu = (_children_cpu_s() - c0) + (sum(_ns_cpu_s(n) for n in nss) - n0) + (ksoftirqd_cpu_s() - k0)
     m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     if not m:
@@ -128,8 +157,13 @@ def wrk_once(client: str, nss: list[str], port: int, mode: str, seconds: float, 
     took = float(m[2]) / (1000 if m[3] == "ms" else 1)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"requests": n, "rps": n / took if took else 0.0, "cpu_us_per_req": cpu * 1e6 / max(1, n),
-            "non_2xx": int(bad[1]) if bad else 0, "socket_errors": sum(map(int, errs.groups())) if errs else 0}
+    return {
+        "requests": n,
+        "rps": n / took if took else 0.0,
+        "cpu_us_per_req": cpu * 1e6 / max(1, n),
+        "non_2xx": int(bad[1]) if bad else 0,
+        "socket_errors": sum(map(int, errs.groups())) if errs else 0,
+    }
 
 
 def setup(lab: Lab, budget_s: float) -> tuple[str, list[str]]:
@@ -144,8 +178,17 @@ def setup(lab: Lab, budget_s: float) -> tuple[str, list[str]]:
     tmp = Path(tempfile.mkdtemp(prefix="xgl7b-"))  # short: HAProxy's socket paths are ≤ 107 bytes
     lab.defer("remove the bench's HAProxy dirs", shutil.rmtree, tmp, ignore_errors=True)
     (tmp / "backend.cfg").write_text(BACKEND_CFG)
-    lab.popen(backend, "timeout", str(int(budget_s)), "haproxy", "-db", "-f", str(tmp / "backend.cfg"),
-              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.popen(
+        backend,
+        "timeout",
+        str(int(budget_s)),
+        "haproxy",
+        "-db",
+        "-f",
+        str(tmp / "backend.cfg"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     lab.run(prot, "nft", "-f", "-", input=DNAT)
     ours, plain = Haproxy(tmp / "ours", prot), Haproxy(tmp / "plain", prot)
     for h in (ours, plain):
@@ -157,9 +200,29 @@ def setup(lab: Lab, budget_s: float) -> tuple[str, list[str]]:
     plain.apply(hc.Rendered(plain_config(str(plain.run_dir)), {}))
     end = time.monotonic() + 15  # the backend is up and HAProxy's health check has seen it
     while time.monotonic() < end:
-        codes = [subprocess.run(["ip", "netns", "exec", client, "curl", "-s", "-m", "2", "-o", "/dev/null", "-w",
-                                 "%{http_code}", f"http://{PROT}:{p}/"], capture_output=True, text=True,
-                                timeout=10).stdout for p in PORTS.values()]
+        codes = [
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    client,
+                    "curl",
+                    "-s",
+                    "-m",
+                    "2",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    f"http://{PROT}:{p}/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            for p in PORTS.values()
+        ]
         if codes == ["200"] * len(PORTS):
             break
         time.sleep(0.3)
@@ -174,26 +237,31 @@ def section_l7(lab: Lab, profile: str) -> dict:
     client, nss = setup(lab, budget)
     samples = {(v, m): [] for v in VARIANTS for m in MODES}
     for r in range(rounds):
-        order = list(VARIANTS[r % 3:] + VARIANTS[:r % 3])
+        order = list(VARIANTS[r % 3 :] + VARIANTS[: r % 3])
         for mode in MODES:
-            for v in (order if r % 2 == 0 else order[::-1]):
+            for v in order if r % 2 == 0 else order[::-1]:
                 samples[(v, mode)].append(wrk_once(client, nss, PORTS[v], mode, seconds, conns))
     out: dict = {"rounds": rounds, "seconds": seconds, "wrk_conns": conns, "modes": {}}
     for mode in MODES:
         rows = {}
         for v in VARIANTS:
             ss = samples[(v, mode)]
-            rows[v] = {"rps": statistics.median(s["rps"] for s in ss),
-                       "cpu_us_per_req": statistics.median(s["cpu_us_per_req"] for s in ss),
-                       "non_2xx": sum(s["non_2xx"] for s in ss), "socket_errors": sum(s["socket_errors"] for s in ss),
-                       "rounds": ss}
+            rows[v] = {
+                "rps": statistics.median(s["rps"] for s in ss),
+                "cpu_us_per_req": statistics.median(s["cpu_us_per_req"] for s in ss),
+                "non_2xx": sum(s["non_2xx"] for s in ss),
+                "socket_errors": sum(s["socket_errors"] for s in ss),
+                "rounds": ss,
+            }
         ours, plain, dnat = (rows[v] for v in VARIANTS)
         rows["ratios"] = {
-            "rps ours/plain": ours["rps"] / plain["rps"], "rps ours/dnat": ours["rps"] / dnat["rps"],
+            "rps ours/plain": ours["rps"] / plain["rps"],
+            "rps ours/dnat": ours["rps"] / dnat["rps"],
             "rps plain/dnat": plain["rps"] / dnat["rps"],
             "cpu ours/plain": ours["cpu_us_per_req"] / plain["cpu_us_per_req"],
             "cpu ours/dnat": ours["cpu_us_per_req"] / dnat["cpu_us_per_req"],
-            "cpu plain/dnat": plain["cpu_us_per_req"] / dnat["cpu_us_per_req"]}
+            "cpu plain/dnat": plain["cpu_us_per_req"] / dnat["cpu_us_per_req"],
+        }
         out["modes"][mode] = rows
     return out
 
@@ -204,17 +272,24 @@ def table(s: dict | None) -> str:
         return ""
     if "unavailable" in s:
         return f"\n\n**6. L7 cost**: not run here: {s['unavailable']}"
-    L = ["", "", f"**6. L7 cost** (wrk, {s['wrk_conns']} connections, {s['seconds']:g} s × {s['rounds']} rounds; "
-                 "rules evaluated, none firing)", "",
-         "| client | variant | requests/s | CPU µs/request | × plain (req/s, CPU) | × DNAT (req/s, CPU) |",
-         "|---|---|---|---|---|---|"]
+    L = [
+        "",
+        "",
+        f"**6. L7 cost** (wrk, {s['wrk_conns']} connections, {s['seconds']:g} s × {s['rounds']} rounds; "
+        "rules evaluated, none firing)",
+        "",
+        "| client | variant | requests/s | CPU µs/request | × plain (req/s, CPU) | × DNAT (req/s, CPU) |",
+        "|---|---|---|---|---|---|",
+    ]
     for mode, rows in s["modes"].items():
         for v in VARIANTS:
             r = rows[v]
-            L.append(f"| {mode} | {v} | {r['rps']:,.0f} | {r['cpu_us_per_req']:.0f} | "
-                     f"{r['rps'] / rows['plain HAProxy']['rps']:.2f}, "
-                     f"{r['cpu_us_per_req'] / rows['plain HAProxy']['cpu_us_per_req']:.2f} | "
-                     f"{r['rps'] / rows['nft DNAT']['rps']:.2f}, {r['cpu_us_per_req'] / rows['nft DNAT']['cpu_us_per_req']:.2f} |")
+            L.append(
+                f"| {mode} | {v} | {r['rps']:,.0f} | {r['cpu_us_per_req']:.0f} | "
+                f"{r['rps'] / rows['plain HAProxy']['rps']:.2f}, "
+                f"{r['cpu_us_per_req'] / rows['plain HAProxy']['cpu_us_per_req']:.2f} | "
+                f"{r['rps'] / rows['nft DNAT']['rps']:.2f}, {r['cpu_us_per_req'] / rows['nft DNAT']['cpu_us_per_req']:.2f} |"
+            )
     return "\n".join(L)
 
 
@@ -228,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     with Lab(timeout=900) as lab:
         s = section_l7(lab, a.profile)
     print(table(s).strip())
-    print(json.dumps({k: v for k, v in s.items() if k != "modes"} | {"ratios": {m: r["ratios"] for m, r in s["modes"].items()}}))
+    print(
+        json.dumps(
+            {k: v for k, v in s.items() if k != "modes"} | {"ratios": {m: r["ratios"] for m, r in s["modes"].items()}}
+        )
+    )
     return 0
 
 

@@ -135,16 +135,31 @@ def bench_top(seconds: float, flood_pps: int) -> dict:
         subprocess.run([*xg, "attach", "xgp0", "--protect", PROT], check=True, env=env, capture_output=True)
         lab.defer("detach", subprocess.run, [*xg, "detach", "xgp0"], env=env, capture_output=True)
         subprocess.run([*xg, "block", "add", ATTACKER], check=True, env=env, capture_output=True)
-        flood = lab.popen(atk, sys.executable, "-c", FLOOD, ATTACKER, PROT, str(flood_pps), str(seconds + 8),
-                          stdout=subprocess.PIPE, text=True)
+        flood = lab.popen(
+            atk,
+            sys.executable,
+            "-c",
+            FLOOD,
+            ATTACKER,
+            PROT,
+            str(flood_pps),
+            str(seconds + 8),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1)
         once_cpu, once_wall = _run_pty([*xg, "top", "xgp0", "--once", "--interval", "0.2"], env, None)
         cpu, wall = _run_pty([*xg, "top", "xgp0", "--interval", "1"], env, seconds)
         sent = int(flood.communicate(timeout=seconds + 30)[0].strip())
     steady = max(0.0, cpu - once_cpu) / max(1e-6, wall - once_wall)
-    return {"top_cpu_s": round(cpu, 3), "top_wall_s": round(wall, 2), "startup_cpu_s": round(once_cpu, 3),
-            "steady_cpu_percent": round(steady * 100, 2), "flood_packets": sent,
-            "flood_pps": round(sent / (seconds + 8))}
+    return {
+        "top_cpu_s": round(cpu, 3),
+        "top_wall_s": round(wall, 2),
+        "startup_cpu_s": round(once_cpu, 3),
+        "steady_cpu_percent": round(steady * 100, 2),
+        "flood_packets": sent,
+        "flood_pps": round(sent / (seconds + 8)),
+    }
 
 
 def main() -> None:
@@ -166,12 +181,16 @@ def main() -> None:
     for name in ("blocklist_drop", "clean_pass"):
         v = dp[name]
         base = v["sample_every_0"] or 1
-        print(f"  {name:15s} off {v['sample_every_0']:6.1f}   1/256 {v['sample_every_256']:6.1f} "
-              f"({v['sample_every_256'] / base:.2f}x)   1/64 {v['sample_every_64']:6.1f} "
-              f"({v['sample_every_64'] / base:.2f}x)   1/1 {v['sample_every_1']:6.1f} ({v['sample_every_1'] / base:.2f}x)")
+        print(
+            f"  {name:15s} off {v['sample_every_0']:6.1f}   1/256 {v['sample_every_256']:6.1f} "
+            f"({v['sample_every_256'] / base:.2f}x)   1/64 {v['sample_every_64']:6.1f} "
+            f"({v['sample_every_64'] / base:.2f}x)   1/1 {v['sample_every_1']:6.1f} ({v['sample_every_1'] / base:.2f}x)"
+        )
     print(f"  samples taken {dp['samples_taken']}, lost {dp['samples_lost']}")
-    print(f"top --interval 1 for {top['top_wall_s']} s during a {top['flood_pps']} pps flood: "
-          f"{top['top_cpu_s']} CPU s total, start-up {top['startup_cpu_s']} s, steady {top['steady_cpu_percent']}% of a CPU")
+    print(
+        f"top --interval 1 for {top['top_wall_s']} s during a {top['flood_pps']} pps flood: "
+        f"{top['top_cpu_s']} CPU s total, start-up {top['startup_cpu_s']} s, steady {top['steady_cpu_percent']}% of a CPU"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flood", type=int, default=None, help="packets (= distinct sources) per flood")
     ap.add_argument("--big-list", type=int, default=None, help="entries per blocklist map of the big list")
     ap.add_argument("--json", nargs="?", const="-", default=None, help="write results as JSON (to FILE or stdout)")
-    ap.add_argument("--split", action="store_true",
-                    help="only the cost split, step by step (64 port-keyed, then 64 payload-only filters)")
+    ap.add_argument(
+        "--split",
+        action="store_true",
+        help="only the cost split, step by step (64 port-keyed, then 64 payload-only filters)",
+    )
     args = ap.parse_args(argv)
     if args.split:
         for payload in (False, True):
@@ -39,10 +42,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"median of {res.rounds} interleaved rounds of {res.repeat:,} runs")
             print(res.markdown() + "\n")
         return 0
-    res = run_pipeline(quick=args.quick, big_list=args.big_list, flood_packets=args.flood,
-                       progress=lambda s: print(f"# {s}", file=sys.stderr, flush=True))
-    print(f"median of {res.rounds} interleaved rounds of {res.repeat:,} runs; floods: {res.flood_packets:,} "
-          f"test runs of one packet each ({res.seconds:.0f} s)")
+    res = run_pipeline(
+        quick=args.quick,
+        big_list=args.big_list,
+        flood_packets=args.flood,
+        progress=lambda s: print(f"# {s}", file=sys.stderr, flush=True),
+    )
+    print(
+        f"median of {res.rounds} interleaved rounds of {res.repeat:,} runs; floods: {res.flood_packets:,} "
+        f"test runs of one packet each ({res.seconds:.0f} s)"
+    )
     print(res.markdown())
     if args.json:
         text = json.dumps(res.to_dict(), indent=2)

@@ -105,8 +105,9 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile(5, 1_000_000, 5_000_000, 1.5, (1, 100, 10_000, 100_000, 1_000_000), 10_000, 1_000_000, 3, 500,
-                    1_000_000),
+    "full": Profile(
+        5, 1_000_000, 5_000_000, 1.5, (1, 100, 10_000, 100_000, 1_000_000), 10_000, 1_000_000, 3, 500, 1_000_000
+    ),
     "quick": Profile(3, 100_000, 1_000_000, 1.0, (1, 100, 10_000), 10_000, 10_000, 1, 300, 1_000_000),
     "smoke": Profile(1, 20_000, 100_000, 0.3, (1, 100), 100, 1_000, 1, 100, 20_000),
 }
@@ -191,6 +192,7 @@ def bed_of(setup: Callable[[], TestBed], base: Path | None = None) -> TestBed:
             _BEDS[setup, base] = setup()
         else:
             import bench_ab  # noqa: PLC0415  (its tree(): compile another bpf/)
+
             with bench_ab.tree(base / "bpf"):
                 _BEDS[setup, base] = setup()
     return _BEDS[setup, base]
@@ -226,8 +228,12 @@ def packet_cases() -> list[PacketCase]:
         PacketCase("clean pass v6", basic_bed, udp_frame(CLEAN6, DST6), XDP_PASS, True),
         PacketCase("blocklist hit v4", basic_bed, udp_frame(HIT4, DST4), XDP_DROP, True),
         PacketCase("blocklist hit v6", basic_bed, udp_frame(HIT6, DST6), XDP_DROP, True),
-        PacketCase("every step, 64 filters, UDP v4 clean", every_step_bed, bench_cleansing.frame(s4, d4, "udp"), XDP_PASS),
-        PacketCase("every step, 64 filters, TCP SYN v4 clean", every_step_bed, bench_cleansing.frame(s4, d4, "tcp"), XDP_PASS),
+        PacketCase(
+            "every step, 64 filters, UDP v4 clean", every_step_bed, bench_cleansing.frame(s4, d4, "udp"), XDP_PASS
+        ),
+        PacketCase(
+            "every step, 64 filters, TCP SYN v4 clean", every_step_bed, bench_cleansing.frame(s4, d4, "tcp"), XDP_PASS
+        ),
         PacketCase(PORT_KEYED, every_step_port_bed, bench_cleansing.frame(s4, d4, "udp"), XDP_PASS),
     ]
 
@@ -249,8 +255,12 @@ class XdpFilter:
     def __init__(self, lab: Lab, ns: str, ifname: str, deny_src: list[str]):
         self.ns, self.ifname = ns, ifname
         nsx(ns, "xdp-filter", "load", ifname, "-m", "native")
-        lab.defer("xdp-filter unload", subprocess.run, ["ip", "netns", "exec", ns, "xdp-filter", "unload", ifname],
-                  capture_output=True)
+        lab.defer(
+            "xdp-filter unload",
+            subprocess.run,
+            ["ip", "netns", "exec", ns, "xdp-filter", "unload", ifname],
+            capture_output=True,
+        )
         for ip in deny_src:
             nsx(ns, "xdp-filter", "ip", ip, "-m", "src")
         link = json.loads(nsx(ns, "ip", "-j", "-d", "link", "show", "dev", ifname).stdout)[0]
@@ -268,8 +278,9 @@ class XdpFilter:
         return int(m.group(1)), float(m.group(2))
 
 
-def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter | None,
-                    base: Path | None = None) -> dict:
+def section_packets(
+    lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter | None, base: Path | None = None
+) -> dict:
     bare_bpf, bare_fd = bare_drop_prog()
     runs: dict[str, Callable[[], float]] = {}
 
@@ -279,6 +290,7 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
             if rv != want:
                 raise RuntimeError(f"{name}: XDP action {rv}, expected {want}")
             return float(dur)
+
         return go
 
     runs["bare XDP_DROP"] = kernel_run(bare_fd, udp_frame(HIT4, DST4), XDP_DROP, "bare")
@@ -295,13 +307,16 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
         if xf is not None and c.xdp_filter:
             rv, _ = xf.run(c.packet, 1)
             if rv != c.action:
-                raise SystemExit(f"bench: xdp-filter gives {ACTION.get(rv, rv)} on {c.name!r}, xdpguard {ACTION[c.action]}")
+                raise SystemExit(
+                    f"bench: xdp-filter gives {ACTION.get(rv, rv)} on {c.name!r}, xdpguard {ACTION[c.action]}"
+                )
 
             def xrun(pkt=c.packet, want=c.action, name=c.name) -> float:
                 rv, dur = xf.run(pkt, p.repeat)
                 if rv != want:
                     raise RuntimeError(f"xdp-filter {name}: action {rv}")
                 return dur
+
             runs[f"xdp-filter: {c.name}"] = xrun
     samples: dict[str, list[float]] = {k: [] for k in runs}
     for _, order in rotations(list(runs), max(3, p.rounds * 2 - 1)):
@@ -314,8 +329,12 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
         row = {"ns": m[c.name], "x_bare": m[c.name] / bare, "verdict": verdicts[c.name], "samples": samples[c.name]}
         xk = f"xdp-filter: {c.name}"
         if xk in m:
-            row.update(xdp_filter_ns=m[xk], xdp_filter_x_bare=m[xk] / bare,
-                       xdpguard_over_xdp_filter=m[c.name] / m[xk], xdp_filter_samples=samples[xk])
+            row.update(
+                xdp_filter_ns=m[xk],
+                xdp_filter_x_bare=m[xk] / bare,
+                xdpguard_over_xdp_filter=m[c.name] / m[xk],
+                xdp_filter_samples=samples[xk],
+            )
         if base is not None:
             b = m[f"base: {c.name}"]
             row.update(base_ns=b, base_x_bare=b / bare, base_samples=samples[f"base: {c.name}"])
@@ -326,8 +345,11 @@ def section_packets(lab: Lab, p: Profile, cases: list[PacketCase], xf: XdpFilter
     out["verifier_insns"] = benchcases.verified_insns(bed_of(every_step_bed).prog.prog_fd)
     out["sources"] = sources_runs(p, bare_fd)
     if base is not None:
-        out["base"] = {"dir": str(base), "verifier_insns": benchcases.verified_insns(bed_of(every_step_bed, base).prog.prog_fd),
-                       "sources": sources_runs(p, bare_fd, base)}
+        out["base"] = {
+            "dir": str(base),
+            "verifier_insns": benchcases.verified_insns(bed_of(every_step_bed, base).prog.prog_fd),
+            "sources": sources_runs(p, bare_fd, base),
+        }
     bare_bpf.cleanup()
     return out
 
@@ -348,9 +370,17 @@ def sources_runs(p: Profile, bare_fd: int, base: Path | None = None) -> dict:
     one = run.flood(n_one, at, width, c.FLOOD_BASE, 0, {XDP_PASS})
     many = run.flood(p.sources, at, width, c.FLOOD_BASE, SOURCES_STEP, {XDP_PASS}, span)
     log(f"  sources: one {one:.0f} ns, {p.sources:,} random {many:.0f} ns, bare (same way) {bare:.0f} ns")
-    return {"case": "every step, 64 filters, UDP v6 clean", "sources": p.sources, "one_source_runs": n_one,
-            "bare_ns": bare, "one_source_ns": one, "many_sources_ns": many, "one_x_bare": one / bare,
-            "many_x_bare": many / bare, "many_x_one": many / one}
+    return {
+        "case": "every step, 64 filters, UDP v6 clean",
+        "sources": p.sources,
+        "one_source_runs": n_one,
+        "bare_ns": bare,
+        "one_source_ns": one,
+        "many_sources_ns": many,
+        "one_x_bare": one / bare,
+        "many_x_bare": many / bare,
+        "many_x_one": many / one,
+    }
 
 
 # ---------------------------------------------------------------- sections 2-3: veth floods
@@ -390,8 +420,17 @@ class Flood:
         self.name: str | None = None
         self.proc: subprocess.Popen | None = None
         for kind in bench_gen.GENERATORS if want == "auto" else (want,):
-            proc = lab.popen(self.gen, sys.executable, str(Path(__file__).resolve()), "--gen-worker", kind,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+            proc = lab.popen(
+                self.gen,
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--gen-worker",
+                kind,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=str(REPO),
+            )
             r = self._ask(proc, "probe xggs")
             if "ok" in r:
                 self.name, self.proc = kind, proc
@@ -400,8 +439,11 @@ class Flood:
             proc.stdin.close()
             proc.wait(timeout=30)
         self.cost: dict[str, dict] = {}  # section → the generator alone, measured in its rounds
-        self.why = None if self.name else "no traffic generator works here: " + "; ".join(
-            f"{k}: {v}" for k, v in self.refused.items())
+        self.why = (
+            None
+            if self.name
+            else "no traffic generator works here: " + "; ".join(f"{k}: {v}" for k, v in self.refused.items())
+        )
         log(f"  generator: {self.name or 'none'}" + "".join(f"; {k} refused: {v}" for k, v in self.refused.items()))
 
     @staticmethod
@@ -413,8 +455,12 @@ class Flood:
 
     def info(self) -> dict:
         """The JSON's "generator": which ran, why the better ones did not, and its own cost."""
-        return {"name": self.name, "refused": self.refused, "cost": self.cost,
-                **({"unavailable": self.why} if self.why else {})}
+        return {
+            "name": self.name,
+            "refused": self.refused,
+            "cost": self.cost,
+            **({"unavailable": self.why} if self.why else {}),
+        }
 
     def receiver(self, variant: str) -> str:
         i = len(self.rx)
@@ -436,9 +482,17 @@ class Flood:
         """Frames the receiver behind `gif` took. Live frames: the veth's XDP-transmit counter;
         skbs: its tx packets (on a veth, the frames its peer's NAPI processed)."""
         if self.name == bench_gen.LIVE:
-            st = dict(ln.strip().split(": ") for ln in nsx(self.gen, "ethtool", "-S", gif).stdout.splitlines()[1:] if ": " in ln)
+            st = dict(
+                ln.strip().split(": ")
+                for ln in nsx(self.gen, "ethtool", "-S", gif).stdout.splitlines()[1:]
+                if ": " in ln
+            )
             return int(st.get("tx_queue_0_xdp_xmit", 0))
-        return int(json.loads(nsx(self.gen, "ip", "-j", "-s", "link", "show", "dev", gif).stdout)[0]["stats64"]["tx"]["packets"])
+        return int(
+            json.loads(nsx(self.gen, "ip", "-j", "-s", "link", "show", "dev", gif).stdout)[0]["stats64"]["tx"][
+                "packets"
+            ]
+        )
 
     def require(self) -> None:
         """Raise Unavailable (the one-line reason) if no generator works here."""
@@ -462,16 +516,25 @@ class Flood:
         r = self._send(gif, self.frame(variant, family))
         took = self.delivered(gif) - c0
         cpu = r["cpu_s"] + r["ksoftirqd_s"]
-        return {"pps": took / r["wall_s"], "sent": r["sent"], "delivered": took,
-                "wall_s": r["wall_s"], "cpu_ns_per_pkt": cpu / max(took, 1) * 1e9}
+        return {
+            "pps": took / r["wall_s"],
+            "sent": r["sent"],
+            "delivered": took,
+            "wall_s": r["wall_s"],
+            "cpu_ns_per_pkt": cpu / max(took, 1) * 1e9,
+        }
 
     def alone(self, family: int) -> dict:
         """One bounded run into the sink: the generator's own CPU per frame sent."""
         f = udp_frame(HIT4, DST4) if family == 4 else udp_frame(HIT6, DST6)
         r = self._send("xggs", SINK_MAC + f[6:])
         cpu = r["cpu_s"] + r["ksoftirqd_s"]
-        return {"pps": r["sent"] / r["wall_s"], "sent": r["sent"], "wall_s": r["wall_s"],
-                "cpu_ns_per_pkt": cpu / max(r["sent"], 1) * 1e9}
+        return {
+            "pps": r["sent"] / r["wall_s"],
+            "sent": r["sent"],
+            "wall_s": r["wall_s"],
+            "cpu_ns_per_pkt": cpu / max(r["sent"], 1) * 1e9,
+        }
 
 
 def attach_prog(lab: Lab, ns: str, ifname: str, prog_fd: int, tag: str) -> None:
@@ -479,7 +542,9 @@ def attach_prog(lab: Lab, ns: str, ifname: str, prog_fd: int, tag: str) -> None:
     libbpf.obj_pin(prog_fd, str(pin))
     atexit.register(lambda: pin.exists() and pin.unlink())
     nsx(ns, "ip", "link", "set", "dev", ifname, "xdpdrv", "pinned", str(pin))
-    lab.defer("xdp off", subprocess.run, ["ip", "-n", ns, "link", "set", "dev", ifname, "xdp", "off"], capture_output=True)
+    lab.defer(
+        "xdp off", subprocess.run, ["ip", "-n", ns, "link", "set", "dev", ifname, "xdp", "off"], capture_output=True
+    )
     pin.unlink()
 
 
@@ -498,11 +563,18 @@ def setup_drop(lab: Lab, flood: Flood, bed: TestBed) -> dict[str, str]:
     """One receiver per variant, each dropping HIT4 (and, once section 3 loads them, HIT6)."""
     nss = {v: flood.rx[v][0] if v in flood.rx else flood.receiver(v) for v in DROP_VARIANTS if v != "xdp-filter"}
     nsx(nss["iptables raw"], IPT, "-t", "raw", "-A", "PREROUTING", "-s", f"{HIT4}/32", "-j", "DROP")
-    nsx(nss["nft netdev ingress"], "nft", "-f", "-", input=(
-        "table netdev xgbench {\n"
-        "  set b4 { type ipv4_addr; flags interval; elements = { " + HIT4 + "/32 } }\n"
-        "  set b6 { type ipv6_addr; flags interval; elements = { " + HIT6 + "/128 } }\n"
-        "  chain in { type filter hook ingress device xgr0 priority -500; ip saddr @b4 drop; ip6 saddr @b6 drop; }\n}\n"))
+    nsx(
+        nss["nft netdev ingress"],
+        "nft",
+        "-f",
+        "-",
+        input=(
+            "table netdev xgbench {\n"
+            "  set b4 { type ipv4_addr; flags interval; elements = { " + HIT4 + "/32 } }\n"
+            "  set b6 { type ipv6_addr; flags interval; elements = { " + HIT6 + "/128 } }\n"
+            "  chain in { type filter hook ingress device xgr0 priority -500; ip saddr @b4 drop; ip6 saddr @b6 drop; }\n}\n"
+        ),
+    )
     ns = nss["ipset"]
     nsx(ns, "ipset", "create", "xgb4", "hash:net", "family", "inet")
     nsx(ns, "ipset", "add", "xgb4", f"{HIT4}/32")
@@ -525,13 +597,20 @@ def section_drop(flood: Flood, p: Profile) -> dict:
     for r, order in rotations(names, p.rounds):
         for v in order:
             samples[v].append(flood.alone(4) if v == GEN_ALONE else flood.run(v, 4))
-        log(f"  drop round {r + 1}/{p.rounds}: " + ", ".join(f"{v} {samples[v][-1]['pps'] / 1e6:.2f}" for v in names) + " Mpps")
+        log(
+            f"  drop round {r + 1}/{p.rounds}: "
+            + ", ".join(f"{v} {samples[v][-1]['pps'] / 1e6:.2f}" for v in names)
+            + " Mpps"
+        )
     gen = med([s["cpu_ns_per_pkt"] for s in samples[GEN_ALONE]])
     flood.cost["2_drop"] = {"ns_per_pkt": gen, "rounds": samples[GEN_ALONE]}
     out = {}
     for v in DROP_VARIANTS:
-        out[v] = {"pps": med([s["pps"] for s in samples[v]]), "cpu_ns_per_pkt": med([s["cpu_ns_per_pkt"] for s in samples[v]]),
-                  "rounds": samples[v]}
+        out[v] = {
+            "pps": med([s["pps"] for s in samples[v]]),
+            "cpu_ns_per_pkt": med([s["cpu_ns_per_pkt"] for s in samples[v]]),
+            "rounds": samples[v],
+        }
     floor = out[FLOOR]["cpu_ns_per_pkt"]
     for v in DROP_VARIANTS:
         r = out[v]
@@ -552,7 +631,12 @@ def section_drop(flood: Flood, p: Profile) -> dict:
 
 
 SCALE_VARIANTS = ("ip6tables rules", "ipset", "nft set", "xdpguard")
-SCALE_NS = {"ip6tables rules": "iptables raw", "ipset": "ipset", "nft set": "nft netdev ingress", "xdpguard": "xdpguard"}
+SCALE_NS = {
+    "ip6tables rules": "iptables raw",
+    "ipset": "ipset",
+    "nft set": "nft netdev ingress",
+    "xdpguard": "xdpguard",
+}
 
 
 def load_scale(nss: dict[str, str], bed: TestBed, prefixes: list[str], have: int, n: int, cap: int, tmp: Path) -> dict:
@@ -612,9 +696,16 @@ def section_scale(flood: Flood, nss: dict[str, str], bed: TestBed, p: Profile) -
         gens[str(n)] = {"ns_per_pkt": gen, "rounds": samples[GEN_ALONE]}
         for v in names:
             cpu = med([x["cpu_ns_per_pkt"] for x in samples[v]])
-            out[v][str(n)] = {"pps": med([x["pps"] for x in samples[v]]), "cpu_ns_per_pkt": cpu,
-                              "minus_generator_ns": cpu - gen, "rounds": samples[v], "grow_s": secs.get(v)}
-        log(f"  scale {n:,}: " + ", ".join(f"{v} {out[v][str(n)]['cpu_ns_per_pkt']:.0f}" for v in names) + " CPU ns/pkt")
+            out[v][str(n)] = {
+                "pps": med([x["pps"] for x in samples[v]]),
+                "cpu_ns_per_pkt": cpu,
+                "minus_generator_ns": cpu - gen,
+                "rounds": samples[v],
+                "grow_s": secs.get(v),
+            }
+        log(
+            f"  scale {n:,}: " + ", ".join(f"{v} {out[v][str(n)]['cpu_ns_per_pkt']:.0f}" for v in names) + " CPU ns/pkt"
+        )
     for v in SCALE_VARIANTS:
         first = out[v][str(p.counts[0])]
         for n, row in out[v].items():
@@ -642,10 +733,16 @@ def old_counters(extra: list[int]) -> str:
     """What our table's forward chain was before: one four-match counter rule per forwarding
     rule (the measured ports' rules last, as if they had been added last)."""
     ports = [*extra, *FWD_PORTS]
-    return ("table inet oldcount {\n" + "".join(f"  counter c{p} {{ }}\n" for p in ports)
-            + "  chain forward { type filter hook forward priority 0;\n" + "".join(
-                f"    ct status dnat ct original ip daddr {PROT} meta l4proto tcp ct original proto-dst {p} counter name c{p}\n"
-                for p in ports) + "  }\n}\n")
+    return (
+        "table inet oldcount {\n"
+        + "".join(f"  counter c{p} {{ }}\n" for p in ports)
+        + "  chain forward { type filter hook forward priority 0;\n"
+        + "".join(
+            f"    ct status dnat ct original ip daddr {PROT} meta l4proto tcp ct original proto-dst {p} counter name c{p}\n"
+            for p in ports
+        )
+        + "  }\n}\n"
+    )
 
 
 OUR_TABLE = """
@@ -656,8 +753,14 @@ ports = [int(p) for p in sys.argv[3].split(",") if p] + [5201, 80]
 rules = [make_rule("tcp", sys.argv[1], str(p), f"{sys.argv[2]}:{p}") for p in ports]
 nat.NftApplier().apply(nat.build_ruleset(rules))
 """
-FWD_VARIANTS = ("xdpguard", "nft DNAT", "nft DNAT + XDP_PASS", "our nft table, no XDP", "nft DNAT + old counter chain",
-                "nft DNAT + empty forward chain")
+FWD_VARIANTS = (
+    "xdpguard",
+    "nft DNAT",
+    "nft DNAT + XDP_PASS",
+    "our nft table, no XDP",
+    "nft DNAT + old counter chain",
+    "nft DNAT + empty forward chain",
+)
 # An empty base chain on the forward hook: what merely having a forward hook costs.
 EMPTY_FORWARD = "table inet emptyfwd {\n  chain forward { type filter hook forward priority 0; }\n}\n"
 
@@ -670,10 +773,31 @@ def fwd_topology(lab: Lab, tag: str, budget: float, www: Path) -> tuple[str, str
     lab.addr(prot, "xgp0", f"{PROT}/24")
     lab.addr(prot, "xgb1", f"{GW}/24")
     lab.addr(backend, "xgb0", f"{BACKEND}/24")
-    lab.popen(backend, "timeout", str(int(budget)), "iperf3", "-s", "-p", "5201", stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
-    lab.popen(backend, "timeout", str(int(budget)), "busybox", "httpd", "-f", "-p", "80", "-h", str(www),
-              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.popen(
+        backend,
+        "timeout",
+        str(int(budget)),
+        "iperf3",
+        "-s",
+        "-p",
+        "5201",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    lab.popen(
+        backend,
+        "timeout",
+        str(int(budget)),
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        str(www),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return client, prot
 
 
@@ -726,13 +850,33 @@ def fwd_once(client: str, p: Profile) -> dict:
     cpu_s = (util["host_total"] + util["remote_total"]) / 100 * end["sum_sent"]["seconds"] + ksoftirqd
     cpu_ns_per_kb = cpu_s * 1e9 / (end["sum_sent"]["bytes"] / 1e3)
     with tempfile.NamedTemporaryFile(suffix=".csv") as f:
-        ab = nsx(client, "ab", "-q", "-n", str(p.requests), "-c", "1", "-s", "5", "-e", f.name, f"http://{PROT}:80/",
-                 timeout=120).stdout
+        ab = nsx(
+            client,
+            "ab",
+            "-q",
+            "-n",
+            str(p.requests),
+            "-c",
+            "1",
+            "-s",
+            "5",
+            "-e",
+            f.name,
+            f"http://{PROT}:80/",
+            timeout=120,
+        ).stdout
         pct = dict(line.split(",") for line in Path(f.name).read_text().splitlines()[1:])
     failed = int(re.search(r"Failed requests:\s*(\d+)", ab).group(1))
     # ab's 99th percentile can be garbage for small -n (an index past the data): bound it by the maximum.
     p50, p99, top = float(pct["50"]), float(pct["99"]), float(pct["100"])
-    return {"gbps": bps / 1e9, "cpu_ns_per_kB": cpu_ns_per_kb, "p50_ms": p50, "p99_ms": min(max(p99, p50), top), "max_ms": top, "failed": failed}
+    return {
+        "gbps": bps / 1e9,
+        "cpu_ns_per_kB": cpu_ns_per_kb,
+        "p50_ms": p50,
+        "p99_ms": min(max(p99, p50), top),
+        "max_ms": top,
+        "failed": failed,
+    }
 
 
 def section_forward(clients: dict[str, str], p: Profile) -> dict:
@@ -741,7 +885,11 @@ def section_forward(clients: dict[str, str], p: Profile) -> dict:
     for r, order in rotations(names, p.rounds):
         for v in order:
             samples[v].append(fwd_once(clients[v], p))
-        log(f"  forward round {r + 1}/{p.rounds}: " + ", ".join(f"{v} {samples[v][-1]['gbps']:.2f}" for v in names) + " Gb/s")
+        log(
+            f"  forward round {r + 1}/{p.rounds}: "
+            + ", ".join(f"{v} {samples[v][-1]['gbps']:.2f}" for v in names)
+            + " Gb/s"
+        )
     out = {}
     for v in names:
         out[v] = {k: med([s[k] for s in samples[v]]) for k in ("gbps", "cpu_ns_per_kB", "p50_ms", "p99_ms")}
@@ -766,9 +914,13 @@ def section_load(lab: Lab, xg_ns: str, p: Profile) -> dict:
     (tmp / "block.txt").write_text("\n".join(prefixes) + "\n")
     (tmp / "ipset.restore").write_text(
         f"create xgl6 hash:net family inet6 hashsize {1 << max(10, (n - 1).bit_length())} maxelem {max(65536, 2 * n)}\n"
-        + "".join(f"add xgl6 {c}\n" for c in prefixes))
-    (tmp / "set.nft").write_text("table inet xgload {\n  set l6 { type ipv6_addr; flags interval; elements = {\n"
-                                 + ",\n".join(prefixes) + "\n  } }\n}\n")
+        + "".join(f"add xgl6 {c}\n" for c in prefixes)
+    )
+    (tmp / "set.nft").write_text(
+        "table inet xgload {\n  set l6 { type ipv6_addr; flags interval; elements = {\n"
+        + ",\n".join(prefixes)
+        + "\n  } }\n}\n"
+    )
     ns = lab.netns("bload")
     xg = str(REPO / ".venv/bin/xdpguard")
 
@@ -798,8 +950,14 @@ def section_load(lab: Lab, xg_ns: str, p: Profile) -> dict:
             samples[k].append(runs[k]())
         log(f"  load round {r + 1}: " + ", ".join(f"{k} {samples[k][-1]:.2f} s" for k in runs))
     out = {"prefixes": n, "families": "IPv6 only (half /64, half /128)"}
-    out["xdpguard block load (empty map)"] = {"s": samples["xdpguard block load"][0], "samples": samples["xdpguard block load"][:1]}
-    out["xdpguard block load (refresh)"] = {"s": med(samples["xdpguard block load"][1:]), "samples": samples["xdpguard block load"][1:]}
+    out["xdpguard block load (empty map)"] = {
+        "s": samples["xdpguard block load"][0],
+        "samples": samples["xdpguard block load"][:1],
+    }
+    out["xdpguard block load (refresh)"] = {
+        "s": med(samples["xdpguard block load"][1:]),
+        "samples": samples["xdpguard block load"][1:],
+    }
     out["ipset restore"] = {"s": med(samples["ipset restore"]), "samples": samples["ipset restore"]}
     out["nft -f"] = {"s": med(samples["nft -f"]), "samples": samples["nft -f"]}
     for k in ("xdpguard block load (empty map)", "xdpguard block load (refresh)", "ipset restore", "nft -f"):
@@ -811,7 +969,7 @@ def section_load(lab: Lab, xg_ns: str, p: Profile) -> dict:
 
 
 def generator_line(gen: dict) -> str:
-    """"generator: af_xdp (live-frames refused: ...)" for the table headings."""
+    """ "generator: af_xdp (live-frames refused: ...)" for the table headings."""
     refused = "; ".join(f"{k} refused: {v}" for k, v in gen["refused"].items())
     return f"generator: {gen['name']}" + (f" ({refused})" if refused else "")
 
@@ -840,32 +998,58 @@ def goals(doc: dict) -> list[tuple[str, str, str, bool | None]]:
         before.clear()
         rows.append((figure, shown, goal, ok(vals) if vals else None))
 
-    row("blocklist drop vs xdp-filter, same packet (v4 / v6)",
-        ratios(["blocklist hit v4", "blocklist hit v6"], "xdpguard_over_xdp_filter"), "< 1× (stay ahead)",
-        lambda v: max(v) < 1.0)
-    row("clean pass vs a bare XDP_DROP (v4 / v6)", ratios(["clean pass v4", "clean pass v6"], "x_bare"), "≤ 2.5×",
-        lambda v: max(v) <= 2.5)
-    row("every step, 64 filters, vs a bare XDP_DROP (UDP / SYN)",
-        ratios(["every step, 64 filters, UDP v4 clean", "every step, 64 filters, TCP SYN v4 clean"], "x_bare"), "≤ 4×",
-        lambda v: max(v) <= 4.0)
+    row(
+        "blocklist drop vs xdp-filter, same packet (v4 / v6)",
+        ratios(["blocklist hit v4", "blocklist hit v6"], "xdpguard_over_xdp_filter"),
+        "< 1× (stay ahead)",
+        lambda v: max(v) < 1.0,
+    )
+    row(
+        "clean pass vs a bare XDP_DROP (v4 / v6)",
+        ratios(["clean pass v4", "clean pass v6"], "x_bare"),
+        "≤ 2.5×",
+        lambda v: max(v) <= 2.5,
+    )
+    row(
+        "every step, 64 filters, vs a bare XDP_DROP (UDP / SYN)",
+        ratios(["every step, 64 filters, UDP v4 clean", "every step, 64 filters, TCP SYN v4 clean"], "x_bare"),
+        "≤ 4×",
+        lambda v: max(v) <= 4.0,
+    )
     row("every step, 64 port-keyed filters, test run", ratios([PORT_KEYED], "x_bare"), "≤ 4×", lambda v: max(v) <= 4.0)
     src = s.get("sources")
     bsrc = (s.get("base") or {}).get("sources")
     before[:] = [bsrc["many_x_one"]] if bsrc else []
-    row(f"{src['sources']:,} random sources vs one source" if src else "1M random sources vs one source",
-        [src["many_x_one"]] if src else [], "≤ 1.3×", lambda v: v[0] <= 1.3)
+    row(
+        f"{src['sources']:,} random sources vs one source" if src else "1M random sources vs one source",
+        [src["many_x_one"]] if src else [],
+        "≤ 1.3×",
+        lambda v: v[0] <= 1.3,
+    )
     f = doc.get("5_forward") or {}
     xg = f.get("xdpguard") if "unavailable" not in f else None
-    row("forwarding vs plain DNAT + bare XDP_PASS, one TCP stream (throughput / CPU per kB)",
-        [xg["gbps_x_xdp_pass"], xg["cpu_x_xdp_pass"]] if xg else [], "≥ 1× / ≤ 1×",
-        lambda v: v[0] >= 1.0 and v[1] <= 1.0)
-    row("forwarding vs plain DNAT without XDP (throughput)", [xg["gbps_x_dnat"]] if xg else [], "≥ 1.5×",
-        lambda v: v[0] >= 1.5)
+    row(
+        "forwarding vs plain DNAT + bare XDP_PASS, one TCP stream (throughput / CPU per kB)",
+        [xg["gbps_x_xdp_pass"], xg["cpu_x_xdp_pass"]] if xg else [],
+        "≥ 1× / ≤ 1×",
+        lambda v: v[0] >= 1.0 and v[1] <= 1.0,
+    )
+    row(
+        "forwarding vs plain DNAT without XDP (throughput)",
+        [xg["gbps_x_dnat"]] if xg else [],
+        "≥ 1.5×",
+        lambda v: v[0] >= 1.5,
+    )
     insns = s.get("verifier_insns")
     binsns = (s.get("base") or {}).get("verifier_insns")
-    rows.append(("verifier instructions, every-step program (1M limit)",
-                 (f"{binsns:,} → " if binsns else "") + (f"{insns:,}" if insns else "not measured"),
-                 "≤ 400,000", insns <= 400_000 if insns else None))
+    rows.append(
+        (
+            "verifier instructions, every-step program (1M limit)",
+            (f"{binsns:,} → " if binsns else "") + (f"{insns:,}" if insns else "not measured"),
+            "≤ 400,000",
+            insns <= 400_000 if insns else None,
+        )
+    )
     return rows
 
 
@@ -873,26 +1057,41 @@ def table(doc: dict) -> str:
     L: list[str] = []
     g = goals(doc)
     if any(ok is not None for *_, ok in g):
-        L += [f"**Goals** (issue 27; measured in this run, kernel {doc.get('machine', {}).get('kernel', '?')})", "",
-              "| figure | measured | goal | met |", "|---|---|---|---|"]
-        L += [f"| {fig} | {val} | {goal} | {'–' if ok is None else 'yes' if ok else 'no'} |" for fig, val, goal, ok in g]
+        L += [
+            f"**Goals** (issue 27; measured in this run, kernel {doc.get('machine', {}).get('kernel', '?')})",
+            "",
+            "| figure | measured | goal | met |",
+            "|---|---|---|---|",
+        ]
+        L += [
+            f"| {fig} | {val} | {goal} | {'–' if ok is None else 'yes' if ok else 'no'} |" for fig, val, goal, ok in g
+        ]
         L.append("")
     s = doc.get("1_per_packet")
     if s:
-        L += [f"**1. Per-packet cost** (BPF_PROG_TEST_RUN, 64-byte frames, {s['repeat']:,} repeats; bare XDP_DROP "
-              f"{s['bare_ns']:.0f} ns)", "",
-              "| case | xdpguard ns/pkt | × bare drop | xdp-filter ns/pkt | xdpguard / xdp-filter |", "|---|---|---|---|---|"]
+        L += [
+            f"**1. Per-packet cost** (BPF_PROG_TEST_RUN, 64-byte frames, {s['repeat']:,} repeats; bare XDP_DROP "
+            f"{s['bare_ns']:.0f} ns)",
+            "",
+            "| case | xdpguard ns/pkt | × bare drop | xdp-filter ns/pkt | xdpguard / xdp-filter |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in s["cases"].items():
             xf = f"{r['xdp_filter_ns']:.0f} | {r['xdpguard_over_xdp_filter']:.2f}" if "xdp_filter_ns" in r else "– | –"
             L.append(f"| {name} | {r['ns']:.0f} | {r['x_bare']:.1f} | {xf} |")
         src = s.get("sources")
         if src:
-            L += ["", f"Sources ({src['case']}; one test run per packet, the source rewritten between runs; "
-                  f"bare XDP_DROP run the same way {src['bare_ns']:.0f} ns):", "",
-                  "| sources | xdpguard ns/pkt | × bare drop | × one source |", "|---|---|---|---|",
-                  f"| 1 | {src['one_source_ns']:.0f} | {src['one_x_bare']:.1f} | 1.00 |",
-                  f"| {src['sources']:,} random | {src['many_sources_ns']:.0f} | {src['many_x_bare']:.1f} | "
-                  f"{src['many_x_one']:.2f} |"]
+            L += [
+                "",
+                f"Sources ({src['case']}; one test run per packet, the source rewritten between runs; "
+                f"bare XDP_DROP run the same way {src['bare_ns']:.0f} ns):",
+                "",
+                "| sources | xdpguard ns/pkt | × bare drop | × one source |",
+                "|---|---|---|---|",
+                f"| 1 | {src['one_source_ns']:.0f} | {src['one_x_bare']:.1f} | 1.00 |",
+                f"| {src['sources']:,} random | {src['many_sources_ns']:.0f} | {src['many_x_bare']:.1f} | "
+                f"{src['many_x_one']:.2f} |",
+            ]
         L.append("")
     s = doc.get("2_drop")
     if s and "unavailable" in s:
@@ -900,26 +1099,36 @@ def table(doc: dict) -> str:
     elif s:
         gen = doc["generator"]
         cost = gen["cost"]["2_drop"]["ns_per_pkt"]
-        L += [f"**2. Drop on a veth pair** (one blocked source, 64-byte UDP; {generator_line(gen)}). CPU = the sender's CPU "
-              "time per packet, which on a veth includes the receiver's softirq work; *− generator* = minus the generator "
-              f"alone ({cost:.0f} ns/pkt, into a sink that drops the frame at its first protocol handler), i.e. what the "
-              "receiver costs; *above floor* = minus the same with a bare XDP_DROP receiver, i.e. what the receiver's "
-              "filtering costs beyond the cheapest drop", "",
-              "| receiver | Mpps | × iptables raw | CPU ns/pkt | − generator ns | × iptables raw | × nft ingress "
-              "| above floor ns | × iptables raw | × nft ingress |", "|---|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            f"**2. Drop on a veth pair** (one blocked source, 64-byte UDP; {generator_line(gen)}). CPU = the sender's CPU "
+            "time per packet, which on a veth includes the receiver's softirq work; *− generator* = minus the generator "
+            f"alone ({cost:.0f} ns/pkt, into a sink that drops the frame at its first protocol handler), i.e. what the "
+            "receiver costs; *above floor* = minus the same with a bare XDP_DROP receiver, i.e. what the receiver's "
+            "filtering costs beyond the cheapest drop",
+            "",
+            "| receiver | Mpps | × iptables raw | CPU ns/pkt | − generator ns | × iptables raw | × nft ingress "
+            "| above floor ns | × iptables raw | × nft ingress |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
 
         def x(v):
             return "–" if v is None else f"{v:.2f}"
+
         for v in DROP_VARIANTS:
             r = s[v]
-            L.append(f"| {v} | {r['pps'] / 1e6:.2f} | {r['x_iptables_raw_pps']:.2f} | {r['cpu_ns_per_pkt']:.0f} | "
-                     f"{r['minus_generator_ns']:.0f} | {x(r['minus_generator_x_iptables_raw'])} | "
-                     f"{x(r['minus_generator_x_nft_ingress'])} | {r['above_floor_ns']:.0f} | "
-                     f"{x(r['above_floor_x_iptables_raw'])} | {x(r['above_floor_x_nft_ingress'])} |")
+            L.append(
+                f"| {v} | {r['pps'] / 1e6:.2f} | {r['x_iptables_raw_pps']:.2f} | {r['cpu_ns_per_pkt']:.0f} | "
+                f"{r['minus_generator_ns']:.0f} | {x(r['minus_generator_x_iptables_raw'])} | "
+                f"{x(r['minus_generator_x_nft_ingress'])} | {r['above_floor_ns']:.0f} | "
+                f"{x(r['above_floor_x_iptables_raw'])} | {x(r['above_floor_x_nft_ingress'])} |"
+            )
         if gen["name"] != bench_gen.LIVE:
-            L += ["", f"({gen['name']} sends skbs: Mpps is bounded by the generator, compare the CPU columns; and an XDP "
-                  "receiver on a veth first copies each skb into a page-pool page, which a netfilter receiver does not: the "
-                  "bare XDP_DROP floor includes that copy.)"]
+            L += [
+                "",
+                f"({gen['name']} sends skbs: Mpps is bounded by the generator, compare the CPU columns; and an XDP "
+                "receiver on a veth first copies each skb into a page-pool page, which a netfilter receiver does not: the "
+                "bare XDP_DROP floor includes that copy.)",
+            ]
         L.append("")
     s = doc.get("3_scale")
     if s and "unavailable" in s:
@@ -927,31 +1136,49 @@ def table(doc: dict) -> str:
     elif s:
         gen = doc["generator"]
         counts = sorted({int(n) for v in SCALE_VARIANTS for n in s[v]})
-        L += [f"**3. Rule-count scaling** (IPv6 flood from one listed source; generator: {gen['name']}; CPU ns per dropped "
-              f"packet as in 2; ip6tables capped at {s['ip6tables_cap']:,} rules, the matching rule last)", "",
-              "| blocked prefixes | " + " | ".join(SCALE_VARIANTS) + " | generator alone |",
-              "|---" * (len(SCALE_VARIANTS) + 2) + "|"]
+        L += [
+            f"**3. Rule-count scaling** (IPv6 flood from one listed source; generator: {gen['name']}; CPU ns per dropped "
+            f"packet as in 2; ip6tables capped at {s['ip6tables_cap']:,} rules, the matching rule last)",
+            "",
+            "| blocked prefixes | " + " | ".join(SCALE_VARIANTS) + " | generator alone |",
+            "|---" * (len(SCALE_VARIANTS) + 2) + "|",
+        ]
         for n in counts:
-            cells = [f"{s[v][str(n)]['cpu_ns_per_pkt']:.0f} ({s[v][str(n)]['x_one_entry_cpu']:.2f}×)" if str(n) in s[v] else "–"
-                     for v in SCALE_VARIANTS]
+            cells = [
+                f"{s[v][str(n)]['cpu_ns_per_pkt']:.0f} ({s[v][str(n)]['x_one_entry_cpu']:.2f}×)"
+                if str(n) in s[v]
+                else "–"
+                for v in SCALE_VARIANTS
+            ]
             L.append(f"| {n:,} | " + " | ".join(cells) + f" | {gen['cost']['3_scale'][str(n)]['ns_per_pkt']:.0f} |")
         L += ["", "(in brackets: × the same mechanism with 1 entry)", ""]
     s = doc.get("4_load")
     if s:
-        L += [f"**4. Loading {s['prefixes']:,} prefixes** ({s['families']}; seconds)", "", "| path | s | × ipset restore |", "|---|---|---|"]
+        L += [
+            f"**4. Loading {s['prefixes']:,} prefixes** ({s['families']}; seconds)",
+            "",
+            "| path | s | × ipset restore |",
+            "|---|---|---|",
+        ]
         for k in ("xdpguard block load (empty map)", "xdpguard block load (refresh)", "ipset restore", "nft -f"):
             L.append(f"| {k} | {s[k]['s']:.2f} | {s[k]['x_ipset']:.2f} |")
         L.append("")
     s = doc.get("5_forward")
     if s:
-        L += ["**5. Forwarding** client → protector → backend (iperf3, one TCP stream; CPU = both iperf3s' and ksoftirqd's CPU time per kB, "
-              "which on veth includes the protector's forwarding; ab, a new connection per request)", "",
-              "| protector | Gb/s | × nft DNAT | × DNAT + XDP_PASS | CPU ns/kB | × nft DNAT | × DNAT + XDP_PASS | p50 ms | p99 ms "
-              "| p99 × nft DNAT |", "|---|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "**5. Forwarding** client → protector → backend (iperf3, one TCP stream; CPU = both iperf3s' and ksoftirqd's CPU time per kB, "
+            "which on veth includes the protector's forwarding; ab, a new connection per request)",
+            "",
+            "| protector | Gb/s | × nft DNAT | × DNAT + XDP_PASS | CPU ns/kB | × nft DNAT | × DNAT + XDP_PASS | p50 ms | p99 ms "
+            "| p99 × nft DNAT |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for v in FWD_VARIANTS:
             r = s[v]
-            L.append(f"| {v} | {r['gbps']:.2f} | {r['gbps_x_dnat']:.2f} | {r['gbps_x_xdp_pass']:.2f} | {r['cpu_ns_per_kB']:.0f} | "
-                     f"{r['cpu_x_dnat']:.2f} | {r['cpu_x_xdp_pass']:.2f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['p99_x_dnat']:.2f} |")
+            L.append(
+                f"| {v} | {r['gbps']:.2f} | {r['gbps_x_dnat']:.2f} | {r['gbps_x_xdp_pass']:.2f} | {r['cpu_ns_per_kB']:.0f} | "
+                f"{r['cpu_x_dnat']:.2f} | {r['cpu_x_xdp_pass']:.2f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['p99_x_dnat']:.2f} |"
+            )
         L.append("")
     return "\n".join(L)
 
@@ -1005,7 +1232,9 @@ def plot(doc: dict, path: Path) -> None:
         ax = axes[1][1]
         ks = ["xdpguard block load (empty map)", "xdpguard block load (refresh)", "ipset restore", "nft -f"]
         ax.bar(range(len(ks)), [s[k]["s"] for k in ks], color="tab:green")
-        ax.set_xticks(range(len(ks)), ["xdpguard\n(empty)", "xdpguard\n(refresh)", "ipset\nrestore", "nft -f"], fontsize=7)
+        ax.set_xticks(
+            range(len(ks)), ["xdpguard\n(empty)", "xdpguard\n(refresh)", "ipset\nrestore", "nft -f"], fontsize=7
+        )
         ax.set_ylabel("seconds")
         ax.set_title(f"4. loading {s['prefixes']:,} prefixes")
     s = doc.get("5_forward")
@@ -1013,7 +1242,18 @@ def plot(doc: dict, path: Path) -> None:
         ax = axes[1][2]
         x = range(len(FWD_VARIANTS))
         ax.bar(x, [s[v]["gbps"] for v in FWD_VARIANTS], color="tab:purple")
-        ax.set_xticks(list(x), ["xdpguard", "nft\nDNAT", "DNAT +\nXDP_PASS", "our table\nno XDP", "DNAT + old\ncounters", "DNAT +\nempty fwd"], fontsize=7)
+        ax.set_xticks(
+            list(x),
+            [
+                "xdpguard",
+                "nft\nDNAT",
+                "DNAT +\nXDP_PASS",
+                "our table\nno XDP",
+                "DNAT + old\ncounters",
+                "DNAT +\nempty fwd",
+            ],
+            fontsize=7,
+        )
         ax.set_ylabel("Gb/s (one TCP stream)")
         ax2 = ax.twinx()
         ax2.plot(list(x), [s[v]["cpu_ns_per_kB"] for v in FWD_VARIANTS], "ko-")
@@ -1043,20 +1283,35 @@ def section(doc: dict, key: str, title: str, run: Callable[[], dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="short rounds, up to 10k prefixes")
     g.add_argument("--smoke", action="store_true", help="the smallest run that exercises every section (tests)")
     ap.add_argument("--out", type=Path, help="results folder (default bench-results/<timestamp>/)")
     ap.add_argument("--only", default="1,2,3,4,5,6", help="sections to run, e.g. 1,5")
     ap.add_argument("--cases", help="MODULE:FUNCTION returning the per-packet case list (default: the built-in one)")
-    ap.add_argument("--base", type=Path, metavar="DIR",
-                    help="section 1 also runs every case on the program in DIR/bpf (e.g. `git archive main bpf | tar -x "
-                         "-C DIR`), in the same rounds: the goals table shows base → this tree")
-    ap.add_argument("--fwd-rules", type=int, default=2, metavar="N",
-                    help="forwarding rules in the 'our nft table' and 'old counter chain' variants (default 2)")
-    ap.add_argument("--generator", choices=("auto", *bench_gen.GENERATORS), default="auto",
-                    help="traffic generator of sections 2-3 (default: the first this kernel allows, in this order)")
+    ap.add_argument(
+        "--base",
+        type=Path,
+        metavar="DIR",
+        help="section 1 also runs every case on the program in DIR/bpf (e.g. `git archive main bpf | tar -x "
+        "-C DIR`), in the same rounds: the goals table shows base → this tree",
+    )
+    ap.add_argument(
+        "--fwd-rules",
+        type=int,
+        default=2,
+        metavar="N",
+        help="forwarding rules in the 'our nft table' and 'old counter chain' variants (default 2)",
+    )
+    ap.add_argument(
+        "--generator",
+        choices=("auto", *bench_gen.GENERATORS),
+        default="auto",
+        help="traffic generator of sections 2-3 (default: the first this kernel allows, in this order)",
+    )
     ap.add_argument("--gen-worker", choices=bench_gen.GENERATORS, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.gen_worker:
@@ -1074,7 +1329,19 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("xdpguard: error: bench needs root (test runs, namespaces, nftables)", file=sys.stderr)
         return 2
-    tools = {"bpftool": 1, "xdp-filter": 1, "ethtool": 2, IPT: 2, "ipset": 2, "nft": 2, "iperf3": 5, "ab": 5, "busybox": 5, "wrk": 6, "haproxy": 6}
+    tools = {
+        "bpftool": 1,
+        "xdp-filter": 1,
+        "ethtool": 2,
+        IPT: 2,
+        "ipset": 2,
+        "nft": 2,
+        "iperf3": 5,
+        "ab": 5,
+        "busybox": 5,
+        "wrk": 6,
+        "haproxy": 6,
+    }
     missing = [t for t, sec in tools.items() if sec in only and not shutil.which(t)]
     if missing:
         print(f"xdpguard: error: missing {', '.join(missing)}: run scripts/setup.sh", file=sys.stderr)
@@ -1085,14 +1352,22 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     load1 = os.getloadavg()[0]
     doc: dict = {
-        "machine": {"kernel": os.uname().release, "cpus": os.cpu_count(), "loadavg_1m_at_start": load1,
-                    "model": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")},
+        "machine": {
+            "kernel": os.uname().release,
+            "cpus": os.cpu_count(),
+            "loadavg_1m_at_start": load1,
+            "model": next(
+                (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
+            ),
+        },
         "profile": prof_name,
         "config": {**p.__dict__, "fwd_rules": a.fwd_rules},
         "note": "medians of interleaved rounds; shared, noisy machine: ratios, not absolute numbers, are meaningful",
     }
-    log(f"xdpguard bench ({prof_name}): {doc['machine']['model']}, {doc['machine']['cpus']} CPUs, "
-        f"kernel {doc['machine']['kernel']}, load {load1:.2f}; results in {out_dir}")
+    log(
+        f"xdpguard bench ({prof_name}): {doc['machine']['model']}, {doc['machine']['cpus']} CPUs, "
+        f"kernel {doc['machine']['kernel']}, load {load1:.2f}; results in {out_dir}"
+    )
     cases = load_cases(a.cases)
     with Lab(timeout=900) as lab:
         flood = Flood(lab, p, a.generator) if only & {1, 2, 3} else None
@@ -1106,10 +1381,16 @@ def main(argv: list[str] | None = None) -> int:
             bed = bed_of(basic_bed)
             nss = setup_drop(lab, flood, bed) if flood.name else {}
             if 2 in only:
-                section(doc, "2_drop", f"2. drop throughput (veth; generator {flood.name})", lambda: section_drop(flood, p))
+                section(
+                    doc, "2_drop", f"2. drop throughput (veth; generator {flood.name})", lambda: section_drop(flood, p)
+                )
             if 3 in only:
-                section(doc, "3_scale", f"3. rule-count scaling (generator {flood.name})",
-                        lambda: section_scale(flood, nss, bed, p))
+                section(
+                    doc,
+                    "3_scale",
+                    f"3. rule-count scaling (generator {flood.name})",
+                    lambda: section_scale(flood, nss, bed, p),
+                )
             doc["generator"] = flood.info()
         xg_ns = None
         if 5 in only or 4 in only:
@@ -1121,7 +1402,12 @@ def main(argv: list[str] | None = None) -> int:
         if 4 in only:
             section(doc, "4_load", f"4. loading {p.load_n:,} prefixes", lambda: section_load(lab, xg_ns, p))
         if 6 in only:
-            section(doc, "6_l7", "6. L7 cost (HAProxy + our rules, plain HAProxy, nft DNAT)", lambda: bench_l7.section_l7(lab, prof_name))
+            section(
+                doc,
+                "6_l7",
+                "6. L7 cost (HAProxy + our rules, plain HAProxy, nft DNAT)",
+                lambda: bench_l7.section_l7(lab, prof_name),
+            )
     for b in _BEDS.values():
         b.close()
     doc["elapsed_s"] = time.monotonic() - t_start
@@ -1132,8 +1418,10 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "bench.md").write_text(md + "\n")
     plot(doc, out_dir / "bench.png")
     print(md)
-    print(f"\n{prof_name} run took {doc['elapsed_s']:.0f} s; load average {load1:.2f} → "
-          f"{doc['machine']['loadavg_1m_at_end']:.2f}; results in {out_dir}")
+    print(
+        f"\n{prof_name} run took {doc['elapsed_s']:.0f} s; load average {load1:.2f} → "
+        f"{doc['machine']['loadavg_1m_at_end']:.2f}; results in {out_dir}"
+    )
     return 0
 
 

@@ -77,12 +77,18 @@ def main() -> int:
         nested = data
         for _ in range(a.depth):
             nested = sdk.mark(nested, KEY, port=PORT)
-        deep = {"valid mark: checked, stripped, passed (nested marks)": (fd, frame(nested), XDP_PASS),
-                "the same frame, address not watermarked": (fd, frame(nested, OTHER), XDP_PASS)}
+        deep = {
+            "valid mark: checked, stripped, passed (nested marks)": (fd, frame(nested), XDP_PASS),
+            "the same frame, address not watermarked": (fd, frame(nested, OTHER), XDP_PASS),
+        }
         out["nested"] = {n: statistics.median(v) for n, v in interleaved_rounds(deep, a.rounds, a.depth).items()}
         # with the previous key in force a bad MAC costs two hashes (the worst flood during a rotation)
-        guard.write_watermark_service(bed.maps, ipaddress.ip_address(PROT), PORT,
-                         wm.value(bytes(16), wm.rotated(spec, "/y", now), previous=KEY, now=now))
+        guard.write_watermark_service(
+            bed.maps,
+            ipaddress.ip_address(PROT),
+            PORT,
+            wm.value(bytes(16), wm.rotated(spec, "/y", now), previous=KEY, now=now),
+        )
         two = {"bad MAC during a rotation's overlap (drop: two SipHashes)": (fd, frame(bad), XDP_DROP)}
         out["overlap"] = {n: statistics.median(v) for n, v in interleaved_rounds(two, a.rounds, a.repeat).items()}
         out["counters"] = guard.watermark_counters(bed.maps)

@@ -43,12 +43,12 @@ BLOCKED4, BLOCKED6 = "203.0.113.77", "2001:db8:bad0::77"
 FLOOD4 = int(ipaddress.IPv4Address("198.18.0.0"))  # v4 flood sources: 198.18.0.0/16, FLOOD4 + i mod 65536
 FLOOD4_SPAN = 65536
 FLOOD6 = int(ipaddress.IPv6Address("2001:db8:f100::"))
-HUGE = Limits(src_pps=policy.MAX_PPS, src_bps=policy.MAX_BPS, dst_pps=policy.MAX_PPS,
-              syn_src_pps=policy.MAX_PPS, ban_s=60)
+HUGE = Limits(
+    src_pps=policy.MAX_PPS, src_bps=policy.MAX_BPS, dst_pps=policy.MAX_PPS, syn_src_pps=policy.MAX_PPS, ban_s=60
+)
 
 
-def frame(src: str, dst: str, l4: str = "udp", dport: int | None = None, flags: str = "S",
-          size: int = 64) -> bytes:
+def frame(src: str, dst: str, l4: str = "udp", dport: int | None = None, flags: str = "S", size: int = 64) -> bytes:
     """An Ethernet frame of `size` bytes (without FCS): UDP 40000→53 or TCP 40000→80."""
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
@@ -64,8 +64,10 @@ def header_filters(n: int, match_last: bool = False) -> tuple[Filter, ...]:
     """n filters that differ in header fields (a mitigation's typical rules: one UDP port each,
     a length range, a payload signature), none matching the benchmark's UDP packet to port 53
     — or, with match_last, only the last one does (a drop filter: first-match order matters)."""
-    out = [Filter(proto="udp", dport=(1000 + i, 1000 + i), length=(60, 1500), payload=b"\xde\xad", payload_off=i % 8)
-           for i in range(n)]
+    out = [
+        Filter(proto="udp", dport=(1000 + i, 1000 + i), length=(60, 1500), payload=b"\xde\xad", payload_off=i % 8)
+        for i in range(n)
+    ]
     if match_last and n:
         out[-1] = Filter(proto="udp", dport=(53, 53), length=(60, 1500))
     return tuple(out)
@@ -107,8 +109,14 @@ def _all_steps(bed: TestBed) -> None:
     block += [Prefix(6, ipaddress.IPv6Address((0x20010DB8BBBB << 80) + (i << 64)).packed, 64) for i in range(100)]
     block += [Prefix(6, ipaddress.IPv6Address((0x20010DB8BBBC << 80) + i).packed, 128) for i in range(100)]
     g.upsert("block", block, 0)
-    g.upsert("allow", [Prefix(4, ipaddress.IPv4Address("203.0.113.0").packed, 24),
-                       Prefix(6, ipaddress.IPv6Address("2001:db8:aaaa::").packed, 64)], 0)
+    g.upsert(
+        "allow",
+        [
+            Prefix(4, ipaddress.IPv4Address("203.0.113.0").packed, 24),
+            Prefix(6, ipaddress.IPv6Address("2001:db8:aaaa::").packed, 64),
+        ],
+        0,
+    )
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     m[MapName.BANS].set(policy.src_key(ipaddress.ip_address("203.0.113.99")), abi.Ban(now + 3600 * 10**9, 0, 10, 0))
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
@@ -132,17 +140,47 @@ def tcp_reply(src: str, dst: str, sport: int, dport: int) -> bytes:
 
 class _ProgInfo(ctypes.Structure):
     """struct bpf_prog_info up to verified_insns (kernel 5.16+)."""
+
     u32, u64 = ctypes.c_uint32, ctypes.c_uint64
-    _fields_ = [("type", u32), ("id", u32), ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", u32),
-                ("xlated_prog_len", u32), ("jited_prog_insns", u64), ("xlated_prog_insns", u64), ("load_time", u64),
-                ("created_by_uid", u32), ("nr_map_ids", u32), ("map_ids", u64), ("name", ctypes.c_char * 16),
-                ("ifindex", u32), ("gpl", u32), ("netns_dev", u64), ("netns_ino", u64), ("nr_jited_ksyms", u32),
-                ("nr_jited_func_lens", u32), ("jited_ksyms", u64), ("jited_func_lens", u64), ("btf_id", u32),
-                ("func_info_rec_size", u32), ("func_info", u64), ("nr_func_info", u32), ("nr_line_info", u32),
-                ("line_info", u64), ("jited_line_info", u64), ("nr_jited_line_info", u32),
-                ("line_info_rec_size", u32), ("jited_line_info_rec_size", u32), ("nr_prog_tags", u32),
-                ("prog_tags", u64), ("run_time_ns", u64), ("run_cnt", u64), ("recursion_misses", u64),
-                ("verified_insns", u32), ("pad", u32)]
+    _fields_ = [
+        ("type", u32),
+        ("id", u32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", u32),
+        ("xlated_prog_len", u32),
+        ("jited_prog_insns", u64),
+        ("xlated_prog_insns", u64),
+        ("load_time", u64),
+        ("created_by_uid", u32),
+        ("nr_map_ids", u32),
+        ("map_ids", u64),
+        ("name", ctypes.c_char * 16),
+        ("ifindex", u32),
+        ("gpl", u32),
+        ("netns_dev", u64),
+        ("netns_ino", u64),
+        ("nr_jited_ksyms", u32),
+        ("nr_jited_func_lens", u32),
+        ("jited_ksyms", u64),
+        ("jited_func_lens", u64),
+        ("btf_id", u32),
+        ("func_info_rec_size", u32),
+        ("func_info", u64),
+        ("nr_func_info", u32),
+        ("nr_line_info", u32),
+        ("line_info", u64),
+        ("jited_line_info", u64),
+        ("nr_jited_line_info", u32),
+        ("line_info_rec_size", u32),
+        ("jited_line_info_rec_size", u32),
+        ("nr_prog_tags", u32),
+        ("prog_tags", u64),
+        ("run_time_ns", u64),
+        ("run_cnt", u64),
+        ("recursion_misses", u64),
+        ("verified_insns", u32),
+        ("pad", u32),
+    ]
 
 
 def prog_info(fd: int) -> _ProgInfo:
@@ -205,8 +243,7 @@ class OnePacketRunner:
         self.opts.data_out = ctypes.addressof(self.out)
         self.opts.repeat = 1
 
-    def flood(self, count: int, src_at: int, width: int, base: int, step: int, want: set[int],
-              span: int = 0) -> float:
+    def flood(self, count: int, src_at: int, width: int, base: int, step: int, want: set[int], span: int = 0) -> float:
         """count runs; before run i the `width`-byte source at src_at becomes base + i*step
         (modulo span when given; step 0: one source). Mean of the kernel's per-run durations, ns."""
         total = 0
@@ -215,7 +252,7 @@ class OnePacketRunner:
         size_out = len(self.out)
         span = span or 1 << (8 * width)
         for i in range(count):
-            buf[src_at:src_at + width] = (base + (i * step) % span).to_bytes(width, "big")
+            buf[src_at : src_at + width] = (base + (i * step) % span).to_bytes(width, "big")
             opts.data_size_out = size_out
             if run(fd, ref) != 0:
                 raise RuntimeError("BPF_PROG_TEST_RUN failed")
@@ -255,8 +292,13 @@ class PipelineResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"rounds": self.rounds, "repeat": self.repeat, "flood_packets": self.flood_packets,
-                "seconds": round(self.seconds, 1), "rows": [asdict(r) for r in self.rows]}
+        return {
+            "rounds": self.rounds,
+            "repeat": self.repeat,
+            "flood_packets": self.flood_packets,
+            "seconds": round(self.seconds, 1),
+            "rows": [asdict(r) for r in self.rows],
+        }
 
     def markdown(self) -> str:
         out = ["| case | ns/pkt | × bare XDP_DROP | note |", "|---|---:|---:|---|"]
@@ -288,8 +330,13 @@ def _blocklist_bed(stack: ExitStack, entries: int, defines: dict | None) -> Test
     return bed
 
 
-def run_pipeline(quick: bool = False, defines: dict | None = None, big_list: int | None = None,
-                 flood_packets: int | None = None, progress: Callable[[str], None] | None = None) -> PipelineResult:
+def run_pipeline(
+    quick: bool = False,
+    defines: dict | None = None,
+    big_list: int | None = None,
+    flood_packets: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PipelineResult:
     """Build the programs, run every case, return the table (see the module docstring).
 
     quick: 5 rounds × 20,000 runs, 100,000 flood packets, a 100,000-entry big blocklist; else
@@ -321,33 +368,52 @@ def run_pipeline(quick: bool = False, defines: dict | None = None, big_list: int
             "bare XDP_DROP": V(bare_fd, udp4, XDP_DROP, group="yardstick"),
             "clean pass UDP v4": V(plain.prog.prog_fd, udp4, XDP_PASS, lambda: _set_filters(plain, (), pcur), "clean"),
             "clean pass UDP v6": V(plain.prog.prog_fd, udp6, XDP_PASS, lambda: _set_filters(plain, (), pcur), "clean"),
-            "clean pass TCP SYN v4": V(plain.prog.prog_fd, frame(SRC4, DST4, "tcp"), XDP_PASS,
-                                       lambda: _set_filters(plain, (), pcur), "clean"),
+            "clean pass TCP SYN v4": V(
+                plain.prog.prog_fd, frame(SRC4, DST4, "tcp"), XDP_PASS, lambda: _set_filters(plain, (), pcur), "clean"
+            ),
         }
         for n in (1, 8, 64):
             variants[f"filters: {n} header filters, UDP v4 clean"] = V(
-                plain.prog.prog_fd, udp4, XDP_PASS, lambda n=n: _set_filters(plain, header_filters(n), pcur), "filters")
+                plain.prog.prog_fd, udp4, XDP_PASS, lambda n=n: _set_filters(plain, header_filters(n), pcur), "filters"
+            )
         variants["filters: 64 header filters, #64 matches (drop)"] = V(
-            plain.prog.prog_fd, udp4, XDP_DROP, lambda: _set_filters(plain, header_filters(64, True), pcur), "filters")
+            plain.prog.prog_fd, udp4, XDP_DROP, lambda: _set_filters(plain, header_filters(64, True), pcur), "filters"
+        )
         for n in (1, 64):
             variants[f"filters: {n} payload-only filters, UDP v4 clean"] = V(
-                plain.prog.prog_fd, udp4, XDP_PASS, lambda n=n: _set_filters(plain, payload_filters(n), pcur), "filters")
+                plain.prog.prog_fd, udp4, XDP_PASS, lambda n=n: _set_filters(plain, payload_filters(n), pcur), "filters"
+            )
         for what, fl in (("64 header filters", header_filters(64)), ("64 payload-only filters", payload_filters(64))):
             variants[f"all steps, {what}, UDP v4 clean"] = V(
-                full.prog.prog_fd, udp4, XDP_PASS, lambda fl=fl: _set_filters(full, fl, fcur), "all steps")
+                full.prog.prog_fd, udp4, XDP_PASS, lambda fl=fl: _set_filters(full, fl, fcur), "all steps"
+            )
             variants[f"all steps, {what}, TCP SYN v4 clean"] = V(
-                full.prog.prog_fd, frame(SRC4, DST4, "tcp"), XDP_PASS, lambda fl=fl: _set_filters(full, fl, fcur),
-                "all steps")
+                full.prog.prog_fd,
+                frame(SRC4, DST4, "tcp"),
+                XDP_PASS,
+                lambda fl=fl: _set_filters(full, fl, fcur),
+                "all steps",
+            )
         variants["all steps, 64 header filters, UDP v6 clean"] = V(
-            full.prog.prog_fd, udp6, XDP_PASS, lambda: _set_filters(full, header_filters(64), fcur), "all steps")
+            full.prog.prog_fd, udp6, XDP_PASS, lambda: _set_filters(full, header_filters(64), fcur), "all steps"
+        )
         variants["all steps, 64 header filters, TCP ACK v4 recorded"] = V(
-            full.prog.prog_fd, frame(SRC4, DST4, "tcp", flags="A"), XDP_PASS,
-            lambda: _set_filters(full, header_filters(64), fcur), "all steps")
+            full.prog.prog_fd,
+            frame(SRC4, DST4, "tcp", flags="A"),
+            XDP_PASS,
+            lambda: _set_filters(full, header_filters(64), fcur),
+            "all steps",
+        )
         for label, bed in (("1 entry", small), (f"{n_big:,} entries", big)):
-            for what, src, dst in (("v4 host", BLOCKED4, DST4), ("v6 host", BLOCKED6, DST6),
-                                   ("v4 /24", "198.19.77.5", DST4), ("v6 /64", "2001:db8:bad1:77::5", DST6)):
-                variants[f"blocklist hit {what}, {label}"] = V(bed.prog.prog_fd, frame(src, dst), XDP_DROP,
-                                                              group="blocklist")
+            for what, src, dst in (
+                ("v4 host", BLOCKED4, DST4),
+                ("v6 host", BLOCKED6, DST6),
+                ("v4 /24", "198.19.77.5", DST4),
+                ("v6 /64", "2001:db8:bad1:77::5", DST6),
+            ):
+                variants[f"blocklist hit {what}, {label}"] = V(
+                    bed.prog.prog_fd, frame(src, dst), XDP_DROP, group="blocklist"
+                )
         say(f"repeat cases: {len(variants)} variants, {n_rounds} rounds of {repeat:,} runs")
         rounds({k: v for k, v in variants.items()}, 1, max(1, repeat // 10))  # warm-up
         samples = rounds(variants, n_rounds, repeat)
@@ -358,8 +424,15 @@ def run_pipeline(quick: bool = False, defines: dict | None = None, big_list: int
         for n in list(med):
             if n.startswith("blocklist hit") and n.endswith(f"{n_big:,} entries"):
                 one = n.replace(f"{n_big:,} entries", "1 entry")
-                res.rows.append(Row(n.replace("blocklist hit", "blocklist ratio"), "blocklist", med[n],
-                                    med[n] / base, f"{med[n] / med[one]:.2f}× the 1-entry list"))
+                res.rows.append(
+                    Row(
+                        n.replace("blocklist hit", "blocklist ratio"),
+                        "blocklist",
+                        med[n],
+                        med[n] / base,
+                        f"{med[n] / med[one]:.2f}× the 1-entry list",
+                    )
+                )
 
         # Floods: per-source buckets (limits out of reach), one test run per packet.
         say(f"flood cases: {n_flood:,} packets each")
@@ -368,18 +441,28 @@ def run_pipeline(quick: bool = False, defines: dict | None = None, big_list: int
         bare1 = bare_run.flood(min(n_flood, 200_000), 14 + 12, 4, FLOOD4, 1, {XDP_DROP}, FLOOD4_SPAN)
         res.rows.append(Row("flood yardstick: bare XDP_DROP, repeat=1 runs", "flood", bare1, bare1 / base))
         # v4 sources stay inside 198.18.0.0/16 (65,536 of them, cycled); v6 ones are all distinct.
-        for fam, pkt, at, width, first, span in ((4, udp4, 14 + 12, 4, FLOOD4, FLOOD4_SPAN),
-                                                 (6, udp6, 14 + 8, 16, FLOOD6, 0)):
+        for fam, pkt, at, width, first, span in (
+            (4, udp4, 14 + 12, 4, FLOOD4, FLOOD4_SPAN),
+            (6, udp6, 14 + 8, 16, FLOOD6, 0),
+        ):
             runner = OnePacketRunner(full.prog.prog_fd, pkt)
             _reset_sources(full)
             one = runner.flood(n_flood, at, width, first, 0, {XDP_PASS})
             _reset_sources(full)
             many = runner.flood(n_flood, at, width, first, 1, {XDP_PASS}, span)
             distinct = min(n_flood, span) if span else n_flood
-            res.rows.append(Row(f"flood v{fam}, all steps: 1 source", "flood", one, one / bare1,
-                                "× the bare drop run the same way"))
-            res.rows.append(Row(f"flood v{fam}, all steps: {distinct:,} distinct sources", "flood", many,
-                                many / bare1, f"{many / one:.2f}× one source"))
+            res.rows.append(
+                Row(f"flood v{fam}, all steps: 1 source", "flood", one, one / bare1, "× the bare drop run the same way")
+            )
+            res.rows.append(
+                Row(
+                    f"flood v{fam}, all steps: {distinct:,} distinct sources",
+                    "flood",
+                    many,
+                    many / bare1,
+                    f"{many / one:.2f}× one source",
+                )
+            )
     res.seconds = time.monotonic() - t0
     return res
 
@@ -424,11 +507,18 @@ def cost_split(quick: bool = True, defines: dict | None = None, payload: bool = 
                     cfg.flags &= ~(abi.CFG_REFLECTION | abi.CFG_TCPSTATE | abi.CFG_DROP_FRAGMENTS)
                 m[MapName.CONFIG].set(ctypes.c_uint32(0), cfg)
                 m[MapName.PROT4].set(pk, prot)
+
             return prepare
 
-        labels = [f"all steps (64 {kind} filters)", "- lists (allow/block lookups)", "- bans (ban LRU lookup)",
-                  "- 64 filters", "- dst bucket, bps/SYN buckets (src pps bucket kept)",
-                  "- src bucket, SYN threshold", "- port policy, reflection, TCP state, fragments"]
+        labels = [
+            f"all steps (64 {kind} filters)",
+            "- lists (allow/block lookups)",
+            "- bans (ban LRU lookup)",
+            "- 64 filters",
+            "- dst bucket, bps/SYN buckets (src pps bucket kept)",
+            "- src bucket, SYN threshold",
+            "- port policy, reflection, TCP state, fragments",
+        ]
         udp4 = frame(SRC4, DST4)
         variants = {"bare XDP_DROP": Variant(bare_fd, udp4, XDP_DROP)}
         for k, lab in enumerate(labels):

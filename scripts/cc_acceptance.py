@@ -92,8 +92,12 @@ class Run:
         self.duration = duration
         self.name = os.environ.get("XDPGUARD_LAB_NAME") or f"cca{os.getpid() % 100000}"
         self.tmp = Path(tempfile.mkdtemp(prefix="xgcca-"))
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(self.tmp / "run"),
-                    "XDPGUARD_STATE_DIR": str(self.tmp / "state")}
+        self.env = {
+            **os.environ,
+            "XDPGUARD_LAB_NAME": self.name,
+            "XDPGUARD_RUN_DIR": str(self.tmp / "run"),
+            "XDPGUARD_STATE_DIR": str(self.tmp / "state"),
+        }
         self.daemon: subprocess.Popen | None = None
         self.log = self.tmp / "daemon.log"
 
@@ -101,8 +105,15 @@ class Run:
         return f"xg-{self.name}-{role}"
 
     def sh(self, argv: list[str], check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-        p = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=timeout,
-                           stdin=None if "input" in kw else subprocess.DEVNULL, **kw)
+        p = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            stdin=None if "input" in kw else subprocess.DEVNULL,
+            **kw,
+        )
         if check and p.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: {p.stdout}{p.stderr}")
         return p
@@ -111,20 +122,43 @@ class Run:
         return self.sh(["ip", "netns", "exec", self.ns("prot"), *topology.xdpguard_argv(), *args], check=check)
 
     def py_in(self, role: str, *args: str, **kw) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.ns(role), *args], env=self.env, stdout=subprocess.PIPE,
-                                text=True, stdin=subprocess.DEVNULL, **kw)
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(role), *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            **kw,
+        )
 
     def up(self) -> None:
         self.sh([*topology.xdpguard_argv(), "lab", "up", "--small-backend"])  # a small real server
-        self.sh(["ip", "-n", self.ns("attacker"), "-batch", "-"],
-                input="".join(f"address add {a}/32 dev lo\n" for a in BOTS))
+        self.sh(
+            ["ip", "-n", self.ns("attacker"), "-batch", "-"],
+            input="".join(f"address add {a}/32 dev lo\n" for a in BOTS),
+        )
         self.sh(["ip", "-n", self.ns("prot"), "route", "replace", L7.BOTS4, "via", topology.ATTACKER4])
         cfg = self.tmp / "desired.toml"
         cfg.write_text(self.xg("export").stdout)
         out = open(self.log, "w")
-        self.daemon = subprocess.Popen(["ip", "netns", "exec", self.ns("prot"), *topology.xdpguard_argv(), "run",
-                                        "--config", str(cfg), "--duration", "3000"], env=self.env, stdout=out,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.daemon = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns("prot"),
+                *topology.xdpguard_argv(),
+                "run",
+                "--config",
+                str(cfg),
+                "--duration",
+                "3000",
+            ],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         out.close()
         time.sleep(5)  # the daemon is up, HAProxy checked
 
@@ -138,8 +172,19 @@ class Run:
         self.sh([*topology.xdpguard_argv(), "lab", "down"], check=False)
 
     def client(self, seconds: float) -> subprocess.Popen:
-        return self.py_in("client", sys.executable, "-m", "xdpguard.lab.l7", "client", "--url",
-                          f"http://{topology.PROT4}/", "--duration", str(seconds), "--interval", "0.1")
+        return self.py_in(
+            "client",
+            sys.executable,
+            "-m",
+            "xdpguard.lab.l7",
+            "client",
+            "--url",
+            f"http://{topology.PROT4}/",
+            "--duration",
+            str(seconds),
+            "--interval",
+            "0.1",
+        )
 
     @staticmethod
     def result(p: subprocess.Popen, timeout: float = 120) -> dict:
@@ -148,9 +193,17 @@ class Run:
 
     def cookie(self) -> str:
         """A valid challenge cookie for the attacker's own address (what one solved challenge gives a bot)."""
-        secret = self.sh(["ip", "netns", "exec", self.ns("prot"), sys.executable, "-c",
-                          "from xdpguard.core.l7 import engine, proc; print(proc.load_secret(engine.secret_path()).hex())"]
-                         ).stdout.strip()
+        secret = self.sh(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns("prot"),
+                sys.executable,
+                "-c",
+                "from xdpguard.core.l7 import engine, proc; print(proc.load_secret(engine.secret_path()).hex())",
+            ]
+        ).stdout.strip()
         exp = int(time.time()) + 3000
         mac = hmac.new(bytes.fromhex(secret), f"{topology.ATTACKER4}|{exp}|c".encode(), hashlib.sha256).hexdigest()
         return f"xgc={exp}.c.{mac}"
@@ -165,31 +218,75 @@ class Run:
     def reset(self, sources: list[str]) -> None:
         """Give HAProxy fresh stick tables (stopped: the daemon restarts it), then lift the row's
         bans (in this order: the daemon would ban again from the old tables)."""
-        self.sh(["ip", "netns", "exec", self.ns("prot"), sys.executable, "-c",
-                 "from xdpguard.core.l7 import engine; engine.haproxy().stop()"], check=False)
+        self.sh(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns("prot"),
+                sys.executable,
+                "-c",
+                "from xdpguard.core.l7 import engine; engine.haproxy().stop()",
+            ],
+            check=False,
+        )
         for i in range(0, len(sources), 200):
-            self.xg("ban", "del", *sources[i:i + 200], check=False)
+            self.xg("ban", "del", *sources[i : i + 200], check=False)
         end = time.monotonic() + 20
         while time.monotonic() < end:
-            code = self.sh(["ip", "netns", "exec", self.ns("client"), "curl", "-s", "-m", "2", "-o", "/dev/null", "-w",
-                            "%{http_code}", f"http://{topology.PROT4}/"], check=False).stdout
+            code = self.sh(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.ns("client"),
+                    "curl",
+                    "-s",
+                    "-m",
+                    "2",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    f"http://{topology.PROT4}/",
+                ],
+                check=False,
+            ).stdout
             if code == "200":
                 return
             time.sleep(0.5)
         raise RuntimeError("HAProxy did not come back after the reset (the daemon repairs it as drift)")
 
     def row(self, r: Row) -> dict:
-        srcs = [topology.ATTACKER4] if r.count == 1 else BOTS[:r.count]
+        srcs = [topology.ATTACKER4] if r.count == 1 else BOTS[: r.count]
         sources = f"{topology.ATTACKER4}/32" if r.count == 1 else L7.BOTS4
         client_s = max(3.0, self.duration - 4.0)
         base = self.result(self.client(client_s))
         extra = ["--cookie", self.cookie()] if r.cookie else []
         mode_get = "--mode" not in r.args
-        argv = [sys.executable, str(FLOOD), "--target", topology.PROT4, "--sources", sources, "--count", str(r.count),
-                "--conns", str(r.conns), "--duration", str(self.duration), "--timeout", "2",
-                *(["--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration)),
-                   "--crossed", str(CROSSED)] if mode_get else []),
-                *r.args, *extra]
+        argv = [
+            sys.executable,
+            str(FLOOD),
+            "--target",
+            topology.PROT4,
+            "--sources",
+            sources,
+            "--count",
+            str(r.count),
+            "--conns",
+            str(r.conns),
+            "--duration",
+            str(self.duration),
+            "--timeout",
+            "2",
+            *(
+                ["--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration)), "--crossed", str(CROSSED)]
+                if mode_get
+                else []
+            ),
+            *r.args,
+            *extra,
+        ]
         polls: list[tuple[float, dict[str, str]]] = []
         stop = threading.Event()
 
@@ -229,15 +326,25 @@ class Run:
         p90_after = after[min(len(after) - 1, int(0.9 * len(after)))] if after else None
         verified_banned = sorted({a for _, b in polls for a in b if a == topology.CLIENT4})
         ok_base, ok_during = base["status"].get("200", 0), during["status"].get("200", 0)
-        res = {"row": r.name, "client_base": ok_base, "client_during": ok_during,
-               "client_share": ok_during / ok_base if ok_base else 0.0,
-               "flood_sent": fl["sent"], "flood_status": fl["status"],
-               "to_backend": fl["status"].get("200", 0) / fl["sent"] if fl["sent"] else 0.0,
-               "sources": len(srcs), "sources_banned": len(hit), "to_xdp_drop_s": t90,
-               "crossed": len(fl.get("crossed") or {}), "crossed_banned": len(after), "after_crossing_p90_s": p90_after,
-               "after_crossing_max_s": after[-1] if after else None,
-               "verified_banned": len(verified_banned), "client_errors": during["errors"],
-               "flood": {k: fl[k] for k in ("rate", "connect_failed", "closed_by_server", "max_open")}}
+        res = {
+            "row": r.name,
+            "client_base": ok_base,
+            "client_during": ok_during,
+            "client_share": ok_during / ok_base if ok_base else 0.0,
+            "flood_sent": fl["sent"],
+            "flood_status": fl["status"],
+            "to_backend": fl["status"].get("200", 0) / fl["sent"] if fl["sent"] else 0.0,
+            "sources": len(srcs),
+            "sources_banned": len(hit),
+            "to_xdp_drop_s": t90,
+            "crossed": len(fl.get("crossed") or {}),
+            "crossed_banned": len(after),
+            "after_crossing_p90_s": p90_after,
+            "after_crossing_max_s": after[-1] if after else None,
+            "verified_banned": len(verified_banned),
+            "client_errors": during["errors"],
+            "flood": {k: fl[k] for k in ("rate", "connect_failed", "closed_by_server", "max_open")},
+        }
         self.reset(srcs)
         return res
 
@@ -253,19 +360,32 @@ def table(rows: list[dict]) -> str:
     def pct(x: float) -> str:
         return f"{x * 100:.0f} %" if x >= 0.01 or x == 0 else f"{x * 100:.1f} %"
 
-    out = ["| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend [≤ 5 %] | "
-           "crossing → XDP drop [≤ 5 s] p90 / max (banned / crossed) | flood start → 90 % banned (banned / sources) "
-           "| verified banned [0] |", "|---|---|---|---|---|---|"]
+    out = [
+        "| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend [≤ 5 %] | "
+        "crossing → XDP drop [≤ 5 s] p90 / max (banned / crossed) | flood start → 90 % banned (banned / sources) "
+        "| verified banned [0] |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        drop = f"{r['to_xdp_drop_s']:.1f} s ({r['sources_banned']}/{r['sources']})" if r["to_xdp_drop_s"] is not None \
+        drop = (
+            f"{r['to_xdp_drop_s']:.1f} s ({r['sources_banned']}/{r['sources']})"
+            if r["to_xdp_drop_s"] is not None
             else f"— ({r['sources_banned']}/{r['sources']})"
-        cross = (f"{r['after_crossing_p90_s']:.1f} / {r['after_crossing_max_s']:.1f} s "
-                 f"({r['crossed_banned']}/{r['crossed']})") if r.get("after_crossing_p90_s") is not None \
+        )
+        cross = (
+            (
+                f"{r['after_crossing_p90_s']:.1f} / {r['after_crossing_max_s']:.1f} s "
+                f"({r['crossed_banned']}/{r['crossed']})"
+            )
+            if r.get("after_crossing_p90_s") is not None
             else f"— (0/{r.get('crossed', 0)})"
-        out.append(f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
-                   f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent; "
-                   f"{pct(attempted(r))} of {r['flood_sent'] + r['flood']['connect_failed']:,} tried "
-                   f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} |")
+        )
+        out.append(
+            f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
+            f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent; "
+            f"{pct(attempted(r))} of {r['flood_sent'] + r['flood']['connect_failed']:,} tried "
+            f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} |"
+        )
     return "\n".join(out)
 
 

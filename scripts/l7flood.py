@@ -108,8 +108,7 @@ def sources(prefix: str, count: int) -> list[str]:
     return out
 
 
-async def _connect(src: str, host: str, port: int, timeout: float) -> tuple[asyncio.StreamReader,
-                                                                             asyncio.StreamWriter]:
+async def _connect(src: str, host: str, port: int, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
     try:
@@ -148,8 +147,10 @@ def _request(a, host: str) -> bytes:
     path = a.path + (("&" if "?" in a.path else "?") + f"r={random.getrandbits(48):x}" if a.random_path else "")
     extra = f"Cookie: {a.cookie}\r\n" if a.cookie else ""
     conn = "keep-alive" if a.keepalive else "close"
-    return (f"GET {path} HTTP/1.1\r\nHost: {a.host or host}\r\nUser-Agent: l7flood/1\r\nAccept: */*\r\n"
-            f"{extra}Connection: {conn}\r\n\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {a.host or host}\r\nUser-Agent: l7flood/1\r\nAccept: */*\r\n"
+        f"{extra}Connection: {conn}\r\n\r\n"
+    ).encode()
 
 
 async def _get_worker(i: int, a, srcs: list[str], st: Stats, budget: Budget, end: Deadline) -> None:
@@ -211,8 +212,10 @@ async def _slow_worker(i: int, a, srcs: list[str], st: Stats, end: Deadline) -> 
             first = f"GET {a.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: l7flood/1\r\n".encode()
             drip = b"X-a: b\r\n"
         else:
-            first = (f"POST {a.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: l7flood/1\r\n"
-                     "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1048576\r\n\r\n").encode()
+            first = (
+                f"POST {a.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: l7flood/1\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1048576\r\n\r\n"
+            ).encode()
             drip = b"a"
         try:
             w.write(first)
@@ -261,11 +264,21 @@ async def run(a) -> dict:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     took = time.monotonic() - t0
-    return {"mode": a.mode, "sources": len(srcs), "conns": a.conns, "seconds": round(took, 2), "sent": st.sent,
-            "rate": round(st.sent / took, 1), "status": st.status, "opened": st.opened,
-            "max_open": st.max_open, "closed_by_server": st.closed_by_server,
-            "connect_failed": st.connect_failed, "errors": st.errors,
-            **({"crossed": st.crossed} if a.crossed else {})}
+    return {
+        "mode": a.mode,
+        "sources": len(srcs),
+        "conns": a.conns,
+        "seconds": round(took, 2),
+        "sent": st.sent,
+        "rate": round(st.sent / took, 1),
+        "status": st.status,
+        "opened": st.opened,
+        "max_open": st.max_open,
+        "closed_by_server": st.closed_by_server,
+        "connect_failed": st.connect_failed,
+        "errors": st.errors,
+        **({"crossed": st.crossed} if a.crossed else {}),
+    }
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -286,8 +299,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between drips (slow modes)")
     ap.add_argument("--timeout", type=float, default=3.0)
-    ap.add_argument("--crossed", type=int, default=0, metavar="K",
-                    help="report per source when its K-th 302 challenge came (monotonic clock; get mode)")
+    ap.add_argument(
+        "--crossed",
+        type=int,
+        default=0,
+        metavar="K",
+        help="report per source when its K-th 302 challenge came (monotonic clock; get mode)",
+    )
     a = ap.parse_args(argv)
     if not a.path.startswith("/") or any(c.isspace() for c in a.path):
         ap.error("--path must start with '/' and hold no spaces")

@@ -39,15 +39,20 @@ SYN_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (12345, 0)), ("NOP", N
 
 
 def syn(sport: int = 43000) -> bytes:
-    return bytes(Ether(src=CMAC, dst=PMAC) / IP(src=CLIENT, dst=PROT) /
-                 TCP(sport=sport, dport=80, flags="S", seq=1000, options=SYN_OPTS))
+    return bytes(
+        Ether(src=CMAC, dst=PMAC)
+        / IP(src=CLIENT, dst=PROT)
+        / TCP(sport=sport, dport=80, flags="S", seq=1000, options=SYN_OPTS)
+    )
 
 
 def ack_for(synack: bytes, bump: int = 0) -> bytes:
     t = Ether(synack)[TCP]
-    return bytes(Ether(src=CMAC, dst=PMAC) / IP(src=CLIENT, dst=PROT) /
-                 TCP(sport=t.dport, dport=t.sport, flags="A", seq=t.ack, ack=(t.seq + 1 + bump) & 0xFFFFFFFF,
-                     window=502))
+    return bytes(
+        Ether(src=CMAC, dst=PMAC)
+        / IP(src=CLIENT, dst=PROT)
+        / TCP(sport=t.dport, dport=t.sport, flags="A", seq=t.ack, ack=(t.seq + 1 + bump) & 0xFFFFFFFF, window=502)
+    )
 
 
 def main() -> int:
@@ -64,10 +69,12 @@ def main() -> int:
         keep, bare_fd = bare_drop_prog()
         frame = syn()
         answer = libbpf.prog_test_run(bed.prog.prog_fd, frame)[1]
-        variants = {"bare XDP_DROP": (bare_fd, frame, XDP_DROP),
-                    "SYN → cookie SYN-ACK": (bed.prog.prog_fd, frame, XDP_TX),
-                    "ACK, good cookie": (bed.prog.prog_fd, ack_for(answer), XDP_PASS),
-                    "ACK, bad cookie": (bed.prog.prog_fd, ack_for(answer, bump=1), XDP_DROP)}
+        variants = {
+            "bare XDP_DROP": (bare_fd, frame, XDP_DROP),
+            "SYN → cookie SYN-ACK": (bed.prog.prog_fd, frame, XDP_TX),
+            "ACK, good cookie": (bed.prog.prog_fd, ack_for(answer), XDP_PASS),
+            "ACK, bad cookie": (bed.prog.prog_fd, ack_for(answer, bump=1), XDP_DROP),
+        }
         res = interleaved_rounds(variants, rounds=args.rounds, repeat=1)
         del keep
     med = {n: statistics.median(v) for n, v in res.items()}

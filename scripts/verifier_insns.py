@@ -5,6 +5,7 @@
 
 verified_insns (bpf_prog_info, kernel 5.16+) is the verifier's processed-instruction count,
 limited to 1,000,000: the margin a change of the steps or parsing.h leaves."""
+
 import os
 import sys
 

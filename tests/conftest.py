@@ -98,10 +98,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.section("time per tier")
     for tier in (*TIERS, "other"):
         if tier in _tier_seconds:
-            terminalreporter.write_line(f"{tier:<12} {len(_tier_tests[tier]):>5} tests  {_tier_seconds[tier]:8.1f} s"
-                                        f"  ({_tier_seconds[tier] / 60:.1f} min)")
+            terminalreporter.write_line(
+                f"{tier:<12} {len(_tier_tests[tier]):>5} tests  {_tier_seconds[tier]:8.1f} s"
+                f"  ({_tier_seconds[tier] / 60:.1f} min)"
+            )
     wall = time.monotonic() - _session_start
-    terminalreporter.write_line(f"{'session':<12} {'':>5}        {wall:8.1f} s  ({wall / 60:.1f} min, collection included)")
+    terminalreporter.write_line(
+        f"{'session':<12} {'':>5}        {wall:8.1f} s  ({wall / 60:.1f} min, collection included)"
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -27,8 +27,10 @@ MARK = "XDPG-BENCH-MARK"
 SETUP = {
     "xdpguard": f"{XG} attach eth1 --protect {DST} --mode native >/dev/null && {XG} block add {SRC}/32 >/dev/null",
     "iptables-raw": f"iptables -t raw -I PREROUTING -i eth1 -s {SRC} -d {DST} -j DROP",
-    "nft-ingress": ("nft 'add table netdev xgbench; add chain netdev xgbench in { type filter hook ingress device eth1 "
-                    f"priority -500; }}; add rule netdev xgbench in ip saddr {SRC} counter drop'"),
+    "nft-ingress": (
+        "nft 'add table netdev xgbench; add chain netdev xgbench in { type filter hook ingress device eth1 "
+        f"priority -500; }}; add rule netdev xgbench in ip saddr {SRC} counter drop'"
+    ),
 }
 COUNT = {
     "xdpguard": f"{XG} block list --json",
@@ -66,8 +68,13 @@ class Bench:
         self.hz = 100
 
     def guest(self, cmd: str) -> str:
-        p = subprocess.run(["bash", self.vm_sh, "ssh", f"sudo sh -c {json.dumps(cmd)}"], capture_output=True,
-                           text=True, timeout=300, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["bash", self.vm_sh, "ssh", f"sudo sh -c {json.dumps(cmd)}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         if p.returncode != 0:
             raise RuntimeError(f"guest: {cmd}: {p.stderr.strip() or p.stdout.strip()}")
         return p.stdout
@@ -78,15 +85,40 @@ class Bench:
         return user + nice + system + irq + softirq
 
     def flood(self, packets: int, seconds: float) -> float:
-        cfg = ("{ eth(da=%s), ipv4(saddr=%s, daddr=%s, ttl=64), udp(sp=40000, dp=9), fill(0x41, 18) }"
-               % (GUEST_MAC, SRC, DST))
+        cfg = "{ eth(da=%s), ipv4(saddr=%s, daddr=%s, ttl=64), udp(sp=40000, dp=9), fill(0x41, 18) }" % (
+            GUEST_MAC,
+            SRC,
+            DST,
+        )
         with tempfile.NamedTemporaryFile("w", suffix=".cfg") as f:
             f.write(cfg)
             f.flush()
             t0 = time.monotonic()
-            subprocess.run(["ip", "netns", "exec", self.netns, "timeout", "-s", "INT", str(seconds), "trafgen",
-                            "--dev", self.tap, "--conf", f.name, "--num", str(packets), "--cpus", "1",
-                            "--no-sock-mem"], capture_output=True, timeout=seconds + 30, stdin=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.netns,
+                    "timeout",
+                    "-s",
+                    "INT",
+                    str(seconds),
+                    "trafgen",
+                    "--dev",
+                    self.tap,
+                    "--conf",
+                    f.name,
+                    "--num",
+                    str(packets),
+                    "--cpus",
+                    "1",
+                    "--no-sock-mem",
+                ],
+                capture_output=True,
+                timeout=seconds + 30,
+                stdin=subprocess.DEVNULL,
+            )
             return time.monotonic() - t0
 
     def clean(self) -> None:
@@ -102,10 +134,17 @@ class Bench:
         the sleep (the flood and what the guest does for it) lies between the two /proc/stat
         reads; ssh and the counter commands do not."""
         window = seconds + 5
-        cmd = (f"{COUNT[method]}; echo {MARK}; head -n 1 /proc/stat; sleep {window}; head -n 1 /proc/stat; "
-               f"echo {MARK}; {COUNT[method]}")
-        p = subprocess.Popen(["bash", self.vm_sh, "ssh", f"sudo sh -c {json.dumps(cmd)}"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        cmd = (
+            f"{COUNT[method]}; echo {MARK}; head -n 1 /proc/stat; sleep {window}; head -n 1 /proc/stat; "
+            f"echo {MARK}; {COUNT[method]}"
+        )
+        p = subprocess.Popen(
+            ["bash", self.vm_sh, "ssh", f"sudo sh -c {json.dumps(cmd)}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         head = []
         while True:  # wait for the first /proc/stat read: the window is open
             line = p.stdout.readline()
@@ -122,9 +161,15 @@ class Bench:
         stat1, count1 = rest.split(MARK, 1)
         n = dropped(method, count1) - dropped(method, count0)
         cpu_s = (self.busy(stat1.strip().splitlines()[0]) - self.busy(head[-1])) / self.hz
-        return {"method": method, "sent": packets if flood else 0, "dropped": n, "flood_s": round(wall, 2),
-                "drop_pps": round(n / wall) if wall else 0, "cpu_s": round(cpu_s, 2),
-                "cpu_ns_per_drop": round(cpu_s * 1e9 / n) if n else None}
+        return {
+            "method": method,
+            "sent": packets if flood else 0,
+            "dropped": n,
+            "flood_s": round(wall, 2),
+            "drop_pps": round(n / wall) if wall else 0,
+            "cpu_s": round(cpu_s, 2),
+            "cpu_ns_per_drop": round(cpu_s * 1e9 / n) if n else None,
+        }
 
     def run(self, method: str, packets: int, seconds: float, idle_cpu_s: float = 0.0) -> dict:
         self.guest(SETUP[method])
@@ -162,12 +207,16 @@ def main() -> None:
         return
     print(f"guest CPU in the same window without a flood (subtracted): {idle:.2f} s")
     base = rows[0]
-    print(f"{'method':<14}{'dropped':>10}{'flood s':>9}{'drop pps':>11}{'guest CPU s':>13}{'CPU ns/drop':>13}"
-          f"{'pps vs xdpguard':>17}")
+    print(
+        f"{'method':<14}{'dropped':>10}{'flood s':>9}{'drop pps':>11}{'guest CPU s':>13}{'CPU ns/drop':>13}"
+        f"{'pps vs xdpguard':>17}"
+    )
     for r in rows:
         ratio = r["drop_pps"] / base["drop_pps"] if base["drop_pps"] else float("nan")
-        print(f"{r['method']:<14}{r['dropped']:>10}{r['flood_s']:>9}{r['drop_pps']:>11}{r['cpu_s']:>13}"
-              f"{r['cpu_ns_per_drop'] or '-':>13}{ratio:>16.2f}x")
+        print(
+            f"{r['method']:<14}{r['dropped']:>10}{r['flood_s']:>9}{r['drop_pps']:>11}{r['cpu_s']:>13}"
+            f"{r['cpu_ns_per_drop'] or '-':>13}{ratio:>16.2f}x"
+        )
 
 
 if __name__ == "__main__":

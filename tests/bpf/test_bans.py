@@ -44,12 +44,14 @@ def bed():
 
 def test_operator_ban_survives_a_flood_of_data_path_bans(bed):
     m = bed.maps
-    guard.write_global_policy(m, GlobalPolicy(reflection=False,
-                                               filters=(Filter(action="drop-ban", payload=b"EVIL", ban_s=600),)))
+    guard.write_global_policy(
+        m, GlobalPolicy(reflection=False, filters=(Filter(action="drop-ban", payload=b"EVIL", ban_s=600),))
+    )
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     # what cleansing.ban_add writes
-    m[MapName.OPBANS].set(policy.src_key(ipaddress.ip_address(OPERATOR_BANNED)),
-                          abi.Ban(now + 3600 * 10**9, 0, int(Reason.BANNED), 0))
+    m[MapName.OPBANS].set(
+        policy.src_key(ipaddress.ip_address(OPERATOR_BANNED)), abi.Ban(now + 3600 * 10**9, 0, int(Reason.BANNED), 0)
+    )
     m[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
     frame = bytearray(udp("198.18.128.0", b"EVIL"))
     src_at = 14 + 12

@@ -74,14 +74,14 @@ def bed(tb):
 
 
 def flood(b: TestBed, n: int, dst: str = PROT, dport: int = 7, six: bool = False) -> list[Reason]:
-    return [b.verdict(udp(f"2001:db8:bad::{i + 100:x}" if six else spoofed(i), dst, dport)).reason
-            for i in range(n)]
+    return [b.verdict(udp(f"2001:db8:bad::{i + 100:x}" if six else spoofed(i), dst, dport)).reason for i in range(n)]
 
 
 def test_a_random_source_flood_gets_the_service_budget_and_no_per_source_state(bed):
     # a per-source limit that would give each new source a bucket (K = 0: the bucket path)
-    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
-        limits=Limits(src_pps=1, src_burst_pkts=1)))
+    guard.write_address_policy(
+        bed.maps, ipaddress.ip_address(PROT), AddressPolicy(limits=Limits(src_pps=1, src_burst_pkts=1))
+    )
     got = flood(bed, 20)
     assert got[:5] == [Reason.CLEAN] * 5 and got[5:] == [Reason.BUDGET] * 15, got
     # the 5 admitted ones met the per-source step; the 15 dropped ones never did
@@ -124,8 +124,10 @@ def test_a_large_packet_costs_one_unit_per_128_bytes(bed):
 def test_tcp_is_not_budgeted(bed):
     bed.egress(bytes(OUT / IP(src=PROT, dst=TCP_CLIENT) / TCP(sport=80, dport=40000, flags="A")))
     for i in range(10):
-        assert bed.verdict(bytes(IN / IP(src=spoofed(i), dst=PROT) / TCP(sport=4000 + i, dport=80,
-                                                                           flags="S"))).reason != Reason.BUDGET
+        assert (
+            bed.verdict(bytes(IN / IP(src=spoofed(i), dst=PROT) / TCP(sport=4000 + i, dport=80, flags="S"))).reason
+            != Reason.BUDGET
+        )
 
 
 def test_a_full_map_falls_back_to_the_address_slot_never_to_another_address(bed):
@@ -144,8 +146,7 @@ def test_a_full_map_falls_back_to_the_address_slot_never_to_another_address(bed)
     assert bed.maps[MapName.BUDGETADDR].get(ctypes.c_uint32(slot)).dropped == 3
     assert guard.budget_totals(bed.maps)["dropped"] == 3
     # the sweep: idle ones of no open port go; an open port keeps its budget and counters
-    Guard(None, None, bed.maps).change_ports([ipaddress.ip_address(PROT)], "udp", 1000, 1000,
-                                             abi.PORT_BY_FORWARD, True)
+    Guard(None, None, bed.maps).change_ports([ipaddress.ip_address(PROT)], "udp", 1000, 1000, abi.PORT_BY_FORWARD, True)
     assert guard.sweep_budgets(bed.maps, now_ns()) == 0  # not idle yet
     assert guard.sweep_budgets(bed.maps, now_ns() + 120 * 10**9) == MAX - 1
     assert [(b.protected, b.port) for b in guard.read_budgets(bed.maps)] == [(PROT, 1000)]

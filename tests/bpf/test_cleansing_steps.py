@@ -49,7 +49,9 @@ def now_ns() -> int:
 
 
 def v4(l4=None, src: str = CLIENT4, **ip) -> bytes:
-    return bytes(Ether() / IP(src=src, dst=PROTECTED4, **ip) / (TCP(sport=40000, dport=80, flags="S") if l4 is None else l4))
+    return bytes(
+        Ether() / IP(src=src, dst=PROTECTED4, **ip) / (TCP(sport=40000, dport=80, flags="S") if l4 is None else l4)
+    )
 
 
 def v6(l4=None, src: str = CLIENT6, frag=None) -> bytes:
@@ -85,8 +87,16 @@ class Bed:
         tb.protect(PROTECTED4, PROTECTED6)
 
     def reset(self) -> None:
-        for name in (MapName.PORTS, MapName.PORTLIM, MapName.BUCKETS, MapName.DSTBKT, MapName.BANS,
-                     MapName.OPBANS, MapName.SYNSEEN, MapName.SYNAUTH):
+        for name in (
+            MapName.PORTS,
+            MapName.PORTLIM,
+            MapName.BUCKETS,
+            MapName.DSTBKT,
+            MapName.BANS,
+            MapName.OPBANS,
+            MapName.SYNSEEN,
+            MapName.SYNAUTH,
+        ):
             m = self.maps[name]
             for k in list(m.keys()):
                 m.delete(k)
@@ -100,8 +110,14 @@ class Bed:
         self.apply(NO_REFLECTION)
         guard.write_mitigation_filters(self.maps, [])  # write_global_policy keeps them
 
-    def apply(self, g: GlobalPolicy = NO_REFLECTION, addr: AddressPolicy = AddressPolicy(), ports=(),
-              port_limits=None, banned=()) -> Setup:
+    def apply(
+        self,
+        g: GlobalPolicy = NO_REFLECTION,
+        addr: AddressPolicy = AddressPolicy(),
+        ports=(),
+        port_limits=None,
+        banned=(),
+    ) -> Setup:
         """Write a policy (for both protected addresses) and return the model's view of it."""
         guard.write_global_policy(self.maps, g, self.global_)
         self.global_ = g
@@ -114,12 +130,13 @@ class Bed:
         for src in banned:
             self.ban(src, 3600)
         prot = Protected(addr, frozenset(ports), dict(port_limits or {}))
-        return Setup(g, {a: prot for a in ADDRS.values()},
-                     banned=frozenset(ipaddress.ip_address(s) for s in banned))
+        return Setup(g, {a: prot for a in ADDRS.values()}, banned=frozenset(ipaddress.ip_address(s) for s in banned))
 
     def ban(self, src: str, seconds: float) -> None:
         until = now_ns() + int(seconds * 1e9)
-        self.maps[MapName.BANS].set(policy.src_key(ipaddress.ip_address(src)), abi.Ban(until, 0, int(Reason.FEATURE), 0))
+        self.maps[MapName.BANS].set(
+            policy.src_key(ipaddress.ip_address(src)), abi.Ban(until, 0, int(Reason.FEATURE), 0)
+        )
         self.maps[MapName.DPSTATE].set(ctypes.c_uint32(0), abi.DpState(abi.DP_HAS_BANS))
 
     def ban_of(self, src: str):
@@ -196,29 +213,62 @@ CASES = [
     drops("banned-v4", "a source under a live dynamic ban", lambda: v4(), Reason.BANNED, banned=(CLIENT4,)),
     drops("banned-v6", "a source under a live dynamic ban", lambda: v6(), Reason.BANNED, banned=(CLIENT6,)),
     passes("banned-other-source", "a ban of another source", lambda: v4(), banned=(OTHER4,)),
-    drops("banned-before-malformed", "bans come before the header checks", lambda: v4()[:40], Reason.BANNED,
-          banned=(CLIENT4,)),
+    drops(
+        "banned-before-malformed",
+        "bans come before the header checks",
+        lambda: v4()[:40],
+        Reason.BANNED,
+        banned=(CLIENT4,),
+    ),
     # fragments
-    drops("frag-v4-first", "first v4 fragment (MF) with the fragment policy on", lambda: v4(flags="MF"),
-          Reason.FRAGMENT, g=FRAGS),
-    drops("frag-v4-later", "non-first v4 fragment", lambda: bytes(Ether() / IP(src=CLIENT4, dst=PROTECTED4, proto=17,
-                                                                                   frag=100) / Raw(b"x" * 8)),
-          Reason.FRAGMENT, g=FRAGS),
+    drops(
+        "frag-v4-first",
+        "first v4 fragment (MF) with the fragment policy on",
+        lambda: v4(flags="MF"),
+        Reason.FRAGMENT,
+        g=FRAGS,
+    ),
+    drops(
+        "frag-v4-later",
+        "non-first v4 fragment",
+        lambda: bytes(Ether() / IP(src=CLIENT4, dst=PROTECTED4, proto=17, frag=100) / Raw(b"x" * 8)),
+        Reason.FRAGMENT,
+        g=FRAGS,
+    ),
     drops("frag-v6-first", "v6 fragment header, offset 0", lambda: v6(frag=0), Reason.FRAGMENT, g=FRAGS),
-    drops("frag-v6-later", "v6 fragment header, offset 100", lambda: v6(l4=Raw(b"x" * 8), frag=100),
-          Reason.FRAGMENT, g=FRAGS),
+    drops(
+        "frag-v6-later",
+        "v6 fragment header, offset 100",
+        lambda: v6(l4=Raw(b"x" * 8), frag=100),
+        Reason.FRAGMENT,
+        g=FRAGS,
+    ),
     passes("frag-v4-policy-off", "fragments pass with the policy off", lambda: v4(flags="MF")),
     passes("frag-v4-df-only", "DF is not a fragment", lambda: v4(flags="DF"), g=FRAGS),
     # protocol
     drops("proto-tcp", "TCP blocked", lambda: v4(), Reason.PROTOCOL, addr=AddressPolicy(frozenset({"tcp"}))),
     drops("proto-udp", "UDP blocked", lambda: udp(), Reason.PROTOCOL, addr=AddressPolicy(frozenset({"udp"}))),
     drops("proto-icmp", "ICMP blocked", lambda: v4(ICMP()), Reason.PROTOCOL, addr=AddressPolicy(frozenset({"icmp"}))),
-    drops("proto-icmpv6", "ICMPv6 blocked by 'icmp'", lambda: v6(ICMPv6EchoRequest()), Reason.PROTOCOL,
-          addr=AddressPolicy(frozenset({"icmp"}))),
-    drops("proto-other-gre", "GRE blocked by 'other'", lambda: v4(Raw(b"\x00" * 8), proto=47), Reason.PROTOCOL,
-          addr=AddressPolicy(frozenset({"other"}))),
-    passes("proto-udp-not-blocked", "UDP passes when only TCP is blocked", lambda: udp(),
-           addr=AddressPolicy(frozenset({"tcp"}))),
+    drops(
+        "proto-icmpv6",
+        "ICMPv6 blocked by 'icmp'",
+        lambda: v6(ICMPv6EchoRequest()),
+        Reason.PROTOCOL,
+        addr=AddressPolicy(frozenset({"icmp"})),
+    ),
+    drops(
+        "proto-other-gre",
+        "GRE blocked by 'other'",
+        lambda: v4(Raw(b"\x00" * 8), proto=47),
+        Reason.PROTOCOL,
+        addr=AddressPolicy(frozenset({"other"})),
+    ),
+    passes(
+        "proto-udp-not-blocked",
+        "UDP passes when only TCP is blocked",
+        lambda: udp(),
+        addr=AddressPolicy(frozenset({"tcp"})),
+    ),
     # port policy
     passes("port-open-tcp", "TCP to an open port", lambda: v4(), ports=WEB),
     drops("port-closed-tcp", "TCP to a closed port", lambda: syn(dport=81), Reason.PORT, ports=WEB),
@@ -226,18 +276,31 @@ CASES = [
     passes("port-open-udp", "UDP to an open UDP port", lambda: udp(dport=53), ports=WEB),
     drops("port-closed-v6", "v6 TCP to a closed port", lambda: v6(TCP(dport=22)), Reason.PORT, ports=WEB),
     passes("port-icmp", "ICMP has no ports: not subject to the port policy", lambda: v4(ICMP()), ports=WEB),
-    passes("port-later-fragment", "a non-first fragment has no ports", lambda: bytes(
-        Ether() / IP(src=CLIENT4, dst=PROTECTED4, proto=6, frag=100) / Raw(b"x" * 8)), ports=WEB),
+    passes(
+        "port-later-fragment",
+        "a non-first fragment has no ports",
+        lambda: bytes(Ether() / IP(src=CLIENT4, dst=PROTECTED4, proto=6, frag=100) / Raw(b"x" * 8)),
+        ports=WEB,
+    ),
     passes("port-policy-off", "no open port: every port is reachable", lambda: syn(dport=81)),
     # reflection
     drops("reflection-ntp", "UDP from source port 123", lambda: udp(sport=123), Reason.REFLECTION, g=REFL),
     drops("reflection-memcached", "UDP from source port 11211", lambda: udp(sport=11211), Reason.REFLECTION, g=REFL),
     passes("reflection-tcp", "TCP from port 123 is no reflection", lambda: v4(TCP(sport=123, dport=80)), g=REFL),
     passes("reflection-other-port", "UDP from port 124", lambda: udp(sport=124), g=REFL),
-    passes("reflection-off", "reflection step off", lambda: udp(sport=123),
-           g=GlobalPolicy(reflection=False, reflection_ports=frozenset({123}))),
-    drops("reflection-before-feature", "reflection comes before a pass filter", lambda: udp(sport=123),
-          Reason.REFLECTION, g=GlobalPolicy(reflection_ports=frozenset({123}), filters=(Filter(action="pass"),))),
+    passes(
+        "reflection-off",
+        "reflection step off",
+        lambda: udp(sport=123),
+        g=GlobalPolicy(reflection=False, reflection_ports=frozenset({123})),
+    ),
+    drops(
+        "reflection-before-feature",
+        "reflection comes before a pass filter",
+        lambda: udp(sport=123),
+        Reason.REFLECTION,
+        g=GlobalPolicy(reflection_ports=frozenset({123}), filters=(Filter(action="pass"),)),
+    ),
     # TCP flags no stack sends (steps/tcpflags.h): SYN with FIN or RST, in any combination
     drops("tcpflags-syn-fin", "SYN and FIN", lambda: v4(TCP(flags="SF")), Reason.TCPFLAGS),
     drops("tcpflags-syn-rst", "SYN and RST", lambda: v4(TCP(flags="SR")), Reason.TCPFLAGS),
@@ -247,53 +310,159 @@ CASES = [
     passes("tcpflags-fin-ack", "FIN-ACK (no SYN)", lambda: v4(TCP(flags="FA"))),
     passes("tcpflags-rst", "RST (no SYN)", lambda: v4(TCP(flags="R"))),
     passes("tcpflags-udp", "UDP has no TCP flags", lambda: udp(payload=b"\x03" * 16)),
-    drops("tcpflags-before-pass-filter", "no pass filter admits SYN+FIN", lambda: v4(TCP(flags="SF")),
-          Reason.TCPFLAGS, g=feat(Filter(action="pass"))),
-    Case("tcpflags-no-cookie", "SYN+FIN gets no cookie SYN-ACK (SYN defence always on, cookie mode)",
-         lambda: v4(TCP(flags="SF")), DROP, Reason.TCPFLAGS, addr=AddressPolicy(syn=SynPolicy(always=True))),
-    Case("tcpflags-cookie-control", "the plain SYN is answered with a cookie there",
-         lambda: v4(TCP(flags="S")), "tx", Reason.SYNCOOKIE, addr=AddressPolicy(syn=SynPolicy(always=True)),
-         kind=Kind.DROP),
-    Case("monitor-tcpflags", "monitor: a tcpflags drop passes as would_drop", lambda: v4(TCP(flags="SR")), PASS,
-         Reason.TCPFLAGS, g=feat(monitor_mask=1 << Reason.TCPFLAGS), kind=Kind.WOULD_DROP),
+    drops(
+        "tcpflags-before-pass-filter",
+        "no pass filter admits SYN+FIN",
+        lambda: v4(TCP(flags="SF")),
+        Reason.TCPFLAGS,
+        g=feat(Filter(action="pass")),
+    ),
+    Case(
+        "tcpflags-no-cookie",
+        "SYN+FIN gets no cookie SYN-ACK (SYN defence always on, cookie mode)",
+        lambda: v4(TCP(flags="SF")),
+        DROP,
+        Reason.TCPFLAGS,
+        addr=AddressPolicy(syn=SynPolicy(always=True)),
+    ),
+    Case(
+        "tcpflags-cookie-control",
+        "the plain SYN is answered with a cookie there",
+        lambda: v4(TCP(flags="S")),
+        "tx",
+        Reason.SYNCOOKIE,
+        addr=AddressPolicy(syn=SynPolicy(always=True)),
+        kind=Kind.DROP,
+    ),
+    Case(
+        "monitor-tcpflags",
+        "monitor: a tcpflags drop passes as would_drop",
+        lambda: v4(TCP(flags="SR")),
+        PASS,
+        Reason.TCPFLAGS,
+        g=feat(monitor_mask=1 << Reason.TCPFLAGS),
+        kind=Kind.WOULD_DROP,
+    ),
     # feature filters
-    drops("feature-payload", "payload bytes at offset 0 of the payload", lambda: udp(payload=b"EVIL!"),
-          Reason.FEATURE, g=feat(EVIL)),
+    drops(
+        "feature-payload",
+        "payload bytes at offset 0 of the payload",
+        lambda: udp(payload=b"EVIL!"),
+        Reason.FEATURE,
+        g=feat(EVIL),
+    ),
     passes("feature-payload-miss", "other payload", lambda: udp(payload=b"GOOD!"), g=feat(EVIL)),
-    passes("feature-payload-past-end", "the bytes would lie past the packet end", lambda: udp(payload=b"EVI"),
-           g=feat(EVIL)),
-    drops("feature-payload-mask", "masked compare: 'evil' matches 'EVIL' with 0xdf masks", lambda: udp(payload=b"evil"),
-          Reason.FEATURE, g=feat(Filter(payload=b"EVIL", payload_mask=b"\xdf" * 4))),
-    drops("feature-l4-base", "UDP destination port 53 as bytes at L4 offset 2", lambda: udp(),
-          Reason.FEATURE, g=feat(Filter(payload=b"\x00\x35", payload_base="l4", payload_off=2))),
-    drops("feature-l3-base", "TTL 7 as a byte at L3 offset 8", lambda: v4(ttl=7), Reason.FEATURE,
-          g=feat(Filter(payload=b"\x07", payload_base="l3", payload_off=8))),
-    drops("feature-tcp-flags", "SYN without ACK", lambda: syn(), Reason.FEATURE,
-          g=feat(Filter(tcp_flags=policy.parse_tcp_flags("syn,!ack")))),
-    passes("feature-tcp-flags-miss", "SYN-ACK does not match syn,!ack", lambda: v4(TCP(flags="SA")),
-           g=feat(Filter(tcp_flags=policy.parse_tcp_flags("syn,!ack")))),
+    passes(
+        "feature-payload-past-end", "the bytes would lie past the packet end", lambda: udp(payload=b"EVI"), g=feat(EVIL)
+    ),
+    drops(
+        "feature-payload-mask",
+        "masked compare: 'evil' matches 'EVIL' with 0xdf masks",
+        lambda: udp(payload=b"evil"),
+        Reason.FEATURE,
+        g=feat(Filter(payload=b"EVIL", payload_mask=b"\xdf" * 4)),
+    ),
+    drops(
+        "feature-l4-base",
+        "UDP destination port 53 as bytes at L4 offset 2",
+        lambda: udp(),
+        Reason.FEATURE,
+        g=feat(Filter(payload=b"\x00\x35", payload_base="l4", payload_off=2)),
+    ),
+    drops(
+        "feature-l3-base",
+        "TTL 7 as a byte at L3 offset 8",
+        lambda: v4(ttl=7),
+        Reason.FEATURE,
+        g=feat(Filter(payload=b"\x07", payload_base="l3", payload_off=8)),
+    ),
+    drops(
+        "feature-tcp-flags",
+        "SYN without ACK",
+        lambda: syn(),
+        Reason.FEATURE,
+        g=feat(Filter(tcp_flags=policy.parse_tcp_flags("syn,!ack"))),
+    ),
+    passes(
+        "feature-tcp-flags-miss",
+        "SYN-ACK does not match syn,!ack",
+        lambda: v4(TCP(flags="SA")),
+        g=feat(Filter(tcp_flags=policy.parse_tcp_flags("syn,!ack"))),
+    ),
     drops("feature-ttl", "TTL in 0..10", lambda: v4(ttl=5), Reason.FEATURE, g=feat(Filter(ttl=(0, 10)))),
-    drops("feature-length", "frame length 60..60", lambda: udp(payload=b"x" * 18), Reason.FEATURE,
-          g=feat(Filter(length=(60, 60)))),
-    drops("feature-ports", "UDP 5000 → 53", lambda: udp(), Reason.FEATURE,
-          g=feat(Filter(proto="udp", sport=(5000, 5000), dport=(53, 53)))),
-    passes("feature-ports-icmp", "a port condition never matches ICMP", lambda: v4(ICMP()),
-           g=feat(Filter(dport=(0, 100)))),
-    drops("feature-icmp-matches-icmpv6", "proto icmp matches ICMPv6", lambda: v6(ICMPv6EchoRequest()),
-          Reason.FEATURE, g=feat(Filter(proto="icmp"))),
-    passes("feature-first-match-pass", "a pass filter before a drop filter wins", lambda: udp(payload=b"EVIL"),
-           g=feat(Filter(action="pass", proto="udp"), EVIL)),
-    drops("feature-first-match-drop", "a drop filter before a pass filter wins", lambda: udp(payload=b"EVIL"),
-          Reason.FEATURE, g=feat(EVIL, Filter(action="pass", proto="udp"))),
-    drops("feature-after-port", "the port policy comes before the filters", lambda: syn(dport=81), Reason.PORT,
-          g=feat(Filter(action="pass")), ports=WEB),
+    drops(
+        "feature-length",
+        "frame length 60..60",
+        lambda: udp(payload=b"x" * 18),
+        Reason.FEATURE,
+        g=feat(Filter(length=(60, 60))),
+    ),
+    drops(
+        "feature-ports",
+        "UDP 5000 → 53",
+        lambda: udp(),
+        Reason.FEATURE,
+        g=feat(Filter(proto="udp", sport=(5000, 5000), dport=(53, 53))),
+    ),
+    passes(
+        "feature-ports-icmp", "a port condition never matches ICMP", lambda: v4(ICMP()), g=feat(Filter(dport=(0, 100)))
+    ),
+    drops(
+        "feature-icmp-matches-icmpv6",
+        "proto icmp matches ICMPv6",
+        lambda: v6(ICMPv6EchoRequest()),
+        Reason.FEATURE,
+        g=feat(Filter(proto="icmp")),
+    ),
+    passes(
+        "feature-first-match-pass",
+        "a pass filter before a drop filter wins",
+        lambda: udp(payload=b"EVIL"),
+        g=feat(Filter(action="pass", proto="udp"), EVIL),
+    ),
+    drops(
+        "feature-first-match-drop",
+        "a drop filter before a pass filter wins",
+        lambda: udp(payload=b"EVIL"),
+        Reason.FEATURE,
+        g=feat(EVIL, Filter(action="pass", proto="udp")),
+    ),
+    drops(
+        "feature-after-port",
+        "the port policy comes before the filters",
+        lambda: syn(dport=81),
+        Reason.PORT,
+        g=feat(Filter(action="pass")),
+        ports=WEB,
+    ),
     # monitor mode
-    Case("monitor-feature", "monitor: a feature drop passes as would_drop", lambda: udp(payload=b"EVIL"), PASS,
-         Reason.FEATURE, g=feat(EVIL, monitor_mask=ALL_DROP_REASONS), kind=Kind.WOULD_DROP),
-    Case("monitor-port", "monitor: a port drop passes as would_drop", lambda: syn(dport=81), PASS, Reason.PORT,
-         g=feat(monitor_mask=1 << Reason.PORT), ports=WEB, kind=Kind.WOULD_DROP),
-    drops("monitor-other-reason", "monitor mask of another reason still drops", lambda: syn(dport=81), Reason.PORT,
-          g=feat(monitor_mask=1 << Reason.FEATURE), ports=WEB),
+    Case(
+        "monitor-feature",
+        "monitor: a feature drop passes as would_drop",
+        lambda: udp(payload=b"EVIL"),
+        PASS,
+        Reason.FEATURE,
+        g=feat(EVIL, monitor_mask=ALL_DROP_REASONS),
+        kind=Kind.WOULD_DROP,
+    ),
+    Case(
+        "monitor-port",
+        "monitor: a port drop passes as would_drop",
+        lambda: syn(dport=81),
+        PASS,
+        Reason.PORT,
+        g=feat(monitor_mask=1 << Reason.PORT),
+        ports=WEB,
+        kind=Kind.WOULD_DROP,
+    ),
+    drops(
+        "monitor-other-reason",
+        "monitor mask of another reason still drops",
+        lambda: syn(dport=81),
+        Reason.PORT,
+        g=feat(monitor_mask=1 << Reason.FEATURE),
+        ports=WEB,
+    ),
 ]
 
 
@@ -352,8 +521,9 @@ def test_monitoring_one_reason_creates_no_ban_that_really_drops(bed):
 
 
 def test_rate_limit_auto_ban_not_while_ratelimit_is_monitored(bed):
-    bed.apply(feat(monitor_mask=1 << Reason.RATELIMIT), AddressPolicy(limits=Limits(src_pps=10, src_burst_pkts=2,
-                                                                                    ban_s=60)))
+    bed.apply(
+        feat(monitor_mask=1 << Reason.RATELIMIT), AddressPolicy(limits=Limits(src_pps=10, src_burst_pkts=2, ban_s=60))
+    )
     assert bed.run(ack(), 5) == {(Kind.PASS, Reason.CLEAN): 2, (Kind.WOULD_DROP, Reason.RATELIMIT): 3}
     assert bed.ban_of(CLIENT4) is None
 
@@ -405,7 +575,9 @@ def test_dst_pps_is_shared_by_all_sources(bed):
 
 
 def test_port_limit_overrides_the_address_limits(bed):
-    bed.apply(addr=AddressPolicy(limits=Limits(src_pps=100)), port_limits={("tcp", 22): Limits(src_pps=1, src_burst_pkts=1)})
+    bed.apply(
+        addr=AddressPolicy(limits=Limits(src_pps=100)), port_limits={("tcp", 22): Limits(src_pps=1, src_burst_pkts=1)}
+    )
     assert bed.run(syn(dport=22), 3) == {(Kind.PASS, Reason.CLEAN): 1, (Kind.DROP, Reason.RATELIMIT): 2}
     bed.maps[MapName.BUCKETS].delete(policy.src_key(ipaddress.ip_address(CLIENT4)))
     assert bed.run(syn(dport=80), 3) == {(Kind.PASS, Reason.CLEAN): 3}
@@ -413,8 +585,11 @@ def test_port_limit_overrides_the_address_limits(bed):
 
 def test_auto_ban_by_rate_limit_then_expiry(bed):
     bed.apply(addr=AddressPolicy(limits=Limits(src_pps=10, src_burst_pkts=2, ban_s=1)))
-    assert bed.run(ack(), 6) == {(Kind.PASS, Reason.CLEAN): 2, (Kind.DROP, Reason.RATELIMIT): 1,
-                                 (Kind.DROP, Reason.BANNED): 3}
+    assert bed.run(ack(), 6) == {
+        (Kind.PASS, Reason.CLEAN): 2,
+        (Kind.DROP, Reason.RATELIMIT): 1,
+        (Kind.DROP, Reason.BANNED): 3,
+    }
     ban = bed.ban_of(CLIENT4)
     assert ban is not None and ban.reason == Reason.RATELIMIT and ban.hits == 3
     time.sleep(1.05)
@@ -445,7 +620,11 @@ def test_syn_per_source_rate(bed):
 
 def test_syn_per_source_rate_auto_ban(bed):
     bed.apply(addr=AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=1, ban_s=60)))
-    assert bed.run(syn(), 3) == {(Kind.PASS, Reason.CLEAN): 1, (Kind.DROP, Reason.SYN): 1, (Kind.DROP, Reason.BANNED): 1}
+    assert bed.run(syn(), 3) == {
+        (Kind.PASS, Reason.CLEAN): 1,
+        (Kind.DROP, Reason.SYN): 1,
+        (Kind.DROP, Reason.BANNED): 1,
+    }
     assert bed.ban_of(CLIENT4).reason == Reason.SYN
 
 
@@ -548,19 +727,24 @@ def test_bucket_stamped_in_the_future_gets_no_refill(bed):
 # ---- automatic mitigation filters (action mitigate, reason mitigation; core/daemon/mitigation.py) ----
 
 
-MITIG = Filter(action="mitigate", proto="udp", dport=(53, 53), length=(47, 47), payload=b"hello",
-               payload_mask=b"\xff" * 5)  # the form the kernel gives back
+MITIG = Filter(
+    action="mitigate", proto="udp", dport=(53, 53), length=(47, 47), payload=b"hello", payload_mask=b"\xff" * 5
+)  # the form the kernel gives back
 
 
 def test_mitigation_filter_drops_as_mitigation_after_the_operators(bed):
     setup = bed.apply(feat(Filter(action="pass", payload=b"hello", sport=(7, 7))))
     guard.write_mitigation_filters(bed.maps, [MITIG])
-    setup = Setup(GlobalPolicy(reflection=False, reflection_ports=frozenset(),
-                               filters=(*setup.global_.filters, MITIG)), setup.protected)
-    for pkt, want in ((udp(), (DROP, Kind.DROP, Reason.MITIGATION)),
-                      (udp(sport=7), (PASS, Kind.PASS, Reason.CLEAN)),  # the operator's pass filter comes first
-                      (udp(payload=b"hellO"), (PASS, Kind.PASS, Reason.CLEAN)),
-                      (udp(dport=54), (PASS, Kind.PASS, Reason.CLEAN))):
+    setup = Setup(
+        GlobalPolicy(reflection=False, reflection_ports=frozenset(), filters=(*setup.global_.filters, MITIG)),
+        setup.protected,
+    )
+    for pkt, want in (
+        (udp(), (DROP, Kind.DROP, Reason.MITIGATION)),
+        (udp(sport=7), (PASS, Kind.PASS, Reason.CLEAN)),  # the operator's pass filter comes first
+        (udp(payload=b"hellO"), (PASS, Kind.PASS, Reason.CLEAN)),
+        (udp(dport=54), (PASS, Kind.PASS, Reason.CLEAN)),
+    ):
         assert bed.verdict(pkt) == want
         m = Model(setup).verdict(pkt)
         assert (m.action, m.kind, m.reason) == want

@@ -60,8 +60,10 @@ pytestmark = pytest.mark.kernel
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 EXAMPLES = int(os.environ.get("XDPGUARD_DIFF_EXAMPLES", "2000"))
 SEED = int(os.environ.get("XDPGUARD_DIFF_SEED") or secrets.randbits(64))
-REPLAY = (f"test_differential: {EXAMPLES} examples from seed {SEED}; replay with "
-          f"XDPGUARD_DIFF_SEED={SEED} XDPGUARD_DIFF_EXAMPLES={EXAMPLES}")
+REPLAY = (
+    f"test_differential: {EXAMPLES} examples from seed {SEED}; replay with "
+    f"XDPGUARD_DIFF_SEED={SEED} XDPGUARD_DIFF_EXAMPLES={EXAMPLES}"
+)
 
 IP = ipaddress.ip_address
 PROTECTABLE = [IP("198.18.0.1"), IP("198.18.0.3"), IP("2001:db8::1"), IP("2001:db8::3")]
@@ -69,32 +71,63 @@ SLOTS = {a: i for i, a in enumerate(PROTECTABLE)}
 NEVER_PROTECTED = {4: IP("198.18.0.2"), 6: IP("2001:db8::2")}
 DSTS = {f: [a for a in PROTECTABLE if a.version == f] + [NEVER_PROTECTED[f]] for f in (4, 6)}
 SOURCES = {
-    4: [IP(a) for a in ("203.0.113.7", "203.0.113.8", "203.0.113.130", "203.0.112.9", "198.51.100.10",
-                        "192.0.2.1")],
-    6: [IP(a) for a in ("2001:db8:bad::7", "2001:db8:bad::8", "2001:db8:bad:1::7", "2001:db8:c::10",
-                        "2001:db8:ffff::1")],
+    4: [IP(a) for a in ("203.0.113.7", "203.0.113.8", "203.0.113.130", "203.0.112.9", "198.51.100.10", "192.0.2.1")],
+    6: [
+        IP(a) for a in ("2001:db8:bad::7", "2001:db8:bad::8", "2001:db8:bad:1::7", "2001:db8:c::10", "2001:db8:ffff::1")
+    ],
 }
 # Prefixes covering the sources above at many depths (nested: longest-prefix semantics).
-PREFIXES = [parse_prefix(c).prefix for c in (
-    "0.0.0.0/0", "203.0.112.0/23", "203.0.113.0/24", "203.0.113.0/25", "203.0.113.0/28", "203.0.113.0/29",
-    "203.0.113.4/30", "203.0.113.6/31", "203.0.113.7", "203.0.113.8", "203.0.113.128/25", "198.51.100.0/24",
-    "198.51.100.10", "192.0.2.1",
-    "::/0", "2001:db8::/32", "2001:db8:bad::/48", "2001:db8:bad::/64", "2001:db8:bad::/120", "2001:db8:bad::4/126",
-    "2001:db8:bad::7", "2001:db8:bad::8", "2001:db8:c::/48", "2001:db8:c::10", "2001:db8:bad:1::/64",
-)]
+PREFIXES = [
+    parse_prefix(c).prefix
+    for c in (
+        "0.0.0.0/0",
+        "203.0.112.0/23",
+        "203.0.113.0/24",
+        "203.0.113.0/25",
+        "203.0.113.0/28",
+        "203.0.113.0/29",
+        "203.0.113.4/30",
+        "203.0.113.6/31",
+        "203.0.113.7",
+        "203.0.113.8",
+        "203.0.113.128/25",
+        "198.51.100.0/24",
+        "198.51.100.10",
+        "192.0.2.1",
+        "::/0",
+        "2001:db8::/32",
+        "2001:db8:bad::/48",
+        "2001:db8:bad::/64",
+        "2001:db8:bad::/120",
+        "2001:db8:bad::4/126",
+        "2001:db8:bad::7",
+        "2001:db8:bad::8",
+        "2001:db8:c::/48",
+        "2001:db8:c::10",
+        "2001:db8:bad:1::/64",
+    )
+]
 NEVER, EXPIRED, LATER = "never", "expired", "later"  # list entry expiry classes
 PORTS = [0, 22, 53, 80, 123, 443, 1900, 8080, 11211, 65535]
 ALPHABET = [0x00, 0x41, 0x45, 0xFF]  # payload bytes: small, so random payloads match filters often
-HUGE = Limits(src_pps=policy.MAX_PPS, src_bps=policy.MAX_BPS, dst_pps=policy.MAX_PPS,
-              syn_src_pps=policy.MAX_PPS, ban_s=60)
+HUGE = Limits(
+    src_pps=policy.MAX_PPS, src_bps=policy.MAX_BPS, dst_pps=policy.MAX_PPS, syn_src_pps=policy.MAX_PPS, ban_s=60
+)
 HUGE_SYN = SynPolicy(threshold_pps=policy.MAX_PPS)
 BAN_S = 3600  # drop-ban filters: no ban may expire within an example
 DROP_REASONS = [r for r in Reason if r.is_drop]
 # Small maps: iterating an (almost) empty hash costs a scan of all its buckets, and the list
 # writers iterate (Guard.sync_lists_mask, change_ports). Map sizes do not change any verdict.
-SMALL_MAPS = {"XG_LIST_MAX": 1024, "XG_PORTS_MAX": 1024, "XG_BANS_MAX": 1024, "XG_SOURCES_MAX": 4096,
-              "XG_SYNAUTH_MAX": 1024, "XG_FLOWS_MAX": 1024, "XG_EMBRYOS_MAX": 1024,
-              "XG_OPBANS_MAX": 1024}
+SMALL_MAPS = {
+    "XG_LIST_MAX": 1024,
+    "XG_PORTS_MAX": 1024,
+    "XG_BANS_MAX": 1024,
+    "XG_SOURCES_MAX": 4096,
+    "XG_SYNAUTH_MAX": 1024,
+    "XG_FLOWS_MAX": 1024,
+    "XG_EMBRYOS_MAX": 1024,
+    "XG_OPBANS_MAX": 1024,
+}
 
 
 # ---- policy strategies (module-level constants: building strategies per draw is slow) ----
@@ -105,8 +138,11 @@ RARE = {n: st.integers(0, 4 * n - 1).map(lambda x, n=n: x % n == 1) for n in (3,
 U8, U16 = st.integers(0, 255), st.integers(0, 65535)
 SPAN = st.integers(0, 60)
 KIND8 = st.integers(0, 7)
-RANGE_POOLS = {65535: st.sampled_from(PORTS), 1: st.sampled_from([14, 34, 54, 60, 64, 74, 100, 200]),
-               255: st.sampled_from([0, 1, 63, 64, 128, 255])}
+RANGE_POOLS = {
+    65535: st.sampled_from(PORTS),
+    1: st.sampled_from([14, 34, 54, 60, 64, 74, 100, 200]),
+    255: st.sampled_from([0, 1, 63, 64, 128, 255]),
+}
 ACTIONS = st.sampled_from(["drop", "drop", "pass", "drop-ban", "mitigate"])
 BASES = st.sampled_from(["l3", "l4", "payload"])
 PAYLOADS = st.lists(st.sampled_from(ALPHABET), min_size=1, max_size=16).map(bytes)
@@ -144,9 +180,17 @@ def filters(draw) -> Filter:
         m = draw(U8)
         flags = (m, draw(U8) & m)
     return Filter(
-        action=action, proto=draw(FPROTOS), sport=_range(draw, 65535), dport=_range(draw, 65535),
-        length=_range(draw, 65535, 1), ttl=_range(draw, 255), tcp_flags=flags, payload=payload,
-        payload_mask=mask, payload_base=base, payload_off=min(off, abi.PAYLOAD_OFF_MAX + 16 - len(payload)),
+        action=action,
+        proto=draw(FPROTOS),
+        sport=_range(draw, 65535),
+        dport=_range(draw, 65535),
+        length=_range(draw, 65535, 1),
+        ttl=_range(draw, 255),
+        tcp_flags=flags,
+        payload=payload,
+        payload_mask=mask,
+        payload_base=base,
+        payload_off=min(off, abi.PAYLOAD_OFF_MAX + 16 - len(payload)),
         ban_s=BAN_S if action == "drop-ban" else 0,
     )
 
@@ -155,13 +199,16 @@ FILTER = filters()
 FILTER_LISTS = st.lists(FILTER, max_size=8) | st.lists(FILTER, max_size=abi.FILTERS_MAX)
 PROTOCOL_SETS = st.sets(st.sampled_from(sorted(policy.PROTOCOLS)), max_size=2)
 LIMITS = st.sampled_from([Limits(), HUGE])
-SYNS = st.sampled_from([SynPolicy(), HUGE_SYN, SynPolicy(always=True), SynPolicy(threshold_pps=policy.MAX_PPS,
-                                                                                  mode="retransmit")])
+SYNS = st.sampled_from(
+    [SynPolicy(), HUGE_SYN, SynPolicy(always=True), SynPolicy(threshold_pps=policy.MAX_PPS, mode="retransmit")]
+)
 PORT_SETS = st.sets(st.tuples(st.sampled_from(["tcp", "udp"]), st.sampled_from(PORTS[1:])), max_size=4)
 LIMIT_PORT_SETS = st.sets(st.tuples(st.sampled_from(["tcp", "udp"]), st.sampled_from(PORTS[1:])), max_size=2)
 ADDR_SETS = st.sets(st.sampled_from(PROTECTABLE), min_size=1)
-LIST_ENTRIES = {n: st.dictionaries(st.sampled_from(PREFIXES), st.sampled_from([NEVER, NEVER, EXPIRED, LATER]),
-                                   max_size=n) for n in (3, 6)}
+LIST_ENTRIES = {
+    n: st.dictionaries(st.sampled_from(PREFIXES), st.sampled_from([NEVER, NEVER, EXPIRED, LATER]), max_size=n)
+    for n in (3, 6)
+}
 REFL_PORTS = st.sets(st.sampled_from(PORTS[1:] + [19, 389]), max_size=5).map(frozenset)
 REASON_SETS = st.sets(st.sampled_from(DROP_REASONS))
 BANNED = st.sets(st.sampled_from(SOURCES[4] + SOURCES[6]), min_size=1, max_size=2).map(frozenset)
@@ -172,7 +219,9 @@ def protected_entries(draw) -> Protected:
     pol = AddressPolicy(frozenset(draw(PROTOCOL_SETS)) if draw(RARE[3]) else frozenset(), draw(LIMITS), draw(SYNS))
     ports = frozenset()
     if draw(BOOL):  # open ports (port policy on, and with it the TCP state step), often the connections' ports
-        ports = frozenset(draw(PORT_SETS)) | (frozenset({("tcp", 80), ("tcp", 443)}) if not draw(RARE[4]) else frozenset())
+        ports = frozenset(draw(PORT_SETS)) | (
+            frozenset({("tcp", 80), ("tcp", 443)}) if not draw(RARE[4]) else frozenset()
+        )
     limits = {k: HUGE for k in draw(LIMIT_PORT_SETS)} if draw(RARE[4]) else {}
     return Protected(pol, ports, limits, tcpstate=not draw(RARE[6]))
 
@@ -188,8 +237,14 @@ CLIENT_PORTS = [1024, 40000, 65535]
 def flow_keys(addrs):
     """Connection keys (family, client, client port, protected, protected port) on addrs."""
     return st.tuples(st.sampled_from(sorted(addrs, key=lambda a: (a.version, a)))).flatmap(
-        lambda t: st.tuples(st.just(t[0].version), SRC_POOL[t[0].version], st.sampled_from(CLIENT_PORTS),
-                            st.just(t[0].packed), st.sampled_from(FLOW_PORTS)))
+        lambda t: st.tuples(
+            st.just(t[0].version),
+            SRC_POOL[t[0].version],
+            st.sampled_from(CLIENT_PORTS),
+            st.just(t[0].packed),
+            st.sampled_from(FLOW_PORTS),
+        )
+    )
 
 
 @st.composite
@@ -198,8 +253,10 @@ def setups(draw) -> tuple[Setup, dict]:
     protected = {a: draw(PROTECTED) for a in sorted(addrs, key=lambda a: (a.version, a))}
     # An IPv6 address in cookie mode keeps the retransmit authentication (XG_SYNCOOKIE_IPV6 0),
     # which depends on time: `always` (SYN defence at any rate) is drawn for IPv4 only.
-    protected = {a: p if a.version == 4 or not p.policy.syn.always else
-                 replace(p, policy=replace(p.policy, syn=SynPolicy())) for a, p in protected.items()}
+    protected = {
+        a: p if a.version == 4 or not p.policy.syn.always else replace(p, policy=replace(p.policy, syn=SynPolicy()))
+        for a, p in protected.items()
+    }
     expiry = {"allow": draw(LIST_ENTRIES[3]), "block": draw(LIST_ENTRIES[6])}
     lists = {w: tuple(Listed(p, cls == EXPIRED) for p, cls in e.items()) for w, e in expiry.items()}
     g = GlobalPolicy(
@@ -214,8 +271,17 @@ def setups(draw) -> tuple[Setup, dict]:
     if draw(RARE[4]):  # entries written before: expired ones (live ones come from egress frames)
         for k in draw(st.lists(flow_keys(addrs), max_size=3)):
             flows[k] = (draw(st.sampled_from(["flow", "embryo"])), draw(st.sampled_from(list(FLOW_STATES))), False)
-    setup = Setup(g, protected, lists["allow"], lists["block"], banned, enabled=not draw(RARE[16]),
-                  tcpstate=not draw(RARE[5]), grace=draw(RARE[8]), flows=flows)
+    setup = Setup(
+        g,
+        protected,
+        lists["allow"],
+        lists["block"],
+        banned,
+        enabled=not draw(RARE[16]),
+        tcpstate=not draw(RARE[5]),
+        grace=draw(RARE[8]),
+        flows=flows,
+    )
     return setup, expiry
 
 
@@ -302,10 +368,14 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts, hints=None) -
     # IPv6 extension headers: options before the fragment header (or the upper layer), and
     # options after the fragment header.
     after, after_nh = _ip6_options(draw, proto) if family == 6 and frag != "none" and draw(RARE[4]) else (b"", proto)
-    opts, first_nh = _ip6_options(draw, 44 if frag != "none" else proto) if family == 6 and draw(RARE[4]) else (b"", None)
+    opts, first_nh = (
+        _ip6_options(draw, 44 if frag != "none" else proto) if family == 6 and draw(RARE[4]) else (b"", None)
+    )
     if frag == "later":
         after, after_nh = b"", proto  # fragment data, not headers
-    l3_len = (ihl * 4 if ihl >= 5 else 20) if family == 4 else 40 + len(opts) + (8 if frag != "none" else 0) + len(after)
+    l3_len = (
+        (ihl * 4 if ihl >= 5 else 20) if family == 4 else 40 + len(opts) + (8 if frag != "none" else 0) + len(after)
+    )
     l4_off = l3_off + l3_len
     payload_off = l4_off + l4_len
     # Often put a filter's bytes at its offset, so that filters match.
@@ -315,17 +385,18 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts, hints=None) -
         if 0 <= at and at + len(f.payload) <= 1400:
             if len(payload) < at + len(f.payload):
                 payload.extend(bytes(at + len(f.payload) - len(payload)))
-            payload[at:at + len(f.payload)] = f.payload
+            payload[at : at + len(f.payload)] = f.payload
     body = l4 + bytes(payload)
 
     if family == 4:
         version = 4 if not draw(RARE[8]) else draw(VERSION)
-        frag_off = {"none": lambda: draw(DF), "first": lambda: 0x2000,
-                    "later": lambda: draw(OFF13) | draw(MF)}[frag]()
+        frag_off = {"none": lambda: draw(DF), "first": lambda: 0x2000, "later": lambda: draw(OFF13) | draw(MF)}[frag]()
         opts = bytes(max(0, ihl * 4 - 20))
         tot_len = 20 + len(opts) + len(body) if not draw(RARE[6]) else draw(U16)
-        l3 = struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0, tot_len, 1, frag_off, ttl, proto, 0,
-                         src, dst.packed) + opts
+        l3 = (
+            struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0, tot_len, 1, frag_off, ttl, proto, 0, src, dst.packed)
+            + opts
+        )
         ethertype = 0x0800
     else:
         version = 6 if not draw(RARE[8]) else draw(VERSION)
@@ -336,8 +407,11 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts, hints=None) -
             fh = struct.pack("!BBHI", after_nh, 0, off << 3 | draw(M6), 7) + after
         if first_nh is not None:
             nh = first_nh
-        l3 = struct.pack("!IHBB16s16s", version << 28, len(opts) + len(fh) + len(body), nh, ttl, src,
-                         dst.packed) + opts + fh
+        l3 = (
+            struct.pack("!IHBB16s16s", version << 28, len(opts) + len(fh) + len(body), nh, ttl, src, dst.packed)
+            + opts
+            + fh
+        )
         ethertype = 0x86DD
     types = [draw(TPIDS) for _ in range(ntags)] + [ethertype]
     frame = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01" + struct.pack("!H", types[0])
@@ -345,8 +419,13 @@ def frames(draw, setup: Setup, families, refl, with_payload, dsts, hints=None) -
         frame += struct.pack("!HH", 10, t)  # TCI, then the next TPID or the EtherType
     frame += l3 + body
     if draw(RARE[10]):  # truncated: mostly past the addresses, so the checks after them see it
-        frame = frame[: draw(st.integers(l3_off + 20, len(frame)) if draw(BOOL) and len(frame) > l3_off + 20
-                             else st.integers(14, len(frame)))]
+        frame = frame[
+            : draw(
+                st.integers(l3_off + 20, len(frame))
+                if draw(BOOL) and len(frame) > l3_off + 20
+                else st.integers(14, len(frame))
+            )
+        ]
     return frame
 
 
@@ -362,8 +441,18 @@ def egress_frames(draw, setup: Setup) -> bytes:
     dst = draw(SRC_POOL[family])
     proto = 6 if not draw(RARE[6]) else draw(st.sampled_from([17, 1, 58]))
     doff = 5 if not draw(RARE[8]) else draw(DOFF)
-    l4 = struct.pack("!HHIIBBHHH", draw(st.sampled_from(FLOW_PORTS)), draw(st.sampled_from(CLIENT_PORTS)), 1, 2,
-                     doff << 4, draw(EGRESS_FLAGS), 512, 0, 0) + bytes(max(0, doff * 4 - 20))
+    l4 = struct.pack(
+        "!HHIIBBHHH",
+        draw(st.sampled_from(FLOW_PORTS)),
+        draw(st.sampled_from(CLIENT_PORTS)),
+        1,
+        2,
+        doff << 4,
+        draw(EGRESS_FLAGS),
+        512,
+        0,
+        0,
+    ) + bytes(max(0, doff * 4 - 20))
     if family == 4:
         frag_off = 0 if not draw(RARE[8]) else draw(OFF13)
         l3 = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, frag_off, 64, proto, 0, src.packed, dst)
@@ -399,8 +488,9 @@ def table_contents(maps) -> dict[str, dict[tuple, tuple[str, bool]]]:
     names = {v: k for k, v in FLOW_STATES.items()}
     out = {}
     for table, name in (("flow", MapName.FLOWS), ("embryo", MapName.EMBRYOS)):
-        out[table] = {_flow_key_py(k): (names.get(v.state, str(v.state)), v.expires_ns > now)
-                      for k, v in maps[name].items()}
+        out[table] = {
+            _flow_key_py(k): (names.get(v.state, str(v.state)), v.expires_ns > now) for k, v in maps[name].items()
+        }
     return out
 
 
@@ -446,7 +536,9 @@ class AppliedBed:
         for a, p in setup.protected.items():
             old = self.protected.get(a)
             if old is None:
-                m[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(policy.prot_key(a), policy.new_protected(SLOTS[a]))
+                m[MapName.PROT4 if a.version == 4 else MapName.PROT6].set(
+                    policy.prot_key(a), policy.new_protected(SLOTS[a])
+                )
             if old is None or old.policy != p.policy:
                 guard.write_address_policy(m, a, p.policy)
             self._ports(a, old.open_ports if old else frozenset(), p.open_ports)
@@ -488,7 +580,8 @@ class AppliedBed:
         for k, (table, state, live) in setup.flows.items():
             exp = _now_ns() + 3600 * 10**9 if live else 1
             self.maps[MapName.FLOWS if table == "flow" else MapName.EMBRYOS].set(
-                _flow_key_c(k), abi.Flow(exp, FLOW_STATES[state], 0))
+                _flow_key_c(k), abi.Flow(exp, FLOW_STATES[state], 0)
+            )
         grace = _now_ns() + 3600 * 10**9 if setup.grace else 0
         self.maps[MapName.TCPCFG].set(ctypes.c_uint32(0), abi.TcpStateConfig(grace, 0, 0, 0, 0))
 
@@ -499,7 +592,7 @@ class AppliedBed:
             self.guard.change_ports([a], proto, port, port, abi.PORT_BY_OPERATOR, True)
 
     def _port_limits(self, a, old, new) -> None:
-        for (proto, port) in set(old) - set(new):
+        for proto, port in set(old) - set(new):
             guard.write_port_limits(self.maps, a, proto, port, port, None)
         for (proto, port), lim in new.items():
             if old.get((proto, port)) != lim:
@@ -555,8 +648,13 @@ def examples(draw):
     egress = draw(st.lists(egress_frames(setup), max_size=4))
     keys = [k for f in egress if (k := egress_key(f, setup)) is not None] + list(setup.flows)
     hints = st.sampled_from(keys) if keys else None  # (every key: a TCP connection of a protected address)
-    packets = draw(st.lists(frames(setup, families, refl, st.sampled_from(with_payload) if with_payload else None, dsts,
-                                   hints), min_size=1, max_size=6))
+    packets = draw(
+        st.lists(
+            frames(setup, families, refl, st.sampled_from(with_payload) if with_payload else None, dsts, hints),
+            min_size=1,
+            max_size=6,
+        )
+    )
     return setup, expiry, egress, packets
 
 
@@ -575,9 +673,17 @@ def _describe(frame: bytes) -> str:
 
 
 @seed(SEED)
-@settings(max_examples=EXAMPLES, deadline=None, database=None if CI else settings.default.database,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None if CI else settings.default.database,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 @given(example=examples())
 def test_xdp_agrees_with_model(applied, example):
     setup, expiry, egress, packets = example
@@ -597,4 +703,5 @@ def test_xdp_agrees_with_model(applied, example):
         event(f"{want.kind.label} {want.reason.label}")
         got = applied.bed.verdict(frame)
         assert (got.action, got.kind, got.reason) == (want.action, want.kind, want.reason), (
-            f"packet {i}: {_describe(frame)}\n{frame.hex()}")
+            f"packet {i}: {_describe(frame)}\n{frame.hex()}"
+        )

@@ -74,8 +74,12 @@ def test_filter_sets_swap_whole_and_order_decides(bed):
     drop53 = Filter(proto="udp", dport=(53, 53))
     pass_all = Filter(action="pass")
     gens = []
-    for filters, want in (((drop53,), Reason.FEATURE), ((pass_all, drop53), Reason.CLEAN), ((), Reason.CLEAN),
-                          ((drop53, pass_all), Reason.FEATURE)):
+    for filters, want in (
+        ((drop53,), Reason.FEATURE),
+        ((pass_all, drop53), Reason.CLEAN),
+        ((), Reason.CLEAN),
+        ((drop53, pass_all), Reason.FEATURE),
+    ):
         old = guard.read_global_policy(m)
         guard.write_global_policy(m, GlobalPolicy(reflection=False, filters=filters), old)
         gens.append(m[MapName.FSEL].get(ctypes.c_uint32(0)).gen)
@@ -116,8 +120,11 @@ def test_ban_bloom_bits_agree_and_a_data_path_ban_is_enforced_behind_the_bloom(b
     m = bed.maps
     guard.sweep_bans(m, now_ns())
     assert m[MapName.DPSTATE].get(ctypes.c_uint32(0)).flags & abi.DP_BAN_BLOOM
-    guard.write_global_policy(m, GlobalPolicy(reflection=False, filters=(
-        Filter(action="drop-ban", payload=b"EVIL", ban_s=600),)), guard.read_global_policy(m))
+    guard.write_global_policy(
+        m,
+        GlobalPolicy(reflection=False, filters=(Filter(action="drop-ban", payload=b"EVIL", ban_s=600),)),
+        guard.read_global_policy(m),
+    )
     try:
         for i in range(50):
             src = f"198.18.7.{i}"

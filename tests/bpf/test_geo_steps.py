@@ -20,8 +20,13 @@ from xdpguard.core.testrun import TestBed
 pytestmark = pytest.mark.kernel
 
 PROT_A, PROT_B, PROT6 = "198.18.0.1", "198.18.0.2", "2001:db8::1"
-NETS = [("198.18.64.0/18", "XA"), ("198.18.128.0/18", "XB"), ("198.18.160.0/20", "XA"),  # nested: XA wins inside XB
-        ("2001:db8:a::/48", "XA"), ("2001:db8:b::/48", "XB")]
+NETS = [
+    ("198.18.64.0/18", "XA"),
+    ("198.18.128.0/18", "XB"),
+    ("198.18.160.0/20", "XA"),  # nested: XA wins inside XB
+    ("2001:db8:a::/48", "XA"),
+    ("2001:db8:b::/48", "XB"),
+]
 IN_XA, IN_XB, IN_XA_NESTED, UNKNOWN = "198.18.64.9", "198.18.130.9", "198.18.161.9", "203.0.113.9"
 IN_XA6, IN_XB6 = "2001:db8:a::9", "2001:db8:b::9"
 

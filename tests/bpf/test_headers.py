@@ -20,9 +20,20 @@ pytestmark = pytest.mark.kernel
 INCLUDE = abi.BPF_DIR / "include"
 HEADERS = sorted(p.relative_to(INCLUDE).as_posix() for p in INCLUDE.rglob("*.h"))
 # Small maps for a cheap compile (the layouts do not change; only how many entries).
-SMALL = {"XG_LIST_MAX": 64, "XG_SOURCES_MAX": 64, "XG_BANS_MAX": 64, "XG_OPBANS_MAX": 64,
-         "XG_SYNAUTH_MAX": 64, "XG_FLOWS_MAX": 64, "XG_EMBRYOS_MAX": 64, "XG_GOODSRC_MAX": 64,
-         "XG_PORTS_MAX": 64, "XG_GEO_MAX": 64, "XG_PROTECTED_MAX": 64, "XG_SK_SLOTS": 64}
+SMALL = {
+    "XG_LIST_MAX": 64,
+    "XG_SOURCES_MAX": 64,
+    "XG_BANS_MAX": 64,
+    "XG_OPBANS_MAX": 64,
+    "XG_SYNAUTH_MAX": 64,
+    "XG_FLOWS_MAX": 64,
+    "XG_EMBRYOS_MAX": 64,
+    "XG_GOODSRC_MAX": 64,
+    "XG_PORTS_MAX": 64,
+    "XG_GEO_MAX": 64,
+    "XG_PROTECTED_MAX": 64,
+    "XG_SK_SLOTS": 64,
+}
 CFLAGS = [*dataplane.CFLAGS, "-Werror=implicit-function-declaration"]
 
 
@@ -53,7 +64,8 @@ def test_a_header_missing_an_include_fails(tmp_path):
     with pytest.raises(Exception, match="compile"):
         compile_alone(dataplane.render_source(SMALL, source=broken))
     undeclared = tmp_path / "undeclared.h"
-    undeclared.write_text('#include "common.h"\n'
-                          "static __always_inline int f(void) { return xg_not_declared_anywhere(1); }\n")
+    undeclared.write_text(
+        '#include "common.h"\nstatic __always_inline int f(void) { return xg_not_declared_anywhere(1); }\n'
+    )
     with pytest.raises(Exception, match="compile"):
         compile_alone(dataplane.render_source(SMALL, source=undeclared))

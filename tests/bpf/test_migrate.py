@@ -62,8 +62,10 @@ def test_previous_shapes_hand_over_counters_and_entries(beds):
     # a data-path ban and two operator bans, as the data path / cleansing write them
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     for i, m in enumerate((MapName.BANS, MapName.OPBANS, MapName.OPBANS)):
-        old.maps[m].set(policy.src_key(ipaddress.ip_address(f"198.51.100.{i + 1}")),
-                        abi.Ban(now + 600 * 10**9, 0, int(Reason.BANNED), 0))
+        old.maps[m].set(
+            policy.src_key(ipaddress.ip_address(f"198.51.100.{i + 1}")),
+            abi.Ban(now + 600 * 10**9, 0, int(Reason.BANNED), 0),
+        )
 
     p = migrate.plan(fds(old))
     actions = {s.name: s.action for s in p.steps}
@@ -95,8 +97,10 @@ def test_grown_values_get_a_zero_tail_per_cpu():
     value = b"".join(bytes([i + 1]) * 12 + b"\0" * 4 for i in range(ncpu))
     grown = migrate._grow(value, have, want, ncpu)
     assert len(grown) == 24 * ncpu
-    assert all(grown[i * 24:i * 24 + 12] == bytes([i + 1]) * 12 and not any(grown[i * 24 + 12:(i + 1) * 24])
-               for i in range(ncpu))
+    assert all(
+        grown[i * 24 : i * 24 + 12] == bytes([i + 1]) * 12 and not any(grown[i * 24 + 12 : (i + 1) * 24])
+        for i in range(ncpu)
+    )
     plain = migrate._grow(b"\1\2", migrate.Shape(1, 4, 2, 8, 0), migrate.Shape(1, 4, 5, 8, 0), ncpu)
     assert plain == b"\1\2\0\0\0"
 

@@ -79,7 +79,15 @@ def test_ipv6_tcp_pass_is_sampled_with_kind_pass(bed, reader):
     assert v.reason.label == "clean"
     [s] = reader.drain()
     assert (s.kind, s.reason, s.family, s.proto, s.src, s.dst, s.sport, s.dport) == (
-        "pass", "clean", 6, "tcp", "2001:db8:c::10", PROT6, 1234, 443)
+        "pass",
+        "clean",
+        6,
+        "tcp",
+        "2001:db8:c::10",
+        PROT6,
+        1234,
+        443,
+    )
 
 
 def test_off_and_bypass_are_not_sampled(bed, reader):

@@ -48,9 +48,11 @@ def ack_for(synack: bytes, src=CLIENT, dst=PROT, bump: int = 0) -> bytes:
     """The client's ACK to a SYN-ACK frame (bump: damage the cookie)."""
     sa = Ether(synack)
     t = sa[TCP]
-    return bytes(Ether(src=CMAC, dst=PMAC) / ip_of(src, dst) /
-                 TCP(sport=t.dport, dport=t.sport, flags="A", seq=t.ack, ack=(t.seq + 1 + bump) & 0xFFFFFFFF,
-                     window=502))
+    return bytes(
+        Ether(src=CMAC, dst=PMAC)
+        / ip_of(src, dst)
+        / TCP(sport=t.dport, dport=t.sport, flags="A", seq=t.ack, ack=(t.seq + 1 + bump) & 0xFFFFFFFF, window=502)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +60,16 @@ def bed():
     # XG_SYNCOOKIE_IPV6=1: the IPv6 SYN-ACKs are built and checked here, though the default
     # build leaves IPv6 on retransmit (nft synproxy cannot complete them, syncookie.h);
     # XG_SC_BUDGET_PPS=3: the cookie budget test
-    b = TestBed({"XG_FLOWS_MAX": 1024, "XG_EMBRYOS_MAX": 1024, "XG_LIST_MAX": 1024, "XG_PORTS_MAX": 1024,
-                 "XG_SYNCOOKIE_IPV6": 1, "XG_SC_BUDGET_PPS": 3})
+    b = TestBed(
+        {
+            "XG_FLOWS_MAX": 1024,
+            "XG_EMBRYOS_MAX": 1024,
+            "XG_LIST_MAX": 1024,
+            "XG_PORTS_MAX": 1024,
+            "XG_SYNCOOKIE_IPV6": 1,
+            "XG_SC_BUDGET_PPS": 3,
+        }
+    )
     try:
         b.protect(PROT, PROT6)
         g = Guard(None, None, b.maps)
@@ -75,8 +85,9 @@ def set_syn(bed, **kw) -> None:
     for a in (PROT, PROT6):
         addr = ipaddress.ip_address(a)
         cur = guard.read_address_policy(bed.maps, addr)
-        guard.write_address_policy(bed.maps, addr, policy.AddressPolicy(cur.blocked, cur.limits,
-                                                                         policy.SynPolicy(**kw)))
+        guard.write_address_policy(
+            bed.maps, addr, policy.AddressPolicy(cur.blocked, cur.limits, policy.SynPolicy(**kw))
+        )
 
 
 def reconf(bed, monitor_mask: int = 0) -> None:
@@ -155,15 +166,26 @@ def test_syn_is_answered_with_a_cookie_the_kernel_accepts(cookie, family):
     assert after["ack_valid"] == before["ack_valid"] + 1 and after["ack_bad"] == before["ack_bad"] + 1
 
 
-@pytest.mark.parametrize("desc,frame,family,vlan", [
-    ("no options (the frame grows)", syn(options=[]), 4, None),
-    ("MSS only", syn(options=[("MSS", 536)]), 4, None),
-    ("IPv4 options are not echoed", bytes(Ether(src=CMAC, dst=PMAC) / IP(src=CLIENT, dst=PROT, options=b"\x01\x01\x01\x00")
-                                          / TCP(sport=40001, dport=80, flags="S", options=SYN_OPTS)), 4, None),
-    ("a VLAN tag is kept", syn(vlan=7), 4, 7),
-    ("payload on the SYN (TFO-like) is cut", syn(payload=b"x" * 100), 4, None),
-    ("IPv6 without options", syn(CLIENT6, PROT6, options=[]), 6, None),
-])
+@pytest.mark.parametrize(
+    "desc,frame,family,vlan",
+    [
+        ("no options (the frame grows)", syn(options=[]), 4, None),
+        ("MSS only", syn(options=[("MSS", 536)]), 4, None),
+        (
+            "IPv4 options are not echoed",
+            bytes(
+                Ether(src=CMAC, dst=PMAC)
+                / IP(src=CLIENT, dst=PROT, options=b"\x01\x01\x01\x00")
+                / TCP(sport=40001, dport=80, flags="S", options=SYN_OPTS)
+            ),
+            4,
+            None,
+        ),
+        ("a VLAN tag is kept", syn(vlan=7), 4, 7),
+        ("payload on the SYN (TFO-like) is cut", syn(payload=b"x" * 100), 4, None),
+        ("IPv6 without options", syn(CLIENT6, PROT6, options=[]), 6, None),
+    ],
+)
 def test_synack_shapes(cookie, desc, frame, family, vlan):
     rv, out = run_out(cookie, frame)
     assert rv == XDP_TX, desc
@@ -182,18 +204,21 @@ def test_threshold_governs_and_retransmit_mode_still_drops(bed):
         assert run_out(bed, syn(sport=41000))[0] == XDP_PASS
         # an ACK of no connection is checked for a cookie (a bad one: still tcpstate, counted ack_bad)
         bad = cookie_stats(bed)["ack_bad"]
-        assert bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="A"))).reason == \
-            Reason.TCPSTATE
+        assert (
+            bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="A"))).reason == Reason.TCPSTATE
+        )
         assert cookie_stats(bed)["ack_bad"] == bad + 1
         # RST / FIN floods keep their tcpstate reason
-        assert bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="R"))).reason == \
-            Reason.TCPSTATE
+        assert (
+            bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="R"))).reason == Reason.TCPSTATE
+        )
         set_syn(bed, always=True, mode="retransmit")
         v = bed.verdict(syn(sport=41001))
         assert (v.action, v.reason) == ("drop", Reason.SYN)
         # retransmit mode: the ACK check is off, the plain TCP state step decides
-        assert bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="A"))).reason == \
-            Reason.TCPSTATE
+        assert (
+            bed.verdict(bytes(Ether() / IP(src=CLIENT, dst=PROT) / TCP(dport=80, flags="A"))).reason == Reason.TCPSTATE
+        )
         assert cookie_stats(bed)["ack_bad"] == bad + 1
     finally:
         set_syn(bed)
@@ -233,9 +258,12 @@ def test_answers_hold_round_after_round_beside_a_bare_drop(cookie):
     frame = syn(sport=43000)
     ack = ack_for(run_out(cookie, frame)[1])
     bad = ack_for(run_out(cookie, frame)[1], bump=1)
-    variants = {"bare XDP_DROP": (bare_fd, frame, XDP_DROP), "SYN → cookie SYN-ACK": (cookie.prog.prog_fd, frame, XDP_TX),
-                "ACK, good cookie": (cookie.prog.prog_fd, ack, XDP_PASS),
-                "ACK, bad cookie": (cookie.prog.prog_fd, bad, XDP_DROP)}
+    variants = {
+        "bare XDP_DROP": (bare_fd, frame, XDP_DROP),
+        "SYN → cookie SYN-ACK": (cookie.prog.prog_fd, frame, XDP_TX),
+        "ACK, good cookie": (cookie.prog.prog_fd, ack, XDP_PASS),
+        "ACK, bad cookie": (cookie.prog.prog_fd, bad, XDP_DROP),
+    }
     before = cookie_stats(cookie)
     try:
         res = interleaved_rounds(variants, rounds=50, repeat=1)  # raises on any other action
@@ -290,8 +318,13 @@ def test_unknown_sources_get_a_bounded_share_of_the_dst_bucket(bed):
         for k in list(bed.maps[name].keys()):
             bed.maps[name].delete(k)
     bed.egress(bytes(Ether(src=PMAC, dst=CMAC) / IP(src=PROT, dst=good) / TCP(sport=80, dport=40000, flags="A")))
-    guard.write_address_policy(bed.maps, addr, policy.AddressPolicy(
-        cur.blocked, policy.Limits(dst_pps=1, dst_burst_pkts=10, unknown_share_pct=30), policy.SynPolicy()))
+    guard.write_address_policy(
+        bed.maps,
+        addr,
+        policy.AddressPolicy(
+            cur.blocked, policy.Limits(dst_pps=1, dst_burst_pkts=10, unknown_share_pct=30), policy.SynPolicy()
+        ),
+    )
     try:
         # unknown sources: 30 % of the 10-packet bucket, then `unknown` (the rest is kept)
         got = [bed.verdict(syn(stranger, PROT, sport=45000 + i)).reason for i in range(5)]
@@ -320,8 +353,9 @@ def test_cookie_budget_above_the_threshold(bed):
         slot = bed.maps[MapName.PROT4].get(policy.prot_key(ipaddress.ip_address(PROT))).syn.slot
         bed.maps[MapName.SYNWIN].set(ctypes.c_uint32(slot), abi.SynWin(time.clock_gettime_ns(time.CLOCK_MONOTONIC), 0))
         got = [bed.verdict(syn(sport=47000 + i)) for i in range(7)]
-        assert [(v.action, v.reason) for v in got] == [("pass", Reason.CLEAN)] * 2 + [("tx", Reason.SYNCOOKIE)] * 3 + \
-            [("drop", Reason.SYN)] * 2, got
+        assert [(v.action, v.reason) for v in got] == [("pass", Reason.CLEAN)] * 2 + [("tx", Reason.SYNCOOKIE)] * 3 + [
+            ("drop", Reason.SYN)
+        ] * 2, got
         assert bed.verdict(syn(good, PROT, sport=47010)).reason == Reason.CLEAN  # known-good: no budget
     finally:
         set_syn(bed)

@@ -184,6 +184,7 @@ def test_monitor_counts_would_drop(fresh):
 
 # ---- IPv6 option headers: walked, so the port policy sees the real upper layer ----
 
+
 def v6(*ext, dport=81, flags="S") -> bytes:
     pkt = IPv6(src=CLIENT6, dst=PROT6)
     for h in ext:
@@ -191,11 +192,18 @@ def v6(*ext, dport=81, flags="S") -> bytes:
     return bytes(E / pkt / TCP(sport=40000, dport=dport, flags=flags))
 
 
-@pytest.mark.parametrize("ext", [(IPv6ExtHdrDestOpt(),), (IPv6ExtHdrHopByHop(),), (IPv6ExtHdrRouting(),),
-                                 (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(), IPv6ExtHdrDestOpt()),
-                                 (IPv6ExtHdrHopByHop(), IPv6ExtHdrFragment(offset=0, m=1), IPv6ExtHdrDestOpt()),
-                                 (IPv6ExtHdrFragment(offset=0, m=0),)],
-                         ids=["dest", "hbh", "routing", "chain4", "hbh-frag-dest", "atomic-frag"])
+@pytest.mark.parametrize(
+    "ext",
+    [
+        (IPv6ExtHdrDestOpt(),),
+        (IPv6ExtHdrHopByHop(),),
+        (IPv6ExtHdrRouting(),),
+        (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(), IPv6ExtHdrDestOpt()),
+        (IPv6ExtHdrHopByHop(), IPv6ExtHdrFragment(offset=0, m=1), IPv6ExtHdrDestOpt()),
+        (IPv6ExtHdrFragment(offset=0, m=0),),
+    ],
+    ids=["dest", "hbh", "routing", "chain4", "hbh-frag-dest", "atomic-frag"],
+)
 def test_ipv6_options_walked(fresh, ext):
     assert fresh.verdict(v6(*ext, dport=81)).reason == Reason.PORT  # a SYN to a closed port: dropped
     assert fresh.verdict(v6(*ext, dport=80)).reason == Reason.CLEAN
@@ -209,7 +217,9 @@ def test_ipv6_later_fragment_behind_options(fresh):
 
 def test_ipv6_chain_too_long_is_malformed(fresh):
     assert fresh.verdict(v6(*[IPv6ExtHdrDestOpt() for _ in range(abi.IPV6_EXT_MAX)], dport=80)).reason == Reason.CLEAN
-    assert fresh.verdict(v6(*[IPv6ExtHdrDestOpt() for _ in range(abi.IPV6_EXT_MAX + 1)], dport=80)).reason == \
-        Reason.MALFORMED
-    truncated = v6(IPv6ExtHdrDestOpt(len=4), dport=80)[:14 + 40 + 16]
+    assert (
+        fresh.verdict(v6(*[IPv6ExtHdrDestOpt() for _ in range(abi.IPV6_EXT_MAX + 1)], dport=80)).reason
+        == Reason.MALFORMED
+    )
+    truncated = v6(IPv6ExtHdrDestOpt(len=4), dport=80)[: 14 + 40 + 16]
     assert fresh.verdict(truncated).reason == Reason.MALFORMED

@@ -116,83 +116,218 @@ BASIC = [
     clean("v6-icmpv6-clean", "clean ICMPv6 echo", lambda: v6(l4=ICMPv6EchoRequest())),
     bypass("v4-unprotected", "destination not protected", lambda: v4(dst=UNPROTECTED4)),
     bypass("v6-unprotected", "destination not protected", lambda: v6(dst=UNPROTECTED6)),
-    bypass("v4-unprotected-blocked-src", "the host's own traffic is never filtered, even from a blocked source",
-           lambda: v4(src=ATTACKER4, dst=UNPROTECTED4), entries=(BLOCK_ATTACKER4,)),
-    bypass("v6-unprotected-blocked-src", "the host's own traffic is never filtered, even from a blocked source",
-           lambda: v6(src=ATTACKER6, dst=UNPROTECTED6), entries=(BLOCK_ATTACKER6,)),
+    bypass(
+        "v4-unprotected-blocked-src",
+        "the host's own traffic is never filtered, even from a blocked source",
+        lambda: v4(src=ATTACKER4, dst=UNPROTECTED4),
+        entries=(BLOCK_ATTACKER4,),
+    ),
+    bypass(
+        "v6-unprotected-blocked-src",
+        "the host's own traffic is never filtered, even from a blocked source",
+        lambda: v6(src=ATTACKER6, dst=UNPROTECTED6),
+        entries=(BLOCK_ATTACKER6,),
+    ),
     bypass("arp", "ARP asking for a protected address", lambda: bytes(eth() / ARP(psrc=CLIENT4, pdst=PROTECTED4))),
     bypass("lldp", "non-IP EtherType", lambda: bytes(eth(type=0x88CC) / Raw(b"\x00" * 46))),
 ]
 
 LISTS = [
-    blocked("v4-block-exact", "source blocked by its /32", lambda: v4(src=ATTACKER4), (BLOCK_ATTACKER4,), HIT_ATTACKER4),
-    blocked("v4-block-24", "source blocked by a covering /24", lambda: v4(src=ATTACKER4),
-            (Entry("block", "203.0.113.0/24"),), {("block", "203.0.113.0/24"): 1}),
-    blocked("v4-block-0", "source blocked by 0.0.0.0/0", lambda: v4(src=ATTACKER4),
-            (Entry("block", "0.0.0.0/0"),), {("block", "0.0.0.0/0"): 1}),
-    blocked("v4-block-longest-match", "with /32 and /24 both present only the /32 counts the hit",
-            lambda: v4(src=ATTACKER4), (BLOCK_ATTACKER4, Entry("block", "203.0.113.0/24")), HIT_ATTACKER4),
-    clean("v4-block-other-source", "a blocklist entry not covering the source", lambda: v4(),
-          entries=(BLOCK_ATTACKER4,)),
-    blocked("v6-block-exact", "source blocked by its /128", lambda: v6(src=ATTACKER6), (BLOCK_ATTACKER6,), HIT_ATTACKER6),
-    blocked("v6-block-48", "source blocked by a covering /48", lambda: v6(src=ATTACKER6),
-            (Entry("block", "2001:db8:bad::/48"),), {("block", "2001:db8:bad::/48"): 1}),
-    blocked("v6-block-0", "source blocked by ::/0", lambda: v6(src=ATTACKER6),
-            (Entry("block", "::/0"),), {("block", "::/0"): 1}),
-    blocked("v4-block-v6-entry-ignored", "a v4 source is judged by the v4 trie only: ::/0 does not block it",
-            lambda: v4(src=ATTACKER4), (Entry("block", "::/0"), BLOCK_ATTACKER4), HIT_ATTACKER4),
-    Case("v4-allow-over-block", "same /32 in both lists: allowlist wins, blocklist hit unchanged",
-         lambda: v4(src=ATTACKER4), PASS, Kind.PASS, Reason.ALLOWLIST,
-         (BLOCK_ATTACKER4, Entry("allow", f"{ATTACKER4}/32")), {("allow", f"{ATTACKER4}/32"): 1}),
-    Case("v6-allow-over-block", "same /128 in both lists: allowlist wins, blocklist hit unchanged",
-         lambda: v6(src=ATTACKER6), PASS, Kind.PASS, Reason.ALLOWLIST,
-         (BLOCK_ATTACKER6, Entry("allow", f"{ATTACKER6}/128")), {("allow", f"{ATTACKER6}/128"): 1}),
-    Case("v4-allow-24-over-block-32", "a covering allow /24 beats a more specific block /32",
-         lambda: v4(src=ATTACKER4), PASS, Kind.PASS, Reason.ALLOWLIST,
-         (BLOCK_ATTACKER4, Entry("allow", "203.0.113.0/24")), {("allow", "203.0.113.0/24"): 1}),
-    blocked("v4-allow-not-covering", "an allowlist entry not covering the source does not help",
-            lambda: v4(src=ATTACKER4), (BLOCK_ATTACKER4, Entry("allow", "198.51.100.0/24")), HIT_ATTACKER4),
-    blocked("v6-allow-not-covering", "an allowlist entry not covering the source does not help",
-            lambda: v6(src=ATTACKER6), (BLOCK_ATTACKER6, Entry("allow", "2001:db8:c::/48")), HIT_ATTACKER6),
-    clean("v4-block-expired", "an expired block entry is inert and its hit counter does not move",
-          lambda: v4(src=ATTACKER4), entries=(Entry("block", f"{ATTACKER4}/32", -60),)),
-    blocked("v4-block-expires-later", "an entry expiring in the future blocks", lambda: v4(src=ATTACKER4),
-            (Entry("block", f"{ATTACKER4}/32", 3600),), HIT_ATTACKER4),
-    clean("v6-block-expired", "an expired block entry is inert and its hit counter does not move",
-          lambda: v6(src=ATTACKER6), entries=(Entry("block", f"{ATTACKER6}/128", -60),)),
-    blocked("v6-block-expires-later", "an entry expiring in the future blocks", lambda: v6(src=ATTACKER6),
-            (Entry("block", f"{ATTACKER6}/128", 3600),), HIT_ATTACKER6),
-    blocked("v4-allow-expired", "an expired allow entry no longer shields a blocked source",
-            lambda: v4(src=ATTACKER4), (BLOCK_ATTACKER4, Entry("allow", f"{ATTACKER4}/32", -60)), HIT_ATTACKER4),
+    blocked(
+        "v4-block-exact", "source blocked by its /32", lambda: v4(src=ATTACKER4), (BLOCK_ATTACKER4,), HIT_ATTACKER4
+    ),
+    blocked(
+        "v4-block-24",
+        "source blocked by a covering /24",
+        lambda: v4(src=ATTACKER4),
+        (Entry("block", "203.0.113.0/24"),),
+        {("block", "203.0.113.0/24"): 1},
+    ),
+    blocked(
+        "v4-block-0",
+        "source blocked by 0.0.0.0/0",
+        lambda: v4(src=ATTACKER4),
+        (Entry("block", "0.0.0.0/0"),),
+        {("block", "0.0.0.0/0"): 1},
+    ),
+    blocked(
+        "v4-block-longest-match",
+        "with /32 and /24 both present only the /32 counts the hit",
+        lambda: v4(src=ATTACKER4),
+        (BLOCK_ATTACKER4, Entry("block", "203.0.113.0/24")),
+        HIT_ATTACKER4,
+    ),
+    clean(
+        "v4-block-other-source", "a blocklist entry not covering the source", lambda: v4(), entries=(BLOCK_ATTACKER4,)
+    ),
+    blocked(
+        "v6-block-exact", "source blocked by its /128", lambda: v6(src=ATTACKER6), (BLOCK_ATTACKER6,), HIT_ATTACKER6
+    ),
+    blocked(
+        "v6-block-48",
+        "source blocked by a covering /48",
+        lambda: v6(src=ATTACKER6),
+        (Entry("block", "2001:db8:bad::/48"),),
+        {("block", "2001:db8:bad::/48"): 1},
+    ),
+    blocked(
+        "v6-block-0",
+        "source blocked by ::/0",
+        lambda: v6(src=ATTACKER6),
+        (Entry("block", "::/0"),),
+        {("block", "::/0"): 1},
+    ),
+    blocked(
+        "v4-block-v6-entry-ignored",
+        "a v4 source is judged by the v4 trie only: ::/0 does not block it",
+        lambda: v4(src=ATTACKER4),
+        (Entry("block", "::/0"), BLOCK_ATTACKER4),
+        HIT_ATTACKER4,
+    ),
+    Case(
+        "v4-allow-over-block",
+        "same /32 in both lists: allowlist wins, blocklist hit unchanged",
+        lambda: v4(src=ATTACKER4),
+        PASS,
+        Kind.PASS,
+        Reason.ALLOWLIST,
+        (BLOCK_ATTACKER4, Entry("allow", f"{ATTACKER4}/32")),
+        {("allow", f"{ATTACKER4}/32"): 1},
+    ),
+    Case(
+        "v6-allow-over-block",
+        "same /128 in both lists: allowlist wins, blocklist hit unchanged",
+        lambda: v6(src=ATTACKER6),
+        PASS,
+        Kind.PASS,
+        Reason.ALLOWLIST,
+        (BLOCK_ATTACKER6, Entry("allow", f"{ATTACKER6}/128")),
+        {("allow", f"{ATTACKER6}/128"): 1},
+    ),
+    Case(
+        "v4-allow-24-over-block-32",
+        "a covering allow /24 beats a more specific block /32",
+        lambda: v4(src=ATTACKER4),
+        PASS,
+        Kind.PASS,
+        Reason.ALLOWLIST,
+        (BLOCK_ATTACKER4, Entry("allow", "203.0.113.0/24")),
+        {("allow", "203.0.113.0/24"): 1},
+    ),
+    blocked(
+        "v4-allow-not-covering",
+        "an allowlist entry not covering the source does not help",
+        lambda: v4(src=ATTACKER4),
+        (BLOCK_ATTACKER4, Entry("allow", "198.51.100.0/24")),
+        HIT_ATTACKER4,
+    ),
+    blocked(
+        "v6-allow-not-covering",
+        "an allowlist entry not covering the source does not help",
+        lambda: v6(src=ATTACKER6),
+        (BLOCK_ATTACKER6, Entry("allow", "2001:db8:c::/48")),
+        HIT_ATTACKER6,
+    ),
+    clean(
+        "v4-block-expired",
+        "an expired block entry is inert and its hit counter does not move",
+        lambda: v4(src=ATTACKER4),
+        entries=(Entry("block", f"{ATTACKER4}/32", -60),),
+    ),
+    blocked(
+        "v4-block-expires-later",
+        "an entry expiring in the future blocks",
+        lambda: v4(src=ATTACKER4),
+        (Entry("block", f"{ATTACKER4}/32", 3600),),
+        HIT_ATTACKER4,
+    ),
+    clean(
+        "v6-block-expired",
+        "an expired block entry is inert and its hit counter does not move",
+        lambda: v6(src=ATTACKER6),
+        entries=(Entry("block", f"{ATTACKER6}/128", -60),),
+    ),
+    blocked(
+        "v6-block-expires-later",
+        "an entry expiring in the future blocks",
+        lambda: v6(src=ATTACKER6),
+        (Entry("block", f"{ATTACKER6}/128", 3600),),
+        HIT_ATTACKER6,
+    ),
+    blocked(
+        "v4-allow-expired",
+        "an expired allow entry no longer shields a blocked source",
+        lambda: v4(src=ATTACKER4),
+        (BLOCK_ATTACKER4, Entry("allow", f"{ATTACKER4}/32", -60)),
+        HIT_ATTACKER4,
+    ),
 ]
 
 VLANS = [
     clean("vlan-v4-clean", "802.1Q tag, v4", lambda: v4(vlans=("q",))),
     clean("vlan-v6-clean", "802.1Q tag, v6", lambda: v6(vlans=("q",))),
-    blocked("vlan-v4-blocked", "802.1Q tag, v4 blocked source", lambda: v4(src=ATTACKER4, vlans=("q",)),
-            (BLOCK_ATTACKER4,), HIT_ATTACKER4),
-    blocked("vlan-v6-blocked", "802.1Q tag, v6 blocked source", lambda: v6(src=ATTACKER6, vlans=("q",)),
-            (BLOCK_ATTACKER6,), HIT_ATTACKER6),
+    blocked(
+        "vlan-v4-blocked",
+        "802.1Q tag, v4 blocked source",
+        lambda: v4(src=ATTACKER4, vlans=("q",)),
+        (BLOCK_ATTACKER4,),
+        HIT_ATTACKER4,
+    ),
+    blocked(
+        "vlan-v6-blocked",
+        "802.1Q tag, v6 blocked source",
+        lambda: v6(src=ATTACKER6, vlans=("q",)),
+        (BLOCK_ATTACKER6,),
+        HIT_ATTACKER6,
+    ),
     clean("qinq-v4-clean", "QinQ (0x88a8 outer, 0x8100 inner), v4", lambda: v4(vlans=("ad", "q"))),
     clean("qinq-v6-clean", "QinQ (0x88a8 outer, 0x8100 inner), v6", lambda: v6(vlans=("ad", "q"))),
-    blocked("qinq-v4-blocked", "QinQ, v4 blocked source", lambda: v4(src=ATTACKER4, vlans=("ad", "q")),
-            (BLOCK_ATTACKER4,), HIT_ATTACKER4),
-    blocked("qinq-v6-blocked", "QinQ, v6 blocked source", lambda: v6(src=ATTACKER6, vlans=("ad", "q")),
-            (BLOCK_ATTACKER6,), HIT_ATTACKER6),
-    bypass("three-tags-v4", "three VLAN tags exceed XG_VLAN_MAX=2: not parsed, bypass (blocklist untouched)",
-           lambda: v4(src=ATTACKER4, vlans=("ad", "q", "q")), entries=(BLOCK_ATTACKER4,)),
-    bypass("three-tags-v6", "three VLAN tags exceed XG_VLAN_MAX=2: not parsed, bypass (blocklist untouched)",
-           lambda: v6(src=ATTACKER6, vlans=("ad", "q", "q")), entries=(BLOCK_ATTACKER6,)),
-    bypass("vlan-tag-truncated", "802.1Q EtherType but only 2 bytes of tag", lambda: bytes(eth(type=0x8100)) + b"\x00\x0a"),
+    blocked(
+        "qinq-v4-blocked",
+        "QinQ, v4 blocked source",
+        lambda: v4(src=ATTACKER4, vlans=("ad", "q")),
+        (BLOCK_ATTACKER4,),
+        HIT_ATTACKER4,
+    ),
+    blocked(
+        "qinq-v6-blocked",
+        "QinQ, v6 blocked source",
+        lambda: v6(src=ATTACKER6, vlans=("ad", "q")),
+        (BLOCK_ATTACKER6,),
+        HIT_ATTACKER6,
+    ),
+    bypass(
+        "three-tags-v4",
+        "three VLAN tags exceed XG_VLAN_MAX=2: not parsed, bypass (blocklist untouched)",
+        lambda: v4(src=ATTACKER4, vlans=("ad", "q", "q")),
+        entries=(BLOCK_ATTACKER4,),
+    ),
+    bypass(
+        "three-tags-v6",
+        "three VLAN tags exceed XG_VLAN_MAX=2: not parsed, bypass (blocklist untouched)",
+        lambda: v6(src=ATTACKER6, vlans=("ad", "q", "q")),
+        entries=(BLOCK_ATTACKER6,),
+    ),
+    bypass(
+        "vlan-tag-truncated", "802.1Q EtherType but only 2 bytes of tag", lambda: bytes(eth(type=0x8100)) + b"\x00\x0a"
+    ),
 ]
 
 # Headers too short to hold the destination: the packet cannot be ours to judge.
 UNKNOWABLE = [
     bypass("ethernet-only", "IPv4 EtherType, nothing after the Ethernet header", lambda: bytes(eth(type=0x0800))),
-    bypass("v4-header-19-bytes", "IPv4 header one byte short", lambda: cut(v4(src=ATTACKER4), ETH_LEN + 19),
-           entries=(BLOCK_ATTACKER4,)),
-    bypass("v6-header-39-bytes", "IPv6 header one byte short", lambda: cut(v6(src=ATTACKER6), ETH_LEN + 39),
-           entries=(BLOCK_ATTACKER6,)),
+    bypass(
+        "v4-header-19-bytes",
+        "IPv4 header one byte short",
+        lambda: cut(v4(src=ATTACKER4), ETH_LEN + 19),
+        entries=(BLOCK_ATTACKER4,),
+    ),
+    bypass(
+        "v6-header-39-bytes",
+        "IPv6 header one byte short",
+        lambda: cut(v6(src=ATTACKER6), ETH_LEN + 39),
+        entries=(BLOCK_ATTACKER6,),
+    ),
 ]
 
 # Malformed or truncated at L3/L4 but with the destination readable: each builder takes dst.
@@ -206,13 +341,19 @@ MALFORMED: list[tuple[str, str, Callable[[str], bytes]]] = [
     ("v4-tcp-10-bytes", "TCP truncated to 10 bytes", lambda d: cut(v4(dst=d), L4_AT_V4 + 10)),
     ("v4-udp-4-bytes", "UDP truncated to 4 bytes", lambda d: cut(v4(dst=d, l4=UDP()), L4_AT_V4 + 4)),
     ("v4-icmp-2-bytes", "ICMP truncated to 2 bytes", lambda d: cut(v4(dst=d, l4=ICMP()), L4_AT_V4 + 2)),
-    ("v4-first-fragment-tcp-10-bytes", "first fragment (MF, offset 0) still has its L4 checked",
-     lambda d: cut(v4(dst=d, flags="MF"), L4_AT_V4 + 10)),
+    (
+        "v4-first-fragment-tcp-10-bytes",
+        "first fragment (MF, offset 0) still has its L4 checked",
+        lambda d: cut(v4(dst=d, flags="MF"), L4_AT_V4 + 10),
+    ),
     ("v6-version-4", "IPv6 EtherType, version field 4", lambda d: v6(dst=d, version=4)),
     ("v6-tcp-10-bytes", "IPv6, TCP truncated to 10 bytes", lambda d: cut(v6(dst=d), L4_AT_V6 + 10)),
     ("v6-udp-4-bytes", "IPv6, UDP truncated to 4 bytes", lambda d: cut(v6(dst=d, l4=UDP()), L4_AT_V6 + 4)),
-    ("v6-icmpv6-2-bytes", "ICMPv6 truncated to 2 bytes",
-     lambda d: cut(v6(dst=d, l4=ICMPv6EchoRequest()), L4_AT_V6 + 2)),
+    (
+        "v6-icmpv6-2-bytes",
+        "ICMPv6 truncated to 2 bytes",
+        lambda d: cut(v6(dst=d, l4=ICMPv6EchoRequest()), L4_AT_V6 + 2),
+    ),
 ]
 
 
@@ -222,41 +363,117 @@ def _dst(id: str, protected: bool) -> str:
     return PROTECTED6 if protected else UNPROTECTED6
 
 
-MALFORMED_CASES = [
-    Case(f"{id}-protected", description, (lambda b=build, d=_dst(id, True): b(d)), DROP, Kind.DROP, Reason.MALFORMED)
-    for id, description, build in MALFORMED
-] + [
-    bypass(f"{id}-unprotected", f"{description}, to an unprotected destination", (lambda b=build, d=_dst(id, False): b(d)))
-    for id, description, build in MALFORMED
-] + [
-    blocked("v4-blocked-truncated-tcp", "the blocklist comes before the malformed check",
-            lambda: cut(v4(src=ATTACKER4), L4_AT_V4 + 10), (BLOCK_ATTACKER4,), HIT_ATTACKER4),
-    blocked("v4-blocked-ihl-4", "the blocklist comes before the malformed check",
-            lambda: v4(src=ATTACKER4, ihl=4), (BLOCK_ATTACKER4,), HIT_ATTACKER4),
-    blocked("v6-blocked-truncated-tcp", "the blocklist comes before the malformed check",
-            lambda: cut(v6(src=ATTACKER6), L4_AT_V6 + 10), (BLOCK_ATTACKER6,), HIT_ATTACKER6),
-    clean("v4-nonfirst-fragment", "non-first fragment: no L4 header to check",
-          lambda: bytes(eth() / IP(src=CLIENT4, dst=PROTECTED4, proto=6, frag=185) / Raw(b"\x00" * 4))),
-    clean("v4-nonfirst-last-fragment-empty", "last non-first fragment without payload",
-          lambda: bytes(eth() / IP(src=CLIENT4, dst=PROTECTED4, proto=17, frag=1))),
-]
+MALFORMED_CASES = (
+    [
+        Case(
+            f"{id}-protected", description, (lambda b=build, d=_dst(id, True): b(d)), DROP, Kind.DROP, Reason.MALFORMED
+        )
+        for id, description, build in MALFORMED
+    ]
+    + [
+        bypass(
+            f"{id}-unprotected",
+            f"{description}, to an unprotected destination",
+            (lambda b=build, d=_dst(id, False): b(d)),
+        )
+        for id, description, build in MALFORMED
+    ]
+    + [
+        blocked(
+            "v4-blocked-truncated-tcp",
+            "the blocklist comes before the malformed check",
+            lambda: cut(v4(src=ATTACKER4), L4_AT_V4 + 10),
+            (BLOCK_ATTACKER4,),
+            HIT_ATTACKER4,
+        ),
+        blocked(
+            "v4-blocked-ihl-4",
+            "the blocklist comes before the malformed check",
+            lambda: v4(src=ATTACKER4, ihl=4),
+            (BLOCK_ATTACKER4,),
+            HIT_ATTACKER4,
+        ),
+        blocked(
+            "v6-blocked-truncated-tcp",
+            "the blocklist comes before the malformed check",
+            lambda: cut(v6(src=ATTACKER6), L4_AT_V6 + 10),
+            (BLOCK_ATTACKER6,),
+            HIT_ATTACKER6,
+        ),
+        clean(
+            "v4-nonfirst-fragment",
+            "non-first fragment: no L4 header to check",
+            lambda: bytes(eth() / IP(src=CLIENT4, dst=PROTECTED4, proto=6, frag=185) / Raw(b"\x00" * 4)),
+        ),
+        clean(
+            "v4-nonfirst-last-fragment-empty",
+            "last non-first fragment without payload",
+            lambda: bytes(eth() / IP(src=CLIENT4, dst=PROTECTED4, proto=17, frag=1)),
+        ),
+    ]
+)
 
 MONITOR = [
-    Case("monitor-v4-blocked", "monitor mode: a blocklist drop is passed and counted as would_drop",
-         lambda: v4(src=ATTACKER4), PASS, Kind.WOULD_DROP, Reason.BLOCKLIST, (BLOCK_ATTACKER4,), HIT_ATTACKER4,
-         monitor_mask=ALL_DROP_REASONS),
-    Case("monitor-v6-blocked", "monitor mode: a blocklist drop is passed and counted as would_drop",
-         lambda: v6(src=ATTACKER6), PASS, Kind.WOULD_DROP, Reason.BLOCKLIST, (BLOCK_ATTACKER6,), HIT_ATTACKER6,
-         monitor_mask=ALL_DROP_REASONS),
-    Case("monitor-v4-malformed", "monitor mode: a malformed drop is passed and counted as would_drop",
-         lambda: cut(v4(), L4_AT_V4 + 10), PASS, Kind.WOULD_DROP, Reason.MALFORMED, monitor_mask=ALL_DROP_REASONS),
-    Case("monitor-v4-clean", "monitor mode does not touch clean traffic", lambda: v4(), PASS, Kind.PASS, Reason.CLEAN,
-         monitor_mask=ALL_DROP_REASONS),
-    Case("monitor-only-blocklist-malformed", "monitor mask with only the blocklist bit still drops malformed",
-         lambda: cut(v4(), L4_AT_V4 + 10), DROP, Kind.DROP, Reason.MALFORMED, monitor_mask=1 << Reason.BLOCKLIST),
-    Case("monitor-only-malformed-blocked", "monitor mask with only the malformed bit still drops blocked sources",
-         lambda: v4(src=ATTACKER4), DROP, Kind.DROP, Reason.BLOCKLIST, (BLOCK_ATTACKER4,), HIT_ATTACKER4,
-         monitor_mask=1 << Reason.MALFORMED),
+    Case(
+        "monitor-v4-blocked",
+        "monitor mode: a blocklist drop is passed and counted as would_drop",
+        lambda: v4(src=ATTACKER4),
+        PASS,
+        Kind.WOULD_DROP,
+        Reason.BLOCKLIST,
+        (BLOCK_ATTACKER4,),
+        HIT_ATTACKER4,
+        monitor_mask=ALL_DROP_REASONS,
+    ),
+    Case(
+        "monitor-v6-blocked",
+        "monitor mode: a blocklist drop is passed and counted as would_drop",
+        lambda: v6(src=ATTACKER6),
+        PASS,
+        Kind.WOULD_DROP,
+        Reason.BLOCKLIST,
+        (BLOCK_ATTACKER6,),
+        HIT_ATTACKER6,
+        monitor_mask=ALL_DROP_REASONS,
+    ),
+    Case(
+        "monitor-v4-malformed",
+        "monitor mode: a malformed drop is passed and counted as would_drop",
+        lambda: cut(v4(), L4_AT_V4 + 10),
+        PASS,
+        Kind.WOULD_DROP,
+        Reason.MALFORMED,
+        monitor_mask=ALL_DROP_REASONS,
+    ),
+    Case(
+        "monitor-v4-clean",
+        "monitor mode does not touch clean traffic",
+        lambda: v4(),
+        PASS,
+        Kind.PASS,
+        Reason.CLEAN,
+        monitor_mask=ALL_DROP_REASONS,
+    ),
+    Case(
+        "monitor-only-blocklist-malformed",
+        "monitor mask with only the blocklist bit still drops malformed",
+        lambda: cut(v4(), L4_AT_V4 + 10),
+        DROP,
+        Kind.DROP,
+        Reason.MALFORMED,
+        monitor_mask=1 << Reason.BLOCKLIST,
+    ),
+    Case(
+        "monitor-only-malformed-blocked",
+        "monitor mask with only the malformed bit still drops blocked sources",
+        lambda: v4(src=ATTACKER4),
+        DROP,
+        Kind.DROP,
+        Reason.BLOCKLIST,
+        (BLOCK_ATTACKER4,),
+        HIT_ATTACKER4,
+        monitor_mask=1 << Reason.MALFORMED,
+    ),
 ]
 
 DISABLED = [
@@ -264,12 +481,33 @@ DISABLED = [
     for c in (
         clean("v4-clean", "clean v4", lambda: v4()),
         clean("v6-clean", "clean v6", lambda: v6()),
-        Case("v4-blocked", "blocked v4 source (hit counter untouched)", lambda: v4(src=ATTACKER4), DROP, Kind.DROP,
-             Reason.BLOCKLIST, (BLOCK_ATTACKER4,)),
-        Case("v6-blocked", "blocked v6 source (hit counter untouched)", lambda: v6(src=ATTACKER6), DROP, Kind.DROP,
-             Reason.BLOCKLIST, (BLOCK_ATTACKER6,)),
-        Case("v4-allowed", "allowlisted source (hit counter untouched)", lambda: v4(src=ATTACKER4), PASS, Kind.PASS,
-             Reason.ALLOWLIST, (Entry("allow", f"{ATTACKER4}/32"),)),
+        Case(
+            "v4-blocked",
+            "blocked v4 source (hit counter untouched)",
+            lambda: v4(src=ATTACKER4),
+            DROP,
+            Kind.DROP,
+            Reason.BLOCKLIST,
+            (BLOCK_ATTACKER4,),
+        ),
+        Case(
+            "v6-blocked",
+            "blocked v6 source (hit counter untouched)",
+            lambda: v6(src=ATTACKER6),
+            DROP,
+            Kind.DROP,
+            Reason.BLOCKLIST,
+            (BLOCK_ATTACKER6,),
+        ),
+        Case(
+            "v4-allowed",
+            "allowlisted source (hit counter untouched)",
+            lambda: v4(src=ATTACKER4),
+            PASS,
+            Kind.PASS,
+            Reason.ALLOWLIST,
+            (Entry("allow", f"{ATTACKER4}/32"),),
+        ),
         Case("v4-malformed", "truncated TCP", lambda: cut(v4(), L4_AT_V4 + 10), DROP, Kind.DROP, Reason.MALFORMED),
         Case("arp", "ARP", lambda: bytes(eth() / ARP(pdst=PROTECTED4)), PASS, Kind.PASS, Reason.BYPASS),
     )
@@ -347,8 +585,12 @@ def test_verdict(bed, case: Case):
     "packet, entries, action, slot",
     [
         pytest.param(lambda: v4(), (), PASS, (Kind.PASS, Reason.CLEAN), id="v4-clean"),
-        pytest.param(lambda: v6(l4=UDP(dport=53) / Raw(b"x" * 100)), (), PASS, (Kind.PASS, Reason.CLEAN), id="v6-clean"),
-        pytest.param(lambda: v4(src=ATTACKER4), (BLOCK_ATTACKER4,), DROP, (Kind.DROP, Reason.BLOCKLIST), id="v4-blocked"),
+        pytest.param(
+            lambda: v6(l4=UDP(dport=53) / Raw(b"x" * 100)), (), PASS, (Kind.PASS, Reason.CLEAN), id="v6-clean"
+        ),
+        pytest.param(
+            lambda: v4(src=ATTACKER4), (BLOCK_ATTACKER4,), DROP, (Kind.DROP, Reason.BLOCKLIST), id="v4-blocked"
+        ),
         pytest.param(lambda: v4(dst=UNPROTECTED4), (), PASS, (Kind.PASS, Reason.BYPASS), id="v4-bypass"),
     ],
 )
@@ -362,8 +604,11 @@ def test_repeat_counts_every_run(bed, packet, entries, action, slot):
 
     counters_after, hits_after = bed.counters(), hits(bed, entries)
     assert {"pass": 2, "drop": 1}[action] == rv
-    moved = {k: (counters_after[k][0] - counters_before[k][0], counters_after[k][1] - counters_before[k][1])
-             for k in counters_after if counters_after[k] != counters_before[k]}
+    moved = {
+        k: (counters_after[k][0] - counters_before[k][0], counters_after[k][1] - counters_before[k][1])
+        for k in counters_after
+        if counters_after[k] != counters_before[k]
+    }
     assert moved == {slot: (n, n * len(pkt))}
     assert {k: hits_after[k] - hits_before[k] for k in hits_after} == {k: n for k in hits_after}
 

@@ -71,8 +71,17 @@ def key(addr: str) -> abi.SrcKey:
 
 @pytest.fixture(scope="module")
 def tb():
-    b = TestBed({"XG_PORTS_MAX": SMALL, "XG_GOODSRC_MAX": SMALL, "XG_LIST_MAX": SMALL, "XG_BANS_MAX": SMALL,
-                 "XG_FLOWS_MAX": SMALL, "XG_EMBRYOS_MAX": SMALL, "XG_SYNAUTH_MAX": SMALL})
+    b = TestBed(
+        {
+            "XG_PORTS_MAX": SMALL,
+            "XG_GOODSRC_MAX": SMALL,
+            "XG_LIST_MAX": SMALL,
+            "XG_BANS_MAX": SMALL,
+            "XG_FLOWS_MAX": SMALL,
+            "XG_EMBRYOS_MAX": SMALL,
+            "XG_SYNAUTH_MAX": SMALL,
+        }
+    )
     try:
         b.protect(PROT, PROT_B, PROT6)
         yield b
@@ -80,8 +89,19 @@ def tb():
         b.close()
 
 
-SOFT_MAPS = ("PORTS", "PORTLIM", "BUCKETS", "DSTBKT", "BANS", "OPBANS", "SYNSEEN", "SYNAUTH", "FLOWS", "EMBRYOS",
-             "GOODSRC")
+SOFT_MAPS = (
+    "PORTS",
+    "PORTLIM",
+    "BUCKETS",
+    "DSTBKT",
+    "BANS",
+    "OPBANS",
+    "SYNSEEN",
+    "SYNAUTH",
+    "FLOWS",
+    "EMBRYOS",
+    "GOODSRC",
+)
 
 
 @pytest.fixture
@@ -134,8 +154,7 @@ def goodsrc(b: TestBed) -> dict[bytes, tuple]:
 
 def test_spoofed_syns_from_a_verified_client_do_not_ban_it(bed):
     addr = ipaddress.ip_address(PROT)
-    guard.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=20,
-                                                                            ban_s=60)))
+    guard.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=20, ban_s=60)))
     establish(bed)
     assert bed.verdict(tcp(CLIENT, "A")).reason == Reason.CLEAN
     frame = bytearray(tcp(CLIENT, "S", sport=1))
@@ -151,8 +170,7 @@ def test_spoofed_syns_from_a_verified_client_do_not_ban_it(bed):
 
 def test_bans_from_spoofable_evidence_are_short(bed):
     addr = ipaddress.ip_address(PROT)
-    guard.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=2,
-                                                                            ban_s=600)))
+    guard.write_address_policy(bed.maps, addr, AddressPolicy(limits=Limits(syn_src_pps=10, syn_src_burst=2, ban_s=600)))
     for i in range(5):
         bed.verdict(tcp(STRANGER, "S", sport=2000 + i))
     ban = bed.maps[MapName.BANS].get(key(STRANGER))
@@ -164,8 +182,9 @@ def test_an_established_connection_is_evidence_for_a_full_ban(bed):
     """Packets of a recorded connection are no spoofer's: past its limit (its verified budget
     spent) the client gets the whole ban_s."""
     guard.write_verify_settings(bed.maps, policy.VerifySettings(tcp_pps=1, tcp_burst=1))
-    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT),
-                                AddressPolicy(limits=Limits(src_pps=1, src_burst_pkts=4, ban_s=600)))
+    guard.write_address_policy(
+        bed.maps, ipaddress.ip_address(PROT), AddressPolicy(limits=Limits(src_pps=1, src_burst_pkts=4, ban_s=600))
+    )
     establish(bed)
     got = [bed.verdict(tcp(CLIENT, "PA")).reason for _ in range(8)]
     assert Reason.RATELIMIT in got, got
@@ -191,8 +210,9 @@ def test_full_dst_bucket_map_never_fails_closed_for_another_address(bed):
 
 
 def test_ports_past_a_full_map_share_their_address_bucket_and_the_sweep_empties_it(bed):
-    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT),
-                                AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=3)))
+    guard.write_address_policy(
+        bed.maps, ipaddress.ip_address(PROT), AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=3))
+    )
     no_port_policy(bed, PROT)
     dst = bed.maps[MapName.DSTBKT]
     for i in range(SMALL):  # fill the map with other ports' buckets
@@ -223,8 +243,13 @@ def test_udp_answers_in_peacetime_verify_for_udp_only(bed):
     e = bed.maps[MapName.GOODSRC].get(key(CLIENT))
     assert e is not None and e.kind == abi.VF_UDP
     assert e.expires_ns - now_ns() <= abi.GOOD_UDP_TTL_S * 10**9
-    guard.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp"),
-                                               Filter(action=policy.MITIGATE, proto="tcp", tcp_flags=(0x12, 0x02))])
+    guard.write_mitigation_filters(
+        bed.maps,
+        [
+            Filter(action=policy.MITIGATE, proto="udp"),
+            Filter(action=policy.MITIGATE, proto="tcp", tcp_flags=(0x12, 0x02)),
+        ],
+    )
     assert bed.verdict(udp(CLIENT)).reason == Reason.CLEAN  # UDP: verified
     assert bed.verdict(udp(STRANGER)).reason == Reason.MITIGATION
     assert bed.verdict(tcp(CLIENT, "S")).reason == Reason.MITIGATION  # TCP: not proven by a UDP answer
@@ -280,8 +305,9 @@ def test_a_flood_sending_every_syn_twice_gets_a_bounded_admission(bed):
 
 def test_verified_sources_pass_mitigation_filters_not_operator_filters(bed):
     establish(bed)
-    guard.write_global_policy(bed.maps, GlobalPolicy(reflection=False, filters=(
-        Filter(action="drop", proto="udp", payload=b"EVIL"),)))
+    guard.write_global_policy(
+        bed.maps, GlobalPolicy(reflection=False, filters=(Filter(action="drop", proto="udp", payload=b"EVIL"),))
+    )
     guard.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp", length=(0, 1500))])
     assert bed.verdict(udp(CLIENT)).reason == Reason.CLEAN
     assert bed.verdict(udp(STRANGER)).reason == Reason.MITIGATION
@@ -310,8 +336,11 @@ def test_bans_that_hit_verified_sources_are_counted(bed):
 
 def test_verified_sources_pass_the_unverified_budget_but_not_their_own_limit(bed):
     establish(bed)
-    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
-        limits=Limits(dst_pps=1, dst_burst_pkts=2, src_pps=1, src_burst_pkts=6, ban_s=60)))
+    guard.write_address_policy(
+        bed.maps,
+        ipaddress.ip_address(PROT),
+        AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=2, src_pps=1, src_burst_pkts=6, ban_s=60)),
+    )
     got = [bed.verdict(tcp(CLIENT, "A")).reason for _ in range(6)]
     assert got == [Reason.CLEAN] * 6, got  # the per-destination budget (for unknown traffic) never drops it
     assert bed.verdict(tcp(STRANGER, "S", sport=999)).reason == Reason.RATELIMIT
@@ -342,8 +371,11 @@ def test_spoofed_ingress_never_inserts_refreshes_or_evicts(bed):
     establish(bed)
     bed.egress(out_udp("203.0.113.8"))
     guard.write_mitigation_filters(bed.maps, [Filter(action=policy.MITIGATE, proto="udp")])
-    guard.write_address_policy(bed.maps, ipaddress.ip_address(PROT), AddressPolicy(
-        limits=Limits(dst_pps=1, dst_burst_pkts=1, syn_src_pps=1, syn_src_burst=1, ban_s=60)))
+    guard.write_address_policy(
+        bed.maps,
+        ipaddress.ip_address(PROT),
+        AddressPolicy(limits=Limits(dst_pps=1, dst_burst_pkts=1, syn_src_pps=1, syn_src_burst=1, ban_s=60)),
+    )
     before = goodsrc(bed)
     frame = bytearray(tcp(STRANGER, "A"))
     syn = bytearray(tcp(CLIENT, "S"))

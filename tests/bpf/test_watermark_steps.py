@@ -118,8 +118,16 @@ def test_unmarked_and_bad_marks_dropped_with_reason_watermark(bed, dst):
     bad_mac = bytearray(good)
     bad_mac[-1] ^= 0x80
     b0 = wmcount(bed, WM_CNT_BAD)
-    for pkt in (data, bytes(bad_in_window), bytes(bad_mac), marked(data, key=KEY2), marked(data, port=OTHER),
-                good[:-1], b"", b"short"):
+    for pkt in (
+        data,
+        bytes(bad_in_window),
+        bytes(bad_mac),
+        marked(data, key=KEY2),
+        marked(data, port=OTHER),
+        good[:-1],
+        b"",
+        b"short",
+    ):
         action, (kind, reason), _ = run(bed, frame(pkt, dst))
         assert (action, kind, reason) == ("drop", Kind.DROP, Reason.WATERMARK), pkt
     assert wmcount(bed, WM_CNT_BAD) - b0 >= 4
@@ -164,7 +172,9 @@ def test_rotation_overlap_accepts_the_previous_key_until_it_ends(bed):
     assert (wmcount(bed, WM_CNT_PASS_OLD) - o0, wmcount(bed, WM_CNT_PASS) - p0) == (1, 1)
     # past the overlap: the old key is refused, the new one still passes
     later = NOW + wm.DEFAULT_OVERLAP + 1
-    guard.write_watermark_service(bed.maps, ipaddress.ip_address(PROT), PORT, pin(wm.value(KEY2, rot, previous=KEY, now=NOW), later))
+    guard.write_watermark_service(
+        bed.maps, ipaddress.ip_address(PROT), PORT, pin(wm.value(KEY2, rot, previous=KEY, now=NOW), later)
+    )
     assert run(bed, frame(marked(b"old", key=KEY, now=later)))[1] == (Kind.DROP, Reason.WATERMARK)
     assert run(bed, frame(marked(b"new", key=KEY2, now=later)))[0] == "pass"
     # a value built after the overlap holds no previous key at all
@@ -198,8 +208,9 @@ def test_shared_vectors_pass_the_data_path(bed):
     vec = json.load(open(sdk.VECTORS))
     for v in vec["marks"]:
         spec = wm.WatermarkSpec(v["port"], "/x", step=v["step"], window=v["window"], skew=1)
-        guard.write_watermark_service(bed.maps, ipaddress.ip_address(PROT), v["port"],
-                         pin(wm.value(bytes.fromhex(v["key"]), spec), v["now"]))
+        guard.write_watermark_service(
+            bed.maps, ipaddress.ip_address(PROT), v["port"], pin(wm.value(bytes.fromhex(v["key"]), spec), v["now"])
+        )
         data, dgram = bytes.fromhex(v["data"]), bytes.fromhex(v["datagram"])
         action, _, out = run(bed, frame(dgram, dport=v["port"]))
         assert action == "pass" and out == frame(data, dport=v["port"]), v

@@ -21,8 +21,14 @@ class CliLab:
             self.env["XDPGUARD_TCP_GRACE"] = str(grace_s)
 
     def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
-                           timeout=180, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [*topology.xdpguard_argv(), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=180,
+            stdin=subprocess.DEVNULL,
+        )
         assert not check or p.returncode == 0, f"xdpguard {' '.join(args)}: {p.stderr.strip()}"
         return p
 
@@ -30,8 +36,14 @@ class CliLab:
         return f"xg-{self.name}-{role}"
 
     def in_ns(self, role: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], capture_output=True, text=True,
-                              timeout=timeout, env=self.env, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:

@@ -40,12 +40,36 @@ def test_quick_acceptance_enforcing_never_worse_than_monitor(tmp_path):
         msg = f"missing {', '.join(missing)}; run scripts/setup.sh"
         pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
     name = f"q{os.getpid() % 10_000_000}"
-    env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_STATE_DIR": str(tmp_path / "state"),
-           "XDPGUARD_RUN_DIR": str(tmp_path / "run"), "XDPGUARD_TCP_GRACE": "2"}
+    env = {
+        **os.environ,
+        "XDPGUARD_LAB_NAME": name,
+        "XDPGUARD_STATE_DIR": str(tmp_path / "state"),
+        "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
+        "XDPGUARD_TCP_GRACE": "2",
+    }
     out = tmp_path / "acceptance.json"
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "acceptance.py"), "--quick", "--duration", "5",
-                        "--warmup", "10", "--recover", "2", "--one-control", "--json", str(out)],
-                       capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL, cwd=ROOT)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "acceptance.py"),
+            "--quick",
+            "--duration",
+            "5",
+            "--warmup",
+            "10",
+            "--recover",
+            "2",
+            "--one-control",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     print(p.stdout)
     assert p.returncode == 0, p.stdout + p.stderr
     assert not [r for r in topology.ROLES if topology.ns_exists(f"xg-{name}-{r}")]

@@ -38,8 +38,14 @@ class AttackLab:
         self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(self.run_dir)}
 
     def xg(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
-                           timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [*topology.xdpguard_argv(), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
         return p
@@ -51,8 +57,14 @@ class AttackLab:
         return f"xg-{self.name}-{role}"
 
     def in_ns(self, role: str, *argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], capture_output=True, text=True,
-                              timeout=60, env=self.env, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
 
     def counters(self) -> dict[tuple[str, str], int]:
         p = self.in_ns("prot", *topology.xdpguard_argv(), "status", topology.PROT_IFACE, "--json")
@@ -60,8 +72,9 @@ class AttackLab:
         return {(c["kind"], c["reason"]): c["packets"] for c in json.loads(p.stdout)[0]["counters"]}
 
     def block(self, add: bool) -> None:
-        p = self.in_ns("prot", *topology.xdpguard_argv(), "block", "add" if add else "del", topology.ATTACKER4,
-                       topology.ATTACKER6)
+        p = self.in_ns(
+            "prot", *topology.xdpguard_argv(), "block", "add" if add else "del", topology.ATTACKER4, topology.ATTACKER6
+        )
         assert p.returncode == 0, p.stderr
 
     def attack(self, *args: str) -> tuple[dict, float]:
@@ -140,9 +153,14 @@ def test_udp_flood_passes_until_blocked(alab: AttackLab):
 
 @pytest.mark.parametrize("kind", list(EXPECTED))
 def test_probe_succeeds_under_attack(alab: AttackLab, kind: str):
-    attacker = subprocess.Popen([*topology.xdpguard_argv(), "lab", "attack", kind, "--duration", "3", "--json"],
-                                env=alab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                stdin=subprocess.DEVNULL)
+    attacker = subprocess.Popen(
+        [*topology.xdpguard_argv(), "lab", "attack", kind, "--duration", "3", "--json"],
+        env=alab.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)
         http = alab.xg_json("lab", "probe", "--proto", "http", "--count", "150", "--duration", "2")

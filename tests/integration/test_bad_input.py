@@ -31,14 +31,17 @@ class Box:
     def __init__(self, lab: Lab, ns: str, client: str):
         self.lab, self.ns, self.client = lab, ns, client
 
-    def xg(self, *args, env: dict | None = None, check: bool = True,
-           timeout: float = 60) -> subprocess.CompletedProcess:
+    def xg(
+        self, *args, env: dict | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         # bytes arguments go through as bytes: b'\xff' is invalid UTF-8 on the command line
         argv = ["ip", "netns", "exec", self.ns, "xdpguard", *args]
-        p = subprocess.run(argv, capture_output=True, timeout=timeout, env={**os.environ, **(env or {})},
-                           stdin=subprocess.DEVNULL)
-        p = subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode("utf-8", "replace"),
-                                        p.stderr.decode("utf-8", "replace"))
+        p = subprocess.run(
+            argv, capture_output=True, timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL
+        )
+        p = subprocess.CompletedProcess(
+            p.args, p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"{args} exited {p.returncode}: {p.stderr.strip()}")
         return p
@@ -50,8 +53,13 @@ class Box:
         # The four read verbs run in one process (SNAPSHOT): a CLI start costs 1-4 s on the
         # loaded CI machine, and the case list snapshots after every case.
         verbs = [["export"], ["block", "list", "--json"], ["ban", "list", "--json"], ["status", IFACE, "--json"]]
-        p = subprocess.run(["ip", "netns", "exec", self.ns, PY, "-c", SNAPSHOT, json.dumps(verbs)], capture_output=True,
-                           text=True, timeout=60, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.ns, PY, "-c", SNAPSHOT, json.dumps(verbs)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert p.returncode == 0, p.stderr
         got = json.loads(p.stdout)
         out = {"export": got["export"]}
@@ -124,8 +132,11 @@ def test_listed_crashes_are_one_line_and_change_nothing(box: Box, tmp_path: Path
         ((["run", "--config", str(tmp_path / "dir"), "--once"]), {}, "directory"),
         # found by fuzzing: was accepted and left a store no later verb could load
         ((["events", "threshold", "set", "--protected", "198.18.0.99", "--pps", "1k"]), {}, "not a protected"),
-        ((["attach", IFACE, "--protect", PROT4]), {"XDPGUARD_ATTACH_FORCE": "1", "XDPGUARD_ATTACH_MODE": "bogus"},
-         "already"),
+        (
+            (["attach", IFACE, "--protect", PROT4]),
+            {"XDPGUARD_ATTACH_FORCE": "1", "XDPGUARD_ATTACH_MODE": "bogus"},
+            "already",
+        ),
     ]
     before = box.snapshot()
     for argv, env, needle in cases:
@@ -142,10 +153,12 @@ def test_capture_and_export_do_not_follow_symlinks_or_truncate(box: Box, tmp_pat
     link = tmp_path / "link"
     link.symlink_to(victim)
     before = box.snapshot()
-    for args in (("capture", IFACE, "-w", str(link), "--timeout", "0.2"),
-                 ("capture", IFACE, "-w", str(victim), "--timeout", "0.2"),
-                 ("export", "-o", str(link)),
-                 ("export", "-o", str(victim))):
+    for args in (
+        ("capture", IFACE, "-w", str(link), "--timeout", "0.2"),
+        ("capture", IFACE, "-w", str(victim), "--timeout", "0.2"),
+        ("export", "-o", str(link)),
+        ("export", "-o", str(victim)),
+    ):
         p = box.xg(*args, check=False)
         one_line_error(p, "cannot write")
         assert victim.read_text() == "precious\n" and link.is_symlink()
@@ -217,8 +230,18 @@ def test_a_hook_that_fails_never_stops_detection(box: Box, tmp_path: Path):
     box.xg("events", "threshold", "set", "--drop-pps", "50", "--hold", "1", "--hook", str(hook))
     hook.unlink()
     box.xg("block", "add", "198.18.0.1")
-    run = box.lab.popen(box.ns, "xdpguard", "run", "--duration", "8", "--detect-interval", "0.5",
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = box.lab.popen(
+        box.ns,
+        "xdpguard",
+        "run",
+        "--duration",
+        "8",
+        "--detect-interval",
+        "0.5",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.5)
     box.lab.run(box.client, PY, "-c", FLOOD, "198.18.0.1", PROT4, "2.5", timeout=20)
     out, err = run.communicate(timeout=30)

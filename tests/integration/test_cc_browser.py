@@ -22,9 +22,23 @@ pytestmark = pytest.mark.kernel
 def _chromium(s: Setup, *args: str) -> str:
     profile = tempfile.mkdtemp(prefix="xg-chromium-")
     s.lab.defer("remove the chromium profile", shutil.rmtree, profile, ignore_errors=True)
-    p = s.lab.run(s.t.client, "timeout", "90", "chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                  "--no-first-run", "--disable-extensions", "--disable-background-networking",
-                  f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args, check=False, timeout=120)
+    p = s.lab.run(
+        s.t.client,
+        "timeout",
+        "90",
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+        *args,
+        check=False,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     return p.stdout
 

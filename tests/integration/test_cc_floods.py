@@ -33,9 +33,31 @@ FLOOD = Path(__file__).resolve().parents[2] / "scripts" / "l7flood.py"
 def flood(s: Setup, count: int, seconds: float, *extra: str, rate: int = 600, conns: int = 256) -> subprocess.Popen:
     # niced: on a real network the bots have their own CPUs; here they share the lab's two cores
     # with HAProxy and the web client, and must not win the race for them
-    return s.lab.popen(s.t.attacker, "nice", "-n", "15", sys.executable, str(FLOOD), "--target", L.PROT4, "--sources", L.BOTS4,
-                       "--count", str(count), "--conns", str(conns), "--rate", str(rate), "--duration", str(seconds),
-                       "--timeout", "2", *extra, stdout=subprocess.PIPE, text=True)
+    return s.lab.popen(
+        s.t.attacker,
+        "nice",
+        "-n",
+        "15",
+        sys.executable,
+        str(FLOOD),
+        "--target",
+        L.PROT4,
+        "--sources",
+        L.BOTS4,
+        "--count",
+        str(count),
+        "--conns",
+        str(conns),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(seconds),
+        "--timeout",
+        "2",
+        *extra,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def reached_backend(f: dict) -> int:
@@ -74,13 +96,19 @@ def test_floods_from_128_and_1000_addresses(lab):
         return f"{r['ok']:>3} ok {r['failed']:>3} failed {r['ok'] / base['ok']:>4.0%}"
 
     print(f"\nweb client: a new connection per request, 10/s for {client_s:g} s; flood {flood_s:g} s at 600 req/s")
-    print(f"{'sources':>7} {'flood':<17} {'no attack':>9} | {'client, xdpguard':<26} {'to backend':>10} "
-          f"{'bots seen':>9} | {'client, plain HAProxy':<26} {'to backend':>10}")
+    print(
+        f"{'sources':>7} {'flood':<17} {'no attack':>9} | {'client, xdpguard':<26} {'to backend':>10} "
+        f"{'bots seen':>9} | {'client, plain HAProxy':<26} {'to backend':>10}"
+    )
     for count, kind, b, d, fd, p, fp, ch in rows:
-        print(f"{count:>7} {kind:<17} {b['ok']:>6} ok | {share(d, b):<26} {reached_backend(fd) / max(1, fd['sent']):>10.1%} "
-              f"{len(ch):>9} | {share(p, b):<26} {reached_backend(fp) / max(1, fp['sent']):>10.1%}")
-        print(f"        defended flood {fd['rate']} req/s {json.dumps(fd['status'])}, "
-              f"plain flood {fp['rate']} req/s {json.dumps(fp['status'])}")
+        print(
+            f"{count:>7} {kind:<17} {b['ok']:>6} ok | {share(d, b):<26} {reached_backend(fd) / max(1, fd['sent']):>10.1%} "
+            f"{len(ch):>9} | {share(p, b):<26} {reached_backend(fp) / max(1, fp['sent']):>10.1%}"
+        )
+        print(
+            f"        defended flood {fd['rate']} req/s {json.dumps(fd['status'])}, "
+            f"plain flood {fp['rate']} req/s {json.dumps(fp['status'])}"
+        )
     for count, kind, b, d, fd, p, fp, ch in rows:
         assert fd["sent"] >= 2000, (count, kind, fd)  # a real flood: each source under its limits
         # the client is never refused and keeps its rate: ≥ 80 % in each case, a load spike of the
@@ -108,9 +136,32 @@ def test_slowloris_and_slow_post_from_128_addresses(lab):
     client_s, slow_s = 3.0, 8.0  # every connection is cut (timeout http-request 5 s) by ~6 s
 
     def under(mode: str, seconds: float = slow_s) -> tuple[dict, dict]:
-        f = s.lab.popen(s.t.attacker, "nice", "-n", "15", sys.executable, str(FLOOD), "--target", L.PROT4,
-                        "--sources", L.BOTS4, "--count", "128", "--conns", "256", "--mode", mode, "--interval", "1",
-                        "--duration", str(seconds), "--path", "/form", stdout=subprocess.PIPE, text=True)
+        f = s.lab.popen(
+            s.t.attacker,
+            "nice",
+            "-n",
+            "15",
+            sys.executable,
+            str(FLOOD),
+            "--target",
+            L.PROT4,
+            "--sources",
+            L.BOTS4,
+            "--count",
+            "128",
+            "--conns",
+            "256",
+            "--mode",
+            mode,
+            "--interval",
+            "1",
+            "--duration",
+            str(seconds),
+            "--path",
+            "/form",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.5)  # every slow connection is open
         res = Setup.result(s.client(client_s))
         return res, Setup.result(f, timeout=seconds + 30)
@@ -128,15 +179,21 @@ def test_slowloris_and_slow_post_from_128_addresses(lab):
         plain, f_plain = under(mode, seconds=client_s + 3.0)  # (what it does to the client: no count asserted)
         rows.append((mode, base, defended, f_def, plain, f_plain))
 
-    print(f"\nslow attacks from 128 addresses, 256 connections, a drip a second for {slow_s:g} s; "
-          "backend: 16 workers, 2 Mbit/s")
-    print(f"{'attack':<10} {'no attack':>9} | {'client, xdpguard':<24} {'cut by HAProxy':>14} {'answers':<18} | "
-          f"{'client, plain HAProxy':<24} {'cut':>5} {'answers':<18}")
+    print(
+        f"\nslow attacks from 128 addresses, 256 connections, a drip a second for {slow_s:g} s; "
+        "backend: 16 workers, 2 Mbit/s"
+    )
+    print(
+        f"{'attack':<10} {'no attack':>9} | {'client, xdpguard':<24} {'cut by HAProxy':>14} {'answers':<18} | "
+        f"{'client, plain HAProxy':<24} {'cut':>5} {'answers':<18}"
+    )
     for mode, b, d, fd, p, fp in rows:
-        print(f"{mode:<10} {b['ok']:>6} ok | {d['ok']:>3} ok {d['failed']:>3} failed {d['ok'] / b['ok']:>4.0%} "
-              f"{fd['closed_by_server']:>14} {json.dumps(fd['status']):<18} | "
-              f"{p['ok']:>3} ok {p['failed']:>3} failed {p['ok'] / b['ok']:>4.0%} {fp['closed_by_server']:>5} "
-              f"{json.dumps(fp['status']):<18}")
+        print(
+            f"{mode:<10} {b['ok']:>6} ok | {d['ok']:>3} ok {d['failed']:>3} failed {d['ok'] / b['ok']:>4.0%} "
+            f"{fd['closed_by_server']:>14} {json.dumps(fd['status']):<18} | "
+            f"{p['ok']:>3} ok {p['failed']:>3} failed {p['ok'] / b['ok']:>4.0%} {fp['closed_by_server']:>5} "
+            f"{json.dumps(fp['status']):<18}"
+        )
     for mode, b, d, fd, p, fp in rows:
         assert fd["max_open"] >= 200, (mode, fd)  # the attack really held its connections
         # every slow request was cut (408) at least once per connection, none reached the backend
@@ -165,10 +222,33 @@ def test_a_replayed_challenge_cookie(lab):
     client_s, flood_s = 3.0, 5.5
 
     def under(src: str, count: int, *extra: str, conns: int = 128, seconds: float = flood_s) -> tuple[dict, dict]:
-        f = s.lab.popen(s.t.attacker, "nice", "-n", "15", sys.executable, str(FLOOD), "--target", L.PROT4,
-                        "--sources", src, "--count", str(count), "--conns", str(conns), "--rate", "600",
-                        "--duration", str(seconds), "--timeout", "2", "--cookie", cookie, *extra,
-                        stdout=subprocess.PIPE, text=True)
+        f = s.lab.popen(
+            s.t.attacker,
+            "nice",
+            "-n",
+            "15",
+            sys.executable,
+            str(FLOOD),
+            "--target",
+            L.PROT4,
+            "--sources",
+            src,
+            "--count",
+            str(count),
+            "--conns",
+            str(conns),
+            "--rate",
+            "600",
+            "--duration",
+            str(seconds),
+            "--timeout",
+            "2",
+            "--cookie",
+            cookie,
+            *extra,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1.5)
         res = Setup.result(s.client(client_s))
         return res, Setup.result(f, timeout=seconds + 30)
@@ -182,10 +262,12 @@ def test_a_replayed_challenge_cookie(lab):
     time.sleep(0.5)
     # keep-alive: the first 300 requests pass at the small backend's pace (~5 s), the 429s after
     ka, f_ka = under(f"{L.ATTACKER4}/32", 1, "--keepalive", conns=8, seconds=12.0)
-    print(f"\nreplayed challenge cookie, 600 req/s for {flood_s:g} s; client alone {base['ok']} ok in {client_s:g} s"
-          f"\n  from 128 other addresses: client {moved['ok']} ok {moved['failed']} failed; flood {json.dumps(f_moved)}"
-          f"\n  from its own address    : client {own['ok']} ok {own['failed']} failed; flood {json.dumps(f_own)}"
-          f"\n  its own, keep-alive     : client {ka['ok']} ok {ka['failed']} failed; flood {json.dumps(f_ka)}")
+    print(
+        f"\nreplayed challenge cookie, 600 req/s for {flood_s:g} s; client alone {base['ok']} ok in {client_s:g} s"
+        f"\n  from 128 other addresses: client {moved['ok']} ok {moved['failed']} failed; flood {json.dumps(f_moved)}"
+        f"\n  from its own address    : client {own['ok']} ok {own['failed']} failed; flood {json.dumps(f_own)}"
+        f"\n  its own, keep-alive     : client {ka['ok']} ok {ka['failed']} failed; flood {json.dumps(f_ka)}"
+    )
     # moved: no request is taken as verified; once the ceiling trips every one is challenged again
     assert f_moved["sent"] >= 2000 and reached_backend(f_moved) <= 0.05 * f_moved["sent"], f_moved
     assert f_moved["status"].get("302", 0) >= 0.9 * f_moved["sent"], f_moved
@@ -255,10 +337,12 @@ def test_automatic_cc_mode_raises_the_level_when_the_backend_suffers(lab):
     end = time.monotonic()
     while time.monotonic() - end < 30 and tick(time.monotonic()) != "normal":
         time.sleep(1.0)
-    print(f"\nautomatic CC mode, a ≤ 150 req/s flood from 128 addresses, 90 connections (under both ceilings): raised to strict "
-          f"{raised_after:.1f} s after it started ({seen[0][2]}); client alone {base['ok']} ok, after the raise "
-          f"{defended['ok']} ok / {defended['failed']} failed; steps {[(round(t - start, 1), lv) for t, lv, _ in seen]}"
-          f"; flood {json.dumps(fr['status'])}")
+    print(
+        f"\nautomatic CC mode, a ≤ 150 req/s flood from 128 addresses, 90 connections (under both ceilings): raised to strict "
+        f"{raised_after:.1f} s after it started ({seen[0][2]}); client alone {base['ok']} ok, after the raise "
+        f"{defended['ok']} ok / {defended['failed']} failed; steps {[(round(t - start, 1), lv) for t, lv, _ in seen]}"
+        f"; flood {json.dumps(fr['status'])}"
+    )
     print(f"health-check durations (s since start, ms): {readings}")
     assert raised_after < 25
     assert defended["failed"] == 0 and defended["ok"] >= 0.8 * base["ok"], (base, defended)
@@ -276,13 +360,16 @@ def test_unverified_budget_and_the_surge_that_holds(lab):
     L.add_sources(lab, s.t, 128)
     assert s.apply(_service()) == "started"
     # the budget: 25 requests at 10/s from one source, one connection each
-    codes = s.curl(s.t.client, "--rate", "10/s", "-w", "%{http_code}\n",
-                   *[x for _ in range(25) for x in ("-o", "/dev/null", URL)]).stdout.split()
+    codes = s.curl(
+        s.t.client, "--rate", "10/s", "-w", "%{http_code}\n", *[x for _ in range(25) for x in ("-o", "/dev/null", URL)]
+    ).stdout.split()
     assert codes == ["200"] * 20 + ["302"] * 5, codes
     # a browser passes it and is not counted again: with the cookie, 200 again
     jar = Path(s.run_dir) / "client.jar"
-    assert s.curl(s.t.client, "-L", "-b", str(jar), "-c", str(jar), "-o", "/dev/null", "-w", "%{http_code}",
-                  URL).stdout == "200"
+    assert (
+        s.curl(s.t.client, "-L", "-b", str(jar), "-c", str(jar), "-o", "/dev/null", "-w", "%{http_code}", URL).stdout
+        == "200"
+    )
     # the surge: 2 s of 150 requests/s from 128 addresses (≤ 3 each), then quiet
     f = Setup.result(flood(s, 128, 2, rate=150, conns=64), timeout=30)
     assert f["status"].get("302", 0) > 0, f  # the ceiling tripped during the flood

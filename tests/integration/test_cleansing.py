@@ -48,8 +48,13 @@ class Bed:
     undo: list[tuple[str, ...]] = field(default_factory=list)
 
     def xg(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        p = subprocess.run(["ip", "netns", "exec", self.prot, "xdpguard", *args], capture_output=True, text=True,
-                           timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.prot, "xdpguard", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"{args} exited {p.returncode}: {p.stderr.strip()}")
         return p
@@ -67,12 +72,40 @@ class Bed:
         st = self.json("status", IFACE)[0]
         return {(c["kind"], c["reason"]): c["packets"] for c in st["counters"]}
 
-    def flood_popen(self, kind: str, *, count: int, duration: float, src: str | None = ATTACK4,
-                    spoof: str | None = None, sources: int = 4096, sport: int | None = None,
-                    dport: int | None = None, payload: int = 64, pps: int | None = None) -> subprocess.Popen:
-        argv = [PY, "-m", "xdpguard.lab.flood", "--iface", "eth0", "--dst-mac", self.prot_mac, "--dst", PROT4,
-                "--kind", kind, "--count", str(count), "--duration", str(duration), "--payload", str(payload),
-                "--json"]
+    def flood_popen(
+        self,
+        kind: str,
+        *,
+        count: int,
+        duration: float,
+        src: str | None = ATTACK4,
+        spoof: str | None = None,
+        sources: int = 4096,
+        sport: int | None = None,
+        dport: int | None = None,
+        payload: int = 64,
+        pps: int | None = None,
+    ) -> subprocess.Popen:
+        argv = [
+            PY,
+            "-m",
+            "xdpguard.lab.flood",
+            "--iface",
+            "eth0",
+            "--dst-mac",
+            self.prot_mac,
+            "--dst",
+            PROT4,
+            "--kind",
+            kind,
+            "--count",
+            str(count),
+            "--duration",
+            str(duration),
+            "--payload",
+            str(payload),
+            "--json",
+        ]
         argv += ["--spoof", spoof, "--sources", str(sources)] if spoof else ["--src", src]
         if sport:
             argv += ["--sport", str(sport)]
@@ -88,9 +121,27 @@ class Bed:
 
     def legit(self, *, count: int, duration: float, timeout: float = 1.0, interval: float = 0.02) -> subprocess.Popen:
         """The legitimate client: sequential TCP echo requests (a fresh connection each)."""
-        return self.lab.popen(self.client, PY, "-m", "xdpguard.lab.probe", "--proto", "tcp", "--dst", PROT4,
-                              "--count", str(count), "--duration", str(duration), "--timeout", str(timeout),
-                              "--interval", str(interval), "--json", stdout=subprocess.PIPE, text=True)
+        return self.lab.popen(
+            self.client,
+            PY,
+            "-m",
+            "xdpguard.lab.probe",
+            "--proto",
+            "tcp",
+            "--dst",
+            PROT4,
+            "--count",
+            str(count),
+            "--duration",
+            str(duration),
+            "--timeout",
+            str(timeout),
+            "--interval",
+            str(interval),
+            "--json",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def under_flood(self, kind: str, *, legit_timeout: float = 1.0, legit_count: int = 200, **kw) -> tuple[dict, dict]:
         """Run a flood and the legitimate client side by side; (flood result, client result)."""
@@ -103,8 +154,20 @@ class Bed:
         return f, c
 
     def reaches(self, ns: str, src: str, proto: str = "udp") -> bool:
-        argv = [PY, "-m", "xdpguard.lab.echo", "probe", "--proto", proto, "--dst", PROT4, "--src", src,
-                "--timeout", "0.7"]
+        argv = [
+            PY,
+            "-m",
+            "xdpguard.lab.echo",
+            "probe",
+            "--proto",
+            proto,
+            "--dst",
+            PROT4,
+            "--src",
+            src,
+            "--timeout",
+            "0.7",
+        ]
         return self.lab.run(ns, *argv, check=False, timeout=10).returncode == 0
 
 
@@ -147,8 +210,19 @@ def module_bed(lab_module: Lab) -> Bed:
     lab.addr(attacker, "eth0", "198.18.0.9/24")
     lab.addr(prot, IFACE, "198.18.0.2/24")
     # the echo server must outlive the whole module (over 120 s on a loaded machine); the lab stops it
-    srv = lab.popen(prot, PY, "-m", "xdpguard.lab.echo", "serve", "--port", "7", "--duration", "900",
-                    stdout=subprocess.PIPE, text=True)
+    srv = lab.popen(
+        prot,
+        PY,
+        "-m",
+        "xdpguard.lab.echo",
+        "serve",
+        "--port",
+        "7",
+        "--duration",
+        "900",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert "serving" in srv.stdout.readline()
     mac = json.loads(lab.run(prot, "ip", "-j", "link", "show", IFACE).stdout)[0]["address"]
     bed = Bed(lab, client, attacker, prot, mac)
@@ -214,8 +288,10 @@ def test_spoofed_udp_flood_needs_a_feature_filter_or_a_destination_limit(bed: Be
     assert _delta(before, after, "drop", "ratelimit") <= 0.05 * f["sent"]
 
     # 1) a feature of the attack: UDP to port 53 with 512-byte payloads (554-byte frames)
-    bed.set(("filter", "add", "--proto", "udp", "--dport", "53", "--len", "550-560", "--action", "drop"),
-            ("filter", "del", "1"))
+    bed.set(
+        ("filter", "add", "--proto", "udp", "--dport", "53", "--len", "550-560", "--action", "drop"),
+        ("filter", "del", "1"),
+    )
     before = bed.counters()
     f, c = bed.under_flood("udp", **kw)
     after = bed.counters()
@@ -246,8 +322,18 @@ def test_spoofed_syn_flood_source_authentication(bed: Bed):
     # Every spoofed source sends one SYN (65536 sources, 20k pps for 3 s): a source that sent a
     # second SYN within the authentication window would pass as a retransmitting client.
     # The client's kernel retransmits its first (dropped) SYN after ~1 s: connect timeouts of 3 s.
-    f, c = bed.under_flood("syn", count=60_000, duration=3.0, pps=20_000, spoof=SPOOF_SYN, sources=65536,
-                           dport=7, payload=0, legit_timeout=3.0, legit_count=100)
+    f, c = bed.under_flood(
+        "syn",
+        count=60_000,
+        duration=3.0,
+        pps=20_000,
+        spoof=SPOOF_SYN,
+        sources=65536,
+        dport=7,
+        payload=0,
+        legit_timeout=3.0,
+        legit_count=100,
+    )
     after = bed.counters()
     MEASURED["syn_flood"] = {"flood": f, "legit": c}
     syn = _delta(before, after, "drop", "syn")
@@ -327,8 +413,10 @@ def test_operator_ban_and_filter_drop_ban(bed: Bed):
     bed.undo.pop()
     assert bed.reaches(bed.client, CLIENT4, "tcp")
     # a drop-ban filter: a source's UDP to port 9 bans it for everything (its UDP echo too) ...
-    bed.set(("filter", "add", "--proto", "udp", "--dport", "9", "--action", "drop-ban", "--ban", "30"),
-            ("filter", "del", "1"))
+    bed.set(
+        ("filter", "add", "--proto", "udp", "--dport", "9", "--action", "drop-ban", "--ban", "30"),
+        ("filter", "del", "1"),
+    )
     bed.undo.append(("ban", "del", ATTACK4))
     bed.undo.append(("ban", "del", UNSEEN4))
     before = bed.counters()
@@ -354,9 +442,14 @@ def test_operator_ban_and_filter_drop_ban(bed: Bed):
 
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(bed: Bed):
     def snapshot():
-        return (bed.json("limit", "show")["limits"], bed.json("filter", "list")["filters"],
-                bed.json("proto", "show")["blocked"], bed.json("syn", "show")["policies"],
-                bed.json("monitor", "show")["reasons"], bed.json("reflection", "list"))
+        return (
+            bed.json("limit", "show")["limits"],
+            bed.json("filter", "list")["filters"],
+            bed.json("proto", "show")["blocked"],
+            bed.json("syn", "show")["policies"],
+            bed.json("monitor", "show")["reasons"],
+            bed.json("reflection", "list"),
+        )
 
     before = snapshot()
     cases = [
@@ -389,28 +482,33 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(bed: Bed):
     assert snapshot() == before
 
     # more filters than the table holds: fill it in one go through core, then ask the CLI for one more
-    fill = ("from dataclasses import replace\n"
-            "from xdpguard.core.verbs import cleansing; from xdpguard.core import policy, protection, state\n"
-            f"with protection.open_guard('{IFACE}') as g, state.iface_lock(g.iface):\n"
-            "    old = g.read_global_policy()\n"
-            "    new = replace(old, filters=tuple(policy.Filter(proto='udp', dport=(p, p)) for p in range(1000, 1064)))\n"
-            "    g.write_global_policy(new, old)\n")
+    fill = (
+        "from dataclasses import replace\n"
+        "from xdpguard.core.verbs import cleansing; from xdpguard.core import policy, protection, state\n"
+        f"with protection.open_guard('{IFACE}') as g, state.iface_lock(g.iface):\n"
+        "    old = g.read_global_policy()\n"
+        "    new = replace(old, filters=tuple(policy.Filter(proto='udp', dport=(p, p)) for p in range(1000, 1064)))\n"
+        "    g.write_global_policy(new, old)\n"
+    )
     bed.lab.run(bed.prot, PY, "-c", fill)
     try:
         assert len(bed.json("filter", "list")["filters"]) == 64
         _one_line_error(bed.xg("filter", "add", "--proto", "udp", "--action", "drop", check=False), "64")
         assert len(bed.json("filter", "list")["filters"]) == 64
     finally:
-        clear = fill.replace("filters=tuple(policy.Filter(proto='udp', dport=(p, p)) for p in range(1000, 1064))",
-                             "filters=()")
+        clear = fill.replace(
+            "filters=tuple(policy.Filter(proto='udp', dport=(p, p)) for p in range(1000, 1064))", "filters=()"
+        )
         bed.lab.run(bed.prot, PY, "-c", clear)
     assert bed.json("filter", "list")["filters"] == []
 
 
 def test_fragment_policy_toggle(bed: Bed):
     # a 3000-byte UDP datagram leaves the client as three IPv4 fragments; the echo comes back whole
-    big = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1); "
-           f"s.sendto(b'F'*3000, ('{PROT4}', 7)); d, _ = s.recvfrom(65535); sys.exit(0 if d.endswith(b'F'*3000) else 1)")
+    big = (
+        "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1); "
+        f"s.sendto(b'F'*3000, ('{PROT4}', 7)); d, _ = s.recvfrom(65535); sys.exit(0 if d.endswith(b'F'*3000) else 1)"
+    )
 
     def big_echo() -> bool:
         return bed.lab.run(bed.client, PY, "-c", big, check=False, timeout=10).returncode == 0

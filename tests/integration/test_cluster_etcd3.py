@@ -109,9 +109,17 @@ class TlsEtcd:
     tls: Path
     env: dict[str, str]
 
-    def node_config(self, name: str, *, cert: bool = True, user: str | None = None, password: str | None = None,
-                    endpoint: str = TLS_URL, extra: str = "") -> str:
-        lines = ['[cluster]', 'name = "tls"', 'node = "n1"', f'endpoints = ["{endpoint}"]']
+    def node_config(
+        self,
+        name: str,
+        *,
+        cert: bool = True,
+        user: str | None = None,
+        password: str | None = None,
+        endpoint: str = TLS_URL,
+        extra: str = "",
+    ) -> str:
+        lines = ["[cluster]", 'name = "tls"', 'node = "n1"', f'endpoints = ["{endpoint}"]']
         if endpoint.startswith("https://"):
             lines.append(f'ca = "{self.tls / "ca.crt"}"')
         if cert:
@@ -126,14 +134,38 @@ class TlsEtcd:
         return str(p)
 
     def xg(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns, *topology.xdpguard_argv(), *args], capture_output=True,
-                              text=True, env=self.env, timeout=60, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns, *topology.xdpguard_argv(), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
 
     def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run(["ip", "netns", "exec", self.ns, "etcdctl", "--endpoints", TLS_URL, "--cacert",
-                            str(self.tls / "ca.crt"), "--cert", str(self.tls / "lab.crt"), "--key",
-                            str(self.tls / "lab.key"), *args], capture_output=True, text=True, timeout=30,
-                           stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                "etcdctl",
+                "--endpoints",
+                TLS_URL,
+                "--cacert",
+                str(self.tls / "ca.crt"),
+                "--cert",
+                str(self.tls / "lab.crt"),
+                "--key",
+                str(self.tls / "lab.key"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"etcdctl {' '.join(args)}: {p.stderr.strip()}")
         return p
@@ -165,13 +197,45 @@ def tls_etcd(tmp_path_factory) -> Iterator[TlsEtcd]:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=10)
         log = open(d / "etcd.log", "wb")
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "timeout", "600", "etcd", "--name", "t", "--data-dir", str(d / "data"),
-             "--listen-client-urls", TLS_URL, "--advertise-client-urls", TLS_URL,
-             "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-             "--initial-cluster", "t=http://127.0.0.1:2380", "--cert-file", str(tls / "etcd.crt"),
-             "--key-file", str(tls / "etcd.key"), "--trusted-ca-file", str(tls / "ca.crt"), "--client-cert-auth",
-             "--log-level", "warn", "--logger", "zap"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "timeout",
+                "600",
+                "etcd",
+                "--name",
+                "t",
+                "--data-dir",
+                str(d / "data"),
+                "--listen-client-urls",
+                TLS_URL,
+                "--advertise-client-urls",
+                TLS_URL,
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "t=http://127.0.0.1:2380",
+                "--cert-file",
+                str(tls / "etcd.crt"),
+                "--key-file",
+                str(tls / "etcd.key"),
+                "--trusted-ca-file",
+                str(tls / "ca.crt"),
+                "--client-cert-auth",
+                "--log-level",
+                "warn",
+                "--logger",
+                "zap",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         e = TlsEtcd(ns, d, tls, env)
         time_until(lambda: e.etcdctl("endpoint", "health", check=False).returncode == 0, 30, 0.2)
@@ -197,16 +261,21 @@ def test_a_node_without_a_client_certificate_is_refused_by_etcd(tls_etcd):
     ok = e.xg("cluster", "status", "--json", "--config", e.node_config("good"))
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["cluster"] == "tls"
-    err = _one_error(e.xg("cluster", "ban", "198.18.9.41", "--ttl", "30", "--config", e.node_config("nocert", cert=False)))
+    err = _one_error(
+        e.xg("cluster", "ban", "198.18.9.41", "--ttl", "30", "--config", e.node_config("nocert", cert=False))
+    )
     assert "TLS failed" in err and "no client certificate given" in err, err
     assert e.etcdctl("get", "--prefix", "--keys-only", "/xdpguard/tls/").stdout.strip() == ""  # nothing written
     # plain http to the same store: refused before anything is sent (and etcd speaks only TLS anyway)
-    err = _one_error(e.xg("cluster", "status", "--config",
-                          e.node_config("plain", cert=False, endpoint="http://127.0.0.1:2379")))
+    err = _one_error(
+        e.xg("cluster", "status", "--config", e.node_config("plain", cert=False, endpoint="http://127.0.0.1:2379"))
+    )
     assert "is not TLS" in err and "insecure = true" in err, err
     # with the certificate, a ban goes through
     assert e.xg("cluster", "ban", "198.18.9.41", "--ttl", "30", "--config", e.node_config("good")).returncode == 0
-    assert "/xdpguard/tls/state/bans/198.18.9.41" in e.etcdctl("get", "--prefix", "--keys-only", "/xdpguard/tls/").stdout
+    assert (
+        "/xdpguard/tls/state/bans/198.18.9.41" in e.etcdctl("get", "--prefix", "--keys-only", "/xdpguard/tls/").stdout
+    )
 
 
 def test_hostile_store_values_are_skipped_and_logged_by_a_running_node(tls_etcd):
@@ -217,11 +286,18 @@ def test_hostile_store_values_are_skipped_and_logged_by_a_running_node(tls_etcd)
     e.etcdctl("put", "/xdpguard/tls/state/desired/xgp0", desired + '\n[interface.events]\nhook = "/bin/sh -c id"\n')
     e.etcdctl("put", "/xdpguard/tls/state/bans/198.18.9.60", '{"ttl": 60, "expires": 1e300, "reason": "syn"}')
     e.etcdctl("put", "/xdpguard/tls/state/bans/198.18.9.61", "[not json")
-    conf = e.node_config("run", extra='protect = ["198.18.0.1/32", "2001:db8:0:1::1/128"]\n'
-                                      'backends = ["198.18.1.0/24", "2001:db8:0:2::/64"]\n')
-    p = subprocess.run(["ip", "netns", "exec", e.ns, *topology.xdpguard_argv(), "cluster", "run", "--config", conf,
-                        "--duration", "3"], capture_output=True, text=True, env=e.env, timeout=60,
-                       stdin=subprocess.DEVNULL)
+    conf = e.node_config(
+        "run",
+        extra='protect = ["198.18.0.1/32", "2001:db8:0:1::1/128"]\nbackends = ["198.18.1.0/24", "2001:db8:0:2::/64"]\n',
+    )
+    p = subprocess.run(
+        ["ip", "netns", "exec", e.ns, *topology.xdpguard_argv(), "cluster", "run", "--config", conf, "--duration", "3"],
+        capture_output=True,
+        text=True,
+        env=e.env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 0 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
     assert "store: skipped /xdpguard/tls/state/desired/xgp0: " in p.stdout and "events.hook" in p.stdout, p.stdout
     assert "store: skipped /xdpguard/tls/state/bans/198.18.9.60: " in p.stdout, p.stdout
@@ -277,12 +353,20 @@ def test_spread_evidence_is_a_completed_handshake(tmp_path):
     ns = f"xg-t{os.getpid() % 1_000_000}-ct"
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
     try:
-        for cmd in (["ip", "link", "set", "lo", "up"], ["nft", "add", "table", "inet", "xgt"],
-                    ["nft", "add", "chain", "inet", "xgt", "c", "{ type filter hook input priority 0; }"],
-                    ["nft", "add", "rule", "inet", "xgt", "c", "ct", "state", "established", "accept"]):
+        for cmd in (
+            ["ip", "link", "set", "lo", "up"],
+            ["nft", "add", "table", "inet", "xgt"],
+            ["nft", "add", "chain", "inet", "xgt", "c", "{ type filter hook input priority 0; }"],
+            ["nft", "add", "rule", "inet", "xgt", "c", "ct", "state", "established", "accept"],
+        ):
             subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, timeout=10)
-        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", ESTABLISHED], capture_output=True,
-                           text=True, timeout=60, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", ESTABLISHED],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert p.returncode == 0, p.stderr
         res = json.loads(p.stdout)
         assert "127.0.0.5" in res["seen"]  # the spoofed SYN is in conntrack: the check below means something

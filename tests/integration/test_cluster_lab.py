@@ -49,30 +49,54 @@ class Cluster:
         return f"xg-{self.name}-{role}"
 
     def xg(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
-                           timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [*topology.xdpguard_argv(), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
         return p
 
     def xg_in(self, role: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        p = subprocess.run(["ip", "netns", "exec", self.ns(role), *topology.xdpguard_argv(), *args],
-                           capture_output=True, text=True, env=self.env, timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *topology.xdpguard_argv(), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"{role}: xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
         return p
 
     def run_in(self, role: str, *argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], capture_output=True, text=True,
-                           env=self.env, timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"{role}: {' '.join(argv)} exited {p.returncode}: {p.stderr.strip()}")
         return p
 
     def start_in(self, role: str, *argv: str) -> subprocess.Popen:
         log = open(self.run_dir / f"cluster-{self.name}" / "logs" / f"test-{role}-{len(self.started)}.log", "wb")
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
         log.close()
         self.started.append(p)
         return p
@@ -125,8 +149,11 @@ def time_until(cond, timeout_s: float, poll_s: float = 0.002) -> float:
 
 
 def _leftovers(name: str, run_dir: Path) -> list[str]:
-    out = [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")] if os.path.isdir(
-        "/run/netns") else []
+    out = (
+        [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")]
+        if os.path.isdir("/run/netns")
+        else []
+    )
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -185,8 +212,12 @@ def test_router_has_one_next_hop_per_node_and_clients_get_through(cluster):
     assert all(n["announcing"] and n["ready"] and n["in_sync"] for n in st["nodes"]), st
     assert st["announcing"] == NODES
     # identical path attributes: the router merged them into one ECMP route (it would not otherwise)
-    out = subprocess.run(["birdc", "-s", str(c.file("bird-router.ctl")), "show", "route", "all", f"{lc.PROT4}/32"],
-                         capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(
+        ["birdc", "-s", str(c.file("bird-router.ctl")), "show", "route", "all", f"{lc.PROT4}/32"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
     assert out.count("BGP.as_path: 65001") == NODES
 
 
@@ -202,8 +233,9 @@ def test_killed_bird_is_gone_from_the_router(cluster):
     assert gone < 1.0  # the TCP session closes at once; the issue's target is 100 ms
     assert len(c.hops4()) == NODES - 1
     conf = c.file("bird-node3.conf")
-    c.start_in("node3", "bird", "-f", "-c", str(conf), "-s", str(c.file("bird-node3.ctl")),
-               "-P", str(c.file("bird-node3.pid")))
+    c.start_in(
+        "node3", "bird", "-f", "-c", str(conf), "-s", str(c.file("bird-node3.ctl")), "-P", str(c.file("bird-node3.pid"))
+    )
     back = time_until(lambda: victim in c.hops4(), 30, 0.05)
     print(f"BIRD of node3 restarted: back at the router after {back:.2f} s (agent reconfigures it)")
     del t0
@@ -226,8 +258,16 @@ def test_link_down_is_gone_from_the_router(cluster):
     # the link is back but the kernel dropped the routes via it: node2 reaches its backends, not its
     # clients — it must not announce (require_routes)
     try:
-        time_until(lambda: any("no route to 198.18.8.0/24" in r for n in c.status()["nodes"] if n["node"] == "node2"
-                               for r in n["reasons"]), 10, 0.2)
+        time_until(
+            lambda: any(
+                "no route to 198.18.8.0/24" in r
+                for n in c.status()["nodes"]
+                if n["node"] == "node2"
+                for r in n["reasons"]
+            ),
+            10,
+            0.2,
+        )
         assert victim not in c.hops4()
     finally:
         lc.restore_node_routes(2, c.name)
@@ -314,8 +354,10 @@ def test_ban_on_node1_reaches_every_node_within_a_second(cluster):
     _healthy(c)
     addrs = [f"198.18.9.{i}" for i in range(1, 51)]
     outs = {i: c.file(f"seen-node{i}.json") for i in range(1, NODES + 1)}
-    pollers = [c.start_in(f"node{i}", sys.executable, "-c", POLLER, json.dumps(addrs), str(outs[i]), "30")
-               for i in range(1, NODES + 1)]
+    pollers = [
+        c.start_in(f"node{i}", sys.executable, "-c", POLLER, json.dumps(addrs), str(outs[i]), "30")
+        for i in range(1, NODES + 1)
+    ]
     time_until(lambda: all(Path(str(o) + ".ready").exists() for o in outs.values()), 30, 0.05)
     sent_file = c.file("sent.json")
     c.run_in("node1", sys.executable, "-c", PUBLISHER, c.config(1), json.dumps(addrs), str(sent_file))
@@ -330,15 +372,19 @@ def test_ban_on_node1_reaches_every_node_within_a_second(cluster):
         lat += [seen[a] - sent[a] for a in addrs]
     lat.sort()
     p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print(f"\nban propagation over {len(addrs)} bans x {NODES} nodes: p50 {p50 * 1000:.1f} ms, "
-          f"p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
+    print(
+        f"\nban propagation over {len(addrs)} bans x {NODES} nodes: p50 {p50 * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms"
+    )
     assert p99 < 1.0
     # and unban through the CLI lifts them everywhere
     c.xg_in("node1", "cluster", "unban", *addrs, "--config", c.config(1))
     for i in range(1, NODES + 1):
+
         def clear(i=i):
             bans = json.loads(c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]
             return not any(b["source"] in addrs for b in bans)
+
         time_until(clear, 10, 0.2)
 
 
@@ -370,8 +416,10 @@ def test_ban_expiry_is_cluster_wide(cluster):
     ttl = 3
     addr = "198.18.9.200"
     outs = {i: c.file(f"expiry-node{i}.json") for i in range(1, NODES + 1)}
-    pollers = [c.start_in(f"node{i}", sys.executable, "-c", EXPIRY_POLLER, addr, str(outs[i]), "20")
-               for i in range(1, NODES + 1)]
+    pollers = [
+        c.start_in(f"node{i}", sys.executable, "-c", EXPIRY_POLLER, addr, str(outs[i]), "20")
+        for i in range(1, NODES + 1)
+    ]
     time_until(lambda: all(Path(str(o) + ".ready").exists() for o in outs.values()), 30, 0.05)
     sent = time.time()
     c.xg_in("node2", "cluster", "ban", addr, "--ttl", str(ttl), "--config", c.config(2))
@@ -404,11 +452,23 @@ def test_a_cc_ban_on_one_node_drops_the_source_on_every_node(cluster):
     _healthy(c)
     # the attacker completes real connections through the nodes (24 source ports: ECMP spreads them)
     for port in range(46000, 46024):
-        c.run_in("attacker", "curl", "-s", "-m", "2", "-o", "/dev/null", "--local-port", str(port),
-                 "http://198.18.0.1/", check=False)
+        c.run_in(
+            "attacker",
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            "-o",
+            "/dev/null",
+            "--local-port",
+            str(port),
+            "http://198.18.0.1/",
+            check=False,
+        )
     outs = {i: c.file(f"cc-node{i}.json") for i in (2, 3)}
-    pollers = [c.start_in(f"node{i}", sys.executable, "-c", EXPIRY_POLLER, lc.ATTACKER4, str(outs[i]), "8")
-               for i in (2, 3)]
+    pollers = [
+        c.start_in(f"node{i}", sys.executable, "-c", EXPIRY_POLLER, lc.ATTACKER4, str(outs[i]), "8") for i in (2, 3)
+    ]
     time_until(lambda: all(Path(str(o) + ".ready").exists() for o in outs.values()), 30, 0.05)
     try:
         done = c.file("cc-ban.json")
@@ -420,28 +480,41 @@ def test_a_cc_ban_on_one_node_drops_the_source_on_every_node(cluster):
         seen = {i: json.loads(o.read_text())["seen"] for i, o in outs.items()}
         assert all(seen.values()), f"the cc ban never reached {seen}"
         after = {i: t - banned["banned"] for i, t in seen.items()}
-        print("\ncc ban on node1 → in XDP's ban map on " + ", ".join(f"node{i} after {t:.2f} s" for i, t in after.items()))
+        print(
+            "\ncc ban on node1 → in XDP's ban map on " + ", ".join(f"node{i} after {t:.2f} s" for i, t in after.items())
+        )
         assert max(after.values()) < 3.0  # a local-ban poll (0.5 s) + the store's watch, with this machine's margin
         for i in (2, 3):
-            b = next(b for b in json.loads(c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]
-                     if b["source"] == lc.ATTACKER4)
+            b = next(
+                b
+                for b in json.loads(c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]
+                if b["source"] == lc.ATTACKER4
+            )
             assert b["reason"] == "cc" and b["expires_in_s"] <= cnode.SPREAD_TTL_S + 2, b
-        assert c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", "--local-port", "46100-46200",
-                        check=False).returncode != 0  # dropped on whichever node the flow lands
+        assert (
+            c.run_in(
+                "attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", "--local-port", "46100-46200", check=False
+            ).returncode
+            != 0
+        )  # dropped on whichever node the flow lands
     finally:
         c.xg_in("node1", "cluster", "unban", lc.ATTACKER4, "--config", c.config(1), check=False)
         for i in range(1, NODES + 1):
             c.xg_in(f"node{i}", "ban", "del", lc.ATTACKER4, check=False)
-    time_until(lambda: c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/",
-                                check=False).returncode == 0, 10, 0.2)
+    time_until(
+        lambda: c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", check=False).returncode == 0,
+        10,
+        0.2,
+    )
 
 
 def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
     c = cluster
     _healthy(c)
     c.xg_in("node1", "cluster", "ban", lc.ATTACKER4, "--ttl", "120", "--config", c.config(1))
-    time_until(lambda: c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/",
-                                check=False).returncode != 0, 5, 0.1)
+    time_until(
+        lambda: c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", check=False).returncode != 0, 5, 0.1
+    )
     data = json.loads(c.file("lab.json").read_text())
     etcd_argv = next(s["argv"] for s in data["servers"] if s["name"] == "etcd1")
     os.kill(c.pid_of("etcd1", "etcd --name"), signal.SIGKILL)
@@ -457,8 +530,12 @@ def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
     c.start_in("node3", *topology.xdpguard_argv(), "cluster", "run", "--config", c.config(3), "--duration", "900")
     back = time_until(lambda: victim in c.hops4(), 30, 0.05)
     print(f"\nnode3's agent restarted with etcd down: announcing its snapshot after {back:.2f} s")
-    assert c.run_in("attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", "--local-port", "45000-45100",
-                    check=False).returncode != 0
+    assert (
+        c.run_in(
+            "attacker", "curl", "-s", "-m", "1", "http://198.18.0.1/", "--local-port", "45000-45100", check=False
+        ).returncode
+        != 0
+    )
     # a ban made on node2 alone while the store is down stays there: an operator's local ban is not
     # spread (`cluster ban` is the cluster-wide one; only connlimit bans of established sources
     # spread, see node.spread_local_bans and the unit tests)
@@ -474,8 +551,7 @@ def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
         except AssertionError:
             return False
         nodes = st["nodes"]
-        return (len(nodes) == NODES and all(n["in_sync"] and n["pending_writes"] == 0 for n in nodes)
-                and st["bans"] >= 1)
+        return len(nodes) == NODES and all(n["in_sync"] and n["pending_writes"] == 0 for n in nodes) and st["bans"] >= 1
 
     t = time_until(converged, 20, 0.2)
     print(f"\netcd back: nodes converged after {time.monotonic() - t0:.2f} s (status answered in sync at {t:.2f} s)")
@@ -540,8 +616,10 @@ def test_burst_of_200_policy_changes_converges_on_every_node(cluster):
     _healthy(c)
     src = c.file("burst.json")
     outs = {i: c.file(f"burst-node{i}.json") for i in range(1, NODES + 1)}
-    pollers = [c.start_in(f"node{i}", sys.executable, "-c", CONSISTENT, str(src), str(outs[i]), "120")
-               for i in range(1, NODES + 1)]
+    pollers = [
+        c.start_in(f"node{i}", sys.executable, "-c", CONSISTENT, str(src), str(outs[i]), "120")
+        for i in range(1, NODES + 1)
+    ]
     agents = {i: c.pid_of(f"node{i}", "cluster run") for i in range(1, NODES + 1)}
     cpu0 = {i: _cpu_s(pid) for i, pid in agents.items()}
     t0 = time.time()
@@ -556,11 +634,16 @@ def test_burst_of_200_policy_changes_converges_on_every_node(cluster):
     res = {i: json.loads(o.read_text())["consistent"] for i, o in outs.items()}
     assert all(res.values()), res
     worst = max(res.values()) - sent["sent"]
-    print(f"\n200 policy changes in {sent['sent'] - t0:.2f} s; every node's maps equal the last one "
-          f"{max(worst, 0):.2f} s after it was written")
-    print("agent CPU for the 200 changes (incl. its idle loop over the same time): "
-          + ", ".join(f"node{i} {v:.2f} s ({v * 5:.1f} s per 1,000 changes)" for i, v in cpu.items())
-          + "; idle afterwards: " + ", ".join(f"node{i} {v * 100:.0f} %" for i, v in idle.items()))
+    print(
+        f"\n200 policy changes in {sent['sent'] - t0:.2f} s; every node's maps equal the last one "
+        f"{max(worst, 0):.2f} s after it was written"
+    )
+    print(
+        "agent CPU for the 200 changes (incl. its idle loop over the same time): "
+        + ", ".join(f"node{i} {v:.2f} s ({v * 5:.1f} s per 1,000 changes)" for i, v in cpu.items())
+        + "; idle afterwards: "
+        + ", ".join(f"node{i} {v * 100:.0f} %" for i, v in idle.items())
+    )
 
     def same_revision():
         nodes = c.status()["nodes"]
@@ -582,8 +665,10 @@ def test_frozen_bird_is_noticed_by_bfd(cluster):
     os.kill(pid, signal.SIGSTOP)
     try:
         gone = time_until(lambda: victim not in c.hops4(), 5)
-        print(f"\nBIRD of node3 frozen: gone from the router after {gone * 1000:.1f} ms "
-              f"(BFD detection time {lc.BFD_INTERVAL_MS * lc.BFD_MULTIPLIER} ms)")
+        print(
+            f"\nBIRD of node3 frozen: gone from the router after {gone * 1000:.1f} ms "
+            f"(BFD detection time {lc.BFD_INTERVAL_MS * lc.BFD_MULTIPLIER} ms)"
+        )
         assert gone < 1.0  # the issue: 500 ms with BFD; the margin is for this shared machine
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -614,8 +699,10 @@ def test_never_fewer_than_min_nodes_announce(cluster):
                 one_since = None
             time.sleep(0.01)
         st = c.status()
-        print(f"\nall backends down: next hops went {NODES} -> {samples[-1]} (fewest {fewest} in {len(samples)} samples); "
-              f"announcing: {[n['node'] for n in st['nodes'] if n['announcing']]}")
+        print(
+            f"\nall backends down: next hops went {NODES} -> {samples[-1]} (fewest {fewest} in {len(samples)} samples); "
+            f"announcing: {[n['node'] for n in st['nodes'] if n['announcing']]}"
+        )
         assert fewest >= 1
         assert samples[-1] == 1
         kept = [n for n in st["nodes"] if n["announcing"]]
@@ -705,9 +792,11 @@ def test_client_barely_notices_a_node_dying(cluster):
     res = json.loads(out.read_text())
     gaps = sorted(res["max_gap"])
     lost = res["sent"] - res["received"]
-    print(f"\nnode1's link down, then node2's agent killed, under {len(gaps)} UDP flows: worst flow paused "
-          f"{gaps[-1] * 1000:.0f} ms, {sum(1 for g in gaps if g > 0.05)} flows paused > 50 ms; "
-          f"{lost} of {res['sent']} probes lost")
+    print(
+        f"\nnode1's link down, then node2's agent killed, under {len(gaps)} UDP flows: worst flow paused "
+        f"{gaps[-1] * 1000:.0f} ms, {sum(1 for g in gaps if g > 0.05)} flows paused > 50 ms; "
+        f"{lost} of {res['sent']} probes lost"
+    )
     c.start_in("node2", *topology.xdpguard_argv(), "cluster", "run", "--config", c.config(2), "--duration", "900")
     c.wait_hops(NODES, 30)
     # `lost > 0` is no proof that flows went through node1 (that is asserted above, from node1's
@@ -722,8 +811,9 @@ def test_client_barely_notices_a_node_dying(cluster):
 
 
 def _router_birdc(c: Cluster, *args: str) -> str:
-    return subprocess.run(["birdc", "-s", str(c.file("bird-router.ctl")), *args], capture_output=True, text=True,
-                          timeout=10).stdout
+    return subprocess.run(
+        ["birdc", "-s", str(c.file("bird-router.ctl")), *args], capture_output=True, text=True, timeout=10
+    ).stdout
 
 
 def _router_route4(c: Cluster) -> str:
@@ -732,9 +822,32 @@ def _router_route4(c: Cluster) -> str:
 
 def _flood(c: Cluster, pps: int, seconds: int) -> subprocess.Popen:
     mac = json.loads(c.run_in("router", "ip", "-j", "link", "show", "xgu-atk").stdout)[0]["address"]
-    return c.start_in("attacker", sys.executable, "-m", "xdpguard.lab.flood", "--iface", "eth0", "--dst-mac", mac,
-                      "--dst", lc.PROT4, "--kind", "udp", "--spoof", "198.18.8.128/25", "--sources", "128",
-                      "--dport", "7", "--count", str(pps * seconds), "--duration", str(seconds), "--pps", str(pps))
+    return c.start_in(
+        "attacker",
+        sys.executable,
+        "-m",
+        "xdpguard.lab.flood",
+        "--iface",
+        "eth0",
+        "--dst-mac",
+        mac,
+        "--dst",
+        lc.PROT4,
+        "--kind",
+        "udp",
+        "--spoof",
+        "198.18.8.128/25",
+        "--sources",
+        "128",
+        "--dport",
+        "7",
+        "--count",
+        str(pps * seconds),
+        "--duration",
+        str(seconds),
+        "--pps",
+        str(pps),
+    )
 
 
 def test_attack_escalates_upstream_and_is_withdrawn_after(cluster):
@@ -752,8 +865,10 @@ def test_attack_escalates_upstream_and_is_withdrawn_after(cluster):
     try:
         seen = time_until(lambda: f"{lc.PROT4}/32" in _router_birdc(c, "show", "route", "table", "rflow4"), 8, 0.02)
         table = _router_birdc(c, "show", "route", "table", "rflow4", "all")
-        print(f"\nFlowSpec rule at the router {seen:.2f} s after a {2 * lc.FLOWSPEC_PPS} pps flood began "
-              f"(threshold {lc.FLOWSPEC_PPS} pps across {NODES} nodes):\n{table}")
+        print(
+            f"\nFlowSpec rule at the router {seen:.2f} s after a {2 * lc.FLOWSPEC_PPS} pps flood began "
+            f"(threshold {lc.FLOWSPEC_PPS} pps across {NODES} nodes):\n{table}"
+        )
         assert "proto 17" in table and "dport 7" in table, table
         assert "(generic, 0x80060000, 0x0)" in table, table  # traffic-rate 0
         assert "blackhole" not in _router_route4(c)
@@ -761,8 +876,11 @@ def test_attack_escalates_upstream_and_is_withdrawn_after(cluster):
     finally:
         flood.wait(timeout=30)
     ended = time.monotonic()
-    gone = time_until(lambda: f"{lc.PROT4}/32" not in _router_birdc(c, "show", "route", "table", "rflow4"),
-                      lc.ESCALATION_HOLD_S + 10, 0.05)
+    gone = time_until(
+        lambda: f"{lc.PROT4}/32" not in _router_birdc(c, "show", "route", "table", "rflow4"),
+        lc.ESCALATION_HOLD_S + 10,
+        0.05,
+    )
     print(f"FlowSpec rule withdrawn {gone:.2f} s after the flood ended (hold {lc.ESCALATION_HOLD_S} s)")
     assert gone >= lc.ESCALATION_HOLD_S - 1.0
     assert time.monotonic() - t0 < 60
@@ -776,11 +894,15 @@ def test_attack_escalates_upstream_and_is_withdrawn_after(cluster):
     finally:
         flood.wait(timeout=30)
     ended = time.monotonic()
-    back = time_until(lambda: "blackhole" not in _router_route4(c) and len(c.hops4()) == NODES,
-                      lc.ESCALATION_HOLD_S + 15, 0.05)
+    back = time_until(
+        lambda: "blackhole" not in _router_route4(c) and len(c.hops4()) == NODES, lc.ESCALATION_HOLD_S + 15, 0.05
+    )
     print(f"blackhole withdrawn, {NODES} next hops again {back:.2f} s after the flood ended")
-    time_until(lambda: f"{lc.PROT4}/32" not in _router_birdc(c, "show", "route", "table", "rflow4"),
-               lc.ESCALATION_HOLD_S + 10, 0.05)
+    time_until(
+        lambda: f"{lc.PROT4}/32" not in _router_birdc(c, "show", "route", "table", "rflow4"),
+        lc.ESCALATION_HOLD_S + 10,
+        0.05,
+    )
     log = "".join(p.read_text(errors="replace") for p in (c.run_dir / f"cluster-{c.name}" / "logs").glob("*node*"))
     assert "escalated: flowspec 198.18.0.1 udp/7" in log and "escalated: blackhole 198.18.0.1" in log
     assert "escalation withdrawn: blackhole 198.18.0.1" in log
@@ -795,14 +917,39 @@ def test_overloaded_node_prepends_rather_than_vanishes(cluster):
     _healthy(c)
     mac = json.loads(c.run_in("router", "ip", "-j", "link", "show", "xgu-atk").stdout)[0]["address"]
     pps = int(1.5 * lc.OVERLOAD_PPS)
-    flood = c.start_in("attacker", sys.executable, "-m", "xdpguard.lab.flood", "--iface", "eth0", "--dst-mac", mac,
-                       "--dst", lc.PROT4, "--kind", "udp", "--src", lc.ATTACKER4, "--sport", "40000", "--dport", "7",
-                       "--count", str(pps * 6), "--duration", "6", "--pps", str(pps))
+    flood = c.start_in(
+        "attacker",
+        sys.executable,
+        "-m",
+        "xdpguard.lab.flood",
+        "--iface",
+        "eth0",
+        "--dst-mac",
+        mac,
+        "--dst",
+        lc.PROT4,
+        "--kind",
+        "udp",
+        "--src",
+        lc.ATTACKER4,
+        "--sport",
+        "40000",
+        "--dport",
+        "7",
+        "--count",
+        str(pps * 6),
+        "--duration",
+        "6",
+        "--pps",
+        str(pps),
+    )
     longer = f"BGP.as_path: {lc.NODE_AS} {lc.NODE_AS} {lc.NODE_AS} {lc.NODE_AS}"
     try:
         seen = time_until(lambda: longer in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32"), 8, 0.02)
         routes = _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32")
-        print(f"\nan overloaded node prepended its AS {seen:.2f} s after a {pps} pps single-flow flood began:\n{routes}")
+        print(
+            f"\nan overloaded node prepended its AS {seen:.2f} s after a {pps} pps single-flow flood began:\n{routes}"
+        )
         # an overloaded node is still there, as a longer path (`seen`), and says so itself: it
         # prepends, it does not withdraw. Which nodes: the one the flow hashed to first, then others.
         # Its prepending makes the router drop it from the ECMP set, so the single flow moves to
@@ -823,12 +970,18 @@ def test_overloaded_node_prepends_rather_than_vanishes(cluster):
         over = [n for n in nodes if n["overloaded"]]
         assert over and all(n["announcing"] for n in over), nodes
         assert longer in routes
-        print("nodes:", [(n["node"], n["ready"], n["reasons"], n["overloaded"]) for n in nodes],
-              f"routes at the router: {routes.count('BGP.as_path:')}")
+        print(
+            "nodes:",
+            [(n["node"], n["ready"], n["reasons"], n["overloaded"]) for n in nodes],
+            f"routes at the router: {routes.count('BGP.as_path:')}",
+        )
     finally:
         flood.wait(timeout=30)
-    back = time_until(lambda: longer not in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32")
-                      and len(c.hops4()) == NODES, 20, 0.05)
+    back = time_until(
+        lambda: longer not in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32") and len(c.hops4()) == NODES,
+        20,
+        0.05,
+    )
     print(f"plain paths and {NODES} next hops again {back:.2f} s after the flood ended")
 
 
@@ -849,8 +1002,11 @@ def test_a_100k_blocklist_reaches_every_node_through_chunks(cluster):
     n = 100_000
     lst = c.file("block-100k.txt")
     lst.write_text("".join(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(n)))
-    desired = c.file("desired.toml").read_text().replace(
-        f'name = "{lc.NODE_IFACE}"\n', f'name = "{lc.NODE_IFACE}"\nblock_files = ["{lst}"]\n', 1)
+    desired = (
+        c.file("desired.toml")
+        .read_text()
+        .replace(f'name = "{lc.NODE_IFACE}"\n', f'name = "{lc.NODE_IFACE}"\nblock_files = ["{lst}"]\n', 1)
+    )
     big = c.file("desired-100k.toml")
     big.write_text(desired)
     t0 = time.monotonic()
@@ -858,14 +1014,22 @@ def test_a_100k_blocklist_reaches_every_node_through_chunks(cluster):
     put = time.monotonic() - t0
 
     def sizes():
-        return [json.loads(c.run_in(f"node{i}", sys.executable, "-c", LIST_SIZE).stdout)["block"]
-                for i in range(1, NODES + 1)]
+        return [
+            json.loads(c.run_in(f"node{i}", sys.executable, "-c", LIST_SIZE).stdout)["block"]
+            for i in range(1, NODES + 1)
+        ]
 
     t = time_until(lambda: all(s >= n for s in sizes()), 120, 0.5)
     print(f"\n{n:,} block entries: `cluster apply` {put:.2f} s, in every node's blocklist {t:.2f} s later")
     c.xg_in("node1", "cluster", "apply", str(c.file("desired.toml")), "--config", c.config(1))
     time_until(lambda: all(s == 0 for s in sizes()), 120, 0.5)
-    keys = c.run_in("etcd1", *lc.etcdctl_argv(c.name, tls=c.file("tls")), "get", "--prefix", "--keys-only",
-                    f"/xdpguard/{c.name}/state/chunks/").stdout.split()
+    keys = c.run_in(
+        "etcd1",
+        *lc.etcdctl_argv(c.name, tls=c.file("tls")),
+        "get",
+        "--prefix",
+        "--keys-only",
+        f"/xdpguard/{c.name}/state/chunks/",
+    ).stdout.split()
     assert keys == [], keys  # no desired key names a chunk any more: collected
     assert "cluster lab backend" in c.run_in("client", "curl", "-s", "-m", "3", "http://198.18.0.1/").stdout

@@ -23,9 +23,14 @@ from xdpguard.lab import topology
 pytestmark = pytest.mark.kernel
 
 COLS = ("pps", "ok", "rate", "kept", "p50", "p99", "backend", "share")
-EXPECTED_REASONS = {"syn-flood:80": "syncookie|syn", "ack-flood": "tcpstate", "xmas-flood": "tcpstate",
-                    "spoofed-udp:7": "ratelimit", "frag-flood": "fragment",
-                    "service-mix": "fragment|ratelimit|syncookie|syn|tcpstate"}
+EXPECTED_REASONS = {
+    "syn-flood:80": "syncookie|syn",
+    "ack-flood": "tcpstate",
+    "xmas-flood": "tcpstate",
+    "spoofed-udp:7": "ratelimit",
+    "frag-flood": "fragment",
+    "service-mix": "fragment|ratelimit|syncookie|syn|tcpstate",
+}
 
 
 def _cols(part: str) -> dict[str, float]:
@@ -38,8 +43,14 @@ def _cols(part: str) -> dict[str, float]:
 def test_demo_end_to_end(tmp_path):
     name = f"d{os.getpid() % 10_000_000}"
     env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
-    p = subprocess.run([sys.executable, "-m", "xdpguard.lab.demo", "--quick", "--no-cluster"], capture_output=True,
-                       text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [sys.executable, "-m", "xdpguard.lab.demo", "--quick", "--no-cluster"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
     assert "== with protection" in out and "== without protection" in out and "== summary" in out

@@ -106,8 +106,18 @@ class Daemon:
     def __init__(self, t: Topo, path: str, duration: float = 90):
         self.log = Path(path).with_suffix(".log")
         self.fh = open(self.log, "w")
-        self.proc = t.lab.popen(t.prot, "xdpguard", "run", "--config", path, "--no-detect", "--duration", str(duration),
-                                stdout=self.fh, stderr=subprocess.STDOUT)
+        self.proc = t.lab.popen(
+            t.prot,
+            "xdpguard",
+            "run",
+            "--config",
+            path,
+            "--no-detect",
+            "--duration",
+            str(duration),
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+        )
         t.lab.defer("stop daemon", self.stop)
 
     def text(self) -> str:
@@ -168,8 +178,12 @@ def test_apply_realises_the_file_and_twice_is_a_noop(topo: Topo, tmp_path: Path)
     assert topo.status_counter("drop", "blocklist") >= 1
     assert "no changes" in topo.xg("apply", "-f", path).stdout
     # a changed file: unblock OTHER4, drop the udp forward
-    path2 = write(tmp_path, CONFIG.replace(f'"{OTHER4}", ', "").split("[[interface.forward]]\nproto = \"udp\"")[0]
-                  + '[interface.events]\ndrop_pps = 5000\n', "second.toml")
+    path2 = write(
+        tmp_path,
+        CONFIG.replace(f'"{OTHER4}", ', "").split('[[interface.forward]]\nproto = "udp"')[0]
+        + "[interface.events]\ndrop_pps = 5000\n",
+        "second.toml",
+    )
     out = topo.xg("apply", "-f", path2).stdout
     assert f"- xgp0 block: {OTHER4}/32" in out and "- xgp0 forward: udp/198.18.0.2/80" in out
     assert answers(topo, src=OTHER4)
@@ -192,7 +206,7 @@ def test_failed_apply_rolls_back_everything(topo: Topo, tmp_path: Path):
 def test_bad_config_is_refused_with_locations_and_changes_nothing(topo: Topo, tmp_path: Path):
     topo.attach()
     before = export(topo)
-    text = CONFIG.replace('block = [', 'colour = "red"\nblock = [').replace("src_pps = 20000", "src_pps = -5")
+    text = CONFIG.replace("block = [", 'colour = "red"\nblock = [').replace("src_pps = 20000", "src_pps = -5")
     p = topo.xg("apply", "-f", write(tmp_path, text), check=False)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
@@ -299,13 +313,44 @@ def test_upgrade_under_flood_passes_nothing_and_keeps_state(topo: Topo, tmp_path
     topo.xg("block", "add", OTHER4)
     topo.xg("ban", "add", "198.51.100.66", "--ttl", "600")
     # count what gets past XDP from the flooding source, in our own nft table
-    topo.lab.run(topo.prot, "nft", "-f", "-", input=(
-        "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
-        f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"))
+    topo.lab.run(
+        topo.prot,
+        "nft",
+        "-f",
+        "-",
+        input=(
+            "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
+            f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"
+        ),
+    )
     mac = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
-    flood = topo.lab.popen(topo.client, PY, "-m", "xdpguard.lab.flood", "--iface", "xgc0", "--dst-mac", mac,
-                           "--dst", PROT4, "--kind", "udp", "--src", OTHER4, "--dport", "7", "--count", "3000000",
-                           "--duration", "50", "--pps", "20000", "--json", stdout=subprocess.PIPE, text=True)
+    flood = topo.lab.popen(
+        topo.client,
+        PY,
+        "-m",
+        "xdpguard.lab.flood",
+        "--iface",
+        "xgc0",
+        "--dst-mac",
+        mac,
+        "--dst",
+        PROT4,
+        "--kind",
+        "udp",
+        "--src",
+        OTHER4,
+        "--dport",
+        "7",
+        "--count",
+        "3000000",
+        "--duration",
+        "50",
+        "--pps",
+        "20000",
+        "--json",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)
     before = topo.status_counter("drop", "blocklist")
     ids = {attached_prog(topo)[0]}
@@ -334,12 +379,13 @@ def test_sigkill_anywhere_in_an_apply_converges_on_the_next(topo: Topo, tmp_path
     topo.attach()
     big = tmp_path / "list.txt"
     big.write_text("".join(f"198.19.{i >> 8}.{i & 255}\n" for i in range(20000)))
-    path = write(tmp_path, CONFIG.replace('block = [', f'block_files = ["{big}"]\nblock = ['))
+    path = write(tmp_path, CONFIG.replace("block = [", f'block_files = ["{big}"]\nblock = ['))
     small = write(tmp_path, f'[[interface]]\nname = "xgp0"\nprotect = ["{PROT4}"]\n', "small.toml")
     for i, delay in enumerate([0.05, 0.15, 0.3, 0.5, 0.7, 0.9, 1.2, 1.5, 2.0, 2.5]):
         target = path if i % 2 == 0 else small
-        proc = topo.lab.popen(topo.prot, "xdpguard", "apply", "-f", target, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+        proc = topo.lab.popen(
+            topo.prot, "xdpguard", "apply", "-f", target, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(delay)
         proc.kill()
         proc.wait(timeout=10)
@@ -361,18 +407,22 @@ def test_an_imperative_verb_is_stored_before_the_kernel_is_touched(topo: Topo, t
     key = netns_key(topo)
     desired = state.state_root() / key / "desired.toml"
     block_file = state.state_root() / key / "desired.lists" / "xgp0.block"
-    for argv, stored in ((["block", "add", "198.51.100.77"], lambda: "198.51.100.77/32" in block_file.read_text()),
-                         (["limit", "set", "--src-pps", "3k", "--protected", PROT4],
-                          lambda: "src_pps = 3000" in desired.read_text())):
+    for argv, stored in (
+        (["block", "add", "198.51.100.77"], lambda: "198.51.100.77/32" in block_file.read_text()),
+        (["limit", "set", "--src-pps", "3k", "--protected", PROT4], lambda: "src_pps = 3000" in desired.read_text()),
+    ):
         assert _killed_after_store(topo, argv) == -signal.SIGKILL, argv  # died at the fault point: after the store
         assert block_file.exists() and stored(), (argv, desired.read_text())
     assert "198.51.100.77" not in topo.xg("block", "list").stdout
     assert "src_pps" not in export(topo)
     d = Daemon(topo, small)  # the file last applied: the store (with both changes) wins
+
     def both() -> bool:
         x = tomllib.loads(export(topo))["interface"][0]
-        return x.get("block") == ["198.51.100.77/32"] and \
-            any(a.get("limits", {}).get("src_pps") == 3000 for a in x.get("address", []))
+        return x.get("block") == ["198.51.100.77/32"] and any(
+            a.get("limits", {}).get("src_pps") == 3000 for a in x.get("address", [])
+        )
+
     took = wait_for(both, 30, step=0.5)
     assert took is not None, d.text()
     assert d.stop() == 0
@@ -382,8 +432,15 @@ def test_an_imperative_verb_is_stored_before_the_kernel_is_touched(topo: Topo, t
 def _killed_after_store(topo: Topo, argv: list[str]) -> int:
     """Run a verb with the fault point after its store on (XDPGUARD_KILL_AFTER_STORE); its exit
     status (-SIGKILL when it stored a change and died there, before its kernel write)."""
-    proc = topo.lab.popen(topo.prot, "env", f"{reconcile.KILL_AFTER_STORE}=1", "xdpguard", *argv,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = topo.lab.popen(
+        topo.prot,
+        "env",
+        f"{reconcile.KILL_AFTER_STORE}=1",
+        "xdpguard",
+        *argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return proc.wait(timeout=60)
 
 
@@ -408,23 +465,37 @@ def test_every_verb_stores_first_what_it_then_does(topo: Topo, tmp_path: Path):
         return {f.name: f.read_text() for f in files if f.exists()}
 
     verbs = [
-        ["block", "add", OTHER4, "198.51.100.0/24"], ["allow", "add", "203.0.113.5"],
-        ["block", "add", "198.51.100.0/24", "--ttl", "600"], ["block", "del", OTHER4], ["block", "load", str(lst)],
-        ["port", "open", "tcp", "22-24", "--protected", PROT4], ["port", "close", "tcp", "23"],
+        ["block", "add", OTHER4, "198.51.100.0/24"],
+        ["allow", "add", "203.0.113.5"],
+        ["block", "add", "198.51.100.0/24", "--ttl", "600"],
+        ["block", "del", OTHER4],
+        ["block", "load", str(lst)],
+        ["port", "open", "tcp", "22-24", "--protected", PROT4],
+        ["port", "close", "tcp", "23"],
         ["limit", "set", "--src-pps", "2k", "--ban", "30", "--protected", PROT4],
-        ["limit", "set", "--dst-pps", "1000", "--port", "udp:53-55"], ["limit", "clear", "--port", "udp:54"],
-        ["proto", "block", "icmp"], ["proto", "unblock", "icmp", "--protected", PROT6],
+        ["limit", "set", "--dst-pps", "1000", "--port", "udp:53-55"],
+        ["limit", "clear", "--port", "udp:54"],
+        ["proto", "block", "icmp"],
+        ["proto", "unblock", "icmp", "--protected", PROT6],
         ["syn", "set", "--threshold", "1000", "--auth-window", "300-8000", "--protected", PROT4],
         ["filter", "add", "--proto", "udp", "--dport", "53", "--action", "drop"],
         ["filter", "add", "--proto", "tcp", "--dport", "25", "--action", "drop", "--position", "1"],
-        ["filter", "del", "2"], ["reflection", "add", "4444", "5555"], ["reflection", "off"],
-        ["monitor", "on", "--reason", "blocklist"], ["monitor", "off"], ["fragments", "pass"],
+        ["filter", "del", "2"],
+        ["reflection", "add", "4444", "5555"],
+        ["reflection", "off"],
+        ["monitor", "on", "--reason", "blocklist"],
+        ["monitor", "off"],
+        ["fragments", "pass"],
         ["forward", "add", "udp", "80", "--to", f"198.18.2.2:{BPORT}"],
         ["forward", "add", "tcp", "80", "--to", f"198.18.1.2:{BPORT}"],
-        ["level", "strict", "--protected", PROT4], ["limit", "clear", "--all-ports", "--protected", PROT6],
-        ["connlimit", "set", "--new-per-source", "50", "--protected", PROT4], ["connlimit", "clear"],
-        ["forward", "del", "tcp", "80"], ["level", "loose"],
-        ["events", "threshold", "set", "--drop-pps", "5000"], ["events", "threshold", "clear"],
+        ["level", "strict", "--protected", PROT4],
+        ["limit", "clear", "--all-ports", "--protected", PROT6],
+        ["connlimit", "set", "--new-per-source", "50", "--protected", PROT4],
+        ["connlimit", "clear"],
+        ["forward", "del", "tcp", "80"],
+        ["level", "loose"],
+        ["events", "threshold", "set", "--drop-pps", "5000"],
+        ["events", "threshold", "clear"],
     ]
     for argv in verbs:
         before = snapshot()
@@ -439,20 +510,53 @@ def test_every_verb_stores_first_what_it_then_does(topo: Topo, tmp_path: Path):
 
 def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_through(topo: Topo, tmp_path: Path):
     a = write(tmp_path, CONFIG, "a.toml")
-    b = write(tmp_path, CONFIG.replace('"203.0.113.0/24"', '"203.0.113.0/25", "192.0.2.0/24"')
-              .replace("src_pps = 20000", "src_pps = 30000"), "b.toml")
+    b = write(
+        tmp_path,
+        CONFIG.replace('"203.0.113.0/24"', '"203.0.113.0/25", "192.0.2.0/24"').replace(
+            "src_pps = 20000", "src_pps = 30000"
+        ),
+        "b.toml",
+    )
     topo.xg("apply", "-f", a)
     topo.lab.defer("detach xdpguard", topo.xg, "detach", "xgp0", check=False)
-    topo.lab.run(topo.prot, "nft", "-f", "-", input=(
-        "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
-        f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"))
+    topo.lab.run(
+        topo.prot,
+        "nft",
+        "-f",
+        "-",
+        input=(
+            "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
+            f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"
+        ),
+    )
     topo.lab.defer("nft test table", topo.lab.run, topo.prot, "nft", "delete", "table", "inet", "xgtest", check=False)
     mac = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
-    flood = topo.lab.popen(topo.client, PY, "-m", "xdpguard.lab.flood", "--iface", "xgc0", "--dst-mac", mac,
-                           "--dst", PROT4, "--kind", "udp", "--src", OTHER4, "--dport", "80", "--count", "3000000",
-                           "--duration", "55", "--pps", "10000", stdout=subprocess.DEVNULL)
-    client = topo.lab.popen(topo.client, PY, "-c", CLIENT_LOOP, PROT4, CLIENT4, "55",
-                            stdout=subprocess.PIPE, text=True)
+    flood = topo.lab.popen(
+        topo.client,
+        PY,
+        "-m",
+        "xdpguard.lab.flood",
+        "--iface",
+        "xgc0",
+        "--dst-mac",
+        mac,
+        "--dst",
+        PROT4,
+        "--kind",
+        "udp",
+        "--src",
+        OTHER4,
+        "--dport",
+        "80",
+        "--count",
+        "3000000",
+        "--duration",
+        "55",
+        "--pps",
+        "10000",
+        stdout=subprocess.DEVNULL,
+    )
+    client = topo.lab.popen(topo.client, PY, "-c", CLIENT_LOOP, PROT4, CLIENT4, "55", stdout=subprocess.PIPE, text=True)
     n = 0
     t0 = time.monotonic()
     while n < APPLIES and time.monotonic() - t0 < 45:
@@ -465,7 +569,9 @@ def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_th
     out, _ = client.communicate(timeout=70)
     ok, failed = (int(x) for x in out.split())
     leaked = json.loads(topo.lab.run(topo.prot, "nft", "-j", "list", "counter", "inet", "xgtest", "leaked").stdout)
-    print(f"{n} applies under a flood: {leaked['nftables'][1]['counter']['packets']} leaked, client {ok} ok / {failed} failed")
+    print(
+        f"{n} applies under a flood: {leaked['nftables'][1]['counter']['packets']} leaked, client {ok} ok / {failed} failed"
+    )
     assert n >= 20
     assert leaked["nftables"][1]["counter"]["packets"] == 0
     assert ok > 0 and failed == 0
@@ -501,8 +607,9 @@ def test_state_of_a_dead_namespace_is_never_adopted(tmp_path: Path):
     from xdpguard.core import state
     from xdpguard.lab.netns import Lab
 
-    make = ("from xdpguard.core import state; d = state.netns_state_dir(); (d / 'desired.toml').write_text('x');"
-            " print(d)")
+    make = (
+        "from xdpguard.core import state; d = state.netns_state_dir(); (d / 'desired.toml').write_text('x'); print(d)"
+    )
     with Lab() as lab:
         ns = lab.netns("own")
         d = Path(lab.run(ns, PY, "-c", make).stdout.strip())

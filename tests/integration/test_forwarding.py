@@ -82,8 +82,19 @@ class Topo:
         self.lab.defer("detach xdpguard", self.xg, "detach", self.iface, check=False)
 
     def start_echo(self, n: int) -> None:
-        srv = self.lab.popen(self.backends[n], PY, "-m", "xdpguard.lab.echo", "serve", "--port", str(BPORT),
-                             "--duration", "600", stdout=subprocess.PIPE, text=True)
+        srv = self.lab.popen(
+            self.backends[n],
+            PY,
+            "-m",
+            "xdpguard.lab.echo",
+            "serve",
+            "--port",
+            str(BPORT),
+            "--duration",
+            "600",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert "serving" in srv.stdout.readline()
         self.servers[n] = srv
 
@@ -92,11 +103,23 @@ class Topo:
         os.killpg(srv.pid, signal.SIGTERM)
         srv.wait(timeout=10)
 
-    def requests(self, proto: str, dst: str, port: int, n: int = 1, src: str | None = None,
-                 timeout: float = 0.7) -> list[dict]:
+    def requests(
+        self, proto: str, dst: str, port: int, n: int = 1, src: str | None = None, timeout: float = 0.7
+    ) -> list[dict]:
         src = src or (CLIENT6 if ":" in dst else CLIENT4)
-        p = self.lab.run(self.client, PY, "-c", CLIENT_SCRIPT, proto, dst, str(port), str(n), str(timeout), src,
-                         timeout=n * timeout + 20)
+        p = self.lab.run(
+            self.client,
+            PY,
+            "-c",
+            CLIENT_SCRIPT,
+            proto,
+            dst,
+            str(port),
+            str(n),
+            str(timeout),
+            src,
+            timeout=n * timeout + 20,
+        )
         return json.loads(p.stdout)
 
     def backends_seen(self, proto: str, fam: int, port: int, n: int = 1, src: str | None = None) -> list[int | None]:
@@ -234,9 +257,24 @@ def test_health_failover_return_and_backup(topo: Topo):
     topo.attach()
     topo.xg("forward", "add", "tcp", "80", "--to", f"{_b(4, 1)},{_b(4, 2)}")
     topo.xg("forward", "add", "udp", "5353", "--to", _b(4, 1), "--backup", _b(4, 2), "--udp-probe", "70696e67")
-    runner = topo.lab.popen(topo.prot, "xdpguard", "run", "--interval", "0.5", "--fall", "2", "--rise", "1",
-                            "--timeout", "0.3", "--duration", "60", stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    runner = topo.lab.popen(
+        topo.prot,
+        "xdpguard",
+        "run",
+        "--interval",
+        "0.5",
+        "--fall",
+        "2",
+        "--rise",
+        "1",
+        "--timeout",
+        "0.3",
+        "--duration",
+        "60",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert "health checks every" in runner.stdout.readline()
 
     def health() -> dict[str, str]:
@@ -262,8 +300,16 @@ def test_health_failover_return_and_backup(topo: Topo):
 
 def test_detach_removes_rules_restores_sysctls_keeps_foreign_table(topo: Topo):
     topo.lab.run(topo.prot, "nft", "add", "table", "inet", "other")
-    topo.lab.run(topo.prot, "nft", "add", "chain", "inet", "other", "c",
-                 "{ type filter hook input priority 10 ; policy accept ; }")
+    topo.lab.run(
+        topo.prot,
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "other",
+        "c",
+        "{ type filter hook input priority 10 ; policy accept ; }",
+    )
     topo.lab.run(topo.prot, "nft", "add", "rule", "inet", "other", "c", "tcp", "dport", "4242", "counter")
     foreign = topo.lab.run(topo.prot, "nft", "list", "table", "inet", "other").stdout
     topo.attach()

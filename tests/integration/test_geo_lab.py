@@ -54,8 +54,25 @@ def test_geo_toggle_block_allow(topo: Topo, tmp_path):
     assert topo.counter("drop", "geo") >= 4
 
     # stats --json: the top countries of the sampled traffic, dropped and passed
-    st = subprocess.Popen(["ip", "netns", "exec", topo.prot, "xdpguard", "stats", topo.iface, "--interval", "4",
-                           "--sample-every", "1", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    st = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.prot,
+            "xdpguard",
+            "stats",
+            topo.iface,
+            "--interval",
+            "4",
+            "--sample-every",
+            "1",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     topo.lab.defer("stop stats", st.kill)
     end = time.monotonic() + 4  # probes while it samples (its start takes a while on a loaded machine)
     while st.poll() is None and time.monotonic() < end:
@@ -68,19 +85,36 @@ def test_geo_toggle_block_allow(topo: Topo, tmp_path):
     assert countries["passed"][0]["key"] == "QZ", countries
 
     # Prometheus: the daemon's tally of its samples by country (a bounded label set, geo.CountryTally)
-    d = subprocess.Popen(["ip", "netns", "exec", topo.prot, "xdpguard", "run", "--metrics", "127.0.0.1:9477",
-                          "--duration", "30", "--no-mitigate"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
+    d = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.prot,
+            "xdpguard",
+            "run",
+            "--metrics",
+            "127.0.0.1:9477",
+            "--duration",
+            "30",
+            "--no-mitigate",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     topo.lab.defer("stop the daemon", d.kill)
     scraped, end = "", time.monotonic() + 20
     want = ('action="drop",country="QY",iface="xgp0"', 'action="pass",country="QZ",iface="xgp0"')
     while not all(w in scraped for w in want) and time.monotonic() < end:
         topo.probe("udp", PROT4)
         topo.probe("udp", PROT4, src=OTHER4)
-        scraped = topo.lab.run(topo.prot, "curl", "-s", "-m", "2", "http://127.0.0.1:9477/metrics", check=False,
-                               timeout=10).stdout
-        scraped = "\n".join(line.replace(" ", "") for line in scraped.splitlines()
-                             if line.startswith("xdpguard_country_packets_total{"))
+        scraped = topo.lab.run(
+            topo.prot, "curl", "-s", "-m", "2", "http://127.0.0.1:9477/metrics", check=False, timeout=10
+        ).stdout
+        scraped = "\n".join(
+            line.replace(" ", "") for line in scraped.splitlines() if line.startswith("xdpguard_country_packets_total{")
+        )
     d.terminate()
     d.wait(timeout=20)
     assert all(w in scraped for w in want), scraped
@@ -142,8 +176,11 @@ L7_NETS = {"198.18.0.64/26": "QY", "2001:db8:0:1::40/122": "QY", "198.18.0.0/28"
 
 def _get(lab: Env, role: str, url: str, *args: str) -> str:
     """`HTTP_CODE BODY` of one curl from `role` (000: no answer within 3 s)."""
-    p = lab.run(["ip", "netns", "exec", lab.ns(role), "curl", "-s", "-m", "3", "-w", "\\n%{http_code}", *args, url],
-                check=False, timeout=15)
+    p = lab.run(
+        ["ip", "netns", "exec", lab.ns(role), "curl", "-s", "-m", "3", "-w", "\\n%{http_code}", *args, url],
+        check=False,
+        timeout=15,
+    )
     body, _, code = p.stdout.rpartition("\n")
     return f"{code} {body}"
 
@@ -179,8 +216,16 @@ def test_geo_mode_cc_challenges_at_layer7(tmp_path: Path) -> None:
             assert got.startswith("302 "), got  # the challenge, from HAProxy
             assert re.search(r"set-cookie: xgc=\d+\.c\.[0-9a-f]{64};", got, re.I), got
             assert _get(lab, "attacker", url, "-b", jar, "-c", jar).startswith(PAGE), url  # with the cookie
-            assert _get(lab, "attacker", url, "-L", "-b", str(tmp_path / "new-jar"),  # a browser: 302, then the page
-                        "-c", str(tmp_path / "new-jar")).startswith(PAGE), url
+            assert _get(
+                lab,
+                "attacker",
+                url,
+                "-L",
+                "-b",
+                str(tmp_path / "new-jar"),  # a browser: 302, then the page
+                "-c",
+                str(tmp_path / "new-jar"),
+            ).startswith(PAGE), url
         before = geo_drops()
         assert _get(lab, "attacker", nat).startswith("000")  # a NAT forward: still dropped in XDP
         assert geo_drops() > before

@@ -46,11 +46,13 @@ HIDDEN = [T.BACKEND4, T.BACKEND6, DEAD4]  # anywhere in a packet, packed or as t
 # header the client gets (IP, quoted by ICMP). The lab's echo server deliberately answers "from
 # <the peer it saw>|…", so in that payload (the application's choice) it may appear.
 INTERNAL = {T.PROT_BACK4, T.PROT_BACK6}
-EXTRA_FORWARDS = [("tcp", "8081", f"{T.BACKEND4}:8081"),  # nothing listens: the backend resets
-                  ("udp", "8082", f"{T.BACKEND4}:8082"),  # nothing listens: ICMP port unreachable
-                  ("udp", "8082", f"[{T.BACKEND6}]:8082"),
-                  ("tcp", "8083", f"{DEAD4}:8083"),  # the backend host is down
-                  ("udp", "8084", f"{DEAD4}:8084")]
+EXTRA_FORWARDS = [
+    ("tcp", "8081", f"{T.BACKEND4}:8081"),  # nothing listens: the backend resets
+    ("udp", "8082", f"{T.BACKEND4}:8082"),  # nothing listens: ICMP port unreachable
+    ("udp", "8082", f"[{T.BACKEND6}]:8082"),
+    ("tcp", "8083", f"{DEAD4}:8083"),  # the backend host is down
+    ("udp", "8084", f"{DEAD4}:8084"),
+]
 
 # The scenarios one host goes through; prints {name: outcome} as JSON. Bounded: every socket has
 # a timeout and each scenario runs once.
@@ -90,7 +92,9 @@ print(json.dumps(out))
 """
 
 # The same probes, chosen by name (argv[3:]), for the health-check failures: prints {name: outcome}.
-PROBES = SCENARIOS.split("http(\"http4\"")[0] + r"""
+PROBES = (
+    SCENARIOS.split('http("http4"')[0]
+    + r"""
 one = {"http4": lambda: http("http4", f"http://{p4}/"), "http6": lambda: http("http6", f"http://[{p6}]/"),
        "nat_http4": lambda: http("nat_http4", f"http://{p4}:8080/"),
        "echo_tcp4": lambda: talk("echo_tcp4", socket.AF_INET, socket.SOCK_STREAM, p4, 7),
@@ -100,6 +104,7 @@ for name in sys.argv[3:]:
     one[name]()
 print(json.dumps(out))
 """
+)
 
 GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).status)"
 
@@ -132,7 +137,9 @@ def demo(tmp_path: Path):
     finally:
         subprocess.run(["ip", "netns", "del", rogue], capture_output=True)
         _run([*xg, "lab", "down"], env, check=False)
-        left = [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")] if os.path.isdir("/run/netns") else []
+        left = (
+            [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")] if os.path.isdir("/run/netns") else []
+        )
         assert not left, left
 
 
@@ -145,9 +152,30 @@ def _in(name, role, env, *argv, check=True, timeout=60) -> subprocess.CompletedP
 
 
 def _capture(name: str, role: str, path: Path) -> subprocess.Popen:
-    p = subprocess.Popen(["ip", "netns", "exec", _ns(name, role), "timeout", "120", "tcpdump", "-i", T.HOST_IFACE,
-                          "-U", "-n", "-s", "0", "-c", "20000", "-w", str(path)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            _ns(name, role),
+            "timeout",
+            "120",
+            "tcpdump",
+            "-i",
+            T.HOST_IFACE,
+            "-U",
+            "-n",
+            "-s",
+            "0",
+            "-c",
+            "20000",
+            "-w",
+            str(path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = p.stderr.readline()
     assert "listening on" in line, line
     return p
@@ -167,8 +195,12 @@ def test_backend_address_never_reaches_client_or_attacker(demo, tmp_path: Path):
     pcaps = {role: tmp_path / f"{role}.pcap" for role in ("client", "attacker")}
     caps = {role: _capture(name, role, p) for role, p in pcaps.items()}
     try:
-        results = {role: json.loads(_in(name, role, env, sys.executable, "-c", SCENARIOS, T.PROT4, T.PROT6,
-                                        timeout=120).stdout) for role in ("client", "attacker")}
+        results = {
+            role: json.loads(
+                _in(name, role, env, sys.executable, "-c", SCENARIOS, T.PROT4, T.PROT6, timeout=120).stdout
+            )
+            for role in ("client", "attacker")
+        }
         time.sleep(0.5)
     finally:
         for p in caps.values():
@@ -242,19 +274,56 @@ def test_health_check_failures_never_show_the_backend(demo, tmp_path: Path):
     page. Whatever client and attacker received on the way shows no backend address."""
     name, env = demo
     pcaps = {role: tmp_path / f"down-{role}.pcap" for role in ("client", "attacker")}
-    daemon = subprocess.Popen(["ip", "netns", "exec", _ns(name, "prot"), *T.xdpguard_argv(), "run", "--interval", "0.5",
-                               "--timeout", "0.3", "--fall", "2", "--no-detect", "--duration", "90"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    daemon = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            _ns(name, "prot"),
+            *T.xdpguard_argv(),
+            "run",
+            "--interval",
+            "0.5",
+            "--timeout",
+            "0.3",
+            "--fall",
+            "2",
+            "--no-detect",
+            "--duration",
+            "90",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     caps = {}
     try:
-        probe = lambda role, *names: json.loads(_in(name, role, env, sys.executable, "-c", PROBES, T.PROT4,  # noqa: E731
-                                                    T.PROT6, *names, timeout=120).stdout)
+        probe = lambda role, *names: json.loads(
+            _in(
+                name,
+                role,
+                env,
+                sys.executable,
+                "-c",
+                PROBES,
+                T.PROT4,  # noqa: E731
+                T.PROT6,
+                *names,
+                timeout=120,
+            ).stdout
+        )
         every = ("http4", "http6", "nat_http4", "echo_tcp4", "echo_udp4", "echo_udp6")
         before = probe("client", *every)
         assert all(v[0] in (200, "reply") for v in before.values()), before
         caps = {role: _capture(name, role, p) for role, p in pcaps.items()}
-        p = subprocess.run(["ip", "netns", "exec", _ns(name, "backend"), "nft", "-f", "-"], input=BACKEND_DOWN,
-                           capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            ["ip", "netns", "exec", _ns(name, "backend"), "nft", "-f", "-"],
+            input=BACKEND_DOWN,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert p.returncode == 0, p.stderr
         first = {role: probe(role, "echo_tcp4", "echo_udp4", "echo_udp6") for role in pcaps}
         end = time.monotonic() + 40  # HAProxy: 3 failed checks 2 s apart; the daemon: fall 2 at 0.5 s
@@ -307,8 +376,9 @@ def test_origin_rules_refuse_whoever_goes_around_the_protector(demo):
     _run(["ip", "-n", rogue, "route", "add", "198.18.1.0/24", "via", "198.18.3.1"], env)
 
     def around() -> str:
-        return _run(["ip", "netns", "exec", rogue, sys.executable, "-c", CONNECT, T.BACKEND4, str(T.HTTP_PORT)],
-                    env).stdout.strip()
+        return _run(
+            ["ip", "netns", "exec", rogue, sys.executable, "-c", CONNECT, T.BACKEND4, str(T.HTTP_PORT)], env
+        ).stdout.strip()
 
     def through() -> str:
         return _in(name, "client", env, sys.executable, "-c", CONNECT, T.PROT4, str(T.HTTP_PORT)).stdout.strip()
@@ -321,8 +391,9 @@ def test_origin_rules_refuse_whoever_goes_around_the_protector(demo):
     js = json.loads(_run([*xg, "origin-rules", "--json"], env).stdout)
     assert {(s["backend"], s["proto"]) for s in js["services"]} >= {(T.BACKEND4, "tcp"), (T.BACKEND6, "udp")}
     assert all(T.PROT_BACK4 in s["sources"] or T.PROT_BACK6 in s["sources"] for s in js["services"]), js
-    p = subprocess.run(["ip", "netns", "exec", backend, "nft", "-f", "-"], input=rules, capture_output=True, text=True,
-                       timeout=30)
+    p = subprocess.run(
+        ["ip", "netns", "exec", backend, "nft", "-f", "-"], input=rules, capture_output=True, text=True, timeout=30
+    )
     assert p.returncode == 0, (p.stderr, rules)
 
     assert around() == "ConnectionRefusedError"  # refused: TCP reset from the real server
@@ -341,7 +412,9 @@ def cluster2(tmp_path: Path):
         yield name, env
     finally:
         _run([*T.xdpguard_argv(), "lab", "down"], env, check=False, timeout=300)
-        left = [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")] if os.path.isdir("/run/netns") else []
+        left = (
+            [n for n in os.listdir("/run/netns") if n.startswith(f"xg-{name}-")] if os.path.isdir("/run/netns") else []
+        )
         assert not left, left
 
 
@@ -360,15 +433,33 @@ def test_cluster_never_shows_the_backend(cluster2, tmp_path: Path):
     pcaps = {role: tmp_path / f"cluster-{role}.pcap" for role in ("client", "attacker")}
     caps = {role: _capture(name, role, p) for role, p in pcaps.items()}
     every = ("http4", "http6", "echo_tcp4", "echo_udp4", "echo_udp6")
-    probe = lambda role, *names: json.loads(_in(name, role, env, sys.executable, "-c", PROBES, T.PROT4, T.PROT6,  # noqa: E731
-                                                *names, timeout=120).stdout)
+    probe = lambda role, *names: json.loads(
+        _in(
+            name,
+            role,
+            env,
+            sys.executable,
+            "-c",
+            PROBES,
+            T.PROT4,
+            T.PROT6,  # noqa: E731
+            *names,
+            timeout=120,
+        ).stdout
+    )
     try:
         served = {role: [probe(role, *every) for _ in range(4)] for role in pcaps}  # new source ports: both nodes
-        p = subprocess.run(["ip", "netns", "exec", _ns(name, "backend"), "nft", "-f", "-"], input=BACKEND_DOWN,
-                           capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            ["ip", "netns", "exec", _ns(name, "backend"), "nft", "-f", "-"],
+            input=BACKEND_DOWN,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert p.returncode == 0, p.stderr
-        failed = {role: [probe(role, "echo_tcp4", "echo_udp4", "echo_udp6", "http4") for _ in range(3)]
-                  for role in pcaps}
+        failed = {
+            role: [probe(role, "echo_tcp4", "echo_udp4", "echo_udp6", "http4") for _ in range(3)] for role in pcaps
+        }
         time.sleep(0.5)
     finally:
         for c in caps.values():

@@ -26,8 +26,25 @@ pytestmark = pytest.mark.kernel
 
 
 def _capture(lab, ns: str, path: Path) -> subprocess.Popen:
-    p = lab.popen(ns, "timeout", "120", "tcpdump", "-i", "eth0", "-U", "-n", "-s", "0", "-c", "20000", "-w", str(path),
-                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = lab.popen(
+        ns,
+        "timeout",
+        "120",
+        "tcpdump",
+        "-i",
+        "eth0",
+        "-U",
+        "-n",
+        "-s",
+        "0",
+        "-c",
+        "20000",
+        "-w",
+        str(path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = p.stderr.readline()
     assert "listening on" in line, line
     return p
@@ -47,8 +64,17 @@ def test_l7_path_never_shows_the_backend(lab, tmp_path: Path):
     codes = {}
     try:
         for ns in pcaps:
-            code = lambda path, *a: s.curl(ns, "-o", "/dev/null", "-w", "%{http_code}", *a,  # noqa: E731
-                                           f"http://{L.PROT4}{path}").stdout
+            code = lambda path, *a: (
+                s.curl(
+                    ns,
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    *a,  # noqa: E731
+                    f"http://{L.PROT4}{path}",
+                ).stdout
+            )
             codes[(ns, "page")] = code("/")
             codes[(ns, "challenge")] = code("/private/a")
             codes[(ns, "api")] = code("/api/x")
@@ -58,15 +84,28 @@ def test_l7_path_never_shows_the_backend(lab, tmp_path: Path):
         s.t.backend_proc.kill()
         s.t.backend_proc.wait(timeout=10)
         for ns in pcaps:  # HAProxy's error page once its retries give up (bounded)
-            codes[(ns, "down")] = lab.run(ns, "curl", "-s", "-m", "8", "-o", "/dev/null", "-w", "%{http_code}",
-                                          f"http://{L.PROT4}/api/x", check=False, timeout=15).stdout
+            codes[(ns, "down")] = lab.run(
+                ns,
+                "curl",
+                "-s",
+                "-m",
+                "8",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"http://{L.PROT4}/api/x",
+                check=False,
+                timeout=15,
+            ).stdout
         end = time.monotonic() + 40  # then its health check marks the server down (fall 3, 2 s apart)
         while (status := _server_status(s)) is not None and not status.startswith("DOWN") and time.monotonic() < end:
             time.sleep(0.5)
         codes["status"] = status
         for ns in pcaps:  # no server left: HAProxy's own 503 page, headers and body
-            codes[(ns, "down_page")] = lab.run(ns, "curl", "-s", "-i", "-m", "8", f"http://{L.PROT4}/api/x",
-                                               check=False, timeout=15).stdout
+            codes[(ns, "down_page")] = lab.run(
+                ns, "curl", "-s", "-i", "-m", "8", f"http://{L.PROT4}/api/x", check=False, timeout=15
+            ).stdout
         time.sleep(0.5)
     finally:
         for p in caps:

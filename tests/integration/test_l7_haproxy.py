@@ -43,9 +43,15 @@ def _require(tool: str) -> None:
 
 
 def _service(**kw) -> HttpService:
-    base = dict(name="web", listen=[L.PROT4], backends=[f"{L.BACKEND4}:{L.HTTP_PORT}"], health_path="/healthz",
-                rules=[Rule("challenge", path_prefix="/private/")], limits=[RateLimit("/api/", 50)],
-                exempt=["/api/"])
+    base = dict(
+        name="web",
+        listen=[L.PROT4],
+        backends=[f"{L.BACKEND4}:{L.HTTP_PORT}"],
+        health_path="/healthz",
+        rules=[Rule("challenge", path_prefix="/private/")],
+        limits=[RateLimit("/api/", 50)],
+        exempt=["/api/"],
+    )
     return HttpService(**{**base, **kw})
 
 
@@ -70,9 +76,21 @@ class Setup:
         return self.lab.run(ns, "curl", "-s", "-m", "3", *args, check=False, timeout=10)
 
     def client(self, duration: float, path: str = "/", interval: float = 0.1) -> subprocess.Popen:
-        return self.lab.popen(self.t.client, sys.executable, "-m", "xdpguard.lab.l7", "client", "--url",
-                              f"http://{L.PROT4}{path}", "--duration", str(duration), "--interval", str(interval),
-                              stdout=subprocess.PIPE, text=True)
+        return self.lab.popen(
+            self.t.client,
+            sys.executable,
+            "-m",
+            "xdpguard.lab.l7",
+            "client",
+            "--url",
+            f"http://{L.PROT4}{path}",
+            "--duration",
+            str(duration),
+            "--interval",
+            str(interval),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     @staticmethod
     def result(p: subprocess.Popen, timeout: float = 60) -> dict:
@@ -80,8 +98,19 @@ class Setup:
         return json.loads(out.strip().splitlines()[-1])
 
     def wrk(self, seconds: int, conns: int = 64) -> subprocess.Popen:
-        return self.lab.popen(self.t.attacker, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s", URL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return self.lab.popen(
+            self.t.attacker,
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--timeout",
+            "2s",
+            URL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 def _cookie_for(secret: bytes, addr: str, exp: int, kind: str = "c") -> str:
@@ -114,12 +143,24 @@ def test_challenges_forwarded_for_and_hidden_backend(lab):
     assert res["ok"] >= 5 and res["failed"] == 0 and res["cookies"] == ["xgc"], res
     # the cookie is bound to the address: from the client it passes, from the attacker it does not
     assert s.curl(cli, "-b", issued, f"http://{L.PROT4}/private/a").stdout.startswith("ok ")
-    assert s.curl(atk, "-o", "/dev/null", "-w", "%{http_code}", "-b", issued,
-                  f"http://{L.PROT4}/private/a").stdout == "302"
+    assert (
+        s.curl(atk, "-o", "/dev/null", "-w", "%{http_code}", "-b", issued, f"http://{L.PROT4}/private/a").stdout
+        == "302"
+    )
     # our own HMAC agrees with HAProxy's; a wrong MAC, an expired or a foreign-address cookie fail
     now = int(time.time())
-    code = lambda ns, c: s.curl(ns, "-o", "/dev/null", "-w", "%{http_code}", "-b", c,  # noqa: E731
-                                f"http://{L.PROT4}/private/a").stdout
+    code = lambda ns, c: (
+        s.curl(
+            ns,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-b",
+            c,  # noqa: E731
+            f"http://{L.PROT4}/private/a",
+        ).stdout
+    )
     assert code(cli, _cookie_for(s.secret, L.CLIENT4, now + 600)) == "200"
     assert code(cli, _cookie_for(s.secret, L.CLIENT4, now + 600).replace(".c.", ".j.")) == "302"
     assert code(cli, _cookie_for(s.secret, L.CLIENT4, now - 5)) == "302"
@@ -132,7 +173,7 @@ def test_challenges_forwarded_for_and_hidden_backend(lab):
     page = s.curl(cli, "-i", URL).stdout
     assert page.startswith("HTTP/1.1 200") and "location.reload()" in page and "ok " not in page
     b, a = re.search(r'var b="([0-9a-f]{32})",a="([0-9a-f]{32})"', page).groups()
-    exp = re.search(r'xgc=(\d+)\.j\.', page).group(1)
+    exp = re.search(r"xgc=(\d+)\.j\.", page).group(1)
     assert s.curl(cli, "-b", f"xgc={exp}.j.{a}{b}", URL).stdout.startswith("ok ")  # what the script sets
     assert "location.reload()" in s.curl(cli, "-b", _cookie_for(s.secret, L.CLIENT4, now + 600), URL).stdout
     # exempt paths (APIs) are never challenged
@@ -183,8 +224,11 @@ def _wrk_summary(text: str) -> dict:
     total = re.search(r"(\d+) requests in", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    return {"requests": int(total.group(1)) if total else 0, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": sum(map(int, errors.groups())) if errors else 0}
+    return {
+        "requests": int(total.group(1)) if total else 0,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+    }
 
 
 def test_wrk_flood_is_limited_and_the_client_keeps_its_service(lab):
@@ -221,9 +265,11 @@ def test_wrk_flood_is_limited_and_the_client_keeps_its_service(lab):
         return f"{r['ok']} ok / {r['failed']} failed = {r['ok'] / base['ok']:.0%}"
 
     share_limited = limited["ok"] / base["ok"]
-    print(f"\nclient alone: {base['ok']} ok in {client_s:g} s"
-          f"\nwrk flood, limits on : client onset {share(onset_limited)}, steady {share(limited)}; wrk {wrk_limited}"
-          f"\nwrk flood, no limits : client onset {share(onset_plain)}, steady {share(plain)}; wrk {wrk_plain}")
+    print(
+        f"\nclient alone: {base['ok']} ok in {client_s:g} s"
+        f"\nwrk flood, limits on : client onset {share(onset_limited)}, steady {share(limited)}; wrk {wrk_limited}"
+        f"\nwrk flood, no limits : client onset {share(onset_plain)}, steady {share(plain)}; wrk {wrk_plain}"
+    )
     assert L.ATTACKER4 in bad and L.CLIENT4 not in bad, offenders
     assert "punished" in kinds and "requests" in kinds, offenders
     # the flood was answered by HAProxy, not passed on: almost every wrk request got a 429
@@ -237,8 +283,23 @@ def test_slowloris_is_timed_out(lab):
     base = Setup.result(s.client(5.0))
 
     def under_slowloris() -> tuple[dict, dict]:
-        slow = s.lab.popen(s.t.attacker, sys.executable, "-m", "xdpguard.lab.l7", "slowloris", "--host", L.PROT4,
-                           "--conns", "60", "--duration", "12", "--interval", "1", stdout=subprocess.PIPE, text=True)
+        slow = s.lab.popen(
+            s.t.attacker,
+            sys.executable,
+            "-m",
+            "xdpguard.lab.l7",
+            "slowloris",
+            "--host",
+            L.PROT4,
+            "--conns",
+            "60",
+            "--duration",
+            "12",
+            "--interval",
+            "1",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.0)
         res = Setup.result(s.client(5.0))
         return res, Setup.result(slow, timeout=60)
@@ -246,9 +307,11 @@ def test_slowloris_is_timed_out(lab):
     limited, slow_limited = under_slowloris()
     assert s.h.apply(hc.Rendered(L.plain_config(s.run_dir), {})) == "reloaded"
     plain, slow_plain = under_slowloris()
-    print(f"\nslowloris (60 connections, a header line per second, 12 s), client alone {base['ok']} ok:"
-          f"\n  limits on : client {limited['ok']} ok / {limited['failed']} failed; slowloris {slow_limited}"
-          f"\n  plain     : client {plain['ok']} ok / {plain['failed']} failed; slowloris {slow_plain}")
+    print(
+        f"\nslowloris (60 connections, a header line per second, 12 s), client alone {base['ok']} ok:"
+        f"\n  limits on : client {limited['ok']} ok / {limited['failed']} failed; slowloris {slow_limited}"
+        f"\n  plain     : client {plain['ok']} ok / {plain['failed']} failed; slowloris {slow_plain}"
+    )
     # every unfinished request is cut (each connection at least once in 12 s); the plain proxy,
     # whose only limit is inactivity, keeps every one of them
     assert slow_limited["closed_by_server"] >= 60 and slow_plain["closed_by_server"] == 0
@@ -261,9 +324,29 @@ def test_https_service_with_its_certificate(lab):
     d = Path(s.run_dir) / "certs-src"
     d.mkdir()
     cert, key = d / "site.crt", d / "site.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=example.com",
-                    "-addext", "subjectAltName=DNS:example.com", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=example.com",
+            "-addext",
+            "subjectAltName=DNS:example.com",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     web = _service(domains=["example.com"])
     tls = replace(web, name="webtls", port=443, tls=Tls(cert, key))
     assert s.apply(web, tls) == "started"
@@ -276,5 +359,4 @@ def test_https_service_with_its_certificate(lab):
     r = s.curl(s.t.client, *resolve, "-L", "-c", jar, "-b", jar, "https://example.com/private/a")
     assert r.stdout.startswith("ok path=/private/a xff=198.18.0.10"), r.stdout + r.stderr
     # an unknown Host gets 404, on both services
-    assert s.curl(s.t.client, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: other.example",
-                  URL).stdout == "404"
+    assert s.curl(s.t.client, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: other.example", URL).stdout == "404"

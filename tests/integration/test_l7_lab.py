@@ -27,12 +27,17 @@ pytestmark = pytest.mark.kernel
 class Env:
     def __init__(self, name: str, run_dir: Path, state_dir: Path):
         self.name = name
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_RUN_DIR": str(run_dir),
-                    "XDPGUARD_STATE_DIR": str(state_dir)}
+        self.env = {
+            **os.environ,
+            "XDPGUARD_LAB_NAME": name,
+            "XDPGUARD_RUN_DIR": str(run_dir),
+            "XDPGUARD_STATE_DIR": str(state_dir),
+        }
 
     def run(self, argv, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        p = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            argv, capture_output=True, text=True, env=self.env, timeout=timeout, stdin=subprocess.DEVNULL
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} exited {p.returncode}: {p.stdout}{p.stderr}")
         return p
@@ -44,15 +49,59 @@ class Env:
         return self.run(["ip", "netns", "exec", self.ns("prot"), *topology.xdpguard_argv(), *args], check=check)
 
     def curl(self, role: str, url: str, agent: str = "Mozilla/5.0") -> str:
-        p = self.run(["ip", "netns", "exec", self.ns(role), "curl", "-s", "-m", "3", "-o", "/dev/null",
-                      "-w", "%{http_code}", "-A", agent, url], check=False, timeout=10)
+        p = self.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns(role),
+                "curl",
+                "-s",
+                "-m",
+                "3",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-A",
+                agent,
+                url,
+            ],
+            check=False,
+            timeout=10,
+        )
         return p.stdout.strip()
 
     def browse(self, role: str, url: str, jar: Path) -> str:
         """A browser-like fetch: keeps cookies in `jar`, follows the challenge's redirect; the final status."""
-        p = self.run(["ip", "netns", "exec", self.ns(role), "curl", "-s", "-m", "3", "-o", "/dev/null", "-L",
-                      "--max-redirs", "3", "-b", str(jar), "-c", str(jar), "-w", "%{http_code}", "-A", "Mozilla/5.0",
-                      url], check=False, timeout=10)
+        p = self.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns(role),
+                "curl",
+                "-s",
+                "-m",
+                "3",
+                "-o",
+                "/dev/null",
+                "-L",
+                "--max-redirs",
+                "3",
+                "-b",
+                str(jar),
+                "-c",
+                str(jar),
+                "-w",
+                "%{http_code}",
+                "-A",
+                "Mozilla/5.0",
+                url,
+            ],
+            check=False,
+            timeout=10,
+        )
         return p.stdout.strip()
 
     def counters(self) -> dict[tuple[str, str], int]:
@@ -83,7 +132,9 @@ def test_web_service_is_served_by_haproxy_behind_xdp(lab: Env) -> None:
     assert "haproxy" in names, names
     ports = lab.xg("port", "list").stdout
     assert f"{topology.PROT4} tcp 80  (by http)" in ports and f"{topology.PROT6} tcp 80  (by http)" in ports, ports
-    nat = lab.run(["ip", "netns", "exec", lab.ns("prot"), "nft", "list", "chain", "inet", "xdpguard", "prerouting"]).stdout
+    nat = lab.run(
+        ["ip", "netns", "exec", lab.ns("prot"), "nft", "list", "chain", "inet", "xdpguard", "prerouting"]
+    ).stdout
     assert "dport 80 " not in nat and "dport 8080" in nat, nat
     # XDP's TCP state recorded the terminated connections: they passed as clean, none dropped
     before = lab.counters()
@@ -125,8 +176,9 @@ def test_export_apply_is_a_no_op_and_diff_shows_changes(lab: Env, tmp_path: Path
     out = lab.xg("diff", "-f", str(f)).stdout
     assert "http www4" in out and "level strict" in out, out
     # a forward on the HTTP service's port is refused, nothing changes
-    bad = exported + ('\n[[interface.forward]]\nproto = "tcp"\nports = "80"\nprotected = "198.18.0.1"\n'
-                      'to = ["198.18.1.2:80"]\n')
+    bad = exported + (
+        '\n[[interface.forward]]\nproto = "tcp"\nports = "80"\nprotected = "198.18.0.1"\nto = ["198.18.1.2:80"]\n'
+    )
     f.write_text(bad)
     p = lab.xg("apply", "-f", str(f), check=False)
     assert p.returncode == 2 and p.stderr.count("xdpguard: error:") == 1 and "HTTP service www4" in p.stderr, p.stderr
@@ -137,16 +189,24 @@ def test_cc_verbs_edit_the_spec_and_reload_haproxy(lab: Env) -> None:
     shown = json.loads(lab.xg("cc", "show", "--json").stdout)
     assert shown["haproxy"] == "running"
     assert {(v["name"], v["address"], v["port"]) for v in shown["services"]} == {
-        ("www4", topology.PROT4, 80), ("www6", topology.PROT6, 80)}
+        ("www4", topology.PROT4, 80),
+        ("www6", topology.PROT6, 80),
+    }
     before = lab.xg("export").stdout
     # bad input: one line, exit 2, nothing changed
-    for args, needle in ((("cc", "limit", "www4", "nopath", "--requests", "5"), "invalid limit prefix"),
-                         (("cc", "rule", "www4", "--action", "drop", "--uri-regex", "(["), "invalid rule uri regex"),
-                         (("cc", "rule", "www4", "--action", "drop", "--host", "not a host"), "invalid rule host"),
-                         (("cc", "level", "nosuch", "strict"), "no HTTP service named 'nosuch'")):
+    for args, needle in (
+        (("cc", "limit", "www4", "nopath", "--requests", "5"), "invalid limit prefix"),
+        (("cc", "rule", "www4", "--action", "drop", "--uri-regex", "(["), "invalid rule uri regex"),
+        (("cc", "rule", "www4", "--action", "drop", "--host", "not a host"), "invalid rule host"),
+        (("cc", "level", "nosuch", "strict"), "no HTTP service named 'nosuch'"),
+    ):
         p = lab.xg(*args, check=False)
-        assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("xdpguard: error:") \
-            and needle in p.stderr, (args, p.stderr)
+        assert (
+            p.returncode == 2
+            and p.stderr.count("\n") == 1
+            and p.stderr.startswith("xdpguard: error:")
+            and needle in p.stderr
+        ), (args, p.stderr)
     assert lab.xg("export").stdout == before
     # strict: the cookie challenge (302) for a client without the cookie; a cookie jar passes it
     lab.xg("cc", "level", "www4", "strict")
@@ -154,15 +214,35 @@ def test_cc_verbs_edit_the_spec_and_reload_haproxy(lab: Env) -> None:
         assert 'level = "strict"' in lab.xg("export").stdout
         assert lab.curl("client", f"http://{topology.PROT4}/") == "302"
         jar = "/tmp/xg-l7-jar-" + lab.name
-        p = lab.run(["ip", "netns", "exec", lab.ns("client"), "curl", "-s", "-L", "-c", jar, "-b", jar, "-m", "5",
-                     "-o", "/dev/null", "-w", "%{http_code}", f"http://{topology.PROT4}/"], check=False)
+        p = lab.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("client"),
+                "curl",
+                "-s",
+                "-L",
+                "-c",
+                jar,
+                "-b",
+                jar,
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"http://{topology.PROT4}/",
+            ],
+            check=False,
+        )
         os.unlink(jar) if os.path.exists(jar) else None
         assert p.stdout.strip() == "200"
     finally:
         lab.xg("cc", "level", "www4", "normal")
     assert lab.curl("client", f"http://{topology.PROT4}/") == "200"
-    lab.xg("cc", "limit", "www4", "/private", "--requests", "2", "--window", "10", "--action", "deny",
-               "--punish", "0")
+    lab.xg("cc", "limit", "www4", "/private", "--requests", "2", "--window", "10", "--action", "deny", "--punish", "0")
     lab.xg("cc", "rule", "www4", "--action", "drop", "--user-agent-regex", "^badbot/")
     try:
         assert lab.curl("client", f"http://{topology.PROT4}/", agent="badbot/1") == "000"  # silently dropped
@@ -177,10 +257,28 @@ def test_cc_verbs_edit_the_spec_and_reload_haproxy(lab: Env) -> None:
 def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
     cfg = tmp_path / "desired.toml"
     cfg.write_text(lab.xg("export").stdout)
-    daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run", "--config",
-                               str(cfg), "--no-detect", "--duration", "40",
-                               "--metrics", "127.0.0.1:9477"], env=lab.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("prot"),
+            *topology.xdpguard_argv(),
+            "run",
+            "--config",
+            str(cfg),
+            "--no-detect",
+            "--duration",
+            "40",
+            "--metrics",
+            "127.0.0.1:9477",
+        ],
+        env=lab.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         time.sleep(4)  # the daemon is up
         assert lab.curl("client", f"http://{topology.PROT4}/") == "200"
@@ -195,9 +293,26 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
             assert time.monotonic() - t0 < 10, "HAProxy not restarted by the daemon"
             time.sleep(0.2)
         start = time.monotonic()
-        flood = subprocess.Popen(["ip", "netns", "exec", lab.ns("attacker"), "timeout", "15", "wrk", "-t1", "-c4",
-                                  "-d10s", "--timeout", "2s", f"http://{topology.PROT4}/"], env=lab.env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        flood = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("attacker"),
+                "timeout",
+                "15",
+                "wrk",
+                "-t1",
+                "-c4",
+                "-d10s",
+                "--timeout",
+                "2s",
+                f"http://{topology.PROT4}/",
+            ],
+            env=lab.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         banned_after = None
         while time.monotonic() - start < 10:
             bans = lab.xg("ban", "list").stdout
@@ -224,8 +339,9 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
         http = {r["service"]: r for r in json.loads(lab.xg("stats", "--json").stdout)["http"]}
         assert http["www4"]["requests"] > 300 and http["www4"]["limited"] > 0 and http["www4"]["banned"] >= 1, http
         assert "www6" in http
-        prom = lab.run(["ip", "netns", "exec", lab.ns("prot"), "curl", "-s", "-m", "5",
-                        "http://127.0.0.1:9477/metrics"]).stdout
+        prom = lab.run(
+            ["ip", "netns", "exec", lab.ns("prot"), "curl", "-s", "-m", "5", "http://127.0.0.1:9477/metrics"]
+        ).stdout
         req = re.search(r'^xdpguard_http_requests_total\{service="www4"\} (\S+)$', prom, re.M)
         banned = re.search(r'^xdpguard_cc_banned_entries\{iface="xgp0"\} (\S+)$', prom, re.M)
         assert req and float(req[1]) > 300 and banned and float(banned[1]) >= 1, prom[-2000:]
@@ -233,12 +349,50 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
         # request ceiling is limited by HAProxy (429) but never banned in XDP
         lab.xg("cc", "level", "www4", "strict")
         jar = Path(lab.env["XDPGUARD_RUN_DIR"]) / "jar.txt"
-        p = lab.run(["ip", "netns", "exec", lab.ns("client"), "curl", "-s", "-L", "-c", str(jar), "-b", str(jar),
-                     "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", f"http://{topology.PROT4}/"], check=False)
+        p = lab.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("client"),
+                "curl",
+                "-s",
+                "-L",
+                "-c",
+                str(jar),
+                "-b",
+                str(jar),
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"http://{topology.PROT4}/",
+            ],
+            check=False,
+        )
         assert p.stdout.strip() == "200"
         cookie = next(ln.split("\t")[-1].strip() for ln in jar.read_text().splitlines() if "\txgc\t" in ln)
-        hot = lab.run(["ip", "netns", "exec", lab.ns("client"), "timeout", "10", "wrk", "-t1", "-c2", "-d4s",
-                       "-H", f"Cookie: xgc={cookie}", f"http://{topology.PROT4}/"], check=False, timeout=20).stdout
+        hot = lab.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("client"),
+                "timeout",
+                "10",
+                "wrk",
+                "-t1",
+                "-c2",
+                "-d4s",
+                "-H",
+                f"Cookie: xgc={cookie}",
+                f"http://{topology.PROT4}/",
+            ],
+            check=False,
+            timeout=20,
+        ).stdout
         assert "Non-2xx or 3xx responses" in hot, hot  # HAProxy limited it
         time.sleep(2)  # a few daemon ticks
         assert topology.CLIENT4 not in lab.xg("ban", "list").stdout
@@ -247,8 +401,15 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
         daemon.terminate()
         out, _ = daemon.communicate(timeout=30)
     assert "banned 1 HTTP offender(s) in XDP (reason cc)" in out, out
-    ev = [json.loads(ln) for ln in (Path(lab.env["XDPGUARD_STATE_DIR"]) / "events.jsonl").read_text().splitlines()
-          if '"cc_ban"' in ln] if (Path(lab.env["XDPGUARD_STATE_DIR"]) / "events.jsonl").exists() else []
+    ev = (
+        [
+            json.loads(ln)
+            for ln in (Path(lab.env["XDPGUARD_STATE_DIR"]) / "events.jsonl").read_text().splitlines()
+            if '"cc_ban"' in ln
+        ]
+        if (Path(lab.env["XDPGUARD_STATE_DIR"]) / "events.jsonl").exists()
+        else []
+    )
     assert any(e["top_sources"][0][0] == topology.ATTACKER4 for e in ev), ev
 
 
@@ -259,32 +420,101 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
     within seconds, while the browser-like client (cookie jar) keeps its service and is never
     banned; having passed the challenge, the client is verified in XDP's map, and no bot is."""
     bots = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(128))]
-    p = subprocess.run(["ip", "-n", lab.ns("attacker"), "-batch", "-"], input="".join(
-        f"address add {a}/32 dev lo\n" for a in bots), text=True, capture_output=True, timeout=60)
+    p = subprocess.run(
+        ["ip", "-n", lab.ns("attacker"), "-batch", "-"],
+        input="".join(f"address add {a}/32 dev lo\n" for a in bots),
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     lab.run(["ip", "-n", lab.ns("prot"), "route", "replace", L7.BOTS4, "via", topology.ATTACKER4])
     cfg = tmp_path / "desired.toml"
     cfg.write_text(lab.xg("export").stdout)
-    daemon = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), *topology.xdpguard_argv(), "run", "--config",
-                               str(cfg), "--no-detect", "--duration", "40"], env=lab.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("prot"),
+            *topology.xdpguard_argv(),
+            "run",
+            "--config",
+            str(cfg),
+            "--no-detect",
+            "--duration",
+            "40",
+        ],
+        env=lab.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     flood = None
     try:
         time.sleep(4)  # the daemon is up
         start = time.monotonic()
-        flood = subprocess.Popen(["ip", "netns", "exec", lab.ns("attacker"), "nice", "-n", "15", sys.executable,
-                                  str(Path(__file__).resolve().parents[2] / "scripts" / "l7flood.py"), "--target",
-                                  topology.PROT4, "--sources", L7.BOTS4, "--count", "128", "--conns", "128",
-                                  "--rate", "600", "--duration", "12", "--timeout", "2"],
-                                 env=lab.env, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        client = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), sys.executable, "-m", "xdpguard.lab.l7",
-                                   "client", "--url", f"http://{topology.PROT4}/", "--duration", "10",
-                                   "--interval", "0.1"], env=lab.env, stdout=subprocess.PIPE, text=True,
-                                  stdin=subprocess.DEVNULL)
+        flood = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("attacker"),
+                "nice",
+                "-n",
+                "15",
+                sys.executable,
+                str(Path(__file__).resolve().parents[2] / "scripts" / "l7flood.py"),
+                "--target",
+                topology.PROT4,
+                "--sources",
+                L7.BOTS4,
+                "--count",
+                "128",
+                "--conns",
+                "128",
+                "--rate",
+                "600",
+                "--duration",
+                "12",
+                "--timeout",
+                "2",
+            ],
+            env=lab.env,
+            stdout=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        client = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("client"),
+                sys.executable,
+                "-m",
+                "xdpguard.lab.l7",
+                "client",
+                "--url",
+                f"http://{topology.PROT4}/",
+                "--duration",
+                "10",
+                "--interval",
+                "0.1",
+            ],
+            env=lab.env,
+            stdout=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         half_after = None
         while time.monotonic() - start < 12:
-            banned = sum(1 for ln in lab.xg("ban", "list").stdout.splitlines() if ln.split()[:1] and
-                         ln.split()[0].split("/")[0] in bots)
+            banned = sum(
+                1
+                for ln in lab.xg("ban", "list").stdout.splitlines()
+                if ln.split()[:1] and ln.split()[0].split("/")[0] in bots
+            )
             if banned >= 64 and half_after is None:
                 half_after = time.monotonic() - start
             if banned >= 120:
@@ -298,10 +528,12 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
         dropped = lab.counters().get(("drop", "banned"), 0)
         verified = json.loads(lab.xg("verify", "show", "--json").stdout)["verified"]
         print(f"\nverified sources in XDP after the flood: {verified}")
-        print(f"\n128-address flood: {len(banned)} bots banned in XDP (half after {half_after} s, "
-              f"{'all' if len(banned) >= 120 else 'not all'} after {all_after:.1f} s); packets dropped as banned "
-              f"{dropped}; client {res['ok']} ok / {res['failed']} failed {res['status']}; flood {fl['status']} "
-              f"connect failures {fl['connect_failed']}")
+        print(
+            f"\n128-address flood: {len(banned)} bots banned in XDP (half after {half_after} s, "
+            f"{'all' if len(banned) >= 120 else 'not all'} after {all_after:.1f} s); packets dropped as banned "
+            f"{dropped}; client {res['ok']} ok / {res['failed']} failed {res['status']}; flood {fl['status']} "
+            f"connect failures {fl['connect_failed']}"
+        )
         assert half_after is not None and half_after < 5.0, (half_after, bans)
         assert len(banned) >= 120 and all(" cc " in f" {ln} " for ln in banned), bans
         assert dropped > 0 and fl["connect_failed"] > 0  # dropped in XDP: their connections fail

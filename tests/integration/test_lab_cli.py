@@ -26,8 +26,14 @@ class LabEnv:
     run_dir: Path
 
     def xg(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        p = subprocess.run([*topology.xdpguard_argv(), *args], capture_output=True, text=True, env=self.env,
-                           timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [*topology.xdpguard_argv(), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
         return p
@@ -39,8 +45,14 @@ class LabEnv:
         return f"xg-{self.name}-{role}"
 
     def in_ns(self, role: str, *argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], capture_output=True, text=True,
-                              timeout=30, env=self.env, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def make_env(tmp_path: Path) -> LabEnv:
@@ -146,9 +158,24 @@ def test_lab_commands_without_lab_fail_in_one_line(labenv: LabEnv):
 def test_doctor_on_the_lab_interface(labenv: LabEnv):
     labenv.xg("lab", "up", "--no-protect")
     # inside a lab namespace the trial native attach runs (veth has native XDP)
-    p = subprocess.run(["ip", "netns", "exec", labenv.ns("attacker"), *topology.xdpguard_argv(), "doctor",
-                        "--iface", "eth0", "--json"], capture_output=True, text=True, env=labenv.env, timeout=120,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            labenv.ns("attacker"),
+            *topology.xdpguard_argv(),
+            "doctor",
+            "--iface",
+            "eth0",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=labenv.env,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     rep = json.loads(p.stdout)
     checks = {c["name"]: c for c in rep["checks"]}
     assert checks["driver"]["status"] == "ok" and "veth" in checks["driver"]["detail"]

@@ -66,15 +66,22 @@ class Env:
         self.env = {**os.environ, "XDPGUARD_STATE_DIR": str(state_dir)}
 
     def xg(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        p = subprocess.run(["ip", "netns", "exec", self.prot, "xdpguard", *args], capture_output=True, text=True,
-                           timeout=timeout, env=self.env, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.prot, "xdpguard", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"{args} exited {p.returncode}: {p.stderr.strip()}")
         return p
 
     def xg_popen(self, *args: str, **kw) -> subprocess.Popen:
-        return self.lab.popen(self.prot, "env", f"XDPGUARD_STATE_DIR={self.env['XDPGUARD_STATE_DIR']}",
-                              "xdpguard", *args, **kw)
+        return self.lab.popen(
+            self.prot, "env", f"XDPGUARD_STATE_DIR={self.env['XDPGUARD_STATE_DIR']}", "xdpguard", *args, **kw
+        )
 
 
 @pytest.fixture
@@ -110,27 +117,42 @@ def _wait_for(pred, timeout: float, step: float = 0.5):
 def test_top_events_metrics_capture_under_attack(env: Env, tmp_path: Path):
     hook_out = tmp_path / "hook.jsonl"
     hook_py = tmp_path / "hook.py"
-    hook_py.write_text("import json, os, sys\n"
-                       f"open({str(hook_out)!r}, 'a').write(json.dumps({{'phase': os.environ['XDPGUARD_EVENT_PHASE'],"
-                       " 'event': json.load(sys.stdin)}) + '\\n')\n")
+    hook_py.write_text(
+        "import json, os, sys\n"
+        f"open({str(hook_out)!r}, 'a').write(json.dumps({{'phase': os.environ['XDPGUARD_EVENT_PHASE'],"
+        " 'event': json.load(sys.stdin)}) + '\\n')\n"
+    )
     env.xg("events", "threshold", "set", "--drop-pps", "2k", "--hold", "2", "--hook", f"{PY} {hook_py}")
     env.xg("block", "add", ATTACKER)
     stats0 = json.loads(env.xg("stats", IFACE, "--json", "--interval", "0.3").stdout)
     assert stats0["under_attack"] is False and stats0["sample_every"] == sampling.DEFAULT_SAMPLE_EVERY
 
-    run = env.xg_popen("run", "--metrics", f"127.0.0.1:{METRICS_PORT}", "--detect-interval", "0.5",
-                       "--duration", "60", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = env.xg_popen(
+        "run",
+        "--metrics",
+        f"127.0.0.1:{METRICS_PORT}",
+        "--detect-interval",
+        "0.5",
+        "--duration",
+        "60",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert "metrics on" in run.stdout.readline()
 
     sock = f"xgtest-{os.getpid()}"
     env.lab.defer("kill tmux server", _tmux, sock, "kill-server")
-    top_cmd = (f"ip netns exec {env.prot} env XDPGUARD_STATE_DIR={env.env['XDPGUARD_STATE_DIR']} "
-               f"{shutil.which('xdpguard') or 'xdpguard'} top {IFACE} --interval 1")
+    top_cmd = (
+        f"ip netns exec {env.prot} env XDPGUARD_STATE_DIR={env.env['XDPGUARD_STATE_DIR']} "
+        f"{shutil.which('xdpguard') or 'xdpguard'} top {IFACE} --interval 1"
+    )
     r = _tmux(sock, "new-session", "-d", "-s", "top", "-x", "100", "-y", "30", top_cmd)
     assert r.returncode == 0, r.stderr
 
-    flood = env.lab.popen(env.atk, PY, "-c", FLOOD, ATTACKER, PROT, str(FLOOD_PPS), str(FLOOD_S),
-                          stdout=subprocess.PIPE, text=True)
+    flood = env.lab.popen(
+        env.atk, PY, "-c", FLOOD, ATTACKER, PROT, str(FLOOD_PPS), str(FLOOD_S), stdout=subprocess.PIPE, text=True
+    )
     t_flood = time.monotonic()
 
     def screen_ok():
@@ -143,8 +165,11 @@ def test_top_events_metrics_capture_under_attack(env: Env, tmp_path: Path):
     assert _wait_for(lambda: _tmux(sock, "has-session", "-t", "top").returncode != 0, timeout=5), "q did not quit top"
 
     pcap = tmp_path / "drops.pcapng"
-    cap = json.loads(env.xg("capture", IFACE, "-w", str(pcap), "--count", "20", "--timeout", "5",
-                            "--reason", "blocklist", "--json").stdout)
+    cap = json.loads(
+        env.xg(
+            "capture", IFACE, "-w", str(pcap), "--count", "20", "--timeout", "5", "--reason", "blocklist", "--json"
+        ).stdout
+    )
     assert cap["packets"] == 20 and cap["reasons"] == {"blocklist": 20} and list(cap["sources"]) == [ATTACKER]
 
     sent = int(flood.communicate(timeout=FLOOD_S + 10)[0].strip())
@@ -171,8 +196,12 @@ def test_top_events_metrics_capture_under_attack(env: Env, tmp_path: Path):
     from prometheus_client.parser import text_string_to_metric_families
 
     text = env.lab.run(env.prot, PY, "-c", _scrape_code(METRICS_PORT)).stdout
-    drops = {s.labels["reason"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-             if s.name == "xdpguard_packets_total" and s.labels["action"] == "drop" and s.labels["iface"] == IFACE}
+    drops = {
+        s.labels["reason"]: s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "xdpguard_packets_total" and s.labels["action"] == "drop" and s.labels["iface"] == IFACE
+    }
     stats = json.loads(env.xg("stats", IFACE, "--json", "--interval", "0.2").stdout)
     stat_drop = {c["reason"]: c["packets"] for c in stats["counters"] if c["kind"] == "drop"}
     assert drops["blocklist"] == stat_drop["blocklist"] >= sent * 0.9

@@ -87,8 +87,14 @@ def test_real_prometheus_loads_the_rules_and_alerts_on_the_attacked_address_only
     env = {**os.environ, "XDPGUARD_STATE_DIR": str(tmp_path / "state")}
 
     def xg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run(["ip", "netns", "exec", prot, "xdpguard", *args], capture_output=True, text=True,
-                           timeout=60, env=env, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", "netns", "exec", prot, "xdpguard", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
         assert not check or p.returncode == 0, f"{args}: {p.stderr}"
         return p
 
@@ -101,25 +107,50 @@ def test_real_prometheus_loads_the_rules_and_alerts_on_the_attacked_address_only
     # interface's rate used to be handed to every protected address, the idle IPv6 one included.
     xg("stats", IFACE, "--sample-every", str(SPARSE_SAMPLING), "--interval", "0.2")
 
-    run = lab.popen(prot, "env", f"XDPGUARD_STATE_DIR={env['XDPGUARD_STATE_DIR']}", "xdpguard", "run",
-                    "--metrics", f"127.0.0.1:{METRICS_PORT}", "--detect-interval", "0.5", "--duration", "120",
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = lab.popen(
+        prot,
+        "env",
+        f"XDPGUARD_STATE_DIR={env['XDPGUARD_STATE_DIR']}",
+        "xdpguard",
+        "run",
+        "--metrics",
+        f"127.0.0.1:{METRICS_PORT}",
+        "--detect-interval",
+        "0.5",
+        "--duration",
+        "120",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert "metrics on" in run.stdout.readline()
 
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": [str(RULES)],
-              "scrape_configs": [{"job_name": "xdpguard",
-                                  "static_configs": [{"targets": [f"127.0.0.1:{METRICS_PORT}"]}]}]}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "xdpguard", "static_configs": [{"targets": [f"127.0.0.1:{METRICS_PORT}"]}]}],
+    }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = open(tmp_path / "prometheus.log", "w")
-    lab.popen(prot, "timeout", "150", prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{PROM_PORT}",
-              "--storage.tsdb.retention.time=1h", stdout=log, stderr=subprocess.STDOUT)
+    lab.popen(
+        prot,
+        "timeout",
+        "150",
+        prometheus,
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{PROM_PORT}",
+        "--storage.tsdb.retention.time=1h",
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     prom = Prom(lab, prot)
     assert _wait_for(lambda: prom.get("/-/ready"), timeout=30), (tmp_path / "prometheus.log").read_text()[-2000:]
 
     # The rules load as shipped, and every one evaluates without error.
-    shipped = {r.get("alert") or r.get("record") for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    shipped = {
+        r.get("alert") or r.get("record") for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+    }
 
     def rules_ok():
         groups = prom.get("/api/v1/rules").get("data", {}).get("groups", [])
@@ -130,6 +161,7 @@ def test_real_prometheus_loads_the_rules_and_alerts_on_the_attacked_address_only
     rules = _wait_for(rules_ok, timeout=40, step=1)
     assert rules, prom.get("/api/v1/rules")
     assert {r["name"] for r in rules} == shipped
+
     def targets():
         active = prom.get("/api/v1/targets").get("data", {}).get("activeTargets", [])
         return [(t["labels"]["job"], t["health"]) for t in active]
@@ -138,10 +170,33 @@ def test_real_prometheus_loads_the_rules_and_alerts_on_the_attacked_address_only
 
     # A bounded IPv4-only flood (blocklisted source): the alert fires for PROT4, never for PROT6.
     mac = json.loads(lab.run(prot, "ip", "-j", "link", "show", IFACE).stdout)[0]["address"]
-    flood = lab.popen(atk, PY, "-m", "xdpguard.lab.flood", "--iface", "xga0", "--dst-mac", mac, "--dst", PROT4,
-                      "--kind", "udp", "--src", ATTACKER, "--dport", "53", "--pps", str(FLOOD_PPS),
-                      "--count", str(FLOOD_PPS * FLOOD_S), "--duration", str(FLOOD_S), "--json",
-                      stdout=subprocess.PIPE, text=True)
+    flood = lab.popen(
+        atk,
+        PY,
+        "-m",
+        "xdpguard.lab.flood",
+        "--iface",
+        "xga0",
+        "--dst-mac",
+        mac,
+        "--dst",
+        PROT4,
+        "--kind",
+        "udp",
+        "--src",
+        ATTACKER,
+        "--dport",
+        "53",
+        "--pps",
+        str(FLOOD_PPS),
+        "--count",
+        str(FLOOD_PPS * FLOOD_S),
+        "--duration",
+        str(FLOOD_S),
+        "--json",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
     def firing():
         alerts = prom.get("/api/v1/alerts").get("data", {}).get("alerts", [])
@@ -153,8 +208,11 @@ def test_real_prometheus_loads_the_rules_and_alerts_on_the_attacked_address_only
     sent = json.loads(flood.communicate(timeout=FLOOD_S + 20)[0])["sent"]
     assert sent > FLOOD_PPS
 
-    rate = _wait_for(lambda: prom.query(f'iface_reason:xdpguard_packets_dropped:rate1m{{iface="{IFACE}",reason="blocklist"}}'),
-                     timeout=20, step=1)
+    rate = _wait_for(
+        lambda: prom.query(f'iface_reason:xdpguard_packets_dropped:rate1m{{iface="{IFACE}",reason="blocklist"}}'),
+        timeout=20,
+        step=1,
+    )
     assert rate and float(rate[0]["value"][1]) > FLOOD_PPS / 20, rate
     v4 = prom.query(f'max_over_time(xdpguard_attack_active{{protected="{PROT4}"}}[5m])')
     v6 = prom.query(f'max_over_time(xdpguard_attack_active{{protected="{PROT6}"}}[5m])')

@@ -40,11 +40,18 @@ class Topo:
     prot: str
     iface: str = "xgp0"
 
-    def xg(self, *args: str, ns: str | None = None, check: bool = True, env: dict | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess:
+    def xg(
+        self, *args: str, ns: str | None = None, check: bool = True, env: dict | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         argv = ["ip", "netns", "exec", ns or self.prot, "xdpguard", *args]
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"{args} exited {p.returncode}: {p.stderr.strip()}")
         return p
@@ -52,8 +59,20 @@ class Topo:
     def probe(self, proto: str, dst: str, src: str | None = None, timeout: float = 0.7) -> bool:
         """One echo request from `src` (default: the client's main address of dst's family)."""
         src = src or (CLIENT6 if ":" in dst else CLIENT4)
-        argv = [PY, "-m", "xdpguard.lab.echo", "probe", "--proto", proto, "--dst", dst,
-                "--timeout", str(timeout), "--src", src]
+        argv = [
+            PY,
+            "-m",
+            "xdpguard.lab.echo",
+            "probe",
+            "--proto",
+            proto,
+            "--dst",
+            dst,
+            "--timeout",
+            str(timeout),
+            "--src",
+            src,
+        ]
         return self.lab.run(self.client, *argv, check=False, timeout=10).returncode == 0
 
     def reaches(self, dst: str, src: str | None = None) -> bool:
@@ -85,8 +104,19 @@ def build_topo(lab: Lab, prot_prefix: str = "prot") -> Topo:
         lab.addr(client, "xgc0", cidr)
     for cidr in ("198.18.0.2/29", "198.18.0.3/29", "2001:db8:0:1::2/64", "2001:db8:0:1::3/64"):
         lab.addr(prot, "xgp0", cidr)
-    srv = lab.popen(prot, PY, "-m", "xdpguard.lab.echo", "serve", "--port", "7", "--duration", "120",
-                    stdout=subprocess.PIPE, text=True)
+    srv = lab.popen(
+        prot,
+        PY,
+        "-m",
+        "xdpguard.lab.echo",
+        "serve",
+        "--port",
+        "7",
+        "--duration",
+        "120",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert "serving" in srv.stdout.readline()
     return Topo(lab, client, prot)
 
@@ -152,8 +182,9 @@ def test_detach_leaves_nothing(topo: Topo):
     link = topo.lab.run(topo.prot, "ip", "-d", "link", "show", topo.iface).stdout
     assert "xdp" not in link.split("link/ether")[0] and "prog/xdp" not in link
     assert not pin_dir.exists()
-    assert not any(json.loads(f.read_text())["prog_id"] == res["prog_id"]
-                   for f in state_dir.glob(f"*/{topo.iface}.json"))
+    assert not any(
+        json.loads(f.read_text())["prog_id"] == res["prog_id"] for f in state_dir.glob(f"*/{topo.iface}.json")
+    )
     assert topo.reaches(PROT4)  # the block is gone with the program
 
 
@@ -163,9 +194,13 @@ def test_outlives_killed_controller(topo: Topo, tmp_path: Path):
     # A big load killed mid-way with SIGKILL: the filter keeps dropping, the lock is released,
     # the next command works.
     big = tmp_path / "big.txt"
-    big.write_text("".join(f"2001:db8:{i >> 16:x}:{i & 0xffff:x}::/64\n" for i in range(400_000)))
-    proc = subprocess.Popen(["ip", "netns", "exec", topo.prot, "xdpguard", "block", "load", str(big)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    big.write_text("".join(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::/64\n" for i in range(400_000)))
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", topo.prot, "xdpguard", "block", "load", str(big)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     time.sleep(0.8)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
@@ -205,11 +240,30 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(topo: Topo, tmp_path: 
     bad.write_text("# header\n198.18.5.0/24\n2001:db8:5::/48\n\n198.18.6.0/24 # ok\nnot-a-cidr\n198.18.7.0/24\n")
     _one_line_error(topo.xg("block", "load", str(bad), check=False), ":6:", "not-a-cidr")
     after = topo.status()
-    assert after["prog_id"] == before["prog_id"] and after["list_sizes"] == before["list_sizes"] == {"block": 0, "allow": 0}
+    assert after["prog_id"] == before["prog_id"] and after["list_sizes"] == before["list_sizes"] == {
+        "block": 0,
+        "allow": 0,
+    }
     # not root
-    p = subprocess.run(["ip", "netns", "exec", topo.prot, "setpriv", "--reuid=65534", "--regid=65534",
-                        "--clear-groups", "xdpguard", "block", "add", "198.18.1.1"],
-                       capture_output=True, text=True, timeout=30)
+    p = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.prot,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "xdpguard",
+            "block",
+            "add",
+            "198.18.1.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     _one_line_error(p, "root")
     # host bits are normalised and said so
     out = topo.xg("block", "add", "198.18.0.5/30").stdout
@@ -242,7 +296,9 @@ def test_foreign_program_is_not_replaced_without_force(topo: Topo):
         f"libbpf.xdp_attach(socket.if_nametoindex('{topo.iface}'), fn.fd, libbpf.XDP_FLAGS_SKB_MODE)\n"
     )
     topo.lab.run(topo.prot, PY, "-c", loader, timeout=60)
-    topo.lab.defer("remove foreign xdp", topo.lab.run, topo.prot, "ip", "link", "set", topo.iface, "xdpgeneric", "off", check=False)
+    topo.lab.defer(
+        "remove foreign xdp", topo.lab.run, topo.prot, "ip", "link", "set", topo.iface, "xdpgeneric", "off", check=False
+    )
     _one_line_error(topo.xg("attach", topo.iface, "--protect", PROT4, check=False), "foreign", "--force")
     _one_line_error(topo.xg("detach", topo.iface, check=False), "not ours")
     assert "prog/xdp" in topo.lab.run(topo.prot, "ip", "-d", "link", "show", topo.iface).stdout
@@ -256,18 +312,32 @@ def test_foreign_program_is_not_replaced_without_force(topo: Topo):
 
 def test_concurrent_mutations_serialize(topo: Topo):
     topo.attach()
-    procs = [subprocess.Popen(["ip", "netns", "exec", topo.prot, "xdpguard", "block", "add", f"198.18.100.{i}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(6)]
+    procs = [
+        subprocess.Popen(
+            ["ip", "netns", "exec", topo.prot, "xdpguard", "block", "add", f"198.18.100.{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(6)
+    ]
     for p in procs:
         assert p.wait(timeout=60) == 0, p.stderr.read()
     assert topo.status()["list_sizes"]["block"] == 6
     # A holder that never lets go: the waiter gives up with a one-line error, nothing changed.
     lockdir = Path(os.environ.get("XDPGUARD_RUN_DIR", "/run/xdpguard")) / "locks"
-    lockfile = next(p for p in lockdir.glob(f"*.{topo.iface}.lock")
-                    if p.name.split(".")[0] == _netns_key(topo))
-    holder = subprocess.Popen([PY, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'a'); "
-                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
-                               str(lockfile)], stdout=subprocess.PIPE, text=True)
+    lockfile = next(p for p in lockdir.glob(f"*.{topo.iface}.lock") if p.name.split(".")[0] == _netns_key(topo))
+    holder = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            "import fcntl,sys,time; f=open(sys.argv[1],'a'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
+            str(lockfile),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         p = topo.xg("block", "add", "198.18.101.1", check=False, env={"XDPGUARD_LOCK_TIMEOUT": "0.5"})
@@ -296,7 +366,10 @@ def test_port_policy(topo: Topo):
     assert topo.probe("udp", PROT4) and topo.probe("udp", PROT6) and not topo.probe("tcp", PROT6)
     ports = json.loads(topo.xg("port", "list", "--json").stdout)["ports"]
     assert {(p["protected"], p["proto"], p["lo"], p["hi"]) for p in ports} == {
-        (PROT4, "tcp", 7, 7), (PROT4, "udp", 1, 100), (PROT6, "udp", 1, 100)}
+        (PROT4, "tcp", 7, 7),
+        (PROT4, "udp", 1, 100),
+        (PROT6, "udp", 1, 100),
+    }
     _one_line_error(topo.xg("port", "open", "tcp", "0", check=False), "out of range 1-65535")
     _one_line_error(topo.xg("port", "open", "tcp", "90-80", check=False), "reversed")
     _one_line_error(topo.xg("port", "open", "tcp", "80", "--protected", OPEN4, check=False), "not a protected address")

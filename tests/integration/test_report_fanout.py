@@ -50,8 +50,9 @@ def env(lab: Lab, tmp_path: Path, monkeypatch) -> Env:
 
 
 def _flood(env: Env, secs: float = FLOOD_S) -> subprocess.Popen:
-    return env.lab.popen(env.atk, PY, "-c", FLOOD, ATTACKER, PROT, str(FLOOD_PPS), str(secs),
-                         stdout=subprocess.PIPE, text=True)
+    return env.lab.popen(
+        env.atk, PY, "-c", FLOOD, ATTACKER, PROT, str(FLOOD_PPS), str(secs), stdout=subprocess.PIPE, text=True
+    )
 
 
 def _hist_root(env: Env) -> Path:
@@ -65,15 +66,15 @@ def _png_look(png: bytes) -> tuple[int, int, int]:
     w, h = struct.unpack(">II", png[16:24])
     pos, idat = 8, b""
     while pos < len(png):
-        n, = struct.unpack(">I", png[pos:pos + 4])
-        if png[pos + 4:pos + 8] == b"IDAT":
-            idat += png[pos + 8:pos + 8 + n]
+        (n,) = struct.unpack(">I", png[pos : pos + 4])
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            idat += png[pos + 8 : pos + 8 + n]
         pos += 12 + n
     raw = zlib.decompress(idat)
     stride = 1 + w * 4
     # the rows are PNG-filtered: a blank image filters to one value, a plot to many
-    rows = [raw[i * stride + 1:(i + 1) * stride] for i in range(0, h, 7)]
-    return w, h, len({row[j:j + 4] for row in rows for j in range(0, len(row), 4 * 13)})
+    rows = [raw[i * stride + 1 : (i + 1) * stride] for i in range(0, h, 7)]
+    return w, h, len({row[j : j + 4] for row in rows for j in range(0, len(row), 4 * 13)})
 
 
 def _stats(env: Env) -> dict:
@@ -90,17 +91,38 @@ def test_fanout_history_and_report(env: Env, tmp_path: Path):
     assert nohist.returncode == 2 and nohist.stderr.count("\n") == 1
     assert nohist.stderr.startswith("xdpguard: error: no daemon history") and not (tmp_path / "none.html").exists()
 
-    run = env.xg_popen("run", "--detect-interval", "0.5", "--duration", "120",
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = env.xg_popen(
+        "run",
+        "--detect-interval",
+        "0.5",
+        "--duration",
+        "120",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     env.lab.defer("stop run", lambda: (run.poll() is None and run.terminate(), run.wait(timeout=20)))
     assert _wait_for(lambda: _stats(env)["sample_source"] == "daemon", timeout=20), "top/stats never used the daemon"
 
     # capture and top at once, both over the whole flood
     pcap = tmp_path / "drops.pcapng"
-    cap = env.xg_popen("capture", IFACE, "-w", str(pcap), "--count", "1000000", "--timeout", "8", "--json",
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    top = env.xg_popen("top", IFACE, "--json", "--interval", "8", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
+    cap = env.xg_popen(
+        "capture",
+        IFACE,
+        "-w",
+        str(pcap),
+        "--count",
+        "1000000",
+        "--timeout",
+        "8",
+        "--json",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    top = env.xg_popen(
+        "top", IFACE, "--json", "--interval", "8", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(2.0)  # both connected (CLI start ~0.7 s) before the first packet
     t_flood = time.time()
     flood = _flood(env)
@@ -121,8 +143,10 @@ def test_fanout_history_and_report(env: Env, tmp_path: Path):
     recs = history.read_tier(IFACE, "1s", root=_hist_root(env))
     daemon_ns = sum(r["ns"] for r in recs if t_flood - 1 <= r["t"] <= t_flood_end + 2)
     expected = sent / SAMPLE_EVERY
-    print(f"\nflood {sent} packets; samples: expected ~{expected:.0f}, daemon {daemon_ns}, "
-          f"capture {capr['packets']} (missed {capr['missed']}), top {topr['samples']} (missed {topr['samples_missed']})")
+    print(
+        f"\nflood {sent} packets; samples: expected ~{expected:.0f}, daemon {daemon_ns}, "
+        f"capture {capr['packets']} (missed {capr['missed']}), top {topr['samples']} (missed {topr['samples_missed']})"
+    )
     assert capr["via"] == "daemon" and topr["sample_source"] == "daemon"
     assert capr["missed"] == 0 and topr["samples_missed"] == 0
     assert daemon_ns > expected * 0.5
@@ -139,9 +163,11 @@ def test_fanout_history_and_report(env: Env, tmp_path: Path):
     wall = time.monotonic() - t0
     page = html.read_text()
     s = rep["summary"]
-    print(f"report: {rep['html_bytes']} B HTML, {rep['png_bytes']} B PNG, rendered in {rep['render_s']} s "
-          f"({wall:.2f} s with the CLI); history {sum(p.stat().st_size for p in _hist_root(env).rglob('*.jsonl'))} B "
-          f"for {len(recs)} records")
+    print(
+        f"report: {rep['html_bytes']} B HTML, {rep['png_bytes']} B PNG, rendered in {rep['render_s']} s "
+        f"({wall:.2f} s with the CLI); history {sum(p.stat().st_size for p in _hist_root(env).rglob('*.jsonl'))} B "
+        f"for {len(recs)} records"
+    )
     assert rep["event"]["id"] == ev["id"] and s["tier"] == "1s"
     assert report._ts(ev["start"]) in page and report._ts(ev["end"]) in page
     assert f"{s['peak_pps']:,.0f}" in page and FLOOD_PPS / 10 < s["peak_pps"] < FLOOD_PPS * 2
@@ -164,8 +190,9 @@ def test_fanout_history_and_report(env: Env, tmp_path: Path):
     # no daemon: capture and top read the ring themselves
     flood = _flood(env, 8.0)
     time.sleep(0.5)
-    cap2 = json.loads(env.xg("capture", IFACE, "-w", str(tmp_path / "d2.pcapng"), "--count", "20",
-                             "--timeout", "3", "--json").stdout)
+    cap2 = json.loads(
+        env.xg("capture", IFACE, "-w", str(tmp_path / "d2.pcapng"), "--count", "20", "--timeout", "3", "--json").stdout
+    )
     top2 = json.loads(env.xg("top", IFACE, "--json", "--interval", "1").stdout)
     flood.communicate(timeout=15)
     assert cap2["via"] == "ring" and cap2["packets"] == 20

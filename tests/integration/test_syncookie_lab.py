@@ -38,7 +38,6 @@ THRESHOLD = 50  # SYN/s: the flood is far above it (below it, SYNs pass to the b
 PEER = "xgi-prot"  # the bridge side of the protector's veth
 
 
-
 ATTACKER_NFT = """table inet xgatk {
   chain pre { type filter hook prerouting priority -400; policy accept;
     tcp flags & (syn | ack) == syn | ack drop
@@ -75,15 +74,25 @@ GRACE_S = 2
 class Lab:
     def __init__(self, tmp_path: Path):
         self.name = f"c{os.getpid() % 10_000_000}"
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
-                    "XDPGUARD_TCP_GRACE": str(GRACE_S)}
+        self.env = {
+            **os.environ,
+            "XDPGUARD_LAB_NAME": self.name,
+            "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
+            "XDPGUARD_TCP_GRACE": str(GRACE_S),
+        }
 
     def ns(self, role: str) -> str:
         return f"xg-{self.name}-{role}"
 
     def in_ns(self, role: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], capture_output=True, text=True,
-                              timeout=timeout, env=self.env, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
 
     def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         p = self.in_ns("prot", *topology.xdpguard_argv(), *args, timeout=180)
@@ -95,9 +104,24 @@ class Lab:
         return {c["reason"]: c["packets"] for c in st[0]["counters"] if c["kind"] == "drop"}
 
     def probe(self, duration: float) -> dict:
-        p = self.in_ns("client", sys.executable, "-m", "xdpguard.lab.probe", "--proto", "http", "--dst",
-                       topology.PROT4, "--count", "100000", "--duration", str(duration), "--timeout", "3", "--json",
-                       timeout=duration + 30)
+        p = self.in_ns(
+            "client",
+            sys.executable,
+            "-m",
+            "xdpguard.lab.probe",
+            "--proto",
+            "http",
+            "--dst",
+            topology.PROT4,
+            "--count",
+            "100000",
+            "--duration",
+            str(duration),
+            "--timeout",
+            "3",
+            "--json",
+            timeout=duration + 30,
+        )
         return json.loads(p.stdout)
 
 
@@ -106,8 +130,14 @@ def lab(tmp_path_factory):
     if shutil.which("hping3") is None:
         pytest.fail("hping3 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no hping3")
     lb = Lab(tmp_path_factory.mktemp("syncookie"))
-    up = subprocess.run([*topology.xdpguard_argv(), "lab", "up"], capture_output=True, text=True, env=lb.env,
-                        timeout=240, stdin=subprocess.DEVNULL)
+    up = subprocess.run(
+        [*topology.xdpguard_argv(), "lab", "up"],
+        capture_output=True,
+        text=True,
+        env=lb.env,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert up.returncode == 0, up.stderr
         p = lb.in_ns("inet", "ip", "link", "show", PEER)
@@ -116,23 +146,59 @@ def lab(tmp_path_factory):
         # processes nor answers (RST) the SYN-ACKs sent to them (on this 2-core machine it would
         # otherwise spend the client's CPU on them).
         p = subprocess.run(
-            ["ip", "netns", "exec", lb.ns("attacker"), "nft", "-f", "-"], input=ATTACKER_NFT, capture_output=True,
-            text=True, timeout=30)
+            ["ip", "netns", "exec", lb.ns("attacker"), "nft", "-f", "-"],
+            input=ATTACKER_NFT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert p.returncode == 0, p.stderr
         time.sleep(GRACE_S + 1)  # the attach grace period
         yield lb
     finally:
-        subprocess.run([*topology.xdpguard_argv(), "lab", "down"], capture_output=True, text=True, env=lb.env,
-                       timeout=240, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            [*topology.xdpguard_argv(), "lab", "down"],
+            capture_output=True,
+            text=True,
+            env=lb.env,
+            timeout=240,
+            stdin=subprocess.DEVNULL,
+        )
     assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
 
 
 def _flood(lab: Lab, results: list) -> None:
-    procs = [subprocess.Popen(["ip", "netns", "exec", lab.ns("attacker"), "timeout", str(FLOOD_TIMEOUT_S), "hping3",
-                               "-q", "-S", "-w", str(WINDOW), "-a", src, "-p", str(topology.HTTP_PORT), "-c",
-                               str(FLOOD_COUNT // len(SPOOFED)), "-i", "u50", topology.PROT4],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-             for src in SPOOFED]
+    procs = [
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("attacker"),
+                "timeout",
+                str(FLOOD_TIMEOUT_S),
+                "hping3",
+                "-q",
+                "-S",
+                "-w",
+                str(WINDOW),
+                "-a",
+                src,
+                "-p",
+                str(topology.HTTP_PORT),
+                "-c",
+                str(FLOOD_COUNT // len(SPOOFED)),
+                "-i",
+                "u50",
+                topology.PROT4,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for src in SPOOFED
+    ]
     for p in procs:
         _, err = p.communicate(timeout=FLOOD_TIMEOUT_S + 10)
         results.append(err)
@@ -141,9 +207,27 @@ def _flood(lab: Lab, results: list) -> None:
 def _under_flood(lab: Lab, with_xdpguard: bool = True, forget: bool = False) -> tuple[dict, dict, int]:
     """(probe result, drops moved, flood packets seen at the backend) for one SYN flood; with
     `forget`, the client is kept unknown (FORGETTER) so every connection meets the cookie."""
-    dump = subprocess.Popen(["ip", "netns", "exec", lab.ns("backend"), "timeout", str(FLOOD_TIMEOUT_S + 3), "tcpdump",
-                             "-i", topology.HOST_IFACE, "-nn", "-q", "-l", f"tcp[14:2] = {WINDOW}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    dump = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("backend"),
+            "timeout",
+            str(FLOOD_TIMEOUT_S + 3),
+            "tcpdump",
+            "-i",
+            topology.HOST_IFACE,
+            "-nn",
+            "-q",
+            "-l",
+            f"tcp[14:2] = {WINDOW}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
     before = lab.drops() if with_xdpguard else {}
     errs: list = []
@@ -152,11 +236,27 @@ def _under_flood(lab: Lab, with_xdpguard: bool = True, forget: bool = False) -> 
     time.sleep(0.5)
     forgetter = None
     if forget:
-        forgetter = subprocess.Popen(["ip", "netns", "exec", lab.ns("prot"), "timeout", str(FLOOD_TIMEOUT_S + 5),
-                                      sys.executable, "-c", FORGETTER, topology.PROT_IFACE, str(FLOOD_TIMEOUT_S),
-                                      topology.CLIENT4],
-                                     env=lab.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+        forgetter = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("prot"),
+                "timeout",
+                str(FLOOD_TIMEOUT_S + 5),
+                sys.executable,
+                "-c",
+                FORGETTER,
+                topology.PROT_IFACE,
+                str(FLOOD_TIMEOUT_S),
+                topology.CLIENT4,
+            ],
+            env=lab.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     res = lab.probe(FLOOD_TIMEOUT_S - 1.5)
     if forgetter is not None:
         _, err = forgetter.communicate(timeout=FLOOD_TIMEOUT_S + 15)
@@ -169,8 +269,10 @@ def _under_flood(lab: Lab, with_xdpguard: bool = True, forget: bool = False) -> 
 
 
 def _line(name: str, res: dict, at_backend: int, moved: dict) -> str:
-    return (f"{name:22s} {res['ok'] / res['elapsed_s']:7.0f} req/s  ok {res['success_pct']:5.1f}%  "
-            f"p99 {res['p99_ms']} ms  max {res['max_ms']} ms  flood at backend {at_backend}  drops {moved}")
+    return (
+        f"{name:22s} {res['ok'] / res['elapsed_s']:7.0f} req/s  ok {res['success_pct']:5.1f}%  "
+        f"p99 {res['p99_ms']} ms  max {res['max_ms']} ms  flood at backend {at_backend}  drops {moved}"
+    )
 
 
 def test_cookie_mode_under_a_spoofed_syn_flood(lab):
@@ -186,7 +288,9 @@ def test_cookie_mode_under_a_spoofed_syn_flood(lab):
     assert answered >= 5000, moved
     assert at_backend <= 0.01 * answered, (at_backend, answered)
     assert res["sent"] > 50 and res["success_pct"] >= 99, res
-    assert res["p99_ms"] is not None and res["p99_ms"] < 600, res  # no 1 s SYN retransmission (noise on 2 shared cores: ~500 ms seen)
+    assert res["p99_ms"] is not None and res["p99_ms"] < 600, (
+        res
+    )  # no 1 s SYN retransmission (noise on 2 shared cores: ~500 ms seen)
     # Connections went through the XDP cookie and synproxy (at least the first: from then on the
     # client is known-good and may skip the cookie whenever the forgetter has not yet struck).
     assert valid >= 1, (valid, res)
@@ -225,5 +329,8 @@ def test_the_three_modes_side_by_side(lab):
     assert moved.get("syn", 0) >= 5000 and not moved.get("syncookie"), moved  # dropped, never answered
     assert res["success_pct"] >= 95 and res["p99_ms"] >= 900, res  # each connection waited for a retransmission
     back_plain = rows["no protection"][2]
-    assert back_plain >= 1000 and back_plain >= 5 * max(back_known, back_retrans, 1), (back_plain, back_known,
-                                                                                        back_retrans)
+    assert back_plain >= 1000 and back_plain >= 5 * max(back_known, back_retrans, 1), (
+        back_plain,
+        back_known,
+        back_retrans,
+    )

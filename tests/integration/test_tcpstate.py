@@ -46,15 +46,32 @@ class Lab(CliLab):
         return {c["reason"]: c["packets"] for c in json.loads(p.stdout)[0]["counters"] if c["kind"] == "drop"}
 
     def probe(self, duration: float) -> dict:
-        p = self.in_ns("client", sys.executable, "-m", "xdpguard.lab.probe", "--proto", "http", "--dst",
-                       topology.PROT4, "--count", "100000", "--duration", str(duration), "--timeout", "2", "--json",
-                       timeout=duration + 30)
+        p = self.in_ns(
+            "client",
+            sys.executable,
+            "-m",
+            "xdpguard.lab.probe",
+            "--proto",
+            "http",
+            "--dst",
+            topology.PROT4,
+            "--count",
+            "100000",
+            "--duration",
+            str(duration),
+            "--timeout",
+            "2",
+            "--json",
+            timeout=duration + 30,
+        )
         return json.loads(p.stdout)
 
     def set_tcpstate(self, on: bool) -> None:
-        code = ("import ipaddress; from xdpguard.core import protection\n"
-                f"g = protection.open_guard('{topology.PROT_IFACE}')\n"
-                f"g.set_tcpstate_address(ipaddress.ip_address('{topology.PROT4}'), {on})\n")
+        code = (
+            "import ipaddress; from xdpguard.core import protection\n"
+            f"g = protection.open_guard('{topology.PROT_IFACE}')\n"
+            f"g.set_tcpstate_address(ipaddress.ip_address('{topology.PROT4}'), {on})\n"
+        )
         p = self.in_ns("prot", sys.executable, "-c", code)
         assert p.returncode == 0, p.stderr
 
@@ -74,11 +91,37 @@ def lab(tmp_path_factory):
 
 
 def _flood(lab: Lab, flags: list[str], results: list) -> None:
-    procs = [subprocess.Popen(["ip", "netns", "exec", lab.ns("attacker"), "timeout", str(FLOOD_TIMEOUT_S), "hping3",
-                               "-q", *flags, "-w", str(WINDOW), "-a", src, "-p", str(topology.HTTP_PORT), "-c",
-                               str(FLOOD_COUNT // len(SPOOFED)), "-i", "u20", topology.PROT4],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-             for src in SPOOFED]
+    procs = [
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("attacker"),
+                "timeout",
+                str(FLOOD_TIMEOUT_S),
+                "hping3",
+                "-q",
+                *flags,
+                "-w",
+                str(WINDOW),
+                "-a",
+                src,
+                "-p",
+                str(topology.HTTP_PORT),
+                "-c",
+                str(FLOOD_COUNT // len(SPOOFED)),
+                "-i",
+                "u20",
+                topology.PROT4,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for src in SPOOFED
+    ]
     for p in procs:
         _, err = p.communicate(timeout=FLOOD_TIMEOUT_S + 10)
         results.append(err)
@@ -87,9 +130,27 @@ def _flood(lab: Lab, flags: list[str], results: list) -> None:
 def _under_flood(lab: Lab, flags: list[str]) -> tuple[dict, dict, int, int]:
     """(probe result, drops moved, attack packets seen at the backend, packets hping3 sent) for
     one flood."""
-    dump = subprocess.Popen(["ip", "netns", "exec", lab.ns("backend"), "timeout", str(FLOOD_TIMEOUT_S + 3), "tcpdump",
-                             "-i", topology.HOST_IFACE, "-nn", "-q", "-l", f"tcp[14:2] = {WINDOW}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    dump = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("backend"),
+            "timeout",
+            str(FLOOD_TIMEOUT_S + 3),
+            "tcpdump",
+            "-i",
+            topology.HOST_IFACE,
+            "-nn",
+            "-q",
+            "-l",
+            f"tcp[14:2] = {WINDOW}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
     before = lab.drops()
     errs: list = []
@@ -115,8 +176,10 @@ def test_recorder_attached_and_tcp_loose_off(lab):
 def test_flood_at_forwarded_port_is_dropped_as_tcpstate(lab, kind, flags):
     res, moved, at_backend, _ = _under_flood(lab, flags)
     dropped = moved.get("tcpstate", 0)
-    print(f"{kind}: client {res['ok']}/{res['sent']} ok, {res['ok'] / res['elapsed_s']:.0f} req/s, "
-          f"p99 {res['p99_ms']} ms; tcpstate drops {dropped}; attack packets at the backend {at_backend}")
+    print(
+        f"{kind}: client {res['ok']}/{res['sent']} ok, {res['ok'] / res['elapsed_s']:.0f} req/s, "
+        f"p99 {res['p99_ms']} ms; tcpstate drops {dropped}; attack packets at the backend {at_backend}"
+    )
     assert dropped >= 5000, moved
     assert at_backend <= 0.01 * dropped, (at_backend, dropped)
     assert res["sent"] > 50 and res["success_pct"] >= 95, res
@@ -137,8 +200,26 @@ def test_per_address_off_switch_leaves_the_flood_to_conntrack(lab):
     assert moved_off.get("tcpstate", 0) == 0, moved_off
     # back on: the same flood is dropped as tcpstate again (one short burst is enough)
     before = lab.drops().get("tcpstate", 0)
-    p = lab.in_ns("attacker", "timeout", "10", "hping3", "-q", "-A", "-w", str(WINDOW), "-a", SPOOFED[0], "-p",
-                  str(topology.HTTP_PORT), "-c", "500", "-i", "u200", topology.PROT4, timeout=20)
+    p = lab.in_ns(
+        "attacker",
+        "timeout",
+        "10",
+        "hping3",
+        "-q",
+        "-A",
+        "-w",
+        str(WINDOW),
+        "-a",
+        SPOOFED[0],
+        "-p",
+        str(topology.HTTP_PORT),
+        "-c",
+        "500",
+        "-i",
+        "u200",
+        topology.PROT4,
+        timeout=20,
+    )
     sent = _hping_sent(p.stderr)
     assert sent >= 400, p.stderr
     assert lab.drops().get("tcpstate", 0) - before >= 0.9 * sent
@@ -182,17 +263,31 @@ def test_connection_older_than_the_attach_is_seeded(lab):
     working after the grace period: attach seeded it from /proc/net/tcp. (Runs last: it detaches
     and re-attaches without the lab's forwarding rules.)"""
     prot = ["ip", "netns", "exec", lab.ns("prot")]
-    srv = subprocess.Popen([*prot, "timeout", "60", sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True,
-                           stdin=subprocess.DEVNULL)
+    srv = subprocess.Popen(
+        [*prot, "timeout", "60", sys.executable, "-c", SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     cli = None
     try:
         time.sleep(0.5)
         assert lab.in_ns("prot", *topology.xdpguard_argv(), "detach", topology.PROT_IFACE).returncode == 0
-        cli = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "timeout", "60", sys.executable, "-c",
-                                CLIENT], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        cli = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns("client"), "timeout", "60", sys.executable, "-c", CLIENT],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
+        )
         assert cli.stdout.readline().strip() == "first"
-        p = lab.in_ns("prot", *topology.xdpguard_argv(), "attach", topology.PROT_IFACE, "--protect",
-                      f"{topology.PROT4},{topology.PROT6}")
+        p = lab.in_ns(
+            "prot",
+            *topology.xdpguard_argv(),
+            "attach",
+            topology.PROT_IFACE,
+            "--protect",
+            f"{topology.PROT4},{topology.PROT6}",
+        )
         assert p.returncode == 0 and "recorded 1 existing connection" in p.stdout + p.stderr, p.stdout + p.stderr
         assert lab.in_ns("prot", *topology.xdpguard_argv(), "port", "open", "tcp", "2222").returncode == 0
         time.sleep(GRACE_S + 1)  # past the grace period: only the seeded entry admits the client now

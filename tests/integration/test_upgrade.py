@@ -59,13 +59,44 @@ def test_upgrade_from_the_previous_shapes_under_flood_keeps_everything(topo: Top
     topo.xg("block", "add", OTHER4)
     topo.xg("ban", "add", "198.51.100.66", "--ttl", "600")
     topo.xg("ban", "add", "198.51.100.67", "--ttl", "600")
-    topo.lab.run(topo.prot, "nft", "-f", "-", input=(
-        "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
-        f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"))
+    topo.lab.run(
+        topo.prot,
+        "nft",
+        "-f",
+        "-",
+        input=(
+            "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
+            f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"
+        ),
+    )
     mac = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
-    flood = topo.lab.popen(topo.client, PY, "-m", "xdpguard.lab.flood", "--iface", "xgc0", "--dst-mac", mac,
-                           "--dst", PROT4, "--kind", "udp", "--src", OTHER4, "--dport", "7", "--count", "2000000",
-                           "--duration", "40", "--pps", "20000", "--json", stdout=subprocess.PIPE, text=True)
+    flood = topo.lab.popen(
+        topo.client,
+        PY,
+        "-m",
+        "xdpguard.lab.flood",
+        "--iface",
+        "xgc0",
+        "--dst-mac",
+        mac,
+        "--dst",
+        PROT4,
+        "--kind",
+        "udp",
+        "--src",
+        OTHER4,
+        "--dport",
+        "7",
+        "--count",
+        "2000000",
+        "--duration",
+        "40",
+        "--pps",
+        "20000",
+        "--json",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1.0)
         old = json.loads(topo.lab.run(topo.prot, PY, "-c", OLD_STATS).stdout)
@@ -77,7 +108,11 @@ def test_upgrade_from_the_previous_shapes_under_flood_keeps_everything(topo: Top
 
         out = topo.xg("upgrade", "xgp0", timeout=180).stdout
         print(out)
-        assert "upgraded prog id" in out and "counters moved" in out and "xg_ban_lru: 0 entries copied into a new map" in out, out  # `ban add` bans live in xg_opban_hash (kept)
+        assert (
+            "upgraded prog id" in out
+            and "counters moved" in out
+            and "xg_ban_lru: 0 entries copied into a new map" in out
+        ), out  # `ban add` bans live in xg_opban_hash (kept)
         after = topo.status_counter("drop", "blocklist")  # read with this release's stride
         assert after >= old["blocklist"]
         time.sleep(0.5)

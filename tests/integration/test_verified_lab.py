@@ -125,16 +125,36 @@ def lab(tmp_path_factory):
 
 def test_spoofed_syn_flood_from_a_clients_address_leaves_its_connection_alive(lab):
     lab.py("prot", SET_LIMITS)
-    client = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "timeout", "60", sys.executable, "-c",
-                               CLIENT_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=lab.env)
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", lab.ns("client"), "timeout", "60", sys.executable, "-c", CLIENT_CODE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=lab.env,
+    )
     try:
         assert client.stdout.readline().split() == ["first", "ok"]
         time.sleep(0.5)  # the protected side's ACK has passed tc egress: the client is verified
         before = lab.drops()
-        flood = lab.in_ns("attacker", "timeout", str(FLOOD_TIMEOUT_S), "hping3", "-q", "-S", "-a", topology.CLIENT4,
-                          "-p", str(topology.HTTP_PORT), "-c", str(FLOOD_COUNT), "-i", "u2000", topology.PROT4,
-                          timeout=FLOOD_TIMEOUT_S + 10)
+        flood = lab.in_ns(
+            "attacker",
+            "timeout",
+            str(FLOOD_TIMEOUT_S),
+            "hping3",
+            "-q",
+            "-S",
+            "-a",
+            topology.CLIENT4,
+            "-p",
+            str(topology.HTTP_PORT),
+            "-c",
+            str(FLOOD_COUNT),
+            "-i",
+            "u2000",
+            topology.PROT4,
+            timeout=FLOOD_TIMEOUT_S + 10,
+        )
         assert "packets transmitted" in flood.stdout + flood.stderr, flood.stderr
         after = lab.drops()
         assert after.get("syn", 0) > before.get("syn", 0)  # the per-source SYN limit held the flood
@@ -162,13 +182,45 @@ def test_spoofed_random_port_udp_flood_leaves_the_echo_service_reachable(lab):
     peace = lab.in_ns("client", sys.executable, "-c", ECHO_CLIENT, "40", "50")
     assert int(peace.stdout) >= 36, peace.stderr  # peacetime: answered, so the client is UDP-verified
     ct_max = int(lab.in_ns("prot", "cat", "/proc/sys/net/netfilter/nf_conntrack_max").stdout)
-    client = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "timeout", "30", sys.executable, "-c",
-                               ECHO_CLIENT, str(int(UDP_FLOOD_S * 50)), "50"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=lab.env)
+    client = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("client"),
+            "timeout",
+            "30",
+            sys.executable,
+            "-c",
+            ECHO_CLIENT,
+            str(int(UDP_FLOOD_S * 50)),
+            "50",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=lab.env,
+    )
     peak = 0
-    flood = subprocess.Popen([*topology.xdpguard_argv(), "lab", "attack", "spoofed-udp", "--port",
-                              str(topology.ECHO_PORT), "--pps", str(UDP_FLOOD_PPS), "--duration", str(UDP_FLOOD_S),
-                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lab.env)
+    flood = subprocess.Popen(
+        [
+            *topology.xdpguard_argv(),
+            "lab",
+            "attack",
+            "spoofed-udp",
+            "--port",
+            str(topology.ECHO_PORT),
+            "--pps",
+            str(UDP_FLOOD_PPS),
+            "--duration",
+            str(UDP_FLOOD_S),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=lab.env,
+    )
     try:
         while flood.poll() is None:
             peak = max(peak, conntrack_count(lab))

@@ -42,11 +42,31 @@ class WmLab(CliLab):
             raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
         return p
 
-    def echo(self, target: str, key: Path | None = None, count: int = 6, interval: float = 0.02,
-             age: float = 0.0, timeout: float = 0.5) -> dict:
-        argv = [PY, "-m", "xdpguard.sdk.watermark", "echo",
-                "--count", str(count), "--interval", str(interval), "--timeout", str(timeout), "--age", str(age),
-                "--max-seconds", "60"]
+    def echo(
+        self,
+        target: str,
+        key: Path | None = None,
+        count: int = 6,
+        interval: float = 0.02,
+        age: float = 0.0,
+        timeout: float = 0.5,
+    ) -> dict:
+        argv = [
+            PY,
+            "-m",
+            "xdpguard.sdk.watermark",
+            "echo",
+            "--count",
+            str(count),
+            "--interval",
+            str(interval),
+            "--timeout",
+            str(timeout),
+            "--age",
+            str(age),
+            "--max-seconds",
+            "60",
+        ]
         argv += ["--key-file", str(key)] if key else ["--plain"]
         p = self.in_ns("client", *argv, target, timeout=90)
         assert p.returncode == 0, p.stderr
@@ -111,8 +131,9 @@ def test_watermark_toggle_rotate_and_bad_input(wl: WmLab, tmp_path: Path):
     bad.write_text("0123")
     one_line_error(wl.xgp("watermark", "enable", "7", "--key-file", str(bad), check=False), "16 bytes")
     one_line_error(wl.xgp("watermark", "rotate", "9", "--key-file", str(k2), check=False), "udp/9")
-    one_line_error(wl.xgp("watermark", "enable", "7", "--key-file", str(k1), "--window", "12", check=False),
-                   "multiple of 8")
+    one_line_error(
+        wl.xgp("watermark", "enable", "7", "--key-file", str(k1), "--window", "12", check=False), "multiple of 8"
+    )
     one_line_error(wl.xgp("watermark", "disable", "7", "--protected", "198.18.0.99", check=False), "198.18.0.99")
     assert wl.xgp("export").stdout == exported
 
@@ -146,10 +167,26 @@ def _under_flood(wl: WmLab, key: Path | None) -> tuple[dict, dict, dict]:
     """The client's echoes during a bounded random-source flood at udp/7, what the flood sent,
     and the verdicts and backend packets it moved."""
     c0, b0 = wl.counters(), topology.backend_counts(wl.name)
-    atk = subprocess.Popen([*topology.xdpguard_argv(), "lab", "attack", "spoofed-udp", "--port", "7",
-                            "--sources", "4096", "--duration", str(FLOOD_S), "--json"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=wl.env,
-                           stdin=subprocess.DEVNULL)
+    atk = subprocess.Popen(
+        [
+            *topology.xdpguard_argv(),
+            "lab",
+            "attack",
+            "spoofed-udp",
+            "--port",
+            "7",
+            "--sources",
+            "4096",
+            "--duration",
+            str(FLOOD_S),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=wl.env,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         time.sleep(1.0)  # the flood is on
         res = wl.echo(V4, key, count=100, interval=0.05, timeout=0.3)

@@ -45,8 +45,10 @@ class FakeGuard:
     def __init__(self, counters=None, protected=("198.18.0.2",)):
         from xdpguard.core.protection import CounterView
 
-        self._counters = counters or [CounterView("drop", "blocklist", 1500, 96000),
-                                      CounterView("pass", "clean", 20, 1400)]
+        self._counters = counters or [
+            CounterView("drop", "blocklist", 1500, 96000),
+            CounterView("pass", "clean", 20, 1400),
+        ]
         self._protected = list(protected)
 
     def __enter__(self):
@@ -77,8 +79,11 @@ class FakeGuard:
         return 0
 
     def verified_counters(self):
-        return {"verified": {"tcp": 12, "udp": 3}, "budget": {"admitted": 900, "dropped": 29100, "verified": 2500},
-                "verified_drops": {"mitigation": {"dropped": 0, "exempted": 44}}}
+        return {
+            "verified": {"tcp": 12, "udp": 3},
+            "budget": {"admitted": 900, "dropped": 29100, "verified": 2500},
+            "verified_drops": {"mitigation": {"dropped": 0, "exempted": 44}},
+        }
 
 
 def every_counter():
@@ -105,15 +110,36 @@ def install_fakes(monkeypatch, guard: FakeGuard | None = None) -> None:
     g = guard or FakeGuard()
     monkeypatch.setattr(protection.Guard, "open", classmethod(lambda cls, iface: g))
     monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 1, "net-1"))
-    rules = [RuleView("198.18.0.2 tcp 80", "xgp0", "tcp", "198.18.0.2", "80",
-                      [BackendView("198.51.100.10:8080", 1, False, "up"), BackendView("198.51.100.11:8080", 1, False, "down"),
-                       BackendView("198.51.100.12:8080", 1, True, "unknown")], 0, False, None, 5, 500)]
+    rules = [
+        RuleView(
+            "198.18.0.2 tcp 80",
+            "xgp0",
+            "tcp",
+            "198.18.0.2",
+            "80",
+            [
+                BackendView("198.51.100.10:8080", 1, False, "up"),
+                BackendView("198.51.100.11:8080", 1, False, "down"),
+                BackendView("198.51.100.12:8080", 1, True, "unknown"),
+            ],
+            0,
+            False,
+            None,
+            5,
+            500,
+        )
+    ]
     monkeypatch.setattr(forward, "show", lambda ifname=None: ForwardListResult(rules, {}, True))
     from xdpguard.core.l7 import engine, runtime
 
-    monkeypatch.setattr(engine, "stats", lambda: [
-        runtime.StatRow("www_fe", "FRONTEND", "OPEN", 3, 900, 880, 40, 700, 60, 0, 120),
-        runtime.StatRow("www_be", "BACKEND", "UP", 0, 700, 700, 0, 700, 0, 0, 0)])
+    monkeypatch.setattr(
+        engine,
+        "stats",
+        lambda: [
+            runtime.StatRow("www_fe", "FRONTEND", "OPEN", 3, 900, 880, 40, 700, 60, 0, 120),
+            runtime.StatRow("www_be", "BACKEND", "UP", 0, 700, 700, 0, 700, 0, 0, 0),
+        ],
+    )
 
 
 def scrape_text(active=None, ifaces=("xgp0",)) -> str:
@@ -123,8 +149,13 @@ def scrape_text(active=None, ifaces=("xgp0",)) -> str:
     from xdpguard.core.observe import metrics
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(metrics.XdpguardCollector(attacks=lambda: active or {}, ifaces=lambda: list(ifaces),
-                                           countries=lambda: {("xgp0", "drop", "QY"): 4096, ("xgp0", "pass", "QZ"): 256}))
+    reg.register(
+        metrics.XdpguardCollector(
+            attacks=lambda: active or {},
+            ifaces=lambda: list(ifaces),
+            countries=lambda: {("xgp0", "drop", "QY"): 4096, ("xgp0", "pass", "QZ"): 256},
+        )
+    )
     return generate_latest(reg).decode()
 
 
@@ -132,8 +163,9 @@ def samples(text: str) -> list[tuple[str, dict[str, str], float, str]]:
     """(sample name, labels, value, family type) of a scrape's text."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return [(s.name, dict(s.labels), s.value, fam.type) for fam in text_string_to_metric_families(text)
-            for s in fam.samples]
+    return [
+        (s.name, dict(s.labels), s.value, fam.type) for fam in text_string_to_metric_families(text) for s in fam.samples
+    ]
 
 
 def exported(text: str) -> dict[str, tuple[str, set[str]]]:
@@ -159,8 +191,21 @@ def full_scrape(monkeypatch) -> str:
 
 # ---- PromQL: which metric names does an expression select? ----
 
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
-             "group_right", "inf", "nan"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENT = re.compile(r"(?<![\w.:$])[a-zA-Z_:][\w:]*")
@@ -176,7 +221,7 @@ def metric_names(expr: str) -> set[str]:
     e = re.sub(r"\[[^\]]*\]", " ", e)
     for m in _IDENT.finditer(e):
         word = m.group(0)
-        if word.lower() in _KEYWORDS or re.match(r"\s*\(", e[m.end():]):
+        if word.lower() in _KEYWORDS or re.match(r"\s*\(", e[m.end() :]):
             continue
         names.add(word)
     return names

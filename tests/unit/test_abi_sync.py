@@ -25,9 +25,12 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
 
 
-ABI_H = _strip_comments(abi.ABI_HEADER.read_text() + (INCLUDE / "steps" / "budget.h").read_text())  # steps/budget.h: its struct
-MAPS_H = _strip_comments((INCLUDE / "maps.h").read_text() + (INCLUDE / "sample.h").read_text()
-                         + (INCLUDE / "steps" / "budget.h").read_text())
+ABI_H = _strip_comments(
+    abi.ABI_HEADER.read_text() + (INCLUDE / "steps" / "budget.h").read_text()
+)  # steps/budget.h: its struct
+MAPS_H = _strip_comments(
+    (INCLUDE / "maps.h").read_text() + (INCLUDE / "sample.h").read_text() + (INCLUDE / "steps" / "budget.h").read_text()
+)
 
 
 def defines(prefix: str) -> dict[str, str]:
@@ -43,8 +46,9 @@ def c_structs() -> dict[str, list[tuple[str, str, int]]]:
         for decl in filter(None, (d.strip() for d in m[2].split(";"))):
             f = re.fullmatch(r"((?:struct\s+)?\w+)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?", decl)
             assert f, f"struct {m[1]}: cannot parse field '{decl}'"
-            assert f[1] in C_TYPE_SIZES or f[1].removeprefix("struct ").strip() in out, \
+            assert f[1] in C_TYPE_SIZES or f[1].removeprefix("struct ").strip() in out, (
                 f"struct {m[1]}: unknown type {f[1]}"
+            )
             n = f[3] or "1"  # an array length may be a macro of abi.h (XG_SAMPLE_SNAPLEN)
             fields.append((f[2], f[1], int(n) if n.isdigit() else int(defines("")[n])))
         out[m[1]] = fields
@@ -126,7 +130,14 @@ C_ONLY = {
     "EXPIRED_RETRY": "lists.h's retry bound; the reference model's EXPIRED_RETRY",
     "VDROP_SLOTS": "the length of xg_vdrop_pcpu (MAP_GEOMETRY)",
 }
-PY_ONLY = {"ALL_DROP_MASK", "BUDGET_UNIT_BYTES", "F_NO_PREALLOC", "F_NO_COMMON_LRU", "PORT_BY_OPERATOR", "PORT_BY_FORWARD"}
+PY_ONLY = {
+    "ALL_DROP_MASK",
+    "BUDGET_UNIT_BYTES",
+    "F_NO_PREALLOC",
+    "F_NO_COMMON_LRU",
+    "PORT_BY_OPERATOR",
+    "PORT_BY_FORWARD",
+}
 
 
 def c_value(expr: str, defs: dict[str, str]) -> int:
@@ -142,8 +153,11 @@ def test_every_constant_matches_its_define():
     with no mirror (or a mirror with no define) fails unless it is named in C_ONLY / PY_ONLY."""
     defs = defines("XG_")
     numeric = {k: v for k, v in defs.items() if not v.startswith('"')}
-    py = {k: v for k, v in vars(abi).items()
-          if k.isupper() and isinstance(v, int) and not isinstance(v, (bool, enum.Enum))}
+    py = {
+        k: v
+        for k, v in vars(abi).items()
+        if k.isupper() and isinstance(v, int) and not isinstance(v, (bool, enum.Enum))
+    }
     c_only = {k for k in numeric if any(re.fullmatch(pat.replace("*", r"\w+"), k) for pat in C_ONLY)}
     assert {k: py[k] for k in py if k in numeric} == {k: c_value(numeric[k], defs) for k in py if k in numeric}
     assert sorted(set(numeric) - set(py) - c_only) == [], "abi.h defines with no mirror in abi.py"
@@ -156,7 +170,8 @@ def test_a_reason_added_to_abi_h_appears_by_itself():
     header = abi.ABI_HEADER.read_text().replace(
         "#ifndef XG_REASON_MAX",
         "#define XG_REASON_NEWSTEP    30  /* drop: a step that did not exist;\n"
-        "                                   * its comment goes on */\n#ifndef XG_REASON_MAX")
+        "                                   * its comment goes on */\n#ifndef XG_REASON_MAX",
+    )
     reason = abi.reasons_from_header(header)
     assert reason(30).label == "newstep" and reason(30).is_drop
     assert reason(30).doc == "drop: a step that did not exist; its comment goes on"
@@ -231,6 +246,13 @@ def test_core_imports_neither_click_nor_rich():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
-    assert {"xdpguard.core.kernel.abi", "xdpguard.core.kernel.dataplane", "xdpguard.core.kernel.maps", "xdpguard.core.prefixes",
-            "xdpguard.core.protection", "xdpguard.core.state", "xdpguard.core.testrun"} <= set(result["modules"])
+    assert {
+        "xdpguard.core.kernel.abi",
+        "xdpguard.core.kernel.dataplane",
+        "xdpguard.core.kernel.maps",
+        "xdpguard.core.prefixes",
+        "xdpguard.core.protection",
+        "xdpguard.core.state",
+        "xdpguard.core.testrun",
+    } <= set(result["modules"])
     assert result["bad"] == []

@@ -54,8 +54,13 @@ def _check_generator(doc: dict, want: str = "auto") -> dict:
 
 
 def _run_suite(out: Path, *args: str) -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen([str(REPO / "scripts" / "bench"), "--smoke", "--out", str(out), *args],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(REPO / "scripts" / "bench"), "--smoke", "--out", str(out), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=600)
     finally:
@@ -80,7 +85,10 @@ def test_bench_quick_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--prefixes", "20000", "--json", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         stdout, stderr = run.communicate(timeout=300)
@@ -167,8 +175,14 @@ def test_bench_suite_smoke_has_every_section(tmp_path):
         assert load[k]["s"] > 0, k
 
     fwd = doc["5_forward"]
-    assert set(fwd) == {"xdpguard", "nft DNAT", "nft DNAT + XDP_PASS", "our nft table, no XDP",
-                        "nft DNAT + old counter chain", "nft DNAT + empty forward chain"}
+    assert set(fwd) == {
+        "xdpguard",
+        "nft DNAT",
+        "nft DNAT + XDP_PASS",
+        "our nft table, no XDP",
+        "nft DNAT + old counter chain",
+        "nft DNAT + empty forward chain",
+    }
     for name, row in fwd.items():
         assert row["gbps"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], name
         assert row["failed"] == 0, name
@@ -179,8 +193,14 @@ def test_bench_suite_smoke_has_every_section(tmp_path):
     goals = md.split("**Goals**", 1)[1].split("\n\n", 2)[1].splitlines()[2:]
     assert len(goals) == 8 and not [g for g in goals if "not measured" in g], goals
     assert md in stdout
-    for title in ("1. Per-packet cost", "2. Drop on a veth pair", "3. Rule-count scaling", "4. Loading", "5. Forwarding",
-                  "6. L7 cost"):
+    for title in (
+        "1. Per-packet cost",
+        "2. Drop on a veth pair",
+        "3. Rule-count scaling",
+        "4. Loading",
+        "5. Forwarding",
+        "6. L7 cost",
+    ):
         assert title in md, title
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The lab names its namespaces xg-<prefix>-<pid>-<n> (bench execs python: same pid).
@@ -210,8 +230,11 @@ def test_bench_l7_section_alone(tmp_path):
     _check_l7(doc["6_l7"])
     assert "6. L7 cost" in (out / "bench.md").read_text()
     assert not [p.name for p in Path("/run/netns").glob(f"xg-*-{proc.pid}-*")]
+
+
 def _suite():
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("bench_suite", REPO / "scripts" / "bench_suite.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["bench_suite"] = mod  # (its dataclasses look their module up)
@@ -223,10 +246,24 @@ def test_goals_table_says_met_or_not_from_the_figures():
     """The goals rows read the run's figures and compare them with issue 27's goals."""
     suite = _suite()
     case = {"ns": 100.0, "x_bare": 3.0, "xdpguard_over_xdp_filter": 0.8}
-    doc = {"1_per_packet": {"cases": {n: dict(case) for n in (
-        "clean pass v4", "clean pass v6", "blocklist hit v4", "blocklist hit v6", "every step, 64 filters, UDP v4 clean",
-        "every step, 64 filters, TCP SYN v4 clean", suite.PORT_KEYED)},
-        "verifier_insns": 450_000, "sources": {"sources": 1_000_000, "many_x_one": 1.2}}}
+    doc = {
+        "1_per_packet": {
+            "cases": {
+                n: dict(case)
+                for n in (
+                    "clean pass v4",
+                    "clean pass v6",
+                    "blocklist hit v4",
+                    "blocklist hit v6",
+                    "every step, 64 filters, UDP v4 clean",
+                    "every step, 64 filters, TCP SYN v4 clean",
+                    suite.PORT_KEYED,
+                )
+            },
+            "verifier_insns": 450_000,
+            "sources": {"sources": 1_000_000, "many_x_one": 1.2},
+        }
+    }
     rows = {fig: (val, ok) for fig, val, _, ok in suite.goals(doc)}
     assert rows["clean pass vs a bare XDP_DROP (v4 / v6)"] == ("3.00× / 3.00×", False)
     assert rows["every step, 64 filters, vs a bare XDP_DROP (UDP / SYN)"] == ("3.00× / 3.00×", True)
@@ -241,7 +278,15 @@ def test_goals_table_says_met_or_not_from_the_figures():
 def _check_drop(doc: dict, md: str) -> None:
     gen = doc["generator"]
     drop = doc["2_drop"]
-    assert set(drop) == {"no filter", "iptables raw", "nft netdev ingress", "ipset", "xdp-filter", "xdpguard", "bare XDP_DROP"}
+    assert set(drop) == {
+        "no filter",
+        "iptables raw",
+        "nft netdev ingress",
+        "ipset",
+        "xdp-filter",
+        "xdpguard",
+        "bare XDP_DROP",
+    }
     for name, row in drop.items():
         assert row["pps"] > 0 and row["cpu_ns_per_pkt"] > 0, name
         assert all(r["sent"] > 0 and r["delivered"] > 0 for r in row["rounds"]), name

@@ -17,17 +17,49 @@ from xdpguard.core.errors import UserError
 from cli_helpers import invoke, one_line_error
 
 IF = "veth-xg0"
-LIMITS = cleansing.LimitResult(IF, "set", 2, [
-    cleansing.LimitView("198.18.0.2", "address", {**policy.Limits(10_000, 10_000, ban_s=60).__dict__}),
-    cleansing.LimitView("198.18.0.2", "udp:53-55", {**policy.Limits(dst_pps=1000, dst_burst_pkts=1000).__dict__}),
-])
-FILTERS = cleansing.FilterResult(IF, "add", 1, [
-    cleansing.FilterView(1, policy.Filter(proto="udp", dport=(53, 53)).to_dict(),
-                         cleansing.describe_filter(policy.Filter(proto="udp", dport=(53, 53))))])
+LIMITS = cleansing.LimitResult(
+    IF,
+    "set",
+    2,
+    [
+        cleansing.LimitView("198.18.0.2", "address", {**policy.Limits(10_000, 10_000, ban_s=60).__dict__}),
+        cleansing.LimitView("198.18.0.2", "udp:53-55", {**policy.Limits(dst_pps=1000, dst_burst_pkts=1000).__dict__}),
+    ],
+)
+FILTERS = cleansing.FilterResult(
+    IF,
+    "add",
+    1,
+    [
+        cleansing.FilterView(
+            1,
+            policy.Filter(proto="udp", dport=(53, 53)).to_dict(),
+            cleansing.describe_filter(policy.Filter(proto="udp", dport=(53, 53))),
+        )
+    ],
+)
 BANS = cleansing.BanResult(IF, "list", 0, [policy.BanView("198.18.0.9", 4.2, 1234, "ratelimit")])
-VERBS = ("limit_set", "limit_clear", "limit_show", "proto_change", "proto_show", "reflection_change",
-         "reflection_list", "filter_add", "filter_del", "filter_list", "syn_set", "syn_show", "monitor_change",
-         "monitor_show", "fragments_set", "fragments_show", "ban_add", "ban_del", "ban_list")
+VERBS = (
+    "limit_set",
+    "limit_clear",
+    "limit_show",
+    "proto_change",
+    "proto_show",
+    "reflection_change",
+    "reflection_list",
+    "filter_add",
+    "filter_del",
+    "filter_list",
+    "syn_set",
+    "syn_show",
+    "monitor_change",
+    "monitor_show",
+    "fragments_set",
+    "fragments_show",
+    "ban_add",
+    "ban_del",
+    "ban_list",
+)
 
 
 class Calls:
@@ -59,10 +91,26 @@ def calls(monkeypatch) -> Calls:
 
 def test_limit_set_parses_rates_with_suffixes(calls):
     calls.fake("limit_set", LIMITS)
-    r = invoke("limit", "set", "--src-pps", "10k", "--src-bps", "1.5M", "--dst-pps", "2000", "--ban", "60",
-               "--port", "udp:53-55", "--protected", "198.18.0.2", "-i", IF)
+    r = invoke(
+        "limit",
+        "set",
+        "--src-pps",
+        "10k",
+        "--src-bps",
+        "1.5M",
+        "--dst-pps",
+        "2000",
+        "--ban",
+        "60",
+        "--port",
+        "udp:53-55",
+        "--protected",
+        "198.18.0.2",
+        "-i",
+        IF,
+    )
     assert r.exit_code == 0, r.output
-    (verb, (iface, lim, protected, port)), = calls.log
+    ((verb, (iface, lim, protected, port)),) = calls.log
     assert (verb, iface, protected, port) == ("limit_set", IF, "198.18.0.2", "udp:53-55")
     assert lim == policy.Limits(src_pps=10_000, src_bps=1_500_000, dst_pps=2000, ban_s=60)
     assert "198.18.0.2 address: src 10,000 pps (burst 10,000), ban 60 s" in r.output
@@ -75,13 +123,16 @@ def test_limit_show_json(calls):
     assert data["limits"][1]["scope"] == "udp:53-55" and data["limits"][0]["limits"]["ban_s"] == 60
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--src-pps", "-5"], "whole number"),
-    (["--src-pps", "abc"], "not a number"),
-    (["--src-pps", "1.5"], "whole number"),
-    (["--src-pps", "1000000000"], "above the limit"),  # validated by policy.Limits before the backend
-    (["--src-bps", "5G"], "above the limit"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--src-pps", "-5"], "whole number"),
+        (["--src-pps", "abc"], "not a number"),
+        (["--src-pps", "1.5"], "whole number"),
+        (["--src-pps", "1000000000"], "above the limit"),  # validated by policy.Limits before the backend
+        (["--src-bps", "5G"], "above the limit"),
+    ],
+)
 def test_limit_set_bad_rates_exit_2_before_the_backend(calls, capsys, args, needle):
     assert run(["limit", "set", *args]) == 2
     assert needle in one_line_error(capsys)
@@ -145,16 +196,20 @@ def test_reason_mask():
 
 
 def test_syn_set(calls):
-    calls.fake("syn_set", cleansing.SynResult(IF, "set", 1, [
-        cleansing.SynView("198.18.0.2", 1000, 200, 10_000, 600, 0, "retransmit")]))
+    calls.fake(
+        "syn_set",
+        cleansing.SynResult(IF, "set", 1, [cleansing.SynView("198.18.0.2", 1000, 200, 10_000, 600, 0, "retransmit")]),
+    )
     r = invoke("syn", "set", "--threshold", "1k", "--mode", "retransmit", "--auth-window", "200-10000", "--keep", "600")
     assert r.exit_code == 0 and "authenticate above 1,000 SYN/s" in r.output
     assert calls.log == [("syn_set", (None, 1000, "200-10000", 600, None, "retransmit", False))]
 
 
 def test_syn_set_cookie_is_the_default(calls):
-    calls.fake("syn_set", cleansing.SynResult(IF, "set", 1, [
-        cleansing.SynView("198.18.0.2", 0, 200, 10_000, 600, 0, "cookie", True)]))
+    calls.fake(
+        "syn_set",
+        cleansing.SynResult(IF, "set", 1, [cleansing.SynView("198.18.0.2", 0, 200, 10_000, 600, 0, "cookie", True)]),
+    )
     r = invoke("syn", "set", "--threshold", "0", "--always")
     assert r.exit_code == 0 and "SYN cookies always" in r.output
     assert calls.log == [("syn_set", (None, 0, None, None, None, "cookie", True))]
@@ -178,30 +233,68 @@ def test_syn_window_parsing():
 
 def test_filter_add_builds_a_validated_filter(calls):
     calls.fake("filter_add", FILTERS)
-    r = invoke("filter", "add", "--proto", "tcp", "--dport", "80-81", "--len", "60-100", "--ttl", "64",
-               "--tcp-flags", "syn,!ack", "--payload", "0xdead", "--mask", "ff:0f", "--base", "l4", "--offset", "20",
-               "--action", "drop-ban", "--ban", "30", "--position", "2")
+    r = invoke(
+        "filter",
+        "add",
+        "--proto",
+        "tcp",
+        "--dport",
+        "80-81",
+        "--len",
+        "60-100",
+        "--ttl",
+        "64",
+        "--tcp-flags",
+        "syn,!ack",
+        "--payload",
+        "0xdead",
+        "--mask",
+        "ff:0f",
+        "--base",
+        "l4",
+        "--offset",
+        "20",
+        "--action",
+        "drop-ban",
+        "--ban",
+        "30",
+        "--position",
+        "2",
+    )
     assert r.exit_code == 0, r.output
-    (verb, (iface, flt, pos)), = calls.log
+    ((verb, (iface, flt, pos)),) = calls.log
     assert pos == 2 and flt == policy.Filter(
-        action="drop-ban", proto="tcp", dport=(80, 81), length=(60, 100), ttl=(64, 64), tcp_flags=(0x12, 0x02),
-        payload=b"\xde\xad", payload_mask=b"\xff\x0f", payload_base="l4", payload_off=20, ban_s=30)
+        action="drop-ban",
+        proto="tcp",
+        dport=(80, 81),
+        length=(60, 100),
+        ttl=(64, 64),
+        tcp_flags=(0x12, 0x02),
+        payload=b"\xde\xad",
+        payload_mask=b"\xff\x0f",
+        payload_base="l4",
+        payload_off=20,
+        ban_s=30,
+    )
     assert "1 of 64 filters" in r.output and "1. udp dport 53 -> drop" in r.output
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--proto", "gre"], "gre"),
-    (["--payload", "00", "--offset", "1100"], "past the packet limit"),
-    (["--payload", "zz"], "not hex"),
-    (["--payload", "00" * 17], "at most 16"),
-    (["--payload", "0000", "--mask", "ff"], "as long as the payload"),
-    (["--mask", "ff"], "--mask needs --payload"),
-    (["--tcp-flags", "syn,bogus"], "bogus"),
-    (["--proto", "udp", "--tcp-flags", "syn"], "only match TCP"),
-    (["--ttl", "10-300"], "ttl"),
-    (["--sport", "9-x"], "--sport"),
-    (["--ban", "30"], "drop-ban"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--proto", "gre"], "gre"),
+        (["--payload", "00", "--offset", "1100"], "past the packet limit"),
+        (["--payload", "zz"], "not hex"),
+        (["--payload", "00" * 17], "at most 16"),
+        (["--payload", "0000", "--mask", "ff"], "as long as the payload"),
+        (["--mask", "ff"], "--mask needs --payload"),
+        (["--tcp-flags", "syn,bogus"], "bogus"),
+        (["--proto", "udp", "--tcp-flags", "syn"], "only match TCP"),
+        (["--ttl", "10-300"], "ttl"),
+        (["--sport", "9-x"], "--sport"),
+        (["--ban", "30"], "drop-ban"),
+    ],
+)
 def test_filter_add_bad_input_exit_2_before_the_backend(calls, capsys, args, needle):
     assert run(["filter", "add", *args, "--action", "drop"]) == 2
     assert needle in one_line_error(capsys)
@@ -225,8 +318,17 @@ def test_filter_list_json_and_del(calls):
 
 
 def test_describe_filter():
-    f = policy.Filter(action="drop-ban", proto="tcp", sport=(0, 1023), tcp_flags=(0x12, 0x02),
-                      payload=b"\x01\x02", payload_mask=b"\xff\x0f", payload_base="l3", payload_off=9, ban_s=5)
+    f = policy.Filter(
+        action="drop-ban",
+        proto="tcp",
+        sport=(0, 1023),
+        tcp_flags=(0x12, 0x02),
+        payload=b"\x01\x02",
+        payload_mask=b"\xff\x0f",
+        payload_base="l3",
+        payload_off=9,
+        ban_s=5,
+    )
     assert cleansing.describe_filter(f) == "tcp sport 0-1023 flags syn,!ack l3+9 0102/ff0f -> drop-ban 5 s"
     assert cleansing.describe_filter(policy.Filter()) == "any -> drop"
 

@@ -29,19 +29,36 @@ from xdpguard.core.protection import (
 )
 from cli_helpers import invoke, one_line_error
 
-ATTACHED = AttachResult("veth-xg0", 7, 4242, "native", ["198.18.0.1", "2001:db8::1"], False,
-                        "/run/xdpguard/bpffs/net-1/veth-xg0", ["replaced foreign XDP program id 12 ('other')"])
+ATTACHED = AttachResult(
+    "veth-xg0",
+    7,
+    4242,
+    "native",
+    ["198.18.0.1", "2001:db8::1"],
+    False,
+    "/run/xdpguard/bpffs/net-1/veth-xg0",
+    ["replaced foreign XDP program id 12 ('other')"],
+)
 STATUS = StatusResult(
-    iface="veth-xg0", ifindex=7, prog_id=4242, mode="skb", protected=["198.18.0.1", "2001:db8::1"], monitor=True,
+    iface="veth-xg0",
+    ifindex=7,
+    prog_id=4242,
+    mode="skb",
+    protected=["198.18.0.1", "2001:db8::1"],
+    monitor=True,
     list_sizes={"block": 3, "allow": 1},
     counters=[CounterView("pass", "clean", 1234, 98_765), CounterView("drop", "blocklist", 5678, 3_400_000)],
     totals={"pass": {"packets": 1234, "bytes": 98_765}, "drop": {"packets": 5678, "bytes": 3_400_000}},
     pinned=True,
 )
-BLOCKLIST = ListResult("veth-xg0", "block", [
-    ListEntryView("203.0.113.0/24", 31337, None),
-    ListEntryView("2001:db8:bad::/48", 0, 119.6),
-])
+BLOCKLIST = ListResult(
+    "veth-xg0",
+    "block",
+    [
+        ListEntryView("203.0.113.0/24", 31337, None),
+        ListEntryView("2001:db8:bad::/48", 0, 119.6),
+    ],
+)
 
 
 class Calls:
@@ -111,7 +128,9 @@ def test_invalid_interface_name(calls, capsys):
 def test_user_error_from_core(calls, capsys):
     calls.fake("list_add", UserError("no interface is protected in this network namespace; give --iface"))
     assert run(["block", "add", "203.0.113.7"]) == 2
-    assert one_line_error(capsys) == "xdpguard: error: no interface is protected in this network namespace; give --iface"
+    assert (
+        one_line_error(capsys) == "xdpguard: error: no interface is protected in this network namespace; give --iface"
+    )
 
 
 def test_kernel_error_is_exit_1(calls, capsys):
@@ -140,10 +159,23 @@ def test_attach_human(calls):
     calls.fake("attach", ATTACHED)
     r = invoke("attach", "veth-xg0", "--protect", "198.18.0.1,2001:db8::1", "--mode", "native")
     assert r.exit_code == 0
-    assert calls.log == [("attach", ("veth-xg0", ["198.18.0.1,2001:db8::1"]),
-                          {"mode": "native", "monitor": False, "force": False, "level": "normal"})]
-    for figure in ("veth-xg0", "ifindex 7", "prog id 4242", "native", "198.18.0.1", "2001:db8::1",
-                   ATTACHED.pin_dir, "replaced foreign XDP program id 12"):
+    assert calls.log == [
+        (
+            "attach",
+            ("veth-xg0", ["198.18.0.1,2001:db8::1"]),
+            {"mode": "native", "monitor": False, "force": False, "level": "normal"},
+        )
+    ]
+    for figure in (
+        "veth-xg0",
+        "ifindex 7",
+        "prog id 4242",
+        "native",
+        "198.18.0.1",
+        "2001:db8::1",
+        ATTACHED.pin_dir,
+        "replaced foreign XDP program id 12",
+    ):
         assert figure in r.output
 
 
@@ -181,8 +213,22 @@ def test_status_human(calls):
     calls.fake("status", [STATUS])
     r = invoke("status", "veth-xg0")
     assert r.exit_code == 0
-    for figure in ("veth-xg0", "ifindex 7", "prog id 4242", "mode skb", "MONITOR", "198.18.0.1", "2001:db8::1",
-                   "blocklist: 3 entries", "allowlist: 1 entries", "clean", "1234", "98.8 KB", "5678", "3.4 MB"):
+    for figure in (
+        "veth-xg0",
+        "ifindex 7",
+        "prog id 4242",
+        "mode skb",
+        "MONITOR",
+        "198.18.0.1",
+        "2001:db8::1",
+        "blocklist: 3 entries",
+        "allowlist: 1 entries",
+        "clean",
+        "1234",
+        "98.8 KB",
+        "5678",
+        "3.4 MB",
+    ):
         assert figure in r.output
     assert calls.log == [("status", ("veth-xg0",), {})]
 
@@ -197,12 +243,18 @@ def test_status_nothing_protected(calls):
 
 
 def test_block_add(calls):
-    calls.fake("list_add", ListChangeResult("veth-xg0", "block", "add", 2, 1, 0, [],
-                                            ["203.0.113.77/24 -> 203.0.113.0/24"]))
+    calls.fake(
+        "list_add", ListChangeResult("veth-xg0", "block", "add", 2, 1, 0, [], ["203.0.113.77/24 -> 203.0.113.0/24"])
+    )
     r = invoke("block", "add", "203.0.113.77/24", "2001:db8:bad::/48", "198.51.100.9", "--ttl", "600", "-i", "veth-xg0")
     assert r.exit_code == 0
-    assert calls.log == [("list_add", ("block", "veth-xg0", ["203.0.113.77/24", "2001:db8:bad::/48", "198.51.100.9"],
-                                       600.0), {"force": False})]
+    assert calls.log == [
+        (
+            "list_add",
+            ("block", "veth-xg0", ["203.0.113.77/24", "2001:db8:bad::/48", "198.51.100.9"], 600.0),
+            {"force": False},
+        )
+    ]
     assert "added 2, refreshed 1" in r.output
     assert "normalised 203.0.113.77/24 -> 203.0.113.0/24" in r.output
 
@@ -221,7 +273,7 @@ def test_block_load(calls, tmp_path):
     calls.fake("list_load", ListChangeResult("veth-xg0", "block", "load", 1000, 0, 0, [], []))
     r = invoke("block", "load", str(f), "--json")
     assert r.exit_code == 0
-    (verb, args, kwargs), = calls.log  # (that the verb reads the file once: tests/unit/test_one_writer.py)
+    ((verb, args, kwargs),) = calls.log  # (that the verb reads the file once: tests/unit/test_one_writer.py)
     assert (verb, args, kwargs) == ("list_load", ("block", None, str(f), None), {"force": False})
     assert json.loads(r.output)["added"] == 1000
 

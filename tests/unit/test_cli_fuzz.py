@@ -85,8 +85,21 @@ def params(cmd: click.Command) -> list[click.Parameter]:
 def test_tree_is_walked():
     """The walk finds the verbs (a broken walk would fuzz nothing and pass)."""
     names = {" ".join(p) for p, _ in LEAVES}
-    assert {"attach", "block add", "block load", "ban add", "limit set", "syn set", "events threshold set",
-            "capture", "run", "apply", "export", "filter add", "forward add"} <= names
+    assert {
+        "attach",
+        "block add",
+        "block load",
+        "ban add",
+        "limit set",
+        "syn set",
+        "events threshold set",
+        "capture",
+        "run",
+        "apply",
+        "export",
+        "filter add",
+        "forward add",
+    } <= names
     assert len(LEAVES) >= 60
 
 
@@ -102,10 +115,13 @@ class World:
         (root / "nul.txt").write_bytes(b"198.18.0.9\n\0\n")
         (root / "latin1.txt").write_bytes(b"198.18.0.9 # caf\xe9\n")
         (root / "good.toml").write_text('[[interface]]\nname = "xgp0"\nprotect = ["198.18.0.2"]\n')
-        (root / "bad.toml").write_text('[[interface]]\nname = "xgp0"\nprotect = ["nope", "198.18.0.999"]\n'
-                                       '[interface.events]\nhook = "\'x"\ndrop_pps = "inf"\n')
-        (root / "devzero.toml").write_text('[[interface]]\nname = "xgp0"\nprotect = ["198.18.0.2"]\n'
-                                           'block_files = ["/dev/zero"]\n')  # was read forever
+        (root / "bad.toml").write_text(
+            '[[interface]]\nname = "xgp0"\nprotect = ["nope", "198.18.0.999"]\n'
+            '[interface.events]\nhook = "\'x"\ndrop_pps = "inf"\n'
+        )
+        (root / "devzero.toml").write_text(
+            '[[interface]]\nname = "xgp0"\nprotect = ["198.18.0.2"]\nblock_files = ["/dev/zero"]\n'
+        )  # was read forever
         (root / "victim").write_text("do not truncate me\n")
         for name, target in (("link-to-victim", "victim"), ("dangling", "missing")):
             if not (root / name).is_symlink():
@@ -139,13 +155,69 @@ def world(tmp_path_factory) -> World:
 
 def hostile(w: World) -> list[str]:
     return [
-        "inf", "-inf", "nan", "NaN", "1e999", "-1e999", "1e308G", "-1", "-0", "0", "99999999999999999999999999",
-        "1" * 400, "", " ", "\x00", "a\x00b", "\udcff", "198.18.0.1\udcfe", "\udba6x", "\ud800\udc00",
-        "\n", "a\nb", "x" * 5000, "'x", "/bin/true\n; x", "\x1b[2J", "a\x85b", "a\x7f", "a\tb", "a\rb",
-        "-", "--", "%s%n", "{}", "0x10", "1_000", "10k", "1.5M", "-5k", ":0", ":65536", "unresolvable.invalid:1",
-        "[::1]", "198.18.0.0/33", "2001:db8::1", "tcp:0-70000", "udp:53", "syn,!ack", "zz", "drop=inf",
-        w.p("dir"), w.p("link-to-victim"), w.p("dangling"), w.p("victim"), w.p("missing/x"), "/proc/nonexist/x",
-        "/dev/zero", "/dev/null", w.p("nul.txt"), w.p("latin1.txt"), w.p("bad.toml"), w.p("devzero.toml"), str(w.hook),
+        "inf",
+        "-inf",
+        "nan",
+        "NaN",
+        "1e999",
+        "-1e999",
+        "1e308G",
+        "-1",
+        "-0",
+        "0",
+        "99999999999999999999999999",
+        "1" * 400,
+        "",
+        " ",
+        "\x00",
+        "a\x00b",
+        "\udcff",
+        "198.18.0.1\udcfe",
+        "\udba6x",
+        "\ud800\udc00",
+        "\n",
+        "a\nb",
+        "x" * 5000,
+        "'x",
+        "/bin/true\n; x",
+        "\x1b[2J",
+        "a\x85b",
+        "a\x7f",
+        "a\tb",
+        "a\rb",
+        "-",
+        "--",
+        "%s%n",
+        "{}",
+        "0x10",
+        "1_000",
+        "10k",
+        "1.5M",
+        "-5k",
+        ":0",
+        ":65536",
+        "unresolvable.invalid:1",
+        "[::1]",
+        "198.18.0.0/33",
+        "2001:db8::1",
+        "tcp:0-70000",
+        "udp:53",
+        "syn,!ack",
+        "zz",
+        "drop=inf",
+        w.p("dir"),
+        w.p("link-to-victim"),
+        w.p("dangling"),
+        w.p("victim"),
+        w.p("missing/x"),
+        "/proc/nonexist/x",
+        "/dev/zero",
+        "/dev/null",
+        w.p("nul.txt"),
+        w.p("latin1.txt"),
+        w.p("bad.toml"),
+        w.p("devzero.toml"),
+        str(w.hook),
     ]
 
 
@@ -153,9 +225,20 @@ def hostile(w: World) -> list[str]:
 # the other required ones these).
 def valid(w: World, p: click.Parameter) -> str:
     by_name = {
-        "iface": "xgp0", "cidrs": "198.18.0.0/24", "addrs": "198.18.0.9", "protect": "198.18.0.2",
-        "ports": "80", "to": "198.51.100.10:80", "ttl": "60", "threshold": "100", "file": w.p("list.txt"),
-        "path": w.p("fresh.pcapng"), "index": "1", "kind": "udp-flood", "action": "drop", "proto": "tcp",
+        "iface": "xgp0",
+        "cidrs": "198.18.0.0/24",
+        "addrs": "198.18.0.9",
+        "protect": "198.18.0.2",
+        "ports": "80",
+        "to": "198.51.100.10:80",
+        "ttl": "60",
+        "threshold": "100",
+        "file": w.p("list.txt"),
+        "path": w.p("fresh.pcapng"),
+        "index": "1",
+        "kind": "udp-flood",
+        "action": "drop",
+        "proto": "tcp",
     }
     if p.name in by_name:
         return by_name[p.name]
@@ -199,14 +282,40 @@ def with_value(w: World, path, cmd, p: click.Parameter, value: str) -> list[str]
 # ---- the fake core ----
 
 FAKED = {
-    imperative: ["list_add", "list_del", "list_load", "ports_change", "set_level", "connlimit_set", "connlimit_clear",
-                 "set_event_config", "limit_set", "limit_clear", "proto_change", "reflection_change",
-                 "filter_add", "filter_del", "syn_set", "monitor_change", "fragments_set", "forward_add",
-                 "forward_delete"],
-    protection: ["pick_iface", "open_guard", "list_show", "status",
-                 "ports_list", "upgrade", "sweep_expired"],
-    cleansing: ["limit_show", "proto_show", "reflection_list", "filter_list", "syn_show", "monitor_show",
-                "fragments_show", "ban_list", "ban_add", "ban_del"],
+    imperative: [
+        "list_add",
+        "list_del",
+        "list_load",
+        "ports_change",
+        "set_level",
+        "connlimit_set",
+        "connlimit_clear",
+        "set_event_config",
+        "limit_set",
+        "limit_clear",
+        "proto_change",
+        "reflection_change",
+        "filter_add",
+        "filter_del",
+        "syn_set",
+        "monitor_change",
+        "fragments_set",
+        "forward_add",
+        "forward_delete",
+    ],
+    protection: ["pick_iface", "open_guard", "list_show", "status", "ports_list", "upgrade", "sweep_expired"],
+    cleansing: [
+        "limit_show",
+        "proto_show",
+        "reflection_list",
+        "filter_list",
+        "syn_show",
+        "monitor_show",
+        "fragments_show",
+        "ban_list",
+        "ban_add",
+        "ban_del",
+    ],
     reconcile: ["attach", "detach", "apply_file", "diff_file", "export", "protection_ifaces"],
     state: ["require_root", "resolve_iface", "write_durably"],
     events: ["set_config", "load_config", "read_log", "log_path", "DetectionLoop", "AttackTracker"],
@@ -252,6 +361,7 @@ class FakeCore:
             if qual.endswith(("apply_file", "diff_file")):
                 config.load(args[0])  # the real loader: its problems are part of the contract
             raise UserError(f"fake core reached: {qual}")
+
         return fake
 
 
@@ -299,6 +409,7 @@ def core(monkeypatch, world, tmp_path, recorded_calls) -> FakeCore:
                 except OSError:
                     pass
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
     monkeypatch.setattr(vocab, "_resolve", resolve)
     fake = FakeCore(monkeypatch)
     fake.recorded = recorded_calls  # what would be recorded into the desired-state store (conftest)
@@ -356,8 +467,12 @@ def test_every_option_with_every_hostile_value(core, world):
         invoke(core, world, argv)
     reached = {q for q, _, _ in core.calls}
     # the valid invocations do reach the core: the fakes are wired (else the test proves nothing)
-    assert {"xdpguard.core.verbs.imperative.list_add", "xdpguard.core.verbs.imperative.limit_set",
-            "xdpguard.core.observe.capture.capture", "xdpguard.core.reconcile.apply_file"} <= reached
+    assert {
+        "xdpguard.core.verbs.imperative.list_add",
+        "xdpguard.core.verbs.imperative.limit_set",
+        "xdpguard.core.observe.capture.capture",
+        "xdpguard.core.reconcile.apply_file",
+    } <= reached
 
 
 # ---- pass 2: random combinations ----
@@ -368,9 +483,12 @@ TEXT_ANY = st.text(st.characters(codec=None, exclude_categories=()), max_size=40
 @st.composite
 def argvs(draw, w: World):
     path, cmd = draw(st.sampled_from(LEAVES))
-    pool = st.one_of(st.sampled_from(hostile(w)), TEXT_ANY,
-                     st.integers(-(2**70), 2**70).map(str),
-                     st.floats(allow_nan=True, allow_infinity=True).map(repr))
+    pool = st.one_of(
+        st.sampled_from(hostile(w)),
+        TEXT_ANY,
+        st.integers(-(2**70), 2**70).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    )
     argv = list(path)
     for p in params(cmd):
         if isinstance(p, click.Argument):
@@ -385,8 +503,13 @@ def argvs(draw, w: World):
     return argv
 
 
-@settings(max_examples=1000, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=1000,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_random_combinations(core, world, data):
     invoke(core, world, data.draw(argvs(world)))
@@ -411,8 +534,12 @@ def test_lock_timeout_is_one_line(value, monkeypatch):
 def test_options_are_not_read_from_the_environment(core, world):
     """No auto_envvar_prefix: XDPGUARD_ATTACH_FORCE or XDPGUARD_RUN_METRICS change nothing."""
     assert "auto_envvar_prefix" not in (cli.context_settings or {})
-    invoke(core, world, ["attach", "xgp0", "--protect", "198.18.0.2"],
-           env={"XDPGUARD_ATTACH_FORCE": "1", "XDPGUARD_ATTACH_MODE": "skb"})
+    invoke(
+        core,
+        world,
+        ["attach", "xgp0", "--protect", "198.18.0.2"],
+        env={"XDPGUARD_ATTACH_FORCE": "1", "XDPGUARD_ATTACH_MODE": "skb"},
+    )
     qual, args, kwargs = core.calls[-1]
     assert qual.endswith("reconcile.attach") and kwargs["force"] is False and kwargs["mode"] == "auto"
 
@@ -420,16 +547,19 @@ def test_options_are_not_read_from_the_environment(core, world):
 # ---- what the listed crashes say now ----
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["limit", "set", "--src-pps", "inf"], "--src-pps"),
-    (["ban", "add", "198.18.0.9", "--ttl", "1e999"], "--ttl"),
-    (["syn", "set", "--threshold", "inf"], "--threshold"),
-    (["block", "add", "\udcff"], "not valid UTF-8"),
-    (["block", "add", "198.18.0.9", "--ttl", "nan"], "--ttl"),
-    (["run", "--metrics", "unresolvable.invalid:1"], "cannot resolve"),
-    (["events", "threshold", "set", "--hook", "'x"], "--hook"),
-    (["events", "threshold", "set", "--hook", "no-such-program-xg"], "not an executable program"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["limit", "set", "--src-pps", "inf"], "--src-pps"),
+        (["ban", "add", "198.18.0.9", "--ttl", "1e999"], "--ttl"),
+        (["syn", "set", "--threshold", "inf"], "--threshold"),
+        (["block", "add", "\udcff"], "not valid UTF-8"),
+        (["block", "add", "198.18.0.9", "--ttl", "nan"], "--ttl"),
+        (["run", "--metrics", "unresolvable.invalid:1"], "cannot resolve"),
+        (["events", "threshold", "set", "--hook", "'x"], "--hook"),
+        (["events", "threshold", "set", "--hook", "no-such-program-xg"], "not an executable program"),
+    ],
+)
 def test_listed_crashes_are_one_line(core, world, capsys, argv, needle):
     assert run(argv) == 2
     err = capsys.readouterr().err.splitlines()
@@ -621,36 +751,84 @@ def kernel_edge(monkeypatch, tmp_path):
         monkeypatch.setattr(reconcile, name, fn)
     monkeypatch.setattr(state, "require_root", lambda: None)
     monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 7, state.netns_key()))
-    monkeypatch.setattr(dataplane, "query", lambda ifindex: dataplane.XdpAttachment(1, "skb",
-                                                                                     dataplane.PROGRAM_KERNEL_NAME))
+    monkeypatch.setattr(
+        dataplane, "query", lambda ifindex: dataplane.XdpAttachment(1, "skb", dataplane.PROGRAM_KERNEL_NAME)
+    )
     monkeypatch.setattr(protection.Guard, "open", staticmethod(lambda iface: _EmptyGuard(iface)))
     monkeypatch.setattr(reconcile, "_permanent", lambda g, which: frozenset())
     monkeypatch.setattr(reconcile, "management_addresses", lambda: set())
     realised: list = []
-    monkeypatch.setattr(reconcile, "realise", lambda spec: realised.append(spec) or reconcile.RealiseResult(
-        spec.name, "changed", []))
+    monkeypatch.setattr(
+        reconcile, "realise", lambda spec: realised.append(spec) or reconcile.RealiseResult(spec.name, "changed", [])
+    )
     monkeypatch.setattr(reconcile, "_detach_quietly", lambda name: realised.append(("detach", name)) or [])
-    monkeypatch.setattr(imperative, "list_add", lambda which, ifname, cidrs, ttl=None, force=False:
-                        protection.ListChangeResult(ifname or FZ_IF, which, "add", len(cidrs), 0, 0, [], []))
-    monkeypatch.setattr(imperative, "ports_change", lambda ifname, proto, ports, protected, open_, **k:
-                        protection.PortResult(ifname or FZ_IF, "open" if open_ else "close", 1, []))
-    monkeypatch.setattr(protection, "status", lambda name: [protection.StatusResult(
-        FZ_IF, 7, 1, "skb", [FZ_ADDR], False, {"block": 0, "allow": 0}, [], {}, True)])
+    monkeypatch.setattr(
+        imperative,
+        "list_add",
+        lambda which, ifname, cidrs, ttl=None, force=False: protection.ListChangeResult(
+            ifname or FZ_IF, which, "add", len(cidrs), 0, 0, [], []
+        ),
+    )
+    monkeypatch.setattr(
+        imperative,
+        "ports_change",
+        lambda ifname, proto, ports, protected, open_, **k: protection.PortResult(
+            ifname or FZ_IF, "open" if open_ else "close", 1, []
+        ),
+    )
+    monkeypatch.setattr(
+        protection,
+        "status",
+        lambda name: [
+            protection.StatusResult(FZ_IF, 7, 1, "skb", [FZ_ADDR], False, {"block": 0, "allow": 0}, [], {}, True)
+        ],
+    )
     return realised
 
 
 def _state_record() -> dict:
     """A record as attach writes it, with every kind of entry the other writers add."""
-    flt = {"proto": "udp", "sport": [0, 65535], "dport": [53, 53], "length": [0, 65535], "ttl": [0, 255],
-           "tcp_flags": [0, 0], "payload": "", "mask": "", "base": "payload", "offset": 0}
-    return {"iface": FZ_IF, "ifindex": 7, "netns": "net-1", "prog_id": 1, "mode": "skb", "requested_mode": "auto",
-            "program_sha256": "0" * 64, "protected": [FZ_ADDR], "monitor": False, "attached_at": 1.5,
-            "levels": {FZ_ADDR: "normal"},
-            "attack": {"default": {"pps": 0, "bps": 0, "drop_pps": 1000, "drop_bps": 0, "reasons": {"syn": [1, 0]}},
-                       "addresses": {}, "hold_s": 10.0, "hook": None},
-            "mitigations": {"active": [{"id": "m1", "protected": FZ_ADDR, "proto": "udp", "port": 53,
-                                        "filter": flt, "fingerprint": "udp/53"}], "lifted": [], "suppressed": {}},
-            "connlimits": {FZ_ADDR: {"new_per_source": 20}}, "forward": [], "forward_health": {}}
+    flt = {
+        "proto": "udp",
+        "sport": [0, 65535],
+        "dport": [53, 53],
+        "length": [0, 65535],
+        "ttl": [0, 255],
+        "tcp_flags": [0, 0],
+        "payload": "",
+        "mask": "",
+        "base": "payload",
+        "offset": 0,
+    }
+    return {
+        "iface": FZ_IF,
+        "ifindex": 7,
+        "netns": "net-1",
+        "prog_id": 1,
+        "mode": "skb",
+        "requested_mode": "auto",
+        "program_sha256": "0" * 64,
+        "protected": [FZ_ADDR],
+        "monitor": False,
+        "attached_at": 1.5,
+        "levels": {FZ_ADDR: "normal"},
+        "attack": {
+            "default": {"pps": 0, "bps": 0, "drop_pps": 1000, "drop_bps": 0, "reasons": {"syn": [1, 0]}},
+            "addresses": {},
+            "hold_s": 10.0,
+            "hook": None,
+        },
+        "mitigations": {
+            "active": [
+                {"id": "m1", "protected": FZ_ADDR, "proto": "udp", "port": 53, "filter": flt, "fingerprint": "udp/53"}
+            ],
+            "lifted": [],
+            "suppressed": {},
+        },
+        "connlimits": {FZ_ADDR: {"new_per_source": 20}},
+        "forward": [],
+        "forward_health": {},
+    }
 
 
 WRONG = ["x", 1, 1.5, 10**30, True, None, [], {}, [1, "x"], {"a": [1]}]
@@ -659,13 +837,35 @@ WRONG = ["x", 1, 1.5, 10**30, True, None, [], {}, [1, "x"], {"a": [1]}]
 def hostile_states() -> list[bytes]:
     good = _state_record()
     text = json.dumps(good)
-    out = [b"", b"\0", b"\xff\xfe", b"{", b'"x"', b"1", b"null", b"true", b"[]", b"[1, 2]", b"NaN", b"1e999",
-           b"[" * 100000, b'{"a": ' * 50000, b"{}"]
+    out = [
+        b"",
+        b"\0",
+        b"\xff\xfe",
+        b"{",
+        b'"x"',
+        b"1",
+        b"null",
+        b"true",
+        b"[]",
+        b"[1, 2]",
+        b"NaN",
+        b"1e999",
+        b"[" * 100000,
+        b'{"a": ' * 50000,
+        b"{}",
+    ]
     out += [text[:n].encode() for n in range(0, len(text), max(1, len(text) // 12))]  # truncated
     for k in good:  # each field of the wrong type
         out += [json.dumps({**good, k: v}).encode() for v in WRONG]
-    for k, sub in (("attack", "default"), ("attack", "addresses"), ("attack", "hold_s"), ("attack", "hook"),
-                   ("mitigations", "active"), ("mitigations", "suppressed"), ("mitigations", "lifted")):
+    for k, sub in (
+        ("attack", "default"),
+        ("attack", "addresses"),
+        ("attack", "hold_s"),
+        ("attack", "hook"),
+        ("mitigations", "active"),
+        ("mitigations", "suppressed"),
+        ("mitigations", "lifted"),
+    ):
         for v in WRONG:
             out.append(json.dumps({**good, k: {**good[k], sub: v}}).encode())
     m = good["mitigations"]["active"][0]
@@ -677,11 +877,21 @@ def hostile_states() -> list[bytes]:
     return out
 
 
-STATE_ARGVS = [["status"], ["status", "--json"], ["events", "threshold", "show"], ["events", "threshold", "show", "--json"],
-               ["events", "threshold", "set", "--drop-pps", "5k"], ["export"], ["export", "--json"],
-               ["block", "add", "198.51.100.0/24"], ["allow", "add", "203.0.113.0/24", "--iface", FZ_IF],
-               ["port", "open", "tcp", "22"], ["diff", "-f", "CFG"], ["apply", "-f", "CFG", "--dry-run"],
-               ["apply", "-f", "CFG"]]
+STATE_ARGVS = [
+    ["status"],
+    ["status", "--json"],
+    ["events", "threshold", "show"],
+    ["events", "threshold", "show", "--json"],
+    ["events", "threshold", "set", "--drop-pps", "5k"],
+    ["export"],
+    ["export", "--json"],
+    ["block", "add", "198.51.100.0/24"],
+    ["allow", "add", "203.0.113.0/24", "--iface", FZ_IF],
+    ["port", "open", "tcp", "22"],
+    ["diff", "-f", "CFG"],
+    ["apply", "-f", "CFG", "--dry-run"],
+    ["apply", "-f", "CFG"],
+]
 
 
 class Tally:
@@ -690,8 +900,10 @@ class Tally:
 
     def report(self, capsys) -> None:
         with capsys.disabled():
-            print(f"\n{self.name}: {self.inputs} inputs tried, {len(self.tracebacks)} tracebacks, "
-                  f"{len(self.violations)} promise violations")
+            print(
+                f"\n{self.name}: {self.inputs} inputs tried, {len(self.tracebacks)} tracebacks, "
+                f"{len(self.violations)} promise violations"
+            )
         assert not self.tracebacks, self.tracebacks[:5]
         assert not self.violations, self.violations[:5]
 
@@ -760,10 +972,18 @@ def test_state_file_fuzz(kernel_edge, tmp_path, capsys):
 
 _SCHEMA_KEYS = {
     "": ["daemon", "interface", "cluster", "bgp"],
-    "daemon": sorted(config._DAEMON_KEYS), "cluster": sorted(config._CLUSTER_KEYS), "bgp": sorted(config._BGP_KEYS),
-    "interface": sorted(config._IFACE_KEYS), "address": sorted(config._ADDR_KEYS), "filter": sorted(config._FILTER_KEYS),
-    "forward": sorted(config._FORWARD_KEYS), "events": sorted(config._EVENT_KEYS), "limits": sorted(config._LIMIT_KEYS),
-    "syn": sorted(config._SYN_KEYS), "connlimit": sorted(config.CONNLIMIT_KEYS), "port_limit": ["ports", "src_pps"],
+    "daemon": sorted(config._DAEMON_KEYS),
+    "cluster": sorted(config._CLUSTER_KEYS),
+    "bgp": sorted(config._BGP_KEYS),
+    "interface": sorted(config._IFACE_KEYS),
+    "address": sorted(config._ADDR_KEYS),
+    "filter": sorted(config._FILTER_KEYS),
+    "forward": sorted(config._FORWARD_KEYS),
+    "events": sorted(config._EVENT_KEYS),
+    "limits": sorted(config._LIMIT_KEYS),
+    "syn": sorted(config._SYN_KEYS),
+    "connlimit": sorted(config.CONNLIMIT_KEYS),
+    "port_limit": ["ports", "src_pps"],
 }
 _TABLES = {"daemon", "cluster", "bgp", "events", "limits", "syn", "connlimit", "reasons"}
 _ARRAYS_OF_TABLES = {"interface", "address", "filter", "forward", "port_limit", "neighbors"}
@@ -772,12 +992,26 @@ _ARRAYS_OF_TABLES = {"interface", "address", "filter", "forward", "port_limit", 
 def _hostile_scalar(r: random.Random):
     pick = r.randrange(12)
     if pick == 0:
-        return r.choice(["198.18.0.2", "2001:db8::2", "198.18.0.3", "2001:db8::3", "fe80::1%x\";}", "0.0.0.0/0",
-                         "::/0", "198.51.100.10:80", "[2001:db8::10]:80", "127.0.0.1:99999"])
+        return r.choice(
+            [
+                "198.18.0.2",
+                "2001:db8::2",
+                "198.18.0.3",
+                "2001:db8::3",
+                'fe80::1%x";}',
+                "0.0.0.0/0",
+                "::/0",
+                "198.51.100.10:80",
+                "[2001:db8::10]:80",
+                "127.0.0.1:99999",
+            ]
+        )
     if pick == 1:  # control characters, escaped in the TOML
-        return r.choice(["/bin/true", "a", "tcp:22", "syn", "drop"]) + chr(r.choice([0, 7, 9, 10, 13, 27, 127, 0x85, 0x9b]))
+        return r.choice(["/bin/true", "a", "tcp:22", "syn", "drop"]) + chr(
+            r.choice([0, 7, 9, 10, 13, 27, 127, 0x85, 0x9B])
+        )
     if pick == 2:
-        return r.choice(['"', '\\', "'", '"""', 'a"b', "x\\\"y", "%s", "{}"])
+        return r.choice(['"', "\\", "'", '"""', 'a"b', 'x\\"y', "%s", "{}"])
     if pick == 3:
         return r.choice([10**30, -(10**30), 2**64, -1, 0, 1e308, -0.0, float("inf"), float("nan")])
     if pick == 4:

@@ -49,60 +49,120 @@ def test_a_config_without_the_sections_is_unchanged():
     assert "[cluster]" not in config.to_toml(d) and "[bgp]" not in config.to_toml(d)
 
 
-@pytest.mark.parametrize("snippet, needle", [
-    ('[cluster]\nnode = "a b"\n', "n.toml:2: cluster.node: must be 1-63 letters"),
-    ('[cluster]\nendpoints = ["etcd:2379"]\n', "n.toml:2: cluster.endpoints[0]: must be an http(s)://HOST:PORT URL"),
-    ('[cluster]\nnode_ttl = 1\n', "n.toml:2: cluster.node_ttl: must be 2 to 3600"),
-    ('[cluster]\nbogus = 1\n', "n.toml:2: cluster.bogus: unknown key"),
-    ('[bgp]\nrouter_id = "2001:db8::1"\nlocal_as = 1\nneighbors = [{ address = "198.18.17.1", as = 2 }]\n',
-     "n.toml:2: bgp.router_id: must be an IPv4 address"),
-    ('[bgp]\nrouter_id = "198.18.0.9"\nneighbors = [{ address = "198.18.17.1", as = 2 }]\n',
-     "n.toml:1: bgp.local_as: is required"),
-    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "nope", as = 2 }]\n',
-     "n.toml:4: bgp.neighbors[0].address: must be an IPv4 or IPv6 address"),
-    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = []\n', "bgp.neighbors: needs at least one neighbor"),
-    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
-     'bird_socket = "relative.ctl"\n', "n.toml:5: bgp.bird_socket: must be an absolute path"),
-    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
-     'liveness_interface = "much-too-long-name"\n', "bgp.liveness_interface: must be an interface name"),
-    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
-     'blackhole_community = "65535:99999"\n', "n.toml:5: bgp.blackhole_community: must be ASN:VALUE"),
-    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
-     'escalation_hold = 0\n', "n.toml:5: bgp.escalation_hold: must be 1 to 86400"),
-    ('[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
-     'flowspec_pps = -1\n', "n.toml:5: bgp.flowspec_pps: must be 0 to"),
-])
+@pytest.mark.parametrize(
+    "snippet, needle",
+    [
+        ('[cluster]\nnode = "a b"\n', "n.toml:2: cluster.node: must be 1-63 letters"),
+        (
+            '[cluster]\nendpoints = ["etcd:2379"]\n',
+            "n.toml:2: cluster.endpoints[0]: must be an http(s)://HOST:PORT URL",
+        ),
+        ("[cluster]\nnode_ttl = 1\n", "n.toml:2: cluster.node_ttl: must be 2 to 3600"),
+        ("[cluster]\nbogus = 1\n", "n.toml:2: cluster.bogus: unknown key"),
+        (
+            '[bgp]\nrouter_id = "2001:db8::1"\nlocal_as = 1\nneighbors = [{ address = "198.18.17.1", as = 2 }]\n',
+            "n.toml:2: bgp.router_id: must be an IPv4 address",
+        ),
+        (
+            '[bgp]\nrouter_id = "198.18.0.9"\nneighbors = [{ address = "198.18.17.1", as = 2 }]\n',
+            "n.toml:1: bgp.local_as: is required",
+        ),
+        (
+            '[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "nope", as = 2 }]\n',
+            "n.toml:4: bgp.neighbors[0].address: must be an IPv4 or IPv6 address",
+        ),
+        (
+            '[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = []\n',
+            "bgp.neighbors: needs at least one neighbor",
+        ),
+        (
+            '[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+            'bird_socket = "relative.ctl"\n',
+            "n.toml:5: bgp.bird_socket: must be an absolute path",
+        ),
+        (
+            '[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+            'liveness_interface = "much-too-long-name"\n',
+            "bgp.liveness_interface: must be an interface name",
+        ),
+        (
+            '[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+            'blackhole_community = "65535:99999"\n',
+            "n.toml:5: bgp.blackhole_community: must be ASN:VALUE",
+        ),
+        (
+            '[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+            "escalation_hold = 0\n",
+            "n.toml:5: bgp.escalation_hold: must be 1 to 86400",
+        ),
+        (
+            '[bgp]\nrouter_id = "198.18.0.9"\nlocal_as = 1\nneighbors = [{ address = "198.18.0.2", as = 2 }]\n'
+            "flowspec_pps = -1\n",
+            "n.toml:5: bgp.flowspec_pps: must be 0 to",
+        ),
+    ],
+)
 def test_bad_sections_name_file_line_and_field(snippet, needle):
     with pytest.raises(config.ConfigError) as ei:
         config.loads(snippet, "n.toml")
     assert any(needle in p for p in ei.value.problems), ei.value.problems
 
 
-ADDR = st.one_of(st.integers(1, 250).map(lambda i: ipaddress.ip_address(f"198.18.{i}.1")),
-                 st.integers(1, 0xFFFF).map(lambda i: ipaddress.ip_address(f"2001:db8:{i:x}::1")))
+ADDR = st.one_of(
+    st.integers(1, 250).map(lambda i: ipaddress.ip_address(f"198.18.{i}.1")),
+    st.integers(1, 0xFFFF).map(lambda i: ipaddress.ip_address(f"2001:db8:{i:x}::1")),
+)
 
 
 @st.composite
 def clustered(draw):
-    c = ClusterSpec(draw(st.sampled_from(["xdpguard", "lab", "edge.eu-1"])), draw(st.sampled_from(["n1", "fra_2"])),
-                    tuple(draw(st.lists(st.sampled_from(["http://198.18.4.2:2379", "https://[2001:db8::2]:2379"]),
-                                        min_size=1, max_size=2, unique=True))),
-                    draw(st.integers(2, 3600)), draw(st.sampled_from([1.0, 60.0, 2.5])))
+    c = ClusterSpec(
+        draw(st.sampled_from(["xdpguard", "lab", "edge.eu-1"])),
+        draw(st.sampled_from(["n1", "fra_2"])),
+        tuple(
+            draw(
+                st.lists(
+                    st.sampled_from(["http://198.18.4.2:2379", "https://[2001:db8::2]:2379"]),
+                    min_size=1,
+                    max_size=2,
+                    unique=True,
+                )
+            )
+        ),
+        draw(st.integers(2, 3600)),
+        draw(st.sampled_from([1.0, 60.0, 2.5])),
+    )
     b = None
     if draw(st.booleans()):
         announce = draw(st.lists(ADDR, max_size=3, unique=True))
-        b = BgpSpec(draw(st.integers(1, 2**32 - 1)), ipaddress.IPv4Address(draw(st.integers(1, 2**32 - 1))),
-                    tuple(BgpNeighbor(a, draw(st.integers(1, 2**32 - 1)))
-                          for a in draw(st.lists(ADDR, min_size=1, max_size=3))),
-                    tuple(sorted(announce, key=config.addr_order)), draw(st.booleans()),
-                    draw(st.integers(10, 10000)), draw(st.integers(2, 255)), draw(st.integers(3, 65535)),
-                    draw(st.integers(0, 1000)), "/run/x/bird.conf", "/run/x/bird.ctl",
-                    draw(st.sampled_from(["xgvip0", "vip.1"])), draw(st.integers(0, 10**9)),
-                    draw(st.integers(0, 10**9)), draw(st.integers(1, 86400)),
-                    (draw(st.integers(0, 65535)), draw(st.integers(0, 65535))),
-                    draw(st.integers(0, 10**9)), draw(st.integers(1, 16)),
-                    tuple(ipaddress.ip_network(n) for n in draw(st.lists(
-                        st.sampled_from(["0.0.0.0/0", "::/0", "198.18.8.0/24"]), max_size=3, unique=True))))
+        b = BgpSpec(
+            draw(st.integers(1, 2**32 - 1)),
+            ipaddress.IPv4Address(draw(st.integers(1, 2**32 - 1))),
+            tuple(
+                BgpNeighbor(a, draw(st.integers(1, 2**32 - 1))) for a in draw(st.lists(ADDR, min_size=1, max_size=3))
+            ),
+            tuple(sorted(announce, key=config.addr_order)),
+            draw(st.booleans()),
+            draw(st.integers(10, 10000)),
+            draw(st.integers(2, 255)),
+            draw(st.integers(3, 65535)),
+            draw(st.integers(0, 1000)),
+            "/run/x/bird.conf",
+            "/run/x/bird.ctl",
+            draw(st.sampled_from(["xgvip0", "vip.1"])),
+            draw(st.integers(0, 10**9)),
+            draw(st.integers(0, 10**9)),
+            draw(st.integers(1, 86400)),
+            (draw(st.integers(0, 65535)), draw(st.integers(0, 65535))),
+            draw(st.integers(0, 10**9)),
+            draw(st.integers(1, 16)),
+            tuple(
+                ipaddress.ip_network(n)
+                for n in draw(
+                    st.lists(st.sampled_from(["0.0.0.0/0", "::/0", "198.18.8.0/24"]), max_size=3, unique=True)
+                )
+            ),
+        )
     return Desired((), config.DaemonSpec(), c, b)
 
 
@@ -144,8 +204,8 @@ def test_withdrawn_config_has_no_route_but_keeps_the_sessions():
 
 def test_ipv4_routes_go_only_to_ipv4_sessions():
     t = bgp.render(_node_bgp(2), [ipaddress.ip_address(lc.PROT4)], "node2")
-    v4 = t[t.index("protocol bgp xg_up0v4"):t.index("protocol bgp xg_up1v6")]
-    v6 = t[t.index("protocol bgp xg_up1v6"):]
+    v4 = t[t.index("protocol bgp xg_up0v4") : t.index("protocol bgp xg_up1v6")]
+    v6 = t[t.index("protocol bgp xg_up1v6") :]
     assert "ipv4 {" in v4 and "ipv6 {" not in v4 and "neighbor 198.18.18.1 as 65000" in v4
     assert "ipv6 {" in v6 and "neighbor 2001:db8:102::1 as 65000" in v6
 
@@ -158,7 +218,6 @@ def test_write_config_is_atomic_and_says_when_nothing_changed(tmp_path):
     assert [x.name for x in p.parent.iterdir()] == ["bird.conf"]
 
 
-
 def test_write_config_follows_no_planted_tmp_file(tmp_path):
     """BIRD's config is written like the store (state.write_durably): a FILE.tmp symlink planted
     beside it is neither followed nor truncated, and the config stays readable by BIRD (0644)."""
@@ -169,6 +228,7 @@ def test_write_config_follows_no_planted_tmp_file(tmp_path):
     assert bgp.write_config(str(p), "a\n")
     assert p.read_text() == "a\n" and victim.read_text() == "keep\n"
     assert p.stat().st_mode & 0o777 == 0o644
+
 
 def test_announce_set_defaults_to_the_protected_addresses():
     b = _node_bgp(1)
@@ -237,8 +297,16 @@ def test_pending_writes_are_bounded_and_drop_the_soonest_expiring():
 
 def test_lab_addresses_stay_in_the_lab_ranges():
     nets = [ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("2001:db8::/32")]
-    addrs = [lc.PROT4, lc.PROT6, lc.CLIENT4, lc.CLIENT6, lc.ATTACKER4, lc.ATTACKER6, lc.ETCD4,
-             *[a for i in range(1, lc.MAX_NODES + 1) for a in lc.node_links(i).values()]]
+    addrs = [
+        lc.PROT4,
+        lc.PROT6,
+        lc.CLIENT4,
+        lc.CLIENT6,
+        lc.ATTACKER4,
+        lc.ATTACKER6,
+        lc.ETCD4,
+        *[a for i in range(1, lc.MAX_NODES + 1) for a in lc.node_links(i).values()],
+    ]
     for a in addrs:
         assert any(ipaddress.ip_address(a) in n for n in nets), a
     assert len(set(addrs)) == len(addrs)
@@ -249,16 +317,19 @@ def test_lab_addresses_stay_in_the_lab_ranges():
 # ---- CLI: bad input is one line, exit 2 ----
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["cluster", "status", "--config", "/nonexistent/x.toml"], "cannot read /nonexistent/x.toml"),
-    (["cluster", "ban", "198.18.9.1", "--ttl", "10", "--config", "{cfg}"], "does not answer"),
-    (["cluster", "ban", "not-an-ip", "--ttl", "10", "--config", "{cfg}"], "invalid address 'not-an-ip'"),
-    (["cluster", "ban", "198.18.9.1", "--ttl", "0", "--config", "{cfg}"], "invalid --ttl"),
-    (["cluster", "status", "--config", "{nocluster}"], "no [cluster] section"),
-    (["cluster", "status", "--config", "{plain}"], "the cluster store http://127.0.0.1:9 is not TLS"),
-    (["cluster", "run", "--config", "{plain}", "--duration", "1"], "is not TLS"),
-    (["cluster", "bird-config", "--config", "{cfg}"], "no [bgp] section"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["cluster", "status", "--config", "/nonexistent/x.toml"], "cannot read /nonexistent/x.toml"),
+        (["cluster", "ban", "198.18.9.1", "--ttl", "10", "--config", "{cfg}"], "does not answer"),
+        (["cluster", "ban", "not-an-ip", "--ttl", "10", "--config", "{cfg}"], "invalid address 'not-an-ip'"),
+        (["cluster", "ban", "198.18.9.1", "--ttl", "0", "--config", "{cfg}"], "invalid --ttl"),
+        (["cluster", "status", "--config", "{nocluster}"], "no [cluster] section"),
+        (["cluster", "status", "--config", "{plain}"], "the cluster store http://127.0.0.1:9 is not TLS"),
+        (["cluster", "run", "--config", "{plain}", "--duration", "1"], "is not TLS"),
+        (["cluster", "bird-config", "--config", "{cfg}"], "no [bgp] section"),
+    ],
+)
 def test_cluster_cli_bad_input(tmp_path, capsys, args, needle):
     cfg = tmp_path / "n.toml"
     cfg.write_text('[cluster]\nname = "t"\nnode = "n1"\nendpoints = ["http://127.0.0.1:9"]\ninsecure = true\n')
@@ -283,8 +354,9 @@ def test_cluster_help_lists_the_verbs():
 
 def _loads(**per_node):
     """node → {addr: (pps, {port: pps})} as load/ keys hold it."""
-    return {n: {"addresses": {a: {"pps": p, "ports": ports} for a, (p, ports) in v.items()}}
-            for n, v in per_node.items()}
+    return {
+        n: {"addresses": {a: {"pps": p, "ports": ports} for a, (p, ports) in v.items()}} for n, v in per_node.items()
+    }
 
 
 def test_fingerprint_is_the_dominant_port_or_protocol_or_nothing():
@@ -300,14 +372,17 @@ def test_escalation_sums_the_nodes_then_holds_then_withdraws():
 
     def escalate_decide(bgp, loads, active, now):  # this node's own config protects `a`
         return escalate.decide(bgp, loads, active, now, lambda x: x == a)
+
     quiet = _loads(n1={a: (300.0, {"tcp/80": 300.0})}, n2={a: (300.0, {"tcp/80": 300.0})})
     act, said = escalate_decide(b, quiet, {}, 0.0)
     assert act == {} and said == []
     # 600 + 600 crosses the FlowSpec threshold only together; the flood is udp/7
     attack = _loads(n1={a: (600.0, {"udp/7": 590.0})}, n2={a: (600.0, {"udp/7": 580.0, "tcp/80": 10.0})})
     act, said = escalate_decide(b, attack, {}, 1.0)
-    assert list(act) == [(a, "flowspec")] and act[(a, "flowspec")].escalation.flow_match() == \
-        "dst 198.18.0.1/32; proto = 17; dport = 7;"
+    assert (
+        list(act) == [(a, "flowspec")]
+        and act[(a, "flowspec")].escalation.flow_match() == "dst 198.18.0.1/32; proto = 17; dport = 7;"
+    )
     assert "escalated: flowspec 198.18.0.1 udp/7" in said[0]
     big = _loads(n1={a: (3000.0, {"udp/7": 3000.0})}, n2={a: (3000.0, {"udp/7": 3000.0})})
     act, said = escalate_decide(b, big, act, 2.0)
@@ -325,14 +400,20 @@ def test_escalation_sums_the_nodes_then_holds_then_withdraws():
 def test_escalation_routes_render_and_parse_with_bird(tmp_path):
     import shutil
     import subprocess
+
     b = dataclasses.replace(_node_bgp(1), flowspec_pps=1000, blackhole_pps=5000)
     A = ipaddress.ip_address
-    esc = (bgp.Escalation(A("198.18.0.1"), "blackhole"), bgp.Escalation(A("198.18.0.1"), "flowspec", 17, 7),
-           bgp.Escalation(A("2001:db8:0:1::1"), "flowspec", 6, None))
+    esc = (
+        bgp.Escalation(A("198.18.0.1"), "blackhole"),
+        bgp.Escalation(A("198.18.0.1"), "flowspec", 17, 7),
+        bgp.Escalation(A("2001:db8:0:1::1"), "flowspec", 6, None),
+    )
     text = bgp.render(b, [A("198.18.0.1"), A("2001:db8:0:1::1")], "node1", esc)
     assert 'route 198.18.0.1/32 via "xgvip0" { bgp_community.add((65535,666)); };' in text
-    assert "route flow4 { dst 198.18.0.1/32; proto = 17; dport = 7; } " \
-           "{ bgp_ext_community.add((generic, 0x80060000, 0x0)); };" in text
+    assert (
+        "route flow4 { dst 198.18.0.1/32; proto = 17; dport = 7; } "
+        "{ bgp_ext_community.add((generic, 0x80060000, 0x0)); };" in text
+    )
     assert "route flow6 { dst 2001:db8:0:1::1/128; next header = 6; }" in text
     assert text.count("flow4 { table xg_flow4; import none; export all; };") == 1
     # without escalation configured, no flow channel (adding one later restarts the session)
@@ -356,8 +437,12 @@ def test_overloaded_node_prepends_its_as_and_keeps_its_routes():
 
 def test_list_chunks_round_trip_and_refuse_damage():
     from xdpguard.core.prefixes import parse_prefix
-    ps = frozenset(parse_prefix(t).prefix for t in
-                   [f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}/32" for i in range(70000)] + ["2001:db8::/48", "198.51.100.0/24"])
+
+    ps = frozenset(
+        parse_prefix(t).prefix
+        for t in [f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}/32" for i in range(70000)]
+        + ["2001:db8::/48", "198.51.100.0/24"]
+    )
     bodies = store.chunk_bodies(ps)
     assert len(bodies) == 3 and all(len(b) < 1_100_000 for b in bodies)  # under etcd's 1.5 MiB as base64
     back = frozenset(p for b in bodies for p in store.parse_chunk(store.chunk_name(b), b))
@@ -365,7 +450,6 @@ def test_list_chunks_round_trip_and_refuse_damage():
     assert store.chunk_bodies(ps) == bodies  # deterministic: an unchanged list rewrites nothing
     with pytest.raises(store.UserError, match="damaged"):
         store.parse_chunk(store.chunk_name(bodies[0]), bodies[0][:-1])
-
 
 
 # ---- the trust boundary: what a node takes from the store (issue 24) ----
@@ -378,8 +462,14 @@ from types import SimpleNamespace  # noqa: E402
 from xdpguard.core.kernel import libbpf  # noqa: E402
 from xdpguard.core.cluster import node as cnode  # noqa: E402
 
-NODE = ClusterSpec("lab", "n1", ("https://198.18.4.2:2379",), protect=("198.18.0.1/32", "2001:db8:0:1::1/128"),
-                   backends=("198.18.1.0/24", "2001:db8:0:2::/64"), hook="/bin/true")
+NODE = ClusterSpec(
+    "lab",
+    "n1",
+    ("https://198.18.4.2:2379",),
+    protect=("198.18.0.1/32", "2001:db8:0:1::1/128"),
+    backends=("198.18.1.0/24", "2001:db8:0:2::/64"),
+    hook="/bin/true",
+)
 KEY = "/xdpguard/lab/state/desired/xgp0"
 IFACE_LINE = f'name = "{lc.NODE_IFACE}"\n'
 
@@ -395,17 +485,22 @@ HOSTILE_DESIRED = {
     "a hook run as root": _value(append='\n[interface.events]\nhook = "/bin/sh -c id"\n'),
     "a local file read": _value('block_files = ["/etc/shadow"]\n'),
     "a [cluster] section": _value(prepend='[cluster]\nname = "x"\ninsecure = true\n\n'),
-    "a [bgp] section": _value(prepend='[bgp]\nlocal_as = 1\nrouter_id = "192.0.2.1"\n'
-                                      'neighbors = [{ address = "192.0.2.2", as = 2 }]\n\n'),
-    "a forward to etcd": _value(append='[[interface.forward]]\nproto = "tcp"\nports = "2379"\nprotected = "198.18.0.1"\n'
-                                       'to = ["198.18.4.2:2379"]\n'),
-    "an address the node does not protect": lc.desired_toml().replace(
-        f'"{lc.PROT4}", "{lc.PROT6}"]', f'"{lc.PROT4}", "{lc.PROT6}", "192.0.2.80"]').encode(),
+    "a [bgp] section": _value(
+        prepend='[bgp]\nlocal_as = 1\nrouter_id = "192.0.2.1"\nneighbors = [{ address = "192.0.2.2", as = 2 }]\n\n'
+    ),
+    "a forward to etcd": _value(
+        append='[[interface.forward]]\nproto = "tcp"\nports = "2379"\nprotected = "198.18.0.1"\n'
+        'to = ["198.18.4.2:2379"]\n'
+    ),
+    "an address the node does not protect": lc.desired_toml()
+    .replace(f'"{lc.PROT4}", "{lc.PROT6}"]', f'"{lc.PROT4}", "{lc.PROT6}", "192.0.2.80"]')
+    .encode(),
     "another interface under this key": lc.desired_toml().replace(IFACE_LINE, 'name = "eth7"\n').encode(),
     "not TOML": b"[[interface\n",
     "not UTF-8": b"\xff\xfe[[interface]]",
-    "an envelope naming a bogus chunk": json.dumps({"format": store.ENVELOPE, "toml": lc.desired_toml(),
-                                                   "chunks": {"block": ["../../etc"]}}).encode(),
+    "an envelope naming a bogus chunk": json.dumps(
+        {"format": store.ENVELOPE, "toml": lc.desired_toml(), "chunks": {"block": ["../../etc"]}}
+    ).encode(),
 }
 
 
@@ -444,8 +539,11 @@ def _fake_guard(name):
 
 def _agent(monkeypatch, bgp=None):
     realised, said = [], []
-    monkeypatch.setattr(cnode.reconcile, "realise",
-                        lambda spec, lists=True: realised.append(spec) or SimpleNamespace(action="attached", notes=[]))
+    monkeypatch.setattr(
+        cnode.reconcile,
+        "realise",
+        lambda spec, lists=True: realised.append(spec) or SimpleNamespace(action="attached", notes=[]),
+    )
     a = cnode.NodeAgent(Desired((), cluster=NODE, bgp=bgp), report=said.append)
     return a, realised, said
 
@@ -461,21 +559,26 @@ def test_agent_skips_and_logs_hostile_desired_keys_and_takes_the_hook_from_its_o
 
 
 def _kv(key: str | bytes, value: bytes, rev: int = 7) -> dict:
-    return {"key": base64.b64encode(key.encode() if isinstance(key, str) else key).decode(), "value": base64.b64encode(value).decode(),
-            "mod_revision": str(rev)}
+    return {
+        "key": base64.b64encode(key.encode() if isinstance(key, str) else key).decode(),
+        "value": base64.b64encode(value).decode(),
+        "mod_revision": str(rev),
+    }
 
 
 def test_a_full_read_with_hostile_keys_skips_them(monkeypatch):
     s = _store()
-    kvs = [_kv(KEY, HOSTILE_DESIRED["allow everything"]),
-           _kv("/xdpguard/lab/state/desired/eth1", b"\x00\x01"),
-           _kv("/xdpguard/lab/state/bans/198.18.9.1", b'{"ttl": 60, "expires": 1e300}'),
-           _kv("/xdpguard/lab/state/bans/not-an-ip", b'{"ttl": 60, "expires": 0}'),
-           _kv("/xdpguard/lab/state/bans/198.18.9.2", b'{"ttl": 60, "expires": 1.0, "reason": "syn"}'),
-           _kv("/xdpguard/lab/state/bans/198.18.9.3", b'{"ttl": 86400, "expires": 1.0, "reason": "connlimit"}'),
-           _kv("/xdpguard/lab/state/bans/198.18.9.4", b'{"ttl": 60, "expires": 1.0, "reason": "operator"}'),
-           _kv("/xdpguard/lab/nodes/evil", b"[1, 2]"),
-           _kv(b"/xdpguard/lab/state/desired/\xff", b"")]
+    kvs = [
+        _kv(KEY, HOSTILE_DESIRED["allow everything"]),
+        _kv("/xdpguard/lab/state/desired/eth1", b"\x00\x01"),
+        _kv("/xdpguard/lab/state/bans/198.18.9.1", b'{"ttl": 60, "expires": 1e300}'),
+        _kv("/xdpguard/lab/state/bans/not-an-ip", b'{"ttl": 60, "expires": 0}'),
+        _kv("/xdpguard/lab/state/bans/198.18.9.2", b'{"ttl": 60, "expires": 1.0, "reason": "syn"}'),
+        _kv("/xdpguard/lab/state/bans/198.18.9.3", b'{"ttl": 86400, "expires": 1.0, "reason": "connlimit"}'),
+        _kv("/xdpguard/lab/state/bans/198.18.9.4", b'{"ttl": 60, "expires": 1.0, "reason": "operator"}'),
+        _kv("/xdpguard/lab/nodes/evil", b"[1, 2]"),
+        _kv(b"/xdpguard/lab/state/desired/\xff", b""),
+    ]
     monkeypatch.setattr(s, "_range", lambda *a, **k: (7, kvs))
     snap = s.read()
     assert snap.desired == {} and list(snap.bans) == ["198.18.9.4"]
@@ -484,19 +587,37 @@ def test_a_full_read_with_hostile_keys_skips_them(monkeypatch):
 
 def test_status_survives_hostile_node_keys(monkeypatch):
     from xdpguard.core.cluster import ops
-    monkeypatch.setattr(store.ClusterStore, "_range", lambda self, *a, **k: (3, [
-        _kv("/xdpguard/lab/nodes/n2", b'{"applied_revision": "many", "announced": 5}'),
-        _kv("/xdpguard/lab/nodes/n3", b'{"applied_revision": 3, "ready": true, "rejected": 2, "bans_failed": 1}')]))
+
+    monkeypatch.setattr(
+        store.ClusterStore,
+        "_range",
+        lambda self, *a, **k: (
+            3,
+            [
+                _kv("/xdpguard/lab/nodes/n2", b'{"applied_revision": "many", "announced": 5}'),
+                _kv(
+                    "/xdpguard/lab/nodes/n3", b'{"applied_revision": 3, "ready": true, "rejected": 2, "bans_failed": 1}'
+                ),
+            ],
+        ),
+    )
     res = ops.status(Desired((), cluster=NODE))
     assert [v.node for v in res.nodes] == ["n2", "n3"] and res.nodes[0].reasons == ["unreadable status in the store"]
     assert (res.nodes[1].rejected, res.nodes[1].bans_failed) == (2, 1)  # what the node skipped shows in status
 
 
 LOAD_KEY = "/xdpguard/lab/load/"
-HOSTILE_LOADS = [b"null", b"[1]", b'{"addresses": []}', b'{"addresses": {"198.18.0.1": {"pps": "lots"}}}',
-                 b'{"addresses": {"198.18.0.1": {"pps": 1e9, "ports": {"udp/7": "x"}}}}',
-                 b'{"addresses": {"198.18.0.1": {"pps": NaN}}}', b'{"addresses": {"nope": {"pps": 1}}}',
-                 b'{"addresses": {"198.18.0.1": 5}}', b"\xff"]
+HOSTILE_LOADS = [
+    b"null",
+    b"[1]",
+    b'{"addresses": []}',
+    b'{"addresses": {"198.18.0.1": {"pps": "lots"}}}',
+    b'{"addresses": {"198.18.0.1": {"pps": 1e9, "ports": {"udp/7": "x"}}}}',
+    b'{"addresses": {"198.18.0.1": {"pps": NaN}}}',
+    b'{"addresses": {"nope": {"pps": 1}}}',
+    b'{"addresses": {"198.18.0.1": 5}}',
+    b"\xff",
+]
 
 
 def _escalating_agent(monkeypatch, loads: list[bytes]):
@@ -506,7 +627,9 @@ def _escalating_agent(monkeypatch, loads: list[bytes]):
     a.meter = SimpleNamespace(updated=0.0, latest={})
     monkeypatch.setattr(a.store, "put_load", lambda *x: 1)
     monkeypatch.setattr(a.store, "lock_owner", lambda name: "n1")
-    monkeypatch.setattr(a.store, "_range", lambda *x, **k: (5, [_kv(f"{LOAD_KEY}x{i}", v) for i, v in enumerate(loads)]))
+    monkeypatch.setattr(
+        a.store, "_range", lambda *x, **k: (5, [_kv(f"{LOAD_KEY}x{i}", v) for i, v in enumerate(loads)])
+    )
     monkeypatch.setattr(a, "set_announce", lambda on: None)  # no BIRD here
     return a, said
 
@@ -520,8 +643,9 @@ def test_malformed_load_entries_never_end_the_escalation_round(monkeypatch):
 
 def test_a_blackhole_only_for_an_address_this_node_protects(monkeypatch):
     flood = {"pps": 1e6, "ports": {"udp/7": 1e6}}
-    a, said = _escalating_agent(monkeypatch, [json.dumps({"addresses": {"192.0.2.66": flood, "8.8.8.8": flood,
-                                                                        lc.PROT4: flood}}).encode()])
+    a, said = _escalating_agent(
+        monkeypatch, [json.dumps({"addresses": {"192.0.2.66": flood, "8.8.8.8": flood, lc.PROT4: flood}}).encode()]
+    )
     a.escalation_round()
     assert sorted(a.escalations) == [(lc.PROT4, "blackhole"), (lc.PROT4, "flowspec")]
 
@@ -538,10 +662,20 @@ def test_only_unspoofable_bans_are_spread_short_and_capped(monkeypatch):
     monkeypatch.setattr(a.store, "put_ban", lambda addr, ttl, reason, node: put.append((addr, ttl, reason)) or 1)
     monkeypatch.setattr(cnode, "established_tcp", lambda addr: addr != "198.18.8.11")
     many = [(f"198.18.9.{i}", 3000.0, "connlimit") for i in range(1, 101)]
-    monkeypatch.setattr(cnode.cleansing, "ban_list", lambda name: _ban_views(
-        ("198.18.8.66", 300.0, "syn"), ("198.18.8.67", 300.0, "ratelimit"), ("198.18.8.68", 300.0, "feature"),
-        ("198.18.8.69", 300.0, "mitigation"), ("198.18.8.70", 300.0, "operator"),
-        ("198.18.8.10", 3000.0, "connlimit"), ("198.18.8.11", 3000.0, "connlimit"), *many))
+    monkeypatch.setattr(
+        cnode.cleansing,
+        "ban_list",
+        lambda name: _ban_views(
+            ("198.18.8.66", 300.0, "syn"),
+            ("198.18.8.67", 300.0, "ratelimit"),
+            ("198.18.8.68", 300.0, "feature"),
+            ("198.18.8.69", 300.0, "mitigation"),
+            ("198.18.8.70", 300.0, "operator"),
+            ("198.18.8.10", 3000.0, "connlimit"),
+            ("198.18.8.11", 3000.0, "connlimit"),
+            *many,
+        ),
+    )
     a.spread_local_bans()
     assert put[0] == ("198.18.8.10", cnode.SPREAD_TTL_S, "connlimit")
     assert len(put) == cnode.SPREAD_PER_ROUND and all(r == "connlimit" and t <= cnode.SPREAD_TTL_S for _, t, r in put)
@@ -564,8 +698,9 @@ def test_spread_bans_go_to_the_dynamic_map_and_a_full_map_is_skipped(monkeypatch
 
     monkeypatch.setattr(cnode.cleansing, "ban_add", full)
     now = __import__("time").time()
-    spread = store.parse_ban("198.18.9.7", json.dumps({"ttl": 60, "expires": now + 60, "reason": "connlimit",
-                                                       "node": "n2"}).encode())
+    spread = store.parse_ban(
+        "198.18.9.7", json.dumps({"ttl": 60, "expires": now + 60, "reason": "connlimit", "node": "n2"}).encode()
+    )
     op = store.parse_ban("198.18.9.8", json.dumps({"ttl": 600, "expires": now + 600, "node": "n2"}).encode())
     a._apply_ban(spread)
     a._apply_ban(op)  # xg_opban_hash is full: logged, not raised
@@ -577,8 +712,9 @@ def test_spread_bans_go_to_the_dynamic_map_and_a_full_map_is_skipped(monkeypatch
 def test_cluster_store_uses_tls_and_the_client_certificate(tmp_path):
     for f in ("ca.crt", "n.crt", "n.key"):
         (tmp_path / f).write_text("x")
-    spec = dataclasses.replace(NODE, ca=str(tmp_path / "ca.crt"), cert=str(tmp_path / "n.crt"),
-                               key=str(tmp_path / "n.key"))
+    spec = dataclasses.replace(
+        NODE, ca=str(tmp_path / "ca.crt"), cert=str(tmp_path / "n.crt"), key=str(tmp_path / "n.key")
+    )
     c = store.ClusterStore(spec)._clients[0]
     assert c.protocol == "https" and c.session.verify == spec.ca and c.session.cert == (spec.cert, spec.key)
     assert c.session.trust_env is False  # REQUESTS_CA_BUNDLE must not replace our CA
@@ -588,14 +724,17 @@ def test_cluster_store_uses_tls_and_the_client_certificate(tmp_path):
         store.ClusterStore(dataclasses.replace(spec, key=str(tmp_path / "missing.key")))
 
 
-@pytest.mark.parametrize("snippet, needle", [
-    ('cert = "/x/n.crt"', "cert and key go together"),
-    ('user = "xg"', "user and password_file go together"),
-    ('ca = "relative/ca.crt"', "must be an absolute file path"),
-    ('protect = ["198.18.0.1/24"]', "has host bits set"),
-    ('hook = "relative/prog"', "absolute path or a name on PATH"),
-    ('insecure = "yes"', "must be true or false"),
-])
+@pytest.mark.parametrize(
+    "snippet, needle",
+    [
+        ('cert = "/x/n.crt"', "cert and key go together"),
+        ('user = "xg"', "user and password_file go together"),
+        ('ca = "relative/ca.crt"', "must be an absolute file path"),
+        ('protect = ["198.18.0.1/24"]', "has host bits set"),
+        ('hook = "relative/prog"', "absolute path or a name on PATH"),
+        ('insecure = "yes"', "must be true or false"),
+    ],
+)
 def test_bad_cluster_trust_settings(snippet, needle):
     with pytest.raises(config.ConfigError) as ei:
         config.loads(f'[cluster]\nendpoints = ["https://198.18.4.2:2379"]\n{snippet}\n', "n.toml")
@@ -603,12 +742,20 @@ def test_bad_cluster_trust_settings(snippet, needle):
 
 
 def test_cluster_trust_settings_load():
-    d, _ = config.loads('[cluster]\nendpoints = ["https://198.18.4.2:2379"]\nca = "/t/ca.crt"\ncert = "/t/n.crt"\n'
-                        'key = "/t/n.key"\nuser = "xg"\npassword_file = "/t/pw"\nprotect = ["198.18.0.0/24"]\n'
-                        'backends = ["2001:db8:0:2::/64"]\nhook = "/bin/true"\n')
+    d, _ = config.loads(
+        '[cluster]\nendpoints = ["https://198.18.4.2:2379"]\nca = "/t/ca.crt"\ncert = "/t/n.crt"\n'
+        'key = "/t/n.key"\nuser = "xg"\npassword_file = "/t/pw"\nprotect = ["198.18.0.0/24"]\n'
+        'backends = ["2001:db8:0:2::/64"]\nhook = "/bin/true"\n'
+    )
     c = d.cluster
-    assert (c.ca, c.cert, c.key, c.user, c.password_file, c.insecure) == ("/t/ca.crt", "/t/n.crt", "/t/n.key", "xg",
-                                                                          "/t/pw", False)
+    assert (c.ca, c.cert, c.key, c.user, c.password_file, c.insecure) == (
+        "/t/ca.crt",
+        "/t/n.crt",
+        "/t/n.key",
+        "xg",
+        "/t/pw",
+        False,
+    )
     assert c.protect == ("198.18.0.0/24",) and c.backends == ("2001:db8:0:2::/64",) and c.hook == "/bin/true"
 
 
@@ -617,24 +764,35 @@ def test_cluster_apply_refuses_what_nodes_would_refuse(tmp_path, capsys, what):
     cfg = tmp_path / "n.toml"
     cfg.write_text(lc.node_toml(1, "lab"))
     f = tmp_path / "d.toml"
-    f.write_text(lc.desired_toml() + '\n[interface.events]\nhook = "/bin/true"\n' if what == "hook" else
-                 lc.desired_toml().replace(IFACE_LINE, IFACE_LINE + 'allow = ["0.0.0.0/0"]\n'))
+    f.write_text(
+        lc.desired_toml() + '\n[interface.events]\nhook = "/bin/true"\n'
+        if what == "hook"
+        else lc.desired_toml().replace(IFACE_LINE, IFACE_LINE + 'allow = ["0.0.0.0/0"]\n')
+    )
     assert run(["cluster", "apply", str(f), "--config", str(cfg)]) == 2
-    assert ("events.hook is never put into the cluster store" if what == "hook" else "covers too much") in \
-        one_line_error(capsys)
+    assert (
+        "events.hook is never put into the cluster store" if what == "hook" else "covers too much"
+    ) in one_line_error(capsys)
 
 
-JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-                       lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
-                       max_leaves=12)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+    max_leaves=12,
+)
 
 
-@given(st.one_of(st.binary(max_size=200), JSONISH.map(lambda v: json.dumps(v).encode())),
-       st.sampled_from(["198.18.9.1", "2001:db8::1", "x", ""]))
+@given(
+    st.one_of(st.binary(max_size=200), JSONISH.map(lambda v: json.dumps(v).encode())),
+    st.sampled_from(["198.18.9.1", "2001:db8::1", "x", ""]),
+)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_store_value_makes_a_traceback(value, address):
-    for fn in (lambda: store.parse_ban(address, value), lambda: store.parse_load("n", value),
-               lambda: _store().desired_from(KEY, value)):
+    for fn in (
+        lambda: store.parse_ban(address, value),
+        lambda: store.parse_load("n", value),
+        lambda: _store().desired_from(KEY, value),
+    ):
         try:
             fn()
         except store.Rejected:
@@ -684,8 +842,11 @@ def test_cc_bans_are_spread_bounded_and_applied_as_cc(monkeypatch):
     put = []
     monkeypatch.setattr(a.store, "put_ban", lambda addr, ttl, reason, node: put.append((addr, ttl, reason)) or 1)
     monkeypatch.setattr(cnode, "established_tcp", lambda addr: True)
-    monkeypatch.setattr(cnode.cleansing, "ban_list", lambda name: _ban_views(
-        ("198.18.8.20", 3000.0, "cc"), ("198.18.8.21", 300.0, "syn")))
+    monkeypatch.setattr(
+        cnode.cleansing,
+        "ban_list",
+        lambda name: _ban_views(("198.18.8.20", 3000.0, "cc"), ("198.18.8.21", 300.0, "syn")),
+    )
     a.spread_local_bans()
     assert put == [("198.18.8.20", cnode.SPREAD_TTL_S, "cc")]
 

@@ -18,8 +18,12 @@ from xdpguard.cli.main import cli
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 XDPGUARD = VENV_BIN / "xdpguard"
-ENV = {**os.environ, "XDPGUARD": str(XDPGUARD), "PYTHON": sys.executable,
-       "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+ENV = {
+    **os.environ,
+    "XDPGUARD": str(XDPGUARD),
+    "PYTHON": sys.executable,
+    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+}
 
 pytestmark = pytest.mark.skipif(not XDPGUARD.exists(), reason="needs the installed xdpguard script (scripts/setup.sh)")
 
@@ -46,8 +50,10 @@ def man_dir(tmp_path_factory) -> Path:
 
 def complete(completions: Path, words: list[str]) -> list[str]:
     """What bash offers for the last of `words`, through the generated completion function."""
-    script = (f"source {completions / 'xdpguard.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
-              f"COMP_CWORD={len(words) - 1}; COMPREPLY=(); _xdpguard_completion xdpguard; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+    script = (
+        f"source {completions / 'xdpguard.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+        f"COMP_CWORD={len(words) - 1}; COMPREPLY=(); _xdpguard_completion xdpguard; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+    )
     p = sh("bash", "-c", script)
     assert p.returncode == 0, p.stderr
     return [w for w in p.stdout.splitlines() if w]
@@ -84,8 +90,11 @@ def render(page: Path) -> str:
     """The page as man shows it (groff's man macros), with no groff warnings."""
     p = sh("groff", "-man", "-Tutf8", "-ww", "-rLL=200n", str(page), env={**ENV, "LC_ALL": "C.UTF-8"})
     assert p.returncode == 0 and not p.stderr.strip(), f"{page.name}: {p.stderr}"
-    return subprocess.run(["col", "-bx"], input=p.stdout, capture_output=True, text=True).stdout \
-        if shutil.which("col") else p.stdout
+    return (
+        subprocess.run(["col", "-bx"], input=p.stdout, capture_output=True, text=True).stdout
+        if shutil.which("col")
+        else p.stdout
+    )
 
 
 def test_a_page_per_command_and_the_overview(man_dir):
@@ -128,9 +137,13 @@ def test_install_and_uninstall_under_destdir(tmp_path):
     assert p.returncode == 0, p.stderr
     root = tmp_path / "usr" / "local"
     assert os.readlink(root / "bin" / "xdpguard") == str(REPO / ".venv" / "bin" / "xdpguard")
-    for f in ("share/bash-completion/completions/xdpguard", "share/zsh/site-functions/_xdpguard",
-              "share/fish/vendor_completions.d/xdpguard.fish", "share/man/man1/xdpguard.1",
-              "share/man/man1/xdpguard-block.1"):
+    for f in (
+        "share/bash-completion/completions/xdpguard",
+        "share/zsh/site-functions/_xdpguard",
+        "share/fish/vendor_completions.d/xdpguard.fish",
+        "share/man/man1/xdpguard.1",
+        "share/man/man1/xdpguard-block.1",
+    ):
         assert (root / f).is_file(), f
     loaded = sh("bash", "-c", f"source {root / 'share/bash-completion/completions/xdpguard'}; complete -p xdpguard")
     assert loaded.returncode == 0 and "_xdpguard_completion" in loaded.stdout

@@ -86,15 +86,18 @@ def test_round_trip_of_the_example():
     assert config.diff(d, d) == []
 
 
-@pytest.mark.parametrize("snippet, needle", [
-    ('colour = "red"', "x.toml:4: interface[0].colour: unknown key"),
-    ('mode = "turbo"', "x.toml:4: interface[0].mode: must be one of auto, native, skb"),
-    ('block = ["198.51.100.0/33"]', "x.toml:4: interface[0].block[0]: invalid CIDR"),
-    ('block_files = ["/nonexistent/list"]', "x.toml:4: interface[0].block_files[0]: cannot read /nonexistent/list"),
-    ('monitor = ["sometimes"]', "x.toml:4: interface[0].monitor[0]: unknown drop reason 'sometimes'"),
-    ('fragments = true', "x.toml:4: interface[0].fragments: must be a string"),
-    ('reflection = "yes"', "x.toml:4: interface[0].reflection: must be true or false"),
-])
+@pytest.mark.parametrize(
+    "snippet, needle",
+    [
+        ('colour = "red"', "x.toml:4: interface[0].colour: unknown key"),
+        ('mode = "turbo"', "x.toml:4: interface[0].mode: must be one of auto, native, skb"),
+        ('block = ["198.51.100.0/33"]', "x.toml:4: interface[0].block[0]: invalid CIDR"),
+        ('block_files = ["/nonexistent/list"]', "x.toml:4: interface[0].block_files[0]: cannot read /nonexistent/list"),
+        ('monitor = ["sometimes"]', "x.toml:4: interface[0].monitor[0]: unknown drop reason 'sometimes'"),
+        ("fragments = true", "x.toml:4: interface[0].fragments: must be a string"),
+        ('reflection = "yes"', "x.toml:4: interface[0].reflection: must be true or false"),
+    ],
+)
 def test_interface_key_errors_name_file_line_and_field(snippet, needle):
     text = f'[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n{snippet}\n'
     got = problems(text)
@@ -133,10 +136,12 @@ def test_every_problem_is_reported_with_its_own_line():
 
 
 def test_conflicts_across_interfaces():
-    text = ('[[interface]]\nname = "a"\nprotect = ["198.18.0.1"]\n'
-            '[[interface]]\nname = "a"\nprotect = ["198.18.0.2"]\n'
-            '[[interface]]\nname = "b"\nprotect = ["198.18.0.1"]\n'
-            '[[interface.forward]]\nproto = "udp"\nports = "53"\nto = ["198.18.0.1"]\n')
+    text = (
+        '[[interface]]\nname = "a"\nprotect = ["198.18.0.1"]\n'
+        '[[interface]]\nname = "a"\nprotect = ["198.18.0.2"]\n'
+        '[[interface]]\nname = "b"\nprotect = ["198.18.0.1"]\n'
+        '[[interface.forward]]\nproto = "udp"\nports = "53"\nto = ["198.18.0.1"]\n'
+    )
     got = problems(text)
     assert any("x.toml:5: interface[1].name: interface a is given twice" in p for p in got), got
     assert any("interface[2].protect: 198.18.0.1 is protected on a already" in p for p in got), got
@@ -144,8 +149,10 @@ def test_conflicts_across_interfaces():
 
 
 def test_allow_and_block_overlap_is_a_warning_not_an_error():
-    _, warnings = config.loads('[[interface]]\nname = "a"\nprotect = ["198.18.0.1"]\n'
-                               'block = ["192.0.2.1"]\nallow = ["192.0.2.1/32"]\n', "x.toml")
+    _, warnings = config.loads(
+        '[[interface]]\nname = "a"\nprotect = ["198.18.0.1"]\nblock = ["192.0.2.1"]\nallow = ["192.0.2.1/32"]\n',
+        "x.toml",
+    )
     assert len(warnings) == 1 and "in both allow and block" in warnings[0] and "x.toml:5" in warnings[0]
 
 
@@ -169,8 +176,9 @@ def test_list_files_are_read(tmp_path):
 
 def test_diff_text_and_fields():
     old, _ = config.loads(GOOD)
-    new_text = GOOD.replace('block = ["198.51.100.0/24", "203.0.113.7"]', 'block = ["198.51.100.0/25"]') \
-                   .replace('src_pps = "2k", ban = 30', 'src_pps = 5000')
+    new_text = GOOD.replace('block = ["198.51.100.0/24", "203.0.113.7"]', 'block = ["198.51.100.0/25"]').replace(
+        'src_pps = "2k", ban = 30', "src_pps = 5000"
+    )
     new, _ = config.loads(new_text)
     changes = config.diff(old, new)
     texts = [c.text() for c in changes]
@@ -192,18 +200,25 @@ RATE = st.sampled_from([0, 1, 100, 2000, 10**6])
 
 def prefixes():
     v4 = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)).map(
-        lambda t: Prefix(4, ((t[0] >> (32 - t[1]) << (32 - t[1])) if t[1] else 0).to_bytes(4, "big"), t[1]))
+        lambda t: Prefix(4, ((t[0] >> (32 - t[1]) << (32 - t[1])) if t[1] else 0).to_bytes(4, "big"), t[1])
+    )
     v6 = st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(
-        lambda t: Prefix(6, ((t[0] >> (128 - t[1]) << (128 - t[1])) if t[1] else 0).to_bytes(16, "big"), t[1]))
+        lambda t: Prefix(6, ((t[0] >> (128 - t[1]) << (128 - t[1])) if t[1] else 0).to_bytes(16, "big"), t[1])
+    )
     return st.frozensets(st.one_of(v4, v6), max_size=6)
 
 
 @st.composite
 def limits(draw):
     src = draw(RATE)
-    return policy.Limits(src_pps=src, src_burst_pkts=draw(st.sampled_from([0, 5000])) if src else 0,
-                         src_bps=draw(RATE), dst_pps=draw(RATE), syn_src_pps=draw(RATE),
-                         ban_s=draw(st.sampled_from([0, 60])) if src else 0).effective()
+    return policy.Limits(
+        src_pps=src,
+        src_burst_pkts=draw(st.sampled_from([0, 5000])) if src else 0,
+        src_bps=draw(RATE),
+        dst_pps=draw(RATE),
+        syn_src_pps=draw(RATE),
+        ban_s=draw(st.sampled_from([0, 60])) if src else 0,
+    ).effective()
 
 
 @st.composite
@@ -212,31 +227,74 @@ def filters(draw):
     proto = draw(st.sampled_from([None, "tcp", "udp", "icmp"]))
     lo = draw(st.integers(0, 65535))
     payload = draw(st.binary(max_size=16))
-    f = policy.Filter(action=action, proto=proto, dport=(lo, draw(st.integers(lo, 65535))),
-                      ttl=draw(st.sampled_from([(0, 255), (64, 64), (1, 10)])),
-                      tcp_flags=draw(st.sampled_from([(0, 0), (0x12, 0x02)])) if proto in (None, "tcp") else (0, 0),
-                      payload=payload, payload_mask=draw(st.binary(min_size=len(payload), max_size=len(payload)))
-                      if payload and draw(st.booleans()) else b"",
-                      payload_base=draw(st.sampled_from(["l3", "l4", "payload"])),
-                      payload_off=draw(st.integers(0, 1000)), ban_s=60 if action == "drop-ban" else 0)
+    f = policy.Filter(
+        action=action,
+        proto=proto,
+        dport=(lo, draw(st.integers(lo, 65535))),
+        ttl=draw(st.sampled_from([(0, 255), (64, 64), (1, 10)])),
+        tcp_flags=draw(st.sampled_from([(0, 0), (0x12, 0x02)])) if proto in (None, "tcp") else (0, 0),
+        payload=payload,
+        payload_mask=draw(st.binary(min_size=len(payload), max_size=len(payload)))
+        if payload and draw(st.booleans())
+        else b"",
+        payload_base=draw(st.sampled_from(["l3", "l4", "payload"])),
+        payload_off=draw(st.integers(0, 1000)),
+        ban_s=60 if action == "drop-ban" else 0,
+    )
     return config.norm_filter(f)
 
 
 @st.composite
 def addresses(draw, addr):
-    ports = draw(st.lists(st.tuples(st.sampled_from(["tcp", "udp"]), st.integers(1, 2000), st.integers(0, 3)),
-                          max_size=3))
-    plims = draw(st.lists(st.tuples(st.sampled_from(["tcp", "udp"]), st.integers(3000, 3100), st.integers(0, 3),
-                                    limits().filter(lambda l: l.active())), max_size=2))
-    syn = draw(st.sampled_from([policy.SynPolicy(), policy.SynPolicy(1000), policy.SynPolicy(5, 300, 5000, 60),
-                                policy.SynPolicy(5, 300, 5000, 60, "retransmit"), policy.SynPolicy(always=True),
-                                policy.SynPolicy(mode="retransmit")]))
-    cl = draw(st.one_of(st.none(), st.builds(nat.ConnLimits, st.integers(0, 500), st.integers(0, 64),
-                                             st.integers(0, 10_000), st.integers(0, 100_000), st.integers(0, 120),
-                                             st.integers(1, 3600)).filter(lambda c: c.active())))
-    return AddressSpec(addr, draw(st.frozensets(st.sampled_from(list(policy.PROTOCOLS)))), draw(limits()), syn,
-                       config.norm_port_runs((p, lo, lo + n) for p, lo, n in ports),
-                       config.norm_port_limits((p, lo, lo + n, lim) for p, lo, n, lim in plims), connlimit=cl)
+    ports = draw(
+        st.lists(st.tuples(st.sampled_from(["tcp", "udp"]), st.integers(1, 2000), st.integers(0, 3)), max_size=3)
+    )
+    plims = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["tcp", "udp"]),
+                st.integers(3000, 3100),
+                st.integers(0, 3),
+                limits().filter(lambda l: l.active()),
+            ),
+            max_size=2,
+        )
+    )
+    syn = draw(
+        st.sampled_from(
+            [
+                policy.SynPolicy(),
+                policy.SynPolicy(1000),
+                policy.SynPolicy(5, 300, 5000, 60),
+                policy.SynPolicy(5, 300, 5000, 60, "retransmit"),
+                policy.SynPolicy(always=True),
+                policy.SynPolicy(mode="retransmit"),
+            ]
+        )
+    )
+    cl = draw(
+        st.one_of(
+            st.none(),
+            st.builds(
+                nat.ConnLimits,
+                st.integers(0, 500),
+                st.integers(0, 64),
+                st.integers(0, 10_000),
+                st.integers(0, 100_000),
+                st.integers(0, 120),
+                st.integers(1, 3600),
+            ).filter(lambda c: c.active()),
+        )
+    )
+    return AddressSpec(
+        addr,
+        draw(st.frozensets(st.sampled_from(list(policy.PROTOCOLS)))),
+        draw(limits()),
+        syn,
+        config.norm_port_runs((p, lo, lo + n) for p, lo, n in ports),
+        config.norm_port_limits((p, lo, lo + n, lim) for p, lo, n, lim in plims),
+        connlimit=cl,
+    )
 
 
 @st.composite
@@ -247,24 +305,56 @@ def interfaces(draw, name):
     for i, a in enumerate(protected):
         if draw(st.booleans()):
             b = ipaddress.ip_address("198.51.100.10" if a.version == 4 else "2001:db8:ffff::10")
-            rule = forwarding.ForwardRule(draw(st.sampled_from(["tcp", "udp"])), a, 80 + i, 80 + i,
-                                          (forwarding.Backend(b, draw(st.sampled_from([None, 8080])),
-                                                              draw(st.integers(1, 5))),),
-                                          draw(st.sampled_from([0, 300])), draw(st.booleans()))
+            rule = forwarding.ForwardRule(
+                draw(st.sampled_from(["tcp", "udp"])),
+                a,
+                80 + i,
+                80 + i,
+                (forwarding.Backend(b, draw(st.sampled_from([None, 8080])), draw(st.integers(1, 5))),),
+                draw(st.sampled_from([0, 300])),
+                draw(st.booleans()),
+            )
             fwds.append(ForwardSpec(rule, draw(st.sampled_from([None, b"ping"])) if rule.proto == "udp" else None))
-    glob = policy.GlobalPolicy(draw(st.booleans()), draw(st.booleans()),
-                               draw(st.frozensets(st.integers(1, 65535), max_size=5)),
-                               tuple(draw(st.lists(filters(), max_size=3))),
-                               draw(st.sampled_from([0, config.ALL_DROP_MASK, 1 << 12])))
-    thr = st.builds(events.Thresholds, st.sampled_from([0.0, 1000.0, 2.5]), st.sampled_from([0.0, 1e9]),
-                    st.sampled_from([0.0, 1000.0]), st.just(0.0),
-                    st.sampled_from([{}, {"syn": (100.0, 0.0)}]))
-    ev = events.EventConfig(draw(thr), {str(protected[0]): draw(thr)} if draw(st.booleans()) else {},
-                            draw(st.sampled_from([10.0, 0.5])), draw(st.sampled_from([None, "/bin/true"])))
-    vf = policy.VerifySettings(budget_udp_pps=draw(st.sampled_from([0, 2000])), budget=draw(st.booleans()),
-                               tcp_pps=draw(st.sampled_from([0, 30000])), spoof_ban_s=draw(st.sampled_from([0, 5])))
-    return config.norm_interface(InterfaceSpec(name, draw(st.sampled_from(config.MODES)), addrs, glob,
-                                               draw(prefixes()), draw(prefixes()), tuple(fwds), ev, vf))
+    glob = policy.GlobalPolicy(
+        draw(st.booleans()),
+        draw(st.booleans()),
+        draw(st.frozensets(st.integers(1, 65535), max_size=5)),
+        tuple(draw(st.lists(filters(), max_size=3))),
+        draw(st.sampled_from([0, config.ALL_DROP_MASK, 1 << 12])),
+    )
+    thr = st.builds(
+        events.Thresholds,
+        st.sampled_from([0.0, 1000.0, 2.5]),
+        st.sampled_from([0.0, 1e9]),
+        st.sampled_from([0.0, 1000.0]),
+        st.just(0.0),
+        st.sampled_from([{}, {"syn": (100.0, 0.0)}]),
+    )
+    ev = events.EventConfig(
+        draw(thr),
+        {str(protected[0]): draw(thr)} if draw(st.booleans()) else {},
+        draw(st.sampled_from([10.0, 0.5])),
+        draw(st.sampled_from([None, "/bin/true"])),
+    )
+    vf = policy.VerifySettings(
+        budget_udp_pps=draw(st.sampled_from([0, 2000])),
+        budget=draw(st.booleans()),
+        tcp_pps=draw(st.sampled_from([0, 30000])),
+        spoof_ban_s=draw(st.sampled_from([0, 5])),
+    )
+    return config.norm_interface(
+        InterfaceSpec(
+            name,
+            draw(st.sampled_from(config.MODES)),
+            addrs,
+            glob,
+            draw(prefixes()),
+            draw(prefixes()),
+            tuple(fwds),
+            ev,
+            vf,
+        )
+    )
 
 
 @st.composite
@@ -278,9 +368,16 @@ def desireds(draw):
             continue
         used |= set(s.protected)
         specs.append(s)
-    daemon = config.DaemonSpec(draw(st.sampled_from([None, "127.0.0.1:9477", "[::1]:9100"])),
-                               draw(st.sampled_from([2.0, 0.5])), 1.0, draw(st.integers(1, 5)), 3, 10.0,
-                               draw(st.booleans()), 1.0)
+    daemon = config.DaemonSpec(
+        draw(st.sampled_from([None, "127.0.0.1:9477", "[::1]:9100"])),
+        draw(st.sampled_from([2.0, 0.5])),
+        1.0,
+        draw(st.integers(1, 5)),
+        3,
+        10.0,
+        draw(st.booleans()),
+        1.0,
+    )
     return Desired(tuple(sorted(specs, key=lambda s: s.name)), daemon)
 
 
@@ -294,9 +391,11 @@ def test_load_of_to_toml_is_identity(d):
 
 
 def test_levels_that_drop_fragments_decide_the_interface_fragment_policy():
-    base = '[[interface]]\nname = "eth1"\nprotect = ["198.18.0.1", "198.18.0.2"]\n{frag}' \
-           '[[interface.address]]\naddress = "198.18.0.1"\nlevel = "normal"\n' \
-           '[[interface.address]]\naddress = "198.18.0.2"\nlevel = "{second}"\n'
+    base = (
+        '[[interface]]\nname = "eth1"\nprotect = ["198.18.0.1", "198.18.0.2"]\n{frag}'
+        '[[interface.address]]\naddress = "198.18.0.1"\nlevel = "normal"\n'
+        '[[interface.address]]\naddress = "198.18.0.2"\nlevel = "{second}"\n'
+    )
     d, _ = config.loads(base.format(frag="", second="strict"))
     assert d.interfaces[0].global_.drop_fragments  # every address at a level that drops them
     d, _ = config.loads(base.format(frag="", second="loose"))
@@ -306,7 +405,9 @@ def test_levels_that_drop_fragments_decide_the_interface_fragment_policy():
     assert config.loads(config.to_toml(d))[0] == d
 
 
-CONNLIMIT_HEAD = '[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n\n[[interface.address]]\naddress = "198.18.0.1"\n'
+CONNLIMIT_HEAD = (
+    '[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n\n[[interface.address]]\naddress = "198.18.0.1"\n'
+)
 
 
 def test_connlimit_is_desired_state_with_located_errors():
@@ -344,12 +445,15 @@ def test_verify_table_loads_writes_and_diffs():
     assert "verify" in ch.path and "budget_udp_pps 2000" in ch.new
 
 
-@pytest.mark.parametrize("body, needle", [
-    ("budget_udp_pps = -1\n", "interface[0].verify: invalid budget_udp_pps -1"),
-    ('budget = "off"\n', "interface[0].verify.budget: must be true or false"),
-    ("udp_learning = false\n", "interface[0].verify.udp_learning: unknown key"),
-    ("spoof_ban_s = 1.5\n", "interface[0].verify.spoof_ban_s: must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("budget_udp_pps = -1\n", "interface[0].verify: invalid budget_udp_pps -1"),
+        ('budget = "off"\n', "interface[0].verify.budget: must be true or false"),
+        ("udp_learning = false\n", "interface[0].verify.udp_learning: unknown key"),
+        ("spoof_ban_s = 1.5\n", "interface[0].verify.spoof_ban_s: must be a whole number"),
+    ],
+)
 def test_verify_table_errors_name_the_field(body, needle):
     got = problems(VERIFY.format(body=body))
     assert any(needle in p for p in got), got

@@ -23,8 +23,9 @@ def test_no_own_module_imported_inside_a_function():
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                own = (isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("xdpguard"))) \
-                    or (isinstance(node, ast.Import) and any(a.name.startswith("xdpguard") for a in node.names))
+                own = (
+                    isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("xdpguard"))
+                ) or (isinstance(node, ast.Import) and any(a.name.startswith("xdpguard") for a in node.names))
                 if own:
                     found.append(f"{path.relative_to(CORE)}:{node.lineno} in {fn.name}()")
     assert found == []

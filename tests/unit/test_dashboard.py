@@ -10,8 +10,16 @@ import runpy
 
 import pytest
 
-from prom_helpers import (DASHBOARD, PROMETHEUS_SERIES, exported, full_scrape, grafana_to_promql,
-                          metric_names, run_promtool, samples)
+from prom_helpers import (
+    DASHBOARD,
+    PROMETHEUS_SERIES,
+    exported,
+    full_scrape,
+    grafana_to_promql,
+    metric_names,
+    run_promtool,
+    samples,
+)
 
 GEN = DASHBOARD.parent / "gen_dashboard.py"
 
@@ -39,8 +47,9 @@ def expressions(d: dict) -> list[tuple[str, str]]:
 
 
 def test_json_is_what_the_generator_writes():
-    assert DASHBOARD.read_text() == runpy.run_path(str(GEN))["render"](), \
+    assert DASHBOARD.read_text() == runpy.run_path(str(GEN))["render"](), (
         "run: python3 deploy/grafana/gen_dashboard.py deploy/grafana/xdpguard.json"
+    )
 
 
 def test_well_formed():
@@ -71,9 +80,17 @@ def test_well_formed():
 def test_the_issue_s_views_are_there():
     """Received/dropped/forwarded in pps and bps, drops by reason, attacks, backends, sampling."""
     text = " ".join(e for _, e in expressions(_dashboard()))
-    for needle in ('rate(xdpguard_packets_total', 'rate(xdpguard_bytes_total', 'sum by (reason)', 'action="drop"',
-                   "xdpguard_attack_active", "xdpguard_backend_up", "xdpguard_samples_lost_total",
-                   "xdpguard_forward_packets_total", "xdpguard_list_entries"):
+    for needle in (
+        "rate(xdpguard_packets_total",
+        "rate(xdpguard_bytes_total",
+        "sum by (reason)",
+        'action="drop"',
+        "xdpguard_attack_active",
+        "xdpguard_backend_up",
+        "xdpguard_samples_lost_total",
+        "xdpguard_forward_packets_total",
+        "xdpguard_list_entries",
+    ):
         assert needle in text, needle
 
 
@@ -90,8 +107,17 @@ def test_expressions_parse_and_select_series_of_a_real_scrape(monkeypatch, tmp_p
     scrape of the collector (counters rising, gauges constant, with the job/instance labels of
     a target): promtool must parse every one, and each must fire, i.e. select something."""
     exprs = expressions(_dashboard())
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"alert": f"Dash{i}", "expr": f"count({grafana_to_promql(e)}) > 0"} for i, (_, e) in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"alert": f"Dash{i}", "expr": f"count({grafana_to_promql(e)}) > 0"}
+                    for i, (_, e) in enumerate(exprs)
+                ],
+            }
+        ]
+    }
     rules_file = tmp_path / "dashboard.rules.yml"
     rules_file.write_text(json.dumps(rules))  # JSON is YAML
     p = run_promtool("check", "rules", str(rules_file))
@@ -103,10 +129,20 @@ def test_expressions_parse_and_select_series_of_a_real_scrape(monkeypatch, tmp_p
         lab = ",".join(f'{k}="{v}"' for k, v in sorted({**labels, **target}.items()))
         step = max(1, int(value)) if kind == "counter" else 0
         series.append({"series": f"{name}{{{lab}}}", "values": f"{value:g}+{step}x20"})
-    tests = {"rule_files": [str(rules_file)], "evaluation_interval": "15s", "tests": [{
-        "interval": "15s", "input_series": series,
-        "alert_rule_test": [{"eval_time": "4m", "alertname": f"Dash{i}", "exp_alerts": [{"exp_labels": {}}]}
-                            for i in range(len(exprs))]}]}
+    tests = {
+        "rule_files": [str(rules_file)],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "alert_rule_test": [
+                    {"eval_time": "4m", "alertname": f"Dash{i}", "exp_alerts": [{"exp_labels": {}}]}
+                    for i in range(len(exprs))
+                ],
+            }
+        ],
+    }
     tests_file = tmp_path / "dashboard.test.yml"
     tests_file.write_text(json.dumps(tests))
     p = run_promtool("test", "rules", str(tests_file))

@@ -30,11 +30,19 @@ Combined:	{cur}
 """
 
 
-@pytest.mark.parametrize("release,status", [
-    ("6.1.0-18-amd64", d.OK), ("5.18.0", d.OK), ("6.18.44-fc", d.OK),
-    # 5.10 (Debian 11) has the ring buffer but not bpf_xdp_load_bytes: the program cannot load
-    ("5.10.0-28-amd64", d.FAIL), ("5.4.0-150-generic", d.FAIL), ("4.9.0-3", d.FAIL), ("garbage", d.FAIL),
-])
+@pytest.mark.parametrize(
+    "release,status",
+    [
+        ("6.1.0-18-amd64", d.OK),
+        ("5.18.0", d.OK),
+        ("6.18.44-fc", d.OK),
+        # 5.10 (Debian 11) has the ring buffer but not bpf_xdp_load_bytes: the program cannot load
+        ("5.10.0-28-amd64", d.FAIL),
+        ("5.4.0-150-generic", d.FAIL),
+        ("4.9.0-3", d.FAIL),
+        ("garbage", d.FAIL),
+    ],
+)
 def test_kernel_by_version(release, status):
     assert d.check_kernel(release).status == status
 
@@ -48,8 +56,9 @@ def test_kernel_names_what_it_lacks():
 
 
 def test_kernel_symbols_win_over_the_version():
-    kallsyms = ("ffffffff815299d0 T bpf_ringbuf_output\n0000000000000000 t bpf_xdp_load_bytes\n"
-                "ffffffff81000000 T _stext\n")
+    kallsyms = (
+        "ffffffff815299d0 T bpf_ringbuf_output\n0000000000000000 t bpf_xdp_load_bytes\nffffffff81000000 T _stext\n"
+    )
     syms = d.kernel_symbols(kallsyms)
     assert {"bpf_ringbuf_output", "bpf_xdp_load_bytes", "_stext"} <= syms
     # a vendor 5.14 kernel with the helper backported is fine; a 6.x built without it is not
@@ -61,8 +70,10 @@ def test_kernel_symbols_win_over_the_version():
 
 
 def test_program_check_reports_the_verifier():
-    log = ("1346: (15) if r1 == 0x3a goto pc+3\nThe sequence of 8193 jumps is too complex.\n"
-           "processed 58246 insns (limit 1000000) max_states_per_insn 57 total_states 2666\n")
+    log = (
+        "1346: (15) if r1 == 0x3a goto pc+3\nThe sequence of 8193 jumps is too complex.\n"
+        "processed 58246 insns (limit 1000000) max_states_per_insn 57 total_states 2666\n"
+    )
     assert d.verifier_reason(log) == "The sequence of 8193 jumps is too complex."
     assert d.verifier_reason("no verifier output here") is None
     c = d.check_program("Failed to load BPF program b'xdpguard_main': Bad address (verifier: invalid zero-sized read)")
@@ -133,28 +144,56 @@ def test_trial_attach_never_on_default_route_iface():
 # `ip -j -4 route show default` on a Vagrant VM: eth0 (management, DHCP) carries the default
 # route; the private NIC eth1 has a backup default with a higher metric. Doctor used to say
 # "eth1 carries the default route" here and skipped the trial attach.
-ROUTES_V4_BACKUP = json.dumps([
-    {"dst": "default", "gateway": "198.18.0.1", "dev": "eth0", "protocol": "dhcp", "metric": 100, "flags": []},
-    {"dst": "default", "gateway": "198.18.10.1", "dev": "eth1", "metric": 1024, "flags": []},
-])
+ROUTES_V4_BACKUP = json.dumps(
+    [
+        {"dst": "default", "gateway": "198.18.0.1", "dev": "eth0", "protocol": "dhcp", "metric": 100, "flags": []},
+        {"dst": "default", "gateway": "198.18.10.1", "dev": "eth1", "metric": 1024, "flags": []},
+    ]
+)
 
 
 def test_default_route_in_use_is_the_lowest_metric():
     assert d.route_ifaces_in_use(ROUTES_V4_BACKUP, "-4") == {"eth0": V4_EIGHT}
     assert d.attach_skip_reason("eth1", False, False, d.route_ifaces_in_use(ROUTES_V4_BACKUP, "-4")) is None
     # no metric = 0 (beats any other); same metric on two routes: both in use
-    same = json.dumps([{"dst": "default", "gateway": "198.18.0.1", "dev": "eth0", "flags": []},
-                       {"dst": "default", "gateway": "198.18.1.1", "dev": "eth1", "metric": 0, "flags": []}])
+    same = json.dumps(
+        [
+            {"dst": "default", "gateway": "198.18.0.1", "dev": "eth0", "flags": []},
+            {"dst": "default", "gateway": "198.18.1.1", "dev": "eth1", "metric": 0, "flags": []},
+        ]
+    )
     assert set(d.route_ifaces_in_use(same, "-4")) == {"eth0", "eth1"}
-    multipath = json.dumps([{"dst": "default", "metric": 10, "flags": [], "nexthops": [
-        {"gateway": "198.18.0.1", "dev": "eth0", "weight": 1, "flags": []},
-        {"gateway": "198.18.1.1", "dev": "eth2", "weight": 1, "flags": []}]}])
+    multipath = json.dumps(
+        [
+            {
+                "dst": "default",
+                "metric": 10,
+                "flags": [],
+                "nexthops": [
+                    {"gateway": "198.18.0.1", "dev": "eth0", "weight": 1, "flags": []},
+                    {"gateway": "198.18.1.1", "dev": "eth2", "weight": 1, "flags": []},
+                ],
+            }
+        ]
+    )
     assert set(d.route_ifaces_in_use(multipath, "-4")) == {"eth0", "eth2"}
-    v6 = json.dumps([{"dst": "default", "gateway": "fe80::1", "dev": "eth1", "protocol": "ra", "metric": 1024,
-                      "flags": [], "pref": "medium"}])
+    v6 = json.dumps(
+        [
+            {
+                "dst": "default",
+                "gateway": "fe80::1",
+                "dev": "eth1",
+                "protocol": "ra",
+                "metric": 1024,
+                "flags": [],
+                "pref": "medium",
+            }
+        ]
+    )
     assert d.route_ifaces_in_use(v6, "-6") == {"eth1": "the IPv6 default route via fe80::1"}
-    unreachable = json.dumps([{"type": "unreachable", "dst": "default", "dev": "lo", "metric": 4294967295,
-                               "flags": []}])
+    unreachable = json.dumps(
+        [{"type": "unreachable", "dst": "default", "dev": "lo", "metric": 4294967295, "flags": []}]
+    )
     assert d.route_ifaces_in_use(unreachable, "-6") == {}
     assert d.route_ifaces_in_use("", "-4") == {} and d.route_ifaces_in_use("not json", "-4") == {}
     assert d.check_native_xdp("eth0", None, f"it carries {V4_EIGHT}; never touched").status == d.OK
@@ -206,8 +245,7 @@ def test_doctor_in_a_namespace_with_a_backup_default_route():
         doctor = [str(Path(sys.executable).parent / "xdpguard"), "doctor", "--json", "--iface"]
 
         def native(iface):
-            p = subprocess.run(["ip", "netns", "exec", ns, *doctor, iface], capture_output=True, text=True,
-                               timeout=300)
+            p = subprocess.run(["ip", "netns", "exec", ns, *doctor, iface], capture_output=True, text=True, timeout=300)
             try:
                 return {c["name"]: c for c in json.loads(p.stdout)["checks"]}["native-xdp"]
             except (ValueError, KeyError):

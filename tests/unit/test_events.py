@@ -69,7 +69,9 @@ def test_going_back_above_during_hold_keeps_one_event():
 def test_per_reason_and_per_address_thresholds():
     cfg = EventConfig(Thresholds(), {ADDR: Thresholds(reasons={"port": (100, 0)})}, hold_s=0)
     d, clock, got = det(cfg)
-    d.update({ADDR: m(10_000, 10_000, {"blocklist": (10_000, 0)}), "198.18.0.3": m(10_000, 10_000, {"port": (500, 0)})}, 1)
+    d.update(
+        {ADDR: m(10_000, 10_000, {"blocklist": (10_000, 0)}), "198.18.0.3": m(10_000, 10_000, {"port": (500, 0)})}, 1
+    )
     assert got == []  # the default is empty; ADDR only watches 'port'
     d.update({ADDR: m(200, 200, {"port": (200, 0)})}, 1)
     assert [(p, e.protected, e.triggers) for p, e in got] == [("start", ADDR, ["port pps"])]
@@ -87,15 +89,27 @@ def test_close_all_on_shutdown():
 
 def test_exceeded_labels():
     t = Thresholds(pps=10, bps=0, drop_pps=5, drop_bps=1, reasons={"syn": (1, 1)})
-    assert events.exceeded(t, Measure(11, 100, 6, 2, {"syn": (2, 2)})) == ["pps", "drop_pps", "drop_bps", "syn pps", "syn bps"]
+    assert events.exceeded(t, Measure(11, 100, 6, 2, {"syn": (2, 2)})) == [
+        "pps",
+        "drop_pps",
+        "drop_bps",
+        "syn pps",
+        "syn bps",
+    ]
     assert events.exceeded(t, Measure(10, 100, 5, 1, {"syn": (1, 1)})) == []
 
 
 def test_config_round_trip_and_parse_rate():
-    cfg = EventConfig(Thresholds(1e6, 2e9, 1000, 0, {"blocklist": (5.0, 0.0)}), {ADDR: Thresholds(pps=10)}, 7, "logger -t x")
+    cfg = EventConfig(
+        Thresholds(1e6, 2e9, 1000, 0, {"blocklist": (5.0, 0.0)}), {ADDR: Thresholds(pps=10)}, 7, "logger -t x"
+    )
     assert EventConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     assert EventConfig.from_json(None) == EventConfig()
-    assert (events.parse_rate("10k", "x"), events.parse_rate("1.5M", "x"), events.parse_rate("2G", "x")) == (1e4, 1.5e6, 2e9)
+    assert (events.parse_rate("10k", "x"), events.parse_rate("1.5M", "x"), events.parse_rate("2G", "x")) == (
+        1e4,
+        1.5e6,
+        2e9,
+    )
     with pytest.raises(events.UserError):
         events.parse_rate("fast", "--pps")
 
@@ -118,7 +132,7 @@ def test_log_last_line_wins_and_torn_lines(tmp_path, monkeypatch):
 def test_hook_gets_the_event_on_stdin(tmp_path):
     out = tmp_path / "hook.out"
     code = f"import os,sys; open({str(out)!r},'a').write(os.environ['XDPGUARD_EVENT_PHASE'] + ' ' + sys.stdin.read() + chr(10))"
-    hook = events.HookRunner(f"{sys.executable} -c \"{code}\"")
+    hook = events.HookRunner(f'{sys.executable} -c "{code}"')
     ev = events.AttackEvent("e1", "xgp0", ADDR, 100.0)
     hook("start", ev)
     hook.reap(wait=True)

@@ -30,9 +30,14 @@ def ranges(top: int, pool):
 @st.composite
 def filters(draw) -> Filter:
     mask = draw(st.sampled_from([0, 0, 0x02, 0x12, 0xFF]) | U8)
-    return Filter(proto=draw(st.sampled_from([None, "tcp", "udp", "icmp"])), sport=draw(ranges(65535, PORTS)),
-                  dport=draw(ranges(65535, PORTS)), length=draw(ranges(65535, st.integers(0, 2000) | PORTS)),
-                  ttl=draw(ranges(255, U8)), tcp_flags=(mask, draw(U8) & mask))
+    return Filter(
+        proto=draw(st.sampled_from([None, "tcp", "udp", "icmp"])),
+        sport=draw(ranges(65535, PORTS)),
+        dport=draw(ranges(65535, PORTS)),
+        length=draw(ranges(65535, st.integers(0, 2000) | PORTS)),
+        ttl=draw(ranges(255, U8)),
+        tcp_flags=(mask, draw(U8) & mask),
+    )
 
 
 @st.composite
@@ -40,13 +45,20 @@ def headers(draw) -> tuple[Headers, int]:
     proto = draw(st.sampled_from([6, 17, 1, 58, 47, 0]) | U8)
     has_l4 = draw(st.booleans())
     ports = has_l4 and proto in (6, 17)
-    h = Headers(proto, draw(U8), False, has_l4, sport=draw(PORTS) if ports else 0, dport=draw(PORTS) if ports else 0,
-                tcp_flags=draw(U8) if has_l4 and proto == 6 else 0)
+    h = Headers(
+        proto,
+        draw(U8),
+        False,
+        has_l4,
+        sport=draw(PORTS) if ports else 0,
+        dport=draw(PORTS) if ports else 0,
+        tcp_flags=draw(U8) if has_l4 and proto == 6 else 0,
+    )
     return h, draw(st.integers(14, 2000) | st.integers(0, 65535))
 
 
 def word(vec: bytes, at: int) -> int:
-    return int.from_bytes(vec[at * 8:at * 8 + 8], sys.byteorder)
+    return int.from_bytes(vec[at * 8 : at * 8 + 8], sys.byteorder)
 
 
 def survivors(vec: bytes, live: int, h: Headers, n: int) -> int:
@@ -94,10 +106,15 @@ def payload_filters(draw) -> Filter:
     payload = bytes(draw(st.lists(PAYLOAD_BYTES, min_size=1, max_size=abi.PAYLOAD_MATCH_MAX)))
     mask = b""
     if draw(st.booleans()):
-        mask = bytes(draw(st.lists(st.sampled_from([0xFF, 0x0F, 0x00, 0x41]), min_size=len(payload),
-                                   max_size=len(payload))))
-    return Filter(payload=payload, payload_mask=mask, payload_base=draw(st.sampled_from(["l3", "l4", "payload"])),
-                  payload_off=draw(st.integers(0, 24) | st.integers(0, abi.PAYLOAD_OFF_MAX)))
+        mask = bytes(
+            draw(st.lists(st.sampled_from([0xFF, 0x0F, 0x00, 0x41]), min_size=len(payload), max_size=len(payload)))
+        )
+    return Filter(
+        payload=payload,
+        payload_mask=mask,
+        payload_base=draw(st.sampled_from(["l3", "l4", "payload"])),
+        payload_off=draw(st.integers(0, 24) | st.integers(0, abi.PAYLOAD_OFF_MAX)),
+    )
 
 
 def index_survivors(vec: bytes, indexed: int, positions: list[int], frame: bytes, h: Headers, cand: int) -> int:
@@ -113,9 +130,14 @@ def index_survivors(vec: bytes, indexed: int, positions: list[int], frame: bytes
 
 
 @settings(max_examples=300, deadline=None)
-@given(fl=st.lists(payload_filters() | filters(), max_size=abi.FILTERS_MAX),
-       frames=st.lists(st.tuples(st.lists(PAYLOAD_BYTES, max_size=80).map(bytes), st.integers(0, 40),
-                                 st.booleans()), min_size=1, max_size=6))
+@given(
+    fl=st.lists(payload_filters() | filters(), max_size=abi.FILTERS_MAX),
+    frames=st.lists(
+        st.tuples(st.lists(PAYLOAD_BYTES, max_size=80).map(bytes), st.integers(0, 40), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+)
 def test_payload_index_decides_what_the_compare_decides(fl, frames):
     """Every filter the index decides survives it exactly when its payload compare holds; the
     ones it does not decide keep their bit."""

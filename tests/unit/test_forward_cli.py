@@ -18,10 +18,23 @@ from xdpguard.core.nat.forward import BackendView, ForwardChangeResult, ForwardL
 from cli_helpers import one_line_error
 
 LISTING = ForwardListResult(
-    rules=[RuleView("tcp/198.18.0.2/80", "xgp0", "tcp", "198.18.0.2", "80",
-                    [BackendView("198.18.1.2:8080", 3, False, "up"), BackendView("198.18.2.2:8080", 1, True, "down")],
-                    60, False, None, 12, 3456)],
-    ip_forward={"net.ipv4.ip_forward": "1"}, table=True,
+    rules=[
+        RuleView(
+            "tcp/198.18.0.2/80",
+            "xgp0",
+            "tcp",
+            "198.18.0.2",
+            "80",
+            [BackendView("198.18.1.2:8080", 3, False, "up"), BackendView("198.18.2.2:8080", 1, True, "down")],
+            60,
+            False,
+            None,
+            12,
+            3456,
+        )
+    ],
+    ip_forward={"net.ipv4.ip_forward": "1"},
+    table=True,
 )
 
 
@@ -51,34 +64,72 @@ def calls(monkeypatch) -> Calls:
 
 
 def test_add_passes_every_option(calls):
-    calls.fake(imperative, "forward_add", ForwardChangeResult("xgp0", "add", "udp/198.18.0.2/53", True, ["enabled forwarding"]))
-    res = CliRunner().invoke(cli, ["forward", "add", "udp", "53", "--to", "198.18.1.2:53,198.18.2.2:53",
-                                   "--weight", "3,1", "--backup", "198.18.3.2:53", "--persist", "60",
-                                   "--preserve-client-ip", "--udp-probe", "00ff", "--protected", "198.18.0.2",
-                                   "-i", "xgp0"], catch_exceptions=False)
+    calls.fake(
+        imperative, "forward_add", ForwardChangeResult("xgp0", "add", "udp/198.18.0.2/53", True, ["enabled forwarding"])
+    )
+    res = CliRunner().invoke(
+        cli,
+        [
+            "forward",
+            "add",
+            "udp",
+            "53",
+            "--to",
+            "198.18.1.2:53,198.18.2.2:53",
+            "--weight",
+            "3,1",
+            "--backup",
+            "198.18.3.2:53",
+            "--persist",
+            "60",
+            "--preserve-client-ip",
+            "--udp-probe",
+            "00ff",
+            "--protected",
+            "198.18.0.2",
+            "-i",
+            "xgp0",
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0
     assert "added udp/198.18.0.2/53" in res.output and "note: enabled forwarding" in res.output
-    (verb, args, kwargs), = calls.log
+    ((verb, args, kwargs),) = calls.log
     assert args == ("udp", "53", "198.18.1.2:53,198.18.2.2:53")
-    assert kwargs == dict(ifname="xgp0", protected="198.18.0.2", weights="3,1", backup="198.18.3.2:53",
-                          persist_s=60, preserve_client_ip=True, udp_probe="00ff")
+    assert kwargs == dict(
+        ifname="xgp0",
+        protected="198.18.0.2",
+        weights="3,1",
+        backup="198.18.3.2:53",
+        persist_s=60,
+        preserve_client_ip=True,
+        udp_probe="00ff",
+    )
 
 
 def test_add_json_and_del(calls):
     calls.fake(imperative, "forward_delete", ForwardChangeResult("xgp0", "del", "tcp/198.18.0.2/80", True, []))
     res = CliRunner().invoke(cli, ["forward", "del", "tcp", "80", "--json"], catch_exceptions=False)
-    assert json.loads(res.output) == {"iface": "xgp0", "action": "del", "key": "tcp/198.18.0.2/80",
-                                      "changed": True, "notes": []}
+    assert json.loads(res.output) == {
+        "iface": "xgp0",
+        "action": "del",
+        "key": "tcp/198.18.0.2/80",
+        "changed": True,
+        "notes": [],
+    }
     assert calls.log == [("forward_delete", ("tcp", "80"), {"ifname": None, "protected": None})]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["forward", "add", "icmp", "80", "--to", "198.18.1.2"], "icmp"),
-    (["forward", "add", "tcp", "80"], "--to"),
-    (["forward", "add", "tcp", "80", "--to", "198.18.1.2", "--persist", "-1"], "--persist"),
-    (["forward", "add", "tcp", "80", "--to", "198.18.1.2", "-i", "bad/name"], "bad/name"),
-    (["run", "--interval", "soon"], "--interval"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["forward", "add", "icmp", "80", "--to", "198.18.1.2"], "icmp"),
+        (["forward", "add", "tcp", "80"], "--to"),
+        (["forward", "add", "tcp", "80", "--to", "198.18.1.2", "--persist", "-1"], "--persist"),
+        (["forward", "add", "tcp", "80", "--to", "198.18.1.2", "-i", "bad/name"], "bad/name"),
+        (["run", "--interval", "soon"], "--interval"),
+    ],
+)
 def test_click_level_bad_input(calls, capsys, argv, needle):
     assert run(argv) == 2
     assert needle in one_line_error(capsys)
@@ -86,7 +137,9 @@ def test_click_level_bad_input(calls, capsys, argv, needle):
 
 
 def test_core_user_error_is_one_line(calls, capsys):
-    calls.fake(imperative, "forward_add", UserError("rule tcp/198.18.0.2/85-100 overlaps existing rule tcp/198.18.0.2/80-90"))
+    calls.fake(
+        imperative, "forward_add", UserError("rule tcp/198.18.0.2/85-100 overlaps existing rule tcp/198.18.0.2/80-90")
+    )
     assert run(["forward", "add", "tcp", "85-100", "--to", "198.18.1.2"]) == 2
     assert "overlaps" in one_line_error(capsys)
 
@@ -94,20 +147,31 @@ def test_core_user_error_is_one_line(calls, capsys):
 def test_list_text_and_json(calls):
     calls.fake(forward, "show", LISTING)
     out = CliRunner().invoke(cli, ["forward", "list"], catch_exceptions=False).output
-    assert "tcp/198.18.0.2/80" in out and "198.18.1.2:8080  weight 3  up" in out and "198.18.2.2:8080  weight 1  backup  down" in out
+    assert (
+        "tcp/198.18.0.2/80" in out
+        and "198.18.1.2:8080  weight 3  up" in out
+        and "198.18.2.2:8080  weight 1  backup  down" in out
+    )
     assert "persist 60s" in out and "3.5 KB" in out
     data = json.loads(CliRunner().invoke(cli, ["forward", "list", "--json"], catch_exceptions=False).output)
-    assert data["rules"][0]["backends"][1] == {"endpoint": "198.18.2.2:8080", "weight": 1, "backup": True,
-                                               "health": "down"}
+    assert data["rules"][0]["backends"][1] == {
+        "endpoint": "198.18.2.2:8080",
+        "weight": 1,
+        "backup": True,
+        "health": "down",
+    }
     assert data["rules"][0]["packets"] == 12
 
 
 def test_run_options(calls):
     calls.fake(health, "run", 1)
-    res = CliRunner().invoke(cli, ["run", "--interval", "0.5", "--fall", "2", "--rise", "1", "--timeout", "0.3",
-                                   "--once"], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        ["run", "--interval", "0.5", "--fall", "2", "--rise", "1", "--timeout", "0.3", "--once"],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0 and "stopped after 1 round" in res.output
-    (verb, args, kwargs), = calls.log
+    ((verb, args, kwargs),) = calls.log
     assert args == (health.HealthParams(0.5, 0.3, 1, 2),) and kwargs["once"] is True
 
 
@@ -116,15 +180,18 @@ def test_run_options(calls):
 ST = {"protected": ["198.18.0.2", "198.18.0.3", "2001:db8::2"]}
 
 
-@pytest.mark.parametrize("ports, to, kw, needle", [
-    ("0", "198.18.1.2:80", {}, "out of range"),
-    ("65536", "198.18.1.2:80", {}, "out of range"),
-    ("90-80", "198.18.1.2:80", {}, "reversed"),
-    ("80", "198.18.1.2:http", {}, "not a number"),
-    ("80", "198.18.1.2:80,198.18.2.2:80", {"weights": "1"}, "1 weight(s) given for 2 backend(s)"),
-    ("80", "198.18.1.2:80", {}, "several IPv4"),
-    ("80", "[2001:db8:1::2]:80", {"protected": "198.18.0.2"}, "IPv6"),
-])
+@pytest.mark.parametrize(
+    "ports, to, kw, needle",
+    [
+        ("0", "198.18.1.2:80", {}, "out of range"),
+        ("65536", "198.18.1.2:80", {}, "out of range"),
+        ("90-80", "198.18.1.2:80", {}, "reversed"),
+        ("80", "198.18.1.2:http", {}, "not a number"),
+        ("80", "198.18.1.2:80,198.18.2.2:80", {"weights": "1"}, "1 weight(s) given for 2 backend(s)"),
+        ("80", "198.18.1.2:80", {}, "several IPv4"),
+        ("80", "[2001:db8:1::2]:80", {"protected": "198.18.0.2"}, "IPv6"),
+    ],
+)
 def test_build_rule_errors(ports, to, kw, needle):
     protected = kw.pop("protected", "198.18.0.2" if needle != "several IPv4" else None)
     with pytest.raises(UserError) as exc:
@@ -146,8 +213,11 @@ class FakeNft:
         if "list" in json.dumps(obj):
             return 0, {"nftables": []}, ""
         self.batches.append(obj)
-        return (self.rc, "", "internal:0:0-0: Error: Could not process rule: No such file or directory") \
-            if self.rc else (0, "", "")
+        return (
+            (self.rc, "", "internal:0:0-0: Error: Could not process rule: No such file or directory")
+            if self.rc
+            else (0, "", "")
+        )
 
 
 def test_nft_error_becomes_user_error():

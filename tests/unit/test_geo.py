@@ -48,17 +48,20 @@ def test_geo_table_loads_and_round_trips():
     d2 = load('[interface.address.geo]\nonly = ["DE"]\n')
     assert d2.interfaces[0].addresses[0].geo == geo.GeoSpec(frozenset({"DE"}), True)
     assert config.loads(config.to_toml(d2), "x")[0] == d2
-    assert load('[interface.address.geo]\nblock = []\n').interfaces[0].addresses[0].geo is None
+    assert load("[interface.address.geo]\nblock = []\n").interfaces[0].addresses[0].geo is None
 
 
-@pytest.mark.parametrize("body, needle", [
-    ('block = ["C"]', "'C' is not a country code"),
-    ('block = ["DE", "D-"]', "'D-' is not a country code"),
-    ('block = ["DE"]\nonly = ["FR"]', "block or only, not both"),
-    ("only = []", "needs at least one country"),
-    ('block = ["DE"]\nmode = "tarpit"', "must be one of drop, cc"),
-    ('blok = ["DE"]', "blok"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ('block = ["C"]', "'C' is not a country code"),
+        ('block = ["DE", "D-"]', "'D-' is not a country code"),
+        ('block = ["DE"]\nonly = ["FR"]', "block or only, not both"),
+        ("only = []", "needs at least one country"),
+        ('block = ["DE"]\nmode = "tarpit"', "must be one of drop, cc"),
+        ('blok = ["DE"]', "blok"),
+    ],
+)
 def test_bad_geo_tables_name_the_field(body, needle):
     with pytest.raises(config.ConfigError) as e:
         load("[interface.address.geo]\n" + body + "\n")
@@ -88,13 +91,15 @@ def test_location_db_reader(testdb):
     assert db.kind == "libloc" and db.codes() == {"QY", "QZ"}
     assert db.lookup("198.18.64.7") == "QY" and db.lookup("203.0.113.1") is None
     nets = sorted(db.networks(["QY"]))
-    assert nets == sorted([(4, bytes([198, 18, 64, 0]), 18, "QY"),
-                           (6, bytes.fromhex("20010db8000a") + bytes(10), 48, "QY")])
+    assert nets == sorted(
+        [(4, bytes([198, 18, 64, 0]), 18, "QY"), (6, bytes.fromhex("20010db8000a") + bytes(10), 48, "QY")]
+    )
     assert geo.check_codes(["qy"], db) == ["QY"]
     with pytest.raises(UserError, match="unknown country code 'DE'"):
         geo.check_codes(["DE"], db)
-    top = geo.top_countries([("198.18.64.1", True, 10), ("198.18.128.1", False, 5), ("198.18.64.2", True, 10),
-                             ("192.0.2.1", False, 1)], db)
+    top = geo.top_countries(
+        [("198.18.64.1", True, 10), ("198.18.128.1", False, 5), ("198.18.64.2", True, 10), ("192.0.2.1", False, 1)], db
+    )
     assert top == {"dropped": [("QY", 20)], "passed": [("QZ", 5), ("??", 1)]}
 
 
@@ -110,11 +115,14 @@ def test_management_address_guard(testdb):
         geo.check_management([only], db, {config.parse_address("192.0.2.1")})
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["geo", "block", "QQQ"], "'QQQ' is not a country code"),
-    (["geo", "block", "DE"], "unknown country code 'DE'"),
-    (["geo", "only", "Q!"], "is not a country code"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["geo", "block", "QQQ"], "'QQQ' is not a country code"),
+        (["geo", "block", "DE"], "unknown country code 'DE'"),
+        (["geo", "only", "Q!"], "is not a country code"),
+    ],
+)
 def test_cli_bad_codes(testdb, capsys, args, needle):
     assert run(args) == 2
     assert needle in one_line_error(capsys)
@@ -145,8 +153,16 @@ def test_country_tally_weighs_samples_and_skips_bypass(testdb):
         return PacketSample(0, every, kind, reason, 4, "udp", src, "198.18.0.1", 1, 2, 60, b"")
 
     t = geo.CountryTally()
-    t.feed("xgp0", [s("198.18.64.1", "drop", "geo"), s("198.18.64.2", "drop", "geo"), s("198.18.128.1", "pass"),
-                    s("192.0.2.1", "pass"), s("198.18.64.3", "pass", "bypass")])
+    t.feed(
+        "xgp0",
+        [
+            s("198.18.64.1", "drop", "geo"),
+            s("198.18.64.2", "drop", "geo"),
+            s("198.18.128.1", "pass"),
+            s("192.0.2.1", "pass"),
+            s("198.18.64.3", "pass", "bypass"),
+        ],
+    )
     assert t.snapshot() == {("xgp0", "drop", "QY"): 128, ("xgp0", "pass", "QZ"): 64, ("xgp0", "pass", "??"): 64}
 
 
@@ -161,8 +177,9 @@ def test_maxmind_db_reader(tmp_path, monkeypatch):
     db = geo.GeoDB.open()
     assert db.kind == "mmdb" and db.codes() == {"QY", "QZ"}
     assert db.lookup("198.18.64.7") == "QY" and db.lookup("198.18.130.1") == "QZ" and db.lookup("192.0.2.1") is None
-    assert sorted(db.networks(["QY"])) == sorted([(4, bytes([198, 18, 64, 0]), 18, "QY"),
-                                                  (6, bytes.fromhex("20010db8000a") + bytes(10), 48, "QY")])
+    assert sorted(db.networks(["QY"])) == sorted(
+        [(4, bytes([198, 18, 64, 0]), 18, "QY"), (6, bytes.fromhex("20010db8000a") + bytes(10), 48, "QY")]
+    )
     assert "GeoLite2-Country" in db.describe()
 
 

@@ -34,7 +34,8 @@ CASES = {
     "block_one_address": (lambda: [_svc()], {"198.18.0.1": geo.GeoSpec(frozenset({"QY"}), False, "cc")}),
     "only_second_listen_address": (
         lambda: [_svc(listen=["198.18.0.1", "2001:db8:0:1::1"], level="emergency")],
-        {"2001:db8:0:1::1": geo.GeoSpec(frozenset({"QZ", "QY"}), True, "cc")}),
+        {"2001:db8:0:1::1": geo.GeoSpec(frozenset({"QZ", "QY"}), True, "cc")},
+    ),
 }
 
 
@@ -96,16 +97,18 @@ def test_the_geo_lines() -> None:
 def test_no_geo_lines_without_a_cc_rule() -> None:
     services, _ = CASES["block_one_address"]
     plain = hc.render(services(), run_dir=RUN_DIR, secret=SECRET)
-    for rules in ({}, {"198.18.0.1": geo.GeoSpec(frozenset({"QY"}))},  # mode drop: XDP's alone
-                  {"198.18.0.9": geo.GeoSpec(frozenset({"QY"}), False, "cc")}):  # another address
+    for rules in (
+        {},
+        {"198.18.0.1": geo.GeoSpec(frozenset({"QY"}))},  # mode drop: XDP's alone
+        {"198.18.0.9": geo.GeoSpec(frozenset({"QY"}), False, "cc")},
+    ):  # another address
         r = hc.render(services(), run_dir=RUN_DIR, secret=SECRET, geo_rules=rules, geo_map="x")
         assert r == plain and hc.GEO_MAP not in r.files and "xg_geo" not in r.text
 
 
 def test_map_is_the_longest_match_data(testdb) -> None:
     text = geo.l7_map(geo.GeoDB.open(), ["QY", "QZ"])
-    assert text.splitlines() == ["198.18.64.0/18 QY", "198.18.96.0/20 QZ", "198.18.128.0/18 QZ",
-                                 "2001:db8:a::/48 QY"]
+    assert text.splitlines() == ["198.18.64.0/18 QY", "198.18.96.0/20 QZ", "198.18.128.0/18 QZ", "2001:db8:a::/48 QY"]
     assert geo.l7_map(geo.GeoDB.open(), []) == ""
 
 
@@ -128,34 +131,43 @@ class FakeGuard:
 
 def _addr(a, g=None, ports=()):
     spec = config.AddressSpec(config.parse_address(a), geo=g)
-    return spec if not ports else config.AddressSpec(spec.address, geo=g, http=tuple(
-        _svc(name=f"s{p}", listen=[a], port=p) for p in ports))
+    return (
+        spec
+        if not ports
+        else config.AddressSpec(spec.address, geo=g, http=tuple(_svc(name=f"s{p}", listen=[a], port=p) for p in ports))
+    )
 
 
 def test_the_record_lists_the_cc_rules_and_the_engine_reads_them(testdb) -> None:
     g = FakeGuard()
-    addrs = [_addr("198.18.0.1", geo.GeoSpec(frozenset({"QY"}), False, "cc"), ports=(80, 443)),
-             _addr("198.18.0.2", geo.GeoSpec(frozenset({"QZ"}), True, "cc")),
-             _addr("198.18.0.3", geo.GeoSpec(frozenset({"QZ"})))]
+    addrs = [
+        _addr("198.18.0.1", geo.GeoSpec(frozenset({"QY"}), False, "cc"), ports=(80, 443)),
+        _addr("198.18.0.2", geo.GeoSpec(frozenset({"QZ"}), True, "cc")),
+        _addr("198.18.0.3", geo.GeoSpec(frozenset({"QZ"}))),
+    ]
     rec, notes = geo.realise(g, addrs, {})
-    assert rec["cc"] == {"198.18.0.1": {"countries": ["QY"], "only": False},
-                         "198.18.0.2": {"countries": ["QZ"], "only": True}}
+    assert rec["cc"] == {
+        "198.18.0.1": {"countries": ["QY"], "only": False},
+        "198.18.0.2": {"countries": ["QZ"], "only": True},
+    }
     assert rec["countries"] == ["QY", "QZ"] and g.loads == 1
-    assert notes == ["geo mode cc on 198.18.0.1: HAProxy challenges those sources on tcp 80, 443; "
-                     "the rest of their traffic is dropped in XDP",
-                     "geo mode cc on 198.18.0.2: no HTTP service there, so those sources are dropped in XDP "
-                     "(the challenge applies once HAProxy serves the address)"]
+    assert notes == [
+        "geo mode cc on 198.18.0.1: HAProxy challenges those sources on tcp 80, 443; "
+        "the rest of their traffic is dropped in XDP",
+        "geo mode cc on 198.18.0.2: no HTTP service there, so those sources are dropped in XDP "
+        "(the challenge applies once HAProxy serves the address)",
+    ]
     st = {state.GEO.key: rec}
     assert state.shape_problem(st, state.STATE_SHAPE) is None  # the record's checked shape
-    assert "only" in state.shape_problem({state.GEO.key: {"cc": {"198.18.0.1": {"only": "yes"}}}},
-                                         state.STATE_SHAPE)
+    assert "only" in state.shape_problem({state.GEO.key: {"cc": {"198.18.0.1": {"only": "yes"}}}}, state.STATE_SHAPE)
     # switching a mode does not reload the tries (the countries did not change)
     addrs[2] = _addr("198.18.0.3", geo.GeoSpec(frozenset({"QZ"}), False, "cc"))
     rec2, _ = geo.realise(g, addrs, st)
     assert g.loads == 1 and "198.18.0.3" in rec2["cc"]
     # what the L7 engine renders: the rules of the listen addresses it serves, and their map
-    rules, geo_map = geo.l7_challenges([ipaddress.ip_address("198.18.0.1"), ipaddress.ip_address("198.18.0.9")],
-                                       {"xgp0": st})
+    rules, geo_map = geo.l7_challenges(
+        [ipaddress.ip_address("198.18.0.1"), ipaddress.ip_address("198.18.0.9")], {"xgp0": st}
+    )
     assert rules == {"198.18.0.1": geo.GeoSpec(frozenset({"QY"}), False, "cc")}
     assert "198.18.64.0/18 QY" in geo_map and "198.18.96.0/20 QZ" in geo_map  # the nested QZ keeps its country
     assert geo.l7_challenges([ipaddress.ip_address("198.18.0.9")], {"xgp0": st}) == ({}, "")

@@ -26,8 +26,20 @@ def tally(tmp_path, monkeypatch):
 
 
 def sample(src, dropped=True, every=10):
-    return PacketSample(0, every, "drop" if dropped else "pass", "geo" if dropped else "clean", 4, "udp", src,
-                        "198.18.200.1", 1, 2, 60, b"")
+    return PacketSample(
+        0,
+        every,
+        "drop" if dropped else "pass",
+        "geo" if dropped else "clean",
+        4,
+        "udp",
+        src,
+        "198.18.200.1",
+        1,
+        2,
+        60,
+        b"",
+    )
 
 
 def test_label_set_is_bounded_and_every_series_only_grows(tally):
@@ -35,8 +47,13 @@ def test_label_set_is_bounded_and_every_series_only_grows(tally):
     feed = [f"198.18.{i}.1" for i, n in enumerate((5, 4, 3, 2, 1)) for _ in range(n)]
     tally.feed("xgp0", [sample(s) for s in feed] + [sample("198.18.0.9", dropped=False)])
     first = tally.snapshot()
-    assert first == {("xgp0", "drop", "QA"): 50, ("xgp0", "drop", "QB"): 40, ("xgp0", "drop", "QC"): 30,
-                     ("xgp0", "drop", "other"): 30, ("xgp0", "pass", "QA"): 10}
+    assert first == {
+        ("xgp0", "drop", "QA"): 50,
+        ("xgp0", "drop", "QB"): 40,
+        ("xgp0", "drop", "QC"): 30,
+        ("xgp0", "drop", "other"): 30,
+        ("xgp0", "pass", "QA"): 10,
+    }
     # QL floods now: it becomes the largest, but the three labels are taken: it counts as "other"
     tally.feed("xgp0", [sample("198.18.11.1") for _ in range(20)] + [sample("198.18.0.1")])
     second = tally.snapshot()

@@ -36,7 +36,7 @@ def writes(stored, monkeypatch, tmp_path):  # noqa: F811
 
 def test_geo_block_is_stored_then_written(writes):
     res = georules.change(IF, "block", ["qz"])
-    (old, new, at_write), = writes
+    ((old, new, at_write),) = writes
     assert old == S0 and at_write == new  # stored before the writer ran
     assert new.address(ADDR).geo.countries == frozenset({"QZ"})
     assert store.stored_interface(IF) == new

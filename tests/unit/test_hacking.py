@@ -61,5 +61,6 @@ def test_every_step_called_has_its_header():
 def test_the_data_path_tree_names_every_header():
     tree = HACKING.split("# The data path", 1)[1].split("```", 2)[1]
     for p in sorted(INCLUDE.rglob("*.h")):
-        assert re.search(rf"^\s+{re.escape(p.name)}\s", tree, re.M), \
+        assert re.search(rf"^\s+{re.escape(p.name)}\s", tree, re.M), (
             f"docs/hacking.md's data-path tree does not list {p.relative_to(INCLUDE)}"
+        )

@@ -16,16 +16,33 @@ from xdpguard.core.errors import UserError
 
 
 def rec(t: float, rx: float, drop: float, dt: float = 1.0, reasons=None, src=None, atk=()) -> dict:
-    return {"t": t, "dt": dt, "rx": [rx, rx * 800], "drop": [drop, drop * 800], "fwd": [rx - drop, (rx - drop) * 800],
-            "pass": [rx - drop, (rx - drop) * 800], "r": reasons if reasons is not None else ({"blocklist": [drop, drop * 800]} if drop else {}),
-            "src": src or [], "port": [["udp/53", drop]] if drop else [], "ns": int(drop // 100), "nm": 0,
-            "atk": list(atk)}
+    return {
+        "t": t,
+        "dt": dt,
+        "rx": [rx, rx * 800],
+        "drop": [drop, drop * 800],
+        "fwd": [rx - drop, (rx - drop) * 800],
+        "pass": [rx - drop, (rx - drop) * 800],
+        "r": reasons if reasons is not None else ({"blocklist": [drop, drop * 800]} if drop else {}),
+        "src": src or [],
+        "port": [["udp/53", drop]] if drop else [],
+        "ns": int(drop // 100),
+        "nm": 0,
+        "atk": list(atk),
+    }
 
 
 def test_downsample_means_peaks_and_unions():
-    recs = [rec(1000 + i + 1, rx=100 + i, drop=(1000 if 3 <= i < 6 else 0),
-                src=[["198.18.0.5", 1000.0]] if 3 <= i < 6 else [], atk=["198.18.0.2"] if i == 4 else ())
-            for i in range(20)]
+    recs = [
+        rec(
+            1000 + i + 1,
+            rx=100 + i,
+            drop=(1000 if 3 <= i < 6 else 0),
+            src=[["198.18.0.5", 1000.0]] if 3 <= i < 6 else [],
+            atk=["198.18.0.2"] if i == 4 else (),
+        )
+        for i in range(20)
+    ]
     out = history.downsample(recs, 10)
     # records end at 1001..1020: buckets 100 (1001..1009), 101 (1010..1019), 102 (1020)
     assert [r["t"] for r in out] == [1009, 1019, 1020]
@@ -130,13 +147,13 @@ def _png_not_blank(png: bytes) -> bool:
     w, h = _png_size(png)
     pos, idat = 8, b""
     while pos < len(png):
-        n, = struct.unpack(">I", png[pos:pos + 4])
-        if png[pos + 4:pos + 8] == b"IDAT":
-            idat += png[pos + 8:pos + 8 + n]
+        (n,) = struct.unpack(">I", png[pos : pos + 4])
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            idat += png[pos + 8 : pos + 8 + n]
         pos += 12 + n
     raw = zlib.decompress(idat)
     stride = 1 + w * 4
-    rows = {raw[i * stride + 1:(i + 1) * stride] for i in range(0, h, max(1, h // 50))}
+    rows = {raw[i * stride + 1 : (i + 1) * stride] for i in range(0, h, max(1, h // 50))}
     return len(rows) > 1
 
 
@@ -148,15 +165,33 @@ def test_report_from_a_recorded_history(tmp_path, monkeypatch):
     t0 = 5_000_000
     for i in range(60):
         attack = 20 <= i < 40
-        r.add(rec(t0 + i, 20_000 if attack else 100, 19_900 if attack else 0,
-                  src=[["198.18.0.5", 19_900.0]] if attack else [], atk=["198.18.0.2"] if attack else ()))
-    r.note_policy(t0, "[[interface]]\nname = \"xgp0\"\n")
+        r.add(
+            rec(
+                t0 + i,
+                20_000 if attack else 100,
+                19_900 if attack else 0,
+                src=[["198.18.0.5", 19_900.0]] if attack else [],
+                atk=["198.18.0.2"] if attack else (),
+            )
+        )
+    r.note_policy(t0, '[[interface]]\nname = "xgp0"\n')
     r.close()
     log = tmp_path / "state" / "events.jsonl"
     log.parent.mkdir(parents=True)
-    ev = {"id": "abc123def456", "iface": "xgp0", "protected": "198.18.0.2", "start": t0 + 20, "end": t0 + 42,
-          "state": "closed", "peak_pps": 20_000, "peak_bps": 16e6, "peak_drop_pps": 19_900, "triggers": ["drop_pps"],
-          "top_sources": [["198.18.0.5", 19_900]], "top_reasons": [["blocklist", 400_000]]}
+    ev = {
+        "id": "abc123def456",
+        "iface": "xgp0",
+        "protected": "198.18.0.2",
+        "start": t0 + 20,
+        "end": t0 + 42,
+        "state": "closed",
+        "peak_pps": 20_000,
+        "peak_bps": 16e6,
+        "peak_drop_pps": 19_900,
+        "triggers": ["drop_pps"],
+        "top_sources": [["198.18.0.5", 19_900]],
+        "top_reasons": [["blocklist", 400_000]],
+    }
     log.write_text(json.dumps(ev) + "\n")
     out = tmp_path / "r.html"
     png = tmp_path / "r.png"

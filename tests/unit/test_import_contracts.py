@@ -28,11 +28,18 @@ def test_the_import_contracts_hold():
 def test_a_broken_contract_fails(tmp_path):
     """The tool catches what the contracts forbid: core importing click, model importing the kernel."""
     cfg = tmp_path / "contracts.toml"
-    cfg.write_text('[tool.importlinter]\nroot_package = "xdpguard"\n\n'
-                   '[[tool.importlinter.contracts]]\nname = "model imports no kernel (false on purpose)"\n'
-                   'type = "forbidden"\nsource_modules = ["xdpguard.core.model"]\n'
-                   'forbidden_modules = ["xdpguard.core.policy"]\n')
-    r = subprocess.run([str(_lint_imports()), "--config", str(cfg), "--no-cache"], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+    cfg.write_text(
+        '[tool.importlinter]\nroot_package = "xdpguard"\n\n'
+        '[[tool.importlinter.contracts]]\nname = "model imports no kernel (false on purpose)"\n'
+        'type = "forbidden"\nsource_modules = ["xdpguard.core.model"]\n'
+        'forbidden_modules = ["xdpguard.core.policy"]\n'
+    )
+    r = subprocess.run(
+        [str(_lint_imports()), "--config", str(cfg), "--no-cache"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "xdpguard.core.model.verdict -> xdpguard.core.policy" in r.stdout

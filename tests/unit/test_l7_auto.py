@@ -54,7 +54,7 @@ def test_slow_backend_raises_one_step_after_a_while_and_lowers_when_quiet():
 def test_a_slowly_building_queue_does_not_drag_the_baseline_up():
     a = AutoLevel()
     run(a, [ok(10)] * 10)
-    got = run(a, [ok(int(10 * 1.25 ** i)) for i in range(30)], start=10)  # +25 % a second
+    got = run(a, [ok(int(10 * 1.25**i)) for i in range(30)], start=10)  # +25 % a second
     assert got[-1][0] != "normal" and a.states["web"].baseline_ms < 25, a.states["web"]
 
 
@@ -82,16 +82,18 @@ def test_never_below_the_operators_level():
     assert lv == "emergency"
 
 
-STAT = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,"
-        "weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,"
-        "rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,"
-        "hrsp_other,hanafail,req_rate,req_rate_max,req_tot,\n"
-        "web_be,s0,0,0,1,9,,1200,1,2,,0,,0,0,0,0,UP,1,1,0,0,0,99,0,,1,4,1,,1200,,2,5,,80,L7OK,200,37,0,1100,0,50,"
-        "50,,,,,,\n"
-        "web_be,s1,0,0,1,9,,1200,1,2,,0,,0,0,0,0,DOWN,1,1,0,0,0,99,0,,1,4,2,,1200,,2,5,,80,L4TOUT,,2001,0,0,0,0,0,"
-        ",,,,,\n"
-        "web_be,BACKEND,0,0,1,9,,1200,1,2,,0,,0,0,0,0,UP,1,1,0,0,0,99,0,,1,4,0,,1200,,1,5,,80,,,,0,1100,0,50,50,"
-        ",,,,,\n")
+STAT = (
+    "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,"
+    "weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,"
+    "rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,"
+    "hrsp_other,hanafail,req_rate,req_rate_max,req_tot,\n"
+    "web_be,s0,0,0,1,9,,1200,1,2,,0,,0,0,0,0,UP,1,1,0,0,0,99,0,,1,4,1,,1200,,2,5,,80,L7OK,200,37,0,1100,0,50,"
+    "50,,,,,,\n"
+    "web_be,s1,0,0,1,9,,1200,1,2,,0,,0,0,0,0,DOWN,1,1,0,0,0,99,0,,1,4,2,,1200,,2,5,,80,L4TOUT,,2001,0,0,0,0,0,"
+    ",,,,,\n"
+    "web_be,BACKEND,0,0,1,9,,1200,1,2,,0,,0,0,0,0,UP,1,1,0,0,0,99,0,,1,4,0,,1200,,1,5,,80,,,,0,1100,0,50,50,"
+    ",,,,,\n"
+)
 
 
 def test_reading_from_show_stat():
@@ -99,8 +101,12 @@ def test_reading_from_show_stat():
     r = auto.reading(runtime.parse_show_stat(STAT), svc)
     # the down server's timed-out check is not a response time; the answers are the backend's
     assert r == Reading(37, 1200, 50, True)
-    assert auto.reading(runtime.parse_show_stat(STAT), HttpService("other", listen=["198.18.0.1"],
-                                                                      backends=["198.18.1.2:80"])) is None
+    assert (
+        auto.reading(
+            runtime.parse_show_stat(STAT), HttpService("other", listen=["198.18.0.1"], backends=["198.18.1.2:80"])
+        )
+        is None
+    )
 
 
 def test_the_daemons_watch_serves_the_raised_level_and_logs_each_step(monkeypatch, tmp_path):
@@ -113,9 +119,14 @@ def test_the_daemons_watch_serves_the_raised_level_and_logs_each_step(monkeypatc
     ifaces = [SimpleNamespace(name="xgp0", addresses=[SimpleNamespace(http=[svc])])]
     slow = {"ms": 20}
     served: list[list[str]] = []
-    monkeypatch.setattr(engine, "stats", lambda: [
-        runtime.StatRow("web_be", "s0", "UP", 0, 0, 0, 0, 0, 0, 0, check_ms=slow["ms"]),
-        runtime.StatRow("web_be", "BACKEND", "UP", 0, 0, 0, 0, 0, 0, 0)])
+    monkeypatch.setattr(
+        engine,
+        "stats",
+        lambda: [
+            runtime.StatRow("web_be", "s0", "UP", 0, 0, 0, 0, 0, 0, 0, check_ms=slow["ms"]),
+            runtime.StatRow("web_be", "BACKEND", "UP", 0, 0, 0, 0, 0, 0, 0),
+        ],
+    )
     monkeypatch.setattr(engine, "realise", lambda services: served.append([s.level for s in services]) or "reloaded")
     logged: list[dict] = []
     monkeypatch.setattr(events, "append_record", lambda rec, path=None: logged.append(rec))

@@ -86,24 +86,33 @@ def test_diff_names_the_service_change():
     changes = [c.text() if hasattr(c, "text") and callable(c.text) else c for c in config.diff(d, d2)]
     assert len(changes) == 1 and "http www" in str(changes[0]) and "emergency" in str(changes[0])
     assert config.diff(d, d) == []
-    removed = config.diff(d, load(BASE.split("[[interface.address]]\naddress = \"2001:db8::1\"")[0]
-                                  + BASE.split("[[interface.address.http]]\nname = \"www6\"")[1]
-                                  .split("\n", 2)[2]))
+    removed = config.diff(
+        d,
+        load(
+            BASE.split('[[interface.address]]\naddress = "2001:db8::1"')[0]
+            + BASE.split('[[interface.address.http]]\nname = "www6"')[1].split("\n", 2)[2]
+        ),
+    )
     assert any(c.op == "remove" and "www6" in c.old for c in removed), removed
 
 
-@pytest.mark.parametrize("old,new,needle", [
-    ('domains = ["Example.com", "*.example.org"]', 'domains = ["exa mple"]', "invalid domain of www"),
-    ('user_agent_regex = "^curl/"', 'user_agent_regex = "(["', "invalid rule user agent regex"),
-    ("requests = 5", "requests = 0", "invalid limit requests for /login"),
-    ('level = "strict"', 'level = "panic"', "invalid level of www"),
-    ("challenge_ttl = 600", "challenge_ttl = 600\ncolour = 1", "unknown key"),
-    ('backends = ["198.18.1.2:80"]', 'backends = ["backend.example:80"]', "use an IP address"),
-    ('tls = 1', 'tls = 1', ""),
-])
+@pytest.mark.parametrize(
+    "old,new,needle",
+    [
+        ('domains = ["Example.com", "*.example.org"]', 'domains = ["exa mple"]', "invalid domain of www"),
+        ('user_agent_regex = "^curl/"', 'user_agent_regex = "(["', "invalid rule user agent regex"),
+        ("requests = 5", "requests = 0", "invalid limit requests for /login"),
+        ('level = "strict"', 'level = "panic"', "invalid level of www"),
+        ("challenge_ttl = 600", "challenge_ttl = 600\ncolour = 1", "unknown key"),
+        ('backends = ["198.18.1.2:80"]', 'backends = ["backend.example:80"]', "use an IP address"),
+        ("tls = 1", "tls = 1", ""),
+    ],
+)
 def test_errors_name_file_line_and_field(old, new, needle):
     if not needle:
-        text = BASE.replace("challenge_ttl = 600", 'challenge_ttl = 600\ntls = { cert = "/nonexistent.pem", key = "/x" }')
+        text = BASE.replace(
+            "challenge_ttl = 600", 'challenge_ttl = 600\ntls = { cert = "/nonexistent.pem", key = "/x" }'
+        )
         needle = "invalid TLS certificate '/nonexistent.pem': no such file"
     else:
         text = BASE.replace(old, new)
@@ -124,15 +133,19 @@ def test_two_services_on_one_socket_or_name_are_refused():
     text = BASE.replace('name = "www6"', 'name = "www"')
     with pytest.raises(config.ConfigError, match="two services named 'www'"):
         config.loads(text, "x.toml")
-    dup = BASE.replace('[[interface.address.http.limit]]', '[[interface.address.http]]\nname = "b"\n'
-                       'backends = ["198.18.1.3:80"]\n\n[[interface.address.http.limit]]', 1)
+    dup = BASE.replace(
+        "[[interface.address.http.limit]]",
+        '[[interface.address.http]]\nname = "b"\nbackends = ["198.18.1.3:80"]\n\n[[interface.address.http.limit]]',
+        1,
+    )
     with pytest.raises(config.ConfigError, match="clashes with www on port 80"):
         config.loads(dup, "x.toml")
 
 
 def test_local_synproxy_rules_for_http_ports():
-    rules = nat.local_synproxy_rules([(ipaddress.ip_address("2001:db8::1"), 80),
-                                      (ipaddress.ip_address("198.18.0.1"), 443)])
+    rules = nat.local_synproxy_rules(
+        [(ipaddress.ip_address("2001:db8::1"), 80), (ipaddress.ip_address("198.18.0.1"), 443)]
+    )
     assert [r["add"]["rule"]["comment"] for r in rules] == ["http/198.18.0.1/443", "http/2001:db8::1/80"]
     batch = nat.build_ruleset([], synproxy=True, local_tcp=[(ipaddress.ip_address("198.18.0.1"), 80)])
     assert any(x.get("add", {}).get("rule", {}).get("comment") == "http/198.18.0.1/80" for x in batch["nftables"])
@@ -166,6 +179,7 @@ def test_which_offenders_become_bans():
     assert len(bans.select(found, [svc()], now, cap=1)) == 1
     # a client holding a valid challenge cookie is never banned, whatever it did
     from dataclasses import replace
+
     assert bans.select([replace(o, verified=True) for o in found], [svc()], now) == []
 
 
@@ -175,8 +189,16 @@ def test_offenders_know_the_verified_sources():
     s = svc()
     a, b = ipaddress.ip_address("198.18.0.66"), ipaddress.ip_address("198.18.0.10")
     now = 1_000_000
-    src = Table("www_src", "ipv6", 100, 2, (TableEntry(a, 1000, {"http_req_rate(10000)": 900}),
-                                             TableEntry(b, 1000, {"http_req_rate(10000)": 900, "gpt2": now + 600})))
+    src = Table(
+        "www_src",
+        "ipv6",
+        100,
+        2,
+        (
+            TableEntry(a, 1000, {"http_req_rate(10000)": 900}),
+            TableEntry(b, 1000, {"http_req_rate(10000)": 900, "gpt2": now + 600}),
+        ),
+    )
     got = {o.address: o.verified for o in service_offenders({"www_src": src}, s, now)}
     assert got == {a: False, b: True}
 
@@ -197,11 +219,16 @@ def test_service_rate_round_trips_and_is_checked():
 
 
 def test_schema_refuses_bad_shapes():
-    for bad, needle in (({"name": "w"}, "needs backends"), ({"backends": ["198.18.1.2:80"]}, "needs a name"),
-                        ({"name": "w", "backends": "198.18.1.2:80", "port": "80"}, "http port must be a whole number"),
-                        ({"name": "w", "backends": ["198.18.1.2:80"], "rule": [{"host": "a.example"}]}, "needs an action"),
-                        ({"name": "w", "backends": ["198.18.1.2:80"], "connections": {"concurrent": 1}},
-                         "needs concurrent and new_per_10s")):
+    for bad, needle in (
+        ({"name": "w"}, "needs backends"),
+        ({"backends": ["198.18.1.2:80"]}, "needs a name"),
+        ({"name": "w", "backends": "198.18.1.2:80", "port": "80"}, "http port must be a whole number"),
+        ({"name": "w", "backends": ["198.18.1.2:80"], "rule": [{"host": "a.example"}]}, "needs an action"),
+        (
+            {"name": "w", "backends": ["198.18.1.2:80"], "connections": {"concurrent": 1}},
+            "needs concurrent and new_per_10s",
+        ),
+    ):
         with pytest.raises(Exception) as ei:
             schema.from_data(bad, ipaddress.ip_address("198.18.0.1"))
         assert type(ei.value).__name__ == "UserError" and needle in str(ei.value), (bad, ei.value)

@@ -33,21 +33,39 @@ def _svc(**kw) -> HttpService:
 
 
 FULL = dict(
-    domains=["example.com", "*.example.org"], backends=["198.18.1.2:80", "[2001:db8:0:2::2]:8080"],
-    health_path="/healthz", exempt=["/api/", "/healthz"], conns=ConnLimits(30, 60), challenge_ttl_s=600,
-    limits=[RateLimit("/", 300), RateLimit("/login", 5, window_s=60, action="tarpit", punish_s=120),
-            RateLimit("/search", 20, action="challenge"), RateLimit("/api/", 100, action="drop", punish_s=0)],
-    rules=[Rule("allow", path_prefix="/static/", methods=["GET", "HEAD"]),
-           Rule("drop", user_agent_regex="(?i)(sqlmap|nikto)", absent_headers=["accept"]),
-           Rule("challenge", host="*.example.org", referer_regex="^$", cookies=["session"],
-                headers=["x-requested-with"], uri_regex="\\.php$")],
+    domains=["example.com", "*.example.org"],
+    backends=["198.18.1.2:80", "[2001:db8:0:2::2]:8080"],
+    health_path="/healthz",
+    exempt=["/api/", "/healthz"],
+    conns=ConnLimits(30, 60),
+    challenge_ttl_s=600,
+    limits=[
+        RateLimit("/", 300),
+        RateLimit("/login", 5, window_s=60, action="tarpit", punish_s=120),
+        RateLimit("/search", 20, action="challenge"),
+        RateLimit("/api/", 100, action="drop", punish_s=0),
+    ],
+    rules=[
+        Rule("allow", path_prefix="/static/", methods=["GET", "HEAD"]),
+        Rule("drop", user_agent_regex="(?i)(sqlmap|nikto)", absent_headers=["accept"]),
+        Rule(
+            "challenge",
+            host="*.example.org",
+            referer_regex="^$",
+            cookies=["session"],
+            headers=["x-requested-with"],
+            uri_regex="\\.php$",
+        ),
+    ],
 )
 
 CASES = {
     "minimal": lambda: [_svc(listen=["198.18.0.1"])],
     **{f"level_{lv}": (lambda lv=lv: [_svc(level=lv, **FULL)]) for lv in LEVELS},
-    "two_services": lambda: [_svc(listen=["198.18.0.1"]),
-                             _svc(name="api", listen=["198.18.0.2"], port=8080, level="strict", exempt=["/"])],
+    "two_services": lambda: [
+        _svc(listen=["198.18.0.1"]),
+        _svc(name="api", listen=["198.18.0.2"], port=8080, level="strict", exempt=["/"]),
+    ],
 }
 
 
@@ -107,7 +125,7 @@ def test_tls_service_binds_with_its_bundle(tmp_path: Path) -> None:
     tls = Tls(cert, key)
     r = hc.render([_svc(port=443, tls=tls, level="strict")], run_dir=RUN_DIR, secret=SECRET)
     assert "bind ipv4@198.18.0.1:443 ssl crt tls/web.pem alpn h2,http/1.1" in r.text
-    assert "; Secure\"" in r.text  # the challenge cookie of an HTTPS service
+    assert '; Secure"' in r.text  # the challenge cookie of an HTTPS service
     p = _check(r, tmp_path / "cfg", {hc.tls_bundle(_svc()): tls.bundle()})
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -120,19 +138,26 @@ def test_the_defences_are_there() -> None:
     assert "tcp-request connection track-sc0 src table web_src" in text
     assert "tcp-request connection reject if { sc0_conn_cur gt 30 }" in text
     assert "tcp-request connection reject if { sc0_conn_rate gt 60 }" in text
-    assert re.search(r"stick-table type ipv6 .* store gpt\(3\),gpc\(2\),gpc_rate\(2,10s\),conn_cur,conn_rate\(10s\),"
-                     r"http_req_rate\(10s\)", text)
+    assert re.search(
+        r"stick-table type ipv6 .* store gpt\(3\),gpc\(2\),gpc_rate\(2,10s\),conn_cur,conn_rate\(10s\),"
+        r"http_req_rate\(10s\)",
+        text,
+    )
     # the service ceiling: the unverified requests of each domain (a wildcard is one), 50/s at normal
     assert "stick-table type string len 64 size 1k expire 60s store gpt(1),http_req_rate(1s)" in text
-    assert "http-request set-var(txn.xg_dom) str(*.example.org) if { req.hdr(host),field(1,:),lower -m end .example.org }" \
+    assert (
+        "http-request set-var(txn.xg_dom) str(*.example.org) if { req.hdr(host),field(1,:),lower -m end .example.org }"
         in text
+    )
     assert "http-request track-sc2 var(txn.xg_dom) table web_svc if !xg_verified !xg_exempt" in text
     assert "acl xg_over sc2_http_req_rate gt 50" in text
     # … or the backend already holds more requests at once than the level allows (a slow flood)
     assert "acl xg_over be_conn(web_be) gt 100" in text
     # crossing it puts the domain in surge for SURGE_HOLD_S (gpt 0 of its entry: until when) …
-    assert f"http-request sc-set-gpt(0,2) var(txn.xg_now),add({hc.SURGE_HOLD_S}) if xg_over !xg_verified !xg_exempt" \
+    assert (
+        f"http-request sc-set-gpt(0,2) var(txn.xg_now),add({hc.SURGE_HOLD_S}) if xg_over !xg_verified !xg_exempt"
         in text
+    )
     assert "http-request set-var(txn.xg_hold) sc_get_gpt(0,2),sub(txn.xg_now) if !xg_verified !xg_exempt" in text
     assert "acl xg_surge var(txn.xg_hold) -m int gt 0" in text
     # … during which every unverified request is challenged
@@ -158,15 +183,19 @@ def test_the_defences_are_there() -> None:
     # X-Forwarded-For: the client's cannot be forged, HAProxy's goes to the backend
     assert "http-request del-header x-forwarded-for" in text and "option forwardfor" in text
     # the precise rules, in order, before the limits
-    assert text.index("http-request allow if { method GET HEAD } { path_beg '/static/' }") < \
-        text.index("http-request silent-drop if { req.hdr(user-agent) -m reg '(?i)(sqlmap|nikto)' }") < \
-        text.index("sc0_http_req_rate gt 300")
+    assert (
+        text.index("http-request allow if { method GET HEAD } { path_beg '/static/' }")
+        < text.index("http-request silent-drop if { req.hdr(user-agent) -m reg '(?i)(sqlmap|nikto)' }")
+        < text.index("sc0_http_req_rate gt 300")
+    )
     # normal challenges nobody by default; strict everyone by 302, emergency by JavaScript
     assert "set-var(txn.xg_chal) int(1) unless xg_exempt" not in text
     strict = _render("level_strict").text
     assert "set-var(txn.xg_chal) int(1) unless xg_exempt" in strict and "return status 302" in strict
     emergency = _render("level_emergency")
-    assert "lf-file web-challenge.html" in emergency.text and "acl xg_kind var(txn.xg_ckind) -m str j\n" in emergency.text
+    assert (
+        "lf-file web-challenge.html" in emergency.text and "acl xg_kind var(txn.xg_ckind) -m str j\n" in emergency.text
+    )
     assert "location.reload()" in emergency.files["web-challenge.html"]
 
 

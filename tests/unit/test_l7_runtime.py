@@ -25,14 +25,16 @@ L0 = """# table: web_l0, type: ipv6, size:102400, used:1
 0x55ab7a208270: key=::ffff:198.18.0.66 use=0 exp=59982 http_req_rate(10000)=6
 
 """
-STAT = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,"
-        "weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,"
-        "rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,"
-        "hrsp_other,hanafail,req_rate,req_rate_max,req_tot,\n"
-        "web_fe,FRONTEND,,,3,70,4096,91234,1,2,88000,0,0,,,,,OPEN,,,,,,,,,1,3,0,,,,0,10,0,900,,,,0,1200,5,90000,0,"
-        ",,,,91205,\n"
-        "web_be,s0,0,0,1,9,,1200,1,2,,0,,0,0,0,0,UP,1,1,0,0,0,99,0,,1,4,1,,1200,,2,5,,80,L7OK,200,1,0,1200,0,0,0,"
-        ",,,,,\n")
+STAT = (
+    "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,"
+    "weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,"
+    "rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,"
+    "hrsp_other,hanafail,req_rate,req_rate_max,req_tot,\n"
+    "web_fe,FRONTEND,,,3,70,4096,91234,1,2,88000,0,0,,,,,OPEN,,,,,,,,,1,3,0,,,,0,10,0,900,,,,0,1200,5,90000,0,"
+    ",,,,91205,\n"
+    "web_be,s0,0,0,1,9,,1200,1,2,,0,,0,0,0,0,UP,1,1,0,0,0,99,0,,1,4,1,,1200,,2,5,,80,L7OK,200,1,0,1200,0,0,0,"
+    ",,,,,\n"
+)
 
 
 def _svc(**kw) -> HttpService:
@@ -43,8 +45,11 @@ def test_show_table_is_parsed_into_typed_entries():
     t = runtime.parse_show_table(SRC)
     assert (t.name, t.type, t.size, t.used) == ("web_src", "ipv6", 102400, 3)
     addrs = [e.address for e in t.entries]
-    assert addrs == [ipaddress.ip_address("198.18.0.10"), ipaddress.ip_address("198.18.0.66"),
-                     ipaddress.ip_address("2001:db8::66")]
+    assert addrs == [
+        ipaddress.ip_address("198.18.0.10"),
+        ipaddress.ip_address("198.18.0.66"),
+        ipaddress.ip_address("2001:db8::66"),
+    ]
     atk = t.entries[1]
     assert atk.get("http_req_rate") == 9000 and atk.get("conn_cur") == 64 and atk.get("gpt1") == 2
     assert atk.data["http_req_rate(10000)"] == 9000 and atk.expire_ms == 59999
@@ -63,12 +68,19 @@ def test_offenders_name_what_each_source_exceeded():
     tables = {"web_src": runtime.parse_show_table(SRC), "web_l0": runtime.parse_show_table(L0)}
     now = 1796614000 - 10
     got = {(str(o.address), o.kind): o for o in runtime.service_offenders(tables, svc, now=now)}
-    assert set(got) == {("198.18.0.66", "punished"), ("198.18.0.66", "requests"), ("198.18.0.66", "prefix"),
-                        ("2001:db8::66", "punished"), ("2001:db8::66", "new_conns")}
+    assert set(got) == {
+        ("198.18.0.66", "punished"),
+        ("198.18.0.66", "requests"),
+        ("198.18.0.66", "prefix"),
+        ("2001:db8::66", "punished"),
+        ("2001:db8::66", "new_conns"),
+    }
     p = got[("198.18.0.66", "punished")]
     assert p.action == "drop" and p.until == 1796614414 and p.value == 1796614414 - now
     assert got[("198.18.0.66", "requests")].limit == 300 and got[("198.18.0.66", "requests")].value == 9000
-    assert got[("198.18.0.66", "prefix")].action == "tarpit" and got[("198.18.0.66", "prefix")].detail == "/api/ per 10 s"
+    assert (
+        got[("198.18.0.66", "prefix")].action == "tarpit" and got[("198.18.0.66", "prefix")].detail == "/api/ per 10 s"
+    )
     assert got[("2001:db8::66", "new_conns")].limit == 250
     # the client (22 requests, no punishment) is no offender; a punishment in the past is none either
     later = {(str(o.address), o.kind) for o in runtime.service_offenders(tables, svc, now=1796614414 + 1)}
@@ -81,8 +93,15 @@ def test_offenders_name_what_each_source_exceeded():
 def test_show_stat_rows():
     rows = runtime.parse_show_stat(STAT)
     fe = rows[0]
-    assert (fe.proxy, fe.name, fe.status, fe.sessions_cur, fe.denied_requests, fe.http_4xx, fe.requests_total) == \
-        ("web_fe", "FRONTEND", "OPEN", 3, 88000, 90000, 91205)
+    assert (fe.proxy, fe.name, fe.status, fe.sessions_cur, fe.denied_requests, fe.http_4xx, fe.requests_total) == (
+        "web_fe",
+        "FRONTEND",
+        "OPEN",
+        3,
+        88000,
+        90000,
+        91205,
+    )
     assert rows[1].status == "UP" and rows[1].http_2xx == 1200
 
 
@@ -93,8 +112,10 @@ def test_one_command_per_connection():
         runtime.command("/nonexistent.sock", "show info")
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None and not shutil.os.path.exists("/usr/sbin/haproxy"),
-                    reason="haproxy is not installed")
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None and not shutil.os.path.exists("/usr/sbin/haproxy"),
+    reason="haproxy is not installed",
+)
 def test_a_refused_configuration_is_never_installed(tmp_path):
     h = Haproxy(tmp_path / "run")
     good = hc.render([_svc()], run_dir=str(h.run_dir), secret=b"s" * 32)
@@ -124,13 +145,18 @@ CHALLENGED = """# table: web_src, type: ipv6, size:102400, used:3
 
 def test_a_source_that_fails_every_challenge_is_an_offender():
     tables = {"web_src": runtime.parse_show_table(CHALLENGED)}
-    got = [(str(o.address), o.kind, o.value, o.verified)
-           for o in runtime.service_offenders(tables, _svc(), now=1796614000)]
+    got = [
+        (str(o.address), o.kind, o.value, o.verified) for o in runtime.service_offenders(tables, _svc(), now=1796614000)
+    ]
     assert got == [("198.18.16.1", "challenged", 40, False)]
     # twice without passing is not yet a bot (a browser passes its first challenge; a second may
     # be in flight before it has the cookie)
-    assert runtime.service_offenders({"web_src": runtime.parse_show_table(CHALLENGED.replace("=40", "=2"))},
-                                     _svc(), now=1796614000) == []
+    assert (
+        runtime.service_offenders(
+            {"web_src": runtime.parse_show_table(CHALLENGED.replace("=40", "=2"))}, _svc(), now=1796614000
+        )
+        == []
+    )
 
 
 def test_a_slow_source_that_never_passes_is_a_bot_whatever_its_rate():
@@ -139,13 +165,18 @@ def test_a_slow_source_that_never_passes_is_a_bot_whatever_its_rate():
     cumulative) without a valid cookie make it an offender; the same count on a source that
     holds a valid cookie (it passed) does not."""
     slow = CHALLENGED.replace("gpc0=40 gpc0_rate(10000)=40", "gpc0=3 gpc0_rate(10000)=1")
-    got = [(str(o.address), o.kind, o.value, o.limit, o.verified)
-           for o in runtime.service_offenders({"web_src": runtime.parse_show_table(slow)}, _svc(), now=1796614000)]
+    got = [
+        (str(o.address), o.kind, o.value, o.limit, o.verified)
+        for o in runtime.service_offenders({"web_src": runtime.parse_show_table(slow)}, _svc(), now=1796614000)
+    ]
     assert got == [("198.18.16.1", "challenged", 3, spec.CHALLENGES_UNPASSED, False)]
     assert spec.CHALLENGES_UNPASSED == 3
     # banned as any challenged offender (the verified one is not even an offender)
-    b = bans.select(runtime.service_offenders({"web_src": runtime.parse_show_table(slow)}, _svc(), now=1796614000),
-                    [_svc()], now=1796614000)
+    b = bans.select(
+        runtime.service_offenders({"web_src": runtime.parse_show_table(slow)}, _svc(), now=1796614000),
+        [_svc()],
+        now=1796614000,
+    )
     assert [(x.address, x.kind) for x in b] == [("198.18.16.1", "challenged")]
     # a source challenged once and gone: not an offender
     once = CHALLENGED.replace("gpc0=40 gpc0_rate(10000)=40", "gpc0=1 gpc0_rate(10000)=0")

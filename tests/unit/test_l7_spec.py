@@ -23,14 +23,36 @@ def make_cert(d: Path, name: str = "site") -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     cert, key = d / f"{name}.crt", d / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=example.com", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=example.com",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
 def test_a_service_is_normalised():
-    s = svc(listen=["198.18.0.1", "[2001:db8::1]", "198.18.0.1"], backends=["198.18.1.2:80", "[2001:db8::2]:8080"],
-            domains=["Example.COM.", "*.Ex.org", "bücher.de", "example.com"], level="Strict")
+    s = svc(
+        listen=["198.18.0.1", "[2001:db8::1]", "198.18.0.1"],
+        backends=["198.18.1.2:80", "[2001:db8::2]:8080"],
+        domains=["Example.COM.", "*.Ex.org", "bücher.de", "example.com"],
+        level="Strict",
+    )
     assert s.listen == (ipaddress.ip_address("198.18.0.1"), ipaddress.ip_address("2001:db8::1"))
     assert s.backends == ((ipaddress.ip_address("198.18.1.2"), 80), (ipaddress.ip_address("2001:db8::2"), 8080))
     assert s.domains == ("example.com", "*.ex.org", "xn--bcher-kva.de")
@@ -41,16 +63,27 @@ def test_a_service_is_normalised():
 
 def test_limits_are_scaled_by_level_and_ordered_longest_prefix_first():
     lims = [RateLimit("/api", 50), RateLimit("/api/login", 5, action="tarpit"), RateLimit("/", 3)]
-    assert [(x.prefix, x.requests) for x in svc(limits=lims).effective_limits()] == \
-        [("/api/login", 5), ("/api", 50), ("/", 3)]
-    assert [(x.prefix, x.requests) for x in svc(limits=lims, level="emergency").effective_limits()] == \
-        [("/api/login", 1), ("/api", 12), ("/", 1)]
+    assert [(x.prefix, x.requests) for x in svc(limits=lims).effective_limits()] == [
+        ("/api/login", 5),
+        ("/api", 50),
+        ("/", 3),
+    ]
+    assert [(x.prefix, x.requests) for x in svc(limits=lims, level="emergency").effective_limits()] == [
+        ("/api/login", 1),
+        ("/api", 12),
+        ("/", 1),
+    ]
     assert [x.requests for x in svc(limits=lims, level="loose").effective_limits()] == [10, 100, 6]
 
 
 def test_rule_normalises_and_lists_its_conditions():
-    r = Rule("DROP", methods=["post", "POST", "get"], headers=["X-Token"], absent_headers=["Accept"],
-             user_agent_regex="(?i)python-requests")
+    r = Rule(
+        "DROP",
+        methods=["post", "POST", "get"],
+        headers=["X-Token"],
+        absent_headers=["Accept"],
+        user_agent_regex="(?i)python-requests",
+    )
     assert r.action == "drop" and r.methods == ("POST", "GET")
     assert r.headers == ("x-token",) and r.absent_headers == ("accept",)
     assert r.conditions() == ["methods", "user_agent_regex", "headers", "absent_headers"]

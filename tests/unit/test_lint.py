@@ -17,8 +17,17 @@ def _ruff() -> Path:
 
 
 def test_ruff_check_is_clean():
-    r = subprocess.run([str(_ruff()), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [str(_ruff()), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff_format_is_clean():
+    """Every Python file is as `ruff format` writes it (pyproject's line length)."""
+    r = subprocess.run(
+        [str(_ruff()), "format", "--check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -27,7 +36,20 @@ def test_ruff_reads_our_rules(tmp_path):
     (ignored there) does not."""
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nf = lambda: 1\nprint(undefined_name)\n")
-    r = subprocess.run([str(_ruff()), "check", "--no-cache", "--config", str(REPO / "pyproject.toml"),
-                        "--output-format", "concise", str(bad)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            str(_ruff()),
+            "check",
+            "--no-cache",
+            "--config",
+            str(REPO / "pyproject.toml"),
+            "--output-format",
+            "concise",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "F401" in r.stdout and "F821" in r.stdout and "E731" not in r.stdout, r.stdout

@@ -25,8 +25,7 @@ OWNER = "core/guard.py"
 KERNEL = {"core/kernel/dataplane.py", "core/kernel/maps.py", "core/kernel/migrate.py", "core/kernel/libbpf.py"}
 PIN_LAYOUT = {"core/state.py"}  # Iface.pin_dir, remove_pins: where the pins live, defined once
 
-PENDING = {
-}
+PENDING = {}
 
 
 def _uses(tree: ast.AST, pins_allowed: bool) -> list[str]:
@@ -35,19 +34,32 @@ def _uses(tree: ast.AST, pins_allowed: bool) -> list[str]:
         where = f"line {getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Attribute) and node.attr == "maps":
             out.append(f"{where}: .maps")
-        elif isinstance(node, (ast.Attribute, ast.Name)) and getattr(node, "attr", getattr(node, "id", None)) == "get_table":
+        elif (
+            isinstance(node, (ast.Attribute, ast.Name))
+            and getattr(node, "attr", getattr(node, "id", None)) == "get_table"
+        ):
             out.append(f"{where}: get_table")
         elif isinstance(node, ast.Subscript) and not (isinstance(node.value, ast.Name) and node.value.id.isupper()):
             sl = node.slice  # (a constant table keyed by map name, abi.MAP_LAYOUTS[...], is no map)
             if isinstance(sl, ast.Attribute) and (
-                    (isinstance(sl.value, ast.Name) and sl.value.id == "MapName")
-                    or (isinstance(sl.value, ast.Attribute) and sl.value.attr == "MapName")):
+                (isinstance(sl.value, ast.Name) and sl.value.id == "MapName")
+                or (isinstance(sl.value, ast.Attribute) and sl.value.attr == "MapName")
+            ):
                 out.append(f"{where}: [MapName.{sl.attr}]")
-        elif not pins_allowed and isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) \
-                and isinstance(node.left, ast.Attribute) and node.left.attr == "pin_dir":
+        elif (
+            not pins_allowed
+            and isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Div)
+            and isinstance(node.left, ast.Attribute)
+            and node.left.attr == "pin_dir"
+        ):
             out.append(f"{where}: pin_dir / ...")
-        elif not pins_allowed and isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)) \
-                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "bpffs_root":
+        elif (
+            not pins_allowed
+            and isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Name, ast.Attribute))
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "bpffs_root"
+        ):
             out.append(f"{where}: bpffs_root()")
     return out
 
@@ -83,9 +95,12 @@ def test_pending_is_exact():
 
 
 def test_the_checker_sees_each_kind_of_use():
-    src = ("g.maps[x]\nb.get_table('t')\nm[abi.MapName.BANS]\nm[MapName.PROT4]\n"
-           "p = iface.pin_dir / 'xg_prog'\nr = bpffs_root()\n")
+    src = (
+        "g.maps[x]\nb.get_table('t')\nm[abi.MapName.BANS]\nm[MapName.PROT4]\n"
+        "p = iface.pin_dir / 'xg_prog'\nr = bpffs_root()\n"
+    )
     uses = _uses(ast.parse(src), pins_allowed=False)
     assert sorted(u.split(": ", 1)[1] for u in uses) == sorted(
-        [".maps", "get_table", "[MapName.BANS]", "[MapName.PROT4]", "pin_dir / ...", "bpffs_root()"])
+        [".maps", "get_table", "[MapName.BANS]", "[MapName.PROT4]", "pin_dir / ...", "bpffs_root()"]
+    )
     assert _uses(ast.parse("p = iface.pin_dir / 'x'\n"), pins_allowed=True) == []

@@ -19,6 +19,7 @@ def scrape(monkeypatch):
     def do(active=None):
         text = scrape_text(active)
         return {(name, tuple(sorted(labels.items()))): value for name, labels, value, _ in samples(text)}, text
+
     return do
 
 
@@ -47,8 +48,15 @@ def test_names_labels_values(scrape):
     assert "# TYPE xdpguard_packets_total counter" in text
     assert got[("xdpguard_verified_source_entries", (("iface", "xgp0"), ("kind", "tcp")))] == 12
     assert got[("xdpguard_budget_packets_total", (("iface", "xgp0"), ("result", "dropped")))] == 29100
-    assert got[("xdpguard_verified_harm_packets_total", (("iface", "xgp0"), ("outcome", "exempted"),
-                                                         ("where", "mitigation")))] == 44
+    assert (
+        got[
+            (
+                "xdpguard_verified_harm_packets_total",
+                (("iface", "xgp0"), ("outcome", "exempted"), ("where", "mitigation")),
+            )
+        ]
+        == 44
+    )
 
 
 def test_attack_inactive_is_zero(scrape):
@@ -56,8 +64,9 @@ def test_attack_inactive_is_zero(scrape):
     assert got[("xdpguard_attack_active", (("iface", "xgp0"), ("protected", "198.18.0.2")))] == 0
 
 
-@pytest.mark.parametrize("text,out", [("127.0.0.1:9477", ("127.0.0.1", 9477)), (":9477", ("127.0.0.1", 9477)),
-                                      ("[::1]:9000", ("::1", 9000))])
+@pytest.mark.parametrize(
+    "text,out", [("127.0.0.1:9477", ("127.0.0.1", 9477)), (":9477", ("127.0.0.1", 9477)), ("[::1]:9000", ("::1", 9000))]
+)
 def test_parse_listen(text, out):
     assert metrics.parse_listen(text) == out
 

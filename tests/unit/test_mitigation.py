@@ -32,7 +32,11 @@ class FakeSample:  # the fields of sampling.PacketSample that mitigation reads
 
 
 def sample(pkt, reason="clean", kind="pass") -> mitigation.Features:
-    raw = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / pkt) if not isinstance(pkt, Ether) else bytes(pkt)
+    raw = (
+        bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / pkt)
+        if not isinstance(pkt, Ether)
+        else bytes(pkt)
+    )
     fam = 6 if IPv6 in pkt else 4
     dst = pkt[IPv6].dst if fam == 6 else pkt[IP].dst
     f = mitigation.features_of(FakeSample(raw[:128], len(raw), fam, dst, reason, kind))
@@ -45,25 +49,39 @@ def rsrc(rng: random.Random) -> str:
 
 
 def udp_flood(n, rng, size=64, payload=b"X", ttl=64, dport=7, sport=None):
-    return [sample(IP(src=rsrc(rng), dst=DST, ttl=ttl, id=rng.randrange(65536))
-                   / UDP(sport=sport or rng.randrange(1024, 65535), dport=dport) / (payload * size)[:size])
-            for _ in range(n)]
+    return [
+        sample(
+            IP(src=rsrc(rng), dst=DST, ttl=ttl, id=rng.randrange(65536))
+            / UDP(sport=sport or rng.randrange(1024, 65535), dport=dport)
+            / (payload * size)[:size]
+        )
+        for _ in range(n)
+    ]
 
 
 def udp_clients(n, rng, dport=7):
     """Real clients: random payloads and lengths, a few TTLs."""
-    return [sample(IP(src=f"198.18.3.{rng.randrange(2, 250)}", dst=DST, ttl=rng.choice([63, 64, 127]), id=rng.randrange(65536))
-                   / UDP(sport=rng.randrange(32768, 61000), dport=dport) / rng.randbytes(rng.randrange(5, 400)))
-            for _ in range(n)]
+    return [
+        sample(
+            IP(src=f"198.18.3.{rng.randrange(2, 250)}", dst=DST, ttl=rng.choice([63, 64, 127]), id=rng.randrange(65536))
+            / UDP(sport=rng.randrange(32768, 61000), dport=dport)
+            / rng.randbytes(rng.randrange(5, 400))
+        )
+        for _ in range(n)
+    ]
 
 
 def tcp_clients(n, rng):
     out = []
     for _ in range(n):
         flags = rng.choice(["S", "A", "PA", "FA"])
-        out.append(sample(IP(src=f"198.18.3.{rng.randrange(2, 250)}", dst=DST, ttl=64, id=rng.randrange(65536))
-                          / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=flags, seq=rng.randrange(1 << 32))
-                          / (rng.randbytes(rng.randrange(0, 300)) if "P" in flags else b"")))
+        out.append(
+            sample(
+                IP(src=f"198.18.3.{rng.randrange(2, 250)}", dst=DST, ttl=64, id=rng.randrange(65536))
+                / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=flags, seq=rng.randrange(1 << 32))
+                / (rng.randbytes(rng.randrange(0, 300)) if "P" in flags else b"")
+            )
+        )
     return out
 
 
@@ -77,11 +95,18 @@ def linux_web_clients(n, rng, src="198.18.3.{}", ts=True):
     out = []
     for i in range(n):
         flags = ["S", "A", "PA", "FA", "A"][i % 5]
-        opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)] \
-            if flags == "S" else (TS_OPTS if ts else [])
-        out.append(sample(IP(src=src.format(rng.randrange(2, 250)), dst=DST, ttl=64, id=rng.randrange(65536))
-                          / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=flags, options=opts)
-                          / (b"GET / HTTP/1.0\r\n\r\n" if "P" in flags else b"")))
+        opts = (
+            [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+            if flags == "S"
+            else (TS_OPTS if ts else [])
+        )
+        out.append(
+            sample(
+                IP(src=src.format(rng.randrange(2, 250)), dst=DST, ttl=64, id=rng.randrange(65536))
+                / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=flags, options=opts)
+                / (b"GET / HTTP/1.0\r\n\r\n" if "P" in flags else b"")
+            )
+        )
     return out
 
 
@@ -132,13 +157,26 @@ def test_flood_at_the_start_of_a_service_spares_its_clients():
     the samples are 90 % flood (hping3 SYN: 54 bytes, TTL 64, flags S) and 10 % the client's
     own packets (TTL 64 too). The fingerprint must not sweep the client in with a length range."""
     rng = random.Random(7)
-    flood = [sample(IP(src=rsrc(rng), dst=DST, ttl=64, id=rng.randrange(65536))
-                    / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="S", window=512)) for _ in range(90)]
-    client = [sample(IP(src="198.18.0.10", dst=DST, ttl=64, id=rng.randrange(65536))
-                     / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=f,
-                           options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))])
-                     / (b"GET / HTTP/1.0\r\n" * rng.randrange(0, 6) if "P" in f else b""))
-              for f in ["A", "PA", "A", "FA", "A", "PA", "A", "A", "PA", "A"]]
+    flood = [
+        sample(
+            IP(src=rsrc(rng), dst=DST, ttl=64, id=rng.randrange(65536))
+            / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="S", window=512)
+        )
+        for _ in range(90)
+    ]
+    client = [
+        sample(
+            IP(src="198.18.0.10", dst=DST, ttl=64, id=rng.randrange(65536))
+            / TCP(
+                sport=rng.randrange(32768, 61000),
+                dport=80,
+                flags=f,
+                options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))],
+            )
+            / (b"GET / HTTP/1.0\r\n" * rng.randrange(0, 6) if "P" in f else b"")
+        )
+        for f in ["A", "PA", "A", "FA", "A", "PA", "A", "A", "PA", "A"]
+    ]
     # no baseline: 0 samples is no evidence, whatever the fingerprint
     d = mitigation.derive(flood + client, [], SVC_TCP, 0.01)
     assert d.filter is None and "no peacetime baseline (0 samples)" in d.refused, d
@@ -157,15 +195,21 @@ def test_established_connections_are_never_flood_and_refuse_a_fingerprint_matchi
     they are not flood, and a fingerprint matching them is refused."""
     rng = random.Random(11)
     opts = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]
-    client = [sample(IP(src="198.18.0.10", dst=DST, ttl=64, id=rng.randrange(65536))
-                     / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=f, options=opts)
-                     / (b"GET / HTTP/1.0\r\n" * rng.randrange(1, 6) if "P" in f else b""))
-              for f in ["S", "A", "PA", "FA", "A"] * 12]
+    client = [
+        sample(
+            IP(src="198.18.0.10", dst=DST, ttl=64, id=rng.randrange(65536))
+            / TCP(sport=rng.randrange(32768, 61000), dport=80, flags=f, options=opts)
+            / (b"GET / HTTP/1.0\r\n" * rng.randrange(1, 6) if "P" in f else b"")
+        )
+        for f in ["S", "A", "PA", "FA", "A"] * 12
+    ]
     est = mitigation.established(client, tcpstate_enforced=True)
     assert len(est) == 48 and all(x.tcp_flags & 0x10 and not x.tcp_flags & 0x02 for x in est)
     assert mitigation.established(client, tcpstate_enforced=False) == []
     # not from a would-drop or a rate-limited sample: only what passed as clean
-    assert mitigation.established([sample(IP(dst=DST) / TCP(dport=80, flags="A"), "tcpstate", "would_drop")], True) == []
+    assert (
+        mitigation.established([sample(IP(dst=DST) / TCP(dport=80, flags="A"), "tcpstate", "would_drop")], True) == []
+    )
     # without the guard the client's own packets make a fingerprint that matches them
     blind = mitigation.derive(client, [], SVC_TCP, 0.01)
     assert blind.filter is None and "no peacetime baseline" in blind.refused  # 0 samples is no evidence
@@ -175,8 +219,13 @@ def test_established_connections_are_never_flood_and_refuse_a_fingerprint_matchi
     assert mitigation.not_from_clients(client, est) == []
     # a real flood next to the client is still fingerprinted, and spares the client's SYNs too
     # (hping3's bare 54-byte SYN, not the client's 74-byte one with options)
-    flood = [sample(IP(src=rsrc(rng), dst=DST, ttl=64, id=rng.randrange(65536))
-                    / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="S", window=512)) for _ in range(200)]
+    flood = [
+        sample(
+            IP(src=rsrc(rng), dst=DST, ttl=64, id=rng.randrange(65536))
+            / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="S", window=512)
+        )
+        for _ in range(200)
+    ]
     left = mitigation.not_from_clients(flood + client, est)
     assert left == flood
     d = mitigation.derive(left, [], SVC_TCP, 0.01, clients=est)
@@ -193,8 +242,14 @@ def test_established_connections_are_never_flood_and_refuse_a_fingerprint_matchi
 
 def test_varied_lengths_give_a_range_when_narrow():
     rng = random.Random(4)
-    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=200) / UDP(sport=rng.randrange(1024, 65535), dport=7)
-                     / rng.randbytes(rng.randrange(500, 600))) for _ in range(100)]
+    attack = [
+        sample(
+            IP(src=rsrc(rng), dst=DST, ttl=200)
+            / UDP(sport=rng.randrange(1024, 65535), dport=7)
+            / rng.randbytes(rng.randrange(500, 600))
+        )
+        for _ in range(100)
+    ]
     d = mitigation.derive(attack, udp_clients(300, rng), SVC_UDP, 0.01)
     assert d.filter is not None, d.refused
     lo, hi = d.filter.length
@@ -206,30 +261,47 @@ def test_ack_flood_gives_flags_and_ttl():
     """A bare-ACK flood gets a filter only with a condition real clients do not share (here a TTL
     no real stack arrives with): a bare ACK of a client TTL is what every client sends."""
     rng = random.Random(5)
-    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=200, id=rng.randrange(65536))
-                     / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="A", seq=rng.randrange(1 << 32)))
-              for _ in range(50)]
+    attack = [
+        sample(
+            IP(src=rsrc(rng), dst=DST, ttl=200, id=rng.randrange(65536))
+            / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="A", seq=rng.randrange(1 << 32))
+        )
+        for _ in range(50)
+    ]
     d = mitigation.derive(attack, tcp_clients(300, rng), SVC_TCP, 0.01)
     assert d.filter is not None, d.refused
     assert d.filter.tcp_flags == (0xFF, 0x10) and d.filter.ttl == (200, 200)
     for ttl in (255, 64, 120):
-        flood = [sample(IP(src=rsrc(rng), dst=DST, ttl=ttl, id=rng.randrange(65536)) / TCP(sport=rng.randrange(1024, 65535), dport=80,
-                                                                  flags="A", seq=rng.randrange(1 << 32)))
-                 for _ in range(50)]
+        flood = [
+            sample(
+                IP(src=rsrc(rng), dst=DST, ttl=ttl, id=rng.randrange(65536))
+                / TCP(sport=rng.randrange(1024, 65535), dport=80, flags="A", seq=rng.randrange(1 << 32))
+            )
+            for _ in range(50)
+        ]
         # the baseline's clients are timestamped (66-byte ACKs): it shows 0 % and still is no evidence,
         # since the same clients send 54-byte ACKs once a SYN-cookie handshake drops the option
         base = linux_web_clients(300, rng)
-        assert mitigation.share_matching(policy.Filter(action="mitigate", proto="tcp", length=(54, 54),
-                                                       tcp_flags=(0xFF, 0x10)), base) == 0.0
+        assert (
+            mitigation.share_matching(
+                policy.Filter(action="mitigate", proto="tcp", length=(54, 54), tcp_flags=(0xFF, 0x10)), base
+            )
+            == 0.0
+        )
         d = mitigation.derive(flood, base, SVC_TCP, 0.01)
         assert d.filter is None and "bare TCP segment (length 54, flags ack)" in d.refused, (ttl, d)
 
 
 def test_constant_ip_id_when_nothing_else_is_left():
     rng = random.Random(6)
-    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(30, 250), id=31337)
-                     / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(rng.randrange(10, 1400)))
-              for _ in range(60)]
+    attack = [
+        sample(
+            IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(30, 250), id=31337)
+            / UDP(sport=rng.randrange(1024, 65535), dport=7)
+            / rng.randbytes(rng.randrange(10, 1400))
+        )
+        for _ in range(60)
+    ]
     d = mitigation.derive(attack, udp_clients(300, rng), SVC_UDP, 0.01)
     assert d.filter is not None, d.refused
     assert (d.filter.payload_base, d.filter.payload_off, d.filter.payload) == ("l3", 4, b"\x7a\x69")
@@ -255,9 +327,14 @@ def test_refused_above_the_configured_share_and_accepted_below():
 
 def test_flood_sharing_nothing_is_refused():
     rng = random.Random(9)
-    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
-                     / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(rng.randrange(0, 1400)))
-              for _ in range(100)]
+    attack = [
+        sample(
+            IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
+            / UDP(sport=rng.randrange(1024, 65535), dport=7)
+            / rng.randbytes(rng.randrange(0, 1400))
+        )
+        for _ in range(100)
+    ]
     d = mitigation.derive(attack, udp_clients(300, rng), SVC_UDP, 0.01)
     assert d.filter is None and "nothing" in d.refused
 
@@ -266,8 +343,14 @@ def test_too_few_samples_and_no_baseline():
     rng = random.Random(10)
     assert "flood samples" in mitigation.derive(udp_flood(3, rng), [], SVC_UDP, 0.01).refused
     # no baseline at all: one condition is not enough
-    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
-                     / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(400)) for _ in range(50)]
+    attack = [
+        sample(
+            IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
+            / UDP(sport=rng.randrange(1024, 65535), dport=7)
+            / rng.randbytes(400)
+        )
+        for _ in range(50)
+    ]
     d = mitigation.derive(attack, [], SVC_UDP, 0.01)
     assert d.filter is None and "baseline" in d.refused
     # nor are two conditions, or three: "0.0 % of 0 peacetime samples" is no evidence
@@ -287,11 +370,22 @@ def test_service_baseline_too_small_uses_the_interface_baseline():
 
 def test_ipv6_flood():
     rng = random.Random(12)
-    attack = [sample(IPv6(src=f"2001:db8:bad::{rng.randrange(1, 9999):x}", dst="2001:db8::1", hlim=64)
-                     / UDP(sport=rng.randrange(1024, 65535), dport=53) / (b"\x12\x34" * 20)) for _ in range(40)]
-    base = [sample(IPv6(src=f"2001:db8:1::{rng.randrange(1, 9999):x}", dst="2001:db8::1", hlim=64)
-                   / UDP(sport=rng.randrange(32768, 61000), dport=53) / rng.randbytes(rng.randrange(20, 60)))
-            for _ in range(120)]
+    attack = [
+        sample(
+            IPv6(src=f"2001:db8:bad::{rng.randrange(1, 9999):x}", dst="2001:db8::1", hlim=64)
+            / UDP(sport=rng.randrange(1024, 65535), dport=53)
+            / (b"\x12\x34" * 20)
+        )
+        for _ in range(40)
+    ]
+    base = [
+        sample(
+            IPv6(src=f"2001:db8:1::{rng.randrange(1, 9999):x}", dst="2001:db8::1", hlim=64)
+            / UDP(sport=rng.randrange(32768, 61000), dport=53)
+            / rng.randbytes(rng.randrange(20, 60))
+        )
+        for _ in range(120)
+    ]
     d = mitigation.derive(attack, base, ("2001:db8::1", "udp", 53), 0.01)
     assert d.filter is not None and d.filter.length == (14 + 40 + 8 + 40,) * 2
 
@@ -308,7 +402,9 @@ def test_operators_cannot_use_the_mitigate_action():
     with pytest.raises(UserError, match="invalid filter action"):
         config.build_filter(action="mitigate", proto="udp")
     with pytest.raises(config.ConfigError, match="invalid filter action"):
-        config.loads('[[interface]]\nname = "x0"\nprotect = ["198.18.0.1"]\n[[interface.filter]]\naction = "mitigate"\n')
+        config.loads(
+            '[[interface]]\nname = "x0"\nprotect = ["198.18.0.1"]\n[[interface.filter]]\naction = "mitigate"\n'
+        )
 
 
 def test_settings_validation():
@@ -319,10 +415,15 @@ def test_settings_validation():
 
 
 def test_daemon_keys_round_trip_and_errors():
-    d, _ = config.loads("[daemon]\nmitigation = false\nmitigation_pps = \"20k\"\nmitigation_max_share = 0.005\n"
-                        "mitigation_hold = 3\n")
-    assert (d.daemon.mitigation, d.daemon.mitigation_pps, d.daemon.mitigation_max_share, d.daemon.mitigation_hold_s) \
-        == (False, 20000.0, 0.005, 3.0)
+    d, _ = config.loads(
+        '[daemon]\nmitigation = false\nmitigation_pps = "20k"\nmitigation_max_share = 0.005\nmitigation_hold = 3\n'
+    )
+    assert (
+        d.daemon.mitigation,
+        d.daemon.mitigation_pps,
+        d.daemon.mitigation_max_share,
+        d.daemon.mitigation_hold_s,
+    ) == (False, 20000.0, 0.005, 3.0)
     assert config.loads(config.to_toml(d))[0] == d
     with pytest.raises(config.ConfigError) as e:
         config.loads("[daemon]\nmitigation_max_share = 2\nmitigation_pps = 0\n", "x.toml")
@@ -396,7 +497,7 @@ def test_levels_block_other_ip_protocols_except_loose():
 
 
 def test_config_explicit_tables_override_the_level_as_a_whole():
-    d, _ = config.loads(LEVEL_CFG.format(extra='limits = { src_pps = 123 }\nport_limit = []\n'))
+    d, _ = config.loads(LEVEL_CFG.format(extra="limits = { src_pps = 123 }\nport_limit = []\n"))
     a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
     assert a.limits == policy.Limits(src_pps=123).effective() and a.port_limits == ()
     assert a.syn.threshold_pps == levels.preset("strict").syn.threshold_pps
@@ -411,40 +512,63 @@ def test_config_explicit_tables_override_the_level_as_a_whole():
 def test_config_bad_level():
     with pytest.raises(config.ConfigError) as e:
         config.loads(LEVEL_CFG.format(extra='level = "paranoid"').replace('level = "strict"\n', ""), "c.toml")
-    assert any(p.startswith("c.toml:7: interface[0].address[0].level: must be one of loose, normal, strict")
-               for p in e.value.problems), e.value.problems
+    assert any(
+        p.startswith("c.toml:7: interface[0].address[0].level: must be one of loose, normal, strict")
+        for p in e.value.problems
+    ), e.value.problems
 
 
 # ---- connection limits in nft (nat.connlimit_batch) ----
 
 
 def _rules():
-    return [forwarding.make_rule("tcp", config.ipaddress.ip_address("198.18.0.1"), "80", "198.18.1.2:80"),
-            forwarding.make_rule("udp", config.ipaddress.ip_address("2001:db8::1"), "7", "[2001:db8:2::2]:7")]
+    return [
+        forwarding.make_rule("tcp", config.ipaddress.ip_address("198.18.0.1"), "80", "198.18.1.2:80"),
+        forwarding.make_rule("udp", config.ipaddress.ip_address("2001:db8::1"), "7", "[2001:db8:2::2]:7"),
+    ]
 
 
 def test_connlimit_batch_shape():
     tcp, udp = _rules()
-    batch = nat.build_ruleset([tcp, udp], connlimits={
-        forwarding.rule_key(tcp): nat.ConnLimits(new_per_source=20, concurrent_per_source=100, ban_s=30),  # sets: the longest ban
-        forwarding.rule_key(udp): nat.ConnLimits(conntrack_budget=5000, udp_timeout_s=5, new_total=1000)})
+    batch = nat.build_ruleset(
+        [tcp, udp],
+        connlimits={
+            forwarding.rule_key(tcp): nat.ConnLimits(
+                new_per_source=20, concurrent_per_source=100, ban_s=30
+            ),  # sets: the longest ban
+            forwarding.rule_key(udp): nat.ConnLimits(conntrack_budget=5000, udp_timeout_s=5, new_total=1000),
+        },
+    )
     items = batch["nftables"]
     chains = [i["add"]["chain"] for i in items if "add" in i and "chain" in i["add"]]
-    assert {"name": "connlimit", "type": "filter", "hook": "prerouting", "prio": -150} .items() <= \
-        next(c for c in chains if c["name"] == "connlimit").items()
+    assert {"name": "connlimit", "type": "filter", "hook": "prerouting", "prio": -150}.items() <= next(
+        c for c in chains if c["name"] == "connlimit"
+    ).items()
     sets = {i["add"]["set"]["name"]: i["add"]["set"] for i in items if "add" in i and "set" in i["add"]}
     assert sets["cl_off4"]["timeout"] == 60 and sets["cl_off6"]["type"] == "ipv6_addr"
     timeouts = [i["add"]["ct timeout"] for i in items if "add" in i and "ct timeout" in i["add"]]
-    assert timeouts == [{"family": "inet", "table": "xdpguard", "name": f"cl_to_{nat.rule_ident(udp)}",
-                         "protocol": "udp", "l3proto": "ip6", "policy": {"unreplied": 5, "replied": 10}}]
-    rules = [i["add"]["rule"] for i in items if "add" in i and "rule" in i["add"] and
-             i["add"]["rule"]["chain"] == "connlimit"]
+    assert timeouts == [
+        {
+            "family": "inet",
+            "table": "xdpguard",
+            "name": f"cl_to_{nat.rule_ident(udp)}",
+            "protocol": "udp",
+            "l3proto": "ip6",
+            "policy": {"unreplied": 5, "replied": 10},
+        }
+    ]
+    rules = [
+        i["add"]["rule"]
+        for i in items
+        if "add" in i and "rule" in i["add"] and i["add"]["rule"]["chain"] == "connlimit"
+    ]
     text = json.dumps(rules)
     assert text.count('"ct count"') == 2 and text.count('"@cl_off4"') == 2 and '"@cl_off6"' not in text
     assert all(r["expr"][2] == {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}} for r in rules)
     # no limits: the table is exactly what it was
-    assert nat.build_ruleset([tcp, udp]) == nat.build_ruleset([tcp, udp], connlimits={
-        forwarding.rule_key(tcp): nat.ConnLimits()})
+    assert nat.build_ruleset([tcp, udp]) == nat.build_ruleset(
+        [tcp, udp], connlimits={forwarding.rule_key(tcp): nat.ConnLimits()}
+    )
 
 
 def test_connlimit_values_and_offender_listing():
@@ -452,8 +576,17 @@ def test_connlimit_values_and_offender_listing():
         nat.ConnLimits(new_per_source=-1)
     with pytest.raises(ValueError):
         nat.ConnLimits(ban_s=0)
-    listing = {"nftables": [{"metainfo": {}}, {"set": {"name": "cl_off4", "elem": [
-        {"elem": {"val": "198.18.0.10", "timeout": 30, "expires": 27}}, "198.18.0.11"]}}]}
+    listing = {
+        "nftables": [
+            {"metainfo": {}},
+            {
+                "set": {
+                    "name": "cl_off4",
+                    "elem": [{"elem": {"val": "198.18.0.10", "timeout": 30, "expires": 27}}, "198.18.0.11"],
+                }
+            },
+        ]
+    }
     assert nat.parse_offenders(listing) == [("198.18.0.10", 27.0), ("198.18.0.11", 0.0)]
     assert nat.parse_offenders(None) == []
 
@@ -486,6 +619,7 @@ class Rig:
 
     def __init__(self, tmp_path, monkeypatch, known=(), verified_drops=None, tcpstate_on=False):
         from xdpguard.core import state
+
         monkeypatch.setenv("XDPGUARD_STATE_DIR", str(tmp_path / "state"))
         monkeypatch.setenv("XDPGUARD_RUN_DIR", str(tmp_path / "run"))
         self.iface = state.Iface("xgt0", 1, state.netns_key())
@@ -496,10 +630,17 @@ class Rig:
         self.lookups: list[str] = []
         self.log: list[dict] = []
         self.clock = Clock()
-        self.engine = mitigation.Engine(self.iface, g=None, report=lambda m: None, clock=self.clock,
-                                        wall=lambda: self.clock.t + 1.7e9, log=self.log.append,
-                                        known_good=self._known, verified_drops=verified_drops,
-                                        tcpstate_on=lambda g, addr: tcpstate_on)
+        self.engine = mitigation.Engine(
+            self.iface,
+            g=None,
+            report=lambda m: None,
+            clock=self.clock,
+            wall=lambda: self.clock.t + 1.7e9,
+            log=self.log.append,
+            known_good=self._known,
+            verified_drops=verified_drops,
+            tcpstate_on=lambda g, addr: tcpstate_on,
+        )
 
     def _realise(self, g, recs):
         self.kernel = [mitigation.filter_from_json(r["filter"]) for r in recs["active"]]
@@ -507,6 +648,7 @@ class Rig:
 
     def _known(self, g, srcs):
         import ipaddress
+
         out = set()
         for fam, addr in srcs:
             a = str(ipaddress.ip_address(addr))
@@ -533,9 +675,14 @@ def as_(xs, reason, kind="drop"):
 
 def udp_client_pkts(n, rng, src="198.18.0.10", payload=b"probe-"):
     """The lab's UDP client: one source, a fixed 'probe-' prefix, TTL 64, a new port each request."""
-    return [sample(IP(src=src, dst=DST, ttl=64, id=rng.randrange(65536)) / UDP(sport=rng.randrange(32768, 61000),
-                                                                             dport=7) / (payload + b"%06d" % i))
-            for i in range(n)]
+    return [
+        sample(
+            IP(src=src, dst=DST, ttl=64, id=rng.randrange(65536))
+            / UDP(sport=rng.randrange(32768, 61000), dport=7)
+            / (payload + b"%06d" % i)
+        )
+        for i in range(n)
+    ]
 
 
 def peacetime(rig, rng, rounds=8, clients=40):
@@ -611,15 +758,15 @@ def test_engine_removes_a_filter_that_drops_verified_clients_from_samples(tmp_pa
     f = rig.kernel[0]
     hit = [x for x in udp_client_pkts(40, rng, payload=b"pro" * 18) if mitigation.matches(f, x)]
     assert hit
-    rig.round(as_(udp_flood(200, rng, size=60, payload=b"pro"), "mitigation") + as_(hit[:2], "mitigation"),
-              pps=100_000)
+    rig.round(as_(udp_flood(200, rng, size=60, payload=b"pro"), "mitigation") + as_(hit[:2], "mitigation"), pps=100_000)
     assert rig.kernel == []
     (r,) = rig.steps("adapt")
     assert r["state"] == "lifted" and "dropped verified clients" in r["steps"][-1]["detail"]
     assert "198.18.0.10" in r["steps"][-1]["detail"] and r["verified_drops"] >= 256
     for _ in range(4):
-        rig.round(udp_flood(200, rng, size=60, payload=b"pro") + udp_client_pkts(5, rng, payload=b"pro" * 18),
-                  pps=100_000)
+        rig.round(
+            udp_flood(200, rng, size=60, payload=b"pro") + udp_client_pkts(5, rng, payload=b"pro" * 18), pps=100_000
+        )
     assert rig.kernel == [] and len(rig.steps("install")) == 1
 
 
@@ -670,8 +817,9 @@ def test_engine_established_sources_are_verified_at_once(tmp_path, monkeypatch):
     rng = random.Random(26)
     web = linux_web_clients(50, rng, src="198.18.0.{}")
     rig.round(web, pps=1500)
-    assert {str(mitigation.ipaddress.ip_address(a)) for _, a in rig.engine.verified} == \
-        {str(mitigation.ipaddress.ip_address(x.src)) for x in web if x.tcp_flags & 0x10 and not x.tcp_flags & 0x02}
+    assert {str(mitigation.ipaddress.ip_address(a)) for _, a in rig.engine.verified} == {
+        str(mitigation.ipaddress.ip_address(x.src)) for x in web if x.tcp_flags & 0x10 and not x.tcp_flags & 0x02
+    }
     syns = [x for x in web if x.tcp_flags == 0x02 and src_id_in(rig, x)]
     assert syns  # the SYNs of verified sources …
     rig.round(syns * 30, pps=50_000)
@@ -712,18 +860,30 @@ def test_engine_refused_floods_are_not_derived_every_round(tmp_path, monkeypatch
     real = mitigation.derive
     monkeypatch.setattr(mitigation, "derive", lambda *a, **k: calls.append(1) or real(*a, **k))
     for _ in range(8):
-        rig.round([sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
-                          / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(rng.randrange(0, 600)))
-                   for _ in range(200)], pps=100_000)
+        rig.round(
+            [
+                sample(
+                    IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
+                    / UDP(sport=rng.randrange(1024, 65535), dport=7)
+                    / rng.randbytes(rng.randrange(0, 600))
+                )
+                for _ in range(200)
+            ],
+            pps=100_000,
+        )
     assert len(rig.steps("refused")) == 1 and rig.kernel == []
     assert len(calls) <= 5
     # a refusal whose numbers change ("matches only 35 %", "37 %") is the same refusal: said once
     before = len(rig.steps("refused"))
     for k in range(4):
         mix = udp_flood(70 + 3 * k, rng, size=64) + [
-            sample(IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
-                   / UDP(sport=rng.randrange(1024, 65535), dport=7) / rng.randbytes(rng.randrange(0, 600)))
-            for _ in range(130)]
+            sample(
+                IP(src=rsrc(rng), dst=DST, ttl=rng.randrange(1, 256), id=rng.randrange(65536))
+                / UDP(sport=rng.randrange(1024, 65535), dport=7)
+                / rng.randbytes(rng.randrange(0, 600))
+            )
+            for _ in range(130)
+        ]
         rig.round(mix, pps=100_000)
         rig.clock.t += mitigation.REFUSED_RETRY_S
     said = [r["steps"][-1]["detail"] for r in rig.steps("refused")][before:]
@@ -746,17 +906,29 @@ def test_no_filter_for_a_protocol_a_filter_cannot_name():
     """t50's mix in monitor mode: floods of IGMP, GRE, RSVP … got filters with no protocol
     ("length 54, ttl 255"), which match TCP and UDP packets of that shape too. Refused."""
     rng = random.Random(32)
-    attack = [sample(IP(src=rsrc(rng), dst=DST, ttl=255, proto=46, id=rng.randrange(65536)) / (b"\x00" * 40))
-              for _ in range(60)]
+    attack = [
+        sample(IP(src=rsrc(rng), dst=DST, ttl=255, proto=46, id=rng.randrange(65536)) / (b"\x00" * 40))
+        for _ in range(60)
+    ]
     assert {x.proto for x in attack} == {"46"}
     d = mitigation.derive(attack, udp_clients(300, rng), (DST, "46", 0), 0.01)
     assert d.filter is None and "cannot name IP protocol 46" in d.refused, d
     # ICMPv6 floods get the icmp protocol (policy.h: an icmp filter matches ICMPv6), never none
     from scapy.layers.inet6 import ICMPv6EchoRequest
-    six = [sample(IPv6(src=f"2001:db8:bad::{i + 1:x}", dst="2001:db8::1", hlim=64) / ICMPv6EchoRequest(id=7)
-                  / (b"\x42" * 56)) for i in range(60)]
-    base = [sample(IPv6(src=f"2001:db8:1::{i + 1:x}", dst="2001:db8::1", hlim=64)
-                   / UDP(sport=rng.randrange(32768, 61000), dport=53) / rng.randbytes(rng.randrange(20, 60)))
-            for i in range(120)]
+
+    six = [
+        sample(
+            IPv6(src=f"2001:db8:bad::{i + 1:x}", dst="2001:db8::1", hlim=64) / ICMPv6EchoRequest(id=7) / (b"\x42" * 56)
+        )
+        for i in range(60)
+    ]
+    base = [
+        sample(
+            IPv6(src=f"2001:db8:1::{i + 1:x}", dst="2001:db8::1", hlim=64)
+            / UDP(sport=rng.randrange(32768, 61000), dport=53)
+            / rng.randbytes(rng.randrange(20, 60))
+        )
+        for i in range(120)
+    ]
     d = mitigation.derive(six, base, ("2001:db8::1", "icmpv6", 0), 0.01)
     assert d.filter is not None and d.filter.proto == "icmp", d

@@ -64,24 +64,27 @@ def drop(reason: Reason):
     return "drop", Kind.DROP, reason
 
 
-@pytest.mark.parametrize("pkt, want", [
-    (v4(), CLEAN),
-    (v6(), CLEAN),
-    (v4(dst="198.18.0.2"), BYPASS),
-    (v6(dst="2001:db8::2"), BYPASS),
-    (bytes(Ether() / ARP(pdst=P4)), BYPASS),
-    (v4(vlans=("ad", "q")), CLEAN),
-    (v4(vlans=("q", "q", "q")), BYPASS),  # three tags: not parsed
-    (v4()[:33], BYPASS),  # the IPv4 header is cut: addresses unreadable
-    (v4(ihl=4), drop(Reason.MALFORMED)),
-    (v4(version=5), drop(Reason.MALFORMED)),
-    (v4(len=19), drop(Reason.MALFORMED)),
-    (v4(TCP(dataofs=4)), drop(Reason.MALFORMED)),
-    (v4()[:44], drop(Reason.MALFORMED)),  # TCP cut at 10 bytes
-    (v4(ICMP())[:40], drop(Reason.MALFORMED)),  # ICMP needs its 8-byte header
-    (v6(UDP())[:60], drop(Reason.MALFORMED)),
-    (bytes(Ether() / IP(src=SRC4, dst=P4, proto=6, frag=10) / Raw(b"ab")), CLEAN),  # non-first: no L4
-])
+@pytest.mark.parametrize(
+    "pkt, want",
+    [
+        (v4(), CLEAN),
+        (v6(), CLEAN),
+        (v4(dst="198.18.0.2"), BYPASS),
+        (v6(dst="2001:db8::2"), BYPASS),
+        (bytes(Ether() / ARP(pdst=P4)), BYPASS),
+        (v4(vlans=("ad", "q")), CLEAN),
+        (v4(vlans=("q", "q", "q")), BYPASS),  # three tags: not parsed
+        (v4()[:33], BYPASS),  # the IPv4 header is cut: addresses unreadable
+        (v4(ihl=4), drop(Reason.MALFORMED)),
+        (v4(version=5), drop(Reason.MALFORMED)),
+        (v4(len=19), drop(Reason.MALFORMED)),
+        (v4(TCP(dataofs=4)), drop(Reason.MALFORMED)),
+        (v4()[:44], drop(Reason.MALFORMED)),  # TCP cut at 10 bytes
+        (v4(ICMP())[:40], drop(Reason.MALFORMED)),  # ICMP needs its 8-byte header
+        (v6(UDP())[:60], drop(Reason.MALFORMED)),
+        (bytes(Ether() / IP(src=SRC4, dst=P4, proto=6, frag=10) / Raw(b"ab")), CLEAN),  # non-first: no L4
+    ],
+)
 def test_parsing(pkt, want):
     assert r(setup(), pkt) == want
 
@@ -93,9 +96,13 @@ def test_disabled_is_bypass():
 def test_lists_longest_prefix_and_expiry():
     s = setup(allow=[entry("203.0.113.0/24")], block=[entry(f"{SRC4}/32")])
     assert r(s, v4()) == ("pass", Kind.PASS, Reason.ALLOWLIST)
-    assert r(setup(block=[entry("203.0.113.0/24"), entry("203.0.113.0/28", expired=True)]), v4()) == drop(Reason.BLOCKLIST)
+    assert r(setup(block=[entry("203.0.113.0/24"), entry("203.0.113.0/28", expired=True)]), v4()) == drop(
+        Reason.BLOCKLIST
+    )
     assert r(setup(block=[entry(f"{SRC4}/32", expired=True)]), v4()) == CLEAN
-    assert r(setup(allow=[entry(f"{SRC4}/32", expired=True)], block=[entry("0.0.0.0/0")]), v4()) == drop(Reason.BLOCKLIST)
+    assert r(setup(allow=[entry(f"{SRC4}/32", expired=True)], block=[entry("0.0.0.0/0")]), v4()) == drop(
+        Reason.BLOCKLIST
+    )
     assert r(setup(block=[entry("::/0")]), v4()) == CLEAN  # v6 entries never judge v4 sources
 
 

@@ -62,16 +62,12 @@ def _case_port_range_shift() -> dict[str, Any]:
 
 
 def _case_weighted() -> dict[str, Any]:
-    return nat.build_ruleset(
-        [make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80,198.18.1.11:80", weights="3,1")]
-    )
+    return nat.build_ruleset([make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80,198.18.1.11:80", weights="3,1")])
 
 
 def _case_weighted_ports() -> dict[str, Any]:
     # Backends on different ports: the map yields ADDR . PORT.
-    return nat.build_ruleset(
-        [make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80,198.18.1.11:8080", weights="3,1")]
-    )
+    return nat.build_ruleset([make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80,198.18.1.11:8080", weights="3,1")])
 
 
 def _case_persistent() -> dict[str, Any]:
@@ -90,9 +86,7 @@ def _case_persistent() -> dict[str, Any]:
 
 
 def _case_routed() -> dict[str, Any]:
-    return nat.build_ruleset(
-        [make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80", preserve_client_ip=True)]
-    )
+    return nat.build_ruleset([make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80", preserve_client_ip=True)])
 
 
 def _case_ipv6() -> dict[str, Any]:
@@ -134,9 +128,7 @@ def _case_multi() -> dict[str, Any]:
 
 
 def _case_custom_table() -> dict[str, Any]:
-    return nat.build_ruleset(
-        [make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80")], table="xdpguard_lab"
-    )
+    return nat.build_ruleset([make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80")], table="xdpguard_lab")
 
 
 def _case_empty() -> dict[str, Any]:
@@ -165,11 +157,7 @@ CASES = {
 }
 
 #: Golden batches that build a table (everything but the delete batch), with the table name.
-BUILD_CASES = {
-    name: "xdpguard_lab" if name == "custom_table" else "xdpguard"
-    for name in CASES
-    if name != "delete"
-}
+BUILD_CASES = {name: "xdpguard_lab" if name == "custom_table" else "xdpguard" for name in CASES if name != "delete"}
 
 
 def _dump(obj: Any) -> str:
@@ -372,9 +360,7 @@ def _intervals(dnat: dict[str, Any]) -> list[tuple[int, int, Any]]:
 @pytest.mark.parametrize("weights", ["1,1", "3,1", "1,2,3,4", "1000,1"])
 def test_weighted_map_intervals_follow_weights(weights: str) -> None:
     hosts = ",".join(f"198.18.1.{10 + i}:80" for i in range(len(weights.split(","))))
-    (dnat,) = _dnats(
-        nat.build_ruleset([make_rule("tcp", "198.18.0.1", "80", hosts, weights=weights)])
-    )
+    (dnat,) = _dnats(nat.build_ruleset([make_rule("tcp", "198.18.0.1", "80", hosts, weights=weights)]))
     total = sum(int(w) for w in weights.split(","))
     assert dnat["addr"]["map"]["key"] == {"numgen": {"mode": "random", "mod": total, "offset": 0}}
     intervals = _intervals(dnat)
@@ -437,15 +423,11 @@ def test_single_backend_persistence_needs_no_sets() -> None:
 def test_persist_sets_have_timeout() -> None:
     sets = [obj for verb, kind, obj in _objects(_case_persistent()) if kind == "set"]
     assert len(sets) == 2
-    assert all(
-        s["timeout"] == 300 and s["flags"] == ["timeout"] and s["type"] == "ipv4_addr" for s in sets
-    )
+    assert all(s["timeout"] == 300 and s["flags"] == ["timeout"] and s["type"] == "ipv4_addr" for s in sets)
 
 
 def test_backup_only_when_every_primary_is_down() -> None:
-    rule = make_rule(
-        "tcp", "198.18.0.1", "80", "198.18.1.10:80,198.18.1.11:80", backups="198.18.1.20:80"
-    )
+    rule = make_rule("tcp", "198.18.0.1", "80", "198.18.1.10:80,198.18.1.11:80", backups="198.18.1.20:80")
     primary_a, primary_b, backup = rule.backends
     assert nat.active_backends(rule) == (primary_a, primary_b)
     assert nat.active_backends(rule, {primary_b, backup}) == (primary_b,)
@@ -570,9 +552,7 @@ def test_parse_counters() -> None:
 
 
 class FakeNft:
-    def __init__(
-        self, results: list[tuple[int, Any, str]] | None = None, tables: list[str] | None = None
-    ):
+    def __init__(self, results: list[tuple[int, Any, str]] | None = None, tables: list[str] | None = None):
         self.results = list(results or [])
         self.tables = tables or []
         self.calls: list[dict[str, Any]] = []
@@ -592,16 +572,11 @@ class FakeNft:
 
 def test_applier_raises_nft_error_with_the_failing_batch() -> None:
     batch = _case_single()
-    fake = FakeNft(
-        [(1, "", "internal:0:0-0: Error: Could not process rule: No such file or directory\n\n")]
-    )
+    fake = FakeNft([(1, "", "internal:0:0-0: Error: Could not process rule: No such file or directory\n\n")])
     with pytest.raises(nat.NftError) as info:
         nat.NftApplier(nft=fake).apply(batch)
     assert info.value.failing_json is batch
-    assert (
-        str(info.value)
-        == "nft rejected the batch (rc 1): Error: Could not process rule: No such file or directory"
-    )
+    assert str(info.value) == "nft rejected the batch (rc 1): Error: Could not process rule: No such file or directory"
     assert "\n" not in str(info.value)
 
 
@@ -609,15 +584,9 @@ def test_applier_list_table() -> None:
     listing = {"nftables": [{"table": {"family": "inet", "name": "xdpguard"}}]}
     fake = FakeNft([(0, listing, "")], tables=["xdpguard", "other"])
     applier = nat.NftApplier(nft=fake)
-    assert (
-        applier.table_exists()
-        and applier.table_exists("other")
-        and not applier.table_exists("nope")
-    )
+    assert applier.table_exists() and applier.table_exists("other") and not applier.table_exists("nope")
     assert applier.list_table() == listing
-    assert fake.calls[-1] == {
-        "nftables": [{"list": {"table": {"family": "inet", "name": "xdpguard"}}}]
-    }
+    assert fake.calls[-1] == {"nftables": [{"list": {"table": {"family": "inet", "name": "xdpguard"}}}]}
     assert nat.NftApplier(nft=FakeNft(tables=["other"])).list_table() is None
 
 
@@ -637,10 +606,7 @@ def test_probe_reports_failures_and_always_cleans_up() -> None:
     caps = nat.probe_capabilities(nat.NftApplier(nft=fake))
     assert caps.missing() == ["dynamic_set", "ipv6"]  # the persistent rules (jhash fallback)
     assert fake.calls[-1] == nat.delete_table(nat.PROBE_TABLE)
-    assert all(
-        nat.PROBE_TABLE in json.dumps(call) and '"xdpguard"' not in json.dumps(call)
-        for call in fake.calls
-    )
+    assert all(nat.PROBE_TABLE in json.dumps(call) and '"xdpguard"' not in json.dumps(call) for call in fake.calls)
 
 
 # --- parsing and validation ---------------------------------------------------------------
@@ -732,9 +698,7 @@ def test_parse_backend_rejects(text: str, message: str) -> None:
 
 
 def test_parse_backends_weights_and_backups() -> None:
-    backends = parse_backends(
-        "198.18.1.10:80, 198.18.1.11:80", weights="3,1", backups="198.18.1.20:80"
-    )
+    backends = parse_backends("198.18.1.10:80, 198.18.1.11:80", weights="3,1", backups="198.18.1.20:80")
     assert [(str(b.host), b.port, b.weight, b.backup) for b in backends] == [
         ("198.18.1.10", 80, 3, False),
         ("198.18.1.11", 80, 1, False),
@@ -774,9 +738,7 @@ def test_parse_backends_rejects(to: str, weights: str | None, message: str) -> N
 def test_rule_rejects(kwargs: dict[str, Any], message: str) -> None:
     args = dict(proto="tcp", protected="198.18.0.1", ports="80", to="198.18.1.10:80") | kwargs
     with pytest.raises(ValueError, match=message) as info:
-        make_rule(
-            args.pop("proto"), args.pop("protected"), args.pop("ports"), args.pop("to"), **args
-        )
+        make_rule(args.pop("proto"), args.pop("protected"), args.pop("ports"), args.pop("to"), **args)
     assert "\n" not in str(info.value)
 
 
@@ -811,10 +773,7 @@ def test_check_backend_not_protected() -> None:
 
 def test_rule_key() -> None:
     assert rule_key(make_rule("tcp", "198.18.0.1", "80", "198.18.1.10")) == "tcp/198.18.0.1/80"
-    assert (
-        make_rule("udp", "2001:db8::1", "8000-8010", "2001:db8::10").key
-        == "udp/2001:db8::1/8000-8010"
-    )
+    assert make_rule("udp", "2001:db8::1", "8000-8010", "2001:db8::10").key == "udp/2001:db8::1/8000-8010"
 
 
 def test_target_port() -> None:
@@ -955,11 +914,7 @@ def test_applier_in_a_kernel(netns: str) -> None:
     result = _run("ip", "netns", "exec", netns, sys.executable, "-c", APPLIER_SCRIPT, env=env)
     out = json.loads(result.stdout)
     assert out["absent"] is True
-    assert (
-        out["error"]
-        and out["error"].startswith("nft rejected the batch")
-        and "\n" not in out["error"]
-    )
+    assert out["error"] and out["error"].startswith("nft rejected the batch") and "\n" not in out["error"]
     assert out["failing_json_is_batch"] is True
     assert out["unchanged"] is True, "a failed batch must leave the previous ruleset in place"
     assert out["missing"] == []

@@ -113,7 +113,7 @@ def test_block_add_opens_the_map_owner_once_and_parses_once(kernel):
     res = imperative.list_add("block", IF, ["203.0.113.7", "198.51.100.0/24"])
     assert CountingGuard.opened == 1
     assert parsed == ["203.0.113.7", "198.51.100.0/24"]  # each input once
-    g, = guards
+    (g,) = guards
     assert g.swept == ["block"]
     assert g.upserts == [("block", ["203.0.113.7/32", "198.51.100.0/24"], 0)]  # the reconciler wrote them
     assert (res.added, res.updated, res.iface) == (2, 0, IF)
@@ -126,7 +126,7 @@ def test_block_add_with_a_ttl_is_dynamic(kernel):
     imperative.list_add("block", IF, ["203.0.113.7"], ttl=60)  # refreshed with a TTL: leaves the spec
     assert CountingGuard.opened == 2
     g = guards[-1]
-    (which, named, expires), = g.upserts
+    ((which, named, expires),) = g.upserts
     assert (which, named) == ("block", ["203.0.113.7/32"]) and expires > 0
     assert g.deletes == []  # not deleted and re-added: it keeps its hit count
     assert store.stored_interface(IF).block == frozenset()

@@ -11,10 +11,12 @@ A = ipaddress.ip_address
 
 
 def rules():
-    return [ForwardRule("tcp", A("198.18.0.1"), 80, 80, (Backend(A("198.18.1.2")), Backend(A("198.18.1.3"), 8080))),
-            ForwardRule("tcp", A("198.18.0.1"), 7, 7, (Backend(A("198.18.1.2")),)),
-            ForwardRule("udp", A("198.18.0.1"), 5000, 5002, (Backend(A("198.18.1.2")),)),
-            ForwardRule("tcp", A("2001:db8::1"), 443, 443, (Backend(A("2001:db8:2::2")),), preserve_client_ip=True)]
+    return [
+        ForwardRule("tcp", A("198.18.0.1"), 80, 80, (Backend(A("198.18.1.2")), Backend(A("198.18.1.3"), 8080))),
+        ForwardRule("tcp", A("198.18.0.1"), 7, 7, (Backend(A("198.18.1.2")),)),
+        ForwardRule("udp", A("198.18.0.1"), 5000, 5002, (Backend(A("198.18.1.2")),)),
+        ForwardRule("tcp", A("2001:db8::1"), 443, 443, (Backend(A("2001:db8:2::2")),), preserve_client_ip=True),
+    ]
 
 
 def egress(addr):
@@ -51,8 +53,10 @@ def test_iptables_text():
     assert "iptables -A INPUT -d 198.18.1.2 -p tcp -m multiport --dports 7,80 -s 198.18.1.1 -j ACCEPT" in text
     assert "iptables -A INPUT -d 198.18.1.2 -p tcp -m multiport --dports 7,80 -j REJECT --reject-with tcp-reset" in text
     assert "iptables -A INPUT -d 198.18.1.2 -p udp -m multiport --dports 5000:5002 -j REJECT" in text
-    assert ("ip6tables -A INPUT -d 2001:db8:2::2 -p tcp -m multiport --dports 443 -m mac --mac-source "
-            "02:00:00:00:00:01 -j ACCEPT") in text
+    assert (
+        "ip6tables -A INPUT -d 2001:db8:2::2 -p tcp -m multiport --dports 443 -m mac --mac-source "
+        "02:00:00:00:00:01 -j ACCEPT"
+    ) in text
 
 
 def test_cli_bad_format_is_one_line_exit_2(capsys):

@@ -81,10 +81,12 @@ def test_non_ascii_digit_prefix_length_is_a_user_error():
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a loaded 2-core machine
-@given(st.one_of(
-    st.tuples(st.ip_addresses(v=4), st.integers(0, 32)),
-    st.tuples(st.ip_addresses(v=6), st.integers(0, 128)),
-))
+@given(
+    st.one_of(
+        st.tuples(st.ip_addresses(v=4), st.integers(0, 32)),
+        st.tuples(st.ip_addresses(v=6), st.integers(0, 128)),
+    )
+)
 def test_round_trip(addr_plen):
     addr, plen = addr_plen
     net = ipaddress.ip_network(f"{addr}/{plen}", strict=False)

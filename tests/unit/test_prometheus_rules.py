@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from prom_helpers import (PROMETHEUS_SERIES, RULES, RULES_TEST, exported, full_scrape, metric_names,
-                          run_promtool)
+from prom_helpers import PROMETHEUS_SERIES, RULES, RULES_TEST, exported, full_scrape, metric_names, run_promtool
 
 from xdpguard.core.observe import metrics
 
@@ -28,13 +27,21 @@ def test_promtool_test_rules():
 
 def test_the_issue_s_alerts_exist():
     alerts = {r["alert"]: r for r in _rules() if "alert" in r}
-    for name in ("XdpguardAttackActive", "XdpguardHighDropRate", "XdpguardBackendDown", "XdpguardSampleLoss",
-                 "XdpguardDaemonDown"):
+    for name in (
+        "XdpguardAttackActive",
+        "XdpguardHighDropRate",
+        "XdpguardBackendDown",
+        "XdpguardSampleLoss",
+        "XdpguardDaemonDown",
+    ):
         assert name in alerts
         assert alerts[name]["labels"]["severity"] in ("warning", "critical")
         assert alerts[name]["annotations"]["summary"] and alerts[name]["annotations"]["description"]
-    tested = {t["alertname"] for case in yaml.safe_load(RULES_TEST.read_text())["tests"]
-              for t in case.get("alert_rule_test", [])}
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load(RULES_TEST.read_text())["tests"]
+        for t in case.get("alert_rule_test", [])
+    }
     assert tested == set(alerts), "every alert has a promtool unit test"
 
 
@@ -72,9 +79,14 @@ def test_promtool_check_metrics_accepts_a_real_scrape(monkeypatch):
 
 
 def test_metric_names_tokenizer():
-    assert metric_names('sum by (iface, reason) (rate(xdpguard_packets_total{action="drop",reason!~"a|b"}[5m]))') == \
-        {"xdpguard_packets_total"}
-    assert metric_names('a:b:c > 1 and on (instance) up{job="x"} unless absent(foo) or vector(0)') == {"a:b:c", "up", "foo"}
+    assert metric_names('sum by (iface, reason) (rate(xdpguard_packets_total{action="drop",reason!~"a|b"}[5m]))') == {
+        "xdpguard_packets_total"
+    }
+    assert metric_names('a:b:c > 1 and on (instance) up{job="x"} unless absent(foo) or vector(0)') == {
+        "a:b:c",
+        "up",
+        "foo",
+    }
     assert metric_names("count(x offset 5m) / ignoring (le) group_left (a) y * 1e3") == {"x", "y"}
 
 

@@ -16,7 +16,11 @@ from rich.console import Console
 from xdpguard.core.observe.stats import Talker
 from xdpguard.tui.render import fmt_duration, fmt_rate, plain, render
 
-from render_fixtures import attack_snapshot, geo_attack_snapshot, quiet_snapshot  # tests/unit is on sys.path (rootdir-less test dirs)
+from render_fixtures import (
+    attack_snapshot,
+    geo_attack_snapshot,
+    quiet_snapshot,
+)  # tests/unit is on sys.path (rootdir-less test dirs)
 
 GOLDEN = Path(__file__).parent / "golden" / "render"
 
@@ -31,14 +35,22 @@ def utc(monkeypatch):
 
 
 def screen(snap, width: int, height: int) -> str:
-    c = Console(width=width, height=height, record=True, color_system=None, file=open(os.devnull, "w"),
-                highlight=False, legacy_windows=False)
+    c = Console(
+        width=width,
+        height=height,
+        record=True,
+        color_system=None,
+        file=open(os.devnull, "w"),
+        highlight=False,
+        legacy_windows=False,
+    )
     c.print(render(snap, width, height))
     return c.export_text()
 
 
-@pytest.mark.parametrize("name,make", [("attack", attack_snapshot), ("quiet", quiet_snapshot),
-                                       ("geo_attack", geo_attack_snapshot)])
+@pytest.mark.parametrize(
+    "name,make", [("attack", attack_snapshot), ("quiet", quiet_snapshot), ("geo_attack", geo_attack_snapshot)]
+)
 @pytest.mark.parametrize("width,height", [(80, 24), (160, 48)])
 def test_golden(name, make, width, height):
     text = screen(make(), width, height)
@@ -64,8 +76,10 @@ def test_plain_snapshot_is_uncoloured_text():
     assert "\x1b[" not in text and "UNDER ATTACK" in text
 
 
-@pytest.mark.parametrize("v,unit,out", [(0, "", "0"), (999, "", "999"), (1000, "", "1.00k"),
-                                        (78.4e6, "b", "78.40Mb"), (2.5e9, "b", "2.50Gb")])
+@pytest.mark.parametrize(
+    "v,unit,out",
+    [(0, "", "0"), (999, "", "999"), (1000, "", "1.00k"), (78.4e6, "b", "78.40Mb"), (2.5e9, "b", "2.50Gb")],
+)
 def test_fmt_rate(v, unit, out):
     assert fmt_rate(v, unit) == out
 
@@ -77,8 +91,13 @@ def test_fmt_duration():
 def test_top_countries_line_only_with_a_geo_database():
     snap = attack_snapshot()
     assert "countries:" not in plain(snap)
-    snap = replace(snap, countries={"dropped": [Talker("CN", 12000.0, 0.0, 0.8, 1.0, "geo")],
-                                    "passed": [Talker("DE", 300.0, 0.0, 0.2, 0.0, "clean")]})
+    snap = replace(
+        snap,
+        countries={
+            "dropped": [Talker("CN", 12000.0, 0.0, 0.8, 1.0, "geo")],
+            "passed": [Talker("DE", 300.0, 0.0, 0.2, 0.0, "clean")],
+        },
+    )
     text = plain(snap, width=120)
     assert "countries: dropped CN 12.00k" in text and "passed DE 300" in text
     lines = screen(snap, 80, 24).splitlines()

@@ -25,8 +25,12 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path):
     if shutil.which("systemd-analyze") is None:
         pytest.fail("systemd-analyze is missing (Debian package systemd)")
     cfg = tmp_path / "etc" / "xdpguard.toml"
-    p = subprocess.run(["bash", str(REPO / "scripts" / "install-service.sh"), "--unit-dir", str(tmp_path),
-                        "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install-service.sh"), "--unit-dir", str(tmp_path), "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     unit = tmp_path / "xdpguard.service"
     text = unit.read_text()

@@ -17,7 +17,9 @@ def _box_packages() -> list[str]:
     src = (REPO / "scripts" / "vm" / "build-box.sh").read_text()
     body = re.search(r"^setup_packages\(\) \{\n(.*?)\n\}", src, re.S | re.M)
     assert body, "build-box.sh has no setup_packages()"
-    out = subprocess.run(["bash", "-c", f"REPO_ROOT={REPO}; {body.group(1)}"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", f"REPO_ROOT={REPO}; {body.group(1)}"], capture_output=True, text=True, check=True
+    )
     return out.stdout.split()
 
 
@@ -29,8 +31,17 @@ def test_every_word_the_box_build_reads_is_a_package_name():
 
 
 def test_the_box_reads_what_bash_installs():
-    bash_list = subprocess.run(["bash", "-c", f"source <(sed -n '/^APT_PACKAGES=(/,/^)/p' {REPO}/scripts/setup.sh); "
-                                "printf '%s\\n' \"${APT_PACKAGES[@]}\""], capture_output=True, text=True, check=True)
+    bash_list = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"source <(sed -n '/^APT_PACKAGES=(/,/^)/p' {REPO}/scripts/setup.sh); "
+            "printf '%s\\n' \"${APT_PACKAGES[@]}\"",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert _box_packages() == bash_list.stdout.split()
 
 

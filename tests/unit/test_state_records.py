@@ -41,24 +41,31 @@ def _spelled_keys(source: str, name: str = "<src>") -> list[str]:
     for node in ast.walk(ast.parse(source, name)):
         if isinstance(node, ast.Subscript):
             obj, key = node.value, node.slice
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr in ("get", "setdefault", "pop") and node.args:
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "setdefault", "pop")
+            and node.args
+        ):
             obj, key = node.func.value, node.args[0]
         else:
             continue
         if not (isinstance(obj, ast.Name) and obj.id in ("st", "st_now", "new_st", "old_st", "record")):
             continue
-        spelled = (isinstance(key, ast.Constant) and key.value in keys) \
-            or (isinstance(key, ast.Attribute) and (key.attr == "KEY" or key.attr.endswith("_KEY"))) \
+        spelled = (
+            (isinstance(key, ast.Constant) and key.value in keys)
+            or (isinstance(key, ast.Attribute) and (key.attr == "KEY" or key.attr.endswith("_KEY")))
             or (isinstance(key, ast.Name) and (key.id == "KEY" or key.id.endswith("_KEY")))
+        )
         if spelled:
             found.append(f"{name}:{node.lineno}")
     return found
 
 
 def test_the_key_scan_sees_a_spelled_key():
-    assert _spelled_keys('st["levels"] = {}\nx = st.get(forward.HEALTH_KEY)\nst.setdefault(KEY, {})\n'
-                         'y = state.get(st, state.LEVELS)\n') == ["<src>:1", "<src>:2", "<src>:3"]
+    assert _spelled_keys(
+        'st["levels"] = {}\nx = st.get(forward.HEALTH_KEY)\nst.setdefault(KEY, {})\ny = state.get(st, state.LEVELS)\n'
+    ) == ["<src>:1", "<src>:2", "<src>:3"]
 
 
 def test_no_other_module_spells_a_key_of_the_record():
@@ -72,8 +79,9 @@ def test_no_other_module_spells_a_key_of_the_record():
 
 def test_typed_round_trips(tmp_path, monkeypatch):
     st: dict = {}
-    cfg = EventConfig(Thresholds(drop_pps=5), {"198.18.0.1": Thresholds(pps=7, reasons={"blocklist": (1.0, 2.0)})},
-                      3.0, None)
+    cfg = EventConfig(
+        Thresholds(drop_pps=5), {"198.18.0.1": Thresholds(pps=7, reasons={"blocklist": (1.0, 2.0)})}, 3.0, None
+    )
     state.put(st, state.ATTACK, cfg)
     assert st["attack"]["default"]["drop_pps"] == 5 and state.get(st, state.ATTACK) == cfg
     assert state.get({}, state.ATTACK) == EventConfig()  # absent: the defaults

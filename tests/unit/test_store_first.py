@@ -103,6 +103,7 @@ def test_a_failed_kernel_write_puts_the_store_back(stored, monkeypatch):
 def test_the_store_is_put_back_without_reading_it(stored, monkeypatch):
     """A stored spec that the loader would refuse (e.g. an overlapping forward) must not
     stick: the store is rewritten from what it was, not read back."""
+
     def write():
         store.desired_path().write_text("[[interface]]\nname = 1\n")  # unreadable now
         raise UserError("kernel said no")
@@ -139,13 +140,22 @@ def test_an_unchanged_spec_is_not_rewritten(stored, monkeypatch):
     assert store.load_meta().generation == gen
 
 
-@pytest.mark.parametrize("verb, edit, want", [
-    ("block add", lambda s: imperative._lists(s, "block", [P], True), lambda s: replace(s, block=s.block | {P})),
-    ("block add --ttl", lambda s: imperative._lists(s, "block", list(S0.block), False),
-     lambda s: replace(s, block=frozenset())),
-    ("port open", lambda s: imperative._each_of(s, [ADDR], lambda a: replace(a, open_ports=(("tcp", 22, 22),))),
-     lambda s: replace(s, addresses=(AddressSpec(ADDR, open_ports=(("tcp", 22, 22),)),))),
-])
+@pytest.mark.parametrize(
+    "verb, edit, want",
+    [
+        ("block add", lambda s: imperative._lists(s, "block", [P], True), lambda s: replace(s, block=s.block | {P})),
+        (
+            "block add --ttl",
+            lambda s: imperative._lists(s, "block", list(S0.block), False),
+            lambda s: replace(s, block=frozenset()),
+        ),
+        (
+            "port open",
+            lambda s: imperative._each_of(s, [ADDR], lambda a: replace(a, open_ports=(("tcp", 22, 22),))),
+            lambda s: replace(s, addresses=(AddressSpec(ADDR, open_ports=(("tcp", 22, 22),)),)),
+        ),
+    ],
+)
 def test_edits_are_what_export_would_say(stored, verb, edit, want):
     assert config.norm_interface(edit(S0)) == want(S0), verb
 
@@ -166,8 +176,9 @@ def attachable(stored, monkeypatch):
     monkeypatch.setattr(state, "resolve_iface", lambda name: state.Iface(name, 7, "net-1"))
     monkeypatch.setattr(protection, "check_attachable", lambda iface, force: None)
     monkeypatch.setattr(protection, "attach", lambda *a, **kw: calls["attach"](*a, **kw))
-    monkeypatch.setattr(reconcile, "realise", lambda spec, **kw: calls["realise"].append(spec) or
-                        reconcile.RealiseResult(IF, "updated"))
+    monkeypatch.setattr(
+        reconcile, "realise", lambda spec, **kw: calls["realise"].append(spec) or reconcile.RealiseResult(IF, "updated")
+    )
     return calls
 
 

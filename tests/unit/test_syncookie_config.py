@@ -19,24 +19,40 @@ def problems(text: str) -> list[str]:
     return str(e.value).splitlines()
 
 
-@pytest.mark.parametrize("syn, needle", [
-    ('syn = { threshold = 1000, mode = "cookies" }', "x.toml:7: interface[0].address[0].syn.mode: must be"),
-    ('syn = { threshold = 1000, mode = 1 }', "x.toml:7: interface[0].address[0].syn.mode: must be a string"),
-    ('syn = { always = "yes" }', "x.toml:7: interface[0].address[0].syn.always: must be true or false"),
-])
+@pytest.mark.parametrize(
+    "syn, needle",
+    [
+        ('syn = { threshold = 1000, mode = "cookies" }', "x.toml:7: interface[0].address[0].syn.mode: must be"),
+        ("syn = { threshold = 1000, mode = 1 }", "x.toml:7: interface[0].address[0].syn.mode: must be a string"),
+        ('syn = { always = "yes" }', "x.toml:7: interface[0].address[0].syn.always: must be true or false"),
+    ],
+)
 def test_bad_mode_names_file_line_and_field(syn, needle):
     got = problems(HEAD + syn + "\n")
     assert any(p.startswith(needle) for p in got), got
 
 
-@pytest.mark.parametrize("syn", [policy.SynPolicy(1000), policy.SynPolicy(1000, mode="retransmit"),
-                                 policy.SynPolicy(always=True), policy.SynPolicy(0, mode="retransmit")])
+@pytest.mark.parametrize(
+    "syn",
+    [
+        policy.SynPolicy(1000),
+        policy.SynPolicy(1000, mode="retransmit"),
+        policy.SynPolicy(always=True),
+        policy.SynPolicy(0, mode="retransmit"),
+    ],
+)
 def test_export_round_trip(syn):
     d, _ = config.loads(HEAD + "syn = { threshold = 1 }\n")
     spec = d.interfaces[0]
     addr = spec.addresses[0]
-    d2 = type(d)(**{**d.__dict__, "interfaces": (type(spec)(**{**spec.__dict__, "addresses": (
-        type(addr)(**{**addr.__dict__, "syn": syn}),)}),)})
+    d2 = type(d)(
+        **{
+            **d.__dict__,
+            "interfaces": (
+                type(spec)(**{**spec.__dict__, "addresses": (type(addr)(**{**addr.__dict__, "syn": syn}),)}),
+            ),
+        }
+    )
     text = config.to_toml(d2)
     back, _ = config.loads(text)
     assert back.interfaces[0].addresses[0].syn == syn, text

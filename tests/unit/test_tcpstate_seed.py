@@ -34,14 +34,18 @@ def test_proc_tcp_established_on_protected_addresses():
 
 def test_proc_tcp6_and_v4_mapped():
     got = tcpstate.parse_proc_tcp(PROC_TCP6, PROT)
-    assert got == [(IP("2001:db8:0:1::10"), 40000, IP("2001:db8:0:1::1"), 80),
-                   (IP("198.18.0.10"), 0xD431, IP("198.18.0.1"), 22)]
+    assert got == [
+        (IP("2001:db8:0:1::10"), 40000, IP("2001:db8:0:1::1"), 80),
+        (IP("198.18.0.10"), 0xD431, IP("198.18.0.1"), 22),
+    ]
 
 
 def test_conntrack_only_assured_established_tcp_in_the_original_direction():
     got = tcpstate.parse_nf_conntrack(CONNTRACK, PROT)
-    assert got == [(IP("198.18.0.10"), 40000, IP("198.18.0.1"), 80),
-                   (IP("2001:db8:0:1::10"), 40001, IP("2001:db8:0:1::1"), 80)]
+    assert got == [
+        (IP("198.18.0.10"), 40000, IP("198.18.0.1"), 80),
+        (IP("2001:db8:0:1::10"), 40001, IP("2001:db8:0:1::1"), 80),
+    ]
 
 
 def test_existing_connections_reads_what_is_there(tmp_path):

@@ -59,7 +59,9 @@ def store_bytes() -> bytes | None:
 # ---- 1. control characters never reach the store ----
 
 
-@pytest.mark.parametrize("hook", ["/bin/true\n; x", "/bin/true\x1b[31m", "/bin/true\x85", "/bin/true\x7f", "/bin/true\tx"])
+@pytest.mark.parametrize(
+    "hook", ["/bin/true\n; x", "/bin/true\x1b[31m", "/bin/true\x85", "/bin/true\x7f", "/bin/true\tx"]
+)
 def test_a_hook_with_a_control_character_is_refused_by_the_cli(env, monkeypatch, capsys, hook):
     calls = []
     monkeypatch.setattr(reconcile, "edit", lambda *a, **k: calls.append(a))
@@ -70,12 +72,15 @@ def test_a_hook_with_a_control_character_is_refused_by_the_cli(env, monkeypatch,
     assert calls == [] and store_bytes() is None
 
 
-@pytest.mark.parametrize("snippet, field", [
-    ('[interface.events]\nhook = "/bin/true\\n; x"\n', "events.hook"),
-    ('[interface.events]\nhook = "/bin/true\\u001b[2J"\n', "events.hook"),
-    ('[interface.events]\nhook = "/bin/true\\u0085"\n', "events.hook"),
-    ('mode = "auto\\n"\n', "interface[0].mode"),
-])
+@pytest.mark.parametrize(
+    "snippet, field",
+    [
+        ('[interface.events]\nhook = "/bin/true\\n; x"\n', "events.hook"),
+        ('[interface.events]\nhook = "/bin/true\\u001b[2J"\n', "events.hook"),
+        ('[interface.events]\nhook = "/bin/true\\u0085"\n', "events.hook"),
+        ('mode = "auto\\n"\n', "interface[0].mode"),
+    ],
+)
 def test_the_loader_refuses_control_characters_naming_the_field(snippet, field):
     text = BASE + snippet if snippet.startswith("[") else BASE.replace('name = "xgt0"\n', 'name = "xgt0"\n' + snippet)
     with pytest.raises(config.ConfigError) as exc:
@@ -83,7 +88,7 @@ def test_the_loader_refuses_control_characters_naming_the_field(snippet, field):
     assert any(field in p and "control character" in p for p in exc.value.problems), exc.value.problems
 
 
-@pytest.mark.parametrize("announce", ['198.18.0.1\n', 'fe80::1%x";} protocol x {', 'fe80::1%eth0', '198.18.0.1"'])
+@pytest.mark.parametrize("announce", ["198.18.0.1\n", 'fe80::1%x";} protocol x {', "fe80::1%eth0", '198.18.0.1"'])
 def test_bgp_announce_with_a_newline_a_quote_or_a_zone_is_refused(announce):
     text = BGP + "announce = " + json.dumps([announce]) + "\n"
     with pytest.raises(config.ConfigError) as exc:
@@ -92,9 +97,11 @@ def test_bgp_announce_with_a_newline_a_quote_or_a_zone_is_refused(announce):
 
 
 def test_scoped_addresses_are_refused_everywhere_at_parse_time():
-    for text in (BASE.replace("198.18.0.2", "fe80::1%x"),
-                 BGP.replace('"198.18.0.254"', '"fe80::1%x"'),
-                 BGP + 'require_routes = ["fe80::%x/64"]\n'):
+    for text in (
+        BASE.replace("198.18.0.2", "fe80::1%x"),
+        BGP.replace('"198.18.0.254"', '"fe80::1%x"'),
+        BGP + 'require_routes = ["fe80::%x/64"]\n',
+    ):
         with pytest.raises(config.ConfigError, match="scoped|zone|prefix"):
             config.loads(text, "x.toml")
 
@@ -108,7 +115,7 @@ def test_bird_config_strings_and_addresses_go_through_one_escaper():
     text = bgp.render(spec.bgp, [ipaddress.ip_address("198.18.0.2")], node="n1")
     assert 'route 198.18.0.2/32 via "xgvip0";' in text
     with pytest.raises(UserError, match="scoped"):
-        bgp.render(spec.bgp, [ipaddress.ip_address("fe80::1%x\";")], node="n1")
+        bgp.render(spec.bgp, [ipaddress.ip_address('fe80::1%x";')], node="n1")
     with pytest.raises(UserError, match="control"):
         bgp.render(spec.bgp, [], node="n1\nprotocol x {")
 
@@ -137,8 +144,13 @@ def test_cluster_table_is_written_generically_from_its_fields():
     dataclass and the loader needs no change to the writer), defaults are omitted."""
     for f in fields(ClusterSpec):
         assert config.toml_key(f.name) in config._CLUSTER_KEYS, f.name
-    c = ClusterSpec(name="c1", node="n2", endpoints=("http://198.18.0.9:2379", "https://198.18.0.10:2379"),
-                    node_ttl_s=7, resync_interval_s=30.0)
+    c = ClusterSpec(
+        name="c1",
+        node="n2",
+        endpoints=("http://198.18.0.9:2379", "https://198.18.0.10:2379"),
+        node_ttl_s=7,
+        resync_interval_s=30.0,
+    )
     text = config.to_toml(Desired(cluster=c))
     assert config.loads(text)[0].cluster == c
     assert config.to_data(Desired(cluster=ClusterSpec()))["cluster"] == {}
@@ -147,8 +159,10 @@ def test_cluster_table_is_written_generically_from_its_fields():
 
 # property: every string the schema accepts round-trips store → load; every control character is refused
 
-ANY_TEXT = st.one_of(st.text(st.characters(codec="utf-8"), max_size=30),
-                     st.text(st.sampled_from("az09_.-\"\\' %$;{}#\t\n\x1b\x85\u2028é"), min_size=1, max_size=20))
+ANY_TEXT = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=30),
+    st.text(st.sampled_from("az09_.-\"\\' %$;{}#\t\n\x1b\x85\u2028é"), min_size=1, max_size=20),
+)
 
 
 def _hostile_config(draw) -> tuple[dict, list[str]]:
@@ -156,16 +170,26 @@ def _hostile_config(draw) -> tuple[dict, list[str]]:
     data = {
         "daemon": {"metrics": draw(st.sampled_from(["127.0.0.1:", ":", "[::1]:"])) + s[0]},
         "cluster": {"name": s[1], "node": "n" + s[1], "endpoints": ["http://" + s[2]]},
-        "bgp": {"local_as": 65001, "router_id": "198.18.0.2", "neighbors": [{"address": "198.18.0.254", "as": 65000}],
-                "bird_config": "/run/" + s[3], "bird_socket": "/run/x" + s[3], "liveness_interface": s[4][:15] or "x"},
-        "interface": [{"name": "xgt0", "protect": ["198.18.0.2"],
-                       "events": {"hook": "/bin/true " + s[4]}}],
+        "bgp": {
+            "local_as": 65001,
+            "router_id": "198.18.0.2",
+            "neighbors": [{"address": "198.18.0.254", "as": 65000}],
+            "bird_config": "/run/" + s[3],
+            "bird_socket": "/run/x" + s[3],
+            "liveness_interface": s[4][:15] or "x",
+        },
+        "interface": [{"name": "xgt0", "protect": ["198.18.0.2"], "events": {"hook": "/bin/true " + s[4]}}],
     }
     return data, s
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_every_accepted_string_round_trips_through_the_store(env, data):
     cfg, strings = _hostile_config(data.draw)
@@ -188,10 +212,17 @@ def test_odd_but_valid_strings_round_trip_through_the_store(env):
     """The property's accepted side, pinned: quotes, backslashes, '#', braces, '%', non-ASCII
     and U+2028 (a line separator that is no control character) in every free-text field."""
     odd = 'a"b\\c #{x} %s é\u2028z'
-    cfg = {"daemon": {"metrics": "127.0.0.1:9477"},
-           "bgp": {"local_as": 65001, "router_id": "198.18.0.2", "neighbors": [{"address": "198.18.0.254", "as": 65000}],
-                   "bird_config": "/run/" + odd.replace('"', "").replace("\\", ""), "bird_socket": "/run/x.ctl"},
-           "interface": [{"name": "xgt0", "protect": ["198.18.0.2"], "events": {"hook": "/bin/echo '" + odd + "'"}}]}
+    cfg = {
+        "daemon": {"metrics": "127.0.0.1:9477"},
+        "bgp": {
+            "local_as": 65001,
+            "router_id": "198.18.0.2",
+            "neighbors": [{"address": "198.18.0.254", "as": 65000}],
+            "bird_config": "/run/" + odd.replace('"', "").replace("\\", ""),
+            "bird_socket": "/run/x.ctl",
+        },
+        "interface": [{"name": "xgt0", "protect": ["198.18.0.2"], "events": {"hook": "/bin/echo '" + odd + "'"}}],
+    }
     d, _ = config.loads(tomli_w.dumps(cfg), "x.toml")
     assert d.interfaces[0].events.hook.endswith(odd + "'")
     store.save(d)
@@ -211,8 +242,15 @@ def _strings_of(d: Desired) -> list[str]:
 # ---- 2. tracebacks: deep nesting, mixed families in diff, a state file of another shape ----
 
 
-@pytest.mark.parametrize("text", ["a = " + "[" * 5000, "a = " + "{b = " * 3000 + "1" + "}" * 3000,
-                                  "a = " + "9" * 5000, "x = [" * 20 + "1" + "]" * 20])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a = " + "[" * 5000,
+        "a = " + "{b = " * 3000 + "1" + "}" * 3000,
+        "a = " + "9" * 5000,
+        "x = [" * 20 + "1" + "]" * 20,
+    ],
+)
 def test_deep_nesting_and_huge_integers_are_one_problem(text):
     with pytest.raises(config.ConfigError) as exc:
         config.loads(text, "x.toml")
@@ -222,8 +260,10 @@ def test_deep_nesting_and_huge_integers_are_one_problem(text):
 def test_diff_of_mixed_families():
     old, _ = config.loads(BASE.replace('["198.18.0.2"]', '["198.18.0.2", "2001:db8::2"]'))
     new, _ = config.loads(BASE.replace('["198.18.0.2"]', '["198.18.0.3", "2001:db8::3"]'))
-    assert [c.text() for c in config.diff(old, new)] == ["+ xgt0 protect: 198.18.0.3, 2001:db8::3",
-                                                         "- xgt0 protect: 198.18.0.2, 2001:db8::2"]
+    assert [c.text() for c in config.diff(old, new)] == [
+        "+ xgt0 protect: 198.18.0.3, 2001:db8::3",
+        "- xgt0 protect: 198.18.0.2, 2001:db8::2",
+    ]
 
 
 def _state_file(text: str) -> Path:
@@ -233,15 +273,26 @@ def _state_file(text: str) -> Path:
     return iface.state_file
 
 
-@pytest.mark.parametrize("text, needle", [('"x"', "must be an object"), ("[1, 2]", "must be an object"),
-                                          ('{"levels": "x"}', "levels must be an object"),
-                                          ('{"attack": {"default": {"pps": "x"}}}', "attack.default.pps"),
-                                          ('{"mitigations": {"active": [1]}}', "mitigations.active[0]"),
-                                          ('{"attack": {"hold_s": NaN}}', "attack.hold_s")])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('"x"', "must be an object"),
+        ("[1, 2]", "must be an object"),
+        ('{"levels": "x"}', "levels must be an object"),
+        ('{"attack": {"default": {"pps": "x"}}}', "attack.default.pps"),
+        ('{"mitigations": {"active": [1]}}', "mitigations.active[0]"),
+        ('{"attack": {"hold_s": NaN}}', "attack.hold_s"),
+    ],
+)
 def test_a_state_file_of_another_shape_is_one_error(env, monkeypatch, capsys, text, needle):
     _state_file(text)
-    monkeypatch.setattr(protection, "status", lambda name: [protection.StatusResult(
-        IF, 7, 1, "skb", ["198.18.0.2"], False, {"block": 0, "allow": 0}, [], {}, True)])
+    monkeypatch.setattr(
+        protection,
+        "status",
+        lambda name: [
+            protection.StatusResult(IF, 7, 1, "skb", ["198.18.0.2"], False, {"block": 0, "allow": 0}, [], {}, True)
+        ],
+    )
     for argv in (["events", "threshold", "show"], ["status"], ["status", "--json"]):
         assert run(argv) == 2, argv
         one_error(capsys, "state file", "is corrupt", needle)
@@ -293,12 +344,16 @@ def test_write_durably_refuses_a_device(tmp_path):
 # ---- 4. inputs that remove protection need --force ----
 
 
-@pytest.mark.parametrize("which, cidr", [("block", "0.0.0.0/0"), ("allow", "::/0"), ("allow", "0.0.0.0/0"),
-                                         ("block", "::/0")])
+@pytest.mark.parametrize(
+    "which, cidr", [("block", "0.0.0.0/0"), ("allow", "::/0"), ("allow", "0.0.0.0/0"), ("block", "::/0")]
+)
 def test_a_list_entry_for_every_address_needs_force(env, monkeypatch, capsys, recorded_calls, which, cidr):
     calls = []
-    monkeypatch.setattr(reconcile, "edit", lambda *a, **k: calls.append(a) or protection.ListChangeResult(
-        IF, which, "add", 1, 0, 0, [], []))
+    monkeypatch.setattr(
+        reconcile,
+        "edit",
+        lambda *a, **k: calls.append(a) or protection.ListChangeResult(IF, which, "add", 1, 0, 0, [], []),
+    )
     assert run([which, "add", "198.51.100.0/24", cidr]) == 2
     one_error(capsys, cidr, "--force")
     assert calls == [] and recorded_calls == [] and store_bytes() is None
@@ -319,8 +374,9 @@ def live_one(env, monkeypatch):
     realised = []
     monkeypatch.setattr(reconcile, "export_live", lambda: Desired((S0,)))
     monkeypatch.setattr(reconcile, "management_addresses", lambda: set())
-    monkeypatch.setattr(reconcile, "realise", lambda spec: realised.append(spec) or reconcile.RealiseResult(
-        spec.name, "changed", []))
+    monkeypatch.setattr(
+        reconcile, "realise", lambda spec: realised.append(spec) or reconcile.RealiseResult(spec.name, "changed", [])
+    )
     monkeypatch.setattr(reconcile, "_detach_quietly", lambda name: realised.append(("detach", name)) or [])
     return realised
 
@@ -338,8 +394,9 @@ def test_a_config_that_removes_every_protection_needs_force(live_one, capsys, tm
     assert store_bytes() is None and store.load_meta().generation == 1  # the generation stays, to go on from
 
 
-def test_apply_of_a_new_whole_family_entry_needs_force_but_export_apply_stays_a_no_op(live_one, monkeypatch,
-                                                                                      capsys, tmp_path):
+def test_apply_of_a_new_whole_family_entry_needs_force_but_export_apply_stays_a_no_op(
+    live_one, monkeypatch, capsys, tmp_path
+):
     f = tmp_path / "c.toml"
     f.write_text(BASE + 'allow = ["::/0"]\n')
     assert run(["apply", "-f", str(f)]) == 2
@@ -381,6 +438,7 @@ def test_a_failed_apply_does_not_move_the_generation_back(env, monkeypatch, tmp_
 
     def fail(spec):
         raise UserError("kernel said no")
+
     monkeypatch.setattr(reconcile, "realise", fail)
     monkeypatch.setattr(reconcile, "_detach_quietly", lambda name: [])
     seen = [store.load_meta().generation]
@@ -408,6 +466,7 @@ def test_apply_of_a_fifo_is_refused_without_blocking(env, capsys, tmp_path):
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             except OSError:
                 pass  # ENXIO: nobody is reading
+
     t = threading.Thread(target=unblock, daemon=True)
     t.start()
     try:

@@ -37,10 +37,21 @@ def test_vagrant_validate(tmp_path: Path, attacker: str):
     shutil.copy(VAGRANTFILE, tmp_path / "Vagrantfile")
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
-    env = {**os.environ, "XDPGUARD_ATTACKER": attacker, "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
-           "VAGRANT_CHECKPOINT_DISABLE": "1"}
-    p = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120, stdin=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "XDPGUARD_ATTACKER": attacker,
+        "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
+        "VAGRANT_CHECKPOINT_DISABLE": "1",
+    }
+    p = subprocess.run(
+        ["vagrant", "validate", "--ignore-provider"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "validated successfully" in p.stdout
     if attacker == "1":
@@ -55,8 +66,14 @@ SETUP = "config.vm.define.protector.vm.provision(setup)"
 def recorded(**env: str) -> dict:
     """The settings the Vagrantfile makes under `env` (XDPGUARD_* unset unless given)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("XDPGUARD_")}
-    p = subprocess.run(["ruby", str(RECORDER), str(VAGRANTFILE)], env={**clean, **env}, capture_output=True,
-                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        ["ruby", str(RECORDER), str(VAGRANTFILE)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
@@ -77,9 +94,13 @@ def test_defaults_are_todays_values():
 
 @needs_ruby
 def test_driver_network_box_and_wheels_from_the_environment():
-    s = recorded(XDPGUARD_LIBVIRT_DRIVER="qemu", XDPGUARD_LIBVIRT_MGMT_NET="198.18.121.0/24",
-                 XDPGUARD_LIBVIRT_MGMT_NAME="xg-mgmt", XDPGUARD_BOX="xdpguard/bookworm",
-                 XDPGUARD_WHEELS="/opt/xdpguard/wheels")
+    s = recorded(
+        XDPGUARD_LIBVIRT_DRIVER="qemu",
+        XDPGUARD_LIBVIRT_MGMT_NET="198.18.121.0/24",
+        XDPGUARD_LIBVIRT_MGMT_NAME="xg-mgmt",
+        XDPGUARD_BOX="xdpguard/bookworm",
+        XDPGUARD_WHEELS="/opt/xdpguard/wheels",
+    )
     assert s[LIBVIRT + "driver"] == "qemu"
     assert s[LIBVIRT + "cpu_mode"] == "custom" and s[LIBVIRT + "cpu_model"] == "max"  # TCG: no passthrough
     assert s[LIBVIRT + "management_network_address"] == "198.18.121.0/24"

@@ -37,8 +37,10 @@ def load(body: str):
 
 
 def test_watermark_tables_load_and_round_trip(key):
-    d = load(f'[[interface.address.watermark]]\nport = 7777\nkey_file = "{key}"\nstep = 10\nwindow = 64\n'
-             f'[[interface.address.watermark]]\nport = 53\nkey_file = "{key}"\n')
+    d = load(
+        f'[[interface.address.watermark]]\nport = 7777\nkey_file = "{key}"\nstep = 10\nwindow = 64\n'
+        f'[[interface.address.watermark]]\nport = 53\nkey_file = "{key}"\n'
+    )
     a = d.interfaces[0].addresses[0]
     assert [w.port for w in a.watermark] == [53, 7777]  # sorted by port
     assert a.watermark[1] == wm.WatermarkSpec(7777, key, step=10, window=64)
@@ -51,16 +53,19 @@ def test_watermark_tables_load_and_round_trip(key):
     assert len(ch) == 1 and "watermark" in ch[0].path
 
 
-@pytest.mark.parametrize("body, needle", [
-    ('port = 7\nkey_file = "k"', "absolute path"),
-    ('port = 7', "needs port and key_file"),
-    ('port = 0\nkey_file = "/k"', "port must be 1-65535"),
-    ('port = 7\nkey_file = "/k"\nwindow = 12', "window must be a multiple of 8"),
-    ('port = 7\nkey_file = "/k"\nwindow = 72', "window must be a multiple of 8"),
-    ('port = 7\nkey_file = "/k"\nstep = 0', "step must be"),
-    ('port = 7\nkey_file = "/k"\nskew = 99', "skew must be 0-16"),
-    ('port = 7\nkey_file = "/k"\nkey = "00"', "key"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ('port = 7\nkey_file = "k"', "absolute path"),
+        ("port = 7", "needs port and key_file"),
+        ('port = 0\nkey_file = "/k"', "port must be 1-65535"),
+        ('port = 7\nkey_file = "/k"\nwindow = 12', "window must be a multiple of 8"),
+        ('port = 7\nkey_file = "/k"\nwindow = 72', "window must be a multiple of 8"),
+        ('port = 7\nkey_file = "/k"\nstep = 0', "step must be"),
+        ('port = 7\nkey_file = "/k"\nskew = 99', "skew must be 0-16"),
+        ('port = 7\nkey_file = "/k"\nkey = "00"', "key"),
+    ],
+)
 def test_bad_watermark_tables_name_the_field(body, needle):
     with pytest.raises(config.ConfigError) as e:
         load("[[interface.address.watermark]]\n" + body + "\n")
@@ -69,16 +74,17 @@ def test_bad_watermark_tables_name_the_field(body, needle):
 
 def test_a_port_watermarked_twice_is_refused():
     with pytest.raises(config.ConfigError) as e:
-        load('[[interface.address.watermark]]\nport = 7\nkey_file = "/a"\n'
-             '[[interface.address.watermark]]\nport = 7\nkey_file = "/b"\n')
+        load(
+            '[[interface.address.watermark]]\nport = 7\nkey_file = "/a"\n'
+            '[[interface.address.watermark]]\nport = 7\nkey_file = "/b"\n'
+        )
     assert "udp/7 is watermarked twice" in e.value.message
 
 
 def test_record_and_show_never_hold_the_key(key):
     d = load(f'[[interface.address.watermark]]\nport = 7\nkey_file = "{key}"\n')
     rec = wm.record(d.interfaces[0].addresses)
-    assert rec == {"198.18.0.1": [{"port": 7, "key_file": key, "step": 30, "window": 32, "skew": 1,
-                                   "overlap": 300}]}
+    assert rec == {"198.18.0.1": [{"port": 7, "key_file": key, "step": 30, "window": 32, "skew": 1, "overlap": 300}]}
     w = d.interfaces[0].addresses[0].watermark[0]
     assert "00112233" not in repr(rec) and "00112233" not in w.describe()
     assert wm.fingerprint(bytes.fromhex("00112233445566778899aabbccddeeff")) in w.describe()
@@ -103,11 +109,14 @@ def test_rotation_keeps_the_old_key_for_the_overlap(key):
     assert wm.value(bytes(16), r, previous=bytes(range(16)), now=1121.0).pk0 == 0
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"0011", "16 bytes"),
-    (b"zz" * 16, "16 bytes"),
-    (b"", "16 bytes"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"0011", "16 bytes"),
+        (b"zz" * 16, "16 bytes"),
+        (b"", "16 bytes"),
+    ],
+)
 def test_cli_bad_key_files(tmp_path, capsys, content, needle):
     p = tmp_path / "bad.key"
     p.write_bytes(content)
@@ -118,10 +127,13 @@ def test_cli_bad_key_files(tmp_path, capsys, content, needle):
     assert store.load() == before
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["watermark", "enable", "7", "--key-file", "/nonexistent/k"], "/nonexistent/k"),
-    (["watermark", "rotate", "7"], "--key-file"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["watermark", "enable", "7", "--key-file", "/nonexistent/k"], "/nonexistent/k"),
+        (["watermark", "rotate", "7"], "--key-file"),
+    ],
+)
 def test_cli_bad_input(capsys, args, needle):
     assert run(args) == 2
     assert needle in one_line_error(capsys)

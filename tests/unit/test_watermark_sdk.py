@@ -70,10 +70,38 @@ def test_cli_mark_matches_the_module(tmp_path):
     k = tmp_path / "k"
     k.write_text(bytes(range(16)).hex())
     v = VEC["marks"][1]
-    out = subprocess.run([sys.executable, "-m", "xdpguard.sdk.watermark", "mark", "--key-file", str(k),
-                          "--port", str(v["port"]), "--now", str(v["now"]), v["data"]],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xdpguard.sdk.watermark",
+            "mark",
+            "--key-file",
+            str(k),
+            "--port",
+            str(v["port"]),
+            "--now",
+            str(v["now"]),
+            v["data"],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == v["datagram"]
-    bad = subprocess.run([sys.executable, "-m", "xdpguard.sdk.watermark", "mark", "--key-file", str(tmp_path / "no"),
-                          "--port", "7", "00"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xdpguard.sdk.watermark",
+            "mark",
+            "--key-file",
+            str(tmp_path / "no"),
+            "--port",
+            "7",
+            "00",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("watermark: error:") and "Traceback" not in bad.stderr

@@ -37,8 +37,14 @@ pytestmark = pytest.mark.skipif(not WANTED, reason="VM tier: set XDPGUARD_VM_TES
 
 
 def vm(*args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    p = subprocess.run(["bash", str(VM_SH), *args], capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    p = subprocess.run(
+        ["bash", str(VM_SH), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
     print(f"$ scripts/vm.sh {' '.join(args)}  -> {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
 
@@ -79,8 +85,15 @@ def test_guest_runs_debians_own_kernel(booted):
 
 
 def test_bpf_tier_inside_the_vm(booted):
-    p = vm("test", *VM_BPF, "-q", "-p", "no:cacheprovider", timeout=2700,
-           env={"CI": "true", "XDPGUARD_DIFF_EXAMPLES": VM_DIFF_EXAMPLES})
+    p = vm(
+        "test",
+        *VM_BPF,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        timeout=2700,
+        env={"CI": "true", "XDPGUARD_DIFF_EXAMPLES": VM_DIFF_EXAMPLES},
+    )
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     summary = p.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary) and "failed" not in summary and "error" not in summary, summary
@@ -89,7 +102,9 @@ def test_bpf_tier_inside_the_vm(booted):
 def test_toggle_through_native_xdp_on_virtio(booted):
     p = vm("smoke", timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "driver: virtio_net, XDP mode: xdp (native)" in p.stdout or \
-        "driver: virtio_net, XDP mode: xdpdrv (native)" in p.stdout, p.stdout
+    assert (
+        "driver: virtio_net, XDP mode: xdp (native)" in p.stdout
+        or "driver: virtio_net, XDP mode: xdpdrv (native)" in p.stdout
+    ), p.stdout
     assert "toggle: ok (arrives -> dropped -> arrives)" in p.stdout
     assert ", blocked 0/5," in p.stdout

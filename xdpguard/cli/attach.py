@@ -13,15 +13,30 @@ from .params import IFACE
 
 @click.command()
 @click.argument("iface", type=IFACE)
-@click.option("--protect", "protect", multiple=True, required=True, metavar="ADDR[,ADDR…]",
-              help="Protected destination address(es), IPv4 or IPv6. Other destinations pass untouched.")
-@click.option("--mode", type=click.Choice(["auto", "native", "skb"]), default="auto", show_default=True,
-              help="XDP mode; auto tries native and says so when it falls back to generic (skb).")
+@click.option(
+    "--protect",
+    "protect",
+    multiple=True,
+    required=True,
+    metavar="ADDR[,ADDR…]",
+    help="Protected destination address(es), IPv4 or IPv6. Other destinations pass untouched.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "native", "skb"]),
+    default="auto",
+    show_default=True,
+    help="XDP mode; auto tries native and says so when it falls back to generic (skb).",
+)
 @click.option("--monitor", is_flag=True, help="Count drops as would_drop and pass everything.")
 @click.option("--force", is_flag=True, help="Replace a foreign XDP program already on IFACE.")
-@click.option("--level", type=click.Choice(["loose", "normal", "strict", "none"]), default="normal",
-              show_default=True, help="Protection level of addresses new to xdpguard (see `xdpguard level`; "
-                                      "none: no limits until set).")
+@click.option(
+    "--level",
+    type=click.Choice(["loose", "normal", "strict", "none"]),
+    default="normal",
+    show_default=True,
+    help="Protection level of addresses new to xdpguard (see `xdpguard level`; none: no limits until set).",
+)
 @json_option
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the final C program and exit.")
 def attach(iface, protect, mode, monitor, force, level, ebpf):
@@ -29,13 +44,19 @@ def attach(iface, protect, mode, monitor, force, level, ebpf):
     if ebpf:
         click.echo(dataplane.render_source())
         return
-    return Result(reconcile.attach(iface, list(protect), mode=mode, monitor=monitor, force=force,
-                                   level=None if level == "none" else level), _attached)
+    return Result(
+        reconcile.attach(
+            iface, list(protect), mode=mode, monitor=monitor, force=force, level=None if level == "none" else level
+        ),
+        _attached,
+    )
 
 
 def _attached(c: Console, res: protection.AttachResult) -> None:
-    c.print(f"[green]attached[/] xdpguard to [bold]{res.iface}[/] (ifindex {res.ifindex}): "
-            f"prog id {res.prog_id}, mode [bold]{res.mode}[/]{', MONITOR' if res.monitor else ''}")
+    c.print(
+        f"[green]attached[/] xdpguard to [bold]{res.iface}[/] (ifindex {res.ifindex}): "
+        f"prog id {res.prog_id}, mode [bold]{res.mode}[/]{', MONITOR' if res.monitor else ''}"
+    )
     c.print(f"protecting {', '.join(res.protected)}; maps pinned under {res.pin_dir}")
     for n in res.notes:
         c.print(f"[yellow]note:[/] {n}")

@@ -19,13 +19,19 @@ def render(c: Console, res: verbs.CcResult) -> None:
         c.print("no HTTP services (declare them as [[interface.address.http]] and apply)", markup=False)
     for v in res.services:
         s = v.spec
-        c.print(f"{v.name}: {v.address} tcp/{v.port} on {v.iface}, level {v.level} -> {', '.join(s['backends'])}"
-                f" ({v.backends_up} up)", markup=False)
+        c.print(
+            f"{v.name}: {v.address} tcp/{v.port} on {v.iface}, level {v.level} -> {', '.join(s['backends'])}"
+            f" ({v.backends_up} up)",
+            markup=False,
+        )
         if s.get("domains"):
             c.print(f"  domains {', '.join(s['domains'])}", markup=False)
         for lim in s.get("limit", []):
-            c.print(f"  limit {lim['prefix']}: {lim['requests']} per {lim['window']} s -> {lim['action']}"
-                    f" (punish {lim['punish']} s)", markup=False)
+            c.print(
+                f"  limit {lim['prefix']}: {lim['requests']} per {lim['window']} s -> {lim['action']}"
+                f" (punish {lim['punish']} s)",
+                markup=False,
+            )
         for i, r in enumerate(s.get("rule", []), 1):
             conds = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in r.items() if k != "action")
             c.print(f"  rule {i}: {conds} -> {r['action']}", markup=False)
@@ -60,10 +66,20 @@ def level(service, level):
 @click.argument("prefix")
 @click.option("--requests", type=click.IntRange(1, 1_000_000), default=None, help="Requests per window per source.")
 @click.option("--window", type=click.IntRange(1, 3600), default=10, show_default=True, help="Window, seconds.")
-@click.option("--action", type=click.Choice(LIMIT_ACTIONS), default="deny", show_default=True,
-              help="What a source over the limit gets (deny answers 429).")
-@click.option("--punish", type=click.IntRange(0, 86_400), default=60, show_default=True,
-              help="Seconds the source keeps getting the action after its last offence.")
+@click.option(
+    "--action",
+    type=click.Choice(LIMIT_ACTIONS),
+    default="deny",
+    show_default=True,
+    help="What a source over the limit gets (deny answers 429).",
+)
+@click.option(
+    "--punish",
+    type=click.IntRange(0, 86_400),
+    default=60,
+    show_default=True,
+    help="Seconds the source keeps getting the action after its last offence.",
+)
 @click.option("--delete", is_flag=True, help="Remove the limit on PREFIX.")
 @json_option
 def limit(service, prefix, requests, window, action, punish, delete):
@@ -89,13 +105,38 @@ def limit(service, prefix, requests, window, action, punish, delete):
 @click.option("--absent-header", "absent_headers", multiple=True, help="Header name that must be absent.")
 @click.option("--delete", type=int, default=None, metavar="N", help="Remove rule N (as `cc show` numbers them).")
 @json_option
-def rule(service, action, methods, path_prefix, uri_regex, host, user_agent_regex, referer_regex, cookies, headers,
-         absent_headers, delete):
+def rule(
+    service,
+    action,
+    methods,
+    path_prefix,
+    uri_regex,
+    host,
+    user_agent_regex,
+    referer_regex,
+    cookies,
+    headers,
+    absent_headers,
+    delete,
+):
     """Add a precise rule to SERVICE (every condition given must hold), or --delete N."""
     if delete is not None:
         return Result(verbs.del_rule(service, delete), render)
     if action is None:
         raise click.UsageError("give --action allow|challenge|drop (or --delete N)")
-    return Result(verbs.add_rule(service, action=action, methods=methods, path_prefix=path_prefix, uri_regex=uri_regex,
-                                  host=host, user_agent_regex=user_agent_regex, referer_regex=referer_regex,
-                                  cookies=cookies, headers=headers, absent_headers=absent_headers), render)
+    return Result(
+        verbs.add_rule(
+            service,
+            action=action,
+            methods=methods,
+            path_prefix=path_prefix,
+            uri_regex=uri_regex,
+            host=host,
+            user_agent_regex=user_agent_regex,
+            referer_regex=referer_regex,
+            cookies=cookies,
+            headers=headers,
+            absent_headers=absent_headers,
+        ),
+        render,
+    )

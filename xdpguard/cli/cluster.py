@@ -23,8 +23,15 @@ from .limit import RATE
 from .output import Console, Result, console, json_option
 from .params import CONFIG_FILE, OUT_FILE, SecondsType
 
-config_option = click.option("--config", "config_path", type=CONFIG_FILE, default=str(config.DEFAULT_PATH), show_default=True,
-                             metavar="FILE", help="The node's config file with its [cluster] (and [bgp]) section.")
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=CONFIG_FILE,
+    default=str(config.DEFAULT_PATH),
+    show_default=True,
+    metavar="FILE",
+    help="The node's config file with its [cluster] (and [bgp]) section.",
+)
 
 
 @click.group()
@@ -34,8 +41,9 @@ def cluster():
 
 @cluster.command()
 @config_option
-@click.option("--duration", type=SecondsType(0.1), default=None, metavar="SECONDS",
-              help="Exit after SECONDS (tests, the lab).")
+@click.option(
+    "--duration", type=SecondsType(0.1), default=None, metavar="SECONDS", help="Exit after SECONDS (tests, the lab)."
+)
 def run(config_path, duration):
     """Run this node: realise the store's desired state, apply and spread bans, announce when healthy."""
     from xdpguard.core.cluster import node as cnode
@@ -53,7 +61,9 @@ def run(config_path, duration):
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where is it stuck?
-    c.print(f"node {desired.cluster.node} of cluster {desired.cluster.name}: store {', '.join(desired.cluster.endpoints)}")
+    c.print(
+        f"node {desired.cluster.node} of cluster {desired.cluster.name}: store {', '.join(desired.cluster.endpoints)}"
+    )
     agent.run(stop, duration)
     c.print("stopped (the kernel keeps enforcing what is realised)")
 
@@ -69,25 +79,37 @@ def status(config_path):
 
 
 def _status(c: Console, res: ops.ClusterStatus) -> None:
-    c.print(f"cluster {res.cluster}: store revision {res.revision}, desired state at {res.state_revision}; "
-            f"interfaces {', '.join(res.interfaces) or 'none'}; {res.bans} ban(s); "
-            f"{res.announcing} of {len(res.nodes)} node(s) announcing")
+    c.print(
+        f"cluster {res.cluster}: store revision {res.revision}, desired state at {res.state_revision}; "
+        f"interfaces {', '.join(res.interfaces) or 'none'}; {res.bans} ban(s); "
+        f"{res.announcing} of {len(res.nodes)} node(s) announcing"
+    )
     t = Table(box=None, pad_edge=False)
     for col in ("node", "applied", "sync", "health", "announce", "bgp", "bans"):
         t.add_column(col)
     for n in res.nodes:
         bgp = ", ".join(f"{k} {v.get('state', '?')}" for k, v in sorted(n.bgp.items())) or "-"
-        t.add_row(n.node, str(n.applied_revision), "yes" if n.in_sync else "[yellow]behind[/]",
-                  "ready" if n.ready else "[red]not ready[/]: " + "; ".join(n.reasons),
-                  ", ".join(n.announced) if n.announcing else "no", bgp, str(n.bans))
+        t.add_row(
+            n.node,
+            str(n.applied_revision),
+            "yes" if n.in_sync else "[yellow]behind[/]",
+            "ready" if n.ready else "[red]not ready[/]: " + "; ".join(n.reasons),
+            ", ".join(n.announced) if n.announcing else "no",
+            bgp,
+            str(n.bans),
+        )
     c.print(t)
     for n in res.nodes:
         if n.rejected or n.bans_failed:
-            c.print(f"[yellow]{n.node}: skipped {n.rejected} store value(s), {n.bans_failed} ban(s) not applied; "
-                    "see its log[/]")
+            c.print(
+                f"[yellow]{n.node}: skipped {n.rejected} store value(s), {n.bans_failed} ban(s) not applied; "
+                "see its log[/]"
+            )
         if n.escalation_leader:
-            c.print(f"upstream escalation decided by {n.node}: "
-                    + (", ".join(n.escalations) if n.escalations else "nothing announced"))
+            c.print(
+                f"upstream escalation decided by {n.node}: "
+                + (", ".join(n.escalations) if n.escalations else "nothing announced")
+            )
 
 
 @cluster.command("ban")
@@ -99,9 +121,13 @@ def ban_(addrs, ttl, config_path):
     """Ban source ADDRs on every node (through the store; on this node at once)."""
     from xdpguard.core.cluster import ops
 
-    return Result(ops.ban(ops.load(config_path), list(addrs), ttl), lambda c, res: c.print(
-        f"banned {', '.join(res.addresses)} for {ttl:g} s cluster-wide (store revision {res.revision})"
-        + (f"; here on {', '.join(res.local)} at once" if res.local else "")))
+    return Result(
+        ops.ban(ops.load(config_path), list(addrs), ttl),
+        lambda c, res: c.print(
+            f"banned {', '.join(res.addresses)} for {ttl:g} s cluster-wide (store revision {res.revision})"
+            + (f"; here on {', '.join(res.local)} at once" if res.local else "")
+        ),
+    )
 
 
 @cluster.command()
@@ -130,15 +156,24 @@ def apply(file, prune, config_path):
     """Make FILE's [[interface]] sections the cluster's desired state (every node realises them)."""
     from xdpguard.core.cluster import ops
 
-    return Result(ops.apply(ops.load(config_path), file, prune), lambda c, res: c.print(
-        f"stored {', '.join(res.interfaces)}" + (f", removed {', '.join(res.removed)}" if res.removed else "")
-        + f" (store revision {res.revision})"))
+    return Result(
+        ops.apply(ops.load(config_path), file, prune),
+        lambda c, res: c.print(
+            f"stored {', '.join(res.interfaces)}"
+            + (f", removed {', '.join(res.removed)}" if res.removed else "")
+            + f" (store revision {res.revision})"
+        ),
+    )
 
 
 @cluster.command("bird-config")
 @config_option
-@click.option("--withdrawn/--announced", default=True, show_default=True,
-              help="Render with the protective addresses withdrawn (as `cluster run` starts) or announced.")
+@click.option(
+    "--withdrawn/--announced",
+    default=True,
+    show_default=True,
+    help="Render with the protective addresses withdrawn (as `cluster run` starts) or announced.",
+)
 @click.option("--output", type=OUT_FILE, default=None, help="Write to FILE instead of stdout.")
 def bird_config(config_path, withdrawn, output):
     """Print the BIRD config `cluster run` manages (to start BIRD with)."""

@@ -19,8 +19,11 @@ def render(c: Console, res: connlimit.ConnLimitResult) -> None:
         c.print(f"no connection limits on {res.iface}")
     for addr, lim in res.limits.items():
         parts = [f"{k.replace('_', '-')} {v}" for k, v in lim.items() if v and k != "ban_s"]
-        c.print(f"{res.iface} {addr}: {', '.join(parts)}; offenders banned in XDP for {lim.get('ban_s')} s "
-                "(with `xdpguard run`)", markup=False)
+        c.print(
+            f"{res.iface} {addr}: {', '.join(parts)}; offenders banned in XDP for {lim.get('ban_s')} s "
+            "(with `xdpguard run`)",
+            markup=False,
+        )
 
 
 @click.group(name="connlimit")
@@ -32,17 +35,34 @@ def connlimit_():
 @click.option("--new-per-source", type=_N, default=0, metavar="N", help="New connections/s per source.")
 @click.option("--concurrent-per-source", type=_N, default=0, metavar="N", help="Open connections per source.")
 @click.option("--new-total", type=_N, default=0, metavar="N", help="New connections/s to a service, all sources.")
-@click.option("--conntrack-budget", type=_N, default=0, metavar="N",
-              help="Conntrack entries of a service, all sources (a spoofed flood cannot fill the table).")
-@click.option("--udp-timeout", "udp_timeout_s", type=click.IntRange(0, 3600), default=0, metavar="SECONDS",
-              help="UDP: conntrack timeout of an unanswered flow (answered: twice that).")
-@click.option("--ban", "ban_s", type=click.IntRange(1, 86400), default=60, show_default=True, metavar="SECONDS",
-              help="Sources over a per-source limit are banned in XDP this long (by `xdpguard run`).")
+@click.option(
+    "--conntrack-budget",
+    type=_N,
+    default=0,
+    metavar="N",
+    help="Conntrack entries of a service, all sources (a spoofed flood cannot fill the table).",
+)
+@click.option(
+    "--udp-timeout",
+    "udp_timeout_s",
+    type=click.IntRange(0, 3600),
+    default=0,
+    metavar="SECONDS",
+    help="UDP: conntrack timeout of an unanswered flow (answered: twice that).",
+)
+@click.option(
+    "--ban",
+    "ban_s",
+    type=click.IntRange(1, 86400),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="Sources over a per-source limit are banned in XDP this long (by `xdpguard run`).",
+)
 @protected_option
 @iface_option
 @json_option
-def set_(new_per_source, concurrent_per_source, new_total, conntrack_budget, udp_timeout_s, ban_s, protected,
-         iface):
+def set_(new_per_source, concurrent_per_source, new_total, conntrack_budget, udp_timeout_s, ban_s, protected, iface):
     """Replace the connection limits of every forwarded service of the address(es)."""
     try:
         lim = nat.ConnLimits(new_per_source, concurrent_per_source, new_total, conntrack_budget, udp_timeout_s, ban_s)

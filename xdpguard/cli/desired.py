@@ -22,8 +22,15 @@ def config_path(path: str | None) -> str:
     return p
 
 
-_file = click.option("-f", "--file", "path", type=CONFIG_FILE, default=None, metavar="FILE",
-                     help="Config file (default $XDPGUARD_CONFIG or /etc/xdpguard/xdpguard.toml).")
+_file = click.option(
+    "-f",
+    "--file",
+    "path",
+    type=CONFIG_FILE,
+    default=None,
+    metavar="FILE",
+    help="Config file (default $XDPGUARD_CONFIG or /etc/xdpguard/xdpguard.toml).",
+)
 
 
 def _render(c: Console, res: reconcile.ApplyResult) -> None:
@@ -47,8 +54,12 @@ def _render(c: Console, res: reconcile.ApplyResult) -> None:
 @click.command()
 @_file
 @click.option("--dry-run", is_flag=True, help="Show the diff only (same as `xdpguard diff`).")
-@click.option("--force", is_flag=True, help="Allow protecting this host's management address, a config that removes "
-              "every interface's protection (empty or comments only), and new 0.0.0.0/0 or ::/0 list entries.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow protecting this host's management address, a config that removes "
+    "every interface's protection (empty or comments only), and new 0.0.0.0/0 or ::/0 list entries.",
+)
 @json_option
 def apply(path, dry_run, force):
     """Make this box match a config file: print the diff, then apply it (all or nothing)."""
@@ -64,8 +75,14 @@ def diff(path):
 
 
 @click.command()
-@click.option("-o", "--output", "out", type=OUT_FILE, default=None,
-              help="Write to FILE (default: stdout); a new file, or an existing one with --overwrite.")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=OUT_FILE,
+    default=None,
+    help="Write to FILE (default: stdout); a new file, or an existing one with --overwrite.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the file of -o if it exists (atomically).")
 @json_option
 def export(out, overwrite):
@@ -111,7 +128,9 @@ def _upgraded(c: Console, results: list) -> None:
         if r.action == "current":
             c.print(f"{r.iface}: prog id {r.prog_id} is this version already; nothing to do")
         else:
-            c.print(f"{r.iface}: upgraded prog id {r.old_prog_id} -> {r.prog_id} atomically; {r.maps_kept} maps "
-                    f"kept as they were" + (f", new maps {', '.join(r.maps_new)}" if r.maps_new else ""))
+            c.print(
+                f"{r.iface}: upgraded prog id {r.old_prog_id} -> {r.prog_id} atomically; {r.maps_kept} maps "
+                f"kept as they were" + (f", new maps {', '.join(r.maps_new)}" if r.maps_new else "")
+            )
             for n in r.notes:
                 c.print(f"  {n}")

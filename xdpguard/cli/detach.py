@@ -20,6 +20,8 @@ def detach(iface):
 
 def _detached(c: Console, res: protection.DetachResult) -> None:
     if res.prog_id is not None:
-        c.print(f"[green]detached[/] xdpguard from [bold]{res.iface}[/] (prog id {res.prog_id}); pins and state removed")
+        c.print(
+            f"[green]detached[/] xdpguard from [bold]{res.iface}[/] (prog id {res.prog_id}); pins and state removed"
+        )
     for n in res.notes:
         c.print(f"note: {n}")

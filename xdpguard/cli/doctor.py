@@ -14,10 +14,14 @@ _STYLE = {core.OK: "[green]OK  [/]", core.WARN: "[yellow]WARN[/]", core.FAIL: "[
 
 
 @click.command()
-@click.option("--iface", "-i", type=IFACE, default=None,
-              help="Also check this interface (driver, LRO, MTU, queues, native XDP).")
-@click.option("--try-attach", is_flag=True,
-              help="Try a native XDP attach on --iface even in the host namespace (never on the default-route interface).")
+@click.option(
+    "--iface", "-i", type=IFACE, default=None, help="Also check this interface (driver, LRO, MTU, queues, native XDP)."
+)
+@click.option(
+    "--try-attach",
+    is_flag=True,
+    help="Try a native XDP attach on --iface even in the host namespace (never on the default-route interface).",
+)
 @json_option
 def doctor(iface, try_attach):
     """Check kernel, BTF, bpffs, headers, bcc, nftables (and --iface); exit 1 on any FAIL."""
@@ -27,5 +31,7 @@ def doctor(iface, try_attach):
 
 def _checks(c: Console, rep: core.DoctorReport) -> None:
     for chk in rep.checks:
-        c.print(f"{_STYLE[chk.status]} {chk.name:<15} {chk.detail}" + (f"\n     fix: {chk.fix}" if chk.fix and
-                                                                         chk.status != core.OK else ""))
+        c.print(
+            f"{_STYLE[chk.status]} {chk.name:<15} {chk.detail}"
+            + (f"\n     fix: {chk.fix}" if chk.fix and chk.status != core.OK else "")
+        )

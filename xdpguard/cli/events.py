@@ -18,7 +18,6 @@ from .output import Console, Result, human_bytes, json_option as _json
 from .params import HOOK, IFACE, RATE, TEXT, SecondsType, iface_option as _iface
 
 
-
 @click.group(invoke_without_command=True)
 @click.option("--iface", "-i", "iface_filter", type=IFACE, default=None, help="Only events of this interface.")
 @click.option("--limit", type=click.IntRange(1, None), default=50, show_default=True, help="Most recent N events.")
@@ -40,10 +39,16 @@ def _table(c: Console, evs: list[dict]) -> None:
         t.add_column(col, no_wrap=col not in ("reasons", "sources"))
     for e in evs:
         fmt = lambda ts: "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))  # noqa: E731
-        t.add_row(fmt(e.get("start")), "open" if e.get("end") is None else fmt(e.get("end")), e.get("iface", ""),
-                  e.get("protected", ""), f"{e.get('peak_pps', 0):.0f}", human_bytes(e.get("peak_bps", 0) / 8) + "/s",
-                  ", ".join(f"{r} {n}" for r, n in e.get("top_reasons", [])[:3]),
-                  ", ".join(s for s, _ in e.get("top_sources", [])[:3]))
+        t.add_row(
+            fmt(e.get("start")),
+            "open" if e.get("end") is None else fmt(e.get("end")),
+            e.get("iface", ""),
+            e.get("protected", ""),
+            f"{e.get('peak_pps', 0):.0f}",
+            human_bytes(e.get("peak_bps", 0) / 8) + "/s",
+            ", ".join(f"{r} {n}" for r, n in e.get("top_reasons", [])[:3]),
+            ", ".join(s for s, _ in e.get("top_sources", [])[:3]),
+        )
     c.print(t)
 
 
@@ -58,8 +63,9 @@ def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
     for v in values:
         name, _, rest = v.partition("=")
         if name not in drops or not rest:
-            raise click.BadParameter(f"'{v}': use REASON=PPS[/BPS] with a drop reason ({', '.join(sorted(drops))})",
-                                     param_hint="--reason")
+            raise click.BadParameter(
+                f"'{v}': use REASON=PPS[/BPS] with a drop reason ({', '.join(sorted(drops))})", param_hint="--reason"
+            )
         pps, _, bps = rest.partition("/")
         try:
             out[name] = (vocab.parse_rate(pps, "--reason pps"), vocab.parse_rate(bps or "0", "--reason bps"))
@@ -69,17 +75,30 @@ def _reason_opt(values: tuple[str, ...]) -> dict[str, tuple[float, float]]:
 
 
 @threshold.command("set")
-@click.option("--protected", type=TEXT, default=None, metavar="ADDR",
-              help="Only this protected address (default: all).")
+@click.option(
+    "--protected", type=TEXT, default=None, metavar="ADDR", help="Only this protected address (default: all)."
+)
 @click.option("--pps", type=RATE, default=None, help="All packets/s to the address (k, M, G suffixes; 0 = off).")
 @click.option("--bps", type=RATE, default=None, help="All bits/s to the address.")
 @click.option("--drop-pps", type=RATE, default=None, help="Dropped packets/s.")
 @click.option("--drop-bps", type=RATE, default=None, help="Dropped bits/s.")
-@click.option("--reason", "reasons", type=TEXT, multiple=True, metavar="REASON=PPS[/BPS]", help="Per drop reason (repeatable).")
-@click.option("--hold", type=SecondsType(0, 86400), default=None, metavar="SECONDS",
-              help="An event closes after SECONDS below every threshold.")
-@click.option("--hook", type=HOOK, default=None, metavar="COMMAND",
-              help="Run COMMAND (no shell) on event start and end, with the event JSON on stdin ('' = none).")
+@click.option(
+    "--reason", "reasons", type=TEXT, multiple=True, metavar="REASON=PPS[/BPS]", help="Per drop reason (repeatable)."
+)
+@click.option(
+    "--hold",
+    type=SecondsType(0, 86400),
+    default=None,
+    metavar="SECONDS",
+    help="An event closes after SECONDS below every threshold.",
+)
+@click.option(
+    "--hook",
+    type=HOOK,
+    default=None,
+    metavar="COMMAND",
+    help="Run COMMAND (no shell) on event start and end, with the event JSON on stdin ('' = none).",
+)
 @_iface
 @_json
 def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, iface):
@@ -93,8 +112,9 @@ def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, 
         with protection.open_guard(st_iface.name) as g:
             addrs = [str(a) for a in g.protected_addrs()]
         if protected not in addrs:
-            raise UserError(f"{protected} is not a protected address of {st_iface.name} "
-                            f"(protected: {', '.join(addrs) or 'none'})")
+            raise UserError(
+                f"{protected} is not a protected address of {st_iface.name} (protected: {', '.join(addrs) or 'none'})"
+            )
 
     def update(cfg: core.EventConfig) -> core.EventConfig:
         cur = cfg.addresses.get(protected, cfg.default) if protected else cfg.default
@@ -103,15 +123,17 @@ def threshold_set(protected, pps, bps, drop_pps, drop_bps, reasons, hold, hook, 
             cur.bps if bps is None else bps,
             cur.drop_pps if drop_pps is None else drop_pps,
             cur.drop_bps if drop_bps is None else drop_bps,
-            {**cur.reasons, **extra})
+            {**cur.reasons, **extra},
+        )
         addrs = dict(cfg.addresses)
         default = cfg.default
         if protected:
             addrs[protected] = new
         else:
             default = new
-        return core.EventConfig(default, addrs, cfg.hold_s if hold is None else hold,
-                                cfg.hook if hook is None else (hook or None))
+        return core.EventConfig(
+            default, addrs, cfg.hold_s if hold is None else hold, cfg.hook if hook is None else (hook or None)
+        )
 
     cfg = imperative.set_event_config(st_iface, update)
     return _show(cfg, st_iface.name)
@@ -145,5 +167,7 @@ def _thresholds(c: Console, cfg: core.EventConfig, name: str) -> None:
     c.print(f"attack thresholds of {name} (0 = off), hold {cfg.hold_s:g} s, hook {cfg.hook or '-'}")
     for who, t in [("default", cfg.default), *sorted(cfg.addresses.items())]:
         rs = ", ".join(f"{r} {p:g} pps/{b:g} bps" for r, (p, b) in sorted(t.reasons.items()))
-        c.print(f"  {who}: pps {t.pps:g}, bps {t.bps:g}, drop pps {t.drop_pps:g}, drop bps {t.drop_bps:g}"
-                + (f"; {rs}" if rs else ""))
+        c.print(
+            f"  {who}: pps {t.pps:g}, bps {t.bps:g}, drop pps {t.drop_pps:g}, drop bps {t.drop_bps:g}"
+            + (f"; {rs}" if rs else "")
+        )

@@ -35,8 +35,12 @@ def filter_():
 
 
 @filter_.command("add")
-@click.option("--proto", type=click.Choice(sorted(vocab.FILTER_PROTOS), case_sensitive=False), default=None,
-              help="Only this protocol (icmp matches ICMPv6 too).")
+@click.option(
+    "--proto",
+    type=click.Choice(sorted(vocab.FILTER_PROTOS), case_sensitive=False),
+    default=None,
+    help="Only this protocol (icmp matches ICMPv6 too).",
+)
 @click.option("--sport", metavar="R", help="Source port or range (TCP/UDP).")
 @click.option("--dport", metavar="R", help="Destination port or range (TCP/UDP).")
 @click.option("--len", "length", metavar="R", help="Frame length range in bytes, as XDP sees it.")
@@ -44,11 +48,20 @@ def filter_():
 @click.option("--tcp-flags", metavar="FLAGS", help="e.g. 'syn,!ack': SYN set and ACK clear, others any.")
 @click.option("--payload", metavar="HEX", help=f"Up to {abi.PAYLOAD_MATCH_MAX} bytes to match.")
 @click.option("--mask", metavar="HEX", help="Mask for --payload (default all ones), as long as it.")
-@click.option("--base", type=click.Choice(list(policy.BASES)), default="payload", show_default=True,
-              help="Where --offset counts from.")
+@click.option(
+    "--base",
+    type=click.Choice(list(policy.BASES)),
+    default="payload",
+    show_default=True,
+    help="Where --offset counts from.",
+)
 @click.option("--offset", type=int, default=0, show_default=True, help="Byte offset of --payload from --base.")
-@click.option("--action", type=click.Choice(list(policy.ACTIONS)), required=True,
-              help="drop; pass (skip rate limits and the SYN defence); drop-ban (and ban the source).")
+@click.option(
+    "--action",
+    type=click.Choice(list(policy.ACTIONS)),
+    required=True,
+    help="drop; pass (skip rate limits and the SYN defence); drop-ban (and ban the source).",
+)
 @click.option("--ban", "ban_s", type=int, default=0, metavar="SECONDS", help="Ban length for drop-ban.")
 @click.option("--position", type=int, default=None, metavar="N", help="Insert as filter N (1 = first; default last).")
 @iface_option
@@ -60,12 +73,19 @@ def add(proto, sport, dport, length, ttl, tcp_flags, payload, mask, base, offset
     if mask and not payload:
         raise UserError("--mask needs --payload")
     flt = policy.Filter(
-        action=action, proto=proto.lower() if proto else None,
-        sport=parse_range("--sport", sport, (0, 65535)), dport=parse_range("--dport", dport, (0, 65535)),
-        length=parse_range("--len", length, (0, 65535)), ttl=parse_range("--ttl", ttl, (0, 255)),
+        action=action,
+        proto=proto.lower() if proto else None,
+        sport=parse_range("--sport", sport, (0, 65535)),
+        dport=parse_range("--dport", dport, (0, 65535)),
+        length=parse_range("--len", length, (0, 65535)),
+        ttl=parse_range("--ttl", ttl, (0, 255)),
         tcp_flags=policy.parse_tcp_flags(tcp_flags) if tcp_flags else (0, 0),
-        payload=parse_hex("--payload", payload), payload_mask=parse_hex("--mask", mask),
-        payload_base=base, payload_off=offset, ban_s=ban_s)
+        payload=parse_hex("--payload", payload),
+        payload_mask=parse_hex("--mask", mask),
+        payload_base=base,
+        payload_off=offset,
+        ban_s=ban_s,
+    )
     if flt.tcp_flags[0] and flt.proto not in (None, "tcp"):
         raise UserError("--tcp-flags only match TCP; drop --proto or use --proto tcp")
     return Result(imperative.filter_add(iface, flt, position), render)

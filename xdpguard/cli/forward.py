@@ -15,8 +15,12 @@ from xdpguard.core.verbs import imperative
 from .output import Console, Result, human_bytes, json_option as _json
 from .params import iface_option as _iface
 
-_protected = click.option("--protected", default=None, metavar="ADDR",
-                          help="Protected address (default: the interface's only one of the backends' family).")
+_protected = click.option(
+    "--protected",
+    default=None,
+    metavar="ADDR",
+    help="Protected address (default: the interface's only one of the backends' family).",
+)
 _proto = click.argument("proto", type=click.Choice(["tcp", "udp"]))
 _range = click.argument("ports", metavar="PORT[-PORT]")
 
@@ -36,23 +40,49 @@ def forward():
 @forward.command("add")
 @_proto
 @_range
-@click.option("--to", "to", required=True, metavar="HOST:PORT[,HOST:PORT…]",
-              help="Backends; IPv6 as [ADDR]:PORT; without a port the destination port is kept.")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="HOST:PORT[,HOST:PORT…]",
+    help="Backends; IPv6 as [ADDR]:PORT; without a port the destination port is kept.",
+)
 @click.option("--weight", "weights", default=None, metavar="W[,W…]", help="One weight per backend (default 1).")
 @click.option("--backup", default=None, metavar="HOST:PORT[,…]", help="Used only when every backend is down.")
-@click.option("--persist", "persist_s", type=click.IntRange(0, None), default=0, metavar="SECONDS",
-              help="Keep a client on its backend for SECONDS after its last new connection.")
-@click.option("--preserve-client-ip", is_flag=True,
-              help="Routed mode: no SNAT; backends see the client address and must route back via us.")
+@click.option(
+    "--persist",
+    "persist_s",
+    type=click.IntRange(0, None),
+    default=0,
+    metavar="SECONDS",
+    help="Keep a client on its backend for SECONDS after its last new connection.",
+)
+@click.option(
+    "--preserve-client-ip",
+    is_flag=True,
+    help="Routed mode: no SNAT; backends see the client address and must route back via us.",
+)
 @click.option("--udp-probe", default=None, metavar="HEX", help="Health-check payload of a udp rule (default 'ping').")
 @_protected
 @_iface
 @_json
 def add(proto, ports, to, weights, backup, persist_s, preserve_client_ip, udp_probe, protected, iface):
     """Forward PROTO PORT[-PORT] of the protected address to --to backends."""
-    return Result(imperative.forward_add(proto, ports, to, ifname=iface, protected=protected, weights=weights,
-                                         backup=backup, persist_s=persist_s, preserve_client_ip=preserve_client_ip,
-                                         udp_probe=udp_probe), _report)
+    return Result(
+        imperative.forward_add(
+            proto,
+            ports,
+            to,
+            ifname=iface,
+            protected=protected,
+            weights=weights,
+            backup=backup,
+            persist_s=persist_s,
+            preserve_client_ip=preserve_client_ip,
+            udp_probe=udp_probe,
+        ),
+        _report,
+    )
 
 
 @forward.command("del")
@@ -79,10 +109,18 @@ def _rules(c: Console, res: core.ForwardListResult) -> None:
         c.print("no forwarding rules")
         return
     for r in res.rules:
-        opts = [o for o in (f"persist {r.persist_s}s" if r.persist_s else "",
-                            "client ip kept" if r.preserve_client_ip else "",
-                            f"udp probe {r.udp_probe}" if r.udp_probe else "") if o]
-        c.print(f"{r.key} on {r.iface}: {r.packets} packets, {human_bytes(r.bytes)}"
-                + (f"  ({', '.join(opts)})" if opts else ""))
+        opts = [
+            o
+            for o in (
+                f"persist {r.persist_s}s" if r.persist_s else "",
+                "client ip kept" if r.preserve_client_ip else "",
+                f"udp probe {r.udp_probe}" if r.udp_probe else "",
+            )
+            if o
+        ]
+        c.print(
+            f"{r.key} on {r.iface}: {r.packets} packets, {human_bytes(r.bytes)}"
+            + (f"  ({', '.join(opts)})" if opts else "")
+        )
         for b in r.backends:
             c.print(f"  {b.endpoint}  weight {b.weight}{'  backup' if b.backup else ''}  {b.health}")

@@ -12,8 +12,9 @@ from .output import Console, Result, json_option
 from .params import TEXT, iface_option, protected_option
 
 _codes = click.argument("countries", nargs=-1, required=True, type=TEXT, metavar="COUNTRY...")
-_force = click.option("--force", is_flag=True,
-                      help="Allow a rule that drops this host's management address (by its country).")
+_force = click.option(
+    "--force", is_flag=True, help="Allow a rule that drops this host's management address (by its country)."
+)
 
 
 def render(c: Console, res: georules.GeoResult) -> None:
@@ -38,11 +39,13 @@ def _verb(action: str, doc: str):
     @json_option
     def cmd(countries, protected, iface, force):
         return Result(georules.change(iface, action, list(countries), protected, force=force), render)
+
     return cmd
 
 
-_verb("block", "Drop sources in COUNTRY... (ISO 3166-1 codes, e.g. CN RU); under an `only` rule: stop "
-               "letting them pass.")
+_verb(
+    "block", "Drop sources in COUNTRY... (ISO 3166-1 codes, e.g. CN RU); under an `only` rule: stop letting them pass."
+)
 _verb("allow", "Let sources in COUNTRY... pass again; under an `only` rule: add them to those that pass.")
 _verb("only", "Drop every source NOT in COUNTRY... (unknown sources too): for a business in one country.")
 

@@ -16,8 +16,10 @@ def render(c: Console, res: levelset.LevelResult) -> None:
         if a.level is None:
             c.print(f"{res.iface} {a.protected}: no level", markup=False)
         else:
-            c.print(f"{res.iface} {a.protected}: {a.level}{' (adjusted since)' if a.adjusted else ''}: {a.preset}",
-                    markup=False)
+            c.print(
+                f"{res.iface} {a.protected}: {a.level}{' (adjusted since)' if a.adjusted else ''}: {a.preset}",
+                markup=False,
+            )
 
 
 @click.command(name="level")

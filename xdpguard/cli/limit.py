@@ -18,8 +18,13 @@ from .params import COUNT, TEXT, iface_option, protected_option
 
 RATE = COUNT  # limits are whole numbers (packets, bytes, seconds)
 
-_port = click.option("--port", type=TEXT, default=None, metavar="PROTO:PORT[-PORT]",
-                     help="Only these ports (tcp:80, udp:27015-27020): per-port limits.")
+_port = click.option(
+    "--port",
+    type=TEXT,
+    default=None,
+    metavar="PROTO:PORT[-PORT]",
+    help="Only these ports (tcp:80, udp:27015-27020): per-port limits.",
+)
 
 
 def describe_limits(d: dict) -> str:
@@ -62,18 +67,53 @@ def limit():
 @click.option("--dst-burst", type=RATE, default=0, help="Its bucket depth, packets.")
 @click.option("--syn-src-pps", type=RATE, default=0, help="TCP SYNs/s per source (drop reason `syn`).")
 @click.option("--syn-src-burst", type=RATE, default=0, help="Its bucket depth, SYNs.")
-@click.option("--unknown-share", "unknown_share", type=RATE, default=0, metavar="PCT",
-              help="With --dst-pps: sources not known-good may use only PCT % of the bucket (1-99; "
-                   "drop reason `unknown`); the rest is kept for known-good clients. 0: off.")
-@click.option("--ban", "ban_s", type=RATE, default=0, metavar="SECONDS",
-              help="Ban a source exceeding a per-source rate for SECONDS (drop reason `banned`).")
+@click.option(
+    "--unknown-share",
+    "unknown_share",
+    type=RATE,
+    default=0,
+    metavar="PCT",
+    help="With --dst-pps: sources not known-good may use only PCT % of the bucket (1-99; "
+    "drop reason `unknown`); the rest is kept for known-good clients. 0: off.",
+)
+@click.option(
+    "--ban",
+    "ban_s",
+    type=RATE,
+    default=0,
+    metavar="SECONDS",
+    help="Ban a source exceeding a per-source rate for SECONDS (drop reason `banned`).",
+)
 @iface_option
 @json_option
-def set_(protected, port, src_pps, src_burst, src_bps, src_burst_bytes, dst_pps, dst_burst, syn_src_pps,
-         syn_src_burst, unknown_share, ban_s, iface):
+def set_(
+    protected,
+    port,
+    src_pps,
+    src_burst,
+    src_bps,
+    src_burst_bytes,
+    dst_pps,
+    dst_burst,
+    syn_src_pps,
+    syn_src_burst,
+    unknown_share,
+    ban_s,
+    iface,
+):
     """Replace the limits of the protected address(es), or of their --port, with these rates."""
-    lim = policy.Limits(src_pps, src_burst, src_bps, src_burst_bytes, dst_pps, dst_burst, syn_src_pps,
-                        syn_src_burst, ban_s, unknown_share)
+    lim = policy.Limits(
+        src_pps,
+        src_burst,
+        src_bps,
+        src_burst_bytes,
+        dst_pps,
+        dst_burst,
+        syn_src_pps,
+        syn_src_burst,
+        ban_s,
+        unknown_share,
+    )
     return Result(imperative.limit_set(iface, lim, protected, port), render)
 
 

@@ -32,9 +32,18 @@ def _report(c: Console, res: protection.ListChangeResult) -> None:
 
 def make_group(which: str) -> click.Group:
     iface_opt, json_opt = iface_option, json_option
-    force_opt = click.option("--force", is_flag=True, help=(
-        "Take an entry for every address of a family (0.0.0.0/0, ::/0): "
-        + ("it drops all traffic to the protected addresses." if which == "block" else "it turns the protection off.")))
+    force_opt = click.option(
+        "--force",
+        is_flag=True,
+        help=(
+            "Take an entry for every address of a family (0.0.0.0/0, ::/0): "
+            + (
+                "it drops all traffic to the protected addresses."
+                if which == "block"
+                else "it turns the protection off."
+            )
+        ),
+    )
 
     @click.group(name=which, help=_HELP[which])
     def group():
@@ -68,8 +77,12 @@ def make_group(which: str) -> click.Group:
         """Load FILE: one CIDR per line, '#' comments, v4 and v6 mixed. All or nothing."""
         return Result(imperative.list_load(which, iface, file, ttl, force=force), _report)
 
-    dynamic_opt = click.option("--dynamic", is_flag=True, hidden=which != "block",
-                               help="Show the dynamic bans instead (as `xdpguard ban list`).")
+    dynamic_opt = click.option(
+        "--dynamic",
+        is_flag=True,
+        hidden=which != "block",
+        help="Show the dynamic bans instead (as `xdpguard ban list`).",
+    )
 
     @group.command("list")
     @iface_opt
@@ -83,6 +96,7 @@ def make_group(which: str) -> click.Group:
             from xdpguard.core.verbs import cleansing
 
             from .ban import render as render_bans
+
             return Result(cleansing.ban_list(iface), render_bans)
         return Result(protection.list_show(which, iface), _entries)
 

@@ -31,9 +31,11 @@ ENVIRONMENT = {
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="\b\nEnvironment (no other variable is read; options are not set from the environment):\n"
-                    + "\n".join(f"  {k:<22} {v}" for k, v in ENVIRONMENT.items()))
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="\b\nEnvironment (no other variable is read; options are not set from the environment):\n"
+    + "\n".join(f"  {k:<22} {v}" for k, v in ENVIRONMENT.items()),
+)
 @click.version_option(__version__, "--version", prog_name="xdpguard")
 def cli() -> None:
     """xdpguard: a DDoS protective IP. XDP drops attack traffic at line rate; clean traffic
@@ -57,32 +59,49 @@ def _register() -> None:
     cli.add_command(desired.export)
     cli.add_command(desired.upgrade)
     from . import capture, events, stats, top  # observability (issue 5)
+
     cli.add_command(top.top)
     cli.add_command(stats.stats)
     cli.add_command(events.events)
     cli.add_command(capture.capture)
     from . import report  # attack reports (issue 11)
+
     cli.add_command(report.report)
     cli.add_command(lab.lab)
     cli.add_command(doctor.doctor)
     from . import cluster  # many nodes, one protective IP (issue 12)
+
     cli.add_command(cluster.cluster)
     from . import ban, filter, fragments, limit, monitor, proto, reflection, syn  # cleansing (issue 4)
-    for group in (limit.limit, proto.proto, reflection.reflection, filter.filter_, syn.syn, monitor.monitor,
-                  fragments.fragments, ban.ban):
+
+    for group in (
+        limit.limit,
+        proto.proto,
+        reflection.reflection,
+        filter.filter_,
+        syn.syn,
+        monitor.monitor,
+        fragments.fragments,
+        ban.ban,
+    ):
         cli.add_command(group)
     from . import connlimit, level, mitigations  # automatic mitigation, levels, connection limits (issue 13)
+
     cli.add_command(mitigations.mitigations)
     cli.add_command(level.level)
     from . import cc  # HTTP services behind HAProxy (issue 29)
+
     cli.add_command(cc.cc)
     cli.add_command(connlimit.connlimit_)
     from . import verify  # verified clients, admission budgets (issue 25)
+
     cli.add_command(verify.verify)
     from . import geo, origin  # region blocking, the hidden real server (issue 28)
+
     cli.add_command(geo.geo)
     cli.add_command(origin.origin_rules)
     from . import watermark  # the UDP watermark (issue 28 part 2)
+
     cli.add_command(watermark.watermark)
 
 

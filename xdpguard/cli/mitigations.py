@@ -23,8 +23,12 @@ def _when(ts) -> str:
 
 
 def _one(r: dict, verb: str) -> Result:
-    return Result(r, lambda c, r: c.print(f"mitigation {r['id']} on {r['protected']} {r['proto']}/{r['port']}: {verb}",
-                                          markup=False))
+    return Result(
+        r,
+        lambda c, r: c.print(
+            f"mitigation {r['id']} on {r['protected']} {r['proto']}/{r['port']}: {verb}", markup=False
+        ),
+    )
 
 
 @click.group(name="mitigations")
@@ -53,8 +57,15 @@ def _table(c: Console, res: mitigation.ListResult, show_all: bool) -> None:
         st = r.get("state", "?") + (" pinned" if r.get("pinned") else "")
         if r.get("in_kernel") is False:
             st += " (not in the kernel)"
-        t.add_row(r["id"], f"{r['protected']} {r['proto']}/{r['port']}", st, _when(r.get("start")),
-                  f"{r.get('peak_pps', 0):,.0f}", f"{r.get('dropped_est', 0):,}", r.get("fingerprint", ""))
+        t.add_row(
+            r["id"],
+            f"{r['protected']} {r['proto']}/{r['port']}",
+            st,
+            _when(r.get("start")),
+            f"{r.get('peak_pps', 0):,.0f}",
+            f"{r.get('dropped_est', 0):,}",
+            r.get("fingerprint", ""),
+        )
     c.print(t)
     for k, until in sorted(res.suppressed.items()):
         c.print(f"{k}: not mitigated until {_when(until)} (deleted by the operator)", markup=False)
@@ -73,8 +84,15 @@ def pin(ident, off, iface):
 
 @mitigations.command("del")
 @click.argument("ident", metavar="ID", type=TEXT)
-@click.option("--suppress", "suppress_s", type=SecondsType(0, 86400), default=mitigation.Settings.suppress_s,
-              show_default=True, metavar="SECONDS", help="Do not mitigate that service again for SECONDS.")
+@click.option(
+    "--suppress",
+    "suppress_s",
+    type=SecondsType(0, 86400),
+    default=mitigation.Settings.suppress_s,
+    show_default=True,
+    metavar="SECONDS",
+    help="Do not mitigate that service again for SECONDS.",
+)
 @iface_option
 @json_option
 def delete(ident, suppress_s, iface):

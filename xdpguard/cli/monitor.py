@@ -10,15 +10,20 @@ from xdpguard.core.kernel.abi import DROP_REASONS
 from .params import iface_option
 from .output import Console, Result, json_option
 
-_reason = click.option("--reason", "reasons", multiple=True, metavar="REASON",
-                       help=f"Only this drop reason (repeatable): {', '.join(DROP_REASONS)}. "
-                            "Default: all.")
+_reason = click.option(
+    "--reason",
+    "reasons",
+    multiple=True,
+    metavar="REASON",
+    help=f"Only this drop reason (repeatable): {', '.join(DROP_REASONS)}. Default: all.",
+)
 
 
 def render(c: Console, res: cleansing.MonitorResult) -> None:
     what = "every drop reason" if res.all else (", ".join(res.reasons) or "nothing")
-    c.print(f"monitor mode on {res.iface}: {what} "
-                    f"{'passed and counted as would_drop' if res.reasons else '(enforcing)'}")
+    c.print(
+        f"monitor mode on {res.iface}: {what} {'passed and counted as would_drop' if res.reasons else '(enforcing)'}"
+    )
 
 
 @click.group()

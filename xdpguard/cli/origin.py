@@ -11,8 +11,14 @@ from .params import iface_option
 
 
 @click.command("origin-rules")
-@click.option("--format", "fmt", type=click.Choice(list(origin.FORMATS)), default="nft", show_default=True,
-              help="nft: a ruleset for `nft -f`; iptables: iptables/ip6tables commands.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(origin.FORMATS)),
+    default="nft",
+    show_default=True,
+    help="nft: a ruleset for `nft -f`; iptables: iptables/ip6tables commands.",
+)
 @iface_option
 @json_option
 def origin_rules(fmt, iface):

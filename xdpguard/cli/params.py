@@ -172,7 +172,13 @@ OUT_FILE = OutFileType()
 
 
 # Options shared by the verbs (one definition, so help texts and names cannot drift).
-iface_option = click.option("--iface", "-i", type=IFACE, default=None,
-                            help="Interface; may be omitted when exactly one is protected.")
-protected_option = click.option("--protected", type=TEXT, default=None, metavar="ADDR",
-                                help="Only this protected address (default: all of the interface's).")
+iface_option = click.option(
+    "--iface", "-i", type=IFACE, default=None, help="Interface; may be omitted when exactly one is protected."
+)
+protected_option = click.option(
+    "--protected",
+    type=TEXT,
+    default=None,
+    metavar="ADDR",
+    help="Only this protected address (default: all of the interface's).",
+)

@@ -15,11 +15,22 @@ from .top import open_collector, snapshot
 
 @click.command()
 @click.argument("iface", type=IFACE, required=False)
-@click.option("--interval", type=SecondsType(0.1, 60), default=1.0, show_default=True, metavar="SECONDS",
-              help="Rates are measured over SECONDS (two reads).")
-@click.option("--sample-every", type=click.IntRange(0, 1 << 24), default=None, metavar="N",
-              help="Set the data path's sampling to 1 in N (0 = off); it stays so. Default: keep it, "
-              f"{sampling.DEFAULT_SAMPLE_EVERY} when off.")
+@click.option(
+    "--interval",
+    type=SecondsType(0.1, 60),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Rates are measured over SECONDS (two reads).",
+)
+@click.option(
+    "--sample-every",
+    type=click.IntRange(0, 1 << 24),
+    default=None,
+    metavar="N",
+    help="Set the data path's sampling to 1 in N (0 = off); it stays so. Default: keep it, "
+    f"{sampling.DEFAULT_SAMPLE_EVERY} when off.",
+)
 @json_option
 def stats(iface, interval, sample_every):
     """Counters, rates, drop reasons, top sources/ports, forwarding, lists and attack state of IFACE."""

@@ -17,15 +17,25 @@ def extras(res: protection.StatusResult) -> dict:
     st = state.read_state(state.Iface(res.iface, res.ifindex, state.netns_key())) or {}
     lv = st.get(levels.STATE_KEY, {})
     active = (st.get(mitigation.STATE_KEY) or {}).get("active", [])
-    return {"levels": {a: lv.get(a) for a in res.protected},
-            "mitigations": [{"id": m["id"], "service": f"{m['protected']} {m['proto']}/{m['port']}",
-                             "fingerprint": m.get("fingerprint", "")} for m in active]}
+    return {
+        "levels": {a: lv.get(a) for a in res.protected},
+        "mitigations": [
+            {
+                "id": m["id"],
+                "service": f"{m['protected']} {m['proto']}/{m['port']}",
+                "fingerprint": m.get("fingerprint", ""),
+            }
+            for m in active
+        ],
+    }
 
 
 def render_status(c, res: protection.StatusResult) -> None:
-    c.print(f"[bold]{res.iface}[/] (ifindex {res.ifindex}): xdpguard prog id {res.prog_id}, "
-            f"mode {res.mode}{', [yellow]MONITOR[/]' if res.monitor else ''}"
-            f"{'' if res.pinned else ' (maps not pinned)'}")
+    c.print(
+        f"[bold]{res.iface}[/] (ifindex {res.ifindex}): xdpguard prog id {res.prog_id}, "
+        f"mode {res.mode}{', [yellow]MONITOR[/]' if res.monitor else ''}"
+        f"{'' if res.pinned else ' (maps not pinned)'}"
+    )
     ex = extras(res)
     shown = [f"{a} (level {ex['levels'][a] or 'none'})" for a in res.protected]
     c.print(f"  protected: {', '.join(shown) or '-'}")

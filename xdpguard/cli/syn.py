@@ -30,15 +30,19 @@ def render(c: Console, res: cleansing.SynResult) -> None:
         elif v.mode == "cookie":
             line = f"SYN cookies {when}"
         else:
-            line = (f"authenticate {when}, retransmission within "
-                    f"{v.auth_min_ms}-{v.auth_max_ms} ms, admitted for {v.auth_keep_s} s")
+            line = (
+                f"authenticate {when}, retransmission within "
+                f"{v.auth_min_ms}-{v.auth_max_ms} ms, admitted for {v.auth_keep_s} s"
+            )
         if v.syn_src_pps:
             line += f"; per source {v.syn_src_pps:,} SYN/s"
         c.print(f"  {v.protected}: {line}")
     if res.cookies:
         k = res.cookies
-        c.print(f"  SYN cookies: {k['synack_sent']:,} SYN-ACKs sent, ACKs {k['ack_valid']:,} good / "
-                f"{k['ack_bad']:,} bad" + (f", {k['failed']:,} SYN-ACKs not built" if k["failed"] else ""))
+        c.print(
+            f"  SYN cookies: {k['synack_sent']:,} SYN-ACKs sent, ACKs {k['ack_valid']:,} good / "
+            f"{k['ack_bad']:,} bad" + (f", {k['failed']:,} SYN-ACKs not built" if k["failed"] else "")
+        )
 
 
 @click.group()
@@ -48,17 +52,42 @@ def syn():
 
 @syn.command("set")
 @protected_option
-@click.option("--threshold", type=RATE, required=True, metavar="PPS",
-              help="SYNs/s to the address above which the SYN defence acts (0: off, unless --always).")
-@click.option("--mode", type=click.Choice(["cookie", "retransmit"]), default="cookie", show_default=True,
-              help="cookie: answer SYNs with SYN cookies (nftables synproxy completes them); "
-                   "retransmit: drop first SYNs, admit sources that retransmit.")
-@click.option("--always/--above-threshold", "always", default=False,
-              help="Act on every SYN, whatever the rate (default: only above --threshold).")
-@click.option("--auth-window", type=TEXT, default=None, metavar="MIN_MS-MAX_MS",
-              help="When a retransmitted SYN counts (default 200-10000).")
-@click.option("--keep", "keep_s", type=int, default=None, metavar="S",
-              help="How long an authenticated source stays admitted (default 600).")
+@click.option(
+    "--threshold",
+    type=RATE,
+    required=True,
+    metavar="PPS",
+    help="SYNs/s to the address above which the SYN defence acts (0: off, unless --always).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["cookie", "retransmit"]),
+    default="cookie",
+    show_default=True,
+    help="cookie: answer SYNs with SYN cookies (nftables synproxy completes them); "
+    "retransmit: drop first SYNs, admit sources that retransmit.",
+)
+@click.option(
+    "--always/--above-threshold",
+    "always",
+    default=False,
+    help="Act on every SYN, whatever the rate (default: only above --threshold).",
+)
+@click.option(
+    "--auth-window",
+    type=TEXT,
+    default=None,
+    metavar="MIN_MS-MAX_MS",
+    help="When a retransmitted SYN counts (default 200-10000).",
+)
+@click.option(
+    "--keep",
+    "keep_s",
+    type=int,
+    default=None,
+    metavar="S",
+    help="How long an authenticated source stays admitted (default 600).",
+)
 @iface_option
 @json_option
 def set_(protected, threshold, mode, always, auth_window, keep_s, iface):

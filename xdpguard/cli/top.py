@@ -53,13 +53,24 @@ def _plain(c: Console, snap: stats.Snapshot) -> None:
 
 @click.command()
 @click.argument("iface", type=IFACE, required=False)
-@click.option("--interval", type=SecondsType(0.2, 60), default=1.0, show_default=True, metavar="SECONDS",
-              help="Refresh every SECONDS.")
+@click.option(
+    "--interval",
+    type=SecondsType(0.2, 60),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Refresh every SECONDS.",
+)
 @click.option("--once", is_flag=True, help="Print one plain snapshot and exit (also without a TTY).")
 @json_option(help="One snapshot as JSON.")
-@click.option("--sample-every", type=click.IntRange(0, 1 << 24), default=None, metavar="N",
-              help="Set the data path's sampling to 1 in N (0 = off). "
-              f"Default: keep it, {sampling.DEFAULT_SAMPLE_EVERY} when off.")
+@click.option(
+    "--sample-every",
+    type=click.IntRange(0, 1 << 24),
+    default=None,
+    metavar="N",
+    help="Set the data path's sampling to 1 in N (0 = off). "
+    f"Default: keep it, {sampling.DEFAULT_SAMPLE_EVERY} when off.",
+)
 def top(iface, interval, once, sample_every):
     """Live dashboard of IFACE: rates, drop reasons, top sources and ports, forwarding, attacks. q quits."""
     state.require_root()
@@ -91,8 +102,9 @@ def _live(col: stats.Collector, interval: float) -> None:
                     quit_ = True
             return quit_
 
-        with Live(Text(f"xdpguard top {col.ifname}: collecting…"), console=c, auto_refresh=False, screen=True,
-                  transient=True) as live:
+        with Live(
+            Text(f"xdpguard top {col.ifname}: collecting…"), console=c, auto_refresh=False, screen=True, transient=True
+        ) as live:
             live.refresh()
             while not quit_:
                 snap = col.collect(interval, sample_window_s=interval / 2, stop=stop)

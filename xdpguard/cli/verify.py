@@ -19,16 +19,23 @@ from .params import COUNT, iface_option
 
 def _text(c, v: verified.VerifyView) -> None:
     e, b = v.effective, v.budget
-    c.print(f"{v.iface}: unverified UDP per service: "
-            + (f"{e['budget_udp_pps']:,} pps" if e["budget"] else "no budget")
-            + f"; verified sources: TCP {e['tcp_pps']:,} pps (burst {e['tcp_burst']:,}), "
-              f"UDP {e['udp_pps']:,} pps (burst {e['udp_burst']:,}); UDP learning below {e['udp_peace_pps']:,} pps"
-            + ("" if v.udp_learning else " (paused: attack)") + f"; spoofable bans ≤ {e['spoof_ban_s']} s")
-    c.print(f"verified sources: {', '.join(f'{k} {n:,}' for k, n in sorted(v.verified.items())) or 'none'}; "
-            f"budget: {b['admitted']:,} admitted, {b['dropped']:,} dropped, {b['verified']:,} verified passed")
+    c.print(
+        f"{v.iface}: unverified UDP per service: "
+        + (f"{e['budget_udp_pps']:,} pps" if e["budget"] else "no budget")
+        + f"; verified sources: TCP {e['tcp_pps']:,} pps (burst {e['tcp_burst']:,}), "
+        f"UDP {e['udp_pps']:,} pps (burst {e['udp_burst']:,}); UDP learning below {e['udp_peace_pps']:,} pps"
+        + ("" if v.udp_learning else " (paused: attack)")
+        + f"; spoofable bans ≤ {e['spoof_ban_s']} s"
+    )
+    c.print(
+        f"verified sources: {', '.join(f'{k} {n:,}' for k, n in sorted(v.verified.items())) or 'none'}; "
+        f"budget: {b['admitted']:,} admitted, {b['dropped']:,} dropped, {b['verified']:,} verified passed"
+    )
     for s in v.services:
-        c.print(f"  {s['protected']} udp/{s['port']}: {s['admitted']:,} admitted, {s['dropped']:,} dropped, "
-                f"{s['verified']:,} verified" + (f" (rate {s['rate']:,} pps)" if s["rate"] else ""))
+        c.print(
+            f"  {s['protected']} udp/{s['port']}: {s['admitted']:,} admitted, {s['dropped']:,} dropped, "
+            f"{s['verified']:,} verified" + (f" (rate {s['rate']:,} pps)" if s["rate"] else "")
+        )
     for k, h in v.verified_drops.items():
         c.print(f"  do no harm, {k}: {h['dropped']:,} verified dropped, {h['exempted']:,} exempted")
 
@@ -49,16 +56,28 @@ def verify():
 @click.option("--tcp-burst", type=COUNT, default=None)
 @click.option("--udp-pps", type=COUNT, default=None, help="What one UDP-verified source sends with its privilege.")
 @click.option("--udp-burst", type=COUNT, default=None)
-@click.option("--udp-peace-pps", type=COUNT, default=None, help="UDP packets/s to an address above which "
-              "nothing is learned.")
+@click.option(
+    "--udp-peace-pps", type=COUNT, default=None, help="UDP packets/s to an address above which nothing is learned."
+)
 @click.option("--spoof-ban-s", type=COUNT, default=None, help="Longest ban from spoofable evidence, seconds.")
 @iface_option
 @json_option
 def set_(budget_udp_pps, budget, tcp_pps, tcp_burst, udp_pps, udp_burst, udp_peace_pps, spoof_ban_s, iface):
     """Change the settings (0 = the default); the others stay."""
-    given = {k: v for k, v in dict(budget_udp_pps=budget_udp_pps, budget=budget, tcp_pps=tcp_pps,
-                                   tcp_burst=tcp_burst, udp_pps=udp_pps, udp_burst=udp_burst,
-                                   udp_peace_pps=udp_peace_pps, spoof_ban_s=spoof_ban_s).items() if v is not None}
+    given = {
+        k: v
+        for k, v in dict(
+            budget_udp_pps=budget_udp_pps,
+            budget=budget,
+            tcp_pps=tcp_pps,
+            tcp_burst=tcp_burst,
+            udp_pps=udp_pps,
+            udp_burst=udp_burst,
+            udp_peace_pps=udp_peace_pps,
+            spoof_ban_s=spoof_ban_s,
+        ).items()
+        if v is not None
+    }
     return _result(verified.verify_set(iface, **given))
 
 

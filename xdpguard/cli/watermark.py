@@ -12,8 +12,12 @@ from .output import Result, json_option
 from .params import IN_FILE, OUT_FILE, iface_option, protected_option
 
 _port = click.argument("port", type=click.IntRange(1, 65535))
-_key = click.option("--key-file", required=True, type=IN_FILE,
-                    help="File holding the 16-byte key (32 hex digits); the key itself is never shown or stored.")
+_key = click.option(
+    "--key-file",
+    required=True,
+    type=IN_FILE,
+    help="File holding the 16-byte key (32 hex digits); the key itself is never shown or stored.",
+)
 
 
 def _text(c, res: watermarkrules.WatermarkResult) -> None:
@@ -41,14 +45,34 @@ def watermark():
 @watermark.command("enable")
 @_port
 @_key
-@click.option("--step", type=click.IntRange(1, 86400), default=core_wm.sdk.DEFAULT_STEP, show_default=True,
-              help="Seconds per epoch of the mark's coarse time.")
-@click.option("--window", type=click.IntRange(0, 64), default=core_wm.sdk.DEFAULT_WINDOW, show_default=True,
-              help="Payload bytes the mark binds (a multiple of 8).")
-@click.option("--skew", type=click.IntRange(0, 16), default=core_wm.sdk.DEFAULT_SKEW, show_default=True,
-              help="Epochs before the current one still accepted.")
-@click.option("--overlap", type=click.IntRange(0, 604800), default=core_wm.DEFAULT_OVERLAP, show_default=True,
-              help="Seconds a rotated-out key stays valid.")
+@click.option(
+    "--step",
+    type=click.IntRange(1, 86400),
+    default=core_wm.sdk.DEFAULT_STEP,
+    show_default=True,
+    help="Seconds per epoch of the mark's coarse time.",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(0, 64),
+    default=core_wm.sdk.DEFAULT_WINDOW,
+    show_default=True,
+    help="Payload bytes the mark binds (a multiple of 8).",
+)
+@click.option(
+    "--skew",
+    type=click.IntRange(0, 16),
+    default=core_wm.sdk.DEFAULT_SKEW,
+    show_default=True,
+    help="Epochs before the current one still accepted.",
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(0, 604800),
+    default=core_wm.DEFAULT_OVERLAP,
+    show_default=True,
+    help="Seconds a rotated-out key stays valid.",
+)
 @protected_option
 @iface_option
 @json_option
@@ -70,8 +94,12 @@ def disable(port, protected, iface):
 @watermark.command("rotate")
 @_port
 @_key
-@click.option("--overlap", type=click.IntRange(0, 604800), default=None,
-              help="Seconds the old key stays valid (default: the service's overlap).")
+@click.option(
+    "--overlap",
+    type=click.IntRange(0, 604800),
+    default=None,
+    help="Seconds the old key stays valid (default: the service's overlap).",
+)
 @protected_option
 @iface_option
 @json_option
@@ -94,5 +122,7 @@ def show(iface):
 def keygen(file):
     """Write a new random key to FILE (mode 0600; never overwrites)."""
     kid = watermarkrules.keygen(file)
-    return Result({"file": file, "key_id": kid},
-                  lambda c, d: c.print(f"wrote a new key to {d['file']} (key id {d['key_id']})", markup=False))
+    return Result(
+        {"file": file, "key_id": kid},
+        lambda c, d: c.print(f"wrote a new key to {d['file']} (key id {d['key_id']})", markup=False),
+    )

@@ -102,8 +102,10 @@ class GeoDB:
         try:
             st = os.stat(path)
         except OSError as exc:
-            raise UserError(f"geo database {path}: {exc.strerror.lower() if exc.strerror else exc}; install "
-                            f"libloc-database (scripts/setup.sh) or set {DB_ENV} to a location.db or .mmdb file") from None
+            raise UserError(
+                f"geo database {path}: {exc.strerror.lower() if exc.strerror else exc}; install "
+                f"libloc-database (scripts/setup.sh) or set {DB_ENV} to a location.db or .mmdb file"
+            ) from None
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
         with open(path, "rb") as f:
             head = f.read(7)
@@ -122,8 +124,9 @@ class GeoDB:
         except ImportError:
             raise UserError("reading a MaxMind database needs maxminddb >= 2.3: pip install 'xdpguard[mmdb]'") from None
         if not hasattr(Reader, "__iter__"):  # Debian 12's python3-maxminddb (2.2) cannot list networks
-            raise UserError("listing the networks of a MaxMind database needs maxminddb >= 2.3: "
-                            "pip install 'xdpguard[mmdb]'")
+            raise UserError(
+                "listing the networks of a MaxMind database needs maxminddb >= 2.3: pip install 'xdpguard[mmdb]'"
+            )
         try:
             return cls(path, "mmdb", maxminddb.open_database(path), stamp)
         except Exception as exc:
@@ -132,10 +135,12 @@ class GeoDB:
     def describe(self) -> str:
         if self.kind == "libloc":
             import datetime
+
             when = datetime.datetime.fromtimestamp(self.reader.created_at, datetime.timezone.utc).date()
             return f"{self.path} ({self.reader.vendor}, {when})"
         meta = self.reader.metadata()
         import datetime
+
         when = datetime.datetime.fromtimestamp(meta.build_epoch, datetime.timezone.utc).date()
         return f"{self.path} ({meta.database_type}, {when})"
 
@@ -217,8 +222,10 @@ def check_management(addr_specs, db: GeoDB, mgmt) -> None:
             cc = db.lookup(m)
             dropped = (cc not in g.countries) if g.only else (cc in g.countries)
             if dropped:
-                raise UserError(f"the geo rule of {a.address} would drop this host's management address {m} "
-                                f"({cc or 'no known country'}); use --force if you mean it")
+                raise UserError(
+                    f"the geo rule of {a.address} would drop this host's management address {m} "
+                    f"({cc or 'no known country'}); use --force if you mean it"
+                )
 
 
 # ---- realised state ----
@@ -256,8 +263,11 @@ def realise(g, addresses, st: dict) -> tuple[dict, list[str]]:
         empty = union and g.geo_tries_empty()
         if {k: rec.get(k) for k in want} != want or empty:
             g.load_geo_tries(db, union)
-        cc = {str(a.address): {"countries": sorted(a.geo.countries), "only": a.geo.only}
-              for a in active if a.geo.mode == "cc"}
+        cc = {
+            str(a.address): {"countries": sorted(a.geo.countries), "only": a.geo.only}
+            for a in active
+            if a.geo.mode == "cc"
+        }
         rec = {**want, "cc": cc} if cc else want
     notes = cc_notes(addresses)
     # the rule of each address (the tries already hold its countries)
@@ -277,11 +287,15 @@ def cc_notes(addresses) -> list[str]:
             continue
         ports = sorted({svc.port for svc in getattr(a, "http", ())})
         if ports:
-            out.append(f"geo mode cc on {a.address}: HAProxy challenges those sources on tcp "
-                       f"{', '.join(map(str, ports))}; the rest of their traffic is dropped in XDP")
+            out.append(
+                f"geo mode cc on {a.address}: HAProxy challenges those sources on tcp "
+                f"{', '.join(map(str, ports))}; the rest of their traffic is dropped in XDP"
+            )
         else:
-            out.append(f"geo mode cc on {a.address}: no HTTP service there, so those sources are dropped in XDP "
-                       "(the challenge applies once HAProxy serves the address)")
+            out.append(
+                f"geo mode cc on {a.address}: no HTTP service there, so those sources are dropped in XDP "
+                "(the challenge applies once HAProxy serves the address)"
+            )
     return out
 
 
@@ -295,8 +309,11 @@ def l7_rules(states: dict[str, dict]) -> dict[str, tuple[GeoSpec, str | None, li
     for _, st in sorted(states.items()):
         rec = state.get(st, state.GEO)
         for addr, r in (rec.get("cc") or {}).items():
-            out[addr] = (GeoSpec(frozenset(r.get("countries", ())), bool(r.get("only")), "cc"),
-                         rec.get("database"), list(rec.get("countries") or ()))
+            out[addr] = (
+                GeoSpec(frozenset(r.get("countries", ())), bool(r.get("only")), "cc"),
+                rec.get("database"),
+                list(rec.get("countries") or ()),
+            )
     return out
 
 
@@ -324,7 +341,9 @@ def l7_challenges(listen_addresses, states: dict[str, dict] | None = None) -> tu
         return {}, ""
     path = next((p for _, p, _ in rules.values() if p), None)
     db = GeoDB.open(None if os.environ.get(DB_ENV) else path)
-    union = sorted({c for _, _, cs in rules.values() for c in cs} | {c for g, _, _ in rules.values() for c in g.countries})
+    union = sorted(
+        {c for _, _, cs in rules.values() for c in cs} | {c for g, _, _ in rules.values() for c in g.countries}
+    )
     return {a: g for a, (g, _, _) in rules.items()}, l7_map(db, union)
 
 

@@ -130,10 +130,6 @@ def _key_prefix(k, family: int) -> Prefix:
     return Prefix(family, bytes(k.addr), plen)
 
 
-
-
-
-
 class Guard:
     """An interface protected by xdpguard, with its maps opened through the kernel."""
 
@@ -147,7 +143,9 @@ class Guard:
         att = dataplane.query(iface.index)
         if not dataplane.is_ours(att):
             what = "no XDP program" if att is None else f"a foreign XDP program ({att.prog_name or att.prog_id})"
-            raise UserError(f"{iface.name} is not protected by xdpguard ({what} attached); run 'xdpguard attach {iface.name}' first")
+            raise UserError(
+                f"{iface.name} is not protected by xdpguard ({what} attached); run 'xdpguard attach {iface.name}' first"
+            )
         fds = dataplane.map_fds_of_prog(att.prog_id)
         missing = [m.value for m in MapName if m not in fds]
         if missing:
@@ -199,8 +197,11 @@ class Guard:
     # -- counters --
 
     def counters(self) -> list[CounterView]:
-        return [CounterView(kind.label, reason.label, pk, by)
-                for (kind, reason), (pk, by) in counter_table(self.maps).items() if pk]
+        return [
+            CounterView(kind.label, reason.label, pk, by)
+            for (kind, reason), (pk, by) in counter_table(self.maps).items()
+            if pk
+        ]
 
     # -- lists --
 
@@ -348,8 +349,12 @@ class Guard:
         """Refuse (UserError) per-port limits for addrs' ports lo..hi that the table cannot hold."""
         m = self.maps[MapName.PORTLIM]
         have = {(bytes(k.addr), k.family, k.proto, k.port) for k in m.keys()}
-        new = sum(1 for a in addrs for p in range(lo, hi + 1)
-                  if (a.packed.ljust(16, b"\0"), a.version, vocab.PROTO_NUMBERS[proto], p) not in have)
+        new = sum(
+            1
+            for a in addrs
+            for p in range(lo, hi + 1)
+            if (a.packed.ljust(16, b"\0"), a.version, vocab.PROTO_NUMBERS[proto], p) not in have
+        )
         if len(have) + new > m.max_entries:
             raise UserError(f"too many per-port limits: {len(have) + new:,} entries, the table holds {m.max_entries:,}")
 
@@ -449,8 +454,9 @@ class Guard:
         write_spec(self.maps, addr, spec)
 
     def geo_tries_empty(self) -> bool:
-        return not any(True for _ in self.maps[MapName.GEO4].keys()) and \
-            not any(True for _ in self.maps[MapName.GEO6].keys())
+        return not any(True for _ in self.maps[MapName.GEO4].keys()) and not any(
+            True for _ in self.maps[MapName.GEO6].keys()
+        )
 
     def load_geo_tries(self, db: geo.GeoDB, codes) -> tuple[int, int]:
         return load_tries(self.maps, db, codes)
@@ -581,8 +587,12 @@ class Guard:
             k = src_key(a)
             until = now + int(left * 1e9)
             cur = m.get(k)
-            if cur is not None and cur.kind & abi.VF_L7 and cur.kind & abi.VF_TCP \
-                    and cur.expires_ns >= until - 60_000_000_000:
+            if (
+                cur is not None
+                and cur.kind & abi.VF_L7
+                and cur.kind & abi.VF_TCP
+                and cur.expires_ns >= until - 60_000_000_000
+            ):
                 out.fresh += 1
                 continue
             bit = good_bloom_bit(k)
@@ -592,9 +602,13 @@ class Guard:
             if not val & (1 << (bit & 63)):
                 bloom.set(w, ctypes.c_uint64(val | (1 << (bit & 63))))
             if cur is not None:
-                v = abi.GoodSrc(max(cur.expires_ns, until), cur.kind | abi.VF_TCP | abi.VF_L7, 0, cur.last_ns, cur.tokens)
+                v = abi.GoodSrc(
+                    max(cur.expires_ns, until), cur.kind | abi.VF_TCP | abi.VF_L7, 0, cur.last_ns, cur.tokens
+                )
             else:
-                v = abi.GoodSrc(until, abi.VF_TCP | abi.VF_L7, 0, now, burst * 1_000_000_000)  # XG_TOKEN: one packet in nano-units
+                v = abi.GoodSrc(
+                    until, abi.VF_TCP | abi.VF_L7, 0, now, burst * 1_000_000_000
+                )  # XG_TOKEN: one packet in nano-units
             try:
                 m.set(k, v)
             except libbpf.BpfError as exc:
@@ -762,16 +776,19 @@ def repin(iface: state.Iface) -> None:
         pass  # opening re-pins
 
 
-
-
 def init_fresh(maps: dict[MapName, BpfMap], addrs, level: str | None, monitor: bool) -> None:
     """The maps of a program just loaded for `attach`: enabled, the level's fragment policy
     (interface-wide: every address gets the same level here), monitor mode, and each protected
     address with its SYN-cookie slot and, with a level, that level's policy (protected before
     anyone tunes it, levels.py)."""
     maps[MapName.CONFIG].set(ctypes.c_uint32(0), Config(abi.CFG_ENABLED, 0, 0, 0, abi.ABI_VERSION))
-    write_global_policy(maps, GlobalPolicy(drop_fragments=level is not None and levels.fragments_dropped([level]),
-                                           monitor_mask=ALL_DROP_MASK if monitor else 0))
+    write_global_policy(
+        maps,
+        GlobalPolicy(
+            drop_fragments=level is not None and levels.fragments_dropped([level]),
+            monitor_mask=ALL_DROP_MASK if monitor else 0,
+        ),
+    )
     for slot, a in enumerate(addrs):
         _prot_map(maps, a).set(prot_key(a), new_protected(slot))
         if level is not None:
@@ -889,8 +906,9 @@ def write_address_policy(maps, addr, pol: AddressPolicy) -> None:
     cur = m.get(k)
     if cur is None:
         raise UserError(f"{addr} is not a protected address")
-    keep = cur.flags & (abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF | abi.PROT_GEO
-                        | abi.PROT_WATERMARK)
+    keep = cur.flags & (
+        abi.PROT_PORT_POLICY | abi.PROT_PORT_LIMITS | abi.PROT_TCPSTATE_OFF | abi.PROT_GEO | abi.PROT_WATERMARK
+    )
     flags = keep | sum(PROTOCOLS[p] for p in pol.blocked) | pol.syn.flag_bits()
     m.set(k, abi.Protected(flags, pol.limits.to_c(), pol.syn.to_c(cur.syn.slot)))
 
@@ -945,8 +963,13 @@ def read_global_policy(maps) -> GlobalPolicy:
     cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
     ports = frozenset(i for i, on in enumerate(maps[abi.MapName.REFLECT].array_values()) if on)
     filters = [f for f in _read_filters(maps) if f.action != MITIGATE]
-    return GlobalPolicy(bool(cfg.flags & abi.CFG_DROP_FRAGMENTS), bool(cfg.flags & abi.CFG_REFLECTION),
-                        ports, tuple(filters), cfg.monitor_mask)
+    return GlobalPolicy(
+        bool(cfg.flags & abi.CFG_DROP_FRAGMENTS),
+        bool(cfg.flags & abi.CFG_REFLECTION),
+        ports,
+        tuple(filters),
+        cfg.monitor_mask,
+    )
 
 
 def read_mitigation_filters(maps) -> list[Filter]:
@@ -1053,8 +1076,9 @@ def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
     if abi.MapName.PVEC in maps:  # (a program before the payload index has no such maps)
         pvec, indexed, positions = payload_index(filters)
         _write_words(maps[abi.MapName.PVEC], gen * abi.PV_SLOTS, pvec)
-        maps[abi.MapName.PHEAD].set(ctypes.c_uint32(gen), abi.PHead(indexed, len(positions), 0,
-                                                                    (ctypes.c_uint16 * abi.PPOS_MAX)(*positions)))
+        maps[abi.MapName.PHEAD].set(
+            ctypes.c_uint32(gen), abi.PHead(indexed, len(positions), 0, (ctypes.c_uint16 * abi.PPOS_MAX)(*positions))
+        )
     maps[abi.MapName.FHEAD].set(ctypes.c_uint32(gen), abi.FHead(live, payload, len(filters), 0))
     # XXX: a packet that read the old generation before this write finishes on it; the next
     # compile rewrites that generation, so two changes within one packet's run could tear it.
@@ -1185,8 +1209,11 @@ def read_verified(maps, now_ns: int) -> list[VerifiedView]:
     out = []
     for k, v in maps[abi.MapName.GOODSRC].items():
         if v.expires_ns > now_ns:
-            out.append(VerifiedView(_src_text(k), _KIND_NAMES.get(v.kind & 3, "untrusted"),
-                                    round((v.expires_ns - now_ns) / 1e9, 1)))
+            out.append(
+                VerifiedView(
+                    _src_text(k), _KIND_NAMES.get(v.kind & 3, "untrusted"), round((v.expires_ns - now_ns) / 1e9, 1)
+                )
+            )
     return sorted(out, key=lambda x: x.source)
 
 
@@ -1203,8 +1230,8 @@ def sweep_verified(maps, now_ns: int, high: float = 0.9, low: float = 0.75) -> S
     dead, live = [], []
     trusted = abi.VF_TCP | abi.VF_UDP
     # (expires_ns, kind) of each value in one pass (a ctypes object per entry costs ~10x more)
-    for i, (exp, kind) in enumerate(struct.iter_unpack("=QI" + "x" * (vs - 12), raw_v[:n * vs])):
-        key = raw_k[i * ks:(i + 1) * ks]
+    for i, (exp, kind) in enumerate(struct.iter_unpack("=QI" + "x" * (vs - 12), raw_v[: n * vs])):
+        key = raw_k[i * ks : (i + 1) * ks]
         if exp <= now_ns or not kind & trusted:
             dead.append(key)
         else:
@@ -1216,7 +1243,7 @@ def sweep_verified(maps, now_ns: int, high: float = 0.9, low: float = 0.75) -> S
         evict = [k for _, _, k in live[: len(live) - int(low * cap)]]
     gone = _delete_raw(m, dead + evict, ks)
     if gone and gone * 8 >= n:  # an eighth gone: their bloom bits too (a stale bit only costs a lookup)
-        kept = live[len(evict):] if evict else live
+        kept = live[len(evict) :] if evict else live
         words = [0] * (abi.GOODBLOOM_BITS // 64)
         for _, _, k in kept:
             bit = good_bloom_bit(abi.SrcKey.from_buffer_copy(k))
@@ -1229,7 +1256,7 @@ def _delete_raw(m, keys: list[bytes], ks: int, chunk: int = 16384) -> int:
     """Delete packed keys in BPF_MAP_DELETE_BATCH calls (key by key where a batch stops short)."""
     done = 0
     for i in range(0, len(keys), chunk):
-        part = keys[i:i + chunk]
+        part = keys[i : i + chunk]
         buf = ctypes.create_string_buffer(b"".join(part), len(part) * ks)
         rc, cnt = libbpf.map_delete_batch(m.fd, ctypes.addressof(buf), len(part))
         done += cnt
@@ -1250,7 +1277,7 @@ def sweep_dst_buckets(maps, now_ns: int, idle_s: float = 60.0) -> int:
     limit = now_ns - int(idle_s * 1e9)
     stale = []
     for i in range(n):
-        key = raw_k[i * ks:(i + 1) * ks]
+        key = raw_k[i * ks : (i + 1) * ks]
         v = abi.DstBucket.from_buffer_copy(raw_v, i * vs)
         if v.last_ns < limit or abi.PortKey.from_buffer_copy(key).port == 0:
             stale.append(key)
@@ -1323,8 +1350,7 @@ def read_spec(maps, prot: abi.Protected) -> geo.GeoSpec | None:
     s = maps[abi.MapName.GEOSET].get(ctypes.c_uint32(prot.syn.slot))
     if s is None:
         return None
-    cs = frozenset(geo.index_country(w * 64 + b) for w in range(abi.GEO_WORDS) for b in range(64)
-                   if s.bits[w] >> b & 1)
+    cs = frozenset(geo.index_country(w * 64 + b) for w in range(abi.GEO_WORDS) for b in range(64) if s.bits[w] >> b & 1)
     return geo.GeoSpec(cs, bool(s.flags & abi.GEO_ONLY), "cc" if s.flags & abi.GEO_CC else "drop")
 
 
@@ -1369,8 +1395,9 @@ def load_tries(maps, db: geo.GeoDB, codes) -> tuple[int, int]:
             vb = (ctypes.c_char * len(vals)).from_buffer(vals)
             ks, pos = ctypes.sizeof(m.key_type), 0
             while pos < n:
-                rc, cnt = libbpf.map_update_batch(m.fd, ctypes.addressof(kb) + pos * ks, ctypes.addressof(vb) + pos * 4,
-                                                  n - pos)
+                rc, cnt = libbpf.map_update_batch(
+                    m.fd, ctypes.addressof(kb) + pos * ks, ctypes.addressof(vb) + pos * 4, n - pos
+                )
                 if rc != 0 and cnt == 0:
                     # LPM tries may lack batch updates: one element at a time
                     for i in range(pos, n):
@@ -1449,9 +1476,11 @@ def sweep_budgets(maps, now_ns: int, idle_s: float = 60.0) -> int:
     limit = now_ns - int(idle_s * 1e9)
     stale = []
     for i in range(n):
-        key = raw_k[i * ks:(i + 1) * ks]
-        if abi.Budget.from_buffer_copy(raw_v, i * vs).last_ns < limit and \
-                ports.get(abi.PortKey.from_buffer_copy(key)) is None:
+        key = raw_k[i * ks : (i + 1) * ks]
+        if (
+            abi.Budget.from_buffer_copy(raw_v, i * vs).last_ns < limit
+            and ports.get(abi.PortKey.from_buffer_copy(key)) is None
+        ):
             stale.append(key)
     return _delete_raw(m, stale, ks)
 
@@ -1463,8 +1492,11 @@ def verified_counters(maps) -> dict:
     vd = read_verified_drops(maps)
     harm = {f"filter {i}": asdict(h) for i, (_, h) in sorted(vd.filters.items())}
     harm.update({abi.Reason(r).label: asdict(h) for r, h in sorted(vd.reasons.items())})
-    return {"verified": count_verified(maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC)),
-            "budget": budget_totals(maps), "verified_drops": harm}
+    return {
+        "verified": count_verified(maps, time.clock_gettime_ns(time.CLOCK_MONOTONIC)),
+        "budget": budget_totals(maps),
+        "verified_drops": harm,
+    }
 
 
 # ---- UDP watermark (watermark.h): the services' entries; watermark.py computes their values ----
@@ -1485,7 +1517,7 @@ def write_watermark_service(maps, addr, port: int, v: abi.Wm | None) -> None:
     if cur is None:
         raise UserError(f"{addr} is not a protected address")
     fam = addr.version
-    mine = any(bytes(kk.addr)[:len(addr.packed)] == addr.packed and kk.family == fam for kk in m.keys())
+    mine = any(bytes(kk.addr)[: len(addr.packed)] == addr.packed and kk.family == fam for kk in m.keys())
     flags = (cur.flags | abi.PROT_WATERMARK) if mine else (cur.flags & ~abi.PROT_WATERMARK)
     if flags != cur.flags:
         cur.flags = flags
@@ -1518,12 +1550,14 @@ def realise_watermarks(maps, addresses) -> list[str]:
     for (addr_s, port), (addr, w) in sorted(want.items(), key=str):
         try:
             key = wmark.read_key(w.key_file)
-            prev = wmark.read_key(w.previous_key_file) if w.previous_key_file and w.previous_until > time.time() else None
+            prev = (
+                wmark.read_key(w.previous_key_file) if w.previous_key_file and w.previous_until > time.time() else None
+            )
         except UserError as exc:
             notes.append(f"{addr_s} udp/{port}: {exc.message}; the service keeps its realised key")
             continue
         write_watermark_service(maps, addr, port, wmark.value(key, w, prev))
-    for (addr_s, port) in sorted(set(have) - set(want), key=str):
+    for addr_s, port in sorted(set(have) - set(want), key=str):
         write_watermark_service(maps, ipaddress.ip_address(addr_s), port, None)
     return notes
 
@@ -1531,8 +1565,13 @@ def realise_watermarks(maps, addresses) -> list[str]:
 def watermark_counters(maps) -> dict[str, int]:
     """xg_wm_pcpu summed over CPUs, by name."""
     m = maps[abi.MapName.WMCNT]
-    names = {abi.WM_CNT_PASS: "passed", abi.WM_CNT_PASS_OLD: "passed_previous_key", abi.WM_CNT_SHORT: "short",
-             abi.WM_CNT_STALE: "stale", abi.WM_CNT_BAD: "bad_mac"}
+    names = {
+        abi.WM_CNT_PASS: "passed",
+        abi.WM_CNT_PASS_OLD: "passed_previous_key",
+        abi.WM_CNT_SHORT: "short",
+        abi.WM_CNT_STALE: "stale",
+        abi.WM_CNT_BAD: "bad_mac",
+    }
     out = {}
     for i, n in names.items():
         v = m.get(ctypes.c_uint32(i))

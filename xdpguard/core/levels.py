@@ -41,15 +41,21 @@ class Preset:
 
     def describe(self) -> str:
         lim = self.limits
-        parts = [f"per source {lim.src_pps:,} pps" if lim.src_pps else "no per-source limit",
-                 f"SYN threshold {self.syn.threshold_pps:,}/s" + (f", {lim.syn_src_pps}/s per source"
-                                                                 if lim.syn_src_pps else ""),
-                 ("forwarded UDP ports: " + f"{self.udp_port.src_pps:,} pps per source"
-                  + (f", {self.udp_port.dst_pps:,} pps in all" if self.udp_port.dst_pps else ""))
-                 if self.udp_port else "no UDP budget",
-                 "mitigation on" if self.mitigation else "mitigation off",
-                 "fragments dropped" if self.drop_fragments else "fragments pass",
-                 "other IP protocols dropped" if self.block_other else "other IP protocols pass"]
+        parts = [
+            f"per source {lim.src_pps:,} pps" if lim.src_pps else "no per-source limit",
+            f"SYN threshold {self.syn.threshold_pps:,}/s"
+            + (f", {lim.syn_src_pps}/s per source" if lim.syn_src_pps else ""),
+            (
+                "forwarded UDP ports: "
+                + f"{self.udp_port.src_pps:,} pps per source"
+                + (f", {self.udp_port.dst_pps:,} pps in all" if self.udp_port.dst_pps else "")
+            )
+            if self.udp_port
+            else "no UDP budget",
+            "mitigation on" if self.mitigation else "mitigation off",
+            "fragments dropped" if self.drop_fragments else "fragments pass",
+            "other IP protocols dropped" if self.block_other else "other IP protocols pass",
+        ]
         return "; ".join(parts)
 
 
@@ -59,10 +65,18 @@ PRESETS = {  # normal is what `attach` applies: nothing a real client (or a NAT 
     # (iperf3 through the lab) at 0.70 Gb/s against 4.35 Gb/s without it (the client's segments
     # are packets too); single-source floods are met by TCP state, the SYN defence, the UDP ports'
     # budget below and the port policy.
-    "normal": Preset("normal", policy.Limits(), policy.SynPolicy(5_000),
-                     policy.Limits(src_pps=10_000), True, True, True),
-    "strict": Preset("strict", policy.Limits(src_pps=10_000, syn_src_pps=500, ban_s=60), policy.SynPolicy(500),
-                     policy.Limits(src_pps=1_000, dst_pps=50_000), True, True, True),
+    "normal": Preset(
+        "normal", policy.Limits(), policy.SynPolicy(5_000), policy.Limits(src_pps=10_000), True, True, True
+    ),
+    "strict": Preset(
+        "strict",
+        policy.Limits(src_pps=10_000, syn_src_pps=500, ban_s=60),
+        policy.SynPolicy(500),
+        policy.Limits(src_pps=1_000, dst_pps=50_000),
+        True,
+        True,
+        True,
+    ),
 }
 DEFAULT_LEVEL = "normal"
 
@@ -96,8 +110,11 @@ def address_policy(level: str, cur: policy.AddressPolicy) -> policy.AddressPolic
     the preset says; the TCP/UDP/ICMP blocks and the SYN window kept)."""
     p = preset(level)
     blocked = cur.blocked | {"other"} if p.block_other else cur.blocked - {"other"}
-    return policy.AddressPolicy(blocked, p.limits, policy.SynPolicy(
-        p.syn.threshold_pps, cur.syn.auth_min_ms, cur.syn.auth_max_ms, cur.syn.auth_keep_s))
+    return policy.AddressPolicy(
+        blocked,
+        p.limits,
+        policy.SynPolicy(p.syn.threshold_pps, cur.syn.auth_min_ms, cur.syn.auth_max_ms, cur.syn.auth_keep_s),
+    )
 
 
 def udp_budget(st: dict, proto: str, addr) -> Preset | None:

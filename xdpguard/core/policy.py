@@ -25,8 +25,12 @@ FILTER_MAX_BAN_S = 65535  # xg_filter.ban_s is a __u16: a longer ban would be st
 
 DEFAULT_REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 161, 389, 1194, 1900, 3389, 3702, 11211)
 
-PROTOCOLS = {"tcp": abi.PROT_BLOCK_TCP, "udp": abi.PROT_BLOCK_UDP, "icmp": abi.PROT_BLOCK_ICMP,
-             "other": abi.PROT_BLOCK_OTHER}
+PROTOCOLS = {
+    "tcp": abi.PROT_BLOCK_TCP,
+    "udp": abi.PROT_BLOCK_UDP,
+    "icmp": abi.PROT_BLOCK_ICMP,
+    "other": abi.PROT_BLOCK_OTHER,
+}
 ACTIONS = {"drop": abi.FA_DROP, "pass": abi.FA_PASS, "drop-ban": abi.FA_DROP_BAN}
 MITIGATE = "mitigate"  # the action of the daemon's automatic mitigation filters (mitigation.py); not an operator's
 _ALL_ACTIONS = {**ACTIONS, MITIGATE: abi.FA_MITIGATE}
@@ -81,13 +85,33 @@ class Limits:
 
     def to_c(self) -> abi.Limits:
         e = self.effective()
-        return abi.Limits(e.src_pps, e.src_burst_pkts, e.src_bps, e.src_burst_bytes, e.dst_pps, e.dst_burst_pkts,
-                          e.syn_src_pps, e.syn_src_burst, e.ban_s, e.unknown_share_pct)
+        return abi.Limits(
+            e.src_pps,
+            e.src_burst_pkts,
+            e.src_bps,
+            e.src_burst_bytes,
+            e.dst_pps,
+            e.dst_burst_pkts,
+            e.syn_src_pps,
+            e.syn_src_burst,
+            e.ban_s,
+            e.unknown_share_pct,
+        )
 
     @classmethod
     def from_c(cls, c: abi.Limits) -> Limits:
-        return cls(c.src_pps, c.src_burst_pkts, c.src_bps, c.src_burst_bytes, c.dst_pps, c.dst_burst_pkts,
-                   c.syn_src_pps, c.syn_src_burst, c.ban_s, c.unknown_share_pct)
+        return cls(
+            c.src_pps,
+            c.src_burst_pkts,
+            c.src_bps,
+            c.src_burst_bytes,
+            c.dst_pps,
+            c.dst_burst_pkts,
+            c.syn_src_pps,
+            c.syn_src_burst,
+            c.ban_s,
+            c.unknown_share_pct,
+        )
 
     def active(self) -> bool:
         return bool(self.src_pps or self.src_bps or self.dst_pps or self.syn_src_pps)
@@ -116,8 +140,10 @@ class SynPolicy:
         if self.mode not in SYN_MODES:
             raise UserError(f"invalid SYN defence mode {self.mode!r}: use {' or '.join(SYN_MODES)}")
         if not 0 < self.auth_min_ms < self.auth_max_ms <= 120_000:
-            raise UserError(f"invalid SYN authentication window {self.auth_min_ms}-{self.auth_max_ms} ms: "
-                            "need 0 < min < max ≤ 120000")
+            raise UserError(
+                f"invalid SYN authentication window {self.auth_min_ms}-{self.auth_max_ms} ms: "
+                "need 0 < min < max ≤ 120000"
+            )
         if not 1 <= self.auth_keep_s <= MAX_BAN_S:
             raise UserError(f"invalid SYN authentication keep {self.auth_keep_s} s: 1 s to 7 days")
 
@@ -165,8 +191,12 @@ class Filter:
             raise UserError(f"invalid filter action '{self.action}': use drop, pass or drop-ban")
         if self.proto is not None and self.proto not in vocab.FILTER_PROTOS:
             raise UserError(f"unknown protocol '{self.proto}': use tcp, udp or icmp")
-        for name, (lo, hi), top in (("sport", self.sport, 65535), ("dport", self.dport, 65535),
-                                    ("length", self.length, 65535), ("ttl", self.ttl, 255)):
+        for name, (lo, hi), top in (
+            ("sport", self.sport, 65535),
+            ("dport", self.dport, 65535),
+            ("length", self.length, 65535),
+            ("ttl", self.ttl, 255),
+        ):
             if not (0 <= lo <= hi <= top):
                 raise UserError(f"invalid filter {name} range {lo}-{hi}: need 0 ≤ lo ≤ hi ≤ {top}")
         mask, value = self.tcp_flags
@@ -178,9 +208,14 @@ class Filter:
             raise UserError("invalid filter payload mask: must be as long as the payload")
         if self.payload_base not in BASES:
             raise UserError(f"invalid filter payload base '{self.payload_base}': use l3, l4 or payload")
-        if not 0 <= self.payload_off or self.payload_off + len(self.payload) > abi.PAYLOAD_OFF_MAX + abi.PAYLOAD_MATCH_MAX:
-            raise UserError(f"invalid filter offset {self.payload_off}: past the packet limit "
-                            f"({abi.PAYLOAD_OFF_MAX} + {abi.PAYLOAD_MATCH_MAX} bytes)")
+        if (
+            not 0 <= self.payload_off
+            or self.payload_off + len(self.payload) > abi.PAYLOAD_OFF_MAX + abi.PAYLOAD_MATCH_MAX
+        ):
+            raise UserError(
+                f"invalid filter offset {self.payload_off}: past the packet limit "
+                f"({abi.PAYLOAD_OFF_MAX} + {abi.PAYLOAD_MATCH_MAX} bytes)"
+            )
         if self.payload_off > abi.PAYLOAD_OFF_MAX:
             raise UserError(f"invalid filter offset {self.payload_off}: past the packet limit ({abi.PAYLOAD_OFF_MAX})")
         if self.action == "drop-ban" and not 1 <= self.ban_s <= FILTER_MAX_BAN_S:
@@ -214,11 +249,19 @@ class Filter:
         names = {v: k for k, v in _ALL_ACTIONS.items()}
         protos = {v: k for k, v in vocab.FILTER_PROTOS.items()}
         return cls(
-            action=names.get(f.action, "drop"), proto=protos.get(f.proto) if f.proto else None,
-            sport=(f.sport_min, f.sport_max), dport=(f.dport_min, f.dport_max), length=(f.len_min, f.len_max),
-            ttl=(f.ttl_min, f.ttl_max), tcp_flags=(f.tcp_flags_mask, f.tcp_flags_value),
-            payload=bytes(f.payload[:n]), payload_mask=bytes(f.payload_mask[:n]),
-            payload_base={v: k for k, v in BASES.items()}[f.payload_base], payload_off=f.payload_off, ban_s=f.ban_s)
+            action=names.get(f.action, "drop"),
+            proto=protos.get(f.proto) if f.proto else None,
+            sport=(f.sport_min, f.sport_max),
+            dport=(f.dport_min, f.dport_max),
+            length=(f.len_min, f.len_max),
+            ttl=(f.ttl_min, f.ttl_max),
+            tcp_flags=(f.tcp_flags_mask, f.tcp_flags_value),
+            payload=bytes(f.payload[:n]),
+            payload_mask=bytes(f.payload_mask[:n]),
+            payload_base={v: k for k, v in BASES.items()}[f.payload_base],
+            payload_off=f.payload_off,
+            ban_s=f.ban_s,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -356,11 +399,20 @@ def filter_vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
             no_dport |= b
         length.append((b, *f.length))
     pad = abi.FV_SPORT - (abi.FV_FLAGS + len(flags))
-    vec = b"".join([
-        b"".join(map(_word, proto)), b"".join(map(_word, ttl)), b"".join(map(_word, flags)), _word(0) * pad,
-        _range_words(sport), _word(no_sport), _range_words(dport), _word(no_dport),
-        _range_words(length), _word(0),  # a frame longer than 65535 bytes passes no length range
-    ])
+    vec = b"".join(
+        [
+            b"".join(map(_word, proto)),
+            b"".join(map(_word, ttl)),
+            b"".join(map(_word, flags)),
+            _word(0) * pad,
+            _range_words(sport),
+            _word(no_sport),
+            _range_words(dport),
+            _word(no_dport),
+            _range_words(length),
+            _word(0),  # a frame longer than 65535 bytes passes no length range
+        ]
+    )
     assert len(vec) == abi.FV_SLOTS * 8
     live = (1 << len(filters)) - 1
     payload = sum(b for b, f in zip(bits, filters) if f.payload)
@@ -382,8 +434,7 @@ def payload_index(filters: tuple[Filter, ...]) -> tuple[bytes, int, list[int]]:
         if not f.payload:
             continue
         base = BASES[f.payload_base] << abi.PPOS_OFF_BITS
-        need = {base | (f.payload_off + j): (v & m, m)
-                for j, (v, m) in enumerate(zip(f.payload, f.mask_bytes())) if m}
+        need = {base | (f.payload_off + j): (v & m, m) for j, (v, m) in enumerate(zip(f.payload, f.mask_bytes())) if m}
         need.setdefault(base | (f.payload_off + len(f.payload) - 1), (0, 0))
         new = [c for c in need if c not in positions]
         if len(positions) + len(new) > abi.PPOS_MAX:
@@ -473,13 +524,30 @@ class VerifySettings:
 
     def to_c(self) -> abi.VerifyConfig:
         flags = (0 if self.udp_learning else abi.VC_NO_UDP_LEARN) | (0 if self.budget else abi.VC_NO_BUDGET)
-        return abi.VerifyConfig(self.tcp_pps, self.tcp_burst, self.udp_pps, self.udp_burst, self.udp_peace_pps,
-                                flags, self.spoof_ban_s, self.budget_udp_pps)
+        return abi.VerifyConfig(
+            self.tcp_pps,
+            self.tcp_burst,
+            self.udp_pps,
+            self.udp_burst,
+            self.udp_peace_pps,
+            flags,
+            self.spoof_ban_s,
+            self.budget_udp_pps,
+        )
 
     @classmethod
     def from_c(cls, c: abi.VerifyConfig) -> VerifySettings:
-        return cls(c.tcp_pps, c.tcp_burst, c.udp_pps, c.udp_burst, c.udp_peace_pps,
-                   not c.flags & abi.VC_NO_UDP_LEARN, c.spoof_ban_s, c.budget_udp_pps, not c.flags & abi.VC_NO_BUDGET)
+        return cls(
+            c.tcp_pps,
+            c.tcp_burst,
+            c.udp_pps,
+            c.udp_burst,
+            c.udp_peace_pps,
+            not c.flags & abi.VC_NO_UDP_LEARN,
+            c.spoof_ban_s,
+            c.budget_udp_pps,
+            not c.flags & abi.VC_NO_BUDGET,
+        )
 
 
 @dataclass(frozen=True)
@@ -541,5 +609,3 @@ class VerifiedHits:
 class VerifiedDrops:
     filters: dict[int, tuple[Filter | None, VerifiedHits]]  # index in the filter table → (filter, hits)
     reasons: dict[abi.Reason, VerifiedHits]  # the step's reason (banned, ratelimit, syn, …) → hits
-
-

@@ -14,8 +14,16 @@ from pathlib import Path
 from .errors import UserError
 from .model.prefixes import Parsed, Prefix, _parse, parse_address, parse_prefix, whole_family
 
-__all__ = ["Parsed", "Prefix", "PrefixFile", "parse_address", "parse_prefix", "read_prefix_file", "read_prefix_set",
-           "whole_family"]
+__all__ = [
+    "Parsed",
+    "Prefix",
+    "PrefixFile",
+    "parse_address",
+    "parse_prefix",
+    "read_prefix_file",
+    "read_prefix_set",
+    "whole_family",
+]
 
 
 @dataclass

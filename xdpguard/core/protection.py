@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 
 from .kernel import dataplane, libbpf, migrate
 from . import guard, levels, state, tcpstate, vocab
-from .guard import (CounterView, Guard, ListEntryView, _now_ns, locked_guard,  # noqa: F401
-                    open_guard, pick_iface)
+from .guard import (
+    CounterView,
+    Guard,
+    ListEntryView,
+    _now_ns,
+    locked_guard,  # noqa: F401
+    open_guard,
+    pick_iface,  # noqa: F401
+)
 from .kernel.abi import (
     ABI_VERSION,
     PROTECTED_MAX,
@@ -30,7 +37,6 @@ from .prefixes import Prefix, parse_address, parse_prefix, whole_family
 from .result import as_dict as _as_dict
 
 LISTS = ("block", "allow")
-
 
 
 # ---- results ----
@@ -113,8 +119,15 @@ def parse_protect(addrs: list[str]) -> list[ipaddress.IPv4Address | ipaddress.IP
     return out
 
 
-def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
-           defines: dict[str, int] | None = None, level: str | None = None) -> AttachResult:
+def attach(
+    ifname: str,
+    protect: list[str],
+    mode: str = "auto",
+    monitor: bool = False,
+    force: bool = False,
+    defines: dict[str, int] | None = None,
+    level: str | None = None,
+) -> AttachResult:
     if mode not in ("auto", "native", "skb"):
         raise UserError(f"invalid mode '{mode}': use auto, native or skb")
     if level is not None:
@@ -134,14 +147,23 @@ def check_attachable(iface: state.Iface, force: bool) -> dataplane.XdpAttachment
     if dataplane.is_ours(att):
         raise UserError(f"{iface.name} is already protected by xdpguard (prog id {att.prog_id}); detach it first")
     if att is not None and not force:
-        raise UserError(f"{iface.name} has a foreign XDP program attached (id {att.prog_id}, '{att.prog_name}'); "
-                        f"use --force to replace it")
+        raise UserError(
+            f"{iface.name} has a foreign XDP program attached (id {att.prog_id}, '{att.prog_name}'); "
+            f"use --force to replace it"
+        )
     return att
 
 
-def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bool,
-                  att: dataplane.XdpAttachment | None, defines: dict[str, int] | None = None,
-                  level: str | None = None) -> AttachResult:
+def attach_locked(
+    iface: state.Iface,
+    addrs,
+    mode: str,
+    monitor: bool,
+    force: bool,
+    att: dataplane.XdpAttachment | None,
+    defines: dict[str, int] | None = None,
+    level: str | None = None,
+) -> AttachResult:
     """Compile, fill and attach a fresh program (the caller holds the interface lock and has
     checked what is attached: nothing, or a foreign program it may replace with `force`)."""
     grace_s = tcpstate.attach_grace_s()  # a bad $XDPGUARD_TCP_GRACE is refused before anything changes
@@ -170,23 +192,25 @@ def attach_locked(iface: state.Iface, addrs, mode: str, monitor: bool, force: bo
         notes += tcpstate.start(iface.index, lp.egress_fd, maps, grace_s)
         new = dataplane.query(iface.index)
         prog_id = new.prog_id if new else 0
-        state.write_state(iface, {
-            "iface": ifname,
-            "ifindex": iface.index,
-            "netns": iface.nskey,
-            "prog_id": prog_id,
-            "mode": took,
-            "requested_mode": mode,
-            "program_sha256": dataplane.program_sha256(defines),
-            "protected": [str(a) for a in addrs],
-            "monitor": monitor,
-            "attached_at": time.time(),
-            **({levels.STATE_KEY: {str(a): level for a in addrs}} if level is not None else {}),
-        })
+        state.write_state(
+            iface,
+            {
+                "iface": ifname,
+                "ifindex": iface.index,
+                "netns": iface.nskey,
+                "prog_id": prog_id,
+                "mode": took,
+                "requested_mode": mode,
+                "program_sha256": dataplane.program_sha256(defines),
+                "protected": [str(a) for a in addrs],
+                "monitor": monitor,
+                "attached_at": time.time(),
+                **({levels.STATE_KEY: {str(a): level for a in addrs}} if level is not None else {}),
+            },
+        )
     finally:
         lp.close()
-    return AttachResult(ifname, iface.index, prog_id, took, [str(a) for a in addrs], monitor,
-                        str(iface.pin_dir), notes)
+    return AttachResult(ifname, iface.index, prog_id, took, [str(a) for a in addrs], monitor, str(iface.pin_dir), notes)
 
 
 @dataclass(frozen=True)
@@ -235,8 +259,10 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
             if version is None:
                 raise UserError(f"{ifname}: the attached program has no {MapName.CONFIG.value}; detach and re-attach")
             if version != ABI_VERSION:
-                raise UserError(f"{ifname}: its maps have ABI version {version}, this xdpguard has {ABI_VERSION} and "
-                                f"knows no migration; export, detach, attach and apply to move over")
+                raise UserError(
+                    f"{ifname}: its maps have ABI version {version}, this xdpguard has {ABI_VERSION} and "
+                    f"knows no migration; export, detach, attach and apply to move over"
+                )
             plan = migrate.plan(old, defines)
             if not force and not needs_upgrade(iface, defines) and not plan.changes_shapes:
                 return UpgradeResult(ifname, "current", att.prog_id, att.prog_id, len(plan.by_action("keep")), [])
@@ -246,8 +272,13 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
                 os.close(fd)
 
 
-def _upgrade_locked(iface: state.Iface, att: dataplane.XdpAttachment, old: dict[MapName, int],
-                    plan: migrate.Plan, defines: dict[str, int] | None) -> UpgradeResult:
+def _upgrade_locked(
+    iface: state.Iface,
+    att: dataplane.XdpAttachment,
+    old: dict[MapName, int],
+    plan: migrate.Plan,
+    defines: dict[str, int] | None,
+) -> UpgradeResult:
     ifname = iface.name
     state.ensure_bpffs()
     staging = guard.upgrade_staging(iface)
@@ -273,15 +304,22 @@ def _upgrade_locked(iface: state.Iface, att: dataplane.XdpAttachment, old: dict[
         swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
         new = dataplane.query(iface.index)
         st = state.read_state(iface) or {}
-        st.update(prog_id=new.prog_id if new else 0, program_sha256=dataplane.program_sha256(defines),
-                  upgraded_at=time.time())
+        st.update(
+            prog_id=new.prog_id if new else 0, program_sha256=dataplane.program_sha256(defines), upgraded_at=time.time()
+        )
         state.write_state(iface, st)
     finally:
         migrate.remove_staging(staging)
         lp.close()
-    return UpgradeResult(ifname, "upgraded", att.prog_id, new.prog_id if new else 0, len(kept),
-                         sorted(n.value for n in plan.by_action("new") if n not in migrate.UNPINNED),
-                         plan.notes() + swap_notes)
+    return UpgradeResult(
+        ifname,
+        "upgraded",
+        att.prog_id,
+        new.prog_id if new else 0,
+        len(kept),
+        sorted(n.value for n in plan.by_action("new") if n not in migrate.UNPINNED),
+        plan.notes() + swap_notes,
+    )
 
 
 def detach(ifname: str) -> DetachResult:
@@ -300,8 +338,9 @@ def detach_locked(iface: state.Iface, notes: list[str] | None = None) -> DetachR
         if had_state:
             state.remove_pins(iface)
             state.remove_state(iface)
-            return DetachResult(iface.name, None, ["no xdpguard program was attached; removed leftover pins and state",
-                                                   *notes])
+            return DetachResult(
+                iface.name, None, ["no xdpguard program was attached; removed leftover pins and state", *notes]
+            )
         what = "nothing is attached" if att is None else f"the attached program '{att.prog_name}' is not ours"
         raise UserError(f"{iface.name} is not protected by xdpguard ({what})")
     dataplane.detach(iface.index, att)
@@ -323,12 +362,20 @@ def status(ifname: str | None) -> list[StatusResult]:
                 t = totals.setdefault(c.kind, {"packets": 0, "bytes": 0})
                 t["packets"] += c.packets
                 t["bytes"] += c.bytes
-            out.append(StatusResult(
-                iface=name, ifindex=g.iface.index, prog_id=g.att.prog_id, mode=g.att.mode,
-                protected=g.protected(), monitor=bool(cfg.monitor_mask),
-                list_sizes={w: g.list_size(w) for w in LISTS}, counters=counters, totals=totals,
-                pinned=g.pinned(),
-            ))
+            out.append(
+                StatusResult(
+                    iface=name,
+                    ifindex=g.iface.index,
+                    prog_id=g.att.prog_id,
+                    mode=g.att.mode,
+                    protected=g.protected(),
+                    monitor=bool(cfg.monitor_mask),
+                    list_sizes={w: g.list_size(w) for w in LISTS},
+                    counters=counters,
+                    totals=totals,
+                    pinned=g.pinned(),
+                )
+            )
     return out
 
 
@@ -337,10 +384,14 @@ def check_whole_family(which: str, prefixes, force: bool) -> None:
     allowlist entry for every address turns the protection off. Either needs force."""
     wide = whole_family(prefixes)
     if wide and not force:
-        what = "drops all traffic to the protected addresses" if which == "block" else \
-            "lets every source skip every check (no protection left)"
-        raise UserError(f"{which}list entry {wide[0]} covers every address of its family and {what}; "
-                        f"give --force if you mean it")
+        what = (
+            "drops all traffic to the protected addresses"
+            if which == "block"
+            else "lets every source skip every check (no protection left)"
+        )
+        raise UserError(
+            f"{which}list entry {wide[0]} covers every address of its family and {what}; give --force if you mean it"
+        )
 
 
 def parse_many(cidrs: list[str]) -> tuple[list[Prefix], list[str]]:
@@ -394,8 +445,11 @@ def port_runs(g: Guard) -> list[PortRun]:
     out = []
     for (addr, proto), runs in g.open_ports().items():
         for lo, hi, flags in runs:
-            by = [n for bit, n in ((PORT_BY_OPERATOR, "operator"), (PORT_BY_FORWARD, "forward"),
-                                   (PORT_BY_HTTP, "http")) if flags & bit]
+            by = [
+                n
+                for bit, n in ((PORT_BY_OPERATOR, "operator"), (PORT_BY_FORWARD, "forward"), (PORT_BY_HTTP, "http"))
+                if flags & bit
+            ]
             out.append(PortRun(addr, proto, lo, hi, by))
     return out
 

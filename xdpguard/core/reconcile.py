@@ -54,7 +54,7 @@ def _permanent(g: protection.Guard, which: str) -> frozenset[Prefix]:
             _, expires, plen, _ = _LIST_VALUE.unpack_from(values, i * vs)
             if expires:
                 continue
-            addr = keys[i * ks: i * ks + ks] if host else keys[i * ks + 4: i * ks + 4 + alen]
+            addr = keys[i * ks : i * ks + ks] if host else keys[i * ks + 4 : i * ks + 4 + alen]
             out.add(Prefix(fam, addr, plen))
     return frozenset(out)
 
@@ -71,15 +71,28 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     wms = g.watermarks()
     for a in g.protected_addrs():
         pol = g.read_address_policy(a)
-        opened = [(proto, lo, hi) for (addr, proto), rs in runs.items() if addr == str(a)
-                  for lo, hi, flags in rs if flags & abi.PORT_BY_OPERATOR]
+        opened = [
+            (proto, lo, hi)
+            for (addr, proto), rs in runs.items()
+            if addr == str(a)
+            for lo, hi, flags in rs
+            if flags & abi.PORT_BY_OPERATOR
+        ]
         pl = [(proto, port, port, lim) for (addr, proto, port), lim in plims.items() if addr == str(a)]
-        addrs.append(AddressSpec(a, frozenset(pol.blocked), pol.limits.effective(), pol.syn,
-                                 config.norm_port_runs(opened), config.norm_port_limits(pl),
-                                 lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
-                                 forward.stored_connlimit(cls.get(str(a))),
-                                 geo=g.geo_of(a),
-                                 watermark=wmark.exported(state.get(st, state.WATERMARK), wms, a)))
+        addrs.append(
+            AddressSpec(
+                a,
+                frozenset(pol.blocked),
+                pol.limits.effective(),
+                pol.syn,
+                config.norm_port_runs(opened),
+                config.norm_port_limits(pl),
+                lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
+                forward.stored_connlimit(cls.get(str(a))),
+                geo=g.geo_of(a),
+                watermark=wmark.exported(state.get(st, state.WATERMARK), wms, a),
+            )
+        )
     glob = g.read_global_policy()
     if lists or stored is None:
         block, allow = _permanent(g, "block"), _permanent(g, "allow")
@@ -88,10 +101,19 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     fwd = tuple(ForwardSpec(sr.rule, sr.udp_probe) for sr in forward.stored_rules(g.iface.name, st))
     http = l7engine.from_record(g.iface.name, st.get(l7engine.HTTP_KEY))
     addrs = [replace(a, http=http.get(a.address, ())) for a in addrs]
-    return config.norm_interface(InterfaceSpec(
-        g.iface.name, st.get("requested_mode", "auto"), tuple(addrs), glob, block, allow, fwd,
-        events.EventConfig.from_json(st.get(events.STATE_KEY)),
-        replace(g.read_verify_settings(), udp_learning=True)))  # the switch is the daemon's
+    return config.norm_interface(
+        InterfaceSpec(
+            g.iface.name,
+            st.get("requested_mode", "auto"),
+            tuple(addrs),
+            glob,
+            block,
+            allow,
+            fwd,
+            events.EventConfig.from_json(st.get(events.STATE_KEY)),
+            replace(g.read_verify_settings(), udp_learning=True),
+        )
+    )  # the switch is the daemon's
 
 
 def export_iface(name: str, lists: bool = True) -> InterfaceSpec | None:
@@ -163,14 +185,14 @@ def _write_address(g, old: AddressSpec | None, new: AddressSpec) -> None:
     for (proto, n), lim in newl.items():
         if oldl.get((proto, n)) != lim:
             g.write_port_limits(a, proto, n, n, lim)
-    for (proto, n) in oldl.keys() - newl.keys():
+    for proto, n in oldl.keys() - newl.keys():
         g.write_port_limits(a, proto, n, n, None)
 
 
 def _remove_address(g, old: AddressSpec) -> None:
     a = old.address
     _change_ports(g, a, _port_set(old.open_ports), False)
-    for (proto, n) in _port_limit_map(old.port_limits):
+    for proto, n in _port_limit_map(old.port_limits):
         g.write_port_limits(a, proto, n, n, None)
     g.remove_protected(a)
 
@@ -214,8 +236,9 @@ def _write_http(g, old: InterfaceSpec, new: InterfaceSpec) -> bool:
     if [a.http for a in old.addresses if a.http] == [a.http for a in new.addresses if a.http]:
         return False
     st = state.read_state(g.iface) or {}
-    st[l7engine.HTTP_KEY] = [r for a in new.addresses for r in l7engine.record(
-        replace(svc, listen=(a.address,)) for svc in a.http)]
+    st[l7engine.HTTP_KEY] = [
+        r for a in new.addresses for r in l7engine.record(replace(svc, listen=(a.address,)) for svc in a.http)
+    ]
     state.write_state(g.iface, st)
     oldp, newp = _http_ports(old), _http_ports(new)
     for addr, port in sorted(newp - oldp, key=str):
@@ -230,6 +253,7 @@ class ListIO:
     """A list verb's own entries, for write_differences: `upsert` (with expires_ns; 0 is
     permanent) writes every named entry even when the spec already held it (a refresh keeps its
     hit count), `delete` removes every named entry, a dynamic one too. Filled in with the counts."""
+
     which: str
     upsert: list[Prefix] | None = None
     expires_ns: int = 0
@@ -240,8 +264,9 @@ class ListIO:
     missing: list[str] = field(default_factory=list)
 
 
-def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpec, rebuild_nat: bool = False,
-                      io: ListIO | None = None) -> list[str]:
+def write_differences(
+    g: protection.Guard, old: InterfaceSpec, new: InterfaceSpec, rebuild_nat: bool = False, io: ListIO | None = None
+) -> list[str]:
     """Write what differs between `old` (realised) and `new` into g's maps, nft and records.
     Order: new addresses, policies, ports, list additions, forwards, list removals, events,
     removed addresses — so a source blocked in both never passes, and no port is closed
@@ -291,8 +316,9 @@ def write_differences(g: protection.Guard, old: InterfaceSpec, new: InterfaceSpe
         notes.append(f"HAProxy {res}: {len(config.http_services([new]))} HTTP service(s) on {new.name}")
     if old.events != new.events or {str(a) for a in old.protected} != {str(a) for a in new.protected}:
         _write_events(g, new.events)
-    if [a.level for a in old.addresses] != [a.level for a in new.addresses] or \
-            {str(a) for a in old.protected} != {str(a) for a in new.protected}:
+    if [a.level for a in old.addresses] != [a.level for a in new.addresses] or {str(a) for a in old.protected} != {
+        str(a) for a in new.protected
+    }:
         st = state.read_state(g.iface) or {}
         st[levels.STATE_KEY] = {str(a.address): a.level for a in new.addresses if a.level is not None}
         state.write_state(g.iface, st)
@@ -314,9 +340,11 @@ class RealiseResult:
 
 
 def foreign_note(name: str, att: dataplane.XdpAttachment) -> str:
-    return (f"WARNING: {name}: a foreign XDP program (id {att.prog_id}, '{att.prog_name}') replaced xdpguard; "
-            f"the protected addresses are NOT filtered by xdpguard. Not fighting over it: detach it, or "
-            f"`xdpguard attach --force`.")
+    return (
+        f"WARNING: {name}: a foreign XDP program (id {att.prog_id}, '{att.prog_name}') replaced xdpguard; "
+        f"the protected addresses are NOT filtered by xdpguard. Not fighting over it: detach it, or "
+        f"`xdpguard attach --force`."
+    )
 
 
 def realise(spec: InterfaceSpec, rebuild_nat: bool = False, force: bool = False, lists: bool = True) -> RealiseResult:
@@ -341,8 +369,13 @@ def realise(spec: InterfaceSpec, rebuild_nat: bool = False, force: bool = False,
             if action == "attached":
                 # the fresh program protects the addresses with default policy; forwards and
                 # events of an earlier life of the interface record are gone with it
-                live = replace(live, forwards=(), events=events.EventConfig(), mode=spec.mode,
-                               addresses=tuple(replace(a, http=()) for a in live.addresses))
+                live = replace(
+                    live,
+                    forwards=(),
+                    events=events.EventConfig(),
+                    mode=spec.mode,
+                    addresses=tuple(replace(a, http=()) for a in live.addresses),
+                )
             if live == spec and not rebuild_nat:
                 return RealiseResult(spec.name, "unchanged" if action != "attached" else action, notes)
             notes += write_differences(g, live, spec, rebuild_nat)
@@ -384,8 +417,10 @@ def check_management(desired: Desired) -> None:
     for s in desired.interfaces:
         hit = [a for a in s.protected if a in mgmt]
         if hit:
-            raise UserError(f"{s.name}: protecting {hit[0]} would filter this host's management address "
-                            f"(it carries the default route); use --force if you mean it")
+            raise UserError(
+                f"{s.name}: protecting {hit[0]} would filter this host's management address "
+                f"(it carries the default route); use --force if you mean it"
+            )
     ruled = [a for s in desired.interfaces for a in s.addresses if a.geo is not None]
     if ruled and mgmt:
         geo.check_management(ruled, geo.GeoDB.open(), mgmt)
@@ -397,8 +432,10 @@ def check_removals(live: Desired, desired: Desired) -> None:
     whole family (what `block add 0.0.0.0/0` needs --force for). Entries already live are not
     asked again: `export` then `apply` stays a no-op."""
     if live.interfaces and not desired.interfaces:
-        raise UserError(f"the config protects no interface: applying it removes the protection of "
-                        f"{', '.join(s.name for s in live.interfaces)}; give --force if you mean it")
+        raise UserError(
+            f"the config protects no interface: applying it removes the protection of "
+            f"{', '.join(s.name for s in live.interfaces)}; give --force if you mean it"
+        )
     for spec in desired.interfaces:
         before = live.interface(spec.name)
         for which in ("block", "allow"):
@@ -435,8 +472,14 @@ def diff_file(path: str) -> ApplyResult:
     return ApplyResult(True, changes, text, warnings, [], store.load_meta().generation)
 
 
-def apply_desired(desired: Desired, source: str | None = None, source_sha: str | None = None,
-                  force: bool = False, dry_run: bool = False, warnings: list[str] | None = None) -> ApplyResult:
+def apply_desired(
+    desired: Desired,
+    source: str | None = None,
+    source_sha: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    warnings: list[str] | None = None,
+) -> ApplyResult:
     state.require_root()
     if not force:
         check_management(desired)
@@ -481,8 +524,7 @@ def apply_desired(desired: Desired, source: str | None = None, source_sha: str |
 
 def apply_file(path: str, force: bool = False, dry_run: bool = False) -> ApplyResult:
     desired, warnings = config.load(path)
-    return apply_desired(desired, str(path), store.file_sha256(path), force=force, dry_run=dry_run,
-                         warnings=warnings)
+    return apply_desired(desired, str(path), store.file_sha256(path), force=force, dry_run=dry_run, warnings=warnings)
 
 
 @dataclass(frozen=True)
@@ -605,8 +647,15 @@ def _level_spec(a, level: str | None) -> AddressSpec:
     return AddressSpec(a, frozenset(lp.blocked), lp.limits.effective(), lp.syn, level=level)
 
 
-def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = False, force: bool = False,
-           defines: dict[str, int] | None = None, level: str | None = levels.DEFAULT_LEVEL) -> protection.AttachResult:
+def attach(
+    ifname: str,
+    protect: list[str],
+    mode: str = "auto",
+    monitor: bool = False,
+    force: bool = False,
+    defines: dict[str, int] | None = None,
+    level: str | None = levels.DEFAULT_LEVEL,
+) -> protection.AttachResult:
     """`xdpguard attach`, store first: the interface's desired spec (what the store holds for it,
     for the addresses now protected, or the new addresses at `level`: protected before anyone
     tunes it) is stored (fsynced) before the kernel is touched and put back if the attach fails;
@@ -620,22 +669,42 @@ def attach(ifname: str, protect: list[str], mode: str = "auto", monitor: bool = 
     keep = set(addrs)
 
     def predict(stored: InterfaceSpec | None) -> InterfaceSpec:
-        base = stored if stored is not None else InterfaceSpec(ifname, global_=policy.GlobalPolicy(
-            drop_fragments=level is not None and levels.fragments_dropped([level])))
-        spec = replace(base, mode=mode,
-                       addresses=tuple(sorted((base.address(a) or _level_spec(a, level) for a in addrs),
-                                              key=lambda x: (x.address.version, x.address))),
-                       forwards=tuple(f for f in base.forwards if f.rule.protected in keep),
-                       global_=replace(base.global_, monitor_mask=config.ALL_DROP_MASK if monitor else
-                                       base.global_.monitor_mask))
-        return config.norm_interface(replace(spec, events=replace(spec.events, addresses={
-            a: t for a, t in spec.events.addresses.items() if ipaddress.ip_address(a) in keep})))
+        base = (
+            stored
+            if stored is not None
+            else InterfaceSpec(
+                ifname,
+                global_=policy.GlobalPolicy(drop_fragments=level is not None and levels.fragments_dropped([level])),
+            )
+        )
+        spec = replace(
+            base,
+            mode=mode,
+            addresses=tuple(
+                sorted(
+                    (base.address(a) or _level_spec(a, level) for a in addrs),
+                    key=lambda x: (x.address.version, x.address),
+                )
+            ),
+            forwards=tuple(f for f in base.forwards if f.rule.protected in keep),
+            global_=replace(base.global_, monitor_mask=config.ALL_DROP_MASK if monitor else base.global_.monitor_mask),
+        )
+        return config.norm_interface(
+            replace(
+                spec,
+                events=replace(
+                    spec.events,
+                    addresses={a: t for a, t in spec.events.addresses.items() if ipaddress.ip_address(a) in keep},
+                ),
+            )
+        )
 
     extra = {} if defines is None else {"defines": defines}
     if level is not None:
         extra["level"] = level  # every address gets it; the stored ones get their stored policy back below
-    res, stored, spec = _store_first(ifname, predict, lambda: protection.attach(
-        ifname, protect, mode=mode, monitor=monitor, force=force, **extra))
+    res, stored, spec = _store_first(
+        ifname, predict, lambda: protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
+    )
     if stored is not None:
         r = realise(spec)
         res = replace(res, notes=[*res.notes, f"restored the stored policy of {ifname}", *r.notes])

@@ -31,6 +31,7 @@ from . import vocab
 from .errors import UserError
 from .model.thresholds import EventConfig
 
+
 def bpffs_root() -> Path:
     return Path(os.environ.get("XDPGUARD_BPFFS", "/run/xdpguard/bpffs"))
 
@@ -87,8 +88,11 @@ def forget_netns(key: str) -> list[Path]:
     """Remove everything xdpguard keeps for the namespace `key` (net-<ino>): state, desired state,
     pins, locks. For a namespace that is going away (the lab deletes its namespaces with it).
     Returns the directories that existed."""
-    gone = [d for d in (state_root() / key, bpffs_root() / key, run_root() / "samples" / key,
-                        run_root() / "l7" / key) if d.exists()]
+    gone = [
+        d
+        for d in (state_root() / key, bpffs_root() / key, run_root() / "samples" / key, run_root() / "l7" / key)
+        if d.exists()
+    ]
     for d in gone:  # (samples/: the fan-out socket and serve.lock of a daemon that was killed)
         shutil.rmtree(d, ignore_errors=True)
     drop_log_lines(events_log_path(), key)
@@ -277,10 +281,29 @@ NUM = (int, float)
 OBJ = dict
 _RANGE = Arr(int, 2)
 _THRESHOLDS = Rec(pps=NUM, bps=NUM, drop_pps=NUM, drop_bps=NUM, reasons=Map(Arr(NUM, 2)))
-_FILTER = Rec(("sport", "dport", "length", "ttl", "tcp_flags"), proto=(str, type(None)), sport=_RANGE, dport=_RANGE,
-              length=_RANGE, ttl=_RANGE, tcp_flags=_RANGE, payload=str, mask=str, base=str, offset=int)
-_MITIGATION = Rec(("id", "protected", "proto", "port", "filter"), id=str, protected=str, proto=str, port=int,
-                  filter=_FILTER, fingerprint=str, state=str)
+_FILTER = Rec(
+    ("sport", "dport", "length", "ttl", "tcp_flags"),
+    proto=(str, type(None)),
+    sport=_RANGE,
+    dport=_RANGE,
+    length=_RANGE,
+    ttl=_RANGE,
+    tcp_flags=_RANGE,
+    payload=str,
+    mask=str,
+    base=str,
+    offset=int,
+)
+_MITIGATION = Rec(
+    ("id", "protected", "proto", "port", "filter"),
+    id=str,
+    protected=str,
+    proto=str,
+    port=int,
+    filter=_FILTER,
+    fingerprint=str,
+    state=str,
+)
 
 T = TypeVar("T")
 
@@ -323,41 +346,71 @@ def write_field(iface: Iface, f: Field[T], value: T) -> bool:
 
 def _mitigation_records(v) -> dict:
     d = v or {}
-    return {"active": list(d.get("active", [])), "lifted": list(d.get("lifted", [])),
-            "suppressed": dict(d.get("suppressed", {}))}
+    return {
+        "active": list(d.get("active", [])),
+        "lifted": list(d.get("lifted", [])),
+        "suppressed": dict(d.get("suppressed", {})),
+    }
 
 
 # The record's typed fields and their writers. The writer's modules (forward.py, reconcile.py,
 # protection.py, l7/engine.py) still spell forward/forward_health/forward_sysctl_saved/connlimits/
 # http themselves (tests/unit/test_state_records.py holds them equal to these) until they use them.
-ATTACK = Field("attack", Rec(default=_THRESHOLDS, addresses=Map(_THRESHOLDS), hold_s=NUM, hook=(str, type(None))),
-               EventConfig.from_json, EventConfig.to_json)  # events: attack thresholds, hold, hook
+ATTACK = Field(
+    "attack",
+    Rec(default=_THRESHOLDS, addresses=Map(_THRESHOLDS), hold_s=NUM, hook=(str, type(None))),
+    EventConfig.from_json,
+    EventConfig.to_json,
+)  # events: attack thresholds, hold, hook
 LEVELS = Field("levels", Map(str), lambda v: dict(v or {}), dict)  # protected address → level (levelset)
-MITIGATIONS = Field("mitigations", Rec(active=Arr(_MITIGATION), lifted=Arr(OBJ), suppressed=Map(NUM)),
-                    _mitigation_records, _same)  # mitigation: active/lifted records, suppressed ids
+MITIGATIONS = Field(
+    "mitigations", Rec(active=Arr(_MITIGATION), lifted=Arr(OBJ), suppressed=Map(NUM)), _mitigation_records, _same
+)  # mitigation: active/lifted records, suppressed ids
 FORWARD = Field("forward", Arr(Rec(("rule",), rule=OBJ, udp_probe=(str, type(None)))))  # forward: the rules
 FORWARD_HEALTH = Field("forward_health", Map(Map(str)), lambda v: dict(v or {}), dict)  # rule → backend → health
 FORWARD_SYSCTL_SAVED = Field("forward_sysctl_saved", Map(str))  # forward: sysctls to restore
-CONNLIMITS = Field("connlimits", Map(OBJ), lambda v: dict(sorted((v or {}).items())),
-                   dict)  # protected address → ConnLimits fields (connlimit)
+CONNLIMITS = Field(
+    "connlimits", Map(OBJ), lambda v: dict(sorted((v or {}).items())), dict
+)  # protected address → ConnLimits fields (connlimit)
 HTTP = Field("http", Arr(Rec(("address", "name", "port"), address=str, name=str, port=int)))  # l7/engine
-GEO = Field("geo", Rec(database=str, stamp=str, countries=Arr(str), cc=Map(Rec(countries=Arr(str), only=bool))),
-            lambda v: dict(v or {}), dict)  # what the geo tries hold, and the rules in mode cc (geo.py)
-WATERMARK = Field("watermark", Map(Arr(Rec(("port", "key_file"), port=int, key_file=str))), lambda v: dict(v or {}),
-                  dict)  # protected address → its watermarked services: key file names, never keys (watermark.py)
+GEO = Field(
+    "geo",
+    Rec(database=str, stamp=str, countries=Arr(str), cc=Map(Rec(countries=Arr(str), only=bool))),
+    lambda v: dict(v or {}),
+    dict,
+)  # what the geo tries hold, and the rules in mode cc (geo.py)
+WATERMARK = Field(
+    "watermark", Map(Arr(Rec(("port", "key_file"), port=int, key_file=str))), lambda v: dict(v or {}), dict
+)  # protected address → its watermarked services: key file names, never keys (watermark.py)
 FIELDS = (ATTACK, LEVELS, MITIGATIONS, FORWARD, FORWARD_HEALTH, FORWARD_SYSCTL_SAVED, CONNLIMITS, HTTP, GEO, WATERMARK)
 
 #: the interface record's keys and their shapes (the attach keys: protection.attach; the rest: FIELDS)
 STATE_SHAPE = Rec(
-    iface=str, ifindex=int, netns=str, prog_id=int, mode=str, requested_mode=str, program_sha256=str,
-    protected=Arr(str), monitor=bool, attached_at=NUM, upgraded_at=NUM,
+    iface=str,
+    ifindex=int,
+    netns=str,
+    prog_id=int,
+    mode=str,
+    requested_mode=str,
+    program_sha256=str,
+    protected=Arr(str),
+    monitor=bool,
+    attached_at=NUM,
+    upgraded_at=NUM,
     **{f.key: f.shape for f in FIELDS},
 )
 
 
 def _json_type(v) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "a number",
-            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 def shape_problem(v, shape, path: str = "") -> str | None:
@@ -415,8 +468,9 @@ def read_state(iface: Iface) -> dict | None:
         raise UserError(f"state file {p} is unreadable: {exc}") from None
     bad = shape_problem(data, STATE_SHAPE)
     if bad:
-        raise UserError(f"state file {p} is corrupt: {bad}; remove it, then run 'xdpguard detach "
-                        f"{iface.name}' and attach again")
+        raise UserError(
+            f"state file {p} is corrupt: {bad}; remove it, then run 'xdpguard detach {iface.name}' and attach again"
+        )
     return data
 
 
@@ -451,7 +505,7 @@ def write_durably(path: Path, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -548,8 +602,9 @@ def iface_lock(iface: Iface, timeout_s: float | None = None):
             holder = iface.lock_file.read_text().strip() or "?"
         except OSError:
             holder = "?"
-        raise UserError(f"{iface.name}: another xdpguard command (pid {holder}) holds the lock; "
-                        f"gave up after {timeout_s:g} s")
+        raise UserError(
+            f"{iface.name}: another xdpguard command (pid {holder}) holds the lock; gave up after {timeout_s:g} s"
+        )
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

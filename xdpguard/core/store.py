@@ -91,8 +91,13 @@ def load_meta() -> Meta:
         return Meta()
 
 
-def save(desired: Desired, source: str | None = None, source_sha256: str | None = None,
-         keep_source: bool = True, previous: Desired | None = None) -> Meta:
+def save(
+    desired: Desired,
+    source: str | None = None,
+    source_sha256: str | None = None,
+    keep_source: bool = True,
+    previous: Desired | None = None,
+) -> Meta:
     """Write the desired state durably: the lists first (one prefix file per interface and list,
     rewritten only when it changed from `previous`), then desired.toml naming them, then the
     meta. `keep_source` keeps the recorded config file (an imperative change amends what was
@@ -113,11 +118,16 @@ def save(desired: Desired, source: str | None = None, source_sha256: str | None 
         state.netns_state_dir()
         state.write_durably(meta_path(), (json.dumps(meta.__dict__, sort_keys=True) + "\n").encode())
         return meta
-    meta = Meta(old.source if keep_source and source is None else source,
-                old.source_sha256 if keep_source and source_sha256 is None else source_sha256,
-                old.generation + 1)
-    files = {(spec.name, which): str(lists_dir() / f"{spec.name}.{which}")
-             for spec in desired.interfaces for which in ("block", "allow")}
+    meta = Meta(
+        old.source if keep_source and source is None else source,
+        old.source_sha256 if keep_source and source_sha256 is None else source_sha256,
+        old.generation + 1,
+    )
+    files = {
+        (spec.name, which): str(lists_dir() / f"{spec.name}.{which}")
+        for spec in desired.interfaces
+        for which in ("block", "allow")
+    }
     text = to_toml(desired, files)
     check_loads_back(desired, text)  # before anything is written: the store never holds what load() refuses
     state.private_dir(state.state_root())
@@ -146,11 +156,14 @@ def check_loads_back(desired: Desired, text: str) -> None:
         back, _ = loads(text, str(desired_path()), read_files=False)
     except ConfigError as exc:
         raise UserError(f"refusing to store the desired state: {exc.problems[0]}") from None
-    bare = replace(desired, interfaces=tuple(replace(s, block=frozenset(), allow=frozenset())
-                                             for s in desired.interfaces))
+    bare = replace(
+        desired, interfaces=tuple(replace(s, block=frozenset(), allow=frozenset()) for s in desired.interfaces)
+    )
     if back != bare:
-        raise UserError("refusing to store the desired state: it does not load back as it is "
-                        "(a bug: please report it with `xdpguard export --json`)")
+        raise UserError(
+            "refusing to store the desired state: it does not load back as it is "
+            "(a bug: please report it with `xdpguard export --json`)"
+        )
 
 
 def update_interface(name: str, fn) -> Desired:

@@ -95,8 +95,11 @@ def repair(iface: state.Iface) -> str | None:
     try:
         cur = dataplane.tc_query(iface.index)
         if cur is not None:  # ours: nothing to do; foreign at our handle: not ours to replace
-            return None if dataplane.tc_is_ours(cur) else \
-                f"a foreign tc egress filter (prog id {cur.prog_id}) took the recorder's place"
+            return (
+                None
+                if dataplane.tc_is_ours(cur)
+                else f"a foreign tc egress filter (prog id {cur.prog_id}) took the recorder's place"
+            )
         fd = guard.pinned_egress_fd(iface)
     except libbpf.BpfError:
         return None
@@ -120,7 +123,7 @@ def _proc_addr(text: str):
     """/proc/net/tcp{,6} address: hex words in host (little-endian) order, then :port."""
     addr, port = text.split(":")
     raw = bytes.fromhex(addr)
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     ip = ipaddress.ip_address(raw)
     if ip.version == 6 and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
@@ -183,5 +186,6 @@ def flow_key(conn: Conn) -> FlowKey:
 
 def seed(maps, conns: list[Conn]) -> int:
     """Record connections as established (the data path refreshes them from then on)."""
-    return guard.seed_flows(maps, [flow_key(c) for c in conns if c[0].version == c[2].version],
-                            _now_ns() + TS_EST_TIMEOUT_S * 10**9)
+    return guard.seed_flows(
+        maps, [flow_key(c) for c in conns if c[0].version == c[2].version], _now_ns() + TS_EST_TIMEOUT_S * 10**9
+    )

@@ -39,8 +39,14 @@ class WatermarkSpec:
     previous_until: int = 0  # unix seconds; 0 or past: no previous key
 
     def to_data(self) -> dict:
-        d = {"port": self.port, "key_file": self.key_file, "step": self.step, "window": self.window,
-             "skew": self.skew, "overlap": self.overlap}
+        d = {
+            "port": self.port,
+            "key_file": self.key_file,
+            "step": self.step,
+            "window": self.window,
+            "skew": self.skew,
+            "overlap": self.overlap,
+        }
         if self.previous_key_file is not None and self.previous_until:
             d["previous_key_file"] = self.previous_key_file
             d["previous_until"] = self.previous_until
@@ -48,8 +54,10 @@ class WatermarkSpec:
 
     def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
-        text = (f"udp/{self.port}: key {self.key_file} ({fingerprint_file(self.key_file)}), step {self.step} s, "
-                f"window {self.window} B, skew {self.skew}, overlap {self.overlap} s")
+        text = (
+            f"udp/{self.port}: key {self.key_file} ({fingerprint_file(self.key_file)}), step {self.step} s, "
+            f"window {self.window} B, skew {self.skew}, overlap {self.overlap} s"
+        )
         if self.previous_key_file and self.previous_until > now:
             text += f"; previous key {self.previous_key_file} until {int(self.previous_until - now)} s from now"
         return text
@@ -130,8 +138,12 @@ def rotated(w: WatermarkSpec, new_key_file: str, now: float | None = None) -> Wa
     now = time.time() if now is None else now
     if new_key_file == w.key_file:
         raise UserError(f"udp/{w.port} already uses {new_key_file}: rotate to a new key file")
-    return replace(w, key_file=new_key_file, previous_key_file=w.key_file if w.overlap else None,
-                   previous_until=int(now) + w.overlap if w.overlap else 0)
+    return replace(
+        w,
+        key_file=new_key_file,
+        previous_key_file=w.key_file if w.overlap else None,
+        previous_until=int(now) + w.overlap if w.overlap else 0,
+    )
 
 
 def clock_offset_ns() -> int:
@@ -163,12 +175,18 @@ def _matches(v, w: WatermarkSpec, now: float) -> bool:
     """The kernel's entry is what the spec gives now: parameters, the keys in the files, the
     previous key's end, and a clock offset within CLOCK_SLACK_NS of the system's."""
     try:
-        want = value(read_key(w.key_file), w, read_key(w.previous_key_file)
-                     if w.previous_key_file and w.previous_until > now else None, now)
+        want = value(
+            read_key(w.key_file),
+            w,
+            read_key(w.previous_key_file) if w.previous_key_file and w.previous_until > now else None,
+            now,
+        )
     except UserError:
         return True  # an unreadable key file: the entry keeps its key (realise says so); no drift loop
-    same = all(getattr(v, f) == getattr(want, f) for f in ("k0", "k1", "pk0", "pk1", "prev_until_s", "step_s",
-                                                            "window", "skew"))
+    same = all(
+        getattr(v, f) == getattr(want, f)
+        for f in ("k0", "k1", "pk0", "pk1", "prev_until_s", "step_s", "window", "skew")
+    )
     return same and abs(int(v.clock_off_ns) - int(want.clock_off_ns)) < CLOCK_SLACK_NS
 
 

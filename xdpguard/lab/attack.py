@@ -120,46 +120,79 @@ def templates(kind: str, dst_mac: str, sources: int, port: int | None = None, *,
     udp7 = port or topology.ECHO_PORT
     if kind in ("ack-flood", "xmas-flood"):
         flags = "ack, aseq=drnd()" if kind == "ack-flood" else "fin, psh, urg"
-        return [_pkt(dst_mac, ip4(s), f"tcp(sp=drnd(1024, 65535), dp={tcp80}, seq=drnd(), window=64240, {flags})", 0)
-                for s in lab_sources4(max(1, sources))]
+        return [
+            _pkt(dst_mac, ip4(s), f"tcp(sp=drnd(1024, 65535), dp={tcp80}, seq=drnd(), window=64240, {flags})", 0)
+            for s in lab_sources4(max(1, sources))
+        ]
     if kind == "frag-flood":
         out = []
         for i, s in enumerate(lab_sources4(max(2, sources))):
             if i % 2 == 0:  # a first fragment: UDP header to the service, more to come (never does)
-                out.append(_pkt(dst_mac, f"ipv4(saddr={s}, daddr={p4}, tos={ATTACK_TOS}, ttl=64, id=drnd(), mf)",
-                                f"udp(sp=drnd(1024, 65535), dp={udp7})", 472))
+                out.append(
+                    _pkt(
+                        dst_mac,
+                        f"ipv4(saddr={s}, daddr={p4}, tos={ATTACK_TOS}, ttl=64, id=drnd(), mf)",
+                        f"udp(sp=drnd(1024, 65535), dp={udp7})",
+                        472,
+                    )
+                )
             else:  # a later fragment (offset 1480 bytes) of a datagram whose start never comes
-                out.append(_pkt(dst_mac, f"ipv4(saddr={s}, daddr={p4}, tos={ATTACK_TOS}, ttl=64, id=drnd(), "
-                                         "proto=17, frag=185)", "", 480))
+                out.append(
+                    _pkt(
+                        dst_mac,
+                        f"ipv4(saddr={s}, daddr={p4}, tos={ATTACK_TOS}, ttl=64, id=drnd(), proto=17, frag=185)",
+                        "",
+                        480,
+                    )
+                )
         return out
     if kind == "service-mix":
         n = max(2, sources // 5)
-        return (templates("syn-flood", dst_mac, n, tcp80, lab_only=True) + templates("ack-flood", dst_mac, n, tcp80)
-                + templates("xmas-flood", dst_mac, n, tcp80) + templates("spoofed-udp", dst_mac, n, udp7, lab_only=True)
-                + templates("frag-flood", dst_mac, n, udp7))
+        return (
+            templates("syn-flood", dst_mac, n, tcp80, lab_only=True)
+            + templates("ack-flood", dst_mac, n, tcp80)
+            + templates("xmas-flood", dst_mac, n, tcp80)
+            + templates("spoofed-udp", dst_mac, n, udp7, lab_only=True)
+            + templates("frag-flood", dst_mac, n, udp7)
+        )
 
     if kind == "udp-flood":
-        return [_pkt(dst_mac, ip4(s), f"udp(sp=drnd(1024, 65535), dp={port or topology.ECHO_PORT})", 64)
-                for s in srcs]
+        return [_pkt(dst_mac, ip4(s), f"udp(sp=drnd(1024, 65535), dp={port or topology.ECHO_PORT})", 64) for s in srcs]
     if kind in ("spoofed-udp", "syn-flood", "reflection"):
         # always spoofed, even with one source
         srcs = lab_sources4(max(1, sources)) if lab_only else spoofed_sources4(max(1, sources))
         if kind == "spoofed-udp":
             return [_pkt(dst_mac, ip4(s), f"udp(sp=drnd(1024, 65535), dp={_port(port)})", 64) for s in srcs]
         if kind == "syn-flood":
-            return [_pkt(dst_mac, ip4(s), f"tcp(sp=drnd(1024, 65535), dp={_port(port)}, seq=drnd(), "
-                                          "window=64240, syn)", 0) for s in srcs]
-        return [_pkt(dst_mac, ip4(s), f"udp(sp={REFLECTION_PORTS[i % len(REFLECTION_PORTS)]}, dp={_port(port)})",
-                     468) for i, s in enumerate(srcs)]
+            return [
+                _pkt(dst_mac, ip4(s), f"tcp(sp=drnd(1024, 65535), dp={_port(port)}, seq=drnd(), window=64240, syn)", 0)
+                for s in srcs
+            ]
+        return [
+            _pkt(dst_mac, ip4(s), f"udp(sp={REFLECTION_PORTS[i % len(REFLECTION_PORTS)]}, dp={_port(port)})", 468)
+            for i, s in enumerate(srcs)
+        ]
     if kind == "icmp-flood":
         return [_pkt(dst_mac, ip4(s), "icmp4(echorequest, id=drnd(), seq=dinc())", 56) for s in srcs]
     if kind == "mixed":
         n = max(2, sources // 4)
-        v6 = [_pkt(dst_mac, f"ipv6(saddr={s}, daddr={p6}, tc={ATTACK_TOS}, hoplimit=64)",
-                   f"udp(sp=drnd(1024, 65535), dp={_port(port)})", 64) for s in spoofed_sources6(max(1, n // 2))]
-        return (templates("udp-flood", dst_mac, 1, port) + templates("icmp-flood", dst_mac, 1)
-                + templates("spoofed-udp", dst_mac, n, port) + templates("syn-flood", dst_mac, n, port)
-                + templates("reflection", dst_mac, n, port) + v6)
+        v6 = [
+            _pkt(
+                dst_mac,
+                f"ipv6(saddr={s}, daddr={p6}, tc={ATTACK_TOS}, hoplimit=64)",
+                f"udp(sp=drnd(1024, 65535), dp={_port(port)})",
+                64,
+            )
+            for s in spoofed_sources6(max(1, n // 2))
+        ]
+        return (
+            templates("udp-flood", dst_mac, 1, port)
+            + templates("icmp-flood", dst_mac, 1)
+            + templates("spoofed-udp", dst_mac, n, port)
+            + templates("syn-flood", dst_mac, n, port)
+            + templates("reflection", dst_mac, n, port)
+            + v6
+        )
     raise UserError(f"unknown attack kind '{kind}' (one of {', '.join(KINDS)})")
 
 
@@ -197,8 +230,17 @@ def check_bounds(pps: int | None, duration: float, count: int | None, sources: i
     return limit, duration
 
 
-def run(kind: str, *, pps: int | None = None, duration: float = 5.0, sources: int | None = None,
-        count: int | None = None, port: int | None = None, cpus: int = 1, lab_only: bool = False) -> AttackResult:
+def run(
+    kind: str,
+    *,
+    pps: int | None = None,
+    duration: float = 5.0,
+    sources: int | None = None,
+    count: int | None = None,
+    port: int | None = None,
+    cpus: int = 1,
+    lab_only: bool = False,
+) -> AttackResult:
     """Send a bounded attack from the attacker namespace; returns what was really sent.
     lab_only: spoofed-udp and syn-flood spoof from 198.18.128.0/17 only (not 203.0.113.0/24)."""
     if kind not in KINDS:
@@ -213,15 +255,31 @@ def run(kind: str, *, pps: int | None = None, duration: float = 5.0, sources: in
     with tempfile.NamedTemporaryFile("w", prefix="xg-attack-", suffix=".cfg", delete=False) as f:
         f.write(cfg)
         cfg_path = f.name
-    argv = ["ip", "netns", "exec", attacker, TRAFGEN, "--dev", topology.HOST_IFACE, "--conf", cfg_path,
-            "--num", str(limit), "--cpus", str(max(1, cpus)), "--notouch-irq", "--no-cpu-stats"]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        attacker,
+        TRAFGEN,
+        "--dev",
+        topology.HOST_IFACE,
+        "--conf",
+        cfg_path,
+        "--num",
+        str(limit),
+        "--cpus",
+        str(max(1, cpus)),
+        "--notouch-irq",
+        "--no-cpu-stats",
+    ]
     if pps:
         argv += ["--rate", f"{pps}pps"]
     try:
         before = _tx_packets(attacker, topology.HOST_IFACE)
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         stopped_by = "count"
         try:
             proc.wait(timeout=duration)
@@ -232,8 +290,17 @@ def run(kind: str, *, pps: int | None = None, duration: float = 5.0, sources: in
         sent = _tx_packets(attacker, topology.HOST_IFACE) - before
     finally:
         os.unlink(cfg_path)
-    return AttackResult(kind, sent, round(elapsed, 3), round(sent / elapsed if elapsed else 0.0, 1), sources,
-                        limit, duration, pps, stopped_by)
+    return AttackResult(
+        kind,
+        sent,
+        round(elapsed, 3),
+        round(sent / elapsed if elapsed else 0.0, 1),
+        sources,
+        limit,
+        duration,
+        pps,
+        stopped_by,
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -251,6 +318,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def describe(r: AttackResult) -> str:
     rate = f", rate limit {r.rate_limit_pps} pps" if r.rate_limit_pps else ""
-    return (f"{r.kind}: sent {r.sent} packets in {r.elapsed_s:.2f} s = {r.pps:,.0f} pps "
-            f"from {r.sources} source(s) (stopped by {r.stopped_by}; limits {r.count_limit} packets, "
-            f"{r.duration_limit_s:g} s{rate})")
+    return (
+        f"{r.kind}: sent {r.sent} packets in {r.elapsed_s:.2f} s = {r.pps:,.0f} pps "
+        f"from {r.sources} source(s) (stopped by {r.stopped_by}; limits {r.count_limit} packets, "
+        f"{r.duration_limit_s:g} s{rate})"
+    )

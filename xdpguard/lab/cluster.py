@@ -58,6 +58,8 @@ def etcd_addr(k: int) -> str:
 
 def etcd_urls(members: int) -> list[str]:
     return [f"https://{etcd_addr(k)}:2379" for k in range(1, members + 1)]
+
+
 NODE_IFACE = topo.PROT_IFACE  # "xgp0": the node's uplink, where XDP sits
 # BFD: 50 ms x 6 = 300 ms to notice a frozen node. 20 ms x 3 flapped here: BIRD's BFD is a user
 # process, and on a shared 2-core machine a 60 ms scheduling stall is not rare.
@@ -73,14 +75,26 @@ FIXED_ROLES = ("router", "etcd1", "etcd2", "etcd3", "client", "attacker", "backe
 
 def node_links(i: int) -> dict[str, str]:
     """Addresses of node i's router link, backend link and management link."""
-    return {"router4": f"198.18.{16 + i}.1", "node4": f"198.18.{16 + i}.2",
-            "router6": f"2001:db8:{0x100 + i:x}::1", "node6": f"2001:db8:{0x100 + i:x}::2",
-            "back4": f"198.18.1.{10 + i}", "back6": f"2001:db8:0:2::{10 + i:x}", "mgmt4": f"198.18.4.{10 + i}"}
+    return {
+        "router4": f"198.18.{16 + i}.1",
+        "node4": f"198.18.{16 + i}.2",
+        "router6": f"2001:db8:{0x100 + i:x}::1",
+        "node6": f"2001:db8:{0x100 + i:x}::2",
+        "back4": f"198.18.1.{10 + i}",
+        "back6": f"2001:db8:0:2::{10 + i:x}",
+        "mgmt4": f"198.18.4.{10 + i}",
+    }
 
 
 def roles(nodes: int, etcd: int = 1) -> list[str]:
-    return ["router", *[f"etcd{k}" for k in range(1, etcd + 1)], "client", "attacker", "backend",
-            *[f"node{i}" for i in range(1, nodes + 1)]]
+    return [
+        "router",
+        *[f"etcd{k}" for k in range(1, etcd + 1)],
+        "client",
+        "attacker",
+        "backend",
+        *[f"node{i}" for i in range(1, nodes + 1)],
+    ]
 
 
 def run_dir(name: str | None = None) -> Path:
@@ -109,8 +123,17 @@ def etcdctl_argv(name: str | None = None, endpoint: str = ETCD_URL, tls: Path | 
     """etcdctl against the lab's etcd, with the lab's own client certificate (in `tls`, default
     the lab's TLS directory under $XDPGUARD_RUN_DIR)."""
     t = tls if tls is not None else tls_dir(name)
-    return ["etcdctl", "--endpoints", endpoint, "--cacert", str(t / "ca.crt"), "--cert", str(t / "lab.crt"),
-            "--key", str(t / "lab.key")]
+    return [
+        "etcdctl",
+        "--endpoints",
+        endpoint,
+        "--cacert",
+        str(t / "ca.crt"),
+        "--cert",
+        str(t / "lab.crt"),
+        "--key",
+        str(t / "lab.key"),
+    ]
 
 
 def _openssl(t: Path, *args: str) -> None:
@@ -131,20 +154,54 @@ def make_tls(name: str, nodes: int) -> Path:
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     old = os.umask(0o077)
     try:
-        _openssl(t, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", str(TLS_DAYS),
-                 "-subj", f"/CN=xdpguard cluster lab {name} CA")
+        _openssl(
+            t,
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            str(TLS_DAYS),
+            "-subj",
+            f"/CN=xdpguard cluster lab {name} CA",
+        )
         sans = ",".join(f"IP:{etcd_addr(k)}" for k in range(1, MAX_ETCD + 1)) + ",IP:127.0.0.1"
         # client certificates carry no CommonName: with user/password auth enabled, etcd 3.4's HTTP
         # gateway refuses a client certificate that has one ("CommonName ... will be ignored")
-        leaves = {"etcd": ("/CN=xdpguard-lab-etcd", f"extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={sans}\n"),
-                  "lab": ("/O=xdpguard lab/OU=lab", "extendedKeyUsage=clientAuth\n"),
-                  **{f"node{i}": (f"/O=xdpguard lab/OU=node{i}", "extendedKeyUsage=clientAuth\n")
-                     for i in range(1, nodes + 1)}}
+        leaves = {
+            "etcd": ("/CN=xdpguard-lab-etcd", f"extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={sans}\n"),
+            "lab": ("/O=xdpguard lab/OU=lab", "extendedKeyUsage=clientAuth\n"),
+            **{
+                f"node{i}": (f"/O=xdpguard lab/OU=node{i}", "extendedKeyUsage=clientAuth\n")
+                for i in range(1, nodes + 1)
+            },
+        }
         for who, (subj, ext) in leaves.items():
-            (t / f"{who}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n" + ext)
+            (t / f"{who}.ext").write_text(
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n" + ext
+            )
             _openssl(t, "req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr", "-subj", subj)
-            _openssl(t, "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                     "-out", f"{who}.crt", "-days", str(TLS_DAYS), "-extfile", f"{who}.ext")
+            _openssl(
+                t,
+                "x509",
+                "-req",
+                "-in",
+                f"{who}.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                f"{who}.crt",
+                "-days",
+                str(TLS_DAYS),
+                "-extfile",
+                f"{who}.ext",
+            )
             (t / f"{who}.csr").unlink()
             (t / f"{who}.ext").unlink()
     finally:
@@ -175,13 +232,16 @@ def _write_state(data: dict) -> None:
 def desired_toml() -> str:
     """The cluster's desired state the lab puts into etcd: the protective IP on xgp0 of every node,
     forwarded to the hidden backend as in the single-box lab."""
-    fwd = "".join(f'[[interface.forward]]\nproto = "{proto}"\nports = "{port}"\nprotected = "{prot}"\nto = ["{to}"]\n\n'
-                  for proto, port, to, prot in (
-                      ("tcp", topo.HTTP_PORT, f"{BACKEND4}:{topo.HTTP_PORT}", PROT4),
-                      ("tcp", topo.ECHO_PORT, f"{BACKEND4}:{topo.ECHO_PORT}", PROT4),
-                      ("udp", topo.ECHO_PORT, f"{BACKEND4}:{topo.ECHO_PORT}", PROT4),
-                      ("tcp", topo.HTTP_PORT, f"[{BACKEND6}]:{topo.HTTP_PORT}", PROT6),
-                      ("udp", topo.ECHO_PORT, f"[{BACKEND6}]:{topo.ECHO_PORT}", PROT6)))
+    fwd = "".join(
+        f'[[interface.forward]]\nproto = "{proto}"\nports = "{port}"\nprotected = "{prot}"\nto = ["{to}"]\n\n'
+        for proto, port, to, prot in (
+            ("tcp", topo.HTTP_PORT, f"{BACKEND4}:{topo.HTTP_PORT}", PROT4),
+            ("tcp", topo.ECHO_PORT, f"{BACKEND4}:{topo.ECHO_PORT}", PROT4),
+            ("udp", topo.ECHO_PORT, f"{BACKEND4}:{topo.ECHO_PORT}", PROT4),
+            ("tcp", topo.HTTP_PORT, f"[{BACKEND6}]:{topo.HTTP_PORT}", PROT6),
+            ("udp", topo.ECHO_PORT, f"[{BACKEND6}]:{topo.ECHO_PORT}", PROT6),
+        )
+    )
     return f'[[interface]]\nname = "{NODE_IFACE}"\nprotect = ["{PROT4}", "{PROT6}"]\n\n' + fwd
 
 
@@ -189,51 +249,57 @@ def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1) -> str:
     d = run_dir(name)
     ln = node_links(i)
     tls = tls_files(f"node{i}", name)
-    return (f"# node{i} of cluster lab '{name}' (written by xdpguard lab up --nodes)\n"
-            "[daemon]\nhealth_interval = 0.5\nhealth_timeout = 0.3\nrise = 2\nfall = 2\n\n"
-            f'[cluster]\nname = "{name}"\nnode = "node{i}"\nendpoints = {json.dumps(etcd_urls(etcd))}\nnode_ttl = 3\n'
-            "resync_interval = 300\n"
-            f'ca = {json.dumps(tls["ca"])}\ncert = {json.dumps(tls["cert"])}\nkey = {json.dumps(tls["key"])}\n'
-            "# what the store may ask of this node: protect the protective IP, forward to the backends\n"
-            f'protect = ["{PROT4}/32", "{PROT6}/128"]\nbackends = ["198.18.1.0/24", "2001:db8:0:2::/64"]\n\n'
-            f'[bgp]\nlocal_as = {NODE_AS}\nrouter_id = "{ln["node4"]}"\n'
-            f'neighbors = [{{ address = "{ln["router4"]}", as = {ROUTER_AS} }}, '
-            f'{{ address = "{ln["router6"]}", as = {ROUTER_AS} }}]\n'
-            f'announce = ["{PROT4}", "{PROT6}"]\nbfd = true\nbfd_interval = {BFD_INTERVAL_MS}\n'
-            f"bfd_multiplier = {BFD_MULTIPLIER}\nhold = 3\nmin_nodes = {min_nodes}\n"
-            f"flowspec_pps = {FLOWSPEC_PPS}\nblackhole_pps = {BLACKHOLE_PPS}\nescalation_hold = {ESCALATION_HOLD_S}\n"
-            f"overload_pps = {OVERLOAD_PPS}\n"
-            'require_routes = ["198.18.8.0/24", "2001:db8:8::/64"]\n'
-            f'bird_config = "{d}/bird-node{i}.conf"\nbird_socket = "{d}/bird-node{i}.ctl"\n'
-            'liveness_interface = "xgvip0"\n')
+    return (
+        f"# node{i} of cluster lab '{name}' (written by xdpguard lab up --nodes)\n"
+        "[daemon]\nhealth_interval = 0.5\nhealth_timeout = 0.3\nrise = 2\nfall = 2\n\n"
+        f'[cluster]\nname = "{name}"\nnode = "node{i}"\nendpoints = {json.dumps(etcd_urls(etcd))}\nnode_ttl = 3\n'
+        "resync_interval = 300\n"
+        f"ca = {json.dumps(tls['ca'])}\ncert = {json.dumps(tls['cert'])}\nkey = {json.dumps(tls['key'])}\n"
+        "# what the store may ask of this node: protect the protective IP, forward to the backends\n"
+        f'protect = ["{PROT4}/32", "{PROT6}/128"]\nbackends = ["198.18.1.0/24", "2001:db8:0:2::/64"]\n\n'
+        f'[bgp]\nlocal_as = {NODE_AS}\nrouter_id = "{ln["node4"]}"\n'
+        f'neighbors = [{{ address = "{ln["router4"]}", as = {ROUTER_AS} }}, '
+        f'{{ address = "{ln["router6"]}", as = {ROUTER_AS} }}]\n'
+        f'announce = ["{PROT4}", "{PROT6}"]\nbfd = true\nbfd_interval = {BFD_INTERVAL_MS}\n'
+        f"bfd_multiplier = {BFD_MULTIPLIER}\nhold = 3\nmin_nodes = {min_nodes}\n"
+        f"flowspec_pps = {FLOWSPEC_PPS}\nblackhole_pps = {BLACKHOLE_PPS}\nescalation_hold = {ESCALATION_HOLD_S}\n"
+        f"overload_pps = {OVERLOAD_PPS}\n"
+        'require_routes = ["198.18.8.0/24", "2001:db8:8::/64"]\n'
+        f'bird_config = "{d}/bird-node{i}.conf"\nbird_socket = "{d}/bird-node{i}.ctl"\n'
+        'liveness_interface = "xgvip0"\n'
+    )
 
 
 def router_bird_conf(nodes: int) -> str:
     """The upstream router: ECMP over the nodes' announcements; a route with the RTBH community
     (65535:666) becomes a kernel blackhole route that wins; FlowSpec rules are kept in its flow
     tables (Linux cannot enforce them: the table is what a test checks)."""
-    L = ["# BIRD of the cluster lab's router: learns the protective IP from every node, installs ECMP",
-         "log stderr { info, remote, warning, error, auth, fatal, bug };",
-         f"router id {ROUTER_UP4};",
-         "flow4 table rflow4;",
-         "flow6 table rflow6;",
-         "filter xg_rtbh { if (65535,666) ~ bgp_community then { bgp_local_pref = 1000; dest = RTD_BLACKHOLE; } "
-         "accept; }",
-         "protocol device { scan time 10; }",
-         "protocol kernel k4 { ipv4 { export all; import none; }; merge paths on; }",
-         "protocol kernel k6 { ipv6 { export all; import none; }; merge paths on; }",
-         "protocol bfd rbfd {",
-         f'  interface "xgr-n*" {{ min rx interval {BFD_INTERVAL_MS} ms; min tx interval {BFD_INTERVAL_MS} ms; '
-         f"idle tx interval 300 ms; multiplier {BFD_MULTIPLIER}; }};",
-         "}",
-         f"template bgp xgnode {{ local as {ROUTER_AS}; bfd on; check link on; hold time 3; connect retry time 1; "
-         "error wait time 1, 5; }"]
+    L = [
+        "# BIRD of the cluster lab's router: learns the protective IP from every node, installs ECMP",
+        "log stderr { info, remote, warning, error, auth, fatal, bug };",
+        f"router id {ROUTER_UP4};",
+        "flow4 table rflow4;",
+        "flow6 table rflow6;",
+        "filter xg_rtbh { if (65535,666) ~ bgp_community then { bgp_local_pref = 1000; dest = RTD_BLACKHOLE; } "
+        "accept; }",
+        "protocol device { scan time 10; }",
+        "protocol kernel k4 { ipv4 { export all; import none; }; merge paths on; }",
+        "protocol kernel k6 { ipv6 { export all; import none; }; merge paths on; }",
+        "protocol bfd rbfd {",
+        f'  interface "xgr-n*" {{ min rx interval {BFD_INTERVAL_MS} ms; min tx interval {BFD_INTERVAL_MS} ms; '
+        f"idle tx interval 300 ms; multiplier {BFD_MULTIPLIER}; }};",
+        "}",
+        f"template bgp xgnode {{ local as {ROUTER_AS}; bfd on; check link on; hold time 3; connect retry time 1; "
+        "error wait time 1, 5; }",
+    ]
     for i in range(1, nodes + 1):
         ln = node_links(i)
-        L += [f"protocol bgp node{i}v4 from xgnode {{ neighbor {ln['node4']} as {NODE_AS}; "
-              "ipv4 { import filter xg_rtbh; export none; }; flow4 { table rflow4; import all; export none; }; }",
-              f"protocol bgp node{i}v6 from xgnode {{ neighbor {ln['node6']} as {NODE_AS}; "
-              "ipv6 { import filter xg_rtbh; export none; }; flow6 { table rflow6; import all; export none; }; }"]
+        L += [
+            f"protocol bgp node{i}v4 from xgnode {{ neighbor {ln['node4']} as {NODE_AS}; "
+            "ipv4 { import filter xg_rtbh; export none; }; flow4 { table rflow4; import all; export none; }; }",
+            f"protocol bgp node{i}v6 from xgnode {{ neighbor {ln['node6']} as {NODE_AS}; "
+            "ipv6 { import filter xg_rtbh; export none; }; flow6 { table rflow6; import all; export none; }; }",
+        ]
     return "\n".join(L) + "\n"
 
 
@@ -314,16 +380,18 @@ def restore_node_routes(i: int, name: str | None = None) -> None:
 
 def _wait_etcd(ns: str, url: str = ETCD_URL, timeout_s: float = 30.0, name: str | None = None) -> None:
     f = tls_files("lab", name)
-    code = ("import json,ssl,sys,time,urllib.request\n"
-            f"ctx=ssl.create_default_context(cafile={f['ca']!r}); ctx.load_cert_chain({f['cert']!r}, {f['key']!r})\n"
-            f"end=time.monotonic()+{timeout_s}\n"
-            "while True:\n"
-            "    try:\n"
-            f"        r=urllib.request.urlopen(urllib.request.Request('{url}/v3/maintenance/status',"
-            "data=b'{}',method='POST'),timeout=1,context=ctx); json.load(r); sys.exit(0)\n"
-            "    except Exception:\n"
-            "        if time.monotonic()>end: sys.exit(1)\n"
-            "        time.sleep(0.2)\n")
+    code = (
+        "import json,ssl,sys,time,urllib.request\n"
+        f"ctx=ssl.create_default_context(cafile={f['ca']!r}); ctx.load_cert_chain({f['cert']!r}, {f['key']!r})\n"
+        f"end=time.monotonic()+{timeout_s}\n"
+        "while True:\n"
+        "    try:\n"
+        f"        r=urllib.request.urlopen(urllib.request.Request('{url}/v3/maintenance/status',"
+        "data=b'{}',method='POST'),timeout=1,context=ctx); json.load(r); sys.exit(0)\n"
+        "    except Exception:\n"
+        "        if time.monotonic()>end: sys.exit(1)\n"
+        "        time.sleep(0.2)\n"
+    )
     if topo.in_ns(ns, sys.executable, "-c", code, check=False, timeout=timeout_s + 5).returncode != 0:
         raise UserError(f"lab: etcd in {ns} does not answer on {url} after {timeout_s:g} s")
 
@@ -331,14 +399,18 @@ def _wait_etcd(ns: str, url: str = ETCD_URL, timeout_s: float = 30.0, name: str 
 def _require_tools() -> None:
     missing = [t for t in ("bird", "birdc", "etcd", "openssl") if shutil.which(t) is None]
     if missing:
-        raise UserError(f"lab: {', '.join(missing)} not found: run scripts/setup.sh (Debian bird2, etcd-server, "
-                        "openssl)")
+        raise UserError(
+            f"lab: {', '.join(missing)} not found: run scripts/setup.sh (Debian bird2, etcd-server, openssl)"
+        )
 
 
 def exists(name: str | None = None) -> bool:
     name = name or topo.lab_name()
-    return read_state(name) is not None or topo.ns_exists(topo.ns_name("router", name)) or \
-        topo.ns_exists(topo.ns_name("node1", name))
+    return (
+        read_state(name) is not None
+        or topo.ns_exists(topo.ns_name("router", name))
+        or topo.ns_exists(topo.ns_name("node1", name))
+    )
 
 
 # ---- up / down / status ----
@@ -349,20 +421,52 @@ def etcd_argv(k: int, members: int, data_dir: Path, life: str) -> list[str]:
     a = etcd_addr(k)
     t = data_dir / "tls"
     cluster = ",".join(f"etcd{j}=https://{etcd_addr(j)}:2380" for j in range(1, members + 1))
-    return ["timeout", life, "etcd", "--name", f"etcd{k}", "--data-dir", str(data_dir / f"etcd{k}"),
-            "--listen-client-urls", f"https://{a}:2379,https://127.0.0.1:2379", "--advertise-client-urls",
-            f"https://{a}:2379", "--listen-peer-urls", f"https://{a}:2380", "--initial-advertise-peer-urls",
-            f"https://{a}:2380", "--initial-cluster", cluster, "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"xg-{data_dir.name}",
-            "--cert-file", str(t / "etcd.crt"), "--key-file", str(t / "etcd.key"),
-            "--trusted-ca-file", str(t / "ca.crt"), "--client-cert-auth",
-            "--peer-cert-file", str(t / "etcd.crt"), "--peer-key-file", str(t / "etcd.key"),
-            "--peer-trusted-ca-file", str(t / "ca.crt"), "--peer-client-cert-auth",
-            "--log-level", "warn", "--logger", "zap"]
+    return [
+        "timeout",
+        life,
+        "etcd",
+        "--name",
+        f"etcd{k}",
+        "--data-dir",
+        str(data_dir / f"etcd{k}"),
+        "--listen-client-urls",
+        f"https://{a}:2379,https://127.0.0.1:2379",
+        "--advertise-client-urls",
+        f"https://{a}:2379",
+        "--listen-peer-urls",
+        f"https://{a}:2380",
+        "--initial-advertise-peer-urls",
+        f"https://{a}:2380",
+        "--initial-cluster",
+        cluster,
+        "--initial-cluster-state",
+        "new",
+        "--initial-cluster-token",
+        f"xg-{data_dir.name}",
+        "--cert-file",
+        str(t / "etcd.crt"),
+        "--key-file",
+        str(t / "etcd.key"),
+        "--trusted-ca-file",
+        str(t / "ca.crt"),
+        "--client-cert-auth",
+        "--peer-cert-file",
+        str(t / "etcd.crt"),
+        "--peer-key-file",
+        str(t / "etcd.key"),
+        "--peer-trusted-ca-file",
+        str(t / "ca.crt"),
+        "--peer-client-cert-auth",
+        "--log-level",
+        "warn",
+        "--logger",
+        "zap",
+    ]
 
 
-def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, etcd: int = 1,
-       wait_s: float = 60.0) -> ClusterUpResult:
+def up(
+    nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, etcd: int = 1, wait_s: float = 60.0
+) -> ClusterUpResult:
     xgstate.require_root()
     if not 1 <= nodes <= MAX_NODES:
         raise UserError(f"--nodes must be 1 to {MAX_NODES}, got {nodes}")
@@ -383,7 +487,14 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, 
     os.chmod(d, 0o700)
     logs = d / "logs"
     logs.mkdir(exist_ok=True)
-    data: dict = {"name": name, "nodes": nodes, "etcd": etcd, "namespaces": ns, "servers": [], "created_at": time.time()}
+    data: dict = {
+        "name": name,
+        "nodes": nodes,
+        "etcd": etcd,
+        "namespaces": ns,
+        "servers": [],
+        "created_at": time.time(),
+    }
     _write_state(data)  # from here on `down` finds everything, even if we die half-way
     try:
         make_tls(name, nodes)
@@ -391,20 +502,28 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, 
             topo._run(["ip", "netns", "add", r])
             topo._run(["ip", "-n", r, "link", "set", "lo", "up"])
             # an interface set down keeps its IPv6 addresses (the link-down tests set it up again)
-            topo.in_ns(r, "sysctl", "-qw", "net.ipv6.conf.all.keep_addr_on_down=1",
-                       "net.ipv6.conf.default.keep_addr_on_down=1")
+            topo.in_ns(
+                r, "sysctl", "-qw", "net.ipv6.conf.all.keep_addr_on_down=1", "net.ipv6.conf.default.keep_addr_on_down=1"
+            )
         router = ns["router"]
         for br in ("br-up", "br-mgmt"):
             topo._run(["ip", "-n", router, "link", "add", br, "type", "bridge"])
             topo._run(["ip", "-n", router, "link", "set", br, "up"])
         topo._run(["ip", "-n", ns["backend"], "link", "add", "br0", "type", "bridge"])
         topo._run(["ip", "-n", ns["backend"], "link", "set", "br0", "up"])
-        for key, value in (("net.ipv4.ip_forward", 1), ("net.ipv6.conf.all.forwarding", 1),
-                           ("net.ipv4.fib_multipath_hash_policy", 1), ("net.ipv6.fib_multipath_hash_policy", 1)):
+        for key, value in (
+            ("net.ipv4.ip_forward", 1),
+            ("net.ipv6.conf.all.forwarding", 1),
+            ("net.ipv4.fib_multipath_hash_policy", 1),
+            ("net.ipv6.fib_multipath_hash_policy", 1),
+        ):
             topo.in_ns(router, "sysctl", "-qw", f"{key}={value}")
         topo._addr(router, "br-up", f"{ROUTER_UP4}/24")
         topo._addr(router, "br-up", f"{ROUTER_UP6}/64")
-        for role, v4, v6, port in (("client", CLIENT4, CLIENT6, "xgu-cli"), ("attacker", ATTACKER4, ATTACKER6, "xgu-atk")):
+        for role, v4, v6, port in (
+            ("client", CLIENT4, CLIENT6, "xgu-cli"),
+            ("attacker", ATTACKER4, ATTACKER6, "xgu-atk"),
+        ):
             topo._veth(router, port, ns[role], "eth0")
             topo._run(["ip", "-n", router, "link", "set", port, "master", "br-up"])
             topo._addr(ns[role], "eth0", f"{v4}/24")
@@ -442,18 +561,53 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, 
         (www / "index.html").write_text("<h1>xdpguard cluster lab backend</h1>\n")
         servers = [
             *[_start(ns[f"etcd{k}"], f"etcd{k}", etcd_argv(k, etcd, d, life), logs) for k in range(1, etcd + 1)],
-            _start(ns["backend"], "http", ["timeout", life, sys.executable, "-m", "http.server", str(topo.HTTP_PORT),
-                                           "--bind", "::", "--directory", str(www)], logs),
-            _start(ns["backend"], "echo", [sys.executable, "-m", "xdpguard.lab.echo", "serve", "--port",
-                                           str(topo.ECHO_PORT), "--duration", life], logs),
+            _start(
+                ns["backend"],
+                "http",
+                [
+                    "timeout",
+                    life,
+                    sys.executable,
+                    "-m",
+                    "http.server",
+                    str(topo.HTTP_PORT),
+                    "--bind",
+                    "::",
+                    "--directory",
+                    str(www),
+                ],
+                logs,
+            ),
+            _start(
+                ns["backend"],
+                "echo",
+                [sys.executable, "-m", "xdpguard.lab.echo", "serve", "--port", str(topo.ECHO_PORT), "--duration", life],
+                logs,
+            ),
         ]
         data["servers"] = servers
         _write_state(data)
         rconf = d / "bird-router.conf"
         rconf.write_text(router_bird_conf(nodes))
-        servers.append(_start(router, "bird-router", ["timeout", life, "bird", "-f", "-c", str(rconf),
-                                                       "-s", str(d / "bird-router.ctl"), "-P", str(d / "bird-router.pid")],
-                              logs))
+        servers.append(
+            _start(
+                router,
+                "bird-router",
+                [
+                    "timeout",
+                    life,
+                    "bird",
+                    "-f",
+                    "-c",
+                    str(rconf),
+                    "-s",
+                    str(d / "bird-router.ctl"),
+                    "-P",
+                    str(d / "bird-router.pid"),
+                ],
+                logs,
+            )
+        )
         for k in range(1, etcd + 1):
             _wait_etcd(ns[f"etcd{k}"], f"https://{etcd_addr(k)}:2379", name=name)
         topo._wait_ready(ns["backend"], BACKEND4, topo.HTTP_PORT)
@@ -464,19 +618,56 @@ def up(nodes: int, *, lifetime_s: float = AGENT_LIFETIME_S, min_nodes: int = 1, 
             n = ns[f"node{i}"]
             conf = d / f"bird-node{i}.conf"
             # the node's BIRD starts with the routes withdrawn; `cluster run` takes it from there
-            topo.xg(n, "cluster", "bird-config", "--config", str(node_config_path(i, name)), "--withdrawn",
-                    "--output", str(conf))
-            servers.append(_start(n, f"bird-node{i}", ["timeout", life, "bird", "-f", "-c", str(conf),
-                                                        "-s", str(d / f"bird-node{i}.ctl"),
-                                                        "-P", str(d / f"bird-node{i}.pid")], logs))
-            servers.append(_start(n, f"agent-node{i}", [*topo.xdpguard_argv(), "cluster", "run", "--config",
-                                                         str(node_config_path(i, name)), "--duration", life], logs))
+            topo.xg(
+                n,
+                "cluster",
+                "bird-config",
+                "--config",
+                str(node_config_path(i, name)),
+                "--withdrawn",
+                "--output",
+                str(conf),
+            )
+            servers.append(
+                _start(
+                    n,
+                    f"bird-node{i}",
+                    [
+                        "timeout",
+                        life,
+                        "bird",
+                        "-f",
+                        "-c",
+                        str(conf),
+                        "-s",
+                        str(d / f"bird-node{i}.ctl"),
+                        "-P",
+                        str(d / f"bird-node{i}.pid"),
+                    ],
+                    logs,
+                )
+            )
+            servers.append(
+                _start(
+                    n,
+                    f"agent-node{i}",
+                    [
+                        *topo.xdpguard_argv(),
+                        "cluster",
+                        "run",
+                        "--config",
+                        str(node_config_path(i, name)),
+                        "--duration",
+                        life,
+                    ],
+                    logs,
+                )
+            )
         data["servers"] = servers
         _write_state(data)
         hops = wait_next_hops(nodes, name, wait_s)
         if any(len(h) != nodes for h in hops.values()):
-            notes.append(f"after {wait_s:g} s the router has {hops} as next hops, not {nodes} each; "
-                         f"see {logs}")
+            notes.append(f"after {wait_s:g} s the router has {hops} as next hops, not {nodes} each; see {logs}")
     except BaseException:
         down()
         raise
@@ -491,7 +682,9 @@ def _lab_namespaces(name: str) -> list[str]:
     except FileNotFoundError:
         return []
     fixed = {f"{prefix}{r}" for r in FIXED_ROLES}
-    return sorted(n for n in present if n in fixed or (n.startswith(prefix + "node") and n[len(prefix) + 4:].isdigit()))
+    return sorted(
+        n for n in present if n in fixed or (n.startswith(prefix + "node") and n[len(prefix) + 4 :].isdigit())
+    )
 
 
 def down() -> dict:
@@ -536,5 +729,6 @@ def status() -> ClusterStatusResult:
     servers = [{**s, "alive": topo._alive(s["pid"])} for s in (data or {}).get("servers", [])]
     hops = router_next_hops(name) if topo.ns_name("router", name) in present else {}
     up_ = bool(data) and all(n in present for n in want) and all(s["alive"] for s in servers)
-    return ClusterStatusResult(name, up_, nodes, {n: n in present for n in want}, servers, hops,
-                               str(run_dir(name)) if data else None)
+    return ClusterStatusResult(
+        name, up_, nodes, {n: n in present for n in want}, servers, hops, str(run_dir(name)) if data else None
+    )

@@ -57,8 +57,9 @@ def delta(after: dict, before: dict) -> dict:
 
 def top_available() -> bool:
     try:
-        p = subprocess.run([*topology.xdpguard_argv(), "top", "--help"], capture_output=True, timeout=20,
-                           stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [*topology.xdpguard_argv(), "top", "--help"], capture_output=True, timeout=20, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return p.returncode == 0
@@ -156,25 +157,43 @@ def _fmt_drops(drops: dict, kind: str = "drop") -> str:
 
 def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> int:
     show_top = sys.stdout.isatty() and top_available()
-    _say("xdpguard demo: a protective IP under attack, in a namespace lab (this machine's own interfaces "
-         "are never touched)")
+    _say(
+        "xdpguard demo: a protective IP under attack, in a namespace lab (this machine's own interfaces "
+        "are never touched)"
+    )
     _say("\n== lab up: client, attacker, internet bridge, protector (XDP on xgp0), hidden backend")
     up = topology.up(protected=True)
     for n in up.notes:
         _say(f"note: {n}")
     topology.shape_backend()
-    _say(f"protective IP {topology.PROT4} / {topology.PROT6}; XDP mode {up.xdp_mode}; HTTP on tcp 80 through "
-         f"HAProxy, forwarding tcp 7, udp 7 to the hidden backend {topology.BACKEND4}")
-    _say(f"the backend is a small server: its link from the protector is a {topology.BACKEND_RATE} token bucket "
-         "(tbf, 20 ms queue); it counts the attack packets that reach it (nft, DSCP-marked by the attacker)")
+    _say(
+        f"protective IP {topology.PROT4} / {topology.PROT6}; XDP mode {up.xdp_mode}; HTTP on tcp 80 through "
+        f"HAProxy, forwarding tcp 7, udp 7 to the hidden backend {topology.BACKEND4}"
+    )
+    _say(
+        f"the backend is a small server: its link from the protector is a {topology.BACKEND_RATE} token bucket "
+        "(tbf, 20 ms queue); it counts the attack packets that reach it (nft, DSCP-marked by the attacker)"
+    )
     prot = topology.ns_name("prot")
-    _say("every attack: spoofed sources from 198.18.128.0/17 at the service ports (tcp/80, udp/7), trafgen, "
-         "bounded by count and time")
-    steps = [("block", "add", topology.ATTACKER4, topology.ATTACKER6),
-             ("syn", "set", "--threshold", str(SYN_THRESHOLD)),
-             ("fragments", "drop"),
-             ("limit", "set", "--port", f"udp:{topology.ECHO_PORT}", "--src-pps", str(UDP_SRC_PPS),
-              "--dst-pps", str(UDP_DST_PPS))]
+    _say(
+        "every attack: spoofed sources from 198.18.128.0/17 at the service ports (tcp/80, udp/7), trafgen, "
+        "bounded by count and time"
+    )
+    steps = [
+        ("block", "add", topology.ATTACKER4, topology.ATTACKER6),
+        ("syn", "set", "--threshold", str(SYN_THRESHOLD)),
+        ("fragments", "drop"),
+        (
+            "limit",
+            "set",
+            "--port",
+            f"udp:{topology.ECHO_PORT}",
+            "--src-pps",
+            str(UDP_SRC_PPS),
+            "--dst-pps",
+            str(UDP_DST_PPS),
+        ),
+    ]
     for args in steps:
         _say("$ xdpguard " + " ".join(args))
         topology.xg(prot, *args)
@@ -183,8 +202,10 @@ def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> 
     _say(f"legitimate client before any attack (a new TCP connection per request): {probe.describe(base)}")
 
     rows: dict[str, dict] = {}
-    _say(f"\n== with protection: each attack for {duration:g} s while the client keeps requesting "
-         f"http://{topology.PROT4}/")
+    _say(
+        f"\n== with protection: each attack for {duration:g} s while the client keeps requesting "
+        f"http://{topology.PROT4}/"
+    )
     for kind in kinds:
         res = one_round(kind, duration, show_top)
         rows[kind] = {"with": res}
@@ -193,23 +214,28 @@ def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> 
         _say(f"{'':<14} client: {probe.describe(res['probe'])}")
         _say(f"{'':<14} XDP drops: {_fmt_drops(res['drops'])}; attack packets at the backend: {res['backend']}")
 
-    _say(f"\n== without protection: xdpguard detached; the same ports forwarded by a plain nftables DNAT with the "
-         f"kernel's default sysctls (what this box is without xdpguard), the same backend link; "
-         f"{unprotected_duration:g} s per attack")
+    _say(
+        f"\n== without protection: xdpguard detached; the same ports forwarded by a plain nftables DNAT with the "
+        f"kernel's default sysctls (what this box is without xdpguard), the same backend link; "
+        f"{unprotected_duration:g} s per attack"
+    )
     topology.unprotect()
     topology.plain_forward()
-    nobase = probe.in_lab("http", 100_000, timeout=PROBE_TIMEOUT_S, interval=0.005,
-                          duration=max(1.0, duration - 0.8))
+    nobase = probe.in_lab("http", 100_000, timeout=PROBE_TIMEOUT_S, interval=0.005, duration=max(1.0, duration - 0.8))
     _say(f"legitimate client without protection, before any attack: {probe.describe(nobase)}")
     for kind in kinds:
         res = one_round(kind, unprotected_duration, show_top)
         rows[kind]["without"] = res
-        _say(f"{kind:<14} {_fmt_pps(res).strip()} pps; client: {probe.describe(res['probe'])}; "
-             f"attack packets at the backend: {res['backend']}")
+        _say(
+            f"{kind:<14} {_fmt_pps(res).strip()} pps; client: {probe.describe(res['probe'])}; "
+            f"attack packets at the backend: {res['backend']}"
+        )
 
-    _say("\n== summary: the legitimate client opens a new connection per request to http://"
-         f"{topology.PROT4}/; ok = answered within {PROBE_TIMEOUT_S:g} s; req/s and kept = its rate and its share of "
-         "the no-attack rate; p50/p99 in ms; backend = attack packets that reached the backend (and their share)")
+    _say(
+        "\n== summary: the legitimate client opens a new connection per request to http://"
+        f"{topology.PROT4}/; ok = answered within {PROBE_TIMEOUT_S:g} s; req/s and kept = its rate and its share of "
+        "the no-attack rate; p50/p99 in ms; backend = attack packets that reached the backend (and their share)"
+    )
     _say(f"{'attack':<14} | {'with xdpguard':^58} | {'without (detached, plain DNAT)':^58} | XDP drops (with)")
     head = f"{'pps':>8} {'ok':>7} {'req/s':>6} {'kept':>6} {'p50':>6} {'p99':>7} {'backend':>8} {'%':>6}"
     _say(f"{'':<14} | {head} | {head} |")
@@ -218,8 +244,10 @@ def run_demo(kinds: list[str], duration: float, unprotected_duration: float) -> 
         for r, b in ((rows[kind]["with"], base), (rows[kind].get("without", {}), nobase)):
             p = r.get("probe")
             ok, lat = (_fmt_probe(p).split(maxsplit=1) + [""])[:2] if p else ("-", "- -")
-            cols.append(f"{_fmt_pps(r) if r else '-':>8} {ok:>7} {_fmt_rate(p)} {_fmt_kept(p, b)} {lat:>14} "
-                        f"{_fmt_backend(r) if r else '-':>15}")
+            cols.append(
+                f"{_fmt_pps(r) if r else '-':>8} {ok:>7} {_fmt_rate(p)} {_fmt_kept(p, b)} {lat:>14} "
+                f"{_fmt_backend(r) if r else '-':>15}"
+            )
         _say(f"{kind:<14} | {cols[0]} | {cols[1]} | {_fmt_drops(rows[kind]['with']['drops'])}")
     for label, b in (("with xdpguard", base), ("without", nobase)):
         _say(f"no attack, {label}: {_fmt_probe(b).strip()} ms, {_fmt_rate(b).strip()} req/s")
@@ -234,14 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="xdpguard.lab.demo")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per attack with protection")
     ap.add_argument("--unprotected-duration", type=float, default=5.0, help="seconds per attack without")
-    ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
-                    help="comma-separated attack kinds, KIND[:PORT] to aim at one port")
+    ap.add_argument(
+        "--kinds", default=",".join(DEFAULT_KINDS), help="comma-separated attack kinds, KIND[:PORT] to aim at one port"
+    )
     ap.add_argument("--quick", action="store_true", help="2 s per attack with and without (tests)")
-    ap.add_argument("--no-cluster", dest="cluster", action="store_false",
-                    help="skip the second act (three nodes behind one anycast IP, one dies mid-attack)")
+    ap.add_argument(
+        "--no-cluster",
+        dest="cluster",
+        action="store_false",
+        help="skip the second act (three nodes behind one anycast IP, one dies mid-attack)",
+    )
     a = ap.parse_args(argv)
     kinds = [k for k in a.kinds.split(",") if k]
-    bad = [k for k in kinds if k.partition(":")[0] not in attack.KINDS or (":" in k and not k.partition(":")[2].isdigit())]
+    bad = [
+        k for k in kinds if k.partition(":")[0] not in attack.KINDS or (":" in k and not k.partition(":")[2].isdigit())
+    ]
     if bad:
         ap.error(f"unknown attack kinds: {', '.join(bad)}")
     duration, unprot = (2.0, 2.0) if a.quick else (a.duration, a.unprotected_duration)
@@ -260,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         _say("\n== lab down")
         try:
             res = topology.down()
-            _say(f"removed {len(res.removed_namespaces)} namespaces, stopped {len(res.killed_pids)} processes; "
-                 "nothing left behind")
+            _say(
+                f"removed {len(res.removed_namespaces)} namespaces, stopped {len(res.killed_pids)} processes; "
+                "nothing left behind"
+            )
         except KeyboardInterrupt:
             topology.down()
     if status == 0 and a.cluster:

@@ -32,10 +32,34 @@ def _pids_in(ns: str) -> list[int]:
 
 
 def _probe(duration: float) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", topo.ns_name("client"), sys.executable, "-m", "xdpguard.lab.probe",
-                             "--proto", "http", "--dst", lc.PROT4, "--count", "1000000", "--timeout", "1.0",
-                             "--interval", "0.005", "--duration", str(duration), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.ns_name("client"),
+            sys.executable,
+            "-m",
+            "xdpguard.lab.probe",
+            "--proto",
+            "http",
+            "--dst",
+            lc.PROT4,
+            "--count",
+            "1000000",
+            "--timeout",
+            "1.0",
+            "--interval",
+            "0.005",
+            "--duration",
+            str(duration),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _result(p: subprocess.Popen, timeout: float) -> probe.ProbeResult:
@@ -48,14 +72,47 @@ def _result(p: subprocess.Popen, timeout: float) -> probe.ProbeResult:
 
 def _flood(seconds: float) -> subprocess.Popen:
     router = topo.ns_name("router")
-    mac = json.loads(subprocess.run(["ip", "-n", router, "-j", "link", "show", "xgu-atk"], capture_output=True,
-                                    text=True, timeout=10).stdout)[0]["address"]
-    return subprocess.Popen(["ip", "netns", "exec", topo.ns_name("attacker"), sys.executable, "-m", "xdpguard.lab.flood",
-                             "--iface", "eth0", "--dst-mac", mac, "--dst", lc.PROT4, "--kind", "udp",
-                             "--spoof", "198.18.128.0/17", "--sources", "4096", "--dport", "7",
-                             "--count", str(int(FLOOD_PPS * seconds)), "--duration", str(seconds),
-                             "--pps", str(FLOOD_PPS), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    mac = json.loads(
+        subprocess.run(
+            ["ip", "-n", router, "-j", "link", "show", "xgu-atk"], capture_output=True, text=True, timeout=10
+        ).stdout
+    )[0]["address"]
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.ns_name("attacker"),
+            sys.executable,
+            "-m",
+            "xdpguard.lab.flood",
+            "--iface",
+            "eth0",
+            "--dst-mac",
+            mac,
+            "--dst",
+            lc.PROT4,
+            "--kind",
+            "udp",
+            "--spoof",
+            "198.18.128.0/17",
+            "--sources",
+            "4096",
+            "--dport",
+            "7",
+            "--count",
+            str(int(FLOOD_PPS * seconds)),
+            "--duration",
+            str(seconds),
+            "--pps",
+            str(FLOOD_PPS),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def kill_node(i: int) -> float:
@@ -78,17 +135,23 @@ def kill_node(i: int) -> float:
 
 
 def run(say: Callable[[str], None], duration: float) -> dict:
-    say(f"\n== many nodes, one protective IP: lab up --nodes {NODES} (a router with BIRD: ECMP over the nodes, "
-        "BFD; each node: xdpguard + BIRD announcing 198.18.0.1; policy and bans from etcd)")
+    say(
+        f"\n== many nodes, one protective IP: lab up --nodes {NODES} (a router with BIRD: ECMP over the nodes, "
+        "BFD; each node: xdpguard + BIRD announcing 198.18.0.1; policy and bans from etcd)"
+    )
     up = lc.up(NODES)
     hops = lc.wait_next_hops(NODES, timeout_s=60)
-    say(f"the router's route to {lc.PROT4}: {len(hops[lc.PROT4])} next hops ({', '.join(hops[lc.PROT4])}); "
-        f"{up.nodes} nodes announcing")
+    say(
+        f"the router's route to {lc.PROT4}: {len(hops[lc.PROT4])} next hops ({', '.join(hops[lc.PROT4])}); "
+        f"{up.nodes} nodes announcing"
+    )
     base = _result(_probe(duration), duration + 30)
     say(f"client before the attack: {probe.describe(base)}")
     total = 3 * duration
-    say(f"a spoofed UDP flood at udp/7 ({FLOOD_PPS:,} pps, 4,096 sources) runs through the router for {total:g} s; "
-        f"the client keeps requesting; after {duration:g} s node{VICTIM} dies (link down, every process killed)")
+    say(
+        f"a spoofed UDP flood at udp/7 ({FLOOD_PPS:,} pps, 4,096 sources) runs through the router for {total:g} s; "
+        f"the client keeps requesting; after {duration:g} s node{VICTIM} dies (link down, every process killed)"
+    )
     flood = _flood(total)
     try:
         time.sleep(0.5)
@@ -107,13 +170,23 @@ def run(say: Callable[[str], None], duration: float) -> dict:
     say(f"under the flood, 3 nodes:        {probe.describe(before)}")
     say(f"node{VICTIM} dies mid-way:            {probe.describe(during)}")
     say(f"under the flood, 2 nodes left:   {probe.describe(after)}")
-    say(f"the router dropped node{VICTIM} {gone_ms:.0f} ms after it died; next hops now: "
-        f"{', '.join(hops.get(lc.PROT4, []))}")
+    say(
+        f"the router dropped node{VICTIM} {gone_ms:.0f} ms after it died; next hops now: "
+        f"{', '.join(hops.get(lc.PROT4, []))}"
+    )
     lost = during.sent - during.ok
-    say(f"the client lost {lost} of {during.sent} requests around the node's death "
-        f"(requests in flight on node{VICTIM} when it died, and new ones while the router still sent to it)")
-    return {"base": base, "before": before, "during": during, "after": after, "gone_ms": gone_ms,
-            "next_hops": hops.get(lc.PROT4, [])}
+    say(
+        f"the client lost {lost} of {during.sent} requests around the node's death "
+        f"(requests in flight on node{VICTIM} when it died, and new ones while the router still sent to it)"
+    )
+    return {
+        "base": base,
+        "before": before,
+        "during": during,
+        "after": after,
+        "gone_ms": gone_ms,
+        "next_hops": hops.get(lc.PROT4, []),
+    }
 
 
 def down(say: Callable[[str], None]) -> None:

@@ -126,7 +126,9 @@ def serve(port: int, duration: float) -> int:
     return 0
 
 
-def probe(proto: str, dst: str, port: int, src: str | None, timeout: float, payload: bytes = b"ping") -> tuple[bool, str]:
+def probe(
+    proto: str, dst: str, port: int, src: str | None, timeout: float, payload: bytes = b"ping"
+) -> tuple[bool, str]:
     fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(fam, kind)

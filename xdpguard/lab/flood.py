@@ -68,8 +68,18 @@ def _mac(text: str) -> bytes:
     return b
 
 
-def frame(kind: str, src_mac: bytes, dst_mac: bytes, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address,
-          sport: int, dport: int, payload: int, ident: int, ttl: int = 64) -> bytes:
+def frame(
+    kind: str,
+    src_mac: bytes,
+    dst_mac: bytes,
+    src: ipaddress.IPv4Address,
+    dst: ipaddress.IPv4Address,
+    sport: int,
+    dport: int,
+    payload: int,
+    ident: int,
+    ttl: int = 64,
+) -> bytes:
     """One Ethernet + IPv4 frame with a UDP, TCP SYN or ICMP echo request, checksums filled in."""
     body = b"X" * payload
     s, d = src.packed, dst.packed
@@ -111,8 +121,17 @@ def sources(src: str | None, spoof: str | None, n: int) -> list[ipaddress.IPv4Ad
     return [_lab_addr(src, "--src")]
 
 
-def build_pool(kind: str, src_mac: bytes, dst_mac: bytes, srcs, dst, sport: int | None, dport: int | None,
-               payload: int, size: int = 4096) -> list[bytes]:
+def build_pool(
+    kind: str,
+    src_mac: bytes,
+    dst_mac: bytes,
+    srcs,
+    dst,
+    sport: int | None,
+    dport: int | None,
+    payload: int,
+    size: int = 4096,
+) -> list[bytes]:
     rnd = random.Random(7)
     per = max(1, size // len(srcs))
     pool = []
@@ -124,9 +143,22 @@ def build_pool(kind: str, src_mac: bytes, dst_mac: bytes, srcs, dst, sport: int 
     return pool
 
 
-def run(iface: str, dst_mac: str, dst: str, kind: str, *, src: str | None = None, spoof: str | None = None,
-        n_sources: int = 256, sport: int | None = None, dport: int | None = None, payload: int = 64,
-        count: int = 100_000, duration: float = 5.0, pps: int | None = None) -> FloodResult:
+def run(
+    iface: str,
+    dst_mac: str,
+    dst: str,
+    kind: str,
+    *,
+    src: str | None = None,
+    spoof: str | None = None,
+    n_sources: int = 256,
+    sport: int | None = None,
+    dport: int | None = None,
+    payload: int = 64,
+    count: int = 100_000,
+    duration: float = 5.0,
+    pps: int | None = None,
+) -> FloodResult:
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"--count must be in 1..{MAX_COUNT}")
     if not 0 < duration <= MAX_DURATION_S:
@@ -169,8 +201,9 @@ def run(iface: str, dst_mac: str, dst: str, kind: str, *, src: str | None = None
         elapsed = time.monotonic() - t0
     finally:
         sock.close()
-    return FloodResult(kind, sent, errors, round(elapsed, 3), round(sent / elapsed if elapsed else 0.0, 1),
-                       len(srcs), stopped_by)
+    return FloodResult(
+        kind, sent, errors, round(elapsed, 3), round(sent / elapsed if elapsed else 0.0, 1), len(srcs), stopped_by
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,14 +225,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     try:
-        res = run(a.iface, a.dst_mac, a.dst, a.kind, src=a.src, spoof=a.spoof, n_sources=a.sources, sport=a.sport,
-                  dport=a.dport, payload=a.payload, count=a.count, duration=a.duration, pps=a.pps)
+        res = run(
+            a.iface,
+            a.dst_mac,
+            a.dst,
+            a.kind,
+            src=a.src,
+            spoof=a.spoof,
+            n_sources=a.sources,
+            sport=a.sport,
+            dport=a.dport,
+            payload=a.payload,
+            count=a.count,
+            duration=a.duration,
+            pps=a.pps,
+        )
     except (ValueError, OSError) as exc:
         print(f"flood: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(res.to_dict()) if a.json else
-          f"{res.kind}: sent {res.sent} packets in {res.elapsed_s:.2f} s = {res.pps:,.0f} pps "
-          f"from {res.sources} source(s), stopped by {res.stopped_by}", flush=True)
+    print(
+        json.dumps(res.to_dict())
+        if a.json
+        else f"{res.kind}: sent {res.sent} packets in {res.elapsed_s:.2f} s = {res.pps:,.0f} pps "
+        f"from {res.sources} source(s), stopped by {res.stopped_by}",
+        flush=True,
+    )
     return 0
 
 

@@ -70,13 +70,42 @@ def build(lab, serve_s: float = 300.0, shape: str | None = None, page_bytes: int
     lab.addr(prot, "xgb0", f"{PROT_BACK4}/24")
     lab.addr(backend, "eth0", f"{BACKEND4}/24")
     if shape:
-        lab.run(backend, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", shape, "burst", "16kb",
-                "latency", "20ms")
-    proc = lab.popen(backend, sys.executable, "-m", "xdpguard.lab.l7", "serve", "--port", str(HTTP_PORT),
-                     "--duration", str(serve_s), "--page-bytes", str(page_bytes), "--workers", str(workers))
-    wait = ("import socket,time\nend=time.monotonic()+10\nwhile True:\n try:\n"
-            f"  socket.create_connection(({BACKEND4!r},{HTTP_PORT}),0.5).close();break\n"
-            " except OSError:\n  assert time.monotonic()<end\n  time.sleep(0.1)\n")
+        lab.run(
+            backend,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            "eth0",
+            "root",
+            "tbf",
+            "rate",
+            shape,
+            "burst",
+            "16kb",
+            "latency",
+            "20ms",
+        )
+    proc = lab.popen(
+        backend,
+        sys.executable,
+        "-m",
+        "xdpguard.lab.l7",
+        "serve",
+        "--port",
+        str(HTTP_PORT),
+        "--duration",
+        str(serve_s),
+        "--page-bytes",
+        str(page_bytes),
+        "--workers",
+        str(workers),
+    )
+    wait = (
+        "import socket,time\nend=time.monotonic()+10\nwhile True:\n try:\n"
+        f"  socket.create_connection(({BACKEND4!r},{HTTP_PORT}),0.5).close();break\n"
+        " except OSError:\n  assert time.monotonic()<end\n  time.sleep(0.1)\n"
+    )
     lab.run(prot, sys.executable, "-c", wait, timeout=20)
     return L7Lab(client, attacker, prot, backend, proc)
 
@@ -99,11 +128,13 @@ def add_sources(lab, t: L7Lab, count: int, prefix: str = BOTS4) -> list[str]:
 
 def plain_config(run_dir: str, listen: str = PROT4, backend: str = f"{BACKEND4}:{HTTP_PORT}") -> str:
     """HAProxy as a plain reverse proxy (no defence at all): the "without limits" comparison."""
-    return (f"global\n    master-worker\n    stats socket {run_dir}/admin.sock mode 600 level admin expose-fd listeners\n"
-            "    maxconn 4096\n    hard-stop-after 30s\n\ndefaults\n    mode http\n    timeout connect 5s\n"
-            "    timeout client 30s\n    timeout server 30s\n\n"
-            f"frontend plain_fe\n    bind ipv4@{listen}:{HTTP_PORT}\n    default_backend plain_be\n\n"
-            f"backend plain_be\n    option forwardfor\n    server s0 {backend}\n")
+    return (
+        f"global\n    master-worker\n    stats socket {run_dir}/admin.sock mode 600 level admin expose-fd listeners\n"
+        "    maxconn 4096\n    hard-stop-after 30s\n\ndefaults\n    mode http\n    timeout connect 5s\n"
+        "    timeout client 30s\n    timeout server 30s\n\n"
+        f"frontend plain_fe\n    bind ipv4@{listen}:{HTTP_PORT}\n    default_backend plain_be\n\n"
+        f"backend plain_be\n    option forwardfor\n    server s0 {backend}\n"
+    )
 
 
 # ---- the backend ----
@@ -171,8 +202,9 @@ class _Server6(_Server):
     address_family = socket.AF_INET6  # bound to '::': v4 and v6 (bindv6only 0, the default)
 
 
-def serve(port: int, duration: float, page_bytes: int = 64, workers: int = 0, work_ms: int = 0,
-          bind: str = "0.0.0.0") -> int:
+def serve(
+    port: int, duration: float, page_bytes: int = 64, workers: int = 0, work_ms: int = 0, bind: str = "0.0.0.0"
+) -> int:
     """With `workers` and `work_ms`, a small real server: that many requests at a time, each
     taking that long (at most workers × 1000 / work_ms pages a second)."""
     _Handler.page_bytes = page_bytes
@@ -295,12 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--interval", type=float, default=1.0)
     a = ap.parse_args(argv)
     if a.cmd == "slowloris":
-        print(json.dumps(slowloris(a.host, a.port, min(a.conns, 1000), min(a.duration, 120.0), a.interval)),
-              flush=True)
+        print(json.dumps(slowloris(a.host, a.port, min(a.conns, 1000), min(a.duration, 120.0), a.interval)), flush=True)
         return 0
     if a.cmd == "serve":
-        return serve(a.port, min(a.duration, 86400.0), max(0, min(a.page_bytes, 1 << 20)), max(0, min(a.workers, 4096)),
-                     max(0, min(a.work_ms, 10_000)), a.bind)
+        return serve(
+            a.port,
+            min(a.duration, 86400.0),
+            max(0, min(a.page_bytes, 1 << 20)),
+            max(0, min(a.workers, 4096)),
+            max(0, min(a.work_ms, 10_000)),
+            a.bind,
+        )
     print(json.dumps(client(a.url, min(a.duration, 600.0), a.interval, a.timeout, a.host)), flush=True)
     return 0
 

@@ -65,9 +65,7 @@ class LabCommandError(LabError):
         self.stdout = stdout
         self.stderr = stderr
         detail = (stderr or stdout or "").strip()
-        super().__init__(
-            f"command {argv!r} exited {returncode}" + (f": {detail}" if detail else "")
-        )
+        super().__init__(f"command {argv!r} exited {returncode}" + (f": {detail}" if detail else ""))
 
 
 def leftover_namespaces(prefix: str = NS_PREFIX, pid: int | None = None) -> list[str]:
@@ -161,11 +159,15 @@ class Lab:
 
     # --- commands -------------------------------------------------------------------------
 
-    def _cmd(self, argv: list[str], *, check: bool = True, timeout: float | None = None,
-             input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def _cmd(
+        self, argv: list[str], *, check: bool = True, timeout: float | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         log.debug("lab: %s", argv)
         proc = subprocess.run(
-            argv, input=input, capture_output=True, text=True,
+            argv,
+            input=input,
+            capture_output=True,
+            text=True,
             timeout=self.timeout if timeout is None else timeout,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
@@ -183,8 +185,9 @@ class Lab:
         if proc.returncode != 0:
             log.debug("lab cleanup %s exited %d: %s", argv, proc.returncode, proc.stderr.strip())
 
-    def run(self, ns: str, *argv: str, check: bool = True, timeout: float | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, ns: str, *argv: str, check: bool = True, timeout: float | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run `argv` inside `ns` (`ip netns exec`), capture text output, raise on failure if `check`."""
         self._check_open()
         return self._cmd(["ip", "netns", "exec", ns, *argv], check=check, timeout=timeout, input=input)
@@ -237,8 +240,7 @@ class Lab:
         self._check_own(ns_b)
         _check_ifname(if_a)
         _check_ifname(if_b)
-        self._cmd(["ip", "-n", ns_a, "link", "add", if_a, "type", "veth",
-                   "peer", "name", if_b, "netns", ns_b])
+        self._cmd(["ip", "-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b])
         # Deleting one end deletes both; with the namespace gone it is gone already.
         self.defer(f"delete veth {ns_a}:{if_a}", self._quiet, ["ip", "-n", ns_a, "link", "del", if_a])
         for ns, ifname in ((ns_a, if_a), (ns_b, if_b)):
@@ -265,8 +267,11 @@ class Lab:
         if iface.version == 6:
             argv.append("nodad")
         self._cmd(argv)
-        self.defer(f"delete address {cidr} on {ns}:{ifname}", self._quiet,
-                   ["ip", "-n", ns, "addr", "del", str(iface), "dev", ifname])
+        self.defer(
+            f"delete address {cidr} on {ns}:{ifname}",
+            self._quiet,
+            ["ip", "-n", ns, "addr", "del", str(iface), "dev", ifname],
+        )
 
     def route(self, ns: str, dst: str, via: str) -> None:
         """Add a route to `dst` (a prefix or "default") through next hop `via` inside `ns`."""
@@ -281,8 +286,11 @@ class Lab:
             _check_allowed(network, "destination")
             dst = str(network)
         self._cmd(["ip", family, "-n", ns, "route", "add", dst, "via", str(gateway)])
-        self.defer(f"delete route {dst} in {ns}", self._quiet,
-                   ["ip", family, "-n", ns, "route", "del", dst, "via", str(gateway)])
+        self.defer(
+            f"delete route {dst} in {ns}",
+            self._quiet,
+            ["ip", family, "-n", ns, "route", "del", dst, "via", str(gateway)],
+        )
 
     def sysctl(self, ns: str, key: str, value: str | int) -> None:
         """Set sysctl `key` (dotted, e.g. "net.ipv4.ip_forward") inside `ns`; restored on close.

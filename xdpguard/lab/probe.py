@@ -88,8 +88,15 @@ def one_request(proto: str, dst: str, port: int, timeout: float, seq: int) -> No
         s.close()
 
 
-def run(proto: str, dst: str, port: int | None = None, count: int = 100, timeout: float = 1.0,
-        interval: float = 0.0, duration: float = 60.0) -> ProbeResult:
+def run(
+    proto: str,
+    dst: str,
+    port: int | None = None,
+    count: int = 100,
+    timeout: float = 1.0,
+    interval: float = 0.0,
+    duration: float = 60.0,
+) -> ProbeResult:
     port = port or DEFAULT_PORTS[proto]
     lat_ms: list[float] = []
     errors: dict[str, int] = {}
@@ -109,9 +116,20 @@ def run(proto: str, dst: str, port: int | None = None, count: int = 100, timeout
             time.sleep(interval)
     elapsed = time.monotonic() - start
     ok = len(lat_ms)
-    return ProbeResult(proto, dst, port, sent, ok, round(100.0 * ok / sent, 2) if sent else 0.0,
-                       _r(percentile(lat_ms, 50)), _r(percentile(lat_ms, 99)), _r(max(lat_ms, default=None)),
-                       round(elapsed, 3), errors, sum(1 for v in lat_ms if v >= 900.0))
+    return ProbeResult(
+        proto,
+        dst,
+        port,
+        sent,
+        ok,
+        round(100.0 * ok / sent, 2) if sent else 0.0,
+        _r(percentile(lat_ms, 50)),
+        _r(percentile(lat_ms, 99)),
+        _r(max(lat_ms, default=None)),
+        round(elapsed, 3),
+        errors,
+        sum(1 for v in lat_ms if v >= 900.0),
+    )
 
 
 def _r(v: float | None) -> float | None:
@@ -119,10 +137,12 @@ def _r(v: float | None) -> float | None:
 
 
 def describe(r: ProbeResult) -> str:
-    lat = (f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms" if r.p50_ms is not None else "no answers")
+    lat = f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms" if r.p50_ms is not None else "no answers"
     err = (", errors: " + ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items()))) if r.errors else ""
-    return (f"{r.proto} {r.dst}:{r.port}: {r.ok}/{r.sent} answered ({r.success_pct:.1f}%), {lat}"
-            f" in {r.elapsed_s:.1f} s{err}")
+    return (
+        f"{r.proto} {r.dst}:{r.port}: {r.ok}/{r.sent} answered ({r.success_pct:.1f}%), {lat}"
+        f" in {r.elapsed_s:.1f} s{err}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,15 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    res = run(a.proto, a.dst, a.port, max(1, min(a.count, 1_000_000)), a.timeout, a.interval,
-              min(a.duration, 3600.0))
+    res = run(a.proto, a.dst, a.port, max(1, min(a.count, 1_000_000)), a.timeout, a.interval, min(a.duration, 3600.0))
     print(json.dumps(res.to_dict()) if a.json else describe(res), flush=True)
     return 0 if res.ok else 1
 
 
-
-def in_lab(proto: str = "udp", count: int = 100, *, family: int = 4, timeout: float = 1.0, interval: float = 0.0,
-           duration: float = 60.0) -> ProbeResult:
+def in_lab(
+    proto: str = "udp",
+    count: int = 100,
+    *,
+    family: int = 4,
+    timeout: float = 1.0,
+    interval: float = 0.0,
+    duration: float = 60.0,
+) -> ProbeResult:
     """Run the probe inside the lab's client namespace against the protective IP."""
     import subprocess
 
@@ -152,11 +177,29 @@ def in_lab(proto: str = "udp", count: int = 100, *, family: int = 4, timeout: fl
 
     client = topology.require_up("client")
     dst = topology.PROT6 if family == 6 else topology.PROT4
-    argv = ["ip", "netns", "exec", client, sys.executable, "-m", "xdpguard.lab.probe", "--proto", proto,
-            "--dst", dst, "--count", str(count), "--timeout", str(timeout), "--interval", str(interval),
-            "--duration", str(duration), "--json"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=duration + timeout + 30,
-                       stdin=subprocess.DEVNULL)
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        client,
+        sys.executable,
+        "-m",
+        "xdpguard.lab.probe",
+        "--proto",
+        proto,
+        "--dst",
+        dst,
+        "--count",
+        str(count),
+        "--timeout",
+        str(timeout),
+        "--interval",
+        str(interval),
+        "--duration",
+        str(duration),
+        "--json",
+    ]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=duration + timeout + 30, stdin=subprocess.DEVNULL)
     try:
         return ProbeResult(**json.loads(p.stdout))
     except (json.JSONDecodeError, TypeError) as exc:

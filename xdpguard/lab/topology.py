@@ -65,12 +65,28 @@ FORWARDS = (
 #: request, hence the connection limits.
 PROBE_AGENT = "xdpguard-lab-probe"
 HTTP_SERVICES = (
-    (PROT4, {"name": "www4", "port": HTTP_PORT, "backends": [f"{BACKEND4}:{HTTP_PORT}"], "level": "normal",
-             "connections": {"concurrent": 1000, "new_per_10s": 100_000},
-             "rule": [{"action": "allow", "user_agent_regex": f"^{PROBE_AGENT}/"}]}),
-    (PROT6, {"name": "www6", "port": HTTP_PORT, "backends": [f"[{BACKEND6}]:{HTTP_PORT}"], "level": "normal",
-             "connections": {"concurrent": 1000, "new_per_10s": 100_000},
-             "rule": [{"action": "allow", "user_agent_regex": f"^{PROBE_AGENT}/"}]}),
+    (
+        PROT4,
+        {
+            "name": "www4",
+            "port": HTTP_PORT,
+            "backends": [f"{BACKEND4}:{HTTP_PORT}"],
+            "level": "normal",
+            "connections": {"concurrent": 1000, "new_per_10s": 100_000},
+            "rule": [{"action": "allow", "user_agent_regex": f"^{PROBE_AGENT}/"}],
+        },
+    ),
+    (
+        PROT6,
+        {
+            "name": "www6",
+            "port": HTTP_PORT,
+            "backends": [f"[{BACKEND6}]:{HTTP_PORT}"],
+            "level": "normal",
+            "connections": {"concurrent": 1000, "new_per_10s": 100_000},
+            "rule": [{"action": "allow", "user_agent_regex": f"^{PROBE_AGENT}/"}],
+        },
+    ),
 )
 #: What the plain NAT box of the "without xdpguard" comparison forwards (every service, by DNAT).
 PLAIN_FORWARDS = (
@@ -174,10 +190,17 @@ class LabStatusResult:
 # ---- commands ----
 
 
-def _run(argv: list[str], *, check: bool = True, timeout: float = CMD_TIMEOUT_S,
-         input: str | None = None) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input,
-                       stdin=None if input is not None else subprocess.DEVNULL)
+def _run(
+    argv: list[str], *, check: bool = True, timeout: float = CMD_TIMEOUT_S, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
     if check and p.returncode != 0:
         detail = (p.stderr or p.stdout).strip()
         raise UserError(f"lab: {' '.join(argv)} exited {p.returncode}: {detail}")
@@ -222,7 +245,8 @@ def _veth(ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
 _PEER_XDP_PASS = (
     "import sys\nfrom bcc import BPF\n"
     "b = BPF(text=b'int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }')\n"
-    "b.attach_xdp(sys.argv[1].encode(), b.load_func(b'xdp_pass', BPF.XDP), 0)\n")
+    "b.attach_xdp(sys.argv[1].encode(), b.load_func(b'xdp_pass', BPF.XDP), 0)\n"
+)
 
 
 def _peer_xdp_pass(ns: str, ifname: str) -> None:
@@ -248,22 +272,29 @@ def read_state(name: str | None = None) -> dict | None:
 def _start_server(ns: str, name: str, argv: list[str], log_dir: Path) -> ServerInfo:
     log = open(log_dir / f"{name}.log", "wb")
     try:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         log.close()
     return ServerInfo(name, ns, proc.pid, argv)
 
 
 def _wait_ready(ns: str, addr: str, port: int, timeout_s: float = 10.0) -> None:
-    code = ("import socket,sys,time\n"
-            f"end=time.monotonic()+{timeout_s}\n"
-            "while True:\n"
-            "    try:\n"
-            f"        socket.create_connection(({addr!r},{port}),0.5).close(); sys.exit(0)\n"
-            "    except OSError:\n"
-            "        if time.monotonic()>end: sys.exit(1)\n"
-            "        time.sleep(0.1)\n")
+    code = (
+        "import socket,sys,time\n"
+        f"end=time.monotonic()+{timeout_s}\n"
+        "while True:\n"
+        "    try:\n"
+        f"        socket.create_connection(({addr!r},{port}),0.5).close(); sys.exit(0)\n"
+        "    except OSError:\n"
+        "        if time.monotonic()>end: sys.exit(1)\n"
+        "        time.sleep(0.1)\n"
+    )
     if in_ns(ns, sys.executable, "-c", code, check=False, timeout=timeout_s + 5).returncode != 0:
         raise UserError(f"lab: nothing listens on {addr}:{port} in {ns} after {timeout_s:g} s")
 
@@ -316,20 +347,26 @@ def shape_backend(name: str | None = None, rate: str = BACKEND_RATE) -> None:
     uplink), and it counts the attack-marked packets (DSCP CS1, see attack.py) that reach it
     (nft counters in the backend namespace, before anything else sees them)."""
     prot, backend = ns_name("prot", name), ns_name("backend", name)
-    in_ns(prot, "tc", "qdisc", "replace", "dev", "xgb0", "root", "tbf", "rate", rate, "burst", "16kb",
-          "latency", "20ms")
-    rules = (f"table inet {COUNT_TABLE} {{\n"
-             "  counter attack {}\n  counter total {}\n"
-             "  chain pre {\n    type filter hook prerouting priority -450; policy accept;\n"
-             "    counter name total\n"
-             "    ip dscp cs1 counter name attack\n    ip6 dscp cs1 counter name attack\n  }\n}\n")
+    in_ns(
+        prot, "tc", "qdisc", "replace", "dev", "xgb0", "root", "tbf", "rate", rate, "burst", "16kb", "latency", "20ms"
+    )
+    rules = (
+        f"table inet {COUNT_TABLE} {{\n"
+        "  counter attack {}\n  counter total {}\n"
+        "  chain pre {\n    type filter hook prerouting priority -450; policy accept;\n"
+        "    counter name total\n"
+        "    ip dscp cs1 counter name attack\n    ip6 dscp cs1 counter name attack\n  }\n}\n"
+    )
     _run(["ip", "netns", "exec", backend, "nft", "-f", "-"], input=rules)
 
 
 PLAIN_TABLE = "xglabfwd"  # the plain forwarder of the "without xdpguard" comparison
 #: The kernel's defaults, as on a box that only forwards (tcp_loose 1: conntrack adopts mid-stream TCP).
-PLAIN_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1",
-                 "net.netfilter.nf_conntrack_tcp_loose": "1"}
+PLAIN_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.netfilter.nf_conntrack_tcp_loose": "1",
+}
 
 
 def plain_forward(name: str | None = None) -> None:
@@ -341,10 +378,14 @@ def plain_forward(name: str | None = None) -> None:
         fam, dst = ("ip6", PROT6) if to.startswith("[") else ("ip", PROT4)
         pre.append(f"    {fam} daddr {dst} {proto} dport {port} dnat {fam} to {to}")
         post.append(f"    ct status dnat {fam} daddr {to.rsplit(':', 1)[0].strip('[]')} masquerade")
-    rules = (f"table inet {PLAIN_TABLE} {{\n"
-             "  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n" + "\n".join(pre)
-             + "\n  }\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n"
-             + "\n".join(dict.fromkeys(post)) + "\n  }\n}\n")
+    rules = (
+        f"table inet {PLAIN_TABLE} {{\n"
+        "  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n"
+        + "\n".join(pre)
+        + "\n  }\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n"
+        + "\n".join(dict.fromkeys(post))
+        + "\n  }\n}\n"
+    )
     _run(["ip", "netns", "exec", prot, "nft", "-f", "-"], input=rules)
     for key, value in PLAIN_SYSCTLS.items():
         in_ns(prot, "sysctl", "-q", "-w", f"{key}={value}")
@@ -381,11 +422,36 @@ SMALL_BACKEND_WORKERS, SMALL_BACKEND_WORK_MS = 4, 20
 
 def _web_server(life: str, www: Path, small: bool) -> list[str]:
     if small:
-        return ["timeout", life, sys.executable, "-m", "xdpguard.lab.l7", "serve", "--port", str(HTTP_PORT),
-                "--bind", "::", "--duration", life, "--workers", str(SMALL_BACKEND_WORKERS),
-                "--work-ms", str(SMALL_BACKEND_WORK_MS)]
-    return ["timeout", life, sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "::",
-            "--directory", str(www)]
+        return [
+            "timeout",
+            life,
+            sys.executable,
+            "-m",
+            "xdpguard.lab.l7",
+            "serve",
+            "--port",
+            str(HTTP_PORT),
+            "--bind",
+            "::",
+            "--duration",
+            life,
+            "--workers",
+            str(SMALL_BACKEND_WORKERS),
+            "--work-ms",
+            str(SMALL_BACKEND_WORK_MS),
+        ]
+    return [
+        "timeout",
+        life,
+        sys.executable,
+        "-m",
+        "http.server",
+        str(HTTP_PORT),
+        "--bind",
+        "::",
+        "--directory",
+        str(www),
+    ]
 
 
 def up(*, protected: bool = True, lifetime_s: float = SERVER_LIFETIME_S, small_backend: bool = False) -> LabUpResult:
@@ -394,8 +460,9 @@ def up(*, protected: bool = True, lifetime_s: float = SERVER_LIFETIME_S, small_b
     notes: list[str] = []
     if read_state(name) is not None or any(ns_exists(ns) for ns in namespaces(name).values()):
         res = down()
-        notes.append(f"removed a previous lab first ({len(res.removed_namespaces)} namespaces, "
-                     f"{len(res.killed_pids)} processes)")
+        notes.append(
+            f"removed a previous lab first ({len(res.removed_namespaces)} namespaces, {len(res.killed_pids)} processes)"
+        )
     ns = namespaces(name)
     data: dict = {"name": name, "namespaces": ns, "servers": [], "created_at": time.time(), "protected": False}
     _write_state(data)  # from here on, `down` finds everything even if we die half-way
@@ -406,15 +473,20 @@ def up(*, protected: bool = True, lifetime_s: float = SERVER_LIFETIME_S, small_b
         inet = ns["inet"]
         _run(["ip", "-n", inet, "link", "add", "br0", "type", "bridge"])
         _run(["ip", "-n", inet, "link", "set", "br0", "up"])
-        for role, ifname, port in (("client", HOST_IFACE, "xgi-cli"), ("attacker", HOST_IFACE, "xgi-atk"),
-                                   ("prot", PROT_IFACE, "xgi-prot")):
+        for role, ifname, port in (
+            ("client", HOST_IFACE, "xgi-cli"),
+            ("attacker", HOST_IFACE, "xgi-atk"),
+            ("prot", PROT_IFACE, "xgi-prot"),
+        ):
             _veth(inet, port, ns[role], ifname)
             _run(["ip", "-n", inet, "link", "set", port, "master", "br0"])
         _peer_xdp_pass(inet, "xgi-prot")
         _veth(ns["prot"], "xgb0", ns["backend"], HOST_IFACE)
-        for role, ifname, v4, v6 in (("client", HOST_IFACE, CLIENT4, CLIENT6),
-                                     ("attacker", HOST_IFACE, ATTACKER4, ATTACKER6),
-                                     ("prot", PROT_IFACE, PROT4, PROT6)):
+        for role, ifname, v4, v6 in (
+            ("client", HOST_IFACE, CLIENT4, CLIENT6),
+            ("attacker", HOST_IFACE, ATTACKER4, ATTACKER6),
+            ("prot", PROT_IFACE, PROT4, PROT6),
+        ):
             _addr(ns[role], ifname, f"{v4}/24")
             _addr(ns[role], ifname, f"{v6}/64")
         _addr(ns["prot"], "xgb0", f"{PROT_BACK4}/24")
@@ -430,8 +502,12 @@ def up(*, protected: bool = True, lifetime_s: float = SERVER_LIFETIME_S, small_b
         life = str(int(lifetime_s))
         servers = [
             _start_server(ns["backend"], "http", _web_server(life, www, small_backend), log_dir),
-            _start_server(ns["backend"], "echo", [sys.executable, "-m", "xdpguard.lab.echo", "serve", "--port",
-                                                  str(ECHO_PORT), "--duration", life], log_dir),
+            _start_server(
+                ns["backend"],
+                "echo",
+                [sys.executable, "-m", "xdpguard.lab.echo", "serve", "--port", str(ECHO_PORT), "--duration", life],
+                log_dir,
+            ),
         ]
         data["servers"] = [asdict(s) for s in servers]
         _write_state(data)
@@ -531,11 +607,22 @@ def status() -> LabStatusResult:
         if p.returncode == 0:
             st = json.loads(p.stdout)
             xdp = st[0] if st else None
-    addresses = {"protective_ip": f"{PROT4}, {PROT6}", "client": f"{CLIENT4}, {CLIENT6}",
-                 "attacker": f"{ATTACKER4}, {ATTACKER6}", "backend (hidden)": f"{BACKEND4}, {BACKEND6}"}
+    addresses = {
+        "protective_ip": f"{PROT4}, {PROT6}",
+        "client": f"{CLIENT4}, {CLIENT6}",
+        "attacker": f"{ATTACKER4}, {ATTACKER6}",
+        "backend (hidden)": f"{BACKEND4}, {BACKEND6}",
+    }
     up_ = all(exists.values()) and bool(servers) and all(s["alive"] for s in servers)
-    return LabStatusResult(name, up_, {ns[r]: e for r, e in exists.items()}, servers, xdp, addresses,
-                           str(state_file(name)) if data is not None else None)
+    return LabStatusResult(
+        name,
+        up_,
+        {ns[r]: e for r, e in exists.items()},
+        servers,
+        xdp,
+        addresses,
+        str(state_file(name)) if data is not None else None,
+    )
 
 
 def require_up(role: str) -> str:

@@ -103,16 +103,31 @@ def message(data: bytes, epoch: int, port: int, window: int) -> bytes:
     return head + data[:window].ljust(window, b"\0")
 
 
-def mark(payload: bytes, key: bytes, now: float | None = None, *, port: int,
-         step: int = DEFAULT_STEP, window: int = DEFAULT_WINDOW) -> bytes:
+def mark(
+    payload: bytes,
+    key: bytes,
+    now: float | None = None,
+    *,
+    port: int,
+    step: int = DEFAULT_STEP,
+    window: int = DEFAULT_WINDOW,
+) -> bytes:
     """payload followed by its 12-byte mark for destination `port` at unix time `now`."""
     check_params(step, window)
     ep = epoch_of(time.time() if now is None else now, step)
     return payload + struct.pack(">I", ep) + siphash24(key, message(payload, ep, port, window))
 
 
-def verify(datagram: bytes, key: bytes, now: float | None = None, *, port: int, step: int = DEFAULT_STEP,
-           window: int = DEFAULT_WINDOW, skew: int = DEFAULT_SKEW) -> bytes | None:
+def verify(
+    datagram: bytes,
+    key: bytes,
+    now: float | None = None,
+    *,
+    port: int,
+    step: int = DEFAULT_STEP,
+    window: int = DEFAULT_WINDOW,
+    skew: int = DEFAULT_SKEW,
+) -> bytes | None:
     """The data of a validly marked datagram, else None: what the XDP check decides (one key)."""
     if len(datagram) < TAG_LEN:
         return None
@@ -190,8 +205,11 @@ def _echo(args) -> dict:
         if time.monotonic() > deadline:
             break
         data = f"wm-echo {i} ".encode().ljust(args.size, b"x")
-        pkt = data if args.plain else mark(data, key, time.time() - args.age, port=port, step=args.step,
-                                           window=args.window)
+        pkt = (
+            data
+            if args.plain
+            else mark(data, key, time.time() - args.age, port=port, step=args.step, window=args.window)
+        )
         t0 = time.monotonic()
         s.sendto(pkt, (host, port))
         sent += 1
@@ -206,8 +224,12 @@ def _echo(args) -> dict:
             pass
         time.sleep(args.interval)
     s.close()
-    return {"sent": sent, "received": got, "loss_pct": round(100.0 * (sent - got) / sent, 2) if sent else None,
-            "rtt_ms_median": round(sorted(rtts)[len(rtts) // 2] * 1000, 3) if rtts else None}
+    return {
+        "sent": sent,
+        "received": got,
+        "loss_pct": round(100.0 * (sent - got) / sent, 2) if sent else None,
+        "rtt_ms_median": round(sorted(rtts)[len(rtts) // 2] * 1000, 3) if rtts else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "keygen":
             write_key(a.file)
         elif a.cmd == "mark":
-            print(mark(bytes.fromhex(a.data), load_key(a.key_file), a.now, port=a.port, step=a.step,
-                       window=a.window).hex())
+            print(
+                mark(
+                    bytes.fromhex(a.data), load_key(a.key_file), a.now, port=a.port, step=a.step, window=a.window
+                ).hex()
+            )
         else:
             if not a.plain and not a.key_file:
                 raise ValueError("--key-file is required unless --plain")

@@ -34,8 +34,17 @@ def fmt_duration(s: float) -> str:
 
 
 def _table(*cols: tuple[str, str], title: str | None = None) -> Table:
-    t = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1), title=title, title_justify="left",
-              title_style="bold", header_style="bold", expand=False)
+    t = Table(
+        box=None,
+        pad_edge=False,
+        show_edge=False,
+        padding=(0, 1),
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        header_style="bold",
+        expand=False,
+    )
     for name, justify in cols:
         t.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
     return t
@@ -71,8 +80,12 @@ def rates(s: Snapshot, width: int) -> Table:
     for name in SERIES:
         r = s.rates.get(name)
         pps, bps = (r.pps, r.bps) if r else (0.0, 0.0)
-        t.add_row(Text(name, style=styles[name]), fmt_rate(pps), fmt_rate(bps, "b"),
-                  Text(sparkline(s.history.get(name, []), spark_w), style=styles[name]))
+        t.add_row(
+            Text(name, style=styles[name]),
+            fmt_rate(pps),
+            fmt_rate(bps, "b"),
+            Text(sparkline(s.history.get(name, []), spark_w), style=styles[name]),
+        )
     return t
 
 
@@ -82,8 +95,13 @@ def reasons(s: Snapshot, rows: int) -> Table:
     shown = s.reasons[:rows]
     for r in shown:
         label = r.reason if r.kind == "drop" else f"{r.reason} (would)"
-        t.add_row(label, fmt_rate(r.pps), fmt_rate(r.bps, "b"), f"{r.share * 100:.0f}%",
-                  fmt_rate(totals.get((r.kind, r.reason), 0)))
+        t.add_row(
+            label,
+            fmt_rate(r.pps),
+            fmt_rate(r.bps, "b"),
+            f"{r.share * 100:.0f}%",
+            fmt_rate(totals.get((r.kind, r.reason), 0)),
+        )
     if not shown:
         t.add_row(Text("no drops", style="dim"), "", "", "", "")
     return t
@@ -119,13 +137,25 @@ def forwarding(s: Snapshot, rows: int, wide: bool) -> Table:
 
 
 def events(s: Snapshot, rows: int) -> Table:
-    t = _table(("attack events", "left"), ("target", "left"), ("dur", "right"), ("peak pps", "right"),
-               ("peak bps", "right"), ("reasons", "left"))
+    t = _table(
+        ("attack events", "left"),
+        ("target", "left"),
+        ("dur", "right"),
+        ("peak pps", "right"),
+        ("peak bps", "right"),
+        ("reasons", "left"),
+    )
     for e in list(reversed(s.events))[:rows]:
         start = time.strftime("%H:%M:%S", time.localtime(e.start))
         dur = fmt_duration((e.end if e.end is not None else s.time) - e.start)
-        t.add_row(start + (" open" if e.end is None else ""), e.protected, dur, fmt_rate(e.peak_pps),
-                  fmt_rate(e.peak_bps, "b"), ",".join(e.top_reasons[:2]))
+        t.add_row(
+            start + (" open" if e.end is None else ""),
+            e.protected,
+            dur,
+            fmt_rate(e.peak_pps),
+            fmt_rate(e.peak_bps, "b"),
+            ",".join(e.top_reasons[:2]),
+        )
     return t
 
 

@@ -83,8 +83,9 @@ def bird_str(value: str) -> str:
     this is the last line, so that no value can end a statement and start another."""
     s = str(value)
     if '"' in s or "\\" in s or vocab.control_char(s) is not None:
-        raise UserError(f"cannot write {s!r} into BIRD's config: quotes, backslashes and control characters "
-                        f"cannot be written there")
+        raise UserError(
+            f"cannot write {s!r} into BIRD's config: quotes, backslashes and control characters cannot be written there"
+        )
     return f'"{s}"'
 
 
@@ -103,8 +104,9 @@ def bird_addr(a: IPAddress) -> str:
     return str(a)
 
 
-def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations: tuple[Escalation, ...] = (),
-           prepend: int = 0) -> str:
+def render(
+    bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations: tuple[Escalation, ...] = (), prepend: int = 0
+) -> str:
     """The node's BIRD config. `announce` are the addresses to announce now (empty: withdrawn);
     `escalations` the upstream routes this node (the elected one) announces besides; `prepend`
     > 0 (overloaded) adds its AS that many times to the path: the router then prefers the other
@@ -119,50 +121,68 @@ def render(bgp: BgpSpec, announce: list[IPAddress], node: str = "", escalations:
         if e.kind == "blackhole":
             plen = 32 if e.address.version == 4 else 128
             # via the liveness device too: a dead agent's blackhole goes with its TUN device
-            rtbh[e.address.version].append(f'  route {bird_addr(e.address)}/{plen} via {dev} {{ bgp_community.add({comm}); }};')
+            rtbh[e.address.version].append(
+                f"  route {bird_addr(e.address)}/{plen} via {dev} {{ bgp_community.add({comm}); }};"
+            )
         else:
             flows[e.address.version].append(
-                f"  route flow{e.address.version} {{ {e.flow_match()} }} {{ bgp_ext_community.add({TRAFFIC_RATE_0}); }};")
+                f"  route flow{e.address.version} {{ {e.flow_match()} }} {{ bgp_ext_community.add({TRAFFIC_RATE_0}); }};"
+            )
     flowspec = bgp.flowspec_pps > 0
-    L = [f"# BIRD config of xdpguard cluster node {bird_comment(node or '?')}: written by xdpguard, do not edit",
-         f"router id {bird_addr(bgp.router_id)};",
-         "protocol device { scan time 10; }",
-         f"protocol static {STATIC4} {{",
-         "  ipv4;",
-         "  check link;  # a route via the liveness device lives only as long as xdpguard holds it",
-         *[f'  route {bird_addr(a)}/32 via {dev};' for a in v4],
-         "}",
-         f"protocol static {STATIC6} {{",
-         "  ipv6;",
-         "  check link;",
-         *[f'  route {bird_addr(a)}/128 via {dev};' for a in v6],
-         "}"]
+    L = [
+        f"# BIRD config of xdpguard cluster node {bird_comment(node or '?')}: written by xdpguard, do not edit",
+        f"router id {bird_addr(bgp.router_id)};",
+        "protocol device { scan time 10; }",
+        f"protocol static {STATIC4} {{",
+        "  ipv4;",
+        "  check link;  # a route via the liveness device lives only as long as xdpguard holds it",
+        *[f"  route {bird_addr(a)}/32 via {dev};" for a in v4],
+        "}",
+        f"protocol static {STATIC6} {{",
+        "  ipv6;",
+        "  check link;",
+        *[f"  route {bird_addr(a)}/128 via {dev};" for a in v6],
+        "}",
+    ]
     for ver, name in ((4, RTBH4), (6, RTBH6)):
-        L += [f"protocol static {name} {{", f"  ipv{ver} {{ preference 250; }};  # wins over the plain announcement",
-              "  check link;", *rtbh[ver], "}"]
+        L += [
+            f"protocol static {name} {{",
+            f"  ipv{ver} {{ preference 250; }};  # wins over the plain announcement",
+            "  check link;",
+            *rtbh[ver],
+            "}",
+        ]
     if flowspec:
         L += ["flow4 table xg_flow4;", "flow6 table xg_flow6;"]
         for ver, name in ((4, FLOW4), (6, FLOW6)):
             L += [f"protocol static {name} {{", f"  flow{ver} {{ table xg_flow{ver}; }};", *flows[ver], "}"]
     if bgp.bfd:
         ms = bgp.bfd_interval_ms
-        L += ["protocol bfd xg_bfd {",
-              f'  interface "*" {{ min rx interval {ms} ms; min tx interval {ms} ms; '
-              f"idle tx interval 300 ms; multiplier {bgp.bfd_multiplier}; }};",
-              "}"]
+        L += [
+            "protocol bfd xg_bfd {",
+            f'  interface "*" {{ min rx interval {ms} ms; min tx interval {ms} ms; '
+            f"idle tx interval 300 ms; multiplier {bgp.bfd_multiplier}; }};",
+            "}",
+        ]
     for i, n in enumerate(bgp.neighbors):
         ch, static, black = ("ipv4", STATIC4, RTBH4) if n.address.version == 4 else ("ipv6", STATIC6, RTBH6)
         ver = n.address.version
-        L += [f"protocol bgp {protocol_name(i, n.address.version)} {{",
-              f"  local as {bgp.local_as};",
-              f"  neighbor {bird_addr(n.address)} as {n.asn};",
-              f"  hold time {bgp.hold_s}; connect retry time 1; error wait time 1, 5;",
-              f"  bfd {'on' if bgp.bfd else 'off'}; check link on;",
-              (f'  {ch} {{ import none; export where proto = "{static}" || proto = "{black}"; }};' if not prepend else
-               f'  {ch} {{ import none; export filter {{ if proto = "{static}" || proto = "{black}" then {{ '
-               + f"bgp_path.prepend({bgp.local_as}); " * prepend + "accept; } reject; }; };"),
-              *([f"  flow{ver} {{ table xg_flow{ver}; import none; export all; }};"] if flowspec else []),
-              "}"]
+        L += [
+            f"protocol bgp {protocol_name(i, n.address.version)} {{",
+            f"  local as {bgp.local_as};",
+            f"  neighbor {bird_addr(n.address)} as {n.asn};",
+            f"  hold time {bgp.hold_s}; connect retry time 1; error wait time 1, 5;",
+            f"  bfd {'on' if bgp.bfd else 'off'}; check link on;",
+            (
+                f'  {ch} {{ import none; export where proto = "{static}" || proto = "{black}"; }};'
+                if not prepend
+                else f'  {ch} {{ import none; export filter {{ if proto = "{static}" || proto = "{black}" then {{ '
+                + f"bgp_path.prepend({bgp.local_as}); " * prepend
+                + "accept; } reject; }; };"
+            ),
+            *([f"  flow{ver} {{ table xg_flow{ver}; import none; export all; }};"] if flowspec else []),
+            "}",
+        ]
     return "\n".join(L) + "\n"
 
 
@@ -176,8 +196,13 @@ def _birdc() -> str:
 def birdc(socket_path: str, *args: str) -> str:
     """Run one birdc command against BIRD's control socket; its text output."""
     try:
-        p = subprocess.run([_birdc(), "-s", socket_path, *args], capture_output=True, text=True,
-                           timeout=BIRDC_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [_birdc(), "-s", socket_path, *args],
+            capture_output=True,
+            text=True,
+            timeout=BIRDC_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         raise BirdError(f"birdc {' '.join(args)}: no answer from {socket_path} in {BIRDC_TIMEOUT_S:g} s") from None
     out = (p.stdout + p.stderr).strip()
@@ -248,8 +273,10 @@ class LivenessDevice:
 
     def open(self) -> LivenessDevice:
         if os.path.exists(f"/sys/class/net/{self.name}"):
-            raise UserError(f"interface {self.name} exists already: another `xdpguard cluster run` holds it "
-                            f"in this namespace, or pick another [bgp] liveness_interface")
+            raise UserError(
+                f"interface {self.name} exists already: another `xdpguard cluster run` holds it "
+                f"in this namespace, or pick another [bgp] liveness_interface"
+            )
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", self.name.encode(), _IFF_TUN | _IFF_NO_PI))
@@ -261,8 +288,13 @@ class LivenessDevice:
         return self
 
     def set_up(self, up: bool) -> None:
-        p = subprocess.run(["ip", "link", "set", self.name, "up" if up else "down"], capture_output=True, text=True,
-                           timeout=10, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", "link", "set", self.name, "up" if up else "down"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+        )
         if p.returncode != 0:
             raise UserError(f"ip link set {self.name}: {p.stderr.strip()}")
 

@@ -68,8 +68,13 @@ def totals(loads: dict[str, dict]) -> dict[str, tuple[float, dict[str, float]]]:
     return out
 
 
-def decide(bgp: BgpSpec, loads: dict[str, dict], active: dict[tuple[str, str], Active],
-           now: float, allowed: Callable[[str], bool] = lambda a: False) -> tuple[dict[tuple[str, str], Active], list[str]]:
+def decide(
+    bgp: BgpSpec,
+    loads: dict[str, dict],
+    active: dict[tuple[str, str], Active],
+    now: float,
+    allowed: Callable[[str], bool] = lambda a: False,
+) -> tuple[dict[tuple[str, str], Active], list[str]]:
     """The escalations to announce after this round, and what changed (for the log). Keyed by
     (address, kind); a fingerprint is kept while its route stands (no flapping between rules).
     Only addresses `allowed` (the node's own [cluster] protect) are escalated: an upstream
@@ -91,13 +96,16 @@ def decide(bgp: BgpSpec, loads: dict[str, dict], active: dict[tuple[str, str], A
                 proto, dport = fingerprint(ports) if kind == "flowspec" else (None, None)
                 e = Escalation(ipaddress.ip_address(addr), kind, proto, dport)
                 out[key] = Active(e, now, now, pps)
-                said.append(f"escalated: {e.describe()} ({pps:,.0f} pps to {addr} across the cluster, "
-                            f"threshold {limit:,})")
+                said.append(
+                    f"escalated: {e.describe()} ({pps:,.0f} pps to {addr} across the cluster, threshold {limit:,})"
+                )
     for key, a in list(out.items()):
         if now - a.last_over >= bgp.escalation_hold_s:
             del out[key]
-            said.append(f"escalation withdrawn: {a.escalation.describe()} (below threshold for "
-                        f"{bgp.escalation_hold_s} s; peak {a.peak_pps:,.0f} pps)")
+            said.append(
+                f"escalation withdrawn: {a.escalation.describe()} (below threshold for "
+                f"{bgp.escalation_hold_s} s; peak {a.peak_pps:,.0f} pps)"
+            )
     return out, said
 
 

@@ -49,8 +49,18 @@ from ..model.desired import Desired, InterfaceSpec
 from ..errors import UserError
 from . import bgp as bgpmod
 from . import escalate
-from .store import (SPREAD_REASONS, Ban, ClusterStore, Event, PendingWrites, StoreUnavailable, Trust, Watch,
-                    desired_text, parse_desired)
+from .store import (
+    SPREAD_REASONS,
+    Ban,
+    ClusterStore,
+    Event,
+    PendingWrites,
+    StoreUnavailable,
+    Trust,
+    Watch,
+    desired_text,
+    parse_desired,
+)
 
 OK_ACTIONS = ("attached", "updated", "unchanged")
 LOCAL_BAN_POLL_S = 0.5
@@ -78,8 +88,10 @@ def established_tcp(address: str) -> bool:
         # filter, so for IPv6 the address is compared here
         want = NFCTAttrTuple(family=fam, proto=socket.IPPROTO_TCP, **({"saddr": str(a)} if a.version == 4 else {}))
         with Conntrack(nfgen_family=fam) as ct:
-            return any(e.status & IPS_ASSURED and ipaddress.ip_address(e.tuple_orig.saddr) == a
-                       for e in ct.dump_entries(tuple_orig=want))
+            return any(
+                e.status & IPS_ASSURED and ipaddress.ip_address(e.tuple_orig.saddr) == a
+                for e in ct.dump_entries(tuple_orig=want)
+            )
     except (OSError, ValueError, TypeError, NetlinkError):
         return False
 
@@ -90,8 +102,13 @@ def missing_routes(prefixes) -> list[str]:
     out = []
     for net in prefixes:
         probe = net.network_address if net.prefixlen == net.max_prefixlen else net.network_address + 1
-        p = subprocess.run(["ip", f"-{net.version}", "-j", "route", "get", str(probe)], capture_output=True,
-                           text=True, timeout=5, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["ip", f"-{net.version}", "-j", "route", "get", str(probe)],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             routes = json.loads(p.stdout or "[]") if p.returncode == 0 else []
         except ValueError:
@@ -143,8 +160,7 @@ class NodeAgent:
         self._snapshot_saved = -1
         self.announced: list[str] = []  # the routes in BIRD's config now
         self.liveness: bgpmod.LivenessDevice | None = None
-        self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0, "rejected": 0,
-                       "bans_failed": 0}
+        self.counts = {"resyncs": 0, "events": 0, "bans_applied": 0, "bans_spread": 0, "rejected": 0, "bans_failed": 0}
         self.spread: dict[str, float] = {}  # address → when (monotonic) the ban this node spread ends
         self.meter: escalate.LoadMeter | None = None
         self.escalations: dict[tuple[str, str], escalate.Active] = {}
@@ -217,8 +233,11 @@ class NodeAgent:
                 self.say(f"ban {name}", f"{name}: ban {b.address}: {exc.message}")
             except OSError as exc:  # libbpf.BpfError: e.g. xg_opban_hash is full
                 self.counts["bans_failed"] += 1
-                self.say(f"ban {name}", f"{name}: ban {b.address} not applied ({exc.strerror or exc}); "
-                                        f"{self.counts['bans_failed']} store ban(s) not applied so far")
+                self.say(
+                    f"ban {name}",
+                    f"{name}: ban {b.address} not applied ({exc.strerror or exc}); "
+                    f"{self.counts['bans_failed']} store ban(s) not applied so far",
+                )
         self.from_store.add(b.address)
         self.counts["bans_applied"] += 1
 
@@ -275,12 +294,17 @@ class NodeAgent:
 
     def save_snapshot(self) -> None:
         """The store's state as this node has applied it, with its revision (fsynced)."""
-        data = {"revision": self.applied_revision,
-                # as the store gave them: the hook is the node's own, added again when loaded
-                "desired": {n: desired_text(replace(s, events=replace(s.events, hook=None)))
-                            for n, s in sorted(self.specs.items())},
-                "bans": {a: {"ttl": b.ttl_s, "reason": b.reason, "node": b.node, "expires": b.expires}
-                         for a, b in sorted(self.store_bans.items())}}
+        data = {
+            "revision": self.applied_revision,
+            # as the store gave them: the hook is the node's own, added again when loaded
+            "desired": {
+                n: desired_text(replace(s, events=replace(s.events, hook=None))) for n, s in sorted(self.specs.items())
+            },
+            "bans": {
+                a: {"ttl": b.ttl_s, "reason": b.reason, "node": b.node, "expires": b.expires}
+                for a, b in sorted(self.store_bans.items())
+            },
+        }
         path = self.snapshot_path()
         state.netns_state_dir()  # created root-only and marked as this namespace's
         state.write_durably(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
@@ -290,8 +314,10 @@ class NodeAgent:
         """At start with the store unreachable: realise the last snapshot (False when none)."""
         try:
             data = json.loads(self.snapshot_path().read_text())
-            specs = {n: self.local(parse_desired(f"snapshot/{n}", t.encode(), self.trust))
-                     for n, t in data["desired"].items()}
+            specs = {
+                n: self.local(parse_desired(f"snapshot/{n}", t.encode(), self.trust))
+                for n, t in data["desired"].items()
+            }
         except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
             return False
         for spec in specs.values():
@@ -400,8 +426,10 @@ class NodeAgent:
             if address in self.spread or address in self.pending.bans or left < 1:
                 continue
             if budget <= 0 or len(self.spread) + len(self.pending.bans) >= SPREAD_MAX:
-                self.say("spread cap", f"spreading at most {SPREAD_PER_ROUND} bans a round and {SPREAD_MAX} at "
-                                       f"once: the rest stay local")
+                self.say(
+                    "spread cap",
+                    f"spreading at most {SPREAD_PER_ROUND} bans a round and {SPREAD_MAX} at once: the rest stay local",
+                )
                 break
             if not established_tcp(address):
                 continue  # nothing proves the address is its sender's own
@@ -508,8 +536,10 @@ class NodeAgent:
             others = self._may_withdraw()
             if others is not None:
                 want = True
-                note = (f"unhealthy ({'; '.join(reasons) or 'recovering'}) but kept announcing: "
-                        f"{others} other node(s) announce, min_nodes is {self.bgp.min_nodes}")
+                note = (
+                    f"unhealthy ({'; '.join(reasons) or 'recovering'}) but kept announcing: "
+                    f"{others} other node(s) announce, min_nodes is {self.bgp.min_nodes}"
+                )
         self.announce_note = note
         if note:
             self.say("announce", note)
@@ -564,15 +594,26 @@ class NodeAgent:
             return
         addrs = bgpmod.announce_set(self.bgp, self.protected()) if on else []
         try:
-            changed = bgpmod.configure(self.bgp, bgpmod.render(self.bgp, addrs, self.node, self._escalation_routes(),
-                                                               self.bgp.overload_prepend if self.overloaded else 0))
+            changed = bgpmod.configure(
+                self.bgp,
+                bgpmod.render(
+                    self.bgp,
+                    addrs,
+                    self.node,
+                    self._escalation_routes(),
+                    self.bgp.overload_prepend if self.overloaded else 0,
+                ),
+            )
         except UserError as exc:
             self.say("bird", f"BIRD: {exc.message}")
             return
         self.announced = [str(a) for a in addrs]
         if changed or on != self.announcing:
-            self.report(("announcing " + ", ".join(map(str, addrs))) if on else
-                        ("withdrawn: " + ("; ".join(self.health.reasons) or "stopping")))
+            self.report(
+                ("announcing " + ", ".join(map(str, addrs)))
+                if on
+                else ("withdrawn: " + ("; ".join(self.health.reasons) or "stopping"))
+            )
         self.announcing = on
 
     def _escalation_routes(self) -> tuple[bgpmod.Escalation, ...]:
@@ -598,9 +639,12 @@ class NodeAgent:
         else:
             self._calm_since = None
         if self.overloaded != was:
-            self.report(f"overloaded ({pps:,.0f} pps >= {self.bgp.overload_pps:,}): prepending AS {self.bgp.local_as} "
-                        f"x{self.bgp.overload_prepend}" if self.overloaded else
-                        f"load back to {pps:,.0f} pps: plain AS path again")
+            self.report(
+                f"overloaded ({pps:,.0f} pps >= {self.bgp.overload_pps:,}): prepending AS {self.bgp.local_as} "
+                f"x{self.bgp.overload_prepend}"
+                if self.overloaded
+                else f"load back to {pps:,.0f} pps: plain AS path again"
+            )
             self.set_announce(self.announcing)
 
     def escalation_round(self) -> None:
@@ -611,8 +655,9 @@ class NodeAgent:
         assert self.bgp is not None
         try:
             self.store.put_load(self.node, {"updated": self.meter.updated, "addresses": self.meter.latest}, self.lease)
-            leader = self.store.lock_owner("escalate") == self.node or self.store.try_lock("escalate", self.node,
-                                                                                            self.lease)
+            leader = self.store.lock_owner("escalate") == self.node or self.store.try_lock(
+                "escalate", self.node, self.lease
+            )
             loads, bad = self.store.read_loads() if leader else ({}, {})
         except StoreUnavailable as exc:
             self._store_lost(exc.message)
@@ -625,8 +670,9 @@ class NodeAgent:
         before = set(self.escalations)
         if leader:
             try:
-                self.escalations, said = escalate.decide(self.bgp, loads, self.escalations, time.monotonic(),
-                                                         self.trust.protects)
+                self.escalations, said = escalate.decide(
+                    self.bgp, loads, self.escalations, time.monotonic(), self.trust.protects
+                )
             except (ValueError, TypeError, KeyError, AttributeError) as exc:  # cannot happen: loads are validated
                 self.say("escalate", f"escalation round skipped: {type(exc).__name__}: {exc}")
                 return
@@ -641,25 +687,40 @@ class NodeAgent:
         if self.bgp is None:
             return {}
         try:
-            return {p.name: {"state": p.state, "info": p.info} for p in bgpmod.protocols(self.bgp.bird_socket)
-                    if p.proto == "BGP"}
+            return {
+                p.name: {"state": p.state, "info": p.info}
+                for p in bgpmod.protocols(self.bgp.bird_socket)
+                if p.proto == "BGP"
+            }
         except UserError as exc:
             return {"error": {"state": "unknown", "info": exc.message}}
 
     # ---- the node key ----
 
     def status(self) -> dict:
-        return {"node": self.node, "pid": os.getpid(), "updated": time.time(),
-                "applied_revision": self.applied_revision, "state_revision": self.state_revision,
-                "synced": self.synced, "ready": self.health.ready, "reasons": self.health.reasons,
-                "announcing": self.announcing, "announced": self.announced, "announce_note": self.announce_note,
-                "interfaces": dict(self.results), "bans": len(self.store_bans),
-                "pending_writes": len(self.pending.bans), "pending_dropped": self.pending.dropped,
-                "bgp": self.bgp_state(),
-                "escalation_leader": self.escalation_leader, "overloaded": self.overloaded,
-                "escalations": [a.escalation.describe() for a in self.escalations.values()],
-                "load": {a: e.get("pps", 0.0) for a, e in (self.meter.latest if self.meter else {}).items()},
-                **self.counts}
+        return {
+            "node": self.node,
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "applied_revision": self.applied_revision,
+            "state_revision": self.state_revision,
+            "synced": self.synced,
+            "ready": self.health.ready,
+            "reasons": self.health.reasons,
+            "announcing": self.announcing,
+            "announced": self.announced,
+            "announce_note": self.announce_note,
+            "interfaces": dict(self.results),
+            "bans": len(self.store_bans),
+            "pending_writes": len(self.pending.bans),
+            "pending_dropped": self.pending.dropped,
+            "bgp": self.bgp_state(),
+            "escalation_leader": self.escalation_leader,
+            "overloaded": self.overloaded,
+            "escalations": [a.escalation.describe() for a in self.escalations.values()],
+            "load": {a: e.get("pps", 0.0) for a, e in (self.meter.latest if self.meter else {}).items()},
+            **self.counts,
+        }
 
     def heartbeat(self) -> None:
         if self.lease is None or not self.store.keepalive(self.lease):

@@ -63,17 +63,32 @@ def _view(name: str, s: dict, state_revision: int, now: float) -> NodeView:
     that says so, never a traceback."""
     try:
         applied = int(s.get("applied_revision", 0))
-        return NodeView(name, True, round(now - float(s.get("updated", now)), 1), applied,
-                        applied >= state_revision, bool(s.get("ready")), bool(s.get("announcing")),
-                        [str(a) for a in s.get("announced", [])], [str(r) for r in s.get("reasons", [])],
-                        str(s.get("announce_note", "")), dict(s.get("bgp", {})), dict(s.get("interfaces", {})),
-                        int(s.get("bans", 0)), int(s.get("pending_writes", 0)),
-                        bool(s.get("escalation_leader")), [str(e) for e in s.get("escalations", [])],
-                        dict(s.get("load", {})), bool(s.get("overloaded")), int(s.get("rejected", 0)),
-                        int(s.get("bans_failed", 0)))
+        return NodeView(
+            name,
+            True,
+            round(now - float(s.get("updated", now)), 1),
+            applied,
+            applied >= state_revision,
+            bool(s.get("ready")),
+            bool(s.get("announcing")),
+            [str(a) for a in s.get("announced", [])],
+            [str(r) for r in s.get("reasons", [])],
+            str(s.get("announce_note", "")),
+            dict(s.get("bgp", {})),
+            dict(s.get("interfaces", {})),
+            int(s.get("bans", 0)),
+            int(s.get("pending_writes", 0)),
+            bool(s.get("escalation_leader")),
+            [str(e) for e in s.get("escalations", [])],
+            dict(s.get("load", {})),
+            bool(s.get("overloaded")),
+            int(s.get("rejected", 0)),
+            int(s.get("bans_failed", 0)),
+        )
     except (ValueError, TypeError, AttributeError, OverflowError):
-        return NodeView(name, True, 0.0, 0, False, False, False, [], ["unreadable status in the store"], "", {}, {},
-                        0, 0)
+        return NodeView(
+            name, True, 0.0, 0, False, False, False, [], ["unreadable status in the store"], "", {}, {}, 0, 0
+        )
 
 
 def status(desired: Desired) -> ClusterStatus:
@@ -81,8 +96,15 @@ def status(desired: Desired) -> ClusterStatus:
     snap = st.read()
     now = time.time()
     views = [_view(name, s, snap.state_revision, now) for name, s in sorted(snap.nodes.items())]
-    return ClusterStatus(desired.cluster.name, snap.revision, snap.state_revision, sorted(snap.desired),
-                         len(snap.bans), views, sum(1 for v in views if v.announcing))
+    return ClusterStatus(
+        desired.cluster.name,
+        snap.revision,
+        snap.state_revision,
+        sorted(snap.desired),
+        len(snap.bans),
+        views,
+        sum(1 for v in views if v.announcing),
+    )
 
 
 @dataclass(frozen=True)
@@ -160,8 +182,10 @@ def apply(desired: Desired, path: str, prune: bool = False) -> ApplyResult:
     trust = Trust.of(desired.cluster, desired.bgp)
     for spec in new.interfaces:
         if spec.events.hook:
-            raise UserError(f"{path}: interface {spec.name}: events.hook is never put into the cluster store "
-                            "(nodes do not run commands from it): set [cluster] hook in each node's own file")
+            raise UserError(
+                f"{path}: interface {spec.name}: events.hook is never put into the cluster store "
+                "(nodes do not run commands from it): set [cluster] hook in each node's own file"
+            )
         trust.check(f"{path}: interface {spec.name}", spec)  # what the nodes would refuse, refused here
     st = ClusterStore(desired.cluster)
     rev = 0

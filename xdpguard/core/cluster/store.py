@@ -111,18 +111,24 @@ class Trust:
         """Raise Rejected naming the first thing in `spec` beyond these bounds."""
         for a in spec.protected:
             if not self.protects(a):
-                raise Rejected(f"{where}: protects {a}, outside this node's [cluster] protect "
-                               f"({', '.join(map(str, self.protect)) or 'none given'})")
+                raise Rejected(
+                    f"{where}: protects {a}, outside this node's [cluster] protect "
+                    f"({', '.join(map(str, self.protect)) or 'none given'})"
+                )
         for which in ("allow", "block"):
             for p in getattr(spec, which):
                 if p.plen < MIN_PREFIX_LEN[p.family]:
-                    raise Rejected(f"{where}: {which} {p} covers too much (wider than "
-                                   f"/{MIN_PREFIX_LEN[p.family]}): refused from the store")
+                    raise Rejected(
+                        f"{where}: {which} {p} covers too much (wider than "
+                        f"/{MIN_PREFIX_LEN[p.family]}): refused from the store"
+                    )
         for fs in spec.forwards:
             for b in fs.rule.backends:
                 if not any(b.host.version == n.version and b.host in n for n in self.backends):
-                    raise Rejected(f"{where}: forwards to {b.host}, outside this node's [cluster] backends "
-                                   f"({', '.join(map(str, self.backends)) or 'none given'})")
+                    raise Rejected(
+                        f"{where}: forwards to {b.host}, outside this node's [cluster] backends "
+                        f"({', '.join(map(str, self.backends)) or 'none given'})"
+                    )
 
 
 def _b64(s: str | bytes) -> str:
@@ -208,7 +214,7 @@ def chunk_bodies(prefixes: frozenset[Prefix]) -> list[bytes]:
     ordered = sorted(prefixes, key=lambda p: (p.family, p.addr, p.plen))
     out = []
     for i in range(0, len(ordered), CHUNK_ENTRIES):
-        out.append(CHUNK_MAGIC + b"".join(bytes((p.family, p.plen)) + p.addr for p in ordered[i:i + CHUNK_ENTRIES]))
+        out.append(CHUNK_MAGIC + b"".join(bytes((p.family, p.plen)) + p.addr for p in ordered[i : i + CHUNK_ENTRIES]))
     return out
 
 
@@ -226,7 +232,7 @@ def parse_chunk(name: str, body: bytes) -> list[Prefix]:
             raise Rejected(f"etcd: list chunk {name[:12]}… is damaged at byte {i}")
         fam, plen = body[i], body[i + 1]
         size, bits = (4, 32) if fam == 4 else (16, 128)
-        addr = bytes(body[i + 2:i + 2 + size])
+        addr = bytes(body[i + 2 : i + 2 + size])
         if len(addr) != size or plen > bits or int.from_bytes(addr, "big") & ((1 << (bits - plen)) - 1):
             raise Rejected(f"etcd: list chunk {name[:12]}… is damaged at byte {i}")
         out.append(Prefix(fam, addr, plen))
@@ -255,8 +261,9 @@ def check_local_only(where: str, data: dict) -> None:
                 raise Rejected(f"{where}: {k} is never taken from the store (it would read this node's files)")
         ev = i.get("events")
         if isinstance(ev, dict) and "hook" in ev:
-            raise Rejected(f"{where}: events.hook is never taken from the store: "
-                           "each node's own file gives it ([cluster] hook)")
+            raise Rejected(
+                f"{where}: events.hook is never taken from the store: each node's own file gives it ([cluster] hook)"
+            )
 
 
 def parse_desired(key: str, value: bytes, trust: Trust | None = None) -> InterfaceSpec:
@@ -311,8 +318,10 @@ def parse_ban(address: str, value: bytes, now: float | None = None) -> Ban:
     if expires > now + ttl + 60:
         raise Rejected(f"{where}: expires {expires - now:.0f} s from now, beyond its ttl of {ttl} s")
     if not isinstance(reason, str) or reason not in {"operator", *SPREAD_REASONS}:
-        raise Rejected(f"{where}: reason {str(reason)[:40]!r} is not one a ban is spread for "
-                       f"(operator, {', '.join(sorted(SPREAD_REASONS))})")
+        raise Rejected(
+            f"{where}: reason {str(reason)[:40]!r} is not one a ban is spread for "
+            f"(operator, {', '.join(sorted(SPREAD_REASONS))})"
+        )
     if reason != "operator" and ttl > SPREAD_TTL_MAX_S:
         raise Rejected(f"{where}: a spread ban ({reason}) lasts at most {SPREAD_TTL_MAX_S} s, got {ttl}")
     if node != "?" and (not isinstance(node, str) or not _NODE_RE.match(node)):
@@ -382,8 +391,10 @@ class ClusterStore:
             raise UserError("the etcd client etcd3gw is missing: run scripts/setup.sh (pip install -e .)")
         plain = [e for e in spec.endpoints if not e.startswith("https://")]
         if plain and not spec.insecure:
-            raise UserError(f"the cluster store {plain[0]} is not TLS: use https:// endpoints with [cluster] ca, "
-                            "cert and key, or say insecure = true (anyone who reaches it can change every node)")
+            raise UserError(
+                f"the cluster store {plain[0]} is not TLS: use https:// endpoints with [cluster] ca, "
+                "cert and key, or say insecure = true (anyone who reaches it can change every node)"
+            )
         for what in ("ca", "cert", "key", "password_file"):
             path = getattr(spec, what)
             if path is not None and not os.access(path, os.R_OK):
@@ -403,8 +414,16 @@ class ClusterStore:
         self._clients = []
         for url in spec.endpoints:
             u = urlsplit(url)
-            c = etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme, ca_cert=spec.ca,
-                                    cert_cert=spec.cert, cert_key=spec.key, timeout=timeout_s, api_path="/v3/")
+            c = etcd3gw.Etcd3Client(
+                host=u.hostname,
+                port=u.port or 2379,
+                protocol=u.scheme,
+                ca_cert=spec.ca,
+                cert_cert=spec.cert,
+                cert_key=spec.key,
+                timeout=timeout_s,
+                api_path="/v3/",
+            )
             # only the config decides whom we trust: no REQUESTS_CA_BUNDLE (requests lets it win over
             # the session's CA), no proxy from the environment
             c.session.trust_env = False
@@ -477,12 +496,16 @@ class ClusterStore:
         detail = detail.split("(Caused by ", 1)[-1]  # urllib3's "HTTPSConnectionPool(...): Max retries" says nothing
         if "SSL" in detail:
             m = re.search(r"\[SSL: [^\]]+\][^(')\]]*", detail)
-            raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}): TLS failed: "
-                               f"{(m.group(0) if m else detail[:160]).strip()}"
-                               + ("; no client certificate given ([cluster] cert and key)" if self.spec.cert is None else ""))
+            raise StoreRefused(
+                f"etcd ({', '.join(self.spec.endpoints)}): TLS failed: "
+                f"{(m.group(0) if m else detail[:160]).strip()}"
+                + ("; no client certificate given ([cluster] cert and key)" if self.spec.cert is None else "")
+            )
         if "CommonName of client" in detail:
-            raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}) refused us: with auth enabled, etcd's HTTP "
-                               "gateway takes no client certificate with a CommonName: issue [cluster] cert without one")
+            raise StoreRefused(
+                f"etcd ({', '.join(self.spec.endpoints)}) refused us: with auth enabled, etcd's HTTP "
+                "gateway takes no client certificate with a CommonName: issue [cluster] cert without one"
+            )
         if any(t in detail.lower() for t in ("permission denied", "user name is empty", "invalid auth token")):
             raise StoreRefused(f"etcd ({', '.join(self.spec.endpoints)}) refused us: {detail[:200]}")
         raise StoreUnavailable(f"etcd ({', '.join(self.spec.endpoints)}) does not answer: {detail[:200]}")
@@ -557,10 +580,14 @@ class ClusterStore:
         return Snapshot(rev, desired, bans, nodes, state_rev, rejected)
 
     def classify(self, key: str) -> tuple[str, str]:
-        for kind, sub in (("desired", "state/desired/"), ("ban", "state/bans/"), ("node", "nodes/"),
-                          ("chunk", "state/chunks/")):
+        for kind, sub in (
+            ("desired", "state/desired/"),
+            ("ban", "state/bans/"),
+            ("node", "nodes/"),
+            ("chunk", "state/chunks/"),
+        ):
             if key.startswith(self.root + sub):
-                return kind, key[len(self.root + sub):]
+                return kind, key[len(self.root + sub) :]
         return "other", key
 
     @staticmethod
@@ -569,19 +596,25 @@ class ClusterStore:
 
     def read_nodes(self) -> dict[str, dict]:
         _, kvs = self._range(self.root + "nodes/")
-        return {_unb64(kv["key"]).decode(errors="replace")[len(self.root + "nodes/"):]:
-                parse_status(_unb64(kv.get("value", ""))) for kv in kvs}
+        return {
+            _unb64(kv["key"]).decode(errors="replace")[len(self.root + "nodes/") :]: parse_status(
+                _unb64(kv.get("value", ""))
+            )
+            for kv in kvs
+        }
 
     def put_desired(self, spec: InterfaceSpec) -> int:
         big = {k: getattr(spec, k) for k in ("block", "allow") if len(getattr(spec, k)) > INLINE_MAX}
         if not big:
-            out = self._post("/kv/put", {"key": _b64(f"{self.state}desired/{spec.name}"),
-                                         "value": _b64(desired_text(spec)), "prev_kv": True})
+            out = self._post(
+                "/kv/put",
+                {"key": _b64(f"{self.state}desired/{spec.name}"), "value": _b64(desired_text(spec)), "prev_kv": True},
+            )
             if _unb64(out.get("prev_kv", {}).get("value", "")).startswith(b"{"):
                 self.collect_chunks()  # it named chunks before: they may be unnamed now
             return int(out["header"]["revision"])
         _, kvs = self._range_keys(self.state + "chunks/")
-        have = {k[len(self.state + "chunks/"):] for k in kvs}
+        have = {k[len(self.state + "chunks/") :] for k in kvs}
         refs: dict[str, list[str]] = {}
         for which, prefixes in big.items():
             refs[which] = []
@@ -608,11 +641,15 @@ class ClusterStore:
                 raise ValueError(env.get("format"))
             spec = parse_desired(key, env["toml"].encode(), self.trust)
             chunks = env.get("chunks", {})
-            if not all(isinstance(n, str) and re.fullmatch(r"[0-9a-f]{64}", n)
-                       for names in chunks.values() for n in names):
+            if not all(
+                isinstance(n, str) and re.fullmatch(r"[0-9a-f]{64}", n) for names in chunks.values() for n in names
+            ):
                 raise ValueError("a chunk name is not a sha256")
-            lists = {which: frozenset(p for name in names for p in self._chunk(name, revision))
-                     for which, names in chunks.items() if which in ("block", "allow")}
+            lists = {
+                which: frozenset(p for name in names for p in self._chunk(name, revision))
+                for which, names in chunks.items()
+                if which in ("block", "allow")
+            }
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Rejected(f"etcd:{key}: not a desired-state value ({str(exc)[:120]})") from None
         spec = replace(spec, **lists)
@@ -635,7 +672,7 @@ class ClusterStore:
 
     def remember_chunk(self, key: str, value: bytes) -> None:
         """A chunk seen on the watch: keep it, so the desired key naming it needs no fetch."""
-        name = key[len(self.state + "chunks/"):]
+        name = key[len(self.state + "chunks/") :]
         try:
             self._chunks[name] = parse_chunk(name, value)
         except UserError:
@@ -655,9 +692,9 @@ class ClusterStore:
         _, keys = self._range_keys(self.state + "chunks/")
         gone = 0
         for k in keys:
-            if k[len(self.state + "chunks/"):] not in named:
+            if k[len(self.state + "chunks/") :] not in named:
                 gone += self._delete(k)[1]
-        keep = {k[len(self.state + "chunks/"):] for k in keys} & named
+        keep = {k[len(self.state + "chunks/") :] for k in keys} & named
         self._chunks = {n: v for n, v in self._chunks.items() if n in keep or n in named}
         return gone
 
@@ -685,7 +722,7 @@ class ClusterStore:
 
     def announcers(self) -> set[str]:
         _, kvs = self._range(self.root + "announce/")
-        return {_unb64(kv["key"]).decode()[len(self.root + "announce/"):] for kv in kvs}
+        return {_unb64(kv["key"]).decode()[len(self.root + "announce/") :] for kv in kvs}
 
     def set_announcer(self, node: str, on: bool, lease: int) -> None:
         if on:
@@ -696,10 +733,14 @@ class ClusterStore:
     def try_lock(self, name: str, owner: str, lease: int) -> bool:
         """Take lock `name` (a key on `lease`, created only if absent); False when someone holds it."""
         key = _b64(f"{self.root}locks/{name}")
-        out = self._post("/kv/txn", {"compare": [{"key": key, "result": "EQUAL", "target": "CREATE",
-                                                  "create_revision": "0"}],
-                                     "success": [{"request_put": {"key": key, "value": _b64(owner), "lease": lease}}],
-                                     "failure": []})
+        out = self._post(
+            "/kv/txn",
+            {
+                "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                "success": [{"request_put": {"key": key, "value": _b64(owner), "lease": lease}}],
+                "failure": [],
+            },
+        )
         return bool(out.get("succeeded"))
 
     def unlock(self, name: str) -> None:
@@ -722,7 +763,7 @@ class ClusterStore:
         _, kvs = self._range(self.root + "load/")
         out, rejected = {}, {}
         for kv in kvs:
-            node = _unb64(kv["key"]).decode(errors="replace")[len(self.root + "load/"):]
+            node = _unb64(kv["key"]).decode(errors="replace")[len(self.root + "load/") :]
             try:
                 out[node] = parse_load(node, _unb64(kv.get("value", "")))
             except Rejected as exc:
@@ -742,11 +783,15 @@ class Watch:
         self.events: queue.Queue[Event] = queue.Queue()
         self._stop = threading.Event()
         c = store.client
-        body = {"create_request": {"key": _b64(store.state), "range_end": _b64(_prefix_end(store.state)),
-                                   "start_revision": start_revision}}
+        body = {
+            "create_request": {
+                "key": _b64(store.state),
+                "range_end": _b64(_prefix_end(store.state)),
+                "start_revision": start_revision,
+            }
+        }
         try:
-            self._resp = c.session.post(c.get_url("/watch"), json=body, stream=True,
-                                        timeout=(store.timeout_s, None))
+            self._resp = c.session.post(c.get_url("/watch"), json=body, stream=True, timeout=(store.timeout_s, None))
         except requests.RequestException as exc:
             raise StoreUnavailable(f"etcd watch: {exc}") from None
         self._thread = threading.Thread(target=self._read, name="etcd-watch", daemon=True)
@@ -768,9 +813,14 @@ class Watch:
                         return
                     for ev in res.get("events", []):
                         kv = ev["kv"]
-                        self.events.put(Event("delete" if ev.get("type") == "DELETE" else "put",
-                                              _unb64(kv["key"]).decode(errors="replace"), _unb64(kv.get("value", "")),
-                                              int(kv["mod_revision"])))
+                        self.events.put(
+                            Event(
+                                "delete" if ev.get("type") == "DELETE" else "put",
+                                _unb64(kv["key"]).decode(errors="replace"),
+                                _unb64(kv.get("value", "")),
+                                int(kv["mod_revision"]),
+                            )
+                        )
         except Exception as exc:  # the stream broke: etcd went away
             reason = f"the watch stream broke: {type(exc).__name__}"
         finally:

@@ -152,7 +152,7 @@ class Features:
     def src(self) -> bytes:
         """The source address's bytes (as captured)."""
         at, n = (self.l3_off + 12, 4) if self.family == 4 else (self.l3_off + 8, 16)
-        return self.frame[at:at + n]
+        return self.frame[at : at + n]
 
 
 def parse_frame(frame: bytes, length: int | None = None) -> dict | None:
@@ -181,9 +181,19 @@ def parse_frame(frame: bytes, length: int | None = None) -> dict | None:
         proto, ttl, ipid, l4, fam = frame[l3 + 6], frame[l3 + 7], None, l3 + 40, 6
     else:
         return None
-    out = {"family": fam, "l3_off": l3, "l4_off": l4, "ttl": ttl, "ipid": ipid, "proto": proto,
-           "sport": None, "dport": None, "tcp_flags": None, "payload_off": 0,
-           "length": length if length is not None else len(frame)}
+    out = {
+        "family": fam,
+        "l3_off": l3,
+        "l4_off": l4,
+        "ttl": ttl,
+        "ipid": ipid,
+        "proto": proto,
+        "sport": None,
+        "dport": None,
+        "tcp_flags": None,
+        "payload_off": 0,
+        "length": length if length is not None else len(frame),
+    }
     if l4 and proto == 6 and len(frame) >= l4 + 20:
         out["sport"], out["dport"] = struct.unpack_from("!HH", frame, l4)
         out["tcp_flags"] = frame[l4 + 13]
@@ -196,16 +206,29 @@ def parse_frame(frame: bytes, length: int | None = None) -> dict | None:
     return out
 
 
-
-
 def features_of(sample) -> Features | None:
     """A sampling.PacketSample (or anything with its fields) → Features; None when it does not parse."""
     p = parse_frame(sample.data, sample.pkt_len)
     if p is None or not sample.family:
         return None
-    return Features(p["family"], sample.dst, vocab.proto_name(p["proto"]), p["sport"], p["dport"],
-                    sample.pkt_len, p["ttl"], p["ipid"], p["tcp_flags"], bytes(sample.data), p["l3_off"],
-                    p["l4_off"], p["payload_off"], sample.reason, sample.kind, max(1, sample.sample_every))
+    return Features(
+        p["family"],
+        sample.dst,
+        vocab.proto_name(p["proto"]),
+        p["sport"],
+        p["dport"],
+        sample.pkt_len,
+        p["ttl"],
+        p["ipid"],
+        p["tcp_flags"],
+        bytes(sample.data),
+        p["l3_off"],
+        p["l4_off"],
+        p["payload_off"],
+        sample.reason,
+        sample.kind,
+        max(1, sample.sample_every),
+    )
 
 
 def matches(f: policy.Filter, x: Features) -> bool:
@@ -253,8 +276,15 @@ def established(xs: Iterable[Features], tcpstate_enforced: bool) -> list[Feature
     fingerprint matching them is refused."""
     if not tcpstate_enforced:
         return []
-    return [x for x in xs if x.kind == "pass" and x.reason == "clean" and x.tcp_flags is not None
-            and x.tcp_flags & TCP_ACK and not x.tcp_flags & (TCP_SYN | TCP_RST)]
+    return [
+        x
+        for x in xs
+        if x.kind == "pass"
+        and x.reason == "clean"
+        and x.tcp_flags is not None
+        and x.tcp_flags & TCP_ACK
+        and not x.tcp_flags & (TCP_SYN | TCP_RST)
+    ]
 
 
 def not_from_clients(xs: Iterable[Features], clients: list[Features]) -> list[Features]:
@@ -346,8 +376,9 @@ def _fingerprint(cluster: list[Features], proto: str, port: int) -> tuple[dict, 
     win = _payload_window(cluster)
     if win is not None:
         off, data, mask = win
-        kw.update(payload=bytes(b & m for b, m in zip(data, mask)), payload_mask=mask, payload_base="payload",
-                  payload_off=off)
+        kw.update(
+            payload=bytes(b & m for b, m in zip(data, mask)), payload_mask=mask, payload_base="payload", payload_off=off
+        )
         conds.append(f"payload+{off} {data.hex()}" + ("" if mask == b"\xff" * len(mask) else f"/{mask.hex()}"))
     elif all(x.ipid is not None for x in cluster):
         v, share = _mode(x.ipid for x in cluster)
@@ -402,8 +433,11 @@ def bare_segment(kw: dict, cluster: list[Features], proto: str) -> str | None:
     flags = kw.get("tcp_flags", (0, 0))[1]
     if "tcp_flags" in kw and flags not in CLIENT_FLAGS:
         return None
-    name = "flags " + "+".join(n for n, bit in policy.TCP_FLAGS.items() if flags & bit) if "tcp_flags" in kw \
+    name = (
+        "flags " + "+".join(n for n, bit in policy.TCP_FLAGS.items() if flags & bit)
+        if "tcp_flags" in kw
         else "any flags"
+    )
     lo, hi = kw.get("length", (0, 65535))
     size = f"length {lo}" if lo == hi else f"length {lo}-{hi}" if hi < 65535 else "any length"
     return f"a bare TCP segment ({size}, {name})"
@@ -413,10 +447,12 @@ def _clusters(attack: list[Features]) -> list[list[Features]]:
     """Candidate flood clusters: everything, and the samples sharing the most common value of
     each feature (or first payload byte) when that value covers ≥ 30% of them."""
     out = [attack]
-    keys: list[Callable[[Features], object]] = [lambda x, n=n: getattr(x, n)
-                                                for n in ("length", "ttl", "sport", "tcp_flags", "ipid")]
-    keys.append(lambda x: x.frame[x.payload_off] if x.payload_off and x.payload_off < min(len(x.frame), x.length)
-                else None)
+    keys: list[Callable[[Features], object]] = [
+        lambda x, n=n: getattr(x, n) for n in ("length", "ttl", "sport", "tcp_flags", "ipid")
+    ]
+    keys.append(
+        lambda x: x.frame[x.payload_off] if x.payload_off and x.payload_off < min(len(x.frame), x.length) else None
+    )
     for key in keys:
         v, share = _mode(k for k in map(key, attack) if k is not None)
         n = sum(1 for x in attack if key(x) is not None)
@@ -427,9 +463,16 @@ def _clusters(attack: list[Features]) -> list[list[Features]]:
     return out
 
 
-def derive(attack: list[Features], baseline: list[Features], service: tuple[str, str, int], max_share: float,
-           min_samples: int = 8, wider_baseline: list[Features] | None = None,
-           clients: list[Features] = (), strict_clients: bool = False) -> Derivation:
+def derive(
+    attack: list[Features],
+    baseline: list[Features],
+    service: tuple[str, str, int],
+    max_share: float,
+    min_samples: int = 8,
+    wider_baseline: list[Features] | None = None,
+    clients: list[Features] = (),
+    strict_clients: bool = False,
+) -> Derivation:
     """The fingerprint of the flood in `attack` (samples of one service) that matches at most
     max_share of `baseline` (the service's peacetime samples; `wider_baseline`, the interface's,
     is used when the service has fewer than MIN_BASELINE, and checked too when it has more) and
@@ -450,12 +493,21 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
     clients = list(clients)
     base = baseline if len(baseline) >= MIN_BASELINE or wider_baseline is None else wider_baseline
     if proto not in vocab.PROTO_NUMBERS:
-        return Derivation(None, 0.0, 0.0, len(base), (), f"a filter cannot name IP protocol {proto}: it would match "
-                                                         f"every protocol (block it: xdpguard proto)")
+        return Derivation(
+            None,
+            0.0,
+            0.0,
+            len(base),
+            (),
+            f"a filter cannot name IP protocol {proto}: it would match every protocol (block it: xdpguard proto)",
+        )
     if len(attack) < min_samples:
         return Derivation(None, 0.0, 0.0, len(base), (), f"only {len(attack)} flood samples (need {min_samples})")
-    wide = wider_baseline if wider_baseline and base is not wider_baseline and len(wider_baseline) >= MIN_BASELINE \
+    wide = (
+        wider_baseline
+        if wider_baseline and base is not wider_baseline and len(wider_baseline) >= MIN_BASELINE
         else None
+    )
     good: list[Derivation] = []
     bad: list[Derivation] = []
     for cluster in _clusters(attack):
@@ -475,23 +527,53 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
         if cov < MIN_COVERAGE:
             bad.append(replace(d, filter=None, refused=f"matches only {cov:.0%} of the flood"))
         elif bshare > max_share:
-            bad.append(replace(d, filter=None, refused=f"would match {bshare:.1%} of the peacetime traffic "
-                                                       f"(max {max_share:.1%}, {len(base)} samples)"))
+            bad.append(
+                replace(
+                    d,
+                    filter=None,
+                    refused=f"would match {bshare:.1%} of the peacetime traffic "
+                    f"(max {max_share:.1%}, {len(base)} samples)",
+                )
+            )
         elif clients and (cshare := share_matching(f, clients)) > cmax:
-            bad.append(replace(d, filter=None, refused=f"would match {cshare:.1%} of the verified clients' packets "
-                                                       f"(established connections, answered sources; "
-                                                       f"{len(clients)} samples)"))
+            bad.append(
+                replace(
+                    d,
+                    filter=None,
+                    refused=f"would match {cshare:.1%} of the verified clients' packets "
+                    f"(established connections, answered sources; "
+                    f"{len(clients)} samples)",
+                )
+            )
         elif evidence < MIN_BASELINE:
-            bad.append(replace(d, filter=None, refused=f"no peacetime baseline ({len(base)} samples): no evidence "
-                                                       f"that real clients do not look like this"))
+            bad.append(
+                replace(
+                    d,
+                    filter=None,
+                    refused=f"no peacetime baseline ({len(base)} samples): no evidence "
+                    f"that real clients do not look like this",
+                )
+            )
         elif not rare and (bare := bare_segment(kw, cluster, proto)):
-            bad.append(replace(d, filter=None, refused=f"{bare} is what every TCP client sends (SYN-cookie "
-                                                       f"handshakes have no timestamp option): refused without "
-                                                       f"a rarer condition"))
+            bad.append(
+                replace(
+                    d,
+                    filter=None,
+                    refused=f"{bare} is what every TCP client sends (SYN-cookie "
+                    f"handshakes have no timestamp option): refused without "
+                    f"a rarer condition",
+                )
+            )
         elif not rare and evidence < EVIDENCE_MIN:
-            bad.append(replace(d, filter=None, refused=f"every condition is one real clients share and only "
-                                                       f"{evidence} peacetime samples show they do not match "
-                                                       f"(need {EVIDENCE_MIN})"))
+            bad.append(
+                replace(
+                    d,
+                    filter=None,
+                    refused=f"every condition is one real clients share and only "
+                    f"{evidence} peacetime samples show they do not match "
+                    f"(need {EVIDENCE_MIN})",
+                )
+            )
         else:
             good.append(d)
     if good:
@@ -510,17 +592,34 @@ def derive(attack: list[Features], baseline: list[Features], service: tuple[str,
 
 
 def filter_to_json(f: policy.Filter) -> dict:
-    return {"proto": f.proto, "sport": list(f.sport), "dport": list(f.dport), "length": list(f.length),
-            "ttl": list(f.ttl), "tcp_flags": list(f.tcp_flags), "payload": f.payload.hex(),
-            "mask": f.mask_bytes().hex() if f.payload else "", "base": f.payload_base, "offset": f.payload_off}
+    return {
+        "proto": f.proto,
+        "sport": list(f.sport),
+        "dport": list(f.dport),
+        "length": list(f.length),
+        "ttl": list(f.ttl),
+        "tcp_flags": list(f.tcp_flags),
+        "payload": f.payload.hex(),
+        "mask": f.mask_bytes().hex() if f.payload else "",
+        "base": f.payload_base,
+        "offset": f.payload_off,
+    }
 
 
 def filter_from_json(d: dict) -> policy.Filter:
-    return policy.Filter(action=policy.MITIGATE, proto=d.get("proto"), sport=tuple(d["sport"]),
-                         dport=tuple(d["dport"]), length=tuple(d["length"]), ttl=tuple(d["ttl"]),
-                         tcp_flags=tuple(d["tcp_flags"]), payload=bytes.fromhex(d.get("payload", "")),
-                         payload_mask=bytes.fromhex(d.get("mask", "")), payload_base=d.get("base", "payload"),
-                         payload_off=int(d.get("offset", 0)))
+    return policy.Filter(
+        action=policy.MITIGATE,
+        proto=d.get("proto"),
+        sport=tuple(d["sport"]),
+        dport=tuple(d["dport"]),
+        length=tuple(d["length"]),
+        ttl=tuple(d["ttl"]),
+        tcp_flags=tuple(d["tcp_flags"]),
+        payload=bytes.fromhex(d.get("payload", "")),
+        payload_mask=bytes.fromhex(d.get("mask", "")),
+        payload_base=d.get("base", "payload"),
+        payload_off=int(d.get("offset", 0)),
+    )
 
 
 def describe_filter(f: policy.Filter) -> str:
@@ -574,8 +673,12 @@ class ListResult:
     suppressed: dict[str, float]  # service → wall clock until which it is not reinstalled
 
     def to_dict(self) -> dict:
-        return {"iface": self.iface, "mitigations": self.mitigations, "lifted": self.lifted,
-                "suppressed": self.suppressed}
+        return {
+            "iface": self.iface,
+            "mitigations": self.mitigations,
+            "lifted": self.lifted,
+            "suppressed": self.suppressed,
+        }
 
 
 def list_mitigations(ifname: str | None) -> ListResult:
@@ -583,16 +686,19 @@ def list_mitigations(ifname: str | None) -> ListResult:
         recs = read_records(g.iface)
         kernel = [filter_to_json(f) for f in g.read_mitigation_filters()]
         active = [{**r, "in_kernel": r["filter"] in kernel} for r in recs["active"]]
-        return ListResult(g.iface.name, active, recs["lifted"],
-                          {k: v for k, v in recs["suppressed"].items() if v > time.time()})
+        return ListResult(
+            g.iface.name, active, recs["lifted"], {k: v for k, v in recs["suppressed"].items() if v > time.time()}
+        )
 
 
 def _find(recs: dict, ident: str) -> dict:
-    hits = [r for r in recs["active"] if r["id"] == ident] or \
-        [r for r in recs["active"] if r["id"].startswith(ident)]
+    hits = [r for r in recs["active"] if r["id"] == ident] or [r for r in recs["active"] if r["id"].startswith(ident)]
     if len(hits) != 1:
-        raise UserError(f"no active mitigation '{ident}' (see 'xdpguard mitigations list')" if not hits
-                        else f"'{ident}' names {len(hits)} mitigations; give more of the id")
+        raise UserError(
+            f"no active mitigation '{ident}' (see 'xdpguard mitigations list')"
+            if not hits
+            else f"'{ident}' names {len(hits)} mitigations; give more of the id"
+        )
     return hits[0]
 
 
@@ -687,11 +793,19 @@ class Engine:
     is checked against what they sent (`evidence`), and a filter that drops one of them is
     removed in the round it is seen and not reinstalled while the attack lasts."""
 
-    def __init__(self, iface: state.Iface, g, settings: Settings = Settings(),
-                 report: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, log: Callable[[dict], None] = log_record,
-                 known_good: Callable[[object, Iterable[SrcId]], set[SrcId]] = guard.Guard.known_good_sources,
-                 verified_drops: VerifiedDrops | None = None, tcpstate_on: Callable[[object, str], bool] | None = None):
+    def __init__(
+        self,
+        iface: state.Iface,
+        g,
+        settings: Settings = Settings(),
+        report: Callable[[str], None] = lambda m: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        log: Callable[[dict], None] = log_record,
+        known_good: Callable[[object, Iterable[SrcId]], set[SrcId]] = guard.Guard.known_good_sources,
+        verified_drops: VerifiedDrops | None = None,
+        tcpstate_on: Callable[[object, str], bool] | None = None,
+    ):
         self.iface = iface
         self.g = g  # the interface's Guard (the map owner): every kernel read and write goes through it
         self.settings = settings
@@ -735,8 +849,11 @@ class Engine:
 
     def _learn(self, feats: list[Features]) -> None:
         """Peacetime: the round's clean sources that the protected side answered (known-good)."""
-        cand = list(dict.fromkeys(src_id(x) for x in feats if x.kind == "pass" and x.reason == "clean"
-                                  and src_id(x) not in self.verified))[:LEARN_MAX]
+        cand = list(
+            dict.fromkeys(
+                src_id(x) for x in feats if x.kind == "pass" and x.reason == "clean" and src_id(x) not in self.verified
+            )
+        )[:LEARN_MAX]
         if not cand:
             return
         try:
@@ -837,8 +954,12 @@ class Engine:
                     srcs = ", ".join(sorted(who.get(r["id"], ()))[:3]) or "counted in XDP"
                     r["state"], r["end"] = "lifted", wall
                     r["verified_drops"] = r.get("verified_drops", 0) + max(sampled, counted)
-                    _step(r, "adapt", f"narrow: it dropped verified clients (~{sampled} sampled, {counted} counted "
-                                      f"in XDP; {srcs}); removed, not reinstalled while this attack lasts")
+                    _step(
+                        r,
+                        "adapt",
+                        f"narrow: it dropped verified clients (~{sampled} sampled, {counted} counted "
+                        f"in XDP; {srcs}); removed, not reinstalled while this attack lasts",
+                    )
                     removals.add(r["id"])
                     changes[r["id"]] = r
                     svc.harmed.append(filter_from_json(r["filter"]))
@@ -862,19 +983,32 @@ class Engine:
                 elif not mine and (again := self._rearm(svc, passing, now)) is not None:
                     d, lifted_at = again
                     rec = self._new(key, d, attack_pps, wall, svc)
-                    _step(rec, "install", f"re-armed: the flood lifted {now - lifted_at:.1f} s ago is back; "
-                                          f"{d.describe()}; matches {d.coverage:.0%} of it")
+                    _step(
+                        rec,
+                        "install",
+                        f"re-armed: the flood lifted {now - lifted_at:.1f} s ago is back; "
+                        f"{d.describe()}; matches {d.coverage:.0%} of it",
+                    )
                     installs.append(rec)
                     self.last_hit[rec["id"]] = now
                     mine = mine + [rec]
                 elif svc.refused is not None and now - svc.last_try < REFUSED_RETRY_S:
                     pass  # refused a moment ago: derived again once a second at most (daemon CPU)
                 else:
-                    d = derive(passing, list(svc.baseline), key, st.max_share, st.min_samples,
-                               list(self.iface_baseline), list(svc.evidence), strict_clients=bool(mine))
+                    d = derive(
+                        passing,
+                        list(svc.baseline),
+                        key,
+                        st.max_share,
+                        st.min_samples,
+                        list(self.iface_baseline),
+                        list(svc.evidence),
+                        strict_clients=bool(mine),
+                    )
                     if d.filter is not None and d.filter in svc.harmed:
-                        d = replace(d, filter=None, refused=f"{d.describe()} dropped verified clients earlier in "
-                                                            f"this attack")
+                        d = replace(
+                            d, filter=None, refused=f"{d.describe()} dropped verified clients earlier in this attack"
+                        )
                     if d.filter is None:
                         if len(passing) >= st.min_samples:  # too few samples: try again next round
                             svc.last_try = now
@@ -889,11 +1023,14 @@ class Engine:
                         svc.refused = None
                         rec = self._new(key, d, attack_pps, wall, svc)
                         step = "install" if not mine else "adapt"
-                        detail = (f"{d.describe()}; matches {d.coverage:.0%} of the flood, {d.baseline_share:.1%} "
-                                  f"of {d.baseline_samples} peacetime samples, none of {len(svc.evidence)} "
-                                  f"verified clients' samples" if svc.evidence else
-                                  f"{d.describe()}; matches {d.coverage:.0%} of the flood, {d.baseline_share:.1%} "
-                                  f"of {d.baseline_samples} peacetime samples")
+                        detail = (
+                            f"{d.describe()}; matches {d.coverage:.0%} of the flood, {d.baseline_share:.1%} "
+                            f"of {d.baseline_samples} peacetime samples, none of {len(svc.evidence)} "
+                            f"verified clients' samples"
+                            if svc.evidence
+                            else f"{d.describe()}; matches {d.coverage:.0%} of the flood, {d.baseline_share:.1%} "
+                            f"of {d.baseline_samples} peacetime samples"
+                        )
                         if mine:
                             detail = "widen: the flood changed; " + detail
                         _step(rec, step, detail)
@@ -918,11 +1055,10 @@ class Engine:
                     continue
                 if quiet:
                     r["state"], r["end"] = "lifted", wall
-                    _step(r, "lift", f"the attack ended: below {st.min_pps / 2:g} pps for "
-                                     f"{min(st.hold_s, LIFT_S):g} s")
+                    _step(r, "lift", f"the attack ended: below {st.min_pps / 2:g} pps for {min(st.hold_s, LIFT_S):g} s")
                     removals.add(r["id"])
                     changes[r["id"]] = r
-                    svc.rearm = [(m, t) for m, t in svc.rearm if now - t < REARM_S][-MAX_PER_SERVICE + 1:] + [(r, now)]
+                    svc.rearm = [(m, t) for m, t in svc.rearm if now - t < REARM_S][-MAX_PER_SERVICE + 1 :] + [(r, now)]
                 elif now - self.last_hit.setdefault(r["id"], now) >= st.hold_s and len(mine) > 1:
                     r["state"], r["end"] = "lifted", wall
                     _step(r, "adapt", f"narrow: no flood packet matched for {st.hold_s:g} s; removed")
@@ -953,8 +1089,16 @@ class Engine:
             cov = share_matching(f, passing)
             if cov < MIN_COVERAGE or f in svc.harmed or share_matching(f, list(svc.evidence)) > 0:
                 continue
-            return (Derivation(f, cov, r.get("baseline_share", 0.0), r.get("baseline_samples", 0),
-                               tuple(r.get("fingerprint", "").split(", "))), t)
+            return (
+                Derivation(
+                    f,
+                    cov,
+                    r.get("baseline_share", 0.0),
+                    r.get("baseline_samples", 0),
+                    tuple(r.get("fingerprint", "").split(", ")),
+                ),
+                t,
+            )
         return None
 
     def _commit_baselines(self, clean_round: list[Features], now: float = 0.0) -> None:
@@ -969,13 +1113,27 @@ class Engine:
 
     def _new(self, key, d: Derivation, pps: float, wall: float, svc: _Service) -> dict:
         prot, proto, port = key
-        return {"kind": "mitigation", "id": "m" + uuid.uuid4().hex[:11], "iface": self.iface.name,
-                "protected": prot, "proto": proto, "port": port, "state": "active", "pinned": False,
-                "start": wall, "end": None, "attack_since": svc.attack_since, "peak_pps": round(pps, 1),
-                "filter": filter_to_json(d.filter) if d.filter else None,
-                "fingerprint": d.describe(), "coverage": round(d.coverage, 4),
-                "baseline_share": round(d.baseline_share, 4), "baseline_samples": d.baseline_samples,
-                "top_reasons": [["mitigation", 0]], "dropped_est": 0}
+        return {
+            "kind": "mitigation",
+            "id": "m" + uuid.uuid4().hex[:11],
+            "iface": self.iface.name,
+            "protected": prot,
+            "proto": proto,
+            "port": port,
+            "state": "active",
+            "pinned": False,
+            "start": wall,
+            "end": None,
+            "attack_since": svc.attack_since,
+            "peak_pps": round(pps, 1),
+            "filter": filter_to_json(d.filter) if d.filter else None,
+            "fingerprint": d.describe(),
+            "coverage": round(d.coverage, 4),
+            "baseline_share": round(d.baseline_share, 4),
+            "baseline_samples": d.baseline_samples,
+            "top_reasons": [["mitigation", 0]],
+            "dropped_est": 0,
+        }
 
     def _apply(self, installs: list[dict], removals: set[str], changes: dict[str, dict]) -> None:
         try:
@@ -1009,8 +1167,10 @@ class Engine:
             if rec in recs["active"]:
                 rec["top_reasons"] = [["mitigation", rec.get("dropped_est", 0)]]
                 self.log(rec)
-                self.report(f"{self.iface.name}: mitigation {rec['id']} {rec['last_step']} on "
-                            f"{service_key(rec['protected'], rec['proto'], rec['port'])}: {rec['steps'][-1]['detail']}")
+                self.report(
+                    f"{self.iface.name}: mitigation {rec['id']} {rec['last_step']} on "
+                    f"{service_key(rec['protected'], rec['proto'], rec['port'])}: {rec['steps'][-1]['detail']}"
+                )
         for r in recs["lifted"]:
             if r["id"] in removals:
                 r["top_reasons"] = [["mitigation", r.get("dropped_est", 0)]]
@@ -1024,8 +1184,12 @@ class DaemonHook:
     """DetectionLoop's on_round for `xdpguard run`: one Engine per interface (when mitigation is
     enabled), and the nft connection limits' offenders banned in XDP (connlimit.py)."""
 
-    def __init__(self, settings: Settings, report: Callable[[str], None] = lambda m: None,
-                 verified_drops: VerifiedDrops | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        report: Callable[[str], None] = lambda m: None,
+        verified_drops: VerifiedDrops | None = None,
+    ):
         self.settings = settings
         self.report = report
         self.verified_drops = verified_drops  # xdp_verified_drops in the daemon; None in tests without maps
@@ -1036,11 +1200,15 @@ class DaemonHook:
         if self.settings.enabled:
             e = self.engines.get(name)
             if e is None or e.iface != g.iface:
-                e = self.engines[name] = Engine(g.iface, g, self.settings, self.report,
-                                                verified_drops=self.verified_drops)
+                e = self.engines[name] = Engine(
+                    g.iface, g, self.settings, self.report, verified_drops=self.verified_drops
+                )
             e.g = g  # a collector re-opened after a failed round has a new Guard
             e.round(snap, samples)
         banned = connlimit.promote(g, connlimit.offenders())
         if banned:
-            self.report(f"{name}: banned {len(banned)} source(s) over a connection limit in XDP (reason connlimit): "
-                        + ", ".join(banned[:5]) + (" …" if len(banned) > 5 else ""))
+            self.report(
+                f"{name}: banned {len(banned)} source(s) over a connection limit in XDP (reason connlimit): "
+                + ", ".join(banned[:5])
+                + (" …" if len(banned) > 5 else "")
+            )

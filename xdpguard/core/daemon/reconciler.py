@@ -31,8 +31,9 @@ from ..l7 import bans as l7bans
 
 
 class Reconciler:
-    def __init__(self, config_path: str | None, report: Callable[[str], None] = lambda m: None,
-                 full_every_s: float = 30.0):
+    def __init__(
+        self, config_path: str | None, report: Callable[[str], None] = lambda m: None, full_every_s: float = 30.0
+    ):
         self.path = config_path
         self.report = report
         self.full_every_s = full_every_s
@@ -70,8 +71,10 @@ class Reconciler:
             sha = store.file_sha256(self.path)
             meta = store.load_meta()
             if meta.source_sha256 == sha and Path(meta.source or "") == Path(self.path) and self.desired().interfaces:
-                self.report(f"{self.path} unchanged since it was applied (generation {meta.generation}); "
-                            f"restoring the stored desired state")
+                self.report(
+                    f"{self.path} unchanged since it was applied (generation {meta.generation}); "
+                    f"restoring the stored desired state"
+                )
             else:
                 res = reconcile.apply_file(self.path)
                 self.report(f"applied {self.path}: {len(res.text)} change(s)")
@@ -91,8 +94,10 @@ class Reconciler:
         except UserError as exc:
             self._say(name, f"{name}: upgrade refused: {exc.message}")
             return
-        self.report(f"{name}: upgraded the attached program in place (prog id {r.old_prog_id} -> {r.prog_id}, "
-                    f"{r.maps_kept} maps carried over)")
+        self.report(
+            f"{name}: upgraded the attached program in place (prog id {r.old_prog_id} -> {r.prog_id}, "
+            f"{r.maps_kept} maps carried over)"
+        )
         self._hold(name)
 
     def reload(self) -> None:
@@ -170,8 +175,10 @@ class Reconciler:
                     return True  # someone was quicker; the next tick looks again
                 took, _ = dataplane.attach(iface.name, iface.index, fd, mode if mode in ("native", "skb") else "auto")
             self.repairs += 1
-            self.report(f"{iface.name}: our XDP program was detached; re-attached it ({took} mode), maps and "
-                        f"counters as they were")
+            self.report(
+                f"{iface.name}: our XDP program was detached; re-attached it ({took} mode), maps and "
+                f"counters as they were"
+            )
             return True
         except UserError as exc:
             self._say(iface.name, f"{iface.name}: re-attach failed: {exc.message}")

@@ -48,8 +48,10 @@ def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None])
         say(f"{t.rule} backend {t.backend}: {t.old} -> {t.new}")
 
     def report_event(phase: str, ev: events.AttackEvent) -> None:
-        say(f"attack {phase} on {ev.iface} {ev.protected}: "
-            f"peak {ev.peak_pps:.0f} pps, {ev.peak_bps / 1e6:.1f} Mb/s ({', '.join(ev.triggers)})")
+        say(
+            f"attack {phase} on {ev.iface} {ev.protected}: "
+            f"peak {ev.peak_pps:.0f} pps, {ev.peak_bps / 1e6:.1f} Mb/s ({', '.join(ev.triggers)})"
+        )
 
     hub = keeper = None
     if o.detect and not o.once:  # the daemon owns the sample ring and fans it out (top, stats, capture)
@@ -58,12 +60,24 @@ def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None])
     on_round = None
     if o.detect and o.mitigation is not None:  # mitigation, and the connection limits' offenders banned in XDP
         on_round = mitigation.DaemonHook(o.mitigation, say, verified_drops=mitigation.xdp_verified_drops)
-    loop = events.DetectionLoop(o.detect_interval_s, o.overrides, o.hold_s, o.hook, report_event,
-                                source_for=hub.subscribe if hub is not None else None,
-                                on_snapshot=keeper, on_round=on_round) if o.detect else None
+    loop = (
+        events.DetectionLoop(
+            o.detect_interval_s,
+            o.overrides,
+            o.hold_s,
+            o.hook,
+            report_event,
+            source_for=hub.subscribe if hub is not None else None,
+            on_snapshot=keeper,
+            on_round=on_round,
+        )
+        if o.detect
+        else None
+    )
     stop = threading.Event()
     threads = []
     if loop is not None and not o.once:
+
         def detect_forever() -> None:
             told: dict[str, str] = {}
             while not stop.is_set():
@@ -72,15 +86,21 @@ def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None])
                     if told.get(name) != problem:
                         say(f"detect {name}: {problem}")
                 told = loop.problems()
+
         threads.append(threading.Thread(target=detect_forever, name="detect", daemon=True))
     server = None
     if o.metrics:
         tally = geo.CountryTally()  # top countries of the sampled traffic (geo database)
         if hub is not None and tally.of.available:
             hub.on_samples.append(tally.feed)
-        server = prom.serve(o.metrics, prom.XdpguardCollector(attacks=loop.active if loop else prom.ATTACK_NONE,
-                                                              samples_missed=hub.missed if hub else dict,
-                                                              countries=tally.snapshot))
+        server = prom.serve(
+            o.metrics,
+            prom.XdpguardCollector(
+                attacks=loop.active if loop else prom.ATTACK_NONE,
+                samples_missed=hub.missed if hub else dict,
+                countries=tally.snapshot,
+            ),
+        )
         out(f"metrics on http://{o.metrics if not o.metrics.startswith(':') else '127.0.0.1' + o.metrics}/metrics")
 
     def sweep_once() -> None:
@@ -99,28 +119,34 @@ def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None])
     if not o.once:
         threads.append(threading.Thread(target=sweep_forever, name="sweep", daemon=True))
     if reconciler is not None and not o.once:
+
         def reconcile_forever() -> None:
             while not stop.wait(o.reconcile_interval_s):
                 try:
                     reconciler.tick()
                 except Exception as exc:  # never let one bad round end the repairs
                     say(f"reconcile: {type(exc).__name__}: {exc}")
+
         threads.append(threading.Thread(target=reconcile_forever, name="reconcile", daemon=True))
 
         def on_hup(signum, frame) -> None:
             reconciler.reload_requested = True
+
         signal.signal(signal.SIGHUP, on_hup)
 
     def on_term(signum, frame) -> None:  # protection stays in place: the data path needs no daemon
         raise SystemExit(0)
+
     signal.signal(signal.SIGTERM, on_term)
     if hub is not None:
         hub.start()  # False (said why): another daemon serves them, detection reads from it
     for t in threads:
         t.start()
     p = o.health
-    out(f"health checks every {p.interval_s:g} s (timeout {p.timeout_s:g} s, rise {p.rise}, fall {p.fall})"
-        + (f"; attack detection every {o.detect_interval_s:g} s" if loop and not o.once else ""))
+    out(
+        f"health checks every {p.interval_s:g} s (timeout {p.timeout_s:g} s, rise {p.rise}, fall {p.fall})"
+        + (f"; attack detection every {o.detect_interval_s:g} s" if loop and not o.once else "")
+    )
     try:
         rounds = health.run(p, once=o.once, duration_s=o.duration_s, report=report)
     finally:
@@ -138,4 +164,3 @@ def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None])
         if reconciler is not None:
             reconciler.close()
     return rounds
-

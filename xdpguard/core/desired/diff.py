@@ -13,6 +13,7 @@ from ..model import thresholds, vocab
 from ..model.desired import ALL_DROP_MASK, AddressSpec, DaemonSpec, Desired, ForwardSpec, InterfaceSpec, addr_order
 from .dump import verify_data, _fmt_connlimit, _fmt_num, _inline, _limits_toml, _thresholds_toml
 
+
 @dataclass(frozen=True)
 class Change:
     """One difference: `path` names the object ('veth0 block', 'veth0 198.18.0.1 limits')."""
@@ -72,9 +73,11 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
         out.append(Change(f"{n} mode", "change", old.mode, new.mode))
     out += _set_changes(f"{n} protect", frozenset(old.protected), frozenset(new.protected))
     og, ng = old.global_, new.global_
-    for label, a, b in (("fragments", "drop" if og.drop_fragments else "pass", "drop" if ng.drop_fragments else "pass"),
-                        ("reflection", og.reflection, ng.reflection),
-                        ("monitor", _monitor_text(og.monitor_mask), _monitor_text(ng.monitor_mask))):
+    for label, a, b in (
+        ("fragments", "drop" if og.drop_fragments else "pass", "drop" if ng.drop_fragments else "pass"),
+        ("reflection", og.reflection, ng.reflection),
+        ("monitor", _monitor_text(og.monitor_mask), _monitor_text(ng.monitor_mask)),
+    ):
         if a != b:
             out.append(Change(f"{n} {label}", "change", str(a), str(b)))
     out += _set_changes(f"{n} reflection_ports", og.reflection_ports, ng.reflection_ports)
@@ -90,24 +93,47 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
         if oa.level != na.level:
             out.append(Change(f"{p} level", "change", oa.level or "none", na.level or "none"))
         if oa.blocked != na.blocked:
-            out.append(Change(f"{p} block_protocols", "change", ",".join(sorted(oa.blocked)) or "none",
-                              ",".join(sorted(na.blocked)) or "none"))
+            out.append(
+                Change(
+                    f"{p} block_protocols",
+                    "change",
+                    ",".join(sorted(oa.blocked)) or "none",
+                    ",".join(sorted(na.blocked)) or "none",
+                )
+            )
         if oa.limits != na.limits:
             out.append(Change(f"{p} limits", "change", _fmt_limits(oa.limits), _fmt_limits(na.limits)))
         if oa.syn != na.syn:
             out.append(Change(f"{p} syn", "change", _fmt_syn(oa.syn), _fmt_syn(na.syn)))
-        out += _set_changes(f"{p} open_ports", frozenset(vocab.format_port_spec(*r) for r in oa.open_ports),
-                            frozenset(vocab.format_port_spec(*r) for r in na.open_ports))
+        out += _set_changes(
+            f"{p} open_ports",
+            frozenset(vocab.format_port_spec(*r) for r in oa.open_ports),
+            frozenset(vocab.format_port_spec(*r) for r in na.open_ports),
+        )
         if oa.connlimit != na.connlimit:
             out.append(Change(f"{p} connlimit", "change", _fmt_connlimit(oa.connlimit), _fmt_connlimit(na.connlimit)))
         if oa.geo != na.geo:
-            out.append(Change(f"{p} geo", "change", oa.geo.describe() if oa.geo else "none",
-                              na.geo.describe() if na.geo else "none"))
+            out.append(
+                Change(
+                    f"{p} geo",
+                    "change",
+                    oa.geo.describe() if oa.geo else "none",
+                    na.geo.describe() if na.geo else "none",
+                )
+            )
         if oa.watermark != na.watermark:
-            out.append(Change(f"{p} watermark", "change", "; ".join(w.describe() for w in oa.watermark) or "none",
-                              "; ".join(w.describe() for w in na.watermark) or "none"))
+            out.append(
+                Change(
+                    f"{p} watermark",
+                    "change",
+                    "; ".join(w.describe() for w in oa.watermark) or "none",
+                    "; ".join(w.describe() for w in na.watermark) or "none",
+                )
+            )
         if oa.port_limits != na.port_limits:
-            fmt = lambda pls: "; ".join(f"{vocab.format_port_spec(p, lo, hi)} {_fmt_limits(l)}" for p, lo, hi, l in pls) or "none"  # noqa: E731
+            fmt = lambda pls: (
+                "; ".join(f"{vocab.format_port_spec(p, lo, hi)} {_fmt_limits(l)}" for p, lo, hi, l in pls) or "none"
+            )  # noqa: E731
             out.append(Change(f"{p} port_limits", "change", fmt(oa.port_limits), fmt(na.port_limits)))
         if oa.http != na.http:
             oh, nh = {s.name: s for s in oa.http}, {s.name: s for s in na.http}
@@ -117,8 +143,7 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
                 elif k not in oh:
                     out.append(Change(f"{p} http", "add", None, l7schema.describe(nh[k])))
                 elif oh[k] != nh[k]:
-                    out.append(Change(f"{p} http {k}", "change", l7schema.describe(oh[k]),
-                                      l7schema.describe(nh[k])))
+                    out.append(Change(f"{p} http {k}", "change", l7schema.describe(oh[k]), l7schema.describe(nh[k])))
     of = {f.rule.key: f for f in old.forwards}
     nf = {f.rule.key: f for f in new.forwards}
     for k in sorted(set(of) | set(nf)):
@@ -152,21 +177,31 @@ def _fmt_syn(s: policy.SynPolicy) -> str:
 
 
 def _fmt_events(e: thresholds.EventConfig) -> str:
-    return " ".join(_thresholds_toml(e.default)) + f" hold {_fmt_num(e.hold_s)}" + (f" hook {e.hook}" if e.hook else "") + \
-        "".join(f"; {a}: " + " ".join(_thresholds_toml(t)) for a, t in sorted(e.addresses.items()))
+    return (
+        " ".join(_thresholds_toml(e.default))
+        + f" hold {_fmt_num(e.hold_s)}"
+        + (f" hook {e.hook}" if e.hook else "")
+        + "".join(f"; {a}: " + " ".join(_thresholds_toml(t)) for a, t in sorted(e.addresses.items()))
+    )
 
 
 def describe(f: policy.Filter) -> str:
     parts = [f.proto or "any"]
-    for name, (lo, hi), full in (("sport", f.sport, (0, 65535)), ("dport", f.dport, (0, 65535)),
-                                 ("len", f.length, (0, 65535)), ("ttl", f.ttl, (0, 255))):
+    for name, (lo, hi), full in (
+        ("sport", f.sport, (0, 65535)),
+        ("dport", f.dport, (0, 65535)),
+        ("len", f.length, (0, 65535)),
+        ("ttl", f.ttl, (0, 255)),
+    ):
         if (lo, hi) != full:
             parts.append(f"{name} {vocab.format_range(lo, hi)}")
     if f.tcp_flags[0]:
         parts.append("flags " + policy.format_tcp_flags(*f.tcp_flags))
     if f.payload:
         m = f.mask_bytes()
-        parts.append(f"{f.payload_base}+{f.payload_off} {f.payload.hex()}" + ("" if m == b"\xff" * len(m) else f"/{m.hex()}"))
+        parts.append(
+            f"{f.payload_base}+{f.payload_off} {f.payload.hex()}" + ("" if m == b"\xff" * len(m) else f"/{m.hex()}")
+        )
     return " ".join(parts) + f" -> {f.action}" + (f" {f.ban_s} s" if f.action == "drop-ban" else "")
 
 

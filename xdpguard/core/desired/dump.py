@@ -15,6 +15,7 @@ from ..model.connlimit import ConnLimits
 from ..model.desired import VERIFY_KEYS, ALL_DROP_MASK, AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .load import CONNLIMIT_KEYS
 
+
 def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -22,10 +23,12 @@ def _q(s: str) -> str:
 def _limits_toml(lim: policy.Limits) -> dict[str, str]:
     e = lim.effective()
     out = {}
-    for key, rate, burst_key, burst in (("src_pps", e.src_pps, "src_burst", e.src_burst_pkts),
-                                        ("src_bps", e.src_bps, "src_burst_bytes", e.src_burst_bytes),
-                                        ("dst_pps", e.dst_pps, "dst_burst", e.dst_burst_pkts),
-                                        ("syn_src_pps", e.syn_src_pps, "syn_src_burst", e.syn_src_burst)):
+    for key, rate, burst_key, burst in (
+        ("src_pps", e.src_pps, "src_burst", e.src_burst_pkts),
+        ("src_bps", e.src_bps, "src_burst_bytes", e.src_burst_bytes),
+        ("dst_pps", e.dst_pps, "dst_burst", e.dst_burst_pkts),
+        ("syn_src_pps", e.syn_src_pps, "syn_src_burst", e.syn_src_burst),
+    ):
         if rate:
             out[key] = str(rate)
             if burst != rate:
@@ -57,8 +60,14 @@ def _fmt_num(v: float) -> str:
 def _thresholds_toml(t: thresholds.Thresholds, always_reasons: bool = False) -> list[str]:
     out = [f"{k} = {_fmt_num(getattr(t, k))}" for k in ("pps", "bps", "drop_pps", "drop_bps")]
     if t.reasons or always_reasons:
-        out.append("reasons = " + (_inline({r: _q(f"{_fmt_num(p)}/{_fmt_num(b)}") for r, (p, b) in sorted(t.reasons.items())})
-                                   if t.reasons else "{}"))
+        out.append(
+            "reasons = "
+            + (
+                _inline({r: _q(f"{_fmt_num(p)}/{_fmt_num(b)}") for r, (p, b) in sorted(t.reasons.items())})
+                if t.reasons
+                else "{}"
+            )
+        )
     return out
 
 
@@ -82,8 +91,11 @@ def _table_of(obj, keys: dict[str, str] | None = None) -> dict:
     out = {}
     for f in fields(obj):
         v = getattr(obj, f.name)
-        default = f.default if f.default is not MISSING else (
-            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        default = (
+            f.default
+            if f.default is not MISSING
+            else (f.default_factory() if f.default_factory is not MISSING else MISSING)
+        )
         if v is None or v == default:
             continue
         out[(keys or {}).get(f.name, toml_key(f.name))] = _plain(v)
@@ -121,8 +133,13 @@ def _address_data(a: AddressSpec) -> dict | None:
     if lt or a.level is not None:  # an empty table is given: the level's preset does not fill it
         body["limits"] = lt
     if a.syn != policy.SynPolicy() or a.level is not None:
-        body["syn"] = {"threshold": a.syn.threshold_pps, "auth_window": f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}",
-                       "keep": a.syn.auth_keep_s, "mode": a.syn.mode, "always": a.syn.always}
+        body["syn"] = {
+            "threshold": a.syn.threshold_pps,
+            "auth_window": f"{a.syn.auth_min_ms}-{a.syn.auth_max_ms}",
+            "keep": a.syn.auth_keep_s,
+            "mode": a.syn.mode,
+            "always": a.syn.always,
+        }
     if a.connlimit is not None:
         body["connlimit"] = {k: int(v) for k, v in _connlimit_items(a.connlimit).items()}
     if a.geo is not None:
@@ -130,8 +147,10 @@ def _address_data(a: AddressSpec) -> dict | None:
     if a.watermark:
         body["watermark"] = [w.to_data() for w in a.watermark]
     if a.port_limits or a.level is not None:
-        body["port_limit"] = [{"ports": vocab.format_port_spec(proto, lo, hi), **_limits_data(lim)}
-                              for proto, lo, hi, lim in a.port_limits]
+        body["port_limit"] = [
+            {"ports": vocab.format_port_spec(proto, lo, hi), **_limits_data(lim)}
+            for proto, lo, hi, lim in a.port_limits
+        ]
     if a.http:
         body["http"] = [l7schema.to_data(svc) for svc in a.http]
     if not body:
@@ -143,8 +162,12 @@ def _filter_data(f: policy.Filter) -> dict:
     out: dict = {"action": f.action}
     if f.proto:
         out["proto"] = f.proto
-    for key, (lo, hi), full in (("sport", f.sport, (0, 65535)), ("dport", f.dport, (0, 65535)),
-                                ("length", f.length, (0, 65535)), ("ttl", f.ttl, (0, 255))):
+    for key, (lo, hi), full in (
+        ("sport", f.sport, (0, 65535)),
+        ("dport", f.dport, (0, 65535)),
+        ("length", f.length, (0, 65535)),
+        ("ttl", f.ttl, (0, 255)),
+    ):
         if (lo, hi) != full:
             out[key] = vocab.format_range(lo, hi)
     if f.tcp_flags[0]:
@@ -159,8 +182,12 @@ def _filter_data(f: policy.Filter) -> dict:
 def _forward_data(fs: ForwardSpec) -> dict:
     r = fs.rule
     prim, back = r.primaries, r.backups
-    out: dict = {"proto": r.proto, "ports": str(r.ports), "protected": str(r.protected),
-                 "to": [b.endpoint for b in prim]}
+    out: dict = {
+        "proto": r.proto,
+        "ports": str(r.ports),
+        "protected": str(r.protected),
+        "to": [b.endpoint for b in prim],
+    }
     if any(b.weight != 1 for b in prim):
         out["weights"] = [b.weight for b in prim]
     if back:
@@ -201,7 +228,9 @@ def _interface_data(s: InterfaceSpec, list_files: dict[tuple[str, str], str]) ->
     if ev.hook:
         out["events"]["hook"] = ev.hook
     if ev.addresses:
-        out["events"]["address"] = [{"address": a, **_thresholds_data(t, True)} for a, t in sorted(ev.addresses.items())]
+        out["events"]["address"] = [
+            {"address": a, **_thresholds_data(t, True)} for a, t in sorted(ev.addresses.items())
+        ]
     if verify_data(s.verify):
         out["verify"] = verify_data(s.verify)
     return out
@@ -217,8 +246,11 @@ _BGP_KEYS_OF = {"liveness_iface": "liveness_interface"}  # BgpSpec fields whose 
 
 
 def _bgp_data(b: BgpSpec) -> dict:
-    out = {"local_as": b.local_as, "router_id": str(b.router_id),
-           "neighbors": [{"address": str(n.address), "as": n.asn} for n in b.neighbors]}
+    out = {
+        "local_as": b.local_as,
+        "router_id": str(b.router_id),
+        "neighbors": [{"address": str(n.address), "as": n.asn} for n in b.neighbors],
+    }
     rest = _table_of(b, _BGP_KEYS_OF)
     rest.pop("local_as", None), rest.pop("router_id", None), rest.pop("neighbors", None)
     if "blackhole_community" in rest:
@@ -231,12 +263,21 @@ def to_data(d: Desired, list_files: dict[tuple[str, str], str] | None = None) ->
     list_files = list_files or {}
     ds = d.daemon
     daemon: dict = {"metrics": ds.metrics} if ds.metrics else {}
-    daemon.update(health_interval=ds.health_interval_s, health_timeout=ds.health_timeout_s, rise=ds.rise,
-                  fall=ds.fall, sweep_interval=ds.sweep_interval_s, detect=ds.detect,
-                  detect_interval=ds.detect_interval_s, mitigation=ds.mitigation,
-                  mitigation_pps=_num(ds.mitigation_pps), mitigation_factor=ds.mitigation_factor,
-                  mitigation_max_share=ds.mitigation_max_share, mitigation_hold=ds.mitigation_hold_s,
-                  mitigation_interval=ds.mitigation_interval_s)
+    daemon.update(
+        health_interval=ds.health_interval_s,
+        health_timeout=ds.health_timeout_s,
+        rise=ds.rise,
+        fall=ds.fall,
+        sweep_interval=ds.sweep_interval_s,
+        detect=ds.detect,
+        detect_interval=ds.detect_interval_s,
+        mitigation=ds.mitigation,
+        mitigation_pps=_num(ds.mitigation_pps),
+        mitigation_factor=ds.mitigation_factor,
+        mitigation_max_share=ds.mitigation_max_share,
+        mitigation_hold=ds.mitigation_hold_s,
+        mitigation_interval=ds.mitigation_interval_s,
+    )
     out: dict = {"daemon": daemon}
     if d.cluster is not None:
         out["cluster"] = _table_of(d.cluster)

@@ -22,13 +22,29 @@ from ..l7 import spec as l7spec
 from ..model import forwarding, geo, thresholds, vocab
 from ..model.connlimit import ConnLimits
 from ..model.forwarding import ForwardRule
-from ..model.desired import (ALL_DROP_MASK, DROP_REASONS, MODES, VERIFY_KEYS, AddressSpec, DaemonSpec, Desired, ForwardSpec,
-                             InterfaceSpec, IPAddress, PortRun, addr_order, norm_filter, norm_interface,
-                             norm_port_limits, norm_port_runs)
+from ..model.desired import (
+    ALL_DROP_MASK,
+    DROP_REASONS,
+    MODES,
+    VERIFY_KEYS,
+    AddressSpec,
+    DaemonSpec,
+    Desired,
+    ForwardSpec,
+    InterfaceSpec,
+    IPAddress,
+    PortRun,
+    addr_order,
+    norm_filter,
+    norm_interface,
+    norm_port_limits,
+    norm_port_runs,
+)
 from ..model.prefixes import Prefix, parse_address, parse_prefix
 from ..prefixes import read_prefix_set
 
 DEFAULT_PATH = Path("/etc/xdpguard/xdpguard.toml")
+
 
 class ConfigError(UserError):
     """One or more problems in a config file; each line names file, line and field."""
@@ -127,8 +143,15 @@ class _Loader:
             "intstr": isinstance(v, (int, str)) and not isinstance(v, bool),
         }[kind]
         if not ok:
-            names = {"str": "a string", "bool": "true or false", "int": "a whole number", "num": "a finite number",
-                     "list": "an array", "table": "a table", "intstr": "a number or a string"}
+            names = {
+                "str": "a string",
+                "bool": "true or false",
+                "int": "a whole number",
+                "num": "a finite number",
+                "list": "an array",
+                "table": "a table",
+                "intstr": "a number or a string",
+            }
             self.fail(path + (key,), f"must be {names[kind]}, got {v!r}")
             return default
         return v
@@ -155,32 +178,100 @@ class _Loader:
         return default
 
 
-_DAEMON_KEYS = {"metrics", "health_interval", "health_timeout", "rise", "fall", "sweep_interval", "detect",
-                "detect_interval", "mitigation", "mitigation_pps", "mitigation_factor", "mitigation_max_share",
-                "mitigation_hold", "mitigation_interval"}
-_IFACE_KEYS = {"name", "mode", "protect", "monitor", "fragments", "reflection", "reflection_ports", "block",
-               "block_files", "allow", "allow_files", "address", "filter", "forward", "events", "verify"}
-_ADDR_KEYS = {"address", "block_protocols", "open_ports", "limits", "syn", "port_limit", "level", "connlimit", "http",
-              "geo", "watermark"}
+_DAEMON_KEYS = {
+    "metrics",
+    "health_interval",
+    "health_timeout",
+    "rise",
+    "fall",
+    "sweep_interval",
+    "detect",
+    "detect_interval",
+    "mitigation",
+    "mitigation_pps",
+    "mitigation_factor",
+    "mitigation_max_share",
+    "mitigation_hold",
+    "mitigation_interval",
+}
+_IFACE_KEYS = {
+    "name",
+    "mode",
+    "protect",
+    "monitor",
+    "fragments",
+    "reflection",
+    "reflection_ports",
+    "block",
+    "block_files",
+    "allow",
+    "allow_files",
+    "address",
+    "filter",
+    "forward",
+    "events",
+    "verify",
+}
+_ADDR_KEYS = {
+    "address",
+    "block_protocols",
+    "open_ports",
+    "limits",
+    "syn",
+    "port_limit",
+    "level",
+    "connlimit",
+    "http",
+    "geo",
+    "watermark",
+}
 #: `connlimit = { ... }` keys → ConnLimits fields
-CONNLIMIT_KEYS = {"new_per_source": "new_per_source", "concurrent_per_source": "concurrent_per_source",
-                  "new_total": "new_total", "conntrack_budget": "conntrack_budget", "udp_timeout": "udp_timeout_s",
-                  "ban": "ban_s"}
-_LIMIT_KEYS = {"src_pps", "src_burst", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst", "syn_src_pps",
-               "syn_src_burst", "ban", "unknown_share"}
+CONNLIMIT_KEYS = {
+    "new_per_source": "new_per_source",
+    "concurrent_per_source": "concurrent_per_source",
+    "new_total": "new_total",
+    "conntrack_budget": "conntrack_budget",
+    "udp_timeout": "udp_timeout_s",
+    "ban": "ban_s",
+}
+_LIMIT_KEYS = {
+    "src_pps",
+    "src_burst",
+    "src_bps",
+    "src_burst_bytes",
+    "dst_pps",
+    "dst_burst",
+    "syn_src_pps",
+    "syn_src_burst",
+    "ban",
+    "unknown_share",
+}
 _SYN_KEYS = {"threshold", "auth_window", "keep", "mode", "always"}
-_FILTER_KEYS = {"action", "proto", "sport", "dport", "length", "ttl", "tcp_flags", "payload", "mask", "base",
-                "offset", "ban"}
-_FORWARD_KEYS = {"proto", "ports", "protected", "to", "weights", "backup", "persist", "preserve_client_ip",
-                 "udp_probe"}
+_FILTER_KEYS = {
+    "action",
+    "proto",
+    "sport",
+    "dport",
+    "length",
+    "ttl",
+    "tcp_flags",
+    "payload",
+    "mask",
+    "base",
+    "offset",
+    "ban",
+}
+_FORWARD_KEYS = {"proto", "ports", "protected", "to", "weights", "backup", "persist", "preserve_client_ip", "udp_probe"}
 _EVENT_KEYS = {"pps", "bps", "drop_pps", "drop_bps", "reasons", "hold", "hook", "address"}
 
 
 def _verify(ld: _Loader, d: dict, path: tuple) -> policy.VerifySettings:
     """`[interface.verify]`: the verified-client budgets and the per-service admission budget."""
     d = ld.table(d, path, set(VERIFY_KEYS))
-    vals = {k: ld.get(d, k, path, "bool" if k == "budget" else "int", getattr(policy.VerifySettings(), k))
-            for k in VERIFY_KEYS}
+    vals = {
+        k: ld.get(d, k, path, "bool" if k == "budget" else "int", getattr(policy.VerifySettings(), k))
+        for k in VERIFY_KEYS
+    }
     return ld.guard(path, lambda: policy.VerifySettings(**vals), policy.VerifySettings())
 
 
@@ -220,20 +311,61 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
         if not mpps > 0:
             ld.fail(p + ("mitigation_pps",), "must be above 0")
             mpps = base.mitigation_pps
-    return DaemonSpec(metrics, pos("health_interval", base.health_interval_s, 3600),
-                      pos("health_timeout", base.health_timeout_s, 60), count("rise", base.rise),
-                      count("fall", base.fall), pos("sweep_interval", base.sweep_interval_s, 3600),
-                      ld.get(d, "detect", p, "bool", True), pos("detect_interval", base.detect_interval_s, 60),
-                      ld.get(d, "mitigation", p, "bool", True), float(mpps), float(factor), float(share),
-                      pos("mitigation_hold", base.mitigation_hold_s, 3600),
-                      pos("mitigation_interval", base.mitigation_interval_s, 60))
+    return DaemonSpec(
+        metrics,
+        pos("health_interval", base.health_interval_s, 3600),
+        pos("health_timeout", base.health_timeout_s, 60),
+        count("rise", base.rise),
+        count("fall", base.fall),
+        pos("sweep_interval", base.sweep_interval_s, 3600),
+        ld.get(d, "detect", p, "bool", True),
+        pos("detect_interval", base.detect_interval_s, 60),
+        ld.get(d, "mitigation", p, "bool", True),
+        float(mpps),
+        float(factor),
+        float(share),
+        pos("mitigation_hold", base.mitigation_hold_s, 3600),
+        pos("mitigation_interval", base.mitigation_interval_s, 60),
+    )
 
 
-_CLUSTER_KEYS = {"name", "node", "endpoints", "node_ttl", "resync_interval", "ca", "cert", "key", "user",
-                 "password_file", "insecure", "protect", "backends", "hook"}
-_BGP_KEYS = {"local_as", "router_id", "neighbors", "announce", "bfd", "bfd_interval", "bfd_multiplier", "hold",
-             "min_nodes", "bird_config", "bird_socket", "liveness_interface", "flowspec_pps", "blackhole_pps",
-             "escalation_hold", "blackhole_community", "overload_pps", "overload_prepend", "require_routes"}
+_CLUSTER_KEYS = {
+    "name",
+    "node",
+    "endpoints",
+    "node_ttl",
+    "resync_interval",
+    "ca",
+    "cert",
+    "key",
+    "user",
+    "password_file",
+    "insecure",
+    "protect",
+    "backends",
+    "hook",
+}
+_BGP_KEYS = {
+    "local_as",
+    "router_id",
+    "neighbors",
+    "announce",
+    "bfd",
+    "bfd_interval",
+    "bfd_multiplier",
+    "hold",
+    "min_nodes",
+    "bird_config",
+    "bird_socket",
+    "liveness_interface",
+    "flowspec_pps",
+    "blackhole_pps",
+    "escalation_hold",
+    "blackhole_community",
+    "overload_pps",
+    "overload_prepend",
+    "require_routes",
+}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
@@ -299,9 +431,22 @@ def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
     hook = ld.get(d, "hook", p, "str", None) or None
     if hook is not None:
         hook = ld.guard(p + ("hook",), lambda: vocab.parse_hook(hook, "hook", require_program=False), None)
-    return ClusterSpec(out["name"], out["node"], tuple(good), ttl, float(resync), files["ca"], files["cert"],
-                       files["key"], user, files["password_file"], insecure, tuple(nets["protect"]),
-                       tuple(nets["backends"]), hook)
+    return ClusterSpec(
+        out["name"],
+        out["node"],
+        tuple(good),
+        ttl,
+        float(resync),
+        files["ca"],
+        files["cert"],
+        files["key"],
+        user,
+        files["password_file"],
+        insecure,
+        tuple(nets["protect"]),
+        tuple(nets["backends"]),
+        hook,
+    )
 
 
 def _ip(ld: _Loader, v, path: tuple, version: int | None = None):
@@ -373,18 +518,27 @@ def _bgp(ld: _Loader, d: dict) -> BgpSpec | None:
         community = (int(m[1]), int(m[2]))
     else:
         ld.fail(p + ("blackhole_community",), f"must be ASN:VALUE with both parts 0 to 65535, got {text!r}")
-    return BgpSpec(local_as, rid or ipaddress.IPv4Address("0.0.0.1"), tuple(neighbors),
-                   tuple(sorted(announce, key=addr_order)), ld.get(d, "bfd", p, "bool", True),
-                   _int_in(ld, d, "bfd_interval", p, BgpSpec.bfd_interval_ms, 10, 10000),
-                   _int_in(ld, d, "bfd_multiplier", p, BgpSpec.bfd_multiplier, 2, 255),
-                   _int_in(ld, d, "hold", p, BgpSpec.hold_s, 3, 65535),
-                   _int_in(ld, d, "min_nodes", p, BgpSpec.min_nodes, 0, 1000),
-                   files["bird_config"], files["bird_socket"], live,
-                   _int_in(ld, d, "flowspec_pps", p, 0, 0, 10**12),
-                   _int_in(ld, d, "blackhole_pps", p, 0, 0, 10**12),
-                   _int_in(ld, d, "escalation_hold", p, BgpSpec.escalation_hold_s, 1, 86400), community,
-                   _int_in(ld, d, "overload_pps", p, 0, 0, 10**12),
-                   _int_in(ld, d, "overload_prepend", p, BgpSpec.overload_prepend, 1, 16), tuple(routes))
+    return BgpSpec(
+        local_as,
+        rid or ipaddress.IPv4Address("0.0.0.1"),
+        tuple(neighbors),
+        tuple(sorted(announce, key=addr_order)),
+        ld.get(d, "bfd", p, "bool", True),
+        _int_in(ld, d, "bfd_interval", p, BgpSpec.bfd_interval_ms, 10, 10000),
+        _int_in(ld, d, "bfd_multiplier", p, BgpSpec.bfd_multiplier, 2, 255),
+        _int_in(ld, d, "hold", p, BgpSpec.hold_s, 3, 65535),
+        _int_in(ld, d, "min_nodes", p, BgpSpec.min_nodes, 0, 1000),
+        files["bird_config"],
+        files["bird_socket"],
+        live,
+        _int_in(ld, d, "flowspec_pps", p, 0, 0, 10**12),
+        _int_in(ld, d, "blackhole_pps", p, 0, 0, 10**12),
+        _int_in(ld, d, "escalation_hold", p, BgpSpec.escalation_hold_s, 1, 86400),
+        community,
+        _int_in(ld, d, "overload_pps", p, 0, 0, 10**12),
+        _int_in(ld, d, "overload_prepend", p, BgpSpec.overload_prepend, 1, 16),
+        tuple(routes),
+    )
 
 
 def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limits:
@@ -396,12 +550,22 @@ def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limi
             return 0
         return ld.guard(path + (key,), lambda: vocab.parse_count(d[key], key, limit), 0)
 
-    lim = ld.guard(path, lambda: policy.Limits(
-        src_pps=n("src_pps", policy.MAX_PPS), src_burst_pkts=n("src_burst", policy.MAX_BURST),
-        src_bps=n("src_bps", policy.MAX_BPS), src_burst_bytes=n("src_burst_bytes", policy.MAX_BURST),
-        dst_pps=n("dst_pps", policy.MAX_PPS), dst_burst_pkts=n("dst_burst", policy.MAX_BURST),
-        syn_src_pps=n("syn_src_pps", policy.MAX_PPS), syn_src_burst=n("syn_src_burst", policy.MAX_BURST),
-        ban_s=n("ban", policy.MAX_BAN_S), unknown_share_pct=n("unknown_share", 99)), policy.Limits())
+    lim = ld.guard(
+        path,
+        lambda: policy.Limits(
+            src_pps=n("src_pps", policy.MAX_PPS),
+            src_burst_pkts=n("src_burst", policy.MAX_BURST),
+            src_bps=n("src_bps", policy.MAX_BPS),
+            src_burst_bytes=n("src_burst_bytes", policy.MAX_BURST),
+            dst_pps=n("dst_pps", policy.MAX_PPS),
+            dst_burst_pkts=n("dst_burst", policy.MAX_BURST),
+            syn_src_pps=n("syn_src_pps", policy.MAX_PPS),
+            syn_src_burst=n("syn_src_burst", policy.MAX_BURST),
+            ban_s=n("ban", policy.MAX_BAN_S),
+            unknown_share_pct=n("unknown_share", 99),
+        ),
+        policy.Limits(),
+    )
     if lim.ban_s and not (lim.src_pps or lim.src_bps or lim.syn_src_pps) and len(ld.problems) == problems_before:
         ld.fail(path + ("ban",), "a ban needs a per-source rate (src_pps, src_bps or syn_src_pps)")
     return lim.effective()
@@ -410,12 +574,14 @@ def _limits(ld: _Loader, d: dict, path: tuple, known=_LIMIT_KEYS) -> policy.Limi
 def _syn(ld: _Loader, d: dict, path: tuple) -> policy.SynPolicy:
     d = ld.table(d, path, _SYN_KEYS)
     base = policy.SynPolicy()
-    thr = ld.guard(path + ("threshold",), lambda: vocab.parse_count(d.get("threshold", 0), "threshold",
-                                                                  policy.MAX_PPS), 0)
+    thr = ld.guard(
+        path + ("threshold",), lambda: vocab.parse_count(d.get("threshold", 0), "threshold", policy.MAX_PPS), 0
+    )
     lo, hi = base.auth_min_ms, base.auth_max_ms
     if "auth_window" in d:
-        lo, hi = ld.guard(path + ("auth_window",), lambda: vocab.parse_range("auth_window", d["auth_window"], (lo, hi)),
-                          (lo, hi))
+        lo, hi = ld.guard(
+            path + ("auth_window",), lambda: vocab.parse_range("auth_window", d["auth_window"], (lo, hi)), (lo, hi)
+        )
     keep = ld.get(d, "keep", path, "int", base.auth_keep_s)
     mode = ld.get(d, "mode", path, "str", base.mode)
     if mode not in policy.SYN_MODES:
@@ -474,10 +640,19 @@ def _address(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> A
         limits = limits if "limits" in d else lp.limits.effective()
         syn = syn if "syn" in d else lp.syn
         blocked = blocked if "block_protocols" in d else sorted(lp.blocked)
-    return AddressSpec(addr, frozenset(b for b in blocked if b in policy.PROTOCOLS), limits, syn,
-                       norm_port_runs(opened), norm_port_limits(plims), level,
-                       _connlimit(ld, d, path) if "connlimit" in d else None, _http(ld, d, path, addr),
-                       geo=_geo(ld, d, path) if "geo" in d else None, watermark=_watermark(ld, d, path))
+    return AddressSpec(
+        addr,
+        frozenset(b for b in blocked if b in policy.PROTOCOLS),
+        limits,
+        syn,
+        norm_port_runs(opened),
+        norm_port_limits(plims),
+        level,
+        _connlimit(ld, d, path) if "connlimit" in d else None,
+        _http(ld, d, path, addr),
+        geo=_geo(ld, d, path) if "geo" in d else None,
+        watermark=_watermark(ld, d, path),
+    )
 
 
 def norm_http(services) -> tuple[l7spec.HttpService, ...]:
@@ -578,13 +753,35 @@ def _level_port_limits(spec: AddressSpec, raw: dict, forwards) -> AddressSpec:
     return replace(spec, port_limits=norm_port_limits([("udp", lo, hi, p.udp_port) for lo, hi in ports]))
 
 
-def build_filter(*, action: str, proto=None, sport=None, dport=None, length=None, ttl=None, tcp_flags=None,
-                 payload=None, mask=None, base: str = "payload", offset: int = 0, ban_s: int = 0,
-                 names: dict[str, str] | None = None) -> policy.Filter:
+def build_filter(
+    *,
+    action: str,
+    proto=None,
+    sport=None,
+    dport=None,
+    length=None,
+    ttl=None,
+    tcp_flags=None,
+    payload=None,
+    mask=None,
+    base: str = "payload",
+    offset: int = 0,
+    ban_s: int = 0,
+    names: dict[str, str] | None = None,
+) -> policy.Filter:
     """A filter from its text fields (the CLI's options and the config's keys); `names` maps a
     field to what the caller calls it in messages."""
-    nm = {"sport": "sport", "dport": "dport", "length": "length", "ttl": "ttl", "payload": "payload",
-          "mask": "mask", "ban": "ban", "tcp_flags": "tcp_flags", **(names or {})}
+    nm = {
+        "sport": "sport",
+        "dport": "dport",
+        "length": "length",
+        "ttl": "ttl",
+        "payload": "payload",
+        "mask": "mask",
+        "ban": "ban",
+        "tcp_flags": "tcp_flags",
+        **(names or {}),
+    }
     if action not in policy.ACTIONS:  # "mitigate" is the daemon's own (mitigation.py)
         raise UserError(f"invalid filter action '{action}': use drop, pass or drop-ban")
     if ban_s and action != "drop-ban":
@@ -592,12 +789,19 @@ def build_filter(*, action: str, proto=None, sport=None, dport=None, length=None
     if mask and not payload:
         raise UserError(f"{nm['mask']} needs {nm['payload']}")
     flt = policy.Filter(
-        action=action, proto=proto.lower() if proto else None,
-        sport=vocab.parse_range(nm["sport"], sport, (0, 65535)), dport=vocab.parse_range(nm["dport"], dport, (0, 65535)),
-        length=vocab.parse_range(nm["length"], length, (0, 65535)), ttl=vocab.parse_range(nm["ttl"], ttl, (0, 255)),
+        action=action,
+        proto=proto.lower() if proto else None,
+        sport=vocab.parse_range(nm["sport"], sport, (0, 65535)),
+        dport=vocab.parse_range(nm["dport"], dport, (0, 65535)),
+        length=vocab.parse_range(nm["length"], length, (0, 65535)),
+        ttl=vocab.parse_range(nm["ttl"], ttl, (0, 255)),
         tcp_flags=policy.parse_tcp_flags(tcp_flags) if tcp_flags else (0, 0),
-        payload=vocab.parse_hex(nm["payload"], payload), payload_mask=vocab.parse_hex(nm["mask"], mask),
-        payload_base=base, payload_off=offset, ban_s=ban_s)
+        payload=vocab.parse_hex(nm["payload"], payload),
+        payload_mask=vocab.parse_hex(nm["mask"], mask),
+        payload_base=base,
+        payload_off=offset,
+        ban_s=ban_s,
+    )
     if flt.tcp_flags[0] and flt.proto not in (None, "tcp"):
         raise UserError(f"{nm['tcp_flags']} only match TCP; drop the protocol or use tcp")
     return flt
@@ -615,11 +819,20 @@ def _filter(ld: _Loader, d: dict, path: tuple) -> policy.Filter | None:
     for k in ("sport", "dport", "length", "ttl"):
         ld.get(d, k, path, "intstr", None)
     try:
-        f = build_filter(action=str(d["action"]), proto=d.get("proto"), sport=d.get("sport"), dport=d.get("dport"),
-                         length=d.get("length"), ttl=d.get("ttl"), tcp_flags=d.get("tcp_flags"),
-                         payload=d.get("payload"), mask=d.get("mask"), base=str(d.get("base", "payload")),
-                         offset=d.get("offset", 0) if isinstance(d.get("offset", 0), int) else 0,
-                         ban_s=d.get("ban", 0) if isinstance(d.get("ban", 0), int) else 0)
+        f = build_filter(
+            action=str(d["action"]),
+            proto=d.get("proto"),
+            sport=d.get("sport"),
+            dport=d.get("dport"),
+            length=d.get("length"),
+            ttl=d.get("ttl"),
+            tcp_flags=d.get("tcp_flags"),
+            payload=d.get("payload"),
+            mask=d.get("mask"),
+            base=str(d.get("base", "payload")),
+            offset=d.get("offset", 0) if isinstance(d.get("offset", 0), int) else 0,
+            ban_s=d.get("ban", 0) if isinstance(d.get("ban", 0), int) else 0,
+        )
     except (UserError, TypeError, AttributeError) as exc:
         ld.fail(path, getattr(exc, "message", str(exc)))
         return None
@@ -664,8 +877,16 @@ def _forward(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> F
             if len(same) != 1:
                 raise ValueError(f"give protected = ADDR: the interface protects {len(same)} IPv{fam} addresses")
             addr = same[0]
-        return forwarding.make_rule(proto, addr, str(ports), ",".join(to), weights=weights, backups=backup,
-                                    persist_s=persist, preserve_client_ip=routed)
+        return forwarding.make_rule(
+            proto,
+            addr,
+            str(ports),
+            ",".join(to),
+            weights=weights,
+            backups=backup,
+            persist_s=persist,
+            preserve_client_ip=routed,
+        )
 
     rule = ld.guard(path, make)
     return None if rule is None else ForwardSpec(rule, probe)
@@ -685,10 +906,17 @@ def _thresholds(ld: _Loader, d: dict, path: tuple, base: thresholds.Thresholds) 
             ld.fail(rp, f"unknown drop reason (use {', '.join(DROP_REASONS)})")
             continue
         pps, _, bps = str(v).partition("/")
-        reasons[r] = (ld.guard(rp, lambda: vocab.parse_rate(pps, r), 0.0),
-                      ld.guard(rp, lambda: vocab.parse_rate(bps or "0", r), 0.0))
-    return thresholds.Thresholds(rate("pps", base.pps), rate("bps", base.bps), rate("drop_pps", base.drop_pps),
-                             rate("drop_bps", base.drop_bps), reasons if "reasons" in d else dict(base.reasons))
+        reasons[r] = (
+            ld.guard(rp, lambda: vocab.parse_rate(pps, r), 0.0),
+            ld.guard(rp, lambda: vocab.parse_rate(bps or "0", r), 0.0),
+        )
+    return thresholds.Thresholds(
+        rate("pps", base.pps),
+        rate("bps", base.bps),
+        rate("drop_pps", base.drop_pps),
+        rate("drop_bps", base.drop_bps),
+        reasons if "reasons" in d else dict(base.reasons),
+    )
 
 
 def _events(ld: _Loader, d: dict, path: tuple, protected: list[IPAddress]) -> thresholds.EventConfig:
@@ -786,15 +1014,21 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
         f = _filter(ld, fd, path + ("filter", i))
         if f is not None:
             filters.append(f)
-    glob = ld.guard(path, lambda: policy.GlobalPolicy(frag == "drop", ld.get(d, "reflection", path, "bool", True),
-                                                      frozenset(refl_ports), tuple(filters), mask),
-                    policy.GlobalPolicy())
+    glob = ld.guard(
+        path,
+        lambda: policy.GlobalPolicy(
+            frag == "drop", ld.get(d, "reflection", path, "bool", True), frozenset(refl_ports), tuple(filters), mask
+        ),
+        policy.GlobalPolicy(),
+    )
     block = _prefixes(ld, d, "block", path)
     allow = _prefixes(ld, d, "allow", path)
     both = block & allow
     if both:
-        ld.warn(path + ("allow",), f"{len(both)} prefix(es) are in both allow and block (allow wins), "
-                                   f"e.g. {sorted(both)[0]}")
+        ld.warn(
+            path + ("allow",),
+            f"{len(both)} prefix(es) are in both allow and block (allow wins), e.g. {sorted(both)[0]}",
+        )
     forwards: list[ForwardSpec] = []
     for i, fd in enumerate(ld.get(d, "forward", path, "list", [])):
         fs = _forward(ld, fd, path + ("forward", i), protected)
@@ -815,8 +1049,11 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
             for j, fs in enumerate(forwards):
                 r = fs.rule
                 if r.protected == a.address and r.proto == "tcp" and r.port_lo <= svc.port <= r.port_hi:
-                    ld.fail(path + ("forward", j), f"tcp {svc.port} of {a.address} is the HTTP service {svc.name} "
-                                                   "(HAProxy serves it): forward another port")
+                    ld.fail(
+                        path + ("forward", j),
+                        f"tcp {svc.port} of {a.address} is the HTTP service {svc.name} "
+                        "(HAProxy serves it): forward another port",
+                    )
     raw_addr = {}
     for ad in ld.get(d, "address", path, "list", []):
         if isinstance(ad, dict) and isinstance(ad.get("address"), str):
@@ -831,8 +1068,19 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
         glob = replace(glob, drop_fragments=True)  # the levels' fragment policy (fragments not given)
     ev = _events(ld, ld.get(d, "events", path, "table", {}), path + ("events",), protected)
     vf = _verify(ld, ld.get(d, "verify", path, "table", {}), path + ("verify",))
-    return norm_interface(InterfaceSpec(name, mode if mode in MODES else "auto", tuple(addrs.values()), glob,
-                                        frozenset(block), frozenset(allow), tuple(forwards), ev, vf))
+    return norm_interface(
+        InterfaceSpec(
+            name,
+            mode if mode in MODES else "auto",
+            tuple(addrs.values()),
+            glob,
+            frozenset(block),
+            frozenset(allow),
+            tuple(forwards),
+            ev,
+            vf,
+        )
+    )
 
 
 MAX_DEPTH = 12  # the schema nests 7 deep (interface.address.port_limit); anything deeper is wrong

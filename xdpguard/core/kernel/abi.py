@@ -45,8 +45,13 @@ _REASON_RE = re.compile(r"^#define[ \t]+XG_REASON_(\w+)[ \t]+(\d+)[ \t]*(?:/\*(.
 def reasons_from_header(text: str) -> type[_ReasonBase]:
     """The Reason enum of an abi.h text: one member per `#define XG_REASON_<NAME> <n> /* comment */`
     (XG_REASON_MAX is the size of the reason dimension, not a reason), in the order of n."""
-    found = sorted(((int(m[2]), m[1], " ".join(re.sub(r"\n\s*\*", " ", m[3] or "").split()))
-                    for m in _REASON_RE.finditer(text) if m[1] != "MAX"))
+    found = sorted(
+        (
+            (int(m[2]), m[1], " ".join(re.sub(r"\n\s*\*", " ", m[3] or "").split()))
+            for m in _REASON_RE.finditer(text)
+            if m[1] != "MAX"
+        )
+    )
     cls = _ReasonBase("Reason", [(name, n) for n, name, _ in found], module=__name__, qualname="Reason")
     for n, _, doc in found:
         cls(n)._doc = doc
@@ -186,9 +191,19 @@ class Config(ctypes.Structure):
 
 
 class Limits(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_uint64) for n in (
-        "src_pps", "src_burst_pkts", "src_bps", "src_burst_bytes", "dst_pps", "dst_burst_pkts",
-        "syn_src_pps", "syn_src_burst")] + [("ban_s", ctypes.c_uint32), ("unknown_share_pct", ctypes.c_uint32)]
+    _fields_ = [
+        (n, ctypes.c_uint64)
+        for n in (
+            "src_pps",
+            "src_burst_pkts",
+            "src_bps",
+            "src_burst_bytes",
+            "dst_pps",
+            "dst_burst_pkts",
+            "syn_src_pps",
+            "syn_src_burst",
+        )
+    ] + [("ban_s", ctypes.c_uint32), ("unknown_share_pct", ctypes.c_uint32)]
 
 
 class SynPolicy(ctypes.Structure):
@@ -218,18 +233,25 @@ class DstBucket(ctypes.Structure):
 
 
 class Ban(ctypes.Structure):
-    _fields_ = [("expires_ns", ctypes.c_uint64), ("hits", ctypes.c_uint64), ("reason", ctypes.c_uint32),
-                ("verified_hits", ctypes.c_uint32)]
+    _fields_ = [
+        ("expires_ns", ctypes.c_uint64),
+        ("hits", ctypes.c_uint64),
+        ("reason", ctypes.c_uint32),
+        ("verified_hits", ctypes.c_uint32),
+    ]
 
 
 class SynWin(ctypes.Structure):
-    _fields_ = [("window_start_ns", ctypes.c_uint64), ("count", ctypes.c_uint64),
-                ("defend_until_ns", ctypes.c_uint64)]
+    _fields_ = [("window_start_ns", ctypes.c_uint64), ("count", ctypes.c_uint64), ("defend_until_ns", ctypes.c_uint64)]
 
 
 class SynSeen(ctypes.Structure):
-    _fields_ = [("first_ns", ctypes.c_uint64), ("seq", ctypes.c_uint32), ("sport", ctypes.c_uint16),
-                ("reserved", ctypes.c_uint16)]
+    _fields_ = [
+        ("first_ns", ctypes.c_uint64),
+        ("seq", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("reserved", ctypes.c_uint16),
+    ]
 
 
 class SynAuth(ctypes.Structure):
@@ -241,26 +263,54 @@ class DpState(ctypes.Structure):
 
 
 class SrcSketch(ctypes.Structure):
-    _fields_ = [("epoch", ctypes.c_uint32), ("hot_until", ctypes.c_uint32), ("pkts", ctypes.c_uint32 * 2),
-                ("bytes", ctypes.c_uint32 * 2), ("syns", ctypes.c_uint32 * 2)]
+    _fields_ = [
+        ("epoch", ctypes.c_uint32),
+        ("hot_until", ctypes.c_uint32),
+        ("pkts", ctypes.c_uint32 * 2),
+        ("bytes", ctypes.c_uint32 * 2),
+        ("syns", ctypes.c_uint32 * 2),
+    ]
 
 
 class Filter(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_uint8) for n in (
-        "proto", "action", "tcp_flags_mask", "tcp_flags_value", "ttl_min", "ttl_max", "payload_len",
-        "payload_base")] + [(n, ctypes.c_uint16) for n in (
-        "sport_min", "sport_max", "dport_min", "dport_max", "len_min", "len_max", "payload_off", "ban_s")] + [
-        ("payload", ctypes.c_uint8 * 16), ("payload_mask", ctypes.c_uint8 * 16)]
+    _fields_ = (
+        [
+            (n, ctypes.c_uint8)
+            for n in (
+                "proto",
+                "action",
+                "tcp_flags_mask",
+                "tcp_flags_value",
+                "ttl_min",
+                "ttl_max",
+                "payload_len",
+                "payload_base",
+            )
+        ]
+        + [
+            (n, ctypes.c_uint16)
+            for n in ("sport_min", "sport_max", "dport_min", "dport_max", "len_min", "len_max", "payload_off", "ban_s")
+        ]
+        + [("payload", ctypes.c_uint8 * 16), ("payload_mask", ctypes.c_uint8 * 16)]
+    )
 
 
 class FHead(ctypes.Structure):
-    _fields_ = [("live", ctypes.c_uint64), ("payload", ctypes.c_uint64), ("count", ctypes.c_uint32),
-                ("reserved", ctypes.c_uint32)]
+    _fields_ = [
+        ("live", ctypes.c_uint64),
+        ("payload", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
 
 
 class PHead(ctypes.Structure):
-    _fields_ = [("indexed", ctypes.c_uint64), ("npos", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
-                ("pos", ctypes.c_uint16 * PPOS_MAX)]
+    _fields_ = [
+        ("indexed", ctypes.c_uint64),
+        ("npos", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("pos", ctypes.c_uint16 * PPOS_MAX),
+    ]
 
 
 class FSel(ctypes.Structure):
@@ -318,7 +368,8 @@ class Flow(ctypes.Structure):
 
 class TcpStateConfig(ctypes.Structure):
     _fields_ = [("grace_until_ns", ctypes.c_uint64)] + [
-        (n, ctypes.c_uint32) for n in ("est_timeout_s", "fin_timeout_s", "rst_timeout_s", "syn_timeout_s")]
+        (n, ctypes.c_uint32) for n in ("est_timeout_s", "fin_timeout_s", "rst_timeout_s", "syn_timeout_s")
+    ]
 
 
 class CookieStats(ctypes.Structure):
@@ -330,16 +381,28 @@ class CookieStats(ctypes.Structure):
 class GoodSrc(ctypes.Structure):
     """xg_goodsrc_hash value: a verified source, learned on tc egress (knowngood.h)."""
 
-    _fields_ = [("expires_ns", ctypes.c_uint64), ("kind", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
-                ("last_ns", ctypes.c_uint64), ("tokens", ctypes.c_uint64)]
+    _fields_ = [
+        ("expires_ns", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("last_ns", ctypes.c_uint64),
+        ("tokens", ctypes.c_uint64),
+    ]
 
 
 class VerifyConfig(ctypes.Structure):
     """xg_vcfg_arr[0]: verified-client budgets, UDP peacetime, the spoofable-ban cap (0 = default)."""
 
-    _fields_ = [("tcp_pps", ctypes.c_uint64), ("tcp_burst", ctypes.c_uint64), ("udp_pps", ctypes.c_uint64),
-                ("udp_burst", ctypes.c_uint64), ("udp_peace_pps", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("spoof_ban_s", ctypes.c_uint32), ("budget_udp_pps", ctypes.c_uint32)]
+    _fields_ = [
+        ("tcp_pps", ctypes.c_uint64),
+        ("tcp_burst", ctypes.c_uint64),
+        ("udp_pps", ctypes.c_uint64),
+        ("udp_burst", ctypes.c_uint64),
+        ("udp_peace_pps", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("spoof_ban_s", ctypes.c_uint32),
+        ("budget_udp_pps", ctypes.c_uint32),
+    ]
 
 
 class Budget(ctypes.Structure):
@@ -533,11 +596,20 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
 }
 # Default of every size macro MAP_SHAPES names (abi.h's #ifndef defaults).
 MAP_SIZE_DEFAULTS: dict[str, int] = {
-    "XG_PROTECTED_MAX": PROTECTED_MAX, "XG_LIST_MAX": LIST_MAX, "XG_PORTS_MAX": PORTS_MAX,
-    "XG_SOURCES_MAX": SOURCES_MAX, "XG_BANS_MAX": BANS_MAX, "XG_OPBANS_MAX": OPBANS_MAX,
-    "XG_FILTERS_MAX": FILTERS_MAX, "XG_SYNAUTH_MAX": SYNAUTH_MAX, "XG_FLOWS_MAX": FLOWS_MAX,
-    "XG_EMBRYOS_MAX": EMBRYOS_MAX, "XG_REASON_MAX": REASON_MAX, "XG_GOODSRC_MAX": GOODSRC_MAX,
-    "XG_SK_SLOTS": SK_SLOTS, "XG_BUDGET_MAX": BUDGET_MAX,
+    "XG_PROTECTED_MAX": PROTECTED_MAX,
+    "XG_LIST_MAX": LIST_MAX,
+    "XG_PORTS_MAX": PORTS_MAX,
+    "XG_SOURCES_MAX": SOURCES_MAX,
+    "XG_BANS_MAX": BANS_MAX,
+    "XG_OPBANS_MAX": OPBANS_MAX,
+    "XG_FILTERS_MAX": FILTERS_MAX,
+    "XG_SYNAUTH_MAX": SYNAUTH_MAX,
+    "XG_FLOWS_MAX": FLOWS_MAX,
+    "XG_EMBRYOS_MAX": EMBRYOS_MAX,
+    "XG_REASON_MAX": REASON_MAX,
+    "XG_GOODSRC_MAX": GOODSRC_MAX,
+    "XG_SK_SLOTS": SK_SLOTS,
+    "XG_BUDGET_MAX": BUDGET_MAX,
 }
 
 
@@ -704,4 +776,8 @@ class NoData(ctypes.Structure):
 
 C_STRUCTS.update({"xg_sample_config": SampleConfig, "xg_sample_state": SampleState, "xg_sample": Sample})
 for _name, (_k, _v, _pc) in list(MAP_LAYOUTS.items()):  # resolve the forward references above
-    MAP_LAYOUTS[_name] = (globals()[_k] if isinstance(_k, str) else _k, globals()[_v] if isinstance(_v, str) else _v, _pc)
+    MAP_LAYOUTS[_name] = (
+        globals()[_k] if isinstance(_k, str) else _k,
+        globals()[_v] if isinstance(_v, str) else _v,
+        _pc,
+    )

@@ -168,7 +168,9 @@ def is_ours(att: XdpAttachment | None) -> bool:
     return att is not None and att.prog_name == PROGRAM_KERNEL_NAME
 
 
-def attach(ifname: str, ifindex: int, prog_fd: int, mode: str, replace: XdpAttachment | None = None) -> tuple[str, str | None]:
+def attach(
+    ifname: str, ifindex: int, prog_fd: int, mode: str, replace: XdpAttachment | None = None
+) -> tuple[str, str | None]:
     """Attach prog_fd; returns (mode that took, note). Never replaces a program silently:
     without `replace` the kernel refuses when anything is attached (UPDATE_IF_NOEXIST)."""
     if replace is not None:
@@ -182,9 +184,17 @@ def attach(ifname: str, ifindex: int, prog_fd: int, mode: str, replace: XdpAttac
             return m, note
         except libbpf.BpfError as exc:
             if exc.errno == errno.EBUSY or exc.errno == errno.EEXIST:
-                raise UserError(f"{ifname}: another XDP program is already attached (use --force to replace it)") from None
-            if m == "native" and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTSUP) and i + 1 < len(candidates):
-                note = f"native XDP is not supported by {ifname}'s driver ({exc.strerror}); attached in generic (skb) mode"
+                raise UserError(
+                    f"{ifname}: another XDP program is already attached (use --force to replace it)"
+                ) from None
+            if (
+                m == "native"
+                and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTSUP)
+                and i + 1 < len(candidates)
+            ):
+                note = (
+                    f"native XDP is not supported by {ifname}'s driver ({exc.strerror}); attached in generic (skb) mode"
+                )
                 continue
             raise UserError(f"{ifname}: XDP attach in {m} mode failed: {exc.strerror}") from None
     raise AssertionError("unreachable")
@@ -236,22 +246,38 @@ TC_PRIORITY = 0x7867
 
 
 class _TcHook(ctypes.Structure):
-    _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
-                ("parent", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("ifindex", ctypes.c_int),
+        ("attach_point", ctypes.c_int),
+        ("parent", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
 
 
 class _TcOpts(ctypes.Structure):
-    _fields_ = [("sz", ctypes.c_size_t), ("prog_fd", ctypes.c_int), ("flags", ctypes.c_uint32),
-                ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32), ("priority", ctypes.c_uint32),
-                ("_pad", ctypes.c_uint32)]
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("prog_fd", ctypes.c_int),
+        ("flags", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("handle", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
 
 
 @lru_cache(maxsize=1)
 def _tc_lib():
     so = libbpf.lib()
     hp, op = ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)
-    for name, args in (("bpf_tc_hook_create", [hp]), ("bpf_tc_hook_destroy", [hp]), ("bpf_tc_attach", [hp, op]),
-                       ("bpf_tc_detach", [hp, op]), ("bpf_tc_query", [hp, op])):
+    for name, args in (
+        ("bpf_tc_hook_create", [hp]),
+        ("bpf_tc_hook_destroy", [hp]),
+        ("bpf_tc_attach", [hp, op]),
+        ("bpf_tc_detach", [hp, op]),
+        ("bpf_tc_query", [hp, op]),
+    ):
         fn = getattr(so, name)
         fn.argtypes, fn.restype = args, ctypes.c_int
     # libbpf prints netlink errors to stderr ("Parent Qdisc doesn't exists" on a query of an

@@ -212,13 +212,15 @@ def map_delete_batch(fd: int, keys_ptr: int, count: int) -> tuple[int, int]:
     return rc, n.value
 
 
-def map_lookup_batch(fd: int, keys_ptr: int, values_ptr: int, count: int, in_batch: int | None,
-                     out_batch_ptr: int) -> tuple[int, int]:
+def map_lookup_batch(
+    fd: int, keys_ptr: int, values_ptr: int, count: int, in_batch: int | None, out_batch_ptr: int
+) -> tuple[int, int]:
     """One BPF_MAP_LOOKUP_BATCH call: (rc, elements returned). rc is -ENOENT at the end."""
     n = ctypes.c_uint32(count)
     opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
-    rc = lib().bpf_map_lookup_batch(fd, in_batch, out_batch_ptr, keys_ptr, values_ptr, ctypes.byref(n),
-                                    ctypes.byref(opts))
+    rc = lib().bpf_map_lookup_batch(
+        fd, in_batch, out_batch_ptr, keys_ptr, values_ptr, ctypes.byref(n), ctypes.byref(opts)
+    )
     return rc, n.value
 
 

@@ -92,9 +92,14 @@ class BpfMap:
         got = 0
         in_batch = None
         while got < n:
-            rc, cnt = libbpf.map_lookup_batch(self.fd, ctypes.addressof(keys) + got * ctypes.sizeof(self.key_type),
-                                              ctypes.addressof(values) + got * ctypes.sizeof(self.value_type),
-                                              n - got, in_batch, ctypes.addressof(token))
+            rc, cnt = libbpf.map_lookup_batch(
+                self.fd,
+                ctypes.addressof(keys) + got * ctypes.sizeof(self.key_type),
+                ctypes.addressof(values) + got * ctypes.sizeof(self.value_type),
+                n - got,
+                in_batch,
+                ctypes.addressof(token),
+            )
             got += cnt
             if rc == -errno.ENOENT or (rc == 0 and cnt == 0):
                 break
@@ -115,8 +120,9 @@ class BpfMap:
         n = 0
         in_batch = None
         while True:
-            rc, cnt = libbpf.map_lookup_batch(self.fd, ctypes.addressof(keys), ctypes.addressof(values), chunk,
-                                              in_batch, ctypes.addressof(token))
+            rc, cnt = libbpf.map_lookup_batch(
+                self.fd, ctypes.addressof(keys), ctypes.addressof(values), chunk, in_batch, ctypes.addressof(token)
+            )
             if rc < 0 and rc != -errno.ENOENT:
                 if n == 0 and rc in (-errno.EINVAL, -errno.EOPNOTSUPP, -ENOTSUPP):
                     return self._dump_walk()  # no batch support (LPM tries)
@@ -151,8 +157,9 @@ class BpfMap:
         token = (ctypes.c_char * max(8, ctypes.sizeof(self.key_type)))()
         total, in_batch = 0, None
         while True:
-            rc, cnt = libbpf.map_lookup_batch(self.fd, ctypes.addressof(keys), ctypes.addressof(values), chunk,
-                                              in_batch, ctypes.addressof(token))
+            rc, cnt = libbpf.map_lookup_batch(
+                self.fd, ctypes.addressof(keys), ctypes.addressof(values), chunk, in_batch, ctypes.addressof(token)
+            )
             if total == 0 and rc in (-errno.EINVAL, -errno.EOPNOTSUPP, -ENOTSUPP):
                 return len(self)  # no batch support (LPM tries), as dump_raw
             total += cnt

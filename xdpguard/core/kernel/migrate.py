@@ -35,9 +35,21 @@ from .abi import KIND_MAX, MAP_LAYOUTS, MAP_SHAPES, MAP_TYPES, MapName, map_size
 from ..errors import UserError
 
 # Soft state: losing it costs a refill or one SYN retransmission, never a policy.
-SOFT = frozenset({MapName.BUCKETS, MapName.SRCSKETCH, MapName.DSTBKT, MapName.DSTADDR, MapName.SYNSEEN, MapName.SYNWIN,
-                  MapName.SYNAUTH, MapName.UDPWIN, MapName.UDPFLOOD,
-                  MapName.SAMPLE_STATE, MapName.SAMPLES})
+SOFT = frozenset(
+    {
+        MapName.BUCKETS,
+        MapName.SRCSKETCH,
+        MapName.DSTBKT,
+        MapName.DSTADDR,
+        MapName.SYNSEEN,
+        MapName.SYNWIN,
+        MapName.SYNAUTH,
+        MapName.UDPWIN,
+        MapName.UDPFLOOD,
+        MapName.SAMPLE_STATE,
+        MapName.SAMPLES,
+    }
+)
 # Pins of maps an older program had and this one has not (renamed when their layout changed):
 # removed from the interface's pin directory once the new program runs.
 RETIRED = frozenset({"xg_synauth_hash"})  # now xg_synauth_lru (an LRU: soft state)
@@ -104,9 +116,13 @@ class Plan:
         out = []
         for s in self.steps:
             if s.action == "copy":
-                out.append(f"{s.name.value}: {s.entries} entries copied into a new map ({s.old.describe()} -> {s.new.describe()})")
+                out.append(
+                    f"{s.name.value}: {s.entries} entries copied into a new map ({s.old.describe()} -> {s.new.describe()})"
+                )
             elif s.action == "stats":
-                out.append(f"{s.name.value}: counters moved to the new reason slots ({s.old.max_entries} -> {s.new.max_entries})")
+                out.append(
+                    f"{s.name.value}: counters moved to the new reason slots ({s.old.max_entries} -> {s.new.max_entries})"
+                )
             elif s.action == "reset" and s.name not in UNPINNED:
                 out.append(f"{s.name.value}: soft state started empty ({s.old.describe()} -> {s.new.describe()})")
             elif s.action == "new" and s.name not in UNPINNED:
@@ -169,14 +185,21 @@ def plan(old: Mapping[MapName, int], defines: Mapping[str, int] | None = None) -
             p.steps.append(Step(name, "reset", have, want))
         elif have == want:
             p.steps.append(Step(name, "keep", have, want))
-        elif name == MapName.STATS and have.key_size == want.key_size and have.value_size == want.value_size \
-                and have.max_entries % KIND_MAX == 0:
+        elif (
+            name == MapName.STATS
+            and have.key_size == want.key_size
+            and have.value_size == want.value_size
+            and have.max_entries % KIND_MAX == 0
+        ):
             p.steps.append(Step(name, "stats", have, want))
         elif have.type == want.type and have.key_size == want.key_size and have.value_size <= want.value_size:
             n = count_entries(old[name], have, ncpu)
             if have.type in ARRAY_TYPES:
-                dropped = [k for k, v in _walk(old[name], have, ncpu)
-                           if int.from_bytes(k, "little") >= want.max_entries and not _is_zero(v)]
+                dropped = [
+                    k
+                    for k, v in _walk(old[name], have, ncpu)
+                    if int.from_bytes(k, "little") >= want.max_entries and not _is_zero(v)
+                ]
                 if dropped:
                     problems.append(f"{name.value}: {len(dropped)} used slots beyond the new size {want.max_entries}")
             elif n > want.max_entries and name not in SOFT and have.type != MAP_TYPES["lru_hash"]:
@@ -187,8 +210,11 @@ def plan(old: Mapping[MapName, int], defines: Mapping[str, int] | None = None) -
         else:
             problems.append(f"{name.value}: {have.describe()} cannot become {want.describe()}")
     if problems:
-        raise UserError("cannot carry the maps over to the new program: " + "; ".join(problems)
-                        + "; nothing was changed (export, detach, attach and apply to move over)")
+        raise UserError(
+            "cannot carry the maps over to the new program: "
+            + "; ".join(problems)
+            + "; nothing was changed (export, detach, attach and apply to move over)"
+        )
     return p
 
 
@@ -216,7 +242,7 @@ def _grow(value: bytes, have: Shape, want: Shape, ncpu: int) -> bytes:
     if have.type not in PERCPU_TYPES:
         return value + bytes(want.value_size - have.value_size)
     a, b = (have.value_size + 7) // 8 * 8, (want.value_size + 7) // 8 * 8
-    return b"".join(value[i * a:i * a + have.value_size].ljust(b, b"\0") for i in range(ncpu))
+    return b"".join(value[i * a : i * a + have.value_size].ljust(b, b"\0") for i in range(ncpu))
 
 
 def copy(p: Plan, old: Mapping[MapName, int], new: Mapping[MapName, int]) -> None:

@@ -55,8 +55,12 @@ def reading(rows: list[StatRow], svc: HttpService) -> Reading | None:
         return None
     servers = [r for r in rows if r.proxy == be and r.name not in ("BACKEND", "FRONTEND")]
     up = [r for r in servers if r.status.startswith("UP")]
-    return Reading(max((r.check_ms for r in up), default=0),
-                   total.http_2xx + total.http_3xx + total.http_4xx + total.http_5xx, total.http_5xx, bool(up))
+    return Reading(
+        max((r.check_ms for r in up), default=0),
+        total.http_2xx + total.http_3xx + total.http_4xx + total.http_5xx,
+        total.http_5xx,
+        bool(up),
+    )
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,9 @@ class AutoLevel:
             # peacetime: learn what normal looks like, from readings near it only (a flood that
             # builds its queue slowly must not drag the baseline up with it)
             if st.level == operator_level and (st.baseline_ms is None or base <= LEARN_BELOW * st.baseline_ms):
-                st.baseline_ms = base if st.baseline_ms is None else \
-                    (1 - BASELINE_WEIGHT) * st.baseline_ms + BASELINE_WEIGHT * base
+                st.baseline_ms = (
+                    base if st.baseline_ms is None else (1 - BASELINE_WEIGHT) * st.baseline_ms + BASELINE_WEIGHT * base
+                )
             if st.calm_since is None:
                 st.calm_since = now
             elif st.level != operator_level and now - st.calm_since >= self.calm_s:

@@ -53,9 +53,13 @@ class CcBan:
     limit: int
 
 
-def select(found: Sequence[Offender], services: Sequence[HttpService], now: float,
-           skip: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool] = lambda a: False,
-           cap: int = CAP_PER_TICK) -> list[CcBan]:
+def select(
+    found: Sequence[Offender],
+    services: Sequence[HttpService],
+    now: float,
+    skip: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool] = lambda a: False,
+    cap: int = CAP_PER_TICK,
+) -> list[CcBan]:
     """Pure: which offenders to ban and for how long (one ban per source, the longest TTL)."""
     by_name = {s.name: s for s in services}
     best: dict[str, CcBan] = {}
@@ -92,6 +96,7 @@ def _allowed(allow) -> Callable:
     def skip(a) -> bool:
         p = Prefix(a.version, a.packed, 32 if a.version == 4 else 128)
         return any(x.contains(p) for x in allow)
+
     return skip
 
 
@@ -99,8 +104,13 @@ class Watch:
     """`xdpguard run`'s layer-7 step, every tick: keep HAProxy running (engine.ensure) and ban
     its offenders in XDP (reason cc), each new ban an event in the event log."""
 
-    def __init__(self, report: Callable[[str], None] = lambda m: None, cap: int = CAP_PER_TICK,
-                 levels: auto.AutoLevel | None = None, verify_cap: int = VERIFY_CAP_PER_TICK):
+    def __init__(
+        self,
+        report: Callable[[str], None] = lambda m: None,
+        cap: int = CAP_PER_TICK,
+        levels: auto.AutoLevel | None = None,
+        verify_cap: int = VERIFY_CAP_PER_TICK,
+    ):
         self.report = report
         self.cap = cap
         self.verify_cap = verify_cap
@@ -156,26 +166,44 @@ class Watch:
                         w = g.verify_challenged(good, self.verify_cap)
                         if w.new:
                             self.verified_total += len(w.new)
-                            self.report(f"{spec.name}: {len(w.new)} client(s) passed the HTTP challenge, "
-                                        f"verified in XDP: " + ", ".join(w.new[:5]) + (" …" if len(w.new) > 5 else ""))
+                            self.report(
+                                f"{spec.name}: {len(w.new)} client(s) passed the HTTP challenge, "
+                                f"verified in XDP: " + ", ".join(w.new[:5]) + (" …" if len(w.new) > 5 else "")
+                            )
                         if w.full:
-                            self._say(f"{spec.name}: verified map full, {w.full} challenge-passing client(s) not written")
+                            self._say(
+                                f"{spec.name}: verified map full, {w.full} challenge-passing client(s) not written"
+                            )
                     new = promote(g, bans) if bans else []
             except UserError as exc:
                 self._say(f"{spec.name}: cc bans not written: {exc.message}")
                 continue
             for b in new:
                 svc = next(s for s in mine if s.name == b.service)
-                events.append_record({
-                    "id": f"cc-{b.address}-{int(now * 1000)}", "type": "cc_ban", "iface": spec.name,
-                    "protected": str(svc.listen[0]), "service": b.service, "start": now, "end": now + b.ttl_s,
-                    "offence": b.kind, "value": b.value, "limit": b.limit, "ttl_s": b.ttl_s,
-                    "top_reasons": [["cc", 1]], "top_sources": [[b.address, b.value]]})
+                events.append_record(
+                    {
+                        "id": f"cc-{b.address}-{int(now * 1000)}",
+                        "type": "cc_ban",
+                        "iface": spec.name,
+                        "protected": str(svc.listen[0]),
+                        "service": b.service,
+                        "start": now,
+                        "end": now + b.ttl_s,
+                        "offence": b.kind,
+                        "value": b.value,
+                        "limit": b.limit,
+                        "ttl_s": b.ttl_s,
+                        "top_reasons": [["cc", 1]],
+                        "top_sources": [[b.address, b.value]],
+                    }
+                )
             if new:
                 self.banned_total += len(new)
-                self.report(f"{spec.name}: banned {len(new)} HTTP offender(s) in XDP (reason cc): "
-                            + ", ".join(f"{b.address} ({b.service} {b.kind} {b.value}/{b.limit}, {b.ttl_s} s)"
-                                        for b in new[:5]) + (" …" if len(new) > 5 else ""))
+                self.report(
+                    f"{spec.name}: banned {len(new)} HTTP offender(s) in XDP (reason cc): "
+                    + ", ".join(f"{b.address} ({b.service} {b.kind} {b.value}/{b.limit}, {b.ttl_s} s)" for b in new[:5])
+                    + (" …" if len(new) > 5 else "")
+                )
             out += new
         return out
 
@@ -209,10 +237,22 @@ class Watch:
         for st in steps:
             svc = next(s for s in services if s.name == st.service)
             iface = next((i.name for i in ifaces for a in i.addresses for h in a.http if h.name == st.service), "")
-            events.append_record({
-                "id": f"cclevel-{st.service}-{int(now * 1000)}", "type": "cc_level", "iface": iface,
-                "protected": str(svc.listen[0]), "service": st.service, "start": now, "end": now,
-                "old": st.old, "new": st.new, "why": st.why, "operator_level": svc.level,
-                "top_reasons": [["cc", 0]], "top_sources": []})
+            events.append_record(
+                {
+                    "id": f"cclevel-{st.service}-{int(now * 1000)}",
+                    "type": "cc_level",
+                    "iface": iface,
+                    "protected": str(svc.listen[0]),
+                    "service": st.service,
+                    "start": now,
+                    "end": now,
+                    "old": st.old,
+                    "new": st.new,
+                    "why": st.why,
+                    "operator_level": svc.level,
+                    "top_reasons": [["cc", 0]],
+                    "top_sources": [],
+                }
+            )
             self.report(f"automatic CC mode: {st.service} {st.old} → {st.new} ({st.why})")
         return steps

@@ -81,8 +81,9 @@ def realise(services: Sequence[HttpService]) -> str:
         return "stopped"
     h.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     geo_rules, geo_map = geo.l7_challenges(a for svc in services for a in svc.listen)  # geo rules in mode cc
-    rendered = render(services, run_dir=str(h.run_dir), secret=load_secret(secret_path()), geo_rules=geo_rules,
-                      geo_map=geo_map)
+    rendered = render(
+        services, run_dir=str(h.run_dir), secret=load_secret(secret_path()), geo_rules=geo_rules, geo_map=geo_map
+    )
     return h.apply(rendered, tls_files(services))
 
 

@@ -126,8 +126,10 @@ def _rule_cond(rule: Rule) -> str:
 
 
 def _punish(sc_until: str, code: int, cond: str) -> list[str]:
-    return [f"    http-request sc-set-gpt(0,0) var(txn.xg_now),add({sc_until}) if {cond}",
-            f"    http-request sc-set-gpt(1,0) int({code}) if {cond}"]
+    return [
+        f"    http-request sc-set-gpt(0,0) var(txn.xg_now),add({sc_until}) if {cond}",
+        f"    http-request sc-set-gpt(1,0) int({code}) if {cond}",
+    ]
 
 
 def _act(action: str, cond: str) -> str:
@@ -172,16 +174,23 @@ def _global(run_dir: str, secret: bytes) -> list[str]:
 
 def _tables(svc: HttpService) -> list[str]:
     punish = max([svc.preset.punish_s] + [x.punish_s for x in svc.limits])
-    lines = [f"backend {src_table(svc)}",
-             f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
-             f"store gpt(3),gpc(2),gpc_rate(2,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
-             f"http_req_rate({REQUEST_WINDOW_S}s)", "",
-             f"backend {service_table(svc)}",
-             f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s store gpt(1),http_req_rate(1s)", ""]
+    lines = [
+        f"backend {src_table(svc)}",
+        f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
+        f"store gpt(3),gpc(2),gpc_rate(2,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
+        f"http_req_rate({REQUEST_WINDOW_S}s)",
+        "",
+        f"backend {service_table(svc)}",
+        f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s store gpt(1),http_req_rate(1s)",
+        "",
+    ]
     for i, lim in enumerate(svc.effective_limits()):
-        lines += [f"backend {limit_table(svc, i)}",
-                  f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, 2 * lim.window_s)}s "
-                  f"store http_req_rate({lim.window_s}s)", ""]
+        lines += [
+            f"backend {limit_table(svc, i)}",
+            f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, 2 * lim.window_s)}s "
+            f"store http_req_rate({lim.window_s}s)",
+            "",
+        ]
     return lines
 
 
@@ -256,8 +265,10 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
     if limits:
         lines.append("    # per-prefix limits: the longest prefix applies")
     for i, lim in enumerate(limits):
-        lines.append(f"    http-request set-var(txn.xg_lim) int({i}) if !{{ var(txn.xg_lim) -m found }} "
-                     f"{{ path_beg {_q(lim.prefix)} }}")
+        lines.append(
+            f"    http-request set-var(txn.xg_lim) int({i}) if !{{ var(txn.xg_lim) -m found }} "
+            f"{{ path_beg {_q(lim.prefix)} }}"
+        )
     for i, lim in enumerate(limits):
         is_i = f"{{ var(txn.xg_lim) -m int {i} }}"
         lines.append(f"    http-request track-sc1 src table {limit_table(svc, i)} if {is_i}")
@@ -287,13 +298,15 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
     ]
     if kind == "c":
         lines.append(
-            f"    http-request return status 302 hdr Location \"%[url]\" hdr Cache-Control no-store "
-            f"hdr Set-Cookie \"{COOKIE}=%[var(txn.xg_nexp)].c.%[var(txn.xg_nmac)]; Path=/; Max-Age={ttl}; "
-            f"HttpOnly; SameSite=Lax{secure}\" if {need}")
+            f'    http-request return status 302 hdr Location "%[url]" hdr Cache-Control no-store '
+            f'hdr Set-Cookie "{COOKIE}=%[var(txn.xg_nexp)].c.%[var(txn.xg_nmac)]; Path=/; Max-Age={ttl}; '
+            f'HttpOnly; SameSite=Lax{secure}" if {need}'
+        )
     else:
         lines.append(
-            f"    http-request return status 200 content-type \"text/html; charset=utf-8\" "
-            f"hdr Cache-Control no-store lf-file {challenge_page(svc)} if {need}")
+            f'    http-request return status 200 content-type "text/html; charset=utf-8" '
+            f"hdr Cache-Control no-store lf-file {challenge_page(svc)} if {need}"
+        )
     lines += [f"    default_backend {backend_name(svc)}", ""]
     return lines
 
@@ -305,12 +318,17 @@ def _geo(svc: HttpService, rules: Mapping[str, GeoSpec]) -> list[str]:
     """A geo rule in mode cc on a listen address: its countries' sources (with `only`: every
     other source, unknown ones too) are challenged, exempt paths excepted. The country is the
     longest match in GEO_MAP, as in XDP's tries (steps/geo.h lets these sources through to here)."""
-    mine = [(i, a, rules[str(a)]) for i, a in enumerate(svc.listen)
-            if str(a) in rules and rules[str(a)].mode == "cc" and rules[str(a)].active()]
+    mine = [
+        (i, a, rules[str(a)])
+        for i, a in enumerate(svc.listen)
+        if str(a) in rules and rules[str(a)].mode == "cc" and rules[str(a)].active()
+    ]
     if not mine:
         return []
-    lines = ["    # geo rule in mode cc: the country of the source (longest match), then the challenge",
-             f"    http-request set-var(txn.xg_geo) src,map_ip({GEO_MAP},00)"]
+    lines = [
+        "    # geo rule in mode cc: the country of the source (longest match), then the challenge",
+        f"    http-request set-var(txn.xg_geo) src,map_ip({GEO_MAP},00)",
+    ]
     for i, a, g in mine:
         named = f"xg_geo{i}"
         lines.append(f"    acl {named} var(txn.xg_geo) -m str " + (" ".join(sorted(g.countries)) or "00"))
@@ -325,9 +343,11 @@ def _unverified_budget(svc: HttpService) -> list[str]:
     counted again; one address flooding without a cookie gets this many through, not the
     per-source ceiling (which also binds verified sources)."""
     n = svc.preset.unverified_per_10s
-    return [f"    # per source: {n} unverified requests per {REQUEST_WINDOW_S} s, then the challenge",
-            "    http-request sc-inc-gpc(1,0) if !xg_verified !xg_exempt",
-            f"    http-request set-var(txn.xg_chal) int(1) if {{ sc_gpc_rate(1,0) gt {n} }} !xg_verified !xg_exempt"]
+    return [
+        f"    # per source: {n} unverified requests per {REQUEST_WINDOW_S} s, then the challenge",
+        "    http-request sc-inc-gpc(1,0) if !xg_verified !xg_exempt",
+        f"    http-request set-var(txn.xg_chal) int(1) if {{ sc_gpc_rate(1,0) gt {n} }} !xg_verified !xg_exempt",
+    ]
 
 
 def _service_ceiling(svc: HttpService) -> list[str]:
@@ -339,9 +359,11 @@ def _service_ceiling(svc: HttpService) -> list[str]:
     lasts even when the flood's own pace falls under the ceiling: what passes is the first
     second of a flood, not every second the flood dips."""
     n = svc.effective_service_rate()
-    lines = [f"    # the service ceiling: {n} unverified requests per second per domain, "
-             "then everyone unverified is challenged",
-             f"    http-request set-var(txn.xg_dom) str({svc.name})"]
+    lines = [
+        f"    # the service ceiling: {n} unverified requests per second per domain, "
+        "then everyone unverified is challenged",
+        f"    http-request set-var(txn.xg_dom) str({svc.name})",
+    ]
     host = "req.hdr(host),field(1,:),lower"
     for d in svc.domains:
         if d.startswith("*."):
@@ -351,25 +373,29 @@ def _service_ceiling(svc: HttpService) -> list[str]:
         lines.append(f"    http-request set-var(txn.xg_dom) {host} if {{ {host} -m str {' '.join(exact)} }}")
     busy = svc.effective_backend_conns()
     unv = "!xg_verified !xg_exempt"
-    lines += [f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if {unv}",
-              f"    acl xg_over sc2_http_req_rate gt {n}",
-              f"    acl xg_over be_conn({backend_name(svc)}) gt {busy}",
-              f"    http-request sc-set-gpt(0,2) var(txn.xg_now),add({SURGE_HOLD_S}) if xg_over {unv}",
-              f"    http-request set-var(txn.xg_hold) sc_get_gpt(0,2),sub(txn.xg_now) if {unv}",
-              "    acl xg_surge var(txn.xg_hold) -m int gt 0",
-              f"    http-request set-var(txn.xg_chal) int(1) if xg_surge {unv}"]
+    lines += [
+        f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if {unv}",
+        f"    acl xg_over sc2_http_req_rate gt {n}",
+        f"    acl xg_over be_conn({backend_name(svc)}) gt {busy}",
+        f"    http-request sc-set-gpt(0,2) var(txn.xg_now),add({SURGE_HOLD_S}) if xg_over {unv}",
+        f"    http-request set-var(txn.xg_hold) sc_get_gpt(0,2),sub(txn.xg_now) if {unv}",
+        "    acl xg_surge var(txn.xg_hold) -m int gt 0",
+        f"    http-request set-var(txn.xg_chal) int(1) if xg_surge {unv}",
+    ]
     return lines
 
 
 def _backend(svc: HttpService) -> list[str]:
-    lines = [f"backend {backend_name(svc)}",
-             "    balance roundrobin",
-             "    option abortonclose",  # a request whose client left (a bot's timeout) is not sent on
-             "    option forwardfor",
-             f"    option httpchk GET {svc.health_path}",
-             "    http-check expect status 200-399",
-             "    http-response del-header x-powered-by",
-             "    http-response del-header via"]
+    lines = [
+        f"backend {backend_name(svc)}",
+        "    balance roundrobin",
+        "    option abortonclose",  # a request whose client left (a bot's timeout) is not sent on
+        "    option forwardfor",
+        f"    option httpchk GET {svc.health_path}",
+        "    http-check expect status 200-399",
+        "    http-response del-header x-powered-by",
+        "    http-response del-header via",
+    ]
     for i, (addr, port) in enumerate(svc.backends):
         lines.append(f"    server s{i} {spec.format_backend(addr, port)} check inter 2s fall 3 rise 2")
     return lines + [""]
@@ -379,16 +405,23 @@ def js_page(max_age_s: int) -> str:
     """The JavaScript challenge (HAProxy log-format: %[...] are its expressions). The MAC is
     split so that the cookie exists only after the script ran."""
     return (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Checking your browser</title>"
-        "<meta name=\"robots\" content=\"noindex\"></head><body><p>Checking your browser…</p>"
+        '<!doctype html><html><head><meta charset="utf-8"><title>Checking your browser</title>'
+        '<meta name="robots" content="noindex"></head><body><p>Checking your browser…</p>'
         "<noscript>This site needs JavaScript enabled.</noscript><script>"
-        "(function(){var b=\"%[var(txn.xg_nmac),bytes(32)]\",a=\"%[var(txn.xg_nmac),bytes(0,32)]\";"
-        f"document.cookie=\"{COOKIE}=%[var(txn.xg_nexp)].j.\"+a+b+\"; path=/; max-age={max_age_s}; SameSite=Lax\";"
-        "location.reload();})();</script></body></html>\n")
+        '(function(){var b="%[var(txn.xg_nmac),bytes(32)]",a="%[var(txn.xg_nmac),bytes(0,32)]";'
+        f'document.cookie="{COOKIE}=%[var(txn.xg_nexp)].j."+a+b+"; path=/; max-age={max_age_s}; SameSite=Lax";'
+        "location.reload();})();</script></body></html>\n"
+    )
 
 
-def render(services: Sequence[HttpService], *, run_dir: str, secret: bytes,
-           geo_rules: Mapping[str, GeoSpec] | None = None, geo_map: str = "") -> Rendered:
+def render(
+    services: Sequence[HttpService],
+    *,
+    run_dir: str,
+    secret: bytes,
+    geo_rules: Mapping[str, GeoSpec] | None = None,
+    geo_map: str = "",
+) -> Rendered:
     """The whole configuration for `services` (checked together: unique names and sockets).
     `geo_rules`: listen address → its geo rule (those in mode cc challenge, _geo), with
     `geo_map` the country map they read (geo.l7_challenges gives both)."""

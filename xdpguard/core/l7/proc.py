@@ -150,14 +150,21 @@ class Haproxy:
         for name, text in self._files(rendered, tls or {}).items():
             _write(staging / name, text)
         try:
-            p = subprocess.run([haproxy_exe(), "-c", "-q", "-f", str(staging / CONFIG)], capture_output=True,
-                               text=True, timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            p = subprocess.run(
+                [haproxy_exe(), "-c", "-q", "-f", str(staging / CONFIG)],
+                capture_output=True,
+                text=True,
+                timeout=CHECK_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if p.returncode != 0:
             alerts = [ln.split(":", 3)[-1].strip() for ln in (p.stdout + p.stderr).splitlines() if "ALERT" in ln]
-            raise HaproxyConfigError("HAProxy refused the generated configuration: "
-                                     + ("; ".join(alerts) or (p.stdout + p.stderr).strip() or f"exit {p.returncode}"))
+            raise HaproxyConfigError(
+                "HAProxy refused the generated configuration: "
+                + ("; ".join(alerts) or (p.stdout + p.stderr).strip() or f"exit {p.returncode}")
+            )
 
     def _install(self, rendered: Rendered, tls: dict[str, str]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -185,8 +192,11 @@ class Haproxy:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return None
-        if not cmdline or not os.path.basename(cmdline[0].decode(errors="replace")).startswith("haproxy") \
-                or str(self.config).encode() not in cmdline:
+        if (
+            not cmdline
+            or not os.path.basename(cmdline[0].decode(errors="replace")).startswith("haproxy")
+            or str(self.config).encode() not in cmdline
+        ):
             return None  # a reused pid
         return pid
 
@@ -244,9 +254,15 @@ class Haproxy:
             raise HaproxyError(f"HAProxy already runs for {self.run_dir}")
         for stale in (self.master_socket, self.admin_socket, self.pidfile):
             stale.unlink(missing_ok=True)
-        p = subprocess.run(self._argv("-W", "-D", "-S", f"{self.master_socket},mode,600", "-p", str(self.pidfile),
-                                      "-f", str(self.config)),
-                           capture_output=True, text=True, timeout=READY_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            self._argv(
+                "-W", "-D", "-S", f"{self.master_socket},mode,600", "-p", str(self.pidfile), "-f", str(self.config)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=READY_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
         if p.returncode != 0:
             raise HaproxyError(f"HAProxy did not start: {(p.stderr or p.stdout).strip() or p.returncode}")
         self._wait(self.running, "a running worker")
@@ -266,8 +282,13 @@ class Haproxy:
 
         def done() -> bool:
             info = self.proc_info()
-            return info is not None and bool(info.workers) and set(info.workers).isdisjoint(before.workers) \
+            return (
+                info is not None
+                and bool(info.workers)
+                and set(info.workers).isdisjoint(before.workers)
                 and self.running()
+            )
+
         self._wait(done, "a new worker after the reload")
         info = self.proc_info()
         assert info is not None
@@ -329,4 +350,3 @@ class Haproxy:
         self._stop_pid()
         for f in (self.pidfile, self.master_socket, self.admin_socket, self.run_dir / LOADED):
             f.unlink(missing_ok=True)
-

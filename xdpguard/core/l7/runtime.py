@@ -167,10 +167,24 @@ def parse_show_stat(text: str) -> list[StatRow]:
     if not text.startswith("# "):
         raise RuntimeApiError(f"show stat: {text.strip()[:200]}")
     rows = csv.DictReader(io.StringIO(text[2:]))
-    return [StatRow(r["pxname"], r["svname"], r.get("status", ""), _int(r.get("scur")), _int(r.get("stot")),
-                    _int(r.get("req_tot")), _int(r.get("dreq")), _int(r.get("hrsp_2xx")), _int(r.get("hrsp_4xx")),
-                    _int(r.get("hrsp_5xx")), _int(r.get("hrsp_3xx")), _int(r.get("check_duration")))
-            for r in rows if r.get("pxname")]
+    return [
+        StatRow(
+            r["pxname"],
+            r["svname"],
+            r.get("status", ""),
+            _int(r.get("scur")),
+            _int(r.get("stot")),
+            _int(r.get("req_tot")),
+            _int(r.get("dreq")),
+            _int(r.get("hrsp_2xx")),
+            _int(r.get("hrsp_4xx")),
+            _int(r.get("hrsp_5xx")),
+            _int(r.get("hrsp_3xx")),
+            _int(r.get("check_duration")),
+        )
+        for r in rows
+        if r.get("pxname")
+    ]
 
 
 def show_stat(sock_path: str) -> list[StatRow]:
@@ -213,29 +227,83 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
     for e in src.entries if src else ():
         until = e.get("gpt0")
         if until > now:
-            out.append(Offender(svc.name, e.address, "punished", until - int(now), 0,
-                                ACTION_BY_CODE.get(e.get("gpt1"), "deny"), until))
+            out.append(
+                Offender(
+                    svc.name,
+                    e.address,
+                    "punished",
+                    until - int(now),
+                    0,
+                    ACTION_BY_CODE.get(e.get("gpt1"), "deny"),
+                    until,
+                )
+            )
         if e.get("http_req_rate") > p.requests_per_10s:
-            out.append(Offender(svc.name, e.address, "requests", e.get("http_req_rate"), p.requests_per_10s, "deny",
-                                detail=f"per {REQUEST_WINDOW_S} s"))
+            out.append(
+                Offender(
+                    svc.name,
+                    e.address,
+                    "requests",
+                    e.get("http_req_rate"),
+                    p.requests_per_10s,
+                    "deny",
+                    detail=f"per {REQUEST_WINDOW_S} s",
+                )
+            )
         if e.address not in verified:
             if e.get("gpc0_rate") > CHALLENGES_PER_10S:
-                out.append(Offender(svc.name, e.address, "challenged", e.get("gpc0_rate"), CHALLENGES_PER_10S,
-                                    "challenge", detail=f"challenges per {REQUEST_WINDOW_S} s, none passed"))
+                out.append(
+                    Offender(
+                        svc.name,
+                        e.address,
+                        "challenged",
+                        e.get("gpc0_rate"),
+                        CHALLENGES_PER_10S,
+                        "challenge",
+                        detail=f"challenges per {REQUEST_WINDOW_S} s, none passed",
+                    )
+                )
             elif e.get("gpc0") >= CHALLENGES_UNPASSED:  # slow, but never passes: a bot all the same
-                out.append(Offender(svc.name, e.address, "challenged", e.get("gpc0"), CHALLENGES_UNPASSED,
-                                    "challenge", detail="challenges in a row, none passed"))
+                out.append(
+                    Offender(
+                        svc.name,
+                        e.address,
+                        "challenged",
+                        e.get("gpc0"),
+                        CHALLENGES_UNPASSED,
+                        "challenge",
+                        detail="challenges in a row, none passed",
+                    )
+                )
         if e.get("conn_cur") > conns.concurrent:
             out.append(Offender(svc.name, e.address, "concurrent", e.get("conn_cur"), conns.concurrent, "reject"))
         if e.get("conn_rate") > conns.new_per_10s:
-            out.append(Offender(svc.name, e.address, "new_conns", e.get("conn_rate"), conns.new_per_10s, "reject",
-                                detail=f"per {REQUEST_WINDOW_S} s"))
+            out.append(
+                Offender(
+                    svc.name,
+                    e.address,
+                    "new_conns",
+                    e.get("conn_rate"),
+                    conns.new_per_10s,
+                    "reject",
+                    detail=f"per {REQUEST_WINDOW_S} s",
+                )
+            )
     for i, lim in enumerate(svc.effective_limits()):
         t = tables.get(hc.limit_table(svc, i))
         for e in t.entries if t else ():
             if e.get("http_req_rate") > lim.requests:
-                out.append(Offender(svc.name, e.address, "prefix", e.get("http_req_rate"), lim.requests, lim.action,
-                                    detail=f"{lim.prefix} per {lim.window_s} s"))
+                out.append(
+                    Offender(
+                        svc.name,
+                        e.address,
+                        "prefix",
+                        e.get("http_req_rate"),
+                        lim.requests,
+                        lim.action,
+                        detail=f"{lim.prefix} per {lim.window_s} s",
+                    )
+                )
     return [replace(o, verified=o.address in verified) for o in out]
 
 
@@ -256,8 +324,9 @@ def offenders(sock_path: str, services: Sequence[HttpService], now: float | None
     return read_sources(sock_path, services, now)[0]
 
 
-def read_sources(sock_path: str, services: Sequence[HttpService], now: float | None = None
-                 ) -> tuple[list[Offender], dict[IPAddress, tuple[str, int]]]:
+def read_sources(
+    sock_path: str, services: Sequence[HttpService], now: float | None = None
+) -> tuple[list[Offender], dict[IPAddress, tuple[str, int]]]:
     """One read of the stick tables: the offenders of `services`, and the challenge-passing
     sources → (service, cookie expiry in unix seconds; the latest when several services)."""
     out: list[Offender] = []

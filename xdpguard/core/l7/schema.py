@@ -32,13 +32,37 @@ from __future__ import annotations
 from ..errors import UserError
 from .spec import ConnLimits, HttpService, RateLimit, Rule, Tls, format_backend
 
-KEYS = {"name", "port", "domains", "backends", "health_path", "level", "exempt", "challenge_ttl", "tls",
-        "connections", "service_rate", "backend_conns", "limit", "rule"}
+KEYS = {
+    "name",
+    "port",
+    "domains",
+    "backends",
+    "health_path",
+    "level",
+    "exempt",
+    "challenge_ttl",
+    "tls",
+    "connections",
+    "service_rate",
+    "backend_conns",
+    "limit",
+    "rule",
+}
 TLS_KEYS = {"cert", "key"}
 CONN_KEYS = {"concurrent", "new_per_10s"}
 LIMIT_KEYS = {"prefix", "requests", "window", "action", "punish"}
-RULE_KEYS = {"action", "methods", "path_prefix", "uri_regex", "host", "user_agent_regex", "referer_regex", "cookies",
-             "headers", "absent_headers"}
+RULE_KEYS = {
+    "action",
+    "methods",
+    "path_prefix",
+    "uri_regex",
+    "host",
+    "user_agent_regex",
+    "referer_regex",
+    "cookies",
+    "headers",
+    "absent_headers",
+}
 _RULE_LISTS = ("methods", "cookies", "headers", "absent_headers")
 
 
@@ -103,8 +127,11 @@ def from_data(d, listen) -> HttpService:
         raise UserError("http needs a name")
     if "backends" not in d:
         raise UserError("http needs backends (ADDRESS:PORT, [ADDRESS]:PORT for IPv6)")
-    kw: dict = {"name": _str(d["name"], "http name"), "listen": (listen,),
-                "backends": tuple(_str(b, "http backend") for b in _list(d["backends"], "http backends"))}
+    kw: dict = {
+        "name": _str(d["name"], "http name"),
+        "listen": (listen,),
+        "backends": tuple(_str(b, "http backend") for b in _list(d["backends"], "http backends")),
+    }
     if "port" in d:
         kw["port"] = _int(d["port"], "http port")
     if "challenge_ttl" in d:
@@ -128,8 +155,9 @@ def from_data(d, listen) -> HttpService:
         c = _table(d["connections"], "http connections", CONN_KEYS)
         if set(c) != CONN_KEYS:
             raise UserError("http connections needs concurrent and new_per_10s")
-        kw["conns"] = ConnLimits(_int(c["concurrent"], "connections concurrent"),
-                                 _int(c["new_per_10s"], "connections new_per_10s"))
+        kw["conns"] = ConnLimits(
+            _int(c["concurrent"], "connections concurrent"), _int(c["new_per_10s"], "connections new_per_10s")
+        )
     if "limit" in d:
         kw["limits"] = tuple(limit_from_data(x) for x in _list(d["limit"], "http limit"))
     if "rule" in d:
@@ -138,8 +166,7 @@ def from_data(d, listen) -> HttpService:
 
 
 def limit_to_data(x: RateLimit) -> dict:
-    return {"prefix": x.prefix, "requests": x.requests, "window": x.window_s, "action": x.action,
-            "punish": x.punish_s}
+    return {"prefix": x.prefix, "requests": x.requests, "window": x.window_s, "action": x.action, "punish": x.punish_s}
 
 
 def rule_to_data(r: Rule) -> dict:
@@ -180,8 +207,11 @@ def to_data(svc: HttpService) -> dict:
 
 def describe(svc: HttpService) -> str:
     """One line for diffs and notes."""
-    parts = [f"{svc.name} {'https' if svc.tls else 'http'}/{svc.port}", f"level {svc.level}",
-             "-> " + ",".join(format_backend(a, p) for a, p in svc.backends)]
+    parts = [
+        f"{svc.name} {'https' if svc.tls else 'http'}/{svc.port}",
+        f"level {svc.level}",
+        "-> " + ",".join(format_backend(a, p) for a, p in svc.backends),
+    ]
     if svc.domains:
         parts.append("domains " + ",".join(svc.domains))
     if svc.limits:

@@ -75,8 +75,7 @@ def _plain(value, what: str) -> str:
 def check_name(value, what: str = "service name") -> str:
     s = vocab.check_text(value, what)
     if not NAME_RE.match(s):
-        raise UserError(f"invalid {what} {s!r}: use 1-32 lowercase letters, digits, '_' or '-', "
-                        "starting with a letter")
+        raise UserError(f"invalid {what} {s!r}: use 1-32 lowercase letters, digits, '_' or '-', starting with a letter")
     return s
 
 
@@ -91,8 +90,7 @@ def check_domain(value, what: str = "domain") -> str:
         except UnicodeError as exc:
             raise UserError(f"invalid {what} {value!r}: not a valid internationalised name ({exc})") from None
     labels = host.split(".")
-    if len(host) > 253 or len(labels) < 2 or not all(_LABEL_RE.match(lb) for lb in labels) \
-            or labels[-1].isdigit():
+    if len(host) > 253 or len(labels) < 2 or not all(_LABEL_RE.match(lb) for lb in labels) or labels[-1].isdigit():
         raise UserError(f"invalid {what} {value!r}: not a host name (e.g. example.com or *.example.com)")
     return ("*." if wild else "") + host
 
@@ -100,8 +98,7 @@ def check_domain(value, what: str = "domain") -> str:
 def check_path_prefix(value, what: str = "path prefix") -> str:
     s = vocab.check_text(value, what)
     if not _PATH_RE.match(s) or "'" in s:
-        raise UserError(f"invalid {what} {s!r}: must start with '/' and hold only visible ASCII "
-                        "(no spaces, no quote)")
+        raise UserError(f"invalid {what} {s!r}: must start with '/' and hold only visible ASCII (no spaces, no quote)")
     return s
 
 
@@ -208,8 +205,11 @@ class Rule:
     def __post_init__(self) -> None:
         s = object.__setattr__
         s(self, "action", check_choice(self.action, "rule action", RULE_ACTIONS))
-        s(self, "methods", tuple(dict.fromkeys(check_token(m, "rule method").upper()
-                                               for m in _seq(self.methods, "rule methods"))))
+        s(
+            self,
+            "methods",
+            tuple(dict.fromkeys(check_token(m, "rule method").upper() for m in _seq(self.methods, "rule methods"))),
+        )
         if self.path_prefix is not None:
             s(self, "path_prefix", check_path_prefix(self.path_prefix, "rule path prefix"))
         for f in ("uri_regex", "user_agent_regex", "referer_regex"):
@@ -223,15 +223,30 @@ class Rule:
         s(self, "headers", tuple(h.lower() for h in self.headers))
         s(self, "absent_headers", tuple(h.lower() for h in self.absent_headers))
         if not self.conditions():
-            raise UserError(f"invalid rule ({self.action}): give at least one condition (method, path prefix, "
-                            "uri regex, host, user agent, referer, cookie or header)")
+            raise UserError(
+                f"invalid rule ({self.action}): give at least one condition (method, path prefix, "
+                "uri regex, host, user agent, referer, cookie or header)"
+            )
         clash = set(self.headers) & set(self.absent_headers)
         if clash:
             raise UserError(f"invalid rule: header {sorted(clash)[0]!r} cannot be both present and absent")
 
     def conditions(self) -> list[str]:
-        return [f for f in ("methods", "path_prefix", "uri_regex", "host", "user_agent_regex", "referer_regex",
-                            "cookies", "headers", "absent_headers") if getattr(self, f)]
+        return [
+            f
+            for f in (
+                "methods",
+                "path_prefix",
+                "uri_regex",
+                "host",
+                "user_agent_regex",
+                "referer_regex",
+                "cookies",
+                "headers",
+                "absent_headers",
+            )
+            if getattr(self, f)
+        ]
 
 
 @dataclass(frozen=True)
@@ -242,10 +257,10 @@ class ConnLimits:
     new_per_10s: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "concurrent", check_int(self.concurrent, "concurrent connections per source",
-                                                         1, MAX_CONNS))
-        object.__setattr__(self, "new_per_10s", check_int(self.new_per_10s, "new connections per source",
-                                                          1, MAX_CONNS))
+        object.__setattr__(
+            self, "concurrent", check_int(self.concurrent, "concurrent connections per source", 1, MAX_CONNS)
+        )
+        object.__setattr__(self, "new_per_10s", check_int(self.new_per_10s, "new connections per source", 1, MAX_CONNS))
 
 
 @dataclass(frozen=True)
@@ -267,8 +282,9 @@ class Tls:
         try:
             ctx.load_cert_chain(str(self.cert), str(self.key))
         except ssl.SSLError as exc:
-            raise UserError(f"invalid TLS certificate '{self.cert}' with key '{self.key}': "
-                            f"{exc.reason or exc}") from None
+            raise UserError(
+                f"invalid TLS certificate '{self.cert}' with key '{self.key}': {exc.reason or exc}"
+            ) from None
         except OSError as exc:
             raise UserError(f"invalid TLS certificate '{self.cert}': {exc.strerror or exc}") from None
 
@@ -354,7 +370,11 @@ class HttpService:
         if not backends:
             raise UserError(f"invalid service {n}: give at least one backend (ADDRESS:PORT)")
         s(self, "backends", backends)
-        s(self, "domains", tuple(dict.fromkeys(check_domain(d, f"domain of {n}") for d in _seq(self.domains, "domains"))))
+        s(
+            self,
+            "domains",
+            tuple(dict.fromkeys(check_domain(d, f"domain of {n}") for d in _seq(self.domains, "domains"))),
+        )
         s(self, "health_path", check_path_prefix(self.health_path, f"health check path of {n}"))
         if self.tls is not None and not isinstance(self.tls, Tls):
             raise UserError(f"invalid TLS of {n}: give a certificate and a key")
@@ -371,8 +391,13 @@ class HttpService:
         if not all(isinstance(x, Rule) for x in rules):
             raise UserError(f"invalid rules of {n}: give Rule records")
         s(self, "rules", rules)
-        s(self, "exempt", tuple(dict.fromkeys(check_path_prefix(p, f"exempt path of {n}")
-                                              for p in _seq(self.exempt, "exempt paths"))))
+        s(
+            self,
+            "exempt",
+            tuple(
+                dict.fromkeys(check_path_prefix(p, f"exempt path of {n}") for p in _seq(self.exempt, "exempt paths"))
+            ),
+        )
         if self.conns is not None and not isinstance(self.conns, ConnLimits):
             raise UserError(f"invalid connection limits of {n}")
         s(self, "challenge_ttl_s", check_int(self.challenge_ttl_s, f"challenge lifetime of {n}", 60, MAX_TTL_S))
@@ -418,6 +443,7 @@ def check_services(services) -> tuple[HttpService, ...]:
         for a in svc.listen:
             other = sockets.setdefault((a, svc.port), svc.name)
             if other != svc.name:
-                raise UserError(f"invalid HTTP service {svc.name}: {format_backend(a, svc.port)} is already "
-                                f"served by {other}")
+                raise UserError(
+                    f"invalid HTTP service {svc.name}: {format_backend(a, svc.port)} is already served by {other}"
+                )
     return items

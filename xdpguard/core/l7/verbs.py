@@ -49,11 +49,28 @@ def _views(specs: list[InterfaceSpec]) -> list[ServiceView]:
         for a in s.addresses:
             for svc in a.http:
                 fe = next((r for r in rows if r.proxy == f"{svc.name}_fe" and r.name == "FRONTEND"), None)
-                up = sum(1 for r in rows if r.proxy == f"{svc.name}_be" and r.name not in ("FRONTEND", "BACKEND")
-                         and r.status.startswith("UP"))
-                out.append(ServiceView(s.name, str(a.address), svc.name, svc.port, svc.level, schema.to_data(svc),
-                                       fe.requests_total if fe else 0, fe.denied_requests if fe else 0,
-                                       fe.http_4xx if fe else 0, fe.http_2xx if fe else 0, up))
+                up = sum(
+                    1
+                    for r in rows
+                    if r.proxy == f"{svc.name}_be"
+                    and r.name not in ("FRONTEND", "BACKEND")
+                    and r.status.startswith("UP")
+                )
+                out.append(
+                    ServiceView(
+                        s.name,
+                        str(a.address),
+                        svc.name,
+                        svc.port,
+                        svc.level,
+                        schema.to_data(svc),
+                        fe.requests_total if fe else 0,
+                        fe.denied_requests if fe else 0,
+                        fe.http_4xx if fe else 0,
+                        fe.http_2xx if fe else 0,
+                        up,
+                    )
+                )
     return out
 
 
@@ -92,8 +109,7 @@ def _edit(service: str, fn, action: str) -> CcResult:
         raise UserError(f"{name} is not protected by xdpguard")
     after = config.norm_interface(predict(base))  # validates: bad input stores nothing
     if after == base:
-        return CcResult(action, _views([after]), "running" if engine.haproxy().running() else "stopped",
-                        ["unchanged"])
+        return CcResult(action, _views([after]), "running" if engine.haproxy().running() else "stopped", ["unchanged"])
     res = reconcile.change(name, predict, lambda: reconcile.realise(after, lists=False))
     views = [v for v in _views([after]) if v.name == service]
     return CcResult(action, views, "running" if engine.haproxy().running() else "stopped", list(res.notes))
@@ -106,8 +122,11 @@ def set_level(service: str, level: str) -> CcResult:
 
 def set_limit(service: str, prefix: str, requests: int, window_s: int, action: str, punish_s: int) -> CcResult:
     lim = RateLimit(prefix, requests, window_s, action, punish_s)  # validates first
-    return _edit(service, lambda svc: replace(svc, limits=tuple(x for x in svc.limits if x.prefix != lim.prefix)
-                                              + (lim,)), "limit set")
+    return _edit(
+        service,
+        lambda svc: replace(svc, limits=tuple(x for x in svc.limits if x.prefix != lim.prefix) + (lim,)),
+        "limit set",
+    )
 
 
 def del_limit(service: str, prefix: str) -> CcResult:
@@ -117,6 +136,7 @@ def del_limit(service: str, prefix: str) -> CcResult:
         if not any(x.prefix == p for x in svc.limits):
             raise UserError(f"{service} has no limit on {p!r}")
         return replace(svc, limits=tuple(x for x in svc.limits if x.prefix != p))
+
     return _edit(service, fn, "limit del")
 
 
@@ -125,6 +145,7 @@ def add_rule(service: str, **conds) -> CcResult:
 
     def fn(svc):
         return svc if rule in svc.rules else replace(svc, rules=svc.rules + (rule,))
+
     return _edit(service, fn, "rule add")
 
 
@@ -133,4 +154,5 @@ def del_rule(service: str, number: int) -> CcResult:
         if not 1 <= number <= len(svc.rules):
             raise UserError(f"invalid rule number {number}: {service} has {len(svc.rules)} rule(s)")
         return replace(svc, rules=svc.rules[: number - 1] + svc.rules[number:])
+
     return _edit(service, fn, "rule del")

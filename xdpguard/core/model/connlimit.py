@@ -27,5 +27,10 @@ class ConnLimits:
             raise ValueError(f"invalid udp-timeout {self.udp_timeout_s} s: 1 to 3600")
 
     def active(self) -> bool:
-        return bool(self.new_per_source or self.concurrent_per_source or self.new_total or self.conntrack_budget
-                    or self.udp_timeout_s)
+        return bool(
+            self.new_per_source
+            or self.concurrent_per_source
+            or self.new_total
+            or self.conntrack_budget
+            or self.udp_timeout_s
+        )

@@ -27,8 +27,16 @@ from ..kernel.abi import ALL_DROP_MASK, DROP_REASONS  # noqa: F401  (the one tab
 
 MODES = ("auto", "native", "skb")
 #: `[interface.verify]` keys: policy.VerifySettings' fields but the runtime udp_learning switch
-VERIFY_KEYS = ("budget_udp_pps", "budget", "tcp_pps", "tcp_burst", "udp_pps", "udp_burst", "udp_peace_pps",
-               "spoof_ban_s")
+VERIFY_KEYS = (
+    "budget_udp_pps",
+    "budget",
+    "tcp_pps",
+    "tcp_burst",
+    "udp_pps",
+    "udp_burst",
+    "udp_peace_pps",
+    "spoof_ban_s",
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -88,8 +96,9 @@ class InterfaceSpec:
             return set(self.protected)
         a = parse_address(protected, "protected address")
         if a not in self.protected:
-            raise UserError(f"{a} is not a protected address of {self.name} "
-                            f"(protected: {', '.join(map(str, self.protected))})")
+            raise UserError(
+                f"{a} is not a protected address of {self.name} (protected: {', '.join(map(str, self.protected))})"
+            )
         return {a}
 
     def address(self, addr: IPAddress) -> AddressSpec | None:

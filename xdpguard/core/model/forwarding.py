@@ -157,17 +157,14 @@ class ForwardRule:
             (port,) = ports
             if port is not None and port + (self.port_hi - self.port_lo) > PORT_MAX:
                 raise ValueError(
-                    f"port range {self.port_lo}-{self.port_hi} shifted to start at {port} "
-                    f"ends beyond {PORT_MAX}"
+                    f"port range {self.port_lo}-{self.port_hi} shifted to start at {port} ends beyond {PORT_MAX}"
                 )
         if isinstance(self.persist_s, bool) or not isinstance(self.persist_s, int):
             raise ValueError(f"persistence must be whole seconds, got {self.persist_s!r}")
         if not 0 <= self.persist_s <= PERSIST_MAX_S:
             raise ValueError(f"persistence {self.persist_s}s is out of range 0-{PERSIST_MAX_S}")
         if not isinstance(self.preserve_client_ip, bool):
-            raise ValueError(
-                f"preserve_client_ip must be true or false, got {self.preserve_client_ip!r}"
-            )
+            raise ValueError(f"preserve_client_ip must be true or false, got {self.preserve_client_ip!r}")
 
     @property
     def key(self) -> str:
@@ -181,9 +178,7 @@ class ForwardRule:
 
     @property
     def ports(self) -> str:
-        return (
-            str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
-        )
+        return str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
 
     @property
     def primaries(self) -> tuple[Backend, ...]:
@@ -309,9 +304,7 @@ def parse_backend(text: str, *, weight: int = 1, backup: bool = False) -> Backen
         try:
             host = ipaddress.IPv6Address(spec)
         except ValueError:
-            raise ValueError(
-                f"backend {spec!r} is not an address; write IPv6 with a port as [ADDR]:PORT"
-            ) from None
+            raise ValueError(f"backend {spec!r} is not an address; write IPv6 with a port as [ADDR]:PORT") from None
     else:
         host_text, colon, port_text = spec.partition(":")
         if colon:
@@ -349,9 +342,7 @@ def _split_list(text: str, what: str) -> list[str]:
     return items
 
 
-def parse_backends(
-    text: str, weights: str | None = None, backups: str | None = None
-) -> tuple[Backend, ...]:
+def parse_backends(text: str, weights: str | None = None, backups: str | None = None) -> tuple[Backend, ...]:
     """``"198.18.1.10:80,198.18.1.11:80"`` with ``weights="3,1"`` → primaries, then backups.
 
     ``weights`` applies to the primaries and must have exactly one entry per primary;
@@ -364,8 +355,7 @@ def parse_backends(
         weight_values = parse_weights(weights)
         if len(weight_values) != len(specs):
             raise ValueError(
-                f"{len(weight_values)} weight(s) given for {len(specs)} backend(s); "
-                "give one weight per backend"
+                f"{len(weight_values)} weight(s) given for {len(specs)} backend(s); give one weight per backend"
             )
     result = [parse_backend(s, weight=w) for s, w in zip(specs, weight_values, strict=True)]
     if backups is not None:

@@ -21,7 +21,11 @@ class GeoSpec:
     def describe(self) -> str:
         cs = ", ".join(sorted(self.countries)) or "nothing"
         what = f"only {cs} pass" if self.only else f"{cs} dropped"
-        mode = "" if self.mode == "drop" else f" (mode {self.mode}: challenged by HAProxy on its ports, dropped in XDP otherwise)"
+        mode = (
+            ""
+            if self.mode == "drop"
+            else f" (mode {self.mode}: challenged by HAProxy on its ports, dropped in XDP otherwise)"
+        )
         return what + mode
 
     def to_data(self) -> dict:

@@ -20,16 +20,28 @@ class Thresholds:
     reasons: dict[str, tuple[float, float]] = field(default_factory=dict)  # reason → (pps, bps)
 
     def to_json(self) -> dict:
-        return {"pps": self.pps, "bps": self.bps, "drop_pps": self.drop_pps, "drop_bps": self.drop_bps,
-                "reasons": {r: list(v) for r, v in sorted(self.reasons.items())}}
+        return {
+            "pps": self.pps,
+            "bps": self.bps,
+            "drop_pps": self.drop_pps,
+            "drop_bps": self.drop_bps,
+            "reasons": {r: list(v) for r, v in sorted(self.reasons.items())},
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> Thresholds:
-        return cls(float(d.get("pps", 0)), float(d.get("bps", 0)), float(d.get("drop_pps", 0)),
-                   float(d.get("drop_bps", 0)), {r: (float(v[0]), float(v[1])) for r, v in d.get("reasons", {}).items()})
+        return cls(
+            float(d.get("pps", 0)),
+            float(d.get("bps", 0)),
+            float(d.get("drop_pps", 0)),
+            float(d.get("drop_bps", 0)),
+            {r: (float(v[0]), float(v[1])) for r, v in d.get("reasons", {}).items()},
+        )
 
     def is_empty(self) -> bool:
-        return not (self.pps or self.bps or self.drop_pps or self.drop_bps or any(p or b for p, b in self.reasons.values()))
+        return not (
+            self.pps or self.bps or self.drop_pps or self.drop_bps or any(p or b for p, b in self.reasons.values())
+        )
 
 
 DEFAULT_THRESHOLDS = Thresholds(drop_pps=1000)
@@ -50,8 +62,11 @@ class Measure:
 
 def exceeded(t: Thresholds, m: Measure) -> list[str]:
     """Which thresholds m crosses, as short labels ('pps', 'drop_bps', 'blocklist pps', …)."""
-    out = [name for name in ("pps", "bps", "drop_pps", "drop_bps")
-           if getattr(t, name) and getattr(m, name) > getattr(t, name)]
+    out = [
+        name
+        for name in ("pps", "bps", "drop_pps", "drop_bps")
+        if getattr(t, name) and getattr(m, name) > getattr(t, name)
+    ]
     for r, (tp, tb) in sorted(t.reasons.items()):
         mp, mb = m.reasons.get(r, (0.0, 0.0))
         if tp and mp > tp:
@@ -72,13 +87,20 @@ class EventConfig:
         return self.addresses.get(addr, self.default)
 
     def to_json(self) -> dict:
-        return {"default": self.default.to_json(), "addresses": {a: t.to_json() for a, t in sorted(self.addresses.items())},
-                "hold_s": self.hold_s, "hook": self.hook}
+        return {
+            "default": self.default.to_json(),
+            "addresses": {a: t.to_json() for a, t in sorted(self.addresses.items())},
+            "hold_s": self.hold_s,
+            "hook": self.hook,
+        }
 
     @classmethod
     def from_json(cls, d: dict | None) -> EventConfig:
         if not d:
             return cls()
-        return cls(Thresholds.from_json(d.get("default", {})) if "default" in d else DEFAULT_THRESHOLDS,
-                   {a: Thresholds.from_json(t) for a, t in d.get("addresses", {}).items()},
-                   float(d.get("hold_s", DEFAULT_HOLD_S)), d.get("hook"))
+        return cls(
+            Thresholds.from_json(d.get("default", {})) if "default" in d else DEFAULT_THRESHOLDS,
+            {a: Thresholds.from_json(t) for a, t in d.get("addresses", {}).items()},
+            float(d.get("hold_s", DEFAULT_HOLD_S)),
+            d.get("hook"),
+        )

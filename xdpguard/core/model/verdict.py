@@ -169,11 +169,11 @@ def parse_addresses(frame: bytes) -> Addresses | None:
     if proto == ETH_P_IP:
         if pos + 20 > n:
             return None
-        return Addresses(4, bytes(frame[pos + 12:pos + 16]), bytes(frame[pos + 16:pos + 20]), pos)
+        return Addresses(4, bytes(frame[pos + 12 : pos + 16]), bytes(frame[pos + 16 : pos + 20]), pos)
     if proto == ETH_P_IPV6:
         if pos + 40 > n:
             return None
-        return Addresses(6, bytes(frame[pos + 8:pos + 24]), bytes(frame[pos + 24:pos + 40]), pos)
+        return Addresses(6, bytes(frame[pos + 8 : pos + 24]), bytes(frame[pos + 24 : pos + 40]), pos)
     return None
 
 
@@ -186,8 +186,9 @@ def _parse_l4(frame: bytes, pos: int, l4proto: int, ttl: int, is_frag: bool) -> 
         hlen = (frame[pos + 12] >> 4) * 4
         if hlen < 20 or pos + hlen > n:
             return None
-        return Headers(l4proto, ttl, is_frag, True, pos, pos + hlen, _u16(frame, pos), _u16(frame, pos + 2),
-                       frame[pos + 13])
+        return Headers(
+            l4proto, ttl, is_frag, True, pos, pos + hlen, _u16(frame, pos), _u16(frame, pos + 2), frame[pos + 13]
+        )
     if l4proto == IPPROTO_UDP:
         if pos + 8 > n:
             return None
@@ -285,14 +286,14 @@ def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
         hlen = (frame[pos] & 0x0F) * 4
         if hlen < 20 or pos + hlen > n or frame[pos + 9] != IPPROTO_TCP or _u16(frame, pos + 6) & IP_OFFSET:
             return None
-        fam, src, dst = 4, bytes(frame[pos + 12:pos + 16]), bytes(frame[pos + 16:pos + 20])
+        fam, src, dst = 4, bytes(frame[pos + 12 : pos + 16]), bytes(frame[pos + 16 : pos + 20])
         if (fam, src) not in protected:
             return None
         pos += hlen
     elif proto == ETH_P_IPV6:
         if pos + 40 > n:
             return None
-        fam, src, dst = 6, bytes(frame[pos + 8:pos + 24]), bytes(frame[pos + 24:pos + 40])
+        fam, src, dst = 6, bytes(frame[pos + 8 : pos + 24]), bytes(frame[pos + 24 : pos + 40])
         if (fam, src) not in protected:
             return None
         walked = _walk_ip6_options(frame, pos + 40, frame[pos + 6])
@@ -323,12 +324,12 @@ def egress_udp_client(frame: bytes, protected) -> tuple[int, bytes] | None:
         hlen = (frame[pos] & 0x0F) * 4
         if hlen < 20 or pos + hlen > n or frame[pos + 9] != IPPROTO_UDP or _u16(frame, pos + 6) & IP_OFFSET:
             return None
-        src, dst = bytes(frame[pos + 12:pos + 16]), bytes(frame[pos + 16:pos + 20])
+        src, dst = bytes(frame[pos + 12 : pos + 16]), bytes(frame[pos + 16 : pos + 20])
         return (4, dst) if (4, src) in protected else None
     if proto == ETH_P_IPV6:
         if pos + 40 > n:
             return None
-        src, dst = bytes(frame[pos + 8:pos + 24]), bytes(frame[pos + 24:pos + 40])
+        src, dst = bytes(frame[pos + 8 : pos + 24]), bytes(frame[pos + 24 : pos + 40])
         if (6, src) not in protected:
             return None
         walked = _walk_ip6_options(frame, pos + 40, frame[pos + 6])
@@ -489,8 +490,12 @@ class Model:
     def _syn_answered(self, a: Addresses, h: Headers, prot: Protected) -> bool:
         """step_synauth() in cookie mode: a SYN is answered with a cookie SYN-ACK (XDP_TX). In
         the model only `always` reaches that (a threshold is never exceeded: no time)."""
-        return (is_syn(h) and prot.policy.syn.always and self._cookie_mode(a, prot)
-                and not self._is_verified((a.family, a.src), h))  # verified sources skip the SYN defence
+        return (
+            is_syn(h)
+            and prot.policy.syn.always
+            and self._cookie_mode(a, prot)
+            and not self._is_verified((a.family, a.src), h)
+        )  # verified sources skip the SYN defence
 
     def verdict(self, frame: bytes) -> ModelVerdict:
         action, reason = self._decide(bytes(frame))

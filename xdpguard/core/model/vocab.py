@@ -276,6 +276,7 @@ def parse_hook(value, what: str = "--hook", require_program: bool = True) -> str
     if "/" in prog and not os.path.isabs(prog):
         raise UserError(f"invalid {what} {text!r}: give the program as an absolute path or a name on PATH")
     if require_program and shutil.which(prog) is None:
-        raise UserError(f"invalid {what} {text!r}: '{prog}' is not an executable program"
-                        + ("" if "/" in prog else " on PATH"))
+        raise UserError(
+            f"invalid {what} {text!r}: '{prog}' is not an executable program" + ("" if "/" in prog else " on PATH")
+        )
     return text

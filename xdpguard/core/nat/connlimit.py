@@ -37,8 +37,10 @@ def limits_of(st: dict) -> dict[str, dict]:
 
 def check_limits(lim: nat.ConnLimits) -> None:
     if not lim.active():
-        raise UserError("connlimit set needs a limit: --new-per-source, --concurrent-per-source, --new-total, "
-                        "--conntrack-budget or --udp-timeout")
+        raise UserError(
+            "connlimit set needs a limit: --new-per-source, --concurrent-per-source, --new-total, "
+            "--conntrack-budget or --udp-timeout"
+        )
 
 
 def show(ifname: str | None) -> ConnLimitResult:
@@ -52,8 +54,9 @@ def offenders(applier: nat.NftApplier | None = None) -> list[tuple[str, float]]:
     out = []
     for name in nat.OFFENDER_SETS.values():
         try:
-            listing = applier.run({"nftables": [{"list": {"set": {"family": nat.FAMILY, "table": applier.table,
-                                                                   "name": name}}}]})
+            listing = applier.run(
+                {"nftables": [{"list": {"set": {"family": nat.FAMILY, "table": applier.table, "name": name}}}]}
+            )
         except nat.NftError:
             continue  # no such set: no limits of that family
         out += nat.parse_offenders(listing)

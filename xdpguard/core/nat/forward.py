@@ -36,8 +36,11 @@ SYSCTL_KEY = "forward_sysctl_saved"
 SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.netfilter.nf_conntrack_tcp_loose")
 # What they are set to while rules exist. tcp_loose 0: conntrack never adopts a mid-stream TCP
 # packet as a new connection (the ACK floods XDP's TCP state step drops, should one get past it).
-SYSCTL_VALUES = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1",
-                 "net.netfilter.nf_conntrack_tcp_loose": "0"}
+SYSCTL_VALUES = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.netfilter.nf_conntrack_tcp_loose": "0",
+}
 NAT_LOCK_NAME = "@nat"  # not a valid interface name to collide with: '@' is never used by us
 DEFAULT_UDP_PROBE = b"ping"
 HEALTH_STATES = ("up", "down", "unknown")
@@ -221,8 +224,12 @@ def apply_rules(applier: nat.NftApplier, states: dict[str, dict], rules: list[St
     local = local_tcp(states)
     try:
         if rules or local:
-            kw = dict(healthy=healthy_map(states, rules), counters=_current_counters(applier),
-                      connlimits=connlimit_map(states, rules), local_tcp=local)
+            kw = dict(
+                healthy=healthy_map(states, rules),
+                counters=_current_counters(applier),
+                connlimits=connlimit_map(states, rules),
+                local_tcp=local,
+            )
             try:  # with the synproxy chains of the SYN cookies; a kernel without nft_synproxy gets none
                 applier.apply(nat.build_ruleset([sr.rule for sr in rules], synproxy=True, **kw))
             except nat.NftError:
@@ -279,8 +286,7 @@ def _pick_protected(iface_name: str, st: dict, protected: str | None, backends: 
         except ValueError:
             raise UserError(f"protected address {protected!r} is not an IP address") from None
         if a not in addrs:
-            raise UserError(f"{a} is not a protected address of {iface_name} "
-                            f"(protected: {', '.join(map(str, addrs))})")
+            raise UserError(f"{a} is not a protected address of {iface_name} (protected: {', '.join(map(str, addrs))})")
         return a
     fam = backends[0].host.version
     same = [a for a in addrs if a.version == fam]
@@ -288,8 +294,7 @@ def _pick_protected(iface_name: str, st: dict, protected: str | None, backends: 
         return same[0]
     if not same:
         raise UserError(f"{iface_name} protects no IPv{fam} address for backends {backends[0].endpoint}")
-    raise UserError(f"{iface_name} protects several IPv{fam} addresses ({', '.join(map(str, same))}); "
-                    f"give --protected")
+    raise UserError(f"{iface_name} protects several IPv{fam} addresses ({', '.join(map(str, same))}); give --protected")
 
 
 def parse_udp_probe(text: str | None) -> bytes | None:
@@ -304,15 +309,33 @@ def parse_udp_probe(text: str | None) -> bytes | None:
     return data
 
 
-def build_rule(proto: str, ports: str, to: str, protected: str | None, st: dict, iface_name: str, *,
-               weights: str | None = None, backup: str | None = None, persist_s: int = 0,
-               preserve_client_ip: bool = False) -> ForwardRule:
+def build_rule(
+    proto: str,
+    ports: str,
+    to: str,
+    protected: str | None,
+    st: dict,
+    iface_name: str,
+    *,
+    weights: str | None = None,
+    backup: str | None = None,
+    persist_s: int = 0,
+    preserve_client_ip: bool = False,
+) -> ForwardRule:
     """Parse and validate command-line text into a rule (ValueError → UserError)."""
     try:
         backends = forwarding.parse_backends(to, weights=weights, backups=backup)
         addr = _pick_protected(iface_name, st, protected, backends)
-        return forwarding.make_rule(proto, addr, ports, to, weights=weights, backups=backup,
-                                    persist_s=persist_s, preserve_client_ip=preserve_client_ip)
+        return forwarding.make_rule(
+            proto,
+            addr,
+            ports,
+            to,
+            weights=weights,
+            backups=backup,
+            persist_s=persist_s,
+            preserve_client_ip=preserve_client_ip,
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -421,8 +444,11 @@ def forwarding_drift() -> list[str]:
             out.append("nft table inet xdpguard is missing")
     except (nat.NftError, RuntimeError) as exc:
         out.append(f"cannot list nft tables: {exc}")
-    out += [f"{k} is {v}, not {SYSCTL_VALUES[k]}" for k, v in read_sysctls().items()
-            if k in SYSCTL_VALUES and v != SYSCTL_VALUES[k]]
+    out += [
+        f"{k} is {v}, not {SYSCTL_VALUES[k]}"
+        for k, v in read_sysctls().items()
+        if k in SYSCTL_VALUES and v != SYSCTL_VALUES[k]
+    ]
     return out
 
 
@@ -500,10 +526,24 @@ def show(ifname: str | None = None) -> ForwardListResult:
     views = []
     for sr in rules:
         health = states[sr.iface].get(HEALTH_KEY, {}).get(sr.rule.key, {})
-        bvs = [BackendView(endpoint(sr.rule, b), b.weight, b.backup, health.get(endpoint(sr.rule, b), "unknown"))
-               for b in sr.rule.backends]
+        bvs = [
+            BackendView(endpoint(sr.rule, b), b.weight, b.backup, health.get(endpoint(sr.rule, b), "unknown"))
+            for b in sr.rule.backends
+        ]
         pk, by = counters.get(sr.rule.key, (0, 0))
-        views.append(RuleView(sr.rule.key, sr.iface, sr.rule.proto, str(sr.rule.protected), sr.rule.ports, bvs,
-                              sr.rule.persist_s, sr.rule.preserve_client_ip,
-                              None if sr.udp_probe is None else sr.udp_probe.hex(), pk, by))
+        views.append(
+            RuleView(
+                sr.rule.key,
+                sr.iface,
+                sr.rule.proto,
+                str(sr.rule.protected),
+                sr.rule.ports,
+                bvs,
+                sr.rule.persist_s,
+                sr.rule.preserve_client_ip,
+                None if sr.udp_probe is None else sr.udp_probe.hex(),
+                pk,
+                by,
+            )
+        )
     return ForwardListResult(views, read_sysctls(), table)

@@ -154,8 +154,12 @@ class HealthChecker:
                 forward.apply_rules(forward._applier(), states, rules)
 
 
-def run(params: HealthParams, once: bool = False, duration_s: float | None = None,
-        report: Callable[[Transition], None] = lambda t: None) -> int:
+def run(
+    params: HealthParams,
+    once: bool = False,
+    duration_s: float | None = None,
+    report: Callable[[Transition], None] = lambda t: None,
+) -> int:
     """Check until `duration_s` passed (None: forever) or after one round with `once`.
     Returns the number of rounds."""
     params.check()

@@ -161,9 +161,7 @@ def _set_mark(mark: int) -> Json:
 # --- backend selection --------------------------------------------------------------------
 
 
-def active_backends(
-    rule: ForwardRule, healthy: Iterable[Backend] | None = None
-) -> tuple[Backend, ...]:
+def active_backends(rule: ForwardRule, healthy: Iterable[Backend] | None = None) -> tuple[Backend, ...]:
     """The backends that receive new connections: the healthy primaries, or when none is
     healthy the healthy backups, or nothing. ``healthy=None`` means every backend is healthy.
     Backends are matched by address and port (weight and backup flag do not matter)."""
@@ -299,16 +297,12 @@ def _dnat(rule: ForwardRule, backends: Sequence[Backend], selector: Json | None 
         if port is not None:
             nat["port"] = port
     elif port is not None and port != rule.port_lo:
-        shift = [
-            [p, rule.target_port(backends[0], p)] for p in range(rule.port_lo, rule.port_hi + 1)
-        ]
+        shift = [[p, rule.target_port(backends[0], p)] for p in range(rule.port_lo, rule.port_hi + 1)]
         nat["port"] = {"map": {"key": _payload(rule.proto, "dport"), "data": {"set": shift}}}
     return {"dnat": nat}
 
 
-def _persistent_rules(
-    table: str, rule: ForwardRule, backends: Sequence[Backend], mark: int
-) -> list[Json]:
+def _persistent_rules(table: str, rule: ForwardRule, backends: Sequence[Backend], mark: int) -> list[Json]:
     """Sticky weighted choice with one dynamic set of clients per backend (see module doc)."""
     saddr = _payload(_ip_proto(rule), "saddr")
     count_new = {"counter": new_counter_name(rule)}
@@ -449,8 +443,7 @@ def build_ruleset(
                     table,
                     PREROUTING_CHAIN,
                     rule,
-                    _service_match(rule)
-                    + [count_new, _set_mark(marks[key]), _dnat(rule, backends, selector)],
+                    _service_match(rule) + [count_new, _set_mark(marks[key]), _dnat(rule, backends, selector)],
                 )
             )
         if not rule.preserve_client_ip:
@@ -497,8 +490,11 @@ def build_ruleset(
     cookie = synproxy_rules(rules, healthy, table) if synproxy else []  # SYN cookies (synproxy_rules)
     if synproxy:
         cookie += local_synproxy_rules(local_tcp, table)
-    limited = [(r, (connlimits or {})[rule_key(r)]) for r in rules
-               if (connlimits or {}).get(rule_key(r)) is not None and (connlimits or {})[rule_key(r)].active()]
+    limited = [
+        (r, (connlimits or {})[rule_key(r)])
+        for r in rules
+        if (connlimits or {}).get(rule_key(r)) is not None and (connlimits or {})[rule_key(r)].active()
+    ]
     extra = connlimit_batch(table, limited) if limited else []
     return {"nftables": head + objects + prerouting + postrouting + forward + extra + cookie}
 
@@ -523,8 +519,13 @@ CONNLIMIT_SET_SIZE = 65535
 
 def _set(table: str, name: str, family: int, timeout: int | None = None) -> Json:
     # nft 1.0.6's JSON knows no "dynamic" flag: a set written from the packet path gets it by itself
-    body: dict[str, Any] = {"family": FAMILY, "table": table, "name": name,
-                            "type": "ipv4_addr" if family == 4 else "ipv6_addr", "size": CONNLIMIT_SET_SIZE}
+    body: dict[str, Any] = {
+        "family": FAMILY,
+        "table": table,
+        "name": name,
+        "type": "ipv4_addr" if family == 4 else "ipv6_addr",
+        "size": CONNLIMIT_SET_SIZE,
+    }
     if timeout:
         body.update(flags=["timeout"], timeout=timeout)
     return {"add": {"set": body}}
@@ -550,30 +551,97 @@ def connlimit_batch(table: str, limited: Sequence[tuple[ForwardRule, ConnLimits]
         off = _set_add(OFFENDER_SETS[rule.family], _payload(ipp, "saddr"))
         if lim.udp_timeout_s and rule.proto == "udp":
             name = f"cl_to_{ident}"
-            out.append({"add": {"ct timeout": {"family": FAMILY, "table": table, "name": name, "protocol": "udp",
-                                               "l3proto": ipp, "policy": {"unreplied": lim.udp_timeout_s,
-                                                                          "replied": 2 * lim.udp_timeout_s}}}})
+            out.append(
+                {
+                    "add": {
+                        "ct timeout": {
+                            "family": FAMILY,
+                            "table": table,
+                            "name": name,
+                            "protocol": "udp",
+                            "l3proto": ipp,
+                            "policy": {"unreplied": lim.udp_timeout_s, "replied": 2 * lim.udp_timeout_s},
+                        }
+                    }
+                }
+            )
             rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [{"ct timeout": name}]))
         if lim.conntrack_budget:
             out.append(_set(table, f"cl_svc_{ident}", rule.family))
-            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [
-                _set_add(f"cl_svc_{ident}", _payload(ipp, "daddr"), {"ct count": {"val": lim.conntrack_budget,
-                                                                                 "inv": True}}), {"drop": None}]))
+            rules.append(
+                _rule(
+                    table,
+                    CONNLIMIT_CHAIN,
+                    rule,
+                    new
+                    + [
+                        _set_add(
+                            f"cl_svc_{ident}",
+                            _payload(ipp, "daddr"),
+                            {"ct count": {"val": lim.conntrack_budget, "inv": True}},
+                        ),
+                        {"drop": None},
+                    ],
+                )
+            )
         if lim.new_total:
-            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [
-                {"limit": {"rate": lim.new_total, "burst": lim.new_total, "per": "second", "inv": True}},
-                {"drop": None}]))
+            rules.append(
+                _rule(
+                    table,
+                    CONNLIMIT_CHAIN,
+                    rule,
+                    new
+                    + [
+                        {"limit": {"rate": lim.new_total, "burst": lim.new_total, "per": "second", "inv": True}},
+                        {"drop": None},
+                    ],
+                )
+            )
         if lim.new_per_source:
             out.append(_set(table, f"cl_rate_{ident}", rule.family, 60))
-            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [
-                _set_add(f"cl_rate_{ident}", _payload(ipp, "saddr"),
-                         {"limit": {"rate": lim.new_per_source, "burst": lim.new_per_source, "per": "second",
-                                    "inv": True}}), off, {"drop": None}]))
+            rules.append(
+                _rule(
+                    table,
+                    CONNLIMIT_CHAIN,
+                    rule,
+                    new
+                    + [
+                        _set_add(
+                            f"cl_rate_{ident}",
+                            _payload(ipp, "saddr"),
+                            {
+                                "limit": {
+                                    "rate": lim.new_per_source,
+                                    "burst": lim.new_per_source,
+                                    "per": "second",
+                                    "inv": True,
+                                }
+                            },
+                        ),
+                        off,
+                        {"drop": None},
+                    ],
+                )
+            )
         if lim.concurrent_per_source:
             out.append(_set(table, f"cl_conc_{ident}", rule.family))
-            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [
-                _set_add(f"cl_conc_{ident}", _payload(ipp, "saddr"),
-                         {"ct count": {"val": lim.concurrent_per_source, "inv": True}}), off, {"drop": None}]))
+            rules.append(
+                _rule(
+                    table,
+                    CONNLIMIT_CHAIN,
+                    rule,
+                    new
+                    + [
+                        _set_add(
+                            f"cl_conc_{ident}",
+                            _payload(ipp, "saddr"),
+                            {"ct count": {"val": lim.concurrent_per_source, "inv": True}},
+                        ),
+                        off,
+                        {"drop": None},
+                    ],
+                )
+            )
     return out + rules
 
 
@@ -599,8 +667,9 @@ SYNPROXY_MSS = {4: 1460, 6: 1440}  # only used for a SYN synproxy answers itself
 SYNPROXY_WSCALE = 7
 
 
-def synproxy_rules(rules: Iterable[ForwardRule], healthy: Mapping[str, Iterable[Backend]] | None = None,
-                   table: str = DEFAULT_TABLE) -> list[Json]:
+def synproxy_rules(
+    rules: Iterable[ForwardRule], healthy: Mapping[str, Iterable[Backend]] | None = None, table: str = DEFAULT_TABLE
+) -> list[Json]:
     """The cookie half of the handshake, for every TCP rule. XDP answered the client's SYN with
     a cookie and let its valid ACK through; conntrack (nf_conntrack_tcp_loose=0) does not adopt
     that ACK, so it is ct invalid, no DNAT applies and it goes to the input hook (the protective
@@ -621,11 +690,24 @@ def synproxy_rules(rules: Iterable[ForwardRule], healthy: Mapping[str, Iterable[
     for rule in rules:
         if rule.proto != "tcp":
             continue
-        out.append(_rule(table, SYNPROXY_CHAIN, rule, _service_match(rule) + [
-            _match({"ct": {"key": "state"}}, ["invalid", "untracked"], op="in"),
-            {"synproxy": {"mss": SYNPROXY_MSS[rule.family], "wscale": SYNPROXY_WSCALE,
-                          "flags": ["timestamp", "sack-perm"]}},
-        ]))
+        out.append(
+            _rule(
+                table,
+                SYNPROXY_CHAIN,
+                rule,
+                _service_match(rule)
+                + [
+                    _match({"ct": {"key": "state"}}, ["invalid", "untracked"], op="in"),
+                    {
+                        "synproxy": {
+                            "mss": SYNPROXY_MSS[rule.family],
+                            "wscale": SYNPROXY_WSCALE,
+                            "flags": ["timestamp", "sack-perm"],
+                        }
+                    },
+                ],
+            )
+        )
         backends = active_backends(rule, None if healthy is None else healthy.get(rule_key(rule)))
         count_new = {"counter": new_counter_name(rule)}
         if not backends:
@@ -648,14 +730,30 @@ def local_synproxy_rules(local_tcp: Iterable[tuple[Any, int]], table: str = DEFA
     out: list[Json] = []
     for addr, port in sorted(set(local_tcp), key=lambda ap: (ap[0].version, ap[0].packed, ap[1])):
         fam = "ip" if addr.version == 4 else "ip6"
-        out.append({"add": {"rule": {"family": FAMILY, "table": table, "chain": SYNPROXY_CHAIN,
-                                     "comment": f"http/{addr}/{port}", "expr": [
-            _match(_payload(fam, "daddr"), str(addr)),
-            _match(_payload("tcp", "dport"), port),
-            _match({"ct": {"key": "state"}}, ["invalid", "untracked"], op="in"),
-            {"synproxy": {"mss": SYNPROXY_MSS[addr.version], "wscale": SYNPROXY_WSCALE,
-                          "flags": ["timestamp", "sack-perm"]}},
-        ]}}})
+        out.append(
+            {
+                "add": {
+                    "rule": {
+                        "family": FAMILY,
+                        "table": table,
+                        "chain": SYNPROXY_CHAIN,
+                        "comment": f"http/{addr}/{port}",
+                        "expr": [
+                            _match(_payload(fam, "daddr"), str(addr)),
+                            _match(_payload("tcp", "dport"), port),
+                            _match({"ct": {"key": "state"}}, ["invalid", "untracked"], op="in"),
+                            {
+                                "synproxy": {
+                                    "mss": SYNPROXY_MSS[addr.version],
+                                    "wscale": SYNPROXY_WSCALE,
+                                    "flags": ["timestamp", "sack-perm"],
+                                }
+                            },
+                        ],
+                    }
+                }
+            }
+        )
     return out
 
 
@@ -670,17 +768,11 @@ def _table_objects(listing: Mapping[str, Any] | None, table: str) -> Iterable[tu
         if not isinstance(item, Mapping):
             continue
         for kind, body in item.items():
-            if (
-                isinstance(body, Mapping)
-                and body.get("family") == FAMILY
-                and body.get("table") == table
-            ):
+            if isinstance(body, Mapping) and body.get("family") == FAMILY and body.get("table") == table:
                 yield kind, dict(body)
 
 
-def _named_counters(
-    listing: Mapping[str, Any] | None, table: str, prefix: str
-) -> dict[str, tuple[int, int]]:
+def _named_counters(listing: Mapping[str, Any] | None, table: str, prefix: str) -> dict[str, tuple[int, int]]:
     """rule key → (packets, bytes) for the named counters whose name starts with ``prefix``.
 
     The key comes from the counter's comment, or else from the comment of a rule that
@@ -704,22 +796,15 @@ def _named_counters(
     return result
 
 
-def parse_counters(
-    listing: Mapping[str, Any] | None, table: str = DEFAULT_TABLE
-) -> dict[str, tuple[int, int]]:
+def parse_counters(listing: Mapping[str, Any] | None, table: str = DEFAULT_TABLE) -> dict[str, tuple[int, int]]:
     """Rule key → (packets, bytes) forwarded for that rule, both directions, from the JSON of
     ``nft -j list table inet xdpguard`` (or ``list ruleset``). ``None`` (no table) → ``{}``."""
     return _named_counters(listing, table, TRAFFIC_COUNTER_PREFIX)
 
 
-def parse_new_connections(
-    listing: Mapping[str, Any] | None, table: str = DEFAULT_TABLE
-) -> dict[str, int]:
+def parse_new_connections(listing: Mapping[str, Any] | None, table: str = DEFAULT_TABLE) -> dict[str, int]:
     """Rule key → new connections that hit the rule since the last apply."""
-    return {
-        k: packets
-        for k, (packets, _) in _named_counters(listing, table, NEW_COUNTER_PREFIX).items()
-    }
+    return {k: packets for k, (packets, _) in _named_counters(listing, table, NEW_COUNTER_PREFIX).items()}
 
 
 # --- applying -----------------------------------------------------------------------------
@@ -765,10 +850,7 @@ class NftApplier:
         rc, output, error = self._handle().json_cmd(obj)
         if rc != 0:
             # JSON input has no source positions: drop the "internal:0:0-0: " prefix.
-            lines = [
-                line.strip().removeprefix("internal:0:0-0:").strip()
-                for line in str(error).splitlines()
-            ]
+            lines = [line.strip().removeprefix("internal:0:0-0:").strip() for line in str(error).splitlines()]
             detail = next((line for line in lines if line), "no error text")
             raise NftError(f"nft rejected the batch (rc {rc}): {detail}", obj)
         return output
@@ -842,9 +924,7 @@ def _probe_rules() -> dict[str, tuple[list[ForwardRule], Mapping[str, Iterable[B
     }
 
 
-def probe_capabilities(
-    applier: NftApplier | None = None, table: str = PROBE_TABLE
-) -> NftCapabilities:
+def probe_capabilities(applier: NftApplier | None = None, table: str = PROBE_TABLE) -> NftCapabilities:
     """Try each construct in a throwaway table (deleted afterwards) and report what works.
 
     Raises RuntimeError when the nftables module is missing, NftError when even the cleanup

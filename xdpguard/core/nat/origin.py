@@ -67,9 +67,13 @@ def _nft_set(items) -> str:
 
 
 def nft_text(services: list[OriginService]) -> str:
-    lines = ["# xdpguard origin rules: load on the real server(s) with `nft -f FILE`.",
-             "# The forwarded service ports accept only what comes through the protector; other ports are untouched.",
-             f"table inet {TABLE} {{", "\tchain input {", "\t\ttype filter hook input priority filter; policy accept;"]
+    lines = [
+        "# xdpguard origin rules: load on the real server(s) with `nft -f FILE`.",
+        "# The forwarded service ports accept only what comes through the protector; other ports are untouched.",
+        f"table inet {TABLE} {{",
+        "\tchain input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+    ]
     for s in services:
         fam = "ip6" if ":" in s.backend else "ip"
         match = f"{fam} daddr {s.backend} {s.proto} dport {_nft_ports(s.ports)}"
@@ -83,8 +87,10 @@ def nft_text(services: list[OriginService]) -> str:
 
 
 def iptables_text(services: list[OriginService]) -> str:
-    lines = ["# xdpguard origin rules: run on the real server(s) (iptables for IPv4, ip6tables for IPv6).",
-             "# The forwarded service ports accept only what comes through the protector; other ports are untouched."]
+    lines = [
+        "# xdpguard origin rules: run on the real server(s) (iptables for IPv4, ip6tables for IPv6).",
+        "# The forwarded service ports accept only what comes through the protector; other ports are untouched.",
+    ]
     for s in services:
         cmd = "ip6tables" if ":" in s.backend else "iptables"
         ports = ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in s.ports)
@@ -137,8 +143,9 @@ def services(rules, egress=egress_of) -> list[OriginService]:
             elif src:
                 e["sources"].add(src)
     out = []
-    for (host, proto), e in sorted(acc.items(), key=lambda kv: (ipaddress.ip_address(kv[0][0]).version,
-                                                               ipaddress.ip_address(kv[0][0]), kv[0][1])):
+    for (host, proto), e in sorted(
+        acc.items(), key=lambda kv: (ipaddress.ip_address(kv[0][0]).version, ipaddress.ip_address(kv[0][0]), kv[0][1])
+    ):
         out.append(OriginService(host, proto, _runs(e["ports"]), tuple(sorted(e["sources"])), tuple(sorted(e["macs"]))))
     return out
 

@@ -85,13 +85,20 @@ class CaptureResult:
         return asdict(self)
 
 
-def capture(ifname: str | None, path: str, count: int = 100, reason: str | None = None, snaplen: int = SAMPLE_SNAPLEN,
-            timeout_s: float = 10.0, sample_every: int | None = None, overwrite: bool = False) -> CaptureResult:
+def capture(
+    ifname: str | None,
+    path: str,
+    count: int = 100,
+    reason: str | None = None,
+    snaplen: int = SAMPLE_SNAPLEN,
+    timeout_s: float = 10.0,
+    sample_every: int | None = None,
+    overwrite: bool = False,
+) -> CaptureResult:
     """Write up to `count` sampled dropped packets (of `reason`, if given) within `timeout_s`
     into a new file `path` (an existing one only with overwrite; never through a symlink)."""
     if reason is not None and reason not in DROP_REASONS:
-        raise UserError(f"unknown drop reason '{reason}': use one of "
-                        f"{', '.join(DROP_REASONS)}")
+        raise UserError(f"unknown drop reason '{reason}': use one of {', '.join(DROP_REASONS)}")
     if not 1 <= snaplen <= SAMPLE_SNAPLEN:
         raise UserError(f"--snaplen {snaplen} must be between 1 and {SAMPLE_SNAPLEN} (what the data path copies)")
     if count < 1 or timeout_s <= 0:
@@ -131,18 +138,32 @@ def _capture(g, fd: int, path, count, reason, snaplen, timeout_s, sample_every) 
                         for s in reader.drain(timeout_ms=50):
                             if not s.dropped or (reason is not None and s.reason != reason) or n >= count:
                                 continue
-                            w.write((s.ts_ns + offset_ns) // 1000, s.data[:snaplen], s.pkt_len,
-                                    comment=f"xdpguard {s.kind} {s.reason} 1/{s.sample_every}")
+                            w.write(
+                                (s.ts_ns + offset_ns) // 1000,
+                                s.data[:snaplen],
+                                s.pkt_len,
+                                comment=f"xdpguard {s.kind} {s.reason} 1/{s.sample_every}",
+                            )
                             n += 1
                             reasons[s.reason] += 1
                             sources[s.src] += 1
                     missed = reader.missed
             except sampling.SamplerBusy:
-                raise UserError("another xdpguard process is reading the samples of "
-                                f"{g.iface.name}; try again") from None
+                raise UserError(
+                    f"another xdpguard process is reading the samples of {g.iface.name}; try again"
+                ) from None
     finally:
         w.close()
         if want != old:
             g.set_sample_every(old)
-    return CaptureResult(g.iface.name, str(path), n, want, dict(reasons.most_common()),
-                         dict(sources.most_common(20)), n < count, missed, via)
+    return CaptureResult(
+        g.iface.name,
+        str(path),
+        n,
+        want,
+        dict(reasons.most_common()),
+        dict(sources.most_common(20)),
+        n < count,
+        missed,
+        via,
+    )

@@ -58,8 +58,12 @@ class DoctorReport:
         return any(c.status == FAIL for c in self.checks)
 
     def to_dict(self) -> dict:
-        return {"iface": self.iface, "ok": not self.failed, "checks": [asdict(c) for c in self.checks],
-                "notes": self.notes}
+        return {
+            "iface": self.iface,
+            "ok": not self.failed,
+            "checks": [asdict(c) for c in self.checks],
+            "notes": self.notes,
+        }
 
 
 # ---- pure checks ----
@@ -92,14 +96,26 @@ def check_kernel(release: str, symbols: set[str] | None = None) -> Check:
     ver = parse_release(release)
     source = "kernel symbols" if symbols else "version"
     if ver < OLD_KERNEL:
-        return Check("kernel", FAIL, f"Linux {release} lacks the XDP features xdpguard uses",
-                     f"use Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer (Debian 12: 6.1)")
+        return Check(
+            "kernel",
+            FAIL,
+            f"Linux {release} lacks the XDP features xdpguard uses",
+            f"use Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer (Debian 12: 6.1)",
+        )
     missing = missing_features(release, symbols)
     if missing:
-        return Check("kernel", FAIL, f"Linux {release} lacks (by {source}): {', '.join(missing)}",
-                     f"use Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer (Debian 12: 6.1)")
-    return Check("kernel", OK, f"Linux {release}: has what the XDP program uses "
-                               f"({', '.join(what for _, _, what in KERNEL_FEATURES)}; by {source})")
+        return Check(
+            "kernel",
+            FAIL,
+            f"Linux {release} lacks (by {source}): {', '.join(missing)}",
+            f"use Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer (Debian 12: 6.1)",
+        )
+    return Check(
+        "kernel",
+        OK,
+        f"Linux {release}: has what the XDP program uses "
+        f"({', '.join(what for _, _, what in KERNEL_FEATURES)}; by {source})",
+    )
 
 
 def check_program(error: str | None, skipped: str | None = None) -> Check:
@@ -107,15 +123,23 @@ def check_program(error: str | None, skipped: str | None = None) -> Check:
         return Check("xdp-program", WARN, f"not tried: {skipped}")
     if error is None:
         return Check("xdp-program", OK, "xdpguard's XDP program compiles and the verifier accepts it")
-    return Check("xdp-program", FAIL, f"xdpguard's XDP program does not load: {error}",
-                 "report it with the kernel version (xdpguard attach --ebpf prints the C source)")
+    return Check(
+        "xdp-program",
+        FAIL,
+        f"xdpguard's XDP program does not load: {error}",
+        "report it with the kernel version (xdpguard attach --ebpf prints the C source)",
+    )
 
 
 def check_btf(exists: bool) -> Check:
     if exists:
         return Check("btf", OK, "/sys/kernel/btf/vmlinux present")
-    return Check("btf", WARN, "no /sys/kernel/btf/vmlinux (kernel built without CONFIG_DEBUG_INFO_BTF)",
-                 "bcc still works with kernel headers; use a distribution kernel for BTF")
+    return Check(
+        "btf",
+        WARN,
+        "no /sys/kernel/btf/vmlinux (kernel built without CONFIG_DEBUG_INFO_BTF)",
+        "bcc still works with kernel headers; use a distribution kernel for BTF",
+    )
 
 
 def _bpf_mountpoints(mounts: str) -> set[str]:
@@ -130,20 +154,32 @@ def _bpf_mountpoints(mounts: str) -> set[str]:
 def check_bpffs(mounts: str, path: str = BPFFS_DIR) -> Check:
     if path in _bpf_mountpoints(mounts):
         return Check("bpffs", OK, f"bpffs mounted at {path}")
-    return Check("bpffs", WARN, f"no bpffs at {path} (xdpguard mounts it on first attach)",
-                 f"mkdir -p {path} && mount -t bpf bpf {path}  (or {SETUP})")
+    return Check(
+        "bpffs",
+        WARN,
+        f"no bpffs at {path} (xdpguard mounts it on first attach)",
+        f"mkdir -p {path} && mount -t bpf bpf {path}  (or {SETUP})",
+    )
 
 
 def check_headers(release: str, build_dir_ok: bool, env_source: str | None, env_source_ok: bool) -> Check:
     if env_source:
         if env_source_ok:
             return Check("kernel-headers", OK, f"BCC_KERNEL_SOURCE={env_source}")
-        return Check("kernel-headers", FAIL, f"BCC_KERNEL_SOURCE={env_source} does not exist",
-                     "point BCC_KERNEL_SOURCE at a kernel header tree or unset it")
+        return Check(
+            "kernel-headers",
+            FAIL,
+            f"BCC_KERNEL_SOURCE={env_source} does not exist",
+            "point BCC_KERNEL_SOURCE at a kernel header tree or unset it",
+        )
     if build_dir_ok:
         return Check("kernel-headers", OK, f"/lib/modules/{release}/build")
-    return Check("kernel-headers", FAIL, f"no kernel headers at /lib/modules/{release}/build",
-                 f"apt-get install linux-headers-{release} ({SETUP} falls back to linux-headers-amd64)")
+    return Check(
+        "kernel-headers",
+        FAIL,
+        f"no kernel headers at /lib/modules/{release}/build",
+        f"apt-get install linux-headers-{release} ({SETUP} falls back to linux-headers-amd64)",
+    )
 
 
 def check_import(name: str, error: str | None, package: str) -> Check:
@@ -157,8 +193,12 @@ def check_bcc_compile(error: str | None, skipped: str | None = None) -> Check:
         return Check("bcc-compile", WARN, f"not tried: {skipped}")
     if error is None:
         return Check("bcc-compile", OK, "compiled and loaded a trivial XDP program")
-    return Check("bcc-compile", FAIL, f"bcc cannot compile: {error.strip().splitlines()[-1] if error.strip() else error}",
-                 f"install matching kernel headers ({SETUP})")
+    return Check(
+        "bcc-compile",
+        FAIL,
+        f"bcc cannot compile: {error.strip().splitlines()[-1] if error.strip() else error}",
+        f"install matching kernel headers ({SETUP})",
+    )
 
 
 def parse_ethtool_kv(text: str) -> dict[str, str]:
@@ -174,12 +214,32 @@ def check_driver(iface: str, ethtool_i: str | None) -> Check:
     if ethtool_i is None:
         return Check("driver", WARN, f"{iface}: ethtool -i failed", "apt-get install ethtool")
     drv = parse_ethtool_kv(ethtool_i).get("driver", "?")
-    native = {"virtio_net", "veth", "ixgbe", "i40e", "ice", "mlx5_core", "mlx4_en", "bnxt_en", "ena", "igb", "igc",
-              "tun", "nfp", "qede", "hv_netvsc", "xen-netfront"}
+    native = {
+        "virtio_net",
+        "veth",
+        "ixgbe",
+        "i40e",
+        "ice",
+        "mlx5_core",
+        "mlx4_en",
+        "bnxt_en",
+        "ena",
+        "igb",
+        "igc",
+        "tun",
+        "nfp",
+        "qede",
+        "hv_netvsc",
+        "xen-netfront",
+    }
     if drv in native:
         return Check("driver", OK, f"{iface}: driver {drv} (has native XDP)")
-    return Check("driver", WARN, f"{iface}: driver {drv} (native XDP support unknown; generic mode works)",
-                 "xdpguard attach --mode auto falls back to skb mode and says so")
+    return Check(
+        "driver",
+        WARN,
+        f"{iface}: driver {drv} (native XDP support unknown; generic mode works)",
+        "xdpguard attach --mode auto falls back to skb mode and says so",
+    )
 
 
 def check_lro(iface: str, ethtool_k: str | None) -> Check:
@@ -195,8 +255,12 @@ def check_mtu(iface: str, driver: str | None, mtu: int | None) -> Check:
     if mtu is None:
         return Check("mtu", WARN, f"{iface}: MTU unknown")
     if driver == "virtio_net" and mtu > VIRTIO_XDP_MAX_MTU:
-        return Check("mtu", FAIL, f"{iface}: MTU {mtu} > {VIRTIO_XDP_MAX_MTU}: virtio_net refuses native XDP",
-                     f"ip link set {iface} mtu 1500")
+        return Check(
+            "mtu",
+            FAIL,
+            f"{iface}: MTU {mtu} > {VIRTIO_XDP_MAX_MTU}: virtio_net refuses native XDP",
+            f"ip link set {iface} mtu 1500",
+        )
     return Check("mtu", OK, f"{iface}: MTU {mtu}")
 
 
@@ -232,23 +296,43 @@ def check_queues(iface: str, driver: str | None, ethtool_l: str | None, ncpus: i
     if maxes >= need and current <= maxes - ncpus:
         return Check("queues", OK, f"{iface}: {current} of {maxes} combined queues, {ncpus} CPUs")
     if maxes >= need:
-        return Check("queues", WARN, f"{iface}: {current} of {maxes} combined queues in use; native XDP needs "
-                                     f"{ncpus} spare", f"ethtool -L {iface} combined {maxes - ncpus}")
-    return Check("queues", WARN, f"{iface}: only {maxes} queues for {ncpus} CPUs; virtio native XDP may fail "
-                                 f"or be slow", f"give the VM NIC {need} queues (libvirt: <driver queues='{need}'/>)")
+        return Check(
+            "queues",
+            WARN,
+            f"{iface}: {current} of {maxes} combined queues in use; native XDP needs {ncpus} spare",
+            f"ethtool -L {iface} combined {maxes - ncpus}",
+        )
+    return Check(
+        "queues",
+        WARN,
+        f"{iface}: only {maxes} queues for {ncpus} CPUs; virtio native XDP may fail or be slow",
+        f"give the VM NIC {need} queues (libvirt: <driver queues='{need}'/>)",
+    )
 
 
 def check_native_xdp(iface: str, result: str | None, skipped: str | None) -> Check:
     if skipped:
-        return Check("native-xdp", WARN if "default route" not in skipped else OK, f"{iface}: trial attach "
-                     f"skipped ({skipped})", "" if "default route" in skipped else "give --try-attach to test it")
+        return Check(
+            "native-xdp",
+            WARN if "default route" not in skipped else OK,
+            f"{iface}: trial attach skipped ({skipped})",
+            "" if "default route" in skipped else "give --try-attach to test it",
+        )
     if result is None:
         return Check("native-xdp", OK, f"{iface}: a trivial XDP_PASS program attached in native mode and was removed")
     if "already attached" in result:
-        return Check("native-xdp", WARN, f"{iface}: not tried: {result}",
-                     f"xdpguard detach {iface} (or ip link set {iface} xdp off) and run doctor again")
-    return Check("native-xdp", WARN, f"{iface}: native attach failed: {result}",
-                 "xdpguard attach --mode auto will use generic (skb) mode")
+        return Check(
+            "native-xdp",
+            WARN,
+            f"{iface}: not tried: {result}",
+            f"xdpguard detach {iface} (or ip link set {iface} xdp off) and run doctor again",
+        )
+    return Check(
+        "native-xdp",
+        WARN,
+        f"{iface}: native attach failed: {result}",
+        "xdpguard attach --mode auto will use generic (skb) mode",
+    )
 
 
 # ---- observing the machine ----
@@ -319,8 +403,9 @@ def route_ifaces_in_use(routes_json: str, family: str) -> dict[str, str]:
         routes = json.loads(routes_json or "[]")
     except ValueError:
         return {}
-    routes = [r for r in routes if isinstance(r, dict) and r.get("dst") == "default"
-              and r.get("type", "unicast") == "unicast"]
+    routes = [
+        r for r in routes if isinstance(r, dict) and r.get("dst") == "default" and r.get("type", "unicast") == "unicast"
+    ]
     if not routes:
         return {}
     best = min(int(r.get("metric", 0)) for r in routes)
@@ -341,8 +426,7 @@ def default_route_ifaces() -> dict[str, str]:
     """Interfaces carrying a default route in use, IPv4 or IPv6, each with what it carries."""
     out: dict[str, str] = {}
     for fam in ("-4", "-6"):
-        for dev, what in route_ifaces_in_use(_cmd(["ip", "-j", fam, "route", "show", "default"]) or "",
-                                             fam).items():
+        for dev, what in route_ifaces_in_use(_cmd(["ip", "-j", fam, "route", "show", "default"]) or "", fam).items():
             out[dev] = f"{out[dev]} and {what}" if dev in out else what
     return out
 
@@ -439,8 +523,9 @@ def gather(iface: str | None = None, try_attach: bool = False, compile_bcc: bool
         check_kernel(release, _kernel_symbols()),
         check_btf(Path("/sys/kernel/btf/vmlinux").exists()),
         check_bpffs(mounts),
-        check_headers(release, Path(f"/lib/modules/{release}/build").exists(), env_src,
-                      bool(env_src) and Path(env_src).exists()),
+        check_headers(
+            release, Path(f"/lib/modules/{release}/build").exists(), env_src, bool(env_src) and Path(env_src).exists()
+        ),
         check_import("bcc", bcc_err, "python3-bpfcc"),
     ]
     if bcc_err is not None:
@@ -450,14 +535,16 @@ def gather(iface: str | None = None, try_attach: bool = False, compile_bcc: bool
     elif compile_bcc:
         bcc_compile_err = _bcc_compile()
         checks.append(check_bcc_compile(bcc_compile_err))
-        checks.append(check_program(None, skipped="bcc cannot compile") if bcc_compile_err
-                      else check_program(_program_load()))
+        checks.append(
+            check_program(None, skipped="bcc cannot compile") if bcc_compile_err else check_program(_program_load())
+        )
     checks.append(check_import("nftables", _import_error("nftables"), "python3-nftables"))
     notes = []
     if iface:
         if not Path(f"/sys/class/net/{iface}").exists():
-            checks.append(Check("iface", FAIL, f"no interface '{iface}' in this network namespace",
-                                "check the name (ip link)"))
+            checks.append(
+                Check("iface", FAIL, f"no interface '{iface}' in this network namespace", "check the name (ip link)")
+            )
             return DoctorReport(checks, iface)
         ethtool_i = _cmd(["ethtool", "-i", iface])
         driver = parse_ethtool_kv(ethtool_i).get("driver") if ethtool_i else None

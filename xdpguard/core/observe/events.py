@@ -95,8 +95,14 @@ class Detector:
     """Turns per-interval measures into attack events. `clock` is monotonic seconds (a fake in
     tests); `wall` stamps the events; `sink(phase, event)` receives 'start' and 'end'."""
 
-    def __init__(self, iface: str, config: EventConfig, sink: Callable[[str, AttackEvent], None] = lambda p, e: None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        iface: str,
+        config: EventConfig,
+        sink: Callable[[str, AttackEvent], None] = lambda p, e: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
         self.iface = iface
         self.config = config
         self.sink = sink
@@ -182,8 +188,10 @@ def measures_from_snapshot(snap, known_shares: dict[str, float] | None = None) -
         reasons[r.reason] = (p + r.pps, b + r.bps)
     ports = {t.key: t.pps for t in snap.ports}
     if len(snap.protected) <= 1:
-        return {a: Measure(tot_p, tot_b, drop_p, drop_b, reasons, {t.key: t.pps for t in snap.sources}, ports)
-                for a in snap.protected}
+        return {
+            a: Measure(tot_p, tot_b, drop_p, drop_b, reasons, {t.key: t.pps for t in snap.sources}, ports)
+            for a in snap.protected
+        }
     shares = getattr(snap, "dst_shares", None) or known_shares or {}
     out = {}
     for a in snap.protected:
@@ -192,9 +200,15 @@ def measures_from_snapshot(snap, known_shares: dict[str, float] | None = None) -
             out[a] = Measure()
             continue
         fam = _family(a)
-        out[a] = Measure(tot_p * k, tot_b * k, drop_p * k, drop_b * k,
-                         {r: (p * k, b * k) for r, (p, b) in reasons.items()},
-                         {t.key: t.pps for t in snap.sources if _family(t.key) == fam}, ports)
+        out[a] = Measure(
+            tot_p * k,
+            tot_b * k,
+            drop_p * k,
+            drop_b * k,
+            {r: (p * k, b * k) for r, (p, b) in reasons.items()},
+            {t.key: t.pps for t in snap.sources if _family(t.key) == fam},
+            ports,
+        )
     return out
 
 
@@ -277,8 +291,14 @@ class HookRunner:
             return
         env = {**os.environ, "XDPGUARD_EVENT_PHASE": phase, "XDPGUARD_EVENT_ID": ev.id}
         try:
-            p = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+            p = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: a NUL byte in argv
             self.error = f"hook {self.argv[0]!r} not run: {getattr(exc, 'strerror', None) or exc}"
             return
@@ -311,10 +331,16 @@ class HookRunner:
 
 
 def _row(d: dict):
-    return AttackRow(d.get("id", "?"), d.get("protected", "?"), float(d.get("start", 0)),
-                     None if d.get("end") is None else float(d["end"]), float(d.get("peak_pps", 0)),
-                     float(d.get("peak_bps", 0)), [r[0] for r in d.get("top_reasons", [])],
-                     [s[0] for s in d.get("top_sources", [])])
+    return AttackRow(
+        d.get("id", "?"),
+        d.get("protected", "?"),
+        float(d.get("start", 0)),
+        None if d.get("end") is None else float(d["end"]),
+        float(d.get("peak_pps", 0)),
+        float(d.get("peak_bps", 0)),
+        [r[0] for r in d.get("top_reasons", [])],
+        [s[0] for s in d.get("top_sources", [])],
+    )
 
 
 class AttackTracker:
@@ -333,7 +359,7 @@ class AttackTracker:
         logged = read_log(iface=snap.iface)
         open_logged = [d for d in logged if d.get("state") == "open"]
         mine = self.detector.active()
-        rows = [_row(d) for d in logged[-self.recent:]]
+        rows = [_row(d) for d in logged[-self.recent :]]
         if not open_logged:
             rows += [_row(e.to_dict()) for e in mine]
         starts = [float(d["start"]) for d in open_logged] + [e.start for e in mine]
@@ -344,11 +370,17 @@ class AttackTracker:
 class DetectionLoop:
     """Attack detection for every protected interface of this network namespace (run's thread)."""
 
-    def __init__(self, interval_s: float = 1.0, overrides: Thresholds | None = None, hold_s: float | None = None,
-                 hook: str | None = None, report: Callable[[str, AttackEvent], None] = lambda p, e: None,
-                 source_for: Callable[[str], object] | None = None,
-                 on_snapshot: Callable[[str, object, list[str]], None] | None = None,
-                 on_round: Callable[[str, object, object, list], None] | None = None):
+    def __init__(
+        self,
+        interval_s: float = 1.0,
+        overrides: Thresholds | None = None,
+        hold_s: float | None = None,
+        hook: str | None = None,
+        report: Callable[[str, AttackEvent], None] = lambda p, e: None,
+        source_for: Callable[[str], object] | None = None,
+        on_snapshot: Callable[[str, object, list[str]], None] | None = None,
+        on_round: Callable[[str, object, object, list], None] | None = None,
+    ):
         self.source_for = source_for  # iface → its sample source (the daemon's fan-out); None: Collector's own
         self.on_snapshot = on_snapshot  # (iface, snapshot, attacked addresses) after each round: the history
         self.interval_s = interval_s
@@ -387,6 +419,7 @@ class DetectionLoop:
             append_log(ev)
             self.hooks[name](phase, ev)
             self.report(phase, ev)
+
         return sink
 
     def _ensure(self, name: str) -> None:

@@ -101,7 +101,7 @@ class _Buffered:
             room = self.maxlen - len(self.q)
             if room < len(recs):
                 self.dropped += len(recs) - max(room, 0)
-                recs = recs[:max(room, 0)]
+                recs = recs[: max(room, 0)]
             self.q.extend(recs)
             self.cond.notify_all()
 
@@ -129,8 +129,9 @@ class _Buffered:
     def exclusive(self, wait_s: float = 1.0):
         yield
 
-    def window(self, seconds: float, wait_s: float = 1.0,
-               stop: Callable[[], bool] | None = None) -> list[sampling.PacketSample]:
+    def window(
+        self, seconds: float, wait_s: float = 1.0, stop: Callable[[], bool] | None = None
+    ) -> list[sampling.PacketSample]:
         """The samples since the previous call (since now on the first), after waiting `seconds`
         (less when `stop()`, polled every 50 ms, says so)."""
         if not self._started:
@@ -214,7 +215,7 @@ class _Client:
         room = CLIENT_QUEUE - len(self.q)
         if room < len(recs):
             self.missed += len(recs) - max(room, 0)
-            recs = recs[:max(room, 0)]
+            recs = recs[: max(room, 0)]
         self.q.extend(recs)
 
     def pending(self) -> bool:
@@ -295,8 +296,10 @@ class Hub:
                 s.close()
                 os.close(fd)
                 self.lock_fd = None
-                self.report(f"cannot serve the samples on {p}: {exc.strerror or exc}; top, stats and capture "
-                            "read the ring themselves, taking turns with detection")
+                self.report(
+                    f"cannot serve the samples on {p}: {exc.strerror or exc}; top, stats and capture "
+                    "read the ring themselves, taking turns with detection"
+                )
                 return False
             finally:
                 os.umask(old)
@@ -504,8 +507,9 @@ class Hub:
             return False
         r = self._open(name)
         if r is None:
-            c.out = (json.dumps({"ok": False, "error": f"the daemon does not read the samples of {name}"})
-                     + "\n").encode()
+            c.out = (
+                json.dumps({"ok": False, "error": f"the daemon does not read the samples of {name}"}) + "\n"
+            ).encode()
             c.flush()
             return False
         c.iface = name
@@ -602,9 +606,9 @@ class Stream(_Buffered):
                     kind, n = FRAME.unpack_from(buf)
                     if len(buf) < FRAME.size + n:
                         break
-                    body, buf = buf[FRAME.size:FRAME.size + n], buf[FRAME.size + n:]
+                    body, buf = buf[FRAME.size : FRAME.size + n], buf[FRAME.size + n :]
                     if kind == T_SAMPLES:
-                        self.put([body[i:i + REC] for i in range(0, len(body) - REC + 1, REC)])
+                        self.put([body[i : i + REC] for i in range(0, len(body) - REC + 1, REC)])
                     elif kind == T_MISSED and n == 8:
                         self.server_missed = struct.unpack("<Q", body)[0]
         except OSError:
@@ -657,4 +661,3 @@ def open_source(guard: protection.Guard):
     if stream is not None:
         return stream
     return sampling.SampleReader(guard.samples_fd(), guard.iface)
-

@@ -115,8 +115,10 @@ def merge(recs: list[dict]) -> dict:
     w = [max(r["dt"], 0.0) / total for r in recs]
     out: dict = {"t": max(r["t"] for r in recs), "dt": round(total, 4)}
     for s in SERIES:
-        out[s] = [round(sum(wi * r[s][0] for wi, r in zip(w, recs)), 2),
-                  round(sum(wi * r[s][1] for wi, r in zip(w, recs)), 1)]
+        out[s] = [
+            round(sum(wi * r[s][0] for wi, r in zip(w, recs)), 2),
+            round(sum(wi * r[s][1] for wi, r in zip(w, recs)), 1),
+        ]
     pk = [peaks(r) for r in recs]
     out["pk"] = [max(p[0] for p in pk), max(p[1] for p in pk), max(p[2] for p in pk)]
     reasons: dict[str, list[float]] = {}
@@ -311,8 +313,14 @@ class _TierWriter:
 class Recorder:
     """Writes one interface's history (the daemon's detection thread calls `add`)."""
 
-    def __init__(self, iface: str, root: Path | None = None, cap_bytes: int = DEFAULT_CAP_BYTES,
-                 policy_source: Callable[[str], str | None] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        iface: str,
+        root: Path | None = None,
+        cap_bytes: int = DEFAULT_CAP_BYTES,
+        policy_source: Callable[[str], str | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.iface = iface
         # the namespace's directory through netns_state_dir: marked with its owner, so a namespace
         # that reuses a dead one's inode never adopts its history
@@ -363,7 +371,7 @@ class Recorder:
             return
         self._policy_hash = h
         p = self.d / "policy.jsonl"
-        lines = [json.dumps(e, sort_keys=True) for e in read_policies(self.d)[-(POLICY_KEEP - 1):]]
+        lines = [json.dumps(e, sort_keys=True) for e in read_policies(self.d)[-(POLICY_KEEP - 1) :]]
         lines.append(json.dumps({"t": t, "hash": h, "policy": text}, sort_keys=True))
         state.write_durably(p, ("\n".join(lines) + "\n").encode())
 
@@ -378,8 +386,12 @@ class Recorder:
 class Keeper:
     """The daemon's recorders, one per interface (DetectionLoop's on_snapshot)."""
 
-    def __init__(self, cap_bytes: int = DEFAULT_CAP_BYTES, policy_source: Callable[[str], str | None] | None = None,
-                 report: Callable[[str], None] = lambda m: None):
+    def __init__(
+        self,
+        cap_bytes: int = DEFAULT_CAP_BYTES,
+        policy_source: Callable[[str], str | None] | None = None,
+        report: Callable[[str], None] = lambda m: None,
+    ):
         self.cap_bytes = cap_bytes
         self.policy_source = policy_source if policy_source is not None else policy_text
         self.report = report
@@ -440,8 +452,9 @@ def recorded_ifaces(root: Path | None = None) -> list[str]:
         raise UserError(f"cannot read the history in {r}: {exc.strerror}") from None
 
 
-def read_tier(iface: str, tier: str, start: float = -math.inf, end: float = math.inf,
-              root: Path | None = None) -> list[dict]:
+def read_tier(
+    iface: str, tier: str, start: float = -math.inf, end: float = math.inf, root: Path | None = None
+) -> list[dict]:
     """Records of one tier with start <= t <= end, oldest first."""
     segs = _segments(iface_dir(iface, root) / tier)
     out: list[dict] = []

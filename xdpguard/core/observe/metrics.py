@@ -41,50 +41,111 @@ class MetricSpec:
 
 
 METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("xdpguard_packets_total", "counter",
-               "Packets seen by the XDP program, by verdict action and reason.", ("iface", "action", "reason")),
-    MetricSpec("xdpguard_bytes_total", "counter",
-               "Bytes seen by the XDP program, by verdict action and reason.", ("iface", "action", "reason")),
-    MetricSpec("xdpguard_list_entries", "gauge",
-               "Entries in the allow/block lists (and dynamic bans).", ("iface", "list")),
-    MetricSpec("xdpguard_attack_active", "gauge",
-               "1 while an attack event is open for the protected address, else 0.", ("iface", "protected")),
-    MetricSpec("xdpguard_sample_ratio", "gauge",
-               "Share of verdicts the data path samples per CPU and (action, reason): 1/N for 1 in N, 0 = off.",
-               ("iface",)),
-    MetricSpec("xdpguard_samples_total", "counter",
-               "Packet samples written to the sample ring.", ("iface",)),
-    MetricSpec("xdpguard_samples_lost_total", "counter",
-               "Packet samples lost because the sample ring was full.", ("iface",)),
-    MetricSpec("xdpguard_samples_missed_total", "counter",
-               "Packet samples the daemon's fan-out dropped for a reader (top, stats, capture, detection) that "
-               "read too slowly.", ("iface",)),
-    MetricSpec("xdpguard_backend_up", "gauge",
-               "Backend health: 1 up, 0 down (backends not yet checked are omitted).", ("iface", "rule", "backend")),
-    MetricSpec("xdpguard_forward_packets_total", "counter",
-               "Packets DNATed to the backends of a forwarding rule (nftables counter).", ("iface", "rule")),
-    MetricSpec("xdpguard_forward_bytes_total", "counter",
-               "Bytes DNATed to the backends of a forwarding rule (nftables counter).", ("iface", "rule")),
-    MetricSpec("xdpguard_http_requests_total", "counter",
-               "HTTP requests HAProxy received for a service (since it started).", ("service",)),
-    MetricSpec("xdpguard_http_challenged_requests_total", "counter",
-               "HTTP requests answered with the challenge (302) by HAProxy.", ("service",)),
-    MetricSpec("xdpguard_http_limited_requests_total", "counter",
-               "HTTP requests HAProxy denied (429, tarpit) by a limit or a rule.", ("service",)),
-    MetricSpec("xdpguard_cc_banned_entries", "gauge",
-               "Sources banned in XDP as HTTP offenders (reason cc), now.", ("iface",)),
-    MetricSpec("xdpguard_country_packets_total", "counter",
-               "Packets by the country of their source (geo database), estimated from the daemon's samples: "
-               "each sample counts for its 1-in-N. At most 10 countries per iface and action (the largest when "
-               "labels were free; a label is kept), the rest as country=\"other\".", ("iface", "action", "country")),
-    MetricSpec("xdpguard_verified_source_entries", "gauge",
-               "Verified sources (a completed handshake: tcp; a peacetime answer: udp), by kind.", ("iface", "kind")),
-    MetricSpec("xdpguard_budget_packets_total", "counter",
-               "UDP packets at the admission budgets of the services: unverified admitted or dropped, and "
-               "verified (never charged). Per service entries may be swept when idle.", ("iface", "result")),
-    MetricSpec("xdpguard_verified_harm_packets_total", "counter",
-               "First, do no harm: packets of verified sources a filter or step dropped (dropped) or let pass "
-               "because they were verified (exempted).", ("iface", "where", "outcome")),
+    MetricSpec(
+        "xdpguard_packets_total",
+        "counter",
+        "Packets seen by the XDP program, by verdict action and reason.",
+        ("iface", "action", "reason"),
+    ),
+    MetricSpec(
+        "xdpguard_bytes_total",
+        "counter",
+        "Bytes seen by the XDP program, by verdict action and reason.",
+        ("iface", "action", "reason"),
+    ),
+    MetricSpec(
+        "xdpguard_list_entries", "gauge", "Entries in the allow/block lists (and dynamic bans).", ("iface", "list")
+    ),
+    MetricSpec(
+        "xdpguard_attack_active",
+        "gauge",
+        "1 while an attack event is open for the protected address, else 0.",
+        ("iface", "protected"),
+    ),
+    MetricSpec(
+        "xdpguard_sample_ratio",
+        "gauge",
+        "Share of verdicts the data path samples per CPU and (action, reason): 1/N for 1 in N, 0 = off.",
+        ("iface",),
+    ),
+    MetricSpec("xdpguard_samples_total", "counter", "Packet samples written to the sample ring.", ("iface",)),
+    MetricSpec(
+        "xdpguard_samples_lost_total", "counter", "Packet samples lost because the sample ring was full.", ("iface",)
+    ),
+    MetricSpec(
+        "xdpguard_samples_missed_total",
+        "counter",
+        "Packet samples the daemon's fan-out dropped for a reader (top, stats, capture, detection) that "
+        "read too slowly.",
+        ("iface",),
+    ),
+    MetricSpec(
+        "xdpguard_backend_up",
+        "gauge",
+        "Backend health: 1 up, 0 down (backends not yet checked are omitted).",
+        ("iface", "rule", "backend"),
+    ),
+    MetricSpec(
+        "xdpguard_forward_packets_total",
+        "counter",
+        "Packets DNATed to the backends of a forwarding rule (nftables counter).",
+        ("iface", "rule"),
+    ),
+    MetricSpec(
+        "xdpguard_forward_bytes_total",
+        "counter",
+        "Bytes DNATed to the backends of a forwarding rule (nftables counter).",
+        ("iface", "rule"),
+    ),
+    MetricSpec(
+        "xdpguard_http_requests_total",
+        "counter",
+        "HTTP requests HAProxy received for a service (since it started).",
+        ("service",),
+    ),
+    MetricSpec(
+        "xdpguard_http_challenged_requests_total",
+        "counter",
+        "HTTP requests answered with the challenge (302) by HAProxy.",
+        ("service",),
+    ),
+    MetricSpec(
+        "xdpguard_http_limited_requests_total",
+        "counter",
+        "HTTP requests HAProxy denied (429, tarpit) by a limit or a rule.",
+        ("service",),
+    ),
+    MetricSpec(
+        "xdpguard_cc_banned_entries", "gauge", "Sources banned in XDP as HTTP offenders (reason cc), now.", ("iface",)
+    ),
+    MetricSpec(
+        "xdpguard_country_packets_total",
+        "counter",
+        "Packets by the country of their source (geo database), estimated from the daemon's samples: "
+        "each sample counts for its 1-in-N. At most 10 countries per iface and action (the largest when "
+        'labels were free; a label is kept), the rest as country="other".',
+        ("iface", "action", "country"),
+    ),
+    MetricSpec(
+        "xdpguard_verified_source_entries",
+        "gauge",
+        "Verified sources (a completed handshake: tcp; a peacetime answer: udp), by kind.",
+        ("iface", "kind"),
+    ),
+    MetricSpec(
+        "xdpguard_budget_packets_total",
+        "counter",
+        "UDP packets at the admission budgets of the services: unverified admitted or dropped, and "
+        "verified (never charged). Per service entries may be swept when idle.",
+        ("iface", "result"),
+    ),
+    MetricSpec(
+        "xdpguard_verified_harm_packets_total",
+        "counter",
+        "First, do no harm: packets of verified sources a filter or step dropped (dropped) or let pass "
+        "because they were verified (exempted).",
+        ("iface", "where", "outcome"),
+    ),
     MetricSpec("xdpguard_build_info", "gauge", "Always 1; the version of the serving xdpguard.", ("version",)),
 )
 
@@ -101,10 +162,14 @@ def _import_prom():
 class XdpguardCollector:
     """Yields every family of METRICS, read from the kernel at each scrape."""
 
-    def __init__(self, attacks: Callable[[], dict[tuple[str, str], bool]] = ATTACK_NONE,
-                 ifaces: Callable[[], list[str]] = state.protected_ifaces, sizes_max_age_s: float = SIZES_MAX_AGE_S,
-                 samples_missed: Callable[[], dict[str, int]] = dict,
-                 countries: Callable[[], dict[tuple[str, str, str], int]] = dict):
+    def __init__(
+        self,
+        attacks: Callable[[], dict[tuple[str, str], bool]] = ATTACK_NONE,
+        ifaces: Callable[[], list[str]] = state.protected_ifaces,
+        sizes_max_age_s: float = SIZES_MAX_AGE_S,
+        samples_missed: Callable[[], dict[str, int]] = dict,
+        countries: Callable[[], dict[tuple[str, str, str], int]] = dict,
+    ):
         self.samples_missed = samples_missed  # iface → cumulative (the daemon's fan-out; {} without one)
         self.countries = countries  # (iface, action, country) → estimated packets (geo.CountryTally)
         self.attacks = attacks
@@ -137,8 +202,9 @@ class XdpguardCollector:
 
     def collect(self) -> Iterable:
         Counter, Gauge = _import_prom()
-        fam = {m.name: (Counter if m.kind == "counter" else Gauge)(m.name, m.help, labels=list(m.labels))
-               for m in METRICS}
+        fam = {
+            m.name: (Counter if m.kind == "counter" else Gauge)(m.name, m.help, labels=list(m.labels)) for m in METRICS
+        }
         active = self.attacks()
         missed = self.samples_missed()
         names = self.ifaces()
@@ -186,7 +252,9 @@ class XdpguardCollector:
             fam["xdpguard_forward_bytes_total"].add_metric([r.iface, r.key], r.bytes)
             for b in r.backends:
                 if b.health in ("up", "down"):
-                    fam["xdpguard_backend_up"].add_metric([r.iface, r.key, b.endpoint], 1.0 if b.health == "up" else 0.0)
+                    fam["xdpguard_backend_up"].add_metric(
+                        [r.iface, r.key, b.endpoint], 1.0 if b.health == "up" else 0.0
+                    )
         for row in stats.http_rows(l7engine.stats(), {}, 1.0, 0):
             fam["xdpguard_http_requests_total"].add_metric([row.service], row.requests)
             fam["xdpguard_http_challenged_requests_total"].add_metric([row.service], row.challenged)

@@ -75,8 +75,11 @@ class ReportResult:
 def pick_event(event_id: str | None, iface: str | None = None) -> dict:
     evs = events.read_log(iface=iface)
     if not evs:
-        raise UserError(f"no attack events in {events.log_path()}"
-                        + (f" for {iface}" if iface else "") + "; `xdpguard run` opens them")
+        raise UserError(
+            f"no attack events in {events.log_path()}"
+            + (f" for {iface}" if iface else "")
+            + "; `xdpguard run` opens them"
+        )
     if event_id is None:
         return evs[-1]
     hits = [e for e in evs if str(e.get("id", "")).startswith(event_id)]
@@ -103,12 +106,16 @@ def records_for(ev: dict, root=None, now: float | None = None) -> tuple[str, lis
     start, end = event_span(ev, now)
     m = margins(start, end)
     if iface not in history.recorded_ifaces(root):
-        raise UserError(f"no daemon history for {iface} in {history.iface_dir(iface, root)}: "
-                        "`xdpguard run` (with detection) records it")
+        raise UserError(
+            f"no daemon history for {iface} in {history.iface_dir(iface, root)}: "
+            "`xdpguard run` (with detection) records it"
+        )
     tier, recs = history.window(iface, start - m, end + m, root)
     if not recs:
-        raise UserError(f"the daemon history of {iface} holds nothing from {_ts(start)} to {_ts(end)} "
-                        "(it keeps 1 h at 1 s, 1 day at 10 s, 1 week at 60 s)")
+        raise UserError(
+            f"the daemon history of {iface} holds nothing from {_ts(start)} to {_ts(end)} "
+            "(it keeps 1 h at 1 s, 1 day at 10 s, 1 week at 60 s)"
+        )
     return tier, recs, start, end
 
 
@@ -153,16 +160,26 @@ def summarise(tier: str, recs: list[dict], start: float, end: float, policies: l
     pols = policies or []
     in_force = [p for p in pols if p["t"] <= start][-1:] + [p for p in pols if start < p["t"] <= end]
     return Summary(
-        tier=tier, records=len(during),
-        peak_pps=max((p[0] for p in pk), default=0.0), peak_drop_pps=max((p[1] for p in pk), default=0.0),
+        tier=tier,
+        records=len(during),
+        peak_pps=max((p[0] for p in pk), default=0.0),
+        peak_drop_pps=max((p[1] for p in pk), default=0.0),
         peak_bps=max((p[2] for p in pk), default=0.0),
-        received_packets=round(total("rx")), dropped_packets=round(total("drop")),
-        forwarded_packets=round(total("fwd")), forwarded_bytes=round(total("fwd", 1) / 8),
+        received_packets=round(total("rx")),
+        dropped_packets=round(total("drop")),
+        forwarded_packets=round(total("fwd")),
+        forwarded_bytes=round(total("fwd", 1) / 8),
         forwarded_pps_during=round(total("fwd") / dur, 2),
         forwarded_pps_before=None if fwd_before is None else round(fwd_before, 2),
-        reasons=top(reasons, 20), sources=top(sources, 10), ports=top(ports, 10),
-        samples=sum(r.get("ns", 0) for r in during), samples_missed=sum(r.get("nm", 0) for r in during),
-        policies=in_force, countries_dropped=top(cdrop, 10), countries_passed=top(cpass, 10))
+        reasons=top(reasons, 20),
+        sources=top(sources, 10),
+        ports=top(ports, 10),
+        samples=sum(r.get("ns", 0) for r in during),
+        samples_missed=sum(r.get("nm", 0) for r in during),
+        policies=in_force,
+        countries_dropped=top(cdrop, 10),
+        countries_passed=top(cpass, 10),
+    )
 
 
 # ---- the pictures ----
@@ -217,10 +234,21 @@ def traffic_png(ev: dict, recs: list[dict], start: float, end: float) -> bytes:
         if stack:
             ax.stackplot(xs, *stack, labels=labels, alpha=0.7, step="pre")
         ax.step(xs, [r["rx"][i] for r in recs], where="pre", color="black", linewidth=1.2, label="received")
-        ax.step(xs, [r["fwd"][i] for r in recs], where="pre", color="tab:green", linewidth=1.6,
-                label="forwarded (legitimate)")
-        ax.axvspan(datetime.fromtimestamp(start, tz=timezone.utc), datetime.fromtimestamp(end, tz=timezone.utc),
-                   color="tab:red", alpha=0.08, label="attack event")
+        ax.step(
+            xs,
+            [r["fwd"][i] for r in recs],
+            where="pre",
+            color="tab:green",
+            linewidth=1.6,
+            label="forwarded (legitimate)",
+        )
+        ax.axvspan(
+            datetime.fromtimestamp(start, tz=timezone.utc),
+            datetime.fromtimestamp(end, tz=timezone.utc),
+            color="tab:red",
+            alpha=0.08,
+            label="attack event",
+        )
         ax.set_ylabel(unit)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
         ax.grid(True, alpha=0.3)
@@ -228,10 +256,21 @@ def traffic_png(ev: dict, recs: list[dict], start: float, end: float) -> bytes:
     # the legitimate traffic on its own scale (next to a flood it would be a line at zero)
     ax, bx = axes[2], axes[2].twinx()
     ax.step(xs, [r["fwd"][0] for r in recs], where="pre", color="tab:green", linewidth=1.6, label="forwarded pps")
-    bx.step(xs, [r["fwd"][1] for r in recs], where="pre", color="tab:blue", linewidth=1.0, linestyle="--",
-            label="forwarded bps")
-    ax.axvspan(datetime.fromtimestamp(start, tz=timezone.utc), datetime.fromtimestamp(end, tz=timezone.utc),
-               color="tab:red", alpha=0.08)
+    bx.step(
+        xs,
+        [r["fwd"][1] for r in recs],
+        where="pre",
+        color="tab:blue",
+        linewidth=1.0,
+        linestyle="--",
+        label="forwarded bps",
+    )
+    ax.axvspan(
+        datetime.fromtimestamp(start, tz=timezone.utc),
+        datetime.fromtimestamp(end, tz=timezone.utc),
+        color="tab:red",
+        alpha=0.08,
+    )
     ax.set_ylabel("forwarded packets/s")
     bx.set_ylabel("forwarded bits/s")
     for a in (ax, bx):
@@ -296,9 +335,13 @@ def render_html(ev: dict, s: Summary, pngs: list[tuple[bytes, str]], start: floa
     dur = end - start
     ended = ev.get("end")
     facts = [
-        ["event", ev.get("id", "?")], ["interface", ev.get("iface", "?")], ["protected", ev.get("protected", "?")],
-        ["start", _ts(start)], ["end", _ts(ended) if ended is not None else f"open (report at {_ts(end)})"],
-        ["duration", f"{dur:.1f} s"], ["triggers", ", ".join(ev.get("triggers", [])) or "-"],
+        ["event", ev.get("id", "?")],
+        ["interface", ev.get("iface", "?")],
+        ["protected", ev.get("protected", "?")],
+        ["start", _ts(start)],
+        ["end", _ts(ended) if ended is not None else f"open (report at {_ts(end)})"],
+        ["duration", f"{dur:.1f} s"],
+        ["triggers", ", ".join(ev.get("triggers", [])) or "-"],
         ["state", ev.get("state", "?")],
     ]
     peaks = [
@@ -307,33 +350,42 @@ def render_html(ev: dict, s: Summary, pngs: list[tuple[bytes, str]], start: floa
         ["received bps", _si(s.peak_bps), _si(ev.get("peak_bps", 0))],
     ]
     before = "-" if s.forwarded_pps_before is None else f"{s.forwarded_pps_before:,.1f}"
-    legit = [["forwarded packets during the event", f"{s.forwarded_packets:,.0f}"],
-             ["forwarded bytes during the event", f"{s.forwarded_bytes:,.0f}"],
-             ["forwarded pps during (mean)", f"{s.forwarded_pps_during:,.1f}"],
-             ["forwarded pps before (mean)", before],
-             ["received packets during", f"{s.received_packets:,.0f}"],
-             ["dropped packets during", f"{s.dropped_packets:,.0f}"]]
+    legit = [
+        ["forwarded packets during the event", f"{s.forwarded_packets:,.0f}"],
+        ["forwarded bytes during the event", f"{s.forwarded_bytes:,.0f}"],
+        ["forwarded pps during (mean)", f"{s.forwarded_pps_during:,.1f}"],
+        ["forwarded pps before (mean)", before],
+        ["received packets during", f"{s.received_packets:,.0f}"],
+        ["dropped packets during", f"{s.dropped_packets:,.0f}"],
+    ]
     drop_total = sum(n for _, n in s.reasons) or 1
     reasons = [[k, f"{n:,}", f"{100 * n / drop_total:.1f}%"] for k, n in s.reasons]
     srcs = [[k, f"{n:,}"] for k, n in s.sources] or [["-", "-"]]
     ports = [[k, f"{n:,}"] for k, n in s.ports] or [["-", "-"]]
     ev_srcs = [[k, f"{p:,.0f}"] for k, p in ev.get("top_sources", [])] or [["-", "-"]]
     parts = [
-        "<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">",
-        f"<title>xdpguard attack report {e(str(ev.get('id', '?')))}</title>", f"<style>{CSS}</style></head><body>",
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>xdpguard attack report {e(str(ev.get('id', '?')))}</title>",
+        f"<style>{CSS}</style></head><body>",
         f"<h1>Attack on {e(str(ev.get('protected', '?')))} ({e(str(ev.get('iface', '?')))})</h1>",
         _table(["", ""], facts),
-        "<h2>Peaks</h2>", _table(["", "history (per record)", "event (detector)"], peaks),
+        "<h2>Peaks</h2>",
+        _table(["", "history (per record)", "event (detector)"], peaks),
         "<h2>Traffic over time</h2>",
         *[_img(p, alt) for p, alt in pngs],
         f"<p>History tier {e(s.tier)}, {s.records} record(s) during the event; "
         f"{s.samples:,} packet samples, {s.samples_missed:,} missed.</p>",
-        "<h2>Legitimate traffic forwarded</h2>", _table(["", ""], legit),
+        "<h2>Legitimate traffic forwarded</h2>",
+        _table(["", ""], legit),
         "<h2>Steps that dropped (estimated packets)</h2>",
         _table(["step (drop reason)", "packets", "share"], reasons or [["-", "-", "-"]]),
-        "<h2>Top sources (sampled estimates)</h2>", _table(["source", "packets"], srcs),
-        "<h3>Detector's top sources (peak pps)</h3>", _table(["source", "peak pps"], ev_srcs),
-        "<h2>Top ports</h2>", _table(["proto/port", "packets"], ports),
+        "<h2>Top sources (sampled estimates)</h2>",
+        _table(["source", "packets"], srcs),
+        "<h3>Detector's top sources (peak pps)</h3>",
+        _table(["source", "peak pps"], ev_srcs),
+        "<h2>Top ports</h2>",
+        _table(["proto/port", "packets"], ports),
         *_countries_html(s),
         "<h2>Mitigations configured</h2>",
     ]
@@ -353,8 +405,10 @@ def _countries_html(s: Summary) -> list[str]:
     n = max(len(s.countries_dropped), len(s.countries_passed))
     cell = lambda rows, i: [rows[i][0], f"{rows[i][1]:,}"] if i < len(rows) else ["", ""]  # noqa: E731
     rows = [cell(s.countries_dropped, i) + cell(s.countries_passed, i) for i in range(n)]
-    return ["<h2>Top countries (sampled estimates, geo database)</h2>",
-            _table(["dropped: country", "packets", "passed: country", "packets"], rows)]
+    return [
+        "<h2>Top countries (sampled estimates, geo database)</h2>",
+        _table(["dropped: country", "packets", "passed: country", "packets"], rows),
+    ]
 
 
 # ---- the verb ----
@@ -366,8 +420,14 @@ def _write(path: str, data: bytes, overwrite: bool) -> None:
         f.write(data)
 
 
-def build(event_id: str | None = None, html_path: str | None = None, png_path: str | None = None,
-          iface: str | None = None, overwrite: bool = False, root=None) -> ReportResult:
+def build(
+    event_id: str | None = None,
+    html_path: str | None = None,
+    png_path: str | None = None,
+    iface: str | None = None,
+    overwrite: bool = False,
+    root=None,
+) -> ReportResult:
     """Render the report of one event (the latest by default) into html_path and/or png_path
     (never through a symlink; an existing file only with overwrite)."""
     if html_path is None and png_path is None:
@@ -376,8 +436,9 @@ def build(event_id: str | None = None, html_path: str | None = None, png_path: s
         raise UserError("-o and --png name the same file")
     t0 = time.monotonic()
     if not history.recorded_ifaces(root):
-        raise UserError(f"no daemon history in {root or history.history_root()}: `xdpguard run` (with detection) "
-                        "records it")
+        raise UserError(
+            f"no daemon history in {root or history.history_root()}: `xdpguard run` (with detection) records it"
+        )
     ev = pick_event(event_id, iface)
     tier, recs, start, end = records_for(ev, root)
     s = summarise(tier, recs, start, end, history.read_policies(history.iface_dir(ev.get("iface", "?"), root)))
@@ -404,6 +465,4 @@ def build(event_id: str | None = None, html_path: str | None = None, png_path: s
                 except OSError:
                     pass
         raise
-    return ReportResult(ev, s, html_path, png_path, len(page), len(main_png) if png_path else 0,
-                        round(render_s, 3))
-
+    return ReportResult(ev, s, html_path, png_path, len(page), len(main_png) if png_path else 0, round(render_s, 3))

@@ -83,8 +83,20 @@ class PacketSample:
         except ValueError:
             reason = f"reason{s.reason}"
         cap = min(s.cap_len, len(s.data))
-        return cls(s.ts_ns, s.sample_every, kind, reason, fam, vocab.proto_name(s.proto),
-                   src, dst, s.sport, s.dport, s.pkt_len, bytes(s.data[:cap]))
+        return cls(
+            s.ts_ns,
+            s.sample_every,
+            kind,
+            reason,
+            fam,
+            vocab.proto_name(s.proto),
+            src,
+            dst,
+            s.sport,
+            s.dport,
+            s.pkt_len,
+            bytes(s.data[:cap]),
+        )
 
     @property
     def dropped(self) -> bool:

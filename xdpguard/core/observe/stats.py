@@ -183,8 +183,12 @@ def drop_reasons(rows: list[CounterRow]) -> list[ReasonRow]:
     return out
 
 
-def top_talkers(samples: list[sampling.PacketSample], rate: Rate, key: Callable[[sampling.PacketSample], str | None],
-                limit: int = 10) -> list[Talker]:
+def top_talkers(
+    samples: list[sampling.PacketSample],
+    rate: Rate,
+    key: Callable[[sampling.PacketSample], str | None],
+    limit: int = 10,
+) -> list[Talker]:
     """Rank samples by key; scale each key's share of samples (and of sampled bytes) by the
     exact rate of the traffic they were sampled from."""
     keyed = [(key(s), s) for s in samples]
@@ -205,8 +209,11 @@ def top_talkers(samples: list[sampling.PacketSample], rate: Rate, key: Callable[
         reasons.setdefault(k, Tally())[s.reason] += 1
     out = []
     for k, c in sorted(count.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]:
-        out.append(Talker(k, rate.pps * c / n, rate.bps * by[k] / nbytes, c / n, dropped[k] / c,
-                          reasons[k].most_common(1)[0][0]))
+        out.append(
+            Talker(
+                k, rate.pps * c / n, rate.bps * by[k] / nbytes, c / n, dropped[k] / c, reasons[k].most_common(1)[0][0]
+            )
+        )
     return out
 
 
@@ -242,8 +249,16 @@ def _rules(ifname: str) -> list[tuple[str, str, list[BackendRow], int, int]]:
         res = forward.show(ifname)
     except (UserError, OSError, RuntimeError):
         return []
-    return [(r.key, r.protected, [BackendRow(b.endpoint, b.health, b.weight, b.backup) for b in r.backends],
-             r.packets, r.bytes) for r in res.rules]
+    return [
+        (
+            r.key,
+            r.protected,
+            [BackendRow(b.endpoint, b.health, b.weight, b.backup) for b in r.backends],
+            r.packets,
+            r.bytes,
+        )
+        for r in res.rules
+    ]
 
 
 def _bans(guard: protection.Guard) -> int | None:
@@ -254,9 +269,14 @@ def _bans(guard: protection.Guard) -> int | None:
 class Collector:
     """Reads one interface repeatedly; keeps the previous read and the rate history."""
 
-    def __init__(self, ifname: str | None, sample_every: int | None = None, history_len: int = HISTORY_LEN,
-                 attack_source: Callable[[Snapshot], tuple[bool, float | None, list[str], list[AttackRow]]] | None = None,
-                 source=None):
+    def __init__(
+        self,
+        ifname: str | None,
+        sample_every: int | None = None,
+        history_len: int = HISTORY_LEN,
+        attack_source: Callable[[Snapshot], tuple[bool, float | None, list[str], list[AttackRow]]] | None = None,
+        source=None,
+    ):
         self.guard = protection.open_guard(ifname)
         self.ifname = self.guard.iface.name
         self.history: dict[str, list[float]] = {s: [] for s in SERIES}
@@ -297,8 +317,9 @@ class Collector:
     def prime(self) -> None:
         self._prev = self._read()
 
-    def collect(self, interval_s: float, sample_window_s: float | None = None,
-                stop: Callable[[], bool] | None = None) -> Snapshot:
+    def collect(
+        self, interval_s: float, sample_window_s: float | None = None, stop: Callable[[], bool] | None = None
+    ) -> Snapshot:
         """Wait `interval_s` (draining samples for `sample_window_s` of it, default all of it),
         then read and return a Snapshot with rates over the time since the previous read.
         `stop()` is polled while waiting; when it returns True the wait ends early."""
@@ -336,12 +357,17 @@ class Collector:
             h.append(rates[s].pps)
             del h[: max(0, len(h) - self.history_len)]
         ours = [s for s in samples if s.reason != "bypass"]
-        protected_rate = Rate(rates["dropped"].pps + rates["forwarded"].pps, rates["dropped"].bps + rates["forwarded"].bps)
+        protected_rate = Rate(
+            rates["dropped"].pps + rates["forwarded"].pps, rates["dropped"].bps + rates["forwarded"].bps
+        )
         rules = []
         for key, prot, backends, pk, by in _rules(self.ifname):
             p0, b0 = r0.get(key, (pk, by))
-            rules.append(RuleRow(key, prot, backends, pk, by, max(0, pk - p0) / max(dt, 1e-6),
-                                 max(0, by - b0) * 8 / max(dt, 1e-6)))
+            rules.append(
+                RuleRow(
+                    key, prot, backends, pk, by, max(0, pk - p0) / max(dt, 1e-6), max(0, by - b0) * 8 / max(dt, 1e-6)
+                )
+            )
         cfg = self.guard.config()
         lists = {w: self.guard.list_size(w) for w in protection.LISTS}
         bans = _bans(self.guard)
@@ -349,15 +375,31 @@ class Collector:
             lists["bans"] = bans
         _, lost = self.guard.sample_counters()
         snap = Snapshot(
-            iface=self.ifname, mode=self.guard.att.mode, prog_id=self.guard.att.prog_id,
-            protected=self.guard.protected(), monitor=bool(cfg.monitor_mask), time=time.time(),
-            interval_s=dt, rates=rates, history={s: list(v) for s, v in self.history.items()},
-            counters=rows, reasons=drop_reasons(rows),
+            iface=self.ifname,
+            mode=self.guard.att.mode,
+            prog_id=self.guard.att.prog_id,
+            protected=self.guard.protected(),
+            monitor=bool(cfg.monitor_mask),
+            time=time.time(),
+            interval_s=dt,
+            rates=rates,
+            history={s: list(v) for s, v in self.history.items()},
+            counters=rows,
+            reasons=drop_reasons(rows),
             sources=top_talkers(ours, protected_rate, source_key),
             ports=top_talkers(ours, protected_rate, port_key),
-            sample_every=self.guard.sample_every(), samples=len(ours), samples_lost=lost,
-            rules=rules, lists=lists, under_attack=False, attack_since=None, attacked=[], events=[],
-            dst_shares=_dst_shares(ours), samples_missed=self.reader.missed, sample_source=self.reader.via,
+            sample_every=self.guard.sample_every(),
+            samples=len(ours),
+            samples_lost=lost,
+            rules=rules,
+            lists=lists,
+            under_attack=False,
+            attack_since=None,
+            attacked=[],
+            events=[],
+            dst_shares=_dst_shares(ours),
+            samples_missed=self.reader.missed,
+            sample_source=self.reader.via,
             countries=self._countries(ours, rates),
         )
         http = self._http(dt)
@@ -367,7 +409,6 @@ class Collector:
             active, since, attacked, events = self.attack_source(snap)
             snap = _replace(snap, under_attack=active, attack_since=since, attacked=attacked, events=events)
         return snap
-
 
     def _countries(self, ours: list[sampling.PacketSample], rates: dict[str, Rate]) -> dict[str, list[Talker]]:
         """Top countries of the sampled sources, dropped and passed (geo.py; {} without a database)."""
@@ -379,8 +420,10 @@ class Collector:
         if not of.available:
             return {}
         key = lambda s: of(s.src) if s.family else None  # noqa: E731
-        return {"dropped": top_talkers([s for s in ours if s.dropped], rates["dropped"], key),
-                "passed": top_talkers([s for s in ours if not s.dropped], rates["forwarded"], key)}
+        return {
+            "dropped": top_talkers([s for s in ours if s.dropped], rates["dropped"], key),
+            "passed": top_talkers([s for s in ours if not s.dropped], rates["forwarded"], key),
+        }
 
 
 def http_rows(rows, prev: dict[str, int], dt: float, banned: int) -> list[HttpRow]:
@@ -391,8 +434,16 @@ def http_rows(rows, prev: dict[str, int], dt: float, banned: int) -> list[HttpRo
             continue
         svc = r.proxy[: -len("_fe")]
         before = prev.get(svc, r.requests_total)
-        out.append(HttpRow(svc, r.requests_total, max(0, r.requests_total - before) / max(dt, 1e-6), r.http_3xx,
-                           r.denied_requests, banned))
+        out.append(
+            HttpRow(
+                svc,
+                r.requests_total,
+                max(0, r.requests_total - before) / max(dt, 1e-6),
+                r.http_3xx,
+                r.denied_requests,
+                banned,
+            )
+        )
     return out
 
 

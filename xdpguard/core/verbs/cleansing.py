@@ -317,8 +317,18 @@ def syn_views(g) -> list[SynView]:
     out = []
     for a in g.protected_addrs():
         p = g.read_address_policy(a)
-        out.append(SynView(str(a), p.syn.threshold_pps, p.syn.auth_min_ms, p.syn.auth_max_ms, p.syn.auth_keep_s,
-                           p.limits.syn_src_pps, p.syn.mode, p.syn.always))
+        out.append(
+            SynView(
+                str(a),
+                p.syn.threshold_pps,
+                p.syn.auth_min_ms,
+                p.syn.auth_max_ms,
+                p.syn.auth_keep_s,
+                p.limits.syn_src_pps,
+                p.syn.mode,
+                p.syn.always,
+            )
+        )
     return out
 
 
@@ -326,8 +336,13 @@ def _cookie_counts(g) -> dict[str, int]:
     return g.cookie_counts()
 
 
-def syn_policy(threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
-               mode: str = "cookie", always: bool = False) -> policy.SynPolicy:
+def syn_policy(
+    threshold_pps: int,
+    auth_window: str | None = None,
+    keep_s: int | None = None,
+    mode: str = "cookie",
+    always: bool = False,
+) -> policy.SynPolicy:
     d = policy.SynPolicy()
     lo, hi = parse_window(auth_window) if auth_window else (d.auth_min_ms, d.auth_max_ms)
     return policy.SynPolicy(threshold_pps, lo, hi, d.auth_keep_s if keep_s is None else keep_s, mode, always)
@@ -353,8 +368,7 @@ class BanResult:
 
 def _bans(g) -> list[policy.BanView]:
     # an operator's ban carries reason `banned`; say so
-    return [replace(b, reason="operator") if b.reason == abi.Reason.BANNED.label else b
-            for b in g.read_bans(_now_ns())]
+    return [replace(b, reason="operator") if b.reason == abi.Reason.BANNED.label else b for b in g.read_bans(_now_ns())]
 
 
 _check_ttl = vocab.check_ban_ttl

@@ -34,8 +34,11 @@ def _rules(spec: InterfaceSpec) -> dict[str, dict]:
     out = {}
     for a in spec.addresses:
         g = a.geo
-        out[str(a.address)] = {} if g is None else {
-            "countries": sorted(g.countries), "only": g.only, "mode": g.mode, "text": g.describe()}
+        out[str(a.address)] = (
+            {}
+            if g is None
+            else {"countries": sorted(g.countries), "only": g.only, "mode": g.mode, "text": g.describe()}
+        )
     return out
 
 
@@ -46,8 +49,10 @@ def _notes(spec: InterfaceSpec) -> list[str]:
 def _change(ifname: str | None, action: str, one, protected: str | None, force: bool, db: geo.GeoDB) -> GeoResult:
     def f(spec: InterfaceSpec, g) -> InterfaceSpec:
         sel = spec.selected(protected)
-        new = replace(spec, addresses=tuple(replace(a, geo=geo.normal(one(a.geo))) if a.address in sel else a
-                                            for a in spec.addresses))
+        new = replace(
+            spec,
+            addresses=tuple(replace(a, geo=geo.normal(one(a.geo))) if a.address in sel else a for a in spec.addresses),
+        )
         if not force:
             mgmt = reconcile.management_addresses()
             if mgmt:
@@ -60,8 +65,9 @@ def _change(ifname: str | None, action: str, one, protected: str | None, force: 
     return reconcile.edit(ifname, f, result)
 
 
-def change(ifname: str | None, action: str, codes: list[str], protected: str | None = None,
-           force: bool = False) -> GeoResult:
+def change(
+    ifname: str | None, action: str, codes: list[str], protected: str | None = None, force: bool = False
+) -> GeoResult:
     """`geo block|allow|only CODE…`: block adds countries to a block rule (removes them from an
     only rule); allow does the reverse; only makes the rule "only these pass"."""
     fn = ACTIONS[action]

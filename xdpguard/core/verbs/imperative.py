@@ -54,7 +54,8 @@ def _lists(spec: InterfaceSpec, which: str, prefixes, permanent: bool) -> Interf
 
 def _list_result(action: str, which: str, io: reconcile.ListIO, normalised: list[str]):
     return lambda g, old, new, notes: protection.ListChangeResult(
-        g.iface.name, which, action, io.added, io.updated, io.removed, io.missing, normalised)
+        g.iface.name, which, action, io.added, io.updated, io.removed, io.missing, normalised
+    )
 
 
 def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None = None, force: bool = False):
@@ -64,9 +65,13 @@ def list_add(which: str, ifname: str | None, cidrs: list[str], ttl: float | None
     expires = protection.check_ttl(ttl)
     protection.check_whole_family(which, prefixes, force)
     io = reconcile.ListIO(which, upsert=prefixes, expires_ns=expires)
-    return reconcile.edit(ifname, lambda s, g: _lists(s, which, prefixes, ttl is None),
-                          _list_result("add", which, io, normalised), io=io,
-                          dynamic=lambda g: g.sweep_expired(which))
+    return reconcile.edit(
+        ifname,
+        lambda s, g: _lists(s, which, prefixes, ttl is None),
+        _list_result("add", which, io, normalised),
+        io=io,
+        dynamic=lambda g: g.sweep_expired(which),
+    )
 
 
 def list_del(which: str, ifname: str | None, cidrs: list[str]):
@@ -86,8 +91,9 @@ def list_load(which: str, ifname: str | None, path: str | Path, ttl: float | Non
     protection.check_whole_family(which, pf.prefixes, force)
     io = reconcile.ListIO(which, upsert=pf.prefixes, expires_ns=expires)
     note = [f"{pf.normalised} prefixes had host bits set and were normalised"] if pf.normalised else []
-    return reconcile.edit(ifname, lambda s, g: _lists(s, which, pf.prefixes, ttl is None),
-                          _list_result("load", which, io, note), io=io)
+    return reconcile.edit(
+        ifname, lambda s, g: _lists(s, which, pf.prefixes, ttl is None), _list_result("load", which, io, note), io=io
+    )
 
 
 def ports_change(ifname: str | None, proto: str, port_range: str, protected: str | None, open_: bool):
@@ -101,9 +107,13 @@ def ports_change(ifname: str | None, proto: str, port_range: str, protected: str
         changed[0] += len(new ^ ports)
         return replace(a, open_ports=config.norm_port_runs([(p, n, n) for p, n in new]))
 
-    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
-                          lambda g, old, new, notes: protection.PortResult(
-                              g.iface.name, "open" if open_ else "close", changed[0], protection.port_runs(g)))
+    return reconcile.edit(
+        ifname,
+        lambda s, g: _each_of(s, _addrs(g, protected), one),
+        lambda g, old, new, notes: protection.PortResult(
+            g.iface.name, "open" if open_ else "close", changed[0], protection.port_runs(g)
+        ),
+    )
 
 
 # ---- cleansing (the result types and validators are cleansing.py's) ----
@@ -124,8 +134,11 @@ def limit_set(ifname: str | None, limits: policy.Limits, protected: str | None =
         changed.append(len(addrs) * (run[2] - run[1] + 1))
         return _each_of(s, addrs, lambda a: _port_limits(a, *run, limits))
 
-    return reconcile.edit(ifname, edit, lambda g, old, new, notes: cleansing.LimitResult(
-        g.iface.name, "set", changed[0], cleansing.limit_views(g)))
+    return reconcile.edit(
+        ifname,
+        edit,
+        lambda g, old, new, notes: cleansing.LimitResult(g.iface.name, "set", changed[0], cleansing.limit_views(g)),
+    )
 
 
 def limit_clear(ifname: str | None, protected: str | None = None, port: str | None = None, all_ports: bool = False):
@@ -147,9 +160,11 @@ def limit_clear(ifname: str | None, protected: str | None = None, port: str | No
             a = replace(a, port_limits=())
         return a
 
-    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
-                          lambda g, old, new, notes: cleansing.LimitResult(g.iface.name, "clear", changed[0],
-                                                                           cleansing.limit_views(g)))
+    return reconcile.edit(
+        ifname,
+        lambda s, g: _each_of(s, _addrs(g, protected), one),
+        lambda g, old, new, notes: cleansing.LimitResult(g.iface.name, "clear", changed[0], cleansing.limit_views(g)),
+    )
 
 
 def proto_change(ifname: str | None, proto: str, block: bool, protected: str | None = None):
@@ -161,13 +176,24 @@ def proto_change(ifname: str | None, proto: str, block: bool, protected: str | N
         changed[0] += new != a.blocked
         return replace(a, blocked=frozenset(new))
 
-    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), one),
-                          lambda g, old, new, notes: cleansing.ProtoResult(
-                              g.iface.name, "block" if block else "unblock", changed[0], cleansing.blocked_view(g)))
+    return reconcile.edit(
+        ifname,
+        lambda s, g: _each_of(s, _addrs(g, protected), one),
+        lambda g, old, new, notes: cleansing.ProtoResult(
+            g.iface.name, "block" if block else "unblock", changed[0], cleansing.blocked_view(g)
+        ),
+    )
 
 
-def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = None, keep_s: int | None = None,
-            protected: str | None = None, mode: str = "cookie", always: bool = False):
+def syn_set(
+    ifname: str | None,
+    threshold_pps: int,
+    auth_window: str | None = None,
+    keep_s: int | None = None,
+    protected: str | None = None,
+    mode: str = "cookie",
+    always: bool = False,
+):
     """Above threshold_pps SYNs/s (0: off; or at any rate with `always`) to an address, SYNs
     are answered with SYN cookies (mode cookie) or sources must retransmit (mode retransmit)."""
     syn = cleansing.syn_policy(threshold_pps, auth_window, keep_s, mode, always)
@@ -178,8 +204,13 @@ def syn_set(ifname: str | None, threshold_pps: int, auth_window: str | None = No
         changed.append(len(addrs))
         return _each_of(s, addrs, lambda a: replace(a, syn=syn))
 
-    return reconcile.edit(ifname, edit, lambda g, old, new, notes: cleansing.SynResult(
-        g.iface.name, "set", changed[0], cleansing.syn_views(g), g.cookie_counts()))
+    return reconcile.edit(
+        ifname,
+        edit,
+        lambda g, old, new, notes: cleansing.SynResult(
+            g.iface.name, "set", changed[0], cleansing.syn_views(g), g.cookie_counts()
+        ),
+    )
 
 
 def _global(ifname: str | None, change, result):
@@ -195,31 +226,52 @@ def _global(ifname: str | None, change, result):
 
 
 def reflection_change(ifname: str | None, action: str, ports=()):
-    return _global(ifname, cleansing.reflection_global(action, ports), lambda name, old, new: cleansing.ReflectionResult(
-        name, action, new.reflection, sorted(new.reflection_ports), sorted(old.reflection_ports ^ new.reflection_ports)))
+    return _global(
+        ifname,
+        cleansing.reflection_global(action, ports),
+        lambda name, old, new: cleansing.ReflectionResult(
+            name,
+            action,
+            new.reflection,
+            sorted(new.reflection_ports),
+            sorted(old.reflection_ports ^ new.reflection_ports),
+        ),
+    )
 
 
 def filter_add(ifname: str | None, flt: policy.Filter, position: int | None = None):
     """Insert flt at 1-based `position` (default: last)."""
     where: list[int] = []
-    return _global(ifname, cleansing.filter_add_global(flt, position, where), lambda name, old, new: cleansing.FilterResult(
-        name, "add", where[0], cleansing.filter_views(new)))
+    return _global(
+        ifname,
+        cleansing.filter_add_global(flt, position, where),
+        lambda name, old, new: cleansing.FilterResult(name, "add", where[0], cleansing.filter_views(new)),
+    )
 
 
 def filter_del(ifname: str | None, index: int):
-    return _global(ifname, cleansing.filter_del_global(index), lambda name, old, new: cleansing.FilterResult(
-        name, "del", index, cleansing.filter_views(new)))
+    return _global(
+        ifname,
+        cleansing.filter_del_global(index),
+        lambda name, old, new: cleansing.FilterResult(name, "del", index, cleansing.filter_views(new)),
+    )
 
 
 def monitor_change(ifname: str | None, on: bool, reasons=()):
     """Monitor (count as would_drop and pass) the given drop reasons, default all; off: stop."""
-    return _global(ifname, cleansing.monitor_global(on, reasons), lambda name, old, new: cleansing.monitor_view(
-        name, "on" if on else "off", new.monitor_mask))
+    return _global(
+        ifname,
+        cleansing.monitor_global(on, reasons),
+        lambda name, old, new: cleansing.monitor_view(name, "on" if on else "off", new.monitor_mask),
+    )
 
 
 def fragments_set(ifname: str | None, drop: bool):
-    return _global(ifname, cleansing.fragments_global(drop), lambda name, old, new: cleansing.FragmentsResult(
-        name, "drop" if drop else "pass", new.drop_fragments))
+    return _global(
+        ifname,
+        cleansing.fragments_global(drop),
+        lambda name, old, new: cleansing.FragmentsResult(name, "drop" if drop else "pass", new.drop_fragments),
+    )
 
 
 # ---- levels (levelset.py) ----
@@ -245,8 +297,13 @@ def set_level(ifname: str | None, level: str, protected: str | None = None):
             s = replace(s, global_=replace(s.global_, drop_fragments=True))
         return s
 
-    return reconcile.edit(ifname, edit, lambda g, old, new, notes: levelset.LevelResult(
-        g.iface.name, "set", levelset.views(g, state.read_state(g.iface) or {})))
+    return reconcile.edit(
+        ifname,
+        edit,
+        lambda g, old, new, notes: levelset.LevelResult(
+            g.iface.name, "set", levelset.views(g, state.read_state(g.iface) or {})
+        ),
+    )
 
 
 # ---- connection limits (connlimit.py) ----
@@ -254,28 +311,45 @@ def set_level(ifname: str | None, level: str, protected: str | None = None):
 
 def _connlimit_result(action: str):
     return lambda g, old, new, notes: connlimit.ConnLimitResult(
-        g.iface.name, action, connlimit.limits_of(state.read_state(g.iface) or {}))
+        g.iface.name, action, connlimit.limits_of(state.read_state(g.iface) or {})
+    )
 
 
 def connlimit_set(ifname: str | None, lim: nat.ConnLimits, protected: str | None = None):
     """Connection limits of the selected addresses (the NAT table's connlimit chain)."""
     connlimit.check_limits(lim)
     stored = forward.stored_connlimit(asdict(lim))
-    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), lambda a: replace(a, connlimit=stored)),
-                          _connlimit_result("set"))
+    return reconcile.edit(
+        ifname,
+        lambda s, g: _each_of(s, _addrs(g, protected), lambda a: replace(a, connlimit=stored)),
+        _connlimit_result("set"),
+    )
 
 
 def connlimit_clear(ifname: str | None, protected: str | None = None):
-    return reconcile.edit(ifname, lambda s, g: _each_of(s, _addrs(g, protected), lambda a: replace(a, connlimit=None)),
-                          _connlimit_result("clear"))
+    return reconcile.edit(
+        ifname,
+        lambda s, g: _each_of(s, _addrs(g, protected), lambda a: replace(a, connlimit=None)),
+        _connlimit_result("clear"),
+    )
 
 
 # ---- forwarding (forward.py) ----
 
 
-def forward_add(proto: str, ports: str, to: str, *, ifname: str | None = None, protected: str | None = None,
-                weights: str | None = None, backup: str | None = None, persist_s: int = 0,
-                preserve_client_ip: bool = False, udp_probe: str | None = None):
+def forward_add(
+    proto: str,
+    ports: str,
+    to: str,
+    *,
+    ifname: str | None = None,
+    protected: str | None = None,
+    weights: str | None = None,
+    backup: str | None = None,
+    persist_s: int = 0,
+    preserve_client_ip: bool = False,
+    udp_probe: str | None = None,
+):
     """A forwarding rule joins the spec (checked against every interface's rules and protected
     addresses); a UDP rule of an address with a protection level gives the level's budget to its
     ports that have no limit of their own (levels.py). The reconciler writes nft, ports, sysctls."""
@@ -284,8 +358,18 @@ def forward_add(proto: str, ports: str, to: str, *, ifname: str | None = None, p
 
     def edit(s: InterfaceSpec, g) -> InterfaceSpec:
         st = state.read_state(g.iface) or {}
-        rule = forward.build_rule(proto, ports, to, protected, st, s.name, weights=weights, backup=backup,
-                                  persist_s=persist_s, preserve_client_ip=preserve_client_ip)
+        rule = forward.build_rule(
+            proto,
+            ports,
+            to,
+            protected,
+            st,
+            s.name,
+            weights=weights,
+            backup=backup,
+            persist_s=persist_s,
+            preserve_client_ip=preserve_client_ip,
+        )
         existing = forward.rules_elsewhere(s.name, st, rule)
         made.update(rule=rule, first=not existing and not s.forwards, notes=[])
         same = [f for f in s.forwards if f.rule == rule]
@@ -301,11 +385,14 @@ def forward_add(proto: str, ports: str, to: str, *, ifname: str | None = None, p
                 if ("udp", n) not in have:
                     a = _port_limits(a, "udp", n, n, lv.udp_port)
             s = replace(s, addresses=tuple(a if x.address == a.address else x for x in s.addresses))
-            made["notes"].append(f"level {lv.level}: {lv.udp_port.src_pps:,} pps per source on udp {rule.port_lo}"
-                                 + (f"-{rule.port_hi}" if rule.port_hi != rule.port_lo else ""))
+            made["notes"].append(
+                f"level {lv.level}: {lv.udp_port.src_pps:,} pps per source on udp {rule.port_lo}"
+                + (f"-{rule.port_hi}" if rule.port_hi != rule.port_lo else "")
+            )
         if made["first"]:
-            made["notes"].append("enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding; "
-                                 "net.netfilter.nf_conntrack_tcp_loose=0")
+            made["notes"].append(
+                "enabled net.ipv4.ip_forward and net.ipv6.conf.all.forwarding; net.netfilter.nf_conntrack_tcp_loose=0"
+            )
         return s
 
     def result(g, old, new, notes):
@@ -325,8 +412,13 @@ def forward_delete(proto: str, ports: str, *, ifname: str | None = None, protect
     gone: list = []
 
     def edit(s: InterfaceSpec, g) -> InterfaceSpec:
-        match = [f for f in s.forwards if f.rule.proto == proto and (f.rule.port_lo, f.rule.port_hi) == (lo, hi)
-                 and (protected is None or f.rule.protected == want)]
+        match = [
+            f
+            for f in s.forwards
+            if f.rule.proto == proto
+            and (f.rule.port_lo, f.rule.port_hi) == (lo, hi)
+            and (protected is None or f.rule.protected == want)
+        ]
         what = f"{proto} {ports}" + (f" on {protected}" if protected else "")
         if not match:
             raise UserError(f"no forwarding rule {what} on {s.name}")
@@ -336,8 +428,9 @@ def forward_delete(proto: str, ports: str, *, ifname: str | None = None, protect
         return replace(s, forwards=tuple(f for f in s.forwards if f is not match[0]))
 
     def result(g, old, new, notes):  # (the reconciler's count of rules is not this verb's news)
-        return forward.ForwardChangeResult(g.iface.name, "del", gone[0].key, True,
-                                           [n for n in notes if not n.startswith(f"{g.iface.name}: ")])
+        return forward.ForwardChangeResult(
+            g.iface.name, "del", gone[0].key, True, [n for n in notes if not n.startswith(f"{g.iface.name}: ")]
+        )
 
     return reconcile.edit(ifname, edit, result)
 
@@ -348,5 +441,6 @@ def forward_delete(proto: str, ports: str, *, ifname: str | None = None, protect
 def set_event_config(iface: state.Iface, update) -> events.EventConfig:
     """The interface's attack thresholds: update(thresholds) → thresholds, stored, then realised
     (the interface record the detector reads)."""
-    return reconcile.edit(iface.name, lambda s, g: replace(s, events=update(s.events)),
-                          lambda g, old, new, notes: new.events)
+    return reconcile.edit(
+        iface.name, lambda s, g: replace(s, events=update(s.events)), lambda g, old, new, notes: new.events
+    )

@@ -47,8 +47,11 @@ def views(g, st: dict) -> list[LevelView]:
             continue
         p = PRESETS[lv]
         cur = g.read_address_policy(a)
-        adjusted = (cur.limits != p.limits.effective() or cur.syn.threshold_pps != p.syn.threshold_pps
-                    or (p.block_other and "other" not in cur.blocked))
+        adjusted = (
+            cur.limits != p.limits.effective()
+            or cur.syn.threshold_pps != p.syn.threshold_pps
+            or (p.block_other and "other" not in cur.blocked)
+        )
         for lo, hi in udp_ports(rules, a):
             for port in range(lo, hi + 1):
                 have = plims.get((str(a), "udp", port))
@@ -61,5 +64,3 @@ def views(g, st: dict) -> list[LevelView]:
 def show(ifname: str | None) -> LevelResult:
     with open_guard(ifname) as g:
         return LevelResult(g.iface.name, "show", views(g, state.read_state(g.iface) or {}))
-
-

@@ -28,10 +28,15 @@ class VerifyView:
     verified_drops: dict  # "first, do no harm": reason or filter → {dropped, exempted} (nonzero only)
 
 
-_DEFAULTS = {"budget_udp_pps": abi.BUDGET_UDP_PPS, "tcp_pps": abi.VERIFIED_TCP_PPS,
-             "tcp_burst": abi.VERIFIED_TCP_BURST, "udp_pps": abi.VERIFIED_UDP_PPS,
-             "udp_burst": abi.VERIFIED_UDP_BURST, "udp_peace_pps": abi.UDP_PEACE_PPS,
-             "spoof_ban_s": abi.SPOOF_BAN_S}
+_DEFAULTS = {
+    "budget_udp_pps": abi.BUDGET_UDP_PPS,
+    "tcp_pps": abi.VERIFIED_TCP_PPS,
+    "tcp_burst": abi.VERIFIED_TCP_BURST,
+    "udp_pps": abi.VERIFIED_UDP_PPS,
+    "udp_burst": abi.VERIFIED_UDP_BURST,
+    "udp_peace_pps": abi.UDP_PEACE_PPS,
+    "spoof_ban_s": abi.SPOOF_BAN_S,
+}
 
 
 def effective(v: policy.VerifySettings) -> dict:
@@ -43,8 +48,16 @@ def _view(g) -> VerifyView:
     cur = g.read_verify_settings()
     c = g.verified_counters()
     services = [asdict(b) for b in g.read_budgets()]
-    return VerifyView(g.iface.name, {k: getattr(cur, k) for k in VERIFY_KEYS}, effective(cur), cur.udp_learning,
-                      c["verified"], c["budget"], services, c["verified_drops"])
+    return VerifyView(
+        g.iface.name,
+        {k: getattr(cur, k) for k in VERIFY_KEYS},
+        effective(cur),
+        cur.udp_learning,
+        c["verified"],
+        c["budget"],
+        services,
+        c["verified_drops"],
+    )
 
 
 def show(ifname: str | None) -> VerifyView:
@@ -61,5 +74,6 @@ def verify_set(ifname: str | None, **changes) -> VerifyView:
     if not changes:
         raise UserError("nothing to set: give at least one setting")
     replace(policy.VerifySettings(), **changes)  # validates before anything is stored
-    return reconcile.edit(ifname, lambda s, g: replace(s, verify=replace(s.verify, **changes)),
-                          lambda g, old, new, notes: _view(g))
+    return reconcile.edit(
+        ifname, lambda s, g: replace(s, verify=replace(s.verify, **changes)), lambda g, old, new, notes: _view(g)
+    )

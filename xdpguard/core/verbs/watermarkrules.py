@@ -58,10 +58,16 @@ def _key_path(path: str) -> str:
 def _change(ifname: str | None, action: str, one, protected: str | None, check=None) -> WatermarkResult:
     """one(address, tuple of WatermarkSpec) → the new tuple; it raises UserError on bad input;
     check() runs after the edit of every selected address and may raise too."""
+
     def f(spec: InterfaceSpec, g) -> InterfaceSpec:
         sel = spec.selected(protected)
-        new = replace(spec, addresses=tuple(replace(a, watermark=wm.normal(one(a.address, a.watermark)))
-                                            if a.address in sel else a for a in spec.addresses))
+        new = replace(
+            spec,
+            addresses=tuple(
+                replace(a, watermark=wm.normal(one(a.address, a.watermark))) if a.address in sel else a
+                for a in spec.addresses
+            ),
+        )
         if check is not None:
             check()
         return new
@@ -72,18 +78,29 @@ def _change(ifname: str | None, action: str, one, protected: str | None, check=N
     return reconcile.edit(ifname, f, result)
 
 
-def enable(ifname: str | None, port: int, key_file: str, protected: str | None = None, step: int = wm.sdk.DEFAULT_STEP,
-           window: int = wm.sdk.DEFAULT_WINDOW, skew: int = wm.sdk.DEFAULT_SKEW,
-           overlap: int = wm.DEFAULT_OVERLAP) -> WatermarkResult:
+def enable(
+    ifname: str | None,
+    port: int,
+    key_file: str,
+    protected: str | None = None,
+    step: int = wm.sdk.DEFAULT_STEP,
+    window: int = wm.sdk.DEFAULT_WINDOW,
+    skew: int = wm.sdk.DEFAULT_SKEW,
+    overlap: int = wm.DEFAULT_OVERLAP,
+) -> WatermarkResult:
     """Watermark udp/PORT: from now on only marked datagrams reach it. Enabling a port that is
     watermarked replaces its settings (keeping a rotation's previous key)."""
     w = wm.check(wm.WatermarkSpec(port, _key_path(key_file), step, window, skew, overlap))
 
     def one(addr, ws):
         cur = next((o for o in ws if o.port == port), None)
-        new = w if cur is None or cur.key_file != w.key_file else replace(
-            w, previous_key_file=cur.previous_key_file, previous_until=cur.previous_until)
+        new = (
+            w
+            if cur is None or cur.key_file != w.key_file
+            else replace(w, previous_key_file=cur.previous_key_file, previous_until=cur.previous_until)
+        )
         return tuple(o for o in ws if o.port != port) + (new,)
+
     return _change(ifname, "enable", one, protected)
 
 
@@ -109,16 +126,19 @@ def _on_watermarked(ifname: str | None, action: str, port: int, protected: str |
     def check():
         if not hit:
             raise UserError(f"udp/{port} is not watermarked on any protected address")
+
     return _change(ifname, action, one, protected, check=check)
 
 
 def disable(ifname: str | None, port: int, protected: str | None = None) -> WatermarkResult:
-    return _on_watermarked(ifname, "disable", port, protected,
-                           lambda addr, ws, cur: tuple(o for o in ws if o.port != port))
+    return _on_watermarked(
+        ifname, "disable", port, protected, lambda addr, ws, cur: tuple(o for o in ws if o.port != port)
+    )
 
 
-def rotate(ifname: str | None, port: int, key_file: str, protected: str | None = None,
-           overlap: int | None = None) -> WatermarkResult:
+def rotate(
+    ifname: str | None, port: int, key_file: str, protected: str | None = None, overlap: int | None = None
+) -> WatermarkResult:
     """Make KEY_FILE the key of udp/PORT; the old key stays valid for the overlap."""
     path = _key_path(key_file)
     now = time.time()
@@ -127,6 +147,7 @@ def rotate(ifname: str | None, port: int, key_file: str, protected: str | None =
         if overlap is not None:
             cur = wm.check(replace(cur, overlap=overlap))
         return tuple(o for o in ws if o.port != port) + (wm.rotated(cur, path, now),)
+
     return _on_watermarked(ifname, "rotate", port, protected, fn)
 
 
