@@ -692,7 +692,7 @@ def test_detection_reports_a_broken_hook_and_goes_on(monkeypatch):
 # - on 2 the store and the state file are byte for byte as before;
 # - on 0 (apply) the store loads back, equal to what the loader makes of the file.
 
-REAL_RECONCILE = {n: getattr(reconcile, n) for n in ("change", "record", "forget")}  # before conftest fakes them
+REAL_RECONCILE = {n: getattr(reconcile, n) for n in ("record", "forget")}  # before conftest fakes them
 FZ_IF = "xgt0"
 FZ_ADDR = "198.18.0.2"
 

@@ -593,19 +593,6 @@ def edit(ifname: str | None, f, result, lists: bool = False, io: ListIO | None =
         return result(g, live, after, notes)
 
 
-def change(ifname: str | None, predict, write, lists: bool = False):
-    """The older form of a verb (still used by l7/verbs.py, whose write realises through its
-    own lock): predict(spec) is stored (fsynced), then write() makes the change (the
-    store is put back if it fails), then the realised state is recorded. New verbs use edit()."""
-    state.require_root()
-    name = protection.pick_iface(ifname)
-    base = export_iface(name, lists=False)  # None: not ours; the command says so
-    after = config.norm_interface(predict(base)) if base is not None else None
-    res, _, _ = _store_first(name, lambda before: after, write)
-    record(name, lists)
-    return res
-
-
 # A test's fault point (test_desired): a verb that stored its change dies right there, SIGKILLed,
 # before it touches the kernel; the daemon or the next verb must converge from the store.
 KILL_AFTER_STORE = "XDPGUARD_KILL_AFTER_STORE"

@@ -1,5 +1,5 @@
 """`xdpguard cc show|level|limit|rule`: edits of an HTTP service's desired spec, store first,
-then realised by the reconciler (reconcile.change → reconcile.realise → HAProxy reload).
+then realised by the reconciler (reconcile.edit → write_differences → HAProxy reload).
 
 Every edit builds the new HttpService with dataclasses.replace, so the record validates itself:
 bad input (a level, a prefix, a regex, a limit) is one UserError and nothing is stored.
@@ -104,15 +104,14 @@ def _edit(service: str, fn, action: str) -> CcResult:
             addrs.append(replace(a, http=config.norm_http(fn(svc) if svc.name == service else svc for svc in a.http)))
         return replace(spec, addresses=tuple(addrs))
 
-    base = reconcile.export_iface(name, lists=False)
-    if base is None:
-        raise UserError(f"{name} is not protected by xdpguard")
-    after = config.norm_interface(predict(base))  # validates: bad input stores nothing
-    if after == base:
-        return CcResult(action, _views([after]), "running" if engine.haproxy().running() else "stopped", ["unchanged"])
-    res = reconcile.change(name, predict, lambda: reconcile.realise(after, lists=False))
-    views = [v for v in _views([after]) if v.name == service]
-    return CcResult(action, views, "running" if engine.haproxy().running() else "stopped", list(res.notes))
+    def result(g, live: InterfaceSpec, after: InterfaceSpec, notes: list[str]) -> CcResult:
+        views = [v for v in _views([after]) if v.name == service]
+        running = "running" if engine.haproxy().running() else "stopped"
+        return CcResult(action, views, running, list(notes) if after != live else ["unchanged"])
+
+    # one writer: the edit is stored first, then write_differences reloads HAProxy (bad input,
+    # refused by norm_interface inside the edit, stores and writes nothing)
+    return reconcile.edit(name, lambda live, g: predict(live), result)
 
 
 def set_level(service: str, level: str) -> CcResult:
