@@ -748,7 +748,7 @@ def old_counters(extra: list[int]) -> str:
 OUR_TABLE = """
 import sys
 from xdpguard.core.nat import nft as nat
-from xdpguard.core.forwarding import make_rule
+from xdpguard.core.model.forwarding import make_rule
 ports = [int(p) for p in sys.argv[3].split(",") if p] + [5201, 80]
 rules = [make_rule("tcp", sys.argv[1], str(p), f"{sys.argv[2]}:{p}") for p in ports]
 nat.NftApplier().apply(nat.build_ruleset(rules))

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from xdpguard.cli.main import run
-from xdpguard.core import vocab
+from xdpguard.core.model import vocab
 from xdpguard.core.verbs import cleansing, imperative
 from xdpguard.core import policy
 from xdpguard.core.errors import UserError

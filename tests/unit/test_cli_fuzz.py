@@ -398,7 +398,7 @@ def core(monkeypatch, world, tmp_path, recorded_calls) -> FakeCore:
     # no DNS in a unit test: names resolve when they are an address or localhost
     import socket
 
-    from xdpguard.core import vocab
+    from xdpguard.core.model import vocab
 
     def resolve(host, port):
         if host != "localhost":

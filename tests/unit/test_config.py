@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xdpguard.core import config, forwarding, policy
+from xdpguard.core import config, policy
+from xdpguard.core.model import forwarding
 from xdpguard.core.observe import events
 from xdpguard.core.nat import nft as nat
 from xdpguard.core.config import AddressSpec, Desired, ForwardSpec, InterfaceSpec

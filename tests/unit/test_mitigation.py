@@ -12,7 +12,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from xdpguard.core import config, forwarding, levels, policy
+from xdpguard.core import config, levels, policy
+from xdpguard.core.model import forwarding
 from xdpguard.core.daemon import mitigation
 from xdpguard.core.nat import nft as nat
 from xdpguard.core.errors import UserError

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from xdpguard.core.nat import nft as nat
-from xdpguard.core.forwarding import (
+from xdpguard.core.model.forwarding import (
     Backend,
     ForwardRule,
     check_backend_not_protected,
@@ -879,7 +879,7 @@ APPLIER_SCRIPT = textwrap.dedent(
     """
     import json
     from xdpguard.core.nat import nft as nat
-    from xdpguard.core.forwarding import make_rule
+    from xdpguard.core.model.forwarding import make_rule
 
     applier = nat.NftApplier()
     out = {"absent": applier.list_table() is None}

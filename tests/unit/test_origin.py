@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from xdpguard.core.nat import origin
-from xdpguard.core.forwarding import Backend, ForwardRule
+from xdpguard.core.model.forwarding import Backend, ForwardRule
 
 A = ipaddress.ip_address
 

@@ -9,7 +9,8 @@ from rich.table import Table
 
 from xdpguard.core.observe import events as core
 from xdpguard.core.verbs import imperative
-from xdpguard.core import protection, state, vocab
+from xdpguard.core import protection, state
+from xdpguard.core.model import vocab
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_address
 from xdpguard.core.kernel.abi import DROP_REASONS

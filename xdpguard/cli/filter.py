@@ -11,8 +11,9 @@ import click
 
 from xdpguard.core.kernel import abi
 from xdpguard.core.verbs import cleansing, imperative
-from xdpguard.core import policy, vocab
-from xdpguard.core.vocab import parse_hex, parse_range
+from xdpguard.core import policy
+from xdpguard.core.model import vocab
+from xdpguard.core.model.vocab import parse_hex, parse_range
 from xdpguard.core.errors import UserError
 
 from .params import iface_option

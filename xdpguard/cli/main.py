@@ -11,7 +11,7 @@ from xdpguard import __version__
 from xdpguard.core.config import ConfigError
 from xdpguard.core.errors import UserError
 from xdpguard.core.kernel.libbpf import BpfError
-from xdpguard.core.vocab import check_text, shown
+from xdpguard.core.model.vocab import check_text, shown
 
 from .exitcodes import ExitCode
 

@@ -1,6 +1,6 @@
 """click parameter types: validation happens here, with one-line errors (exit 2).
 
-Each type calls the core vocabulary (xdpguard.core.vocab, prefixes), so a value means the same
+Each type calls the core vocabulary (xdpguard.core.model.vocab, prefixes), so a value means the same
 on the command line as in the config file, and no CLI module writes a parser of its own.
 """
 
@@ -11,7 +11,7 @@ import stat
 
 import click
 
-from xdpguard.core import vocab
+from xdpguard.core.model import vocab
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_prefix
 

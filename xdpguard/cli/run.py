@@ -9,7 +9,8 @@ import time
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config, vocab
+from xdpguard.core import config
+from xdpguard.core.model import vocab
 from xdpguard.core.observe import events
 from xdpguard.core.nat import health
 from xdpguard.core.daemon import mitigation

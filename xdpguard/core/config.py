@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress  # noqa: F401  (old attributes of this module: config.ipaddress, config.abi, config.vocab)
 
 from .kernel import abi  # noqa: F401
-from . import vocab  # noqa: F401
+from .model import vocab  # noqa: F401
 from .errors import UserError  # noqa: F401
 from .prefixes import parse_address, parse_prefix  # noqa: F401
 from .model.cluster import (  # noqa: F401

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 from .kernel import abi, dataplane, libbpf, migrate
-from . import geo, levels, state, vocab
+from . import geo, levels, state
+from .model import vocab
 from . import watermark as wmark
 from .kernel.abi import ALL_DROP_MASK
 from .kernel.abi import (

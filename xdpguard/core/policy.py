@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 
 from .kernel import abi
-from . import vocab
+from .model import vocab
 from .errors import UserError
 
 MAX_PPS = 100_000_000  # per-source or per-destination packets/s; beyond is absurd for one box

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 from .kernel import dataplane, libbpf, migrate
-from . import guard, levels, state, tcpstate, vocab
+from . import guard, levels, state, tcpstate
+from .model import vocab
 from .guard import (
     CounterView,
     Guard,

@@ -22,7 +22,8 @@ import struct
 from dataclasses import asdict, dataclass, field, replace
 
 from .kernel import abi, dataplane
-from . import config, geo, levels, policy, protection, state, store, vocab
+from . import config, geo, levels, policy, protection, state, store
+from .model import vocab
 from .observe import events
 from .nat import forward
 from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec

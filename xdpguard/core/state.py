@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from . import vocab
+from .model import vocab
 from .errors import UserError
 from .model.thresholds import EventConfig
 

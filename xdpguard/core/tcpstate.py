@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from .kernel import dataplane, libbpf
-from . import guard, state, vocab
+from . import guard, state
+from .model import vocab
 from .kernel.abi import TS_EST_TIMEOUT_S, FlowKey
 
 # Connections older than the attach are unknown to the table; their packets pass for this long

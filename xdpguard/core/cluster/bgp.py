@@ -27,7 +27,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import state, vocab
+from .. import state
+from ..model import vocab
 from ..model.cluster import BgpSpec, IPAddress
 from ..errors import UserError
 

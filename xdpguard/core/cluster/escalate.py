@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from ..kernel import dataplane
 from ..observe import fanout, sampling, stats
-from .. import protection, vocab
+from .. import protection
+from ..model import vocab
 from ..model.cluster import BgpSpec
 from ..errors import UserError
 from .bgp import Escalation

@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass, field
 
 from ..verbs import cleansing
-from .. import state, vocab
+from .. import state
+from ..model import vocab
 from ..model.desired import Desired
 from ..desired import load as spec_load
 from ..errors import UserError

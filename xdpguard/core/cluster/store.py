@@ -41,7 +41,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-from .. import vocab
+from ..model import vocab
 from ..model.desired import Desired, InterfaceSpec
 from ..desired.dump import to_toml
 from ..desired.load import loads

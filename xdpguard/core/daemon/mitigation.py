@@ -71,7 +71,8 @@ from dataclasses import dataclass, field, replace
 
 from ..nat import connlimit
 from ..observe import events
-from .. import guard, levels, policy, protection, state, vocab
+from .. import guard, levels, policy, protection, state
+from ..model import vocab
 from ..kernel.abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
 from ..errors import UserError
 from ..desired.diff import describe

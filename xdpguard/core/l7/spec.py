@@ -23,7 +23,7 @@ import ssl
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .. import vocab
+from ..model import vocab
 from ..errors import UserError
 
 LEVELS = ("loose", "normal", "strict", "emergency")

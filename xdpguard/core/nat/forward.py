@@ -23,11 +23,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import forwarding, state
+from ..model import forwarding
+from .. import state
 from . import nft as nat
 from ..kernel.abi import PORT_BY_FORWARD
 from ..errors import UserError
-from ..forwarding import Backend, ForwardRule
+from ..model.forwarding import Backend, ForwardRule
 from ..result import as_dict as _as_dict
 
 FORWARD_KEY = "forward"

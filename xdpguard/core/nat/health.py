@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import forward
 from .. import state
 from ..errors import UserError
-from ..forwarding import Backend, ForwardRule
+from ..model.forwarding import Backend, ForwardRule
 
 
 @dataclass(frozen=True)

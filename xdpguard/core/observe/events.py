@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import state, vocab
+from .. import state
+from ..model import vocab
 from .stats import AttackRow, Collector
 from ..errors import UserError
 from ..model.thresholds import DEFAULT_HOLD_S, DEFAULT_THRESHOLDS, EventConfig, Measure, Thresholds, exceeded  # noqa: F401 (old home)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from xdpguard import __version__
 
 from ..nat import forward
-from .. import protection, state, vocab
+from .. import protection, state
+from ..model import vocab
 from . import stats
 from ..l7 import engine as l7engine
 from ..errors import UserError

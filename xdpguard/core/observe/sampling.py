@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..kernel import libbpf
-from .. import state, vocab
+from .. import state
+from ..model import vocab
 from ..kernel.abi import Kind, Reason, Sample
 
 DEFAULT_SAMPLE_EVERY = 256  # ~3% data-path cost; 1 in 64 costs ~15% (scripts/bench_observability.py)

@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from ..kernel import abi
-from .. import config, policy, vocab
+from .. import config, policy
+from ..model import vocab
 from ..kernel.abi import ALL_DROP_MASK, DROP_REASONS
 from ..errors import UserError
 from ..prefixes import parse_address

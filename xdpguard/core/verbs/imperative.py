@@ -15,7 +15,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import cleansing, levelset
-from .. import config, levels, policy, protection, reconcile, state, vocab
+from .. import config, levels, policy, protection, reconcile, state
+from ..model import vocab
 from ..nat import connlimit, forward, nft as nat
 from ..observe import events
 from ..config import AddressSpec, ForwardSpec, InterfaceSpec
