@@ -69,7 +69,7 @@ def test_floods_from_128_and_1000_addresses(lab):
     L.add_sources(lab, s.t, 1000)
     svc = _service()
     assert s.apply(svc) == "started"
-    client_s, flood_s = 3.0, 4.5  # the client runs from 1.5 s to 4.5 s into each flood
+    client_s, flood_s = 5.0, 7.0  # the client runs from 1.5 s to 6.5 s into each flood
 
     def under(count: int, *extra: str) -> tuple[dict, dict]:
         f = flood(s, count, flood_s, *extra)
@@ -79,12 +79,14 @@ def test_floods_from_128_and_1000_addresses(lab):
 
     cases = [(128, ()), (1000, ()), (1000, ("--keepalive",)), (1000, ("--random-path",))]
     rows = []
-    base = Setup.result(s.client(client_s))  # no attack (once: the client's rate is the lab's, not the flood's)
-    assert base["ok"] >= 10 and base["failed"] == 0, base
     for i, (count, extra) in enumerate(cases):
         if i:
             assert s.apply(svc) == "reloaded"  # back from the plain HAProxy, fresh stick tables
-            time.sleep(0.5)
+            time.sleep(2.5)  # the small backend drains what the plain HAProxy's flood queued
+        # no attack, next to each attack: the shared machine's load changes from case to case (one
+        # baseline for all four and 3 s windows made a 30-request sample; CI saw 22/30 = 73 %)
+        base = Setup.result(s.client(client_s))
+        assert base["ok"] >= 10 and base["failed"] == 0, base
         defended, f_def = under(count, *extra)
         challenged = {str(o.address) for o in runtime.offenders(str(s.h.admin_socket), [svc]) if o.kind == "challenged"}
         assert s.h.apply(hc.Rendered(L.plain_config(s.run_dir), {})) == "reloaded"
