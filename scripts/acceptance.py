@@ -67,6 +67,7 @@ COUNT = 3_000_000  # every generator stops after this many packets (or its time 
 PPS = 30_000  # generators' rate (--pps; 0: flat out): the same flood in both modes, whatever the
 # shared CPU gives the generator (flat out, trafgen sent 3x more in one mode than in the other)
 RECOVER_S = 4.0  # clients keep running this long after the flood
+CLIENT_SLACK_S = 1.5  # how long the clients run past the recovery window (see Lab.run)
 WEB_CAP_RPS = 20_000  # ab's request cap per second of its run (it must never be reached: see web_client)
 UDP_RATE = 500.0  # the UDP client's requests/s (a conntrack entry each: 500/s x 120 s is 23 % of the table)
 TARGET_SHARE, TARGET_RECOVERY_S, TARGET_CONNTRACK = 0.90, 2.0, 0.50
@@ -624,9 +625,13 @@ class Lab:
         first = row.before
         span = self.duration * (2 if first else 1)
         out: dict = {}
+        # the clients outlast the recovery window (t_end + recover): the flood's process starts and
+        # exits late by 0.1-0.3 s, and a client that stopped before the window's last bin made it
+        # "not recovered" (CI and the loaded full run: UDP ">4 s" on TCP rows the UDP client never felt)
+        run_s = span + 1 + self.recover_s + CLIENT_SLACK_S
         clients = [
-            threading.Thread(target=udp_client, args=(span + 1 + self.recover_s, dst, out)),
-            threading.Thread(target=web_client, args=(span + 1 + self.recover_s, dst, out)),
+            threading.Thread(target=udp_client, args=(run_s, dst, out)),
+            threading.Thread(target=web_client, args=(run_s, dst, out)),
         ]
         for t in clients:
             t.start()
@@ -647,6 +652,10 @@ class Lab:
             c1, b1 = f1.result(), fb1.result()
         drops = {f"{k[0]} {k[1]}": v - c0.get(k, 0) for k, v in c1.items() if k[0] != "pass" and v - c0.get(k, 0) > 0}
         udp, web = out.get("udp", []), out.get("web", [])
+        until = t_end + self.recover_s
+        for what, reqs in (("UDP", udp), ("web", web)):
+            if reqs and max(t for t, _ in reqs) < until - 1.0:
+                raise RuntimeError(f"the {what} client stopped before the recovery window ended")
         if out.get("web_capped"):
             raise RuntimeError(f"the web client reached its request cap ({len(web)}): its rate would be undercounted")
         return {
