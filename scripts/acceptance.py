@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -834,6 +835,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="one control run (the first row's) for every row, instead of one per row",
     )
+    ap.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="an xdpguard command run in the protector after lab up, before the daemon starts "
+        "(repeatable; e.g. 'verify set --budget-udp-pps 200'): to compare settings",
+    )
     ap.add_argument("--list", action="store_true", help="list the catalogue and exit")
     a = ap.parse_args(argv)
     if a.list:
@@ -864,6 +873,8 @@ def main(argv: list[str] | None = None) -> int:
         topology.shape_backend()
         lab.mac = attack._mac(topology.ns_name("prot"), topology.PROT_IFACE)
         lab.ct_max = conntrack("max")
+        for cmd in a.setup:
+            xg_prot(*shlex.split(cmd), check=True)
         lab.start_daemon()
         peace: dict = {}  # peacetime: both clients, so that the daemon has a baseline (at 1 in 256
         ths = [threading.Thread(target=f, args=(warmup, P4, peace)) for f in (udp_client, web_client)]
