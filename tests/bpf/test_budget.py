@@ -172,3 +172,20 @@ def test_the_default_budget_applies_with_nothing_set(bed):
     bed.run(pkt, repeat=abi.BUDGET_UDP_PPS + 200)  # well under a second: the burst is one second's worth
     [b] = guard.read_budgets(bed.maps)
     assert b.admitted <= abi.BUDGET_UDP_PPS + 5 and b.dropped >= 195, b
+
+
+def test_a_learned_rate_is_written_into_the_services_entry_and_read_back(bed):
+    """Guard.write_budget_rate (daemon/budgets.py's only write): the entry keeps its tokens and
+    counters, the data path uses the new rate, and a service with no entry yet is not made."""
+    guard.write_verify_settings(bed.maps, VerifySettings(budget_udp_pps=2))
+    g = Guard(None, None, bed.maps)
+    assert not g.write_budget_rate(PROT, 7, 50)  # nothing seen yet: no entry, nothing made
+    assert flood(bed, 6).count(Reason.BUDGET) == 4  # the entry exists now; the floor (2) applies
+    assert g.write_budget_rate(PROT, 7, 10)
+    [b] = [x for x in g.read_budgets() if x.protected == PROT]
+    assert (b.rate, b.admitted, b.dropped) == (10, 2, 4)
+    time.sleep(1.05)  # a second refills the bucket at the new rate (burst: one second's worth)
+    assert flood(bed, 16).count(Reason.BUDGET) == 6
+    assert g.write_budget_rate(PROT, 7, 0)  # 0: back to the settings' rate
+    time.sleep(1.05)
+    assert flood(bed, 6).count(Reason.BUDGET) == 4

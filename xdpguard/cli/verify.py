@@ -50,7 +50,12 @@ def verify():
 
 
 @verify.command("set")
-@click.option("--budget-udp-pps", type=COUNT, default=None, help="Unverified UDP packets/s per service (0: default).")
+@click.option(
+    "--budget-udp-pps",
+    type=COUNT,
+    default=None,
+    help="Unverified UDP units/s per service before any baseline, and the floor of the rate the daemon learns (0: default 1,000).",
+)
 @click.option("--budget/--no-budget", "budget", default=None, help="Switch the admission budget on or off.")
 @click.option("--tcp-pps", type=COUNT, default=None, help="What one TCP-verified source sends with its privilege.")
 @click.option("--tcp-burst", type=COUNT, default=None)

@@ -545,6 +545,11 @@ class Guard:
     def read_budgets(self) -> list[BudgetView]:
         return read_budgets(self.maps)
 
+    def write_budget_rate(self, protected: str, port: int, rate: int) -> bool:
+        """Set one UDP service's learned admission rate (units/s; 0: back to the default).
+        False when the data path has no entry for it (swept, or never saw a packet)."""
+        return write_budget_rate(self.maps, protected, port, rate)
+
     def verified_counters(self) -> dict:
         return verified_counters(self.maps)
 
@@ -1462,6 +1467,20 @@ def budget_totals(maps) -> dict[str, int]:
         for f in tot:
             tot[f] += getattr(v, f)
     return tot
+
+
+def write_budget_rate(maps, protected: str, port: int, rate: int) -> bool:
+    """Read-modify-write of one xg_budget_hash entry's `rate` (budget.h reads it on every
+    unverified packet). XDP's counters that move between the read and the write are lost
+    (a few packets' worth: the entries are unlocked anyway); the tokens are kept."""
+    m = maps[abi.MapName.BUDGET]
+    key = port_key(ipaddress.ip_address(protected), "udp", port)
+    v = m.get(key)
+    if v is None:
+        return False
+    v.rate = max(0, min(int(rate), 4_000_000_000))
+    m.set(key, v)
+    return True
 
 
 def sweep_budgets(maps, now_ns: int, idle_s: float = 60.0) -> int:

@@ -76,6 +76,7 @@ from ..model import vocab
 from ..kernel.abi import FILTERS_MAX, PAYLOAD_MATCH_MAX
 from ..errors import UserError
 from ..desired.diff import describe
+from . import budgets
 
 STATE_KEY = state.MITIGATIONS.key  # the old name (cli/status.py spells the key through it)
 MAX_PER_SERVICE = 4
@@ -826,6 +827,7 @@ class Engine:
         self.last_hit: dict[str, float] = {}  # record id → monotonic time of its last sampled drop
         self.dropped: dict[str, int] = {}  # record id → packets its sampled drops stand for (kept between writes)
         self.rounds = 0
+        self.peace = False  # no attack on the interface in the last round (budgets.py learns only then)
 
     def _tcpstate(self, addr: str) -> bool:
         if self.tcpstate_on is not None:
@@ -914,7 +916,7 @@ class Engine:
         # verified sources: established connections now; answered sources learned in peacetime
         est_by = {key: established(xs, key[1] == "tcp" and self._tcpstate(key[0])) for key, xs in by.items()}
         self._verify((src_id(x) for xs in est_by.values() for x in xs), now)
-        peace = not active and all(s.attack_since is None for s in self.services.values())
+        peace = self.peace = not active and all(s.attack_since is None for s in self.services.values())
         if peace:
             self._learn(feats)
         vset = self.verified
@@ -1195,6 +1197,7 @@ class DaemonHook:
         self.report = report
         self.verified_drops = verified_drops  # xdp_verified_drops in the daemon; None in tests without maps
         self.engines: dict[str, Engine] = {}
+        self.learners: dict[str, budgets.BudgetLearner] = {}
 
     def __call__(self, name: str, collector, snap, samples) -> None:
         g = collector.guard
@@ -1206,6 +1209,14 @@ class DaemonHook:
                 )
             e.g = g  # a collector re-opened after a failed round has a new Guard
             e.round(snap, samples)
+            # the admission budgets follow each UDP service's peacetime (budgets.py); the
+            # engine's view of peace is the one the learner trusts, so only with mitigation on
+            learner = self.learners.setdefault(name, budgets.BudgetLearner(self.report))
+            lengths: dict[tuple[str, int], list[int]] = {}
+            for x in (features_of(s) for s in samples if s.reason != "bypass"):
+                if x is not None and x.proto == "udp":
+                    lengths.setdefault((x.dst, x.dport or 0), []).append(x.length)
+            learner.round(g, e.peace, lengths)
         banned = connlimit.promote(g, connlimit.offenders())
         if banned:
             self.report(

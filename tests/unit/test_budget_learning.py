@@ -1,0 +1,104 @@
+"""The admission budgets learned from peacetime (xdpguard/core/daemon/budgets.py): a fake map
+owner with the two calls the learner makes, and a fake clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from xdpguard.core.daemon import budgets
+from xdpguard.core.policy import BudgetView, VerifySettings
+
+
+@dataclass
+class FakeGuard:
+    views: dict
+    floor: int = 0
+
+    def read_budgets(self):
+        return list(self.views.values())
+
+    def read_verify_settings(self):
+        return VerifySettings(budget_udp_pps=self.floor)
+
+    def write_budget_rate(self, protected, port, rate):
+        k = (protected, port)
+        if k not in self.views:
+            return False
+        self.views[k] = replace(self.views[k], rate=rate)
+        return True
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _run(g, learner, clock, rounds, adm_per_s, drop_per_s=0, peace=True, lengths=None):
+    for _ in range(rounds):
+        clock.t += budgets.EVERY_S
+        for k, v in g.views.items():
+            g.views[k] = replace(
+                v,
+                admitted=v.admitted + int(adm_per_s * budgets.EVERY_S),
+                dropped=v.dropped + int(drop_per_s * budgets.EVERY_S),
+            )
+        learner.round(g, peace, lengths)
+
+
+def _one(rate=0):
+    return {("198.18.0.1", 53): BudgetView("198.18.0.1", 53, rate, 0, 0, 0)}
+
+
+def test_a_busy_service_gets_headroom_over_its_peacetime_peak():
+    g, clock, said = FakeGuard(_one()), Clock(), []
+    learner = budgets.BudgetLearner(said.append, clock)
+    _run(g, learner, clock, 20, 5000)
+    assert g.views[("198.18.0.1", 53)].rate == 10_000
+    assert said and "1,000 -> 10,000" in said[0]
+
+
+def test_a_quiet_service_keeps_the_floor_and_nothing_is_written():
+    g, clock = FakeGuard(_one()), Clock()
+    learner = budgets.BudgetLearner(clock=clock)
+    _run(g, learner, clock, 20, 100)
+    assert g.views[("198.18.0.1", 53)].rate == 0  # 0: the floor, follows `verify set`
+
+
+def test_nothing_is_learned_during_an_attack_and_in_peace_what_the_floor_cut_counts():
+    g, clock = FakeGuard(_one()), Clock()
+    learner = budgets.BudgetLearner(clock=clock)
+    _run(g, learner, clock, 20, 900, drop_per_s=30_000, peace=False)  # an attack: the flood is no baseline
+    assert g.views[("198.18.0.1", 53)].rate == 0
+    _run(g, learner, clock, 20, 1000, drop_per_s=1500)  # peace: real clients over the floor of 1,000
+    assert g.views[("198.18.0.1", 53)].rate == 5000
+
+
+def test_the_learned_rate_is_capped_and_follows_the_operators_floor():
+    g, clock = FakeGuard(_one(), floor=200), Clock()
+    learner = budgets.BudgetLearner(clock=clock)
+    _run(g, learner, clock, 10, 1_000_000)
+    assert g.views[("198.18.0.1", 53)].rate == budgets.CEILING_X * 200
+
+
+def test_large_datagrams_count_in_units_and_a_peak_is_forgotten_after_the_window():
+    g, clock = FakeGuard(_one()), Clock()
+    learner = budgets.BudgetLearner(clock=clock)
+    _run(g, learner, clock, 4, 1000, lengths={("198.18.0.1", 53): [1000, 1000]})  # 8 units each
+    assert g.views[("198.18.0.1", 53)].rate == 16_000
+    clock.t += budgets.WINDOW_S + budgets.BUCKET_S
+    _run(g, learner, clock, 4, 0)
+    assert g.views[("198.18.0.1", 53)].rate == 0
+
+
+def test_a_swept_entry_starts_again_without_a_bogus_rate():
+    g, clock = FakeGuard(_one()), Clock()
+    learner = budgets.BudgetLearner(clock=clock)
+    _run(g, learner, clock, 4, 3000)
+    assert g.views[("198.18.0.1", 53)].rate == 6000
+    g.views[("198.18.0.1", 53)] = BudgetView("198.18.0.1", 53, 0, 0, 0, 0)  # swept and made again: counters at 0
+    clock.t += budgets.EVERY_S
+    learner.round(g, True)
+    assert g.views[("198.18.0.1", 53)].rate == 6000  # the remembered peak, no negative delta learned
