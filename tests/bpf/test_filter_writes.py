@@ -251,6 +251,15 @@ def test_settle_brings_the_other_generation_up_so_the_next_change_writes_its_own
     assert 400 <= sum(written) <= 400 + 32
     assert_generation_is(m, live_gen(m), (M123, wider))
     assert bed.verdict(udp(53, b"x" * 500)).reason == Reason.MITIGATION
+    # after a lift the other generation keeps the lifted filter: installed again (or another
+    # fingerprint in its slot), most of its words are there already
+    assert guard.settle_filters(m)
+    guard.write_mitigation_filters(m, [M123])
+    assert not guard.settle_filters(m)
+    written.clear()
+    guard.write_mitigation_filters(m, [M123, M53])
+    assert sum(written) <= 400 + 32
+    assert_generation_is(m, live_gen(m), (M123, M53))
     # another writer in between: this memory no longer holds, settle leaves the maps alone
     guard.write_mitigation_filters(other, [M123])
     assert not guard.settle_filters(m)

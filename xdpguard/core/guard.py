@@ -1299,9 +1299,11 @@ def settle_filters(maps) -> bool:
     """Bring the generation not in use up to the one in use, off the critical path (between the
     daemon's rounds, under the interface lock): a change is written into the generation not in
     use, which otherwise still holds the change before this one, so an install followed by a
-    widen would write the install's words twice. Only when this map dict wrote last (its memory
-    holds) and SETTLE_AFTER_S after its switch (no packet still reads the old generation).
-    Returns whether it wrote."""
+    widen would write the install's words twice (a filter for any source port has its bit in
+    65,537 words). Not when that generation holds more filters than the one in use (after a
+    lift): a filter installed again into the freed slot then finds most of its words there.
+    Only when this map dict wrote last (its memory holds) and SETTLE_AFTER_S after its switch
+    (no packet still reads the old generation). Returns whether it wrote."""
     sel_m = maps[abi.MapName.FSEL]
     sel = _sel(maps)
     memo = _memo(maps, sel)
@@ -1309,9 +1311,9 @@ def settle_filters(maps) -> bool:
         return False
     cur = sel.gen & 1
     want = memo.gens.get(cur)
-    if want is None or memo.gens.get(cur ^ 1) == want:
-        return False
     prev = _held(maps, cur ^ 1, memo)
+    if want is None or prev == want or (prev is not None and len(prev) > len(want)):
+        return False  # (after a lift: a filter installed again in its slot finds its words there)
     sel_m.set(ctypes.c_uint32(0), abi.FSel(sel.gen, 0))  # no other writer's memory holds meanwhile
     _fill(maps, cur ^ 1, want, prev)
     tag = int.from_bytes(os.urandom(4), "little") or 1
