@@ -15,7 +15,8 @@ filters shaped like the engine's (one UDP service each, a length and TTL range, 
 every fourth with a payload window), the last filter going through an attack's cycle:
 - first install: the last filter appears in a slot no filter for any source port held (its bit
   set in every source-port word);
-- install: the last filter appears again, in the slot it was lifted from;
+- install: the last filter appears again, in the slot a filter was lifted from (every cycle
+  another attack, another service: tables never seen, their words computed afresh);
 - widen: its length range widens by 100;
 - lift: it goes;
 - unchanged: the same list again (the engine's every round, the reconciler's every 30 s);
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,23 +66,28 @@ def _side(rounds: int) -> None:
 
     libbpf.map_update_batch = counting  # guard.py calls it through the module
 
-    def fingerprint(i: int, wide: int = 0) -> Filter:
-        f = Filter(action=MITIGATE, proto="udp", dport=(1000 + i, 1000 + i), length=(100, 200 + i + wide), ttl=(30, 60))
+    def fingerprint(i: int, wide: int = 0, attack: int = 0) -> Filter:
+        port = 1000 + (i + 97 * attack) % 60000  # (another attack, another service: a table never seen)
+        f = Filter(action=MITIGATE, proto="udp", dport=(port, port), length=(100, 200 + i + wide), ttl=(30, 60))
         if i % 4 == 3:  # (the mask spelt out, as the engine writes it and the maps give it back)
             f = replace(f, payload=bytes([i & 0xFF, 0xAB]), payload_mask=b"\xff\xff", payload_base="payload")
         return f
 
-    def cases(n: int) -> dict[str, list[tuple[str, list[Filter]]]]:
-        """Cycles of (the change, the table after it)."""
+    attacks = iter(range(1, 1 << 30))
+
+    def cycle(n: int) -> list[tuple[str, list[Filter]]]:
+        """One attack on the last filter's service: (the change, the table after it)."""
         head = [fingerprint(i) for i in range(n - 1)]
-        return {
-            "": [
-                ("install", head + [fingerprint(n - 1)]),
-                ("widen", head + [fingerprint(n - 1, 100)]),
-                ("lift", head),
-            ],
-            "unchanged": [("unchanged", head + [fingerprint(n - 1)])],
-        }
+        k = next(attacks)
+        return [
+            ("install", head + [fingerprint(n - 1, 0, k)]),
+            ("widen", head + [fingerprint(n - 1, 100, k)]),
+            ("lift", head),
+        ]
+
+    def cases(n: int) -> dict[str, Callable[[], list[tuple[str, list[Filter]]]]]:
+        head = [fingerprint(i) for i in range(n - 1)]
+        return {"attack": lambda: cycle(n), "unchanged": lambda: [("unchanged", head + [fingerprint(n - 1)])]}
 
     bed = TestBed()
     m = bed.maps
@@ -95,26 +102,27 @@ def _side(rounds: int) -> None:
             break
         out: dict[str, dict] = {}
         for n in SIZES:
-            for states in cases(n).values():
+            for name, states_of in cases(n).items():
                 for variant in ("", " cold", " settled"):
-                    if variant == " settled" and len(states) == 1:
+                    if variant == " settled" and name == "unchanged":
                         continue
-                    guard.write_mitigation_filters(m, states[-1][1])  # untimed: the cycle's start
-                    guard.write_mitigation_filters(m, states[-1][1])
-                    for r in range(rounds * len(states)):
-                        if variant == " cold" and memos is not None:
-                            memos.clear()
-                        if variant == " settled" and settle is not None:
-                            settle(m)  # untimed: the daemon does it between rounds
-                        change, table = states[r % len(states)]
-                        written[0] = 0
-                        t0 = time.perf_counter()
-                        guard.write_mitigation_filters(m, table)
-                        dt = time.perf_counter() - t0
-                        row = out.setdefault(f"{n} {change}{variant}", {"ms": [], "words": []})
-                        row["ms"].append(dt * 1e3)
-                        row["words"].append(written[0])
-            head = cases(n)["unchanged"][0][1][:-1]
+                    start = states_of()[-1][1]
+                    guard.write_mitigation_filters(m, start)  # untimed: the cycle's start
+                    guard.write_mitigation_filters(m, start)
+                    for _ in range(rounds):
+                        for change, table in states_of():
+                            if variant == " cold" and memos is not None:
+                                memos.clear()
+                            if variant == " settled" and settle is not None:
+                                settle(m)  # untimed: the daemon does it between rounds
+                            written[0] = 0
+                            t0 = time.perf_counter()
+                            guard.write_mitigation_filters(m, table)
+                            dt = time.perf_counter() - t0
+                            row = out.setdefault(f"{n} {change}{variant}", {"ms": [], "words": []})
+                            row["ms"].append(dt * 1e3)
+                            row["words"].append(written[0])
+            head = [fingerprint(i) for i in range(n - 1)]
             decoy = replace(fingerprint(n - 1), sport=(7, 7))  # a slot that never held "any source port"
             for variant in ("", " cold"):
                 for _ in range(rounds):
@@ -124,7 +132,7 @@ def _side(rounds: int) -> None:
                         memos.clear()
                     written[0] = 0
                     t0 = time.perf_counter()
-                    guard.write_mitigation_filters(m, head + [fingerprint(n - 1)])
+                    guard.write_mitigation_filters(m, head + [fingerprint(n - 1, 0, next(attacks))])
                     dt = time.perf_counter() - t0
                     row = out.setdefault(f"{n} first install{variant}", {"ms": [], "words": []})
                     row["ms"].append(dt * 1e3)
