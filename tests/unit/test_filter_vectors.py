@@ -191,8 +191,8 @@ def test_the_compiled_words_are_those_of_the_compile_version():
     pvec, indexed, positions = policy.payload_index(DIGEST_FILTERS)
     digest = hashlib.sha256(vec + pvec + repr((live, payload, indexed, positions)).encode()).hexdigest()
     assert (guard.COMPILE_VERSION, digest) == (
-        1,
-        "2eb23774da65384de404776b5d4d48f86ea1d3ed770822310a897a580b2b97ba",
+        2,
+        "fe7eb2291dcb281c38b707b6c2492c7a6ec477ac9889b31f2463dabd79658580",
     )
 
 
@@ -232,7 +232,7 @@ def test_changed_runs_cover_every_changed_word_and_only_chunks_that_changed(n, c
 
 
 def test_a_new_mitigation_costs_its_words_not_the_generation():
-    """What a partial rewrite writes for the engine's kind of change, against the whole
+    """What a partial rewrite writes for the engine's kinds of change, against the whole
     generation (abi.FV_SLOTS words) the full compile wrote."""
     ops = (Filter(proto="udp", dport=(123, 123), length=(468, 468)),)
     mit = Filter(action="mitigate", proto="udp", dport=(53, 53), length=(100, 180), ttl=(40, 50))
@@ -240,5 +240,18 @@ def test_a_new_mitigation_costs_its_words_not_the_generation():
     before, after, widened = (policy.filter_vectors(f)[0] for f in (ops, (*ops, mit), (*ops, wider)))
     words = lambda runs: sum(b - a for a, b in runs)  # noqa: E731
     assert words(guard.changed_runs(after, widened)) <= 16 * 8  # 80 length words, in 16-word chunks
-    # a new one with any source port sets its bit in every source-port word (the layout's cost)
-    assert abi.FV_SLOTS // 4 < words(guard.changed_runs(before, after)) < abi.FV_SLOTS // 2
+    # any source port: a free slot has its bit in every source-port word already (install, lift)
+    assert words(guard.changed_runs(before, after)) <= 1024
+    assert words(guard.changed_runs(after, before)) <= 1024
+    # one source port: its bit leaves the other 65,535 source-port words (the layout's cost)
+    exact = policy.filter_vectors((*ops, replace(mit, sport=(5000, 5000))))[0]
+    assert abi.FV_SLOTS // 4 < words(guard.changed_runs(before, exact)) < abi.FV_SLOTS // 2
+
+
+def test_free_slots_accept_any_source_port_and_nothing_else_sees_them():
+    fl = (Filter(proto="udp", sport=(53, 53)),)
+    vec, live, _ = policy.filter_vectors(fl)
+    free = ((1 << abi.FILTERS_MAX) - 1) & ~live
+    assert all(word(vec, abi.FV_SPORT + v) & free == free for v in (0, 53, 65535, abi.FV_NOPORT))
+    assert all(word(vec, abi.FV_DPORT + v) & free == 0 for v in (0, 53, 65535, abi.FV_NOPORT))
+    assert word(vec, abi.FV_SPORT + 54) & live == 0 and word(vec, abi.FV_SPORT + 53) & live == live

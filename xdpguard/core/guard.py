@@ -980,7 +980,7 @@ _MEMOS: weakref.WeakKeyDictionary[BpfMap, _FilterMemo] = weakref.WeakKeyDictiona
 # Part of every generation's stamp: bump it when filter_vectors or payload_index change the words
 # they write for the same filters (tests/unit/test_filter_vectors.py pins a digest of them), so a
 # generation compiled by an older controller is rewritten whole rather than patched.
-COMPILE_VERSION = 1
+COMPILE_VERSION = 2  # 2: free slots accept any source port (policy.filter_vectors)
 
 
 def _stamp(filters: tuple[Filter, ...]) -> int:
@@ -1299,8 +1299,8 @@ def settle_filters(maps) -> bool:
     """Bring the generation not in use up to the one in use, off the critical path (between the
     daemon's rounds, under the interface lock): a change is written into the generation not in
     use, which otherwise still holds the change before this one, so an install followed by a
-    widen would write the install's words twice (a filter for any source port has its bit in
-    65,537 words). Not when that generation holds more filters than the one in use (after a
+    widen would write the install's words twice (a filter for one source port clears its bit in
+    65,536 words). Not when that generation holds more filters than the one in use (after a
     lift): a filter installed again into the freed slot then finds most of its words there.
     Only when this map dict wrote last (its memory holds) and SETTLE_AFTER_S after its switch
     (no packet still reads the old generation). Returns whether it wrote."""
