@@ -1173,12 +1173,12 @@ def _word_keys(first: int, n: int):
     return (ctypes.c_uint32 * n)(*range(first, first + n))
 
 
-@functools.lru_cache(maxsize=3)  # this change's, and the two generations' before it
+@functools.lru_cache(maxsize=4)  # a change's and the one two changes back (~1.6 MB each)
 def _vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
     return filter_vectors(filters)
 
 
-@functools.lru_cache(maxsize=3)
+@functools.lru_cache(maxsize=4)
 def _pindex(filters: tuple[Filter, ...]) -> tuple[bytes, int, tuple[int, ...]]:
     vec, indexed, positions = payload_index(filters)
     return vec, indexed, tuple(positions)
