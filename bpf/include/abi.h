@@ -447,7 +447,7 @@ struct xg_fhead {
     __u64 live;               /* bit i: slot i holds a filter */
     __u64 payload;            /* bit i: filter i also compares payload bytes (xg_fdef_arr) */
     __u32 count;              /* filters in this generation */
-    __u32 reserved;           /* 0 */
+    __u32 reserved;           /* the controller's stamp of the filters its words hold (0: none); not read here */
 };
 
 /* ---- the payload index (steps/feature.h) ----
@@ -474,7 +474,7 @@ struct xg_phead {
 /* xg_fsel_arr[0]: the generation the data path reads. */
 struct xg_fsel {
     __u32 gen;                /* 0 or 1 */
-    __u32 reserved;           /* 0 */
+    __u32 reserved;           /* the last writer's random tag (0: a write under way); not read here */
 };
 
 /* xg_ports_hash key: an open port of a protected address (v4 uses addr[0..3], rest zero). */

@@ -8,6 +8,7 @@ vectors is covered by tests/bpf/test_differential.py.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import replace
 
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xdpguard.core.kernel import abi
-from xdpguard.core import policy
+from xdpguard.core import guard, policy
 from xdpguard.core.model.verdict import Headers, _filter_matches
 from xdpguard.core.policy import Filter
 
@@ -169,3 +170,88 @@ def test_payload_index_takes_filters_in_order_while_their_positions_fit():
     fl = tuple(Filter(payload=bytes(range(1, 17)), payload_off=16 * i) for i in range(3))
     _, indexed, positions = policy.payload_index(fl)
     assert indexed == 0b011 and len(positions) == 32
+
+
+# ---- partial rewrites of a generation (guard.py: only the words that differ are written) ----
+
+DIGEST_FILTERS = (
+    Filter(action="mitigate", proto="udp", dport=(53, 53), length=(100, 180), ttl=(40, 50)),
+    Filter(proto="tcp", sport=(1000, 2000), tcp_flags=(0x12, 0x02)),
+    Filter(action="pass", payload=b"GOOD", payload_base="payload", payload_off=2),
+    Filter(proto="icmp", length=(0, 64), payload=b"\x08\x00", payload_mask=b"\xff\x0f", payload_base="l4"),
+)
+
+
+def test_the_compiled_words_are_those_of_the_compile_version():
+    """guard.py patches a generation where its words differ from those of the filters its stamp
+    names, which an older controller may have compiled: a change to what filter_vectors or
+    payload_index write for the same filters must come with a new guard.COMPILE_VERSION (then
+    record the new digest here)."""
+    vec, live, payload = policy.filter_vectors(DIGEST_FILTERS)
+    pvec, indexed, positions = policy.payload_index(DIGEST_FILTERS)
+    digest = hashlib.sha256(vec + pvec + repr((live, payload, indexed, positions)).encode()).hexdigest()
+    assert (guard.COMPILE_VERSION, digest) == (
+        2,
+        "fe7eb2291dcb281c38b707b6c2492c7a6ec477ac9889b31f2463dabd79658580",
+    )
+
+
+def test_stamps_name_the_filters_and_are_never_zero():
+    a = guard._stamp(DIGEST_FILTERS)
+    assert a and guard._stamp(()) and a == guard._stamp(tuple(DIGEST_FILTERS))
+    assert a != guard._stamp(DIGEST_FILTERS[:3]) and a != guard._stamp(DIGEST_FILTERS[::-1])
+    assert a != guard._stamp((replace(DIGEST_FILTERS[0], length=(100, 181)), *DIGEST_FILTERS[1:]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 5000),
+    changes=st.lists(st.tuples(st.integers(0, 4999), st.integers(1, 255)), max_size=40),
+)
+def test_changed_runs_cover_every_changed_word_and_only_chunks_that_changed(n, changes):
+    old = bytes(8 * n)
+    new = bytearray(old)
+    for at, v in changes:
+        if at < n:
+            new[8 * at + (v % 8)] = v
+    new = bytes(new)
+    runs = guard.changed_runs(old, new)
+    covered = set()
+    for a, b in runs:
+        assert 0 <= a < b <= n
+        covered.update(range(a, b))
+    differ = {i for i in range(n) if old[8 * i : 8 * i + 8] != new[8 * i : 8 * i + 8]}
+    assert differ <= covered
+    chunks = {i // 16 for i in differ}
+    assert {i // 16 for i in covered} == chunks  # nothing beyond the changed chunks
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(runs, runs[1:]))  # sorted, adjacent ones merged
+    patched = bytearray(old)
+    for a, b in runs:
+        patched[8 * a : 8 * b] = new[8 * a : 8 * b]
+    assert bytes(patched) == new
+
+
+def test_a_new_mitigation_costs_its_words_not_the_generation():
+    """What a partial rewrite writes for the engine's kinds of change, against the whole
+    generation (abi.FV_SLOTS words) the full compile wrote."""
+    ops = (Filter(proto="udp", dport=(123, 123), length=(468, 468)),)
+    mit = Filter(action="mitigate", proto="udp", dport=(53, 53), length=(100, 180), ttl=(40, 50))
+    wider = replace(mit, length=(100, 260))
+    before, after, widened = (policy.filter_vectors(f)[0] for f in (ops, (*ops, mit), (*ops, wider)))
+    words = lambda runs: sum(b - a for a, b in runs)  # noqa: E731
+    assert words(guard.changed_runs(after, widened)) <= 16 * 8  # 80 length words, in 16-word chunks
+    # any source port: a free slot has its bit in every source-port word already (install, lift)
+    assert words(guard.changed_runs(before, after)) <= 1024
+    assert words(guard.changed_runs(after, before)) <= 1024
+    # one source port: its bit leaves the other 65,535 source-port words (the layout's cost)
+    exact = policy.filter_vectors((*ops, replace(mit, sport=(5000, 5000))))[0]
+    assert abi.FV_SLOTS // 4 < words(guard.changed_runs(before, exact)) < abi.FV_SLOTS // 2
+
+
+def test_free_slots_accept_any_source_port_and_nothing_else_sees_them():
+    fl = (Filter(proto="udp", sport=(53, 53)),)
+    vec, live, _ = policy.filter_vectors(fl)
+    free = ((1 << abi.FILTERS_MAX) - 1) & ~live
+    assert all(word(vec, abi.FV_SPORT + v) & free == free for v in (0, 53, 65535, abi.FV_NOPORT))
+    assert all(word(vec, abi.FV_DPORT + v) & free == 0 for v in (0, 53, 65535, abi.FV_NOPORT))
+    assert word(vec, abi.FV_SPORT + 54) & live == 0 and word(vec, abi.FV_SPORT + 53) & live == live

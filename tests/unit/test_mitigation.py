@@ -933,3 +933,45 @@ def test_no_filter_for_a_protocol_a_filter_cannot_name():
     ]
     d = mitigation.derive(six, base, ("2001:db8::1", "icmpv6", 0), 0.01)
     assert d.filter is not None and d.filter.proto == "icmp", d
+
+
+def test_the_daemon_settles_the_filter_generations_in_the_round_after_a_write(tmp_path, monkeypatch):
+    """A filter write leaves the generation not in use one change behind (guard.settle_filters);
+    the daemon's hook settles it at the start of the next round, before that round's own
+    decisions, under the interface lock, and only after a write."""
+    import os
+    from types import SimpleNamespace
+
+    from xdpguard.core import state
+
+    rig = Rig(tmp_path, monkeypatch)
+    rng = random.Random(21)
+    peacetime(rig, rng)
+    assert not rig.engine.unsettled
+    for _ in range(2):
+        rig.round(udp_flood(200, rng, size=120), pps=100_000)
+    assert len(rig.kernel) == 1 and rig.engine.unsettled
+
+    settled: list[bool] = []  # per call: was the interface lock held?
+
+    class Guard:
+        iface = rig.iface
+
+        def settle_filters(self) -> bool:
+            fd = state.flock_wait(rig.iface.lock_file, 0.0)
+            settled.append(fd is None)
+            if fd is not None:
+                os.close(fd)
+            return True
+
+    rounds: list[int] = []
+    monkeypatch.setattr(rig.engine, "round", lambda snap, samples: rounds.append(len(settled)))
+    monkeypatch.setattr(mitigation.connlimit, "offenders", lambda: [])
+    monkeypatch.setattr(mitigation.connlimit, "promote", lambda g, found: [])
+    hook = mitigation.DaemonHook(mitigation.Settings())
+    hook.engines[rig.iface.name] = rig.engine
+    collector = SimpleNamespace(guard=Guard())
+    hook(rig.iface.name, collector, None, [])
+    assert settled == [True] and rounds == [1] and not rig.engine.unsettled
+    hook(rig.iface.name, collector, None, [])  # nothing written since
+    assert settled == [True] and rounds == [1, 1]

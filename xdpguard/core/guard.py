@@ -18,6 +18,8 @@ import ipaddress
 import os
 import struct
 import time
+import weakref
+import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
@@ -509,6 +511,9 @@ class Guard:
     def write_mitigation_filters(self, filters: list[Filter]) -> int:
         return write_mitigation_filters(self.maps, filters)
 
+    def settle_filters(self) -> bool:
+        return settle_filters(self.maps)
+
     def read_bans(self, now_ns: int) -> list[BanView]:
         return read_bans(self.maps, now_ns)
 
@@ -952,15 +957,115 @@ def _sync_port_limits_flag(maps, addr) -> None:
         pm.set(pk, cur)
 
 
-def _read_filters(maps) -> list[Filter]:
+# ---- the filter table and its compiled generations ----
+#
+# A filter change costs what changed. The Guard remembers (per map dict: a Guard's or a test
+# bed's) the table it last wrote and the filters compiled into each generation, and trusts that
+# memory only while xg_fsel_arr still holds the (generation, tag) it wrote last and
+# xg_config.filters_count its table's length: every write first clears the tag and ends with a
+# new random one, so another writer in between (the CLI, the reconciler, another daemon, an
+# older xdpguard that writes tag 0) makes the next call read the maps again (the table: at most
+# FILTERS_MAX entries, in one batch). The generation about to be written is rewritten only where
+# its words differ from what it holds: the filters compiled into it are known (remembered, or
+# read from xg_fdef_arr and checked against the stamp in its xg_fhead.reserved, which is
+# cleared before it is touched), and their words are computed again. All of it runs under the
+# interface lock, as every map write does: two writers at once are not this code's business.
+
+
+@dataclass
+class _FilterMemo:
+    sel: tuple[int, int]  # xg_fsel_arr[0] (gen, reserved) as this memo's last write left it
+    table: tuple[Filter, ...] | None  # xg_filters_arr[0..xg_config.filters_count), None: unknown
+    gens: dict[int, tuple[Filter, ...] | None]  # generation → the filters compiled into it, None: unknown
+    switched: float  # time.monotonic() of this memo's last switch of generation
+
+
+_MEMOS: weakref.WeakKeyDictionary[BpfMap, _FilterMemo] = weakref.WeakKeyDictionary()
+
+# Part of every generation's stamp: bump it when filter_vectors or payload_index change the words
+# they write for the same filters (tests/unit/test_filter_vectors.py pins a digest of them), so a
+# generation compiled by an older controller is rewritten whole rather than patched.
+COMPILE_VERSION = 2  # 2: free slots accept any source port (policy.filter_vectors)
+
+
+def _stamp(filters: tuple[Filter, ...]) -> int:
+    """xg_fhead.reserved of a generation whose words are exactly those of `filters`: never 0."""
+    crc = zlib.crc32(struct.pack("<II", COMPILE_VERSION, len(filters)))
+    for f in filters:
+        crc = zlib.crc32(bytes(f.to_c()), crc)
+    return crc or 1
+
+
+def _sel(maps) -> abi.FSel:
+    return maps[abi.MapName.FSEL].get(ctypes.c_uint32(0)) or abi.FSel()
+
+
+def _memo(maps, sel: abi.FSel) -> _FilterMemo | None:
+    """What this map dict's last filter write left, if nobody wrote since: xg_fsel_arr holds
+    what that write left, and xg_config.filters_count (which a reset, or a test's shortcut,
+    writes without a compile) the length of its table."""
+    memo = _MEMOS.get(maps[abi.MapName.FSEL])
+    if memo is None or memo.sel != (sel.gen, sel.reserved) or not sel.reserved:
+        return None
+    if memo.table is not None:
+        cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
+        if cfg.filters_count != len(memo.table):
+            return None
+    return memo
+
+
+def _read_slots(m: BpfMap, first: int, n: int) -> list:
+    """Entries first..first+n-1 of array map m in one BPF_MAP_LOOKUP_BATCH."""
+    if n <= 0:
+        return []
+    keys = (m.key_type * n)()
+    values = (m.value_type * n)()
+    prev = m.key_type(first - 1)
+    token = m.key_type()
+    rc, cnt = libbpf.map_lookup_batch(
+        m.fd,
+        ctypes.addressof(keys),
+        ctypes.addressof(values),
+        n,
+        ctypes.addressof(prev) if first else None,
+        ctypes.addressof(token),
+    )
+    if rc < 0 and rc != -errno.ENOENT:
+        raise libbpf.BpfError(-rc, f"map lookup batch on {m.name.value}: {os.strerror(-rc)}")
+    return list(values[:cnt])
+
+
+def _read_table(maps) -> tuple[Filter, ...]:
+    """xg_filters_arr[0..xg_config.filters_count) from the maps."""
     cfg = maps[abi.MapName.CONFIG].get(ctypes.c_uint32(0)) or abi.Config()
-    fm = maps[abi.MapName.FILTERS]
-    out = []
-    for i in range(cfg.filters_count):
-        f = fm.get(ctypes.c_uint32(i))
-        if f is not None:
-            out.append(Filter.from_c(f))
-    return out
+    n = min(cfg.filters_count, abi.FILTERS_MAX)
+    return tuple(Filter.from_c(f) for f in _read_slots(maps[abi.MapName.FILTERS], 0, n))
+
+
+@functools.lru_cache(maxsize=1024)
+def _as_read(f: Filter) -> Filter:
+    """f as the maps give it back (Filter.from_c: the payload masked, its mask spelt out), which
+    is what a memory of the maps must hold."""
+    return Filter.from_c(f.to_c())
+
+
+def _read_filters(maps) -> list[Filter]:
+    memo = _memo(maps, _sel(maps))
+    if memo is not None and memo.table is not None:
+        return list(memo.table)
+    return list(_read_table(maps))
+
+
+def _compiled_in(maps, gen: int) -> tuple[Filter, ...] | None:
+    """The filters generation `gen` was compiled from, when its stamp vouches for its words."""
+    head = maps[abi.MapName.FHEAD].get(ctypes.c_uint32(gen))
+    if head is None or not head.reserved or head.count > abi.FILTERS_MAX:
+        return None
+    defs = _read_slots(maps[abi.MapName.FDEF], gen * abi.FILTERS_MAX, head.count)
+    if len(defs) != head.count:
+        return None
+    filters = tuple(Filter.from_c(f) for f in defs)
+    return filters if _stamp(filters) == head.reserved else None
 
 
 def read_global_policy(maps) -> GlobalPolicy:
@@ -985,11 +1090,12 @@ def read_mitigation_filters(maps) -> list[Filter]:
 
 def write_mitigation_filters(maps, filters: list[Filter]) -> int:
     """Replace the mitigation filters (kept after the operator's). Returns how many fit: the
-    operator's filters always keep their slots."""
-    pol = read_global_policy(maps)
-    room = max(0, abi.FILTERS_MAX - len(pol.filters))
+    operator's filters always keep their slots. Reads only the filter table (not the policy's
+    65,536 reflection ports), and nothing when this map dict wrote last."""
+    operator = [f for f in _read_filters(maps) if f.action != MITIGATE]
+    room = max(0, abi.FILTERS_MAX - len(operator))
     keep = [f for f in filters if f.action == MITIGATE][:room]
-    _write_filter_table(maps, list(pol.filters) + keep)
+    _write_filter_table(maps, operator + keep)
     return len(keep)
 
 
@@ -1024,29 +1130,45 @@ def read_filter_table(maps) -> list[Filter]:
 def _write_filter_table(maps, filters: list[Filter]) -> None:
     """The ordered list (the controller's record, xg_filters_arr) and its compiled generation,
     which is what the data path reads and is swapped in whole; nothing when both already hold
-    exactly `filters` (the reconciler writes every 30 s)."""
-    if _read_filters(maps) == list(filters) and filters_compiled(maps, len(filters)):
+    exactly `filters` (the reconciler writes every 30 s). Only the slots and words that differ
+    from what the maps hold are written."""
+    if len(filters) > abi.FILTERS_MAX:
+        raise UserError(f"too many filters: {len(filters)}, the table holds {abi.FILTERS_MAX}")
+    want = tuple(map(_as_read, filters))
+    sel_m = maps[abi.MapName.FSEL]
+    sel = _sel(maps)
+    memo = _memo(maps, sel)
+    table = memo.table if memo is not None and memo.table is not None else _read_table(maps)
+    if table == want and (
+        memo.gens.get(sel.gen & 1) == want if memo is not None else _generation_holds(maps, sel.gen & 1, want)
+    ):
         return
+    if sel.reserved:  # from here on, no other writer's memory of these maps holds
+        sel = abi.FSel(sel.gen, 0)
+        sel_m.set(ctypes.c_uint32(0), sel)
     cm = maps[abi.MapName.CONFIG]
     cfg = cm.get(ctypes.c_uint32(0)) or abi.Config()
     fm = maps[abi.MapName.FILTERS]
-    n_new = len(filters)
+    n_new = len(want)
     if n_new < cfg.filters_count:
         cfg.filters_count = n_new
         cm.set(ctypes.c_uint32(0), cfg)
-    for i, f in enumerate(filters):
-        fm.set(ctypes.c_uint32(i), f.to_c())
-    cfg.filters_count = n_new
-    cm.set(ctypes.c_uint32(0), cfg)
-    compile_filters(maps, tuple(filters))
+    for i, f in enumerate(want):
+        if i >= len(table) or table[i] != f:
+            fm.set(ctypes.c_uint32(i), f.to_c())
+    if cfg.filters_count != n_new:
+        cfg.filters_count = n_new
+        cm.set(ctypes.c_uint32(0), cfg)
+    _compile(maps, want, sel, memo, table=want)
 
 
-def filters_compiled(maps, count: int) -> bool:
-    """Does the generation in use hold `count` filters? (False after an upgrade from a version
-    without compiled filters: their maps start empty.)"""
-    sel = maps[abi.MapName.FSEL].get(ctypes.c_uint32(0))
-    head = maps[abi.MapName.FHEAD].get(ctypes.c_uint32(sel.gen & 1 if sel else 0))
-    return head is not None and head.count == count
+def _generation_holds(maps, gen: int, filters: tuple[Filter, ...]) -> bool:
+    """Was generation `gen` compiled from `filters`? Its stamp says; a generation an older
+    controller compiled has none, and then its count does."""
+    head = maps[abi.MapName.FHEAD].get(ctypes.c_uint32(gen))
+    if head is None or head.count != len(filters):
+        return False
+    return not head.reserved or head.reserved == _stamp(filters)
 
 
 @functools.lru_cache(maxsize=8)
@@ -1056,40 +1178,153 @@ def _word_keys(first: int, n: int):
     return (ctypes.c_uint32 * n)(*range(first, first + n))
 
 
-def _write_words(m, first: int, words: bytes) -> None:
-    """Array map m's entries first.. := the __u64 words (host byte order), in one batch."""
+@functools.lru_cache(maxsize=4)  # a change's and the one two changes back (~1.6 MB each)
+def _vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
+    return filter_vectors(filters)
+
+
+@functools.lru_cache(maxsize=4)
+def _pindex(filters: tuple[Filter, ...]) -> tuple[bytes, int, tuple[int, ...]]:
+    vec, indexed, positions = payload_index(filters)
+    return vec, indexed, tuple(positions)
+
+
+_BLOCK_WORDS, _CHUNK_WORDS = 2048, 16
+
+
+def changed_runs(old: bytes, new: bytes) -> list[tuple[int, int]]:
+    """The word ranges [a, b) (8-byte words) where `new` differs from `old` (same length), at a
+    granularity of 16 words, adjacent ones merged: what a partial rewrite has to write."""
+    runs: list[list[int]] = []
+    n = len(new) // 8
+    for b0 in range(0, n, _BLOCK_WORDS):
+        b1 = min(n, b0 + _BLOCK_WORDS)
+        if old[b0 * 8 : b1 * 8] == new[b0 * 8 : b1 * 8]:
+            continue
+        for c0 in range(b0, b1, _CHUNK_WORDS):
+            c1 = min(b1, c0 + _CHUNK_WORDS)
+            if old[c0 * 8 : c1 * 8] != new[c0 * 8 : c1 * 8]:
+                if runs and runs[-1][1] == c0:
+                    runs[-1][1] = c1
+                else:
+                    runs.append([c0, c1])
+    return [(a, b) for a, b in runs]
+
+
+def _write_words(m, first: int, words: bytes, old: bytes | None = None) -> int:
+    """Array map m's entries first.. := the __u64 words (host byte order), in one batch per run
+    of words that differ from `old` (what those entries hold; None: unknown, all are written).
+    Returns how many were written."""
     n = len(words) // 8
+    runs = [(0, n)] if old is None or len(old) != len(words) else changed_runs(old, words)
+    if not runs:
+        return 0
     keys = _word_keys(first, n)
     vals = ctypes.create_string_buffer(words, len(words))
-    rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
-    if rc != 0 or done != n:
-        raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}: {os.strerror(-rc) if rc else 'short'}")
+    written = 0
+    for a, b in runs:
+        rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys) + 4 * a, ctypes.addressof(vals) + 8 * a, b - a)
+        if rc != 0 or done != b - a:
+            raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}: {os.strerror(-rc) if rc else 'short'}")
+        written += b - a
+    return written
 
 
 def compile_filters(maps, filters: tuple[Filter, ...]) -> int:
-    """Write the filters into the generation not in use (vectors, definitions, head), then
-    switch the data path to it with one write. Returns the new generation."""
+    """Write the filters into the generation not in use (vectors, definitions, head), whole,
+    then switch the data path to it with one write. Returns the new generation. For maps just
+    refilled (an upgrade's new maps: protection.refill_derived), so the other generation's
+    stamp is cleared too: its words are not vouched for."""
+    sel = _sel(maps)
+    if sel.reserved:
+        sel = abi.FSel(sel.gen, 0)
+        maps[abi.MapName.FSEL].set(ctypes.c_uint32(0), sel)
+    other = maps[abi.MapName.FHEAD].get(ctypes.c_uint32(sel.gen & 1))
+    if other is not None and other.reserved:
+        other.reserved = 0
+        maps[abi.MapName.FHEAD].set(ctypes.c_uint32(sel.gen & 1), other)
+    return _compile(maps, tuple(map(_as_read, filters)), sel, None, table=None, whole=True)
+
+
+def _compile(
+    maps, filters: tuple[Filter, ...], sel: abi.FSel, memo: _FilterMemo | None, table, whole: bool = False
+) -> int:
+    """compile_filters, given xg_fsel_arr[0] (its tag already cleared) and this map dict's
+    memory of the generations (None: read the stamp of the generation to write). Only the words
+    that differ from what that generation holds are written, unless `whole` or it is unknown."""
     if len(filters) > abi.FILTERS_MAX:
         raise UserError(f"too many filters: {len(filters)}, the table holds {abi.FILTERS_MAX}")
+    cur = sel.gen & 1
+    gen = cur ^ 1
+    _fill(maps, gen, filters, None if whole else _held(maps, gen, memo))
+    # XXX: a packet that read the old generation before this write finishes on it; the next
+    # compile rewrites that generation, so two changes within one packet's run could tear it
+    # (settle_filters waits for SETTLE_AFTER_S).
+    tag = int.from_bytes(os.urandom(4), "little") or 1
     sel_m = maps[abi.MapName.FSEL]
-    sel = sel_m.get(ctypes.c_uint32(0)) or abi.FSel()
-    gen = (sel.gen & 1) ^ 1
-    vec, live, payload = filter_vectors(filters)
-    _write_words(maps[abi.MapName.FVEC], gen * abi.FV_SLOTS, vec)
+    sel_m.set(ctypes.c_uint32(0), abi.FSel(gen, tag))
+    gens = {gen: filters, cur: memo.gens.get(cur) if memo is not None else None}
+    _MEMOS[sel_m] = _FilterMemo((gen, tag), table, gens, time.monotonic())
+    return gen
+
+
+def _held(maps, gen: int, memo: _FilterMemo | None) -> tuple[Filter, ...] | None:
+    """The filters generation `gen` holds the words of: remembered, else vouched for by its stamp."""
+    held = memo.gens.get(gen) if memo is not None else None
+    return held if held is not None else _compiled_in(maps, gen)
+
+
+def _fill(maps, gen: int, filters: tuple[Filter, ...], prev: tuple[Filter, ...] | None) -> None:
+    """Generation `gen` (not in use) := the compile of `filters`, writing only what differs from
+    the compile of `prev` (what it holds; None: unknown, all of it), then stamped."""
+    hm = maps[abi.MapName.FHEAD]
+    head = hm.get(ctypes.c_uint32(gen)) or abi.FHead()
+    if head.reserved:  # the stamp goes before the words it vouches for change
+        head.reserved = 0
+        hm.set(ctypes.c_uint32(gen), head)
+    vec, live, payload = _vectors(filters)
+    _write_words(maps[abi.MapName.FVEC], gen * abi.FV_SLOTS, vec, _vectors(prev)[0] if prev is not None else None)
     dm = maps[abi.MapName.FDEF]
     for i, f in enumerate(filters):
-        dm.set(ctypes.c_uint32(gen * abi.FILTERS_MAX + i), f.to_c())
+        if prev is None or i >= len(prev) or prev[i] != f:
+            dm.set(ctypes.c_uint32(gen * abi.FILTERS_MAX + i), f.to_c())
     if abi.MapName.PVEC in maps:  # (a program before the payload index has no such maps)
-        pvec, indexed, positions = payload_index(filters)
-        _write_words(maps[abi.MapName.PVEC], gen * abi.PV_SLOTS, pvec)
+        pvec, indexed, positions = _pindex(filters)
+        _write_words(maps[abi.MapName.PVEC], gen * abi.PV_SLOTS, pvec, _pindex(prev)[0] if prev is not None else None)
         maps[abi.MapName.PHEAD].set(
             ctypes.c_uint32(gen), abi.PHead(indexed, len(positions), 0, (ctypes.c_uint16 * abi.PPOS_MAX)(*positions))
         )
-    maps[abi.MapName.FHEAD].set(ctypes.c_uint32(gen), abi.FHead(live, payload, len(filters), 0))
-    # XXX: a packet that read the old generation before this write finishes on it; the next
-    # compile rewrites that generation, so two changes within one packet's run could tear it.
-    sel_m.set(ctypes.c_uint32(0), abi.FSel(gen, 0))
-    return gen
+    hm.set(ctypes.c_uint32(gen), abi.FHead(live, payload, len(filters), _stamp(filters)))
+
+
+SETTLE_AFTER_S = 0.2  # far longer than any packet's run of the program
+
+
+def settle_filters(maps) -> bool:
+    """Bring the generation not in use up to the one in use, off the critical path (between the
+    daemon's rounds, under the interface lock): a change is written into the generation not in
+    use, which otherwise still holds the change before this one, so an install followed by a
+    widen would write the install's words twice (a filter for one source port clears its bit in
+    65,536 words). Not when that generation holds more filters than the one in use (after a
+    lift): a filter installed again into the freed slot then finds most of its words there.
+    Only when this map dict wrote last (its memory holds) and SETTLE_AFTER_S after its switch
+    (no packet still reads the old generation). Returns whether it wrote."""
+    sel_m = maps[abi.MapName.FSEL]
+    sel = _sel(maps)
+    memo = _memo(maps, sel)
+    if memo is None or time.monotonic() - memo.switched < SETTLE_AFTER_S:
+        return False
+    cur = sel.gen & 1
+    want = memo.gens.get(cur)
+    prev = _held(maps, cur ^ 1, memo)
+    if want is None or prev == want or (prev is not None and len(prev) > len(want)):
+        return False  # (after a lift: a filter installed again in its slot finds its words there)
+    sel_m.set(ctypes.c_uint32(0), abi.FSel(sel.gen, 0))  # no other writer's memory holds meanwhile
+    _fill(maps, cur ^ 1, want, prev)
+    tag = int.from_bytes(os.urandom(4), "little") or 1
+    sel_m.set(ctypes.c_uint32(0), abi.FSel(sel.gen, tag))  # the same generation in use
+    _MEMOS[sel_m] = _FilterMemo((sel.gen, tag), memo.table, {cur: want, cur ^ 1: want}, memo.switched)
+    return True
 
 
 def read_bans(maps, now_ns: int) -> list[BanView]:

@@ -373,8 +373,14 @@ def _range_words(ranges: list[tuple[int, int, int]], values: int = 65536) -> byt
 def filter_vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
     """The words of one generation (abi.FV_SLOTS of them, host byte order), the live mask and the
     payload mask. Word (field, value) has bit i set when filter i's condition on that field holds
-    for that value — exactly filter_matches() of the linear scan this replaces, field by field."""
+    for that value — exactly filter_matches() of the linear scan this replaces, field by field.
+
+    A slot no filter holds is outside the live mask (the data path ANDs it first) and accepts
+    any source port: a filter for any source port (the engine's usual fingerprint: a spoofed
+    flood comes from every port) installed into a free slot then changes none of the 65,537
+    source-port words, and neither does its lift (the controller writes only changed words)."""
     bits = [1 << i for i in range(len(filters))]
+    free = sum(1 << i for i in range(len(filters), abi.FILTERS_MAX))
     proto, ttl, flags = [0] * 256, [0] * 256, [0] * 257
     sport, dport, length = [], [], []
     no_sport = no_dport = 0
@@ -398,6 +404,9 @@ def filter_vectors(filters: tuple[Filter, ...]) -> tuple[bytes, int, int]:
         if f.dport == (0, 65535):
             no_dport |= b
         length.append((b, *f.length))
+    if free:
+        sport.append((free, 0, 65535))
+        no_sport |= free
     pad = abi.FV_SPORT - (abi.FV_FLAGS + len(flags))
     vec = b"".join(
         [

@@ -828,6 +828,7 @@ class Engine:
         self.dropped: dict[str, int] = {}  # record id → packets its sampled drops stand for (kept between writes)
         self.rounds = 0
         self.peace = False  # no attack on the interface in the last round (budgets.py learns only then)
+        self.unsettled = False  # a filter write since the last guard.settle_filters (DaemonHook)
 
     def _tcpstate(self, addr: str) -> bool:
         if self.tcpstate_on is not None:
@@ -1159,6 +1160,7 @@ class Engine:
                     keep.append(rec)
                 recs["active"] = keep
                 fit = _realise(self.g, recs)
+                self.unsettled = True
                 self._rebase(keep[:fit])  # the reader counts from this write on
                 if fit < len(keep):
                     recs["active"] = keep[:fit]
@@ -1181,6 +1183,17 @@ class Engine:
                 self.report(f"{self.iface.name}: mitigation {r['id']} {r['last_step']}: {r['steps'][-1]['detail']}")
                 self.last_hit.pop(r["id"], None)
                 self.dropped.pop(r["id"], None)
+
+
+def _settle(g) -> None:
+    """guard.settle_filters under the interface lock, between rounds: the next change then writes
+    only its own words into the generation not in use. A busy lock skips it (the next change is
+    then written in full, which is only slower)."""
+    try:
+        with state.iface_lock(g.iface, timeout_s=0.2):
+            g.settle_filters()
+    except (OSError, UserError):  # (a write that failed half-way left no memory: the next one is whole)
+        pass
 
 
 class DaemonHook:
@@ -1208,6 +1221,9 @@ class DaemonHook:
                     g.iface, g, self.settings, self.report, verified_drops=self.verified_drops
                 )
             e.g = g  # a collector re-opened after a failed round has a new Guard
+            if e.unsettled:  # the last round's change, copied into the other generation now
+                e.unsettled = False
+                _settle(g)
             e.round(snap, samples)
             # the admission budgets follow each UDP service's peacetime (budgets.py); the
             # engine's view of peace is the one the learner trusts, so only with mitigation on
