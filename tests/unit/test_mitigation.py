@@ -964,6 +964,12 @@ def test_the_daemon_settles_the_filter_generations_in_the_round_after_a_write(tm
                 os.close(fd)
             return True
 
+        def read_budgets(self) -> list:  # budgets.BudgetLearner's read: no UDP service here
+            return []
+
+        def read_verify_settings(self):
+            return policy.VerifySettings()
+
     rounds: list[int] = []
     monkeypatch.setattr(rig.engine, "round", lambda snap, samples: rounds.append(len(settled)))
     monkeypatch.setattr(mitigation.connlimit, "offenders", lambda: [])
