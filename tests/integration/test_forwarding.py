@@ -148,6 +148,57 @@ class Topo:
     def sysctl(self, key: str) -> str:
         return self.lab.run(self.prot, "cat", "/proc/sys/" + key.replace(".", "/")).stdout.strip()
 
+    def count_leaks(self, src: str = OTHER4) -> None:
+        """Count the packets from `src` that get past XDP, in our own nft table (xgtest, at
+        prerouting; removed at the end of the test): `leaked()`."""
+        self.lab.run(
+            self.prot,
+            "nft",
+            "-f",
+            "-",
+            input=(
+                "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
+                f"  ip saddr {src} counter name leaked\n }}\n}}\n"
+            ),
+        )
+        self.lab.defer(
+            "nft test table", self.lab.run, self.prot, "nft", "delete", "table", "inet", "xgtest", check=False
+        )
+
+    def leaked(self) -> int:
+        out = self.lab.run(self.prot, "nft", "-j", "list", "counter", "inet", "xgtest", "leaked").stdout
+        return json.loads(out)["nftables"][1]["counter"]["packets"]
+
+    def udp_flood(self, dport: int, count: int, duration: float, pps: int, src: str = OTHER4) -> subprocess.Popen:
+        """A UDP flood from the client's `src` at PROT4 (xdpguard.lab.flood), bounded by `count`
+        packets and `duration` seconds."""
+        mac = json.loads(self.lab.run(self.prot, "ip", "-j", "link", "show", self.iface).stdout)[0]["address"]
+        return self.lab.popen(
+            self.client,
+            PY,
+            "-m",
+            "xdpguard.lab.flood",
+            "--iface",
+            "xgc0",
+            "--dst-mac",
+            mac,
+            "--dst",
+            PROT4,
+            "--kind",
+            "udp",
+            "--src",
+            src,
+            "--dport",
+            str(dport),
+            "--count",
+            str(count),
+            "--duration",
+            str(duration),
+            "--pps",
+            str(pps),
+            stdout=subprocess.DEVNULL,
+        )
+
 
 @pytest.fixture
 def topo(lab: Lab) -> Topo:
