@@ -361,6 +361,36 @@ def router_next_hops(name: str | None = None) -> dict[str, list[str]]:
     return out
 
 
+def flood_argv(pps: int, seconds: float, *source: str, name: str | None = None) -> list[str]:
+    """A spoofed UDP flood at the protective IP's udp/7 from the attacker through the router
+    (xdpguard.lab.flood), bounded by pps × seconds packets and by `seconds`; `source` is its
+    --spoof/--sources or --src/--sport. To run in the attacker's namespace."""
+    link = topo._run(["ip", "-n", topo.ns_name("router", name), "-j", "link", "show", "xgu-atk"])
+    mac = json.loads(link.stdout)[0]["address"]
+    return [
+        sys.executable,
+        "-m",
+        "xdpguard.lab.flood",
+        "--iface",
+        "eth0",
+        "--dst-mac",
+        mac,
+        "--dst",
+        PROT4,
+        "--kind",
+        "udp",
+        *source,
+        "--dport",
+        "7",
+        "--count",
+        str(int(pps * seconds)),
+        "--duration",
+        str(seconds),
+        "--pps",
+        str(pps),
+    ]
+
+
 def wait_next_hops(n: int, name: str | None = None, timeout_s: float = 60.0) -> dict[str, list[str]]:
     end = time.monotonic() + timeout_s
     while True:

@@ -71,43 +71,9 @@ def _result(p: subprocess.Popen, timeout: float) -> probe.ProbeResult:
 
 
 def _flood(seconds: float) -> subprocess.Popen:
-    router = topo.ns_name("router")
-    mac = json.loads(
-        subprocess.run(
-            ["ip", "-n", router, "-j", "link", "show", "xgu-atk"], capture_output=True, text=True, timeout=10
-        ).stdout
-    )[0]["address"]
+    argv = lc.flood_argv(FLOOD_PPS, seconds, "--spoof", "198.18.128.0/17", "--sources", "4096")
     return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            topo.ns_name("attacker"),
-            sys.executable,
-            "-m",
-            "xdpguard.lab.flood",
-            "--iface",
-            "eth0",
-            "--dst-mac",
-            mac,
-            "--dst",
-            lc.PROT4,
-            "--kind",
-            "udp",
-            "--spoof",
-            "198.18.128.0/17",
-            "--sources",
-            "4096",
-            "--dport",
-            "7",
-            "--count",
-            str(int(FLOOD_PPS * seconds)),
-            "--duration",
-            str(seconds),
-            "--pps",
-            str(FLOOD_PPS),
-            "--json",
-        ],
+        ["ip", "netns", "exec", topo.ns_name("attacker"), *argv, "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
