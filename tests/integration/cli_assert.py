@@ -9,14 +9,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from xdpguard.lab import topology
+from xdpguard.lab import probe, topology
 
 
 class CliLab:
@@ -56,24 +55,8 @@ class CliLab:
     def http_probe(self, duration: float, timeout: float) -> dict:
         """The lab's client opening a new HTTP connection per request to the protective IP for
         `duration` seconds (xdpguard.lab.probe --json)."""
-        p = self.in_ns(
-            "client",
-            sys.executable,
-            "-m",
-            "xdpguard.lab.probe",
-            "--proto",
-            "http",
-            "--dst",
-            topology.PROT4,
-            "--count",
-            "100000",
-            "--duration",
-            str(duration),
-            "--timeout",
-            str(timeout),
-            "--json",
-            timeout=duration + 30,
-        )
+        argv = probe.command(topology.PROT4, "http", count=100_000, timeout=timeout, duration=duration)
+        p = self.in_ns("client", *argv, timeout=duration + 30)
         return json.loads(p.stdout)
 
     def ns(self, role: str) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from xdpguard.lab import flood
 from xdpguard.lab.netns import Lab
 from cli_assert import one_line_error as _one_line_error
 
@@ -173,31 +174,8 @@ class Topo:
         """A UDP flood from the client's `src` at PROT4 (xdpguard.lab.flood), bounded by `count`
         packets and `duration` seconds."""
         mac = json.loads(self.lab.run(self.prot, "ip", "-j", "link", "show", self.iface).stdout)[0]["address"]
-        return self.lab.popen(
-            self.client,
-            PY,
-            "-m",
-            "xdpguard.lab.flood",
-            "--iface",
-            "xgc0",
-            "--dst-mac",
-            mac,
-            "--dst",
-            PROT4,
-            "--kind",
-            "udp",
-            "--src",
-            src,
-            "--dport",
-            str(dport),
-            "--count",
-            str(count),
-            "--duration",
-            str(duration),
-            "--pps",
-            str(pps),
-            stdout=subprocess.DEVNULL,
-        )
+        argv = flood.command("xgc0", mac, PROT4, "--src", src, dport=dport, pps=pps, duration=duration, count=count)
+        return self.lab.popen(self.client, *argv, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture

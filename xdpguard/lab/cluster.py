@@ -36,6 +36,7 @@ from pathlib import Path
 from xdpguard.core import state as xgstate
 from xdpguard.core.errors import UserError
 
+from . import flood
 from . import topology as topo
 from .netns import NETNS_DIR
 
@@ -367,28 +368,7 @@ def flood_argv(pps: int, seconds: float, *source: str, name: str | None = None) 
     --spoof/--sources or --src/--sport. To run in the attacker's namespace."""
     link = topo._run(["ip", "-n", topo.ns_name("router", name), "-j", "link", "show", "xgu-atk"])
     mac = json.loads(link.stdout)[0]["address"]
-    return [
-        sys.executable,
-        "-m",
-        "xdpguard.lab.flood",
-        "--iface",
-        "eth0",
-        "--dst-mac",
-        mac,
-        "--dst",
-        PROT4,
-        "--kind",
-        "udp",
-        *source,
-        "--dport",
-        "7",
-        "--count",
-        str(int(pps * seconds)),
-        "--duration",
-        str(seconds),
-        "--pps",
-        str(pps),
-    ]
+    return flood.command("eth0", mac, PROT4, *source, dport=7, pps=pps, duration=seconds)
 
 
 def wait_next_hops(n: int, name: str | None = None, timeout_s: float = 60.0) -> dict[str, list[str]]:
