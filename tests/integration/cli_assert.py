@@ -18,6 +18,21 @@ from pathlib import Path
 from xdpguard.lab import probe, topology
 
 
+def run_cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The real CLI, outside the lab's namespaces (`lab up`, `lab down`, ...), with `env`; with
+    `check`, a non-zero exit fails the test with its stderr."""
+    p = subprocess.run(
+        [*topology.xdpguard_argv(), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    assert not check or p.returncode == 0, f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}"
+    return p
+
+
 class CliLab:
     """The namespace lab driven through the real CLI: its own name (`prefix` + pid), run dir and,
     when given, TCP-state grace (XDPGUARD_TCP_GRACE) in the environment of every command."""
@@ -30,16 +45,7 @@ class CliLab:
             self.env["XDPGUARD_TCP_GRACE"] = str(grace_s)
 
     def xg(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        p = subprocess.run(
-            [*topology.xdpguard_argv(), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        assert not check or p.returncode == 0, f"xdpguard {' '.join(args)}: {p.stderr.strip()}"
-        return p
+        return run_cli(self.env, *args, check=check, timeout=timeout)
 
     def pxg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """The CLI inside the protector's namespace."""

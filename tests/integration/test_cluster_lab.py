@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_assert import run_cli
 from xdpguard.core.cluster import node as cnode
 from xdpguard.lab import cluster as lc
 from xdpguard.lab import topology
@@ -49,30 +50,10 @@ class Cluster:
         return f"xg-{self.name}-{role}"
 
     def xg(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        p = subprocess.run(
-            [*topology.xdpguard_argv(), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and p.returncode != 0:
-            raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-        return p
+        return run_cli(self.env, *args, check=check, timeout=timeout)
 
     def xg_in(self, role: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        p = subprocess.run(
-            ["ip", "netns", "exec", self.ns(role), *topology.xdpguard_argv(), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and p.returncode != 0:
-            raise AssertionError(f"{role}: xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-        return p
+        return self.run_in(role, *topology.xdpguard_argv(), *args, check=check, timeout=timeout)
 
     def run_in(self, role: str, *argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
         p = subprocess.run(
