@@ -8,12 +8,15 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from xdpguard.lab import probe, topology
 
@@ -77,6 +80,24 @@ class CliLab:
             env=self.env,
             stdin=subprocess.DEVNULL,
         )
+
+
+def needs_hping3() -> None:
+    """The hping3 labs: without it, a failure under CI (setup.sh installs it), else a skip."""
+    if shutil.which("hping3") is None:
+        pytest.fail("hping3 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no hping3")
+
+
+@contextlib.contextmanager
+def lab_up(lb: CliLab, timeout: float = 180) -> Iterator[CliLab]:
+    """`lab up` around the block, `lab down` after it however it ends; then none of the lab's
+    namespaces may be left."""
+    try:
+        lb.xg("lab", "up", timeout=timeout)
+        yield lb
+    finally:
+        lb.xg("lab", "down", check=False, timeout=timeout)
+    assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
 
 
 def one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:

@@ -16,8 +16,6 @@ Spoofed sources stay inside 198.18.0.0/15. Every hping3 run is bounded by count 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_assert import CliLab, hping_flood, under_flood
+from cli_assert import CliLab, hping_flood, lab_up, needs_hping3, under_flood
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -78,11 +76,8 @@ class Lab(CliLab):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if shutil.which("hping3") is None:
-        pytest.fail("hping3 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no hping3")
-    lb = Lab(tmp_path_factory.mktemp("syncookie"))
-    try:
-        lb.xg("lab", "up", timeout=240)
+    needs_hping3()
+    with lab_up(Lab(tmp_path_factory.mktemp("syncookie")), timeout=240) as lb:
         p = lb.in_ns("inet", "ip", "link", "show", PEER)
         assert " xdp" in p.stdout, p.stdout  # lab up gave the peer its XDP_PASS program (XDP_TX on veth)
         # The spoofed sources live elsewhere on the real internet: the attacker's host neither
@@ -98,9 +93,6 @@ def lab(tmp_path_factory):
         assert p.returncode == 0, p.stderr
         time.sleep(GRACE_S + 1)  # the attach grace period
         yield lb
-    finally:
-        lb.xg("lab", "down", check=False, timeout=240)
-    assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
 
 
 def _under_flood(lab: Lab, with_xdpguard: bool = True, forget: bool = False) -> tuple[dict, dict, int]:

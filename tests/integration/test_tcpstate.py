@@ -9,8 +9,6 @@ Every hping3 run is bounded by packet count (-c) and by time (timeout)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_assert import FLOOD_WINDOW, CliLab, hping_flood, hping_sent, under_flood
+from cli_assert import FLOOD_WINDOW, CliLab, hping_flood, hping_sent, lab_up, needs_hping3, under_flood
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -49,16 +47,10 @@ class Lab(CliLab):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if shutil.which("hping3") is None:
-        pytest.fail("hping3 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no hping3")
-    lb = Lab(tmp_path_factory.mktemp("tcpstate"))
-    try:
-        lb.xg("lab", "up")
+    needs_hping3()
+    with lab_up(Lab(tmp_path_factory.mktemp("tcpstate"))) as lb:
         time.sleep(GRACE_S + 1)  # the attach grace period for connections older than it
         yield lb
-    finally:
-        lb.xg("lab", "down", check=False)
-    assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
 
 
 def _under_flood(lab: Lab, flags: list[str]) -> tuple[dict, dict, int, int]:
