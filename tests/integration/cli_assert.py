@@ -43,12 +43,16 @@ class CliLab:
     def __init__(self, tmp_path: Path, prefix: str, grace_s: float | None = None):
         self.name = f"{prefix}{os.getpid() % 10_000_000}"
         self.tmp = tmp_path
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
+        self.run_dir = tmp_path / "run"
+        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(self.run_dir)}
         if grace_s is not None:
             self.env["XDPGUARD_TCP_GRACE"] = str(grace_s)
 
     def xg(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
         return run_cli(self.env, *args, check=check, timeout=timeout)
+
+    def xg_json(self, *args: str):
+        return json.loads(self.xg(*args, "--json").stdout)
 
     def pxg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """The CLI inside the protector's namespace."""
