@@ -29,7 +29,7 @@ import pytest
 import tomli_w
 
 from cli_assert import CliLab, lab_up, needs_hping3
-from xdpguard.lab import topology
+from xdpguard.lab import probe, topology
 
 pytestmark = pytest.mark.kernel
 
@@ -62,26 +62,8 @@ class Lab(CliLab):
         return json.loads(p.stdout)["mitigations"]
 
     def probe(self, proto: str, duration: float, out: dict) -> None:
-        p = self.in_ns(
-            "client",
-            sys.executable,
-            "-m",
-            "xdpguard.lab.probe",
-            "--proto",
-            proto,
-            "--dst",
-            topology.PROT4,
-            "--count",
-            "100000",
-            "--duration",
-            str(duration),
-            "--timeout",
-            "1",
-            "--interval",
-            "0.005",
-            "--json",
-            timeout=duration + 30,
-        )
+        argv = probe.command(topology.PROT4, proto, count=100_000, timeout=1, interval=0.005, duration=duration)
+        p = self.in_ns("client", *argv, timeout=duration + 30)
         out[proto] = json.loads(p.stdout)
 
 
