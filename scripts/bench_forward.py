@@ -35,10 +35,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdpguard.lab.netns import Lab  # noqa: E402
+from xdpguard.lab.netns import BED_BACKEND4, BED_CLIENT4, BED_GW4, BED_PROT4, Lab  # noqa: E402
 
 PY = sys.executable
-PROT, CLIENT, BACKEND, GW = "198.18.0.2", "198.18.0.1", "198.18.1.2", "198.18.1.1"
+PROT, CLIENT, BACKEND, GW = BED_PROT4, BED_CLIENT4, BED_BACKEND4, BED_GW4  # Lab.forward_bed's
 
 SINK = r"""
 import socket, sys, time
@@ -99,13 +99,7 @@ libbpf.xdp_attach(socket.if_nametoindex(sys.argv[1]), fn.fd, libbpf.XDP_FLAGS_DR
 
 
 def build(lab: Lab, name: str, duration: float) -> tuple[str, str]:
-    client, prot, backend = lab.netns(f"{name}c"), lab.netns(f"{name}p"), lab.netns(f"{name}b")
-    lab.veth(client, "xgc0", prot, "xgp0")
-    lab.veth(prot, "xgb1", backend, "xgb0")
-    lab.addr(client, "xgc0", f"{CLIENT}/24")
-    lab.addr(prot, "xgp0", f"{PROT}/24")
-    lab.addr(prot, "xgb1", f"{GW}/24")
-    lab.addr(backend, "xgb0", f"{BACKEND}/24")
+    client, prot, backend = lab.forward_bed(name)
     lab.popen(
         backend,
         PY,

@@ -79,7 +79,7 @@ from benchcases import OnePacketRunner  # noqa: E402
 from xdpguard.core.prefixes import parse_prefix  # noqa: E402
 from xdpguard.core.guard import Guard  # noqa: E402
 from xdpguard.core.testrun import TestBed, bare_drop_prog  # noqa: E402
-from xdpguard.lab.netns import Lab  # noqa: E402
+from xdpguard.lab.netns import BED_BACKEND4, BED_CLIENT4, BED_GW4, BED_PROT4, Lab  # noqa: E402
 
 XDP_DROP, XDP_PASS = 1, 2
 ACTION = {XDP_DROP: "drop", XDP_PASS: "pass"}
@@ -718,7 +718,7 @@ def section_scale(flood: Flood, nss: dict[str, str], bed: TestBed, p: Profile) -
 # ---------------------------------------------------------------- section 5: forwarding
 
 
-PROT, CLIENT, BACKEND, GW = "198.18.0.2", "198.18.0.1", "198.18.1.2", "198.18.1.1"
+PROT, CLIENT, BACKEND, GW = BED_PROT4, BED_CLIENT4, BED_BACKEND4, BED_GW4  # Lab.forward_bed's
 FWD_PORTS = (5201, 80)
 PLAIN_NFT = f"""
 table inet plain {{
@@ -766,13 +766,7 @@ EMPTY_FORWARD = "table inet emptyfwd {\n  chain forward { type filter hook forwa
 
 
 def fwd_topology(lab: Lab, tag: str, budget: float, www: Path) -> tuple[str, str]:
-    client, prot, backend = lab.netns(f"{tag}c"), lab.netns(f"{tag}p"), lab.netns(f"{tag}b")
-    lab.veth(client, "xgc0", prot, "xgp0")
-    lab.veth(prot, "xgb1", backend, "xgb0")
-    lab.addr(client, "xgc0", f"{CLIENT}/24")
-    lab.addr(prot, "xgp0", f"{PROT}/24")
-    lab.addr(prot, "xgb1", f"{GW}/24")
-    lab.addr(backend, "xgb0", f"{BACKEND}/24")
+    client, prot, backend = lab.forward_bed(tag)
     lab.popen(
         backend,
         "timeout",

@@ -8,7 +8,6 @@ address is blocklisted (udp-flood, icmp-flood → `blocklist`), spoofed floods g
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_assert import CliLab
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -31,40 +31,9 @@ EXPECTED = {
 }
 
 
-class AttackLab:
+class AttackLab(CliLab):
     def __init__(self, tmp_path: Path):
-        self.name = f"a{os.getpid() % 10_000_000}"
-        self.run_dir = tmp_path / "run"
-        self.env = {**os.environ, "XDPGUARD_LAB_NAME": self.name, "XDPGUARD_RUN_DIR": str(self.run_dir)}
-
-    def xg(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        p = subprocess.run(
-            [*topology.xdpguard_argv(), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and p.returncode != 0:
-            raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-        return p
-
-    def xg_json(self, *args: str):
-        return json.loads(self.xg(*args, "--json").stdout)
-
-    def ns(self, role: str) -> str:
-        return f"xg-{self.name}-{role}"
-
-    def in_ns(self, role: str, *argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns(role), *argv],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
+        super().__init__(tmp_path, "a")
 
     def counters(self) -> dict[tuple[str, str], int]:
         p = self.in_ns("prot", *topology.xdpguard_argv(), "status", topology.PROT_IFACE, "--json")

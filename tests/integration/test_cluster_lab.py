@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_assert import run_cli
 from xdpguard.core.cluster import node as cnode
 from xdpguard.lab import cluster as lc
 from xdpguard.lab import topology
@@ -49,30 +50,10 @@ class Cluster:
         return f"xg-{self.name}-{role}"
 
     def xg(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        p = subprocess.run(
-            [*topology.xdpguard_argv(), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and p.returncode != 0:
-            raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-        return p
+        return run_cli(self.env, *args, check=check, timeout=timeout)
 
     def xg_in(self, role: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        p = subprocess.run(
-            ["ip", "netns", "exec", self.ns(role), *topology.xdpguard_argv(), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and p.returncode != 0:
-            raise AssertionError(f"{role}: xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-        return p
+        return self.run_in(role, *topology.xdpguard_argv(), *args, check=check, timeout=timeout)
 
     def run_in(self, role: str, *argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
         p = subprocess.run(
@@ -834,32 +815,9 @@ def _router_route4(c: Cluster) -> str:
 
 
 def _flood(c: Cluster, pps: int, seconds: int) -> subprocess.Popen:
-    mac = json.loads(c.run_in("router", "ip", "-j", "link", "show", "xgu-atk").stdout)[0]["address"]
+    """A spoofed UDP flood at udp/7 through the router, from 128 sources (198.18.8.128/25)."""
     return c.start_in(
-        "attacker",
-        sys.executable,
-        "-m",
-        "xdpguard.lab.flood",
-        "--iface",
-        "eth0",
-        "--dst-mac",
-        mac,
-        "--dst",
-        lc.PROT4,
-        "--kind",
-        "udp",
-        "--spoof",
-        "198.18.8.128/25",
-        "--sources",
-        "128",
-        "--dport",
-        "7",
-        "--count",
-        str(pps * seconds),
-        "--duration",
-        str(seconds),
-        "--pps",
-        str(pps),
+        "attacker", *lc.flood_argv(pps, seconds, "--spoof", "198.18.8.128/25", "--sources", "128", name=c.name)
     )
 
 
@@ -928,34 +886,8 @@ def test_overloaded_node_prepends_rather_than_vanishes(cluster):
     route as a longer path; once the flow is gone the plain paths come back on every node."""
     c = cluster
     _healthy(c)
-    mac = json.loads(c.run_in("router", "ip", "-j", "link", "show", "xgu-atk").stdout)[0]["address"]
     pps = int(1.5 * lc.OVERLOAD_PPS)
-    flood = c.start_in(
-        "attacker",
-        sys.executable,
-        "-m",
-        "xdpguard.lab.flood",
-        "--iface",
-        "eth0",
-        "--dst-mac",
-        mac,
-        "--dst",
-        lc.PROT4,
-        "--kind",
-        "udp",
-        "--src",
-        lc.ATTACKER4,
-        "--sport",
-        "40000",
-        "--dport",
-        "7",
-        "--count",
-        str(pps * 6),
-        "--duration",
-        "6",
-        "--pps",
-        str(pps),
-    )
+    flood = c.start_in("attacker", *lc.flood_argv(pps, 6, "--src", lc.ATTACKER4, "--sport", "40000", name=c.name))
     longer = f"BGP.as_path: {lc.NODE_AS} {lc.NODE_AS} {lc.NODE_AS} {lc.NODE_AS}"
     try:
         seen = time_until(lambda: longer in _router_birdc(c, "show", "route", "all", f"{lc.PROT4}/32"), 8, 0.02)

@@ -313,44 +313,8 @@ def test_upgrade_under_flood_passes_nothing_and_keeps_state(topo: Topo, tmp_path
     topo.xg("block", "add", OTHER4)
     topo.xg("ban", "add", "198.51.100.66", "--ttl", "600")
     # count what gets past XDP from the flooding source, in our own nft table
-    topo.lab.run(
-        topo.prot,
-        "nft",
-        "-f",
-        "-",
-        input=(
-            "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
-            f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"
-        ),
-    )
-    mac = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
-    flood = topo.lab.popen(
-        topo.client,
-        PY,
-        "-m",
-        "xdpguard.lab.flood",
-        "--iface",
-        "xgc0",
-        "--dst-mac",
-        mac,
-        "--dst",
-        PROT4,
-        "--kind",
-        "udp",
-        "--src",
-        OTHER4,
-        "--dport",
-        "7",
-        "--count",
-        "3000000",
-        "--duration",
-        "50",
-        "--pps",
-        "20000",
-        "--json",
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    topo.count_leaks(OTHER4)
+    flood = topo.udp_flood(7, 3_000_000, 50, 20_000)
     time.sleep(1.0)
     before = topo.status_counter("drop", "blocklist")
     ids = {attached_prog(topo)[0]}
@@ -362,8 +326,7 @@ def test_upgrade_under_flood_passes_nothing_and_keeps_state(topo: Topo, tmp_path
     flood.terminate()
     flood.wait(timeout=30)
     assert len(ids) == 4  # three swaps, each a new program
-    leaked = topo.lab.run(topo.prot, "nft", "-j", "list", "counter", "inet", "xgtest", "leaked").stdout
-    packets = json.loads(leaked)["nftables"][1]["counter"]["packets"]
+    packets = topo.leaked()
     after = topo.status_counter("drop", "blocklist")
     print(f"upgrade under flood: {after - before} dropped across 3 swaps, {packets} leaked")
     assert packets == 0
@@ -372,7 +335,6 @@ def test_upgrade_under_flood_passes_nothing_and_keeps_state(topo: Topo, tmp_path
     assert [b["source"] for b in bans] == ["198.51.100.66"]
     entries = json.loads(topo.xg("block", "list", "--json").stdout)["entries"]
     assert entries[0]["hits"] >= after - 10
-    topo.lab.run(topo.prot, "nft", "delete", "table", "inet", "xgtest")
 
 
 def test_sigkill_anywhere_in_an_apply_converges_on_the_next(topo: Topo, tmp_path: Path):
@@ -519,43 +481,8 @@ def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_th
     )
     topo.xg("apply", "-f", a)
     topo.lab.defer("detach xdpguard", topo.xg, "detach", "xgp0", check=False)
-    topo.lab.run(
-        topo.prot,
-        "nft",
-        "-f",
-        "-",
-        input=(
-            "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
-            f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"
-        ),
-    )
-    topo.lab.defer("nft test table", topo.lab.run, topo.prot, "nft", "delete", "table", "inet", "xgtest", check=False)
-    mac = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
-    flood = topo.lab.popen(
-        topo.client,
-        PY,
-        "-m",
-        "xdpguard.lab.flood",
-        "--iface",
-        "xgc0",
-        "--dst-mac",
-        mac,
-        "--dst",
-        PROT4,
-        "--kind",
-        "udp",
-        "--src",
-        OTHER4,
-        "--dport",
-        "80",
-        "--count",
-        "3000000",
-        "--duration",
-        "55",
-        "--pps",
-        "10000",
-        stdout=subprocess.DEVNULL,
-    )
+    topo.count_leaks(OTHER4)
+    flood = topo.udp_flood(80, 3_000_000, 55, 10_000)
     client = topo.lab.popen(topo.client, PY, "-c", CLIENT_LOOP, PROT4, CLIENT4, "55", stdout=subprocess.PIPE, text=True)
     n = 0
     t0 = time.monotonic()
@@ -568,12 +495,10 @@ def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_th
     flood.wait(timeout=70)
     out, _ = client.communicate(timeout=70)
     ok, failed = (int(x) for x in out.split())
-    leaked = json.loads(topo.lab.run(topo.prot, "nft", "-j", "list", "counter", "inet", "xgtest", "leaked").stdout)
-    print(
-        f"{n} applies under a flood: {leaked['nftables'][1]['counter']['packets']} leaked, client {ok} ok / {failed} failed"
-    )
+    leaked = topo.leaked()
+    print(f"{n} applies under a flood: {leaked} leaked, client {ok} ok / {failed} failed")
     assert n >= 20
-    assert leaked["nftables"][1]["counter"]["packets"] == 0
+    assert leaked == 0
     assert ok > 0 and failed == 0
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from xdpguard.lab import flood
 from xdpguard.lab.netns import Lab
 from cli_assert import one_line_error as _one_line_error
 
@@ -147,6 +148,31 @@ class Topo:
 
     def sysctl(self, key: str) -> str:
         return self.lab.run(self.prot, "cat", "/proc/sys/" + key.replace(".", "/")).stdout.strip()
+
+    def count_leaks(self, src: str = OTHER4) -> None:
+        """Count the packets from `src` that get past XDP, in our own nft table (xgtest, at
+        prerouting, in the protector's namespace: it goes with the lab): `leaked()`."""
+        self.lab.run(
+            self.prot,
+            "nft",
+            "-f",
+            "-",
+            input=(
+                "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
+                f"  ip saddr {src} counter name leaked\n }}\n}}\n"
+            ),
+        )
+
+    def leaked(self) -> int:
+        out = self.lab.run(self.prot, "nft", "-j", "list", "counter", "inet", "xgtest", "leaked").stdout
+        return json.loads(out)["nftables"][1]["counter"]["packets"]
+
+    def udp_flood(self, dport: int, count: int, duration: float, pps: int, src: str = OTHER4) -> subprocess.Popen:
+        """A UDP flood from the client's `src` at PROT4 (xdpguard.lab.flood), bounded by `count`
+        packets and `duration` seconds."""
+        mac = json.loads(self.lab.run(self.prot, "ip", "-j", "link", "show", self.iface).stdout)[0]["address"]
+        argv = flood.command("xgc0", mac, PROT4, "--src", src, dport=dport, pps=pps, duration=duration, count=count)
+        return self.lab.popen(self.client, *argv, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture

@@ -108,6 +108,26 @@ class Env:
         d = json.loads(self.xg("stats", "--json").stdout)
         return {(c["kind"], c["reason"]): c["packets"] for c in d["counters"]}
 
+    def popen(self, role: str, *argv: str, **kw) -> subprocess.Popen:
+        """`argv` started in the role's namespace, with the lab's environment."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(role), *argv], env=self.env, stdin=subprocess.DEVNULL, **kw
+        )
+
+    def start_daemon(self, tmp_path: Path, *extra: str) -> subprocess.Popen:
+        """`xdpguard run` for at most 40 s on the exported spec, without attack detection; its
+        output (stdout and stderr) in one pipe: `stop_daemon`."""
+        cfg = tmp_path / "desired.toml"
+        cfg.write_text(self.xg("export").stdout)
+        argv = [*topology.xdpguard_argv(), "run", "--config", str(cfg), "--no-detect", "--duration", "40", *extra]
+        return self.popen("prot", *argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    @staticmethod
+    def stop_daemon(daemon: subprocess.Popen) -> str:
+        daemon.terminate()
+        out, _ = daemon.communicate(timeout=30)
+        return out
+
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[Env]:
@@ -255,30 +275,7 @@ def test_cc_verbs_edit_the_spec_and_reload_haproxy(lab: Env) -> None:
 
 
 def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
-    cfg = tmp_path / "desired.toml"
-    cfg.write_text(lab.xg("export").stdout)
-    daemon = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.ns("prot"),
-            *topology.xdpguard_argv(),
-            "run",
-            "--config",
-            str(cfg),
-            "--no-detect",
-            "--duration",
-            "40",
-            "--metrics",
-            "127.0.0.1:9477",
-        ],
-        env=lab.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    daemon = lab.start_daemon(tmp_path, "--metrics", "127.0.0.1:9477")
     try:
         time.sleep(4)  # the daemon is up
         assert lab.curl("client", f"http://{topology.PROT4}/") == "200"
@@ -293,23 +290,9 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
             assert time.monotonic() - t0 < 10, "HAProxy not restarted by the daemon"
             time.sleep(0.2)
         start = time.monotonic()
-        flood = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.ns("attacker"),
-                "timeout",
-                "15",
-                "wrk",
-                "-t1",
-                "-c4",
-                "-d10s",
-                "--timeout",
-                "2s",
-                f"http://{topology.PROT4}/",
-            ],
-            env=lab.env,
+        flood = lab.popen(
+            "attacker",
+            *("timeout", "15", "wrk", "-t1", "-c4", "-d10s", "--timeout", "2s", f"http://{topology.PROT4}/"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -398,8 +381,7 @@ def test_http_flood_source_is_banned_in_xdp(lab: Env, tmp_path: Path) -> None:
         assert topology.CLIENT4 not in lab.xg("ban", "list").stdout
         lab.xg("cc", "level", "www4", "normal")
     finally:
-        daemon.terminate()
-        out, _ = daemon.communicate(timeout=30)
+        out = lab.stop_daemon(daemon)
     assert "banned 1 HTTP offender(s) in XDP (reason cc)" in out, out
     ev = (
         [
@@ -429,38 +411,14 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
     )
     assert p.returncode == 0, p.stderr
     lab.run(["ip", "-n", lab.ns("prot"), "route", "replace", L7.BOTS4, "via", topology.ATTACKER4])
-    cfg = tmp_path / "desired.toml"
-    cfg.write_text(lab.xg("export").stdout)
-    daemon = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.ns("prot"),
-            *topology.xdpguard_argv(),
-            "run",
-            "--config",
-            str(cfg),
-            "--no-detect",
-            "--duration",
-            "40",
-        ],
-        env=lab.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    daemon = lab.start_daemon(tmp_path)
     flood = None
     try:
         time.sleep(4)  # the daemon is up
         start = time.monotonic()
-        flood = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.ns("attacker"),
+        flood = lab.popen(
+            "attacker",
+            *[
                 "nice",
                 "-n",
                 "15",
@@ -481,17 +439,12 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
                 "--timeout",
                 "2",
             ],
-            env=lab.env,
             stdout=subprocess.PIPE,
             text=True,
-            stdin=subprocess.DEVNULL,
         )
-        client = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.ns("client"),
+        client = lab.popen(
+            "client",
+            *[
                 sys.executable,
                 "-m",
                 "xdpguard.lab.l7",
@@ -503,10 +456,8 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
                 "--interval",
                 "0.1",
             ],
-            env=lab.env,
             stdout=subprocess.PIPE,
             text=True,
-            stdin=subprocess.DEVNULL,
         )
         half_after = None
         while time.monotonic() - start < 12:
@@ -548,8 +499,7 @@ def test_a_flood_from_128_addresses_is_banned_in_xdp(lab: Env, tmp_path: Path) -
     finally:
         if flood is not None and flood.poll() is None:
             flood.kill()
-        daemon.terminate()
-        out, _ = daemon.communicate(timeout=30)
+        out = lab.stop_daemon(daemon)
         lab.xg("ban", "del", *bots, check=False)  # the module's later tests start without them
     assert "banned" in out and "challenged" in out, out[-3000:]
     passed = [ln for ln in out.splitlines() if "passed the HTTP challenge" in ln]

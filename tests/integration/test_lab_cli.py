@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from cli_assert import CliLab
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -19,51 +19,14 @@ pytestmark = pytest.mark.kernel
 ROLES = topology.ROLES
 
 
-@dataclass
-class LabEnv:
-    name: str
-    env: dict[str, str]
-    run_dir: Path
-
-    def xg(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        p = subprocess.run(
-            [*topology.xdpguard_argv(), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and p.returncode != 0:
-            raise AssertionError(f"xdpguard {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-        return p
-
-    def xg_json(self, *args: str) -> dict | list:
-        return json.loads(self.xg(*args, "--json").stdout)
-
-    def ns(self, role: str) -> str:
-        return f"xg-{self.name}-{role}"
-
-    def in_ns(self, role: str, *argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns(role), *argv],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
-
-
-def make_env(tmp_path: Path) -> LabEnv:
-    name = f"t{os.getpid() % 10_000_000}"
-    env = {**os.environ, "XDPGUARD_LAB_NAME": name, "XDPGUARD_RUN_DIR": str(tmp_path / "run")}
-    return LabEnv(name, env, tmp_path / "run")
+class LabEnv(CliLab):
+    def __init__(self, tmp_path: Path):
+        super().__init__(tmp_path, "t")
 
 
 @pytest.fixture
 def labenv(tmp_path: Path) -> Iterator[LabEnv]:
-    le = make_env(tmp_path)
+    le = LabEnv(tmp_path)
     try:
         yield le
     finally:

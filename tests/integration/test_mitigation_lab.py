@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from cli_assert import CliLab
-from xdpguard.lab import topology
+from cli_assert import CliLab, lab_up, needs_hping3
+from xdpguard.lab import probe, topology
 
 pytestmark = pytest.mark.kernel
 
@@ -51,11 +51,6 @@ class Lab(CliLab):
     def prot_xg(self, *args: str) -> subprocess.CompletedProcess:
         return self.in_ns("prot", *topology.xdpguard_argv(), *args)
 
-    def drops(self) -> dict[str, int]:
-        p = self.prot_xg("status", topology.PROT_IFACE, "--json")
-        assert p.returncode == 0, p.stderr
-        return {c["reason"]: c["packets"] for c in json.loads(p.stdout)[0]["counters"] if c["kind"] == "drop"}
-
     def at_backend(self) -> int:
         p = self.in_ns("backend", "nft", "-j", "list", "counter", "inet", COUNT_TABLE, "flood")
         assert p.returncode == 0, p.stderr
@@ -67,36 +62,15 @@ class Lab(CliLab):
         return json.loads(p.stdout)["mitigations"]
 
     def probe(self, proto: str, duration: float, out: dict) -> None:
-        p = self.in_ns(
-            "client",
-            sys.executable,
-            "-m",
-            "xdpguard.lab.probe",
-            "--proto",
-            proto,
-            "--dst",
-            topology.PROT4,
-            "--count",
-            "100000",
-            "--duration",
-            str(duration),
-            "--timeout",
-            "1",
-            "--interval",
-            "0.005",
-            "--json",
-            timeout=duration + 30,
-        )
+        argv = probe.command(topology.PROT4, proto, count=100_000, timeout=1, interval=0.005, duration=duration)
+        p = self.in_ns("client", *argv, timeout=duration + 30)
         out[proto] = json.loads(p.stdout)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if shutil.which("hping3") is None:
-        pytest.fail("hping3 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no hping3")
-    lb = Lab(tmp_path_factory.mktemp("mitigation"))
-    try:
-        lb.xg("lab", "up")
+    needs_hping3()
+    with lab_up(Lab(tmp_path_factory.mktemp("mitigation"))) as lb:
         lb.up_at = time.monotonic()
         # These tests are about the mitigation engine and nft's connection limits: no admission
         # budget for unverified UDP in front of them (issue 25; by default it drops such a flood
@@ -119,9 +93,6 @@ def lab(tmp_path_factory):
         p = lb.prot_xg("stats", topology.PROT_IFACE, "--sample-every", "32", "--interval", "0.1")
         assert p.returncode == 0, p.stderr
         yield lb
-    finally:
-        lb.xg("lab", "down", check=False)
-    assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
 
 
 def _hping_per_source(lab: Lab, timeout_s: float, *flags: str) -> list[subprocess.Popen]:

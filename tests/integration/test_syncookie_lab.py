@@ -15,17 +15,16 @@ Spoofed sources stay inside 198.18.0.0/15. Every hping3 run is bounded by count 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
+import contextlib
 import subprocess
 import sys
-import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from cli_assert import CliLab, hping_flood, lab_up, needs_hping3, under_flood
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -33,7 +32,6 @@ pytestmark = pytest.mark.kernel
 FLOOD_COUNT = 60_000
 FLOOD_TIMEOUT_S = 6
 SPOOFED = ("198.18.5.5", "198.18.6.6", "198.18.7.7")
-WINDOW = 777
 THRESHOLD = 50  # SYN/s: the flood is far above it (below it, SYNs pass to the backend as usual)
 PEER = "xgi-prot"  # the bridge side of the protector's veth
 
@@ -71,75 +69,15 @@ while time.monotonic() < end:
 GRACE_S = 2
 
 
-class Lab:
+class Lab(CliLab):
     def __init__(self, tmp_path: Path):
-        self.name = f"c{os.getpid() % 10_000_000}"
-        self.env = {
-            **os.environ,
-            "XDPGUARD_LAB_NAME": self.name,
-            "XDPGUARD_RUN_DIR": str(tmp_path / "run"),
-            "XDPGUARD_TCP_GRACE": str(GRACE_S),
-        }
-
-    def ns(self, role: str) -> str:
-        return f"xg-{self.name}-{role}"
-
-    def in_ns(self, role: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns(role), *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def xg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = self.in_ns("prot", *topology.xdpguard_argv(), *args, timeout=180)
-        assert not check or p.returncode == 0, f"xdpguard {' '.join(args)}: {p.stderr.strip()}"
-        return p
-
-    def drops(self) -> dict[str, int]:
-        st = json.loads(self.xg("status", topology.PROT_IFACE, "--json").stdout)
-        return {c["reason"]: c["packets"] for c in st[0]["counters"] if c["kind"] == "drop"}
-
-    def probe(self, duration: float) -> dict:
-        p = self.in_ns(
-            "client",
-            sys.executable,
-            "-m",
-            "xdpguard.lab.probe",
-            "--proto",
-            "http",
-            "--dst",
-            topology.PROT4,
-            "--count",
-            "100000",
-            "--duration",
-            str(duration),
-            "--timeout",
-            "3",
-            "--json",
-            timeout=duration + 30,
-        )
-        return json.loads(p.stdout)
+        super().__init__(tmp_path, "c", GRACE_S)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if shutil.which("hping3") is None:
-        pytest.fail("hping3 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no hping3")
-    lb = Lab(tmp_path_factory.mktemp("syncookie"))
-    up = subprocess.run(
-        [*topology.xdpguard_argv(), "lab", "up"],
-        capture_output=True,
-        text=True,
-        env=lb.env,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        assert up.returncode == 0, up.stderr
+    needs_hping3()
+    with lab_up(Lab(tmp_path_factory.mktemp("syncookie")), timeout=240) as lb:
         p = lb.in_ns("inet", "ip", "link", "show", PEER)
         assert " xdp" in p.stdout, p.stdout  # lab up gave the peer its XDP_PASS program (XDP_TX on veth)
         # The spoofed sources live elsewhere on the real internet: the attacker's host neither
@@ -155,87 +93,14 @@ def lab(tmp_path_factory):
         assert p.returncode == 0, p.stderr
         time.sleep(GRACE_S + 1)  # the attach grace period
         yield lb
-    finally:
-        subprocess.run(
-            [*topology.xdpguard_argv(), "lab", "down"],
-            capture_output=True,
-            text=True,
-            env=lb.env,
-            timeout=240,
-            stdin=subprocess.DEVNULL,
-        )
-    assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
-
-
-def _flood(lab: Lab, results: list) -> None:
-    procs = [
-        subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.ns("attacker"),
-                "timeout",
-                str(FLOOD_TIMEOUT_S),
-                "hping3",
-                "-q",
-                "-S",
-                "-w",
-                str(WINDOW),
-                "-a",
-                src,
-                "-p",
-                str(topology.HTTP_PORT),
-                "-c",
-                str(FLOOD_COUNT // len(SPOOFED)),
-                "-i",
-                "u50",
-                topology.PROT4,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        for src in SPOOFED
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=FLOOD_TIMEOUT_S + 10)
-        results.append(err)
 
 
 def _under_flood(lab: Lab, with_xdpguard: bool = True, forget: bool = False) -> tuple[dict, dict, int]:
     """(probe result, drops moved, flood packets seen at the backend) for one SYN flood; with
     `forget`, the client is kept unknown (FORGETTER) so every connection meets the cookie."""
-    dump = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.ns("backend"),
-            "timeout",
-            str(FLOOD_TIMEOUT_S + 3),
-            "tcpdump",
-            "-i",
-            topology.HOST_IFACE,
-            "-nn",
-            "-q",
-            "-l",
-            f"tcp[14:2] = {WINDOW}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)
-    before = lab.drops() if with_xdpguard else {}
-    errs: list = []
-    t = threading.Thread(target=_flood, args=(lab, errs))
-    t.start()
-    time.sleep(0.5)
-    forgetter = None
-    if forget:
+
+    @contextlib.contextmanager
+    def forgetting():
         forgetter = subprocess.Popen(
             [
                 "ip",
@@ -257,15 +122,20 @@ def _under_flood(lab: Lab, with_xdpguard: bool = True, forget: bool = False) -> 
             stderr=subprocess.PIPE,
             text=True,
         )
-    res = lab.probe(FLOOD_TIMEOUT_S - 1.5)
-    if forgetter is not None:
+        yield
         _, err = forgetter.communicate(timeout=FLOOD_TIMEOUT_S + 15)
         assert forgetter.returncode == 0, err
-    t.join()
-    after = lab.drops() if with_xdpguard else {}
-    out, _ = dump.communicate(timeout=FLOOD_TIMEOUT_S + 10)
-    moved = {r: n - before.get(r, 0) for r, n in after.items() if n > before.get(r, 0)}
-    return res, moved, len([ln for ln in out.splitlines() if ln.strip()])
+
+    flood = partial(hping_flood, lab, ["-S"], SPOOFED, FLOOD_COUNT // len(SPOOFED), "u50", FLOOD_TIMEOUT_S)
+    r = under_flood(
+        lab,
+        flood,
+        lambda: lab.http_probe(FLOOD_TIMEOUT_S - 1.5, timeout=3),
+        FLOOD_TIMEOUT_S,
+        with_xdpguard=with_xdpguard,
+        during=forgetting if forget else contextlib.nullcontext,
+    )
+    return r.probe, r.moved, r.at_backend
 
 
 def _line(name: str, res: dict, at_backend: int, moved: dict) -> str:
@@ -276,7 +146,7 @@ def _line(name: str, res: dict, at_backend: int, moved: dict) -> str:
 
 
 def test_cookie_mode_under_a_spoofed_syn_flood(lab):
-    lab.xg("syn", "set", "--threshold", str(THRESHOLD))
+    lab.pxg("syn", "set", "--threshold", str(THRESHOLD))
     for u in (f"http://{topology.PROT4}/",):
         p = lab.in_ns("client", "curl", "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", u)
         assert p.stdout == "200", (u, p.stdout, p.stderr)
@@ -310,11 +180,11 @@ def test_the_three_modes_side_by_side(lab):
     rows are printed for the report (`-s`); cookie mode with the client kept unknown is
     test_cookie_mode_under_a_spoofed_syn_flood. Runs last: it detaches."""
     rows = {}
-    lab.xg("syn", "set", "--threshold", str(THRESHOLD), "--mode", "cookie")
+    lab.pxg("syn", "set", "--threshold", str(THRESHOLD), "--mode", "cookie")
     rows["cookie, known-good"] = _under_flood(lab, forget=False)
-    lab.xg("syn", "set", "--threshold", str(THRESHOLD), "--mode", "retransmit")
+    lab.pxg("syn", "set", "--threshold", str(THRESHOLD), "--mode", "retransmit")
     rows["retransmit, forgotten"] = _under_flood(lab, forget=True)
-    lab.xg("detach", topology.PROT_IFACE)
+    lab.pxg("detach", topology.PROT_IFACE)
     topology.plain_forward(lab.name)
     try:
         rows["no protection"] = _under_flood(lab, with_xdpguard=False)

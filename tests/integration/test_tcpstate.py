@@ -9,19 +9,15 @@ Every hping3 run is bounded by packet count (-c) and by time (timeout)."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
 import subprocess
 import sys
-import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from cli_assert import CliLab
+from cli_assert import FLOOD_WINDOW, CliLab, hping_flood, hping_sent, lab_up, needs_hping3, under_flood
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -29,7 +25,6 @@ pytestmark = pytest.mark.kernel
 FLOOD_COUNT = 60_000
 FLOOD_TIMEOUT_S = 6
 SPOOFED = ("198.18.5.5", "198.18.6.6")
-WINDOW = 777
 
 
 # The attach grace period (XDPGUARD_TCP_GRACE; 10 s by default): the lab waits it out.
@@ -39,32 +34,6 @@ GRACE_S = 2
 class Lab(CliLab):
     def __init__(self, tmp_path: Path):
         super().__init__(tmp_path, "t", GRACE_S)
-
-    def drops(self) -> dict[str, int]:
-        p = self.in_ns("prot", *topology.xdpguard_argv(), "status", topology.PROT_IFACE, "--json")
-        assert p.returncode == 0, p.stderr
-        return {c["reason"]: c["packets"] for c in json.loads(p.stdout)[0]["counters"] if c["kind"] == "drop"}
-
-    def probe(self, duration: float) -> dict:
-        p = self.in_ns(
-            "client",
-            sys.executable,
-            "-m",
-            "xdpguard.lab.probe",
-            "--proto",
-            "http",
-            "--dst",
-            topology.PROT4,
-            "--count",
-            "100000",
-            "--duration",
-            str(duration),
-            "--timeout",
-            "2",
-            "--json",
-            timeout=duration + 30,
-        )
-        return json.loads(p.stdout)
 
     def set_tcpstate(self, on: bool) -> None:
         code = (
@@ -78,91 +47,18 @@ class Lab(CliLab):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if shutil.which("hping3") is None:
-        pytest.fail("hping3 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no hping3")
-    lb = Lab(tmp_path_factory.mktemp("tcpstate"))
-    try:
-        lb.xg("lab", "up")
+    needs_hping3()
+    with lab_up(Lab(tmp_path_factory.mktemp("tcpstate"))) as lb:
         time.sleep(GRACE_S + 1)  # the attach grace period for connections older than it
         yield lb
-    finally:
-        lb.xg("lab", "down", check=False)
-    assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
-
-
-def _flood(lab: Lab, flags: list[str], results: list) -> None:
-    procs = [
-        subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.ns("attacker"),
-                "timeout",
-                str(FLOOD_TIMEOUT_S),
-                "hping3",
-                "-q",
-                *flags,
-                "-w",
-                str(WINDOW),
-                "-a",
-                src,
-                "-p",
-                str(topology.HTTP_PORT),
-                "-c",
-                str(FLOOD_COUNT // len(SPOOFED)),
-                "-i",
-                "u20",
-                topology.PROT4,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        for src in SPOOFED
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=FLOOD_TIMEOUT_S + 10)
-        results.append(err)
 
 
 def _under_flood(lab: Lab, flags: list[str]) -> tuple[dict, dict, int, int]:
     """(probe result, drops moved, attack packets seen at the backend, packets hping3 sent) for
     one flood."""
-    dump = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.ns("backend"),
-            "timeout",
-            str(FLOOD_TIMEOUT_S + 3),
-            "tcpdump",
-            "-i",
-            topology.HOST_IFACE,
-            "-nn",
-            "-q",
-            "-l",
-            f"tcp[14:2] = {WINDOW}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)
-    before = lab.drops()
-    errs: list = []
-    t = threading.Thread(target=_flood, args=(lab, flags, errs))
-    t.start()
-    time.sleep(0.5)
-    res = lab.probe(FLOOD_TIMEOUT_S - 1.5)
-    t.join()
-    after = lab.drops()
-    out, _ = dump.communicate(timeout=FLOOD_TIMEOUT_S + 10)
-    moved = {r: n - before.get(r, 0) for r, n in after.items() if n > before.get(r, 0)}
-    return res, moved, len([ln for ln in out.splitlines() if ln.strip()]), sum(_hping_sent(e) for e in errs)
+    flood = partial(hping_flood, lab, flags, SPOOFED, FLOOD_COUNT // len(SPOOFED), "u20", FLOOD_TIMEOUT_S)
+    r = under_flood(lab, flood, lambda: lab.http_probe(FLOOD_TIMEOUT_S - 1.5, timeout=2), FLOOD_TIMEOUT_S)
+    return r.probe, r.moved, r.at_backend, r.sent
 
 
 def test_recorder_attached_and_tcp_loose_off(lab):
@@ -208,7 +104,7 @@ def test_per_address_off_switch_leaves_the_flood_to_conntrack(lab):
         "-q",
         "-A",
         "-w",
-        str(WINDOW),
+        str(FLOOD_WINDOW),
         "-a",
         SPOOFED[0],
         "-p",
@@ -220,15 +116,9 @@ def test_per_address_off_switch_leaves_the_flood_to_conntrack(lab):
         topology.PROT4,
         timeout=20,
     )
-    sent = _hping_sent(p.stderr)
+    sent = hping_sent(p.stderr)
     assert sent >= 400, p.stderr
     assert lab.drops().get("tcpstate", 0) - before >= 0.9 * sent
-
-
-def _hping_sent(stderr: str) -> int:
-    """Packets hping3 says it sent: "N packets transmitted, …" (printed on a timeout too)."""
-    m = re.search(r"(\d+) packets transmitted", stderr)
-    return int(m.group(1)) if m else 0
 
 
 SERVER = """

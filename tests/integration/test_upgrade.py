@@ -6,7 +6,6 @@ nothing changed. Uses the forwarding topology of test_forwarding."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 import time
@@ -59,44 +58,8 @@ def test_upgrade_from_the_previous_shapes_under_flood_keeps_everything(topo: Top
     topo.xg("block", "add", OTHER4)
     topo.xg("ban", "add", "198.51.100.66", "--ttl", "600")
     topo.xg("ban", "add", "198.51.100.67", "--ttl", "600")
-    topo.lab.run(
-        topo.prot,
-        "nft",
-        "-f",
-        "-",
-        input=(
-            "table inet xgtest {\n counter leaked {}\n chain in {\n  type filter hook prerouting priority -300;\n"
-            f"  ip saddr {OTHER4} counter name leaked\n }}\n}}\n"
-        ),
-    )
-    mac = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", "xgp0").stdout)[0]["address"]
-    flood = topo.lab.popen(
-        topo.client,
-        PY,
-        "-m",
-        "xdpguard.lab.flood",
-        "--iface",
-        "xgc0",
-        "--dst-mac",
-        mac,
-        "--dst",
-        PROT4,
-        "--kind",
-        "udp",
-        "--src",
-        OTHER4,
-        "--dport",
-        "7",
-        "--count",
-        "2000000",
-        "--duration",
-        "40",
-        "--pps",
-        "20000",
-        "--json",
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    topo.count_leaks(OTHER4)
+    flood = topo.udp_flood(7, 2_000_000, 40, 20_000)
     try:
         time.sleep(1.0)
         old = json.loads(topo.lab.run(topo.prot, PY, "-c", OLD_STATS).stdout)
@@ -117,12 +80,11 @@ def test_upgrade_from_the_previous_shapes_under_flood_keeps_everything(topo: Top
         assert after >= old["blocklist"]
         time.sleep(0.5)
         assert topo.status_counter("drop", "blocklist") > after  # the new program counts on
-        leaked = topo.lab.run(topo.prot, "nft", "-j", "list", "counter", "inet", "xgtest", "leaked").stdout
+        leaked = topo.leaked()
     finally:
         flood.terminate()
         flood.wait(timeout=30)
-        topo.lab.run(topo.prot, "nft", "delete", "table", "inet", "xgtest", check=False)
-    assert json.loads(leaked)["nftables"][1]["counter"]["packets"] == 0
+    assert leaked == 0
     bans = sorted(b["source"] for b in json.loads(topo.xg("ban", "list", "--json").stdout)["bans"])
     assert bans == ["198.51.100.66", "198.51.100.67"]
     entries = json.loads(topo.xg("block", "list", "--json").stdout)["entries"]

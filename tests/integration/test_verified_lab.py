@@ -10,8 +10,6 @@ Every hping3 run is bounded by packet count (-c) and by time (timeout)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_assert import CliLab, one_line_error
+from cli_assert import CliLab, lab_up, needs_hping3, one_line_error
 from xdpguard.lab import topology
 
 pytestmark = pytest.mark.kernel
@@ -97,30 +95,13 @@ class Lab(CliLab):
         assert p.returncode == 0, p.stderr
         return p.stdout
 
-    def pxg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """The CLI inside the protector's namespace."""
-        p = self.in_ns("prot", *topology.xdpguard_argv(), *args)
-        assert not check or p.returncode == 0, f"xdpguard {' '.join(args)}: {p.stderr.strip()}"
-        return p
-
-    def drops(self) -> dict[str, int]:
-        p = self.in_ns("prot", *topology.xdpguard_argv(), "status", topology.PROT_IFACE, "--json")
-        assert p.returncode == 0, p.stderr
-        return {c["reason"]: c["packets"] for c in json.loads(p.stdout)[0]["counters"] if c["kind"] == "drop"}
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if shutil.which("hping3") is None:
-        pytest.fail("hping3 is missing; run scripts/setup.sh") if os.environ.get("CI") else pytest.skip("no hping3")
-    lb = Lab(tmp_path_factory.mktemp("verified"))
-    try:
-        lb.xg("lab", "up")
+    needs_hping3()
+    with lab_up(Lab(tmp_path_factory.mktemp("verified"))) as lb:
         time.sleep(GRACE_S + 1)  # the attach grace period (XDPGUARD_TCP_GRACE): TCP state is judged from here on
         yield lb
-    finally:
-        lb.xg("lab", "down", check=False)
-    assert not [r for r in topology.ROLES if topology.ns_exists(lb.ns(r))]
 
 
 def test_spoofed_syn_flood_from_a_clients_address_leaves_its_connection_alive(lab):

@@ -36,6 +36,7 @@ from pathlib import Path
 from xdpguard.core import state as xgstate
 from xdpguard.core.errors import UserError
 
+from . import flood
 from . import topology as topo
 from .netns import NETNS_DIR
 
@@ -359,6 +360,15 @@ def router_next_hops(name: str | None = None) -> dict[str, list[str]]:
             pass
         out[dst] = sorted(hops)
     return out
+
+
+def flood_argv(pps: int, seconds: float, *source: str, name: str | None = None) -> list[str]:
+    """A spoofed UDP flood at the protective IP's udp/7 from the attacker through the router
+    (xdpguard.lab.flood), bounded by pps × seconds packets and by `seconds`; `source` is its
+    --spoof/--sources or --src/--sport. To run in the attacker's namespace."""
+    link = topo._run(["ip", "-n", topo.ns_name("router", name), "-j", "link", "show", "xgu-atk"])
+    mac = json.loads(link.stdout)[0]["address"]
+    return flood.command("eth0", mac, PROT4, *source, dport=7, pps=pps, duration=seconds)
 
 
 def wait_next_hops(n: int, name: str | None = None, timeout_s: float = 60.0) -> dict[str, list[str]]:

@@ -8,11 +8,9 @@ Run by xdpguard.lab.demo after the single-box act (`--no-cluster` skips it)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,29 +30,9 @@ def _pids_in(ns: str) -> list[int]:
 
 
 def _probe(duration: float) -> subprocess.Popen:
+    argv = probe.command(lc.PROT4, "http", count=1_000_000, timeout=1.0, interval=0.005, duration=duration)
     return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            topo.ns_name("client"),
-            sys.executable,
-            "-m",
-            "xdpguard.lab.probe",
-            "--proto",
-            "http",
-            "--dst",
-            lc.PROT4,
-            "--count",
-            "1000000",
-            "--timeout",
-            "1.0",
-            "--interval",
-            "0.005",
-            "--duration",
-            str(duration),
-            "--json",
-        ],
+        ["ip", "netns", "exec", topo.ns_name("client"), *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -64,50 +42,13 @@ def _probe(duration: float) -> subprocess.Popen:
 
 def _result(p: subprocess.Popen, timeout: float) -> probe.ProbeResult:
     out, err = p.communicate(timeout=timeout)
-    try:
-        return probe.ProbeResult(**json.loads(out))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise RuntimeError(f"probe failed (exit {p.returncode}): {err.strip() or out.strip()}") from exc
+    return probe.result_of(out, err, p.returncode)
 
 
 def _flood(seconds: float) -> subprocess.Popen:
-    router = topo.ns_name("router")
-    mac = json.loads(
-        subprocess.run(
-            ["ip", "-n", router, "-j", "link", "show", "xgu-atk"], capture_output=True, text=True, timeout=10
-        ).stdout
-    )[0]["address"]
+    argv = lc.flood_argv(FLOOD_PPS, seconds, "--spoof", "198.18.128.0/17", "--sources", "4096")
     return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            topo.ns_name("attacker"),
-            sys.executable,
-            "-m",
-            "xdpguard.lab.flood",
-            "--iface",
-            "eth0",
-            "--dst-mac",
-            mac,
-            "--dst",
-            lc.PROT4,
-            "--kind",
-            "udp",
-            "--spoof",
-            "198.18.128.0/17",
-            "--sources",
-            "4096",
-            "--dport",
-            "7",
-            "--count",
-            str(int(FLOOD_PPS * seconds)),
-            "--duration",
-            str(seconds),
-            "--pps",
-            str(FLOOD_PPS),
-            "--json",
-        ],
+        ["ip", "netns", "exec", topo.ns_name("attacker"), *argv, "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -206,6 +206,44 @@ def run(
     )
 
 
+def command(
+    iface: str,
+    dst_mac: str,
+    dst: str,
+    *source: str,
+    dport: int,
+    pps: int,
+    duration: float,
+    count: int | None = None,
+    kind: str = "udp",
+) -> list[str]:
+    """This flood's command line, bounded by `count` packets (pps × duration unless given) and by
+    `duration`; `source` is its --src [--sport] or --spoof [--sources]. For a caller to run in a
+    namespace."""
+    return [
+        sys.executable,
+        "-m",
+        "xdpguard.lab.flood",
+        "--iface",
+        iface,
+        "--dst-mac",
+        dst_mac,
+        "--dst",
+        dst,
+        "--kind",
+        kind,
+        *source,
+        "--dport",
+        str(dport),
+        "--count",
+        str(int(pps * duration) if count is None else count),
+        "--duration",
+        str(duration),
+        "--pps",
+        str(pps),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="xdpguard.lab.flood", description=__doc__.split("\n\n")[0])
     ap.add_argument("--iface", required=True)

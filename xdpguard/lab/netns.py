@@ -45,6 +45,10 @@ ALLOWED_NETWORKS = tuple(
     )
 )
 
+# Lab.forward_bed's addresses (the protected one, the client, the backend and the protector's
+# address on the backend's link)
+BED_PROT4, BED_CLIENT4, BED_BACKEND4, BED_GW4 = "198.18.0.2", "198.18.0.1", "198.18.1.2", "198.18.1.1"
+
 DEFAULT_TIMEOUT_S = 30.0
 PROCESS_STOP_TIMEOUT_S = 5.0
 
@@ -246,6 +250,19 @@ class Lab:
         for ns, ifname in ((ns_a, if_a), (ns_b, if_b)):
             self._cmd(["ip", "-n", ns, "link", "set", ifname, "up"])
             self._tx_checksum_off(ns, ifname)
+
+    def forward_bed(self, tag: str) -> tuple[str, str, str]:
+        """The benches' forwarding bed, three namespaces `<tag>c`, `<tag>p`, `<tag>b`: client
+        xgc0 BED_CLIENT4/24 ─ xgp0 BED_PROT4/24 protector xgb1 BED_GW4/24 ─ xgb0 BED_BACKEND4/24
+        backend (no routes, no forwarding: the caller sets those up). Returns the three names."""
+        client, prot, backend = self.netns(f"{tag}c"), self.netns(f"{tag}p"), self.netns(f"{tag}b")
+        self.veth(client, "xgc0", prot, "xgp0")
+        self.veth(prot, "xgb1", backend, "xgb0")
+        self.addr(client, "xgc0", f"{BED_CLIENT4}/24")
+        self.addr(prot, "xgp0", f"{BED_PROT4}/24")
+        self.addr(prot, "xgb1", f"{BED_GW4}/24")
+        self.addr(backend, "xgb0", f"{BED_BACKEND4}/24")
+        return client, prot, backend
 
     def _tx_checksum_off(self, ns: str, ifname: str) -> None:
         # veth hands CHECKSUM_PARTIAL packets to XDP and the peer; turning tx offload off makes

@@ -161,6 +161,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if res.ok else 1
 
 
+def command(
+    dst: str, proto: str = "udp", *, count: int, timeout: float, duration: float, interval: float = 0.0
+) -> list[str]:
+    """This probe's command line, with a JSON result (`result_of`), for a caller to run in a namespace."""
+    return [
+        sys.executable,
+        "-m",
+        "xdpguard.lab.probe",
+        "--proto",
+        proto,
+        "--dst",
+        dst,
+        "--count",
+        str(count),
+        "--timeout",
+        str(timeout),
+        "--interval",
+        str(interval),
+        "--duration",
+        str(duration),
+        "--json",
+    ]
+
+
+def result_of(out: str, err: str, returncode: int) -> ProbeResult:
+    """The ProbeResult a `command` printed; a RuntimeError naming its error when it printed none."""
+    try:
+        return ProbeResult(**json.loads(out))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise RuntimeError(f"probe failed (exit {returncode}): {err.strip() or out.strip()}") from exc
+
+
 def in_lab(
     proto: str = "udp",
     count: int = 100,
@@ -182,28 +214,10 @@ def in_lab(
         "netns",
         "exec",
         client,
-        sys.executable,
-        "-m",
-        "xdpguard.lab.probe",
-        "--proto",
-        proto,
-        "--dst",
-        dst,
-        "--count",
-        str(count),
-        "--timeout",
-        str(timeout),
-        "--interval",
-        str(interval),
-        "--duration",
-        str(duration),
-        "--json",
+        *command(dst, proto, count=count, timeout=timeout, interval=interval, duration=duration),
     ]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=duration + timeout + 30, stdin=subprocess.DEVNULL)
-    try:
-        return ProbeResult(**json.loads(p.stdout))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise RuntimeError(f"probe failed (exit {p.returncode}): {p.stderr.strip() or p.stdout.strip()}") from exc
+    return result_of(p.stdout, p.stderr, p.returncode)
 
 
 if __name__ == "__main__":
