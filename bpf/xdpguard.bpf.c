@@ -30,6 +30,8 @@
 #include "steps/synauth.h"
 #include "steps/budget.h"
 #include "steps/watermark.h"
+/* only with XG_FWD_FAST: the forwarding fast path, after the verdict */
+#include "steps/fastfwd.h"
 
 /* xg_pkt_pcpu: key 0 → per-CPU struct xg_pkt, the packet's record for the steps from the filters
  * on (policy_steps). Scratch, program-local (not in maps.h: never pinned, never read by the
@@ -305,6 +307,10 @@ out:
     action = record_verdict(ctx, cfg, action, reason);
     if (action == XDP_TX)
         action = syncookie_reply(ctx, &p);  /* syncookie.h: the SYN becomes its SYN-ACK */
+#ifdef XG_FWD_FAST
+    else if (action == XDP_PASS && reason == XG_REASON_CLEAN)
+        action = step_fastfwd(ctx);           /* steps/fastfwd.h: an established forward skips nftables */
+#endif
     return action;
 }
 
@@ -314,3 +320,17 @@ int xdpguard_egress(struct __sk_buff *skb)
 {
     return ts_egress((void *)(long)skb->data, (void *)(long)skb->data_end);
 }
+
+#ifdef XG_FWD_FAST
+/* XDP on the backend-side interface (only with XG_FWD_FAST): a backend's answer on a fast flow
+ * is rewritten back to the client and redirected out of the protected interface; what it sends
+ * is recorded as tc egress would have (redirected frames never meet tc egress). Anything else
+ * passes untouched. */
+int xdpguard_fwd_return(struct xdp_md *ctx)
+{
+    int action = step_fastfwd(ctx);
+    if (action != XDP_PASS)
+        ts_egress((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+    return action;
+}
+#endif
