@@ -57,7 +57,7 @@ u.send(b"again"); print("ok" if u.recv(100) == b"again" else "bad")
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def topo():
     if os.geteuid() != 0:
         pytest.skip("needs root")
@@ -108,3 +108,53 @@ def test_established_flows_take_the_xdp_fast_path_both_ways(topo):
     assert udp.stdout.strip() == "ok"
     assert sum(topo.forward_packets().values()) > sum(nft_after.values())
     assert topo.sync()["counters"]["in"] == off["counters"]["in"]
+
+
+# One TCP connection driven line by line from stdin: "ping" exchanges 1 KiB, "bulk" PAYLOAD bytes
+# (both checked), anything else closes it. Prints "ok" after each step.
+STEPPED = r"""
+import socket, sys
+t = socket.create_connection((sys.argv[1], 7), timeout=5)
+data = (bytes(range(256)) * (int(sys.argv[2]) // 256 + 1))[: int(sys.argv[2])]
+for line in sys.stdin:
+    d = {"ping": data[:1024], "bulk": data}.get(line.strip())
+    if d is None:
+        break
+    t.sendall(d); got = b""
+    while len(got) < len(d):
+        got += t.recv(65536)
+    print("ok" if got == d else "differs", flush=True)
+t.close()
+"""
+
+
+def test_the_daemon_learns_flows_by_itself(topo):
+    """Once `forward fastpath --via` enabled it (the first test did), `xdpguard run` keeps the
+    table in step with conntrack: a new connection leaves nftables without anyone syncing."""
+    topo.lab.popen(topo.prot, *fastpath.xdpguard_argv(), "run", "--duration", "60", "--no-detect")
+    c = topo.lab.popen(
+        topo.client, fastpath.PY, "-c", STEPPED, fastpath.PROT, str(PAYLOAD), stdin=-1, stdout=-1, text=True
+    )
+
+    def step(what: str) -> None:
+        c.stdin.write(what + "\n")
+        c.stdin.flush()
+        assert c.stdout.readline().strip() == "ok"
+
+    step("ping")
+    key = f"tcp/{fastpath.PROT}/{fastpath.ECHO_PORT}"
+    # learned when a 1 KiB exchange no longer moves nftables' counter (the daemon syncs every 1 s)
+    last = topo.forward_packets()[key]
+    for _ in range(60):
+        step("ping")
+        now = topo.forward_packets()[key]
+        if now == last:
+            break
+        last = now
+    else:
+        pytest.fail("the daemon never moved the connection onto the fast path")
+    step("bulk")
+    assert topo.forward_packets()[key] == last  # 400 kB each way, none of it through nftables
+    c.stdin.write("close\n")
+    c.stdin.flush()
+    assert c.wait(timeout=10) == 0

@@ -177,3 +177,14 @@ def disable(ifname: str, via: str | None = None) -> FastPathResult:
         if via is not None and dataplane.fwd_return_detach(state.resolve_iface(via).index):
             notes.append(f"detached the fast path's return program from {via}")
     return FastPathResult(ifname, via, 0, 0, written, deleted, counters, notes)
+
+
+def sync_enabled() -> list[FastPathResult]:
+    """`sync` for every interface of this namespace whose fast path was enabled (a `--via` is
+    recorded): what `xdpguard run` does every RunOptions.fastpath_interval_s."""
+    out = []
+    for name in state.protected_ifaces():
+        via = state.get(state.read_state(state.Iface(name, 0, state.netns_key())), state.FASTFWD_VIA)
+        if via:
+            out.append(sync(name, via))
+    return out
