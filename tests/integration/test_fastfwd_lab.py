@@ -158,3 +158,20 @@ def test_the_daemon_learns_flows_by_itself(topo):
     c.stdin.write("close\n")
     c.stdin.flush()
     assert c.wait(timeout=10) == 0
+
+
+def test_an_upgrade_keeps_the_fast_path(topo):
+    """`upgrade` compiles the fast path in again (the attach's feature flag is in its record); the
+    next sync (the daemon's, or this one) puts the new return program on the backend side."""
+    old = topo.sync()["return_prog_id"]
+    assert _xdp_prog_id(topo, "xgb1") == old
+    topo.xg("upgrade", "xgp0", "--force", timeout=180)
+    new = topo.sync()
+    assert new["return_prog_id"] != old and _xdp_prog_id(topo, "xgb1") == new["return_prog_id"], new
+    udp = topo.lab.run(topo.client, fastpath.PY, "-c", UDP_ONCE, fastpath.PROT)
+    assert udp.stdout.strip() == "ok"
+
+
+def _xdp_prog_id(topo, ifname: str) -> int:
+    link = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", ifname).stdout)[0]
+    return link["xdp"]["prog"]["id"]

@@ -26,6 +26,7 @@ from .guard import (
 )
 from .kernel.abi import (
     ABI_VERSION,
+    FWD_DEFINE,
     PROTECTED_MAX,
     MapName,
     PORT_BY_FORWARD,
@@ -155,6 +156,16 @@ def check_attachable(iface: state.Iface, force: bool) -> dataplane.XdpAttachment
     return att
 
 
+DEFINES_KEY = "defines"  # the interface record's: the compile-time features of the attached program
+KEPT_DEFINES = (FWD_DEFINE,)  # features, not sizes: an upgrade compiles them in again
+
+
+def kept_defines(defines: dict[str, int] | None) -> dict:
+    """The part of an attach's -D defines its record keeps for upgrades (KEPT_DEFINES)."""
+    kept = {k: v for k, v in (defines or {}).items() if k in KEPT_DEFINES}
+    return {DEFINES_KEY: kept} if kept else {}
+
+
 def attach_locked(
     iface: state.Iface,
     addrs,
@@ -203,7 +214,7 @@ def attach_locked(
                 "mode": took,
                 "requested_mode": mode,
                 "program_sha256": dataplane.program_sha256(defines),
-                **({"defines": defines} if defines else {}),  # what an upgrade compiles with again
+                **kept_defines(defines),  # the features an upgrade compiles in again
                 "protected": [str(a) for a in addrs],
                 "monitor": monitor,
                 "attached_at": time.time(),
@@ -256,7 +267,7 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
         if not dataplane.is_ours(att):
             raise UserError(f"{ifname} is not protected by xdpguard; nothing to upgrade")
         if defines is None:  # what it was attached with (the fast path's -D stays on)
-            defines = (state.read_state(iface) or {}).get("defines") or None
+            defines = (state.read_state(iface) or {}).get(DEFINES_KEY) or None
         old = dataplane.map_fds_of_prog(att.prog_id)
         try:
             version = guard.abi_version(old)
