@@ -296,6 +296,12 @@ int xdpguard_main(struct xdp_md *ctx)
     reason = policy_steps(ctx, cfg, prot, &p, &now);
     if (reason == XG_CONTINUE) {
         reason = XG_REASON_CLEAN;
+#ifdef XG_FWD_FAST
+        /* steps/fastfwd.h: xdpguard_fwd_in counts the verdict and forwards an established flow; the
+         * call returns only when the slot is empty. Here, not after `out:`: a test of the reason
+         * there would keep the verifier from pruning the states the pipeline ends in (+130K). */
+        xg_fwd_prog.call(ctx, 0);
+#endif
     } else if (reason == XG_SYNCOOKIE_TX) {
         action = XDP_TX;               /* counted as a drop `syncookie`: the SYN never reaches the kernel */
         reason = XG_REASON_SYNCOOKIE;
@@ -307,10 +313,6 @@ out:
     action = record_verdict(ctx, cfg, action, reason);
     if (action == XDP_TX)
         action = syncookie_reply(ctx, &p);  /* syncookie.h: the SYN becomes its SYN-ACK */
-#ifdef XG_FWD_FAST
-    else if (action == XDP_PASS && reason == XG_REASON_CLEAN)
-        action = step_fastfwd(ctx);           /* steps/fastfwd.h: an established forward skips nftables */
-#endif
     return action;
 }
 
@@ -322,6 +324,17 @@ int xdpguard_egress(struct __sk_buff *skb)
 }
 
 #ifdef XG_FWD_FAST
+/* Tail-called by xdpguard_main for a clean packet (only with XG_FWD_FAST): the verdict counted as
+ * the main program would have, then an established forward is rewritten and redirected to its
+ * backend; anything else passes. */
+int xdpguard_fwd_in(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct xg_config *cfg = xg_config_arr.lookup(&zero);
+    record_verdict(ctx, cfg, XDP_PASS, XG_REASON_CLEAN);  /* the main program's single exit, for it */
+    return step_fastfwd(ctx);
+}
+
 /* XDP on the backend-side interface (only with XG_FWD_FAST): a backend's answer on a fast flow
  * is rewritten back to the client and redirected out of the protected interface; what it sends
  * is recorded as tc egress would have (redirected frames never meet tc egress). Anything else

@@ -79,6 +79,7 @@ from .prefixes import Prefix
 PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
 EGRESS_PIN = "xg_egress"  # the tc egress recorder (tcpstate.py), beside it: drift repair puts it back
 FWD_PIN = "xg_fwd_return"  # the fast path's return program (fastfwd.py), with --fast-forward only
+FWD_ARRAY_PIN = "xg_fwd_prog"  # ... its tail-call array: the kernel empties one nobody holds
 
 
 # (list, family, host entry?) → map. Host entries (/32, /128) live in exact hashes, which stay
@@ -640,15 +641,21 @@ class Guard:
     # -- the forwarding fast path (fastfwd.py; steps/fastfwd.h, only in a program compiled with
     #    kernel.abi.FWD_DEFINE: its maps are not MapName members) --
 
+    def _fastfwd_map_fds(self) -> dict:
+        """The fast path's maps, found from the kernel: the program in the attached program's
+        tail-call slot uses them."""
+        fwd_in = dataplane.fwd_in_prog_id(self.att.prog_id)
+        return {} if fwd_in is None else dataplane.map_fds_of_prog(fwd_in, FastFwdMap)
+
     def has_fastfwd(self) -> bool:
-        fds = dataplane.map_fds_of_prog(self.att.prog_id, FastFwdMap)
+        fds = self._fastfwd_map_fds()
         for fd in fds.values():
             os.close(fd)
         return len(fds) == len(FastFwdMap)
 
     @contextmanager
     def _fastfwd_maps(self):
-        fds = dataplane.map_fds_of_prog(self.att.prog_id, FastFwdMap)
+        fds = self._fastfwd_map_fds()
         maps = {n: BpfMap(n, fd, abi.FWD_LAYOUTS[n]) for n, fd in fds.items()}
         try:
             if len(maps) != len(FastFwdMap):
@@ -885,14 +892,17 @@ def init_fresh(maps: dict[MapName, BpfMap], addrs, level: str | None, monitor: b
             write_address_policy(maps, a, levels.address_policy(level, AddressPolicy()))
 
 
-def pin_program(iface: state.Iface, fds: dict[MapName, int], prog_fd: int, egress_fd: int, fwd_fd: int = -1) -> None:
-    """Pin a freshly attached program's maps, the program and its egress recorder (and the fast
-    path's return program, when it was compiled in)."""
+def pin_program(
+    iface: state.Iface, fds: dict[MapName, int], prog_fd: int, egress_fd: int, fwd_fd: int = -1, fwd_array_fd: int = -1
+) -> None:
+    """Pin a freshly attached program's maps, the program and its egress recorder (and, when it
+    was compiled in, the fast path's return program and tail-call array)."""
     pin_maps(iface, fds)
     libbpf.obj_pin(prog_fd, str(iface.pin_dir / PROG_PIN))
     libbpf.obj_pin(egress_fd, str(iface.pin_dir / EGRESS_PIN))
-    if fwd_fd >= 0:
-        libbpf.obj_pin(fwd_fd, str(iface.pin_dir / FWD_PIN))
+    for fd, name in ((fwd_fd, FWD_PIN), (fwd_array_fd, FWD_ARRAY_PIN)):
+        if fd >= 0:
+            libbpf.obj_pin(fd, str(iface.pin_dir / name))
 
 
 def pinned_fwd_fd(iface: state.Iface) -> int:
@@ -909,13 +919,19 @@ def upgrade_staging(iface: state.Iface):
 
 
 def commit_upgrade_pins(
-    iface: state.Iface, fds: dict[MapName, int], staging, prog_fd: int, egress_fd: int, fwd_fd: int = -1
+    iface: state.Iface,
+    fds: dict[MapName, int],
+    staging,
+    prog_fd: int,
+    egress_fd: int,
+    fwd_fd: int = -1,
+    fwd_array_fd: int = -1,
 ) -> None:
     """After an upgrade's atomic replace: the new maps' pins from staging, the program's and the
     egress recorder's pins replaced (and the fast path's return program's, when compiled in: the
     fast path's maps are new and empty, the next fastfwd.sync fills them and re-attaches it)."""
     migrate.commit_pins(fds, staging, iface.pin_dir)
-    for fd, name in ((prog_fd, PROG_PIN), (egress_fd, EGRESS_PIN), (fwd_fd, FWD_PIN)):
+    for fd, name in ((prog_fd, PROG_PIN), (egress_fd, EGRESS_PIN), (fwd_fd, FWD_PIN), (fwd_array_fd, FWD_ARRAY_PIN)):
         if fd < 0:
             continue
         pin = iface.pin_dir / name

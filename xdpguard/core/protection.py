@@ -193,7 +193,7 @@ def attach_locked(
     try:
         maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
         guard.init_fresh(maps, addrs, level, monitor)
-        guard.pin_program(iface, lp.map_fds, lp.prog_fd, lp.egress_fd, lp.fwd_fd)
+        guard.pin_program(iface, lp.map_fds, lp.prog_fd, lp.egress_fd, lp.fwd_fd, lp.fwd_array_fd)
         try:
             took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att if force else None)
         except BaseException:
@@ -315,7 +315,7 @@ def _upgrade_locked(
             dataplane.replace(iface.index, lp.prog_fd, att)
         except libbpf.BpfError as exc:
             raise UserError(f"{ifname}: atomic replace failed ({exc.strerror}); the old program stays") from None
-        guard.commit_upgrade_pins(iface, lp.map_fds, staging, lp.prog_fd, lp.egress_fd, lp.fwd_fd)
+        guard.commit_upgrade_pins(iface, lp.map_fds, staging, lp.prog_fd, lp.egress_fd, lp.fwd_fd, lp.fwd_array_fd)
         swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
         new = dataplane.query(iface.index)
         st = state.read_state(iface) or {}

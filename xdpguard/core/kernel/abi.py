@@ -486,6 +486,8 @@ class MapName(str, enum.Enum):
 FWD_DEFINE = "XG_FWD_FAST"
 FWD_HEADER = BPF_DIR / "include" / "steps" / "fastfwd.h"
 FWD_RETURN_FUNC = "xdpguard_fwd_return"  # XDP on the backend-side interface
+FWD_IN_FUNC = "xdpguard_fwd_in"  # tail-called by the main program for a clean packet
+FWD_PROG_ARRAY = "xg_fwd_prog"  # the tail call's program array: slot 0 → FWD_IN_FUNC
 FWD_COUNTERS = ("in", "out", "end", "fib")  # XG_FWD_CNT_* in order
 
 
