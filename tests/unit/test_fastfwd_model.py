@@ -102,6 +102,6 @@ def test_the_c_header_matches_its_python_mirror():
         fields = re.findall(r"(__u\d+)\s+(\w+)(?:\[(\d+)\])?;", body)
         assert [f[1] for f in fields] == [f[0] for f in ctype._fields_], cname
         assert sum(sizes[t] * int(n or 1) for t, _, n in fields) == ctypes.sizeof(ctype), cname
-    names = re.findall(r"XG_MAP\(\"\w+\", [^,]+, [^,]+, (\w+),", c)
+    names = re.findall(r"BPF_F_TABLE\(\"\w+\", [^,]+, [^,]+, (\w+),", c)
     assert names == [x.value for x in abi.FastFwdMap]
     assert re.search(rf"int {abi.FWD_RETURN_FUNC}\(", abi.PROGRAM_SOURCE.read_text())

@@ -75,12 +75,16 @@ struct xg_fwd_counter {
     __u64 bytes;
 };
 
+/* The fast path's maps are not pinned (BPF_F_TABLE, not XG_MAP): a program holds them, and an
+ * upgrade starts them empty (the next sync fills them from conntrack) rather than leaving the old
+ * ones pinned beside the new. */
+
 /* xg_fwd_lru: struct xg_fwd_key (the packet's 5-tuple) → struct xg_fwd (its translation). Written
  * by the controller only (from conntrack); the data path deletes a flow's two entries at its end. */
-XG_MAP("lru_hash", struct xg_fwd_key, struct xg_fwd, xg_fwd_lru, XG_FWD_FLOWS_MAX, 0);
+BPF_F_TABLE("lru_hash", struct xg_fwd_key, struct xg_fwd, xg_fwd_lru, XG_FWD_FLOWS_MAX, 0);
 
 /* xg_fwd_pcpu: XG_FWD_CNT_* → per-CPU struct xg_fwd_counter. */
-XG_MAP("percpu_array", int, struct xg_fwd_counter, xg_fwd_pcpu, XG_FWD_CNT_MAX, 0);
+BPF_F_TABLE("percpu_array", int, struct xg_fwd_counter, xg_fwd_pcpu, XG_FWD_CNT_MAX, 0);
 
 /* xg_fwd_prog: slot 0 → xdpguard_fwd_in (dataplane.compile_program puts it there). Empty, the
  * tail call fails and the packet passes: the slow path. */
