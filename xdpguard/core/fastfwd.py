@@ -17,13 +17,16 @@ end of every connection.
 
 `enable` attaches the return program to the backend-side interface and sets the namespace's
 nf_conntrack_tcp_be_liberal (conntrack does not see the fast-pathed segments, so without it the
-FIN that goes back to the slow path is out of its window: invalid, not NATed). The daemon does
-not run `sync` yet: it is a command (`xdpguard forward fastpath`), run by whoever enables it.
+FIN that goes back to the slow path is out of its window: invalid, not NATed). `xdpguard forward
+fastpath IFACE --via IF` enables it (the interface record keeps `via`) and syncs once; from then
+on `xdpguard run` syncs every enabled interface once a second (sync_enabled).
 
-XXX (not built yet): the sync in the daemon's loop; conntrack timeouts refreshed for fast flows
-(a UDP flow's entry expires after 120 s without slow-path packets, and the flow then takes the
-slow path again, possibly to another backend); per-rule nft traffic counters for fast-pathed
-packets (xg_fwd_pcpu counts them per direction only); IPv6; drift repair of the return program.
+XXX (not built yet): conntrack timeouts refreshed for fast flows (a UDP flow's entry expires after
+120 s without slow-path packets, and the flow then takes the slow path again, possibly to another
+backend); per-rule nft traffic counters for fast-pathed packets (xg_fwd_pcpu counts them per
+direction only); IPv6; a one-armed protector (backends behind the protected interface itself:
+their answers reach the main program, not a return program, and take the slow path); conntrack
+events instead of a full dump per second.
 """
 
 from __future__ import annotations
