@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import json
 import re
 import socket
 
-from xdpguard.core import guard
+from xdpguard.cli.main import run
+from xdpguard.core import fastfwd, guard, reconcile
+from xdpguard.core.errors import UserError
 from xdpguard.core.kernel import abi
 from xdpguard.core.model import fastfwd as m
+from cli_helpers import invoke, one_line_error
 
 A = ipaddress.IPv4Address
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
@@ -105,3 +109,47 @@ def test_the_c_header_matches_its_python_mirror():
     names = re.findall(r"BPF_F_TABLE\(\"\w+\", [^,]+, [^,]+, (\w+),", c)
     assert names == [x.value for x in abi.FastFwdMap]
     assert re.search(rf"int {abi.FWD_RETURN_FUNC}\(", abi.PROGRAM_SOURCE.read_text())
+
+
+# ---- the CLI: `forward fastpath` and `attach --fast-forward` with the core faked ----
+
+RESULT = fastfwd.FastPathResult(
+    "xgp0", "xgb1", 42, 2, 4, 1, {"in": (300, 400_000), "out": (290, 390_000), "end": (1, 66), "fib": (0, 0)}, ["n1"]
+)
+
+
+def test_fastpath_cli_syncs_and_renders(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(fastfwd, "sync", lambda iface, via: seen.append(("sync", iface, via)) or RESULT)
+    monkeypatch.setattr(fastfwd, "disable", lambda iface, via: seen.append(("off", iface, via)) or RESULT)
+    r = invoke("forward", "fastpath", "xgp0", "--via", "xgb1")
+    assert r.exit_code == 0 and "2 flows (4 entries written, 1 deleted)" in r.output and "n1" in r.output
+    assert "in   300 packets" in r.output
+    r = invoke("forward", "fastpath", "xgp0", "--off", "--json")
+    assert json.loads(r.output)["counters"]["in"] == [300, 400_000]
+    assert seen == [("sync", "xgp0", "xgb1"), ("off", "xgp0", None)]
+
+
+def test_fastpath_cli_core_error_is_one_line(monkeypatch, capsys):
+    def refuse(iface, via):
+        raise UserError(f"{iface}: the attached program has no forwarding fast path (attach with --fast-forward)")
+
+    monkeypatch.setattr(fastfwd, "sync", refuse)
+    assert run(["forward", "fastpath", "xgp0"]) == 2
+    assert "--fast-forward" in one_line_error(capsys)
+    assert run(["forward", "fastpath", "bad/name"]) == 2
+    assert "bad/name" in one_line_error(capsys)
+
+
+def test_attach_fast_forward_passes_the_flag_only_when_asked(monkeypatch, capsys):
+    got = []
+
+    def attach(*args, **kwargs):
+        got.append(kwargs)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(reconcile, "attach", attach)
+    assert run(["attach", "veth-xg0", "--protect", "198.18.0.1", "--fast-forward"]) == 2
+    assert run(["attach", "veth-xg0", "--protect", "198.18.0.1"]) == 2
+    assert got[0]["defines"] == {abi.FWD_DEFINE: 1} and "defines" not in got[1]
+    assert "xg_fwd_lru" in invoke("attach", "x", "--protect", "198.18.0.1", "--fast-forward", "--ebpf").output
