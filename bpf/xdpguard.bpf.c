@@ -30,6 +30,8 @@
 #include "steps/synauth.h"
 #include "steps/budget.h"
 #include "steps/watermark.h"
+/* only with XG_FWD_FAST: the forwarding fast path, after the verdict */
+#include "steps/fastfwd.h"
 
 /* xg_pkt_pcpu: key 0 → per-CPU struct xg_pkt, the packet's record for the steps from the filters
  * on (policy_steps). Scratch, program-local (not in maps.h: never pinned, never read by the
@@ -294,6 +296,12 @@ int xdpguard_main(struct xdp_md *ctx)
     reason = policy_steps(ctx, cfg, prot, &p, &now);
     if (reason == XG_CONTINUE) {
         reason = XG_REASON_CLEAN;
+#ifdef XG_FWD_FAST
+        /* steps/fastfwd.h: xdpguard_fwd_in counts the verdict and forwards an established flow; the
+         * call returns only when the slot is empty. Here, not after `out:`: a test of the reason
+         * there would keep the verifier from pruning the states the pipeline ends in (+130K). */
+        xg_fwd_prog.call(ctx, 0);
+#endif
     } else if (reason == XG_SYNCOOKIE_TX) {
         action = XDP_TX;               /* counted as a drop `syncookie`: the SYN never reaches the kernel */
         reason = XG_REASON_SYNCOOKIE;
@@ -314,3 +322,28 @@ int xdpguard_egress(struct __sk_buff *skb)
 {
     return ts_egress((void *)(long)skb->data, (void *)(long)skb->data_end);
 }
+
+#ifdef XG_FWD_FAST
+/* Tail-called by xdpguard_main for a clean packet (only with XG_FWD_FAST): the verdict counted as
+ * the main program would have, then an established forward is rewritten and redirected to its
+ * backend; anything else passes. */
+int xdpguard_fwd_in(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct xg_config *cfg = xg_config_arr.lookup(&zero);
+    record_verdict(ctx, cfg, XDP_PASS, XG_REASON_CLEAN);  /* the main program's single exit, for it */
+    return step_fastfwd(ctx);
+}
+
+/* XDP on the backend-side interface (only with XG_FWD_FAST): a backend's answer on a fast flow
+ * is rewritten back to the client and redirected out of the protected interface; what it sends
+ * is recorded as tc egress would have (redirected frames never meet tc egress). Anything else
+ * passes untouched. */
+int xdpguard_fwd_return(struct xdp_md *ctx)
+{
+    int action = step_fastfwd(ctx);
+    if (action != XDP_PASS)
+        ts_egress((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+    return action;
+}
+#endif

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from xdpguard.core.kernel import dataplane
+from xdpguard.core.kernel.abi import FWD_DEFINE
 from xdpguard.core import protection, reconcile
 
 from .output import Console, Result, json_option
@@ -37,16 +38,29 @@ from .params import IFACE
     show_default=True,
     help="Protection level of addresses new to xdpguard (see `xdpguard level`; none: no limits until set).",
 )
+@click.option(
+    "--fast-forward",
+    is_flag=True,
+    help="(experimental) Compile in the forwarding fast path (see `xdpguard forward fastpath`).",
+)
 @json_option
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the final C program and exit.")
-def attach(iface, protect, mode, monitor, force, level, ebpf):
+def attach(iface, protect, mode, monitor, force, level, fast_forward, ebpf):
     """Put the XDP filter on IFACE, protecting the given addresses."""
+    defines = {FWD_DEFINE: 1} if fast_forward else None
     if ebpf:
-        click.echo(dataplane.render_source())
+        click.echo(dataplane.render_source(defines))
         return
+    extra = {"defines": defines} if defines else {}
     return Result(
         reconcile.attach(
-            iface, list(protect), mode=mode, monitor=monitor, force=force, level=None if level == "none" else level
+            iface,
+            list(protect),
+            mode=mode,
+            monitor=monitor,
+            force=force,
+            level=None if level == "none" else level,
+            **extra,
         ),
         _attached,
     )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import click
 
+from xdpguard.core import fastfwd
 from xdpguard.core.nat import forward as core
 from xdpguard.core.verbs import imperative
 
 from .output import Console, Result, human_bytes, json_option as _json
-from .params import iface_option as _iface
+from .params import IFACE, iface_option as _iface
 
 _protected = click.option(
     "--protected",
@@ -124,3 +125,32 @@ def _rules(c: Console, res: core.ForwardListResult) -> None:
         )
         for b in r.backends:
             c.print(f"  {b.endpoint}  weight {b.weight}{'  backup' if b.backup else ''}  {b.health}")
+
+
+@forward.command("fastpath")
+@click.argument("iface", type=IFACE)
+@click.option(
+    "--via",
+    type=IFACE,
+    default=None,
+    help="The backend-side interface: the return program is attached there (native XDP).",
+)
+@click.option("--off", is_flag=True, help="Every flow back to the slow path (and the return program off --via).")
+@_json
+def fastpath(iface, via, off):
+    """(experimental) Move IFACE's established forwards onto the XDP fast path, once.
+
+    Needs a program attached with `xdpguard attach --fast-forward`. Reads conntrack and makes the
+    fast path's table hold exactly its established DNATs (minus backends marked down); run it
+    again to follow conntrack. nftables keeps the first packets and the end of every connection."""
+    if off:
+        return Result(fastfwd.disable(iface, via), _fastpath)
+    return Result(fastfwd.sync(iface, via), _fastpath)
+
+
+def _fastpath(c: Console, res: fastfwd.FastPathResult) -> None:
+    c.print(f"fast path on {res.iface}: {res.flows} flows ({res.written} entries written, {res.deleted} deleted)")
+    for name, (packets, nbytes) in res.counters.items():
+        c.print(f"  {name:4} {packets} packets, {human_bytes(nbytes)}")
+    for n in res.notes:
+        c.print(f"[yellow]note:[/] {n}")

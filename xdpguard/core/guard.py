@@ -16,6 +16,7 @@ import errno
 import functools
 import ipaddress
 import os
+import socket
 import struct
 import time
 import weakref
@@ -44,7 +45,9 @@ from .kernel.abi import (
     stats_slot,
 )
 from .errors import UserError
+from .kernel.abi import FastFwdMap, Fwd, FwdKey
 from .kernel.maps import BpfMap
+from .model import fastfwd as fastfwd_model
 from .policy import (
     MITIGATE,
     PROTOCOLS,
@@ -77,6 +80,8 @@ from .prefixes import Prefix
 
 PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached program can come back as it was
 EGRESS_PIN = "xg_egress"  # the tc egress recorder (tcpstate.py), beside it: drift repair puts it back
+FWD_PIN = "xg_fwd_return"  # the fast path's return program (fastfwd.py), with --fast-forward only
+FWD_ARRAY_PIN = "xg_fwd_prog"  # ... its tail-call array: the kernel empties one nobody holds
 
 
 # (list, family, host entry?) → map. Host entries (/32, /128) live in exact hashes, which stay
@@ -643,6 +648,67 @@ class Guard:
     def tcpstate_enforced(self, addr) -> bool:
         return tcpstate_enforced(self.maps, addr)
 
+    # -- the forwarding fast path (fastfwd.py; steps/fastfwd.h, only in a program compiled with
+    #    kernel.abi.FWD_DEFINE: its maps are not MapName members) --
+
+    def _fastfwd_map_fds(self) -> dict:
+        """The fast path's maps, found from the kernel: the program in the attached program's
+        tail-call slot uses them."""
+        fwd_in = dataplane.fwd_in_prog_id(self.att.prog_id)
+        return {} if fwd_in is None else dataplane.map_fds_of_prog(fwd_in, FastFwdMap)
+
+    def has_fastfwd(self) -> bool:
+        fds = self._fastfwd_map_fds()
+        for fd in fds.values():
+            os.close(fd)
+        return len(fds) == len(FastFwdMap)
+
+    @contextmanager
+    def _fastfwd_maps(self):
+        fds = self._fastfwd_map_fds()
+        maps = {n: BpfMap(n, fd, abi.FWD_LAYOUTS[n]) for n, fd in fds.items()}
+        try:
+            if len(maps) != len(FastFwdMap):
+                raise UserError(
+                    f"{self.iface.name}: the attached program has no forwarding fast path "
+                    f"(attach it with --fast-forward)"
+                )
+            yield maps
+        finally:
+            for m in maps.values():
+                m.close()
+
+    def fastfwd_entries(self) -> dict:
+        """xg_fwd_lru as model.fastfwd.desired_entries spells it: packet tuple → (translated, dir)."""
+        with self._fastfwd_maps() as maps:
+            return {_fwd_tuple(k): (_fwd_tuple(k, v), v.dir) for k, v in maps[FastFwdMap.FLOWS].items()}
+
+    def sync_fastfwd(self, flows) -> tuple[int, int]:
+        """Make xg_fwd_lru hold exactly the entries of these flows (model.fastfwd.NatFlow): the
+        missing or different ones written, the others deleted. Returns (written, deleted)."""
+        want = fastfwd_model.desired_entries(flows)
+        with self._fastfwd_maps() as maps:
+            m = maps[FastFwdMap.FLOWS]
+            have = {_fwd_tuple(k): ((_fwd_tuple(k, v), v.dir), k) for k, v in m.items()}
+            deleted = sum(1 for t, (_, k) in have.items() if t not in want and m.delete(k))
+            written = 0
+            for t, (to, d) in want.items():
+                if t in have and have[t][0] == (to, d):
+                    continue
+                m.set(_fwd_key(t), _fwd_value(to, d))
+                written += 1
+        return written, deleted
+
+    def fastfwd_counters(self) -> dict[str, tuple[int, int]]:
+        """XG_FWD_CNT_* by name (abi.FWD_COUNTERS) → (packets, bytes), summed over CPUs."""
+        with self._fastfwd_maps() as maps:
+            m = maps[FastFwdMap.COUNTERS]
+            out = {}
+            for i, name in enumerate(abi.FWD_COUNTERS):
+                per_cpu = m.get(ctypes.c_uint32(i)) or []
+                out[name] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
+            return out
+
     # -- the mitigation engine's look-ups (mitigation.py) --
 
     def known_good_sources(self, srcs) -> set:
@@ -765,6 +831,36 @@ def pin_maps(iface: state.Iface, fds: dict[MapName, int]) -> None:
         libbpf.obj_pin(fd, str(p))
 
 
+def _fwd_key(t) -> FwdKey:
+    proto, sa, sp, da, dp = t
+    return FwdKey(
+        (ctypes.c_uint8 * 4)(*sa.packed), (ctypes.c_uint8 * 4)(*da.packed), socket.htons(sp), socket.htons(dp), proto
+    )
+
+
+def _fwd_value(t, direction: int) -> Fwd:
+    _, sa, sp, da, dp = t
+    return Fwd(
+        (ctypes.c_uint8 * 4)(*sa.packed),
+        (ctypes.c_uint8 * 4)(*da.packed),
+        socket.htons(sp),
+        socket.htons(dp),
+        direction,
+    )
+
+
+def _fwd_tuple(k: FwdKey, v: Fwd | None = None) -> tuple:
+    """A key (or, with v, the translation v gives the key's packet) as a model.fastfwd Tuple5."""
+    x = k if v is None else v
+    return (
+        k.proto,
+        ipaddress.IPv4Address(bytes(x.saddr)),
+        socket.ntohs(x.sport),
+        ipaddress.IPv4Address(bytes(x.daddr)),
+        socket.ntohs(x.dport),
+    )
+
+
 def pins_complete(iface: state.Iface) -> bool:
     """Are the program and every map of the interface pinned?"""
     d = iface.pin_dir
@@ -806,11 +902,22 @@ def init_fresh(maps: dict[MapName, BpfMap], addrs, level: str | None, monitor: b
             write_address_policy(maps, a, levels.address_policy(level, AddressPolicy()))
 
 
-def pin_program(iface: state.Iface, fds: dict[MapName, int], prog_fd: int, egress_fd: int) -> None:
-    """Pin a freshly attached program's maps, the program and its egress recorder."""
+def pin_program(
+    iface: state.Iface, fds: dict[MapName, int], prog_fd: int, egress_fd: int, fwd_fd: int = -1, fwd_array_fd: int = -1
+) -> None:
+    """Pin a freshly attached program's maps, the program and its egress recorder (and, when it
+    was compiled in, the fast path's return program and tail-call array)."""
     pin_maps(iface, fds)
     libbpf.obj_pin(prog_fd, str(iface.pin_dir / PROG_PIN))
     libbpf.obj_pin(egress_fd, str(iface.pin_dir / EGRESS_PIN))
+    for fd, name in ((fwd_fd, FWD_PIN), (fwd_array_fd, FWD_ARRAY_PIN)):
+        if fd >= 0:
+            libbpf.obj_pin(fd, str(iface.pin_dir / name))
+
+
+def pinned_fwd_fd(iface: state.Iface) -> int:
+    """A new fd of the interface's pinned fast-path return program (libbpf.BpfError when none)."""
+    return libbpf.obj_get(str(iface.pin_dir / FWD_PIN))
 
 
 def upgrade_staging(iface: state.Iface):
@@ -821,11 +928,22 @@ def upgrade_staging(iface: state.Iface):
     return staging
 
 
-def commit_upgrade_pins(iface: state.Iface, fds: dict[MapName, int], staging, prog_fd: int, egress_fd: int) -> None:
+def commit_upgrade_pins(
+    iface: state.Iface,
+    fds: dict[MapName, int],
+    staging,
+    prog_fd: int,
+    egress_fd: int,
+    fwd_fd: int = -1,
+    fwd_array_fd: int = -1,
+) -> None:
     """After an upgrade's atomic replace: the new maps' pins from staging, the program's and the
-    egress recorder's pins replaced."""
+    egress recorder's pins replaced (and the fast path's return program's, when compiled in: the
+    fast path's maps are new and empty, the next fastfwd.sync fills them and re-attaches it)."""
     migrate.commit_pins(fds, staging, iface.pin_dir)
-    for fd, name in ((prog_fd, PROG_PIN), (egress_fd, EGRESS_PIN)):
+    for fd, name in ((prog_fd, PROG_PIN), (egress_fd, EGRESS_PIN), (fwd_fd, FWD_PIN), (fwd_array_fd, FWD_ARRAY_PIN)):
+        if fd < 0:
+            continue
         pin = iface.pin_dir / name
         if pin.exists():
             pin.unlink()

@@ -26,6 +26,7 @@ from .guard import (
 )
 from .kernel.abi import (
     ABI_VERSION,
+    FWD_DEFINE,
     PROTECTED_MAX,
     MapName,
     PORT_BY_FORWARD,
@@ -155,6 +156,16 @@ def check_attachable(iface: state.Iface, force: bool) -> dataplane.XdpAttachment
     return att
 
 
+DEFINES_KEY = "defines"  # the interface record's: the compile-time features of the attached program
+KEPT_DEFINES = (FWD_DEFINE,)  # features, not sizes: an upgrade compiles them in again
+
+
+def kept_defines(defines: dict[str, int] | None) -> dict:
+    """The part of an attach's -D defines its record keeps for upgrades (KEPT_DEFINES)."""
+    kept = {k: v for k, v in (defines or {}).items() if k in KEPT_DEFINES}
+    return {DEFINES_KEY: kept} if kept else {}
+
+
 def attach_locked(
     iface: state.Iface,
     addrs,
@@ -182,7 +193,7 @@ def attach_locked(
     try:
         maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
         guard.init_fresh(maps, addrs, level, monitor)
-        guard.pin_program(iface, lp.map_fds, lp.prog_fd, lp.egress_fd)
+        guard.pin_program(iface, lp.map_fds, lp.prog_fd, lp.egress_fd, lp.fwd_fd, lp.fwd_array_fd)
         try:
             took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att if force else None)
         except BaseException:
@@ -203,6 +214,7 @@ def attach_locked(
                 "mode": took,
                 "requested_mode": mode,
                 "program_sha256": dataplane.program_sha256(defines),
+                **kept_defines(defines),  # the features an upgrade compiles in again
                 "protected": [str(a) for a in addrs],
                 "monitor": monitor,
                 "attached_at": time.time(),
@@ -254,6 +266,8 @@ def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = Fa
         att = dataplane.query(iface.index)
         if not dataplane.is_ours(att):
             raise UserError(f"{ifname} is not protected by xdpguard; nothing to upgrade")
+        if defines is None:  # what it was attached with (the fast path's -D stays on)
+            defines = (state.read_state(iface) or {}).get(DEFINES_KEY) or None
         old = dataplane.map_fds_of_prog(att.prog_id)
         try:
             version = guard.abi_version(old)
@@ -301,7 +315,7 @@ def _upgrade_locked(
             dataplane.replace(iface.index, lp.prog_fd, att)
         except libbpf.BpfError as exc:
             raise UserError(f"{ifname}: atomic replace failed ({exc.strerror}); the old program stays") from None
-        guard.commit_upgrade_pins(iface, lp.map_fds, staging, lp.prog_fd, lp.egress_fd)
+        guard.commit_upgrade_pins(iface, lp.map_fds, staging, lp.prog_fd, lp.egress_fd, lp.fwd_fd, lp.fwd_array_fd)
         swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
         new = dataplane.query(iface.index)
         st = state.read_state(iface) or {}
@@ -344,10 +358,26 @@ def detach_locked(iface: state.Iface, notes: list[str] | None = None) -> DetachR
             )
         what = "nothing is attached" if att is None else f"the attached program '{att.prog_name}' is not ours"
         raise UserError(f"{iface.name} is not protected by xdpguard ({what})")
+    notes += fwd_return_off(iface)
     dataplane.detach(iface.index, att)
     state.remove_pins(iface)
     state.remove_state(iface)
     return DetachResult(iface.name, att.prog_id, notes)
+
+
+def fwd_return_off(iface: state.Iface) -> list[str]:
+    """The fast path's return program off the interface fastfwd.sync put it on (its flow table
+    would otherwise keep rewriting backends' answers for a program that is gone)."""
+    via = state.get(state.read_state(iface), state.FASTFWD_VIA)
+    if not via:
+        return []
+    try:
+        v = state.resolve_iface(via)
+    except UserError:
+        return []
+    if dataplane.fwd_return_detach(v.index):
+        return [f"detached the fast path's return program from {via}"]
+    return []
 
 
 def status(ifname: str | None) -> list[StatusResult]:

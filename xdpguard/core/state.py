@@ -382,7 +382,20 @@ GEO = Field(
 WATERMARK = Field(
     "watermark", Map(Arr(Rec(("port", "key_file"), port=int, key_file=str))), lambda v: dict(v or {}), dict
 )  # protected address → its watermarked services: key file names, never keys (watermark.py)
-FIELDS = (ATTACK, LEVELS, MITIGATIONS, FORWARD, FORWARD_HEALTH, FORWARD_SYSCTL_SAVED, CONNLIMITS, HTTP, GEO, WATERMARK)
+FASTFWD_VIA = Field("fastfwd_via", (str, type(None)))  # fastfwd: the interface the return program is on
+FIELDS = (
+    ATTACK,
+    LEVELS,
+    MITIGATIONS,
+    FORWARD,
+    FORWARD_HEALTH,
+    FORWARD_SYSCTL_SAVED,
+    CONNLIMITS,
+    HTTP,
+    GEO,
+    WATERMARK,
+    FASTFWD_VIA,
+)
 
 #: the interface record's keys and their shapes (the attach keys: protection.attach; the rest: FIELDS)
 STATE_SHAPE = Rec(
@@ -397,6 +410,7 @@ STATE_SHAPE = Rec(
     monitor=bool,
     attached_at=NUM,
     upgraded_at=NUM,
+    defines=Map(int),  # the -D flags it was compiled with (attach --fast-forward), kept by upgrades
     **{f.key: f.shape for f in FIELDS},
 )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from . import reconciler as daemon, mitigation
 from ..observe import events, fanout, history
-from .. import geo, protection
+from .. import fastfwd, geo, protection
 from ..nat import health
 from ..observe import metrics as prom
 from ..errors import UserError
@@ -34,6 +34,7 @@ class RunOptions:
     config_path: str | None = None  # own the desired state of this file (the reconciler)
     mitigation: mitigation.Settings | None = None  # None: no detection hook
     reconcile_interval_s: float = 0.5
+    fastpath_interval_s: float = 1.0  # conntrack → the XDP fast path's table (fastfwd.sync_enabled)
 
 
 def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None]) -> int:
@@ -118,6 +119,18 @@ def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None])
     sweep_once()
     if not o.once:
         threads.append(threading.Thread(target=sweep_forever, name="sweep", daemon=True))
+
+    def fastpath_forever() -> None:
+        while not stop.wait(o.fastpath_interval_s):
+            try:
+                fastfwd.sync_enabled()  # nothing to do unless `forward fastpath --via` enabled it
+            except UserError as exc:
+                out(f"fast path: {exc.message}")
+            except Exception as exc:  # never let one bad round end the learning
+                say(f"fast path: {type(exc).__name__}: {exc}")
+
+    if not o.once:
+        threads.append(threading.Thread(target=fastpath_forever, name="fastpath", daemon=True))
     if reconciler is not None and not o.once:
 
         def reconcile_forever() -> None:

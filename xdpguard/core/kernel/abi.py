@@ -480,6 +480,57 @@ class MapName(str, enum.Enum):
     SAMPLES = "xg_samples"  # ring buffer: no key, no value (BpfMap sees sizes 0/0)
 
 
+# ---- the forwarding fast path (bpf/include/steps/fastfwd.h; only with -D XG_FWD_FAST=1) ----
+# Its maps and its second XDP program exist only in a program compiled with the flag, so they
+# are not MapName members (every attach would look for them): guard.py opens them by these names.
+FWD_DEFINE = "XG_FWD_FAST"
+FWD_HEADER = BPF_DIR / "include" / "steps" / "fastfwd.h"
+FWD_RETURN_FUNC = "xdpguard_fwd_return"  # XDP on the backend-side interface
+FWD_IN_FUNC = "xdpguard_fwd_in"  # tail-called by the main program for a clean packet
+FWD_PROG_ARRAY = "xg_fwd_prog"  # the tail call's program array: slot 0 → FWD_IN_FUNC
+FWD_COUNTERS = ("in", "out", "end", "fib")  # XG_FWD_CNT_* in order
+
+
+class FastFwdMap(str, enum.Enum):
+    FLOWS = "xg_fwd_lru"  # 5-tuple → translation, two entries per flow
+    COUNTERS = "xg_fwd_pcpu"  # XG_FWD_CNT_* → per-CPU packets and bytes
+
+
+class FwdKey(ctypes.Structure):
+    """struct xg_fwd_key: addresses as their raw bytes, ports in network order (htons)."""
+
+    _fields_ = [
+        ("saddr", ctypes.c_uint8 * 4),
+        ("daddr", ctypes.c_uint8 * 4),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class Fwd(ctypes.Structure):
+    """struct xg_fwd: what a packet with the key becomes, and the entry's direction."""
+
+    _fields_ = [
+        ("saddr", ctypes.c_uint8 * 4),
+        ("daddr", ctypes.c_uint8 * 4),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("dir", ctypes.c_uint32),
+    ]
+
+
+class FwdCounter(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+FWD_LAYOUTS: dict[FastFwdMap, tuple[type, type, bool]] = {
+    FastFwdMap.FLOWS: (FwdKey, Fwd, False),
+    FastFwdMap.COUNTERS: (ctypes.c_uint32, FwdCounter, True),
+}
+
+
 # Map name → (key type, value type, per-CPU). Key u32 maps use c_uint32 (array index, or a
 # v4 address in network byte order, stored as its 4 raw bytes).
 class Addr4(ctypes.Structure):

@@ -12,6 +12,7 @@ rediscoverable even when pins are gone.
 from __future__ import annotations
 
 import ctypes
+import enum
 import errno
 import hashlib
 import os
@@ -21,11 +22,22 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import libbpf
-from .abi import BPF_DIR, EGRESS_FUNC, PROGRAM_FUNC, PROGRAM_SOURCE, MapName
+from .abi import (
+    BPF_DIR,
+    EGRESS_FUNC,
+    FWD_DEFINE,
+    FWD_IN_FUNC,
+    FWD_PROG_ARRAY,
+    FWD_RETURN_FUNC,
+    PROGRAM_FUNC,
+    PROGRAM_SOURCE,
+    MapName,
+)
 from ..errors import UserError
 
 PROGRAM_KERNEL_NAME = PROGRAM_FUNC[:15]  # kernel program names are 15 chars at most
 EGRESS_KERNEL_NAME = EGRESS_FUNC[:15]
+FWD_RETURN_KERNEL_NAME = FWD_RETURN_FUNC[:15]
 
 # The compiler flags bcc gets besides its own (kernel include paths and defines): also what
 # tests/bpf/test_headers.py compiles every header alone with.
@@ -91,6 +103,10 @@ class LoadedProgram:
     prog_fd: int
     map_fds: dict[MapName, int] = field(default_factory=dict)
     egress_fd: int = -1  # the tc egress recorder (SCHED_CLS), same maps
+    fwd_fd: int = -1  # the fast path's return program (XDP, backend side), only with FWD_DEFINE
+    # ... and its tail-call array (xg_fwd_prog): pinned, since the kernel empties a program array
+    # when the last file descriptor or pin of it goes
+    fwd_array_fd: int = -1
 
     def close(self) -> None:
         try:
@@ -122,10 +138,23 @@ def compile_program(defines: dict[str, int] | None = None, pin_dir: Path | None 
         b = bcc.BPF(text=text.encode(), cflags=list(CFLAGS))
         fn = b.load_func(PROGRAM_FUNC.encode(), bcc.BPF.XDP)
         eg = b.load_func(EGRESS_FUNC.encode(), bcc.BPF.SCHED_CLS)
+        fwd = None
+        if d.get(FWD_DEFINE):
+            fwd = b.load_func(FWD_RETURN_FUNC.encode(), bcc.BPF.XDP)
+            fwd_in = b.load_func(FWD_IN_FUNC.encode(), bcc.BPF.XDP)
+            arr = b.get_table(FWD_PROG_ARRAY.encode())
+            arr[ctypes.c_int(0)] = ctypes.c_int(fwd_in.fd)
     except Exception as exc:
         raise UserError(f"compiling/loading the XDP program failed: {str(exc).strip().splitlines()[-1]}") from None
     fds = {name: b.get_table(name.value.encode()).map_fd for name in MapName}
-    return LoadedProgram(bpf=b, prog_fd=fn.fd, map_fds=fds, egress_fd=eg.fd)
+    return LoadedProgram(
+        bpf=b,
+        prog_fd=fn.fd,
+        map_fds=fds,
+        egress_fd=eg.fd,
+        fwd_fd=fwd.fd if fwd else -1,
+        fwd_array_fd=arr.map_fd if fwd else -1,
+    )
 
 
 # ---- attach / detach / query ----
@@ -218,9 +247,39 @@ def detach(ifindex: int, att: XdpAttachment) -> None:
         os.close(fd)
 
 
-def map_fds_of_prog(prog_id: int) -> dict[MapName, int]:
-    """Open the maps a running program uses, by kernel name. Caller closes the fds."""
-    wanted = {m.value: m for m in MapName}
+def fwd_return_detach(ifindex: int) -> bool:
+    """Take the fast path's return program off an interface; False when it is not there."""
+    att = query(ifindex)
+    if att is None or att.prog_name != FWD_RETURN_KERNEL_NAME:
+        return False
+    detach(ifindex, att)
+    return True
+
+
+def fwd_in_prog_id(prog_id: int) -> int | None:
+    """The program in a main program's fast-path tail-call slot (xg_fwd_prog[0]): the one that
+    uses the fast path's maps. None without the fast path (or with the slot empty)."""
+    pfd = libbpf.prog_get_fd_by_id(prog_id)
+    try:
+        _, map_ids = libbpf.prog_info(pfd)
+    finally:
+        os.close(pfd)
+    for mid in map_ids:
+        fd = libbpf.map_get_fd_by_id(mid)
+        try:
+            if libbpf.map_info(fd).name.decode(errors="replace") != FWD_PROG_ARRAY:
+                continue
+            out = ctypes.c_uint32()
+            return out.value if libbpf.map_lookup(fd, ctypes.c_uint32(0), out) else None
+        finally:
+            os.close(fd)
+    return None
+
+
+def map_fds_of_prog(prog_id: int, names: type[enum.Enum] = MapName) -> dict:
+    """Open the maps a running program uses, by kernel name (the members of `names`: MapName,
+    or FastFwdMap for the fast path's). Caller closes the fds."""
+    wanted = {m.value: m for m in names}
     out: dict[MapName, int] = {}
     pfd = libbpf.prog_get_fd_by_id(prog_id)
     try:

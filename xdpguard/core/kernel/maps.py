@@ -18,10 +18,10 @@ ENOTSUPP = 524  # the kernel's internal "operation not supported" (not in Python
 
 
 class BpfMap:
-    def __init__(self, name: MapName, fd: int):
+    def __init__(self, name: MapName, fd: int, layout: tuple[type, type, bool] | None = None):
         self.name = name
         self.fd = fd
-        self.key_type, self.value_type, self.percpu = MAP_LAYOUTS[name]
+        self.key_type, self.value_type, self.percpu = layout or MAP_LAYOUTS[name]
         info = libbpf.map_info(fd)
         self.id = info.id
         self.max_entries = info.max_entries

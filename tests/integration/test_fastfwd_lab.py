@@ -1,0 +1,177 @@
+"""The forwarding fast path with the real CLI: established flows leave nftables for XDP.
+
+`attach --fast-forward` + `forward add`, a TCP and a UDP flow set up through nftables (the slow
+path), `forward fastpath xgp0 --via xgb1` learns them from conntrack; then their packets, both
+directions, are rewritten and redirected in XDP: the fast path's counters move, nftables' per-rule
+counters do not, and every byte comes back intact. A FIN ends the flow's fast path and goes to
+conntrack. Topology: xdpguard/lab/fastpath.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from xdpguard.lab import fastpath
+from xdpguard.lab.netns import Lab
+
+pytestmark = pytest.mark.kernel
+
+# In the client's namespace: one TCP connection to the echo (established through nftables), a
+# pause on stdin while the test runs the sync, then PAYLOAD bytes in 8 KiB writes, all read back;
+# the same for one UDP "connection" with 50 datagrams. Prints "ok" or what differed.
+CLIENT = r"""
+import socket, sys
+dst, n = sys.argv[1], int(sys.argv[2])
+pattern = (bytes(range(256)) * (n // 256 + 1))[:n]
+t = socket.create_connection((dst, 7), timeout=5)
+t.sendall(b"hello"); assert t.recv(5) == b"hello"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect((dst, 7))
+u.send(b"hi"); assert u.recv(100) == b"hi"
+print("ready", flush=True)
+sys.stdin.readline()
+got = bytearray()
+for i in range(0, n, 8192):
+    t.sendall(pattern[i:i + 8192])
+    while len(got) < min(n, i + 8192):
+        got += t.recv(65536)
+assert bytes(got) == pattern, "tcp payload differs"
+for i in range(50):
+    d = pattern[i:i + 1000 + i]
+    u.send(d); assert u.recv(4096) == d, "udp payload differs"
+print("done", flush=True)
+sys.stdin.readline()
+t.close()
+print("ok", flush=True)
+"""
+
+PAYLOAD = 400_000
+
+UDP_ONCE = r"""
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect((sys.argv[1], 7))
+u.send(b"again"); print("ok" if u.recv(100) == b"again" else "bad")
+"""
+
+
+@pytest.fixture(scope="module")
+def topo():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with Lab(timeout=120) as lab:
+        yield fastpath.build(lab, "fast", duration=120)
+
+
+def test_established_flows_take_the_xdp_fast_path_both_ways(topo):
+    client = topo.lab.popen(
+        topo.client, fastpath.PY, "-c", CLIENT, fastpath.PROT, str(PAYLOAD), stdin=-1, stdout=-1, text=True
+    )
+    assert client.stdout.readline().strip() == "ready"
+    res = topo.sync()
+    assert res["flows"] == 2 and res["written"] == 4, res  # one TCP, one UDP; two entries each
+    assert any("return program" in n for n in res["notes"]), res["notes"]
+    nft_before = topo.forward_packets()
+    fast_before = res["counters"]
+
+    client.stdin.write("\n")
+    client.stdin.flush()
+    assert client.stdout.readline().strip() == "done"
+    after = topo.sync()
+    fast, nft_after = after["counters"], topo.forward_packets()
+    assert after["flows"] == 2 and after["written"] == 0 and after["deleted"] == 0, after
+    moved_in = fast["in"][0] - fast_before["in"][0]
+    moved_out = fast["out"][0] - fast_before["out"][0]
+    # 400 kB each way in ≥ 1 kB segments (MSS 1448) plus 50 datagrams each way
+    assert moved_in >= PAYLOAD // 1448 + 50 and moved_out >= PAYLOAD // 1448 + 50, fast
+    assert fast["in"][1] - fast_before["in"][1] > PAYLOAD, fast
+    assert nft_after == nft_before, (nft_before, nft_after)  # nothing established met nftables
+
+    client.stdin.write("\n")
+    client.stdin.flush()
+    assert client.stdout.readline().strip() == "ok"
+    assert client.wait(timeout=10) == 0
+    # the FIN took the TCP flow off the fast path (and to conntrack: closing, no longer established)
+    for _ in range(20):
+        end = topo.sync()
+        if end["flows"] == 1:
+            break
+        time.sleep(0.1)
+    assert end["counters"]["end"][0] > fast["end"][0], end
+    assert end["flows"] == 1, end  # the UDP flow stays
+    off = json.loads(topo.xg("forward", "fastpath", "xgp0", "--via", "xgb1", "--off", "--json").stdout)
+    assert off["deleted"] == 2 and off["flows"] == 0, off
+    # the forward still works, on the slow path: nftables counts it again
+    udp = topo.lab.run(topo.client, fastpath.PY, "-c", UDP_ONCE, fastpath.PROT)
+    assert udp.stdout.strip() == "ok"
+    assert sum(topo.forward_packets().values()) > sum(nft_after.values())
+    assert topo.sync()["counters"]["in"] == off["counters"]["in"]
+
+
+# One TCP connection driven line by line from stdin: "ping" exchanges 1 KiB, "bulk" PAYLOAD bytes
+# (both checked), anything else closes it. Prints "ok" after each step.
+STEPPED = r"""
+import socket, sys
+t = socket.create_connection((sys.argv[1], 7), timeout=5)
+data = (bytes(range(256)) * (int(sys.argv[2]) // 256 + 1))[: int(sys.argv[2])]
+for line in sys.stdin:
+    d = {"ping": data[:1024], "bulk": data}.get(line.strip())
+    if d is None:
+        break
+    t.sendall(d); got = b""
+    while len(got) < len(d):
+        got += t.recv(65536)
+    print("ok" if got == d else "differs", flush=True)
+t.close()
+"""
+
+
+def test_the_daemon_learns_flows_by_itself(topo):
+    """Once `forward fastpath --via` enabled it (the first test did), `xdpguard run` keeps the
+    table in step with conntrack: a new connection leaves nftables without anyone syncing."""
+    topo.lab.popen(topo.prot, *fastpath.xdpguard_argv(), "run", "--duration", "60", "--no-detect")
+    c = topo.lab.popen(
+        topo.client, fastpath.PY, "-c", STEPPED, fastpath.PROT, str(PAYLOAD), stdin=-1, stdout=-1, text=True
+    )
+
+    def step(what: str) -> None:
+        c.stdin.write(what + "\n")
+        c.stdin.flush()
+        assert c.stdout.readline().strip() == "ok"
+
+    step("ping")
+    key = f"tcp/{fastpath.PROT}/{fastpath.ECHO_PORT}"
+    # learned when a 1 KiB exchange no longer moves nftables' counter (the daemon syncs every 1 s)
+    last = topo.forward_packets()[key]
+    for _ in range(60):
+        step("ping")
+        now = topo.forward_packets()[key]
+        if now == last:
+            break
+        last = now
+    else:
+        pytest.fail("the daemon never moved the connection onto the fast path")
+    step("bulk")
+    assert topo.forward_packets()[key] == last  # 400 kB each way, none of it through nftables
+    c.stdin.write("close\n")
+    c.stdin.flush()
+    assert c.wait(timeout=10) == 0
+
+
+def test_an_upgrade_keeps_the_fast_path(topo):
+    """`upgrade` compiles the fast path in again (the attach's feature flag is in its record); the
+    next sync (the daemon's, or this one) puts the new return program on the backend side."""
+    old = topo.sync()["return_prog_id"]
+    assert _xdp_prog_id(topo, "xgb1") == old
+    topo.xg("upgrade", "xgp0", "--force", timeout=180)
+    new = topo.sync()
+    assert new["return_prog_id"] != old and _xdp_prog_id(topo, "xgb1") == new["return_prog_id"], new
+    udp = topo.lab.run(topo.client, fastpath.PY, "-c", UDP_ONCE, fastpath.PROT)
+    assert udp.stdout.strip() == "ok"
+
+
+def _xdp_prog_id(topo, ifname: str) -> int:
+    link = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", ifname).stdout)[0]
+    return link["xdp"]["prog"]["id"]

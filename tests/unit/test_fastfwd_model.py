@@ -1,0 +1,155 @@
+"""The forwarding fast path's pure parts: which conntrack entries it takes, the two entries a flow
+becomes, the map key/value encoding, and the C constants it mirrors (steps/fastfwd.h)."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import re
+import socket
+
+from xdpguard.cli.main import run
+from xdpguard.core import fastfwd, guard, reconcile
+from xdpguard.core.errors import UserError
+from xdpguard.core.kernel import abi
+from xdpguard.core.model import fastfwd as m
+from cli_helpers import invoke, one_line_error
+
+A = ipaddress.IPv4Address
+TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
+OK = m.IPS_ASSURED | m.IPS_DST_NAT | 0b1010  # assured, DNATed (and seen-reply, confirmed)
+PROT = [A("198.18.0.1"), ipaddress.IPv6Address("2001:db8::1")]
+
+
+def rec(proto=TCP, orig=("198.18.0.10", 40000, "198.18.0.1", 7), reply=("198.18.1.2", 7, "198.18.1.1", 40001), **kw):
+    d = {"status": OK, "tcp_state": m.TCP_CONNTRACK_ESTABLISHED if proto == TCP else None}
+    d.update(kw)
+    return m.CtRecord(proto, orig, reply, d["status"], d["tcp_state"])
+
+
+def test_an_established_dnat_becomes_a_flow_with_the_masquerade_port():
+    (f,) = m.select_flows([rec()], PROT)
+    assert f == m.NatFlow(TCP, A("198.18.0.10"), 40000, A("198.18.0.1"), 7, A("198.18.1.2"), 7, A("198.18.1.1"), 40001)
+
+
+def test_what_stays_on_the_slow_path():
+    cases = [
+        rec(tcp_state=2),  # SYN_RECV: not established yet
+        rec(tcp_state=5),  # TIME_WAIT... any state other than established
+        rec(status=m.IPS_DST_NAT | m.IPS_SEEN_REPLY),  # TCP not assured
+        rec(status=m.IPS_ASSURED),  # not DNATed (the protector's own connection)
+        rec(orig=("198.18.0.10", 40000, "198.18.0.99", 7)),  # not to a protected address
+        rec(proto=1),  # ICMP
+        rec(orig=("2001:db8::10", 1, "2001:db8::1", 7), reply=("2001:db8:2::2", 7, "2001:db8::10", 1)),  # IPv6
+    ]
+    assert [m.select_flows([c], PROT) for c in cases] == [[]] * len(cases)
+    assert len(m.select_flows([rec(proto=UDP, tcp_state=None)], PROT)) == 1
+    # UDP: answered is enough (not yet assured); never answered is not
+    assert len(m.select_flows([rec(proto=UDP, status=m.IPS_DST_NAT | m.IPS_SEEN_REPLY)], PROT)) == 1
+    assert m.select_flows([rec(proto=UDP, status=m.IPS_DST_NAT | m.IPS_ASSURED)], PROT) == []
+
+
+def test_a_backend_marked_down_keeps_its_flows_on_the_slow_path():
+    assert m.select_flows([rec()], PROT, down={(A("198.18.1.2"), 7)}) == []
+    assert len(m.select_flows([rec()], PROT, down={(A("198.18.1.2"), 8)})) == 1
+
+
+def test_a_flow_is_two_entries_each_undoing_the_other():
+    (f,) = m.select_flows([rec()], PROT)
+    table = m.desired_entries([f])
+    assert table == {
+        (TCP, A("198.18.0.10"), 40000, A("198.18.0.1"), 7): (
+            (TCP, A("198.18.1.1"), 40001, A("198.18.1.2"), 7),
+            m.FWD_IN,
+        ),
+        (TCP, A("198.18.1.2"), 7, A("198.18.1.1"), 40001): (
+            (TCP, A("198.18.0.1"), 7, A("198.18.0.10"), 40000),
+            m.FWD_OUT,
+        ),
+    }
+    # a packet rewritten one way and answered (tuple reversed) is rewritten back to the reversed original
+    for key, (to, _) in table.items():
+        reply = (to[0], to[3], to[4], to[1], to[2])
+        back, _ = table[reply]
+        assert (back[0], back[3], back[4], back[1], back[2]) == key
+
+
+def test_routed_mode_flow_keeps_the_client_address():
+    (f,) = m.select_flows([rec(reply=("198.18.1.2", 7, "198.18.0.10", 40000))], PROT)
+    assert f.nat_addr == A("198.18.0.10") and f.nat_port == 40000
+
+
+def test_map_encoding_round_trips_in_network_order():
+    t = (TCP, A("198.18.0.10"), 40000, A("198.18.0.1"), 7)
+    k = guard._fwd_key(t)
+    assert bytes(k.saddr) == A("198.18.0.10").packed and k.sport == socket.htons(40000)
+    assert guard._fwd_tuple(k) == t
+    to = (TCP, A("198.18.1.1"), 40001, A("198.18.1.2"), 7)
+    v = guard._fwd_value(to, m.FWD_IN)
+    assert guard._fwd_tuple(k, v) == to and v.dir == m.FWD_IN
+
+
+def _c(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+
+
+def test_the_c_header_matches_its_python_mirror():
+    c = _c(abi.FWD_HEADER.read_text())
+    d = {k: v for k, v in re.findall(r"#define\s+XG_FWD_(\w+)\s+(\w+)", c)}
+    assert (int(d["IN"]), int(d["OUT"])) == (m.FWD_IN, m.FWD_OUT)
+    cnt = {k.removeprefix("CNT_").lower(): int(v) for k, v in d.items() if k.startswith("CNT_") and k != "CNT_MAX"}
+    assert sorted(cnt, key=cnt.get) == list(abi.FWD_COUNTERS) and int(d["CNT_MAX"]) == len(abi.FWD_COUNTERS)
+    sizes = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8}
+    for cname, ctype in (("xg_fwd_key", abi.FwdKey), ("xg_fwd", abi.Fwd), ("xg_fwd_counter", abi.FwdCounter)):
+        body = re.search(rf"struct {cname} \{{(.*?)\}};", c, re.S)[1]
+        fields = re.findall(r"(__u\d+)\s+(\w+)(?:\[(\d+)\])?;", body)
+        assert [f[1] for f in fields] == [f[0] for f in ctype._fields_], cname
+        assert sum(sizes[t] * int(n or 1) for t, _, n in fields) == ctypes.sizeof(ctype), cname
+    names = re.findall(r"BPF_F_TABLE\(\"\w+\", [^,]+, [^,]+, (\w+),", c)
+    assert names == [x.value for x in abi.FastFwdMap]
+    assert re.search(rf"int {abi.FWD_RETURN_FUNC}\(", abi.PROGRAM_SOURCE.read_text())
+
+
+# ---- the CLI: `forward fastpath` and `attach --fast-forward` with the core faked ----
+
+RESULT = fastfwd.FastPathResult(
+    "xgp0", "xgb1", 42, 2, 4, 1, {"in": (300, 400_000), "out": (290, 390_000), "end": (1, 66), "fib": (0, 0)}, ["n1"]
+)
+
+
+def test_fastpath_cli_syncs_and_renders(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(fastfwd, "sync", lambda iface, via: seen.append(("sync", iface, via)) or RESULT)
+    monkeypatch.setattr(fastfwd, "disable", lambda iface, via: seen.append(("off", iface, via)) or RESULT)
+    r = invoke("forward", "fastpath", "xgp0", "--via", "xgb1")
+    assert r.exit_code == 0 and "2 flows (4 entries written, 1 deleted)" in r.output and "n1" in r.output
+    assert "in   300 packets" in r.output
+    r = invoke("forward", "fastpath", "xgp0", "--off", "--json")
+    assert json.loads(r.output)["counters"]["in"] == [300, 400_000]
+    assert seen == [("sync", "xgp0", "xgb1"), ("off", "xgp0", None)]
+
+
+def test_fastpath_cli_core_error_is_one_line(monkeypatch, capsys):
+    def refuse(iface, via):
+        raise UserError(f"{iface}: the attached program has no forwarding fast path (attach with --fast-forward)")
+
+    monkeypatch.setattr(fastfwd, "sync", refuse)
+    assert run(["forward", "fastpath", "xgp0"]) == 2
+    assert "--fast-forward" in one_line_error(capsys)
+    assert run(["forward", "fastpath", "bad/name"]) == 2
+    assert "bad/name" in one_line_error(capsys)
+
+
+def test_attach_fast_forward_passes_the_flag_only_when_asked(monkeypatch, capsys):
+    got = []
+
+    def attach(*args, **kwargs):
+        got.append(kwargs)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(reconcile, "attach", attach)
+    assert run(["attach", "veth-xg0", "--protect", "198.18.0.1", "--fast-forward"]) == 2
+    assert run(["attach", "veth-xg0", "--protect", "198.18.0.1"]) == 2
+    assert got[0]["defines"] == {abi.FWD_DEFINE: 1} and "defines" not in got[1]
+    assert "xg_fwd_lru" in invoke("attach", "x", "--protect", "198.18.0.1", "--fast-forward", "--ebpf").output

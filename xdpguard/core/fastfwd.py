@@ -1,0 +1,193 @@
+"""The forwarding fast path (experimental, off by default): established forwards in XDP.
+
+`xdpguard attach IFACE --fast-forward` compiles the program with kernel.abi.FWD_DEFINE: the main
+program then sends a `clean` packet of a known flow straight to its backend (rewritten and
+redirected, bpf/include/steps/fastfwd.h), and a second XDP program, pinned beside it, does the
+same for the backends' answers once it is attached to the backend-side interface.
+
+nftables stays the slow path and the source of truth: a flow's first packets are DNATed and
+masqueraded by it as always; `sync` then reads conntrack (netlink, pyroute2) and makes the fast
+path's table hold exactly the flows conntrack has as assured (TCP: established) DNATs from a
+protected address, minus those to a backend the health checks mark down. The NAT mapping is
+read rather than predicted because only conntrack knows the source port the masquerade picked
+(and which backend a random or persistent choice took): the simplest correct source. A flow
+whose conntrack entry is gone (expired, deleted) leaves the table at the next sync; a TCP
+SYN/FIN/RST takes its flow out of the table in the data path at once, so conntrack sees the
+end of every connection.
+
+`enable` attaches the return program to the backend-side interface and sets the namespace's
+nf_conntrack_tcp_be_liberal (conntrack does not see the fast-pathed segments, so without it the
+FIN that goes back to the slow path is out of its window: invalid, not NATed). `xdpguard forward
+fastpath IFACE --via IF` enables it (the interface record keeps `via`) and syncs once; from then
+on `xdpguard run` syncs every enabled interface once a second (sync_enabled).
+
+XXX (not built yet): conntrack timeouts refreshed for fast flows (a UDP flow's entry expires after
+120 s without slow-path packets, and the flow then takes the slow path again, possibly to another
+backend); per-rule nft traffic counters for fast-pathed packets (xg_fwd_pcpu counts them per
+direction only); IPv6; a one-armed protector (backends behind the protected interface itself:
+their answers reach the main program, not a return program, and take the slow path); conntrack
+events instead of a full dump per second.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+
+from . import guard, state
+from .errors import UserError
+from .kernel import dataplane, libbpf
+from .model import fastfwd as model
+from .nat import forward
+
+BE_LIBERAL = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal"
+
+
+@dataclass(frozen=True)
+class FastPathResult:
+    iface: str
+    via: str | None
+    return_prog_id: int
+    flows: int  # flows in the table after the sync
+    written: int
+    deleted: int
+    counters: dict[str, tuple[int, int]]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_conntrack() -> list[model.CtRecord]:
+    """Every IPv4 conntrack entry of this network namespace, as the fast path reads it."""
+    try:
+        from pyroute2 import Conntrack
+    except ImportError:  # pragma: no cover - pyroute2 is a dependency
+        raise UserError("pyroute2 is not importable; run scripts/setup.sh") from None
+    out = []
+    ct = Conntrack()
+    try:
+        for e in ct.dump_entries():
+            o, r = e.tuple_orig, e.tuple_reply
+            if o.proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                continue
+            out.append(
+                model.CtRecord(
+                    o.proto,
+                    (o.saddr, o.sport, o.daddr, o.dport),
+                    (r.saddr, r.sport, r.daddr, r.dport),
+                    e.status or 0,
+                    e.protoinfo.state if e.protoinfo is not None else None,
+                )
+            )
+    finally:
+        ct.close()
+    return out
+
+
+def down_backends(iface_name: str) -> set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """(address, port) of every backend the health checks mark down, for the interface's rules."""
+    states = forward._iface_states()
+    rules = [sr for sr in forward.all_rules(states) if sr.iface == iface_name]
+    healthy = forward.healthy_map(states, rules)
+    out = set()
+    for sr in rules:
+        up = set(healthy.get(sr.rule.key, ()))
+        for b in sr.rule.backends:
+            if b not in up:
+                out.update((b.host, sr.rule.target_port(b, p)) for p in range(sr.rule.port_lo, sr.rule.port_hi + 1))
+    return out
+
+
+def _attach_return(iface: state.Iface, via: state.Iface) -> tuple[int, list[str]]:
+    """The pinned return program on `via` (native XDP; an older one of ours is replaced)."""
+    try:
+        fd = guard.pinned_fwd_fd(iface)
+    except libbpf.BpfError:
+        raise UserError(f"{iface.name}: no fast-path return program pinned; attach with --fast-forward first") from None
+    try:
+        info, _ = libbpf.prog_info(fd)
+        cur = dataplane.query(via.index)
+        if cur is not None and cur.prog_id == info.id:
+            return info.id, []
+        if cur is not None and cur.prog_name != dataplane.FWD_RETURN_KERNEL_NAME:
+            raise UserError(
+                f"{via.name} has a foreign XDP program attached (id {cur.prog_id}, '{cur.prog_name}'); "
+                f"the fast path's return program needs it"
+            )
+        try:
+            if cur is not None:
+                dataplane.replace(via.index, fd, cur)
+            else:
+                libbpf.xdp_attach(via.index, fd, libbpf.XDP_FLAGS_DRV_MODE | libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST)
+        except libbpf.BpfError as exc:
+            raise UserError(f"{via.name}: attaching the fast path's return program failed: {exc.strerror}") from None
+        return info.id, [f"attached the fast path's return program (id {info.id}) to {via.name}"]
+    finally:
+        os.close(fd)
+
+
+def _set_be_liberal() -> list[str]:
+    try:
+        with open(BE_LIBERAL) as f:
+            if f.read().strip() == "1":
+                return []
+        with open(BE_LIBERAL, "w") as f:
+            f.write("1")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return ["nf_conntrack is not loaded: nf_conntrack_tcp_be_liberal not set"]
+        raise UserError(f"cannot set {BE_LIBERAL}: {exc.strerror}") from None
+    return ["set net.netfilter.nf_conntrack_tcp_be_liberal=1 in this namespace (fast-pathed segments bypass conntrack)"]
+
+
+def sync(ifname: str, via: str | None = None) -> FastPathResult:
+    """One round: (with `via`) the return program attached there, then the fast path's table made
+    to match conntrack's established DNATs of the interface's protected addresses."""
+    state.require_root()
+    iface = state.resolve_iface(ifname)
+    notes: list[str] = []
+    prog_id = 0
+    with state.iface_lock(iface):
+        with guard.Guard.open(iface) as g:
+            if not g.has_fastfwd():
+                raise UserError(
+                    f"{ifname}: the attached program has no forwarding fast path (attach with --fast-forward)"
+                )
+            if via is not None:
+                prog_id, n = _attach_return(iface, state.resolve_iface(via))
+                notes += n
+                notes += _set_be_liberal()
+                state.write_field(iface, state.FASTFWD_VIA, via)  # detach takes it off there
+            flows = model.select_flows(read_conntrack(), g.protected_addrs(), down_backends(ifname))
+            written, deleted = g.sync_fastfwd(flows)
+            counters = g.fastfwd_counters()
+    return FastPathResult(ifname, via, prog_id, len(flows), written, deleted, counters, notes)
+
+
+def disable(ifname: str, via: str | None = None) -> FastPathResult:
+    """Every flow back on the slow path: the table emptied, the return program taken off `via`."""
+    state.require_root()
+    iface = state.resolve_iface(ifname)
+    notes = []
+    with state.iface_lock(iface):
+        with guard.Guard.open(iface) as g:
+            written, deleted = g.sync_fastfwd([])
+            counters = g.fastfwd_counters()
+        if via is not None and dataplane.fwd_return_detach(state.resolve_iface(via).index):
+            notes.append(f"detached the fast path's return program from {via}")
+    return FastPathResult(ifname, via, 0, 0, written, deleted, counters, notes)
+
+
+def sync_enabled() -> list[FastPathResult]:
+    """`sync` for every interface of this namespace whose fast path was enabled (a `--via` is
+    recorded): what `xdpguard run` does every RunOptions.fastpath_interval_s."""
+    out = []
+    for name in state.protected_ifaces():
+        via = state.get(state.read_state(state.Iface(name, 0, state.netns_key())), state.FASTFWD_VIA)
+        if via:
+            out.append(sync(name, via))
+    return out
