@@ -12,6 +12,8 @@ connlimit.promote does for nft's offenders. Which offences count:
 - challenged    challenged more than spec.CHALLENGES_PER_10S times in a window without ever
                 passing: a browser passes its first challenge, a bot of a multi-source flood
                 (each source under every per-source limit) never does
+- refused       answered 429 CHALLENGES_UNPASSED times on an exempt path during its surge (a source
+                not seen before the surge: an API path cannot challenge) and kept coming
 
 Never banned: allowlisted sources (the caller passes the allowlist), and a source that holds a
 valid challenge cookie (HAProxy records its expiry in gpt 2 of the source's entry: `verified`).
@@ -38,7 +40,7 @@ from . import auto, engine, runtime
 from .runtime import Offender
 from .spec import HttpService
 
-BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix", "challenged")
+BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix", "challenged", "refused")
 CAP_PER_TICK = 1000
 VERIFY_CAP_PER_TICK = 1000  # challenge-passing sources written into the verified map per tick
 
