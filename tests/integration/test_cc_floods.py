@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_l7_haproxy import URL, Setup, _service
-from xdpguard.core.l7 import auto
+from xdpguard.core.l7 import auto, ceiling
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7 import runtime
 from xdpguard.lab import l7 as L
@@ -461,3 +461,26 @@ def test_unverified_budget_and_the_surge_that_holds(lab):
     # the verified client is not
     assert s.curl(s.t.client, "-b", str(jar), "-o", "/dev/null", "-w", "%{http_code}", URL).stdout == "200"
     print(f"\nbudget: {codes.count('200')} × 200 then 302; flood {f['status']}; surge table {raw.strip()}")
+
+    # the ceiling that follows the peacetime (l7/ceiling.py, what `xdpguard run` does each tick):
+    # fresh tables and an empty map: 30 requests/s from 128 addresses is under the level's 50/s …
+    svc2 = replace(_service(), challenge_ttl_s=3599)
+    assert s.apply(svc2) == "reloaded"
+    under = Setup.result(flood(s, 128, 1.5, rate=30, conns=32), timeout=30)
+    assert under["sent"] >= 30 and "302" not in under["status"], under
+    # … a quiet domain's learned ceiling is MIN_PER_S (10/s), written into HAProxy's map at runtime
+    # (no reload: the stick tables stay), read back from it …
+    time.sleep(2.0)
+    learned = ceiling.Ceilings(warmup_s=0)
+    sock = str(s.h.admin_socket)
+    wrote = ceiling.sync(sock, svc2, learned, time.time())
+    assert wrote == {hc.ceiling_key(svc2, "web"): ceiling.MIN_PER_S}, (wrote, learned.domains)
+    mid = ceiling.map_id(runtime.command(sock, "show map"))
+    assert ceiling.map_entries(runtime.command(sock, f"show map {mid}")) == wrote
+    assert ceiling.sync(sock, svc2, learned, time.time()) == {}  # nothing to change the next tick
+    # … and the same 30 requests/s now crosses it: challenged
+    over = Setup.result(flood(s, 128, 1.5, rate=30, conns=32), timeout=30)
+    assert over["status"].get("302", 0) > 0, over
+    print(
+        f"ceiling from peacetime: {wrote}; 30 req/s under the level's 50: {under['status']}, over 10: {over['status']}"
+    )

@@ -150,7 +150,14 @@ def test_the_defences_are_there() -> None:
         in text
     )
     assert "http-request track-sc2 var(txn.xg_dom) table web_svc if !xg_verified !xg_exempt" in text
-    assert "acl xg_over sc2_http_req_rate gt 50" in text
+    # the ceiling is read from the map the daemon fills with learned ones (l7/ceiling.py); its
+    # default, until then, is the level's number
+    assert (
+        "http-request set-var(txn.xg_ceil) str(web|),concat(,txn.xg_dom,),map_str_int(ceiling.map,50) "
+        "if !xg_verified !xg_exempt" in text
+    )
+    assert "acl xg_over sc2_http_req_rate,sub(txn.xg_ceil) gt 0" in text
+    assert _render("level_normal").files[hc.CEILING_MAP] == ""
     # … or the backend already holds more requests at once than the level allows (a slow flood)
     assert "acl xg_over be_conn(web_be) gt 100" in text
     # crossing it puts the domain in surge for SURGE_HOLD_S (gpt 0 of its entry: until when) …

@@ -315,6 +315,12 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
 
 
 GEO_MAP = "geo.map"  # `PREFIX CC` lines (geo.l7_map), next to the configuration
+CEILING_MAP = "ceiling.map"  # `<service>|<domain key> N`: learned service ceilings (l7/ceiling.py)
+
+
+def ceiling_key(svc: HttpService, domain_key: str) -> str:
+    """The service ceiling map's key of one of `svc`'s domains (its `txn.xg_dom`)."""
+    return f"{svc.name}|{domain_key}"
 
 
 def _geo(svc: HttpService, rules: Mapping[str, GeoSpec]) -> list[str]:
@@ -378,7 +384,16 @@ def _service_ceiling(svc: HttpService) -> list[str]:
     unv = "!xg_verified !xg_exempt"
     lines += [
         f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if {unv}",
-        f"    acl xg_over sc2_http_req_rate gt {n}",
+    ]
+    if svc.service_rate is None:  # the level's number until the daemon has learned the domain's peacetime
+        lines += [
+            f"    http-request set-var(txn.xg_ceil) str({ceiling_key(svc, '')}),concat(,txn.xg_dom,),"
+            f"map_str_int({CEILING_MAP},{n}) if {unv}",
+            "    acl xg_over sc2_http_req_rate,sub(txn.xg_ceil) gt 0",
+        ]
+    else:
+        lines.append(f"    acl xg_over sc2_http_req_rate gt {n}")
+    lines += [
         f"    acl xg_over be_conn({backend_name(svc)}) gt {busy}",
         f"    http-request sc-set-gpt(0,2) var(txn.xg_now),add({SURGE_HOLD_S}) if xg_over {unv}",
         f"    http-request set-var(txn.xg_hold) sc_get_gpt(0,2),sub(txn.xg_now) if {unv}",
@@ -494,4 +509,6 @@ def render(
             files[challenge_page(svc)] = js_page(svc.challenge_ttl_s)
     if any(f"map_ip({GEO_MAP}," in line for line in lines):
         files[GEO_MAP] = geo_map
+    if any(f"map_str_int({CEILING_MAP}," in line for line in lines):
+        files[CEILING_MAP] = ""  # empty: every domain at its level's ceiling until the daemon learns it
     return Rendered("\n".join(lines).rstrip("\n") + "\n", files)
