@@ -25,9 +25,23 @@ def test_the_level_number_until_a_baseline_then_four_times_the_peak_within_bound
     assert q.ceiling("web", "a", 50, t) == ceiling.MIN_PER_S
     q.learn("web", "b", 500, False, t)
     assert q.ceiling("web", "b", 50, t) == ceiling.MAX_OF_LEVEL * 50
-    # the peak decays by half every PEAK_HALF_LIFE_S
+    # the peak holds PEAK_HOLD_S, then halves every PEAK_HALF_LIFE_S
     q.learn("web", "c", 40, False, t)
-    assert q.ceiling("web", "c", 50, t + ceiling.PEAK_HALF_LIFE_S) == 80
+    assert q.ceiling("web", "c", 50, t + ceiling.PEAK_HOLD_S) == 160
+    assert q.ceiling("web", "c", 50, t + ceiling.PEAK_HOLD_S + ceiling.PEAK_HALF_LIFE_S) == 80
+
+
+def test_once_in_force_the_peak_rises_slowly():
+    """Bots that ramp up under the ceiling: a reading of 40/s half a second after a peak of 5
+    lifts the peak by a hair, not to 40; it at most doubles every DOUBLE_S."""
+    c = ceiling.Ceilings(warmup_s=10)
+    c.learn("web", "web", 5, False, 0.0)
+    c.learn("web", "web", 5, False, 10.0)  # in force from here
+    c.learn("web", "web", 40, False, 10.5)
+    assert c.ceiling("web", "web", 50, 10.5) == 21  # ceil(4 × 5.0005)
+    for i in range(1, 7201):  # an hour of 40/s, a reading every 0.5 s
+        c.learn("web", "web", 40, False, 10.5 + i * 0.5)
+    assert 38 <= c.ceiling("web", "web", 50, 3610.5) <= 42  # 5 → ~10 in an hour: 4 × ~10
 
 
 def test_readings_in_a_surge_are_not_learned():

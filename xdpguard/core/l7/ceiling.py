@@ -8,12 +8,13 @@ learns each domain's unverified rate while it is not in surge and sets its ceili
 
     clamp(FACTOR × peak, MIN_PER_S, MAX_OF_LEVEL × the level's ceiling)
 
-where `peak` is the highest rate seen in peacetime, decaying by half every PEAK_HALF_LIFE_S.
+where `peak` is the highest rate seen in peacetime, held PEAK_HOLD_S, then decaying by half
+every PEAK_HALF_LIFE_S.
 Before WARMUP_S of readings (a restart, a new domain) there is no baseline and the level's
 number is used as it is: the floor before any baseline. Readings taken in a surge are not
-learned (the flood), and a reading can never be above the ceiling in force for long (it starts
-the surge), so an attacker who ramps slowly raises the ceiling at most FACTOR times per
-half-life, never above its cap. An operator's own `service_rate` is kept as it is (no learning).
+learned (the flood), a reading above the ceiling in force starts the surge, and once in force the
+learned peak at most doubles every DOUBLE_S: bots that ramp up slowly under the ceiling need hours
+to lift it, and never above its cap. An operator's own `service_rate` is kept as it is.
 
 HAProxy reads the ceiling from a map (CEILING_MAP: domain key → requests/s) whose default is
 the level's number; the daemon writes a learned one through the runtime API (`set map` / `add
@@ -35,13 +36,15 @@ FACTOR = 4.0  # the ceiling: this many times the peacetime peak …
 MIN_PER_S = 10  # … never below this many unverified requests/s …
 MAX_OF_LEVEL = 4  # … nor above this many times the level's ceiling
 PEAK_HALF_LIFE_S = 1800.0
+PEAK_HOLD_S = 600.0  # the peak holds this long after it was last seen before it decays
+DOUBLE_S = 3600.0  # once in force, the learned peak at most doubles this often
 
 
 @dataclass
 class _Domain:
     first: float  # when its first peacetime reading came
     peak: float = 0.0
-    at: float = 0.0  # when `peak` was last raised or decayed
+    at: float = 0.0  # when `peak` was last seen (its hold, then its decay, count from here)
 
 
 @dataclass
@@ -59,12 +62,16 @@ class Ceilings:
         if d is None:
             d = self.domains[(service, key)] = _Domain(now, float(rate), now)
             return
-        d.peak = max(self.decayed(d, now), float(rate))
-        d.at = now
+        was = self.decayed(d, now)
+        if now - d.first >= self.warmup_s:  # in force: it may rise only so fast (a slow ramp of bots)
+            rate = min(float(rate), max(d.peak, MIN_PER_S / FACTOR) * 2 ** (min(now - d.at, DOUBLE_S) / DOUBLE_S))
+        if rate >= was:  # a new peak, or the old one seen again: held from now (a lower one changes nothing)
+            d.peak, d.at = float(rate), now
 
     @staticmethod
     def decayed(d: _Domain, now: float) -> float:
-        return d.peak * 0.5 ** (max(0.0, now - d.at) / PEAK_HALF_LIFE_S)
+        """The peak now: held PEAK_HOLD_S after it was last seen, then halving every PEAK_HALF_LIFE_S."""
+        return d.peak * 0.5 ** (max(0.0, now - d.at - PEAK_HOLD_S) / PEAK_HALF_LIFE_S)
 
     def ceiling(self, service: str, key: str, level_rate: int, now: float) -> int:
         """The ceiling to serve now: the level's before a baseline, the learned one after."""
