@@ -273,7 +273,11 @@ class Run:
         for i in range(0, len(sources), 200):
             self.xg("ban", "del", *sources[i : i + 200], check=False)
         end = time.monotonic() + 20
+        jar = self.tmp / "reset.jar"
         while time.monotonic() < end:
+            # as a browser: a cookie jar, redirects followed (a curl without cookies is challenged
+            # in a surge or at a raised level and, 3 times unpassed, banned like a bot: the client's
+            # own address, which the next row's web client would then miss)
             code = self.sh(
                 [
                     "ip",
@@ -284,6 +288,11 @@ class Run:
                     "-s",
                     "-m",
                     "2",
+                    "-L",
+                    "-b",
+                    str(jar),
+                    "-c",
+                    str(jar),
                     "-o",
                     "/dev/null",
                     "-w",
