@@ -173,6 +173,7 @@ async def _get_worker(i: int, a, srcs: list[str], st: Stats, budget: Budget, end
         st.opened += 1
         try:
             n = 0
+            c302 = 0  # on this connection
             while True:
                 w.write(_request(a, a.target))
                 st.sent += 1
@@ -183,7 +184,10 @@ async def _get_worker(i: int, a, srcs: list[str], st: Stats, budget: Budget, end
                 st.status[code] = st.status.get(code, 0) + 1
                 if code == a.crossed_status and a.crossed:
                     st.c302[src] = st.c302.get(src, 0) + 1
-                    if st.c302[src] == a.crossed:
+                    c302 += 1
+                    if src not in st.crossed and (
+                        st.c302[src] >= a.crossed or (a.crossed_conn and c302 >= a.crossed_conn)
+                    ):
                         st.crossed[src] = time.monotonic()
                 if not (a.keepalive and again and n < KEEPALIVE_REQUESTS) or time.monotonic() >= end:
                     break
@@ -320,6 +324,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         metavar="K",
         help="report per source when its K-th 302 challenge (--crossed-status) came (monotonic clock; get mode)",
+    )
+    ap.add_argument(
+        "--crossed-conn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="… or its N-th on one connection, whichever comes first (0: not counted per connection)",
     )
     ap.add_argument(
         "--crossed-status",
