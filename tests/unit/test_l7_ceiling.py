@@ -20,13 +20,16 @@ def test_the_level_number_until_a_baseline_then_four_times_the_peak_within_bound
             assert c.ceiling("web", "web", 50, t + i) == 50  # the floor before any baseline
     assert c.ceiling("web", "web", 50, t + 600) == 20  # 4 × the peak of 5
     # a quiet domain is never below MIN_PER_S; a busy one never above 4 × the level's number
-    q = ceiling.Ceilings(warmup_s=0)
+    # (a reading is learned at the next one, when that is not in a surge either)
+    q = ceiling.Ceilings(warmup_s=1)
     q.learn("web", "a", 0, False, t)
-    assert q.ceiling("web", "a", 50, t) == ceiling.MIN_PER_S
+    assert q.ceiling("web", "a", 50, t + 1) == ceiling.MIN_PER_S
     q.learn("web", "b", 500, False, t)
-    assert q.ceiling("web", "b", 50, t) == ceiling.MAX_OF_LEVEL * 50
+    q.learn("web", "b", 0, False, t + 0.5)
+    assert q.ceiling("web", "b", 50, t + 1) == ceiling.MAX_OF_LEVEL * 50
     # the peak holds PEAK_HOLD_S, then halves every PEAK_HALF_LIFE_S
     q.learn("web", "c", 40, False, t)
+    q.learn("web", "c", 0, False, t + 0.5)
     assert q.ceiling("web", "c", 50, t + ceiling.PEAK_HOLD_S) == 160
     assert q.ceiling("web", "c", 50, t + ceiling.PEAK_HOLD_S + ceiling.PEAK_HALF_LIFE_S) == 80
 
@@ -36,19 +39,23 @@ def test_once_in_force_the_peak_rises_slowly():
     lifts the peak by a hair, not to 40; it at most doubles every DOUBLE_S."""
     c = ceiling.Ceilings(warmup_s=10)
     c.learn("web", "web", 5, False, 0.0)
-    c.learn("web", "web", 5, False, 10.0)  # in force from here
-    c.learn("web", "web", 40, False, 10.5)
-    assert c.ceiling("web", "web", 50, 10.5) == 21  # ceil(4 × 5.0005)
+    c.learn("web", "web", 5, False, 10.0)
+    c.learn("web", "web", 40, False, 10.5)  # in force from here
+    c.learn("web", "web", 40, False, 11.0)
+    assert c.ceiling("web", "web", 50, 11.0) == 21  # ceil(4 × 5.0005)
     for i in range(1, 7201):  # an hour of 40/s, a reading every 0.5 s
-        c.learn("web", "web", 40, False, 10.5 + i * 0.5)
-    assert 38 <= c.ceiling("web", "web", 50, 3610.5) <= 42  # 5 → ~10 in an hour: 4 × ~10
+        c.learn("web", "web", 40, False, 11.0 + i * 0.5)
+    assert 38 <= c.ceiling("web", "web", 50, 3611.0) <= 42  # 5 → ~10 in an hour: 4 × ~10
 
 
 def test_readings_in_a_surge_are_not_learned():
-    c = ceiling.Ceilings(warmup_s=0)
+    c = ceiling.Ceilings(warmup_s=1)
     c.learn("web", "web", 5, False, 0.0)
-    c.learn("web", "web", 600, True, 1.0)  # the flood
-    assert c.ceiling("web", "web", 50, 2.0) == 20
+    c.learn("web", "web", 5, False, 0.5)
+    c.learn("web", "web", 30, False, 0.9)  # the flood's first fraction of a second, before it crossed
+    c.learn("web", "web", 600, True, 1.0)  # the flood, in surge: neither is learned
+    c.learn("web", "web", 5, False, 40.0)
+    assert c.ceiling("web", "web", 50, 40.0) == 20
 
 
 def test_a_tick_reads_the_table_and_gives_the_map_entries_that_differ_from_the_level():
@@ -61,8 +68,10 @@ def test_a_tick_reads_the_table_and_gives_the_map_entries_that_differ_from_the_l
     )
     rates = ceiling.service_rates(table)
     assert rates == {"example.com": (3, 0), "example.com|x": (90, 0), "web": (700, 1796614999)}
-    c = ceiling.Ceilings(warmup_s=0)
-    want = c.tick(svc, rates, now=1796614000.0)
+    c = ceiling.Ceilings(warmup_s=1)
+    assert c.tick(svc, rates, now=1796614000.0) == {}  # no baseline yet: the level's number (no entry)
+    c.tick(svc, rates, now=1796614000.5)
+    want = c.tick(svc, rates, now=1796614001.0)
     # example.com: 4 × 3 → 12; the exempt paths' entry is not learned; 'web' is in surge: not learned
     assert want == {hc.ceiling_key(svc, "example.com"): 12}
     # an operator's own service_rate is kept as it is

@@ -45,6 +45,7 @@ class _Domain:
     first: float  # when its first peacetime reading came
     peak: float = 0.0
     at: float = 0.0  # when `peak` was last seen (its hold, then its decay, count from here)
+    pending: tuple[float, float] | None = None  # the last reading (rate, when): learned at the next
 
 
 @dataclass
@@ -55,18 +56,26 @@ class Ceilings:
     domains: dict[tuple[str, str], _Domain] = field(default_factory=dict)
 
     def learn(self, service: str, key: str, rate: float, surging: bool, now: float) -> None:
-        """One reading of a domain's unverified requests/s (HAProxy's 1 s rate)."""
-        if surging:
-            return
+        """One reading of a domain's unverified requests/s (HAProxy's 1 s rate). It is learned
+        at the next reading, if that one is not in a surge either: a flood's first fraction of
+        a second, read before its rate crossed the ceiling, is not peacetime."""
         d = self.domains.get((service, key))
-        if d is None:
-            d = self.domains[(service, key)] = _Domain(now, float(rate), now)
+        if surging:
+            if d is not None:
+                d.pending = None
             return
+        if d is None:
+            d = self.domains[(service, key)] = _Domain(now, 0.0, now)
+        if d.pending is not None:
+            self._take(d, *d.pending)
+        d.pending = (float(rate), now)
+
+    def _take(self, d: _Domain, rate: float, now: float) -> None:
         was = self.decayed(d, now)
         if now - d.first >= self.warmup_s:  # in force: it may rise only so fast (a slow ramp of bots)
-            rate = min(float(rate), max(d.peak, MIN_PER_S / FACTOR) * 2 ** (min(now - d.at, DOUBLE_S) / DOUBLE_S))
+            rate = min(rate, max(d.peak, MIN_PER_S / FACTOR) * 2 ** (min(now - d.at, DOUBLE_S) / DOUBLE_S))
         if rate >= was:  # a new peak, or the old one seen again: held from now (a lower one changes nothing)
-            d.peak, d.at = float(rate), now
+            d.peak, d.at = rate, now
 
     @staticmethod
     def decayed(d: _Domain, now: float) -> float:
