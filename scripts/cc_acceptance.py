@@ -510,11 +510,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=[], metavar="TEXT", help="rows whose name contains TEXT")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per flood (6 to 60)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument(
+        "--warm",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="peacetime before the first row (0-900 s): 330 lets the daemon learn each domain's ceiling (l7/ceiling.py)",
+    )
     ap.add_argument("--table", metavar="JSON", help="print the table of an earlier run's --json file, and stop")
     a = ap.parse_args(argv)
     if a.table:
         print(table(json.loads(Path(a.table).read_text())))
         return 0
+    if not 0 <= a.warm <= 900:
+        print("xdpguard: error: --warm must be 0 to 900 s", file=sys.stderr)
+        return 2
     if not 6 <= a.duration <= 60:
         print("xdpguard: error: --duration must be 6 to 60 s", file=sys.stderr)
         return 2
@@ -527,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         run.up()
+        if a.warm:
+            print(f"… {a.warm:g} s of peacetime", file=sys.stderr, flush=True)
+            time.sleep(a.warm)
         for r in rows:
             print(f"… {r.name}", file=sys.stderr, flush=True)
             results.append(run.row(r))
@@ -535,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         run.down()
     print(table(results))
     print(f"\n{len(results)} rows in {time.monotonic() - t0:.0f} s; daemon log: {run.log}")
+    learned = [ln for ln in run.log.read_text().splitlines() if "service ceiling from peacetime" in ln]
+    print(f"service ceilings learned: {learned[0] if learned else 'none'} ({len(learned)} writes)")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
