@@ -74,6 +74,11 @@ def test_a_tick_reads_the_table_and_gives_the_map_entries_that_differ_from_the_l
     want = c.tick(svc, rates, now=1796614001.0)
     # example.com: 4 × 3 → 12; the exempt paths' entry is not learned; 'web' is in surge: not learned
     assert want == {hc.ceiling_key(svc, "example.com"): 12}
+    # a domain without an entry (no unverified request for a minute) reads 0/s: the quietest ceiling
+    quiet = ceiling.Ceilings(warmup_s=0)
+    assert quiet.tick(_svc(), {}, now=1.0) == {hc.ceiling_key(_svc(), "web"): ceiling.MIN_PER_S}
+    svc2 = _svc(domains=["example.com", "*.example.org"])
+    assert set(ceiling.Ceilings(warmup_s=0).tick(svc2, {}, now=1.0)) == {"web|example.com", "web|*.example.org"}
     # an operator's own service_rate is kept as it is
     assert ceiling.Ceilings(warmup_s=0).tick(_svc(service_rate=80), rates, now=1796614000.0) == {}
 

@@ -97,7 +97,9 @@ class Ceilings:
         if svc.service_rate is not None:
             return {}
         level = svc.effective_service_rate()
-        for key, (rate, until) in rates.items():
+        # a domain with no entry had no unverified request for a minute (the entry idled out): 0/s
+        keys = {k: (0, 0) for k in (svc.domains or (svc.name,))}
+        for key, (rate, until) in {**keys, **rates}.items():
             if key.endswith("|x"):  # the exempt paths' entry: its own ceiling, not learned
                 continue
             self.learn(svc.name, key, rate, until > now, now)
