@@ -20,8 +20,9 @@ Per row (targets of issue 29 in brackets):
                  banned flood cannot send: its share is of the few it sent before the ban)
 - to backend, tried   the same count / the requests the flood tried (sent + connects that failed:
                  a banned source's connects fail in XDP)
-- crossing → XDP drop   per source, from its CHALLENGES_UNPASSED-th 302 (l7flood --crossed, the
-                 flood's CLOCK_MONOTONIC) to the first ban-list poll showing it banned: p90 / max  [≤ 5 s]
+- crossing → XDP drop   per source, from its CHALLENGES_UNPASSED-th 302, or its 2nd on one
+                 connection (l7flood --crossed/--crossed-conn, the flood's CLOCK_MONOTONIC; 429 on the
+                 exempt path), to the first ban-list poll showing it banned: p90 / max  [≤ 5 s]
 - to XDP drop    seconds from the flood's start until 90 % of the sources that crossed a limit
                  (`xdpguard ban list`, reason cc) are banned; the limits are crossed within the
                  first second of these floods, so this bounds "after crossing"  [≤ 5 s]; "—" when
@@ -60,8 +61,14 @@ from xdpguard.core.l7.spec import CHALLENGES_UNPASSED  # noqa: E402
 from xdpguard.lab import topology  # noqa: E402
 
 FLOOD = REPO / "scripts" / "l7flood.py"
-CROSSED = CHALLENGES_UNPASSED  # a source has crossed the limit at its CROSSED-th failed challenge
+CROSSED = CHALLENGES_UNPASSED  # a source has crossed the limit at its CROSSED-th failed challenge …
+CROSSED_CONN = 2  # … or its 2nd on one HTTP/1.1 connection (counted twice: haproxy_config._same_connection)
 BOTS = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(1000))]
+
+
+API_PATH = "/api/"  # the exempt path the operator declares (the lab's service has none)
+API4 = "198.18.24.1"  # the API client's own address, on the client namespace (not the web client's)
+API_RATE = 5  # the API client's requests per second: a poller, no cookie, no JavaScript
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class Row:
     conns: int = 256
     rate: int = 600
     cookie: bool = False  # replay one valid challenge cookie
+    path: str = "/"  # API_PATH: the flood found the exempt path
 
 
 ROWS = (
@@ -80,10 +88,17 @@ ROWS = (
     Row("128 addresses, keep-alive", 128, ("--keepalive",)),
     Row("1,000 addresses, new connection per request", 1000),
     Row("1,000 addresses, keep-alive", 1000, ("--keepalive",)),
+    # the same, but 1,000 bots at once (a connection each): with 256 connections the flood reaches
+    # a source only when the connection of the one before it dies (its ban: the 2 s timeout)
+    Row("1,000 addresses, keep-alive, a connection each", 1000, ("--keepalive",), conns=1000),
     Row("random-URL (cache-busting), 1,000 addresses", 1000, ("--random-path",)),
     Row("slowloris, 128 addresses", 128, ("--mode", "slowloris", "--interval", "1"), conns=256),
     Row("slow POST, 128 addresses", 128, ("--mode", "slowpost", "--interval", "1", "--path", "/form"), conns=256),
     Row("one challenge cookie replayed from 128 addresses", 128, (), cookie=True),
+    # bots that found the exempt (API) path: no challenge there, per-source limits and 429s
+    Row("exempt API path, 1 address (64 connections)", 1, ("--keepalive",), conns=64, rate=1000, path=API_PATH),
+    Row("exempt API path, 128 addresses", 128, path=API_PATH),
+    Row("exempt API path, 1,000 addresses", 1000, path=API_PATH),
 )
 
 
@@ -138,8 +153,10 @@ class Run:
             input="".join(f"address add {a}/32 dev lo\n" for a in BOTS),
         )
         self.sh(["ip", "-n", self.ns("prot"), "route", "replace", L7.BOTS4, "via", topology.ATTACKER4])
+        self.sh(["ip", "-n", self.ns("client"), "address", "add", f"{API4}/32", "dev", "lo"])
+        self.sh(["ip", "-n", self.ns("prot"), "route", "replace", f"{API4}/32", "via", topology.CLIENT4])
         cfg = self.tmp / "desired.toml"
-        cfg.write_text(self.xg("export").stdout)
+        cfg.write_text(declare_exempt(self.xg("export").stdout))
         out = open(self.log, "w")
         self.daemon = subprocess.Popen(
             [
@@ -184,6 +201,31 @@ class Run:
             str(seconds),
             "--interval",
             "0.1",
+        )
+
+    def api_client(self, seconds: float) -> subprocess.Popen:
+        """A plain API client on the exempt path: its own address, no cookie, no JavaScript, a
+        request at a time at API_RATE/s, a new connection each (scripts/l7flood.py, 1 source)."""
+        return self.py_in(
+            "client",
+            sys.executable,
+            str(FLOOD),
+            "--target",
+            topology.PROT4,
+            "--sources",
+            f"{API4}/32",
+            "--count",
+            "1",
+            "--conns",
+            "1",
+            "--rate",
+            str(API_RATE),
+            "--duration",
+            str(seconds),
+            "--timeout",
+            "2",
+            "--path",
+            API_PATH + "status",
         )
 
     @staticmethod
@@ -233,7 +275,11 @@ class Run:
         for i in range(0, len(sources), 200):
             self.xg("ban", "del", *sources[i : i + 200], check=False)
         end = time.monotonic() + 20
+        jar = self.tmp / "reset.jar"
         while time.monotonic() < end:
+            # as a browser: a cookie jar, redirects followed (a curl without cookies is challenged
+            # in a surge or at a raised level and, 3 times unpassed, banned like a bot: the client's
+            # own address, which the next row's web client would then miss)
             code = self.sh(
                 [
                     "ip",
@@ -244,6 +290,11 @@ class Run:
                     "-s",
                     "-m",
                     "2",
+                    "-L",
+                    "-b",
+                    str(jar),
+                    "-c",
+                    str(jar),
                     "-o",
                     "/dev/null",
                     "-w",
@@ -261,7 +312,12 @@ class Run:
         srcs = [topology.ATTACKER4] if r.count == 1 else BOTS[: r.count]
         sources = f"{topology.ATTACKER4}/32" if r.count == 1 else L7.BOTS4
         client_s = max(3.0, self.duration - 4.0)
+        # the API client calls before the row as an API client does all day: first seen 3 s before
+        # the web client's baseline (an exempt path in surge keeps the sources it knew before)
+        api = self.api_client(client_s + 3.0)
+        time.sleep(3.0)
         base = self.result(self.client(client_s))
+        api_base = self.result(api)
         extra = ["--cookie", self.cookie()] if r.cookie else []
         mode_get = "--mode" not in r.args
         argv = [
@@ -280,10 +336,15 @@ class Run:
             "--timeout",
             "2",
             *(
-                ["--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration)), "--crossed", str(CROSSED)]
+                [
+                    *("--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration))),
+                    *("--crossed", str(CROSSED), "--crossed-conn", str(CROSSED_CONN)),
+                ]
                 if mode_get
                 else []
             ),
+            *(["--crossed-status", "429"] if r.path == API_PATH else []),
+            *(["--path", r.path + "x"] if r.path != "/" else []),
             *r.args,
             *extra,
         ]
@@ -301,7 +362,9 @@ class Run:
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         time.sleep(2.0)
+        api = self.api_client(client_s)
         during = self.result(self.client(client_s))
+        api_during = self.result(api)
         fl = self.result(flood, timeout=self.duration + 60)
         time.sleep(1.0)
         stop.set()
@@ -324,7 +387,20 @@ class Run:
                 after.append(max(0.0, tb - tc))
         after.sort()
         p90_after = after[min(len(after) - 1, int(0.9 * len(after)))] if after else None
-        verified_banned = sorted({a for _, b in polls for a in b if a == topology.CLIENT4})
+        verified_banned = sorted({a for _, b in polls for a in b if a in (topology.CLIENT4, API4)})
+        # banned within the flood: the last poll that ended before the flood did
+        in_flood = [b for t, b in polls if t - t0 <= self.duration]
+        banned_in_flood = sum(1 for a in srcs if in_flood and in_flood[-1].get(a) == "cc")
+        # the sources never banned: did they send at all, reach CROSSED challenges?
+        sent_by = fl.get("per_source_sent") or {}
+        crossed_at = fl.get("crossed") or {}
+        missed = [a for a in srcs if a not in banned_any]
+        unbanned = {
+            "never_sent": sum(1 for a in missed if not sent_by.get(a)),
+            "sent_not_crossed": sum(1 for a in missed if sent_by.get(a) and a not in crossed_at),
+            "crossed_not_banned": sum(1 for a in missed if a in crossed_at),
+            "sent_median": sorted(sent_by.get(a, 0) for a in missed)[len(missed) // 2] if missed else 0,
+        }
         ok_base, ok_during = base["status"].get("200", 0), during["status"].get("200", 0)
         res = {
             "row": r.name,
@@ -342,11 +418,37 @@ class Run:
             "after_crossing_p90_s": p90_after,
             "after_crossing_max_s": after[-1] if after else None,
             "verified_banned": len(verified_banned),
+            "banned_in_flood": banned_in_flood,
+            "unbanned": unbanned,
+            "api_base": api_base["status"].get("200", 0),
+            "api_during": api_during["status"].get("200", 0),
+            "api_share": per_s(api_during) / per_s(api_base) if per_s(api_base) else 0.0,
+            "api_status": api_during["status"],
             "client_errors": during["errors"],
             "flood": {k: fl[k] for k in ("rate", "connect_failed", "closed_by_server", "max_open")},
         }
         self.reset(srcs)
         return res
+
+
+def per_s(r: dict) -> float:
+    """An l7flood run's 200 answers per second of its run."""
+    return r["status"].get("200", 0) / r["seconds"] if r.get("seconds") else 0.0
+
+
+def declare_exempt(desired: str) -> str:
+    """The exported desired state with API_PATH declared exempt on every HTTP service (as an
+    operator declares an API: never challenged, limited per source without a challenge)."""
+    import tomli_w
+    import tomllib
+
+    data = tomllib.loads(desired)
+    svcs = [h for i in data.get("interface", []) for a in i.get("address", []) for h in a.get("http", [])]
+    if not svcs:
+        raise RuntimeError("the exported desired state has no HTTP service to declare an exempt path on")
+    for h in svcs:
+        h["exempt"] = sorted(set(h.get("exempt", [])) | {API_PATH})
+    return tomli_w.dumps(data)
 
 
 def attempted(r: dict) -> float:
@@ -363,8 +465,8 @@ def table(rows: list[dict]) -> str:
     out = [
         "| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend [≤ 5 %] | "
         "crossing → XDP drop [≤ 5 s] p90 / max (banned / crossed) | flood start → 90 % banned (banned / sources) "
-        "| verified banned [0] |",
-        "|---|---|---|---|---|---|",
+        "| verified banned [0] | API client on the exempt path [≥ 90 %] | bots banned within the flood |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         drop = (
@@ -380,11 +482,25 @@ def table(rows: list[dict]) -> str:
             if r.get("after_crossing_p90_s") is not None
             else f"— (0/{r.get('crossed', 0)})"
         )
+        api = f"{pct(r['api_share'])} ({r['api_during']}/{r['api_base']})" if "api_share" in r else "—"
+        u = r.get("unbanned")
+        inflood = (
+            f"{r['banned_in_flood']}/{r['sources']}"
+            + (
+                f" (not banned: {u['never_sent']} sent nothing, {u['sent_not_crossed']} under {CROSSED} refusals,"
+                f" {u['crossed_not_banned']} crossed)"
+                if u and r["sources"] - r["sources_banned"]
+                else ""
+            )
+            if "banned_in_flood" in r
+            else "—"
+        )
         out.append(
             f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
             f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent; "
             f"{pct(attempted(r))} of {r['flood_sent'] + r['flood']['connect_failed']:,} tried "
-            f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} |"
+            f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} | "
+            f"{api} | {inflood} |"
         )
     return "\n".join(out)
 
@@ -394,11 +510,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=[], metavar="TEXT", help="rows whose name contains TEXT")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per flood (6 to 60)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument(
+        "--warm",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="peacetime before the first row (0-900 s): 330 lets the daemon learn each domain's ceiling (l7/ceiling.py)",
+    )
     ap.add_argument("--table", metavar="JSON", help="print the table of an earlier run's --json file, and stop")
     a = ap.parse_args(argv)
     if a.table:
         print(table(json.loads(Path(a.table).read_text())))
         return 0
+    if not 0 <= a.warm <= 900:
+        print("xdpguard: error: --warm must be 0 to 900 s", file=sys.stderr)
+        return 2
     if not 6 <= a.duration <= 60:
         print("xdpguard: error: --duration must be 6 to 60 s", file=sys.stderr)
         return 2
@@ -411,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         run.up()
+        if a.warm:
+            print(f"… {a.warm:g} s of peacetime", file=sys.stderr, flush=True)
+            time.sleep(a.warm)
         for r in rows:
             print(f"… {r.name}", file=sys.stderr, flush=True)
             results.append(run.row(r))
@@ -419,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         run.down()
     print(table(results))
     print(f"\n{len(results)} rows in {time.monotonic() - t0:.0f} s; daemon log: {run.log}")
+    learned = [ln for ln in run.log.read_text().splitlines() if "service ceiling from peacetime" in ln]
+    print(f"service ceilings learned: {learned[0] if learned else 'none'} ({len(learned)} writes)")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

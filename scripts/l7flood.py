@@ -17,7 +17,8 @@ requests/s in all, and --max-requests):
 
 It prints one JSON line: requests sent, answers by status, connections the server closed,
 connect failures and errors, and the achieved rate; with --crossed K also, per source, the
-CLOCK_MONOTONIC time of its K-th 302 (when it crossed "K challenges, none passed").
+CLOCK_MONOTONIC time of its K-th 302 (when it crossed "K challenges, none passed"), and the
+requests each source sent.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import ipaddress
 import json
 import signal
 import random
+import resource
 import socket
 import sys
 import time
@@ -51,6 +53,7 @@ class Stats:
         self.open = 0
         self.c302: dict[str, int] = {}  # per source: 302 challenges answered so far
         self.crossed: dict[str, float] = {}  # per source: when (CLOCK_MONOTONIC) its --crossed-th 302 came
+        self.per_src: dict[str, int] = {}  # per source: requests sent (with --crossed)
 
     def err(self, exc: BaseException) -> None:
         name = type(exc).__name__
@@ -170,15 +173,21 @@ async def _get_worker(i: int, a, srcs: list[str], st: Stats, budget: Budget, end
         st.opened += 1
         try:
             n = 0
+            c302 = 0  # on this connection
             while True:
                 w.write(_request(a, a.target))
                 st.sent += 1
                 n += 1
+                if a.crossed:
+                    st.per_src[src] = st.per_src.get(src, 0) + 1
                 code, again = await _read_response(r, a.timeout)
                 st.status[code] = st.status.get(code, 0) + 1
-                if code == "302" and a.crossed:
+                if code == a.crossed_status and a.crossed:
                     st.c302[src] = st.c302.get(src, 0) + 1
-                    if st.c302[src] == a.crossed:
+                    c302 += 1
+                    if src not in st.crossed and (
+                        st.c302[src] >= a.crossed or (a.crossed_conn and c302 >= a.crossed_conn)
+                    ):
                         st.crossed[src] = time.monotonic()
                 if not (a.keepalive and again and n < KEEPALIVE_REQUESTS) or time.monotonic() >= end:
                     break
@@ -240,8 +249,18 @@ async def _slow_worker(i: int, a, srcs: list[str], st: Stats, end: Deadline) -> 
             w.close()
 
 
+def _fd_room(conns: int) -> None:
+    """Raise the soft limit on open files to the hard one when `conns` sockets need it (1,000
+    bots each holding a keep-alive connection pass the usual soft 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = conns + 64
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(hard, want), hard))
+
+
 async def run(a) -> dict:
     srcs = sources(a.sources, a.count)
+    _fd_room(a.conns)
     st = Stats()
     t0 = time.monotonic()
     end = Deadline(t0 + a.duration)
@@ -277,7 +296,7 @@ async def run(a) -> dict:
         "closed_by_server": st.closed_by_server,
         "connect_failed": st.connect_failed,
         "errors": st.errors,
-        **({"crossed": st.crossed} if a.crossed else {}),
+        **({"crossed": st.crossed, "per_source_sent": st.per_src} if a.crossed else {}),
     }
 
 
@@ -304,7 +323,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="K",
-        help="report per source when its K-th 302 challenge came (monotonic clock; get mode)",
+        help="report per source when its K-th 302 challenge (--crossed-status) came (monotonic clock; get mode)",
+    )
+    ap.add_argument(
+        "--crossed-conn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="… or its N-th on one connection, whichever comes first (0: not counted per connection)",
+    )
+    ap.add_argument(
+        "--crossed-status",
+        default="302",
+        metavar="CODE",
+        help="the answer --crossed counts (429: refusals on an exempt path)",
     )
     a = ap.parse_args(argv)
     if not a.path.startswith("/") or any(c.isspace() for c in a.path):

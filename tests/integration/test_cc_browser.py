@@ -15,6 +15,8 @@ import tempfile
 import pytest
 
 from test_l7_haproxy import URL, Setup, _require, _service
+from xdpguard.core.l7 import haproxy_config as hc
+from xdpguard.core.l7 import runtime
 
 pytestmark = pytest.mark.kernel
 
@@ -53,6 +55,11 @@ def test_chromium_headless_passes_the_js_challenge(lab):
     dom = _chromium(s, "--dump-dom", URL)
     assert "ok path=/ xff=198.18.0.10" in dom, dom[:1000]
     assert "Checking your browser" not in dom
+    # challenged twice in all (curl's page, chromium's first load), never twice on one connection:
+    # its reload on the same connection carried the cookie (a 2nd challenge there counts twice)
+    src = runtime.show_table(str(s.h.admin_socket), hc.src_table(_service()))
+    mine = [e for e in src.entries if str(e.address) == "198.18.0.10"]
+    assert mine and mine[0].get("gpc0") == 2 and mine[0].get("gpt2") > 0, src
     # the cookie the page's script makes is bound to the address it was issued to
     b, a = re.search(r'var b="([0-9a-f]{32})",a="([0-9a-f]{32})"', page).groups()
     exp = re.search(r"xgc=(\d+)\.j\.", page).group(1)

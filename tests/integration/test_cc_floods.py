@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_l7_haproxy import URL, Setup, _service
-from xdpguard.core.l7 import auto
+from xdpguard.core.l7 import auto, ceiling
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7 import runtime
 from xdpguard.lab import l7 as L
@@ -64,65 +64,142 @@ def reached_backend(f: dict) -> int:
     return f["status"].get("200", 0)
 
 
+API4 = "198.18.24.1"  # the API client's own address, on the client namespace (not the web client's)
+API_RATE = 3  # its requests per second (the service limits /api/ to 50 per 10 s per source)
+
+
+def api_client(s: Setup, seconds: float) -> subprocess.Popen:
+    """A plain API client: only the exempt path /api/, no cookie, no JavaScript, a request at a
+    time at API_RATE/s, a new connection each, from its own address (scripts/l7flood.py)."""
+    return s.lab.popen(
+        s.t.client,
+        sys.executable,
+        str(FLOOD),
+        "--target",
+        L.PROT4,
+        "--sources",
+        f"{API4}/32",
+        "--count",
+        "1",
+        "--conns",
+        "1",
+        "--rate",
+        str(API_RATE),
+        "--duration",
+        str(seconds),
+        "--timeout",
+        "2",
+        "--path",
+        "/api/status",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def per_s(r: dict) -> float:
+    return r["status"].get("200", 0) / r["seconds"]
+
+
 def test_floods_from_128_and_1000_addresses(lab):
+    """Also, in each case, a plain API client on the exempt path /api/ (no cookie: never
+    challenged) next to the web client; and a fifth case: 1,000 bots that found the exempt path
+    (no challenge there): the path's own ceiling refuses (429) every source it did not know
+    before the flood, and counts the refusals (a source refused 3 times is banned in XDP)."""
     s = Setup(lab, shape=L.BACKEND_RATE, page_bytes=L.PAGE_BYTES)  # a small server a flood can fill
     L.add_sources(lab, s.t, 1000)
+    lab.run(s.t.client, "ip", "link", "set", "lo", "up")
+    lab.run(s.t.client, "ip", "address", "add", f"{API4}/32", "dev", "lo")
+    lab.run(s.t.prot, "ip", "route", "replace", f"{API4}/32", "via", L.CLIENT4)
     svc = _service()
     assert s.apply(svc) == "started"
     client_s, flood_s = 5.0, 7.0  # the client runs from 1.5 s to 6.5 s into each flood
 
-    def under(count: int, *extra: str) -> tuple[dict, dict]:
-        f = flood(s, count, flood_s, *extra)
+    def under(count: int, *extra: str, conns: int = 256) -> tuple[dict, dict, dict]:
+        f = flood(s, count, flood_s, *extra, conns=conns)
         time.sleep(1.5)  # the flood is on
+        api = api_client(s, client_s)
         res = Setup.result(s.client(client_s))
-        return res, Setup.result(f, timeout=flood_s + 30)
+        return res, Setup.result(api), Setup.result(f, timeout=flood_s + 30)
 
-    cases = [(128, ()), (1000, ()), (1000, ("--keepalive",)), (1000, ("--random-path",))]
+    # (sources, flood options, connections, also under a plain HAProxy); keep-alive: a connection
+    # per bot (with fewer, a source is reached only when the one before it on that connection
+    # stops: the flood would be 256 bots, not 1,000)
+    cases = [
+        (128, (), 256, True),
+        (1000, (), 256, True),
+        (1000, ("--keepalive",), 1000, True),
+        (1000, ("--random-path",), 256, True),
+        (1000, ("--path", "/api/x"), 256, False),  # the bots found the exempt path
+    ]
     rows = []
-    for i, (count, extra) in enumerate(cases):
+    for i, (count, extra, conns, plain_too) in enumerate(cases):
         if i:
             assert s.apply(svc) == "reloaded"  # back from the plain HAProxy, fresh stick tables
-            time.sleep(2.5)  # the small backend drains what the plain HAProxy's flood queued
+            # the API client calls before its baseline, as an API client does all day (the exempt
+            # path's surge keeps the sources it knew), and the small backend drains what the plain
+            # HAProxy's flood queued
+            warm = api_client(s, 2.0)
+            time.sleep(2.5)
+            Setup.result(warm)
         # no attack, next to each attack: the shared machine's load changes from case to case (one
         # baseline for all four and 3 s windows made a 30-request sample; CI saw 22/30 = 73 %)
+        api = api_client(s, client_s)
         base = Setup.result(s.client(client_s))
+        api_base = Setup.result(api)
         assert base["ok"] >= 10 and base["failed"] == 0, base
-        defended, f_def = under(count, *extra)
-        challenged = {str(o.address) for o in runtime.offenders(str(s.h.admin_socket), [svc]) if o.kind == "challenged"}
-        assert s.h.apply(hc.Rendered(L.plain_config(s.run_dir), {})) == "reloaded"
-        time.sleep(0.5)
-        plain, f_plain = under(count, *extra)
-        rows.append((count, " ".join(extra) or "new conn/request", base, defended, f_def, plain, f_plain, challenged))
+        assert api_base["status"] == {"200": api_base["sent"]} and api_base["sent"] >= 10, api_base
+        defended, api_def, f_def = under(count, *extra, conns=conns)
+        seen = {str(o.address): o.kind for o in runtime.offenders(str(s.h.admin_socket), [svc])}
+        plain = f_plain = None
+        if plain_too:
+            assert s.h.apply(hc.Rendered(L.plain_config(s.run_dir), {})) == "reloaded"
+            time.sleep(0.5)
+            plain, _, f_plain = under(count, *extra, conns=conns)
+        kind = " ".join(extra) or "new conn/request"
+        rows.append((count, kind, base, defended, f_def, plain, f_plain, seen, api_base, api_def))
 
     def share(r: dict, base: dict) -> str:
         return f"{r['ok']:>3} ok {r['failed']:>3} failed {r['ok'] / base['ok']:>4.0%}"
 
     print(f"\nweb client: a new connection per request, 10/s for {client_s:g} s; flood {flood_s:g} s at 600 req/s")
     print(
-        f"{'sources':>7} {'flood':<17} {'no attack':>9} | {'client, xdpguard':<26} {'to backend':>10} "
-        f"{'bots seen':>9} | {'client, plain HAProxy':<26} {'to backend':>10}"
+        f"{'sources':>7} {'flood':<17} {'no attack':>9} | {'client, xdpguard':<26} {'API client':>10} "
+        f"{'to backend':>10} {'offenders':>9} | {'client, plain HAProxy':<26} {'to backend':>10}"
     )
-    for count, kind, b, d, fd, p, fp, ch in rows:
+    for count, kind, b, d, fd, p, fp, seen, ab, ad in rows:
         print(
-            f"{count:>7} {kind:<17} {b['ok']:>6} ok | {share(d, b):<26} {reached_backend(fd) / max(1, fd['sent']):>10.1%} "
-            f"{len(ch):>9} | {share(p, b):<26} {reached_backend(fp) / max(1, fp['sent']):>10.1%}"
+            f"{count:>7} {kind:<17} {b['ok']:>6} ok | {share(d, b):<26} {per_s(ad) / per_s(ab):>10.0%} "
+            f"{reached_backend(fd) / max(1, fd['sent']):>10.1%} {len(seen):>9} | "
+            + (f"{share(p, b):<26} {reached_backend(fp) / max(1, fp['sent']):>10.1%}" if p else "—")
         )
         print(
-            f"        defended flood {fd['rate']} req/s {json.dumps(fd['status'])}, "
-            f"plain flood {fp['rate']} req/s {json.dumps(fp['status'])}"
+            f"        defended flood {fd['rate']} req/s {json.dumps(fd['status'])}, offences "
+            f"{json.dumps({k: list(seen.values()).count(k) for k in sorted(set(seen.values()))})}, "
+            f"API client {json.dumps(ad['status'])} (alone {json.dumps(ab['status'])})"
+            + (f", plain flood {fp['rate']} req/s {json.dumps(fp['status'])}" if fp else "")
         )
-    for count, kind, b, d, fd, p, fp, ch in rows:
+    for count, kind, b, d, fd, p, fp, seen, ab, ad in rows:
         assert fd["sent"] >= 2000, (count, kind, fd)  # a real flood: each source under its limits
         # the client is never refused and keeps its rate: ≥ 80 % in each case, a load spike of the
-        # shared machine included; the 90 % target over the four cases together, below
+        # shared machine included; the 90 % target over the cases together, below
         assert d["failed"] == 0 and d["ok"] >= 0.8 * b["ok"], (count, kind, b, d)
+        # the API client on the exempt path: never challenged nor refused, keeps its rate, the
+        # flood at the exempt path itself included (it was seen before that flood began)
+        assert ad["status"] == {"200": ad["sent"]} and per_s(ad) >= 0.8 * per_s(ab), (count, kind, ab, ad)
         assert reached_backend(fd) <= 0.05 * fd["sent"], (count, kind, fd)  # the flood was answered by HAProxy
-        assert L.CLIENT4 not in ch
-        # without the defence the same flood fills the small backend: the client is hurt
-        assert p["ok"] < 0.5 * b["ok"], (count, kind, b, p)
+        assert L.CLIENT4 not in seen and API4 not in seen, seen
+        if p is not None:  # without the defence the same flood fills the small backend: the client is hurt
+            assert p["ok"] < 0.5 * b["ok"], (count, kind, b, p)
     assert sum(r[3]["ok"] for r in rows) >= 0.9 * sum(r[2]["ok"] for r in rows), rows
     # the bots that keep failing the challenge are seen (what the daemon bans in XDP, l7/bans.py)
-    assert len(rows[0][-1]) >= 100, rows[0][-1]
+    assert list(rows[0][7].values()).count("challenged") >= 100, rows[0][7]
+    # keep-alive, a connection per bot: a second challenge on its connection makes a bot
+    ka = rows[2][7]
+    assert list(ka.values()).count("challenged") >= 900, (len(ka), rows[2][4])
+    # the exempt path: no challenge, 429 for the sources its surge did not know, refused ones seen
+    fx, seen_x = rows[4][4], rows[4][7]
+    assert fx["status"].get("429", 0) >= 0.9 * fx["sent"] and "302" not in fx["status"], fx
+    assert list(seen_x.values()).count("refused") >= 500, (len(seen_x), fx)
 
 
 def test_slowloris_and_slow_post_from_128_addresses(lab):
@@ -385,3 +462,26 @@ def test_unverified_budget_and_the_surge_that_holds(lab):
     # the verified client is not
     assert s.curl(s.t.client, "-b", str(jar), "-o", "/dev/null", "-w", "%{http_code}", URL).stdout == "200"
     print(f"\nbudget: {codes.count('200')} × 200 then 302; flood {f['status']}; surge table {raw.strip()}")
+
+    # the ceiling that follows the peacetime (l7/ceiling.py, what `xdpguard run` does each tick):
+    # fresh tables and an empty map: 30 requests/s from 128 addresses is under the level's 50/s …
+    svc2 = replace(_service(), challenge_ttl_s=3599)
+    assert s.apply(svc2) == "reloaded"
+    under = Setup.result(flood(s, 128, 1.5, rate=30, conns=32), timeout=30)
+    assert under["sent"] >= 30 and "302" not in under["status"], under
+    # … a quiet domain's learned ceiling is MIN_PER_S (10/s), written into HAProxy's map at runtime
+    # (no reload: the stick tables stay), read back from it …
+    time.sleep(1.5)  # the domain's 1 s rate is back to ~0
+    learned = ceiling.Ceilings(warmup_s=0)
+    sock = str(s.h.admin_socket)
+    wrote = ceiling.sync(sock, svc2, learned, time.time())
+    assert wrote == {hc.ceiling_key(svc2, "web"): ceiling.MIN_PER_S}, (wrote, learned.domains)
+    mid = ceiling.map_id(runtime.command(sock, "show map"))
+    assert ceiling.map_entries(runtime.command(sock, f"show map {mid}")) == wrote
+    assert ceiling.sync(sock, svc2, learned, time.time()) == {}  # nothing to change the next tick
+    # … and the same 30 requests/s now crosses it: challenged
+    over = Setup.result(flood(s, 128, 1.5, rate=30, conns=32), timeout=30)
+    assert over["status"].get("302", 0) > 0, over
+    print(
+        f"ceiling from peacetime: {wrote}; 30 req/s under the level's 50: {under['status']}, over 10: {over['status']}"
+    )

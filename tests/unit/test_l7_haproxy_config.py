@@ -139,18 +139,25 @@ def test_the_defences_are_there() -> None:
     assert "tcp-request connection reject if { sc0_conn_cur gt 30 }" in text
     assert "tcp-request connection reject if { sc0_conn_rate gt 60 }" in text
     assert re.search(
-        r"stick-table type ipv6 .* store gpt\(3\),gpc\(2\),gpc_rate\(2,10s\),conn_cur,conn_rate\(10s\),"
+        r"stick-table type ipv6 .* store gpt\(4\),gpc\(3\),gpc_rate\(2,10s\),conn_cur,conn_rate\(10s\),"
         r"http_req_rate\(10s\)",
         text,
     )
     # the service ceiling: the unverified requests of each domain (a wildcard is one), 50/s at normal
-    assert "stick-table type string len 64 size 1k expire 60s store gpt(1),http_req_rate(1s)" in text
+    assert "stick-table type string len 64 size 1k expire 60s store gpt(2),http_req_rate(1s)" in text
     assert (
         "http-request set-var(txn.xg_dom) str(*.example.org) if { req.hdr(host),field(1,:),lower -m end .example.org }"
         in text
     )
     assert "http-request track-sc2 var(txn.xg_dom) table web_svc if !xg_verified !xg_exempt" in text
-    assert "acl xg_over sc2_http_req_rate gt 50" in text
+    # the ceiling is read from the map the daemon fills with learned ones (l7/ceiling.py); its
+    # default, until then, is the level's number
+    assert (
+        "http-request set-var(txn.xg_ceil) str(web|),concat(,txn.xg_dom,),map_str_int(ceiling.map,50) "
+        "if !xg_verified !xg_exempt" in text
+    )
+    assert "acl xg_over sc2_http_req_rate,sub(txn.xg_ceil) gt 0" in text
+    assert _render("level_normal").files[hc.CEILING_MAP] == ""
     # … or the backend already holds more requests at once than the level allows (a slow flood)
     assert "acl xg_over be_conn(web_be) gt 100" in text
     # crossing it puts the domain in surge for SURGE_HOLD_S (gpt 0 of its entry: until when) …
@@ -171,6 +178,25 @@ def test_the_defences_are_there() -> None:
     # the ceiling comes before the challenge it turns on
     assert text.index("if xg_surge !xg_verified") < text.index("http-request return status 302")
     assert "http-request sc-set-gpt(2,0) var(txn.xg_now),add(txn.xg_cleft) if xg_verified" in text  # verified until
+    # a second challenge on one HTTP/1.1 connection counts twice: the first was ignored
+    need = "{ var(txn.xg_chal) -m int 1 } !xg_verified"
+    assert f"http-request sc-inc-gpc(0,0) if {need} {{ req.ver 1.1 }} {{ var(sess.xg_nch) -m int ge 1 }}" in text
+    assert (
+        text.index("http-request sc-inc-gpc(0,0) if { var(txn.xg_chal)")
+        < text.index("{ var(sess.xg_nch) -m int ge 1 }")
+        < text.index("var(sess.xg_nch),add(1)")
+        < text.index("http-request return status 302")
+    )
+    # the exempt paths: the first time a source was seen (gpt 3), a ceiling of their own per domain
+    # (key `<domain>|x`, 100/s at normal), and in its surge 429 for the sources not seen 5 s before
+    assert "http-request sc-set-gpt(3,0) var(txn.xg_now) if { sc_get_gpt(3,0) -m int 0 }" in text
+    assert "http-request track-sc2 var(txn.xg_dom),concat(|x,,) table web_svc if xg_exempt !xg_verified" in text
+    assert "acl xg_xover sc2_http_req_rate gt 100" in text and "acl xg_xover be_conn(web_be) gt 100" in text
+    assert "http-request sc-set-gpt(1,2) var(txn.xg_now) if xg_xover !xg_xsurge xg_exempt !xg_verified" in text
+    assert "sc_get_gpt(3,0),add(5),sub(txn.xg_xsince) if xg_exempt !xg_verified" in text
+    assert "http-request sc-inc-gpc(2,0) if xg_xsurge !xg_known xg_exempt !xg_verified" in text
+    assert "http-request deny deny_status 429 if xg_xsurge !xg_known xg_exempt !xg_verified" in text
+    assert "xg_xover" not in _render("minimal").text  # no exempt path: nothing of it
     # the level's ceiling punishes and answers 429
     assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 300 }" in text
     # the longest prefix is limit 0; its tarpit punishes for 120 s

@@ -183,6 +183,22 @@ def test_a_slow_source_that_never_passes_is_a_bot_whatever_its_rate():
     assert runtime.service_offenders({"web_src": runtime.parse_show_table(once)}, _svc(), now=1796614000) == []
 
 
+def test_a_source_refused_on_the_exempt_path_in_its_surge_is_banned():
+    """An exempt (API) path cannot challenge: in its surge a source not seen before it gets 429,
+    each counted in gpc 2 (HAProxy prints the array's third counter as gpc2). Refused
+    CHALLENGES_UNPASSED times and still coming: an offender (`refused`), banned; twice is not;
+    a source holding a valid cookie never is."""
+    refused = CHALLENGED.replace("gpc0=40 gpc0_rate(10000)=40", "gpc0=0 gpc0_rate(10000)=0 gpc1=0 gpc2=3")
+    offenders = runtime.service_offenders({"web_src": runtime.parse_show_table(refused)}, _svc(), now=1796614000)
+    assert [(str(o.address), o.kind, o.value, o.limit, o.verified) for o in offenders] == [
+        ("198.18.16.1", "refused", 3, spec.CHALLENGES_UNPASSED, False),
+    ]  # 198.18.16.2 holds a valid cookie: not even an offender
+    b = bans.select(offenders, [_svc()], now=1796614000)
+    assert [(x.address, x.kind) for x in b] == [("198.18.16.1", "refused")]
+    twice = refused.replace("gpc2=3", "gpc2=2")
+    assert runtime.service_offenders({"web_src": runtime.parse_show_table(twice)}, _svc(), now=1796614000) == []
+
+
 def test_challenge_passing_sources_are_read_with_their_cookie_expiry():
     """What the daemon writes into XDP's verified map (l7/bans.py → Guard.verify_challenged):
     the sources whose gpt 2 (the cookie's expiry) is in the future, each for what it has left;

@@ -12,6 +12,8 @@ connlimit.promote does for nft's offenders. Which offences count:
 - challenged    challenged more than spec.CHALLENGES_PER_10S times in a window without ever
                 passing: a browser passes its first challenge, a bot of a multi-source flood
                 (each source under every per-source limit) never does
+- refused       answered 429 CHALLENGES_UNPASSED times on an exempt path during its surge (a source
+                not seen before the surge: an API path cannot challenge) and kept coming
 
 Never banned: allowlisted sources (the caller passes the allowlist), and a source that holds a
 valid challenge cookie (HAProxy records its expiry in gpt 2 of the source's entry: `verified`).
@@ -34,11 +36,11 @@ from .. import config, protection, state
 from ..observe import events
 from ..errors import UserError
 from ..prefixes import Prefix
-from . import auto, engine, runtime
+from . import auto, ceiling, engine, runtime
 from .runtime import Offender
 from .spec import HttpService
 
-BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix", "challenged")
+BANNED_KINDS = ("punished", "requests", "concurrent", "new_conns", "prefix", "challenged", "refused")
 CAP_PER_TICK = 1000
 VERIFY_CAP_PER_TICK = 1000  # challenge-passing sources written into the verified map per tick
 
@@ -118,6 +120,7 @@ class Watch:
         self.said = ""
         self.banned_total = 0
         self.levels = levels if levels is not None else auto.AutoLevel()  # automatic CC mode
+        self.ceilings = ceiling.Ceilings()  # each domain's service ceiling from its peacetime
         self.raised: dict[str, str] = {}  # service → the level automatic CC mode serves it at
 
     def _say(self, msg: str) -> None:
@@ -142,8 +145,10 @@ class Watch:
         self.auto_levels(ifaces, services)
         if self.raised:  # the offenders by the thresholds HAProxy serves now
             services = [replace(s, level=self.raised.get(s.name, s.level)) for s in services]
+        sock = str(engine.haproxy().admin_socket)
         try:
-            found, verified = runtime.read_sources(str(engine.haproxy().admin_socket), services)
+            found, verified = runtime.read_sources(sock, services)
+            self.learn_ceilings(sock, services)
         except (runtime.RuntimeApiError, ValueError) as exc:
             self._say(f"HAProxy runtime API: {exc}")
             return []
@@ -206,6 +211,19 @@ class Watch:
                 )
             out += new
         return out
+
+    def learn_ceilings(self, sock: str, services: list[HttpService], now: float | None = None) -> None:
+        """Each domain's service ceiling from its peacetime (l7/ceiling.py), written into
+        HAProxy's ceiling map through the runtime API (no reload); said when it changes."""
+        now = time.time() if now is None else now
+        for svc in services:
+            wrote = ceiling.sync(sock, svc, self.ceilings, now)
+            if wrote:
+                self.report(
+                    f"{svc.name}: service ceiling from peacetime: "
+                    + ", ".join(f"{k.split('|', 1)[1]} {v}/s" for k, v in sorted(wrote.items()))
+                    + f" (level {svc.level}: {svc.effective_service_rate()}/s)"
+                )
 
     def auto_levels(self, ifaces, services: list[HttpService], now: float | None = None) -> list[auto.Step]:
         """Automatic CC mode: each service's level from its backend's health (l7/auto.py). A

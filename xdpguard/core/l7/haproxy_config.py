@@ -177,11 +177,11 @@ def _tables(svc: HttpService) -> list[str]:
     lines = [
         f"backend {src_table(svc)}",
         f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
-        f"store gpt(3),gpc(2),gpc_rate(2,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
+        f"store gpt(4),gpc(3),gpc_rate(2,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
         f"http_req_rate({REQUEST_WINDOW_S}s)",
         "",
         f"backend {service_table(svc)}",
-        f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s store gpt(1),http_req_rate(1s)",
+        f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s store gpt(2),http_req_rate(1s)",
         "",
     ]
     for i, lim in enumerate(svc.effective_limits()):
@@ -214,6 +214,7 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
         f"    tcp-request connection silent-drop if {{ var(sess.xg_left) -m int gt 0 }} "
         f"{{ sc_get_gpt(1,0) eq {PUNISH_CODES['drop']} }}",
         "    http-request set-var(txn.xg_now) date",
+        "    http-request sc-set-gpt(3,0) var(txn.xg_now) if { sc_get_gpt(3,0) -m int 0 }",  # first seen
         "    http-request del-header x-forwarded-for",
     ]
     if svc.domains:
@@ -282,6 +283,7 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
         lines.append(_act(lim.action, over_i))
     lines += _unverified_budget(svc)
     lines += _service_ceiling(svc)
+    lines += _exempt_ceiling(svc)
     lines += _geo(svc, geo_rules)
     if p.challenge != "none":
         lines.append("    http-request set-var(txn.xg_chal) int(1) unless xg_exempt")
@@ -296,6 +298,7 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
         f"hmac(sha256,proc.xg_key),hex,lower if {need}",
         f"    http-request sc-inc-gpc(0,0) if {need}",  # challenged again and again: a bot (l7/bans.py)
     ]
+    lines += _same_connection(need)
     if kind == "c":
         lines.append(
             f'    http-request return status 302 hdr Location "%[url]" hdr Cache-Control no-store '
@@ -312,6 +315,12 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
 
 
 GEO_MAP = "geo.map"  # `PREFIX CC` lines (geo.l7_map), next to the configuration
+CEILING_MAP = "ceiling.map"  # `<service>|<domain key> N`: learned service ceilings (l7/ceiling.py)
+
+
+def ceiling_key(svc: HttpService, domain_key: str) -> str:
+    """The service ceiling map's key of one of `svc`'s domains (its `txn.xg_dom`)."""
+    return f"{svc.name}|{domain_key}"
 
 
 def _geo(svc: HttpService, rules: Mapping[str, GeoSpec]) -> list[str]:
@@ -375,7 +384,16 @@ def _service_ceiling(svc: HttpService) -> list[str]:
     unv = "!xg_verified !xg_exempt"
     lines += [
         f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if {unv}",
-        f"    acl xg_over sc2_http_req_rate gt {n}",
+    ]
+    if svc.service_rate is None:  # the level's number until the daemon has learned the domain's peacetime
+        lines += [
+            f"    http-request set-var(txn.xg_ceil) str({ceiling_key(svc, '')}),concat(,txn.xg_dom,),"
+            f"map_str_int({CEILING_MAP},{n}) if {unv}",
+            "    acl xg_over sc2_http_req_rate,sub(txn.xg_ceil) gt 0",
+        ]
+    else:
+        lines.append(f"    acl xg_over sc2_http_req_rate gt {n}")
+    lines += [
         f"    acl xg_over be_conn({backend_name(svc)}) gt {busy}",
         f"    http-request sc-set-gpt(0,2) var(txn.xg_now),add({SURGE_HOLD_S}) if xg_over {unv}",
         f"    http-request set-var(txn.xg_hold) sc_get_gpt(0,2),sub(txn.xg_now) if {unv}",
@@ -383,6 +401,58 @@ def _service_ceiling(svc: HttpService) -> list[str]:
         f"    http-request set-var(txn.xg_chal) int(1) if xg_surge {unv}",
     ]
     return lines
+
+
+def _exempt_ceiling(svc: HttpService) -> list[str]:
+    """The exempt (API) paths of each domain, unverified requests only, tracked on sc2 under the
+    key `<domain>|x` (the challenge's ceiling counts the other paths): beyond the level's exempt
+    ceiling per second, or with more than the level's requests at the backend at once, the
+    exempt paths are *in surge* for SURGE_HOLD_S after the last second over it (gpt 0 of that
+    entry: until when; gpt 1: since when, set as a surge begins). An exempt path cannot
+    challenge, so in a surge a source is judged by its age: one first seen (gpt 3 of its entry)
+    at least KNOWN_BEFORE_S before the surge began keeps its service; any other gets 429, each
+    refusal counted (gpc 2): refused CHALLENGES_UNPASSED times, it is banned in XDP
+    (l7/bans.py, `refused`). A verified browser (valid cookie) is neither counted nor refused."""
+    if not svc.exempt:
+        return []
+    n = svc.effective_exempt_rate()
+    busy = svc.effective_backend_conns()
+    unv = "xg_exempt !xg_verified"
+    return [
+        f"    # the exempt paths' ceiling: {n} unverified requests per second per domain, then only the "
+        f"sources seen {spec.KNOWN_BEFORE_S} s before it get through (429 for the others)",
+        f"    http-request track-sc2 var(txn.xg_dom),concat(|x,,) table {service_table(svc)} if {unv}",
+        f"    acl xg_xover sc2_http_req_rate gt {n}",
+        f"    acl xg_xover be_conn({backend_name(svc)}) gt {busy}",
+        f"    http-request set-var(txn.xg_xhold) sc_get_gpt(0,2),sub(txn.xg_now) if {unv}",
+        "    acl xg_xsurge var(txn.xg_xhold) -m int gt 0",
+        f"    http-request sc-set-gpt(1,2) var(txn.xg_now) if xg_xover !xg_xsurge {unv}",
+        f"    http-request sc-set-gpt(0,2) var(txn.xg_now),add({SURGE_HOLD_S}) if xg_xover {unv}",
+        f"    http-request set-var(txn.xg_xhold) sc_get_gpt(0,2),sub(txn.xg_now) if {unv}",
+        f"    http-request set-var(txn.xg_xsince) sc_get_gpt(1,2) if {unv}",
+        f"    http-request set-var(txn.xg_age) sc_get_gpt(3,0),add({spec.KNOWN_BEFORE_S}),sub(txn.xg_xsince) if {unv}",
+        "    acl xg_known var(txn.xg_age) -m int le 0",
+        f"    http-request sc-inc-gpc(2,0) if xg_xsurge !xg_known {unv}",
+        f"    http-request deny deny_status 429 if xg_xsurge !xg_known {unv}",
+    ]
+
+
+def _same_connection(need: str) -> list[str]:
+    """A second challenge on one HTTP/1.1 connection counts twice on the source (gpc 0): a
+    browser never sends its next request on a connection before it has read the answer to the
+    last one (no pipelining), so after a 302 or the JavaScript page its next request there
+    carries the cookie. One that does not, ignored the challenge it was just given: with the
+    extra count the source reaches CHALLENGES_UNPASSED (3) at its 2nd request, not its 3rd,
+    and is banned in XDP a request sooner (a keep-alive bot of a 1,000-address flood sends one
+    every 1-3 s). HTTP/2 multiplexes a browser's requests in flight on one connection: not
+    counted there. The count is per connection (a session variable)."""
+    h1 = "{ req.ver 1.1 }"
+    return [
+        "    # a second challenge on one HTTP/1.1 connection: the first was ignored (counted twice)",
+        f"    http-request sc-inc-gpc(0,0) if {need} {h1} {{ var(sess.xg_nch) -m int ge 1 }}",
+        f"    http-request set-var(sess.xg_nch) var(sess.xg_nch),add(1) if {need} {{ var(sess.xg_nch) -m found }}",
+        f"    http-request set-var(sess.xg_nch) int(1) if {need} !{{ var(sess.xg_nch) -m found }}",
+    ]
 
 
 def _backend(svc: HttpService) -> list[str]:
@@ -439,4 +509,6 @@ def render(
             files[challenge_page(svc)] = js_page(svc.challenge_ttl_s)
     if any(f"map_ip({GEO_MAP}," in line for line in lines):
         files[GEO_MAP] = geo_map
+    if any(f"map_str_int({CEILING_MAP}," in line for line in lines):
+        files[CEILING_MAP] = ""  # empty: every domain at its level's ceiling until the daemon learns it
     return Rendered("\n".join(lines).rstrip("\n") + "\n", files)

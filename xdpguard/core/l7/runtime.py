@@ -203,7 +203,8 @@ class Offender:
     kind: punished (its punishment runs until `until`), requests (over the level's ceiling),
     prefix (over a per-prefix limit, `detail` the prefix), concurrent or new_conns, challenged
     (challenged more than CHALLENGES_PER_10S times in a window, or CHALLENGES_UNPASSED times in
-    its entry's life, and never passed: a bot)."""
+    its entry's life, and never passed: a bot), refused (answered 429 CHALLENGES_UNPASSED times on
+    an exempt path in its surge, as a source not seen before it: haproxy_config._exempt_ceiling)."""
 
     service: str
     address: IPAddress
@@ -273,6 +274,18 @@ def service_offenders(tables: dict[str, Table], svc: HttpService, now: float | N
                         CHALLENGES_UNPASSED,
                         "challenge",
                         detail="challenges in a row, none passed",
+                    )
+                )
+            if e.get("gpc2") >= CHALLENGES_UNPASSED:  # refused on an exempt path in its surge, kept coming
+                out.append(
+                    Offender(
+                        svc.name,
+                        e.address,
+                        "refused",
+                        e.get("gpc2"),
+                        CHALLENGES_UNPASSED,
+                        "deny",
+                        detail="exempt path in surge: 429s to a source not seen before it",
                     )
                 )
         if e.get("conn_cur") > conns.concurrent:

@@ -313,6 +313,8 @@ class Preset:
     #                     stay under the rate ceiling still fills a small backend)
     unverified_per_10s: int  # a source's unverified (no valid cookie), not exempt requests per 10 s:
     #                          beyond, it is challenged (a browser passes once; a bot never does)
+    exempt_rate_per_s: int  # unverified requests/s of one domain on its exempt (API) paths: beyond,
+    #                         the sources not seen before it (KNOWN_BEFORE_S) get 429 there, no challenge
 
 
 # The request ceilings are per source and per 10 s: a browser loading a page with its assets
@@ -324,11 +326,18 @@ class Preset:
 # (the level's challenge, at least the 302 cookie) until both fall; verified browsers are not counted and not
 # challenged, bots that never pass are banned in XDP (l7/bans.py, "challenged").
 PRESETS = {
-    "loose": Preset("loose", 600, ConnLimits(200, 500), 10, 10, "none", 2.0, 30, 500, 256, 100),
-    "normal": Preset("normal", 300, ConnLimits(100, 250), 5, 5, "none", 1.0, 60, 50, 100, 20),
-    "strict": Preset("strict", 150, ConnLimits(50, 100), 3, 2, "cookie", 0.5, 300, 50, 50, 20),
-    "emergency": Preset("emergency", 60, ConnLimits(20, 50), 2, 1, "js", 0.25, 600, 25, 25, 10),
+    "loose": Preset("loose", 600, ConnLimits(200, 500), 10, 10, "none", 2.0, 30, 500, 256, 100, 500),
+    "normal": Preset("normal", 300, ConnLimits(100, 250), 5, 5, "none", 1.0, 60, 50, 100, 20, 100),
+    "strict": Preset("strict", 150, ConnLimits(50, 100), 3, 2, "cookie", 0.5, 300, 50, 50, 20, 100),
+    "emergency": Preset("emergency", 60, ConnLimits(20, 50), 2, 1, "js", 0.25, 600, 25, 25, 10, 50),
 }
+# An exempt (API) path cannot challenge: a flood of it from many addresses, each under every
+# per-source limit, is told apart by age. Beyond the domain's exempt ceiling (exempt_rate_per_s,
+# or more than backend_conns requests at the backend), the exempt path is in surge for
+# SURGE_HOLD_S, and only sources first seen this long before the surge began keep it (an API
+# client that calls at least once a minute stays known: its stick-table entry idles out after
+# 60 s); the others get 429, and one refused CHALLENGES_UNPASSED times is banned in XDP.
+KNOWN_BEFORE_S = 5
 CHALLENGES_PER_10S = 8  # a source challenged more often than this without passing is a bot: banned in XDP
 # … and whatever its rate: a source challenged this many times in its stick-table entry's life (it
 # idles out after 60 s) and never passing is a bot (a browser passes its first challenge)
@@ -414,6 +423,11 @@ class HttpService:
         """Unverified requests per second per domain (each domain of the service, or the service
         when it names none) before every unverified source is challenged."""
         return self.service_rate if self.service_rate is not None else self.preset.service_rate_per_s
+
+    def effective_exempt_rate(self) -> int:
+        """Unverified requests per second per domain on the exempt paths before the sources not
+        seen before are refused there."""
+        return self.preset.exempt_rate_per_s
 
     def effective_backend_conns(self) -> int:
         """Requests at the service's backends at once before every unverified source is challenged."""
