@@ -330,9 +330,9 @@ json.dump(seen, open(out, "w"))
 
 PUBLISHER = r"""
 import json, sys, time
-from xdpguard.core import config
+from xdpguard.core.desired.load import load
 from xdpguard.core.cluster.store import ClusterStore
-d, _ = config.load(sys.argv[1]); addrs = json.loads(sys.argv[2]); out = sys.argv[3]
+d, _ = load(sys.argv[1]); addrs = json.loads(sys.argv[2]); out = sys.argv[3]
 st = ClusterStore(d.cluster)
 sent = {}
 for a in addrs:
@@ -562,10 +562,10 @@ def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):
 
 BURST = r"""
 import json, random, sys, time
-from xdpguard.core import config
+from xdpguard.core.desired.load import load
 from xdpguard.core.cluster.store import ClusterStore, parse_desired
 from xdpguard.lab import cluster as lc
-d, _ = config.load(sys.argv[1]); n = int(sys.argv[2]); out = sys.argv[3]
+d, _ = load(sys.argv[1]); n = int(sys.argv[2]); out = sys.argv[3]
 st = ClusterStore(d.cluster)
 rnd = random.Random(12)
 base = lc.desired_toml()

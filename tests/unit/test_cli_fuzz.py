@@ -49,11 +49,27 @@ from xdpguard.cli import main as cli_main
 from xdpguard.cli.main import cli, run
 from xdpguard.core.observe import capture, doctor, events, metrics, stats
 from xdpguard.core.verbs import cleansing, imperative
-from xdpguard.core import config, policy, protection, reconcile, state, store
+from xdpguard.core import policy, protection, reconcile, state, store
+from xdpguard.core.model.desired import AddressSpec, Desired, InterfaceSpec
+from xdpguard.core.desired.load import (
+    load,
+    ConfigError,
+    loads,
+    _DAEMON_KEYS,
+    _CLUSTER_KEYS,
+    _BGP_KEYS,
+    _IFACE_KEYS,
+    _ADDR_KEYS,
+    _FILTER_KEYS,
+    _FORWARD_KEYS,
+    _EVENT_KEYS,
+    _LIMIT_KEYS,
+    _SYN_KEYS,
+    CONNLIMIT_KEYS,
+)
 from xdpguard.core.daemon import reconciler as daemon
 from xdpguard.core.kernel import dataplane
 from xdpguard.core.nat import forward, health
-from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
 from xdpguard.core.verbs import watermarkrules  # keygen writes a file: faked like every verb that writes
 from xdpguard.lab import attack as lab_attack
@@ -359,7 +375,7 @@ class FakeCore:
             if qual in ANSWERS:
                 return ANSWERS[qual](*args, **kwargs)
             if qual.endswith(("apply_file", "diff_file")):
-                config.load(args[0])  # the real loader: its problems are part of the contract
+                load(args[0])  # the real loader: its problems are part of the contract
             raise UserError(f"fake core reached: {qual}")
 
         return fake
@@ -643,15 +659,15 @@ def test_config_loader_validates_the_hook(world):
     """A hook that does not split is a problem of the file; a program that is missing now only a
     warning (the store is read with the same loader: a program removed later must not make it
     unloadable)."""
-    with pytest.raises(config.ConfigError) as exc:
-        config.load(world.p("bad.toml"))
+    with pytest.raises(ConfigError) as exc:
+        load(world.p("bad.toml"))
     assert any("events.hook" in p and "No closing quotation" in p for p in exc.value.problems), exc.value.problems
     base = '[[interface]]\nname = "xgp0"\nprotect = ["198.18.0.2"]\n[interface.events]\n'
-    d, warnings = config.loads(base + 'hook = "/nonexistent/hook --x"\n', "t.toml")
+    d, warnings = loads(base + 'hook = "/nonexistent/hook --x"\n', "t.toml")
     assert d.interfaces[0].events.hook == "/nonexistent/hook --x"
     assert any("events.hook" in w and "not an executable program" in w for w in warnings), warnings
-    with pytest.raises(config.ConfigError, match="absolute path"):
-        config.loads(base + 'hook = "./relative.sh"\n', "t.toml")
+    with pytest.raises(ConfigError, match="absolute path"):
+        loads(base + 'hook = "./relative.sh"\n', "t.toml")
 
 
 def test_environment_lists_every_variable_the_code_reads():
@@ -972,17 +988,17 @@ def test_state_file_fuzz(kernel_edge, tmp_path, capsys):
 
 _SCHEMA_KEYS = {
     "": ["daemon", "interface", "cluster", "bgp"],
-    "daemon": sorted(config._DAEMON_KEYS),
-    "cluster": sorted(config._CLUSTER_KEYS),
-    "bgp": sorted(config._BGP_KEYS),
-    "interface": sorted(config._IFACE_KEYS),
-    "address": sorted(config._ADDR_KEYS),
-    "filter": sorted(config._FILTER_KEYS),
-    "forward": sorted(config._FORWARD_KEYS),
-    "events": sorted(config._EVENT_KEYS),
-    "limits": sorted(config._LIMIT_KEYS),
-    "syn": sorted(config._SYN_KEYS),
-    "connlimit": sorted(config.CONNLIMIT_KEYS),
+    "daemon": sorted(_DAEMON_KEYS),
+    "cluster": sorted(_CLUSTER_KEYS),
+    "bgp": sorted(_BGP_KEYS),
+    "interface": sorted(_IFACE_KEYS),
+    "address": sorted(_ADDR_KEYS),
+    "filter": sorted(_FILTER_KEYS),
+    "forward": sorted(_FORWARD_KEYS),
+    "events": sorted(_EVENT_KEYS),
+    "limits": sorted(_LIMIT_KEYS),
+    "syn": sorted(_SYN_KEYS),
+    "connlimit": sorted(CONNLIMIT_KEYS),
     "port_limit": ["ports", "src_pps"],
 }
 _TABLES = {"daemon", "cluster", "bgp", "events", "limits", "syn", "connlimit", "reasons"}
@@ -1085,7 +1101,7 @@ def test_apply_hostile_toml_fuzz(kernel_edge, tmp_path, capsys):
         if code == 0:
             accepted += 1
             try:
-                want = config.load(f)[0]
+                want = load(f)[0]
                 if store.load() != Desired(want.interfaces, want.daemon, want.cluster, want.bgp) and want.interfaces:
                     tally.violations.append((text[:80], "the store holds something else than the file"))
             except UserError as exc:

@@ -14,9 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xdpguard.cli.main import run
-from xdpguard.core import config
+from xdpguard.core.model.cluster import BgpNeighbor, BgpSpec, ClusterSpec
+from xdpguard.core.model.desired import Desired, InterfaceSpec, addr_order, DaemonSpec
+from xdpguard.core.desired.load import loads, ConfigError
+from xdpguard.core.desired.dump import to_toml
+from xdpguard.core.errors import UserError
 from xdpguard.core.cluster import bgp, escalate, store
-from xdpguard.core.config import BgpNeighbor, BgpSpec, ClusterSpec, Desired, InterfaceSpec
 from xdpguard.lab import cluster as lc
 
 GOOD = """
@@ -35,18 +38,18 @@ min_nodes = 2
 
 
 def test_good_sections_load_with_defaults():
-    d, warnings = config.loads(GOOD, "n.toml")
+    d, warnings = loads(GOOD, "n.toml")
     assert warnings == []
     assert d.cluster == ClusterSpec("edge", "fra-1", ("http://198.18.4.2:2379", "http://198.18.4.3:2379"), 5, 60.0)
     assert d.bgp.local_as == 65001 and d.bgp.min_nodes == 2 and d.bgp.bfd
     assert d.bgp.neighbors[1] == BgpNeighbor(ipaddress.ip_address("2001:db8:101::1"), 65000)
-    assert config.loads(config.to_toml(d))[0] == d
+    assert loads(to_toml(d))[0] == d
 
 
 def test_a_config_without_the_sections_is_unchanged():
-    d, _ = config.loads('[[interface]]\nname = "eth1"\nprotect = ["198.18.0.1"]\n')
+    d, _ = loads('[[interface]]\nname = "eth1"\nprotect = ["198.18.0.1"]\n')
     assert d.cluster is None and d.bgp is None
-    assert "[cluster]" not in config.to_toml(d) and "[bgp]" not in config.to_toml(d)
+    assert "[cluster]" not in to_toml(d) and "[bgp]" not in to_toml(d)
 
 
 @pytest.mark.parametrize(
@@ -103,8 +106,8 @@ def test_a_config_without_the_sections_is_unchanged():
     ],
 )
 def test_bad_sections_name_file_line_and_field(snippet, needle):
-    with pytest.raises(config.ConfigError) as ei:
-        config.loads(snippet, "n.toml")
+    with pytest.raises(ConfigError) as ei:
+        loads(snippet, "n.toml")
     assert any(needle in p for p in ei.value.problems), ei.value.problems
 
 
@@ -141,7 +144,7 @@ def clustered(draw):
             tuple(
                 BgpNeighbor(a, draw(st.integers(1, 2**32 - 1))) for a in draw(st.lists(ADDR, min_size=1, max_size=3))
             ),
-            tuple(sorted(announce, key=config.addr_order)),
+            tuple(sorted(announce, key=addr_order)),
             draw(st.booleans()),
             draw(st.integers(10, 10000)),
             draw(st.integers(2, 255)),
@@ -163,13 +166,13 @@ def clustered(draw):
                 )
             ),
         )
-    return Desired((), config.DaemonSpec(), c, b)
+    return Desired((), DaemonSpec(), c, b)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(clustered())
 def test_load_of_to_toml_is_identity_with_cluster_sections(d):
-    back, _ = config.loads(config.to_toml(d), "export.toml")
+    back, _ = loads(to_toml(d), "export.toml")
     assert back == d
 
 
@@ -177,7 +180,7 @@ def test_load_of_to_toml_is_identity_with_cluster_sections(d):
 
 
 def _node_bgp(i: int) -> BgpSpec:
-    d, _ = config.loads(lc.node_toml(i, "lab"))
+    d, _ = loads(lc.node_toml(i, "lab"))
     return d.bgp
 
 
@@ -242,11 +245,11 @@ def test_announce_set_defaults_to_the_protected_addresses():
 
 
 def test_desired_value_round_trips_one_interface():
-    d, _ = config.loads(lc.desired_toml())
+    d, _ = loads(lc.desired_toml())
     spec = d.interfaces[0]
     assert store.parse_desired("k", store.desired_text(spec).encode()) == spec
-    two = config.to_toml(Desired((spec, InterfaceSpec("eth9"))))
-    with pytest.raises(config.UserError):
+    two = to_toml(Desired((spec, InterfaceSpec("eth9"))))
+    with pytest.raises(UserError):
         store.parse_desired("k", two.encode())
 
 
@@ -718,9 +721,9 @@ def test_cluster_store_uses_tls_and_the_client_certificate(tmp_path):
     c = store.ClusterStore(spec)._clients[0]
     assert c.protocol == "https" and c.session.verify == spec.ca and c.session.cert == (spec.cert, spec.key)
     assert c.session.trust_env is False  # REQUESTS_CA_BUNDLE must not replace our CA
-    with pytest.raises(config.UserError, match="is not TLS"):
+    with pytest.raises(UserError, match="is not TLS"):
         store.ClusterStore(ClusterSpec("lab", "n1", ("http://198.18.4.2:2379",)))
-    with pytest.raises(config.UserError, match="cannot read it"):
+    with pytest.raises(UserError, match="cannot read it"):
         store.ClusterStore(dataclasses.replace(spec, key=str(tmp_path / "missing.key")))
 
 
@@ -736,13 +739,13 @@ def test_cluster_store_uses_tls_and_the_client_certificate(tmp_path):
     ],
 )
 def test_bad_cluster_trust_settings(snippet, needle):
-    with pytest.raises(config.ConfigError) as ei:
-        config.loads(f'[cluster]\nendpoints = ["https://198.18.4.2:2379"]\n{snippet}\n', "n.toml")
+    with pytest.raises(ConfigError) as ei:
+        loads(f'[cluster]\nendpoints = ["https://198.18.4.2:2379"]\n{snippet}\n', "n.toml")
     assert needle in str(ei.value)
 
 
 def test_cluster_trust_settings_load():
-    d, _ = config.loads(
+    d, _ = loads(
         '[cluster]\nendpoints = ["https://198.18.4.2:2379"]\nca = "/t/ca.crt"\ncert = "/t/n.crt"\n'
         'key = "/t/n.key"\nuser = "xg"\npassword_file = "/t/pw"\nprotect = ["198.18.0.0/24"]\n'
         'backends = ["2001:db8:0:2::/64"]\nhook = "/bin/true"\n'

@@ -9,11 +9,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xdpguard.core import config, policy
+from xdpguard.core import policy
+from xdpguard.core.model.desired import (
+    AddressSpec,
+    Desired,
+    ForwardSpec,
+    InterfaceSpec,
+    norm_filter,
+    norm_port_runs,
+    norm_port_limits,
+    ALL_DROP_MASK,
+    norm_interface,
+    MODES,
+    DaemonSpec,
+)
+from xdpguard.core.desired.load import ConfigError, loads, load
+from xdpguard.core.kernel import abi
+from xdpguard.core.desired.dump import to_toml
+from xdpguard.core.desired.diff import diff
 from xdpguard.core.model import forwarding
 from xdpguard.core.observe import events
 from xdpguard.core.nat import nft as nat
-from xdpguard.core.config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from xdpguard.core.prefixes import Prefix
 
 GOOD = textwrap.dedent("""\
@@ -59,13 +75,13 @@ GOOD = textwrap.dedent("""\
 
 
 def problems(text: str) -> list[str]:
-    with pytest.raises(config.ConfigError) as exc:
-        config.loads(text, "x.toml")
+    with pytest.raises(ConfigError) as exc:
+        loads(text, "x.toml")
     return exc.value.problems
 
 
 def test_good_config_is_normalised():
-    d, warnings = config.loads(GOOD, "x.toml")
+    d, warnings = loads(GOOD, "x.toml")
     assert warnings == []
     s = d.interface("veth0")
     a = s.address(ipaddress.ip_address("198.18.0.1"))
@@ -73,7 +89,7 @@ def test_good_config_is_normalised():
     assert a.limits == policy.Limits(src_pps=2000, src_burst_pkts=2000, ban_s=30)  # burst filled in
     assert a.syn.threshold_pps == 1000
     assert s.global_.filters[0].payload == bytes([0xF0, 0xFF])  # masked, as the kernel gives it back
-    assert s.global_.monitor_mask == 1 << int(config.abi.Reason.SYN)
+    assert s.global_.monitor_mask == 1 << int(abi.Reason.SYN)
     (fwd,) = s.forwards
     assert fwd.rule.protected == ipaddress.ip_address("198.18.0.1")  # the only v4 address
     assert [b.weight for b in fwd.rule.backends] == [3, 1]
@@ -82,9 +98,9 @@ def test_good_config_is_normalised():
 
 
 def test_round_trip_of_the_example():
-    d, _ = config.loads(GOOD)
-    assert config.loads(config.to_toml(d))[0] == d
-    assert config.diff(d, d) == []
+    d, _ = loads(GOOD)
+    assert loads(to_toml(d))[0] == d
+    assert diff(d, d) == []
 
 
 @pytest.mark.parametrize(
@@ -150,7 +166,7 @@ def test_conflicts_across_interfaces():
 
 
 def test_allow_and_block_overlap_is_a_warning_not_an_error():
-    _, warnings = config.loads(
+    _, warnings = loads(
         '[[interface]]\nname = "a"\nprotect = ["198.18.0.1"]\nblock = ["192.0.2.1"]\nallow = ["192.0.2.1/32"]\n',
         "x.toml",
     )
@@ -161,34 +177,34 @@ def test_not_toml_and_not_text(tmp_path):
     assert problems("[[interface]\n")[0].startswith("x.toml: not valid TOML:")
     p = tmp_path / "bin.toml"
     p.write_bytes(b'[daemon]\nmetrics = "\0"\n')
-    with pytest.raises(config.ConfigError, match="NUL byte"):
-        config.load(p)
+    with pytest.raises(ConfigError, match="NUL byte"):
+        load(p)
     p.write_bytes(b'[daemon]\n\nmetrics = "\xff"\n')
-    with pytest.raises(config.ConfigError, match=r"bin.toml:3: not UTF-8"):
-        config.load(p)
+    with pytest.raises(ConfigError, match=r"bin.toml:3: not UTF-8"):
+        load(p)
 
 
 def test_list_files_are_read(tmp_path):
     f = tmp_path / "block.txt"
     f.write_text("# spammers\n198.51.100.0/24\n2001:db8:bad::/48\n")
-    d, _ = config.loads(f'[[interface]]\nname = "a"\nprotect = ["198.18.0.1"]\nblock_files = ["{f}"]\n')
+    d, _ = loads(f'[[interface]]\nname = "a"\nprotect = ["198.18.0.1"]\nblock_files = ["{f}"]\n')
     assert {str(p) for p in d.interface("a").block} == {"198.51.100.0/24", "2001:db8:bad::/48"}
 
 
 def test_diff_text_and_fields():
-    old, _ = config.loads(GOOD)
+    old, _ = loads(GOOD)
     new_text = GOOD.replace('block = ["198.51.100.0/24", "203.0.113.7"]', 'block = ["198.51.100.0/25"]').replace(
         'src_pps = "2k", ban = 30', "src_pps = 5000"
     )
-    new, _ = config.loads(new_text)
-    changes = config.diff(old, new)
+    new, _ = loads(new_text)
+    changes = diff(old, new)
     texts = [c.text() for c in changes]
     assert "+ veth0 block: 198.51.100.0/25" in texts
     assert "- veth0 block: 198.51.100.0/24, 203.0.113.7/32" in texts
     assert "~ veth0 198.18.0.1 limits: { src_pps = 2000, ban = 30 } -> { src_pps = 5000 }" in texts
     removed = next(c for c in changes if c.op == "remove")
     assert removed.count == 2 and removed.path == "veth0 block"
-    gone = config.diff(old, Desired(daemon=old.daemon))
+    gone = diff(old, Desired(daemon=old.daemon))
     assert [c.text() for c in gone] == ["- interface veth0: protect 198.18.0.1, 2001:db8:0:1::1"]
 
 
@@ -242,7 +258,7 @@ def filters(draw):
         payload_off=draw(st.integers(0, 1000)),
         ban_s=60 if action == "drop-ban" else 0,
     )
-    return config.norm_filter(f)
+    return norm_filter(f)
 
 
 @st.composite
@@ -292,8 +308,8 @@ def addresses(draw, addr):
         draw(st.frozensets(st.sampled_from(list(policy.PROTOCOLS)))),
         draw(limits()),
         syn,
-        config.norm_port_runs((p, lo, lo + n) for p, lo, n in ports),
-        config.norm_port_limits((p, lo, lo + n, lim) for p, lo, n, lim in plims),
+        norm_port_runs((p, lo, lo + n) for p, lo, n in ports),
+        norm_port_limits((p, lo, lo + n, lim) for p, lo, n, lim in plims),
         connlimit=cl,
     )
 
@@ -321,7 +337,7 @@ def interfaces(draw, name):
         draw(st.booleans()),
         draw(st.frozensets(st.integers(1, 65535), max_size=5)),
         tuple(draw(st.lists(filters(), max_size=3))),
-        draw(st.sampled_from([0, config.ALL_DROP_MASK, 1 << 12])),
+        draw(st.sampled_from([0, ALL_DROP_MASK, 1 << 12])),
     )
     thr = st.builds(
         events.Thresholds,
@@ -343,10 +359,10 @@ def interfaces(draw, name):
         tcp_pps=draw(st.sampled_from([0, 30000])),
         spoof_ban_s=draw(st.sampled_from([0, 5])),
     )
-    return config.norm_interface(
+    return norm_interface(
         InterfaceSpec(
             name,
-            draw(st.sampled_from(config.MODES)),
+            draw(st.sampled_from(MODES)),
             addrs,
             glob,
             draw(prefixes()),
@@ -369,7 +385,7 @@ def desireds(draw):
             continue
         used |= set(s.protected)
         specs.append(s)
-    daemon = config.DaemonSpec(
+    daemon = DaemonSpec(
         draw(st.sampled_from([None, "127.0.0.1:9477", "[::1]:9100"])),
         draw(st.sampled_from([2.0, 0.5])),
         1.0,
@@ -385,10 +401,10 @@ def desireds(draw):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(desireds())
 def test_load_of_to_toml_is_identity(d):
-    text = config.to_toml(d)
-    back, _ = config.loads(text, "export.toml")
+    text = to_toml(d)
+    back, _ = loads(text, "export.toml")
     assert back == d
-    assert config.diff(d, back) == []
+    assert diff(d, back) == []
 
 
 def test_levels_that_drop_fragments_decide_the_interface_fragment_policy():
@@ -397,13 +413,13 @@ def test_levels_that_drop_fragments_decide_the_interface_fragment_policy():
         '[[interface.address]]\naddress = "198.18.0.1"\nlevel = "normal"\n'
         '[[interface.address]]\naddress = "198.18.0.2"\nlevel = "{second}"\n'
     )
-    d, _ = config.loads(base.format(frag="", second="strict"))
+    d, _ = loads(base.format(frag="", second="strict"))
     assert d.interfaces[0].global_.drop_fragments  # every address at a level that drops them
-    d, _ = config.loads(base.format(frag="", second="loose"))
+    d, _ = loads(base.format(frag="", second="loose"))
     assert not d.interfaces[0].global_.drop_fragments  # one address keeps them: the interface does
-    d, _ = config.loads(base.format(frag='fragments = "pass"\n', second="strict"))
+    d, _ = loads(base.format(frag='fragments = "pass"\n', second="strict"))
     assert not d.interfaces[0].global_.drop_fragments  # given explicitly: the file wins
-    assert config.loads(config.to_toml(d))[0] == d
+    assert loads(to_toml(d))[0] == d
 
 
 CONNLIMIT_HEAD = (
@@ -412,10 +428,10 @@ CONNLIMIT_HEAD = (
 
 
 def test_connlimit_is_desired_state_with_located_errors():
-    d, _ = config.loads(CONNLIMIT_HEAD + "connlimit = { new_per_source = 20, udp_timeout = 30, ban = 120 }\n", "x.toml")
+    d, _ = loads(CONNLIMIT_HEAD + "connlimit = { new_per_source = 20, udp_timeout = 30, ban = 120 }\n", "x.toml")
     a = d.interfaces[0].addresses[0]
     assert a.connlimit == nat.ConnLimits(new_per_source=20, udp_timeout_s=30, ban_s=120)
-    assert config.loads(config.to_toml(d), "y.toml")[0] == d
+    assert loads(to_toml(d), "y.toml")[0] == d
     got = problems(CONNLIMIT_HEAD + "connlimit = { new_per_source = -1, colour = 2 }\n")
     assert any(p.startswith("x.toml:7: interface[0].address[0].connlimit.colour: unknown key") for p in got), got
     assert any(p.startswith("x.toml:7: interface[0].address[0].connlimit:") and "new-per-source" in p for p in got), got
@@ -423,8 +439,8 @@ def test_connlimit_is_desired_state_with_located_errors():
     assert any("connlimit: needs a limit" in p for p in got), got
     got = problems(CONNLIMIT_HEAD + 'connlimit = { new_total = "lots" }\n')
     assert any("connlimit.new_total" in p for p in got), got
-    plain, _ = config.loads(CONNLIMIT_HEAD + "limits = { src_pps = 100 }\n", "x.toml")
-    changes = config.diff(plain, d)
+    plain, _ = loads(CONNLIMIT_HEAD + "limits = { src_pps = 100 }\n", "x.toml")
+    changes = diff(plain, d)
     assert any("connlimit" in str(c) for c in changes), changes
 
 
@@ -434,15 +450,15 @@ VERIFY = '[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n[interface.ve
 
 
 def test_verify_table_loads_writes_and_diffs():
-    d, _ = config.loads(VERIFY.format(body="budget_udp_pps = 2000\nbudget = false\nudp_pps = 500\n"))
+    d, _ = loads(VERIFY.format(body="budget_udp_pps = 2000\nbudget = false\nudp_pps = 500\n"))
     v = d.interfaces[0].verify
     assert (v.budget_udp_pps, v.budget, v.udp_pps, v.udp_learning) == (2000, False, 500, True)
-    text = config.to_toml(d)
+    text = to_toml(d)
     assert "[interface.verify]" in text and "udp_learning" not in text
-    assert config.loads(text)[0] == d
-    plain, _ = config.loads('[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n')
-    assert plain.interfaces[0].verify == policy.VerifySettings() and "verify" not in config.to_toml(plain)
-    [ch] = config.diff(plain, d)
+    assert loads(text)[0] == d
+    plain, _ = loads('[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n')
+    assert plain.interfaces[0].verify == policy.VerifySettings() and "verify" not in to_toml(plain)
+    [ch] = diff(plain, d)
     assert "verify" in ch.path and "budget_udp_pps 2000" in ch.new
 
 

@@ -10,7 +10,11 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from xdpguard.cli.main import run
-from xdpguard.core import config, geo
+from xdpguard.core import geo
+from xdpguard.core.desired.load import loads, ConfigError
+from xdpguard.core.prefixes import parse_address
+from xdpguard.core.desired.dump import to_toml
+from xdpguard.core.model.desired import AddressSpec
 from xdpguard.core.errors import UserError
 from xdpguard.core.observe.sampling import PacketSample
 from xdpguard.lab.geodb import write_location_db
@@ -28,7 +32,7 @@ address = "198.18.0.1"
 
 
 def load(geo_toml: str):
-    return config.loads(BASE + textwrap.dedent(geo_toml), "t.toml")[0]
+    return loads(BASE + textwrap.dedent(geo_toml), "t.toml")[0]
 
 
 @pytest.fixture
@@ -40,14 +44,14 @@ def testdb(tmp_path, monkeypatch):
 
 def test_geo_table_loads_and_round_trips():
     d = load('[interface.address.geo]\nblock = ["cn", "RU"]\nmode = "cc"\n')
-    a = d.interfaces[0].address(config.parse_address("198.18.0.1"))
+    a = d.interfaces[0].address(parse_address("198.18.0.1"))
     assert a.geo == geo.GeoSpec(frozenset({"CN", "RU"}), False, "cc")
-    text = config.to_toml(d)
+    text = to_toml(d)
     assert "[interface.address.geo]" in text or "geo = " in text
-    assert config.loads(text, "again.toml")[0] == d
+    assert loads(text, "again.toml")[0] == d
     d2 = load('[interface.address.geo]\nonly = ["DE"]\n')
     assert d2.interfaces[0].addresses[0].geo == geo.GeoSpec(frozenset({"DE"}), True)
-    assert config.loads(config.to_toml(d2), "x")[0] == d2
+    assert loads(to_toml(d2), "x")[0] == d2
     assert load("[interface.address.geo]\nblock = []\n").interfaces[0].addresses[0].geo is None
 
 
@@ -63,7 +67,7 @@ def test_geo_table_loads_and_round_trips():
     ],
 )
 def test_bad_geo_tables_name_the_field(body, needle):
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         load("[interface.address.geo]\n" + body + "\n")
     assert needle in e.value.message
     assert "geo" in e.value.message
@@ -105,14 +109,14 @@ def test_location_db_reader(testdb):
 
 def test_management_address_guard(testdb):
     db = geo.GeoDB.open()
-    a = config.AddressSpec(config.parse_address("198.18.0.1"), geo=geo.GeoSpec(frozenset({"QY"})))
-    mgmt = {config.parse_address("198.18.64.1")}
+    a = AddressSpec(parse_address("198.18.0.1"), geo=geo.GeoSpec(frozenset({"QY"})))
+    mgmt = {parse_address("198.18.64.1")}
     with pytest.raises(UserError, match="management address 198.18.64.1"):
         geo.check_management([a], db, mgmt)
-    geo.check_management([a], db, {config.parse_address("198.18.128.1")})  # QZ: not dropped
-    only = config.AddressSpec(a.address, geo=geo.GeoSpec(frozenset({"QY"}), True))
+    geo.check_management([a], db, {parse_address("198.18.128.1")})  # QZ: not dropped
+    only = AddressSpec(a.address, geo=geo.GeoSpec(frozenset({"QY"}), True))
     with pytest.raises(UserError, match="no known country"):
-        geo.check_management([only], db, {config.parse_address("192.0.2.1")})
+        geo.check_management([only], db, {parse_address("192.0.2.1")})
 
 
 @pytest.mark.parametrize(

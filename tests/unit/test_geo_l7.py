@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from xdpguard.core import config, geo, state
+from xdpguard.core import geo, state
+from xdpguard.core.model.desired import AddressSpec
+from xdpguard.core.prefixes import parse_address
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7.spec import HttpService
 from xdpguard.lab.geodb import write_location_db
@@ -130,11 +132,11 @@ class FakeGuard:
 
 
 def _addr(a, g=None, ports=()):
-    spec = config.AddressSpec(config.parse_address(a), geo=g)
+    spec = AddressSpec(parse_address(a), geo=g)
     return (
         spec
         if not ports
-        else config.AddressSpec(spec.address, geo=g, http=tuple(_svc(name=f"s{p}", listen=[a], port=p) for p in ports))
+        else AddressSpec(spec.address, geo=g, http=tuple(_svc(name=f"s{p}", listen=[a], port=p) for p in ports))
     )
 
 

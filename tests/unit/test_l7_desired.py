@@ -7,7 +7,10 @@ import ipaddress
 
 import pytest
 
-from xdpguard.core import config
+from xdpguard.core.model.desired import Desired
+from xdpguard.core.desired.load import loads, http_services, ConfigError
+from xdpguard.core.desired.dump import to_toml
+from xdpguard.core.desired.diff import diff
 from xdpguard.core.nat import nft as nat
 from xdpguard.core.l7 import bans, engine, schema
 from xdpguard.core.l7.runtime import Offender
@@ -56,8 +59,8 @@ to = ["198.18.1.2:80"]
 """
 
 
-def load(text: str = BASE) -> config.Desired:
-    return config.loads(text, "x.toml")[0]
+def load(text: str = BASE) -> Desired:
+    return loads(text, "x.toml")[0]
 
 
 def test_http_tables_build_services_on_their_address():
@@ -69,13 +72,13 @@ def test_http_tables_build_services_on_their_address():
     assert svc.limits[0].prefix == "/login" and svc.limits[0].action == "challenge"
     assert svc.rules[0].methods == ("POST",) and svc.conns.concurrent == 10 and svc.challenge_ttl_s == 600
     assert a6.http[0].listen == (ipaddress.ip_address("2001:db8::1"),) and a6.http[0].level == "normal"
-    assert [s.name for s in config.http_services(d.interfaces)] == ["www", "www6"]
+    assert [s.name for s in http_services(d.interfaces)] == ["www", "www6"]
 
 
 def test_round_trip_and_record_round_trip():
     d = load()
-    assert config.loads(config.to_toml(d))[0] == d
-    svcs = config.http_services(d.interfaces)
+    assert loads(to_toml(d))[0] == d
+    svcs = http_services(d.interfaces)
     back = engine.from_record("veth0", engine.record(svcs))
     assert [s for v in back.values() for s in v] == svcs
 
@@ -83,10 +86,10 @@ def test_round_trip_and_record_round_trip():
 def test_diff_names_the_service_change():
     d = load()
     d2 = load(BASE.replace('level = "strict"', 'level = "emergency"'))
-    changes = [c.text() if hasattr(c, "text") and callable(c.text) else c for c in config.diff(d, d2)]
+    changes = [c.text() if hasattr(c, "text") and callable(c.text) else c for c in diff(d, d2)]
     assert len(changes) == 1 and "http www" in str(changes[0]) and "emergency" in str(changes[0])
-    assert config.diff(d, d) == []
-    removed = config.diff(
+    assert diff(d, d) == []
+    removed = diff(
         d,
         load(
             BASE.split('[[interface.address]]\naddress = "2001:db8::1"')[0]
@@ -116,30 +119,30 @@ def test_errors_name_file_line_and_field(old, new, needle):
         needle = "invalid TLS certificate '/nonexistent.pem': no such file"
     else:
         text = BASE.replace(old, new)
-    with pytest.raises(config.ConfigError) as ei:
-        config.loads(text, "x.toml")
+    with pytest.raises(ConfigError) as ei:
+        loads(text, "x.toml")
     msg = str(ei.value)
     assert msg.startswith("x.toml:") and "interface[0].address[0].http[0]" in msg and needle in msg, msg
 
 
 def test_a_forward_on_the_http_port_is_refused():
     text = BASE.replace('ports = "8080"', 'ports = "79-81"')
-    with pytest.raises(config.ConfigError) as ei:
-        config.loads(text, "x.toml")
+    with pytest.raises(ConfigError) as ei:
+        loads(text, "x.toml")
     assert "interface[0].forward[0]" in str(ei.value) and "HTTP service www" in str(ei.value)
 
 
 def test_two_services_on_one_socket_or_name_are_refused():
     text = BASE.replace('name = "www6"', 'name = "www"')
-    with pytest.raises(config.ConfigError, match="two services named 'www'"):
-        config.loads(text, "x.toml")
+    with pytest.raises(ConfigError, match="two services named 'www'"):
+        loads(text, "x.toml")
     dup = BASE.replace(
         "[[interface.address.http.limit]]",
         '[[interface.address.http]]\nname = "b"\nbackends = ["198.18.1.3:80"]\n\n[[interface.address.http.limit]]',
         1,
     )
-    with pytest.raises(config.ConfigError, match="clashes with www on port 80"):
-        config.loads(dup, "x.toml")
+    with pytest.raises(ConfigError, match="clashes with www on port 80"):
+        loads(dup, "x.toml")
 
 
 def test_local_synproxy_rules_for_http_ports():

@@ -12,7 +12,12 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from xdpguard.core import config, levels, policy
+from xdpguard.core import levels, policy
+import ipaddress
+from xdpguard.core.model.desired import norm_filter
+from xdpguard.core.desired.load import build_filter, ConfigError, loads
+from xdpguard.core.desired.dump import to_toml
+from xdpguard.core.desired.diff import diff as desired_diff
 from xdpguard.core.model import forwarding
 from xdpguard.core.daemon import mitigation
 from xdpguard.core.nat import nft as nat
@@ -395,17 +400,15 @@ def test_filter_json_round_trip_and_kernel_form():
     rng = random.Random(13)
     f = mitigation.derive(udp_flood(50, rng, size=20, payload=b"ab"), udp_clients(300, rng), SVC_UDP, 0.01).filter
     assert mitigation.filter_from_json(mitigation.filter_to_json(f)) == f
-    assert policy.Filter.from_c(f.to_c()) == config.norm_filter(f)
+    assert policy.Filter.from_c(f.to_c()) == norm_filter(f)
     assert "mitigate" not in mitigation.describe_filter(f)
 
 
 def test_operators_cannot_use_the_mitigate_action():
     with pytest.raises(UserError, match="invalid filter action"):
-        config.build_filter(action="mitigate", proto="udp")
-    with pytest.raises(config.ConfigError, match="invalid filter action"):
-        config.loads(
-            '[[interface]]\nname = "x0"\nprotect = ["198.18.0.1"]\n[[interface.filter]]\naction = "mitigate"\n'
-        )
+        build_filter(action="mitigate", proto="udp")
+    with pytest.raises(ConfigError, match="invalid filter action"):
+        loads('[[interface]]\nname = "x0"\nprotect = ["198.18.0.1"]\n[[interface.filter]]\naction = "mitigate"\n')
 
 
 def test_settings_validation():
@@ -416,7 +419,7 @@ def test_settings_validation():
 
 
 def test_daemon_keys_round_trip_and_errors():
-    d, _ = config.loads(
+    d, _ = loads(
         '[daemon]\nmitigation = false\nmitigation_pps = "20k"\nmitigation_max_share = 0.005\nmitigation_hold = 3\n'
     )
     assert (
@@ -425,9 +428,9 @@ def test_daemon_keys_round_trip_and_errors():
         d.daemon.mitigation_max_share,
         d.daemon.mitigation_hold_s,
     ) == (False, 20000.0, 0.005, 3.0)
-    assert config.loads(config.to_toml(d))[0] == d
-    with pytest.raises(config.ConfigError) as e:
-        config.loads("[daemon]\nmitigation_max_share = 2\nmitigation_pps = 0\n", "x.toml")
+    assert loads(to_toml(d))[0] == d
+    with pytest.raises(ConfigError) as e:
+        loads("[daemon]\nmitigation_max_share = 2\nmitigation_pps = 0\n", "x.toml")
     assert any(p.startswith("x.toml:2: daemon.mitigation_max_share:") for p in e.value.problems)
     assert any(p.startswith("x.toml:3: daemon.mitigation_pps:") for p in e.value.problems)
 
@@ -467,13 +470,13 @@ to = ["198.18.1.2:80"]
 
 
 def test_config_level_fills_what_the_table_does_not_give():
-    d, _ = config.loads(LEVEL_CFG.format(extra=""))
-    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    d, _ = loads(LEVEL_CFG.format(extra=""))
+    a = d.interfaces[0].address(ipaddress.ip_address("198.18.0.1"))
     p = levels.preset("strict")
     assert a.level == "strict" and a.limits == p.limits.effective() and a.syn.threshold_pps == p.syn.threshold_pps
     assert a.port_limits == (("udp", 7, 7, p.udp_port.effective()),)  # the forwarded UDP port, not tcp/80
-    assert d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.2")).level is None
-    assert config.loads(config.to_toml(d))[0] == d
+    assert d.interfaces[0].address(ipaddress.ip_address("198.18.0.2")).level is None
+    assert loads(to_toml(d))[0] == d
 
 
 def test_levels_block_other_ip_protocols_except_loose():
@@ -486,33 +489,33 @@ def test_levels_block_other_ip_protocols_except_loose():
     assert levels.address_policy("loose", levels.address_policy("strict", cur)).blocked == {"udp"}
     assert "other IP protocols dropped" in no.describe() and "other IP protocols pass" in lo.describe()
     # the config: the level fills block_protocols when the address does not give it …
-    d, _ = config.loads(LEVEL_CFG.format(extra=""))
-    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    d, _ = loads(LEVEL_CFG.format(extra=""))
+    a = d.interfaces[0].address(ipaddress.ip_address("198.18.0.1"))
     assert a.blocked == {"other"}
     # … and an explicit list, even empty, wins; export keeps it so
-    d, _ = config.loads(LEVEL_CFG.format(extra="block_protocols = []"))
-    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    d, _ = loads(LEVEL_CFG.format(extra="block_protocols = []"))
+    a = d.interfaces[0].address(ipaddress.ip_address("198.18.0.1"))
     assert a.blocked == frozenset() and a.level == "strict"
-    assert "block_protocols = []" in config.to_toml(d)
-    assert config.loads(config.to_toml(d))[0] == d
+    assert "block_protocols = []" in to_toml(d)
+    assert loads(to_toml(d))[0] == d
 
 
 def test_config_explicit_tables_override_the_level_as_a_whole():
-    d, _ = config.loads(LEVEL_CFG.format(extra="limits = { src_pps = 123 }\nport_limit = []\n"))
-    a = d.interfaces[0].address(config.ipaddress.ip_address("198.18.0.1"))
+    d, _ = loads(LEVEL_CFG.format(extra="limits = { src_pps = 123 }\nport_limit = []\n"))
+    a = d.interfaces[0].address(ipaddress.ip_address("198.18.0.1"))
     assert a.limits == policy.Limits(src_pps=123).effective() and a.port_limits == ()
     assert a.syn.threshold_pps == levels.preset("strict").syn.threshold_pps
-    assert config.loads(config.to_toml(d))[0] == d
-    empty, _ = config.loads(LEVEL_CFG.format(extra="limits = {}\n"))
+    assert loads(to_toml(d))[0] == d
+    empty, _ = loads(LEVEL_CFG.format(extra="limits = {}\n"))
     assert empty.interfaces[0].addresses[0].limits == policy.Limits()
-    assert config.loads(config.to_toml(empty))[0] == empty
-    diff = config.diff(empty, d)
+    assert loads(to_toml(empty))[0] == empty
+    diff = desired_diff(empty, d)
     assert any(c.path.endswith("limits") for c in diff)
 
 
 def test_config_bad_level():
-    with pytest.raises(config.ConfigError) as e:
-        config.loads(LEVEL_CFG.format(extra='level = "paranoid"').replace('level = "strict"\n', ""), "c.toml")
+    with pytest.raises(ConfigError) as e:
+        loads(LEVEL_CFG.format(extra='level = "paranoid"').replace('level = "strict"\n', ""), "c.toml")
     assert any(
         p.startswith("c.toml:7: interface[0].address[0].level: must be one of loose, normal, strict")
         for p in e.value.problems
@@ -524,8 +527,8 @@ def test_config_bad_level():
 
 def _rules():
     return [
-        forwarding.make_rule("tcp", config.ipaddress.ip_address("198.18.0.1"), "80", "198.18.1.2:80"),
-        forwarding.make_rule("udp", config.ipaddress.ip_address("2001:db8::1"), "7", "[2001:db8:2::2]:7"),
+        forwarding.make_rule("tcp", ipaddress.ip_address("198.18.0.1"), "80", "198.18.1.2:80"),
+        forwarding.make_rule("udp", ipaddress.ip_address("2001:db8::1"), "7", "[2001:db8:2::2]:7"),
     ]
 
 

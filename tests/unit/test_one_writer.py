@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import pytest
 
-from xdpguard.core import config, policy, prefixes, protection, reconcile, state, store
+from xdpguard.core import policy, prefixes, protection, reconcile, state, store
+from xdpguard.core.model.desired import AddressSpec, InterfaceSpec, norm_interface
 from xdpguard.core.verbs import imperative
-from xdpguard.core.config import AddressSpec, InterfaceSpec
 from xdpguard.core.errors import UserError
 
 IF = "xgt0"
@@ -91,7 +91,7 @@ def kernel(monkeypatch, tmp_path):
         return guards[-1]
 
     monkeypatch.setattr(protection.Guard, "open", staticmethod(open_))
-    live = config.norm_interface(InterfaceSpec(IF, addresses=(AddressSpec(ADDR),)))
+    live = norm_interface(InterfaceSpec(IF, addresses=(AddressSpec(ADDR),)))
     monkeypatch.setattr(reconcile, "export_guard", lambda g, lists=True, stored=None: replace_lists(live, stored))
     parsed: list[str] = []
     real = prefixes.parse_prefix

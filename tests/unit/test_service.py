@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from xdpguard.core import config
+from xdpguard.core.desired.load import load
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_example_config_loads_and_protects_nothing():
-    d, warnings = config.load(REPO / "deploy" / "xdpguard.example.toml")
+    d, warnings = load(REPO / "deploy" / "xdpguard.example.toml")
     assert d.interfaces == () and warnings == []
     assert d.daemon.health_interval_s == 2.0
 
@@ -36,7 +36,7 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path):
     text = unit.read_text()
     assert "@" not in text.replace("$MAINPID", "")
     assert f"ExecStart={REPO}/.venv/bin/xdpguard run --config {cfg}" in text
-    assert config.load(cfg)[0].interfaces == ()  # the example was installed
+    assert load(cfg)[0].interfaces == ()  # the example was installed
     v = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert v.returncode == 0, v.stderr
     # and the check can fail: a unit whose command does not exist is refused

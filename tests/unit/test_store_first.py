@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from xdpguard.core import config, policy, protection, reconcile, state, store
+from xdpguard.core import policy, protection, reconcile, state, store
+from xdpguard.core.model.desired import AddressSpec, Desired, InterfaceSpec, norm_interface, ALL_DROP_MASK
 from xdpguard.core.verbs import imperative
-from xdpguard.core.config import AddressSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
 from xdpguard.core.prefixes import parse_prefix
 
@@ -157,7 +157,7 @@ def test_an_unchanged_spec_is_not_rewritten(stored, monkeypatch):
     ],
 )
 def test_edits_are_what_export_would_say(stored, verb, edit, want):
-    assert config.norm_interface(edit(S0)) == want(S0), verb
+    assert norm_interface(edit(S0)) == want(S0), verb
 
 
 def test_port_limit_edits_merge_into_runs(stored):
@@ -201,7 +201,7 @@ def test_re_attach_stores_the_stored_policy_for_the_addresses_still_protected(at
     reconcile.attach(IF, [f"{ADDR},{new}"], monitor=True)
     (spec,) = seen
     assert spec.address(ADDR) == S0.address(ADDR) and spec.address(new).level == "normal"
-    assert spec.block == S0.block and spec.global_.monitor_mask == config.ALL_DROP_MASK
+    assert spec.block == S0.block and spec.global_.monitor_mask == ALL_DROP_MASK
     assert attachable["realise"] == [spec]  # then it is brought back into the new program
 
 
@@ -209,7 +209,7 @@ def test_a_failed_attach_puts_the_store_back(attachable, stored):
     text_before = store.desired_path().read_text()
 
     def fail(*a, **kw):
-        assert store.stored_interface(IF).global_.monitor_mask == config.ALL_DROP_MASK  # stored first
+        assert store.stored_interface(IF).global_.monitor_mask == ALL_DROP_MASK  # stored first
         raise UserError("cannot attach")
 
     attachable["attach"] = fail

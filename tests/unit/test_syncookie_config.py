@@ -8,14 +8,16 @@ from cli_helpers import one_line_error
 
 from xdpguard.cli.main import run
 from xdpguard.core.kernel import abi
-from xdpguard.core import config, policy
+from xdpguard.core import policy
+from xdpguard.core.desired.load import ConfigError, loads
+from xdpguard.core.desired.dump import to_toml
 
 HEAD = '[[interface]]\nname = "veth0"\nprotect = ["198.18.0.1"]\n\n[[interface.address]]\naddress = "198.18.0.1"\n'
 
 
 def problems(text: str) -> list[str]:
-    with pytest.raises(config.ConfigError) as e:
-        config.loads(text, "x.toml")
+    with pytest.raises(ConfigError) as e:
+        loads(text, "x.toml")
     return str(e.value).splitlines()
 
 
@@ -42,7 +44,7 @@ def test_bad_mode_names_file_line_and_field(syn, needle):
     ],
 )
 def test_export_round_trip(syn):
-    d, _ = config.loads(HEAD + "syn = { threshold = 1 }\n")
+    d, _ = loads(HEAD + "syn = { threshold = 1 }\n")
     spec = d.interfaces[0]
     addr = spec.addresses[0]
     d2 = type(d)(
@@ -53,8 +55,8 @@ def test_export_round_trip(syn):
             ),
         }
     )
-    text = config.to_toml(d2)
-    back, _ = config.loads(text)
+    text = to_toml(d2)
+    back, _ = loads(text)
     assert back.interfaces[0].addresses[0].syn == syn, text
 
 
@@ -68,10 +70,10 @@ def test_mode_lives_in_the_entry_flags():
 
 
 def test_unknown_share_in_the_config_and_its_errors():
-    d, _ = config.loads(HEAD + "limits = { dst_pps = 1000, unknown_share = 30 }\n")
+    d, _ = loads(HEAD + "limits = { dst_pps = 1000, unknown_share = 30 }\n")
     lim = d.interfaces[0].addresses[0].limits
     assert lim.unknown_share_pct == 30 and lim.to_c().unknown_share_pct == 30
-    assert config.loads(config.to_toml(d))[0] == d
+    assert loads(to_toml(d))[0] == d
     got = problems(HEAD + "limits = { dst_pps = 1000, unknown_share = 150 }\n")
     assert any(p.startswith("x.toml:7: interface[0].address[0].limits.unknown_share") for p in got), got
 

@@ -19,10 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xdpguard.cli.main import run
-from xdpguard.core import config, policy, protection, reconcile, state, store
+from xdpguard.core import policy, protection, reconcile, state, store
+from xdpguard.core.model.desired import AddressSpec, Desired, InterfaceSpec
+from xdpguard.core.model.cluster import ClusterSpec
+from xdpguard.core.desired.load import ConfigError, loads, _CLUSTER_KEYS, load
+from xdpguard.core.desired.dump import toml_key, to_toml, to_data
+from xdpguard.core.model import vocab
+from xdpguard.core.desired.diff import diff
+from xdpguard.core.prefixes import parse_prefix
 from xdpguard.core.observe import events
 from xdpguard.core.cluster import bgp
-from xdpguard.core.config import AddressSpec, ClusterSpec, Desired, InterfaceSpec
 from xdpguard.core.errors import UserError
 
 IF = "xgt0"
@@ -83,16 +89,16 @@ def test_a_hook_with_a_control_character_is_refused_by_the_cli(env, monkeypatch,
 )
 def test_the_loader_refuses_control_characters_naming_the_field(snippet, field):
     text = BASE + snippet if snippet.startswith("[") else BASE.replace('name = "xgt0"\n', 'name = "xgt0"\n' + snippet)
-    with pytest.raises(config.ConfigError) as exc:
-        config.loads(text, "x.toml")
+    with pytest.raises(ConfigError) as exc:
+        loads(text, "x.toml")
     assert any(field in p and "control character" in p for p in exc.value.problems), exc.value.problems
 
 
 @pytest.mark.parametrize("announce", ["198.18.0.1\n", 'fe80::1%x";} protocol x {', "fe80::1%eth0", '198.18.0.1"'])
 def test_bgp_announce_with_a_newline_a_quote_or_a_zone_is_refused(announce):
     text = BGP + "announce = " + json.dumps([announce]) + "\n"
-    with pytest.raises(config.ConfigError) as exc:
-        config.loads(text, "x.toml")
+    with pytest.raises(ConfigError) as exc:
+        loads(text, "x.toml")
     assert any("bgp.announce" in p for p in exc.value.problems), exc.value.problems
 
 
@@ -102,8 +108,8 @@ def test_scoped_addresses_are_refused_everywhere_at_parse_time():
         BGP.replace('"198.18.0.254"', '"fe80::1%x"'),
         BGP + 'require_routes = ["fe80::%x/64"]\n',
     ):
-        with pytest.raises(config.ConfigError, match="scoped|zone|prefix"):
-            config.loads(text, "x.toml")
+        with pytest.raises(ConfigError, match="scoped|zone|prefix"):
+            loads(text, "x.toml")
 
 
 def test_bird_config_strings_and_addresses_go_through_one_escaper():
@@ -111,7 +117,7 @@ def test_bird_config_strings_and_addresses_go_through_one_escaper():
     for bad in ('a"b', "a\nb", "a\\b", "a\x1bb"):
         with pytest.raises(UserError, match="BIRD"):
             bgp.bird_str(bad)
-    spec, _ = config.loads(BGP, "x.toml")
+    spec, _ = loads(BGP, "x.toml")
     text = bgp.render(spec.bgp, [ipaddress.ip_address("198.18.0.2")], node="n1")
     assert 'route 198.18.0.2/32 via "xgvip0";' in text
     with pytest.raises(UserError, match="scoped"):
@@ -143,7 +149,7 @@ def test_cluster_table_is_written_generically_from_its_fields():
     """Every ClusterSpec field is written under a key the loader knows (a field added to the
     dataclass and the loader needs no change to the writer), defaults are omitted."""
     for f in fields(ClusterSpec):
-        assert config.toml_key(f.name) in config._CLUSTER_KEYS, f.name
+        assert toml_key(f.name) in _CLUSTER_KEYS, f.name
     c = ClusterSpec(
         name="c1",
         node="n2",
@@ -151,10 +157,10 @@ def test_cluster_table_is_written_generically_from_its_fields():
         node_ttl_s=7,
         resync_interval_s=30.0,
     )
-    text = config.to_toml(Desired(cluster=c))
-    assert config.loads(text)[0].cluster == c
-    assert config.to_data(Desired(cluster=ClusterSpec()))["cluster"] == {}
-    assert config.loads(config.to_toml(Desired(cluster=ClusterSpec())))[0].cluster == ClusterSpec()
+    text = to_toml(Desired(cluster=c))
+    assert loads(text)[0].cluster == c
+    assert to_data(Desired(cluster=ClusterSpec()))["cluster"] == {}
+    assert loads(to_toml(Desired(cluster=ClusterSpec())))[0].cluster == ClusterSpec()
 
 
 # property: every string the schema accepts round-trips store → load; every control character is refused
@@ -196,16 +202,16 @@ def test_every_accepted_string_round_trips_through_the_store(env, data):
     for part in (cfg, *({k: v} for k, v in cfg.items())):  # all at once, and each table alone
         text = tomli_w.dumps(part)
         try:
-            d, _ = config.loads(text, "x.toml")
-        except config.ConfigError as exc:
+            d, _ = loads(text, "x.toml")
+        except ConfigError as exc:
             assert all(p.startswith("x.toml") for p in exc.problems)
             continue
         for s in strings:
             if any(s and s in v for v in _strings_of(d)):
-                assert config.vocab.control_char(s) is None, s
+                assert vocab.control_char(s) is None, s
         store.save(d)
         assert store.load() == d
-        assert config.loads(config.to_toml(d), "again.toml")[0] == d
+        assert loads(to_toml(d), "again.toml")[0] == d
 
 
 def test_odd_but_valid_strings_round_trip_through_the_store(env):
@@ -223,7 +229,7 @@ def test_odd_but_valid_strings_round_trip_through_the_store(env):
         },
         "interface": [{"name": "xgt0", "protect": ["198.18.0.2"], "events": {"hook": "/bin/echo '" + odd + "'"}}],
     }
-    d, _ = config.loads(tomli_w.dumps(cfg), "x.toml")
+    d, _ = loads(tomli_w.dumps(cfg), "x.toml")
     assert d.interfaces[0].events.hook.endswith(odd + "'")
     store.save(d)
     assert store.load() == d
@@ -252,15 +258,15 @@ def _strings_of(d: Desired) -> list[str]:
     ],
 )
 def test_deep_nesting_and_huge_integers_are_one_problem(text):
-    with pytest.raises(config.ConfigError) as exc:
-        config.loads(text, "x.toml")
+    with pytest.raises(ConfigError) as exc:
+        loads(text, "x.toml")
     assert len(exc.value.problems) == 1
 
 
 def test_diff_of_mixed_families():
-    old, _ = config.loads(BASE.replace('["198.18.0.2"]', '["198.18.0.2", "2001:db8::2"]'))
-    new, _ = config.loads(BASE.replace('["198.18.0.2"]', '["198.18.0.3", "2001:db8::3"]'))
-    assert [c.text() for c in config.diff(old, new)] == [
+    old, _ = loads(BASE.replace('["198.18.0.2"]', '["198.18.0.2", "2001:db8::2"]'))
+    new, _ = loads(BASE.replace('["198.18.0.2"]', '["198.18.0.3", "2001:db8::3"]'))
+    assert [c.text() for c in diff(old, new)] == [
         "+ xgt0 protect: 198.18.0.3, 2001:db8::3",
         "- xgt0 protect: 198.18.0.2, 2001:db8::2",
     ]
@@ -401,9 +407,9 @@ def test_apply_of_a_new_whole_family_entry_needs_force_but_export_apply_stays_a_
     f.write_text(BASE + 'allow = ["::/0"]\n')
     assert run(["apply", "-f", str(f)]) == 2
     one_error(capsys, "::/0", "--force")
-    live = Desired((replace(S0, allow=frozenset({config.parse_prefix("::/0").prefix})),))
+    live = Desired((replace(S0, allow=frozenset({parse_prefix("::/0").prefix})),))
     monkeypatch.setattr(reconcile, "export_live", lambda: live)
-    f.write_text(config.to_toml(live))
+    f.write_text(to_toml(live))
     assert run(["apply", "-f", str(f)]) == 0
     assert "no changes" in capsys.readouterr().out
 
@@ -412,10 +418,10 @@ def test_apply_of_a_new_whole_family_entry_needs_force_but_export_apply_stays_a_
 
 
 def test_metrics_port_and_contradictory_tcp_flags_are_refused(capsys):
-    with pytest.raises(config.ConfigError, match="daemon.metrics.*99999"):
-        config.loads('[daemon]\nmetrics = "127.0.0.1:99999"\n')
-    with pytest.raises(config.ConfigError, match="given twice"):
-        config.loads(BASE + '[[interface.filter]]\naction = "drop"\ntcp_flags = "syn,!syn"\n')
+    with pytest.raises(ConfigError, match="daemon.metrics.*99999"):
+        loads('[daemon]\nmetrics = "127.0.0.1:99999"\n')
+    with pytest.raises(ConfigError, match="given twice"):
+        loads(BASE + '[[interface.filter]]\naction = "drop"\ntcp_flags = "syn,!syn"\n')
     with pytest.raises(UserError, match="given twice"):
         policy.parse_tcp_flags("syn,!syn")
     assert policy.parse_tcp_flags("syn,!ack") == (0x12, 0x02)
@@ -474,11 +480,11 @@ def test_apply_of_a_fifo_is_refused_without_blocking(env, capsys, tmp_path):
             assert run(argv) == 2, argv
             one_error(capsys, "not a regular file")
         with pytest.raises(UserError, match="not a regular file"):
-            config.load(fifo)
+            load(fifo)
         assert not stop.is_set()
     finally:
         stop.set()
         t.join()
     for dev in ("/dev/zero", "/dev/null"):
         with pytest.raises(UserError, match="not a regular file"):
-            config.load(dev)
+            load(dev)

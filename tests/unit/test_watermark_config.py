@@ -9,7 +9,11 @@ import textwrap
 import pytest
 
 from xdpguard.cli.main import run
-from xdpguard.core import config, store
+from xdpguard.core import store
+from xdpguard.core.desired.load import loads, ConfigError
+from xdpguard.core.desired.dump import to_toml
+from xdpguard.core.desired.diff import diff
+from xdpguard.core.prefixes import parse_address
 from xdpguard.core import watermark as wm
 from xdpguard.core.errors import UserError
 
@@ -33,7 +37,7 @@ def key(tmp_path):
 
 
 def load(body: str):
-    return config.loads(BASE + textwrap.dedent(body), "t.toml")[0]
+    return loads(BASE + textwrap.dedent(body), "t.toml")[0]
 
 
 def test_watermark_tables_load_and_round_trip(key):
@@ -44,12 +48,12 @@ def test_watermark_tables_load_and_round_trip(key):
     a = d.interfaces[0].addresses[0]
     assert [w.port for w in a.watermark] == [53, 7777]  # sorted by port
     assert a.watermark[1] == wm.WatermarkSpec(7777, key, step=10, window=64)
-    text = config.to_toml(d)
+    text = to_toml(d)
     assert "[[interface.address.watermark]]" in text and "00112233" not in text  # a path, never the key
-    assert config.loads(text, "again.toml")[0] == d
-    assert not config.diff(d, config.loads(text, "again.toml")[0])
+    assert loads(text, "again.toml")[0] == d
+    assert not diff(d, loads(text, "again.toml")[0])
     d2 = load(f'[[interface.address.watermark]]\nport = 7777\nkey_file = "{key}"\n')
-    ch = config.diff(d, d2)
+    ch = diff(d, d2)
     assert len(ch) == 1 and "watermark" in ch[0].path
 
 
@@ -67,13 +71,13 @@ def test_watermark_tables_load_and_round_trip(key):
     ],
 )
 def test_bad_watermark_tables_name_the_field(body, needle):
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         load("[[interface.address.watermark]]\n" + body + "\n")
     assert needle in e.value.message and "watermark" in e.value.message
 
 
 def test_a_port_watermarked_twice_is_refused():
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         load(
             '[[interface.address.watermark]]\nport = 7\nkey_file = "/a"\n'
             '[[interface.address.watermark]]\nport = 7\nkey_file = "/b"\n'
@@ -88,7 +92,7 @@ def test_record_and_show_never_hold_the_key(key):
     w = d.interfaces[0].addresses[0].watermark[0]
     assert "00112233" not in repr(rec) and "00112233" not in w.describe()
     assert wm.fingerprint(bytes.fromhex("00112233445566778899aabbccddeeff")) in w.describe()
-    a = config.parse_address("198.18.0.1")
+    a = parse_address("198.18.0.1")
     v = wm.value(wm.read_key(key), w)
     assert wm.exported(rec, {("198.18.0.1", 7): v}, a) == (w,)
     assert wm.exported(rec, {}, a) == ()  # not in the kernel: drift

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from typing import TYPE_CHECKING
 
-from xdpguard.core import config
+from xdpguard.core.desired.load import DEFAULT_PATH
 
 # The cluster code (etcd3gw, requests, urllib3: ~400 modules, ~0.5 s of every `xdpguard` start
 # on a loaded machine) is imported by the cluster verbs that run, not by every command.
@@ -27,7 +27,7 @@ config_option = click.option(
     "--config",
     "config_path",
     type=CONFIG_FILE,
-    default=str(config.DEFAULT_PATH),
+    default=str(DEFAULT_PATH),
     show_default=True,
     metavar="FILE",
     help="The node's config file with its [cluster] (and [bgp]) section.",

@@ -8,7 +8,7 @@ import sys
 import click
 
 from xdpguard import __version__
-from xdpguard.core.config import ConfigError
+from xdpguard.core.desired.load import ConfigError
 from xdpguard.core.errors import UserError
 from xdpguard.core.kernel.libbpf import BpfError
 from xdpguard.core.model.vocab import check_text, shown

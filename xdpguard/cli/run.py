@@ -9,7 +9,8 @@ import time
 import click
 from click.core import ParameterSource
 
-from xdpguard.core import config
+from xdpguard.core.model.desired import DaemonSpec
+from xdpguard.core.desired.load import load
 from xdpguard.core.model import vocab
 from xdpguard.core.observe import events
 from xdpguard.core.nat import health
@@ -163,13 +164,13 @@ def run(
     """Check backend health, detect attacks (events log, hook) and serve metrics; with --config,
     also restore and keep the desired state (the daemon: see xdpguard.service)."""
     c = console()
-    ds = config.DaemonSpec()
+    ds = DaemonSpec()
 
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
     if config_path is not None:
-        desired, warnings = config.load(config_path)
+        desired, warnings = load(config_path)
         for w in warnings:
             c.print(f"warning: {w}", markup=False)
         ds = desired.daemon

@@ -22,11 +22,23 @@ import struct
 from dataclasses import asdict, dataclass, field, replace
 
 from .kernel import abi, dataplane
-from . import config, geo, levels, policy, protection, state, store
+from . import geo, levels, policy, protection, state, store
+from .model.desired import (
+    AddressSpec,
+    Desired,
+    ForwardSpec,
+    InterfaceSpec,
+    norm_port_runs,
+    norm_port_limits,
+    norm_interface,
+    ALL_DROP_MASK,
+)
+from .desired.load import http_services, load
+from .desired.diff import diff
+from .desired.dump import to_toml
 from .model import vocab
 from .observe import events
 from .nat import forward
-from .config import AddressSpec, Desired, ForwardSpec, InterfaceSpec
 from .errors import UserError
 from . import watermark as wmark
 from .l7 import engine as l7engine
@@ -86,8 +98,8 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
                 frozenset(pol.blocked),
                 pol.limits.effective(),
                 pol.syn,
-                config.norm_port_runs(opened),
-                config.norm_port_limits(pl),
+                norm_port_runs(opened),
+                norm_port_limits(pl),
                 lv.get(str(a)) if lv.get(str(a)) in levels.PRESETS else None,
                 forward.stored_connlimit(cls.get(str(a))),
                 geo=g.geo_of(a),
@@ -102,7 +114,7 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
     fwd = tuple(ForwardSpec(sr.rule, sr.udp_probe) for sr in forward.stored_rules(g.iface.name, st))
     http = l7engine.from_record(g.iface.name, st.get(l7engine.HTTP_KEY))
     addrs = [replace(a, http=http.get(a.address, ())) for a in addrs]
-    return config.norm_interface(
+    return norm_interface(
         InterfaceSpec(
             g.iface.name,
             st.get("requested_mode", "auto"),
@@ -314,7 +326,7 @@ def write_differences(
             _remove_address(g, a)
     if http_changed:
         res = l7engine.realise(l7engine.services_of(forward._iface_states()))
-        notes.append(f"HAProxy {res}: {len(config.http_services([new]))} HTTP service(s) on {new.name}")
+        notes.append(f"HAProxy {res}: {len(http_services([new]))} HTTP service(s) on {new.name}")
     if old.events != new.events or {str(a) for a in old.protected} != {str(a) for a in new.protected}:
         _write_events(g, new.events)
     if [a.level for a in old.addresses] != [a.level for a in new.addresses] or {str(a) for a in old.protected} != {
@@ -462,13 +474,13 @@ class ApplyResult:
 
 
 def _changes(old: Desired, new: Desired) -> tuple[list[dict], list[str]]:
-    ch = config.diff(old, new)
+    ch = diff(old, new)
     return [asdict(c) for c in ch], [c.text() for c in ch]
 
 
 def diff_file(path: str) -> ApplyResult:
     state.require_root()
-    desired, warnings = config.load(path)
+    desired, warnings = load(path)
     changes, text = _changes(export_live(), desired)
     return ApplyResult(True, changes, text, warnings, [], store.load_meta().generation)
 
@@ -524,7 +536,7 @@ def apply_desired(
 
 
 def apply_file(path: str, force: bool = False, dry_run: bool = False) -> ApplyResult:
-    desired, warnings = config.load(path)
+    desired, warnings = load(path)
     return apply_desired(desired, str(path), store.file_sha256(path), force=force, dry_run=dry_run, warnings=warnings)
 
 
@@ -537,7 +549,7 @@ class ExportResult:
 
 def export() -> ExportResult:
     d = export_live()
-    text = config.to_toml(d)
+    text = to_toml(d)
     return ExportResult(text, json.loads(json.dumps(_jsonable(d))))
 
 
@@ -583,7 +595,7 @@ def edit(ifname: str | None, f, result, lists: bool = False, io: ListIO | None =
     iface = state.resolve_iface(name)
     with state.iface_lock(iface), protection.Guard.open(iface) as g:
         live = export_guard(g, lists, store.stored_interface(name) if not lists else None)
-        after = config.norm_interface(f(live, g))
+        after = norm_interface(f(live, g))
 
         def write():
             if dynamic is not None:
@@ -675,9 +687,9 @@ def attach(
                 )
             ),
             forwards=tuple(f for f in base.forwards if f.rule.protected in keep),
-            global_=replace(base.global_, monitor_mask=config.ALL_DROP_MASK if monitor else base.global_.monitor_mask),
+            global_=replace(base.global_, monitor_mask=ALL_DROP_MASK if monitor else base.global_.monitor_mask),
         )
-        return config.norm_interface(
+        return norm_interface(
             replace(
                 spec,
                 events=replace(

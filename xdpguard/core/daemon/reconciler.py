@@ -25,7 +25,7 @@ from pathlib import Path
 from ..kernel import dataplane, libbpf
 from ..nat import forward
 from .. import guard, protection, reconcile, state, store, tcpstate
-from ..config import Desired, InterfaceSpec
+from ..model.desired import Desired, InterfaceSpec
 from ..errors import UserError
 from ..l7 import bans as l7bans
 

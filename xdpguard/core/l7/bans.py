@@ -32,7 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .. import config, protection, state
+from .. import protection, state
+from ..desired.load import http_services
 from ..observe import events
 from ..errors import UserError
 from ..prefixes import Prefix
@@ -129,7 +130,7 @@ class Watch:
             self.report(msg)
 
     def tick(self, ifaces) -> list[CcBan]:
-        services = config.http_services(ifaces)
+        services = http_services(ifaces)
         try:
             got = engine.ensure(services)
         except UserError as exc:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from .. import config, reconcile
-from ..config import InterfaceSpec
+from .. import reconcile
+from ..model.desired import InterfaceSpec
+from ..desired.load import norm_http
 from ..errors import UserError
 from . import engine, schema
 from .spec import LEVELS, RateLimit, Rule, check_choice, check_path_prefix
@@ -101,7 +102,7 @@ def _edit(service: str, fn, action: str) -> CcResult:
     def predict(spec: InterfaceSpec) -> InterfaceSpec:
         addrs = []
         for a in spec.addresses:
-            addrs.append(replace(a, http=config.norm_http(fn(svc) if svc.name == service else svc for svc in a.http)))
+            addrs.append(replace(a, http=norm_http(fn(svc) if svc.name == service else svc for svc in a.http)))
         return replace(spec, addresses=tuple(addrs))
 
     def result(g, live: InterfaceSpec, after: InterfaceSpec, notes: list[str]) -> CcResult:

@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from ..kernel import abi
-from .. import config, policy
+from .. import policy
+from ..desired.diff import describe
 from ..model import vocab
 from ..kernel.abi import ALL_DROP_MASK, DROP_REASONS
 from ..errors import UserError
@@ -183,7 +184,7 @@ class FilterResult:
     to_dict = _as_dict
 
 
-describe_filter = config.describe  # one description of a filter, shared with `diff`
+describe_filter = describe  # one description of a filter, shared with `diff`
 
 
 def filter_views(pol: policy.GlobalPolicy) -> list[FilterView]:

@@ -15,11 +15,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import cleansing, levelset
-from .. import config, levels, policy, protection, reconcile, state
+from .. import levels, policy, protection, reconcile, state
+from ..model.desired import AddressSpec, ForwardSpec, InterfaceSpec, norm_port_limits, norm_port_runs
 from ..model import vocab
 from ..nat import connlimit, forward, nft as nat
 from ..observe import events
-from ..config import AddressSpec, ForwardSpec, InterfaceSpec
 from ..errors import UserError
 from ..prefixes import read_prefix_file
 
@@ -41,7 +41,7 @@ def _port_limits(a: AddressSpec, proto: str, lo: int, hi: int, lim: policy.Limit
             per.pop((proto, n), None)
         else:
             per[(proto, n)] = lim
-    return replace(a, port_limits=config.norm_port_limits([(p, n, n, lm) for (p, n), lm in per.items()]))
+    return replace(a, port_limits=norm_port_limits([(p, n, n, lm) for (p, n), lm in per.items()]))
 
 
 # ---- lists and ports (protection.py) ----
@@ -106,7 +106,7 @@ def ports_change(ifname: str | None, proto: str, port_range: str, protected: str
         run = {(proto, n) for n in range(lo, hi + 1)}
         new = ports | run if open_ else ports - run
         changed[0] += len(new ^ ports)
-        return replace(a, open_ports=config.norm_port_runs([(p, n, n) for p, n in new]))
+        return replace(a, open_ports=norm_port_runs([(p, n, n) for p, n in new]))
 
     return reconcile.edit(
         ifname,

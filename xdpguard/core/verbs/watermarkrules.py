@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .. import protection, reconcile, state
 from .. import watermark as wm
-from ..config import InterfaceSpec
+from ..model.desired import InterfaceSpec
 from ..errors import UserError
 
 
