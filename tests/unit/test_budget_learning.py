@@ -52,12 +52,33 @@ def _one(rate=0):
     return {("198.18.0.1", 53): BudgetView("198.18.0.1", 53, rate, 0, 0, 0)}
 
 
-def test_a_busy_service_gets_headroom_over_its_peacetime_peak():
+def _grow(g, learner, clock, steps, adm_per_s, **kw):
+    """Rounds across `steps` growth periods (a rise at most doubles, once per GROWTH_S)."""
+    for _ in range(steps):
+        _run(g, learner, clock, 3, adm_per_s, **kw)
+        clock.t += budgets.GROWTH_S
+
+
+def test_a_busy_service_gets_headroom_over_its_peacetime_peak_doubling_at_most_per_period():
     g, clock, said = FakeGuard(_one()), Clock(), []
     learner = budgets.BudgetLearner(said.append, clock)
     _run(g, learner, clock, 20, 5000)
+    assert g.views[("198.18.0.1", 53)].rate == 2000  # wants 10,000: one doubling so far
+    assert said and "1,000 -> 2,000" in said[0]
+    _grow(g, learner, clock, 4, 5000)
     assert g.views[("198.18.0.1", 53)].rate == 10_000
-    assert said and "1,000 -> 10,000" in said[0]
+
+
+def test_a_reading_is_kept_only_when_the_next_round_is_peaceful_too():
+    """A flood's first round comes before its detection: that reading is dropped when the next
+    round sees the attack."""
+    g, clock = FakeGuard(_one()), Clock()
+    learner = budgets.BudgetLearner(clock=clock)
+    _run(g, learner, clock, 1, 100)
+    for _ in range(5):  # each flood round looks peaceful, the next one is the attack
+        _run(g, learner, clock, 1, 30_000)
+        _run(g, learner, clock, 1, 30_000, peace=False)
+    assert g.views[("198.18.0.1", 53)].rate == 0
 
 
 def test_a_quiet_service_keeps_the_floor_and_nothing_is_written():
@@ -72,21 +93,26 @@ def test_nothing_is_learned_during_an_attack_and_in_peace_what_the_floor_cut_cou
     learner = budgets.BudgetLearner(clock=clock)
     _run(g, learner, clock, 20, 900, drop_per_s=30_000, peace=False)  # an attack: the flood is no baseline
     assert g.views[("198.18.0.1", 53)].rate == 0
-    _run(g, learner, clock, 20, 1000, drop_per_s=1500)  # peace: real clients over the floor of 1,000
-    assert g.views[("198.18.0.1", 53)].rate == 5000
+    _run(g, learner, clock, 20, 1000, drop_per_s=30_000)  # "peace" with the budget holding a flood back
+    # only the admitted 1,000/s count, never the 30,000 held back: one doubling, not 20 x the floor
+    assert g.views[("198.18.0.1", 53)].rate == 2000
+    learner2, g2, clock2 = budgets.BudgetLearner(clock=Clock()), FakeGuard(_one()), None
+    clock2 = learner2.clock
+    _grow(g2, learner2, clock2, 3, 1000, drop_per_s=500)  # real clients a little over the floor
+    assert g2.views[("198.18.0.1", 53)].rate == 3000
 
 
 def test_the_learned_rate_is_capped_and_follows_the_operators_floor():
     g, clock = FakeGuard(_one(), floor=200), Clock()
     learner = budgets.BudgetLearner(clock=clock)
-    _run(g, learner, clock, 10, 1_000_000)
+    _grow(g, learner, clock, 8, 1_000_000)
     assert g.views[("198.18.0.1", 53)].rate == budgets.CEILING_X * 200
 
 
 def test_large_datagrams_count_in_units_and_a_peak_is_forgotten_after_the_window():
     g, clock = FakeGuard(_one()), Clock()
     learner = budgets.BudgetLearner(clock=clock)
-    _run(g, learner, clock, 4, 1000, lengths={("198.18.0.1", 53): [1000, 1000]})  # 8 units each
+    _grow(g, learner, clock, 5, 1000, lengths={("198.18.0.1", 53): [1000, 1000]})  # 8 units each
     assert g.views[("198.18.0.1", 53)].rate == 16_000
     clock.t += budgets.WINDOW_S + budgets.BUCKET_S
     _run(g, learner, clock, 4, 0)
@@ -96,7 +122,7 @@ def test_large_datagrams_count_in_units_and_a_peak_is_forgotten_after_the_window
 def test_a_swept_entry_starts_again_without_a_bogus_rate():
     g, clock = FakeGuard(_one()), Clock()
     learner = budgets.BudgetLearner(clock=clock)
-    _run(g, learner, clock, 4, 3000)
+    _grow(g, learner, clock, 3, 3000)
     assert g.views[("198.18.0.1", 53)].rate == 6000
     g.views[("198.18.0.1", 53)] = BudgetView("198.18.0.1", 53, 0, 0, 0, 0)  # swept and made again: counters at 0
     clock.t += budgets.EVERY_S

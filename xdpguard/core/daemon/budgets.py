@@ -7,10 +7,11 @@ during a flood, and a service that never sees one gave a flood 1,000/s for nothi
 
 The daemon now learns each service's rate from its peacetime counters: every detection round
 it reads the budgets (admitted, dropped per service), and in a round with no attack on the
-interface, the service's unverified units/s offered (admitted + dropped by the budget: without
-an attack, what the budget dropped was a client over the floor) is one observation. The rate written is HEADROOM x the highest observation of the last WINDOW_S
+interface (the detector's attacks and the engine's), the service's unverified units/s is a
+reading, kept if the next round is peaceful too. What the budget dropped counts in the reading
+only while it dropped less than it admitted (a real client a little over the floor). The rate written is HEADROOM x the highest observation of the last WINDOW_S
 (kept as per-minute maxima), never below the floor (the operator's setting, else the default:
-what a service gets before any baseline exists) and never above CEILING_X x the floor. A rate
+what a service gets before any baseline exists) and never above CEILING_X x the floor, and a rise at most doubles the rate in force, once per GROWTH_S. A rate
 equal to the floor is written as 0, so that a later `verify set` applies to it at once.
 
 Nothing is learned while the engine sees an attack on the interface (its detection, or a
@@ -39,6 +40,7 @@ WINDOW_S = 3600.0  # how long a peak is remembered
 BUCKET_S = 60.0  # a peak is kept per minute
 MIN_CHANGE = 0.10  # a rate is rewritten when the target moved by more than this share
 UNIT_BYTES = 1 << 7  # budget.h XG_BUDGET_UNIT_SHIFT
+GROWTH_S = 600.0  # a rise at most doubles the rate, once per this long
 EVERY_S = 2.0  # the budgets are read at most this often (a full xg_budget_hash is 16,384 entries)
 
 
@@ -48,7 +50,9 @@ class _Service:
     admitted: int
     dropped: int
     peaks: deque = field(default_factory=deque)  # (minute start, highest units/s in it)
-    written: int | None = None  # the rate this learner last wrote (None: not yet)
+    written: int | None = None  # the rate (units/s) this learner last put in force (None: not yet)
+    pending: float | None = None  # the last round's reading, kept if this round is peaceful too
+    raised: float = -1e18  # when the rate was last raised (GROWTH_S)
 
     def observe(self, now: float, units_s: float) -> None:
         minute = now - now % BUCKET_S
@@ -59,9 +63,16 @@ class _Service:
         while self.peaks and self.peaks[0][0] < now - WINDOW_S:
             self.peaks.popleft()
 
-    def target(self, floor: int) -> int:
+    def target(self, floor: int, have: int, now: float) -> int:
+        """HEADROOM x the peak, within [floor, CEILING_X x floor]; a rise at most doubles the
+        rate in force, once per GROWTH_S (a slow ramp, or a reading that was a flood after all)."""
         peak = max((u for _, u in self.peaks), default=0.0)
-        return min(max(floor, math.ceil(HEADROOM * peak)), CEILING_X * floor)
+        want = min(max(floor, math.ceil(HEADROOM * peak)), CEILING_X * floor)
+        if want > have:
+            if now - self.raised < GROWTH_S:
+                return have
+            want = min(want, 2 * have)
+        return want
 
 
 def units_per_packet(lengths: list[int]) -> float:
@@ -102,17 +113,33 @@ class BudgetLearner:
             dt = now - s.t
             d_adm, d_drop = v.admitted - s.admitted, v.dropped - s.dropped
             s.t, s.admitted, s.dropped = now, v.admitted, v.dropped
-            # counters that went back: the entry was swept and made again (its rate is 0 again).
-            # What was offered counts, admitted or not: in peace, what the budget dropped was a
-            # real client over the floor (a flood would have made it an attack)
-            if peace and dt > 0 and d_adm >= 0 and d_drop >= 0:
-                s.observe(now, (d_adm + d_drop) / dt * units_per_packet((lengths or {}).get(key, [])))
-            want = s.target(floor)
+            # Counters that went back: the entry was swept and made again (its rate is 0 again).
+            # A reading is kept only when the next round is peaceful too (a flood's first round
+            # comes before its detection: CI saw a 30 kpps flood learned as peacetime, the budget
+            # raised to 20 x the floor, and the web client at 0 %). What the budget dropped counts
+            # only while it dropped less than it admitted (a real client a little over the floor;
+            # a flood the budget is holding back is not a baseline).
+            pending, s.pending = s.pending, None
+            if dt > 3 * EVERY_S:  # a reading confirmed this late says nothing about its round
+                pending = None
+            if not peace or dt <= 0 or d_adm < 0 or d_drop < 0:
+                pending = None
+            else:
+                offered = d_adm + (d_drop if d_drop <= d_adm else 0)
+                s.pending = offered / dt * units_per_packet((lengths or {}).get(key, []))
+            if pending is not None:
+                s.observe(now, pending)
+            # the growth limit counts from what this learner put in force (an entry swept and
+            # made again reads 0, and gets its learned rate back at once)
+            in_force = s.written if s.written is not None else (v.rate or floor)
+            want = s.target(floor, in_force, now)
             new = 0 if want == floor else want
             have = v.rate or floor
             if new != v.rate and abs(want - have) > MIN_CHANGE * have:
                 if g.write_budget_rate(v.protected, v.port, new):
-                    s.written = new
+                    if want > in_force:
+                        s.raised = now
+                    s.written = want
                     changed.append((v.protected, v.port, v.rate, new))
         for key in set(self.services) - seen:  # swept by the data path's owner: start again
             del self.services[key]

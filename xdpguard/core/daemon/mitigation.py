@@ -1211,6 +1211,9 @@ class DaemonHook:
         self.verified_drops = verified_drops  # xdp_verified_drops in the daemon; None in tests without maps
         self.engines: dict[str, Engine] = {}
         self.learners: dict[str, budgets.BudgetLearner] = {}
+        # DetectionLoop.active in the daemon: {(iface, address): True} of the open attacks (the
+        # budget learner takes nothing while its interface has one); None in tests
+        self.attacked: Callable[[], dict] | None = None
 
     def __call__(self, name: str, collector, snap, samples) -> None:
         g = collector.guard
@@ -1232,7 +1235,8 @@ class DaemonHook:
             for x in (features_of(s) for s in samples if s.reason != "bypass"):
                 if x is not None and x.proto == "udp":
                     lengths.setdefault((x.dst, x.dport or 0), []).append(x.length)
-            learner.round(g, e.peace, lengths)
+            attacked = self.attacked() if self.attacked is not None else {}
+            learner.round(g, e.peace and not any(k[0] == name for k in attacked), lengths)
         banned = connlimit.promote(g, connlimit.offenders())
         if banned:
             self.report(

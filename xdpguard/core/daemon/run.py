@@ -75,6 +75,8 @@ def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None])
         if o.detect
         else None
     )
+    if loop is not None and on_round is not None:
+        on_round.attacked = loop.active  # the budget learner learns only without an open attack
     stop = threading.Event()
     threads = []
     if loop is not None and not o.once:
