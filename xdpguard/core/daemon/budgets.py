@@ -5,21 +5,24 @@ number for every service (the operator's `verify set --budget-udp-pps`, else 1,0
 DNS-like service that sees 5,000 new clients/s in peacetime lost most of them to its own budget
 during a flood, and a service that never sees one gave a flood 1,000/s for nothing.
 
-The daemon now learns each service's rate from its peacetime counters: every detection round
-it reads the budgets (admitted, dropped per service), and in a round with no attack on the
-interface (the detector's attacks and the engine's), the service's unverified units/s is a
-reading, kept if the next round is peaceful too. What the budget dropped counts in the reading
-only while it dropped less than it admitted (a real client a little over the floor). The rate written is HEADROOM x the highest observation of the last WINDOW_S
-(kept as per-minute maxima), never below the floor (the operator's setting, else the default:
-what a service gets before any baseline exists) and never above CEILING_X x the floor, and a rise at most doubles the rate in force, once per GROWTH_S. A rate
-equal to the floor is written as 0, so that a later `verify set` applies to it at once.
+The daemon now learns each service's rate from its peacetime counters. Every detection round
+(at most every EVERY_S) it reads the budgets (admitted, dropped per service). In a round with no
+open attack on the interface (the detector's, DetectionLoop.active, and the engine's), the
+service's unverified units/s is a reading, kept if the next round is peaceful too. What the
+budget dropped counts in a reading only while it dropped less than it admitted (a real client a
+little over the floor; a flood the budget holds back is no baseline).
 
-Nothing is learned while the engine sees an attack on the interface (its detection, or a
-mitigation in place). What this cannot stop: an attacker who raises the
-unverified traffic slowly, below the detection thresholds, raises the budget with it, up to
-CEILING_X x the floor (20,000 units/s by default); the verified clients are never charged
-either way. Rates are in units (a packet of up to 128 bytes, budget.h): the packets/s the
-counters give are scaled by the mean units per packet of the service's sampled frames.
+The rate written is HEADROOM x the highest reading of the last WINDOW_S (per-minute maxima),
+never below the floor (the operator's setting, else the default: what a service gets before any
+baseline exists) and never above CEILING_X x the floor; a rise at most doubles the rate in force,
+once per GROWTH_S. A rate equal to the floor is written as 0, so that a later `verify set`
+applies to it at once.
+
+What this cannot stop: an attacker who raises the unverified traffic slowly, below the detection
+thresholds, raises the budget with it, doubling at most once per GROWTH_S up to CEILING_X x the
+floor; the verified clients are never charged either way. Rates are in units (a packet of up to
+128 bytes, budget.h): the packets/s the counters give are scaled by the mean units per packet of
+the service's sampled frames.
 
 Only the map owner writes: Guard.read_budgets / Guard.write_budget_rate.
 """
