@@ -828,6 +828,7 @@ class Engine:
         self.dropped: dict[str, int] = {}  # record id → packets its sampled drops stand for (kept between writes)
         self.rounds = 0
         self.peace = False  # no attack on the interface in the last round (budgets.py learns only then)
+        self.feats: list[Features] = []  # the last round's parsed samples (the budget learner's lengths)
         self.unsettled = False  # a filter write since the last guard.settle_filters (DaemonHook)
 
     def _tcpstate(self, addr: str) -> bool:
@@ -901,7 +902,7 @@ class Engine:
         self.rounds += 1
         now, wall = self.clock(), self.wall()
         st = self.settings
-        feats = [f for f in (features_of(s) for s in samples if s.reason != "bypass") if f is not None]
+        feats = self.feats = [f for f in (features_of(s) for s in samples if s.reason != "bypass") if f is not None]
         total_pps = snap.rates["dropped"].pps + snap.rates["forwarded"].pps
         n_all = len(feats)
         scale = total_pps / n_all if n_all else 0.0
@@ -1232,8 +1233,8 @@ class DaemonHook:
             # engine's view of peace is the one the learner trusts, so only with mitigation on
             learner = self.learners.setdefault(name, budgets.BudgetLearner(self.report))
             lengths: dict[tuple[str, int], list[int]] = {}
-            for x in (features_of(s) for s in samples if s.reason != "bypass"):
-                if x is not None and x.proto == "udp":
+            for x in e.feats:  # parsed once, by the round
+                if x.proto == "udp":
                     lengths.setdefault((x.dst, x.dport or 0), []).append(x.length)
             attacked = self.attacked() if self.attacked is not None else {}
             learner.round(g, e.peace and not any(k[0] == name for k in attacked), lengths)

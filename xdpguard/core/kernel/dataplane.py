@@ -256,15 +256,20 @@ def fwd_return_detach(ifindex: int) -> bool:
     return True
 
 
-def fwd_in_prog_id(prog_id: int) -> int | None:
-    """The program in a main program's fast-path tail-call slot (xg_fwd_prog[0]): the one that
-    uses the fast path's maps. None without the fast path (or with the slot empty)."""
+def _prog_map_ids(prog_id: int) -> list[int]:
+    """The ids of the maps a loaded program uses."""
     pfd = libbpf.prog_get_fd_by_id(prog_id)
     try:
         _, map_ids = libbpf.prog_info(pfd)
     finally:
         os.close(pfd)
-    for mid in map_ids:
+    return list(map_ids)
+
+
+def fwd_in_prog_id(prog_id: int) -> int | None:
+    """The program in a main program's fast-path tail-call slot (xg_fwd_prog[0]): the one that
+    uses the fast path's maps. None without the fast path (or with the slot empty)."""
+    for mid in _prog_map_ids(prog_id):
         fd = libbpf.map_get_fd_by_id(mid)
         try:
             if libbpf.map_info(fd).name.decode(errors="replace") != FWD_PROG_ARRAY:
@@ -281,12 +286,7 @@ def map_fds_of_prog(prog_id: int, names: type[enum.Enum] = MapName) -> dict:
     or FastFwdMap for the fast path's). Caller closes the fds."""
     wanted = {m.value: m for m in names}
     out: dict[MapName, int] = {}
-    pfd = libbpf.prog_get_fd_by_id(prog_id)
-    try:
-        _, map_ids = libbpf.prog_info(pfd)
-    finally:
-        os.close(pfd)
-    for mid in map_ids:
+    for mid in _prog_map_ids(prog_id):
         fd = libbpf.map_get_fd_by_id(mid)
         name = libbpf.map_info(fd).name.decode(errors="replace")
         if name in wanted and wanted[name] not in out:
