@@ -662,6 +662,7 @@ class Lab:
         return {
             "t_start": t_start,
             "t_end": t_end,
+            "until": until,  # the recovery window's end
             "sent": sent,
             "backend": b1.get("attack", 0) - b0.get("attack", 0),
             "udp_rate": rate_in(udp, t_start, t_end),
@@ -679,16 +680,15 @@ def share(x: float, ctl: float) -> float:
     return x / ctl if ctl > 0 else 0.0
 
 
-def row_result(row: Row, ctl: dict, enf: dict, mon: dict, ct_max: int, recover_s: float = RECOVER_S) -> dict:
+def row_result(row: Row, ctl: dict, enf: dict, mon: dict, ct_max: int) -> dict:
     out: dict = {"attack": row.name, "tool": row.gen(0)[0]}
     for mode, r in (("enforcing", enf), ("monitor", mon)):
         u_want, w_want = TARGET_SHARE * ctl["udp_rate"], TARGET_SHARE * ctl["web_rate"]
-        until = r["t_end"] + recover_s
         out[mode] = {
             "udp_share": round(share(r["udp_rate"], ctl["udp_rate"]), 3),
             "web_share": round(share(r["web_rate"], ctl["web_rate"]), 3),
-            "udp_recovery_s": recovery(r["udp"], r["t_end"], until, u_want, 0.25),
-            "web_recovery_s": recovery(r["web"], r["t_end"], until, w_want, 1.0),
+            "udp_recovery_s": recovery(r["udp"], r["t_end"], r["until"], u_want, 0.25),
+            "web_recovery_s": recovery(r["web"], r["t_end"], r["until"], w_want, 1.0),
             "conntrack_peak": r["conntrack_peak"],
             "conntrack_before": r["conntrack_before"],
             "conntrack_share": round(r["conntrack_peak"] / max(ct_max, 1), 3),
@@ -720,44 +720,15 @@ def backend_alive(within_s: float = 15.0) -> dict:
     towards the backend's udp/7 — ~64.5k conntrack entries — and the echo is unreachable until
     they expire, though it runs)."""
     ns = topology.require_up("client")
-    t0 = time.monotonic()
+
+    def echo_probe(proto: str) -> list[str]:
+        return ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpguard.lab.echo", "probe"] + [
+            *("--proto", proto, "--dst", P4, "--port", str(topology.ECHO_PORT), "--timeout", "1")
+        ]
+
     checks = {
-        "echo_udp": [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            sys.executable,
-            "-m",
-            "xdpguard.lab.echo",
-            "probe",
-            "--proto",
-            "udp",
-            "--dst",
-            P4,
-            "--port",
-            str(topology.ECHO_PORT),
-            "--timeout",
-            "1",
-        ],
-        "echo_tcp": [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            sys.executable,
-            "-m",
-            "xdpguard.lab.echo",
-            "probe",
-            "--proto",
-            "tcp",
-            "--dst",
-            P4,
-            "--port",
-            str(topology.ECHO_PORT),
-            "--timeout",
-            "1",
-        ],
+        "echo_udp": echo_probe("udp"),
+        "echo_tcp": echo_probe("tcp"),
         "http": ["ip", "netns", "exec", ns, "ab", "-q", "-n", "1", "-s", "1", f"http://{P4}/"],
     }
     res: dict = {}
@@ -902,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 lab.monitor(False)
             enf, mon = runs["enforcing"], runs["monitor"]
-            r = row_result(row, ctl, enf, mon, lab.ct_max, RECOVER_S) | {"load": load()}
+            r = row_result(row, ctl, enf, mon, lab.ct_max) | {"load": load()}
             results.append(r)
             e, m = r["enforcing"], r["monitor"]
             print(

@@ -272,9 +272,10 @@ def _walk_ip6_chain(frame: bytes, pos: int, nh: int) -> tuple[int, int, int, int
     return None if nh in NEXTHDR_OPTIONS or nh == NEXTHDR_FRAGMENT else (pos, nh, frag, frag_nh)
 
 
-def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
-    """ts_egress()'s parse: (connection key, TCP flags) of a TCP segment leaving from a
-    protected address (`protected`: a set of (family, address bytes)), else None."""
+def _egress_l4(frame: bytes, protected, l4proto: int) -> tuple[int, bytes, bytes, int] | None:
+    """ts_egress()'s IP parse: (family, source, destination, L4 offset) of an unfragmented
+    `l4proto` packet leaving from a protected address (`protected`: a set of (family, address
+    bytes)), else None."""
     n = len(frame)
     l2 = _ethernet(frame)
     if l2 is None:
@@ -284,28 +285,34 @@ def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
         if pos + 20 > n:
             return None
         hlen = (frame[pos] & 0x0F) * 4
-        if hlen < 20 or pos + hlen > n or frame[pos + 9] != IPPROTO_TCP or _u16(frame, pos + 6) & IP_OFFSET:
+        if hlen < 20 or pos + hlen > n or frame[pos + 9] != l4proto or _u16(frame, pos + 6) & IP_OFFSET:
             return None
         fam, src, dst = 4, bytes(frame[pos + 12 : pos + 16]), bytes(frame[pos + 16 : pos + 20])
-        if (fam, src) not in protected:
-            return None
         pos += hlen
     elif proto == ETH_P_IPV6:
         if pos + 40 > n:
             return None
         fam, src, dst = 6, bytes(frame[pos + 8 : pos + 24]), bytes(frame[pos + 24 : pos + 40])
-        if (fam, src) not in protected:
-            return None
         walked = _walk_ip6_options(frame, pos + 40, frame[pos + 6])
-        if walked is None or walked[1] != IPPROTO_TCP:
+        if walked is None or walked[1] != l4proto:
             return None
         pos = walked[0]
     else:
         return None
-    if pos + 20 > n:
+    return (fam, src, dst, pos) if (fam, src) in protected else None
+
+
+def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
+    """ts_egress()'s parse: (connection key, TCP flags) of a TCP segment leaving from a
+    protected address (`protected`: a set of (family, address bytes)), else None."""
+    l3 = _egress_l4(frame, protected, IPPROTO_TCP)
+    if l3 is None:
+        return None
+    fam, src, dst, pos = l3
+    if pos + 20 > len(frame):
         return None
     hlen = (frame[pos + 12] >> 4) * 4
-    if hlen < 20 or pos + hlen > n:
+    if hlen < 20 or pos + hlen > len(frame):
         return None
     return (fam, dst, _u16(frame, pos + 2), src, _u16(frame, pos)), frame[pos + 13]
 
@@ -313,28 +320,8 @@ def egress_flow(frame: bytes, protected) -> tuple[FlowKey, int] | None:
 def egress_udp_client(frame: bytes, protected) -> tuple[int, bytes] | None:
     """ts_egress()'s UDP branch (knowngood.h): (family, client address bytes) of a UDP datagram
     leaving from a protected address (an answer: the client is verified for UDP), else None."""
-    n = len(frame)
-    l2 = _ethernet(frame)
-    if l2 is None:
-        return None
-    pos, proto = l2
-    if proto == ETH_P_IP:
-        if pos + 20 > n:
-            return None
-        hlen = (frame[pos] & 0x0F) * 4
-        if hlen < 20 or pos + hlen > n or frame[pos + 9] != IPPROTO_UDP or _u16(frame, pos + 6) & IP_OFFSET:
-            return None
-        src, dst = bytes(frame[pos + 12 : pos + 16]), bytes(frame[pos + 16 : pos + 20])
-        return (4, dst) if (4, src) in protected else None
-    if proto == ETH_P_IPV6:
-        if pos + 40 > n:
-            return None
-        src, dst = bytes(frame[pos + 8 : pos + 24]), bytes(frame[pos + 24 : pos + 40])
-        if (6, src) not in protected:
-            return None
-        walked = _walk_ip6_options(frame, pos + 40, frame[pos + 6])
-        return (6, dst) if walked is not None and walked[1] == IPPROTO_UDP else None
-    return None
+    l3 = _egress_l4(frame, protected, IPPROTO_UDP)
+    return None if l3 is None else (l3[0], l3[2])
 
 
 # ---- the pipeline ----

@@ -538,6 +538,16 @@ def _set_add(name: str, elem: Json, stmt: Json | None = None) -> Json:
     return {"set": body}
 
 
+def _limit_over(rate: int) -> Json:
+    """``limit rate over RATE/second`` with a burst of one second."""
+    return {"limit": {"rate": rate, "burst": rate, "per": "second", "inv": True}}
+
+
+def _count_over(n: int) -> Json:
+    """``ct count over N``."""
+    return {"ct count": {"val": n, "inv": True}}
+
+
 def connlimit_batch(table: str, limited: Sequence[tuple[ForwardRule, ConnLimits]]) -> list[Json]:
     """The connlimit chain, its sets and timeout objects, for the rules that have limits."""
     out: list[Json] = [_chain(table, CONNLIMIT_CHAIN, "filter", "prerouting", CONNLIMIT_PRIORITY)]
@@ -566,82 +576,24 @@ def connlimit_batch(table: str, limited: Sequence[tuple[ForwardRule, ConnLimits]
                 }
             )
             rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + [{"ct timeout": name}]))
-        if lim.conntrack_budget:
-            out.append(_set(table, f"cl_svc_{ident}", rule.family))
-            rules.append(
-                _rule(
-                    table,
-                    CONNLIMIT_CHAIN,
-                    rule,
-                    new
-                    + [
-                        _set_add(
-                            f"cl_svc_{ident}",
-                            _payload(ipp, "daddr"),
-                            {"ct count": {"val": lim.conntrack_budget, "inv": True}},
-                        ),
-                        {"drop": None},
-                    ],
-                )
-            )
-        if lim.new_total:
-            rules.append(
-                _rule(
-                    table,
-                    CONNLIMIT_CHAIN,
-                    rule,
-                    new
-                    + [
-                        {"limit": {"rate": lim.new_total, "burst": lim.new_total, "per": "second", "inv": True}},
-                        {"drop": None},
-                    ],
-                )
-            )
-        if lim.new_per_source:
-            out.append(_set(table, f"cl_rate_{ident}", rule.family, 60))
-            rules.append(
-                _rule(
-                    table,
-                    CONNLIMIT_CHAIN,
-                    rule,
-                    new
-                    + [
-                        _set_add(
-                            f"cl_rate_{ident}",
-                            _payload(ipp, "saddr"),
-                            {
-                                "limit": {
-                                    "rate": lim.new_per_source,
-                                    "burst": lim.new_per_source,
-                                    "per": "second",
-                                    "inv": True,
-                                }
-                            },
-                        ),
-                        off,
-                        {"drop": None},
-                    ],
-                )
-            )
-        if lim.concurrent_per_source:
-            out.append(_set(table, f"cl_conc_{ident}", rule.family))
-            rules.append(
-                _rule(
-                    table,
-                    CONNLIMIT_CHAIN,
-                    rule,
-                    new
-                    + [
-                        _set_add(
-                            f"cl_conc_{ident}",
-                            _payload(ipp, "saddr"),
-                            {"ct count": {"val": lim.concurrent_per_source, "inv": True}},
-                        ),
-                        off,
-                        {"drop": None},
-                    ],
-                )
-            )
+        # in this order: the conntrack budget per service, new connections of the service, and the
+        # per-source meters whose offenders `xdpguard run` bans. (limit, set, its timeout, field, meter)
+        meters = (
+            (lim.conntrack_budget, "cl_svc", None, "daddr", _count_over(lim.conntrack_budget)),
+            (lim.new_total, None, None, None, _limit_over(lim.new_total)),
+            (lim.new_per_source, "cl_rate", 60, "saddr", _limit_over(lim.new_per_source)),
+            (lim.concurrent_per_source, "cl_conc", None, "saddr", _count_over(lim.concurrent_per_source)),
+        )
+        for limit, prefix, timeout, field, meter in meters:
+            if not limit:
+                continue
+            stmts = [meter]
+            if prefix:
+                out.append(_set(table, f"{prefix}_{ident}", rule.family, timeout))
+                stmts = [_set_add(f"{prefix}_{ident}", _payload(ipp, field), meter)]
+                if field == "saddr":
+                    stmts.append(off)
+            rules.append(_rule(table, CONNLIMIT_CHAIN, rule, new + stmts + [{"drop": None}]))
     return out + rules
 
 
