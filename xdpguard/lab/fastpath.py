@@ -22,10 +22,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .netns import Lab
+from .netns import BED_BACKEND4, BED_PROT4, Lab
 
 PY = sys.executable
-PROT, CLIENT, BACKEND, GW = "198.18.0.2", "198.18.0.1", "198.18.1.2", "198.18.1.1"
+PROT, BACKEND = BED_PROT4, BED_BACKEND4  # Lab.forward_bed's addresses
 ECHO_PORT, SINK_PORT = 7, 5001
 VARIANTS = ("plain", "xdp", "fast")
 
@@ -122,13 +122,7 @@ def build(lab: Lab, variant: str, duration: float, tag: str = "") -> Topo:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant}")
     p = f"f{variant[0]}{tag}"
-    client, prot, backend = lab.netns(f"{p}c"), lab.netns(f"{p}p"), lab.netns(f"{p}b")
-    lab.veth(client, "xgc0", prot, "xgp0")
-    lab.veth(prot, "xgb1", backend, "xgb0")
-    lab.addr(client, "xgc0", f"{CLIENT}/24")
-    lab.addr(prot, "xgp0", f"{PROT}/24")
-    lab.addr(prot, "xgb1", f"{GW}/24")
-    lab.addr(backend, "xgb0", f"{BACKEND}/24")
+    client, prot, backend = lab.forward_bed(p)
     lab.popen(backend, PY, "-c", SERVER, str(duration), stdout=subprocess.DEVNULL)
     _xdp_pass(lab, client, "xgc0")
     _xdp_pass(lab, backend, "xgb0")
