@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from xdpguard.core.errors import UserError
 
 from . import topology
+from .netns import stop_group
 
 SERVICE_KINDS = ("ack-flood", "xmas-flood", "frag-flood", "service-mix")
 KINDS = ("udp-flood", "spoofed-udp", "syn-flood", "reflection", "icmp-flood", "mixed", *SERVICE_KINDS)
@@ -304,16 +305,7 @@ def run(
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_group(proc, ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, 5.0)))
 
 
 def describe(r: AttackResult) -> str:

@@ -331,18 +331,25 @@ class Lab:
             log.debug("lab cleanup: restoring %s in %s failed: %s", path, ns, proc.stderr.strip())
 
 
-def _stop_process(proc: subprocess.Popen, timeout: float = PROCESS_STOP_TIMEOUT_S) -> None:
-    """TERM the process group of `proc`, then KILL it if it does not exit in time; reap it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_group(proc: subprocess.Popen, steps: tuple[tuple[int, float], ...]) -> bool:
+    """Send each (signal, wait) of `steps` to the process group of `proc` in turn until it
+    exits; reap it. False if it is still running after the last step."""
+    for sig, wait in steps:
         if proc.poll() is not None:
-            return
+            return True
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
         try:
-            proc.wait(timeout=timeout)
-            return
+            proc.wait(timeout=wait)
+            return True
         except subprocess.TimeoutExpired:
             continue
-    raise LabError(f"process {proc.pid} ({proc.args!r}) did not exit after SIGKILL")
+    return proc.poll() is not None
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = PROCESS_STOP_TIMEOUT_S) -> None:
+    """TERM the process group of `proc`, then KILL it if it does not exit in time; reap it."""
+    if not stop_group(proc, ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout))):
+        raise LabError(f"process {proc.pid} ({proc.args!r}) did not exit after SIGKILL")
