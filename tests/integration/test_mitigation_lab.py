@@ -14,6 +14,7 @@ is bounded by packet count (-c) and by time (timeout)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,6 +51,21 @@ class Lab(CliLab):
 
     def prot_xg(self, *args: str) -> subprocess.CompletedProcess:
         return self.in_ns("prot", *topology.xdpguard_argv(), *args)
+
+    @contextlib.contextmanager
+    def daemon(self, log_name: str, *args: str):
+        """`xdpguard run --interval 5 ARGS` in the protector, its output in tmp/LOG_NAME; stopped
+        (SIGTERM, reaped) when the block ends."""
+        with open(self.tmp / log_name, "w") as log:
+            argv = ["ip", "netns", "exec", self.ns("prot"), *topology.xdpguard_argv(), "run", "--interval", "5", *args]
+            daemon = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL
+            )
+            try:
+                yield daemon
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(timeout=30)
 
     def at_backend(self) -> int:
         p = self.in_ns("backend", "nft", "-j", "list", "counter", "inet", COUNT_TABLE, "flood")
@@ -175,30 +191,7 @@ def test_udp_flood_mitigated_within_a_second_and_lifted(lab):
     share_without = base["at_backend"] / max(1, base["at_backend"] + sum(base["moved"].values()))
     _flush_conntrack(lab)  # the unmitigated flood's flows (up to the table's limit) must not starve the next round
 
-    log = open(lab.tmp / "run.log", "w")
-    daemon = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.ns("prot"),
-            *topology.xdpguard_argv(),
-            "run",
-            "--duration",
-            "90",
-            "--interval",
-            "5",
-            "--mitigation-pps",
-            "2000",
-            "--mitigation-hold",
-            "3",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=lab.env,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with lab.daemon("run.log", "--duration", "90", "--mitigation-pps", "2000", "--mitigation-hold", "3"):
         # peacetime: real clients only, so the daemon has a baseline
         warm: dict = {}
         ths = [threading.Thread(target=lab.probe, args=(proto, 8, warm)) for proto in ("udp", "http")]
@@ -229,10 +222,6 @@ def test_udp_flood_mitigated_within_a_second_and_lifted(lab):
                 t_lift = time.time()
                 break
             time.sleep(0.2)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        log.close()
     out = open(lab.tmp / "run.log").read()
     recs = [
         json.loads(ln)
@@ -272,48 +261,23 @@ def test_client_through_the_onset_of_a_flood_without_a_baseline(lab):
     established connections' segments must not be taken for flood, or the "adapt: widen" filter
     sweeps the client in (seen in the lab: "length 54-144, ttl 64")."""
     time.sleep(max(0.0, lab.up_at + GRACE_S + 1 - time.monotonic()))  # XDP validates TCP state after the grace
-    log = open(lab.tmp / "onset.log", "w")
-    daemon = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.ns("prot"),
-            *topology.xdpguard_argv(),
-            "run",
-            "--duration",
-            "60",
-            "--interval",
-            "5",
-            "--mitigation-pps",
-            "500",
-            "--mitigation-hold",
-            "3",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=lab.env,
-        stdin=subprocess.DEVNULL,
-    )
     probes: dict = {}
     floods: list[subprocess.Popen] = []
-    try:
-        time.sleep(1.5)  # the daemon's first round
-        client = threading.Thread(target=lab.probe, args=("http", 9, probes))
-        client.start()
-        time.sleep(2)
-        floods = _hping_per_source(lab, 6, "-S", "-p", "80", "-c", "5000", "-i", "u1000")
-        for p in floods:
-            p.wait(timeout=20)
-        client.join()
-        recs = lab.mitigations()
-    finally:
-        for p in floods:
-            if p.poll() is None:
-                p.kill()
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        log.close()
+    with lab.daemon("onset.log", "--duration", "60", "--mitigation-pps", "500", "--mitigation-hold", "3"):
+        try:
+            time.sleep(1.5)  # the daemon's first round
+            client = threading.Thread(target=lab.probe, args=("http", 9, probes))
+            client.start()
+            time.sleep(2)
+            floods = _hping_per_source(lab, 6, "-S", "-p", "80", "-c", "5000", "-i", "u1000")
+            for p in floods:
+                p.wait(timeout=20)
+            client.join()
+            recs = lab.mitigations()
+        finally:
+            for p in floods:
+                if p.poll() is None:
+                    p.kill()
     out = open(lab.tmp / "onset.log").read()
     http = probes["http"]
     print(
@@ -498,37 +462,13 @@ def test_connection_limits_ban_offenders_and_cap_conntrack(lab):
         ).returncode
         == 0
     )
-    log = open(lab.tmp / "run-connlimit.log", "w")
-    daemon = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.ns("prot"),
-            *topology.xdpguard_argv(),
-            "run",
-            "--duration",
-            "60",
-            "--interval",
-            "5",
-            "--no-mitigate",
-            "--detect-interval",
-            "0.5",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=lab.env,
-        stdin=subprocess.DEVNULL,
-    )
     try:
-        time.sleep(2)
-        probes = {}
-        lab.probe("tcp", 4, probes)  # tcp/7: a NAT forward (tcp/80 is HAProxy's, which nft connlimit does not see)
-        bans = json.loads(lab.prot_xg("ban", "list", "--json").stdout)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        log.close()
+        with lab.daemon("run-connlimit.log", "--duration", "60", "--no-mitigate", "--detect-interval", "0.5"):
+            time.sleep(2)
+            probes = {}
+            lab.probe("tcp", 4, probes)  # tcp/7: a NAT forward (tcp/80 is HAProxy's, which nft connlimit does not see)
+            bans = json.loads(lab.prot_xg("ban", "list", "--json").stdout)
+    finally:  # after the daemon stopped: it would ban the client again from the offender set
         lab.prot_xg("connlimit", "clear")
         lab.prot_xg("ban", "del", topology.CLIENT4)
     out = (lab.tmp / "run-connlimit.log").read_text()
