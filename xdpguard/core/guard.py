@@ -1082,6 +1082,8 @@ _KEEP = object()  # _svc_put: leave the record's limits as they are
 
 def _svc_free_slots(maps):
     """The xg_svc_arr slots no record holds, lowest first (an iterator: take each at most once)."""
+    if MapName.SVC not in maps:
+        return iter(())
     used = {v.slot for _, v in maps[MapName.PORTS].items() if v.flags & abi.PORT_SLOT}
     return (i for i in range(maps[MapName.SVC].max_entries) if i not in used)
 
@@ -1091,15 +1093,21 @@ def _svc_put(maps, k, owners: int | None, lim, free) -> None:
     limits (abi.Limits), None (the address's apply) or _KEEP. No owner and no limits: deleted.
     A record keeps its slot and bucket; a new one takes a slot from `free`, with an unused bucket
     (the data path fills it on the first packet, like a new xg_dstbkt_hash entry)."""
-    m, arr = maps[MapName.PORTS], maps[MapName.SVC]
+    m = maps[MapName.PORTS]
     old = m.get(k)
     old_flags = old.flags if old is not None else 0
     own = old_flags & abi.PORT_OWNERS if owners is None else owners
     has_lim = bool(old_flags & abi.PORT_LIMITS) if lim is _KEEP else lim is not None
+    if MapName.SVC not in maps:  # a program before the service record (bench_ab's base): owners only
+        has_lim = False
     if not own and not has_lim:
         if old is not None:
             m.delete(k)
         return
+    if MapName.SVC not in maps:
+        m.set(k, PortValue(own))
+        return
+    arr = maps[MapName.SVC]
     if old is not None and old_flags & abi.PORT_SLOT:
         slot, fresh = old.slot, False
     else:
@@ -1121,6 +1129,8 @@ def refill_service_records(maps) -> int:
     slot, flags and limits: for an upgrade from a program whose xg_ports_hash held only the
     owners (its records were copied zero-filled: no slot), before the swap. Returns how many
     records there are."""
+    if MapName.SVC not in maps:
+        return 0
     lims = {bytes(k): v for k, v in maps[MapName.PORTLIM].items()}
     keys = {bytes(k): k for k in maps[MapName.PORTS].keys()}
     for k, _ in maps[MapName.PORTLIM].items():
@@ -1710,8 +1720,8 @@ def sweep_dst_buckets(maps, now_ns: int, idle_s: float = 60.0) -> int:
         if v.last_ns < limit or abi.PortKey.from_buffer_copy(key).port == 0:
             stale.append(key)
     # the service records' buckets (xg_svc_arr): an idle one goes back to unused, as a new one
-    arr = maps[abi.MapName.SVC]
-    for _, pv in maps[abi.MapName.PORTS].items():
+    arr = maps.get(abi.MapName.SVC)
+    for _, pv in maps[abi.MapName.PORTS].items() if arr is not None else ():
         if pv.flags & abi.PORT_SLOT:
             svc = arr.get(ctypes.c_uint32(pv.slot))
             if svc is not None and 0 < svc.bkt.last_ns < limit:
