@@ -14,6 +14,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from xdpguard.core import guard, policy, protection
+from xdpguard.core.errors import UserError
 from xdpguard.core.guard import Guard
 from xdpguard.core.kernel import abi, libbpf, migrate
 from xdpguard.core.kernel.abi import Kind, MapName, Reason
@@ -152,3 +153,14 @@ def test_address_defaults_apply_on_an_open_port_without_limits(bed):
     g.change_ports([ADDR], "udp", 53, 53, abi.PORT_BY_OPERATOR, True)
     assert counts(bed, udp(53), 3) == {(Kind.PASS, Reason.CLEAN): 2, (Kind.DROP, Reason.RATELIMIT): 1}
     assert len(bed.maps[MapName.DSTBKT]) == 0
+
+
+def test_limits_room_counts_the_records_open_ports_share(bed):
+    """A port with limits of its own takes a service record like an open port: the room check
+    counts the records, so limits on open ports need none and other ports may not overflow."""
+    g = Guard(None, None, bed.maps)
+    g.change_ports([ADDR], "udp", 1, 1000, abi.PORT_BY_OPERATOR, True)
+    g.check_port_limits_room([ADDR], "udp", 1, 1000)  # their records exist already
+    g.check_port_limits_room([ADDR], "tcp", 1, 24)  # 1,024 records: full, not over
+    with pytest.raises(UserError, match="too many per-port limits: 1,025 entries, the table holds 1,024"):
+        g.check_port_limits_room([ADDR], "tcp", 1, 25)
