@@ -17,6 +17,7 @@ verifier's processed-instruction count of both programs. Needs root and bcc.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import sys
 from contextlib import ExitStack, contextmanager
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import benchcases  # noqa: E402  (scripts/: the benchmark cases)
-from xdpguard.core.kernel import abi, dataplane  # noqa: E402
+from xdpguard.core.kernel import abi, dataplane, libbpf  # noqa: E402
 from xdpguard.core import testrun  # noqa: E402
 from xdpguard.core.kernel.abi import MapName  # noqa: E402
 from benchcases import (  # noqa: E402
@@ -43,6 +44,17 @@ from benchcases import (  # noqa: E402
     header_filters,
     payload_filters,
 )
+
+
+class _PortValueV1(ctypes.Structure):
+    """xg_port_value before the service record (the owners only; abi.h)."""
+
+    _fields_ = [("flags", ctypes.c_uint64)]
+
+
+# Values that grew at their end since an older base: the layout to open the base's map with (the
+# controller writes today's value, whose head is the old one; a map the base lacks is skipped).
+BEFORE = {MapName.PORTS: _PortValueV1}
 
 
 @contextmanager
@@ -68,14 +80,19 @@ def tree(bpf_dir: Path | None):
                 fds[name] = b.get_table(name.value.encode()).map_fd
             except KeyError:
                 pass
+        for name, value_t in BEFORE.items():  # a value that grew since: the base's layout
+            if name in fds and libbpf.map_info(fds[name]).value_size == ctypes.sizeof(value_t):
+                abi.MAP_LAYOUTS[name] = (abi.MAP_LAYOUTS[name][0], value_t, abi.MAP_LAYOUTS[name][2])
         return dataplane.LoadedProgram(bpf=b, prog_fd=fn.fd, map_fds=fds, egress_fd=eg.fd)
 
     dataplane.compile_program = compile_program
+    layouts = dict(abi.MAP_LAYOUTS)
     try:
         yield
     finally:
         dataplane.BPF_DIR, dataplane.PROGRAM_SOURCE, _ = saved
         dataplane.compile_program = orig_compile
+        abi.MAP_LAYOUTS.update(layouts)
 
 
 def main(argv=None) -> int:

@@ -485,11 +485,27 @@ struct xg_port_key {
     __u8 family;          /* 4 or 6 */
 };
 
-/* xg_ports_hash value. */
+/* xg_ports_hash value: the service record of (address, proto, port), the one hash lookup of a
+ * TCP/UDP packet to an address with a port policy or per-port limits (steps/port.h). An open
+ * port has an owner bit (the low bits: who opened it); a port with limits of its own only
+ * XG_PORT_LIMITS. What the record carries beyond the flags lives in xg_svc_arr[slot]. */
 struct xg_port_value {
-    __u64 flags;          /* who opened the port (the controller's); the data path tests presence, */
-};                        /* and XG_PORT_BY_HTTP for a geo rule in mode cc (steps/geo.h) */
+    __u64 flags;          /* owner bits (the controller's), XG_PORT_BY_HTTP (steps/geo.h), XG_PORT_* below */
+    __u32 slot;           /* xg_svc_arr index, valid with XG_PORT_SLOT (a record of an older */
+    __u32 reserved;       /* controller, grown by an upgrade, has none until the refill) */
+};
 #define XG_PORT_BY_HTTP (1ULL << 2)  /* an HTTP service HAProxy serves on the protective IP (l7/) */
+#define XG_PORT_SLOT (1ULL << 62)    /* slot is valid: the service's destination bucket lives there */
+#define XG_PORT_LIMITS (1ULL << 63)  /* xg_svc_arr[slot].lim overrides the address's limits */
+#define XG_PORT_OWNERS (XG_PORT_SLOT - 1)  /* bits 0..61: open when any is set */
+
+/* xg_svc_arr value: what a service record carries besides its flags, in an array (an index, not
+ * a second hash lookup): the port's limits (with XG_PORT_LIMITS) and its destination bucket
+ * (last_ns 0: not used yet, filled like a new bucket on the first packet). */
+struct xg_svc {
+    struct xg_limits lim;
+    struct xg_dst_bucket bkt;
+};
 
 /* Key of xg_prot6_hash (xg_prot4_hash is keyed by a __u32, network byte order). */
 struct xg_addr6 {

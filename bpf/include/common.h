@@ -49,6 +49,8 @@ struct xg_pkt {
     __u8 vstate;               /* knowngood.h kg_verified: 0 not looked up, 1 not verified, 2 verified */
     __u8 est;                  /* admitted by an established connection (steps/tcpstate.h): not spoofable */
     __u8 filter_idx;           /* 1 + the index of the filter that dropped it (do-no-harm counters) */
+    __u8 svc_lim;              /* the service record's limits apply (steps/port.h) */
+    __u32 svc;                 /* 1 + the service record's xg_svc_arr slot; 0: none (steps/port.h) */
 };
 
 /* The packet's clock, read once (0: not read yet). */

@@ -29,10 +29,15 @@ XG_MAP("percpu_array", int, struct xg_counter, xg_stats_pcpu, XG_STATS_SLOTS, 0)
 XG_MAP("hash", __u32, struct xg_protected, xg_prot4_hash, XG_PROTECTED_MAX, 0);
 XG_MAP("hash", struct xg_addr6, struct xg_protected, xg_prot6_hash, XG_PROTECTED_MAX, 0);
 
-/* xg_ports_hash: open (protected address, proto, port) → struct xg_port_value (port policy). */
+/* xg_ports_hash: (protected address, proto, port) → struct xg_port_value, the service record of
+ * an open port or a port with limits of its own (port policy, limits, destination bucket). */
 XG_MAP("hash", struct xg_port_key, struct xg_port_value, xg_ports_hash, XG_PORTS_MAX, 0);
 
-/* xg_portlim_hash: (protected address, proto, port) → struct xg_limits overriding the address's. */
+/* xg_svc_arr: service record slot (xg_port_value.slot) → struct xg_svc (limits, bucket). */
+XG_MAP("array", int, struct xg_svc, xg_svc_arr, XG_PORTS_MAX, 0);
+
+/* xg_portlim_hash: (protected address, proto, port) → struct xg_limits overriding the address's:
+ * the controller's record of the per-port limits; the data path reads their copy in xg_svc_arr. */
 XG_MAP("hash", struct xg_port_key, struct xg_limits, xg_portlim_hash, XG_PORTS_MAX, 0);
 
 /* xg_bucket_lru: source → struct xg_bucket (token buckets; an evicted source starts full).

@@ -284,9 +284,11 @@ class Guard:
         runs: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
         by: dict[tuple[str, str], list[tuple[int, int]]] = {}
         for k, v in self.maps[MapName.PORTS].items():
+            if not v.flags & abi.PORT_OWNERS:
+                continue  # the record of a port with limits of its own, not open
             raw = bytes(k.addr)[: 4 if k.family == 4 else 16]
             key = (str(ipaddress.ip_address(raw)), vocab.proto_name(k.proto))
-            by.setdefault(key, []).append((k.port, v.flags))
+            by.setdefault(key, []).append((k.port, v.flags & abi.PORT_OWNERS))
         for key, ports in by.items():
             ports.sort()
             out: list[tuple[int, int, int]] = []
@@ -303,26 +305,27 @@ class Guard:
         address's port-policy flag in step (on while any port of it is open). Returns entries changed."""
         m = self.maps[MapName.PORTS]
         changed = 0
+        free = _svc_free_slots(self.maps)
         for a in addrs:
             for port in range(lo, hi + 1):
                 k = port_key(a, proto, port)
                 old = m.get(k)
-                flags = old.flags if old is not None else 0
+                flags = old.flags & abi.PORT_OWNERS if old is not None else 0
                 new = flags | by_bit if add else flags & ~by_bit
                 if new == flags:
                     continue
                 changed += 1
-                if new:
-                    m.set(k, PortValue(new))
-                else:
-                    m.delete(k)
+                _svc_put(self.maps, k, new, _KEEP, free)
             self._sync_port_policy(a)
         return changed
 
     def _sync_port_policy(self, addr) -> None:
         fam = addr.version
         raw = addr.packed
-        on = any(k.family == fam and bytes(k.addr)[: len(raw)] == raw for k in self.maps[MapName.PORTS].keys())
+        on = any(
+            k.family == fam and bytes(k.addr)[: len(raw)] == raw and v.flags & abi.PORT_OWNERS
+            for k, v in self.maps[MapName.PORTS].items()
+        )
         pm = self.maps[MapName.PROT4 if fam == 4 else MapName.PROT6]
         pk = prot_key(addr)
         cur = pm.get(pk)
@@ -354,8 +357,9 @@ class Guard:
         _prot_map(self.maps, addr).delete(prot_key(addr))
 
     def check_port_limits_room(self, addrs, proto: str, lo: int, hi: int) -> None:
-        """Refuse (UserError) per-port limits for addrs' ports lo..hi that the table cannot hold."""
-        m = self.maps[MapName.PORTLIM]
+        """Refuse (UserError) per-port limits for addrs' ports lo..hi that the table cannot hold
+        (xg_ports_hash: a port with limits has a service record, like an open port)."""
+        m = self.maps[MapName.PORTS]
         have = {(bytes(k.addr), k.family, k.proto, k.port) for k in m.keys()}
         new = sum(
             1
@@ -1053,13 +1057,88 @@ def read_port_limits(maps) -> dict[tuple[str, str, int], Limits]:
 def write_port_limits(maps, addr, proto: str, lo: int, hi: int, lim: Limits | None) -> None:
     """Override (or with lim None, remove the override of) the limits of addr's ports lo..hi."""
     m = maps[abi.MapName.PORTLIM]
+    free = _svc_free_slots(maps)
     for port in range(lo, hi + 1):
         k = port_key(addr, proto, port)
         if lim is None:
             m.delete(k)
+            _svc_put(maps, k, None, None, free)
         else:
-            m.set(k, lim.to_c())
+            c = lim.to_c()
+            m.set(k, c)
+            _svc_put(maps, k, None, c, free)
     _sync_port_limits_flag(maps, addr)
+
+
+# ---- the service record: xg_ports_hash + xg_svc_arr (abi.h xg_port_value, steps/port.h) ----
+#
+# One record per (address, proto, port) that is open or has limits of its own: the data path's
+# one hash lookup of the key. xg_ports_hash holds the owners and flags; the record's limits and
+# destination bucket live in xg_svc_arr at its slot. xg_portlim_hash stays the controller's
+# record of the limits (read_port_limits); the record carries their copy.
+
+_KEEP = object()  # _svc_put: leave the record's limits as they are
+
+
+def _svc_free_slots(maps):
+    """The xg_svc_arr slots no record holds, lowest first (an iterator: take each at most once)."""
+    if MapName.SVC not in maps:
+        return iter(())
+    used = {v.slot for _, v in maps[MapName.PORTS].items() if v.flags & abi.PORT_SLOT}
+    return (i for i in range(maps[MapName.SVC].max_entries) if i not in used)
+
+
+def _svc_put(maps, k, owners: int | None, lim, free) -> None:
+    """Write key k's service record: owners (None: the record's as they are), lim the port's
+    limits (abi.Limits), None (the address's apply) or _KEEP. No owner and no limits: deleted.
+    A record keeps its slot and bucket; a new one takes a slot from `free`, with an unused bucket
+    (the data path fills it on the first packet, like a new xg_dstbkt_hash entry)."""
+    m = maps[MapName.PORTS]
+    old = m.get(k)
+    old_flags = old.flags if old is not None else 0
+    own = old_flags & abi.PORT_OWNERS if owners is None else owners
+    has_lim = bool(old_flags & abi.PORT_LIMITS) if lim is _KEEP else lim is not None
+    if MapName.SVC not in maps:  # a program before the service record (bench_ab's base): owners only
+        has_lim = False
+    if not own and not has_lim:
+        if old is not None:
+            m.delete(k)
+        return
+    if MapName.SVC not in maps:
+        m.set(k, PortValue(own))
+        return
+    arr = maps[MapName.SVC]
+    if old is not None and old_flags & abi.PORT_SLOT:
+        slot, fresh = old.slot, False
+    else:
+        slot, fresh = next(free, None), True
+        if slot is None:
+            raise UserError(f"too many service records: {MapName.SVC.value} holds {arr.max_entries:,}")
+    if fresh or (lim is not _KEEP and lim is not None):
+        svc = abi.Svc() if fresh else (arr.get(ctypes.c_uint32(slot)) or abi.Svc())
+        if lim is not _KEEP and lim is not None:
+            svc.lim = lim
+        arr.set(ctypes.c_uint32(slot), svc)  # before the record that points at it
+    new = own | abi.PORT_SLOT | (abi.PORT_LIMITS if has_lim else 0)
+    if old is None or bytes(old) != bytes(PortValue(new, slot, 0)):
+        m.set(k, PortValue(new, slot, 0))
+
+
+def refill_service_records(maps) -> int:
+    """Every open port's and every per-port limit's (xg_portlim_hash) service record with its
+    slot, flags and limits: for an upgrade from a program whose xg_ports_hash held only the
+    owners (its records were copied zero-filled: no slot), before the swap. Returns how many
+    records there are."""
+    if MapName.SVC not in maps:
+        return 0
+    lims = {bytes(k): v for k, v in maps[MapName.PORTLIM].items()}
+    keys = {bytes(k): k for k in maps[MapName.PORTS].keys()}
+    for k, _ in maps[MapName.PORTLIM].items():
+        keys.setdefault(bytes(k), k)
+    free = _svc_free_slots(maps)
+    for kb, k in keys.items():
+        _svc_put(maps, k, None, lims.get(kb), free)
+    return len(keys)
 
 
 def _sync_port_limits_flag(maps, addr) -> None:
@@ -1640,6 +1719,14 @@ def sweep_dst_buckets(maps, now_ns: int, idle_s: float = 60.0) -> int:
         v = abi.DstBucket.from_buffer_copy(raw_v, i * vs)
         if v.last_ns < limit or abi.PortKey.from_buffer_copy(key).port == 0:
             stale.append(key)
+    # the service records' buckets (xg_svc_arr): an idle one goes back to unused, as a new one
+    arr = maps.get(abi.MapName.SVC)
+    for _, pv in maps[abi.MapName.PORTS].items() if arr is not None else ():
+        if pv.flags & abi.PORT_SLOT:
+            svc = arr.get(ctypes.c_uint32(pv.slot))
+            if svc is not None and 0 < svc.bkt.last_ns < limit:
+                svc.bkt = abi.DstBucket(0, 0)
+                arr.set(ctypes.c_uint32(pv.slot), svc)
     return _delete_raw(m, stale, ks)
 
 

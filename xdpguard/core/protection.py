@@ -249,9 +249,13 @@ FILTER_VECTORS = frozenset({MapName.FSEL, MapName.FHEAD, MapName.FVEC, MapName.F
 def refill_derived(plan: migrate.Plan, maps: dict[MapName, BpfMap]) -> None:
     """Before the swap: maps the new program derives from others, when they were not shared
     with the old program — the compiled filter vectors, from the ordered filter list (else the
-    filters would be off until the next filter change). The maps' fds belong to the caller."""
+    filters would be off until the next filter change), and the service records' slots and
+    limits, from the open ports and xg_portlim_hash. The maps' fds belong to the caller."""
     if any(s.name in FILTER_VECTORS and s.action != "keep" for s in plan.steps):
         guard.compile_filters(maps, tuple(guard.read_filter_table(maps)))
+    # the service records (steps/port.h): a program before xg_svc_arr had the owners only
+    if any(s.name in (MapName.PORTS, MapName.SVC) and s.action != "keep" for s in plan.steps):
+        guard.refill_service_records(maps)
 
 
 def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = False) -> UpgradeResult:

@@ -40,14 +40,19 @@ static __always_inline __u64 xg_sk_k(__u64 rate, __u64 burst)
     return xg_min(xg_min(burst >> 1, rate), XG_SK_MAX) | (none << 62);
 }
 
-/* The limits for this packet: a per-port override, else the protected address's defaults. */
+/* The limits for this packet: a per-port override (the service record's, steps/port.h), else
+ * the protected address's defaults. */
 static __always_inline struct xg_limits *limits_for(struct xg_protected *prot, struct xg_pkt *p)
 {
-    if ((prot->flags & XG_PROT_PORT_LIMITS) && p->has_l4 &&
-        (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP)) {
-        struct xg_limits *l = xg_portlim_hash.lookup(&p->dst);
-        if (l)
-            return l;
+    if (p->svc_lim) {
+        __u32 slot = p->svc - 1;
+        struct xg_svc *s = xg_svc_arr.lookup(&slot);
+        if (s)
+            return &s->lim;
+        /* Cannot happen (slot < XG_PORTS_MAX). The lookup keeps xg_portlim_hash, the
+         * controller's record of the limits, among the program's maps: the controller finds
+         * every map through them. */
+        xg_portlim_hash.lookup(&p->dst);
     }
     return &prot->lim;
 }
@@ -62,13 +67,28 @@ static __always_inline __u32 step_ratelimit(struct xg_config *cfg, struct xg_pro
 #endif
     int per_src = lim->src_pps || lim->src_bps || (is_syn && lim->syn_src_pps);
     if (lim->dst_pps && p->has_l4 && (p->l4proto == IPPROTO_TCP || p->l4proto == IPPROTO_UDP)) {
-        /* Each address:port has a bucket of its own in xg_dstbkt_hash while the map has room;
-         * once it is full (a flood over random ports), ports without one share their address's
-         * bucket in xg_dstaddr_arr, which always exists: a full map neither lifts the limit nor
-         * drops a packet for want of a bucket, and never touches another address. The
-         * controller deletes idle buckets (policy.sweep_dst_buckets), so the map empties again. */
-        struct xg_dst_bucket *db = xg_dstbkt_hash.lookup(&p->dst);
-        if (!db) {
+        /* A port with a service record (steps/port.h) has its bucket there (xg_svc_arr: no
+         * lookup by key). Every other address:port has a bucket of its own in xg_dstbkt_hash
+         * while the map has room; once it is full (a flood over random ports), ports without one
+         * share their address's bucket in xg_dstaddr_arr, which always exists: a full map
+         * neither lifts the limit nor drops a packet for want of a bucket, and never touches
+         * another address. The controller deletes idle buckets (policy.sweep_dst_buckets), so
+         * the map empties again. */
+        struct xg_dst_bucket *db = 0;
+        if (p->svc) {
+            __u32 slot = p->svc - 1;
+            struct xg_svc *s = xg_svc_arr.lookup(&slot);
+            if (s) {
+                db = &s->bkt;
+                if (!db->last_ns) {        /* not used yet: like a new bucket */
+                    db->last_ns = xg_now(now);
+                    db->pkt_tokens = lim->dst_burst_pkts * XG_TOKEN;
+                }
+            }
+        } else {
+            db = xg_dstbkt_hash.lookup(&p->dst);
+        }
+        if (!db && !p->svc) {
             struct xg_dst_bucket fresh = { .last_ns = xg_now(now), .pkt_tokens = lim->dst_burst_pkts * XG_TOKEN };
             xg_dstbkt_hash.update(&p->dst, &fresh);
             db = xg_dstbkt_hash.lookup(&p->dst);

@@ -166,10 +166,14 @@ TS_EST_TIMEOUT_S, TS_FIN_TIMEOUT_S, TS_RST_TIMEOUT_S, TS_SYN_TIMEOUT_S = 10800, 
 
 PROT_PORT_POLICY = 1 << 0  # xg_protected.flags: only open TCP/UDP ports are reachable
 
-# xg_port_value.flags bits are ours (the data path only tests presence): who opened the port.
+# xg_port_value.flags: the owner bits are ours (the data path tests whether any is set: open),
+# who opened the port; PORT_SLOT and PORT_LIMITS describe the service record (abi.h).
 PORT_BY_OPERATOR = 1 << 0  # `xdpguard port open`
 PORT_BY_FORWARD = 1 << 1  # a forwarding rule
 PORT_BY_HTTP = 1 << 2  # an HTTP service served by HAProxy on the protective IP (l7/)
+PORT_SLOT = 1 << 62  # xg_port_value.slot is valid: the record's limits and bucket in xg_svc_arr
+PORT_LIMITS = 1 << 63  # xg_svc_arr[slot].lim overrides the address's limits
+PORT_OWNERS = PORT_SLOT - 1  # bits 0..61: open when any is set
 
 
 def stats_slot(kind: Kind, reason: Reason) -> int:
@@ -348,7 +352,13 @@ class PortKey(ctypes.Structure):
 
 
 class PortValue(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64)]
+    _fields_ = [("flags", ctypes.c_uint64), ("slot", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class Svc(ctypes.Structure):
+    """xg_svc_arr value: a service record's limits and destination bucket (abi.h xg_svc)."""
+
+    _fields_ = [("lim", Limits), ("bkt", DstBucket)]
 
 
 class FlowKey(ctypes.Structure):
@@ -439,6 +449,7 @@ class MapName(str, enum.Enum):
     BLOCK4 = "xg_block4_lpm"
     BLOCK6 = "xg_block6_lpm"
     PORTLIM = "xg_portlim_hash"
+    SVC = "xg_svc_arr"  # service records' limits and destination buckets, by xg_port_value.slot
     BUCKETS = "xg_bucket_lru"
     DSTBKT = "xg_dstbkt_hash"  # per-service buckets (open ports, ports with limits)
     DSTADDR = "xg_dstaddr_arr"  # per-address bucket (other ports; a full DSTBKT), by address slot
@@ -552,6 +563,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.BLOCK4: (Lpm4Key, ListEntry, False),
     MapName.BLOCK6: (Lpm6Key, ListEntry, False),
     MapName.PORTLIM: (PortKey, Limits, False),
+    MapName.SVC: (ctypes.c_uint32, Svc, False),
     MapName.BUCKETS: (SrcKey, Bucket, False),
     MapName.DSTBKT: (PortKey, DstBucket, False),
     MapName.DSTADDR: (ctypes.c_uint32, DstBucket, False),
@@ -610,6 +622,7 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.BLOCK4: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
     MapName.BLOCK6: ("lpm_trie", "XG_LIST_MAX", F_NO_PREALLOC),
     MapName.PORTLIM: ("hash", "XG_PORTS_MAX", 0),
+    MapName.SVC: ("array", "XG_PORTS_MAX", 0),
     MapName.BUCKETS: ("lru_hash", "XG_SOURCES_MAX", F_NO_COMMON_LRU),
     MapName.DSTBKT: ("hash", "XG_PORTS_MAX", 0),
     MapName.DSTADDR: ("array", "XG_PROTECTED_MAX", 0),
@@ -700,6 +713,7 @@ C_STRUCTS: dict[str, type] = {
     "xg_list_entry": ListEntry,
     "xg_port_key": PortKey,
     "xg_port_value": PortValue,
+    "xg_svc": Svc,
     "xg_limits": Limits,
     "xg_syn_policy": SynPolicy,
     "xg_src_key": SrcKey,
