@@ -156,6 +156,7 @@ VC_NO_BUDGET = 2  # xg_verify_config.flags: no admission budget for unverified U
 BUDGET_UDP_PPS = 1000  # budget.h: unverified UDP units/s per service when nothing is set
 BUDGET_UNIT_SHIFT = 7  # steps/budget.h: a unit is a packet of up to 1 << 7 bytes
 BUDGET_UNIT_BYTES = 1 << BUDGET_UNIT_SHIFT  # a packet costs one unit per 128 bytes (frame length) started
+BUDGET_BURST_DIV, BUDGET_BURST_MIN = 10, 64  # budget.h: burst min(rate, max(rate / DIV, MIN)) units
 BUDGET_MAX = 16384  # services with a budget bucket of their own (xg_budget_hash)
 GOODBLOOM_BITS = 1048576  # xg_vbloom_arr: bits over the verified sources
 IPV6_EXT_MAX = 6
