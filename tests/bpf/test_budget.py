@@ -32,6 +32,7 @@ CLIENT, TCP_CLIENT, CLIENT6 = "203.0.113.7", "203.0.113.8", "2001:db8:bad::7"
 OUT = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 IN = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
 MAX = 4  # XG_BUDGET_MAX of this bed: services with a bucket of their own
+TCP_SYNS = 5  # XG_BUDGET_TCP_SYNS of this bed: unverified SYNs/s per TCP service below the SYN threshold
 
 
 def now_ns() -> int:
@@ -52,7 +53,7 @@ def spoofed(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def tb():
-    b = TestBed({"XG_BUDGET_MAX": MAX})
+    b = TestBed({"XG_BUDGET_MAX": MAX, "XG_BUDGET_TCP_SYNS": 5})
     try:
         b.protect(PROT, PROT_B, PROT6)
         yield b
@@ -121,13 +122,46 @@ def test_a_large_packet_costs_one_unit_per_128_bytes(bed):
     assert (b.admitted, b.dropped) == (2, 2)
 
 
-def test_tcp_is_not_budgeted(bed):
-    bed.egress(bytes(OUT / IP(src=PROT, dst=TCP_CLIENT) / TCP(sport=80, dport=40000, flags="A")))
+def syn(src: str, dst: str = PROT, sport: int = 4000) -> bytes:
+    return bytes(IN / ip(src, dst) / TCP(sport=sport, dport=80, flags="S", seq=1000, options=[("MSS", 1460)]))
+
+
+def set_syn_threshold(b: TestBed, pps: int) -> None:
+    for a in (PROT, PROT6):
+        addr = ipaddress.ip_address(a)
+        cur = guard.read_address_policy(b.maps, addr)
+        guard.write_address_policy(b.maps, addr, AddressPolicy(cur.blocked, cur.limits, policy.SynPolicy(pps)))
+
+
+def test_tcp_without_a_syn_defence_is_not_budgeted(bed):
+    """An address whose SYN defence is off (threshold 0, not always): no budget for its SYNs."""
     for i in range(10):
-        assert (
-            bed.verdict(bytes(IN / IP(src=spoofed(i), dst=PROT) / TCP(sport=4000 + i, dport=80, flags="S"))).reason
-            != Reason.BUDGET
-        )
+        assert bed.verdict(syn(spoofed(i), sport=4000 + i)).reason == Reason.CLEAN
+
+
+def test_new_tcp_connections_below_the_syn_threshold_get_the_services_budget(bed):
+    """Below the address's SYN threshold every SYN used to reach the kernel (a conntrack entry
+    for 120 s each: a spoofed flood under the threshold filled the table). Now each TCP service
+    admits TCP_SYNS unverified SYNs/s; past them an unverified SYN meets the SYN defence as if
+    the address were over its threshold: a cookie (IPv4), retransmit authentication (IPv6 in this
+    build). Verified sources are never charged; no per-source state is made for the flood."""
+    set_syn_threshold(bed, 1000)  # far above what this test sends: only the budget acts
+    bed.egress(bytes(OUT / IP(src=PROT, dst=TCP_CLIENT) / TCP(sport=80, dport=40000, flags="A")))  # established
+    got = [bed.verdict(syn(spoofed(i), sport=4000 + i)).reason for i in range(12)]
+    assert got == [Reason.CLEAN] * TCP_SYNS + [Reason.SYNCOOKIE] * (12 - TCP_SYNS), got
+    for i in range(10):  # a verified client's new connections: never charged, never a cookie
+        assert bed.verdict(syn(TCP_CLIENT, sport=41000 + i)).reason == Reason.CLEAN
+    six = [bed.verdict(syn(f"2001:db8:bad::{i + 1:x}", PROT6, sport=4000 + i)).reason for i in range(8)]
+    assert six == [Reason.CLEAN] * TCP_SYNS + [Reason.SYN] * 3, six  # IPv6: retransmit authentication
+    by = {(b.protected, b.port, b.proto): b for b in guard.read_budgets(bed.maps)}
+    t = by[(PROT, 80, "tcp")]
+    assert (t.admitted, t.dropped, t.verified) == (TCP_SYNS, 12 - TCP_SYNS, 10)
+    assert by[(PROT6, 80, "tcp")].dropped == 3
+    assert len(list(bed.maps[MapName.BUCKETS].keys())) == 0  # no per-source bucket for the flood
+    # the switch turns it off with the UDP budget
+    guard.write_verify_settings(bed.maps, VerifySettings(budget_udp_pps=5, budget=False))
+    assert [bed.verdict(syn(spoofed(50 + i), sport=5000 + i)).reason for i in range(8)] == [Reason.CLEAN] * 8
+    set_syn_threshold(bed, 0)
 
 
 def test_a_full_map_falls_back_to_the_address_slot_never_to_another_address(bed):
