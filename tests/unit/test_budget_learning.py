@@ -128,3 +128,16 @@ def test_a_swept_entry_starts_again_without_a_bogus_rate():
     clock.t += budgets.EVERY_S
     learner.round(g, True)
     assert g.views[("198.18.0.1", 53)].rate == 6000  # the remembered peak, no negative delta learned
+
+
+def test_a_tcp_services_budget_is_not_learned_and_does_not_mix_with_the_udp_one():
+    """budget.h keeps a TCP service's budget (new connections below the SYN threshold) in the same
+    map, under the same address and port as a UDP service may have: the learner reads the UDP
+    ones only, so udp/7's readings are never tcp/7's counters and tcp/7 keeps its compiled rate."""
+    g, clock = FakeGuard(_one()), Clock()
+    g.views[("198.18.0.1", 53, "tcp")] = BudgetView("198.18.0.1", 53, 0, 0, 0, 0, "tcp")
+    learner = budgets.BudgetLearner(clock=clock)
+    _run(g, learner, clock, 20, 5000)
+    assert g.views[("198.18.0.1", 53)].rate == 2000
+    assert g.views[("198.18.0.1", 53, "tcp")].rate == 0
+    assert set(learner.services) == {("198.18.0.1", 53)}

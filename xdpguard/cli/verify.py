@@ -21,7 +21,11 @@ def _text(c, v: verified.VerifyView) -> None:
     e, b = v.effective, v.budget
     c.print(
         f"{v.iface}: unverified UDP per service: "
-        + (f"{e['budget_udp_pps']:,} pps" if e["budget"] else "no budget")
+        + (
+            f"{e['budget_udp_pps']:,} pps, new TCP connections {e['budget_tcp_syns']:,}/s"
+            if e["budget"]
+            else "no budget"
+        )
         + f"; verified sources: TCP {e['tcp_pps']:,} pps (burst {e['tcp_burst']:,}), "
         f"UDP {e['udp_pps']:,} pps (burst {e['udp_burst']:,}); UDP learning below {e['udp_peace_pps']:,} pps"
         + ("" if v.udp_learning else " (paused: attack)")
@@ -33,8 +37,10 @@ def _text(c, v: verified.VerifyView) -> None:
     )
     for s in v.services:
         c.print(
-            f"  {s['protected']} udp/{s['port']}: {s['admitted']:,} admitted, {s['dropped']:,} dropped, "
-            f"{s['verified']:,} verified" + (f" (rate {s['rate']:,} pps)" if s["rate"] else "")
+            f"  {s['protected']} {s['proto']}/{s['port']}: {s['admitted']:,} admitted, {s['dropped']:,} "
+            + ("to the SYN defence" if s["proto"] == "tcp" else "dropped")
+            + f", {s['verified']:,} verified"
+            + (f" (rate {s['rate']:,} pps)" if s["rate"] else "")
         )
     for k, h in v.verified_drops.items():
         c.print(f"  do no harm, {k}: {h['dropped']:,} verified dropped, {h['exempted']:,} exempted")

@@ -1885,7 +1885,8 @@ def count_verified(maps, now_ns: int) -> dict[str, int]:
 
 
 def read_budgets(maps) -> list[BudgetView]:
-    """The per-service budgets the data path has made (one per UDP service that got traffic)."""
+    """The per-service budgets the data path has made (one per UDP service that got traffic, one
+    per TCP service that got an unverified SYN below its address's SYN threshold)."""
     m = maps[abi.MapName.BUDGET]
     ks, vs = ctypes.sizeof(abi.PortKey), ctypes.sizeof(abi.Budget)
     raw_k, raw_v, n = m.dump_raw()
@@ -1893,8 +1894,9 @@ def read_budgets(maps) -> list[BudgetView]:
     for i in range(n):
         k = abi.PortKey.from_buffer_copy(raw_k, i * ks)
         v = abi.Budget.from_buffer_copy(raw_v, i * vs)
-        out.append(BudgetView(port_key_addr(k), k.port, v.rate, v.admitted, v.dropped, v.verified))
-    return sorted(out, key=lambda b: (b.protected, b.port or 0))
+        proto = "tcp" if k.proto == socket.IPPROTO_TCP else "udp"
+        out.append(BudgetView(port_key_addr(k), k.port, v.rate, v.admitted, v.dropped, v.verified, proto))
+    return sorted(out, key=lambda b: (b.protected, b.port or 0, b.proto))
 
 
 def budget_totals(maps) -> dict[str, int]:

@@ -590,7 +590,7 @@ def good_bloom_bit(key: abi.SrcKey) -> int:
 
 @dataclass(frozen=True)
 class BudgetView:
-    """One service's admission budget for unverified UDP (xg_budget_hash, budget.h)."""
+    """One service's admission budget for unverified traffic (xg_budget_hash, budget.h)."""
 
     protected: str
     port: int
@@ -598,6 +598,9 @@ class BudgetView:
     admitted: int  # unverified packets admitted
     dropped: int  # unverified packets over the budget (reason budget)
     verified: int  # packets of verified sources, never charged ("do no harm")
+    # "udp": unverified UDP units; "tcp": unverified SYNs below the SYN threshold (budget_syn_admit),
+    # `dropped` being those sent to the SYN defence (a cookie, or retransmit authentication)
+    proto: str = "udp"
 
 
 def port_key_addr(k: abi.PortKey) -> str:

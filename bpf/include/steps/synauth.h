@@ -7,6 +7,7 @@
 #include "maps.h"
 #include "knowngood.h"
 #include "steps/syncookie.h"
+#include "steps/budget.h"
 
 /* Once an address went over its SYN threshold the defence stays up this long after the last
  * excess SYN, instead of letting the first threshold SYNs of each new second through. */
@@ -37,8 +38,8 @@ static __always_inline __u32 step_synauth(struct xg_config *cfg, struct xg_prote
         __u64 seen = __sync_fetch_and_add(&w->count, 1) + 1;
         if (seen > sp->syn_threshold_pps)
             w->defend_until_ns = t + XG_SYN_HOLD_NS;   /* held one second past the last excess SYN */
-        else if (t >= w->defend_until_ns)
-            return XG_CONTINUE;
+        else if (t >= w->defend_until_ns && budget_syn_admit(prot, p, now))
+            return XG_CONTINUE;    /* below the threshold, within the service's budget (budget.h) */
         over_budget = seen > sp->syn_threshold_pps + XG_SC_BUDGET_PPS;
     }
     if (kg_verified(p))

@@ -102,7 +102,9 @@ class BudgetLearner:
         if now - self.last < EVERY_S:
             return []
         self.last = now
-        views = g.read_budgets()
+        # the UDP services only: a TCP service's budget (new connections below the SYN threshold,
+        # budget.h budget_syn_admit) keeps its compiled-in rate; nothing is learned for it yet
+        views = [v for v in g.read_budgets() if v.proto == "udp"]
         floor = g.read_verify_settings().budget_udp_pps or abi.BUDGET_UDP_PPS
         changed = []
         seen = set()

@@ -24,7 +24,7 @@ class VerifyView:
     udp_learning: bool  # the daemon's switch (off while it sees an attack)
     verified: dict  # "tcp", "udp", "tcp+udp", "untrusted" → live entries
     budget: dict  # totals: admitted / dropped (unverified) / verified (never charged)
-    services: list[dict]  # per UDP service: protected, port, rate, admitted, dropped, verified
+    services: list[dict]  # per UDP or TCP service: protected, port, rate, admitted, dropped, verified, proto
     verified_drops: dict  # "first, do no harm": reason or filter → {dropped, exempted} (nonzero only)
 
 
@@ -41,7 +41,9 @@ _DEFAULTS = {
 
 def effective(v: policy.VerifySettings) -> dict:
     """v's values with the data path's defaults for the zeros."""
-    return {k: (getattr(v, k) or _DEFAULTS[k]) if k in _DEFAULTS else getattr(v, k) for k in VERIFY_KEYS}
+    out = {k: (getattr(v, k) or _DEFAULTS[k]) if k in _DEFAULTS else getattr(v, k) for k in VERIFY_KEYS}
+    out["budget_tcp_syns"] = abi.BUDGET_TCP_SYNS  # compiled in (budget.h): no setting yet
+    return out
 
 
 def _view(g) -> VerifyView:
