@@ -56,11 +56,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from xdpguard.lab import flood as flood_cmd  # noqa: E402
 from xdpguard.lab import l7 as L7  # noqa: E402
 from xdpguard.core.l7.spec import CHALLENGES_UNPASSED  # noqa: E402
 from xdpguard.lab import topology  # noqa: E402
 
-FLOOD = REPO / "scripts" / "l7flood.py"
 CROSSED = CHALLENGES_UNPASSED  # a source has crossed the limit at its CROSSED-th failed challenge …
 CROSSED_CONN = 2  # … or its 2nd on one HTTP/1.1 connection (counted twice: haproxy_config._same_connection)
 BOTS = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(1000))]
@@ -207,25 +207,7 @@ class Run:
         """A plain API client on the exempt path: its own address, no cookie, no JavaScript, a
         request at a time at API_RATE/s, a new connection each (scripts/l7flood.py, 1 source)."""
         return self.py_in(
-            "client",
-            sys.executable,
-            str(FLOOD),
-            "--target",
-            topology.PROT4,
-            "--sources",
-            f"{API4}/32",
-            "--count",
-            "1",
-            "--conns",
-            "1",
-            "--rate",
-            str(API_RATE),
-            "--duration",
-            str(seconds),
-            "--timeout",
-            "2",
-            "--path",
-            API_PATH + "status",
+            "client", *flood_cmd.api_client_command(topology.PROT4, API4, API_RATE, seconds, API_PATH + "status")
         )
 
     @staticmethod
@@ -320,34 +302,26 @@ class Run:
         api_base = self.result(api)
         extra = ["--cookie", self.cookie()] if r.cookie else []
         mode_get = "--mode" not in r.args
-        argv = [
-            sys.executable,
-            str(FLOOD),
-            "--target",
+        argv = flood_cmd.l7_command(
             topology.PROT4,
-            "--sources",
             sources,
-            "--count",
-            str(r.count),
-            "--conns",
-            str(r.conns),
-            "--duration",
-            str(self.duration),
-            "--timeout",
-            "2",
             *(
                 [
-                    *("--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration))),
+                    *("--max-requests", str(int(r.rate * self.duration))),
                     *("--crossed", str(CROSSED), "--crossed-conn", str(CROSSED_CONN)),
                 ]
                 if mode_get
                 else []
             ),
             *(["--crossed-status", "429"] if r.path == API_PATH else []),
-            *(["--path", r.path + "x"] if r.path != "/" else []),
             *r.args,
             *extra,
-        ]
+            count=r.count,
+            conns=r.conns,
+            duration=self.duration,
+            rate=r.rate if mode_get else None,
+            path=r.path + "x" if r.path != "/" else None,
+        )
         polls: list[tuple[float, dict[str, str]]] = []
         stop = threading.Event()
 
