@@ -350,12 +350,16 @@ def _unverified_budget(svc: HttpService) -> list[str]:
     """Per source: its unverified, not exempt requests are counted (gpc 1 of <svc>_src); beyond
     the level's budget per 10 s the source is challenged. A browser passes once and is not
     counted again; one address flooding without a cookie gets this many through, not the
-    per-source ceiling (which also binds verified sources)."""
+    per-source ceiling (which also binds verified sources). A source with more connections open
+    at once than a browser opens (spec.BROWSER_CONNS) gets no budget: challenged at once."""
     n = svc.preset.unverified_per_10s
+    unv = "!xg_verified !xg_exempt"
     return [
         f"    # per source: {n} unverified requests per {REQUEST_WINDOW_S} s, then the challenge",
-        "    http-request sc-inc-gpc(1,0) if !xg_verified !xg_exempt",
-        f"    http-request set-var(txn.xg_chal) int(1) if {{ sc_gpc_rate(1,0) gt {n} }} !xg_verified !xg_exempt",
+        f"    http-request sc-inc-gpc(1,0) if {unv}",
+        f"    http-request set-var(txn.xg_chal) int(1) if {{ sc_gpc_rate(1,0) gt {n} }} {unv}",
+        f"    # … none with more than {spec.BROWSER_CONNS} connections open at once (more than a browser opens)",
+        f"    http-request set-var(txn.xg_chal) int(1) if {{ sc0_conn_cur gt {spec.BROWSER_CONNS} }} {unv}",
     ]
 
 

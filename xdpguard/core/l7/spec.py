@@ -338,6 +338,12 @@ PRESETS = {
 # client that calls at least once a minute stays known: its stick-table entry idles out after
 # 60 s); the others get 429, and one refused CHALLENGES_UNPASSED times is banned in XDP.
 KNOWN_BEFORE_S = 5
+# A browser opens at most 6 connections at once to a host over HTTP/1.1 (Chromium, Firefox), one
+# over HTTP/2. An unverified source holding more than this many at once is not one browser: its
+# requests are challenged from the first, without the unverified budget (a browser behind a shared
+# address passes the 302 as it would at its budget; a bot, 64 connections from one address, sends
+# the budget's 20 requests to the backend within its first milliseconds otherwise).
+BROWSER_CONNS = 6
 CHALLENGES_PER_10S = 8  # a source challenged more often than this without passing is a bot: banned in XDP
 # … and whatever its rate: a source challenged this many times in its stick-table entry's life (it
 # idles out after 60 s) and never passing is a bot (a browser passes its first challenge)
