@@ -155,3 +155,11 @@ def test_the_daemon_says_a_ceiling_once_per_change_not_after_every_haproxy_resta
     w.learn_ceilings("sock", [svc_op], now=t + ceiling.DOUBLE_S + 11)
     assert haproxy["map"] == {}
     assert said[3:] == ["web: service ceiling back to the level's: example.com (level normal: 80/s)"], said
+
+
+def test_unrest_is_above_the_peacetime_peak_the_ceiling_was_learned_from():
+    """HAProxy calls a domain in unrest above 1/UNREST_OF_CEILING of its ceiling: with a learned
+    ceiling (FACTOR × the peacetime peak) that is its peacetime peak."""
+    from xdpguard.core.l7 import spec
+
+    assert spec.UNREST_OF_CEILING == ceiling.FACTOR
