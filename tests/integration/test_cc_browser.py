@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import tempfile
+import time
 
 import pytest
 
 from test_l7_haproxy import URL, Setup, _require, _service
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7 import runtime
+from xdpguard.core.l7.spec import KNOWN_BEFORE_S
+from xdpguard.lab import flood as flood_cmd
+from xdpguard.lab import l7 as L
 
 pytestmark = pytest.mark.kernel
 
@@ -66,3 +71,42 @@ def test_chromium_headless_passes_the_js_challenge(lab):
     earned = f"xgc={exp}.j.{a}{b}"
     assert s.curl(s.t.client, "-b", earned, URL).stdout.startswith("ok ")
     assert "location.reload()" in s.curl(s.t.attacker, "-b", earned, URL).stdout  # not from another address
+
+
+KNOWN4 = "198.18.24.2"  # a cookie-less client (a monitor, a script) known before the unrest
+
+
+def test_in_unrest_a_new_browser_passes_one_302_and_known_clients_keep_their_budget(lab):
+    """Stop 34's unrest, what it costs (level normal, nothing tuned): 20 unverified requests/s
+    from 128 new addresses is over a quarter of the domain's ceiling (50/s) and under the
+    ceiling (no surge). A browser that arrives now is new: one 302 (followed, the cookie kept),
+    then the page. A cookie-less client seen more than KNOWN_BEFORE_S before keeps its budget
+    (200); a cookie-less client never seen is challenged at its first request."""
+    _require("chromium")
+    s = Setup(lab)
+    L.add_sources(lab, s.t, 128)
+    lab.run(s.t.client, "ip", "address", "add", f"{KNOWN4}/32", "dev", "lo")
+    lab.run(s.t.prot, "ip", "route", "replace", f"{KNOWN4}/32", "via", L.CLIENT4)
+    svc = _service()
+    assert s.apply(svc) == "started"
+    code = ("-o", "/dev/null", "-w", "%{http_code}")
+    assert s.curl(s.t.client, "--interface", KNOWN4, *code, URL).stdout == "200"  # first seen now
+    time.sleep(KNOWN_BEFORE_S + 0.5)
+    argv = flood_cmd.l7_command(L.PROT4, L.BOTS4, count=128, conns=16, rate=20, duration=12)
+    f = s.lab.popen(s.t.attacker, "nice", "-n", "15", *argv, stdout=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    dom = _chromium(s, "--dump-dom", URL)
+    known = s.curl(s.t.client, "--interface", KNOWN4, *code, URL).stdout
+    new = s.curl(s.t.attacker, *code, URL).stdout  # the attacker's own address: never seen
+    sock = str(s.h.admin_socket)
+    raw = runtime.command(sock, f"show table {hc.service_table(svc)}")
+    src = runtime.show_table(sock, hc.src_table(svc))
+    fl = Setup.result(f, timeout=40)
+    print(f"\nunrest: chromium {dom.strip()[:60]!r}; known curl {known}; new curl {new}; flood {fl['status']}")
+    assert "ok path=/ xff=198.18.0.10" in dom, dom[:1000]
+    browser = [e for e in src.entries if str(e.address) == L.CLIENT4]
+    assert browser and browser[0].get("gpc0") == 1 and browser[0].get("gpt2") > 0, src  # one 302, then verified
+    assert known == "200" and new == "302", (known, new)
+    assert fl["status"].get("302", 0) > 0, fl  # the flood's new sources were challenged …
+    until = [int(x) for x in re.findall(r"gpt(?:0|\(0\))=(\d+)", raw)]
+    assert all(u < time.time() - 10 for u in until), raw  # … without a surge (under the ceiling)
