@@ -15,11 +15,14 @@ Per row (targets of issue 29 in brackets):
 - client share   the client's 200s during the flood / its 200s in the same time just before
                  (no attack)  [≥ 90 %]
 - to backend     the flood's requests answered 200 (the backend's answer; HAProxy's own
-                 answers are 302 challenges, 429, 403, 408) / requests sent  [≤ 5 %]; the
-                 table also gives the count, and the connections XDP's drop made fail (a
-                 banned flood cannot send: its share is of the few it sent before the ban)
-- to backend, tried   the same count / the requests the flood tried (sent + connects that failed:
-                 a banned source's connects fail in XDP)
+                 answers are 302 challenges, 429, 403, 408) / the requests the flood tried:
+                 sent + connects that failed (a banned source's SYNs are dropped in XDP: each
+                 failed connect is a request of the flood stopped at line rate)  [≤ 5 %]. Why
+                 not "of sent": the sooner a flood is banned, the fewer it sends, and the same
+                 first requests become a larger share; that share would reward a slow ban. A
+                 failed connect counts once although l7flood waits its 2 s timeout on it (an
+                 open-loop flood would try more): the share of tried is an upper bound. The
+                 share of sent is printed next to it.
 - crossing → XDP drop   per source, from its CHALLENGES_UNPASSED-th 302, or its 2nd on one
                  connection (l7flood --crossed/--crossed-conn, the flood's CLOCK_MONOTONIC; 429 on the
                  exempt path), to the first ban-list poll showing it banned: p90 / max  [≤ 5 s]
@@ -437,7 +440,7 @@ def table(rows: list[dict]) -> str:
         return f"{x * 100:.0f} %" if x >= 0.01 or x == 0 else f"{x * 100:.1f} %"
 
     out = [
-        "| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend [≤ 5 %] | "
+        "| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend, of tried [≤ 5 %] (of sent) | "
         "crossing → XDP drop [≤ 5 s] p90 / max (banned / crossed) | flood start → 90 % banned (banned / sources) "
         "| verified banned [0] | API client on the exempt path [≥ 90 %] | bots banned within the flood |",
         "|---|---|---|---|---|---|---|---|",
@@ -471,9 +474,9 @@ def table(rows: list[dict]) -> str:
         )
         out.append(
             f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
-            f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent; "
-            f"{pct(attempted(r))} of {r['flood_sent'] + r['flood']['connect_failed']:,} tried "
-            f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} | "
+            f"{pct(attempted(r))}: {r['flood_status'].get('200', 0):,} of "
+            f"{r['flood_sent'] + r['flood']['connect_failed']:,} tried ({r['flood']['connect_failed']:,} connects "
+            f"failed); of sent {pct(r['to_backend'])} | {cross} | {drop} | {r['verified_banned']} | "
             f"{api} | {inflood} |"
         )
     return "\n".join(out)
