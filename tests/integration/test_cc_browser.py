@@ -110,3 +110,45 @@ def test_in_unrest_a_new_browser_passes_one_302_and_known_clients_keep_their_bud
     assert fl["status"].get("302", 0) > 0, fl  # the flood's new sources were challenged …
     until = [int(x) for x in re.findall(r"gpt(?:0|\(0\))=(\d+)", raw)]
     assert all(u < time.time() - 10 for u in until), raw  # … without a surge (under the ceiling)
+
+
+def test_in_unrest_on_the_exempt_path_a_new_api_client_waits_and_a_known_one_does_not(lab):
+    """What unrest costs an API client (level normal, nothing tuned): 50 unverified requests/s
+    on the exempt path /api/ from 128 new addresses is over a quarter of its exempt ceiling
+    (100/s) and under it (no surge). An API client first seen now gets 429 until it is
+    KNOWN_BEFORE_S old, then 200 (never banned: unrest's 429 is not a counted refusal); one seen
+    before keeps every call."""
+    s = Setup(lab)
+    L.add_sources(lab, s.t, 128)
+    lab.run(s.t.client, "ip", "address", "add", f"{KNOWN4}/32", "dev", "lo")
+    lab.run(s.t.prot, "ip", "route", "replace", f"{KNOWN4}/32", "via", L.CLIENT4)
+    svc = _service()
+    assert s.apply(svc) == "started"
+    code = ("-o", "/dev/null", "-w", "%{http_code}")
+    assert s.curl(s.t.client, "--interface", KNOWN4, *code, f"http://{L.PROT4}/api/status").stdout == "200"
+    time.sleep(KNOWN_BEFORE_S + 0.5)
+    argv = flood_cmd.l7_command(L.PROT4, L.BOTS4, count=128, conns=32, rate=50, duration=14, path="/api/x")
+    f = s.lab.popen(s.t.attacker, "nice", "-n", "15", *argv, stdout=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    new = s.lab.popen(
+        s.t.attacker,
+        *flood_cmd.api_client_command(L.PROT4, L.ATTACKER4, 2, 9, "/api/status"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    known = s.lab.popen(
+        s.t.client,
+        *flood_cmd.api_client_command(L.PROT4, KNOWN4, 2, 9, "/api/status"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    new_r, known_r = Setup.result(new, timeout=40), Setup.result(known, timeout=40)
+    raw = runtime.command(str(s.h.admin_socket), f"show table {hc.service_table(svc)}")
+    fl = Setup.result(f, timeout=40)
+    print(f"\nunrest on /api/: new API client {new_r['status']}; known {known_r['status']}; flood {fl['status']}")
+    assert known_r["sent"] >= 10 and known_r["status"] == {"200": known_r["sent"]}, known_r
+    assert new_r["status"].get("429", 0) > 0 and new_r["status"].get("200", 0) > 0, new_r
+    assert set(new_r["status"]) <= {"200", "429"}, new_r
+    assert fl["status"].get("429", 0) > 0, fl  # the flood's new sources were refused …
+    until = [int(x) for x in re.findall(r"gpt(?:0|\(0\))=(\d+)", raw)]
+    assert all(u < time.time() - 10 for u in until), raw  # … without a surge (under the exempt ceiling)
