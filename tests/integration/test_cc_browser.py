@@ -76,6 +76,20 @@ def test_chromium_headless_passes_the_js_challenge(lab):
 KNOWN4 = "198.18.24.2"  # a cookie-less client (a monitor, a script) known before the unrest
 
 
+def _known_before_unrest(lab, url: str):
+    """The lab at level normal with 128 bot addresses, and KNOWN4 (on the client namespace) seen
+    once at `url` more than KNOWN_BEFORE_S ago, without a cookie."""
+    s = Setup(lab)
+    L.add_sources(lab, s.t, 128)
+    lab.run(s.t.client, "ip", "address", "add", f"{KNOWN4}/32", "dev", "lo")
+    lab.run(s.t.prot, "ip", "route", "replace", f"{KNOWN4}/32", "via", L.CLIENT4)
+    svc = _service()
+    assert s.apply(svc) == "started"
+    assert s.curl(s.t.client, "--interface", KNOWN4, "-o", "/dev/null", "-w", "%{http_code}", url).stdout == "200"
+    time.sleep(KNOWN_BEFORE_S + 0.5)
+    return s, svc
+
+
 def test_in_unrest_a_new_browser_passes_one_302_and_known_clients_keep_their_budget(lab):
     """Stop 34's unrest, what it costs (level normal, nothing tuned): 20 unverified requests/s
     from 128 new addresses is over a quarter of the domain's ceiling (50/s) and under the
@@ -83,15 +97,8 @@ def test_in_unrest_a_new_browser_passes_one_302_and_known_clients_keep_their_bud
     then the page. A cookie-less client seen more than KNOWN_BEFORE_S before keeps its budget
     (200); a cookie-less client never seen is challenged at its first request."""
     _require("chromium")
-    s = Setup(lab)
-    L.add_sources(lab, s.t, 128)
-    lab.run(s.t.client, "ip", "address", "add", f"{KNOWN4}/32", "dev", "lo")
-    lab.run(s.t.prot, "ip", "route", "replace", f"{KNOWN4}/32", "via", L.CLIENT4)
-    svc = _service()
-    assert s.apply(svc) == "started"
+    s, svc = _known_before_unrest(lab, URL)
     code = ("-o", "/dev/null", "-w", "%{http_code}")
-    assert s.curl(s.t.client, "--interface", KNOWN4, *code, URL).stdout == "200"  # first seen now
-    time.sleep(KNOWN_BEFORE_S + 0.5)
     argv = flood_cmd.l7_command(L.PROT4, L.BOTS4, count=128, conns=16, rate=20, duration=12)
     f = s.lab.popen(s.t.attacker, "nice", "-n", "15", *argv, stdout=subprocess.PIPE, text=True)
     time.sleep(2.0)
@@ -118,15 +125,7 @@ def test_in_unrest_on_the_exempt_path_a_new_api_client_waits_and_a_known_one_doe
     (100/s) and under it (no surge). An API client first seen now gets 429 until it is
     KNOWN_BEFORE_S old, then 200 (never banned: unrest's 429 is not a counted refusal); one seen
     before keeps every call."""
-    s = Setup(lab)
-    L.add_sources(lab, s.t, 128)
-    lab.run(s.t.client, "ip", "address", "add", f"{KNOWN4}/32", "dev", "lo")
-    lab.run(s.t.prot, "ip", "route", "replace", f"{KNOWN4}/32", "via", L.CLIENT4)
-    svc = _service()
-    assert s.apply(svc) == "started"
-    code = ("-o", "/dev/null", "-w", "%{http_code}")
-    assert s.curl(s.t.client, "--interface", KNOWN4, *code, f"http://{L.PROT4}/api/status").stdout == "200"
-    time.sleep(KNOWN_BEFORE_S + 0.5)
+    s, svc = _known_before_unrest(lab, f"http://{L.PROT4}/api/status")
     argv = flood_cmd.l7_command(L.PROT4, L.BOTS4, count=128, conns=32, rate=50, duration=14, path="/api/x")
     f = s.lab.popen(s.t.attacker, "nice", "-n", "15", *argv, stdout=subprocess.PIPE, text=True)
     time.sleep(2.0)
