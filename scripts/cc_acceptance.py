@@ -15,11 +15,14 @@ Per row (targets of issue 29 in brackets):
 - client share   the client's 200s during the flood / its 200s in the same time just before
                  (no attack)  [≥ 90 %]
 - to backend     the flood's requests answered 200 (the backend's answer; HAProxy's own
-                 answers are 302 challenges, 429, 403, 408) / requests sent  [≤ 5 %]; the
-                 table also gives the count, and the connections XDP's drop made fail (a
-                 banned flood cannot send: its share is of the few it sent before the ban)
-- to backend, tried   the same count / the requests the flood tried (sent + connects that failed:
-                 a banned source's connects fail in XDP)
+                 answers are 302 challenges, 429, 403, 408) / the requests the flood tried:
+                 sent + connects that failed (a banned source's SYNs are dropped in XDP: each
+                 failed connect is a request of the flood stopped at line rate)  [≤ 5 %]. Why
+                 not "of sent": the sooner a flood is banned, the fewer it sends, and the same
+                 first requests become a larger share; that share would reward a slow ban. A
+                 failed connect counts once although l7flood waits its 2 s timeout on it (an
+                 open-loop flood would try more): the share of tried is an upper bound. The
+                 share of sent is printed next to it.
 - crossing → XDP drop   per source, from its CHALLENGES_UNPASSED-th 302, or its 2nd on one
                  connection (l7flood --crossed/--crossed-conn, the flood's CLOCK_MONOTONIC; 429 on the
                  exempt path), to the first ban-list poll showing it banned: p90 / max  [≤ 5 s]
@@ -56,11 +59,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from xdpguard.lab import flood as flood_cmd  # noqa: E402
 from xdpguard.lab import l7 as L7  # noqa: E402
 from xdpguard.core.l7.spec import CHALLENGES_UNPASSED  # noqa: E402
 from xdpguard.lab import topology  # noqa: E402
 
-FLOOD = REPO / "scripts" / "l7flood.py"
 CROSSED = CHALLENGES_UNPASSED  # a source has crossed the limit at its CROSSED-th failed challenge …
 CROSSED_CONN = 2  # … or its 2nd on one HTTP/1.1 connection (counted twice: haproxy_config._same_connection)
 BOTS = [str(a) for a, _ in zip(ipaddress.ip_network(L7.BOTS4).hosts(), range(1000))]
@@ -207,25 +210,7 @@ class Run:
         """A plain API client on the exempt path: its own address, no cookie, no JavaScript, a
         request at a time at API_RATE/s, a new connection each (scripts/l7flood.py, 1 source)."""
         return self.py_in(
-            "client",
-            sys.executable,
-            str(FLOOD),
-            "--target",
-            topology.PROT4,
-            "--sources",
-            f"{API4}/32",
-            "--count",
-            "1",
-            "--conns",
-            "1",
-            "--rate",
-            str(API_RATE),
-            "--duration",
-            str(seconds),
-            "--timeout",
-            "2",
-            "--path",
-            API_PATH + "status",
+            "client", *flood_cmd.api_client_command(topology.PROT4, API4, API_RATE, seconds, API_PATH + "status")
         )
 
     @staticmethod
@@ -320,34 +305,26 @@ class Run:
         api_base = self.result(api)
         extra = ["--cookie", self.cookie()] if r.cookie else []
         mode_get = "--mode" not in r.args
-        argv = [
-            sys.executable,
-            str(FLOOD),
-            "--target",
+        argv = flood_cmd.l7_command(
             topology.PROT4,
-            "--sources",
             sources,
-            "--count",
-            str(r.count),
-            "--conns",
-            str(r.conns),
-            "--duration",
-            str(self.duration),
-            "--timeout",
-            "2",
             *(
                 [
-                    *("--rate", str(r.rate), "--max-requests", str(int(r.rate * self.duration))),
+                    *("--max-requests", str(int(r.rate * self.duration))),
                     *("--crossed", str(CROSSED), "--crossed-conn", str(CROSSED_CONN)),
                 ]
                 if mode_get
                 else []
             ),
             *(["--crossed-status", "429"] if r.path == API_PATH else []),
-            *(["--path", r.path + "x"] if r.path != "/" else []),
             *r.args,
             *extra,
-        ]
+            count=r.count,
+            conns=r.conns,
+            duration=self.duration,
+            rate=r.rate if mode_get else None,
+            path=r.path + "x" if r.path != "/" else None,
+        )
         polls: list[tuple[float, dict[str, str]]] = []
         stop = threading.Event()
 
@@ -463,7 +440,7 @@ def table(rows: list[dict]) -> str:
         return f"{x * 100:.0f} %" if x >= 0.01 or x == 0 else f"{x * 100:.1f} %"
 
     out = [
-        "| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend [≤ 5 %] | "
+        "| attack (nothing tuned) | web client share [≥ 90 %] | flood to backend, of tried [≤ 5 %] (of sent) | "
         "crossing → XDP drop [≤ 5 s] p90 / max (banned / crossed) | flood start → 90 % banned (banned / sources) "
         "| verified banned [0] | API client on the exempt path [≥ 90 %] | bots banned within the flood |",
         "|---|---|---|---|---|---|---|---|",
@@ -497,9 +474,9 @@ def table(rows: list[dict]) -> str:
         )
         out.append(
             f"| {r['row']} | {pct(r['client_share'])} ({r['client_during']}/{r['client_base']}) | "
-            f"{pct(r['to_backend'])}: {r['flood_status'].get('200', 0):,} of {r['flood_sent']:,} sent; "
-            f"{pct(attempted(r))} of {r['flood_sent'] + r['flood']['connect_failed']:,} tried "
-            f"({r['flood']['connect_failed']:,} connects failed) | {cross} | {drop} | {r['verified_banned']} | "
+            f"{pct(attempted(r))}: {r['flood_status'].get('200', 0):,} of "
+            f"{r['flood_sent'] + r['flood']['connect_failed']:,} tried ({r['flood']['connect_failed']:,} connects "
+            f"failed); of sent {pct(r['to_backend'])} | {cross} | {drop} | {r['verified_banned']} | "
             f"{api} | {inflood} |"
         )
     return "\n".join(out)

@@ -101,3 +101,65 @@ def test_the_map_is_found_read_and_changed_with_the_fewest_commands():
         "add map {id} web|c 10",
     ]
     assert ceiling.changes(have, have) == []
+
+
+def test_the_daemon_says_a_ceiling_once_per_change_not_after_every_haproxy_restart(monkeypatch):
+    """HAProxy's restart empties its ceiling map and the daemon writes the learned ceiling again:
+    a repair, not news. The line is said when a domain's ceiling changes (and when it goes back
+    to the level's number), once."""
+    from xdpguard.core.l7 import bans, runtime
+
+    svc = _svc(domains=["example.com"])
+    rate = {"now": 3}
+    haproxy = {"map": {}}  # the ceiling map as HAProxy holds it
+
+    def command(sock, cmd):
+        if cmd.startswith("show table"):
+            return f"# table: web_svc\n0x1: key=example.com use=0 exp=59000 gpt0=0 http_req_rate(1000)={rate['now']}\n"
+        if cmd == "show map":
+            return "2 (/run/xdpguard/l7/ceiling.map) pattern loaded from file\n"
+        if cmd.startswith("show map #2"):
+            return "".join(f"0x1: {k} {v}\n" for k, v in haproxy["map"].items())
+        verb, _, _, key, *value = cmd.split()
+        if verb == "del":
+            haproxy["map"].pop(key)
+        else:
+            haproxy["map"][key] = int(value[0])
+        return ""
+
+    monkeypatch.setattr(runtime, "command", command)
+    said: list[str] = []
+    w = bans.Watch(said.append)
+    w.ceilings = ceiling.Ceilings(warmup_s=1)
+    t = 1000.0
+    for i in range(4):
+        w.learn_ceilings("sock", [svc], now=t + i)
+    assert haproxy["map"] == {"web|example.com": 12}
+    assert len(said) == 1 and "example.com 12/s" in said[0]
+    for restart in range(3):  # HAProxy restarts: the map is empty again, and written again
+        haproxy["map"] = {}
+        w.learn_ceilings("sock", [svc], now=t + 10 + restart)
+        assert haproxy["map"] == {"web|example.com": 12}
+    assert len(said) == 1, said
+    rate["now"] = 5  # a new peak an hour on (the learned peak rises at most ×2 an hour): said once
+    for i in range(3):
+        w.learn_ceilings("sock", [svc], now=t + ceiling.DOUBLE_S + i)
+    assert haproxy["map"] == {"web|example.com": 20}
+    # (the hour's decay of the old peak, 12 → 10/s, is a change too: said once, at the first tick)
+    assert said[1:] == [
+        "web: service ceiling from peacetime: example.com 10/s (level normal: 50/s)",
+        "web: service ceiling from peacetime: example.com 20/s (level normal: 50/s)",
+    ], said
+    svc_op = _svc(domains=["example.com"], service_rate=80)  # the operator sets it: back to the level's
+    w.learn_ceilings("sock", [svc_op], now=t + ceiling.DOUBLE_S + 10)
+    w.learn_ceilings("sock", [svc_op], now=t + ceiling.DOUBLE_S + 11)
+    assert haproxy["map"] == {}
+    assert said[3:] == ["web: service ceiling back to the level's: example.com (level normal: 80/s)"], said
+
+
+def test_unrest_is_above_the_peacetime_peak_the_ceiling_was_learned_from():
+    """HAProxy calls a domain in unrest above 1/UNREST_OF_CEILING of its ceiling: with a learned
+    ceiling (FACTOR × the peacetime peak) that is its peacetime peak."""
+    from xdpguard.core.l7 import spec
+
+    assert spec.UNREST_OF_CEILING == ceiling.FACTOR

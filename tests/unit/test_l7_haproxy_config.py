@@ -173,6 +173,19 @@ def test_the_defences_are_there() -> None:
     assert "http-request sc-inc-gpc(1,0) if !xg_verified !xg_exempt" in text
     assert "http-request set-var(txn.xg_chal) int(1) if { sc_gpc_rate(1,0) gt 20 } !xg_verified !xg_exempt" in text
     assert text.index("sc_gpc_rate(1,0) gt 20") < text.index("http-request return status 302")
+    # … no budget for a source holding more connections at once than a browser opens
+    conns = "http-request set-var(txn.xg_chal) int(1) if { sc0_conn_cur gt 6 } !xg_verified !xg_exempt"
+    assert conns in text and text.index(conns) < text.index("http-request return status 302")
+    # … nor, in unrest (the domain over a quarter of its ceiling, the learned one or the level's),
+    # for a source first seen under KNOWN_BEFORE_S ago (gpt 3: when first seen)
+    assert "http-request set-var(txn.xg_sage) sc_get_gpt(3,0),neg,add(txn.xg_now)" in text
+    assert "acl xg_new var(txn.xg_sage) -m int lt 5" in text
+    assert "acl xg_unrest sc2_http_req_rate,mul(4),sub(txn.xg_ceil) gt 0" in text
+    unrest = "http-request set-var(txn.xg_chal) int(1) if xg_unrest xg_new !xg_verified !xg_exempt"
+    assert text.index("acl xg_unrest") < text.index(unrest) < text.index("http-request return status 302")
+    svc = HttpService("web", listen=["198.18.0.1"], backends=["198.18.1.2:80"], service_rate=80)
+    own = hc.render([svc], run_dir=RUN_DIR, secret=SECRET).text
+    assert "acl xg_unrest sc2_http_req_rate,mul(4) gt 80" in own and unrest in own  # the operator's ceiling
     # every challenge issued is counted on the source (a bot fails them all: l7/bans.py)
     assert "http-request sc-inc-gpc(0,0) if { var(txn.xg_chal) -m int 1 } !xg_verified" in text
     # the ceiling comes before the challenge it turns on

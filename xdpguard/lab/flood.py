@@ -22,6 +22,7 @@ import struct
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 KINDS = ("udp", "syn", "icmp")
 MAX_COUNT = 10_000_000
@@ -242,6 +243,49 @@ def command(
         "--pps",
         str(pps),
     ]
+
+
+L7FLOOD = Path(__file__).resolve().parents[2] / "scripts" / "l7flood.py"  # the HTTP flood generator
+
+
+def l7_command(
+    target: str,
+    sources: str,
+    *extra: str,
+    count: int,
+    conns: int,
+    duration: float,
+    rate: int | None = None,
+    timeout: float | None = 2.0,
+    path: str | None = None,
+) -> list[str]:
+    """scripts/l7flood.py's command line: `count` sources from `sources` (a prefix) over `conns`
+    connections for `duration` seconds, at `rate` requests/s, each request given up after
+    `timeout` s (l7flood's defaults for None), then `extra`. For a caller to run in a namespace."""
+    return [
+        sys.executable,
+        str(L7FLOOD),
+        "--target",
+        target,
+        "--sources",
+        sources,
+        "--count",
+        str(count),
+        "--conns",
+        str(conns),
+        *(["--rate", str(rate)] if rate is not None else []),
+        "--duration",
+        str(duration),
+        *(["--timeout", f"{timeout:g}"] if timeout is not None else []),
+        *(["--path", path] if path is not None else []),
+        *extra,
+    ]
+
+
+def api_client_command(target: str, address: str, rate: int, duration: float, path: str) -> list[str]:
+    """A plain API client (issue 29's acceptance): one address, no cookie, no JavaScript, one
+    request at a time at `rate`/s on `path`, a new connection each (scripts/l7flood.py, 1 source)."""
+    return l7_command(target, f"{address}/32", count=1, conns=1, rate=rate, duration=duration, path=path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,6 +122,7 @@ class Watch:
         self.banned_total = 0
         self.levels = levels if levels is not None else auto.AutoLevel()  # automatic CC mode
         self.ceilings = ceiling.Ceilings()  # each domain's service ceiling from its peacetime
+        self.ceilings_said: dict[str, dict[str, int]] = {}  # service → the learned ceilings last said
         self.raised: dict[str, str] = {}  # service → the level automatic CC mode serves it at
 
     def _say(self, msg: str) -> None:
@@ -215,15 +216,31 @@ class Watch:
 
     def learn_ceilings(self, sock: str, services: list[HttpService], now: float | None = None) -> None:
         """Each domain's service ceiling from its peacetime (l7/ceiling.py), written into
-        HAProxy's ceiling map through the runtime API (no reload); said when it changes."""
+        HAProxy's ceiling map through the runtime API (no reload); said once per change of a
+        domain's ceiling. Writing it again after HAProxy restarted or reloaded (an empty map)
+        repairs the map: nothing changed, nothing said."""
         now = time.time() if now is None else now
         for svc in services:
-            wrote = ceiling.sync(sock, svc, self.ceilings, now)
-            if wrote:
+            ceiling.sync(sock, svc, self.ceilings, now)
+            if svc.name not in self.ceilings.served:  # no ceiling map in HAProxy yet
+                continue
+            serving = self.ceilings.served[svc.name]
+            before = self.ceilings_said.get(svc.name, {})
+            new = {k: v for k, v in serving.items() if before.get(k) != v}
+            back = sorted(k for k in before if k not in serving)
+            self.ceilings_said[svc.name] = dict(serving)
+            level = f"level {svc.level}: {svc.effective_service_rate()}/s"
+            if new:
                 self.report(
                     f"{svc.name}: service ceiling from peacetime: "
-                    + ", ".join(f"{k.split('|', 1)[1]} {v}/s" for k, v in sorted(wrote.items()))
-                    + f" (level {svc.level}: {svc.effective_service_rate()}/s)"
+                    + ", ".join(f"{k.split('|', 1)[1]} {v}/s" for k, v in sorted(new.items()))
+                    + f" ({level})"
+                )
+            if back:
+                self.report(
+                    f"{svc.name}: service ceiling back to the level's: "
+                    + ", ".join(k.split("|", 1)[1] for k in back)
+                    + f" ({level})"
                 )
 
     def auto_levels(self, ifaces, services: list[HttpService], now: float | None = None) -> list[auto.Step]:

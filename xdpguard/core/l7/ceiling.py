@@ -54,6 +54,7 @@ class Ceilings:
 
     warmup_s: float = WARMUP_S
     domains: dict[tuple[str, str], _Domain] = field(default_factory=dict)
+    served: dict[str, dict[str, int]] = field(default_factory=dict)  # service → what its map holds since `sync`
 
     def learn(self, service: str, key: str, rate: float, surging: bool, now: float) -> None:
         """One reading of a domain's unverified requests/s (HAProxy's 1 s rate). It is learned
@@ -167,7 +168,9 @@ def changes(have: dict[str, int], want: dict[str, int]) -> list[str]:
 
 def sync(sock: str, svc: HttpService, learned: Ceilings, now: float) -> dict[str, int]:
     """Read the service's table, learn, and make HAProxy's ceiling map say what was learned;
-    returns the keys whose ceiling was written now (key → requests/s)."""
+    returns the keys whose ceiling was written now (key → requests/s). `learned.served` keeps
+    what the map holds afterwards: a map written again after HAProxy restarted holds what it
+    held before (for the daemon, nothing changed)."""
     rates = service_rates(runtime.command(sock, f"show table {hc.service_table(svc)}"))
     want = learned.tick(svc, rates, now)
     mid = map_id(runtime.command(sock, "show map"))
@@ -178,4 +181,5 @@ def sync(sock: str, svc: HttpService, learned: Ceilings, now: float) -> dict[str
     cmds = changes(have, want)
     for c in cmds:
         runtime.command(sock, c.format(id=mid))
+    learned.served[svc.name] = dict(want)
     return {k: v for k, v in want.items() if have.get(k) != v}

@@ -215,6 +215,8 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
         f"{{ sc_get_gpt(1,0) eq {PUNISH_CODES['drop']} }}",
         "    http-request set-var(txn.xg_now) date",
         "    http-request sc-set-gpt(3,0) var(txn.xg_now) if { sc_get_gpt(3,0) -m int 0 }",  # first seen
+        "    http-request set-var(txn.xg_sage) sc_get_gpt(3,0),neg,add(txn.xg_now)",  # seconds since
+        f"    acl xg_new var(txn.xg_sage) -m int lt {spec.KNOWN_BEFORE_S}",
         "    http-request del-header x-forwarded-for",
     ]
     if svc.domains:
@@ -350,12 +352,16 @@ def _unverified_budget(svc: HttpService) -> list[str]:
     """Per source: its unverified, not exempt requests are counted (gpc 1 of <svc>_src); beyond
     the level's budget per 10 s the source is challenged. A browser passes once and is not
     counted again; one address flooding without a cookie gets this many through, not the
-    per-source ceiling (which also binds verified sources)."""
+    per-source ceiling (which also binds verified sources). A source with more connections open
+    at once than a browser opens (spec.BROWSER_CONNS) gets no budget: challenged at once."""
     n = svc.preset.unverified_per_10s
+    unv = "!xg_verified !xg_exempt"
     return [
         f"    # per source: {n} unverified requests per {REQUEST_WINDOW_S} s, then the challenge",
-        "    http-request sc-inc-gpc(1,0) if !xg_verified !xg_exempt",
-        f"    http-request set-var(txn.xg_chal) int(1) if {{ sc_gpc_rate(1,0) gt {n} }} !xg_verified !xg_exempt",
+        f"    http-request sc-inc-gpc(1,0) if {unv}",
+        f"    http-request set-var(txn.xg_chal) int(1) if {{ sc_gpc_rate(1,0) gt {n} }} {unv}",
+        f"    # … none with more than {spec.BROWSER_CONNS} connections open at once (more than a browser opens)",
+        f"    http-request set-var(txn.xg_chal) int(1) if {{ sc0_conn_cur gt {spec.BROWSER_CONNS} }} {unv}",
     ]
 
 
@@ -385,20 +391,26 @@ def _service_ceiling(svc: HttpService) -> list[str]:
     lines += [
         f"    http-request track-sc2 var(txn.xg_dom) table {service_table(svc)} if {unv}",
     ]
+    q = spec.UNREST_OF_CEILING
     if svc.service_rate is None:  # the level's number until the daemon has learned the domain's peacetime
         lines += [
             f"    http-request set-var(txn.xg_ceil) str({ceiling_key(svc, '')}),concat(,txn.xg_dom,),"
             f"map_str_int({CEILING_MAP},{n}) if {unv}",
             "    acl xg_over sc2_http_req_rate,sub(txn.xg_ceil) gt 0",
+            f"    acl xg_unrest sc2_http_req_rate,mul({q}),sub(txn.xg_ceil) gt 0",
         ]
     else:
         lines.append(f"    acl xg_over sc2_http_req_rate gt {n}")
+        lines.append(f"    acl xg_unrest sc2_http_req_rate,mul({q}) gt {n}")
     lines += [
         f"    acl xg_over be_conn({backend_name(svc)}) gt {busy}",
         f"    http-request sc-set-gpt(0,2) var(txn.xg_now),add({SURGE_HOLD_S}) if xg_over {unv}",
         f"    http-request set-var(txn.xg_hold) sc_get_gpt(0,2),sub(txn.xg_now) if {unv}",
         "    acl xg_surge var(txn.xg_hold) -m int gt 0",
         f"    http-request set-var(txn.xg_chal) int(1) if xg_surge {unv}",
+        f"    # in unrest (over 1/{q} of the ceiling: above peacetime), a source first seen under "
+        f"{spec.KNOWN_BEFORE_S} s ago has no budget",
+        f"    http-request set-var(txn.xg_chal) int(1) if xg_unrest xg_new {unv}",
     ]
     return lines
 
@@ -434,6 +446,10 @@ def _exempt_ceiling(svc: HttpService) -> list[str]:
         "    acl xg_known var(txn.xg_age) -m int le 0",
         f"    http-request sc-inc-gpc(2,0) if xg_xsurge !xg_known {unv}",
         f"    http-request deny deny_status 429 if xg_xsurge !xg_known {unv}",
+        f"    # in unrest (over 1/{spec.UNREST_OF_CEILING} of it), a source first seen under {spec.KNOWN_BEFORE_S} s "
+        "ago gets 429 (not a refusal that counts)",
+        f"    http-request deny deny_status 429 if {{ sc2_http_req_rate,mul({spec.UNREST_OF_CEILING}) gt {n} }} "
+        f"xg_new {unv}",
     ]
 
 

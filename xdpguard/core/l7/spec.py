@@ -338,6 +338,19 @@ PRESETS = {
 # client that calls at least once a minute stays known: its stick-table entry idles out after
 # 60 s); the others get 429, and one refused CHALLENGES_UNPASSED times is banned in XDP.
 KNOWN_BEFORE_S = 5
+# A domain is *in unrest* while its unverified requests per second are above a quarter of its
+# ceiling (UNREST_OF_CEILING: the learned ceiling is 4 × the peacetime peak, l7/ceiling.py, so
+# above its peacetime): a source first seen less than KNOWN_BEFORE_S ago then gets no unverified
+# budget (challenged from its first request; on an exempt path, 429 without counting a refusal).
+# What a flood from many new addresses puts at the backend before the surge is then this quarter,
+# not the whole ceiling; known sources keep their budget until the surge itself.
+UNREST_OF_CEILING = 4
+# A browser opens at most 6 connections at once to a host over HTTP/1.1 (Chromium, Firefox), one
+# over HTTP/2. An unverified source holding more than this many at once is not one browser: its
+# requests are challenged from the first, without the unverified budget (a browser behind a shared
+# address passes the 302 as it would at its budget; a bot, 64 connections from one address, sends
+# the budget's 20 requests to the backend within its first milliseconds otherwise).
+BROWSER_CONNS = 6
 CHALLENGES_PER_10S = 8  # a source challenged more often than this without passing is a bot: banned in XDP
 # … and whatever its rate: a source challenged this many times in its stick-table entry's life (it
 # idles out after 60 s) and never passing is a bot (a browser passes its first challenge)
