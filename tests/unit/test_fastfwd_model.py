@@ -10,7 +10,14 @@ import re
 import socket
 
 from xdpguard.cli.main import run
+import pytest
+from dataclasses import replace
+
 from xdpguard.core import fastfwd, guard, reconcile
+from xdpguard.core.desired.diff import diff
+from xdpguard.core.desired.dump import to_toml
+from xdpguard.core.desired.load import ConfigError, loads
+from xdpguard.core.verbs import imperative
 from xdpguard.core.errors import UserError
 from xdpguard.core.kernel import abi
 from xdpguard.core.model import fastfwd as m
@@ -118,27 +125,75 @@ RESULT = fastfwd.FastPathResult(
 )
 
 
-def test_fastpath_cli_syncs_and_renders(monkeypatch, capsys):
+def test_fastpath_cli_is_the_verb_and_renders(monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(fastfwd, "sync", lambda iface, via: seen.append(("sync", iface, via)) or RESULT)
-    monkeypatch.setattr(fastfwd, "disable", lambda iface, via: seen.append(("off", iface, via)) or RESULT)
+    monkeypatch.setattr(
+        imperative, "forward_fastpath", lambda iface, via, off: seen.append((iface, via, off)) or RESULT
+    )
     r = invoke("forward", "fastpath", "xgp0", "--via", "xgb1")
     assert r.exit_code == 0 and "2 flows (4 entries written, 1 deleted)" in r.output and "n1" in r.output
     assert "in   300 packets" in r.output
     r = invoke("forward", "fastpath", "xgp0", "--off", "--json")
     assert json.loads(r.output)["counters"]["in"] == [300, 400_000]
-    assert seen == [("sync", "xgp0", "xgb1"), ("off", "xgp0", None)]
+    assert seen == [("xgp0", "xgb1", False), ("xgp0", None, True)]
 
 
 def test_fastpath_cli_core_error_is_one_line(monkeypatch, capsys):
-    def refuse(iface, via):
+    def refuse(iface, via, off):
         raise UserError(f"{iface}: the attached program has no forwarding fast path (attach with --fast-forward)")
 
-    monkeypatch.setattr(fastfwd, "sync", refuse)
+    monkeypatch.setattr(imperative, "forward_fastpath", refuse)
     assert run(["forward", "fastpath", "xgp0"]) == 2
     assert "--fast-forward" in one_line_error(capsys)
     assert run(["forward", "fastpath", "bad/name"]) == 2
     assert "bad/name" in one_line_error(capsys)
+
+
+# ---- the desired spec's `[interface.fast_path]` ----
+
+SPEC = """\
+[[interface]]
+name = "xgp0"
+protect = ["198.18.0.1"]
+"""
+
+
+def test_fast_path_loads_dumps_and_diffs():
+    d = loads(SPEC + '[interface.fast_path]\nvia = "xgb1"\n', "t.toml")[0]
+    assert d.interfaces[0].fast_path == "xgb1"
+    text = to_toml(d)
+    assert "[interface.fast_path]" in text and 'via = "xgb1"' in text
+    assert loads(text, "again.toml")[0] == d and not diff(d, loads(text, "again.toml")[0])
+    off = loads(SPEC, "t.toml")[0]
+    assert off.interfaces[0].fast_path is None and "fast_path" not in to_toml(off)
+    assert loads(SPEC + "[interface.fast_path]\n", "t.toml")[0] == off  # an empty table: off
+    ch = diff(off, d)
+    assert [c.text() for c in ch] == ["~ xgp0 fast_path: off -> via xgb1"]
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ('via = "xgp0"', "not the protected one"),
+        ('via = "a/b"', "valid interface name"),
+        ('via = "x23456789012345678"', "valid interface name"),
+        ("via = 3", "must be"),
+        ('via = "xgb1"\ncompile = true', "unknown key"),
+    ],
+)
+def test_bad_fast_path_names_the_field(body, needle):
+    with pytest.raises(ConfigError) as e:
+        loads(SPEC + "[interface.fast_path]\n" + body + "\n", "t.toml")
+    assert needle in e.value.message and "fast_path" in e.value.message
+
+
+def test_a_spec_with_the_fast_path_compiles_it_in():
+    spec = loads(SPEC + '[interface.fast_path]\nvia = "xgb1"\n', "t.toml")[0].interfaces[0]
+    assert reconcile.fast_defines(spec) == {abi.FWD_DEFINE: 1}
+    assert reconcile.fast_defines(spec, {"X": 2}) == {"X": 2, abi.FWD_DEFINE: 1}
+    off = replace(spec, fast_path=None)
+    assert reconcile.fast_defines(off) is None and reconcile.fast_defines(off, {"X": 2}) == {"X": 2}
+    assert reconcile.fast_defines(None) is None
 
 
 def test_attach_fast_forward_passes_the_flag_only_when_asked(monkeypatch, capsys):

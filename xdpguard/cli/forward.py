@@ -135,17 +135,17 @@ def _rules(c: Console, res: core.ForwardListResult) -> None:
     default=None,
     help="The backend-side interface: the return program is attached there (native XDP).",
 )
-@click.option("--off", is_flag=True, help="Every flow back to the slow path (and the return program off --via).")
+@click.option("--off", is_flag=True, help="Every flow back to the slow path, the return program off.")
 @_json
 def fastpath(iface, via, off):
-    """(experimental) Move IFACE's established forwards onto the XDP fast path, once.
+    """(experimental) Move IFACE's established forwards onto the XDP fast path.
 
-    Needs a program attached with `xdpguard attach --fast-forward`. Reads conntrack and makes the
-    fast path's table hold exactly its established DNATs (minus backends marked down); run it
-    again to follow conntrack. nftables keeps the first packets and the end of every connection."""
-    if off:
-        return Result(fastfwd.disable(iface, via), _fastpath)
-    return Result(fastfwd.sync(iface, via), _fastpath)
+    Sets `fast_path.via` in IFACE's desired spec (`--off` clears it); the reconciler attaches
+    the return program to --via, and `xdpguard run` moves established DNATs from conntrack onto
+    the fast path every second (minus backends marked down; this command syncs once). Needs a
+    program compiled with it: `attach --fast-forward`, or `upgrade IFACE --fast-forward`.
+    nftables keeps the first packets and the end of every connection."""
+    return Result(imperative.forward_fastpath(iface, via, off), _fastpath)
 
 
 def _fastpath(c: Console, res: fastfwd.FastPathResult) -> None:

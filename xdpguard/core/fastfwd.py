@@ -130,6 +130,11 @@ def _attach_return(iface: state.Iface, via: state.Iface) -> tuple[int, list[str]
         os.close(fd)
 
 
+def return_prog_id(iface: state.Iface) -> int:
+    """The id of the interface's pinned return program; 0 when none is pinned."""
+    return guard.pinned_fwd_id(iface)
+
+
 def _set_be_liberal() -> list[str]:
     try:
         with open(BE_LIBERAL) as f:
@@ -144,50 +149,88 @@ def _set_be_liberal() -> list[str]:
     return ["set net.netfilter.nf_conntrack_tcp_be_liberal=1 in this namespace (fast-pathed segments bypass conntrack)"]
 
 
-def sync(ifname: str, via: str | None = None) -> FastPathResult:
-    """One round: (with `via`) the return program attached there, then the fast path's table made
-    to match conntrack's established DNATs of the interface's protected addresses."""
+# ---- the desired spec's `fast_path` (InterfaceSpec.fast_path: the backend-side interface) ----
+
+
+def realised_via(g: guard.Guard) -> str | None:
+    """What the kernel holds, as the spec says it (Guard.fastfwd_via): the interface the pinned
+    return program is attached to, when the tail-call slot holds the fast path."""
+    return g.fastfwd_via()
+
+
+def check(g: guard.Guard, via: str | None) -> None:
+    """Refuse (one UserError, nothing written) a fast path the interface cannot have: `via` not
+    an interface of this namespace, the protected interface itself, or a program compiled
+    without the fast path."""
+    if via is None:
+        return
+    if via == g.iface.name:
+        raise UserError(f"{via}: the fast path's --via must be the backend-side interface, not the protected one")
+    state.resolve_iface(via)
+    if not g.fastfwd_compiled():
+        raise UserError(
+            f"{g.iface.name}: the attached program has no forwarding fast path; "
+            f"`xdpguard upgrade {g.iface.name} --fast-forward` compiles it in"
+        )
+
+
+def realise(g: guard.Guard, old: str | None, new: str | None) -> list[str]:
+    """Make the kernel hold the spec's fast path (the caller holds the interface lock): on, the
+    tail-call slot filled (a lost pin repaired), the return program on `new`, conntrack liberal
+    for TCP windows; off, every flow back on the slow path (the table emptied). A return program
+    on `old` (another interface) is taken off."""
+    notes: list[str] = []
+    if new is not None:
+        check(g, new)
+        notes += g.repair_fastfwd()
+        notes += _attach_return(g.iface, state.resolve_iface(new))[1]
+        notes += _set_be_liberal()
+    elif g.fastfwd_compiled():
+        _, deleted = g.sync_fastfwd([])
+        if deleted:
+            notes.append(f"{deleted} fast-path entries removed: every flow back on the slow path")
+    if old is not None and old != new:
+        try:
+            if dataplane.fwd_return_detach(state.resolve_iface(old).index):
+                notes.append(f"detached the fast path's return program from {old}")
+        except UserError:
+            pass  # the interface went away, and the program with it
+    return notes
+
+
+def intact(g: guard.Guard, via: str) -> bool:
+    """The daemon's cheap check: is the fast path of a spec with `via` realised as it was?"""
+    return realised_via(g) == via
+
+
+# ---- the flows: conntrack → the table (dynamic state, like bans; the map owner writes it) ----
+
+
+def sync_guard(g: guard.Guard) -> tuple[int, int, int]:
+    """The fast path's table made to match conntrack's established DNATs of the interface's
+    protected addresses (minus backends marked down). → (flows, written, deleted)."""
+    flows = model.select_flows(read_conntrack(), g.protected_addrs(), down_backends(g.iface.name))
+    written, deleted = g.sync_fastfwd(flows)
+    return len(flows), written, deleted
+
+
+def sync(ifname: str) -> FastPathResult:
+    """One round of sync_guard under the interface lock (`xdpguard run`, once a second, for
+    every interface whose desired spec has the fast path on)."""
     state.require_root()
     iface = state.resolve_iface(ifname)
-    notes: list[str] = []
-    prog_id = 0
     with state.iface_lock(iface):
         with guard.Guard.open(iface) as g:
-            if not g.has_fastfwd():
+            if not g.fastfwd_compiled():
                 raise UserError(
                     f"{ifname}: the attached program has no forwarding fast path (attach with --fast-forward)"
                 )
-            if via is not None:
-                prog_id, n = _attach_return(iface, state.resolve_iface(via))
-                notes += n
-                notes += _set_be_liberal()
-                state.write_field(iface, state.FASTFWD_VIA, via)  # detach takes it off there
-            flows = model.select_flows(read_conntrack(), g.protected_addrs(), down_backends(ifname))
-            written, deleted = g.sync_fastfwd(flows)
+            flows, written, deleted = sync_guard(g)
             counters = g.fastfwd_counters()
-    return FastPathResult(ifname, via, prog_id, len(flows), written, deleted, counters, notes)
+    return FastPathResult(ifname, None, 0, flows, written, deleted, counters)
 
 
-def disable(ifname: str, via: str | None = None) -> FastPathResult:
-    """Every flow back on the slow path: the table emptied, the return program taken off `via`."""
-    state.require_root()
-    iface = state.resolve_iface(ifname)
-    notes = []
-    with state.iface_lock(iface):
-        with guard.Guard.open(iface) as g:
-            written, deleted = g.sync_fastfwd([])
-            counters = g.fastfwd_counters()
-        if via is not None and dataplane.fwd_return_detach(state.resolve_iface(via).index):
-            notes.append(f"detached the fast path's return program from {via}")
-    return FastPathResult(ifname, via, 0, 0, written, deleted, counters, notes)
-
-
-def sync_enabled() -> list[FastPathResult]:
-    """`sync` for every interface of this namespace whose fast path was enabled (a `--via` is
-    recorded): what `xdpguard run` does every RunOptions.fastpath_interval_s."""
-    out = []
-    for name in state.protected_ifaces():
-        via = state.get(state.read_state(state.Iface(name, 0, state.netns_key())), state.FASTFWD_VIA)
-        if via:
-            out.append(sync(name, via))
-    return out
+def sync_enabled(names) -> list[FastPathResult]:
+    """`sync` for each of these interfaces (the daemon passes those whose desired spec has
+    `fast_path`)."""
+    return [sync(name) for name in names]
