@@ -56,6 +56,17 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect
 u.send(b"again"); print("ok" if u.recv(100) == b"again" else "bad")
 """
 
+# One UDP flow (one socket) exchanging a datagram every 0.2 s for argv[2] seconds; "ok" when every
+# answer came back intact.
+UDP_STEADY = r"""
+import socket, sys, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect((sys.argv[1], 7))
+end, ok = time.monotonic() + float(sys.argv[2]), True
+while time.monotonic() < end:
+    u.send(b"steady"); ok = ok and u.recv(100) == b"steady"; time.sleep(0.2)
+print("ok" if ok else "bad")
+"""
+
 
 @pytest.fixture(scope="module")
 def topo():
@@ -166,6 +177,8 @@ def test_an_upgrade_keeps_the_fast_path(topo):
     old = topo.sync()["return_prog_id"]
     assert _xdp_prog_id(topo, "xgb1") == old
     topo.xg("upgrade", "xgp0", "--force", timeout=180)
+    # the spec has the fast path on: the upgrade itself realised it with the new return program
+    assert _xdp_prog_id(topo, "xgb1") not in (0, old)
     new = topo.sync()
     assert new["return_prog_id"] != old and _xdp_prog_id(topo, "xgb1") == new["return_prog_id"], new
     udp = topo.lab.run(topo.client, fastpath.PY, "-c", UDP_ONCE, fastpath.PROT)
@@ -173,5 +186,133 @@ def test_an_upgrade_keeps_the_fast_path(topo):
 
 
 def _xdp_prog_id(topo, ifname: str) -> int:
+    """The id of the XDP program on the protector's `ifname`; 0 without one."""
     link = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", ifname).stdout)[0]
-    return link["xdp"]["prog"]["id"]
+    return link.get("xdp", {}).get("prog", {}).get("id", 0)
+
+
+# ---- the switch is desired state (`[interface.fast_path] via`): its own topology, no daemon of
+#      the tests above in its way ----
+
+FAST_TABLE = '[interface.fast_path]\nvia = "xgb1"\n'
+
+# What the kernel holds of the fast path, read as the reconciler reads it: the program id in the
+# main program's tail-call slot (or None) and the pinned tail-call array's path.
+PROBE = r"""
+from xdpguard.core import guard, state
+from xdpguard.core.kernel import dataplane
+i = state.resolve_iface("xgp0")
+print(dataplane.fwd_in_prog_id(dataplane.query(i.index).prog_id), i.pin_dir / guard.FWD_ARRAY_PIN)
+"""
+
+
+@pytest.fixture(scope="module")
+def spec_topo():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with Lab(timeout=120) as lab:
+        yield fastpath.build(lab, "fast", duration=120, tag="s")
+
+
+def _xg_status(topo, *args: str) -> tuple[int, str, str]:
+    r = topo.lab.run(topo.prot, *fastpath.xdpguard_argv(), *args, check=False, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def _probe(topo) -> tuple[str, str]:
+    slot, pin = topo.lab.run(topo.prot, fastpath.PY, "-c", PROBE).stdout.split()
+    return slot, pin
+
+
+def _store_text(topo) -> str:
+    code = "from xdpguard.core import store; p = store.desired_path(); print(p.read_text() if p.exists() else '')"
+    return topo.lab.run(topo.prot, fastpath.PY, "-c", code).stdout
+
+
+def test_the_switch_is_desired_state_export_apply_round_trip(spec_topo, tmp_path):
+    t = spec_topo
+    on = t.sync()  # `forward fastpath xgp0 --via xgb1`: an edit of the spec
+    assert on["via"] == "xgb1" and _xdp_prog_id(t, "xgb1") == on["return_prog_id"] != 0, on
+    assert FAST_TABLE in _store_text(t)  # stored, not an interface-record field
+    text = t.xg("export").stdout
+    assert FAST_TABLE in text, text
+    cfg = tmp_path / "on.toml"
+    cfg.write_text(text)
+    assert t.xg("diff", "-f", str(cfg)).stdout.strip() == "no changes"
+    t.xg("apply", "-f", str(cfg))
+    assert _xdp_prog_id(t, "xgb1") == on["return_prog_id"]  # an apply of the export changes nothing
+    off = tmp_path / "off.toml"
+    off.write_text(text.replace(FAST_TABLE, ""))
+    assert "fast_path: via xgb1 -> off" in t.xg("diff", "-f", str(off)).stdout
+    t.xg("apply", "-f", str(off))
+    assert _xdp_prog_id(t, "xgb1") == 0  # the return program went with the switch
+    assert FAST_TABLE not in t.xg("export").stdout and FAST_TABLE not in _store_text(t)
+    code, _, err = _xg_status(t, "forward", "fastpath", "xgp0")  # no --via while off
+    assert code == 2 and "give --via" in err
+    t.xg("apply", "-f", str(cfg))
+    assert _xdp_prog_id(t, "xgb1") == on["return_prog_id"]  # the same pinned return program, back
+    assert FAST_TABLE in t.xg("export").stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--via", "xgnope0"], "xgnope0"),
+        (["--via", "xgp0"], "not the protected one"),
+        (["--via", "bad/name"], "bad/name"),
+    ],
+)
+def test_bad_fast_path_input_is_one_line_and_changes_nothing(spec_topo, args, needle):
+    t = spec_topo
+    before = (_store_text(t), t.xg("export").stdout, _xdp_prog_id(t, "xgb1"))
+    code, out, err = _xg_status(t, "forward", "fastpath", "xgp0", *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("xdpguard: error: ") and needle in lines[0], err
+    assert "Traceback" not in err + out
+    assert (_store_text(t), t.xg("export").stdout, _xdp_prog_id(t, "xgb1")) == before
+
+
+def test_the_reconciler_repairs_fast_path_drift(spec_topo, tmp_path):
+    """A lost pin of the tail-call array empties the slot (the kernel clears a program array
+    nobody holds); a detached return program takes the answers back to the slow path. The
+    daemon's reconciler puts both back, from the spec."""
+    t = spec_topo
+    on = t.sync()
+    slot, pin = _probe(t)
+    assert slot != "None"
+    cfg = tmp_path / "xg.toml"
+    cfg.write_text(t.xg("export").stdout)
+    t.lab.run(t.prot, "rm", pin)
+    assert _probe(t)[0] == "None"  # the drift is real: the fast path is off in the data path
+    t.lab.popen(t.prot, *fastpath.xdpguard_argv(), "run", "--config", str(cfg), "--duration", "40", "--no-detect")
+    for _ in range(100):
+        time.sleep(0.2)
+        if _probe(t)[0] != "None":
+            break
+    assert _probe(t)[0] != "None", "the reconciler never refilled the tail-call slot"
+    assert t.lab.run(t.prot, "ls", pin).returncode == 0  # pinned again
+    t.lab.run(t.prot, "ip", "link", "set", "xgb1", "xdp", "off")
+    for _ in range(100):
+        time.sleep(0.2)
+        if _xdp_prog_id(t, "xgb1") == on["return_prog_id"]:
+            break
+    assert _xdp_prog_id(t, "xgb1") == on["return_prog_id"], "the return program was not put back"
+    # and the fast path works again: a steady UDP flow, learned by the daemon, leaves nftables
+    before = t.sync()["counters"]["in"][0]
+    assert t.lab.run(t.client, fastpath.PY, "-c", UDP_STEADY, fastpath.PROT, "4").stdout.strip() == "ok"
+    assert t.sync()["counters"]["in"][0] > before
+
+
+def test_a_program_without_the_fast_path_refuses_it_until_upgraded(spec_topo, tmp_path):
+    x = fastpath.build(spec_topo.lab, "xdp", duration=60, tag="x")
+    before = (_store_text(x), x.xg("export").stdout)
+    code, _, err = _xg_status(x, "forward", "fastpath", "xgp0", "--via", "xgb1")
+    assert code == 2 and err.count("xdpguard: error: ") == 1 and "upgrade xgp0 --fast-forward" in err, err
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text(before[1] + FAST_TABLE)
+    code, _, err = _xg_status(x, "apply", "-f", str(cfg))
+    assert code == 2 and err.count("xdpguard: error: ") == 1 and "fast path" in err, err
+    assert (_store_text(x), x.xg("export").stdout) == before and _xdp_prog_id(x, "xgb1") == 0
+    x.xg("upgrade", "xgp0", "--fast-forward", timeout=180)
+    x.xg("apply", "-f", str(cfg))
+    assert _xdp_prog_id(x, "xgb1") != 0 and FAST_TABLE in x.xg("export").stdout

@@ -15,11 +15,14 @@ whose conntrack entry is gone (expired, deleted) leaves the table at the next sy
 SYN/FIN/RST takes its flow out of the table in the data path at once, so conntrack sees the
 end of every connection.
 
-`enable` attaches the return program to the backend-side interface and sets the namespace's
-nf_conntrack_tcp_be_liberal (conntrack does not see the fast-pathed segments, so without it the
-FIN that goes back to the slow path is out of its window: invalid, not NATed). `xdpguard forward
-fastpath IFACE --via IF` enables it (the interface record keeps `via`) and syncs once; from then
-on `xdpguard run` syncs every enabled interface once a second (sync_enabled).
+The switch is desired state (InterfaceSpec.fast_path, `[interface.fast_path] via = "IF"`):
+`xdpguard forward fastpath IFACE --via IF` is an edit of the spec (verbs.imperative), realised by
+the reconciler's writer through `realise` (the return program attached to the backend-side
+interface, the tail-call slot refilled from its pin when drift emptied it, the namespace's
+nf_conntrack_tcp_be_liberal set: conntrack does not see the fast-pathed segments, so without it
+the FIN that goes back to the slow path is out of its window: invalid, not NATed). The flows are
+dynamic state: `sync` moves them from conntrack, once per verb and once a second in `xdpguard run`
+for every interface whose stored spec has the fast path on.
 
 XXX (not built yet): conntrack timeouts refreshed for fast flows (a UDP flow's entry expires after
 120 s without slow-path packets, and the flow then takes the slow path again, possibly to another
