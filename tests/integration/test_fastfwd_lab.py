@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -194,6 +195,7 @@ def _xdp_prog_id(topo, ifname: str) -> int:
 # ---- the switch is desired state (`[interface.fast_path] via`): its own topology, no daemon of
 #      the tests above in its way ----
 
+CT_UDP_TIMEOUT_S = 5  # the namespace's UDP conntrack timeouts in the refresh test (default 30/120 s)
 FAST_TABLE = '[interface.fast_path]\nvia = "xgb1"\n'
 
 # What the kernel holds of the fast path, read as the reconciler reads it: the program id in the
@@ -284,7 +286,9 @@ def test_the_reconciler_repairs_fast_path_drift(spec_topo, tmp_path):
     cfg.write_text(t.xg("export").stdout)
     t.lab.run(t.prot, "rm", pin)
     assert _probe(t)[0] == "None"  # the drift is real: the fast path is off in the data path
-    t.lab.popen(t.prot, *fastpath.xdpguard_argv(), "run", "--config", str(cfg), "--duration", "40", "--no-detect")
+    daemon = t.lab.popen(
+        t.prot, *fastpath.xdpguard_argv(), "run", "--config", str(cfg), "--duration", "40", "--no-detect"
+    )
     for _ in range(100):
         time.sleep(0.2)
         if _probe(t)[0] != "None":
@@ -301,6 +305,38 @@ def test_the_reconciler_repairs_fast_path_drift(spec_topo, tmp_path):
     before = t.sync()["counters"]["in"][0]
     assert t.lab.run(t.client, fastpath.PY, "-c", UDP_STEADY, fastpath.PROT, "4").stdout.strip() == "ok"
     assert t.sync()["counters"]["in"][0] > before
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=20)
+
+
+def test_a_fast_udp_flow_outlives_conntracks_udp_timeout(spec_topo):
+    """Conntrack sees none of a fast flow's packets: the daemon's sync refreshes its timeout from
+    the data path's per-entry seen_ns. With the UDP timeouts at 5 s, a flow exchanging a datagram
+    every 0.2 s stays on the fast path (nftables' counter still) well past 5 s; without the
+    refresh its entry expires, the flow falls back to the slow path and nftables counts again."""
+    t = spec_topo
+    t.sync()
+    for key in ("net.netfilter.nf_conntrack_udp_timeout", "net.netfilter.nf_conntrack_udp_timeout_stream"):
+        t.lab.sysctl(t.prot, key, CT_UDP_TIMEOUT_S)
+    daemon = t.lab.popen(t.prot, *fastpath.xdpguard_argv(), "run", "--duration", "40", "--no-detect")
+    c = t.lab.popen(
+        t.client, fastpath.PY, "-c", UDP_STEADY, fastpath.PROT, str(4 * CT_UDP_TIMEOUT_S), stdout=-1, text=True
+    )
+    key = f"udp/{fastpath.PROT}/{fastpath.ECHO_PORT}"
+    last, learned_at = t.forward_packets()[key], None
+    for _ in range(40):
+        time.sleep(0.5)  # 2-3 datagrams each way: nftables would count them on the slow path
+        now = t.forward_packets()[key]
+        if now == last:
+            learned_at = time.monotonic()
+            break
+        last = now
+    assert learned_at is not None, "the daemon never moved the UDP flow onto the fast path"
+    assert c.stdout.readline().strip() == "ok" and c.wait(timeout=10) == 0
+    assert time.monotonic() - learned_at > 2 * CT_UDP_TIMEOUT_S  # on the fast path for two timeouts...
+    assert t.forward_packets()[key] == last  # ... and not one datagram back on the slow path
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=20)
 
 
 def test_a_program_without_the_fast_path_refuses_it_until_upgraded(spec_topo, tmp_path):

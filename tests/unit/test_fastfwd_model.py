@@ -32,7 +32,7 @@ PROT = [A("198.18.0.1"), ipaddress.IPv6Address("2001:db8::1")]
 def rec(proto=TCP, orig=("198.18.0.10", 40000, "198.18.0.1", 7), reply=("198.18.1.2", 7, "198.18.1.1", 40001), **kw):
     d = {"status": OK, "tcp_state": m.TCP_CONNTRACK_ESTABLISHED if proto == TCP else None}
     d.update(kw)
-    return m.CtRecord(proto, orig, reply, d["status"], d["tcp_state"])
+    return m.CtRecord(proto, orig, reply, d["status"], d["tcp_state"], d.get("timeout"))
 
 
 def test_an_established_dnat_becomes_a_flow_with_the_masquerade_port():
@@ -116,6 +116,36 @@ def test_the_c_header_matches_its_python_mirror():
     names = re.findall(r"BPF_F_TABLE\(\"\w+\", [^,]+, [^,]+, (\w+),", c)
     assert names == [x.value for x in abi.FastFwdMap]
     assert re.search(rf"int {abi.FWD_RETURN_FUNC}\(", abi.PROGRAM_SOURCE.read_text())
+
+
+# ---- conntrack's timeouts of fast flows ----
+
+S = m.ONE_SEC_NS
+
+
+def test_ct_timeouts_key_the_client_tuple():
+    t = m.ct_timeouts([rec(timeout=100), rec(UDP, timeout=None), rec(orig=("bad", 1, "x", 2), timeout=5)])
+    assert t == {(TCP, A("198.18.0.10"), 40000, A("198.18.0.1"), 7): 100}
+
+
+def test_refresh_due_follows_the_traffic_conntrack_did_not_see():
+    f = m.select_flows([rec(UDP, timeout=0)], PROT)[0]
+    orig, reply = f.entries()[0][0], f.entries()[1][0]
+    full = {UDP: 120, TCP: 432000}
+    now = 1000 * S
+    # a packet 2 s ago (either direction): conntrack would hold 118 s; it holds 90 → refreshed
+    assert m.refresh_due([f], {orig: 90}, {orig: now - 2 * S}, now, full) == [(f, 118)]
+    assert m.refresh_due([f], {orig: 90}, {reply: now - 2 * S, orig: now - 50 * S}, now, full) == [(f, 118)]
+    # less than an eighth (15 s) behind: left alone (no netlink write per flow per second)
+    assert m.refresh_due([f], {orig: 110}, {orig: now - 2 * S}, now, full) == []
+    # idle: the last fast packet is as old as conntrack's view of it → never refreshed
+    assert m.refresh_due([f], {orig: 20}, {orig: now - 100 * S}, now, full) == []
+    # unknown to conntrack, never seen, or no timeout known for the protocol: nothing
+    assert m.refresh_due([f], {}, {orig: now}, now, full) == []
+    assert m.refresh_due([f], {orig: 1}, {}, now, full) == []
+    assert m.refresh_due([f], {orig: 1}, {orig: now}, now, {TCP: 5}) == []
+    # a short timeout (the lab's): a second behind is enough
+    assert m.refresh_due([f], {orig: 3}, {orig: now}, now, {UDP: 5}) == [(f, 5)]
 
 
 # ---- the CLI: `forward fastpath` and `attach --fast-forward` with the core faked ----

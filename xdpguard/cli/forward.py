@@ -149,7 +149,10 @@ def fastpath(iface, via, off):
 
 
 def _fastpath(c: Console, res: fastfwd.FastPathResult) -> None:
-    c.print(f"fast path on {res.iface}: {res.flows} flows ({res.written} entries written, {res.deleted} deleted)")
+    c.print(
+        f"fast path on {res.iface}: {res.flows} flows ({res.written} entries written, {res.deleted} deleted"
+        + (f", {res.refreshed} conntrack timeouts refreshed)" if res.refreshed else ")")
+    )
     for name, (packets, nbytes) in res.counters.items():
         c.print(f"  {name:4} {packets} packets, {human_bytes(nbytes)}")
     for n in res.notes:

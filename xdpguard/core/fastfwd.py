@@ -24,9 +24,11 @@ the FIN that goes back to the slow path is out of its window: invalid, not NATed
 dynamic state: `sync` moves them from conntrack, once per verb and once a second in `xdpguard run`
 for every interface whose stored spec has the fast path on.
 
-XXX (not built yet): conntrack timeouts refreshed for fast flows (a UDP flow's entry expires after
-120 s without slow-path packets, and the flow then takes the slow path again, possibly to another
-backend); per-rule nft traffic counters for fast-pathed packets (xg_fwd_pcpu counts them per
+Conntrack sees none of a fast flow's packets, so `sync` refreshes its timeout from the data
+path's per-entry seen_ns (model.refresh_due): an active UDP flow stays on its backend and on the
+fast path past nf_conntrack_udp_timeout_stream, an idle one expires as if conntrack had seen it.
+
+XXX (not built yet): per-rule nft traffic counters for fast-pathed packets (xg_fwd_pcpu counts them per
 direction only); IPv6; a one-armed protector (backends behind the protected interface itself:
 their answers reach the main program, not a return program, and take the slow path); conntrack
 events instead of a full dump per second.
@@ -38,6 +40,7 @@ import errno
 import ipaddress
 import os
 import socket
+import time
 from dataclasses import asdict, dataclass, field
 
 from . import guard, state
@@ -59,6 +62,7 @@ class FastPathResult:
     deleted: int
     counters: dict[str, tuple[int, int]]
     notes: list[str] = field(default_factory=list)
+    refreshed: int = 0  # conntrack entries whose timeout this sync refreshed (active fast flows)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +88,7 @@ def read_conntrack() -> list[model.CtRecord]:
                     (r.saddr, r.sport, r.daddr, r.dport),
                     e.status or 0,
                     e.protoinfo.state if e.protoinfo is not None else None,
+                    e.timeout,
                 )
             )
     finally:
@@ -209,12 +214,61 @@ def intact(g: guard.Guard, via: str) -> bool:
 # ---- the flows: conntrack → the table (dynamic state, like bans; the map owner writes it) ----
 
 
-def sync_guard(g: guard.Guard) -> tuple[int, int, int]:
+CT_FULL_TIMEOUTS = {  # what conntrack gives an established flow's entry on each packet
+    socket.IPPROTO_TCP: "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
+    socket.IPPROTO_UDP: "/proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream",
+}
+
+
+def full_timeouts() -> dict[int, int]:
+    """This namespace's established (TCP) and stream (UDP) conntrack timeouts, seconds."""
+    out = {}
+    for proto, path in CT_FULL_TIMEOUTS.items():
+        try:
+            with open(path) as f:
+                out[proto] = int(f.read().strip())
+        except (OSError, ValueError):
+            continue  # nf_conntrack not loaded: nothing to refresh
+    return out
+
+
+def refresh_conntrack(due) -> int:
+    """Set conntrack's timeout of each (NatFlow, seconds) in `due` (an entry gone meanwhile is
+    skipped: the next sync takes its flow off the fast path). → how many were set."""
+    if not due:
+        return 0
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    done = 0
+    ct = Conntrack()
+    try:
+        for f, seconds in due:
+            orig = NFCTAttrTuple(
+                saddr=str(f.client), daddr=str(f.protected), proto=f.proto, sport=f.client_port, dport=f.protected_port
+            )
+            try:
+                ct.entry("set", timeout=seconds, tuple_orig=orig)
+            except NetlinkError as exc:
+                if exc.code == errno.ENOENT:
+                    continue
+                raise UserError(f"refreshing conntrack's timeout of a fast flow failed: {exc}") from None
+            done += 1
+    finally:
+        ct.close()
+    return done
+
+
+def sync_guard(g: guard.Guard) -> tuple[int, int, int, int]:
     """The fast path's table made to match conntrack's established DNATs of the interface's
-    protected addresses (minus backends marked down). → (flows, written, deleted)."""
-    flows = model.select_flows(read_conntrack(), g.protected_addrs(), down_backends(g.iface.name))
+    protected addresses (minus backends marked down), and conntrack's timeouts of the flows the
+    fast path carried refreshed (model.refresh_due). → (flows, written, deleted, refreshed)."""
+    records = read_conntrack()
+    flows = model.select_flows(records, g.protected_addrs(), down_backends(g.iface.name))
     written, deleted = g.sync_fastfwd(flows)
-    return len(flows), written, deleted
+    due = model.refresh_due(flows, model.ct_timeouts(records), g.fastfwd_seen(), time.monotonic_ns(), full_timeouts())
+    return len(flows), written, deleted, refresh_conntrack(due)
 
 
 def sync(ifname: str) -> FastPathResult:
@@ -228,9 +282,9 @@ def sync(ifname: str) -> FastPathResult:
                 raise UserError(
                     f"{ifname}: the attached program has no forwarding fast path (attach with --fast-forward)"
                 )
-            flows, written, deleted = sync_guard(g)
+            flows, written, deleted, refreshed = sync_guard(g)
             counters = g.fastfwd_counters()
-    return FastPathResult(ifname, None, 0, flows, written, deleted, counters)
+    return FastPathResult(ifname, None, 0, flows, written, deleted, counters, [], refreshed)
 
 
 def sync_enabled(names) -> list[FastPathResult]:

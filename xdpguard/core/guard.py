@@ -737,6 +737,11 @@ class Guard:
         with self._fastfwd_maps() as maps:
             return {_fwd_tuple(k): (_fwd_tuple(k, v), v.dir) for k, v in maps[FastFwdMap.FLOWS].items()}
 
+    def fastfwd_seen(self) -> dict:
+        """xg_fwd_lru's packet tuples → the data path's seen_ns (CLOCK_MONOTONIC ns)."""
+        with self._fastfwd_maps() as maps:
+            return {_fwd_tuple(k): v.seen_ns for k, v in maps[FastFwdMap.FLOWS].items()}
+
     def sync_fastfwd(self, flows) -> tuple[int, int]:
         """Make xg_fwd_lru hold exactly the entries of these flows (model.fastfwd.NatFlow): the
         missing or different ones written, the others deleted. Returns (written, deleted)."""
@@ -900,6 +905,7 @@ def _fwd_value(t, direction: int) -> Fwd:
         socket.htons(sp),
         socket.htons(dp),
         direction,
+        time.monotonic_ns(),  # written now: as fresh as conntrack's entry it was learned from
     )
 
 

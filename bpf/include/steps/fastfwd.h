@@ -68,7 +68,12 @@ struct xg_fwd {
     __u16 sport;
     __u16 dport;
     __u32 dir;                       /* XG_FWD_IN / XG_FWD_OUT */
+    __u64 seen_ns;                   /* bpf_ktime_get_ns of a recent packet sent on the fast path
+                                        (updated at most once per XG_FWD_SEEN_NS): the controller
+                                        refreshes conntrack's timeout of an active flow from it */
 };
+
+#define XG_FWD_SEEN_NS ONE_SEC_NS    /* seen_ns granularity: one write per entry per second at most */
 
 struct xg_fwd_counter {
     __u64 packets;
@@ -77,7 +82,7 @@ struct xg_fwd_counter {
 
 /* The fast path's maps are not pinned (BPF_F_TABLE, not XG_MAP): a program holds them, and an
  * upgrade starts them empty (the next sync fills them from conntrack) rather than leaving the old
- * ones pinned beside the new. */
+ * ones pinned beside the new. (So a layout change needs no new name: no map is ever reused.) */
 
 /* xg_fwd_lru: struct xg_fwd_key (the packet's 5-tuple) → struct xg_fwd (its translation). Written
  * by the controller only (from conntrack); the data path deletes a flow's two entries at its end. */
@@ -242,6 +247,9 @@ static __always_inline int step_fastfwd(struct xdp_md *ctx)
     __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
     xg_fwd_count(v.dir == XG_FWD_OUT ? XG_FWD_CNT_OUT : XG_FWD_CNT_IN, len);
+    __u64 now = bpf_ktime_get_ns();
+    if (now - v.seen_ns >= XG_FWD_SEEN_NS)
+        f->seen_ns = now;            /* the flow is alive: conntrack's timeout is refreshed from it */
     if (fib.ifindex == ctx->ingress_ifindex)
         return XDP_TX;
     return bpf_redirect(fib.ifindex, 0);

@@ -510,7 +510,8 @@ class FwdKey(ctypes.Structure):
 
 
 class Fwd(ctypes.Structure):
-    """struct xg_fwd: what a packet with the key becomes, and the entry's direction."""
+    """struct xg_fwd: what a packet with the key becomes, the entry's direction, and when the
+    data path last (to the second) sent one of its packets."""
 
     _fields_ = [
         ("saddr", ctypes.c_uint8 * 4),
@@ -518,6 +519,7 @@ class Fwd(ctypes.Structure):
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
         ("dir", ctypes.c_uint32),
+        ("seen_ns", ctypes.c_uint64),  # bpf_ktime_get_ns (CLOCK_MONOTONIC) of a recent fast packet
     ]
 
 

@@ -424,7 +424,7 @@ def forward_fastpath(ifname: str, via: str | None = None, off: bool = False) -> 
         if new.fast_path is None:
             counters = g.fastfwd_counters() if g.fastfwd_compiled() else {}
             return fastfwd.FastPathResult(g.iface.name, None, 0, 0, 0, seen["entries"], counters, notes)
-        flows, written, deleted = fastfwd.sync_guard(g)
+        flows, written, deleted, refreshed = fastfwd.sync_guard(g)
         return fastfwd.FastPathResult(
             g.iface.name,
             new.fast_path,
@@ -434,6 +434,7 @@ def forward_fastpath(ifname: str, via: str | None = None, off: bool = False) -> 
             deleted,
             g.fastfwd_counters(),
             notes,
+            refreshed,
         )
 
     return reconcile.edit(ifname, edit, result)
