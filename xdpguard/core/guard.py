@@ -905,7 +905,7 @@ def _fwd_value(t, direction: int) -> Fwd:
         socket.htons(sp),
         socket.htons(dp),
         direction,
-        time.monotonic_ns(),  # written now: as fresh as conntrack's entry it was learned from
+        0,  # no fast packet yet: conntrack's own timeout stands until the data path stamps one
     )
 
 
