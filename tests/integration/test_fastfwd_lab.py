@@ -195,6 +195,13 @@ def _xdp_prog_id(topo, ifname: str) -> int:
 # ---- the switch is desired state (`[interface.fast_path] via`): its own topology, no daemon of
 #      the tests above in its way ----
 
+# In the backend's namespace: new connections to the echo port dropped (the health check's
+# connect fails), established ones untouched.
+BLOCK_SYN = f"""
+table inet xgtest {{
+  chain in {{ type filter hook input priority 0; tcp dport {fastpath.ECHO_PORT} tcp flags & (syn | ack) == syn drop; }}
+}}
+"""
 CT_UDP_TIMEOUT_S = 5  # the namespace's UDP conntrack timeouts in the refresh test (default 30/120 s)
 FAST_TABLE = '[interface.fast_path]\nvia = "xgb1"\n'
 
@@ -352,3 +359,62 @@ def test_a_program_without_the_fast_path_refuses_it_until_upgraded(spec_topo, tm
     x.xg("upgrade", "xgp0", "--fast-forward", timeout=180)
     x.xg("apply", "-f", str(cfg))
     assert _xdp_prog_id(x, "xgb1") != 0 and FAST_TABLE in x.xg("export").stdout
+
+
+def test_a_backend_marked_down_takes_its_flows_off_the_fast_path(spec_topo):
+    """Health and the fast path: while the health checks mark the backend down (new SYNs to it
+    dropped at the backend; the established connection is untouched), the daemon keeps its
+    flows off the fast path, so nftables carries them again; back up, they return."""
+    t = spec_topo
+    t.sync()
+    daemon = t.lab.popen(
+        t.prot,
+        *fastpath.xdpguard_argv(),
+        "run",
+        *("--interval", "0.5", "--fall", "2", "--rise", "1", "--timeout", "0.3"),
+        *("--duration", "60", "--no-detect"),
+    )
+    c = t.lab.popen(t.client, fastpath.PY, "-c", STEPPED, fastpath.PROT, "1024", stdin=-1, stdout=-1, text=True)
+    key = f"tcp/{fastpath.PROT}/{fastpath.ECHO_PORT}"
+
+    def step() -> int:
+        c.stdin.write("ping\n")
+        c.stdin.flush()
+        assert c.stdout.readline().strip() == "ok"
+        return t.forward_packets()[key]
+
+    def health() -> str:
+        rules = json.loads(t.xg("forward", "list", "--json").stdout)["rules"]
+        return next(r for r in rules if r["key"] == key)["backends"][0]["health"]
+
+    def settles(moving: bool) -> bool:
+        """Within 15 s, a 1 KiB exchange moves nftables' counter (moving) or leaves it still."""
+        last = step()
+        for _ in range(30):
+            time.sleep(0.5)
+            now = step()
+            if (now != last) == moving:
+                return True
+            last = now
+        return False
+
+    assert settles(moving=False), "the connection never reached the fast path"
+    t.lab.run(t.backend, "nft", "-f", "-", input=BLOCK_SYN)
+    for _ in range(40):
+        if health() == "down":
+            break
+        time.sleep(0.25)
+    assert health() == "down"
+    assert settles(moving=True), "a flow to a backend marked down stayed on the fast path"
+    t.lab.run(t.backend, "nft", "delete", "table", "inet", "xgtest")
+    for _ in range(40):
+        if health() == "up":
+            break
+        time.sleep(0.25)
+    assert health() == "up"
+    assert settles(moving=False), "the flow did not come back to the fast path"
+    c.stdin.write("close\n")
+    c.stdin.flush()
+    assert c.wait(timeout=10) == 0
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=20)
