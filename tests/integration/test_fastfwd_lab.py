@@ -100,6 +100,14 @@ def test_established_flows_take_the_xdp_fast_path_both_ways(topo):
     assert moved_in >= PAYLOAD // 1448 + 50 and moved_out >= PAYLOAD // 1448 + 50, fast
     assert fast["in"][1] - fast_before["in"][1] > PAYLOAD, fast
     assert nft_after == nft_before, (nft_before, nft_after)  # nothing established met nftables
+    # ... and `forward list` counts them per rule, beside nftables' counters (both directions)
+    fast_rules = {r["key"]: r for r in json.loads(topo.xg("forward", "list", "--json").stdout)["rules"]}
+    tcp_rule, udp_rule = (fast_rules[f"{p}/{fastpath.PROT}/{fastpath.ECHO_PORT}"] for p in ("tcp", "udp"))
+    assert tcp_rule["fast_packets"] >= 2 * (PAYLOAD // 1448) and tcp_rule["fast_bytes"] > 2 * PAYLOAD, tcp_rule
+    assert (
+        udp_rule["fast_packets"] >= 100 and fast_rules[f"tcp/{fastpath.PROT}/{fastpath.SINK_PORT}"]["fast_packets"] == 0
+    )
+    assert tcp_rule["fast_packets"] + udp_rule["fast_packets"] <= moved_in + moved_out
 
     client.stdin.write("\n")
     client.stdin.flush()

@@ -17,6 +17,7 @@ from xdpguard.core import fastfwd, guard, reconcile
 from xdpguard.core.desired.diff import diff
 from xdpguard.core.desired.dump import to_toml
 from xdpguard.core.desired.load import ConfigError, loads
+from xdpguard.core.nat import forward
 from xdpguard.core.verbs import imperative
 from xdpguard.core.errors import UserError
 from xdpguard.core.kernel import abi
@@ -146,6 +147,35 @@ def test_refresh_due_follows_the_traffic_conntrack_did_not_see():
     assert m.refresh_due([f], {orig: 1}, {orig: now}, now, {TCP: 5}) == []
     # a short timeout (the lab's): a second behind is enough
     assert m.refresh_due([f], {orig: 3}, {orig: now}, now, {UDP: 5}) == [(f, 5)]
+
+
+# ---- per-rule counters of fast packets ----
+
+
+def test_rule_ids_are_stable_nonzero_and_match_the_rule_a_flow_came_in_by():
+    assert m.rule_id("tcp/198.18.0.1/7") == m.rule_id("tcp/198.18.0.1/7") != m.rule_id("udp/198.18.0.1/7")
+    assert all(m.rule_id(f"tcp/198.18.0.1/{p}") for p in range(1, 2000))
+    tcp, udp = m.select_flows([rec(), rec(UDP)], PROT)
+    rules = [
+        ("udp", A("198.18.0.1"), 1, 6, "udp/198.18.0.1/1-6"),
+        ("tcp", A("198.18.0.1"), 7, 7, "tcp/198.18.0.1/7"),
+        ("udp", A("198.18.0.1"), 7, 9, "udp/198.18.0.1/7-9"),
+    ]
+    assert m.flow_rule_ids([tcp, udp], rules) == {
+        tcp: m.rule_id("tcp/198.18.0.1/7"),
+        udp: m.rule_id("udp/198.18.0.1/7-9"),
+    }
+    assert m.flow_rule_ids([tcp], [("tcp", A("198.18.0.9"), 7, 7, "x")]) == {}
+
+
+def test_forward_list_shows_fast_packets_beside_nftables(monkeypatch):
+    view = forward.RuleView("tcp/198.18.0.1/7", "xgp0", "tcp", "198.18.0.1", "7", [], 0, False, None, 5, 500)
+    res = forward.ForwardListResult([replace(view, fast_packets=3000, fast_bytes=4_000_000)], {}, True)
+    monkeypatch.setattr(fastfwd, "show", lambda iface: res)
+    out = invoke("forward", "list").output
+    assert "tcp/198.18.0.1/7 on xgp0: 5 packets, 500 B + fast path 3000 packets, 4.0 MB" in out, out
+    monkeypatch.setattr(fastfwd, "show", lambda iface: replace(res, rules=[view]))
+    assert "fast path" not in invoke("forward", "list").output
 
 
 # ---- the CLI: `forward fastpath` and `attach --fast-forward` with the core faked ----

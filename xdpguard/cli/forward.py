@@ -102,7 +102,7 @@ def delete(proto, ports, protected, iface):
 @_json
 def list_(iface):
     """Show the rules, their backends' health and traffic counters."""
-    return Result(core.show(iface), _rules)
+    return Result(fastfwd.show(iface), _rules)
 
 
 def _rules(c: Console, res: core.ForwardListResult) -> None:
@@ -119,8 +119,9 @@ def _rules(c: Console, res: core.ForwardListResult) -> None:
             )
             if o
         ]
+        fast = f" + fast path {r.fast_packets} packets, {human_bytes(r.fast_bytes)}" if r.fast_packets else ""
         c.print(
-            f"{r.key} on {r.iface}: {r.packets} packets, {human_bytes(r.bytes)}"
+            f"{r.key} on {r.iface}: {r.packets} packets, {human_bytes(r.bytes)}{fast}"
             + (f"  ({', '.join(opts)})" if opts else "")
         )
         for b in r.backends:

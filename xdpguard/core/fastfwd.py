@@ -28,8 +28,11 @@ Conntrack sees none of a fast flow's packets, so `sync` refreshes its timeout fr
 path's per-entry seen_ns (model.refresh_due): an active UDP flow stays on its backend and on the
 fast path past nf_conntrack_udp_timeout_stream, an idle one expires as if conntrack had seen it.
 
-XXX (not built yet): per-rule nft traffic counters for fast-pathed packets (xg_fwd_pcpu counts them per
-direction only); IPv6; a one-armed protector (backends behind the protected interface itself:
+nftables' per-rule counters never see a fast packet: each entry carries its rule's id
+(model.rule_id) and the data path counts into xg_fwd_rule; `show` (`forward list`) puts them
+beside nftables'.
+
+XXX (not built yet): IPv6; a one-armed protector (backends behind the protected interface itself:
 their answers reach the main program, not a return program, and take the slow path); conntrack
 events instead of a full dump per second.
 """
@@ -41,7 +44,7 @@ import ipaddress
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from . import guard, state
 from .errors import UserError
@@ -266,9 +269,43 @@ def sync_guard(g: guard.Guard) -> tuple[int, int, int, int]:
     fast path carried refreshed (model.refresh_due). → (flows, written, deleted, refreshed)."""
     records = read_conntrack()
     flows = model.select_flows(records, g.protected_addrs(), down_backends(g.iface.name))
-    written, deleted = g.sync_fastfwd(flows)
+    rules = _rules(g.iface)
+    g.sync_fastfwd_rules({model.rule_id(r[4]) for r in rules})  # before the flows that count into them
+    written, deleted = g.sync_fastfwd(flows, model.flow_rule_ids(flows, rules))
     due = model.refresh_due(flows, model.ct_timeouts(records), g.fastfwd_seen(), time.monotonic_ns(), full_timeouts())
     return len(flows), written, deleted, refresh_conntrack(due)
+
+
+def _rules(iface: state.Iface) -> list[tuple[str, object, int, int, str]]:
+    """The interface's forwarding rules as model.fastfwd.flow_rule_ids takes them."""
+    return [
+        (sr.rule.proto, sr.rule.protected, sr.rule.port_lo, sr.rule.port_hi, sr.rule.key)
+        for sr in forward.stored_rules(iface.name, state.read_state(iface))
+    ]
+
+
+def show(ifname: str | None = None) -> forward.ForwardListResult:
+    """`forward list`: nftables' rules and counters (forward.show), with each rule's fast-path
+    packets and bytes beside nftables' (which never see them) on interfaces with the fast path."""
+    res = forward.show(ifname)
+    fast: dict[str, tuple[int, int]] = {}
+    for name in sorted({r.iface for r in res.rules}):
+        try:
+            with guard.Guard.open(state.resolve_iface(name)) as g:
+                if not g.fastfwd_compiled():
+                    continue
+                by_id = g.fastfwd_rule_counters()
+        except UserError:
+            continue  # gone meanwhile: nftables' view is still worth listing
+        for r in res.rules:
+            if r.iface == name and model.rule_id(r.key) in by_id:
+                fast[r.key] = by_id[model.rule_id(r.key)]
+    if not fast:
+        return res
+    views = [
+        replace(r, fast_packets=fast.get(r.key, (0, 0))[0], fast_bytes=fast.get(r.key, (0, 0))[1]) for r in res.rules
+    ]
+    return replace(res, rules=views)
 
 
 def sync(ifname: str) -> FastPathResult:

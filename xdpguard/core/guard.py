@@ -45,9 +45,8 @@ from .kernel.abi import (
     stats_slot,
 )
 from .errors import UserError
-from .kernel.abi import FastFwdMap, Fwd, FwdKey
+from .kernel.abi import FastFwdMap, Fwd, FwdCounter, FwdKey
 from .kernel.maps import BpfMap
-from .model import fastfwd as fastfwd_model
 from .policy import (
     MITIGATE,
     PROTOCOLS,
@@ -742,21 +741,41 @@ class Guard:
         with self._fastfwd_maps() as maps:
             return {_fwd_tuple(k): v.seen_ns for k, v in maps[FastFwdMap.FLOWS].items()}
 
-    def sync_fastfwd(self, flows) -> tuple[int, int]:
-        """Make xg_fwd_lru hold exactly the entries of these flows (model.fastfwd.NatFlow): the
-        missing or different ones written, the others deleted. Returns (written, deleted)."""
-        want = fastfwd_model.desired_entries(flows)
+    def sync_fastfwd(self, flows, rule_ids=None) -> tuple[int, int]:
+        """Make xg_fwd_lru hold exactly the entries of these flows (model.fastfwd.NatFlow), each
+        with its rule's id (`rule_ids`: flow → model.fastfwd.rule_id; xg_fwd_rule counts it):
+        the missing or different ones written, the others deleted. Returns (written, deleted)."""
+        ids = rule_ids or {}
+        want = {k: (v, d, ids.get(f, 0)) for f in flows for k, v, d in f.entries()}
         with self._fastfwd_maps() as maps:
             m = maps[FastFwdMap.FLOWS]
-            have = {_fwd_tuple(k): ((_fwd_tuple(k, v), v.dir), k) for k, v in m.items()}
+            have = {_fwd_tuple(k): ((_fwd_tuple(k, v), v.dir, v.rule_id), k) for k, v in m.items()}
             deleted = sum(1 for t, (_, k) in have.items() if t not in want and m.delete(k))
             written = 0
-            for t, (to, d) in want.items():
-                if t in have and have[t][0] == (to, d):
+            for t, (to, d, rid) in want.items():
+                if t in have and have[t][0] == (to, d, rid):
                     continue
-                m.set(_fwd_key(t), _fwd_value(to, d))
+                m.set(_fwd_key(t), _fwd_value(to, d, rid))
                 written += 1
         return written, deleted
+
+    def sync_fastfwd_rules(self, ids) -> None:
+        """xg_fwd_rule holds a counter for exactly these rule ids (a new one starts at zero; the
+        counter of a rule that is gone goes with it)."""
+        with self._fastfwd_maps() as maps:
+            m = maps[FastFwdMap.RULES]
+            have = {k.value for k in m.keys()}
+            for rid in have - set(ids):
+                m.delete(ctypes.c_uint32(rid))
+            for rid in set(ids) - have:
+                m.set(ctypes.c_uint32(rid), FwdCounter(), libbpf.BPF_NOEXIST)
+
+    def fastfwd_rule_counters(self) -> dict[int, tuple[int, int]]:
+        """Rule id → (packets, bytes) the fast path forwarded for it, summed over CPUs."""
+        with self._fastfwd_maps() as maps:
+            return {
+                k.value: (sum(c.packets for c in v), sum(c.bytes for c in v)) for k, v in maps[FastFwdMap.RULES].items()
+            }
 
     def fastfwd_counters(self) -> dict[str, tuple[int, int]]:
         """XG_FWD_CNT_* by name (abi.FWD_COUNTERS) → (packets, bytes), summed over CPUs."""
@@ -897,7 +916,7 @@ def _fwd_key(t) -> FwdKey:
     )
 
 
-def _fwd_value(t, direction: int) -> Fwd:
+def _fwd_value(t, direction: int, rule_id: int = 0) -> Fwd:
     _, sa, sp, da, dp = t
     return Fwd(
         (ctypes.c_uint8 * 4)(*sa.packed),
@@ -906,6 +925,7 @@ def _fwd_value(t, direction: int) -> Fwd:
         socket.htons(dp),
         direction,
         0,  # no fast packet yet: conntrack's own timeout stands until the data path stamps one
+        rule_id,
     )
 
 
