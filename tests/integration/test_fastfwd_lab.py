@@ -108,6 +108,10 @@ def test_established_flows_take_the_xdp_fast_path_both_ways(topo):
         udp_rule["fast_packets"] >= 100 and fast_rules[f"tcp/{fastpath.PROT}/{fastpath.SINK_PORT}"]["fast_packets"] == 0
     )
     assert tcp_rule["fast_packets"] + udp_rule["fast_packets"] <= moved_in + moved_out
+    # `stats` (and the dashboard) shows them beside nftables' too
+    snap = json.loads(topo.xg("stats", "xgp0", "--interval", "0.2", "--json").stdout)
+    row = next(r for r in snap["rules"] if r["key"] == tcp_rule["key"])
+    assert row["fast_packets"] == tcp_rule["fast_packets"] and row["packets"] == tcp_rule["packets"], row
 
     client.stdin.write("\n")
     client.stdin.flush()
