@@ -371,6 +371,12 @@ def test_a_program_without_the_fast_path_refuses_it_until_upgraded(spec_topo, tm
     x.xg("upgrade", "xgp0", "--fast-forward", timeout=180)
     x.xg("apply", "-f", str(cfg))
     assert _xdp_prog_id(x, "xgb1") != 0 and FAST_TABLE in x.xg("export").stdout
+    # from nothing (a reboot, a new host): the spec's fast path compiles it in at the attach
+    x.xg("detach", "xgp0")
+    assert _xdp_prog_id(x, "xgb1") == 0  # the detach took the return program off too
+    x.xg("apply", "-f", str(cfg), timeout=180)
+    assert _xdp_prog_id(x, "xgb1") != 0 and FAST_TABLE in x.xg("export").stdout
+    assert x.sync()["flows"] == 0  # compiled with it: the verb works (no flow yet)
 
 
 def test_a_backend_marked_down_takes_its_flows_off_the_fast_path(spec_topo):
