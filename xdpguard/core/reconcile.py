@@ -749,8 +749,7 @@ def upgrade(ifname: str, force: bool = False, fast_forward: bool = False) -> pro
     defines = None
     if fast_forward or (stored is not None and stored.fast_path is not None):
         state.require_root()
-        st = state.read_state(state.resolve_iface(ifname)) or {}
-        defines = {**(st.get(protection.DEFINES_KEY) or {}), FWD_DEFINE: 1}
+        defines = {**state.get(state.read_state(state.resolve_iface(ifname)), state.DEFINES), FWD_DEFINE: 1}
     res = protection.upgrade(ifname, defines=defines, force=force)
     fast = stored is not None and stored.fast_path is not None
     if (
