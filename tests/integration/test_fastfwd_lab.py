@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -56,6 +57,17 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect
 u.send(b"again"); print("ok" if u.recv(100) == b"again" else "bad")
 """
 
+# One UDP flow (one socket) exchanging a datagram every 0.2 s for argv[2] seconds; "ok" when every
+# answer came back intact.
+UDP_STEADY = r"""
+import socket, sys, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect((sys.argv[1], 7))
+end, ok = time.monotonic() + float(sys.argv[2]), True
+while time.monotonic() < end:
+    u.send(b"steady"); ok = ok and u.recv(100) == b"steady"; time.sleep(0.2)
+print("ok" if ok else "bad")
+"""
+
 
 @pytest.fixture(scope="module")
 def topo():
@@ -88,6 +100,18 @@ def test_established_flows_take_the_xdp_fast_path_both_ways(topo):
     assert moved_in >= PAYLOAD // 1448 + 50 and moved_out >= PAYLOAD // 1448 + 50, fast
     assert fast["in"][1] - fast_before["in"][1] > PAYLOAD, fast
     assert nft_after == nft_before, (nft_before, nft_after)  # nothing established met nftables
+    # ... and `forward list` counts them per rule, beside nftables' counters (both directions)
+    fast_rules = {r["key"]: r for r in json.loads(topo.xg("forward", "list", "--json").stdout)["rules"]}
+    tcp_rule, udp_rule = (fast_rules[f"{p}/{fastpath.PROT}/{fastpath.ECHO_PORT}"] for p in ("tcp", "udp"))
+    assert tcp_rule["fast_packets"] >= 2 * (PAYLOAD // 1448) and tcp_rule["fast_bytes"] > 2 * PAYLOAD, tcp_rule
+    assert (
+        udp_rule["fast_packets"] >= 100 and fast_rules[f"tcp/{fastpath.PROT}/{fastpath.SINK_PORT}"]["fast_packets"] == 0
+    )
+    assert tcp_rule["fast_packets"] + udp_rule["fast_packets"] <= moved_in + moved_out
+    # `stats` (and the dashboard) shows them beside nftables' too
+    snap = json.loads(topo.xg("stats", "xgp0", "--interval", "0.2", "--json").stdout)
+    row = next(r for r in snap["rules"] if r["key"] == tcp_rule["key"])
+    assert row["fast_packets"] == tcp_rule["fast_packets"] and row["packets"] == tcp_rule["packets"], row
 
     client.stdin.write("\n")
     client.stdin.flush()
@@ -166,6 +190,8 @@ def test_an_upgrade_keeps_the_fast_path(topo):
     old = topo.sync()["return_prog_id"]
     assert _xdp_prog_id(topo, "xgb1") == old
     topo.xg("upgrade", "xgp0", "--force", timeout=180)
+    # the spec has the fast path on: the upgrade itself realised it with the new return program
+    assert _xdp_prog_id(topo, "xgb1") not in (0, old)
     new = topo.sync()
     assert new["return_prog_id"] != old and _xdp_prog_id(topo, "xgb1") == new["return_prog_id"], new
     udp = topo.lab.run(topo.client, fastpath.PY, "-c", UDP_ONCE, fastpath.PROT)
@@ -173,5 +199,240 @@ def test_an_upgrade_keeps_the_fast_path(topo):
 
 
 def _xdp_prog_id(topo, ifname: str) -> int:
+    """The id of the XDP program on the protector's `ifname`; 0 without one."""
     link = json.loads(topo.lab.run(topo.prot, "ip", "-j", "link", "show", ifname).stdout)[0]
-    return link["xdp"]["prog"]["id"]
+    return link.get("xdp", {}).get("prog", {}).get("id", 0)
+
+
+# ---- the switch is desired state (`[interface.fast_path] via`): its own topology, no daemon of
+#      the tests above in its way ----
+
+# In the backend's namespace: new connections to the echo port dropped (the health check's
+# connect fails), established ones untouched.
+BLOCK_SYN = f"""
+table inet xgtest {{
+  chain in {{ type filter hook input priority 0; tcp dport {fastpath.ECHO_PORT} tcp flags & (syn | ack) == syn drop; }}
+}}
+"""
+CT_UDP_TIMEOUT_S = 5  # the namespace's UDP conntrack timeouts in the refresh test (default 30/120 s)
+FAST_TABLE = '[interface.fast_path]\nvia = "xgb1"\n'
+
+# What the kernel holds of the fast path, read as the reconciler reads it: the program id in the
+# main program's tail-call slot (or None) and the pinned tail-call array's path.
+PROBE = r"""
+from xdpguard.core import guard, state
+from xdpguard.core.kernel import dataplane
+i = state.resolve_iface("xgp0")
+print(dataplane.fwd_in_prog_id(dataplane.query(i.index).prog_id), i.pin_dir / guard.FWD_ARRAY_PIN)
+"""
+
+
+@pytest.fixture(scope="module")
+def spec_topo():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with Lab(timeout=120) as lab:
+        yield fastpath.build(lab, "fast", duration=120, tag="s")
+
+
+def _xg_status(topo, *args: str) -> tuple[int, str, str]:
+    r = topo.lab.run(topo.prot, *fastpath.xdpguard_argv(), *args, check=False, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def _probe(topo) -> tuple[str, str]:
+    slot, pin = topo.lab.run(topo.prot, fastpath.PY, "-c", PROBE).stdout.split()
+    return slot, pin
+
+
+def _store_text(topo) -> str:
+    code = "from xdpguard.core import store; p = store.desired_path(); print(p.read_text() if p.exists() else '')"
+    return topo.lab.run(topo.prot, fastpath.PY, "-c", code).stdout
+
+
+def test_the_switch_is_desired_state_export_apply_round_trip(spec_topo, tmp_path):
+    t = spec_topo
+    on = t.sync()  # `forward fastpath xgp0 --via xgb1`: an edit of the spec
+    assert on["via"] == "xgb1" and _xdp_prog_id(t, "xgb1") == on["return_prog_id"] != 0, on
+    assert FAST_TABLE in _store_text(t)  # stored, not an interface-record field
+    text = t.xg("export").stdout
+    assert FAST_TABLE in text, text
+    cfg = tmp_path / "on.toml"
+    cfg.write_text(text)
+    assert t.xg("diff", "-f", str(cfg)).stdout.strip() == "no changes"
+    t.xg("apply", "-f", str(cfg))
+    assert _xdp_prog_id(t, "xgb1") == on["return_prog_id"]  # an apply of the export changes nothing
+    off = tmp_path / "off.toml"
+    off.write_text(text.replace(FAST_TABLE, ""))
+    assert "fast_path: via xgb1 -> off" in t.xg("diff", "-f", str(off)).stdout
+    t.xg("apply", "-f", str(off))
+    assert _xdp_prog_id(t, "xgb1") == 0  # the return program went with the switch
+    assert FAST_TABLE not in t.xg("export").stdout and FAST_TABLE not in _store_text(t)
+    code, _, err = _xg_status(t, "forward", "fastpath", "xgp0")  # no --via while off
+    assert code == 2 and "give --via" in err
+    t.xg("apply", "-f", str(cfg))
+    assert _xdp_prog_id(t, "xgb1") == on["return_prog_id"]  # the same pinned return program, back
+    assert FAST_TABLE in t.xg("export").stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--via", "xgnope0"], "xgnope0"),
+        (["--via", "xgp0"], "not the protected one"),
+        (["--via", "bad/name"], "bad/name"),
+    ],
+)
+def test_bad_fast_path_input_is_one_line_and_changes_nothing(spec_topo, args, needle):
+    t = spec_topo
+    before = (_store_text(t), t.xg("export").stdout, _xdp_prog_id(t, "xgb1"))
+    code, out, err = _xg_status(t, "forward", "fastpath", "xgp0", *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("xdpguard: error: ") and needle in lines[0], err
+    assert "Traceback" not in err + out
+    assert (_store_text(t), t.xg("export").stdout, _xdp_prog_id(t, "xgb1")) == before
+
+
+def test_the_reconciler_repairs_fast_path_drift(spec_topo, tmp_path):
+    """A lost pin of the tail-call array empties the slot (the kernel clears a program array
+    nobody holds); a detached return program takes the answers back to the slow path. The
+    daemon's reconciler puts both back, from the spec."""
+    t = spec_topo
+    on = t.sync()
+    slot, pin = _probe(t)
+    assert slot != "None"
+    cfg = tmp_path / "xg.toml"
+    cfg.write_text(t.xg("export").stdout)
+    t.lab.run(t.prot, "rm", pin)
+    assert _probe(t)[0] == "None"  # the drift is real: the fast path is off in the data path
+    daemon = t.lab.popen(
+        t.prot, *fastpath.xdpguard_argv(), "run", "--config", str(cfg), "--duration", "40", "--no-detect"
+    )
+    for _ in range(100):
+        time.sleep(0.2)
+        if _probe(t)[0] != "None":
+            break
+    assert _probe(t)[0] != "None", "the reconciler never refilled the tail-call slot"
+    assert t.lab.run(t.prot, "ls", pin).returncode == 0  # pinned again
+    t.lab.run(t.prot, "ip", "link", "set", "xgb1", "xdp", "off")
+    for _ in range(100):
+        time.sleep(0.2)
+        if _xdp_prog_id(t, "xgb1") == on["return_prog_id"]:
+            break
+    assert _xdp_prog_id(t, "xgb1") == on["return_prog_id"], "the return program was not put back"
+    # and the fast path works again: a steady UDP flow, learned by the daemon, leaves nftables
+    before = t.sync()["counters"]["in"][0]
+    assert t.lab.run(t.client, fastpath.PY, "-c", UDP_STEADY, fastpath.PROT, "4").stdout.strip() == "ok"
+    assert t.sync()["counters"]["in"][0] > before
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=20)
+
+
+def test_a_fast_udp_flow_outlives_conntracks_udp_timeout(spec_topo):
+    """Conntrack sees none of a fast flow's packets: the daemon's sync refreshes its timeout from
+    the data path's per-entry seen_ns. With the UDP timeouts at 5 s, a flow exchanging a datagram
+    every 0.2 s stays on the fast path (nftables' counter still) well past 5 s; without the
+    refresh its entry expires, the flow falls back to the slow path and nftables counts again."""
+    t = spec_topo
+    t.sync()
+    for key in ("net.netfilter.nf_conntrack_udp_timeout", "net.netfilter.nf_conntrack_udp_timeout_stream"):
+        t.lab.sysctl(t.prot, key, CT_UDP_TIMEOUT_S)
+    daemon = t.lab.popen(t.prot, *fastpath.xdpguard_argv(), "run", "--duration", "40", "--no-detect")
+    c = t.lab.popen(
+        t.client, fastpath.PY, "-c", UDP_STEADY, fastpath.PROT, str(4 * CT_UDP_TIMEOUT_S), stdout=-1, text=True
+    )
+    key = f"udp/{fastpath.PROT}/{fastpath.ECHO_PORT}"
+    last, learned_at = t.forward_packets()[key], None
+    for _ in range(40):
+        time.sleep(0.5)  # 2-3 datagrams each way: nftables would count them on the slow path
+        now = t.forward_packets()[key]
+        if now == last:
+            learned_at = time.monotonic()
+            break
+        last = now
+    assert learned_at is not None, "the daemon never moved the UDP flow onto the fast path"
+    assert c.stdout.readline().strip() == "ok" and c.wait(timeout=10) == 0
+    assert time.monotonic() - learned_at > 2 * CT_UDP_TIMEOUT_S  # on the fast path for two timeouts...
+    assert t.forward_packets()[key] == last  # ... and not one datagram back on the slow path
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=20)
+
+
+def test_a_program_without_the_fast_path_refuses_it_until_upgraded(spec_topo, tmp_path):
+    x = fastpath.build(spec_topo.lab, "xdp", duration=60, tag="x")
+    before = (_store_text(x), x.xg("export").stdout)
+    code, _, err = _xg_status(x, "forward", "fastpath", "xgp0", "--via", "xgb1")
+    assert code == 2 and err.count("xdpguard: error: ") == 1 and "upgrade xgp0 --fast-forward" in err, err
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text(before[1] + FAST_TABLE)
+    code, _, err = _xg_status(x, "apply", "-f", str(cfg))
+    assert code == 2 and err.count("xdpguard: error: ") == 1 and "fast path" in err, err
+    assert (_store_text(x), x.xg("export").stdout) == before and _xdp_prog_id(x, "xgb1") == 0
+    x.xg("upgrade", "xgp0", "--fast-forward", timeout=180)
+    x.xg("apply", "-f", str(cfg))
+    assert _xdp_prog_id(x, "xgb1") != 0 and FAST_TABLE in x.xg("export").stdout
+    # from nothing (a reboot, a new host): the spec's fast path compiles it in at the attach
+    x.xg("detach", "xgp0")
+    assert _xdp_prog_id(x, "xgb1") == 0  # the detach took the return program off too
+    x.xg("apply", "-f", str(cfg), timeout=180)
+    assert _xdp_prog_id(x, "xgb1") != 0 and FAST_TABLE in x.xg("export").stdout
+    assert x.sync()["flows"] == 0  # compiled with it: the verb works (no flow yet)
+
+
+def test_a_backend_marked_down_takes_its_flows_off_the_fast_path(spec_topo):
+    """Health and the fast path: while the health checks mark the backend down (new SYNs to it
+    dropped at the backend; the established connection is untouched), the daemon keeps its
+    flows off the fast path, so nftables carries them again; back up, they return."""
+    t = spec_topo
+    t.sync()
+    daemon = t.lab.popen(
+        t.prot,
+        *fastpath.xdpguard_argv(),
+        "run",
+        *("--interval", "0.5", "--fall", "2", "--rise", "1", "--timeout", "0.3"),
+        *("--duration", "60", "--no-detect"),
+    )
+    c = t.lab.popen(t.client, fastpath.PY, "-c", STEPPED, fastpath.PROT, "1024", stdin=-1, stdout=-1, text=True)
+    key = f"tcp/{fastpath.PROT}/{fastpath.ECHO_PORT}"
+
+    def step() -> int:
+        c.stdin.write("ping\n")
+        c.stdin.flush()
+        assert c.stdout.readline().strip() == "ok"
+        return t.forward_packets()[key]
+
+    def health() -> str:
+        rules = json.loads(t.xg("forward", "list", "--json").stdout)["rules"]
+        return next(r for r in rules if r["key"] == key)["backends"][0]["health"]
+
+    def settles(moving: bool) -> bool:
+        """Within 15 s, a 1 KiB exchange moves nftables' counter (moving) or leaves it still."""
+        last = step()
+        for _ in range(30):
+            time.sleep(0.5)
+            now = step()
+            if (now != last) == moving:
+                return True
+            last = now
+        return False
+
+    assert settles(moving=False), "the connection never reached the fast path"
+    t.lab.run(t.backend, "nft", "-f", "-", input=BLOCK_SYN)
+    for _ in range(40):
+        if health() == "down":
+            break
+        time.sleep(0.25)
+    assert health() == "down"
+    assert settles(moving=True), "a flow to a backend marked down stayed on the fast path"
+    t.lab.run(t.backend, "nft", "delete", "table", "inet", "xgtest")
+    for _ in range(40):
+        if health() == "up":
+            break
+        time.sleep(0.25)
+    assert health() == "up"
+    assert settles(moving=False), "the flow did not come back to the fast path"
+    c.stdin.write("close\n")
+    c.stdin.flush()
+    assert c.wait(timeout=10) == 0
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(timeout=20)

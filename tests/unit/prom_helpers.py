@@ -85,6 +85,15 @@ class FakeGuard:
             "verified_drops": {"mitigation": {"dropped": 0, "exempted": 44}},
         }
 
+    def fastfwd_compiled(self):
+        return True
+
+    def fastfwd_rule_counters(self):
+        """The XDP fast path's per-rule counters: 7 packets, 900 bytes for the one rule."""
+        from xdpguard.core.model.fastfwd import rule_id
+
+        return {rule_id("198.18.0.2 tcp 80"): (7, 900)}
+
 
 def every_counter():
     """A counter for every (action, reason) pair the data path can report."""

@@ -756,6 +756,9 @@ class _EmptyGuard:
     def write_verify_settings(self, v):
         pass
 
+    def fastfwd_via(self):
+        return None
+
 
 @pytest.fixture
 def kernel_edge(monkeypatch, tmp_path):

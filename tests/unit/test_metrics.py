@@ -36,6 +36,8 @@ def test_names_labels_values(scrape):
     assert not any(k[0] == "xdpguard_backend_up" and ("backend", "198.51.100.12:8080") in k[1] for k in got)
     assert got[("xdpguard_forward_packets_total", (("iface", "xgp0"), rule))] == 5
     assert got[("xdpguard_forward_bytes_total", (("iface", "xgp0"), rule))] == 500
+    assert got[("xdpguard_forward_fast_packets_total", (("iface", "xgp0"), rule))] == 7  # beside nftables'
+    assert got[("xdpguard_forward_fast_bytes_total", (("iface", "xgp0"), rule))] == 900
     assert got[("xdpguard_attack_active", (("iface", "xgp0"), ("protected", "198.18.0.2")))] == 1
     assert got[("xdpguard_sample_ratio", (("iface", "xgp0"),))] == 1 / 64
     assert got[("xdpguard_samples_total", (("iface", "xgp0"),))] == 1000

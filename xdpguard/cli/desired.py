@@ -112,14 +112,19 @@ def _write(c: Console, text: str, out: str | None, overwrite: bool) -> None:
 @click.command()
 @click.argument("iface", type=IFACE, required=False)
 @click.option("--force", is_flag=True, help="Swap even when the attached program is already this version.")
+@click.option(
+    "--fast-forward",
+    is_flag=True,
+    help="(experimental) Compile in the forwarding fast path (a spec with fast_path on implies it).",
+)
 @json_option
-def upgrade(iface, force):
+def upgrade(iface, force, fast_forward):
     """Swap the attached program for this xdpguard's version without a gap (maps carried over)."""
     state.require_root()
     names = [iface] if iface else reconcile.protection_ifaces()
     if not names:
         raise UserError("no interface is protected in this network namespace")
-    results = [reconcile.upgrade(n, force=force) for n in names]
+    results = [reconcile.upgrade(n, force=force, fast_forward=fast_forward) for n in names]
     return Result({"results": [r.to_dict() for r in results]}, lambda c, _: _upgraded(c, results))
 
 

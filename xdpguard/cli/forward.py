@@ -102,7 +102,7 @@ def delete(proto, ports, protected, iface):
 @_json
 def list_(iface):
     """Show the rules, their backends' health and traffic counters."""
-    return Result(core.show(iface), _rules)
+    return Result(fastfwd.show(iface), _rules)
 
 
 def _rules(c: Console, res: core.ForwardListResult) -> None:
@@ -119,8 +119,9 @@ def _rules(c: Console, res: core.ForwardListResult) -> None:
             )
             if o
         ]
+        fast = f" + fast path {r.fast_packets} packets, {human_bytes(r.fast_bytes)}" if r.fast_packets else ""
         c.print(
-            f"{r.key} on {r.iface}: {r.packets} packets, {human_bytes(r.bytes)}"
+            f"{r.key} on {r.iface}: {r.packets} packets, {human_bytes(r.bytes)}{fast}"
             + (f"  ({', '.join(opts)})" if opts else "")
         )
         for b in r.backends:
@@ -135,21 +136,24 @@ def _rules(c: Console, res: core.ForwardListResult) -> None:
     default=None,
     help="The backend-side interface: the return program is attached there (native XDP).",
 )
-@click.option("--off", is_flag=True, help="Every flow back to the slow path (and the return program off --via).")
+@click.option("--off", is_flag=True, help="Every flow back to the slow path, the return program off.")
 @_json
 def fastpath(iface, via, off):
-    """(experimental) Move IFACE's established forwards onto the XDP fast path, once.
+    """(experimental) Move IFACE's established forwards onto the XDP fast path.
 
-    Needs a program attached with `xdpguard attach --fast-forward`. Reads conntrack and makes the
-    fast path's table hold exactly its established DNATs (minus backends marked down); run it
-    again to follow conntrack. nftables keeps the first packets and the end of every connection."""
-    if off:
-        return Result(fastfwd.disable(iface, via), _fastpath)
-    return Result(fastfwd.sync(iface, via), _fastpath)
+    Sets `fast_path.via` in IFACE's desired spec (`--off` clears it); the reconciler attaches
+    the return program to --via, and `xdpguard run` moves established DNATs from conntrack onto
+    the fast path every second (minus backends marked down; this command syncs once). Needs a
+    program compiled with it: `attach --fast-forward`, or `upgrade IFACE --fast-forward`.
+    nftables keeps the first packets and the end of every connection."""
+    return Result(imperative.forward_fastpath(iface, via, off), _fastpath)
 
 
 def _fastpath(c: Console, res: fastfwd.FastPathResult) -> None:
-    c.print(f"fast path on {res.iface}: {res.flows} flows ({res.written} entries written, {res.deleted} deleted)")
+    c.print(
+        f"fast path on {res.iface}: {res.flows} flows ({res.written} entries written, {res.deleted} deleted"
+        + (f", {res.refreshed} conntrack timeouts refreshed)" if res.refreshed else ")")
+    )
     for name, (packets, nbytes) in res.counters.items():
         c.print(f"  {name:4} {packets} packets, {human_bytes(nbytes)}")
     for n in res.notes:

@@ -15,16 +15,24 @@ whose conntrack entry is gone (expired, deleted) leaves the table at the next sy
 SYN/FIN/RST takes its flow out of the table in the data path at once, so conntrack sees the
 end of every connection.
 
-`enable` attaches the return program to the backend-side interface and sets the namespace's
-nf_conntrack_tcp_be_liberal (conntrack does not see the fast-pathed segments, so without it the
-FIN that goes back to the slow path is out of its window: invalid, not NATed). `xdpguard forward
-fastpath IFACE --via IF` enables it (the interface record keeps `via`) and syncs once; from then
-on `xdpguard run` syncs every enabled interface once a second (sync_enabled).
+The switch is desired state (InterfaceSpec.fast_path, `[interface.fast_path] via = "IF"`):
+`xdpguard forward fastpath IFACE --via IF` is an edit of the spec (verbs.imperative), realised by
+the reconciler's writer through `realise` (the return program attached to the backend-side
+interface, the tail-call slot refilled from its pin when drift emptied it, the namespace's
+nf_conntrack_tcp_be_liberal set: conntrack does not see the fast-pathed segments, so without it
+the FIN that goes back to the slow path is out of its window: invalid, not NATed). The flows are
+dynamic state: `sync` moves them from conntrack, once per verb and once a second in `xdpguard run`
+for every interface whose stored spec has the fast path on.
 
-XXX (not built yet): conntrack timeouts refreshed for fast flows (a UDP flow's entry expires after
-120 s without slow-path packets, and the flow then takes the slow path again, possibly to another
-backend); per-rule nft traffic counters for fast-pathed packets (xg_fwd_pcpu counts them per
-direction only); IPv6; a one-armed protector (backends behind the protected interface itself:
+Conntrack sees none of a fast flow's packets, so `sync` refreshes its timeout from the data
+path's per-entry seen_ns (model.refresh_due): an active UDP flow stays on its backend and on the
+fast path past nf_conntrack_udp_timeout_stream, an idle one expires as if conntrack had seen it.
+
+nftables' per-rule counters never see a fast packet: each entry carries its rule's id
+(model.rule_id) and the data path counts into xg_fwd_rule; `show` (`forward list`) puts them
+beside nftables'.
+
+XXX (not built yet): IPv6; a one-armed protector (backends behind the protected interface itself:
 their answers reach the main program, not a return program, and take the slow path); conntrack
 events instead of a full dump per second.
 """
@@ -35,7 +43,8 @@ import errno
 import ipaddress
 import os
 import socket
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 
 from . import guard, state
 from .errors import UserError
@@ -56,6 +65,7 @@ class FastPathResult:
     deleted: int
     counters: dict[str, tuple[int, int]]
     notes: list[str] = field(default_factory=list)
+    refreshed: int = 0  # conntrack entries whose timeout this sync refreshed (active fast flows)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +91,7 @@ def read_conntrack() -> list[model.CtRecord]:
                     (r.saddr, r.sport, r.daddr, r.dport),
                     e.status or 0,
                     e.protoinfo.state if e.protoinfo is not None else None,
+                    e.timeout,
                 )
             )
     finally:
@@ -130,6 +141,11 @@ def _attach_return(iface: state.Iface, via: state.Iface) -> tuple[int, list[str]
         os.close(fd)
 
 
+def return_prog_id(iface: state.Iface) -> int:
+    """The id of the interface's pinned return program; 0 when none is pinned."""
+    return guard.pinned_fwd_id(iface)
+
+
 def _set_be_liberal() -> list[str]:
     try:
         with open(BE_LIBERAL) as f:
@@ -144,50 +160,171 @@ def _set_be_liberal() -> list[str]:
     return ["set net.netfilter.nf_conntrack_tcp_be_liberal=1 in this namespace (fast-pathed segments bypass conntrack)"]
 
 
-def sync(ifname: str, via: str | None = None) -> FastPathResult:
-    """One round: (with `via`) the return program attached there, then the fast path's table made
-    to match conntrack's established DNATs of the interface's protected addresses."""
+# ---- the desired spec's `fast_path` (InterfaceSpec.fast_path: the backend-side interface) ----
+
+
+def realised_via(g: guard.Guard) -> str | None:
+    """What the kernel holds, as the spec says it (Guard.fastfwd_via): the interface the pinned
+    return program is attached to, when the tail-call slot holds the fast path."""
+    return g.fastfwd_via()
+
+
+def check(g: guard.Guard, via: str | None) -> None:
+    """Refuse (one UserError, nothing written) a fast path the interface cannot have: `via` not
+    an interface of this namespace, the protected interface itself, or a program compiled
+    without the fast path."""
+    if via is None:
+        return
+    if via == g.iface.name:
+        raise UserError(f"{via}: the fast path's --via must be the backend-side interface, not the protected one")
+    state.resolve_iface(via)
+    if not g.fastfwd_compiled():
+        raise UserError(
+            f"{g.iface.name}: the attached program has no forwarding fast path; "
+            f"`xdpguard upgrade {g.iface.name} --fast-forward` compiles it in"
+        )
+
+
+def realise(g: guard.Guard, old: str | None, new: str | None) -> list[str]:
+    """Make the kernel hold the spec's fast path (the caller holds the interface lock): on, the
+    tail-call slot filled (a lost pin repaired), the return program on `new`, conntrack liberal
+    for TCP windows; off, every flow back on the slow path (the table emptied). A return program
+    on `old` (another interface) is taken off."""
+    notes: list[str] = []
+    if new is not None:
+        check(g, new)
+        notes += g.repair_fastfwd()
+        notes += _attach_return(g.iface, state.resolve_iface(new))[1]
+        notes += _set_be_liberal()
+    elif g.fastfwd_compiled():
+        _, deleted = g.sync_fastfwd([])
+        if deleted:
+            notes.append(f"{deleted} fast-path entries removed: every flow back on the slow path")
+    if old is not None and old != new:
+        try:
+            if dataplane.fwd_return_detach(state.resolve_iface(old).index):
+                notes.append(f"detached the fast path's return program from {old}")
+        except UserError:
+            pass  # the interface went away, and the program with it
+    return notes
+
+
+def intact(g: guard.Guard, via: str) -> bool:
+    """The daemon's cheap check: is the fast path of a spec with `via` realised as it was?"""
+    return realised_via(g) == via
+
+
+# ---- the flows: conntrack → the table (dynamic state, like bans; the map owner writes it) ----
+
+
+CT_FULL_TIMEOUTS = {  # what conntrack gives an established flow's entry on each packet
+    socket.IPPROTO_TCP: "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
+    socket.IPPROTO_UDP: "/proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream",
+}
+
+
+def full_timeouts() -> dict[int, int]:
+    """This namespace's established (TCP) and stream (UDP) conntrack timeouts, seconds."""
+    out = {}
+    for proto, path in CT_FULL_TIMEOUTS.items():
+        try:
+            with open(path) as f:
+                out[proto] = int(f.read().strip())
+        except (OSError, ValueError):
+            continue  # nf_conntrack not loaded: nothing to refresh
+    return out
+
+
+def refresh_conntrack(due) -> int:
+    """Set conntrack's timeout of each (NatFlow, seconds) in `due` (an entry gone meanwhile is
+    skipped: the next sync takes its flow off the fast path). → how many were set."""
+    if not due:
+        return 0
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    done = 0
+    ct = Conntrack()
+    try:
+        for f, seconds in due:
+            orig = NFCTAttrTuple(
+                saddr=str(f.client), daddr=str(f.protected), proto=f.proto, sport=f.client_port, dport=f.protected_port
+            )
+            try:
+                ct.entry("set", timeout=seconds, tuple_orig=orig)
+            except NetlinkError as exc:
+                if exc.code == errno.ENOENT:
+                    continue
+                raise UserError(f"refreshing conntrack's timeout of a fast flow failed: {exc}") from None
+            done += 1
+    finally:
+        ct.close()
+    return done
+
+
+def sync_guard(g: guard.Guard) -> tuple[int, int, int, int]:
+    """The fast path's table made to match conntrack's established DNATs of the interface's
+    protected addresses (minus backends marked down), and conntrack's timeouts of the flows the
+    fast path carried refreshed (model.refresh_due). → (flows, written, deleted, refreshed)."""
+    records = read_conntrack()
+    flows = model.select_flows(records, g.protected_addrs(), down_backends(g.iface.name))
+    rules = _rules(g.iface)
+    g.sync_fastfwd_rules({model.rule_id(r[4]) for r in rules})  # before the flows that count into them
+    written, deleted = g.sync_fastfwd(flows, model.flow_rule_ids(flows, rules))
+    due = model.refresh_due(flows, model.ct_timeouts(records), g.fastfwd_seen(), time.monotonic_ns(), full_timeouts())
+    return len(flows), written, deleted, refresh_conntrack(due)
+
+
+def _rules(iface: state.Iface) -> list[tuple[str, object, int, int, str]]:
+    """The interface's forwarding rules as model.fastfwd.flow_rule_ids takes them."""
+    return [
+        (sr.rule.proto, sr.rule.protected, sr.rule.port_lo, sr.rule.port_hi, sr.rule.key)
+        for sr in forward.stored_rules(iface.name, state.read_state(iface))
+    ]
+
+
+def show(ifname: str | None = None) -> forward.ForwardListResult:
+    """`forward list`: nftables' rules and counters (forward.show), with each rule's fast-path
+    packets and bytes beside nftables' (which never see them) on interfaces with the fast path."""
+    res = forward.show(ifname)
+    fast: dict[str, tuple[int, int]] = {}
+    for name in sorted({r.iface for r in res.rules}):
+        try:
+            with guard.Guard.open(state.resolve_iface(name)) as g:
+                if not g.fastfwd_compiled():
+                    continue
+                by_id = g.fastfwd_rule_counters()
+        except UserError:
+            continue  # gone meanwhile: nftables' view is still worth listing
+        for r in res.rules:
+            if r.iface == name and model.rule_id(r.key) in by_id:
+                fast[r.key] = by_id[model.rule_id(r.key)]
+    if not fast:
+        return res
+    views = [
+        replace(r, fast_packets=fast.get(r.key, (0, 0))[0], fast_bytes=fast.get(r.key, (0, 0))[1]) for r in res.rules
+    ]
+    return replace(res, rules=views)
+
+
+def sync(ifname: str) -> FastPathResult:
+    """One round of sync_guard under the interface lock (`xdpguard run`, once a second, for
+    every interface whose desired spec has the fast path on)."""
     state.require_root()
     iface = state.resolve_iface(ifname)
-    notes: list[str] = []
-    prog_id = 0
     with state.iface_lock(iface):
         with guard.Guard.open(iface) as g:
-            if not g.has_fastfwd():
+            if not g.fastfwd_compiled():
                 raise UserError(
                     f"{ifname}: the attached program has no forwarding fast path (attach with --fast-forward)"
                 )
-            if via is not None:
-                prog_id, n = _attach_return(iface, state.resolve_iface(via))
-                notes += n
-                notes += _set_be_liberal()
-                state.write_field(iface, state.FASTFWD_VIA, via)  # detach takes it off there
-            flows = model.select_flows(read_conntrack(), g.protected_addrs(), down_backends(ifname))
-            written, deleted = g.sync_fastfwd(flows)
+            flows, written, deleted, refreshed = sync_guard(g)
             counters = g.fastfwd_counters()
-    return FastPathResult(ifname, via, prog_id, len(flows), written, deleted, counters, notes)
+    return FastPathResult(ifname, None, 0, flows, written, deleted, counters, [], refreshed)
 
 
-def disable(ifname: str, via: str | None = None) -> FastPathResult:
-    """Every flow back on the slow path: the table emptied, the return program taken off `via`."""
-    state.require_root()
-    iface = state.resolve_iface(ifname)
-    notes = []
-    with state.iface_lock(iface):
-        with guard.Guard.open(iface) as g:
-            written, deleted = g.sync_fastfwd([])
-            counters = g.fastfwd_counters()
-        if via is not None and dataplane.fwd_return_detach(state.resolve_iface(via).index):
-            notes.append(f"detached the fast path's return program from {via}")
-    return FastPathResult(ifname, via, 0, 0, written, deleted, counters, notes)
-
-
-def sync_enabled() -> list[FastPathResult]:
-    """`sync` for every interface of this namespace whose fast path was enabled (a `--via` is
-    recorded): what `xdpguard run` does every RunOptions.fastpath_interval_s."""
-    out = []
-    for name in state.protected_ifaces():
-        via = state.get(state.read_state(state.Iface(name, 0, state.netns_key())), state.FASTFWD_VIA)
-        if via:
-            out.append(sync(name, via))
-    return out
+def sync_enabled(names) -> list[FastPathResult]:
+    """`sync` for each of these interfaces (the daemon passes those whose desired spec has
+    `fast_path`)."""
+    return [sync(name) for name in names]

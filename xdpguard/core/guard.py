@@ -45,9 +45,8 @@ from .kernel.abi import (
     stats_slot,
 )
 from .errors import UserError
-from .kernel.abi import FastFwdMap, Fwd, FwdKey
+from .kernel.abi import FastFwdMap, Fwd, FwdCounter, FwdKey
 from .kernel.maps import BpfMap
-from .model import fastfwd as fastfwd_model
 from .policy import (
     MITIGATE,
     PROTOCOLS,
@@ -82,6 +81,7 @@ PROG_PIN = "xg_prog"  # the program itself, pinned beside its maps: a detached p
 EGRESS_PIN = "xg_egress"  # the tc egress recorder (tcpstate.py), beside it: drift repair puts it back
 FWD_PIN = "xg_fwd_return"  # the fast path's return program (fastfwd.py), with --fast-forward only
 FWD_ARRAY_PIN = "xg_fwd_prog"  # ... its tail-call array: the kernel empties one nobody holds
+FWD_IN_PIN = "xg_fwd_in"  # ... and the program in its slot (Guard.repair_fastfwd refills the slot)
 
 
 # (list, family, host entry?) → map. Host entries (/32, /128) live in exact hashes, which stay
@@ -682,26 +682,104 @@ class Guard:
             for m in maps.values():
                 m.close()
 
+    def fastfwd_compiled(self) -> bool:
+        """Was the attached program compiled with the fast path (it has the tail-call array)?"""
+        return dataplane.fwd_array_id(self.att.prog_id) is not None
+
+    def repair_fastfwd(self) -> list[str]:
+        """The fast path's tail-call array pinned and its slot holding the pinned program: what a
+        lost pin takes away (the kernel empties a program array when its last pin and fd go)."""
+        aid = dataplane.fwd_array_id(self.att.prog_id)
+        if aid is None:
+            raise UserError(f"{self.iface.name}: the attached program has no forwarding fast path")
+        notes = []
+        fd = libbpf.map_get_fd_by_id(aid)
+        try:
+            pin = self.iface.pin_dir / FWD_ARRAY_PIN
+            try:
+                cur = libbpf.obj_get(str(pin))
+                try:
+                    pinned = libbpf.map_info(cur).id == aid
+                finally:
+                    os.close(cur)
+            except libbpf.BpfError:
+                pinned = False
+            if not pinned:
+                pin.unlink(missing_ok=True)
+                libbpf.obj_pin(fd, str(pin))
+                notes.append("re-pinned the fast path's tail-call array")
+            if dataplane.fwd_in_prog_id(self.att.prog_id) is None:
+                try:
+                    pfd = libbpf.obj_get(str(self.iface.pin_dir / FWD_IN_PIN))
+                except libbpf.BpfError:
+                    raise UserError(
+                        f"{self.iface.name}: the fast path's tail-call slot is empty and its program is not "
+                        f"pinned; `xdpguard upgrade {self.iface.name} --force` loads it again"
+                    ) from None
+                try:
+                    libbpf.map_update(fd, ctypes.c_uint32(0), ctypes.c_uint32(pfd))
+                finally:
+                    os.close(pfd)
+                notes.append("put the fast path's program back into its tail-call slot")
+        finally:
+            os.close(fd)
+        return notes
+
+    def fastfwd_via(self) -> str | None:
+        """The realised fast path, as the desired spec says it: the interface our pinned return
+        program is attached to, when the tail-call slot holds the fast path (None otherwise:
+        off, or drift the reconciler repairs)."""
+        if dataplane.fwd_in_prog_id(self.att.prog_id) is None:
+            return None
+        rid = pinned_fwd_id(self.iface)
+        on = dataplane.attached_to(rid) if rid else []
+        return on[0] if on else None
+
     def fastfwd_entries(self) -> dict:
         """xg_fwd_lru as model.fastfwd.desired_entries spells it: packet tuple → (translated, dir)."""
         with self._fastfwd_maps() as maps:
             return {_fwd_tuple(k): (_fwd_tuple(k, v), v.dir) for k, v in maps[FastFwdMap.FLOWS].items()}
 
-    def sync_fastfwd(self, flows) -> tuple[int, int]:
-        """Make xg_fwd_lru hold exactly the entries of these flows (model.fastfwd.NatFlow): the
-        missing or different ones written, the others deleted. Returns (written, deleted)."""
-        want = fastfwd_model.desired_entries(flows)
+    def fastfwd_seen(self) -> dict:
+        """xg_fwd_lru's packet tuples → the data path's seen_ns (CLOCK_MONOTONIC ns)."""
+        with self._fastfwd_maps() as maps:
+            return {_fwd_tuple(k): v.seen_ns for k, v in maps[FastFwdMap.FLOWS].items()}
+
+    def sync_fastfwd(self, flows, rule_ids=None) -> tuple[int, int]:
+        """Make xg_fwd_lru hold exactly the entries of these flows (model.fastfwd.NatFlow), each
+        with its rule's id (`rule_ids`: flow → model.fastfwd.rule_id; xg_fwd_rule counts it):
+        the missing or different ones written, the others deleted. Returns (written, deleted)."""
+        ids = rule_ids or {}
+        want = {k: (v, d, ids.get(f, 0)) for f in flows for k, v, d in f.entries()}
         with self._fastfwd_maps() as maps:
             m = maps[FastFwdMap.FLOWS]
-            have = {_fwd_tuple(k): ((_fwd_tuple(k, v), v.dir), k) for k, v in m.items()}
+            have = {_fwd_tuple(k): ((_fwd_tuple(k, v), v.dir, v.rule_id), k) for k, v in m.items()}
             deleted = sum(1 for t, (_, k) in have.items() if t not in want and m.delete(k))
             written = 0
-            for t, (to, d) in want.items():
-                if t in have and have[t][0] == (to, d):
+            for t, (to, d, rid) in want.items():
+                if t in have and have[t][0] == (to, d, rid):
                     continue
-                m.set(_fwd_key(t), _fwd_value(to, d))
+                m.set(_fwd_key(t), _fwd_value(to, d, rid))
                 written += 1
         return written, deleted
+
+    def sync_fastfwd_rules(self, ids) -> None:
+        """xg_fwd_rule holds a counter for exactly these rule ids (a new one starts at zero; the
+        counter of a rule that is gone goes with it)."""
+        with self._fastfwd_maps() as maps:
+            m = maps[FastFwdMap.RULES]
+            have = {k.value for k in m.keys()}
+            for rid in have - set(ids):
+                m.delete(ctypes.c_uint32(rid))
+            for rid in set(ids) - have:
+                m.set(ctypes.c_uint32(rid), FwdCounter(), libbpf.BPF_NOEXIST)
+
+    def fastfwd_rule_counters(self) -> dict[int, tuple[int, int]]:
+        """Rule id → (packets, bytes) the fast path forwarded for it, summed over CPUs."""
+        with self._fastfwd_maps() as maps:
+            return {
+                k.value: (sum(c.packets for c in v), sum(c.bytes for c in v)) for k, v in maps[FastFwdMap.RULES].items()
+            }
 
     def fastfwd_counters(self) -> dict[str, tuple[int, int]]:
         """XG_FWD_CNT_* by name (abi.FWD_COUNTERS) → (packets, bytes), summed over CPUs."""
@@ -842,7 +920,7 @@ def _fwd_key(t) -> FwdKey:
     )
 
 
-def _fwd_value(t, direction: int) -> Fwd:
+def _fwd_value(t, direction: int, rule_id: int = 0) -> Fwd:
     _, sa, sp, da, dp = t
     return Fwd(
         (ctypes.c_uint8 * 4)(*sa.packed),
@@ -850,6 +928,8 @@ def _fwd_value(t, direction: int) -> Fwd:
         socket.htons(sp),
         socket.htons(dp),
         direction,
+        0,  # no fast packet yet: conntrack's own timeout stands until the data path stamps one
+        rule_id,
     )
 
 
@@ -907,14 +987,20 @@ def init_fresh(maps: dict[MapName, BpfMap], addrs, level: str | None, monitor: b
 
 
 def pin_program(
-    iface: state.Iface, fds: dict[MapName, int], prog_fd: int, egress_fd: int, fwd_fd: int = -1, fwd_array_fd: int = -1
+    iface: state.Iface,
+    fds: dict[MapName, int],
+    prog_fd: int,
+    egress_fd: int,
+    fwd_fd: int = -1,
+    fwd_array_fd: int = -1,
+    fwd_in_fd: int = -1,
 ) -> None:
     """Pin a freshly attached program's maps, the program and its egress recorder (and, when it
-    was compiled in, the fast path's return program and tail-call array)."""
+    was compiled in, the fast path's return program, tail-call array and tail-called program)."""
     pin_maps(iface, fds)
     libbpf.obj_pin(prog_fd, str(iface.pin_dir / PROG_PIN))
     libbpf.obj_pin(egress_fd, str(iface.pin_dir / EGRESS_PIN))
-    for fd, name in ((fwd_fd, FWD_PIN), (fwd_array_fd, FWD_ARRAY_PIN)):
+    for fd, name in ((fwd_fd, FWD_PIN), (fwd_array_fd, FWD_ARRAY_PIN), (fwd_in_fd, FWD_IN_PIN)):
         if fd >= 0:
             libbpf.obj_pin(fd, str(iface.pin_dir / name))
 
@@ -922,6 +1008,18 @@ def pin_program(
 def pinned_fwd_fd(iface: state.Iface) -> int:
     """A new fd of the interface's pinned fast-path return program (libbpf.BpfError when none)."""
     return libbpf.obj_get(str(iface.pin_dir / FWD_PIN))
+
+
+def pinned_fwd_id(iface: state.Iface) -> int:
+    """The id of the interface's pinned fast-path return program; 0 when none is pinned."""
+    try:
+        fd = pinned_fwd_fd(iface)
+    except libbpf.BpfError:
+        return 0
+    try:
+        return libbpf.prog_info(fd)[0].id
+    finally:
+        os.close(fd)
 
 
 def upgrade_staging(iface: state.Iface):
@@ -940,12 +1038,19 @@ def commit_upgrade_pins(
     egress_fd: int,
     fwd_fd: int = -1,
     fwd_array_fd: int = -1,
+    fwd_in_fd: int = -1,
 ) -> None:
     """After an upgrade's atomic replace: the new maps' pins from staging, the program's and the
     egress recorder's pins replaced (and the fast path's return program's, when compiled in: the
     fast path's maps are new and empty, the next fastfwd.sync fills them and re-attaches it)."""
     migrate.commit_pins(fds, staging, iface.pin_dir)
-    for fd, name in ((prog_fd, PROG_PIN), (egress_fd, EGRESS_PIN), (fwd_fd, FWD_PIN), (fwd_array_fd, FWD_ARRAY_PIN)):
+    for fd, name in (
+        (prog_fd, PROG_PIN),
+        (egress_fd, EGRESS_PIN),
+        (fwd_fd, FWD_PIN),
+        (fwd_array_fd, FWD_ARRAY_PIN),
+        (fwd_in_fd, FWD_IN_PIN),
+    ):
         if fd < 0:
             continue
         pin = iface.pin_dir / name

@@ -156,7 +156,7 @@ def check_attachable(iface: state.Iface, force: bool) -> dataplane.XdpAttachment
     return att
 
 
-DEFINES_KEY = "defines"  # the interface record's: the compile-time features of the attached program
+DEFINES_KEY = state.DEFINES.key  # the interface record's: the compile-time features of the attached program
 KEPT_DEFINES = (FWD_DEFINE,)  # features, not sizes: an upgrade compiles them in again
 
 
@@ -193,7 +193,7 @@ def attach_locked(
     try:
         maps = {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()}
         guard.init_fresh(maps, addrs, level, monitor)
-        guard.pin_program(iface, lp.map_fds, lp.prog_fd, lp.egress_fd, lp.fwd_fd, lp.fwd_array_fd)
+        guard.pin_program(iface, lp.map_fds, lp.prog_fd, lp.egress_fd, lp.fwd_fd, lp.fwd_array_fd, lp.fwd_in_fd)
         try:
             took, note = dataplane.attach(ifname, iface.index, lp.prog_fd, mode, replace=att if force else None)
         except BaseException:
@@ -240,6 +240,8 @@ class UpgradeResult:
 
 def needs_upgrade(iface: state.Iface, defines: dict[str, int] | None = None) -> bool:
     st = state.read_state(iface) or {}
+    if defines is None:  # what it was attached with (a fast-path program is not older for having it)
+        defines = state.get(st, state.DEFINES) or None
     return st.get("program_sha256") != dataplane.program_sha256(defines)
 
 
@@ -319,13 +321,17 @@ def _upgrade_locked(
             dataplane.replace(iface.index, lp.prog_fd, att)
         except libbpf.BpfError as exc:
             raise UserError(f"{ifname}: atomic replace failed ({exc.strerror}); the old program stays") from None
-        guard.commit_upgrade_pins(iface, lp.map_fds, staging, lp.prog_fd, lp.egress_fd, lp.fwd_fd, lp.fwd_array_fd)
+        guard.commit_upgrade_pins(
+            iface, lp.map_fds, staging, lp.prog_fd, lp.egress_fd, lp.fwd_fd, lp.fwd_array_fd, lp.fwd_in_fd
+        )
         swap_notes = tcpstate.swap(iface.index, lp.egress_fd, {n: BpfMap(n, fd) for n, fd in lp.map_fds.items()})
         new = dataplane.query(iface.index)
         st = state.read_state(iface) or {}
         st.update(
             prog_id=new.prog_id if new else 0, program_sha256=dataplane.program_sha256(defines), upgraded_at=time.time()
         )
+        # an upgrade that compiled the fast path in keeps it
+        state.put(st, state.DEFINES, {k: v for k, v in (defines or {}).items() if k in KEPT_DEFINES})
         state.write_state(iface, st)
     finally:
         migrate.remove_staging(staging)
@@ -370,18 +376,18 @@ def detach_locked(iface: state.Iface, notes: list[str] | None = None) -> DetachR
 
 
 def fwd_return_off(iface: state.Iface) -> list[str]:
-    """The fast path's return program off the interface fastfwd.sync put it on (its flow table
-    would otherwise keep rewriting backends' answers for a program that is gone)."""
-    via = state.get(state.read_state(iface), state.FASTFWD_VIA)
-    if not via:
-        return []
-    try:
-        v = state.resolve_iface(via)
-    except UserError:
-        return []
-    if dataplane.fwd_return_detach(v.index):
-        return [f"detached the fast path's return program from {via}"]
-    return []
+    """The fast path's return program off every interface it is attached to (its flow table
+    would otherwise keep rewriting backends' answers for a program that is gone): found from the
+    kernel, by the id of the interface's pinned return program."""
+    rid = guard.pinned_fwd_id(iface)
+    notes = []
+    for name in dataplane.attached_to(rid) if rid else []:
+        try:
+            if dataplane.fwd_return_detach(state.resolve_iface(name).index):
+                notes.append(f"detached the fast path's return program from {name}")
+        except UserError:
+            pass
+    return notes
 
 
 def status(ifname: str | None) -> list[StatusResult]:

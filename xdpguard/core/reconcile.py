@@ -22,7 +22,8 @@ import struct
 from dataclasses import asdict, dataclass, field, replace
 
 from .kernel import abi, dataplane
-from . import geo, levels, policy, protection, state, store
+from . import fastfwd, geo, levels, policy, protection, state, store
+from .kernel.abi import FWD_DEFINE
 from .model.desired import (
     AddressSpec,
     Desired,
@@ -125,6 +126,7 @@ def export_guard(g: protection.Guard, lists: bool = True, stored: InterfaceSpec 
             fwd,
             events.EventConfig.from_json(st.get(events.STATE_KEY)),
             replace(g.read_verify_settings(), udp_learning=True),
+            g.fastfwd_via(),
         )
     )  # the switch is the daemon's
 
@@ -285,6 +287,8 @@ def write_differences(
     removed addresses — so a source blocked in both never passes, and no port is closed
     before the rule that needs it is gone. `io`: a list verb's named entries (ListIO)."""
     notes = []
+    if new.fast_path != old.fast_path:
+        fastfwd.check(g, new.fast_path)  # refused before anything is written
     for a in new.addresses:
         if old.address(a.address) is None:
             g.add_protected(a.address)
@@ -335,6 +339,8 @@ def write_differences(
         st = state.read_state(g.iface) or {}
         st[levels.STATE_KEY] = {str(a.address): a.level for a in new.addresses if a.level is not None}
         state.write_state(g.iface, st)
+    if old.fast_path != new.fast_path:  # after the forwards: the flows it takes are theirs
+        notes += fastfwd.realise(g, old.fast_path, new.fast_path)
     if old.mode != new.mode:
         st = state.read_state(g.iface) or {}
         st["requested_mode"] = new.mode
@@ -372,7 +378,9 @@ def realise(spec: InterfaceSpec, rebuild_nat: bool = False, force: bool = False,
         action = "updated"
         notes: list[str] = []
         if att is None or (force and not dataplane.is_ours(att)):
-            res = protection.attach_locked(iface, spec.protected, spec.mode, monitor=False, force=force, att=att)
+            res = protection.attach_locked(
+                iface, spec.protected, spec.mode, monitor=False, force=force, att=att, defines=fast_defines(spec)
+            )
             notes += res.notes
             action = "attached"
         elif not dataplane.is_ours(att):
@@ -393,6 +401,14 @@ def realise(spec: InterfaceSpec, rebuild_nat: bool = False, force: bool = False,
                 return RealiseResult(spec.name, "unchanged" if action != "attached" else action, notes)
             notes += write_differences(g, live, spec, rebuild_nat)
     return RealiseResult(spec.name, action, notes)
+
+
+def fast_defines(spec: InterfaceSpec | None, defines: dict[str, int] | None = None) -> dict[str, int] | None:
+    """The -D defines of a compile for `spec`: a spec with the fast path on needs the program
+    compiled with it (kernel.abi.FWD_DEFINE), whatever else was asked."""
+    if spec is None or spec.fast_path is None:
+        return defines
+    return {**(defines or {}), FWD_DEFINE: 1}
 
 
 def _detach_quietly(name: str) -> list[str]:
@@ -699,12 +715,23 @@ def attach(
             )
         )
 
-    extra = {} if defines is None else {"defines": defines}
+    predicted: list[InterfaceSpec] = []
+
+    def predict_kept(stored: InterfaceSpec | None) -> InterfaceSpec:
+        predicted.append(predict(stored))
+        return predicted[-1]
+
+    extra: dict = {}
     if level is not None:
         extra["level"] = level  # every address gets it; the stored ones get their stored policy back below
-    res, stored, spec = _store_first(
-        ifname, predict, lambda: protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
-    )
+
+    def attach_now():
+        d = fast_defines(predicted[-1], defines)  # a stored spec with the fast path compiles it in
+        if d:
+            extra["defines"] = d
+        return protection.attach(ifname, protect, mode=mode, monitor=monitor, force=force, **extra)
+
+    res, stored, spec = _store_first(ifname, predict_kept, attach_now)
     if stored is not None:
         r = realise(spec)
         res = replace(res, notes=[*res.notes, f"restored the stored policy of {ifname}", *r.notes])
@@ -712,13 +739,24 @@ def attach(
     return res
 
 
-def upgrade(ifname: str, force: bool = False) -> protection.UpgradeResult:
+def upgrade(ifname: str, force: bool = False, fast_forward: bool = False) -> protection.UpgradeResult:
     """`xdpguard upgrade` and the daemon's start: swap the program in place, then write the
     stored desired state again, so a map the new program added (or had to start empty) holds
-    what the operator asked for within the same command."""
-    res = protection.upgrade(ifname, force=force)
+    what the operator asked for within the same command. The program is compiled with what it
+    was attached with, plus the fast path when asked (`fast_forward`) or when the stored spec
+    has it on (its return program is then the new one's: realised again)."""
     stored = store.stored_interface(ifname)
-    if res.action == "upgraded" and stored is not None and (res.maps_new or any("empty" in n for n in res.notes)):
+    defines = None
+    if fast_forward or (stored is not None and stored.fast_path is not None):
+        state.require_root()
+        defines = {**state.get(state.read_state(state.resolve_iface(ifname)), state.DEFINES), FWD_DEFINE: 1}
+    res = protection.upgrade(ifname, defines=defines, force=force)
+    fast = stored is not None and stored.fast_path is not None
+    if (
+        res.action == "upgraded"
+        and stored is not None
+        and (res.maps_new or fast or any("empty" in n for n in res.notes))
+    ):
         r = realise(stored, lists=True)
         res = replace(res, notes=[*res.notes, "wrote the stored desired state into the new maps", *r.notes])
     return res

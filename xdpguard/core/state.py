@@ -382,7 +382,10 @@ GEO = Field(
 WATERMARK = Field(
     "watermark", Map(Arr(Rec(("port", "key_file"), port=int, key_file=str))), lambda v: dict(v or {}), dict
 )  # protected address → its watermarked services: key file names, never keys (watermark.py)
-FASTFWD_VIA = Field("fastfwd_via", (str, type(None)))  # fastfwd: the interface the return program is on
+DEFINES = Field(
+    "defines", Map(int), lambda v: dict(v or {}), dict
+)  # the -D features the program was compiled with (attach --fast-forward), kept by upgrades
+FASTFWD_VIA = Field("fastfwd_via", (str, type(None)))  # legacy (s33): the fast path is the spec's now; read by nobody
 FIELDS = (
     ATTACK,
     LEVELS,
@@ -395,6 +398,7 @@ FIELDS = (
     GEO,
     WATERMARK,
     FASTFWD_VIA,
+    DEFINES,
 )
 
 #: the interface record's keys and their shapes (the attach keys: protection.attach; the rest: FIELDS)
@@ -410,7 +414,6 @@ STATE_SHAPE = Rec(
     monitor=bool,
     attached_at=NUM,
     upgraded_at=NUM,
-    defines=Map(int),  # the -D flags it was compiled with (attach --fast-forward), kept by upgrades
     **{f.key: f.shape for f in FIELDS},
 )
 

@@ -38,6 +38,9 @@
 #ifndef XG_FWD_FLOWS_MAX
 #define XG_FWD_FLOWS_MAX 131072      /* fast-path entries (two per flow; LRU) */
 #endif
+#ifndef XG_FWD_RULES_MAX
+#define XG_FWD_RULES_MAX 4096        /* forwarding rules with fast-path counters */
+#endif
 
 #define XG_FWD_IN  1                 /* client → backend (rewritten to the backend) */
 #define XG_FWD_OUT 2                 /* backend → client (rewritten back) */
@@ -68,7 +71,15 @@ struct xg_fwd {
     __u16 sport;
     __u16 dport;
     __u32 dir;                       /* XG_FWD_IN / XG_FWD_OUT */
+    __u64 seen_ns;                   /* bpf_ktime_get_ns of a recent packet sent on the fast path
+                                        (updated at most once per XG_FWD_SEEN_NS): the controller
+                                        refreshes conntrack's timeout of an active flow from it */
+    __u32 rule_id;                   /* the forwarding rule's id (crc32 of its key; 0: none): its
+                                        xg_fwd_rule counter counts the flow's fast packets */
+    __u32 pad;
 };
+
+#define XG_FWD_SEEN_NS ONE_SEC_NS    /* seen_ns granularity: one write per entry per second at most */
 
 struct xg_fwd_counter {
     __u64 packets;
@@ -77,7 +88,7 @@ struct xg_fwd_counter {
 
 /* The fast path's maps are not pinned (BPF_F_TABLE, not XG_MAP): a program holds them, and an
  * upgrade starts them empty (the next sync fills them from conntrack) rather than leaving the old
- * ones pinned beside the new. */
+ * ones pinned beside the new. (So a layout change needs no new name: no map is ever reused.) */
 
 /* xg_fwd_lru: struct xg_fwd_key (the packet's 5-tuple) → struct xg_fwd (its translation). Written
  * by the controller only (from conntrack); the data path deletes a flow's two entries at its end. */
@@ -85,6 +96,10 @@ BPF_F_TABLE("lru_hash", struct xg_fwd_key, struct xg_fwd, xg_fwd_lru, XG_FWD_FLO
 
 /* xg_fwd_pcpu: XG_FWD_CNT_* → per-CPU struct xg_fwd_counter. */
 BPF_F_TABLE("percpu_array", int, struct xg_fwd_counter, xg_fwd_pcpu, XG_FWD_CNT_MAX, 0);
+
+/* xg_fwd_rule: rule_id → per-CPU struct xg_fwd_counter: the fast packets of each forwarding rule
+ * (nftables' per-rule counters never see them). The controller creates an entry per rule. */
+BPF_F_TABLE("percpu_hash", __u32, struct xg_fwd_counter, xg_fwd_rule, XG_FWD_RULES_MAX, 0);
 
 /* xg_fwd_prog: slot 0 → xdpguard_fwd_in (dataplane.compile_program puts it there). Empty, the
  * tail call fails and the packet passes: the slow path. */
@@ -242,6 +257,14 @@ static __always_inline int step_fastfwd(struct xdp_md *ctx)
     __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
     xg_fwd_count(v.dir == XG_FWD_OUT ? XG_FWD_CNT_OUT : XG_FWD_CNT_IN, len);
+    struct xg_fwd_counter *rule = xg_fwd_rule.lookup(&v.rule_id);
+    if (rule) {
+        rule->packets += 1;
+        rule->bytes += len;
+    }
+    __u64 now = bpf_ktime_get_ns();
+    if (now - v.seen_ns >= XG_FWD_SEEN_NS)
+        f->seen_ns = now;            /* the flow is alive: conntrack's timeout is refreshed from it */
     if (fib.ifindex == ctx->ingress_ifindex)
         return XDP_TX;
     return bpf_redirect(fib.ifindex, 0);

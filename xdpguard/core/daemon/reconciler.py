@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..kernel import dataplane, libbpf
 from ..nat import forward
-from .. import guard, protection, reconcile, state, store, tcpstate
+from .. import fastfwd, guard, protection, reconcile, state, store, tcpstate
 from ..model.desired import Desired, InterfaceSpec
 from ..errors import UserError
 from ..l7 import bans as l7bans
@@ -215,6 +215,11 @@ class Reconciler:
                 guard.repin(iface)
             self.repairs += 1
             self.report(f"{spec.name}: pins under {iface.pin_dir} were missing; re-pinned")
+        if spec.fast_path is not None:
+            with guard.Guard.open(iface) as g:
+                whole = fastfwd.intact(g, spec.fast_path)
+            if not whole:  # a lost pin emptied the tail-call slot, the return program went, …
+                self._realise(spec, lists=False)
 
     def tick(self) -> None:
         if self.reload_requested:

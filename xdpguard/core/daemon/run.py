@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from . import reconciler as daemon, mitigation
 from ..observe import events, fanout, history
-from .. import fastfwd, geo, protection
+from .. import fastfwd, geo, protection, store
 from ..nat import health
 from ..observe import metrics as prom
 from ..errors import UserError
@@ -122,10 +122,22 @@ def serve(o: RunOptions, say: Callable[[str], None], out: Callable[[str], None])
     if not o.once:
         threads.append(threading.Thread(target=sweep_forever, name="sweep", daemon=True))
 
+    fast_seen: list = [object(), ()]  # (the store file's identity, the interfaces with the fast path on)
+
+    def fast_ifaces() -> tuple[str, ...]:
+        try:
+            st = store.desired_path().stat()
+            ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            ident = None
+        if ident != fast_seen[0]:
+            fast_seen[:] = [ident, tuple(s.name for s in store.load().interfaces if s.fast_path is not None)]
+        return fast_seen[1]
+
     def fastpath_forever() -> None:
         while not stop.wait(o.fastpath_interval_s):
             try:
-                fastfwd.sync_enabled()  # nothing to do unless `forward fastpath --via` enabled it
+                fastfwd.sync_enabled(fast_ifaces())  # the desired specs with `fast_path` on
             except UserError as exc:
                 out(f"fast path: {exc.message}")
             except Exception as exc:  # never let one bad round end the learning

@@ -71,6 +71,9 @@ def _iface_changes(old: InterfaceSpec, new: InterfaceSpec) -> list[Change]:
     out: list[Change] = []
     if old.mode != new.mode:
         out.append(Change(f"{n} mode", "change", old.mode, new.mode))
+    if old.fast_path != new.fast_path:
+        fp = ("off" if v is None else f"via {v}" for v in (old.fast_path, new.fast_path))
+        out.append(Change(f"{n} fast_path", "change", *fp))
     out += _set_changes(f"{n} protect", frozenset(old.protected), frozenset(new.protected))
     og, ng = old.global_, new.global_
     for label, a, b in (

@@ -233,6 +233,8 @@ def _interface_data(s: InterfaceSpec, list_files: dict[tuple[str, str], str]) ->
         ]
     if verify_data(s.verify):
         out["verify"] = verify_data(s.verify)
+    if s.fast_path is not None:
+        out["fast_path"] = {"via": s.fast_path}
     return out
 
 

@@ -211,6 +211,7 @@ _IFACE_KEYS = {
     "forward",
     "events",
     "verify",
+    "fast_path",
 }
 _ADDR_KEYS = {
     "address",
@@ -1068,6 +1069,7 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
         glob = replace(glob, drop_fragments=True)  # the levels' fragment policy (fragments not given)
     ev = _events(ld, ld.get(d, "events", path, "table", {}), path + ("events",), protected)
     vf = _verify(ld, ld.get(d, "verify", path, "table", {}), path + ("verify",))
+    fast = _fast_path(ld, ld.get(d, "fast_path", path, "table", {}), path + ("fast_path",), name)
     return norm_interface(
         InterfaceSpec(
             name,
@@ -1079,8 +1081,25 @@ def _interface(ld: _Loader, d: dict, path: tuple) -> InterfaceSpec | None:
             tuple(forwards),
             ev,
             vf,
+            fast,
         )
     )
+
+
+def _fast_path(ld: _Loader, d: dict, path: tuple, name: str) -> str | None:
+    """`[interface.fast_path] via = "IF"`: the forwarding fast path on, its return program on IF
+    (the backend-side interface; not the protected one). An empty table or no table: off."""
+    d = ld.table(d, path, {"via"})
+    via = ld.get(d, "via", path, "str", None)
+    if via is None:
+        return None
+    if not via or len(via) > 15 or "/" in via or any(c.isspace() for c in via):
+        ld.fail(path + ("via",), f"needs a valid interface name, got {via!r}")
+        return None
+    if via == name:
+        ld.fail(path + ("via",), f"must be the backend-side interface, not the protected one ({name})")
+        return None
+    return via
 
 
 MAX_DEPTH = 12  # the schema nests 7 deep (interface.address.port_limit); anything deeper is wrong

@@ -507,6 +507,7 @@ FWD_COUNTERS = ("in", "out", "end", "fib")  # XG_FWD_CNT_* in order
 class FastFwdMap(str, enum.Enum):
     FLOWS = "xg_fwd_lru"  # 5-tuple → translation, two entries per flow
     COUNTERS = "xg_fwd_pcpu"  # XG_FWD_CNT_* → per-CPU packets and bytes
+    RULES = "xg_fwd_rule"  # rule id → per-CPU packets and bytes of the rule's fast packets
 
 
 class FwdKey(ctypes.Structure):
@@ -523,7 +524,8 @@ class FwdKey(ctypes.Structure):
 
 
 class Fwd(ctypes.Structure):
-    """struct xg_fwd: what a packet with the key becomes, and the entry's direction."""
+    """struct xg_fwd: what a packet with the key becomes, the entry's direction, and when the
+    data path last (to the second) sent one of its packets."""
 
     _fields_ = [
         ("saddr", ctypes.c_uint8 * 4),
@@ -531,6 +533,9 @@ class Fwd(ctypes.Structure):
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
         ("dir", ctypes.c_uint32),
+        ("seen_ns", ctypes.c_uint64),  # bpf_ktime_get_ns (CLOCK_MONOTONIC) of a recent fast packet
+        ("rule_id", ctypes.c_uint32),  # model.fastfwd.rule_id of the flow's forwarding rule; 0: none
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -541,6 +546,7 @@ class FwdCounter(ctypes.Structure):
 FWD_LAYOUTS: dict[FastFwdMap, tuple[type, type, bool]] = {
     FastFwdMap.FLOWS: (FwdKey, Fwd, False),
     FastFwdMap.COUNTERS: (ctypes.c_uint32, FwdCounter, True),
+    FastFwdMap.RULES: (ctypes.c_uint32, FwdCounter, True),
 }
 
 

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -107,6 +108,7 @@ class LoadedProgram:
     # ... and its tail-call array (xg_fwd_prog): pinned, since the kernel empties a program array
     # when the last file descriptor or pin of it goes
     fwd_array_fd: int = -1
+    fwd_in_fd: int = -1  # ... and the program in its slot (pinned: the reconciler refills an emptied slot)
 
     def close(self) -> None:
         try:
@@ -154,6 +156,7 @@ def compile_program(defines: dict[str, int] | None = None, pin_dir: Path | None 
         egress_fd=eg.fd,
         fwd_fd=fwd.fd if fwd else -1,
         fwd_array_fd=arr.map_fd if fwd else -1,
+        fwd_in_fd=fwd_in.fd if fwd else -1,
     )
 
 
@@ -266,19 +269,41 @@ def _prog_map_ids(prog_id: int) -> list[int]:
     return list(map_ids)
 
 
-def fwd_in_prog_id(prog_id: int) -> int | None:
-    """The program in a main program's fast-path tail-call slot (xg_fwd_prog[0]): the one that
-    uses the fast path's maps. None without the fast path (or with the slot empty)."""
+def fwd_array_id(prog_id: int) -> int | None:
+    """The id of a main program's fast-path tail-call array (xg_fwd_prog): None when the program
+    was compiled without the fast path."""
     for mid in _prog_map_ids(prog_id):
         fd = libbpf.map_get_fd_by_id(mid)
         try:
-            if libbpf.map_info(fd).name.decode(errors="replace") != FWD_PROG_ARRAY:
-                continue
-            out = ctypes.c_uint32()
-            return out.value if libbpf.map_lookup(fd, ctypes.c_uint32(0), out) else None
+            if libbpf.map_info(fd).name.decode(errors="replace") == FWD_PROG_ARRAY:
+                return mid
         finally:
             os.close(fd)
     return None
+
+
+def fwd_in_prog_id(prog_id: int) -> int | None:
+    """The program in a main program's fast-path tail-call slot (xg_fwd_prog[0]): the one that
+    uses the fast path's maps. None without the fast path (or with the slot empty)."""
+    mid = fwd_array_id(prog_id)
+    if mid is None:
+        return None
+    fd = libbpf.map_get_fd_by_id(mid)
+    try:
+        out = ctypes.c_uint32()
+        return out.value if libbpf.map_lookup(fd, ctypes.c_uint32(0), out) else None
+    finally:
+        os.close(fd)
+
+
+def attached_to(prog_id: int) -> list[str]:
+    """The interfaces of this network namespace whose XDP program is `prog_id`."""
+    out = []
+    for index, name in socket.if_nameindex():
+        att = query(index)
+        if att is not None and att.prog_id == prog_id:
+            out.append(name)
+    return out
 
 
 def map_fds_of_prog(prog_id: int, names: type[enum.Enum] = MapName) -> dict:

@@ -84,6 +84,10 @@ class InterfaceSpec:
     # verified clients and the admission budgets (`[interface.verify]`); udp_learning is the
     # daemon's runtime switch, never desired state (always True here)
     verify: policy.VerifySettings = policy.VerifySettings()
+    # the forwarding fast path (`[interface.fast_path] via = "IF"`, fastfwd.py): the backend-side
+    # interface its return program is attached to; None: off. Implies a program compiled with it
+    # (kernel.abi.FWD_DEFINE): attach and upgrade compile it in when the spec holds it.
+    fast_path: str | None = None
 
     @property
     def protected(self) -> list[IPAddress]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Collection, Iterable
+import zlib
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 FWD_IN, FWD_OUT = 1, 2  # the data path's XG_FWD_IN / XG_FWD_OUT (kernel.abi mirrors them)
@@ -61,6 +62,7 @@ class CtRecord:
     reply: tuple[str, int, str, int]
     status: int
     tcp_state: int | None  # TCP only
+    timeout: int | None = None  # seconds conntrack still keeps the entry without a packet
 
 
 def select_flows(
@@ -101,3 +103,77 @@ def select_flows(
 def desired_entries(flows: Iterable[NatFlow]) -> dict[Tuple5, tuple[Tuple5, int]]:
     """The fast-path table these flows need: packet tuple → (translated tuple, direction)."""
     return {k: (v, d) for f in flows for k, v, d in f.entries()}
+
+
+# ---- conntrack's timeouts of fast flows (conntrack sees none of their packets) ----
+
+ONE_SEC_NS = 1_000_000_000
+
+
+def ct_timeouts(records: Iterable[CtRecord]) -> dict[Tuple5, int]:
+    """The original tuple (as NatFlow.entries spells the client's) → the seconds conntrack still
+    keeps the entry, for every record that says it."""
+    out = {}
+    for r in records:
+        if r.timeout is None:
+            continue
+        try:
+            src, sport, dst, dport = r.orig
+            out[(r.proto, ipaddress.ip_address(src), sport, ipaddress.ip_address(dst), dport)] = int(r.timeout)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def refresh_due(
+    flows: Iterable[NatFlow],
+    timeouts: Mapping[Tuple5, int],
+    seen_ns: Mapping[Tuple5, int],
+    now_ns: int,
+    full_s: Mapping[int, int],
+) -> list[tuple[NatFlow, int]]:
+    """(flow, seconds) for each fast flow whose conntrack timeout is behind its traffic: the
+    timeout conntrack would hold had it seen the flow's last fast packet (`full_s[proto]`, the
+    namespace's established/stream timeout, minus that packet's age, from the data path's
+    seen_ns of either direction), when that is ahead of what conntrack holds by at least
+    max(1 s, an eighth of the full timeout) — an idle flow is never refreshed: it expires as if
+    conntrack had seen all of it."""
+    out = []
+    for f in flows:
+        full = full_s.get(f.proto)
+        orig = f.entries()[0][0]
+        left = timeouts.get(orig)
+        if not full or left is None:
+            continue
+        last = max((seen_ns.get(k, 0) for k, _, _ in f.entries()), default=0)
+        if not last:
+            continue
+        want = full - max(0, now_ns - last) // ONE_SEC_NS
+        if want - left >= max(1, full // 8):
+            out.append((f, int(want)))
+    return out
+
+
+# ---- per-rule counters of fast packets (xg_fwd_rule; nftables' rule counters never see them) ----
+
+PROTO_NUM = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
+
+def rule_id(key: str) -> int:
+    """A forwarding rule's id in the data path: crc32 of its key (`tcp/198.18.0.2/80`), never 0
+    (0: no rule). Stable across restarts and rule edits; two keys of one interface sharing an id
+    (about 1 in 10^6 for 100 rules) would share a counter."""
+    return zlib.crc32(key.encode()) or 1
+
+
+def flow_rule_ids(flows: Iterable[NatFlow], rules: Iterable[tuple[str, object, int, int, str]]) -> dict[NatFlow, int]:
+    """Each flow's rule id: the rule (proto name, protected address, first port, last port, key)
+    whose protected address and port range the flow was DNATed from; flows of no rule get none."""
+    table = [(PROTO_NUM.get(p), a, lo, hi, rule_id(k)) for p, a, lo, hi, k in rules]
+    out = {}
+    for f in flows:
+        for proto, a, lo, hi, rid in table:
+            if proto == f.proto and a == f.protected and lo <= f.protected_port <= hi:
+                out[f] = rid
+                break
+    return out

@@ -69,8 +69,10 @@ class RuleView:
     persist_s: int
     preserve_client_ip: bool
     udp_probe: str | None
-    packets: int
+    packets: int  # nftables' rule counter: the slow path's packets
     bytes: int
+    fast_packets: int = 0  # the XDP fast path's (fastfwd.show): nftables never sees them
+    fast_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 from xdpguard import __version__
 
-from ..nat import forward
-from .. import protection, state
+from .. import fastfwd, protection, state
 from ..model import vocab
 from . import stats
 from ..l7 import engine as l7engine
@@ -96,6 +95,19 @@ METRICS: tuple[MetricSpec, ...] = (
         "xdpguard_forward_bytes_total",
         "counter",
         "Bytes DNATed to the backends of a forwarding rule (nftables counter).",
+        ("iface", "rule"),
+    ),
+    MetricSpec(
+        "xdpguard_forward_fast_packets_total",
+        "counter",
+        "Packets of a forwarding rule's established flows the XDP fast path forwarded (both directions; "
+        "nftables' counter never sees them).",
+        ("iface", "rule"),
+    ),
+    MetricSpec(
+        "xdpguard_forward_fast_bytes_total",
+        "counter",
+        "Bytes of a forwarding rule's established flows the XDP fast path forwarded (both directions).",
         ("iface", "rule"),
     ),
     MetricSpec(
@@ -245,12 +257,14 @@ class XdpguardCollector:
                 for addr in g.protected():
                     fam["xdpguard_attack_active"].add_metric([name, addr], 1.0 if active.get((name, addr)) else 0.0)
         try:
-            rules = forward.show().rules
+            rules = fastfwd.show().rules  # nftables' counters, and the fast path's beside them
         except Exception:  # no nftables bindings, no table: no forwarding families this scrape
             rules = []
         for r in rules:
             fam["xdpguard_forward_packets_total"].add_metric([r.iface, r.key], r.packets)
             fam["xdpguard_forward_bytes_total"].add_metric([r.iface, r.key], r.bytes)
+            fam["xdpguard_forward_fast_packets_total"].add_metric([r.iface, r.key], r.fast_packets)
+            fam["xdpguard_forward_fast_bytes_total"].add_metric([r.iface, r.key], r.fast_bytes)
             for b in r.backends:
                 if b.health in ("up", "down"):
                     fam["xdpguard_backend_up"].add_metric(

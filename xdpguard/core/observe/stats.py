@@ -18,6 +18,7 @@ from ..nat import forward
 from .. import geo, protection, state
 from ..errors import UserError
 from ..l7 import engine as l7engine
+from ..model import fastfwd as fastfwd_model
 from ..result import as_dict as _as_dict
 
 SERIES = ("received", "dropped", "passed", "forwarded")
@@ -72,10 +73,12 @@ class RuleRow:
     key: str
     protected: str
     backends: list[BackendRow]
-    packets: int
+    packets: int  # nftables' rule counter (the slow path)
     bytes: int
-    pps: float
+    pps: float  # both paths
     bps: float
+    fast_packets: int = 0  # the XDP fast path's (nftables never sees them)
+    fast_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -244,11 +247,23 @@ def read_counts(guard: protection.Guard) -> Counts:
     return guard.counts()
 
 
-def _rules(ifname: str) -> list[tuple[str, str, list[BackendRow], int, int]]:
+def _fast_rule_counts(guard: protection.Guard | None) -> dict[int, tuple[int, int]]:
+    """Rule id → the fast path's (packets, bytes) of the rule (none without the fast path)."""
+    if guard is None:
+        return {}
+    try:
+        return guard.fastfwd_rule_counters() if guard.fastfwd_compiled() else {}
+    except (UserError, OSError):
+        return {}
+
+
+def _rules(ifname: str, guard: protection.Guard | None = None) -> list[tuple]:
+    """(key, protected, backends, nft packets, nft bytes, fast packets, fast bytes) per rule."""
     try:
         res = forward.show(ifname)
     except (UserError, OSError, RuntimeError):
         return []
+    fast = _fast_rule_counts(guard)
     return [
         (
             r.key,
@@ -256,6 +271,7 @@ def _rules(ifname: str) -> list[tuple[str, str, list[BackendRow], int, int]]:
             [BackendRow(b.endpoint, b.health, b.weight, b.backup) for b in r.backends],
             r.packets,
             r.bytes,
+            *fast.get(fastfwd_model.rule_id(r.key), (0, 0)),
         )
         for r in res.rules
     ]
@@ -311,7 +327,7 @@ class Collector:
         return out
 
     def _read(self) -> tuple[float, Counts, dict[str, tuple[int, int]]]:
-        rules = {k: (p, b) for k, _, _, p, b in _rules(self.ifname)}
+        rules = {k: (p + fp, b + fb) for k, _, _, p, b, fp, fb in _rules(self.ifname, self.guard)}
         return time.monotonic(), read_counts(self.guard), rules
 
     def prime(self) -> None:
@@ -361,11 +377,20 @@ class Collector:
             rates["dropped"].pps + rates["forwarded"].pps, rates["dropped"].bps + rates["forwarded"].bps
         )
         rules = []
-        for key, prot, backends, pk, by in _rules(self.ifname):
-            p0, b0 = r0.get(key, (pk, by))
+        for key, prot, backends, pk, by, fpk, fby in _rules(self.ifname, self.guard):
+            tp, tb = pk + fpk, by + fby  # the rates count both paths
+            p0, b0 = r0.get(key, (tp, tb))
             rules.append(
                 RuleRow(
-                    key, prot, backends, pk, by, max(0, pk - p0) / max(dt, 1e-6), max(0, by - b0) * 8 / max(dt, 1e-6)
+                    key,
+                    prot,
+                    backends,
+                    pk,
+                    by,
+                    max(0, tp - p0) / max(dt, 1e-6),
+                    max(0, tb - b0) * 8 / max(dt, 1e-6),
+                    fpk,
+                    fby,
                 )
             )
         cfg = self.guard.config()

@@ -15,7 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import cleansing, levelset
-from .. import levels, policy, protection, reconcile, state
+from .. import fastfwd, levels, policy, protection, reconcile, state
 from ..model.desired import AddressSpec, ForwardSpec, InterfaceSpec, norm_port_limits, norm_port_runs
 from ..model import vocab
 from ..nat import connlimit, forward, nft as nat
@@ -399,6 +399,43 @@ def forward_add(
     def result(g, old, new, notes):
         changed = old != new
         return forward.ForwardChangeResult(g.iface.name, "add", made["rule"].key, changed, made["notes"])
+
+    return reconcile.edit(ifname, edit, result)
+
+
+def forward_fastpath(ifname: str, via: str | None = None, off: bool = False) -> fastfwd.FastPathResult:
+    """`xdpguard forward fastpath IFACE --via IF | --off`: the spec's `fast_path` set (or
+    cleared), realised by the reconciler (return program on IF, tail-call slot, sysctl; off: the
+    table emptied, the return program taken off), then one sync of the flows from conntrack.
+    Without --via, the stored `via` is kept (one sync). `xdpguard run` syncs every second."""
+    seen: dict = {}
+
+    def edit(s: InterfaceSpec, g) -> InterfaceSpec:
+        seen["entries"] = len(g.fastfwd_entries()) if g.fastfwd_compiled() else 0
+        if off:
+            return replace(s, fast_path=None)
+        want = via if via is not None else s.fast_path
+        if want is None:
+            raise UserError(f"the fast path is off on {s.name}; give --via BACKEND_IFACE to turn it on")
+        fastfwd.check(g, want)
+        return replace(s, fast_path=want)
+
+    def result(g, old, new, notes):
+        if new.fast_path is None:
+            counters = g.fastfwd_counters() if g.fastfwd_compiled() else {}
+            return fastfwd.FastPathResult(g.iface.name, None, 0, 0, 0, seen["entries"], counters, notes)
+        flows, written, deleted, refreshed = fastfwd.sync_guard(g)
+        return fastfwd.FastPathResult(
+            g.iface.name,
+            new.fast_path,
+            fastfwd.return_prog_id(g.iface),
+            flows,
+            written,
+            deleted,
+            g.fastfwd_counters(),
+            notes,
+            refreshed,
+        )
 
     return reconcile.edit(ifname, edit, result)
 
