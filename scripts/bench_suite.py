@@ -254,6 +254,10 @@ class XdpFilter:
 
     def __init__(self, lab: Lab, ns: str, ifname: str, deny_src: list[str]):
         self.ns, self.ifname = ns, ifname
+        # libxdp pins into the only bpffs `ip netns exec` leaves it (ours); `unload` keeps the pins
+        pins = BPFFS / "xdp-filter"
+        if not pins.exists():
+            lab.defer("xdp-filter pins", subprocess.run, ["rm", "-rf", str(pins)], capture_output=True)
         nsx(ns, "xdp-filter", "load", ifname, "-m", "native")
         lab.defer(
             "xdp-filter unload",
