@@ -1,6 +1,6 @@
 """Issue 25's acceptance, the quick subset (scripts/acceptance.py --quick): a spoofed UDP flood
 at udp/7, a UDP flood from one real address, and the ACK flood from one real address right after a
-UDP flood from it — each enforcing and in monitor mode, with a web client (ab) and a UDP client of
+UDP flood from it — each enforcing and in monitor mode, with a web client (10 browser addresses, paced) and a UDP client of
 the echo service.
 
 Shortened for the test (about 90 s instead of 4 minutes): a 2 s TCP-state grace after attach
