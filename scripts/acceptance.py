@@ -399,27 +399,24 @@ def mitigation_steps(log: Path, offset: int) -> list[str]:
 
 # ---- the clients ----
 
-UDP_CLIENT = r"""
+# Both clients run inside the client namespace as `python -c HEAD + ONE + PACE dst port seconds rate
+# [sources...]`: ONE(i) makes the i-th request and says whether it was answered; PACE calls it every
+# 1/rate s (one at a time; a late request starts at once, the schedule does not catch up) and
+# prints [(start time, answered, seconds taken), ...] as JSON.
+CLIENT_HEAD = r"""
 import json, socket, sys, time
-dst, port, dur, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+dst, port, dur, rate, srcs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5:]
 fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-out, i, gap = [], 0, 1.0 / rate
+"""
+CLIENT_PACE = r"""
+out, gap, i = [], 1.0 / rate, 0
 end = time.time() + dur
 nxt = time.time()
 while time.time() < end:
-    s = socket.socket(fam, socket.SOCK_DGRAM)
-    s.settimeout(0.25)
-    t0, msg, ok = time.time(), b"probe-%d" % i, 0
+    t0 = time.time()
+    ok = one(i)
     i += 1
-    try:
-        s.sendto(msg, (dst, port))
-        while not ok:
-            data, _ = s.recvfrom(4096)
-            ok = int(msg in data)
-    except OSError:
-        pass
-    s.close()
-    out.append((round(t0, 4), ok))
+    out.append((round(t0, 4), ok, round(time.time() - t0, 5)))
     nxt += gap
     d = nxt - time.time()
     if d > 0:
@@ -428,42 +425,30 @@ while time.time() < end:
         nxt = time.time()
 json.dump(out, sys.stdout)
 """
-
-
-def udp_client(seconds: float, dst: str, out: dict) -> None:
-    p = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            topology.require_up("client"),
-            sys.executable,
-            "-c",
-            UDP_CLIENT,
-            dst,
-            str(topology.ECHO_PORT),
-            f"{seconds:.2f}",
-            str(UDP_RATE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        stdin=subprocess.DEVNULL,
-    )
-    out["udp"] = [tuple(x) for x in json.loads(p.stdout or "[]")]
-
-
-WEB_CLIENT = r"""
-import json, socket, sys, time
-dst, port, dur, rate, srcs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5:]
-fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+UDP_ONE = r"""
+def one(i):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.settimeout(0.25)
+    msg, ok = b"probe-%d" % i, 0
+    try:
+        s.sendto(msg, (dst, port))
+        while not ok:
+            data, _ = s.recvfrom(4096)
+            ok = int(msg in data)
+    except OSError:
+        pass
+    s.close()
+    return ok
+"""
+WEB_ONE = r"""
 host = "[%s]" % dst if ":" in dst else dst
 cookies = {}
 
 
-def get(src):
-    # one page as a browser loads it: a new connection, and when the site answers with a challenge
-    # (302 + Set-Cookie) the cookie is kept and the page asked again at once, as a browser does
+def one(i):
+    # one page as a browser loads it, from the sources in turn: a new connection, and when the site
+    # answers with a challenge (302 + Set-Cookie) the cookie is kept and the page asked again at once
+    src = srcs[i % len(srcs)]
     for _ in range(2):
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.settimeout(2.0)
@@ -487,30 +472,43 @@ def get(src):
         code = buf[9:12]
         if code == b"200":
             return 1
-        set_cookie = [ln[12:].split(b";")[0].strip() for ln in buf.split(b"\r\n\r\n")[0].split(b"\r\n")
-                      if ln.lower().startswith(b"set-cookie: ")]
+        head = buf.split(b"\r\n\r\n")[0].split(b"\r\n")
+        set_cookie = [ln[12:].split(b";")[0].strip() for ln in head if ln.lower().startswith(b"set-cookie: ")]
         if code != b"302" or not set_cookie:
             return 0
         cookies[src] = set_cookie[0]
     return 0
-
-
-out, gap, i = [], 1.0 / rate, 0
-end = time.time() + dur
-nxt = time.time()
-while time.time() < end:
-    t0 = time.time()
-    ok = get(srcs[i % len(srcs)])
-    i += 1
-    out.append((round(t0, 4), ok, round(time.time() - t0, 5)))
-    nxt += gap
-    d = nxt - time.time()
-    if d > 0:
-        time.sleep(d)
-    else:
-        nxt = time.time()
-json.dump(out, sys.stdout)
 """
+
+
+def paced_client(one: str, seconds: float, dst: str, port: int, rate: float, *sources: str) -> list:
+    """Runs a client (see CLIENT_HEAD) in the client namespace; its [(start, answered, seconds)]."""
+    p = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topology.require_up("client"),
+            sys.executable,
+            "-c",
+            CLIENT_HEAD + one + CLIENT_PACE,
+            dst,
+            str(port),
+            f"{seconds:.2f}",
+            str(rate),
+            *sources,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        stdin=subprocess.DEVNULL,
+    )
+    return json.loads(p.stdout or "[]")
+
+
+def udp_client(seconds: float, dst: str, out: dict) -> None:
+    """The UDP client of the echo service: "probe-N" from a new socket each, UDP_RATE/s, 0.25 s timeout."""
+    out["udp"] = [(t, ok) for t, ok, _ in paced_client(UDP_ONE, seconds, dst, topology.ECHO_PORT, UDP_RATE)]
 
 
 def web_sources(dst: str) -> list[str]:
@@ -529,34 +527,13 @@ def add_web_sources() -> None:
 
 
 def web_client(seconds: float, dst: str, out: dict) -> None:
-    """The web client: browsers on WEB_SOURCES addresses taking turns, a page every 1/WEB_RATE s
-    in all (one at a time; a late page starts at once and the schedule does not catch up), each a
-    new HTTP/1.0 connection with a 2 s timeout, answered when the page comes back 200 (a challenge
-    followed as a browser does: its cookie kept, the page asked again); per page (start time, ok,
-    seconds taken). `--web-ab` swaps in web_client_ab."""
+    """The web client: browsers on WEB_SOURCES addresses taking turns, WEB_RATE pages/s in all, each
+    a new HTTP/1.0 connection with a 2 s timeout, answered when the page comes back 200 (a challenge
+    followed as a browser does: its cookie kept, the page asked again). `--web-ab` swaps in
+    web_client_ab."""
     if WEB_AB:
         return web_client_ab(seconds, dst, out)
-    p = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            topology.require_up("client"),
-            sys.executable,
-            "-c",
-            WEB_CLIENT,
-            dst,
-            "80",
-            f"{seconds:.2f}",
-            str(WEB_RATE),
-            *web_sources(dst),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        stdin=subprocess.DEVNULL,
-    )
-    res = json.loads(p.stdout or "[]")
+    res = paced_client(WEB_ONE, seconds, dst, 80, WEB_RATE, *web_sources(dst))
     out["web"] = [(t, ok) for t, ok, _ in res]
     out["web_took"] = [(t, took) for t, ok, took in res if ok]
 
