@@ -291,7 +291,7 @@ struct xg_goodsrc {
 
 /* xg_vcfg_arr[0]: verified-client settings (0 = the XG_VERIFIED_* / XG_UDP_PEACE_* default). */
 #define XG_VC_NO_UDP_LEARN 1      /* the controller saw an attack: no UDP learning anywhere */
-#define XG_VC_NO_BUDGET 2         /* no admission budget for unverified UDP anywhere (budget.h) */
+#define XG_VC_NO_BUDGET 2         /* no admission budget for unverified traffic anywhere (budget.h: UDP and SYNs) */
 struct xg_verify_config {
     __u64 tcp_pps;            /* privilege bucket of a TCP-verified source, packets/s */
     __u64 tcp_burst;
@@ -301,6 +301,8 @@ struct xg_verify_config {
     __u32 flags;              /* XG_VC_* */
     __u32 spoof_ban_s;        /* the longest data-path ban from spoofable evidence (rate steps) */
     __u32 budget_udp_pps;     /* unverified UDP packets/s per service (budget.h; 0: XG_BUDGET_UDP_PPS); was `reserved` */
+    __u32 budget_tcp_syns;    /* unverified SYNs/s per TCP service below the SYN threshold (budget.h; 0: XG_BUDGET_TCP_SYNS) */
+    __u32 reserved;           /* 0 */
 };
 
 /* xg_vdrop_pcpu: "first, do no harm", per CPU: packets of verified sources that a filter (slot =

@@ -127,7 +127,7 @@ def syn(src: str, dst: str = PROT, sport: int = 4000) -> bytes:
 
 
 def set_syn_threshold(b: TestBed, pps: int) -> None:
-    for a in (PROT, PROT6):
+    for a in (PROT, PROT_B, PROT6):
         addr = ipaddress.ip_address(a)
         cur = guard.read_address_policy(b.maps, addr)
         guard.write_address_policy(b.maps, addr, AddressPolicy(cur.blocked, cur.limits, policy.SynPolicy(pps)))
@@ -161,6 +161,35 @@ def test_new_tcp_connections_below_the_syn_threshold_get_the_services_budget(bed
     # the switch turns it off with the UDP budget
     guard.write_verify_settings(bed.maps, VerifySettings(budget_udp_pps=5, budget=False))
     assert [bed.verdict(syn(spoofed(50 + i), sport=5000 + i)).reason for i in range(8)] == [Reason.CLEAN] * 8
+    set_syn_threshold(bed, 0)
+
+
+def test_the_tcp_budget_follows_the_operators_setting_and_the_learned_rate(bed):
+    """The TCP budget's rate: the service's learned rate (xg_budget.rate, written by the map
+    owner for daemon/budgets.py), else `verify set --budget-tcp-syns` (xg_verify_config), else
+    XG_BUDGET_TCP_SYNS (5 in this bed). Fails with the rate compiled in."""
+    set_syn_threshold(bed, 1000)  # far above what this test sends: only the budget acts
+    guard.write_verify_settings(bed.maps, VerifySettings(budget_udp_pps=5, budget_tcp_syns=3))
+    got = [bed.verdict(syn(spoofed(i), sport=4000 + i)).reason for i in range(8)]
+    assert got == [Reason.CLEAN] * 3 + [Reason.SYNCOOKIE] * 5, got  # the setting, not the default 5
+    six = [bed.verdict(syn(f"2001:db8:bad::{i + 1:x}", PROT6, sport=4000 + i)).reason for i in range(5)]
+    assert six == [Reason.CLEAN] * 3 + [Reason.SYN] * 2, six
+    # a rate in the service's entry wins over the setting (a fresh entry: a full burst, rate 7)
+    bed.maps[MapName.BUDGET].set(policy.port_key(ipaddress.ip_address(PROT_B), "tcp", 80), abi.Budget(0, 0, 7, 0, 0, 0))
+    got = [bed.verdict(syn(spoofed(20 + i), PROT_B, sport=4000 + i)).reason for i in range(10)]
+    assert got == [Reason.CLEAN] * 7 + [Reason.SYNCOOKIE] * 3, got
+    # the map owner's write names the protocol: tcp/7 and udp/7 are two entries
+    g = Guard(None, None, bed.maps)
+    assert flood(bed, 1)[0] == Reason.CLEAN  # udp/7's entry
+    assert not g.write_budget_rate(PROT, 7, 50, "tcp")  # no SYN seen at tcp/7: nothing made, udp/7 untouched
+    assert g.write_budget_rate(PROT, 80, 9, "tcp")
+    by = {(b.protected, b.port, b.proto): b for b in g.read_budgets()}
+    assert by[(PROT, 80, "tcp")].rate == 9 and by[(PROT, 80, "tcp")].admitted == 3
+    assert by[(PROT, 7, "udp")].rate == 0
+    time.sleep(1.05)  # refills the bucket at the new rate: a burst of 9
+    got = [bed.verdict(syn(spoofed(40 + i), sport=6000 + i)).reason for i in range(13)]
+    # 9 from the burst; the run's own time refills at most a token or two more at 9/s
+    assert got[:9] == [Reason.CLEAN] * 9 and got.count(Reason.SYNCOOKIE) >= 2, got
     set_syn_threshold(bed, 0)
 
 

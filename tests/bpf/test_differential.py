@@ -18,8 +18,16 @@ Every packet's verdict through BPF_PROG_TEST_RUN (TestBed.verdict, which also ch
 one counter moved) must equal the model's: action, kind and reason.
 
 Limits and the SYN threshold are 0 or far out of reach: the model treats them as never dropping
-(time-dependent steps are tested in test_cleansing_steps.py). One TestBed serves the module; an
-example's policy is applied as a diff against the previous one, so a draw writes few map entries.
+(time-dependent steps are tested in test_cleansing_steps.py). The TCP admission budget (budget.h
+budget_syn_admit: unverified SYNs per service below the SYN threshold) is drawn within reach: a
+setting of 1 or 2 SYN/s, or a learned rate of 1 written into a service's entry, against packets
+that are often repeated, so SYNs pass it and then meet the SYN defence (a cookie, or a `syn` drop
+of retransmission authentication, whose windows start 100 s after a first SYN: none
+authenticates within an example). The budgets, the first-SYN memory and the authentications are
+emptied before each example, so each starts with full buckets; a bucket of 1-2 SYN/s refills
+its next SYN 0.5-1 s later, far longer than an example's packets take. The UDP budget stays out
+of reach (TestBed). One TestBed serves the module; an example's policy is applied as a diff
+against the previous one, so a draw writes few map entries.
 
 Examples are randomized: each run draws XDPGUARD_DIFF_EXAMPLES examples (default 2000, locally and
 under CI=true) from a fresh random seed, printed at the start of the module and in a failure's
@@ -40,7 +48,6 @@ import os
 import secrets
 import struct
 import time
-from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, event, given, note, seed, settings
@@ -113,7 +120,10 @@ ALPHABET = [0x00, 0x41, 0x45, 0xFF]  # payload bytes: small, so random payloads 
 HUGE = Limits(
     src_pps=policy.MAX_PPS, src_bps=policy.MAX_BPS, dst_pps=policy.MAX_PPS, syn_src_pps=policy.MAX_PPS, ban_s=60
 )
-HUGE_SYN = SynPolicy(threshold_pps=policy.MAX_PPS)
+# Retransmission authentication never completes within an example: its window starts 100 s after
+# a first SYN (the model has no time). SynPolicy()'s threshold is 0: no SYN defence, no budget.
+LONG_AUTH = {"auth_min_ms": 100_000, "auth_max_ms": 120_000}
+HUGE_SYN = SynPolicy(threshold_pps=policy.MAX_PPS, **LONG_AUTH)
 BAN_S = 3600  # drop-ban filters: no ban may expire within an example
 DROP_REASONS = [r for r in Reason if r.is_drop]
 # Small maps: iterating an (almost) empty hash costs a scan of all its buckets, and the list
@@ -127,6 +137,7 @@ SMALL_MAPS = {
     "XG_FLOWS_MAX": 1024,
     "XG_EMBRYOS_MAX": 1024,
     "XG_OPBANS_MAX": 1024,
+    "XG_BUDGET_MAX": 1024,
 }
 
 
@@ -200,8 +211,15 @@ FILTER_LISTS = st.lists(FILTER, max_size=8) | st.lists(FILTER, max_size=abi.FILT
 PROTOCOL_SETS = st.sets(st.sampled_from(sorted(policy.PROTOCOLS)), max_size=2)
 LIMITS = st.sampled_from([Limits(), HUGE])
 SYNS = st.sampled_from(
-    [SynPolicy(), HUGE_SYN, SynPolicy(always=True), SynPolicy(threshold_pps=policy.MAX_PPS, mode="retransmit")]
+    [
+        SynPolicy(),
+        HUGE_SYN,
+        SynPolicy(always=True, **LONG_AUTH),
+        SynPolicy(threshold_pps=policy.MAX_PPS, mode="retransmit", **LONG_AUTH),
+    ]
 )
+# the TCP budget: the setting (0: the default, 500/s with a burst of 64: out of an example's reach)
+BUDGET_TCP = st.sampled_from([0, 1, 1, 2])
 PORT_SETS = st.sets(st.tuples(st.sampled_from(["tcp", "udp"]), st.sampled_from(PORTS[1:])), max_size=4)
 LIMIT_PORT_SETS = st.sets(st.tuples(st.sampled_from(["tcp", "udp"]), st.sampled_from(PORTS[1:])), max_size=2)
 ADDR_SETS = st.sets(st.sampled_from(PROTECTABLE), min_size=1)
@@ -251,12 +269,12 @@ def flow_keys(addrs):
 def setups(draw) -> tuple[Setup, dict]:
     addrs = draw(ADDR_SETS)
     protected = {a: draw(PROTECTED) for a in sorted(addrs, key=lambda a: (a.version, a))}
-    # An IPv6 address in cookie mode keeps the retransmit authentication (XG_SYNCOOKIE_IPV6 0),
-    # which depends on time: `always` (SYN defence at any rate) is drawn for IPv4 only.
-    protected = {
-        a: p if a.version == 4 or not p.policy.syn.always else replace(p, policy=replace(p.policy, syn=SynPolicy()))
-        for a, p in protected.items()
-    }
+    # (an IPv6 address in cookie mode keeps the retransmit authentication, XG_SYNCOOKIE_IPV6 0:
+    # with LONG_AUTH it drops every unverified SYN of an example, as the model says)
+    rates = {}
+    if draw(RARE[4]):  # a rate the controller wrote into a TCP service's entry (daemon/budgets.py)
+        services = st.tuples(st.sampled_from(sorted(addrs, key=lambda a: (a.version, a))), st.sampled_from(FLOW_PORTS))
+        rates = {k: 1 for k in draw(st.lists(services, max_size=2))}
     expiry = {"allow": draw(LIST_ENTRIES[3]), "block": draw(LIST_ENTRIES[6])}
     lists = {w: tuple(Listed(p, cls == EXPIRED) for p, cls in e.items()) for w, e in expiry.items()}
     g = GlobalPolicy(
@@ -281,6 +299,9 @@ def setups(draw) -> tuple[Setup, dict]:
         tcpstate=not draw(RARE[5]),
         grace=draw(RARE[8]),
         flows=flows,
+        budget=not draw(RARE[8]),
+        budget_tcp_syns=draw(BUDGET_TCP),
+        budget_rates=rates,
     )
     return setup, expiry
 
@@ -513,6 +534,7 @@ class AppliedBed:
         self.protected: dict = {}
         self.lists: dict[str, dict[Prefix, str]] = {"allow": {}, "block": {}}
         self.banned: frozenset = frozenset()
+        self.verify: policy.VerifySettings | None = None
 
     def apply(self, setup: Setup, expiry: dict[str, dict[Prefix, str]]) -> None:
         m = self.maps
@@ -571,6 +593,7 @@ class AppliedBed:
 
         self._bans(setup.banned)
         self._tables(setup)
+        self._budgets(setup)
 
     def _tables(self, setup: Setup) -> None:
         """Empty the connection tables, then write the drawn (expired) entries; the grace period."""
@@ -584,6 +607,22 @@ class AppliedBed:
             )
         grace = _now_ns() + 3600 * 10**9 if setup.grace else 0
         self.maps[MapName.TCPCFG].set(ctypes.c_uint32(0), abi.TcpStateConfig(grace, 0, 0, 0, 0))
+
+    def _budgets(self, setup: Setup) -> None:
+        """The budget settings (the UDP one out of reach, as TestBed keeps it); every budget
+        entry, first-SYN memory and retransmission authentication emptied; the drawn rates
+        written into fresh TCP service entries (a full burst at the first SYN)."""
+        v = policy.VerifySettings(
+            budget_udp_pps=policy.MAX_PPS, budget_tcp_syns=setup.budget_tcp_syns, budget=setup.budget
+        )
+        if v != self.verify:
+            guard.write_verify_settings(self.maps, v)
+            self.verify = v
+        for name in (MapName.BUDGET, MapName.SYNSEEN, MapName.SYNAUTH):
+            for k in list(self.maps[name].keys()):
+                self.maps[name].delete(k)
+        for (a, port), rate in setup.budget_rates.items():
+            self.maps[MapName.BUDGET].set(policy.port_key(a, "tcp", port), abi.Budget(0, 0, rate, 0, 0, 0))
 
     def _ports(self, a, old: frozenset, new: frozenset) -> None:
         for proto, port in old - new:
@@ -655,7 +694,24 @@ def examples(draw):
             max_size=6,
         )
     )
+    if draw(BOOL):  # some of them again (a SYN repeated spends its service's budget)
+        packets += draw(st.lists(st.sampled_from(packets), min_size=1, max_size=6))
+    if draw(RARE[3]):  # new connections at one TCP service, from the pool's sources: its budget
+        packets += draw(st.lists(syn_frames(setup), min_size=2, max_size=5))
     return setup, expiry, egress, packets
+
+
+@st.composite
+def syn_frames(draw, setup: Setup) -> bytes:
+    """A plain SYN to one of the connections' ports of a protected address, from a pool source."""
+    dst = draw(st.sampled_from(sorted(setup.protected, key=lambda a: (a.version, a))))
+    src = draw(SRC_POOL[dst.version])
+    tcp = struct.pack("!HHIIBBHHH", draw(st.sampled_from(CLIENT_PORTS)), FLOW_PORTS[0], 0, 0, 5 << 4, 0x02, 512, 0, 0)
+    if dst.version == 4:
+        l3 = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, src, dst.packed)
+        return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + l3 + tcp
+    l3 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, src, dst.packed)
+    return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x86\xdd" + l3 + tcp
 
 
 def egress_key(frame: bytes, setup: Setup):
@@ -705,3 +761,5 @@ def test_xdp_agrees_with_model(applied, example):
         assert (got.action, got.kind, got.reason) == (want.action, want.kind, want.reason), (
             f"packet {i}: {_describe(frame)}\n{frame.hex()}"
         )
+    if model.budget_refused:
+        event("a TCP service's budget exceeded")

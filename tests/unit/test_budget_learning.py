@@ -6,23 +6,27 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from xdpguard.core.daemon import budgets
+from xdpguard.core.kernel import abi
 from xdpguard.core.policy import BudgetView, VerifySettings
 
 
 @dataclass
 class FakeGuard:
+    """views: (protected, port) → a UDP service's BudgetView, (protected, port, "tcp") → a TCP one's."""
+
     views: dict
     floor: int = 0
+    tcp_floor: int = 0
 
     def read_budgets(self):
         return list(self.views.values())
 
     def read_verify_settings(self):
-        return VerifySettings(budget_udp_pps=self.floor)
+        return VerifySettings(budget_udp_pps=self.floor, budget_tcp_syns=self.tcp_floor)
 
-    def write_budget_rate(self, protected, port, rate):
-        k = (protected, port)
-        if k not in self.views:
+    def write_budget_rate(self, protected, port, rate, proto="udp"):
+        k = (protected, port) if proto == "udp" else (protected, port, proto)
+        if k not in self.views or self.views[k].proto != proto:
             return False
         self.views[k] = replace(self.views[k], rate=rate)
         return True
@@ -130,14 +134,50 @@ def test_a_swept_entry_starts_again_without_a_bogus_rate():
     assert g.views[("198.18.0.1", 53)].rate == 6000  # the remembered peak, no negative delta learned
 
 
-def test_a_tcp_services_budget_is_not_learned_and_does_not_mix_with_the_udp_one():
-    """budget.h keeps a TCP service's budget (new connections below the SYN threshold) in the same
-    map, under the same address and port as a UDP service may have: the learner reads the UDP
-    ones only, so udp/7's readings are never tcp/7's counters and tcp/7 keeps its compiled rate."""
-    g, clock = FakeGuard(_one()), Clock()
-    g.views[("198.18.0.1", 53, "tcp")] = BudgetView("198.18.0.1", 53, 0, 0, 0, 0, "tcp")
+TCP = ("198.18.0.1", 53, "tcp")
+
+
+def _tcp(rate=0):
+    return {TCP: BudgetView("198.18.0.1", 53, rate, 0, 0, 0, "tcp")}
+
+
+def test_a_tcp_service_learns_its_new_connections_and_does_not_mix_with_the_udp_one():
+    """budget.h keeps a TCP service's budget (unverified SYNs below the SYN threshold) in the same
+    map, under the same address and port as a UDP service may have: each is learned from its own
+    counters, in its own unit, with its own floor (the TCP one: 500 SYN/s before any baseline)."""
+    g, clock, said = FakeGuard({**_one(), **_tcp()}), Clock(), []
+    learner = budgets.BudgetLearner(said.append, clock)
+    _run(g, learner, clock, 20, 5000)  # both see 5,000/s: udp/53 in units, tcp/53 in SYNs
+    assert g.views[("198.18.0.1", 53)].rate == 2000  # the UDP floor (1,000) doubled once
+    assert g.views[TCP].rate == 1000  # the TCP floor (500) doubled once, not the UDP rate
+    assert set(learner.services) == {("udp", "198.18.0.1", 53), ("tcp", "198.18.0.1", 53)}
+    assert "budget tcp 198.18.0.1:53: 500 -> 1,000 SYN/s" in " ".join(said), said
+    _grow(g, learner, clock, 5, 5000)
+    assert g.views[TCP].rate == 10_000  # HEADROOM x the peak of 5,000 SYN/s (under 20 x 500)
+
+
+def test_a_quiet_tcp_service_keeps_its_floor_which_follows_the_operators_setting():
+    g, clock = FakeGuard(_tcp(), tcp_floor=2000), Clock()
     learner = budgets.BudgetLearner(clock=clock)
-    _run(g, learner, clock, 20, 5000)
-    assert g.views[("198.18.0.1", 53)].rate == 2000
-    assert g.views[("198.18.0.1", 53, "tcp")].rate == 0
-    assert set(learner.services) == {("198.18.0.1", 53)}
+    _grow(g, learner, clock, 3, 900)  # 2 x 900 = 1,800: under the operator's floor of 2,000
+    assert g.views[TCP].rate == 0  # 0: the setting applies (and a later `verify set` at once)
+    _grow(g, learner, clock, 3, 1500)  # 3,000 wanted: over the floor, written
+    assert g.views[TCP].rate == 3000
+    g.tcp_floor = 0
+    _grow(g, learner, clock, 8, 1_000_000)  # a flood taken for peace is capped at 20 x the floor
+    assert g.views[TCP].rate == budgets.CEILING_X * abi.BUDGET_TCP_SYNS
+
+
+def test_a_syn_flood_the_tcp_budget_holds_back_is_no_baseline():
+    """SYNs the budget sent to the SYN defence count in a reading only while they are fewer than
+    the admitted ones; no reading during an attack."""
+    g, clock = FakeGuard(_tcp()), Clock()
+    learner = budgets.BudgetLearner(clock=clock)
+    _run(g, learner, clock, 20, 500, drop_per_s=4000, peace=False)
+    _run(g, learner, clock, 20, 500, drop_per_s=4000)  # "peace", the budget holding a flood back
+    # only the admitted 500/s count, never the 4,000 held back: one doubling, not 20 x the floor
+    assert g.views[TCP].rate == 1000
+    g2, clock2 = FakeGuard(_tcp()), Clock()
+    learner2 = budgets.BudgetLearner(clock=clock2)
+    _grow(g2, learner2, clock2, 3, 500, drop_per_s=300)  # real clients a little over the floor
+    assert g2.views[TCP].rate == 1600

@@ -1,8 +1,11 @@
-"""`xdpguard verify set|show`: verified clients and the admission budget per UDP service.
+"""`xdpguard verify set|show`: verified clients and the admission budgets per service.
 
 Unverified UDP (sources that never proved themselves) gets a budget per service, packets/s
-(budget.h; reason `budget`); verified sources are never charged, each within its own
-privilege budget (knowngood.h). `verify set` edits the desired state; the reconciler writes it.
+(budget.h; reason `budget`), and so do the unverified SYNs of a TCP service below its address's
+SYN threshold (SYNs/s; past it a SYN meets the SYN defence). The daemon learns each service's
+rate from its peacetime; the settings are the floors. Verified sources are never charged, each
+within its own privilege budget (knowngood.h). `verify set` edits the desired state; the
+reconciler writes it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def _text(c, v: verified.VerifyView) -> None:
             f"  {s['protected']} {s['proto']}/{s['port']}: {s['admitted']:,} admitted, {s['dropped']:,} "
             + ("to the SYN defence" if s["proto"] == "tcp" else "dropped")
             + f", {s['verified']:,} verified"
-            + (f" (rate {s['rate']:,} pps)" if s["rate"] else "")
+            + (f" (rate {s['rate']:,} " + ("SYN/s)" if s["proto"] == "tcp" else "units/s)") if s["rate"] else "")
         )
     for k, h in v.verified_drops.items():
         c.print(f"  do no harm, {k}: {h['dropped']:,} verified dropped, {h['exempted']:,} exempted")
@@ -52,7 +55,7 @@ def _result(v: verified.VerifyView) -> Result:
 
 @click.group()
 def verify():
-    """Verified clients and the admission budget for unverified UDP."""
+    """Verified clients and the admission budgets for unverified traffic."""
 
 
 @verify.command("set")
@@ -61,6 +64,13 @@ def verify():
     type=COUNT,
     default=None,
     help="Unverified UDP units/s per service before any baseline, and the floor of the rate the daemon learns (0: default 1,000).",
+)
+@click.option(
+    "--budget-tcp-syns",
+    type=COUNT,
+    default=None,
+    help="Unverified SYNs/s per TCP service below the SYN threshold before any baseline, and the floor of the "
+    "rate the daemon learns; past it a SYN meets the SYN defence (0: default 500).",
 )
 @click.option("--budget/--no-budget", "budget", default=None, help="Switch the admission budget on or off.")
 @click.option("--tcp-pps", type=COUNT, default=None, help="What one TCP-verified source sends with its privilege.")
@@ -73,12 +83,15 @@ def verify():
 @click.option("--spoof-ban-s", type=COUNT, default=None, help="Longest ban from spoofable evidence, seconds.")
 @iface_option
 @json_option
-def set_(budget_udp_pps, budget, tcp_pps, tcp_burst, udp_pps, udp_burst, udp_peace_pps, spoof_ban_s, iface):
+def set_(
+    budget_udp_pps, budget_tcp_syns, budget, tcp_pps, tcp_burst, udp_pps, udp_burst, udp_peace_pps, spoof_ban_s, iface
+):
     """Change the settings (0 = the default); the others stay."""
     given = {
         k: v
         for k, v in dict(
             budget_udp_pps=budget_udp_pps,
+            budget_tcp_syns=budget_tcp_syns,
             budget=budget,
             tcp_pps=tcp_pps,
             tcp_burst=tcp_burst,

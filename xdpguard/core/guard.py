@@ -560,10 +560,10 @@ class Guard:
     def read_budgets(self) -> list[BudgetView]:
         return read_budgets(self.maps)
 
-    def write_budget_rate(self, protected: str, port: int, rate: int) -> bool:
-        """Set one UDP service's learned admission rate (units/s; 0: back to the default).
-        False when the data path has no entry for it (swept, or never saw a packet)."""
-        return write_budget_rate(self.maps, protected, port, rate)
+    def write_budget_rate(self, protected: str, port: int, rate: int, proto: str = "udp") -> bool:
+        """Set one service's learned admission rate (UDP units/s, TCP SYNs/s; 0: back to the
+        default). False when the data path has no entry for it (swept, or never saw a packet)."""
+        return write_budget_rate(self.maps, protected, port, rate, proto)
 
     def verified_counters(self) -> dict:
         return verified_counters(self.maps)
@@ -2016,12 +2016,12 @@ def budget_totals(maps) -> dict[str, int]:
     return tot
 
 
-def write_budget_rate(maps, protected: str, port: int, rate: int) -> bool:
+def write_budget_rate(maps, protected: str, port: int, rate: int, proto: str = "udp") -> bool:
     """Read-modify-write of one xg_budget_hash entry's `rate` (budget.h reads it on every
-    unverified packet). XDP's counters that move between the read and the write are lost
+    unverified packet or SYN). XDP's counters that move between the read and the write are lost
     (a few packets' worth: the entries are unlocked anyway); the tokens are kept."""
     m = maps[abi.MapName.BUDGET]
-    key = port_key(ipaddress.ip_address(protected), "udp", port)
+    key = port_key(ipaddress.ip_address(protected), proto, port)
     v = m.get(key)
     if v is None:
         return False

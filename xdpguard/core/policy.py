@@ -519,6 +519,9 @@ class VerifySettings:
     # 0: abi.BUDGET_UDP_PPS); budget False: none
     budget_udp_pps: int = 0
     budget: bool = True
+    # budget.h budget_syn_admit: unverified SYNs admitted per TCP service below the address's SYN
+    # threshold, per second (past them: the SYN defence; 0: abi.BUDGET_TCP_SYNS); `budget` switches it too
+    budget_tcp_syns: int = 0
 
     def __post_init__(self):
         for name in ("tcp_pps", "udp_pps", "udp_peace_pps"):
@@ -530,6 +533,7 @@ class VerifySettings:
         if not isinstance(self.spoof_ban_s, int) or not 0 <= self.spoof_ban_s <= MAX_BAN_S:
             raise UserError(f"invalid spoof_ban_s {self.spoof_ban_s!r}: 0 to {MAX_BAN_S} s")
         _check_rate("budget_udp_pps", self.budget_udp_pps, min(MAX_PPS, 0xFFFFFFFF))
+        _check_rate("budget_tcp_syns", self.budget_tcp_syns, min(MAX_PPS, 0xFFFFFFFF))
 
     def to_c(self) -> abi.VerifyConfig:
         flags = (0 if self.udp_learning else abi.VC_NO_UDP_LEARN) | (0 if self.budget else abi.VC_NO_BUDGET)
@@ -542,6 +546,7 @@ class VerifySettings:
             flags,
             self.spoof_ban_s,
             self.budget_udp_pps,
+            self.budget_tcp_syns,
         )
 
     @classmethod
@@ -556,6 +561,7 @@ class VerifySettings:
             c.spoof_ban_s,
             c.budget_udp_pps,
             not c.flags & abi.VC_NO_BUDGET,
+            c.budget_tcp_syns,
         )
 
 
@@ -594,7 +600,7 @@ class BudgetView:
 
     protected: str
     port: int
-    rate: int  # packets/s the controller set (0: the default, VerifySettings.budget_udp_pps)
+    rate: int  # units/s (UDP) or SYNs/s (TCP) the controller set (0: VerifySettings.budget_udp_pps / budget_tcp_syns)
     admitted: int  # unverified packets admitted
     dropped: int  # unverified packets over the budget (reason budget)
     verified: int  # packets of verified sources, never charged ("do no harm")

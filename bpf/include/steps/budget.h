@@ -121,8 +121,8 @@ static __always_inline __u32 step_budget(struct xg_protected *prot, struct xg_pk
 
 /* New TCP connections per service (step_synauth's hook, below the address's SYN threshold):
  * 1 when this SYN goes on to the kernel as before — a verified source (counted in `verified`,
- * never charged), the budget switched off, or within the service's XG_BUDGET_TCP_SYNS/s
- * (`admitted`) — and 0 past it (`dropped`): the SYN then meets the SYN defence as if the
+ * never charged), the budget switched off, or within the service's rate (`admitted`) — and 0
+ * past it (`dropped`): the SYN then meets the SYN defence as if the
  * address were over its threshold (a cookie SYN-ACK, or retransmit authentication for IPv6
  * and the retransmit mode). Why: every SYN that reaches the kernel is a conntrack entry for
  * 120 s (SYN_SENT: a spoofed source never answers); under the address's threshold (5,000/s
@@ -131,8 +131,10 @@ static __always_inline __u32 step_budget(struct xg_protected *prot, struct xg_pk
  * 20 s: conntrack peak 38 % enforcing, 38 % in monitor mode; with this budget 10 % vs 37 %).
  * With it a flood keeps at most 500/s x 120 s = 60,000, and a real new client over the
  * budget still gets in (IPv4: its cookie ACK, synproxy; IPv6: its retransmission) and is
- * verified from then on. A SYN costs one unit. XXX: the rate is compiled in (no learning, no
- * setting yet); a full map shares the address's slot with its UDP services. */
+ * verified from then on. A SYN costs one unit. The rate, as for UDP: xg_budget.rate when the
+ * controller wrote one for the service (learned from its peacetime: daemon/budgets.py), else
+ * xg_verify_config.budget_tcp_syns (`verify set --budget-tcp-syns`), else XG_BUDGET_TCP_SYNS.
+ * XXX: a full map shares the address's slot (and its rate) with its UDP services. */
 static __always_inline int budget_syn_admit(struct xg_protected *prot, struct xg_pkt *p, __u64 *now)
 {
     struct xg_verify_config *vc = xg_vcfg();
@@ -145,7 +147,8 @@ static __always_inline int budget_syn_admit(struct xg_protected *prot, struct xg
         b->verified += 1;
         return 1;
     }
-    if (budget_take(b, xg_or_default(b->rate, XG_BUDGET_TCP_SYNS), 1, now)) {
+    __u64 rate = xg_or_default(b->rate, xg_or_default(vc->budget_tcp_syns, XG_BUDGET_TCP_SYNS));
+    if (budget_take(b, rate, 1, now)) {
         b->admitted += 1;
         return 1;
     }

@@ -1,9 +1,16 @@
 """Admission budgets learned from peacetime (issue 25, item 2; the data path is steps/budget.h).
 
-Each UDP service has one token bucket for the packets of unverified sources. Its rate was one
-number for every service (the operator's `verify set --budget-udp-pps`, else 1,000 units/s): a
-DNS-like service that sees 5,000 new clients/s in peacetime lost most of them to its own budget
-during a flood, and a service that never sees one gave a flood 1,000/s for nothing.
+Each UDP service has one token bucket for the packets of unverified sources, and each TCP
+service one for the SYNs of unverified sources below its address's SYN threshold (past it a SYN
+meets the SYN defence: a cookie, or retransmission authentication). Their rates were one number
+for every service (the operator's `verify set --budget-udp-pps`, else 1,000 units/s; 500 SYN/s
+compiled in): a DNS-like service that sees 5,000 new clients/s in peacetime lost most of them to
+its own budget during a flood, a web service with 2,000 new clients/s sent three in four of them
+to cookies (no window scaling, no SACK) or, on IPv6, to a one-second retransmission, and a
+service that never sees one gave a flood the whole budget for nothing.
+
+Both are learned the same way, per (protocol, address, port); a TCP service's unit is one SYN
+and its floor is `verify set --budget-tcp-syns`, else 500/s.
 
 The daemon now learns each service's rate from its peacetime counters. Every detection round
 (at most every EVERY_S) it reads the budgets (admitted, dropped per service). In a round with no
@@ -20,9 +27,11 @@ applies to it at once.
 
 What this cannot stop: an attacker who raises the unverified traffic slowly, below the detection
 thresholds, raises the budget with it, doubling at most once per GROWTH_S up to CEILING_X x the
-floor; the verified clients are never charged either way. Rates are in units (a packet of up to
-128 bytes, budget.h): the packets/s the counters give are scaled by the mean units per packet of
-the service's sampled frames.
+floor; the verified clients are never charged either way. UDP rates are in units (a packet of
+up to 128 bytes, budget.h): the packets/s the counters give are scaled by the mean units per
+packet of the service's sampled frames. TCP rates are SYNs/s; a TCP service's counters see only
+the SYNs below its address's SYN threshold (above it the SYN defence answers every unverified
+SYN), so an address busy past its threshold learns from its quieter seconds.
 
 Only the map owner writes: Guard.read_budgets / Guard.write_budget_rate.
 """
@@ -85,31 +94,35 @@ def units_per_packet(lengths: list[int]) -> float:
     return sum(max(1, -(-n // UNIT_BYTES)) for n in lengths) / len(lengths)
 
 
+UNIT = {"udp": "units/s", "tcp": "SYN/s"}
+
+
 class BudgetLearner:
     """One per interface, called each detection round from mitigation.DaemonHook."""
 
     def __init__(self, report: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.monotonic):
         self.report = report
         self.clock = clock
-        self.services: dict[tuple[str, int], _Service] = {}
+        self.services: dict[tuple[str, str, int], _Service] = {}  # (proto, protected, port)
         self.last = -EVERY_S
 
     def round(self, g, peace: bool, lengths: dict[tuple[str, int], list[int]] | None = None) -> list[tuple]:
         """Read the budgets, learn in peace, write the rates that moved. `lengths`: sampled
-        frame lengths per (protected, port) of this round. Returns the (protected, port, old,
-        new) rates written."""
+        frame lengths per (protected, port) of this round (UDP). Returns the (protected, port,
+        old, new, proto) rates written."""
         now = self.clock()
         if now - self.last < EVERY_S:
             return []
         self.last = now
-        # the UDP services only: a TCP service's budget (new connections below the SYN threshold,
-        # budget.h budget_syn_admit) keeps its compiled-in rate; nothing is learned for it yet
-        views = [v for v in g.read_budgets() if v.proto == "udp"]
-        floor = g.read_verify_settings().budget_udp_pps or abi.BUDGET_UDP_PPS
+        views = g.read_budgets()
+        vs = g.read_verify_settings()
+        floors = {"udp": vs.budget_udp_pps or abi.BUDGET_UDP_PPS, "tcp": vs.budget_tcp_syns or abi.BUDGET_TCP_SYNS}
         changed = []
         seen = set()
         for v in views:
-            key = (v.protected, v.port)
+            # tcp/7 and udp/7 are two services (two entries of xg_budget_hash): never one reading
+            key = (v.proto, v.protected, v.port)
+            floor = floors[v.proto]
             seen.add(key)
             s = self.services.get(key)
             if s is None:
@@ -131,7 +144,8 @@ class BudgetLearner:
                 pending = None
             else:
                 offered = d_adm + (d_drop if d_drop <= d_adm else 0)
-                s.pending = offered / dt * units_per_packet((lengths or {}).get(key, []))
+                per = units_per_packet((lengths or {}).get((v.protected, v.port), [])) if v.proto == "udp" else 1.0
+                s.pending = offered / dt * per  # a SYN is one unit
             if pending is not None:
                 s.observe(now, pending)
             # the growth limit counts from what this learner put in force (an entry swept and
@@ -141,16 +155,17 @@ class BudgetLearner:
             new = 0 if want == floor else want
             have = v.rate or floor
             if new != v.rate and abs(want - have) > MIN_CHANGE * have:
-                if g.write_budget_rate(v.protected, v.port, new):
+                if g.write_budget_rate(v.protected, v.port, new, v.proto):
                     if want > in_force:
                         s.raised = now
                     s.written = want
-                    changed.append((v.protected, v.port, v.rate, new))
+                    changed.append((v.protected, v.port, v.rate, new, v.proto))
         for key in set(self.services) - seen:  # swept by the data path's owner: start again
             del self.services[key]
-        for prot, port, old, new in changed:
+        for prot, port, old, new, proto in changed:
+            floor = floors[proto]
             self.report(
-                f"budget udp {prot}:{port}: {old or floor:,} -> {new or floor:,} units/s "
+                f"budget {proto} {prot}:{port}: {old or floor:,} -> {new or floor:,} {UNIT[proto]} "
                 f"(learned from peacetime: {HEADROOM:g} x its peak, floor {floor:,})"
             )
         return changed

@@ -1229,7 +1229,7 @@ class DaemonHook:
                 e.unsettled = False
                 _settle(g)
             e.round(snap, samples)
-            # the admission budgets follow each UDP service's peacetime (budgets.py); the
+            # the admission budgets follow each UDP and TCP service's peacetime (budgets.py); the
             # engine's view of peace is the one the learner trusts, so only with mitigation on
             learner = self.learners.setdefault(name, budgets.BudgetLearner(self.report))
             lengths: dict[tuple[str, int], list[int]] = {}

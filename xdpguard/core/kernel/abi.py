@@ -152,9 +152,9 @@ VERIFIED_UDP_PPS, VERIFIED_UDP_BURST = 2000, 4000
 UDP_PEACE_PPS, UDP_PEACE_HOLD_S = 5000, 30
 SPOOF_BAN_S = 10
 VC_NO_UDP_LEARN = 1  # xg_verify_config.flags: the controller saw an attack, no UDP learning
-VC_NO_BUDGET = 2  # xg_verify_config.flags: no admission budget for unverified UDP (budget.h)
+VC_NO_BUDGET = 2  # xg_verify_config.flags: no admission budget for unverified UDP or SYNs (budget.h)
 BUDGET_UDP_PPS = 1000  # budget.h: unverified UDP units/s per service when nothing is set
-BUDGET_TCP_SYNS = 500  # budget.h: unverified SYNs/s per TCP service below the SYN threshold (then the SYN defence)
+BUDGET_TCP_SYNS = 500  # budget.h: unverified SYNs/s per TCP service below the SYN threshold when nothing is set (then the SYN defence)
 BUDGET_UNIT_SHIFT = 7  # steps/budget.h: a unit is a packet of up to 1 << 7 bytes
 BUDGET_UNIT_BYTES = 1 << BUDGET_UNIT_SHIFT  # a packet costs one unit per 128 bytes (frame length) started
 BUDGET_BURST_DIV, BUDGET_BURST_MIN = 10, 64  # budget.h: burst min(rate, max(rate / DIV, MIN)) units
@@ -414,6 +414,8 @@ class VerifyConfig(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("spoof_ban_s", ctypes.c_uint32),
         ("budget_udp_pps", ctypes.c_uint32),
+        ("budget_tcp_syns", ctypes.c_uint32),  # appended: an upgrade copies the map, the new field 0 (default)
+        ("reserved", ctypes.c_uint32),
     ]
 
 

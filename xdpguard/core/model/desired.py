@@ -29,6 +29,7 @@ MODES = ("auto", "native", "skb")
 #: `[interface.verify]` keys: policy.VerifySettings' fields but the runtime udp_learning switch
 VERIFY_KEYS = (
     "budget_udp_pps",
+    "budget_tcp_syns",
     "budget",
     "tcp_pps",
     "tcp_burst",

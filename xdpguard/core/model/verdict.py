@@ -11,14 +11,22 @@ egress recorder (tcpstate.h) on a frame leaving the protected interface, and XDP
 TCP packet only for a live recorded connection (or during the attach grace period). Entries are
 live or expired (Setup.flows); within a model's life nothing expires by itself.
 
-What the model does not do: time. Rate limits and the SYN defence are modelled as "buckets
-full, threshold not reached" — they never drop; only a SYN defence that is on at any rate
-(`always`, cookie mode, IPv4) answers SYNs (action "tx", a drop `syncookie`), and in cookie mode
-an ACK of no recorded connection is a bad cookie (the model never makes valid ones), which
-keeps its `tcpstate` drop. Policies fed to the model must use limits that
-are 0 (off) or so high that the traffic of a test cannot reach them; the time-dependent steps
-have their own targeted tests (tests/bpf/test_cleansing_steps.py). Bans written by drop-ban
-filters are remembered (they never expire within a model's life).
+What the model does not do: time. Rate limits and the SYN threshold are modelled as "buckets
+full, threshold not reached" — they never drop. The SYN defence acts where it does at any rate:
+`always` (every unverified SYN), and, below the threshold, past the TCP service's admission
+budget (budget.h budget_syn_admit). There a SYN is answered with a cookie in cookie mode for IPv4
+(action "tx", a drop `syncookie`), else it meets retransmission authentication, which within a
+model's life never authenticates (no time passes, so no retransmission is late enough): a drop
+`syn`. The budget is a bucket that starts full (its burst, budget.h: min(rate, max(rate / 10,
+64)) SYNs) and never refills; its rate is the service's learned one (Setup.budget_rates), else
+Setup.budget_tcp_syns, else abi.BUDGET_TCP_SYNS. In cookie mode an ACK of no recorded
+connection is a bad cookie (the model never makes valid ones), which keeps its `tcpstate` drop.
+Policies fed to the model must use limits that are 0 (off) or so high that the traffic of a
+test cannot reach them, and budgets that do not refill within one of its runs (the
+differential test: 1 or 2 SYN/s, or 64 SYNs of burst); the time-dependent steps have their own
+targeted tests (tests/bpf/test_cleansing_steps.py, test_budget.py). The UDP admission budget is
+not modelled: fed policies keep it out of reach. Bans written by drop-ban filters are remembered
+(they never expire within a model's life).
 
 The model is stateful where the data path is: a drop-ban filter creates a ban, and an expired
 allow/block trie entry met by a lookup is deleted (which matters for the retry bound,
@@ -27,7 +35,8 @@ XG_EXPIRED_RETRY, of lists.h).
 Verified clients (knowngood.h) are learned from egress frames: an established TCP connection
 verifies a client for every protocol, a UDP answer for UDP only; always peacetime here (no time,
 so no UDP flood), and the per-source privilege budget is never spent. A verified source passes
-the automatic mitigation filters and the SYN defence, and no drop-ban filter bans it.
+the automatic mitigation filters, the SYN defence and the TCP budget (never charged), and no
+drop-ban filter bans it.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..kernel.abi import FILTERS_MAX, REASON_MAX, VF_TCP, VF_UDP, Kind, Reason
+from ..kernel.abi import BUDGET_BURST_DIV, BUDGET_BURST_MIN, BUDGET_TCP_SYNS, FILTERS_MAX, REASON_MAX, VF_TCP, VF_UDP
+from ..kernel.abi import Kind, Reason
 from ..policy import AddressPolicy, Filter, GlobalPolicy, Limits
 from .vocab import FILTER_PROTOS
 from .prefixes import Prefix
@@ -100,6 +110,12 @@ class Setup:
     grace: bool = False  # within the attach grace period: unknown connections pass
     # Recorded connections before any egress frame: FlowKey → (table, state, live).
     flows: Mapping[FlowKey, tuple[str, str, bool]] = field(default_factory=dict)
+    # The admission budgets (xg_verify_config, budget.h): the switch, the TCP setting (SYNs/s per
+    # service, 0: abi.BUDGET_TCP_SYNS), and the rates the controller wrote per TCP service
+    # (protected address, port) → SYNs/s (xg_budget.rate; 0: the setting)
+    budget: bool = True
+    budget_tcp_syns: int = 0
+    budget_rates: Mapping[tuple[IPAddress, int], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -408,6 +424,10 @@ class Model:
             self.tables[table][k] = [state, live]
         # xg_goodsrc_hash: (family, address) → how it proved its address (VF_TCP | VF_UDP), learned on egress
         self.verified: dict[tuple[int, bytes], int] = {}
+        # xg_budget_hash of the TCP services: (family, address, port) → SYNs left (no refill: no time)
+        self.syn_budget: dict[tuple[int, bytes, int], int] = {}
+        self.rates = {(a.version, a.packed, port): r for (a, port), r in setup.budget_rates.items()}
+        self.budget_refused = 0  # SYNs past their service's budget (sent to the SYN defence)
 
     @property
     def known(self) -> set[tuple[int, bytes]]:
@@ -474,15 +494,38 @@ class Model:
         syn = prot.policy.syn
         return syn.mode == "cookie" and syn.on and a.family == 4
 
-    def _syn_answered(self, a: Addresses, h: Headers, prot: Protected) -> bool:
-        """step_synauth() in cookie mode: a SYN is answered with a cookie SYN-ACK (XDP_TX). In
-        the model only `always` reaches that (a threshold is never exceeded: no time)."""
-        return (
-            is_syn(h)
-            and prot.policy.syn.always
-            and self._cookie_mode(a, prot)
-            and not self._is_verified((a.family, a.src), h)
-        )  # verified sources skip the SYN defence
+    def _syn_budget_admits(self, a: Addresses, h: Headers, verified: bool) -> bool:
+        """budget_syn_admit() of budget.h: True when the SYN goes on as before (the budget off,
+        a verified source — never charged —, or a SYN left in the service's bucket)."""
+        if not self.setup.budget or verified:
+            return True
+        key = (a.family, a.dst, h.dport)
+        if key not in self.syn_budget:  # the entry XDP makes on the service's first SYN: a full burst
+            rate = self.rates.get(key) or self.setup.budget_tcp_syns or BUDGET_TCP_SYNS
+            self.syn_budget[key] = budget_burst(rate)
+        if self.syn_budget[key] >= 1:
+            self.syn_budget[key] -= 1
+            return True
+        self.budget_refused += 1
+        return False
+
+    def _synauth(self, a: Addresses, h: Headers, prot: Protected, src) -> Reason | str | None:
+        """step_synauth(): the SYN defence of an address whose threshold is on, or `always`.
+        Below the threshold (always, in the model) a SYN within its service's budget goes on;
+        past it, as over the threshold: a verified source goes on, cookie mode for IPv4 answers
+        (ANSWERED), else retransmission authentication drops it (`syn`: no retransmission is
+        late enough within a model's life)."""
+        syn = prot.policy.syn
+        if not is_syn(h) or not syn.on:
+            return None
+        verified = self._is_verified(src, h)
+        if not syn.always and self._syn_budget_admits(a, h, verified):
+            return None
+        if verified:
+            return None
+        if self._cookie_mode(a, prot):
+            return ANSWERED
+        return Reason.SYN
 
     def verdict(self, frame: bytes) -> ModelVerdict:
         action, reason = self._decide(bytes(frame))
@@ -519,8 +562,8 @@ class Model:
         return ("pass", Reason.CLEAN) if r is None else ("drop", r)
 
     def _steps(self, frame: bytes, a: Addresses, h: Headers, prot: Protected, src) -> Reason | str | None:
-        """policy_steps(): TCP flags, fragments, protocol, port, reflection, feature filters, TCP state;
-        rate limits and the SYN defence never drop in the model."""
+        """policy_steps(): TCP flags, fragments, protocol, port, reflection, feature filters, TCP state,
+        the SYN defence with its budget; rate limits never drop in the model."""
         g = self.setup.global_
         if h.tcp_flags & TCP_SYN and h.tcp_flags & (TCP_FIN | TCP_RST):  # step_tcpflags() (0 unless TCP)
             return Reason.TCPFLAGS
@@ -554,9 +597,7 @@ class Model:
             # with odds of about 2^-22; tests/bpf/test_syncookie.py has the valid ones), and a bad
             # one keeps the TCP state verdict.
             return Reason.TCPSTATE
-        if self._syn_answered(a, h, prot):
-            return ANSWERED
-        return None
+        return self._synauth(a, h, prot, src)
 
 
 def limits_for(prot: Protected, proto: str | None, dport: int | None) -> Limits:
@@ -567,6 +608,12 @@ def limits_for(prot: Protected, proto: str | None, dport: int | None) -> Limits:
         if lim is not None:
             return lim
     return prot.policy.limits
+
+
+def budget_burst(rate: int) -> int:
+    """budget_take()'s burst (budget.h): a tenth of a second of the rate, at least
+    BUDGET_BURST_MIN units, at most the rate."""
+    return min(rate, max(rate // BUDGET_BURST_DIV, BUDGET_BURST_MIN))
 
 
 def is_syn(h: Headers) -> bool:

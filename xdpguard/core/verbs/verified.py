@@ -30,6 +30,7 @@ class VerifyView:
 
 _DEFAULTS = {
     "budget_udp_pps": abi.BUDGET_UDP_PPS,
+    "budget_tcp_syns": abi.BUDGET_TCP_SYNS,
     "tcp_pps": abi.VERIFIED_TCP_PPS,
     "tcp_burst": abi.VERIFIED_TCP_BURST,
     "udp_pps": abi.VERIFIED_UDP_PPS,
@@ -41,9 +42,7 @@ _DEFAULTS = {
 
 def effective(v: policy.VerifySettings) -> dict:
     """v's values with the data path's defaults for the zeros."""
-    out = {k: (getattr(v, k) or _DEFAULTS[k]) if k in _DEFAULTS else getattr(v, k) for k in VERIFY_KEYS}
-    out["budget_tcp_syns"] = abi.BUDGET_TCP_SYNS  # compiled in (budget.h): no setting yet
-    return out
+    return {k: (getattr(v, k) or _DEFAULTS[k]) if k in _DEFAULTS else getattr(v, k) for k in VERIFY_KEYS}
 
 
 def _view(g) -> VerifyView:
