@@ -1287,7 +1287,7 @@ _MEMOS: weakref.WeakKeyDictionary[BpfMap, _FilterMemo] = weakref.WeakKeyDictiona
 # Part of every generation's stamp: bump it when filter_vectors or payload_index change the words
 # they write for the same filters (tests/unit/test_filter_vectors.py pins a digest of them), so a
 # generation compiled by an older controller is rewritten whole rather than patched.
-COMPILE_VERSION = 2  # 2: free slots accept any source port (policy.filter_vectors)
+COMPILE_VERSION = 3  # 2: free slots accept any source port (policy.filter_vectors); 3: payload positions reordered (policy._probe_order)
 
 
 def _stamp(filters: tuple[Filter, ...]) -> int:
