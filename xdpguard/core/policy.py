@@ -610,6 +610,22 @@ class SweepStats:
     seconds: float
 
 
+def lpf_bits(family: int, addr: bytes, plen: int) -> tuple[int, int]:
+    """The bits a list entry sets in its list's prefilter bitmap (abi.h XG_LPF_*), as (first,
+    count): an IPv4 prefix its /16 (a shorter one every /16 it covers); an IPv6 one the hash of
+    its /48 (lpf_bit of steps/lists.h; a shorter one all of them)."""
+    if family == 4:
+        top = int.from_bytes(addr[:2], "big")
+        if plen >= 16:
+            return top, 1
+        span = 1 << (16 - plen)
+        return top & ~(span - 1), span
+    if plen < abi.LPF_V6_PLEN:
+        return 0, abi.LPF_BITS
+    x = int.from_bytes(addr[:6], "big")
+    return ((x * 0x9E3779B97F4A7C15) & _M64) >> 48, 1
+
+
 def good_bloom_bit(key: abi.SrcKey) -> int:
     """kg_bloom_word() of knowngood.h: the source's bit in xg_vbloom_arr (the hash of the
     ban bloom, xg_src_hash, on as many bits)."""
