@@ -143,6 +143,20 @@ struct xg_counter {
 #define XG_LM_BLOCK4_LPM  (1ULL << 5)
 #define XG_LM_BLOCK6_HASH (1ULL << 6)
 #define XG_LM_BLOCK6_LPM  (1ULL << 7)
+#define XG_LM_PREFILTER   (1ULL << 8)  /* xg_lpf_arr holds a bit for every list entry: trusted */
+
+/* xg_lpf_arr, the lists' prefilter (steps/lists.h): per (list, family), one bit per IPv4 /16 (the
+ * source's top 16 bits) or per hash of an IPv6 /48 (lpf_bit), set for every /16 or /48 an entry
+ * of that list covers (an IPv6 prefix shorter than /48 sets them all). A clear bit: no entry of
+ * the list covers the source, and its hash and trie are not looked at. The controller sets the
+ * bits before it writes the entries and clears none but in a rebuild (a stale bit costs a lookup,
+ * a missing one would skip an entry), so the data path trusts the bits only while lists_mask has
+ * XG_LM_PREFILTER: a program whose map is new, or a controller that knows nothing of it, leaves it
+ * clear and the lists are looked at as before. Word (list * 2 + (family == 6)) * XG_LPF_WORDS +
+ * bit / 64, list 0 the allowlist, 1 the blocklist. */
+#define XG_LPF_BITS 65536
+#define XG_LPF_WORDS 1024            /* XG_LPF_BITS / 64 */
+#define XG_LPF_V6_PLEN 48
 
 /* xg_config_arr[0]: run-time switches. */
 struct xg_config {

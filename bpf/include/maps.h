@@ -157,6 +157,10 @@ XG_MAP("lpm_trie", struct xg_lpm6_key, struct xg_list_entry, xg_allow6_lpm, XG_L
 XG_MAP("lpm_trie", struct xg_lpm4_key, struct xg_list_entry, xg_block4_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
 XG_MAP("lpm_trie", struct xg_lpm6_key, struct xg_list_entry, xg_block6_lpm, XG_LIST_MAX, BPF_F_NO_PREALLOC);
 
+/* xg_lpf_arr: word → __u64, the lists' prefilter (abi.h XG_LPF_*): 4 * XG_LPF_WORDS words, one
+ * bitmap per (list, family). */
+XG_MAP("array", int, __u64, xg_lpf_arr, 4 * XG_LPF_WORDS, 0);
+
 /* Region (geo) blocking (steps/geo.h): xg_geo4_lpm / xg_geo6_lpm: source prefix → __u32 country index;
  * xg_geoset_arr: protected address slot → struct xg_geoset (the countries its rule names). */
 XG_MAP("lpm_trie", struct xg_lpm4_key, __u32, xg_geo4_lpm, XG_GEO_MAX, BPF_F_NO_PREALLOC);

@@ -69,6 +69,7 @@ from .policy import (
     filter_vectors,
     payload_index,
     good_bloom_bit,
+    lpf_bits,
     new_protected,
     port_key,
     port_key_addr,
@@ -243,12 +244,17 @@ class Guard:
         return n
 
     def sync_lists_mask(self) -> None:
-        """Tell the data path which list maps hold entries, so it skips the empty ones."""
+        """Tell the data path which list maps hold entries, so it skips the empty ones, and that
+        it may trust the lists' prefilter (rebuilt first when it was not trusted yet)."""
         mask = 0
         for name, bit in LISTS_MASK_BITS.items():
             for _ in self.maps[name].keys():
                 mask |= bit
                 break
+        if MapName.LPF in self.maps:
+            if not self.config().lists_mask & abi.LM_PREFILTER:
+                lpf_rebuild(self.maps)
+            mask |= abi.LM_PREFILTER
         cfg = self.config()
         if cfg.lists_mask != mask:
             cfg.lists_mask = mask
@@ -264,6 +270,7 @@ class Guard:
         for p in prefixes:
             groups.setdefault(LIST_MAPS[(which, p.family, _is_host(p))], []).append(p)
         try:
+            lpf_add(self.maps, which, prefixes)
             for name, group in groups.items():
                 a, u = _bulk_upsert(self.maps[name], group, expires_ns, undo)
                 added += a
@@ -809,6 +816,7 @@ class Guard:
     def set_list_entry(self, which: str, p: Prefix, expires_ns: int = 0) -> None:
         """One list entry written as new (hit count 0), whatever was there."""
         name, key = list_target(which, p)
+        lpf_add(self.maps, which, [p])
         self.maps[name].set(key, ListEntry(0, expires_ns, p.plen))
         self.sync_lists_mask()
 
@@ -1287,7 +1295,7 @@ _MEMOS: weakref.WeakKeyDictionary[BpfMap, _FilterMemo] = weakref.WeakKeyDictiona
 # Part of every generation's stamp: bump it when filter_vectors or payload_index change the words
 # they write for the same filters (tests/unit/test_filter_vectors.py pins a digest of them), so a
 # generation compiled by an older controller is rewritten whole rather than patched.
-COMPILE_VERSION = 2  # 2: free slots accept any source port (policy.filter_vectors)
+COMPILE_VERSION = 3  # 2: free slots accept any source port (policy.filter_vectors); 3: payload positions reordered (policy._probe_order)
 
 
 def _stamp(filters: tuple[Filter, ...]) -> int:
@@ -1677,6 +1685,50 @@ def _write_bloom(maps, words: list[int], name: abi.MapName = abi.MapName.BANBLOO
     rc, done = libbpf.map_update_batch(m.fd, ctypes.addressof(keys), ctypes.addressof(vals), n)
     if rc != 0 or done != n:
         raise libbpf.BpfError(-rc, f"map update batch on {m.name.value}: {os.strerror(-rc) if rc else 'short'}")
+
+
+def _lpf_or(words: list[int], which: str, prefixes) -> None:
+    """OR the prefilter bits of `which`'s entries `prefixes` into words (abi.h XG_LPF_*)."""
+    for p in prefixes:
+        base = ((which == "block") * 2 + (p.family == 6)) * abi.LPF_WORDS
+        first, n = lpf_bits(p.family, p.addr, p.plen)
+        if n == 1:
+            words[base + (first >> 6)] |= 1 << (first & 63)
+            continue
+        for b in range(first, first + n, 64):  # n > 1: a power of two, aligned
+            words[base + (b >> 6)] |= ((1 << min(n, 64)) - 1) << (b & 63)
+
+
+def lpf_add(maps, which: str, prefixes) -> None:
+    """Set the prefilter bits of list entries about to be written: before them, so a trusted
+    prefilter never hides an entry (steps/lists.h lpf_miss)."""
+    if MapName.LPF not in maps:
+        return
+    m = maps[MapName.LPF]
+    words = [int(getattr(v, "value", v)) for v in m.array_values()]
+    new = list(words)
+    _lpf_or(new, which, prefixes)
+    if new != words:
+        _write_bloom(maps, new, MapName.LPF)
+
+
+def lpf_rebuild(maps) -> None:
+    """The prefilter from every entry of the lists, written while the data path does not trust it
+    (bits of entries gone are cleared only here), then trusted (XG_LM_PREFILTER)."""
+    if MapName.LPF not in maps:
+        return
+    cm = maps[MapName.CONFIG]
+    cfg = cm.get(ctypes.c_uint32(0)) or Config()
+    if cfg.lists_mask & abi.LM_PREFILTER:
+        cfg.lists_mask &= ~abi.LM_PREFILTER
+        cm.set(ctypes.c_uint32(0), cfg)
+    words = [0] * (4 * abi.LPF_WORDS)
+    for (which, fam, _), name in LIST_MAPS.items():
+        _lpf_or(words, which, (_key_prefix(k, fam) for k in maps[name].keys()))
+    _write_bloom(maps, words, MapName.LPF)
+    cfg = cm.get(ctypes.c_uint32(0)) or Config()
+    cfg.lists_mask |= abi.LM_PREFILTER
+    cm.set(ctypes.c_uint32(0), cfg)
 
 
 def _set_bloom_bits(maps, keys) -> None:

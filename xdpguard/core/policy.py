@@ -452,8 +452,9 @@ def payload_index(filters: tuple[Filter, ...]) -> tuple[bytes, int, list[int]]:
             positions[c] = len(positions)
         tests.append((1 << i, need))
     indexed = sum(b for b, _ in tests)
+    order = _probe_order(list(positions), tests)
     rows = []
-    for code in [*positions, *[None] * (abi.PPOS_MAX - len(positions))]:
+    for code in [*order, *[None] * (abi.PPOS_MAX - len(order))]:
         testers = [(b, need[code]) for b, need in tests if code in need]
         row = [(1 << 64) - 1 - sum(b for b, _ in testers)] * abi.PV_VALUES  # theirs cleared, absent too
         for b, (value, mask) in testers:
@@ -463,7 +464,34 @@ def payload_index(filters: tuple[Filter, ...]) -> tuple[bytes, int, list[int]]:
         rows.append(row)
     vec = b"".join(_word(w) for row in rows for w in row)
     assert len(vec) == abi.PV_SLOTS * 8
-    return vec, indexed, list(positions)
+    return vec, indexed, order
+
+
+def _probe_order(codes: list[int], tests: list[tuple[int, dict[int, tuple[int, int]]]]) -> list[int]:
+    """The positions in the order the data path reads them. It stops once no indexed filter is
+    left, so a packet that matches none costs one read per position until every filter has met a
+    byte it rejects. Greedy: next comes the position that rejects the most filters expected to be
+    left, where a test of a byte rejects a packet with probability 0.9, a test of the byte 0 only
+    0.25 (padding reads as 0), a test of presence alone (the window's last byte, mask 0) none.
+    With the benchmark's 64 four-byte signatures at offsets 0..15 a zero payload is decided in 5
+    reads instead of 16. Ties keep the order the filters named the positions in."""
+    reject = {
+        (b, c): (0.0 if not mask else 0.25 if value == 0 else 0.9)
+        for b, need in tests
+        for c, (value, mask) in need.items()
+    }
+    alive = {b: 1.0 for b, _ in tests}
+    left = list(codes)
+    order: list[int] = []
+    while left:
+        gain = {c: sum(alive[b] * reject[b, c] for b, need in tests if c in need) for c in left}
+        best = max(left, key=lambda c: (gain[c], -left.index(c)))
+        left.remove(best)
+        order.append(best)
+        for b, need in tests:
+            if best in need:
+                alive[b] *= 1.0 - reject[b, best]
+    return order
 
 
 # ---- dynamic bans ----
@@ -586,6 +614,22 @@ class SweepStats:
     evicted: int  # live entries removed to get below the high-water mark (UDP-only first, then oldest)
     after: int
     seconds: float
+
+
+def lpf_bits(family: int, addr: bytes, plen: int) -> tuple[int, int]:
+    """The bits a list entry sets in its list's prefilter bitmap (abi.h XG_LPF_*), as (first,
+    count): an IPv4 prefix its /16 (a shorter one every /16 it covers); an IPv6 one the hash of
+    its /48 (lpf_bit of steps/lists.h; a shorter one all of them)."""
+    if family == 4:
+        top = int.from_bytes(addr[:2], "big")
+        if plen >= 16:
+            return top, 1
+        span = 1 << (16 - plen)
+        return top & ~(span - 1), span
+    if plen < abi.LPF_V6_PLEN:
+        return 0, abi.LPF_BITS
+    x = int.from_bytes(addr[:6], "big")
+    return ((x * 0x9E3779B97F4A7C15) & _M64) >> 48, 1
 
 
 def good_bloom_bit(key: abi.SrcKey) -> int:

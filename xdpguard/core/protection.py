@@ -258,6 +258,9 @@ def refill_derived(plan: migrate.Plan, maps: dict[MapName, BpfMap]) -> None:
     # the service records (steps/port.h): a program before xg_svc_arr had the owners only
     if any(s.name in (MapName.PORTS, MapName.SVC) and s.action != "keep" for s in plan.steps):
         guard.refill_service_records(maps)
+    # the lists' prefilter (steps/lists.h): a new bitmap is empty, and the carried-over config may trust it
+    if any(s.name == MapName.LPF and s.action != "keep" for s in plan.steps):
+        guard.lpf_rebuild(maps)
 
 
 def upgrade(ifname: str, defines: dict[str, int] | None = None, force: bool = False) -> UpgradeResult:

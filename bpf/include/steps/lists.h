@@ -90,16 +90,41 @@ static __always_inline int host_hit(int list, int family, struct xg_lpm6_key *k)
     return host6_hit(list, &a6);
 }
 
+/* The source's bit in the list's prefilter bitmap (abi.h XG_LPF_*; policy.lpf_bits computes the
+ * same): an IPv4 source's top 16 bits, a hash of an IPv6 source's top 48. */
+static __always_inline __u32 lpf_bit(int family, struct xg_lpm6_key *k)
+{
+    if (family == 4)
+        return ((__u32)k->addr[0] << 8) | k->addr[1];
+    __u64 x = ((__u64)k->addr[0] << 40) | ((__u64)k->addr[1] << 32) | ((__u64)k->addr[2] << 24) |
+              ((__u64)k->addr[3] << 16) | ((__u64)k->addr[4] << 8) | k->addr[5];
+    return (__u32)((x * 0x9E3779B97F4A7C15ULL) >> 48);
+}
+
+/* 1 when the prefilter is trusted (XG_LM_PREFILTER) and says no entry of the list covers the
+ * source: one array read instead of a hash lookup and a trie walk. */
+static __always_inline int lpf_miss(int list, int family, __u64 lists_mask, struct xg_lpm6_key *k)
+{
+    if (!(lists_mask & XG_LM_PREFILTER))
+        return 0;
+    __u32 bit = lpf_bit(family, k);
+    __u32 word = (list * 2 + (family == 6)) * XG_LPF_WORDS + (bit >> 6);
+    __u64 *w = xg_lpf_arr.lookup(&word);
+    return w && !((*w >> (bit & 63)) & 1);
+}
+
 /* 1 when the source (k, full prefix length) is on the list: exact hash first, then the trie.
- * Maps the controller marked empty in lists_mask are not looked at. An expired trie match is
- * deleted (by its own prefix length) and the lookup repeated, so it cannot shadow a live
- * covering prefix. */
+ * Maps the controller marked empty in lists_mask are not looked at, nor any when the prefilter
+ * says no entry covers the source. An expired trie match is deleted (by its own prefix length)
+ * and the lookup repeated, so it cannot shadow a live covering prefix. */
 static __always_inline int list_hit(int list, int family, __u64 lists_mask, struct xg_lpm6_key *k)
 {
     /* XG_LM_*: allow4 hash, lpm, allow6 hash, lpm, then the same four for the blocklist */
     __u32 shift = (list == XG_LIST_BLOCK ? 4 : 0) + (family == 4 ? 0 : 2);
     __u64 hbit = XG_LM_ALLOW4_HASH << shift;
     __u64 lbit = XG_LM_ALLOW4_LPM << shift;
+    if (!(lists_mask & (hbit | lbit)) || lpf_miss(list, family, lists_mask, k))
+        return 0;
     if ((lists_mask & hbit) && host_hit(list, family, k))
         return 1;
     if (!(lists_mask & lbit))

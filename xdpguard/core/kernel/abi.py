@@ -116,6 +116,9 @@ DP_HAS_BANS = 1 << 0
 DP_OPBANS_EMPTY = 1 << 1  # set by sweep_bans when xg_opban_hash is empty; `ban add` clears it
 DP_BAN_BLOOM = 1 << 2  # xg_banbloom_arr holds a bit for every ban (policy.enable_ban_bloom)
 BANBLOOM_BITS = 1048576
+# xg_lpf_arr, the lists' prefilter (abi.h XG_LPF_*; steps/lists.h lpf_miss, policy.lpf_bits)
+LM_PREFILTER = 1 << 8  # xg_config.lists_mask: the prefilter holds a bit for every list entry
+LPF_BITS, LPF_WORDS, LPF_V6_PLEN = 65536, 1024, 48
 # xg_srcsk_arr, the source sketch in front of xg_bucket_lru (abi.h XG_SK_*; policy.h step_ratelimit)
 SK_SLOTS = 65536
 SK_SHIFT = 30
@@ -470,6 +473,7 @@ class MapName(str, enum.Enum):
     PVEC = "xg_pvec_arr"
     BANBLOOM = "xg_banbloom_arr"  # bits over the banned sources: a clear bit skips the ban lookups
     SRCSKETCH = "xg_srcsk_arr"  # uncharged packets per source hash: sources far from a limit get no bucket
+    LPF = "xg_lpf_arr"  # the lists' prefilter: bits per (list, family) over /16s and /48s (abi.h XG_LPF_*)
     SYNWIN = "xg_synwin_arr"
     SYNSEEN = "xg_synseen_lru"
     SYNAUTH = "xg_synauth_lru"  # retransmission-authenticated sources (soft)
@@ -590,6 +594,7 @@ MAP_LAYOUTS: dict[MapName, tuple[type, type, bool]] = {
     MapName.PVEC: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.BANBLOOM: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.SRCSKETCH: (ctypes.c_uint32, SrcSketch, False),
+    MapName.LPF: (ctypes.c_uint32, ctypes.c_uint64, False),
     MapName.SYNWIN: (ctypes.c_uint32, SynWin, False),
     MapName.SYNSEEN: (SrcKey, SynSeen, False),
     MapName.SYNAUTH: (SrcKey, SynAuth, False),
@@ -658,6 +663,7 @@ MAP_SHAPES: dict[MapName, tuple[str, int | str, int]] = {
     MapName.PVEC: ("array", "XG_PVEC_ENTRIES", 0),
     MapName.BANBLOOM: ("array", BANBLOOM_BITS // 64, 0),
     MapName.SRCSKETCH: ("array", "XG_SK_SLOTS", 0),
+    MapName.LPF: ("array", 4 * LPF_WORDS, 0),
     MapName.COOKIES: ("percpu_array", 1, 0),
     MapName.GOODSRC: ("hash", "XG_GOODSRC_MAX", F_NO_PREALLOC),
     MapName.VCFG: ("array", 1, 0),
