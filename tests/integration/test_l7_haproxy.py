@@ -187,8 +187,9 @@ def test_reload_under_traffic_refused_config_and_drift(lab):
     assert s.apply(svc) == "unchanged"
     first = s.h.proc_info()
 
-    # two reloads while a client sends a new connection every 20 ms: not one request fails
-    p = s.client(6.0, "/", interval=0.02)
+    # two reloads while a client sends a new connection every 20 ms: not one request fails (the
+    # first reload waits until the first worker can hand its stick tables over: 5 s after start)
+    p = s.client(10.0, "/", interval=0.02)
     time.sleep(1.5)
     assert s.apply(replace(svc, limits=(RateLimit("/api/", 40),))) == "reloaded"
     time.sleep(1.5)
@@ -218,6 +219,42 @@ def test_reload_under_traffic_refused_config_and_drift(lab):
     assert s.h.ensure() == "restarted"
     assert s.h.proc_info().master != info.master
     assert s.curl(s.t.client, URL).stdout.startswith("ok ")
+
+
+def _source(s: Setup, addr: str) -> runtime.TableEntry | None:
+    table = runtime.show_table(str(s.h.admin_socket), hc.src_table(_service()))
+    return next((e for e in table.entries if str(e.address) == addr), None)
+
+
+def test_stick_tables_survive_a_reload(lab):
+    """A reload (a level change: what automatic CC mode does) keeps every source's counters:
+    requests, challenges, first-seen time, the punishment. HAProxy 2.6 hands the tables over
+    from the old worker to the new one through the local peer, and only from a worker that is
+    5 s old: the reload comes at once after the start, so proc.py's wait is tested too."""
+    s = Setup(lab)
+    svc = _service(limits=[RateLimit("/api/", 3, punish_s=120)])
+    assert s.apply(svc) == "started"
+
+    def code(path: str) -> str:
+        return s.curl(s.t.client, "-o", "/dev/null", "-w", "%{http_code}", f"http://{L.PROT4}{path}").stdout
+
+    assert [code("/private/") for _ in range(2)] == ["302", "302"]  # a challenge rule: counted (gpc 0)
+    assert [code("/api/x") for _ in range(4)] == ["200", "200", "200", "429"]  # over the limit: punished
+    before = _source(s, L.CLIENT4)
+    assert before is not None and before.get("gpc0") == 2 and before.get("gpt1") == hc.PUNISH_CODES["deny"], before
+    assert before.get("gpt0") > time.time() + 60 and before.get("http_req_rate") == 6, before
+    old = s.h.proc_info().workers
+
+    assert s.apply(replace(svc, level="strict")) == "reloaded"
+    assert set(s.h.proc_info().workers).isdisjoint(old)
+    after = _source(s, L.CLIENT4)
+    assert after is not None, "the reload emptied the stick table"
+    for name in ("gpc0", "gpt0", "gpt1", "gpt3"):  # challenges, punished until, how, first seen
+        assert after.get(name) == before.get(name), (name, before, after)
+    assert after.get("http_req_rate") >= 6, after
+    # the new worker keeps punishing: refused (429), not challenged (302) as a new source would be
+    assert code("/private/") == "429"
+    print(f"\nafter the reload: {after.data}")
 
 
 def _wrk_summary(text: str) -> dict:

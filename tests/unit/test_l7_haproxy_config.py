@@ -246,3 +246,12 @@ def test_the_secret_and_sockets_go_where_asked() -> None:
         hc.render(CASES["minimal"](), run_dir=RUN_DIR, secret=b"short")
     with pytest.raises(ValueError):
         hc.render(CASES["minimal"](), run_dir="relative/dir", secret=SECRET)
+
+
+def test_every_stick_table_is_in_the_local_peers_section() -> None:
+    # what keeps the tables across a reload (proc.py): the old worker pushes them to the new one
+    text = _render("level_normal").text
+    tables = [ln for ln in text.splitlines() if ln.strip().startswith("stick-table ")]
+    assert len(tables) >= 3 and all(ln.endswith(f" peers {hc.PEERS}") for ln in tables)
+    assert f"    localpeer {hc.LOCAL_PEER}\n" in text
+    assert f"peers {hc.PEERS}\n    peer {hc.LOCAL_PEER} unix@{RUN_DIR}/{hc.PEERS_SOCKET}\n" in text

@@ -21,6 +21,13 @@ The challenge cookie `xgc` is `EXPIRY.KIND.MAC` with MAC = hex(HMAC-SHA256(secre
 with `secure_memcmp`). KIND `c` comes from the 302 challenge (any client that keeps cookies),
 `j` from the JavaScript page; the level `emergency` accepts only `j`. No state per challenged
 client: a flood of unverified requests costs HAProxy one HMAC each and us nothing.
+
+Every stick table is in the `peers` section PEERS, whose only member is the local peer
+LOCAL_PEER on a Unix socket in the run directory (0700: no other user can talk to it). That is
+what keeps the tables across a reload: the old worker connects to the new one on the local
+peer's address and pushes every entry before it exits (proc.py waits until HAProxy 2.6 is able to).
+Without it a reload (every automatic level change) emptied them: counters, punishments,
+challenge counts and surge state were lost.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ SECRET_BYTES = 32
 PUNISH_CODES = {"deny": 1, "drop": 2, "tarpit": 3}
 REQUEST_WINDOW_S = 10  # the window of the level's per-source ceilings
 SURGE_HOLD_S = 30  # once a domain crosses its ceiling, its unverified are challenged until this long after
+PEERS = "xg_peers"  # the peers section every stick table is in (kept across reloads)
+LOCAL_PEER = "local"  # this HAProxy's name in it (global `localpeer`)
+PEERS_SOCKET = "peers.sock"  # the local peer's address, in the run directory
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,7 @@ def _global(run_dir: str, secret: bytes) -> list[str]:
     return [
         "global",
         "    master-worker",
+        f"    localpeer {LOCAL_PEER}",
         "    default-path config",
         f"    stats socket {run_dir}/{ADMIN_SOCKET} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
@@ -172,23 +183,29 @@ def _global(run_dir: str, secret: bytes) -> list[str]:
     ]
 
 
+def _peers(run_dir: str) -> list[str]:
+    """The peers section: the local peer only, on a Unix socket only root reaches."""
+    return [f"peers {PEERS}", f"    peer {LOCAL_PEER} unix@{run_dir}/{PEERS_SOCKET}", ""]
+
+
 def _tables(svc: HttpService) -> list[str]:
     punish = max([svc.preset.punish_s] + [x.punish_s for x in svc.limits])
     lines = [
         f"backend {src_table(svc)}",
         f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
         f"store gpt(4),gpc(3),gpc_rate(2,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
-        f"http_req_rate({REQUEST_WINDOW_S}s)",
+        f"http_req_rate({REQUEST_WINDOW_S}s) peers {PEERS}",
         "",
         f"backend {service_table(svc)}",
-        f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s store gpt(2),http_req_rate(1s)",
+        f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s "
+        f"store gpt(2),http_req_rate(1s) peers {PEERS}",
         "",
     ]
     for i, lim in enumerate(svc.effective_limits()):
         lines += [
             f"backend {limit_table(svc, i)}",
             f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, 2 * lim.window_s)}s "
-            f"store http_req_rate({lim.window_s}s)",
+            f"store http_req_rate({lim.window_s}s) peers {PEERS}",
             "",
         ]
     return lines
@@ -517,7 +534,7 @@ def render(
         raise ValueError("the challenge secret must be at least 16 bytes")
     if not run_dir.startswith("/") or any(c.isspace() or c in "'\"#\\" for c in run_dir):
         raise ValueError(f"run_dir must be an absolute path without spaces or quotes: {run_dir!r}")
-    lines = _global(run_dir.rstrip("/"), secret)
+    lines = _global(run_dir.rstrip("/"), secret) + _peers(run_dir.rstrip("/"))
     files: dict[str, str] = {}
     for svc in items:
         lines += _tables(svc) + _frontend(svc, geo_rules) + _backend(svc)
