@@ -33,6 +33,7 @@ challenge counts and surge state were lost.
 from __future__ import annotations
 
 import base64
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,48 @@ SURGE_HOLD_S = 30  # once a domain crosses its ceiling, its unverified are chall
 PEERS = "xg_peers"  # the peers section every stick table is in (kept across reloads)
 LOCAL_PEER = "local"  # this HAProxy's name in it (global `localpeer`)
 PEERS_SOCKET = "peers.sock"  # the local peer's address, in the run directory
+
+
+@dataclass(frozen=True)
+class PeerNode:
+    """One node of a cluster as a peer: its name and where its HAProxy listens for peers (the
+    node's own cluster/management address, never a protective address)."""
+
+    name: str
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int = 10470
+
+
+@dataclass(frozen=True)
+class Peering:
+    """The stick tables shared by every node of a cluster: `local` is this node's name in
+    `nodes`. With `crt` (PEM: certificate + key) and `ca` the peer sessions are TLS, both ways
+    verified against `ca` (the cluster's CA); without them plain TCP, which the caller must
+    restrict to the member addresses."""
+
+    local: str
+    nodes: tuple[PeerNode, ...]
+    crt: str | None = None
+    ca: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [n.name for n in self.nodes]
+        for n in self.nodes:
+            spec.check_name(n.name, "peer name")
+            if not 1 <= n.port <= 65535:
+                raise ValueError(f"peer {n.name}: port {n.port} out of range")
+        if len(set(names)) != len(names):
+            raise ValueError(f"peer names repeat: {names}")
+        if self.local not in names:
+            raise ValueError(f"the local peer {self.local!r} is not one of the nodes {names}")
+        if (self.crt is None) != (self.ca is None):
+            raise ValueError("peers over TLS need both crt and ca")
+        for f in (self.crt, self.ca):
+            if f is not None and (not f.startswith("/") or any(c.isspace() or c in "'\"#\\" for c in f)):
+                raise ValueError(f"peers TLS file must be an absolute path without spaces or quotes: {f!r}")
+
+    def me(self) -> PeerNode:
+        return next(n for n in self.nodes if n.name == self.local)
 
 
 @dataclass(frozen=True)
@@ -152,12 +195,12 @@ def _act(action: str, cond: str) -> str:
     raise ValueError(action)
 
 
-def _global(run_dir: str, secret: bytes) -> list[str]:
+def _global(run_dir: str, secret: bytes, local_peer: str) -> list[str]:
     key = base64.b64encode(secret).decode("ascii")
     return [
         "global",
         "    master-worker",
-        f"    localpeer {LOCAL_PEER}",
+        f"    localpeer {local_peer}",
         "    default-path config",
         f"    stats socket {run_dir}/{ADMIN_SOCKET} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
@@ -183,9 +226,19 @@ def _global(run_dir: str, secret: bytes) -> list[str]:
     ]
 
 
-def _peers(run_dir: str) -> list[str]:
-    """The peers section: the local peer only, on a Unix socket only root reaches."""
-    return [f"peers {PEERS}", f"    peer {LOCAL_PEER} unix@{run_dir}/{PEERS_SOCKET}", ""]
+def _peers(run_dir: str, peering: Peering | None) -> list[str]:
+    """The peers section: without `peering` the local peer only, on a Unix socket only root
+    reaches; with it every node of the cluster, this one listening on its own address."""
+    if peering is None:
+        return [f"peers {PEERS}", f"    peer {LOCAL_PEER} unix@{run_dir}/{PEERS_SOCKET}", ""]
+    me = peering.me()
+    tls = f" ssl crt {peering.crt} ca-file {peering.ca} verify required" if peering.crt else ""
+    lines = [f"peers {PEERS}", f"    bind {_bind_addr(me.address)}:{me.port}{tls}"]
+    if tls:
+        lines.append(f"    default-server{tls}")
+    for n in peering.nodes:
+        lines.append(f"    server {n.name}" + ("" if n is me else f" {_bind_addr(n.address)}:{n.port}"))
+    return lines + [""]
 
 
 def _tables(svc: HttpService) -> list[str]:
@@ -524,17 +577,24 @@ def render(
     secret: bytes,
     geo_rules: Mapping[str, GeoSpec] | None = None,
     geo_map: str = "",
+    peering: Peering | None = None,
 ) -> Rendered:
     """The whole configuration for `services` (checked together: unique names and sockets).
     `geo_rules`: listen address → its geo rule (those in mode cc challenge, _geo), with
-    `geo_map` the country map they read (geo.l7_challenges gives both)."""
+    `geo_map` the country map they read (geo.l7_challenges gives both). `peering`: the
+    cluster's nodes, every stick table shared with them (else kept on this node, across reloads)."""
     geo_rules = geo_rules or {}
     items = spec.check_services(services)
     if len(secret) < 16:
         raise ValueError("the challenge secret must be at least 16 bytes")
     if not run_dir.startswith("/") or any(c.isspace() or c in "'\"#\\" for c in run_dir):
         raise ValueError(f"run_dir must be an absolute path without spaces or quotes: {run_dir!r}")
-    lines = _global(run_dir.rstrip("/"), secret) + _peers(run_dir.rstrip("/"))
+    if peering is not None:
+        listen = {a for svc in items for a in svc.listen}
+        if peering.me().address in listen:
+            raise ValueError(f"peers must not listen on a protective address: {peering.me().address}")
+    local = LOCAL_PEER if peering is None else peering.local
+    lines = _global(run_dir.rstrip("/"), secret, local) + _peers(run_dir.rstrip("/"), peering)
     files: dict[str, str] = {}
     for svc in items:
         lines += _tables(svc) + _frontend(svc, geo_rules) + _backend(svc)
