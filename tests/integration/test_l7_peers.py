@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -123,7 +124,22 @@ class Bed:
             )
         lab.run(self.client, "ip", "address", "add", f"{SRC}/32", "dev", "lo")
 
-    def start(self, tag: str, shared: bool) -> dict[str, Haproxy]:
+    def tls(self) -> tuple[str, str]:
+        """A throwaway CA-less pair: one self-signed certificate as both nodes' certificate and CA."""
+        d = tempfile.mkdtemp(prefix="xg-pet-")
+        self.lab.defer("remove the TLS files", shutil.rmtree, d, ignore_errors=True)
+        cert, key, pem = (os.path.join(d, f) for f in ("c.crt", "c.key", "node.pem"))
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+            + ["-subj", "/CN=xdpguard-peers", "-keyout", key, "-out", cert],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        Path(pem).write_text(Path(cert).read_text() + Path(key).read_text())
+        return pem, cert
+
+    def start(self, tag: str, shared: bool, tls: tuple[str, str] | None = None) -> dict[str, Haproxy]:
         peers = tuple(hc.PeerNode(n, ipaddress.ip_address(c)) for n, (_, _, c) in NODES.items())
         hs = {}
         for n, (listen, _, _) in NODES.items():
@@ -132,7 +148,8 @@ class Bed:
             h = Haproxy(run_dir, self.ns[n])
             self.lab.defer("stop HAProxy", h.stop)
             svc = _service(listen)
-            peering = hc.Peering(n, peers) if shared else None
+            crt, ca = tls or (None, None)
+            peering = hc.Peering(n, peers, crt=crt, ca=ca) if shared else None
             assert h.apply(hc.render([svc], run_dir=run_dir, secret=SECRET, peering=peering)) == "started"
             hs[n] = h
         deadline = time.monotonic() + 15
@@ -150,8 +167,8 @@ def test_a_source_alternating_between_two_nodes_meets_its_limit_once(lab):
     bed = Bed(lab)
     targets = [NODES[n][0] for n in NODES] * (ROUNDS // 2)
     got = {}
-    for tag, shared in (("l", False), ("s", True)):
-        hs = bed.start(tag, shared)
+    for tag, shared, tls in (("l", False, None), ("s", True, None), ("t", True, bed.tls())):
+        hs = bed.start(tag, shared, tls)
         statuses = bed.send(targets)
         assert statuses.count(0) == 0, statuses
         got[tag] = statuses.count(200)
@@ -163,6 +180,10 @@ def test_a_source_alternating_between_two_nodes_meets_its_limit_once(lab):
                 assert e is not None and e.get("http_req_rate") >= ROUNDS - 4, (n, e)
         for h in hs.values():
             h.stop()
-    print(f"\nlimit {LIMIT}/10 s, {ROUNDS} requests alternating: local tables {got['l']} answered, peers {got['s']}")
+    print(
+        f"\nlimit {LIMIT}/10 s, {ROUNDS} requests alternating: local tables {got['l']} answered, "
+        f"peers {got['s']}, peers over TLS {got['t']}"
+    )
     assert got["l"] >= 2 * LIMIT - 2, got  # the control: each node counted only its half
     assert LIMIT <= got["s"] <= LIMIT + 3, got  # shared: the limit holds as on one node
+    assert LIMIT <= got["t"] <= LIMIT + 3, got  # the same over TLS (the cluster's certificate)
