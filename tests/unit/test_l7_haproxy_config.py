@@ -298,3 +298,12 @@ def test_cluster_peers_are_refused_on_a_protective_address_or_without_this_node(
         _peering(local="node9")
     with pytest.raises(ValueError, match="both crt and ca"):
         _peering(crt="/etc/x.pem")
+
+
+def test_cluster_peer_names_are_the_clusters_node_names() -> None:
+    a = ipaddress.ip_address("198.18.30.1")
+    assert hc.Peering("Node-1.dc", (hc.PeerNode("Node-1.dc", a),)).me().name == "Node-1.dc"
+    with pytest.raises(ValueError, match="invalid peer name"):
+        hc.Peering("a b", (hc.PeerNode("a b", a),))
+    with pytest.raises(ValueError, match="repeat"):
+        hc.Peering("n", (hc.PeerNode("n", a), hc.PeerNode("n", ipaddress.ip_address("198.18.30.2"))))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,9 @@ SURGE_HOLD_S = 30  # once a domain crosses its ceiling, its unverified are chall
 PEERS = "xg_peers"  # the peers section every stick table is in (kept across reloads)
 LOCAL_PEER = "local"  # this HAProxy's name in it (global `localpeer`)
 PEERS_SOCKET = "peers.sock"  # the local peer's address, in the run directory
+
+
+PEER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class Peering:
     def __post_init__(self) -> None:
         names = [n.name for n in self.nodes]
         for n in self.nodes:
-            spec.check_name(n.name, "peer name")
+            if not PEER_NAME_RE.fullmatch(n.name):  # the cluster's node names ([cluster] node)
+                raise ValueError(f"invalid peer name {n.name!r}: 1-63 letters, digits, '_', '.' or '-'")
             if not 1 <= n.port <= 65535:
                 raise ValueError(f"peer {n.name}: port {n.port} out of range")
         if len(set(names)) != len(names):
