@@ -42,6 +42,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import IPS_ASSURED, NFCTAttrTuple
 
 from ..verbs import cleansing
+from ..l7 import engine as l7engine
 from ..nat import connlimit, forward
 from ..kernel import dataplane
 from .. import protection, reconcile, state
@@ -742,6 +743,9 @@ class NodeAgent:
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
         state.require_root()
         end = None if duration_s is None else time.monotonic() + duration_s
+        if l7engine.set_peering(self.cluster):  # before the first realise, which renders HAProxy with it
+            n = len(self.cluster.peers)
+            self.say("peers", f"HAProxy stick tables shared by {n} nodes" if n else "HAProxy stick tables per node")
         if self.bgp is not None:
             self.liveness = bgpmod.LivenessDevice(self.bgp.liveness_iface).open()
             try:

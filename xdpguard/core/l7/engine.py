@@ -7,24 +7,35 @@ the namespace, from `<run dir>/l7/<netns key>`; the challenge secret lives in
     realise(services)   render + `haproxy -c` + start or reload; stop it when there is none
     ensure(services)    the daemon's tick: restart a dead HAProxy, install one after a reboot
     services_of(states) the services the interface records hold (what is realised)
+    set_peering(cluster) `cluster run`: the nodes its HAProxy shares the stick tables with
+
+In a cluster whose `[cluster] peers` names the nodes, every stick table is shared with them
+(haproxy_config.Peering): `cluster run` records them in `<state dir>/<netns key>/l7.peering.json`,
+which every rendering of this namespace's HAProxy reads (a CLI verb renders what the agent does).
+With the cluster's cert/key/ca the peer sessions are TLS (the bundle `tls/peers.pem` in the run dir).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .. import geo, state
 from ..errors import UserError
 from . import schema
-from .haproxy_config import render
+from ..model.cluster import ClusterSpec
+from .haproxy_config import PeerNode, Peering, render
 from .proc import Haproxy, load_secret, tls_files
 from .runtime import RuntimeApiError, StatRow, show_stat
 from .spec import HttpService
 
 HTTP_KEY = "http"  # the interface record's list: schema.to_data(svc) + {"address": "..."}
 SECRET_FILE = "l7.secret"
+PEERING_FILE = "l7.peering.json"
+PEERS_BUNDLE = "tls/peers.pem"  # the peers' certificate + key, in the run dir
 
 
 def run_dir() -> Path:
@@ -33,6 +44,62 @@ def run_dir() -> Path:
 
 def secret_path() -> Path:
     return state.netns_state_dir() / SECRET_FILE
+
+
+def peering_path() -> Path:
+    return state.netns_state_dir() / PEERING_FILE
+
+
+def set_peering(cluster: ClusterSpec | None) -> bool:
+    """Record the nodes this namespace's HAProxy shares its stick tables with (`[cluster] peers`;
+    none: forget them). True when that changed what is recorded (the caller realises again)."""
+    path = peering_path()
+    if cluster is None or not cluster.peers:
+        if not path.exists():
+            return False
+        path.unlink()
+        return True
+    data = {
+        "local": cluster.node,
+        "port": cluster.peer_port,
+        "nodes": [list(item.split("=", 1)) for item in cluster.peers],
+        "cert": cluster.cert,
+        "key": cluster.key,
+        "ca": cluster.ca,
+    }
+    text = json.dumps(data, sort_keys=True) + "\n"
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return True
+
+
+def peering(run: Path) -> tuple[Peering | None, dict[str, str]]:
+    """The recorded peering (None: the tables are this node's own) and the files it needs."""
+    try:
+        data = json.loads(peering_path().read_text())
+    except FileNotFoundError:
+        return None, {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{peering_path()}: unreadable ({exc}); run `cluster run` again") from None
+    try:
+        nodes = tuple(PeerNode(n, ipaddress.ip_address(a), int(data["port"])) for n, a in data["nodes"])
+        files: dict[str, str] = {}
+        crt = ca = None
+        if data.get("cert") and data.get("key") and data.get("ca"):
+            files[PEERS_BUNDLE] = Path(data["cert"]).read_text() + Path(data["key"]).read_text()
+            crt, ca = f"{run}/{PEERS_BUNDLE}", data["ca"]
+        return Peering(data["local"], nodes, crt=crt, ca=ca), files
+    except OSError as exc:
+        raise UserError(f"cannot read the cluster's TLS files for HAProxy peers: {exc.strerror or exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{peering_path()}: bad peering record ({exc}); run `cluster run` again") from None
 
 
 def haproxy() -> Haproxy:
@@ -81,10 +148,21 @@ def realise(services: Sequence[HttpService]) -> str:
         return "stopped"
     h.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     geo_rules, geo_map = geo.l7_challenges(a for svc in services for a in svc.listen)  # geo rules in mode cc
-    rendered = render(
-        services, run_dir=str(h.run_dir), secret=load_secret(secret_path()), geo_rules=geo_rules, geo_map=geo_map
-    )
-    return h.apply(rendered, tls_files(services))
+    peers, peer_files = peering(h.run_dir)
+    try:
+        rendered = render(
+            services,
+            run_dir=str(h.run_dir),
+            secret=load_secret(secret_path()),
+            geo_rules=geo_rules,
+            geo_map=geo_map,
+            peering=peers,
+        )
+    except ValueError as exc:
+        if peers is None:
+            raise
+        raise UserError(str(exc)) from None  # the peering against the services (a protective address)
+    return h.apply(rendered, {**tls_files(services), **peer_files})
 
 
 def ensure(services: Sequence[HttpService]) -> str:

@@ -1,0 +1,68 @@
+"""Issue 29 item 7: `[cluster] peers` (the nodes HAProxy shares its stick tables with) — the
+loader's checks, the round trip, and what `cluster run` records for the engine's rendering."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from xdpguard.core.desired.dump import to_toml
+from xdpguard.core.desired.load import ConfigError, loads
+from xdpguard.core.l7 import engine
+from xdpguard.core.l7 import haproxy_config as hc
+from xdpguard.core.model.cluster import ClusterSpec
+
+BASE = '[cluster]\nnode = "fra-1"\nprotect = ["198.18.0.0/24"]\n'
+
+
+def test_peers_load_and_round_trip():
+    d, warnings = loads(BASE + 'peers = ["fra-1=198.18.30.1", "fra-2 = 198.18.30.2"]\npeer_port = 11000\n', "n.toml")
+    assert warnings == []
+    assert d.cluster.peers == ("fra-1=198.18.30.1", "fra-2=198.18.30.2") and d.cluster.peer_port == 11000
+    assert loads(to_toml(d))[0] == d
+    assert loads(BASE)[0].cluster.peers == ()  # none: the tables are this node's own
+
+
+@pytest.mark.parametrize(
+    "peers, needle",
+    [
+        ('["fra-1"]', "must be NAME=ADDRESS"),
+        ('["fra-1=198.18.30.1", "fra-1=198.18.30.2"]', "named twice"),
+        ('["fra-1=198.18.0.7"]', "inside a protected prefix"),
+        ('["fra-2=198.18.30.2"]', "must name this node ('fra-1') too"),
+    ],
+)
+def test_bad_peers_are_refused_by_field(peers, needle):
+    with pytest.raises(ConfigError) as ei:
+        loads(BASE + f"peers = {peers}\n", "n.toml")
+    assert any("cluster.peers" in p and needle in p for p in ei.value.problems), ei.value.problems
+
+
+def _cluster(**kw) -> ClusterSpec:
+    return ClusterSpec(node="fra-2", peers=("fra-1=198.18.30.1", "fra-2=198.18.30.2"), **kw)
+
+
+def test_cluster_run_records_the_peering_the_engine_renders(tmp_path: Path):
+    engine.set_peering(None)
+    assert engine.peering(tmp_path) == (None, {})
+    assert engine.set_peering(_cluster()) is True
+    assert engine.set_peering(_cluster()) is False  # unchanged: no second realise needed
+    p, files = engine.peering(tmp_path)
+    a1, a2 = ipaddress.ip_address("198.18.30.1"), ipaddress.ip_address("198.18.30.2")
+    assert p == hc.Peering("fra-2", (hc.PeerNode("fra-1", a1), hc.PeerNode("fra-2", a2))) and files == {}
+    assert engine.set_peering(ClusterSpec(node="fra-2")) is True  # peers taken out: forgotten
+    assert engine.peering(tmp_path) == (None, {})
+
+
+def test_with_the_clusters_certificate_the_peers_are_tls(tmp_path: Path):
+    for name in ("c.crt", "c.key", "ca.crt"):
+        (tmp_path / name).write_text(f"-----{name}-----\n")
+    engine.set_peering(_cluster(cert=str(tmp_path / "c.crt"), key=str(tmp_path / "c.key"), ca=str(tmp_path / "ca.crt")))
+    try:
+        p, files = engine.peering(Path("/run/x"))
+        assert (p.crt, p.ca) == (f"/run/x/{engine.PEERS_BUNDLE}", str(tmp_path / "ca.crt"))
+        assert files == {engine.PEERS_BUNDLE: "-----c.crt-----\n-----c.key-----\n"}
+    finally:
+        engine.set_peering(None)
