@@ -4,6 +4,8 @@ loader's checks, the round trip, and what `cluster run` records for the engine's
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,5 +66,31 @@ def test_with_the_clusters_certificate_the_peers_are_tls(tmp_path: Path):
         p, files = engine.peering(Path("/run/x"))
         assert (p.crt, p.ca) == (f"/run/x/{engine.PEERS_BUNDLE}", str(tmp_path / "ca.crt"))
         assert files == {engine.PEERS_BUNDLE: "-----c.crt-----\n-----c.key-----\n"}
+    finally:
+        engine.set_peering(None)
+
+
+def test_a_client_only_certificate_is_refused_for_peers(tmp_path: Path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+
+    def cert(name: str, eku: str) -> Path:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}"]
+            + ["-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.crt")]
+            + ["-addext", f"extendedKeyUsage={eku}"],
+            check=True,
+            capture_output=True,
+        )
+        return tmp_path / f"{name}.crt"
+
+    client_only, both = cert("c", "clientAuth"), cert("b", "serverAuth,clientAuth")
+    assert not engine.server_usable(str(client_only)) and engine.server_usable(str(both))
+    engine.set_peering(_cluster(cert=str(client_only), key=str(tmp_path / "c.key"), ca=str(client_only)))
+    try:
+        with pytest.raises(engine.UserError, match="clientAuth only"):
+            engine.peering(tmp_path)
+        engine.set_peering(_cluster(cert=str(both), key=str(tmp_path / "b.key"), ca=str(both)))
+        assert engine.peering(tmp_path)[0].crt == f"{tmp_path}/{engine.PEERS_BUNDLE}"
     finally:
         engine.set_peering(None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -93,6 +94,11 @@ def peering(run: Path) -> tuple[Peering | None, dict[str, str]]:
         files: dict[str, str] = {}
         crt = ca = None
         if data.get("cert") and data.get("key") and data.get("ca"):
+            if not server_usable(data["cert"]):
+                raise UserError(
+                    f"{data['cert']}: HAProxy peers use the node's certificate as a TLS server too, and "
+                    "its extended key usage is clientAuth only; issue it with serverAuth,clientAuth"
+                )
             files[PEERS_BUNDLE] = Path(data["cert"]).read_text() + Path(data["key"]).read_text()
             crt, ca = f"{run}/{PEERS_BUNDLE}", data["ca"]
         return Peering(data["local"], nodes, crt=crt, ca=ca), files
@@ -100,6 +106,26 @@ def peering(run: Path) -> tuple[Peering | None, dict[str, str]]:
         raise UserError(f"cannot read the cluster's TLS files for HAProxy peers: {exc.strerror or exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{peering_path()}: bad peering record ({exc}); run `cluster run` again") from None
+
+
+def server_usable(cert: str) -> bool:
+    """Whether `cert` may serve TLS: a peer connects to the others as a client *and* accepts
+    them as a server, with the same certificate, and OpenSSL refuses a server certificate whose
+    extended key usage is only clientAuth (measured: with such etcd client certificates the
+    sessions fail and every node counts alone). Without an extended key usage: any use."""
+    try:
+        p = subprocess.run(
+            ["openssl", "x509", "-in", cert, "-noout", "-ext", "extendedKeyUsage"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # no openssl here: HAProxy's own check decides
+    if p.returncode != 0:
+        return True
+    return "Extended Key Usage" not in p.stdout or "TLS Web Server Authentication" in p.stdout
 
 
 def haproxy() -> Haproxy:
