@@ -16,7 +16,7 @@ from xdpguard.core.l7 import engine
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.model.cluster import ClusterSpec
 
-BASE = '[cluster]\nnode = "fra-1"\nprotect = ["198.18.0.0/24"]\n'
+BASE = '[cluster]\nnode = "fra-1"\nprotect = ["198.18.0.0/24"]\ninsecure = true\n'
 
 
 def test_peers_load_and_round_trip():
@@ -40,6 +40,15 @@ def test_bad_peers_are_refused_by_field(peers, needle):
     with pytest.raises(ConfigError) as ei:
         loads(BASE + f"peers = {peers}\n", "n.toml")
     assert any("cluster.peers" in p and needle in p for p in ei.value.problems), ei.value.problems
+
+
+def test_plain_peers_need_insecure():
+    plain = BASE.replace("insecure = true\n", "") + 'peers = ["fra-1=198.18.30.1"]\n'
+    with pytest.raises(ConfigError) as ei:
+        loads(plain, "n.toml")
+    assert any("cluster.peers: need the cluster's TLS" in p for p in ei.value.problems), ei.value.problems
+    tls = 'ca = "/etc/x/ca.crt"\ncert = "/etc/x/n.crt"\nkey = "/etc/x/n.key"\nendpoints = ["https://198.18.4.2:2379"]\n'
+    assert loads(plain + tls)[0].cluster.peers == ("fra-1=198.18.30.1",)
 
 
 def _cluster(**kw) -> ClusterSpec:

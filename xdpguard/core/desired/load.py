@@ -436,6 +436,10 @@ def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
         hook = ld.guard(p + ("hook",), lambda: vocab.parse_hook(hook, "hook", require_program=False), None)
     peers = _cluster_peers(ld, d, p, out["node"], [ipaddress.ip_network(n) for n in nets["protect"]])
     peer_port = _int_in(ld, d, "peer_port", p, base.peer_port, 1, 65535)
+    if peers and not (files["ca"] and files["cert"] and files["key"]) and not insecure:
+        # HAProxy checks a connecting peer's name, not its address: plain TCP lets anyone who
+        # reaches the port write stick-table entries (mark a source verified, lift a punishment)
+        ld.fail(p + ("peers",), "need the cluster's TLS (ca, cert and key) or insecure = true")
     return ClusterSpec(
         out["name"],
         out["node"],
