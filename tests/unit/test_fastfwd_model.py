@@ -70,16 +70,18 @@ def test_a_flow_is_two_entries_each_undoing_the_other():
         (TCP, A("198.18.0.10"), 40000, A("198.18.0.1"), 7): (
             (TCP, A("198.18.1.1"), 40001, A("198.18.1.2"), 7),
             m.FWD_IN,
+            0,
         ),
         (TCP, A("198.18.1.2"), 7, A("198.18.1.1"), 40001): (
             (TCP, A("198.18.0.1"), 7, A("198.18.0.10"), 40000),
             m.FWD_OUT,
+            0,
         ),
     }
     # a packet rewritten one way and answered (tuple reversed) is rewritten back to the reversed original
-    for key, (to, _) in table.items():
+    for key, (to, _, _) in table.items():
         reply = (to[0], to[3], to[4], to[1], to[2])
-        back, _ = table[reply]
+        back, _, _ = table[reply]
         assert (back[0], back[3], back[4], back[1], back[2]) == key
 
 

@@ -141,11 +141,6 @@ def _attach_return(iface: state.Iface, via: state.Iface) -> tuple[int, list[str]
         os.close(fd)
 
 
-def return_prog_id(iface: state.Iface) -> int:
-    """The id of the interface's pinned return program; 0 when none is pinned."""
-    return guard.pinned_fwd_id(iface)
-
-
 def _set_be_liberal() -> list[str]:
     try:
         with open(BE_LIBERAL) as f:
@@ -161,12 +156,6 @@ def _set_be_liberal() -> list[str]:
 
 
 # ---- the desired spec's `fast_path` (InterfaceSpec.fast_path: the backend-side interface) ----
-
-
-def realised_via(g: guard.Guard) -> str | None:
-    """What the kernel holds, as the spec says it (Guard.fastfwd_via): the interface the pinned
-    return program is attached to, when the tail-call slot holds the fast path."""
-    return g.fastfwd_via()
 
 
 def check(g: guard.Guard, via: str | None) -> None:
@@ -211,7 +200,7 @@ def realise(g: guard.Guard, old: str | None, new: str | None) -> list[str]:
 
 def intact(g: guard.Guard, via: str) -> bool:
     """The daemon's cheap check: is the fast path of a spec with `via` realised as it was?"""
-    return realised_via(g) == via
+    return g.fastfwd_via() == via
 
 
 # ---- the flows: conntrack → the table (dynamic state, like bans; the map owner writes it) ----

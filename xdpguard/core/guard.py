@@ -47,6 +47,7 @@ from .kernel.abi import (
 from .errors import UserError
 from .kernel.abi import FastFwdMap, Fwd, FwdCounter, FwdKey
 from .kernel.maps import BpfMap
+from .model import fastfwd as fastfwd_model
 from .policy import (
     MITIGATE,
     PROTOCOLS,
@@ -736,7 +737,7 @@ class Guard:
         return on[0] if on else None
 
     def fastfwd_entries(self) -> dict:
-        """xg_fwd_lru as model.fastfwd.desired_entries spells it: packet tuple → (translated, dir)."""
+        """xg_fwd_lru: packet tuple → (translated, dir), as model.fastfwd.desired_entries spells it without the rule id."""
         with self._fastfwd_maps() as maps:
             return {_fwd_tuple(k): (_fwd_tuple(k, v), v.dir) for k, v in maps[FastFwdMap.FLOWS].items()}
 
@@ -749,8 +750,7 @@ class Guard:
         """Make xg_fwd_lru hold exactly the entries of these flows (model.fastfwd.NatFlow), each
         with its rule's id (`rule_ids`: flow → model.fastfwd.rule_id; xg_fwd_rule counts it):
         the missing or different ones written, the others deleted. Returns (written, deleted)."""
-        ids = rule_ids or {}
-        want = {k: (v, d, ids.get(f, 0)) for f in flows for k, v, d in f.entries()}
+        want = fastfwd_model.desired_entries(flows, rule_ids)
         with self._fastfwd_maps() as maps:
             m = maps[FastFwdMap.FLOWS]
             have = {_fwd_tuple(k): ((_fwd_tuple(k, v), v.dir, v.rule_id), k) for k, v in m.items()}

@@ -100,9 +100,11 @@ def select_flows(
     return sorted(out)
 
 
-def desired_entries(flows: Iterable[NatFlow]) -> dict[Tuple5, tuple[Tuple5, int]]:
-    """The fast-path table these flows need: packet tuple → (translated tuple, direction)."""
-    return {k: (v, d) for f in flows for k, v, d in f.entries()}
+def desired_entries(flows: Iterable[NatFlow], rule_ids=None) -> dict[Tuple5, tuple[Tuple5, int, int]]:
+    """The fast-path table these flows need: packet tuple → (translated tuple, direction, the
+    flow's rule id from `rule_ids`, flow → rule_id; 0 without one)."""
+    ids = rule_ids or {}
+    return {k: (v, d, ids.get(f, 0)) for f in flows for k, v, d in f.entries()}
 
 
 # ---- conntrack's timeouts of fast flows (conntrack sees none of their packets) ----

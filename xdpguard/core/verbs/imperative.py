@@ -15,7 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import cleansing, levelset
-from .. import fastfwd, levels, policy, protection, reconcile, state
+from .. import fastfwd, guard, levels, policy, protection, reconcile, state
 from ..model.desired import AddressSpec, ForwardSpec, InterfaceSpec, norm_port_limits, norm_port_runs
 from ..model import vocab
 from ..nat import connlimit, forward, nft as nat
@@ -428,7 +428,7 @@ def forward_fastpath(ifname: str, via: str | None = None, off: bool = False) -> 
         return fastfwd.FastPathResult(
             g.iface.name,
             new.fast_path,
-            fastfwd.return_prog_id(g.iface),
+            guard.pinned_fwd_id(g.iface),
             flows,
             written,
             deleted,
