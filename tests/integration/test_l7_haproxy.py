@@ -75,6 +75,23 @@ class Setup:
     def curl(self, ns: str, *args: str) -> subprocess.CompletedProcess:
         return self.lab.run(ns, "curl", "-s", "-m", "3", *args, check=False, timeout=10)
 
+    def clear_tables(self, *services: HttpService, timeout_s: float = 10.0) -> None:
+        """Empty every stick table of `services` (per source, per prefix, per domain) through the
+        runtime API: what a test that wants fresh tables does, as a reload keeps them (peers). An
+        entry a live connection still tracks is not removed (HAProxy): cleared again until none is
+        left."""
+        sock = str(self.h.admin_socket)
+        names = [n for svc in services for n in (*runtime.table_names(svc), hc.service_table(svc))]
+        end = time.monotonic() + timeout_s
+        while True:
+            for n in names:
+                runtime.command(sock, f"clear table {n}")
+            used = {n: runtime.show_table(sock, n).used for n in names}
+            if not any(used.values()):
+                return
+            assert time.monotonic() < end, f"stick tables not emptied after {timeout_s:g} s: {used}"
+            time.sleep(0.2)
+
     def client(self, duration: float, path: str = "/", interval: float = 0.1) -> subprocess.Popen:
         return self.lab.popen(
             self.t.client,

@@ -20,7 +20,8 @@ Rules it keeps:
   finished only 5 s after it (the timeout for a remote resync, waited even without a remote
   peer; fixed upstream in 4b1a7ea66, not in Debian's 2.6.12), a worker that learned nothing 10
   s after it: a reload waits for that (at most RESYNC_WAIT_S), then for the new worker to have
-  learned (at most LEARN_WAIT_S; reloading anyway after either, as before: tables emptied).
+  learned (at most LEARN_WAIT_S; reloading anyway after either, as before: tables emptied) —
+  unless the old worker had no stick tables at all (no peers section: nothing to learn).
 """
 
 from __future__ import annotations
@@ -279,13 +280,20 @@ class Haproxy:
         assert pid is not None
         return pid
 
+    def peers(self) -> dict[str, bool] | None:
+        """`show peers` of the current worker: {peers section: its resync is finished}; {} when
+        its configuration has no stick tables to hand over (no peers section), None when it does
+        not answer."""
+        try:
+            return runtime.parse_show_peers(runtime.command(str(self.admin_socket), "show peers", timeout=2.0))
+        except runtime.RuntimeApiError:
+            return None
+
     def synced(self) -> bool:
         """The current worker's stick tables are complete (`show peers`: every resync finished),
         so a reload now hands them over. False when the worker does not answer."""
-        try:
-            return runtime.peers_synced(str(self.admin_socket), timeout=2.0)
-        except runtime.RuntimeApiError:
-            return False
+        got = self.peers()
+        return got is not None and all(got.values())
 
     def _wait_synced(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -302,6 +310,7 @@ class Haproxy:
         if before is None:
             raise HaproxyError(f"HAProxy does not run for {self.run_dir}; nothing to reload")
         self._wait_synced(RESYNC_WAIT_S)
+        handing = self.peers() != {}  # the old worker has tables to hand over (or did not say)
         try:
             self.master_command("reload")
         except runtime.RuntimeApiError:
@@ -317,7 +326,8 @@ class Haproxy:
             )
 
         self._wait(done, "a new worker after the reload")
-        self._wait_synced(LEARN_WAIT_S)
+        if handing:  # else nothing comes: the new worker's local resync only times out (5 s)
+            self._wait_synced(LEARN_WAIT_S)
         info = self.proc_info()
         assert info is not None
         return info

@@ -154,11 +154,6 @@ def parse_show_peers(text: str) -> dict[str, bool]:
     return out
 
 
-def peers_synced(sock_path: str, timeout: float = TIMEOUT_S) -> bool:
-    """True when every peers section of the worker behind `sock_path` has finished its resync."""
-    return all(parse_show_peers(command(sock_path, "show peers", timeout)).values())
-
-
 @dataclass(frozen=True)
 class StatRow:
     """One line of `show stat`: a frontend, a backend or a server."""
