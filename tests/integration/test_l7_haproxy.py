@@ -276,6 +276,34 @@ def test_stick_tables_survive_a_reload(lab):
     print(f"\nafter the reload: {after.data}")
 
 
+def test_a_rotated_secret_keeps_the_cookies_it_signed(lab):
+    """After a rotation (cluster rotate-secret: secret.rotated) HAProxy signs with the new key
+    and still takes a live cookie signed with the previous one; once the previous key is dropped
+    (its cookie lifetime is over) such a cookie is challenged again. A cookie under neither key,
+    or for another address, never passes."""
+    s = Setup(lab)
+    svc = _service()
+    old, new = s.secret, os.urandom(32)
+    now = int(time.time())
+    code = lambda c: (  # noqa: E731
+        s.curl(s.t.client, "-o", "/dev/null", "-w", "%{http_code}", "-b", c, f"http://{L.PROT4}/private/a").stdout
+    )
+    by_old, by_new = _cookie_for(old, L.CLIENT4, now + 600), _cookie_for(new, L.CLIENT4, now + 600)
+    assert s.h.apply(hc.render([svc], run_dir=s.run_dir, secret=old)) == "started"
+    assert (code(by_old), code(by_new)) == ("200", "302")
+    assert s.h.apply(hc.render([svc], run_dir=s.run_dir, secret=new, old_secret=old)) == "reloaded"
+    assert (code(by_old), code(by_new)) == ("200", "200")
+    assert code(_cookie_for(old, L.ATTACKER4, now + 600)) == "302"  # still bound to its address
+    assert code(_cookie_for(old, L.CLIENT4, now - 5)) == "302"  # and to its expiry
+    assert code(_cookie_for(os.urandom(32), L.CLIENT4, now + 600)) == "302"
+    # a new challenge is signed with the new key
+    head = s.curl(s.t.attacker, "-i", f"http://{L.PROT4}/private/a").stdout
+    issued = re.search(r"set-cookie: xgc=(\d+)\.c\.([0-9a-f]{64});", head, re.I)
+    assert issued and _cookie_for(new, L.ATTACKER4, int(issued.group(1))).endswith(issued.group(2)), head
+    assert s.h.apply(hc.render([svc], run_dir=s.run_dir, secret=new)) == "reloaded"  # the previous key dropped
+    assert (code(by_old), code(by_new)) == ("302", "200")
+
+
 def _wrk_summary(text: str) -> dict:
     total = re.search(r"(\d+) requests in", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)

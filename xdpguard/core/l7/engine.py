@@ -2,9 +2,13 @@
 
 One HAProxy per network namespace serves every HTTP service of every protected interface of
 the namespace, from `<run dir>/l7/<netns key>`; the challenge secret lives in
-`<state dir>/<netns key>/l7.secret` (kept across restarts: a verified browser stays verified).
+`<state dir>/<netns key>/l7.secret` (0600, kept across restarts: a verified browser stays
+verified). On a cluster node `cluster run` writes the cluster's secret there (set_secrets), the
+same on every node (a cookie issued by one node passes on the others), and keeps the last one it
+had while the store is unreachable.
 
     realise(services)   render + `haproxy -c` + start or reload; stop it when there is none
+    secrets()           the challenge secret (made on first use); set_secrets(s) replaces it
     ensure(services)    the daemon's tick: restart a dead HAProxy, install one after a reboot
     services_of(states) the services the interface records hold (what is realised)
     set_peering(cluster) `cluster run`: the nodes its HAProxy shares the stick tables with
@@ -21,6 +25,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -29,7 +34,8 @@ from ..errors import UserError
 from . import schema
 from ..model.cluster import ClusterSpec
 from .haproxy_config import PeerNode, Peering, render
-from .proc import Haproxy, load_secret, tls_files
+from .proc import Haproxy, tls_files
+from .secret import SECRET_BYTES, Secrets, from_json, new_key, to_json
 from .runtime import RuntimeApiError, StatRow, show_stat
 from .spec import HttpService
 
@@ -45,6 +51,41 @@ def run_dir() -> Path:
 
 def secret_path() -> Path:
     return state.netns_state_dir() / SECRET_FILE
+
+
+def _read_secrets() -> Secrets | None:
+    path = secret_path()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"cannot read the challenge secret {path}: {exc.strerror or exc}") from None
+    if len(data) == SECRET_BYTES:
+        return Secrets(data)
+    return from_json(data, str(path))
+
+
+def secrets() -> Secrets:
+    """This namespace's challenge secret, made on first use. The file is the secret's JSON
+    (secret.to_json); a file of exactly SECRET_BYTES is the raw key older versions wrote."""
+    s = _read_secrets()
+    if s is None:
+        s = Secrets(new_key())
+        set_secrets(s)
+    return s
+
+
+def set_secrets(s: Secrets) -> bool:
+    """Keep `s` as this namespace's challenge secret (0600, fsynced); True when that changed it.
+    The caller realises again (a reload: the stick tables stay)."""
+    try:
+        if _read_secrets() == s:
+            return False
+    except UserError:
+        pass  # unreadable: replaced
+    state.write_durably(secret_path(), (to_json(s) + "\n").encode())
+    return True
 
 
 def peering_path() -> Path:
@@ -175,11 +216,13 @@ def realise(services: Sequence[HttpService]) -> str:
     h.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     geo_rules, geo_map = geo.l7_challenges(a for svc in services for a in svc.listen)  # geo rules in mode cc
     peers, peer_files = peering(h.run_dir)
+    keys = secrets()
     try:
         rendered = render(
             services,
             run_dir=str(h.run_dir),
-            secret=load_secret(secret_path()),
+            secret=keys.current,
+            old_secret=keys.checking(time.time()),
             geo_rules=geo_rules,
             geo_map=geo_map,
             peering=peers,

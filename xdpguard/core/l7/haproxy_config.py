@@ -18,7 +18,8 @@ Per service, one frontend and one backend, with these defences in this order:
 
 The challenge cookie `xgc` is `EXPIRY.KIND.MAC` with MAC = hex(HMAC-SHA256(secret,
 "SOURCE|EXPIRY|KIND")), computed and checked by HAProxy itself (the `hmac` converter, compared
-with `secure_memcmp`). KIND `c` comes from the 302 challenge (any client that keeps cookies),
+with `secure_memcmp`). After a rotation of the secret (l7/secret.py) the previous key checks a
+live cookie the current one did not sign (a second HMAC for such a request only). KIND `c` comes from the 302 challenge (any client that keeps cookies),
 `j` from the JavaScript page; the level `emergency` accepts only `j`. No state per challenged
 client: a flood of unverified requests costs HAProxy one HMAC each and us nothing.
 
@@ -200,8 +201,11 @@ def _act(action: str, cond: str) -> str:
     raise ValueError(action)
 
 
-def _global(run_dir: str, secret: bytes, local_peer: str) -> list[str]:
+def _global(run_dir: str, secret: bytes, local_peer: str, old_secret: bytes | None = None) -> list[str]:
     key = base64.b64encode(secret).decode("ascii")
+    old = (
+        [] if old_secret is None else [f"    set-var proc.xg_key0 str({base64.b64encode(old_secret).decode('ascii')})"]
+    )
     return [
         "global",
         "    master-worker",
@@ -214,6 +218,7 @@ def _global(run_dir: str, secret: bytes, local_peer: str) -> list[str]:
         "    tune.ssl.default-dh-param 2048",
         "    ssl-default-bind-options ssl-min-ver TLSv1.2",
         f"    set-var proc.xg_key str({key})",
+        *old,
         "",
         "defaults",
         "    mode http",
@@ -269,7 +274,7 @@ def _tables(svc: HttpService) -> list[str]:
     return lines
 
 
-def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
+def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec], old_key: bool = False) -> list[str]:
     p = svc.preset
     conns = svc.effective_conns()
     ttl = svc.challenge_ttl_s
@@ -320,6 +325,13 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
         "    acl xg_ok var(txn.xg_cleft) -m int gt 0",
         "    acl xg_mac var(txn.xg_cmac),secure_memcmp(txn.xg_cwant)",
         f"    acl xg_kind var(txn.xg_ckind) -m str {kinds}",
+    ]
+    if old_key:  # after a rotation: a live cookie the current key did not sign, under the previous key
+        lines.append(
+            "    http-request set-var(txn.xg_cwant) src,concat(|,txn.xg_cexp,),concat(|,txn.xg_ckind,),"
+            "hmac(sha256,proc.xg_key0),hex,lower if xg_ok !xg_mac"
+        )
+    lines += [
         "    http-request set-var(txn.xg_ok) int(1) if xg_ok xg_mac xg_kind",
         "    acl xg_verified var(txn.xg_ok) -m int 1",
         "    http-request sc-set-gpt(2,0) var(txn.xg_now),add(txn.xg_cleft) if xg_verified",
@@ -580,17 +592,20 @@ def render(
     *,
     run_dir: str,
     secret: bytes,
+    old_secret: bytes | None = None,
     geo_rules: Mapping[str, GeoSpec] | None = None,
     geo_map: str = "",
     peering: Peering | None = None,
 ) -> Rendered:
     """The whole configuration for `services` (checked together: unique names and sockets).
+    `secret` signs and checks the challenge cookies; `old_secret` (the key before a rotation,
+    secret.Secrets.checking) still checks them, never signs.
     `geo_rules`: listen address → its geo rule (those in mode cc challenge, _geo), with
     `geo_map` the country map they read (geo.l7_challenges gives both). `peering`: the
     cluster's nodes, every stick table shared with them (else kept on this node, across reloads)."""
     geo_rules = geo_rules or {}
     items = spec.check_services(services)
-    if len(secret) < 16:
+    if len(secret) < 16 or (old_secret is not None and len(old_secret) < 16):
         raise ValueError("the challenge secret must be at least 16 bytes")
     if not run_dir.startswith("/") or any(c.isspace() or c in "'\"#\\" for c in run_dir):
         raise ValueError(f"run_dir must be an absolute path without spaces or quotes: {run_dir!r}")
@@ -599,10 +614,10 @@ def render(
         if peering.me().address in listen:
             raise ValueError(f"peers must not listen on a protective address: {peering.me().address}")
     local = LOCAL_PEER if peering is None else peering.local
-    lines = _global(run_dir.rstrip("/"), secret, local) + _peers(run_dir.rstrip("/"), peering)
+    lines = _global(run_dir.rstrip("/"), secret, local, old_secret) + _peers(run_dir.rstrip("/"), peering)
     files: dict[str, str] = {}
     for svc in items:
-        lines += _tables(svc) + _frontend(svc, geo_rules) + _backend(svc)
+        lines += _tables(svc) + _frontend(svc, geo_rules, old_secret is not None) + _backend(svc)
         if svc.preset.challenge == "js":
             files[challenge_page(svc)] = js_page(svc.challenge_ttl_s)
     if any(f"map_ip({GEO_MAP}," in line for line in lines):
