@@ -14,6 +14,7 @@ from xdpguard.core.desired.dump import to_toml
 from xdpguard.core.desired.load import ConfigError, loads
 from xdpguard.core.l7 import engine
 from xdpguard.core.l7 import haproxy_config as hc
+from xdpguard.core.l7.spec import HttpService
 from xdpguard.core.model.cluster import ClusterSpec
 
 BASE = '[cluster]\nnode = "fra-1"\nprotect = ["198.18.0.0/24"]\ninsecure = true\n'
@@ -73,7 +74,7 @@ def test_with_the_clusters_certificate_the_peers_are_tls(tmp_path: Path):
     engine.set_peering(_cluster(cert=str(tmp_path / "c.crt"), key=str(tmp_path / "c.key"), ca=str(tmp_path / "ca.crt")))
     try:
         p, files = engine.peering(Path("/run/x"))
-        assert (p.crt, p.ca) == (f"/run/x/{engine.PEERS_BUNDLE}", str(tmp_path / "ca.crt"))
+        assert (p.crt, p.ca) == (engine.PEERS_BUNDLE, str(tmp_path / "ca.crt"))
         assert files == {engine.PEERS_BUNDLE: "-----c.crt-----\n-----c.key-----\n"}
     finally:
         engine.set_peering(None)
@@ -100,6 +101,33 @@ def test_a_client_only_certificate_is_refused_for_peers(tmp_path: Path):
         with pytest.raises(engine.UserError, match="clientAuth only"):
             engine.peering(tmp_path)
         engine.set_peering(_cluster(cert=str(both), key=str(tmp_path / "b.key"), ca=str(both)))
-        assert engine.peering(tmp_path)[0].crt == f"{tmp_path}/{engine.PEERS_BUNDLE}"
+        assert engine.peering(tmp_path)[0].crt == engine.PEERS_BUNDLE
     finally:
         engine.set_peering(None)
+
+
+def test_haproxy_checks_tls_peers_before_the_bundle_is_installed(tmp_path: Path):
+    """The first rendering on a node: `haproxy -c` runs in proc's staging directory, where the
+    peers' bundle is, not in the run dir, where it is not yet (an absolute path to the run dir
+    made HAProxy refuse it: 'unable to stat SSL certificate', seen in the cluster lab)."""
+    if shutil.which("openssl") is None or shutil.which("haproxy") is None:
+        pytest.skip("openssl or haproxy not installed")
+    from xdpguard.core.l7.proc import Haproxy
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=n"]
+        + ["-keyout", str(tmp_path / "n.key"), "-out", str(tmp_path / "n.crt")]
+        + ["-addext", "extendedKeyUsage=serverAuth,clientAuth"],
+        check=True,
+        capture_output=True,
+    )
+    run = tmp_path / "run"
+    engine.set_peering(_cluster(cert=str(tmp_path / "n.crt"), key=str(tmp_path / "n.key"), ca=str(tmp_path / "n.crt")))
+    try:
+        p, files = engine.peering(run)
+    finally:
+        engine.set_peering(None)
+    svc = HttpService(name="web", listen=["198.18.0.1"], backends=["198.18.1.2:80"])
+    rendered = hc.render([svc], run_dir=str(run), secret=b"k" * 32, peering=p)
+    assert not (run / engine.PEERS_BUNDLE).exists()
+    Haproxy(run).check(rendered, files)  # HaproxyConfigError if refused

@@ -141,7 +141,9 @@ def peering(run: Path) -> tuple[Peering | None, dict[str, str]]:
                     "its extended key usage is clientAuth only; issue it with serverAuth,clientAuth"
                 )
             files[PEERS_BUNDLE] = Path(data["cert"]).read_text() + Path(data["key"]).read_text()
-            crt, ca = f"{run}/{PEERS_BUNDLE}", data["ca"]
+            # relative to the configuration (as a service's bundle): `haproxy -c` checks it in its
+            # staging directory, where the bundle is before it is installed in the run dir
+            crt, ca = PEERS_BUNDLE, data["ca"]
         return Peering(data["local"], nodes, crt=crt, ca=ca), files
     except OSError as exc:
         raise UserError(f"cannot read the cluster's TLS files for HAProxy peers: {exc.strerror or exc}") from None

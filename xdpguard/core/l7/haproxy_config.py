@@ -94,9 +94,9 @@ class Peering:
             raise ValueError(f"the local peer {self.local!r} is not one of the nodes {names}")
         if (self.crt is None) != (self.ca is None):
             raise ValueError("peers over TLS need both crt and ca")
-        for f in (self.crt, self.ca):
-            if f is not None and (not f.startswith("/") or any(c.isspace() or c in "'\"#\\" for c in f)):
-                raise ValueError(f"peers TLS file must be an absolute path without spaces or quotes: {f!r}")
+        for f in (self.crt, self.ca):  # relative: to the configuration's directory (default-path config)
+            if f is not None and (not f or ".." in f.split("/") or any(c.isspace() or c in "'\"#\\" for c in f)):
+                raise ValueError(f"peers TLS file must be a path without '..', spaces or quotes: {f!r}")
 
     def me(self) -> PeerNode:
         return next(n for n in self.nodes if n.name == self.local)
