@@ -12,6 +12,7 @@ import pytest
 
 from xdpguard.core.desired.dump import to_toml
 from xdpguard.core.desired.load import ConfigError, loads
+from xdpguard.core import state
 from xdpguard.core.l7 import engine
 from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7.spec import HttpService
@@ -61,6 +62,9 @@ def test_cluster_run_records_the_peering_the_engine_renders(tmp_path: Path):
     assert engine.peering(tmp_path) == (None, {})
     assert engine.set_peering(_cluster()) is True
     assert engine.set_peering(_cluster()) is False  # unchanged: no second realise needed
+    # the record is no interface: `ban list` & co. still find the one protected interface (it
+    # was l7.peering.json, a state file of an interface 'l7.peering': "several interfaces")
+    assert "l7.peering" not in state.protected_ifaces()
     p, files = engine.peering(tmp_path)
     a1, a2 = ipaddress.ip_address("198.18.30.1"), ipaddress.ip_address("198.18.30.2")
     assert p == hc.Peering("fra-2", (hc.PeerNode("fra-1", a1), hc.PeerNode("fra-2", a2))) and files == {}

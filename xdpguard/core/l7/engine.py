@@ -14,7 +14,7 @@ had while the store is unreachable.
     set_peering(cluster) `cluster run`: the nodes its HAProxy shares the stick tables with
 
 In a cluster whose `[cluster] peers` names the nodes, every stick table is shared with them
-(haproxy_config.Peering): `cluster run` records them in `<state dir>/<netns key>/l7.peering.json`,
+(haproxy_config.Peering): `cluster run` records them in `<state dir>/<netns key>/l7.peering`,
 which every rendering of this namespace's HAProxy reads (a CLI verb renders what the agent does).
 With the cluster's cert/key/ca the peer sessions are TLS (the bundle `tls/peers.pem` in the run dir).
 """
@@ -41,7 +41,7 @@ from .spec import HttpService
 
 HTTP_KEY = "http"  # the interface record's list: schema.to_data(svc) + {"address": "..."}
 SECRET_FILE = "l7.secret"
-PEERING_FILE = "l7.peering.json"
+PEERING_FILE = "l7.peering"  # not *.json: that suffix is an interface record (state.protected_ifaces)
 PEERS_BUNDLE = "tls/peers.pem"  # the peers' certificate + key, in the run dir
 
 
