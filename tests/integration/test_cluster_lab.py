@@ -530,37 +530,24 @@ print(json.dumps({"admin": str(h.admin_socket), "config": str(h.config)}))
 """
 
 
-def _port_per_node(c: Cluster, src: str, dport: int) -> list[int]:
-    """A TCP source port for `src` whose flow to the protective IP the router's ECMP sends to
-    node1, one to node2, …: the kernel's own multipath hash (`ip route get` with the flow's
-    ports, fib_multipath_hash_policy=1)."""
-    want = {lc.node_links(i)["node4"]: i for i in range(1, NODES + 1)}
-    found: dict[int, int] = {}
-    for sport in range(47000, 47400):
-        out = c.run_in(
-            "router",
-            "ip",
-            "-j",
-            "route",
-            "get",
-            lc.PROT4,
-            "from",
-            src,
-            "iif",
-            "br-up",
-            "ipproto",
-            "tcp",
-            "sport",
-            str(sport),
-            "dport",
-            str(dport),
-        ).stdout
-        node = want.get(json.loads(out)[0].get("gateway", ""))
-        if node is not None and node not in found:
-            found[node] = sport
-        if len(found) == NODES:
-            return [found[i] for i in range(1, NODES + 1)]
-    raise AssertionError(f"no source port per node found: {found}")
+STEER_PORT = 47000  # + i: the attacker's source port the router sends to node i (_steer)
+
+
+def _steer(c: Cluster, on: bool) -> None:
+    """Policy routes on the router: the attacker's TCP flow from source port STEER_PORT + i goes
+    to node i. (ECMP cannot be steered by choosing ports in the lab: a veth keeps the sender's
+    random per-connection hash, which the router's multipath hash then takes as it is.)"""
+    for i in range(1, NODES + 1):
+        table, prio = str(200 + i), str(900 + i)
+        if on:
+            c.run_in("router", "ip", "route", "replace", lc.PROT4, "via", lc.node_links(i)["node4"], "table", table)
+            c.run_in(
+                "router", "ip", "rule", "add", "priority", prio, "from", lc.ATTACKER4,
+                "ipproto", "tcp", "sport", str(STEER_PORT + i), "lookup", table,
+            )  # fmt: skip
+        else:
+            c.run_in("router", "ip", "rule", "del", "priority", prio, check=False)
+            c.run_in("router", "ip", "route", "flush", "table", table, check=False)
 
 
 def _l7_get(c: Cluster, path: str, n: int, gap_s: float, cookie: str = "") -> list[list]:
@@ -579,6 +566,9 @@ def test_one_l7_policy_one_secret_and_per_source_limits_across_nodes(cluster):
     once per node."""
     c = cluster
     _healthy(c)
+    for page in ("private/a", "api/x"):  # the pages asked for, on the backend (its http.server's directory)
+        c.file(f"www/{page}").parent.mkdir(exist_ok=True)
+        c.file(f"www/{page}").write_text("ok\n")
     with_http = c.file("desired-http.toml")
     with_http.write_text(lc.desired_toml() + lc.http_toml())
     c.xg_in("node1", "cluster", "apply", str(with_http), "--config", c.config(1))
@@ -647,11 +637,12 @@ def test_one_l7_policy_one_secret_and_per_source_limits_across_nodes(cluster):
         assert lc.API_LIMIT <= answered <= lc.API_LIMIT + 3, codes  # the limit, once for the cluster
         assert codes.count(429) == 60 - answered, codes
 
-        # a bot that never passes the challenge: one request to each node (source ports the
-        # router's hash sends there). No node alone challenged it CHALLENGES_UNPASSED times; the
-        # cluster did (the count is shared), and every node's `cluster run` bans it in XDP (cc)
+        # a bot that never passes the challenge: one request to each node (policy routes on the
+        # router). No node alone challenged it CHALLENGES_UNPASSED times; the cluster did (the
+        # count is shared), and every node's `cluster run` bans it in XDP (cc)
         assert NODES >= spec.CHALLENGES_UNPASSED
-        ports = _port_per_node(c, lc.ATTACKER4, lc.HTTP_L7_PORT)
+        ports = [STEER_PORT + i for i in range(1, NODES + 1)]
+        _steer(c, True)
         before = served()
         bot = c.run_in(
             "attacker",
@@ -677,6 +668,7 @@ def test_one_l7_policy_one_secret_and_per_source_limits_across_nodes(cluster):
             f"XDP (cc) on every node {time.monotonic() - t0:.1f} s after its last request"
         )
     finally:
+        _steer(c, False)
         c.xg_in("node1", "cluster", "apply", str(c.file("desired.toml")), "--config", c.config(1), check=False)
         if files:
             time_until(lambda: not any(Path(f["admin"]).exists() for f in files.values()), 30, 0.2)  # HAProxy stopped
