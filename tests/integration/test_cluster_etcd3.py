@@ -341,7 +341,7 @@ def test_one_challenge_secret_for_the_whole_cluster(tls_etcd):
         return p
 
     def local(n: str) -> tuple[S.Secrets, str]:
-        out, mode = in_node(n, sys.executable, "-c", LOCAL_SECRET).stdout.split()
+        out, mode = in_node(n, sys.executable, "-c", LOCAL_SECRET).stdout.splitlines()
         return S.from_json(out, n), mode
 
     def run(n: str, config: str = conf) -> str:
