@@ -228,7 +228,7 @@ class Run:
                 self.ns("prot"),
                 sys.executable,
                 "-c",
-                "from xdpguard.core.l7 import engine, proc; print(proc.load_secret(engine.secret_path()).hex())",
+                "from xdpguard.core.l7 import engine; print(engine.secrets().current.hex())",
             ]
         ).stdout.strip()
         exp = int(time.time()) + 3000

@@ -88,7 +88,8 @@ def test_floods_from_128_and_1000_addresses(lab):
     rows = []
     for i, (count, extra, conns, plain_too) in enumerate(cases):
         if i:
-            assert s.apply(svc) == "reloaded"  # back from the plain HAProxy, fresh stick tables
+            # back from the plain HAProxy, which has no stick tables: the new worker's start empty
+            assert s.apply(svc) == "reloaded"
             # the API client calls before its baseline, as an API client does all day (the exempt
             # path's surge keeps the sources it knew), and the small backend drains what the plain
             # HAProxy's flood queued
@@ -250,11 +251,9 @@ def test_a_replayed_challenge_cookie(lab):
 
     base = Setup.result(s.client(client_s))
     moved, f_moved = under(L.BOTS4, 128)
-    assert s.apply(replace(svc, challenge_ttl_s=3599)) == "reloaded"  # fresh stick tables, same secret
-    time.sleep(0.5)
+    s.clear_tables(svc)  # fresh stick tables (a reload keeps them), same secret
     own, f_own = under(f"{L.ATTACKER4}/32", 1)
-    assert s.apply(replace(svc, challenge_ttl_s=3598)) == "reloaded"
-    time.sleep(0.5)
+    s.clear_tables(svc)
     # keep-alive: the first 300 requests pass at the small backend's pace (~5 s), the 429s after
     ka, f_ka = under(f"{L.ATTACKER4}/32", 1, "--keepalive", conns=8, seconds=12.0)
     print(
@@ -380,11 +379,11 @@ def test_unverified_budget_and_the_surge_that_holds(lab):
     print(f"\nbudget: {codes.count('200')} × 200 then 302; flood {f['status']}; surge table {raw.strip()}")
 
     # the ceiling that follows the peacetime (l7/ceiling.py, what `xdpguard run` does each tick):
-    # fresh tables and an empty map: 8 requests/s from 128 addresses is under the level's 50/s,
-    # and under its quarter (12/s: above it, the domain is in unrest and new sources have no
-    # budget) …
-    svc2 = replace(_service(), challenge_ttl_s=3599)
-    assert s.apply(svc2) == "reloaded"
+    # fresh tables (cleared: a reload keeps them, the surge above included) and an empty map
+    # (nothing wrote it yet): 8 requests/s from 128 addresses is under the level's 50/s, and under
+    # its quarter (12/s: above it, the domain is in unrest and new sources have no budget) …
+    svc2 = _service()
+    s.clear_tables(svc2)
     under = Setup.result(flood(s, 128, 5, rate=8, conns=32), timeout=30)
     assert under["sent"] >= 30 and "302" not in under["status"], under
     # … a quiet domain's learned ceiling is MIN_PER_S (10/s), written into HAProxy's map at runtime

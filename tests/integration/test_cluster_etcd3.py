@@ -8,6 +8,7 @@ password once auth is on, is refused; a plain-http store is refused unless insec
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 from test_cluster_lab import Cluster, _leftovers, time_until
 
+from xdpguard.core.l7 import secret as S
 from xdpguard.lab import cluster as lc
 from xdpguard.lab import topology
 
@@ -304,6 +306,72 @@ def test_hostile_store_values_are_skipped_and_logged_by_a_running_node(tls_etcd)
     assert "store: skipped /xdpguard/tls/state/bans/198.18.9.61: " in p.stdout, p.stdout
     assert "synced with the store" in p.stdout
     e.etcdctl("del", "--prefix", "/xdpguard/tls/state/")
+
+
+LOCAL_SECRET = r"""
+from xdpguard.core.l7 import engine, secret
+s = engine.secrets()
+print(secret.to_json(s))
+print(oct(engine.secret_path().stat().st_mode & 0o777))
+"""
+
+
+def test_one_challenge_secret_for_the_whole_cluster(tls_etcd):
+    """Issue 29, item 7: the first node's own challenge secret becomes the cluster's (created
+    once, create-if-absent), a second node takes it instead of its own; `cluster rotate-secret`
+    makes a new one and keeps the previous a cookie lifetime, and the nodes take that; a node
+    that cannot reach the store keeps the last secret it had. The secret is never in a dump
+    (`cluster status`), and a node's copy is 0600. (Two nodes: one namespace, a state directory
+    each.)"""
+    e = tls_etcd
+    e.etcdctl("del", "--prefix", "/xdpguard/tls/")
+    conf = e.node_config("secret")
+    states = {n: e.dir / f"state-{n}" for n in ("a", "b")}
+
+    def in_node(n: str, *argv: str) -> subprocess.CompletedProcess:
+        p = subprocess.run(
+            ["ip", "netns", "exec", e.ns, *argv],
+            capture_output=True,
+            text=True,
+            env={**e.env, "XDPGUARD_STATE_DIR": str(states[n])},
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert p.returncode == 0 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+        return p
+
+    def local(n: str) -> tuple[S.Secrets, str]:
+        out, mode = in_node(n, sys.executable, "-c", LOCAL_SECRET).stdout.splitlines()
+        return S.from_json(out, n), mode
+
+    def run(n: str, config: str = conf) -> str:
+        return in_node(n, *topology.xdpguard_argv(), "cluster", "run", "--config", config, "--duration", "2").stdout
+
+    def stored() -> S.Secrets:
+        return S.from_json(e.etcdctl("get", "--print-value-only", "/xdpguard/tls/state/secret/l7").stdout, "etcd")
+
+    own_a, own_b = local("a")[0], local("b")[0]
+    assert own_a != own_b
+    assert "this node's is now the cluster's" in run("a")
+    assert stored() == own_a and local("a") == (own_a, "0o600")
+    run("b")
+    assert stored() == own_a and local("b") == (own_a, "0o600")  # b took the cluster's, not its own
+    rot = json.loads(e.xg("cluster", "rotate-secret", "--json", "--config", conf).stdout)
+    new = stored()
+    assert new.current != own_a.current and new.previous == own_a.current, rot
+    assert rot["keep_s"] == 3600 and abs(new.previous_until - (time.time() + 3600)) < 60, rot
+    assert "rotated" in run("b") and local("b")[0] == new
+    # the store unreachable: the node keeps the last secret it had
+    gone = e.node_config("secret-gone", endpoint="https://127.0.0.1:1")
+    run("a", gone)
+    assert local("a")[0] == own_a
+    assert "rotated" in run("a") and local("a")[0] == new  # and takes the rotation once it is back
+    # in no dump: not in the status, not in the rotation's own answer
+    status = e.xg("cluster", "status", "--json", "--config", conf).stdout
+    for text in (status, json.dumps(rot)):
+        for k in (new.current, own_a.current):
+            assert base64.b64encode(k).decode() not in text and k.hex() not in text
+    e.etcdctl("del", "--prefix", "/xdpguard/tls/")
 
 
 def test_user_and_password_auth(tls_etcd):

@@ -31,6 +31,7 @@ import pytest
 
 from cli_assert import run_cli
 from xdpguard.core.cluster import node as cnode
+from xdpguard.core.l7 import runtime, spec
 from xdpguard.lab import cluster as lc
 from xdpguard.lab import topology
 
@@ -500,6 +501,180 @@ def test_a_cc_ban_on_one_node_drops_the_source_on_every_node(cluster):
         10,
         0.2,
     )
+
+
+L7_CLIENT = r"""
+import http.client, json, sys, time
+dst, port, path, n, gap, cookie = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+sports = [int(p) for p in sys.argv[7].split(",")] if len(sys.argv) > 7 else []
+out = []
+for i in range(n):
+    c = http.client.HTTPConnection(dst, port, timeout=3, source_address=("", sports[i]) if sports else None)
+    try:
+        c.request("GET", path, headers={"Connection": "close", **({"Cookie": cookie} if cookie else {})})
+        r = c.getresponse()
+        out.append([r.status, r.getheader("Set-Cookie") or ""])
+    except OSError:
+        out.append([0, ""])
+    finally:
+        c.close()
+    time.sleep(gap)
+print(json.dumps(out))
+"""
+
+L7_FILES = r"""
+import json
+from xdpguard.core.l7 import engine
+h = engine.haproxy()
+print(json.dumps({"admin": str(h.admin_socket), "config": str(h.config)}))
+"""
+
+
+STEER_PORT = 47000  # + i: the attacker's source port the router sends to node i (_steer)
+
+
+def _steer(c: Cluster, on: bool) -> None:
+    """Policy routes on the router: the attacker's TCP flow from source port STEER_PORT + i goes
+    to node i. (ECMP cannot be steered by choosing ports in the lab: a veth keeps the sender's
+    random per-connection hash, which the router's multipath hash then takes as it is.)"""
+    for i in range(1, NODES + 1):
+        table, prio = str(200 + i), str(900 + i)
+        if on:
+            c.run_in("router", "ip", "route", "replace", lc.PROT4, "via", lc.node_links(i)["node4"], "table", table)
+            c.run_in(
+                "router", "ip", "rule", "add", "priority", prio, "from", lc.ATTACKER4,
+                "ipproto", "tcp", "sport", str(STEER_PORT + i), "lookup", table,
+            )  # fmt: skip
+        else:
+            c.run_in("router", "ip", "rule", "del", "priority", prio, check=False)
+            c.run_in("router", "ip", "route", "flush", "table", table, check=False)
+
+
+def _l7_get(c: Cluster, path: str, n: int, gap_s: float, cookie: str = "") -> list[list]:
+    """n requests from the client, a new connection each (ECMP spreads them over the nodes)."""
+    argv = [sys.executable, "-c", L7_CLIENT, lc.PROT4, str(lc.HTTP_L7_PORT), path, str(n), str(gap_s), cookie]
+    return json.loads(c.run_in("client", *argv, timeout=120).stdout)
+
+
+def test_one_l7_policy_one_secret_and_per_source_limits_across_nodes(cluster):
+    """Issue 29, item 7, in the cluster lab: the cluster's desired state declares an HTTP service
+    (port 8080, /api/ limited to 20 requests per 10 s per source) and every node serves it with
+    HAProxy, rendered alike from the store, with one challenge secret (the store's) and every
+    stick table shared by `peers` (TLS, the nodes' certificates). One client source, a new
+    connection per request, spread by ECMP over the three nodes: a cookie issued by one node
+    passes on every node (never challenged again), and /api/ answers the limit once (20), not
+    once per node."""
+    c = cluster
+    _healthy(c)
+    for page in ("private/a", "api/x"):  # the pages asked for, on the backend (its http.server's directory)
+        c.file(f"www/{page}").parent.mkdir(exist_ok=True)
+        c.file(f"www/{page}").write_text("ok\n")
+    with_http = c.file("desired-http.toml")
+    with_http.write_text(lc.desired_toml() + lc.http_toml())
+    c.xg_in("node1", "cluster", "apply", str(with_http), "--config", c.config(1))
+    files: dict[int, dict] = {}
+    try:
+        files = {
+            i: json.loads(c.run_in(f"node{i}", sys.executable, "-c", L7_FILES).stdout) for i in range(1, NODES + 1)
+        }
+
+        def ready() -> bool:  # every node serves it, its peer sessions to the others up
+            try:
+                return all(
+                    runtime.command(f["admin"], "show peers", timeout=2.0).count("last_status=ESTA") >= NODES - 1
+                    and all(runtime.parse_show_peers(runtime.command(f["admin"], "show peers", timeout=2.0)).values())
+                    for f in files.values()
+                )
+            except (runtime.RuntimeApiError, OSError):
+                return False
+
+        waited = time_until(ready, 60, 0.2)
+        configs = {i: Path(f["config"]).read_text() for i, f in files.items()}
+        # one policy: every node's HAProxy is the same but for its own name and address among the peers
+        body = {i: t[t.index("\nbackend ") :] for i, t in configs.items()}
+        assert len(set(body.values())) == 1, "the nodes render different policies"
+        keys = {i: [ln for ln in t.splitlines() if "proc.xg_key" in ln] for i, t in configs.items()}
+        assert len({tuple(k) for k in keys.values()}) == 1 and keys[1], "the nodes sign with different secrets"
+        for i, t in configs.items():
+            assert f"localpeer node{i}" in t and " ssl crt " in t and "verify required" in t, t[:600]
+
+        def served() -> dict[int, int]:
+            return {
+                i: next(
+                    r.requests_total
+                    for r in runtime.show_stat(f["admin"])
+                    if r.proxy == "web_fe" and r.name == "FRONTEND"
+                )
+                for i, f in files.items()
+            }
+
+        # a browser passes the challenge on whichever node it lands, and then on every node
+        first = _l7_get(c, "/private/a", 1, 0)[0]
+        assert first[0] == 302 and first[1].startswith("xgc="), first
+        cookie = first[1].split(";", 1)[0]
+        before = served()
+        private = _l7_get(c, "/private/a", 12, 0.02, cookie)
+        mid = served()
+        # one source over the limit, its requests spread over the nodes
+        api = _l7_get(c, "/api/x", 60, 0.05, cookie)
+        after = served()
+        spread_private = {i: mid[i] - before[i] for i in files}
+        spread_api = {i: after[i] - mid[i] for i in files}
+        codes = [s for s, _ in api]
+        answered = codes.count(200)
+        per_node = sum(min(n, lc.API_LIMIT) for n in spread_api.values())  # what a table per node would answer
+        print(
+            f"\nHAProxy on {NODES} nodes ready {waited:.1f} s after `cluster apply`; cookie from one node, "
+            f"12 requests over the nodes {spread_private}: {[s for s, _ in private]}; /api/ limit "
+            f"{lc.API_LIMIT}/10 s, 60 requests over the nodes {spread_api}: {answered} answered "
+            f"(a table per node: {per_node}), {codes.count(429)} × 429"
+        )
+        assert [s for s, _ in private] == [200] * 12, private  # no node challenged it again
+        assert sum(1 for n in spread_private.values() if n) >= 2, spread_private
+        assert codes.count(0) == 0 and 302 not in codes, codes
+        assert sum(1 for n in spread_api.values() if n >= 5) >= 2, spread_api  # really spread over nodes
+        assert per_node >= lc.API_LIMIT + 10, spread_api  # where a table per node would let more through
+        assert lc.API_LIMIT <= answered <= lc.API_LIMIT + 3, codes  # the limit, once for the cluster
+        assert codes.count(429) == 60 - answered, codes
+
+        # a bot that never passes the challenge: one request to each node (policy routes on the
+        # router). No node alone challenged it CHALLENGES_UNPASSED times; the cluster did (the
+        # count is shared), and every node's `cluster run` bans it in XDP (cc)
+        assert NODES >= spec.CHALLENGES_UNPASSED
+        ports = [STEER_PORT + i for i in range(1, NODES + 1)]
+        _steer(c, True)
+        before = served()
+        bot = c.run_in(
+            "attacker",
+            *(sys.executable, "-c", L7_CLIENT, lc.PROT4, str(lc.HTTP_L7_PORT), "/private/a"),
+            *(str(NODES), "0.3", "", ",".join(map(str, ports))),
+        )
+        spread_bot = {i: n - before[i] for i, n in served().items()}
+        assert [s for s, _ in json.loads(bot.stdout)] == [302] * NODES, bot.stdout
+        assert spread_bot == {i: 1 for i in range(1, NODES + 1)}, (ports, spread_bot)  # one challenge per node
+        t0 = time.monotonic()
+
+        def cc_banned() -> set[int]:
+            out = set()
+            for i in range(1, NODES + 1):
+                bans = json.loads(c.xg_in(f"node{i}", "ban", "list", "--json").stdout)["bans"]
+                if any(b["source"] == lc.ATTACKER4 and b["reason"] == "cc" for b in bans):
+                    out.add(i)
+            return out
+
+        time_until(lambda: cc_banned() == set(range(1, NODES + 1)), 15, 0.2)
+        print(
+            f"a bot challenged once on each node ({NODES} in all, a ban at {spec.CHALLENGES_UNPASSED}): banned in "
+            f"XDP (cc) on every node {time.monotonic() - t0:.1f} s after its last request"
+        )
+    finally:
+        _steer(c, False)
+        c.xg_in("node1", "cluster", "apply", str(c.file("desired.toml")), "--config", c.config(1), check=False)
+        if files:
+            time_until(lambda: not any(Path(f["admin"]).exists() for f in files.values()), 30, 0.2)  # HAProxy stopped
+        c.xg_in("node1", "cluster", "unban", lc.ATTACKER4, "--config", c.config(1), check=False)
+        for i in range(1, NODES + 1):
+            c.xg_in(f"node{i}", "ban", "del", lc.ATTACKER4, check=False)
 
 
 def test_store_down_nodes_keep_enforcing_and_converge_when_it_returns(cluster):

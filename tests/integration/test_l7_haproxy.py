@@ -75,6 +75,23 @@ class Setup:
     def curl(self, ns: str, *args: str) -> subprocess.CompletedProcess:
         return self.lab.run(ns, "curl", "-s", "-m", "3", *args, check=False, timeout=10)
 
+    def clear_tables(self, *services: HttpService, timeout_s: float = 10.0) -> None:
+        """Empty every stick table of `services` (per source, per prefix, per domain) through the
+        runtime API: what a test that wants fresh tables does, as a reload keeps them (peers). An
+        entry a live connection still tracks is not removed (HAProxy): cleared again until none is
+        left."""
+        sock = str(self.h.admin_socket)
+        names = [n for svc in services for n in (*runtime.table_names(svc), hc.service_table(svc))]
+        end = time.monotonic() + timeout_s
+        while True:
+            for n in names:
+                runtime.command(sock, f"clear table {n}")
+            used = {n: runtime.show_table(sock, n).used for n in names}
+            if not any(used.values()):
+                return
+            assert time.monotonic() < end, f"stick tables not emptied after {timeout_s:g} s: {used}"
+            time.sleep(0.2)
+
     def client(self, duration: float, path: str = "/", interval: float = 0.1) -> subprocess.Popen:
         return self.lab.popen(
             self.t.client,
@@ -187,8 +204,11 @@ def test_reload_under_traffic_refused_config_and_drift(lab):
     assert s.apply(svc) == "unchanged"
     first = s.h.proc_info()
 
-    # two reloads while a client sends a new connection every 20 ms: not one request fails
-    p = s.client(6.0, "/", interval=0.02)
+    # two reloads while a client sends a new connection every 50 ms: not one request fails (the
+    # first reload waits until the first worker can hand its stick tables over: 5 s after start).
+    # 20 new connections/s stays under the level's 250 per 10 s: now that the tables survive a
+    # reload, a faster client (it was 50/s) is refused by that limit, as it should be.
+    p = s.client(10.0, "/", interval=0.05)
     time.sleep(1.5)
     assert s.apply(replace(svc, limits=(RateLimit("/api/", 40),))) == "reloaded"
     time.sleep(1.5)
@@ -218,6 +238,70 @@ def test_reload_under_traffic_refused_config_and_drift(lab):
     assert s.h.ensure() == "restarted"
     assert s.h.proc_info().master != info.master
     assert s.curl(s.t.client, URL).stdout.startswith("ok ")
+
+
+def _source(s: Setup, addr: str) -> runtime.TableEntry | None:
+    table = runtime.show_table(str(s.h.admin_socket), hc.src_table(_service()))
+    return next((e for e in table.entries if str(e.address) == addr), None)
+
+
+def test_stick_tables_survive_a_reload(lab):
+    """A reload (a level change: what automatic CC mode does) keeps every source's counters:
+    requests, challenges, first-seen time, the punishment. HAProxy 2.6 hands the tables over
+    from the old worker to the new one through the local peer, and only from a worker that is
+    5 s old: the reload comes at once after the start, so proc.py's wait is tested too."""
+    s = Setup(lab)
+    svc = _service(limits=[RateLimit("/api/", 3, punish_s=120)])
+    assert s.apply(svc) == "started"
+
+    def code(path: str) -> str:
+        return s.curl(s.t.client, "-o", "/dev/null", "-w", "%{http_code}", f"http://{L.PROT4}{path}").stdout
+
+    assert [code("/private/") for _ in range(2)] == ["302", "302"]  # a challenge rule: counted (gpc 0)
+    assert [code("/api/x") for _ in range(4)] == ["200", "200", "200", "429"]  # over the limit: punished
+    before = _source(s, L.CLIENT4)
+    assert before is not None and before.get("gpc0") == 2 and before.get("gpt1") == hc.PUNISH_CODES["deny"], before
+    assert before.get("gpt0") > time.time() + 60 and before.get("http_req_rate") == 6, before
+    old = s.h.proc_info().workers
+
+    assert s.apply(replace(svc, level="strict")) == "reloaded"
+    assert set(s.h.proc_info().workers).isdisjoint(old)
+    after = _source(s, L.CLIENT4)
+    assert after is not None, "the reload emptied the stick table"
+    for name in ("gpc0", "gpt0", "gpt1", "gpt3"):  # challenges, punished until, how, first seen
+        assert after.get(name) == before.get(name), (name, before, after)
+    assert after.get("http_req_rate") >= 6, after
+    # the new worker keeps punishing: refused (429), not challenged (302) as a new source would be
+    assert code("/private/") == "429"
+    print(f"\nafter the reload: {after.data}")
+
+
+def test_a_rotated_secret_keeps_the_cookies_it_signed(lab):
+    """After a rotation (cluster rotate-secret: secret.rotated) HAProxy signs with the new key
+    and still takes a live cookie signed with the previous one; once the previous key is dropped
+    (its cookie lifetime is over) such a cookie is challenged again. A cookie under neither key,
+    or for another address, never passes."""
+    s = Setup(lab)
+    svc = _service()
+    old, new = s.secret, os.urandom(32)
+    now = int(time.time())
+    code = lambda c: (  # noqa: E731
+        s.curl(s.t.client, "-o", "/dev/null", "-w", "%{http_code}", "-b", c, f"http://{L.PROT4}/private/a").stdout
+    )
+    by_old, by_new = _cookie_for(old, L.CLIENT4, now + 600), _cookie_for(new, L.CLIENT4, now + 600)
+    assert s.h.apply(hc.render([svc], run_dir=s.run_dir, secret=old)) == "started"
+    assert (code(by_old), code(by_new)) == ("200", "302")
+    assert s.h.apply(hc.render([svc], run_dir=s.run_dir, secret=new, old_secret=old)) == "reloaded"
+    assert (code(by_old), code(by_new)) == ("200", "200")
+    assert code(_cookie_for(old, L.ATTACKER4, now + 600)) == "302"  # still bound to its address
+    assert code(_cookie_for(old, L.CLIENT4, now - 5)) == "302"  # and to its expiry
+    assert code(_cookie_for(os.urandom(32), L.CLIENT4, now + 600)) == "302"
+    # a new challenge is signed with the new key
+    head = s.curl(s.t.attacker, "-i", f"http://{L.PROT4}/private/a").stdout
+    issued = re.search(r"set-cookie: xgc=(\d+)\.c\.([0-9a-f]{64});", head, re.I)
+    assert issued and _cookie_for(new, L.ATTACKER4, int(issued.group(1))).endswith(issued.group(2)), head
+    assert s.h.apply(hc.render([svc], run_dir=s.run_dir, secret=new)) == "reloaded"  # the previous key dropped
+    assert (code(by_old), code(by_new)) == ("302", "200")
 
 
 def _wrk_summary(text: str) -> dict:

@@ -495,6 +495,7 @@ HOSTILE_DESIRED = {
         append='[[interface.forward]]\nproto = "tcp"\nports = "2379"\nprotected = "198.18.0.1"\n'
         'to = ["198.18.4.2:2379"]\n'
     ),
+    "an HTTP service passing to etcd": _value(append=lc.http_toml().replace(f"{lc.BACKEND4}:80", "198.18.4.2:2379")),
     "an address the node does not protect": lc.desired_toml()
     .replace(f'"{lc.PROT4}", "{lc.PROT6}"]', f'"{lc.PROT4}", "{lc.PROT6}", "192.0.2.80"]')
     .encode(),
@@ -515,6 +516,18 @@ def _store() -> store.ClusterStore:
 def test_hostile_desired_values_are_rejected(what):
     with pytest.raises(store.Rejected):
         _store().desired_from(KEY, HOSTILE_DESIRED[what])
+
+
+def test_the_clusters_http_service_is_taken_from_the_store():
+    spec = _store().desired_from(KEY, (lc.desired_toml() + lc.http_toml()).encode())
+    (svc,) = [svc for a in spec.addresses for svc in a.http]
+    assert (svc.port, svc.limits[0].requests, svc.rules[0].action) == (lc.HTTP_L7_PORT, lc.API_LIMIT, "challenge")
+
+
+def test_the_lab_nodes_share_haproxys_tables_over_tls():
+    d, _ = loads(lc.node_toml(2, "lab", nodes=3))
+    assert d.cluster.peers == tuple(f"node{k}={lc.node_links(k)['mgmt4']}" for k in (1, 2, 3))
+    assert d.cluster.cert and d.cluster.key and d.cluster.ca and not d.cluster.insecure
 
 
 def test_the_lab_desired_state_is_taken_as_cluster_apply_writes_it():

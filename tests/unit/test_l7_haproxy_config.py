@@ -8,6 +8,7 @@ golden is a configuration HAProxy 2.6 accepts, not just text we like.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -246,3 +247,63 @@ def test_the_secret_and_sockets_go_where_asked() -> None:
         hc.render(CASES["minimal"](), run_dir=RUN_DIR, secret=b"short")
     with pytest.raises(ValueError):
         hc.render(CASES["minimal"](), run_dir="relative/dir", secret=SECRET)
+
+
+def test_every_stick_table_is_in_the_local_peers_section() -> None:
+    # what keeps the tables across a reload (proc.py): the old worker pushes them to the new one
+    text = _render("level_normal").text
+    tables = [ln for ln in text.splitlines() if ln.strip().startswith("stick-table ")]
+    assert len(tables) >= 3 and all(ln.endswith(f" peers {hc.PEERS}") for ln in tables)
+    assert f"    localpeer {hc.LOCAL_PEER}\n" in text
+    assert f"peers {hc.PEERS}\n    peer {hc.LOCAL_PEER} unix@{RUN_DIR}/{hc.PEERS_SOCKET}\n" in text
+
+
+def _peering(**kw) -> hc.Peering:
+    nodes = tuple(hc.PeerNode(f"node{i}", ipaddress.ip_address(f"198.18.30.{i}")) for i in (1, 2, 3))
+    return hc.Peering(**{"local": "node2", "nodes": nodes, **kw})
+
+
+def test_cluster_peers_share_every_table_from_the_nodes_own_address(tmp_path: Path) -> None:
+    r = hc.render(CASES["minimal"](), run_dir=RUN_DIR, secret=SECRET, peering=_peering())
+    section = r.text.split(f"peers {hc.PEERS}\n", 1)[1].split("\n\n", 1)[0]
+    assert section.splitlines() == [
+        "    bind ipv4@198.18.30.2:10470",
+        "    server node1 ipv4@198.18.30.1:10470",
+        "    server node2",  # the local peer: its address is the bind line's
+        "    server node3 ipv4@198.18.30.3:10470",
+    ]
+    assert "    localpeer node2\n" in r.text and "unix@" not in r.text
+    tables = [ln for ln in r.text.splitlines() if ln.strip().startswith("stick-table ")]
+    assert tables and all(ln.endswith(f" peers {hc.PEERS}") for ln in tables)
+    p = _check(r, tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_cluster_peers_over_tls_with_the_clusters_certificate(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path)
+    pem = tmp_path / "node.pem"
+    pem.write_text(cert.read_text() + key.read_text())
+    r = hc.render(CASES["minimal"](), run_dir=RUN_DIR, secret=SECRET, peering=_peering(crt=str(pem), ca=str(cert)))
+    tls = f"ssl crt {pem} ca-file {cert} verify required"
+    assert f"    bind ipv4@198.18.30.2:10470 {tls}\n" in r.text and f"    default-server {tls}\n" in r.text
+    p = _check(r, tmp_path / "cfg")
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_cluster_peers_are_refused_on_a_protective_address_or_without_this_node() -> None:
+    on_vip = hc.Peering("node1", (hc.PeerNode("node1", ipaddress.ip_address("198.18.0.1")),))
+    with pytest.raises(ValueError, match="protective address"):
+        hc.render(CASES["minimal"](), run_dir=RUN_DIR, secret=SECRET, peering=on_vip)
+    with pytest.raises(ValueError, match="not one of the nodes"):
+        _peering(local="node9")
+    with pytest.raises(ValueError, match="both crt and ca"):
+        _peering(crt="/etc/x.pem")
+
+
+def test_cluster_peer_names_are_the_clusters_node_names() -> None:
+    a = ipaddress.ip_address("198.18.30.1")
+    assert hc.Peering("Node-1.dc", (hc.PeerNode("Node-1.dc", a),)).me().name == "Node-1.dc"
+    with pytest.raises(ValueError, match="invalid peer name"):
+        hc.Peering("a b", (hc.PeerNode("a b", a),))
+    with pytest.raises(ValueError, match="repeat"):
+        hc.Peering("n", (hc.PeerNode("n", a), hc.PeerNode("n", ipaddress.ip_address("198.18.30.2"))))

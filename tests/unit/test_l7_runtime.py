@@ -210,3 +210,26 @@ def test_challenge_passing_sources_are_read_with_their_cookie_expiry():
     verified = {a: ("web", t) for a, t in got.items()}
     assert bans.passed(verified, now=1796614000.0) == [("198.18.0.10", 999.0), ("198.18.16.2", 999.0)]
     assert bans.passed(verified, now=1796615000.0) == []
+
+
+# `show peers` of HAProxy 2.6.12 (Debian 12) in the lab: a fresh worker (resync not finished,
+# it would hand nothing over on a reload) and, 5 s later, the same one finished
+PEERS_FRESH = """0x5643577c8be0: [07/Dec/2026:22:56:52] id=xg_peers disabled=0 flags=0x11 resync_timeout=3s task_calls=2
+  0x5643577c8d50: id=local(local,inactive) addr=unix@/run/x/peers.sock last_status=NONE last_hdshk=<NEVER>
+        reconnect=<NEVER> heartbeat=<NEVER> confirm=0 tx_hbt=0 rx_hbt=0 no_hbt=0 new_conn=0 proto_err=0 coll=0
+        flags=0x0
+        shared tables:
+          0x5643579148a0 local_id=1 remote_id=0 flags=0x0 remote_data=0x0
+              last_acked=0 last_pushed=0 last_get=0 teaching_origin=0 update=0
+              table:0x5643577d0f10 id=web_src update=0 localupdate=0 commitupdate=0 refcnt=1
+        Dictionary cache not dumped (use "show peers dict")
+
+"""
+
+
+def test_show_peers_says_whether_the_resync_is_finished():
+    assert runtime.parse_show_peers(PEERS_FRESH) == {"xg_peers": False}
+    assert runtime.parse_show_peers(PEERS_FRESH.replace("flags=0x11 ", "flags=0x33 ", 1)) == {"xg_peers": True}
+    # taught by the old worker on a reload: LOCAL|REMOTE plus LOCALFINISHED (0x100)
+    assert runtime.parse_show_peers(PEERS_FRESH.replace("flags=0x11 ", "flags=0x103 ", 1)) == {"xg_peers": True}
+    assert runtime.parse_show_peers("") == {}  # no peers section: nothing to wait for

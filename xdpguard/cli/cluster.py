@@ -1,4 +1,5 @@
-"""`xdpguard cluster run|status|ban|unban|apply|bird-config`: many nodes, one protective IP."""
+"""`xdpguard cluster run|status|ban|unban|apply|bird-config|rotate-secret`: many nodes, one
+protective IP."""
 
 from __future__ import annotations
 
@@ -162,6 +163,22 @@ def apply(file, prune, config_path):
             f"stored {', '.join(res.interfaces)}"
             + (f", removed {', '.join(res.removed)}" if res.removed else "")
             + f" (store revision {res.revision})"
+        ),
+    )
+
+
+@cluster.command("rotate-secret")
+@config_option
+@json_option
+def rotate_secret(config_path):
+    """A new challenge secret for every node; cookies signed with the previous one pass until they expire."""
+    from xdpguard.core.cluster import ops
+
+    return Result(
+        ops.rotate_secret(ops.load(config_path)),
+        lambda c, res: c.print(
+            f"challenge secret rotated (store revision {res.revision}); the previous one checks cookies "
+            f"for {res.keep_s} s more, the longest challenge lifetime"
         ),
     )
 

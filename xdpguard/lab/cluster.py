@@ -70,6 +70,8 @@ BFD_INTERVAL_MS, BFD_MULTIPLIER = 50, 6
 FLOWSPEC_PPS, BLACKHOLE_PPS, ESCALATION_HOLD_S = 4000, 15000, 3
 OVERLOAD_PPS = 6000  # one node receiving more prepends its AS path (x3)
 AGENT_LIFETIME_S = topo.SERVER_LIFETIME_S
+HTTP_L7_PORT = 8080  # http_toml: the cluster's HTTP service (HAProxy on every node), beside the DNAT of port 80
+API_LIMIT = 20  # http_toml: requests per 10 s per source on /api/
 
 FIXED_ROLES = ("router", "etcd1", "etcd2", "etcd3", "client", "attacker", "backend")
 
@@ -176,7 +178,8 @@ def make_tls(name: str, nodes: int) -> Path:
             "etcd": ("/CN=xdpguard-lab-etcd", f"extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={sans}\n"),
             "lab": ("/O=xdpguard lab/OU=lab", "extendedKeyUsage=clientAuth\n"),
             **{
-                f"node{i}": (f"/O=xdpguard lab/OU=node{i}", "extendedKeyUsage=clientAuth\n")
+                # serverAuth too: a node's HAProxy is a TLS server to the other nodes' peers
+                f"node{i}": (f"/O=xdpguard lab/OU=node{i}", "extendedKeyUsage=serverAuth,clientAuth\n")
                 for i in range(1, nodes + 1)
             },
         }
@@ -246,10 +249,26 @@ def desired_toml() -> str:
     return f'[[interface]]\nname = "{NODE_IFACE}"\nprotect = ["{PROT4}", "{PROT6}"]\n\n' + fwd
 
 
-def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1) -> str:
+def http_toml(port: int = HTTP_L7_PORT) -> str:
+    """The cluster's HTTP service as `[[interface.address.http]]` (appended to desired_toml by
+    the tests that want HAProxy on the nodes): the protective IPv4 address on `port`, passed to
+    the hidden backend's web server; /private/ always challenged, /api/ limited per source to
+    API_LIMIT requests per 10 s (429 beyond, no punishment)."""
+    return (
+        f'[[interface.address]]\naddress = "{PROT4}"\n\n'
+        f'[[interface.address.http]]\nname = "web"\nport = {port}\nbackends = ["{BACKEND4}:{topo.HTTP_PORT}"]\n'
+        'level = "normal"\n\n'
+        '[[interface.address.http.rule]]\naction = "challenge"\npath_prefix = "/private/"\n\n'
+        f'[[interface.address.http.limit]]\nprefix = "/api/"\nrequests = {API_LIMIT}\nwindow = 10\naction = "deny"\n'
+        "punish = 0\n"
+    )
+
+
+def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1, nodes: int = 1) -> str:
     d = run_dir(name)
     ln = node_links(i)
     tls = tls_files(f"node{i}", name)
+    peers = [f"node{k}={node_links(k)['mgmt4']}" for k in range(1, max(nodes, i) + 1)]
     return (
         f"# node{i} of cluster lab '{name}' (written by xdpguard lab up --nodes)\n"
         "[daemon]\nhealth_interval = 0.5\nhealth_timeout = 0.3\nrise = 2\nfall = 2\n\n"
@@ -257,7 +276,9 @@ def node_toml(i: int, name: str, min_nodes: int = 1, etcd: int = 1) -> str:
         "resync_interval = 300\n"
         f"ca = {json.dumps(tls['ca'])}\ncert = {json.dumps(tls['cert'])}\nkey = {json.dumps(tls['key'])}\n"
         "# what the store may ask of this node: protect the protective IP, forward to the backends\n"
-        f'protect = ["{PROT4}/32", "{PROT6}/128"]\nbackends = ["198.18.1.0/24", "2001:db8:0:2::/64"]\n\n'
+        f'protect = ["{PROT4}/32", "{PROT6}/128"]\nbackends = ["198.18.1.0/24", "2001:db8:0:2::/64"]\n'
+        "# HAProxy's stick tables shared by every node (over TLS with the node's certificate)\n"
+        f"peers = {json.dumps(peers)}\n\n"
         f'[bgp]\nlocal_as = {NODE_AS}\nrouter_id = "{ln["node4"]}"\n'
         f'neighbors = [{{ address = "{ln["router4"]}", as = {ROUTER_AS} }}, '
         f'{{ address = "{ln["router6"]}", as = {ROUTER_AS} }}]\n'
@@ -563,7 +584,7 @@ def up(
             topo._veth(n, "xgm0", router, f"xgm-n{i}")
             topo._run(["ip", "-n", router, "link", "set", f"xgm-n{i}", "master", "br-mgmt"])
             topo._addr(n, "xgm0", f"{ln['mgmt4']}/24")
-            node_config_path(i, name).write_text(node_toml(i, name, min_nodes, etcd))
+            node_config_path(i, name).write_text(node_toml(i, name, min_nodes, etcd, nodes))
 
         life = str(int(lifetime_s))
         www = d / "www"

@@ -12,10 +12,19 @@ The loop, level-triggered like `run --config`, with etcd in place of the file:
 The applied state is saved (fsynced, at most once a second) as a local snapshot with its revision:
 a node started while the store is unreachable enforces, and when healthy announces, that.
 
-Besides, every few hundred milliseconds: bans the data path made from evidence spoofing cannot
-make are spread through the store (`spread_local_bans`); the node key is kept alive with the
-node's status and applied revision; the node's health decides whether BIRD announces the
-protective addresses (see bgp.py for what happens when this process dies).
+Every second, the HTTP services' layer-7 step as `xdpguard run` does it (l7/bans.py: HAProxy kept
+running, its offenders banned in XDP with reason cc, challenge-passing sources verified, service
+ceilings learned, automatic CC mode). Besides, every few hundred milliseconds: bans the data path
+made from evidence spoofing cannot make are spread through the store (`spread_local_bans`); the
+node key is kept alive with the node's status and applied revision; the node's health decides
+whether BIRD announces the protective addresses (see bgp.py for what happens when this process
+dies).
+
+The challenge secret of HAProxy's cookies is the cluster's (state/secret/l7): the first node
+creates it from its own (create-if-absent), every node writes the store's into its namespace's
+secret file (l7/engine.py) and renders HAProxy with it, so a cookie issued by one node passes on
+the others. While the store is unreachable a node keeps the last secret it had (the file); a
+rotation reaches it with the watch, or with the full read once the store is back.
 
 Trust: the store is read like operator input. Every value is validated (the config loader for
 desired state, store.parse_ban / parse_load for the rest) and checked against what the node's own
@@ -42,6 +51,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import IPS_ASSURED, NFCTAttrTuple
 
 from ..verbs import cleansing
+from ..l7 import bans as l7bans
+from ..l7 import engine as l7engine
+from ..l7 import secret as l7secret
 from ..nat import connlimit, forward
 from ..kernel import dataplane
 from .. import protection, reconcile, state
@@ -60,12 +72,14 @@ from .store import (
     Watch,
     desired_text,
     parse_desired,
+    parse_secret,
 )
 
 OK_ACTIONS = ("attached", "updated", "unchanged")
 LOCAL_BAN_POLL_S = 0.5
 HEALTH_EVERY_S = 0.5
 DRIFT_EVERY_S = 5.0
+L7_EVERY_S = 1.0  # HAProxy's stick tables read, offenders banned (l7/bans.py)
 OVERLOAD_CALM_S = 3.0
 PROBE_TIMEOUT_S = 0.3
 # spreading data-path bans: only reasons in store.SPREAD_REASONS (connlimit: a source over a
@@ -168,6 +182,8 @@ class NodeAgent:
         self.overloaded = False
         self._calm_since: float | None = None
         self._said: dict[str, str] = {}
+        self._secret_until = 0.0  # until when HAProxy was rendered with the previous challenge key
+        self.l7 = l7bans.Watch(report)  # what `xdpguard run` does with HAProxy, on this node
 
     def say(self, topic: str, msg: str) -> None:
         if self._said.get(topic) != msg:
@@ -256,6 +272,7 @@ class NodeAgent:
             self.watch.stop()
             self.watch = None
         snap = self.store.read()
+        self.take_secret(snap.secret)  # before the interfaces: HAProxy renders with it
         kept = set()  # interfaces whose store value is rejected: what is realised stays
         for key, why in sorted(snap.rejected.items()):
             self.reject(key, why)
@@ -285,6 +302,52 @@ class NodeAgent:
         flushed = self.pending.flush(self.store, self.node)
         if flushed:
             self.report(f"store is back: spread {flushed} ban(s) queued while it was down")
+
+    # ---- the cluster's challenge secret ----
+
+    def take_secret(self, s: l7secret.Secrets | None) -> None:
+        """Make the store's challenge secret this node's (none in the store: this node's own
+        becomes the cluster's, unless another node's got there first) and render HAProxy with it."""
+        if s is None:
+            try:
+                s, created = self.store.create_secret(l7engine.secrets())
+            except StoreUnavailable:
+                raise
+            except UserError as exc:  # a damaged or hostile value (or our own file unreadable)
+                self.say("secret", f"challenge secret: {exc.message}; keeping this node's")
+                return
+            if created:
+                self.report("challenge secret: this node's is now the cluster's")
+        try:
+            changed = l7engine.set_secrets(s)
+        except UserError as exc:
+            self.say("secret", f"challenge secret not kept: {exc.message}")
+            return
+        if changed:
+            self.report(
+                "challenge secret: the cluster's"
+                + (" (rotated; the previous one still checks cookies)" if s.previous else "")
+            )
+        self._realise_l7(changed)
+
+    def _realise_l7(self, changed: bool) -> None:
+        """HAProxy again after the secret changed, or once its previous key stopped checking
+        cookies (rendered without it)."""
+        try:
+            keys = l7engine.secrets()
+        except UserError:
+            return
+        until = keys.previous_until if keys.checking(time.time()) else 0.0
+        if not changed and until == self._secret_until:
+            return
+        self._secret_until = until
+        try:
+            res = l7engine.realise(l7engine.services_of(forward._iface_states()))
+        except UserError as exc:
+            self.say("l7", f"HAProxy: {exc.message}")
+            return
+        if res not in ("unchanged", "none"):
+            self.say("l7", f"HAProxy {res} (challenge secret)")
 
     # ---- the local snapshot: what a node restarted while the store is down enforces ----
 
@@ -368,6 +431,16 @@ class NodeAgent:
                 else:
                     self.store_bans[name] = b
                     self._apply_ban(b)
+        elif kind == "secret":
+            if ev.kind == "delete":
+                self.say(
+                    "secret", "store: the challenge secret was deleted; keeping the last one (a node recreates it)"
+                )
+            else:
+                try:
+                    self.take_secret(parse_secret(ev.key, ev.value))
+                except UserError as exc:
+                    self.reject(ev.key, f"{exc.message} (keeping the last challenge secret)")
         elif kind == "chunk" and ev.kind != "delete":
             self.store.remember_chunk(ev.key, ev.value)  # the desired key naming it comes next
         self.applied_revision = max(self.applied_revision, ev.revision)
@@ -742,6 +815,9 @@ class NodeAgent:
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
         state.require_root()
         end = None if duration_s is None else time.monotonic() + duration_s
+        if l7engine.set_peering(self.cluster):  # before the first realise, which renders HAProxy with it
+            n = len(self.cluster.peers)
+            self.say("peers", f"HAProxy stick tables shared by {n} nodes" if n else "HAProxy stick tables per node")
         if self.bgp is not None:
             self.liveness = bgpmod.LivenessDevice(self.bgp.liveness_iface).open()
             try:
@@ -761,7 +837,7 @@ class NodeAgent:
             self.close()
 
     def _loop(self, stop: threading.Event, end: float | None) -> None:
-        next_connect = next_health = next_beat = next_poll = next_drift = next_snapshot = next_load = 0.0
+        next_connect = next_health = next_beat = next_poll = next_drift = next_snapshot = next_load = next_l7 = 0.0
         next_resync = time.monotonic() + self.cluster.resync_interval_s
         beat_every = max(0.5, self.cluster.node_ttl_s / 3)
         while not stop.is_set() and (end is None or time.monotonic() < end):
@@ -797,6 +873,13 @@ class NodeAgent:
                 next_drift = now + DRIFT_EVERY_S
                 for spec in self.specs.values():
                     self._realise(spec, lists=False)
+                self._realise_l7(False)  # the previous challenge key's time is up: rendered without it
+            if now >= next_l7 and self.specs:
+                next_l7 = now + L7_EVERY_S
+                # HAProxy kept running, its offenders banned in XDP (reason cc: spread by
+                # spread_local_bans), challenge-passing sources verified, ceilings learned, the
+                # level raised and lowered from the backend's health: as `xdpguard run` does
+                self.l7.tick([s for n, s in self.specs.items() if self.results.get(n) in OK_ACTIONS])
             if now >= next_snapshot and self.store_up and self.applied_revision != self._snapshot_saved:
                 next_snapshot = now + 1.0
                 try:

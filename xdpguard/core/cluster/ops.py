@@ -1,4 +1,5 @@
-"""The `xdpguard cluster` verbs: what the CLI calls (status, ban, unban, apply, BIRD config)."""
+"""The `xdpguard cluster` verbs: what the CLI calls (status, ban, unban, apply, BIRD config,
+rotate-secret)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ..model import vocab
 from ..model.desired import Desired
 from ..desired import load as spec_load
 from ..errors import UserError
+from ..l7 import secret as l7secret
 from ..result import as_dict as _as_dict
 from . import bgp as bgpmod
 from .store import ClusterStore, StoreUnavailable, Trust, parse_address
@@ -201,6 +203,23 @@ def apply(desired: Desired, path: str, prune: bool = False) -> ApplyResult:
     return ApplyResult([s.name for s in new.interfaces], removed, rev)
 
 
+@dataclass(frozen=True)
+class SecretRotation:
+    revision: int
+    previous_until: float  # unix time: the previous key checks cookies until then
+    keep_s: int  # a cookie lifetime: the longest challenge lifetime of the cluster's HTTP services
+    to_dict = _as_dict  # never a key: only when and how long
+
+
+def rotate_secret(desired: Desired) -> SecretRotation:
+    """A new challenge secret for the whole cluster; the previous one checks the cookies it
+    signed for a cookie lifetime more (every node renders both until then)."""
+    st = ClusterStore(desired.cluster)
+    keep = l7secret.cookie_lifetime(spec_load.http_services(st.read().desired.values()))
+    new, rev = st.rotate_secret(keep)
+    return SecretRotation(rev, new.previous_until, keep)
+
+
 def bird_config(desired: Desired, withdrawn: bool = True) -> str:
     if desired.bgp is None:
         raise UserError("the config has no [bgp] section")
@@ -208,4 +227,4 @@ def bird_config(desired: Desired, withdrawn: bool = True) -> str:
     return bgpmod.render(desired.bgp, addrs, desired.cluster.node)
 
 
-__all__ = ["StoreUnavailable", "apply", "ban", "bird_config", "load", "status", "unban"]
+__all__ = ["StoreUnavailable", "apply", "ban", "bird_config", "load", "rotate_secret", "status", "unban"]

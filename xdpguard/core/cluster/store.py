@@ -6,6 +6,10 @@ Keys, under /xdpguard/<cluster>/ :
                             a Desired holding only that interface); every node realises it
     state/bans/<address>    on a lease of the ban's TTL: {"reason", "node", "ttl", "expires"}; etcd
                             deletes it when the lease ends, so expiry is cluster-wide
+    state/secret/l7         durable: the cluster's challenge secret (l7/secret.py's JSON: the
+                            current key, after a rotation the previous one and until when it
+                            checks cookies); created once by the first node (create-if-absent),
+                            replaced only by `cluster rotate-secret`; never in a desired-state dump
     nodes/<node>            on the node's lease (kept alive by `cluster run`): its status and the
                             revision of state/ it has applied
     announce/<node>         on the node's lease: present while the node announces the protective IP
@@ -48,6 +52,7 @@ from ..desired.load import loads
 from ..model.cluster import BgpSpec, ClusterSpec
 from ..errors import UserError
 from ..prefixes import Prefix
+from ..l7 import secret as l7secret
 
 try:  # a dependency of the package (pyproject), imported at module level like the rest
     import etcd3gw
@@ -129,6 +134,14 @@ class Trust:
                         f"{where}: forwards to {b.host}, outside this node's [cluster] backends "
                         f"({', '.join(map(str, self.backends)) or 'none given'})"
                     )
+        for a in spec.addresses:
+            for svc in a.http:  # HAProxy passes requests on to these: bounded like a forward
+                for host, _ in svc.backends:
+                    if not any(host.version == n.version and host in n for n in self.backends):
+                        raise Rejected(
+                            f"{where}: HTTP service {svc.name} passes to {host}, outside this node's "
+                            f"[cluster] backends ({', '.join(map(str, self.backends)) or 'none given'})"
+                        )
 
 
 def _b64(s: str | bytes) -> str:
@@ -172,6 +185,7 @@ class Snapshot:
     nodes: dict[str, dict]
     state_revision: int  # the newest mod revision under state/ (0: empty)
     rejected: dict[str, str] = field(default_factory=dict)  # key → why it was not taken
+    secret: l7secret.Secrets | None = None  # the cluster's challenge secret (None: not made yet)
 
 
 @dataclass(frozen=True)
@@ -327,6 +341,18 @@ def parse_ban(address: str, value: bytes, now: float | None = None) -> Ban:
     if node != "?" and (not isinstance(node, str) or not _NODE_RE.match(node)):
         raise Rejected(f"{where}: node must be a node name")
     return Ban(str(a), ttl, reason, node, float(expires))
+
+
+SECRET_KEY = "state/secret/l7"  # under the cluster's root
+
+
+def parse_secret(key: str, value: bytes) -> l7secret.Secrets:
+    """The cluster's challenge secret from its store value; Rejected names what is wrong (never
+    the key's bytes)."""
+    try:
+        return l7secret.from_json(value, f"etcd:{key}")
+    except UserError as exc:
+        raise Rejected(exc.message) from None
 
 
 MAX_LOAD_ADDRESSES = 256
@@ -559,6 +585,7 @@ class ClusterStore:
         _, rest = self._range(_prefix_end(self.state + "chunks/"), end=_prefix_end(self.root), revision=rev)
         kvs = kvs + rest
         desired, bans, nodes, rejected = {}, {}, {}, {}
+        secret = None
         state_rev = 0
         for kv in kvs:
             key = _unb64(kv["key"]).decode(errors="replace")
@@ -573,11 +600,13 @@ class ClusterStore:
                     bans[name] = self.parse_ban(name, value)
                 elif kind == "node":
                     nodes[name] = parse_status(value)
+                elif kind == "secret":
+                    secret = parse_secret(key, value)
             except StoreUnavailable:
                 raise
             except UserError as exc:
                 rejected[key] = exc.message
-        return Snapshot(rev, desired, bans, nodes, state_rev, rejected)
+        return Snapshot(rev, desired, bans, nodes, state_rev, rejected, secret)
 
     def classify(self, key: str) -> tuple[str, str]:
         for kind, sub in (
@@ -585,6 +614,7 @@ class ClusterStore:
             ("ban", "state/bans/"),
             ("node", "nodes/"),
             ("chunk", "state/chunks/"),
+            ("secret", SECRET_KEY),
         ):
             if key.startswith(self.root + sub):
                 return kind, key[len(self.root + sub) :]
@@ -711,6 +741,54 @@ class ClusterStore:
     def delete_ban(self, address: str) -> tuple[int, bool]:
         rev, n = self._delete(f"{self.state}bans/{parse_address(address)}")
         return rev, n > 0
+
+    # ---- the cluster's challenge secret ----
+
+    def create_secret(self, s: l7secret.Secrets) -> tuple[l7secret.Secrets, bool]:
+        """Put `s` as the cluster's challenge secret unless there is one (one transaction: of
+        nodes starting together exactly one creates it). (the secret the store holds, created)."""
+        key = _b64(self.root + SECRET_KEY)
+        out = self._post(
+            "/kv/txn",
+            {
+                "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                "success": [{"request_put": {"key": key, "value": _b64(l7secret.to_json(s))}}],
+                "failure": [{"request_range": {"key": key}}],
+            },
+        )
+        if out.get("succeeded"):
+            return s, True
+        kvs = (out.get("responses") or [{}])[0].get("response_range", {}).get("kvs", [])
+        if not kvs:
+            raise StoreUnavailable("etcd: the challenge secret vanished while it was read; read again")
+        return parse_secret(self.root + SECRET_KEY, _unb64(kvs[0].get("value", ""))), False
+
+    def rotate_secret(self, keep_s: float, now: float | None = None) -> tuple[l7secret.Secrets, int]:
+        """A new current challenge key for the cluster, the old one kept keep_s seconds for the
+        cookies it signed (compare-and-swap on the key's revision: two rotations at once make
+        two steps, never a lost key). (the new secret, the store's revision)."""
+        full = self.root + SECRET_KEY
+        for _ in range(5):
+            _, kvs = self._range(full, end=_prefix_end(full))
+            kv = next((kv for kv in kvs if _unb64(kv["key"]).decode(errors="replace") == full), None)
+            t = time.time() if now is None else now
+            if kv is None:
+                new, cmp = l7secret.Secrets(l7secret.new_key()), {"target": "CREATE", "create_revision": "0"}
+            else:
+                old = parse_secret(full, _unb64(kv.get("value", "")))
+                new = l7secret.rotated(old, t, keep_s)
+                cmp = {"target": "MOD", "mod_revision": str(kv["mod_revision"])}
+            out = self._post(
+                "/kv/txn",
+                {
+                    "compare": [{"key": _b64(full), "result": "EQUAL", **cmp}],
+                    "success": [{"request_put": {"key": _b64(full), "value": _b64(l7secret.to_json(new))}}],
+                    "failure": [],
+                },
+            )
+            if out.get("succeeded"):
+                return new, int(out["header"]["revision"])
+        raise StoreUnavailable("etcd: the challenge secret kept changing under the rotation; try again")
 
     def put_node(self, node: str, status: dict, lease: int) -> int:
         return self._put(f"{self.root}nodes/{node}", json.dumps(status, sort_keys=True), lease)

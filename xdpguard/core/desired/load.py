@@ -331,6 +331,8 @@ def _daemon(ld: _Loader, d: dict) -> DaemonSpec:
 
 
 _CLUSTER_KEYS = {
+    "peers",
+    "peer_port",
     "name",
     "node",
     "endpoints",
@@ -432,6 +434,12 @@ def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
     hook = ld.get(d, "hook", p, "str", None) or None
     if hook is not None:
         hook = ld.guard(p + ("hook",), lambda: vocab.parse_hook(hook, "hook", require_program=False), None)
+    peers = _cluster_peers(ld, d, p, out["node"], [ipaddress.ip_network(n) for n in nets["protect"]])
+    peer_port = _int_in(ld, d, "peer_port", p, base.peer_port, 1, 65535)
+    if peers and not (files["ca"] and files["cert"] and files["key"]) and not insecure:
+        # HAProxy checks a connecting peer's name, not its address: plain TCP lets anyone who
+        # reaches the port write stick-table entries (mark a source verified, lift a punishment)
+        ld.fail(p + ("peers",), "need the cluster's TLS (ca, cert and key) or insecure = true")
     return ClusterSpec(
         out["name"],
         out["node"],
@@ -447,7 +455,38 @@ def _cluster(ld: _Loader, d: dict) -> ClusterSpec:
         tuple(nets["protect"]),
         tuple(nets["backends"]),
         hook,
+        peers,
+        peer_port,
     )
+
+
+def _cluster_peers(ld: _Loader, d: dict, p: tuple, node: str, protect: list) -> tuple[str, ...]:
+    """`peers = ["NAME=ADDRESS", ...]`: unique names, this node among them, no address inside
+    the prefixes the cluster protects (the peer port is never on a protective address)."""
+    out, names = [], set()
+    for i, item in enumerate(ld.strs(d, "peers", p)):
+        name, sep, addr = item.partition("=")
+        a = None
+        try:
+            a = ipaddress.ip_address(addr.strip())
+        except ValueError:
+            pass
+        if not sep or not _NAME_RE.match(name.strip()) or a is None:
+            ld.fail(p + ("peers", i), f"must be NAME=ADDRESS (a node name and its cluster address), got {item!r}")
+            continue
+        name = name.strip()
+        if name in names:
+            ld.fail(p + ("peers", i), f"node {name!r} is named twice")
+            continue
+        if any(a in n for n in protect):
+            ld.fail(p + ("peers", i), f"{a} is inside a protected prefix: peers listen on the node's own address")
+            continue
+        names.add(name)
+        out.append(f"{name}={a}")
+    if out and node not in names:
+        ld.fail(p + ("peers",), f"must name this node ({node!r}) too")
+        return ()
+    return tuple(out)
 
 
 def _ip(ld: _Loader, v, path: tuple, version: int | None = None):

@@ -18,14 +18,24 @@ Per service, one frontend and one backend, with these defences in this order:
 
 The challenge cookie `xgc` is `EXPIRY.KIND.MAC` with MAC = hex(HMAC-SHA256(secret,
 "SOURCE|EXPIRY|KIND")), computed and checked by HAProxy itself (the `hmac` converter, compared
-with `secure_memcmp`). KIND `c` comes from the 302 challenge (any client that keeps cookies),
+with `secure_memcmp`). After a rotation of the secret (l7/secret.py) the previous key checks a
+live cookie the current one did not sign (a second HMAC for such a request only). KIND `c` comes from the 302 challenge (any client that keeps cookies),
 `j` from the JavaScript page; the level `emergency` accepts only `j`. No state per challenged
 client: a flood of unverified requests costs HAProxy one HMAC each and us nothing.
+
+Every stick table is in the `peers` section PEERS, whose only member is the local peer
+LOCAL_PEER on a Unix socket in the run directory (0700: no other user can talk to it). That is
+what keeps the tables across a reload: the old worker connects to the new one on the local
+peer's address and pushes every entry before it exits (proc.py waits until HAProxy 2.6 is able to).
+Without it a reload (every automatic level change) emptied them: counters, punishments,
+challenge counts and surge state were lost.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +51,55 @@ SECRET_BYTES = 32
 PUNISH_CODES = {"deny": 1, "drop": 2, "tarpit": 3}
 REQUEST_WINDOW_S = 10  # the window of the level's per-source ceilings
 SURGE_HOLD_S = 30  # once a domain crosses its ceiling, its unverified are challenged until this long after
+PEERS = "xg_peers"  # the peers section every stick table is in (kept across reloads)
+LOCAL_PEER = "local"  # this HAProxy's name in it (global `localpeer`)
+PEERS_SOCKET = "peers.sock"  # the local peer's address, in the run directory
+
+
+PEER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
+
+
+@dataclass(frozen=True)
+class PeerNode:
+    """One node of a cluster as a peer: its name and where its HAProxy listens for peers (the
+    node's own cluster/management address, never a protective address)."""
+
+    name: str
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int = 10470
+
+
+@dataclass(frozen=True)
+class Peering:
+    """The stick tables shared by every node of a cluster: `local` is this node's name in
+    `nodes`. With `crt` (PEM: certificate + key) and `ca` the peer sessions are TLS, both ways
+    verified against `ca` (the cluster's CA); without them plain TCP, which the caller must
+    restrict to the member addresses."""
+
+    local: str
+    nodes: tuple[PeerNode, ...]
+    crt: str | None = None
+    ca: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [n.name for n in self.nodes]
+        for n in self.nodes:
+            if not PEER_NAME_RE.fullmatch(n.name):  # the cluster's node names ([cluster] node)
+                raise ValueError(f"invalid peer name {n.name!r}: 1-63 letters, digits, '_', '.' or '-'")
+            if not 1 <= n.port <= 65535:
+                raise ValueError(f"peer {n.name}: port {n.port} out of range")
+        if len(set(names)) != len(names):
+            raise ValueError(f"peer names repeat: {names}")
+        if self.local not in names:
+            raise ValueError(f"the local peer {self.local!r} is not one of the nodes {names}")
+        if (self.crt is None) != (self.ca is None):
+            raise ValueError("peers over TLS need both crt and ca")
+        for f in (self.crt, self.ca):  # relative: to the configuration's directory (default-path config)
+            if f is not None and (not f or ".." in f.split("/") or any(c.isspace() or c in "'\"#\\" for c in f)):
+                raise ValueError(f"peers TLS file must be a path without '..', spaces or quotes: {f!r}")
+
+    def me(self) -> PeerNode:
+        return next(n for n in self.nodes if n.name == self.local)
 
 
 @dataclass(frozen=True)
@@ -142,11 +201,15 @@ def _act(action: str, cond: str) -> str:
     raise ValueError(action)
 
 
-def _global(run_dir: str, secret: bytes) -> list[str]:
+def _global(run_dir: str, secret: bytes, local_peer: str, old_secret: bytes | None = None) -> list[str]:
     key = base64.b64encode(secret).decode("ascii")
+    old = (
+        [] if old_secret is None else [f"    set-var proc.xg_key0 str({base64.b64encode(old_secret).decode('ascii')})"]
+    )
     return [
         "global",
         "    master-worker",
+        f"    localpeer {local_peer}",
         "    default-path config",
         f"    stats socket {run_dir}/{ADMIN_SOCKET} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
@@ -155,6 +218,7 @@ def _global(run_dir: str, secret: bytes) -> list[str]:
         "    tune.ssl.default-dh-param 2048",
         "    ssl-default-bind-options ssl-min-ver TLSv1.2",
         f"    set-var proc.xg_key str({key})",
+        *old,
         "",
         "defaults",
         "    mode http",
@@ -172,29 +236,45 @@ def _global(run_dir: str, secret: bytes) -> list[str]:
     ]
 
 
+def _peers(run_dir: str, peering: Peering | None) -> list[str]:
+    """The peers section: without `peering` the local peer only, on a Unix socket only root
+    reaches; with it every node of the cluster, this one listening on its own address."""
+    if peering is None:
+        return [f"peers {PEERS}", f"    peer {LOCAL_PEER} unix@{run_dir}/{PEERS_SOCKET}", ""]
+    me = peering.me()
+    tls = f" ssl crt {peering.crt} ca-file {peering.ca} verify required" if peering.crt else ""
+    lines = [f"peers {PEERS}", f"    bind {_bind_addr(me.address)}:{me.port}{tls}"]
+    if tls:
+        lines.append(f"    default-server{tls}")
+    for n in peering.nodes:
+        lines.append(f"    server {n.name}" + ("" if n is me else f" {_bind_addr(n.address)}:{n.port}"))
+    return lines + [""]
+
+
 def _tables(svc: HttpService) -> list[str]:
     punish = max([svc.preset.punish_s] + [x.punish_s for x in svc.limits])
     lines = [
         f"backend {src_table(svc)}",
         f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, punish)}s "
         f"store gpt(4),gpc(3),gpc_rate(2,{REQUEST_WINDOW_S}s),conn_cur,conn_rate({REQUEST_WINDOW_S}s),"
-        f"http_req_rate({REQUEST_WINDOW_S}s)",
+        f"http_req_rate({REQUEST_WINDOW_S}s) peers {PEERS}",
         "",
         f"backend {service_table(svc)}",
-        f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s store gpt(2),http_req_rate(1s)",
+        f"    stick-table type string len 64 size 1k expire {max(60, 2 * SURGE_HOLD_S)}s "
+        f"store gpt(2),http_req_rate(1s) peers {PEERS}",
         "",
     ]
     for i, lim in enumerate(svc.effective_limits()):
         lines += [
             f"backend {limit_table(svc, i)}",
             f"    stick-table type ipv6 size {TABLE_SIZE} expire {max(60, 2 * lim.window_s)}s "
-            f"store http_req_rate({lim.window_s}s)",
+            f"store http_req_rate({lim.window_s}s) peers {PEERS}",
             "",
         ]
     return lines
 
 
-def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
+def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec], old_key: bool = False) -> list[str]:
     p = svc.preset
     conns = svc.effective_conns()
     ttl = svc.challenge_ttl_s
@@ -245,6 +325,13 @@ def _frontend(svc: HttpService, geo_rules: Mapping[str, GeoSpec]) -> list[str]:
         "    acl xg_ok var(txn.xg_cleft) -m int gt 0",
         "    acl xg_mac var(txn.xg_cmac),secure_memcmp(txn.xg_cwant)",
         f"    acl xg_kind var(txn.xg_ckind) -m str {kinds}",
+    ]
+    if old_key:  # after a rotation: a live cookie the current key did not sign, under the previous key
+        lines.append(
+            "    http-request set-var(txn.xg_cwant) src,concat(|,txn.xg_cexp,),concat(|,txn.xg_ckind,),"
+            "hmac(sha256,proc.xg_key0),hex,lower if xg_ok !xg_mac"
+        )
+    lines += [
         "    http-request set-var(txn.xg_ok) int(1) if xg_ok xg_mac xg_kind",
         "    acl xg_verified var(txn.xg_ok) -m int 1",
         "    http-request sc-set-gpt(2,0) var(txn.xg_now),add(txn.xg_cleft) if xg_verified",
@@ -505,22 +592,32 @@ def render(
     *,
     run_dir: str,
     secret: bytes,
+    old_secret: bytes | None = None,
     geo_rules: Mapping[str, GeoSpec] | None = None,
     geo_map: str = "",
+    peering: Peering | None = None,
 ) -> Rendered:
     """The whole configuration for `services` (checked together: unique names and sockets).
+    `secret` signs and checks the challenge cookies; `old_secret` (the key before a rotation,
+    secret.Secrets.checking) still checks them, never signs.
     `geo_rules`: listen address → its geo rule (those in mode cc challenge, _geo), with
-    `geo_map` the country map they read (geo.l7_challenges gives both)."""
+    `geo_map` the country map they read (geo.l7_challenges gives both). `peering`: the
+    cluster's nodes, every stick table shared with them (else kept on this node, across reloads)."""
     geo_rules = geo_rules or {}
     items = spec.check_services(services)
-    if len(secret) < 16:
+    if len(secret) < 16 or (old_secret is not None and len(old_secret) < 16):
         raise ValueError("the challenge secret must be at least 16 bytes")
     if not run_dir.startswith("/") or any(c.isspace() or c in "'\"#\\" for c in run_dir):
         raise ValueError(f"run_dir must be an absolute path without spaces or quotes: {run_dir!r}")
-    lines = _global(run_dir.rstrip("/"), secret)
+    if peering is not None:
+        listen = {a for svc in items for a in svc.listen}
+        if peering.me().address in listen:
+            raise ValueError(f"peers must not listen on a protective address: {peering.me().address}")
+    local = LOCAL_PEER if peering is None else peering.local
+    lines = _global(run_dir.rstrip("/"), secret, local, old_secret) + _peers(run_dir.rstrip("/"), peering)
     files: dict[str, str] = {}
     for svc in items:
-        lines += _tables(svc) + _frontend(svc, geo_rules) + _backend(svc)
+        lines += _tables(svc) + _frontend(svc, geo_rules, old_secret is not None) + _backend(svc)
         if svc.preset.challenge == "js":
             files[challenge_page(svc)] = js_page(svc.challenge_ttl_s)
     if any(f"map_ip({GEO_MAP}," in line for line in lines):

@@ -13,7 +13,15 @@ Rules it keeps:
   new worker takes the listening sockets over from the old one (`expose-fd listeners`), and the
   old worker finishes its connections (at most hard-stop-after): no connection is refused;
 - the master's pid file and the installed configuration's hash live in the run directory, so
-  another process (the daemon after a restart) finds and owns the same HAProxy.
+  another process (the daemon after a restart) finds and owns the same HAProxy;
+- the stick tables survive a reload: they are in a `peers` section with the local peer
+  (haproxy_config.py), so the old worker pushes them to the new one. HAProxy 2.6 does that only
+  from a worker that has finished its own resync, and the first worker after a start counts as
+  finished only 5 s after it (the timeout for a remote resync, waited even without a remote
+  peer; fixed upstream in 4b1a7ea66, not in Debian's 2.6.12), a worker that learned nothing 10
+  s after it: a reload waits for that (at most RESYNC_WAIT_S), then for the new worker to have
+  learned (at most LEARN_WAIT_S; reloading anyway after either, as before: tables emptied) —
+  unless the old worker had no stick tables at all (no peers section: nothing to learn).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ STAGING = "staging"
 CHECK_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
+RESYNC_WAIT_S = 12.0  # the running worker's resync (HAProxy: 5 s local + 5 s remote at most)
+LEARN_WAIT_S = 3.0  # the new worker learning the tables from the old one (a fraction of a second)
 
 
 class HaproxyError(RuntimeError):
@@ -270,11 +280,37 @@ class Haproxy:
         assert pid is not None
         return pid
 
+    def peers(self) -> dict[str, bool] | None:
+        """`show peers` of the current worker: {peers section: its resync is finished}; {} when
+        its configuration has no stick tables to hand over (no peers section), None when it does
+        not answer."""
+        try:
+            return runtime.parse_show_peers(runtime.command(str(self.admin_socket), "show peers", timeout=2.0))
+        except runtime.RuntimeApiError:
+            return None
+
+    def synced(self) -> bool:
+        """The current worker's stick tables are complete (`show peers`: every resync finished),
+        so a reload now hands them over. False when the worker does not answer."""
+        got = self.peers()
+        return got is not None and all(got.values())
+
+    def _wait_synced(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not self.synced():
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.1)
+        return True
+
     def reload(self) -> ProcInfo:
-        """Reload the installed configuration without refusing a connection."""
+        """Reload the installed configuration without refusing a connection, the stick tables
+        handed over from the old worker to the new one."""
         before = self.proc_info()
         if before is None:
             raise HaproxyError(f"HAProxy does not run for {self.run_dir}; nothing to reload")
+        self._wait_synced(RESYNC_WAIT_S)
+        handing = self.peers() != {}  # the old worker has tables to hand over (or did not say)
         try:
             self.master_command("reload")
         except runtime.RuntimeApiError:
@@ -290,6 +326,8 @@ class Haproxy:
             )
 
         self._wait(done, "a new worker after the reload")
+        if handing:  # else nothing comes: the new worker's local resync only times out (5 s)
+            self._wait_synced(LEARN_WAIT_S)
         info = self.proc_info()
         assert info is not None
         return info

@@ -138,6 +138,22 @@ def show_table(sock_path: str, name: str) -> Table:
     return parse_show_table(command(sock_path, f"show table {name}"))
 
 
+_PEERS_RE = re.compile(r"^0x[0-9a-f]+: \[[^]]*\] id=(?P<name>\S+) .*\bflags=(?P<flags>0x[0-9a-f]+)")
+PEERS_RESYNC_FINISHED = 0x3  # HAProxy's PEERS_F_RESYNC_LOCAL | PEERS_F_RESYNC_REMOTE (src/peers.c)
+
+
+def parse_show_peers(text: str) -> dict[str, bool]:
+    """`show peers` → {peers section: its resync is finished}. A worker whose resync is not
+    finished (learning from the old worker or from a remote peer, or waiting for either to time
+    out) does not push its tables to the next worker on a reload (HAProxy 2.6, src/peers.c)."""
+    out = {}
+    for line in text.splitlines():
+        m = _PEERS_RE.match(line)
+        if m:
+            out[m["name"]] = int(m["flags"], 16) & PEERS_RESYNC_FINISHED == PEERS_RESYNC_FINISHED
+    return out
+
+
 @dataclass(frozen=True)
 class StatRow:
     """One line of `show stat`: a frontend, a backend or a server."""

@@ -32,6 +32,12 @@ class ClusterSpec:
     # (empty: the addresses of [bgp] announce; without those, none)
     backends: tuple[str, ...] = ()  # prefixes the store's forwards may send to (empty: none)
     hook: str | None = None  # the events hook of the store's interfaces (a hook is never taken from the store)
+    # every node of the cluster as "NAME=ADDRESS" (this node's own among them): HAProxy shares its
+    # stick tables with them (`peers`, on each node's own address and peer_port, TLS with ca/cert/key
+    # when given), so per-source limits hold across the nodes. Only from the node's own file: a
+    # peer can write any stick-table entry. Empty: the tables are this node's own
+    peers: tuple[str, ...] = ()
+    peer_port: int = 10470
 
 
 @dataclass(frozen=True)
