@@ -634,7 +634,12 @@ def test_one_l7_policy_one_secret_and_per_source_limits_across_nodes(cluster):
         assert codes.count(0) == 0 and 302 not in codes, codes
         assert sum(1 for n in spread_api.values() if n >= 5) >= 2, spread_api  # really spread over nodes
         assert per_node >= lc.API_LIMIT + 10, spread_api  # where a table per node would let more through
-        assert lc.API_LIMIT <= answered <= lc.API_LIMIT + 3, codes  # the limit, once for the cluster
+        # the limit, once for the cluster. Peers replicate asynchronously: a request that lands on a
+        # node before the others' counts have arrived is answered. The lead's integration run at load
+        # ~8 (another engineer's tests in parallel) answered 27 (spread unknown); alone at load 3.5,
+        # 20. Slack 8 is still well below what a table per node answers (asserted >= 30 above).
+        assert lc.API_LIMIT <= answered <= lc.API_LIMIT + 8, codes
+        assert answered < per_node, (answered, per_node)
         assert codes.count(429) == 60 - answered, codes
 
         # a bot that never passes the challenge: one request to each node (policy routes on the
