@@ -9,12 +9,20 @@
 - At session end, lab namespaces made by this pytest process and left behind are reported as an
   error (and removed, so the machine stays clean).
 - Every run ends with the time spent per tier (unit / bpf / integration / vm: the sum of each
-  test's setup, call and teardown, module fixtures included) and the session's wall time.
+  test's setup, call and teardown, module fixtures included) and the session's wall time; with
+  $XDPGUARD_TIMES_FILE set, they are also appended there as a JSON line (scripts/test.sh adds up
+  its two passes from it).
+- Parallel runs: `--xg-pass parallel` keeps only the integration tests that may share the machine
+  with others (no `serial` marker: they assert no flood rate, loss share or tight timing) and
+  `--xg-pass serial` everything else. scripts/test.sh runs the first with pytest-xdist (-n) and
+  the second in one process. Each worker is its own process, so the pid in every lab name keeps
+  its namespaces, state, pins and run directory apart.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import time
@@ -87,6 +95,30 @@ def pytest_runtest_logreport(report: pytest.TestReport):
     yield
 
 
+def _may_run_in_parallel(item: pytest.Item) -> bool:
+    return _tier(item.nodeid) == "integration" and item.get_closest_marker("serial") is None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--xg-pass",
+        choices=("all", "parallel", "serial"),
+        default="all",
+        help="run only the integration tests that may run in parallel (no `serial` marker), or only the rest",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    which = config.getoption("xg_pass")
+    if which == "all":
+        return
+    keep = [item for item in items if _may_run_in_parallel(item) == (which == "parallel")]
+    if len(keep) < len(items):
+        kept = set(keep)
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = keep
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _session_start
     _session_start = time.monotonic()
@@ -106,6 +138,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_line(
         f"{'session':<12} {'':>5}        {wall:8.1f} s  ({wall / 60:.1f} min, collection included)"
     )
+    times_file = os.environ.get("XDPGUARD_TIMES_FILE")
+    if times_file and not hasattr(config, "workerinput"):  # the controller's sum, not a worker's
+        line = {
+            "pass": config.getoption("xg_pass"),
+            "workers": getattr(config.option, "numprocesses", None) or 0,
+            "wall_s": round(wall, 1),
+            "tiers": {t: [len(_tier_tests[t]), round(_tier_seconds[t], 1)] for t in _tier_seconds},
+        }
+        with open(times_file, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 @pytest.hookimpl(hookwrapper=True)
