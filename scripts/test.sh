@@ -26,8 +26,8 @@ fi
 
 # Parallel: with pytest-xdist in .venv (pyproject's ci group; the VM box has none) and
 # XDPGUARD_TEST_JOBS > 1 (default 3), the integration tests without the `serial` marker run first
-# in that many worker processes (whole files per worker: --dist loadfile, so a module's fixtures
-# are set up once), then everything else in one process (tests/conftest.py's --xg-pass). They
+# in that many worker processes (one by one, but a module whose tests share a module-scoped
+# fixture stays on one worker: tests/conftest.py's scheduler), then everything else in one process (tests/conftest.py's --xg-pass). They
 # mostly wait (sleeps, timeouts, daemons), so 3 workers fit on 2 cores; the tests that assert a
 # flood's rate, a loss share or a tight timing are marked `serial` and never share the machine.
 jobs="${XDPGUARD_TEST_JOBS:-3}"
@@ -48,7 +48,7 @@ trap 'rm -rf "${XDPGUARD_STATE_DIR_MADE:-}" "$XDPGUARD_TIMES_FILE"' EXIT
 start=$SECONDS
 echo "==> pytest, parallel pass (integration tests not marked serial, $jobs workers): $*"
 par=0
-.venv/bin/python -m pytest -ra --durations=30 -n "$jobs" --dist loadfile --xg-pass parallel "$@" || par=$?
+.venv/bin/python -m pytest -ra --durations=30 -n "$jobs" --xg-pass parallel "$@" || par=$?
 echo "==> pytest, serial pass (everything else): $*"
 ser=0
 .venv/bin/python -m pytest -ra --durations=30 --xg-pass serial "$@" || ser=$?

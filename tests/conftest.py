@@ -14,9 +14,10 @@
   its two passes from it).
 - Parallel runs: `--xg-pass parallel` keeps only the integration tests that may share the machine
   with others (no `serial` marker: they assert no flood rate, loss share or tight timing) and
-  `--xg-pass serial` everything else. scripts/test.sh runs the first with pytest-xdist (-n) and
-  the second in one process. Each worker is its own process, so the pid in every lab name keeps
-  its namespaces, state, pins and run directory apart.
+  `--xg-pass serial` everything else. scripts/test.sh runs the first with pytest-xdist (-n; tests
+  spread one by one, but a module with a module-scoped fixture stays on one worker:
+  `pytest_xdist_make_scheduler`) and the second in one process. Each worker is its own process,
+  so the pid in every lab name keeps its namespaces, state, pins and run directory apart.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import time
 from collections import defaultdict
@@ -117,6 +119,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         kept = set(keep)
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = keep
+
+
+_WIDER_FIXTURE = re.compile(r"""scope\s*=\s*["'](?:module|package|session)["']""")
+
+
+@functools.cache
+def _module_shares_a_fixture(path: str) -> bool:
+    try:
+        return _WIDER_FIXTURE.search(open(path).read()) is not None
+    except OSError:
+        return True
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: not there without it (the VM)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """The parallel pass: each test is its own unit of work, except that a module with a fixture
+    set up once per module (a lab, an attach: a compile) keeps its tests on one worker, so that
+    fixture is still set up once. (xdist's --dist loadgroup would do it with markers, but its
+    regrouping does not take on pytest 9.)"""
+    if config.getoption("xg_pass") != "parallel":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleFixturesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if _module_shares_a_fixture(str(config.rootpath / module)) else nodeid
+
+    return ModuleFixturesTogether(config, log)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -57,13 +57,14 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect
 u.send(b"again"); print("ok" if u.recv(100) == b"again" else "bad")
 """
 
-# One UDP flow (one socket) exchanging a datagram every 0.2 s for argv[2] seconds; "ok" when every
-# answer came back intact.
+# One UDP flow (one socket) exchanging a datagram every 0.2 s for argv[2] seconds or until SIGTERM;
+# "ok" when every answer came back intact.
 UDP_STEADY = r"""
-import socket, sys, time
+import signal, socket, sys, time
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect((sys.argv[1], 7))
-end, ok = time.monotonic() + float(sys.argv[2]), True
-while time.monotonic() < end:
+end, ok, stop = time.monotonic() + float(sys.argv[2]), True, []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+while time.monotonic() < end and not stop:
     u.send(b"steady"); ok = ok and u.recv(100) == b"steady"; time.sleep(0.2)
 print("ok" if ok else "bad")
 """
@@ -351,6 +352,9 @@ def test_a_fast_udp_flow_outlives_conntracks_udp_timeout(spec_topo):
             break
         last = now
     assert learned_at is not None, "the daemon never moved the UDP flow onto the fast path"
+    # the flow goes on (its 4 timeouts are the bound) until it has been fast for two timeouts
+    time.sleep(max(0.0, learned_at + 2 * CT_UDP_TIMEOUT_S + 0.5 - time.monotonic()))
+    os.killpg(c.pid, signal.SIGTERM)
     assert c.stdout.readline().strip() == "ok" and c.wait(timeout=10) == 0
     assert time.monotonic() - learned_at > 2 * CT_UDP_TIMEOUT_S  # on the fast path for two timeouts...
     assert t.forward_packets()[key] == last  # ... and not one datagram back on the slow path
