@@ -25,12 +25,14 @@ if [[ -z "${XDPGUARD_STATE_DIR:-}" ]]; then
 fi
 
 # Parallel: with pytest-xdist in .venv (pyproject's ci group; the VM box has none) and
-# XDPGUARD_TEST_JOBS > 1 (default 3), a first pass runs the unit tier and the integration tests
-# without the `serial` marker in that many worker processes (tests/conftest.py's --xg-pass and
-# scheduler: one test at a time, a module with a module-scoped fixture on one worker); the unit
-# tier computes and those integration tests mostly wait (sleeps, timeouts, daemons), so 3 workers
-# fit on 2 cores. A second pass runs everything else in one process: the bpf tier, the tests
-# that assert a flood's rate, a loss share or a tight timing (marked `serial`), and the VM tier.
+# XDPGUARD_TEST_JOBS > 1 (default 3), a first pass runs the integration tests without the
+# `serial` marker in that many worker processes (tests/conftest.py's --xg-pass and scheduler: one
+# test at a time, a module with a module-scoped fixture on one worker); they mostly wait (sleeps,
+# timeouts, daemons), so 3 workers fit on 2 cores. A second pass runs everything else in one
+# process: the unit and bpf tiers, the tests that assert a flood's rate, a loss share or a tight
+# timing (marked `serial`), and the VM tier. The first pass's temporary directories are short
+# (--basetemp): HAProxy refuses a stats socket path over 97 characters, and xdist's default adds
+# "popen-gwN/" to pytest's own.
 jobs="${XDPGUARD_TEST_JOBS:-3}"
 if ! [[ "$jobs" =~ ^[0-9]+$ ]] || ((jobs < 2)) || ! .venv/bin/python -c 'import xdist' 2>/dev/null; then
     echo "==> pytest $*"
@@ -45,11 +47,12 @@ fi
 
 XDPGUARD_TIMES_FILE="$(mktemp /tmp/xdpguard-test-times.XXXXXX)"
 export XDPGUARD_TIMES_FILE
-trap 'rm -rf "${XDPGUARD_STATE_DIR_MADE:-}" "$XDPGUARD_TIMES_FILE"' EXIT
+par_tmp="$(mktemp -d /tmp/xgp.XXXXXX)"
+trap 'rm -rf "${XDPGUARD_STATE_DIR_MADE:-}" "$XDPGUARD_TIMES_FILE" "$par_tmp"' EXIT
 start=$SECONDS
-echo "==> pytest, parallel pass (the unit tier, integration tests not marked serial; $jobs workers): $*"
+echo "==> pytest, parallel pass (integration tests not marked serial, $jobs workers): $*"
 par=0
-.venv/bin/python -m pytest -ra --durations=30 -n "$jobs" --xg-pass parallel "$@" || par=$?
+.venv/bin/python -m pytest -ra --durations=30 -n "$jobs" --basetemp "$par_tmp" --xg-pass parallel "$@" || par=$?
 echo "==> pytest, serial pass (everything else): $*"
 ser=0
 .venv/bin/python -m pytest -ra --durations=30 --xg-pass serial "$@" || ser=$?

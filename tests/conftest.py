@@ -12,9 +12,9 @@
   test's setup, call and teardown, module fixtures included) and the session's wall time; with
   $XDPGUARD_TIMES_FILE set, they are also appended there as a JSON line (scripts/test.sh adds up
   its two passes from it).
-- Parallel runs: `--xg-pass parallel` keeps only the unit tier and the integration tests that may
-  share the machine with others (no `serial` marker: they assert no flood rate, loss share or
-  tight timing) and `--xg-pass serial` everything else. scripts/test.sh runs the first with pytest-xdist (-n; tests
+- Parallel runs: `--xg-pass parallel` keeps only the integration tests that may share the
+  machine with others (no `serial` marker: they assert no flood rate, loss share or tight
+  timing) and `--xg-pass serial` everything else. scripts/test.sh runs the first with pytest-xdist (-n; tests
   spread one by one, but a module with a module-scoped fixture stays on one worker:
   `pytest_xdist_make_scheduler`) and the second in one process. Each worker is its own process,
   so the pid in every lab name keeps its namespaces, state, pins and run directory apart.
@@ -98,11 +98,11 @@ def pytest_runtest_logreport(report: pytest.TestReport):
 
 
 def _may_run_in_parallel(item: pytest.Item) -> bool:
-    """The unit tier (CPU-bound, no timings) and the integration tests without the `serial` marker
-    (mostly waiting): together they fill the machine. The bpf tier shares compiled programs for
-    the whole session (tests/bpf/conftest.py), which workers would each compile again; the VM
-    tier takes both cores."""
-    return _tier(item.nodeid) in ("unit", "integration") and item.get_closest_marker("serial") is None
+    """The integration tests without the `serial` marker: they mostly wait. (Not the unit tier:
+    tried, its CPU-bound tests beside them on 2 shared cores slowed them past their probes'
+    timeouts. Not the bpf tier: it shares compiled programs for the whole session,
+    tests/bpf/conftest.py, which every worker would compile again.)"""
+    return _tier(item.nodeid) == "integration" and item.get_closest_marker("serial") is None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -123,6 +123,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         kept = set(keep)
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = keep
+    if which == "parallel":  # the longest work first: the modules that stay on one worker
+        items.sort(key=lambda item: not _module_shares_a_fixture(str(item.path)))
 
 
 _WIDER_FIXTURE = re.compile(r"""scope\s*=\s*["'](?:module|package|session)["']""")

@@ -70,12 +70,14 @@ print("ok" if ok else "bad")
 """
 
 
+# The backend's servers outlive the module's tests (about 2 minutes alone, much longer on a loaded
+# machine or beside other tests); the lab stops them at the end.
 @pytest.fixture(scope="module")
 def topo():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     with Lab(timeout=120) as lab:
-        yield fastpath.build(lab, "fast", duration=120)
+        yield fastpath.build(lab, "fast", duration=900)
 
 
 def test_established_flows_take_the_xdp_fast_path_both_ways(topo):
@@ -233,7 +235,7 @@ def spec_topo():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     with Lab(timeout=120) as lab:
-        yield fastpath.build(lab, "fast", duration=120, tag="s")
+        yield fastpath.build(lab, "fast", duration=900, tag="s")
 
 
 def _xg_status(topo, *args: str) -> tuple[int, str, str]:
