@@ -226,21 +226,23 @@ else
     step "pip install -e '.[test]'${WHEELS_DIR:+ from $WHEELS_DIR only}"
     rm -f "$VENV_STAMP"
     (cd "$REPO_ROOT" && "$VENV_DIR/bin/pip" install -q "${pip_source[@]}" -e '.[test]')
-    # Dev-only tools: pyproject's PEP 735 [dependency-groups] lint (import-linter), read with
-    # tomllib (Debian 12's pip has no --group). The offline box's wheels need not hold them: the
-    # lint runs in the unit tier on the host, not in the box.
+    # Dev-only tools: pyproject's PEP 735 [dependency-groups] lint (import-linter, ruff) and ci
+    # (pytest-xdist), read with tomllib (Debian 12's pip has no --group). The offline box's wheels
+    # need not hold them: the lint runs in the unit tier on the host, and the box's bpf tier runs
+    # in one process.
     mapfile -t lint_reqs < <("$VENV_DIR/bin/python" - "$REPO_ROOT/pyproject.toml" <<'EOF'
 import sys, tomllib
-for req in tomllib.load(open(sys.argv[1], "rb")).get("dependency-groups", {}).get("lint", []):
+groups = tomllib.load(open(sys.argv[1], "rb")).get("dependency-groups", {})
+for req in groups.get("lint", []) + groups.get("ci", []):
     if isinstance(req, str):  # an {include-group = ...} entry is not a requirement
         print(req)
 EOF
     )
     if ((${#lint_reqs[@]})); then
-        step "pip install the lint group: ${lint_reqs[*]}"
+        step "pip install the lint and ci groups: ${lint_reqs[*]}"
         if [[ -n "$WHEELS_DIR" ]]; then
             "$VENV_DIR/bin/pip" install -q "${pip_source[@]}" "${lint_reqs[@]}" \
-                || step "the lint group is not among the wheels in $WHEELS_DIR: skipped"
+                || step "the lint and ci groups are not among the wheels in $WHEELS_DIR: skipped"
         else
             "$VENV_DIR/bin/pip" install -q "${lint_reqs[@]}"
         fi

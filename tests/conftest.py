@@ -9,13 +9,23 @@
 - At session end, lab namespaces made by this pytest process and left behind are reported as an
   error (and removed, so the machine stays clean).
 - Every run ends with the time spent per tier (unit / bpf / integration / vm: the sum of each
-  test's setup, call and teardown, module fixtures included) and the session's wall time.
+  test's setup, call and teardown, module fixtures included) and the session's wall time; with
+  $XDPGUARD_TIMES_FILE set, they are also appended there as a JSON line (scripts/test.sh adds up
+  its two passes from it).
+- Parallel runs: `--xg-pass parallel` keeps only the integration tests that may share the
+  machine with others (no `serial` marker: they assert no flood rate, loss share or tight
+  timing) and `--xg-pass serial` everything else. scripts/test.sh runs the first with pytest-xdist (-n; tests
+  spread one by one, but a module with a module-scoped fixture stays on one worker:
+  `pytest_xdist_make_scheduler`) and the second in one process. Each worker is its own process,
+  so the pid in every lab name keeps its namespaces, state, pins and run directory apart.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import subprocess
 import time
 from collections import defaultdict
@@ -87,6 +97,65 @@ def pytest_runtest_logreport(report: pytest.TestReport):
     yield
 
 
+def _may_run_in_parallel(item: pytest.Item) -> bool:
+    """The integration tests without the `serial` marker: they mostly wait. (Not the unit tier:
+    tried, its CPU-bound tests beside them on 2 shared cores slowed them past their probes'
+    timeouts. Not the bpf tier: it shares compiled programs for the whole session,
+    tests/bpf/conftest.py, which every worker would compile again.)"""
+    return _tier(item.nodeid) == "integration" and item.get_closest_marker("serial") is None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--xg-pass",
+        choices=("all", "parallel", "serial"),
+        default="all",
+        help="run only the integration tests that may run in parallel (no `serial` marker), or only the rest",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    which = config.getoption("xg_pass")
+    if which == "all":
+        return
+    keep = [item for item in items if _may_run_in_parallel(item) == (which == "parallel")]
+    if len(keep) < len(items):
+        kept = set(keep)
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = keep
+    if which == "parallel":  # the longest work first: the modules that stay on one worker
+        items.sort(key=lambda item: not _module_shares_a_fixture(str(item.path)))
+
+
+_WIDER_FIXTURE = re.compile(r"""scope\s*=\s*["'](?:module|package|session)["']""")
+
+
+@functools.cache
+def _module_shares_a_fixture(path: str) -> bool:
+    try:
+        return _WIDER_FIXTURE.search(open(path).read()) is not None
+    except OSError:
+        return True
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: not there without it (the VM)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """The parallel pass: each test is its own unit of work, except that a module with a fixture
+    set up once per module (a lab, an attach: a compile) keeps its tests on one worker, so that
+    fixture is still set up once. (xdist's --dist loadgroup would do it with markers, but its
+    regrouping does not take on pytest 9.)"""
+    if config.getoption("xg_pass") != "parallel":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleFixturesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if _module_shares_a_fixture(str(config.rootpath / module)) else nodeid
+
+    return ModuleFixturesTogether(config, log)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _session_start
     _session_start = time.monotonic()
@@ -106,6 +175,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_line(
         f"{'session':<12} {'':>5}        {wall:8.1f} s  ({wall / 60:.1f} min, collection included)"
     )
+    times_file = os.environ.get("XDPGUARD_TIMES_FILE")
+    if times_file and not hasattr(config, "workerinput"):  # the controller's sum, not a worker's
+        line = {
+            "pass": config.getoption("xg_pass"),
+            "workers": getattr(config.option, "numprocesses", None) or 0,
+            "wall_s": round(wall, 1),
+            "tiers": {t: [len(_tier_tests[t]), round(_tier_seconds[t], 1)] for t in _tier_seconds},
+        }
+        with open(times_file, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -28,7 +28,7 @@ import pytest
 
 from xdpguard.lab import topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 NOISE = 0.15  # of the control's rate: enforcing may trail monitor mode by this much in one run
 ROOT = Path(__file__).resolve().parents[2]

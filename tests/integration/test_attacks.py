@@ -18,7 +18,7 @@ import pytest
 from cli_assert import CliLab
 from xdpguard.lab import topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 DURATION = 1.5
 EXPECTED = {

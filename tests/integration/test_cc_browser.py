@@ -23,7 +23,7 @@ from xdpguard.core.l7.spec import KNOWN_BEFORE_S
 from xdpguard.lab import flood as flood_cmd
 from xdpguard.lab import l7 as L
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 
 def _chromium(s: Setup, *args: str) -> str:

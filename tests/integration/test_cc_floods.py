@@ -25,7 +25,7 @@ from xdpguard.core.l7 import runtime
 from xdpguard.lab import flood as flood_cmd
 from xdpguard.lab import l7 as L
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 
 def flood(s: Setup, count: int, seconds: float, *extra: str, rate: int = 600, conns: int = 256) -> subprocess.Popen:

@@ -27,7 +27,7 @@ import pytest
 from xdpguard.lab.netns import NETNS_DIR, Lab
 from cli_assert import one_line_error as _one_line_error
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 PY = sys.executable
 PROT4, CLIENT4, ATTACK4 = "198.18.0.2", "198.18.0.1", "198.18.0.9"

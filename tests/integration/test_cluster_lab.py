@@ -35,7 +35,7 @@ from xdpguard.core.l7 import runtime, spec
 from xdpguard.lab import cluster as lc
 from xdpguard.lab import topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 NODES = 3
 

@@ -20,7 +20,7 @@ import pytest
 
 from xdpguard.lab import topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 COLS = ("pps", "ok", "rate", "kept", "p50", "p99", "backend", "share")
 EXPECTED_REASONS = {

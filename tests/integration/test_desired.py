@@ -470,6 +470,7 @@ def test_every_verb_stores_first_what_it_then_does(topo: Topo, tmp_path: Path):
     assert topo.xg("diff", "-f", path).stdout.strip() == "no changes"
 
 
+@pytest.mark.serial  # at least 20 applies within 45 s
 def test_alternating_applies_under_a_flood_never_let_a_source_blocked_in_both_through(topo: Topo, tmp_path: Path):
     a = write(tmp_path, CONFIG, "a.toml")
     b = write(

@@ -57,24 +57,27 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect
 u.send(b"again"); print("ok" if u.recv(100) == b"again" else "bad")
 """
 
-# One UDP flow (one socket) exchanging a datagram every 0.2 s for argv[2] seconds; "ok" when every
-# answer came back intact.
+# One UDP flow (one socket) exchanging a datagram every 0.2 s for argv[2] seconds or until SIGTERM;
+# "ok" when every answer came back intact.
 UDP_STEADY = r"""
-import socket, sys, time
+import signal, socket, sys, time
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2); u.connect((sys.argv[1], 7))
-end, ok = time.monotonic() + float(sys.argv[2]), True
-while time.monotonic() < end:
+end, ok, stop = time.monotonic() + float(sys.argv[2]), True, []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+while time.monotonic() < end and not stop:
     u.send(b"steady"); ok = ok and u.recv(100) == b"steady"; time.sleep(0.2)
 print("ok" if ok else "bad")
 """
 
 
+# The backend's servers outlive the module's tests (about 2 minutes alone, much longer on a loaded
+# machine or beside other tests); the lab stops them at the end.
 @pytest.fixture(scope="module")
 def topo():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     with Lab(timeout=120) as lab:
-        yield fastpath.build(lab, "fast", duration=120)
+        yield fastpath.build(lab, "fast", duration=900)
 
 
 def test_established_flows_take_the_xdp_fast_path_both_ways(topo):
@@ -232,7 +235,7 @@ def spec_topo():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     with Lab(timeout=120) as lab:
-        yield fastpath.build(lab, "fast", duration=120, tag="s")
+        yield fastpath.build(lab, "fast", duration=900, tag="s")
 
 
 def _xg_status(topo, *args: str) -> tuple[int, str, str]:
@@ -351,6 +354,9 @@ def test_a_fast_udp_flow_outlives_conntracks_udp_timeout(spec_topo):
             break
         last = now
     assert learned_at is not None, "the daemon never moved the UDP flow onto the fast path"
+    # the flow goes on (its 4 timeouts are the bound) until it has been fast for two timeouts
+    time.sleep(max(0.0, learned_at + 2 * CT_UDP_TIMEOUT_S + 0.5 - time.monotonic()))
+    os.killpg(c.pid, signal.SIGTERM)
     assert c.stdout.readline().strip() == "ok" and c.wait(timeout=10) == 0
     assert time.monotonic() - learned_at > 2 * CT_UDP_TIMEOUT_S  # on the fast path for two timeouts...
     assert t.forward_packets()[key] == last  # ... and not one datagram back on the slow path

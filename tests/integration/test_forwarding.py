@@ -309,6 +309,7 @@ def _wait_for(pred, timeout: float, step: float = 0.3):
         time.sleep(step)
 
 
+@pytest.mark.serial  # a backend marked down within 3 s
 def test_health_failover_return_and_backup(topo: Topo):
     topo.attach()
     topo.xg("forward", "add", "tcp", "80", "--to", f"{_b(4, 1)},{_b(4, 2)}")

@@ -30,7 +30,7 @@ from xdpguard.core.l7.proc import Haproxy, HaproxyConfigError, load_secret, tls_
 from xdpguard.core.l7.spec import HttpService, RateLimit, Rule, Tls
 from xdpguard.lab import l7 as L
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 URL = f"http://{L.PROT4}/"
 

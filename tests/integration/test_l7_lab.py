@@ -22,7 +22,7 @@ from xdpguard.core.l7 import runtime
 from xdpguard.lab import l7 as L7
 from xdpguard.lab import topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 
 class Env:

@@ -32,7 +32,7 @@ import tomli_w
 from cli_assert import CliLab, lab_up, needs_hping3
 from xdpguard.lab import probe, topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 SPOOFED = ("198.18.200.1", "198.18.201.2", "198.18.202.3", "198.18.203.4")
 PER_SOURCE = 20_000  # packets per hping3

@@ -23,7 +23,7 @@ import pytest
 from xdpguard.core.observe import sampling
 from xdpguard.lab.netns import Lab
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 PY = sys.executable
 PROT, CLIENT, ATTACKER = "198.18.0.2", "198.18.0.1", "198.18.0.5"

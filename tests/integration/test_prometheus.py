@@ -25,7 +25,7 @@ import yaml
 
 from xdpguard.lab.netns import Lab
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "xdpguard.rules.yml"

@@ -147,6 +147,7 @@ def test_toggle_block_unblock(topo: Topo, fam: int):
     assert topo.reaches(a["prot"])  # unblocked: arrives again
 
 
+@pytest.mark.serial  # a 2 s TTL: its probes must come within it
 def test_prefix_block_allow_over_block_and_ttl(topo: Topo):
     topo.attach()
     topo.xg("block", "add", FAMILY[4]["client_net"], FAMILY[6]["client_net"])
@@ -378,6 +379,7 @@ def test_port_policy(topo: Topo):
     assert topo.reaches(PROT4) and topo.reaches(PROT6)  # no open port left: policy off again
 
 
+@pytest.mark.serial  # 1 s TTLs: the CLI calls must come within them
 def test_run_sweeps_expired_entries_and_bans(topo: Topo):
     topo.attach()
     topo.xg("block", "add", "198.18.77.0/24", "198.18.78.1", "--ttl", "1")

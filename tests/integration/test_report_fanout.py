@@ -27,7 +27,7 @@ from test_observability import ATTACKER, FLOOD, IFACE, PROT, PY, Env, _wait_for 
 from xdpguard.core.observe import history, report
 from xdpguard.lab.netns import NETNS_DIR, Lab
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 FLOOD_PPS, FLOOD_S = 20_000, 3.0
 SAMPLE_EVERY = 64

@@ -27,7 +27,7 @@ import pytest
 from cli_assert import CliLab, hping_flood, lab_up, needs_hping3, under_flood
 from xdpguard.lab import topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 FLOOD_COUNT = 60_000
 FLOOD_TIMEOUT_S = 6

@@ -20,7 +20,7 @@ import pytest
 from cli_assert import CliLab, lab_up, needs_hping3, one_line_error
 from xdpguard.lab import topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 FLOOD_COUNT = 620  # the review's count
 FLOOD_TIMEOUT_S = 8

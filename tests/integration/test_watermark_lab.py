@@ -27,7 +27,7 @@ import pytest
 from cli_assert import CliLab, one_line_error
 from xdpguard.lab import topology
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a flood's rate, a loss share or a timing
 
 PY = sys.executable
 V4, V6 = f"{topology.PROT4}:7", f"[{topology.PROT6}]:7"
