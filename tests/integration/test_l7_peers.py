@@ -36,7 +36,7 @@ from xdpguard.core.l7 import runtime
 from xdpguard.core.l7.proc import Haproxy
 from xdpguard.core.l7.spec import HttpService, RateLimit
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a limit shared by peers: replication timing
 
 SRC = "198.18.33.1"
 # node → (service address, client's end of its link, cluster address)
