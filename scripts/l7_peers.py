@@ -36,28 +36,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from xdpguard.lab.l7 import ALTERNATING_GET  # noqa: E402
 from xdpguard.lab.netns import Lab  # noqa: E402
 
 SRC, SRC2 = "198.18.33.1", "198.18.33.2"  # the client's own addresses (both nodes see the same)
 NODE = {"a": ("198.18.31.1", "198.18.31.2", "198.18.30.1"), "b": ("198.18.32.1", "198.18.32.2", "198.18.30.2")}
 PEER_PORT = 10000
-
-CLIENT = r"""
-import http.client, json, sys, time
-src, gap, targets = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-out = []
-for dst in targets:
-    c = http.client.HTTPConnection(dst, 80, timeout=3, source_address=(src, 0))
-    try:
-        c.request("GET", "/", headers={"Connection": "close"})
-        out.append(c.getresponse().status)
-    except OSError:
-        out.append(0)
-    finally:
-        c.close()
-    time.sleep(gap)
-print(json.dumps(out))
-"""
 
 
 def config(node: str, sock: Path, limit: int, peers: bool) -> str:
@@ -119,7 +103,9 @@ class Bed:
         return socks
 
     def send(self, src: str, gap: float, targets: list[str]) -> list[int]:
-        p = self.lab.run(self.client, sys.executable, "-c", CLIENT, src, str(gap), *targets, timeout=600)
+        p = self.lab.run(
+            self.client, sys.executable, "-c", ALTERNATING_GET, src, str(gap), "/", "", *targets, timeout=600
+        )
         return json.loads(p.stdout)
 
 

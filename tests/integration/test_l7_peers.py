@@ -35,6 +35,7 @@ from xdpguard.core.l7 import haproxy_config as hc
 from xdpguard.core.l7 import runtime
 from xdpguard.core.l7.proc import Haproxy
 from xdpguard.core.l7.spec import HttpService, RateLimit
+from xdpguard.lab.l7 import ALTERNATING_GET
 
 pytestmark = [pytest.mark.kernel, pytest.mark.serial]  # asserts a limit shared by peers: replication timing
 
@@ -45,23 +46,6 @@ LIMIT = 20
 ROUNDS = 60
 GAP_S = 0.05
 SECRET = bytes(range(32))
-
-CLIENT = r"""
-import http.client, json, sys, time
-src, gap, cookie, targets = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
-out = []
-for dst in targets:
-    c = http.client.HTTPConnection(dst, 80, timeout=3, source_address=(src, 0))
-    try:
-        c.request("GET", "/api/x", headers={"Connection": "close", "Cookie": cookie})
-        out.append(c.getresponse().status)
-    except OSError:
-        out.append(0)
-    finally:
-        c.close()
-    time.sleep(gap)
-print(json.dumps(out))
-"""
 
 
 def _require(tool: str) -> None:
@@ -159,7 +143,18 @@ class Bed:
         return hs
 
     def send(self, targets: list[str]) -> list[int]:
-        p = self.lab.run(self.client, sys.executable, "-c", CLIENT, SRC, str(GAP_S), _cookie(), *targets, timeout=120)
+        p = self.lab.run(
+            self.client,
+            sys.executable,
+            "-c",
+            ALTERNATING_GET,
+            SRC,
+            str(GAP_S),
+            "/api/x",
+            _cookie(),
+            *targets,
+            timeout=120,
+        )
         return json.loads(p.stdout)
 
 

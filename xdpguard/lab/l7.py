@@ -52,6 +52,28 @@ BACKEND_RATE = "2mbit"  # a small real server's uplink, as topology.shape_backen
 PAGE_BYTES = 4096  # what the backend answers (a small page)
 
 
+# One source's requests, sent in turn to each target: a new connection each, `gap` s apart, with
+# the cookie when one is given. `python -c ALTERNATING_GET SRC GAP PATH COOKIE TARGET...` prints the
+# statuses (0: no answer) as a JSON list (scripts/l7_peers.py, tests/integration/test_l7_peers.py).
+ALTERNATING_GET = r"""
+import http.client, json, sys, time
+src, gap, path, cookie, targets = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+headers = {"Connection": "close", **({"Cookie": cookie} if cookie else {})}
+out = []
+for dst in targets:
+    c = http.client.HTTPConnection(dst, 80, timeout=3, source_address=(src, 0))
+    try:
+        c.request("GET", path, headers=headers)
+        out.append(c.getresponse().status)
+    except OSError:
+        out.append(0)
+    finally:
+        c.close()
+    time.sleep(gap)
+print(json.dumps(out))
+"""
+
+
 def build(lab, serve_s: float = 300.0, shape: str | None = None, page_bytes: int = 64, workers: int = 0) -> L7Lab:
     """The namespaces, links, addresses and the backend server, in `lab` (a netns.Lab). With
     `shape` (e.g. BACKEND_RATE) the backend's uplink is a token bucket of that rate (tbf, 20 ms
